@@ -1,0 +1,705 @@
+"""Semantic checks of schema-valid documents: every expression parses and type-checks where it is
+written, every reference resolves (orders named by rules, legs named by other legs, universe
+groups, instrument roots), params are used and declared, scanner weights add up, and `--set`
+overrides fit the params they replace.
+
+Each document kind has a checker; all of them report through `Diagnostic`s placed at the line
+and column of the offending text (inside the expression for language errors).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from ..config.documents import Document, Workspace
+from ..diagnostics import Diagnostic, Severity, error
+from ..dsl import ast, checker, parser
+from ..dsl import types as T
+from ..dsl.checker import Binding, Scope
+from ..dsl.parser import ExprError
+
+BAR_FIELDS = ("open", "high", "low", "close", "volume")
+CLOCK = {
+    "time": (T.TIME_SERIES, "the bar's time of day in the strategy's timezone, e.g. time >= 09:45"),
+    "dayofweek": (T.NUMBER_SERIES, "1 = Monday ... 5 = Friday"),
+    "minutes_to_close": (T.NUMBER_SERIES, "minutes left in the trading session"),
+    "minutes_since_open": (T.NUMBER_SERIES, "minutes since the session opened"),
+    "bar_index": (T.NUMBER_SERIES, "0 for the first bar of the data, counting up"),
+}
+POSITION_FIELDS = {
+    "side": T.NUMBER_SERIES, "size": T.NUMBER_SERIES, "entry_price": T.NUMBER_SERIES,
+    "bars_held": T.NUMBER_SERIES, "time_held": T.DURATION_SERIES, "pnl": T.NUMBER_SERIES,
+    "pnl_pct": T.NUMBER_SERIES, "entry_credit": T.NUMBER_SERIES, "max_pnl": T.NUMBER_SERIES,
+    "min_pnl": T.NUMBER_SERIES, "highest": T.NUMBER_SERIES, "lowest": T.NUMBER_SERIES,
+}
+LEG_FIELDS = {
+    "strike": T.SCALAR, "bid": T.SCALAR, "ask": T.SCALAR, "mid": T.SCALAR, "delta": T.SCALAR,
+    "gamma": T.SCALAR, "theta": T.SCALAR, "vega": T.SCALAR, "iv": T.SCALAR, "dte": T.SCALAR,
+    "right": T.strings(("put", "call"), series=False),
+}
+COMBO_NAMES = {
+    "credit": "net credit of the combo per unit (price terms; negative for a debit)",
+    "debit": "net debit of the combo per unit (price terms; negative for a credit)",
+    "max_loss": "largest possible loss of one combo, USD",
+    "max_profit": "largest possible profit of one combo, USD",
+    "margin": "margin one combo needs, USD (Reg-T in simulation, what-if from IB live)",
+    "underlying_price": "the underlying's last price",
+}
+SYMBOL_FIELDS = {f: T.NUMBER_SERIES for f in BAR_FIELDS}
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _suggest(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+@dataclass
+class ParamInfo:
+    name: str
+    type: T.Type
+    value: Any
+    where: tuple
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: list | None = None
+
+
+def literal_value(text: Any) -> tuple[T.Type, Any]:
+    """The type and value of a param written in YAML: numbers, booleans, and strings that are
+    language literals (2%, 09:45, 30s) or plain words."""
+    if isinstance(text, bool):
+        return T.BOOLEAN, text
+    if isinstance(text, (int, float)):
+        return T.SCALAR, text
+    if isinstance(text, str):
+        try:
+            node = parser.parse(text)
+        except ExprError:
+            return T.STRING_SCALAR, text
+        if isinstance(node, ast.Number):
+            return T.SCALAR, node.value
+        if isinstance(node, ast.TimeOfDay):
+            return T.TIME_OF_DAY, node.minutes
+        if isinstance(node, ast.Duration):
+            return T.DURATION_SCALAR, node.seconds
+        if isinstance(node, ast.Bool):
+            return T.BOOLEAN, node.value
+    return T.STRING_SCALAR, text
+
+
+class DocumentCheck:
+    """Shared machinery: expressions at YAML paths, with errors placed inside the text."""
+
+    def __init__(self, ws: Workspace, doc: Document):
+        self.ws = ws
+        self.doc = doc
+        self.out: list[Diagnostic] = []
+        self.used: set[str] = set()
+
+    def err(self, where, message: str, hint: str = "", key: bool = False) -> None:
+        self.out.append(self.doc.diag(where, message, hint, key=key))
+
+    def warn(self, where, message: str, hint: str = "", key: bool = False) -> None:
+        self.out.append(self.doc.diag(where, message, hint, Severity.WARNING, key=key))
+
+    def source(self, where) -> str | None:
+        value = self.doc.get(where)
+        if value is None:
+            return None
+        if isinstance(value, (dict, list)):
+            return None
+        mark = self.doc.marks.values.get(tuple(where))
+        if isinstance(value, str):
+            return value
+        if mark is not None and mark.text is not None:
+            return mark.text
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    def parse(self, where) -> tuple[ast.Node, str] | None:
+        text = self.source(where)
+        if text is None:
+            return None
+        try:
+            return parser.parse(text), text
+        except ExprError as exc:
+            self.out.append(self.doc.diag_in_value(where, exc.start, exc.message, exc.hint))
+            return None
+
+    def expr(self, where, scope: Scope, want: str | None, what: str) -> tuple[ast.Node, T.Type] | None:
+        """Parse and type-check the expression at `where`; `want` is 'boolean', 'number' or None."""
+        parsed = self.parse(where)
+        if parsed is None:
+            return None
+        node, text = parsed
+        for n in ast.walk(node):
+            if isinstance(n, ast.Name):
+                self.used.add(n.id)
+        typ, errors = checker.check(node, scope, text)
+        for exc in errors:
+            self.out.append(self.doc.diag_in_value(where, exc.start, exc.message, exc.hint))
+        if errors or typ.is_error:
+            return None
+        if want == T.BOOL and typ.base != T.BOOL:
+            hint = "write a condition, e.g. close > sma(close, 20)"
+            self.out.append(self.doc.diag_in_value(
+                where, 0, f"{what} must be true or false, but `{text.strip()}` is {T.describe(typ)}", hint))
+            return None
+        if want == T.NUMBER and typ.base != T.NUMBER:
+            self.out.append(self.doc.diag_in_value(
+                where, 0, f"{what} must be a number, but `{text.strip()}` is {T.describe(typ)}"))
+            return None
+        return node, typ
+
+    # ---- params ------------------------------------------------------------------------------
+    def params(self, overrides: dict[str, str] | None = None, section: tuple = ("params",)) -> dict[str, ParamInfo]:
+        declared: dict[str, ParamInfo] = {}
+        for name, spec in (self.doc.get(section) or {}).items():
+            where = section + (name,)
+            if isinstance(spec, dict):
+                raw = spec.get("value")
+                value_where = where + ("value",)
+            else:
+                raw, value_where = spec, where
+            typ, value = literal_value(raw)
+            info = ParamInfo(name, typ, value, where)
+            if isinstance(spec, dict):
+                info.minimum, info.maximum, info.choices = spec.get("min"), spec.get("max"), spec.get("choices")
+                problem = self._param_range(info, value)
+                if problem:
+                    self.err(value_where, f"param '{name}': {problem}")
+            if typ.base == T.STRING and info.choices:
+                info.type = T.strings(info.choices, series=False)
+            declared[name] = info
+        for name, text in (overrides or {}).items():
+            if name not in declared:
+                continue
+            info = declared[name]
+            typ, value = literal_value(_yamlish(text))
+            if typ.base != info.type.base:
+                self.err(info.where, f"--set {name}={text}: expected {T.describe(info.type)}, got {T.describe(typ)}",
+                         f"the file declares {name}: {self.doc.get(info.where)!r}", key=True)
+                continue
+            problem = self._param_range(info, value)
+            if problem:
+                self.err(info.where, f"--set {name}={text}: {problem}", key=True)
+                continue
+            info.value = value
+        return declared
+
+    @staticmethod
+    def _param_range(info: ParamInfo, value: Any) -> str:
+        if info.choices is not None and value not in info.choices:
+            return f"{value!r} is not one of {', '.join(map(str, info.choices))}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if info.minimum is not None and value < info.minimum:
+                return f"{value:g} is below the minimum {info.minimum:g}"
+            if info.maximum is not None and value > info.maximum:
+                return f"{value:g} is above the maximum {info.maximum:g}"
+        elif info.minimum is not None or info.maximum is not None:
+            return "min/max apply only to numbers"
+        return ""
+
+    def warn_unused(self, section: tuple, names: Iterable[str], what: str) -> None:
+        for name in names:
+            if name not in self.used:
+                self.warn(section + (name,), f"{what} '{name}' is declared but never used",
+                          f"remove it, or use it in an expression", key=True)
+
+    # ---- indicators ------------------------------------------------------------------------
+    def indicators(self, scope: Scope, section: tuple = ("indicators",)) -> None:
+        """Check named indicators in dependency order (they may use each other, not in a cycle)."""
+        specs: dict = self.doc.get(section) or {}
+        deps: dict[str, set[str]] = {}
+        parsed: dict[str, ast.Node] = {}
+        for name in specs:
+            result = self.parse(section + (name,))
+            if result is None:
+                continue
+            parsed[name] = result[0]
+            deps[name] = {n.id for n in ast.walk(result[0]) if isinstance(n, ast.Name) and n.id in specs}
+        order: list[str] = []
+        state: dict[str, int] = {}
+        cyclic: set[str] = set()
+
+        def visit(name: str, chain: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = chain[chain.index(name):] + [name]
+                if name not in cyclic:
+                    cyclic.update(cycle)
+                    self.err(section + (cycle[0],), f"indicator '{cycle[0]}' depends on itself: {' -> '.join(cycle)}",
+                             "an indicator can use others but not in a circle; use a lag such as x[1] "
+                             "of a bar field instead")
+                return
+            state[name] = 1
+            for dep in sorted(deps.get(name, ())):
+                if dep in parsed:
+                    visit(dep, chain + [name])
+            state[name] = 2
+            order.append(name)
+
+        for name in parsed:
+            visit(name, [])
+        for name in specs:
+            if name not in parsed or name in cyclic:
+                scope.unavailable.setdefault(name, f"indicator '{name}' has an error; fix it first")
+        for name in order:
+            if name in cyclic:
+                continue
+            result = self.expr(section + (name,), scope, None, f"indicator '{name}'")
+            if result is None:
+                scope.unavailable[name] = f"indicator '{name}' has an error; fix it first"
+                continue
+            node, typ = result
+            if typ.base not in (T.NUMBER, T.BOOL, T.STRING):
+                self.err(section + (name,), f"indicator '{name}' must be a number or a condition, "
+                                          f"not {T.describe(typ)}")
+                continue
+            scope.names[name] = Binding(typ.as_series(True))
+
+
+def _yamlish(text: str) -> Any:
+    """A --set value read as YAML would read it: numbers, true/false, else the string."""
+    from ..config.yamlsource import load_yaml
+
+    try:
+        return load_yaml("--set", f"v: {text}\n", env={}).data["v"]
+    except Exception:  # noqa: BLE001 - anything unparsable is just a string
+        return text
+
+
+def base_scope(params: dict[str, ParamInfo]) -> Scope:
+    scope = Scope()
+    for name in BAR_FIELDS:
+        scope.names[name] = Binding(T.NUMBER_SERIES, doc=f"the bar's {name}")
+    for name, (typ, doc) in CLOCK.items():
+        scope.names[name] = Binding(typ, doc=doc)
+    for name, info in params.items():
+        scope.names[name] = Binding(info.type, info.value, doc=f"param {name}")
+    scope.records["symbol"] = SYMBOL_FIELDS
+    scope.records["position"] = POSITION_FIELDS
+    scope.records["leg"] = LEG_FIELDS
+    scope.unavailable["position"] = ("position fields are only available in exit rules "
+                                     "(an entry rule runs when there is no position)")
+    for name, doc in COMBO_NAMES.items():
+        scope.unavailable[name] = f"'{name}' ({doc}) is only available in rules whose order is an options combo"
+    return scope
+
+
+class StrategyCheck(DocumentCheck):
+    """A strategy: params, indicators, classifications, orders, rules, agents, schedule, universe."""
+
+    def run(self, overrides: dict[str, str] | None = None) -> list[Diagnostic]:
+        params = self.params(overrides)
+        self.param_info = params
+        scope = base_scope(params)
+        self.scope = scope
+        self._scanner(scope)
+        self.indicators(scope)
+        self._classify(scope)
+        self.templates: dict[str, dict] = self.doc.get(("orders",)) or {}
+        self.used_orders: set[str] = set()
+        self.combo_legs: dict[str, set[str]] = {}
+        self._orders(scope)
+        self._rules(("entry",), "entry", scope)
+        self._rules(("exit",), "exit", scope)
+        self._agents(scope)
+        self._schedule()
+        self._universe()
+        if not self.doc.get(("entry",)) and not self.doc.get(("agents",)):
+            self.err((), "the strategy has no entry rules",
+                     "add `entry:` rules (or `agents:` with their own entry rules) so it can trade")
+        self.warn_unused(("params",), params, "param")
+        self.warn_unused(("indicators",), self.doc.get(("indicators",)) or {}, "indicator")
+        for name in self.templates:
+            if name not in self.used_orders:
+                self.warn(("orders", name), f"order '{name}' is never used by a rule", key=True)
+        return self.out
+
+    # ---- scanner and classifications ---------------------------------------------------------
+    def _scanner(self, scope: Scope) -> None:
+        spec = self.doc.get(("scanner",))
+        if spec is None:
+            scope.unavailable["scan"] = "`scan` needs a scanner: add `scanner: path/to/scanner.yaml`"
+            return
+        body = self.doc.refs.get(("scanner",)).data if isinstance(spec, str) and ("scanner",) in self.doc.refs \
+            else spec if isinstance(spec, dict) else None
+        if body is None:
+            scope.unavailable["scan"] = "the scanner file has errors"
+            return
+        fields: dict[str, T.Type] = {"score": T.NUMBER_SERIES, "rank": T.NUMBER_SERIES,
+                                     "grade": T.strings((body.get("grades") or {}).keys()),
+                                     "class": T.strings(c.get("class") for c in body.get("classes") or []
+                                                        if isinstance(c, dict) and c.get("class"))}
+        for factor in body.get("factors") or {}:
+            fields[factor] = T.NUMBER_SERIES
+        if not (body.get("grades")):
+            fields["grade"] = T.Type(T.STRING, True)
+        if not body.get("classes"):
+            fields["class"] = T.Type(T.STRING, True)
+        scope.records["scan"] = fields
+        scope.names["scan"] = Binding(T.record("scan"), doc="this symbol's scan result")
+        if isinstance(spec, dict):
+            self.out.extend(ScannerCheck(self.ws, self.doc, prefix=("scanner",)).run())
+
+    def _classify(self, scope: Scope) -> None:
+        for name, cases in (self.doc.get(("classify",)) or {}).items():
+            if name in scope.names:
+                self.err(("classify", name), f"classification '{name}' hides an existing name", key=True)
+                continue
+            seen: set[str] = set()
+            for i, case in enumerate(cases or []):
+                label = case.get("name")
+                if label in seen:
+                    self.err(("classify", name, i, "name"), f"case '{label}' of '{name}' is listed twice")
+                seen.add(label)
+                self.expr(("classify", name, i, "when"), scope, T.BOOL, f"case '{label}' of '{name}'")
+            if cases and self.doc.get(("classify", name, len(cases) - 1, "when")) is not True:
+                self.warn(("classify", name, len(cases) - 1), f"'{name}' has no catch-all last case",
+                          "end with `{name: other, when: true}` so every bar gets a value")
+            scope.names[name] = Binding(T.strings(seen), doc=f"classification {name}")
+
+    # ---- orders ------------------------------------------------------------------------------
+    def _orders(self, scope: Scope) -> None:
+        for name, spec in self.templates.items():
+            where = ("orders", name)
+            if not isinstance(spec, dict):
+                continue
+            if "legs" in spec:
+                self._combo(where, spec, scope)
+            else:
+                for key in ("limit", "stop"):
+                    if key in spec:
+                        self.expr(where + (key,), scope, T.NUMBER, f"the {key} price of order '{name}'")
+                otype = spec.get("type", "market")
+                if otype in ("limit", "stop_limit", "loc") and "limit" not in spec:
+                    self.err(where, f"order '{name}' is a {otype} order but has no `limit:` price",
+                             "add limit: <expression>, e.g. limit: close - 0.05", key=True)
+                if otype in ("stop", "stop_limit") and "stop" not in spec:
+                    self.err(where, f"order '{name}' is a {otype} order but has no `stop:` price",
+                             "add stop: <expression>", key=True)
+                self._quantity(where, spec, scope)
+
+    def _quantity(self, where: tuple, spec: dict, scope: Scope) -> None:
+        qty = spec.get("quantity")
+        if isinstance(qty, str):
+            self.expr(where + ("quantity",), scope, T.NUMBER, "quantity")
+        elif isinstance(qty, dict) and "stop_distance" in qty:
+            self.expr(where + ("quantity", "stop_distance"), scope, T.NUMBER, "stop_distance")
+
+    def _combo(self, where: tuple, spec: dict, scope: Scope) -> None:
+        legs: dict = spec.get("legs") or {}
+        self.combo_legs[where[-1]] = set(legs)
+        underlying = spec.get("underlying") or self.doc.get(("underlying",))
+        self._options_underlying(where, underlying)
+        refs: dict[str, set[str]] = {}
+        for leg, leg_spec in legs.items():
+            if not isinstance(leg_spec, dict):
+                continue
+            strike = leg_spec.get("strike")
+            lw = where + ("legs", leg, "strike")
+            leg_scope = scope.child(legs=frozenset(legs) - {leg})
+            for other in legs:
+                if other != leg:
+                    leg_scope.names[other] = Binding(T.record("leg"), doc=f"leg {other}")
+            leg_scope.unavailable[leg] = f"leg '{leg}' cannot refer to its own strike"
+            if isinstance(strike, dict):
+                for key in ("delta", "premium", "min", "max"):
+                    if key in strike:
+                        self.expr(lw + (key,), leg_scope, T.NUMBER, f"strike {key} of leg '{leg}'")
+                if "delta" in strike:
+                    value = self._constant(lw + ("delta",), scope)
+                    if value is not None and not 0 < abs(value) < 1:
+                        self.err(lw + ("delta",), f"delta {value:g} is out of range",
+                                 "delta is given as a magnitude between 0 and 1, e.g. 0.10")
+            elif strike is not None:
+                result = self.expr(lw, leg_scope, T.NUMBER, f"strike of leg '{leg}'")
+                if result is not None:
+                    refs[leg] = {n.id for n in ast.walk(result[0]) if isinstance(n, ast.Name) and n.id in legs}
+        # legs defined by offsets must bottom out in a leg chosen by delta or premium
+        for leg in refs:
+            seen, stack = set(), [leg]
+            while stack:
+                cur = stack.pop()
+                for dep in refs.get(cur, ()):
+                    if dep == leg:
+                        self.err(where + ("legs", leg, "strike"),
+                                 f"leg '{leg}' is defined through a circle of legs",
+                                 "at least one leg must pick its strike by delta or premium")
+                        stack.clear()
+                        break
+                    if dep not in seen:
+                        seen.add(dep)
+                        stack.append(dep)
+        combo_scope = self._combo_scope(scope, where[-1])
+        price = spec.get("price")
+        if isinstance(price, dict):
+            if "limit" in price:
+                self.expr(where + ("price", "limit"), combo_scope, T.NUMBER, "the combo's limit price")
+            chase = price.get("chase")
+            if isinstance(chase, dict):
+                if "floor" in chase:
+                    self.expr(where + ("price", "chase", "floor"), combo_scope, T.NUMBER, "the chase floor")
+                start = chase.get("start")
+                if isinstance(start, (int, float)) and not isinstance(start, bool):
+                    pass
+        self._quantity(where, spec, scope)
+
+    def _constant(self, where: tuple, scope: Scope):
+        parsed = self.parse(where)
+        if parsed is None:
+            return None
+        value = checker.Checker(scope, parsed[1]).constant(parsed[0])
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def _combo_scope(self, scope: Scope, order: str) -> Scope:
+        legs = self.combo_legs.get(order, set())
+        combo = scope.child(legs=frozenset(legs), contexts=scope.contexts | {"options"})
+        for leg in legs:
+            combo.names[leg] = Binding(T.record("leg"), doc=f"leg {leg} of order {order}")
+        for name, doc in COMBO_NAMES.items():
+            combo.names[name] = Binding(T.SCALAR, doc=doc)
+            combo.unavailable.pop(name, None)
+        return combo
+
+    def _options_underlying(self, where: tuple, underlying) -> None:
+        """The combo's underlying (the order's, the strategy's, else each symbol traded) must
+        have an options setup in the instruments map."""
+        universe = self.doc.get(("universe",))
+        if underlying is not None:
+            symbols = [underlying]
+        elif isinstance(universe, list):
+            symbols = [s for s in universe if isinstance(s, str)]
+        else:
+            return  # a universe file: each symbol is checked when it is resolved at run time
+        inst = self.ws.instruments_for(self.doc)
+        if inst is None:
+            return
+        roots = inst.get(("roots",)) or {}
+        stock_options = ((inst.get(("defaults",)) or {}).get("STK") or {}).get("options")
+        for symbol in symbols:
+            entry = roots.get(symbol)
+            if entry is None and stock_options:
+                continue  # a stock with the default options setup
+            if entry is None or not entry.get("options"):
+                self.err(where, f"options order '{where[-1]}' trades options on '{symbol}', which has no "
+                         f"`options:` section in {inst.path}",
+                         "add trading_class, exchange, multiplier, strike_step, style and settlement there",
+                         key=True)
+
+    # ---- rules -------------------------------------------------------------------------------
+    def _rule_scope(self, kind: str, order: str | None, scope: Scope) -> Scope:
+        rule_scope = self._combo_scope(scope, order) if order in self.combo_legs else scope.child()
+        if kind == "exit":
+            rule_scope.names["position"] = Binding(T.record("position"), doc="the open position")
+            rule_scope.unavailable.pop("position", None)
+            rule_scope.contexts = rule_scope.contexts | {"exit"}
+            if self.combo_legs:
+                for name in ("credit", "debit", "max_loss", "max_profit", "margin", "underlying_price"):
+                    rule_scope.unavailable[name] = (f"in exit rules use the position's fields "
+                                                    f"(position.pnl, position.entry_credit) instead of '{name}'")
+        for orders_legs in self.combo_legs.values():
+            for leg in orders_legs:
+                if leg not in rule_scope.names:
+                    rule_scope.unavailable[leg] = (f"leg '{leg}' is only in scope in rules whose order has it")
+        return rule_scope
+
+    def _rules(self, where: tuple, kind: str, scope: Scope) -> None:
+        for i, rule in enumerate(self.doc.get(where) or []):
+            if not isinstance(rule, dict):
+                continue
+            rw = where + (i,)
+            order = rule.get("order")
+            if order is not None:
+                if order not in self.templates:
+                    self.err(rw + ("order",), f"unknown order '{order}'{_suggest(order, self.templates)}",
+                             f"orders defined: {', '.join(self.templates) or 'none'}")
+                    order = None
+                else:
+                    self.used_orders.add(order)
+            elif kind == "entry":
+                continue  # the schema reports the missing order
+            rule_scope = self._rule_scope(kind, order, scope)
+            label = f"{kind} rule '{rule.get('name', i + 1)}'"
+            if "when" in rule:
+                self.expr(rw + ("when",), rule_scope, T.BOOL, f"`when` of {label}")
+            for key in ("stop", "target"):
+                if key in rule:
+                    self.expr(rw + (key,), rule_scope, T.NUMBER, f"`{key}` of {label}")
+
+    def _agents(self, scope: Scope) -> None:
+        for name, agent in (self.doc.get(("agents",)) or {}).items():
+            where = ("agents", name)
+            if not isinstance(agent, dict):
+                continue
+            if "active" in agent:
+                self.expr(where + ("active",), scope, T.BOOL, f"`active` of agent '{name}'")
+            if "score" in agent:
+                self.expr(where + ("score",), scope, T.NUMBER, f"`score` of agent '{name}'")
+            self._rules(where + ("entry",), "entry", scope)
+            self._rules(where + ("exit",), "exit", scope)
+            if not agent.get("entry"):
+                self.warn(where, f"agent '{name}' has no entry rules", key=True)
+
+    # ---- schedule and universe ---------------------------------------------------------------
+    def _schedule(self) -> None:
+        sched = self.doc.get(("schedule",)) or {}
+        tz = sched.get("timezone")
+        if isinstance(tz, str):
+            check_timezone(self, ("schedule", "timezone"), tz)
+        window = sched.get("entry_window")
+        if isinstance(window, list) and len(window) == 2 and all(isinstance(t, str) for t in window):
+            start, end = (_minutes(t) for t in window)
+            if start is not None and end is not None and start >= end:
+                self.err(("schedule", "entry_window"), f"entry window {window[0]}-{window[1]} is empty",
+                         "the start must be before the end, e.g. [\"09:30\", \"11:00\"]")
+            flat = sched.get("flat_by")
+            if isinstance(flat, str) and start is not None and _minutes(flat) is not None and _minutes(flat) <= start:
+                self.err(("schedule", "flat_by"), f"flat_by {flat} is before the entry window opens at {window[0]}")
+
+    def _universe(self) -> None:
+        inst = self.ws.instruments_for(self.doc)
+        roots = (inst.get(("roots",)) or {}) if inst else {}
+        underlying = self.doc.get(("underlying",))
+        if isinstance(underlying, str) and inst is not None and underlying not in roots:
+            self.err(("underlying",), f"'{underlying}' is not in the instruments map "
+                     f"{inst.path}{_suggest(underlying, roots)}",
+                     "add it under roots: with its sec_type, exchange and currency")
+        universe = self.doc.get(("universe",))
+        if isinstance(universe, dict) and ("universe", "file") in self.doc.refs:
+            groups = self.doc.refs[("universe", "file")].get(("groups",)) or {}
+            for i, group in enumerate(universe.get("groups") or []):
+                if group not in groups:
+                    self.err(("universe", "groups", i), f"universe has no group '{group}'{_suggest(group, groups)}",
+                             f"groups: {', '.join(groups)}")
+
+
+def _minutes(text: str) -> int | None:
+    m = re.match(r"^(\d{1,2}):(\d{2})$", text)
+    return int(m.group(1)) * 60 + int(m.group(2)) if m else None
+
+
+def check_timezone(check: DocumentCheck, where: tuple, tz: str) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        names = zoneinfo.available_timezones()
+        check.err(where, f"unknown timezone '{tz}'{_suggest(tz, names)}",
+                  "use an IANA name such as America/New_York or America/Chicago")
+
+
+class ScannerCheck(DocumentCheck):
+    """A scanner (a document, or inline in a strategy under `prefix`)."""
+
+    def __init__(self, ws: Workspace, doc: Document, prefix: tuple = ()):
+        super().__init__(ws, doc)
+        self.prefix = prefix
+
+    def run(self) -> list[Diagnostic]:
+        p = self.prefix
+        body = self.doc.get(p) or {}
+        params = self.params(section=p + ("params",))
+        scope = base_scope(params)
+        self.indicators(scope, section=p + ("indicators",))
+        if "prefilter" in body:
+            self.expr(p + ("prefilter",), scope, T.BOOL, "the prefilter")
+        factors = body.get("factors") or {}
+        total = 0.0
+        for name, factor in factors.items():
+            if not isinstance(factor, dict):
+                continue
+            self.expr(p + ("factors", name, "expr"), scope, T.NUMBER, f"factor '{name}'")
+            weight = factor.get("weight")
+            if isinstance(weight, (int, float)) and not isinstance(weight, bool):
+                total += weight
+        if factors and not body.get("normalise_weights", False) and abs(total - 1.0) > 1e-9:
+            self.err(p + ("factors",), f"factor weights sum to {total:g}, not 1",
+                     "fix the weights so they add up to 1, or set `normalise_weights: true` to scale them",
+                     key=True)
+        class_scope = scope.child()
+        for name in factors:
+            class_scope.names[name] = Binding(T.NUMBER_SERIES, doc=f"factor {name}, normalised 0-1")
+        class_scope.names["score"] = Binding(T.NUMBER_SERIES, doc="the composite score, 0-100")
+        for i, case in enumerate(body.get("classes") or []):
+            if isinstance(case, dict) and "when" in case:
+                self.expr(p + ("classes", i, "when"), class_scope, T.BOOL, f"class '{case.get('class')}'")
+        grades = body.get("grades") or {}
+        values = [v for v in grades.values() if isinstance(v, (int, float))]
+        if values != sorted(values, reverse=True):
+            self.warn(p + ("grades",), "grades are not in descending order of score",
+                      "list the best grade first, e.g. {A: 80, B: 65, C: 50}", key=True)
+        self.warn_unused(p + ("params",), params, "param")
+        self.warn_unused(p + ("indicators",), body.get("indicators") or {}, "indicator")
+        return self.out
+
+
+class UniverseCheck(DocumentCheck):
+    def run(self) -> list[Diagnostic]:
+        inst = self.ws.instruments_for(self.doc)
+        roots = (inst.get(("roots",)) or {}) if inst else {}
+        default_type = (self.doc.get(("defaults",)) or {}).get("sec_type", "STK")
+        seen: dict[str, tuple] = {}
+        listed = [(("symbols", i), s) for i, s in enumerate(self.doc.get(("symbols",)) or [])]
+        for group, symbols in (self.doc.get(("groups",)) or {}).items():
+            listed += [(("groups", group, i), s) for i, s in enumerate(symbols or [])]
+        patterns = self.doc.get(("exclude",)) or []
+        for where, symbol in listed:
+            if not isinstance(symbol, str):
+                continue
+            if symbol in seen:
+                self.warn(where, f"'{symbol}' is listed twice (first at {'.'.join(map(str, seen[symbol]))})")
+                continue
+            seen[symbol] = where
+            entry = roots.get(symbol) or {}
+            sec_type = entry.get("sec_type", default_type)
+            if sec_type == "FUT" and symbol not in roots:
+                self.err(where, f"future '{symbol}' is not in the instruments map{_suggest(symbol, roots)}",
+                         "futures need their exchange, multiplier, trading class and month cycle in instruments.yaml")
+            for rule in patterns:
+                if isinstance(rule, dict) and rule.get("sec_type", sec_type) == sec_type and \
+                        fnmatch.fnmatchcase(symbol, str(rule.get("pattern", ""))):
+                    self.warn(where, f"'{symbol}' matches the exclusion pattern '{rule.get('pattern')}' and will "
+                                     "never be traded")
+        return self.out
+
+
+class InstrumentsCheck(DocumentCheck):
+    def run(self) -> list[Diagnostic]:
+        for root, entry in (self.doc.get(("roots",)) or {}).items():
+            if not isinstance(entry, dict):
+                continue
+            if entry.get("sec_type") == "FUT":
+                missing = [k for k in ("multiplier", "months", "trading_class", "exchange") if k not in entry]
+                if missing:
+                    self.err(("roots", root), f"future '{root}' needs {', '.join(missing)}",
+                             "IB resolves futures from root + exchange + month; give all of them here", key=True)
+                if entry.get("exchange") in ("SMART",):
+                    self.err(("roots", root, "exchange"), f"future '{root}' cannot use SMART routing",
+                             "name the product's exchange: CME, CBOT, NYMEX, COMEX, ...")
+        return self.out
+
+
+class RiskCheck(DocumentCheck):
+    def run(self) -> list[Diagnostic]:
+        return self.out
+
+
+def check_document(ws: Workspace, doc: Document, overrides: dict[str, str] | None = None) -> list[Diagnostic]:
+    """The semantic diagnostics of one schema-valid document."""
+    if doc.kind == "strategy":
+        return StrategyCheck(ws, doc).run(overrides)
+    if doc.kind == "scanner":
+        return ScannerCheck(ws, doc).run()
+    if doc.kind == "universe":
+        return UniverseCheck(ws, doc).run()
+    if doc.kind == "instruments":
+        return InstrumentsCheck(ws, doc).run()
+    return RiskCheck(ws, doc).run()

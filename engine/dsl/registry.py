@@ -1,0 +1,199 @@
+"""Every function of the expression language: signature, argument kinds, defaults, result type,
+warm-up rule and a one-line doc. The type checker reads signatures from here; the compiler reads
+warm-up rules; `qtrade functions` (and the README) print the docs. Kernels live in
+engine.indicators and are looked up by the same names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+# Argument kinds. A SERIES argument accepts a number series or a scalar (broadcast); a LENGTH
+# is a whole number >= 1 known before the run (a literal or a param), so warm-up is known.
+SERIES = "series"          # number series (a scalar is broadcast)
+BOOL_SERIES = "bool"       # boolean series or scalar
+NUMBER = "number"          # number, series or scalar: the result follows the arguments
+LENGTH = "length"          # constant whole number >= 1 (bars)
+CONSTANT = "constant"      # constant number (e.g. a band multiplier)
+ANY = "any"                # any value type (if(): the branches)
+STRING = "string"          # a string literal
+LEG = "leg"                # the name of an option leg of the rule's order
+
+# Result rules.
+R_SERIES = "number series"
+R_BOOL_SERIES = "boolean series"
+R_FOLLOW = "follows arguments"     # number; series if any argument is a series
+R_IF = "type of the branches"
+R_SYMBOL = "symbol bars"
+R_SCALAR = "number"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str
+    default: float | None = None
+    required: bool = True
+
+    def show(self) -> str:
+        if not self.required:
+            value = self.default
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
+            return f"{self.name}={shown}"
+        return self.name
+
+
+Warmup = Callable[[Mapping[str, float]], int]
+
+
+@dataclass(frozen=True)
+class Function:
+    """One function: its parameters, what it returns, its warm-up and what it means."""
+
+    name: str
+    params: tuple[Param, ...]
+    returns: str
+    doc: str
+    warmup: Warmup = field(default=lambda a: 0, compare=False)
+    inputs: tuple[str, ...] = ()      # implicit bar fields read (atr reads high, low, close)
+    variadic: bool = False            # min/max take two or more arguments
+    contexts: frozenset[str] = frozenset()  # where it is allowed when not everywhere
+    source: str = "numpy"
+
+    @property
+    def signature(self) -> str:
+        inner = ", ".join(p.show() for p in self.params)
+        if self.variadic:
+            inner += ", ..."
+        return f"{self.name}({inner})"
+
+    @property
+    def min_args(self) -> int:
+        return sum(1 for p in self.params if p.required)
+
+
+def _p(name: str, kind: str, default: float | None = None) -> Param:
+    return Param(name, kind, default, default is None)
+
+
+def _n(name: str) -> Warmup:
+    return lambda a: int(a[name]) - 1
+
+
+FUNCTIONS: dict[str, Function] = {}
+ALIASES: dict[str, str] = {"crossover": "crosses_above", "crossunder": "crosses_below"}
+
+
+def _def(fn: Function) -> None:
+    FUNCTIONS[fn.name] = fn
+
+
+X, LEN = _p("x", SERIES), _p("length", LENGTH)
+
+# ---- moving averages and dispersion -------------------------------------------------------
+_def(Function("sma", (X, LEN), R_SERIES, "Simple moving average: mean of the last `length` values.",
+              _n("length"), source="ta-lib:SMA"))
+_def(Function("ema", (X, LEN), R_SERIES,
+              "Exponential moving average, alpha = 2/(length+1), seeded with the SMA of the first `length` values.",
+              _n("length"), source="ta-lib:EMA"))
+_def(Function("wma", (X, LEN), R_SERIES, "Linearly weighted moving average: weights 1..length, newest heaviest.",
+              _n("length"), source="ta-lib:WMA"))
+_def(Function("rma", (X, LEN), R_SERIES,
+              "Wilder's moving average (alpha = 1/length), as used inside RSI and ATR.", _n("length")))
+_def(Function("stdev", (X, LEN), R_SERIES, "Population standard deviation of the last `length` values.",
+              _n("length"), source="ta-lib:STDDEV"))
+_def(Function("highest", (X, LEN), R_SERIES, "Highest value of the last `length` bars, this bar included.",
+              _n("length"), source="ta-lib:MAX"))
+_def(Function("lowest", (X, LEN), R_SERIES, "Lowest value of the last `length` bars, this bar included.",
+              _n("length"), source="ta-lib:MIN"))
+_def(Function("change", (X, _p("length", LENGTH, 1.0)), R_SERIES, "x - x[length]: the change over `length` bars.",
+              lambda a: int(a["length"])))
+_def(Function("roc", (X, _p("length", LENGTH, 1.0)), R_SERIES,
+              "Rate of change in percent: 100 * (x / x[length] - 1).", lambda a: int(a["length"]),
+              source="ta-lib:ROC"))
+_def(Function("zscore", (X, LEN), R_SERIES,
+              "(x - sma(x, length)) / stdev(x, length): distance from the mean in standard deviations.",
+              _n("length")))
+_def(Function("percentrank", (X, LEN), R_SERIES,
+              "Fraction (0-1) of the previous `length` values that are <= the current value.",
+              lambda a: int(a["length"])))
+_def(Function("hurst", (X, _p("length", LENGTH, 100.0)), R_SERIES,
+              "Rolling Hurst exponent of the last `length` bars (>0.5 trends, <0.5 mean-reverts).",
+              _n("length")))
+
+# ---- oscillators and volatility ----------------------------------------------------------
+_def(Function("rsi", (X, _p("length", LENGTH, 14.0)), R_SERIES, "Wilder's Relative Strength Index, 0-100.",
+              lambda a: int(a["length"]), source="ta-lib:RSI"))
+_def(Function("tr", (), R_SERIES, "True range: max(high, close[1]) - min(low, close[1]).",
+              lambda a: 1, inputs=("high", "low", "close"), source="ta-lib:TRANGE"))
+_def(Function("atr", (_p("length", LENGTH, 14.0),), R_SERIES, "Average true range, Wilder-smoothed.",
+              lambda a: int(a["length"]), inputs=("high", "low", "close"), source="ta-lib:ATR"))
+_def(Function("adx", (_p("length", LENGTH, 14.0),), R_SERIES, "Average directional index (trend strength, 0-100).",
+              lambda a: 2 * int(a["length"]) - 1, inputs=("high", "low", "close"), source="ta-lib:ADX"))
+_def(Function("mfi", (_p("length", LENGTH, 14.0),), R_SERIES, "Money Flow Index, 0-100 (volume-weighted RSI).",
+              lambda a: int(a["length"]), inputs=("high", "low", "close", "volume"), source="ta-lib:MFI"))
+_def(Function("vwap", (), R_SERIES,
+              "Volume-weighted average of the typical price (h+l+c)/3, anchored at each session's open.",
+              lambda a: 0, inputs=("high", "low", "close", "volume")))
+_BB = (X, _p("length", LENGTH, 20.0), _p("mult", CONSTANT, 2.0))
+_def(Function("bb_upper", _BB, R_SERIES, "Upper Bollinger band: sma + mult * population stdev.",
+              _n("length"), source="ta-lib:BBANDS"))
+_def(Function("bb_lower", _BB, R_SERIES, "Lower Bollinger band: sma - mult * population stdev.",
+              _n("length"), source="ta-lib:BBANDS"))
+_def(Function("bb_width", _BB, R_SERIES, "Bollinger band width: (upper - lower) / middle.", _n("length")))
+_MACD = (X, _p("fast", LENGTH, 12.0), _p("slow", LENGTH, 26.0), _p("signal", LENGTH, 9.0))
+_def(Function("macd", _MACD, R_SERIES, "MACD line: ema(x, fast) - ema(x, slow).",
+              lambda a: int(max(a["fast"], a["slow"])) + int(a["signal"]) - 2, source="ta-lib:MACD"))
+_def(Function("macd_signal", _MACD, R_SERIES, "MACD signal line: ema(macd, signal).",
+              lambda a: int(max(a["fast"], a["slow"])) + int(a["signal"]) - 2, source="ta-lib:MACD"))
+_def(Function("macd_hist", _MACD, R_SERIES, "MACD histogram: macd - macd_signal.",
+              lambda a: int(max(a["fast"], a["slow"])) + int(a["signal"]) - 2, source="ta-lib:MACD"))
+
+# ---- events ----------------------------------------------------------------------------
+_AB = (_p("a", SERIES), _p("b", SERIES))
+_def(Function("crosses_above", _AB, R_BOOL_SERIES,
+              "True on the bar where a moves above b (a > b now, a <= b on the previous bar). Alias: crossover.",
+              lambda a: 1))
+_def(Function("crosses_below", _AB, R_BOOL_SERIES,
+              "True on the bar where a moves below b (a < b now, a >= b on the previous bar). Alias: crossunder.",
+              lambda a: 1))
+
+# ---- arithmetic --------------------------------------------------------------------------
+_V = _p("x", NUMBER)
+_def(Function("abs", (_V,), R_FOLLOW, "Absolute value."))
+_def(Function("sign", (_V,), R_FOLLOW, "-1, 0 or 1 by the sign of x."))
+_def(Function("log", (_V,), R_FOLLOW, "Natural logarithm (NaN for x <= 0)."))
+_def(Function("sqrt", (_V,), R_FOLLOW, "Square root (NaN for x < 0)."))
+_def(Function("round", (_V, _p("digits", CONSTANT, 0.0)), R_FOLLOW, "x rounded to `digits` decimals."))
+_def(Function("min", (_p("a", NUMBER), _p("b", NUMBER)), R_FOLLOW, "Smallest of its arguments, bar by bar.",
+              variadic=True))
+_def(Function("max", (_p("a", NUMBER), _p("b", NUMBER)), R_FOLLOW, "Largest of its arguments, bar by bar.",
+              variadic=True))
+_def(Function("clamp", (_V, _p("low", NUMBER), _p("high", NUMBER)), R_FOLLOW, "x limited to [low, high]."))
+_def(Function("nz", (_V, _p("default", NUMBER, 0.0)), R_FOLLOW,
+              "x, or `default` where x is not a number yet (warm-up, gaps)."))
+_def(Function("if", (_p("condition", BOOL_SERIES), _p("then", ANY), _p("else", ANY)), R_IF,
+              "`then` where condition holds, else `else`, bar by bar."))
+
+# ---- data, positions and options -------------------------------------------------------
+_def(Function("symbol", (_p("ticker", STRING),), R_SYMBOL,
+              "Another symbol's bars, aligned by timestamp without look-ahead: symbol(\"VIX\").close."))
+_def(Function("at_entry", (_p("x", SERIES),), R_SERIES,
+              "The value x had on the bar the open position was entered (exit rules only).",
+              contexts=frozenset({"exit"})))
+_def(Function("delta", (_p("leg", LEG),), R_SCALAR, "The leg's option delta (signed: puts are negative).",
+              contexts=frozenset({"options"})))
+_def(Function("iv", (_p("leg", LEG),), R_SCALAR, "The leg's implied volatility, as a fraction.",
+              contexts=frozenset({"options"})))
+_def(Function("iv_rank", (X, _p("length", LENGTH, 252.0)), R_SERIES,
+              "Where x sits in its `length`-bar range, 0-1: (x - lowest) / (highest - lowest).", _n("length")))
+
+
+def lookup(name: str) -> Function | None:
+    """The function called `name` (aliases included), or None."""
+    return FUNCTIONS.get(ALIASES.get(name, name))
+
+
+def all_names() -> list[str]:
+    return sorted(set(FUNCTIONS) | set(ALIASES))

@@ -32,16 +32,11 @@ REFERENCES: dict[str, tuple[tuple[tuple, str], ...]] = {
 
 
 def bundled_instruments_path() -> Path:
-    """The instrument map shipped with qtrade, used when a document names none."""
-    try:
-        from importlib import resources
-
-        path = Path(str(resources.files("engine.universes"))) / "instruments.yaml"
-        if path.is_file():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[2] / "universes" / "instruments.yaml"
+    """The instrument map shipped with qtrade (engine/universes/ when installed, else the source
+    tree's universes/), used when a document names none."""
+    engine_dir = Path(__file__).resolve().parents[1]
+    installed = engine_dir / "universes" / "instruments.yaml"
+    return installed if installed.is_file() else engine_dir.parent / "universes" / "instruments.yaml"
 
 
 @dataclass

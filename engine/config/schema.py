@@ -22,16 +22,11 @@ KINDS = ("strategy", "universe", "instruments", "scanner", "risk")
 
 
 def schema_dir() -> Path:
-    """Where the schema files are: inside the installed package, or the source tree's schemas/."""
-    try:
-        from importlib import resources
-
-        path = Path(str(resources.files("engine.schemas")))
-        if (path / "strategy.schema.json").is_file():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[2] / "schemas"
+    """Where the schema files are: engine/schemas/ in an installed package (pyproject maps the
+    project's schemas/ there), else the source tree's schemas/."""
+    engine_dir = Path(__file__).resolve().parents[1]
+    installed = engine_dir / "schemas"
+    return installed if (installed / "strategy.schema.json").is_file() else engine_dir.parent / "schemas"
 
 
 @functools.lru_cache(maxsize=None)

@@ -136,8 +136,8 @@ class Workspace:
         doc = Document(display, abspath, loaded.data, loaded.marks, loaded.text)
         diags: list[Diagnostic] = []
         if not isinstance(doc.data, dict):
-            diags.append(error(display, 1, 1, "expected a mapping with a `kind:` at the top of the file",
-                               f"start the file with `kind: {expected_kind or 'strategy'}`"))
+            what = "the file is empty" if doc.data is None else "expected a mapping with a `kind:` at the top of the file"
+            diags.append(error(display, 1, 1, what, f"start the file with `kind: {expected_kind or 'strategy'}`"))
             self._add(abspath, diags)
             return None
         kind = doc.data.get("kind")
@@ -186,7 +186,8 @@ class Workspace:
         if not target.is_file():
             hint = f"paths are relative to {doc.path}'s folder ({_display(doc.abspath.parent) or '.'})"
             if target.parent.is_dir():
-                names = [p.name for p in target.parent.iterdir() if p.suffix in (".yaml", ".yml")]
+                names = [p.name for p in target.parent.iterdir()
+                         if p.suffix in (".yaml", ".yml") and p.resolve() != doc.abspath]
                 close = difflib.get_close_matches(target.name, names, n=1)
                 if close:
                     hint = f"did you mean '{close[0]}'? " + hint

@@ -207,7 +207,7 @@ def _report(rep: _Reporter, err) -> None:
         prop = schema.get("properties", {}).get(missing, {})
         hint = prop.get("description", "")
         example = _example_hint(prop)
-        hint = (hint.split(". ")[0] + (f"; {example}" if example else "")) if hint else example
+        hint = (hint.split(". ")[0].rstrip(".") + (f"; {example}" if example else "")) if hint else example
         rep.at_key(where, f"missing required key '{missing}'" + (f" in {_path_text(where)}" if where else ""), hint)
         return
     if v == "enum":

@@ -214,8 +214,10 @@ class _Builder:
 
     def _check_tag(self, node: yaml.Node, expected: str, mark: Mark) -> None:
         if node.tag not in (expected, None, "!"):
+            shown = "!!" + node.tag[len("tag:yaml.org,2002:"):] if node.tag.startswith("tag:yaml.org,2002:") \
+                else node.tag
             self.problems.append(error(
-                self.path, mark.line, mark.col, f"YAML tag {node.tag!r} is not allowed",
+                self.path, mark.line, mark.col, f"YAML tag {shown!r} is not allowed",
                 "qtrade loads YAML safely: remove the tag (only plain mappings, lists and scalars)"))
 
     def _mapping(self, node: yaml.MappingNode, where: Path_) -> dict:
@@ -353,6 +355,9 @@ def _yaml_error(path: str, text: str, exc: yaml.MarkedYAMLError) -> Diagnostic:
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     problem = (exc.problem or "invalid YAML").strip()
     hint = ""
+    opened = _unclosed_opener(path, text, exc)
+    if opened is not None:
+        return opened
     lines = text.splitlines()
     source_line = lines[line - 1] if 0 < line <= len(lines) else ""
     if "\t" in source_line[: max(col, 1)] or "found character '\\t'" in problem:
@@ -376,3 +381,24 @@ def _yaml_error(path: str, text: str, exc: yaml.MarkedYAMLError) -> Diagnostic:
     if exc.context and exc.context not in problem:
         problem = f"{problem} ({exc.context})"
     return error(path, line, col, f"invalid YAML: {problem}", hint)
+
+
+_CLOSERS = {"[": "]", "{": "}", '"': '"', "'": "'"}
+
+
+def _unclosed_opener(path: str, text: str, exc: yaml.MarkedYAMLError) -> Diagnostic | None:
+    """A bracket or quote left open is found only lines later, where the next key is: report it
+    where it was opened, which is where the fix goes."""
+    start, found = exc.context_mark, exc.problem_mark
+    if start is None or found is None or found.line <= start.line:
+        return None
+    problem = exc.problem or ""
+    if not ("did not find expected ','" in problem or "unexpected end of stream" in problem):
+        return None
+    opener = text[start.index:start.index + 1] if 0 <= start.index < len(text) else ""
+    if opener not in _CLOSERS:
+        return None
+    hint = f"add the missing {_CLOSERS[opener]!r} (YAML was still inside it at line {found.line + 1})"
+    if opener in "[{":
+        hint += "; a value containing ',' or ':' inside [...] or {...} must be quoted"
+    return error(path, start.line + 1, start.column + 1, f"invalid YAML: this {opener!r} is never closed", hint)

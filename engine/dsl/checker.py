@@ -9,6 +9,7 @@ returns the expression's type and every error it found, each with a span inside 
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,8 @@ class Checker:
         if bars_type.is_error or base.is_error:
             return T.INVALID
         bars = self.constant(node.bars)
+        if bars is not None and not math.isfinite(bars):
+            return self.fail(node.bars, f"the lag in x[n] must be a finite number of bars, got {bars:g}")
         if bars_type.series or bars_type.base != T.NUMBER or bars is None:
             return self.fail(node.bars, "the lag in x[n] must be a constant number of bars",
                              "use a literal or a param, e.g. close[1]")
@@ -286,7 +289,12 @@ class Checker:
         params = list(fn.params)
         args = list(node.args)
         if fn.variadic:
-            if len(args) < 2 or node.kwargs:
+            if node.kwargs:
+                kw = node.kwargs[0]
+                self.fail(kw, f"{fn.name}() takes no named arguments, got '{kw.name}'",
+                          f"write {fn.signature}")
+                return None
+            if len(args) < 2:
                 self.fail(node, f"{fn.name}() takes two or more values, got {len(args)}",
                           f"write {fn.signature}")
                 return None
@@ -350,6 +358,8 @@ class Checker:
             if t.series or value is None:
                 return self.fail(arg, f"{what} must be a constant (a number or a param), but {self.show(arg)} "
                                  f"is {T.describe(t)}", "lengths are fixed before the run so warm-up is known")
+            if not math.isfinite(value):
+                return self.fail(arg, f"{what} must be a finite number, got {value:g}")
             if param.kind == registry.LENGTH and (float(value) != int(value) or value < 1):
                 return self.fail(arg, f"{what} must be a whole number of bars >= 1, got {value:g}")
         return t

@@ -8,6 +8,7 @@ the caller can point at the exact line and column of the YAML file it came from.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -53,7 +54,11 @@ def _span(meta_or_token) -> ast.Span:
 class _ToAst(Transformer):
     def number(self, meta, children):
         (tok,) = children
-        return ast.Number(float(tok.replace("_", "")), _span(tok))
+        value = float(tok.replace("_", ""))
+        if math.isinf(value):
+            raise ExprError(f"number {str(tok)!r} is too large", tok.start_pos, tok.end_pos,
+                            "numbers must be below about 1.8e308")
+        return ast.Number(value, _span(tok))
 
     def percent(self, meta, children):
         (tok,) = children

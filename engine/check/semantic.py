@@ -127,8 +127,28 @@ class DocumentCheck:
         try:
             return parser.parse(text), text
         except ExprError as exc:
-            self.out.append(self.doc.diag_in_value(where, exc.start, exc.message, exc.hint))
+            # The names in a broken expression are still meant: do not also call them unused.
+            self.used.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+            message, hint = exc.message, exc.hint
+            cut = self._cut_by_flow_comma(where)
+            if cut is not None:
+                message += f" (YAML ended this value at the ',' on line {cut[0]}, column {cut[1]})"
+                hint = ("inside {...} or [...] a ',' ends a plain value: quote the whole expression, "
+                        "e.g. {when: \"ema(close, 8) > ema(close, 21)\", order: buy}")
+            self.out.append(self.doc.diag_in_value(where, exc.start, message, hint))
             return None
+
+    def _cut_by_flow_comma(self, where) -> tuple[int, int] | None:
+        """Where a ',' cut an unquoted expression short inside a YAML flow mapping or list."""
+        mark = self.doc.marks.values.get(tuple(where))
+        if mark is None or mark.style not in (None, "") or mark.end_line != mark.line:
+            return None
+        lines = self.doc.text.splitlines()
+        rest = lines[mark.end_line - 1][mark.end_col - 1:] if 0 < mark.end_line <= len(lines) else ""
+        stripped = rest.lstrip()
+        if not stripped.startswith(","):
+            return None
+        return mark.end_line, mark.end_col + len(rest) - len(stripped)
 
     def expr(self, where, scope: Scope, want: str | None, what: str) -> tuple[ast.Node, T.Type] | None:
         """Parse and type-check the expression at `where`; `want` is 'boolean', 'number' or None."""
@@ -222,6 +242,7 @@ class DocumentCheck:
                 continue
             parsed[name] = result[0]
             deps[name] = {n.id for n in ast.walk(result[0]) if isinstance(n, ast.Name) and n.id in specs}
+            self.used.update(deps[name] - {name})  # used by another indicator, even one in a cycle
         order: list[str] = []
         state: dict[str, int] = {}
         cyclic: set[str] = set()
@@ -677,7 +698,8 @@ class InstrumentsCheck(DocumentCheck):
             if not isinstance(entry, dict):
                 continue
             if entry.get("sec_type") == "FUT":
-                missing = [k for k in ("multiplier", "months", "trading_class", "exchange") if k not in entry]
+                # exchange, multiplier and months are required by the schema, which reports them
+                missing = [k for k in ("trading_class",) if k not in entry]
                 if missing:
                     self.err(("roots", root), f"future '{root}' needs {', '.join(missing)}",
                              "IB resolves futures from root + exchange + month; give all of them here", key=True)

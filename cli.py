@@ -7,6 +7,7 @@ A traceback is a bug; `--debug` shows one, otherwise bad input is always a messa
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -35,6 +36,16 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
     return overrides
 
 
+def _version() -> str:
+    """The installed distribution's version; a source checkout that was never installed has none."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("qtrade")
+    except metadata.PackageNotFoundError:
+        return "(not installed: running from a source tree)"
+
+
 class _Group(click.Group):
     """Turns unexpected exceptions into a one-line message unless --debug is given."""
 
@@ -46,6 +57,12 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _safe_echo("interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # `qtrade functions | head`: the reader left, nothing is wrong
+            try:
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush is quiet
+            except OSError:  # pragma: no cover
+                pass
+            ctx.exit(EXIT_OK)
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -56,7 +73,7 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for internal errors.")
-@click.version_option(package_name="qtrade", message="qtrade %(version)s")
+@click.version_option(version=_version(), message="qtrade %(version)s")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """qtrade: rule-based trading strategies on Interactive Brokers, written as YAML.

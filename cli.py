@@ -130,6 +130,62 @@ def schema(kind: str) -> None:
     _safe_echo(schema_text(kind).rstrip())
 
 
+def _report_problems(exc) -> None:
+    for d in exc.diagnostics:
+        _safe_echo(d.format(), err=True)
+    n = sum(1 for d in exc.diagnostics if d.is_error)
+    _safe_echo(f"{n} error{'s' * (n != 1)}: nothing was run", err=True)
+    sys.exit(EXIT_PROBLEMS)
+
+
+@main.command()
+@click.argument("strategy", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a param. Repeatable.")
+def explain(strategy: str, fmt: str, sets: tuple[str, ...]) -> None:
+    """Print the compiled Plan of STRATEGY: its nodes (shared ones once), warm-up, rules and the
+    inputs and history a run must load."""
+    from engine.diagnostics import DiagnosticError
+    from engine.plan.build import plan_from_file, summary
+
+    try:
+        plan = plan_from_file(strategy, _parse_sets(sets))
+    except DiagnosticError as exc:
+        _report_problems(exc)
+    data = summary(plan)
+    if fmt == "json":
+        _safe_echo(json.dumps(data, indent=2, default=str))
+        return
+    _safe_echo(f"Plan of {data['strategy']} ({data['bar']} bars): warm-up {data['warmup_bars']} bars, "
+               f"load at least {data['history_bars']} bars of history")
+    fields = "; ".join(f"{sym}: {', '.join(f)}" for sym, f in data["inputs"]["fields"].items()) or "none"
+    _safe_echo(f"inputs: {fields}")
+    if data["inputs"]["clock"]:
+        _safe_echo(f"clock: {', '.join(data['inputs']['clock'])}")
+    if data["inputs"]["context"]:
+        _safe_echo(f"run context: {', '.join(data['inputs']['context'])}")
+    _safe_echo(f"\nnodes ({len(data['nodes'])}; 'shared' = used by more than one rule or output):")
+    width = min(60, max((len(n["expr"]) for n in data["nodes"]), default=10))
+    for n in data["nodes"]:
+        if n["op"] in ("const",):
+            continue
+        users = n["used_by"]
+        tag = f"shared by {len(users)}" if len(users) > 1 else (users[0] if users else "")
+        expr = n["expr"] if len(n["expr"]) <= width else n["expr"][: width - 3] + "..."
+        where = "" if n["market"] else "  [run context]"
+        _safe_echo(f"  #{n['id']:<3} {expr:<{width}}  warm-up {n['warmup']:>4}  {tag}{where}")
+    _safe_echo("\nrules:")
+    nodes = data["nodes"]
+    for r in data["rules"]:
+        agent = f"[{r['agent']}] " if r["agent"] else ""
+        parts = [f"{key} #{r[key]}" for key in ("when", "stop", "target") if r[key] is not None]
+        order = f" -> order {r['order']}" if r["order"] else (" -> close position" if r["kind"] == "exit" else "")
+        _safe_echo(f"  {r['kind']:<5} {agent}{r['name']!r}: {', '.join(parts)}{order}")
+        for key in ("when", "stop", "target"):
+            if r[key] is not None:
+                _safe_echo(f"        {key}: {nodes[r[key]]['expr']}")
+
+
 @main.command()
 @click.argument("name", required=False)
 def functions(name: str | None) -> None:

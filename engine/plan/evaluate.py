@@ -1,0 +1,343 @@
+"""Evaluate a Plan: vectorised over a whole history, or bar by bar as bars arrive.
+
+Both evaluators share one set of value rules, so a live run sees the numbers a backtest saw:
+- a comparison with a missing value (NaN) is false, and `not` of a false comparison is true;
+- division by zero gives NaN ("no value"), never infinity;
+- a lag reaches back over earlier bars, NaN (false for conditions) before the first;
+- functions follow engine.indicators' gap rule: a bar with a missing input is skipped;
+- another symbol's fields are aligned by the time each bar closes: this bar sees the other
+  symbol's latest bar that had closed by then, never a later one.
+
+The vectorised evaluator computes market nodes (bar data only) for every bar at once. Context
+nodes (position, legs, scan results) are evaluated by `value_at` at the bars where the run has
+that context. `Stream` evaluates every node on the newest bar in O(1) or O(lookback) per bar.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..indicators import ELEMENTWISE, KERNELS
+from . import nodes as N
+from .nodes import Plan
+
+_NAN = float("nan")
+
+
+@dataclass
+class Bars:
+    """One symbol's bars as arrays, plus clock values and other symbols aligned to them.
+
+    `fields` holds open/high/low/close/volume; `clock` holds time (minutes after midnight in the
+    strategy's timezone), dayofweek, bar_index, session (an id per trading session) and, when
+    a calendar is known, minutes_to_close / minutes_since_open; `others[symbol][field]` are
+    another symbol's values already aligned with `align_asof`.
+    """
+
+    fields: dict[str, np.ndarray]
+    clock: dict[str, np.ndarray] = field(default_factory=dict)
+    others: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.fields.values())))
+
+
+def align_asof(closes_at: np.ndarray, other_closes_at: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each of this symbol's bars, the other symbol's value from its latest bar that had
+    closed by the time this bar closed (NaN before its first). Times are sortable numbers
+    (e.g. int64 nanoseconds); both arrays ascending."""
+    index = np.searchsorted(other_closes_at, closes_at, side="right") - 1
+    out = np.full(len(closes_at), np.nan)
+    ok = index >= 0
+    out[ok] = np.asarray(values, dtype=np.float64)[index[ok]]
+    return out
+
+
+class MissingInput(KeyError):
+    """The data given to an evaluator lacks something the plan needs."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+# ---- value rules shared by both evaluators -----------------------------------------------
+
+def _arith_vec(op: str, a, b):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if op == "+":
+            return np.add(a, b)
+        if op == "-":
+            return np.subtract(a, b)
+        if op == "*":
+            return np.multiply(a, b)
+        return np.where(np.equal(b, 0), np.nan, np.true_divide(a, b))
+
+
+def _arith_scalar(op: str, a: float, b: float) -> float:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return _NAN if b == 0 else a / b
+
+
+_CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
+        "==": np.equal, "!=": np.not_equal}
+
+
+def _compare_scalar(op: str, a, b) -> bool:
+    if op == "==":
+        return a == b
+    if op == "!=":
+        return a != b
+    if op == "<":
+        return a < b
+    if op == "<=":
+        return a <= b
+    if op == ">":
+        return a > b
+    return a >= b
+
+
+def _lagged(values, n: int, boolean: bool):
+    out = np.zeros(len(values), dtype=bool) if boolean else np.full(len(values), np.nan)
+    if n < len(values):
+        out[n:] = values[: len(values) - n]
+    return out
+
+
+def _elementwise_vec(name: str, args: list, consts: tuple):
+    if name == "if":
+        cond, a, b = args
+        return np.where(cond, a, b)
+    if name == "nz":
+        x, default = args
+        return np.where(np.isnan(x), default, x)
+    if name in ("min", "max"):
+        fn = np.minimum if name == "min" else np.maximum
+        out = np.asarray(args[0], dtype=np.float64)
+        for a in args[1:]:
+            out = fn(out, a)
+        return out
+    if name == "clamp":
+        x, lo, hi = args
+        with np.errstate(invalid="ignore"):
+            return np.minimum(np.maximum(x, lo), hi)
+    fn = ELEMENTWISE[name]
+    return fn(args[0], *consts)
+
+
+def _elementwise_scalar(name: str, args: list, consts: tuple):
+    if name == "if":
+        return args[1] if args[0] else args[2]
+    if name == "nz":
+        return args[1] if args[0] != args[0] else args[0]
+    if name in ("min", "max", "clamp", "sign", "abs", "log", "sqrt", "round"):
+        vec = _elementwise_vec(name, [np.array([float(a)]) for a in args], consts)
+        return float(vec[0])
+    raise KeyError(name)  # pragma: no cover
+
+
+# ---- vectorised ----------------------------------------------------------------------------
+
+def _broadcast(value, n: int, kind: str):
+    if np.ndim(value):
+        return value
+    if kind == "boolean":
+        return np.full(n, bool(value))
+    return np.full(n, float(value))
+
+
+def evaluate(plan: Plan, bars: Bars, upto: set[int] | None = None) -> list[Any]:
+    """Every market node's values over all bars (arrays; constants stay scalars).
+
+    `upto` limits the work to the nodes needed for those node ids. Context nodes are None.
+    """
+    n = len(bars)
+    needed = _closure(plan, upto) if upto is not None else None
+    values: list[Any] = [None] * len(plan.nodes)
+    for node in plan.nodes:
+        if not node.market or (needed is not None and node.id not in needed):
+            continue
+        values[node.id] = _eval_vec(node, values, bars, n)
+    return values
+
+
+def _closure(plan: Plan, ids) -> set[int]:
+    seen: set[int] = set()
+    stack = list(ids)
+    while stack:
+        i = stack.pop()
+        if i not in seen:
+            seen.add(i)
+            stack.extend(plan.nodes[i].args)
+    return seen
+
+
+def _eval_vec(node: N.Node, values: list, bars: Bars, n: int):
+    op = node.op
+    args = [values[a] for a in node.args]
+    if op == N.CONST:
+        return node.attrs[0]
+    if op == N.FIELD:
+        symbol, name = node.attrs
+        source = bars.fields if symbol is None else bars.others.get(symbol)
+        if source is None or name not in source:
+            raise MissingInput(f"no data for {node.label}" if symbol is None else
+                               f"no data for symbol {symbol!r} ({name}): load its bars too")
+        return np.asarray(source[name], dtype=np.float64)
+    if op == N.CLOCK:
+        name = node.attrs[0]
+        if name not in bars.clock:
+            raise MissingInput(f"clock value {name!r} is not available for these bars")
+        return bars.clock[name]
+    if op == N.CALL:
+        name, consts = node.attrs[0], node.attrs[1:]
+        kernel = KERNELS.get(name)
+        if kernel is not None:
+            arrays = [_broadcast(a, n, "number") for a in args]
+            return kernel.func(*arrays, *consts)
+        return _elementwise_vec(name, args, consts)
+    if op == N.BINARY:
+        return _arith_vec(node.attrs[0], args[0], args[1])
+    if op == N.COMPARE:
+        a, b = args
+        with np.errstate(invalid="ignore"):
+            return _CMP[node.attrs[0]](a, b)
+    if op == N.LOGIC:
+        return np.logical_and(*args) if node.attrs[0] == "and" else np.logical_or(*args)
+    if op == N.NOT:
+        return np.logical_not(args[0])
+    if op == N.NEG:
+        return np.negative(args[0])
+    if op == N.LAG:
+        return _lagged(args[0], node.attrs[0], node.kind == "boolean")
+    if op == N.IN:
+        return np.isin(args[0], list(node.attrs[0]))
+    if op == N.CLASSIFY:
+        labels = node.attrs
+        conds = [_broadcast(a, n, "boolean") for a in args]
+        width = max((len(label) for label in labels), default=1)
+        return np.select(conds, [np.array(label, dtype=f"<U{width}") for label in labels], default="")
+    raise AssertionError(f"unexpected node {op}")  # pragma: no cover
+
+
+def value_at(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str, Any],
+             _memo: dict | None = None):
+    """One node's value at bar `i`, using precomputed market values and the run's context
+    (position.*, legs, credit, scan.*; `position.entry_bar` for at_entry)."""
+    memo = {} if _memo is None else _memo
+    if node_id in memo:
+        return memo[node_id]
+    node = plan.nodes[node_id]
+    if node.market:
+        v = values[node_id]
+        result = v[i] if np.ndim(v) else v
+        result = result.item() if hasattr(result, "item") else result
+    elif node.op == N.CONTEXT:
+        name = node.attrs[0]
+        if name not in context:
+            raise MissingInput(f"{name} is not known at this point of the run")
+        result = context[name]
+    elif node.op == N.AT_ENTRY:
+        entry = context.get("position.entry_bar")
+        if entry is None:
+            raise MissingInput("at_entry() needs an open position")
+        child = plan.nodes[node.args[0]]
+        if child.market:
+            v = values[child.id]
+            result = (v[int(entry)] if np.ndim(v) else v)
+            result = result.item() if hasattr(result, "item") else result
+        else:
+            result = value_at(plan, child.id, int(entry), values, context, {})
+    else:
+        args = [value_at(plan, a, i, values, context, memo) for a in node.args]
+        result = _eval_scalar(node, args)
+    memo[node_id] = result
+    return result
+
+
+def _eval_scalar(node: N.Node, args: list):
+    op = node.op
+    if op == N.BINARY:
+        return _arith_scalar(node.attrs[0], float(args[0]), float(args[1]))
+    if op == N.COMPARE:
+        return bool(_compare_scalar(node.attrs[0], args[0], args[1]))
+    if op == N.LOGIC:
+        return bool(args[0] and args[1]) if node.attrs[0] == "and" else bool(args[0] or args[1])
+    if op == N.NOT:
+        return not args[0]
+    if op == N.NEG:
+        return -args[0]
+    if op == N.IN:
+        return args[0] in node.attrs[0]
+    if op == N.CALL:
+        return _elementwise_scalar(node.attrs[0], args, node.attrs[1:])
+    if op == N.CLASSIFY:
+        for label, cond in zip(node.attrs, args):
+            if cond:
+                return label
+        return ""
+    raise AssertionError(f"cannot evaluate {op} at one bar")  # pragma: no cover
+
+
+# ---- streaming ---------------------------------------------------------------------------
+
+class Stream:
+    """Evaluates every market node of a Plan on the newest bar, one bar at a time.
+
+    `update(fields, clock, others)` takes this bar's fields (open/high/low/close/volume), its
+    clock values and the other symbols' latest closed values; it returns the list of node
+    values for this bar (index by node id). Kernels keep running state, lags keep a ring of
+    their last n+1 values, so a bar costs O(1) or O(lookback) whatever the history length.
+    """
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.values: list[Any] = [None] * len(plan.nodes)
+        self._kernels: dict[int, Any] = {}
+        self._rings: dict[int, deque] = {}
+        self._steps = []
+        for node in plan.nodes:
+            if not node.market:
+                continue
+            if node.op == N.CALL and node.attrs[0] in KERNELS:
+                self._kernels[node.id] = KERNELS[node.attrs[0]].stream(*node.attrs[1:])
+            if node.op == N.LAG:
+                self._rings[node.id] = deque(maxlen=node.attrs[0] + 1)
+            if node.op == N.CONST:
+                self.values[node.id] = node.attrs[0]
+            else:
+                self._steps.append(node)
+
+    def update(self, fields: Mapping[str, float], clock: Mapping[str, float] | None = None,
+               others: Mapping[str, Mapping[str, float]] | None = None) -> list[Any]:
+        values = self.values
+        clock = clock or {}
+        others = others or {}
+        for node in self._steps:
+            op = node.op
+            if op == N.FIELD:
+                symbol, name = node.attrs
+                source = fields if symbol is None else others.get(symbol, {})
+                values[node.id] = float(source.get(name, _NAN))
+            elif op == N.CLOCK:
+                values[node.id] = clock[node.attrs[0]]
+            elif op == N.CALL and node.id in self._kernels:
+                values[node.id] = self._kernels[node.id].update(*(values[a] for a in node.args))
+            elif op == N.LAG:
+                ring = self._rings[node.id]
+                ring.append(values[node.args[0]])
+                if len(ring) == ring.maxlen:
+                    values[node.id] = ring[0]
+                else:
+                    values[node.id] = False if node.kind == "boolean" else _NAN
+            else:
+                values[node.id] = _eval_scalar(node, [values[a] for a in node.args])
+        return values

@@ -143,8 +143,8 @@ _def(Function("bb_lower", _BB, R_SERIES, "Lower Bollinger band: sma - mult * pop
               _n("length"), source="ta-lib:BBANDS"))
 _def(Function("bb_width", _BB, R_SERIES, "Bollinger band width: (upper - lower) / middle.", _n("length")))
 _MACD = (X, _p("fast", LENGTH, 12.0), _p("slow", LENGTH, 26.0), _p("signal", LENGTH, 9.0))
-_def(Function("macd", _MACD, R_SERIES, "MACD line: ema(x, fast) - ema(x, slow).",
-              lambda a: int(max(a["fast"], a["slow"])) + int(a["signal"]) - 2, source="ta-lib:MACD"))
+_def(Function("macd", _MACD, R_SERIES, "MACD line: ema(x, fast) - ema(x, slow), both started at bar slow-1.",
+              lambda a: int(max(a["fast"], a["slow"])) - 1, source="ta-lib:MACD"))
 _def(Function("macd_signal", _MACD, R_SERIES, "MACD signal line: ema(macd, signal).",
               lambda a: int(max(a["fast"], a["slow"])) + int(a["signal"]) - 2, source="ta-lib:MACD"))
 _def(Function("macd_hist", _MACD, R_SERIES, "MACD histogram: macd - macd_signal.",

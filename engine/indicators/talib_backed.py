@@ -1,0 +1,181 @@
+"""Kernels that delegate to TA-Lib's C code (the canonical definitions, at C speed).
+
+Every function here converts its inputs, applies the gap rule (`gaps.run_gapped`)
+so TA-Lib only ever sees NaN-free series, and returns a float64 array of the input
+length with NaN during warm-up. The docstring of each function is its formula; the
+exact TA-Lib seeding is spelled out because the streaming forms reproduce it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import talib
+
+from . import params as P
+from .gaps import as_series, run_gapped
+
+
+def sma(x, length):
+    """Simple moving average: mean(x[t-n+1..t]). TA-Lib SMA. Warm-up n-1."""
+    n = P.window(length, minimum=2)
+    return run_gapped(lambda a: talib.SMA(a, n), [as_series(x)])
+
+
+def ema(x, length):
+    """Exponential moving average, alpha = 2/(n+1), seeded with the SMA of the first
+    n values: e[n-1] = mean(x[0..n-1]); e[t] = e[t-1] + alpha*(x[t]-e[t-1]).
+    TA-Lib EMA (default compatibility). Warm-up n-1."""
+    n = P.window(length, minimum=2)
+    return run_gapped(lambda a: talib.EMA(a, n), [as_series(x)])
+
+
+def wma(x, length):
+    """Linearly weighted moving average: sum(k*x[t-n+k], k=1..n) / (n(n+1)/2).
+    TA-Lib WMA. Warm-up n-1."""
+    n = P.window(length, minimum=2)
+    return run_gapped(lambda a: talib.WMA(a, n), [as_series(x)])
+
+
+def rma(x, length):
+    """Wilder's smoothing (RMA/SMMA), alpha = 1/n, seeded with the SMA of the first n
+    values: r[n-1] = mean(x[0..n-1]); r[t] = r[t-1] + (x[t]-r[t-1])/n.
+    TA-Lib RMA (checked to match this seeding). Warm-up n-1."""
+    n = P.window(length, minimum=2)
+    return run_gapped(lambda a: talib.RMA(a, n), [as_series(x)])
+
+
+def stdev(x, length):
+    """Population standard deviation over the trailing n bars:
+    sqrt(mean(x^2) - mean(x)^2) (TA-Lib STDDEV, nbdev=1, running sums; a
+    non-positive variance gives 0). Warm-up n-1."""
+    n = P.window(length, minimum=2)
+    return run_gapped(lambda a: talib.STDDEV(a, n, 1.0), [as_series(x)])
+
+
+def highest(x, length):
+    """Rolling maximum of x[t-n+1..t]. TA-Lib MAX. Warm-up n-1."""
+    n = P.window(length, minimum=2)
+    return run_gapped(lambda a: talib.MAX(a, n), [as_series(x)])
+
+
+def lowest(x, length):
+    """Rolling minimum of x[t-n+1..t]. TA-Lib MIN. Warm-up n-1."""
+    n = P.window(length, minimum=2)
+    return run_gapped(lambda a: talib.MIN(a, n), [as_series(x)])
+
+
+def roc(x, length=1):
+    """Rate of change in percent: 100*(x[t]/x[t-n] - 1); TA-Lib returns 0 (not inf)
+    when x[t-n] == 0. TA-Lib ROC. Warm-up n."""
+    n = P.window(length, minimum=1)
+    return run_gapped(lambda a: talib.ROC(a, n), [as_series(x)])
+
+
+def rsi(x, length=14):
+    """Wilder's RSI: gains/losses of x[t]-x[t-1]; avg gain/loss seeded with the plain
+    mean of the first n changes (bars 1..n), then Wilder-smoothed
+    (avg = (avg*(n-1) + new)/n); RSI = 100*avg_gain/(avg_gain+avg_loss), and 0 when
+    both averages are 0 (TA-Lib's convention for a flat window). TA-Lib RSI.
+    Warm-up n."""
+    n = P.window(length, minimum=2)
+    return run_gapped(lambda a: talib.RSI(a, n), [as_series(x)])
+
+
+def tr(high, low, close):
+    """True range: max(h-l, |h-c[t-1]|, |l-c[t-1]|). TA-Lib TRANGE (bar 0 has no
+    previous close, so it is NaN). Warm-up 1."""
+    arrs = [as_series(high, "high"), as_series(low, "low"), as_series(close, "close")]
+    return run_gapped(talib.TRANGE, arrs)
+
+
+def atr(high, low, close, length=14):
+    """Average true range: Wilder smoothing of TR, seeded with the mean of TR over
+    bars 1..n (bar 0 has no TR): atr[n] = mean(tr[1..n]);
+    atr[t] = (atr[t-1]*(n-1) + tr[t]) / n. TA-Lib ATR. Warm-up n."""
+    n = P.window(length, minimum=1)
+    arrs = [as_series(high, "high"), as_series(low, "low"), as_series(close, "close")]
+    return run_gapped(lambda h, l, c: talib.ATR(h, l, c, n), arrs)
+
+
+def adx(high, low, close, length=14):
+    """Wilder's ADX (TA-Lib ADX). +DM = h-h[t-1] if it exceeds l[t-1]-l and is > 0,
+    -DM symmetric; TR as in `tr`. TA-Lib seeds the Wilder sums with the sum of the
+    first n-1 bars' DM/TR (bars 1..n-1) and from bar n on updates
+    S = S - S/n + new; DI = 100*DM_S/TR_S; DX = 100*|+DI - -DI|/(+DI + -DI);
+    ADX[2n-1] = mean(DX[n..2n-1]); then ADX = (ADX*(n-1) + DX)/n. Warm-up 2n-1."""
+    n = P.window(length, minimum=2)
+    arrs = [as_series(high, "high"), as_series(low, "low"), as_series(close, "close")]
+    return run_gapped(lambda h, l, c: talib.ADX(h, l, c, n), arrs)
+
+
+def mfi(high, low, close, volume, length=14):
+    """Money flow index. typical = (h+l+c)/3; raw flow = typical*volume, positive
+    when typical rose vs the previous bar, negative when it fell, neither when equal
+    (TA-Lib counts typical prices within ~1e-14 relative of each other as equal);
+    MFI = 100*sum(pos, n)/(sum(pos, n)+sum(neg, n)) over bars t-n+1..t, 0 when both
+    sums are 0. TA-Lib MFI. Warm-up n."""
+    n = P.window(length, minimum=2)
+    arrs = [as_series(high, "high"), as_series(low, "low"), as_series(close, "close"),
+            as_series(volume, "volume")]
+    return run_gapped(lambda h, l, c, v: talib.MFI(h, l, c, v, n), arrs)
+
+
+def _bands(x, length, mult, which):
+    n = P.window(length, minimum=2)
+    m = P.real(mult, "mult")
+    return run_gapped(lambda a: talib.BBANDS(a, n, m, m, 0)[which], [as_series(x)])
+
+
+def bb_upper(x, length=20, mult=2.0):
+    """Upper Bollinger band: sma(x,n) + mult*stdev(x,n) (population stdev).
+    TA-Lib BBANDS (SMA). Warm-up n-1."""
+    return _bands(x, length, mult, 0)
+
+
+def bb_middle(x, length=20, mult=2.0):
+    """Middle Bollinger band: sma(x,n) (TA-Lib BBANDS). Warm-up n-1."""
+    return _bands(x, length, mult, 1)
+
+
+def bb_lower(x, length=20, mult=2.0):
+    """Lower Bollinger band: sma(x,n) - mult*stdev(x,n) (population stdev).
+    TA-Lib BBANDS (SMA). Warm-up n-1."""
+    return _bands(x, length, mult, 2)
+
+
+def bb_width(x, length=20, mult=2.0):
+    """Bollinger band width: (upper - lower) / middle, from TA-Lib BBANDS; NaN where
+    the middle band is 0. Warm-up n-1."""
+    n = P.window(length, minimum=2)
+    m = P.real(mult, "mult")
+
+    def raw(a):
+        up, mid, lo = talib.BBANDS(a, n, m, m, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = (up - lo) / mid
+        w[mid == 0] = np.nan
+        return w
+
+    return run_gapped(raw, [as_series(x)])
+
+
+def macd(x, fast=12, slow=26, signal=9):
+    """MACD line: ema(x, fast) - ema(x, slow), with TA-Lib MACD's seeding: BOTH EMAs
+    start at bar slow-1, the slow one seeded with mean(x[0..slow-1]) and the fast one
+    with mean(x[slow-fast..slow-1]) (so it differs from a standalone ema(x, fast)
+    early on). Does not depend on `signal`. Warm-up slow-1."""
+    f, s, _ = P.macd_periods(fast, slow, signal)
+    return run_gapped(lambda a: talib.MACD(a, f, s, 1)[0], [as_series(x)])
+
+
+def macd_signal(x, fast=12, slow=26, signal=9):
+    """MACD signal line: EMA(signal) of the MACD line, seeded with the mean of its
+    first `signal` values. TA-Lib MACD. Warm-up slow+signal-2."""
+    f, s, g = P.macd_periods(fast, slow, signal)
+    return run_gapped(lambda a: talib.MACD(a, f, s, g)[1], [as_series(x)])
+
+
+def macd_hist(x, fast=12, slow=26, signal=9):
+    """MACD histogram: macd - macd_signal. TA-Lib MACD. Warm-up slow+signal-2."""
+    f, s, g = P.macd_periods(fast, slow, signal)
+    return run_gapped(lambda a: talib.MACD(a, f, s, g)[2], [as_series(x)])

@@ -398,13 +398,7 @@ class StrategyCheck(DocumentCheck):
                 for key in ("limit", "stop"):
                     if key in spec:
                         self.expr(where + (key,), scope, T.NUMBER, f"the {key} price of order '{name}'")
-                otype = spec.get("type", "market")
-                if otype in ("limit", "stop_limit", "loc") and "limit" not in spec:
-                    self.err(where, f"order '{name}' is a {otype} order but has no `limit:` price",
-                             "add limit: <expression>, e.g. limit: close - 0.05", key=True)
-                if otype in ("stop", "stop_limit") and "stop" not in spec:
-                    self.err(where, f"order '{name}' is a {otype} order but has no `stop:` price",
-                             "add stop: <expression>", key=True)
+                # a limit/stop order without its price is reported by the schema (if/then required)
                 self._quantity(where, spec, scope)
 
     def _quantity(self, where: tuple, spec: dict, scope: Scope) -> None:

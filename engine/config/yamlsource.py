@@ -255,7 +255,7 @@ class _Builder:
                 first = seen[key]
                 self.problems.append(error(
                     self.path, key_mark.line, key_mark.col,
-                    f"duplicate key {key!r} (first defined on line {first.line})",
+                    f"duplicate key {key!r} on line {key_mark.line} (first defined on line {first.line})",
                     f"YAML keeps only one of them; delete one of the two {key!r} entries "
                     f"(lines {first.line} and {key_mark.line})"))
                 continue
@@ -328,7 +328,9 @@ def load_yaml(path: str, text: str | None = None, env: dict[str, str] | None = N
         except FileNotFoundError:
             raise DiagnosticError([error(display, 0, 0, "file not found")]) from None
         except UnicodeDecodeError as exc:
-            raise DiagnosticError([error(display, 1, 1, f"not UTF-8 text ({exc.reason})",
+            line, col = _byte_position(exc.object, exc.start)
+            raise DiagnosticError([error(display, line, col,
+                                         f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} ({exc.reason})",
                                          "save the file as UTF-8")]) from None
         except OSError as exc:
             raise DiagnosticError([error(display, 0, 0, f"cannot read file: {exc.strerror}")]) from None
@@ -348,6 +350,13 @@ def load_yaml(path: str, text: str | None = None, env: dict[str, str] | None = N
     if builder.problems:
         raise DiagnosticError(builder.problems)
     return LoadedYaml(display, text, data, builder.marks)
+
+
+def _byte_position(data: bytes, index: int) -> tuple[int, int]:
+    """1-based line and column (in characters) of byte `index` of undecodable `data`."""
+    start = data.rfind(b"\n", 0, index) + 1
+    prefix = data[start:index].decode("utf-8", errors="replace")
+    return data.count(b"\n", 0, index) + 1, len(prefix) + 1
 
 
 def _yaml_error(path: str, text: str, exc: yaml.MarkedYAMLError) -> Diagnostic:

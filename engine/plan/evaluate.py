@@ -15,6 +15,7 @@ that context. `Stream` evaluates every node on the newest bar in O(1) or O(lookb
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -289,6 +290,30 @@ def _eval_scalar(node: N.Node, args: list):
 
 # ---- streaming ---------------------------------------------------------------------------
 
+def _scalar_step(node: N.Node):
+    """A function computing one node's value for the newest bar from its arguments' values."""
+    op = node.op
+    if op == N.BINARY:
+        kind = node.attrs[0]
+        if kind == "+":
+            return lambda a, b: a + b
+        if kind == "-":
+            return lambda a, b: a - b
+        if kind == "*":
+            return lambda a, b: a * b
+        return lambda a, b: _NAN if b == 0 else a / b
+    if op == N.COMPARE:
+        return {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+                "==": operator.eq, "!=": operator.ne}[node.attrs[0]]
+    if op == N.LOGIC:
+        return (lambda a, b: bool(a and b)) if node.attrs[0] == "and" else (lambda a, b: bool(a or b))
+    if op == N.NOT:
+        return operator.not_
+    if op == N.NEG:
+        return operator.neg
+    return lambda *args: _eval_scalar(node, list(args))
+
+
 class Stream:
     """Evaluates every market node of a Plan on the newest bar, one bar at a time.
 
@@ -301,43 +326,46 @@ class Stream:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.values: list[Any] = [None] * len(plan.nodes)
-        self._kernels: dict[int, Any] = {}
-        self._rings: dict[int, deque] = {}
-        self._steps = []
+        self._inputs: list[tuple[int, str, str | None, str]] = []   # (id, where, symbol, name)
+        self._steps: list[tuple[int, Any, tuple[int, ...]]] = []    # (id, function, argument ids)
         for node in plan.nodes:
             if not node.market:
                 continue
-            if node.op == N.CALL and node.attrs[0] in KERNELS:
-                self._kernels[node.id] = KERNELS[node.attrs[0]].stream(*node.attrs[1:])
-            if node.op == N.LAG:
-                self._rings[node.id] = deque(maxlen=node.attrs[0] + 1)
             if node.op == N.CONST:
                 self.values[node.id] = node.attrs[0]
+            elif node.op == N.FIELD:
+                self._inputs.append((node.id, "field", node.attrs[0], node.attrs[1]))
+            elif node.op == N.CLOCK:
+                self._inputs.append((node.id, "clock", None, node.attrs[0]))
+            elif node.op == N.CALL and node.attrs[0] in KERNELS:
+                stream = KERNELS[node.attrs[0]].stream(*node.attrs[1:])
+                self._steps.append((node.id, stream.update, node.args))
+            elif node.op == N.LAG:
+                self._steps.append((node.id, _lag_step(node), node.args))
             else:
-                self._steps.append(node)
+                self._steps.append((node.id, _scalar_step(node), node.args))
 
     def update(self, fields: Mapping[str, float], clock: Mapping[str, float] | None = None,
                others: Mapping[str, Mapping[str, float]] | None = None) -> list[Any]:
         values = self.values
-        clock = clock or {}
-        others = others or {}
-        for node in self._steps:
-            op = node.op
-            if op == N.FIELD:
-                symbol, name = node.attrs
-                source = fields if symbol is None else others.get(symbol, {})
-                values[node.id] = float(source.get(name, _NAN))
-            elif op == N.CLOCK:
-                values[node.id] = clock[node.attrs[0]]
-            elif op == N.CALL and node.id in self._kernels:
-                values[node.id] = self._kernels[node.id].update(*(values[a] for a in node.args))
-            elif op == N.LAG:
-                ring = self._rings[node.id]
-                ring.append(values[node.args[0]])
-                if len(ring) == ring.maxlen:
-                    values[node.id] = ring[0]
-                else:
-                    values[node.id] = False if node.kind == "boolean" else _NAN
+        for node_id, where, symbol, name in self._inputs:
+            if where == "clock":
+                values[node_id] = clock[name]
+            elif symbol is None:
+                values[node_id] = float(fields[name])
             else:
-                values[node.id] = _eval_scalar(node, [values[a] for a in node.args])
+                values[node_id] = float((others or {}).get(symbol, {}).get(name, _NAN))
+        for node_id, step, args in self._steps:
+            values[node_id] = step(*[values[a] for a in args])
         return values
+
+
+def _lag_step(node: N.Node):
+    ring: deque = deque(maxlen=node.attrs[0] + 1)
+    empty = False if node.kind == "boolean" else _NAN
+
+    def step(x):
+        ring.append(x)
+        return ring[0] if len(ring) == ring.maxlen else empty
+
+    return step

@@ -1,0 +1,277 @@
+"""The journal: one SQLite file (WAL) per run history, written the same way by backtests, dry
+runs, paper and live runs, and read by reports.
+
+Every order is journaled (with its tag) before it is sent; fills, round-trip trades, decisions
+(a rule that fired, or was blocked and why), equity and errors follow. Timestamps are ISO-8601
+UTC strings. Money is stored as REAL in the account currency.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    mode TEXT NOT NULL,                -- backtest | dry-run | paper | live
+    strategy TEXT NOT NULL,            -- the strategy's name
+    strategy_path TEXT,
+    strategy_text TEXT,                -- the YAML as it was run
+    params TEXT NOT NULL DEFAULT '{}', -- JSON: param values in force (after --set)
+    settings TEXT NOT NULL DEFAULT '{}', -- JSON: cash, commission, slippage, fill model, data files
+    symbols TEXT NOT NULL DEFAULT '[]',
+    bar TEXT,
+    currency TEXT NOT NULL DEFAULT 'USD',
+    initial_cash REAL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL DEFAULT 'running',  -- running | finished | failed | interrupted
+    summary TEXT                       -- JSON: the metrics at the end
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    ts TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    kind TEXT NOT NULL,                -- entry | exit
+    outcome TEXT NOT NULL,             -- fired | blocked
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS orders (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    order_ref TEXT NOT NULL UNIQUE,    -- qtrade:<run>:<seq>; IB's orderRef, so a restart knows its own
+    ts TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    action TEXT NOT NULL,              -- buy | sell
+    quantity REAL NOT NULL,
+    order_type TEXT NOT NULL,          -- market | limit | stop | stop_limit | moc | loc
+    limit_price REAL,
+    stop_price REAL,
+    tif TEXT NOT NULL DEFAULT 'day',
+    rule TEXT NOT NULL DEFAULT '',
+    intent TEXT NOT NULL DEFAULT 'open',  -- open | close
+    legs TEXT,                         -- JSON for combos
+    status TEXT NOT NULL DEFAULT 'created', -- created | submitted | filled | cancelled | rejected | expired
+    status_ts TEXT,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS fills (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    order_ref TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    action TEXT NOT NULL,
+    quantity REAL NOT NULL,
+    price REAL NOT NULL,               -- per unit (not multiplied)
+    multiplier REAL NOT NULL DEFAULT 1,
+    commission REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS trades (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,                -- long | short
+    quantity REAL NOT NULL,
+    multiplier REAL NOT NULL DEFAULT 1,
+    entry_ts TEXT NOT NULL,
+    entry_price REAL NOT NULL,
+    exit_ts TEXT NOT NULL,
+    exit_price REAL NOT NULL,
+    pnl REAL NOT NULL,                 -- net of commissions
+    return_pct REAL NOT NULL,          -- pnl / entry value, in percent
+    bars_held INTEGER NOT NULL,
+    mae REAL,                          -- maximum adverse excursion, account currency (<= 0)
+    mfe REAL,                          -- maximum favourable excursion, account currency (>= 0)
+    commission REAL NOT NULL DEFAULT 0,
+    entry_rule TEXT NOT NULL DEFAULT '',
+    exit_rule TEXT NOT NULL DEFAULT '',
+    exit_reason TEXT NOT NULL DEFAULT '',
+    legs TEXT                          -- JSON for option combos
+);
+CREATE TABLE IF NOT EXISTS equity (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    ts TEXT NOT NULL,
+    cash REAL NOT NULL,
+    equity REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS prices (             -- bars for the report's price chart (may be thinned)
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    symbol TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    open REAL, high REAL, low REAL, close REAL
+);
+CREATE TABLE IF NOT EXISTS positions (          -- snapshots (reconciliation, end of run)
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    ts TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    quantity REAL NOT NULL,
+    avg_price REAL NOT NULL,
+    market_price REAL
+);
+CREATE TABLE IF NOT EXISTS errors (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT REFERENCES runs(run_id),
+    ts TEXT NOT NULL,
+    source TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_run ON decisions(run_id, ts);
+CREATE INDEX IF NOT EXISTS orders_run ON orders(run_id, ts);
+CREATE INDEX IF NOT EXISTS fills_run ON fills(run_id, ts);
+CREATE INDEX IF NOT EXISTS trades_run ON trades(run_id, entry_ts);
+CREATE INDEX IF NOT EXISTS equity_run ON equity(run_id, ts);
+CREATE INDEX IF NOT EXISTS prices_run ON prices(run_id, symbol, ts);
+"""
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+class JournalError(Exception):
+    """The journal file cannot be opened or is not a qtrade journal."""
+
+
+class Journal:
+    """Append-only writer and reader of one journal file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.db = sqlite3.connect(str(self.path), isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            existing = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if existing and "runs" not in existing:
+                raise JournalError(f"{self.path} is an SQLite file but not a qtrade journal")
+            self.db.executescript(SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                            (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{self.path}: not a journal ({exc})") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- writing ---------------------------------------------------------------------------
+    def start_run(self, mode: str, strategy: str, *, strategy_path: str = "", strategy_text: str = "",
+                  params: dict | None = None, settings: dict | None = None, symbols: Sequence[str] = (),
+                  bar: str = "", currency: str = "USD", initial_cash: float | None = None,
+                  run_id: str | None = None) -> str:
+        run_id = run_id or new_run_id()
+        self.db.execute(
+            "INSERT INTO runs(run_id, mode, strategy, strategy_path, strategy_text, params, settings, symbols, bar,"
+            " currency, initial_cash, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id, mode, strategy, strategy_path, strategy_text, json.dumps(params or {}, default=str),
+             json.dumps(settings or {}, default=str), json.dumps(list(symbols)), bar, currency, initial_cash,
+             utc_now()))
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, summary: dict | None = None) -> None:
+        self.db.execute("UPDATE runs SET finished_at=?, status=?, summary=? WHERE run_id=?",
+                        (utc_now(), status, json.dumps(summary or {}, default=_json_default), run_id))
+
+    def order(self, run_id: str, order_ref: str, ts: str, symbol: str, action: str, quantity: float,
+              order_type: str, *, limit_price: float | None = None, stop_price: float | None = None,
+              tif: str = "day", rule: str = "", intent: str = "open", legs: Any = None,
+              status: str = "created", reason: str = "") -> None:
+        """Journal an order before it is sent (a restart recognises it by order_ref)."""
+        self.db.execute(
+            "INSERT INTO orders(run_id, order_ref, ts, symbol, action, quantity, order_type, limit_price,"
+            " stop_price, tif, rule, intent, legs, status, status_ts, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id, order_ref, ts, symbol, action, quantity, order_type, limit_price, stop_price, tif, rule,
+             intent, json.dumps(legs) if legs is not None else None, status, ts, reason))
+
+    def order_status(self, order_ref: str, status: str, ts: str, reason: str = "") -> None:
+        self.db.execute("UPDATE orders SET status=?, status_ts=?, reason=CASE WHEN ?='' THEN reason ELSE ? END"
+                        " WHERE order_ref=?", (status, ts, reason, reason, order_ref))
+
+    def fill(self, run_id: str, order_ref: str, ts: str, symbol: str, action: str, quantity: float,
+             price: float, multiplier: float = 1.0, commission: float = 0.0) -> None:
+        self.db.execute("INSERT INTO fills(run_id, order_ref, ts, symbol, action, quantity, price, multiplier,"
+                        " commission) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (run_id, order_ref, ts, symbol, action, quantity, price, multiplier, commission))
+
+    def decision(self, run_id: str, ts: str, symbol: str, rule: str, kind: str, outcome: str,
+                 reason: str = "") -> None:
+        self.db.execute("INSERT INTO decisions(run_id, ts, symbol, rule, kind, outcome, reason) VALUES (?,?,?,?,?,?,?)",
+                        (run_id, ts, symbol, rule, kind, outcome, reason))
+
+    def error(self, run_id: str | None, ts: str, source: str, message: str) -> None:
+        self.db.execute("INSERT INTO errors(run_id, ts, source, message) VALUES (?,?,?,?)",
+                        (run_id, ts, source, message))
+
+    def many(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Bulk insert (equity curves, prices, trades) in one transaction."""
+        marks = ",".join("?" * len(columns))
+        with self.transaction():
+            self.db.executemany(f"INSERT INTO {table}({','.join(columns)}) VALUES ({marks})", rows)
+
+    def transaction(self):
+        """`with journal.transaction(): ...` groups many writes into one commit."""
+        return _Transaction(self.db)
+
+    # ---- reading ---------------------------------------------------------------------------
+    def runs(self) -> list[dict]:
+        return self._rows("SELECT * FROM runs ORDER BY started_at")
+
+    def run(self, run_id: str | None = None) -> dict:
+        """One run (the newest when run_id is None), with JSON columns decoded."""
+        rows = self._rows("SELECT * FROM runs WHERE run_id=?", (run_id,)) if run_id else \
+            self._rows("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1")
+        if not rows:
+            raise JournalError(f"{self.path}: no run {run_id!r}" if run_id else f"{self.path}: no runs yet")
+        run = rows[0]
+        for key in ("params", "settings", "symbols", "summary"):
+            run[key] = json.loads(run[key]) if run.get(key) else ({} if key != "symbols" else [])
+        return run
+
+    def table(self, name: str, run_id: str, order: str = "rowid") -> list[dict]:
+        return self._rows(f"SELECT * FROM {name} WHERE run_id=? ORDER BY {order}", (run_id,))
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict]:
+        cur = self.db.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+@dataclass
+class _Transaction:
+    db: sqlite3.Connection
+
+    def __enter__(self):
+        self.db.execute("BEGIN")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+def _json_default(value: Any):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

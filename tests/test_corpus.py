@@ -123,6 +123,7 @@ CASES = [
          [(8, 7, E, "merge key (<<) needs a mapping")]),
     Case("non-utf8", {"s.yaml": b"kind: strategy\nname: caf\xe9\n"},
          [(2, 10, E, "not UTF-8")]),
+    Case("control-character", {"s.yaml": "kind: risk\nname: a\x07b\n"}, [(2, 8, E, "control character 0x07")]),
     Case("empty-file", {"s.yaml": ""}, [(1, 1, E, "empty")]),
     Case("top-level-list", {"s.yaml": "- kind: strategy\n- name: t\n"}, [(1, 1, E, "expected a mapping", "kind")]),
     Case("no-kind", {"s.yaml": "# a comment\nname: t\nuniverse: [SPY]\n"}, [(1, 1, E, "missing `kind:`")]),

@@ -343,6 +343,13 @@ def load_yaml(path: str, text: str | None = None, env: dict[str, str] | None = N
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
         raise DiagnosticError([_yaml_error(display, text, exc)]) from None
+    except yaml.reader.ReaderError as exc:  # a control character such as NUL: not text YAML accepts
+        index = max(0, min(exc.position, len(text)))
+        line = text.count("\n", 0, index) + 1
+        col = index - (text.rfind("\n", 0, index) + 1) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise DiagnosticError([error(display, line, col, f"invalid YAML: control character 0x{code:02x} is not allowed",
+                                     "is this a binary file? YAML files are plain UTF-8 text")]) from None
     except yaml.YAMLError as exc:  # pragma: no cover - unmarked errors are rare
         raise DiagnosticError([error(display, 1, 1, f"invalid YAML: {exc}")]) from None
     builder = _Builder(display, text, env)

@@ -1,0 +1,241 @@
+"""`qtrade` on the command line: exit codes, output formats, and no tracebacks for bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = [str(ROOT / "strategies"), str(ROOT / "universes")]
+DIAGNOSTIC = re.compile(r"^(?P<path>[^\n]+?):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning): ", re.M)
+
+BROKEN = """\
+kind: strategy
+name: t
+universe: [SPY]
+data: {bar: 1m, history: 2d}
+orders:
+  buy: {action: buy, type: market}
+entry:
+  - order: buy
+    when: ema2(close, 8) > 1
+"""
+
+WITH_WARNING = """\
+kind: strategy
+name: t
+universe: [SPY]
+data: {bar: 1m, history: 2d}
+params: {fast: 8, spare: 3}
+orders:
+  buy: {action: buy, type: market}
+entry:
+  - order: buy
+    when: sma(close, fast) > close
+"""
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def run(runner, *args, **kw):
+    result = runner.invoke(main, list(args), catch_exceptions=True, **kw)
+    assert "Traceback" not in result.output, result.output
+    assert result.exit_code != 70, result.output  # the "internal error" exit code
+    if result.exception is not None:
+        assert isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
+@pytest.fixture
+def broken(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text(BROKEN)
+    return path
+
+
+@pytest.fixture
+def warned(tmp_path):
+    path = tmp_path / "warned.yaml"
+    path.write_text(WITH_WARNING)
+    return path
+
+
+def test_validate_examples_clean(runner):
+    result = run(runner, "validate", *EXAMPLES)
+    assert result.exit_code == 0, result.output
+    assert "10 files checked: 0 errors, 0 warnings" in result.output
+    assert "All clear" in result.output
+    assert not DIAGNOSTIC.search(result.output)
+
+
+def test_validate_broken_file(runner, broken):
+    result = run(runner, "validate", str(broken))
+    assert result.exit_code == 1
+    found = [m.groupdict() for m in DIAGNOSTIC.finditer(result.output)]
+    assert found, result.output
+    first = found[0]
+    assert first["path"].endswith("broken.yaml")
+    assert (first["line"], first["col"], first["sev"]) == ("9", "11", "error")
+    assert "unknown function 'ema2' (did you mean 'ema'?)" in result.output
+    assert "1 error" in result.output
+
+
+def test_validate_reports_every_problem_not_just_the_first(runner, tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text(BROKEN.replace("bar: 1m", "bar: 7m"))
+    result = run(runner, "validate", str(path))
+    assert result.exit_code == 1
+    assert len(DIAGNOSTIC.findall(result.output)) == 2
+
+
+def test_validate_mixed_directory(runner, tmp_path, broken):
+    (tmp_path / "notes.txt").write_text("not yaml")
+    result = run(runner, "validate", str(tmp_path))
+    assert result.exit_code == 1
+    assert "1 file checked" in result.output
+
+
+@pytest.mark.parametrize("args", [
+    ["validate"],
+    ["validate", "--set", "fast", "X"],
+    ["validate", "--set", "=3", "X"],
+    ["validate", "--format", "xml", "X"],
+    ["validate", "--bogus", "X"],
+    ["nosuchcommand"],
+    ["schema", "portfolio"],
+    ["functions", "ema2"],
+])
+def test_usage_errors_exit_2(runner, args):
+    args = [str(ROOT / "strategies") if a == "X" else a for a in args]
+    result = run(runner, *args)
+    assert result.exit_code == 2, result.output
+    assert "Error" in result.output or "error" in result.output
+
+
+def test_unknown_set_param_is_a_usage_error(runner):
+    result = run(runner, "validate", "--set", "fsat=3", str(ROOT / "strategies" / "sma_crossover.yaml"))
+    assert result.exit_code == 2
+    assert "no strategy declares a param 'fsat' (did you mean 'fast'?)" in result.output
+
+
+def test_set_override_checked(runner):
+    target = str(ROOT / "strategies" / "sma_crossover.yaml")
+    assert run(runner, "validate", "--set", "fast=20", target).exit_code == 0
+    result = run(runner, "validate", "--set", "fast=500", target)
+    assert result.exit_code == 1
+    assert "--set fast=500: 500 is above the maximum 200" in result.output
+    result = run(runner, "validate", "--set", "fast=abc", target)
+    assert result.exit_code == 1
+    assert "expected a number" in result.output
+
+
+def test_json_format(runner, broken):
+    result = run(runner, "validate", "--format", "json", str(broken))
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["errors"] == 1 and data["warnings"] == 0
+    assert data["files"] and data["files"][0].endswith("broken.yaml")
+    (diag,) = data["diagnostics"]
+    assert (diag["line"], diag["col"], diag["severity"]) == (9, 11, "error")
+    assert "ema2" in diag["message"] and diag["path"].endswith("broken.yaml")
+    assert set(diag) >= {"path", "line", "col", "severity", "message", "hint"}
+
+
+def test_json_format_clean(runner):
+    result = run(runner, "validate", "--format", "json", *EXAMPLES)
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data == {**data, "errors": 0, "warnings": 0, "diagnostics": []}
+    assert len(data["files"]) == 10
+
+
+def test_strict_turns_warnings_into_errors(runner, warned):
+    result = run(runner, "validate", str(warned))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"warned\.yaml:5:19: warning: param 'spare' is declared but never used", result.output)
+    result = run(runner, "validate", "--strict", str(warned))
+    assert result.exit_code == 1
+    assert re.search(r"warned\.yaml:5:19: error: param 'spare'", result.output)
+
+
+@pytest.mark.parametrize("content", [
+    b"",
+    b"\xff\xfe\x00k\x00i",
+    b"kind: strategy\nname: caf\xe9\n",
+    b"\x00\x01\x02binary",
+    b"kind: strategy\nname: t\ndata:\n\tbar: 1m\n",
+    b"kind: [strategy]\n",
+    b"kind: strategy\n" + b"name: " + b"[" * 200 + b"\n",
+    b"kind: strategy\nname: !!python/object/apply:os.system [echo hi]\n",
+    b"kind: strategy\nname: t\nparams: {a: &x [*x]}\n",
+    b"kind: strategy\nname: t\nuniverse: ${HOME\n",
+    b"kind: strategy\nname: t\nuniverse: [SPY]\ndata: {bar: 1m, history: 2d}\norders: {buy: 3}\n"
+    b"entry: [{when: 'close > ((', order: buy}]\nindicators: {a: a, b: [1]}\nparams: [1, 2]\n",
+    b"kind: risk\nname: r\nextends: risk.yaml\n",
+    b"kind: universe\nname: u\ninclude: [../../../../etc/passwd.yaml]\n",
+    b"kind: scanner\nname: s\nfactors: {a: 1}\n",
+    b"kind: instruments\nname: i\nroots: {CL: [FUT]}\n",
+])
+def test_never_a_traceback(runner, tmp_path, content):
+    path = tmp_path / "risk.yaml"
+    path.write_bytes(content)
+    result = run(runner, "validate", str(path))
+    assert result.exit_code in (0, 1), result.output
+    if result.exit_code == 1:
+        assert DIAGNOSTIC.search(result.output), result.output
+
+
+def test_missing_path(runner, tmp_path):
+    result = run(runner, "validate", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 1
+    assert "no such file or directory" in result.output
+
+
+def test_schema_prints_json(runner):
+    for kind in ("strategy", "universe", "instruments", "scanner", "risk"):
+        result = run(runner, "schema", kind)
+        assert result.exit_code == 0
+        schema = json.loads(result.stdout)
+        assert schema["$schema"].startswith("https://json-schema.org/")
+        assert "properties" in schema
+
+
+def test_functions(runner):
+    result = run(runner, "functions")
+    assert result.exit_code == 0
+    assert re.search(r"^ema\(x, length\)\s+Exponential moving average", result.output, re.M)
+    assert "crossover = crosses_above" in result.output
+    result = run(runner, "functions", "crossover")
+    assert result.exit_code == 0
+    assert result.output.startswith("crosses_above(a, b)")
+    result = run(runner, "functions", "ema2")
+    assert "did you mean 'ema'" in result.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["validate", "--help"], ["schema", "--help"],
+                                  ["functions", "--help"]])
+def test_help(runner, args):
+    result = run(runner, *args)
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+
+
+def test_help_lists_commands(runner):
+    result = run(runner, "--help")
+    for command in ("validate", "schema", "functions"):
+        assert command in result.output
+
+
+def test_version(runner):
+    result = run(runner, "--version")
+    assert result.exit_code == 0
+    assert result.output.startswith("qtrade ")

@@ -116,7 +116,7 @@ def validate(paths: tuple[str, ...], fmt: str, strict: bool, sets: tuple[str, ..
                    f"{'s' * (len(report.errors) != 1)}, {len(report.warnings)} warning"
                    f"{'s' * (len(report.warnings) != 1)}")
         _safe_echo(summary if report.diagnostics else f"{summary}. All clear.", err=bool(report.diagnostics))
-    if any(d.path == "--set" for d in report.errors):
+    if any(d.path == "--set" or d.message == "no such file or directory" for d in report.errors):
         sys.exit(EXIT_USAGE)
     sys.exit(EXIT_PROBLEMS if report.errors else EXIT_OK)
 

@@ -196,7 +196,7 @@ def test_never_a_traceback(runner, tmp_path, content):
 
 def test_missing_path(runner, tmp_path):
     result = run(runner, "validate", str(tmp_path / "nope.yaml"))
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a path that does not exist is a usage error
     assert "no such file or directory" in result.output
 
 

@@ -95,11 +95,22 @@ def literal_value(text: Any) -> tuple[T.Type, Any]:
 class DocumentCheck:
     """Shared machinery: expressions at YAML paths, with errors placed inside the text."""
 
-    def __init__(self, ws: Workspace, doc: Document):
+    def __init__(self, ws: Workspace, doc: Document, tolerant: bool = False):
         self.ws = ws
         self.doc = doc
         self.out: list[Diagnostic] = []
         self.used: set[str] = set()
+        self.tolerant = tolerant  # the document has schema errors: skip sections that are malformed
+
+    def guard(self, step):
+        """Run one section's check; on a document with schema errors, a malformed section that
+        trips the checker is skipped (the schema already said what is wrong with it)."""
+        try:
+            return step()
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError):
+            if not self.tolerant:
+                raise  # a schema-valid document must never crash the checker: that is a bug
+            return None
 
     def err(self, where, message: str, hint: str = "", key: bool = False) -> None:
         self.out.append(self.doc.diag(where, message, hint, key=key))
@@ -317,27 +328,28 @@ class StrategyCheck(DocumentCheck):
     """A strategy: params, indicators, classifications, orders, rules, agents, schedule, universe."""
 
     def run(self, overrides: dict[str, str] | None = None) -> list[Diagnostic]:
-        params = self.params(overrides)
+        params = self.guard(lambda: self.params(overrides)) or {}
         self.param_info = params
         scope = base_scope(params)
         self.scope = scope
-        self._scanner(scope)
-        self.indicators(scope)
-        self._classify(scope)
         self.templates: dict[str, dict] = self.doc.get(("orders",)) or {}
+        if not isinstance(self.templates, dict):
+            self.templates = {}
         self.used_orders: set[str] = set()
         self.combo_legs: dict[str, set[str]] = {}
-        self._orders(scope)
-        self._rules(("entry",), "entry", scope)
-        self._rules(("exit",), "exit", scope)
-        self._agents(scope)
-        self._schedule()
-        self._universe()
+        # Each section is checked on its own, so a malformed section (already reported by the
+        # schema) does not hide the expression errors of the others.
+        for step in (lambda: self._scanner(scope), lambda: self.indicators(scope), lambda: self._classify(scope),
+                     lambda: self._orders(scope), lambda: self._rules(("entry",), "entry", scope),
+                     lambda: self._rules(("exit",), "exit", scope), lambda: self._agents(scope),
+                     self._schedule, self._universe):
+            self.guard(step)
         if not self.doc.get(("entry",)) and not self.doc.get(("agents",)):
             self.err((), "the strategy has no entry rules",
                      "add `entry:` rules (or `agents:` with their own entry rules) so it can trade")
         self.warn_unused(("params",), params, "param")
-        self.warn_unused(("indicators",), self.doc.get(("indicators",)) or {}, "indicator")
+        indicators = self.doc.get(("indicators",))
+        self.warn_unused(("indicators",), indicators if isinstance(indicators, dict) else {}, "indicator")
         for name in self.templates:
             if name not in self.used_orders:
                 self.warn(("orders", name), f"order '{name}' is never used by a rule", key=True)
@@ -367,7 +379,7 @@ class StrategyCheck(DocumentCheck):
         scope.records["scan"] = fields
         scope.names["scan"] = Binding(T.record("scan"), doc="this symbol's scan result")
         if isinstance(spec, dict):
-            self.out.extend(ScannerCheck(self.ws, self.doc, prefix=("scanner",)).run())
+            self.out.extend(ScannerCheck(self.ws, self.doc, ("scanner",), self.tolerant).run())
 
     def _classify(self, scope: Scope) -> None:
         for name, cases in (self.doc.get(("classify",)) or {}).items():
@@ -614,8 +626,8 @@ def check_timezone(check: DocumentCheck, where: tuple, tz: str) -> None:
 class ScannerCheck(DocumentCheck):
     """A scanner (a document, or inline in a strategy under `prefix`)."""
 
-    def __init__(self, ws: Workspace, doc: Document, prefix: tuple = ()):
-        super().__init__(ws, doc)
+    def __init__(self, ws: Workspace, doc: Document, prefix: tuple = (), tolerant: bool = False):
+        super().__init__(ws, doc, tolerant)
         self.prefix = prefix
 
     def run(self) -> list[Diagnostic]:
@@ -708,14 +720,13 @@ class RiskCheck(DocumentCheck):
         return self.out
 
 
-def check_document(ws: Workspace, doc: Document, overrides: dict[str, str] | None = None) -> list[Diagnostic]:
-    """The semantic diagnostics of one schema-valid document."""
+def check_document(ws: Workspace, doc: Document, overrides: dict[str, str] | None = None,
+                   tolerant: bool = False) -> list[Diagnostic]:
+    """The semantic diagnostics of one document. `tolerant`: the document has schema errors, so
+    malformed sections are skipped instead of treated as checker bugs."""
+    checks = {"strategy": StrategyCheck, "scanner": ScannerCheck, "universe": UniverseCheck,
+              "instruments": InstrumentsCheck, "risk": RiskCheck}
+    check = checks[doc.kind](ws, doc, tolerant=tolerant)
     if doc.kind == "strategy":
-        return StrategyCheck(ws, doc).run(overrides)
-    if doc.kind == "scanner":
-        return ScannerCheck(ws, doc).run()
-    if doc.kind == "universe":
-        return UniverseCheck(ws, doc).run()
-    if doc.kind == "instruments":
-        return InstrumentsCheck(ws, doc).run()
-    return RiskCheck(ws, doc).run()
+        return check.run(overrides)
+    return check.guard(check.run) or check.out

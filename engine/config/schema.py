@@ -77,6 +77,13 @@ def _fits_type(value: Any, schema_type) -> bool:
         actual == "number" and "integer" in types and float(value).is_integer())
 
 
+def _got(value: Any) -> str:
+    """'got a string "x"', or 'got nothing' for an empty value."""
+    if value is None:
+        return "got nothing (an empty value)"
+    return f"got {_type_of(value)} {_show(value)}"
+
+
 def _show(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -176,8 +183,8 @@ def _report(rep: _Reporter, err) -> None:
     if v in ("oneOf", "anyOf"):
         if err.context:
             hint = schema.get("description", "")
-            rep.at_value(where, f"{_path_text(where)}: expected {_expected_types(err)}, got {_type_of(value)} "
-                         f"{_show(value)}", hint.split(". ")[0] if hint else "")
+            rep.at_value(where, f"{_path_text(where)}: expected {_expected_types(err)}, "
+                         f"{_got(value)}", hint.split(". ")[0] if hint else "")
         else:  # valid under more than one branch
             fields = [b["required"][0] for b in err.validator_value if len(b.get("required", ())) == 1]
             if fields:
@@ -223,7 +230,7 @@ def _report(rep: _Reporter, err) -> None:
     if v == "type":
         expected = err.validator_value
         words = " or ".join(_TYPE_WORDS.get(t, t) for t in (expected if isinstance(expected, list) else [expected]))
-        rep.at_value(where, f"{_path_text(where)}: expected {words}, got {_type_of(value)} {_show(value)}",
+        rep.at_value(where, f"{_path_text(where)}: expected {words}, {_got(value)}",
                      _example_hint(schema))
         return
     if v == "pattern":

@@ -104,25 +104,86 @@ def hurst(x, length=100):
     return run_gapped(lambda a: _hurst(a, n), [as_series(x)])
 
 
-def _vwap(h, l, c, v, session):
-    N = len(h)
-    pv = h + l
-    pv += c
-    pv /= 3.0
-    pv *= v
+def _session_starts(session):
+    """Index of the first bar of each session, and each session's length."""
+    N = len(session)
     start = np.empty(N, dtype=bool)
     start[0] = True
     np.not_equal(session[1:], session[:-1], out=start[1:])
     first = np.flatnonzero(start)
-    lengths = np.diff(np.append(first, N))
-    num = np.cumsum(pv)
-    den = np.cumsum(v)
-    # subtract each session's starting offset (np.repeat beats a fancy-index gather)
-    num -= np.repeat(num[first] - pv[first], lengths)
-    den -= np.repeat(den[first] - v[first], lengths)
+    return first, np.diff(first, append=N)
+
+
+def _cumsum_layout(first, lengths, N):
+    """Which layout `segmented_cumsum` uses: "runs", "matrix" or "loop"."""
+    run_start = np.flatnonzero(lengths[1:] != lengths[:-1]) + 1
+    if len(run_start) < 16 + (N >> 10):
+        return "runs", run_start
+    if len(first) * int(lengths.max()) <= 4 * N:
+        return "matrix", run_start
+    return "loop", run_start
+
+
+def segmented_cumsum(arrays, first, lengths):
+    """Running totals of each array that restart at 0 at every segment start.
+
+    Every output is the same chain of float additions as a scalar running total
+    (`t = 0.0; t += x` per bar), because np.cumsum / add.accumulate along a row is
+    strictly sequential, so the results are bit-identical to the streaming form.
+    Never a per-bar loop; three layouts by cost:
+
+    * few runs of consecutive equal-length segments (regular sessions): each run is
+      a contiguous (k, L) block, np.cumsum(axis=1) in place, one call per run;
+    * otherwise, when sessions x max_length <= 4N: scatter into a (S, W) matrix,
+      np.cumsum(axis=1), gather back (the cells past a row's end never feed the
+      row's own values);
+    * else (one huge session among many short ones) a loop over segments.
+    """
+    N = len(arrays[0])
+    outs = [np.empty(N) for _ in arrays]
+    S = len(first)
+    layout, run_start = _cumsum_layout(first, lengths, N)
+    if layout == "runs":
+        seg = [0] + run_start.tolist() + [S]
+        fl = first.tolist()
+        ln = lengths.tolist()
+        for r0, r1 in zip(seg[:-1], seg[1:]):
+            k, L, f = r1 - r0, ln[r0], fl[r0]
+            e = f + k * L
+            for x, o in zip(arrays, outs):
+                np.cumsum(x[f:e].reshape(k, L), axis=1, out=o[f:e].reshape(k, L))
+        return outs
+    if layout == "matrix":
+        W = int(lengths.max())
+        idx = np.repeat(np.arange(0, S * W, W) - first, lengths)
+        idx += np.arange(N)
+        flat = np.zeros(S * W)
+        M = flat.reshape(S, W)
+        for x, o in zip(arrays, outs):
+            flat[idx] = x
+            np.cumsum(M, axis=1, out=M)
+            np.take(flat, idx, out=o)
+        return outs
+    for f, L in zip(first.tolist(), lengths.tolist()):
+        for x, o in zip(arrays, outs):
+            np.cumsum(x[f:f + L], out=o[f:f + L])
+    return outs
+
+
+def _vwap(h, l, c, v, session):
+    # typical*volume in the streaming order: ((h + l) + c) / 3.0 * v
+    pv = h + l
+    pv += c
+    pv /= 3.0
+    pv *= v
+    first, lengths = _session_starts(session)
+    num, den = segmented_cumsum((pv, v), first, lengths)
     with np.errstate(divide="ignore", invalid="ignore"):
-        num /= den
-    num[den == 0] = np.nan
+        np.divide(num, den, out=num)
+    # 0/0 is already NaN; a zero cumulative volume with a non-zero numerator (negative
+    # volumes) would be +-inf, so look for zeros only when something is not finite
+    if not np.isfinite(np.add.reduce(num)):
+        num[den == 0] = np.nan
     return num
 
 

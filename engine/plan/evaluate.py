@@ -198,6 +198,12 @@ def _eval_vec(node: N.Node, values: list, bars: Bars, n: int):
         if name not in bars.clock:
             raise MissingInput(f"clock value {name!r} is not available for these bars")
         return bars.clock[name]
+    return _op_vec(node, args, n)
+
+
+def _op_vec(node: N.Node, args: list, n: int):
+    """One computing node over whole arrays, given its arguments' values."""
+    op = node.op
     if op == N.CALL:
         name, consts = node.attrs[0], node.attrs[1:]
         kernel = KERNELS.get(name)
@@ -227,6 +233,40 @@ def _eval_vec(node: N.Node, values: list, bars: Bars, n: int):
         width = max((len(label) for label in labels), default=1)
         return np.select(conds, [np.array(label, dtype=f"<U{width}") for label in labels], default="")
     raise AssertionError(f"unexpected node {op}")  # pragma: no cover
+
+
+def evaluate_window(plan: Plan, ids, values: list, lo: int, hi: int, context: Mapping[str, Any]) -> dict[int, Any]:
+    """Nodes `ids` over bars [lo, hi), context nodes included, vectorised.
+
+    `values` are the precomputed market values (from `evaluate`); `context` maps run-state names
+    (position.pnl, position.bars_held, ...) to arrays of length hi - lo or to scalars, and
+    `position.entry_bar` to the bar at_entry() reads.
+    """
+    n = hi - lo
+    local: dict[int, Any] = {}
+    for node_id in sorted(_closure(plan, ids)):
+        node = plan.nodes[node_id]
+        if node.market:
+            v = values[node_id]
+            local[node_id] = v[lo:hi] if np.ndim(v) else v
+        elif node.op == N.CONTEXT:
+            name = node.attrs[0]
+            if name not in context:
+                raise MissingInput(f"{name} is not known at this point of the run")
+            local[node_id] = context[name]
+        elif node.op == N.AT_ENTRY:
+            entry = int(context["position.entry_bar"])
+            child = plan.nodes[node.args[0]]
+            if child.market:
+                v = values[child.id]
+                local[node_id] = v[entry].item() if np.ndim(v) else v
+            else:
+                local[node_id] = evaluate_window(plan, [child.id], values, entry, entry + 1,
+                                                 {k: (v[entry - lo] if np.ndim(v) and 0 <= entry - lo < n else v)
+                                                  for k, v in context.items()})[child.id]
+        else:
+            local[node_id] = _op_vec(node, [local[a] for a in node.args], n)
+    return {i: local[i] for i in ids}
 
 
 def value_at(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str, Any],

@@ -1,0 +1,545 @@
+"""Bar data from CSV and Parquet files: one symbol per file, a long table of many symbols, or a
+directory of files; and resampling of bars to a larger size, anchored at each session's open.
+
+Every loaded frame has the same shape, whatever the file looked like: a tz-aware DatetimeIndex of
+bar START times (sorted, unique) and float64 columns open, high, low, close, volume (volume is NaN
+when the source has none). Layouts are recognised by header names, never by position, so a file
+that says `Date,Open,Close,High,Low,Volume` is read correctly. Bad input raises DiagnosticError
+with the file, line and column a user can go to.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engine.diagnostics import DiagnosticError, error
+
+FIELDS = ("open", "high", "low", "close", "volume")
+_PRICES = ("open", "high", "low", "close")
+
+# Header name (lower-case, spaces/underscores/dashes removed) -> role.
+_ROLES = {
+    "open": "open", "o": "open",
+    "high": "high", "h": "high",
+    "low": "low", "l": "low",
+    "close": "close", "c": "close", "last": "close",
+    "volume": "volume", "vol": "volume", "v": "volume",
+    "adjclose": "adj_close", "adjustedclose": "adj_close",
+    "date": "date", "day": "date",
+    "time": "time",
+    "datetime": "datetime", "timestamp": "datetime", "datetimeutc": "datetime_utc",
+    "timestamputc": "datetime_utc",
+    "symbol": "symbol", "ticker": "symbol",
+    "openinterest": "ignore", "oi": "ignore",
+}
+
+LAYOUTS_HINT = """accepted layouts (header names, any case, any column order):
+  Yahoo:       Date,Open,High,Low,Close,Adj Close,Volume (also the old order ...,Volume,Adj Close)
+  backtrader:  Date,Open,High,Low,Close,Volume,OpenInterest
+  intraday:    Date,Time,Open,High,Low,Close[,Volume][,OpenInterest]
+  timestamped: timestamp|datetime|date|time|datetime_utc,open,high,low,close[,volume]
+  pandas:      an unnamed first column holding the dates, then Open,High,Low,Close[,Volume]
+  long table:  any of the above plus a symbol (or ticker) column
+volume is optional; extra columns are ignored"""
+
+_BAR_RE = re.compile(r"^(\d+)([smhdwM])$")
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0,
+                 "M": 365.2425 * 86400.0 / 12}
+BARS = ("1s", "5s", "10s", "15s", "30s", "1m", "2m", "3m", "5m", "10m", "15m", "20m", "30m",
+        "1h", "2h", "3h", "4h", "8h", "1d", "1w", "1M")
+_DATA_SUFFIXES = {".csv", ".txt", ".parquet", ".pq"}
+
+
+def bar_seconds(bar: str) -> float:
+    """Length of a bar string in seconds: '5m' -> 300.0, '1d' -> 86400.0 ('1M' is an average month)."""
+    match = _BAR_RE.match(str(bar).strip())
+    if not match:
+        raise ValueError(f"unknown bar size {bar!r}; expected one of {', '.join(BARS)}")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjusted: bool = False,
+              start=None, end=None) -> dict[str, pd.DataFrame]:
+    """Bars per symbol from a CSV/Parquet file or a directory of them.
+
+    The symbol comes from a `symbol`/`ticker` column when the file has one, else from the file
+    name (a `symbols` entry found among the stem's `-`/`_` separated parts, else the upper-cased
+    stem). For a directory or a long table `symbols` also limits what is returned, and asking for
+    a symbol that is not there is an error; for a one-symbol file it only names the symbol. Naive times are local to `timezone`; aware times keep their instants and are shown in
+    `timezone`. `adjusted` scales open/high/low/close by adj close / close. `start`/`end` are
+    inclusive (a date means the whole day).
+    """
+    path = Path(path)
+    wanted = [str(s).upper() for s in symbols] if symbols is not None else None
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in _DATA_SUFFIXES and not p.name.startswith("."))
+        if not files:
+            raise DiagnosticError([error(str(path), 0, 0, "no CSV or Parquet files in this directory",
+                                         "expected one file per symbol, e.g. SPY.csv or SPY.parquet")])
+        out: dict[str, pd.DataFrame] = {}
+        origin: dict[str, Path] = {}
+        for file in files:
+            if wanted is not None and not _has_symbol_column(file) and _stem_symbol(file, wanted) not in wanted:
+                continue
+            for symbol, frame in _load_file(file, wanted, timezone, adjusted, start, end).items():
+                if symbol in out:
+                    raise DiagnosticError([error(str(file), 0, 0,
+                                                 f"symbol {symbol} is also in {origin[symbol]}",
+                                                 "keep one file (or one table) per symbol")])
+                out[symbol], origin[symbol] = frame, file
+    elif path.is_file():
+        out = _load_file(path, wanted, timezone, adjusted, start, end)
+        if not _has_symbol_column(path):
+            return out  # one symbol per file: `symbols` only helps to name it
+    else:
+        raise DiagnosticError([error(str(path), 0, 0, "no such file or directory",
+                                     "give a CSV or Parquet file, or a directory of them")])
+    if wanted is not None:
+        missing = [s for s in wanted if s not in out]
+        if missing:
+            found = ", ".join(sorted(out)) or "none"
+            raise DiagnosticError([error(str(path), 0, 0,
+                                         f"no bars for {', '.join(missing)} (found: {found})",
+                                         "name files after their symbols (SPY.csv) or add a symbol column")])
+        out = {s: out[s] for s in wanted}
+    return out
+
+
+def _stem_symbol(path: Path, wanted: list[str] | None) -> str:
+    stem = path.stem
+    if wanted:
+        for part in re.split(r"[-_ ]+", stem):
+            if part.upper() in wanted:
+                return part.upper()
+    return stem.upper()
+
+
+def _has_symbol_column(path: Path) -> bool:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+        names = pq.read_schema(path).names
+    else:
+        names = _split_header(_first_line(path))
+    return any(_ROLES.get(_norm(n)) == "symbol" for n in names)
+
+
+def _norm(name) -> str:
+    return re.sub(r"[\s_\-.:]+", "", str(name).strip().lstrip("\ufeff").strip('"').lower())
+
+
+def _first_line(path: Path) -> str:
+    with open(path, "rb") as fh:
+        raw = fh.readline()
+    return raw.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+
+
+def _split_header(line: str) -> list[str]:
+    return [f.strip().strip('"') for f in line.split(",")]
+
+
+class _Source:
+    """What a file's header says: which column holds which role, and how to report positions."""
+
+    def __init__(self, path: Path, names: list[str]):
+        self.path = path
+        self.names = names
+        self.roles: dict[str, int] = {}
+        for i, name in enumerate(names):
+            role = _ROLES.get(_norm(name))
+            if role is None and i == 0 and _norm(name) in ("", "index", "unnamed0"):
+                role = "datetime"  # pandas' unnamed index column (backtesting.py's GOOG.csv)
+            if role and role != "ignore" and role not in self.roles:
+                self.roles[role] = i
+        if "datetime" not in self.roles and "datetime_utc" not in self.roles and "date" not in self.roles \
+                and "time" in self.roles:
+            self.roles["datetime"] = self.roles.pop("time")
+        if "date" in self.roles and "time" not in self.roles and "datetime" not in self.roles:
+            self.roles["datetime"] = self.roles.pop("date")
+
+    def check(self) -> None:
+        has_time = any(r in self.roles for r in ("datetime", "datetime_utc", "date"))
+        missing = [r for r in _PRICES if r not in self.roles]
+        if has_time and not missing:
+            return
+        what = "a date or timestamp column" if not has_time else "columns " + ", ".join(missing)
+        found = ",".join(self.names)
+        raise DiagnosticError([error(str(self.path), 1, 1,
+                                     f"unknown bar layout: no {what}; columns found: {found}",
+                                     LAYOUTS_HINT)])
+
+
+def _load_file(path: Path, wanted, timezone, adjusted, start, end) -> dict[str, pd.DataFrame]:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        frame, source, lines = _read_parquet(path)
+    else:
+        frame, source, lines = _read_csv(path)
+    if adjusted and "adj_close" not in source.roles:
+        raise DiagnosticError([error(str(path), 1, 1,
+                                     "adjusted prices asked for, but the file has no adjusted close column; "
+                                     f"columns found: {','.join(source.names)}",
+                                     "use a file with an 'Adj Close' column, or adjusted: false")])
+    times = _parse_times(frame, source, lines, timezone)
+    out_cols = {}
+    for role in _PRICES + ("volume", "adj_close"):
+        if role in source.roles:
+            out_cols[role] = _numbers(frame[role], role, source, lines)
+        elif role == "volume":
+            out_cols[role] = np.full(len(frame), np.nan)
+    bars = pd.DataFrame({k: out_cols[k] for k in out_cols}, index=pd.DatetimeIndex(times).rename(None))
+    if adjusted:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            factor = out_cols["adj_close"] / out_cols["close"]
+        for role in _PRICES:
+            bars[role] = out_cols[role] * factor
+    bars = bars[list(FIELDS)]
+    # Rows with no prices at all (Yahoo's 'null' rows, blank lines) are gaps, not bars.
+    keep = ~bars[list(_PRICES)].isna().all(axis=1).to_numpy()
+    if "symbol" in source.roles:
+        symbol_values = frame["symbol"].astype(str).str.strip().str.upper().to_numpy()
+        groups = {}
+        for symbol in pd.unique(symbol_values[keep]):
+            if wanted is not None and symbol not in wanted:
+                continue
+            mask = keep & (symbol_values == symbol)
+            groups[symbol] = _finish(bars[mask], lines[mask], source, timezone, start, end)
+        return groups
+    return {_stem_symbol(path, wanted): _finish(bars[keep], lines[keep], source, timezone, start, end)}
+
+
+def _finish(bars: pd.DataFrame, lines: np.ndarray, source: _Source, timezone, start, end) -> pd.DataFrame:
+    """Sort by time, refuse duplicates (naming both lines), apply the start/end filter."""
+    index = bars.index
+    if not index.is_monotonic_increasing:
+        order = np.argsort(index.asi8, kind="stable")
+        bars, lines = bars.iloc[order], lines[order]
+        index = bars.index
+    if index.has_duplicates:
+        dup = index.duplicated(keep="first")
+        second = int(np.flatnonzero(dup)[0])
+        first = int(np.flatnonzero(index == index[second])[0])
+        a, b = sorted((int(lines[first]), int(lines[second])))
+        col = source.roles.get("datetime", source.roles.get("datetime_utc", source.roles.get("date", 0))) + 1
+        raise DiagnosticError([error(str(source.path), b, col,
+                                     f"duplicate bar time {index[second]} (also on line {a})",
+                                     "each bar time may appear once per symbol")])
+    if start is not None:
+        bars = bars[bars.index >= _bound(start, timezone, False)]
+    if end is not None:
+        bars = bars[bars.index < _bound(end, timezone, True)] if _is_date(end) \
+            else bars[bars.index <= _bound(end, timezone, False)]
+    return bars
+
+
+def _is_date(value) -> bool:
+    if isinstance(value, _dt.datetime):
+        return False
+    if isinstance(value, _dt.date):
+        return True
+    return isinstance(value, str) and bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()))
+
+
+def _bound(value, timezone, next_day: bool) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    if stamp.tzinfo is None:
+        if next_day:
+            stamp = stamp + pd.Timedelta(days=1)
+        return stamp.tz_localize(timezone)
+    return stamp + pd.Timedelta(days=1) if next_day else stamp
+
+
+# ------------------------------------------------------------------------------------------ CSV
+
+def _read_csv(path: Path):
+    header = _first_line(path)
+    names = _split_header(header)
+    first_row = None
+    with open(path, "rb") as fh:
+        fh.readline()
+        for raw in fh:
+            if raw.strip():
+                first_row = raw.decode("utf-8", errors="replace").rstrip("\r\n").split(",")
+                break
+    # backtrader's 2006-01-02-volume-min-001.txt: a daily header over rows with date AND time.
+    if first_row is not None and len(first_row) == len(names) + 1 and len(names) > 1 \
+            and _ROLES.get(_norm(names[0])) == "date" and "time" not in (_ROLES.get(_norm(n)) for n in names) \
+            and re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", first_row[1].strip()):
+        names = [names[0], "Time"] + names[1:]
+    source = _Source(path, names)
+    source.check()
+    if first_row is not None and len(first_row) != len(names):
+        raise DiagnosticError([error(str(path), 2, 1,
+                                     f"the first row has {len(first_row)} fields but the header on line 1 "
+                                     f"names {len(names)}: {','.join(names)}",
+                                     "make the header name every field")])
+    wanted = {role: i for role, i in source.roles.items()}
+    usecols = sorted(wanted.values())
+    by_index = {i: role for role, i in wanted.items()}
+    text_roles = {"date", "time", "datetime", "datetime_utc", "symbol"}
+    # Text columns keep pandas' inferred type: asking for str costs twice the time on big files.
+    dtypes = {i: "float64" for i in usecols if by_index[i] not in text_roles}
+    # No usecols: with it the parser silently drops a row's extra fields instead of saying where.
+    kwargs = dict(header=None, skiprows=1, names=list(range(len(names))), index_col=False,
+                  skip_blank_lines=False, engine="c", encoding="utf-8", encoding_errors="replace")
+    try:
+        try:
+            frame = pd.read_csv(path, dtype=dtypes, **kwargs)
+        except ValueError as exc:
+            if isinstance(exc, pd.errors.ParserError):
+                raise
+            # A non-number somewhere: read as text and let _numbers say where.
+            frame = pd.read_csv(path, dtype=str, **kwargs)
+    except pd.errors.ParserError as exc:
+        match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if match:
+            raise DiagnosticError([error(str(path), int(match.group(2)), 1,
+                                         f"line has {match.group(3)} fields but the header on line 1 "
+                                         f"names {match.group(1)}", "every row needs one field per header name")])
+        raise DiagnosticError([error(str(path), 0, 0, f"cannot read as CSV: {exc}")]) from None
+    frame = frame[usecols].rename(columns=by_index)
+    lines = np.arange(2, len(frame) + 2)
+    blank = frame.isna().all(axis=1).to_numpy()
+    if blank.any():
+        frame, lines = frame[~blank], lines[~blank]
+    source.csv = True
+    return frame, source, lines
+
+
+# -------------------------------------------------------------------------------------- Parquet
+
+def _read_parquet(path: Path):
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow's errors are many; all mean "not a readable Parquet file"
+        raise DiagnosticError([error(str(path), 0, 0, f"cannot read as Parquet: {exc}")]) from None
+    if isinstance(frame.index, pd.DatetimeIndex) or frame.index.name is not None:
+        frame = frame.reset_index()
+    names = [str(c) for c in frame.columns]
+    source = _Source(path, names)
+    source.check()
+    frame = frame.iloc[:, sorted(source.roles.values())]
+    frame.columns = [{i: r for r, i in source.roles.items()}[i] for i in sorted(source.roles.values())]
+    source.csv = False
+    return frame.reset_index(drop=True), source, np.arange(1, len(frame) + 1)
+
+
+# ---------------------------------------------------------------------------------- conversions
+
+def _where(source: _Source, line: int, role: str) -> tuple[int, str]:
+    """1-based character column of `role`'s field on `line`, and the field's header name."""
+    index = source.roles[role]
+    name = source.names[index] if index < len(source.names) else role
+    if not getattr(source, "csv", False):
+        return index + 1, name
+    with open(source.path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number == line:
+                fields = raw.decode("utf-8", errors="replace").rstrip("\r\n").split(",")
+                return sum(len(f) + 1 for f in fields[:index]) + 1, name
+    return 1, name
+
+
+def _numbers(values: pd.Series, role: str, source: _Source, lines: np.ndarray) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    text = values.astype("string").str.strip()
+    numbers = pd.to_numeric(text, errors="coerce")
+    bad = numbers.isna().to_numpy() & text.notna().to_numpy() & (text != "").fillna(False).to_numpy()
+    bad &= ~text.str.lower().isin(["nan", "null", "na", "n/a", "none", "#n/a"]).fillna(False).to_numpy()
+    if bad.any():
+        at = int(np.flatnonzero(bad)[0])
+        line = int(lines[at])
+        col, name = _where(source, line, role)
+        raise DiagnosticError([error(str(source.path), line, col,
+                                     f"{text.iloc[at]!r} is not a number (column {name!r})",
+                                     "prices and volumes must be plain numbers, e.g. 123.45")])
+    return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_OFFSET = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+
+
+def _parse_times(frame: pd.DataFrame, source: _Source, lines: np.ndarray, timezone: str) -> pd.DatetimeIndex:
+    utc_named = "datetime_utc" in source.roles
+    role = "datetime_utc" if utc_named else ("datetime" if "datetime" in source.roles else "date")
+    raw = frame[role]
+    if isinstance(raw.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        parsed = pd.DatetimeIndex(raw)
+    else:
+        text = raw.astype("str")
+        if role == "date" and "time" in source.roles:
+            text = text.str.strip() + " " + frame["time"].astype("str").str.strip()
+        parsed = _parse_text(text, source, lines, role)
+    if parsed.tz is None:
+        zone = "UTC" if utc_named else timezone
+        try:
+            parsed = parsed.tz_localize(zone, ambiguous="infer", nonexistent="raise")
+        except Exception:
+            trial = parsed.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+            at = int(np.flatnonzero(trial.isna() & ~parsed.isna())[0])
+            line = int(lines[at])
+            col, name = _where(source, line, role)
+            raise DiagnosticError([error(str(source.path), line, col,
+                                         f"{parsed[at]} does not exist or is ambiguous in {zone} "
+                                         "(a daylight-saving change)",
+                                         "write times with a UTC offset, e.g. 2023-11-05 01:30:00-05:00")]) from None
+    return parsed.tz_convert(timezone)
+
+
+def _parse_text(text: pd.Series, source: _Source, lines: np.ndarray, role: str) -> pd.DatetimeIndex:
+    sample = text.dropna()
+    first = str(sample.iloc[0]).strip() if len(sample) else ""
+    aware = bool(_OFFSET.search(first)) and bool(_ISO_DATE.match(first))
+    attempts = []
+    if re.fullmatch(r"\d{8}", first):
+        attempts.append({"format": "%Y%m%d"})
+    if re.fullmatch(r"\d{8} \d{2}:\d{2}", first):
+        attempts.append({"format": "%Y%m%d %H:%M"})
+    if _ISO_DATE.match(first):
+        attempts.append({"format": "ISO8601"})
+    attempts.append({})  # pandas infers one format from the first value
+    for candidate in (text, text.str.strip()):  # stripping costs time: only when needed
+        for kwargs in attempts:
+            try:
+                parsed = pd.to_datetime(candidate, utc=aware, **kwargs)
+            except (ValueError, TypeError, OverflowError):
+                continue
+            bad = parsed.isna().to_numpy() & candidate.notna().to_numpy() & (candidate != "").fillna(False).to_numpy()
+            if not bad.any():
+                return pd.DatetimeIndex(parsed)
+    text = text.str.strip()
+    # Find the first value that the best format cannot read.
+    kwargs = attempts[0]
+    parsed = pd.to_datetime(text, utc=aware, errors="coerce", **kwargs)
+    bad = (parsed.isna().to_numpy() & text.notna().to_numpy()) | text.isna().to_numpy()
+    at = int(np.flatnonzero(bad)[0]) if bad.any() else 0
+    line = int(lines[at])
+    col, name = _where(source, line, role)
+    shown = text.iloc[at]
+    raise DiagnosticError([error(str(source.path), line, col,
+                                 f"{'' if shown is pd.NA else shown!r} is not a date or time "
+                                 f"(column {name!r}; earlier rows look like {first!r})",
+                                 "write dates as 2024-01-31 or 2024-01-31 09:30:00, one format per file")])
+
+
+# ------------------------------------------------------------------------------------ resampling
+
+def resample(df: pd.DataFrame, bar: str, *, timezone: str, calendar: str | None = None) -> pd.DataFrame:
+    """Bars of size `bar` made from smaller bars: open first, high max, low min, close last,
+    volume summed.
+
+    Intraday bins start at each session's open (the calendar's market open, else local midnight);
+    day, week and month bars group by trading session and are stamped at midnight local of the
+    session date (of the week's Monday, of the month's first day). With a calendar, bars outside
+    the sessions' regular hours are dropped. Bins without bars are left out.
+    """
+    target = bar_seconds(bar)
+    if len(df) == 0:
+        return df.copy()
+    if df.index.tz is None:
+        raise ValueError("bar times must be timezone-aware; load them with load_bars")
+    index = df.index.tz_convert(timezone)
+    source = _source_seconds(index)
+    if source is not None and target < source - 1e-9:
+        raise ValueError(f"cannot resample to {bar} bars: the data has larger bars "
+                         f"({_describe(source)}); resampling only makes bars larger")
+    unit = _BAR_RE.match(bar.strip()).group(2)
+    if source is not None and unit in "smh" and (target / source) % 1 > 1e-9:
+        raise ValueError(f"cannot resample {_describe(source)} bars to {bar}: {bar} is not a whole "
+                         "number of source bars")
+    t_ns = _utc_ns(index)
+    if calendar is not None:
+        session_day, open_ns, inside = _calendar_sessions(index, t_ns, timezone, calendar)
+        df, index, t_ns = df[inside], index[inside], t_ns[inside]
+        session_day, open_ns = session_day[inside], open_ns[inside]
+    else:
+        session_day = index.tz_localize(None).normalize().to_numpy().astype("datetime64[D]")
+        open_ns = _utc_ns(pd.DatetimeIndex(session_day.astype("datetime64[ns]")).tz_localize(
+            timezone, ambiguous=True, nonexistent="shift_forward"))
+    if unit in "smh":
+        step = int(round(target * 1e9))
+        keys = open_ns + (t_ns - open_ns) // step * step
+        stamps = lambda k: pd.DatetimeIndex(k.astype("datetime64[ns]")).tz_localize("UTC").tz_convert(timezone)
+    else:
+        days = session_day.astype("datetime64[D]")
+        if unit == "d":
+            keys = days
+        elif unit == "w":
+            weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
+            keys = days - weekday.astype("timedelta64[D]")
+        else:
+            keys = days.astype("datetime64[M]").astype("datetime64[D]")
+        keys = keys.astype("datetime64[ns]").astype(np.int64)
+        stamps = lambda k: pd.DatetimeIndex(k.astype("datetime64[ns]")).tz_localize(
+            timezone, ambiguous=True, nonexistent="shift_forward")
+    if len(keys) == 0:
+        return pd.DataFrame({f: pd.Series(dtype=np.float64) for f in FIELDS},
+                            index=pd.DatetimeIndex([], tz=timezone))
+    frame = df[list(FIELDS)].reset_index(drop=True)
+    grouped = frame.groupby(keys, sort=True)
+    out = pd.DataFrame({
+        "open": grouped["open"].first(),
+        "high": grouped["high"].max(),
+        "low": grouped["low"].min(),
+        "close": grouped["close"].last(),
+        "volume": grouped["volume"].sum(min_count=1),
+    })
+    out.index = stamps(out.index.to_numpy()).as_unit(index.unit)
+    return out.astype(np.float64)
+
+
+def _calendar_sessions(index, t_ns, timezone, calendar):
+    """Per bar: its session date, the session's open (UTC ns) and whether it is in regular hours."""
+    import pandas_market_calendars as mcal
+
+    cal = mcal.get_calendar(calendar)
+    first, last = index[0].date(), index[-1].date()
+    schedule = cal.schedule(start_date=first - _dt.timedelta(days=3), end_date=last + _dt.timedelta(days=3))
+    opens = _utc_ns(pd.DatetimeIndex(schedule["market_open"]))
+    closes = _utc_ns(pd.DatetimeIndex(schedule["market_close"]))
+    pos = np.searchsorted(opens, t_ns, side="right") - 1
+    safe = np.clip(pos, 0, max(len(opens) - 1, 0))
+    inside = (pos >= 0) & (t_ns < closes[safe])
+    if "break_start" in schedule and "break_end" in schedule:
+        b0 = _utc_ns(pd.DatetimeIndex(schedule["break_start"]))
+        b1 = _utc_ns(pd.DatetimeIndex(schedule["break_end"]))
+        inside &= ~((t_ns >= b0[safe]) & (t_ns < b1[safe]))
+    days = schedule.index.to_numpy().astype("datetime64[D]")
+    return days[safe], opens[safe], inside
+
+
+def _source_seconds(index: pd.DatetimeIndex) -> float | None:
+    """The data's own bar size: the most common gap between bars (None for a single bar)."""
+    if len(index) < 2:
+        return None
+    gaps = np.diff(_utc_ns(index))
+    gaps = gaps[gaps > 0]
+    if len(gaps) == 0:
+        return None
+    values, counts = np.unique(gaps, return_counts=True)
+    seconds = values[np.argmax(counts)] / 1e9
+    # Daily bars have 1-day gaps, or 23/25 hours across a clock change, or 3 days over weekends.
+    if seconds >= 20 * 3600:
+        seconds = 86400.0 if seconds < 5 * 86400 else seconds
+    return float(seconds)
+
+
+def _describe(seconds: float) -> str:
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and (seconds / size) % 1 < 1e-9:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _utc_ns(index: pd.DatetimeIndex) -> np.ndarray:
+    return pd.DatetimeIndex(index).tz_convert("UTC").tz_localize(None).to_numpy().astype(
+        "datetime64[ns]").astype(np.int64)

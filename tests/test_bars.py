@@ -1,0 +1,377 @@
+"""Bar loading and resampling against the real files in shared/data (row counts and values from
+its README), the sample shipped in strategies/data, and broken files with exact positions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.diagnostics import DiagnosticError
+from engine.market.bars import bar_seconds, load_bars, resample
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SAMPLE = ROOT / "strategies" / "data"
+NY = "America/New_York"
+
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared/data is not present")
+
+
+def one(path, **kwargs) -> pd.DataFrame:
+    frames = load_bars(path, **kwargs)
+    assert len(frames) == 1
+    return next(iter(frames.values()))
+
+
+def diagnostic(excinfo):
+    assert len(excinfo.value.diagnostics) == 1
+    return excinfo.value.diagnostics[0]
+
+
+def check_shape(df: pd.DataFrame) -> None:
+    assert list(df.columns) == ["open", "high", "low", "close", "volume"]
+    assert all(dtype == np.float64 for dtype in df.dtypes)
+    assert isinstance(df.index, pd.DatetimeIndex) and df.index.tz is not None
+    assert df.index.is_monotonic_increasing and df.index.is_unique
+
+
+# file, rows, first bar start (local), last bar start, first row open/high/low/close/volume
+LAYOUTS = [
+    ("backtrader/orcl-1995-2014.txt", 5036, "1995-01-03", "2014-12-31",
+     (2.179012, 2.191358, 2.117284, 2.117284, 36301200)),
+    ("backtrader/orcl-1995-2014.v2015-065f8ac9.txt", 5036, "1995-01-03", "2014-12-31",
+     (44.12, 44.38, 42.87, 42.87, 36301200)),
+    ("backtrader/yhoo-1996-2014.txt", 4713, "1996-04-12", "2014-12-31",
+     (1.052083, 1.791667, 1.020833, 1.375, 408720000)),
+    ("backtrader/nvda-1999-2014.txt", 4012, "1999-01-22", "2014-12-31",
+     (1.75, 1.953125, 1.552083, 1.640625, 67867200)),
+    ("backtrader/2006-day-001.txt", 255, "2006-01-02", "2006-12-29",
+     (3578.73, 3605.95, 3578.73, 3604.33, 0)),
+    ("backtrader/2006-week-001.txt", 52, "2006-01-06", "2006-12-29",
+     (3578.73, 3666.99, 3578.73, 3666.99, 0)),
+    ("backtrader/2006-01-02-volume-min-001.txt", 30889, "2006-01-02 09:01", "2006-02-27 22:00",
+     (3602.0, 3603.0, 3597.0, 3599.0, 5699)),
+    ("backtrader/2006-min-005.txt", 2142, "2006-01-02 09:05", "2006-01-30 17:30",
+     (3578.73, 3587.88, 3578.73, 3582.99, 0)),
+    ("backtesting_py/GOOG.csv", 2148, "2004-08-19", "2013-03-01",
+     (100.0, 104.06, 95.96, 100.34, 22351900)),
+    ("backtesting_py/EURUSD.csv", 5000, "2017-04-19 09:00", "2018-02-07 15:00",
+     (1.0716, 1.0722, 1.07083, 1.07219, 1413)),
+    ("mplfinance/yahoofinance-SPY-20080101-20180101.csv", 2519, "2007-12-31", "2017-12-29",
+     (147.100006, 147.610001, 146.059998, 146.210007, 108126800)),
+    ("mplfinance/yahoofinance-AAPL-20040819-20180120.csv", 3379, "2004-08-19", "2018-01-19",
+     (2.250714, 2.275714, 2.168571, 2.193571, 97230000)),
+    ("mplfinance/yahoofinance-INTC-19950101-20040412.csv", 2335, "1995-01-03", "2004-04-08",
+     (3.976563, 4.000975, 3.9375, 3.984375, 41721600)),
+    # Date,Open,Close,High,Low,Volume: mapped by name, so close is 3080.49 and high 3081.47.
+    ("mplfinance/SP500_NOV2019_IDayRVol.csv", 1563, "2019-11-05 09:30", "2019-11-08 15:59",
+     (3080.8, 3081.47, 3080.3, 3080.49, 2209795)),
+    ("mplfinance/SP500_NOV2019_Hist.csv", 20, "2019-11-01", "2019-11-29",
+     (3050.72, 3066.95, 3050.72, 3066.91, 510301237)),
+    ("finance_vix/vix-daily.csv", 9235, "1990-01-02", "2026-07-23",
+     (17.24, 17.24, 17.24, 17.24, math.nan)),
+    ("firstratedata_nq_sample/NQ_1min_sample.csv", 14714, "2023-11-19 18:00", "2023-12-04 16:59",
+     (15895.0, 15903.75, 15888.0, 15893.25, 571)),
+    ("firstratedata_nq_sample/NQ_5min_sample.csv", 2943, "2023-11-19 18:00", "2023-12-04 16:55",
+     (15895.0, 15903.75, 15873.0, 15880.75, 2115)),
+    ("firstratedata_nq_sample/NQ_1day_sample.csv", 10, "2023-11-20", "2023-12-04",
+     (15895.0, 16116.75, 15837.25, 16086.5, 559493)),
+    ("quantconnect_lean/decoded/spy_daily_raw_unadjusted.csv", 5849, "1998-01-02", "2021-03-31",
+     (97.31, 97.53, 96.53, 97.36, 2150000)),
+    ("quantconnect_lean/decoded/qqq_daily_raw_unadjusted.csv", 3964, "1999-03-10", "2021-03-31",
+     (102.25, 102.31, 100.56, 101.94, 2632800)),
+    ("quantconnect_lean/decoded/spy_minute_trade_2013-10-07_to_2013-10-11.csv", 4128,
+     "2013-10-07 04:00", "2013-10-11 19:59", (167.41, 167.41, 167.25, 167.27, 3197)),
+]
+
+
+@needs_data
+@pytest.mark.parametrize("name,rows,first,last,values", LAYOUTS, ids=[x[0].split("/")[-1] for x in LAYOUTS])
+def test_layouts_load_with_readme_counts_and_values(name, rows, first, last, values):
+    df = one(DATA / name)
+    check_shape(df)
+    assert len(df) == rows
+    assert df.index[0] == pd.Timestamp(first, tz=NY)
+    assert df.index[-1] == pd.Timestamp(last, tz=NY)
+    np.testing.assert_array_equal(df.iloc[0].to_numpy(), np.array(values, dtype=float))
+
+
+@needs_data
+def test_symbol_from_file_name_with_and_without_hint():
+    path = DATA / "mplfinance" / "yahoofinance-SPY-20080101-20180101.csv"
+    assert list(load_bars(path, symbols=["spy"])) == ["SPY"]
+    assert list(load_bars(path)) == ["YAHOOFINANCE-SPY-20080101-20180101"]
+    assert list(load_bars(DATA / "backtesting_py" / "GOOG.csv")) == ["GOOG"]
+
+
+@needs_data
+def test_long_table_and_symbol_filter(tmp_path):
+    parts = []
+    for symbol in ("SPY", "AAPL"):
+        raw = pd.read_csv(DATA / "mplfinance" / f"yahoofinance-{symbol}-{'20080101-20180101' if symbol == 'SPY' else '20040819-20180120'}.csv")
+        raw.insert(0, "Symbol", symbol)
+        parts.append(raw)
+    table = tmp_path / "prices.csv"
+    pd.concat(parts).to_csv(table, index=False)
+    frames = load_bars(table)
+    assert sorted(frames) == ["AAPL", "SPY"]
+    assert len(frames["SPY"]) == 2519 and len(frames["AAPL"]) == 3379
+    single = one(DATA / "mplfinance" / "yahoofinance-AAPL-20040819-20180120.csv")
+    pd.testing.assert_frame_equal(frames["AAPL"], single)
+    assert list(load_bars(table, symbols=["AAPL"])) == ["AAPL"]
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(table, symbols=["SPY", "QQQ"])
+    assert "no bars for QQQ (found: SPY)" in diagnostic(excinfo).message
+
+
+def test_directory_sample_found_by_symbol():
+    frames = load_bars(SAMPLE)
+    assert sorted(frames) == ["AAPL", "INTC", "SPY", "VIX"]
+    counts = {s: len(df) for s, df in frames.items()}
+    assert counts == {"SPY": 2519, "AAPL": 3379, "INTC": 2335, "VIX": 3020}
+    assert frames["VIX"].index[0] == pd.Timestamp("2007-01-03", tz=NY)
+    assert frames["VIX"].index[-1] == pd.Timestamp("2018-12-31", tz=NY)
+    assert frames["VIX"]["volume"].isna().all()
+    assert frames["SPY"]["close"].iloc[-1] == 266.859985
+    subset = load_bars(SAMPLE, symbols=["VIX", "SPY"])
+    assert list(subset) == ["VIX", "SPY"]
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(SAMPLE, symbols=["QQQ"])
+    assert "no bars for QQQ" in diagnostic(excinfo).message
+
+
+def test_directory_refuses_two_files_for_one_symbol(tmp_path):
+    text = "Date,Open,High,Low,Close\n2020-01-02,1,2,0.5,1.5\n"
+    (tmp_path / "SPY.csv").write_text(text)
+    (tmp_path / "spy.txt").write_text(text)
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(tmp_path)
+    assert "symbol SPY is also in" in diagnostic(excinfo).message
+
+
+@needs_data
+def test_parquet_round_trip(tmp_path):
+    df = one(DATA / "backtesting_py" / "GOOG.csv")
+    target = tmp_path / "GOOG.parquet"
+    df.to_parquet(target)  # the DatetimeIndex is stored and comes back as a column
+    pd.testing.assert_frame_equal(one(target), df)
+    flat = tmp_path / "flat.parquet"
+    df.tz_convert("UTC").rename_axis("timestamp").reset_index().assign(symbol="GOOG").to_parquet(flat, index=False)
+    back = load_bars(flat)
+    assert list(back) == ["GOOG"]
+    pd.testing.assert_frame_equal(back["GOOG"], df)
+
+
+@needs_data
+def test_adjusted_prices_scale_by_adj_close():
+    path = DATA / "mplfinance" / "yahoofinance-SPY-20080101-20180101.csv"
+    raw = pd.read_csv(path)
+    adjusted = one(path, adjusted=True)
+    np.testing.assert_allclose(adjusted["close"].to_numpy(), raw["Adj Close"].to_numpy(), rtol=1e-12)
+    factor = raw["Adj Close"] / raw["Close"]
+    np.testing.assert_allclose(adjusted["open"].to_numpy(), (raw["Open"] * factor).to_numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(adjusted["volume"].to_numpy(), raw["Volume"].to_numpy(dtype=float))
+    old = one(DATA / "backtrader" / "orcl-1995-2014.v2015-065f8ac9.txt", adjusted=True)
+    assert old["close"].iloc[0] == pytest.approx(2.00)
+
+
+@needs_data
+def test_adjusted_without_adj_close_is_an_error():
+    path = DATA / "backtrader" / "2006-day-001.txt"
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path, adjusted=True)
+    d = diagnostic(excinfo)
+    assert (d.path, d.line, d.col) == (str(path), 1, 1)
+    assert "no adjusted close column" in d.message
+    assert "Date,Open,High,Low,Close,Volume,OpenInterest" in d.message
+
+
+def test_start_end_inclusive():
+    spy = one(SAMPLE / "SPY.csv", start="2010-01-04", end="2010-01-08")
+    assert len(spy) == 5
+    assert spy.index[0] == pd.Timestamp("2010-01-04", tz=NY)
+    assert spy.index[-1] == pd.Timestamp("2010-01-08", tz=NY)
+
+
+def test_naive_daily_dates_are_local_midnight_across_dst():
+    spy = one(SAMPLE / "SPY.csv")
+    assert spy.index[0] == pd.Timestamp("2007-12-31 00:00", tz=NY)
+    assert spy.loc["2008-03-07":"2008-03-07"].index[0].utcoffset() == pd.Timedelta(hours=-5)
+    assert spy.loc["2008-03-10":"2008-03-10"].index[0].utcoffset() == pd.Timedelta(hours=-4)
+    london = one(SAMPLE / "SPY.csv", timezone="Europe/London")
+    assert london.index[0] == pd.Timestamp("2007-12-31 00:00", tz="Europe/London")
+
+
+def test_aware_times_keep_their_instants(tmp_path):
+    path = tmp_path / "X.csv"
+    path.write_text("timestamp,open,high,low,close,volume\n"
+                    "2013-10-07T09:30:00-04:00,1,2,0.5,1.5,10\n"
+                    "2013-10-07T13:31:00Z,1,2,0.5,1.5,10\n"
+                    "2013-12-02T09:30:00-05:00,1,2,0.5,1.5,10\n")
+    df = one(path, timezone="Europe/London")
+    expected = pd.DatetimeIndex(["2013-10-07 13:30", "2013-10-07 13:31", "2013-12-02 14:30"], tz="UTC")
+    assert (df.index == expected).all()
+    assert str(df.index.tz) == "Europe/London"
+
+
+def test_utc_column_and_dst_spring_forward(tmp_path):
+    path = tmp_path / "ES.csv"
+    path.write_text("datetime_utc,open,high,low,close,volume\n2023-03-12 06:59:00,1,1,1,1,1\n"
+                    "2023-03-12 07:00:00,1,1,1,1,1\n")
+    df = one(path)
+    assert [str(t) for t in df.index] == ["2023-03-12 01:59:00-05:00", "2023-03-12 03:00:00-04:00"]
+    local = tmp_path / "NQ.csv"
+    local.write_text("timestamp,open,high,low,close,volume\n2023-03-12 01:59:00,1,1,1,1,1\n"
+                     "2023-03-12 03:00:00,1,1,1,1,1\n")
+    assert (one(local).index == df.index).all()
+    gap = tmp_path / "GAP.csv"
+    gap.write_text("timestamp,open,high,low,close,volume\n2023-03-12 01:59:00,1,1,1,1,1\n"
+                   "2023-03-12 02:30:00,1,1,1,1,1\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(gap)
+    d = diagnostic(excinfo)
+    assert (d.line, d.col) == (3, 1)
+    assert "does not exist or is ambiguous in America/New_York" in d.message
+
+
+# ------------------------------------------------------------------------------ resampling
+
+@needs_data
+def test_nq_one_minute_to_five_matches_vendor_five_minute_file():
+    """Every one of the vendor's 2943 5-minute bars (same bin starts, :00/:05/..., since the
+    vendor's bins are clock-aligned and the Globex session opens on the hour) equals ours in all
+    five fields."""
+    minute = one(DATA / "firstratedata_nq_sample" / "NQ_1min_sample.csv")
+    vendor = one(DATA / "firstratedata_nq_sample" / "NQ_5min_sample.csv")
+    ours = resample(minute, "5m", timezone=NY)
+    assert ours.index.equals(vendor.index)
+    pd.testing.assert_frame_equal(ours, vendor)
+
+
+@needs_data
+def test_spy_minute_to_hourly_anchored_at_the_open():
+    minute = one(DATA / "quantconnect_lean" / "decoded" / "spy_minute_trade_2013-10-07_to_2013-10-11.csv")
+    hourly = resample(minute, "1h", timezone=NY, calendar="NYSE")
+    check_shape(hourly)
+    assert len(hourly) == 35  # 5 days x 09:30, 10:30, ..., 15:30
+    assert [t.strftime("%H:%M") for t in hourly.loc["2013-10-07"].index] == \
+        ["09:30", "10:30", "11:30", "12:30", "13:30", "14:30", "15:30"]
+    first = minute.loc["2013-10-07 09:30":"2013-10-07 10:29"]
+    assert hourly.iloc[0].tolist() == [first["open"].iloc[0], first["high"].max(), first["low"].min(),
+                                       first["close"].iloc[-1], first["volume"].sum()]
+    last = minute.loc["2013-10-07 15:30":"2013-10-07 15:59"]  # the half-hour bin before the close
+    assert hourly.loc["2013-10-07 15:30", "close"] == last["close"].iloc[-1]
+    no_calendar = resample(minute, "1h", timezone=NY)
+    assert no_calendar.index[0] == pd.Timestamp("2013-10-07 04:00", tz=NY)  # pre-market kept
+    assert len(no_calendar) == 80
+
+
+@needs_data
+def test_spy_minute_to_daily_per_session():
+    minute = one(DATA / "quantconnect_lean" / "decoded" / "spy_minute_trade_2013-10-07_to_2013-10-11.csv")
+    daily = resample(minute, "1d", timezone=NY, calendar="NYSE")
+    assert list(daily.index) == list(pd.date_range("2013-10-07", "2013-10-11", tz=NY))
+    regular = minute.loc["2013-10-07 09:30":"2013-10-07 15:59"]
+    assert daily.iloc[0].tolist() == [regular["open"].iloc[0], regular["high"].max(), regular["low"].min(),
+                                      regular["close"].iloc[-1], regular["volume"].sum()]
+    assert daily.iloc[0].tolist() == [167.43, 168.45, 167.25, 167.42, 81489219.0]
+    extended = resample(minute, "1d", timezone=NY)  # local dates: pre- and post-market included
+    assert extended.iloc[0]["open"] == 167.41 and extended.iloc[0]["volume"] == minute.loc["2013-10-07", "volume"].sum()
+
+
+def test_weekly_bars_from_daily_and_refusing_smaller_bars():
+    spy = one(SAMPLE / "SPY.csv", start="2010-01-04", end="2010-01-15")
+    weekly = resample(spy, "1w", timezone=NY)
+    assert list(weekly.index) == [pd.Timestamp("2010-01-04", tz=NY), pd.Timestamp("2010-01-11", tz=NY)]
+    assert weekly["volume"].iloc[0] == spy["volume"].iloc[:5].sum()
+    with pytest.raises(ValueError, match="resampling only makes bars larger"):
+        resample(spy, "1h", timezone=NY)
+    minutes = pd.DataFrame({f: [1.0, 2.0, 3.0] for f in ("open", "high", "low", "close", "volume")},
+                           index=pd.date_range("2024-01-02 09:30", periods=3, freq="2min", tz=NY))
+    with pytest.raises(ValueError, match="not a whole number of source bars"):
+        resample(minutes, "5m", timezone=NY)
+
+
+def test_vix_daily_volume_stays_nan_when_resampled():
+    vix = one(SAMPLE / "VIX.csv", start="2018-01-01")
+    assert resample(vix, "1w", timezone=NY)["volume"].isna().all()
+
+
+def test_bar_seconds():
+    assert bar_seconds("1s") == 1 and bar_seconds("5m") == 300 and bar_seconds("4h") == 14400
+    assert bar_seconds("1d") == 86400 and bar_seconds("1w") == 604800
+    with pytest.raises(ValueError, match="unknown bar size"):
+        bar_seconds("5x")
+
+
+# ------------------------------------------------------------------------------- bad input
+
+def write(tmp_path, text, name="BAD.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@needs_data
+def test_unknown_layout_names_line_one_and_columns():
+    path = DATA / "pysystemtrade" / "adjusted_prices_csv" / "SP500.csv"
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    d = diagnostic(excinfo)
+    assert (d.path, d.line, d.col) == (str(path), 1, 1)
+    assert "unknown bar layout" in d.message and "columns found: DATETIME,price" in d.message
+    assert "Yahoo" in d.hint and "backtrader" in d.hint
+
+
+def test_bad_number_on_its_line_and_column(tmp_path):
+    path = write(tmp_path, "Date,Open,High,Low,Close,Volume\n2020-01-02,1,2,0.5,1.5,100\n"
+                           "2020-01-03,1,2,abc,1.5,100\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    d = diagnostic(excinfo)
+    assert (d.path, d.line, d.col) == (str(path), 3, 16)
+    assert d.message == "'abc' is not a number (column 'Low')"
+
+
+def test_bad_date_on_its_line(tmp_path):
+    path = write(tmp_path, "Date,Open,High,Low,Close\n2020-01-02,1,2,0.5,1.5\n2020-01-03,1,2,0.5,1.5\n"
+                           "2020-13-45,1,2,0.5,1.5\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    d = diagnostic(excinfo)
+    assert (d.line, d.col) == (4, 1)
+    assert d.message.startswith("'2020-13-45' is not a date or time (column 'Date'")
+
+
+def test_duplicate_time_names_both_lines(tmp_path):
+    path = write(tmp_path, "Date,Open,High,Low,Close\n2020-01-02,1,2,0.5,1.5\n2020-01-03,1,2,0.5,1.5\n"
+                           "2020-01-06,1,2,0.5,1.5\n2020-01-03,1,2,0.5,1.5\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    d = diagnostic(excinfo)
+    assert (d.line, d.col) == (5, 1)
+    assert "duplicate bar time 2020-01-03" in d.message and "(also on line 3)" in d.message
+
+
+def test_ragged_row_and_missing_file(tmp_path):
+    path = write(tmp_path, "Date,Open,High,Low,Close\n2020-01-02,1,2,0.5,1.5\n2020-01-03,1,2,0.5,1.5,9\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    d = diagnostic(excinfo)
+    assert d.line == 3 and "line has 6 fields but the header on line 1 names 5" in d.message
+    missing = tmp_path / "nope.csv"
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(missing)
+    d = diagnostic(excinfo)
+    assert (d.path, d.line, d.message) == (str(missing), 0, "no such file or directory")
+
+
+def test_blank_lines_do_not_shift_line_numbers(tmp_path):
+    path = write(tmp_path, "Date,Open,High,Low,Close\n2020-01-02,1,2,0.5,1.5\n\n2020-01-03,1,2,x,1.5\n\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    assert (diagnostic(excinfo).line, diagnostic(excinfo).col) == (4, 16)

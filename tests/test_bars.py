@@ -370,6 +370,14 @@ def test_ragged_row_and_missing_file(tmp_path):
     assert (d.path, d.line, d.message) == (str(missing), 0, "no such file or directory")
 
 
+def test_empty_file_and_header_only(tmp_path):
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(write(tmp_path, ""))
+    assert (diagnostic(excinfo).line, diagnostic(excinfo).message) == (1, "the file is empty")
+    empty = one(write(tmp_path, "Date,Open,High,Low,Close\n", name="HDR.csv"))
+    assert len(empty) == 0 and list(empty.columns) == ["open", "high", "low", "close", "volume"]
+
+
 def test_blank_lines_do_not_shift_line_numbers(tmp_path):
     path = write(tmp_path, "Date,Open,High,Low,Close\n2020-01-02,1,2,0.5,1.5\n\n2020-01-03,1,2,x,1.5\n\n")
     with pytest.raises(DiagnosticError) as excinfo:

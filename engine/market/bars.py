@@ -259,6 +259,9 @@ def _bound(value, timezone, next_day: bool) -> pd.Timestamp:
 
 def _read_csv(path: Path):
     header = _first_line(path)
+    if not header.strip() and path.stat().st_size <= len(header) + 2:
+        raise DiagnosticError([error(str(path), 1, 1, "the file is empty",
+                                     "expected a header line such as Date,Open,High,Low,Close,Volume")])
     names = _split_header(header)
     first_row = None
     with open(path, "rb") as fh:

@@ -1,7 +1,7 @@
 """Kernels TA-Lib lacks (or defines differently), written as whole-array numpy.
 
 No per-bar Python loop: lags, cumulative sums and a short loop over lags (percent
-rank, Hurst) do the work. Each public function applies the gap rule.
+rank, Hurst; Hurst also over cache-sized chunks of bars) do the work. Each public function applies the gap rule.
 """
 
 from __future__ import annotations
@@ -70,27 +70,70 @@ _HURST_W = (_LOGL - _LOGL.mean()) / ((_LOGL - _LOGL.mean()) ** 2).sum()
 HURST_FLAT_RTOL = 1e-10
 
 
+HURST_CHUNK = 1 << 14  # outputs per chunk: the work buffers stay in L2 and are reused
+
+
+def _window_sums(X, m, out):
+    """Sums of m consecutive values from block-local running sums.
+
+    X is (nb+1, m+1): row b holds 0 then the b-th block of m values, the last row is
+    all 0. After an in-place cumsum along rows, X[b, r] is the sum of the first r
+    values of block b, so the window starting at r in block b sums to
+    (X[b, m] - X[b, r]) + X[b+1, r]: a suffix of one block plus a prefix of the
+    next, never a difference of long running totals.
+    """
+    np.cumsum(X, axis=1, out=X)
+    np.subtract(X[:-1, :m], X[:-1, m:], out=out)
+    np.subtract(X[1:, :m], out, out=out)
+
+
 def _hurst(a, n):
     N = len(a)
     out = np.full(N, np.nan)
     if N < n:
         return out
     K = N - n + 1  # outputs for t = n-1 .. N-1
-    acc = np.zeros(K)
-    flat = np.zeros(K, dtype=bool)
-    for L, w in zip(_LAGS, _HURST_W):
-        d = a[L:] - a[:-L]           # d[j] = x[j+L] - x[j]
-        d -= d.mean()                # centring keeps the running sums small
-        m = n - L                    # differences inside an n-bar window
-        c1 = np.concatenate(([0.0], np.cumsum(d)))
-        c2 = np.concatenate(([0.0], np.cumsum(d * d)))
-        s1 = c1[m:m + K] - c1[:K]
-        s2 = c2[m:m + K] - c2[:K]
-        var = s2 / m - (s1 / m) ** 2
-        flat |= var <= HURST_FLAT_RTOL * (s2 / m)
-        acc += w * 0.5 * np.log(np.where(var > 0, var, 1.0))
-    acc[flat] = np.nan
-    out[n - 1:] = acc
+    C = min(K, HURST_CHUNK)
+    # pad with the last value so every block reshape stays in bounds (the padded
+    # differences only reach windows past the end, which are discarded)
+    ap = np.concatenate((a, np.full(2 * n + 2, a[-1])))
+    size = (C // 2 + 2) * (n + 1)         # >= (nb+1)*(m+1) for every lag
+    xb, yb = np.empty(size), np.empty(size)
+    s1b, s2b = np.empty(C + 2 * n), np.empty(C + 2 * n)
+    nl = len(_LAGS)
+    logs = np.empty((nl, C))                  # 0.5*log(var_L), one row per lag
+    flats = np.empty((nl, C), dtype=bool)
+    half_w = _HURST_W * 0.5
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for t0 in range(0, K, C):
+            k = min(C, K - t0)
+            seg = ap[t0:]
+            for i, L in enumerate(_LAGS.tolist()):
+                m = n - L                      # differences inside an n-bar window
+                nb = -(-(k + m - 1) // m)
+                X = xb[:(nb + 1) * (m + 1)].reshape(nb + 1, m + 1)
+                Y = yb[:(nb + 1) * (m + 1)].reshape(nb + 1, m + 1)
+                X[:, 0] = 0.0
+                X[nb] = 0.0
+                Y[:, 0] = 0.0
+                Y[nb] = 0.0
+                d = X[:nb, 1:]                 # d[j] = x[j+L] - x[j], in blocks of m
+                np.subtract(seg[L:L + nb * m].reshape(nb, m), seg[:nb * m].reshape(nb, m),
+                            out=d)
+                np.multiply(d, d, out=Y[:nb, 1:])
+                _window_sums(X, m, s1b[:nb * m].reshape(nb, m))
+                _window_sums(Y, m, s2b[:nb * m].reshape(nb, m))
+                s1, s2 = s1b[:k], s2b[:k]
+                s1 /= m                        # mean
+                s1 *= s1
+                s2 /= m                        # mean square
+                np.subtract(s2, s1, out=s1)    # population variance
+                s2 *= HURST_FLAT_RTOL
+                np.less_equal(s1, s2, out=flats[i, :k])
+                np.log(s1, out=logs[i, :k])    # flat lags are NaN-ed below anyway
+            acc = out[n - 1 + t0:n - 1 + t0 + k]
+            np.dot(half_w, logs[:, :k], out=acc)  # least-squares slope
+            acc[flats[:, :k].any(axis=0)] = np.nan
     return out
 
 

@@ -128,3 +128,22 @@ def test_vwap_precision_long_minute_history():
         err = np.abs((g[ok] - ref[ok]) / ref[ok])
         worst = max(worst, float(err.max()))
     assert worst < 1e-13, worst
+
+
+# --- hurst (not bit-identical: the stream is numpy's two-pass var per window) -------
+
+
+@pytest.mark.parametrize("n", [30, 100])
+def test_hurst_full_nq_matches_stream(n):
+    x = load_ohlcv("nq")["close"]
+    vec = KERNELS["hurst"].func(x, n)
+    st = streamed("hurst", (n,), [x])
+    np.testing.assert_array_equal(np.isnan(vec), np.isnan(st))
+    np.testing.assert_allclose(vec, st, rtol=1e-10, atol=0, equal_nan=True)
+
+
+def test_hurst_chunking_does_not_change_values(monkeypatch):
+    x = load_ohlcv("nq")["close"]
+    whole = nk.hurst(x, 40)
+    monkeypatch.setattr(nk, "HURST_CHUNK", 1000)
+    np.testing.assert_allclose(nk.hurst(x, 40), whole, rtol=1e-12, atol=1e-14, equal_nan=True)

@@ -1,0 +1,331 @@
+"""Inline SVG charts for the static report: equity line, drawdown area, price with trade marks.
+
+Plain strings, no JavaScript and no external references, so a report opens offline in any
+browser. Long series are thinned first (`thin`): at most about `MAX_POINTS` points per chart,
+keeping each bucket's minimum and maximum so spikes and drawdowns stay visible. Every piece of
+text that reaches the SVG goes through `esc`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+MAX_POINTS = 2000
+OHLC_MAX_BARS = 150        # up to this many bars the price chart draws OHLC bars, else a close line
+MARKER_TITLES_MAX = 600    # up to this many trades each marker gets its own tooltip
+
+WIDTH, HEIGHT = 960, 280
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 72, 16, 28, 34
+
+
+def esc(text: object) -> str:
+    """Escape text for SVG/HTML content and attribute values (quotes included)."""
+    return html.escape(str(text), quote=True)
+
+
+# ---- thinning ----------------------------------------------------------------------------------
+
+def thin(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most `max_points` of (x, y), in order: the points are cut into at most
+    `(max_points - 2) // 2` consecutive buckets of equal length and each bucket keeps its lowest
+    and highest y (plus the first and the last point overall). A series that is already short enough comes back unchanged."""
+    x, y = np.asarray(x), np.asarray(y, dtype=float)
+    n = y.size
+    if n <= max_points:
+        return x, y
+    buckets = max(1, (max_points - 2) // 2)
+    size = -(-n // buckets)                              # ceil: equal buckets, the last one shorter
+    buckets = -(-n // size)
+    pad = buckets * size - n
+    low = np.concatenate((np.where(np.isfinite(y), y, np.inf), np.full(pad, np.inf))).reshape(buckets, size)
+    high = np.concatenate((np.where(np.isfinite(y), y, -np.inf), np.full(pad, -np.inf))).reshape(buckets, size)
+    offsets = np.arange(buckets) * size
+    keep = np.concatenate(([0, n - 1], offsets + low.argmin(axis=1), offsets + high.argmax(axis=1)))
+    keep = np.unique(keep[keep < n])
+    return x[keep], y[keep]
+
+
+# ---- scales and ticks --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Frame:
+    """The plot area inside a chart and the data ranges mapped onto it."""
+    width: int
+    height: int
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+
+    @property
+    def left(self) -> float:
+        return MARGIN_LEFT
+
+    @property
+    def right(self) -> float:
+        return self.width - MARGIN_RIGHT
+
+    @property
+    def top(self) -> float:
+        return MARGIN_TOP
+
+    @property
+    def bottom(self) -> float:
+        return self.height - MARGIN_BOTTOM
+
+    def px(self, x: np.ndarray | float) -> np.ndarray:
+        span = (self.x1 - self.x0) or 1.0
+        return self.left + (np.asarray(x, dtype=float) - self.x0) / span * (self.right - self.left)
+
+    def py(self, y: np.ndarray | float) -> np.ndarray:
+        span = (self.y1 - self.y0) or 1.0
+        return self.bottom - (np.asarray(y, dtype=float) - self.y0) / span * (self.bottom - self.top)
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values (1, 2, 2.5, 5 x 10^k steps) covering [lo, hi] with about `count` ticks."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return []
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(1, count)
+    mag = 10 ** math.floor(math.log10(raw))
+
+    def ticks_for(step: float) -> list[float]:
+        first = math.ceil(lo / step - 1e-9)
+        last = math.floor(hi / step + 1e-9)
+        return [round(k * step, 12) for k in range(first, last + 1)]
+
+    candidates = [ticks_for(m * mag) for m in (10, 5, 2.5, 2, 1)]   # coarsest first wins ties
+    ticks = min(candidates, key=lambda t: abs(len(t) - count))
+    return ticks
+
+
+_TIME_STEPS = [  # (pandas frequency, label format)
+    ("10YS", "%Y"), ("5YS", "%Y"), ("2YS", "%Y"), ("YS", "%Y"), ("6MS", "%Y-%m"), ("3MS", "%Y-%m"),
+    ("MS", "%Y-%m"), ("14D", "%m-%d"), ("7D", "%m-%d"), ("2D", "%m-%d"), ("D", "%m-%d"),
+    ("6h", "%m-%d %H:%M"), ("3h", "%H:%M"), ("h", "%H:%M"), ("30min", "%H:%M"), ("15min", "%H:%M"),
+    ("5min", "%H:%M"), ("min", "%H:%M"),
+]
+
+
+def time_ticks(t0: pd.Timestamp, t1: pd.Timestamp, most: int = 9) -> list[tuple[pd.Timestamp, str]]:
+    """Calendar-aligned ticks between two times: the finest of years, months, days, hours or
+    minutes that gives no more than `most` ticks, each with a label in the matching format."""
+    if not t1 > t0:
+        return [(t0, t0.strftime("%Y-%m-%d"))]
+    best: list[tuple[pd.Timestamp, str]] = []
+    for freq, fmt in _TIME_STEPS:
+        try:
+            ticks = pd.date_range(t0.ceil("min") if freq.endswith("min") else t0.normalize(), t1, freq=freq)
+        except ValueError:
+            continue
+        ticks = ticks[(ticks >= t0) & (ticks <= t1)]
+        if len(ticks) > most:
+            break
+        best = [(t, t.strftime(fmt)) for t in ticks]
+    if not best:
+        best = [(t0, t0.strftime("%Y-%m-%d")), (t1, t1.strftime("%Y-%m-%d"))]
+    return best
+
+
+def _as_seconds(index: pd.DatetimeIndex | Sequence) -> np.ndarray:
+    idx = pd.DatetimeIndex(index)
+    return idx.as_unit("ns").asi8 / 1e9
+
+
+def _path(xs: np.ndarray, ys: np.ndarray) -> str:
+    """`M x y L x y ...` with one decimal; gaps (NaN) start a new sub-path."""
+    parts: list[str] = []
+    move = True
+    for x, y in zip(xs.tolist(), ys.tolist()):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            move = True
+            continue
+        parts.append(f"{'M' if move else 'L'}{x:.1f} {y:.1f}")
+        move = False
+    return " ".join(parts)
+
+
+def _svg_open(width: int, height: int, title: str, css_class: str) -> str:
+    return (f'<svg class="chart {esc(css_class)}" viewBox="0 0 {width} {height}" width="100%" '
+            f'preserveAspectRatio="xMidYMid meet" role="img" aria-label="{esc(title)}">'
+            f'<title>{esc(title)}</title>'
+            f'<text class="chart-title" x="{MARGIN_LEFT}" y="18">{esc(title)}</text>')
+
+
+def _axes(frame: Frame, y_format: Callable[[float], str], t0: pd.Timestamp, t1: pd.Timestamp) -> str:
+    out = [f'<g class="axes">']
+    for v in nice_ticks(frame.y0, frame.y1):
+        y = float(frame.py(v))
+        out.append(f'<line class="grid" x1="{frame.left:.1f}" x2="{frame.right:.1f}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                   f'<text class="ylabel" x="{frame.left - 6:.1f}" y="{y + 4:.1f}" text-anchor="end">'
+                   f'{esc(y_format(v))}</text>')
+    for t, label in time_ticks(t0, t1):
+        x = float(frame.px(t.as_unit("ns").value / 1e9))
+        out.append(f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{frame.bottom:.1f}" y2="{frame.bottom + 5:.1f}"/>'
+                   f'<text class="xlabel" x="{x:.1f}" y="{frame.bottom + 18:.1f}" text-anchor="middle">'
+                   f'{esc(label)}</text>')
+    out.append(f'<line class="axis" x1="{frame.left:.1f}" x2="{frame.left:.1f}" y1="{frame.top:.1f}" y2="{frame.bottom:.1f}"/>'
+               f'<line class="axis" x1="{frame.left:.1f}" x2="{frame.right:.1f}" y1="{frame.bottom:.1f}" y2="{frame.bottom:.1f}"/>')
+    out.append("</g>")
+    return "".join(out)
+
+
+def _empty(title: str, css_class: str, message: str, width: int = WIDTH, height: int = 90) -> str:
+    return (_svg_open(width, height, title, css_class) +
+            f'<text class="empty" x="{width / 2:.0f}" y="{height / 2 + 10:.0f}" text-anchor="middle">'
+            f'{esc(message)}</text></svg>')
+
+
+def _padded(lo: float, hi: float, pad: float = 0.04) -> tuple[float, float]:
+    if hi <= lo:
+        d = abs(lo) * 0.01 or 1.0
+        return lo - d, hi + d
+    d = (hi - lo) * pad
+    return lo - d, hi + d
+
+
+def number_label(v: float) -> str:
+    """Axis label for money-like values: 1.2M, 35k, 120, 0.25."""
+    a = abs(v)
+    if a >= 1e9:
+        return f"{v / 1e9:.4g}B"
+    if a >= 1e6:
+        return f"{v / 1e6:.4g}M"
+    if a >= 1e4:
+        return f"{v / 1e3:.4g}k"
+    return f"{v:.6g}"
+
+
+def percent_label(v: float) -> str:
+    return f"{v * 100:.0f}%" if abs(v) >= 0.1 or v == 0 else f"{v * 100:.1f}%"
+
+
+# ---- charts ------------------------------------------------------------------------------------
+
+def line_chart(series: pd.Series, *, title: str, css_class: str = "equity",
+               y_format: Callable[[float], str] = number_label, width: int = WIDTH,
+               height: int = HEIGHT, max_points: int = MAX_POINTS) -> str:
+    """A line chart of a time-indexed series (the equity curve) with y grid, time ticks and
+    labels; thinned to `max_points`."""
+    series = series[np.isfinite(series.to_numpy(dtype=float))]
+    if len(series) == 0:
+        return _empty(title, css_class, "no data")
+    x, y = thin(_as_seconds(series.index), series.to_numpy(dtype=float), max_points)
+    lo, hi = _padded(float(y.min()), float(y.max()))
+    frame = Frame(width, height, float(x[0]), float(x[-1]), lo, hi)
+    d = _path(frame.px(x), frame.py(y))
+    return (_svg_open(width, height, title, css_class) +
+            _axes(frame, y_format, series.index[0], series.index[-1]) +
+            f'<path class="line" d="{d}"/></svg>')
+
+
+def area_chart(series: pd.Series, *, title: str, css_class: str = "drawdown",
+               y_format: Callable[[float], str] = percent_label, width: int = WIDTH,
+               height: int = 200, max_points: int = MAX_POINTS) -> str:
+    """A filled area between zero and a time-indexed series of values <= 0 (the drawdown)."""
+    series = series[np.isfinite(series.to_numpy(dtype=float))]
+    if len(series) == 0:
+        return _empty(title, css_class, "no data")
+    x, y = thin(_as_seconds(series.index), series.to_numpy(dtype=float), max_points)
+    lo = min(float(y.min()), 0.0)
+    hi = max(float(y.max()), 0.0)
+    lo, hi = (lo * 1.05, hi) if lo < hi else (-0.01, 0.0)
+    frame = Frame(width, height, float(x[0]), float(x[-1]), lo, hi)
+    xs, ys = frame.px(x), frame.py(y)
+    zero = float(frame.py(0.0))
+    line = _path(xs, ys)
+    area = f"M{xs[0]:.1f} {zero:.1f} " + line.replace("M", "L") + f" L{xs[-1]:.1f} {zero:.1f} Z"
+    return (_svg_open(width, height, title, css_class) +
+            _axes(frame, y_format, series.index[0], series.index[-1]) +
+            f'<path class="area" d="{area}"/><path class="line" d="{line}"/></svg>')
+
+
+@dataclass(frozen=True)
+class TradeMark:
+    """One entry or exit drawn on the price chart."""
+    ts: pd.Timestamp
+    price: float
+    kind: str      # "entry" | "exit"
+    label: str     # tooltip text (plain; escaped when drawn)
+
+
+def _triangle(x: float, y: float, up: bool, size: float = 6.0) -> str:
+    if up:   # tip at the price, body below it
+        return f"M{x:.1f} {y:.1f}L{x - size:.1f} {y + size * 1.6:.1f}L{x + size:.1f} {y + size * 1.6:.1f}Z"
+    return f"M{x:.1f} {y:.1f}L{x - size:.1f} {y - size * 1.6:.1f}L{x + size:.1f} {y - size * 1.6:.1f}Z"
+
+
+def price_chart(bars: pd.DataFrame, marks: Sequence[TradeMark], *, title: str,
+                css_class: str = "price", width: int = WIDTH, height: int = 320,
+                max_points: int = MAX_POINTS) -> str:
+    """Price of one symbol with entries (green ▲) and exits (red ▼).
+
+    `bars` is indexed by time with a `close` column and optionally `open`, `high`, `low`. Up to
+    `OHLC_MAX_BARS` bars with full OHLC are drawn as OHLC bars; more as a thinned close line.
+    Marks outside the bars' time span are still drawn (the axis widens to hold them)."""
+    bars = bars[np.isfinite(bars["close"].to_numpy(dtype=float))]
+    mark_list = [m for m in marks if m.price is not None and math.isfinite(m.price)]
+    if len(bars) == 0 and not mark_list:
+        return _empty(title, css_class, "no price data for this symbol")
+    t_bars = _as_seconds(bars.index) if len(bars) else np.array([], dtype=float)
+    t_marks = _as_seconds(pd.DatetimeIndex([m.ts for m in mark_list])) if mark_list else np.array([])
+    prices_m = np.array([m.price for m in mark_list], dtype=float)
+    ohlc = (0 < len(bars) <= OHLC_MAX_BARS and {"open", "high", "low"} <= set(bars.columns)
+            and np.isfinite(bars[["open", "high", "low"]].to_numpy(dtype=float)).all())
+    if ohlc:
+        lows, highs = bars["low"].to_numpy(dtype=float), bars["high"].to_numpy(dtype=float)
+        x_line, y_line = t_bars, bars["close"].to_numpy(dtype=float)
+        ymin, ymax = lows.min(), highs.max()
+    elif len(bars):
+        x_line, y_line = thin(t_bars, bars["close"].to_numpy(dtype=float), max_points)
+        ymin, ymax = y_line.min(), y_line.max()
+    else:
+        x_line = y_line = np.array([], dtype=float)
+        ymin, ymax = np.inf, -np.inf
+    if prices_m.size:
+        ymin, ymax = min(ymin, prices_m.min()), max(ymax, prices_m.max())
+    all_t = np.concatenate((t_bars, t_marks))
+    lo, hi = _padded(float(ymin), float(ymax), 0.06)
+    frame = Frame(width, height, float(all_t.min()), float(all_t.max()), lo, hi)
+    t0 = pd.Timestamp(int(all_t.min() * 1e9), unit="ns", tz="UTC")
+    t1 = pd.Timestamp(int(all_t.max() * 1e9), unit="ns", tz="UTC")
+    out = [_svg_open(width, height, title, css_class), _axes(frame, number_label, t0, t1)]
+    if ohlc:
+        xs = frame.px(t_bars)
+        half = max(1.0, min(6.0, 0.35 * (frame.right - frame.left) / max(1, len(bars))))
+        up_d, down_d = [], []
+        for x, o, h, l, c in zip(xs.tolist(), frame.py(bars["open"]).tolist(), frame.py(highs).tolist(),
+                                 frame.py(lows).tolist(), frame.py(bars["close"]).tolist()):
+            seg = f"M{x:.1f} {h:.1f}V{l:.1f}M{x - half:.1f} {o:.1f}H{x:.1f}M{x:.1f} {c:.1f}H{x + half:.1f}"
+            (up_d if c <= o else down_d).append(seg)   # screen y grows downwards: c <= o is a rise
+        if up_d:
+            out.append(f'<path class="ohlc up" d="{" ".join(up_d)}"/>')
+        if down_d:
+            out.append(f'<path class="ohlc down" d="{" ".join(down_d)}"/>')
+    elif x_line.size:
+        out.append(f'<path class="line" d="{_path(frame.px(x_line), frame.py(y_line))}"/>')
+    if mark_list:
+        xs, ys = frame.px(t_marks).tolist(), frame.py(prices_m).tolist()
+        if len(mark_list) <= MARKER_TITLES_MAX:
+            out.append('<g class="marks">')
+            for m, x, y in zip(mark_list, xs, ys):
+                up = m.kind == "entry"
+                out.append(f'<path class="mark {"entry" if up else "exit"}" d="{_triangle(x, y, up)}">'
+                           f'<title>{esc(m.label)}</title></path>')
+            out.append("</g>")
+        else:   # many trades: one path per kind keeps the file small
+            for kind in ("entry", "exit"):
+                d = "".join(_triangle(x, y, kind == "entry", 4.0)
+                            for m, x, y in zip(mark_list, xs, ys) if m.kind == kind)
+                if d:
+                    out.append(f'<path class="mark {kind}" d="{d}"/>')
+    out.append("</svg>")
+    return "".join(out)

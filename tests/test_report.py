@@ -1,0 +1,579 @@
+"""Report metrics (hand-computed and independent pandas figures), SVG charts, and the HTML report
+rendered from journals built through the Journal API."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.report import metrics as M
+from engine.report import svg
+from engine.report.html import fmt_pct, fmt_num, option_legs, render_report, write_report
+from engine.runtime.journal import Journal, JournalError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SPY_CSV = DATA / "mplfinance" / "yahoofinance-SPY-20080101-20180101.csv"
+
+EVIL = "<script>alert(1)</script> \"double\" 'single' & more"
+
+
+def series(days: list[str], values: list[float]) -> pd.Series:
+    return M.equity_series(days, values)
+
+
+# ---- metrics: hand-computed ------------------------------------------------------------------
+
+TINY = series(["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-06"], [100, 110, 99, 121])
+
+
+def test_total_return_and_drawdown_by_hand():
+    assert M.total_return(TINY) == pytest.approx(0.21)
+    assert M.max_drawdown(TINY) == pytest.approx(0.10)          # 110 -> 99
+    dd = M.longest_drawdown(TINY)
+    assert dd.start == pd.Timestamp("2020-01-02", tz="UTC")
+    assert dd.end == pd.Timestamp("2020-01-06", tz="UTC")       # back above 110 on the 6th
+    assert dd.days == 4.0 and dd.recovered and dd.depth == pytest.approx(0.10)
+    assert list(M.drawdown_series(TINY)) == pytest.approx([0, 0, -0.1, 0])
+
+
+def test_longest_drawdown_picks_the_longest_and_reports_unrecovered():
+    e = series(["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04", "2020-01-10", "2020-01-20"],
+               [100, 90, 101, 95, 100, 99])
+    dd = M.longest_drawdown(e)
+    # first stretch: 01-01 -> 01-03 (2 days); second from the 101 peak on 01-03, never recovered
+    assert dd.start == pd.Timestamp("2020-01-03", tz="UTC") and dd.end == pd.Timestamp("2020-01-20", tz="UTC")
+    assert dd.days == 17.0 and not dd.recovered
+    assert dd.depth == pytest.approx(1 - 95 / 101)
+    assert M.max_drawdown(e) == pytest.approx(0.10)
+
+
+def test_sharpe_sortino_volatility_by_hand():
+    r = [110 / 100 - 1, 99 / 110 - 1, 121 / 99 - 1]               # 0.1, -0.1, 0.2222
+    mean, sd = statistics.mean(r), statistics.stdev(r)
+    assert M.annual_volatility(TINY) == pytest.approx(sd * math.sqrt(252))
+    assert M.sharpe_ratio(TINY) == pytest.approx(mean / sd * math.sqrt(252))
+    downside = math.sqrt((0.1 ** 2) / 3)                         # only -0.1 is below 0, over 3 periods
+    assert M.sortino_ratio(TINY) == pytest.approx(mean / downside * math.sqrt(252))
+    # risk-free 5 % a year, compounded down to a day
+    rf = 1.05 ** (1 / 252) - 1
+    ex = [x - rf for x in r]
+    assert M.sharpe_ratio(TINY, 0.05) == pytest.approx(statistics.mean(ex) / statistics.stdev(ex) * math.sqrt(252))
+
+
+def test_cagr_uses_the_real_time_span():
+    e = series(["2020-01-01", "2020-06-01", "2022-01-01"], [100, 80, 121])
+    years = 731 / 365.25
+    assert M.cagr(e) == pytest.approx(1.21 ** (1 / years) - 1)
+    assert M.cagr(e) == pytest.approx(0.09993, abs=1e-5)
+    assert M.calmar_ratio(e) == pytest.approx(M.cagr(e) / 0.2)
+    assert M.cagr(series(["2020-01-01", "2021-01-01"], [100, 0])) == -1.0
+
+
+def test_periods_per_year_rule():
+    def idx(freq, n=50):
+        return pd.date_range("2024-01-02 14:30", periods=n, freq=freq, tz="UTC")
+    assert M.periods_per_year(idx("1min")) == pytest.approx(252 * 390)
+    assert M.periods_per_year(idx("5min")) == pytest.approx(252 * 78)
+    assert M.periods_per_year(idx("1h")) == pytest.approx(252 * 6.5)
+    assert M.periods_per_year(idx("B")) == 252                     # weekends do not move the median
+    assert M.periods_per_year(idx("D")) == 252
+    assert M.periods_per_year(idx("W")) == pytest.approx(365.25 / 7)
+    assert M.periods_per_year(idx("10h")) == 252                   # longer than a session: daily
+    assert M.periods_per_year(idx("D", 1)) is None
+
+
+def test_trade_statistics_by_hand():
+    trades = [{"pnl": 30.0}, {"pnl": -10.0}, {"pnl": 50.0}, {"pnl": -20.0}, {"pnl": 0.0}]
+    assert M.trade_count(trades) == 5
+    assert M.win_rate(trades) == pytest.approx(2 / 5)
+    assert M.profit_factor(trades) == pytest.approx(80 / 30)
+    assert M.expectancy(trades) == pytest.approx(10.0)
+    assert M.average_win(trades) == pytest.approx(40.0)
+    assert M.average_loss(trades) == pytest.approx(-15.0)
+
+
+def test_exposure_merges_overlaps_and_clips_to_the_span():
+    start, end = pd.Timestamp("2020-01-01", tz="UTC"), pd.Timestamp("2020-01-11", tz="UTC")
+    trades = [
+        {"pnl": 1, "entry_ts": "2019-12-30T00:00:00Z", "exit_ts": "2020-01-02T00:00:00Z"},  # 1 day inside
+        {"pnl": 1, "entry_ts": "2020-01-04T00:00:00Z", "exit_ts": "2020-01-06T00:00:00Z"},
+        {"pnl": 1, "entry_ts": "2020-01-05T00:00:00Z", "exit_ts": "2020-01-07T00:00:00Z"},  # overlaps: 4th-7th = 3
+        {"pnl": 1, "entry_ts": "2020-01-10T12:00:00Z", "exit_ts": "2020-01-15T00:00:00Z"},  # half a day inside
+    ]
+    assert M.exposure(trades, start, end) == pytest.approx(4.5 / 10)
+    assert M.exposure([], start, end) == 0.0
+    assert M.exposure(trades, start, start) is None
+
+
+def test_monthly_returns_by_hand():
+    e = series(["2021-01-04", "2021-01-29", "2021-02-15", "2021-02-26", "2021-04-30", "2022-01-31"],
+               [100, 110, 99, 104.5, 114.95, 103.455])
+    table = M.monthly_returns(e)
+    assert table.loc[2021, 1] == pytest.approx(0.10)
+    assert table.loc[2021, 2] == pytest.approx(104.5 / 110 - 1)
+    assert math.isnan(table.loc[2021, 3])                           # no point in March
+    assert table.loc[2021, 4] == pytest.approx(0.10)
+    assert table.loc[2021, "Year"] == pytest.approx(0.1495)
+    assert table.loc[2022, 1] == pytest.approx(-0.10)
+    assert table.loc[2022, "Year"] == pytest.approx(-0.10)
+    assert list(table.columns) == list(range(1, 13)) + ["Year"]
+
+
+def test_buy_and_hold():
+    assert M.buy_and_hold_return([50.0, np.nan, 55.0, 60.0]) == pytest.approx(0.2)
+    assert M.buy_and_hold_return([50.0]) is None
+    assert M.buy_and_hold_return([0.0, 3.0]) is None
+
+
+# ---- metrics: edge cases ---------------------------------------------------------------------
+
+def _no_nan_or_inf(summary: dict) -> None:
+    for k, v in summary.items():
+        if isinstance(v, float):
+            assert math.isfinite(v), k
+
+
+def test_one_point_gives_none():
+    s = M.summarize(series(["2020-01-01"], [100.0]), [])
+    _no_nan_or_inf(s)
+    for key in ("total_return", "cagr", "volatility", "sharpe", "sortino", "calmar", "max_drawdown",
+                "max_drawdown_days", "win_rate", "profit_factor", "expectancy", "average_win",
+                "average_loss", "exposure", "periods_per_year"):
+        assert s[key] is None, key
+    assert s["trades"] == 0
+    assert M.monthly_returns(series(["2020-01-01"], [100.0])).empty
+
+
+def test_empty_series_gives_none():
+    empty = pd.Series([], dtype=float, index=pd.DatetimeIndex([], tz="UTC"))
+    s = M.summarize(empty, [])
+    _no_nan_or_inf(s)
+    assert s["total_return"] is None and s["start"] is None and s["exposure"] is None
+
+
+def test_flat_equity():
+    flat = series([f"2020-01-{d:02d}" for d in range(1, 11)], [1000.0] * 10)
+    s = M.summarize(flat, [])
+    _no_nan_or_inf(s)
+    assert s["total_return"] == 0.0 and s["cagr"] == 0.0 and s["volatility"] == 0.0
+    assert s["max_drawdown"] == 0.0
+    assert s["sharpe"] is None and s["sortino"] is None and s["calmar"] is None
+    assert s["max_drawdown_days"] is None
+    assert s["exposure"] == 0.0 and s["win_rate"] is None and s["profit_factor"] is None
+
+
+def test_only_winners_or_only_losers():
+    assert M.profit_factor([{"pnl": 5.0}, {"pnl": 1.0}]) is None
+    assert M.average_loss([{"pnl": 5.0}]) is None
+    assert M.profit_factor([{"pnl": -5.0}]) == 0.0
+    assert M.average_win([{"pnl": -5.0}]) is None
+    assert M.win_rate([{"pnl": -5.0}]) == 0.0
+
+
+def test_rising_curve_without_losses_has_no_sortino():
+    e = series(["2020-01-01", "2020-01-02", "2020-01-03"], [100, 101, 103])
+    assert M.sortino_ratio(e) is None and M.calmar_ratio(e) is None and M.max_drawdown(e) == 0.0
+
+
+def test_nan_points_are_ignored():
+    e = series(["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-06"], [100, float("nan"), 99, 121])
+    assert M.total_return(e) == pytest.approx(0.21)
+    _no_nan_or_inf(M.summarize(e, []))
+
+
+# ---- metrics against pandas on real SPY closes -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def spy() -> pd.DataFrame:
+    if not SPY_CSV.exists():
+        pytest.skip(f"shared data not present: {SPY_CSV}")
+    frame = pd.read_csv(SPY_CSV, parse_dates=["Date"]).set_index("Date")
+    frame.index = frame.index.tz_localize("UTC")
+    return frame
+
+
+def test_metrics_match_an_independent_pandas_calculation(spy):
+    close = spy["Close"].astype(float)
+    equity = M.equity_series(close.index, close.to_numpy() * 10)   # "all in SPY" from 10 shares
+    r = close.pct_change().dropna()
+    assert M.periods_per_year(equity.index) == 252
+    assert M.total_return(equity) == pytest.approx(close.iloc[-1] / close.iloc[0] - 1)
+    assert M.buy_and_hold_return(close.to_numpy()) == pytest.approx(M.total_return(equity))
+    assert M.annual_volatility(equity) == pytest.approx(r.std() * np.sqrt(252))
+    assert M.sharpe_ratio(equity) == pytest.approx(r.mean() / r.std() * np.sqrt(252))
+    downside = np.sqrt((r.clip(upper=0) ** 2).mean())
+    assert M.sortino_ratio(equity) == pytest.approx(r.mean() / downside * np.sqrt(252))
+    mdd = -(close / close.cummax() - 1).min()
+    assert M.max_drawdown(equity) == pytest.approx(mdd)
+    assert 0.5 < mdd < 0.6                                          # 2008-09: SPY fell about 55 %
+    years = (close.index[-1] - close.index[0]).days / 365.25
+    cagr = (close.iloc[-1] / close.iloc[0]) ** (1 / years) - 1
+    assert M.cagr(equity) == pytest.approx(cagr)
+    assert M.calmar_ratio(equity) == pytest.approx(cagr / mdd)
+
+    # monthly returns: month-end closes, first month from the first close
+    month_end = close.resample("ME").last()
+    expected = month_end.pct_change()
+    expected.iloc[0] = month_end.iloc[0] / close.iloc[0] - 1
+    table = M.monthly_returns(equity)
+    got = pd.Series([table.loc[d.year, d.month] for d in expected.index], index=expected.index)
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-10)
+    year_end = close.resample("YE").last()
+    yearly = year_end.pct_change()
+    yearly.iloc[0] = year_end.iloc[0] / close.iloc[0] - 1
+    np.testing.assert_allclose(table["Year"].to_numpy(), yearly.to_numpy(), rtol=1e-10)
+    # compounding the months of a year gives the year
+    for y in table.index:
+        months = table.loc[y, list(range(1, 13))].dropna()
+        assert np.prod(1 + months.to_numpy()) - 1 == pytest.approx(table.loc[y, "Year"])
+
+    # the longest drawdown by a plain loop
+    peak_t, peak_v, best = close.index[0], close.iloc[0], 0.0
+    for t, v in close.items():
+        if v >= peak_v:
+            best = max(best, (t - peak_t).days)
+            peak_t, peak_v = t, v
+    best = max(best, (close.index[-1] - peak_t).days if close.iloc[-1] < peak_v else 0)
+    assert M.longest_drawdown(equity).days == best
+
+
+# ---- SVG -------------------------------------------------------------------------------------
+
+def test_thin_keeps_extremes_order_and_size():
+    rng = np.random.default_rng(7)
+    y = np.cumsum(rng.normal(size=100_000))
+    y[31_337] = 1e6
+    y[77_777] = -1e6
+    x = np.arange(y.size, dtype=float)
+    tx, ty = svg.thin(x, y, 2000)
+    assert len(ty) <= 2000
+    assert np.all(np.diff(tx) > 0)
+    assert ty.max() == 1e6 and ty.min() == -1e6
+    assert tx[0] == 0 and tx[-1] == y.size - 1
+    # every bucket's min and max survive
+    assert set(ty) >= {y[:101].min(), y[:101].max()}        # bucket 0 is 0..100 (999 buckets)
+    short_x, short_y = svg.thin(x[:100], y[:100], 2000)
+    assert len(short_y) == 100
+
+
+def test_nice_and_time_ticks():
+    assert svg.nice_ticks(0, 100, 5) == [0, 25, 50, 75, 100]
+    assert svg.nice_ticks(0.013, 0.072, 5) == pytest.approx([0.02, 0.03, 0.04, 0.05, 0.06, 0.07])
+    ticks = svg.time_ticks(pd.Timestamp("2008-01-02", tz="UTC"), pd.Timestamp("2017-12-29", tz="UTC"))
+    assert [label for _, label in ticks] == ["2010", "2012", "2014", "2016"] or 2 <= len(ticks) <= 9
+    intraday = svg.time_ticks(pd.Timestamp("2024-01-02 14:30", tz="UTC"), pd.Timestamp("2024-01-02 21:00", tz="UTC"))
+    assert 2 <= len(intraday) <= 9 and all(":" in label for _, label in intraday)
+
+
+def test_charts_escape_text_and_have_paths():
+    e = series(["2020-01-01", "2020-01-02", "2020-01-03"], [100, 90, 120])
+    chart = svg.line_chart(e, title=EVIL)
+    assert "<script>" not in chart and "&lt;script&gt;" in chart and "&quot;double&quot;" in chart
+    assert re.search(r'<path class="line" d="M[^"]+"', chart)
+    bars = pd.DataFrame({"open": [1, 2], "high": [2, 3], "low": [0.5, 1.5], "close": [1.5, 2.5]},
+                        index=pd.DatetimeIndex(["2020-01-01", "2020-01-02"], tz="UTC"))
+    marks = [svg.TradeMark(pd.Timestamp("2020-01-01", tz="UTC"), 1.5, "entry", EVIL)]
+    price = svg.price_chart(bars, marks, title="p")
+    assert "<script>" not in price and 'class="mark entry"' in price and 'class="ohlc' in price
+
+
+# ---- journals for the report -------------------------------------------------------------------
+
+STRATEGY_TEXT = """# yaml-language-server: $schema=../schemas/strategy.schema.json
+kind: strategy
+name: spy-sma-cross
+# docs: https://example.invalid/qtrade and http://example.invalid/old
+params: {fast: 20, slow: 50}
+entry:
+  - when: sma(close, fast) crosses_above sma(close, slow)
+exit:
+  - {when: sma(close, fast) crosses_below sma(close, slow), reason: "cross <down> & out"}
+"""
+
+
+def _iso(index: pd.DatetimeIndex) -> list[str]:
+    return list(np.datetime_as_string(index.tz_convert(None).to_numpy().astype("datetime64[s]"), unit="s") + "Z")
+
+
+def sma_cross_backtest(bars: pd.DataFrame, cash: float = 100_000.0, fast: int = 20, slow: int = 50,
+                       commission: float = 1.0):
+    """Long SPY while sma(fast) > sma(slow), all in at the close, whole shares. Returns
+    (equity array, trades list of journal rows)."""
+    close = bars["Close"].to_numpy(dtype=float)
+    high, low = bars["High"].to_numpy(dtype=float), bars["Low"].to_numpy(dtype=float)
+    kernel = lambda n: np.convolve(close, np.ones(n) / n, "full")[: close.size]
+    f, s = kernel(fast), kernel(slow)
+    want = np.zeros(close.size, dtype=bool)
+    want[slow - 1:] = f[slow - 1:] > s[slow - 1:]
+    ts = _iso(bars.index)
+    equity = np.empty(close.size)
+    trades, qty, entry_i, entry_cash = [], 0, None, cash
+    for i in range(close.size):
+        if qty == 0 and want[i]:
+            qty = int((cash - commission) // close[i])
+            cash -= qty * close[i] + commission
+            entry_i = i
+        elif qty and (not want[i] or i == close.size - 1):
+            cash += qty * close[i] - commission
+            p0 = close[entry_i]
+            pnl = qty * (close[i] - p0) - 2 * commission
+            trades.append(dict(symbol="SPY", side="long", quantity=qty, entry_ts=ts[entry_i], entry_price=p0,
+                               exit_ts=ts[i], exit_price=close[i], pnl=pnl, return_pct=pnl / (qty * p0) * 100,
+                               bars_held=i - entry_i, mae=qty * (low[entry_i:i + 1].min() - p0),
+                               mfe=qty * (high[entry_i:i + 1].max() - p0), commission=2 * commission,
+                               entry_rule="entry[0]", exit_rule="exit[0]", exit_reason="cross <down> & out"))
+            qty = 0
+        equity[i] = cash + qty * close[i]
+    return equity, trades
+
+
+TRADE_COLUMNS = ["run_id", "symbol", "side", "quantity", "multiplier", "entry_ts", "entry_price", "exit_ts", "exit_price",
+                 "pnl", "return_pct", "bars_held", "mae", "mfe", "commission", "entry_rule", "exit_rule",
+                 "exit_reason", "legs"]
+
+
+TRADE_DEFAULTS = {"multiplier": 1.0, "commission": 0.0, "entry_rule": "", "exit_rule": "", "exit_reason": ""}
+
+
+def add_trades(journal: Journal, run_id: str, trades: list[dict]) -> None:
+    journal.many("trades", TRADE_COLUMNS,
+                 [[run_id] + [t.get(c, TRADE_DEFAULTS.get(c)) for c in TRADE_COLUMNS[1:]] for t in trades])
+
+
+def add_prices(journal: Journal, run_id: str, symbol: str, bars: pd.DataFrame) -> None:
+    journal.many("prices", ["run_id", "symbol", "ts", "open", "high", "low", "close"],
+                 zip([run_id] * len(bars), [symbol] * len(bars), _iso(bars.index), bars["Open"], bars["High"],
+                     bars["Low"], bars["Close"]))
+
+
+@pytest.fixture()
+def spy_journal(tmp_path, spy):
+    """A finished SMA-crossover backtest on SPY (real prices), plus a few QQQ trades."""
+    path = tmp_path / "runs.sqlite"
+    equity, trades = sma_cross_backtest(spy)
+    with Journal(path) as j:
+        rid = j.start_run("backtest", "spy-sma-cross", strategy_path="strategies/sma_crossover.yaml",
+                          strategy_text=STRATEGY_TEXT, params={"fast": 20, "slow": 50},
+                          settings={"cash": 100_000, "commission": 1.0}, symbols=["SPY", "QQQ"], bar="1d",
+                          initial_cash=100_000.0, run_id="run-spy")
+        add_prices(j, rid, "SPY", spy)
+        j.many("equity", ["run_id", "ts", "cash", "equity"],
+               zip([rid] * len(equity), _iso(spy.index), equity, equity))
+        add_trades(j, rid, trades)
+        add_trades(j, rid, [dict(trades[0], symbol="QQQ", pnl=-5.0), dict(trades[1], symbol="QQQ", pnl=7.5)])
+        j.order(rid, "qtrade:run-spy:1", _iso(spy.index[:1])[0], "SPY", "buy", 10, "market", status="filled")
+        j.decision(rid, _iso(spy.index[:1])[0], "SPY", "entry[0]", "entry", "blocked", "max open positions")
+        j.error(rid, _iso(spy.index[:1])[0], "broker", "quote <stale> & late")
+        j.finish_run(rid, "finished")
+    all_trades = trades + [dict(trades[0], symbol="QQQ", pnl=-5.0), dict(trades[1], symbol="QQQ", pnl=7.5)]
+    return path, M.equity_series(_iso(spy.index), equity), all_trades, spy
+
+
+def _paths(html: str) -> list[str]:
+    return re.findall(r'<path class="([^"]+)" d="([^"]*)"', html)
+
+
+def test_report_shows_the_metrics_and_charts(spy_journal):
+    path, equity, trades, spy = spy_journal
+    html = render_report(path)
+    summary = M.summarize(equity, trades, closes=spy["Close"].to_numpy())
+    assert len(trades) > 20
+    for key in ("total_return", "cagr", "buy_and_hold", "volatility"):
+        assert f'data-metric="{key}"' in html
+        assert fmt_pct(summary[key]) in html, key
+    for key in ("sharpe", "sortino", "calmar", "profit_factor", "expectancy", "average_win", "average_loss"):
+        assert fmt_num(summary[key]) in html, key
+    assert fmt_pct(summary["max_drawdown"]) in html
+    assert fmt_pct(summary["win_rate"], 1) in html and fmt_pct(summary["exposure"], 1) in html
+    assert f">{len(trades)}<" in html
+    assert summary["buy_and_hold"] == pytest.approx(spy["Close"].iloc[-1] / spy["Close"].iloc[0] - 1)
+    # charts: equity line, drawdown area, SPY close line (2,518 bars) with entry and exit marks
+    kinds = {}
+    for cls, d in _paths(html):
+        kinds.setdefault(cls, []).append(d)
+    assert all(d.strip() for ds in kinds.values() for d in ds)
+    assert {"line", "area", "mark entry", "mark exit"} <= set(kinds)
+    assert len(kinds["mark entry"]) == len(kinds["mark exit"]) == len(trades) - 2   # SPY only
+    assert len(kinds["line"]) == 3
+    assert "Price: SPY" in html                                   # the most traded symbol by default
+    # monthly table: 2008-01 cell coloured, year rows 2007..2017
+    assert html.count('<td class="l year">') == 11
+    assert "rgba(22,163,74" in html and "rgba(220,38,38" in html
+    # per-symbol breakdown and the strategy text
+    assert re.search(r"<td class=\"l\">QQQ</td><td>2</td><td>50.0%</td>", html)
+    assert "spy-sma-cross" in html and "sma(close, fast) crosses_above" in html
+    assert "cross &lt;down&gt; &amp; out" in html and "quote &lt;stale&gt; &amp; late" in html
+    assert "blocked 1" in html and "filled 1" in html
+    assert not re.findall(r"\b(nan|NaN|inf|Infinity|None|null)\b", visible_text(html))
+
+
+def test_report_is_self_contained(spy_journal):
+    path, *_ = spy_journal
+    html = render_report(path)
+    strategy = re.search(r'<pre class="strategy-text">(.*?)</pre>', html, re.S)
+    assert "https://example.invalid/qtrade" in strategy.group(1)
+    rest = html[:strategy.start()] + html[strategy.end():]
+    assert "http://" not in rest and "https://" not in rest
+    for needle in ("src=", "href=", "<link", "@import", "url(", "xlink", "<iframe", "<img"):
+        assert needle not in rest.lower(), needle
+    assert html.count("<script") == 1 and "<svg" in html
+
+
+def test_everything_from_the_user_is_escaped(tmp_path):
+    path = tmp_path / "evil.sqlite"
+    with Journal(path) as j:
+        rid = j.start_run("backtest", EVIL, strategy_path=EVIL, strategy_text=f"name: {EVIL}\n",
+                          params={EVIL: EVIL, "n": 3}, settings={"note": EVIL}, symbols=[EVIL], bar=EVIL)
+        j.many("equity", ["run_id", "ts", "cash", "equity"],
+               [(rid, "2024-01-02T00:00:00Z", 100, 100), (rid, "2024-01-03T00:00:00Z", 100, 101)])
+        j.many("prices", ["run_id", "symbol", "ts", "open", "high", "low", "close"],
+               [(rid, EVIL, "2024-01-02T00:00:00Z", 1, 2, 0.5, 1.5), (rid, EVIL, "2024-01-03T00:00:00Z", 1.5, 2, 1, 1.8)])
+        add_trades(j, rid, [dict(symbol=EVIL, side="long", quantity=1, entry_ts="2024-01-02T00:00:00Z",
+                                 entry_price=1.5, exit_ts="2024-01-03T00:00:00Z", exit_price=1.8, pnl=0.3,
+                                 return_pct=20.0, bars_held=1, commission=0.0, entry_rule=EVIL, exit_rule=EVIL,
+                                 exit_reason=EVIL, legs=json.dumps([{"name": EVIL, "action": "sell", "price": 1}]))])
+        j.error(rid, "2024-01-02T00:00:00Z", EVIL, EVIL)
+        j.finish_run(rid, "finished")
+    html = render_report(path)
+    assert "<script>alert(1)</script>" not in html
+    assert "alert(1)</script>" not in html
+    assert html.count("<script") == 1                       # only the table sorter
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert '"double"' not in html and "'single'" not in html
+    assert "&#34;double&#34;" in html and "&#39;single&#39;" in html
+    # inside attributes too (svg titles / aria-label)
+    for attr in re.findall(r'aria-label="([^"]*)"', html):
+        assert "<" not in attr and '"' not in attr
+
+
+def test_option_trades_show_legs_and_credit(tmp_path):
+    path = tmp_path / "ic.sqlite"
+    legs = [
+        {"name": "short_put", "action": "sell", "right": "P", "strike": 440, "expiry": "2024-06-21", "ratio": 1, "price": 1.20},
+        {"name": "long_put", "action": "buy", "right": "P", "strike": 438, "expiry": "2024-06-21", "ratio": 1, "price": 0.70},
+        {"name": "short_call", "action": "sell", "right": "C", "strike": 460, "expiry": "2024-06-21", "ratio": 1, "price": 1.00},
+        {"name": "long_call", "action": "buy", "right": "C", "strike": 462, "expiry": "2024-06-21", "ratio": 1, "price": 0.55},
+    ]
+    with Journal(path) as j:
+        rid = j.start_run("backtest", "xsp-ic", symbols=["XSP"], bar="1m", initial_cash=10_000)
+        ts = pd.date_range("2024-06-21 13:30", periods=391, freq="1min", tz="UTC")
+        j.many("equity", ["run_id", "ts", "cash", "equity"],
+               [(rid, t, 10_000, 10_000 + i * 0.2) for i, t in enumerate(_iso(ts))])
+        add_trades(j, rid, [
+            dict(symbol="XSP", side="short", quantity=1, multiplier=100, entry_ts="2024-06-21T14:00:00Z",
+                 entry_price=0.95, exit_ts="2024-06-21T19:50:00Z", exit_price=0.10, pnl=81.4, return_pct=40.7,
+                 bars_held=350, commission=3.6, entry_rule="entry[0]", exit_rule="exit[0]",
+                 exit_reason="take profit", legs=json.dumps(legs)),
+            dict(symbol="XSP", side="short", quantity=1, multiplier=100, entry_ts="2024-06-21T15:00:00Z",
+                 entry_price=1.00, exit_ts="2024-06-21T16:00:00Z", exit_price=2.0, pnl=-100, return_pct=-50,
+                 bars_held=60, commission=3.6, legs=json.dumps({"legs": legs[:2], "credit": 1.00})),
+        ])
+    html = render_report(path)
+    assert "short_put: SELL 1 PUT 440 2024-06-21 @ 1.20" in html
+    assert "long_call: BUY 1 CALL 462 2024-06-21 @ 0.55" in html
+    assert ">0.95<" in html                                   # 1.20 - 0.70 + 1.00 - 0.55
+    assert ">1.00<" in html
+    assert "Legs" in html and "Credit" in html
+    assert "No price data" not in html and "no price data for this symbol" in html  # no prices table rows
+    assert option_legs(None) is None
+    assert option_legs("not json")["legs"] == ["not json"]
+    assert option_legs(json.dumps({"legs": {"a": {"action": "buy", "price": 2}}}))["credit"] == -2
+
+
+def test_run_and_symbol_selection(spy_journal):
+    path, _, _, spy = spy_journal
+    with Journal(path) as j:
+        rid = j.start_run("dry-run", "second-run", symbols=["SPY"], run_id="run-second")
+        add_prices(j, rid, "SPY", spy.iloc[:100])
+    newest = render_report(path)
+    assert "second-run" in newest and "No trades in this run." in newest
+    assert 'class="ohlc' in newest                            # 100 bars: OHLC bars, not a line
+    first = render_report(path, run_id="run-spy", symbol="QQQ")
+    assert "spy-sma-cross" in first and "Price: QQQ" in first
+    assert "no price data for this symbol" not in first      # QQQ has trade marks to draw
+    assert len(re.findall(r'class="mark entry"', first)) == 2
+
+
+def test_write_report(spy_journal, tmp_path):
+    path, *_ = spy_journal
+    out = write_report(path, tmp_path / "report.html", run_id="run-spy")
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_errors_are_journal_errors(tmp_path):
+    with pytest.raises(JournalError, match="no such journal file"):
+        render_report(tmp_path / "missing.sqlite")
+    with pytest.raises(JournalError, match="not a file"):
+        render_report(tmp_path)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, this is not a database\n" * 100)
+    with pytest.raises(JournalError, match="not a journal"):
+        render_report(text)
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE things (x)")
+    con.commit()
+    con.close()
+    with pytest.raises(JournalError, match="not a qtrade journal"):
+        render_report(other)
+    empty = tmp_path / "empty.sqlite"
+    Journal(empty).close()
+    with pytest.raises(JournalError, match="no runs yet"):
+        render_report(empty)
+    with Journal(empty) as j:
+        j.start_run("backtest", "x", run_id="r1")
+    with pytest.raises(JournalError, match="no run 'nope'"):
+        render_report(empty, run_id="nope")
+
+
+def test_empty_run_renders(tmp_path):
+    path = tmp_path / "bare.sqlite"
+    with Journal(path) as j:
+        j.start_run("live", "bare")
+    html = render_report(path)
+    assert "No trades in this run." in html and "no data" in html and "Not enough equity points" in html
+    assert not re.findall(r"\b(nan|NaN|inf|Infinity|None|null)\b", visible_text(html))
+
+
+def visible_text(html: str) -> str:
+    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+def test_million_point_equity_stays_light(tmp_path, spy):
+    n = 1_000_000
+    rng = np.random.default_rng(1)
+    ts = pd.date_range("2015-01-02 14:30", periods=n, freq="1min", tz="UTC")
+    equity = 100_000 * np.exp(np.cumsum(rng.normal(0.0000005, 0.0004, n)))
+    path = tmp_path / "big.sqlite"
+    iso = _iso(ts)
+    with Journal(path) as j:
+        rid = j.start_run("backtest", "big", symbols=["SPY"], bar="1m", initial_cash=100_000)
+        j.many("equity", ["run_id", "ts", "cash", "equity"], zip([rid] * n, iso, equity, equity))
+        j.many("prices", ["run_id", "symbol", "ts", "open", "high", "low", "close"],
+               zip([rid] * n, ["SPY"] * n, iso, equity / 500, equity / 499, equity / 501, equity / 500))
+        step = 2000
+        add_trades(j, rid, [dict(symbol="SPY", side="long", quantity=10, entry_ts=iso[i], entry_price=equity[i] / 500,
+                                 exit_ts=iso[i + 500], exit_price=equity[i + 500] / 500,
+                                 pnl=10 * (equity[i + 500] - equity[i]) / 500, return_pct=0.0, bars_held=500,
+                                 commission=1.0) for i in range(0, n - 600, step)])
+    t0 = time.perf_counter()
+    html = render_report(path)
+    elapsed = time.perf_counter() - t0
+    size = len(html.encode("utf-8"))
+    print(f"\n1,000,000-point equity + 1,000,000 bars + {n // step} trades: "
+          f"render {elapsed:.2f} s, HTML {size / 1e6:.2f} MB")
+    assert size < 1.5e6
+    for cls, d in _paths(html):
+        if cls in ("line", "area"):
+            assert 0 < d.count("L") <= svg.MAX_POINTS + 2
+    assert "98,280 periods a year" in html

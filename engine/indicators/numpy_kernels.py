@@ -14,9 +14,10 @@ from .gaps import as_series, run_gapped
 
 
 def _change(a, n):
-    out = np.full(len(a), np.nan)
+    out = np.empty(len(a))
+    out[:n] = np.nan
     if len(a) > n:
-        np.subtract(a[n:], a[:-n], out=out[n:])
+        np.subtract(a[n:], a[:-n], out=out[n:])  # x[t] - x[t-n], as the stream does
     return out
 
 
@@ -33,9 +34,13 @@ def zscore(x, length):
 
     def raw(a):
         sd = talib.STDDEV(a, n, 1.0)
+        z = talib.SMA(a, n)
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = (a - talib.SMA(a, n)) / sd
-        z[sd == 0] = np.nan
+            np.subtract(a, z, out=z)
+            np.divide(z, sd, out=z)
+        # a zero stdev gives 0/0 (NaN) or +-inf: look for zeros only if something is
+        if not np.isfinite(np.add.reduce(z[n - 1:])):
+            z[sd == 0] = np.nan
         return z
 
     return run_gapped(raw, [as_series(x)])
@@ -265,11 +270,12 @@ def crosses_below(a, b):
 def _iv_rank(a, n):
     hi = talib.MAX(a, n)
     lo = talib.MIN(a, n)
-    rng = hi - lo
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = (a - lo) / rng
-    out[rng == 0] = np.nan
-    return out
+        np.subtract(hi, lo, out=hi)
+        np.subtract(a, lo, out=lo)
+        # a flat window has x == lo == hi, so it is 0/0 = NaN without a mask
+        np.divide(lo, hi, out=lo)
+    return lo
 
 
 def iv_rank(x, length=252):

@@ -152,9 +152,12 @@ def bb_width(x, length=20, mult=2.0):
     def raw(a):
         up, mid, lo = talib.BBANDS(a, n, m, m, 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            w = (up - lo) / mid
-        w[mid == 0] = np.nan
-        return w
+            np.subtract(up, lo, out=up)
+            np.divide(up, mid, out=up)
+        # a zero middle band gives +-inf or NaN: look for zeros only if something is
+        if not np.isfinite(np.add.reduce(up[n - 1:])):
+            up[mid == 0] = np.nan
+        return up
 
     return run_gapped(raw, [as_series(x)])
 

@@ -147,3 +147,21 @@ def test_hurst_chunking_does_not_change_values(monkeypatch):
     whole = nk.hurst(x, 40)
     monkeypatch.setattr(nk, "HURST_CHUNK", 1000)
     np.testing.assert_allclose(nk.hurst(x, 40), whole, rtol=1e-12, atol=1e-14, equal_nan=True)
+
+
+# --- kernels whose vectorised and streaming forms do the same float operations -------
+
+EXACT = {"change": (3,), "roc": (3,), "sma": (20,), "ema": (20,), "tr": (), "highest": (20,),
+         "lowest": (20,), "percentrank": (20,), "iv_rank": (50,), "crosses_above": (),
+         "crosses_below": (), "macd": (12, 26, 9), "mfi": (14,), "adx": (14,)}
+
+
+@pytest.mark.parametrize("ds", ["spy", "nq"])
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_bit_identical(name, ds):
+    b = load_ohlcv(ds)
+    c = b["close"]
+    pool = dict(x=c, high=b["high"], low=b["low"], close=c, volume=b["volume"], a=c,
+                b=KERNELS["ema"].func(c, 8))
+    arrs = [pool[i] for i in KERNELS[name].inputs]
+    assert_identical(KERNELS[name].func(*arrs, *EXACT[name]), streamed(name, EXACT[name], arrs))

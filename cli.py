@@ -186,6 +186,149 @@ def explain(strategy: str, fmt: str, sets: tuple[str, ...]) -> None:
                 _safe_echo(f"        {key}: {nodes[r[key]]['expr']}")
 
 
+class _Progress:
+    """A one-line progress bar on stderr for long backtests (only on a terminal)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.shown = -1
+
+    def __call__(self, fraction: float) -> None:
+        if not self.enabled:
+            return
+        pct = max(0, min(100, int(fraction * 100)))
+        if pct != self.shown:
+            self.shown = pct
+            filled = pct // 4
+            sys.stderr.write(f"\r  [{'#' * filled}{'.' * (25 - filled)}] {pct:3d}%")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.shown >= 0:
+            sys.stderr.write("\r" + " " * 40 + "\r")
+            sys.stderr.flush()
+
+
+def _pct(v, digits=2):
+    return "n/a" if v is None else f"{v * 100:.{digits}f}%"
+
+
+def _num(v, digits=2):
+    return "n/a" if v is None else f"{v:,.{digits}f}"
+
+
+def _summary_text(result, summary: dict, journal_path: str | None, report_path: str | None) -> str:
+    prep = result.prepared
+    lines = []
+    start = (summary.get("start") or "")[:10]
+    end = (summary.get("end") or "")[:10]
+    lines.append(f"{prep.plan.name}: {', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''} "
+                 f"on {prep.bar} bars, {start} to {end} ({summary.get('bars', 0):,} bars)")
+    lines.append("")
+    bh = summary.get("buy_and_hold")
+    rows = [
+        ("Final equity", _num(summary.get("end_equity")), f"from {_num(summary.get('start_equity'))}"),
+        ("Total return", _pct(summary.get("total_return")),
+         f"buy & hold {summary.get('buy_and_hold_symbol')}: {_pct(bh)}" if bh is not None else ""),
+        ("Annualised return", _pct(summary.get("cagr")), f"volatility {_pct(summary.get('volatility'))}"),
+        ("Sharpe / Sortino / Calmar", " / ".join(_num(summary.get(k)) for k in ("sharpe", "sortino", "calmar")), ""),
+        ("Max drawdown", _pct(summary.get("max_drawdown")),
+         f"{summary.get('max_drawdown_days') or 0} days from {(summary.get('max_drawdown_start') or '')[:10]}"
+         if summary.get("max_drawdown") else ""),
+        ("Trades", f"{summary.get('trades', 0):,}",
+         f"win rate {_pct(summary.get('win_rate'), 1)}, profit factor {_num(summary.get('profit_factor'))}"),
+        ("Expectancy per trade", _num(summary.get("expectancy")),
+         f"avg win {_num(summary.get('average_win'))}, avg loss {_num(summary.get('average_loss'))}"),
+        ("Exposure", _pct(summary.get("exposure"), 1), f"commission paid {_num(summary.get('commission'))}"),
+    ]
+    if summary.get("open_positions"):
+        rows.append(("Open at the end", str(summary["open_positions"]), "marked to the last close"))
+    if summary.get("blocked"):
+        rows.append(("Entries blocked", str(summary["blocked"]), "see the journal's decisions for why"))
+    for name, value, note in rows:
+        lines.append(f"  {name:<26}{value:>16}   {note}")
+    lines.append("")
+    if journal_path:
+        lines.append(f"journal: {journal_path} (run {result.run_id})")
+    if report_path:
+        lines.append(f"report:  {report_path}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("strategy", type=click.Path())
+@click.option("--data", "data", type=click.Path(), help="Bars: a CSV/Parquet file or a folder of SYMBOL files "
+              "(default: the strategy's data.source).")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a param. Repeatable.")
+@click.option("--from", "start", metavar="YYYY-MM-DD", help="First day (inclusive).")
+@click.option("--to", "end", metavar="YYYY-MM-DD", help="Last day (inclusive).")
+@click.option("--cash", type=float, help="Starting cash (default: the strategy's backtest.cash).")
+@click.option("--journal", "journal_path", default="qtrade-journal.sqlite", show_default=True, type=click.Path(),
+              help="SQLite journal the run is written to.")
+@click.option("--report", "report_path", type=click.Path(), help="Also write the HTML report here.")
+@click.option("--symbol", help="Symbol for the report's price chart (default: the most traded).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--progress/--no-progress", default=True, help="Progress bar on a terminal.")
+def backtest(strategy, data, sets, start, end, cash, journal_path, report_path, symbol, fmt, progress):
+    """Backtest STRATEGY on historical bars: the same rules, risk limits and order logic as a live
+    run, against a simulated broker; writes the journal and, with --report, an HTML report."""
+    import time as _time
+
+    from engine.diagnostics import DiagnosticError
+    from engine.report.run_summary import summarize_result
+    from engine.runtime import backtest as bt
+    from engine.runtime.journal import Journal, JournalError
+
+    started = _time.perf_counter()
+    try:
+        prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash)
+    except DiagnosticError as exc:
+        _report_problems(exc)
+    bar = _Progress(progress and fmt == "text")
+    try:
+        result = bt.run(prep, progress=bar)
+    finally:
+        bar.done()
+    summary = summarize_result(result)
+    try:
+        with Journal(journal_path) as journal:
+            bt.write_journal(result, journal)
+            journal.finish_run(result.run_id, "finished", summary)
+    except JournalError as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    if report_path:
+        from engine.report.html import write_report
+
+        write_report(journal_path, report_path, run_id=result.run_id, symbol=symbol)
+    elapsed = _time.perf_counter() - started
+    if fmt == "json":
+        _safe_echo(json.dumps({"run_id": result.run_id, "journal": journal_path, "report": report_path,
+                               "seconds": round(elapsed, 3), "timings": result.timings, "summary": summary},
+                              indent=2, default=str))
+    else:
+        _safe_echo(_summary_text(result, summary, journal_path, report_path))
+        _safe_echo(f"({elapsed:.2f} s)")
+
+
+@main.command()
+@click.argument("journal_path", metavar="JOURNAL", type=click.Path())
+@click.option("--out", "out_path", required=True, type=click.Path(), help="Where to write the HTML file.")
+@click.option("--run", "run_id", help="Run id (default: the newest run in the journal).")
+@click.option("--symbol", help="Symbol for the price chart (default: the most traded).")
+def report(journal_path, out_path, run_id, symbol):
+    """Render one self-contained HTML report (works offline) from a JOURNAL."""
+    from engine.report.html import write_report
+    from engine.runtime.journal import JournalError
+
+    try:
+        write_report(journal_path, out_path, run_id=run_id, symbol=symbol)
+    except JournalError as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    _safe_echo(f"report: {out_path}")
+
+
 @main.command()
 @click.argument("name", required=False)
 def functions(name: str | None) -> None:

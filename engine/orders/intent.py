@@ -1,0 +1,74 @@
+"""OrderIntent: what a rule wants sent, before risk checks and before any broker sees it.
+
+An intent names the instrument, action, quantity (or how to size it at the fill), order type and
+prices, time in force, and a tag (strategy, rule, run) that becomes IB's orderRef, so a restart
+recognises its own orders. Dry runs print intents; brokers turn them into orders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How many units: a fixed count, a share of equity, or the risk between entry and stop."""
+
+    mode: str                      # fixed | percent_of_equity | risk_percent
+    value: float                   # units, or a fraction of equity
+    stop_distance: float | None = None  # price distance per unit (risk_percent)
+    whole: bool = True             # round down to whole units
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One leg of a combo: an option contract and how many per combo."""
+
+    right: str        # put | call
+    strike: float
+    expiry: str       # YYYYMMDD
+    action: str       # buy | sell
+    ratio: int = 1
+
+
+@dataclass(frozen=True)
+class OrderIntent:
+    symbol: str
+    action: str                    # buy | sell
+    order_type: str = "market"     # market | limit | stop | stop_limit | moc | loc
+    quantity: float | None = None  # None: sized when it fills (see sizing)
+    sizing: Sizing | None = None
+    limit: float | None = None
+    stop: float | None = None
+    tif: str = "day"
+    intent: str = "open"           # open | close
+    rule: str = ""
+    tag: str = ""                  # qtrade:<run>:<seq>; IB orderRef
+    reason: str = ""
+    legs: tuple[Leg, ...] = field(default_factory=tuple)
+
+    def describe(self) -> str:
+        """One readable line: `BUY 100 SPY LMT 412.50 DAY [golden cross] qtrade:...`."""
+        qty = f"{self.quantity:g}" if self.quantity is not None else _sizing_text(self.sizing)
+        price = ""
+        if self.order_type in ("limit", "loc", "stop_limit") and self.limit is not None:
+            price += f" LMT {self.limit:.2f}"
+        if self.order_type in ("stop", "stop_limit") and self.stop is not None:
+            price += f" STP {self.stop:.2f}"
+        kind = {"market": "MKT", "limit": "", "stop": "", "stop_limit": "", "moc": "MOC", "loc": ""}[self.order_type]
+        legs = ""
+        if self.legs:
+            legs = " (" + ", ".join(f"{leg.action} {leg.ratio} {leg.expiry} {leg.strike:g} {leg.right}"
+                                    for leg in self.legs) + ")"
+        text = f"{self.action.upper()} {qty} {self.symbol}{legs} {kind}{price} {self.tif.upper()}".replace("  ", " ")
+        return f"{text} [{self.rule}] {self.tag}".strip()
+
+
+def _sizing_text(sizing: Sizing | None) -> str:
+    if sizing is None:
+        return "?"
+    if sizing.mode == "percent_of_equity":
+        return f"{sizing.value * 100:g}%-of-equity"
+    if sizing.mode == "risk_percent":
+        return f"risk-{sizing.value * 100:g}%"
+    return f"{sizing.value:g}"

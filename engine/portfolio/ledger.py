@@ -1,0 +1,144 @@
+"""Positions, cash and round-trip trades: the account as the engine keeps it.
+
+Cash follows IB's accounting: buying stock spends its value; a futures position moves no
+notional, only commissions and realised P&L (its margin is a requirement against equity, not a
+payment). Equity is cash plus the stock positions' market value plus the futures positions'
+unrealised P&L. P&L is (price - average price) x quantity x multiplier, per unit prices never
+include the multiplier (IB's avgCost does: divide it out before it gets here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Fill:
+    symbol: str
+    action: str          # buy | sell
+    quantity: float      # > 0
+    price: float         # per unit
+    commission: float
+    time: int            # ns since the epoch, UTC
+    bar: int             # index of the bar it filled in (the symbol's own bars)
+    order_ref: str = ""
+    multiplier: float = 1.0
+    rule: str = ""
+    reason: str = ""
+
+    @property
+    def signed(self) -> float:
+        return self.quantity if self.action == "buy" else -self.quantity
+
+
+@dataclass
+class Position:
+    symbol: str
+    quantity: float      # signed: > 0 long, < 0 short
+    avg_price: float
+    multiplier: float
+    margined: bool       # futures-like: no notional changes hands
+    entry_time: int
+    entry_bar: int
+    entry_commission: float
+    entry_rule: str
+    margin_per_unit: float = 0.0
+    entry_values: dict = field(default_factory=dict)  # extra facts at entry (credit, greeks, ...)
+
+    @property
+    def side(self) -> int:
+        return 1 if self.quantity > 0 else -1
+
+    def unrealised(self, price: float) -> float:
+        return (price - self.avg_price) * self.quantity * self.multiplier
+
+    def market_value(self, price: float) -> float:
+        """What the position adds to equity at `price`."""
+        if self.margined:
+            return self.unrealised(price)
+        return price * self.quantity * self.multiplier
+
+
+@dataclass(frozen=True)
+class Trade:
+    symbol: str
+    side: str
+    quantity: float
+    multiplier: float
+    entry_time: int
+    entry_price: float
+    exit_time: int
+    exit_price: float
+    pnl: float           # net of both commissions
+    return_pct: float
+    entry_bar: int
+    exit_bar: int
+    commission: float
+    entry_rule: str
+    exit_rule: str
+    exit_reason: str
+    mae: float | None = None
+    mfe: float | None = None
+    legs: tuple = ()
+
+    @property
+    def bars_held(self) -> int:
+        return self.exit_bar - self.entry_bar
+
+
+class LedgerError(Exception):
+    """A fill that the ledger cannot apply (a bug in the caller, not a user error)."""
+
+
+class Ledger:
+    def __init__(self, cash: float):
+        self.initial_cash = float(cash)
+        self.cash = float(cash)
+        self.positions: dict[str, Position] = {}
+        self.trades: list[Trade] = []
+        self.fills: list[Fill] = []
+
+    def equity(self, marks: dict[str, float]) -> float:
+        """Cash plus every position at its mark (the last known price)."""
+        total = self.cash
+        for symbol, pos in self.positions.items():
+            total += pos.market_value(marks[symbol])
+        return total
+
+    def margin_in_use(self) -> float:
+        return sum(abs(p.quantity) * p.margin_per_unit for p in self.positions.values())
+
+    def open(self, fill: Fill, *, margined: bool = False, margin_per_unit: float = 0.0,
+             entry_values: dict | None = None) -> Position:
+        if fill.symbol in self.positions:
+            raise LedgerError(f"{fill.symbol} already has an open position")
+        self.fills.append(fill)
+        self.cash -= fill.commission
+        if not margined:
+            self.cash -= fill.signed * fill.price * fill.multiplier
+        pos = Position(fill.symbol, fill.signed, fill.price, fill.multiplier, margined, fill.time, fill.bar,
+                       fill.commission, fill.rule, margin_per_unit, dict(entry_values or {}))
+        self.positions[fill.symbol] = pos
+        return pos
+
+    def close(self, fill: Fill, exit_reason: str = "") -> Trade:
+        pos = self.positions.get(fill.symbol)
+        if pos is None or abs(fill.signed + pos.quantity) > 1e-9:
+            raise LedgerError(f"fill {fill.action} {fill.quantity} does not close {fill.symbol}")
+        self.fills.append(fill)
+        gross = pos.unrealised(fill.price)
+        self.cash -= fill.commission
+        if pos.margined:
+            self.cash += gross
+        else:
+            self.cash += -fill.signed * fill.price * fill.multiplier
+        commission = pos.entry_commission + fill.commission
+        pnl = gross - commission
+        basis = abs(pos.avg_price * pos.quantity * pos.multiplier)
+        trade = Trade(fill.symbol, "long" if pos.quantity > 0 else "short", abs(pos.quantity), pos.multiplier,
+                      pos.entry_time, pos.avg_price, fill.time, fill.price, pnl,
+                      100.0 * pnl / basis if basis else 0.0, pos.entry_bar, fill.bar, commission,
+                      pos.entry_rule, fill.rule, exit_reason)
+        del self.positions[fill.symbol]
+        self.trades.append(trade)
+        return trade

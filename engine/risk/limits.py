@@ -1,0 +1,133 @@
+"""Risk limits: pure checks that allow an order, shrink it, or block it with a reason.
+
+The limits come from a strategy's `risk:` (inline, a risk file, or a file `extends:`-ed and
+overridden inline). Checks take plain numbers about the account so they are tested with plain
+values; the Runner journals every block with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..brokers.costs import fraction
+
+
+def _seconds(text) -> float | None:
+    if text is None:
+        return None
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    text = str(text)
+    for unit in ("ms", "s", "m", "h", "d", "w"):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * units[unit]
+    return float(text)
+
+
+@dataclass(frozen=True)
+class RiskLimits:
+    per_trade_risk: float | None = None      # fraction of equity between entry and stop
+    max_position: float | None = None        # fraction of equity per position
+    max_open_positions: int | None = None
+    max_daily_loss: float | None = None      # account currency
+    max_drawdown: float | None = None        # fraction of peak equity
+    max_margin_per_trade: float | None = None
+    order_rate: tuple[int, float] | None = None  # (orders, per seconds)
+    margin_check: str = "required"
+    stale_quote_age: float = 5.0
+    kill_switch_file: str | None = None
+    circuit_breaker: tuple[int, float] | None = None  # (consecutive losses, pause seconds)
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "RiskLimits":
+        def pct(key):
+            return fraction(spec[key]) if spec.get(key) is not None else None
+
+        rate = spec.get("order_rate_limit")
+        breaker = spec.get("circuit_breaker")
+        return cls(
+            per_trade_risk=pct("per_trade_risk"), max_position=pct("max_position"),
+            max_open_positions=spec.get("max_open_positions"),
+            max_daily_loss=float(spec["max_daily_loss"]) if spec.get("max_daily_loss") is not None else None,
+            max_drawdown=pct("max_drawdown"),
+            max_margin_per_trade=float(spec["max_margin_per_trade"]) if spec.get("max_margin_per_trade") is not None
+            else None,
+            order_rate=(int(rate["orders"]), _seconds(rate["per"])) if isinstance(rate, dict) else None,
+            margin_check=spec.get("margin_check", "required"),
+            stale_quote_age=_seconds(spec.get("stale_quote_age", "5s")),
+            kill_switch_file=spec.get("kill_switch_file"),
+            circuit_breaker=(int(breaker["consecutive_losses"]), _seconds(breaker["pause"]))
+            if isinstance(breaker, dict) else None,
+        )
+
+
+def merge_risk(chain: list[dict]) -> dict:
+    """Merge risk specs, base first: later ones override earlier ones key by key."""
+    merged: dict = {}
+    for spec in chain:
+        for key, value in spec.items():
+            if key in ("kind", "name", "description", "extends"):
+                continue
+            merged[key] = value
+    return merged
+
+
+@dataclass
+class AccountState:
+    """What the checks need to know about the account at a decision."""
+
+    equity: float
+    peak_equity: float
+    day_start_equity: float
+    open_positions: int
+    consecutive_losses: int = 0
+    paused_until: float = float("-inf")   # seconds since the epoch
+    now: float = 0.0
+    recent_orders: list[float] = field(default_factory=list)
+
+
+def check_entry(limits: RiskLimits, account: AccountState, *, live: bool = False) -> str | None:
+    """A reason to block a new position, or None to allow it."""
+    if live and limits.kill_switch_file:
+        path = Path(os.path.expanduser(limits.kill_switch_file))
+        if path.exists():
+            return f"kill switch file {path} exists: no new positions until it is removed"
+    if limits.max_open_positions is not None and account.open_positions >= limits.max_open_positions:
+        return f"max_open_positions {limits.max_open_positions} reached"
+    if limits.max_daily_loss is not None:
+        loss = account.day_start_equity - account.equity
+        if loss >= limits.max_daily_loss:
+            return f"max_daily_loss: down {loss:,.2f} today (limit {limits.max_daily_loss:,.2f})"
+    if limits.max_drawdown is not None and account.peak_equity > 0:
+        drawdown = 1.0 - account.equity / account.peak_equity
+        if drawdown >= limits.max_drawdown:
+            return f"max_drawdown: {drawdown:.1%} below the peak (limit {limits.max_drawdown:.1%})"
+    if limits.circuit_breaker is not None and account.now < account.paused_until:
+        losses, _ = limits.circuit_breaker
+        return f"circuit breaker: {losses} losses in a row, paused"
+    if live and limits.order_rate is not None:
+        count, per = limits.order_rate
+        recent = [t for t in account.recent_orders if t > account.now - per]
+        if len(recent) >= count:
+            return f"order rate limit: {count} orders per {per:g}s"
+    return None
+
+
+def cap_quantity(limits: RiskLimits, quantity: float, *, equity: float, unit_value: float,
+                 stop_distance: float | None, multiplier: float, whole: bool = True) -> tuple[float, str]:
+    """The quantity after the per-position and per-trade-risk caps, and why it shrank ('' if not)."""
+    import math
+
+    why = ""
+    if limits.max_position is not None and unit_value > 0:
+        cap = limits.max_position * equity / unit_value
+        if quantity > cap:
+            quantity, why = cap, f"capped by max_position {limits.max_position:.1%} of equity"
+    if limits.per_trade_risk is not None and stop_distance and stop_distance > 0:
+        cap = limits.per_trade_risk * equity / (stop_distance * multiplier)
+        if quantity > cap:
+            quantity, why = cap, f"capped by per_trade_risk {limits.per_trade_risk:.1%} of equity"
+    if whole:
+        quantity = float(math.floor(quantity + 1e-9))
+    return max(quantity, 0.0), why

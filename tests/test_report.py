@@ -577,3 +577,25 @@ def test_million_point_equity_stays_light(tmp_path, spy):
         if cls in ("line", "area"):
             assert 0 < d.count("L") <= svg.MAX_POINTS + 2
     assert "98,280 periods a year" in html
+
+
+def test_unordered_rows_and_missing_closes(tmp_path):
+    """Rows written out of time order are sorted; a bar without a close is skipped, not drawn as 0."""
+    path = tmp_path / "gaps.sqlite"
+    ts = pd.date_range("2024-03-01 14:30", periods=400, freq="5min", tz="UTC")
+    iso = _iso(ts)
+    close = 50 + np.sin(np.arange(400) / 20)
+    with Journal(path) as j:
+        rid = j.start_run("paper", "gaps", symbols=["ES"], bar="5m")
+        order = [int(i) for i in np.random.default_rng(5).permutation(400)]
+        j.many("equity", ["run_id", "ts", "cash", "equity"], [(rid, iso[i], 0, 1000 + i) for i in order])
+        j.many("prices", ["run_id", "symbol", "ts", "open", "high", "low", "close"],
+               [(rid, "ES", iso[i], None, None, None, None if i % 50 == 7 else close[i]) for i in order])
+    html = render_report(path)
+    assert fmt_pct(399 / 1000) in html                      # first to last by time, not by row
+    assert "19,656 periods a year" in html                  # 5-minute bars
+    d = dict((cls, d) for cls, d in _paths(html))["line"]
+    assert d.count("M") == 1                                # one unbroken, ordered line
+    ys = [float(p.split()[1]) for p in re.findall(r"[ML]([\d.]+ [\d.]+)", d)]
+    assert max(ys) < 320 and min(ys) > 0                    # nothing drawn at a zero close
+    assert re.search(r'class="xlabel"[^>]*>[-\d ]*\d\d:\d\d<', html)   # intraday ticks show times

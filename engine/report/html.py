@@ -247,7 +247,7 @@ def fmt_ts(v: Any, date_only: bool = False) -> str:
 
 def month_colour(v: Any) -> str:
     """Background for a monthly return: green up, red down, stronger up to +-10 %."""
-    if not _is_number(v):
+    if not _is_number(v) or abs(float(v)) < 0.0005:    # shows as 0.0 %: no colour
         return ""
     a = min(1.0, abs(float(v)) / 0.10)
     alpha = 0.12 + 0.68 * a

@@ -205,7 +205,9 @@ def number_label(v: float) -> str:
 
 
 def percent_label(v: float) -> str:
-    return f"{v * 100:.0f}%" if abs(v) >= 0.1 or v == 0 else f"{v * 100:.1f}%"
+    """Axis label for fractions: -0.05 -> "-5%", 0.025 -> "2.5%"."""
+    text = f"{v * 100:.2f}".rstrip("0").rstrip(".")
+    return ("0" if text in ("-0", "") else text) + "%"
 
 
 # ---- charts ------------------------------------------------------------------------------------

@@ -33,21 +33,19 @@ def clock_arrays(times: pd.DatetimeIndex, timezone: str, bar_seconds: float,
 
     cal = mcal.get_calendar(calendar)
     first, last = local[0].date(), local[-1].date()
-    schedule = cal.schedule(start_date=first - pd.Timedelta(days=1), end_date=last + pd.Timedelta(days=1))
-    opens = schedule["market_open"].dt.tz_convert(timezone)
-    closes = schedule["market_close"].dt.tz_convert(timezone)
-    keys = opens.dt.normalize().dt.tz_localize(None).to_numpy()
-    bar_days = dates.tz_localize(None).to_numpy()
-    pos = np.searchsorted(keys, bar_days)
-    found = (pos < len(keys)) & (keys[np.minimum(pos, len(keys) - 1)] == bar_days)
-    close_ns, open_ns = _ns(closes), _ns(opens)
+    schedule = cal.schedule(start_date=first - pd.Timedelta(days=3), end_date=last + pd.Timedelta(days=3))
+    open_ns, close_ns = _ns(schedule["market_open"]), _ns(schedule["market_close"])
     start_ns = _ns(local)
     end_ns = start_ns + int(bar_seconds * 1e9)
-    idx = np.minimum(pos, len(keys) - 1)
-    since = (end_ns - open_ns[idx]) / 60e9
-    to_close = (close_ns[idx] - end_ns) / 60e9
-    out["minutes_since_open"] = np.where(found, since, np.nan)
-    out["minutes_to_close"] = np.where(found, to_close, np.nan)
+    # the session a bar belongs to: the last one opened at or before the bar's start, if still open
+    idx = np.searchsorted(open_ns, start_ns, side="right") - 1
+    safe = np.maximum(idx, 0)
+    found = (idx >= 0) & (start_ns < close_ns[safe])
+    out["minutes_since_open"] = np.where(found, (end_ns - open_ns[safe]) / 60e9, np.nan)
+    out["minutes_to_close"] = np.where(found, (close_ns[safe] - end_ns) / 60e9, np.nan)
+    # a calendar session (an overnight Globex session included) is one session; bars outside
+    # every session (extended hours, breaks) keep their local date as their session
+    out["session"] = np.where(found, safe.astype(np.float64), 1e6 + out["session"])
     return out
 
 

@@ -221,7 +221,8 @@ def _symbol_bars(prep: Prepared, symbol: str) -> tuple[SymbolBars, Bars]:
     seconds = bar_seconds(prep.bar)
     start = _ns(frame.index)
     end = start + int(seconds * 1e9)
-    needs_calendar = bool(prep.plan.inputs.clock & _CLOCK_NEEDS_CALENDAR)
+    needs_calendar = bool(prep.plan.inputs.clock & _CLOCK_NEEDS_CALENDAR) or \
+        bool((prep.doc.get(("schedule",)) or {}).get("flat_by"))
     clock = clock_arrays(frame.index, prep.timezone, seconds, inst.calendar if needs_calendar else None)
     fields = {c: frame[c].to_numpy(dtype=np.float64) for c in ("open", "high", "low", "close", "volume")}
     others = {}
@@ -250,6 +251,12 @@ def _schedule_masks(prep: Prepared, bars: Bars) -> tuple[np.ndarray | None, np.n
     if sched.get("flat_by"):
         t = sched["flat_by"]
         flat = minutes >= int(t[:2]) * 60 + int(t[3:])
+        left = bars.clock.get("minutes_to_close")
+        if left is not None:
+            # an early close (the day after Thanksgiving, Christmas Eve) comes before flat_by: be
+            # flat when one bar is left, so the closing order fills at that last bar's open
+            with np.errstate(invalid="ignore"):
+                flat = flat | (left <= bar_seconds(prep.bar) / 60.0 + 1e-9)
     return entry, flat
 
 

@@ -81,7 +81,7 @@ class Runner:
         self._day_start = settings.cash
         self._losses = 0
         self._paused_until = -math.inf
-        self._blocked_once: set[tuple[str, str]] = set()
+        self._pending: set[str] = set()   # symbols with an entry order working
 
     # ---- scheduling ----------------------------------------------------------------------------
     def run(self) -> Ledger:
@@ -117,12 +117,15 @@ class Runner:
                 i = b + 1
                 continue
             fill = self.broker.execute(bars, intent, b)
+            self._pending.add(symbol)
             if fill is None:
+                self._pending.discard(symbol)
                 self._status(intent, "expired", int(bars.end[min(b + 1, len(bars) - 1)]),
                              "not filled before it expired" if b + 1 < len(bars) else "the data ended")
                 i = b + 1
                 continue
             yield fill.time, OPEN if fill.time == int(bars.start[fill.bar]) else CLOSE
+            self._pending.discard(symbol)
             position = self._open(symbol, intent, fill, b)
             if position is None:
                 i = fill.bar if fill.bar > b else b + 1
@@ -166,8 +169,9 @@ class Runner:
         day = self._session_key(symbol)
         if day != self._day:
             self._day, self._day_start = day, equity
-        return AccountState(equity, self._peak, self._day_start, len(self.ledger.positions), self._losses,
-                            self._paused_until, self._now / 1e9)
+        # working entry orders count as positions: they are about to be
+        return AccountState(equity, self._peak, self._day_start, len(self.ledger.positions) + len(self._pending),
+                            self._losses, self._paused_until, self._now / 1e9)
 
     def _session_key(self, symbol: str) -> int:
         # the trading day in UTC days of the decision time: close enough for daily-loss limits

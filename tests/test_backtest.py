@@ -1,0 +1,424 @@
+"""Backtests end to end: fills, costs, the ledger, exits, risk limits, the journal and the CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from engine.brokers.costs import Commission, Slippage
+from engine.brokers.sim import SimBroker, SymbolBars
+from engine.orders.intent import OrderIntent
+from engine.portfolio.ledger import Fill, Ledger
+from engine.runtime import backtest as bt
+from engine.runtime.journal import Journal
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SAMPLE = ROOT / "strategies" / "data"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def strategy(tmp_path: Path, body: str, name: str = "s.yaml") -> Path:
+    return write(tmp_path, name, "kind: strategy\nname: test\n" + body)
+
+
+# ---- the simulated broker ------------------------------------------------------------------
+
+def bars(opens, highs, lows, closes, sessions=None) -> SymbolBars:
+    n = len(opens)
+    start = np.arange(n, dtype=np.int64) * 86_400 * 10**9
+    return SymbolBars("X", start, start + 86_400 * 10**9, np.array(opens, float), np.array(highs, float),
+                      np.array(lows, float), np.array(closes, float),
+                      np.array(sessions if sessions is not None else range(n), dtype=float))
+
+
+B = bars([10, 10, 9, 12, 11], [11, 10.5, 10, 13, 12], [9.5, 9.8, 8.5, 11.5, 10.5], [10, 10, 9.5, 12, 11])
+
+
+def test_market_orders_fill_at_the_next_open_with_adverse_slippage():
+    broker = SimBroker(Commission(), Slippage(fixed=0.05))
+    fill = broker.execute(B, OrderIntent("X", "buy"), 0)
+    assert (fill.bar, fill.price) == (1, 10.05)
+    fill = broker.execute(B, OrderIntent("X", "sell"), 1)
+    assert (fill.bar, fill.price) == (2, 8.95)
+    assert broker.execute(B, OrderIntent("X", "buy"), 4) is None  # no bar after the last one
+
+
+def test_fill_at_close_model():
+    fill = SimBroker(Commission(), Slippage(), "close").execute(B, OrderIntent("X", "buy"), 2)
+    assert (fill.bar, fill.price) == (2, 9.5)
+
+
+def test_limit_orders_fill_when_touched_at_the_limit_or_the_better_open():
+    broker = SimBroker(Commission(), Slippage(fixed=1.0))  # slippage never applies to limits
+    gtc = OrderIntent("X", "buy", "limit", 1, limit=9.0, tif="gtc")
+    fill = broker.execute(B, gtc, 0)
+    assert (fill.bar, fill.price) == (2, 9.0)           # bar 2 traded down to 8.5: filled at 9.0
+    gap = OrderIntent("X", "sell", "limit", 1, limit=11.5, tif="gtc")
+    fill = broker.execute(B, gap, 2)
+    assert (fill.bar, fill.price) == (3, 12.0)          # opened above the limit: the better open
+    day = OrderIntent("X", "buy", "limit", 1, limit=9.0, tif="day")
+    assert broker.execute(B, day, 0) is None            # only bar 1's session: never touched
+
+
+def test_stop_orders_fill_at_the_stop_or_the_gap_open_with_slippage():
+    broker = SimBroker(Commission(), Slippage(fixed=0.01))
+    stop = OrderIntent("X", "buy", "stop", 1, stop=12.5, tif="gtc")
+    fill = broker.execute(B, stop, 0)
+    assert (fill.bar, fill.price) == (3, 12.51)          # high 13 touched 12.5
+    gap = OrderIntent("X", "sell", "stop", 1, stop=9.9, tif="gtc")
+    fill = broker.execute(B, gap, 1)
+    assert (fill.bar, fill.price) == (2, 8.99)           # opened at 9 below the stop: the open
+    stop_limit = OrderIntent("X", "buy", "stop_limit", 1, stop=12.5, limit=12.4, tif="gtc")
+    fill = broker.execute(B, stop_limit, 0)
+    assert (fill.bar, fill.price) == (4, 11.0)           # triggered in bar 3 at 12.5, above the limit; rests as a limit and fills at bar 4's lower open
+
+
+def test_ib_style_commissions():
+    ib = Commission.from_spec({"per_share": 0.005, "minimum": 1.0, "maximum": "1%"})
+    assert ib(100, 25.0) == 1.0                 # 0.50 -> minimum 1.00
+    assert ib(1000, 50.0) == 5.0
+    assert ib(10_000, 0.10) == pytest.approx(10.0)  # 50.00 capped at 1% of 1,000
+    futures = Commission.from_spec({"per_contract": 2.25})
+    assert futures(3, 4000.0, 50, contracts=True) == pytest.approx(6.75)
+    pct = Commission.from_spec({"percent": "0.1%"})
+    assert pct(10, 100.0) == pytest.approx(1.0)
+
+
+def test_ledger_stock_and_futures_cash():
+    ledger = Ledger(10_000)
+    ledger.open(Fill("S", "buy", 10, 100.0, 1.0, 0, 0))
+    assert ledger.cash == pytest.approx(10_000 - 1000 - 1)
+    assert ledger.equity({"S": 110.0}) == pytest.approx(8_999 + 1100)
+    trade = ledger.close(Fill("S", "sell", 10, 110.0, 1.0, 1, 5))
+    assert trade.pnl == pytest.approx(100 - 2) and trade.bars_held == 5
+    assert ledger.cash == pytest.approx(10_098)
+    fut = Ledger(10_000)
+    fut.open(Fill("NQ", "sell", 2, 15_000.0, 4.5, 0, 0, multiplier=20), margined=True, margin_per_unit=18_000)
+    assert fut.cash == pytest.approx(10_000 - 4.5)      # no notional moves for a future
+    assert fut.equity({"NQ": 14_900.0}) == pytest.approx(9_995.5 + 4_000)  # short 2 x 100 pts x 20
+    assert fut.margin_in_use() == 36_000
+
+
+# ---- parity with backtrader's own unit test (shared/data README section 6) ------------------
+
+SMA15 = """
+universe: [BT]
+data: {{bar: 1d, source: {data}}}
+params: {{period: 15}}
+entry:
+  - name: cross up
+    when: crosses_above(close, sma(close, period))
+    order: buy
+exit:
+  - name: cross down
+    when: crosses_below(close, sma(close, period))
+orders:
+  buy: {{action: buy, type: market, quantity: 1}}
+backtest: {{cash: 10000, account: cash{extra}}}
+"""
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
+def test_backtrader_unit_test_reproduced_stock_like(tmp_path):
+    path = strategy(tmp_path, SMA15.format(data=SHARED / "backtrader" / "2006-day-001.txt", extra=""))
+    result = bt.run(bt.prepare(path))
+    buys = [f.price for f in result.ledger.fills if f.action == "buy"]
+    sells = [f.price for f in result.ledger.fills if f.action == "sell"]
+    assert buys == [3643.35, 3801.03, 3872.37, 3863.57, 3845.32, 3656.43, 3542.65, 3639.65, 3799.86, 3840.20,
+                    4047.63, 4052.55]
+    assert sells == [3763.95, 3811.85, 3822.35, 3822.57, 3829.82, 3598.58, 3545.92, 3766.80, 3782.15, 3979.73,
+                     4045.05]
+    assert round(result.final_equity, 2) == 10284.10
+    assert round(result.ledger.cash, 2) == 6164.16
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
+def test_backtrader_unit_test_reproduced_futures_like(tmp_path):
+    write(tmp_path, "instruments.yaml", "kind: instruments\nroots:\n  BT: {sec_type: FUT, exchange: EUREX, "
+          "currency: EUR, multiplier: 10, margin: 1000, trading_class: FESX, months: HMUZ, tick_size: 1.0, "
+          "calendar: NYSE}\n")
+    path = strategy(tmp_path, "instruments: instruments.yaml\n" + SMA15.format(
+        data=SHARED / "backtrader" / "2006-day-001.txt", extra=", commission: {per_contract: 2.0}"))
+    result = bt.run(bt.prepare(path))
+    assert round(result.final_equity, 2) == 12795.00
+    assert round(result.available_funds, 2) == 11795.00   # backtrader's "cash": equity less margin in use
+    assert len(result.ledger.trades) == 11 and len(result.ledger.positions) == 1
+
+
+# ---- exits, sizing and risk on the bundled sample -------------------------------------------
+
+def test_atr_stop_exit_fills_at_the_level_or_the_gap_open(tmp_path):
+    path = strategy(tmp_path, f"""
+universe: [SPY]
+data: {{bar: 1d, source: {SAMPLE}}}
+indicators:
+  range: atr(14)
+entry:
+  - name: breakout
+    when: close > highest(high, 20)[1]
+    order: buy
+exit:
+  - name: atr stop
+    stop: position.entry_price - 2 * at_entry(range)
+  - name: time stop
+    when: position.bars_held >= 30
+orders:
+  buy: {{action: buy, type: market, quantity: 100}}
+backtest: {{cash: 100000, account: cash}}
+""")
+    result = bt.run(bt.prepare(path))
+    trades = result.ledger.trades
+    b = result.bars["SPY"]
+    plan = result.prepared.plan
+    atr = result.runner.signals["SPY"].values[plan.outputs["indicator.range"]]
+    stops = [t for t in trades if t.exit_rule == "atr stop"]
+    timed = [t for t in trades if t.exit_rule == "time stop"]
+    assert stops and timed
+    for t in stops:
+        level = t.entry_price - 2 * atr[t.entry_bar]
+        assert b.low[t.exit_bar] <= level
+        assert (b.low[t.entry_bar + 1:t.exit_bar] > level).all()     # not touched earlier
+        assert t.exit_price == pytest.approx(min(b.open[t.exit_bar], level))
+    for t in timed:
+        assert t.exit_bar == t.entry_bar + 30 + 1      # decided at the close of bar +30, filled at the next open
+        assert t.exit_price == b.open[t.exit_bar]
+    # positions never overlap and every exit follows its entry
+    for a, c in zip(trades, trades[1:]):
+        assert a.exit_bar <= c.entry_bar and a.entry_bar < a.exit_bar
+
+
+def test_equity_curve_agrees_with_the_ledger(tmp_path):
+    result = bt.run(bt.prepare(ROOT / "strategies" / "sma_crossover.yaml"))
+    b = result.bars["SPY"]
+    open_value = sum(p.quantity * b.close[-1] for p in result.ledger.positions.values())
+    assert result.final_equity == pytest.approx(result.ledger.cash + open_value)
+    # equity only moves with the price while a position is open
+    pnl = sum(t.pnl for t in result.ledger.trades)
+    unrealised = sum((b.close[-1] - p.avg_price) * p.quantity for p in result.ledger.positions.values())
+    assert result.final_equity == pytest.approx(100_000 + pnl + unrealised - sum(
+        p.entry_commission for p in result.ledger.positions.values()))
+    assert (result.cash >= -1e-6).all()
+    # all in at the next open: whole shares, never more than the cash allows
+    for f in result.ledger.fills[::2]:
+        assert f.quantity == int(f.quantity)
+
+
+def test_cash_account_refuses_shorts_and_unaffordable_orders(tmp_path):
+    path = strategy(tmp_path, f"""
+universe: [SPY]
+data: {{bar: 1d, source: {SAMPLE}}}
+entry:
+  - name: fade
+    when: close > sma(close, 5)
+    order: short
+  - name: big
+    when: close < sma(close, 5)
+    order: huge
+orders:
+  short: {{action: sell, type: market, quantity: 10}}
+  huge: {{action: buy, type: market, quantity: 100000}}
+exit:
+  - name: next day
+    when: position.bars_held >= 1
+backtest: {{cash: 10000, account: cash}}
+""")
+    result = bt.run(bt.prepare(path))
+    reasons = {d.reason for d in result.runner.decisions if d.outcome == "blocked"}
+    assert "short selling needs a margin account" in reasons
+    assert any(r.startswith("insufficient cash") for r in reasons)
+    assert not result.ledger.trades
+
+
+def test_max_open_positions_across_symbols(tmp_path):
+    path = strategy(tmp_path, f"""
+universe: [SPY, AAPL, INTC]
+data: {{bar: 1d, source: {SAMPLE}}}
+entry:
+  - name: up day
+    when: close > open
+    order: buy
+exit:
+  - name: after three bars
+    when: position.bars_held >= 3
+orders:
+  buy: {{action: buy, type: market, quantity: 10}}
+risk: {{max_open_positions: 1}}
+""")
+    result = bt.run(bt.prepare(path))
+    spans = sorted((t.entry_time, t.exit_time) for t in result.ledger.trades)
+    assert len({t.symbol for t in result.ledger.trades}) == 3
+    for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+        assert a1 <= b0, "two positions were open at once"
+    assert any("max_open_positions" in d.reason for d in result.runner.decisions if d.outcome == "blocked")
+
+
+def test_percent_of_equity_and_risk_sizing(tmp_path):
+    path = strategy(tmp_path, f"""
+universe: [SPY]
+data: {{bar: 1d, source: {SAMPLE}}}
+indicators:
+  distance: 2 * atr(14)
+entry:
+  - name: up
+    when: crosses_above(close, sma(close, 20))
+    order: buy
+exit:
+  - name: down
+    when: crosses_below(close, sma(close, 20))
+orders:
+  buy: {{action: buy, type: market, quantity: {{risk_percent: 1%, stop_distance: distance}}}}
+backtest: {{cash: 50000}}
+""")
+    result = bt.run(bt.prepare(path))
+    values = result.runner.signals["SPY"].values
+    distance = values[result.prepared.plan.outputs["indicator.distance"]]
+    first = result.ledger.trades[0]
+    decided = first.entry_bar - 1
+    assert first.quantity == int(0.01 * 50_000 / distance[decided])
+
+
+def test_date_range_and_warmup_before_it(tmp_path):
+    prep = bt.prepare(ROOT / "strategies" / "sma_crossover.yaml", start="2012-01-01", end="2013-12-31")
+    result = bt.run(prep)
+    assert str(np.datetime64(int(result.labels[0]), "ns"))[:10] == "2012-01-03"
+    assert str(np.datetime64(int(result.labels[-1]), "ns"))[:4] == "2013"
+    assert all(t.entry_time >= int(prep.start.value) for t in result.ledger.trades)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
+def test_intraday_resampling_entry_window_and_flat_by(tmp_path):
+    path = strategy(tmp_path, f"""
+universe: [NQ]
+instruments: {ROOT / "universes" / "instruments.yaml"}
+data: {{bar: 5m, source: {SHARED / "firstratedata_nq_sample" / "NQ_1min_sample.csv"}}}
+schedule: {{timezone: America/New_York, entry_window: ["09:45", "11:00"], flat_by: "15:30"}}
+entry:
+  - name: momentum
+    when: close > ema(close, 12)
+    order: buy
+exit:
+  - name: a day later
+    when: position.bars_held >= 288
+orders:
+  buy: {{action: buy, type: market, quantity: 1}}
+backtest: {{cash: 100000, commission: {{per_contract: 2.25}}}}
+""")
+    result = bt.run(bt.prepare(path))
+    assert result.bars["NQ"].multiplier == 20 and result.bars["NQ"].margined
+    import pandas as pd
+
+    assert result.ledger.trades
+    for t in result.ledger.trades:
+        entry = pd.Timestamp(t.entry_time, tz="UTC").tz_convert("America/New_York")
+        minutes = entry.hour * 60 + entry.minute
+        assert 9 * 60 + 45 <= minutes <= 11 * 60 + 5, entry   # decided in the window, filled at the next open
+        assert t.commission == pytest.approx(4.5)
+        assert t.pnl == pytest.approx((t.exit_price - t.entry_price) * 20 - 4.5)
+    early = 0
+    for t in result.ledger.trades:   # every position entered in the morning is flat by 15:30
+        entry = pd.Timestamp(t.entry_time, tz="UTC").tz_convert("America/New_York")
+        assert t.exit_rule == "flat_by", t
+        exit_ = pd.Timestamp(t.exit_time, tz="UTC").tz_convert("America/New_York")
+        assert exit_.date() == entry.date()
+        if entry.date() in (pd.Timestamp("2023-11-23").date(), pd.Timestamp("2023-11-24").date()):
+            # on Thanksgiving and the day after, CME equity closes at 13:00 ET: flat at the last bar's open
+            assert (exit_.hour, exit_.minute) == (12, 55)
+            early += 1
+        else:
+            assert (exit_.hour, exit_.minute) == (15, 30)
+    assert early == 1
+
+
+# ---- journal and CLI -------------------------------------------------------------------------
+
+def test_backtest_cli_writes_journal_report_and_json(tmp_path):
+    journal = tmp_path / "j.sqlite"
+    report = tmp_path / "r.html"
+    result = CliRunner().invoke(cli.main, ["backtest", str(ROOT / "strategies" / "sma_crossover.yaml"),
+                                           "--journal", str(journal), "--report", str(report),
+                                           "--format", "json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    summary = out["summary"]
+    assert summary["trades"] > 10 and summary["end_equity"] > 0
+    db = sqlite3.connect(journal)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    run_id = out["run_id"]
+    counts = {t: db.execute(f"SELECT count(*) FROM {t} WHERE run_id=?", (run_id,)).fetchone()[0]
+              for t in ("orders", "fills", "trades", "equity", "decisions", "prices")}
+    assert counts["trades"] == summary["trades"]
+    assert counts["fills"] == 2 * counts["trades"] + summary["open_positions"]
+    assert all(v > 0 for v in counts.values()), counts
+    # every fill's order was journaled (with its tag) no later than the fill
+    rows = db.execute("SELECT o.ts, f.ts FROM fills f JOIN orders o ON o.order_ref = f.order_ref "
+                      "WHERE f.run_id=?", (run_id,)).fetchall()
+    assert len(rows) == counts["fills"] and all(o <= f for o, f in rows)
+    refs = [r[0] for r in db.execute("SELECT order_ref FROM orders WHERE run_id=?", (run_id,))]
+    assert len(refs) == len(set(refs)) and all(r.startswith(f"qtrade:{run_id}:") for r in refs)
+    stored = json.loads(db.execute("SELECT summary FROM runs WHERE run_id=?", (run_id,)).fetchone()[0])
+    assert stored["trades"] == summary["trades"]
+    html = report.read_text()
+    assert "sma-crossover" in html and "<svg" in html
+    # the report command renders the same run from the journal alone
+    again = CliRunner().invoke(cli.main, ["report", str(journal), "--out", str(tmp_path / "again.html")])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again.html").read_text().count("<svg") == html.count("<svg")
+
+
+def test_backtest_text_summary(tmp_path):
+    result = CliRunner().invoke(cli.main, ["backtest", str(ROOT / "strategies" / "sma_crossover.yaml"),
+                                           "--journal", str(tmp_path / "j.sqlite")])
+    assert result.exit_code == 0, result.output
+    for word in ("Total return", "buy & hold SPY", "Max drawdown", "Trades", "journal:"):
+        assert word in result.output
+
+
+def test_backtest_cli_reports_problems_without_traceback(tmp_path):
+    bad = strategy(tmp_path, f"""
+universe: [SPY]
+data: {{bar: 1d}}
+entry:
+  - {{name: x, when: close > 1, order: buy}}
+orders:
+  buy: {{action: buy}}
+""")
+    result = CliRunner().invoke(cli.main, ["backtest", str(bad), "--journal", str(tmp_path / "j.sqlite")])
+    assert result.exit_code == 1
+    assert "s.yaml:5:7: error: no bar data for the backtest" in result.output
+    assert "Traceback" not in result.output
+    missing = strategy(tmp_path, f"""
+universe: [SPY]
+data: {{bar: 1d, source: nowhere/}}
+entry:
+  - {{name: x, when: close > 1, order: buy}}
+orders:
+  buy: {{action: buy}}
+""", "m.yaml")
+    result = CliRunner().invoke(cli.main, ["backtest", str(missing), "--journal", str(tmp_path / "j.sqlite")])
+    assert result.exit_code == 1 and "data source not found: nowhere/" in result.output
+
+
+def test_journal_keeps_runs_apart(tmp_path):
+    path = tmp_path / "j.sqlite"
+    for _ in range(2):
+        res = bt.run(bt.prepare(ROOT / "strategies" / "sma_crossover.yaml"))
+        with Journal(path) as j:
+            bt.write_journal(res, j)
+            j.finish_run(res.run_id, "finished", {})
+    with Journal(path) as j:
+        runs = j.runs()
+        assert len(runs) == 2
+        a, b = (len(j.table("trades", r["run_id"])) for r in runs)
+        assert a == b > 0

@@ -599,3 +599,21 @@ def test_unordered_rows_and_missing_closes(tmp_path):
     ys = [float(p.split()[1]) for p in re.findall(r"[ML]([\d.]+ [\d.]+)", d)]
     assert max(ys) < 320 and min(ys) > 0                    # nothing drawn at a zero close
     assert re.search(r'class="xlabel"[^>]*>[-\d ]*\d\d:\d\d<', html)   # intraday ticks show times
+
+
+def test_the_runs_own_summary_wins_for_equity_figures(tmp_path):
+    """A thinned journal curve cannot give the full curve's Sharpe; the writer's summary can."""
+    path = tmp_path / "summary.sqlite"
+    with Journal(path) as j:
+        rid = j.start_run("backtest", "s", symbols=["SPY"], bar="1d")
+        j.many("equity", ["run_id", "ts", "cash", "equity"],
+               [(rid, "2024-01-02T05:00:00Z", 0, 100), (rid, "2024-01-03T05:00:00Z", 0, 90),
+                (rid, "2024-01-04T05:00:00Z", 0, 120)])
+        j.finish_run(rid, "finished", {"sharpe": 9.87, "exposure": 0.4321, "open_positions": 2,
+                                       "max_drawdown_start": "2024-01-02T05:00:00+00:00"})
+    html = render_report(path)
+    assert ">9.87<" in html and ">43.2%<" in html and "Open at the end" in html
+    assert "the run's own figures" in html
+    assert "2024-01-02 05:00" not in html                   # daily bars: dates only
+    assert fmt_num(M.sortino_ratio(series(["2024-01-02", "2024-01-03", "2024-01-04"], [100, 90, 120]))) in html
+    assert ">9.87<" not in render_report(path, risk_free=0.02)   # a different rate: recomputed

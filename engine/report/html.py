@@ -34,6 +34,12 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 TRADES_TABLE_MAX = 2000     # rows shown in the trades table (all trades still count in metrics)
 ERRORS_SHOWN = 20
 
+# Figures taken from the run's stored summary when it has them: the writer computed them from the
+# full-resolution equity curve (the journal's may be thinned) and knows positions still open.
+FROM_RUN_SUMMARY = ("start_equity", "end_equity", "total_return", "cagr", "volatility", "sharpe", "sortino",
+                    "calmar", "max_drawdown", "max_drawdown_days", "max_drawdown_start", "max_drawdown_end",
+                    "max_drawdown_recovered", "periods_per_year", "exposure")
+
 
 # ---- reading the journal -----------------------------------------------------------------------
 
@@ -310,6 +316,11 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
     equity = data.equity
     closes = data.bars["close"].to_numpy(dtype=float) if len(data.bars) else None
     summary = metrics.summarize(equity, data.trades, risk_free=risk_free, closes=closes)
+    stored = run.get("summary") or {}
+    from_summary = [k for k in FROM_RUN_SUMMARY if k in stored and (risk_free == 0 or k not in ("sharpe", "sortino"))]
+    for key in from_summary:
+        summary[key] = stored[key]
+    summary["open_positions"] = stored.get("open_positions")
     summary["commission"] = float(sum(t.get("commission") or 0 for t in data.trades))
     summary["net_pnl"] = float(sum(t["pnl"] for t in data.trades)) if data.trades else None
     monthly = metrics.monthly_returns(equity)
@@ -332,6 +343,8 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
         "m": summary,
         "currency": currency,
         "risk_free": risk_free,
+        "from_summary": bool(from_summary),
+        "daily": summary["periods_per_year"] is not None and summary["periods_per_year"] <= 252,
         "equity_points": len(equity),
         "charts": {"equity": Markup(equity_svg), "drawdown": Markup(drawdown_svg), "price": Markup(price_svg)},
         "months": months,

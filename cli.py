@@ -233,7 +233,7 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
         ("Annualised return", _pct(summary.get("cagr")), f"volatility {_pct(summary.get('volatility'))}"),
         ("Sharpe / Sortino / Calmar", " / ".join(_num(summary.get(k)) for k in ("sharpe", "sortino", "calmar")), ""),
         ("Max drawdown", _pct(summary.get("max_drawdown")),
-         f"{summary.get('max_drawdown_days') or 0} days from {(summary.get('max_drawdown_start') or '')[:10]}"
+         f"{summary.get('max_drawdown_days') or 0:.0f} days from {(summary.get('max_drawdown_start') or '')[:10]}"
          if summary.get("max_drawdown") else ""),
         ("Trades", f"{summary.get('trades', 0):,}",
          f"win rate {_pct(summary.get('win_rate'), 1)}, profit factor {_num(summary.get('profit_factor'))}"),
@@ -246,7 +246,7 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
     if summary.get("blocked"):
         rows.append(("Entries blocked", str(summary["blocked"]), "see the journal's decisions for why"))
     for name, value, note in rows:
-        lines.append(f"  {name:<26}{value:>16}   {note}")
+        lines.append(f"  {name:<26}{value:>20}   {note}".rstrip())
     lines.append("")
     if journal_path:
         lines.append(f"journal: {journal_path} (run {result.run_id})")

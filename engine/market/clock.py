@@ -7,6 +7,8 @@ calendar (pandas-market-calendars); without a calendar it is the local calendar 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -29,12 +31,8 @@ def clock_arrays(times: pd.DatetimeIndex, timezone: str, bar_seconds: float,
         if len(times) else np.empty(0)
     if calendar is None or len(times) == 0:
         return out
-    import pandas_market_calendars as mcal
-
-    cal = mcal.get_calendar(calendar)
-    first, last = local[0].date(), local[-1].date()
-    schedule = cal.schedule(start_date=first - pd.Timedelta(days=3), end_date=last + pd.Timedelta(days=3))
-    open_ns, close_ns = _ns(schedule["market_open"]), _ns(schedule["market_close"])
+    open_ns, close_ns = sessions(calendar, local[0].date() - pd.Timedelta(days=3),
+                                 local[-1].date() + pd.Timedelta(days=3))
     start_ns = _ns(local)
     end_ns = start_ns + int(bar_seconds * 1e9)
     # the session a bar belongs to: the last one opened at or before the bar's start, if still open
@@ -47,6 +45,16 @@ def clock_arrays(times: pd.DatetimeIndex, timezone: str, bar_seconds: float,
     # every session (extended hours, breaks) keep their local date as their session
     out["session"] = np.where(found, safe.astype(np.float64), 1e6 + out["session"])
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def sessions(calendar: str, first, last) -> tuple[np.ndarray, np.ndarray]:
+    """Open and close times (UTC ns) of every session of `calendar` between two dates: holidays
+    and early closes from pandas-market-calendars (computing them is slow, so they are cached)."""
+    import pandas_market_calendars as mcal
+
+    schedule = mcal.get_calendar(calendar).schedule(start_date=first, end_date=last)
+    return _ns(schedule["market_open"]), _ns(schedule["market_close"])
 
 
 def _ns(values) -> np.ndarray:

@@ -222,7 +222,7 @@ def _symbol_bars(prep: Prepared, symbol: str) -> tuple[SymbolBars, Bars]:
     start = _ns(frame.index)
     end = start + int(seconds * 1e9)
     needs_calendar = bool(prep.plan.inputs.clock & _CLOCK_NEEDS_CALENDAR) or \
-        bool((prep.doc.get(("schedule",)) or {}).get("flat_by"))
+        (bool((prep.doc.get(("schedule",)) or {}).get("flat_by")) and seconds < 86400)
     clock = clock_arrays(frame.index, prep.timezone, seconds, inst.calendar if needs_calendar else None)
     fields = {c: frame[c].to_numpy(dtype=np.float64) for c in ("open", "high", "low", "close", "volume")}
     others = {}

@@ -85,6 +85,7 @@ class Runner:
 
     # ---- scheduling ----------------------------------------------------------------------------
     def run(self) -> Ledger:
+        self._unsupported()
         heap: list[tuple[int, int, int, Iterator]] = []
         for order, symbol in enumerate(sorted(self.signals)):
             proc = self._symbol(symbol)
@@ -102,6 +103,15 @@ class Runner:
             if self.progress is not None and done % 512 == 0:
                 self.progress(time)
         return self.ledger
+
+    def _unsupported(self) -> None:
+        """Entry rules that read what a bar backtest cannot know are journaled as blocked, once."""
+        for symbol, sig in sorted(self.signals.items()):
+            for rule in sig.context_entries:
+                needs = sorted({n.attrs[0] for n in _context_nodes(self.plan, rule)})
+                self._decide(symbol, rule.name, "entry", "blocked",
+                             f"needs {', '.join(needs) or 'run context'}, which this backtest does not simulate "
+                             "(option chains and scanner results come with the options and scanner engines)")
 
     def _symbol(self, symbol: str):
         sig = self.signals[symbol]
@@ -314,8 +324,11 @@ class Runner:
             self._status(intent, "rejected", fill.time, reason)
             self._decide(symbol, intent.rule, "entry", "blocked", reason)
             return None
-        if why:
-            self._decide(symbol, intent.rule, "entry", "fired", why)
+        if why:  # the entry fired but was resized: say so on its decision
+            for d in reversed(self.decisions):
+                if d.symbol == symbol and d.rule == intent.rule and d.kind == "entry":
+                    d.reason = f"{d.reason}; {why}" if d.reason else why
+                    break
         self._status(intent, "filled", fill.time, "", quantity)
         f = Fill(symbol, intent.action, quantity, price, fee, fill.time, fill.bar, intent.tag, bars.multiplier,
                  intent.rule)
@@ -371,6 +384,20 @@ class Runner:
                 if quantity is not None and record.intent.quantity is None:
                     record.intent = OrderIntent(**{**record.intent.__dict__, "quantity": quantity})
                 return
+
+
+def _context_nodes(plan: N.Plan, rule: N.Rule) -> list[N.Node]:
+    seen, stack, out = set(), [i for i in (rule.when, rule.stop, rule.target) if i is not None], []
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        node = plan.nodes[i]
+        if node.op == N.CONTEXT:
+            out.append(node)
+        stack.extend(node.args)
+    return out
 
 
 def _with_excursions(trade: Trade, bars: SymbolBars) -> Trade:

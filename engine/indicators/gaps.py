@@ -24,13 +24,20 @@ def as_series(x, name: str = "x") -> np.ndarray:
     return a
 
 
+def all_finite(a: np.ndarray) -> bool:
+    """True when `a` holds no NaN and no infinity (one vectorised reduction: the sum
+    of a NaN-free, inf-free array is finite unless it overflows, and a false "no"
+    only sends the caller down its exact path)."""
+    return bool(np.isfinite(np.add.reduce(a)))
+
+
 def missing_mask(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
     """Boolean mask of bars where any input is NaN, or None when there are none.
 
     A cheap check first: the sum of a NaN-free, inf-free array is finite, so the
     common gap-free case costs one vectorised reduction per input.
     """
-    if all(np.isfinite(np.add.reduce(a)) for a in arrays):
+    if all(all_finite(a) for a in arrays):
         return None
     bad = np.isnan(arrays[0])
     for a in arrays[1:]:
@@ -38,16 +45,39 @@ def missing_mask(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
     return bad if bad.any() else None
 
 
+def nan_prefix(a: np.ndarray) -> int:
+    """Number of leading NaNs of `a`, looking only at a geometrically growing head."""
+    m = 64
+    while True:
+        head = np.isnan(a[:m])
+        if not head.all():
+            return int(head.argmin())
+        if m >= len(a):
+            return len(a)
+        m *= 8
+
+
 def run_gapped(
     raw: Callable[..., np.ndarray],
     arrays: Sequence[np.ndarray],
     params: Sequence = (),
     boolean: bool = False,
+    lead: Callable[..., np.ndarray] | None = None,
 ) -> np.ndarray:
     """Apply `raw(*arrays, *params)` under the gap rule.
 
     `raw` must accept NaN-free arrays of equal length and return an array of that
     length. The arrays are assumed already converted by `as_series`.
+
+    Three paths, all giving the result of the general rule:
+    * no NaN anywhere (one reduction per input): `raw` on the inputs as they are;
+    * the missing bars are exactly a leading run of k bars (an indicator of an
+      indicator: the inner one's warm-up): `lead(k, *arrays, *params)` when given,
+      which must return the full-length result itself (TA-Lib's Python wrapper
+      skips a leading NaN run and writes into one full-length output, see
+      `talib_backed`); otherwise `raw` on the contiguous tail views, written after
+      a NaN (False) prefix. No compress/scatter copies either way;
+    * otherwise compress the valid bars, run `raw`, scatter back.
     """
     n = len(arrays[0])
     for a in arrays[1:]:
@@ -56,8 +86,23 @@ def run_gapped(
     dtype = np.bool_ if boolean else np.float64
     if n == 0:
         return np.empty(0, dtype=dtype)
-    bad = missing_mask(arrays)
-    if bad is None:
+    if all(all_finite(a) for a in arrays):
+        return raw(*arrays, *params)
+    # bars before k have a NaN in the input with the longest NaN prefix
+    k = max(nan_prefix(a) for a in arrays)
+    if k == n:
+        return np.zeros(n, dtype=np.bool_) if boolean else np.full(n, np.nan)
+    if k > 0 and all(all_finite(a[k:]) for a in arrays):
+        if lead is not None:
+            return lead(k, *arrays, *params)
+        out = np.empty(n, dtype=dtype)
+        out[:k] = False if boolean else np.nan
+        out[k:] = raw(*(a[k:] for a in arrays), *params)
+        return out
+    bad = np.isnan(arrays[0])
+    for a in arrays[1:]:
+        bad |= np.isnan(a)
+    if not bad.any():  # only infinities: not missing
         return raw(*arrays, *params)
     good = ~bad
     out = np.zeros(n, dtype=np.bool_) if boolean else np.full(n, np.nan)

@@ -10,7 +10,7 @@ import numpy as np
 import talib
 
 from . import params as P
-from .gaps import as_series, run_gapped
+from .gaps import all_finite, as_series, run_gapped
 
 
 def _change(a, n):
@@ -24,7 +24,9 @@ def _change(a, n):
 def change(x, length=1):
     """Difference over n bars: x[t] - x[t-n]. Warm-up n."""
     n = P.window(length, minimum=1)
-    return run_gapped(lambda a: _change(a, n), [as_series(x)])
+    # a leading NaN run needs no special case: x[t] - x[t-n] is NaN until n valid bars
+    return run_gapped(lambda a: _change(a, n), [as_series(x)],
+                      lead=lambda k, a: _change(a, n))
 
 
 def zscore(x, length):
@@ -32,18 +34,19 @@ def zscore(x, length):
     STDDEV); NaN where the stdev is 0 (a flat window has no scale). Warm-up n-1."""
     n = P.window(length, minimum=2)
 
-    def raw(a):
+    def raw(a, k=0):
+        # k leading missing bars: TA-Lib's wrapper skips them (see talib_backed)
         sd = talib.STDDEV(a, n, 1.0)
         z = talib.SMA(a, n)
         with np.errstate(divide="ignore", invalid="ignore"):
             np.subtract(a, z, out=z)
             np.divide(z, sd, out=z)
         # a zero stdev gives 0/0 (NaN) or +-inf: look for zeros only if something is
-        if not np.isfinite(np.add.reduce(z[n - 1:])):
+        if not all_finite(z[k + n - 1:]):
             z[sd == 0] = np.nan
         return z
 
-    return run_gapped(raw, [as_series(x)])
+    return run_gapped(raw, [as_series(x)], lead=lambda k, a: raw(a, k))
 
 
 def _percentrank(a, n):
@@ -63,7 +66,12 @@ def percentrank(x, length):
     """Percent rank in [0, 1]: the fraction of the previous n values x[t-n..t-1] that
     are <= x[t] (the current bar is not part of its own reference set). Warm-up n."""
     n = P.window(length, minimum=1)
-    return run_gapped(lambda a: _percentrank(a, n), [as_series(x)])
+    def lead(k, a):  # NaN comparisons count nothing; blank every window touching them
+        out = _percentrank(a, n)
+        out[:k + n] = np.nan
+        return out
+
+    return run_gapped(lambda a: _percentrank(a, n), [as_series(x)], lead=lead)
 
 
 _LAGS = np.arange(2, P.HURST_MAX_LAG + 1)
@@ -253,18 +261,28 @@ def _crosses(a, b, above):
     return out
 
 
+def _crosses_lead(above):
+    # NaN comparisons are False, so the bars before k are False; bar k (the first
+    # valid bar) has no previous valid bar
+    def lead(k, a, b):
+        out = _crosses(a, b, above)
+        out[k] = False
+        return out
+    return lead
+
+
 def crosses_above(a, b):
     """a[t] > b[t] and a[t-1] <= b[t-1] (t-1 = previous valid bar). Boolean; False at
     bar 0 and wherever a or b is NaN. Warm-up 1 (bar 0 is False)."""
     return run_gapped(lambda p, q: _crosses(p, q, True), [as_series(a, "a"), as_series(b, "b")],
-                      boolean=True)
+                      boolean=True, lead=_crosses_lead(True))
 
 
 def crosses_below(a, b):
     """a[t] < b[t] and a[t-1] >= b[t-1] (t-1 = previous valid bar). Boolean; False at
     bar 0 and wherever a or b is NaN. Warm-up 1 (bar 0 is False)."""
     return run_gapped(lambda p, q: _crosses(p, q, False), [as_series(a, "a"), as_series(b, "b")],
-                      boolean=True)
+                      boolean=True, lead=_crosses_lead(False))
 
 
 def _iv_rank(a, n):
@@ -282,4 +300,5 @@ def iv_rank(x, length=252):
     """Rank within the trailing range: (x - lowest(x,n)) / (highest(x,n) - lowest(x,n)),
     in [0, 1]; NaN where the window is flat. Warm-up n-1."""
     n = P.window(length, minimum=2)
-    return run_gapped(lambda a: _iv_rank(a, n), [as_series(x)])
+    # TA-Lib skips a leading NaN run and x - lo keeps it NaN
+    return run_gapped(lambda a: _iv_rank(a, n), [as_series(x)], lead=lambda k, a: _iv_rank(a, n))

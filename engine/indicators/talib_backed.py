@@ -12,13 +12,26 @@ import numpy as np
 import talib
 
 from . import params as P
-from .gaps import as_series, run_gapped
+from .gaps import all_finite, as_series, run_gapped
+
+
+def _skip_lead(raw):
+    """`run_gapped`'s `lead` for a TA-Lib call: TA-Lib's Python wrapper starts at the
+    first bar where no input is NaN (check_begidx) and fills the bars before it plus
+    the lookback with NaN in one full-length output, which is the gap rule exactly
+    when the missing bars are a leading run (tests/indicators: prefix vs general)."""
+    return lambda k, *arrays: raw(*arrays)
+
+
+def run_ta(raw, arrays):
+    """`run_gapped` for a kernel whose NaN-free result is TA-Lib's on the same bars."""
+    return run_gapped(raw, arrays, lead=_skip_lead(raw))
 
 
 def sma(x, length):
     """Simple moving average: mean(x[t-n+1..t]). TA-Lib SMA. Warm-up n-1."""
     n = P.window(length, minimum=2)
-    return run_gapped(lambda a: talib.SMA(a, n), [as_series(x)])
+    return run_ta(lambda a: talib.SMA(a, n), [as_series(x)])
 
 
 def ema(x, length):
@@ -26,14 +39,14 @@ def ema(x, length):
     n values: e[n-1] = mean(x[0..n-1]); e[t] = e[t-1] + alpha*(x[t]-e[t-1]).
     TA-Lib EMA (default compatibility). Warm-up n-1."""
     n = P.window(length, minimum=2)
-    return run_gapped(lambda a: talib.EMA(a, n), [as_series(x)])
+    return run_ta(lambda a: talib.EMA(a, n), [as_series(x)])
 
 
 def wma(x, length):
     """Linearly weighted moving average: sum(k*x[t-n+k], k=1..n) / (n(n+1)/2).
     TA-Lib WMA. Warm-up n-1."""
     n = P.window(length, minimum=2)
-    return run_gapped(lambda a: talib.WMA(a, n), [as_series(x)])
+    return run_ta(lambda a: talib.WMA(a, n), [as_series(x)])
 
 
 def rma(x, length):
@@ -41,7 +54,7 @@ def rma(x, length):
     values: r[n-1] = mean(x[0..n-1]); r[t] = r[t-1] + (x[t]-r[t-1])/n.
     TA-Lib RMA (checked to match this seeding). Warm-up n-1."""
     n = P.window(length, minimum=2)
-    return run_gapped(lambda a: talib.RMA(a, n), [as_series(x)])
+    return run_ta(lambda a: talib.RMA(a, n), [as_series(x)])
 
 
 def stdev(x, length):
@@ -49,26 +62,26 @@ def stdev(x, length):
     sqrt(mean(x^2) - mean(x)^2) (TA-Lib STDDEV, nbdev=1, running sums; a
     non-positive variance gives 0). Warm-up n-1."""
     n = P.window(length, minimum=2)
-    return run_gapped(lambda a: talib.STDDEV(a, n, 1.0), [as_series(x)])
+    return run_ta(lambda a: talib.STDDEV(a, n, 1.0), [as_series(x)])
 
 
 def highest(x, length):
     """Rolling maximum of x[t-n+1..t]. TA-Lib MAX. Warm-up n-1."""
     n = P.window(length, minimum=2)
-    return run_gapped(lambda a: talib.MAX(a, n), [as_series(x)])
+    return run_ta(lambda a: talib.MAX(a, n), [as_series(x)])
 
 
 def lowest(x, length):
     """Rolling minimum of x[t-n+1..t]. TA-Lib MIN. Warm-up n-1."""
     n = P.window(length, minimum=2)
-    return run_gapped(lambda a: talib.MIN(a, n), [as_series(x)])
+    return run_ta(lambda a: talib.MIN(a, n), [as_series(x)])
 
 
 def roc(x, length=1):
     """Rate of change in percent: 100*(x[t]/x[t-n] - 1); TA-Lib returns 0 (not inf)
     when x[t-n] == 0. TA-Lib ROC. Warm-up n."""
     n = P.window(length, minimum=1)
-    return run_gapped(lambda a: talib.ROC(a, n), [as_series(x)])
+    return run_ta(lambda a: talib.ROC(a, n), [as_series(x)])
 
 
 def rsi(x, length=14):
@@ -78,14 +91,14 @@ def rsi(x, length=14):
     both averages are 0 (TA-Lib's convention for a flat window). TA-Lib RSI.
     Warm-up n."""
     n = P.window(length, minimum=2)
-    return run_gapped(lambda a: talib.RSI(a, n), [as_series(x)])
+    return run_ta(lambda a: talib.RSI(a, n), [as_series(x)])
 
 
 def tr(high, low, close):
     """True range: max(h-l, |h-c[t-1]|, |l-c[t-1]|). TA-Lib TRANGE (bar 0 has no
     previous close, so it is NaN). Warm-up 1."""
     arrs = [as_series(high, "high"), as_series(low, "low"), as_series(close, "close")]
-    return run_gapped(talib.TRANGE, arrs)
+    return run_ta(talib.TRANGE, arrs)
 
 
 def atr(high, low, close, length=14):
@@ -94,7 +107,7 @@ def atr(high, low, close, length=14):
     atr[t] = (atr[t-1]*(n-1) + tr[t]) / n. TA-Lib ATR. Warm-up n."""
     n = P.window(length, minimum=1)
     arrs = [as_series(high, "high"), as_series(low, "low"), as_series(close, "close")]
-    return run_gapped(lambda h, l, c: talib.ATR(h, l, c, n), arrs)
+    return run_ta(lambda h, l, c: talib.ATR(h, l, c, n), arrs)
 
 
 def adx(high, low, close, length=14):
@@ -105,7 +118,7 @@ def adx(high, low, close, length=14):
     ADX[2n-1] = mean(DX[n..2n-1]); then ADX = (ADX*(n-1) + DX)/n. Warm-up 2n-1."""
     n = P.window(length, minimum=2)
     arrs = [as_series(high, "high"), as_series(low, "low"), as_series(close, "close")]
-    return run_gapped(lambda h, l, c: talib.ADX(h, l, c, n), arrs)
+    return run_ta(lambda h, l, c: talib.ADX(h, l, c, n), arrs)
 
 
 def mfi(high, low, close, volume, length=14):
@@ -117,13 +130,13 @@ def mfi(high, low, close, volume, length=14):
     n = P.window(length, minimum=2)
     arrs = [as_series(high, "high"), as_series(low, "low"), as_series(close, "close"),
             as_series(volume, "volume")]
-    return run_gapped(lambda h, l, c, v: talib.MFI(h, l, c, v, n), arrs)
+    return run_ta(lambda h, l, c, v: talib.MFI(h, l, c, v, n), arrs)
 
 
 def _bands(x, length, mult, which):
     n = P.window(length, minimum=2)
     m = P.real(mult, "mult")
-    return run_gapped(lambda a: talib.BBANDS(a, n, m, m, 0)[which], [as_series(x)])
+    return run_ta(lambda a: talib.BBANDS(a, n, m, m, 0)[which], [as_series(x)])
 
 
 def bb_upper(x, length=20, mult=2.0):
@@ -149,17 +162,18 @@ def bb_width(x, length=20, mult=2.0):
     n = P.window(length, minimum=2)
     m = P.real(mult, "mult")
 
-    def raw(a):
+    def raw(a, k=0):
         up, mid, lo = talib.BBANDS(a, n, m, m, 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             np.subtract(up, lo, out=up)
             np.divide(up, mid, out=up)
         # a zero middle band gives +-inf or NaN: look for zeros only if something is
-        if not np.isfinite(np.add.reduce(up[n - 1:])):
+        if not all_finite(up[k + n - 1:]):
             up[mid == 0] = np.nan
         return up
 
-    return run_gapped(raw, [as_series(x)])
+    # k leading missing bars: TA-Lib's wrapper skips them (see _skip_lead)
+    return run_gapped(raw, [as_series(x)], lead=lambda k, a: raw(a, k))
 
 
 def macd(x, fast=12, slow=26, signal=9):
@@ -168,17 +182,17 @@ def macd(x, fast=12, slow=26, signal=9):
     with mean(x[slow-fast..slow-1]) (so it differs from a standalone ema(x, fast)
     early on). Does not depend on `signal`. Warm-up slow-1."""
     f, s, _ = P.macd_periods(fast, slow, signal)
-    return run_gapped(lambda a: talib.MACD(a, f, s, 1)[0], [as_series(x)])
+    return run_ta(lambda a: talib.MACD(a, f, s, 1)[0], [as_series(x)])
 
 
 def macd_signal(x, fast=12, slow=26, signal=9):
     """MACD signal line: EMA(signal) of the MACD line, seeded with the mean of its
     first `signal` values. TA-Lib MACD. Warm-up slow+signal-2."""
     f, s, g = P.macd_periods(fast, slow, signal)
-    return run_gapped(lambda a: talib.MACD(a, f, s, g)[1], [as_series(x)])
+    return run_ta(lambda a: talib.MACD(a, f, s, g)[1], [as_series(x)])
 
 
 def macd_hist(x, fast=12, slow=26, signal=9):
     """MACD histogram: macd - macd_signal. TA-Lib MACD. Warm-up slow+signal-2."""
     f, s, g = P.macd_periods(fast, slow, signal)
-    return run_gapped(lambda a: talib.MACD(a, f, s, g)[2], [as_series(x)])
+    return run_ta(lambda a: talib.MACD(a, f, s, g)[2], [as_series(x)])

@@ -94,11 +94,41 @@ def rsi(x, length=14):
     return run_ta(lambda a: talib.RSI(a, n), [as_series(x)])
 
 
+def _hlc_unchecked(fn, arrs, length):
+    """TA-Lib TRANGE/ATR on (high, low, close) with the NaN check folded into the
+    output instead of one pass per input, or None when that cannot prove the inputs
+    NaN-free (the caller then applies the general rule).
+
+    In TA-Lib's true range bar t >= 1 is h-l, |c[t-1]-h|, |c[t-1]-l| kept by `>`, so a
+    NaN high or low at t makes TR[t] NaN, but a NaN close is silently dropped by the
+    comparisons; bar 0 (no TR) and the last close are never read. So: h[0], l[0],
+    c[-1] are checked as scalars, c[:-1] and TR[1:] together by one sum of products
+    (NaN in either is a NaN sum); for ATR with n >= 2 a NaN TR anywhere reaches the
+    Wilder average's last value, so that value replaces the TR pass and the close
+    gets one reduction of its own. Infinities only ever make a check fail, and a
+    failed check just means the general path.
+    """
+    h, l, c = arrs
+    N = len(h)
+    if len(l) != N or len(c) != N or N <= length + 1:
+        return None
+    if not (np.isfinite(h[0]) and np.isfinite(l[0]) and np.isfinite(c[-1])):
+        return None
+    if length >= 2:
+        if not all_finite(c):
+            return None
+        out = fn(h, l, c)
+        return out if np.isfinite(out[-1]) else None
+    out = fn(h, l, c)
+    return out if np.isfinite(np.einsum("i,i->", out[1:], c[:-1])) else None
+
+
 def tr(high, low, close):
     """True range: max(h-l, |h-c[t-1]|, |l-c[t-1]|). TA-Lib TRANGE (bar 0 has no
     previous close, so it is NaN). Warm-up 1."""
     arrs = [as_series(high, "high"), as_series(low, "low"), as_series(close, "close")]
-    return run_ta(talib.TRANGE, arrs)
+    out = _hlc_unchecked(talib.TRANGE, arrs, 1)
+    return out if out is not None else run_ta(talib.TRANGE, arrs)
 
 
 def atr(high, low, close, length=14):
@@ -107,7 +137,9 @@ def atr(high, low, close, length=14):
     atr[t] = (atr[t-1]*(n-1) + tr[t]) / n. TA-Lib ATR. Warm-up n."""
     n = P.window(length, minimum=1)
     arrs = [as_series(high, "high"), as_series(low, "low"), as_series(close, "close")]
-    return run_ta(lambda h, l, c: talib.ATR(h, l, c, n), arrs)
+    fn = lambda h, l, c: talib.ATR(h, l, c, n)  # noqa: E731
+    out = _hlc_unchecked(fn, arrs, n)
+    return out if out is not None else run_ta(fn, arrs)
 
 
 def adx(high, low, close, length=14):

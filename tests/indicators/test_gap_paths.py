@@ -3,12 +3,15 @@
 * run_gapped's leading-NaN path (an indicator of an indicator): every kernel, NaN
   prefixes of different lengths on different inputs, compared bit for bit with the
   kernel run on the valid tail (which is what compress/scatter computes).
+* atr/tr fold the NaN check into TA-Lib's output: a NaN (or an infinity) at every
+  position of every input of small arrays, compared with the general rule.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import talib
 
 from engine.indicators import KERNELS
 from engine.indicators.gaps import run_gapped
@@ -79,3 +82,58 @@ def test_leading_nan_path_is_taken(monkeypatch):
     assert seen == [90] and np.isnan(out[:10]).all() and (out[10:] == x[10:] * 2).all()
     out = run_gapped(raw, [x], lead=lambda k, a: np.full(len(a), float(k)))
     assert seen == [90] and (out == 10).all()
+
+
+def hlc(n, seed):
+    r = np.random.default_rng(seed)
+    c = 100 + np.cumsum(r.normal(0, 1, n))
+    s = np.abs(r.normal(0, 0.7, n))
+    # closes outside [low, high] now and then, so every TR branch is taken
+    return [c + s, c - s, c + r.normal(0, 0.8, n)]
+
+
+def hlc_reference(name, arrays, length):
+    bad = np.isnan(arrays[0]) | np.isnan(arrays[1]) | np.isnan(arrays[2])
+    out = np.full(len(bad), np.nan)
+    comp = [np.ascontiguousarray(a[~bad]) for a in arrays]
+    if len(comp[0]):
+        out[~bad] = talib.TRANGE(*comp) if name == "tr" else talib.ATR(*comp, length)
+    return out
+
+
+@pytest.mark.parametrize("name,length", [("tr", None), ("atr", 1), ("atr", 2), ("atr", 5),
+                                         ("atr", 14)])
+@pytest.mark.parametrize("n", [2, 3, 6, 15, 16, 17, 40])
+def test_hlc_nan_at_every_position(name, length, n):
+    params = () if length is None else (length,)
+    base = hlc(n, n)
+    for j in range(3):
+        for i in range(n):
+            arrays = [a.copy() for a in base]
+            arrays[j][i] = np.nan
+            identical(KERNELS[name].func(*arrays, *params), hlc_reference(name, arrays, length))
+
+
+@pytest.mark.parametrize("name,length", [("tr", None), ("atr", 1), ("atr", 14)])
+def test_hlc_nan_large_positions(name, length):
+    params = () if length is None else (length,)
+    base = hlc(200_000, 3)
+    for j in range(3):
+        for i in (0, 1, 13, 14, 15, 99_999, 199_998, 199_999):
+            arrays = [a.copy() for a in base]
+            arrays[j][i] = np.nan
+            identical(KERNELS[name].func(*arrays, *params), hlc_reference(name, arrays, length))
+
+
+@pytest.mark.parametrize("name,length", [("tr", None), ("atr", 1), ("atr", 14)])
+@pytest.mark.parametrize("val", [np.inf, -np.inf])
+def test_hlc_infinity_is_not_missing(name, length, val):
+    params = () if length is None else (length,)
+    base = hlc(30, 9)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for j in range(3):
+            for i in range(30):
+                arrays = [a.copy() for a in base]
+                arrays[j][i] = val
+                want = talib.TRANGE(*arrays) if name == "tr" else talib.ATR(*arrays, length)
+                identical(KERNELS[name].func(*arrays, *params), want)

@@ -111,8 +111,9 @@ def _hurst(a, n):
     # differences only reach windows past the end, which are discarded)
     ap = np.concatenate((a, np.full(2 * n + 2, a[-1])))
     size = (C // 2 + 2) * (n + 1)         # >= (nb+1)*(m+1) for every lag
-    xb, yb = np.empty(size), np.empty(size)
+    yb = np.empty(size)
     s1b, s2b = np.empty(C + 2 * n), np.empty(C + 2 * n)
+    wb = np.empty(C + n)
     nl = len(_LAGS)
     logs = np.empty((nl, C))                  # 0.5*log(var_L), one row per lag
     flats = np.empty((nl, C), dtype=bool)
@@ -121,22 +122,25 @@ def _hurst(a, n):
         for t0 in range(0, K, C):
             k = min(C, K - t0)
             seg = ap[t0:]
+            W = wb[:k + n]                     # W[u] = x[u] + ... + x[u+L-1]
+            W[:] = seg[:k + n]
             for i, L in enumerate(_LAGS.tolist()):
                 m = n - L                      # differences inside an n-bar window
                 nb = -(-(k + m - 1) // m)
-                X = xb[:(nb + 1) * (m + 1)].reshape(nb + 1, m + 1)
                 Y = yb[:(nb + 1) * (m + 1)].reshape(nb + 1, m + 1)
-                X[:, 0] = 0.0
-                X[nb] = 0.0
                 Y[:, 0] = 0.0
                 Y[nb] = 0.0
-                d = X[:nb, 1:]                 # d[j] = x[j+L] - x[j], in blocks of m
+                d = Y[:nb, 1:]                 # d[j] = x[j+L] - x[j], in blocks of m
                 np.subtract(seg[L:L + nb * m].reshape(nb, m), seg[:nb * m].reshape(nb, m),
                             out=d)
-                np.multiply(d, d, out=Y[:nb, 1:])
-                _window_sums(X, m, s1b[:nb * m].reshape(nb, m))
+                np.multiply(d, d, out=d)
                 _window_sums(Y, m, s2b[:nb * m].reshape(nb, m))
+                # the sum of the window's m differences telescopes (m >= L): the last
+                # L values minus the L values just before the window's first
+                # difference, two L-term sums (no long running total)
+                np.add(W, seg[L - 1:L - 1 + k + n], out=W)
                 s1, s2 = s1b[:k], s2b[:k]
+                np.subtract(W[m:m + k], W[:k], out=s1)
                 s1 /= m                        # mean
                 s1 *= s1
                 s2 /= m                        # mean square

@@ -1,0 +1,310 @@
+"""Option legs and combos: pick strikes from a chain, price the combo, and plan the chase.
+
+Pure functions over plain arrays of one expiry's quotes, so they are tested with plain values:
+- `pick_by_delta`: the strike whose |delta| is nearest the target within [min, max];
+- `pick_by_premium`: the strike whose mid is nearest the target;
+- `pick_strike`: the listed strike at a computed price (an offset from another leg);
+ties go to the strike further out of the money (the cheaper, safer side), so the choice is
+deterministic. A leg without a real two-sided quote (NaN, or a zero or crossed market) makes the
+combo unquotable: the entry is blocked with that reason, never priced from a guess.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Side:
+    """One expiry's puts or calls: strikes ascending with their quotes and greeks."""
+
+    right: str             # put | call
+    strike: np.ndarray
+    bid: np.ndarray
+    ask: np.ndarray
+    delta: np.ndarray
+    iv: np.ndarray
+    gamma: np.ndarray | None = None
+    theta: np.ndarray | None = None
+    vega: np.ndarray | None = None
+
+    @property
+    def mid(self) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            ok = (self.bid >= 0) & (self.ask > 0) & (self.ask >= self.bid)
+            return np.where(ok, (self.bid + self.ask) / 2.0, np.nan)
+
+
+class NoStrike(Exception):
+    """No listed strike satisfies a leg's rule (the message says which and why)."""
+
+
+def _further_otm(right: str, strikes: np.ndarray, candidates: np.ndarray) -> int:
+    """Among equally good candidates, the one further out of the money."""
+    idx = candidates[np.argmin(strikes[candidates])] if right == "put" else candidates[np.argmax(strikes[candidates])]
+    return int(idx)
+
+
+def pick_by_delta(side: Side, target: float, lo: float | None = None, hi: float | None = None) -> int:
+    target = abs(float(target))
+    mags = np.abs(side.delta)
+    ok = np.isfinite(mags)
+    if lo is not None:
+        ok &= mags >= abs(lo) - 1e-12
+    if hi is not None:
+        ok &= mags <= abs(hi) + 1e-12
+    if not ok.any():
+        band = f" within [{lo:g}, {hi:g}]" if lo is not None and hi is not None else ""
+        raise NoStrike(f"no {side.right} has a delta{band} (target {target:g})")
+    dist = np.where(ok, np.abs(mags - target), np.inf)
+    best = np.flatnonzero(dist <= dist.min() + 1e-12)
+    return _further_otm(side.right, side.strike, best)
+
+
+def pick_by_premium(side: Side, target: float) -> int:
+    mid = side.mid
+    ok = np.isfinite(mid)
+    if not ok.any():
+        raise NoStrike(f"no {side.right} has a two-sided quote")
+    dist = np.where(ok, np.abs(mid - float(target)), np.inf)
+    best = np.flatnonzero(dist <= dist.min() + 1e-12)
+    return _further_otm(side.right, side.strike, best)
+
+
+def pick_strike(side: Side, price: float, away_from: float | None = None) -> int:
+    """The listed strike at `price`; if it is not listed, the nearest one further from the money
+    than `price` (so a wing never narrows and max loss stays bounded as designed)."""
+    strikes = side.strike
+    exact = np.flatnonzero(np.isclose(strikes, price, rtol=0, atol=1e-9))
+    if len(exact):
+        return int(exact[0])
+    if side.right == "put":
+        lower = np.flatnonzero(strikes < price)
+        if len(lower):
+            return int(lower[-1])
+    else:
+        higher = np.flatnonzero(strikes > price)
+        if len(higher):
+            return int(higher[0])
+    raise NoStrike(f"no {side.right} strike at or beyond {price:g}")
+
+
+@dataclass(frozen=True)
+class LegQuote:
+    name: str
+    right: str
+    action: str       # buy | sell
+    ratio: int
+    strike: float
+    expiry: str       # YYYY-MM-DD
+    bid: float
+    ask: float
+    delta: float
+    iv: float
+    gamma: float = math.nan
+    theta: float = math.nan
+    vega: float = math.nan
+
+    @property
+    def mid(self) -> float:
+        return (self.bid + self.ask) / 2.0
+
+    @property
+    def quoted(self) -> bool:
+        return (math.isfinite(self.bid) and math.isfinite(self.ask) and self.ask > 0 and self.bid >= 0
+                and self.ask >= self.bid)
+
+    @property
+    def sign(self) -> int:
+        """+1 for a leg we sell (it brings credit), -1 for one we buy."""
+        return 1 if self.action == "sell" else -1
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "right": self.right, "action": self.action, "ratio": self.ratio,
+                "strike": self.strike, "expiry": self.expiry, "bid": _num(self.bid), "ask": _num(self.ask),
+                "delta": _num(self.delta), "iv": _num(self.iv), "gamma": _num(self.gamma),
+                "theta": _num(self.theta), "vega": _num(self.vega)}
+
+
+def _num(x: float):
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+def leg_quote(name: str, side: Side, index: int, action: str, ratio: int, expiry: str) -> LegQuote:
+    def at(a):
+        return float(a[index]) if a is not None else math.nan
+
+    return LegQuote(name, side.right, action, ratio, float(side.strike[index]), expiry, at(side.bid),
+                    at(side.ask), at(side.delta), at(side.iv), at(side.gamma), at(side.theta), at(side.vega))
+
+
+@dataclass(frozen=True)
+class ComboQuote:
+    """A combo priced from its legs (per unit of the underlying, like IB's combo quotes)."""
+
+    legs: tuple[LegQuote, ...]
+    multiplier: float
+    underlying: float
+
+    @property
+    def missing(self) -> str | None:
+        """Why the combo cannot be priced (a leg without a real two-sided quote), or None."""
+        for leg in self.legs:
+            if not leg.quoted:
+                return (f"leg {leg.name} ({leg.right} {leg.strike:g} {leg.expiry}) has no two-sided quote "
+                        f"(bid {leg.bid}, ask {leg.ask})")
+        return None
+
+    @property
+    def credit(self) -> float:
+        """Net credit at mid (negative for a debit)."""
+        return sum(leg.sign * leg.ratio * leg.mid for leg in self.legs)
+
+    @property
+    def natural(self) -> float:
+        """Net credit crossing every spread: sell at the bid, buy at the ask."""
+        return sum(leg.ratio * (leg.bid if leg.sign > 0 else -leg.ask) for leg in self.legs)
+
+    @property
+    def closing_natural(self) -> float:
+        """What closing costs crossing every spread (buy back at the ask, sell at the bid), as a debit."""
+        return sum(leg.ratio * (leg.ask if leg.sign > 0 else -leg.bid) for leg in self.legs)
+
+    def payoff(self, prices: np.ndarray) -> np.ndarray:
+        """Value at expiry per unit for underlying `prices`, including the credit taken in."""
+        value = np.full(len(prices), self.credit)
+        for leg in self.legs:
+            intrinsic = np.maximum(prices - leg.strike, 0.0) if leg.right == "call" else \
+                np.maximum(leg.strike - prices, 0.0)
+            value -= leg.sign * leg.ratio * intrinsic
+        return value
+
+    def _extremes(self) -> tuple[float, float, bool]:
+        strikes = sorted({leg.strike for leg in self.legs})
+        grid = np.array([0.0] + strikes + [strikes[-1] * 2 + 1.0])
+        values = self.payoff(grid)
+        # beyond the highest strike the payoff is linear: unbounded if calls are net short
+        call_slope = sum(-leg.sign * leg.ratio for leg in self.legs if leg.right == "call")
+        return float(values.min()), float(values.max()), call_slope < 0
+
+    @property
+    def max_loss(self) -> float:
+        """Largest loss of one combo at expiry, account currency (inf when unbounded)."""
+        low, _, unbounded = self._extremes()
+        return math.inf if unbounded else max(0.0, -low) * self.multiplier
+
+    @property
+    def max_profit(self) -> float:
+        _, high, _ = self._extremes()
+        return max(0.0, high) * self.multiplier
+
+    @property
+    def margin(self) -> float:
+        """Reg-T margin of one combo: the max loss for defined-risk combos; for naked short
+        options the standard 20% of the underlying less the out-of-the-money amount plus the
+        premium (at least 10% of the underlying for calls / of the strike for puts)."""
+        loss = self.max_loss
+        if math.isfinite(loss):
+            return loss
+        total = 0.0
+        for leg in self.legs:
+            if leg.sign < 0:
+                continue
+            otm = max(0.0, leg.strike - self.underlying) if leg.right == "call" else \
+                max(0.0, self.underlying - leg.strike)
+            floor = 0.10 * (self.underlying if leg.right == "call" else leg.strike)
+            total += leg.ratio * (max(0.20 * self.underlying - otm, floor) + leg.mid)
+        return total * self.multiplier
+
+
+@dataclass(frozen=True)
+class Chase:
+    """Limit prices to try, one per interval: from the start price towards the floor."""
+
+    start: str = "mid"       # mid | natural | bid | ask, or a number
+    step: float = 0.01
+    steps: int = 4           # how many prices are tried, the first included
+    every: float = 15.0      # seconds between prices
+    floor: float | None = None
+
+    def prices(self, quote: ComboQuote, tick: float = 0.01, opening: bool = True) -> list[float]:
+        """The limit (as a credit for an opening credit combo, or as a debit when closing) per step.
+
+        Opening a credit combo gives up credit step by step; closing pays a little more each step.
+        The floor bounds the chase: an opening credit never below it, a closing debit never above it.
+        """
+        credit_side = opening == (quote.credit >= 0)
+        if isinstance(self.start, (int, float)):
+            first = float(self.start)
+        elif self.start == "natural":
+            first = quote.natural if opening else quote.closing_natural
+        else:
+            first = quote.credit if opening else -quote.credit
+            first = abs(first)
+        first = _round_tick(first, tick)
+        out = []
+        for k in range(self.steps):
+            price = first - k * self.step if credit_side else first + k * self.step
+            price = _round_tick(price, tick)
+            if self.floor is not None and ((credit_side and price < self.floor - 1e-12) or
+                                           (not credit_side and price > self.floor + 1e-12)):
+                break
+            out.append(price)
+        return out
+
+
+def _round_tick(price: float, tick: float) -> float:
+    return round(round(price / tick) * tick, 10)
+
+
+def marketable(limit: float, quote: ComboQuote, fill_fraction: float, opening: bool = True) -> bool:
+    """Does a combo limit fill against the simulator's spread model?
+
+    The market gives up `fill_fraction` of the way from the natural price (crossing every
+    spread) towards mid: a credit limit fills at or below natural + f x (mid - natural). A limit
+    at mid of a wide market therefore does not fill; one near the natural side does.
+    """
+    if opening:
+        mid, natural = quote.credit, quote.natural
+        if mid >= 0:
+            return limit <= natural + fill_fraction * (mid - natural) + 1e-9
+        return -limit >= natural + fill_fraction * (mid - natural) - 1e-9
+    mid_debit, natural_debit = -quote.credit, quote.closing_natural
+    return limit >= natural_debit - fill_fraction * (natural_debit - mid_debit) - 1e-9
+
+
+@dataclass(frozen=True)
+class ChaseResult:
+    filled: bool
+    price: float | None
+    step: int | None          # 0-based step that filled
+    tried: tuple[float, ...]
+    seconds: float            # time the chase took (until the fill, or the timeout)
+    cancelled: bool = False   # timed out: the order was cancelled and the cancel confirmed
+
+    @property
+    def reason(self) -> str:
+        if self.filled:
+            return f"filled at {self.price:.2f} on step {self.step + 1} of {len(self.tried)}"
+        if not self.tried:
+            return "the chase had no price above its floor"
+        return (f"chase timed out after {len(self.tried)} prices ({', '.join(f'{p:.2f}' for p in self.tried)}): "
+                "cancelled, cancel confirmed")
+
+
+def run_chase(chase: Chase, quote: ComboQuote, fill_fraction: float, tick: float = 0.01,
+              opening: bool = True, quotes: Sequence[ComboQuote] | None = None) -> ChaseResult:
+    """Step the limit price until the spread model fills it or the chase runs out.
+
+    `quotes`, when given, are the combo's quotes at each step's time (a moving market); else the
+    same quote is used throughout (an end-of-day snapshot)."""
+    prices = chase.prices(quote, tick, opening)
+    for k, price in enumerate(prices):
+        q = quotes[min(k, len(quotes) - 1)] if quotes else quote
+        if marketable(price, q, fill_fraction, opening):
+            return ChaseResult(True, price, k, tuple(prices[: k + 1]), k * chase.every)
+    return ChaseResult(False, None, None, tuple(prices), len(prices) * chase.every, cancelled=bool(prices))

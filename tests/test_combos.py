@@ -1,0 +1,102 @@
+"""Leg selection, combo pricing and the chase, on hand-made quotes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engine.orders.combos import (Chase, ComboQuote, NoStrike, Side, leg_quote, marketable, pick_by_delta,
+                                  pick_by_premium, pick_strike, run_chase)
+
+STRIKES = np.array([380.0, 381, 382, 383, 384, 385, 386, 387, 388, 389, 390])
+PUTS = Side("put", STRIKES, bid=np.array([.01, .02, .03, .05, .07, .10, .14, .20, .28, .40, .55]),
+            ask=np.array([.03, .04, .05, .07, .09, .12, .17, .23, .31, .44, .60]),
+            delta=-np.array([.02, .03, .04, .06, .08, .10, .13, .17, .22, .29, .37]),
+            iv=np.full(11, 0.18))
+CALLS = Side("call", STRIKES + 12, bid=np.array([.60, .45, .33, .24, .17, .12, .09, .06, .04, .02, .01]),
+             ask=np.array([.65, .49, .36, .27, .19, .14, .11, .08, .06, .04, .03]),
+             delta=np.array([.40, .32, .25, .19, .14, .10, .10, .06, .04, .03, .02]),
+             iv=np.full(11, 0.17))
+
+
+def test_pick_by_delta_nearest_within_band_and_ties_go_further_out():
+    assert PUTS.strike[pick_by_delta(PUTS, 0.10)] == 385
+    assert PUTS.strike[pick_by_delta(PUTS, 0.10, 0.05, 0.15)] == 385
+    # two calls have delta 0.10 (397 and 398): the one further out of the money wins
+    assert CALLS.strike[pick_by_delta(CALLS, 0.10)] == 398
+    with pytest.raises(NoStrike, match="within"):
+        pick_by_delta(PUTS, 0.50, 0.45, 0.60)
+
+
+def test_pick_by_premium_and_by_offset():
+    assert PUTS.strike[pick_by_premium(PUTS, 0.30)] == 388       # mid 0.295
+    assert PUTS.strike[pick_strike(PUTS, 383.0)] == 383
+    assert PUTS.strike[pick_strike(PUTS, 382.5)] == 382           # not listed: further from the money
+    assert CALLS.strike[pick_strike(CALLS, 399.5)] == 400
+    with pytest.raises(NoStrike):
+        pick_strike(PUTS, 379.0)
+
+
+def condor(short_put=385, long_put=383, short_call=397, long_call=399) -> ComboQuote:
+    def leg(name, side, strike, action):
+        return leg_quote(name, side, int(np.flatnonzero(side.strike == strike)[0]), action, 1, "2019-11-05")
+    return ComboQuote((leg("short_put", PUTS, short_put, "sell"), leg("long_put", PUTS, long_put, "buy"),
+                       leg("short_call", CALLS, short_call, "sell"), leg("long_call", CALLS, long_call, "buy")),
+                      100, 391.0)
+
+
+def test_iron_condor_credit_risk_and_margin():
+    q = condor()
+    assert q.credit == pytest.approx(0.11 - 0.06 + 0.13 - 0.07)          # mids
+    assert q.natural == pytest.approx(0.10 - 0.07 + 0.12 - 0.08)           # sell at bid, buy at ask
+    assert q.max_loss == pytest.approx((2.0 - q.credit) * 100)             # 2-wide wings
+    assert q.max_profit == pytest.approx(q.credit * 100)
+    assert q.margin == pytest.approx(q.max_loss)                            # defined risk: margin = max loss
+    assert q.missing is None
+
+
+def test_naked_short_put_margin_is_reg_t():
+    q = ComboQuote((leg_quote("p", PUTS, 5, "sell", 1, "2019-11-05"),), 100, 391.0)
+    assert math.isinf(q.max_loss) is False                                  # a put's loss is bounded by the strike
+    naked_call = ComboQuote((leg_quote("c", CALLS, 5, "sell", 1, "2019-11-05"),), 100, 391.0)
+    assert math.isinf(naked_call.max_loss)
+    # 20% of 391 less 6 OTM plus the 0.13 premium, per share, x 100
+    assert naked_call.margin == pytest.approx((0.2 * 391 - (397 - 391) + 0.13) * 100)
+
+
+def test_a_leg_without_a_two_sided_quote_blocks_pricing():
+    puts = Side("put", STRIKES, PUTS.bid.copy(), PUTS.ask.copy(), PUTS.delta, PUTS.iv)
+    puts.bid[3] = np.nan
+    q = ComboQuote((leg_quote("long_put", puts, 3, "buy", 1, "2019-11-05"),), 100, 391.0)
+    assert "long_put" in q.missing and "no two-sided quote" in q.missing
+
+
+def test_chase_prices_step_down_to_the_floor():
+    q = condor()
+    assert q.credit == pytest.approx(0.11)
+    assert Chase(step=0.01, steps=4).prices(q) == [0.11, 0.10, 0.09, 0.08]
+    assert Chase(step=0.01, steps=4, floor=0.10).prices(q) == [0.11, 0.10]
+    # closing pays a little more each step, never above the floor given as a debit cap
+    assert Chase(step=0.01, steps=3).prices(q, opening=False) == [0.11, 0.12, 0.13]
+
+
+def test_a_limit_at_mid_of_a_wide_market_does_not_fill():
+    wide = Side("put", np.array([100.0]), np.array([0.05]), np.array([1.00]), np.array([-0.1]), np.array([0.3]))
+    q = ComboQuote((leg_quote("p", wide, 0, "sell", 1, "x"),), 100, 110.0)
+    assert q.credit == pytest.approx(0.525)
+    assert not marketable(0.52, q, 0.5)          # mid-ish on a 0.05 x 1.00 market
+    assert marketable(0.28, q, 0.5)              # natural + half the way to mid = 0.2875
+
+
+def test_chase_fills_on_step_k_or_times_out_cleanly():
+    q = condor()       # mid 0.11, natural 0.07: fills at or below 0.07 + 0.5 * 0.04 = 0.09
+    result = run_chase(Chase(step=0.01, steps=4, every=15), q, fill_fraction=0.5)
+    assert result.filled and result.price == pytest.approx(0.09) and result.step == 2
+    assert result.tried == (0.11, 0.10, 0.09) and result.seconds == 30
+    timeout = run_chase(Chase(step=0.01, steps=2, every=15), q, fill_fraction=0.5)
+    assert not timeout.filled and timeout.cancelled and timeout.tried == (0.11, 0.10)
+    assert "cancelled, cancel confirmed" in timeout.reason
+    floor = run_chase(Chase(step=0.01, steps=4, every=15, floor=0.10), q, fill_fraction=0.5)
+    assert not floor.filled and floor.tried == (0.11, 0.10)

@@ -330,6 +330,50 @@ def report(journal_path, out_path, run_id, symbol):
 
 
 @main.command()
+@click.argument("strategy", type=click.Path())
+@click.option("--from", "start", metavar="YYYY-MM-DD", help="First day (default: today).")
+@click.option("--days", type=click.IntRange(1, 3660), default=14, show_default=True, help="How many calendar days.")
+@click.option("--order", "order_name", help="Only this order template (default: every options order).")
+def expiries(strategy, start, days, order_name):
+    """Preview the expiry each options order of STRATEGY resolves to, day by day, on its
+    underlying's exchange calendar (holidays and early closes included)."""
+    import datetime as dt
+
+    from engine.diagnostics import DiagnosticError
+    from engine.market.expiry import preview
+    from engine.plan.build import load_strategy
+    from engine.runtime.backtest import _instrument
+
+    try:
+        doc, ws = load_strategy(strategy)
+    except DiagnosticError as exc:
+        _report_problems(exc)
+    try:
+        first = dt.date.fromisoformat(start) if start else dt.date.today()
+    except ValueError:
+        raise click.UsageError(f"--from expects YYYY-MM-DD, got {start!r}")
+    orders = {name: spec for name, spec in (doc.get(("orders",)) or {}).items()
+              if "legs" in spec and (order_name is None or name == order_name)}
+    if not orders:
+        raise click.UsageError(f"no options order{f' named {order_name!r}' if order_name else ''} in {strategy}")
+    inst = ws.instruments_for(doc)
+    for name, spec in orders.items():
+        underlying = spec.get("underlying") or doc.get(("underlying",)) or (doc.get(("universe",)) or [None])[0]
+        root = ((inst.get(("roots",)) or {}).get(underlying) or {}) if inst else {}
+        calendar = _instrument(ws, doc, underlying).calendar or "NYSE"
+        cycle = (root.get("options") or {}).get("expiries", "weekly")
+        rule = spec.get("expiry")
+        _safe_echo(f"{name}: expiry {json.dumps(rule) if isinstance(rule, dict) else rule} on {underlying} "
+                   f"({calendar}, {cycle} expiries)")
+        for day, expiry in preview(rule, first, days, calendar, cycle):
+            if isinstance(expiry, str):
+                _safe_echo(f"  {day} {day:%a}  -> none: {expiry.split(': ', 1)[-1]}")
+            else:
+                lag = (expiry - day).days
+                _safe_echo(f"  {day} {day:%a}  -> {expiry} {expiry:%a}  ({lag} day{'s' * (lag != 1)})")
+
+
+@main.command()
 @click.argument("name", required=False)
 def functions(name: str | None) -> None:
     """List the expression language's functions, or show one in full."""

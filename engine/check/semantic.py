@@ -35,6 +35,7 @@ POSITION_FIELDS = {
     "bars_held": T.NUMBER_SERIES, "time_held": T.DURATION_SERIES, "pnl": T.NUMBER_SERIES,
     "pnl_pct": T.NUMBER_SERIES, "entry_credit": T.NUMBER_SERIES, "max_pnl": T.NUMBER_SERIES,
     "min_pnl": T.NUMBER_SERIES, "highest": T.NUMBER_SERIES, "lowest": T.NUMBER_SERIES,
+    "dte": T.NUMBER_SERIES,  # calendar days to the expiry of an options position
 }
 LEG_FIELDS = {
     "strike": T.SCALAR, "bid": T.SCALAR, "ask": T.SCALAR, "mid": T.SCALAR, "delta": T.SCALAR,

@@ -79,6 +79,21 @@ def build_plan(doc: Document, ws: Workspace, overrides: dict[str, str] | None = 
         add_rules(("agents", agent, "exit"), "exit", f"agents.{agent}.", agent)
     for name, order in (doc.get(("orders",)) or {}).items():
         base = ("orders", name)
+        for leg, spec in (order.get("legs") or {}).items():
+            strike = spec.get("strike")
+            where = base + ("legs", leg, "strike")
+            if isinstance(strike, dict):
+                for key in ("delta", "premium", "min", "max"):
+                    if key in strike:
+                        out(f"orders.{name}.legs.{leg}.{key}", where + (key,))
+            elif strike is not None:
+                out(f"orders.{name}.legs.{leg}.strike", where)
+        price = order.get("price")
+        if isinstance(price, dict):
+            if "limit" in price:
+                out(f"orders.{name}.limit", base + ("price", "limit"))
+            if isinstance(price.get("chase"), dict) and "floor" in price["chase"]:
+                out(f"orders.{name}.floor", base + ("price", "chase", "floor"))
         for key in ("limit", "stop"):
             if key in order and "legs" not in order:
                 out(f"orders.{name}.{key}", base + (key,))

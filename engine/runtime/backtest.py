@@ -10,6 +10,7 @@ journal()  writes the run to the SQLite journal that reports (and later live run
 from __future__ import annotations
 
 import fnmatch
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,7 +299,8 @@ def run(prep: Prepared, progress: Callable[[float], None] | None = None, run_id:
     ledger = runner.run()
     timings["run"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    times, equity, cash, marks = equity_curve(ledger, symbol_bars, settings.cash, prep.start)
+    times, equity, cash, marks = equity_curve(ledger, symbol_bars, settings.cash, prep.start,
+                                              runner.closed_combos + list(runner.combos.values()), runner.combo_symbol)
     timings["equity"] = time.perf_counter() - t2
     labels = times - int(bar_seconds(prep.bar) * 1e9)
     return Result(prep, run_id, ledger, runner, times, labels, equity, cash, symbol_bars, marks, timings)
@@ -319,7 +321,8 @@ def _truncate(sbars: SymbolBars, bars: Bars, values: list, last: int):
 
 
 def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
-                 start: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+                 start: pd.Timestamp | None = None, combos: list | None = None,
+                 combo_symbol: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Cash and equity at every bar close of every symbol (the union timeline), vectorised.
 
     A position counts from its entry fill to its exit fill: held at the closes of bars
@@ -333,7 +336,8 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
     # cash: each fill's change lands on the first close at or after it
     cash_delta = np.zeros(len(times) + 1)
     # a fill's cash lands at the close of the bar it filled in (an open fill is before that close)
-    fill_times = np.array([bars[f.symbol].end[f.bar] for f in ledger.fills], dtype=np.int64)
+    owner = combo_symbol or {}
+    fill_times = np.array([bars[owner.get(f.symbol, f.symbol)].end[f.bar] for f in ledger.fills], dtype=np.int64)
     if len(fill_times):
         np.add.at(cash_delta, np.searchsorted(times, fill_times, side="left"),
                   np.array(_cash_deltas(ledger, bars), dtype=np.float64))
@@ -341,11 +345,33 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
     value = np.zeros(len(times))
     held: dict[str, list[tuple[int, int, float, float]]] = {s: [] for s in bars}
     for t in ledger.trades:
-        held[t.symbol].append((t.entry_bar, t.exit_bar, (1 if t.side == "long" else -1) * t.quantity, t.entry_price))
+        if t.symbol in bars:
+            held[t.symbol].append((t.entry_bar, t.exit_bar, (1 if t.side == "long" else -1) * t.quantity,
+                                   t.entry_price))
     marks = {}
     for symbol, pos in ledger.positions.items():
-        held[symbol].append((pos.entry_bar, len(bars[symbol]), pos.quantity, pos.avg_price))
-        marks[symbol] = float(bars[symbol].close[-1])
+        if symbol in bars:
+            held[symbol].append((pos.entry_bar, len(bars[symbol]), pos.quantity, pos.avg_price))
+            marks[symbol] = float(bars[symbol].close[-1])
+    for combo in combos or []:
+        # an option combo is worth its marks (minus the cost to close at mid), held from its entry
+        # bar's close to its exit bar (exclusive: closed at that bar's close, its cash is in)
+        b = bars[owner[combo.key]]
+        keys = sorted(combo.marks)
+        if not keys:
+            continue
+        per_bar = np.zeros(len(b))
+        last = keys[-1] if combo.key not in ledger.positions else len(b) - 1
+        idx = np.arange(keys[0], last + 1)
+        known = np.array(keys)
+        pos = np.searchsorted(known, idx, side="right") - 1
+        per_bar[keys[0]:last + 1] = np.array([combo.marks[k] for k in keys])[pos]
+        if combo.key not in ledger.positions:
+            per_bar[keys[-1]] = 0.0
+        else:
+            marks[combo.key] = combo.last_credit
+        k = np.searchsorted(b.end, times, side="right") - 1
+        value += np.where(k >= 0, per_bar[np.maximum(k, 0)], 0.0)
     for symbol, spans in held.items():
         if not spans:
             continue
@@ -371,8 +397,11 @@ def _cash_deltas(ledger: Ledger, bars: dict[str, SymbolBars]) -> list[float]:
     out = []
     open_price: dict[str, tuple[float, float]] = {}
     for f in ledger.fills:
-        b = bars[f.symbol]
+        b = bars.get(f.symbol)
         signed = f.signed
+        if b is None:  # an option combo: premium moves cash like a stock trade
+            out.append(-f.commission - signed * f.price * f.multiplier)
+            continue
         if f.symbol not in open_price:
             open_price[f.symbol] = (signed, f.price)
             out.append(-f.commission - (0.0 if b.margined else signed * f.price * f.multiplier))
@@ -402,7 +431,7 @@ def write_journal(result: Result, journal: Journal) -> None:
             it = rec.intent
             journal.order(run_id, it.tag, iso(rec.time), it.symbol, it.action, it.quantity or 0.0, it.order_type,
                           limit_price=it.limit, stop_price=it.stop, tif=it.tif, rule=it.rule, intent=it.intent,
-                          status=rec.status, reason=rec.reason or it.reason)
+                          legs=rec.legs, status=rec.status, reason=rec.reason or it.reason)
             if rec.status_time:
                 journal.order_status(it.tag, rec.status, iso(rec.status_time), rec.reason)
     journal.many("decisions", ("run_id", "ts", "symbol", "rule", "kind", "outcome", "reason"),
@@ -413,10 +442,11 @@ def write_journal(result: Result, journal: Journal) -> None:
                    f.commission) for f in result.ledger.fills))
     journal.many("trades", ("run_id", "symbol", "side", "quantity", "multiplier", "entry_ts", "entry_price",
                             "exit_ts", "exit_price", "pnl", "return_pct", "bars_held", "mae", "mfe", "commission",
-                            "entry_rule", "exit_rule", "exit_reason"),
+                            "entry_rule", "exit_rule", "exit_reason", "legs"),
                  ((run_id, t.symbol, t.side, t.quantity, t.multiplier, iso(t.entry_time), t.entry_price,
                    iso(t.exit_time), t.exit_price, t.pnl, t.return_pct, t.bars_held, t.mae, t.mfe, t.commission,
-                   t.entry_rule, t.exit_rule, t.exit_reason) for t in result.ledger.trades))
+                   t.entry_rule, t.exit_rule, t.exit_reason, json.dumps(t.legs, default=str) if t.legs else None)
+                  for t in result.ledger.trades))
     idx = _thin_indices(result.equity, 10_000)
     journal.many("equity", ("run_id", "ts", "cash", "equity"),
                  ((run_id, iso(int(result.labels[i])), float(result.cash[i]), float(result.equity[i])) for i in idx))

@@ -12,6 +12,7 @@ decision code below is the same whatever the clock.
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
 import math
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ..plan import nodes as N
 from ..plan.evaluate import value_at
 from ..portfolio.ledger import Fill, Ledger, Position, Trade
 from ..risk.limits import AccountState, RiskLimits, cap_quantity, check_entry
+from .options import ChainView, ComboPosition, OptionsDesk, settlement_value
 from .signals import ExitEvent, SymbolSignals
 
 # event phases at one instant: decisions at a close, then fills at an open, then intra-bar stops
@@ -48,6 +50,7 @@ class OrderRecord:
     status: str = "created"
     status_time: int = 0
     reason: str = ""
+    legs: list | None = None
 
 
 @dataclass
@@ -58,13 +61,18 @@ class RunSettings:
     limits: RiskLimits = field(default_factory=RiskLimits)
     run_id: str = "run"
     strategy: str = ""
+    timezone: str = "America/New_York"
+    dry_run: bool = False          # record intents instead of sending them: nothing fills
+    fill_fraction: float = 0.5     # combo limits: how far from natural towards mid the market meets them
 
 
 class Runner:
     """Runs a plan over the symbols' bars with a broker, keeping the ledger and the records."""
 
     def __init__(self, plan: N.Plan, signals: dict[str, SymbolSignals], broker: SimBroker, settings: RunSettings,
-                 progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, *, desk: OptionsDesk | None = None,
+                 chains: Callable[[str, int], ChainView | None] | None = None,
+                 on_intent: Callable[[dict], None] | None = None):
         self.plan = plan
         self.signals = signals
         self.bars: dict[str, SymbolBars] = {s: sig.bars for s, sig in signals.items()}
@@ -82,6 +90,14 @@ class Runner:
         self._losses = 0
         self._paused_until = -math.inf
         self._pending: set[str] = set()   # symbols with an entry order working
+        self.desk = desk
+        self.chains = chains
+        self.on_intent = on_intent
+        self.combos: dict[str, ComboPosition] = {}   # open combos by ledger key
+        self.closed_combos: list[ComboPosition] = []
+        self.combo_symbol: dict[str, str] = {}       # ledger key -> underlying symbol
+        self._options_rules = {r.name: r for r in plan.rules
+                               if r.kind == "entry" and "legs" in (settings.orders.get(r.order) or {})}
 
     # ---- scheduling ----------------------------------------------------------------------------
     def run(self) -> Ledger:
@@ -108,12 +124,24 @@ class Runner:
         """Entry rules that read what a bar backtest cannot know are journaled as blocked, once."""
         for symbol, sig in sorted(self.signals.items()):
             for rule in sig.context_entries:
+                if self._options_symbol_ok(symbol) and rule.name in self._options_rules:
+                    continue
                 needs = sorted({n.attrs[0] for n in _context_nodes(self.plan, rule)})
                 self._decide(symbol, rule.name, "entry", "blocked",
                              f"needs {', '.join(needs) or 'run context'}, which this backtest does not simulate "
                              "(option chains and scanner results come with the options and scanner engines)")
 
+    def _options_symbol_ok(self, symbol: str) -> bool:
+        """Does this symbol trade options combos through the desk (every entry rule a combo)?"""
+        if self.desk is None or self.chains is None:
+            return False
+        entries = [r for r in self.plan.rules if r.kind == "entry"]
+        return bool(entries) and all(r.name in self._options_rules for r in entries)
+
     def _symbol(self, symbol: str):
+        if self._options_symbol_ok(symbol):
+            yield from self._options_symbol(symbol)
+            return
         sig = self.signals[symbol]
         bars = sig.bars
         i = sig.start
@@ -162,9 +190,13 @@ class Runner:
 
     # ---- account -------------------------------------------------------------------------------
     def marks(self, at: int) -> dict[str, float]:
-        """The last known price of every open position at time `at` (ns)."""
+        """The last known price of every open position at time `at` (ns); combos at their last mid."""
         out = {}
         for symbol in self.ledger.positions:
+            if symbol in self.combos:
+                combo = self.combos[symbol]
+                out[symbol] = combo.last_credit if combo.last_credit is not None else combo.entry_credit
+                continue
             b = self.bars[symbol]
             k = int(np.searchsorted(b.end, at, side="right")) - 1
             out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
@@ -202,6 +234,9 @@ class Runner:
         marks = self.marks(self._now if at is None else at)
         used = 0.0
         for symbol, pos in self.ledger.positions.items():
+            if symbol in self.combos:
+                used += abs(pos.quantity) * pos.margin_per_unit
+                continue
             used += self.margin_required(self.bars[symbol], pos.quantity, marks[symbol], pos.quantity < 0)
         return self.ledger.equity(marks) - used
 
@@ -384,6 +419,219 @@ class Runner:
                 if quantity is not None and record.intent.quantity is None:
                     record.intent = OrderIntent(**{**record.intent.__dict__, "quantity": quantity})
                 return
+
+
+    # ---- options ------------------------------------------------------------------------------
+    def _local(self, ns: int):
+        import pandas as pd
+
+        return pd.Timestamp(ns, tz="UTC").tz_convert(self.settings.timezone).to_pydatetime()
+
+    def _options_symbol(self, symbol: str):
+        """One underlying traded with option combos: entries evaluated on the chain bar by bar
+        (where their bar-only conditions allow), then the open combo managed bar by bar."""
+        from ..orders.combos import run_chase
+
+        sig = self.signals[symbol]
+        bars = sig.bars
+        n = len(bars)
+        rules = [r for r in self.plan.rules if r.kind == "entry"]
+        possible = np.zeros(n, dtype=bool)
+        for rule in rules:
+            possible |= market_prefilter(self.plan, rule.when, sig.values, n)
+        if sig.entry_mask is not None:
+            possible &= sig.entry_mask
+        possible[: sig.start] = False
+        candidates = np.flatnonzero(possible).tolist()
+        k_cand = 0
+        i = sig.start
+        while True:
+            while k_cand < len(candidates) and candidates[k_cand] < i:
+                k_cand += 1
+            if k_cand >= len(candidates):
+                return
+            b = candidates[k_cand]
+            yield int(bars.end[b]), CLOSE
+            now = self._local(int(bars.end[b]))
+            chain = self.chains(symbol, b)
+            fired = None
+            for rule in rules:
+                if chain is None:
+                    self._decide(symbol, rule.name, "entry", "blocked", f"no option chain at {now:%Y-%m-%d %H:%M}")
+                    break
+                quote = self.desk.build(rule.order, symbol, b, now, sig.values, chain)
+                if isinstance(quote, str):
+                    self._decide(symbol, rule.name, "entry", "blocked", quote)
+                    continue
+                if quote.missing:
+                    self._decide(symbol, rule.name, "entry", "blocked", quote.missing)
+                    continue
+                ctx = self.desk.context(quote, now)
+                if value_at(self.plan, rule.when, b, sig.values, ctx):
+                    fired = (rule, quote, ctx)
+                    break
+            i = b + 1
+            if fired is None:
+                continue
+            rule, quote, ctx = fired
+            position = self._open_combo(symbol, rule, quote, ctx, b, now, run_chase)
+            if position is None:
+                continue
+            i = yield from self._manage_combo(symbol, position, sig, run_chase)
+
+    def _open_combo(self, symbol, rule, quote, ctx, b, now, run_chase):
+        bars = self.bars[symbol]
+        template = self.settings.orders[rule.order]
+        qty = template.get("quantity", 1)
+        qty = int(qty) if isinstance(qty, (int, float)) and not isinstance(qty, bool) else 1
+        reason = check_entry(self.settings.limits, self.account_state(symbol))
+        limits = self.settings.limits
+        if reason is None and limits.max_margin_per_trade is not None and quote.margin * qty > limits.max_margin_per_trade:
+            reason = (f"margin {quote.margin * qty:,.2f} above max_margin_per_trade "
+                      f"{limits.max_margin_per_trade:,.2f}")
+        contracts = qty * sum(leg.ratio for leg in quote.legs)
+        fee = self.broker.commission(contracts, abs(quote.credit), quote.multiplier, True)
+        if reason is None and quote.margin * qty + fee > self.available_funds() + 1e-6:
+            reason = f"insufficient available funds for margin {quote.margin * qty:,.2f}"
+        if reason:
+            self._decide(symbol, rule.name, "entry", "blocked", reason)
+            return None
+        chase = self.desk.chase(rule.order, b, self.signals[symbol].values, ctx)
+        tick = self.desk.setups[symbol].tick
+        prices = chase.prices(quote, tick)
+        opening_credit = quote.credit >= 0
+        intent = OrderIntent(symbol, "sell" if opening_credit else "buy", "limit", float(qty), None,
+                             prices[0] if prices else None, None, template.get("tif", "day"), "open", rule.name,
+                             self._tag(), rule.reason, legs=())
+        self._decide(symbol, rule.name, "entry", "fired", rule.reason)
+        record = OrderRecord(intent, self._now)
+        record.legs = [leg.to_json() for leg in quote.legs]
+        self.orders.append(record)
+        info = {"time": now, "symbol": symbol, "rule": rule.name, "order": rule.order, "intent": intent,
+                "quote": quote, "chase": chase, "prices": prices, "quantity": qty}
+        if self.on_intent is not None:
+            self.on_intent(info)
+        if self.settings.dry_run:
+            self._status(intent, "dry-run", self._now, "not sent: dry run")
+            return None
+        result = run_chase(chase, quote, self.settings.fill_fraction, tick)
+        if not result.filled:
+            self._status(intent, "cancelled", self._now + int(result.seconds * 1e9), result.reason)
+            self._decide(symbol, rule.name, "entry", "blocked", result.reason)
+            return None
+        self._status(intent, "filled", self._now + int(result.seconds * 1e9), result.reason, float(qty))
+        key = f"{symbol} {rule.order}"
+        credit = result.price if opening_credit else -result.price
+        fill = Fill(key, intent.action, float(qty), result.price if opening_credit else result.price, fee,
+                    self._now + int(result.seconds * 1e9), b, intent.tag, quote.multiplier, rule.name,
+                    result.reason)
+        pos = self.ledger.open(fill, margin_per_unit=quote.margin)
+        pos.entry_values.update({"credit": credit * quote.multiplier * qty})
+        expiry = dt.date.fromisoformat(quote.legs[0].expiry)
+        combo = ComboPosition(key, rule.order, rule.name, quote.legs, qty, credit, b, fill.time, expiry,
+                              quote.underlying, quote.multiplier)
+        combo.marks[b] = -quote.credit * quote.multiplier * qty
+        combo.last_credit = quote.credit if opening_credit else -quote.credit
+        self.combos[key] = combo
+        self.combo_symbol[key] = symbol
+        return combo
+
+    def _manage_combo(self, symbol: str, combo: ComboPosition, sig: SymbolSignals, run_chase):
+        bars = sig.bars
+        n = len(bars)
+        exits = [r for r in self.plan.rules if r.kind == "exit"]
+        setup = self.desk.setups[symbol]
+        k = combo.entry_bar + 1
+        while k < n:
+            yield int(bars.end[k]), CLOSE
+            now = self._local(int(bars.end[k]))
+            chain = self.chains(symbol, k)
+            quote = self.desk.requote(combo.legs, chain, combo.multiplier) if chain is not None else "no chain"
+            if not isinstance(quote, str) and not quote.missing:
+                combo.last_credit = quote.credit
+                combo.marks[k] = -quote.credit * combo.multiplier * combo.quantity
+            elif combo.last_credit is not None:
+                combo.marks[k] = -combo.last_credit * combo.multiplier * combo.quantity
+            # cash settlement at the expiry's close (PM-settled) or from the day's open (AM-settled)
+            last_of_day = k + 1 >= n or int(bars.session[k + 1]) != int(bars.session[k])
+            if now.date() >= combo.expiry and (last_of_day or now.date() > combo.expiry):
+                price = float(bars.open[k] if setup.settlement_time == "am" else bars.close[k])
+                debit = settlement_value(combo, price)
+                self._close_combo(symbol, combo, k, debit, "expiry settlement",
+                                  f"cash-settled at {price:.2f} on {combo.expiry}", quote, now, fee=False)
+                return k + 1
+            credit_now = combo.last_credit if combo.last_credit is not None else combo.entry_credit
+            ctx = {"position.pnl": combo.pnl(credit_now), "position.entry_credit": combo.entry_credit_total,
+                   "position.pnl_pct": 100.0 * combo.pnl(credit_now) / abs(combo.entry_credit_total)
+                   if combo.entry_credit_total else 0.0,
+                   "position.bars_held": float(k - combo.entry_bar), "position.side": -1.0 if combo.entry_credit > 0
+                   else 1.0, "position.size": float(combo.quantity), "position.entry_price": combo.entry_credit,
+                   "position.dte": float((combo.expiry - now.date()).days),
+                   "position.time_held": (int(bars.end[k]) - combo.entry_time) / 1e9,
+                   "position.entry_bar": combo.entry_bar, "position.max_pnl": math.nan, "position.min_pnl": math.nan,
+                   "position.highest": math.nan, "position.lowest": math.nan}
+            fired = None
+            for rule in exits:
+                if rule.when is not None and value_at(self.plan, rule.when, k, sig.values, ctx):
+                    fired = rule
+                    break
+            if fired is None and sig.flat_mask is not None and sig.flat_mask[k]:
+                fired = sig.flat_rule
+            if fired is not None:
+                if isinstance(quote, str) or quote.missing:
+                    why = quote if isinstance(quote, str) else quote.missing
+                    self._decide(symbol, fired.name, "exit", "blocked", f"cannot price the close: {why}")
+                else:
+                    self._decide(symbol, fired.name, "exit", "fired", fired.reason)
+                    chase = self.desk.chase(combo.order, k, sig.values, {})
+                    result = run_chase(chase, quote, self.settings.fill_fraction, setup.tick, opening=False)
+                    debit = result.price if result.filled else quote.closing_natural
+                    how = result.reason if result.filled else result.reason + "; closed at the natural price"
+                    self._close_combo(symbol, combo, k, debit, fired.name, how, quote, now)
+                    return k + 1
+            k += 1
+        return n
+
+    def _close_combo(self, symbol, combo, k, debit, rule_name, how, quote, now, fee=True):
+        bars = self.bars[symbol]
+        action = "buy" if combo.entry_credit > 0 else "sell"
+        contracts = combo.quantity * sum(leg.ratio for leg in combo.legs)
+        commission = self.broker.commission(contracts, abs(debit), combo.multiplier, True) if fee else 0.0
+        intent = OrderIntent(symbol, action, "limit", float(combo.quantity), None, abs(debit), None, "day", "close",
+                             rule_name, self._tag(), how)
+        self.orders.append(OrderRecord(intent, self._now))
+        self._status(intent, "filled", self._now, how, float(combo.quantity))
+        price = debit if combo.entry_credit > 0 else -debit
+        fill = Fill(combo.key, action, float(combo.quantity), price, commission, int(bars.end[k]), k, intent.tag,
+                    combo.multiplier, rule_name, how)
+        trade = self.ledger.close(fill, how)
+        exit_legs = [leg.to_json() for leg in quote.legs] if not isinstance(quote, str) else []
+        legs = {"legs": [leg.to_json() for leg in combo.legs], "credit": combo.entry_credit, "debit": debit,
+                "expiry": combo.expiry.isoformat(), "underlying_entry": combo.underlying_entry,
+                "underlying_exit": float(bars.close[k]), "exit_legs": exit_legs, "order": combo.order}
+        import dataclasses
+
+        trade = dataclasses.replace(trade, legs=legs, mae=None, mfe=None)
+        self.ledger.trades[-1] = trade
+        combo.marks[k] = 0.0
+        del self.combos[combo.key]
+        self.closed_combos.append(combo)
+        if trade.pnl < 0:
+            self._losses += 1
+        else:
+            self._losses = 0
+
+
+def market_prefilter(plan: N.Plan, node_id: int, values: list, n: int) -> np.ndarray:
+    """Bars where a condition can possibly hold, from its market-only conjuncts: for
+    `vix < 25 and credit >= 0.2` only the bars where vix < 25. Everything else stays possible."""
+    node = plan.nodes[node_id]
+    if node.market:
+        v = values[node_id]
+        return np.asarray(v, dtype=bool).copy() if np.ndim(v) else np.full(n, bool(v))
+    if node.op == N.LOGIC and node.attrs[0] == "and":
+        return market_prefilter(plan, node.args[0], values, n) & market_prefilter(plan, node.args[1], values, n)
+    return np.ones(n, dtype=bool)
 
 
 def _context_nodes(plan: N.Plan, rule: N.Rule) -> list[N.Node]:

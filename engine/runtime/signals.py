@@ -44,6 +44,8 @@ class SymbolSignals:
         n = len(bars)
         self.n = n
         self.start = start
+        self.entry_mask = entry_mask
+        self.flat_mask = flat_mask
         entries = [r for r in plan.rules if r.kind == "entry"]
         self.exits = [r for r in plan.rules if r.kind == "exit"]
         self.entry_rules: list[tuple[N.Rule, np.ndarray | None, np.ndarray | None]] = []

@@ -1,0 +1,214 @@
+"""Options in the Runner: build a combo from a chain at a bar, decide on it, chase it, manage it.
+
+An options strategy is evaluated bar by bar inside its entry window (its rules read `credit`,
+`margin`, the legs' deltas: facts of the chain at that moment). The desk resolves the expiry
+rule on the underlying's exchange calendar, picks each leg's strike (by delta, premium or an
+offset from another leg), prices the combo from the legs' quotes, and the Runner then applies
+the rule, the risk limits and the chase. Open combos are marked at mid every bar; exit rules see
+`position.pnl`, `position.entry_credit`, `position.dte`; index options are cash-settled at
+expiry from the underlying's settlement price.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..market.expiry import NoExpiry, parse_rule, resolve
+from ..orders.combos import Chase, ComboQuote, LegQuote, NoStrike, Side, leg_quote, pick_by_delta, \
+    pick_by_premium, pick_strike
+from ..plan import nodes as N
+from ..plan.evaluate import MissingInput, value_at
+
+
+class ChainView(Protocol):
+    """One underlying's option quotes at one moment."""
+
+    underlying: float
+
+    def expiries(self) -> list[dt.date]: ...
+
+    def side(self, expiry: dt.date, right: str) -> Side: ...
+
+
+@dataclass(frozen=True)
+class OptionSetup:
+    """An underlying's option facts from the instruments map."""
+
+    multiplier: float = 100.0
+    tick: float = 0.01
+    settlement: str = "cash"         # cash | physical
+    settlement_time: str = "pm"      # am | pm
+    cycle: str = "daily"
+    calendar: str = "CBOE_Index_Options"
+    listed: bool = False             # expiries must come from the chain (real snapshots)
+
+
+@dataclass
+class ComboPosition:
+    key: str
+    order: str
+    rule: str
+    legs: tuple[LegQuote, ...]
+    quantity: int
+    entry_credit: float               # per unit, price terms
+    entry_bar: int
+    entry_time: int
+    expiry: dt.date
+    underlying_entry: float
+    multiplier: float
+    marks: dict[int, float] = field(default_factory=dict)   # bar -> value of the position (account currency)
+    last_credit: float | None = None  # last mid credit (what closing at mid would cost, negated)
+
+    @property
+    def entry_credit_total(self) -> float:
+        return self.entry_credit * self.multiplier * self.quantity
+
+    def pnl(self, credit_now: float) -> float:
+        """Open P&L at a mid credit `credit_now` (before commissions)."""
+        return (self.entry_credit - credit_now) * self.multiplier * self.quantity
+
+
+def _leg_order(legs: dict) -> list[str]:
+    """Legs picked by delta or premium first, then legs defined by offsets from them."""
+    fixed = [name for name, spec in legs.items() if isinstance(spec.get("strike"), dict)]
+    rest = [name for name in legs if name not in fixed]
+    return fixed + rest
+
+
+class OptionsDesk:
+    """Builds and re-prices combos for one strategy."""
+
+    def __init__(self, plan: N.Plan, orders: dict, setups: dict[str, OptionSetup], timezone: str):
+        self.plan = plan
+        self.orders = orders
+        self.setups = setups
+        self.timezone = timezone
+
+    def output(self, name: str) -> int | None:
+        return self.plan.outputs.get(name)
+
+    def _value(self, name: str, bar: int, values: list, ctx: dict) -> float | None:
+        node = self.output(name)
+        if node is None:
+            return None
+        value = value_at(self.plan, node, bar, values, ctx)
+        return float(value) if value is not None else None
+
+    def expiry(self, order: str, symbol: str, now: dt.datetime, chain: ChainView) -> dt.date:
+        setup = self.setups[symbol]
+        spec = self.orders[order]
+        listed = chain.expiries() if setup.listed else None
+        return resolve(parse_rule(spec.get("expiry", "0dte")), now, setup.calendar, listed=listed, cycle=setup.cycle)
+
+    def build(self, order: str, symbol: str, bar: int, now: dt.datetime, values: list,
+              chain: ChainView) -> ComboQuote | str:
+        """The combo the order template means at this bar, or the reason it cannot be built."""
+        spec = self.orders[order]
+        setup = self.setups[symbol]
+        try:
+            expiry = self.expiry(order, symbol, now, chain)
+        except NoExpiry as exc:
+            return str(exc)
+        if expiry not in set(chain.expiries()):
+            return f"expiry {expiry} is not in the chain at {now:%Y-%m-%d %H:%M}"
+        legs: dict[str, LegQuote] = {}
+        ctx: dict[str, Any] = {}
+        for name in _leg_order(spec.get("legs") or {}):
+            leg = spec["legs"][name]
+            side = chain.side(expiry, leg["right"])
+            strike = leg.get("strike")
+            base = f"orders.{order}.legs.{name}"
+            try:
+                if isinstance(strike, dict) and "delta" in strike:
+                    target = self._value(f"{base}.delta", bar, values, ctx)
+                    lo = self._value(f"{base}.min", bar, values, ctx)
+                    hi = self._value(f"{base}.max", bar, values, ctx)
+                    index = pick_by_delta(side, target, lo, hi)
+                elif isinstance(strike, dict) and "premium" in strike:
+                    index = pick_by_premium(side, self._value(f"{base}.premium", bar, values, ctx))
+                else:
+                    price = self._value(f"{base}.strike", bar, values, ctx)
+                    if price is None or not math.isfinite(price):
+                        return f"leg {name}: the strike expression has no value"
+                    index = pick_strike(side, price)
+            except NoStrike as exc:
+                return f"leg {name}: {exc}"
+            except MissingInput as exc:
+                return f"leg {name}: {exc}"
+            quote = leg_quote(name, side, index, leg["action"], int(leg.get("ratio", 1)), expiry.isoformat())
+            legs[name] = quote
+            for key in ("strike", "bid", "ask", "delta", "iv", "gamma", "theta", "vega"):
+                ctx[f"{name}.{key}"] = getattr(quote, key)
+            ctx[f"{name}.mid"] = quote.mid
+            ctx[f"{name}.dte"] = float((expiry - now.date()).days)
+            ctx[f"{name}.right"] = quote.right
+        order_legs = tuple(legs[name] for name in (spec.get("legs") or {}))
+        return ComboQuote(order_legs, setup.multiplier, chain.underlying)
+
+    def requote(self, legs: tuple[LegQuote, ...], chain: ChainView, multiplier: float) -> ComboQuote | str:
+        """The same contracts' quotes in a later chain."""
+        out = []
+        for leg in legs:
+            expiry = dt.date.fromisoformat(leg.expiry)
+            if expiry not in set(chain.expiries()):
+                return f"{leg.expiry} is no longer in the chain"
+            side = chain.side(expiry, leg.right)
+            hits = np.flatnonzero(np.isclose(side.strike, leg.strike, rtol=0, atol=1e-9))
+            if not len(hits):
+                return f"strike {leg.strike:g} {leg.right} is no longer quoted"
+            out.append(leg_quote(leg.name, side, int(hits[0]), leg.action, leg.ratio, leg.expiry))
+        return ComboQuote(tuple(out), multiplier, chain.underlying)
+
+    @staticmethod
+    def context(quote: ComboQuote, now: dt.datetime) -> dict[str, Any]:
+        """What an entry rule may read about the combo: credit, margin, legs' quotes and greeks."""
+        ctx: dict[str, Any] = {
+            "credit": quote.credit, "debit": -quote.credit, "max_loss": quote.max_loss,
+            "max_profit": quote.max_profit, "margin": quote.margin, "underlying_price": quote.underlying,
+        }
+        for leg in quote.legs:
+            for key in ("strike", "bid", "ask", "delta", "iv", "gamma", "theta", "vega"):
+                ctx[f"{leg.name}.{key}"] = getattr(leg, key)
+            ctx[f"{leg.name}.mid"] = leg.mid
+            ctx[f"{leg.name}.right"] = leg.right
+            ctx[f"{leg.name}.dte"] = float((dt.date.fromisoformat(leg.expiry) - now.date()).days)
+        return ctx
+
+    def chase(self, order: str, bar: int, values: list, ctx: dict) -> Chase | None:
+        """The order's chase, or None for a plain limit at mid (price: mid) / market."""
+        price = self.orders[order].get("price", "mid")
+        if isinstance(price, dict) and isinstance(price.get("chase"), dict):
+            c = price["chase"]
+            floor = self._value(f"orders.{order}.floor", bar, values, ctx) if "floor" in c else None
+            start = c.get("start", "mid")
+            return Chase(start=start, step=float(c.get("step", 0.01)), steps=int(c.get("steps", 4)),
+                         every=_seconds(c.get("every", "15s")), floor=floor)
+        if price == "market":
+            return Chase(start="natural", step=0.0, steps=1, every=0.0)
+        if isinstance(price, dict) and "limit" in price:
+            limit = self._value(f"orders.{order}.limit", bar, values, ctx)
+            return Chase(start=limit, step=0.0, steps=1, every=0.0)
+        return Chase(start="mid", step=0.0, steps=1, every=0.0)
+
+
+def settlement_value(position: ComboPosition, price: float) -> float:
+    """What the combo is worth to close at expiry, as a debit per unit: its intrinsic value."""
+    debit = 0.0
+    for leg in position.legs:
+        intrinsic = max(price - leg.strike, 0.0) if leg.right == "call" else max(leg.strike - price, 0.0)
+        debit += leg.sign * leg.ratio * intrinsic
+    return debit
+
+
+def _seconds(text) -> float:
+    text = str(text)
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * units[unit]
+    return float(text)

@@ -329,6 +329,97 @@ def report(journal_path, out_path, run_id, symbol):
     _safe_echo(f"report: {out_path}")
 
 
+def _describe_intent(info: dict) -> str:
+    """A would-be order as a trader reads it: one line for the order, then its details."""
+    intent = info["intent"]
+    daily = (info["time"] - info["bar"]).total_seconds() >= 86_400 - 1
+    when = f"{info['bar']:%Y-%m-%d} close" if daily else f"{info['time']:%Y-%m-%d %H:%M}"
+    quote = info.get("quote")
+    if quote is None:
+        return f"{when}  {intent.describe()}\n    why: rule '{info['rule']}' fired"
+    qty = info["quantity"]
+    legs = ", ".join(f"{leg.action.upper()} {leg.ratio} {leg.right.upper()} {leg.strike:g} {leg.expiry}"
+                     for leg in quote.legs)
+    kind = "credit" if quote.credit >= 0 else "debit"
+    prices = info["prices"]
+    chase = info["chase"]
+    plan = (f"limit {prices[0]:.2f}, then {', '.join(f'{p:.2f}' for p in prices[1:])} every {chase.every:g}s"
+            if len(prices) > 1 else f"limit {prices[0]:.2f}" if prices else "no price above the floor")
+    if chase.floor is not None:
+        plan += f", floor {chase.floor:.2f}; cancel and confirm on timeout"
+    margin = quote.margin * qty
+    loss = quote.max_loss * qty
+    return (f"{when}  {intent.action.upper()} {qty} {info['symbol']} {info['order']} combo [{info['rule']}] {intent.tag}\n"
+            f"    legs: {legs}\n"
+            f"    price: {plan}\n"
+            f"    {kind} {abs(quote.credit):.2f} at mid (natural {quote.natural:.2f}), max loss "
+            f"{'unlimited' if loss == float('inf') else f'{loss:,.2f}'}, margin {margin:,.2f}, underlying {quote.underlying:.2f}\n"
+            f"    why: rule '{info['rule']}' fired")
+
+
+@main.command()
+@click.argument("strategy", type=click.Path())
+@click.option("--dry-run", is_flag=True, help="Print the orders it would send; send nothing.")
+@click.option("--live", is_flag=True, help="Trade a live account (needs --broker ib). Nothing reaches a live "
+              "account without this flag.")
+@click.option("--broker", type=click.Choice(["sim", "ib"]), default="sim", show_default=True,
+              help="sim: the simulator, fed with the strategy's data; ib: Interactive Brokers through ib_async.")
+@click.option("--data", "data", type=click.Path(), help="Bars for the simulator (default: data.source).")
+@click.option("--days", type=click.IntRange(1, 3650), default=5, show_default=True,
+              help="With --broker sim: replay the last N trading days of the data.")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a param. Repeatable.")
+@click.option("--journal", "journal_path", default="qtrade-journal.sqlite", show_default=True, type=click.Path())
+def run(strategy, dry_run, live, broker, data, days, sets, journal_path):
+    """Run STRATEGY: against the simulator (replaying the last days of its data) or IB.
+
+    With --dry-run every order it would send is printed (legs, limit and chase plan, credit,
+    max loss, margin, and the rule that fired) and journaled as not sent.
+    """
+    from engine.diagnostics import DiagnosticError
+    from engine.runtime import backtest as bt
+    from engine.runtime.journal import Journal, JournalError
+
+    if live and broker != "ib":
+        raise click.UsageError("--live trades a real account and needs --broker ib")
+    if live and dry_run:
+        raise click.UsageError("--live and --dry-run contradict each other: choose one")
+    if broker == "ib":
+        _safe_echo("qtrade: the Interactive Brokers broker (ib_async) is not part of this version yet; "
+                   "use --broker sim (add --dry-run to print the orders without simulating fills)", err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        prep = bt.prepare(strategy, _parse_sets(sets), data)
+        prep = bt.last_days(prep, days)
+    except DiagnosticError as exc:
+        _report_problems(exc)
+    printed = []
+
+    def show(info: dict) -> None:
+        printed.append(info)
+        _safe_echo(_describe_intent(info))
+
+    mode = "dry-run" if dry_run else "paper (simulator)"
+    _safe_echo(f"{prep.plan.name}: {mode} over {prep.start:%Y-%m-%d} to the end of the data, "
+               f"{', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''}\n")
+    result = bt.run(prep, dry_run=dry_run, on_intent=show)
+    try:
+        with Journal(journal_path) as journal:
+            bt.write_journal(result, journal, mode="dry-run" if dry_run else "paper")
+            journal.finish_run(result.run_id, "finished", {})
+    except JournalError as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    blocked = [d for d in result.runner.decisions if d.outcome == "blocked"]
+    _safe_echo(f"\n{len(printed)} order{'s' * (len(printed) != 1)} "
+               f"{'would have been sent' if dry_run else 'sent to the simulator'}; "
+               f"{len(blocked)} entr{'ies' if len(blocked) != 1 else 'y'} blocked")
+    for d in blocked[-5:]:
+        _safe_echo(f"  blocked {d.rule!r} on {d.symbol}: {d.reason}")
+    if not dry_run:
+        _safe_echo(f"{len(result.ledger.trades)} round trips, equity {result.final_equity:,.2f}")
+    _safe_echo(f"journal: {journal_path} (run {result.run_id})")
+
+
 @main.command()
 @click.argument("strategy", type=click.Path())
 @click.option("--from", "start", metavar="YYYY-MM-DD", help="First day (default: today).")

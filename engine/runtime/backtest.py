@@ -212,6 +212,18 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                     dict(overrides or {}))
 
 
+def last_days(prep: Prepared, days: int) -> Prepared:
+    """The same run limited to the last `days` trading days of the data (earlier bars stay
+    loaded as warm-up)."""
+    dates = sorted({d for frame in (prep.frames[s] for s in prep.symbols if s in prep.frames)
+                    for d in frame.index.tz_convert(prep.timezone).normalize()})
+    if not dates:
+        return prep
+    first = dates[-min(days, len(dates))]
+    prep.start = first
+    return prep
+
+
 def _ns(index: pd.DatetimeIndex) -> np.ndarray:
     return index.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
 
@@ -261,7 +273,8 @@ def _schedule_masks(prep: Prepared, bars: Bars) -> tuple[np.ndarray | None, np.n
     return entry, flat
 
 
-def run(prep: Prepared, progress: Callable[[float], None] | None = None, run_id: str | None = None) -> Result:
+def run(prep: Prepared, progress: Callable[[float], None] | None = None, run_id: str | None = None, *,
+        dry_run: bool = False, on_intent: Callable[[dict], None] | None = None) -> Result:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     signals: dict[str, SymbolSignals] = {}
@@ -287,15 +300,22 @@ def run(prep: Prepared, progress: Callable[[float], None] | None = None, run_id:
     timings["evaluate"] = time.perf_counter() - t0
     s = prep.settings
     run_id = run_id or new_run_id()
+    option_sim = s.get("options") or {}
     settings = RunSettings(cash=float(s.get("cash", 100_000)), account=s.get("account", "margin"),
                            orders=prep.doc.get(("orders",)) or {}, limits=_risk(prep.doc), run_id=run_id,
-                           strategy=prep.plan.name)
+                           strategy=prep.plan.name, timezone=prep.timezone, dry_run=dry_run,
+                           fill_fraction=float(option_sim.get("fill_fraction", 0.5)))
     broker = SimBroker(Commission.from_spec(s.get("commission")), Slippage.from_spec(s.get("slippage")),
                        s.get("fill", "next_open"))
     t1 = time.perf_counter()
     span = _span(symbol_bars)
     report = (lambda t: progress((t - span[0]) / max(span[1] - span[0], 1))) if progress and span else None
-    runner = Runner(prep.plan, signals, broker, settings, report)
+    desk = chains = None
+    if any("legs" in (spec or {}) for spec in settings.orders.values()):
+        from .chainsource import option_desk
+
+        desk, chains = option_desk(prep, signals)
+    runner = Runner(prep.plan, signals, broker, settings, report, desk=desk, chains=chains, on_intent=on_intent)
     ledger = runner.run()
     timings["run"] = time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -414,12 +434,12 @@ def _cash_deltas(ledger: Ledger, bars: dict[str, SymbolBars]) -> list[float]:
     return out
 
 
-def write_journal(result: Result, journal: Journal) -> None:
+def write_journal(result: Result, journal: Journal, mode: str = "backtest") -> None:
     """Everything about the run, in the shared journal."""
     prep = result.prepared
     run_id = result.run_id
     iso = _iso
-    journal.start_run("backtest", prep.plan.name, strategy_path=str(prep.path),
+    journal.start_run(mode, prep.plan.name, strategy_path=str(prep.path),
                       strategy_text=prep.doc.text, params=prep.plan.params,
                       settings={**prep.settings, "data": str(prep.data_path), "timezone": prep.timezone,
                                 "overrides": prep.overrides},

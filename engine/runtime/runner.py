@@ -270,6 +270,13 @@ class Runner:
             return None
         self._decide(symbol, rule.name, "entry", "fired", rule.reason)
         self.orders.append(OrderRecord(intent, self._now))
+        if self.on_intent is not None:
+            self.on_intent({"time": self._local(self._now), "bar": self._local(int(sig.bars.start[bar])),
+                            "symbol": symbol, "rule": rule.name, "order": rule.order, "intent": intent,
+                            "quote": None})
+        if self.settings.dry_run:
+            self._status(intent, "dry-run", self._now, "not sent: dry run")
+            return None
         return intent
 
     def _value(self, symbol: str, output: str, bar: int):
@@ -507,7 +514,8 @@ class Runner:
         record = OrderRecord(intent, self._now)
         record.legs = [leg.to_json() for leg in quote.legs]
         self.orders.append(record)
-        info = {"time": now, "symbol": symbol, "rule": rule.name, "order": rule.order, "intent": intent,
+        info = {"time": now, "bar": self._local(int(bars.start[b])), "symbol": symbol, "rule": rule.name,
+                "order": rule.order, "intent": intent,
                 "quote": quote, "chase": chase, "prices": prices, "quantity": qty}
         if self.on_intent is not None:
             self.on_intent(info)

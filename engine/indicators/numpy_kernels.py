@@ -113,7 +113,7 @@ def _hurst(a, n):
     size = (C // 2 + 2) * (n + 1)         # >= (nb+1)*(m+1) for every lag
     yb = np.empty(size)
     s1b, s2b = np.empty(C + 2 * n), np.empty(C + 2 * n)
-    wb = np.empty(C + n)
+    sb = np.empty(C)
     nl = len(_LAGS)
     logs = np.empty((nl, C))                  # 0.5*log(var_L), one row per lag
     flats = np.empty((nl, C), dtype=bool)
@@ -122,8 +122,11 @@ def _hurst(a, n):
         for t0 in range(0, K, C):
             k = min(C, K - t0)
             seg = ap[t0:]
-            W = wb[:k + n]                     # W[u] = x[u] + ... + x[u+L-1]
-            W[:] = seg[:k + n]
+            # S = sum of the window's m differences x[s]-x[s-L]; for L = 1 it is
+            # x[t] - x[t-n+1], and going from L-1 to L it gains x[t-L+1] - x[t-m]
+            # (telescoping), each increment one difference of nearby values
+            S = sb[:k]
+            np.subtract(seg[n - 1:n - 1 + k], seg[:k], out=S)
             for i, L in enumerate(_LAGS.tolist()):
                 m = n - L                      # differences inside an n-bar window
                 nb = -(-(k + m - 1) // m)
@@ -135,13 +138,10 @@ def _hurst(a, n):
                             out=d)
                 np.multiply(d, d, out=d)
                 _window_sums(Y, m, s2b[:nb * m].reshape(nb, m))
-                # the sum of the window's m differences telescopes (m >= L): the last
-                # L values minus the L values just before the window's first
-                # difference, two L-term sums (no long running total)
-                np.add(W, seg[L - 1:L - 1 + k + n], out=W)
                 s1, s2 = s1b[:k], s2b[:k]
-                np.subtract(W[m:m + k], W[:k], out=s1)
-                s1 /= m                        # mean
+                np.subtract(seg[m:m + k], seg[L - 1:L - 1 + k], out=s1)
+                S += s1
+                np.divide(S, m, out=s1)        # mean
                 s1 *= s1
                 s2 /= m                        # mean square
                 np.subtract(s2, s1, out=s1)    # population variance

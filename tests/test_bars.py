@@ -130,11 +130,13 @@ def test_long_table_and_symbol_filter(tmp_path):
 
 def test_directory_sample_found_by_symbol():
     frames = load_bars(SAMPLE)
-    assert sorted(frames) == ["AAPL", "INTC", "SPY", "VIX"]
+    assert sorted(frames) == ["AAPL", "INTC", "SPY", "VIX", "XSP"]
     counts = {s: len(df) for s, df in frames.items()}
-    assert counts == {"SPY": 2519, "AAPL": 3379, "INTC": 2335, "VIX": 3020}
+    assert counts == {"SPY": 2519, "AAPL": 3379, "INTC": 2335, "VIX": 3272, "XSP": 1563}
     assert frames["VIX"].index[0] == pd.Timestamp("2007-01-03", tz=NY)
-    assert frames["VIX"].index[-1] == pd.Timestamp("2018-12-31", tz=NY)
+    assert frames["VIX"].index[-1] == pd.Timestamp("2019-12-31", tz=NY)
+    assert frames["XSP"].index[0] == pd.Timestamp("2019-11-05 09:30", tz=NY)
+    assert frames["XSP"]["close"].iloc[0] == 308.049       # the S&P 500's 3080.49 / 10
     assert frames["VIX"]["volume"].isna().all()
     assert frames["SPY"]["close"].iloc[-1] == 266.859985
     subset = load_bars(SAMPLE, symbols=["VIX", "SPY"])

@@ -5,8 +5,8 @@ Pure functions over plain arrays of one expiry's quotes, so they are tested with
 - `pick_by_premium`: the strike whose mid is nearest the target;
 - `pick_strike`: the listed strike at a computed price (an offset from another leg);
 ties go to the strike further out of the money (the cheaper, safer side), so the choice is
-deterministic. A leg without a real two-sided quote (NaN, or a zero or crossed market) makes the
-combo unquotable: the entry is blocked with that reason, never priced from a guess.
+deterministic. A leg without a real quote (a NaN or missing bid or ask, a crossed market, or a
+zero bid on a leg we sell) makes the combo unquotable: the entry is blocked with that reason, never priced from a guess.
 """
 
 from __future__ import annotations
@@ -115,8 +115,18 @@ class LegQuote:
 
     @property
     def quoted(self) -> bool:
-        return (math.isfinite(self.bid) and math.isfinite(self.ask) and self.ask > 0 and self.bid >= 0
-                and self.ask >= self.bid)
+        """A real market for opening this leg (a NaN, crossed or one-sided quote is not)."""
+        return self.quoted_for(opening=True)
+
+    def quoted_for(self, opening: bool) -> bool:
+        if not (math.isfinite(self.bid) and math.isfinite(self.ask)):
+            return False
+        if self.ask <= 0 or self.bid < 0 or self.ask < self.bid:
+            return False
+        # opening a short needs a bid to sell into; closing a long may sell at a zero bid (a
+        # worthless wing), and buying needs only an ask
+        opening_a_short = self.action == "sell" and opening
+        return not opening_a_short or self.bid > 0
 
     @property
     def sign(self) -> int:
@@ -152,9 +162,13 @@ class ComboQuote:
 
     @property
     def missing(self) -> str | None:
-        """Why the combo cannot be priced (a leg without a real two-sided quote), or None."""
+        """Why the combo cannot be opened (a leg without a real quote), or None."""
+        return self.missing_for(opening=True)
+
+    def missing_for(self, opening: bool) -> str | None:
+        """Why the combo cannot be traded in that direction (a leg without a real quote), or None."""
         for leg in self.legs:
-            if not leg.quoted:
+            if not leg.quoted_for(opening):
                 return (f"leg {leg.name} ({leg.right} {leg.strike:g} {leg.expiry}) has no two-sided quote "
                         f"(bid {leg.bid}, ask {leg.ask})")
         return None

@@ -63,6 +63,7 @@ class Prepared:
     start: pd.Timestamp | None = None
     end: pd.Timestamp | None = None
     overrides: dict = field(default_factory=dict)
+    chains: dict | None = None     # option chain snapshots by quote date (data.chains)
 
 
 @dataclass
@@ -178,38 +179,64 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     symbols = _symbols(doc)
     if not symbols:
         raise _fail(doc, ("universe",), "no symbols to backtest", "list them under universe:")
-    if data is None:
-        source = doc.get(("data", "source"))
-        if not source:
-            raise _fail(doc, ("data",), "no bar data for the backtest",
-                        "set data.source in the strategy (a file or a folder of SYMBOL.csv files) or pass --data")
-        data_path = (doc.abspath.parent / source).resolve()
-        if not data_path.exists():
-            raise _fail(doc, ("data", "source"), f"data source not found: {source}",
+    chains = None
+    chains_source = doc.get(("data", "chains"))
+    if chains_source:
+        from .chainsource import load_chains, underlying_from_chains
+
+        chains_path = (doc.abspath.parent / chains_source).resolve()
+        if not chains_path.exists():
+            raise _fail(doc, ("data", "chains"), f"option chains not found: {chains_source}",
                         f"paths are relative to {doc.path}'s folder")
-    else:
-        data_path = Path(data)
+        try:
+            chains = load_chains(chains_path)          # a file of one underlying (SPXW for SPX)
+        except DiagnosticError:
+            chains = load_chains(chains_path, underlying=symbols[0])
     wanted = list(dict.fromkeys(symbols + plan.inputs.symbols))
-    frames = load_bars(data_path, symbols=wanted if data_path.is_dir() or len(wanted) > 1 else wanted,
-                       timezone=timezone, adjusted=bool(doc.get(("data", "adjusted"), False)))
-    if not data_path.is_dir() and len(frames) == 1 and len(wanted) == 1:
-        frames = {wanted[0]: next(iter(frames.values()))}
+    combos = any("legs" in (spec or {}) for spec in (doc.get(("orders",)) or {}).values())
+    if combos and chains is None and (settings.get("options") or {}).get("iv", "vix") == "vix" and "VIX" not in wanted:
+        wanted.append("VIX")  # synthesised chains take their volatility from VIX
+    if data is None and chains is not None and not doc.get(("data", "source")):
+        frames = {symbols[0]: underlying_from_chains(chains, timezone)}
+        data_path = chains_path
+        if len(wanted) > 1:
+            raise _fail(doc, ("data",), f"only {symbols[0]}'s prices come with the chains; "
+                        f"{', '.join(wanted[1:])} need data.source")
+    else:
+        if data is None:
+            source = doc.get(("data", "source"))
+            if not source:
+                raise _fail(doc, ("data",), "no bar data for the backtest",
+                            "set data.source in the strategy (a file or a folder of SYMBOL.csv files) or pass --data")
+            data_path = (doc.abspath.parent / source).resolve()
+            if not data_path.exists():
+                raise _fail(doc, ("data", "source"), f"data source not found: {source}",
+                            f"paths are relative to {doc.path}'s folder")
+        else:
+            data_path = Path(data)
+        frames = load_bars(data_path, symbols=wanted if data_path.is_dir() or len(wanted) > 1 else wanted,
+                           timezone=timezone, adjusted=bool(doc.get(("data", "adjusted"), False)))
+        if not data_path.is_dir() and len(frames) == 1 and len(wanted) == 1:
+            frames = {wanted[0]: next(iter(frames.values()))}
     instruments = {s: _instrument(ws, doc, s) for s in wanted}
     want_seconds = bar_seconds(bar)
     for symbol, frame in list(frames.items()):
         have = _spacing(frame.index)
         if have is not None and have < want_seconds * 0.999 and want_seconds < 86400 * 28:
             frames[symbol] = resample(frame, bar, timezone=timezone, calendar=instruments[symbol].calendar)
-        elif have is not None and have > want_seconds * 1.5 and want_seconds < 86400:
+        elif have is not None and have > want_seconds * 1.5 and want_seconds < 86400 and symbol in symbols:
+            # (another symbol read through symbol("X") may be coarser: it is aligned as of each bar)
             raise _fail(doc, ("data", "bar"), f"{symbol}'s data has bars of about {have / 60:g} minutes, "
                         f"longer than the strategy's {bar} bars", "use finer data or a longer bar size")
     def to_ts(day: str) -> pd.Timestamp:
         return pd.Timestamp(day).tz_localize(timezone)
 
-    return Prepared(doc, ws, plan, Path(path), symbols, instruments, frames, settings, timezone, bar, data_path,
-                    to_ts(settings["start"]) if settings.get("start") else None,
-                    to_ts(settings["end"]) + pd.Timedelta(days=1) if settings.get("end") else None,
-                    dict(overrides or {}))
+    prepared = Prepared(doc, ws, plan, Path(path), symbols, instruments, frames, settings, timezone, bar, data_path,
+                        to_ts(settings["start"]) if settings.get("start") else None,
+                        to_ts(settings["end"]) + pd.Timedelta(days=1) if settings.get("end") else None,
+                        dict(overrides or {}))
+    prepared.chains = chains
+    return prepared
 
 
 def last_days(prep: Prepared, days: int) -> Prepared:
@@ -234,9 +261,21 @@ def _symbol_bars(prep: Prepared, symbol: str) -> tuple[SymbolBars, Bars]:
     seconds = bar_seconds(prep.bar)
     start = _ns(frame.index)
     end = start + int(seconds * 1e9)
+    sched = prep.doc.get(("schedule",)) or {}
+    intraday_schedule = seconds < 86400 and bool(sched.get("entry_window") or sched.get("flat_by"))
     needs_calendar = bool(prep.plan.inputs.clock & _CLOCK_NEEDS_CALENDAR) or \
-        (bool((prep.doc.get(("schedule",)) or {}).get("flat_by")) and seconds < 86400)
-    clock = clock_arrays(frame.index, prep.timezone, seconds, inst.calendar if needs_calendar else None)
+        (bool(sched.get("flat_by")) and seconds < 86400)
+    want = set(prep.plan.inputs.clock)
+    if intraday_schedule:
+        want.add("time")
+        if sched.get("flat_by"):
+            want.add("minutes_to_close")
+    if _needs_session(prep):
+        want.add("session")
+    clock = clock_arrays(frame.index, prep.timezone, seconds, inst.calendar if needs_calendar else None, want)
+    session = clock.get("session")
+    if session is None:  # nothing reads it: no day order, no combo, no session indicator
+        session = np.zeros(len(frame))
     fields = {c: frame[c].to_numpy(dtype=np.float64) for c in ("open", "high", "low", "close", "volume")}
     others = {}
     for other in prep.plan.inputs.symbols:
@@ -245,17 +284,29 @@ def _symbol_bars(prep: Prepared, symbol: str) -> tuple[SymbolBars, Bars]:
         others[other] = {f: align_asof(end, o_end, of[f].to_numpy(dtype=np.float64))
                          for f in prep.plan.inputs.fields.get(other, ())}
     bars = SymbolBars(symbol, start, end, fields["open"], fields["high"], fields["low"], fields["close"],
-                      clock["session"], inst.multiplier, inst.tick_size, inst.sec_type == "FUT", inst.margin,
+                      session, inst.multiplier, inst.tick_size, inst.sec_type == "FUT", inst.margin,
                       inst.sec_type in ("FUT", "OPT"))
     return bars, Bars(fields, clock, others)
+
+
+def _needs_session(prep: Prepared) -> bool:
+    """Does anything read the bars' session ids: a session indicator (vwap), an order that lives
+    until the end of the day (limit, stop, stop-limit, loc), or an options combo?"""
+    if "session" in prep.plan.inputs.clock:
+        return True
+    for spec in (prep.doc.get(("orders",)) or {}).values():
+        spec = spec or {}
+        if "legs" in spec or spec.get("type", "market") not in ("market", "moc"):
+            return True
+    return False
 
 
 def _schedule_masks(prep: Prepared, bars: Bars) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Entries allowed only inside the entry window; a forced exit from the flat-by time."""
     sched = prep.doc.get(("schedule",)) or {}
-    minutes = bars.clock["time"] + bar_seconds(prep.bar) / 60.0  # decisions happen at the bar's close
-    if bar_seconds(prep.bar) >= 86400:
+    if bar_seconds(prep.bar) >= 86400 or not (sched.get("entry_window") or sched.get("flat_by")):
         return None, None
+    minutes = bars.clock["time"] + bar_seconds(prep.bar) / 60.0  # decisions happen at the bar's close
     entry = flat = None
     window = sched.get("entry_window")
     if window:
@@ -316,6 +367,8 @@ def run(prep: Prepared, progress: Callable[[float], None] | None = None, run_id:
 
         desk, chains = option_desk(prep, signals)
     runner = Runner(prep.plan, signals, broker, settings, report, desk=desk, chains=chains, on_intent=on_intent)
+    if chains is not None and hasattr(chains, "runner_ref"):
+        chains.runner_ref["runner"] = runner
     ledger = runner.run()
     timings["run"] = time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -340,6 +393,46 @@ def _truncate(sbars: SymbolBars, bars: Bars, values: list, last: int):
     return sb, bars, [cut(v) if v is not None else None for v in values]
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique for int64 without its hash path (slow on large arrays with numpy 2.x): sort,
+    then keep each value that differs from its predecessor."""
+    values = np.sort(values, kind="stable")
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+@dataclass
+class LedgerColumns:
+    """A ledger's fills and trades as arrays, what the equity curve needs (a fast path builds
+    them directly; `ledger_columns` extracts them from any ledger)."""
+
+    fill_symbol: list            # per fill: its symbol (a combo's ledger key for combo fills)
+    fill_bar: np.ndarray
+    fill_cash: np.ndarray        # how each fill moved cash
+    trade_symbol: list
+    trade_entry_bar: np.ndarray
+    trade_exit_bar: np.ndarray
+    trade_units: np.ndarray      # signed quantity
+    trade_entry_price: np.ndarray
+
+
+def ledger_columns(ledger: Ledger, bars: dict[str, SymbolBars]) -> LedgerColumns:
+    cols = getattr(ledger, "columns", None)
+    if cols is not None:
+        return cols
+    fills, trades = ledger.fills, ledger.trades
+    return LedgerColumns([f.symbol for f in fills], np.array([f.bar for f in fills], dtype=np.int64),
+                         np.array(_cash_deltas(ledger, bars), dtype=np.float64),
+                         [t.symbol for t in trades], np.array([t.entry_bar for t in trades], dtype=np.int64),
+                         np.array([t.exit_bar for t in trades], dtype=np.int64),
+                         np.array([(1 if t.side == "long" else -1) * t.quantity for t in trades], dtype=np.float64),
+                         np.array([t.entry_price for t in trades], dtype=np.float64))
+
+
 def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
                  start: pd.Timestamp | None = None, combos: list | None = None,
                  combo_symbol: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
@@ -350,28 +443,31 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
     """
     if not bars:
         return np.empty(0, np.int64), np.empty(0), np.empty(0), {}
-    times = np.unique(np.concatenate([b.end for b in bars.values()]))
+    if len(bars) == 1:
+        times = next(iter(bars.values())).end   # one symbol: already sorted and unique
+    else:
+        times = sorted_unique(np.concatenate([b.end for b in bars.values()]))
     if start is not None:
-        times = times[times >= int(start.value)]
+        times = times[int(np.searchsorted(times, int(start.value), side="left")):]
+    cols = ledger_columns(ledger, bars)
     # cash: each fill's change lands on the first close at or after it
     cash_delta = np.zeros(len(times) + 1)
     # a fill's cash lands at the close of the bar it filled in (an open fill is before that close)
     owner = combo_symbol or {}
-    fill_times = np.array([bars[owner.get(f.symbol, f.symbol)].end[f.bar] for f in ledger.fills], dtype=np.int64)
-    if len(fill_times):
-        np.add.at(cash_delta, np.searchsorted(times, fill_times, side="left"),
-                  np.array(_cash_deltas(ledger, bars), dtype=np.float64))
+    if len(cols.fill_bar):
+        if len(bars) == 1 and not owner:
+            fill_times = next(iter(bars.values())).end[cols.fill_bar]
+        else:
+            fill_times = np.array([bars[owner.get(s, s)].end[k] for s, k in zip(cols.fill_symbol, cols.fill_bar.tolist())],
+                                  dtype=np.int64)
+        np.add.at(cash_delta, np.searchsorted(times, fill_times, side="left"), cols.fill_cash)
     cash = initial + np.cumsum(cash_delta)[: len(times)]
     value = np.zeros(len(times))
-    held: dict[str, list[tuple[int, int, float, float]]] = {s: [] for s in bars}
-    for t in ledger.trades:
-        if t.symbol in bars:
-            held[t.symbol].append((t.entry_bar, t.exit_bar, (1 if t.side == "long" else -1) * t.quantity,
-                                   t.entry_price))
     marks = {}
+    open_spans: dict[str, tuple[int, float, float]] = {}
     for symbol, pos in ledger.positions.items():
         if symbol in bars:
-            held[symbol].append((pos.entry_bar, len(bars[symbol]), pos.quantity, pos.avg_price))
+            open_spans[symbol] = (pos.entry_bar, pos.quantity, pos.avg_price)
             marks[symbol] = float(bars[symbol].close[-1])
     for combo in combos or []:
         # an option combo is worth its marks (minus the cost to close at mid), held from its entry
@@ -392,23 +488,36 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
             marks[combo.key] = combo.last_credit
         k = np.searchsorted(b.end, times, side="right") - 1
         value += np.where(k >= 0, per_bar[np.maximum(k, 0)], 0.0)
-    for symbol, spans in held.items():
-        if not spans:
+    tsym = np.array(cols.trade_symbol, dtype=object)
+    for symbol, b in bars.items():
+        sel = tsym == symbol
+        lo, hi, qty, entry = cols.trade_entry_bar, cols.trade_exit_bar, cols.trade_units, cols.trade_entry_price
+        if not sel.all():
+            lo, hi, qty, entry = lo[sel], hi[sel], qty[sel], entry[sel]
+        if symbol in open_spans:
+            e, q, p = open_spans[symbol]
+            lo, hi = np.append(lo, e), np.append(hi, len(b))
+            qty, entry = np.append(qty, q), np.append(entry, p)
+        if not len(lo):
             continue
-        b = bars[symbol]
+        # spans in order, each entry before its exit (the order a loop over the spans adds them in)
+        where = np.column_stack((lo, hi)).ravel()
+        u = qty * b.multiplier
         units = np.zeros(len(b) + 1)
-        offset = np.zeros(len(b) + 1)
-        for lo, hi, qty, entry in spans:
-            u = qty * b.multiplier
-            units[lo] += u
-            units[hi] -= u
-            if b.margined:
-                offset[lo] += u * entry
-                offset[hi] -= u * entry
+        np.add.at(units, where, np.column_stack((u, -u)).ravel())
         units = np.cumsum(units)[:-1]
-        per_bar = units * b.close - (np.cumsum(offset)[:-1] if b.margined else 0.0)
-        k = np.searchsorted(b.end, times, side="right") - 1
-        value += np.where(k >= 0, per_bar[np.maximum(k, 0)], 0.0)
+        if b.margined:
+            offset = np.zeros(len(b) + 1)
+            ue = u * entry
+            np.add.at(offset, where, np.column_stack((ue, -ue)).ravel())
+            per_bar = units * b.close - np.cumsum(offset)[:-1]
+        else:
+            per_bar = units * b.close
+        if len(bars) == 1:   # the timeline is this symbol's closes from the start date
+            value += per_bar[len(b) - len(times):]
+        else:
+            k = np.searchsorted(b.end, times, side="right") - 1
+            value += np.where(k >= 0, per_bar[np.maximum(k, 0)], 0.0)
     return times, cash + value, cash, marks
 
 
@@ -435,10 +544,10 @@ def _cash_deltas(ledger: Ledger, bars: dict[str, SymbolBars]) -> list[float]:
 
 
 def write_journal(result: Result, journal: Journal, mode: str = "backtest") -> None:
-    """Everything about the run, in the shared journal."""
+    """Everything about the run, in the shared journal (timestamps formatted in bulk, rows
+    inserted with executemany)."""
     prep = result.prepared
     run_id = result.run_id
-    iso = _iso
     journal.start_run(mode, prep.plan.name, strategy_path=str(prep.path),
                       strategy_text=prep.doc.text, params=prep.plan.params,
                       settings={**prep.settings, "data": str(prep.data_path), "timezone": prep.timezone,
@@ -446,35 +555,47 @@ def write_journal(result: Result, journal: Journal, mode: str = "backtest") -> N
                       symbols=prep.symbols, bar=prep.bar, currency=prep.settings.get("currency", "USD"),
                       initial_cash=result.ledger.initial_cash, run_id=run_id)
     runner = result.runner
-    with journal.transaction():
-        for rec in runner.orders:
-            it = rec.intent
-            journal.order(run_id, it.tag, iso(rec.time), it.symbol, it.action, it.quantity or 0.0, it.order_type,
-                          limit_price=it.limit, stop_price=it.stop, tif=it.tif, rule=it.rule, intent=it.intent,
-                          legs=rec.legs, status=rec.status, reason=rec.reason or it.reason)
-            if rec.status_time:
-                journal.order_status(it.tag, rec.status, iso(rec.status_time), rec.reason)
+    orders = runner.orders
+    ts = iso_many([rec.time for rec in orders])
+    status_ts = iso_many([rec.status_time for rec in orders])
+    rows = []
+    for rec, t, st in zip(orders, ts, status_ts):
+        it = rec.intent
+        # the row as journal.order() then journal.order_status() would leave it
+        rows.append((run_id, it.tag, t, it.symbol, it.action, it.quantity or 0.0, it.order_type, it.limit, it.stop,
+                     it.tif, it.rule, it.intent, json.dumps(rec.legs) if rec.legs is not None else None, rec.status,
+                     st if rec.status_time else t, rec.reason or it.reason))
+    journal.many("orders", ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "order_type", "limit_price",
+                            "stop_price", "tif", "rule", "intent", "legs", "status", "status_ts", "reason"), rows)
+    decisions = runner.decisions
     journal.many("decisions", ("run_id", "ts", "symbol", "rule", "kind", "outcome", "reason"),
-                 ((run_id, iso(d.time), d.symbol, d.rule, d.kind, d.outcome, d.reason) for d in runner.decisions))
+                 [(run_id, t, d.symbol, d.rule, d.kind, d.outcome, d.reason)
+                  for d, t in zip(decisions, iso_many([d.time for d in decisions]))])
+    fills = result.ledger.fills
     journal.many("fills", ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "price", "multiplier",
                            "commission"),
-                 ((run_id, f.order_ref, iso(f.time), f.symbol, f.action, f.quantity, f.price, f.multiplier,
-                   f.commission) for f in result.ledger.fills))
+                 [(run_id, f.order_ref, t, f.symbol, f.action, f.quantity, f.price, f.multiplier, f.commission)
+                  for f, t in zip(fills, iso_many([f.time for f in fills]))])
+    trades = result.ledger.trades
+    entry_ts = iso_many([t.entry_time for t in trades])
+    exit_ts = iso_many([t.exit_time for t in trades])
     journal.many("trades", ("run_id", "symbol", "side", "quantity", "multiplier", "entry_ts", "entry_price",
                             "exit_ts", "exit_price", "pnl", "return_pct", "bars_held", "mae", "mfe", "commission",
                             "entry_rule", "exit_rule", "exit_reason", "legs"),
-                 ((run_id, t.symbol, t.side, t.quantity, t.multiplier, iso(t.entry_time), t.entry_price,
-                   iso(t.exit_time), t.exit_price, t.pnl, t.return_pct, t.bars_held, t.mae, t.mfe, t.commission,
-                   t.entry_rule, t.exit_rule, t.exit_reason, json.dumps(t.legs, default=str) if t.legs else None)
-                  for t in result.ledger.trades))
+                 [(run_id, t.symbol, t.side, t.quantity, t.multiplier, a, t.entry_price, b, t.exit_price, t.pnl,
+                   t.return_pct, t.exit_bar - t.entry_bar, t.mae, t.mfe, t.commission, t.entry_rule, t.exit_rule,
+                   t.exit_reason, json.dumps(t.legs, default=str) if t.legs else None)
+                  for t, a, b in zip(trades, entry_ts, exit_ts)])
     idx = _thin_indices(result.equity, 10_000)
     journal.many("equity", ("run_id", "ts", "cash", "equity"),
-                 ((run_id, iso(int(result.labels[i])), float(result.cash[i]), float(result.equity[i])) for i in idx))
+                 zip([run_id] * len(idx), iso_many(result.labels[idx]), result.cash[idx].tolist(),
+                     result.equity[idx].tolist()))
     for symbol, b in result.bars.items():
-        rows = _thin_bars(b, 4_000)
+        start, o, h, lo, c = _thin_bars(b, 4_000)
         journal.many("prices", ("run_id", "symbol", "ts", "open", "high", "low", "close"),
-                     ((run_id, symbol, iso(int(t)), o, h, lo, c) for t, o, h, lo, c in rows))
-    end_ts = iso(int(result.labels[-1])) if len(result.labels) else iso(0)
+                     zip([run_id] * len(start), [symbol] * len(start), iso_many(start), o.tolist(), h.tolist(),
+                         lo.tolist(), c.tolist()))
+    end_ts = _iso(int(result.labels[-1])) if len(result.labels) else _iso(0)
     journal.many("positions", ("run_id", "ts", "symbol", "quantity", "avg_price", "market_price"),
                  ((run_id, end_ts, s, p.quantity, p.avg_price, result.marks.get(s))
                   for s, p in result.ledger.positions.items()))
@@ -482,6 +603,15 @@ def write_journal(result: Result, journal: Journal, mode: str = "backtest") -> N
 
 def _iso(ns: int) -> str:
     return pd.Timestamp(ns, tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_many(ns) -> list[str]:
+    """`_iso` of many UTC nanosecond times at once ("2024-05-01T14:30:00Z", seconds truncated)."""
+    values = np.asarray(ns, dtype=np.int64)
+    if not len(values):
+        return []
+    text = np.datetime_as_string(values.astype("datetime64[ns]").astype("datetime64[s]"), unit="s")
+    return [t + "Z" for t in text.tolist()]
 
 
 def _thin_indices(values: np.ndarray, target: int) -> np.ndarray:
@@ -495,7 +625,7 @@ def _thin_indices(values: np.ndarray, target: int) -> np.ndarray:
     starts = edges[:-1]
     keep.append(starts + _argreduce(values, edges, np.argmin))
     keep.append(starts + _argreduce(values, edges, np.argmax))
-    return np.unique(np.concatenate(keep))
+    return sorted_unique(np.concatenate(keep))
 
 
 def _argreduce(values: np.ndarray, edges: np.ndarray, fn) -> np.ndarray:
@@ -506,7 +636,7 @@ def _thin_bars(b: SymbolBars, target: int):
     """OHLC bars merged into at most `target` buckets (first open, max high, min low, last close)."""
     n = len(b)
     if n <= target:
-        return zip(b.start, b.open, b.high, b.low, b.close)
+        return b.start, b.open, b.high, b.low, b.close
     edges = np.linspace(0, n, target + 1).astype(np.int64)[:-1]
-    return zip(b.start[edges], b.open[edges], np.maximum.reduceat(b.high, edges), np.minimum.reduceat(b.low, edges),
-               b.close[np.append(edges[1:] - 1, n - 1)])
+    return (b.start[edges], b.open[edges], np.maximum.reduceat(b.high, edges), np.minimum.reduceat(b.low, edges),
+            b.close[np.append(edges[1:] - 1, n - 1)])

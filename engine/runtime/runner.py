@@ -434,6 +434,14 @@ class Runner:
 
         return pd.Timestamp(ns, tz="UTC").tz_convert(self.settings.timezone).to_pydatetime()
 
+    def _trading_time(self, bars: SymbolBars, k: int):
+        """The moment a decision at bar k's close belongs to: the close for intraday bars; for daily
+        bars (whose end is the next midnight) the trading day itself, so days to expiry and
+        expiry rules count from that day."""
+        if int(bars.end[k]) - int(bars.start[k]) >= 86_400 * 10**9:
+            return self._local(int(bars.start[k]))
+        return self._local(int(bars.end[k]))
+
     def _options_symbol(self, symbol: str):
         """One underlying traded with option combos: entries evaluated on the chain bar by bar
         (where their bar-only conditions allow), then the open combo managed bar by bar."""
@@ -459,7 +467,7 @@ class Runner:
                 return
             b = candidates[k_cand]
             yield int(bars.end[b]), CLOSE
-            now = self._local(int(bars.end[b]))
+            now = self._trading_time(bars, b)
             chain = self.chains(symbol, b)
             fired = None
             for rule in rules:
@@ -552,10 +560,10 @@ class Runner:
         k = combo.entry_bar + 1
         while k < n:
             yield int(bars.end[k]), CLOSE
-            now = self._local(int(bars.end[k]))
+            now = self._trading_time(bars, k)
             chain = self.chains(symbol, k)
             quote = self.desk.requote(combo.legs, chain, combo.multiplier) if chain is not None else "no chain"
-            if not isinstance(quote, str) and not quote.missing:
+            if not isinstance(quote, str) and not quote.missing_for(False):
                 combo.last_credit = quote.credit
                 combo.marks[k] = -quote.credit * combo.multiplier * combo.quantity
             elif combo.last_credit is not None:
@@ -586,8 +594,8 @@ class Runner:
             if fired is None and sig.flat_mask is not None and sig.flat_mask[k]:
                 fired = sig.flat_rule
             if fired is not None:
-                if isinstance(quote, str) or quote.missing:
-                    why = quote if isinstance(quote, str) else quote.missing
+                if isinstance(quote, str) or quote.missing_for(False):
+                    why = quote if isinstance(quote, str) else quote.missing_for(False)
                     self._decide(symbol, fired.name, "exit", "blocked", f"cannot price the close: {why}")
                 else:
                     self._decide(symbol, fired.name, "exit", "fired", fired.reason)

@@ -1,0 +1,170 @@
+"""Option chains for a backtest: real end-of-day snapshots, or chains synthesised bar by bar.
+
+Snapshots (`data.chains`, an L2 or iVolatility file) give the chain of each quote date; only
+their listed expiries can be traded. Without snapshots each bar gets a Black-Scholes chain around
+its close: IV from `backtest.options.iv` (a number, or VIX/100 as of that bar: no look-ahead),
+the smile and the spread model of engine.market.chains, strikes on the instrument's grid, and
+exactly the expiries the strategy's rules (and its open combos) need.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..brokers.costs import fraction
+from ..diagnostics import DiagnosticError
+from ..market.chains import OptionChain, Skew, Spread, load_chains, synthesize
+from ..market.expiry import NoExpiry, parse_rule, resolve
+from ..orders.combos import Side
+from .options import OptionSetup, OptionsDesk
+
+
+class ChainAdapter:
+    """An OptionChain seen as the desk needs it: expiries, and each expiry's puts or calls."""
+
+    def __init__(self, chain: OptionChain, trading_class: str | None = None):
+        self.chain = chain
+        self.underlying = chain.underlying_price
+        self._sides: dict[tuple, Side] = {}
+        self.trading_class = trading_class
+
+    def expiries(self) -> list[dt.date]:
+        return [pd.Timestamp(d).date() for d in self.chain.expiries()]
+
+    def side(self, expiry: dt.date, right: str) -> Side:
+        key = (expiry, right)
+        if key not in self._sides:
+            c = self.chain
+            mask = (c.expiry == np.datetime64(expiry, "D")) & (c.is_call == (right == "call"))
+            if self.trading_class is not None:
+                classes = c.trading_class.astype(str)
+                if (classes == self.trading_class).any():
+                    mask &= classes == self.trading_class
+            idx = np.flatnonzero(mask)
+            idx = idx[np.argsort(c.strike[idx], kind="stable")]
+            self._sides[key] = Side(right, c.strike[idx], c.bid[idx], c.ask[idx], c.delta[idx], c.iv[idx],
+                                    c.gamma[idx], c.theta[idx], c.vega[idx])
+        return self._sides[key]
+
+
+def underlying_from_chains(chains: dict[dt.date, OptionChain], timezone: str) -> pd.DataFrame:
+    """Daily bars of the underlying from the snapshots' underlying prices (open = high = low =
+    close: an end-of-day file has one price per day)."""
+    days = sorted(chains)
+    price = np.array([chains[d].underlying_price for d in days], dtype=np.float64)
+    index = pd.DatetimeIndex([pd.Timestamp(d) for d in days]).tz_localize(timezone)
+    return pd.DataFrame({"open": price, "high": price, "low": price, "close": price,
+                         "volume": np.full(len(days), np.nan)}, index=index)
+
+
+def option_desk(prep, signals) -> tuple[OptionsDesk, Callable]:
+    """The desk and a `chain_at(symbol, bar)` for a prepared backtest."""
+    from .backtest import _instrument
+
+    doc, ws = prep.doc, prep.ws
+    sim = (prep.settings.get("options") or {})
+    inst = ws.instruments_for(doc)
+    roots = (inst.get(("roots",)) or {}) if inst else {}
+    stock_options = ((inst.get(("defaults",)) or {}).get("STK") or {}).get("options") or {} if inst else {}
+    snapshots = getattr(prep, "chains", None)
+    setups: dict[str, OptionSetup] = {}
+    grids: dict[str, float] = {}
+    for symbol in prep.symbols:
+        options = (roots.get(symbol) or {}).get("options") or stock_options
+        tick = 0.01
+        setups[symbol] = OptionSetup(multiplier=float(options.get("multiplier", 100)), tick=tick,
+                                     settlement=options.get("settlement", "cash"),
+                                     settlement_time=options.get("settlement_time", "pm"),
+                                     cycle=options.get("expiries", "daily"),
+                                     calendar=_instrument(ws, doc, symbol).calendar or "NYSE",
+                                     listed=snapshots is not None)
+        grids[symbol] = float(options.get("strike_step", 1.0))
+    orders = doc.get(("orders",)) or {}
+    desk = OptionsDesk(prep.plan, orders, setups, prep.timezone)
+    if snapshots is not None:
+        by_symbol = {s: snapshots for s in prep.symbols}
+        cache: dict[tuple, ChainAdapter] = {}
+
+        def from_snapshots(symbol: str, bar: int):
+            b = signals[symbol].bars
+            day = pd.Timestamp(int(b.start[bar]), tz="UTC").tz_convert(prep.timezone).date()
+            chain = by_symbol[symbol].get(day)
+            if chain is None:
+                return None
+            key = (symbol, day)
+            if key not in cache:
+                cache.clear()
+                cache[key] = ChainAdapter(chain)
+            return cache[key]
+
+        return desk, from_snapshots
+
+    iv_setting = sim.get("iv", "vix")
+    scale = float(sim.get("iv_scale", 1.0))
+    vix = None
+    if iv_setting == "vix":
+        if "VIX" not in prep.frames:
+            raise DiagnosticError([doc.diag(("backtest",), "backtest.options.iv is \"vix\" but the data has no VIX bars",
+                                            "add VIX.csv to the data source, or give a number: options: {iv: 0.15}")])
+        vix = prep.frames["VIX"]
+    skew_slope = float(sim.get("skew", 0.4))
+    skew = Skew(put=skew_slope, call=skew_slope * 0.375) if skew_slope > 0 else None
+    spread_spec = sim.get("spread") or {}
+    spread = Spread(pct=fraction(spread_spec.get("percent", "5%")), min_width=float(spread_spec.get("minimum", 0.02)))
+    rate, dividend = float(sim.get("rate", 0.02)), float(sim.get("dividend_yield", 0.0))
+    rules = {name: parse_rule(spec.get("expiry", "0dte")) for name, spec in orders.items() if "legs" in spec}
+    vix_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def atm_vol(symbol: str, bar: int) -> float:
+        if vix is None:
+            return float(iv_setting) * scale
+        if symbol not in vix_cache:
+            from .backtest import _ns
+
+            ends = _ns(vix.index) + int(86_400e9)  # a daily VIX close is known once its day is over
+            vix_cache[symbol] = (ends, vix["close"].to_numpy(dtype=np.float64))
+        ends, closes = vix_cache[symbol]
+        k = int(np.searchsorted(ends, int(signals[symbol].bars.end[bar]), side="right")) - 1
+        return float(closes[k]) / 100.0 * scale if k >= 0 else float("nan")
+
+    cache: dict[tuple, ChainAdapter] = {}
+
+    def synthetic(symbol: str, bar: int):
+        key = (symbol, bar)
+        if key in cache:
+            return cache[key]
+        b = signals[symbol].bars
+        end = pd.Timestamp(int(b.end[bar]), tz="UTC").tz_convert(prep.timezone)
+        setup = setups[symbol]
+        needed = set()
+        for rule in rules.values():
+            try:
+                needed.add(resolve(rule, end.to_pydatetime(), setup.calendar, cycle=setup.cycle))
+            except NoExpiry:
+                continue
+        needed |= {combo.expiry for combo in _open_combos(symbol)}
+        sigma = atm_vol(symbol, bar)
+        if not needed or not np.isfinite(sigma) or sigma <= 0:
+            return None
+        chain = synthesize(float(b.close[bar]), end, sorted(needed), grids[symbol], multiplier=setup.multiplier,
+                           iv_source=sigma, skew=skew, spread=spread, r=rate, q=dividend, strike_range=0.10,
+                           underlying=symbol)
+        cache.clear()
+        cache[key] = ChainAdapter(chain)
+        return cache[key]
+
+    runner_ref: dict = {}
+
+    def _open_combos(symbol: str):
+        runner = runner_ref.get("runner")
+        if runner is None:
+            return []
+        return [c for key, c in runner.combos.items() if runner.combo_symbol.get(key) == symbol]
+
+    synthetic.runner_ref = runner_ref
+    return desk, synthetic

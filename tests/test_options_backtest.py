@@ -1,0 +1,245 @@
+"""Options end to end: an iron condor on real SPXW 2018 chains, checked leg by leg against the
+file's quotes; chases, NaN legs, settlement, the bundled XSP condor, dry runs and the report."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import cli
+from engine.runtime import backtest as bt
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SPXW = SHARED / "optopsy_v1" / "test_options_data_full.csv"
+
+needs_chains = pytest.mark.skipif(not SPXW.is_file(), reason="../shared/data is not present")
+
+CONDOR = """kind: strategy
+name: spxw-condor
+underlying: SPX
+universe: [SPX]
+data: {{bar: 1d, chains: {chains}}}
+params: {{short_delta: 0.15, wing: {wing}}}
+orders:
+  condor:
+    expiry: {{dte: [25, 35]}}
+    legs:
+      short_put:  {{right: put,  action: sell, strike: {{delta: short_delta}}}}
+      long_put:   {{right: put,  action: buy,  strike: short_put.strike - wing}}
+      short_call: {{right: call, action: sell, strike: {{delta: short_delta}}}}
+      long_call:  {{right: call, action: buy,  strike: short_call.strike + wing}}
+    quantity: 1
+    price: {price}
+entry:
+  - name: open condor
+    when: credit > 0
+    order: condor
+exit:
+{exits}
+backtest: {{cash: 100000, commission: {{per_contract: 0.65}}, options: {{fill_fraction: {fraction}}}}}
+"""
+
+
+def condor(tmp_path, *, wing=50, price="market", fraction=0.0,
+           exits="  - name: a week left\n    when: position.dte <= 7\n", name="ic.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(CONDOR.format(chains=SPXW, wing=wing, price=price, fraction=fraction, exits=exits))
+    return path
+
+
+@pytest.fixture(scope="module")
+def quotes() -> pd.DataFrame:
+    df = pd.read_csv(SPXW, encoding="utf-8-sig")
+    df.columns = [c.strip() for c in df.columns]
+    df["quotedate"] = pd.to_datetime(df["quotedate"], format="%m/%d/%Y").dt.date
+    df["expiration"] = pd.to_datetime(df["expiration"], format="%m/%d/%Y").dt.date
+    return df
+
+
+def row(quotes, day, right, strike, expiry):
+    hit = quotes[(quotes.quotedate == day) & (quotes.type == right) & (quotes.strike == strike)
+                 & (quotes.expiration == expiry)]
+    assert len(hit) == 1, (day, right, strike)
+    return hit.iloc[0]
+
+
+@needs_chains
+def test_condor_legs_by_delta_and_prices_from_the_file(tmp_path, quotes):
+    result = bt.run(bt.prepare(condor(tmp_path)))
+    trades = result.ledger.trades
+    assert len(trades) == 2
+    first = trades[0]
+    legs = first.legs
+    entry_day = pd.Timestamp("2018-01-02").date()
+    expiry = pd.Timestamp(legs["expiry"]).date()
+    assert expiry == pd.Timestamp("2018-01-31").date()          # {dte: [25, 35]} on 2018-01-02: 29 days
+    # each short leg is the strike whose |delta| is nearest 0.15 on the entry date
+    day = quotes[(quotes.quotedate == entry_day) & (quotes.expiration == expiry)]
+    for leg in legs["legs"]:
+        if leg["action"] != "sell":
+            continue
+        side = day[day.type == leg["right"]]
+        quoted = side[(side.bid > 0) | (side.ask > 0)]
+        best = quoted.iloc[(quoted.delta.abs() - 0.15).abs().argsort().iloc[0]]
+        assert leg["strike"] == best.strike
+    by_name = {leg["name"]: leg for leg in legs["legs"]}
+    assert by_name["long_put"]["strike"] == by_name["short_put"]["strike"] - 50
+    assert by_name["long_call"]["strike"] == by_name["short_call"]["strike"] + 50
+    # at the market (fill fraction 0): sold legs at the file's bid, bought legs at its ask
+    entry_credit = 0.0
+    for leg in legs["legs"]:
+        r = row(quotes, entry_day, leg["right"], leg["strike"], expiry)
+        assert (leg["bid"], leg["ask"]) == (r.bid, r.ask)
+        entry_credit += r.bid if leg["action"] == "sell" else -r.ask
+    assert legs["credit"] == pytest.approx(entry_credit)
+    # the exit: the first quote date with 7 or fewer days to expiry, buying back at the ask
+    exit_day = pd.Timestamp("2018-01-24").date()
+    assert pd.Timestamp(first.exit_time, tz="UTC").tz_convert("America/New_York").date() == \
+        pd.Timestamp("2018-01-25").date()        # the close of the 24th is stamped as the end of that bar
+    exit_debit = 0.0
+    for leg in legs["legs"]:
+        r = row(quotes, exit_day, leg["right"], leg["strike"], expiry)
+        exit_debit += r.ask if leg["action"] == "sell" else -r.bid
+    assert legs["debit"] == pytest.approx(exit_debit)
+    commission = 2 * 4 * 0.65
+    assert first.pnl == pytest.approx((entry_credit - exit_debit) * 100 - commission)
+    assert first.commission == pytest.approx(commission)
+    # greeks, IV and the underlying were journaled at entry and exit
+    assert all(leg["delta"] is not None and leg["iv"] is not None for leg in legs["legs"])
+    assert legs["underlying_entry"] == pytest.approx(2695.79) and legs["exit_legs"]
+
+
+@needs_chains
+def test_a_leg_with_a_missing_bid_blocks_the_entry_with_that_reason(tmp_path):
+    # the vendor file with the 2565 put's bid missing on 2018-01-02: the long put of that day
+    lines = SPXW.read_text(encoding="utf-8-sig").splitlines()
+    header = lines[0].split(",")
+    bid = header.index("bid")
+    out = [lines[0]]
+    for line in lines[1:]:
+        fields = line.split(",")
+        if fields[5] == "put" and fields[7] == "01/02/2018" and fields[8] == "2565" and fields[6] == "01/31/2018":
+            fields[bid] = ""
+        out.append(",".join(fields))
+    holed = tmp_path / "holed.csv"
+    holed.write_text("\n".join(out) + "\n")
+    path = tmp_path / "ic.yaml"
+    path.write_text(CONDOR.format(chains=holed, wing=50, price="market", fraction=0.0,
+                                  exits="  - name: a week left\n    when: position.dte <= 7\n"))
+    result = bt.run(bt.prepare(path))
+    first = [d for d in result.runner.decisions if d.symbol == "SPX"][0]
+    assert first.outcome == "blocked"
+    assert first.reason.startswith("leg long_put (put 2565 2018-01-31) has no two-sided quote (bid nan")
+    assert pd.Timestamp(result.ledger.trades[0].entry_time, tz="UTC").tz_convert("America/New_York").date() > \
+        pd.Timestamp("2018-01-02").date()                   # the next day it could be priced and opened
+    # a zero bid on a leg we buy is a real market (we pay the ask); a zero bid on one we sell is not
+    from engine.orders.combos import LegQuote
+    assert LegQuote("w", "call", "buy", 1, 2890, "2018-01-31", 0.0, 0.10, 0.01, 0.2).quoted
+    assert not LegQuote("s", "call", "sell", 1, 2890, "2018-01-31", 0.0, 0.10, 0.01, 0.2).quoted
+
+
+@needs_chains
+def test_chase_fills_on_the_step_the_spread_model_allows(tmp_path, quotes):
+    chase = "{chase: {start: mid, step: 0.05, steps: 20, every: 10s, floor: 0.5}}"
+    result = bt.run(bt.prepare(condor(tmp_path, price=chase, fraction=0.5)))
+    first = result.ledger.trades[0]
+    day = pd.Timestamp("2018-01-02").date()
+    expiry = pd.Timestamp("2018-01-31").date()
+    mid = natural = 0.0
+    for leg in first.legs["legs"]:
+        r = row(quotes, day, leg["right"], leg["strike"], expiry)
+        sign = 1 if leg["action"] == "sell" else -1
+        mid += sign * (r.bid + r.ask) / 2
+        natural += r.bid if sign > 0 else -r.ask
+    threshold = natural + 0.5 * (mid - natural)
+    prices = [round(round(mid / 0.01) * 0.01 - k * 0.05, 2) for k in range(20)]
+    expected = next(p for p in prices if p <= threshold + 1e-9)
+    assert first.entry_price == pytest.approx(expected)
+    step = prices.index(expected)
+    orders = [o for o in result.runner.orders if o.intent.intent == "open" and o.status == "filled"]
+    assert f"on step {step + 1} of {step + 1}" in orders[0].reason
+    # a chase that gives up too early times out, cancels, and leaves nothing open
+    short = "{chase: {start: mid, step: 0.05, steps: 2, every: 10s, floor: 0.5}}"
+    result = bt.run(bt.prepare(condor(tmp_path, price=short, fraction=0.5, name="short.yaml")))
+    assert not result.ledger.trades and not result.ledger.positions
+    assert any("chase timed out after 2 prices" in d.reason and "cancel confirmed" in d.reason
+               for d in result.runner.decisions)
+    cancelled = [o for o in result.runner.orders if o.status == "cancelled"]
+    assert cancelled and all(o.intent.intent == "open" for o in cancelled)
+
+
+@needs_chains
+def test_held_to_expiry_is_cash_settled_at_the_close(tmp_path, quotes):
+    exits = "  - name: never\n    when: position.dte < -1000\n"
+    result = bt.run(bt.prepare(condor(tmp_path, exits=exits)))
+    settled = [t for t in result.ledger.trades if t.exit_rule == "expiry settlement"]
+    assert settled
+    trade = settled[0]
+    expiry = pd.Timestamp(trade.legs["expiry"]).date()
+    spot = quotes[quotes.quotedate == expiry].underlying_last.iloc[0]
+    intrinsic = 0.0
+    for leg in trade.legs["legs"]:
+        value = max(spot - leg["strike"], 0) if leg["right"] == "call" else max(leg["strike"] - spot, 0)
+        intrinsic += value if leg["action"] == "sell" else -value
+    assert trade.legs["debit"] == pytest.approx(intrinsic)
+    assert trade.pnl == pytest.approx((trade.legs["credit"] - intrinsic) * 100 - 4 * 0.65)  # no fee to settle
+
+
+def test_bundled_xsp_condor_runs_on_synthesised_chains(tmp_path):
+    path = ROOT / "strategies" / "iron_condor.yaml"
+    result = bt.run(bt.prepare(path, {"min_credit": "0.10"}))
+    trades = result.ledger.trades
+    assert trades, [d.reason for d in result.runner.decisions][:5]
+    for t in trades:
+        entry = pd.Timestamp(t.entry_time, tz="UTC").tz_convert("America/New_York")
+        exit_ = pd.Timestamp(t.exit_time, tz="UTC").tz_convert("America/New_York")
+        assert t.legs["expiry"] == entry.date().isoformat()           # 0DTE: today's expiry
+        assert entry.date() == exit_.date() and (exit_.hour, exit_.minute) <= (15, 51)
+        assert (entry.hour, entry.minute) <= (11, 1)
+        strikes = {leg["name"]: leg["strike"] for leg in t.legs["legs"]}
+        assert strikes["short_put"] - strikes["long_put"] == 2 and strikes["long_call"] - strikes["short_call"] == 2
+        assert t.legs["credit"] >= 0.10 - 1e-9
+    assert not result.ledger.positions
+    # the equity curve prices open combos at mid and ends where the trades say
+    assert result.final_equity == pytest.approx(10_000 + sum(t.pnl for t in trades))
+
+
+def test_dry_run_prints_the_combo_it_would_send(tmp_path):
+    out = CliRunner().invoke(cli.main, ["run", str(ROOT / "strategies" / "iron_condor.yaml"), "--dry-run",
+                                        "--broker", "sim", "--set", "min_credit=0.10",
+                                        "--journal", str(tmp_path / "j.sqlite")])
+    assert out.exit_code == 0, out.output
+    text = out.output
+    assert "SELL 1 XSP condor combo [calm market, enough credit]" in text
+    assert "legs: SELL 1 PUT" in text and "BUY 1 CALL" in text
+    assert "price: limit" in text and "every 15s" in text and "floor 0.10" in text
+    assert "credit" in text and "max loss" in text and "margin" in text
+    assert "would have been sent" in text
+    db = sqlite3.connect(tmp_path / "j.sqlite")
+    statuses = {r[0] for r in db.execute("SELECT status FROM orders")}
+    assert statuses == {"dry-run"}
+    assert db.execute("SELECT count(*) FROM fills").fetchone()[0] == 0
+    legs = json.loads(db.execute("SELECT legs FROM orders LIMIT 1").fetchone()[0])
+    assert {leg["name"] for leg in legs} == {"short_put", "long_put", "short_call", "long_call"}
+
+
+@needs_chains
+def test_report_lists_option_trades_with_legs_and_credit(tmp_path):
+    journal = tmp_path / "j.sqlite"
+    report = tmp_path / "r.html"
+    out = CliRunner().invoke(cli.main, ["backtest", str(condor(tmp_path)), "--journal", str(journal),
+                                        "--report", str(report)])
+    assert out.exit_code == 0, out.output
+    html = report.read_text()
+    db = sqlite3.connect(journal)
+    legs = json.loads(db.execute("SELECT legs FROM trades LIMIT 1").fetchone()[0])
+    for leg in legs["legs"]:
+        assert f"{leg['strike']:g}" in html
+    assert "credit" in html.lower()

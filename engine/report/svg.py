@@ -47,7 +47,8 @@ def thin(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np
     high = np.concatenate((np.where(np.isfinite(y), y, -np.inf), np.full(pad, -np.inf))).reshape(buckets, size)
     offsets = np.arange(buckets) * size
     keep = np.concatenate(([0, n - 1], offsets + low.argmin(axis=1), offsets + high.argmax(axis=1)))
-    keep = np.unique(keep[keep < n])
+    keep = np.sort(keep[keep < n])
+    keep = keep[np.concatenate(([True], keep[1:] != keep[:-1]))]
     return x[keep], y[keep]
 
 

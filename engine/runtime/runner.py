@@ -620,14 +620,21 @@ class Runner:
         price = debit if combo.entry_credit > 0 else -debit
         fill = Fill(combo.key, action, float(combo.quantity), price, commission, int(bars.end[k]), k, intent.tag,
                     combo.multiplier, rule_name, how)
+        margin = self.ledger.positions[combo.key].margin_per_unit * combo.quantity
         trade = self.ledger.close(fill, how)
         exit_legs = [leg.to_json() for leg in quote.legs] if not isinstance(quote, str) else []
         legs = {"legs": [leg.to_json() for leg in combo.legs], "credit": combo.entry_credit, "debit": debit,
                 "expiry": combo.expiry.isoformat(), "underlying_entry": combo.underlying_entry,
-                "underlying_exit": float(bars.close[k]), "exit_legs": exit_legs, "order": combo.order}
+                "underlying_exit": float(bars.close[k]), "exit_legs": exit_legs, "order": combo.order,
+                "margin": margin, "close": how}
         import dataclasses
 
-        trade = dataclasses.replace(trade, legs=legs, mae=None, mfe=None)
+        rule = next((r for r in self.plan.rules if r.name == rule_name), None)
+        # a combo's return is on the capital it tied up (its margin: the max loss of a defined-risk
+        # combo), not on its premium
+        trade = dataclasses.replace(trade, legs=legs, mae=None, mfe=None,
+                                    return_pct=100.0 * trade.pnl / margin if margin > 0 else trade.return_pct,
+                                    exit_reason=(rule.reason or rule.name) if rule is not None else how)
         self.ledger.trades[-1] = trade
         combo.marks[k] = 0.0
         del self.combos[combo.key]

@@ -67,6 +67,19 @@ def _clean(equity: pd.Series) -> pd.Series:
     return equity[np.isfinite(equity.to_numpy(dtype=float))]
 
 
+@dataclass(frozen=True)
+class TradeColumns:
+    """Trades as arrays, for a backtest's thousands of trades without a Python object each:
+    `pnl`, and the entry and exit times as UTC nanoseconds. Every function taking trades
+    accepts it in place of a sequence of rows."""
+    pnl: np.ndarray
+    entry_ns: np.ndarray
+    exit_ns: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pnl)
+
+
 def _field(trade: Any, name: str, default: Any = None) -> Any:
     if isinstance(trade, Mapping):
         return trade.get(name, default)
@@ -74,7 +87,10 @@ def _field(trade: Any, name: str, default: Any = None) -> Any:
 
 
 def _pnls(trades: Sequence[Any]) -> np.ndarray:
-    values = np.array([_field(t, "pnl") for t in trades], dtype=float)
+    if isinstance(trades, TradeColumns):
+        values = np.asarray(trades.pnl, dtype=float)
+    else:
+        values = np.array([_field(t, "pnl") for t in trades], dtype=float)
     return values[np.isfinite(values)]
 
 
@@ -322,8 +338,12 @@ def exposure(trades: Sequence[Any], start: pd.Timestamp, end: pd.Timestamp) -> f
         return None
     if not trades:
         return 0.0
-    entries = to_timestamps([_field(t, "entry_ts") for t in trades]).as_unit("ns").asi8
-    exits = to_timestamps([_field(t, "exit_ts") for t in trades]).as_unit("ns").asi8
+    if isinstance(trades, TradeColumns):
+        entries = np.asarray(trades.entry_ns, dtype=np.int64)
+        exits = np.asarray(trades.exit_ns, dtype=np.int64)
+    else:
+        entries = to_timestamps([_field(t, "entry_ts") for t in trades]).as_unit("ns").asi8
+        exits = to_timestamps([_field(t, "exit_ts") for t in trades]).as_unit("ns").asi8
     lo, hi = pd.Timestamp(start).as_unit("ns").value, pd.Timestamp(end).as_unit("ns").value
     a = np.clip(np.minimum(entries, exits), lo, hi)
     b = np.clip(np.maximum(entries, exits), lo, hi)

@@ -7,33 +7,57 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..runtime.backtest import Result, _iso
+from ..runtime.backtest import Result
 from . import metrics
 
 
 def equity_series(result: Result) -> pd.Series:
-    return pd.Series(result.equity, index=pd.to_datetime(result.labels, utc=True))
+    index = pd.DatetimeIndex(np.asarray(result.labels, dtype=np.int64).astype("datetime64[ns]")).tz_localize("UTC")
+    return pd.Series(result.equity, index=index)
+
+
+def _seconds(ns: np.ndarray) -> np.ndarray:
+    """Times truncated to whole seconds, as the journal's timestamps are."""
+    return ns - ns % 1_000_000_000
+
+
+def trade_columns(result: Result) -> metrics.TradeColumns:
+    trades = result.ledger.trades
+    cols = getattr(trades, "columns", None)
+    if cols is not None:   # the fast path keeps its trades as arrays
+        pnl, entry, exit_ = cols["pnl"], cols["entry_time"], cols["exit_time"]
+    else:
+        pnl = np.array([t.pnl for t in trades], dtype=float)
+        entry = np.array([t.entry_time for t in trades], dtype=np.int64)
+        exit_ = np.array([t.exit_time for t in trades], dtype=np.int64)
+    return metrics.TradeColumns(pnl, _seconds(entry), _seconds(exit_))
 
 
 def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
     """Every metric of the run; positions still open count towards exposure up to the end."""
     equity = equity_series(result)
-    trades = [{"pnl": t.pnl, "entry_ts": _iso(t.entry_time), "exit_ts": _iso(t.exit_time)}
-              for t in result.ledger.trades]
-    end = _iso(int(result.labels[-1])) if len(result.labels) else None
-    open_spans = [{"entry_ts": _iso(p.entry_time), "exit_ts": end} for p in result.ledger.positions.values()]
+    trades = trade_columns(result)
+    end = int(_seconds(np.asarray(result.labels[-1:], dtype=np.int64))[0]) if len(result.labels) else None
+    positions = list(result.ledger.positions.values())
     symbol = result.prepared.symbols[0] if result.prepared.symbols else None
     closes = None
     if symbol in result.bars and len(result.times):
         b = result.bars[symbol]
         closes = b.close[np.searchsorted(b.end, result.times[0], side="left"):]
     out = metrics.summarize(equity, trades, risk_free=risk_free, closes=closes)
-    if open_spans and len(equity) >= 2:
-        out["exposure"] = metrics.exposure(trades + open_spans, equity.index[0], equity.index[-1])
+    if positions and end is not None and len(equity) >= 2:
+        entries = _seconds(np.array([p.entry_time for p in positions], dtype=np.int64))
+        spans = metrics.TradeColumns(np.concatenate((trades.pnl, np.zeros(len(positions)))),
+                                     np.concatenate((trades.entry_ns, entries)),
+                                     np.concatenate((trades.exit_ns, np.full(len(positions), end, dtype=np.int64))))
+        out["exposure"] = metrics.exposure(spans, equity.index[0], equity.index[-1])
     out["open_positions"] = len(result.ledger.positions)
     out["final_cash"] = result.ledger.cash
     out["available_funds"] = result.available_funds
-    out["commission"] = float(sum(f.commission for f in result.ledger.fills))
+    fills = result.ledger.fills
+    fcols = getattr(fills, "columns", None)
+    out["commission"] = float(sum(fcols["commission"].tolist()) if fcols is not None
+                              else sum(f.commission for f in fills))
     out["buy_and_hold_symbol"] = symbol
     out["bars"] = int(sum(len(b) for b in result.bars.values()))
     out["blocked"] = sum(1 for d in result.runner.decisions if d.outcome == "blocked")

@@ -424,7 +424,8 @@ def ledger_columns(ledger: Ledger, bars: dict[str, SymbolBars]) -> LedgerColumns
     cols = getattr(ledger, "columns", None)
     if cols is not None:
         return cols
-    fills, trades = ledger.fills, ledger.trades
+    fills = ledger.fills
+    trades = [t for t in ledger.trades if not t.legs]   # option combos are valued from their own marks
     return LedgerColumns([f.symbol for f in fills], np.array([f.bar for f in fills], dtype=np.int64),
                          np.array(_cash_deltas(ledger, bars), dtype=np.float64),
                          [t.symbol for t in trades], np.array([t.entry_bar for t in trades], dtype=np.int64),

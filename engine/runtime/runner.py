@@ -632,7 +632,7 @@ class Runner:
         rule = next((r for r in self.plan.rules if r.name == rule_name), None)
         # a combo's return is on the capital it tied up (its margin: the max loss of a defined-risk
         # combo), not on its premium
-        trade = dataclasses.replace(trade, legs=legs, mae=None, mfe=None,
+        trade = dataclasses.replace(trade, symbol=symbol, legs=legs, mae=None, mfe=None,
                                     return_pct=100.0 * trade.pnl / margin if margin > 0 else trade.return_pct,
                                     exit_reason=(rule.reason or rule.name) if rule is not None else how)
         self.ledger.trades[-1] = trade

@@ -275,38 +275,79 @@ def _environment() -> jinja2.Environment:
 
 # ---- the report --------------------------------------------------------------------------------
 
+MARKS_PER_CHART = 500      # trade markers drawn on the price chart at most (every one when fewer)
+
+
+def trade_columns(trades: list[dict]) -> metrics.TradeColumns:
+    """The journal's trade rows as arrays (pnl, entry and exit ns) for the metrics."""
+    if not trades:
+        return metrics.TradeColumns(np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64))
+    pnl = np.array([t["pnl"] for t in trades], dtype=float)
+    entry = metrics.to_timestamps([t["entry_ts"] for t in trades]).as_unit("ns").asi8
+    exit_ = metrics.to_timestamps([t["exit_ts"] for t in trades]).as_unit("ns").asi8
+    return metrics.TradeColumns(pnl, entry, exit_)
+
+
 def _symbol_breakdown(data: RunData) -> list[dict]:
-    by: dict[str, list[dict]] = {}
-    for t in data.trades:
-        by.setdefault(t["symbol"], []).append(t)
+    by: dict[str, list[int]] = {}
+    for i, t in enumerate(data.trades):
+        by.setdefault(t["symbol"], []).append(i)
+    pnl_all = np.array([t["pnl"] for t in data.trades], dtype=float)
     rows = []
     for s in sorted(set(by) | set(data.closes_by_symbol)):
-        ts = by.get(s, [])
+        idx = by.get(s, [])
+        cols = metrics.TradeColumns(pnl_all[idx], np.empty(0, np.int64), np.empty(0, np.int64))
         first, last = data.closes_by_symbol.get(s, (None, None))
         rows.append({
-            "symbol": s, "trades": len(ts), "win_rate": metrics.win_rate(ts),
-            "pnl": float(sum(t["pnl"] for t in ts)) if ts else 0.0,
-            "expectancy": metrics.expectancy(ts), "profit_factor": metrics.profit_factor(ts),
-            "commission": float(sum(t.get("commission") or 0 for t in ts)),
+            "symbol": s, "trades": len(idx), "win_rate": metrics.win_rate(cols),
+            "pnl": float(sum(data.trades[i]["pnl"] for i in idx)) if idx else 0.0,
+            "expectancy": metrics.expectancy(cols), "profit_factor": metrics.profit_factor(cols),
+            "commission": float(sum(data.trades[i].get("commission") or 0 for i in idx)),
             "buy_and_hold": metrics.buy_and_hold_return([first, last]) if first is not None and last is not None else None,
         })
     rows.sort(key=lambda r: (-r["trades"], r["symbol"]))
     return rows
 
 
-def _trade_marks(data: RunData) -> list[svg.TradeMark]:
+def _visible(ns: np.ndarray, lo: int, hi: int, buckets: int) -> np.ndarray:
+    """Indices (in time order) of the first mark in each of `buckets` equal slices of [lo, hi]:
+    marks closer than a slice would be drawn on top of each other."""
+    order = np.argsort(ns, kind="stable")
+    slot = ((ns[order] - lo) / max(hi - lo, 1) * buckets).astype(np.int64)
+    first = np.concatenate(([True], slot[1:] != slot[:-1])) if len(slot) else np.zeros(0, dtype=bool)
+    return order[first]
+
+
+def _trade_marks(data: RunData, most: int = MARKS_PER_CHART) -> list[svg.TradeMark]:
+    """Entry and exit markers of the chart's symbol: every one when there are at most `most`,
+    else the first of each kind per slice of the time axis (what can be seen apart)."""
+    rows = [t for t in data.trades if t["symbol"] == data.symbol and not t.get("legs_view")]
+    # option combos are priced per combo, not on the underlying's scale
+    if not rows:
+        return []
+    entry_ns = metrics.to_timestamps([t["entry_ts"] for t in rows]).as_unit("ns").asi8
+    exit_ns = metrics.to_timestamps([t["exit_ts"] for t in rows]).as_unit("ns").asi8
+    keep_entry = keep_exit = None
+    if 2 * len(rows) > most:
+        times = data.bars.index.as_unit("ns").asi8 if len(data.bars) else np.empty(0, np.int64)
+        lo = int(min(entry_ns.min(), exit_ns.min(), times.min() if len(times) else entry_ns.min()))
+        hi = int(max(entry_ns.max(), exit_ns.max(), times.max() if len(times) else exit_ns.max()))
+        keep_entry = set(_visible(entry_ns, lo, hi, most // 2).tolist())
+        keep_exit = set(_visible(exit_ns, lo, hi, most // 2).tolist())
     marks = []
-    for t in data.trades:
-        if t["symbol"] != data.symbol or t.get("legs_view"):
-            continue   # option combos are priced per combo, not on the underlying's scale
-        head = f"#{t['id']} {t['side']} {_fmt_qty(t['quantity'])} {t['symbol']}"
-        marks.append(svg.TradeMark(pd.Timestamp(t["entry_ts"]), float(t["entry_price"]), "entry",
-                                   f"{head} entry {fmt_ts(t['entry_ts'])} @ {t['entry_price']:.2f}"
-                                   + (f" ({t['entry_rule']})" if t.get("entry_rule") else "")))
-        marks.append(svg.TradeMark(pd.Timestamp(t["exit_ts"]), float(t["exit_price"]), "exit",
-                                   f"{head} exit {fmt_ts(t['exit_ts'])} @ {t['exit_price']:.2f}, pnl {t['pnl']:,.2f}"
-                                   + (f" ({t['exit_reason'] or t['exit_rule']})"
-                                      if t.get("exit_reason") or t.get("exit_rule") else "")))
+    for i, t in enumerate(rows):
+        head = None
+        if keep_entry is None or i in keep_entry:
+            head = f"#{t['id']} {t['side']} {_fmt_qty(t['quantity'])} {t['symbol']}"
+            marks.append(svg.TradeMark(pd.Timestamp(int(entry_ns[i]), tz="UTC"), float(t["entry_price"]), "entry",
+                                       f"{head} entry {fmt_ts(t['entry_ts'])} @ {t['entry_price']:.2f}"
+                                       + (f" ({t['entry_rule']})" if t.get("entry_rule") else "")))
+        if keep_exit is None or i in keep_exit:
+            head = head or f"#{t['id']} {t['side']} {_fmt_qty(t['quantity'])} {t['symbol']}"
+            marks.append(svg.TradeMark(pd.Timestamp(int(exit_ns[i]), tz="UTC"), float(t["exit_price"]), "exit",
+                                       f"{head} exit {fmt_ts(t['exit_ts'])} @ {t['exit_price']:.2f}, pnl {t['pnl']:,.2f}"
+                                       + (f" ({t['exit_reason'] or t['exit_rule']})"
+                                          if t.get("exit_reason") or t.get("exit_rule") else "")))
     return marks
 
 
@@ -315,7 +356,7 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
     run = data.run
     equity = data.equity
     closes = data.bars["close"].to_numpy(dtype=float) if len(data.bars) else None
-    summary = metrics.summarize(equity, data.trades, risk_free=risk_free, closes=closes)
+    summary = metrics.summarize(equity, trade_columns(data.trades), risk_free=risk_free, closes=closes)
     stored = run.get("summary") or {}
     from_summary = [k for k in FROM_RUN_SUMMARY if k in stored and (risk_free == 0 or k not in ("sharpe", "sortino"))]
     for key in from_summary:

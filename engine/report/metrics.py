@@ -81,7 +81,7 @@ class TradeColumns:
 
 
 def _field(trade: Any, name: str, default: Any = None) -> Any:
-    if isinstance(trade, Mapping):
+    if type(trade) is dict or isinstance(trade, Mapping):
         return trade.get(name, default)
     return getattr(trade, name, default)
 

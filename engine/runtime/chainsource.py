@@ -19,7 +19,6 @@ import pandas as pd
 from ..brokers.costs import fraction
 from ..diagnostics import DiagnosticError
 from ..market.chains import OptionChain, Skew, Spread, load_chains, synthesize
-from ..market.expiry import NoExpiry, parse_rule, resolve
 from ..orders.combos import Side
 from .options import OptionSetup, OptionsDesk
 
@@ -117,7 +116,7 @@ def option_desk(prep, signals) -> tuple[OptionsDesk, Callable]:
     spread_spec = sim.get("spread") or {}
     spread = Spread(pct=fraction(spread_spec.get("percent", "5%")), min_width=float(spread_spec.get("minimum", 0.02)))
     rate, dividend = float(sim.get("rate", 0.02)), float(sim.get("dividend_yield", 0.0))
-    rules = {name: parse_rule(spec.get("expiry", "0dte")) for name, spec in orders.items() if "legs" in spec}
+    combo_orders = [name for name, spec in orders.items() if "legs" in spec]
     vix_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def atm_vol(symbol: str, bar: int) -> float:
@@ -141,13 +140,12 @@ def option_desk(prep, signals) -> tuple[OptionsDesk, Callable]:
         b = signals[symbol].bars
         end = pd.Timestamp(int(b.end[bar]), tz="UTC").tz_convert(prep.timezone)
         setup = setups[symbol]
+        when = end.to_pydatetime() if b.end[bar] - b.start[bar] < 86_400e9 else \
+            pd.Timestamp(int(b.start[bar]), tz="UTC").tz_convert(prep.timezone).to_pydatetime()
         needed = set()
-        for rule in rules.values():
-            try:
-                needed.add(resolve(rule, end.to_pydatetime(), setup.calendar, cycle=setup.cycle))
-            except NoExpiry:
-                continue
-        needed |= {combo.expiry for combo in _open_combos(symbol)}
+        for name in combo_orders:
+            needed |= desk.expiries_needed(name, symbol, when)
+        needed |= {date for combo in _open_combos(symbol) for date in combo.expiries()}
         sigma = atm_vol(symbol, bar)
         if not needed or not np.isfinite(sigma) or sigma <= 0:
             return None

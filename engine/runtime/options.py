@@ -64,6 +64,9 @@ class ComboPosition:
     marks: dict[int, float] = field(default_factory=dict)   # bar -> value of the position (account currency)
     last_credit: float | None = None  # last mid credit (what closing at mid would cost, negated)
 
+    def expiries(self) -> set[dt.date]:
+        return {dt.date.fromisoformat(leg.expiry) for leg in self.legs}
+
     @property
     def entry_credit_total(self) -> float:
         return self.entry_credit * self.multiplier * self.quantity
@@ -99,27 +102,46 @@ class OptionsDesk:
         value = value_at(self.plan, node, bar, values, ctx)
         return float(value) if value is not None else None
 
-    def expiry(self, order: str, symbol: str, now: dt.datetime, chain: ChainView) -> dt.date:
+    def expiry(self, order: str, symbol: str, now: dt.datetime, chain: ChainView, leg: str | None = None) -> dt.date:
+        """The order's expiry, or a leg's own (the far month of a calendar spread)."""
         setup = self.setups[symbol]
         spec = self.orders[order]
+        rule = spec.get("expiry", "0dte")
+        if leg is not None and (spec.get("legs") or {}).get(leg, {}).get("expiry") is not None:
+            rule = spec["legs"][leg]["expiry"]
         listed = chain.expiries() if setup.listed else None
-        return resolve(parse_rule(spec.get("expiry", "0dte")), now, setup.calendar, listed=listed, cycle=setup.cycle)
+        return resolve(parse_rule(rule), now, setup.calendar, listed=listed, cycle=setup.cycle)
+
+    def expiries_needed(self, order: str, symbol: str, now: dt.datetime) -> set[dt.date]:
+        """Every expiry an order's legs resolve to at `now` (for synthesising just those)."""
+        setup = self.setups[symbol]
+        spec = self.orders[order]
+        rules = [spec.get("expiry", "0dte")] + [leg["expiry"] for leg in (spec.get("legs") or {}).values()
+                                               if leg.get("expiry") is not None]
+        out = set()
+        for rule in rules:
+            try:
+                out.add(resolve(parse_rule(rule), now, setup.calendar, cycle=setup.cycle))
+            except NoExpiry:
+                continue
+        return out
 
     def build(self, order: str, symbol: str, bar: int, now: dt.datetime, values: list,
               chain: ChainView) -> ComboQuote | str:
         """The combo the order template means at this bar, or the reason it cannot be built."""
         spec = self.orders[order]
         setup = self.setups[symbol]
-        try:
-            expiry = self.expiry(order, symbol, now, chain)
-        except NoExpiry as exc:
-            return str(exc)
-        if expiry not in set(chain.expiries()):
-            return f"expiry {expiry} is not in the chain at {now:%Y-%m-%d %H:%M}"
+        listed = set(chain.expiries())
         legs: dict[str, LegQuote] = {}
         ctx: dict[str, Any] = {}
         for name in _leg_order(spec.get("legs") or {}):
             leg = spec["legs"][name]
+            try:
+                expiry = self.expiry(order, symbol, now, chain, name)
+            except NoExpiry as exc:
+                return f"leg {name}: {exc}" if leg.get("expiry") is not None else str(exc)
+            if expiry not in listed:
+                return f"expiry {expiry} is not in the chain at {now:%Y-%m-%d %H:%M}"
             side = chain.side(expiry, leg["right"])
             strike = leg.get("strike")
             base = f"orders.{order}.legs.{name}"
@@ -196,12 +218,18 @@ class OptionsDesk:
         return Chase(start="mid", step=0.0, steps=1, every=0.0)
 
 
-def settlement_value(position: ComboPosition, price: float) -> float:
-    """What the combo is worth to close at expiry, as a debit per unit: its intrinsic value."""
+def settlement_value(position: ComboPosition, price: float, quote: ComboQuote | None = None) -> float:
+    """What the combo costs to close at its front expiry, as a debit per unit: the expiring legs
+    at their intrinsic value, later legs (a calendar's back month) at mid from `quote`."""
     debit = 0.0
+    later = {leg.name: leg for leg in quote.legs} if quote is not None else {}
     for leg in position.legs:
-        intrinsic = max(price - leg.strike, 0.0) if leg.right == "call" else max(leg.strike - price, 0.0)
-        debit += leg.sign * leg.ratio * intrinsic
+        if dt.date.fromisoformat(leg.expiry) <= position.expiry:
+            value = max(price - leg.strike, 0.0) if leg.right == "call" else max(leg.strike - price, 0.0)
+        else:
+            now = later.get(leg.name)
+            value = now.mid if now is not None and now.quoted_for(False) else leg.mid
+        debit += leg.sign * leg.ratio * value
     return debit
 
 

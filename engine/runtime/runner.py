@@ -543,7 +543,7 @@ class Runner:
                     result.reason)
         pos = self.ledger.open(fill, margin_per_unit=quote.margin)
         pos.entry_values.update({"credit": credit * quote.multiplier * qty})
-        expiry = dt.date.fromisoformat(quote.legs[0].expiry)
+        expiry = min(dt.date.fromisoformat(leg.expiry) for leg in quote.legs)   # the front month
         combo = ComboPosition(key, rule.order, rule.name, quote.legs, qty, credit, b, fill.time, expiry,
                               quote.underlying, quote.multiplier)
         combo.marks[b] = -quote.credit * quote.multiplier * qty
@@ -572,7 +572,7 @@ class Runner:
             last_of_day = k + 1 >= n or int(bars.session[k + 1]) != int(bars.session[k])
             if now.date() >= combo.expiry and (last_of_day or now.date() > combo.expiry):
                 price = float(bars.open[k] if setup.settlement_time == "am" else bars.close[k])
-                debit = settlement_value(combo, price)
+                debit = settlement_value(combo, price, None if isinstance(quote, str) else quote)
                 self._close_combo(symbol, combo, k, debit, "expiry settlement",
                                   f"cash-settled at {price:.2f} on {combo.expiry}", quote, now, fee=False)
                 return k + 1

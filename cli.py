@@ -259,6 +259,8 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
 @click.argument("strategy", type=click.Path())
 @click.option("--data", "data", type=click.Path(), help="Bars: a CSV/Parquet file or a folder of SYMBOL files "
               "(default: the strategy's data.source).")
+@click.option("--chains", type=click.Path(), help="Option chain snapshots (an L2 or iVolatility CSV) for "
+              "options strategies (default: the strategy's data.chains; none: chains are synthesised).")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a param. Repeatable.")
 @click.option("--from", "start", metavar="YYYY-MM-DD", help="First day (inclusive).")
 @click.option("--to", "end", metavar="YYYY-MM-DD", help="Last day (inclusive).")
@@ -269,7 +271,7 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
 @click.option("--symbol", help="Symbol for the report's price chart (default: the most traded).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Progress bar on a terminal.")
-def backtest(strategy, data, sets, start, end, cash, journal_path, report_path, symbol, fmt, progress):
+def backtest(strategy, data, chains, sets, start, end, cash, journal_path, report_path, symbol, fmt, progress):
     """Backtest STRATEGY on historical bars: the same rules, risk limits and order logic as a live
     run, against a simulated broker; writes the journal and, with --report, an HTML report."""
     import time as _time
@@ -281,7 +283,7 @@ def backtest(strategy, data, sets, start, end, cash, journal_path, report_path, 
 
     started = _time.perf_counter()
     try:
-        prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash)
+        prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash, chains)
     except DiagnosticError as exc:
         _report_problems(exc)
     bar = _Progress(progress and fmt == "text")

@@ -243,3 +243,19 @@ def test_report_lists_option_trades_with_legs_and_credit(tmp_path):
     for leg in legs["legs"]:
         assert f"{leg['strike']:g}" in html
     assert "credit" in html.lower()
+
+
+@needs_chains
+def test_example_spx_condor_on_real_chains_through_the_cli(tmp_path):
+    out = CliRunner().invoke(cli.main, ["backtest", str(ROOT / "strategies" / "spxw_condor.yaml"), "--chains",
+                                        str(SPXW), "--journal", str(tmp_path / "j.sqlite"), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.output)["summary"]
+    assert summary["trades"] >= 1 and summary["commission"] > 0
+    db = sqlite3.connect(tmp_path / "j.sqlite")
+    symbol, legs = db.execute("SELECT symbol, legs FROM trades").fetchone()
+    assert symbol == "SPX" and len(json.loads(legs)["legs"]) == 4
+    # without chains (and no data.source) the run says what is missing, at the data line
+    out = CliRunner().invoke(cli.main, ["backtest", str(ROOT / "strategies" / "spxw_condor.yaml"),
+                                        "--journal", str(tmp_path / "j.sqlite")])
+    assert out.exit_code == 1 and "no bar data for the backtest" in out.output and "--chains" in out.output

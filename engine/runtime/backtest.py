@@ -164,7 +164,8 @@ def _spacing(index: pd.DatetimeIndex) -> float | None:
 
 
 def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str | Path | None = None,
-            start: str | None = None, end: str | None = None, cash: float | None = None) -> Prepared:
+            start: str | None = None, end: str | None = None, cash: float | None = None,
+            chains: str | Path | None = None) -> Prepared:
     doc, ws = load_strategy(path, overrides)
     plan = build_plan(doc, ws, overrides)
     settings = dict(doc.get(("backtest",)) or {})
@@ -179,15 +180,17 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     symbols = _symbols(doc)
     if not symbols:
         raise _fail(doc, ("universe",), "no symbols to backtest", "list them under universe:")
+    chains_source = chains if chains is not None else doc.get(("data", "chains"))
     chains = None
-    chains_source = doc.get(("data", "chains"))
     if chains_source:
         from .chainsource import load_chains, underlying_from_chains
 
-        chains_path = (doc.abspath.parent / chains_source).resolve()
+        chains_path = Path(chains_source).resolve() if chains_source is not None and \
+            chains_source is not doc.get(("data", "chains")) else (doc.abspath.parent / chains_source).resolve()
         if not chains_path.exists():
-            raise _fail(doc, ("data", "chains"), f"option chains not found: {chains_source}",
-                        f"paths are relative to {doc.path}'s folder")
+            raise _fail(doc, ("data", "chains") if doc.get(("data", "chains")) else ("data",),
+                        f"option chains not found: {chains_source}",
+                        f"data.chains is relative to {doc.path}'s folder; --chains to the current directory")
         try:
             chains = load_chains(chains_path)          # a file of one underlying (SPXW for SPX)
         except DiagnosticError:
@@ -197,6 +200,7 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     if combos and chains is None and (settings.get("options") or {}).get("iv", "vix") == "vix" and "VIX" not in wanted:
         wanted.append("VIX")  # synthesised chains take their volatility from VIX
     if data is None and chains is not None and not doc.get(("data", "source")):
+        # the underlying's daily prices come with the chain snapshots
         frames = {symbols[0]: underlying_from_chains(chains, timezone)}
         data_path = chains_path
         if len(wanted) > 1:
@@ -207,7 +211,8 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
             source = doc.get(("data", "source"))
             if not source:
                 raise _fail(doc, ("data",), "no bar data for the backtest",
-                            "set data.source in the strategy (a file or a folder of SYMBOL.csv files) or pass --data")
+                            "set data.source in the strategy (a file or a folder of SYMBOL.csv files) or pass --data "
+                            "(for options, --chains with end-of-day chain snapshots is enough)")
             data_path = (doc.abspath.parent / source).resolve()
             if not data_path.exists():
                 raise _fail(doc, ("data", "source"), f"data source not found: {source}",

@@ -110,7 +110,9 @@ class OptionsDesk:
         if leg is not None and (spec.get("legs") or {}).get(leg, {}).get("expiry") is not None:
             rule = spec["legs"][leg]["expiry"]
         listed = chain.expiries() if setup.listed else None
-        return resolve(parse_rule(rule), now, setup.calendar, listed=listed, cycle=setup.cycle)
+        # the trading day in the strategy's timezone: a daily bar stamped at local midnight must
+        # not become the previous day on an exchange calendar an hour behind (CBOE is Chicago)
+        return resolve(parse_rule(rule), now.date(), setup.calendar, listed=listed, cycle=setup.cycle)
 
     def expiries_needed(self, order: str, symbol: str, now: dt.datetime) -> set[dt.date]:
         """Every expiry an order's legs resolve to at `now` (for synthesising just those)."""
@@ -121,7 +123,7 @@ class OptionsDesk:
         out = set()
         for rule in rules:
             try:
-                out.add(resolve(parse_rule(rule), now, setup.calendar, cycle=setup.cycle))
+                out.add(resolve(parse_rule(rule), now.date(), setup.calendar, cycle=setup.cycle))
             except NoExpiry:
                 continue
         return out

@@ -72,7 +72,7 @@ def warned(tmp_path):
 def test_validate_examples_clean(runner):
     result = run(runner, "validate", *EXAMPLES)
     assert result.exit_code == 0, result.output
-    assert "10 files checked: 0 errors, 0 warnings" in result.output
+    assert "11 files checked: 0 errors, 0 warnings" in result.output
     assert "All clear" in result.output
     assert not DIAGNOSTIC.search(result.output)
 
@@ -155,7 +155,7 @@ def test_json_format_clean(runner):
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert data == {**data, "errors": 0, "warnings": 0, "diagnostics": []}
-    assert len(data["files"]) == 10
+    assert len(data["files"]) == 11
 
 
 def test_strict_turns_warnings_into_errors(runner, warned):

@@ -33,6 +33,7 @@ EXAMPLES = {
     "strategies/breakout.yaml": "strategy",
     "strategies/composite_scanner.yaml": "strategy",
     "strategies/regime_agents.yaml": "strategy",
+    "strategies/spxw_condor.yaml": "strategy",
     "strategies/scanners/composite.yaml": "scanner",
     "strategies/risk/small_account.yaml": "risk",
 }

@@ -37,13 +37,11 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
 
 
 def _version() -> str:
-    """The installed distribution's version; a source checkout that was never installed has none."""
-    from importlib import metadata
+    """qtrade's version (engine.__version__, kept equal to pyproject's by a test); reading it
+    from the engine, not from package metadata, keeps importlib.metadata off every start-up."""
+    from engine import __version__
 
-    try:
-        return metadata.version("qtrade")
-    except metadata.PackageNotFoundError:
-        return "(not installed: running from a source tree)"
+    return __version__
 
 
 class _Group(click.Group):

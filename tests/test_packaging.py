@@ -18,3 +18,10 @@ def test_every_engine_package_is_installed():
     data = config["tool"]["setuptools"]["package-data"]
     assert "templates/*.j2" in data["engine.report"] and "*.lark" in data["engine.dsl"]
     assert config["tool"]["setuptools"]["package-dir"] == {"engine.schemas": "schemas", "engine.universes": "universes"}
+
+
+def test_engine_version_matches_the_distribution():
+    from engine import __version__
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert config["project"]["version"] == __version__

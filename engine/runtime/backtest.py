@@ -330,7 +330,10 @@ def _schedule_masks(prep: Prepared, bars: Bars) -> tuple[np.ndarray | None, np.n
 
 
 def run(prep: Prepared, progress: Callable[[float], None] | None = None, run_id: str | None = None, *,
-        dry_run: bool = False, on_intent: Callable[[dict], None] | None = None) -> Result:
+        dry_run: bool = False, on_intent: Callable[[dict], None] | None = None, fast: bool | None = None) -> Result:
+    """The backtest. `fast`: None resolves simple runs on the fast path (engine.runtime.fastpath,
+    the Runner's outcome exactly) and the rest through the Runner; False always uses the Runner;
+    True requires the fast path (ValueError saying why a run is not simple)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     signals: dict[str, SymbolSignals] = {}
@@ -364,6 +367,11 @@ def run(prep: Prepared, progress: Callable[[float], None] | None = None, run_id:
     broker = SimBroker(Commission.from_spec(s.get("commission")), Slippage.from_spec(s.get("slippage")),
                        s.get("fill", "next_open"))
     t1 = time.perf_counter()
+    if fast is not False:
+        result = _run_fast(prep, signals, symbol_bars, broker, settings, run_id, timings, t1, progress, dry_run,
+                           on_intent, required=bool(fast))
+        if result is not None:
+            return result
     span = _span(symbol_bars)
     report = (lambda t: progress((t - span[0]) / max(span[1] - span[0], 1))) if progress and span else None
     desk = chains = None
@@ -380,6 +388,32 @@ def run(prep: Prepared, progress: Callable[[float], None] | None = None, run_id:
     times, equity, cash, marks = equity_curve(ledger, symbol_bars, settings.cash, prep.start,
                                               runner.closed_combos + list(runner.combos.values()), runner.combo_symbol)
     timings["equity"] = time.perf_counter() - t2
+    labels = times - int(bar_seconds(prep.bar) * 1e9)
+    return Result(prep, run_id, ledger, runner, times, labels, equity, cash, symbol_bars, marks, timings)
+
+
+def _run_fast(prep: Prepared, signals: dict[str, SymbolSignals], symbol_bars: dict[str, SymbolBars],
+              broker: SimBroker, settings: RunSettings, run_id: str, timings: dict, t1: float, progress,
+              dry_run: bool, on_intent, required: bool) -> Result | None:
+    """The run on the fast path, or None when it is not simple (see fastpath.unsupported)."""
+    from . import fastpath
+
+    combos = any("legs" in (spec or {}) for spec in settings.orders.values())
+    why = fastpath.unsupported(prep.plan, signals, broker, settings, dry_run=dry_run, on_intent=on_intent,
+                               desk=True if combos else None)
+    if why is not None:
+        if required:
+            raise ValueError(f"not a simple run: {why}")
+        return None
+    runner = fastpath.FastRun(prep.plan, signals, broker, settings)
+    ledger = runner.run()
+    if progress is not None:
+        progress(1.0)
+    timings["run"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    times, equity, cash, marks = equity_curve(ledger, symbol_bars, settings.cash, prep.start)
+    timings["equity"] = time.perf_counter() - t2
+    timings["fast_path"] = 1.0
     labels = times - int(bar_seconds(prep.bar) * 1e9)
     return Result(prep, run_id, ledger, runner, times, labels, equity, cash, symbol_bars, marks, timings)
 

@@ -1,0 +1,293 @@
+"""The backtest's fast path gives exactly the Runner's outcome: same fills (order_ref tags
+included), trades with MAE/MFE, decisions, order records, cash, positions and equity curve, on
+real bars and many random strategies; runs that are not simple go to the Runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from engine.runtime import backtest as bt
+from engine.runtime import fastpath
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SAMPLE = ROOT / "strategies" / "data"
+
+DATA = {
+    "SPY": SAMPLE / "SPY.csv",
+    "AAPL": SAMPLE / "AAPL.csv",
+    "ORCL": SHARED / "backtrader" / "orcl-1995-2014.txt",
+    "NQ": SHARED / "firstratedata_nq_sample" / "NQ_1min_sample.csv",
+}
+
+
+def _orders(result) -> list[tuple]:
+    return [(o.intent, o.time, o.status, o.status_time, o.reason, o.legs) for o in result.runner.orders]
+
+
+def assert_same(a, b) -> None:
+    """a: the Runner's result, b: the fast path's."""
+    assert b.timings.get("fast_path") == 1.0 and "fast_path" not in a.timings
+    assert list(b.ledger.fills) == list(a.ledger.fills)
+    assert list(b.ledger.trades) == list(a.ledger.trades)
+    assert list(b.runner.decisions) == list(a.runner.decisions)
+    assert _orders(b) == _orders(a)
+    assert b.ledger.cash == a.ledger.cash
+    assert b.ledger.positions == a.ledger.positions
+    assert np.array_equal(b.times, a.times) and np.array_equal(b.labels, a.labels)
+    assert np.array_equal(b.equity, a.equity) and np.array_equal(b.cash, a.cash)
+    assert b.marks == a.marks
+    assert b.available_funds == a.available_funds
+    assert b.final_equity == a.final_equity
+
+
+def both(path: Path, **kw):
+    prep = bt.prepare(path, **kw)
+    return bt.run(prep, run_id="t", fast=False), bt.run(prep, run_id="t", fast=True)
+
+
+def write_strategy(tmp_path: Path, *, symbol: str = "SPY", entry: str, exit_: str, quantity: str = "100",
+                   action: str = "buy", backtest: str = "{cash: 100000}", extra_entry: str = "",
+                   extra_exit: str = "", schedule: str = "", bar: str = "1d", risk: str = "",
+                   instruments: bool = False, name: str = "s.yaml") -> Path:
+    text = f"""kind: strategy
+name: fast
+universe: [{symbol}]
+data: {{bar: {bar}, source: {DATA[symbol]}}}
+{f"instruments: {ROOT / 'universes' / 'instruments.yaml'}" if instruments else ""}
+{schedule}
+entry:
+  - name: go
+    when: {entry}
+    order: open
+{extra_entry}
+exit:
+  - name: leave
+    when: {exit_}
+{extra_exit}
+orders:
+  open: {{action: {action}, type: market, quantity: {quantity}}}
+  other: {{action: buy, type: market, quantity: 7}}
+backtest: {backtest}
+{risk}
+"""
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ---- fixed cases -----------------------------------------------------------------------------
+
+def test_the_bundled_sma_crossover_takes_the_fast_path_with_the_runners_outcome():
+    a, b = both(ROOT / "strategies" / "sma_crossover.yaml")
+    assert len(a.ledger.trades) > 10
+    assert_same(a, b)
+    default = bt.run(bt.prepare(ROOT / "strategies" / "sma_crossover.yaml"))
+    assert default.timings.get("fast_path") == 1.0
+
+
+@pytest.mark.parametrize("fill", ["next_open", "close"])
+@pytest.mark.parametrize("account", ["cash", "margin"])
+def test_all_in_percent_of_equity(tmp_path, fill, account):
+    path = write_strategy(tmp_path, entry="crosses_above(sma(close, 10), sma(close, 30))",
+                          exit_="crosses_below(sma(close, 10), sma(close, 30))",
+                          quantity="{percent_of_equity: 100%}",
+                          backtest=f"{{cash: 100000, account: {account}, fill: {fill}, "
+                                   "commission: {per_share: 0.005, minimum: 1.0, maximum: 1%}, "
+                                   "slippage: {ticks: 1}}")
+    a, b = both(path)
+    assert len(a.ledger.trades) > 20
+    assert_same(a, b)
+
+
+def test_entry_and_exit_on_the_same_bar_and_insufficient_cash(tmp_path):
+    # enter when above the SMA, leave when below the close 2 bars ago: many bars fire both; a
+    # fixed size that the cash often cannot pay is rejected and the next entry searched from its fill
+    for fill in ("next_open", "close"):
+        path = write_strategy(tmp_path, entry="close > sma(close, 5)", exit_="close < close[2]",
+                              quantity="400", backtest=f"{{cash: 60000, account: cash, fill: {fill}}}")
+        a, b = both(path)
+        reasons = {d.reason for d in a.runner.decisions if d.outcome == "blocked"}
+        assert any(r.startswith("insufficient cash") for r in reasons)
+        assert_same(a, b)
+
+
+def test_shorts_in_a_margin_account_and_refused_in_a_cash_account(tmp_path):
+    for account in ("margin", "cash"):
+        path = write_strategy(tmp_path, entry="crosses_below(close, sma(close, 20))",
+                              exit_="crosses_above(close, sma(close, 20))", action="sell",
+                              quantity="{percent_of_equity: 50%}",
+                              backtest=f"{{cash: 50000, account: {account}, slippage: {{percent: 0.1%}}}}")
+        a, b = both(path)
+        if account == "cash":
+            assert not a.ledger.fills
+            assert {d.reason for d in a.runner.decisions} == {"short selling needs a margin account"}
+        else:
+            assert all(t.side == "short" for t in a.ledger.trades) and a.ledger.trades
+        assert_same(a, b)
+
+
+def test_two_entry_rules_the_first_wins(tmp_path):
+    path = write_strategy(tmp_path, entry="close > open", exit_="close < open",
+                          extra_entry="  - name: also\n    when: close > close[1]\n    order: other",
+                          extra_exit="  - name: also leave\n    when: rsi(close, 14) > 70")
+    a, b = both(path)
+    assert any("fired on the same bar and won" in d.reason for d in a.runner.decisions)
+    assert_same(a, b)
+
+
+def test_dates_warmup_and_a_position_open_at_the_end(tmp_path):
+    path = write_strategy(tmp_path, symbol="AAPL", entry="rsi(close, 14) < 35", exit_="rsi(close, 14) > 65",
+                          quantity="{percent_of_equity: 30%, round: none}",
+                          backtest="{cash: 20000, commission: {percent: 0.1%}}")
+    a, b = both(path, start="2010-03-01", end="2014-06-30")
+    assert_same(a, b)
+    never = write_strategy(tmp_path, symbol="AAPL", entry="close > 0", exit_="close < 0", name="never.yaml")
+    a, b = both(never)
+    assert len(a.ledger.positions) == 1 and not a.ledger.trades
+    assert_same(a, b)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
+@pytest.mark.parametrize("fill", ["next_open", "close"])
+def test_nq_five_minute_bars_with_entry_window_and_flat_by(tmp_path, fill):
+    path = write_strategy(tmp_path, symbol="NQ", bar="5m", instruments=True,
+                          entry="close > ema(close, 12)", exit_="close < ema(close, 30)", quantity="2",
+                          schedule='schedule: {timezone: America/New_York, entry_window: ["09:45", "11:00"], '
+                                   'flat_by: "15:30"}',
+                          backtest=f"{{cash: 100000, fill: {fill}, commission: {{per_contract: 2.25}}, "
+                                   "slippage: {ticks: 1}}")
+    a, b = both(path)
+    assert a.bars["NQ"].margined
+    assert any(t.exit_rule == "flat_by" for t in a.ledger.trades)
+    assert_same(a, b)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
+def test_nq_shorts_fixed_and_percent_of_equity(tmp_path):
+    # the bundled NQ root has no margin set: percent_of_equity sizes against 1e-12 per contract
+    # and every entry is refused for its commission; both paths say so the same way
+    for quantity in ("3", "{percent_of_equity: 60%}"):
+        path = write_strategy(tmp_path, symbol="NQ", bar="5m", instruments=True, action="sell",
+                              entry="crosses_below(close, sma(close, 20))",
+                              exit_="crosses_above(close, sma(close, 20))", quantity=quantity,
+                              schedule='schedule: {timezone: America/New_York, flat_by: "15:30"}',
+                              backtest="{cash: 100000, commission: {per_contract: 2.25}}")
+        a, b = both(path)
+        assert a.ledger.trades if quantity == "3" else a.runner.decisions
+        assert_same(a, b)
+
+
+# ---- random strategies -----------------------------------------------------------------------
+
+SYMBOLS = ["SPY", "AAPL"] + (["ORCL"] if DATA["ORCL"].exists() else [])
+
+
+@st.composite
+def cases(draw):
+    kind = draw(st.sampled_from(["sma", "rsi", "mixed"]))
+    fast = draw(st.integers(2, 30))
+    slow = fast + draw(st.integers(1, 60))
+    lo = draw(st.integers(10, 45))
+    hi = draw(st.integers(55, 90))
+    if kind == "sma":
+        entry, exit_ = f"crosses_above(sma(close, {fast}), sma(close, {slow}))", \
+            f"crosses_below(sma(close, {fast}), sma(close, {slow}))"
+    elif kind == "rsi":
+        entry, exit_ = f"rsi(close, {fast}) < {lo}", f"rsi(close, {fast}) > {hi}"
+    else:
+        entry, exit_ = f"close > sma(close, {slow})", f"rsi(close, {fast}) > {hi} or close < sma(close, {fast})"
+    sizing = draw(st.sampled_from(["fixed", "number", "percent", "percent_frac"]))
+    quantity = {"fixed": f"{{fixed: {draw(st.integers(1, 800))}}}", "number": str(draw(st.integers(1, 800))),
+                "percent": f"{{percent_of_equity: {draw(st.integers(5, 100))}%}}",
+                "percent_frac": f"{{percent_of_equity: {draw(st.integers(5, 100))}%, round: none}}"}[sizing]
+    account = draw(st.sampled_from(["cash", "margin"]))
+    commission = draw(st.sampled_from(["", "commission: {per_share: 0.005, minimum: 1.0, maximum: 1%}, ",
+                                       "commission: {percent: 0.1%}, ", "commission: {per_order: 2.5}, "]))
+    slippage = draw(st.sampled_from(["", "slippage: {ticks: 2}, ", "slippage: {percent: 0.05%}, ",
+                                     "slippage: {fixed: 0.03}, "]))
+    fill = draw(st.sampled_from(["next_open", "close"]))
+    cash = draw(st.sampled_from([2_000, 25_000, 100_000]))
+    action = draw(st.sampled_from(["buy", "buy", "sell"]))
+    symbol = draw(st.sampled_from(SYMBOLS))
+    years = {"SPY": (2008, 2017), "AAPL": (2008, 2017), "ORCL": (1996, 2013)}[symbol]
+    start = draw(st.one_of(st.none(), st.integers(*years)))
+    end = draw(st.one_of(st.none(), st.integers(*years)))
+    return dict(symbol=symbol, entry=entry, exit_=exit_, quantity=quantity, action=action,
+                backtest=f"{{cash: {cash}, account: {account}, fill: {fill}, {commission}{slippage}}}".replace(
+                    ", }", "}"),
+                start=f"{start}-01-01" if start else None, end=f"{end}-12-31" if end else None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=cases())
+def test_random_strategies_match_the_runner(tmp_path, case):
+    start, end = case.pop("start"), case.pop("end")
+    if start and end and end < start:
+        start, end = end, start
+    path = write_strategy(tmp_path, **case)
+    prep = bt.prepare(path, start=start, end=end)
+    a = bt.run(prep, run_id="r", fast=False)
+    b = bt.run(prep, run_id="r", fast=True)
+    assert_same(a, b)
+
+
+# ---- what is not simple ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("change,why", [
+    (dict(exit_="position.bars_held >= 3"), "position or run context"),
+    (dict(extra_exit="  - name: stop\n    stop: position.entry_price * 0.95"), "run context|not a market-only"),
+    (dict(quantity="{risk_percent: 1%, stop_distance: 2 * atr(14)}"), "expression quantity|sizing"),
+    (dict(risk="risk: {max_daily_loss: 500}"), "max_daily_loss"),
+    (dict(risk="risk: {circuit_breaker: {consecutive_losses: 3, pause: 1d}}"), "circuit_breaker"),
+    (dict(risk="risk: {max_drawdown: 20%}"), "max_drawdown"),
+    (dict(risk="risk: {max_position: 50%}"), "max_position"),
+])
+def test_runs_that_are_not_simple_go_to_the_runner(tmp_path, change, why):
+    kw = dict(entry="close > sma(close, 10)", exit_="close < sma(close, 10)")
+    kw.update(change)
+    prep = bt.prepare(write_strategy(tmp_path, **kw))
+    result = bt.run(prep)
+    assert "fast_path" not in result.timings
+    with pytest.raises(ValueError, match=why):
+        bt.run(prep, fast=True)
+
+
+def test_limit_entries_and_several_symbols_go_to_the_runner(tmp_path):
+    path = tmp_path / "limit.yaml"
+    path.write_text(f"""kind: strategy
+name: lim
+universe: [SPY, AAPL]
+data: {{bar: 1d, source: {SAMPLE}}}
+entry:
+  - name: dip
+    when: close < sma(close, 10)
+    order: buy
+exit:
+  - name: up
+    when: close > sma(close, 10)
+orders:
+  buy: {{action: buy, type: limit, limit: close * 0.99, quantity: 10}}
+""")
+    prep = bt.prepare(path)
+    assert "fast_path" not in bt.run(prep).timings
+    with pytest.raises(ValueError, match="traded symbols"):
+        bt.run(prep, fast=True)
+    one = bt.prepare(path)
+    one.symbols = ["SPY"]
+    one.frames = {"SPY": one.frames["SPY"]}
+    with pytest.raises(ValueError, match="limit order"):
+        bt.run(one, fast=True)
+
+
+def test_dry_runs_and_intent_callbacks_use_the_runner():
+    prep = bt.prepare(ROOT / "strategies" / "sma_crossover.yaml")
+    assert "fast_path" not in bt.run(prep, dry_run=True).timings
+    seen = []
+    assert "fast_path" not in bt.run(prep, on_intent=seen.append).timings
+    assert seen
+    assert fastpath.unsupported(prep.plan, {}, None, None) is not None

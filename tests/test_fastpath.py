@@ -291,3 +291,29 @@ def test_dry_runs_and_intent_callbacks_use_the_runner():
     assert "fast_path" not in bt.run(prep, on_intent=seen.append).timings
     assert seen
     assert fastpath.unsupported(prep.plan, {}, None, None) is not None
+
+
+def _journal_tables(result, path: Path) -> dict[str, list]:
+    import sqlite3
+
+    from engine.runtime.journal import Journal
+
+    with Journal(path) as journal:
+        bt.write_journal(result, journal)
+    db = sqlite3.connect(path)
+    try:
+        return {t: db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()
+                for t in ("orders", "decisions", "fills", "trades", "equity", "prices", "positions")}
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("quantity,action,account", [("{percent_of_equity: 100%}", "buy", "cash"),
+                                                     ("700", "buy", "cash"), ("50", "sell", "margin"),
+                                                     ("50", "sell", "cash")])
+def test_the_journal_gets_the_same_rows(tmp_path, quantity, action, account):
+    path = write_strategy(tmp_path, entry="close > sma(close, 5)", exit_="close < close[2]", quantity=quantity,
+                          action=action, backtest=f"{{cash: 60000, account: {account}, commission: {{per_order: 1}}}}")
+    a, b = both(path)
+    ta, tb = _journal_tables(a, tmp_path / "a.sqlite"), _journal_tables(b, tmp_path / "b.sqlite")
+    assert ta["decisions"] and ta == tb

@@ -595,37 +595,12 @@ def write_journal(result: Result, journal: Journal, mode: str = "backtest") -> N
                       symbols=prep.symbols, bar=prep.bar, currency=prep.settings.get("currency", "USD"),
                       initial_cash=result.ledger.initial_cash, run_id=run_id)
     runner = result.runner
-    orders = runner.orders
-    ts = iso_many([rec.time for rec in orders])
-    status_ts = iso_many([rec.status_time for rec in orders])
-    rows = []
-    for rec, t, st in zip(orders, ts, status_ts):
-        it = rec.intent
-        # the row as journal.order() then journal.order_status() would leave it
-        rows.append((run_id, it.tag, t, it.symbol, it.action, it.quantity or 0.0, it.order_type, it.limit, it.stop,
-                     it.tif, it.rule, it.intent, json.dumps(rec.legs) if rec.legs is not None else None, rec.status,
-                     st if rec.status_time else t, rec.reason or it.reason))
-    journal.many("orders", ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "order_type", "limit_price",
-                            "stop_price", "tif", "rule", "intent", "legs", "status", "status_ts", "reason"), rows)
-    decisions = runner.decisions
-    journal.many("decisions", ("run_id", "ts", "symbol", "rule", "kind", "outcome", "reason"),
-                 [(run_id, t, d.symbol, d.rule, d.kind, d.outcome, d.reason)
-                  for d, t in zip(decisions, iso_many([d.time for d in decisions]))])
-    fills = result.ledger.fills
-    journal.many("fills", ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "price", "multiplier",
-                           "commission"),
-                 [(run_id, f.order_ref, t, f.symbol, f.action, f.quantity, f.price, f.multiplier, f.commission)
-                  for f, t in zip(fills, iso_many([f.time for f in fills]))])
-    trades = result.ledger.trades
-    entry_ts = iso_many([t.entry_time for t in trades])
-    exit_ts = iso_many([t.exit_time for t in trades])
-    journal.many("trades", ("run_id", "symbol", "side", "quantity", "multiplier", "entry_ts", "entry_price",
-                            "exit_ts", "exit_price", "pnl", "return_pct", "bars_held", "mae", "mfe", "commission",
-                            "entry_rule", "exit_rule", "exit_reason", "legs"),
-                 [(run_id, t.symbol, t.side, t.quantity, t.multiplier, a, t.entry_price, b, t.exit_price, t.pnl,
-                   t.return_pct, t.exit_bar - t.entry_bar, t.mae, t.mfe, t.commission, t.entry_rule, t.exit_rule,
-                   t.exit_reason, json.dumps(t.legs, default=str) if t.legs else None)
-                  for t, a, b in zip(trades, entry_ts, exit_ts)])
+    fast_rows = getattr(runner, "journal_rows", None)
+    if fast_rows is not None:   # the fast path's records, as rows
+        rows = fast_rows(run_id, iso_many)
+        _journal_tables(journal, rows["orders"], rows["decisions"], rows["fills"], rows["trades"])
+    else:
+        _journal_tables(journal, *_record_rows(result))
     idx = _thin_indices(result.equity, 10_000)
     journal.many("equity", ("run_id", "ts", "cash", "equity"),
                  zip([run_id] * len(idx), iso_many(result.labels[idx]), result.cash[idx].tolist(),
@@ -639,6 +614,52 @@ def write_journal(result: Result, journal: Journal, mode: str = "backtest") -> N
     journal.many("positions", ("run_id", "ts", "symbol", "quantity", "avg_price", "market_price"),
                  ((run_id, end_ts, s, p.quantity, p.avg_price, result.marks.get(s))
                   for s, p in result.ledger.positions.items()))
+
+
+_ORDER_COLUMNS = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "order_type", "limit_price",
+                  "stop_price", "tif", "rule", "intent", "legs", "status", "status_ts", "reason")
+_DECISION_COLUMNS = ("run_id", "ts", "symbol", "rule", "kind", "outcome", "reason")
+_FILL_COLUMNS = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "price", "multiplier", "commission")
+_TRADE_COLUMNS = ("run_id", "symbol", "side", "quantity", "multiplier", "entry_ts", "entry_price", "exit_ts",
+                  "exit_price", "pnl", "return_pct", "bars_held", "mae", "mfe", "commission", "entry_rule", "exit_rule",
+                  "exit_reason", "legs")
+
+
+def _journal_tables(journal: Journal, orders: list, decisions: list, fills: list, trades: list) -> None:
+    journal.many("orders", _ORDER_COLUMNS, orders)
+    journal.many("decisions", _DECISION_COLUMNS, decisions)
+    journal.many("fills", _FILL_COLUMNS, fills)
+    journal.many("trades", _TRADE_COLUMNS, trades)
+
+
+def _record_rows(result: Result) -> tuple[list, list, list, list]:
+    """The Runner's orders, decisions, fills and trades as journal rows."""
+    run_id = result.run_id
+    runner = result.runner
+    orders = runner.orders
+    ts = iso_many([rec.time for rec in orders])
+    status_ts = iso_many([rec.status_time for rec in orders])
+    order_rows = []
+    for rec, t, st in zip(orders, ts, status_ts):
+        it = rec.intent
+        # the row as journal.order() then journal.order_status() would leave it
+        order_rows.append((run_id, it.tag, t, it.symbol, it.action, it.quantity or 0.0, it.order_type, it.limit,
+                           it.stop, it.tif, it.rule, it.intent, json.dumps(rec.legs) if rec.legs is not None else None,
+                           rec.status, st if rec.status_time else t, rec.reason or it.reason))
+    decisions = runner.decisions
+    decision_rows = [(run_id, t, d.symbol, d.rule, d.kind, d.outcome, d.reason)
+                     for d, t in zip(decisions, iso_many([d.time for d in decisions]))]
+    fills = result.ledger.fills
+    fill_rows = [(run_id, f.order_ref, t, f.symbol, f.action, f.quantity, f.price, f.multiplier, f.commission)
+                 for f, t in zip(fills, iso_many([f.time for f in fills]))]
+    trades = result.ledger.trades
+    entry_ts = iso_many([t.entry_time for t in trades])
+    exit_ts = iso_many([t.exit_time for t in trades])
+    trade_rows = [(run_id, t.symbol, t.side, t.quantity, t.multiplier, a, t.entry_price, b, t.exit_price, t.pnl,
+                   t.return_pct, t.exit_bar - t.entry_bar, t.mae, t.mfe, t.commission, t.entry_rule, t.exit_rule,
+                   t.exit_reason, json.dumps(t.legs, default=str) if t.legs else None)
+                  for t, a, b in zip(trades, entry_ts, exit_ts)]
+    return order_rows, decision_rows, fill_rows, trade_rows
 
 
 def _iso(ns: int) -> str:

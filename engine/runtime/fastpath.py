@@ -372,6 +372,32 @@ class FastRun:
         self._records(symbol, bars, decisions, orders, fills, trades)
         return self.ledger
 
+    # ---- the journal -----------------------------------------------------------------------------
+    def journal_rows(self, run_id: str, iso_many: Callable[[list], list[str]]) -> dict[str, list[tuple]]:
+        """The orders, decisions, fills and trades tables' rows (the columns backtest.write_journal
+        writes), straight from the records' rows: the same values as from the objects."""
+        orders = self.orders.rows
+        o_ts = iso_many([o[1] for o in orders])
+        o_st = iso_many([o[3] for o in orders])
+        order_rows = []
+        for o, t, st in zip(orders, o_ts, o_st):
+            it = o[0]
+            qty = it[3] if it[3] is not None else (o[5] if len(o) > 5 else None)
+            order_rows.append((run_id, it[10], t, it[0], it[1], qty or 0.0, it[2], it[5], it[6], it[7], it[9], it[8],
+                               None, o[2], st if o[3] else t, o[4] or (it[11] if len(it) > 11 else "")))
+        decisions = self.decisions.rows
+        decision_rows = [(run_id, t, d[1], d[2], d[3], d[4], d[5])
+                         for d, t in zip(decisions, iso_many([d[0] for d in decisions]))]
+        fills = self.ledger.fills.rows
+        fill_rows = [(run_id, f[7], t, f[0], f[1], f[2], f[3], f[8], f[4])
+                     for f, t in zip(fills, iso_many(self.ledger.fills.columns["time"]))]
+        trades = self.ledger.trades.rows
+        cols = self.ledger.trades.columns
+        trade_rows = [(run_id, t[0], t[1], t[2], t[3], a, t[5], b, t[7], t[8], t[9], t[11] - t[10], t[16], t[17], t[12],
+                       t[13], t[14], t[15], None)
+                      for t, a, b in zip(trades, iso_many(cols["entry_time"]), iso_many(cols["exit_time"]))]
+        return {"orders": order_rows, "decisions": decision_rows, "fills": fill_rows, "trades": trade_rows}
+
     # ---- records ---------------------------------------------------------------------------------
     def _records(self, symbol: str, bars: SymbolBars, decisions: list, orders: list, fills: list,
                  trades: list) -> None:

@@ -9,7 +9,8 @@ own indicators from the bars; the check compares their trades (entry and exit ba
 quantity) and final equity.
 
 qtrade is timed as its backtest core: `backtest.run(prepared)` = signals (the Plan over the
-bars) + Runner (orders, fills, ledger) + the equity curve, on bars already loaded by
+bars) + the run (the fast path for a simple strategy like this one, engine/runtime/fastpath.py;
+the Runner is timed too, forced with fast=False) + the equity curve, on bars already loaded by
 `backtest.prepare` (loading is timed on its own, and so are the journal and the HTML report).
 The end-to-end `qtrade backtest` CLI on a 1M-bar Parquet file with --journal and --report is
 timed as a subprocess (Python start-up and imports included).
@@ -407,6 +408,10 @@ def bench_one(args, kernel) -> None:
     t_core, result = best(lambda: qb.run(prep), args.repeat)
     q = qtrade_outcome(result, "RW")
     timings = result.timings
+    assert timings.get("fast_path") == 1.0, "the benchmark strategy should take the fast path"
+    t_runner, result_runner = best(lambda: qb.run(prep, fast=False), 1)
+    q_runner = qtrade_outcome(result_runner, "RW")
+    runner_timings = result_runner.timings
 
     journal_path = TMP / "journal_1m.sqlite"
     for p in (journal_path, TMP / "journal_1m.sqlite-wal", TMP / "journal_1m.sqlite-shm"):
@@ -431,7 +436,8 @@ def bench_one(args, kernel) -> None:
     rows = [("numba loop (indicators + loop)", t_numba, check([q], [nb])),
             ("numpy (vectorised signals, loop over trades)", t_numpy, check([q], [npo])),
             ("vectorbt (MA.run + Portfolio.from_signals)", t_vbt, check([q], [vb])),
-            ("qtrade core: backtest.run", t_core, check([nb], [q]))]
+            ("qtrade core: backtest.run (fast path)", t_core, check([nb], [q])),
+            ("qtrade core: backtest.run(fast=False), Runner", t_runner, check([nb], [q_runner]))]
     if not args.no_backtrader:
         t = time.perf_counter()
         bto = backtrader_backtest(bars["open"], bars["high"], bars["low"], bars["close"], frame.index)
@@ -450,7 +456,9 @@ def bench_one(args, kernel) -> None:
     table(f"(a) SMA {FAST}/{SLOW} crossover, 1 symbol x {N_BIG:,} one-minute bars (seeded random walk), "
           f"best of {args.repeat}", rows, t_numba)
     print(f"  qtrade core = signals {timings['evaluate']:.3f} + runner {timings['run']:.3f} + equity curve "
-          f"{timings['equity']:.3f} s (the timed run); target: <= 2x the numba loop, faster than vectorbt")
+          f"{timings['equity']:.3f} s (the timed run, fast path); target: <= 2x the numba loop, faster than vectorbt")
+    print(f"  Runner forced: signals {runner_timings['evaluate']:.3f} + runner {runner_timings['run']:.3f} + equity "
+          f"curve {runner_timings['equity']:.3f} s")
     print("  qtrade, outside the core:")
     print(f"    {'load the Parquet file (backtest.prepare)':<42} {t_load:>9.3f}")
     print(f"    {'write the journal (SQLite)':<42} {t_journal:>9.3f}")

@@ -64,7 +64,8 @@ def equity_series(ts: Iterable[str] | pd.Index, equity: Iterable[float]) -> pd.S
 
 
 def _clean(equity: pd.Series) -> pd.Series:
-    return equity[np.isfinite(equity.to_numpy(dtype=float))]
+    finite = np.isfinite(equity.to_numpy(dtype=float))
+    return equity if finite.all() else equity[finite]
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,10 @@ def cagr(equity: pd.Series) -> float | None:
 def annual_volatility(equity: pd.Series) -> float | None:
     """Annualised volatility: ``std(r, ddof=1) * sqrt(periods_per_year)``; None with fewer than
     two returns."""
-    r = period_returns(equity)
-    ppy = periods_per_year(_clean(equity).index)
+    return _volatility(period_returns(equity), periods_per_year(_clean(equity).index))
+
+
+def _volatility(r: pd.Series, ppy: float | None) -> float | None:
     if len(r) < 2 or ppy is None:
         return None
     return _finite(r.std(ddof=1) * math.sqrt(ppy))
@@ -191,8 +194,10 @@ def sharpe_ratio(equity: pd.Series, risk_free: float = 0.0) -> float | None:
     `risk_free` is an annual rate and ``rf_p = (1 + risk_free) ** (1 / ppy) - 1``.
 
     None with fewer than two returns or zero volatility (a flat curve)."""
-    r = period_returns(equity)
-    ppy = periods_per_year(_clean(equity).index)
+    return _sharpe(period_returns(equity), periods_per_year(_clean(equity).index), risk_free)
+
+
+def _sharpe(r: pd.Series, ppy: float | None, risk_free: float) -> float | None:
     if len(r) < 2 or ppy is None:
         return None
     excess = r.to_numpy() - _per_period_rate(risk_free, ppy)
@@ -207,8 +212,10 @@ def sortino_ratio(equity: pd.Series, risk_free: float = 0.0) -> float | None:
     ``DD = sqrt(mean(min(r - rf_p, 0) ** 2))`` taken over all periods (target = rf_p).
 
     None with fewer than two returns or no period below the target."""
-    r = period_returns(equity)
-    ppy = periods_per_year(_clean(equity).index)
+    return _sortino(period_returns(equity), periods_per_year(_clean(equity).index), risk_free)
+
+
+def _sortino(r: pd.Series, ppy: float | None, risk_free: float) -> float | None:
     if len(r) < 2 or ppy is None:
         return None
     excess = r.to_numpy() - _per_period_rate(risk_free, ppy)
@@ -416,6 +423,8 @@ def summarize(equity: pd.Series, trades: Sequence[Any], *, risk_free: float = 0.
     equity = _clean(equity)
     span = (equity.index[0], equity.index[-1]) if len(equity) else (None, None)
     dd = longest_drawdown(equity)
+    r = period_returns(equity)          # once, for volatility, Sharpe and Sortino
+    ppy = periods_per_year(equity.index)
     return {
         "start": span[0],
         "end": span[1],
@@ -423,16 +432,16 @@ def summarize(equity: pd.Series, trades: Sequence[Any], *, risk_free: float = 0.
         "end_equity": float(equity.iloc[-1]) if len(equity) else None,
         "total_return": total_return(equity),
         "cagr": cagr(equity),
-        "volatility": annual_volatility(equity),
-        "sharpe": sharpe_ratio(equity, risk_free),
-        "sortino": sortino_ratio(equity, risk_free),
+        "volatility": _volatility(r, ppy),
+        "sharpe": _sharpe(r, ppy, risk_free),
+        "sortino": _sortino(r, ppy, risk_free),
         "calmar": calmar_ratio(equity),
         "max_drawdown": max_drawdown(equity),
         "max_drawdown_days": dd.days if dd else None,
         "max_drawdown_start": dd.start if dd else None,
         "max_drawdown_end": dd.end if dd else None,
         "max_drawdown_recovered": dd.recovered if dd else None,
-        "periods_per_year": periods_per_year(equity.index),
+        "periods_per_year": ppy,
         "trades": trade_count(trades),
         "win_rate": win_rate(trades),
         "profit_factor": profit_factor(trades),

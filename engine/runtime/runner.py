@@ -90,6 +90,8 @@ class Runner:
         self._losses = 0
         self._paused_until = -math.inf
         self._pending: set[str] = set()   # symbols with an entry order working
+        self._marks_key: tuple | None = None  # marks are cached per (time, number of fills)
+        self._marks: dict[str, float] = {}
         self.desk = desk
         self.chains = chains
         self.on_intent = on_intent
@@ -101,6 +103,19 @@ class Runner:
 
     # ---- scheduling ----------------------------------------------------------------------------
     def run(self) -> Ledger:
+        # the loop allocates many small objects that never form cycles: the cyclic collector
+        # would only slow it down (measured: it dominated the loop)
+        import gc
+
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _run(self) -> Ledger:
         self._unsupported()
         heap: list[tuple[int, int, int, Iterator]] = []
         for order, symbol in enumerate(sorted(self.signals)):
@@ -191,11 +206,16 @@ class Runner:
     # ---- account -------------------------------------------------------------------------------
     def marks(self, at: int) -> dict[str, float]:
         """The last known price of every open position at time `at` (ns); combos at their last mid."""
-        out = {}
+        key = (at, len(self.ledger.fills))
+        if self._marks_key == key:
+            return self._marks
+        out = self._marks = {}
+        self._marks_key = key
         for symbol in self.ledger.positions:
             if symbol in self.combos:
                 combo = self.combos[symbol]
                 out[symbol] = combo.last_credit if combo.last_credit is not None else combo.entry_credit
+                self._marks_key = None   # a combo's mark moves without a fill: never cache it
                 continue
             b = self.bars[symbol]
             k = int(np.searchsorted(b.end, at, side="right")) - 1

@@ -111,52 +111,6 @@ def test_ledger_stock_and_futures_cash():
     assert fut.margin_in_use() == 36_000
 
 
-# ---- parity with backtrader's own unit test (shared/data README section 6) ------------------
-
-SMA15 = """
-universe: [BT]
-data: {{bar: 1d, source: {data}}}
-params: {{period: 15}}
-entry:
-  - name: cross up
-    when: crosses_above(close, sma(close, period))
-    order: buy
-exit:
-  - name: cross down
-    when: crosses_below(close, sma(close, period))
-orders:
-  buy: {{action: buy, type: market, quantity: 1}}
-backtest: {{cash: 10000, account: cash{extra}}}
-"""
-
-
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
-def test_backtrader_unit_test_reproduced_stock_like(tmp_path):
-    path = strategy(tmp_path, SMA15.format(data=SHARED / "backtrader" / "2006-day-001.txt", extra=""))
-    result = bt.run(bt.prepare(path))
-    buys = [f.price for f in result.ledger.fills if f.action == "buy"]
-    sells = [f.price for f in result.ledger.fills if f.action == "sell"]
-    assert buys == [3643.35, 3801.03, 3872.37, 3863.57, 3845.32, 3656.43, 3542.65, 3639.65, 3799.86, 3840.20,
-                    4047.63, 4052.55]
-    assert sells == [3763.95, 3811.85, 3822.35, 3822.57, 3829.82, 3598.58, 3545.92, 3766.80, 3782.15, 3979.73,
-                     4045.05]
-    assert round(result.final_equity, 2) == 10284.10
-    assert round(result.ledger.cash, 2) == 6164.16
-
-
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
-def test_backtrader_unit_test_reproduced_futures_like(tmp_path):
-    write(tmp_path, "instruments.yaml", "kind: instruments\nroots:\n  BT: {sec_type: FUT, exchange: EUREX, "
-          "currency: EUR, multiplier: 10, margin: 1000, trading_class: FESX, months: HMUZ, tick_size: 1.0, "
-          "calendar: NYSE}\n")
-    path = strategy(tmp_path, "instruments: instruments.yaml\n" + SMA15.format(
-        data=SHARED / "backtrader" / "2006-day-001.txt", extra=", commission: {per_contract: 2.0}"))
-    result = bt.run(bt.prepare(path))
-    assert round(result.final_equity, 2) == 12795.00
-    assert round(result.available_funds, 2) == 11795.00   # backtrader's "cash": equity less margin in use
-    assert len(result.ledger.trades) == 11 and len(result.ledger.positions) == 1
-
-
 # ---- exits, sizing and risk on the bundled sample -------------------------------------------
 
 def test_atr_stop_exit_fills_at_the_level_or_the_gap_open(tmp_path):

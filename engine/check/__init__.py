@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config.documents import Workspace
-from ..diagnostics import Diagnostic, Severity, error
+from ..diagnostics import Diagnostic, error
 
 
 @dataclass

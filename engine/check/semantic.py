@@ -12,11 +12,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..config.documents import Document, Workspace
-from ..diagnostics import Diagnostic, Severity, error
+from ..diagnostics import Diagnostic, Severity
 from ..dsl import ast, checker, parser
 from ..dsl import types as T
 from ..dsl.checker import Binding, Scope
@@ -240,7 +240,7 @@ class DocumentCheck:
         for name in names:
             if name not in self.used:
                 self.warn(section + (name,), f"{what} '{name}' is declared but never used",
-                          f"remove it, or use it in an expression", key=True)
+                          "remove it, or use it in an expression", key=True)
 
     # ---- indicators ------------------------------------------------------------------------
     def indicators(self, scope: Scope, section: tuple = ("indicators",)) -> None:

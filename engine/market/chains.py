@@ -463,7 +463,6 @@ def load_chains(path, *, underlying: str | None = None, multiplier: float = 100.
     path = Path(path)
     table = _Table(path)
     layout, roles = _detect(table)
-    names = table.header
     und = np.array([u.strip().upper() for u in table.column(roles["underlying"])], dtype=object)
     found = sorted(set(und))
     if underlying is None:

@@ -162,7 +162,7 @@ def _svg_open(width: int, height: int, title: str, css_class: str) -> str:
 
 
 def _axes(frame: Frame, y_format: Callable[[float], str], t0: pd.Timestamp, t1: pd.Timestamp) -> str:
-    out = [f'<g class="axes">']
+    out = ['<g class="axes">']
     for v in nice_ticks(frame.y0, frame.y1):
         y = float(frame.py(v))
         out.append(f'<line class="grid" x1="{frame.left:.1f}" x2="{frame.right:.1f}" y1="{y:.1f}" y2="{y:.1f}"/>'

@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ import pandas as pd
 from ..brokers.costs import Commission, Slippage
 from ..brokers.sim import SimBroker, SymbolBars
 from ..config.documents import Document, Workspace
-from ..diagnostics import DiagnosticError, error
+from ..diagnostics import DiagnosticError
 from ..market.bars import bar_seconds, load_bars, resample
 from ..market.clock import clock_arrays
 from ..plan import nodes as N
@@ -183,7 +183,8 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     chains_source = chains if chains is not None else doc.get(("data", "chains"))
     chains = None
     if chains_source:
-        from .chainsource import load_chains, underlying_from_chains
+        from ..market.chains import load_chains
+        from .chainsource import underlying_from_chains
 
         chains_path = Path(chains_source).resolve() if chains_source is not None and \
             chains_source is not doc.get(("data", "chains")) else (doc.abspath.parent / chains_source).resolve()

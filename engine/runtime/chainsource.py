@@ -10,7 +10,6 @@ exactly the expiries the strategy's rules (and its open combos) need.
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -18,7 +17,7 @@ import pandas as pd
 
 from ..brokers.costs import fraction
 from ..diagnostics import DiagnosticError
-from ..market.chains import OptionChain, Skew, Spread, load_chains, synthesize
+from ..market.chains import OptionChain, Skew, Spread, synthesize
 from ..orders.combos import Side
 from .options import OptionSetup, OptionsDesk
 

@@ -19,7 +19,6 @@ only when someone reads them (`RecordList`); the journal and the run summary rea
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -31,7 +30,7 @@ from ..brokers.sim import SimBroker, SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
 from ..portfolio.ledger import Fill, Ledger, Position, Trade
-from .runner import Decision, OrderRecord, RunSettings
+from .runner import Decision, OrderRecord, RunSettings, without_cyclic_gc
 from .signals import SymbolSignals
 
 
@@ -186,20 +185,13 @@ class FastRun:
 
     # ---- the run ---------------------------------------------------------------------------------
     def run(self) -> Ledger:
-        # the loop makes a few tuples per trade and nothing cyclic: the cyclic garbage collector,
-        # triggered every few hundred allocations, would rescan everything alive each time
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with without_cyclic_gc():
             return self._run()
-        finally:
-            if enabled:
-                gc.enable()
 
     def _run(self) -> Ledger:
         symbol, sig = next(iter(self.signals.items()))
         bars = sig.bars
-        plan, settings, broker = self.plan, self.settings, self.broker
+        settings, broker = self.settings, self.broker
         n = len(bars)
         mult, margined, margin, contracts = bars.multiplier, bars.margined, bars.margin, bars.contracts
         cash_account = settings.account == "cash"

@@ -335,8 +335,10 @@ def _describe_intent(info: dict) -> str:
     daily = (info["time"] - info["bar"]).total_seconds() >= 86_400 - 1
     when = f"{info['bar']:%Y-%m-%d} close" if daily else f"{info['time']:%Y-%m-%d %H:%M}"
     quote = info.get("quote")
+    why = "; ".join(info.get("why") or [])
+    why = f"rule '{info['rule']}' fired: {why}" if why else f"rule '{info['rule']}' fired"
     if quote is None:
-        return f"{when}  {intent.describe()}\n    why: rule '{info['rule']}' fired"
+        return f"{when}  {intent.describe()}\n    why: {why}"
     qty = info["quantity"]
     legs = ", ".join(f"{leg.action.upper()} {leg.ratio} {leg.right.upper()} {leg.strike:g} {leg.expiry}"
                      for leg in quote.legs)
@@ -354,7 +356,7 @@ def _describe_intent(info: dict) -> str:
             f"    price: {plan}\n"
             f"    {kind} {abs(quote.credit):.2f} at mid (natural {quote.natural:.2f}), max loss "
             f"{'unlimited' if loss == float('inf') else f'{loss:,.2f}'}, margin {margin:,.2f}, underlying {quote.underlying:.2f}\n"
-            f"    why: rule '{info['rule']}' fired")
+            f"    why: {why}")
 
 
 @main.command()

@@ -376,3 +376,20 @@ def test_journal_keeps_runs_apart(tmp_path):
         assert len(runs) == 2
         a, b = (len(j.table("trades", r["run_id"])) for r in runs)
         assert a == b > 0
+
+
+def test_a_daily_symbol_is_seen_intraday_only_after_its_close():
+    """symbol("VIX").close on minute bars is the last *finished* day's close: at 09:31 on
+    2019-11-05 that is 2019-11-04's 12.83, not the 13.10 that day will close at."""
+    import pandas as pd
+
+    result = bt.run(bt.prepare(ROOT / "strategies" / "iron_condor.yaml"))
+    plan = result.prepared.plan
+    node = next(n.id for n in plan.nodes if n.label == 'symbol("VIX").close')
+    vix = result.runner.signals["XSP"].values[node]
+    b = result.bars["XSP"]
+    days = pd.to_datetime(b.start).tz_localize("UTC").tz_convert("America/New_York").date
+    expected = {pd.Timestamp("2019-11-05").date(): 12.83, pd.Timestamp("2019-11-06").date(): 13.10,
+                pd.Timestamp("2019-11-07").date(): 12.62, pd.Timestamp("2019-11-08").date(): 12.73}
+    for day, close in expected.items():
+        assert set(np.round(vix[days == day], 2)) == {close}, day

@@ -304,6 +304,37 @@ def value_at(plan: Plan, node_id: int, i: int, values: list, context: Mapping[st
     return result
 
 
+def explain(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str, Any]) -> list[str]:
+    """Each comparison inside a condition at bar i, with the values it compared and whether it
+    held: ["vix 12.83 < 25: yes", "credit 0.14 >= 0.2: no"]. For dry runs and journals."""
+    out: list[str] = []
+    stack = [node_id]
+    while stack:
+        node = plan.nodes[stack.pop()]
+        if node.op == N.LOGIC or node.op == N.NOT:
+            stack.extend(reversed(node.args))
+            continue
+        if node.op != N.COMPARE:
+            held = value_at(plan, node.id, i, values, context)
+            out.append(f"{node.label}: {'yes' if held else 'no'}")
+            continue
+        left, right = (value_at(plan, a, i, values, context) for a in node.args)
+        held = value_at(plan, node.id, i, values, context)
+        a, b = (plan.nodes[x] for x in node.args)
+        shown_left = _show(left) if a.op != N.CONST else a.label
+        shown_right = _show(right) if b.op != N.CONST else b.label
+        name = a.label if a.op != N.CONST else b.label
+        out.append(f"{name} = {shown_left if a.op != N.CONST else shown_right}: "
+                   f"{shown_left} {node.attrs[0]} {shown_right} {'yes' if held else 'no'}")
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.4g}"
+    return str(value)
+
+
 def _eval_scalar(node: N.Node, args: list):
     op = node.op
     if op == N.BINARY:

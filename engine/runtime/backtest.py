@@ -286,7 +286,11 @@ def _symbol_bars(prep: Prepared, symbol: str) -> tuple[SymbolBars, Bars]:
     others = {}
     for other in prep.plan.inputs.symbols:
         of = prep.frames[other]
-        o_end = _ns(of.index) + int(seconds * 1e9)
+        # another symbol's bar is known when *its* bar ends: a daily VIX close only after its
+        # day, never at 09:31 of that day (its own spacing, not this strategy's bar size)
+        own = _spacing(of.index) or seconds
+        own = 86_400.0 if own >= 20 * 3600 else own
+        o_end = _ns(of.index) + int(max(own, seconds) * 1e9)
         others[other] = {f: align_asof(end, o_end, of[f].to_numpy(dtype=np.float64))
                          for f in prep.plan.inputs.fields.get(other, ())}
     bars = SymbolBars(symbol, start, end, fields["open"], fields["high"], fields["low"], fields["close"],

@@ -25,7 +25,7 @@ import numpy as np
 from ..brokers.sim import SimBroker, SimFill, SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
-from ..plan.evaluate import value_at
+from ..plan.evaluate import explain, value_at
 from ..portfolio.ledger import Fill, Ledger, Position, Trade
 from ..risk.limits import AccountState, RiskLimits, cap_quantity, check_entry
 from .options import ChainView, ComboPosition, OptionsDesk, settlement_value
@@ -286,7 +286,7 @@ class Runner:
         if self.on_intent is not None:
             self.on_intent({"time": self._local(self._now), "bar": self._local(int(sig.bars.start[bar])),
                             "symbol": symbol, "rule": rule.name, "order": rule.order, "intent": intent,
-                            "quote": None})
+                            "quote": None, "why": explain(self.plan, rule.when, bar, sig.values, {})})
         if self.settings.dry_run:
             self._status(intent, "dry-run", self._now, "not sent: dry run")
             return None
@@ -537,6 +537,7 @@ class Runner:
         self.orders.append(record)
         info = {"time": now, "bar": self._local(int(bars.start[b])), "symbol": symbol, "rule": rule.name,
                 "order": rule.order, "intent": intent,
+                "why": explain(self.plan, rule.when, b, self.signals[symbol].values, ctx),
                 "quote": quote, "chase": chase, "prices": prices, "quantity": qty}
         if self.on_intent is not None:
             self.on_intent(info)

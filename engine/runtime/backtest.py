@@ -590,7 +590,12 @@ def _cash_deltas(ledger: Ledger, bars: dict[str, SymbolBars]) -> list[float]:
 
 def write_journal(result: Result, journal: Journal, mode: str = "backtest") -> None:
     """Everything about the run, in the shared journal (timestamps formatted in bulk, rows
-    inserted with executemany)."""
+    inserted with executemany, without fsyncs: see Journal.bulk)."""
+    with journal.bulk():
+        _write_journal(result, journal, mode)
+
+
+def _write_journal(result: Result, journal: Journal, mode: str) -> None:
     prep = result.prepared
     run_id = result.run_id
     journal.start_run(mode, prep.plan.name, strategy_path=str(prep.path),

@@ -15,6 +15,7 @@ ring buffer because TA-Lib's are accurate and a running sum of squares is not.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections import deque
 
@@ -26,7 +27,7 @@ from .numpy_kernels import HURST_FLAT_RTOL, _HURST_W, _LAGS
 NAN = float("nan")
 
 
-class Stream:
+class Stream(abc.ABC):
     """Base: the gap rule, then `_step` with plain floats."""
 
     missing = NAN
@@ -38,8 +39,9 @@ class Stream:
                 return self.missing
         return self._step(*vals)
 
-    def _step(self, *bar):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _step(self, *bar):
+        """The newest output for one bar whose inputs are all numbers."""
 
 
 # --- moving averages -----------------------------------------------------------

@@ -89,17 +89,13 @@ class SimBroker:
         if kind == "loc":
             closes = bars.close[lo:hi]
             ok = closes <= intent.limit if buy else closes >= intent.limit
-            j = _first(ok)
+            j = first_true(ok)
             return None if j is None else SimFill(lo + j, float(bars.close[lo + j]), int(bars.end[lo + j]))
         if kind in ("stop", "stop_limit"):
-            stop = float(intent.stop)
-            touched = bars.high[lo:hi] >= stop if buy else bars.low[lo:hi] <= stop
-            j = _first(touched)
-            if j is None:
+            hit = first_touch(bars, lo, hi, float(intent.stop), rising=buy)
+            if hit is None:
                 return None
-            j += lo
-            opened = float(bars.open[j])
-            trigger = max(opened, stop) if buy else min(opened, stop)
+            j, trigger = hit
             if kind == "stop":
                 return SimFill(j, self.market_price(bars, intent.action, trigger), int(bars.start[j]))
             limit = float(intent.limit)
@@ -109,14 +105,8 @@ class SimBroker:
         raise ValueError(f"unknown order type {kind!r}")
 
     def _limit(self, bars: SymbolBars, buy: bool, limit: float, lo: int, hi: int) -> SimFill | None:
-        touched = bars.low[lo:hi] <= limit if buy else bars.high[lo:hi] >= limit
-        j = _first(touched)
-        if j is None:
-            return None
-        j += lo
-        opened = float(bars.open[j])
-        price = min(opened, limit) if buy else max(opened, limit)
-        return SimFill(j, price, int(bars.start[j]))
+        hit = first_touch(bars, lo, hi, limit, rising=not buy)
+        return None if hit is None else SimFill(hit[0], hit[1], int(bars.start[hit[0]]))
 
     @staticmethod
     def _expiry(bars: SymbolBars, intent: OrderIntent, decided: int) -> int:
@@ -133,7 +123,22 @@ class SimBroker:
         return first + int(np.searchsorted(bars.session[first:], session, side="right"))
 
 
-def _first(mask: np.ndarray) -> int | None:
+def first_touch(bars: SymbolBars, lo: int, hi: int, level, rising: bool) -> tuple[int, float] | None:
+    """The first bar in [lo, hi) whose range reaches `level` (a price, or one per bar), and the
+    price it was reached at: from below (rising: the high gets there) or from above (the low).
+    A bar that opens beyond the level gapped through it and is reached at its open. Limits,
+    stops and targets all trigger this way."""
+    levels = np.asarray(level, dtype=np.float64)
+    touched = bars.high[lo:hi] >= levels if rising else bars.low[lo:hi] <= levels
+    j = first_true(touched)
+    if j is None:
+        return None
+    lvl = float(levels[j]) if levels.ndim else float(levels)
+    opened = float(bars.open[lo + j])
+    return lo + j, (max(opened, lvl) if rising else min(opened, lvl))
+
+
+def first_true(mask: np.ndarray) -> int | None:
     if not len(mask):
         return None
     j = int(np.argmax(mask))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..brokers.sim import SymbolBars
+from ..brokers.sim import SymbolBars, first_touch, first_true
 from ..plan import nodes as N
 from ..plan.evaluate import evaluate_window
 from ..portfolio.ledger import Position
@@ -165,7 +165,7 @@ class SymbolSignals:
             for rule in self.context_exits:
                 if rule.when is not None:
                     mask = np.broadcast_to(np.asarray(vals[rule.when], dtype=bool), (hi - lo,))
-                    j = _first(mask)
+                    j = first_true(mask)
                     if j is not None:
                         ev = ExitEvent(lo + j, rule, "when")
                         found = ev if found is None or _earlier(ev, found) else found
@@ -179,19 +179,11 @@ class SymbolSignals:
                     lv = level[: nxt.stop - nxt.start]
                     if not len(lv):
                         continue
-                    if (key == "stop") == long:
-                        touched = b.low[nxt] <= lv
-                    else:
-                        touched = b.high[nxt] >= lv
-                    j = _first(touched & ~np.isnan(lv))
-                    if j is None:
+                    # a long's stop is hit from above and its target from below; a short's the other way
+                    hit = first_touch(b, nxt.start, nxt.stop, lv, rising=(key == "stop") != long)
+                    if hit is None:
                         continue
-                    bar = nxt.start + j
-                    opened, lvl = float(b.open[bar]), float(lv[j])
-                    if key == "stop":
-                        price = min(opened, lvl) if long else max(opened, lvl)
-                    else:
-                        price = max(opened, lvl) if long else min(opened, lvl)
+                    bar, price = hit
                     ev = ExitEvent(bar, rule, key, price)
                     found = ev if found is None or _earlier(ev, found) else found
             if found is not None:
@@ -208,10 +200,3 @@ def _earlier(a: ExitEvent, b: ExitEvent) -> bool:
             return (ev.bar, 1, 0 if ev.kind == "stop" else 1)
         return (ev.bar + 1, 0, 0)
     return key(a) < key(b)
-
-
-def _first(mask) -> int | None:
-    if not len(mask):
-        return None
-    j = int(np.argmax(mask))
-    return j if mask[j] else None

@@ -30,7 +30,7 @@ from ..brokers.sim import SimBroker, SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
 from ..portfolio.ledger import Fill, Ledger, Position, Trade
-from .runner import Decision, OrderRecord, RunSettings, without_cyclic_gc
+from .runner import Decision, OrderRecord, RunSettings, RunState, without_cyclic_gc
 from .signals import SymbolSignals
 
 
@@ -144,44 +144,8 @@ def _slipped(broker: SimBroker, price: np.ndarray, action: str, tick: float) -> 
     return np.where(slip == 0.0, price, out)
 
 
-class FastRun:
+class FastRun(RunState):
     """What a Runner leaves behind, for a run resolved by the fast path."""
-
-    def __init__(self, plan: N.Plan, signals: dict[str, SymbolSignals], broker: SimBroker, settings: RunSettings):
-        self.plan = plan
-        self.signals = signals
-        self.bars: dict[str, SymbolBars] = {s: sig.bars for s, sig in signals.items()}
-        self.broker = broker
-        self.settings = settings
-        self.ledger = Ledger(settings.cash)
-        self.decisions: Sequence[Decision] = []
-        self.orders: Sequence[OrderRecord] = []
-        self.combos: dict = {}
-        self.closed_combos: list = []
-        self.combo_symbol: dict = {}
-        self.desk = None
-        self.chains = None
-
-    # the Runner's account views, for the Result
-    def marks(self, at: int) -> dict[str, float]:
-        out = {}
-        for symbol in self.ledger.positions:
-            b = self.bars[symbol]
-            k = int(np.searchsorted(b.end, at, side="right")) - 1
-            out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
-        return out
-
-    def available_funds(self, at: int | None = None) -> float:
-        marks = self.marks(at if at is not None else 0)
-        used = 0.0
-        for symbol, pos in self.ledger.positions.items():
-            b = self.bars[symbol]
-            if b.margined:
-                used += abs(pos.quantity) * b.margin
-            else:
-                value = abs(pos.quantity) * marks[symbol] * b.multiplier
-                used += value if self.settings.account == "cash" else 0.5 * value
-        return self.ledger.equity(marks) - used
 
     # ---- the run ---------------------------------------------------------------------------------
     def run(self) -> Ledger:

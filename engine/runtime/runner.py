@@ -68,13 +68,13 @@ class RunSettings:
     fill_fraction: float = 0.5     # combo limits: how far from natural towards mid the market meets them
 
 
-class Runner:
-    """Runs a plan over the symbols' bars with a broker, keeping the ledger and the records."""
+class RunState:
+    """What a run keeps (the ledger, its decisions and order records, its option combos) and
+    the account seen through it: marks, equity, margin and available funds. The Runner and the
+    fast path both leave one behind for the Result and the journal."""
 
-    def __init__(self, plan: N.Plan, signals: dict[str, SymbolSignals], broker: SimBroker, settings: RunSettings,
-                 progress: Callable[[int], None] | None = None, *, desk: OptionsDesk | None = None,
-                 chains: Callable[[str, int], ChainView | None] | None = None,
-                 on_intent: Callable[[dict], None] | None = None):
+    def __init__(self, plan: N.Plan, signals: dict[str, SymbolSignals], broker: SimBroker,
+                 settings: RunSettings):
         self.plan = plan
         self.signals = signals
         self.bars: dict[str, SymbolBars] = {s: sig.bars for s, sig in signals.items()}
@@ -83,23 +83,77 @@ class Runner:
         self.ledger = Ledger(settings.cash)
         self.decisions: list[Decision] = []
         self.orders: list[OrderRecord] = []
+        self.combos: dict[str, ComboPosition] = {}   # open combos by ledger key
+        self.closed_combos: list[ComboPosition] = []
+        self.combo_symbol: dict[str, str] = {}       # ledger key -> underlying symbol
+        self.desk: OptionsDesk | None = None
+        self.chains: Callable[[str, int], ChainView | None] | None = None
+        self._now = 0
+        self._marks_key: tuple | None = None  # marks are cached per (time, number of fills)
+        self._marks: dict[str, float] = {}
+
+    def marks(self, at: int) -> dict[str, float]:
+        """The last known price of every open position at time `at` (ns); combos at their last mid."""
+        key = (at, len(self.ledger.fills))
+        if self._marks_key == key:
+            return self._marks
+        out = self._marks = {}
+        self._marks_key = key
+        for symbol in self.ledger.positions:
+            if symbol in self.combos:
+                combo = self.combos[symbol]
+                out[symbol] = combo.last_credit if combo.last_credit is not None else combo.entry_credit
+                self._marks_key = None   # a combo's mark moves without a fill: never cache it
+                continue
+            b = self.bars[symbol]
+            k = int(np.searchsorted(b.end, at, side="right")) - 1
+            out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
+        return out
+
+    def equity(self, at: int | None = None) -> float:
+        return self.ledger.equity(self.marks(self._now if at is None else at))
+
+    def margin_required(self, bars: SymbolBars, quantity: float, price: float, short: bool) -> float:
+        if bars.margined:
+            return abs(quantity) * bars.margin
+        value = abs(quantity) * price * bars.multiplier
+        if self.settings.account == "cash":
+            return value
+        return 0.5 * value  # Reg-T initial margin, long or short
+
+    def available_funds(self, at: int | None = None) -> float:
+        """Equity less the initial margin of the open positions: stock at 100% of its value in a
+        cash account (so this is the cash) and 50% in a margin account (Reg-T), futures at their
+        margin per contract."""
+        marks = self.marks(self._now if at is None else at)
+        used = 0.0
+        for symbol, pos in self.ledger.positions.items():
+            if symbol in self.combos:
+                used += abs(pos.quantity) * pos.margin_per_unit
+                continue
+            used += self.margin_required(self.bars[symbol], pos.quantity, marks[symbol], pos.quantity < 0)
+        return self.ledger.equity(marks) - used
+
+
+class Runner(RunState):
+    """Runs a plan over the symbols' bars with a broker, keeping the ledger and the records."""
+
+    def __init__(self, plan: N.Plan, signals: dict[str, SymbolSignals], broker: SimBroker, settings: RunSettings,
+                 progress: Callable[[int], None] | None = None, *, desk: OptionsDesk | None = None,
+                 chains: Callable[[str, int], ChainView | None] | None = None,
+                 on_intent: Callable[[dict], None] | None = None):
+        super().__init__(plan, signals, broker, settings)
         self.progress = progress
         self._seq = 0
-        self._now = 0
         self._peak = settings.cash
         self._day = None
         self._day_start = settings.cash
         self._losses = 0
         self._paused_until = -math.inf
         self._pending: set[str] = set()   # symbols with an entry order working
-        self._marks_key: tuple | None = None  # marks are cached per (time, number of fills)
-        self._marks: dict[str, float] = {}
         self.desk = desk
         self.chains = chains
         self.on_intent = on_intent
-        self.combos: dict[str, ComboPosition] = {}   # open combos by ledger key
-        self.closed_combos: list[ComboPosition] = []
-        self.combo_symbol: dict[str, str] = {}       # ledger key -> underlying symbol
         self._options_rules = {r.name: r for r in plan.rules
                                if r.kind == "entry" and "legs" in (settings.orders.get(r.order) or {})}
 
@@ -197,27 +251,6 @@ class Runner:
             i = fill.bar if fill.bar > exit_.bar else exit_.bar + 1
 
     # ---- account -------------------------------------------------------------------------------
-    def marks(self, at: int) -> dict[str, float]:
-        """The last known price of every open position at time `at` (ns); combos at their last mid."""
-        key = (at, len(self.ledger.fills))
-        if self._marks_key == key:
-            return self._marks
-        out = self._marks = {}
-        self._marks_key = key
-        for symbol in self.ledger.positions:
-            if symbol in self.combos:
-                combo = self.combos[symbol]
-                out[symbol] = combo.last_credit if combo.last_credit is not None else combo.entry_credit
-                self._marks_key = None   # a combo's mark moves without a fill: never cache it
-                continue
-            b = self.bars[symbol]
-            k = int(np.searchsorted(b.end, at, side="right")) - 1
-            out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
-        return out
-
-    def equity(self, at: int | None = None) -> float:
-        return self.ledger.equity(self.marks(self._now if at is None else at))
-
     def account_state(self, symbol: str) -> AccountState:
         equity = self.equity()
         self._peak = max(self._peak, equity)
@@ -231,27 +264,6 @@ class Runner:
     def _session_key(self, symbol: str) -> int:
         # the trading day in UTC days of the decision time: close enough for daily-loss limits
         return self._now // 86_400_000_000_000
-
-    def margin_required(self, bars: SymbolBars, quantity: float, price: float, short: bool) -> float:
-        if bars.margined:
-            return abs(quantity) * bars.margin
-        value = abs(quantity) * price * bars.multiplier
-        if self.settings.account == "cash":
-            return value
-        return 0.5 * value  # Reg-T initial margin, long or short
-
-    def available_funds(self, at: int | None = None) -> float:
-        """Equity less the initial margin of the open positions: stock at 100% of its value in a
-        cash account (so this is the cash) and 50% in a margin account (Reg-T), futures at their
-        margin per contract."""
-        marks = self.marks(self._now if at is None else at)
-        used = 0.0
-        for symbol, pos in self.ledger.positions.items():
-            if symbol in self.combos:
-                used += abs(pos.quantity) * pos.margin_per_unit
-                continue
-            used += self.margin_required(self.bars[symbol], pos.quantity, marks[symbol], pos.quantity < 0)
-        return self.ledger.equity(marks) - used
 
     # ---- decisions -----------------------------------------------------------------------------
     def _decide(self, symbol: str, rule: str, kind: str, outcome: str, reason: str = "") -> None:

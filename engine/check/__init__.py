@@ -14,6 +14,7 @@ from ..diagnostics import Diagnostic, error
 class Report:
     files: list[str] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    workspace: Workspace | None = None   # the loaded documents, for callers that go on to run them
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -54,7 +55,7 @@ def validate(paths: list[str], overrides: dict[str, str] | None = None, strict: 
 
     files, problems = find_documents(paths)
     ws = Workspace(env=env)
-    report = Report(files=[str(f) for f in files])
+    report = Report(files=[str(f) for f in files], workspace=ws)
     for f in files:
         ws.load(f)
     diags = list(problems) + ws.problems()

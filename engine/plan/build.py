@@ -20,7 +20,7 @@ def load_strategy(path: str | Path, overrides: dict[str, str] | None = None) -> 
     report = validate([str(path)], overrides)
     if report.errors:
         raise DiagnosticError(report.errors)
-    ws = Workspace()
+    ws = report.workspace   # the documents validate loaded: not read and checked a second time
     doc = ws.load(path)
     if doc is None or doc.kind != "strategy":
         kind = doc.kind if doc is not None else "unknown"

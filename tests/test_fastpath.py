@@ -317,3 +317,58 @@ def test_the_journal_gets_the_same_rows(tmp_path, quantity, action, account):
     a, b = both(path)
     ta, tb = _journal_tables(a, tmp_path / "a.sqlite"), _journal_tables(b, tmp_path / "b.sqlite")
     assert ta["decisions"] and ta == tb
+
+
+# ---- the one-symbol equity curve -------------------------------------------------------------
+
+def _reference_curve(result) -> tuple[np.ndarray, np.ndarray]:
+    """Cash and equity at every close the plain way: every fill's cash change added to its bar,
+    a running sum over all bars; every position's units added at its entry bar and taken off at
+    its exit bar, a running sum, times the close (futures: less the entry value)."""
+    (symbol, b), = result.bars.items()
+    times = result.times
+    cols = bt.ledger_columns(result.ledger, result.bars)
+    delta = np.zeros(len(times) + 1)
+    np.add.at(delta, np.searchsorted(times, b.end[cols.fill_bar], side="left"), cols.fill_cash)
+    cash = result.ledger.initial_cash + np.cumsum(delta)[:len(times)]
+    lo, hi, qty, entry = cols.trade_entry_bar, cols.trade_exit_bar, cols.trade_units, cols.trade_entry_price
+    pos = result.ledger.positions.get(symbol)
+    if pos is not None:
+        lo, hi = np.append(lo, pos.entry_bar), np.append(hi, len(b))
+        qty, entry = np.append(qty, pos.quantity), np.append(entry, pos.avg_price)
+    where = np.column_stack((lo, hi)).ravel()
+    u = qty * b.multiplier
+    units = np.zeros(len(b) + 1)
+    np.add.at(units, where, np.column_stack((u, -u)).ravel())
+    per_bar = np.cumsum(units)[:-1] * b.close
+    if b.margined:
+        offset = np.zeros(len(b) + 1)
+        np.add.at(offset, where, np.column_stack((u * entry, -u * entry)).ravel())
+        per_bar = per_bar - np.cumsum(offset)[:-1]
+    return cash, cash + (np.zeros(len(times)) + per_bar[len(b) - len(times):])
+
+
+@pytest.mark.parametrize("case", ["all_in_close", "open_at_end", "runner_stops", "nq_futures"])
+def test_the_one_symbol_equity_curve_is_the_running_sum_over_every_bar(tmp_path, case):
+    kw = dict(entry="crosses_above(sma(close, 5), sma(close, 20))", exit_="crosses_below(sma(close, 5), sma(close, 20))")
+    start = None
+    if case == "all_in_close":     # entry and exit fills on the same bar's close
+        kw.update(entry="close > sma(close, 5)", exit_="close > 0", quantity="{percent_of_equity: 100%}",
+                  backtest="{cash: 50000, fill: close, commission: {per_order: 1}}")
+    elif case == "open_at_end":
+        kw.update(exit_="close < 0", backtest="{cash: 50000, commission: {percent: 0.1%}}")
+        start = "2012-01-01"
+    elif case == "runner_stops":   # a stop exit and a re-entry at the same bar: adjacent spans
+        kw.update(entry="close > 0", exit_="close < 0",
+                  extra_exit="  - name: stop\n    stop: position.entry_price * 0.98",
+                  backtest="{cash: 50000, fill: close}")
+    else:
+        if not SHARED.is_dir():
+            pytest.skip("../shared/data is not present")
+        kw.update(symbol="NQ", bar="5m", instruments=True, quantity="2",
+                  backtest="{cash: 100000, commission: {per_contract: 2.25}}")
+    result = bt.run(bt.prepare(write_strategy(tmp_path, **kw), start=start))
+    assert len(result.ledger.fills) >= (1 if case == "open_at_end" else 3)
+    assert result.ledger.positions or case != "open_at_end"
+    cash, equity = _reference_curve(result)
+    assert np.array_equal(result.cash, cash) and np.array_equal(result.equity, equity)

@@ -495,6 +495,11 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
     if start is not None:
         times = times[int(np.searchsorted(times, int(start.value), side="left")):]
     cols = ledger_columns(ledger, bars)
+    if len(bars) == 1 and not combos and not combo_symbol:
+        curve = _one_symbol_curve(cols, next(iter(bars.values())), times, initial, ledger.positions)
+        if curve is not None:
+            marks = {s: float(bars[s].close[-1]) for s in ledger.positions if s in bars}
+            return (*curve, marks)
     # cash: each fill's change lands on the first close at or after it
     cash_delta = np.zeros(len(times) + 1)
     # a fill's cash lands at the close of the bar it filled in (an open fill is before that close)
@@ -564,6 +569,54 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
             k = np.searchsorted(b.end, times, side="right") - 1
             value += np.where(k >= 0, per_bar[np.maximum(k, 0)], 0.0)
     return times, cash + value, cash, marks
+
+
+def _one_symbol_curve(cols: LedgerColumns, b: SymbolBars, times: np.ndarray, initial: float,
+                      positions: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """equity_curve for one symbol without option combos, from piecewise-constant runs instead
+    of a cumulative sum over every bar: the same floats (a bar's fills are summed first, then
+    added to the running cash; a position's units and entry value are exact between its fills).
+    None when the fills or the positions' spans are not in time order (the general way then)."""
+    n, m = len(b), len(times)
+    off = n - m                      # the timeline is this symbol's closes from the start date
+    # cash: constant between the bars where fills land
+    if len(cols.fill_bar):
+        at = cols.fill_bar - off
+        if at[0] < 0 or (at[1:] < at[:-1]).any():
+            return None
+        first = np.flatnonzero(np.concatenate(([True], at[1:] != at[:-1])))
+        levels = initial + np.cumsum(np.add.reduceat(cols.fill_cash, first))
+        cuts = at[first]
+        cash = np.repeat(np.concatenate(([initial], levels)), np.diff(np.concatenate(([0], cuts, [m]))))
+    else:
+        cash = np.full(m, float(initial))
+    # positions: held at the closes of bars [entry bar, exit bar), one at a time
+    lo, hi, qty, entry = cols.trade_entry_bar, cols.trade_exit_bar, cols.trade_units, cols.trade_entry_price
+    pos = positions.get(b.symbol)
+    if pos is not None:
+        lo, hi = np.append(lo, pos.entry_bar), np.append(hi, n)
+        qty, entry = np.append(qty, pos.quantity), np.append(entry, pos.avg_price)
+    if not len(lo):
+        return times, cash + np.zeros(m), cash
+    u = qty * b.multiplier
+    bounds = np.column_stack((lo, hi)).ravel()
+    if (bounds[1:] < bounds[:-1]).any():
+        return None
+    lengths = np.diff(np.concatenate(([0], bounds, [n])))
+    between = np.zeros(len(lo) + 1)
+    units = _runs(u, between, lengths)
+    per_bar = units * b.close
+    if b.margined:
+        per_bar = per_bar - _runs(u * entry, between, lengths)
+    return times, cash + (0.0 + per_bar[off:]), cash
+
+
+def _runs(values: np.ndarray, zeros: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """0 over each gap, values[i] over span i: gap, span 0, gap, span 1, ..., gap."""
+    seq = np.empty(2 * len(values) + 1)
+    seq[0::2] = zeros
+    seq[1::2] = values
+    return np.repeat(seq, lengths)
 
 
 def _cash_deltas(ledger: Ledger, bars: dict[str, SymbolBars]) -> list[float]:

@@ -4,24 +4,34 @@ A run is simple when one symbol trades, every entry and exit rule is a `when` co
 bars alone (no stops, targets, agents, combos or position facts), entries are market orders
 sized by a fixed count or a share of equity, exits are market orders, and no risk limit can
 bind. Such a run is a chain: an entry signal, its fill, the first exit signal from the fill's
-bar, its fill, the next entry signal from the bar after the exit. The chain is followed over
-precomputed jump tables (searchsorted over the signal bars), with one tight Python step per
-trade for the money (sizing at the fill price, insufficient-cash rejections, commissions,
-slippage), then MAE/MFE and the records are built vectorised.
+bar, its fill, the next entry signal from the bar after the exit.
+
+How it is resolved:
+1. the chain's links come from jump tables (searchsorted over the signal bars) and are followed
+   without touching the money: when entries and exits alternate (a crossover) the chain is every
+   candidate, otherwise one list lookup per trade;
+2. the money (sizing at the fill price, commissions, cash) is one tight Python step per trade:
+   sizing by a share of equity compounds through whole-share rounding, which no vectorised
+   formula reproduces to the cent;
+3. every record (decisions, orders with their order_ref tags, fills, round trips with MAE/MFE)
+   is built as columns, vectorised.
+When a step would be refused (a quantity rounding to 0, not enough cash) or an entry is refused
+outright (a short in a cash account), the run is resolved by `_sequential` instead: the same
+rules one candidate at a time, the order the Runner meets them in.
 
 The outcome is exactly the Runner's: the same fills (with the same order_ref tags), trades,
 decisions, order records, cash and equity curve; tests/test_fastpath.py checks it against the
 Runner on real data. `unsupported()` says why a run is not simple; such runs go to the Runner.
 
-Fills, trades, decisions and order records are kept as rows and built into their dataclasses
-only when someone reads them (`RecordList`); the journal and the run summary read the rows.
+Records are kept as columns (`Records`) and built into their dataclasses only when someone reads
+them; the journal, the equity curve and the run summary read the columns.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -30,28 +40,39 @@ from ..brokers.sim import SimBroker, SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
 from ..portfolio.ledger import Fill, Ledger, Position, Trade
-from .runner import Decision, OrderRecord, RunSettings, RunState, without_cyclic_gc
+from .runner import Decision, OrderRecord, RunSettings, RunState
 from .signals import SymbolSignals
 
 
-class RecordList(Sequence):
-    """A list of records kept as tuples and made into objects (`make(*row)`) when read.
-    `columns` (optional) holds the same records as arrays."""
+class Records(Sequence):
+    """Records kept as columns (lists or 1-D arrays of equal length; a column that is neither
+    holds one value for every record) and made into objects, `make(*row)`, only when read."""
 
-    def __init__(self, rows: list[tuple], make: Callable[..., Any], columns: dict | None = None):
-        self.rows = rows
-        self.make = make
+    def __init__(self, columns: dict[str, Any], make: Callable[..., Any], n: int):
         self.columns = columns
+        self.make = make
+        self.n = n
         self._objects: list | None = None
+
+    def column(self, name: str) -> list:
+        c = self.columns[name]
+        if isinstance(c, np.ndarray):
+            return c.tolist()
+        if isinstance(c, list):
+            return c
+        return [c] * self.n
+
+    def rows(self) -> Iterator[tuple]:
+        return zip(*(self.column(name) for name in self.columns))
 
     def _all(self) -> list:
         if self._objects is None:
             make = self.make
-            self._objects = [make(*row) for row in self.rows]
+            self._objects = [make(*row) for row in self.rows()]
         return self._objects
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.n
 
     def __getitem__(self, i):
         return self._all()[i]
@@ -63,7 +84,14 @@ class RecordList(Sequence):
         return list(self) == list(other)
 
     def __repr__(self) -> str:
-        return f"RecordList({len(self.rows)} records)"
+        return f"Records({self.n} records)"
+
+
+def _columns(rows: list[tuple], names: tuple[str, ...]) -> dict[str, list]:
+    """Rows of tuples as columns."""
+    if not rows:
+        return {name: [] for name in names}
+    return dict(zip(names, (list(c) for c in zip(*rows))))
 
 
 def _has_output(plan: N.Plan, order: str | None, what: str) -> bool:
@@ -144,83 +172,282 @@ def _slipped(broker: SimBroker, price: np.ndarray, action: str, tick: float) -> 
     return np.where(slip == 0.0, price, out)
 
 
-class FastRun(RunState):
-    """What a Runner leaves behind, for a run resolved by the fast path."""
+_DECISION = ("time", "symbol", "rule", "kind", "outcome", "reason")
+_ORDER = ("action", "quantity", "sizing", "tif", "intent", "rule", "seq", "intent_reason", "time", "status",
+          "status_time", "reason")
+_FILL = ("symbol", "action", "quantity", "price", "commission", "time", "bar", "seq", "multiplier", "rule")
 
-    # ---- the run ---------------------------------------------------------------------------------
-    def run(self) -> Ledger:
-        with without_cyclic_gc():
-            return self._run()
 
-    def _run(self) -> Ledger:
-        symbol, sig = next(iter(self.signals.items()))
-        bars = sig.bars
-        settings, broker = self.settings, self.broker
-        n = len(bars)
-        mult, margined, margin, contracts = bars.multiplier, bars.margined, bars.margin, bars.contracts
-        cash_account = settings.account == "cash"
-        d = 1 if broker.fill_model == "next_open" else 0
+class _Candidates:
+    """What both resolvers read: the entry candidates (bars where an entry rule fired), the exit
+    candidates, the jump tables between them and the prices and times at every fill."""
+
+    def __init__(self, sig: SymbolSignals, settings: RunSettings, broker: SimBroker):
+        self.symbol = sig.bars.symbol
+        bars = self.bars = sig.bars
+        n = self.n = len(bars)
+        self.mult, self.margined, self.margin, contracts = bars.multiplier, bars.margined, bars.margin, bars.contracts
+        self.cash_account = settings.account == "cash"
+        d = self.d = 1 if broker.fill_model == "next_open" else 0
         commission = broker.commission
-        free = not (commission.per_unit or commission.per_contract or commission.percent or commission.per_order)
-
-        def fee(q: float, price: float) -> float:
-            return 0.0 if free else commission(q, price, mult, contracts)
-
+        self.free = not (commission.per_unit or commission.per_contract or commission.percent or commission.per_order)
+        mult = self.mult
+        self.fee = lambda q, price: 0.0 if self.free else commission(q, price, mult, contracts)  # noqa: E731
         # entry candidates: the bars where any entry rule fired (masks, the window and the start folded in)
-        rules = [r for r, _, _ in sig.entry_rules]
-        E = np.asarray(sig.entry_bars, dtype=np.int64)
-        fired = np.column_stack([mask[E] for _, mask, _ in sig.entry_rules]) if len(E) else np.zeros((0, len(rules)), bool)
-        first_rule = np.argmax(fired, axis=1) if len(E) else np.zeros(0, np.int64)
-        multi = (fired.sum(axis=1) > 1) if len(E) else np.zeros(0, bool)
-        templates = [settings.orders.get(r.order) or {} for r in rules]
-        actions = [t.get("action", "buy") for t in templates]
-        sizings = [_sizing(t) for t in templates]
-        sizing_objs = [Sizing("percent_of_equity", sz[1], whole=sz[2]) if sz and sz[0] == "percent" else None
-                       for sz in sizings]
-        tifs = [t.get("tif", "day") for t in templates]
+        self.rules = [r for r, _, _ in sig.entry_rules]
+        E = self.E = np.asarray(sig.entry_bars, dtype=np.int64)
+        K = len(E)
+        self.fired = np.column_stack([m[E] for _, m, _ in sig.entry_rules]) if K else np.zeros((0, len(self.rules)), bool)
+        self.first = np.argmax(self.fired, axis=1) if K else np.zeros(0, np.int64)
+        self.multi = (self.fired.sum(axis=1) > 1) if K else np.zeros(0, bool)
+        templates = [settings.orders.get(r.order) or {} for r in self.rules]
+        self.actions = [t.get("action", "buy") for t in templates]
+        self.sizings = [_sizing(t) for t in templates]
+        self.sizing_objs = [Sizing("percent_of_equity", sz[1], whole=sz[2]) if sz and sz[0] == "percent" else None
+                            for sz in self.sizings]
+        self.tifs = [t.get("tif", "day") for t in templates]
         # exit candidates: the first rule firing at a bar wins, the schedule's flat-by only alone
-        exit_rules = [r for r, _ in sig.market_exits] + [sig.flat_rule]
+        self.exit_rules = [r for r, _ in sig.market_exits] + [sig.flat_rule]
         exit_at = np.full(n, -1, dtype=np.int64)
         for idx in range(len(sig.market_exits) - 1, -1, -1):
             exit_at[np.asarray(sig.market_exits[idx][1], dtype=np.int64)] = idx
         if sig.flat_bars:
             flat = np.asarray(sig.flat_bars, dtype=np.int64)
             flat = flat[exit_at[flat] < 0]
-            exit_at[flat] = len(exit_rules) - 1
-        X = np.flatnonzero(exit_at >= 0)
-        x_rule = exit_at[X]
-        kinds = ["when"] * len(sig.market_exits) + ["flat_by"]
+            exit_at[flat] = len(self.exit_rules) - 1
+        X = self.X = np.flatnonzero(exit_at >= 0)
+        self.x_rule = exit_at[X]
+        self.kinds = ["when"] * len(sig.market_exits) + ["flat_by"]
         # jump tables: an entry decided at E[k] fills at E[k] + d and exits at the first exit bar
         # from there; after the exit at X[j] the next entry is the first from X[j] + 1
-        nx = np.searchsorted(X, E + d).tolist()
-        ne = np.searchsorted(E, X + 1).tolist()
+        self.nx = np.searchsorted(X, E + d)
+        self.ne = np.searchsorted(E, X + 1)
         # prices and times at every candidate's fill
-        f_bar = E + d
-        ok = f_bar < n
-        fb = np.minimum(f_bar, n - 1)
+        fb = np.minimum(E + d, n - 1)
         raw_in = bars.open[fb] if d else bars.close[fb]
-        in_price = {a: _slipped(broker, raw_in, a, bars.tick_size).tolist() for a in set(actions)}
-        in_time = (bars.start[fb] if d else bars.end[fb]).tolist()
-        e_end = bars.end[E].tolist()
-        e_next_end = bars.end[np.minimum(E + 1, n - 1)].tolist()
-        g_bar = X + d
-        gb = np.minimum(g_bar, n - 1)
+        self.in_price = {a: _slipped(broker, raw_in, a, bars.tick_size) for a in set(self.actions)}
+        self.in_time = bars.start[fb] if d else bars.end[fb]
+        self.e_end = bars.end[E]
+        self.e_next_end = bars.end[np.minimum(E + 1, n - 1)]
+        gb = np.minimum(X + d, n - 1)
         raw_out = bars.open[gb] if d else bars.close[gb]
-        out_price = {a: _slipped(broker, raw_out, a, bars.tick_size).tolist() for a in ("buy", "sell")}
-        out_time = (bars.start[gb] if d else bars.end[gb]).tolist()
-        x_end = bars.end[X].tolist()
-        last_end = int(bars.end[-1]) if n else 0
-        E_l, X_l, f_ok, g_ok = E.tolist(), X.tolist(), ok.tolist(), (g_bar < n).tolist()
-        first_l, multi_l, x_rule_l = first_rule.tolist(), multi.tolist(), x_rule.tolist()
-        fired_l = fired.tolist() if multi.any() else None
+        self.out_price = {a: _slipped(broker, raw_out, a, bars.tick_size) for a in ("buy", "sell")}
+        self.out_time = bars.start[gb] if d else bars.end[gb]
+        self.x_end = bars.end[X]
+        self.last_end = int(bars.end[-1]) if n else 0
 
-        prefix = f"qtrade:{settings.run_id}:"
+
+class FastRun(RunState):
+    """What a Runner leaves behind, for a run resolved by the fast path."""
+
+    def run(self) -> Ledger:
+        sig = next(iter(self.signals.values()))
+        c = _Candidates(sig, self.settings, self.broker)
+        out = self._chain(c)
+        self.resolved_by = "chain"
+        if out is None:
+            out = self._sequential(c)
+            self.resolved_by = "sequential"
+        self._records(c, *out)
+        return self.ledger
+
+    # ---- the chain, vectorised ---------------------------------------------------------------
+    def _chain(self, c: _Candidates):
+        """The run when no entry on the chain is refused; None otherwise (see `_sequential`)."""
+        K, J, n, d = len(c.E), len(c.X), c.n, c.d
+        win_action = np.array(c.actions, dtype=object)[c.first] if K else np.zeros(0, object)
+        if c.cash_account and (win_action == "sell").any():
+            return None     # refused shorts: `_sequential` journals each one the chain meets
+        # the chain's links: from candidate k to the next candidate after k's exit (K: none)
+        f = np.append(c.ne, K)[c.nx]
+        if K <= 1 or np.array_equal(f[:-1], np.arange(1, K)):
+            ks = np.arange(K)                   # entries and exits alternate: every candidate
+        else:
+            links, path, k = f.tolist(), [], 0
+            while k < K:
+                path.append(k)
+                k = links[k]
+            ks = np.array(path, dtype=np.int64)
+        T = len(ks)
+        js = c.nx[ks]
+        has_exit = js < J
+        jj = np.minimum(js, max(J - 1, 0))
+        entry_ok = c.E[ks] + d < n
+        exit_ok = has_exit & (c.X[jj] + d < n) if J else np.zeros(T, bool)
+        closed = exit_ok & entry_ok
+        if T > 1 and not closed[:-1].all():     # only the last link can be open or expired
+            return None
+        # the money: sizing, commissions and cash, one step per trade
+        rule_i = c.first[ks]
+        buy = win_action[ks] == "buy"
+        price = np.zeros(T)
+        for a, v in c.in_price.items():
+            sel = win_action[ks] == a
+            price[sel] = v[ks[sel]]
+        x_price = np.where(buy, c.out_price["sell"][jj], c.out_price["buy"][jj]) if J else np.zeros(T)
+        filled = int(entry_ok.sum())
+        money = self._money(c, rule_i[:filled].tolist(), buy[:filled].tolist(), price[:filled].tolist(),
+                            x_price[:filled].tolist(), closed[:filled].tolist())
+        if money is None:
+            return None
+        q, fee_in, fee_out, cash = money
+        tc = int(closed.sum())
+        sym = c.symbol
+        names = [r.name for r in c.rules]
+        rule_names = _pick(names, rule_i)
+        x_idx = c.x_rule[js[has_exit]]
+        tx = len(x_idx)
+        x_names = _pick([r.name for r in c.exit_rules], x_idx)
+        x_reasons = _pick([r.reason for r in c.exit_rules], x_idx)
+        act = _pick(["buy", "sell"], np.where(buy, 0, 1))
+        x_act = _pick(["sell", "buy"], np.where(buy[:tx], 0, 1))
+        e_time, x_time = c.e_end[ks], c.x_end[js[has_exit]]
+        q_arr = np.array(q, dtype=np.float64)
+        # decisions: per link the losers of a same-bar tie, the entry, the exit
+        if c.multi[ks].any():
+            e_names, e_reasons = _listed(rule_names, T), _listed(_pick([r.reason for r in c.rules], rule_i), T)
+            xn, xrs = _listed(x_names, tx), _listed(x_reasons, tx)
+            rows = []
+            fired, et = c.fired[ks], e_time.tolist()
+            xt = x_time.tolist()
+            for t in range(T):
+                if c.multi[ks[t]]:
+                    won = f"'{e_names[t]}' fired on the same bar and won"
+                    rows.extend((et[t], sym, names[o], "entry", "blocked", won)
+                                for o in np.flatnonzero(fired[t]).tolist() if o != rule_i[t])
+                rows.append((et[t], sym, e_names[t], "entry", "fired", e_reasons[t]))
+                if t < tx:
+                    rows.append((xt[t], sym, xn[t], "exit", "fired", xrs[t]))
+            decisions = _columns(rows, _DECISION)
+        else:
+            decisions = {"time": _weave(e_time, x_time, T, tx), "symbol": sym,
+                         "rule": _weave(rule_names, x_names, T, tx), "kind": _weave("entry", "exit", T, tx),
+                         "outcome": "fired",
+                         "reason": _weave(_pick([r.reason for r in c.rules], rule_i), x_reasons, T, tx)}
+        # orders: per link the entry (filled or expired) and the exit (filled or expired); their
+        # tags count up in that order
+        fixed = [sz[1] if sz[0] == "fixed" else None for sz in c.sizings]
+        if all(v is not None for v in fixed):
+            e_qty = _pick(fixed, rule_i)
+        else:
+            e_qty = [fixed[r] if fixed[r] is not None else (q[t] if t < filled else None)
+                     for t, r in enumerate(rule_i.tolist())]
+        expired = T - filled
+        e_status = "filled" if not expired else ["filled"] * filled + ["expired"] * expired
+        e_status_time = np.concatenate((c.in_time[ks[:filled]], c.e_next_end[ks[filled:]]))
+        e_reason = "" if not expired else [""] * filled + [
+            "not filled before it expired" if b + 1 < n else "the data ended" for b in c.E[ks[filled:]].tolist()]
+        x_expired = tx - tc
+        x_status = "filled" if not x_expired else ["filled"] * tc + ["expired"] * x_expired
+        x_status_time = np.concatenate((c.out_time[js[:tc]], np.full(x_expired, c.last_end, dtype=np.int64)))
+        x_reason = "" if not x_expired else [""] * tc + ["the data ended before it filled"] * x_expired
+        n_orders = T + tx
+        orders = {"action": _weave(act, x_act, T, tx), "quantity": _weave(e_qty, q_arr[:tx], T, tx),
+                  "sizing": _weave(_pick(c.sizing_objs, rule_i), None, T, tx),
+                  "tif": _weave(_pick(c.tifs, rule_i), "day", T, tx), "intent": _weave("open", "close", T, tx),
+                  "rule": _weave(rule_names, x_names, T, tx), "seq": np.arange(1, n_orders + 1),
+                  "intent_reason": _weave("", x_reasons, T, tx), "time": _weave(e_time, x_time, T, tx),
+                  "status": _weave(e_status, x_status, T, tx),
+                  "status_time": _weave(e_status_time, x_status_time, T, tx),
+                  "reason": _weave(e_reason, x_reason, T, tx)}
+        # fills: the filled entries and exits, alternating; the round trips
+        n_fills = filled + tc
+        fills = {"action": _weave(_head(act, filled), _head(x_act, tc), filled, tc),
+                 "quantity": _weave(q_arr, q_arr[:tc], filled, tc),
+                 "price": _weave(price[:filled], x_price[:tc], filled, tc),
+                 "commission": _weave(np.array(fee_in, dtype=np.float64), np.array(fee_out, dtype=np.float64),
+                                      filled, tc),
+                 "time": _weave(c.in_time[ks[:filled]], c.out_time[js[:tc]], filled, tc),
+                 "bar": _weave(c.E[ks[:filled]] + d, c.X[js[:tc]] + d, filled, tc),
+                 "seq": np.arange(1, n_fills + 1),
+                 "rule": _weave(_head(rule_names, filled), _head(x_names, tc), filled, tc)}
+        signed = np.where(buy[:tc], 1.0, -1.0) * q_arr[:tc]
+        gross = (x_price[:tc] - price[:tc]) * signed * c.mult
+        exit_reasons = _pick([r.reason or kind for r, kind in zip(c.exit_rules, c.kinds)], x_idx[:tc])
+        trades = (2 * np.arange(tc), gross, exit_reasons)
+        position = None
+        if filled > tc:    # the last entry filled and its position is still open
+            t = filled - 1
+            s = q[t] if buy[t] else -q[t]
+            position = Position(sym, s, float(price[t]), c.mult, c.margined, int(c.in_time[ks[t]]),
+                                int(c.E[ks[t]] + d), fee_in[t], _listed(rule_names, T)[t],
+                                c.margin if c.margined else 0.0, {})
+        return decisions, orders, fills, trades, cash, position
+
+    def _money(self, c: _Candidates, rule_i: list, buy: list, price: list, x_price: list, closed: list):
+        """Quantities, commissions and the cash after each link, in the Runner's float
+        operations; None when an entry would be refused (quantity 0, not enough cash)."""
+        cash = float(self.settings.cash)
+        mult, margined, margin, cash_account, free, fee = c.mult, c.margined, c.margin, c.cash_account, c.free, c.fee
+        per_margin = max(margin, 1e-12)
+        floor = math.floor
+        modes = [sz[0] == "percent" for sz in c.sizings]
+        values = [sz[1] for sz in c.sizings]
+        wholes = [sz[2] for sz in c.sizings]
+        q_out, fee_in, fee_out = [], [], []
+        capped = cash_account and not margined
+        for r, b, p, xp, done in zip(rule_i, buy, price, x_price, closed):
+            whole = wholes[r]
+            if modes[r]:
+                q = values[r] * cash / (per_margin if margined else p * mult)
+                if whole:
+                    q = float(floor(q + 1e-9))
+                if capped:
+                    while q > 0 and q * p * mult + (0.0 if free else fee(q, p)) > cash + 1e-9:
+                        q -= 1 if whole else q * 1e-6
+            else:
+                q = values[r]
+            if whole:
+                q = float(floor(q + 1e-9))
+            if q <= 0:
+                return None
+            f_in = 0.0 if free else fee(q, p)
+            signed = q if b else -q
+            if margined:
+                need = q * margin
+            else:
+                need = q * p * mult
+                need = need if cash_account else 0.5 * need
+            if need + f_in > cash + 1e-6:
+                return None
+            cash -= f_in
+            if not margined:
+                cash -= signed * p * mult
+            q_out.append(q)
+            fee_in.append(f_in)
+            if not done:
+                break
+            f_out = 0.0 if free else fee(q, xp)
+            fee_out.append(f_out)
+            cash -= f_out
+            if margined:
+                cash += (xp - p) * signed * mult
+            else:
+                cash += signed * xp * mult
+        return q_out, fee_in, fee_out, cash
+
+    # ---- the chain, one candidate at a time ----------------------------------------------------
+    def _sequential(self, c: _Candidates):
+        """The run one entry candidate at a time: what `_chain` gives when nothing is refused,
+        and the refusals (with their decisions and rejected orders) when something is."""
+        symbol, n, d, mult, margined, margin = c.symbol, c.n, c.d, c.mult, c.margined, c.margin
+        fee, cash_account, rules = c.fee, c.cash_account, c.rules
+        E_l, X_l = c.E.tolist(), c.X.tolist()
+        nx, ne = c.nx.tolist(), c.ne.tolist()
+        first_l, multi_l, x_rule_l = c.first.tolist(), c.multi.tolist(), c.x_rule.tolist()
+        fired_l = c.fired.tolist() if c.multi.any() else None
+        in_price = {a: v.tolist() for a, v in c.in_price.items()}
+        out_price = {a: v.tolist() for a, v in c.out_price.items()}
+        in_time, e_end, e_next_end = c.in_time.tolist(), c.e_end.tolist(), c.e_next_end.tolist()
+        out_time, x_end = c.out_time.tolist(), c.x_end.tolist()
         seq = 0
-        cash = float(settings.cash)
-        decisions: list[tuple] = []   # Decision fields
-        orders: list[tuple] = []      # (intent tuple, time, status, status_time, reason)
-        fills: list[tuple] = []       # Fill fields
-        trades: list[tuple] = []      # (entry fill index, exit fill index, exit rule, exit reason)
+        cash = float(self.settings.cash)
+        decisions: list[tuple] = []
+        orders: list[tuple] = []      # _ORDER fields
+        fills: list[tuple] = []       # _FILL fields without symbol and multiplier
+        trade_fill: list[int] = []    # per round trip: its entry fill's index
+        gross_l: list[float] = []
+        reasons: list[str] = []
         position: Position | None = None
         K, J = len(E_l), len(X_l)
         k = 0
@@ -234,21 +461,19 @@ class FastRun(RunState):
                     if hit and other != ri:
                         decisions.append((now, symbol, rules[other].name, "entry", "blocked",
                                           f"'{rule.name}' fired on the same bar and won"))
-            action = actions[ri]
+            action = c.actions[ri]
             if action == "sell" and cash_account:
                 decisions.append((now, symbol, rule.name, "entry", "blocked", "short selling needs a margin account"))
                 k += 1
                 continue
-            mode, value, whole = sizings[ri]
+            mode, value, whole = c.sizings[ri]
             seq += 1
-            tag = prefix + str(seq)
             fixed = value if mode == "fixed" else None
-            sizing = sizing_objs[ri]
+            entry = (action, fixed, c.sizing_objs[ri], c.tifs[ri], "open", rule.name, seq, "")
             decisions.append((now, symbol, rule.name, "entry", "fired", rule.reason))
-            intent = (symbol, action, "market", fixed, sizing, None, None, tifs[ri], "open", rule.name, tag)
-            if not f_ok[k]:
-                orders.append((intent, now, "expired", e_next_end[k],
-                               "not filled before it expired" if b + 1 < n else "the data ended"))
+            if b + d >= n:
+                orders.append(entry + (now, "expired", e_next_end[k],
+                                       "not filled before it expired" if b + 1 < n else "the data ended"))
                 k += 1
                 continue
             price = in_price[action][k]
@@ -265,7 +490,7 @@ class FastRun(RunState):
                 q = float(math.floor(q + 1e-9))
             q = max(q, 0.0)
             if q <= 0:
-                orders.append((intent, now, "rejected", t_fill, "quantity rounds to 0"))
+                orders.append(entry + (now, "rejected", t_fill, "quantity rounds to 0"))
                 decisions.append((t_fill, symbol, rule.name, "entry", "blocked", "quantity rounds to 0 at the fill price"))
                 k += 1
                 continue
@@ -278,41 +503,39 @@ class FastRun(RunState):
             if need + f_fee > cash + 1e-6:
                 reason = f"insufficient {'cash' if cash_account else 'available funds'}: needs {need + f_fee:,.2f}, " \
                          f"has {cash:,.2f}"
-                orders.append((intent, now, "rejected", t_fill, reason))
+                orders.append(entry + (now, "rejected", t_fill, reason))
                 decisions.append((t_fill, symbol, rule.name, "entry", "blocked", reason))
                 k += 1
                 continue
-            orders.append((intent, now, "filled", t_fill, "", q))
+            if fixed is None:
+                entry = entry[:1] + (q,) + entry[2:]
+            orders.append(entry + (now, "filled", t_fill, ""))
             signed = q if action == "buy" else -q
-            f_bar_k = b + d
-            fills.append((symbol, action, q, price, f_fee, t_fill, f_bar_k, tag, mult, rule.name))
+            fills.append((action, q, price, f_fee, t_fill, b + d, seq, rule.name))
             cash -= f_fee
             if not margined:
                 cash -= signed * price * mult
             j = nx[k]
             if j >= J:   # no exit before the data ends: the position stays open
-                position = Position(symbol, signed, price, mult, margined, t_fill, f_bar_k, f_fee, rule.name,
+                position = Position(symbol, signed, price, mult, margined, t_fill, b + d, f_fee, rule.name,
                                     margin if margined else 0.0, {})
                 break
             x = X_l[j]
-            xr = exit_rules[x_rule_l[j]]
+            xr = c.exit_rules[x_rule_l[j]]
             seq += 1
-            x_tag = prefix + str(seq)
             x_action = "sell" if signed > 0 else "buy"
             decisions.append((x_end[j], symbol, xr.name, "exit", "fired", xr.reason))
-            x_intent = (symbol, x_action, "market", abs(signed), None, None, None, "day", "close", xr.name, x_tag,
-                        xr.reason)
-            if not g_ok[j]:
-                orders.append((x_intent, x_end[j], "expired", last_end, "the data ended before it filled"))
-                position = Position(symbol, signed, price, mult, margined, t_fill, f_bar_k, f_fee, rule.name,
+            x_order = (x_action, abs(signed), None, "day", "close", xr.name, seq, xr.reason, x_end[j])
+            if x + d >= n:
+                orders.append(x_order + ("expired", c.last_end, "the data ended before it filled"))
+                position = Position(symbol, signed, price, mult, margined, t_fill, b + d, f_fee, rule.name,
                                     margin if margined else 0.0, {})
                 break
             x_price = out_price[x_action][j]
-            x_time = out_time[j]
             x_qty = abs(signed)
             x_fee = fee(x_qty, x_price)
-            orders.append((x_intent, x_end[j], "filled", x_time, ""))
-            fills.append((symbol, x_action, x_qty, x_price, x_fee, x_time, x + d, x_tag, mult, xr.name))
+            orders.append(x_order + ("filled", out_time[j], ""))
+            fills.append((x_action, x_qty, x_price, x_fee, out_time[j], x + d, seq, xr.name))
             gross = (x_price - price) * signed * mult
             cash -= x_fee
             if margined:
@@ -320,66 +543,60 @@ class FastRun(RunState):
             else:
                 x_signed = x_qty if x_action == "buy" else -x_qty
                 cash += -x_signed * x_price * mult
-            trades.append((len(fills) - 2, gross, xr.reason or kinds[x_rule_l[j]]))
+            trade_fill.append(len(fills) - 2)
+            gross_l.append(gross)
+            reasons.append(xr.reason or c.kinds[x_rule_l[j]])
             k = ne[j]
+        fill_cols = _columns(fills, ("action", "quantity", "price", "commission", "time", "bar", "seq", "rule"))
+        trades = (np.array(trade_fill, dtype=np.int64), np.array(gross_l, dtype=np.float64), reasons)
+        return decisions, orders, fill_cols, trades, cash, position
+
+    # ---- records -----------------------------------------------------------------------------
+    def _records(self, c: _Candidates, decisions: list, orders: list, f: dict, trades: tuple, cash: float,
+                 position: Position | None) -> None:
+        from .backtest import LedgerColumns
+
+        symbol, bars, mult = c.symbol, c.bars, c.mult
+        prefix = f"qtrade:{self.settings.run_id}:"
         self.ledger.cash = cash
         if position is not None:
             self.ledger.positions[symbol] = position
-        self._records(symbol, bars, decisions, orders, fills, trades)
-        return self.ledger
+        if isinstance(decisions, list):
+            decisions = _columns(decisions, _DECISION)
+        self.decisions = Records(decisions, Decision, len(decisions["time"]))
 
-    # ---- the journal -----------------------------------------------------------------------------
-    def journal_rows(self, run_id: str, iso_many: Callable[[list], list[str]]) -> dict[str, list[tuple]]:
-        """The orders, decisions, fills and trades tables' rows (the columns backtest.write_journal
-        writes), straight from the records' rows: the same values as from the objects."""
-        orders = self.orders.rows
-        o_ts = iso_many([o[1] for o in orders])
-        o_st = iso_many([o[3] for o in orders])
-        order_rows = []
-        for o, t, st in zip(orders, o_ts, o_st):
-            it = o[0]
-            qty = it[3] if it[3] is not None else (o[5] if len(o) > 5 else None)
-            order_rows.append((run_id, it[10], t, it[0], it[1], qty or 0.0, it[2], it[5], it[6], it[7], it[9], it[8],
-                               None, o[2], st if o[3] else t, o[4] or (it[11] if len(it) > 11 else "")))
-        decisions = self.decisions.rows
-        decision_rows = [(run_id, t, d[1], d[2], d[3], d[4], d[5])
-                         for d, t in zip(decisions, iso_many([d[0] for d in decisions]))]
-        fills = self.ledger.fills.rows
-        fill_rows = [(run_id, f[7], t, f[0], f[1], f[2], f[3], f[8], f[4])
-                     for f, t in zip(fills, iso_many(self.ledger.fills.columns["time"]))]
-        trades = self.ledger.trades.rows
-        cols = self.ledger.trades.columns
-        trade_rows = [(run_id, t[0], t[1], t[2], t[3], a, t[5], b, t[7], t[8], t[9], t[11] - t[10], t[16], t[17], t[12],
-                       t[13], t[14], t[15], None)
-                      for t, a, b in zip(trades, iso_many(cols["entry_time"]), iso_many(cols["exit_time"]))]
-        return {"orders": order_rows, "decisions": decision_rows, "fills": fill_rows, "trades": trade_rows}
+        def make_order(action, quantity, sizing, tif, intent, rule, seq, intent_reason, time, status, status_time,
+                       reason) -> OrderRecord:
+            it = OrderIntent(symbol, action, "market", quantity, sizing, None, None, tif, intent, rule,
+                             prefix + str(seq), intent_reason)
+            rec = OrderRecord(it, time)
+            rec.status, rec.status_time, rec.reason = status, status_time, reason
+            return rec
 
-    # ---- records ---------------------------------------------------------------------------------
-    def _records(self, symbol: str, bars: SymbolBars, decisions: list, orders: list, fills: list,
-                 trades: list) -> None:
-        from .backtest import LedgerColumns
+        if isinstance(orders, list):
+            orders = _columns(orders, _ORDER)
+        self.orders = Records(orders, make_order, len(orders["seq"]))
+        nf = len(f["seq"])
+        f_cols = {"symbol": symbol, "action": f["action"],
+                  "quantity": np.asarray(f["quantity"], dtype=np.float64),
+                  "price": np.asarray(f["price"], dtype=np.float64),
+                  "commission": np.asarray(f["commission"], dtype=np.float64),
+                  "time": np.asarray(f["time"], dtype=np.int64), "bar": np.asarray(f["bar"], dtype=np.int64),
+                  "seq": f["seq"], "multiplier": mult, "rule": f["rule"]}
 
-        self.decisions = RecordList(decisions, Decision)
-        self.orders = RecordList(orders, _order_record)
-        nf = len(fills)
-        f_cols = {
-            "action": [f[1] for f in fills],
-            "quantity": np.array([f[2] for f in fills], dtype=np.float64),
-            "price": np.array([f[3] for f in fills], dtype=np.float64),
-            "commission": np.array([f[4] for f in fills], dtype=np.float64),
-            "time": np.array([f[5] for f in fills], dtype=np.int64),
-            "bar": np.array([f[6] for f in fills], dtype=np.int64),
-        }
-        self.ledger.fills = RecordList(fills, Fill, f_cols)
-        # trades: entry fill i, exit fill i + 1
-        ti = np.array([t[0] for t in trades], dtype=np.int64)
+        def make_fill(symbol, action, quantity, price, commission, time, bar, seq, multiplier, rule) -> Fill:
+            return Fill(symbol, action, quantity, price, commission, time, bar, prefix + str(seq), multiplier, rule)
+
+        self.ledger.fills = Records(f_cols, make_fill, nf)
+        # round trips: entry fill i, exit fill i + 1
+        ti, gross, reasons = trades
+        nt = len(ti)
         qty, price, comm = f_cols["quantity"], f_cols["price"], f_cols["commission"]
-        buy = np.array([a == "buy" for a in f_cols["action"]], dtype=bool)
+        action = f["action"]
+        buy = np.array([a == "buy" for a in action], dtype=bool) if _is_column(action) else np.full(nf, action == "buy")
         signed_all = np.where(buy, qty, -qty)
-        mult = bars.multiplier
         e_price, x_price = price[ti], price[ti + 1]
         e_signed = signed_all[ti]
-        gross = np.array([t[1] for t in trades], dtype=np.float64)
         commission = comm[ti] + comm[ti + 1]
         pnl = gross - commission
         basis = np.abs(e_price * e_signed * mult)
@@ -387,15 +604,17 @@ class FastRun(RunState):
             ret = np.where(basis != 0, 100.0 * pnl / np.where(basis != 0, basis, 1.0), 0.0)
         e_bar, x_bar = f_cols["bar"][ti], f_cols["bar"][ti + 1]
         mae, mfe = _excursions(bars, e_bar, x_bar, e_price, x_price, qty[ti] * mult, e_signed > 0)
-        long_l = (e_signed > 0).tolist()
-        e_rule = [fills[i][9] for i in ti.tolist()]
-        x_rule = [fills[i + 1][9] for i in ti.tolist()]
-        rows = list(zip([symbol] * len(ti), ["long" if lg else "short" for lg in long_l], qty[ti].tolist(),
-                        [mult] * len(ti), f_cols["time"][ti].tolist(), e_price.tolist(), f_cols["time"][ti + 1].tolist(),
-                        x_price.tolist(), pnl.tolist(), ret.tolist(), e_bar.tolist(), x_bar.tolist(),
-                        commission.tolist(), e_rule, x_rule, [t[2] for t in trades], mae.tolist(), mfe.tolist()))
-        t_cols = {"pnl": pnl, "entry_time": f_cols["time"][ti], "exit_time": f_cols["time"][ti + 1]}
-        self.ledger.trades = RecordList(rows, Trade, t_cols)
+        rules = f["rule"]     # fills alternate: entry, exit, entry, ...
+        longs = e_signed > 0
+        side = "long" if longs.all() else "short" if not longs.any() else np.where(longs, "long", "short").tolist()
+        t_cols = {"symbol": symbol, "side": side,
+                  "quantity": qty[ti], "multiplier": mult, "entry_time": f_cols["time"][ti], "entry_price": e_price,
+                  "exit_time": f_cols["time"][ti + 1], "exit_price": x_price, "pnl": pnl, "return_pct": ret,
+                  "entry_bar": e_bar, "exit_bar": x_bar, "commission": commission,
+                  "entry_rule": rules[0::2][:nt] if _is_column(rules) else rules,
+                  "exit_rule": rules[1::2][:nt] if _is_column(rules) else rules,
+                  "exit_reason": reasons, "mae": mae, "mfe": mfe}
+        self.ledger.trades = Records(t_cols, Trade, nt)
         # the equity curve's inputs, as backtest._cash_deltas and equity_curve compute them
         cash_delta = np.empty(nf)
         if nf:
@@ -407,18 +626,77 @@ class FastRun(RunState):
                 cash_delta = np.where(is_open, -comm - 0.0, -comm + (price - opened_price) * opened_signed * mult)
             else:
                 cash_delta = -comm - signed_all * price * mult
-        self.ledger.columns = LedgerColumns([symbol] * nf, f_cols["bar"], cash_delta, [symbol] * len(ti), e_bar, x_bar,
+        self.ledger.columns = LedgerColumns([symbol] * nf, f_cols["bar"], cash_delta, [symbol] * nt, e_bar, x_bar,
                                             np.where(e_signed > 0, 1.0, -1.0) * qty[ti], e_price)
 
+    # ---- the journal -----------------------------------------------------------------------------
+    def journal_rows(self, run_id: str, iso_many: Callable[[Any], list[str]]) -> dict[str, Iterator[tuple]]:
+        """The orders, decisions, fills and trades tables' rows (the columns backtest.write_journal
+        writes) straight from the record columns: the same values as from the objects."""
+        prefix = f"qtrade:{run_id}:"
+        o = self.orders
+        ts, st = iso_many(o.column("time")), iso_many(o.column("status_time"))
+        n = o.n
+        tags = [prefix + str(s) for s in o.column("seq")]
+        order_rows = zip([run_id] * n, tags, ts, [next(iter(self.signals))] * n, o.column("action"),
+                         [q or 0.0 for q in o.column("quantity")], ["market"] * n, [None] * n, [None] * n,
+                         o.column("tif"), o.column("rule"), o.column("intent"), [None] * n, o.column("status"),
+                         [s if t else a for s, t, a in zip(st, o.column("status_time"), ts)],
+                         [r or ir for r, ir in zip(o.column("reason"), o.column("intent_reason"))])
+        dc = self.decisions
+        decision_rows = zip([run_id] * dc.n, iso_many(dc.column("time")), dc.column("symbol"), dc.column("rule"),
+                            dc.column("kind"), dc.column("outcome"), dc.column("reason"))
+        fl = self.ledger.fills
+        fill_rows = zip([run_id] * fl.n, [prefix + str(s) for s in fl.column("seq")], iso_many(fl.columns["time"]),
+                        fl.column("symbol"), fl.column("action"), fl.column("quantity"), fl.column("price"),
+                        fl.column("multiplier"), fl.column("commission"))
+        tr = self.ledger.trades
+        tc = tr.columns
+        trade_rows = zip([run_id] * tr.n, tr.column("symbol"), tr.column("side"), tr.column("quantity"),
+                         tr.column("multiplier"), iso_many(tc["entry_time"]), tr.column("entry_price"),
+                         iso_many(tc["exit_time"]), tr.column("exit_price"), tr.column("pnl"), tr.column("return_pct"),
+                         (tc["exit_bar"] - tc["entry_bar"]).tolist(), tr.column("mae"), tr.column("mfe"),
+                         tr.column("commission"), tr.column("entry_rule"), tr.column("exit_rule"),
+                         tr.column("exit_reason"), [None] * tr.n)
+        return {"orders": order_rows, "decisions": decision_rows, "fills": fill_rows, "trades": trade_rows}
 
-def _order_record(intent: tuple, time: int, status: str, status_time: int, reason: str,
-                  filled: float | None = None) -> OrderRecord:
-    it = OrderIntent(*intent)
-    if filled is not None and it.quantity is None:
-        it = OrderIntent(**{**it.__dict__, "quantity": filled})
-    rec = OrderRecord(it, time)
-    rec.status, rec.status_time, rec.reason = status, status_time, reason
-    return rec
+
+def _is_column(v) -> bool:
+    return isinstance(v, (list, np.ndarray))
+
+
+def _pick(values: list, idx: np.ndarray):
+    """values[i] for every i in idx: one value when they are all the same, else a list."""
+    if len(values) == 1 or not len(idx) or (idx == idx[0]).all():
+        return values[int(idx[0])] if len(idx) else values[0]
+    return np.array(values, dtype=object)[idx].tolist()
+
+
+def _listed(column, n: int) -> list:
+    if isinstance(column, np.ndarray):
+        return column.tolist()
+    return column if isinstance(column, list) else [column] * n
+
+
+def _head(column, n: int):
+    return column[:n] if _is_column(column) else column
+
+
+def _weave(a, b, na: int, nb: int):
+    """Column a (na records) and column b (nb records, na or na - 1) interleaved: a[0], b[0],
+    a[1], ... A value that is not a list or an array stands for a column of that value; two
+    equal ones stay one value; two arrays weave into an array."""
+    if not _is_column(a) and (nb == 0 or (not _is_column(b) and type(a) is type(b) and a == b)):
+        return a
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        out = np.empty(na + nb, dtype=np.result_type(a, b))
+        out[0::2] = a
+        out[1::2] = b
+        return out
+    out = [None] * (na + nb)
+    out[0::2] = _listed(a, na)
+    out[1::2] = _listed(b, nb)
+    return out
 
 
 def _excursions(bars: SymbolBars, lo: np.ndarray, hi: np.ndarray, entry: np.ndarray, exit_: np.ndarray,

@@ -385,3 +385,94 @@ def test_blank_lines_do_not_shift_line_numbers(tmp_path):
     with pytest.raises(DiagnosticError) as excinfo:
         load_bars(path)
     assert (diagnostic(excinfo).line, diagnostic(excinfo).col) == (4, 16)
+
+
+def _parquet_variants(tmp_path) -> dict[str, Path]:
+    """Parquet files the direct pyarrow reader takes (and a few it leaves to pandas)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(7)
+    n = 400
+    utc = pd.date_range("2023-11-03 13:30", periods=n, freq="1min", tz="UTC")
+    prices = {c: rng.random(n) + 10 for c in ("open", "high", "low", "close")}
+    base = pd.DataFrame({"timestamp": utc, **prices, "volume": rng.integers(0, 1000, n)})
+    out = {}
+
+    def put(name, frame, **kwargs):
+        out[name] = tmp_path / f"{name}.parquet"
+        frame.to_parquet(out[name], **kwargs)
+
+    put("aware", base, index=False)
+    put("index_stored", base.set_index("timestamp"))
+    put("naive_local", base.assign(timestamp=utc.tz_convert(NY).tz_localize(None)), index=False)
+    put("reversed_gaps", base.iloc[::-1].drop(index=[5, 6]), index=False)
+    gaps = base.copy()
+    gaps.loc[3, list(prices)] = np.nan
+    gaps.loc[4, "volume"] = np.nan
+    put("nan_rows", gaps, index=False)
+    put("adj", base.assign(**{"Adj Close": base["close"] * 0.5}), index=False)
+    put("no_volume_us", base.drop(columns="volume").assign(timestamp=utc.as_unit("us").tz_convert("Asia/Tokyo")),
+        index=False)
+    put("ordered", base[["volume", "close", "timestamp", "low", "open", "high"]].astype({"close": "float32"}),
+        index=False)
+    table = pa.table({"Date": pa.array(utc.tz_localize(None).as_unit("ms").to_numpy(), type=pa.timestamp("ms")),
+                      "Open": prices["open"], "High": prices["high"], "Low": prices["low"], "Close": prices["close"],
+                      "Vol": pa.array([None if i % 9 == 0 else i for i in range(n)], type=pa.int64())})
+    out["no_pandas_metadata_row_groups"] = tmp_path / "no_pandas_metadata_row_groups.parquet"
+    pq.write_table(table, out["no_pandas_metadata_row_groups"], row_group_size=64)
+    out["utc_named"] = tmp_path / "utc_named.parquet"
+    pq.write_table(table.rename_columns(["timestamp_utc", "o", "h", "l", "c", "v"]), out["utc_named"])
+    return out
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"timezone": "UTC", "start": "2023-11-03", "end": "2023-11-03 15:00"}])
+def test_parquet_direct_reader_matches_pandas_reader(tmp_path, monkeypatch, kwargs):
+    from engine.market import bars
+
+    files = _parquet_variants(tmp_path)
+    direct = {}
+    for name, path in files.items():
+        adjusted = name == "adj"
+        direct[name] = one(path, adjusted=adjusted, **kwargs)
+        check_shape(direct[name])
+    assert bars._read_parquet_plain(files["aware"]) is not None
+    assert bars._read_parquet_plain(files["index_stored"]) is None  # pandas restores the index
+    monkeypatch.setattr(bars, "_read_parquet_plain", lambda path: None)
+    for name, path in files.items():
+        general = one(path, adjusted=name == "adj", **kwargs)
+        pd.testing.assert_frame_equal(direct[name], general, check_exact=True, check_freq=True)
+        assert str(direct[name].index.tz) == str(general.index.tz) and direct[name].index.unit == general.index.unit
+
+
+def test_parquet_errors_keep_their_positions(tmp_path):
+    n = 5
+    frame = pd.DataFrame({"timestamp": pd.date_range("2024-01-02 14:30", periods=n, freq="1min", tz="UTC"),
+                          "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5})
+    dup = frame.copy()
+    dup.loc[3, "timestamp"] = dup.loc[1, "timestamp"]
+    dup.to_parquet(tmp_path / "dup.parquet", index=False)
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(tmp_path / "dup.parquet")
+    d = diagnostic(excinfo)
+    assert (d.line, d.col) == (4, 1) and "(also on line 2)" in d.message
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(tmp_path / "bad.parquet")
+    assert diagnostic(excinfo).message.startswith("cannot read as Parquet")
+
+
+@needs_data
+def test_loaded_bars_are_ordinary_writable_frames(tmp_path):
+    csv = one(DATA / "backtesting_py" / "GOOG.csv")
+    target = tmp_path / "flat.parquet"
+    csv.tz_convert("UTC").rename_axis("timestamp").reset_index().to_parquet(target, index=False)
+    for df in (one(DATA / "backtesting_py" / "GOOG.csv"), one(target)):
+        pd.testing.assert_frame_equal(df, csv)
+        before = df.copy()
+        view = df[["open", "close"]]
+        df.iloc[0, 0] = -1.0
+        df.loc[df.index[-1], "close"] = -2.0
+        assert df.iloc[0, 0] == -1.0 and df["close"].iloc[-1] == -2.0
+        assert view.iloc[0, 0] == before.iloc[0, 0]   # copy-on-write: a view taken before is not changed
+        pd.testing.assert_frame_equal(df.iloc[1:-1], before.iloc[1:-1])

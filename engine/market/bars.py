@@ -187,21 +187,34 @@ def _load_file(path: Path, wanted, timezone, adjusted, start, end) -> dict[str, 
                                      f"columns found: {','.join(source.names)}",
                                      "use a file with an 'Adj Close' column, or adjusted: false")])
     times = _parse_times(frame, source, lines, timezone)
+    # One 1-D array per column, put in the frame as they are (copy=False): the DataFrame
+    # constructor would otherwise copy all columns into one 2-D block (~0.1 s for 1M bars).
     out_cols = {}
     for role in _PRICES + ("volume", "adj_close"):
         if role in source.roles:
             out_cols[role] = _numbers(frame[role], role, source, lines)
         elif role == "volume":
             out_cols[role] = np.full(len(frame), np.nan)
-    bars = pd.DataFrame({k: out_cols[k] for k in out_cols}, index=pd.DatetimeIndex(times).rename(None))
     if adjusted:
         with np.errstate(divide="ignore", invalid="ignore"):
             factor = out_cols["adj_close"] / out_cols["close"]
         for role in _PRICES:
-            bars[role] = out_cols[role] * factor
-    bars = bars[list(FIELDS)]
+            out_cols[role] = out_cols[role] * factor
     # Rows with no prices at all (Yahoo's 'null' rows, blank lines) are gaps, not bars.
-    keep = ~bars[list(_PRICES)].isna().all(axis=1).to_numpy()
+    keep = ~(np.isnan(out_cols["open"]) & np.isnan(out_cols["high"]) & np.isnan(out_cols["low"])
+             & np.isnan(out_cols["close"]))
+    columns = {}
+    for role in FIELDS:
+        values = out_cols[role]
+        if not values.flags.writeable:
+            # A read-only view of a float64 column of the file's frame: the column itself then
+            # (pandas copies it on a first write), else a copy (the bars must be writable).
+            column = frame[role] if role in source.roles else None
+            values = column if column is not None and column.dtype == np.float64 \
+                and np.may_share_memory(values, column.to_numpy()) else values.copy()
+        columns[role] = values
+    bars = pd.DataFrame(columns, index=frame.index, copy=False)
+    bars.index = pd.DatetimeIndex(times).rename(None)
     if "symbol" in source.roles:
         symbol_values = frame["symbol"].astype(str).str.strip().str.upper().to_numpy()
         groups = {}
@@ -211,7 +224,9 @@ def _load_file(path: Path, wanted, timezone, adjusted, start, end) -> dict[str, 
             mask = keep & (symbol_values == symbol)
             groups[symbol] = _finish(bars[mask], lines[mask], source, timezone, start, end)
         return groups
-    return {_stem_symbol(path, wanted): _finish(bars[keep], lines[keep], source, timezone, start, end)}
+    if not keep.all():
+        bars, lines = bars[keep], lines[keep]
+    return {_stem_symbol(path, wanted): _finish(bars, lines, source, timezone, start, end)}
 
 
 def _finish(bars: pd.DataFrame, lines: np.ndarray, source: _Source, timezone, start, end) -> pd.DataFrame:
@@ -318,6 +333,9 @@ def _read_csv(path: Path):
 # -------------------------------------------------------------------------------------- Parquet
 
 def _read_parquet(path: Path):
+    fast = _read_parquet_plain(path)
+    if fast is not None:
+        return fast
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow's errors are many; all mean "not a readable Parquet file"
@@ -331,6 +349,59 @@ def _read_parquet(path: Path):
     frame.columns = [{i: r for r, i in source.roles.items()}[i] for i in sorted(source.roles.values())]
     source.csv = False
     return frame.reset_index(drop=True), source, np.arange(1, len(frame) + 1)
+
+
+def _read_parquet_plain(path: Path):
+    """The common case read straight with pyarrow, or None to go the general way: no index stored
+    (or a plain RangeIndex), no symbol column, a timestamp column and numeric price columns. It
+    reads only the columns it uses, and gives the same frame as pd.read_parquet would, without its
+    consolidating copy (~0.05 s for 1M bars)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(path)
+        schema = file.schema_arrow
+        meta = schema.pandas_metadata or {}
+        names = list(schema.names)
+        if len(set(names)) != len(names) or len(meta.get("column_indexes") or []) > 1:
+            return None
+        for index_column in meta.get("index_columns") or []:
+            if not isinstance(index_column, dict) or index_column.get("kind") != "range" \
+                    or index_column.get("name") is not None:
+                return None  # an index pandas would restore (and load_bars would turn into a column)
+        if any(str(c.get("name")) != c.get("field_name") for c in meta.get("columns") or []
+               if c.get("field_name") in names):
+            return None
+        source = _Source(path, names)
+        if "symbol" in source.roles or "time" in source.roles:
+            return None
+        source.check()
+        time_role = next(r for r in ("datetime_utc", "datetime", "date") if r in source.roles)
+        if not pa.types.is_timestamp(schema.field(source.roles[time_role]).type):
+            return None
+        for role, i in source.roles.items():
+            kind = schema.field(i).type
+            if role != time_role and not (pa.types.is_integer(kind) or pa.types.is_float64(kind)
+                                          or pa.types.is_float32(kind)):
+                return None
+        table = file.read(columns=[names[i] for i in sorted(source.roles.values())], use_pandas_metadata=False)
+        if table.num_rows == 0:
+            return None
+        columns = {}
+        for role, i in sorted(source.roles.items(), key=lambda item: item[1]):
+            column = table.column(names[i])
+            if role == time_role:
+                columns[role] = column.to_pandas()
+            else:
+                # a copy the frame owns (writable, not tied to Arrow's buffers)
+                columns[role] = np.array(column.to_numpy(), dtype=np.float64)
+        del table
+        frame = pd.DataFrame(columns, copy=False)
+    except Exception:
+        return None
+    source.csv = False
+    return frame, source, np.arange(1, len(frame) + 1)
 
 
 # ---------------------------------------------------------------------------------- conversions

@@ -263,6 +263,10 @@ def _report(rep: _Reporter, err) -> None:
 
 def validate(kind: str, data: Any, path: str, marks: SourceMap) -> list[Diagnostic]:
     """Every schema problem of one document, each at the line/column of the offending node."""
+    from .quickcheck import is_valid
+
+    if is_valid(kind, data):
+        return []  # certainly valid: jsonschema (its import, its walk) is only needed to word errors
     rep = _Reporter(path, marks)
     errors = sorted(_validator(kind).iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     for err in errors:

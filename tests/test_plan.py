@@ -261,11 +261,39 @@ def _check_stream_equals_vectorised(plan, bars: Bars, start: int, stop: int):
     sliced = _slice(bars, start, stop)
     vec = evaluate(plan, sliced)
     rows = _stream_values(plan, bars, start, stop)
+    ties = _near_ties(plan, vec, stop - start)
     for node in plan.nodes:
         if not node.market or not np.ndim(vec[node.id]):
             continue
         streamed = np.array([row[node.id] for row in rows], dtype=vec[node.id].dtype)
+        if vec[node.id].dtype == bool:
+            # a streamed value within rounding of the vectorised one may only flip a comparison at a tie
+            differ = vec[node.id] != streamed
+            assert not (differ & ~ties).any(), (node.label, np.flatnonzero(differ & ~ties)[:5])
+            continue
         _assert_same(vec[node.id], streamed, node.label)
+
+
+def _near_ties(plan, vec: list, n: int) -> np.ndarray:
+    """Bars where a comparison's (or a cross's) two sides are equal to within float rounding,
+    and the bars after them that a lag can carry a result to: there a streamed indicator one
+    ulp away from the vectorised one (TA-Lib's own arithmetic) may decide the other way."""
+    tie = np.zeros(n, dtype=bool)
+    for node in plan.nodes:
+        crosses = node.op == N.CALL and node.attrs[0] in ("crosses_above", "crosses_below")
+        if not node.market or not (node.op == N.COMPARE or crosses):
+            continue
+        a, b = (np.asarray(vec[i]) for i in node.args[:2])
+        if a.dtype.kind not in "fiub" or b.dtype.kind not in "fiub":
+            continue   # labels (regime == "calm") are never near a tie
+        near = np.broadcast_to(np.isclose(a, b, rtol=1e-9, atol=1e-12), (n,))
+        tie = tie | near
+        if crosses:
+            tie[1:] |= near[:-1]
+    reach = max([node.attrs[0] for node in plan.nodes if node.op == N.LAG] + [0])
+    for k in range(1, reach + 1):
+        tie[k:] |= tie[:-k]
+    return tie
 
 
 def _plan_of(exprs: dict[str, str]):

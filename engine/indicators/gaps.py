@@ -11,9 +11,38 @@ is also exactly what the streaming form does when it ignores a NaN bar.
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from typing import Callable, Sequence
 
 import numpy as np
+
+# facts about input arrays (finite or not, leading NaN run) while evaluating a plan, whose node
+# values are never written to once made: an array read by several kernels is checked once
+_FACTS: ContextVar[dict | None] = ContextVar("gap_facts", default=None)
+
+
+@contextlib.contextmanager
+def remembering():
+    """Within the block, run_gapped remembers what it found out about each input array (keyed
+    by its memory, length and stride; the array is kept alive with the fact, so the key cannot
+    be reused by another array). For inputs that are not written to inside the block."""
+    token = _FACTS.set({})
+    try:
+        yield
+    finally:
+        _FACTS.reset(token)
+
+
+def _fact(kind: str, a: np.ndarray, find: Callable[[np.ndarray], object]):
+    memo = _FACTS.get()
+    if memo is None:
+        return find(a)
+    key = (kind, a.__array_interface__["data"][0], a.shape[0], a.strides[0])
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = (find(a), a)
+    return hit[0]
 
 
 def as_series(x, name: str = "x") -> np.ndarray:
@@ -86,13 +115,13 @@ def run_gapped(
     dtype = np.bool_ if boolean else np.float64
     if n == 0:
         return np.empty(0, dtype=dtype)
-    if all(all_finite(a) for a in arrays):
+    if all(_fact("finite", a, all_finite) for a in arrays):
         return raw(*arrays, *params)
     # bars before k have a NaN in the input with the longest NaN prefix
-    k = max(nan_prefix(a) for a in arrays)
+    k = max(_fact("nan_prefix", a, nan_prefix) for a in arrays)
     if k == n:
         return np.zeros(n, dtype=np.bool_) if boolean else np.full(n, np.nan)
-    if k > 0 and all(all_finite(a[k:]) for a in arrays):
+    if k > 0 and all(_fact("finite", a[k:], all_finite) for a in arrays):
         if lead is not None:
             return lead(k, *arrays, *params)
         out = np.empty(n, dtype=dtype)

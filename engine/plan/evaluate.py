@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..indicators import ELEMENTWISE, KERNELS
+from ..indicators.gaps import remembering
 from . import nodes as N
 from .nodes import Plan
 
@@ -163,10 +164,11 @@ def evaluate(plan: Plan, bars: Bars, upto: set[int] | None = None) -> list[Any]:
     n = len(bars)
     needed = _closure(plan, upto) if upto is not None else None
     values: list[Any] = [None] * len(plan.nodes)
-    for node in plan.nodes:
-        if not node.market or (needed is not None and node.id not in needed):
-            continue
-        values[node.id] = _eval_vec(node, values, bars, n)
+    with remembering():     # an input read by several kernels is checked for gaps once
+        for node in plan.nodes:
+            if not node.market or (needed is not None and node.id not in needed):
+                continue
+            values[node.id] = _eval_vec(node, values, bars, n)
     return values
 
 

@@ -60,5 +60,16 @@ def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
                               else sum(f.commission for f in fills))
     out["buy_and_hold_symbol"] = symbol
     out["bars"] = int(sum(len(b) for b in result.bars.values()))
-    out["blocked"] = sum(1 for d in result.runner.decisions if d.outcome == "blocked")
+    out["blocked"] = _blocked(result.runner.decisions)
     return {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in out.items()}
+
+
+def _blocked(decisions) -> int:
+    """How many entries or exits were blocked (from the columns when the records are kept so)."""
+    cols = getattr(decisions, "columns", None)
+    if cols is None:
+        return sum(1 for d in decisions if d.outcome == "blocked")
+    outcome = cols["outcome"]
+    if isinstance(outcome, (list, np.ndarray)):
+        return sum(1 for o in outcome if o == "blocked")
+    return len(decisions) if outcome == "blocked" else 0

@@ -64,21 +64,55 @@ class Prepared:
     end: pd.Timestamp | None = None
     overrides: dict = field(default_factory=dict)
     chains: dict | None = None     # option chain snapshots by quote date (data.chains)
+    arrays: dict = field(default_factory=dict, repr=False)  # _symbol_bars' arrays per symbol
 
 
-@dataclass
 class Result:
-    prepared: Prepared
-    run_id: str
-    ledger: Ledger
-    runner: Runner
-    times: np.ndarray          # ns UTC, the closes of the union of all symbols' bars (from the start date)
-    labels: np.ndarray         # ns UTC, the same bars' start times: how bars are named (IB stamps bars by start)
-    equity: np.ndarray
-    cash: np.ndarray
-    bars: dict[str, SymbolBars]
-    marks: dict[str, float]    # last prices of open positions
-    timings: dict[str, float]
+    """A finished backtest. The equity curve (times, labels, equity, cash, marks) is computed
+    when first read (timings["equity"]), from the ledger's records."""
+
+    def __init__(self, prepared: Prepared, run_id: str, ledger: Ledger, runner: Runner, bars: dict[str, SymbolBars],
+                 timings: dict[str, float], curve: Callable[[], tuple]):
+        self.prepared = prepared
+        self.run_id = run_id
+        self.ledger = ledger
+        self.runner = runner
+        self.bars = bars
+        self.timings = timings
+        self._curve = curve
+        self._values: tuple | None = None
+
+    def _curve_values(self) -> tuple:
+        if self._values is None:
+            t = time.perf_counter()
+            times, equity, cash, marks = self._curve()
+            labels = times - int(bar_seconds(self.prepared.bar) * 1e9)
+            self._values = times, labels, equity, cash, marks
+            self.timings["equity"] = time.perf_counter() - t
+        return self._values
+
+    @property
+    def times(self) -> np.ndarray:
+        """ns UTC, the closes of the union of all symbols' bars (from the start date)."""
+        return self._curve_values()[0]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """ns UTC, the same bars' start times: how bars are named (IB stamps bars by start)."""
+        return self._curve_values()[1]
+
+    @property
+    def equity(self) -> np.ndarray:
+        return self._curve_values()[2]
+
+    @property
+    def cash(self) -> np.ndarray:
+        return self._curve_values()[3]
+
+    @property
+    def marks(self) -> dict[str, float]:
+        """Last prices of open positions."""
+        return self._curve_values()[4]
 
     @property
     def final_equity(self) -> float:
@@ -242,6 +276,9 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                         to_ts(settings["end"]) + pd.Timedelta(days=1) if settings.get("end") else None,
                         dict(overrides or {}))
     prepared.chains = chains
+    for symbol in symbols:
+        if symbol in frames:
+            _symbol_bars(prepared, symbol)
     return prepared
 
 
@@ -262,7 +299,22 @@ def _ns(index: pd.DatetimeIndex) -> np.ndarray:
 
 
 def _symbol_bars(prep: Prepared, symbol: str) -> tuple[SymbolBars, Bars]:
+    """A symbol's bars as the arrays the run reads (times, prices, clock, other symbols aligned),
+    made once per Prepared and reused by every run of it (kept with the frame and plan they were
+    made from, so a changed frame or plan is made again)."""
     frame = prep.frames[symbol]
+    made_from = (frame, prep.plan, prep.doc, prep.instruments.get(symbol),
+                 *(prep.frames.get(o) for o in prep.plan.inputs.symbols))
+    made = prep.arrays.get(symbol)
+    if made is not None and made[2] == (prep.bar, prep.timezone) and len(made[0]) == len(made_from) \
+            and all(a is b for a, b in zip(made[0], made_from)):
+        return made[1]
+    out = _make_symbol_bars(prep, symbol, frame)
+    prep.arrays[symbol] = (made_from, out, (prep.bar, prep.timezone))
+    return out
+
+
+def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple[SymbolBars, Bars]:
     inst = prep.instruments[symbol]
     seconds = bar_seconds(prep.bar)
     start = _ns(frame.index)
@@ -389,12 +441,12 @@ def run(prep: Prepared, progress: Callable[[float], None] | None = None, run_id:
         chains.runner_ref["runner"] = runner
     ledger = runner.run()
     timings["run"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    times, equity, cash, marks = equity_curve(ledger, symbol_bars, settings.cash, prep.start,
-                                              runner.closed_combos + list(runner.combos.values()), runner.combo_symbol)
-    timings["equity"] = time.perf_counter() - t2
-    labels = times - int(bar_seconds(prep.bar) * 1e9)
-    return Result(prep, run_id, ledger, runner, times, labels, equity, cash, symbol_bars, marks, timings)
+
+    def curve():
+        return equity_curve(ledger, symbol_bars, settings.cash, prep.start,
+                            runner.closed_combos + list(runner.combos.values()), runner.combo_symbol)
+
+    return Result(prep, run_id, ledger, runner, symbol_bars, timings, curve)
 
 
 def _run_fast(prep: Prepared, signals: dict[str, SymbolSignals], symbol_bars: dict[str, SymbolBars],
@@ -415,12 +467,9 @@ def _run_fast(prep: Prepared, signals: dict[str, SymbolSignals], symbol_bars: di
     if progress is not None:
         progress(1.0)
     timings["run"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    times, equity, cash, marks = equity_curve(ledger, symbol_bars, settings.cash, prep.start)
-    timings["equity"] = time.perf_counter() - t2
     timings["fast_path"] = 1.0
-    labels = times - int(bar_seconds(prep.bar) * 1e9)
-    return Result(prep, run_id, ledger, runner, times, labels, equity, cash, symbol_bars, marks, timings)
+    return Result(prep, run_id, ledger, runner, symbol_bars, timings,
+                  lambda: equity_curve(ledger, symbol_bars, settings.cash, prep.start))
 
 
 def _span(bars: dict[str, SymbolBars]) -> tuple[int, int] | None:
@@ -466,6 +515,8 @@ class LedgerColumns:
 
 def ledger_columns(ledger: Ledger, bars: dict[str, SymbolBars]) -> LedgerColumns:
     cols = getattr(ledger, "columns", None)
+    if callable(cols):      # the fast path builds its records when they are first read
+        cols = cols()
     if cols is not None:
         return cols
     fills = ledger.fills

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -46,13 +47,26 @@ from .signals import SymbolSignals
 
 class Records(Sequence):
     """Records kept as columns (lists or 1-D arrays of equal length; a column that is neither
-    holds one value for every record) and made into objects, `make(*row)`, only when read."""
+    holds one value for every record) and made into objects, `make(*row)`, only when read.
+    `load()` gives the columns and their length, called when something first reads them."""
 
-    def __init__(self, columns: dict[str, Any], make: Callable[..., Any], n: int):
-        self.columns = columns
+    def __init__(self, make: Callable[..., Any], load: Callable[[], tuple[dict[str, Any], int]]):
         self.make = make
-        self.n = n
+        self._load = load
+        self._columns: dict[str, Any] | None = None
+        self._n = 0
         self._objects: list | None = None
+
+    @property
+    def columns(self) -> dict[str, Any]:
+        if self._columns is None:
+            self._columns, self._n = self._load()
+        return self._columns
+
+    @property
+    def n(self) -> int:
+        self.columns
+        return self._n
 
     def column(self, name: str) -> list:
         c = self.columns[name]
@@ -84,7 +98,7 @@ class Records(Sequence):
         return list(self) == list(other)
 
     def __repr__(self) -> str:
-        return f"Records({self.n} records)"
+        return f"Records({self.n} records)" if self._columns is not None else "Records(not loaded)"
 
 
 def _columns(rows: list[tuple], names: tuple[str, ...]) -> dict[str, list]:
@@ -208,15 +222,19 @@ class _Candidates:
         self.tifs = [t.get("tif", "day") for t in templates]
         # exit candidates: the first rule firing at a bar wins, the schedule's flat-by only alone
         self.exit_rules = [r for r, _ in sig.market_exits] + [sig.flat_rule]
-        exit_at = np.full(n, -1, dtype=np.int64)
-        for idx in range(len(sig.market_exits) - 1, -1, -1):
-            exit_at[np.asarray(sig.market_exits[idx][1], dtype=np.int64)] = idx
-        if sig.flat_bars:
-            flat = np.asarray(sig.flat_bars, dtype=np.int64)
-            flat = flat[exit_at[flat] < 0]
-            exit_at[flat] = len(self.exit_rules) - 1
-        X = self.X = np.flatnonzero(exit_at >= 0)
-        self.x_rule = exit_at[X]
+        lists = [bars_ for _, bars_ in sig.market_exits] + [sig.flat_bars]
+        at = [np.asarray(b_, dtype=np.int64) for b_ in lists]
+        if sum(1 for a in at if len(a)) <= 1:
+            rule = next((i for i, a in enumerate(at) if len(a)), 0)
+            X, x_rule = at[rule], np.full(len(at[rule]), rule, dtype=np.int64)
+        else:   # by bar, then by rule (the flat-by rule is last): the first of each bar wins
+            bars_at = np.concatenate(at)
+            rule_at = np.repeat(np.arange(len(at)), [len(a) for a in at])
+            order = np.lexsort((rule_at, bars_at))
+            bars_at, rule_at = bars_at[order], rule_at[order]
+            first = np.concatenate(([True], bars_at[1:] != bars_at[:-1]))
+            X, x_rule = bars_at[first], rule_at[first]
+        self.X, self.x_rule = X, x_rule
         self.kinds = ["when"] * len(sig.market_exits) + ["flat_by"]
         # jump tables: an entry decided at E[k] fills at E[k] + d and exits at the first exit bar
         # from there; after the exit at X[j] the next entry is the first from X[j] + 1
@@ -237,18 +255,74 @@ class _Candidates:
         self.last_end = int(bars.end[-1]) if n else 0
 
 
+@dataclass
+class _Chain:
+    """The chain resolved: its links (entry candidates ks, exit candidates js), what filled and
+    the money."""
+
+    ks: np.ndarray
+    js: np.ndarray
+    has_exit: np.ndarray
+    T: int              # links
+    filled: int         # links whose entry filled (all, or all but an expired last one)
+    tc: int             # links closed by an exit fill
+    buy: np.ndarray
+    rule_i: np.ndarray
+    price: np.ndarray
+    x_price: np.ndarray
+    q: list
+    fee_in: list
+    fee_out: list
+    cash: float
+    position: Position | None
+
+
 class FastRun(RunState):
     """What a Runner leaves behind, for a run resolved by the fast path."""
 
     def run(self) -> Ledger:
+        """Resolve the run: the ledger's cash and open position now; the records (decisions,
+        orders, fills, round trips and the equity curve's inputs) when something reads them."""
         sig = next(iter(self.signals.values()))
         c = _Candidates(sig, self.settings, self.broker)
-        out = self._chain(c)
-        self.resolved_by = "chain"
-        if out is None:
-            out = self._sequential(c)
+        chain = self._chain(c)
+        if chain is not None:
+            self.resolved_by = "chain"
+            cash, position = chain.cash, chain.position
+            columns = lambda: self._chain_columns(c, chain)  # noqa: E731
+        else:
             self.resolved_by = "sequential"
-        self._records(c, *out)
+            decisions, orders, fills, trades, cash, position = self._sequential(c)
+            columns = lambda: (decisions, orders, fills, trades)  # noqa: E731
+        self.ledger.cash = cash
+        if position is not None:
+            self.ledger.positions[c.symbol] = position
+        built: dict[str, Any] = {}
+
+        def part(name: str):
+            if not built:
+                built.update(self._records(c, *columns()))
+            return built[name]
+
+        prefix = f"qtrade:{self.settings.run_id}:"
+        symbol = c.symbol
+
+        def make_order(action, quantity, sizing, tif, intent, rule, seq, intent_reason, time, status, status_time,
+                       reason) -> OrderRecord:
+            it = OrderIntent(symbol, action, "market", quantity, sizing, None, None, tif, intent, rule,
+                             prefix + str(seq), intent_reason)
+            rec = OrderRecord(it, time)
+            rec.status, rec.status_time, rec.reason = status, status_time, reason
+            return rec
+
+        def make_fill(symbol, action, quantity, price, commission, time, bar, seq, multiplier, rule) -> Fill:
+            return Fill(symbol, action, quantity, price, commission, time, bar, prefix + str(seq), multiplier, rule)
+
+        self.decisions = Records(Decision, lambda: part("decisions"))
+        self.orders = Records(make_order, lambda: part("orders"))
+        self.ledger.fills = Records(make_fill, lambda: part("fills"))
+        self.ledger.trades = Records(Trade, lambda: part("trades"))
+        self.ledger.columns = lambda: part("ledger")
         return self.ledger
 
     # ---- the chain, vectorised ---------------------------------------------------------------
@@ -292,6 +366,21 @@ class FastRun(RunState):
             return None
         q, fee_in, fee_out, cash = money
         tc = int(closed.sum())
+        position = None
+        if filled > tc:    # the last entry filled and its position is still open
+            t = filled - 1
+            k = int(ks[t])
+            position = Position(c.symbol, q[t] if buy[t] else -q[t], float(price[t]), c.mult, c.margined,
+                                int(c.in_time[k]), int(c.E[k] + d), fee_in[t], c.rules[int(rule_i[t])].name,
+                                c.margin if c.margined else 0.0, {})
+        return _Chain(ks, js, has_exit, T, filled, tc, buy, rule_i, price, x_price, q, fee_in, fee_out, cash, position)
+
+    def _chain_columns(self, c: _Candidates, ch: "_Chain"):
+        """The chain's decisions, orders, fills and round trips, as columns."""
+        ks, js, has_exit, T, filled, tc, buy, rule_i = ch.ks, ch.js, ch.has_exit, ch.T, ch.filled, ch.tc, ch.buy, \
+            ch.rule_i
+        price, x_price, q, fee_in, fee_out = ch.price, ch.x_price, ch.q, ch.fee_in, ch.fee_out
+        n, d = c.n, c.d
         sym = c.symbol
         names = [r.name for r in c.rules]
         rule_names = _pick(names, rule_i)
@@ -365,14 +454,7 @@ class FastRun(RunState):
         gross = (x_price[:tc] - price[:tc]) * signed * c.mult
         exit_reasons = _pick([r.reason or kind for r, kind in zip(c.exit_rules, c.kinds)], x_idx[:tc])
         trades = (2 * np.arange(tc), gross, exit_reasons)
-        position = None
-        if filled > tc:    # the last entry filled and its position is still open
-            t = filled - 1
-            s = q[t] if buy[t] else -q[t]
-            position = Position(sym, s, float(price[t]), c.mult, c.margined, int(c.in_time[ks[t]]),
-                                int(c.E[ks[t]] + d), fee_in[t], _listed(rule_names, T)[t],
-                                c.margin if c.margined else 0.0, {})
-        return decisions, orders, fills, trades, cash, position
+        return decisions, orders, fills, trades
 
     def _money(self, c: _Candidates, rule_i: list, buy: list, price: list, x_price: list, closed: list):
         """Quantities, commissions and the cash after each link, in the Runner's float
@@ -386,6 +468,15 @@ class FastRun(RunState):
         wholes = [sz[2] for sz in c.sizings]
         q_out, fee_in, fee_out = [], [], []
         capped = cash_account and not margined
+        if free and not margined and len(set(rule_i)) == 1 and modes[rule_i[0]] and wholes[rule_i[0]] \
+                and len(set(buy)) == 1:
+            # the common case in its own loop: no commission, one rule, whole shares by equity
+            tc = sum(closed)
+            cash = _compound(cash, values[rule_i[0]], mult, capped, buy[0], price[:tc], x_price[:tc], q_out)
+            if cash is None:
+                return None
+            fee_in, fee_out = [0.0] * tc, [0.0] * tc
+            rule_i, buy, price, x_price, closed = rule_i[tc:], buy[tc:], price[tc:], x_price[tc:], closed[tc:]
         for r, b, p, xp, done in zip(rule_i, buy, price, x_price, closed):
             whole = wholes[r]
             if modes[r]:
@@ -552,30 +643,15 @@ class FastRun(RunState):
         return decisions, orders, fill_cols, trades, cash, position
 
     # ---- records -----------------------------------------------------------------------------
-    def _records(self, c: _Candidates, decisions: list, orders: list, f: dict, trades: tuple, cash: float,
-                 position: Position | None) -> None:
+    def _records(self, c: _Candidates, decisions, orders, f: dict, trades: tuple) -> dict[str, Any]:
+        """Every record's columns (and their lengths), and the equity curve's inputs."""
         from .backtest import LedgerColumns
 
         symbol, bars, mult = c.symbol, c.bars, c.mult
-        prefix = f"qtrade:{self.settings.run_id}:"
-        self.ledger.cash = cash
-        if position is not None:
-            self.ledger.positions[symbol] = position
         if isinstance(decisions, list):
             decisions = _columns(decisions, _DECISION)
-        self.decisions = Records(decisions, Decision, len(decisions["time"]))
-
-        def make_order(action, quantity, sizing, tif, intent, rule, seq, intent_reason, time, status, status_time,
-                       reason) -> OrderRecord:
-            it = OrderIntent(symbol, action, "market", quantity, sizing, None, None, tif, intent, rule,
-                             prefix + str(seq), intent_reason)
-            rec = OrderRecord(it, time)
-            rec.status, rec.status_time, rec.reason = status, status_time, reason
-            return rec
-
         if isinstance(orders, list):
             orders = _columns(orders, _ORDER)
-        self.orders = Records(orders, make_order, len(orders["seq"]))
         nf = len(f["seq"])
         f_cols = {"symbol": symbol, "action": f["action"],
                   "quantity": np.asarray(f["quantity"], dtype=np.float64),
@@ -583,11 +659,6 @@ class FastRun(RunState):
                   "commission": np.asarray(f["commission"], dtype=np.float64),
                   "time": np.asarray(f["time"], dtype=np.int64), "bar": np.asarray(f["bar"], dtype=np.int64),
                   "seq": f["seq"], "multiplier": mult, "rule": f["rule"]}
-
-        def make_fill(symbol, action, quantity, price, commission, time, bar, seq, multiplier, rule) -> Fill:
-            return Fill(symbol, action, quantity, price, commission, time, bar, prefix + str(seq), multiplier, rule)
-
-        self.ledger.fills = Records(f_cols, make_fill, nf)
         # round trips: entry fill i, exit fill i + 1
         ti, gross, reasons = trades
         nt = len(ti)
@@ -614,7 +685,6 @@ class FastRun(RunState):
                   "entry_rule": rules[0::2][:nt] if _is_column(rules) else rules,
                   "exit_rule": rules[1::2][:nt] if _is_column(rules) else rules,
                   "exit_reason": reasons, "mae": mae, "mfe": mfe}
-        self.ledger.trades = Records(t_cols, Trade, nt)
         # the equity curve's inputs, as backtest._cash_deltas and equity_curve compute them
         cash_delta = np.empty(nf)
         if nf:
@@ -626,8 +696,10 @@ class FastRun(RunState):
                 cash_delta = np.where(is_open, -comm - 0.0, -comm + (price - opened_price) * opened_signed * mult)
             else:
                 cash_delta = -comm - signed_all * price * mult
-        self.ledger.columns = LedgerColumns([symbol] * nf, f_cols["bar"], cash_delta, [symbol] * nt, e_bar, x_bar,
-                                            np.where(e_signed > 0, 1.0, -1.0) * qty[ti], e_price)
+        ledger = LedgerColumns([symbol] * nf, f_cols["bar"], cash_delta, [symbol] * nt, e_bar, x_bar,
+                               np.where(e_signed > 0, 1.0, -1.0) * qty[ti], e_price)
+        return {"decisions": (decisions, len(decisions["time"])), "orders": (orders, len(orders["seq"])),
+                "fills": (f_cols, nf), "trades": (t_cols, nt), "ledger": ledger}
 
     # ---- the journal -----------------------------------------------------------------------------
     def journal_rows(self, run_id: str, iso_many: Callable[[Any], list[str]]) -> dict[str, Iterator[tuple]]:
@@ -659,6 +731,28 @@ class FastRun(RunState):
                          tr.column("commission"), tr.column("entry_rule"), tr.column("exit_rule"),
                          tr.column("exit_reason"), [None] * tr.n)
         return {"orders": order_rows, "decisions": decision_rows, "fills": fill_rows, "trades": trade_rows}
+
+
+def _compound(cash: float, value: float, mult: float, capped: bool, buy: bool, price: list, x_price: list,
+              q_out: list) -> float | None:
+    """`FastRun._money` for round trips without commissions, sized at `value` of the cash in
+    whole units, not margined: the same float operations in fewer steps. Appends each
+    quantity to q_out; the cash after the last exit, or None when an entry would be refused."""
+    floor = math.floor
+    for p, xp in zip(price, x_price):
+        q = float(floor(value * cash / (p * mult) + 1e-9))
+        if capped:
+            while q > 0 and q * p * mult > cash + 1e-9:
+                q -= 1
+        if q <= 0:
+            return None
+        if not capped and 0.5 * (q * p * mult) > cash + 1e-6:
+            return None
+        signed = q if buy else -q
+        cash -= signed * p * mult
+        cash += signed * xp * mult
+        q_out.append(q)
+    return cash
 
 
 def _is_column(v) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from engine.runtime.journal import Journal, JournalError
 from engine.report import metrics, svg
@@ -43,18 +44,56 @@ FROM_RUN_SUMMARY = ("start_equity", "end_equity", "total_return", "cagr", "volat
 
 # ---- reading the journal -----------------------------------------------------------------------
 
+TRADE_COLUMNS = ("id", "symbol", "side", "quantity", "entry_ts", "entry_price", "exit_ts", "exit_price",
+                 "bars_held", "pnl", "return_pct", "mae", "mfe", "commission", "entry_rule", "exit_rule",
+                 "exit_reason", "legs")   # what the trades table shows (the first TRADES_TABLE_MAX rows)
+MARK_COLUMNS = ("id", "side", "quantity", "symbol", "entry_ts", "entry_price", "exit_ts", "exit_price", "pnl",
+                "entry_rule", "exit_rule", "exit_reason")   # what a chart mark's tooltip shows
+
+
+@dataclass
+class Trades:
+    """All of a run's trades as columns, in the journal's order (entry time, then id): what the
+    metrics, the per-symbol table and the chart marks need, read without a dict per trade.
+    `pnl` and `commission` are also kept as Python floats so that sums add in the same order as
+    a loop over the rows."""
+    id: list[int]
+    symbol: list[str]
+    pnl: list[float]
+    commission: list[float]     # a NULL commission counts as 0
+    entry_ns: np.ndarray        # UTC nanoseconds
+    exit_ns: np.ndarray
+    combo: np.ndarray           # bool: an option combo (has legs); not drawn on the underlying's chart
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    @classmethod
+    def empty(cls) -> "Trades":
+        return cls([], [], [], [], np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, dtype=bool))
+
+    def columns(self, idx: np.ndarray | None = None) -> metrics.TradeColumns:
+        """pnl and entry/exit times for the metrics (of the rows `idx`, default all)."""
+        pnl = np.array(self.pnl, dtype=float)
+        if idx is None:
+            return metrics.TradeColumns(pnl, self.entry_ns, self.exit_ns)
+        return metrics.TradeColumns(pnl[idx], self.entry_ns[idx], self.exit_ns[idx])
+
+
 @dataclass
 class RunData:
     """What a report needs from one run, read from the journal."""
     path: Path
     run: dict
     equity: pd.Series
-    trades: list[dict]
+    trades: Trades
     symbol: str | None
     bars: pd.DataFrame
     closes_by_symbol: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
+    shown: list[dict] = field(default_factory=list)   # the trades table's rows (TRADE_COLUMNS + legs_view)
+    marks: list[dict] = field(default_factory=list)   # the chart marks' rows (MARK_COLUMNS + entry, exit)
 
 
 def open_journal(journal_path: str | Path) -> Journal:
@@ -78,17 +117,19 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
             raise JournalError(f"{journal.path}: not a readable journal ({exc})") from None
         rid = run["run_id"]
         db = journal.db
-        ts, values = _series(db, "SELECT group_concat(ts, ','), group_concat(quote(equity), ',')"
-                                 " FROM equity WHERE run_id=?", (rid,))
+        ts, values = _series(db, "SELECT ts, equity FROM equity WHERE run_id=?", (rid,))
         equity = metrics.equity_series(ts, values)
-        trades = journal.table("trades", rid, order="entry_ts, id")
-        for t in trades:
-            t["legs_view"] = option_legs(t.get("legs"))
+        trades = _trades(db, rid)
+        shown = _rows(db, f"SELECT {', '.join(TRADE_COLUMNS)} FROM trades WHERE run_id=? ORDER BY entry_ts, id"
+                          " LIMIT ?", (rid, TRADES_TABLE_MAX), TRADE_COLUMNS)
+        for t in shown:
+            t["legs_view"] = option_legs(t["legs"])
         price_symbols = [r[0] for r in db.execute(
             "SELECT DISTINCT symbol FROM prices WHERE run_id=?", (rid,))]
-        symbol = symbol or default_symbol(trades, run.get("symbols") or [], price_symbols)
+        symbol = symbol or default_symbol(trades.symbol, run.get("symbols") or [], price_symbols)
         bars = _bars(db, rid, symbol) if symbol else _no_bars()
-        traded = sorted({t["symbol"] for t in trades} | set(run.get("symbols") or []) | set(price_symbols))
+        marks = _mark_rows(db, trades, symbol, bars) if symbol else []
+        traded = sorted(set(trades.symbol) | set(run.get("symbols") or []) | set(price_symbols))
         closes = {s: _first_last_close(db, rid, s) for s in traded}
         counts = {
             "orders": dict(db.execute("SELECT status, COUNT(*) FROM orders WHERE run_id=? GROUP BY status",
@@ -100,16 +141,70 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
         }
         errors = [dict(zip(("ts", "source", "message"), r)) for r in db.execute(
             "SELECT ts, source, message FROM errors WHERE run_id=? ORDER BY id DESC LIMIT ?", (rid, ERRORS_SHOWN))]
-        return RunData(Path(journal_path), run, equity, trades, symbol, bars, closes, counts, errors)
+        return RunData(Path(journal_path), run, equity, trades, symbol, bars, closes, counts, errors, shown, marks)
     finally:
         journal.close()
 
 
-def default_symbol(trades: list[dict], run_symbols: list[str], price_symbols: list[str]) -> str | None:
+def _rows(db: sqlite3.Connection, sql: str, args: tuple, names: tuple[str, ...]) -> list[dict]:
+    return [dict(zip(names, r)) for r in db.execute(sql, args)]
+
+
+def _trades(db: sqlite3.Connection, run_id: str) -> Trades:
+    """Every trade of the run as columns (one tuple per row of only these columns)."""
+    rows = db.execute("SELECT id, symbol, pnl, commission, entry_ts, exit_ts, legs IS NOT NULL AND legs != ''"
+                      " FROM trades WHERE run_id=? ORDER BY entry_ts, id", (run_id,)).fetchall()
+    if not rows:
+        return Trades.empty()
+    ids, symbols, pnl, commission, entry_ts, exit_ts, combo = zip(*rows)
+    return Trades(list(ids), list(symbols), list(pnl), [c or 0 for c in commission],
+                  metrics.to_timestamps(entry_ts).as_unit("ns").asi8,
+                  metrics.to_timestamps(exit_ts).as_unit("ns").asi8, np.array(combo, dtype=bool))
+
+
+def _mark_rows(db: sqlite3.Connection, trades: Trades, symbol: str, bars: pd.DataFrame,
+               most: int | None = None) -> list[dict]:
+    """The trades drawn on `symbol`'s price chart, each with `entry` and `exit` (whether that
+    end gets a mark): every one when there are at most `most` marks, else the first of each
+    kind per slice of the time axis (what can be seen apart). Option combos are priced per
+    combo, not on the underlying's scale, and are left out."""
+    most = MARKS_PER_CHART if most is None else most
+    on_chart = np.flatnonzero(np.array([s == symbol for s in trades.symbol], dtype=bool) & ~trades.combo)
+    if on_chart.size == 0:
+        return []
+    entry_ns, exit_ns = trades.entry_ns[on_chart], trades.exit_ns[on_chart]
+    keep_entry = keep_exit = np.ones(on_chart.size, dtype=bool)
+    if 2 * on_chart.size > most:
+        times = bars.index.as_unit("ns").asi8 if len(bars) else np.empty(0, np.int64)
+        lo = int(min(entry_ns.min(), exit_ns.min(), times.min() if len(times) else entry_ns.min()))
+        hi = int(max(entry_ns.max(), exit_ns.max(), times.max() if len(times) else exit_ns.max()))
+        keep_entry = np.zeros(on_chart.size, dtype=bool)
+        keep_entry[_visible(entry_ns, lo, hi, most // 2)] = True
+        keep_exit = np.zeros(on_chart.size, dtype=bool)
+        keep_exit[_visible(exit_ns, lo, hi, most // 2)] = True
+    marked = np.flatnonzero(keep_entry | keep_exit)
+    ids = [trades.id[on_chart[i]] for i in marked.tolist()]
+    by_id: dict[int, dict] = {}
+    for start in range(0, len(ids), 500):          # well under SQLite's limit of bound parameters
+        chunk = ids[start:start + 500]
+        for row in db.execute(f"SELECT {', '.join(MARK_COLUMNS)} FROM trades WHERE id IN"
+                              f" ({','.join('?' * len(chunk))})", chunk):
+            by_id[row[0]] = dict(zip(MARK_COLUMNS, row))
+    rows = []
+    for i, tid in zip(marked.tolist(), ids):
+        row = by_id[tid]
+        row.update(entry=bool(keep_entry[i]), exit=bool(keep_exit[i]), entry_ns=int(entry_ns[i]),
+                   exit_ns=int(exit_ns[i]))
+        rows.append(row)
+    return rows
+
+
+def default_symbol(trade_symbols: list[str], run_symbols: list[str], price_symbols: list[str]) -> str | None:
     """The most traded symbol (ties: the first in the run's symbol list, then by name); without
-    trades, the run's first symbol with prices, else its first symbol, else any with prices."""
-    if trades:
-        count = Counter(t["symbol"] for t in trades)
+    trades, the run's first symbol with prices, else its first symbol, else any with prices.
+    `trade_symbols` has one entry per trade."""
+    if trade_symbols:
+        count = Counter(trade_symbols)
         order = {s: i for i, s in enumerate(run_symbols)}
         return min(count, key=lambda s: (-count[s], order.get(s, len(order)), s))
     for s in run_symbols:
@@ -126,23 +221,18 @@ def _no_bars() -> pd.DataFrame:
 
 
 def _series(db: sqlite3.Connection, sql: str, args: tuple) -> tuple[list[str], np.ndarray]:
-    """(timestamps, values) from a query of `group_concat(ts), group_concat(quote(value))`.
+    """(timestamps, values) from a query of `ts, value` rows; a NULL value is NaN.
 
-    One string per column keeps a million-row read to a fraction of the time of a million
-    Python tuples; `quote` prints a REAL with 20 significant digits, so values come back to
-    the last bit or one unit off it. Both columns come from the same rows in the same order."""
-    ts_text, value_text = db.execute(sql, args).fetchone()
-    if not ts_text:
+    Plain rows: faster than `group_concat` of the columns (SQLite's printing of a REAL is slow)
+    on a thinned curve of 10k points, as fast on a million, and exact to the bit."""
+    rows = db.execute(sql, args).fetchall()
+    if not rows:
         return [], np.array([], dtype=float)
-    ts = ts_text.split(",")
+    ts, values = zip(*rows)
     try:
-        values = np.array([v if v != "NULL" else "nan" for v in value_text.split(",")], dtype=float) \
-            if "NULL" in value_text else np.array(value_text.split(","), dtype=float)
-    except ValueError:
+        return list(ts), np.array(values, dtype=float)
+    except (TypeError, ValueError):
         raise JournalError(f"a non-numeric value in the journal ({sql.split('FROM')[1].split()[0]})") from None
-    if len(ts) != len(values):
-        raise JournalError("timestamps with commas in the journal")
-    return ts, values
 
 
 def _bars(db: sqlite3.Connection, run_id: str, symbol: str) -> pd.DataFrame:
@@ -152,8 +242,7 @@ def _bars(db: sqlite3.Connection, run_id: str, symbol: str) -> pd.DataFrame:
     if n == 0:
         return _no_bars()
     if n > svg.OHLC_MAX_BARS:
-        ts, close = _series(db, "SELECT group_concat(ts, ','), group_concat(quote(close), ',')"
-                                " FROM prices WHERE run_id=? AND symbol=?", (run_id, symbol))
+        ts, close = _series(db, "SELECT ts, close FROM prices WHERE run_id=? AND symbol=?", (run_id, symbol))
         frame = pd.DataFrame({"close": close}, index=metrics.to_timestamps(ts))
         return frame.sort_index(kind="stable") if not frame.index.is_monotonic_increasing else frame
     rows = db.execute("SELECT ts, open, high, low, close FROM prices WHERE run_id=? AND symbol=? ORDER BY ts",
@@ -266,11 +355,132 @@ def _json_text(v: Any) -> str:
     return json.dumps(v, default=str, ensure_ascii=False)
 
 
+_ENVIRONMENT: jinja2.Environment | None = None
+
+
+class _BytecodeCache(jinja2.FileSystemBytecodeCache):
+    """Jinja's cache of compiled templates in its default place (a folder of the user's own in
+    the temp directory): a new process loads the compiled report template instead of compiling
+    it again (tens of milliseconds). The cache checks the template's source, so an edited
+    template is compiled afresh; a cache that cannot be read or written is simply not used."""
+
+    def load_bytecode(self, bucket: Any) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except Exception:            # unreadable or damaged: compile as without a cache
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: Any) -> None:
+        try:
+            super().dump_bytecode(bucket)
+        except OSError:
+            pass
+
+
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    try:
+        return _BytecodeCache()
+    except (OSError, RuntimeError):  # no private temp folder to be had
+        return None
+
+
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(qty=_fmt_qty, pct=fmt_pct, num=fmt_num, ts=fmt_ts, month_colour=month_colour, json_text=_json_text)
-    return env
+    """The report's jinja environment, made once per process (it keeps the compiled template)."""
+    global _ENVIRONMENT
+    if _ENVIRONMENT is None:
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                                 undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                                 bytecode_cache=_bytecode_cache())
+        env.filters.update(qty=_fmt_qty, pct=fmt_pct, num=fmt_num, ts=fmt_ts, month_colour=month_colour,
+                           json_text=_json_text)
+        _ENVIRONMENT = env
+    return _ENVIRONMENT
+
+
+# ---- the trades table --------------------------------------------------------------------------
+
+_SPECIAL = re.compile(r"[&<>\"']").search     # what markupsafe.escape replaces
+
+
+def _esc(text: str) -> str:
+    """`markupsafe.escape` of a string, as text; the string itself when it has nothing to escape."""
+    return text if _SPECIAL(text) is None else str(escape(text))
+
+
+def _text(v: Any) -> str:
+    """What the template's `{{ v }}` prints: a number as Python prints it, anything else escaped."""
+    if type(v) is float or type(v) is int:
+        return repr(v)
+    return _esc(v) if type(v) is str else str(escape(v))
+
+
+def _num(v: Any) -> str:
+    """`fmt_num(v)`, with a short way for a finite float."""
+    return f"{v:,.2f}" if type(v) is float and v - v == 0.0 else fmt_num(v)
+
+
+def _ts_cell(v: Any, daily: bool) -> str:
+    """`fmt_ts(v, daily)`, escaped, with a short way for the journal's "YYYY-MM-DDTHH:MM:SSZ"."""
+    if type(v) is str and len(v) == 20 and v[10] == "T" and v[19] == "Z" and v[13] == ":" and v[16] == ":":
+        if daily or v[11:19] == "00:00:00":
+            text = v[:10]
+        elif v[16:19] == ":00":
+            text = v[:10] + " " + v[11:16]
+        else:
+            text = v[:10] + " " + v[11:19]
+        return _esc(text)
+    return _esc(fmt_ts(v, daily))
+
+
+def _signed(v: Any, text: str) -> str:
+    """The template's `signed` macro: green above zero, red below."""
+    cls = "pos" if v is not None and v > 0 else ("neg" if v is not None and v < 0 else "")
+    return f'<span class="{cls}">{text}</span>'
+
+
+def trades_rows(rows: list[dict], has_legs: bool, daily: bool) -> Markup:
+    """The trades table's body: one `<tr>` per row, as a loop in the template would write them,
+    built here in one pass (a backtest shows 2,000 rows of 16 cells). Text from the journal is
+    escaped as jinja escapes it (each distinct string once: symbols, sides and rule names
+    repeat); numbers are formatted by the template's filter functions. Returns Markup: the
+    text is finished, escaped HTML."""
+    memo: dict[Any, str] = {}
+
+    def text(v: Any) -> str:           # repeated strings: escaped once
+        if type(v) is str:
+            out = memo.get(v)
+            if out is None:
+                out = memo[v] = _esc(v)
+            return out
+        return _text(v)
+
+    out = []
+    for t in rows:
+        tid, bars, qty, pnl, ret = _text(t["id"]), _text(t["bars_held"]), t["quantity"], t["pnl"], t["return_pct"]
+        mae, mfe, commission = t["mae"], t["mfe"], t["commission"]
+        entry_price, exit_price = t["entry_price"], t["exit_price"]
+        row = (f'      <tr><td data-v="{tid}">{tid}</td><td class="l">{text(t["symbol"])}</td>'
+               f'<td class="l">{text(t["side"])}</td><td data-v="{_text(qty)}">{text(_fmt_qty(qty))}</td>\n'
+               f'        <td class="l">{_ts_cell(t["entry_ts"], daily)}</td>'
+               f'<td data-v="{_text(entry_price)}">{_num(entry_price)}</td>\n'
+               f'        <td class="l">{_ts_cell(t["exit_ts"], daily)}</td>'
+               f'<td data-v="{_text(exit_price)}">{_num(exit_price)}</td>\n'
+               f'        <td data-v="{bars}">{bars}</td><td data-v="{_text(pnl)}">{_signed(pnl, _num(pnl))}</td>\n'
+               f'        <td data-v="{_text(ret)}">{_signed(ret, fmt_pct(ret / 100))}</td>\n'
+               f'        <td data-v="{_text(mae) if mae is not None else ""}">{_num(mae)}</td>'
+               f'<td data-v="{_text(mfe) if mfe is not None else ""}">{_num(mfe)}</td>\n'
+               f'        <td data-v="{_text(commission)}">{_num(commission)}</td>\n'
+               f'        <td class="l">{text(t["entry_rule"])}</td>'
+               f'<td class="l">{text(t["exit_reason"] or t["exit_rule"])}</td>\n')
+        if has_legs:
+            lv = t["legs_view"]
+            legs = "<br>".join(_text(leg) for leg in lv["legs"]) if lv else ""
+            credit = lv["credit"] if lv else None
+            row += (f'<td class="legs">{legs}</td>\n'
+                    f'        <td data-v="{_text(credit) if credit is not None else ""}">'
+                    f'{_num(credit) if lv else ""}</td>')
+        out.append(row + "</tr>")
+    return Markup("\n".join(out))
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -278,31 +488,28 @@ def _environment() -> jinja2.Environment:
 MARKS_PER_CHART = 500      # trade markers drawn on the price chart at most (every one when fewer)
 
 
-def trade_columns(trades: list[dict]) -> metrics.TradeColumns:
-    """The journal's trade rows as arrays (pnl, entry and exit ns) for the metrics."""
-    if not trades:
-        return metrics.TradeColumns(np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64))
-    pnl = np.array([t["pnl"] for t in trades], dtype=float)
-    entry = metrics.to_timestamps([t["entry_ts"] for t in trades]).as_unit("ns").asi8
-    exit_ = metrics.to_timestamps([t["exit_ts"] for t in trades]).as_unit("ns").asi8
-    return metrics.TradeColumns(pnl, entry, exit_)
-
-
 def _symbol_breakdown(data: RunData) -> list[dict]:
-    by: dict[str, list[int]] = {}
-    for i, t in enumerate(data.trades):
-        by.setdefault(t["symbol"], []).append(i)
-    pnl_all = np.array([t["pnl"] for t in data.trades], dtype=float)
+    trades = data.trades
+    symbols = set(trades.symbol)
+    if len(symbols) == 1:        # one symbol (most backtests): every trade
+        by = {next(iter(symbols)): list(range(len(trades)))}
+    else:
+        by = {}
+        for i, s in enumerate(trades.symbol):
+            by.setdefault(s, []).append(i)
+    pnl_all = np.array(trades.pnl, dtype=float)
     rows = []
     for s in sorted(set(by) | set(data.closes_by_symbol)):
         idx = by.get(s, [])
         cols = metrics.TradeColumns(pnl_all[idx], np.empty(0, np.int64), np.empty(0, np.int64))
+        pnl = trades.pnl if len(idx) == len(trades) else [trades.pnl[i] for i in idx]
+        commission = trades.commission if len(idx) == len(trades) else [trades.commission[i] for i in idx]
         first, last = data.closes_by_symbol.get(s, (None, None))
         rows.append({
             "symbol": s, "trades": len(idx), "win_rate": metrics.win_rate(cols),
-            "pnl": float(sum(data.trades[i]["pnl"] for i in idx)) if idx else 0.0,
+            "pnl": float(sum(pnl)) if idx else 0.0,
             "expectancy": metrics.expectancy(cols), "profit_factor": metrics.profit_factor(cols),
-            "commission": float(sum(data.trades[i].get("commission") or 0 for i in idx)),
+            "commission": float(sum(commission)),
             "buy_and_hold": metrics.buy_and_hold_return([first, last]) if first is not None and last is not None else None,
         })
     rows.sort(key=lambda r: (-r["trades"], r["symbol"]))
@@ -318,52 +525,56 @@ def _visible(ns: np.ndarray, lo: int, hi: int, buckets: int) -> np.ndarray:
     return order[first]
 
 
-def _trade_marks(data: RunData, most: int = MARKS_PER_CHART) -> list[svg.TradeMark]:
-    """Entry and exit markers of the chart's symbol: every one when there are at most `most`,
-    else the first of each kind per slice of the time axis (what can be seen apart)."""
-    rows = [t for t in data.trades if t["symbol"] == data.symbol and not t.get("legs_view")]
-    # option combos are priced per combo, not on the underlying's scale
-    if not rows:
-        return []
-    entry_ns = metrics.to_timestamps([t["entry_ts"] for t in rows]).as_unit("ns").asi8
-    exit_ns = metrics.to_timestamps([t["exit_ts"] for t in rows]).as_unit("ns").asi8
-    keep_entry = keep_exit = None
-    if 2 * len(rows) > most:
-        times = data.bars.index.as_unit("ns").asi8 if len(data.bars) else np.empty(0, np.int64)
-        lo = int(min(entry_ns.min(), exit_ns.min(), times.min() if len(times) else entry_ns.min()))
-        hi = int(max(entry_ns.max(), exit_ns.max(), times.max() if len(times) else exit_ns.max()))
-        keep_entry = set(_visible(entry_ns, lo, hi, most // 2).tolist())
-        keep_exit = set(_visible(exit_ns, lo, hi, most // 2).tolist())
+def _trade_marks(data: RunData) -> list[svg.TradeMark]:
+    """The chart's entry and exit markers, from the rows `load_run` picked (`_mark_rows`)."""
     marks = []
-    for i, t in enumerate(rows):
-        head = None
-        if keep_entry is None or i in keep_entry:
-            head = f"#{t['id']} {t['side']} {_fmt_qty(t['quantity'])} {t['symbol']}"
-            marks.append(svg.TradeMark(pd.Timestamp(int(entry_ns[i]), tz="UTC"), float(t["entry_price"]), "entry",
+    for t in data.marks:
+        head = f"#{t['id']} {t['side']} {_fmt_qty(t['quantity'])} {t['symbol']}"
+        if t["entry"]:
+            marks.append(svg.TradeMark(pd.Timestamp(t["entry_ns"], tz="UTC"), float(t["entry_price"]), "entry",
                                        f"{head} entry {fmt_ts(t['entry_ts'])} @ {t['entry_price']:.2f}"
-                                       + (f" ({t['entry_rule']})" if t.get("entry_rule") else "")))
-        if keep_exit is None or i in keep_exit:
-            head = head or f"#{t['id']} {t['side']} {_fmt_qty(t['quantity'])} {t['symbol']}"
-            marks.append(svg.TradeMark(pd.Timestamp(int(exit_ns[i]), tz="UTC"), float(t["exit_price"]), "exit",
+                                       + (f" ({t['entry_rule']})" if t["entry_rule"] else "")))
+        if t["exit"]:
+            marks.append(svg.TradeMark(pd.Timestamp(t["exit_ns"], tz="UTC"), float(t["exit_price"]), "exit",
                                        f"{head} exit {fmt_ts(t['exit_ts'])} @ {t['exit_price']:.2f}, pnl {t['pnl']:,.2f}"
                                        + (f" ({t['exit_reason'] or t['exit_rule']})"
-                                          if t.get("exit_reason") or t.get("exit_rule") else "")))
+                                          if t["exit_reason"] or t["exit_rule"] else "")))
     return marks
 
 
-def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
-    """Everything the template shows, as plain values (escaping is the template's)."""
-    run = data.run
-    equity = data.equity
-    closes = data.bars["close"].to_numpy(dtype=float) if len(data.bars) else None
-    summary = metrics.summarize(equity, trade_columns(data.trades), risk_free=risk_free, closes=closes)
-    stored = run.get("summary") or {}
+def _summary(data: RunData, closes: np.ndarray | None, risk_free: float) -> tuple[dict[str, Any], bool]:
+    """`metrics.summarize` of the journal's curve and trades, with the equity figures the run's
+    stored summary has taken from there (see FROM_RUN_SUMMARY); the curve's own figures are
+    only computed when one of them is missing. Returns (summary, whether any was stored)."""
+    stored = data.run.get("summary") or {}
     from_summary = [k for k in FROM_RUN_SUMMARY if k in stored and (risk_free == 0 or k not in ("sharpe", "sortino"))]
+    equity = metrics._clean(data.equity)
+    if all(k in from_summary for k in FROM_RUN_SUMMARY if k != "exposure"):
+        summary = dict.fromkeys(metrics.EQUITY_KEYS)
+        if len(equity):
+            summary.update(start=equity.index[0], end=equity.index[-1])
+    else:
+        summary = metrics.equity_summary(equity, risk_free=risk_free)
+    trades = data.trades.columns()
+    summary.update(metrics.trade_summary(trades))
+    summary["exposure"] = (None if "exposure" in from_summary or len(equity) < 2
+                           else metrics.exposure(trades, summary["start"], summary["end"]))
+    summary["buy_and_hold"] = metrics.buy_and_hold_return(closes) if closes is not None else None
     for key in from_summary:
         summary[key] = stored[key]
     summary["open_positions"] = stored.get("open_positions")
-    summary["commission"] = float(sum(t.get("commission") or 0 for t in data.trades))
-    summary["net_pnl"] = float(sum(t["pnl"] for t in data.trades)) if data.trades else None
+    summary["commission"] = float(sum(data.trades.commission))
+    summary["net_pnl"] = float(sum(data.trades.pnl)) if len(data.trades) else None
+    return summary, bool(from_summary)
+
+
+def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
+    """Everything the template shows, as plain values (escaping is the template's), and the
+    trades table's rows as finished, escaped HTML (`trades_rows`)."""
+    run = data.run
+    equity = data.equity
+    closes = data.bars["close"].to_numpy(dtype=float) if len(data.bars) else None
+    summary, from_summary = _summary(data, closes, risk_free)
     monthly = metrics.monthly_returns(equity)
     dd = metrics.drawdown_series(equity)
     currency = run.get("currency") or ""
@@ -371,25 +582,27 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
     drawdown_svg = svg.area_chart(dd, title="Drawdown")
     price_svg = (svg.price_chart(data.bars, _trade_marks(data), title=f"{data.symbol}: price, entries ▲ and exits ▼")
                  if data.symbol else "")
-    shown = data.trades[:TRADES_TABLE_MAX]
-    has_legs = any(t.get("legs_view") for t in shown)
+    shown = data.shown
+    has_legs = any(t["legs_view"] for t in shown)
+    daily = summary["periods_per_year"] is not None and summary["periods_per_year"] <= 252
     months = [{"year": int(y), "cells": [None if pd.isna(row[m]) else float(row[m]) for m in range(1, 13)],
                "total": None if pd.isna(row["Year"]) else float(row["Year"])}
               for y, row in monthly.iterrows()]
     return {
         "run": run,
-        "symbols": run.get("symbols") or sorted({t["symbol"] for t in data.trades}),
+        "symbols": run.get("symbols") or sorted(set(data.trades.symbol)),
         "symbol": data.symbol,
         "journal_name": data.path.name,
         "m": summary,
         "currency": currency,
         "risk_free": risk_free,
-        "from_summary": bool(from_summary),
-        "daily": summary["periods_per_year"] is not None and summary["periods_per_year"] <= 252,
+        "from_summary": from_summary,
+        "daily": daily,
         "equity_points": len(equity),
         "charts": {"equity": Markup(equity_svg), "drawdown": Markup(drawdown_svg), "price": Markup(price_svg)},
         "months": months,
-        "trades": shown,
+        "trades_shown": len(shown),
+        "trades_rows": trades_rows(shown, has_legs, daily),
         "trades_total": len(data.trades),
         "has_legs": has_legs,
         "breakdown": _symbol_breakdown(data),

@@ -394,14 +394,28 @@ def _read_parquet_plain(path: Path):
             if role == time_role:
                 columns[role] = column.to_pandas()
             else:
-                # a copy the frame owns (writable, not tied to Arrow's buffers)
-                columns[role] = np.array(column.to_numpy(), dtype=np.float64)
+                columns[role] = _writable_float64(column)
         del table
         frame = pd.DataFrame(columns, copy=False)
     except Exception:
         return None
     source.csv = False
     return frame, source, np.arange(1, len(frame) + 1)
+
+
+def _writable_float64(column) -> np.ndarray:
+    """A float64 column as a writable array the frame can own: Arrow's freshly decoded buffer
+    itself when it is one mutable float64 buffer without nulls (no copy), else a copy."""
+    import pyarrow as pa
+
+    if column.num_chunks == 1 and column.type == pa.float64() and column.null_count == 0:
+        chunk = column.chunk(0)
+        data = chunk.buffers()[1]
+        if data is not None and data.is_mutable:
+            values = np.frombuffer(data, dtype=np.float64, count=len(chunk), offset=chunk.offset * 8)
+            if values.flags.writeable:
+                return values
+    return np.array(column.to_numpy(), dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------- conversions

@@ -378,6 +378,25 @@ def test_journal_keeps_runs_apart(tmp_path):
         assert a == b > 0
 
 
+def test_a_run_that_fails_while_being_written_leaves_the_journal_as_it_was(tmp_path):
+    path = tmp_path / "j.sqlite"
+    first = bt.run(bt.prepare(ROOT / "strategies" / "sma_crossover.yaml"))
+    with Journal(path) as j:
+        bt.write_journal(first, j)
+        j.finish_run(first.run_id, "finished", {})
+    second = bt.run(bt.prepare(ROOT / "strategies" / "sma_crossover.yaml"))
+    second.runner.decisions.columns["kind"] = None        # a broken record: NOT NULL fails mid-write
+    with Journal(path) as j, pytest.raises(sqlite3.IntegrityError):
+        bt.write_journal(second, j)
+    with Journal(path) as j:
+        assert [r["run_id"] for r in j.runs()] == [first.run_id]    # nothing of the second run
+        assert len(j.table("fills", first.run_id)) == len(first.ledger.fills)
+        assert not j.db.execute("SELECT COUNT(*) FROM orders WHERE run_id=?", (second.run_id,)).fetchone()[0]
+        j.many("errors", ("run_id", "ts", "source", "message"), [(first.run_id, "t", "test", "written")])
+    with Journal(path) as j:    # outside bulk() a write commits on its own
+        assert j.db.execute("SELECT COUNT(*) FROM errors").fetchone()[0] == 1
+
+
 def test_a_daily_symbol_is_seen_intraday_only_after_its_close():
     """symbol("VIX").close on minute bars is the last *finished* day's close: at 09:31 on
     2019-11-05 that is 2019-11-04's 12.83, not the 13.10 that day will close at."""

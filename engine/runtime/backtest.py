@@ -711,8 +711,8 @@ def _write_journal(result: Result, journal: Journal, mode: str) -> None:
     runner = result.runner
     fast_rows = getattr(runner, "journal_rows", None)
     if fast_rows is not None:   # the fast path's records, as rows
-        rows = fast_rows(run_id, iso_many)
-        _journal_tables(journal, rows["orders"], rows["decisions"], rows["fills"], rows["trades"])
+        for table, (columns, rows) in fast_rows(run_id, iso_many).items():
+            journal.many(table, columns, rows)
     else:
         _journal_tables(journal, *_record_rows(result))
     idx = _thin_indices(result.equity, 10_000)

@@ -702,35 +702,64 @@ class FastRun(RunState):
                 "fills": (f_cols, nf), "trades": (t_cols, nt), "ledger": ledger}
 
     # ---- the journal -----------------------------------------------------------------------------
-    def journal_rows(self, run_id: str, iso_many: Callable[[Any], list[str]]) -> dict[str, Iterator[tuple]]:
-        """The orders, decisions, fills and trades tables' rows (the columns backtest.write_journal
-        writes) straight from the record columns: the same values as from the objects."""
+    def journal_rows(self, run_id: str, iso_many: Callable[[Any], list[str]]) -> dict[str, tuple[tuple, Iterator]]:
+        """The orders, decisions, fills and trades tables' columns and rows, straight from the
+        record columns: the same values as backtest.write_journal writes from the objects. The
+        columns the fast path never sets (limit and stop prices, legs) are left to their default
+        (NULL); every distinct timestamp is formatted once."""
         prefix = f"qtrade:{run_id}:"
-        o = self.orders
-        ts, st = iso_many(o.column("time")), iso_many(o.column("status_time"))
-        n = o.n
-        tags = [prefix + str(s) for s in o.column("seq")]
-        order_rows = zip([run_id] * n, tags, ts, [next(iter(self.signals))] * n, o.column("action"),
-                         [q or 0.0 for q in o.column("quantity")], ["market"] * n, [None] * n, [None] * n,
-                         o.column("tif"), o.column("rule"), o.column("intent"), [None] * n, o.column("status"),
-                         [s if t else a for s, t, a in zip(st, o.column("status_time"), ts)],
-                         [r or ir for r, ir in zip(o.column("reason"), o.column("intent_reason"))])
-        dc = self.decisions
-        decision_rows = zip([run_id] * dc.n, iso_many(dc.column("time")), dc.column("symbol"), dc.column("rule"),
-                            dc.column("kind"), dc.column("outcome"), dc.column("reason"))
-        fl = self.ledger.fills
-        fill_rows = zip([run_id] * fl.n, [prefix + str(s) for s in fl.column("seq")], iso_many(fl.columns["time"]),
-                        fl.column("symbol"), fl.column("action"), fl.column("quantity"), fl.column("price"),
-                        fl.column("multiplier"), fl.column("commission"))
-        tr = self.ledger.trades
+        o, dc, fl, tr = self.orders, self.decisions, self.ledger.fills, self.ledger.trades
         tc = tr.columns
+        o_ts, o_st, d_ts, f_ts, e_ts, x_ts = _iso_columns(iso_many, o.columns["time"], o.columns["status_time"],
+                                                          dc.columns["time"], fl.columns["time"], tc["entry_time"],
+                                                          tc["exit_time"])
+        n = o.n
+        status_time = o.column("status_time")
+        order_rows = zip([run_id] * n, [prefix + str(q) for q in o.column("seq")], o_ts, [next(iter(self.signals))] * n,
+                         o.column("action"), [q or 0.0 for q in o.column("quantity")], ["market"] * n, o.column("tif"),
+                         o.column("rule"), o.column("intent"), o.column("status"),
+                         [s if t else a for s, t, a in zip(o_st, status_time, o_ts)],
+                         [r or ir for r, ir in zip(o.column("reason"), o.column("intent_reason"))])
+        decision_rows = zip([run_id] * dc.n, d_ts, dc.column("symbol"), dc.column("rule"), dc.column("kind"),
+                            dc.column("outcome"), dc.column("reason"))
+        fill_rows = zip([run_id] * fl.n, [prefix + str(q) for q in fl.column("seq")], f_ts, fl.column("symbol"),
+                        fl.column("action"), fl.column("quantity"), fl.column("price"), fl.column("multiplier"),
+                        fl.column("commission"))
         trade_rows = zip([run_id] * tr.n, tr.column("symbol"), tr.column("side"), tr.column("quantity"),
-                         tr.column("multiplier"), iso_many(tc["entry_time"]), tr.column("entry_price"),
-                         iso_many(tc["exit_time"]), tr.column("exit_price"), tr.column("pnl"), tr.column("return_pct"),
-                         (tc["exit_bar"] - tc["entry_bar"]).tolist(), tr.column("mae"), tr.column("mfe"),
-                         tr.column("commission"), tr.column("entry_rule"), tr.column("exit_rule"),
-                         tr.column("exit_reason"), [None] * tr.n)
-        return {"orders": order_rows, "decisions": decision_rows, "fills": fill_rows, "trades": trade_rows}
+                         tr.column("multiplier"), e_ts, tr.column("entry_price"), x_ts, tr.column("exit_price"),
+                         tr.column("pnl"), tr.column("return_pct"), (tc["exit_bar"] - tc["entry_bar"]).tolist(),
+                         tr.column("mae"), tr.column("mfe"), tr.column("commission"), tr.column("entry_rule"),
+                         tr.column("exit_rule"), tr.column("exit_reason"))
+        return {"orders": (_ORDER_ROW, order_rows), "decisions": (_DECISION_ROW, decision_rows),
+                "fills": (_FILL_ROW, fill_rows), "trades": (_TRADE_ROW, trade_rows)}
+
+
+_ORDER_ROW = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "order_type", "tif", "rule", "intent",
+              "status", "status_ts", "reason")
+_DECISION_ROW = ("run_id", "ts", "symbol", "rule", "kind", "outcome", "reason")
+_FILL_ROW = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "price", "multiplier", "commission")
+_TRADE_ROW = ("run_id", "symbol", "side", "quantity", "multiplier", "entry_ts", "entry_price", "exit_ts", "exit_price",
+              "pnl", "return_pct", "bars_held", "mae", "mfe", "commission", "entry_rule", "exit_rule", "exit_reason")
+
+
+def _iso_columns(iso_many: Callable[[Any], list[str]], *columns) -> list[list[str]]:
+    """Each column of ns times as ISO strings, formatting every distinct time once (an order's
+    time is its decision's, a fill's its order's status time, a trade's its fills')."""
+    arrays = [np.asarray(c, dtype=np.int64) for c in columns]
+    every = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+    if not len(every):
+        return [[] for _ in arrays]
+    order = np.argsort(every, kind="stable")
+    ranked = every[order]
+    new = np.concatenate(([True], ranked[1:] != ranked[:-1]))
+    text = np.array(iso_many(ranked[new]), dtype=object)
+    which = np.empty(len(every), dtype=np.int64)
+    which[order] = np.cumsum(new) - 1
+    out, at = [], 0
+    for a in arrays:
+        out.append(text[which[at:at + len(a)]].tolist())
+        at += len(a)
+    return out
 
 
 def _compound(cash: float, value: float, mult: float, capped: bool, buy: bool, price: list, x_price: list,

@@ -237,13 +237,17 @@ class Journal:
 
     @contextlib.contextmanager
     def bulk(self):
-        """Writing a finished run at once (a backtest or a replay): skip the fsyncs for its
-        duration. An application crash still loses nothing committed (WAL); only a power loss
-        during the write could, and the run can simply be repeated. Live runs never use this."""
+        """Writing a finished run at once (a backtest or a replay): one transaction, no fsyncs and
+        a larger page cache for its duration. A crash during the write leaves the journal as it
+        was before (the transaction rolls back); the run can simply be repeated. Live runs never
+        use this: they commit every order before it is sent."""
         self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("PRAGMA cache_size=-65536")
         try:
-            yield self
+            with self.transaction():
+                yield self
         finally:
+            self.db.execute("PRAGMA cache_size=-2000")
             self.db.execute("PRAGMA synchronous=NORMAL")
 
     # ---- reading ---------------------------------------------------------------------------
@@ -272,14 +276,20 @@ class Journal:
 
 @dataclass
 class _Transaction:
+    """BEGIN ... COMMIT (ROLLBACK on an exception); inside another transaction, part of it."""
+
     db: sqlite3.Connection
+    outer: bool = False
 
     def __enter__(self):
-        self.db.execute("BEGIN")
+        self.outer = not self.db.in_transaction
+        if self.outer:
+            self.db.execute("BEGIN")
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if self.outer:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
         return False
 
 

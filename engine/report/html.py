@@ -14,14 +14,16 @@ bought legs) * ratio`` over the legs that carry a price (per unit, not multiplie
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import re
 import sqlite3
-from collections import Counter
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import jinja2
 import numpy as np
@@ -55,22 +57,18 @@ MARK_COLUMNS = ("id", "side", "quantity", "symbol", "entry_ts", "entry_price", "
 class Trades:
     """All of a run's trades as columns, in the journal's order (entry time, then id): what the
     metrics, the per-symbol table and the chart marks need, read without a dict per trade.
-    `pnl` and `commission` are also kept as Python floats so that sums add in the same order as
-    a loop over the rows."""
+    `pnl` is also kept as Python floats, so that its sums add in the order of the rows."""
     id: list[int]
     symbol: list[str]
     pnl: list[float]
-    commission: list[float]     # a NULL commission counts as 0
     entry_ns: np.ndarray        # UTC nanoseconds
     exit_ns: np.ndarray
     combo: np.ndarray           # bool: an option combo (has legs); not drawn on the underlying's chart
+    commission: dict[str, float] = field(default_factory=dict)   # per symbol (SQLite's total())
+    commission_total: float = 0.0
 
     def __len__(self) -> int:
         return len(self.id)
-
-    @classmethod
-    def empty(cls) -> "Trades":
-        return cls([], [], [], [], np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, dtype=bool))
 
     def columns(self, idx: np.ndarray | None = None) -> metrics.TradeColumns:
         """pnl and entry/exit times for the metrics (of the rows `idx`, default all)."""
@@ -106,9 +104,16 @@ def open_journal(journal_path: str | Path) -> Journal:
     return Journal(path)
 
 
+MMAP_BYTES = 1 << 28       # the journal read through memory mapping (SQLite's mmap_size), up to 256 MiB
+
+
 def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | None = None) -> RunData:
     """Read one run (the newest when `run_id` is None) and the bars of `symbol` (default: the
-    symbol with the most trades, else the run's first symbol)."""
+    symbol with the most trades, else the run's first symbol).
+
+    The run log's counts and the commission sums are SQLite's own work (aggregates, no Python
+    object per row): they run on a second connection in a thread while this one reads rows,
+    so with a second core they take no time."""
     journal = open_journal(journal_path)
     try:
         try:
@@ -117,49 +122,105 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
             raise JournalError(f"{journal.path}: not a readable journal ({exc})") from None
         rid = run["run_id"]
         db = journal.db
+        db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+        sums = _in_background(journal.path, lambda con: _sums(con, rid))
+        by_symbol = {s: (n, combos) for s, n, combos in db.execute(
+            "SELECT symbol, COUNT(*), SUM(legs IS NOT NULL AND legs != '') FROM trades WHERE run_id=? GROUP BY symbol",
+            (rid,))}
         ts, values = _series(db, "SELECT ts, equity FROM equity WHERE run_id=?", (rid,))
         equity = metrics.equity_series(ts, values)
-        trades = _trades(db, rid)
+        trades = _trades(db, rid, by_symbol)
         shown = _rows(db, f"SELECT {', '.join(TRADE_COLUMNS)} FROM trades WHERE run_id=? ORDER BY entry_ts, id"
                           " LIMIT ?", (rid, TRADES_TABLE_MAX), TRADE_COLUMNS)
         for t in shown:
             t["legs_view"] = option_legs(t["legs"])
         price_symbols = [r[0] for r in db.execute(
             "SELECT DISTINCT symbol FROM prices WHERE run_id=?", (rid,))]
-        symbol = symbol or default_symbol(trades.symbol, run.get("symbols") or [], price_symbols)
+        symbol = symbol or default_symbol({s: g[0] for s, g in by_symbol.items()}, run.get("symbols") or [],
+                                          price_symbols)
         bars = _bars(db, rid, symbol) if symbol else _no_bars()
         marks = _mark_rows(db, trades, symbol, bars) if symbol else []
-        traded = sorted(set(trades.symbol) | set(run.get("symbols") or []) | set(price_symbols))
+        traded = sorted(set(by_symbol) | set(run.get("symbols") or []) | set(price_symbols))
         closes = {s: _first_last_close(db, rid, s) for s in traded}
-        counts = {
-            "orders": dict(db.execute("SELECT status, COUNT(*) FROM orders WHERE run_id=? GROUP BY status",
-                                      (rid,)).fetchall()),
-            "fills": db.execute("SELECT COUNT(*) FROM fills WHERE run_id=?", (rid,)).fetchone()[0],
-            "decisions": dict(db.execute("SELECT outcome, COUNT(*) FROM decisions WHERE run_id=? GROUP BY outcome",
-                                         (rid,)).fetchall()),
-            "errors": db.execute("SELECT COUNT(*) FROM errors WHERE run_id=?", (rid,)).fetchone()[0],
-        }
-        errors = [dict(zip(("ts", "source", "message"), r)) for r in db.execute(
-            "SELECT ts, source, message FROM errors WHERE run_id=? ORDER BY id DESC LIMIT ?", (rid, ERRORS_SHOWN))]
-        return RunData(Path(journal_path), run, equity, trades, symbol, bars, closes, counts, errors, shown, marks)
+        try:
+            agg = sums()
+        except Exception:            # a second connection failed: the same queries on this one
+            agg = _sums(db, rid)
+        trades.commission, trades.commission_total = agg["commission"], agg["commission_total"]
+        return RunData(Path(journal_path), run, equity, trades, symbol, bars, closes, agg["counts"], agg["errors"],
+                       shown, marks)
     finally:
         journal.close()
+
+
+def _in_background(path: Path, read: Callable[[sqlite3.Connection], Any]) -> Callable[[], Any]:
+    """Start `read(connection)` on a connection of its own in a thread; returns a function that
+    waits for it and gives its result (or raises its exception)."""
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            con = sqlite3.connect(str(path))
+            try:
+                con.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+                box["value"] = read(con)
+            finally:
+                con.close()
+        except BaseException as exc:     # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, name="qtrade-report-read", daemon=True)
+    thread.start()
+
+    def result() -> Any:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+    return result
+
+
+def _sums(db: sqlite3.Connection, run_id: str) -> dict[str, Any]:
+    """What SQLite adds up by itself: the commission per symbol and in all (total(): a NULL is
+    0), the run log's counts, and the last errors."""
+    return {
+        "commission": dict(db.execute("SELECT symbol, TOTAL(commission) FROM trades WHERE run_id=? GROUP BY symbol",
+                                      (run_id,)).fetchall()),
+        "commission_total": db.execute("SELECT TOTAL(commission) FROM trades WHERE run_id=?", (run_id,)).fetchone()[0],
+        "counts": {
+            "orders": dict(db.execute("SELECT status, COUNT(*) FROM orders WHERE run_id=? GROUP BY status",
+                                      (run_id,)).fetchall()),
+            "fills": db.execute("SELECT COUNT(*) FROM fills WHERE run_id=?", (run_id,)).fetchone()[0],
+            "decisions": dict(db.execute("SELECT outcome, COUNT(*) FROM decisions WHERE run_id=? GROUP BY outcome",
+                                         (run_id,)).fetchall()),
+            "errors": db.execute("SELECT COUNT(*) FROM errors WHERE run_id=?", (run_id,)).fetchone()[0],
+        },
+        "errors": [dict(zip(("ts", "source", "message"), r)) for r in db.execute(
+            "SELECT ts, source, message FROM errors WHERE run_id=? ORDER BY id DESC LIMIT ?", (run_id, ERRORS_SHOWN))],
+    }
 
 
 def _rows(db: sqlite3.Connection, sql: str, args: tuple, names: tuple[str, ...]) -> list[dict]:
     return [dict(zip(names, r)) for r in db.execute(sql, args)]
 
 
-def _trades(db: sqlite3.Connection, run_id: str) -> Trades:
-    """Every trade of the run as columns (one tuple per row of only these columns)."""
-    rows = db.execute("SELECT id, symbol, pnl, commission, entry_ts, exit_ts, legs IS NOT NULL AND legs != ''"
-                      " FROM trades WHERE run_id=? ORDER BY entry_ts, id", (run_id,)).fetchall()
+def _trades(db: sqlite3.Connection, run_id: str, by_symbol: dict[str, tuple[int, int]]) -> Trades:
+    """Every trade of the run as columns: one tuple per row of only the columns needed (the
+    symbol and whether it is a combo only when the run has more than one symbol or a combo;
+    `by_symbol`, trades and combos per symbol, tells)."""
+    one = len(by_symbol) == 1 and not next(iter(by_symbol.values()))[1]
+    columns = "id, pnl, entry_ts, exit_ts" + ("" if one else ", symbol, legs IS NOT NULL AND legs != ''")
+    rows = db.execute(f"SELECT {columns} FROM trades WHERE run_id=? ORDER BY entry_ts, id", (run_id,)).fetchall()
     if not rows:
-        return Trades.empty()
-    ids, symbols, pnl, commission, entry_ts, exit_ts, combo = zip(*rows)
-    return Trades(list(ids), list(symbols), list(pnl), [c or 0 for c in commission],
-                  metrics.to_timestamps(entry_ts).as_unit("ns").asi8,
-                  metrics.to_timestamps(exit_ts).as_unit("ns").asi8, np.array(combo, dtype=bool))
+        return Trades([], [], [], np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, dtype=bool))
+    if one:
+        ids, pnl, entry_ts, exit_ts = zip(*rows)
+        symbols, combo = [next(iter(by_symbol))] * len(ids), np.zeros(len(ids), dtype=bool)
+    else:
+        ids, pnl, entry_ts, exit_ts, symbols, combo = zip(*rows)
+        symbols, combo = list(symbols), np.array(combo, dtype=bool)
+    return Trades(list(ids), symbols, list(pnl), metrics.to_timestamps(entry_ts).as_unit("ns").asi8,
+                  metrics.to_timestamps(exit_ts).as_unit("ns").asi8, combo)
 
 
 def _mark_rows(db: sqlite3.Connection, trades: Trades, symbol: str, bars: pd.DataFrame,
@@ -199,12 +260,12 @@ def _mark_rows(db: sqlite3.Connection, trades: Trades, symbol: str, bars: pd.Dat
     return rows
 
 
-def default_symbol(trade_symbols: list[str], run_symbols: list[str], price_symbols: list[str]) -> str | None:
-    """The most traded symbol (ties: the first in the run's symbol list, then by name); without
-    trades, the run's first symbol with prices, else its first symbol, else any with prices.
-    `trade_symbols` has one entry per trade."""
-    if trade_symbols:
-        count = Counter(trade_symbols)
+def default_symbol(trade_counts: Mapping[str, int], run_symbols: list[str], price_symbols: list[str]) -> str | None:
+    """The most traded symbol (`trade_counts`: trades per symbol; ties: the first in the run's
+    symbol list, then by name); without trades, the run's first symbol with prices, else its
+    first symbol, else any with prices."""
+    count = {s: n for s, n in trade_counts.items() if n}
+    if count:
         order = {s: i for i, s in enumerate(run_symbols)}
         return min(count, key=lambda s: (-count[s], order.get(s, len(order)), s))
     for s in run_symbols:
@@ -215,9 +276,14 @@ def default_symbol(trade_symbols: list[str], run_symbols: list[str], price_symbo
     return sorted(price_symbols)[0] if price_symbols else None
 
 
+def _frame(values: np.ndarray, columns: list[str], index: pd.DatetimeIndex) -> pd.DataFrame:
+    """A float frame with plain (object) column labels: a str-typed label index would make
+    pandas load its Arrow string support on first use (about 5 ms) for four labels."""
+    return pd.DataFrame(values, index=index, columns=pd.Index(columns, dtype=object), dtype=float)
+
+
 def _no_bars() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series([], dtype=float) for c in ("open", "high", "low", "close")},
-                        index=pd.DatetimeIndex([], tz="UTC"))
+    return _frame(np.empty((0, 4)), ["open", "high", "low", "close"], pd.DatetimeIndex([], tz="UTC"))
 
 
 def _series(db: sqlite3.Connection, sql: str, args: tuple) -> tuple[list[str], np.ndarray]:
@@ -243,13 +309,12 @@ def _bars(db: sqlite3.Connection, run_id: str, symbol: str) -> pd.DataFrame:
         return _no_bars()
     if n > svg.OHLC_MAX_BARS:
         ts, close = _series(db, "SELECT ts, close FROM prices WHERE run_id=? AND symbol=?", (run_id, symbol))
-        frame = pd.DataFrame({"close": close}, index=metrics.to_timestamps(ts))
+        frame = _frame(close.reshape(-1, 1), ["close"], metrics.to_timestamps(ts))
         return frame.sort_index(kind="stable") if not frame.index.is_monotonic_increasing else frame
     rows = db.execute("SELECT ts, open, high, low, close FROM prices WHERE run_id=? AND symbol=? ORDER BY ts",
                       (run_id, symbol)).fetchall()
-    frame = pd.DataFrame([r[1:] for r in rows], columns=["open", "high", "low", "close"], dtype=float)
-    frame.index = metrics.to_timestamps([r[0] for r in rows])
-    return frame
+    return _frame(np.array([r[1:] for r in rows], dtype=float).reshape(-1, 4), ["open", "high", "low", "close"],
+                  metrics.to_timestamps([r[0] for r in rows]))
 
 
 def _first_last_close(db: sqlite3.Connection, run_id: str, symbol: str) -> tuple[float | None, float | None]:
@@ -503,13 +568,12 @@ def _symbol_breakdown(data: RunData) -> list[dict]:
         idx = by.get(s, [])
         cols = metrics.TradeColumns(pnl_all[idx], np.empty(0, np.int64), np.empty(0, np.int64))
         pnl = trades.pnl if len(idx) == len(trades) else [trades.pnl[i] for i in idx]
-        commission = trades.commission if len(idx) == len(trades) else [trades.commission[i] for i in idx]
         first, last = data.closes_by_symbol.get(s, (None, None))
         rows.append({
             "symbol": s, "trades": len(idx), "win_rate": metrics.win_rate(cols),
             "pnl": float(sum(pnl)) if idx else 0.0,
             "expectancy": metrics.expectancy(cols), "profit_factor": metrics.profit_factor(cols),
-            "commission": float(sum(commission)),
+            "commission": trades.commission.get(s, 0.0),
             "buy_and_hold": metrics.buy_and_hold_return([first, last]) if first is not None and last is not None else None,
         })
     rows.sort(key=lambda r: (-r["trades"], r["symbol"]))
@@ -563,7 +627,7 @@ def _summary(data: RunData, closes: np.ndarray | None, risk_free: float) -> tupl
     for key in from_summary:
         summary[key] = stored[key]
     summary["open_positions"] = stored.get("open_positions")
-    summary["commission"] = float(sum(data.trades.commission))
+    summary["commission"] = data.trades.commission_total
     summary["net_pnl"] = float(sum(data.trades.pnl)) if len(data.trades) else None
     return summary, bool(from_summary)
 
@@ -620,9 +684,25 @@ def render_report(journal_path: str | Path, run_id: str | None = None, symbol: s
     `symbol` picks the price chart's symbol (default: the most traded). `risk_free` is the annual
     rate for Sharpe and Sortino. Raises JournalError for a missing file, a file that is not a
     journal, or an unknown run."""
-    data = load_run(journal_path, run_id, symbol)
-    template = _environment().get_template("report.html.j2")
-    return template.render(**build_context(data, risk_free))
+    with _without_cyclic_gc():
+        data = load_run(journal_path, run_id, symbol)
+        template = _environment().get_template("report.html.j2")
+        return template.render(**build_context(data, risk_free))
+
+
+@contextlib.contextmanager
+def _without_cyclic_gc():
+    """Reading and formatting tens of thousands of rows allocates as many tuples and strings,
+    none of them in a cycle; the cyclic garbage collector would rescan everything alive every
+    few hundred allocations (a fifth of the report's time, measured). Anything cyclic left over
+    is collected once it is enabled again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def write_report(journal_path: str | Path, out_path: str | Path, run_id: str | None = None,

@@ -400,31 +400,40 @@ def monthly_returns(equity: pd.Series) -> pd.DataFrame:
     the first month is measured from the first point of the series. "Year" is the same ratio
     between year ends (the product of the year's ``1 + monthly`` values). A month without any
     point is NaN in the table (there is nothing to show); an empty or one-point series gives an
-    empty table.
+    empty table. Months are UTC calendar months (a naive index is taken as UTC).
     """
     equity = _clean(equity)
     columns = list(range(1, 13)) + ["Year"]
     if len(equity) < 2:
         return pd.DataFrame(columns=columns, dtype=float)
-    index = equity.index.tz_convert("UTC") if equity.index.tz is not None else equity.index
-    values = pd.Series(equity.to_numpy(dtype=float), index=index.tz_localize(None))
-    month_key = values.index.year * 12 + (values.index.month - 1)
-    month_end = values.groupby(month_key).last()
-    base = np.concatenate(([values.iloc[0]], month_end.to_numpy()[:-1]))
+    if not equity.index.is_monotonic_increasing:
+        equity = equity.sort_index(kind="stable")
+    values = equity.to_numpy(dtype=float)
+    t, unit = equity.index.asi8, equity.index.unit      # UTC (or naive) time in the index's unit
+    # the last point of each month, found from the month starts (a few hundred) by binary search
+    first_month, last_month = (np.array([t[0], t[-1]]).astype(f"datetime64[{unit}]")
+                               .astype("datetime64[M]").astype(np.int64))
+    months = np.arange(first_month, last_month + 1)                    # months since 1970-01
+    starts = months.astype("datetime64[M]").astype(f"datetime64[{unit}]").astype(np.int64)
+    begin = np.searchsorted(t, starts, side="left")
+    end = np.append(begin[1:], len(t)) - 1                             # last point of each month
+    has = end >= begin
+    months, end = months[has], end[has]
+    month_end = values[end]
+    base = np.concatenate(([values[0]], month_end[:-1]))
     with np.errstate(divide="ignore", invalid="ignore"):
-        month_ret = np.where(base > 0, month_end.to_numpy() / base - 1.0, np.nan)
-    years = month_end.index.to_numpy() // 12
-    months = month_end.index.to_numpy() % 12 + 1
-    table = pd.DataFrame(np.nan, index=pd.Index(sorted(set(years.tolist())), name="year"),
-                         columns=columns, dtype=float)
-    for y, m, r in zip(years, months, month_ret):
-        table.loc[y, m] = r
-    year_end = values.groupby(values.index.year).last()
-    year_base = np.concatenate(([values.iloc[0]], year_end.to_numpy()[:-1]))
+        month_ret = np.where(base > 0, month_end / base - 1.0, np.nan)
+    years = months // 12 + 1970
+    row_years = np.unique(years)
+    table = np.full((row_years.size, 13), np.nan)
+    row = np.searchsorted(row_years, years)
+    table[row, months % 12] = month_ret
+    year_last = np.append(row[1:] != row[:-1], True)                  # a year's last month with a point
+    year_end = month_end[year_last]
+    year_base = np.concatenate(([values[0]], year_end[:-1]))
     with np.errstate(divide="ignore", invalid="ignore"):
-        year_ret = np.where(year_base > 0, year_end.to_numpy() / year_base - 1.0, np.nan)
-    table.loc[year_end.index, "Year"] = year_ret
-    return table
+        table[:, 12] = np.where(year_base > 0, year_end / year_base - 1.0, np.nan)
+    return pd.DataFrame(table, index=pd.Index(row_years.tolist(), name="year"), columns=columns)
 
 
 # ---- all of it ---------------------------------------------------------------------------------

@@ -201,8 +201,11 @@ def _load_file(path: Path, wanted, timezone, adjusted, start, end) -> dict[str, 
         for role in _PRICES:
             out_cols[role] = out_cols[role] * factor
     # Rows with no prices at all (Yahoo's 'null' rows, blank lines) are gaps, not bars.
-    keep = ~(np.isnan(out_cols["open"]) & np.isnan(out_cols["high"]) & np.isnan(out_cols["low"])
-             & np.isnan(out_cols["close"]))
+    gap = np.isnan(out_cols["close"])
+    if gap.any():
+        for role in ("open", "high", "low"):
+            gap &= np.isnan(out_cols[role])
+    keep = ~gap
     columns = {}
     for role in FIELDS:
         values = out_cols[role]
@@ -400,7 +403,26 @@ def _read_parquet_plain(path: Path):
     except Exception:
         return None
     source.csv = False
-    return frame, source, np.arange(1, len(frame) + 1)
+    return frame, source, _Lines(1, len(frame))
+
+
+class _Lines:
+    """The line numbers 1, 2, ... n of a file's rows (Parquet's rows), made as an array only when
+    indexed by an array (a mask, an order): an error's row number needs no 1M-row array."""
+
+    def __init__(self, first: int, n: int):
+        self.first, self.n = first, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            at = int(key) + (self.n if key < 0 else 0)
+            if not 0 <= at < self.n:
+                raise IndexError(key)
+            return self.first + at
+        return np.arange(self.first, self.first + self.n)[key]
 
 
 def _writable_float64(column) -> np.ndarray:

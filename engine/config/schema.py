@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..diagnostics import Diagnostic, error
+from . import quickcheck
 from .yamlsource import SourceMap
 
 KINDS = ("strategy", "universe", "instruments", "scanner", "risk")
@@ -263,9 +264,7 @@ def _report(rep: _Reporter, err) -> None:
 
 def validate(kind: str, data: Any, path: str, marks: SourceMap) -> list[Diagnostic]:
     """Every schema problem of one document, each at the line/column of the offending node."""
-    from .quickcheck import is_valid
-
-    if is_valid(kind, data):
+    if quickcheck.is_valid(kind, data):
         return []  # certainly valid: jsonschema (its import, its walk) is only needed to word errors
     rep = _Reporter(path, marks)
     errors = sorted(_validator(kind).iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))

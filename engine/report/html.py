@@ -90,7 +90,8 @@ class RunData:
     closes_by_symbol: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
-    shown: list[dict] = field(default_factory=list)   # the trades table's rows (TRADE_COLUMNS + legs_view)
+    shown: list[tuple] = field(default_factory=list)  # the trades table's rows (TRADE_COLUMNS)
+    legs: list[dict | None] = field(default_factory=list)   # option_legs of each shown row
     marks: list[dict] = field(default_factory=list)   # the chart marks' rows (MARK_COLUMNS + entry, exit)
 
 
@@ -130,10 +131,9 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
         ts, values = _series(db, "SELECT ts, equity FROM equity WHERE run_id=?", (rid,))
         equity = metrics.equity_series(ts, values)
         trades = _trades(db, rid, by_symbol)
-        shown = _rows(db, f"SELECT {', '.join(TRADE_COLUMNS)} FROM trades WHERE run_id=? ORDER BY entry_ts, id"
-                          " LIMIT ?", (rid, TRADES_TABLE_MAX), TRADE_COLUMNS)
-        for t in shown:
-            t["legs_view"] = option_legs(t["legs"])
+        shown = db.execute(f"SELECT {', '.join(TRADE_COLUMNS)} FROM trades WHERE run_id=? ORDER BY entry_ts, id"
+                           " LIMIT ?", (rid, TRADES_TABLE_MAX)).fetchall()
+        legs = [option_legs(t[-1]) for t in shown]
         price_symbols = [r[0] for r in db.execute(
             "SELECT DISTINCT symbol FROM prices WHERE run_id=?", (rid,))]
         symbol = symbol or default_symbol({s: g[0] for s, g in by_symbol.items()}, run.get("symbols") or [],
@@ -148,7 +148,7 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
             agg = _sums(db, rid)
         trades.commission, trades.commission_total = agg["commission"], agg["commission_total"]
         return RunData(Path(journal_path), run, equity, trades, symbol, bars, closes, agg["counts"], agg["errors"],
-                       shown, marks)
+                       shown, legs, marks)
     finally:
         journal.close()
 
@@ -198,10 +198,6 @@ def _sums(db: sqlite3.Connection, run_id: str) -> dict[str, Any]:
         "errors": [dict(zip(("ts", "source", "message"), r)) for r in db.execute(
             "SELECT ts, source, message FROM errors WHERE run_id=? ORDER BY id DESC LIMIT ?", (run_id, ERRORS_SHOWN))],
     }
-
-
-def _rows(db: sqlite3.Connection, sql: str, args: tuple, names: tuple[str, ...]) -> list[dict]:
-    return [dict(zip(names, r)) for r in db.execute(sql, args)]
 
 
 def _trades(db: sqlite3.Connection, run_id: str, by_symbol: dict[str, tuple[int, int]]) -> Trades:
@@ -497,55 +493,69 @@ def _ts_cell(v: Any, daily: bool) -> str:
     return _esc(fmt_ts(v, daily))
 
 
-def _signed(v: Any, text: str) -> str:
-    """The template's `signed` macro: green above zero, red below."""
-    cls = "pos" if v is not None and v > 0 else ("neg" if v is not None and v < 0 else "")
-    return f'<span class="{cls}">{text}</span>'
+class _EscapedOnce(dict):
+    """str -> its escaped text, each distinct string escaped once (symbols, sides and rule
+    names repeat on every row); look-ups of known strings stay in C."""
+
+    def __missing__(self, key: str) -> str:
+        text = self[key] = _esc(key)
+        return text
 
 
-def trades_rows(rows: list[dict], has_legs: bool, daily: bool) -> Markup:
-    """The trades table's body: one `<tr>` per row, as a loop in the template would write them,
-    built here in one pass (a backtest shows 2,000 rows of 16 cells). Text from the journal is
-    escaped as jinja escapes it (each distinct string once: symbols, sides and rule names
-    repeat); numbers are formatted by the template's filter functions. Returns Markup: the
-    text is finished, escaped HTML."""
-    memo: dict[Any, str] = {}
+def trades_rows(rows: list[tuple], legs: list[dict | None], daily: bool) -> Markup:
+    """The trades table's body: one `<tr>` per row (`rows`: tuples in TRADE_COLUMNS order;
+    `legs`: `option_legs` of each, the Legs and Credit cells when any is a combo), as a loop in
+    the template would write them. Built column by column (a backtest shows 2,000 rows of 16
+    cells): text from the journal is escaped as jinja escapes it, each distinct string once;
+    numbers are formatted by the template's filter functions. Returns Markup: the text is
+    finished, escaped HTML."""
+    if not rows:
+        return Markup("")
+    (ids, symbols, sides, quantity, entry_ts, entry_price, exit_ts, exit_price, bars_held, pnl, return_pct,
+     mae, mfe, commission, entry_rule, exit_rule, exit_reason, _legs) = zip(*rows)
+    once = _EscapedOnce()
 
-    def text(v: Any) -> str:           # repeated strings: escaped once
-        if type(v) is str:
-            out = memo.get(v)
-            if out is None:
-                out = memo[v] = _esc(v)
-            return out
-        return _text(v)
+    def text(col: tuple) -> list[str]:      # `{{ v }}`
+        return [once[v] if type(v) is str else (repr(v) if type(v) is float or type(v) is int else _text(v))
+                for v in col]
 
-    out = []
-    for t in rows:
-        tid, bars, qty, pnl, ret = _text(t["id"]), _text(t["bars_held"]), t["quantity"], t["pnl"], t["return_pct"]
-        mae, mfe, commission = t["mae"], t["mfe"], t["commission"]
-        entry_price, exit_price = t["entry_price"], t["exit_price"]
-        row = (f'      <tr><td data-v="{tid}">{tid}</td><td class="l">{text(t["symbol"])}</td>'
-               f'<td class="l">{text(t["side"])}</td><td data-v="{_text(qty)}">{text(_fmt_qty(qty))}</td>\n'
-               f'        <td class="l">{_ts_cell(t["entry_ts"], daily)}</td>'
-               f'<td data-v="{_text(entry_price)}">{_num(entry_price)}</td>\n'
-               f'        <td class="l">{_ts_cell(t["exit_ts"], daily)}</td>'
-               f'<td data-v="{_text(exit_price)}">{_num(exit_price)}</td>\n'
-               f'        <td data-v="{bars}">{bars}</td><td data-v="{_text(pnl)}">{_signed(pnl, _num(pnl))}</td>\n'
-               f'        <td data-v="{_text(ret)}">{_signed(ret, fmt_pct(ret / 100))}</td>\n'
-               f'        <td data-v="{_text(mae) if mae is not None else ""}">{_num(mae)}</td>'
-               f'<td data-v="{_text(mfe) if mfe is not None else ""}">{_num(mfe)}</td>\n'
-               f'        <td data-v="{_text(commission)}">{_num(commission)}</td>\n'
-               f'        <td class="l">{text(t["entry_rule"])}</td>'
-               f'<td class="l">{text(t["exit_reason"] or t["exit_rule"])}</td>\n')
-        if has_legs:
-            lv = t["legs_view"]
-            legs = "<br>".join(_text(leg) for leg in lv["legs"]) if lv else ""
+    def attr(col: tuple) -> list[str]:      # `{{ v if v is not none else '' }}`
+        return [repr(v) if type(v) is float else ("" if v is None else _text(v)) for v in col]
+
+    def num(col: tuple) -> list[str]:       # `{{ v | num }}`
+        return [f"{v:,.2f}" if type(v) is float and v - v == 0.0 else fmt_num(v) for v in col]
+
+    def signed(col: tuple, shown: list[str]) -> list[str]:   # the template's `signed` macro
+        return [f'<span class="{"pos" if v is not None and v > 0 else ("neg" if v is not None and v < 0 else "")}">'
+                f'{t}</span>' for v, t in zip(col, shown)]
+
+    exits = [r or e for r, e in zip(exit_reason, exit_rule)]
+    columns = (text(ids), text(symbols), text(sides), text(quantity), [once[_fmt_qty(q)] for q in quantity],
+               [_ts_cell(v, daily) for v in entry_ts], text(entry_price), num(entry_price),
+               [_ts_cell(v, daily) for v in exit_ts], text(exit_price), num(exit_price),
+               text(bars_held), text(pnl), signed(pnl, num(pnl)),
+               text(return_pct), signed(return_pct, [fmt_pct(v / 100) for v in return_pct]),
+               attr(mae), num(mae), attr(mfe), num(mfe), text(commission), num(commission),
+               text(entry_rule), text(exits))
+    out = [f'      <tr><td data-v="{i}">{i}</td><td class="l">{sy}</td><td class="l">{sd}</td>'
+           f'<td data-v="{qv}">{qt}</td>\n'
+           f'        <td class="l">{et}</td><td data-v="{epv}">{ept}</td>\n'
+           f'        <td class="l">{xt}</td><td data-v="{xpv}">{xpt}</td>\n'
+           f'        <td data-v="{b}">{b}</td><td data-v="{pv}">{pt}</td>\n'
+           f'        <td data-v="{rv}">{rt}</td>\n'
+           f'        <td data-v="{aev}">{aet}</td><td data-v="{fev}">{fet}</td>\n'
+           f'        <td data-v="{cv}">{ct}</td>\n'
+           f'        <td class="l">{er}</td><td class="l">{xr}</td>\n'
+           for (i, sy, sd, qv, qt, et, epv, ept, xt, xpv, xpt, b, pv, pt, rv, rt, aev, aet, fev, fet, cv, ct, er, xr)
+           in zip(*columns)]
+    if any(legs):
+        for k, lv in enumerate(legs):
+            cells = "<br>".join(_text(leg) for leg in lv["legs"]) if lv else ""
             credit = lv["credit"] if lv else None
-            row += (f'<td class="legs">{legs}</td>\n'
-                    f'        <td data-v="{_text(credit) if credit is not None else ""}">'
-                    f'{_num(credit) if lv else ""}</td>')
-        out.append(row + "</tr>")
-    return Markup("\n".join(out))
+            out[k] += (f'<td class="legs">{cells}</td>\n'
+                       f'        <td data-v="{_text(credit) if credit is not None else ""}">'
+                       f'{_num(credit) if lv else ""}</td>')
+    return Markup("</tr>\n".join(out) + "</tr>")
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -647,7 +657,7 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
     price_svg = (svg.price_chart(data.bars, _trade_marks(data), title=f"{data.symbol}: price, entries ▲ and exits ▼")
                  if data.symbol else "")
     shown = data.shown
-    has_legs = any(t["legs_view"] for t in shown)
+    has_legs = any(data.legs)
     daily = summary["periods_per_year"] is not None and summary["periods_per_year"] <= 252
     months = [{"year": int(y), "cells": [None if pd.isna(row[m]) else float(row[m]) for m in range(1, 13)],
                "total": None if pd.isna(row["Year"]) else float(row["Year"])}
@@ -666,7 +676,7 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
         "charts": {"equity": Markup(equity_svg), "drawdown": Markup(drawdown_svg), "price": Markup(price_svg)},
         "months": months,
         "trades_shown": len(shown),
-        "trades_rows": trades_rows(shown, has_legs, daily),
+        "trades_rows": trades_rows(shown, data.legs, daily),
         "trades_total": len(data.trades),
         "has_legs": has_legs,
         "breakdown": _symbol_breakdown(data),

@@ -655,11 +655,11 @@ def _one_symbol_curve(cols: LedgerColumns, b: SymbolBars, times: np.ndarray, ini
         return None
     lengths = np.diff(np.concatenate(([0], bounds, [n])))
     between = np.zeros(len(lo) + 1)
-    units = _runs(u, between, lengths)
-    per_bar = units * b.close
+    per_bar = _runs(u, between, lengths)
+    np.multiply(per_bar, b.close, out=per_bar)      # the units held at each close, valued there
     if b.margined:
-        per_bar = per_bar - _runs(u * entry, between, lengths)
-    return times, cash + (0.0 + per_bar[off:]), cash
+        np.subtract(per_bar, _runs(u * entry, between, lengths), out=per_bar)
+    return times, np.add(cash, per_bar[off:]), cash
 
 
 def _runs(values: np.ndarray, zeros: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -112,9 +112,9 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
     """Read one run (the newest when `run_id` is None) and the bars of `symbol` (default: the
     symbol with the most trades, else the run's first symbol).
 
-    The run log's counts and the commission sums are SQLite's own work (aggregates, no Python
-    object per row): they run on a second connection in a thread while this one reads rows,
-    so with a second core they take no time."""
+    What SQLite adds up by itself (aggregates, no Python object per row: trades per symbol,
+    commission sums, the run log's counts) runs on connections of its own in threads while this
+    one reads rows, so with a second core it takes no time."""
     journal = open_journal(journal_path)
     try:
         try:
@@ -124,12 +124,14 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
         rid = run["run_id"]
         db = journal.db
         db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+        by_symbol_read = _in_background(journal.path, lambda con: _by_symbol(con, rid))
         sums = _in_background(journal.path, lambda con: _sums(con, rid))
-        by_symbol = {s: (n, combos) for s, n, combos in db.execute(
-            "SELECT symbol, COUNT(*), SUM(legs IS NOT NULL AND legs != '') FROM trades WHERE run_id=? GROUP BY symbol",
-            (rid,))}
         ts, values = _series(db, "SELECT ts, equity FROM equity WHERE run_id=?", (rid,))
         equity = metrics.equity_series(ts, values)
+        try:
+            by_symbol = by_symbol_read()
+        except Exception:            # a second connection failed: the same query on this one
+            by_symbol = _by_symbol(db, rid)
         trades = _trades(db, rid, by_symbol)
         shown = db.execute(f"SELECT {', '.join(TRADE_COLUMNS)} FROM trades WHERE run_id=? ORDER BY entry_ts, id"
                            " LIMIT ?", (rid, TRADES_TABLE_MAX)).fetchall()
@@ -178,6 +180,13 @@ def _in_background(path: Path, read: Callable[[sqlite3.Connection], Any]) -> Cal
             raise box["error"]
         return box["value"]
     return result
+
+
+def _by_symbol(db: sqlite3.Connection, run_id: str) -> dict[str, tuple[int, int]]:
+    """Trades and option combos per traded symbol."""
+    return {s: (n, combos) for s, n, combos in db.execute(
+        "SELECT symbol, COUNT(*), SUM(legs IS NOT NULL AND legs != '') FROM trades WHERE run_id=? GROUP BY symbol",
+        (run_id,))}
 
 
 def _sums(db: sqlite3.Connection, run_id: str) -> dict[str, Any]:

@@ -143,6 +143,10 @@ def _as_seconds(index: pd.DatetimeIndex | Sequence) -> np.ndarray:
 
 def _path(xs: np.ndarray, ys: np.ndarray) -> str:
     """`M x y L x y ...` with one decimal; gaps (NaN) start a new sub-path."""
+    if xs.size and np.isfinite(xs).all() and np.isfinite(ys).all():   # no gap: one formatting call
+        both = np.empty(2 * xs.size)
+        both[0::2], both[1::2] = xs, ys
+        return ("M%.1f %.1f" + " L%.1f %.1f" * (xs.size - 1)) % tuple(both.tolist())
     parts: list[str] = []
     move = True
     for x, y in zip(xs.tolist(), ys.tolist()):

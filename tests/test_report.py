@@ -617,3 +617,120 @@ def test_the_runs_own_summary_wins_for_equity_figures(tmp_path):
     assert "2024-01-02 05:00" not in html                   # daily bars: dates only
     assert fmt_num(M.sortino_ratio(series(["2024-01-02", "2024-01-03", "2024-01-04"], [100, 90, 120]))) in html
     assert ">9.87<" not in render_report(path, risk_free=0.02)   # a different rate: recomputed
+
+
+# ---- the trades table, built in Python -------------------------------------------------------
+
+# The loop the report template had for the trades table (before the rows were built in Python):
+# the reference `trades_rows` must write byte for byte, escaping included.
+REFERENCE_ROWS = """{% macro signed(v, text) %}<span class="{{ 'pos' if v is not none and v > 0 else ('neg' if v is not none and v < 0 else '') }}">{{ text }}</span>{% endmacro %}
+    {% for t in trades %}
+      <tr><td data-v="{{ t.id }}">{{ t.id }}</td><td class="l">{{ t.symbol }}</td><td class="l">{{ t.side }}</td><td data-v="{{ t.quantity }}">{{ t.quantity | qty }}</td>
+        <td class="l">{{ t.entry_ts | ts(daily) }}</td><td data-v="{{ t.entry_price }}">{{ t.entry_price | num }}</td>
+        <td class="l">{{ t.exit_ts | ts(daily) }}</td><td data-v="{{ t.exit_price }}">{{ t.exit_price | num }}</td>
+        <td data-v="{{ t.bars_held }}">{{ t.bars_held }}</td><td data-v="{{ t.pnl }}">{{ signed(t.pnl, t.pnl | num) }}</td>
+        <td data-v="{{ t.return_pct }}">{{ signed(t.return_pct, (t.return_pct / 100) | pct) }}</td>
+        <td data-v="{{ t.mae if t.mae is not none else '' }}">{{ t.mae | num }}</td><td data-v="{{ t.mfe if t.mfe is not none else '' }}">{{ t.mfe | num }}</td>
+        <td data-v="{{ t.commission }}">{{ t.commission | num }}</td>
+        <td class="l">{{ t.entry_rule }}</td><td class="l">{{ t.exit_reason or t.exit_rule }}</td>
+        {% if has_legs %}{% set lv = t.legs_view %}<td class="legs">{% if lv %}{% for leg in lv.legs %}{{ leg }}{% if not loop.last %}<br>{% endif %}{% endfor %}{% endif %}</td>
+        <td data-v="{{ lv.credit if lv and lv.credit is not none else '' }}">{{ lv.credit | num if lv else "" }}</td>{% endif %}</tr>
+    {% endfor %}
+"""
+
+
+def _reference_rows(rows: list[tuple], daily: bool) -> str:
+    import jinja2
+    from engine.report import html as H
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(qty=H._fmt_qty, pct=H.fmt_pct, num=H.fmt_num, ts=H.fmt_ts)
+    trades = [dict(zip(H.TRADE_COLUMNS, r), legs_view=H.option_legs(r[-1])) for r in rows]
+    out = env.from_string(REFERENCE_ROWS).render(trades=trades, daily=daily,
+                                                 has_legs=any(t["legs_view"] for t in trades))
+    return out.rstrip("\n")
+
+
+def _row(**kw) -> tuple:
+    from engine.report.html import TRADE_COLUMNS
+    base = dict(id=1, symbol="SPY", side="long", quantity=100.0, entry_ts="2024-01-02T14:30:00Z", entry_price=470.5,
+                exit_ts="2024-01-05T21:00:00Z", exit_price=468.25, bars_held=3, pnl=-226.0, return_pct=-0.48,
+                mae=-310.0, mfe=55.5, commission=1.0, entry_rule="entry[0]", exit_rule="exit[0]", exit_reason="",
+                legs=None)
+    base.update(kw)
+    return tuple(base[c] for c in TRADE_COLUMNS)
+
+
+def test_trades_rows_write_what_the_template_loop_wrote():
+    from engine.report.html import option_legs, trades_rows
+    legs = json.dumps([{"name": EVIL, "action": "sell", "right": "P", "strike": 440, "price": 1.2},
+                       {"name": "long", "action": "buy", "right": "C", "strike": 460.5, "ratio": 2, "price": 0.55}])
+    rows = [
+        _row(),
+        _row(id=2, symbol=EVIL, side=EVIL, quantity=1234567.0, entry_price=12345.678, exit_price=0.004, pnl=1e6 / 3,
+             return_pct=12.5, mae=None, mfe=None, commission=0.0, entry_rule=EVIL, exit_reason=EVIL,
+             entry_ts="2024-01-02T00:00:00Z", exit_ts="2024-01-02T14:30:05Z"),
+        _row(id=3, pnl=0.0, return_pct=0.0, exit_reason="", exit_rule="", entry_rule="",
+             entry_ts="2024-01-02 14:30:00+00:00", exit_ts=f"<b>{EVIL}</b>"),        # not the journal's usual form
+        _row(id=4, quantity="7 <lots>", pnl=float("nan"), mae=float("inf"), bars_held=None, legs=legs),
+        _row(id=5, legs="not json & <b>"),
+        _row(id=6, legs=json.dumps({"legs": [], "credit": 2.5}), pnl=-0.004, return_pct=-1e-9),
+    ]
+    for chosen in (rows, rows[:3]):                       # with and without the Legs and Credit cells
+        for daily in (False, True):
+            built = trades_rows(chosen, [option_legs(r[-1]) for r in chosen], daily)
+            assert str(built) == _reference_rows(chosen, daily)
+    built = str(trades_rows(rows, [option_legs(r[-1]) for r in rows], False))
+    assert "<script>" not in built and "<b>" not in built and "<lots>" not in built
+    assert built.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 5       # symbol, side, both rules, a leg
+    assert "&lt;b&gt;&lt;script&gt;" in built and "7 &lt;lots&gt;" in built  # a time, a quantity
+    assert "&#34;double&#34;" in built and "&#39;single&#39;" in built
+    assert '<td data-v="">—</td>' in built                                  # no MAE: empty sort key, a dash
+    assert '>1234567<' in built and '>12,345.68<' in built and '<span class="pos">333,333.33</span>' in built
+    assert str(trades_rows([], [], False)) == ""
+
+
+def test_report_with_several_symbols_sums_commission_per_symbol(spy_journal):
+    path, _, trades, _ = spy_journal
+    html = render_report(path)
+    spy = [t for t in trades if t["symbol"] == "SPY"]
+    assert re.search(rf'<td class="l">SPY</td><td>{len(spy)}</td>.*?<td>{fmt_num(2.0 * len(spy))}</td>', html)
+    assert re.search(r'<td class="l">QQQ</td><td>2</td>.*?<td>4.00</td>', html)
+    total = re.search(r'data-metric="commission"><div class="k">Commissions</div><div class="v">([^<]*)<', html)
+    assert total.group(1) == fmt_num(2.0 * len(trades))
+    assert html.count('<tr><td data-v=') == len(trades)                   # every trade in the table
+
+
+def test_report_without_a_second_connection(spy_journal, monkeypatch):
+    """The aggregates read in threads fall back to the report's own connection."""
+    from engine.report import html as H
+    path, *_ = spy_journal
+    expected = render_report(path)
+
+    def failing(path, read):
+        def result():
+            raise sqlite3.OperationalError("unable to open database file")
+        return result
+    monkeypatch.setattr(H, "_in_background", failing)
+    assert render_report(path) == expected
+    import gc
+    assert gc.isenabled()                                 # the collector is back on after a report
+
+
+def test_compiled_template_cache_survives_damage(tmp_path):
+    import jinja2
+    from engine.report.html import _BytecodeCache
+    (tmp_path / "t.j2").write_text("{{ x }} & {{ y | upper }}")
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+
+    def render() -> str:
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(tmp_path)), autoescape=True,
+                                 bytecode_cache=_BytecodeCache(str(cache_dir)))
+        return env.get_template("t.j2").render(x="<a>", y="b")
+    assert render() == "&lt;a&gt; & B"
+    (cached,) = cache_dir.iterdir()                       # compiled once, kept
+    assert render() == "&lt;a&gt; & B"                    # loaded from the cache
+    cached.write_bytes(b"not a jinja cache at all")
+    assert render() == "&lt;a&gt; & B"                    # damaged: compiled again
+    cached.write_bytes(cached.read_bytes()[:3])
+    assert render() == "&lt;a&gt; & B"

@@ -5,6 +5,7 @@ in the test's tmp directory (its path is printed) for a person to look at."""
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -116,6 +117,11 @@ def test_report_renders_in_chromium_without_errors(report, tmp_path):
     # the sorting script ran (it marks the table) and the user's text stayed text
     assert re.search(r'<table class="trades sortable"', dom)
     assert "<script>alert(1)</script>" not in dom and "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
+    # every trade is a row of the table (built in Python, parsed by the browser as the template's were)
+    with sqlite3.connect(report.parent / "journal.sqlite") as con:
+        trades = con.execute("SELECT COUNT(*) FROM trades").fetchone()[0]
+    table = re.search(r'<table class="trades sortable".*?</table>', dom, re.S).group(0)
+    assert trades > 10 and table.count("<tr>") == trades + 1 and table.count('<td class="l">SPY</td>') == trades
     svgs = re.findall(r"<svg\b.*?</svg>", dom, re.S)
     assert len(svgs) == 3                                        # equity, drawdown, price
     for chart in svgs:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from click.testing import CliRunner
 
 import cli
@@ -412,3 +413,17 @@ def test_a_daily_symbol_is_seen_intraday_only_after_its_close():
                 pd.Timestamp("2019-11-07").date(): 12.62, pd.Timestamp("2019-11-08").date(): 12.73}
     for day, close in expected.items():
         assert set(np.round(vix[days == day], 2)) == {close}, day
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=60), st.lists(st.integers(-5, 60), min_size=1, max_size=40))
+def test_marks_find_the_last_closed_bar_from_wherever_they_looked_last(gaps, times):
+    from types import SimpleNamespace
+
+    from engine.runtime.runner import RunState
+
+    end = np.cumsum(np.array(gaps, dtype=np.int64) + 1)      # increasing bar close times
+    state = SimpleNamespace(_cursor={})
+    for at in times:                                          # forwards, backwards, repeated
+        expected = int(np.searchsorted(end, at, side="right")) - 1
+        assert RunState._last_bar(state, "X", end, at) == expected

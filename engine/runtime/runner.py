@@ -91,6 +91,8 @@ class RunState:
         self._now = 0
         self._marks_key: tuple | None = None  # marks are cached per (time, number of fills)
         self._marks: dict[str, float] = {}
+        self._cursor: dict[str, tuple[int, int]] = {}   # per symbol: (last bar closed by t, t)
+        self._margined = any(b.margined for b in self.bars.values())   # futures among the symbols
 
     def marks(self, at: int) -> dict[str, float]:
         """The last known price of every open position at time `at` (ns); combos at their last mid."""
@@ -106,9 +108,27 @@ class RunState:
                 self._marks_key = None   # a combo's mark moves without a fill: never cache it
                 continue
             b = self.bars[symbol]
-            k = int(np.searchsorted(b.end, at, side="right")) - 1
+            k = self._last_bar(symbol, b.end, at)
             out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
         return out
+
+    def _last_bar(self, symbol: str, end: np.ndarray, at: int) -> int:
+        """The last bar of `symbol` closed by `at` (-1: none yet). Times mostly move forward by a
+        bar or so between two looks, so the last answer is the place to start from."""
+        seen = self._cursor.get(symbol)
+        if seen is not None and seen[1] <= at:
+            k = seen[0]
+            n = len(end)
+            if k + 1 >= n or end[k + 1] > at:
+                pass
+            elif k + 2 >= n or end[k + 2] > at:
+                k += 1
+            else:
+                k = int(end.searchsorted(at, "right")) - 1
+        else:
+            k = int(end.searchsorted(at, "right")) - 1
+        self._cursor[symbol] = (k, at)
+        return k
 
     def equity(self, at: int | None = None) -> float:
         return self.ledger.equity(self.marks(self._now if at is None else at))
@@ -125,6 +145,9 @@ class RunState:
         """Equity less the initial margin of the open positions: stock at 100% of its value in a
         cash account (so this is the cash) and 50% in a margin account (Reg-T), futures at their
         margin per contract."""
+        if self.settings.account == "cash" and not self.combos and \
+                not (self._margined and any(p.margined for p in self.ledger.positions.values())):
+            return self.ledger.cash     # stock only: its whole value is held, what is left is the cash
         marks = self.marks(self._now if at is None else at)
         used = 0.0
         for symbol, pos in self.ledger.positions.items():
@@ -252,6 +275,11 @@ class Runner(RunState):
 
     # ---- account -------------------------------------------------------------------------------
     def account_state(self, symbol: str) -> AccountState:
+        limits = self.settings.limits
+        if limits.max_daily_loss is None and limits.max_drawdown is None:
+            # no check reads equity (or its peak and day start): not worth walking every position
+            return AccountState(math.nan, math.nan, math.nan, len(self.ledger.positions) + len(self._pending),
+                                self._losses, self._paused_until, self._now / 1e9)
         equity = self.equity()
         self._peak = max(self._peak, equity)
         day = self._session_key(symbol)
@@ -357,8 +385,9 @@ class Runner(RunState):
         bars = self.bars[symbol]
         price = fill.price
         quantity = intent.quantity
-        marks = self.marks(fill.time)
-        equity = self.ledger.equity(marks)
+        limits = self.settings.limits
+        sized = quantity is None or limits.max_position is not None or limits.per_trade_risk is not None
+        equity = self.ledger.equity(self.marks(fill.time)) if sized else math.nan
         if quantity is None:  # a share of equity, sized at the fill price
             sizing = intent.sizing
             per_unit = price * bars.multiplier if not bars.margined else max(bars.margin, 1e-12)

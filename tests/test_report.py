@@ -734,3 +734,24 @@ def test_compiled_template_cache_survives_damage(tmp_path):
     assert render() == "&lt;a&gt; & B"                    # damaged: compiled again
     cached.write_bytes(cached.read_bytes()[:3])
     assert render() == "&lt;a&gt; & B"
+
+
+def test_a_full_stored_summary_is_not_computed_again(spy_journal, tmp_path, monkeypatch):
+    """A backtest stores every equity figure from its full curve: the report shows those and does
+    not compute the journal curve's own only to replace them."""
+    from engine.report import html as H
+    path, equity, trades, spy = spy_journal
+    stored = M.summarize(equity, trades, closes=spy["Close"].to_numpy())
+    stored = {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in stored.items()}
+    stored["sharpe"], stored["open_positions"] = 1.2345, 0
+    with Journal(path) as j:
+        j.db.execute("UPDATE runs SET summary=? WHERE run_id='run-spy'", (json.dumps(stored),))
+    expected = render_report(path)
+    assert ">1.23<" in expected and "the run's own figures" in expected
+
+    def not_needed(*args, **kwargs):
+        raise AssertionError("equity figures computed although the run stored them")
+    monkeypatch.setattr(H.metrics, "equity_summary", not_needed)
+    assert render_report(path) == expected
+    with pytest.raises(AssertionError, match="although the run stored"):
+        render_report(path, risk_free=0.02)                 # another rate: Sharpe and Sortino recomputed

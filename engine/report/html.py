@@ -2,8 +2,9 @@
 
 The report reads only the journal. It has no external references: CSS and SVG charts are
 inline, and the only script (optional) sorts the trades table. All text from the journal goes
-through jinja2's autoescaping; the SVG fragments are built by `engine.report.svg`, which
-escapes its own text.
+through jinja2's autoescaping, except the trades table's rows: those are built in Python
+(`trades_rows`, thousands of rows) with markupsafe's escaping, the same as jinja's; the SVG
+fragments are built by `engine.report.svg`, which escapes its own text.
 
 Option trades: the trades table's `legs` column is JSON, either a list of legs or an object
 ``{"legs": [...], "credit": x}``. A leg is an object with any of ``name, action (buy|sell),

@@ -193,8 +193,22 @@ def _risk(doc: Document) -> RiskLimits:
 def _spacing(index: pd.DatetimeIndex) -> float | None:
     if len(index) < 3:
         return None
-    ns = index.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
-    return float(np.median(np.diff(ns))) / 1e9
+    gaps = np.diff(index.as_unit("ns").asi8)   # UTC epoch ns of the aware index: no converted copies
+    return float(_median(gaps)) / 1e9
+
+
+def _median(values: np.ndarray) -> float:
+    """np.median, without its copy and partition when the middle element is the median (regular
+    bars: most gaps are equal)."""
+    n = len(values)
+    k = n // 2
+    c = values[k]
+    below = int(np.count_nonzero(values < c))
+    upto = below + int(np.count_nonzero(values == c))
+    first = k if n % 2 else k - 1      # the middle element(s): sorted positions first..k
+    if below <= first and k < upto:
+        return float(c)
+    return float(np.median(values))
 
 
 def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str | Path | None = None,
@@ -295,7 +309,7 @@ def last_days(prep: Prepared, days: int) -> Prepared:
 
 
 def _ns(index: pd.DatetimeIndex) -> np.ndarray:
-    return index.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
+    return index.as_unit("ns").asi8.copy()   # UTC epoch ns of the aware index (one copy, not three)
 
 
 def _symbol_bars(prep: Prepared, symbol: str) -> tuple[SymbolBars, Bars]:

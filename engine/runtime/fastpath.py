@@ -209,7 +209,7 @@ class _Candidates:
         self.fee = lambda q, price: 0.0 if self.free else commission(q, price, mult, contracts)  # noqa: E731
         # entry candidates: the bars where any entry rule fired (masks, the window and the start folded in)
         self.rules = [r for r, _, _ in sig.entry_rules]
-        E = self.E = np.asarray(sig.entry_bars, dtype=np.int64)
+        E = self.E = sig.entry_idx
         K = len(E)
         self.fired = np.column_stack([m[E] for _, m, _ in sig.entry_rules]) if K else np.zeros((0, len(self.rules)), bool)
         self.first = np.argmax(self.fired, axis=1) if K else np.zeros(0, np.int64)
@@ -221,9 +221,8 @@ class _Candidates:
                             for sz in self.sizings]
         self.tifs = [t.get("tif", "day") for t in templates]
         # exit candidates: the first rule firing at a bar wins, the schedule's flat-by only alone
-        self.exit_rules = [r for r, _ in sig.market_exits] + [sig.flat_rule]
-        lists = [bars_ for _, bars_ in sig.market_exits] + [sig.flat_bars]
-        at = [np.asarray(b_, dtype=np.int64) for b_ in lists]
+        self.exit_rules = [r for r, _ in sig.market_exit_idx] + [sig.flat_rule]
+        at = [idx for _, idx in sig.market_exit_idx] + [sig.flat_idx]
         if sum(1 for a in at if len(a)) <= 1:
             rule = next((i for i, a in enumerate(at) if len(a)), 0)
             X, x_rule = at[rule], np.full(len(at[rule]), rule, dtype=np.int64)
@@ -235,7 +234,7 @@ class _Candidates:
             first = np.concatenate(([True], bars_at[1:] != bars_at[:-1]))
             X, x_rule = bars_at[first], rule_at[first]
         self.X, self.x_rule = X, x_rule
-        self.kinds = ["when"] * len(sig.market_exits) + ["flat_by"]
+        self.kinds = ["when"] * len(sig.market_exit_idx) + ["flat_by"]
         # jump tables: an entry decided at E[k] fills at E[k] + d and exits at the first exit bar
         # from there; after the exit at X[j] the next entry is the first from X[j] + 1
         self.nx = np.searchsorted(X, E + d)
@@ -329,12 +328,13 @@ class FastRun(RunState):
     def _chain(self, c: _Candidates):
         """The run when no entry on the chain is refused; None otherwise (see `_sequential`)."""
         K, J, n, d = len(c.E), len(c.X), c.n, c.d
-        win_action = np.array(c.actions, dtype=object)[c.first] if K else np.zeros(0, object)
-        if c.cash_account and (win_action == "sell").any():
+        win_buy = np.array([a == "buy" for a in c.actions], dtype=bool)[c.first]
+        if c.cash_account and not win_buy.all():
             return None     # refused shorts: `_sequential` journals each one the chain meets
         # the chain's links: from candidate k to the next candidate after k's exit (K: none)
         f = np.append(c.ne, K)[c.nx]
-        if K <= 1 or np.array_equal(f[:-1], np.arange(1, K)):
+        every = K <= 1 or np.array_equal(f[:-1], np.arange(1, K))
+        if every:
             ks = np.arange(K)                   # entries and exits alternate: every candidate
         else:
             links, path, k = f.tolist(), [], 0
@@ -342,26 +342,29 @@ class FastRun(RunState):
                 path.append(k)
                 k = links[k]
             ks = np.array(path, dtype=np.int64)
+
+        def at(a: np.ndarray) -> np.ndarray:    # a[ks], without the copy when the chain is every candidate
+            return a if every else a[ks]
+
         T = len(ks)
-        js = c.nx[ks]
+        js = at(c.nx)
         has_exit = js < J
         jj = np.minimum(js, max(J - 1, 0))
-        entry_ok = c.E[ks] + d < n
+        entry_ok = at(c.E) + d < n
         exit_ok = has_exit & (c.X[jj] + d < n) if J else np.zeros(T, bool)
         closed = exit_ok & entry_ok
         if T > 1 and not closed[:-1].all():     # only the last link can be open or expired
             return None
         # the money: sizing, commissions and cash, one step per trade
-        rule_i = c.first[ks]
-        buy = win_action[ks] == "buy"
-        price = np.zeros(T)
-        for a, v in c.in_price.items():
-            sel = win_action[ks] == a
-            price[sel] = v[ks[sel]]
+        rule_i = at(c.first)
+        buy = at(win_buy)
+        if len(c.in_price) == 1:
+            price = at(next(iter(c.in_price.values())))
+        else:
+            price = np.where(buy, at(c.in_price["buy"]), at(c.in_price["sell"]))
         x_price = np.where(buy, c.out_price["sell"][jj], c.out_price["buy"][jj]) if J else np.zeros(T)
         filled = int(entry_ok.sum())
-        money = self._money(c, rule_i[:filled].tolist(), buy[:filled].tolist(), price[:filled].tolist(),
-                            x_price[:filled].tolist(), closed[:filled].tolist())
+        money = self._money(c, rule_i[:filled], buy[:filled], price[:filled], x_price[:filled], closed[:filled])
         if money is None:
             return None
         q, fee_in, fee_out, cash = money
@@ -370,7 +373,7 @@ class FastRun(RunState):
         if filled > tc:    # the last entry filled and its position is still open
             t = filled - 1
             k = int(ks[t])
-            position = Position(c.symbol, q[t] if buy[t] else -q[t], float(price[t]), c.mult, c.margined,
+            position = Position(c.symbol, float(q[t] if buy[t] else -q[t]), float(price[t]), c.mult, c.margined,
                                 int(c.in_time[k]), int(c.E[k] + d), fee_in[t], c.rules[int(rule_i[t])].name,
                                 c.margin if c.margined else 0.0, {})
         return _Chain(ks, js, has_exit, T, filled, tc, buy, rule_i, price, x_price, q, fee_in, fee_out, cash, position)
@@ -379,7 +382,8 @@ class FastRun(RunState):
         """The chain's decisions, orders, fills and round trips, as columns."""
         ks, js, has_exit, T, filled, tc, buy, rule_i = ch.ks, ch.js, ch.has_exit, ch.T, ch.filled, ch.tc, ch.buy, \
             ch.rule_i
-        price, x_price, q, fee_in, fee_out = ch.price, ch.x_price, ch.q, ch.fee_in, ch.fee_out
+        price, x_price, fee_in, fee_out = ch.price, ch.x_price, ch.fee_in, ch.fee_out
+        q = np.asarray(ch.q, dtype=np.float64).tolist()    # _compound keeps whole quantities as ints
         n, d = c.n, c.d
         sym = c.symbol
         names = [r.name for r in c.rules]
@@ -456,7 +460,8 @@ class FastRun(RunState):
         trades = (2 * np.arange(tc), gross, exit_reasons)
         return decisions, orders, fills, trades
 
-    def _money(self, c: _Candidates, rule_i: list, buy: list, price: list, x_price: list, closed: list):
+    def _money(self, c: _Candidates, rule_i: np.ndarray, buy: np.ndarray, price: np.ndarray, x_price: np.ndarray,
+               closed: np.ndarray):
         """Quantities, commissions and the cash after each link, in the Runner's float
         operations; None when an entry would be refused (quantity 0, not enough cash)."""
         cash = float(self.settings.cash)
@@ -468,16 +473,17 @@ class FastRun(RunState):
         wholes = [sz[2] for sz in c.sizings]
         q_out, fee_in, fee_out = [], [], []
         capped = cash_account and not margined
-        if free and not margined and len(set(rule_i)) == 1 and modes[rule_i[0]] and wholes[rule_i[0]] \
-                and len(set(buy)) == 1:
+        if len(rule_i) and free and not margined and (rule_i == rule_i[0]).all() and modes[rule_i[0]] \
+                and wholes[rule_i[0]] and (buy == buy[0]).all():
             # the common case in its own loop: no commission, one rule, whole shares by equity
-            tc = sum(closed)
-            cash = _compound(cash, values[rule_i[0]], mult, capped, buy[0], price[:tc], x_price[:tc], q_out)
+            tc = int(closed.sum())
+            cash = _compound(cash, values[rule_i[0]], mult, capped, bool(buy[0]), price[:tc].tolist(),
+                             x_price[:tc].tolist(), q_out)
             if cash is None:
                 return None
             fee_in, fee_out = [0.0] * tc, [0.0] * tc
             rule_i, buy, price, x_price, closed = rule_i[tc:], buy[tc:], price[tc:], x_price[tc:], closed[tc:]
-        for r, b, p, xp, done in zip(rule_i, buy, price, x_price, closed):
+        for r, b, p, xp, done in zip(rule_i.tolist(), buy.tolist(), price.tolist(), x_price.tolist(), closed.tolist()):
             whole = wholes[r]
             if modes[r]:
                 q = values[r] * cash / (per_margin if margined else p * mult)
@@ -771,15 +777,16 @@ def _compound(cash: float, value: float, mult: float, capped: bool, buy: bool, p
     if value == 1.0 and mult == 1.0 and buy and capped:
         # all in, one unit per share, long, cash account: value * cash is cash and p * mult is p
         # exactly, so the same floats with three multiplications fewer per trade
+        keep = q_out.append
         for p, xp in zip(price, x_price):
-            q = float(floor(cash / p + 1e-9))
+            q = floor(cash / p + 1e-9)      # an int: q * p is the float product of float(q) and p
             while q > 0 and q * p > cash + 1e-9:
                 q -= 1
             if q <= 0:
                 return None
             cash -= q * p
             cash += q * xp
-            q_out.append(q)
+            keep(q)
         return cash
     for p, xp in zip(price, x_price):
         q = float(floor(value * cash / (p * mult) + 1e-9))

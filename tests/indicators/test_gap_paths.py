@@ -137,3 +137,23 @@ def test_hlc_infinity_is_not_missing(name, length, val):
                 arrays[j][i] = val
                 want = talib.TRANGE(*arrays) if name == "tr" else talib.ATR(*arrays, length)
                 identical(KERNELS[name].func(*arrays, *params), want)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e200])
+def test_all_finite_says_no_to_any_nan_or_infinity_and_to_overflow(bad):
+    from engine.indicators.gaps import all_finite, remembering
+
+    a = np.linspace(-500.0, 500.0, 10_001)
+    assert all_finite(a) and all_finite(a[:0])
+    for i in (0, 5_000, 10_000):
+        b = a.copy()
+        b[i] = bad     # 1e200 is finite, but its square is not: a "no" that only costs the exact path
+        assert not all_finite(b)
+        # and the kernels give the general rule's answer either way
+        with remembering():
+            got = KERNELS["sma"].func(b, 5)
+        good = ~np.isnan(b)
+        want = np.full(len(b), np.nan)
+        want[good] = talib.SMA(np.ascontiguousarray(b[good]), 5)
+        np.testing.assert_array_equal(got, want)
+    assert all_finite(np.arange(10, dtype=np.int64)) and not all_finite(np.array([1.0, np.nan], dtype=np.float32))

@@ -375,3 +375,34 @@ def test_the_one_symbol_equity_curve_is_the_running_sum_over_every_bar(tmp_path,
     assert result.ledger.positions or case != "open_at_end"
     cash, equity = _reference_curve(result)
     assert np.array_equal(result.cash, cash) and np.array_equal(result.equity, equity)
+
+
+def test_a_fast_run_leaves_no_reference_cycles():
+    # backtest.run keeps the cyclic collector off while it runs; what a run leaves behind must be
+    # freed by reference counts alone, or every run would keep its arrays until a collection
+    import gc
+    import weakref
+
+    prep = bt.prepare(ROOT / "strategies" / "sma_crossover.yaml")
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        result = bt.run(prep)
+        assert result.timings.get("fast_path") == 1.0
+        len(result.ledger.trades), result.equity      # the lazily built parts too
+        plan = result.prepared.plan
+        values = next(result.runner.signals["SPY"].values[n.id] for n in plan.nodes if n.op == "call")  # an indicator
+        probes = [weakref.ref(values), weakref.ref(result.equity), weakref.ref(result.runner)]
+        del result, values
+        alive = [name for name, p in zip(("a plan value", "the equity curve", "the run"), probes) if p() is not None]
+        assert not alive
+        gc.set_debug(gc.DEBUG_SAVEALL)      # anything of the engine's that only a collection would free
+        gc.collect()
+        cyclic = {type(o).__qualname__ for o in gc.garbage if type(o).__module__.startswith("engine.")}
+        assert not cyclic
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if enabled:
+            gc.enable()

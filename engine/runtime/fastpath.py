@@ -29,6 +29,7 @@ them; the journal, the equity curve and the run summary read the columns.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -206,7 +207,8 @@ class _Candidates:
         commission = broker.commission
         self.free = not (commission.per_unit or commission.per_contract or commission.percent or commission.per_order)
         mult = self.mult
-        self.fee = lambda q, price: 0.0 if self.free else commission(q, price, mult, contracts)  # noqa: E731
+        free = self.free    # (the lambda holds values, not self: no reference cycle)
+        self.fee = lambda q, price: 0.0 if free else commission(q, price, mult, contracts)  # noqa: E731
         # entry candidates: the bars where any entry rule fired (masks, the window and the start folded in)
         self.rules = [r for r, _, _ in sig.entry_rules]
         E = self.E = sig.entry_idx
@@ -288,7 +290,7 @@ class FastRun(RunState):
         if chain is not None:
             self.resolved_by = "chain"
             cash, position = chain.cash, chain.position
-            columns = lambda: self._chain_columns(c, chain)  # noqa: E731
+            columns = functools.partial(FastRun._chain_columns, c, chain)
         else:
             self.resolved_by = "sequential"
             decisions, orders, fills, trades, cash, position = self._sequential(c)
@@ -300,7 +302,7 @@ class FastRun(RunState):
 
         def part(name: str):
             if not built:
-                built.update(self._records(c, *columns()))
+                built.update(FastRun._records(c, *columns()))
             return built[name]
 
         prefix = f"qtrade:{self.settings.run_id}:"
@@ -378,7 +380,8 @@ class FastRun(RunState):
                                 c.margin if c.margined else 0.0, {})
         return _Chain(ks, js, has_exit, T, filled, tc, buy, rule_i, price, x_price, q, fee_in, fee_out, cash, position)
 
-    def _chain_columns(self, c: _Candidates, ch: "_Chain"):
+    @staticmethod
+    def _chain_columns(c: _Candidates, ch: "_Chain"):
         """The chain's decisions, orders, fills and round trips, as columns."""
         ks, js, has_exit, T, filled, tc, buy, rule_i = ch.ks, ch.js, ch.has_exit, ch.T, ch.filled, ch.tc, ch.buy, \
             ch.rule_i
@@ -649,7 +652,8 @@ class FastRun(RunState):
         return decisions, orders, fill_cols, trades, cash, position
 
     # ---- records -----------------------------------------------------------------------------
-    def _records(self, c: _Candidates, decisions, orders, f: dict, trades: tuple) -> dict[str, Any]:
+    @staticmethod
+    def _records(c: _Candidates, decisions, orders, f: dict, trades: tuple) -> dict[str, Any]:
         """Every record's columns (and their lengths), and the equity curve's inputs."""
         from .backtest import LedgerColumns
 

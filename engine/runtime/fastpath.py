@@ -182,6 +182,8 @@ def _sizing(template: dict) -> tuple[str, float, bool] | None:
 def _slipped(broker: SimBroker, price: np.ndarray, action: str, tick: float) -> np.ndarray:
     """Slippage.apply over an array, with the same float operations."""
     s = broker.slippage
+    if not (s.ticks or s.percent or s.fixed):
+        return price
     slip = s.ticks * tick + price * s.percent + s.fixed
     out = price + slip if action == "buy" else price - slip
     return np.where(slip == 0.0, price, out)
@@ -213,9 +215,14 @@ class _Candidates:
         self.rules = [r for r, _, _ in sig.entry_rules]
         E = self.E = sig.entry_idx
         K = len(E)
-        self.fired = np.column_stack([m[E] for _, m, _ in sig.entry_rules]) if K else np.zeros((0, len(self.rules)), bool)
-        self.first = np.argmax(self.fired, axis=1) if K else np.zeros(0, np.int64)
-        self.multi = (self.fired.sum(axis=1) > 1) if K else np.zeros(0, bool)
+        if len(self.rules) == 1:    # one entry rule: it is the one that fired, alone
+            self.fired = np.ones((K, 1), dtype=bool)
+            self.first, self.multi = np.zeros(K, dtype=np.int64), np.zeros(K, dtype=bool)
+        else:
+            self.fired = np.column_stack([m[E] for _, m, _ in sig.entry_rules]) if K else \
+                np.zeros((0, len(self.rules)), bool)
+            self.first = np.argmax(self.fired, axis=1) if K else np.zeros(0, np.int64)
+            self.multi = (self.fired.sum(axis=1) > 1) if K else np.zeros(0, bool)
         templates = [settings.orders.get(r.order) or {} for r in self.rules]
         self.actions = [t.get("action", "buy") for t in templates]
         self.sizings = [_sizing(t) for t in templates]
@@ -241,19 +248,38 @@ class _Candidates:
         # from there; after the exit at X[j] the next entry is the first from X[j] + 1
         self.nx = np.searchsorted(X, E + d)
         self.ne = np.searchsorted(E, X + 1)
-        # prices and times at every candidate's fill
-        fb = np.minimum(E + d, n - 1)
-        raw_in = bars.open[fb] if d else bars.close[fb]
+        # prices at every candidate's fill (the times, for the records, when they are built)
+        self._fb = np.minimum(E + d, n - 1)
+        raw_in = bars.open[self._fb] if d else bars.close[self._fb]
         self.in_price = {a: _slipped(broker, raw_in, a, bars.tick_size) for a in set(self.actions)}
-        self.in_time = bars.start[fb] if d else bars.end[fb]
-        self.e_end = bars.end[E]
-        self.e_next_end = bars.end[np.minimum(E + 1, n - 1)]
-        gb = np.minimum(X + d, n - 1)
-        raw_out = bars.open[gb] if d else bars.close[gb]
-        self.out_price = {a: _slipped(broker, raw_out, a, bars.tick_size) for a in ("buy", "sell")}
-        self.out_time = bars.start[gb] if d else bars.end[gb]
-        self.x_end = bars.end[X]
+        self._gb = np.minimum(X + d, n - 1)
+        raw_out = bars.open[self._gb] if d else bars.close[self._gb]
+        self.out_price = {a: _slipped(broker, raw_out, a, bars.tick_size)
+                          for a in {"sell" if a == "buy" else "buy" for a in self.actions}}
         self.last_end = int(bars.end[-1]) if n else 0
+
+    @functools.cached_property
+    def in_time(self) -> np.ndarray:
+        """When each entry candidate's order fills."""
+        return self.bars.start[self._fb] if self.d else self.bars.end[self._fb]
+
+    @functools.cached_property
+    def e_end(self) -> np.ndarray:
+        """When each entry candidate is decided (its bar's close)."""
+        return self.bars.end[self.E]
+
+    @functools.cached_property
+    def e_next_end(self) -> np.ndarray:
+        return self.bars.end[np.minimum(self.E + 1, self.n - 1)]
+
+    @functools.cached_property
+    def out_time(self) -> np.ndarray:
+        """When each exit candidate's order fills."""
+        return self.bars.start[self._gb] if self.d else self.bars.end[self._gb]
+
+    @functools.cached_property
+    def x_end(self) -> np.ndarray:
+        return self.bars.end[self.X]
 
 
 @dataclass
@@ -364,7 +390,12 @@ class FastRun(RunState):
             price = at(next(iter(c.in_price.values())))
         else:
             price = np.where(buy, at(c.in_price["buy"]), at(c.in_price["sell"]))
-        x_price = np.where(buy, c.out_price["sell"][jj], c.out_price["buy"][jj]) if J else np.zeros(T)
+        if not J:
+            x_price = np.zeros(T)
+        elif len(c.out_price) == 1:
+            x_price = next(iter(c.out_price.values()))[jj]
+        else:
+            x_price = np.where(buy, c.out_price["sell"][jj], c.out_price["buy"][jj])
         filled = int(entry_ok.sum())
         money = self._money(c, rule_i[:filled], buy[:filled], price[:filled], x_price[:filled], closed[:filled])
         if money is None:
@@ -376,7 +407,8 @@ class FastRun(RunState):
             t = filled - 1
             k = int(ks[t])
             position = Position(c.symbol, float(q[t] if buy[t] else -q[t]), float(price[t]), c.mult, c.margined,
-                                int(c.in_time[k]), int(c.E[k] + d), fee_in[t], c.rules[int(rule_i[t])].name,
+                                int((c.bars.start if d else c.bars.end)[c._fb[k]]), int(c.E[k] + d), fee_in[t],
+                                c.rules[int(rule_i[t])].name,
                                 c.margin if c.margined else 0.0, {})
         return _Chain(ks, js, has_exit, T, filled, tc, buy, rule_i, price, x_price, q, fee_in, fee_out, cash, position)
 
@@ -784,11 +816,14 @@ def _compound(cash: float, value: float, mult: float, capped: bool, buy: bool, p
         keep = q_out.append
         for p, xp in zip(price, x_price):
             q = floor(cash / p + 1e-9)      # an int: q * p is the float product of float(q) and p
-            while q > 0 and q * p > cash + 1e-9:
-                q -= 1
+            cost = q * p
+            if cost > cash + 1e-9:          # rounding put one share too many
+                while q > 0 and q * p > cash + 1e-9:
+                    q -= 1
+                cost = q * p
             if q <= 0:
                 return None
-            cash -= q * p
+            cash -= cost
             cash += q * xp
             keep(q)
         return cash

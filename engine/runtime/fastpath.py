@@ -512,8 +512,10 @@ class FastRun(RunState):
                 and wholes[rule_i[0]] and (buy == buy[0]).all():
             # the common case in its own loop: no commission, one rule, whole shares by equity
             tc = int(closed.sum())
-            cash = _compound(cash, values[rule_i[0]], mult, capped, bool(buy[0]), price[:tc].tolist(),
-                             x_price[:tc].tolist(), q_out)
+            # (a memoryview of a float64 array yields Python floats, without making a list first)
+            cash = _compound(cash, values[rule_i[0]], mult, capped, bool(buy[0]),
+                             memoryview(np.ascontiguousarray(price[:tc], dtype=np.float64)),
+                             memoryview(np.ascontiguousarray(x_price[:tc], dtype=np.float64)), q_out)
             if cash is None:
                 return None
             fee_in, fee_out = [0.0] * tc, [0.0] * tc
@@ -804,7 +806,7 @@ def _iso_columns(iso_many: Callable[[Any], list[str]], *columns) -> list[list[st
     return out
 
 
-def _compound(cash: float, value: float, mult: float, capped: bool, buy: bool, price: list, x_price: list,
+def _compound(cash: float, value: float, mult: float, capped: bool, buy: bool, price, x_price,
               q_out: list) -> float | None:
     """`FastRun._money` for round trips without commissions, sized at `value` of the cash in
     whole units, not margined: the same float operations in fewer steps. Appends each

@@ -88,6 +88,7 @@ def test_the_bundled_sma_crossover_takes_the_fast_path_with_the_runners_outcome(
     assert_same(a, b)
     default = bt.run(bt.prepare(ROOT / "strategies" / "sma_crossover.yaml"))
     assert default.timings.get("fast_path") == 1.0
+    assert b.runner.resolved_by == default.runner.resolved_by == "chain"   # nothing refused: vectorised
 
 
 @pytest.mark.parametrize("fill", ["next_open", "close"])
@@ -116,6 +117,7 @@ def test_entry_and_exit_on_the_same_bar_and_insufficient_cash(tmp_path):
         a, b = both(path)
         reasons = {d.reason for d in a.runner.decisions if d.outcome == "blocked"}
         assert any(r.startswith("insufficient cash") for r in reasons)
+        assert b.runner.resolved_by == "sequential"    # refusals: one candidate at a time
         assert_same(a, b)
 
 
@@ -129,8 +131,10 @@ def test_shorts_in_a_margin_account_and_refused_in_a_cash_account(tmp_path):
         if account == "cash":
             assert not a.ledger.fills
             assert {d.reason for d in a.runner.decisions} == {"short selling needs a margin account"}
+            assert b.runner.resolved_by == "sequential"
         else:
             assert all(t.side == "short" for t in a.ledger.trades) and a.ledger.trades
+            assert b.runner.resolved_by == "chain"
         assert_same(a, b)
 
 

@@ -427,3 +427,21 @@ def test_marks_find_the_last_closed_bar_from_wherever_they_looked_last(gaps, tim
     for at in times:                                          # forwards, backwards, repeated
         expected = int(np.searchsorted(end, at, side="right")) - 1
         assert RunState._last_bar(state, "X", end, at) == expected
+
+
+def test_a_backtest_pauses_the_garbage_collector_and_gives_it_back_as_it_found_it():
+    import gc
+
+    prep = bt.prepare(ROOT / "strategies" / "sma_crossover.yaml")
+    assert gc.isenabled()
+    bt.run(prep)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        bt.run(prep)
+        assert not gc.isenabled()     # off before, off after
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError):
+        bt.run(prep, fast=True, dry_run=True)   # refused inside the run: the collector is back on
+    assert gc.isenabled()

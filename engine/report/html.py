@@ -15,8 +15,6 @@ bought legs) * ratio`` over the legs that carry a price (per unit, not multiplie
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import math
 import re
@@ -31,6 +29,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup, escape
 
+from engine.runtime.collector import without_cyclic_gc
 from engine.runtime.journal import Journal, JournalError
 from engine.report import metrics, svg
 
@@ -704,25 +703,10 @@ def render_report(journal_path: str | Path, run_id: str | None = None, symbol: s
     `symbol` picks the price chart's symbol (default: the most traded). `risk_free` is the annual
     rate for Sharpe and Sortino. Raises JournalError for a missing file, a file that is not a
     journal, or an unknown run."""
-    with _without_cyclic_gc():
+    with without_cyclic_gc():   # many rows, no cycles
         data = load_run(journal_path, run_id, symbol)
         template = _environment().get_template("report.html.j2")
         return template.render(**build_context(data, risk_free))
-
-
-@contextlib.contextmanager
-def _without_cyclic_gc():
-    """Reading and formatting tens of thousands of rows allocates as many tuples and strings,
-    none of them in a cycle; the cyclic garbage collector would rescan everything alive every
-    few hundred allocations (a fifth of the report's time, measured). Anything cyclic left over
-    is collected once it is enabled again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def write_report(journal_path: str | Path, out_path: str | Path, run_id: str | None = None,

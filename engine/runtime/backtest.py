@@ -31,7 +31,8 @@ from ..plan.evaluate import Bars, align_asof, evaluate
 from ..portfolio.ledger import Ledger
 from ..risk.limits import RiskLimits, merge_risk
 from .journal import Journal, new_run_id
-from .runner import Runner, RunSettings, without_cyclic_gc
+from .collector import without_cyclic_gc
+from .runner import Runner, RunSettings
 from .signals import SymbolSignals
 
 _CLOCK_NEEDS_CALENDAR = {"minutes_to_close", "minutes_since_open"}

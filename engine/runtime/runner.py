@@ -12,9 +12,7 @@ decision code below is the same whatever the clock.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import gc
 import heapq
 import math
 from dataclasses import dataclass, field
@@ -182,10 +180,7 @@ class Runner(RunState):
 
     # ---- scheduling ----------------------------------------------------------------------------
     def run(self) -> Ledger:
-        with without_cyclic_gc():
-            return self._run()
-
-    def _run(self) -> Ledger:
+        """The run (backtest.run keeps the cyclic garbage collector off around it)."""
         self._unsupported()
         heap: list[tuple[int, int, int, Iterator]] = []
         for order, symbol in enumerate(sorted(self.signals)):
@@ -698,20 +693,6 @@ class Runner(RunState):
             self._losses += 1
         else:
             self._losses = 0
-
-
-@contextlib.contextmanager
-def without_cyclic_gc():
-    """Run loops that allocate many small objects and never form cycles without the cyclic
-    garbage collector: it rescans everything alive every few hundred allocations and dominated
-    both the Runner's loop and the fast path's (measured)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def market_prefilter(plan: N.Plan, node_id: int, values: list, n: int) -> np.ndarray:

@@ -62,6 +62,17 @@ def all_finite(a: np.ndarray) -> bool:
         return bool(np.isfinite(np.dot(a, a) if a.dtype == np.float64 else np.add.reduce(a)))
 
 
+def divide_nan_at_zero(num: np.ndarray, den: np.ndarray, first: int = 0) -> np.ndarray:
+    """num / den into num, NaN wherever den is 0 (0/0 and x/0 alike: no scale, no value). The
+    zeros are looked for only when something from `first` on is not finite, which a zero
+    denominator always makes it."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(num, den, out=num)
+    if not all_finite(num[first:]):
+        num[den == 0] = np.nan
+    return num
+
+
 def missing_mask(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
     """Boolean mask of bars where any input is NaN, or None when there are none.
 

@@ -10,7 +10,7 @@ import numpy as np
 import talib
 
 from . import params as P
-from .gaps import all_finite, as_series, run_gapped
+from .gaps import as_series, divide_nan_at_zero, run_gapped
 
 
 def _change(a, n):
@@ -38,13 +38,9 @@ def zscore(x, length):
         # k leading missing bars: TA-Lib's wrapper skips them (see talib_backed)
         sd = talib.STDDEV(a, n, 1.0)
         z = talib.SMA(a, n)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(invalid="ignore"):
             np.subtract(a, z, out=z)
-            np.divide(z, sd, out=z)
-        # a zero stdev gives 0/0 (NaN) or +-inf: look for zeros only if something is
-        if not all_finite(z[k + n - 1:]):
-            z[sd == 0] = np.nan
-        return z
+        return divide_nan_at_zero(z, sd, k + n - 1)    # a flat window has no scale
 
     return run_gapped(raw, [as_series(x)], lead=lambda k, a: raw(a, k))
 
@@ -238,13 +234,8 @@ def _vwap(h, l, c, v, session):
     pv *= v
     first, lengths = _session_starts(session)
     num, den = segmented_cumsum((pv, v), first, lengths)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(num, den, out=num)
-    # 0/0 is already NaN; a zero cumulative volume with a non-zero numerator (negative
-    # volumes) would be +-inf, so look for zeros only when something is not finite
-    if not np.isfinite(np.add.reduce(num)):
-        num[den == 0] = np.nan
-    return num
+    # a zero cumulative volume (0/0, or x/0 with negative volumes) is NaN
+    return divide_nan_at_zero(num, den)
 
 
 def vwap(high, low, close, volume, session):

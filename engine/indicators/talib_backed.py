@@ -12,7 +12,7 @@ import numpy as np
 import talib
 
 from . import params as P
-from .gaps import all_finite, as_series, run_gapped
+from .gaps import all_finite, as_series, divide_nan_at_zero, run_gapped
 
 
 def _skip_lead(raw):
@@ -196,13 +196,9 @@ def bb_width(x, length=20, mult=2.0):
 
     def raw(a, k=0):
         up, mid, lo = talib.BBANDS(a, n, m, m, 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(invalid="ignore"):
             np.subtract(up, lo, out=up)
-            np.divide(up, mid, out=up)
-        # a zero middle band gives +-inf or NaN: look for zeros only if something is
-        if not all_finite(up[k + n - 1:]):
-            up[mid == 0] = np.nan
-        return up
+        return divide_nan_at_zero(up, mid, k + n - 1)   # a zero middle band
 
     # k leading missing bars: TA-Lib's wrapper skips them (see _skip_lead)
     return run_gapped(raw, [as_series(x)], lead=lambda k, a: raw(a, k))

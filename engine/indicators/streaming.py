@@ -44,6 +44,24 @@ class Stream(abc.ABC):
         """The newest output for one bar whose inputs are all numbers."""
 
 
+class _Window(Stream):
+    """The last n values in a ring buffer; NaN until it is full, then `_full(x)` (x the newest)."""
+
+    def __init__(self, length, minimum=2):
+        self.n = P.window(length, minimum=minimum)
+        self.buf = deque(maxlen=self.n)
+
+    def _step(self, x):
+        self.buf.append(x)
+        if len(self.buf) < self.n:
+            return NAN
+        return self._full(x)
+
+    @abc.abstractmethod
+    def _full(self, x):
+        """The output once the buffer holds n values."""
+
+
 # --- moving averages -----------------------------------------------------------
 
 
@@ -96,16 +114,12 @@ class RMA(_Exp):
         super().__init__(n, 1.0 / n)
 
 
-class WMA(Stream):
+class WMA(_Window):
     def __init__(self, length):
-        self.n = P.window(length, minimum=2)
-        self.buf = deque(maxlen=self.n)
+        super().__init__(length)
         self.div = self.n * (self.n + 1) / 2.0
 
-    def _step(self, x):
-        self.buf.append(x)
-        if len(self.buf) < self.n:
-            return NAN
+    def _full(self, x):
         return sum(k * v for k, v in enumerate(self.buf, 1)) / self.div
 
 
@@ -118,31 +132,22 @@ def _pop_std(buf, mean):
     return math.sqrt(ss / len(buf))
 
 
-class Stdev(Stream):
+class Stdev(_Window):
     """Population std of the ring buffer, two-pass (O(n)). TA-Lib 0.6+'s STDDEV is
     accurate to ~1e-11 relative; a naive running sum of x^2 is not (1e-7 on 1-minute
     futures prices), so the stream recomputes from the buffer."""
 
-    def __init__(self, length):
-        self.n = P.window(length, minimum=2)
-        self.buf = deque(maxlen=self.n)
-
-    def _step(self, x):
-        self.buf.append(x)
-        if len(self.buf) < self.n:
-            return NAN
+    def _full(self, x):
         return _pop_std(self.buf, sum(self.buf) / self.n)
 
 
-class _Extreme(Stream):
+class _Extreme(_Window):
     def __init__(self, length, fn):
-        self.n = P.window(length, minimum=2)
-        self.buf = deque(maxlen=self.n)
+        super().__init__(length)
         self.fn = fn
 
-    def _step(self, x):
-        self.buf.append(x)
-        return self.fn(self.buf) if len(self.buf) == self.n else NAN
+    def _full(self, x):
+        return self.fn(self.buf)
 
 
 class Highest(_Extreme):
@@ -481,17 +486,13 @@ class PercentRank(Stream):
         return out
 
 
-class Hurst(Stream):
+class Hurst(_Window):
     """Recomputes the 19 lagged-difference stds from the ring buffer: O(19*length)."""
 
     def __init__(self, length=100):
-        self.n = P.window(length, minimum=P.HURST_MIN_LENGTH)
-        self.buf = deque(maxlen=self.n)
+        super().__init__(length, minimum=P.HURST_MIN_LENGTH)
 
-    def _step(self, x):
-        self.buf.append(x)
-        if len(self.buf) < self.n:
-            return NAN
+    def _full(self, x):
         w = np.fromiter(self.buf, float, self.n)
         acc = 0.0
         for L, wt in zip(_LAGS, _HURST_W):
@@ -517,15 +518,11 @@ class VWAP(Stream):
         return self.pv / self.v if self.v != 0.0 else NAN
 
 
-class IVRank(Stream):
+class IVRank(_Window):
     def __init__(self, length=252):
-        self.n = P.window(length, minimum=2)
-        self.buf = deque(maxlen=self.n)
+        super().__init__(length)
 
-    def _step(self, x):
-        self.buf.append(x)
-        if len(self.buf) < self.n:
-            return NAN
+    def _full(self, x):
         lo, hi = min(self.buf), max(self.buf)
         return (x - lo) / (hi - lo) if hi != lo else NAN
 

@@ -258,6 +258,32 @@ class _Candidates:
                           for a in {"sell" if a == "buy" else "buy" for a in self.actions}}
         self.last_end = int(bars.end[-1]) if n else 0
 
+    def size(self, rule: int, price: float, cash: float) -> tuple[float, float, float]:
+        """An entry's quantity at its fill price (whole units when its sizing says so; a share
+        of equity leaves room for the commission in a cash account), its commission, and the
+        cash (cash account) or funds (margin account) it needs: the Runner's float operations.
+        A quantity of 0 means the entry is refused."""
+        mode, value, whole = self.sizings[rule]
+        mult, margined, fee = self.mult, self.margined, self.fee
+        if mode == "percent":
+            q = value * cash / (max(self.margin, 1e-12) if margined else price * mult)
+            if whole:
+                q = float(math.floor(q + 1e-9))
+            if self.cash_account and not margined:
+                while q > 0 and q * price * mult + fee(q, price) > cash + 1e-9:
+                    q -= 1 if whole else q * 1e-6
+        else:
+            q = value
+        if whole:   # cap_quantity without caps: whole units, never below 0
+            q = float(math.floor(q + 1e-9))
+        q = max(q, 0.0)
+        if margined:
+            need = q * self.margin
+        else:
+            need = q * price * mult
+            need = need if self.cash_account else 0.5 * need
+        return q, fee(q, price), need
+
     @functools.cached_property
     def in_time(self) -> np.ndarray:
         """When each entry candidate's order fills."""
@@ -500,9 +526,7 @@ class FastRun(RunState):
         """Quantities, commissions and the cash after each link, in the Runner's float
         operations; None when an entry would be refused (quantity 0, not enough cash)."""
         cash = float(self.settings.cash)
-        mult, margined, margin, cash_account, free, fee = c.mult, c.margined, c.margin, c.cash_account, c.free, c.fee
-        per_margin = max(margin, 1e-12)
-        floor = math.floor
+        mult, margined, cash_account, free, fee = c.mult, c.margined, c.cash_account, c.free, c.fee
         modes = [sz[0] == "percent" for sz in c.sizings]
         values = [sz[1] for sz in c.sizings]
         wholes = [sz[2] for sz in c.sizings]
@@ -521,29 +545,10 @@ class FastRun(RunState):
             fee_in, fee_out = [0.0] * tc, [0.0] * tc
             rule_i, buy, price, x_price, closed = rule_i[tc:], buy[tc:], price[tc:], x_price[tc:], closed[tc:]
         for r, b, p, xp, done in zip(rule_i.tolist(), buy.tolist(), price.tolist(), x_price.tolist(), closed.tolist()):
-            whole = wholes[r]
-            if modes[r]:
-                q = values[r] * cash / (per_margin if margined else p * mult)
-                if whole:
-                    q = float(floor(q + 1e-9))
-                if capped:
-                    while q > 0 and q * p * mult + (0.0 if free else fee(q, p)) > cash + 1e-9:
-                        q -= 1 if whole else q * 1e-6
-            else:
-                q = values[r]
-            if whole:
-                q = float(floor(q + 1e-9))
-            if q <= 0:
+            q, f_in, need = c.size(r, p, cash)
+            if q <= 0 or need + f_in > cash + 1e-6:
                 return None
-            f_in = 0.0 if free else fee(q, p)
             signed = q if b else -q
-            if margined:
-                need = q * margin
-            else:
-                need = q * p * mult
-                need = need if cash_account else 0.5 * need
-            if need + f_in > cash + 1e-6:
-                return None
             cash -= f_in
             if not margined:
                 cash -= signed * p * mult
@@ -600,7 +605,7 @@ class FastRun(RunState):
                 decisions.append((now, symbol, rule.name, "entry", "blocked", "short selling needs a margin account"))
                 k += 1
                 continue
-            mode, value, whole = c.sizings[ri]
+            mode, value, _ = c.sizings[ri]
             seq += 1
             fixed = value if mode == "fixed" else None
             entry = (action, fixed, c.sizing_objs[ri], c.tifs[ri], "open", rule.name, seq, "")
@@ -612,28 +617,12 @@ class FastRun(RunState):
                 continue
             price = in_price[action][k]
             t_fill = in_time[k]
-            if mode == "percent":
-                per_unit = price * mult if not margined else max(margin, 1e-12)
-                q = value * cash / per_unit
-                q = float(math.floor(q + 1e-9)) if whole else q
-                while q > 0 and cash_account and not margined and q * price * mult + fee(q, price) > cash + 1e-9:
-                    q -= 1 if whole else q * 1e-6
-            else:
-                q = value
-            if whole:   # cap_quantity without caps: whole units, never below 0
-                q = float(math.floor(q + 1e-9))
-            q = max(q, 0.0)
+            q, f_fee, need = c.size(ri, price, cash)
             if q <= 0:
                 orders.append(entry + (now, "rejected", t_fill, "quantity rounds to 0"))
                 decisions.append((t_fill, symbol, rule.name, "entry", "blocked", "quantity rounds to 0 at the fill price"))
                 k += 1
                 continue
-            f_fee = fee(q, price)
-            if margined:
-                need = abs(q) * margin
-            else:
-                need = abs(q) * price * mult
-                need = need if cash_account else 0.5 * need
             if need + f_fee > cash + 1e-6:
                 reason = f"insufficient {'cash' if cash_account else 'available funds'}: needs {need + f_fee:,.2f}, " \
                          f"has {cash:,.2f}"

@@ -70,12 +70,7 @@ class Records(Sequence):
         return self._n
 
     def column(self, name: str) -> list:
-        c = self.columns[name]
-        if isinstance(c, np.ndarray):
-            return c.tolist()
-        if isinstance(c, list):
-            return c
-        return [c] * self.n
+        return _listed(self.columns[name], self.n)
 
     def rows(self) -> Iterator[tuple]:
         return zip(*(self.column(name) for name in self.columns))

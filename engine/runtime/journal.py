@@ -241,13 +241,14 @@ class Journal:
         a larger page cache for its duration. A crash during the write leaves the journal as it
         was before (the transaction rolls back); the run can simply be repeated. Live runs never
         use this: they commit every order before it is sent."""
+        cache = self.db.execute("PRAGMA cache_size").fetchone()[0]
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute("PRAGMA cache_size=-65536")
         try:
             with self.transaction():
                 yield self
         finally:
-            self.db.execute("PRAGMA cache_size=-2000")
+            self.db.execute(f"PRAGMA cache_size={int(cache)}")
             self.db.execute("PRAGMA synchronous=NORMAL")
 
     # ---- reading ---------------------------------------------------------------------------

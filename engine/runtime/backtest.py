@@ -672,24 +672,22 @@ def _one_symbol_curve(cols: LedgerColumns, b: SymbolBars, times: np.ndarray, ini
         lo, hi = np.append(lo, pos.entry_bar), np.append(hi, n)
         qty, entry = np.append(qty, pos.quantity), np.append(entry, pos.avg_price)
     if not len(lo):
-        return times, cash + np.zeros(m), cash
+        return times, cash.copy(), cash
     u = qty * b.multiplier
     bounds = np.column_stack((lo, hi)).ravel()
     if (bounds[1:] < bounds[:-1]).any():
         return None
     lengths = np.diff(np.concatenate(([0], bounds, [n])))
-    between = np.zeros(len(lo) + 1)
-    per_bar = _runs(u, between, lengths)
+    per_bar = _runs(u, lengths)
     np.multiply(per_bar, b.close, out=per_bar)      # the units held at each close, valued there
     if b.margined:
-        np.subtract(per_bar, _runs(u * entry, between, lengths), out=per_bar)
+        np.subtract(per_bar, _runs(u * entry, lengths), out=per_bar)
     return times, np.add(cash, per_bar[off:]), cash
 
 
-def _runs(values: np.ndarray, zeros: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def _runs(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """0 over each gap, values[i] over span i: gap, span 0, gap, span 1, ..., gap."""
-    seq = np.empty(2 * len(values) + 1)
-    seq[0::2] = zeros
+    seq = np.zeros(2 * len(values) + 1)
     seq[1::2] = values
     return np.repeat(seq, lengths)
 

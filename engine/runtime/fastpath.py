@@ -439,7 +439,8 @@ class FastRun(RunState):
         ks, js, has_exit, T, filled, tc, buy, rule_i = ch.ks, ch.js, ch.has_exit, ch.T, ch.filled, ch.tc, ch.buy, \
             ch.rule_i
         price, x_price, fee_in, fee_out = ch.price, ch.x_price, ch.fee_in, ch.fee_out
-        q = np.asarray(ch.q, dtype=np.float64).tolist()    # _compound keeps whole quantities as ints
+        q_arr = np.asarray(ch.q, dtype=np.float64)    # (_compound keeps whole quantities as ints)
+        q = q_arr.tolist()
         n, d = c.n, c.d
         sym = c.symbol
         names = [r.name for r in c.rules]
@@ -451,7 +452,6 @@ class FastRun(RunState):
         act = _pick(["buy", "sell"], np.where(buy, 0, 1))
         x_act = _pick(["sell", "buy"], np.where(buy[:tx], 0, 1))
         e_time, x_time = c.e_end[ks], c.x_end[js[has_exit]]
-        q_arr = np.array(q, dtype=np.float64)
         # decisions: per link the losers of a same-bar tie, the entry, the exit
         if c.multi[ks].any():
             e_names, e_reasons = _listed(rule_names, T), _listed(_pick([r.reason for r in c.rules], rule_i), T)

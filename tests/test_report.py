@@ -755,3 +755,25 @@ def test_a_full_stored_summary_is_not_computed_again(spy_journal, tmp_path, monk
     assert render_report(path) == expected
     with pytest.raises(AssertionError, match="although the run stored"):
         render_report(path, risk_free=0.02)                 # another rate: Sharpe and Sortino recomputed
+
+
+@pytest.mark.parametrize("start", [None, "2013-01-01"])
+def test_buy_and_hold_is_the_backtests_own_figure(tmp_path, start):
+    # the journal's prices start with the warm-up bars before --from (and are thinned on long
+    # runs); the report's buy and hold is the one the terminal summary showed, from the start date
+    from engine.report.run_summary import summarize_result
+    from engine.runtime import backtest as bt
+
+    root = Path(__file__).resolve().parents[1]
+    result = bt.run(bt.prepare(root / "strategies" / "sma_crossover.yaml", start=start))
+    summary = summarize_result(result)
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as j:
+        bt.write_journal(result, j)
+        j.finish_run(result.run_id, "finished", summary)
+    html = render_report(path)
+    card = re.search(r'data-metric="buy_and_hold"><div class="k">Buy &amp; hold SPY</div><div class="v">'
+                     r'(?:<span[^>]*>)?([^<]*)<', html)
+    assert card and card.group(1).strip() == fmt_pct(summary["buy_and_hold"])
+    row = re.search(r'<td class="l">SPY</td>(?:<td>[^<]*</td>|<td><span[^>]*>[^<]*</span></td>){6}<td>([^<]*)</td>', html)
+    assert row and row.group(1) == fmt_pct(summary["buy_and_hold"], 1)

@@ -572,6 +572,16 @@ def trades_rows(rows: list[tuple], legs: list[dict | None], daily: bool) -> Mark
 MARKS_PER_CHART = 500      # trade markers drawn on the price chart at most (every one when fewer)
 
 
+def _buy_and_hold(data: RunData, symbol: str | None, closes) -> float | None:
+    """Buy and hold of `symbol` over the run: the writer's own figure (from every bar since the
+    start date) when the run's stored summary has it for that symbol, else from the journal's
+    prices, which may be thinned and may begin before the start date."""
+    stored = data.run.get("summary") or {}
+    if symbol is not None and stored.get("buy_and_hold_symbol") == symbol and "buy_and_hold" in stored:
+        return stored["buy_and_hold"]
+    return metrics.buy_and_hold_return(closes) if closes is not None else None
+
+
 def _symbol_breakdown(data: RunData) -> list[dict]:
     trades = data.trades
     symbols = set(trades.symbol)
@@ -593,7 +603,7 @@ def _symbol_breakdown(data: RunData) -> list[dict]:
             "pnl": float(sum(pnl)) if idx else 0.0,
             "expectancy": metrics.expectancy(cols), "profit_factor": metrics.profit_factor(cols),
             "commission": trades.commission.get(s, 0.0),
-            "buy_and_hold": metrics.buy_and_hold_return([first, last]) if first is not None and last is not None else None,
+            "buy_and_hold": _buy_and_hold(data, s, [first, last] if first is not None and last is not None else None),
         })
     rows.sort(key=lambda r: (-r["trades"], r["symbol"]))
     return rows
@@ -642,7 +652,7 @@ def _summary(data: RunData, closes: np.ndarray | None, risk_free: float) -> tupl
     summary.update(metrics.trade_summary(trades))
     summary["exposure"] = (None if "exposure" in from_summary or len(equity) < 2
                            else metrics.exposure(trades, summary["start"], summary["end"]))
-    summary["buy_and_hold"] = metrics.buy_and_hold_return(closes) if closes is not None else None
+    summary["buy_and_hold"] = _buy_and_hold(data, data.symbol, closes)
     for key in from_summary:
         summary[key] = stored[key]
     summary["open_positions"] = stored.get("open_positions")

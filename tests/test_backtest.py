@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 import cli
 from engine.brokers.costs import Commission, Slippage
-from engine.brokers.sim import SimBroker, SymbolBars
+from engine.brokers.matching import FillModel
+from engine.market.series import SymbolBars
 from engine.orders.intent import OrderIntent
 from engine.portfolio.ledger import Fill, Ledger
 from engine.runtime import backtest as bt
@@ -48,7 +49,7 @@ B = bars([10, 10, 9, 12, 11], [11, 10.5, 10, 13, 12], [9.5, 9.8, 8.5, 11.5, 10.5
 
 
 def test_market_orders_fill_at_the_next_open_with_adverse_slippage():
-    broker = SimBroker(Commission(), Slippage(fixed=0.05))
+    broker = FillModel(Commission(), Slippage(fixed=0.05))
     fill = broker.execute(B, OrderIntent("X", "buy"), 0)
     assert (fill.bar, fill.price) == (1, 10.05)
     fill = broker.execute(B, OrderIntent("X", "sell"), 1)
@@ -57,12 +58,12 @@ def test_market_orders_fill_at_the_next_open_with_adverse_slippage():
 
 
 def test_fill_at_close_model():
-    fill = SimBroker(Commission(), Slippage(), "close").execute(B, OrderIntent("X", "buy"), 2)
+    fill = FillModel(Commission(), Slippage(), "close").execute(B, OrderIntent("X", "buy"), 2)
     assert (fill.bar, fill.price) == (2, 9.5)
 
 
 def test_limit_orders_fill_when_touched_at_the_limit_or_the_better_open():
-    broker = SimBroker(Commission(), Slippage(fixed=1.0))  # slippage never applies to limits
+    broker = FillModel(Commission(), Slippage(fixed=1.0))  # slippage never applies to limits
     gtc = OrderIntent("X", "buy", "limit", 1, limit=9.0, tif="gtc")
     fill = broker.execute(B, gtc, 0)
     assert (fill.bar, fill.price) == (2, 9.0)           # bar 2 traded down to 8.5: filled at 9.0
@@ -74,7 +75,7 @@ def test_limit_orders_fill_when_touched_at_the_limit_or_the_better_open():
 
 
 def test_stop_orders_fill_at_the_stop_or_the_gap_open_with_slippage():
-    broker = SimBroker(Commission(), Slippage(fixed=0.01))
+    broker = FillModel(Commission(), Slippage(fixed=0.01))
     stop = OrderIntent("X", "buy", "stop", 1, stop=12.5, tif="gtc")
     fill = broker.execute(B, stop, 0)
     assert (fill.bar, fill.price) == (3, 12.51)          # high 13 touched 12.5

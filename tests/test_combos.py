@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from engine.orders.combos import (Chase, ComboQuote, NoStrike, Side, leg_quote, marketable, pick_by_delta,
-                                  pick_by_premium, pick_strike, run_chase)
+from engine.brokers.matching import marketable, run_chase
+from engine.orders.combos import Chase, ComboQuote, NoStrike, Side, leg_quote, pick_by_delta, pick_by_premium, pick_strike
 
 STRIKES = np.array([380.0, 381, 382, 383, 384, 385, 386, 387, 388, 389, 390])
 PUTS = Side("put", STRIKES, bid=np.array([.01, .02, .03, .05, .07, .10, .14, .20, .28, .40, .55]),

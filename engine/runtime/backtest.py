@@ -1,4 +1,4 @@
-"""`qtrade backtest`: a strategy, its bars and the SimBroker through the Runner.
+"""`qtrade backtest`: a strategy, its bars and the FillModel through the Runner.
 
 prepare()  loads and checks the strategy, resolves its symbols and instruments, loads and
            resamples the bars, compiles the Plan;
@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ..brokers.costs import Commission, Slippage
-from ..brokers.sim import SimBroker, SymbolBars
+from ..brokers.matching import FillModel
+from ..market.series import SymbolBars
 from ..config.documents import Document, Workspace
 from ..diagnostics import DiagnosticError
 from ..market.bars import bar_seconds, load_bars, resample
@@ -445,7 +446,7 @@ def _run(prep: Prepared, progress, run_id, dry_run: bool, on_intent, fast) -> Re
                            orders=prep.doc.get(("orders",)) or {}, limits=_risk(prep.doc), run_id=run_id,
                            strategy=prep.plan.name, timezone=prep.timezone, dry_run=dry_run,
                            fill_fraction=float(option_sim.get("fill_fraction", 0.5)))
-    broker = SimBroker(Commission.from_spec(s.get("commission")), Slippage.from_spec(s.get("slippage")),
+    broker = FillModel(Commission.from_spec(s.get("commission")), Slippage.from_spec(s.get("slippage")),
                        s.get("fill", "next_open"))
     t1 = time.perf_counter()
     if fast is not False:
@@ -474,7 +475,7 @@ def _run(prep: Prepared, progress, run_id, dry_run: bool, on_intent, fast) -> Re
 
 
 def _run_fast(prep: Prepared, signals: dict[str, SymbolSignals], symbol_bars: dict[str, SymbolBars],
-              broker: SimBroker, settings: RunSettings, run_id: str, timings: dict, t1: float, progress,
+              broker: FillModel, settings: RunSettings, run_id: str, timings: dict, t1: float, progress,
               dry_run: bool, on_intent, required: bool) -> Result | None:
     """The run on the fast path, or None when it is not simple (see fastpath.unsupported)."""
     from . import fastpath

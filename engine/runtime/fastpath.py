@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..brokers.costs import fraction
-from ..brokers.sim import SimBroker, SymbolBars
+from ..brokers.matching import FillModel, slipped
+from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
 from ..portfolio.ledger import Fill, Ledger, Position, Trade
@@ -108,7 +109,7 @@ def _has_output(plan: N.Plan, order: str | None, what: str) -> bool:
     return order is not None and f"orders.{order}.{what}" in plan.outputs
 
 
-def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: SimBroker, settings: RunSettings,
+def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillModel, settings: RunSettings,
                 *, dry_run: bool = False, on_intent: Callable | None = None, desk: Any = None) -> str | None:
     """Why this run needs the Runner, or None when the fast path gives the same outcome."""
     if len(signals) != 1:
@@ -174,16 +175,6 @@ def _sizing(template: dict) -> tuple[str, float, bool] | None:
     return None
 
 
-def _slipped(broker: SimBroker, price: np.ndarray, action: str, tick: float) -> np.ndarray:
-    """Slippage.apply over an array, with the same float operations."""
-    s = broker.slippage
-    if not (s.ticks or s.percent or s.fixed):
-        return price
-    slip = s.ticks * tick + price * s.percent + s.fixed
-    out = price + slip if action == "buy" else price - slip
-    return np.where(slip == 0.0, price, out)
-
-
 _DECISION = ("time", "symbol", "rule", "kind", "outcome", "reason")
 _ORDER = ("action", "quantity", "sizing", "tif", "intent", "rule", "seq", "intent_reason", "time", "status",
           "status_time", "reason")
@@ -194,7 +185,7 @@ class _Candidates:
     """What both resolvers read: the entry candidates (bars where an entry rule fired), the exit
     candidates, the jump tables between them and the prices and times at every fill."""
 
-    def __init__(self, sig: SymbolSignals, settings: RunSettings, broker: SimBroker):
+    def __init__(self, sig: SymbolSignals, settings: RunSettings, broker: FillModel):
         self.symbol = sig.bars.symbol
         bars = self.bars = sig.bars
         n = self.n = len(bars)
@@ -246,10 +237,10 @@ class _Candidates:
         # prices at every candidate's fill (the times, for the records, when they are built)
         self._fb = np.minimum(E + d, n - 1)
         raw_in = bars.open[self._fb] if d else bars.close[self._fb]
-        self.in_price = {a: _slipped(broker, raw_in, a, bars.tick_size) for a in set(self.actions)}
+        self.in_price = {a: slipped(broker.slippage, raw_in, a, bars.tick_size) for a in set(self.actions)}
         self._gb = np.minimum(X + d, n - 1)
         raw_out = bars.open[self._gb] if d else bars.close[self._gb]
-        self.out_price = {a: _slipped(broker, raw_out, a, bars.tick_size)
+        self.out_price = {a: slipped(broker.slippage, raw_out, a, bars.tick_size)
                           for a in {"sell" if a == "buy" else "buy" for a in self.actions}}
         self.last_end = int(bars.end[-1]) if n else 0
 

@@ -20,7 +20,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..brokers.sim import SimBroker, SimFill, SymbolBars
+from ..brokers.matching import FillModel, SimFill
+from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
 from ..plan.evaluate import explain, value_at
@@ -71,7 +72,7 @@ class RunState:
     the account seen through it: marks, equity, margin and available funds. The Runner and the
     fast path both leave one behind for the Result and the journal."""
 
-    def __init__(self, plan: N.Plan, signals: dict[str, SymbolSignals], broker: SimBroker,
+    def __init__(self, plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillModel,
                  settings: RunSettings):
         self.plan = plan
         self.signals = signals
@@ -159,7 +160,7 @@ class RunState:
 class Runner(RunState):
     """Runs a plan over the symbols' bars with a broker, keeping the ledger and the records."""
 
-    def __init__(self, plan: N.Plan, signals: dict[str, SymbolSignals], broker: SimBroker, settings: RunSettings,
+    def __init__(self, plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillModel, settings: RunSettings,
                  progress: Callable[[int], None] | None = None, *, desk: OptionsDesk | None = None,
                  chains: Callable[[str, int], ChainView | None] | None = None,
                  on_intent: Callable[[dict], None] | None = None):
@@ -494,7 +495,7 @@ class Runner(RunState):
     def _options_symbol(self, symbol: str):
         """One underlying traded with option combos: entries evaluated on the chain bar by bar
         (where their bar-only conditions allow), then the open combo managed bar by bar."""
-        from ..orders.combos import run_chase
+        from ..brokers.matching import run_chase
 
         sig = self.signals[symbol]
         bars = sig.bars

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..brokers.sim import SymbolBars, first_touch, first_true
+from ..brokers.matching import first_touch, first_true
+from ..market.series import SymbolBars
 from ..plan import nodes as N
 from ..plan.evaluate import evaluate_window
 from ..portfolio.ledger import Position

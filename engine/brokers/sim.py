@@ -1,1 +1,304 @@
-"""SimBroker: the simulated venue (written next)."""
+"""SimBroker: a simulated venue, fed bars by the clock, speaking the Broker protocol.
+
+The clock calls `open_bar(symbol, k)` when bar k of a symbol opens and `close_bar(symbol, k)`
+when it closes. In between, the venue holds working orders and fills them by the matching rules
+(brokers.matching): market orders at the open, limits and stops when the bar's range touches
+them (stops before limits in one bar: the cautious order), market- and limit-on-close at the
+close. It emits what an IB broker would: OrderStatus (submitted, partially filled, filled,
+cancelled, rejected, expired), Execution with a unique execution id, CommissionReport.
+It keeps the account the way IB does (see portfolio.ledger): stock purchases spend cash, futures
+move only commissions and realised P&L. `partial` fills at most that share of an order's
+quantity in one bar, to rehearse partial fills.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from ..market.series import SymbolBars
+from . import events as E
+from .matching import FillModel, match_bar
+
+OPEN, CLOSE = "open", "close"
+
+
+@dataclass
+class _Working:
+    order: E.Order
+    broker_id: int
+    active_from: int          # the first bar it may fill in
+    session: float | None = None   # a day order's session (set at its first bar)
+    filled: float = 0.0
+    value: float = 0.0        # sum of price x quantity of its executions
+    triggered: bool = False   # a stop-limit whose stop was touched
+
+
+@dataclass
+class _Holding:
+    quantity: float = 0.0
+    avg_price: float = 0.0
+
+
+class SimBroker:
+    """A venue over known bars (a backtest's history, or bars replayed one at a time)."""
+
+    def __init__(self, bars: dict[str, SymbolBars], fills: FillModel, cash: float, account: str = "margin",
+                 partial: float | None = None):
+        self.bars = bars
+        self.fills = fills
+        self.cash = float(cash)
+        self.account_type = account
+        self.partial = partial
+        self._k: dict[str, int] = {s: -1 for s in bars}      # the bar each symbol is in (or last closed)
+        self._phase: dict[str, str] = {s: CLOSE for s in bars}
+        self._working: dict[str, _Working] = {}
+        self._by_symbol: dict[str, list[str]] = {s: [] for s in bars}
+        self._holdings: dict[str, _Holding] = {}
+        self._executions: list[E.Execution] = []
+        self._events: list[E.Event] = []
+        self._next_id = 1
+        self._exec_seq = 0
+        self.placed: list[E.Order] = []      # every order this venue was sent, in order
+
+    # ---- the clock ---------------------------------------------------------------------------
+    def open_bar(self, symbol: str, k: int) -> None:
+        self._k[symbol], self._phase[symbol] = k, OPEN
+        for ref in list(self._by_symbol[symbol]):
+            w = self._working.get(ref)
+            if w is not None and w.order.order_type == "market" and w.active_from <= k:
+                self._match(w, k)
+
+    def close_bar(self, symbol: str, k: int) -> None:
+        """Resting orders against bar k's range (stops first), on-close orders at its close, then
+        day orders whose session ends with this bar expire."""
+        b = self.bars[symbol]
+        refs = [r for r in self._by_symbol[symbol] if self._working[r].active_from <= k]
+        refs.sort(key=lambda r: self._working[r].order.order_type not in ("stop", "stop_limit"))
+        for ref in refs:
+            w = self._working.get(ref)
+            if w is not None:
+                self._match(w, k)
+        self._phase[symbol] = CLOSE
+        last = k + 1 >= len(b)
+        for ref in list(self._by_symbol[symbol]):
+            w = self._working[ref]
+            if w.active_from > k:
+                continue
+            tif = w.order.tif
+            if tif in ("ioc", "fok", "opg") or (tif == "day" and not last and b.session[k + 1] != w.session):
+                self._finish(w, E.EXPIRED, int(b.end[k]), "not filled before it expired")
+
+    # ---- protocol: reads ---------------------------------------------------------------------
+    def instrument(self, symbol: str) -> SymbolBars | None:
+        return self.bars.get(symbol)
+
+    def subscribe(self, symbol: str) -> None:
+        if symbol not in self.bars:
+            self._events.append(E.BrokerError(None, 200, f"No security definition has been found for {symbol}"))
+
+    def quote(self, symbol: str) -> E.Quote | None:
+        k = self._k.get(symbol, -1)
+        if k < 0:
+            return None
+        b = self.bars[symbol]
+        price, t = (float(b.open[k]), int(b.start[k])) if self._phase[symbol] == OPEN else \
+            (float(b.close[k]), int(b.end[k]))
+        return E.Quote(symbol, price, price, price, t)
+
+    def history(self, symbol: str, bars: int) -> SymbolBars | None:
+        b = self.bars.get(symbol)
+        if b is None:
+            return None
+        k = self._k[symbol] + (1 if self._phase[symbol] == CLOSE else 0)
+        lo = max(0, k - bars)
+        return SymbolBars(symbol, b.start[lo:k], b.end[lo:k], b.open[lo:k], b.high[lo:k], b.low[lo:k],
+                          b.close[lo:k], b.session[lo:k], b.multiplier, b.tick_size, b.margined, b.margin,
+                          b.contracts)
+
+    def option_chain(self, underlying: str, at: int):
+        return None   # combos are priced by the options desk from chain snapshots or synthesised chains
+
+    def what_if(self, order: E.Order) -> E.Margin | None:
+        b = self.bars.get(order.symbol)
+        q = self.quote(order.symbol)
+        if b is None or q is None:
+            return None
+        return E.Margin(self._margin(b, order.quantity, q.last), self.fills.fee(b, order.quantity, q.last))
+
+    def positions(self) -> dict[str, E.BrokerPosition]:
+        return {s: E.BrokerPosition(s, h.quantity, h.avg_price, self.bars[s].multiplier)
+                for s, h in self._holdings.items() if h.quantity}
+
+    def open_orders(self) -> list[E.Order]:
+        return [w.order for w in self._working.values()]
+
+    def executions(self) -> list[E.Execution]:
+        return list(self._executions)
+
+    def mark(self, symbol: str) -> float:
+        k = self._k[symbol]
+        b = self.bars[symbol]
+        if k < 0:
+            return float(b.open[0])
+        return float(b.open[k] if self._phase[symbol] == OPEN else b.close[k])
+
+    def account(self) -> E.AccountValues:
+        equity = self.cash
+        used = 0.0
+        for s, h in self._holdings.items():
+            if not h.quantity:
+                continue
+            b = self.bars[s]
+            price = self.mark(s)
+            if b.margined:
+                equity += (price - h.avg_price) * h.quantity * b.multiplier
+            else:
+                equity += price * h.quantity * b.multiplier
+            used += self._margin(b, h.quantity, price)
+        available = self.cash if self.account_type == "cash" and not any(
+            self.bars[s].margined for s, h in self._holdings.items() if h.quantity) else equity - used
+        return E.AccountValues(self.cash, equity, available, used)
+
+    def events(self) -> list[E.Event]:
+        out, self._events = self._events, []
+        return out
+
+    # ---- protocol: writes --------------------------------------------------------------------
+    def place(self, order: E.Order) -> str:
+        self.placed.append(order)
+        b = self.bars.get(order.symbol)
+        now = self._now(order.symbol)
+        why = None
+        if b is None:
+            why = (200, f"No security definition has been found for the request ({order.symbol})")
+        elif not (order.quantity > 0 and math.isfinite(order.quantity)):
+            why = (201, f"Order rejected - reason: the quantity {order.quantity:g} is not positive")
+        elif order.ref in self._working:
+            why = (103, f"Duplicate order id: {order.ref} is working")
+        if why is not None:
+            self._events.append(E.BrokerError(order.ref, why[0], why[1], now))
+            self._events.append(E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why[1]))
+            return order.ref
+        k = self._k[order.symbol]
+        phase = self._phase[order.symbol]
+        w = _Working(order, self._next_id, k if phase == OPEN else k + 1)
+        self._next_id += 1
+        self._working[order.ref] = w
+        self._by_symbol[order.symbol].append(order.ref)
+        self._events.append(E.OrderStatus(order.ref, E.SUBMITTED, 0.0, order.quantity, 0.0, now, "",
+                                          w.broker_id))
+        if order.order_type == "market" and k >= 0 and (phase == OPEN or self.fills.fill_model == "close"):
+            if phase == CLOSE:   # `fill: close`: a market order decided at a close fills at that close
+                w.active_from = k
+            self._match(w, k, at_close=phase == CLOSE)
+        return order.ref
+
+    def modify(self, ref: str, *, quantity: float | None = None, limit: float | None = None,
+               stop: float | None = None) -> None:
+        w = self._working.get(ref)
+        if w is None:
+            self._events.append(E.BrokerError(ref, 104, f"Cannot modify a filled order: {ref} is not working"))
+            return
+        changes = {k: v for k, v in (("quantity", quantity), ("limit", limit), ("stop", stop)) if v is not None}
+        w.order = replace(w.order, **changes)
+        now = self._now(w.order.symbol)
+        self._events.append(E.OrderStatus(ref, E.SUBMITTED if not w.filled else E.PARTIAL, w.filled,
+                                          w.order.quantity - w.filled, self._avg(w), now, "modified", w.broker_id))
+
+    def cancel(self, ref: str) -> None:
+        w = self._working.get(ref)
+        if w is None:
+            self._events.append(E.BrokerError(ref, 161, f"Cancel attempted when order is not in a cancellable "
+                                                        f"state: {ref}"))
+            return
+        self._finish(w, E.CANCELLED, self._now(w.order.symbol), "cancelled, cancel confirmed")
+
+    # ---- matching ----------------------------------------------------------------------------
+    def _match(self, w: _Working, k: int, at_close: bool = False) -> None:
+        o = w.order
+        b = self.bars[o.symbol]
+        buy = o.action == "buy"
+        if w.session is None:
+            w.session = b.session[k]
+        if at_close:   # a market order at this bar's close
+            price, when = self.fills.market_price(b, o.action, float(b.close[k])), int(b.end[k])
+        else:
+            m = match_bar(o.order_type, buy, o.limit, o.stop, float(b.open[k]), float(b.high[k]), float(b.low[k]),
+                          float(b.close[k]), self.fills.slippage, b.tick_size, w.triggered)
+            if m.triggered:
+                # touched the stop but beyond the limit: a limit from the next bar
+                w.triggered, w.active_from = True, k + 1
+                return
+            if m.price is None:
+                return
+            price = m.price
+            when = int(b.end[k]) if m.at_close else int(b.start[k])
+        remaining = o.quantity - w.filled
+        qty = remaining
+        if self.partial is not None and self.partial < 1.0:
+            qty = min(remaining, max(1.0, math.floor(o.quantity * self.partial)))
+        self._execute(w, k, qty, price, when)
+
+    def _execute(self, w: _Working, k: int, qty: float, price: float, when: int) -> None:
+        o = w.order
+        b = self.bars[o.symbol]
+        fee = self.fills.fee(b, qty, price)
+        self._exec_seq += 1
+        exec_id = f"sim.{w.broker_id:08d}.{self._exec_seq:06d}.01"
+        signed = qty if o.action == "buy" else -qty
+        h = self._holdings.setdefault(o.symbol, _Holding())
+        self.cash -= fee
+        if b.margined:
+            if h.quantity and (h.quantity > 0) != (signed > 0):   # closing: realise P&L
+                closed = min(abs(signed), abs(h.quantity))
+                self.cash += (price - h.avg_price) * closed * (1 if h.quantity > 0 else -1) * b.multiplier
+        else:
+            self.cash -= signed * price * b.multiplier
+        new = h.quantity + signed
+        if h.quantity == 0 or (h.quantity > 0) == (signed > 0):
+            h.avg_price = (h.avg_price * abs(h.quantity) + price * qty) / abs(new) if new else 0.0
+        elif (new > 0) != (h.quantity > 0) and new:
+            h.avg_price = price       # reversed through zero
+        h.quantity = 0.0 if abs(new) < 1e-12 else new
+        w.filled += qty
+        w.value += qty * price
+        ex = E.Execution(o.ref, exec_id, o.symbol, o.action, qty, price, when, w.broker_id, k)
+        self._executions.append(ex)
+        self._events.append(ex)
+        self._events.append(E.CommissionReport(exec_id, fee))
+        if o.quantity - w.filled <= 1e-9:
+            self._finish(w, E.FILLED, when, "")
+            if o.oca:
+                for ref in list(self._by_symbol[o.symbol]):
+                    other = self._working.get(ref)
+                    if other is not None and other.order.oca == o.oca:
+                        self._finish(other, E.CANCELLED, when, f"one-cancels-all: {o.ref} filled")
+        else:
+            self._events.append(E.OrderStatus(o.ref, E.PARTIAL, w.filled, o.quantity - w.filled, self._avg(w), when,
+                                              "", w.broker_id))
+
+    def _finish(self, w: _Working, status: str, when: int, reason: str) -> None:
+        o = w.order
+        del self._working[o.ref]
+        self._by_symbol[o.symbol].remove(o.ref)
+        self._events.append(E.OrderStatus(o.ref, status, w.filled, o.quantity - w.filled if status != E.FILLED
+                                          else 0.0, self._avg(w), when, reason, w.broker_id))
+
+    # ---- helpers -----------------------------------------------------------------------------
+    @staticmethod
+    def _avg(w: _Working) -> float:
+        return w.value / w.filled if w.filled else 0.0
+
+    def _now(self, symbol: str) -> int:
+        b = self.bars.get(symbol)
+        k = self._k.get(symbol, -1)
+        if b is None or k < 0:
+            return 0
+        return int(b.start[k] if self._phase[symbol] == OPEN else b.end[k])
+
+    def _margin(self, b: SymbolBars, quantity: float, price: float) -> float:
+        if b.margined:
+            return abs(quantity) * b.margin
+        value = abs(quantity) * price * b.multiplier
+        return value if self.account_type == "cash" else 0.5 * value

@@ -1,0 +1,93 @@
+"""A run on the trading kernel: a prepared strategy, its bars fed one at a time, a venue.
+
+`simulate(prep)` is `qtrade run --broker sim` (paper on the simulator) and, with dry_run, the
+dry run: the same kernel and the same orders, sent to a DryRunBroker that transmits nothing.
+`streaming=True` evaluates the plan bar by bar as a live run does (the streaming evaluator);
+False reads the same values from the vectorised evaluation (the backtest's).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from ..brokers.costs import Commission, Slippage
+from ..brokers.dryrun import DryRunBroker
+from ..brokers.matching import FillModel
+from ..brokers.sim import SimBroker
+from ..plan.evaluate import Stream, evaluate
+from . import backtest as bt
+from .collector import without_cyclic_gc
+from .journal import new_run_id
+from .kernel import Kernel, _Symbol
+from .runner import RunSettings
+from .signals import SymbolSignals
+
+
+def simulate(prep: bt.Prepared, *, dry_run: bool = False, streaming: bool = True, run_id: str | None = None,
+             on_order: Callable[[dict], None] | None = None, partial: float | None = None,
+             progress: Callable[[float], None] | None = None) -> bt.Result:
+    with without_cyclic_gc():
+        return _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress)
+
+
+def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress) -> bt.Result:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    plan = prep.plan
+    entry_nodes = [r.when for r in plan.rules if r.kind == "entry" and r.when is not None]
+    warmup = max((plan.nodes[i].warmup for i in entry_nodes), default=0)
+    symbols: dict[str, _Symbol] = {}
+    symbol_bars = {}
+    for symbol in prep.symbols:
+        if symbol not in prep.frames:
+            continue
+        sbars, bars = bt._symbol_bars(prep, symbol)
+        first = warmup
+        if prep.start is not None:
+            first = max(first, int(np.searchsorted(sbars.start, int(prep.start.value), side="left")))
+        last = len(sbars) if prep.end is None else int(np.searchsorted(sbars.start, int(prep.end.value), side="left"))
+        entry_mask, flat_mask = bt._schedule_masks(prep, bars)
+        if streaming:
+            values = [np.empty(len(sbars), dtype=object) if node.market else None for node in plan.nodes]
+            if last < len(sbars):
+                sbars, bars, _ = bt._truncate(sbars, bars, [], last)
+                values = [v[:last] if v is not None else None for v in values]
+            st = _Symbol(symbol, sbars, values, first, _cut(entry_mask, last), _cut(flat_mask, last), None,
+                         Stream(plan), bars)
+        else:
+            values = evaluate(plan, bars)
+            if last < len(sbars):
+                sbars, bars, values = bt._truncate(sbars, bars, values, last)
+            sig = SymbolSignals(plan, values, sbars, entry_mask=_cut(entry_mask, last), start=first)
+            candidates = None if sig.context_entries else sig.entry_idx
+            st = _Symbol(symbol, sbars, values, first, _cut(entry_mask, last), _cut(flat_mask, last), candidates)
+        symbols[symbol] = st
+        symbol_bars[symbol] = sbars
+    timings["evaluate"] = time.perf_counter() - t0
+    s = prep.settings
+    run_id = run_id or new_run_id()
+    settings = RunSettings(cash=float(s.get("cash", 100_000)), account=s.get("account", "margin"),
+                           orders=prep.doc.get(("orders",)) or {}, limits=bt._risk(prep.doc), run_id=run_id,
+                           strategy=plan.name, timezone=prep.timezone, dry_run=dry_run)
+    fills = FillModel(Commission.from_spec(s.get("commission")), Slippage.from_spec(s.get("slippage")),
+                      s.get("fill", "next_open"))
+    venue = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial)
+    broker = DryRunBroker(venue, SimBroker(symbol_bars, fills, settings.cash, settings.account, partial)) \
+        if dry_run else venue
+    span = bt._span(symbol_bars)
+    report = (lambda t: progress((t - span[0]) / max(span[1] - span[0], 1))) if progress and span else None
+    kernel = Kernel(plan, symbols, broker, fills, settings, on_order=on_order, progress=report)
+    t1 = time.perf_counter()
+    ledger = kernel.run()
+    timings["run"] = time.perf_counter() - t1
+    result = bt.Result(prep, run_id, ledger, kernel, symbol_bars, timings,
+                       lambda: bt.equity_curve(ledger, symbol_bars, settings.cash, prep.start))
+    result.broker = broker
+    return result
+
+
+def _cut(mask, last: int):
+    return None if mask is None else mask[:last]

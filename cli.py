@@ -369,17 +369,29 @@ def _describe_intent(info: dict) -> str:
               help="sim: the simulator, fed with the strategy's data; ib: Interactive Brokers through ib_async.")
 @click.option("--data", "data", type=click.Path(), help="Bars for the simulator (default: data.source).")
 @click.option("--days", type=click.IntRange(1, 3650), default=5, show_default=True,
-              help="With --broker sim: replay the last N trading days of the data.")
+              help="With --broker sim and no --from: replay the last N trading days of the data.")
+@click.option("--from", "start", metavar="YYYY-MM-DD", help="With --broker sim: first day replayed (inclusive).")
+@click.option("--to", "end", metavar="YYYY-MM-DD", help="With --broker sim: last day replayed (inclusive).")
+@click.option("--cash", type=float, help="Starting cash (default: the strategy's backtest.cash).")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a param. Repeatable.")
 @click.option("--journal", "journal_path", default="qtrade-journal.sqlite", show_default=True, type=click.Path())
-def run(strategy, dry_run, live, broker, data, days, sets, journal_path):
-    """Run STRATEGY: against the simulator (replaying the last days of its data) or IB.
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: the run's summary in the backtest's schema (the orders are not printed).")
+def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, journal_path, fmt):
+    """Run STRATEGY: against the simulator (replaying its data bar by bar) or IB.
 
-    With --dry-run every order it would send is printed (legs, limit and chase plan, credit,
-    max loss, margin, and the rule that fired) and journaled as not sent.
+    The run goes through the trading kernel, the loop a live run uses: the plan is evaluated bar
+    by bar, orders are sized and risk-checked when they are sent, the simulator fills them and
+    reports fills, exits and protective stops act on the positions it holds. With --dry-run the
+    same orders are printed (with the rule and the values it compared) and filled in a simulated
+    wallet, and nothing is transmitted.
     """
+    import time as _time
+
     from engine.diagnostics import DiagnosticError
+    from engine.report.run_summary import summarize_result
     from engine.runtime import backtest as bt
+    from engine.runtime import kernel, session
     from engine.runtime.journal import Journal, JournalError
 
     if live and broker != "ib":
@@ -388,39 +400,78 @@ def run(strategy, dry_run, live, broker, data, days, sets, journal_path):
         raise click.UsageError("--live and --dry-run contradict each other: choose one")
     if broker == "ib":
         _safe_echo("qtrade: the Interactive Brokers broker (ib_async) is not part of this version yet; "
-                   "use --broker sim (add --dry-run to print the orders without simulating fills)", err=True)
+                   "use --broker sim (add --dry-run to print the orders without transmitting them)", err=True)
         sys.exit(EXIT_USAGE)
+    started = _time.perf_counter()
     try:
-        prep = bt.prepare(strategy, _parse_sets(sets), data)
-        prep = bt.last_days(prep, days)
+        prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash)
+        if not start:
+            prep = bt.last_days(prep, days)
     except DiagnosticError as exc:
         _report_problems(exc)
     printed = []
+    text = fmt == "text"
+    why_kernel = kernel.supports(prep.plan, prep.doc.get(("orders",)) or {})
 
     def show(info: dict) -> None:
         printed.append(info)
-        _safe_echo(_describe_intent(info))
+        if text:
+            _safe_echo(_describe_intent(info) if why_kernel else _describe_order(info, prep.timezone))
 
     mode = "dry-run" if dry_run else "paper (simulator)"
-    _safe_echo(f"{prep.plan.name}: {mode} over {prep.start:%Y-%m-%d} to the end of the data, "
-               f"{', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''}\n")
-    result = bt.run(prep, dry_run=dry_run, on_intent=show)
+    if text:
+        _safe_echo(f"{prep.plan.name}: {mode} from {prep.start:%Y-%m-%d} to "
+                   f"{'the end of the data' if prep.end is None else f'{prep.end - pd_day():%Y-%m-%d}'}, "
+                   f"{', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''}\n")
+    if why_kernel is None:
+        result = session.simulate(prep, dry_run=dry_run, on_order=show)
+    else:   # options combos: still on the backtest Runner (orders printed when decided)
+        result = bt.run(prep, dry_run=dry_run, on_intent=show)
+    summary = summarize_result(result)
     try:
         with Journal(journal_path) as journal:
             bt.write_journal(result, journal, mode="dry-run" if dry_run else "paper")
-            journal.finish_run(result.run_id, "finished", {})
+            journal.finish_run(result.run_id, "finished", summary)
     except JournalError as exc:
         _safe_echo(f"qtrade: {exc}", err=True)
         sys.exit(EXIT_PROBLEMS)
+    if not text:
+        _safe_echo(json.dumps({"run_id": result.run_id, "journal": journal_path, "report": None,
+                               "seconds": round(_time.perf_counter() - started, 3), "timings": result.timings,
+                               "summary": summary}, indent=2, default=str))
+        return
     blocked = [d for d in result.runner.decisions if d.outcome == "blocked"]
+    errors = getattr(result.runner, "errors", [])
     _safe_echo(f"\n{len(printed)} order{'s' * (len(printed) != 1)} "
                f"{'would have been sent' if dry_run else 'sent to the simulator'}; "
                f"{len(blocked)} entr{'ies' if len(blocked) != 1 else 'y'} blocked")
     for d in blocked[-5:]:
         _safe_echo(f"  blocked {d.rule!r} on {d.symbol}: {d.reason}")
-    if not dry_run:
-        _safe_echo(f"{len(result.ledger.trades)} round trips, equity {result.final_equity:,.2f}")
+    for _, message in errors[:5]:
+        _safe_echo(f"  error: {message}")
+    if why_kernel is None or not dry_run:
+        _safe_echo(f"{len(result.ledger.trades)} round trips, {len(result.ledger.positions)} open, "
+                   f"equity {result.final_equity:,.2f}" + (" (simulated wallet)" if dry_run else ""))
     _safe_echo(f"journal: {journal_path} (run {result.run_id})")
+
+
+def pd_day():
+    import pandas as pd
+
+    return pd.Timedelta(days=1)
+
+
+def _describe_order(info: dict, timezone: str) -> str:
+    """An order the kernel sends, as a trader reads it: when, the order, the rule and why."""
+    import pandas as pd
+
+    intent = info["intent"]
+    when = pd.Timestamp(info["time"], tz="UTC").tz_convert(timezone)
+    stamp = f"{when:%Y-%m-%d} open" if (when.hour, when.minute) == (0, 0) else f"{when:%Y-%m-%d %H:%M}"
+    line = f"{stamp}  {intent.describe()}"
+    if intent.intent == "close":
+        return line + (f"\n    why: {intent.reason}" if intent.reason else "")
+    return line + (f"\n    why: rule '{info['rule']}' fired: {info['why']}" if info.get("why") else "")
 
 
 @main.command()

@@ -1,0 +1,65 @@
+"""`qtrade run --broker sim` on the trading kernel, from the command line: the same summary as
+`qtrade backtest` over the same days (the summary schema is shared), the dry run's printed
+orders are the paper run's orders, and nothing claims to have been sent that was not."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from click.testing import CliRunner
+
+import cli
+
+SMA = "strategies/sma_crossover.yaml"
+VOLATILE = {"run_id", "journal", "seconds", "timings", "report"}
+
+
+def _json(args, tmp_path, name):
+    out = CliRunner().invoke(cli.main, [*args, "--format", "json", "--journal", str(tmp_path / f"{name}.sqlite")])
+    assert out.exit_code == 0, out.output
+    return json.loads(out.output)
+
+
+def test_run_on_the_simulator_gives_the_backtests_summary_to_the_cent(tmp_path):
+    days = ["--from", "2012-01-01", "--to", "2016-12-31"]
+    back = _json(["backtest", SMA, *days, "--no-progress"], tmp_path, "b")
+    paper = _json(["run", SMA, "--broker", "sim", *days], tmp_path, "p")
+    dry = _json(["run", SMA, "--broker", "sim", "--dry-run", *days], tmp_path, "d")
+    assert back["summary"]["trades"] > 10
+    assert paper["summary"] == back["summary"]
+    assert dry["summary"] == back["summary"]
+
+
+def test_the_dry_run_prints_the_orders_the_paper_run_sends(tmp_path):
+    runner = CliRunner()
+    args = ["run", SMA, "--broker", "sim", "--days", "400"]
+    dry = runner.invoke(cli.main, [*args, "--dry-run", "--journal", str(tmp_path / "d.sqlite")])
+    paper = runner.invoke(cli.main, [*args, "--journal", str(tmp_path / "p.sqlite")])
+    assert dry.exit_code == 0 and paper.exit_code == 0, dry.output + paper.output
+    order = re.compile(r"^\S+ open  ((?:BUY|SELL) \d+ SPY MKT DAY \[[^\]]+\])", re.M)
+    dry_orders, paper_orders = order.findall(dry.output), order.findall(paper.output)
+    assert dry_orders == paper_orders
+    # long only, all in: entries and exits alternate, each exit sells what the entry bought
+    buys = [int(o.split()[1]) for o in dry_orders if o.startswith("BUY")]
+    sells = [int(o.split()[1]) for o in dry_orders if o.startswith("SELL")]
+    assert buys and sells and len(buys) - len(sells) in (0, 1)
+    assert all(sell == buy for buy, sell in zip(buys, sells))
+    assert f"{len(dry_orders)} orders would have been sent" in dry.output
+    assert f"{len(paper_orders)} orders sent to the simulator" in paper.output
+    assert "why: rule 'golden cross' fired: crosses_above(sma(close, 10), sma(close, 30)): yes" in dry.output
+
+
+def test_a_journal_of_a_dry_run_says_nothing_was_transmitted_as_filled_at_a_broker(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "d.sqlite"
+    out = CliRunner().invoke(cli.main, ["run", SMA, "--broker", "sim", "--dry-run", "--days", "400",
+                                        "--journal", str(path)])
+    assert out.exit_code == 0, out.output
+    con = sqlite3.connect(path)
+    mode, = con.execute("select mode from runs").fetchone()
+    assert mode == "dry-run"
+    rows = con.execute("select action, quantity, status from orders order by rowid").fetchall()
+    assert rows and all(q > 0 for _, q, _ in rows)      # every order carries the quantity it would send
+    assert {a for a, _, _ in rows} == {"buy", "sell"}

@@ -1,0 +1,176 @@
+"""The kernel's parts with plain values: the matching rule for one bar against the history
+search, the SimBroker venue's events (partial fills, OCA, expiry, rejections), and the order
+tracker's handling of events it cannot place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from engine.brokers import events as E
+from engine.brokers.costs import Commission, Slippage
+from engine.brokers.dryrun import DryRunBroker
+from engine.brokers.matching import FillModel, match_bar
+from engine.brokers.protocol import Broker
+from engine.brokers.sim import SimBroker
+from engine.market.series import SymbolBars
+from engine.orders.intent import OrderIntent
+
+
+def bars(opens, highs, lows, closes, sessions=None, symbol="X") -> SymbolBars:
+    n = len(opens)
+    start = np.arange(n, dtype=np.int64) * 86_400 * 10**9
+    return SymbolBars(symbol, start, start + 86_400 * 10**9, np.array(opens, float), np.array(highs, float),
+                      np.array(lows, float), np.array(closes, float),
+                      np.array(sessions if sessions is not None else np.zeros(n), dtype=float))
+
+
+@st.composite
+def random_bars(draw):
+    n = draw(st.integers(3, 12))
+    price = 100.0
+    o, h, l, c = [], [], [], []
+    for _ in range(n):
+        op = price + draw(st.floats(-3, 3))
+        cl = op + draw(st.floats(-3, 3))
+        o.append(op), c.append(cl)
+        h.append(max(op, cl) + draw(st.floats(0, 2))), l.append(min(op, cl) - draw(st.floats(0, 2)))
+        price = cl
+    return bars(o, h, l, c)
+
+
+def _venue_fill(b, intent, fills):
+    """Place at the close of bar 0 on a venue and step the bars: the first execution."""
+    venue = SimBroker({"X": b}, fills, 1e9)
+    venue.open_bar("X", 0)
+    venue.close_bar("X", 0)
+    venue.place(E.Order("r", "X", intent.action, 1.0, intent.order_type, intent.limit, intent.stop, "gtc"))
+    for k in range(1, len(b)):
+        venue.open_bar("X", k)
+        venue.close_bar("X", k)
+        for ev in venue.events():
+            if isinstance(ev, E.Execution):
+                return ev.bar, ev.price
+    return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(b=random_bars(), kind=st.sampled_from(["market", "limit", "stop", "stop_limit"]), buy=st.booleans(),
+       offset=st.floats(-4, 4), gap=st.floats(-2, 2))
+def test_the_venue_bar_by_bar_fills_as_the_history_search(b, kind, buy, offset, gap):
+    """One rule: SimBroker stepping bars with match_bar and FillModel.execute searching the
+    history give the same fill bar and price for every order type."""
+    fills = FillModel(Commission(), Slippage(fixed=0.01))
+    ref = float(b.close[0])
+    limit = ref + offset if kind in ("limit", "stop_limit") else None
+    stop = ref - offset if kind == "stop" else (ref + gap if kind == "stop_limit" else None)
+    intent = OrderIntent("X", "buy" if buy else "sell", kind, 1.0, None, limit, stop, "gtc")
+    want = fills.execute(b, intent, 0)
+    got = _venue_fill(b, intent, fills)
+    assert (None if want is None else (want.bar, want.price)) == got
+
+
+def test_match_bar_gaps_fill_at_the_open():
+    s = Slippage()
+    assert match_bar("limit", True, 10.0, None, 9.5, 10.2, 9.4, 10.0, s, 0.01).price == 9.5   # opened below
+    assert match_bar("stop", False, None, 10.0, 9.0, 9.6, 8.8, 9.2, s, 0.01).price == 9.0    # gapped through
+    m = match_bar("stop_limit", True, 10.1, 10.0, 10.5, 10.6, 10.4, 10.5, s, 0.01)
+    assert m.price is None and m.triggered                                                   # beyond the limit
+
+
+B = bars([10, 10, 9, 12, 11], [11, 10.5, 10, 13, 12], [9.5, 9.8, 8.5, 11.5, 10.5], [10, 10, 9.5, 12, 11],
+         sessions=[0, 1, 2, 3, 4])
+
+
+def test_partial_fills_arrive_as_several_executions_with_unique_ids():
+    venue = SimBroker({"X": B}, FillModel(Commission(per_unit=0.01), Slippage()), 100_000, partial=0.25)
+    venue.open_bar("X", 0)
+    venue.close_bar("X", 0)
+    venue.place(E.Order("a", "X", "buy", 10.0, "limit", limit=10.4, tif="gtc"))
+    seen = []
+    for k in range(1, 5):
+        venue.open_bar("X", k)
+        venue.close_bar("X", k)
+        seen += venue.events()
+    execs = [e for e in seen if isinstance(e, E.Execution)]
+    # 25% of 10, whole units, in each bar whose low reaches 10.4 (bars 1 and 2; 3 and 4 stay above)
+    assert [e.quantity for e in execs] == [2.0, 2.0]
+    assert len({e.exec_id for e in execs}) == 2
+    partial = [e for e in seen if isinstance(e, E.OrderStatus) and e.status == E.PARTIAL]
+    assert [p.remaining for p in partial] == [8.0, 6.0]
+    assert venue.positions()["X"].quantity == 4.0
+    assert [o.ref for o in venue.open_orders()] == ["a"]          # gtc: still working for the rest
+    assert venue.account().cash == pytest.approx(100_000 - sum(e.quantity * e.price for e in execs) - 0.04)
+
+
+def test_one_cancels_all_and_day_orders_expire_at_the_session_end():
+    venue = SimBroker({"X": B}, FillModel(Commission(), Slippage()), 100_000)
+    venue.open_bar("X", 0)
+    venue.close_bar("X", 0)
+    venue.place(E.Order("stop", "X", "sell", 1, "stop", stop=9.0, tif="gtc", oca="p"))
+    venue.place(E.Order("target", "X", "sell", 1, "limit", limit=12.5, tif="gtc", oca="p"))
+    venue.place(E.Order("day", "X", "buy", 1, "limit", limit=5.0, tif="day"))
+    venue.open_bar("X", 1)
+    venue.close_bar("X", 1)
+    statuses = {e.ref: e.status for e in venue.events() if isinstance(e, E.OrderStatus)}
+    assert statuses["day"] == E.EXPIRED
+    venue.open_bar("X", 2)
+    venue.close_bar("X", 2)           # the low of 8.5 takes the stop at 9.0
+    statuses = {e.ref: (e.status, e.reason) for e in venue.events() if isinstance(e, E.OrderStatus)}
+    assert statuses["stop"][0] == E.FILLED
+    assert statuses["target"] == (E.CANCELLED, "one-cancels-all: stop filled")
+    assert venue.open_orders() == []
+
+
+def test_the_venue_rejects_what_it_cannot_trade():
+    venue = SimBroker({"X": B}, FillModel(Commission(), Slippage()), 100_000)
+    venue.place(E.Order("u", "NOPE", "buy", 1))
+    venue.place(E.Order("z", "X", "buy", 0))
+    events = venue.events()
+    assert [(e.ref, e.code) for e in events if isinstance(e, E.BrokerError)] == [("u", 200), ("z", 201)]
+    assert [e.status for e in events if isinstance(e, E.OrderStatus)] == [E.REJECTED, E.REJECTED]
+    venue.cancel("never")
+    assert [e.code for e in venue.events()] == [161]
+
+
+def test_sim_and_dry_run_brokers_implement_the_protocol():
+    venue = SimBroker({"X": B}, FillModel(Commission(), Slippage()), 1)
+    assert isinstance(venue, Broker)
+    assert isinstance(DryRunBroker(venue, SimBroker({"X": B}, FillModel(Commission(), Slippage()), 1)), Broker)
+
+
+class _Noisy(SimBroker):
+    """A venue that also reports what the kernel never sent, and one execution twice."""
+
+    def events(self):
+        out = super().events()
+        extra = []
+        for ev in out:
+            if isinstance(ev, E.Execution):
+                extra += [ev, E.Execution("qtrade:elsewhere:1", "x.1", ev.symbol, "buy", 5, ev.price, ev.time)]
+        return out + extra
+
+
+def test_events_the_tracker_cannot_place_are_errors_that_stop_new_entries(tmp_path):
+    from engine.runtime import backtest as bt
+    from engine.runtime import kernel, session
+
+    prep = bt.prepare("strategies/sma_crossover.yaml")
+    real = session.SimBroker
+    session.SimBroker = _Noisy
+    try:
+        result = session.simulate(prep, streaming=False, run_id="t")
+    finally:
+        session.SimBroker = real
+    runner = result.runner
+    assert isinstance(runner, kernel.Kernel)
+    assert any("did not send (qtrade:elsewhere:1)" in m for _, m in runner.errors)
+    assert runner.halted.startswith("execution x.1")
+    # the duplicate execution was ignored (the entry's quantity is what was ordered); exits still
+    # manage the open position, and no entry follows
+    entry, exit_ = result.ledger.fills
+    assert entry.quantity == result.runner.orders[0].intent.quantity == exit_.quantity
+    assert not result.ledger.positions and len(result.ledger.trades) == 1
+    blocked = [d for d in runner.decisions if d.outcome == "blocked"]
+    assert blocked and all(d.reason.startswith("entries stopped: execution x.1") for d in blocked)

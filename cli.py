@@ -391,7 +391,7 @@ def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, jou
     from engine.diagnostics import DiagnosticError
     from engine.report.run_summary import summarize_result
     from engine.runtime import backtest as bt
-    from engine.runtime import kernel, session
+    from engine.runtime import session
     from engine.runtime.journal import Journal, JournalError
 
     if live and broker != "ib":
@@ -411,22 +411,18 @@ def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, jou
         _report_problems(exc)
     printed = []
     text = fmt == "text"
-    why_kernel = kernel.supports(prep.plan, prep.doc.get(("orders",)) or {})
 
     def show(info: dict) -> None:
         printed.append(info)
         if text:
-            _safe_echo(_describe_intent(info) if why_kernel else _describe_order(info, prep.timezone))
+            _safe_echo(_describe_intent(info) if info.get("quote") is not None else _describe_order(info, prep.timezone))
 
     mode = "dry-run" if dry_run else "paper (simulator)"
     if text:
         _safe_echo(f"{prep.plan.name}: {mode} from {prep.start:%Y-%m-%d} to "
                    f"{'the end of the data' if prep.end is None else f'{prep.end - pd_day():%Y-%m-%d}'}, "
                    f"{', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''}\n")
-    if why_kernel is None:
-        result = session.simulate(prep, dry_run=dry_run, on_order=show)
-    else:   # options combos: still on the backtest Runner (orders printed when decided)
-        result = bt.run(prep, dry_run=dry_run, on_intent=show)
+    result = session.simulate(prep, dry_run=dry_run, on_order=show)
     summary = summarize_result(result)
     try:
         with Journal(journal_path) as journal:
@@ -449,9 +445,8 @@ def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, jou
         _safe_echo(f"  blocked {d.rule!r} on {d.symbol}: {d.reason}")
     for _, message in errors[:5]:
         _safe_echo(f"  error: {message}")
-    if why_kernel is None or not dry_run:
-        _safe_echo(f"{len(result.ledger.trades)} round trips, {len(result.ledger.positions)} open, "
-                   f"equity {result.final_equity:,.2f}" + (" (simulated wallet)" if dry_run else ""))
+    _safe_echo(f"{len(result.ledger.trades)} round trips, {len(result.ledger.positions)} open, "
+               f"equity {result.final_equity:,.2f}" + (" (simulated wallet)" if dry_run else ""))
     _safe_echo(f"journal: {journal_path} (run {result.run_id})")
 
 
@@ -465,7 +460,11 @@ def _describe_order(info: dict, timezone: str) -> str:
     """An order the kernel sends, as a trader reads it: when, the order, the rule and why."""
     import pandas as pd
 
+    from engine.orders.intent import OrderIntent
+
     intent = info["intent"]
+    if info.get("role") == "combo_exit":      # a BAG order closing the combo: its price is a debit or credit
+        intent = OrderIntent(**{**intent.__dict__, "symbol": f"{intent.symbol} {info['order']} combo"})
     when = pd.Timestamp(info["time"], tz="UTC").tz_convert(timezone)
     stamp = f"{when:%Y-%m-%d} open" if (when.hour, when.minute) == (0, 0) else f"{when:%Y-%m-%d %H:%M}"
     line = f"{stamp}  {intent.describe()}"

@@ -41,9 +41,11 @@ def _kernel_runs(prep):
     return streamed, vectorised, dry
 
 
-@pytest.mark.parametrize("case", ["sma_crossover", "breakout_nq"])
+@pytest.mark.parametrize("case", ["sma_crossover", "breakout_nq", "iron_condor", "spxw_condor"])
 def test_the_kernel_trades_as_the_backtest_on_the_examples(case, tmp_path):
-    if case in ("breakout_nq",):
+    """Including the iron condor with its chase: real timed modifies of one BAG order on the
+    venue, cancelled and confirmed when the chase runs out."""
+    if case in ("breakout_nq", "spxw_condor"):
         _need_shared()
     want = json.loads((cases.HERE / f"{case}.json").read_text())
     path = cases.strategy_path(case, tmp_path)

@@ -223,9 +223,14 @@ def test_dry_run_prints_the_combo_it_would_send(tmp_path):
     assert "credit" in text and "max loss" in text and "margin" in text
     assert "would have been sent" in text
     db = sqlite3.connect(tmp_path / "j.sqlite")
+    # the dry run's simulated wallet trades as the paper run would: the condor's chase fills or
+    # times out (cancelled, confirmed), and its exits close what it opened; nothing is transmitted
+    assert db.execute("SELECT mode FROM runs").fetchone()[0] == "dry-run"
     statuses = {r[0] for r in db.execute("SELECT status FROM orders")}
-    assert statuses == {"dry-run"}
-    assert db.execute("SELECT count(*) FROM fills").fetchone()[0] == 0
+    assert statuses == {"filled", "cancelled"}
+    opened = db.execute("SELECT count(*) FROM orders WHERE intent = 'open' AND status = 'filled'").fetchone()[0]
+    assert opened >= 1 and db.execute("SELECT count(*) FROM trades").fetchone()[0] == opened
+    assert "max_open_positions" not in text and text.count("combo [calm market") <= 10
     legs = json.loads(db.execute("SELECT legs FROM orders LIMIT 1").fetchone()[0])
     assert {leg["name"] for leg in legs} == {"short_put", "long_put", "short_call", "long_call"}
 

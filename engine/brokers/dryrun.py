@@ -28,6 +28,16 @@ class DryRunBroker:
         self.inner.close_bar(symbol, k)
         self.wallet.close_bar(symbol, k)
 
+    def at(self, time: int) -> None:
+        self.inner.at(time)
+        self.wallet.at(time)
+
+    def mark_combo(self, key: str, credit: float) -> None:
+        self.wallet.mark_combo(key, credit)
+
+    def settle(self, key: str, debit: float, when: int) -> None:
+        self.wallet.settle(key, debit, when)
+
     # reads of the market: the inner broker's
     def instrument(self, symbol: str):
         return self.inner.instrument(symbol)

@@ -35,6 +35,9 @@ class Order:
     owner: str = ""                  # the strategy or agent whose position this is
     intent: str = "open"             # open | close
     rule: str = ""
+    legs: tuple = ()                 # a combo (IB's BAG): its legs (orders.combos.LegQuote)
+    underlying: str = ""             # a combo's underlying (its `symbol` is the combo's own key)
+    multiplier: float = 1.0          # a combo's contract multiplier
 
     def describe(self) -> str:
         price = ""

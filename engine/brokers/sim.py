@@ -9,6 +9,11 @@ cancelled, rejected, expired), Execution with a unique execution id, CommissionR
 It keeps the account the way IB does (see portfolio.ledger): stock purchases spend cash, futures
 move only commissions and realised P&L. `partial` fills at most that share of an order's
 quantity in one bar, to rehearse partial fills.
+
+Combos (an Order with legs, IB's BAG) are priced by `combo_quote(order)`, the legs' quotes in
+the newest chain known; a combo limit fills when it is placed or modified if the spread model
+says it is marketable (matching.combo_marketable, `fill_fraction`), a combo market order at the
+natural price. Cash settlement at expiry is `settle`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from ..market.series import SymbolBars
 from . import events as E
-from .matching import FillModel, match_bar
+from .matching import FillModel, marketable, match_bar
 
 OPEN, CLOSE = "open", "close"
 
@@ -44,7 +49,11 @@ class SimBroker:
     """A venue over known bars (a backtest's history, or bars replayed one at a time)."""
 
     def __init__(self, bars: dict[str, SymbolBars], fills: FillModel, cash: float, account: str = "margin",
-                 partial: float | None = None):
+                 partial: float | None = None, combo_quote=None, fill_fraction: float = 0.5):
+        self.combo_quote = combo_quote
+        self.fill_fraction = fill_fraction
+        self._combos: dict[str, float] = {}    # combo key -> multiplier, for the account's marks
+        self._combo_marks: dict[str, float] = {}
         self.bars = bars
         self.fills = fills
         self.cash = float(cash)
@@ -60,20 +69,22 @@ class SimBroker:
         self._next_id = 1
         self._exec_seq = 0
         self.placed: list[E.Order] = []      # every order this venue was sent, in order
+        self.clock: int | None = None        # the run's time (ns), set by its clock; else the bars' times
 
     # ---- the clock ---------------------------------------------------------------------------
     def open_bar(self, symbol: str, k: int) -> None:
         self._k[symbol], self._phase[symbol] = k, OPEN
         for ref in list(self._by_symbol[symbol]):
             w = self._working.get(ref)
-            if w is not None and w.order.order_type == "market" and w.active_from <= k:
+            if w is not None and w.order.order_type == "market" and w.active_from <= k and not w.order.legs:
                 self._match(w, k)
 
     def close_bar(self, symbol: str, k: int) -> None:
         """Resting orders against bar k's range (stops first), on-close orders at its close, then
         day orders whose session ends with this bar expire."""
         b = self.bars[symbol]
-        refs = [r for r in self._by_symbol[symbol] if self._working[r].active_from <= k]
+        refs = [r for r in self._by_symbol[symbol] if self._working[r].active_from <= k
+                and not self._working[r].order.legs]
         refs.sort(key=lambda r: self._working[r].order.order_type not in ("stop", "stop_limit"))
         for ref in refs:
             w = self._working.get(ref)
@@ -83,7 +94,7 @@ class SimBroker:
         last = k + 1 >= len(b)
         for ref in list(self._by_symbol[symbol]):
             w = self._working[ref]
-            if w.active_from > k:
+            if w.active_from > k or w.order.legs:
                 continue
             tif = w.order.tif
             if tif in ("ioc", "fok", "opg") or (tif == "day" and not last and b.session[k + 1] != w.session):
@@ -127,7 +138,8 @@ class SimBroker:
         return E.Margin(self._margin(b, order.quantity, q.last), self.fills.fee(b, order.quantity, q.last))
 
     def positions(self) -> dict[str, E.BrokerPosition]:
-        return {s: E.BrokerPosition(s, h.quantity, h.avg_price, self.bars[s].multiplier)
+        return {s: E.BrokerPosition(s, h.quantity, h.avg_price,
+                                    self._combos[s] if s in self._combos else self.bars[s].multiplier)
                 for s, h in self._holdings.items() if h.quantity}
 
     def open_orders(self) -> list[E.Order]:
@@ -149,6 +161,10 @@ class SimBroker:
         for s, h in self._holdings.items():
             if not h.quantity:
                 continue
+            if s in self._combos:    # a combo at its last mark (the kernel's mid), else its fill price
+                mark = self._combo_marks.get(s, h.avg_price)
+                equity += mark * h.quantity * self._combos[s]
+                continue
             b = self.bars[s]
             price = self.mark(s)
             if b.margined:
@@ -157,7 +173,8 @@ class SimBroker:
                 equity += price * h.quantity * b.multiplier
             used += self._margin(b, h.quantity, price)
         available = self.cash if self.account_type == "cash" and not any(
-            self.bars[s].margined for s, h in self._holdings.items() if h.quantity) else equity - used
+            s in self._combos or self.bars[s].margined for s, h in self._holdings.items() if h.quantity) \
+            else equity - used
         return E.AccountValues(self.cash, equity, available, used)
 
     def events(self) -> list[E.Event]:
@@ -167,6 +184,8 @@ class SimBroker:
     # ---- protocol: writes --------------------------------------------------------------------
     def place(self, order: E.Order) -> str:
         self.placed.append(order)
+        if order.legs:
+            return self._place_combo(order)
         b = self.bars.get(order.symbol)
         now = self._now(order.symbol)
         why = None
@@ -202,9 +221,11 @@ class SimBroker:
             return
         changes = {k: v for k, v in (("quantity", quantity), ("limit", limit), ("stop", stop)) if v is not None}
         w.order = replace(w.order, **changes)
-        now = self._now(w.order.symbol)
+        now = self._now(self._key(w.order))
         self._events.append(E.OrderStatus(ref, E.SUBMITTED if not w.filled else E.PARTIAL, w.filled,
                                           w.order.quantity - w.filled, self._avg(w), now, "modified", w.broker_id))
+        if w.order.legs:
+            self._match_combo(w)
 
     def cancel(self, ref: str) -> None:
         w = self._working.get(ref)
@@ -212,7 +233,7 @@ class SimBroker:
             self._events.append(E.BrokerError(ref, 161, f"Cancel attempted when order is not in a cancellable "
                                                         f"state: {ref}"))
             return
-        self._finish(w, E.CANCELLED, self._now(w.order.symbol), "cancelled, cancel confirmed")
+        self._finish(w, E.CANCELLED, self._now(self._key(w.order)), "cancelled, cancel confirmed")
 
     # ---- matching ----------------------------------------------------------------------------
     def _match(self, w: _Working, k: int, at_close: bool = False) -> None:
@@ -240,8 +261,57 @@ class SimBroker:
             qty = min(remaining, max(1.0, math.floor(o.quantity * self.partial)))
         self._execute(w, k, qty, price, when)
 
+    # ---- combos ------------------------------------------------------------------------------
+    def _place_combo(self, order: E.Order) -> str:
+        under = order.underlying
+        now = self._now(under)
+        if under not in self.bars or self.combo_quote is None:
+            why = f"No security definition has been found for the combo on {under}"
+            self._events.append(E.BrokerError(order.ref, 200, why, now))
+            self._events.append(E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why))
+            return order.ref
+        w = _Working(order, self._next_id, self._k[under])
+        self._next_id += 1
+        self._working[order.ref] = w
+        self._by_symbol[under].append(order.ref)
+        self._events.append(E.OrderStatus(order.ref, E.SUBMITTED, 0.0, order.quantity, 0.0, now, "", w.broker_id))
+        self._match_combo(w)
+        return order.ref
+
+    def _match_combo(self, w: _Working) -> None:
+        o = w.order
+        quote = self.combo_quote(o)
+        if isinstance(quote, str) or quote is None:
+            return
+        opening = o.intent == "open"
+        if o.order_type == "market":
+            price = quote.natural if opening else quote.closing_natural
+            price = abs(price)
+        elif marketable(o.limit, quote, self.fill_fraction, opening):
+            price = o.limit
+        else:
+            return
+        under = o.underlying
+        k = self._k[under]
+        self._execute(w, k, o.quantity - w.filled, price, self._now(under))
+
+    def settle(self, key: str, debit: float, when: int) -> None:
+        """Cash settlement of an expiring combo held under `key`: it closes at `debit` per unit."""
+        h = self._holdings.get(key)
+        if h is None or not h.quantity:
+            return
+        mult = self._combos.get(key, 1.0)
+        self.cash -= h.quantity * debit * mult if h.quantity < 0 else -h.quantity * debit * mult
+        h.quantity, h.avg_price = 0.0, 0.0
+
+    def _key(self, order: E.Order) -> str:
+        return order.underlying if order.legs else order.symbol
+
     def _execute(self, w: _Working, k: int, qty: float, price: float, when: int) -> None:
         o = w.order
+        if o.legs:
+            self._execute_combo(w, k, qty, price, when)
+            return
         b = self.bars[o.symbol]
         fee = self.fills.fee(b, qty, price)
         self._exec_seq += 1
@@ -261,6 +331,25 @@ class SimBroker:
         elif (new > 0) != (h.quantity > 0) and new:
             h.avg_price = price       # reversed through zero
         h.quantity = 0.0 if abs(new) < 1e-12 else new
+        self._report(w, k, qty, price, when, exec_id, fee)
+
+    def _execute_combo(self, w: _Working, k: int, qty: float, price: float, when: int) -> None:
+        o = w.order
+        contracts = qty * sum(leg.ratio for leg in o.legs)
+        fee = self.fills.commission(contracts, abs(price), o.multiplier, True)
+        self._exec_seq += 1
+        exec_id = f"sim.{w.broker_id:08d}.{self._exec_seq:06d}.01"
+        signed = qty if o.action == "buy" else -qty
+        self.cash -= fee + signed * price * o.multiplier
+        self._combos[o.symbol] = o.multiplier
+        h = self._holdings.setdefault(o.symbol, _Holding())
+        new = h.quantity + signed
+        h.avg_price = price if not h.quantity else h.avg_price
+        h.quantity = 0.0 if abs(new) < 1e-12 else new
+        self._report(w, k, qty, price, when, exec_id, fee)
+
+    def _report(self, w: _Working, k: int, qty: float, price: float, when: int, exec_id: str, fee: float) -> None:
+        o = w.order
         w.filled += qty
         w.value += qty * price
         ex = E.Execution(o.ref, exec_id, o.symbol, o.action, qty, price, when, w.broker_id, k)
@@ -270,7 +359,7 @@ class SimBroker:
         if o.quantity - w.filled <= 1e-9:
             self._finish(w, E.FILLED, when, "")
             if o.oca:
-                for ref in list(self._by_symbol[o.symbol]):
+                for ref in list(self._by_symbol[self._key(o)]):
                     other = self._working.get(ref)
                     if other is not None and other.order.oca == o.oca:
                         self._finish(other, E.CANCELLED, when, f"one-cancels-all: {o.ref} filled")
@@ -281,7 +370,7 @@ class SimBroker:
     def _finish(self, w: _Working, status: str, when: int, reason: str) -> None:
         o = w.order
         del self._working[o.ref]
-        self._by_symbol[o.symbol].remove(o.ref)
+        self._by_symbol[self._key(o)].remove(o.ref)
         self._events.append(E.OrderStatus(o.ref, status, w.filled, o.quantity - w.filled if status != E.FILLED
                                           else 0.0, self._avg(w), when, reason, w.broker_id))
 
@@ -290,7 +379,17 @@ class SimBroker:
     def _avg(w: _Working) -> float:
         return w.value / w.filled if w.filled else 0.0
 
+    def at(self, time: int) -> None:
+        """The clock's time: what the venue stamps on what happens between bars (a chase step)."""
+        self.clock = time
+
+    def mark_combo(self, key: str, credit: float) -> None:
+        """A held combo's value per unit now (negative for a credit combo: what closing costs)."""
+        self._combo_marks[key] = credit
+
     def _now(self, symbol: str) -> int:
+        if self.clock is not None:
+            return self.clock
         b = self.bars.get(symbol)
         k = self._k.get(symbol, -1)
         if b is None or k < 0:

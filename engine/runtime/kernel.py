@@ -18,8 +18,14 @@ each symbol's bars in global time order and the kernel reacts:
   filled than ordered) is journaled as an error and stops new entries.
 
 The feed skips, per symbol, the bars where nothing can fire and nothing is open or working,
-which keeps a run over long history fast. Option combos are not in the kernel yet: `supports`
-says so, and those strategies still run on runtime.runner.
+which keeps a run over long history fast.
+
+An underlying traded with option combos (every entry rule's order has legs) is priced by the
+options desk on the chain of each bar; its entry is one BAG order whose chase is a limit
+modified on a timer (every `every` seconds, `steps` prices, never past the floor), cancelled and
+the cancel confirmed when it runs out. An open combo is marked at mid each bar, its exits read
+its P&L, its close is a chase too (and, if that times out, an order at the natural price), and
+an expiring combo is cash-settled at the underlying's settlement price.
 """
 
 from __future__ import annotations
@@ -42,16 +48,9 @@ from ..portfolio.ledger import Fill, Ledger
 from ..risk.limits import AccountState, cap_quantity, check_entry
 from .runner import Decision, OrderRecord, RunSettings, RunState, _context_nodes, _with_excursions
 
-# phases at one instant: decisions at a close, then fills at an open, then fills inside a bar
-CLOSE, OPEN, INTRABAR = 0, 1, 2
-
-
-def supports(plan: N.Plan, orders: dict) -> str | None:
-    """None when the kernel runs this strategy, else why not (yet)."""
-    for name, spec in orders.items():
-        if "legs" in (spec or {}):
-            return f"order '{name}' is an options combo (combos run on the backtest Runner for now)"
-    return None
+# phases at one instant: timers due then (a chase's step or its cancel) first, then decisions at a
+# close, then fills at an open, then fills inside a bar
+TIMER, CLOSE, OPEN, INTRABAR = -1, 0, 1, 2
 
 
 @dataclass
@@ -73,6 +72,8 @@ class _Tracked:
     last_bar: int = -1
     last_time: int = 0
     why: str = ""                   # what the rule compared when it fired (for printed orders)
+    combo: dict | None = None       # a combo order's quote, chase and position facts
+    chase_prices: list = field(default_factory=list)
     sent: bool = False
     done: bool = False
 
@@ -88,12 +89,15 @@ class _Symbol:
     candidates: np.ndarray | None   # bars where an entry can fire (None: every bar)
     stream: Stream | None = None
     inputs: object = None           # evaluate.Bars for streaming
+    combo: bool = False             # traded with option combos through the desk
     owner: str | None = None        # who holds the open position
     pending: list = field(default_factory=list)    # refs decided, to send at the next open
     working_entry: str | None = None
     closing: str | None = None
     protect: dict = field(default_factory=dict)    # (rule name, stop|target) -> ref
     stats: dict = field(default_factory=dict)      # running position fields
+    key: str | None = None          # the ledger key of its open position (the symbol, or a combo's key)
+    chasing: str | None = None      # the combo order whose chase is running
 
 
 class Kernel(RunState):
@@ -102,7 +106,7 @@ class Kernel(RunState):
     def __init__(self, plan: N.Plan, symbols: dict[str, _Symbol], broker, fills: FillModel,
                  settings: RunSettings, *, on_order: Callable[[dict], None] | None = None,
                  before_send: Callable[[OrderRecord], None] | None = None,
-                 progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, desk=None, chains=None):
         class _Sig:      # RunState reads .bars of each symbol's signals
             def __init__(self, bars):
                 self.bars = bars
@@ -113,6 +117,10 @@ class Kernel(RunState):
         self.on_order = on_order
         self.before_send = before_send
         self.progress = progress
+        self.desk = desk
+        self.chains = chains
+        self._heap: list = []
+        self._timer_seq = 0
         self.orders_by_ref: dict[str, _Tracked] = {}
         self.errors: list[tuple[int, str]] = []
         self.halted = ""                 # why new entries stopped ('' while they may go on)
@@ -131,27 +139,36 @@ class Kernel(RunState):
         self._context_entries = {r.name for r in self._entries if not plan.nodes[r.when].market or
                                  (r.agent and self._active.get(r.agent) is not None and
                                   not plan.nodes[self._active[r.agent]].market)}
+        self._combo_rules = {r.name for r in self._entries if "legs" in (settings.orders.get(r.order) or {})}
 
     # ---- the feed ----------------------------------------------------------------------------
     def run(self) -> Ledger:
         for symbol, st in sorted(self.syms.items()):
             for rule in self._entries:
+                if st.combo and rule.name in self._combo_rules:
+                    continue
+                if rule.name in self._combo_rules:
+                    self._decide(symbol, rule.name, "entry", "blocked",
+                                 f"order '{rule.order}' is an options combo and {symbol} has no option chains here")
+                    continue
                 if rule.name in self._context_entries:
                     needs = sorted({n.attrs[0] for n in _context_nodes(self.plan, rule)})
                     self._decide(symbol, rule.name, "entry", "blocked",
                                  f"needs {', '.join(needs) or 'run context'}, which this run does not provide yet "
                                  "(scanner results come with the scanner engine)")
-        heap = []
+        heap = self._heap
         for order, symbol in enumerate(sorted(self.syms)):
             proc = self._symbol(symbol)
             first = next(proc, None)
             if first is not None:
                 heap.append((first[0], first[1], order, proc))
         heapq.heapify(heap)
+        self._timer_seq = len(self.syms)
         done = 0
         while heap:
             time, phase, order, proc = heapq.heappop(heap)
             self._now = time
+            self.venue.at(time)
             nxt = next(proc, None)
             if nxt is not None:
                 heapq.heappush(heap, (nxt[0], nxt[1], order, proc))
@@ -194,8 +211,17 @@ class Kernel(RunState):
             k += 1
 
     def _idle(self, st: _Symbol) -> bool:
-        return st.symbol not in self.ledger.positions and not st.pending and st.working_entry is None \
-            and st.closing is None
+        return st.key is None and not st.pending and st.working_entry is None and st.closing is None \
+            and st.chasing is None
+
+    def _at(self, time: int, action: Callable[[], None]) -> None:
+        """A timer: `action` runs at `time` (before the bars' events of that instant)."""
+        def proc():
+            yield time, TIMER
+            action()
+        gen = proc()
+        self._timer_seq += 1
+        heapq.heappush(self._heap, (*next(gen), self._timer_seq, gen))
 
     def _stream(self, st: _Symbol, k: int) -> None:
         inputs = st.inputs
@@ -344,6 +370,9 @@ class Kernel(RunState):
             return
         tr.done = True
         st = self.syms[tr.symbol]
+        if tr.role in ("combo_entry", "combo_exit"):
+            self._combo_done(tr, st, ev)
+            return
         if tr.filled > 0:
             self._book(tr, st)
         else:
@@ -368,7 +397,7 @@ class Kernel(RunState):
         self._status(tr, "filled", tr.last_time, "", tr.filled if it.quantity is None else None)
         if tr.role == "entry":
             self.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)
-            st.owner = tr.owner
+            st.owner, st.key = tr.owner, tr.symbol
             st.stats = {}
             return
         if tr.role in ("stop", "target"):
@@ -387,7 +416,7 @@ class Kernel(RunState):
             return
         trade = self.ledger.close(fill, tr.rule.reason)
         self.ledger.trades[-1] = _with_excursions(trade, b)
-        st.owner = None
+        st.owner = st.key = None
         if trade.pnl < 0:
             self._losses += 1
         else:
@@ -401,8 +430,13 @@ class Kernel(RunState):
     def _on_close(self, st: _Symbol, k: int) -> None:
         if st.stream is not None:
             self._stream(st, k)
-        symbol = st.symbol
-        if symbol in self.ledger.positions and st.closing is None:
+        if st.combo:
+            if st.key is not None and st.chasing is None:
+                self._manage_combo(st, k)
+            elif self._idle(st):
+                self._enter_combo(st, k)
+            return
+        if st.key is not None and st.closing is None:
             self._manage(st, k)
         if self._idle(st):
             self._enter(st, k)
@@ -456,7 +490,7 @@ class Kernel(RunState):
             for ref in list(st.protect.values()):
                 self.venue.cancel(ref)
             self._drain()
-            if st.symbol not in self.ledger.positions:
+            if st.key is None:
                 return
             self._exit_order(st, fired, k, kind)
             return
@@ -576,6 +610,324 @@ class Kernel(RunState):
         else:
             st.pending.append(tr.intent.tag)
 
+    # ---- option combos -----------------------------------------------------------------------
+    def _trading_time(self, b: SymbolBars, k: int):
+        """The moment a decision at bar k's close belongs to: the close for intraday bars; for daily
+        bars (whose end is the next midnight) the trading day itself."""
+        if int(b.end[k]) - int(b.start[k]) >= 86_400 * 10**9:
+            return self._local(int(b.start[k]))
+        return self._local(int(b.end[k]))
+
+    def _local(self, ns: int):
+        import pandas as pd
+
+        return pd.Timestamp(ns, tz="UTC").tz_convert(self.settings.timezone).to_pydatetime()
+
+    def _may_fire(self, st: _Symbol, k: int) -> bool:
+        """Can an entry fire at bar k, from its conditions on the market alone (`vix < 25` of `vix < 25
+        and credit >= 0.2`)? The chain is built only where one can."""
+        if st.entry_mask is not None and not st.entry_mask[k]:
+            return False
+        for rule in self._entries:
+            if all(_truth(st.values[i], k) for i in market_conjuncts(self.plan, rule.when)):
+                return True
+        return False
+
+    def combo_quote(self, order: E.Order):
+        """The venue's price of a combo order: its legs in the newest chain closed by now."""
+        st = self.syms[order.underlying]
+        b = st.bars
+        k = int(b.end.searchsorted(self._now, "right")) - 1
+        chain = self.chains(st.symbol, k) if k >= 0 else None
+        if chain is None:
+            return "no chain"
+        return self.desk.requote(order.legs, chain, order.multiplier)
+
+    def _enter_combo(self, st: _Symbol, k: int) -> None:
+        if k < st.start or (st.candidates is not None and not self._fires_somewhere(st, k)):
+            return
+        if st.candidates is None and not self._may_fire(st, k):
+            return
+        symbol = st.symbol
+        now = self._trading_time(st.bars, k)
+        chain = self.chains(symbol, k)
+        fired = None
+        for rule in self._entries:
+            if st.entry_mask is not None and not st.entry_mask[k]:
+                break
+            if chain is None:
+                self._decide(symbol, rule.name, "entry", "blocked", f"no option chain at {now:%Y-%m-%d %H:%M}")
+                break
+            quote = self.desk.build(rule.order, symbol, k, now, st.values, chain)
+            if isinstance(quote, str):
+                self._decide(symbol, rule.name, "entry", "blocked", quote)
+                continue
+            if quote.missing:
+                self._decide(symbol, rule.name, "entry", "blocked", quote.missing)
+                continue
+            ctx = self.desk.context(quote, now)
+            if value_at(self.plan, rule.when, k, st.values, ctx):
+                fired = (rule, quote, ctx)
+                break
+        if fired is None:
+            return
+        rule, quote, ctx = fired
+        template = self.settings.orders[rule.order]
+        qty = template.get("quantity", 1)
+        qty = int(qty) if isinstance(qty, (int, float)) and not isinstance(qty, bool) else 1
+        limits = self.settings.limits
+        reason = f"entries stopped: {self.halted}" if self.halted else check_entry(limits, self.account_state())
+        if reason is None and limits.max_margin_per_trade is not None and \
+                quote.margin * qty > limits.max_margin_per_trade:
+            reason = (f"margin {quote.margin * qty:,.2f} above max_margin_per_trade "
+                      f"{limits.max_margin_per_trade:,.2f}")
+        contracts = qty * sum(leg.ratio for leg in quote.legs)
+        fee = self.broker.commission(contracts, abs(quote.credit), quote.multiplier, True)
+        if reason is None and quote.margin * qty + fee > self.available_funds() + 1e-6:
+            reason = f"insufficient available funds for margin {quote.margin * qty:,.2f}"
+        if reason:
+            self._decide(symbol, rule.name, "entry", "blocked", reason)
+            return
+        chase = self.desk.chase(rule.order, k, st.values, ctx)
+        prices = chase.prices(quote, self.desk.setups[symbol].tick)
+        opening_credit = quote.credit >= 0
+        intent = OrderIntent(symbol, "sell" if opening_credit else "buy", "limit", float(qty), None,
+                             prices[0] if prices else None, None, template.get("tif", "day"), "open", rule.name,
+                             self._tag(), rule.reason)
+        self._decide(symbol, rule.name, "entry", "fired", rule.reason)
+        tr = self._track(intent, st, "combo_entry", rule, k)
+        tr.record.legs = [leg.to_json() for leg in quote.legs]
+        tr.combo = {"quote": quote, "chase": chase, "prices": prices, "quantity": qty, "ctx": ctx, "now": now,
+                    "key": f"{symbol} {rule.order}", "order": rule.order}
+        if self.on_order is not None:
+            self.on_order({"time": now, "bar": self._local(int(st.bars.start[k])), "symbol": symbol,
+                           "rule": rule.name, "order": rule.order, "intent": intent,
+                           "why": explain(self.plan, rule.when, k, st.values, ctx), "quote": quote, "chase": chase,
+                           "prices": prices, "quantity": qty})
+        if not prices:
+            self._status(tr, "cancelled", self._now, "the chase had no price above its floor")
+            self._decide(symbol, rule.name, "entry", "blocked", "the chase had no price above its floor")
+            return
+        self._chase(st, tr, prices, chase.every, opening=True)
+
+    def _chase(self, st: _Symbol, tr: _Tracked, prices: list[float], every: float, opening: bool) -> None:
+        """Place the combo at the first price, modify it every `every` seconds through the rest,
+        then cancel it and wait for the cancel's confirmation."""
+        it = tr.intent
+        info = tr.combo
+        quote = info["quote"]
+        st.chasing = it.tag
+        tr.chase_prices = prices
+        order = E.Order(it.tag, info["key"], it.action, float(it.quantity), "limit", prices[0], None, it.tif,
+                        owner=tr.owner, intent="open" if opening else "close", rule=it.rule, legs=quote.legs,
+                        underlying=st.symbol, multiplier=quote.multiplier)
+        if self.before_send is not None:
+            self.before_send(tr.record)
+        tr.sent = True
+        if not opening and self.on_order is not None:
+            self.on_order({"time": self._now, "symbol": st.symbol, "rule": it.rule, "order": info["order"],
+                           "intent": it, "why": it.reason, "quote": None, "role": tr.role})
+        self.venue.place(order)
+        self._drain()
+        start = self._now
+        for step in range(1, len(prices)):
+            self._at(start + int(step * every * 1e9), lambda s=step: self._chase_step(tr, s))
+        self._at(start + int(len(prices) * every * 1e9), lambda: self._chase_end(tr))
+
+    def _chase_step(self, tr: _Tracked, step: int) -> None:
+        if tr.done:
+            return
+        price = tr.chase_prices[step]
+        tr.intent = OrderIntent(**{**tr.intent.__dict__, "limit": price})
+        self.venue.modify(tr.intent.tag, limit=price)
+        self._drain()
+
+    def _chase_end(self, tr: _Tracked) -> None:
+        if tr.done:
+            return
+        self.venue.cancel(tr.intent.tag)
+        self._drain()
+
+    def _combo_done(self, tr: _Tracked, st: _Symbol, ev: E.OrderStatus) -> None:
+        st.chasing = None
+        info = tr.combo
+        prices = tr.chase_prices
+        if tr.filled <= 0:
+            tried = prices if ev.status == E.CANCELLED else prices
+            reason = (f"chase timed out after {len(tried)} prices ({', '.join(f'{p:.2f}' for p in tried)}): "
+                      "cancelled, cancel confirmed") if ev.status == E.CANCELLED else ev.reason
+            self._status(tr, "cancelled" if ev.status == E.CANCELLED else ev.status, ev.time, reason)
+            if tr.role == "combo_entry":
+                self._decide(tr.symbol, tr.rule.name, "entry", "blocked", reason)
+            else:
+                it = tr.intent
+                self._close_at_natural(st, st.symbol, it.action, float(it.quantity), tr.rule, tr.decided_bar, info,
+                                       tried=prices)
+            return
+        price = tr.value / tr.filled
+        step = prices.index(price) if price in prices else len(prices) - 1
+        how = f"filled at {price:.2f} on step {step + 1} of {len(prices)}" if prices else info.get("how", "")
+        if tr.role == "combo_exit":
+            self._combo_closed(st, tr, price, how, ev.time)
+            return
+        self._status(tr, "filled", tr.last_time, how)
+        quote = info["quote"]
+        qty = info["quantity"]
+        key = info["key"]
+        opening_credit = quote.credit >= 0
+        credit = price if opening_credit else -price
+        fill = Fill(key, tr.intent.action, float(qty), price, tr.commission, tr.last_time, tr.decided_bar,
+                    tr.intent.tag, quote.multiplier, tr.rule.name, how)
+        pos = self.ledger.open(fill, margin_per_unit=quote.margin)
+        pos.entry_values.update({"credit": credit * quote.multiplier * qty})
+        import datetime as dt
+
+        from .options import ComboPosition
+
+        expiry = min(dt.date.fromisoformat(leg.expiry) for leg in quote.legs)   # the front month
+        combo = ComboPosition(key, info["order"], tr.rule.name, quote.legs, qty, credit, tr.decided_bar, fill.time,
+                              expiry, quote.underlying, quote.multiplier)
+        combo.marks[tr.decided_bar] = -quote.credit * quote.multiplier * qty
+        combo.last_credit = quote.credit if opening_credit else -quote.credit
+        self.combos[key] = combo
+        self.combo_symbol[key] = st.symbol
+        self.venue.mark_combo(key, combo.last_credit)
+        st.key, st.owner = key, tr.owner
+
+    def _manage_combo(self, st: _Symbol, k: int) -> None:
+        from .options import settlement_value
+
+        b = st.bars
+        combo = self.combos[st.key]
+        symbol = st.symbol
+        now = self._trading_time(b, k)
+        chain = self.chains(symbol, k)
+        quote = self.desk.requote(combo.legs, chain, combo.multiplier) if chain is not None else "no chain"
+        if not isinstance(quote, str) and not quote.missing_for(False):
+            combo.last_credit = quote.credit
+            combo.marks[k] = -quote.credit * combo.multiplier * combo.quantity
+        elif combo.last_credit is not None:
+            combo.marks[k] = -combo.last_credit * combo.multiplier * combo.quantity
+        if combo.last_credit is not None:
+            self.venue.mark_combo(combo.key, combo.last_credit)
+        n = len(b)
+        last_of_day = k + 1 >= n or int(b.session[k + 1]) != int(b.session[k])
+        if now.date() >= combo.expiry and (last_of_day or now.date() > combo.expiry):
+            setup = self.desk.setups[symbol]
+            price = float(b.open[k] if setup.settlement_time == "am" else b.close[k])
+            debit = settlement_value(combo, price, None if isinstance(quote, str) else quote)
+            self.venue.settle(combo.key, debit, int(b.end[k]))
+            self._settle(st, combo, k, debit, f"cash-settled at {price:.2f} on {combo.expiry}", quote)
+            return
+        credit_now = combo.last_credit if combo.last_credit is not None else combo.entry_credit
+        pnl = combo.pnl(credit_now)
+        ctx = {"position.pnl": pnl, "position.entry_credit": combo.entry_credit_total,
+               "position.pnl_pct": 100.0 * pnl / abs(combo.entry_credit_total) if combo.entry_credit_total else 0.0,
+               "position.bars_held": float(k - combo.entry_bar),
+               "position.side": -1.0 if combo.entry_credit > 0 else 1.0, "position.size": float(combo.quantity),
+               "position.entry_price": combo.entry_credit, "position.dte": float((combo.expiry - now.date()).days),
+               "position.time_held": (int(b.end[k]) - combo.entry_time) / 1e9, "position.entry_bar": combo.entry_bar,
+               "position.max_pnl": math.nan, "position.min_pnl": math.nan, "position.highest": math.nan,
+               "position.lowest": math.nan}
+        fired = None
+        for rule in self._exits:
+            if rule.when is not None and self._owned(rule, st.owner) and \
+                    value_at(self.plan, rule.when, k, st.values, ctx):
+                fired = rule
+                break
+        if fired is None and st.flat_mask is not None and st.flat_mask[k]:
+            fired = self._flat_rule
+        if fired is None:
+            return
+        if isinstance(quote, str) or quote.missing_for(False):
+            why = quote if isinstance(quote, str) else quote.missing_for(False)
+            self._decide(symbol, fired.name, "exit", "blocked", f"cannot price the close: {why}")
+            return
+        self._decide(symbol, fired.name, "exit", "fired", fired.reason)
+        chase = self.desk.chase(combo.order, k, st.values, {})
+        prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=False)
+        action = "buy" if combo.entry_credit > 0 else "sell"
+        info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now}
+        if not prices:      # no price within the floor: straight to the natural price
+            self._close_at_natural(st, symbol, action, float(combo.quantity), fired, k, info, tried=[])
+            return
+        intent = OrderIntent(symbol, action, "limit", float(combo.quantity), None, prices[0], None,
+                             "day", "close", fired.name, self._tag(), fired.reason)
+        tr = self._track(intent, st, "combo_exit", fired, k)
+        tr.combo = info
+        self._chase(st, tr, prices, chase.every, opening=False)
+
+    def _close_at_natural(self, st: _Symbol, symbol: str, action: str, quantity: float, rule: N.Rule, k: int,
+                          info: dict, tried: list[float]) -> None:
+        """Close a combo at the natural price (crossing every spread): after a closing chase timed
+        out, or when the chase had no price within its floor."""
+        quote = info["quote"]
+        how = (f"chase timed out after {len(tried)} prices ({', '.join(f'{p:.2f}' for p in tried)}): cancelled, "
+               "cancel confirmed; closed at the natural price") if tried else \
+            "the chase had no price within its floor; closed at the natural price"
+        natural = abs(quote.closing_natural)     # a marketable limit there, not a market order on a wide combo
+        intent = OrderIntent(symbol, action, "limit", quantity, None, natural, None, "day", "close", rule.name,
+                             self._tag(), how)
+        nat = self._track(intent, st, "combo_exit", rule, k)
+        nat.combo = {**info, "how": how}
+        nat.chase_prices = []
+        st.chasing = intent.tag
+        order = E.Order(intent.tag, info["key"], intent.action, float(intent.quantity), "limit", natural, None, "day",
+                        owner=nat.owner, intent="close", rule=intent.rule, legs=quote.legs, underlying=st.symbol,
+                        multiplier=quote.multiplier)
+        if self.before_send is not None:
+            self.before_send(nat.record)
+        nat.sent = True
+        if self.on_order is not None:
+            self.on_order({"time": self._now, "symbol": symbol, "rule": rule.name, "order": info["order"],
+                           "intent": intent, "why": how, "quote": None, "role": "combo_exit"})
+        self.venue.place(order)
+        self._drain()
+
+    def _combo_closed(self, st: _Symbol, tr: _Tracked, debit: float, how: str, time: int) -> None:
+        combo = self.combos[st.key]
+        self._status(tr, "filled", time, how)
+        self._finish_combo(st, combo, tr.combo["bar"], debit, tr.rule.name, how, tr.combo["quote"], tr.commission,
+                           time, tr.intent.tag, tr.intent.action)
+
+    def _settle(self, st: _Symbol, combo, k: int, debit: float, how: str, quote) -> None:
+        action = "buy" if combo.entry_credit > 0 else "sell"
+        intent = OrderIntent(st.symbol, action, "limit", float(combo.quantity), None, abs(debit), None, "day", "close",
+                             "expiry settlement", self._tag(), how)
+        rec = OrderRecord(intent, self._now)
+        rec.status, rec.status_time, rec.reason = "filled", self._now, how
+        self.orders.append(rec)
+        self._finish_combo(st, combo, k, debit, "expiry settlement", how, quote, 0.0, int(st.bars.end[k]), intent.tag,
+                           action)
+
+    def _finish_combo(self, st, combo, k, debit, rule_name, how, quote, commission, time, tag, action) -> None:
+        import dataclasses
+
+        b = st.bars
+        price = debit if combo.entry_credit > 0 else -debit
+        fill = Fill(combo.key, action, float(combo.quantity), price, commission, time, k, tag, combo.multiplier,
+                    rule_name, how)
+        margin = self.ledger.positions[combo.key].margin_per_unit * combo.quantity
+        trade = self.ledger.close(fill, how)
+        exit_legs = [leg.to_json() for leg in quote.legs] if not isinstance(quote, str) else []
+        legs = {"legs": [leg.to_json() for leg in combo.legs], "credit": combo.entry_credit, "debit": debit,
+                "expiry": combo.expiry.isoformat(), "underlying_entry": combo.underlying_entry,
+                "underlying_exit": float(b.close[k]), "exit_legs": exit_legs, "order": combo.order,
+                "margin": margin, "close": how}
+        rule = next((r for r in self.plan.rules if r.name == rule_name), None)
+        trade = dataclasses.replace(trade, symbol=st.symbol, legs=legs, mae=None, mfe=None,
+                                    return_pct=100.0 * trade.pnl / margin if margin > 0 else trade.return_pct,
+                                    exit_reason=(rule.reason or rule.name) if rule is not None else how)
+        self.ledger.trades[-1] = trade
+        combo.marks[k] = 0.0
+        del self.combos[combo.key]
+        self.closed_combos.append(combo)
+        st.key = st.owner = None
+        if trade.pnl < 0:
+            self._losses += 1
+        else:
+            self._losses = 0
+
     # ---- intents -----------------------------------------------------------------------------
     def _track(self, intent: OrderIntent, st: _Symbol, role: str, rule: N.Rule, k: int,
                exit_kind: str = "") -> _Tracked:
@@ -635,8 +987,8 @@ class Kernel(RunState):
     # ---- records -----------------------------------------------------------------------------
     def account_state(self) -> AccountState:
         limits = self.settings.limits
-        working = sum(1 for s in self.syms.values() if s.working_entry is not None and s.symbol not in
-                      self.ledger.positions)
+        working = sum(1 for s in self.syms.values() if (s.working_entry is not None or s.chasing is not None)
+                      and s.key is None)
         if limits.max_daily_loss is None and limits.max_drawdown is None:
             return AccountState(math.nan, math.nan, math.nan, len(self.ledger.positions) + working,
                                 self._losses, self._paused_until, self._now / 1e9)
@@ -678,6 +1030,16 @@ class Kernel(RunState):
             if tr.sent and not tr.done and tr.record.status == "created":
                 tr.record.status, tr.record.status_time = "working", int(self.syms[tr.symbol].bars.end[-1])
                 tr.record.reason = "still working when the data ended"
+
+
+def market_conjuncts(plan: N.Plan, node_id: int) -> list[int]:
+    """The conjuncts of a condition that read only the market (runner.market_prefilter's)."""
+    node = plan.nodes[node_id]
+    if node.market:
+        return [node_id]
+    if node.op == N.LOGIC and node.attrs[0] == "and":
+        return market_conjuncts(plan, node.args[0]) + market_conjuncts(plan, node.args[1])
+    return []
 
 
 def _truth(v, k: int) -> bool:

@@ -22,7 +22,7 @@ from . import backtest as bt
 from .collector import without_cyclic_gc
 from .journal import new_run_id
 from .kernel import Kernel, _Symbol
-from .runner import RunSettings
+from .runner import RunSettings, market_prefilter
 from .signals import SymbolSignals
 
 
@@ -41,6 +41,10 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress) -> 
     warmup = max((plan.nodes[i].warmup for i in entry_nodes), default=0)
     symbols: dict[str, _Symbol] = {}
     symbol_bars = {}
+    orders = prep.doc.get(("orders",)) or {}
+    entries = [r for r in plan.rules if r.kind == "entry"]
+    combo_rules = [r for r in entries if "legs" in (orders.get(r.order) or {})]
+    combos = bool(entries) and len(combo_rules) == len(entries)
     for symbol in prep.symbols:
         if symbol not in prep.frames:
             continue
@@ -61,9 +65,20 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress) -> 
             values = evaluate(plan, bars)
             if last < len(sbars):
                 sbars, bars, values = bt._truncate(sbars, bars, values, last)
-            sig = SymbolSignals(plan, values, sbars, entry_mask=_cut(entry_mask, last), start=first)
-            candidates = None if sig.context_entries else sig.entry_idx
+            if combos:
+                n = len(sbars)
+                possible = np.zeros(n, dtype=bool)
+                for rule in entries:
+                    possible |= market_prefilter(plan, rule.when, values, n)
+                if entry_mask is not None:
+                    possible &= entry_mask[:last]
+                possible[:first] = False
+                candidates = np.flatnonzero(possible)
+            else:
+                sig = SymbolSignals(plan, values, sbars, entry_mask=_cut(entry_mask, last), start=first)
+                candidates = None if sig.context_entries else sig.entry_idx
             st = _Symbol(symbol, sbars, values, first, _cut(entry_mask, last), _cut(flat_mask, last), candidates)
+        st.combo = combos
         symbols[symbol] = st
         symbol_bars[symbol] = sbars
     timings["evaluate"] = time.perf_counter() - t0
@@ -74,17 +89,33 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress) -> 
                            strategy=plan.name, timezone=prep.timezone, dry_run=dry_run)
     fills = FillModel(Commission.from_spec(s.get("commission")), Slippage.from_spec(s.get("slippage")),
                       s.get("fill", "next_open"))
-    venue = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial)
-    broker = DryRunBroker(venue, SimBroker(symbol_bars, fills, settings.cash, settings.account, partial)) \
-        if dry_run else venue
+    fraction = float((s.get("options") or {}).get("fill_fraction", 0.5))
+    venue = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction)
+    wallet = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction)
+    broker = DryRunBroker(venue, wallet) if dry_run else venue
     span = bt._span(symbol_bars)
     report = (lambda t: progress((t - span[0]) / max(span[1] - span[0], 1))) if progress and span else None
-    kernel = Kernel(plan, symbols, broker, fills, settings, on_order=on_order, progress=report)
+    desk = chains = None
+    if combo_rules:
+        from .chainsource import option_desk
+
+        class _Bars:
+            def __init__(self, bars):
+                self.bars = bars
+
+        desk, chains = option_desk(prep, {sym: _Bars(b) for sym, b in symbol_bars.items()})
+    kernel = Kernel(plan, symbols, broker, fills, settings, on_order=on_order, progress=report, desk=desk,
+                    chains=chains)
+    if chains is not None and hasattr(chains, "runner_ref"):
+        chains.runner_ref["runner"] = kernel
+    venue.combo_quote = wallet.combo_quote = kernel.combo_quote
     t1 = time.perf_counter()
     ledger = kernel.run()
     timings["run"] = time.perf_counter() - t1
     result = bt.Result(prep, run_id, ledger, kernel, symbol_bars, timings,
-                       lambda: bt.equity_curve(ledger, symbol_bars, settings.cash, prep.start))
+                       lambda: bt.equity_curve(ledger, symbol_bars, settings.cash, prep.start,
+                                               kernel.closed_combos + list(kernel.combos.values()),
+                                               kernel.combo_symbol))
     result.broker = broker
     return result
 

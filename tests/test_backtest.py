@@ -421,7 +421,7 @@ def test_a_daily_symbol_is_seen_intraday_only_after_its_close():
 def test_marks_find_the_last_closed_bar_from_wherever_they_looked_last(gaps, times):
     from types import SimpleNamespace
 
-    from engine.runtime.runner import RunState
+    from engine.runtime.records import RunState
 
     end = np.cumsum(np.array(gaps, dtype=np.int64) + 1)      # increasing bar close times
     state = SimpleNamespace(_cursor={})
@@ -443,6 +443,7 @@ def test_a_backtest_pauses_the_garbage_collector_and_gives_it_back_as_it_found_i
         assert not gc.isenabled()     # off before, off after
     finally:
         gc.enable()
-    with pytest.raises(ValueError):
-        bt.run(prep, fast=True, dry_run=True)   # refused inside the run: the collector is back on
-    assert gc.isenabled()
+    prep.settings["fill"] = "next_close"      # no fast path for it: refused inside the run
+    with pytest.raises(ValueError, match="fill model"):
+        bt.run(prep, fast=True)
+    assert gc.isenabled()                     # the collector is back on

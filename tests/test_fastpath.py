@@ -291,12 +291,15 @@ orders:
         bt.run(one, fast=True)
 
 
-def test_dry_runs_and_intent_callbacks_use_the_runner():
+def test_runs_on_the_simulator_and_dry_runs_always_go_through_the_kernel():
+    from engine.runtime import session
+
     prep = bt.prepare(ROOT / "strategies" / "sma_crossover.yaml")
-    assert "fast_path" not in bt.run(prep, dry_run=True).timings
     seen = []
-    assert "fast_path" not in bt.run(prep, on_intent=seen.append).timings
-    assert seen
+    for dry_run in (False, True):
+        result = session.simulate(prep, dry_run=dry_run, on_order=seen.append)
+        assert "fast_path" not in result.timings
+    assert seen and len(seen) % 2 == 0       # the same orders, once per run
     assert fastpath.unsupported(prep.plan, {}, None, None) is not None
 
 

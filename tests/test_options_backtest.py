@@ -164,7 +164,7 @@ def test_chase_fills_on_the_step_the_spread_model_allows(tmp_path, quotes):
     assert first.entry_price == pytest.approx(expected)
     step = prices.index(expected)
     orders = [o for o in result.runner.orders if o.intent.intent == "open" and o.status == "filled"]
-    assert f"on step {step + 1} of {step + 1}" in orders[0].reason
+    assert f"filled at {expected:.2f} on step {step + 1} of {len(prices)}" in orders[0].reason
     # a chase that gives up too early times out, cancels, and leaves nothing open
     short = "{chase: {start: mid, step: 0.05, steps: 2, every: 10s, floor: 0.5}}"
     result = bt.run(bt.prepare(condor(tmp_path, price=short, fraction=0.5, name="short.yaml")))

@@ -1,8 +1,9 @@
-"""`qtrade backtest`: a strategy, its bars and the FillModel through the Runner.
+"""`qtrade backtest`: a strategy, its bars and the simulated venue through the trading kernel.
 
 prepare()  loads and checks the strategy, resolves its symbols and instruments, loads and
            resamples the bars, compiles the Plan;
-run()      evaluates the Plan over each symbol's whole history (vectorised), runs the Runner,
+run()      evaluates the Plan over each symbol's whole history (vectorised), runs the kernel
+           (runtime/kernel.py, the loop every run uses) or, for a simple run, its fast path,
            and builds the equity curve;
 journal()  writes the run to the SQLite journal that reports (and later live runs) share.
 """
@@ -33,7 +34,7 @@ from ..portfolio.ledger import Ledger
 from ..risk.limits import RiskLimits, merge_risk
 from .journal import Journal, new_run_id
 from .collector import without_cyclic_gc
-from .runner import Runner, RunSettings
+from .records import RunSettings, RunState
 from .signals import SymbolSignals
 
 _CLOCK_NEEDS_CALENDAR = {"minutes_to_close", "minutes_since_open"}
@@ -73,7 +74,7 @@ class Result:
     """A finished backtest. The equity curve (times, labels, equity, cash, marks) is computed
     when first read (timings["equity"]), from the ledger's records."""
 
-    def __init__(self, prepared: Prepared, run_id: str, ledger: Ledger, runner: Runner, bars: dict[str, SymbolBars],
+    def __init__(self, prepared: Prepared, run_id: str, ledger: Ledger, runner: RunState, bars: dict[str, SymbolBars],
                  timings: dict[str, float], curve: Callable[[], tuple]):
         self.prepared = prepared
         self.run_id = run_id
@@ -403,19 +404,19 @@ def _schedule_masks(prep: Prepared, bars: Bars) -> tuple[np.ndarray | None, np.n
 
 
 def run(prep: Prepared, progress: Callable[[float], None] | None = None, run_id: str | None = None, *,
-        dry_run: bool = False, on_intent: Callable[[dict], None] | None = None, fast: bool | None = None) -> Result:
+        fast: bool | None = None) -> Result:
     """The backtest. `fast`: None resolves simple runs on the fast path (engine.runtime.fastpath,
-    the Runner's outcome exactly) and the rest through the Runner; False always uses the Runner;
+    the kernel's outcome exactly) and the rest through the kernel; False always uses the kernel;
     True requires the fast path (ValueError saying why a run is not simple).
 
     The cyclic garbage collector is off for the run: it makes no reference cycles, and a full
     collection walks every object of the process (about 40 ms with pandas loaded), which it
     otherwise triggers now and then in the middle of a run."""
     with without_cyclic_gc():
-        return _run(prep, progress, run_id, dry_run, on_intent, fast)
+        return _run(prep, progress, run_id, fast)
 
 
-def _run(prep: Prepared, progress, run_id, dry_run: bool, on_intent, fast) -> Result:
+def _run(prep: Prepared, progress, run_id, fast) -> Result:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     signals: dict[str, SymbolSignals] = {}
@@ -444,45 +445,31 @@ def _run(prep: Prepared, progress, run_id, dry_run: bool, on_intent, fast) -> Re
     option_sim = s.get("options") or {}
     settings = RunSettings(cash=float(s.get("cash", 100_000)), account=s.get("account", "margin"),
                            orders=prep.doc.get(("orders",)) or {}, limits=_risk(prep.doc), run_id=run_id,
-                           strategy=prep.plan.name, timezone=prep.timezone, dry_run=dry_run,
+                           strategy=prep.plan.name, timezone=prep.timezone,
                            fill_fraction=float(option_sim.get("fill_fraction", 0.5)))
     broker = FillModel(Commission.from_spec(s.get("commission")), Slippage.from_spec(s.get("slippage")),
                        s.get("fill", "next_open"))
     t1 = time.perf_counter()
     if fast is not False:
-        result = _run_fast(prep, signals, symbol_bars, broker, settings, run_id, timings, t1, progress, dry_run,
-                           on_intent, required=bool(fast))
+        result = _run_fast(prep, signals, symbol_bars, broker, settings, run_id, timings, t1, progress,
+                           required=bool(fast))
         if result is not None:
             return result
-    span = _span(symbol_bars)
-    report = (lambda t: progress((t - span[0]) / max(span[1] - span[0], 1))) if progress and span else None
-    desk = chains = None
-    if any("legs" in (spec or {}) for spec in settings.orders.values()):
-        from .chainsource import option_desk
+    from .session import simulate
 
-        desk, chains = option_desk(prep, signals)
-    runner = Runner(prep.plan, signals, broker, settings, report, desk=desk, chains=chains, on_intent=on_intent)
-    if chains is not None and hasattr(chains, "runner_ref"):
-        chains.runner_ref["runner"] = runner
-    ledger = runner.run()
-    timings["run"] = time.perf_counter() - t1
-
-    def curve():
-        return equity_curve(ledger, symbol_bars, settings.cash, prep.start,
-                            runner.closed_combos + list(runner.combos.values()), runner.combo_symbol)
-
-    return Result(prep, run_id, ledger, runner, symbol_bars, timings, curve)
+    result = simulate(prep, streaming=False, run_id=run_id, progress=progress)
+    result.timings["evaluate"] += timings["evaluate"]
+    return result
 
 
 def _run_fast(prep: Prepared, signals: dict[str, SymbolSignals], symbol_bars: dict[str, SymbolBars],
               broker: FillModel, settings: RunSettings, run_id: str, timings: dict, t1: float, progress,
-              dry_run: bool, on_intent, required: bool) -> Result | None:
+              required: bool) -> Result | None:
     """The run on the fast path, or None when it is not simple (see fastpath.unsupported)."""
     from . import fastpath
 
     combos = any("legs" in (spec or {}) for spec in settings.orders.values())
-    why = fastpath.unsupported(prep.plan, signals, broker, settings, dry_run=dry_run, on_intent=on_intent,
-                               desk=True if combos else None)
+    why = fastpath.unsupported(prep.plan, signals, broker, settings, desk=True if combos else None)
     if why is not None:
         if required:
             raise ValueError(f"not a simple run: {why}")
@@ -770,7 +757,7 @@ def _journal_tables(journal: Journal, orders: list, decisions: list, fills: list
 
 
 def _record_rows(result: Result) -> tuple[list, list, list, list]:
-    """The Runner's orders, decisions, fills and trades as journal rows."""
+    """The run's orders, decisions, fills and trades as journal rows."""
     run_id = result.run_id
     runner = result.runner
     orders = runner.orders

@@ -43,7 +43,7 @@ from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
 from ..portfolio.ledger import Fill, Ledger, Position, Trade
-from .runner import Decision, OrderRecord, RunSettings, RunState
+from .records import Decision, OrderRecord, RunSettings, RunState
 from .signals import SymbolSignals
 
 
@@ -110,12 +110,10 @@ def _has_output(plan: N.Plan, order: str | None, what: str) -> bool:
 
 
 def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillModel, settings: RunSettings,
-                *, dry_run: bool = False, on_intent: Callable | None = None, desk: Any = None) -> str | None:
-    """Why this run needs the Runner, or None when the fast path gives the same outcome."""
+                *, desk: Any = None) -> str | None:
+    """Why this run needs the kernel, or None when the fast path gives the same outcome."""
     if len(signals) != 1:
         return f"{len(signals)} traded symbols (the fast path trades one)"
-    if dry_run or on_intent is not None:
-        return "a dry run or an intent callback"
     if desk is not None:
         return "options combos"
     if broker.fill_model not in ("next_open", "close"):
@@ -606,7 +604,7 @@ class FastRun(RunState):
             q, f_fee, need = c.size(ri, price, cash)
             if q <= 0:
                 orders.append(entry + (now, "rejected", t_fill, "quantity rounds to 0"))
-                decisions.append((t_fill, symbol, rule.name, "entry", "blocked", "quantity rounds to 0 at the fill price"))
+                decisions.append((t_fill, symbol, rule.name, "entry", "blocked", "quantity rounds to 0 at the price it would fill near"))
                 k += 1
                 continue
             if need + f_fee > cash + 1e-6:

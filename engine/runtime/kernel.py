@@ -46,7 +46,7 @@ from ..plan import nodes as N
 from ..plan.evaluate import Stream, explain, value_at
 from ..portfolio.ledger import Fill, Ledger
 from ..risk.limits import AccountState, cap_quantity, check_entry
-from .runner import Decision, OrderRecord, RunSettings, RunState, _context_nodes, _with_excursions
+from .records import Decision, OrderRecord, RunSettings, RunState, context_nodes, with_excursions
 
 # phases at one instant: timers due then (a chase's step or its cancel) first, then decisions at a
 # close, then fills at an open, then fills inside a bar
@@ -72,6 +72,7 @@ class _Tracked:
     last_bar: int = -1
     last_time: int = 0
     why: str = ""                   # what the rule compared when it fired (for printed orders)
+    last_price: float = 0.0
     combo: dict | None = None       # a combo order's quote, chase and position facts
     chase_prices: list = field(default_factory=list)
     sent: bool = False
@@ -107,11 +108,11 @@ class Kernel(RunState):
                  settings: RunSettings, *, on_order: Callable[[dict], None] | None = None,
                  before_send: Callable[[OrderRecord], None] | None = None,
                  progress: Callable[[int], None] | None = None, desk=None, chains=None):
-        class _Sig:      # RunState reads .bars of each symbol's signals
-            def __init__(self, bars):
-                self.bars = bars
+        class _Sig:      # RunState (and a run's reader) see each symbol's bars and plan values
+            def __init__(self, st):
+                self.bars, self.values = st.bars, st.values
 
-        super().__init__(plan, {s: _Sig(st.bars) for s, st in symbols.items()}, fills, settings)
+        super().__init__(plan, {s: _Sig(st) for s, st in symbols.items()}, fills, settings)
         self.syms = symbols
         self.venue = broker
         self.on_order = on_order
@@ -152,7 +153,7 @@ class Kernel(RunState):
                                  f"order '{rule.order}' is an options combo and {symbol} has no option chains here")
                     continue
                 if rule.name in self._context_entries:
-                    needs = sorted({n.attrs[0] for n in _context_nodes(self.plan, rule)})
+                    needs = sorted({n.attrs[0] for n in context_nodes(self.plan, rule)})
                     self._decide(symbol, rule.name, "entry", "blocked",
                                  f"needs {', '.join(needs) or 'run context'}, which this run does not provide yet "
                                  "(scanner results come with the scanner engine)")
@@ -299,7 +300,10 @@ class Kernel(RunState):
                                      whole=it.sizing.whole if it.sizing else True)
         reason = None
         if quantity <= 0:
-            reason = why or "quantity rounds to 0 at the price it would fill near"
+            self._status(tr, "rejected", self._now, why or "quantity rounds to 0")
+            self._decide(tr.symbol, it.rule, "entry", "blocked", why or "quantity rounds to 0 at the price it would "
+                         "fill near")
+            return None
         else:
             fee = self.broker.fee(b, quantity, price)
             need = self.margin_required(b, quantity, price, it.action == "sell")
@@ -360,6 +364,7 @@ class Kernel(RunState):
         tr.filled += ev.quantity
         tr.value += ev.quantity * ev.price
         tr.last_bar, tr.last_time = ev.bar, ev.time
+        tr.last_price = ev.price
 
     def _on_status(self, ev: E.OrderStatus) -> None:
         tr = self.orders_by_ref.get(ev.ref)
@@ -387,10 +392,15 @@ class Kernel(RunState):
         else:
             st.protect = {key: ref for key, ref in st.protect.items() if ref != tr.intent.tag}
 
+    @staticmethod
+    def _average(tr: _Tracked) -> float:
+        """The average fill price: one execution's own price, to the bit, or the quantity-weighted mean."""
+        return tr.last_price if len(tr.exec_ids) == 1 else tr.value / tr.filled
+
     def _book(self, tr: _Tracked, st: _Symbol) -> None:
         """An order is done with fills: the ledger opens or closes the position at their average."""
         b = st.bars
-        price = tr.value / tr.filled
+        price = self._average(tr)
         it = tr.intent
         fill = Fill(tr.symbol, it.action, tr.filled, price, tr.commission, tr.last_time, tr.last_bar, it.tag,
                     b.multiplier, tr.rule.name)
@@ -414,8 +424,8 @@ class Kernel(RunState):
             self._error(f"{it.tag} filled {tr.filled:g} {it.action}, which does not close the position "
                         f"({pos.quantity if pos else 0:g} held)")
             return
-        trade = self.ledger.close(fill, tr.rule.reason)
-        self.ledger.trades[-1] = _with_excursions(trade, b)
+        trade = self.ledger.close(fill, tr.rule.reason or (tr.exit_kind if tr.role == "exit" else tr.role))
+        self.ledger.trades[-1] = with_excursions(trade, b)
         st.owner = st.key = None
         if trade.pnl < 0:
             self._losses += 1
@@ -423,7 +433,7 @@ class Kernel(RunState):
             self._losses = 0
         limits = self.settings.limits
         if limits.circuit_breaker is not None and self._losses >= limits.circuit_breaker[0]:
-            self._paused_until = self._now / 1e9 + limits.circuit_breaker[1]
+            self._paused_until = tr.last_time / 1e9 + limits.circuit_breaker[1]
             self._losses = 0
 
     # ---- a bar closes ------------------------------------------------------------------------
@@ -436,10 +446,16 @@ class Kernel(RunState):
             elif self._idle(st):
                 self._enter_combo(st, k)
             return
-        if st.key is not None and st.closing is None:
+        held = st.key is not None
+        if held and st.closing is None:
             self._manage(st, k)
+        if held and st.key is None:
+            return      # closed at this close (`fill: close`): the next entry is decided from the next bar
         if self._idle(st):
             self._enter(st, k)
+            if st.key is not None and st.closing is None:
+                # filled at this close (`fill: close`): its exits already apply to this bar
+                self._manage(st, k)
 
     def _position_context(self, st: _Symbol, k: int) -> dict:
         pos = self.ledger.positions[st.symbol]
@@ -764,7 +780,7 @@ class Kernel(RunState):
                 self._close_at_natural(st, st.symbol, it.action, float(it.quantity), tr.rule, tr.decided_bar, info,
                                        tried=prices)
             return
-        price = tr.value / tr.filled
+        price = self._average(tr)
         step = prices.index(price) if price in prices else len(prices) - 1
         how = f"filled at {price:.2f} on step {step + 1} of {len(prices)}" if prices else info.get("how", "")
         if tr.role == "combo_exit":

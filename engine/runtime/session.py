@@ -22,7 +22,7 @@ from . import backtest as bt
 from .collector import without_cyclic_gc
 from .journal import new_run_id
 from .kernel import Kernel, _Symbol
-from .runner import RunSettings, market_prefilter
+from .records import RunSettings, market_prefilter
 from .signals import SymbolSignals
 
 
@@ -84,12 +84,12 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress) -> 
     timings["evaluate"] = time.perf_counter() - t0
     s = prep.settings
     run_id = run_id or new_run_id()
+    fraction = float((s.get("options") or {}).get("fill_fraction", 0.5))
     settings = RunSettings(cash=float(s.get("cash", 100_000)), account=s.get("account", "margin"),
                            orders=prep.doc.get(("orders",)) or {}, limits=bt._risk(prep.doc), run_id=run_id,
-                           strategy=plan.name, timezone=prep.timezone, dry_run=dry_run)
+                           strategy=plan.name, timezone=prep.timezone, fill_fraction=fraction)
     fills = FillModel(Commission.from_spec(s.get("commission")), Slippage.from_spec(s.get("slippage")),
                       s.get("fill", "next_open"))
-    fraction = float((s.get("options") or {}).get("fill_fraction", 0.5))
     venue = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction)
     wallet = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction)
     broker = DryRunBroker(venue, wallet) if dry_run else venue

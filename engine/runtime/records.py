@@ -1,0 +1,180 @@
+"""What a run keeps and how it sees the account: decisions, order records, run settings, the
+ledger with its marks, equity, margin and available funds (RunState), shared by the trading
+kernel (runtime/kernel.py) and the backtest's fast path (runtime/fastpath.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..brokers.matching import FillModel
+from ..market.series import SymbolBars
+from ..orders.intent import OrderIntent
+from ..plan import nodes as N
+from ..portfolio.ledger import Ledger, Trade
+from ..risk.limits import RiskLimits
+from .options import ChainView, ComboPosition, OptionsDesk
+from .signals import SymbolSignals
+
+
+@dataclass
+class Decision:
+    time: int
+    symbol: str
+    rule: str
+    kind: str         # entry | exit
+    outcome: str      # fired | blocked
+    reason: str = ""
+
+
+@dataclass
+class OrderRecord:
+    intent: OrderIntent
+    time: int
+    status: str = "created"
+    status_time: int = 0
+    reason: str = ""
+    legs: list | None = None
+
+
+@dataclass
+class RunSettings:
+    cash: float = 100_000.0
+    account: str = "margin"        # cash | margin
+    orders: dict = field(default_factory=dict)      # order templates from the strategy
+    limits: RiskLimits = field(default_factory=RiskLimits)
+    run_id: str = "run"
+    strategy: str = ""
+    timezone: str = "America/New_York"
+    fill_fraction: float = 0.5     # combo limits: how far from natural towards mid the market meets them
+
+
+class RunState:
+    """What a run keeps (the ledger, its decisions and order records, its option combos) and
+    the account seen through it: marks, equity, margin and available funds. The Runner and the
+    fast path both leave one behind for the Result and the journal."""
+
+    def __init__(self, plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillModel,
+                 settings: RunSettings):
+        self.plan = plan
+        self.signals = signals
+        self.bars: dict[str, SymbolBars] = {s: sig.bars for s, sig in signals.items()}
+        self.broker = broker
+        self.settings = settings
+        self.ledger = Ledger(settings.cash)
+        self.decisions: list[Decision] = []
+        self.orders: list[OrderRecord] = []
+        self.combos: dict[str, ComboPosition] = {}   # open combos by ledger key
+        self.closed_combos: list[ComboPosition] = []
+        self.combo_symbol: dict[str, str] = {}       # ledger key -> underlying symbol
+        self.desk: OptionsDesk | None = None
+        self.chains: Callable[[str, int], ChainView | None] | None = None
+        self._now = 0
+        self._marks_key: tuple | None = None  # marks are cached per (time, number of fills)
+        self._marks: dict[str, float] = {}
+        self._cursor: dict[str, tuple[int, int]] = {}   # per symbol: (last bar closed by t, t)
+        self._margined = any(b.margined for b in self.bars.values())   # futures among the symbols
+
+    def marks(self, at: int) -> dict[str, float]:
+        """The last known price of every open position at time `at` (ns); combos at their last mid."""
+        key = (at, len(self.ledger.fills))
+        if self._marks_key == key:
+            return self._marks
+        out = self._marks = {}
+        self._marks_key = key
+        for symbol in self.ledger.positions:
+            if symbol in self.combos:
+                combo = self.combos[symbol]
+                out[symbol] = combo.last_credit if combo.last_credit is not None else combo.entry_credit
+                self._marks_key = None   # a combo's mark moves without a fill: never cache it
+                continue
+            b = self.bars[symbol]
+            k = self._last_bar(symbol, b.end, at)
+            out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
+        return out
+
+    def _last_bar(self, symbol: str, end: np.ndarray, at: int) -> int:
+        """The last bar of `symbol` closed by `at` (-1: none yet). Times mostly move forward by a
+        bar or so between two looks, so the last answer is the place to start from."""
+        seen = self._cursor.get(symbol)
+        if seen is not None and seen[1] <= at:
+            k = seen[0]
+            n = len(end)
+            if k + 1 >= n or end[k + 1] > at:
+                pass
+            elif k + 2 >= n or end[k + 2] > at:
+                k += 1
+            else:
+                k = int(end.searchsorted(at, "right")) - 1
+        else:
+            k = int(end.searchsorted(at, "right")) - 1
+        self._cursor[symbol] = (k, at)
+        return k
+
+    def equity(self, at: int | None = None) -> float:
+        return self.ledger.equity(self.marks(self._now if at is None else at))
+
+    def margin_required(self, bars: SymbolBars, quantity: float, price: float, short: bool) -> float:
+        if bars.margined:
+            return abs(quantity) * bars.margin
+        value = abs(quantity) * price * bars.multiplier
+        if self.settings.account == "cash":
+            return value
+        return 0.5 * value  # Reg-T initial margin, long or short
+
+    def available_funds(self, at: int | None = None) -> float:
+        """Equity less the initial margin of the open positions: stock at 100% of its value in a
+        cash account (so this is the cash) and 50% in a margin account (Reg-T), futures at their
+        margin per contract."""
+        if self.settings.account == "cash" and not self.combos and \
+                not (self._margined and any(p.margined for p in self.ledger.positions.values())):
+            return self.ledger.cash     # stock only: its whole value is held, what is left is the cash
+        marks = self.marks(self._now if at is None else at)
+        used = 0.0
+        for symbol, pos in self.ledger.positions.items():
+            if symbol in self.combos:
+                used += abs(pos.quantity) * pos.margin_per_unit
+                continue
+            used += self.margin_required(self.bars[symbol], pos.quantity, marks[symbol], pos.quantity < 0)
+        return self.ledger.equity(marks) - used
+
+
+def market_prefilter(plan: N.Plan, node_id: int, values: list, n: int) -> np.ndarray:
+    """Bars where a condition can possibly hold, from its market-only conjuncts: for
+    `vix < 25 and credit >= 0.2` only the bars where vix < 25. Everything else stays possible."""
+    node = plan.nodes[node_id]
+    if node.market:
+        v = values[node_id]
+        return np.asarray(v, dtype=bool).copy() if np.ndim(v) else np.full(n, bool(v))
+    if node.op == N.LOGIC and node.attrs[0] == "and":
+        return market_prefilter(plan, node.args[0], values, n) & market_prefilter(plan, node.args[1], values, n)
+    return np.ones(n, dtype=bool)
+
+
+def context_nodes(plan: N.Plan, rule: N.Rule) -> list[N.Node]:
+    seen, stack, out = set(), [i for i in (rule.when, rule.stop, rule.target) if i is not None], []
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        node = plan.nodes[i]
+        if node.op == N.CONTEXT:
+            out.append(node)
+        stack.extend(node.args)
+    return out
+
+
+def with_excursions(trade: Trade, bars: SymbolBars) -> Trade:
+    """MAE and MFE over the bars the trade was open, in account currency."""
+    lo, hi = trade.entry_bar, trade.exit_bar
+    worst = min(float(bars.low[lo:hi].min()) if hi > lo else trade.exit_price, trade.exit_price)
+    best = max(float(bars.high[lo:hi].max()) if hi > lo else trade.exit_price, trade.exit_price)
+    units = trade.quantity * trade.multiplier
+    if trade.side == "long":
+        mae, mfe = (worst - trade.entry_price) * units, (best - trade.entry_price) * units
+    else:
+        mae, mfe = (trade.entry_price - best) * units, (trade.entry_price - worst) * units
+    return Trade(**{**trade.__dict__, "mae": min(mae, 0.0), "mfe": max(mfe, 0.0)})

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..brokers import events as E
 from ..brokers.costs import fraction
-from ..brokers.matching import FillModel
+from ..brokers.matching import FillModel, first_touch
 from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
@@ -99,6 +99,7 @@ class _Symbol:
     stats: dict = field(default_factory=dict)      # running position fields
     key: str | None = None          # the ledger key of its open position (the symbol, or a combo's key)
     chasing: str | None = None      # the combo order whose chase is running
+    jump_idx: dict = field(default_factory=dict)   # bars where each market exit holds (for jumps)
 
 
 class Kernel(RunState):
@@ -201,6 +202,11 @@ class Kernel(RunState):
                 self._on_close(st, k)
                 k += 1
                 continue
+            j = self._holding_jump(st, k)
+            if j is not None and j > k:
+                if j >= n:
+                    return      # nothing can happen to the position before the data ends
+                k = j
             yield int(start[k]), OPEN
             self._on_open(st, k)
             yield int(start[k]), INTRABAR
@@ -210,6 +216,85 @@ class Kernel(RunState):
             self._drain()
             self._on_close(st, k)
             k += 1
+
+    _FIXED_AT_ENTRY = frozenset({"position.entry_price", "position.side", "position.size", "position.entry_bar",
+                                 "position.entry_credit"})
+
+    def _holding_jump(self, st: _Symbol, k: int) -> int | None:
+        """While a position only waits (its exits read the market alone, its protective levels are
+        fixed at the entry, no order of its own is in flight), the first bar from k where something
+        can happen: an exit condition, flat-by, or the bar touching a protective order's level.
+        None when every bar must be visited (a streamed plan, exits that read the position, ...)."""
+        if st.stream is not None or st.combo or st.key is None or st.closing is not None or st.pending \
+                or st.working_entry is not None:
+            return None
+        nodes = self._jump_rules(st.owner)
+        if nodes is None:
+            return None
+        b = st.bars
+        n = len(b)
+        best = n
+        cache = st.jump_idx
+        for node_id in nodes:
+            idx = cache.get(node_id)
+            if idx is None:
+                v = st.values[node_id]
+                idx = cache[node_id] = np.flatnonzero(np.asarray(v, dtype=bool)) if np.ndim(v) else \
+                    (np.arange(n) if v else np.zeros(0, np.int64))
+            j = int(np.searchsorted(idx, k))
+            if j < len(idx):
+                best = min(best, int(idx[j]))
+        if st.flat_mask is not None:
+            fidx = cache.get("flat")
+            if fidx is None:
+                fidx = cache["flat"] = np.flatnonzero(st.flat_mask)
+            j = int(np.searchsorted(fidx, k))
+            if j < len(fidx):
+                best = min(best, int(fidx[j]))
+        long = self.ledger.positions[st.key].quantity > 0
+        for (_, key), ref in st.protect.items():
+            it = self.orders_by_ref[ref].intent
+            level = it.stop if key == "stop" else it.limit
+            lo, size = k, 64
+            while lo < min(best, n):
+                hi = min(best, n, lo + size)
+                hit = first_touch(b, lo, hi, level, rising=(key == "stop") != long)
+                if hit is not None:
+                    best = min(best, hit[0])
+                    break
+                lo, size = hi, size * 8
+        return best
+
+    def _jump_rules(self, owner: str | None):
+        """The market exit conditions of an owner's exits, or None when its exits cannot be jumped
+        over (a condition or a level that reads the position bar by bar)."""
+        cache = self.__dict__.setdefault("_jump_cache", {})
+        if owner in cache:
+            return cache[owner]
+        nodes: list[int] | None = []
+        for rule in self._exits:
+            if not self._owned(rule, owner):
+                continue
+            if rule.when is not None:
+                if not self.plan.nodes[rule.when].market:
+                    nodes = None
+                    break
+                nodes.append(rule.when)
+            if any(x is not None and not self._fixed_at_entry(x) for x in (rule.stop, rule.target)):
+                nodes = None
+                break
+        cache[owner] = nodes
+        return nodes
+
+    def _fixed_at_entry(self, node_id: int) -> bool:
+        node = self.plan.nodes[node_id]
+        if node.op == N.CONST or node.op == N.AT_ENTRY:
+            return True
+        if node.op == N.CONTEXT:
+            return node.attrs[0] in self._FIXED_AT_ENTRY
+        if node.market or not node.args:
+            return False
+        return all(self._fixed_at_entry(a) for a in node.args)
 
     def _idle(self, st: _Symbol) -> bool:
         return st.key is None and not st.pending and st.working_entry is None and st.closing is None \

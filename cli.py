@@ -422,15 +422,26 @@ def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, jou
         _safe_echo(f"{prep.plan.name}: {mode} from {prep.start:%Y-%m-%d} to "
                    f"{'the end of the data' if prep.end is None else f'{prep.end - pd_day():%Y-%m-%d}'}, "
                    f"{', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''}\n")
-    result = session.simulate(prep, dry_run=dry_run, on_order=show)
-    summary = summarize_result(result)
+    from engine.runtime.journal import new_run_id
+    from engine.runtime.recorder import Recorder
+
+    run_id = new_run_id()
+    mode_name = "dry-run" if dry_run else "paper"
     try:
-        with Journal(journal_path) as journal:
-            bt.write_journal(result, journal, mode="dry-run" if dry_run else "paper")
-            journal.finish_run(result.run_id, "finished", summary)
+        journal = Journal(journal_path)
     except JournalError as exc:
         _safe_echo(f"qtrade: {exc}", err=True)
         sys.exit(EXIT_PROBLEMS)
+    with journal:
+        # journaled as it happens: every order before it is sent, its fills by execution id; order
+        # refs continue the strategy's sequence in this journal, so a restart never repeats one
+        bt.start_run(prep, journal, mode_name, run_id, float(prep.settings.get("cash", 100_000)))
+        prefix = f"qtrade:{prep.plan.name}:"
+        result = session.simulate(prep, dry_run=dry_run, on_order=show, run_id=run_id,
+                                  recorder=Recorder(journal, run_id), tags=(prefix, journal.last_order_seq(prefix)))
+        summary = summarize_result(result)
+        bt.write_journal(result, journal, mode=mode_name, incremental=True)
+        journal.finish_run(result.run_id, "finished", summary)
     if not text:
         _safe_echo(json.dumps({"run_id": result.run_id, "journal": journal_path, "report": None,
                                "seconds": round(_time.perf_counter() - started, 3), "timings": result.timings,

@@ -702,29 +702,38 @@ def _cash_deltas(ledger: Ledger, bars: dict[str, SymbolBars]) -> list[float]:
     return out
 
 
-def write_journal(result: Result, journal: Journal, mode: str = "backtest") -> None:
+def write_journal(result: Result, journal: Journal, mode: str = "backtest", *, incremental: bool = False) -> None:
     """Everything about the run, in the shared journal (timestamps formatted in bulk, rows
-    inserted with executemany, without fsyncs: see Journal.bulk)."""
+    inserted with executemany, without fsyncs: see Journal.bulk). `incremental`: the run was
+    started in the journal and its orders, fills and decisions journaled as they happened (a
+    Recorder); this adds the rest (trades, equity, prices, positions)."""
     with journal.bulk():
-        _write_journal(result, journal, mode)
+        _write_journal(result, journal, mode, incremental)
 
 
-def _write_journal(result: Result, journal: Journal, mode: str) -> None:
-    prep = result.prepared
-    run_id = result.run_id
+def start_run(prep: Prepared, journal: Journal, mode: str, run_id: str, cash: float) -> None:
     journal.start_run(mode, prep.plan.name, strategy_path=str(prep.path),
                       strategy_text=prep.doc.text, params=prep.plan.params,
                       settings={**prep.settings, "data": str(prep.data_path), "timezone": prep.timezone,
                                 "overrides": prep.overrides},
                       symbols=prep.symbols, bar=prep.bar, currency=prep.settings.get("currency", "USD"),
-                      initial_cash=result.ledger.initial_cash, run_id=run_id)
+                      initial_cash=cash, run_id=run_id)
+
+
+def _write_journal(result: Result, journal: Journal, mode: str, incremental: bool) -> None:
+    prep = result.prepared
+    run_id = result.run_id
     runner = result.runner
-    fast_rows = getattr(runner, "journal_rows", None)
-    if fast_rows is not None:   # the fast path's records, as rows
-        for table, (columns, rows) in fast_rows(run_id, iso_many).items():
-            journal.many(table, columns, rows)
+    if not incremental:
+        start_run(prep, journal, mode, run_id, result.ledger.initial_cash)
+        fast_rows = getattr(runner, "journal_rows", None)
+        if fast_rows is not None:   # the fast path's records, as rows
+            for table, (columns, rows) in fast_rows(run_id, iso_many).items():
+                journal.many(table, columns, rows)
+        else:
+            _journal_tables(journal, *_record_rows(result))
     else:
-        _journal_tables(journal, *_record_rows(result))
+        journal.many("trades", _TRADE_COLUMNS, _record_rows(result)[3])
     idx = _thin_indices(result.equity, 10_000)
     journal.many("equity", ("run_id", "ts", "cash", "equity"),
                  zip([run_id] * len(idx), iso_many(result.labels[idx]), result.cash[idx].tolist(),
@@ -742,7 +751,7 @@ def _write_journal(result: Result, journal: Journal, mode: str) -> None:
 
 _ORDER_COLUMNS = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "order_type", "limit_price",
                   "stop_price", "tif", "rule", "intent", "legs", "status", "status_ts", "reason")
-_DECISION_COLUMNS = ("run_id", "ts", "symbol", "rule", "kind", "outcome", "reason")
+_DECISION_COLUMNS = ("run_id", "ts", "symbol", "rule", "kind", "outcome", "reason", "detail")
 _FILL_COLUMNS = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "price", "multiplier", "commission")
 _TRADE_COLUMNS = ("run_id", "symbol", "side", "quantity", "multiplier", "entry_ts", "entry_price", "exit_ts",
                   "exit_price", "pnl", "return_pct", "bars_held", "mae", "mfe", "commission", "entry_rule", "exit_rule",
@@ -771,7 +780,7 @@ def _record_rows(result: Result) -> tuple[list, list, list, list]:
                            it.stop, it.tif, it.rule, it.intent, json.dumps(rec.legs) if rec.legs is not None else None,
                            rec.status, st if rec.status_time else t, rec.reason or it.reason))
     decisions = runner.decisions
-    decision_rows = [(run_id, t, d.symbol, d.rule, d.kind, d.outcome, d.reason)
+    decision_rows = [(run_id, t, d.symbol, d.rule, d.kind, d.outcome, d.reason, d.detail)
                      for d, t in zip(decisions, iso_many([d.time for d in decisions]))]
     fills = result.ledger.fills
     fill_rows = [(run_id, f.order_ref, t, f.symbol, f.action, f.quantity, f.price, f.multiplier, f.commission)

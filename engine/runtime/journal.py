@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,12 +46,13 @@ CREATE TABLE IF NOT EXISTS decisions (
     rule TEXT NOT NULL,
     kind TEXT NOT NULL,                -- entry | exit
     outcome TEXT NOT NULL,             -- fired | blocked
-    reason TEXT NOT NULL DEFAULT ''
+    reason TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT ''    -- the values the rule compared ("vix = 12.83: 12.83 < 25 yes; ...")
 );
 CREATE TABLE IF NOT EXISTS orders (
     id INTEGER PRIMARY KEY,
     run_id TEXT NOT NULL REFERENCES runs(run_id),
-    order_ref TEXT NOT NULL UNIQUE,    -- qtrade:<run>:<seq>; IB's orderRef, so a restart knows its own
+    order_ref TEXT NOT NULL UNIQUE,    -- qtrade:<strategy>:<seq> (runs), qtrade:<run>:<seq> (backtests); IB's orderRef
     ts TEXT NOT NULL,
     symbol TEXT NOT NULL,
     action TEXT NOT NULL,              -- buy | sell
@@ -77,7 +78,9 @@ CREATE TABLE IF NOT EXISTS fills (
     quantity REAL NOT NULL,
     price REAL NOT NULL,               -- per unit (not multiplied)
     multiplier REAL NOT NULL DEFAULT 1,
-    commission REAL NOT NULL DEFAULT 0
+    commission REAL NOT NULL DEFAULT 0,
+    exec_id TEXT UNIQUE,               -- the venue's execution id: a fill reported twice is kept once
+    broker_order_id INTEGER            -- the venue's order id (IB's orderId)
 );
 CREATE TABLE IF NOT EXISTS trades (
     id INTEGER PRIMARY KEY,
@@ -162,8 +165,10 @@ class Journal:
             existing = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if existing and "runs" not in existing:
                 raise JournalError(f"{self.path} is an SQLite file but not a qtrade journal")
+            if existing:
+                _migrate(self.db)
             self.db.executescript(SCHEMA)
-            self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                             (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path}: not a journal ({exc})") from None
@@ -211,15 +216,32 @@ class Journal:
                         " WHERE order_ref=?", (status, ts, reason, reason, order_ref))
 
     def fill(self, run_id: str, order_ref: str, ts: str, symbol: str, action: str, quantity: float,
-             price: float, multiplier: float = 1.0, commission: float = 0.0) -> None:
-        self.db.execute("INSERT INTO fills(run_id, order_ref, ts, symbol, action, quantity, price, multiplier,"
-                        " commission) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (run_id, order_ref, ts, symbol, action, quantity, price, multiplier, commission))
+             price: float, multiplier: float = 1.0, commission: float = 0.0, exec_id: str | None = None,
+             broker_order_id: int | None = None) -> bool:
+        """Journal one execution; False when its execution id is journaled already (a venue that
+        reports it again, or a restart that reads it back), which changes nothing."""
+        cur = self.db.execute("INSERT OR IGNORE INTO fills(run_id, order_ref, ts, symbol, action, quantity, price,"
+                              " multiplier, commission, exec_id, broker_order_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                              (run_id, order_ref, ts, symbol, action, quantity, price, multiplier, commission,
+                               exec_id, broker_order_id))
+        return cur.rowcount == 1
+
+    def commission(self, exec_id: str, commission: float) -> None:
+        """A commission report for a journaled execution (it may arrive after the fill)."""
+        self.db.execute("UPDATE fills SET commission=? WHERE exec_id=?", (commission, exec_id))
+
+    def last_order_seq(self, prefix: str) -> int:
+        """The highest <seq> of the order refs `<prefix><seq>` in the journal (0: none), so the
+        orders of a restarted run continue the sequence instead of repeating a ref."""
+        rows = self.db.execute("SELECT order_ref FROM orders WHERE substr(order_ref, 1, ?) = ?",
+                               (len(prefix), prefix)).fetchall()
+        seqs = [int(r[0][len(prefix):]) for r in rows if r[0][len(prefix):].isdigit()]
+        return max(seqs, default=0)
 
     def decision(self, run_id: str, ts: str, symbol: str, rule: str, kind: str, outcome: str,
-                 reason: str = "") -> None:
-        self.db.execute("INSERT INTO decisions(run_id, ts, symbol, rule, kind, outcome, reason) VALUES (?,?,?,?,?,?,?)",
-                        (run_id, ts, symbol, rule, kind, outcome, reason))
+                 reason: str = "", detail: str = "") -> None:
+        self.db.execute("INSERT INTO decisions(run_id, ts, symbol, rule, kind, outcome, reason, detail)"
+                        " VALUES (?,?,?,?,?,?,?,?)", (run_id, ts, symbol, rule, kind, outcome, reason, detail))
 
     def error(self, run_id: str | None, ts: str, source: str, message: str) -> None:
         self.db.execute("INSERT INTO errors(run_id, ts, source, message) VALUES (?,?,?,?)",
@@ -292,6 +314,18 @@ class _Transaction:
         if self.outer:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
         return False
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a journal of an older schema up to this one, in place, keeping every row."""
+    columns = {table: {r[1] for r in db.execute(f"PRAGMA table_info({table})")} for table in ("fills", "decisions")}
+    with _Transaction(db):
+        if columns["fills"] and "exec_id" not in columns["fills"]:
+            db.execute("ALTER TABLE fills ADD COLUMN exec_id TEXT")
+            db.execute("ALTER TABLE fills ADD COLUMN broker_order_id INTEGER")
+            db.execute("CREATE UNIQUE INDEX IF NOT EXISTS fills_exec ON fills(exec_id)")
+        if columns["decisions"] and "detail" not in columns["decisions"]:
+            db.execute("ALTER TABLE decisions ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
 
 
 def _json_default(value: Any):

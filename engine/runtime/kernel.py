@@ -107,8 +107,8 @@ class Kernel(RunState):
 
     def __init__(self, plan: N.Plan, symbols: dict[str, _Symbol], broker, fills: FillModel,
                  settings: RunSettings, *, on_order: Callable[[dict], None] | None = None,
-                 before_send: Callable[[OrderRecord], None] | None = None,
-                 progress: Callable[[int], None] | None = None, desk=None, chains=None):
+                 progress: Callable[[int], None] | None = None, desk=None, chains=None, recorder=None,
+                 tags: tuple[str, int] | None = None):
         class _Sig:      # RunState (and a run's reader) see each symbol's bars and plan values
             def __init__(self, st):
                 self.bars, self.values = st.bars, st.values
@@ -117,16 +117,19 @@ class Kernel(RunState):
         self.syms = symbols
         self.venue = broker
         self.on_order = on_order
-        self.before_send = before_send
         self.progress = progress
         self.desk = desk
         self.chains = chains
+        self.recorder = recorder         # journals as it happens (paper and live runs)
+        # the values each decision compared, for the runs a person reads as they go (a backtest's
+        # journal has the outcome and the reason of every decision, not its values)
+        self._explain = recorder is not None or on_order is not None
+        self._tag_prefix, self._seq0 = tags or (f"qtrade:{settings.run_id}:", 0)
         self._heap: list = []
         self._timer_seq = 0
         self.orders_by_ref: dict[str, _Tracked] = {}
         self.errors: list[tuple[int, str]] = []
         self.halted = ""                 # why new entries stopped ('' while they may go on)
-        self._seq = 0
         self._peak = settings.cash
         self._day = None
         self._day_start = settings.cash
@@ -349,8 +352,8 @@ class Kernel(RunState):
         order = E.Order(it.tag, it.symbol, it.action, float(it.quantity), it.order_type, it.limit, it.stop, it.tif,
                         owner=tr.owner, intent=it.intent, rule=it.rule,
                         oca=f"{it.symbol}:protect" if tr.role in ("stop", "target") else "")
-        if self.before_send is not None:
-            self.before_send(tr.record)       # journaled before it leaves
+        if self.recorder is not None:
+            self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
         if self.on_order is not None and tr.role in ("entry", "exit"):
             self.on_order({"time": self._now, "symbol": tr.symbol, "rule": it.rule, "order": tr.rule.order,
@@ -420,6 +423,8 @@ class Kernel(RunState):
                     self._error(f"commission report for an unknown execution {ev.exec_id}")
                 else:
                     tr.commission += ev.commission
+                    if self.recorder is not None:
+                        self.recorder.commission(ev)
             elif isinstance(ev, E.OrderStatus):
                 self._on_status(ev)
             elif isinstance(ev, E.BrokerError):
@@ -450,6 +455,9 @@ class Kernel(RunState):
         tr.value += ev.quantity * ev.price
         tr.last_bar, tr.last_time = ev.bar, ev.time
         tr.last_price = ev.price
+        if self.recorder is not None:
+            self.recorder.execution(ev, tr.combo["quote"].multiplier if tr.combo else
+                                    self.syms[tr.symbol].bars.multiplier)
 
     def _on_status(self, ev: E.OrderStatus) -> None:
         tr = self.orders_by_ref.get(ev.ref)
@@ -644,7 +652,11 @@ class Kernel(RunState):
         intent = OrderIntent(st.symbol, "sell" if pos.quantity > 0 else "buy", order_type, abs(pos.quantity), None,
                              limit, stop, template.get("tif", "day") if template else "day", "close", rule.name,
                              self._tag(), rule.reason)
-        self._decide(st.symbol, rule.name, "exit", "fired", rule.reason)
+        detail = ""
+        if rule.when is not None and self._explain:
+            ctx = self._position_context(st, k) if not self.plan.nodes[rule.when].market else {}
+            detail = "; ".join(explain(self.plan, rule.when, k, st.values, ctx))
+        self._decide(st.symbol, rule.name, "exit", "fired", rule.reason, detail)
         tr = self._track(intent, st, "exit", rule, k, kind)
         st.closing = intent.tag
         self._queue(st, tr, k)
@@ -656,21 +668,21 @@ class Kernel(RunState):
         if not fired:
             return
         rule = fired[0]
+        why = "; ".join(explain(self.plan, rule.when, k, st.values, {})) if self._explain else ""
         for other in fired[1:]:
             self._decide(st.symbol, other.name, "entry", "blocked", f"'{rule.name}' fired on the same bar and won")
         if self.halted:
-            self._decide(st.symbol, rule.name, "entry", "blocked", f"entries stopped: {self.halted}")
+            self._decide(st.symbol, rule.name, "entry", "blocked", f"entries stopped: {self.halted}", why)
             return
         reason = check_entry(self.settings.limits, self.account_state())
         if reason:
-            self._decide(st.symbol, rule.name, "entry", "blocked", reason)
+            self._decide(st.symbol, rule.name, "entry", "blocked", reason, why)
             return
         template = self.settings.orders.get(rule.order) or {}
         intent = self._intent(st, rule, template, k)
         if intent is None:
             return
-        why = "; ".join(explain(self.plan, rule.when, k, st.values, {}))
-        self._decide(st.symbol, rule.name, "entry", "fired", rule.reason)
+        self._decide(st.symbol, rule.name, "entry", "fired", rule.reason, why)
         tr = self._track(intent, st, "entry", rule, k)
         tr.why = why
         st.working_entry = intent.tag
@@ -822,8 +834,8 @@ class Kernel(RunState):
         order = E.Order(it.tag, info["key"], it.action, float(it.quantity), "limit", prices[0], None, it.tif,
                         owner=tr.owner, intent="open" if opening else "close", rule=it.rule, legs=quote.legs,
                         underlying=st.symbol, multiplier=quote.multiplier)
-        if self.before_send is not None:
-            self.before_send(tr.record)
+        if self.recorder is not None:
+            self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
         if not opening and self.on_order is not None:
             self.on_order({"time": self._now, "symbol": st.symbol, "rule": it.rule, "order": info["order"],
@@ -976,8 +988,8 @@ class Kernel(RunState):
         order = E.Order(intent.tag, info["key"], intent.action, float(intent.quantity), "limit", natural, None, "day",
                         owner=nat.owner, intent="close", rule=intent.rule, legs=quote.legs, underlying=st.symbol,
                         multiplier=quote.multiplier)
-        if self.before_send is not None:
-            self.before_send(nat.record)
+        if self.recorder is not None:
+            self.recorder.order(nat.record)       # journaled before it leaves
         nat.sent = True
         if self.on_order is not None:
             self.on_order({"time": self._now, "symbol": symbol, "rule": rule.name, "order": info["order"],
@@ -1101,21 +1113,31 @@ class Kernel(RunState):
         return AccountState(equity, self._peak, self._day_start, len(self.ledger.positions) + working,
                             self._losses, self._paused_until, self._now / 1e9)
 
-    def _decide(self, symbol: str, rule: str, kind: str, outcome: str, reason: str = "") -> None:
-        self.decisions.append(Decision(self._now, symbol, rule, kind, outcome, reason))
+    def _decide(self, symbol: str, rule: str, kind: str, outcome: str, reason: str = "", detail: str = "") -> None:
+        d = Decision(self._now, symbol, rule, kind, outcome, reason, detail)
+        self.decisions.append(d)
+        if self.recorder is not None:
+            self.recorder.decision(d)
 
     def _tag(self) -> str:
-        self._seq += 1
-        return f"qtrade:{self.settings.run_id}:{self._seq}"
+        """The order's stable ref: `qtrade:<run>:<seq>` in a backtest; in a paper or live run
+        `qtrade:<strategy>:<seq>`, the sequence continued from the journal, so a restart knows its
+        own orders and never reuses a ref."""
+        self._seq0 += 1
+        return f"{self._tag_prefix}{self._seq0}"
 
     def _status(self, tr: _Tracked, status: str, time: int, reason: str, quantity: float | None = None) -> None:
         rec = tr.record
         rec.status, rec.status_time = status, time
         if reason:
             rec.reason = reason
+        if self.recorder is not None:
+            self.recorder.status(rec)
 
     def _error(self, message: str) -> None:
         self.errors.append((self._now, message))
+        if self.recorder is not None:
+            self.recorder.error(self._now, message)
         self.halted = self.halted or message
 
     def _end_of_data(self) -> None:

@@ -27,6 +27,7 @@ class Decision:
     kind: str         # entry | exit
     outcome: str      # fired | blocked
     reason: str = ""
+    detail: str = ""  # the values the rule compared, as `explain` shows them
 
 
 @dataclass

@@ -28,12 +28,14 @@ from .signals import SymbolSignals
 
 def simulate(prep: bt.Prepared, *, dry_run: bool = False, streaming: bool = True, run_id: str | None = None,
              on_order: Callable[[dict], None] | None = None, partial: float | None = None,
-             progress: Callable[[float], None] | None = None) -> bt.Result:
+             progress: Callable[[float], None] | None = None, recorder=None,
+             tags: tuple[str, int] | None = None) -> bt.Result:
+    """`recorder` journals the run as it happens; `tags` = (prefix, last seq) for stable order refs."""
     with without_cyclic_gc():
-        return _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress)
+        return _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, recorder, tags)
 
 
-def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress) -> bt.Result:
+def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, recorder, tags) -> bt.Result:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     plan = prep.plan
@@ -105,7 +107,7 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress) -> 
 
         desk, chains = option_desk(prep, {sym: _Bars(b) for sym, b in symbol_bars.items()})
     kernel = Kernel(plan, symbols, broker, fills, settings, on_order=on_order, progress=report, desk=desk,
-                    chains=chains)
+                    chains=chains, recorder=recorder, tags=tags)
     if chains is not None and hasattr(chains, "runner_ref"):
         chains.runner_ref["runner"] = kernel
     venue.combo_quote = wallet.combo_quote = kernel.combo_quote

@@ -1,0 +1,54 @@
+"""The journal written as a run happens (paper and live): every order before it is sent, each
+status change, each execution by its execution id, commissions as they arrive, decisions with
+the values their rule compared, errors. A crash leaves the journal with everything that happened
+up to it; the end of a run adds the trades, the equity curve and the positions
+(backtest.write_journal with incremental=True).
+"""
+
+from __future__ import annotations
+
+from ..brokers import events as E
+from .journal import Journal
+from .records import Decision, OrderRecord
+
+
+def _iso(ns: int) -> str:
+    import pandas as pd
+
+    return pd.Timestamp(int(ns), tz="UTC").isoformat()
+
+
+class Recorder:
+    def __init__(self, journal: Journal, run_id: str):
+        self.journal = journal
+        self.run_id = run_id
+        self._journaled: set[str] = set()
+        self._exec_refs: dict[str, str] = {}
+
+    def order(self, rec: OrderRecord) -> None:
+        """Before the order leaves: its row, status `created` (committed: the journal is in autocommit)."""
+        it = rec.intent
+        if it.tag in self._journaled:
+            return
+        self._journaled.add(it.tag)
+        self.journal.order(self.run_id, it.tag, _iso(rec.time), it.symbol, it.action, float(it.quantity or 0.0),
+                           it.order_type, limit_price=it.limit, stop_price=it.stop, tif=it.tif, rule=it.rule,
+                           intent=it.intent, legs=rec.legs, status="created", reason=it.reason)
+
+    def status(self, rec: OrderRecord) -> None:
+        if rec.intent.tag not in self._journaled:      # refused before it was sent (risk, funds)
+            self.order(rec)
+        self.journal.order_status(rec.intent.tag, rec.status, _iso(rec.status_time or rec.time), rec.reason)
+
+    def execution(self, ev: E.Execution, multiplier: float) -> None:
+        self.journal.fill(self.run_id, ev.ref, _iso(ev.time), ev.symbol, ev.action, ev.quantity, ev.price,
+                          multiplier, exec_id=ev.exec_id, broker_order_id=ev.broker_id)
+
+    def commission(self, ev: E.CommissionReport) -> None:
+        self.journal.commission(ev.exec_id, ev.commission)
+
+    def decision(self, d: Decision) -> None:
+        self.journal.decision(self.run_id, _iso(d.time), d.symbol, d.rule, d.kind, d.outcome, d.reason, d.detail)
+
+    def error(self, time: int, message: str) -> None:
+        self.journal.error(self.run_id, _iso(time), "kernel", message)

@@ -1,0 +1,131 @@
+"""The journal of a paper or live run, written as it happens: each order journaled before the
+venue sees it, fills by execution id (a fill reported twice is kept once), commissions as they
+arrive, stable order refs that a restart continues, decisions with the values they compared,
+and an older journal brought up to the schema in place."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from engine.brokers import events as E
+from engine.brokers.sim import SimBroker
+from engine.runtime import backtest as bt
+from engine.runtime import session
+from engine.runtime.journal import Journal
+from engine.runtime.recorder import Recorder
+
+SMA = "strategies/sma_crossover.yaml"
+
+
+def _run(journal_path, venue_class=SimBroker, days=300):
+    prep = bt.last_days(bt.prepare(SMA), days)
+    real = session.SimBroker
+    session.SimBroker = venue_class
+    try:
+        with Journal(journal_path) as journal:
+            bt.start_run(prep, journal, "paper", "r1", 100_000.0)
+            prefix = f"qtrade:{prep.plan.name}:"
+            result = session.simulate(prep, run_id="r1", recorder=Recorder(journal, "r1"),
+                                      tags=(prefix, journal.last_order_seq(prefix)))
+            bt.write_journal(result, journal, "paper", incremental=True)
+    finally:
+        session.SimBroker = real
+    return result
+
+
+def test_every_order_is_journaled_before_the_venue_sees_it(tmp_path):
+    path = tmp_path / "j.sqlite"
+    seen = []
+
+    class Watching(SimBroker):
+        def place(self, order):
+            row = sqlite3.connect(path).execute("SELECT status, quantity FROM orders WHERE order_ref = ?",
+                                                (order.ref,)).fetchone()
+            seen.append((order.ref, row))
+            return super().place(order)
+
+    result = _run(path, Watching)
+    assert len(seen) == len(result.broker.placed) >= 4
+    for ref, row in seen:
+        assert row is not None, f"{ref} reached the venue before the journal"
+        assert row[0] == "created" and row[1] > 0
+    con = sqlite3.connect(path)
+    fills = con.execute("SELECT order_ref, exec_id, broker_order_id FROM fills").fetchall()
+    assert len(fills) == len(result.ledger.fills) and all(e and b for _, e, b in fills)
+    statuses = dict(con.execute("SELECT order_ref, status FROM orders"))
+    assert set(statuses.values()) == {"filled"}
+    trades = con.execute("SELECT count(*) FROM trades").fetchone()[0]
+    assert trades == len(result.ledger.trades)
+    detail = con.execute("SELECT detail FROM decisions WHERE kind = 'entry' AND outcome = 'fired'").fetchone()[0]
+    assert detail == "crosses_above(sma(close, 10), sma(close, 30)): yes"
+
+
+def test_a_restart_continues_the_order_refs_and_never_repeats_one(tmp_path):
+    path = tmp_path / "j.sqlite"
+    runner = CliRunner()
+    for _ in range(2):
+        out = runner.invoke(cli.main, ["run", SMA, "--broker", "sim", "--days", "300", "--journal", str(path)])
+        assert out.exit_code == 0, out.output
+    refs = [r[0] for r in sqlite3.connect(path).execute("SELECT order_ref FROM orders ORDER BY id")]
+    seqs = [int(r.rsplit(":", 1)[1]) for r in refs]
+    assert all(r.startswith("qtrade:sma-crossover:") for r in refs)
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) % 2 == 0
+
+
+class _Twice(SimBroker):
+    """A venue that reports every execution (and its commission) twice, as a reconnect can."""
+
+    def events(self):
+        out = []
+        for ev in super().events():
+            out.append(ev)
+            if isinstance(ev, (E.Execution, E.CommissionReport)):
+                out.append(ev)
+        return out
+
+
+def test_a_fill_reported_twice_is_journaled_and_booked_once(tmp_path):
+    path = tmp_path / "j.sqlite"
+    once = _run(tmp_path / "once.sqlite")
+    twice = _run(path, _Twice)
+    assert [f.quantity for f in twice.ledger.fills] == [f.quantity for f in once.ledger.fills]
+    assert twice.ledger.cash == pytest.approx(once.ledger.cash)
+    rows = sqlite3.connect(path).execute("SELECT count(*), count(DISTINCT exec_id) FROM fills").fetchone()
+    assert rows[0] == rows[1] == len(once.ledger.fills)
+
+
+def test_a_journal_of_the_first_schema_is_brought_up_to_date_in_place(tmp_path):
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, mode TEXT NOT NULL, strategy TEXT NOT NULL,
+            strategy_path TEXT, strategy_text TEXT, params TEXT NOT NULL DEFAULT '{}',
+            settings TEXT NOT NULL DEFAULT '{}', symbols TEXT NOT NULL DEFAULT '[]', bar TEXT,
+            currency TEXT NOT NULL DEFAULT 'USD', initial_cash REAL, started_at TEXT NOT NULL,
+            finished_at TEXT, status TEXT NOT NULL DEFAULT 'running', summary TEXT);
+        CREATE TABLE decisions (id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, ts TEXT NOT NULL,
+            symbol TEXT NOT NULL, rule TEXT NOT NULL, kind TEXT NOT NULL, outcome TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '');
+        CREATE TABLE fills (id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, order_ref TEXT NOT NULL,
+            ts TEXT NOT NULL, symbol TEXT NOT NULL, action TEXT NOT NULL, quantity REAL NOT NULL,
+            price REAL NOT NULL, multiplier REAL NOT NULL DEFAULT 1, commission REAL NOT NULL DEFAULT 0);
+        INSERT INTO runs(run_id, mode, strategy, started_at) VALUES ('old', 'paper', 's', '2020-01-01');
+        INSERT INTO fills(run_id, order_ref, ts, symbol, action, quantity, price) VALUES
+            ('old', 'qtrade:s:1', '2020-01-01', 'SPY', 'buy', 1, 100);
+    """)
+    con.commit()
+    con.close()
+    with Journal(path) as journal:
+        assert journal.fill("old", "qtrade:s:2", "2020-01-02", "SPY", "sell", 1, 101, exec_id="e.1")
+        assert not journal.fill("old", "qtrade:s:2", "2020-01-02", "SPY", "sell", 1, 101, exec_id="e.1")
+        journal.decision("old", "2020-01-02", "SPY", "x", "exit", "fired", "", "a = 1: 1 > 0 yes")
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT count(*) FROM fills").fetchone()[0] == 2          # the old row is kept
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert con.execute("SELECT detail FROM decisions").fetchone()[0] == "a = 1: 1 > 0 yes"

@@ -377,7 +377,10 @@ def _describe_intent(info: dict) -> str:
 @click.option("--journal", "journal_path", default="qtrade-journal.sqlite", show_default=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: the run's summary in the backtest's schema (the orders are not printed).")
-def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, journal_path, fmt):
+@click.option("--partial-fills", "partial", type=click.FloatRange(0.01, 1.0, max_open=True), default=None,
+              metavar="FRACTION", help="With --broker sim: rehearse partial fills, at most FRACTION of an order's "
+              "quantity (whole units, at least 1) filling in one bar.")
+def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, journal_path, fmt, partial):
     """Run STRATEGY: against the simulator (replaying its data bar by bar) or IB.
 
     The run goes through the trading kernel, the loop a live run uses: the plan is evaluated bar
@@ -437,7 +440,7 @@ def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, jou
         # refs continue the strategy's sequence in this journal, so a restart never repeats one
         bt.start_run(prep, journal, mode_name, run_id, float(prep.settings.get("cash", 100_000)))
         prefix = f"qtrade:{prep.plan.name}:"
-        result = session.simulate(prep, dry_run=dry_run, on_order=show, run_id=run_id,
+        result = session.simulate(prep, dry_run=dry_run, on_order=show, run_id=run_id, partial=partial,
                                   recorder=Recorder(journal, run_id), tags=(prefix, journal.last_order_seq(prefix)))
         summary = summarize_result(result)
         bt.write_journal(result, journal, mode=mode_name, incremental=True)

@@ -63,3 +63,22 @@ def test_a_journal_of_a_dry_run_says_nothing_was_transmitted_as_filled_at_a_brok
     rows = con.execute("select action, quantity, status from orders order by rowid").fetchall()
     assert rows and all(q > 0 for _, q, _ in rows)      # every order carries the quantity it would send
     assert {a for a, _, _ in rows} == {"buy", "sell"}
+
+
+def test_partial_fills_are_rehearsed_and_add_up_to_each_order(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "p.sqlite"
+    out = CliRunner().invoke(cli.main, ["run", SMA, "--broker", "sim", "--days", "300", "--partial-fills", "0.3",
+                                        "--journal", str(path)])
+    assert out.exit_code == 0, out.output
+    con = sqlite3.connect(path)
+    orders = dict(con.execute("SELECT order_ref, quantity FROM orders WHERE status = 'filled'"))
+    fills = con.execute("SELECT order_ref, count(*), sum(quantity) FROM fills GROUP BY order_ref").fetchall()
+    assert len(fills) == len(orders) >= 4
+    for ref, count, total in fills:
+        assert count == 4 and total == orders[ref]      # 30% (whole shares) a bar: 4 executions
+    trades = con.execute("SELECT quantity FROM trades").fetchall()
+    assert trades and all(q in orders.values() for q, in trades)
+    bad = CliRunner().invoke(cli.main, ["run", SMA, "--partial-fills", "1.5", "--journal", str(path)])
+    assert bad.exit_code == 2 and "--partial-fills" in bad.output

@@ -380,7 +380,9 @@ def _describe_intent(info: dict) -> str:
 @click.option("--partial-fills", "partial", type=click.FloatRange(0.01, 1.0, max_open=True), default=None,
               metavar="FRACTION", help="With --broker sim: rehearse partial fills, at most FRACTION of an order's "
               "quantity (whole units, at least 1) filling in one bar.")
-def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, journal_path, fmt, partial):
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
+              help="With --broker sim: replay at N times real time on the wall clock (default: as fast as it goes).")
+def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, journal_path, fmt, partial, speed):
     """Run STRATEGY: against the simulator (replaying its data bar by bar) or IB.
 
     The run goes through the trading kernel, the loop a live run uses: the plan is evaluated bar
@@ -440,7 +442,7 @@ def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, jou
         # refs continue the strategy's sequence in this journal, so a restart never repeats one
         bt.start_run(prep, journal, mode_name, run_id, float(prep.settings.get("cash", 100_000)))
         prefix = f"qtrade:{prep.plan.name}:"
-        result = session.simulate(prep, dry_run=dry_run, on_order=show, run_id=run_id, partial=partial,
+        result = session.simulate(prep, dry_run=dry_run, on_order=show, run_id=run_id, partial=partial, speed=speed,
                                   recorder=Recorder(journal, run_id), tags=(prefix, journal.last_order_seq(prefix)))
         summary = summarize_result(result)
         bt.write_journal(result, journal, mode=mode_name, incremental=True)

@@ -174,3 +174,34 @@ def test_events_the_tracker_cannot_place_are_errors_that_stop_new_entries(tmp_pa
     assert not result.ledger.positions and len(result.ledger.trades) == 1
     blocked = [d for d in runner.decisions if d.outcome == "blocked"]
     assert blocked and all(d.reason.startswith("entries stopped: execution x.1") for d in blocked)
+
+
+def test_the_wall_clock_waits_for_each_step_and_the_run_is_the_same():
+    """A WallClock at `speed` sleeps until each step is due (here with a fake clock); the kernel
+    driven by it trades exactly as on the SimClock."""
+    from engine.runtime import backtest as bt
+    from engine.runtime import session
+    from engine.runtime.clock import WallClock
+
+    now = [0.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    clock = WallClock(speed=2.0, sleep=sleep, monotonic=lambda: now[0])
+    order = []
+    clock.at(10 * 10**9, lambda: order.append("b"))
+    clock.at(4 * 10**9, lambda: order.append("a"))
+    clock.at(12 * 10**9, lambda: order.append("c"))
+    clock.run()
+    assert order == ["a", "b", "c"] and slept == [3.0, 1.0]      # 6 s and 2 s of clock time at 2x
+
+    prep = bt.last_days(bt.prepare("strategies/sma_crossover.yaml"), 60)
+    fast = session.simulate(prep, run_id="w")
+    walled = session.simulate(prep, run_id="w", speed=86_400.0 * 5_000)   # 5,000 days a second
+    assert [f.price for f in walled.ledger.fills] == [f.price for f in fast.ledger.fills]
+    assert walled.final_equity == fast.final_equity
+    with pytest.raises(ValueError):
+        WallClock(speed=0)

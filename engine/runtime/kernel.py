@@ -30,7 +30,6 @@ an expiring combo is cash-settled at the underlying's settlement price.
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -46,11 +45,9 @@ from ..plan import nodes as N
 from ..plan.evaluate import Stream, explain, value_at
 from ..portfolio.ledger import Fill, Ledger
 from ..risk.limits import AccountState, cap_quantity, check_entry
+from .clock import CLOSE, INTRABAR, OPEN, SimClock
 from .records import Decision, OrderRecord, RunSettings, RunState, context_nodes, with_excursions
 
-# phases at one instant: timers due then (a chase's step or its cancel) first, then decisions at a
-# close, then fills at an open, then fills inside a bar
-TIMER, CLOSE, OPEN, INTRABAR = -1, 0, 1, 2
 
 
 @dataclass
@@ -125,8 +122,7 @@ class Kernel(RunState):
         # journal has the outcome and the reason of every decision, not its values)
         self._explain = recorder is not None or on_order is not None
         self._tag_prefix, self._seq0 = tags or (f"qtrade:{settings.run_id}:", 0)
-        self._heap: list = []
-        self._timer_seq = 0
+        self.clock: SimClock | None = None
         self.orders_by_ref: dict[str, _Tracked] = {}
         self.errors: list[tuple[int, str]] = []
         self.halted = ""                 # why new entries stopped ('' while they may go on)
@@ -147,7 +143,9 @@ class Kernel(RunState):
         self._combo_rules = {r.name for r in self._entries if "legs" in (settings.orders.get(r.order) or {})}
 
     # ---- the feed ----------------------------------------------------------------------------
-    def run(self) -> Ledger:
+    def run(self, clock: SimClock | None = None) -> Ledger:
+        """The run: each symbol's history fed through `clock` (a SimClock unless given, e.g. a
+        WallClock replaying in real time)."""
         for symbol, st in sorted(self.syms.items()):
             for rule in self._entries:
                 if st.combo and rule.name in self._combo_rules:
@@ -161,29 +159,22 @@ class Kernel(RunState):
                     self._decide(symbol, rule.name, "entry", "blocked",
                                  f"needs {', '.join(needs) or 'run context'}, which this run does not provide yet "
                                  "(scanner results come with the scanner engine)")
-        heap = self._heap
-        for order, symbol in enumerate(sorted(self.syms)):
-            proc = self._symbol(symbol)
-            first = next(proc, None)
-            if first is not None:
-                heap.append((first[0], first[1], order, proc))
-        heapq.heapify(heap)
-        self._timer_seq = len(self.syms)
-        done = 0
-        while heap:
-            time, phase, order, proc = heapq.heappop(heap)
-            self._now = time
-            self.venue.at(time)
-            nxt = next(proc, None)
-            if nxt is not None:
-                heapq.heappush(heap, (nxt[0], nxt[1], order, proc))
-            done += 1
-            if self.progress is not None and done % 1024 == 0:
-                self.progress(time)
+        clock = self.clock = clock or SimClock(self.progress)
+        clock.on_time = self._tick
+        for symbol in sorted(self.syms):
+            clock.add(self.history_feed(symbol))
+        clock.run()
         self._end_of_data()
         return self.ledger
 
-    def _symbol(self, symbol: str):
+    def _tick(self, time: int) -> None:
+        self._now = time
+        self.venue.at(time)
+
+    def history_feed(self, symbol: str):
+        """A symbol's bars as clock steps: open, trade, close, one bar at a time; bars where
+        nothing can happen (no entry can fire, nothing open or working; a position that only waits)
+        are skipped."""
         st = self.syms[symbol]
         b = st.bars
         n = len(b)
@@ -305,14 +296,10 @@ class Kernel(RunState):
 
     def _at(self, time: int, action: Callable[[], None]) -> None:
         """A timer: `action` runs at `time` (before the bars' events of that instant)."""
-        def proc():
-            yield time, TIMER
-            action()
-        gen = proc()
-        self._timer_seq += 1
-        heapq.heappush(self._heap, (*next(gen), self._timer_seq, gen))
+        self.clock.at(time, action)
 
     def _stream(self, st: _Symbol, k: int) -> None:
+        """The streaming plan's values for bar k, as a live run computes them."""
         inputs = st.inputs
         fields = {f: inputs.fields[f][k] for f in inputs.fields}
         clock = {c: inputs.clock[c][k] for c in inputs.clock}

@@ -19,6 +19,7 @@ from ..brokers.matching import FillModel
 from ..brokers.sim import SimBroker
 from ..plan.evaluate import Stream, evaluate
 from . import backtest as bt
+from .clock import SimClock, WallClock
 from .collector import without_cyclic_gc
 from .journal import new_run_id
 from .kernel import Kernel, _Symbol
@@ -29,13 +30,14 @@ from .signals import SymbolSignals
 def simulate(prep: bt.Prepared, *, dry_run: bool = False, streaming: bool = True, run_id: str | None = None,
              on_order: Callable[[dict], None] | None = None, partial: float | None = None,
              progress: Callable[[float], None] | None = None, recorder=None,
-             tags: tuple[str, int] | None = None) -> bt.Result:
-    """`recorder` journals the run as it happens; `tags` = (prefix, last seq) for stable order refs."""
+             tags: tuple[str, int] | None = None, speed: float | None = None) -> bt.Result:
+    """`recorder` journals the run as it happens; `tags` = (prefix, last seq) for stable order refs;
+    `speed`: replay on a WallClock at that many times real time (None: as fast as it goes)."""
     with without_cyclic_gc():
-        return _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, recorder, tags)
+        return _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, recorder, tags, speed)
 
 
-def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, recorder, tags) -> bt.Result:
+def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, recorder, tags, speed) -> bt.Result:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     plan = prep.plan
@@ -106,13 +108,13 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
                 self.bars = bars
 
         desk, chains = option_desk(prep, {sym: _Bars(b) for sym, b in symbol_bars.items()})
-    kernel = Kernel(plan, symbols, broker, fills, settings, on_order=on_order, progress=report, desk=desk,
+    kernel = Kernel(plan, symbols, broker, fills, settings, on_order=on_order, desk=desk,
                     chains=chains, recorder=recorder, tags=tags)
     if chains is not None and hasattr(chains, "runner_ref"):
         chains.runner_ref["runner"] = kernel
     venue.combo_quote = wallet.combo_quote = kernel.combo_quote
     t1 = time.perf_counter()
-    ledger = kernel.run()
+    ledger = kernel.run(WallClock(speed, report) if speed else SimClock(report))
     timings["run"] = time.perf_counter() - t1
     result = bt.Result(prep, run_id, ledger, kernel, symbol_bars, timings,
                        lambda: bt.equity_curve(ledger, symbol_bars, settings.cash, prep.start,

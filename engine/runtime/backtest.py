@@ -457,7 +457,7 @@ def _run(prep: Prepared, progress, run_id, fast) -> Result:
             return result
     from .session import simulate
 
-    result = simulate(prep, streaming=False, run_id=run_id, progress=progress)
+    result = simulate(prep, streaming=False, run_id=run_id, progress=progress, evaluated=signals)
     result.timings["evaluate"] += timings["evaluate"]
     return result
 

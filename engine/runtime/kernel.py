@@ -141,6 +141,9 @@ class Kernel(RunState):
                                  (r.agent and self._active.get(r.agent) is not None and
                                   not plan.nodes[self._active[r.agent]].market)}
         self._combo_rules = {r.name for r in self._entries if "legs" in (settings.orders.get(r.order) or {})}
+        read = {n.attrs[0] for r in self._exits for n in context_nodes(plan, r)}
+        self._running_fields = bool(read & {"position.max_pnl", "position.min_pnl", "position.highest",
+                                            "position.lowest"})
 
     # ---- the feed ----------------------------------------------------------------------------
     def run(self, clock: SimClock | None = None) -> Ledger:
@@ -538,27 +541,34 @@ class Kernel(RunState):
                 self._manage(st, k)
 
     def _position_context(self, st: _Symbol, k: int) -> dict:
+        """The open position's fields at bar k's close. The running ones (highest, lowest, max and
+        min P&L since the entry) are computed only when a rule reads them, over the bars since
+        they were last brought up to date."""
         pos = self.ledger.positions[st.symbol]
         b = st.bars
         c = float(b.close[k])
-        pnl = (c - pos.avg_price) * pos.quantity * pos.multiplier
-        s = st.stats
         e = pos.entry_bar
-        if not s:
-            s.update(highest=-math.inf, lowest=math.inf, max_pnl=-math.inf, min_pnl=math.inf, upto=e - 1)
-        for j in range(s["upto"] + 1, k + 1):   # the running fields through bar k
-            s["highest"] = max(s["highest"], float(b.high[j]))
-            s["lowest"] = min(s["lowest"], float(b.low[j]))
-            pj = (float(b.close[j]) - pos.avg_price) * pos.quantity * pos.multiplier
-            s["max_pnl"], s["min_pnl"] = max(s["max_pnl"], pj), min(s["min_pnl"], pj)
-        s["upto"] = k
-        return {"position.side": float(pos.side), "position.size": abs(pos.quantity),
-                "position.entry_price": pos.avg_price, "position.bars_held": float(k - e),
-                "position.time_held": (int(b.end[k]) - pos.entry_time) / 1e9, "position.pnl": pnl,
-                "position.pnl_pct": (c / pos.avg_price - 1.0) * 100.0 * pos.side,
-                "position.max_pnl": s["max_pnl"], "position.min_pnl": s["min_pnl"],
-                "position.highest": s["highest"], "position.lowest": s["lowest"],
-                "position.entry_credit": float(pos.entry_values.get("credit", np.nan)), "position.entry_bar": e}
+        ctx = {"position.side": float(pos.side), "position.size": abs(pos.quantity),
+               "position.entry_price": pos.avg_price, "position.bars_held": float(k - e),
+               "position.time_held": (int(b.end[k]) - pos.entry_time) / 1e9,
+               "position.pnl": (c - pos.avg_price) * pos.quantity * pos.multiplier,
+               "position.pnl_pct": (c / pos.avg_price - 1.0) * 100.0 * pos.side,
+               "position.entry_credit": float(pos.entry_values.get("credit", np.nan)), "position.entry_bar": e}
+        if self._running_fields:
+            s = st.stats
+            if not s:
+                s.update(highest=-math.inf, lowest=math.inf, max_pnl=-math.inf, min_pnl=math.inf, upto=e - 1)
+            lo = s["upto"] + 1
+            if lo <= k:      # the bars since the last look, at once
+                pnl = (b.close[lo:k + 1] - pos.avg_price) * pos.quantity * pos.multiplier
+                s["highest"] = max(s["highest"], float(b.high[lo:k + 1].max()))
+                s["lowest"] = min(s["lowest"], float(b.low[lo:k + 1].min()))
+                s["max_pnl"] = max(s["max_pnl"], float(pnl.max()))
+                s["min_pnl"] = min(s["min_pnl"], float(pnl.min()))
+                s["upto"] = k
+            ctx.update({"position.max_pnl": s["max_pnl"], "position.min_pnl": s["min_pnl"],
+                        "position.highest": s["highest"], "position.lowest": s["lowest"]})
+        return ctx
 
     def _owned(self, rule: N.Rule, owner: str | None) -> bool:
         return rule.agent is None or rule.agent == owner
@@ -596,6 +606,8 @@ class Kernel(RunState):
         """Place or move the protective stop and target orders: levels set at this close work
         during the next bar."""
         pos = self.ledger.positions[st.symbol]
+        if st.protect and self._jump_rules(st.owner) is not None:
+            return      # levels fixed at the entry, their orders placed: nothing to move
         for rule in self._exits:
             if not self._owned(rule, st.owner):
                 continue

@@ -30,14 +30,18 @@ from .signals import SymbolSignals
 def simulate(prep: bt.Prepared, *, dry_run: bool = False, streaming: bool = True, run_id: str | None = None,
              on_order: Callable[[dict], None] | None = None, partial: float | None = None,
              progress: Callable[[float], None] | None = None, recorder=None,
-             tags: tuple[str, int] | None = None, speed: float | None = None) -> bt.Result:
+             tags: tuple[str, int] | None = None, speed: float | None = None,
+             evaluated: dict[str, SymbolSignals] | None = None) -> bt.Result:
     """`recorder` journals the run as it happens; `tags` = (prefix, last seq) for stable order refs;
-    `speed`: replay on a WallClock at that many times real time (None: as fast as it goes)."""
+    `speed`: replay on a WallClock at that many times real time (None: as fast as it goes);
+    `evaluated`: the vectorised plan's values per symbol when the caller has them already."""
     with without_cyclic_gc():
-        return _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, recorder, tags, speed)
+        return _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, recorder, tags, speed,
+                         evaluated or {})
 
 
-def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, recorder, tags, speed) -> bt.Result:
+def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, recorder, tags, speed,
+              evaluated) -> bt.Result:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     plan = prep.plan
@@ -66,9 +70,12 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
             st = _Symbol(symbol, sbars, values, first, _cut(entry_mask, last), _cut(flat_mask, last), None,
                          Stream(plan), bars)
         else:
-            values = evaluate(plan, bars)
-            if last < len(sbars):
-                sbars, bars, values = bt._truncate(sbars, bars, values, last)
+            if symbol in evaluated:      # the backtest's own evaluation, already cut at --to
+                sbars, values = evaluated[symbol].bars, evaluated[symbol].values
+            else:
+                values = evaluate(plan, bars)
+                if last < len(sbars):
+                    sbars, bars, values = bt._truncate(sbars, bars, values, last)
             if combos:
                 n = len(sbars)
                 possible = np.zeros(n, dtype=bool)
@@ -79,7 +86,8 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
                 possible[:first] = False
                 candidates = np.flatnonzero(possible)
             else:
-                sig = SymbolSignals(plan, values, sbars, entry_mask=_cut(entry_mask, last), start=first)
+                sig = evaluated.get(symbol) or SymbolSignals(plan, values, sbars, entry_mask=_cut(entry_mask, last),
+                                                            start=first)
                 candidates = None if sig.context_entries else sig.entry_idx
             st = _Symbol(symbol, sbars, values, first, _cut(entry_mask, last), _cut(flat_mask, last), candidates)
         st.combo = combos

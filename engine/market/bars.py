@@ -135,10 +135,24 @@ def _norm(name) -> str:
     return re.sub(r"[\s_\-.:]+", "", str(name).strip().lstrip("\ufeff").strip('"').lower())
 
 
+_MAX_LINE = 64 * 1024   # no header or bar row is this long; a file without newlines is not read whole
+_MAX_BLANK = 1000       # blank lines looked past for the first row
+
+
 def _first_line(path: Path) -> str:
     with open(path, "rb") as fh:
-        raw = fh.readline()
+        raw = fh.readline(_MAX_LINE + 1)
+    _refuse_long_line(path, raw, 1)
     return raw.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+
+
+def _refuse_long_line(path: Path, raw: bytes, number: int) -> None:
+    if len(raw) > _MAX_LINE:
+        raise DiagnosticError([error(str(path), number, 1,
+                                     f"line {number} is longer than {_MAX_LINE // 1024} KiB: this is not a "
+                                     "CSV file of bars (no line break found)",
+                                     "expected a header line such as Date,Open,High,Low,Close,Volume, "
+                                     "then one bar per line")])
 
 
 def _split_header(line: str) -> list[str]:
@@ -206,6 +220,7 @@ def _load_file(path: Path, wanted, timezone, adjusted, start, end) -> dict[str, 
         for role in ("open", "high", "low"):
             gap &= np.isnan(out_cols[role])
     keep = ~gap
+    _refuse_bad_values(out_cols, keep, source, lines, adjusted)
     columns = {}
     for role in FIELDS:
         values = out_cols[role]
@@ -230,6 +245,63 @@ def _load_file(path: Path, wanted, timezone, adjusted, start, end) -> dict[str, 
     if not keep.all():
         bars, lines = bars[keep], lines[keep]
     return {_stem_symbol(path, wanted): _finish(bars, lines, source, timezone, start, end)}
+
+
+def _refuse_bad_values(cols: dict, keep: np.ndarray, source: _Source, lines, adjusted: bool) -> None:
+    """Refuse a file whose bars no run could trust, at the first bad row's line and column: no bars
+    at all (a header alone), a missing, infinite, zero or negative price in a row that has prices,
+    an infinite or negative volume, or a high below the low. All checks are whole-column numpy
+    comparisons (a few ms for 1M bars); a row is looked at alone only to name the first bad one."""
+    if not keep.any():
+        csv = getattr(source, "csv", False)
+        raise DiagnosticError([error(str(source.path), 1 if csv else 0, 1 if csv else 0,
+                                     "no bars: the file has a header but no rows with prices" if csv
+                                     else "no bars: the file has no rows with prices",
+                                     "give a file with at least one bar under its header")])
+    what = "adjusted " if adjusted else ""
+    problems = []  # (row index, role, message, hint)
+    for role in _PRICES:
+        values = cols[role]
+        with np.errstate(invalid="ignore"):
+            huge = np.isinf(values) & keep
+            bad = ~(values > 0) & keep & ~huge   # NaN, zero and negative
+        if bad.any():
+            at = int(np.flatnonzero(bad)[0])
+            value = values[at]
+            if np.isnan(value):
+                message = f"missing {what}{role} price in a bar that has other prices"
+            else:
+                message = f"{what}{role} price is {_shown(value)}: prices must be above zero"
+            problems.append((at, role, message, "fix or delete the row (a row with no prices at all is a gap "
+                                                "and is left out)"))
+        if huge.any():
+            at = int(np.flatnonzero(huge)[0])
+            problems.append((at, role, f"{what}{role} price is {_shown(values[at])}",
+                             "prices must be finite numbers; fix or delete the row"))
+    volume = cols.get("volume")
+    if volume is not None and "volume" in source.roles:
+        with np.errstate(invalid="ignore"):
+            bad = (np.isinf(volume) | (volume < 0)) & keep
+        if bad.any():
+            at = int(np.flatnonzero(bad)[0])
+            problems.append((at, "volume", f"volume is {_shown(volume[at])}: volumes must be finite and not negative",
+                             "fix the row, or leave the volume field empty when it is not known"))
+    with np.errstate(invalid="ignore"):
+        crossed = (cols["high"] < cols["low"]) & keep
+    if crossed.any():
+        at = int(np.flatnonzero(crossed)[0])
+        problems.append((at, "high", f"{what}high {_shown(cols['high'][at])} is below the low {_shown(cols['low'][at])}",
+                         "check the column order in the header, or fix the row"))
+    if not problems:
+        return
+    at, role, message, hint = min(problems, key=lambda p: (p[0], source.roles.get(p[1], 0)))
+    line = int(lines[at])
+    col, name = _where(source, line, role)
+    raise DiagnosticError([error(str(source.path), line, col, f"{message} (column {name!r})", hint)])
+
+
+def _shown(value: float) -> str:
+    return "nan" if np.isnan(value) else ("inf" if value == np.inf else "-inf" if value == -np.inf else f"{value:g}")
 
 
 def _finish(bars: pd.DataFrame, lines: np.ndarray, source: _Source, timezone, start, end) -> pd.DataFrame:
@@ -283,8 +355,12 @@ def _read_csv(path: Path):
     names = _split_header(header)
     first_row = None
     with open(path, "rb") as fh:
-        fh.readline()
-        for raw in fh:
+        fh.readline(_MAX_LINE + 1)
+        for number in range(2, 2 + _MAX_BLANK):
+            raw = fh.readline(_MAX_LINE + 1)
+            _refuse_long_line(path, raw, number)
+            if not raw:
+                break
             if raw.strip():
                 first_row = raw.decode("utf-8", errors="replace").rstrip("\r\n").split(",")
                 break

@@ -129,6 +129,16 @@ def schema(kind: str) -> None:
     _safe_echo(schema_text(kind).rstrip())
 
 
+def _refuse_short_history(prep) -> None:
+    """A look-back longer than the data is refused before the run (its rules could never fire)."""
+    from engine.check.history import short_history
+    from engine.diagnostics import DiagnosticError
+
+    problems = short_history(prep)
+    if problems:
+        raise DiagnosticError(problems)
+
+
 def _report_problems(exc) -> None:
     for d in exc.diagnostics:
         _safe_echo(d.format(), err=True)
@@ -283,6 +293,7 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
     started = _time.perf_counter()
     try:
         prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash, chains)
+        _refuse_short_history(prep)
     except DiagnosticError as exc:
         _report_problems(exc)
     bar = _Progress(progress and fmt == "text")
@@ -392,6 +403,7 @@ def run(strategy, dry_run, live, broker, data, days, sets, journal_path):
         sys.exit(EXIT_USAGE)
     try:
         prep = bt.prepare(strategy, _parse_sets(sets), data)
+        _refuse_short_history(prep)
         prep = bt.last_days(prep, days)
     except DiagnosticError as exc:
         _report_problems(exc)

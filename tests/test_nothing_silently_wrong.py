@@ -88,3 +88,112 @@ def test_backtest_refuses_bad_bars_with_file_line_and_column(tmp_path, row, wher
     assert f"{data}{where} error: {message}" in result.output
     assert "1 error: nothing was run" in result.output
     assert not (tmp_path / "j.sqlite").exists()
+
+
+# ------------------------------------------------------------------------ item 5: bounded inputs
+
+BOMB = """\
+kind: strategy
+name: t
+x-bomb:
+  a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+  c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+  d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+  e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+  f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+  g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+  h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+  i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def test_yaml_alias_bomb_is_refused_quickly_at_its_key(tmp_path):
+    import time
+
+    path = strategy(tmp_path, text=BOMB)
+    started = time.perf_counter()
+    result = cli("validate", path)
+    assert time.perf_counter() - started < 10
+    assert result.exit_code == 1
+    assert (f"{path}:3:1: error: 'x-bomb' expands to more than 100,000 values through YAML aliases (*name)"
+            in result.output)
+    # a few aliases are still fine
+    small = strategy(tmp_path, name="ok.yaml", text=STRATEGY.format(source="SPY.csv", when="crosses_above(fast, slow)")
+                     + "description: &d one line\ntags: [*d, two]\n")
+    shutil.copy(SPY, tmp_path / "SPY.csv")
+    assert cli("validate", small).exit_code == 0
+
+
+@pytest.mark.parametrize("when, col, message", [
+    ("not " * 10000 + "close > 1", 10000, "expression is 40,009 characters long, more than the 10,000 allowed"),
+    (" + ".join(["close"] * 200000) + " > 1", 10000,
+     "expression is 1,600,001 characters long, more than the 10,000 allowed"),
+    ("not " * 200 + "close > 1", 400, "expression is nested more than 100 levels deep"),
+    ("abs(" * 150 + "close" + ")" * 150 + " > 1", 396, "expression is nested more than 100 levels deep"),
+    (" + ".join(["close"] * 150) + " > 1", 408, "expression is nested more than 100 levels deep"),
+])
+def test_expression_length_and_depth_limits_are_located_errors(tmp_path, when, col, message):
+    shutil.copy(SPY, tmp_path / "SPY.csv")
+    path = strategy(tmp_path, when=f'"{when}"')
+    for command in (("validate", path), ("backtest", path, "--journal", tmp_path / "j.sqlite")):
+        result = cli(*command)
+        assert result.exit_code == 1, result.output
+        # the `when:` value starts at column 11 of line 10, after its opening quote
+        assert f"{path}:10:{11 + 1 + col}: error: {message}" in result.output
+        assert "split it into named indicators" in result.output
+
+
+def test_expressions_just_inside_the_limits_run(tmp_path):
+    shutil.copy(SPY, tmp_path / "SPY.csv")
+    when = "abs(" * 97 + "close" + ")" * 97 + " > 1 and " + " + ".join(["fast"] * 50) + " > 0"
+    path = strategy(tmp_path, when=f'"{when}"')
+    result = cli("backtest", path, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 0, result.output
+    assert "Trades" in result.output
+
+
+def test_indicator_length_beyond_data_and_beyond_the_kernel(tmp_path):
+    shutil.copy(SPY, tmp_path / "SPY.csv")
+    text = STRATEGY.format(source="SPY.csv", when="crosses_above(fast, slow)")
+    path = strategy(tmp_path, text=text.replace("sma(close, 20)", "sma(close, 5000)"))
+    result = cli("backtest", path, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 1, result.output
+    assert (f"{path}:7:9: error: `sma(close, 5000)` needs 5,000 bars before its first value, but SPY's data "
+            "holds 2,519 1d bars (2007-12-31 to 2017-12-29)") in result.output
+    assert "1 error: nothing was run" in result.output   # the rules reading it are not named again
+    assert not (tmp_path / "j.sqlite").exists()
+    path = strategy(tmp_path, text=text.replace("sma(close, 20)", "sma(close, 300000)"))
+    for command in (("validate", path), ("run", path, "--dry-run", "--journal", tmp_path / "j.sqlite")):
+        result = cli(*command)
+        assert result.exit_code == 1, result.output
+        assert (f"{path}:7:20: error: `length` of sma() is 300,000 bars, more than the 100,000 an indicator "
+                "can look back") in result.output
+
+
+def test_lag_beyond_the_history_says_what_the_data_holds(tmp_path):
+    shutil.copy(SPY, tmp_path / "SPY.csv")
+    path = strategy(tmp_path, when="close > close[100000]")
+    for command in (("backtest", path, "--journal", tmp_path / "j.sqlite"),
+                    ("run", path, "--dry-run", "--journal", tmp_path / "j.sqlite")):
+        result = cli(*command)
+        assert result.exit_code == 1, result.output
+        assert (f"{path}:10:11: error: `close > close[100000]` needs 100,001 bars before its first value, but "
+                "SPY's data holds 2,519 1d bars (2007-12-31 to 2017-12-29)") in result.output
+
+
+@pytest.mark.parametrize("when, col, shown", [
+    ("close / 0 > 1", 19, "`0` is 0, so `close / 0`"),
+    ("close / (fast - fast) > 1", 20, None),           # not known before the run: no warning
+    ("close / (2 - 2) > 1", 20, "`2 - 2` is 0, so `close / (2 - 2)`"),
+])
+def test_a_zero_divisor_known_before_the_run_warns(tmp_path, when, col, shown):
+    shutil.copy(SPY, tmp_path / "SPY.csv")
+    path = strategy(tmp_path, when=when)
+    result = cli("validate", path)
+    assert result.exit_code == 0, result.output
+    if shown is None:
+        assert "division by zero" not in result.output
+    else:
+        assert f"{path}:10:{col}: warning: division by zero: {shown} has no value on any bar" in result.output
+        assert cli("validate", "--strict", path).exit_code == 1

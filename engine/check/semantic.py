@@ -162,6 +162,20 @@ class DocumentCheck:
             return None
         return mark.end_line, mark.end_col + len(rest) - len(stripped)
 
+    def _zero_divisors(self, where, node: ast.Node, scope: Scope, text: str) -> None:
+        """Warn at every divisor whose value is known before the run to be 0 (a literal 0, a
+        param set to 0, arithmetic on them): the quotient is NaN on every bar, so nothing that
+        reads it ever fires."""
+        constant = checker.Checker(scope, text).constant
+        for n in ast.walk(node):
+            if isinstance(n, ast.Binary) and n.op == "/" and constant(n.right) == 0:
+                shown = text[n.right.span.start:n.right.span.end].strip() or "0"
+                self.out.append(self.doc.diag_in_value(
+                    where, n.right.span.start, f"division by zero: `{shown}` is 0, so "
+                    f"`{text[n.span.start:n.span.end].strip()}` has no value on any bar",
+                    "divide by something that is not 0 (a division by 0 gives no value, and a rule "
+                    "reading it never fires)", Severity.WARNING))
+
     def expr(self, where, scope: Scope, want: str | None, what: str) -> tuple[ast.Node, T.Type] | None:
         """Parse and type-check the expression at `where`; `want` is 'boolean', 'number' or None."""
         parsed = self.parse(where)
@@ -176,6 +190,7 @@ class DocumentCheck:
             self.out.append(self.doc.diag_in_value(where, exc.start, exc.message, exc.hint))
         if errors or typ.is_error:
             return None
+        self._zero_divisors(where, node, scope, text)
         if want == T.BOOL and typ.base != T.BOOL:
             hint = "write a condition, e.g. close > sma(close, 20)"
             self.out.append(self.doc.diag_in_value(

@@ -37,6 +37,65 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
     return overrides
 
 
+def _positive_amount(ctx, param, value):
+    """--cash: a finite amount above zero (click's float takes -100, 0, nan and inf)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite amount above 0, got {value:g}")
+    return value
+
+
+def _iso_date(ctx, param, value):
+    """--from/--to: a real calendar date written YYYY-MM-DD (2020-13-45 is refused here)."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if len(text) != 10:
+            raise ValueError("expected 10 characters")
+        dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date ({exc}); write YYYY-MM-DD, e.g. 2020-01-31") from None
+    return text
+
+
+def _check_window(prep, start, end) -> None:
+    """--from/--to against each other and the data: a window with no bars is a usage error that
+    says what range the data has."""
+    import numpy as np
+    import pandas as pd
+
+    if start and end and start > end:
+        raise click.UsageError(f"--from {start} is after --to {end}")
+    frames = [prep.frames[s] for s in prep.symbols if s in prep.frames and len(prep.frames[s])]
+    if not frames:
+        return
+    first = min(f.index[0] for f in frames)
+    last = max(f.index[-1] for f in frames)
+    names = ", ".join(s for s in prep.symbols[:3] if s in prep.frames) + (" ..." if len(prep.symbols) > 3 else "")
+    holds = f"the data ({names}) runs from {first:%Y-%m-%d} to {last:%Y-%m-%d}"
+    if start and pd.Timestamp(start).date() > last.date():
+        raise click.UsageError(f"--from {start} is after the end of the data: {holds}")
+    if end and pd.Timestamp(end).date() < first.date():
+        raise click.UsageError(f"--to {end} is before the start of the data: {holds}")
+    lo, hi = prep.start, prep.end   # the flags' or the strategy's backtest.start/end; hi is exclusive
+    if lo is not None or hi is not None:
+        lo_ns = lo.value if lo is not None else None
+        hi_ns = hi.value if hi is not None else None
+        inside = 0
+        for f in frames:
+            times = f.index.as_unit("ns").asi8
+            inside += int(((times >= lo_ns) if lo_ns is not None else np.ones(len(times), bool))
+                          [(times < hi_ns) if hi_ns is not None else slice(None)].sum())
+        if inside == 0:
+            shown_lo = lo.date() if lo is not None else first.date()
+            shown_hi = (hi - pd.Timedelta(days=1)).date() if hi is not None else last.date()
+            raise click.UsageError(f"no bars from {shown_lo} to {shown_hi}: {holds}")
+
+
 def _version() -> str:
     """qtrade's version (engine.__version__, kept equal to pyproject's by a test); reading it
     from the engine, not from package metadata, keeps importlib.metadata off every start-up."""
@@ -271,9 +330,10 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
 @click.option("--chains", type=click.Path(), help="Option chain snapshots (an L2 or iVolatility CSV) for "
               "options strategies (default: the strategy's data.chains; none: chains are synthesised).")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a param. Repeatable.")
-@click.option("--from", "start", metavar="YYYY-MM-DD", help="First day (inclusive).")
-@click.option("--to", "end", metavar="YYYY-MM-DD", help="Last day (inclusive).")
-@click.option("--cash", type=float, help="Starting cash (default: the strategy's backtest.cash).")
+@click.option("--from", "start", metavar="YYYY-MM-DD", callback=_iso_date, help="First day (inclusive).")
+@click.option("--to", "end", metavar="YYYY-MM-DD", callback=_iso_date, help="Last day (inclusive).")
+@click.option("--cash", type=float, callback=_positive_amount,
+              help="Starting cash (default: the strategy's backtest.cash).")
 @click.option("--journal", "journal_path", default="qtrade-journal.sqlite", show_default=True, type=click.Path(),
               help="SQLite journal the run is written to.")
 @click.option("--report", "report_path", type=click.Path(), help="Also write the HTML report here.")
@@ -291,11 +351,18 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
     from engine.runtime.journal import Journal, JournalError
 
     started = _time.perf_counter()
+    if start and end and start > end:
+        raise click.UsageError(f"--from {start} is after --to {end}")
     try:
         prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash, chains)
         _refuse_short_history(prep)
     except DiagnosticError as exc:
         _report_problems(exc)
+    _check_window(prep, start, end)
+    if symbol is not None and symbol.upper() not in prep.frames:
+        raise click.UsageError(f"--symbol {symbol}: the run has no bars for it; "
+                               f"it has {', '.join(sorted(prep.frames))}")
+    symbol = symbol.upper() if symbol is not None else None
     bar = _Progress(progress and fmt == "text")
     try:
         result = bt.run(prep, progress=bar)

@@ -197,3 +197,62 @@ def test_a_zero_divisor_known_before_the_run_warns(tmp_path, when, col, shown):
     else:
         assert f"{path}:10:{col}: warning: division by zero: {shown} has no value on any bar" in result.output
         assert cli("validate", "--strict", path).exit_code == 1
+
+
+# ------------------------------------------------------------------------ item 6: CLI values checked
+
+SMA = ROOT / "strategies" / "sma_crossover.yaml"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--cash", "-100"), "Invalid value for '--cash': must be a finite amount above 0, got -100"),
+    (("--cash", "0"), "Invalid value for '--cash': must be a finite amount above 0, got 0"),
+    (("--cash", "nan"), "Invalid value for '--cash': must be a finite amount above 0, got nan"),
+    (("--cash", "inf"), "Invalid value for '--cash': must be a finite amount above 0, got inf"),
+    (("--from", "2020-13-45"), "Invalid value for '--from': '2020-13-45' is not a date (month must be in 1..12); "
+                               "write YYYY-MM-DD, e.g. 2020-01-31"),
+    (("--to", "2015-02-30"), "Invalid value for '--to': '2015-02-30' is not a date (day is out of range for month)"),
+    (("--from", "2015-1-1"), "Invalid value for '--from': '2015-1-1' is not a date (expected 10 characters)"),
+    (("--from", "2015-01-01", "--to", "2014-01-01"), "--from 2015-01-01 is after --to 2014-01-01"),
+    (("--from", "2019-01-01"), "--from 2019-01-01 is after the end of the data: the data (SPY) runs from "
+                               "2007-12-31 to 2017-12-29"),
+    (("--to", "2001-01-01"), "--to 2001-01-01 is before the start of the data: the data (SPY) runs from "
+                             "2007-12-31 to 2017-12-29"),
+    (("--from", "2015-01-03", "--to", "2015-01-04"), "no bars from 2015-01-03 to 2015-01-04: the data (SPY) runs "
+                                                     "from 2007-12-31 to 2017-12-29"),
+    (("--symbol", "QQQ"), "--symbol QQQ: the run has no bars for it; it has SPY"),
+])
+def test_backtest_flags_are_checked(tmp_path, args, message):
+    result = cli("backtest", SMA, "--journal", tmp_path / "j.sqlite", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "j.sqlite").exists()
+
+
+def test_a_one_day_window_and_a_lower_case_symbol_still_run(tmp_path):
+    result = cli("backtest", SMA, "--journal", tmp_path / "j.sqlite", "--from", "2015-01-02", "--to", "2015-01-02",
+                 "--symbol", "spy", "--report", tmp_path / "r.html")
+    assert result.exit_code == 0, result.output
+    assert "2015-01-02 to 2015-01-02" in result.output
+    assert (tmp_path / "r.html").read_text().count("SPY") > 0
+
+
+def test_validate_on_a_folder_without_documents(tmp_path):
+    (tmp_path / "notes.txt").write_text("nothing to see")
+    result = cli("validate", tmp_path)
+    assert result.exit_code == 1, result.output
+    assert f"{tmp_path}: error: no YAML documents (*.yaml, *.yml) in this folder or its subfolders" in result.output
+    assert ":0:0:" not in result.output
+    assert "All clear" not in result.output
+
+
+def test_a_diagnostic_without_a_location_prints_path_error(tmp_path):
+    from engine.diagnostics import error, warning
+
+    assert error("a.yaml", 0, 0, "file not found").format() == "a.yaml: error: file not found"
+    assert warning("a.yaml", 3, 4, "x", "fix").format() == "a.yaml:3:4: warning: x\n    fix"
+    result = cli("validate", tmp_path / "missing.yaml")
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'missing.yaml'}: error: no such file or directory" in result.output
+    result = cli("backtest", strategy(tmp_path, source="nope/"), "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 1 and ":0:0:" not in result.output

@@ -188,6 +188,42 @@ def schema(kind: str) -> None:
     _safe_echo(schema_text(kind).rstrip())
 
 
+def _journal_first(journal_path: str, report_path: str | None) -> None:
+    """Before a run: the journal path can take a journal (not a folder, not another file, not
+    another program's SQLite) and the report path destroys nothing; exit 2 otherwise."""
+    from engine.runtime.journal import JournalError, preflight
+
+    try:
+        preflight(journal_path)
+    except JournalError as exc:
+        _safe_echo(f"qtrade: --journal {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if report_path:
+        from engine.report.html import report_path_problem
+
+        problem = report_path_problem(report_path, journal_path)
+        if problem:
+            _safe_echo(f"qtrade: --report {problem}", err=True)
+            sys.exit(EXIT_USAGE)
+
+
+def _write_journal(journal_path: str, write) -> None:
+    """Open the journal and `write(journal)`; a journal that cannot be written is a message."""
+    import sqlite3
+
+    from engine.runtime.journal import Journal, JournalError, failure
+
+    try:
+        with Journal(journal_path) as journal:
+            try:
+                write(journal)
+            except sqlite3.Error as exc:
+                raise failure(journal_path, exc) from None
+    except JournalError as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_PROBLEMS)
+
+
 def _refuse_short_history(prep) -> None:
     """A look-back longer than the data is refused before the run (its rules could never fire)."""
     from engine.check.history import short_history
@@ -348,11 +384,12 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
     from engine.diagnostics import DiagnosticError
     from engine.report.run_summary import summarize_result
     from engine.runtime import backtest as bt
-    from engine.runtime.journal import Journal, JournalError
+    from engine.runtime.journal import JournalError
 
     started = _time.perf_counter()
     if start and end and start > end:
         raise click.UsageError(f"--from {start} is after --to {end}")
+    _journal_first(journal_path, report_path)
     try:
         prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash, chains)
         _refuse_short_history(prep)
@@ -369,17 +406,16 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
     finally:
         bar.done()
     summary = summarize_result(result)
-    try:
-        with Journal(journal_path) as journal:
-            bt.write_journal(result, journal)
-            journal.finish_run(result.run_id, "finished", summary)
-    except JournalError as exc:
-        _safe_echo(f"qtrade: {exc}", err=True)
-        sys.exit(EXIT_PROBLEMS)
+    _write_journal(journal_path, lambda journal: (bt.write_journal(result, journal),
+                                                  journal.finish_run(result.run_id, "finished", summary)))
     if report_path:
         from engine.report.html import write_report
 
-        write_report(journal_path, report_path, run_id=result.run_id, symbol=symbol)
+        try:
+            write_report(journal_path, report_path, run_id=result.run_id, symbol=symbol)
+        except JournalError as exc:
+            _safe_echo(f"qtrade: {exc}", err=True)
+            sys.exit(EXIT_PROBLEMS)
     elapsed = _time.perf_counter() - started
     if fmt == "json":
         _safe_echo(json.dumps({"run_id": result.run_id, "journal": journal_path, "report": report_path,
@@ -397,9 +433,13 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
 @click.option("--symbol", help="Symbol for the price chart (default: the most traded).")
 def report(journal_path, out_path, run_id, symbol):
     """Render one self-contained HTML report (works offline) from a JOURNAL."""
-    from engine.report.html import write_report
+    from engine.report.html import report_path_problem, write_report
     from engine.runtime.journal import JournalError
 
+    problem = report_path_problem(out_path, journal_path)
+    if problem:
+        _safe_echo(f"qtrade: --out {problem}", err=True)
+        sys.exit(EXIT_USAGE)
     try:
         write_report(journal_path, out_path, run_id=run_id, symbol=symbol)
     except JournalError as exc:
@@ -458,7 +498,6 @@ def run(strategy, dry_run, live, broker, data, days, sets, journal_path):
     """
     from engine.diagnostics import DiagnosticError
     from engine.runtime import backtest as bt
-    from engine.runtime.journal import Journal, JournalError
 
     if live and broker != "ib":
         raise click.UsageError("--live trades a real account and needs --broker ib")
@@ -468,6 +507,7 @@ def run(strategy, dry_run, live, broker, data, days, sets, journal_path):
         _safe_echo("qtrade: the Interactive Brokers broker (ib_async) is not part of this version yet; "
                    "use --broker sim (add --dry-run to print the orders without simulating fills)", err=True)
         sys.exit(EXIT_USAGE)
+    _journal_first(journal_path, None)
     try:
         prep = bt.prepare(strategy, _parse_sets(sets), data)
         _refuse_short_history(prep)
@@ -484,13 +524,9 @@ def run(strategy, dry_run, live, broker, data, days, sets, journal_path):
     _safe_echo(f"{prep.plan.name}: {mode} over {prep.start:%Y-%m-%d} to the end of the data, "
                f"{', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''}\n")
     result = bt.run(prep, dry_run=dry_run, on_intent=show)
-    try:
-        with Journal(journal_path) as journal:
-            bt.write_journal(result, journal, mode="dry-run" if dry_run else "paper")
-            journal.finish_run(result.run_id, "finished", {})
-    except JournalError as exc:
-        _safe_echo(f"qtrade: {exc}", err=True)
-        sys.exit(EXIT_PROBLEMS)
+    _write_journal(journal_path, lambda journal: (bt.write_journal(result, journal,
+                                                                   mode="dry-run" if dry_run else "paper"),
+                                                  journal.finish_run(result.run_id, "finished", {})))
     blocked = [d for d in result.runner.decisions if d.outcome == "blocked"]
     _safe_echo(f"\n{len(printed)} order{'s' * (len(printed) != 1)} "
                f"{'would have been sent' if dry_run else 'sent to the simulator'}; "

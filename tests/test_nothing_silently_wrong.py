@@ -256,3 +256,166 @@ def test_a_diagnostic_without_a_location_prints_path_error(tmp_path):
     assert f"{tmp_path / 'missing.yaml'}: error: no such file or directory" in result.output
     result = cli("backtest", strategy(tmp_path, source="nope/"), "--journal", tmp_path / "j.sqlite")
     assert result.exit_code == 1 and ":0:0:" not in result.output
+
+
+# ------------------------------------------------- item 7: the journal is never destroyed by mistake
+
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory):
+    """A real journal with one backtest run of the shipped SMA strategy."""
+    folder = tmp_path_factory.mktemp("journal")
+    path = folder / "j.sqlite"
+    result = cli("backtest", SMA, "--journal", path)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def _runs(path) -> int:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_report_out_the_journal_is_refused(journal):
+    before = journal.read_bytes()
+    for out in (journal, Path(str(journal) + "-wal"), journal.parent / "." / journal.name):
+        result = cli("report", journal, "--out", out)
+        assert result.exit_code == 2, result.output
+        assert f"qtrade: --out {out} is the journal {journal}: writing the report there would destroy every run" \
+            in result.output
+    assert journal.read_bytes() == before and _runs(journal) == 1
+
+
+def test_backtest_report_path_the_journal_or_another_file_is_refused_before_the_run(tmp_path, journal):
+    copy = tmp_path / "j.sqlite"
+    shutil.copy(journal, copy)
+    result = cli("backtest", SMA, "--journal", copy, "--report", copy)
+    assert result.exit_code == 2, result.output
+    assert f"qtrade: --report {copy} is the journal {copy}" in result.output
+    assert _runs(copy) == 1
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    result = cli("backtest", SMA, "--journal", copy, "--report", notes)
+    assert result.exit_code == 2, result.output
+    assert (f"qtrade: --report {notes} exists and is not a qtrade report: refusing to overwrite it; give another "
+            "path or delete it") in result.output
+    assert notes.read_text() == "my notes\n" and _runs(copy) == 1
+    # an old report is a report: it is overwritten
+    report = tmp_path / "r.html"
+    assert cli("report", copy, "--out", report).exit_code == 0
+    result = cli("backtest", SMA, "--journal", copy, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert _runs(copy) == 2
+
+
+@pytest.mark.parametrize("what", ["text", "strategy", "foreign"])
+def test_a_file_that_is_not_a_journal_is_refused_before_anything_is_written(tmp_path, what):
+    path = tmp_path / "target"
+    if what == "text":
+        path.write_text("hello\n" * 100)
+        message = f"qtrade: --journal {path}: not a journal (not an SQLite file); refusing to write to it"
+    elif what == "strategy":
+        shutil.copy(SMA, path)
+        message = f"qtrade: --journal {path}: not a journal (not an SQLite file)"
+    else:
+        con = sqlite3.connect(path)
+        con.execute("CREATE TABLE things (x)")
+        con.execute("INSERT INTO things VALUES (1)")
+        con.commit()
+        con.close()
+        message = (f"qtrade: --journal {path} is an SQLite file but not a qtrade journal (its tables: things); "
+                   "refusing to write to it")
+    before = path.read_bytes()
+    for command in (("backtest", SMA), ("run", SMA, "--dry-run")):
+        result = cli(*command, "--journal", path)
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+        assert path.read_bytes() == before                  # not switched to WAL, no tables added
+        assert not Path(str(path) + "-wal").exists()
+    if what == "foreign":
+        result = cli("report", path, "--out", tmp_path / "r.html")
+        assert result.exit_code == 1
+        assert f"qtrade: {path} is an SQLite file but not a qtrade journal (its tables: things)" in result.output
+        assert path.read_bytes() == before
+
+
+def test_journal_paths_that_cannot_be_journals(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    result = cli("backtest", SMA, "--journal", folder)
+    assert result.exit_code == 2
+    assert f"qtrade: --journal {folder} is a folder, not a journal file; give a file name, e.g. {folder}/" \
+        in result.output
+    missing = tmp_path / "nofolder" / "j.sqlite"
+    result = cli("run", SMA, "--dry-run", "--journal", missing)
+    assert result.exit_code == 2
+    assert (f"qtrade: --journal {missing}: the folder {missing.parent} does not exist; create it or give another "
+            "journal path") in result.output
+    result = cli("report", folder, "--out", tmp_path / "r.html")
+    assert result.exit_code == 1 and f"qtrade: {folder} is a folder, not a file" in result.output
+    result = cli("report", tmp_path / "none.sqlite", "--out", tmp_path / "r.html")
+    assert result.exit_code == 1 and f"qtrade: {tmp_path / 'none.sqlite'}: no such journal file" in result.output
+
+
+def test_report_out_paths_that_cannot_be_written(tmp_path, journal):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    result = cli("report", journal, "--out", folder)
+    assert result.exit_code == 2 and f"qtrade: --out {folder} is a folder; give a file name" in result.output
+    missing = tmp_path / "nofolder" / "r.html"
+    result = cli("report", journal, "--out", missing)
+    assert result.exit_code == 2
+    assert f"qtrade: --out {missing}: the folder {missing.parent} does not exist" in result.output
+
+
+def test_report_opens_the_journal_read_only(tmp_path, journal):
+    copy = tmp_path / "j.sqlite"
+    shutil.copy(journal, copy)
+    con = sqlite3.connect(copy)
+    assert con.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"   # a rollback-journal file
+    con.close()
+    before = copy.read_bytes()
+    result = cli("report", copy, "--out", tmp_path / "r.html")
+    assert result.exit_code == 0, result.output
+    assert copy.read_bytes() == before           # not switched to WAL, no schema written
+    assert not Path(str(copy) + "-wal").exists()
+    from engine.runtime.journal import Journal
+
+    with Journal(copy, readonly=True) as j, pytest.raises(sqlite3.OperationalError, match="readonly"):
+        j.db.execute("INSERT INTO errors(ts, source, message) VALUES ('t', 's', 'm')")
+
+
+def test_a_locked_journal_names_the_process_that_holds_it(tmp_path, journal):
+    copy = tmp_path / "j.sqlite"
+    shutil.copy(journal, copy)
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sqlite3, sys, time\n"
+                               f"c = sqlite3.connect({str(copy)!r}, isolation_level=None)\n"
+                               "c.execute('BEGIN EXCLUSIVE')\n"
+                               "c.execute(\"INSERT INTO errors(ts, source, message) VALUES ('t', 's', 'm')\")\n"
+                               "print('locked', flush=True)\n"
+                               "sys.stdin.read()\n"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        from engine.runtime.journal import Journal, JournalError
+
+        with pytest.raises(JournalError) as excinfo:
+            Journal(copy, timeout=0.2)
+        message = str(excinfo.value)
+        assert message.startswith(f"{copy} is locked by process {holder.pid} (")
+        assert message.endswith("; wait for it to finish or give another journal path")
+        # reading is not blocked: the report reads what was committed
+        result = cli("report", copy, "--out", tmp_path / "r.html")
+        assert result.exit_code == 0, result.output
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    assert _runs(copy) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import sys
 
 import click
@@ -16,8 +17,23 @@ import click
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
+# Characters a terminal acts on instead of showing (ESC starts colour, title and OSC-8 link
+# sequences; CR and backspace overwrite; C1 controls; the bidi overrides that reorder a line).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(text: str) -> str:
+    """`text` with every control character written out as an escape (\\x1b, \\u202e); line
+    breaks and tabs stay. User text (rule names, descriptions, symbols, file contents quoted in
+    messages) reaches the terminal only through this."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                         else f"\\u{ord(m.group()):04x}", text)
+
+
 def _safe_echo(text: str, err: bool = False) -> None:
-    """Print, degrading characters the console cannot encode (old Windows consoles crash)."""
+    """Print with control characters escaped, degrading characters the console cannot encode
+    (old Windows consoles crash)."""
+    text = _escaped(str(text))
     stream = sys.stderr if err else sys.stdout
     encoding = getattr(stream, "encoding", None) or "utf-8"
     try:
@@ -397,7 +413,7 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
         _report_problems(exc)
     _check_window(prep, start, end)
     if symbol is not None and symbol.upper() not in prep.frames:
-        raise click.UsageError(f"--symbol {symbol}: the run has no bars for it; "
+        raise click.UsageError(f"--symbol {_escaped(symbol)}: the run has no bars for it; "
                                f"it has {', '.join(sorted(prep.frames))}")
     symbol = symbol.upper() if symbol is not None else None
     bar = _Progress(progress and fmt == "text")

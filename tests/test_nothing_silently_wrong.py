@@ -419,3 +419,55 @@ def test_a_locked_journal_names_the_process_that_holds_it(tmp_path, journal):
         holder.stdin.close()
         holder.wait(timeout=10)
     assert _runs(copy) == 1
+
+
+# ------------------------------------------------------------- item 10: terminal output is safe
+
+CONTROL_STRATEGY = r"""kind: strategy
+name: evil
+description: "line\roverwritten \u202egnp.exe"
+universe: [SPY]
+data: {bar: 1d, history: 40 bars, source: SPY.csv}
+indicators:
+  fast: sma(close, 5)
+  slow: sma(close, 20)
+entry:
+  - name: "up\e]8;;http://x\e\\click\e]8;;\e\\ \e]0;pwned\a\e[31m\x9b2J"
+    when: crosses_above(fast, slow)
+    order: buy
+exit:
+  - name: "down\x08\x08\x08\x08gone"
+    when: "crosses_below(fast, slow) and ema(close, '\e[2J') > 0"
+orders:
+  buy: {action: buy, type: market, quantity: {percent_of_equity: 100%}}
+schedule: {timezone: America/New_York, every: 1d}
+risk: {max_open_positions: 1, margin_check: off}
+"""
+
+RAW_CONTROLS = ("\x1b", "\x07", "\x08", "\x9b", "\r", "\u202e")
+
+
+def test_control_characters_in_user_text_are_escaped_on_the_terminal(tmp_path):
+    shutil.copy(SPY, tmp_path / "SPY.csv")
+    path = strategy(tmp_path, text=CONTROL_STRATEGY)
+    result = cli("validate", path)     # the bad ema() argument quotes the user's text
+    assert result.exit_code == 1
+    assert not any(c in result.output for c in RAW_CONTROLS), repr(result.output)
+    assert "\\x1b[2J" in result.output
+    fixed = strategy(tmp_path, name="ok.yaml", text=CONTROL_STRATEGY.replace(" and ema(close, '\\e[2J') > 0", ""))
+    result = cli("run", fixed, "--dry-run", "--days", "200", "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 0, result.output
+    assert "BUY 100%-of-equity SPY MKT DAY [up\\x1b]8;;http://x\\x1b\\click" in result.output
+    assert "\\x1b]0;pwned\\x07\\x1b[31m\\x9b2J" in result.output
+    assert not any(c in result.output for c in RAW_CONTROLS), repr(result.output)
+    for command in (("backtest", fixed, "--journal", tmp_path / "j.sqlite"), ("explain", fixed)):
+        result = cli(*command)
+        assert result.exit_code == 0, result.output
+        assert not any(c in result.output for c in RAW_CONTROLS), repr(result.output)
+    result = cli("backtest", fixed, "--journal", tmp_path / "j.sqlite", "--symbol", "\x1b]0;x\x07")
+    assert result.exit_code == 2
+    assert "--symbol \\x1b]0;x\\x07: the run has no bars for it" in result.output
+    # line breaks and tabs are still line breaks and tabs
+    from cli import _escaped
+
+    assert _escaped("a\tb\nc\x1bd\u2066e") == "a\tb\nc\\x1bd\\u2066e"

@@ -337,21 +337,37 @@ def _num(v, digits=2):
     return "n/a" if v is None else f"{v:,.{digits}f}"
 
 
+SHORT_RUN_DAYS = 91   # annualised figures of a run shorter than about three months carry a caveat
+
+
+def _span_days(start, end) -> float | None:
+    import pandas as pd
+
+    if not start or not end:
+        return None
+    return (pd.Timestamp(end) - pd.Timestamp(start)).total_seconds() / 86400.0
+
+
 def _summary_text(result, summary: dict, journal_path: str | None, report_path: str | None) -> str:
     prep = result.prepared
     lines = []
     start = (summary.get("start") or "")[:10]
     end = (summary.get("end") or "")[:10]
     lines.append(f"{prep.plan.name}: {', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''} "
-                 f"on {prep.bar} bars, {start} to {end} ({summary.get('bars', 0):,} bars)")
+                 f"on {prep.bar} bars, {start} to {end} ({summary.get('bars', 0):,} bars"
+                 + (f", after {summary['warmup_bars']:,} warm-up bars" if summary.get("warmup_bars") else "") + ")")
     lines.append("")
     bh = summary.get("buy_and_hold")
+    days = _span_days(summary.get("start"), summary.get("end"))
+    caveat = (f"; annualised from {days:.0f} day{'s' * (round(days) != 1)}: too short to mean much"
+              if days is not None and days < SHORT_RUN_DAYS else "")
     rows = [
-        ("Final equity", _num(summary.get("end_equity")), f"from {_num(summary.get('start_equity'))}"),
+        ("Final equity", _num(summary.get("end_equity")), f"from {_num(summary.get('start_equity'))} starting cash"),
         ("Total return", _pct(summary.get("total_return")),
          f"buy & hold {summary.get('buy_and_hold_symbol')}: {_pct(bh)}" if bh is not None else ""),
-        ("Annualised return", _pct(summary.get("cagr")), f"volatility {_pct(summary.get('volatility'))}"),
-        ("Sharpe / Sortino / Calmar", " / ".join(_num(summary.get(k)) for k in ("sharpe", "sortino", "calmar")), ""),
+        ("Annualised return", _pct(summary.get("cagr")), f"volatility {_pct(summary.get('volatility'))}{caveat}"),
+        ("Sharpe / Sortino / Calmar", " / ".join(_num(summary.get(k)) for k in ("sharpe", "sortino", "calmar")),
+         caveat[2:] if caveat else ""),
         ("Max drawdown", _pct(summary.get("max_drawdown")),
          f"{summary.get('max_drawdown_days') or 0:.0f} days from {(summary.get('max_drawdown_start') or '')[:10]}"
          if summary.get("max_drawdown") else ""),

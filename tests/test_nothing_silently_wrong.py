@@ -471,3 +471,97 @@ def test_control_characters_in_user_text_are_escaped_on_the_terminal(tmp_path):
     from cli import _escaped
 
     assert _escaped("a\tb\nc\x1bd\u2066e") == "a\tb\nc\\x1bd\\u2066e"
+
+
+# ------------------------------------------------------------ item 8: units and baselines
+
+def _trades_by_rule(path) -> dict[str, tuple[int, float, float]]:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {rule: (n, lo, hi) for rule, n, lo, hi in con.execute(
+            "SELECT exit_rule, COUNT(*), MIN(return_pct), MAX(return_pct) FROM trades GROUP BY exit_rule")}
+    finally:
+        con.close()
+
+
+def test_position_pnl_pct_and_percent_literals_agree(tmp_path):
+    text = SMA.read_text().replace("source: data/", f"source: {SPY.parent}/").replace("""    reason: trend over
+""", """    reason: trend over
+  - name: stop
+    when: position.pnl_pct <= -3%
+  - name: take
+    when: position.pnl_pct >= 0.05
+""")
+    path = strategy(tmp_path, text=text)
+    result = cli("validate", path)
+    assert result.exit_code == 0 and "0 warnings" in result.output, result.output
+    result = cli("backtest", path, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 0, result.output
+    by_rule = _trades_by_rule(tmp_path / "j.sqlite")
+    # return_pct is the trade's return in percent, filled at the next open after the signal
+    n, lo, hi = by_rule["stop"]
+    assert n >= 5 and hi < -1.9          # only losers of about 3%, never a winner
+    n, lo, hi = by_rule["take"]
+    assert n >= 5 and lo > 4.0           # only winners of about 5%
+
+
+def test_pnl_pct_compared_with_percent_units_warns(tmp_path):
+    shutil.copy(SPY, tmp_path / "SPY.csv")
+    text = STRATEGY.format(source="SPY.csv", when="crosses_above(fast, slow)").replace(
+        "when: crosses_below(fast, slow)", "when: position.pnl_pct <= -3 or position.pnl_pct between 0.5% and 5")
+    path = strategy(tmp_path, text=text)
+    result = cli("validate", path)
+    assert result.exit_code == 0, result.output
+    assert (f"{path}:14:31: warning: position.pnl_pct is a fraction of the entry value (3% is 0.03), so `-3` "
+            "means -300%") in result.output
+    assert f"{path}:14:71: warning: position.pnl_pct is a fraction of the entry value (3% is 0.03), so `5`" \
+        in result.output
+    assert "write it as a percentage, e.g. -3%" in result.output
+    assert result.output.count("warning: position.pnl_pct") == 2   # 0.5% is fine
+
+
+FIRST_BAR = """\
+kind: strategy
+name: first-bar
+universe: [SPY]
+data: {{bar: 1d, history: 10 bars, source: {source}}}
+entry:
+  - name: always
+    when: close > 0
+    order: buy
+orders:
+  buy: {{action: buy, type: market, quantity: {{percent_of_equity: 50%}}}}
+schedule: {{timezone: America/New_York, every: 1d}}
+risk: {{max_open_positions: 1, margin_check: off}}
+backtest: {{cash: 10000, fill: close, commission: {{per_order: 25}}}}
+"""
+
+
+def test_returns_are_measured_from_the_starting_cash_and_warm_up_is_not_counted(tmp_path):
+    import json
+
+    path = strategy(tmp_path, text=FIRST_BAR.format(source=SPY))
+    result = cli("backtest", path, "--journal", tmp_path / "j.sqlite", "--from", "2015-01-05", "--to", "2015-03-20",
+                 "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)["summary"]
+    assert summary["start_equity"] == 10_000.0        # the first row already paid the 25 commission
+    assert summary["total_return"] == pytest.approx(summary["end_equity"] / 10_000.0 - 1.0)
+    assert summary["start"].startswith("2015-01-05")
+    assert summary["bars"] == 53                        # 2015-01-05 .. 2015-03-20 on NYSE days
+    assert summary["warmup_bars"] == 1765               # SPY.csv's bars before --from
+    con = sqlite3.connect(tmp_path / "j.sqlite")
+    first = con.execute("SELECT equity FROM equity ORDER BY ts LIMIT 1").fetchone()[0]
+    con.close()
+    assert first < 10_000.0                             # the curve's first point includes the fill
+    text = cli("backtest", path, "--journal", tmp_path / "j.sqlite", "--from", "2015-01-05", "--to", "2015-03-20")
+    assert "2015-01-05 to 2015-03-20 (53 bars, after 1,765 warm-up bars)" in text.output
+    assert "from 10,000.00 starting cash" in text.output
+    assert "annualised from 74 days: too short to mean much" in text.output
+
+
+def test_a_long_run_has_no_annualised_caveat(tmp_path):
+    result = cli("backtest", SMA, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 0
+    assert "too short to mean much" not in result.output
+    assert "2007-12-31 to 2017-12-29 (2,519 bars)" in result.output

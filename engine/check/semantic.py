@@ -176,6 +176,31 @@ class DocumentCheck:
                     "divide by something that is not 0 (a division by 0 gives no value, and a rule "
                     "reading it never fires)", Severity.WARNING))
 
+    def _percent_units(self, where, node: ast.Node, scope: Scope, text: str) -> None:
+        """Warn where position.pnl_pct (a fraction: 3% is 0.03) is compared with a plain number
+        of 1 or more, as if it were in percent units (-3 would mean -300%)."""
+        constant = checker.Checker(scope, text).constant
+
+        def is_pnl_pct(n: ast.Node) -> bool:
+            return isinstance(n, ast.Attr) and isinstance(n.obj, ast.Name) and n.obj.id == "position" \
+                and n.name == "pnl_pct"
+
+        for n in ast.walk(node):
+            pairs = []
+            if isinstance(n, ast.Compare):
+                pairs = [(n.left, n.right), (n.right, n.left)]
+            elif isinstance(n, ast.Between):
+                pairs = [(n.value, n.low), (n.value, n.high)]
+            for field, other in pairs:
+                value = constant(other) if is_pnl_pct(field) else None
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) >= 1 \
+                        and "%" not in text[other.span.start:other.span.end]:
+                    shown = text[other.span.start:other.span.end].strip()
+                    self.out.append(self.doc.diag_in_value(
+                        where, other.span.start, f"position.pnl_pct is a fraction of the entry value (3% is 0.03), "
+                        f"so `{shown}` means {value * 100:g}%", f"write it as a percentage, e.g. {value:g}%",
+                        Severity.WARNING))
+
     def expr(self, where, scope: Scope, want: str | None, what: str) -> tuple[ast.Node, T.Type] | None:
         """Parse and type-check the expression at `where`; `want` is 'boolean', 'number' or None."""
         parsed = self.parse(where)
@@ -191,6 +216,7 @@ class DocumentCheck:
         if errors or typ.is_error:
             return None
         self._zero_divisors(where, node, scope, text)
+        self._percent_units(where, node, scope, text)
         if want == T.BOOL and typ.base != T.BOOL:
             hint = "write a condition, e.g. close > sma(close, 20)"
             self.out.append(self.doc.diag_in_value(

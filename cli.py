@@ -380,7 +380,12 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
     if summary.get("open_positions"):
         rows.append(("Open at the end", str(summary["open_positions"]), "marked to the last close"))
     if summary.get("blocked"):
-        rows.append(("Entries blocked", str(summary["blocked"]), "see the journal's decisions for why"))
+        top = summary.get("blocked_reasons") or []
+        named = "; ".join(f"{n:,} {reason}" for reason, n in top)
+        more = " ..." if sum(n for _, n in top) < summary["blocked"] else ""
+        rows.append(("Entries blocked", f"{summary['blocked']:,}",
+                     (f"{named}{more}; " if named else "")
+                     + f"qtrade why {journal_path or 'JOURNAL'}" + (f" --run {result.run_id}" if journal_path else "")))
     for name, value, note in rows:
         lines.append(f"  {name:<26}{value:>20}   {note}".rstrip())
     lines.append("")
@@ -478,6 +483,27 @@ def report(journal_path, out_path, run_id, symbol):
         _safe_echo(f"qtrade: {exc}", err=True)
         sys.exit(EXIT_PROBLEMS)
     _safe_echo(f"report: {out_path}")
+
+
+@main.command()
+@click.argument("journal_path", metavar="JOURNAL", type=click.Path())
+@click.option("--run", "run_id", help="Run id (default: the newest run in the journal).")
+@click.option("--rule", "rule", help="Only this rule's decisions.")
+def why(journal_path, run_id, rule):
+    """Why a run did or did not trade: its decisions from the JOURNAL, grouped by rule, outcome
+    and reason, with counts and the first and last time of each."""
+    from engine.report.why import why_text
+    from engine.runtime.journal import JournalError
+
+    try:
+        text = why_text(journal_path, run_id, rule)
+    except JournalError as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    except LookupError as exc:
+        _safe_echo(f"qtrade: --rule: {exc.args[0]}", err=True)
+        sys.exit(EXIT_USAGE)
+    _safe_echo(text)
 
 
 def _describe_intent(info: dict) -> str:

@@ -565,3 +565,86 @@ def test_a_long_run_has_no_annualised_caveat(tmp_path):
     assert result.exit_code == 0
     assert "too short to mean much" not in result.output
     assert "2007-12-31 to 2017-12-29 (2,519 bars)" in result.output
+
+
+# ------------------------------------------------------------------------- item 9: qtrade why
+
+CONDOR = ROOT / "strategies" / "iron_condor.yaml"
+
+
+@pytest.fixture(scope="module")
+def condor_journal(tmp_path_factory):
+    """The shipped iron condor's backtest (its entries are blocked) and an SMA run after it."""
+    path = tmp_path_factory.mktemp("why") / "j.sqlite"
+    result = cli("backtest", CONDOR, "--journal", path)
+    assert result.exit_code == 0, result.output
+    condor_output = result.output
+    con = sqlite3.connect(path)
+    condor_run = con.execute("SELECT run_id FROM runs").fetchone()[0]
+    blocked = dict(con.execute("SELECT reason, COUNT(*) FROM decisions WHERE outcome='blocked' GROUP BY reason"))
+    con.close()
+    assert cli("backtest", SMA, "--journal", path).exit_code == 0
+    return path, condor_run, condor_output, blocked
+
+
+def test_why_groups_decisions_by_rule_outcome_and_reason(condor_journal):
+    path, condor_run, _, blocked = condor_journal
+    result = cli("why", path, "--run", condor_run)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    total = sum(blocked.values())
+    assert lines[0] == f"run {condor_run}: xsp-0dte-iron-condor (backtest), {total:,} decisions"
+    assert "entry rule 'calm market, enough credit':" in lines
+    delta = "leg short_call: no call has a delta within [0.05, 0.2] (target 0.1)"
+    row = next(line for line in lines if line.endswith(delta))
+    assert row.split()[:2] == ["blocked", f"{blocked[delta]:,}"]
+    assert "2019-11-05 15:01 UTC .. 2019-11-08 16:00 UTC" in row
+    quotes = {r: n for r, n in blocked.items() if "two-sided quote" in r}
+    row = next(line for line in lines if "has no two-sided quote" in line)
+    assert row.split()[:2] == ["blocked", str(sum(quotes.values()))]          # one cause, however worded
+    assert row.endswith(f"[{len(quotes)} wordings]")
+
+
+def test_why_newest_run_and_rule_filter(condor_journal):
+    path, *_ = condor_journal
+    result = cli("why", path)                       # the newest run: the SMA crossover
+    assert result.exit_code == 0, result.output
+    assert "sma-crossover (backtest), 79 decisions" in result.output
+    assert "entry rule 'golden cross':" in result.output and "exit rule 'death cross':" in result.output
+    result = cli("why", path, "--rule", "death cross")
+    assert result.exit_code == 0
+    assert "39 decisions of rule 'death cross'" in result.output and "golden cross" not in result.output
+    assert "fired          39  2008-03-07 05:00 UTC .. 2017-08-19 04:00 UTC  trend over" in result.output
+
+
+def test_why_bad_input(tmp_path, condor_journal):
+    path, *_ = condor_journal
+    result = cli("why", path, "--rule", "nope")
+    assert result.exit_code == 2
+    assert "has no decisions of a rule named 'nope'; its rules: 'death cross', 'golden cross'" in result.output
+    result = cli("why", path, "--run", "nope")
+    assert result.exit_code == 1 and f"qtrade: {path}: no run 'nope'" in result.output
+    result = cli("why", tmp_path / "none.sqlite")
+    assert result.exit_code == 1 and "no such journal file" in result.output
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    result = cli("why", notes)
+    assert result.exit_code == 1 and "not a journal (not an SQLite file)" in result.output
+
+
+def test_the_summary_names_the_top_blocked_reasons(condor_journal):
+    path, condor_run, output, blocked = condor_journal
+    line = next(line for line in output.splitlines() if line.strip().startswith("Entries blocked"))
+    delta = "leg short_call: no call has a delta within [0.05, 0.2] (target 0.1)"
+    assert f"{sum(blocked.values()):,}   {blocked[delta]:,} {delta}; " in line
+    assert "has no two-sided quote" in line
+    assert line.endswith(f"qtrade why {path} --run {condor_run}")
+
+
+def test_reasons_differing_only_in_numbers_are_one_group():
+    from engine.report.why import reason_pattern
+
+    a = reason_pattern("leg short_call (call 309 2019-11-06) has no two-sided quote (bid 0.0, ask 0.03)")
+    b = reason_pattern("leg short_call (call 310.5 2019-11-08) has no two-sided quote (bid 0.0, ask 0.04)")
+    assert a == b == "leg short_call (call # #) has no two-sided quote (bid #, ask #)"
+    assert reason_pattern("credit 0.12 below min_credit 30%") == "credit # below min_credit #"

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..runtime.backtest import Result
 from . import metrics
+from .why import top_reasons
 
 
 def equity_series(result: Result) -> pd.Series:
@@ -82,6 +83,7 @@ def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
     out["bars"] = _run_bars(result)
     out["warmup_bars"] = int(sum(len(b.end) for b in result.bars.values())) - out["bars"]
     out["blocked"] = _blocked(result.runner.decisions)
+    out["blocked_reasons"] = top_reasons(result.runner.decisions) if out["blocked"] else []
     return {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in out.items()}
 
 

@@ -574,9 +574,10 @@ CONDOR = ROOT / "strategies" / "iron_condor.yaml"
 
 @pytest.fixture(scope="module")
 def condor_journal(tmp_path_factory):
-    """The shipped iron condor's backtest (its entries are blocked) and an SMA run after it."""
+    """The shipped iron condor's backtest with 0.01-delta shorts (its entries are blocked: no
+    such delta, or no bid that far out) and an SMA run after it."""
     path = tmp_path_factory.mktemp("why") / "j.sqlite"
-    result = cli("backtest", CONDOR, "--journal", path)
+    result = cli("backtest", CONDOR, "--journal", path, "--set", "short_delta=0.01")
     assert result.exit_code == 0, result.output
     condor_output = result.output
     con = sqlite3.connect(path)
@@ -595,10 +596,10 @@ def test_why_groups_decisions_by_rule_outcome_and_reason(condor_journal):
     total = sum(blocked.values())
     assert lines[0] == f"run {condor_run}: xsp-0dte-iron-condor (backtest), {total:,} decisions"
     assert "entry rule 'calm market, enough credit':" in lines
-    delta = "leg short_call: no call has a delta within [0.05, 0.2] (target 0.1)"
+    delta = "leg short_call: no call has a delta within [0.005, 0.02] (target 0.01)"
     row = next(line for line in lines if line.endswith(delta))
     assert row.split()[:2] == ["blocked", f"{blocked[delta]:,}"]
-    assert "2019-11-05 15:01 UTC .. 2019-11-08 16:00 UTC" in row
+    assert "2019-11-05 14:32 UTC .. 2019-11-08 15:55 UTC" in row
     quotes = {r: n for r, n in blocked.items() if "two-sided quote" in r}
     row = next(line for line in lines if "has no two-sided quote" in line)
     assert row.split()[:2] == ["blocked", str(sum(quotes.values()))]          # one cause, however worded
@@ -635,9 +636,10 @@ def test_why_bad_input(tmp_path, condor_journal):
 def test_the_summary_names_the_top_blocked_reasons(condor_journal):
     path, condor_run, output, blocked = condor_journal
     line = next(line for line in output.splitlines() if line.strip().startswith("Entries blocked"))
-    delta = "leg short_call: no call has a delta within [0.05, 0.2] (target 0.1)"
-    assert f"{sum(blocked.values()):,}   {blocked[delta]:,} {delta}; " in line
-    assert "has no two-sided quote" in line
+    delta = "leg short_call: no call has a delta within [0.005, 0.02] (target 0.01)"
+    quotes = sum(n for r, n in blocked.items() if "two-sided quote" in r)
+    assert f"{sum(blocked.values()):,}   {quotes:,} leg short_put (put " in line
+    assert f"has no two-sided quote (bid 0.0, ask 0.04); {blocked[delta]:,} {delta}; " in line
     assert line.endswith(f"qtrade why {path} --run {condor_run}")
 
 
@@ -648,3 +650,69 @@ def test_reasons_differing_only_in_numbers_are_one_group():
     b = reason_pattern("leg short_call (call 310.5 2019-11-08) has no two-sided quote (bid 0.0, ask 0.04)")
     assert a == b == "leg short_call (call # #) has no two-sided quote (bid #, ask #)"
     assert reason_pattern("credit 0.12 below min_credit 30%") == "credit # below min_credit #"
+
+
+# ------------------------------------------------- item 3: 0DTE chains priced on trading time
+
+def _chain(quote_time, expiries, am=False):
+    from engine.market.chains import synthesize
+
+    return synthesize(300.0, pd_ts(quote_time), expiries, 1.0, iv_source=0.13, am_settled=am, underlying="XSP")
+
+
+def pd_ts(text):
+    import pandas as pd
+
+    return pd.Timestamp(text, tz="America/New_York")
+
+
+@pytest.mark.parametrize("quote, expiry, am, sessions", [
+    ("2019-11-05 09:30", "2019-11-05", False, 1.0),          # 0DTE at the open: a whole session left
+    ("2019-11-05 12:45", "2019-11-05", False, 0.5),
+    ("2019-11-05 15:59", "2019-11-05", False, 1 / 390),
+    ("2019-11-05 16:00", "2019-11-05", False, 0.0),
+    ("2019-11-05 08:00", "2019-11-05", False, 1.0),          # before the open: the day's session
+    ("2019-11-08 16:00", "2019-11-11", False, 1.0),          # Friday's close to Monday: no weekend time
+    ("2019-11-06 16:00", "2019-11-08", False, 2.0),
+    ("2019-11-07 12:45", "2019-11-08", True, 0.5),            # AM-settled: settles at Friday's open
+    ("2019-11-09 12:00", "2019-11-11", False, 1.0),          # a Saturday quote
+])
+def test_trading_time_to_expiry_counts_regular_sessions(quote, expiry, am, sessions):
+    chain = _chain(quote, [expiry], am)
+    assert chain.time == "trading"
+    assert chain.trading_years_to_expiry() == pytest.approx(np.full(len(chain), sessions / 252.0))
+    assert np.array_equal(chain.model_years_to_expiry(), chain.trading_years_to_expiry())
+
+
+import numpy as np  # noqa: E402
+
+
+def test_a_0dte_chain_at_the_open_prices_a_days_move():
+    """VIX 13 is about a 0.8% day for the S&P 500: an XSP 0DTE straddle at the open costs about
+    0.8 x sqrt(2/pi) % of the price, and 0.05-0.20 deltas are reachable on the $1 strike grid
+    (on calendar time they jumped from 0.3 to 0.03 between neighbouring strikes)."""
+    chain = _chain("2019-11-05 09:31", ["2019-11-05"])
+    calls, puts = chain.calls(), chain.puts()
+    atm = calls.nearest_strike(300.0)
+    straddle = calls.mid[atm] + puts.mid[atm]
+    day_move = 0.13 / np.sqrt(252.0) * 300.0                  # one standard deviation, in points
+    assert straddle == pytest.approx(day_move * np.sqrt(2 / np.pi), rel=0.1)
+    otm = calls.strike > 300
+    steps = np.abs(np.diff(calls.delta[otm]))
+    assert steps.max() < 0.16                                # 0.33, 0.18, 0.07, 0.02 from 301 up
+    in_window = otm & (calls.delta >= 0.05) & (calls.delta <= 0.2)
+    assert in_window.sum() >= 2
+    assert ((puts.delta <= -0.05) & (puts.delta >= -0.2)).sum() >= 2
+    loaded = chain.take(np.arange(len(chain)))
+    assert loaded.time == "trading"                               # a slice keeps its clock
+
+
+def test_the_showcase_iron_condor_trades_on_its_defaults(tmp_path):
+    result = cli("backtest", CONDOR, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 0, result.output
+    trades = int(next(line for line in result.output.splitlines() if line.strip().startswith("Trades")).split()[1])
+    assert trades >= 3                                           # one a day on the bundled week
+    assert "no call has a delta within" not in result.output
+    why = cli("why", tmp_path / "j.sqlite")
+    assert "entry rule 'calm market, enough credit':" in why.output
+    assert "fired " in why.output and "blocked" not in why.output

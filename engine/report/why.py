@@ -102,7 +102,7 @@ def why_text(journal_path: str | Path, run_id: str | None = None, rule: str | No
     head = (f"run {rid}: {run['strategy']} ({run['mode']}), {total:,} decision{'s' * (total != 1)}"
             + (f" of rule {rule!r}" if rule else ""))
     if not rows:
-        return head + "\n  no decisions were journaled: no rule's condition was true on any bar"
+        return head + "\n  no decisions were journaled: no rule fired and none was blocked"
     lines = [head]
     current = None
     for g in group_decisions(rows):

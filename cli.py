@@ -544,11 +544,13 @@ def _describe_intent(info: dict) -> str:
 @click.option("--broker", type=click.Choice(["sim", "ib"]), default="sim", show_default=True,
               help="sim: the simulator, fed with the strategy's data; ib: Interactive Brokers through ib_async.")
 @click.option("--data", "data", type=click.Path(), help="Bars for the simulator (default: data.source).")
+@click.option("--chains", type=click.Path(), help="Option chain snapshots for the simulator (an L2 or iVolatility "
+              "CSV; default: the strategy's data.chains; none: chains are synthesised).")
 @click.option("--days", type=click.IntRange(1, 3650), default=5, show_default=True,
               help="With --broker sim: replay the last N trading days of the data.")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a param. Repeatable.")
 @click.option("--journal", "journal_path", default="qtrade-journal.sqlite", show_default=True, type=click.Path())
-def run(strategy, dry_run, live, broker, data, days, sets, journal_path):
+def run(strategy, dry_run, live, broker, data, chains, days, sets, journal_path):
     """Run STRATEGY: against the simulator (replaying the last days of its data) or IB.
 
     With --dry-run every order it would send is printed (legs, limit and chase plan, credit,
@@ -567,7 +569,7 @@ def run(strategy, dry_run, live, broker, data, days, sets, journal_path):
         sys.exit(EXIT_USAGE)
     _journal_first(journal_path, None)
     try:
-        prep = bt.prepare(strategy, _parse_sets(sets), data)
+        prep = bt.prepare(strategy, _parse_sets(sets), data, chains=chains)
         _refuse_short_history(prep)
         prep = bt.last_days(prep, days)
     except DiagnosticError as exc:
@@ -591,6 +593,8 @@ def run(strategy, dry_run, live, broker, data, days, sets, journal_path):
                f"{len(blocked)} entr{'ies' if len(blocked) != 1 else 'y'} blocked")
     for d in blocked[-5:]:
         _safe_echo(f"  blocked {d.rule!r} on {d.symbol}: {d.reason}")
+    if blocked:
+        _safe_echo(f"  all the reasons: qtrade why {journal_path} --run {result.run_id}")
     if not dry_run:
         _safe_echo(f"{len(result.ledger.trades)} round trips, equity {result.final_equity:,.2f}")
     _safe_echo(f"journal: {journal_path} (run {result.run_id})")

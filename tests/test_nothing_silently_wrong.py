@@ -716,3 +716,30 @@ def test_the_showcase_iron_condor_trades_on_its_defaults(tmp_path):
     why = cli("why", tmp_path / "j.sqlite")
     assert "entry rule 'calm market, enough credit':" in why.output
     assert "fired " in why.output and "blocked" not in why.output
+
+
+# -------------------------------------------- item 2 (part): `run` takes --chains like backtest
+
+DATA = ROOT.parent / "shared" / "data"
+CHAINS = DATA / "optopsy_v1" / "test_options_data_full.csv"
+
+
+def test_run_takes_option_chains(tmp_path):
+    import os
+
+    if not CHAINS.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHAINS} is missing (shared/data must be present in CI)")
+        pytest.skip("shared/data is not present")
+    strategy_path = ROOT / "strategies" / "spxw_condor.yaml"
+    result = cli("run", strategy_path, "--dry-run", "--chains", CHAINS, "--days", "40",
+                 "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 0, result.output
+    assert "spx-monthly-iron-condor: dry-run over 2018-01-02 to the end of the data, SPX" in result.output
+    assert "2018-01-02 00:00  SELL 1 SPX condor combo [enough credit]" in result.output
+    assert "legs: SELL 1 PUT 2620 2018-01-31, BUY 1 PUT 2570 2018-01-31" in result.output
+    sent = int(next(line for line in result.output.splitlines() if "would have been sent" in line).split()[0])
+    assert sent >= 1
+    assert f"all the reasons: qtrade why {tmp_path / 'j.sqlite'} --run " in result.output
+    result = cli("run", strategy_path, "--chains", tmp_path / "none.csv", "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 1 and "option chains not found" in result.output

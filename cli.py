@@ -240,6 +240,19 @@ def _write_journal(journal_path: str, write) -> None:
         sys.exit(EXIT_PROBLEMS)
 
 
+def _report_skipped_bars(prep) -> None:
+    """With data.on_bad_bar: skip, say on stderr how many bars were left out and where the first was."""
+    from engine.diagnostics import warning
+
+    for symbol, frame in prep.frames.items():
+        info = frame.attrs.get("bad_bars")
+        if info:
+            n = info["count"]
+            _safe_echo(warning(info["file"], info["line"], info["col"],
+                               f"{n:,} bad bar{'s' * (n != 1)} of {symbol} left out (data.on_bad_bar: skip); "
+                               f"the first: {info['message']}").format(), err=True)
+
+
 def _refuse_short_history(prep) -> None:
     """A look-back longer than the data is refused before the run (its rules could never fire)."""
     from engine.check.history import short_history
@@ -377,6 +390,8 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
          f"avg win {_num(summary.get('average_win'))}, avg loss {_num(summary.get('average_loss'))}"),
         ("Exposure", _pct(summary.get("exposure"), 1), f"commission paid {_num(summary.get('commission'))}"),
     ]
+    if summary.get("bad_bars_skipped"):
+        rows.append(("Bad bars left out", f"{summary['bad_bars_skipped']:,}", "data.on_bad_bar: skip"))
     if summary.get("open_positions"):
         rows.append(("Open at the end", str(summary["open_positions"]), "marked to the last close"))
     if summary.get("blocked"):
@@ -432,6 +447,7 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
         _refuse_short_history(prep)
     except DiagnosticError as exc:
         _report_problems(exc)
+    _report_skipped_bars(prep)
     _check_window(prep, start, end)
     if symbol is not None and symbol.upper() not in prep.frames:
         raise click.UsageError(f"--symbol {_escaped(symbol)}: the run has no bars for it; "
@@ -574,6 +590,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, sets, journal_path)
         prep = bt.last_days(prep, days)
     except DiagnosticError as exc:
         _report_problems(exc)
+    _report_skipped_bars(prep)
     printed = []
 
     def show(info: dict) -> None:

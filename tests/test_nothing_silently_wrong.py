@@ -90,6 +90,52 @@ def test_backtest_refuses_bad_bars_with_file_line_and_column(tmp_path, row, wher
     assert not (tmp_path / "j.sqlite").exists()
 
 
+def test_skipping_bad_bars_is_explicit_and_counted(tmp_path):
+    import json
+
+    lines = SPY.read_text().splitlines()
+    lines[3] = "2008-01-03,144.910004,145.490005,144.070007,,117.602448,125133300"     # line 4: no close
+    lines[9] = "2008-01-11,0,145.490005,144.070007,144.86,117.602448,125133300"       # line 10: zero open
+    lines[20] = "2008-01-29,138.0,137.0,139.5,138.5,117.602448,125133300"             # line 21: high < low
+    (tmp_path / "SPY.csv").write_text("\n".join(lines) + "\n")
+    refused = strategy(tmp_path)
+    result = cli("backtest", refused, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 1
+    assert "or set data.on_bad_bar: skip to leave such bars out (their count is reported)" in result.output
+    text = STRATEGY.format(source="SPY.csv", when="crosses_above(fast, slow)").replace(
+        "source: SPY.csv}", "source: SPY.csv, on_bad_bar: skip}")
+    path = strategy(tmp_path, name="skip.yaml", text=text)
+    assert cli("validate", path).exit_code == 0
+    result = cli("backtest", path, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 0, result.output
+    assert (f"{tmp_path / 'SPY.csv'}:4:45: warning: 3 bad bars of SPY left out (data.on_bad_bar: skip); the "
+            "first: missing close price in a bar that has other prices (column 'Close')") in result.output
+    assert "(2,516 bars)" in result.output
+    row = next(line for line in result.output.splitlines() if "Bad bars left out" in line)
+    assert row.split() == ["Bad", "bars", "left", "out", "3", "data.on_bad_bar:", "skip"]
+    result = cli("backtest", path, "--journal", tmp_path / "j.sqlite", "--format", "json")
+    summary = json.loads(result.output[result.output.index("{"):])["summary"]
+    assert summary["bad_bars_skipped"] == 3 and summary["bars"] == 2516
+    bad = strategy(tmp_path, name="bad.yaml", text=text.replace("on_bad_bar: skip", "on_bad_bar: drop"))
+    result = cli("validate", bad)
+    assert result.exit_code == 1 and "on_bad_bar" in result.output and "skip" in result.output
+
+
+def test_skipping_every_bar_is_still_an_error(tmp_path):
+    from engine.diagnostics import DiagnosticError
+    from engine.market.bars import load_bars
+
+    path = tmp_path / "ALL.csv"
+    path.write_text("Date,Open,High,Low,Close\n2020-01-02,1,2,0.5,0\n2020-01-03,1,0.5,2,1\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path, on_bad_bar="skip")
+    assert excinfo.value.diagnostics[0].message == (
+        "no bars: the file has a header but no rows with prices once the bad ones are left out (the first: "
+        "line 2: close price is 0: prices must be above zero (column 'Close'))")
+    with pytest.raises(ValueError, match="on_bad_bar must be 'refuse' or 'skip'"):
+        load_bars(path, on_bad_bar="drop")
+
+
 # ------------------------------------------------------------------------ item 5: bounded inputs
 
 BOMB = """\

@@ -82,6 +82,8 @@ def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
     out["buy_and_hold_symbol"] = symbol
     out["bars"] = _run_bars(result)
     out["warmup_bars"] = int(sum(len(b.end) for b in result.bars.values())) - out["bars"]
+    skipped = [f.attrs["bad_bars"] for f in result.prepared.frames.values() if f.attrs.get("bad_bars")]
+    out["bad_bars_skipped"] = int(sum(b["count"] for b in skipped))   # data.on_bad_bar: skip
     out["blocked"] = _blocked(result.runner.decisions)
     out["blocked_reasons"] = top_reasons(result.runner.decisions) if out["blocked"] else []
     return {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in out.items()}

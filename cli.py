@@ -278,13 +278,21 @@ def _report_problems(exc) -> None:
 def explain(strategy: str, fmt: str, sets: tuple[str, ...]) -> None:
     """Print the compiled Plan of STRATEGY: its nodes (shared ones once), warm-up, rules and the
     inputs and history a run must load."""
+    from engine.check import validate as run_validate
+    from engine.check.support import is_unsupported
     from engine.diagnostics import DiagnosticError
     from engine.plan.build import plan_from_file, summary
 
     try:
-        plan = plan_from_file(strategy, _parse_sets(sets))
+        plan = plan_from_file(strategy, _parse_sets(sets), unsupported_ok=True)
     except DiagnosticError as exc:
         _report_problems(exc)
+    refused = [d for d in run_validate([strategy], _parse_sets(sets)).errors if is_unsupported(d)]
+    for d in refused:   # the plan does not depend on them, but a run refuses the strategy
+        _safe_echo(d.format(), err=True)
+    if refused:
+        _safe_echo(f"backtest and run refuse this strategy while {'these keys are' if len(refused) > 1 else 'this key is'}"
+                   " in it", err=True)
     data = summary(plan)
     if fmt == "json":
         _safe_echo(json.dumps(data, indent=2, default=str))

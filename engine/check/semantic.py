@@ -768,7 +768,9 @@ def check_document(ws: Workspace, doc: Document, overrides: dict[str, str] | Non
     malformed sections are skipped instead of treated as checker bugs."""
     checks = {"strategy": StrategyCheck, "scanner": ScannerCheck, "universe": UniverseCheck,
               "instruments": InstrumentsCheck, "risk": RiskCheck}
+    from .support import unsupported
+
     check = checks[doc.kind](ws, doc, tolerant=tolerant)
     if doc.kind == "strategy":
-        return check.run(overrides)
-    return check.guard(check.run) or check.out
+        return check.run(overrides) + unsupported(doc)
+    return (check.guard(check.run) or check.out) + unsupported(doc)

@@ -59,7 +59,12 @@ def _positive_amount(ctx, param, value):
 
     if value is not None and not (math.isfinite(value) and value > 0):
         raise click.BadParameter(f"must be a finite amount above 0, got {value:g}")
+    if value is not None and value > MAX_CASH:
+        raise click.BadParameter(f"{value:g} is more than the {MAX_CASH:,.0f} an account can hold here")
     return value
+
+
+MAX_CASH = 1e12   # beyond this, figures lose their cents (float64) and mean nothing
 
 
 def _iso_date(ctx, param, value):
@@ -97,6 +102,15 @@ def _check_window(prep, start, end) -> None:
         raise click.UsageError(f"--from {start} is after the end of the data: {holds}")
     if end and pd.Timestamp(end).date() < first.date():
         raise click.UsageError(f"--to {end} is before the start of the data: {holds}")
+    from engine.diagnostics import DiagnosticError
+
+    for key, flag, outside in (("start", start, lambda d: d > last.date()), ("end", end, lambda d: d < first.date())):
+        value = prep.settings.get(key)
+        if flag is None and isinstance(value, str) and outside(pd.Timestamp(value).date()):
+            side = "after the end" if key == "start" else "before the start"
+            _report_problems(DiagnosticError([prep.doc.diag(("backtest", key), f"backtest.{key} {value} is {side} "
+                                                            f"of the data: {holds}", "change it, or override it with "
+                                                            f"{'--from' if key == 'start' else '--to'}")]))
     lo, hi = prep.start, prep.end   # the flags' or the strategy's backtest.start/end; hi is exclusive
     if lo is not None or hi is not None:
         lo_ns = lo.value if lo is not None else None

@@ -275,6 +275,35 @@ def test_backtest_flags_are_checked(tmp_path, args, message):
     assert not (tmp_path / "j.sqlite").exists()
 
 
+@pytest.mark.parametrize("backtest, command, code, message", [
+    ("{start: 2020-13-45}", "validate", 1, ":40:19: error: backtest.start: '2020-13-45' is not a date "
+                                           "(month must be in 1..12)"),
+    ("{start: 2020-13-45}", "backtest", 1, ":40:19: error: backtest.start: '2020-13-45' is not a date"),
+    ("{end: 2015-02-30}", "validate", 1, ":40:17: error: backtest.end: '2015-02-30' is not a date"),
+    ("{start: 2016-01-01, end: 2015-01-01}", "validate", 1,
+     ":40:19: error: backtest.start 2016-01-01 is after backtest.end 2015-01-01"),
+    ("{start: 2030-01-01}", "backtest", 1, ":40:19: error: backtest.start 2030-01-01 is after the end of the data: "
+                                           "the data (SPY) runs from 2007-12-31 to 2017-12-29"),
+    ("{end: 2001-01-01}", "backtest", 1, ":40:17: error: backtest.end 2001-01-01 is before the start of the data"),
+])
+def test_the_strategys_backtest_dates_are_checked(tmp_path, backtest, command, code, message):
+    text = SMA.read_text().replace("source: data/", f"source: {SPY.parent}/") + f"backtest: {backtest}\n"
+    path = strategy(tmp_path, text=text)
+    assert text.splitlines()[39].startswith("backtest: ")
+    args = (command, path) if command == "validate" else (command, path, "--journal", tmp_path / "j.sqlite")
+    result = cli(*args)
+    assert result.exit_code == code, result.output
+    assert f"{path.name}{message}" in result.output
+    assert not (tmp_path / "j.sqlite").exists()
+
+
+def test_cash_beyond_any_account_is_refused(tmp_path):
+    result = cli("backtest", SMA, "--journal", tmp_path / "j.sqlite", "--cash", "1e300")
+    assert result.exit_code == 2
+    assert "Invalid value for '--cash': 1e+300 is more than the 1,000,000,000,000 an account can hold here" \
+        in result.output
+
+
 def test_a_one_day_window_and_a_lower_case_symbol_still_run(tmp_path):
     result = cli("backtest", SMA, "--journal", tmp_path / "j.sqlite", "--from", "2015-01-02", "--to", "2015-01-02",
                  "--symbol", "spy", "--report", tmp_path / "r.html")

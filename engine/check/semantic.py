@@ -162,6 +162,24 @@ class DocumentCheck:
             return None
         return mark.end_line, mark.end_col + len(rest) - len(stripped)
 
+    def _backtest_dates(self) -> None:
+        """backtest.start and backtest.end are real calendar dates, the start not after the end
+        (the schema only checks their shape: 2020-13-45 passes it)."""
+        import datetime as dt
+
+        days = {}
+        for key in ("start", "end"):
+            value = self.doc.get(("backtest", key))
+            if not isinstance(value, str):
+                continue
+            try:
+                days[key] = dt.date.fromisoformat(value.strip())
+            except ValueError as exc:
+                self.err(("backtest", key), f"backtest.{key}: {value!r} is not a date ({exc})",
+                         "write YYYY-MM-DD, e.g. 2020-01-31")
+        if len(days) == 2 and days["start"] > days["end"]:
+            self.err(("backtest", "start"), f"backtest.start {days['start']} is after backtest.end {days['end']}")
+
     def _zero_divisors(self, where, node: ast.Node, scope: Scope, text: str) -> None:
         """Warn at every divisor whose value is known before the run to be 0 (a literal 0, a
         param set to 0, arithmetic on them): the quotient is NaN on every bar, so nothing that
@@ -384,7 +402,7 @@ class StrategyCheck(DocumentCheck):
         for step in (lambda: self._scanner(scope), lambda: self.indicators(scope), lambda: self._classify(scope),
                      lambda: self._orders(scope), lambda: self._rules(("entry",), "entry", scope),
                      lambda: self._rules(("exit",), "exit", scope), lambda: self._agents(scope),
-                     self._schedule, self._universe):
+                     self._schedule, self._universe, self._backtest_dates):
             self.guard(step)
         if not self.doc.get(("entry",)) and not self.doc.get(("agents",)):
             self.err((), "the strategy has no entry rules",

@@ -818,3 +818,26 @@ def test_run_takes_option_chains(tmp_path):
     assert f"all the reasons: qtrade why {tmp_path / 'j.sqlite'} --run " in result.output
     result = cli("run", strategy_path, "--chains", tmp_path / "none.csv", "--journal", tmp_path / "j.sqlite")
     assert result.exit_code == 1 and "option chains not found" in result.output
+
+
+def test_report_reads_a_journal_on_a_read_only_file_system(tmp_path, journal):
+    """A real read-only mount (root cannot write there either), made in a mount namespace of its
+    own; skipped where the machine allows no such namespace."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("no mount namespaces here (unshare -m)")
+    source, mount = tmp_path / "src", tmp_path / "ro"
+    source.mkdir()
+    mount.mkdir()
+    shutil.copy(journal, source / "j.sqlite")        # WAL mode, and no -shm next to it
+    out = tmp_path / "r.html"
+    script = (f"mount --bind {source} {mount} && mount -o remount,ro,bind {mount} && "
+              f"! touch {mount}/probe 2>/dev/null && "
+              f"{sys.executable} -c 'import sys; sys.argv = [\"qtrade\", \"report\", \"{mount}/j.sqlite\", \"--out\", "
+              f"\"{out}\"]; import cli; cli.entry()' && "
+              f"{sys.executable} -c 'import sys; sys.argv = [\"qtrade\", \"why\", \"{mount}/j.sqlite\"]; import cli; "
+              f"cli.entry()'")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"report: {out}" in done.stdout
+    assert "sma-crossover (backtest), 79 decisions" in done.stdout
+    assert out.read_text().startswith("<!DOCTYPE html>")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import sys
 
 import click
@@ -16,8 +17,23 @@ import click
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
+# Characters a terminal acts on instead of showing (ESC starts colour, title and OSC-8 link
+# sequences; CR and backspace overwrite; C1 controls; the bidi overrides that reorder a line).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(text: str) -> str:
+    """`text` with every control character written out as an escape (\\x1b, \\u202e); line
+    breaks and tabs stay. User text (rule names, descriptions, symbols, file contents quoted in
+    messages) reaches the terminal only through this."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                         else f"\\u{ord(m.group()):04x}", text)
+
+
 def _safe_echo(text: str, err: bool = False) -> None:
-    """Print, degrading characters the console cannot encode (old Windows consoles crash)."""
+    """Print with control characters escaped, degrading characters the console cannot encode
+    (old Windows consoles crash)."""
+    text = _escaped(str(text))
     stream = sys.stderr if err else sys.stdout
     encoding = getattr(stream, "encoding", None) or "utf-8"
     try:
@@ -35,6 +51,79 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
             raise click.UsageError(f"--set expects name=value, got {item!r}")
         overrides[name.strip()] = value.strip()
     return overrides
+
+
+def _positive_amount(ctx, param, value):
+    """--cash: a finite amount above zero (click's float takes -100, 0, nan and inf)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite amount above 0, got {value:g}")
+    if value is not None and value > MAX_CASH:
+        raise click.BadParameter(f"{value:g} is more than the {MAX_CASH:,.0f} an account can hold here")
+    return value
+
+
+MAX_CASH = 1e12   # beyond this, figures lose their cents (float64) and mean nothing
+
+
+def _iso_date(ctx, param, value):
+    """--from/--to: a real calendar date written YYYY-MM-DD (2020-13-45 is refused here)."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if len(text) != 10:
+            raise ValueError("expected 10 characters")
+        dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date ({exc}); write YYYY-MM-DD, e.g. 2020-01-31") from None
+    return text
+
+
+def _check_window(prep, start, end) -> None:
+    """--from/--to against each other and the data: a window with no bars is a usage error that
+    says what range the data has."""
+    import numpy as np
+    import pandas as pd
+
+    if start and end and start > end:
+        raise click.UsageError(f"--from {start} is after --to {end}")
+    frames = [prep.frames[s] for s in prep.symbols if s in prep.frames and len(prep.frames[s])]
+    if not frames:
+        return
+    first = min(f.index[0] for f in frames)
+    last = max(f.index[-1] for f in frames)
+    names = ", ".join(s for s in prep.symbols[:3] if s in prep.frames) + (" ..." if len(prep.symbols) > 3 else "")
+    holds = f"the data ({names}) runs from {first:%Y-%m-%d} to {last:%Y-%m-%d}"
+    if start and pd.Timestamp(start).date() > last.date():
+        raise click.UsageError(f"--from {start} is after the end of the data: {holds}")
+    if end and pd.Timestamp(end).date() < first.date():
+        raise click.UsageError(f"--to {end} is before the start of the data: {holds}")
+    from engine.diagnostics import DiagnosticError
+
+    for key, flag, outside in (("start", start, lambda d: d > last.date()), ("end", end, lambda d: d < first.date())):
+        value = prep.settings.get(key)
+        if flag is None and isinstance(value, str) and outside(pd.Timestamp(value).date()):
+            side = "after the end" if key == "start" else "before the start"
+            _report_problems(DiagnosticError([prep.doc.diag(("backtest", key), f"backtest.{key} {value} is {side} "
+                                                            f"of the data: {holds}", "change it, or override it with "
+                                                            f"{'--from' if key == 'start' else '--to'}")]))
+    lo, hi = prep.start, prep.end   # the flags' or the strategy's backtest.start/end; hi is exclusive
+    if lo is not None or hi is not None:
+        lo_ns = lo.value if lo is not None else None
+        hi_ns = hi.value if hi is not None else None
+        inside = 0
+        for f in frames:
+            times = f.index.as_unit("ns").asi8
+            inside += int(((times >= lo_ns) if lo_ns is not None else np.ones(len(times), bool))
+                          [(times < hi_ns) if hi_ns is not None else slice(None)].sum())
+        if inside == 0:
+            shown_lo = lo.date() if lo is not None else first.date()
+            shown_hi = (hi - pd.Timedelta(days=1)).date() if hi is not None else last.date()
+            raise click.UsageError(f"no bars from {shown_lo} to {shown_hi}: {holds}")
 
 
 def _version() -> str:
@@ -129,6 +218,65 @@ def schema(kind: str) -> None:
     _safe_echo(schema_text(kind).rstrip())
 
 
+def _journal_first(journal_path: str, report_path: str | None) -> None:
+    """Before a run: the journal path can take a journal (not a folder, not another file, not
+    another program's SQLite) and the report path destroys nothing; exit 2 otherwise."""
+    from engine.runtime.journal import JournalError, preflight
+
+    try:
+        preflight(journal_path)
+    except JournalError as exc:
+        _safe_echo(f"qtrade: --journal {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if report_path:
+        from engine.report.html import report_path_problem
+
+        problem = report_path_problem(report_path, journal_path)
+        if problem:
+            _safe_echo(f"qtrade: --report {problem}", err=True)
+            sys.exit(EXIT_USAGE)
+
+
+def _write_journal(journal_path: str, write) -> None:
+    """Open the journal and `write(journal)`; a journal that cannot be written is a message."""
+    import sqlite3
+
+    from engine.runtime.journal import Journal, JournalError, failure
+
+    try:
+        with Journal(journal_path) as journal:
+            try:
+                write(journal)
+            except sqlite3.Error as exc:
+                raise failure(journal_path, exc) from None
+    except JournalError as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_PROBLEMS)
+
+
+def _report_skipped_bars(prep) -> None:
+    """With data.on_bad_bar: skip, say on stderr how many bars were left out and where the first was."""
+    from engine.diagnostics import warning
+
+    for symbol, frame in prep.frames.items():
+        info = frame.attrs.get("bad_bars")
+        if info:
+            n = info["count"]
+            _safe_echo(warning(info["file"], info["line"], info["col"],
+                               f"{n:,} bad bar{'s' * (n != 1)} of {symbol} left out (data.on_bad_bar: skip); "
+                               f"the first: {info['message']}").format(), err=True)
+
+
+def _refuse_short_history(prep) -> None:
+    """A look-back longer than the data is refused before the run (its rules could never fire)."""
+    from engine.check.history import short_history
+    from engine.diagnostics import DiagnosticError
+
+    problems = short_history(prep)
+    if problems:
+        raise DiagnosticError(problems)
+
+
 def _report_problems(exc) -> None:
     for d in exc.diagnostics:
         _safe_echo(d.format(), err=True)
@@ -144,13 +292,21 @@ def _report_problems(exc) -> None:
 def explain(strategy: str, fmt: str, sets: tuple[str, ...]) -> None:
     """Print the compiled Plan of STRATEGY: its nodes (shared ones once), warm-up, rules and the
     inputs and history a run must load."""
+    from engine.check import validate as run_validate
+    from engine.check.support import is_unsupported
     from engine.diagnostics import DiagnosticError
     from engine.plan.build import plan_from_file, summary
 
     try:
-        plan = plan_from_file(strategy, _parse_sets(sets))
+        plan = plan_from_file(strategy, _parse_sets(sets), unsupported_ok=True)
     except DiagnosticError as exc:
         _report_problems(exc)
+    refused = [d for d in run_validate([strategy], _parse_sets(sets)).errors if is_unsupported(d)]
+    for d in refused:   # the plan does not depend on them, but a run refuses the strategy
+        _safe_echo(d.format(), err=True)
+    if refused:
+        _safe_echo(f"backtest and run refuse this strategy while {'these keys are' if len(refused) > 1 else 'this key is'}"
+                   " in it", err=True)
     data = summary(plan)
     if fmt == "json":
         _safe_echo(json.dumps(data, indent=2, default=str))
@@ -216,21 +372,37 @@ def _num(v, digits=2):
     return "n/a" if v is None else f"{v:,.{digits}f}"
 
 
+SHORT_RUN_DAYS = 91   # annualised figures of a run shorter than about three months carry a caveat
+
+
+def _span_days(start, end) -> float | None:
+    import pandas as pd
+
+    if not start or not end:
+        return None
+    return (pd.Timestamp(end) - pd.Timestamp(start)).total_seconds() / 86400.0
+
+
 def _summary_text(result, summary: dict, journal_path: str | None, report_path: str | None) -> str:
     prep = result.prepared
     lines = []
     start = (summary.get("start") or "")[:10]
     end = (summary.get("end") or "")[:10]
     lines.append(f"{prep.plan.name}: {', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''} "
-                 f"on {prep.bar} bars, {start} to {end} ({summary.get('bars', 0):,} bars)")
+                 f"on {prep.bar} bars, {start} to {end} ({summary.get('bars', 0):,} bars"
+                 + (f", after {summary['warmup_bars']:,} warm-up bars" if summary.get("warmup_bars") else "") + ")")
     lines.append("")
     bh = summary.get("buy_and_hold")
+    days = _span_days(summary.get("start"), summary.get("end"))
+    caveat = (f"; annualised from {days:.0f} day{'s' * (round(days) != 1)}: too short to mean much"
+              if days is not None and days < SHORT_RUN_DAYS else "")
     rows = [
-        ("Final equity", _num(summary.get("end_equity")), f"from {_num(summary.get('start_equity'))}"),
+        ("Final equity", _num(summary.get("end_equity")), f"from {_num(summary.get('start_equity'))} starting cash"),
         ("Total return", _pct(summary.get("total_return")),
          f"buy & hold {summary.get('buy_and_hold_symbol')}: {_pct(bh)}" if bh is not None else ""),
-        ("Annualised return", _pct(summary.get("cagr")), f"volatility {_pct(summary.get('volatility'))}"),
-        ("Sharpe / Sortino / Calmar", " / ".join(_num(summary.get(k)) for k in ("sharpe", "sortino", "calmar")), ""),
+        ("Annualised return", _pct(summary.get("cagr")), f"volatility {_pct(summary.get('volatility'))}{caveat}"),
+        ("Sharpe / Sortino / Calmar", " / ".join(_num(summary.get(k)) for k in ("sharpe", "sortino", "calmar")),
+         caveat[2:] if caveat else ""),
         ("Max drawdown", _pct(summary.get("max_drawdown")),
          f"{summary.get('max_drawdown_days') or 0:.0f} days from {(summary.get('max_drawdown_start') or '')[:10]}"
          if summary.get("max_drawdown") else ""),
@@ -240,10 +412,17 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
          f"avg win {_num(summary.get('average_win'))}, avg loss {_num(summary.get('average_loss'))}"),
         ("Exposure", _pct(summary.get("exposure"), 1), f"commission paid {_num(summary.get('commission'))}"),
     ]
+    if summary.get("bad_bars_skipped"):
+        rows.append(("Bad bars left out", f"{summary['bad_bars_skipped']:,}", "data.on_bad_bar: skip"))
     if summary.get("open_positions"):
         rows.append(("Open at the end", str(summary["open_positions"]), "marked to the last close"))
     if summary.get("blocked"):
-        rows.append(("Entries blocked", str(summary["blocked"]), "see the journal's decisions for why"))
+        top = summary.get("blocked_reasons") or []
+        named = "; ".join(f"{n:,} {reason}" for reason, n in top)
+        more = " ..." if sum(n for _, n in top) < summary["blocked"] else ""
+        rows.append(("Entries blocked", f"{summary['blocked']:,}",
+                     (f"{named}{more}; " if named else "")
+                     + f"qtrade why {journal_path or 'JOURNAL'}" + (f" --run {result.run_id}" if journal_path else "")))
     for name, value, note in rows:
         lines.append(f"  {name:<26}{value:>20}   {note}".rstrip())
     lines.append("")
@@ -261,9 +440,10 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
 @click.option("--chains", type=click.Path(), help="Option chain snapshots (an L2 or iVolatility CSV) for "
               "options strategies (default: the strategy's data.chains; none: chains are synthesised).")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a param. Repeatable.")
-@click.option("--from", "start", metavar="YYYY-MM-DD", help="First day (inclusive).")
-@click.option("--to", "end", metavar="YYYY-MM-DD", help="Last day (inclusive).")
-@click.option("--cash", type=float, help="Starting cash (default: the strategy's backtest.cash).")
+@click.option("--from", "start", metavar="YYYY-MM-DD", callback=_iso_date, help="First day (inclusive).")
+@click.option("--to", "end", metavar="YYYY-MM-DD", callback=_iso_date, help="Last day (inclusive).")
+@click.option("--cash", type=float, callback=_positive_amount,
+              help="Starting cash (default: the strategy's backtest.cash).")
 @click.option("--journal", "journal_path", default="qtrade-journal.sqlite", show_default=True, type=click.Path(),
               help="SQLite journal the run is written to.")
 @click.option("--report", "report_path", type=click.Path(), help="Also write the HTML report here.")
@@ -278,30 +458,39 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
     from engine.diagnostics import DiagnosticError
     from engine.report.run_summary import summarize_result
     from engine.runtime import backtest as bt
-    from engine.runtime.journal import Journal, JournalError
+    from engine.runtime.journal import JournalError
 
     started = _time.perf_counter()
+    if start and end and start > end:
+        raise click.UsageError(f"--from {start} is after --to {end}")
+    _journal_first(journal_path, report_path)
     try:
         prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash, chains)
+        _refuse_short_history(prep)
     except DiagnosticError as exc:
         _report_problems(exc)
+    _report_skipped_bars(prep)
+    _check_window(prep, start, end)
+    if symbol is not None and symbol.upper() not in prep.frames:
+        raise click.UsageError(f"--symbol {_escaped(symbol)}: the run has no bars for it; "
+                               f"it has {', '.join(sorted(prep.frames))}")
+    symbol = symbol.upper() if symbol is not None else None
     bar = _Progress(progress and fmt == "text")
     try:
         result = bt.run(prep, progress=bar)
     finally:
         bar.done()
     summary = summarize_result(result)
-    try:
-        with Journal(journal_path) as journal:
-            bt.write_journal(result, journal)
-            journal.finish_run(result.run_id, "finished", summary)
-    except JournalError as exc:
-        _safe_echo(f"qtrade: {exc}", err=True)
-        sys.exit(EXIT_PROBLEMS)
+    _write_journal(journal_path, lambda journal: (bt.write_journal(result, journal),
+                                                  journal.finish_run(result.run_id, "finished", summary)))
     if report_path:
         from engine.report.html import write_report
 
-        write_report(journal_path, report_path, run_id=result.run_id, symbol=symbol)
+        try:
+            write_report(journal_path, report_path, run_id=result.run_id, symbol=symbol)
+        except JournalError as exc:
+            _safe_echo(f"qtrade: {exc}", err=True)
+            sys.exit(EXIT_PROBLEMS)
     elapsed = _time.perf_counter() - started
     if fmt == "json":
         _safe_echo(json.dumps({"run_id": result.run_id, "journal": journal_path, "report": report_path,
@@ -319,15 +508,40 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
 @click.option("--symbol", help="Symbol for the price chart (default: the most traded).")
 def report(journal_path, out_path, run_id, symbol):
     """Render one self-contained HTML report (works offline) from a JOURNAL."""
-    from engine.report.html import write_report
+    from engine.report.html import report_path_problem, write_report
     from engine.runtime.journal import JournalError
 
+    problem = report_path_problem(out_path, journal_path)
+    if problem:
+        _safe_echo(f"qtrade: --out {problem}", err=True)
+        sys.exit(EXIT_USAGE)
     try:
         write_report(journal_path, out_path, run_id=run_id, symbol=symbol)
     except JournalError as exc:
         _safe_echo(f"qtrade: {exc}", err=True)
         sys.exit(EXIT_PROBLEMS)
     _safe_echo(f"report: {out_path}")
+
+
+@main.command()
+@click.argument("journal_path", metavar="JOURNAL", type=click.Path())
+@click.option("--run", "run_id", help="Run id (default: the newest run in the journal).")
+@click.option("--rule", "rule", help="Only this rule's decisions.")
+def why(journal_path, run_id, rule):
+    """Why a run did or did not trade: its decisions from the JOURNAL, grouped by rule, outcome
+    and reason, with counts and the first and last time of each."""
+    from engine.report.why import why_text
+    from engine.runtime.journal import JournalError
+
+    try:
+        text = why_text(journal_path, run_id, rule)
+    except JournalError as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    except LookupError as exc:
+        _safe_echo(f"qtrade: --rule: {exc.args[0]}", err=True)
+        sys.exit(EXIT_USAGE)
+    _safe_echo(text)
 
 
 def _describe_intent(info: dict) -> str:
@@ -368,6 +582,8 @@ def _describe_intent(info: dict) -> str:
 @click.option("--broker", type=click.Choice(["sim", "ib"]), default="sim", show_default=True,
               help="sim: the simulator, fed with the strategy's data; ib: Interactive Brokers through ib_async.")
 @click.option("--data", "data", type=click.Path(), help="Bars for the simulator (default: data.source).")
+@click.option("--chains", type=click.Path(), help="Option chain snapshots for the simulator (an L2 or iVolatility "
+              "CSV; default: the strategy's data.chains; none: chains are synthesised).")
 @click.option("--days", type=click.IntRange(1, 3650), default=5, show_default=True,
               help="With --broker sim and no --from: replay the last N trading days of the data.")
 @click.option("--from", "start", metavar="YYYY-MM-DD", help="With --broker sim: first day replayed (inclusive).")
@@ -382,7 +598,8 @@ def _describe_intent(info: dict) -> str:
               "quantity (whole units, at least 1) filling in one bar.")
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
               help="With --broker sim: replay at N times real time on the wall clock (default: as fast as it goes).")
-def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, journal_path, fmt, partial, speed):
+def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, sets, journal_path, fmt, partial,
+        speed):
     """Run STRATEGY: against the simulator (replaying its data bar by bar) or IB.
 
     The run goes through the trading kernel, the loop a live run uses: the plan is evaluated bar
@@ -408,12 +625,15 @@ def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, jou
                    "use --broker sim (add --dry-run to print the orders without transmitting them)", err=True)
         sys.exit(EXIT_USAGE)
     started = _time.perf_counter()
+    _journal_first(journal_path, None)
     try:
-        prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash)
+        prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash, chains=chains)
+        _refuse_short_history(prep)
         if not start:
             prep = bt.last_days(prep, days)
     except DiagnosticError as exc:
         _report_problems(exc)
+    _report_skipped_bars(prep)
     printed = []
     text = fmt == "text"
 
@@ -432,21 +652,31 @@ def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, jou
 
     run_id = new_run_id()
     mode_name = "dry-run" if dry_run else "paper"
+    import sqlite3
+
+    from engine.runtime.journal import failure
+
     try:
         journal = Journal(journal_path)
     except JournalError as exc:
         _safe_echo(f"qtrade: {exc}", err=True)
         sys.exit(EXIT_PROBLEMS)
     with journal:
-        # journaled as it happens: every order before it is sent, its fills by execution id; order
-        # refs continue the strategy's sequence in this journal, so a restart never repeats one
-        bt.start_run(prep, journal, mode_name, run_id, float(prep.settings.get("cash", 100_000)))
-        prefix = f"qtrade:{prep.plan.name}:"
-        result = session.simulate(prep, dry_run=dry_run, on_order=show, run_id=run_id, partial=partial, speed=speed,
-                                  recorder=Recorder(journal, run_id), tags=(prefix, journal.last_order_seq(prefix)))
-        summary = summarize_result(result)
-        bt.write_journal(result, journal, mode=mode_name, incremental=True)
-        journal.finish_run(result.run_id, "finished", summary)
+        # journaled as it happens: every order before it is sent (a journal that cannot take it
+        # stops the run before the order leaves), its fills by execution id; order refs continue
+        # the strategy's sequence in this journal, so a restart never repeats one
+        try:
+            bt.start_run(prep, journal, mode_name, run_id, float(prep.settings.get("cash", 100_000)))
+            prefix = f"qtrade:{prep.plan.name}:"
+            result = session.simulate(prep, dry_run=dry_run, on_order=show, run_id=run_id, partial=partial,
+                                      speed=speed, recorder=Recorder(journal, run_id),
+                                      tags=(prefix, journal.last_order_seq(prefix)))
+            summary = summarize_result(result)
+            bt.write_journal(result, journal, mode=mode_name, incremental=True)
+            journal.finish_run(result.run_id, "finished", summary)
+        except sqlite3.Error as exc:
+            _safe_echo(f"qtrade: {failure(journal_path, exc)}", err=True)
+            sys.exit(EXIT_PROBLEMS)
     if not text:
         _safe_echo(json.dumps({"run_id": result.run_id, "journal": journal_path, "report": None,
                                "seconds": round(_time.perf_counter() - started, 3), "timings": result.timings,
@@ -461,6 +691,8 @@ def run(strategy, dry_run, live, broker, data, days, start, end, cash, sets, jou
         _safe_echo(f"  blocked {d.rule!r} on {d.symbol}: {d.reason}")
     for _, message in errors[:5]:
         _safe_echo(f"  error: {message}")
+    if blocked:
+        _safe_echo(f"  all the reasons: qtrade why {journal_path} --run {result.run_id}")
     _safe_echo(f"{len(result.ledger.trades)} round trips, {len(result.ledger.positions)} open, "
                f"equity {result.final_equity:,.2f}" + (" (simulated wallet)" if dry_run else ""))
     _safe_echo(f"journal: {journal_path} (run {result.run_id})")

@@ -30,7 +30,8 @@ class Diagnostic:
         return self.severity is Severity.ERROR
 
     def format(self) -> str:
-        text = f"{self.path}:{self.line}:{self.col}: {self.severity.value}: {self.message}"
+        where = f"{self.path}:{self.line}:{self.col}" if self.line > 0 else self.path   # 0: the whole file
+        text = f"{where}: {self.severity.value}: {self.message}"
         if self.hint:
             text += "".join(f"\n    {line}" for line in self.hint.splitlines())
         return text

@@ -376,8 +376,82 @@ def test_empty_file_and_header_only(tmp_path):
     with pytest.raises(DiagnosticError) as excinfo:
         load_bars(write(tmp_path, ""))
     assert (diagnostic(excinfo).line, diagnostic(excinfo).message) == (1, "the file is empty")
-    empty = one(write(tmp_path, "Date,Open,High,Low,Close\n", name="HDR.csv"))
-    assert len(empty) == 0 and list(empty.columns) == ["open", "high", "low", "close", "volume"]
+    for name, text in (("HDR.csv", "Date,Open,High,Low,Close\n"), ("GAPS.csv", "Date,Open,High,Low,Close\n"
+                                                                            "2020-01-02,null,null,null,null\n\n")):
+        path = write(tmp_path, text, name=name)
+        with pytest.raises(DiagnosticError) as excinfo:
+            load_bars(path)
+        d = diagnostic(excinfo)
+        assert (d.path, d.line, d.col) == (str(path), 1, 1)
+        assert d.message == "no bars: the file has a header but no rows with prices"
+
+
+HEADER = "Date,Open,High,Low,Close,Volume\n2020-01-02,10,11,9,10.5,100\n"
+
+
+@pytest.mark.parametrize("row, col, message", [
+    ("2020-01-03,10,11,9,inf,100", 20, "close price is inf (column 'Close')"),
+    ("2020-01-03,10,-inf,9,10,100", 15, "high price is -inf (column 'High')"),
+    ("2020-01-03,10,11,9,nan,100", 20, "missing close price in a bar that has other prices (column 'Close')"),
+    ("2020-01-03,10,11,9,,100", 20, "missing close price in a bar that has other prices (column 'Close')"),
+    ("2020-01-03,0,11,9,10,100", 12, "open price is 0: prices must be above zero (column 'Open')"),
+    ("2020-01-03,10,11,-9,10,100", 18, "low price is -9: prices must be above zero (column 'Low')"),
+    ("2020-01-03,10,9,11,10,100", 15, "high 9 is below the low 11 (column 'High')"),
+    ("2020-01-03,10,11,9,10,-5", 23, "volume is -5: volumes must be finite and not negative (column 'Volume')"),
+    ("2020-01-03,10,11,9,10,inf", 23, "volume is inf: volumes must be finite and not negative (column 'Volume')"),
+])
+def test_bad_prices_refused_at_their_line_and_column(tmp_path, row, col, message):
+    path = write(tmp_path, HEADER + row + "\n2020-01-06,10,11,9,10.5,100\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    d = diagnostic(excinfo)
+    assert (d.path, d.line, d.col) == (str(path), 3, col)
+    assert d.message == message
+
+
+def test_bad_prices_in_a_long_table_and_parquet_name_their_row(tmp_path):
+    path = write(tmp_path, "Date,Symbol,Open,High,Low,Close\n2020-01-02,SPY,10,11,9,10\n"
+                           "2020-01-02,QQQ,10,11,9,0\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path, symbols=["SPY"])
+    d = diagnostic(excinfo)
+    assert (d.line, d.col, d.message) == (3, 24, "close price is 0: prices must be above zero (column 'Close')")
+    frame = pd.DataFrame({"timestamp": pd.date_range("2020-01-02", periods=3, tz="UTC"),
+                          "open": [1.0, 2.0, 3.0], "high": [1.0, 2.0, 3.0], "low": [1.0, 2.5, 3.0],
+                          "close": [1.0, 2.0, 3.0]})
+    frame.to_parquet(tmp_path / "P.parquet")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(tmp_path / "P.parquet")
+    d = diagnostic(excinfo)
+    assert (d.line, d.col, d.message) == (2, 3, "high 2 is below the low 2.5 (column 'high')")
+
+
+def test_adjusted_prices_checked_after_adjusting(tmp_path):
+    path = write(tmp_path, "Date,Open,High,Low,Close,Adj Close\n2020-01-02,10,11,9,10,5\n"
+                           "2020-01-03,10,11,9,10,0\n")
+    assert len(one(path)) == 2
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path, adjusted=True)
+    d = diagnostic(excinfo)
+    assert d.line == 3 and d.message.startswith("adjusted open price is 0: prices must be above zero")
+
+
+def test_a_file_without_line_breaks_is_not_read_whole(tmp_path):
+    sparse = tmp_path / "SPARSE.csv"
+    with open(sparse, "wb") as fh:
+        fh.truncate(2 * 1024 ** 3)        # 2 GB of zero bytes, no newline, nothing on disk
+    one_line = write(tmp_path, "Date,Open,High,Low,Close" + ",x" * 40000, name="WIDE.csv")
+    blank_then_long = tmp_path / "LATE.csv"
+    blank_then_long.write_bytes(b"Date,Open,High,Low,Close\n\n\n" + b"1" * 100_000)
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for path, line in ((sparse, 1), (one_line, 1), (blank_then_long, 4)):
+        with pytest.raises(DiagnosticError) as excinfo:
+            load_bars(path)
+        d = diagnostic(excinfo)
+        assert (d.path, d.line, d.col) == (str(path), line, 1)
+        assert d.message == f"line {line} is longer than 64 KiB: this is not a CSV file of bars (no line break found)"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024   # KiB: < 200 MB more
 
 
 def test_blank_lines_do_not_shift_line_numbers(tmp_path):
@@ -396,6 +470,8 @@ def _parquet_variants(tmp_path) -> dict[str, Path]:
     n = 400
     utc = pd.date_range("2023-11-03 13:30", periods=n, freq="1min", tz="UTC")
     prices = {c: rng.random(n) + 10 for c in ("open", "high", "low", "close")}
+    drawn = np.vstack(list(prices.values()))
+    prices["high"], prices["low"] = drawn.max(axis=0), drawn.min(axis=0)   # bars a loader accepts
     base = pd.DataFrame({"timestamp": utc, **prices, "volume": rng.integers(0, 1000, n)})
     out = {}
 

@@ -321,8 +321,9 @@ def test_synthesize_quotes_are_sane():
 
 def test_synthesize_spreads_widen_far_out_of_the_money():
     c = _synthetic().for_expiry("2018-01-19")
-    F = 2700.0 * np.exp(0.005 * c.years_to_expiry())
-    z = np.log(c.strike / F) / (0.15 * np.sqrt(c.years_to_expiry()))
+    T = c.trading_years_to_expiry()          # the time synthesised chains are priced on
+    F = 2700.0 * np.exp(0.005 * T)
+    z = np.log(c.strike / F) / (0.15 * np.sqrt(T))
     otm = np.where(c.is_call, z > 0, z < 0)
     rel = c.spread / c.mid
     near = np.nanmedian(rel[otm & (np.abs(z) < 0.5)])
@@ -347,13 +348,13 @@ def test_synthesize_smile_and_term_structure():
     assert np.allclose(flat.iv, 0.15)
     # The solver gets the model volatility back from the (rounded) quoted mids near the money.
     g = flat.with_greeks(0.02, 0.015, overwrite=True)
-    near = np.isfinite(g.mid) & (np.abs(flat.strike - 2700) <= 50) & (flat.years_to_expiry() > 0.01)
+    near = np.isfinite(g.mid) & (np.abs(flat.strike - 2700) <= 50) & (flat.model_years_to_expiry() > 0.01)
     assert np.allclose(g.iv[near], 0.15, atol=0.005)
 
 
 def test_synthesize_greeks_match_bsm_and_single_tick():
     c = _synthetic(tick=0.05, spread=Spread(pct=0.02, min_width=0.05, wing=0.0))
-    T = c.years_to_expiry()
+    T = c.model_years_to_expiry()
     d = bsm.delta(2700.0, c.strike, T, 0.02, 0.015, c.iv, c.is_call)
     assert np.array_equal(d, c.delta)
     assert np.allclose(np.round(c.ask / 0.05) * 0.05, c.ask)

@@ -130,14 +130,14 @@ def test_plan_inputs_are_exactly_what_the_rules_read():
     plan = plan_from_file(ROOT / "strategies" / "iron_condor.yaml")
     assert plan.inputs.fields == {"VIX": {"close"}}
     assert {"credit", "margin", "position.pnl", "position.entry_credit"} <= plan.inputs.context
-    plan = plan_from_file(ROOT / "strategies" / "breakout.yaml")
+    plan = plan_from_file(ROOT / "strategies" / "breakout.yaml", unsupported_ok=True)
     assert plan.inputs.fields[None] == {"high", "low", "close", "volume"}
     assert plan.history == plan.warmup + 1
 
 
 def test_every_example_strategy_compiles_and_shares_nodes():
     for path in STRATEGIES:
-        plan = plan_from_file(path)
+        plan = plan_from_file(path, unsupported_ok=True)
         labels = [(n.op, n.attrs, n.args) for n in plan.nodes]
         assert len(labels) == len(set(labels)), f"{path.name}: duplicate nodes"
         for node in plan.nodes:
@@ -170,7 +170,7 @@ def test_there_is_no_forward_indexing_in_the_language():
 def test_values_never_depend_on_later_bars(path, spy):
     """Evaluating on a prefix of the history gives the same values at those bars: no node of any
     example strategy can see a bar after the one it is computed for."""
-    plan = plan_from_file(path)
+    plan = plan_from_file(path, unsupported_ok=True)
     full = evaluate(plan, _with_others(plan, spy))
     for cut in (60, 250, 1000):
         part = evaluate(plan, _with_others(plan, _slice(spy, 0, cut)))
@@ -321,7 +321,7 @@ def test_streaming_equals_vectorised_on_random_slices_of_minute_bars(data, nq):
 
 @pytest.mark.parametrize("path", STRATEGIES, ids=lambda p: p.name)
 def test_streaming_equals_vectorised_for_every_example_strategy(path, spy):
-    plan = plan_from_file(path)
+    plan = plan_from_file(path, unsupported_ok=True)
     if plan.inputs.symbols:
         pytest.skip("needs other symbols' streams; covered by the alignment test")
     _check_stream_equals_vectorised(plan, spy, 100, 700)
@@ -345,7 +345,7 @@ def test_gaps_are_skipped_identically_by_both_evaluators(spy):
 # ---- values with run context ---------------------------------------------------------------
 
 def test_context_nodes_are_evaluated_at_a_bar_with_the_run_state(spy):
-    plan = plan_from_file(ROOT / "strategies" / "breakout.yaml")
+    plan = plan_from_file(ROOT / "strategies" / "breakout.yaml", unsupported_ok=True)
     values = evaluate(plan, spy)
     stop_rule = next(r for r in plan.rules if r.name == "stop")
     entry_bar, i = 300, 310
@@ -369,7 +369,8 @@ def test_explain_json():
     result = CliRunner().invoke(cli.main, ["explain", str(ROOT / "strategies" / "regime_agents.yaml"),
                                            "--format", "json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)     # stderr says a run refuses its unsupported keys
+    assert "backtest and run refuse this strategy while these keys are in it" in result.stderr
     labels = [n["expr"] for n in data["nodes"]]
     assert labels.count("atr(14)") == 1
     assert data["history_bars"] == data["warmup_bars"] + 1

@@ -32,9 +32,13 @@ def find_documents(paths: list[str]) -> tuple[list[Path], list[Diagnostic]]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
+            before = len(found)
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found.extend(Path(root) / f for f in sorted(files) if f.endswith((".yaml", ".yml")))
+            if len(found) == before:
+                problems.append(error(str(raw), 0, 0, "no YAML documents (*.yaml, *.yml) in this folder "
+                                      "or its subfolders", "give the strategy files, or the folder that holds them"))
         elif path.is_file():
             found.append(path)
         else:

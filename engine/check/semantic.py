@@ -162,6 +162,63 @@ class DocumentCheck:
             return None
         return mark.end_line, mark.end_col + len(rest) - len(stripped)
 
+    def _backtest_dates(self) -> None:
+        """backtest.start and backtest.end are real calendar dates, the start not after the end
+        (the schema only checks their shape: 2020-13-45 passes it)."""
+        import datetime as dt
+
+        days = {}
+        for key in ("start", "end"):
+            value = self.doc.get(("backtest", key))
+            if not isinstance(value, str):
+                continue
+            try:
+                days[key] = dt.date.fromisoformat(value.strip())
+            except ValueError as exc:
+                self.err(("backtest", key), f"backtest.{key}: {value!r} is not a date ({exc})",
+                         "write YYYY-MM-DD, e.g. 2020-01-31")
+        if len(days) == 2 and days["start"] > days["end"]:
+            self.err(("backtest", "start"), f"backtest.start {days['start']} is after backtest.end {days['end']}")
+
+    def _zero_divisors(self, where, node: ast.Node, scope: Scope, text: str) -> None:
+        """Warn at every divisor whose value is known before the run to be 0 (a literal 0, a
+        param set to 0, arithmetic on them): the quotient is NaN on every bar, so nothing that
+        reads it ever fires."""
+        constant = checker.Checker(scope, text).constant
+        for n in ast.walk(node):
+            if isinstance(n, ast.Binary) and n.op == "/" and constant(n.right) == 0:
+                shown = text[n.right.span.start:n.right.span.end].strip() or "0"
+                self.out.append(self.doc.diag_in_value(
+                    where, n.right.span.start, f"division by zero: `{shown}` is 0, so "
+                    f"`{text[n.span.start:n.span.end].strip()}` has no value on any bar",
+                    "divide by something that is not 0 (a division by 0 gives no value, and a rule "
+                    "reading it never fires)", Severity.WARNING))
+
+    def _percent_units(self, where, node: ast.Node, scope: Scope, text: str) -> None:
+        """Warn where position.pnl_pct (a fraction: 3% is 0.03) is compared with a plain number
+        of 1 or more, as if it were in percent units (-3 would mean -300%)."""
+        constant = checker.Checker(scope, text).constant
+
+        def is_pnl_pct(n: ast.Node) -> bool:
+            return isinstance(n, ast.Attr) and isinstance(n.obj, ast.Name) and n.obj.id == "position" \
+                and n.name == "pnl_pct"
+
+        for n in ast.walk(node):
+            pairs = []
+            if isinstance(n, ast.Compare):
+                pairs = [(n.left, n.right), (n.right, n.left)]
+            elif isinstance(n, ast.Between):
+                pairs = [(n.value, n.low), (n.value, n.high)]
+            for field, other in pairs:
+                value = constant(other) if is_pnl_pct(field) else None
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) >= 1 \
+                        and "%" not in text[other.span.start:other.span.end]:
+                    shown = text[other.span.start:other.span.end].strip()
+                    self.out.append(self.doc.diag_in_value(
+                        where, other.span.start, f"position.pnl_pct is a fraction of the entry value (3% is 0.03), "
+                        f"so `{shown}` means {value * 100:g}%", f"write it as a percentage, e.g. {value:g}%",
+                        Severity.WARNING))
+
     def expr(self, where, scope: Scope, want: str | None, what: str) -> tuple[ast.Node, T.Type] | None:
         """Parse and type-check the expression at `where`; `want` is 'boolean', 'number' or None."""
         parsed = self.parse(where)
@@ -176,6 +233,8 @@ class DocumentCheck:
             self.out.append(self.doc.diag_in_value(where, exc.start, exc.message, exc.hint))
         if errors or typ.is_error:
             return None
+        self._zero_divisors(where, node, scope, text)
+        self._percent_units(where, node, scope, text)
         if want == T.BOOL and typ.base != T.BOOL:
             hint = "write a condition, e.g. close > sma(close, 20)"
             self.out.append(self.doc.diag_in_value(
@@ -343,7 +402,7 @@ class StrategyCheck(DocumentCheck):
         for step in (lambda: self._scanner(scope), lambda: self.indicators(scope), lambda: self._classify(scope),
                      lambda: self._orders(scope), lambda: self._rules(("entry",), "entry", scope),
                      lambda: self._rules(("exit",), "exit", scope), lambda: self._agents(scope),
-                     self._schedule, self._universe):
+                     self._schedule, self._universe, self._backtest_dates):
             self.guard(step)
         if not self.doc.get(("entry",)) and not self.doc.get(("agents",)):
             self.err((), "the strategy has no entry rules",
@@ -727,7 +786,9 @@ def check_document(ws: Workspace, doc: Document, overrides: dict[str, str] | Non
     malformed sections are skipped instead of treated as checker bugs."""
     checks = {"strategy": StrategyCheck, "scanner": ScannerCheck, "universe": UniverseCheck,
               "instruments": InstrumentsCheck, "risk": RiskCheck}
+    from .support import unsupported
+
     check = checks[doc.kind](ws, doc, tolerant=tolerant)
     if doc.kind == "strategy":
-        return check.run(overrides)
-    return check.guard(check.run) or check.out
+        return check.run(overrides) + unsupported(doc)
+    return (check.guard(check.run) or check.out) + unsupported(doc)

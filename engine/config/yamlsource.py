@@ -184,6 +184,13 @@ def _mark_of(node: yaml.Node, text: str) -> Mark:
     return Mark(start.line + 1, start.column + 1, end.line + 1, end.column + 1)
 
 
+MAX_VALUES = 100_000  # values in one document once aliases are expanded (the largest example has ~300)
+
+
+class _TooManyValues(Exception):
+    """Raised out of the builder when aliases expand a document past MAX_VALUES."""
+
+
 class _Builder:
     def __init__(self, path: str, text: str, env: dict[str, str]):
         self.path = path
@@ -192,8 +199,13 @@ class _Builder:
         self.marks = SourceMap()
         self.problems: list[Diagnostic] = []
         self._active: set[int] = set()
+        self._count = 0
+        self._keys: list[tuple[Any, Mark]] = []  # the mapping keys above the value being built
 
     def build(self, node: yaml.Node, where: Path_) -> Any:
+        self._count += 1
+        if self._count > MAX_VALUES:  # an alias bomb ("billion laughs"): each alias is a full copy
+            raise _TooManyValues()
         mark = _mark_of(node, self.text)
         self.marks.values[where] = mark
         if isinstance(node, yaml.ScalarNode):
@@ -244,8 +256,9 @@ class _Builder:
             key = self._key(key_node)
             if key is _BAD or key in result:
                 continue
+            self._keys.append((key, _mark_of(key_node, self.text)))
             result[key] = self.build(value_node, where + (key,))
-            self.marks.keys[where + (key,)] = _mark_of(key_node, self.text)
+            self.marks.keys[where + (key,)] = self._keys.pop()[1]
         for key_node, value_node in explicit:
             key = self._key(key_node)
             if key is _BAD:
@@ -260,7 +273,9 @@ class _Builder:
                     f"(lines {first.line} and {key_mark.line})"))
                 continue
             seen[key] = key_mark
+            self._keys.append((key, key_mark))
             result[key] = self.build(value_node, where + (key,))
+            self._keys.pop()
             self.marks.keys[where + (key,)] = key_mark
         return result
 
@@ -353,7 +368,15 @@ def load_yaml(path: str, text: str | None = None, env: dict[str, str] | None = N
     except yaml.YAMLError as exc:  # pragma: no cover - unmarked errors are rare
         raise DiagnosticError([error(display, 1, 1, f"invalid YAML: {exc}")]) from None
     builder = _Builder(display, text, env)
-    data = None if node is None else builder.build(node, ())
+    try:
+        data = None if node is None else builder.build(node, ())
+    except _TooManyValues:
+        key, mark = builder._keys[0] if builder._keys else (None, _mark_of(node, builder.text))
+        what = f"{key!r} expands" if key is not None else "the document expands"
+        raise DiagnosticError([error(display, mark.line, mark.col,
+                                     f"{what} to more than {MAX_VALUES:,} values through YAML aliases (*name)",
+                                     "an alias copies its anchor's whole value each time it is used; "
+                                     "nested aliases multiply (a 'billion laughs' document): write the values out")]) from None
     if builder.problems:
         raise DiagnosticError(builder.problems)
     return LoadedYaml(display, text, data, builder.marks)

@@ -58,6 +58,9 @@ def _text(source: str, node: ast.Node) -> str:
     return source[node.span.start:node.span.end] if source else ""
 
 
+MAX_LENGTH_BARS = 100_000  # TA-Lib refuses longer periods (TA_BAD_PARAM)
+
+
 class Checker:
     """Type-checks one expression. Use `check(node, scope, source)`."""
 
@@ -362,6 +365,10 @@ class Checker:
                 return self.fail(arg, f"{what} must be a finite number, got {value:g}")
             if param.kind == registry.LENGTH and (float(value) != int(value) or value < 1):
                 return self.fail(arg, f"{what} must be a whole number of bars >= 1, got {value:g}")
+            if param.kind == registry.LENGTH and value > MAX_LENGTH_BARS:
+                return self.fail(arg, f"{what} is {value:,.0f} bars, more than the {MAX_LENGTH_BARS:,} an "
+                                 "indicator can look back", "use a larger bar size for long look-backs "
+                                 "(a 200-day average is sma(close, 200) on 1d bars)")
         return t
 
     def _result(self, fn: registry.Function, node: ast.Call, bound, arg_types: list[T.Type]) -> T.Type:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import ast
@@ -274,15 +274,39 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> ExprError:
     return ExprError(f"unexpected {_describe(token)}", start, end, f"expected {_expected(expected)}")
 
 
+MAX_LENGTH = 10_000  # characters in one expression (the longest example has under 200)
+MAX_DEPTH = 100      # nesting of operators, calls, lags and lists (every later pass recurses on it)
+_SPLIT_HINT = "split it into named indicators (the indicators: section) and combine those by name"
+
+
+def _refuse_deep(tree) -> None:
+    """Refuse a tree nested deeper than MAX_DEPTH, at the first node past it (walked with a stack:
+    the point is not to recurse). A call's argument list is not a level of its own."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            span = _span(node.meta)
+            raise ExprError(f"expression is nested more than {MAX_DEPTH} levels deep", span.start, span.end,
+                            _SPLIT_HINT)
+        for child in node.children:
+            if isinstance(child, Tree):
+                stack.append((child, depth if child.data == "arguments" else depth + 1))
+
+
 @functools.lru_cache(maxsize=4096)
 def parse(text: str) -> ast.Node:
     """Parse one expression. Raises ExprError with a span inside `text` on any problem."""
     if not isinstance(text, str):
         raise TypeError("expression text must be a string")
+    if len(text) > MAX_LENGTH:
+        raise ExprError(f"expression is {len(text):,} characters long, more than the {MAX_LENGTH:,} allowed",
+                        MAX_LENGTH, len(text), _SPLIT_HINT)
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(text, exc) from None
+    _refuse_deep(tree)
     try:
         node = _ToAst().transform(tree)
     except VisitError as exc:

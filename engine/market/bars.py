@@ -66,7 +66,7 @@ def bar_seconds(bar: str) -> float:
 # ---------------------------------------------------------------------------------------- loading
 
 def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjusted: bool = False,
-              start=None, end=None) -> dict[str, pd.DataFrame]:
+              start=None, end=None, on_bad_bar: str = "refuse") -> dict[str, pd.DataFrame]:
     """Bars per symbol from a CSV/Parquet file or a directory of them.
 
     The symbol comes from a `symbol`/`ticker` column when the file has one, else from the file
@@ -74,8 +74,12 @@ def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjuste
     stem). For a directory or a long table `symbols` also limits what is returned, and asking for
     a symbol that is not there is an error; for a one-symbol file it only names the symbol. Naive times are local to `timezone`; aware times keep their instants and are shown in
     `timezone`. `adjusted` scales open/high/low/close by adj close / close. `start`/`end` are
-    inclusive (a date means the whole day).
+    inclusive (a date means the whole day). A bar no run could trust (see `_bad_values`) is an
+    error at its line, or with `on_bad_bar="skip"` left out: the frame's attrs["bad_bars"] then
+    says how many and where the first was.
     """
+    if on_bad_bar not in ("refuse", "skip"):
+        raise ValueError(f"on_bad_bar must be 'refuse' or 'skip', not {on_bad_bar!r}")
     path = Path(path)
     wanted = [str(s).upper() for s in symbols] if symbols is not None else None
     if path.is_dir():
@@ -89,14 +93,14 @@ def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjuste
         for file in files:
             if wanted is not None and not _has_symbol_column(file) and _stem_symbol(file, wanted) not in wanted:
                 continue
-            for symbol, frame in _load_file(file, wanted, timezone, adjusted, start, end).items():
+            for symbol, frame in _load_file(file, wanted, timezone, adjusted, start, end, on_bad_bar).items():
                 if symbol in out:
                     raise DiagnosticError([error(str(file), 0, 0,
                                                  f"symbol {symbol} is also in {origin[symbol]}",
                                                  "keep one file (or one table) per symbol")])
                 out[symbol], origin[symbol] = frame, file
     elif path.is_file():
-        out = _load_file(path, wanted, timezone, adjusted, start, end)
+        out = _load_file(path, wanted, timezone, adjusted, start, end, on_bad_bar)
         if not _has_symbol_column(path):
             return out  # one symbol per file: `symbols` only helps to name it
     else:
@@ -135,10 +139,24 @@ def _norm(name) -> str:
     return re.sub(r"[\s_\-.:]+", "", str(name).strip().lstrip("\ufeff").strip('"').lower())
 
 
+_MAX_LINE = 64 * 1024   # no header or bar row is this long; a file without newlines is not read whole
+_MAX_BLANK = 1000       # blank lines looked past for the first row
+
+
 def _first_line(path: Path) -> str:
     with open(path, "rb") as fh:
-        raw = fh.readline()
+        raw = fh.readline(_MAX_LINE + 1)
+    _refuse_long_line(path, raw, 1)
     return raw.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+
+
+def _refuse_long_line(path: Path, raw: bytes, number: int) -> None:
+    if len(raw) > _MAX_LINE:
+        raise DiagnosticError([error(str(path), number, 1,
+                                     f"line {number} is longer than {_MAX_LINE // 1024} KiB: this is not a "
+                                     "CSV file of bars (no line break found)",
+                                     "expected a header line such as Date,Open,High,Low,Close,Volume, "
+                                     "then one bar per line")])
 
 
 def _split_header(line: str) -> list[str]:
@@ -176,7 +194,7 @@ class _Source:
                                      LAYOUTS_HINT)])
 
 
-def _load_file(path: Path, wanted, timezone, adjusted, start, end) -> dict[str, pd.DataFrame]:
+def _load_file(path: Path, wanted, timezone, adjusted, start, end, on_bad_bar="refuse") -> dict[str, pd.DataFrame]:
     if path.suffix.lower() in (".parquet", ".pq"):
         frame, source, lines = _read_parquet(path)
     else:
@@ -206,6 +224,14 @@ def _load_file(path: Path, wanted, timezone, adjusted, start, end) -> dict[str, 
         for role in ("open", "high", "low"):
             gap &= np.isnan(out_cols[role])
     keep = ~gap
+    _refuse_no_bars(source, keep)
+    bad, first_bad = _bad_values(out_cols, keep, source, lines, adjusted)
+    if first_bad is not None:
+        if on_bad_bar != "skip":
+            raise DiagnosticError([first_bad])
+        keep &= ~bad
+        _refuse_no_bars(source, keep, f" once the bad ones are left out (the first: line {first_bad.line}: "
+                                      f"{first_bad.message})")
     columns = {}
     for role in FIELDS:
         values = out_cols[role]
@@ -226,10 +252,88 @@ def _load_file(path: Path, wanted, timezone, adjusted, start, end) -> dict[str, 
                 continue
             mask = keep & (symbol_values == symbol)
             groups[symbol] = _finish(bars[mask], lines[mask], source, timezone, start, end)
+            if first_bad is not None:
+                _note_skipped(groups[symbol], int((bad & (symbol_values == symbol)).sum()), first_bad)
         return groups
     if not keep.all():
         bars, lines = bars[keep], lines[keep]
-    return {_stem_symbol(path, wanted): _finish(bars, lines, source, timezone, start, end)}
+    frame = _finish(bars, lines, source, timezone, start, end)
+    if first_bad is not None:
+        _note_skipped(frame, int(bad.sum()), first_bad)
+    return {_stem_symbol(path, wanted): frame}
+
+
+def _note_skipped(frame: pd.DataFrame, count: int, first) -> None:
+    """With data.on_bad_bar: skip, what was left out, kept with the bars (frame.attrs['bad_bars'];
+    resample keeps it) for the run to report."""
+    if count:
+        frame.attrs["bad_bars"] = {"file": first.path, "count": count, "line": first.line, "col": first.col,
+                                   "message": first.message}
+
+
+def _refuse_no_bars(source: _Source, keep: np.ndarray, after: str = "") -> None:
+    if not keep.any():
+        csv = getattr(source, "csv", False)
+        raise DiagnosticError([error(str(source.path), 1 if csv else 0, 1 if csv else 0,
+                                     ("no bars: the file has a header but no rows with prices" if csv
+                                      else "no bars: the file has no rows with prices") + after,
+                                     "give a file with at least one bar under its header")])
+
+
+def _bad_values(cols: dict, keep: np.ndarray, source: _Source, lines, adjusted: bool):
+    """The bars no run could trust, and a diagnostic at the first one's line and column (None,
+    None when there are none): a missing, infinite, zero or negative price in a row that has
+    prices, an infinite or negative volume, or a high below the low. All checks are whole-column
+    numpy comparisons (a few ms for 1M bars); a row is looked at alone only to name the first."""
+    what = "adjusted " if adjusted else ""
+    problems = []  # (row index, role, message, hint)
+    masks = []
+    for role in _PRICES:
+        values = cols[role]
+        with np.errstate(invalid="ignore"):
+            huge = np.isinf(values) & keep
+            bad = ~(values > 0) & keep & ~huge   # NaN, zero and negative
+        masks += [bad, huge]
+        if bad.any():
+            at = int(np.flatnonzero(bad)[0])
+            value = values[at]
+            if np.isnan(value):
+                message = f"missing {what}{role} price in a bar that has other prices"
+            else:
+                message = f"{what}{role} price is {_shown(value)}: prices must be above zero"
+            problems.append((at, role, message, "fix or delete the row (a row with no prices at all is a gap "
+                                                "and is left out)"))
+        if huge.any():
+            at = int(np.flatnonzero(huge)[0])
+            problems.append((at, role, f"{what}{role} price is {_shown(values[at])}",
+                             "prices must be finite numbers; fix or delete the row"))
+    volume = cols.get("volume")
+    if volume is not None and "volume" in source.roles:
+        with np.errstate(invalid="ignore"):
+            bad = (np.isinf(volume) | (volume < 0)) & keep
+        masks.append(bad)
+        if bad.any():
+            at = int(np.flatnonzero(bad)[0])
+            problems.append((at, "volume", f"volume is {_shown(volume[at])}: volumes must be finite and not negative",
+                             "fix the row, or leave the volume field empty when it is not known"))
+    with np.errstate(invalid="ignore"):
+        crossed = (cols["high"] < cols["low"]) & keep
+    masks.append(crossed)
+    if crossed.any():
+        at = int(np.flatnonzero(crossed)[0])
+        problems.append((at, "high", f"{what}high {_shown(cols['high'][at])} is below the low {_shown(cols['low'][at])}",
+                         "check the column order in the header, or fix the row"))
+    if not problems:
+        return None, None
+    at, role, message, hint = min(problems, key=lambda p: (p[0], source.roles.get(p[1], 0)))
+    line = int(lines[at])
+    col, name = _where(source, line, role)
+    hint += "; or set data.on_bad_bar: skip to leave such bars out (their count is reported)"
+    return np.logical_or.reduce(masks), error(str(source.path), line, col, f"{message} (column {name!r})", hint)
+
+
+def _shown(value: float) -> str:
+    return "nan" if np.isnan(value) else ("inf" if value == np.inf else "-inf" if value == -np.inf else f"{value:g}")
 
 
 def _finish(bars: pd.DataFrame, lines: np.ndarray, source: _Source, timezone, start, end) -> pd.DataFrame:
@@ -283,8 +387,12 @@ def _read_csv(path: Path):
     names = _split_header(header)
     first_row = None
     with open(path, "rb") as fh:
-        fh.readline()
-        for raw in fh:
+        fh.readline(_MAX_LINE + 1)
+        for number in range(2, 2 + _MAX_BLANK):
+            raw = fh.readline(_MAX_LINE + 1)
+            _refuse_long_line(path, raw, number)
+            if not raw:
+                break
             if raw.strip():
                 first_row = raw.decode("utf-8", errors="replace").rstrip("\r\n").split(",")
                 break
@@ -603,7 +711,9 @@ def resample(df: pd.DataFrame, bar: str, *, timezone: str, calendar: str | None 
         "volume": grouped["volume"].sum(min_count=1),
     })
     out.index = stamps(out.index.to_numpy()).as_unit(index.unit)
-    return out.astype(np.float64)
+    out = out.astype(np.float64)
+    out.attrs.update(df.attrs)     # what loading noted (bars skipped) stays with the bars
+    return out
 
 
 def _calendar_sessions(index, t_ns, timezone, calendar):

@@ -13,7 +13,10 @@ Conventions (the engine's, whatever the source):
             rho per 1.00. Loaders convert vendor units (iVolatility: vega and rho per point,
             theta per day). Vendor values are kept as given otherwise; NaN where missing,
             including iVolatility's "no value" marker (iv -1 with zero greeks).
-  time      T = (expiry moment - quote time) / 365 days, never negative. The expiry moment is
+  time      T = (expiry moment - quote time) / 365 days, never negative (greeks of loaded
+            chains); synthesised chains are priced on trading time instead (the regular session
+            time left, in years of 252 sessions: `OptionChain.trading_years_to_expiry`), so a
+            0DTE option at the open has a day's variance left, not 6.5 of 8,760 hours'. The expiry moment is
             the expiry date at 16:00 America/New_York (PM-settled: SPXW, SPXPM, equity
             options) or 09:30 (AM-settled trading classes, `AM_SETTLED_CLASSES`: SPX monthlies,
             VIX, NDX, RUT, whose settlement value comes from the opening prints).
@@ -48,6 +51,13 @@ PM_SETTLE = _dt.time(16, 0)
 AM_SETTLE = _dt.time(9, 30)
 AM_SETTLED_CLASSES = frozenset({"SPX", "VIX", "NDX", "RUT"})
 _YEAR_SECONDS = 365.0 * 86400.0
+SESSION_OPEN = _dt.time(9, 30)      # the regular session synthesised chains count time in
+SESSION_CLOSE = _dt.time(16, 0)
+SESSIONS_PER_YEAR = 252.0
+
+
+def _seconds_of(t: _dt.time) -> float:
+    return t.hour * 3600.0 + t.minute * 60.0 + t.second
 _GREEKS = ("iv", "delta", "gamma", "theta", "vega", "rho")
 
 
@@ -110,6 +120,7 @@ class OptionChain:
             am_settled = np.isin(self.trading_class.astype(str), list(AM_SETTLED_CLASSES))
         self.am_settled = np.broadcast_to(np.asarray(am_settled, dtype=bool), (n,)).copy()
         self.mid = _mid(self.bid, self.ask)
+        self.time = "calendar"   # what iv and greeks are per year of: "calendar" or "trading" (synthesised)
 
     # -------------------------------------------------------------------------- basics
     def __len__(self) -> int:
@@ -219,6 +230,48 @@ class OptionChain:
                     out[sel] = max(ns - quote_ns, 0) / 1e9 / _YEAR_SECONDS
         return out
 
+    def model_years_to_expiry(self) -> np.ndarray:
+        """T on the clock the chain's iv and greeks are stated in: trading time for synthesised
+        chains, calendar time for loaded ones."""
+        return self.trading_years_to_expiry() if self.time == "trading" else self.years_to_expiry()
+
+    def trading_years_to_expiry(self) -> np.ndarray:
+        """T in trading years from the quote time to each option's settlement moment, >= 0: the
+        regular-session time left (09:30-16:00 America/New_York, Monday to Friday) divided by
+        a year of SESSIONS_PER_YEAR sessions. This is the variance-time model the synthesised
+        chains are priced on: a day's variance accrues while the market trades, so an option
+        expiring at today's close has the rest of today's session left (6.5 h at the open, a
+        full trading day, 1/252 of a year), not 6.5 of 8,760 calendar hours. Exchange holidays
+        are counted as sessions (a small overstatement around them)."""
+        out = np.empty(len(self))
+        now = self.quote_time.tz_convert(QUOTE_TIMEZONE)
+        today = np.datetime64(now.date(), "D")
+        open_s = _seconds_of(SESSION_OPEN)
+        close_s = _seconds_of(SESSION_CLOSE)
+        session = close_s - open_s
+        clock = now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6
+        weekday = bool(np.is_busday(today))
+        for day in np.unique(self.expiry):
+            rows = self.expiry == day
+            for am in (False, True):
+                sel = rows & (self.am_settled == am)
+                if not sel.any():
+                    continue
+                settle = _seconds_of(AM_SETTLE if am else PM_SETTLE)
+                if day < today:
+                    out[sel] = 0.0
+                    continue
+                if day == today:
+                    left = max(0.0, min(settle, close_s) - max(clock, open_s)) if weekday else 0.0
+                else:
+                    left = max(0.0, close_s - max(clock, open_s)) if weekday else 0.0
+                    between = int(np.busday_count(today + 1, day))           # whole sessions in between
+                    left += between * session
+                    if np.is_busday(day):
+                        left += max(0.0, min(settle, close_s) - open_s)  # the expiry day's part
+                out[sel] = left / session / SESSIONS_PER_YEAR
+        return out
+
     # -------------------------------------------------------------------------- checks
     def problems(self) -> list[tuple[int, str]]:
         """(row, message) for every quote or field that cannot be right, in row order."""
@@ -253,7 +306,7 @@ class OptionChain:
         options with no mid keep NaN there. An iv the solver cannot give (price outside the
         no-arbitrage bounds, expired) stays NaN, and so do the greeks that would need it.
         """
-        T = self.years_to_expiry() if years is None else (
+        T = self.model_years_to_expiry() if years is None else (
             np.asarray(years(self), dtype=float) if callable(years) else
             np.broadcast_to(np.asarray(years, dtype=float), (len(self),)))
         S = self.underlying_price
@@ -625,7 +678,8 @@ def synthesize(underlying_price: float, quote_time, expiries: Sequence, strike_s
                         expiry=expiry, strike=strike, right=is_call,
                         trading_class=trading_class or underlying, am_settled=am_settled,
                         multiplier=multiplier, style=style)
-    T = chain.years_to_expiry()
+    chain.time = "trading"
+    T = chain.trading_years_to_expiry()
     atm = np.asarray(iv_source(T) if callable(iv_source) else np.full(T.shape, float(iv_source)),
                      dtype=float)
     F = S * np.exp((r - q) * T)

@@ -15,11 +15,17 @@ from . import nodes as N
 from .compiler import Compiler
 
 
-def load_strategy(path: str | Path, overrides: dict[str, str] | None = None) -> tuple[Document, Workspace]:
-    """Load a strategy and everything it references; raise DiagnosticError if anything is wrong."""
+def load_strategy(path: str | Path, overrides: dict[str, str] | None = None, *,
+                  unsupported_ok: bool = False) -> tuple[Document, Workspace]:
+    """Load a strategy and everything it references; raise DiagnosticError if anything is wrong.
+    `unsupported_ok` lets through keys no mode reads yet (engine.check.support), for compiling
+    and showing a plan (`qtrade explain`); runs never pass it."""
+    from ..check.support import is_unsupported
+
     report = validate([str(path)], overrides)
-    if report.errors:
-        raise DiagnosticError(report.errors)
+    errors = [d for d in report.errors if not (unsupported_ok and is_unsupported(d))]
+    if errors:
+        raise DiagnosticError(errors)
     ws = report.workspace   # the documents validate loaded: not read and checked a second time
     doc = ws.load(path)
     if doc is None or doc.kind != "strategy":
@@ -140,8 +146,9 @@ def _prune(compiler: Compiler, outputs: dict[str, int], rules: list[N.Rule]) -> 
     return N.Plan(nodes, {k: remap[v] for k, v in outputs.items()}, new_rules, inputs)
 
 
-def plan_from_file(path: str | Path, overrides: dict[str, str] | None = None) -> N.Plan:
-    doc, ws = load_strategy(path, overrides)
+def plan_from_file(path: str | Path, overrides: dict[str, str] | None = None, *,
+                   unsupported_ok: bool = False) -> N.Plan:
+    doc, ws = load_strategy(path, overrides, unsupported_ok=unsupported_ok)
     return build_plan(doc, ws, overrides)
 
 

@@ -45,6 +45,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+PERCENT_UNITS = {"position.pnl_pct"}   # run context values given in percent units (see _attr)
+
+
 class Compiler:
     """Builds one Plan's node table. Use `expr(node)` for each expression, then `nodes`."""
 
@@ -179,7 +182,13 @@ class Compiler:
             self.inputs.context.add(name)
             kind = "duration" if name == "position.time_held" else (
                 "string" if node.name in ("grade", "class", "right") else "number")
-            return self._add(N.CONTEXT, (name,), (), kind, True, 0, name, market=False)
+            context = self._add(N.CONTEXT, (name,), (), kind, True, 0, name, market=False)
+            if name in PERCENT_UNITS:
+                # The run states these in percent units (3.0 for 3%), the language writes 3% as
+                # 0.03: the expression reads the fraction, so `position.pnl_pct <= -3%` means it.
+                return self._add(N.BINARY, ("/",), (context, self.const(100.0)), kind, True, 0, name,
+                                 market=False)
+            return context
         raise CompileError("unsupported field access")
 
     def _lag(self, node: ast.Lag) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sqlite3
 import threading
@@ -30,7 +31,7 @@ import pandas as pd
 from markupsafe import Markup, escape
 
 from engine.runtime.collector import without_cyclic_gc
-from engine.runtime.journal import Journal, JournalError
+from engine.runtime.journal import Journal, JournalError, connect_readonly
 from engine.report import metrics, svg
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -96,13 +97,54 @@ class RunData:
 
 
 def open_journal(journal_path: str | Path) -> Journal:
-    """Open an existing journal for reading; JournalError when it is missing or not a journal."""
+    """Open an existing journal for reading only (a read-only file is fine, nothing is written);
+    JournalError when it is missing or not a journal."""
     path = Path(journal_path)
     if not path.exists():
         raise JournalError(f"{path}: no such journal file")
     if not path.is_file():
-        raise JournalError(f"{path}: not a file")
-    return Journal(path)
+        raise JournalError(f"{path} is a folder, not a file: give the journal's file")
+    return Journal(path, readonly=True)
+
+
+class ReportPathError(JournalError):
+    """The report cannot be written where asked without destroying something."""
+
+
+def report_path_problem(out_path: str | Path, journal_path: str | Path | None = None) -> str | None:
+    """Why the HTML report must not be written to `out_path`, or None: it is the journal itself
+    (or one of its -wal/-shm files), a folder, in a folder that does not exist, or an existing
+    file that is not a qtrade report (only a report is ever overwritten)."""
+    out = Path(out_path)
+    if journal_path is not None:
+        journal = Path(journal_path)
+        targets = {journal.resolve(), Path(str(journal.resolve()) + "-wal"), Path(str(journal.resolve()) + "-shm")}
+        same = out.resolve() in targets
+        if not same and out.exists() and journal.exists():
+            try:
+                same = os.path.samefile(out, journal)
+            except OSError:
+                same = False
+        if same:
+            return f"{out} is the journal {journal}: writing the report there would destroy every run in it"
+    if out.is_dir():
+        return f"{out} is a folder; give a file name, e.g. {out / 'report.html'}"
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        return f"{out}: the folder {parent} does not exist; create it or give another path"
+    if out.exists() and out.stat().st_size > 0 and not _is_report(out):
+        return f"{out} exists and is not a qtrade report: refusing to overwrite it; give another path or delete it"
+    return None
+
+
+def _is_report(path: Path) -> bool:
+    """A file this module wrote: HTML whose head names qtrade as its generator."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return head.lstrip().lower().startswith("<!doctype html") and '<meta name="generator" content="qtrade">' in head
 
 
 MMAP_BYTES = 1 << 28       # the journal read through memory mapping (SQLite's mmap_size), up to 256 MiB
@@ -162,7 +204,7 @@ def _in_background(path: Path, read: Callable[[sqlite3.Connection], Any]) -> Cal
 
     def work() -> None:
         try:
-            con = sqlite3.connect(str(path))
+            con = connect_readonly(path)
             try:
                 con.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
                 box["value"] = read(con)
@@ -722,6 +764,9 @@ def render_report(journal_path: str | Path, run_id: str | None = None, symbol: s
 def write_report(journal_path: str | Path, out_path: str | Path, run_id: str | None = None,
                  symbol: str | None = None, *, risk_free: float = 0.0) -> Path:
     """Render the report and write it to `out_path` (UTF-8); returns the path written."""
+    problem = report_path_problem(out_path, journal_path)
+    if problem:
+        raise ReportPathError(problem)
     text = render_report(journal_path, run_id, symbol, risk_free=risk_free)
     out = Path(out_path)
     out.write_text(text, encoding="utf-8")

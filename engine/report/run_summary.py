@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 
 from ..runtime.backtest import Result
 from . import metrics
+from .why import top_reasons
 
 
 def equity_series(result: Result) -> pd.Series:
@@ -33,9 +35,24 @@ def trade_columns(result: Result) -> metrics.TradeColumns:
     return metrics.TradeColumns(pnl, _seconds(entry), _seconds(exit_))
 
 
+def from_starting_cash(equity: pd.Series, initial: float, bar_ns: int) -> pd.Series:
+    """The curve with the starting cash put before its first point (at the bar before the
+    first), so returns, growth and drawdowns are measured from the money the run started with:
+    the first point already includes what happened in the first bar (a fill's commission, the
+    first close's mark)."""
+    if not len(equity) or not math.isfinite(initial) or float(equity.iloc[0]) == initial:
+        return equity
+    before = pd.DatetimeIndex([equity.index[0] - pd.Timedelta(int(bar_ns), "ns")])
+    return pd.concat([pd.Series([initial], index=before), equity])
+
+
 def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
-    """Every metric of the run; positions still open count towards exposure up to the end."""
-    equity = equity_series(result)
+    """Every metric of the run, measured from the starting cash; positions still open count
+    towards exposure up to the end. `bars` counts the bars of the run (from its start date),
+    not the warm-up bars loaded before it."""
+    curve = equity_series(result)
+    bar_ns = int(result.times[0] - result.labels[0]) if len(result.times) else 0
+    equity = from_starting_cash(curve, float(result.runner.settings.cash), bar_ns)
     trades = trade_columns(result)
     end = int(_seconds(np.asarray(result.labels[-1:], dtype=np.int64))[0]) if len(result.labels) else None
     positions = list(result.ledger.positions.values())
@@ -45,12 +62,16 @@ def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
         b = result.bars[symbol]
         closes = b.close[np.searchsorted(b.end, result.times[0], side="left"):]
     out = metrics.summarize(equity, trades, risk_free=risk_free, closes=closes)
+    if len(curve):
+        out["start"] = curve.index[0]                   # the run's first bar, not the point put before it
+        if len(equity) > len(curve):
+            out["exposure"] = metrics.exposure(trades, curve.index[0], curve.index[-1]) if len(curve) >= 2 else None
     if positions and end is not None and len(equity) >= 2:
         entries = _seconds(np.array([p.entry_time for p in positions], dtype=np.int64))
         spans = metrics.TradeColumns(np.concatenate((trades.pnl, np.zeros(len(positions)))),
                                      np.concatenate((trades.entry_ns, entries)),
                                      np.concatenate((trades.exit_ns, np.full(len(positions), end, dtype=np.int64))))
-        out["exposure"] = metrics.exposure(spans, equity.index[0], equity.index[-1])
+        out["exposure"] = metrics.exposure(spans, curve.index[0], curve.index[-1])
     out["open_positions"] = len(result.ledger.positions)
     out["final_cash"] = result.ledger.cash
     out["available_funds"] = result.available_funds
@@ -59,9 +80,25 @@ def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
     out["commission"] = float(sum(fcols["commission"].tolist()) if fcols is not None
                               else sum(f.commission for f in fills))
     out["buy_and_hold_symbol"] = symbol
-    out["bars"] = int(sum(len(b) for b in result.bars.values()))
+    out["bars"] = _run_bars(result)
+    out["warmup_bars"] = int(sum(len(b.end) for b in result.bars.values())) - out["bars"]
+    skipped = [f.attrs["bad_bars"] for f in result.prepared.frames.values() if f.attrs.get("bad_bars")]
+    out["bad_bars_skipped"] = int(sum(b["count"] for b in skipped))   # data.on_bad_bar: skip
     out["blocked"] = _blocked(result.runner.decisions)
+    out["blocked_reasons"] = top_reasons(result.runner.decisions) if out["blocked"] else []
     return {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in out.items()}
+
+
+def _run_bars(result: Result) -> int:
+    """Bars of every traded symbol that close within the run (from its start date to its end)."""
+    if not len(result.times):
+        return 0
+    first, last = int(result.times[0]), int(result.times[-1])
+    total = 0
+    for b in result.bars.values():
+        ends = np.asarray(b.end)
+        total += int(np.searchsorted(ends, last, side="right") - np.searchsorted(ends, first, side="left"))
+    return total
 
 
 def _blocked(decisions) -> int:

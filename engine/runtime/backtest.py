@@ -272,7 +272,7 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
         else:
             data_path = Path(data)
         frames = load_bars(data_path, symbols=wanted if data_path.is_dir() or len(wanted) > 1 else wanted,
-                           timezone=timezone, adjusted=bool(doc.get(("data", "adjusted"), False)))
+                           timezone=timezone, adjusted=bool(doc.get(("data", "adjusted"), False)), on_bad_bar=doc.get(("data", "on_bad_bar"), "refuse"))
         if not data_path.is_dir() and len(frames) == 1 and len(wanted) == 1:
             frames = {wanted[0]: next(iter(frames.values()))}
     instruments = {s: _instrument(ws, doc, s) for s in wanted}

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,13 +154,132 @@ class JournalError(Exception):
     """The journal file cannot be opened or is not a qtrade journal."""
 
 
-class Journal:
-    """Append-only writer and reader of one journal file."""
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+
+def preflight(path: str | Path, *, readonly: bool = False) -> None:
+    """Refuse a path no journal can be opened at, before anything is written to it (or, for a
+    run, before the run): a folder, a missing parent folder, a file that is not SQLite, an
+    SQLite file of something else (looked at through a read-only connection, so it is not
+    switched to WAL or given tables first). A missing file is fine for writing (it is created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise JournalError(f"{path} is a folder, not a journal file"
+                           + ("" if readonly else f"; give a file name, e.g. {path / 'qtrade-journal.sqlite'}"))
+    if not path.exists():
+        if readonly:
+            raise JournalError(f"{path}: no such journal file")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise JournalError(f"{path}: the folder {parent} does not exist; create it or give another journal path")
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise JournalError(f"{path}: cannot read it ({exc.strerror})") from None
+    if not head:
+        if readonly:
+            raise JournalError(f"{path}: not a journal (the file is empty)")
+        return   # an empty file: SQLite makes it a database
+    if head != SQLITE_MAGIC:
+        raise JournalError(f"{path}: not a journal (not an SQLite file)"
+                           + ("" if readonly else "; refusing to write to it, give another journal path"))
+    tables = _tables(path)
+    if tables and "runs" not in tables:
+        shown = ", ".join(sorted(tables)[:6]) + (" ..." if len(tables) > 6 else "")
+        raise JournalError(f"{path} is an SQLite file but not a qtrade journal (its tables: {shown})"
+                           + ("" if readonly else "; refusing to write to it, give another journal path"))
+
+
+def connect_readonly(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
+    """A connection that cannot write (mode=ro); a file SQLite may not even make its -shm next to
+    (a read-only folder or disk) is opened as immutable."""
+    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    con = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+    try:
+        con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+        return con
+    except sqlite3.OperationalError as exc:
+        con.close()
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise
+    return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=timeout, isolation_level=None)
+
+
+def _tables(path: Path) -> set[str]:
+    try:
+        con = connect_readonly(path)
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None)
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise failure(path, exc) from None
+
+
+def failure(path: str | Path, exc: sqlite3.Error) -> JournalError:
+    """What an SQLite error on the journal means for the user: locked (and by which process),
+    read-only, full, damaged."""
+    path = Path(path)
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        holders = _holders(path)
+        by = f" by {holders}" if holders else " by another connection"
+        return JournalError(f"{path} is locked{by}; wait for it to finish or give another journal path")
+    if "readonly" in text or "read-only" in text:
+        return JournalError(f"{path} is read-only: the journal cannot be written to here; give another journal path")
+    if "disk is full" in text or "database or disk is full" in text:
+        return JournalError(f"{path}: the disk is full; nothing more could be written to the journal")
+    if "unable to open" in text:
+        return JournalError(f"{path}: cannot open the journal ({text})")
+    return JournalError(f"{path}: not a journal ({text})")
+
+
+def _holders(path: Path) -> str:
+    """The other processes that have the journal (or its -wal file) open, from /proc (Linux);
+    '' where that cannot be read."""
+    try:
+        targets = {str(path.resolve()), str(path.resolve()) + "-wal"}
+        me = os.getpid()
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == me:
+                continue
+            try:
+                fds = os.scandir(f"/proc/{entry.name}/fd")
+                hit = any(os.readlink(fd.path) in targets for fd in fds)
+            except OSError:
+                continue
+            if hit:
+                try:
+                    with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                        cmd = " ".join(fh.read().replace(b"\0", b" ").decode(errors="replace").split())
+                except OSError:
+                    cmd = ""
+                found.append(f"process {entry.name}" + (f" ({cmd[:80]})" if cmd else ""))
+        return ", ".join(found[:3])
+    except OSError:
+        return ""
+
+
+class Journal:
+    """Append-only writer and reader of one journal file. `readonly` opens an existing journal
+    for reading only (reports): nothing is written to it, not even its journal mode."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False, timeout: float = 5.0):
+        self.path = Path(path)
+        self.readonly = readonly
+        preflight(self.path, readonly=readonly)
+        try:
+            if readonly:
+                self.db = connect_readonly(self.path, timeout)
+                existing = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if "runs" not in existing:
+                    self.db.close()
+                    raise JournalError(f"{self.path} is an SQLite file but not a qtrade journal")
+                return
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=timeout)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -170,8 +291,8 @@ class Journal:
             self.db.executescript(SCHEMA)
             self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                             (str(SCHEMA_VERSION),))
-        except sqlite3.DatabaseError as exc:
-            raise JournalError(f"{self.path}: not a journal ({exc})") from None
+        except sqlite3.Error as exc:
+            raise failure(self.path, exc) from None
 
     def close(self) -> None:
         self.db.close()

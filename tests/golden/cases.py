@@ -18,15 +18,25 @@ HERE = Path(__file__).resolve().parent
 NQ_1M = SHARED / "firstratedata_nq_sample" / "NQ_1min_sample.csv"
 SPXW = SHARED / "optopsy_v1" / "test_options_data_full.csv"
 
+# keys `validate` refuses as not supported yet (issue 14), left out of the copies; optional: a
+# pattern that matches nothing is fine (the example may have dropped the key already)
+UNSUPPORTED = [
+    (r"(?m)^  subscriptions:\n(    .*\n)+", "", False),
+    (r"(?m)^  scan_every: .*\n", "", False),
+    (r"(?m)^  max_new_entries_per_scan: .*\n", "", False),
+    (r"(?m)^    active: regime in \[\"mean_reversion\", \"neutral\"\] and volatility == \"high\"\n", "", False),
+    (r"(?m)^  volatility_scaling: .*\n", "", False),
+]
+
 # case -> (strategy file, text substitutions for a copy or None, prepare() keyword arguments)
 CASES: dict[str, tuple[str, list[tuple[str, str]] | None, dict]] = {
     "sma_crossover": ("strategies/sma_crossover.yaml", None, {}),
     "iron_condor": ("strategies/iron_condor.yaml", None, {"overrides": {"min_credit": "0.10"}}),
     "spxw_condor": ("strategies/spxw_condor.yaml", None, {"chains": str(SPXW)}),
     "breakout_nq": ("strategies/breakout.yaml",
-                    [(r"(?m)^universe: .*$", "universe: [NQ]")], {"data": str(NQ_1M)}),
+                    [(r"(?m)^universe: .*$", "universe: [NQ]"), *UNSUPPORTED], {"data": str(NQ_1M)}),
     "regime_agents_daily": ("strategies/regime_agents.yaml",
-                         [(r"(?m)^universe: .*$", "universe: [SPY, AAPL]"),
+                         [(r"(?m)^universe: .*$", "universe: [SPY, AAPL]"), *UNSUPPORTED,
                           (r"data: \{bar: 5m, history: 20d, session: regular\}", "data: {bar: 1d, history: 200d}")],
                          {"data": str(ROOT / "strategies" / "data")}),
 }
@@ -40,9 +50,9 @@ def strategy_path(case: str, tmp: Path) -> Path:
     if subs is None:
         return path
     text = path.read_text()
-    for pattern, repl in subs:
+    for pattern, repl, *required in subs:
         text, n = re.subn(pattern, repl, text)
-        assert n, f"{case}: {pattern!r} matched nothing in {file}"
+        assert n or required == [False], f"{case}: {pattern!r} matched nothing in {file}"
     copy = path.parent / f".golden-{case}-{tmp.name}.yaml"
     copy.write_text(text)
     return copy

@@ -1,0 +1,90 @@
+"""Keys the schema accepts but no mode reads yet (backtest, `run --broker sim`, dry-run, paper
+and live all ignore them): `validate` refuses each at its line, saying it is not supported yet,
+instead of accepting a setting that changes nothing. The issue that implements one removes it
+from UNSUPPORTED (and the test that walks this table then wants its behaviour test).
+
+Each entry: (document kind, path with '*' for any map key or list item, when it counts, what
+the key asks for, what runs do instead).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from ..config.documents import Document
+from ..diagnostics import Diagnostic
+
+NOT_SUPPORTED = "is not supported in backtest, run, dry-run, paper or live yet"
+
+PRESENT: Callable[[Any], bool] = lambda value: True           # noqa: E731 - any value asks for it
+NOT_NULL: Callable[[Any], bool] = lambda value: value is not None  # noqa: E731 - null means "off"
+
+UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
+    ("strategy", ("scanner",), NOT_NULL, "a scanner (picks, scan.* fields)",
+     "backtests and runs evaluate the rules on every symbol of the universe; nothing scans or picks"),
+    ("strategy", ("data", "subscriptions"), NOT_NULL, "a market-data line budget",
+     "runs read every symbol's bars; nothing subscribes, rotates or evicts lines"),
+    ("strategy", ("schedule", "scan_every"), NOT_NULL, "a scan cadence for names not held",
+     "every symbol is evaluated at `schedule.every`"),
+    ("strategy", ("schedule", "max_new_entries_per_scan"), NOT_NULL, "a cap on new entries per scan",
+     "entries are limited by the risk limits only"),
+    ("strategy", ("arbitration", "policy"), lambda v: v != "highest_score", "this arbitration policy",
+     "the best-scoring active agent with a signal trades (highest_score)"),
+    ("strategy", ("arbitration", "max_active_agents"), lambda v: v != 1, "more than one active agent per symbol",
+     "one agent holds a symbol at a time"),
+    ("strategy", ("risk", "volatility_scaling"), NOT_NULL, "volatility scaling of position sizes",
+     "sizes come from the order's quantity alone"),
+    ("risk", ("volatility_scaling",), NOT_NULL, "volatility scaling of position sizes",
+     "sizes come from the order's quantity alone"),
+    ("universe", ("contract", "roll_days_before_expiry"), PRESENT, "a futures roll offset",
+     "futures roots are not resolved to contract months or rolled"),
+]
+
+
+def _walk(value: Any, path: tuple, where: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    if not path:
+        yield where, value
+        return
+    head, rest = path[0], path[1:]
+    if head == "*":
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, child in items:
+            yield from _walk(child, rest, where + (key,))
+    elif isinstance(value, dict) and head in value:
+        yield from _walk(value[head], rest, where + (head,))
+
+
+def unsupported(doc: Document) -> list[Diagnostic]:
+    """An error at each key of `doc` that asks for something no mode does yet."""
+    out = []
+    for kind, path, counts, what, instead in UNSUPPORTED:
+        if doc.kind != kind:
+            continue
+        for where, value in _walk(doc.data, path):
+            if counts(value):
+                out.append(doc.diag(where, f"{'.'.join(str(p) for p in where)}: {what} {NOT_SUPPORTED}",
+                                    f"{instead}; remove the key", key=True))
+    if doc.kind == "strategy":
+        out.extend(_options_agents_active(doc))
+    return out
+
+
+def _options_agents_active(doc: Document) -> list[Diagnostic]:
+    """An agent whose entries send option combos: its `active:` is not read for combo entries."""
+    orders = doc.get(("orders",)) or {}
+    out = []
+    for name, agent in (doc.get(("agents",)) or {}).items():
+        if not isinstance(agent, dict) or "active" not in agent:
+            continue
+        entries = agent.get("entry") or []
+        if any(isinstance(rule, dict) and "legs" in (orders.get(rule.get("order")) or {}) for rule in entries):
+            out.append(doc.diag(("agents", name, "active"),
+                                f"agents.{name}.active: an options agent's active condition {NOT_SUPPORTED}",
+                                "combo entries are evaluated whatever the condition says; put the condition in "
+                                "each entry's `when:` instead", key=True))
+    return out
+
+
+def is_unsupported(d: Diagnostic) -> bool:
+    """Whether `d` is one of this module's refusals (a key nothing reads yet)."""
+    return d.message.endswith(NOT_SUPPORTED)

@@ -1,0 +1,125 @@
+"""Why a strategy did (not) trade: the journal's decisions grouped by rule, outcome and reason,
+with counts and first/last times (`qtrade why`), and the top reasons entries were blocked for
+(the backtest summary's "Entries blocked" line).
+
+Reasons that differ only in their numbers (a strike, a quote, a date) are one group: "leg
+short_call (call 309 2019-11-06) has no two-sided quote (bid 0.0, ask 0.03)" and the same with
+ask 0.04 are the same cause. A group shows its most frequent wording and how many wordings it has.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..runtime.journal import Journal, JournalError
+
+_NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?\d+(?:[.:\-/]\d+)*(?:[eE][-+]?\d+)?%?")
+
+
+def reason_pattern(reason: str) -> str:
+    """The reason with its numbers (and dates, times) replaced by '#'."""
+    return _NUMBER.sub("#", reason or "")
+
+
+@dataclass
+class Group:
+    rule: str
+    kind: str
+    outcome: str
+    pattern: str
+    count: int = 0
+    first: str = ""
+    last: str = ""
+    wordings: Counter = field(default_factory=Counter)
+
+    @property
+    def reason(self) -> str:
+        return self.wordings.most_common(1)[0][0] if self.wordings else ""
+
+
+def group_decisions(rows) -> list[Group]:
+    """(rule, kind, outcome, reason, count, first ts, last ts) rows -> groups, the rules in the
+    order they first decided, within a rule fired first, then by count (largest first)."""
+    groups: dict[tuple, Group] = {}
+    first_seen: dict[str, str] = {}
+    for rule, kind, outcome, reason, count, first, last in rows:
+        key = (rule, kind, outcome, reason_pattern(reason))
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = Group(rule, kind, outcome, key[3], 0, first, last)
+        g.count += count
+        g.first, g.last = min(g.first, first), max(g.last, last)
+        g.wordings[reason or ""] += count
+        first_seen[rule] = min(first_seen.get(rule, first), first)
+    return sorted(groups.values(), key=lambda g: (first_seen[g.rule], g.rule, g.outcome != "fired", -g.count,
+                                                  g.pattern))
+
+
+def top_reasons(decisions, outcome: str = "blocked", n: int = 3) -> list[tuple[str, int]]:
+    """The `n` most frequent reasons (grouped as above) among a run's decisions with `outcome`:
+    (most frequent wording, count)."""
+    cols = getattr(decisions, "columns", None)
+    if cols is not None and not isinstance(cols["outcome"], (list, tuple)) and not hasattr(cols["outcome"], "shape"):
+        pairs = [(cols["outcome"], r) for r in (cols["reason"] if isinstance(cols["reason"], (list, tuple))
+                                                 else [cols["reason"]] * len(decisions))]
+    elif cols is not None:
+        reasons = cols["reason"]
+        if not isinstance(reasons, (list, tuple)) and not hasattr(reasons, "shape"):
+            reasons = [reasons] * len(cols["outcome"])
+        pairs = list(zip(cols["outcome"], reasons))
+    else:
+        pairs = [(d.outcome, d.reason) for d in decisions]
+    counts: dict[str, Counter] = {}
+    for o, reason in pairs:
+        if o == outcome:
+            counts.setdefault(reason_pattern(str(reason)), Counter())[str(reason)] += 1
+    ranked = sorted(counts.values(), key=lambda c: -sum(c.values()))
+    return [(c.most_common(1)[0][0], sum(c.values())) for c in ranked[:n]]
+
+
+def why_text(journal_path: str | Path, run_id: str | None = None, rule: str | None = None) -> str:
+    """`qtrade why`'s text. JournalError for a missing journal or run; LookupError for a rule the
+    run has no decisions of (its message names the rules it has)."""
+    path = Path(journal_path)
+    if not path.exists():
+        raise JournalError(f"{path}: no such journal file")
+    with Journal(path, readonly=True) as journal:
+        run = journal.run(run_id)
+        rid = run["run_id"]
+        rows = journal.db.execute(
+            "SELECT rule, kind, outcome, reason, COUNT(*), MIN(ts), MAX(ts) FROM decisions WHERE run_id=?"
+            " GROUP BY rule, kind, outcome, reason", (rid,)).fetchall()
+    rules = sorted({r[0] for r in rows})
+    if rule is not None:
+        if rule not in rules:
+            raise LookupError(f"run {rid} has no decisions of a rule named {rule!r}; its rules: "
+                              + (", ".join(repr(r) for r in rules) or "none"))
+        rows = [r for r in rows if r[0] == rule]
+    total = sum(r[4] for r in rows)
+    head = (f"run {rid}: {run['strategy']} ({run['mode']}), {total:,} decision{'s' * (total != 1)}"
+            + (f" of rule {rule!r}" if rule else ""))
+    if not rows:
+        return head + "\n  no decisions were journaled: no rule fired and none was blocked"
+    lines = [head]
+    current = None
+    for g in group_decisions(rows):
+        if (g.rule, g.kind) != current:
+            current = (g.rule, g.kind)
+            lines.append(f"\n{g.kind} rule {g.rule!r}:")
+        when = _short(g.first) if g.first == g.last else f"{_short(g.first)} .. {_short(g.last)}"
+        variants = len(g.wordings)
+        reason = g.reason or ("(no reason given)" if g.outcome != "fired" else "")
+        more = f"  [{variants} wordings]" if variants > 1 else ""
+        lines.append(f"  {g.outcome:<8}{g.count:>9,}  {when:<35}  {reason}{more}".rstrip())
+    return "\n".join(lines)
+
+
+def _short(ts: str) -> str:
+    """2019-11-05T15:01:00Z -> 2019-11-05 15:01 (UTC, as journaled); a midnight stays a date."""
+    text = (ts or "").replace("T", " ").rstrip("Z")
+    if text.endswith(" 00:00:00"):
+        return text[:10]
+    return text[:16] + " UTC" if len(text) >= 16 else text

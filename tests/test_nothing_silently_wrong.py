@@ -4,6 +4,7 @@ command (click's CliRunner) on hand-made files, with the message and the exit co
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -790,7 +791,24 @@ def test_the_showcase_iron_condor_trades_on_its_defaults(tmp_path):
     assert "no call has a delta within" not in result.output
     why = cli("why", tmp_path / "j.sqlite")
     assert "entry rule 'calm market, enough credit':" in why.output
-    assert "fired " in why.output and "blocked" not in why.output
+    lines = why.output.splitlines()
+    fired = next(line for line in lines if line.strip().startswith("fired") and "UTC" in line)
+    assert int(fired.split()[1]) == trades
+    # before each entry, the minutes whose credit was too small: blocked, naming the credit
+    blocked = [line for line in lines if line.strip().startswith("blocked")]
+    assert blocked and all(re.search(r"credit = [0-9.]+: [0-9.]+ >= 0.2 no", line) for line in blocked), blocked
+
+
+def test_a_blocked_condor_names_its_real_cause(tmp_path):
+    result = cli("backtest", CONDOR, "--journal", tmp_path / "j.sqlite", "--set", "min_credit=0.5")
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.strip().startswith("Entries blocked"))
+    assert re.search(r"Entries blocked +([0-9,]+) +\1 credit = [0-9.]+: [0-9.]+ >= 0.5 no; qtrade why ", line), line
+    con = sqlite3.connect(tmp_path / "j.sqlite")
+    reasons = [r for (r,) in con.execute("SELECT reason FROM decisions WHERE outcome = 'blocked'")]
+    con.close()
+    assert reasons and all(re.fullmatch(r"credit = [0-9.]+: [0-9.]+ >= 0.5 no", r) for r in reasons)
+    assert not any("delta within" in r for r in reasons)
 
 
 # -------------------------------------------- item 2 (part): `run` takes --chains like backtest

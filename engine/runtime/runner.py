@@ -534,6 +534,7 @@ class Runner(RunState):
                 if value_at(self.plan, rule.when, b, sig.values, ctx):
                     fired = (rule, quote, ctx)
                     break
+                self._decide(symbol, rule.name, "entry", "blocked", "; ".join(p for p in explain(self.plan, rule.when, b, sig.values, ctx) if p.endswith(" no")))  # noqa: E501 - the real cause (credit below the minimum, ...)
             i = b + 1
             if fired is None:
                 continue

@@ -859,3 +859,60 @@ def test_report_reads_a_journal_on_a_read_only_file_system(tmp_path, journal):
     assert f"report: {out}" in done.stdout
     assert "sma-crossover (backtest), 79 decisions" in done.stdout
     assert out.read_text().startswith("<!DOCTYPE html>")
+
+
+# ------------------- item 1 (part): data.session: regular on bars already at the strategy's size
+
+MINUTE = """\
+kind: strategy
+name: m
+universe: [SPY]
+data: {{bar: {bar}, source: SPY.csv{session}}}
+indicators:
+  fast: sma(close, 5)
+  slow: sma(close, 20)
+entry:
+  - name: up
+    when: crosses_above(fast, slow)
+    order: buy
+exit:
+  - name: down
+    when: crosses_below(fast, slow)
+orders:
+  buy: {{action: buy, type: market, quantity: {{percent_of_equity: 100%}}}}
+schedule: {{timezone: America/New_York, every: {bar}}}
+risk: {{max_open_positions: 1, margin_check: off}}
+"""
+
+
+def _minute_file_with_extended_hours(tmp_path) -> int:
+    """The bundled XSP minute bars (regular hours) as SPY.csv, with ten pre-market and five
+    after-hours bars added on 2019-11-05; returns the number of bars."""
+    lines = (ROOT / "strategies" / "data" / "XSP.csv").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    pre = [f"2019-11-05 08:{m:02d}:00,307.0,307.2,306.9,307.1,100" for m in range(10)]
+    post = [f"2019-11-05 17:{m:02d}:00,307.0,307.2,306.9,307.1,100" for m in range(5)]
+    (tmp_path / "SPY.csv").write_text("\n".join([header] + pre + rows + post) + "\n")
+    return len(rows) + 15
+
+
+def test_session_regular_is_not_silently_ignored_on_bars_at_the_strategys_size(tmp_path):
+    n = _minute_file_with_extended_hours(tmp_path)
+    path = strategy(tmp_path, text=MINUTE.format(bar="1m", session=""))
+    for command in (("backtest", path, "--journal", tmp_path / "j.sqlite"),
+                    ("run", path, "--dry-run", "--journal", tmp_path / "j.sqlite")):
+        result = cli(*command)
+        assert result.exit_code == 1, result.output
+        # the 15 added and the three 16:00 bars of the source (NYSE closes at 16:00)
+        assert (f"{path.name}:4:7: error: SPY's data has 18 of {n:,} bars outside NYSE's regular hours (the first "
+                "at 2019-11-05 08:00), and data.session: regular does not leave out bars already at the "
+                "strategy's 1m size yet") in result.output
+    assert not (tmp_path / "j.sqlite").exists()
+    extended = strategy(tmp_path, name="x.yaml", text=MINUTE.format(bar="1m", session=", session: extended"))
+    result = cli("backtest", extended, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 0, result.output
+    assert f"({n:,} bars)" in result.output                        # every bar, as asked
+    five = strategy(tmp_path, name="five.yaml", text=MINUTE.format(bar="5m", session=", session: regular"))
+    result = cli("backtest", five, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 0, result.output                    # resampled: regular hours only
+    assert "(312 bars" in result.output                            # 1,560 regular minutes / 5

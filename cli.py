@@ -267,6 +267,35 @@ def _report_skipped_bars(prep) -> None:
                                f"the first: {info['message']}").format(), err=True)
 
 
+def _refuse_unfiltered_session(prep) -> None:
+    """data.session: regular is applied when bars are resampled to the strategy's bar size, not
+    to a file already at that size: refuse such a file while it has bars outside regular hours,
+    rather than trade them silently."""
+    import numpy as np
+
+    from engine.diagnostics import DiagnosticError
+    from engine.market.bars import bar_seconds, outside_regular_hours
+
+    if (prep.doc.get(("data", "session")) or "regular") != "regular" or bar_seconds(prep.bar) >= 86400:
+        return
+    problems = []
+    for symbol in prep.symbols:
+        frame, inst = prep.frames.get(symbol), prep.instruments.get(symbol)
+        if frame is None or inst is None or not inst.calendar or len(frame) < 2:
+            continue
+        outside = outside_regular_hours(frame, inst.calendar, prep.timezone)
+        if outside.any():
+            first = frame.index[int(np.flatnonzero(outside)[0])].tz_convert(prep.timezone)
+            where = ("data", "session") if prep.doc.get(("data", "session")) else ("data",)
+            problems.append(prep.doc.diag(
+                where, f"{symbol}'s data has {int(outside.sum()):,} of {len(frame):,} bars outside {inst.calendar}'s "
+                f"regular hours (the first at {first:%Y-%m-%d %H:%M}), and data.session: regular does not leave out "
+                f"bars already at the strategy's {prep.bar} size yet",
+                "use a file of regular-hours bars, or set data.session: extended to trade every bar in it"))
+    if problems:
+        raise DiagnosticError(problems)
+
+
 def _refuse_short_history(prep) -> None:
     """A look-back longer than the data is refused before the run (its rules could never fire)."""
     from engine.check.history import short_history
@@ -466,6 +495,7 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
     _journal_first(journal_path, report_path)
     try:
         prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash, chains)
+        _refuse_unfiltered_session(prep)
         _refuse_short_history(prep)
     except DiagnosticError as exc:
         _report_problems(exc)
@@ -628,6 +658,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     _journal_first(journal_path, None)
     try:
         prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash, chains=chains)
+        _refuse_unfiltered_session(prep)
         _refuse_short_history(prep)
         if not start:
             prep = bt.last_days(prep, days)

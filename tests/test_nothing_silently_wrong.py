@@ -5,7 +5,6 @@ command (click's CliRunner) on hand-made files, with the message and the exit co
 from __future__ import annotations
 
 import re
-
 import shutil
 from pathlib import Path
 
@@ -793,7 +792,24 @@ def test_the_showcase_iron_condor_trades_on_its_defaults(tmp_path):
     assert "no call has a delta within" not in result.output
     why = cli("why", tmp_path / "j.sqlite")
     assert "entry rule 'calm market, enough credit':" in why.output
-    assert "fired " in why.output and "blocked" not in why.output
+    lines = why.output.splitlines()
+    fired = next(line for line in lines if line.strip().startswith("fired") and "UTC" in line)
+    assert int(fired.split()[1]) == trades
+    # before each entry, the minutes whose credit was too small: blocked, naming the credit
+    blocked = [line for line in lines if line.strip().startswith("blocked")]
+    assert blocked and all(re.search(r"credit = [0-9.]+: [0-9.]+ >= 0.2 no", line) for line in blocked), blocked
+
+
+def test_a_blocked_condor_names_its_real_cause(tmp_path):
+    result = cli("backtest", CONDOR, "--journal", tmp_path / "j.sqlite", "--set", "min_credit=0.5")
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.strip().startswith("Entries blocked"))
+    assert re.search(r"Entries blocked +([0-9,]+) +\1 credit = [0-9.]+: [0-9.]+ >= 0.5 no; qtrade why ", line), line
+    con = sqlite3.connect(tmp_path / "j.sqlite")
+    reasons = [r for (r,) in con.execute("SELECT reason FROM decisions WHERE outcome = 'blocked'")]
+    con.close()
+    assert reasons and all(re.fullmatch(r"credit = [0-9.]+: [0-9.]+ >= 0.5 no", r) for r in reasons)
+    assert not any("delta within" in r for r in reasons)
 
 
 # -------------------------------------------- item 2 (part): `run` takes --chains like backtest
@@ -844,3 +860,60 @@ def test_report_reads_a_journal_on_a_read_only_file_system(tmp_path, journal):
     assert f"report: {out}" in done.stdout
     assert "sma-crossover (backtest), 79 decisions" in done.stdout
     assert out.read_text().startswith("<!DOCTYPE html>")
+
+
+# ------------------- item 1 (part): data.session: regular on bars already at the strategy's size
+
+MINUTE = """\
+kind: strategy
+name: m
+universe: [SPY]
+data: {{bar: {bar}, source: SPY.csv{session}}}
+indicators:
+  fast: sma(close, 5)
+  slow: sma(close, 20)
+entry:
+  - name: up
+    when: crosses_above(fast, slow)
+    order: buy
+exit:
+  - name: down
+    when: crosses_below(fast, slow)
+orders:
+  buy: {{action: buy, type: market, quantity: {{percent_of_equity: 100%}}}}
+schedule: {{timezone: America/New_York, every: {bar}}}
+risk: {{max_open_positions: 1, margin_check: off}}
+"""
+
+
+def _minute_file_with_extended_hours(tmp_path) -> int:
+    """The bundled XSP minute bars (regular hours) as SPY.csv, with ten pre-market and five
+    after-hours bars added on 2019-11-05; returns the number of bars."""
+    lines = (ROOT / "strategies" / "data" / "XSP.csv").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    pre = [f"2019-11-05 08:{m:02d}:00,307.0,307.2,306.9,307.1,100" for m in range(10)]
+    post = [f"2019-11-05 17:{m:02d}:00,307.0,307.2,306.9,307.1,100" for m in range(5)]
+    (tmp_path / "SPY.csv").write_text("\n".join([header] + pre + rows + post) + "\n")
+    return len(rows) + 15
+
+
+def test_session_regular_is_not_silently_ignored_on_bars_at_the_strategys_size(tmp_path):
+    n = _minute_file_with_extended_hours(tmp_path)
+    path = strategy(tmp_path, text=MINUTE.format(bar="1m", session=""))
+    for command in (("backtest", path, "--journal", tmp_path / "j.sqlite"),
+                    ("run", path, "--dry-run", "--journal", tmp_path / "j.sqlite")):
+        result = cli(*command)
+        assert result.exit_code == 1, result.output
+        # the 15 added and the three 16:00 bars of the source (NYSE closes at 16:00)
+        assert (f"{path.name}:4:7: error: SPY's data has 18 of {n:,} bars outside NYSE's regular hours (the first "
+                "at 2019-11-05 08:00), and data.session: regular does not leave out bars already at the "
+                "strategy's 1m size yet") in result.output
+    assert not (tmp_path / "j.sqlite").exists()
+    extended = strategy(tmp_path, name="x.yaml", text=MINUTE.format(bar="1m", session=", session: extended"))
+    result = cli("backtest", extended, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 0, result.output
+    assert f"({n:,} bars)" in result.output                        # every bar, as asked
+    five = strategy(tmp_path, name="five.yaml", text=MINUTE.format(bar="5m", session=", session: regular"))
+    result = cli("backtest", five, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 0, result.output                    # resampled: regular hours only
+    assert "(312 bars" in result.output                            # 1,560 regular minutes / 5

@@ -716,6 +716,16 @@ def resample(df: pd.DataFrame, bar: str, *, timezone: str, calendar: str | None 
     return out
 
 
+def outside_regular_hours(df: pd.DataFrame, calendar: str, timezone: str = "America/New_York") -> np.ndarray:
+    """Which bars start outside the calendar's regular sessions (pre-market, after hours,
+    breaks, days it is closed): the bars `data.session: regular` leaves out."""
+    if len(df) == 0:
+        return np.zeros(0, dtype=bool)
+    index = df.index.tz_convert(timezone)
+    _, _, inside = _calendar_sessions(index, _utc_ns(index), timezone, calendar)
+    return ~inside
+
+
 def _calendar_sessions(index, t_ns, timezone, calendar):
     """Per bar: its session date, the session's open (UTC ns) and whether it is in regular hours."""
     import pandas_market_calendars as mcal

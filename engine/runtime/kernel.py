@@ -781,6 +781,9 @@ class Kernel(RunState):
             if value_at(self.plan, rule.when, k, st.values, ctx):
                 fired = (rule, quote, ctx)
                 break
+            # the real cause, the comparisons that failed: 'credit = 0.165: 0.165 >= 0.2 no'
+            failed = [p for p in explain(self.plan, rule.when, k, st.values, ctx) if p.endswith(" no")]
+            self._decide(symbol, rule.name, "entry", "blocked", "; ".join(failed))
         if fired is None:
             return
         rule, quote, ctx = fired

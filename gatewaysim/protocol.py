@@ -31,6 +31,8 @@ def fmt(value) -> str:
     """One field as the wire text TWS uses: bools 1/0, ints plainly, floats without noise."""
     if value is None:
         return ""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalars: their repr is not a number on the wire
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, int):

@@ -650,13 +650,11 @@ class GatewaySim:
         if series.daily and want < 86400:
             return pd.DataFrame()
         lo = start - pd.Timedelta(seconds=max(want, src_seconds))
-        window = frame[(frame.index >= lo) & (frame.index < end)]
+        # only bars that are complete at `end`: a bar still in progress would leak its future close
+        length = pd.Timedelta(hours=16) if series.daily else pd.Timedelta(seconds=src_seconds)
+        window = frame[(frame.index >= lo) & (frame.index + length <= end)]
         if window.empty:
             return window
-        # the bar in progress is cut at `end`: its close is the replayed price now
-        last_i = series.index(end_ns)
-        if last_i >= 0 and not series.daily and frame.index[-1] >= window.index[-1]:
-            pass
         if rth and not series.daily:
             minutes = window.index.hour * 60 + window.index.minute
             window = window[(minutes >= 570) & (minutes < 960)]

@@ -530,10 +530,11 @@ def _what_if(sim, s, order_id, c, spec):
                 s.error(order_id, 200)
                 return
         q = sim.combo_quote(legs)
-        width = 0.0
-        strikes = sorted(leg["inst"].strike for leg in legs)
-        if len(strikes) >= 2:
-            width = max(b - a for a, b in zip(strikes, strikes[1:]))
+        width = 0.0  # the widest vertical per right: an iron condor's margin is one wing, not both
+        for right in ("C", "P"):
+            strikes = [leg["inst"].strike for leg in legs if leg["inst"].right == right]
+            if len(strikes) >= 2:
+                width = max(width, max(strikes) - min(strikes))
         net = (q.ask if spec["action"] == "BUY" else q.bid)
         change = abs(net) * 100 * spec["totalQuantity"] if net > 0 and spec["action"] == "BUY" else width * 100 * spec["totalQuantity"]
         inst = legs[0]["inst"]

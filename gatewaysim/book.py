@@ -42,6 +42,7 @@ class Order:
     triggered: bool = False
     done_time: str = ""
     created: str = ""
+    session: int = 0  # serial of the connection that placed it (a modify after a restart is a new id)
     history: list = field(default_factory=list)
 
     @property

@@ -16,13 +16,13 @@ IB_ERRORS = {
     200: "No security definition has been found for the request",
     201: "Order rejected - reason:{reason}",
     202: "Order Canceled - reason:{reason}",
-    300: "Can't find EId with tickerId:{reqId}",
+    300: "Can't find EId with tickerId:{tickerId}",
     321: "Error validating request.-'{part}' : cause - {cause}",
     326: "Unable to connect as the client id is already in use. Retry with a unique client id.",
     354: "Requested market data is not subscribed. Check API status by selecting the Account menu then under "
          "Management choose Market Data Subscription Manager and/or by selecting Edit, Global Configuration, "
          "API, Settings and enabling 'Market data API'.",
-    366: "No historical data query found for ticker id:{reqId}",
+    366: "No historical data query found for ticker id:{tickerId}",
     1100: "Connectivity between IB and Trader Workstation has been lost.",
     1101: "Connectivity between IB and Trader Workstation has been restored - data lost.",
     1102: "Connectivity between IB and Trader Workstation has been restored - data maintained.",

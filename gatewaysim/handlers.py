@@ -258,7 +258,7 @@ def cancel_mkt_data(sim, s, f):
     f.int()
     req_id = f.int()
     if s.lines.pop(req_id, None) is None:
-        s.error(req_id, 300, reqId=req_id)
+        s.error(req_id, 300, tickerId=req_id)
 
 
 # ---------------------------------------------------------------------------- historical
@@ -427,6 +427,9 @@ def place_order(sim, s, f):
         s.error(order_id, 321, part="bN", cause="The API interface is currently in Read-Only mode.")
         return
     existing = book.orders.get(key)
+    if existing is not None and existing.session != s.serial and not existing.is_working:
+        s.error(order_id, 103)  # an id reused on a new connection (e.g. after a nextValidId rollback)
+        return
     if existing is not None and existing.status in DONE:
         if existing.status == "Filled":
             s.error(order_id, 104)
@@ -474,7 +477,8 @@ def place_order(sim, s, f):
                   orderRef=spec["orderRef"], ocaGroup=spec["ocaGroup"], parentId=spec["parentId"],
                   transmit=spec["transmit"], outsideRth=spec["outsideRth"], exchange=c["exchange"].upper(),
                   symbol=c["symbol"].upper() or (inst.symbol if inst else ""), currency=c["currency"] or "USD",
-                  legs=legs, combo_params=spec["combo_params"], created=sim.clock.now().isoformat())
+                  legs=legs, combo_params=spec["combo_params"], created=sim.clock.now().isoformat(),
+                  session=s.serial)
         o.status = "Submitted" if o.transmit else "PreSubmitted"
         if o.orderType in ("STP", "STP LMT"):
             o.status = "PreSubmitted" if o.transmit else o.status

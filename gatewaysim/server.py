@@ -69,6 +69,8 @@ class Session:
         self.sent = 0
         self.rate: deque = deque()
         self.peer = writer.get_extra_info("peername")
+        sim.session_serial += 1
+        self.serial = sim.session_serial
 
     # ------------------------------------------------------------------ wire
     def send(self, fields) -> None:
@@ -154,6 +156,7 @@ class GatewaySim:
         self.max_rate = max_rate
         self.tick_interval = tick_interval
         self.sessions: list[Session] = []
+        self.session_serial = 0
         self.received: list[dict] = []
         self.events: list[dict] = []
         self.sent_count = 0

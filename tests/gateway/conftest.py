@@ -32,6 +32,7 @@ class ErrorGuard(logging.Handler):
         super().__init__(level=logging.ERROR)
         self.records: list[logging.LogRecord] = []
         self.expected: set[int] = set()
+        self.expected_text: list[str] = []
 
     def emit(self, record):
         self.records.append(record)
@@ -42,6 +43,8 @@ class ErrorGuard(logging.Handler):
             text = r.getMessage()
             m = _CODE.match(text)
             if m and int(m.group(1)) in self.expected:
+                continue
+            if any(t in text for t in self.expected_text):
                 continue
             out.append(f"{r.name}: {text}")
         return out
@@ -64,8 +67,10 @@ def error_guard():
 
 @pytest.fixture
 def expect_errors(error_guard):
-    def expect(*codes):
-        error_guard.expected.update(codes)
+    def expect(*codes_or_texts):
+        """Error codes (ints) or message fragments (str) this test expects ib_async to log."""
+        error_guard.expected.update(c for c in codes_or_texts if isinstance(c, int))
+        error_guard.expected_text.extend(c for c in codes_or_texts if isinstance(c, str))
     return expect
 
 

@@ -13,9 +13,13 @@ def _spy(ib):
 
 
 def _wait(ib, cond, timeout=2.0):
+    """Run the client's loop until cond() holds (a dropped socket ends ib.sleep with ConnectionError)."""
     waited = 0.0
     while not cond() and waited < timeout:
-        ib.sleep(0.05)
+        try:
+            ib.sleep(0.05)
+        except ConnectionError:
+            pass
         waited += 0.05
     return cond()
 

@@ -22,7 +22,7 @@ Market model. A symbol's price at time t walks linearly through the bar containi
 low -> high -> close for a bar that closed up, open -> high -> low -> close otherwise (a daily
 bar spans 09:30-16:00 New York). Before its first bar a symbol holds that bar's open, after its
 last bar the last close. Stocks quote last +- max(1 tick, 1 bp) (bid rounded down, ask up to
-the tick); futures the same on their tick; indices have a last but no bid/ask, as at IB.
+the tick); futures one tick wide (the last on one side); indices have a last but no bid/ask, as at IB.
 Futures without bars of their own follow a proxy (MNQ follows NQ, ES/MES follow SPX, SPX is XSP
 x 10) plus 5 %/year carry per day beyond the front month. Options are Black-Scholes prices on
 the underlying's replayed price, its realised volatility (from the bars, clipped to 8-150 %)

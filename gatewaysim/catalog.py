@@ -63,7 +63,8 @@ class Instrument:
 
     @property
     def multiplier_text(self) -> str:
-        if self.secType in ("STK", "IND", "CONTFUT") and self.multiplier == 1.0 and self.secType != "CONTFUT":
+        """IB sends no multiplier for stocks and indices, the contract size for the rest."""
+        if self.secType in ("STK", "IND"):
             return ""
         m = self.multiplier
         return str(int(m)) if m == int(m) else repr(m)

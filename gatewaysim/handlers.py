@@ -7,6 +7,7 @@ import asyncio
 
 from . import encode as enc
 from .book import DONE, Order
+from .market import NY
 from .protocol import UNSET_DOUBLE, Fields, ProtocolError
 
 HANDLERS: dict[int, tuple[str, object]] = {}
@@ -155,8 +156,9 @@ def req_contract_details(sim, s, f):
         s.error(req_id, 200)
         return
     exchange = c["exchange"].upper() or None
+    day = sim.clock.now().astimezone(NY).date()
     for inst in matches:
-        s.send(enc.contract_data(req_id, inst, exchange if exchange else inst.wire_exchange))
+        s.send(enc.contract_data(req_id, inst, exchange if exchange else inst.wire_exchange, day))
     s.send([52, 1, req_id])
 
 
@@ -468,7 +470,8 @@ def place_order(sim, s, f):
         for k in ("totalQuantity", "orderType", "lmtPrice", "auxPrice", "tif", "orderRef", "outsideRth", "transmit"):
             setattr(o, k, spec[k] if k != "orderRef" or spec[k] else o.orderRef)
         o.history.append({"t": sim.clock.now().isoformat(), "modify": {k: spec[k] for k in ("totalQuantity", "lmtPrice", "auxPrice")}})
-        o.status = "Submitted" if o.transmit else "PreSubmitted"
+        untriggered = o.orderType in ("STP", "STP LMT") and not o.triggered
+        o.status = "Submitted" if o.transmit and not untriggered else "PreSubmitted"
         sim.record_event("modified", orderId=order_id, clientId=s.clientId, permId=o.permId)
     else:
         o = Order(orderId=order_id, clientId=s.clientId, permId=book.new_perm(), inst=inst, action=spec["action"],
@@ -488,7 +491,8 @@ def place_order(sim, s, f):
             for other in book.orders.values():
                 if other.clientId == o.clientId and other.orderId == o.parentId and not other.transmit:
                     other.transmit = True
-                    other.status = "Submitted"
+                    stop = other.orderType in ("STP", "STP LMT") and not other.triggered
+                    other.status = "PreSubmitted" if stop else "Submitted"
     drop = sim.faults["drop_on_order"]
     if drop == "before_ack":
         sim.faults["drop_on_order"] = None
@@ -502,10 +506,14 @@ def place_order(sim, s, f):
         s.close("fault: drop_connection after acknowledging the order")
         sim.try_fill(o)
         return
+    if o.transmit and o.parentId:
+        parent = book.orders.get((o.clientId, o.parentId))
+        if parent is not None:
+            for sess in [x for x in sim.sessions if x.clientId == parent.clientId]:
+                sess.send(enc.order_status(parent))
+            sim.try_fill(parent)
     if o.transmit:
         sim.try_fill(o)
-    for child in [x for x in book.orders.values() if x.parentId == o.orderId and x.clientId == o.clientId]:
-        sim.try_fill(child)
 
 
 def _validate(spec: dict, inst) -> str:

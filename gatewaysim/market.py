@@ -178,6 +178,12 @@ class Market:
             if inst.secType == "IND":
                 bid = ask = -1.0
                 bsz = asz = 0.0
+            elif inst.secType == "FUT":  # a one-tick market, the last trade on one side of it
+                bid = round_tick(p, inst.minTick, up=False)
+                ask = round(bid + inst.minTick, 10)
+                last = bid if p - bid < ask - p else ask
+                bsz = float(1 + (i * 37 + 11) % 30)
+                asz = float(1 + (i * 53 + 7) % 30)
             else:
                 half = max(inst.minTick, round_tick(p * 0.0001, inst.minTick))
                 bid, ask = round_tick(last - half, inst.minTick, up=False), round_tick(last + half, inst.minTick, up=True)

@@ -81,9 +81,9 @@ class Session:
         self.sim.sent_count += 1
 
     def error(self, reqId: int, code: int, text: str | None = None, **kw) -> None:
-        self.send(enc.error(reqId, code, text, **kw))
-        self.sim.record_event("error", clientId=self.clientId, reqId=reqId, code=code,
-                              text=text if text is not None else enc.IB_ERRORS[code].format(**kw))
+        fields = enc.error(reqId, code, text, **kw)
+        self.sim.record_event("error", clientId=self.clientId, reqId=reqId, code=code, text=fields[4])
+        self.send(fields)
 
     def close(self, reason: str = "") -> None:
         if self.closed:
@@ -493,6 +493,9 @@ class GatewaySim:
             last = q.last if q.last == q.last else (q.bid + q.ask) / 2
             if (buy and last >= o.auxPrice) or (not buy and last <= o.auxPrice):
                 o.triggered = True
+                o.status = "Submitted"
+                for s in [s for s in self.sessions if s.clientId == o.clientId]:
+                    s.send(enc.order_status(o))
                 self.record_event("stop_triggered", orderId=o.orderId, price=last)
             else:
                 return
@@ -558,6 +561,7 @@ class GatewaySim:
         else:
             execs.append(self._execution(o, o.inst, o.inst.contract_fields(o.exchange or None), side, qty, price, now,
                                          cum=o.filled, avg=o.avgFillPrice))
+        self.record_event("fill", orderId=o.orderId, clientId=o.clientId, qty=qty, price=price, status=o.status)
         owner = [s for s in self.sessions if s.clientId == o.clientId]
         for s in owner:
             s.send(enc.open_order(o, s.sv))
@@ -567,11 +571,12 @@ class GatewaySim:
         for s in owner:
             s.send(enc.order_status(o))
         self._send_commissions(owner, execs)
-        self.record_event("fill", orderId=o.orderId, clientId=o.clientId, qty=qty, price=price, status=o.status)
         for inst in ([leg["inst"] for leg in o.legs] if o.legs else [o.inst]):
             self.push_position(inst)
         if o.status == "Filled":
             self._oca_cancel(o)
+            for child in [c for c in self.book.orders.values() if c.parentId == o.orderId and c.clientId == o.clientId]:
+                self.try_fill(child)
         return execs
 
     def _execution(self, o: Order, inst: Instrument | None, contract: list, side: str, shares: float, price: float,
@@ -615,10 +620,10 @@ class GatewaySim:
     def cancel_order(self, o: Order, reason: str = "") -> None:
         o.status = "Cancelled"
         o.done_time = self.clock.now().strftime("%Y%m%d %H:%M:%S UTC")
+        self.record_event("cancelled", orderId=o.orderId, clientId=o.clientId, filled=o.filled, reason=reason)
         for s in [s for s in self.sessions if s.clientId == o.clientId]:
             s.send(enc.order_status(o))
-            s.send(enc.error(o.orderId, 202, reason=reason))
-        self.record_event("cancelled", orderId=o.orderId, clientId=o.clientId, filled=o.filled, reason=reason)
+            s.error(o.orderId, 202, reason=reason)
 
     # ------------------------------------------------------------------ historical
     def _hist_update(self, s: Session, reqId: int, h: dict) -> None:
@@ -714,16 +719,25 @@ class GatewaySim:
                 raise ValueError(f"drop_connection: when must be now, before_ack or after_ack, not {when!r}")
         self.call(go)
 
-    def restart(self, next_valid_id: int | None = None) -> None:
-        """A gateway restart: every socket drops; the next nextValidId is rolled back (default: 1)."""
+    def restart(self, next_valid_id: int | None = None, down_for: float = 0.0) -> None:
+        """A gateway restart: every socket drops, the port refuses connections for `down_for`
+        seconds, and the next nextValidId is rolled back (default: 1). Orders, executions and
+        positions survive, as they do at IB."""
         def go():
-            self.record_event("fault", name="restart", next_valid_id=next_valid_id or 1)
+            self.record_event("fault", name="restart", next_valid_id=next_valid_id or 1, down_for=down_for)
             for s in list(self.sessions):
                 s.close("fault: restart")
             self.book.next_valid_id = next_valid_id or 1
             self.faults["connectivity_lost"] = False
             self.faults["farm_broken"] = False
+            if down_for > 0 and self.server is not None:
+                self.server.close()
+                self.loop.call_later(down_for, lambda: asyncio.ensure_future(self._reopen()))
         self.call(go)
+
+    async def _reopen(self) -> None:
+        self.server = await asyncio.start_server(self._accept, self.host, self.port)
+        self.record_event("restarted", port=self.port)
 
     def connectivity(self, code: int) -> None:
         """1100 lost (events withheld), 1101 restored with data lost (market data lines dropped:

@@ -271,3 +271,15 @@ def test_commission_reports_late_or_zero_first(ib, sim, mode):
     assert seen == ([] if mode == "late" else [0.0])
     assert _wait(ib, lambda: seen and seen[-1] == 1.5)
     assert trade.fills[0].commissionReport.commission == 1.5
+
+
+def test_restart_refuses_connections_while_down(sim, connect, expect_errors):
+    expect_errors("Peer closed connection", "API connection failed", "Make sure API port")
+    ib = connect(sim)
+    sim.restart(down_for=0.6)
+    assert _wait(ib, lambda: not ib.isConnected())
+    with pytest.raises(ConnectionRefusedError):
+        IB().connect("127.0.0.1", sim.port, clientId=2, timeout=1)
+    time.sleep(0.7)
+    assert connect(sim, clientId=2).reqCurrentTime()
+    assert [e["kind"] for e in sim.events if e["kind"] in ("restarted",)] == ["restarted"]

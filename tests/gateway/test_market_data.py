@@ -119,3 +119,44 @@ def test_historical_pacing_violation_is_162(make_sim, connect, expect_errors, er
     texts = [e["text"] for e in sim.events if e["kind"] == "error"]
     assert all("pacing violation" in t for t in texts if "Historical" in t)
     assert ib.reqHistoricalData(xsp, "", "7200 S", "1 min", "TRADES", True)
+
+
+def test_frozen_data_after_the_close_and_delayed_prices_are_15_minutes_old(make_sim, connect):
+    sim = make_sim(start="2019-11-07 17:30")
+    ib = connect(sim)
+    spy = ib.qualifyContracts(Stock("SPY", "SMART", "USD"))[0]
+    ib.reqMarketDataType(2)
+    t = ib.reqTickers(spy)[0]
+    assert t.marketDataType == 2 and t.last > 0  # the market is closed: frozen at the last values
+    sim2 = make_sim(start="2019-11-08 11:00")
+    ib2 = connect(sim2, clientId=2)
+    sim2.set_entitlement("SPX", live=False)
+    ib2.reqMarketDataType(3)
+    spx = ib2.qualifyContracts(Index("SPX", "CBOE"))[0]
+    t = ib2.reqMktData(spx)
+    types = set()
+    t.updateEvent += lambda ticker: types.update(tick.tickType for tick in ticker.ticks)
+    ib2.sleep(0.3)
+    assert t.marketDataType == 3
+    assert {68, 75} <= types and not types & {4, 9}
+    inst = sim2.catalog.get(spx.conId)
+    then = sim2.call(lambda: sim2.market.quote(inst, sim2.clock.now_ns() - 900 * 10 ** 9))
+    assert t.last == pytest.approx(then.last, abs=0.5)
+    assert abs(t.last - sim2.quote("SPX").last) > 0.01  # not today's live price
+
+
+def test_futures_quote_from_their_bars_with_carry_and_the_micro_follows(make_sim, connect, nq_data):
+    sim = make_sim(nq_data)
+    ib = connect(sim)
+    from ib_async import Future
+
+    nq = sorted(ib.reqContractDetails(Future("NQ", exchange="CME")), key=lambda d: d.contract.lastTradeDateOrContractMonth)
+    mnq = sorted(ib.reqContractDetails(Future("MNQ", exchange="CME")), key=lambda d: d.contract.lastTradeDateOrContractMonth)
+    front, second = ib.reqTickers(nq[0].contract, nq[1].contract)
+    micro = ib.reqTickers(mnq[0].contract)[0]
+    series = sim.series["NQ"]
+    price = series.price(sim.clock.now_ns())[0]
+    assert front.last == pytest.approx(price, abs=0.25)
+    assert front.ask - front.bid == pytest.approx(0.25) and front.bid <= front.last <= front.ask  # one tick
+    assert second.last > front.last  # carry for the later month
+    assert micro.last == pytest.approx(front.last, abs=0.25)

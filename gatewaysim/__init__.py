@@ -42,8 +42,9 @@ Fill rules (checked when an order arrives and on every tick, every `tick_interva
     and the combo is no wider than `combo_mid_width` (0.10); a limit inside a wider combo does
     not fill. A fill sends one execDetails per leg (at the leg's touch price) plus one for the
     BAG itself; positions are kept per leg.
-  * Quotes that are NaN/empty (nan_quotes fault) fill nothing. Children (parentId) wait for the
-    parent's fill; an OCA group's other orders are cancelled when one fills.
+  * Quotes that are NaN/empty (nan_quotes fault) fill nothing. Bracket children (parentId) are
+    held (PreSubmitted) until the parent fills; when one child fills its siblings are cancelled,
+    and a filled order cancels the rest of its OCA group. A modify never un-transmits an order.
   * `set_fill_mode("never"|"manual")` stops automatic fills; `fill_order(orderId, qty, price)`
     fills by hand (partial fills), `partial_fill_then_cancel(qty)` fills qty then cancels (202).
   Commissions: stocks 0.005/share (min 1.00, max 1 % of value), options 0.65/contract, futures

@@ -467,8 +467,10 @@ def place_order(sim, s, f):
     book.next_valid_id = max(book.next_valid_id, order_id + 1)
     if existing is not None:
         o = existing
-        for k in ("totalQuantity", "orderType", "lmtPrice", "auxPrice", "tif", "orderRef", "outsideRth", "transmit"):
-            setattr(o, k, spec[k] if k != "orderRef" or spec[k] else o.orderRef)
+        for k in ("totalQuantity", "orderType", "lmtPrice", "auxPrice", "tif", "outsideRth"):
+            setattr(o, k, spec[k])
+        o.orderRef = spec["orderRef"] or o.orderRef
+        o.transmit = o.transmit or spec["transmit"]  # a transmitted order is never held again
         o.history.append({"t": sim.clock.now().isoformat(), "modify": {k: spec[k] for k in ("totalQuantity", "lmtPrice", "auxPrice")}})
         untriggered = o.orderType in ("STP", "STP LMT") and not o.triggered
         o.status = "Submitted" if o.transmit and not untriggered else "PreSubmitted"
@@ -482,17 +484,20 @@ def place_order(sim, s, f):
                   symbol=c["symbol"].upper() or (inst.symbol if inst else ""), currency=c["currency"] or "USD",
                   legs=legs, combo_params=spec["combo_params"], created=sim.clock.now().isoformat(),
                   session=s.serial)
-        o.status = "Submitted" if o.transmit else "PreSubmitted"
-        if o.orderType in ("STP", "STP LMT"):
-            o.status = "PreSubmitted" if o.transmit else o.status
+        parent = book.orders.get((s.clientId, o.parentId)) if o.parentId else None
+        held = not o.transmit or (parent is not None and parent.status != "Filled")
+        o.status = "PreSubmitted" if held or o.orderType in ("STP", "STP LMT") else "Submitted"
         book.orders[key] = o
         sim.record_event("order", orderId=order_id, clientId=s.clientId, permId=o.permId, orderRef=o.orderRef)
-        if o.transmit and o.parentId:
+        if o.transmit and parent is not None:
+            # the last child transmits the whole bracket: the parent goes live, its children
+            # stay held (PreSubmitted) until it fills
             for other in book.orders.values():
-                if other.clientId == o.clientId and other.orderId == o.parentId and not other.transmit:
+                if other.clientId == o.clientId and (other is parent or other.parentId == parent.orderId):
                     other.transmit = True
-                    stop = other.orderType in ("STP", "STP LMT") and not other.triggered
-                    other.status = "PreSubmitted" if stop else "Submitted"
+            if parent.is_working:
+                stop = parent.orderType in ("STP", "STP LMT") and not parent.triggered
+                parent.status = "PreSubmitted" if stop else "Submitted"
     drop = sim.faults["drop_on_order"]
     if drop == "before_ack":
         sim.faults["drop_on_order"] = None

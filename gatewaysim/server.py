@@ -576,7 +576,12 @@ class GatewaySim:
         if o.status == "Filled":
             self._oca_cancel(o)
             for child in [c for c in self.book.orders.values() if c.parentId == o.orderId and c.clientId == o.clientId]:
-                self.try_fill(child)
+                if child.is_working and child.transmit:
+                    stop = child.orderType in ("STP", "STP LMT") and not child.triggered
+                    child.status = "PreSubmitted" if stop else "Submitted"
+                    for s in owner:
+                        s.send(enc.order_status(child))
+                    self.try_fill(child)
         return execs
 
     def _execution(self, o: Order, inst: Instrument | None, contract: list, side: str, shares: float, price: float,
@@ -611,11 +616,13 @@ class GatewaySim:
             send()
 
     def _oca_cancel(self, o: Order) -> None:
-        if not o.ocaGroup:
-            return
+        """A filled order cancels its OCA group, and a filled bracket child its siblings (IB
+        treats a bracket's take-profit and stop-loss as one OCA group)."""
         for other in list(self.book.orders.values()):
-            if other is not o and other.ocaGroup == o.ocaGroup and other.is_working:
-                self.cancel_order(other, reason="OCA group cancel")
+            if other is o or not other.is_working or other.clientId != o.clientId:
+                continue
+            if (o.ocaGroup and other.ocaGroup == o.ocaGroup) or (o.parentId and other.parentId == o.parentId):
+                self.cancel_order(other, reason="")
 
     def cancel_order(self, o: Order, reason: str = "") -> None:
         o.status = "Cancelled"

@@ -185,3 +185,47 @@ def test_account_summary_and_values_move_with_fills(ib, sim):
     cost = t.orderStatus.avgFillPrice * 100 + 1.0
     assert vals["TotalCashValue"] == pytest.approx(before["TotalCashValue"] - cost, abs=0.01)
     assert vals["GrossPositionValue"] > 0
+
+
+def test_futures_fill_with_the_multiplier_in_avg_cost_and_pnl(make_sim, connect, nq_data):
+    from ib_async import Future
+
+    sim = make_sim(nq_data)
+    ib = connect(sim)
+    nq = sorted(ib.reqContractDetails(Future("NQ", exchange="CME")),
+                key=lambda d: d.contract.lastTradeDateOrContractMonth)[0].contract
+    ask = sim.quote(nq.conId).ask
+    trade = ib.placeOrder(nq, MarketOrder("BUY", 2))
+    assert _wait(ib, lambda: trade.orderStatus.status == "Filled" and trade.fills[0].commissionReport.commission)
+    assert trade.fills[0].commissionReport.commission == 4.5  # 2.25 a contract
+    assert _wait(ib, lambda: any(p.position == 2 for p in ib.positions()))
+    pos = [p for p in ib.positions() if p.contract.conId == nq.conId][0]
+    assert pos.avgCost == pytest.approx(ask * 20) and pos.contract.multiplier == "20"
+    sim.set_quote(nq.conId, bid=ask + 10, ask=ask + 10.25, last=ask + 10)
+    close = ib.placeOrder(nq, MarketOrder("SELL", 2))
+    assert _wait(ib, lambda: close.orderStatus.status == "Filled" and close.fills[0].commissionReport.commission)
+    assert close.fills[0].commissionReport.realizedPNL == pytest.approx(10 * 20 * 2)  # before commissions
+
+
+def test_bracket_children_wait_for_the_parent_and_oca_cancels_the_sibling(ib, sim, expect_errors):
+    expect_errors(202)
+    spy = _spy(ib)
+    q = sim.quote("SPY")
+    bracket = ib.bracketOrder("BUY", 10, limitPrice=round(q.bid - 0.5, 2), takeProfitPrice=round(q.ask + 1.0, 2),
+                              stopLossPrice=round(q.bid - 2.0, 2))
+    trades = [ib.placeOrder(spy, o) for o in bracket]
+    ib.sleep(0.3)
+    assert [t.orderStatus.status for t in trades] == ["Submitted", "PreSubmitted", "PreSubmitted"]
+    assert not any(t.fills for t in trades)
+    parent, profit, stop = trades
+    parent.order.lmtPrice = q.ask
+    parent.order.transmit = True
+    ib.placeOrder(spy, parent.order)
+    assert _wait(ib, lambda: parent.orderStatus.status == "Filled")
+    assert _wait(ib, lambda: profit.orderStatus.status == "Submitted")  # released by the parent's fill
+    assert profit.orderStatus.status == "Submitted" and not profit.fills  # its limit is above the ask
+    sim.set_quote("SPY", bid=round(q.ask + 1.0, 2), ask=round(q.ask + 1.02, 2), last=round(q.ask + 1.01, 2))
+    assert _wait(ib, lambda: profit.orderStatus.status == "Filled")
+    assert _wait(ib, lambda: stop.orderStatus.status == "Cancelled")  # the OCA sibling
+    assert _wait(ib, lambda: "SPY" not in {p.contract.symbol for p in ib.positions()})  # flat: ib_async drops it
+    assert sim.record()["positions"][0]["qty"] == 0

@@ -288,12 +288,18 @@ def _end_time(text: str, now_ns: int) -> int:
     text = text.strip()
     if not text:
         return now_ns
-    parts = text.replace("-", " ").split()
+    utc = len(text) > 8 and text[8] == "-"  # IB's yyyymmdd-hh:mm:ss form is UTC
+    parts = (text[:8] + " " + text[9:] if utc else text).split()
     day = parts[0]
     clock = parts[1] if len(parts) > 1 else "23:59:59"
-    tz = parts[2] if len(parts) > 2 else "US/Eastern"
-    ts = pd.Timestamp(f"{day[:4]}-{day[4:6]}-{day[6:8]} {clock}")
-    ts = ts.tz_localize("UTC" if tz in ("UTC", "GMT") else tz)
+    tz = "UTC" if utc else (parts[2] if len(parts) > 2 else "US/Eastern")
+    try:
+        if len(day) != 8 or not day.isdigit():
+            raise ValueError
+        ts = pd.Timestamp(f"{day[:4]}-{day[4:6]}-{day[6:8]} {clock}")
+        ts = ts.tz_localize("UTC" if tz in ("UTC", "GMT") else tz)
+    except Exception:  # noqa: BLE001 - any unparsable date is the client's error, answered as such
+        raise ValueError(f"end date/time {text!r} (expected yyyymmdd hh:mm:ss [tz] or yyyymmdd-hh:mm:ss)") from None
     return int(ts.value)
 
 
@@ -315,6 +321,10 @@ def req_historical(sim, s, f):
     if c["secType"].upper() == "BAG":
         _legs(sim, f)
     keep = f.bool()
+    if what not in ("TRADES", "MIDPOINT", "BID", "ASK", "BID_ASK", "ADJUSTED_LAST"):
+        s.error(req_id, 162, detail=f"HMDS query returned no data: {what} bars are not simulated "
+                                    f"(TRADES, MIDPOINT, BID, ASK, BID_ASK, ADJUSTED_LAST are)")
+        return
     inst, why = sim.resolve(c)
     if inst is None:
         s.error(req_id, 200)
@@ -697,7 +707,22 @@ def req_scanner(sim, s, f):
         out += [rank, inst.conId, inst.symbol, inst.secType, inst.lastTradeDate, inst.strike, inst.right, "SMART",
                 inst.currency, inst.localSymbol, inst.tradingClass, inst.tradingClass, "", "", f"{value:.4f}", ""]
     s.send(out)
-    s.scanners[req_id] = {"code": code}
+    s.scanners[req_id] = {"code": code, "rows": rows if 0 < rows < 1000 else 50, "above": above, "below": below,
+                          "above_volume": above_volume, "sent": [(i.conId, round(v, 4)) for i, v in results]}
+
+
+def scanner_update(sim, s, req_id: int, sub: dict) -> None:
+    """A live subscription is re-sent when its ranking changes, as TWS refreshes scanners."""
+    results = scan(sim, sub["code"], sub["rows"], sub["above"], sub["below"], sub["above_volume"]) or []
+    key = [(i.conId, round(v, 4)) for i, v in results]
+    if key == sub["sent"]:
+        return
+    sub["sent"] = key
+    out = [20, 3, req_id, len(results)]
+    for rank, (inst, value) in enumerate(results):
+        out += [rank, inst.conId, inst.symbol, inst.secType, inst.lastTradeDate, inst.strike, inst.right, "SMART",
+                inst.currency, inst.localSymbol, inst.tradingClass, inst.tradingClass, "", "", f"{value:.4f}", ""]
+    s.send(out)
 
 
 def scan(sim, code: str, rows: int, above, below, above_volume):

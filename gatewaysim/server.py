@@ -68,6 +68,7 @@ class Session:
         self.closed = False
         self.sent = 0
         self.rate: deque = deque()
+        self.rate_warned = 0.0
         self.peer = writer.get_extra_info("peername")
         sim.session_serial += 1
         self.serial = sim.session_serial
@@ -268,7 +269,8 @@ class GatewaySim:
         session.rate.append(now)
         while session.rate and now - session.rate[0] > 1.0:
             session.rate.popleft()
-        if len(session.rate) > self.max_rate:
+        if len(session.rate) > self.max_rate and now - session.rate_warned > 1.0:  # once a second, as TWS warns
+            session.rate_warned = now
             session.error(-1, 100, rec=len(session.rate))
         if session.clientId is None and msg_id != 71:
             raise ProtocolError(f"message {msg_id} ({name}) arrived before startApi")
@@ -466,6 +468,8 @@ class GatewaySim:
             if not quiet:
                 for reqId, h in list(s.hist_live.items()):
                     self._hist_update(s, reqId, h)
+                for reqId, sub in list(s.scanners.items()):
+                    scanner_update(self, s, reqId, sub)
 
     # ------------------------------------------------------------------ orders
     def match_all(self) -> None:
@@ -980,4 +984,4 @@ async def _as_coro(fn, *args, **kw):
     return result
 
 
-from .handlers import HANDLERS  # noqa: E402  (the handlers module needs the classes above)
+from .handlers import HANDLERS, scanner_update  # noqa: E402  (the handlers module needs the classes above)

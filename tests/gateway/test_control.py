@@ -145,3 +145,34 @@ def test_scanner_ranks_the_replayed_data(ib, sim):
                                                    scanCode="MOST_ACTIVE", numberOfRows=2))
     vols = sorted(((sim.quote(s).volume, s) for s in changes), reverse=True)
     assert [r.contractDetails.contract.symbol for r in active] == [s for _, s in vols[:2]]
+
+
+def test_a_scanner_subscription_is_refreshed_when_the_ranking_changes(ib, sim):
+    sub = ScannerSubscription(instrument="STK", locationCode="STK.US.MAJOR", scanCode="TOP_PERC_GAIN")
+    data = ib.reqScannerSubscription(sub)
+    ib.sleep(0.2)
+    assert list(data) == []  # every symbol of the sample closed down
+    sim.set_quote("INTC", last=30.0)
+    assert _wait(ib, lambda: [d.contractDetails.contract.symbol for d in data] == ["INTC"])
+    sim.set_quote("AAPL", last=200.0)
+    assert _wait(ib, lambda: [d.contractDetails.contract.symbol for d in data] == ["AAPL", "INTC"])
+    ib.cancelScannerSubscription(data)
+
+
+def test_historical_end_times_in_every_ib_form(make_sim, connect, expect_errors, error_guard):
+    import datetime as dt
+
+    expect_errors(162)
+    sim = make_sim(start="2019-11-08 12:00")
+    ib = connect(sim)
+    xsp = ib.qualifyContracts(Index("XSP", "CBOE"))[0]
+    forms = ["20191107 15:00:00 US/Eastern", "20191107-20:00:00", "20191107 20:00:00 UTC",
+             dt.datetime(2019, 11, 7, 20, 0, tzinfo=dt.timezone.utc)]
+    lasts = [ib.reqHistoricalData(xsp, end, f"{1800 + i * 60} S", "1 min", "TRADES", True)[-1].date
+             for i, end in enumerate(forms)]
+    assert len({d.astimezone(dt.timezone.utc) for d in lasts}) == 1
+    assert len(ib.reqHistoricalData(xsp, "2019-11-07 noon", "1800 S", "1 min", "TRADES", True)) == 0
+    assert len(ib.reqHistoricalData(xsp, "", "1800 S", "1 min", "HISTORICAL_VOLATILITY", True)) == 0
+    texts = [e["text"] for e in sim.events if e["kind"] == "error"]
+    assert any("end date/time '2019-11-07 noon'" in t for t in texts)
+    assert any("HISTORICAL_VOLATILITY bars are not simulated" in t for t in texts)

@@ -15,7 +15,6 @@ contract's description (the same contract has the same conId on every run).
 
 from __future__ import annotations
 
-import calendar as _cal
 import datetime as dt
 import zlib
 from dataclasses import dataclass, field, replace

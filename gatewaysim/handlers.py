@@ -8,7 +8,7 @@ import asyncio
 from . import encode as enc
 from .book import DONE, Order
 from .market import NY
-from .protocol import UNSET_DOUBLE, Fields, ProtocolError
+from .protocol import UNSET_DOUBLE, Fields
 
 HANDLERS: dict[int, tuple[str, object]] = {}
 
@@ -643,7 +643,7 @@ def req_all_open_orders(sim, s, f):
 
 @handles(99, "reqCompletedOrders")
 def req_completed(sim, s, f):
-    api_only = f.bool() if len(f) else False
+    # apiOnly is ignored: every order the simulator holds came through the API
     for o in sim.book.orders.values():
         if o.status in DONE:
             s.send(enc.completed_order(o, s.sv))
@@ -691,12 +691,15 @@ def req_executions(sim, s, f):
 def req_scanner(sim, s, f):
     req_id = f.int()
     rows = f.int()
-    instrument = f.str()
+    instrument = f.str().upper()
     f.str()  # locationCode
     code = f.str().upper()
     above = f.float(None)
     below = f.float(None)
     above_volume = f.int(0) if len(f) else 0
+    if instrument not in ("", "STK"):
+        s.error(req_id, 162, detail=f"Scanner: instrument {instrument!r} is not simulated (STK is)")
+        return
     results = scan(sim, code, rows if 0 < rows < 1000 else 50, above, below, above_volume)
     if results is None:
         s.error(req_id, 162, detail=f"Scanner: scan code {code!r} is not simulated (TOP_PERC_GAIN, TOP_PERC_LOSE, "

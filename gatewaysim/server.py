@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import encode as enc
-from .book import DONE, Book, Execution, Order, commission_for, ib_time
+from .book import Book, Execution, Order, commission_for, ib_time
 from .catalog import BAG_CONID, Catalog, Instrument, build_catalog
 from .market import NS, NY, Clock, Market, Quote, Series
 from .protocol import HELLO, MAX_VERSION, Fields, ProtocolError, frame, negotiate, split
@@ -279,7 +279,7 @@ class GatewaySim:
             log.info("ignoring unsupported message %s from clientId %s", msg_id, session.clientId)
             return
         try:
-            handler(self, session, Fields(fields[1:] if True else fields))
+            handler(self, session, Fields(fields[1:]))
         except ProtocolError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug must not end the simulator; the client sees 321

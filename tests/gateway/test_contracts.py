@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
-from ib_async import ContFuture, Contract, Future, Index, Option, Stock
+from ib_async import ContFuture, Future, Index, Option, Stock
 
 
 def test_stock_and_index_qualify_with_ib_fields(ib):

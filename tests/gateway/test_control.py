@@ -8,11 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from ib_async import IB, Index, MarketOrder, ScannerSubscription, Stock
+from ib_async import IB, Index, MarketOrder, ScannerSubscription
 
 from gatewaysim.control import CommandError, apply_command, load_scenario
 

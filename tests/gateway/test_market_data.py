@@ -4,10 +4,9 @@ ticks, 354/10167, historical bars, keepUpToDate, pacing (162)."""
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
-from ib_async import Index, Option, Stock, util
+from ib_async import Index, Option, Stock
 
 
 def test_snapshot_has_bid_ask_last_sizes_from_the_replayed_bars(ib, sim):
@@ -26,7 +25,6 @@ def test_streaming_ticks_follow_the_clock(make_sim, connect):
     xsp = ib.qualifyContracts(Index("XSP", "CBOE"))[0]
     ticker = ib.reqMktData(xsp)
     ib.sleep(0.3)
-    first = ticker.last
     seen = set()
     for _ in range(20):
         ib.sleep(0.1)

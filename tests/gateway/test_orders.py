@@ -4,7 +4,7 @@ BAG combos, what-if, completed orders, reqExecutions with a filter, positions/po
 from __future__ import annotations
 
 import pytest
-from ib_async import (ComboLeg, Contract, ExecutionFilter, LimitOrder, MarketOrder, Option, Order, Stock,
+from ib_async import (ComboLeg, Contract, ExecutionFilter, LimitOrder, MarketOrder, Option, Stock,
                       StopLimitOrder, StopOrder, TagValue)
 
 
@@ -94,7 +94,6 @@ def test_cancel_sends_cancelled_and_202(ib, sim, expect_errors, error_guard):
     ib.cancelOrder(trade.order)
     assert _wait(ib, lambda: trade.orderStatus.status == "Cancelled")
     assert _wait(ib, lambda: 202 in error_guard.codes())
-    bogus = Order(orderId=99999, action="BUY", totalQuantity=1, orderType="LMT", lmtPrice=1.0)
     ib.client.cancelOrder(99999, "")
     assert _wait(ib, lambda: 10147 in error_guard.codes())
 

@@ -159,3 +159,13 @@ def portfolio(account: str, inst: Instrument, qty: float, price: float, avg_cost
     return [7, 8, inst.conId, inst.symbol, inst.secType, inst.lastTradeDate, inst.strike, inst.right,
             inst.multiplier_text, inst.exchange, inst.currency, inst.localSymbol, inst.tradingClass, qty, price,
             round(qty * price * inst.multiplier, 2), avg_cost, round(unrealized, 2), round(realized, 2), account]
+
+
+def scanner_data(reqId: int, results) -> list:
+    """scannerData (20): rank, the contract, marketName, tradingClass, distance, benchmark,
+    projection (the ranked value: % change or volume) and legs per row."""
+    out = [20, 3, reqId, len(results)]
+    for rank, (inst, value) in enumerate(results):
+        out += [rank, inst.conId, inst.symbol, inst.secType, inst.lastTradeDate, inst.strike, inst.right, "SMART",
+                inst.currency, inst.localSymbol, inst.tradingClass, inst.tradingClass, "", "", f"{value:.4f}", ""]
+    return out

@@ -623,22 +623,22 @@ def global_cancel(sim, s, f):
             sim.cancel_order(o)
 
 
-@handles(5, "reqOpenOrders")
-def req_open_orders(sim, s, f):
+def _open_orders(sim, s, every_client: bool) -> None:
     for o in sim.book.orders.values():
-        if o.is_working and o.clientId == s.clientId:
+        if o.is_working and (every_client or o.clientId == s.clientId):
             s.send(enc.open_order(o, s.sv))
             s.send(enc.order_status(o))
     s.send([53, 1])
+
+
+@handles(5, "reqOpenOrders")
+def req_open_orders(sim, s, f):
+    _open_orders(sim, s, every_client=False)
 
 
 @handles(16, "reqAllOpenOrders")
 def req_all_open_orders(sim, s, f):
-    for o in sim.book.orders.values():
-        if o.is_working:
-            s.send(enc.open_order(o, s.sv))
-            s.send(enc.order_status(o))
-    s.send([53, 1])
+    _open_orders(sim, s, every_client=True)
 
 
 @handles(99, "reqCompletedOrders")
@@ -705,11 +705,7 @@ def req_scanner(sim, s, f):
         s.error(req_id, 162, detail=f"Scanner: scan code {code!r} is not simulated (TOP_PERC_GAIN, TOP_PERC_LOSE, "
                                     f"MOST_ACTIVE, HOT_BY_VOLUME)")
         return
-    out = [20, 3, req_id, len(results)]
-    for rank, (inst, value) in enumerate(results):
-        out += [rank, inst.conId, inst.symbol, inst.secType, inst.lastTradeDate, inst.strike, inst.right, "SMART",
-                inst.currency, inst.localSymbol, inst.tradingClass, inst.tradingClass, "", "", f"{value:.4f}", ""]
-    s.send(out)
+    s.send(enc.scanner_data(req_id, results))
     s.scanners[req_id] = {"code": code, "rows": rows if 0 < rows < 1000 else 50, "above": above, "below": below,
                           "above_volume": above_volume, "sent": [(i.conId, round(v, 4)) for i, v in results]}
 
@@ -721,11 +717,7 @@ def scanner_update(sim, s, req_id: int, sub: dict) -> None:
     if key == sub["sent"]:
         return
     sub["sent"] = key
-    out = [20, 3, req_id, len(results)]
-    for rank, (inst, value) in enumerate(results):
-        out += [rank, inst.conId, inst.symbol, inst.secType, inst.lastTradeDate, inst.strike, inst.right, "SMART",
-                inst.currency, inst.localSymbol, inst.tradingClass, inst.tradingClass, "", "", f"{value:.4f}", ""]
-    s.send(out)
+    s.send(enc.scanner_data(req_id, results))
 
 
 def scan(sim, code: str, rows: int, above, below, above_volume):

@@ -147,3 +147,21 @@ def test_cli_prints_one_line_serves_and_stops_on_sigterm(tmp_path):
     assert proc.returncode == 0
     assert out == ""  # the one line only
     assert "Traceback" not in err and "stopped" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--speed", "0"], "--speed must be positive"),
+    (["--scenario", "{missing}"], "no such file"),
+])
+def test_cli_bad_options_exit_2(tmp_path, args, message):
+    args = [a.replace("{missing}", str(tmp_path / "none.yaml")) for a in args]
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "gateway-sim", "--port", "0", *args],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_port_in_use_exits_2(sim):
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "gateway-sim", "--port", str(sim.port)],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{sim.port}" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -14,6 +14,7 @@ Commands (arguments in brackets are optional):
   set_entitlement symbol live                                   set_fill_mode mode
   fill_order orderId qty [price]                                cancel orderId [reason]
   advance seconds            set_position symbol qty avg_price  inject_error reqId code text
+  seed_order symbol_or_conid action qty [order_type] [lmt_price] [aux_price] [order_ref] [clientId]
   now                        record                             dump path
 
 Scenario file: a list of steps, each ``{after: SECONDS, cmd: NAME, ...arguments}``; `after` is
@@ -40,7 +41,7 @@ COMMANDS = ("drop_connection", "restart", "stop_ticks", "resume_ticks", "connect
             "hold_client_id", "reject_next_order", "partial_fill_then_cancel", "nan_quotes", "whatif_unset_margin",
             "delay_positions", "pacing_violation", "set_max_lines", "set_max_rate", "commissions",
             "correct_execution", "set_quote", "set_entitlement", "set_fill_mode", "fill_order", "cancel", "advance",
-            "set_position", "inject_error")
+            "set_position", "seed_order", "inject_error")
 
 
 class CommandError(Exception):

@@ -431,6 +431,9 @@ def parse_order(sim, s, f: Fields) -> tuple[int, dict, dict]:
 @handles(3, "placeOrder")
 def place_order(sim, s, f):
     order_id, c, spec = parse_order(sim, s, f)
+    sim.received[-1]["order"] = {"orderId": order_id, "symbol": c["symbol"], "secType": c["secType"],
+                                 **{k: spec[k] for k in ("action", "totalQuantity", "orderType", "lmtPrice",
+                                                         "auxPrice", "orderRef", "whatIf", "transmit", "parentId")}}
     book = sim.book
     key = (s.clientId, order_id)
     if spec["whatIf"]:

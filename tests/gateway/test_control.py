@@ -175,3 +175,23 @@ def test_historical_end_times_in_every_ib_form(make_sim, connect, expect_errors,
     texts = [e["text"] for e in sim.events if e["kind"] == "error"]
     assert any("end date/time '2019-11-07 noon'" in t for t in texts)
     assert any("HISTORICAL_VOLATILITY bars are not simulated" in t for t in texts)
+
+
+def test_state_from_an_earlier_run_is_adopted_on_connect(sim, connect):
+    sim.set_position("AAPL", 100, 150.0)
+    oid = sim.seed_order("SPY", "BUY", 10, "LMT", 100.0, order_ref="qtrade:old", clientId=1)
+    ib = connect(sim, clientId=1)
+    assert [(p.contract.symbol, p.position, p.avgCost) for p in ib.positions()] == [("AAPL", 100.0, 150.0)]
+    trades = ib.openTrades()
+    assert [(t.order.orderId, t.order.orderRef, t.orderStatus.status) for t in trades] == [(oid, "qtrade:old", "Submitted")]
+    assert ib.client.getReqId() > oid  # nextValidId is past the seeded order
+
+
+def test_the_record_tells_what_if_from_real_orders(ib, sim):
+    spy = _spy(ib)
+    ib.whatIfOrder(spy, MarketOrder("BUY", 10))
+    trade = ib.placeOrder(spy, MarketOrder("SELL", 5, orderRef="qtrade:x"))
+    assert _wait(ib, lambda: trade.orderStatus.status == "Filled")
+    orders = [m["order"] for m in sim.messages("placeOrder")]
+    assert [(o["action"], o["totalQuantity"], o["whatIf"], o["orderRef"]) for o in orders] == [
+        ("BUY", 10.0, True, ""), ("SELL", 5.0, False, "qtrade:x")]

@@ -135,7 +135,7 @@ class GatewaySim:
 
     def __init__(self, data=None, *, account: str = "DU1234567", speed: float = 1.0, start=None,
                  cash: float = 1_000_000.0, max_lines: int = 100, max_rate: int = 50, tick_interval: float = 0.2,
-                 instrument_map: dict | None = None, host: str = "127.0.0.1"):
+                 instrument_map: dict | None = None, host: str = "127.0.0.1", record_limit: int = 1_000_000):
         from .data import load_data
 
         self.data_dir, frames = load_data(data)
@@ -158,7 +158,8 @@ class GatewaySim:
         self.tick_interval = tick_interval
         self.sessions: list[Session] = []
         self.session_serial = 0
-        self.received: list[dict] = []
+        self.received: deque = deque(maxlen=record_limit)  # the oldest messages go first on a long run
+        self.received_total = 0
         self.events: list[dict] = []
         self.sent_count = 0
         self.fill_mode = "auto"
@@ -247,7 +248,9 @@ class GatewaySim:
     def record(self) -> dict:
         """Everything the venue knows: messages received, orders, executions, positions, events."""
         def build():
-            return {"received": list(self.received), "events": list(self.events), **self.book.to_json()}
+            return {"received": list(self.received), "received_total": self.received_total,
+                    "received_dropped": self.received_total - len(self.received), "events": list(self.events),
+                    **self.book.to_json()}
         return self.call(build)
 
     def dump_json(self, path) -> None:
@@ -263,6 +266,7 @@ class GatewaySim:
         except ValueError:
             raise ProtocolError(f"message id {fields[0]!r} is not a number")
         name = HANDLERS.get(msg_id, (f"unknown_{msg_id}", None))[0]
+        self.received_total += 1
         self.received.append({"t": self.clock.now().isoformat(), "wall": time.time(), "clientId": session.clientId,
                               "id": msg_id, "name": name, "fields": fields})
         now = time.monotonic()
@@ -422,7 +426,7 @@ class GatewaySim:
             if full or line.sent.get(("p", t)) != v:
                 line.sent[("p", t)] = v
                 s.send([1, 6, rid, tid(t), v, 0, 0])
-        if q.greeks and not q.nan:
+        if q.greeks and not q.nan and all(math.isfinite(g) for g in q.greeks):
             iv, delta, opt, gamma, vega, theta, und = q.greeks
             prices = {"bid": q.bid, "ask": q.ask, "last": q.last, "model": opt}
             if full or line.sent.get("g") != q.greeks:

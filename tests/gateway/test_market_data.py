@@ -158,3 +158,16 @@ def test_futures_quote_from_their_bars_with_carry_and_the_micro_follows(make_sim
     assert front.ask - front.bid == pytest.approx(0.25) and front.bid <= front.last <= front.ask  # one tick
     assert second.last > front.last  # carry for the later month
     assert micro.last == pytest.approx(front.last, abs=0.25)
+
+
+def test_six_small_bar_requests_in_two_seconds_is_a_pacing_violation(make_sim, connect, expect_errors):
+    expect_errors(162)
+    sim = make_sim(start="2019-11-08 12:00")
+    ib = connect(sim)
+    xsp = ib.qualifyContracts(Index("XSP", "CBOE"))[0]
+    for i in range(6):
+        ib.reqHistoricalData(xsp, "", f"{300 + i * 30} S", "30 secs", "TRADES", True)
+    texts = [e["text"] for e in sim.events if e["kind"] == "error" and e["code"] == 162]
+    assert len(texts) == 6
+    assert all("HMDS query returned no data" in t for t in texts[:5])  # the sample has no 30 s bars
+    assert "pacing violation" in texts[5]

@@ -33,7 +33,6 @@ PROXIES = {"SPX": ("XSP", 10.0), "ES": ("SPX", 1.0), "MES": ("ES", 1.0), "MNQ": 
            "NDX": ("NQ", 1.0), "XSP": ("SPX", 0.1)}
 BAG_CONID = 28812380
 CARRY = 0.05
-_INSTRUMENTS = Path(__file__).resolve().parents[1] / "universes" / "instruments.yaml"
 
 
 @dataclass
@@ -143,7 +142,11 @@ def option_expiries(today: dt.date, cycle: str) -> list[dt.date]:
     return sorted(days)
 
 
-def load_instrument_map(path: Path = _INSTRUMENTS) -> dict:
+def load_instrument_map(path: Path | None = None) -> dict:
+    """universes/instruments.yaml (the copy installed with the engine, else the source tree's)."""
+    if path is None:
+        from engine.config.documents import bundled_instruments_path
+        path = bundled_instruments_path()
     with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh) or {}
 

@@ -18,6 +18,9 @@ def load_data(path=None):
     from engine.market.bars import load_bars
 
     where = Path(path) if path is not None else SAMPLE
+    if path is None and not where.exists():
+        raise DataError(f"the bundled sample ({SAMPLE}) is not here: qtrade was installed without its source "
+                        f"tree's strategies/data; give --data DIR (a folder of SYMBOL.csv files)")
     if not where.exists():
         raise DataError(f"--data {where}: no such file or directory; give a folder of SYMBOL.csv files "
                         f"(e.g. strategies/data) or leave --data out to replay the bundled sample")

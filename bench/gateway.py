@@ -6,7 +6,8 @@ Prints three figures:
   2. messages per second the simulator sustains, both ways over one socket: a raw TWS API client
      (not ib_async, which throttles itself to 45 requests/s) sends --messages reqCurrentTime
      requests in one burst and reads every answer; and server -> client, the ticks ib_async
-     receives per second from 40 streaming lines replayed at --stream-speed;
+     receives per second from --lines streaming option lines replayed at --stream-speed, at the
+     default tick interval (0.2 s) and at --fast-interval;
   3. a replayed trading day of minute bars at --speed 60: the simulated 09:30-16:00 session of the
      bundled XSP minutes is 390 minutes, i.e. 6.5 wall minutes at 60x; the figure run here is
      the measured clock rate (simulated seconds per wall second while ticks stream and a
@@ -78,14 +79,14 @@ def raw_round_trips(port: int, n: int) -> float:
     return 2 * n / elapsed  # n requests in, n answers out
 
 
-def tick_rate(sim: GatewaySim, port: int, seconds: float) -> float:
+def tick_rate(sim: GatewaySim, port: int, seconds: float, lines: int) -> float:
     from ib_async import IB, Option
 
     ib = IB()
     ib.connect("127.0.0.1", port, clientId=300, timeout=4)
     chain = sim.catalog.chains[next(i.conId for i in sim.catalog.underlyings() if i.symbol == "SPY")]
     contracts = [Option(conId=inst.conId, exchange="SMART") for inst in sim.catalog.by_conid.values()
-                 if inst.secType == "OPT" and inst.symbol == "SPY" and inst.lastTradeDate == chain["expiries"][0]][:40]
+                 if inst.secType == "OPT" and inst.symbol == "SPY" and inst.lastTradeDate in chain["expiries"][:3]][:lines]
     contracts = ib.qualifyContracts(*contracts)
     count = [0]
 
@@ -136,6 +137,8 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--stream-seconds", type=float, default=5.0)
     ap.add_argument("--stream-speed", type=float, default=600.0)
+    ap.add_argument("--lines", type=int, default=100)
+    ap.add_argument("--fast-interval", type=float, default=0.01)
     ap.add_argument("--day-sample", type=float, default=10.0)
     ap.add_argument("--full-day", action="store_true")
     args = ap.parse_args()
@@ -147,8 +150,11 @@ def main() -> None:
           f"max {max(times) * 1000:.1f} ms")
     rate = raw_round_trips(port, args.messages)
     print(f"messages both ways over one socket ({args.messages} reqCurrentTime + answers): {rate:,.0f} msg/s")
-    ticks = tick_rate(sim, port, args.stream_seconds)
-    print(f"ticks to ib_async from 40 streaming option lines at {args.stream_speed:g}x: {ticks:,.0f} ticks/s")
+    ticks = tick_rate(sim, port, args.stream_seconds, args.lines)
+    sim.tick_interval = args.fast_interval
+    fast = tick_rate(sim, port, args.stream_seconds, args.lines)
+    print(f"ticks to ib_async from {args.lines} streaming option lines at {args.stream_speed:g}x: {ticks:,.0f} "
+          f"ticks/s (tick interval 0.2 s), {fast:,.0f} ticks/s (interval {args.fast_interval:g} s)")
     sim.stop_thread()
     rate, day, new_bars, last = day_at_speed(args.day_sample, args.full_day)
     what = "whole session" if args.full_day else f"{args.day_sample:g} s sample"

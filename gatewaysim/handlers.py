@@ -451,9 +451,6 @@ def place_order(sim, s, f):
         else:
             s.error(order_id, 103)
         return
-    if existing is None and order_id < book.next_valid_id and any(k[1] == order_id for k in book.orders):
-        s.error(order_id, 103)
-        return
     inst, legs = None, []
     if c["secType"].upper() == "BAG":
         for leg in spec["legs"]:

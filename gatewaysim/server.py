@@ -410,7 +410,8 @@ class GatewaySim:
             key = ("p", t)
             if full or line.sent.get(key) != (price, size):
                 line.sent[key] = (price, size)
-                s.send([1, 6, rid, tid(t), price, size if price > 0 else 0, 0])
+                live = not q.nan and (price > 0 or line.inst is None)  # combos may price at a credit
+                s.send([1, 6, rid, tid(t), price, size if live else 0, 0])
         sizes = {0: q.bidSize, 3: q.askSize, 5: q.lastSize, 8: q.volume}
         for t, v in sizes.items():
             if line.inst is not None and line.inst.secType == "IND" and t in (0, 3):

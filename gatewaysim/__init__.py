@@ -48,8 +48,17 @@ Fill rules (checked when an order arrives and on every tick, every `tick_interva
   * `set_fill_mode("never"|"manual")` stops automatic fills; `fill_order(orderId, qty, price)`
     fills by hand (partial fills), `partial_fill_then_cancel(qty)` fills qty then cancels (202).
   Commissions: stocks 0.005/share (min 1.00, max 1 % of value), options 0.65/contract, futures
-  2.25 (micros 0.62) per contract. What-if margin: 25 % of stock value, 100 % of option premium,
+  2.25 (micros 0.62) per contract. A closing fill's commissionReport carries its realized P&L
+  before commissions ((price - average price) x quantity x multiplier); positions' avgCost is
+  the average price x multiplier, commissions not included. What-if margin: 25 % of stock value, 100 % of option premium,
   6 % of futures notional, spread width x 100 for a credit combo.
+
+Bars. reqHistoricalData answers from the replayed bars (resampled with the engine's resample to
+the requested size; only bars complete at simulated now; nothing finer than the data), with
+IB's pacing rules in wall-clock time: an identical request within 15 s, a sixth request for one
+contract and type within 2 s or a 61st within 10 minutes (the last two for bars under a
+minute) is a 162 pacing violation. keepUpToDate pushes each newly completed bar;
+reqRealTimeBars sends a 5-second bar for every 5 simulated seconds, sampled from the price path.
 
 Everything the simulator receives, and every order, execution, position and fault it holds, is
 kept in its record: `sim.record()` (a dict) and `sim.dump_json(path)`.

@@ -22,6 +22,7 @@ IB_ERRORS = {
     354: "Requested market data is not subscribed. Check API status by selecting the Account menu then under "
          "Management choose Market Data Subscription Manager and/or by selecting Edit, Global Configuration, "
          "API, Settings and enabling 'Market data API'.",
+    420: "Invalid Real-time Query:{detail}",
     366: "No historical data query found for ticker id:{tickerId}",
     1100: "Connectivity between IB and Trader Workstation has been lost.",
     1101: "Connectivity between IB and Trader Workstation has been restored - data lost.",

@@ -369,6 +369,55 @@ def cancel_historical(sim, s, f):
         pass  # a finished, non-streaming request: TWS ignores the cancel
 
 
+@handles(50, "reqRealTimeBars")
+def req_realtime_bars(sim, s, f):
+    f.int()
+    req_id = f.int()
+    c = f.contract()
+    size = f.int()
+    what = f.str().upper()
+    inst, _ = sim.resolve(c)
+    if inst is None:
+        s.error(req_id, 200)
+        return
+    if size != 5:
+        s.error(req_id, 321, part="bS", cause=f"Invalid bar size {size}: real-time bars are 5 seconds")
+        return
+    if inst.secType == "OPT" or what not in ("TRADES", "MIDPOINT", "BID", "ASK"):
+        s.error(req_id, 420, f"Invalid Real-time Query:{what} real-time bars are not simulated for {inst.describe()}")
+        return
+    now = sim.clock.now_ns()
+    s.realtime[req_id] = {"inst": inst, "what": what, "next": now - now % (5 * 10 ** 9)}
+
+
+@handles(51, "cancelRealTimeBars")
+def cancel_realtime_bars(sim, s, f):
+    f.int()
+    s.realtime.pop(f.int(), None)
+
+
+def realtime_update(sim, s, req_id: int, sub: dict) -> None:
+    """Every 5 simulated seconds that have passed: one bar sampled from the replayed price path."""
+    step = 5 * 10 ** 9
+    now = sim.clock.now_ns()
+    sent = 0
+    while sub["next"] + step <= now and sent < 100:
+        t0 = sub["next"]
+        prices = [sim.market.quote(sub["inst"], t0 + k * step // 5).last for k in range(6)]
+        prices = [p for p in prices if p == p]
+        if prices:
+            o, c = prices[0], prices[-1]
+            series = sim.series.get(sub["inst"].price_source)
+            vol = 0
+            if series is not None and sub["what"] == "TRADES":
+                i = series.index(t0)
+                vol = int(series.v[i] * 5 / max(series.bar_ns / 1e9, 5)) if i >= 0 else 0
+            s.send([50, 3, req_id, t0 // 10 ** 9, o, max(prices), min(prices), c, vol,
+                    round(sum(prices) / len(prices), 4), max(vol // 100, 1) if vol else 0])
+        sub["next"] = t0 + step
+        sent += 1
+
+
 @handles(87, "reqHeadTimeStamp")
 def req_head_timestamp(sim, s, f):
     import pandas as pd

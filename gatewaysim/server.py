@@ -64,6 +64,7 @@ class Session:
         self.summary_subs: dict[int, set] = {}
         self.hist_live: dict[int, dict] = {}
         self.scanners: dict[int, dict] = {}
+        self.realtime: dict[int, dict] = {}
         self.data_type = 1
         self.closed = False
         self.sent = 0
@@ -475,6 +476,8 @@ class GatewaySim:
                     self._hist_update(s, reqId, h)
                 for reqId, sub in list(s.scanners.items()):
                     scanner_update(self, s, reqId, sub)
+                for reqId, sub in list(s.realtime.items()):
+                    realtime_update(self, s, reqId, sub)
 
     # ------------------------------------------------------------------ orders
     def match_all(self) -> None:
@@ -1011,4 +1014,4 @@ async def _as_coro(fn, *args, **kw):
     return result
 
 
-from .handlers import HANDLERS, scanner_update  # noqa: E402  (the handlers module needs the classes above)
+from .handlers import HANDLERS, realtime_update, scanner_update  # noqa: E402  (the handlers module needs the classes above)

@@ -171,3 +171,28 @@ def test_six_small_bar_requests_in_two_seconds_is_a_pacing_violation(make_sim, c
     assert len(texts) == 6
     assert all("HMDS query returned no data" in t for t in texts[:5])  # the sample has no 30 s bars
     assert "pacing violation" in texts[5]
+
+
+def test_realtime_5_second_bars_follow_the_replayed_path(make_sim, connect):
+    sim = make_sim(speed=120, start="2019-11-08 10:00")
+    ib = connect(sim)
+    xsp = ib.qualifyContracts(Index("XSP", "CBOE"))[0]
+    bars = ib.reqRealTimeBars(xsp, 5, "TRADES", True)
+    assert _wait_for(ib, lambda: len(bars) >= 6)
+    times = [b.time for b in bars]
+    assert all((b - a).total_seconds() == 5 for a, b in zip(times, times[1:]))
+    for b in bars:
+        assert b.low <= min(b.open_, b.close) and b.high >= max(b.open_, b.close)
+        assert b.volume > 0
+    src = sim.series["XSP"]
+    t = int(times[0].timestamp() * 10 ** 9)
+    assert bars[0].open_ == pytest.approx(src.price(t)[0], abs=0.011)
+    ib.cancelRealTimeBars(bars)
+
+
+def _wait_for(ib, cond, timeout=3.0):
+    waited = 0.0
+    while not cond() and waited < timeout:
+        ib.sleep(0.05)
+        waited += 0.05
+    return cond()

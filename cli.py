@@ -752,6 +752,21 @@ def _describe_order(info: dict, timezone: str) -> str:
     return line + (f"\n    why: rule '{info['rule']}' fired: {info['why']}" if info.get("why") else "")
 
 
+@main.command("gateway-sim")
+@click.option("--port", type=click.IntRange(0, 65535), default=7497, show_default=True, help="TCP port (0: any free one).")
+@click.option("--data", "data", type=click.Path(), help="Bars to replay (default: the bundled sample, strategies/data).")
+@click.option("--account", default="DU1234567", show_default=True, help="The simulated account code.")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="Simulated seconds per wall second.")
+@click.option("--scenario", type=click.Path(), help="YAML list of timed fault steps.")
+@click.option("--control-port", type=click.IntRange(0, 65535), help="Also take line-based JSON commands here.")
+def gateway_sim(port, data, account, speed, scenario, control_port):
+    """Run a local IB Gateway simulator that ib_async connects to (faults on command)."""
+    import gatewaysim
+
+    sys.exit(gatewaysim.main(port=port, data=data, account=account, speed=speed, scenario=scenario,
+                             control_port=control_port))
+
+
 @main.command()
 @click.argument("strategy", type=click.Path())
 @click.option("--from", "start", metavar="YYYY-MM-DD", help="First day (default: today).")

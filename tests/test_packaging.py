@@ -13,7 +13,8 @@ tomllib = pytest.importorskip("tomllib")
 def test_every_engine_package_is_installed():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     listed = set(config["tool"]["setuptools"]["packages"])
-    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "engine").rglob("__init__.py")}
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts)
+               for top in ("engine", "gatewaysim") for p in (ROOT / top).rglob("__init__.py")}
     assert on_disk <= listed, f"missing from pyproject packages: {sorted(on_disk - listed)}"
     data = config["tool"]["setuptools"]["package-data"]
     assert "templates/*.j2" in data["engine.report"] and "*.lark" in data["engine.dsl"]

@@ -1,0 +1,243 @@
+"""The simulated clock and the market model: prices replayed from bars, quotes from a spread
+model, option quotes and greeks from Black-Scholes on a volatility smile.
+
+Clock: simulated time = start + (wall time since start) x speed, plus whatever `advance()` added.
+Price path inside a bar: open -> low -> high -> close when the bar closed up, open -> high -> low
+-> close when it closed down, linear in time over the bar; a daily bar spans 09:30-16:00 New York.
+Before a symbol's first bar it sits at that bar's open, after its last bar at the last close.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from engine.market import options as bsm
+from engine.market.chains import Skew, Spread
+
+from .catalog import CARRY, Instrument
+
+NY = ZoneInfo("America/New_York")
+NS = 1_000_000_000
+DAY_NS = 86400 * NS
+OPEN_NS = (9 * 3600 + 1800) * NS
+CLOSE_NS = 16 * 3600 * NS
+
+
+class Clock:
+    def __init__(self, start: dt.datetime, speed: float = 1.0):
+        if start.tzinfo is None:
+            raise ValueError("the clock's start must be timezone-aware")
+        self.start_ns = int(start.timestamp() * NS)
+        self.speed = float(speed)
+        self.wall0 = time.monotonic()
+        self.offset_ns = 0
+
+    def now_ns(self) -> int:
+        return self.start_ns + int((time.monotonic() - self.wall0) * self.speed * NS) + self.offset_ns
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.now_ns() / NS, tz=dt.timezone.utc)
+
+    def advance(self, seconds: float) -> None:
+        self.offset_ns += int(seconds * NS)
+
+    def set_speed(self, speed: float) -> None:
+        now = self.now_ns()
+        self.speed = float(speed)
+        self.wall0 = time.monotonic()
+        self.start_ns, self.offset_ns = now, 0
+
+
+@dataclass
+class Quote:
+    bid: float
+    ask: float
+    last: float
+    bidSize: float
+    askSize: float
+    lastSize: float
+    volume: float
+    close: float  # previous session's close
+    open: float
+    high: float
+    low: float
+    greeks: tuple | None = None  # (iv, delta, optPrice, gamma, vega/pt, theta/day, undPrice)
+    nan: bool = False
+
+
+class Series:
+    """One symbol's bars as arrays, with per-day running open/high/low/volume and prior close."""
+
+    def __init__(self, frame: pd.DataFrame):
+        idx = frame.index
+        self.t = idx.tz_convert("UTC").as_unit("ns").asi8.astype(np.int64)
+        self.o = frame["open"].to_numpy(float)
+        self.h = frame["high"].to_numpy(float)
+        self.l = frame["low"].to_numpy(float)
+        self.c = frame["close"].to_numpy(float)
+        v = frame["volume"].to_numpy(float)
+        self.v = np.where(np.isfinite(v), v, 0.0)
+        self.frame = frame
+        gaps = np.diff(self.t)
+        self.bar_ns = int(np.median(gaps)) if gaps.size else DAY_NS
+        self.daily = self.bar_ns >= 20 * 3600 * NS
+        local = idx.tz_convert(NY).as_unit("ns")
+        days = np.asarray(local.normalize().as_unit("ns").asi8)
+        self.day = days
+        starts = np.r_[0, np.flatnonzero(days[1:] != days[:-1]) + 1]
+        self.day_start = np.repeat(starts, np.diff(np.r_[starts, len(days)]))
+        # running values within the day, through bar i inclusive
+        self.run_high = np.empty_like(self.h)
+        self.run_low = np.empty_like(self.l)
+        self.run_vol = np.empty_like(self.v)
+        for s, e in zip(starts, np.r_[starts[1:], len(days)]):
+            self.run_high[s:e] = np.maximum.accumulate(self.h[s:e])
+            self.run_low[s:e] = np.minimum.accumulate(self.l[s:e])
+            self.run_vol[s:e] = np.cumsum(self.v[s:e])
+        prev_close = np.full(len(days), np.nan)
+        for k, s in enumerate(starts):
+            prev_close[s:(starts[k + 1] if k + 1 < len(starts) else len(days))] = self.c[s - 1] if s > 0 else self.o[0]
+        self.prev_close = prev_close
+        closes = pd.Series(self.c, index=days).groupby(level=0).last().to_numpy()
+        rets = np.diff(np.log(closes[closes > 0]))
+        if rets.size >= 5:
+            vol = float(np.std(rets[-60:]) * math.sqrt(252))
+        else:
+            r = np.diff(np.log(self.c[self.c > 0]))
+            per_year = 252 * 6.5 * 3600 * NS / max(self.bar_ns, 1)
+            vol = float(np.std(r) * math.sqrt(per_year)) if r.size > 2 else 0.2
+        self.vol = min(max(vol if math.isfinite(vol) else 0.2, 0.08), 1.5)
+
+    def span(self, i: int) -> tuple[int, int]:
+        if self.daily:
+            return int(self.day[i]) + OPEN_NS, int(self.day[i]) + CLOSE_NS
+        return int(self.t[i]), int(self.t[i]) + self.bar_ns
+
+    def index(self, t_ns: int) -> int:
+        return int(np.searchsorted(self.t, t_ns, side="right")) - 1
+
+    def price(self, t_ns: int) -> tuple[float, int]:
+        """(price, bar index) at t; index -1 before the first bar."""
+        i = self.index(t_ns)
+        if i < 0:
+            return float(self.o[0]), -1
+        start, end = self.span(i)
+        if t_ns <= start:
+            return (float(self.c[i - 1]) if i > 0 else float(self.o[i])), i
+        if t_ns >= end:
+            return float(self.c[i]), i
+        f = (t_ns - start) / (end - start)
+        o, h, l, c = self.o[i], self.h[i], self.l[i], self.c[i]
+        path = (o, l, h, c) if c >= o else (o, h, l, c)
+        seg = min(int(f * 3), 2)
+        g = f * 3 - seg
+        return float(path[seg] + (path[seg + 1] - path[seg]) * g), i
+
+
+def round_tick(price: float, tick: float, up: bool | None = None) -> float:
+    units = price / tick
+    units = math.ceil(units - 1e-9) if up else math.floor(units + 1e-9) if up is False else round(units)
+    return round(units * tick, 10)
+
+
+class Market:
+    """Quotes for any catalog instrument at any simulated time."""
+
+    def __init__(self, series: dict[str, Series], clock: Clock):
+        self.series = series
+        self.clock = clock
+        self.pinned: dict[int, dict] = {}  # conId -> fixed values set from the API
+        self.nan: set[str] = set()  # symbols answering NaN/empty quotes
+        self.skew = Skew()
+        self.spread = Spread()
+
+    def underlying_price(self, inst: Instrument, t_ns: int | None = None) -> tuple[float, Series, int]:
+        t = self.clock.now_ns() if t_ns is None else t_ns
+        s = self.series[inst.price_source]
+        p, i = s.price(t)
+        p *= inst.price_factor
+        if inst.secType == "FUT" and inst.carry_days:
+            p *= 1.0 + CARRY * inst.carry_days / 365.0
+        return p, s, i
+
+    def quote(self, inst: Instrument, t_ns: int | None = None) -> Quote:
+        t = self.clock.now_ns() if t_ns is None else t_ns
+        if inst.secType == "OPT":
+            q = self._option(inst, t)
+        else:
+            p, s, i = self.underlying_price(inst, t)
+            f = inst.price_factor * ((1.0 + CARRY * inst.carry_days / 365.0) if inst.secType == "FUT" else 1.0)
+            last = round_tick(p, inst.minTick)
+            if inst.secType == "IND":
+                bid = ask = -1.0
+                bsz = asz = 0.0
+            elif inst.secType == "FUT":  # a one-tick market, the last trade on one side of it
+                bid = round_tick(p, inst.minTick, up=False)
+                ask = round(bid + inst.minTick, 10)
+                last = bid if p - bid < ask - p else ask
+                bsz = float(1 + (i * 37 + 11) % 30)
+                asz = float(1 + (i * 53 + 7) % 30)
+            else:
+                half = max(inst.minTick, round_tick(p * 0.0001, inst.minTick))
+                bid, ask = round_tick(last - half, inst.minTick, up=False), round_tick(last + half, inst.minTick, up=True)
+                if bid >= last:
+                    bid = round(last - inst.minTick, 10)
+                if ask <= last:
+                    ask = round(last + inst.minTick, 10)
+                bsz = float(1 + (i * 37 + 11) % 30) * (100 if inst.secType == "STK" else 1)
+                asz = float(1 + (i * 53 + 7) % 30) * (100 if inst.secType == "STK" else 1)
+            if i >= 0:
+                vol = float(s.run_vol[i])
+                prev, opn = float(s.prev_close[i]) * f, float(s.o[s.day_start[i]]) * f
+                hi, lo = max(float(s.run_high[i]) * f, last), min(float(s.run_low[i]) * f, last)
+            else:
+                vol, prev, opn, hi, lo = 0.0, last, last, last, last
+            q = Quote(bid=bid, ask=ask, last=last, bidSize=bsz, askSize=asz, lastSize=float(max(1, (i * 7) % 5)) * (100 if inst.secType == "STK" else 1),
+                      volume=vol, close=round_tick(prev, inst.minTick), open=round_tick(opn, inst.minTick),
+                      high=round_tick(hi, inst.minTick), low=round_tick(lo, inst.minTick))
+        pin = self.pinned.get(inst.conId)
+        if pin:
+            for k, v in pin.items():
+                setattr(q, k, v)
+        if inst.symbol in self.nan or inst.underSymbol in self.nan:
+            q.bid = q.ask = -1.0
+            q.bidSize = q.askSize = 0.0
+            q.last = float("nan")
+            q.nan = True
+        return q
+
+    def _option(self, inst: Instrument, t: int) -> Quote:
+        und_price, s, i = self.underlying_price(inst, t)
+        expiry = dt.datetime.strptime(inst.lastTradeDate, "%Y%m%d").replace(hour=16, tzinfo=NY)
+        T = max((expiry.timestamp() * NS - t) / (365.0 * DAY_NS), 0.0)
+        atm = s.vol
+        z = math.log(inst.strike / und_price) / (atm * math.sqrt(T)) if T > 0 else 0.0
+        sigma = atm * float(self.skew(np.array([z]))[0])
+        g = bsm.greeks(und_price, inst.strike, T, 0.0, 0.0, sigma, "call" if inst.right == "C" else "put")
+        mid = float(g.price)
+        width = float(self.spread.width(np.array([mid]), np.array([z]))[0])
+        tick = 0.01 if mid < 3.0 else 0.05
+        bid = max(0.0, round_tick(mid - width / 2, tick, up=False))
+        ask = max(round_tick(mid + width / 2, tick, up=True), tick)
+        last = round_tick(mid, 0.01)
+        size = float(10 + (inst.conId + max(i, 0)) % 40)
+        greeks = (sigma, float(g.delta), mid, float(g.gamma), float(g.vega) / 100.0, float(g.theta) / 365.0, und_price)
+        return Quote(bid=bid, ask=ask, last=last, bidSize=size if bid > 0 else 0.0, askSize=size, lastSize=1.0,
+                     volume=float(100 + (inst.conId % 900)), close=last, open=last, high=ask, low=bid, greeks=greeks)
+
+    def session_open(self, inst: Instrument, t_ns: int | None = None) -> bool:
+        """Regular hours: 09:30-16:00 New York on weekdays (futures trade 18:00-17:00 Sun-Fri)."""
+        t = self.clock.now_ns() if t_ns is None else t_ns
+        local = dt.datetime.fromtimestamp(t / NS, tz=NY)
+        if inst.secType == "FUT":
+            return not (local.weekday() == 5 or (local.weekday() == 4 and local.hour >= 17)
+                        or (local.weekday() == 6 and local.hour < 18) or local.hour == 17)
+        minutes = local.hour * 60 + local.minute
+        return local.weekday() < 5 and 570 <= minutes < 960

@@ -1,0 +1,167 @@
+"""Handshake, startup, current time, version negotiation, CLI and bad input."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gatewaysim import DataError, GatewaySim
+from gatewaysim.protocol import frame, negotiate, split, ProtocolError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_connect_with_the_real_client_is_fast_and_complete(sim, connect):
+    t0 = time.perf_counter()
+    ib = connect(sim)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0, f"connect took {elapsed:.2f}s: a startup end marker is missing"
+    assert ib.client.serverVersion() == 178
+    assert ib.managedAccounts() == ["DU1234567"]
+    names = [m["name"] for m in sim.messages()]
+    for wanted in ("startApi", "reqPositions", "reqOpenOrders", "reqCompletedOrders", "reqAccountUpdates",
+                   "reqAccountUpdatesMulti", "reqExecutions"):
+        assert wanted in names
+    values = {v.tag: v.value for v in ib.accountValues()}
+    assert float(values["NetLiquidation"]) == pytest.approx(1_000_000.0)
+
+
+def test_current_time_is_the_simulated_clock(make_sim, connect):
+    sim = make_sim(speed=60)
+    ib = connect(sim)
+    t = ib.reqCurrentTime()
+    assert abs((t - sim.now()).total_seconds()) < 5
+    assert t.year == 2019 and t.month == 11 and t.day == 8  # the bundled XSP minutes end on 2019-11-08
+    time.sleep(0.5)
+    later = ib.reqCurrentTime()
+    assert (later - t).total_seconds() >= 20  # 0.5 s wall x 60
+
+
+def test_next_valid_id_follows_the_orders_seen(sim, connect):
+    ib = connect(sim)
+    first = ib.client.getReqId()
+    assert first >= 1
+    from ib_async import MarketOrder, Stock
+
+    spy = ib.qualifyContracts(Stock("SPY", "SMART", "USD"))[0]
+    trade = ib.placeOrder(spy, MarketOrder("BUY", 1))
+    ib.sleep(0.2)
+    ib.disconnect()
+    ib2 = connect(sim, clientId=1)
+    assert ib2.client.getReqId() > trade.order.orderId
+
+
+def _raw_connect(port, version_range=b"v100..120"):
+    s = socket.create_connection(("127.0.0.1", port), timeout=2)
+    s.sendall(b"API\0" + struct.pack(">I", len(version_range)) + version_range)
+    return s
+
+
+def test_too_old_a_client_is_closed_with_a_logged_reason(sim, caplog):
+    with caplog.at_level("INFO", logger="gatewaysim"):
+        s = _raw_connect(sim.port)
+        s.settimeout(2)
+        assert s.recv(100) == b""  # closed, nothing sent
+        s.close()
+        time.sleep(0.1)
+    assert any("do not overlap 157..178" in r.getMessage() for r in caplog.records)
+
+
+def test_a_message_before_start_api_closes_the_session(sim, caplog):
+    with caplog.at_level("INFO", logger="gatewaysim"):
+        s = _raw_connect(sim.port, b"v157..178")
+        s.settimeout(2)
+        n = struct.unpack(">I", s.recv(4))[0]
+        assert split(s.recv(n))[0] == "178"
+        s.sendall(frame([49, 1]))
+        assert s.recv(100) == b""
+        s.close()
+        time.sleep(0.1)
+    assert any("arrived before startApi" in r.getMessage() for r in caplog.records)
+
+
+def test_malformed_fields_are_answered_not_crashed(sim, connect, caplog):
+    ib = connect(sim)
+    s = _raw_connect(sim.port, b"v157..178")
+    s.settimeout(2)
+    n = struct.unpack(">I", s.recv(4))[0]
+    s.recv(n)
+    s.sendall(frame([71, 2, 7, ""]))
+    time.sleep(0.1)
+    with caplog.at_level("INFO", logger="gatewaysim"):
+        s.sendall(frame([9, 8, "notanumber", 0]))  # reqContractDetails with a bad reqId
+        time.sleep(0.2)
+    s.close()
+    assert any("expected an integer" in r.getMessage() for r in caplog.records)
+    assert ib.reqCurrentTime()  # the simulator is still serving the other client
+
+
+def test_version_negotiation():
+    assert negotiate("v157..178") == 178
+    assert negotiate("v157..176") == 176
+    assert negotiate("v100..200 +PACEAPI") == 178
+    with pytest.raises(ProtocolError):
+        negotiate("hello")
+
+
+def test_bad_data_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        GatewaySim(tmp_path / "missing")
+    (tmp_path / "README.txt").write_text("not bars\n")
+    with pytest.raises(DataError, match="no usable bars"):
+        GatewaySim(tmp_path)
+
+
+def test_cli_bad_data_exits_2_without_traceback(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "gateway-sim", "--data", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2
+    assert "no such file or directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_prints_one_line_serves_and_stops_on_sigterm(tmp_path):
+    from ib_async import IB
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "gateway-sim", "--port", "0", "--speed", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = proc.stdout.readline()
+        assert "listening on 127.0.0.1:" in line and "qtrade run" in line
+        port = int(line.split("127.0.0.1:")[1].split()[0])
+        ib = IB()
+        ib.connect("127.0.0.1", port, clientId=3, timeout=3)
+        assert ib.reqCurrentTime().year == 2019
+        ib.disconnect()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert out == ""  # the one line only
+    assert "Traceback" not in err and "stopped" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--speed", "0"], "--speed must be positive"),
+    (["--scenario", "{missing}"], "no such file"),
+])
+def test_cli_bad_options_exit_2(tmp_path, args, message):
+    args = [a.replace("{missing}", str(tmp_path / "none.yaml")) for a in args]
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "gateway-sim", "--port", "0", *args],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_port_in_use_exits_2(sim):
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "gateway-sim", "--port", str(sim.port)],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{sim.port}" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,74 @@
+"""The smaller request families: reqIds, reqAllOpenOrders across clients, reqGlobalCancel,
+modify of a filled order (104), head timestamp, combo market data, account-updates-multi."""
+
+from __future__ import annotations
+
+import pytest
+from ib_async import Index, LimitOrder, MarketOrder
+
+from .test_orders import _condor_legs, _spy, _wait
+
+
+def test_req_ids_answers_the_next_valid_id(ib, sim):
+    spy = _spy(ib)
+    t = ib.placeOrder(spy, LimitOrder("BUY", 1, 1.0))
+    assert _wait(ib, lambda: t.orderStatus.status == "Submitted")
+    got = []
+    ib.client.reqIds(1)
+    ib.wrapper.nextValidId = lambda orderId: got.append(orderId)
+    assert _wait(ib, lambda: bool(got))
+    assert got == [t.order.orderId + 1]
+
+
+def test_all_open_orders_sees_other_clients_and_global_cancel_cancels_them(sim, connect, expect_errors):
+    expect_errors(202)
+    a = connect(sim, clientId=1)
+    b = connect(sim, clientId=2)
+    spy = _spy(a)
+    ta = a.placeOrder(spy, LimitOrder("BUY", 1, 1.0, orderRef="a"))
+    tb = b.placeOrder(_spy(b), LimitOrder("BUY", 2, 1.0, orderRef="b"))
+    assert _wait(a, lambda: ta.orderStatus.status == "Submitted") and _wait(b, lambda: tb.orderStatus.status == "Submitted")
+    assert [t.order.orderRef for t in a.reqOpenOrders()] == ["a"]
+    assert sorted(t.order.orderRef for t in a.reqAllOpenOrders()) == ["a", "b"]
+    a.reqGlobalCancel()
+    assert _wait(a, lambda: ta.orderStatus.status == "Cancelled")
+    assert _wait(b, lambda: tb.orderStatus.status == "Cancelled")
+    assert [o["status"] for o in sim.record()["orders"]] == ["Cancelled", "Cancelled"]
+
+
+def test_modifying_a_filled_order_is_104(ib, sim, expect_errors, error_guard):
+    expect_errors(104)
+    spy = _spy(ib)
+    t = ib.placeOrder(spy, MarketOrder("BUY", 1))
+    assert _wait(ib, lambda: t.orderStatus.status == "Filled")
+    t.order.totalQuantity = 2
+    ib.client.placeOrder(t.order.orderId, spy, t.order)
+    assert _wait(ib, lambda: 104 in error_guard.codes())
+    assert sim.record()["orders"][0]["totalQuantity"] == 1
+
+
+def test_head_timestamp_is_the_first_bar(ib, sim):
+    xsp = ib.qualifyContracts(Index("XSP", "CBOE"))[0]
+    head = ib.reqHeadTimeStamp(xsp, "TRADES", True)
+    first = sim.series["XSP"].frame.index[0]
+    assert head == first.tz_convert("UTC").tz_localize(None).to_pydatetime()  # ib_async gives naive UTC
+
+
+def test_combo_market_data_is_priced_from_the_legs(ib, sim):
+    spy = _spy(ib)
+    opts, bag = _condor_legs(ib, spy)
+    t = ib.reqMktData(bag)
+    assert _wait(ib, lambda: t.bid == t.bid and t.ask == t.ask and t.bid != -1)
+    legs = [sim.quote(o.conId) for o in opts]
+    natural = legs[0].ask - legs[1].bid - legs[2].bid + legs[3].ask
+    assert t.ask == pytest.approx(natural, abs=0.011) and t.bid < t.ask
+
+
+def test_account_updates_multi_follow_fills(ib, sim):
+    spy = _spy(ib)
+    seen = []
+    ib.accountValueEvent += lambda v: seen.append(v) if v.tag == "TotalCashValue" else None
+    t = ib.placeOrder(spy, MarketOrder("BUY", 10))
+    assert _wait(ib, lambda: t.orderStatus.status == "Filled")
+    assert _wait(ib, lambda: any(float(v.value) < 1_000_000 for v in seen))
+    assert any(m["name"] == "reqAccountUpdatesMulti" for m in sim.messages())

@@ -1,0 +1,230 @@
+"""Orders: MKT, LMT (resting and marketable), STP, STP LMT, modify, cancel, partial fills,
+BAG combos, what-if, completed orders, reqExecutions with a filter, positions/portfolio/account."""
+
+from __future__ import annotations
+
+import pytest
+from ib_async import (ComboLeg, Contract, ExecutionFilter, LimitOrder, MarketOrder, Option, Stock,
+                      StopLimitOrder, StopOrder, TagValue)
+
+
+def _spy(ib):
+    return ib.qualifyContracts(Stock("SPY", "SMART", "USD"))[0]
+
+
+def _wait(ib, cond, timeout=2.0):
+    """Run the client's loop until cond() holds (a dropped socket ends ib.sleep with ConnectionError)."""
+    waited = 0.0
+    while not cond() and waited < timeout:
+        try:
+            ib.sleep(0.05)
+        except ConnectionError:
+            pass
+        waited += 0.05
+    return cond()
+
+
+def test_market_order_fills_at_the_ask_with_all_messages(ib, sim):
+    spy = _spy(ib)
+    ask = sim.quote("SPY").ask
+    trade = ib.placeOrder(spy, MarketOrder("BUY", 100, orderRef="qtrade:t1"))
+    assert _wait(ib, lambda: trade.orderStatus.status == "Filled" and trade.fills and trade.fills[0].commissionReport.commission > 0)
+    assert trade.orderStatus.avgFillPrice == pytest.approx(ask)
+    fill = trade.fills[0]
+    assert fill.execution.side == "BOT" and fill.execution.shares == 100 and fill.execution.orderRef == "qtrade:t1"
+    assert fill.commissionReport.commission == 1.0
+    assert _wait(ib, lambda: any(p.position == 100 for p in ib.positions()))
+    pos = [p for p in ib.positions() if p.contract.conId == spy.conId][0]
+    assert pos.avgCost == pytest.approx(ask)
+    assert _wait(ib, lambda: any(p.position == 100 for p in ib.portfolio()))
+    book = sim.record()
+    assert book["executions"][0]["price"] == pytest.approx(ask)
+    assert book["positions"][0]["qty"] == 100
+
+
+def test_limit_rests_until_marketable_and_modify_keeps_the_perm_id(ib, sim):
+    spy = _spy(ib)
+    q = sim.quote("SPY")
+    trade = ib.placeOrder(spy, LimitOrder("BUY", 10, round(q.bid - 1.0, 2)))
+    assert _wait(ib, lambda: trade.orderStatus.status == "Submitted")
+    perm = trade.order.permId
+    ib.sleep(0.2)
+    assert trade.orderStatus.status == "Submitted" and not trade.fills
+    trade.order.lmtPrice = round(q.ask + 0.05, 2)  # now marketable: fills at the ask, not the limit
+    ib.placeOrder(spy, trade.order)
+    assert _wait(ib, lambda: trade.orderStatus.status == "Filled")
+    assert trade.order.permId == perm and trade.orderStatus.permId == perm
+    assert trade.fills[0].execution.price == pytest.approx(q.ask)
+    assert [m["name"] for m in sim.messages("placeOrder")] == ["placeOrder", "placeOrder"]
+
+
+def test_sell_limit_fills_at_the_bid(ib, sim):
+    spy = _spy(ib)
+    q = sim.quote("SPY")
+    trade = ib.placeOrder(spy, LimitOrder("SELL", 5, round(q.bid - 0.50, 2)))
+    assert _wait(ib, lambda: trade.orderStatus.status == "Filled")
+    assert trade.fills[0].execution.price == pytest.approx(q.bid) and trade.fills[0].execution.side == "SLD"
+
+
+def test_stops_trigger_on_the_touch(ib, sim):
+    spy = _spy(ib)
+    q = sim.quote("SPY")
+    stop = ib.placeOrder(spy, StopOrder("SELL", 10, round(q.last - 1.0, 2)))
+    stop_lmt = ib.placeOrder(spy, StopLimitOrder("SELL", 10, round(q.last - 2.5, 2), round(q.last - 2.0, 2)))
+    ib.sleep(0.3)
+    assert stop.orderStatus.status == "PreSubmitted" and stop_lmt.orderStatus.status == "PreSubmitted"
+    sim.set_quote("SPY", last=round(q.last - 1.0, 2), bid=round(q.last - 1.01, 2), ask=round(q.last - 0.99, 2))
+    assert _wait(ib, lambda: stop.orderStatus.status == "Filled")
+    assert stop.fills[0].execution.price == pytest.approx(q.last - 1.01)
+    assert stop_lmt.orderStatus.status == "PreSubmitted"  # its stop, last - 2.0, is not touched yet
+    sim.set_quote("SPY", last=round(q.last - 3.0, 2), bid=round(q.last - 3.01, 2), ask=round(q.last - 2.99, 2))
+    ib.sleep(0.3)
+    assert stop_lmt.orderStatus.status != "Filled"  # triggered, but the bid is below its limit
+    assert any(e["kind"] == "stop_triggered" and e["orderId"] == stop_lmt.order.orderId for e in sim.events)
+    sim.set_quote("SPY", last=round(q.last - 2.4, 2), bid=round(q.last - 2.41, 2), ask=round(q.last - 2.39, 2))
+    assert _wait(ib, lambda: stop_lmt.orderStatus.status == "Filled")
+    assert stop_lmt.fills[0].execution.price == pytest.approx(q.last - 2.41)
+
+
+def test_cancel_sends_cancelled_and_202(ib, sim, expect_errors, error_guard):
+    expect_errors(202, 10147)
+    spy = _spy(ib)
+    trade = ib.placeOrder(spy, LimitOrder("BUY", 10, 1.00))
+    assert _wait(ib, lambda: trade.orderStatus.status == "Submitted")
+    ib.cancelOrder(trade.order)
+    assert _wait(ib, lambda: trade.orderStatus.status == "Cancelled")
+    assert _wait(ib, lambda: 202 in error_guard.codes())
+    ib.client.cancelOrder(99999, "")
+    assert _wait(ib, lambda: 10147 in error_guard.codes())
+
+
+def test_partial_fills_by_hand(ib, sim):
+    sim.set_fill_mode("manual")
+    spy = _spy(ib)
+    trade = ib.placeOrder(spy, MarketOrder("BUY", 100))
+    assert _wait(ib, lambda: trade.orderStatus.status == "Submitted")
+    sim.fill_order(trade.order.orderId, 30, 266.00)
+    assert _wait(ib, lambda: trade.orderStatus.filled == 30)
+    assert trade.orderStatus.status == "Submitted" and trade.orderStatus.remaining == 70
+    sim.fill_order(trade.order.orderId, 70, 266.10)
+    assert _wait(ib, lambda: trade.orderStatus.status == "Filled")
+    assert trade.orderStatus.avgFillPrice == pytest.approx((30 * 266.00 + 70 * 266.10) / 100)
+    assert [f.execution.cumQty for f in trade.fills] == [30, 100]
+
+
+def _condor_legs(ib, spy):
+    chain = ib.reqSecDefOptParams("SPY", "", "STK", spy.conId)[0]
+    expiry = chain.expirations[-1]
+    opts = ib.qualifyContracts(Option("SPY", expiry, 258, "P", "SMART"), Option("SPY", expiry, 262, "P", "SMART"),
+                               Option("SPY", expiry, 270, "C", "SMART"), Option("SPY", expiry, 274, "C", "SMART"))
+    actions = ("BUY", "SELL", "SELL", "BUY")
+    bag = Contract(secType="BAG", symbol="SPY", exchange="SMART", currency="USD",
+                   comboLegs=[ComboLeg(conId=o.conId, ratio=1, action=a, exchange="SMART") for o, a in zip(opts, actions)])
+    return opts, bag
+
+
+def test_bag_combo_fills_with_leg_execs_and_wide_limits_do_not(ib, sim):
+    spy = _spy(ib)
+    opts, bag = _condor_legs(ib, spy)
+    combo = sim.call(sim.combo_quote, [{"inst": sim.catalog.get(o.conId), "ratio": 1, "action": a}
+                                        for o, a in zip(opts, ("BUY", "SELL", "SELL", "BUY"))])
+    assert combo.ask < 0  # a credit: selling the inner strikes
+    what = ib.whatIfOrder(bag, LimitOrder("BUY", 1, combo.ask))
+    assert float(what.initMarginChange) == pytest.approx(400.0)  # the 4-point wing x 100
+    params = [TagValue("NonGuaranteed", "1")]
+    wide = ib.placeOrder(bag, LimitOrder("BUY", 1, round(combo.ask - 0.30, 2), smartComboRoutingParams=params))
+    ib.sleep(0.3)
+    assert wide.orderStatus.status == "Submitted" and not wide.fills
+    wide.order.lmtPrice = combo.ask
+    ib.placeOrder(bag, wide.order)
+    assert _wait(ib, lambda: wide.orderStatus.status == "Filled" and len(wide.fills) == 5)
+    assert wide.filled() == 1
+    assert sorted(f.contract.secType for f in wide.fills) == ["BAG", "OPT", "OPT", "OPT", "OPT"]
+    assert _wait(ib, lambda: len([p for p in ib.positions() if p.position]) == 4)
+    qty = {p.contract.conId: p.position for p in ib.positions()}
+    assert [qty[o.conId] for o in opts] == [1, -1, -1, 1]
+
+
+def test_what_if_margin_is_not_an_order(ib, sim):
+    spy = _spy(ib)
+    state = ib.whatIfOrder(spy, MarketOrder("BUY", 100))
+    price = sim.quote("SPY").ask
+    assert float(state.initMarginChange) == pytest.approx(100 * price * 0.25, rel=1e-3)
+    assert state.commissionCurrency == "USD"
+    assert sim.record()["orders"] == [] and not ib.openTrades()
+
+
+def test_completed_orders_and_executions_with_a_filter_after_reconnect(sim, connect):
+    ib = connect(sim)
+    spy = _spy(ib)
+    aapl = ib.qualifyContracts(Stock("AAPL", "SMART", "USD"))[0]
+    for c, action in ((spy, "BUY"), (aapl, "BUY"), (spy, "SELL")):
+        t = ib.placeOrder(c, MarketOrder(action, 10))
+        assert _wait(ib, lambda: t.orderStatus.status == "Filled")
+    ib.disconnect()
+    ib = connect(sim)
+    completed = ib.reqCompletedOrders(apiOnly=True)
+    assert len(completed) == 3 and {t.orderStatus.status for t in completed} == {"Filled"}
+    assert len(ib.fills()) == 3  # the startup reqExecutions replays them
+    spy_fills = ib.reqExecutions(ExecutionFilter(symbol="SPY"))
+    assert len(spy_fills) == 2
+    sells = ib.reqExecutions(ExecutionFilter(side="SELL"))
+    assert [f.execution.side for f in sells] == ["SLD"]
+    pos = {p.contract.symbol: p.position for p in ib.positions()}
+    assert pos == {"SPY": 0.0, "AAPL": 10.0} or pos == {"AAPL": 10.0}
+
+
+def test_account_summary_and_values_move_with_fills(ib, sim):
+    spy = _spy(ib)
+    before = {v.tag: float(v.value) for v in ib.accountSummary() if v.tag in ("NetLiquidation", "TotalCashValue")}
+    t = ib.placeOrder(spy, MarketOrder("BUY", 100))
+    assert _wait(ib, lambda: t.orderStatus.status == "Filled")
+    ib.sleep(0.1)
+    vals = {v.tag: float(v.value) for v in ib.accountValues() if v.tag in ("TotalCashValue", "GrossPositionValue") and v.currency == "USD"}
+    cost = t.orderStatus.avgFillPrice * 100 + 1.0
+    assert vals["TotalCashValue"] == pytest.approx(before["TotalCashValue"] - cost, abs=0.01)
+    assert vals["GrossPositionValue"] > 0
+
+
+def test_futures_fill_with_the_multiplier_in_avg_cost_and_pnl(make_sim, connect, nq_data):
+    from ib_async import Future
+
+    sim = make_sim(nq_data)
+    ib = connect(sim)
+    nq = sorted(ib.reqContractDetails(Future("NQ", exchange="CME")),
+                key=lambda d: d.contract.lastTradeDateOrContractMonth)[0].contract
+    ask = sim.quote(nq.conId).ask
+    trade = ib.placeOrder(nq, MarketOrder("BUY", 2))
+    assert _wait(ib, lambda: trade.orderStatus.status == "Filled" and trade.fills[0].commissionReport.commission)
+    assert trade.fills[0].commissionReport.commission == 4.5  # 2.25 a contract
+    assert _wait(ib, lambda: any(p.position == 2 for p in ib.positions()))
+    pos = [p for p in ib.positions() if p.contract.conId == nq.conId][0]
+    assert pos.avgCost == pytest.approx(ask * 20) and pos.contract.multiplier == "20"
+    sim.set_quote(nq.conId, bid=ask + 10, ask=ask + 10.25, last=ask + 10)
+    close = ib.placeOrder(nq, MarketOrder("SELL", 2))
+    assert _wait(ib, lambda: close.orderStatus.status == "Filled" and close.fills[0].commissionReport.commission)
+    assert close.fills[0].commissionReport.realizedPNL == pytest.approx(10 * 20 * 2)  # before commissions
+
+
+def test_bracket_children_wait_for_the_parent_and_oca_cancels_the_sibling(ib, sim, expect_errors):
+    expect_errors(202)
+    spy = _spy(ib)
+    q = sim.quote("SPY")
+    bracket = ib.bracketOrder("BUY", 10, limitPrice=round(q.bid - 0.5, 2), takeProfitPrice=round(q.ask + 1.0, 2),
+                              stopLossPrice=round(q.bid - 2.0, 2))
+    trades = [ib.placeOrder(spy, o) for o in bracket]
+    ib.sleep(0.3)
+    assert [t.orderStatus.status for t in trades] == ["Submitted", "PreSubmitted", "PreSubmitted"]
+    assert not any(t.fills for t in trades)
+    parent, profit, stop = trades
+    parent.order.lmtPrice = q.ask
+    parent.order.transmit = True
+    ib.placeOrder(spy, parent.order)
+    assert _wait(ib, lambda: parent.orderStatus.status == "Filled")
+    assert _wait(ib, lambda: profit.orderStatus.status == "Submitted")  # released by the parent's fill
+    assert profit.orderStatus.status == "Submitted" and not profit.fills  # its limit is above the ask
+    sim.set_quote("SPY", bid=round(q.ask + 1.0, 2), ask=round(q.ask + 1.02, 2), last=round(q.ask + 1.01, 2))
+    assert _wait(ib, lambda: profit.orderStatus.status == "Filled")
+    assert _wait(ib, lambda: stop.orderStatus.status == "Cancelled")  # the OCA sibling
+    assert _wait(ib, lambda: "SPY" not in {p.contract.symbol for p in ib.positions()})  # flat: ib_async drops it
+    assert sim.record()["positions"][0]["qty"] == 0

@@ -780,7 +780,7 @@ def expiries(strategy, start, days, order_name):
     from engine.diagnostics import DiagnosticError
     from engine.market.expiry import preview
     from engine.plan.build import load_strategy
-    from engine.runtime.backtest import _instrument
+    from engine.runtime.prepare import _instrument
 
     try:
         doc, ws = load_strategy(strategy)

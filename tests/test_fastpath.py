@@ -337,7 +337,9 @@ def _reference_curve(result) -> tuple[np.ndarray, np.ndarray]:
     its exit bar, a running sum, times the close (futures: less the entry value)."""
     (symbol, b), = result.bars.items()
     times = result.times
-    cols = bt.ledger_columns(result.ledger, result.bars)
+    from engine.runtime.equity import ledger_columns
+
+    cols = ledger_columns(result.ledger, result.bars)
     delta = np.zeros(len(times) + 1)
     np.add.at(delta, np.searchsorted(times, b.end[cols.fill_bar], side="left"), cols.fill_cash)
     cash = result.ledger.initial_cash + np.cumsum(delta)[:len(times)]

@@ -62,7 +62,7 @@ def underlying_from_chains(chains: dict[dt.date, OptionChain], timezone: str) ->
 
 def option_desk(prep, signals) -> tuple[OptionsDesk, Callable]:
     """The desk and a `chain_at(symbol, bar)` for a prepared backtest."""
-    from .backtest import _instrument
+    from .prepare import _instrument
 
     doc, ws = prep.doc, prep.ws
     sim = (prep.settings.get("options") or {})
@@ -122,7 +122,7 @@ def option_desk(prep, signals) -> tuple[OptionsDesk, Callable]:
         if vix is None:
             return float(iv_setting) * scale
         if symbol not in vix_cache:
-            from .backtest import _ns
+            from .prepare import _ns
 
             ends = _ns(vix.index) + int(86_400e9)  # a daily VIX close is known once its day is over
             vix_cache[symbol] = (ends, vix["close"].to_numpy(dtype=np.float64))

@@ -662,7 +662,7 @@ class FastRun(RunState):
     @staticmethod
     def _records(c: _Candidates, decisions, orders, f: dict, trades: tuple) -> dict[str, Any]:
         """Every record's columns (and their lengths), and the equity curve's inputs."""
-        from .backtest import LedgerColumns
+        from .equity import LedgerColumns
 
         symbol, bars, mult = c.symbol, c.bars, c.mult
         if isinstance(decisions, list):
@@ -702,7 +702,7 @@ class FastRun(RunState):
                   "entry_rule": rules[0::2][:nt] if _is_column(rules) else rules,
                   "exit_rule": rules[1::2][:nt] if _is_column(rules) else rules,
                   "exit_reason": reasons, "mae": mae, "mfe": mfe}
-        # the equity curve's inputs, as backtest._cash_deltas and equity_curve compute them
+        # the equity curve's inputs, as equity._cash_deltas and equity_curve compute them
         cash_delta = np.empty(nf)
         if nf:
             is_open = np.zeros(nf, dtype=bool)

@@ -19,6 +19,8 @@ from ..brokers.matching import FillModel
 from ..brokers.sim import SimBroker
 from ..plan.evaluate import Stream, evaluate
 from . import backtest as bt
+from .equity import equity_curve
+from .prepare import _risk, _schedule_masks, _span, _symbol_bars, _truncate
 from .clock import SimClock, WallClock
 from .collector import without_cyclic_gc
 from .journal import new_run_id
@@ -56,16 +58,16 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
     for symbol in prep.symbols:
         if symbol not in prep.frames:
             continue
-        sbars, bars = bt._symbol_bars(prep, symbol)
+        sbars, bars = _symbol_bars(prep, symbol)
         first = warmup
         if prep.start is not None:
             first = max(first, int(np.searchsorted(sbars.start, int(prep.start.value), side="left")))
         last = len(sbars) if prep.end is None else int(np.searchsorted(sbars.start, int(prep.end.value), side="left"))
-        entry_mask, flat_mask = bt._schedule_masks(prep, bars)
+        entry_mask, flat_mask = _schedule_masks(prep, bars)
         if streaming:
             values = [np.empty(len(sbars), dtype=object) if node.market else None for node in plan.nodes]
             if last < len(sbars):
-                sbars, bars, _ = bt._truncate(sbars, bars, [], last)
+                sbars, bars, _ = _truncate(sbars, bars, [], last)
                 values = [v[:last] if v is not None else None for v in values]
             st = _Symbol(symbol, sbars, values, first, _cut(entry_mask, last), _cut(flat_mask, last), None,
                          Stream(plan), bars)
@@ -75,7 +77,7 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
             else:
                 values = evaluate(plan, bars)
                 if last < len(sbars):
-                    sbars, bars, values = bt._truncate(sbars, bars, values, last)
+                    sbars, bars, values = _truncate(sbars, bars, values, last)
             if combos:
                 n = len(sbars)
                 possible = np.zeros(n, dtype=bool)
@@ -98,14 +100,14 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
     run_id = run_id or new_run_id()
     fraction = float((s.get("options") or {}).get("fill_fraction", 0.5))
     settings = RunSettings(cash=float(s.get("cash", 100_000)), account=s.get("account", "margin"),
-                           orders=prep.doc.get(("orders",)) or {}, limits=bt._risk(prep.doc), run_id=run_id,
+                           orders=prep.doc.get(("orders",)) or {}, limits=_risk(prep.doc), run_id=run_id,
                            strategy=plan.name, timezone=prep.timezone, fill_fraction=fraction)
     fills = FillModel(Commission.from_spec(s.get("commission")), Slippage.from_spec(s.get("slippage")),
                       s.get("fill", "next_open"))
     venue = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction)
     wallet = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction)
     broker = DryRunBroker(venue, wallet) if dry_run else venue
-    span = bt._span(symbol_bars)
+    span = _span(symbol_bars)
     report = (lambda t: progress((t - span[0]) / max(span[1] - span[0], 1))) if progress and span else None
     desk = chains = None
     if combo_rules:
@@ -125,7 +127,7 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
     ledger = kernel.run(WallClock(speed, report) if speed else SimClock(report))
     timings["run"] = time.perf_counter() - t1
     result = bt.Result(prep, run_id, ledger, kernel, symbol_bars, timings,
-                       lambda: bt.equity_curve(ledger, symbol_bars, settings.cash, prep.start,
+                       lambda: equity_curve(ledger, symbol_bars, settings.cash, prep.start,
                                                kernel.closed_combos + list(kernel.combos.values()),
                                                kernel.combo_symbol))
     result.broker = broker

@@ -1,0 +1,342 @@
+"""Preparing a run: the strategy loaded and checked, its symbols and instruments resolved, its bars
+loaded, resampled and turned into the arrays a run reads, its schedule as masks."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..market.series import SymbolBars
+from ..config.documents import Document, Workspace
+from ..diagnostics import DiagnosticError
+from ..market.bars import bar_seconds, load_bars, resample
+from ..market.clock import clock_arrays
+from ..plan import nodes as N
+from ..plan.build import build_plan, load_strategy
+from ..plan.evaluate import Bars, align_asof
+from ..risk.limits import RiskLimits, merge_risk
+
+_CLOCK_NEEDS_CALENDAR = {"minutes_to_close", "minutes_since_open"}
+
+
+@dataclass
+class Instrument:
+    symbol: str
+    sec_type: str = "STK"
+    multiplier: float = 1.0
+    tick_size: float = 0.01
+    margin: float = 0.0
+    calendar: str | None = "NYSE"
+
+
+@dataclass
+class Prepared:
+    doc: Document
+    ws: Workspace
+    plan: N.Plan
+    path: Path
+    symbols: list[str]
+    instruments: dict[str, Instrument]
+    frames: dict[str, pd.DataFrame]      # traded symbols and the other symbols the rules read
+    settings: dict
+    timezone: str
+    bar: str
+    data_path: Path
+    start: pd.Timestamp | None = None
+    end: pd.Timestamp | None = None
+    overrides: dict = field(default_factory=dict)
+    chains: dict | None = None     # option chain snapshots by quote date (data.chains)
+    arrays: dict = field(default_factory=dict, repr=False)  # _symbol_bars' arrays per symbol
+
+
+def _fail(doc: Document, where: tuple, message: str, hint: str = "") -> DiagnosticError:
+    return DiagnosticError([doc.diag(where, message, hint)])
+
+
+def _symbols(doc: Document) -> list[str]:
+    """The traded symbols: the inline list, or the universe file's symbols (groups filtered),
+    without names matched by its exclusion patterns."""
+    universe = doc.get(("universe",))
+    if isinstance(universe, list):
+        return [str(s) for s in universe]
+    ref = doc.refs.get(("universe",)) or doc.refs.get(("universe", "file"))
+    if ref is None:
+        underlying = doc.get(("underlying",))
+        return [underlying] if underlying else []
+    groups = ref.get(("groups",)) or {}
+    wanted = universe.get("groups") if isinstance(universe, dict) else None
+    names = list(ref.get(("symbols",)) or [])
+    for group, members in groups.items():
+        if wanted is None or group in wanted:
+            names.extend(members)
+    default_type = (ref.get(("defaults",)) or {}).get("sec_type", "STK")
+    out = []
+    for name in names:
+        if name in out:
+            continue
+        if any(rule.get("sec_type", default_type) == default_type and fnmatch.fnmatchcase(name, rule.get("pattern", ""))
+               for rule in ref.get(("exclude",)) or []):
+            continue
+        out.append(name)
+    return out
+
+
+def _instrument(ws: Workspace, doc: Document, symbol: str) -> Instrument:
+    inst = ws.instruments_for(doc)
+    roots = (inst.get(("roots",)) or {}) if inst else {}
+    entry = roots.get(symbol)
+    if entry is None:
+        entry = ((inst.get(("defaults",)) or {}).get("STK") or {}) if inst else {}
+        sec_type = "STK"
+    else:
+        sec_type = entry.get("sec_type", "STK")
+    return Instrument(symbol, sec_type, float(entry.get("multiplier") or 1.0) if sec_type == "FUT" else 1.0,
+                      float(entry.get("tick_size") or 0.01), float(entry.get("margin") or 0.0),
+                      entry.get("calendar", "NYSE"))
+
+
+def _risk(doc: Document) -> RiskLimits:
+    """The strategy's limits: its risk file, or inline limits over the file they extend."""
+    chain: list[dict] = []
+
+    def add(ref: Document | None) -> None:
+        if ref is None:
+            return
+        add(ref.refs.get(("extends",)))
+        chain.append(ref.data)
+
+    spec = doc.get(("risk",))
+    if isinstance(spec, str):
+        add(doc.refs.get(("risk",)))
+    elif isinstance(spec, dict):
+        add(doc.refs.get(("risk", "extends")))
+        chain.append(spec)
+    return RiskLimits.from_spec(merge_risk(chain))
+
+
+def _spacing(index: pd.DatetimeIndex) -> float | None:
+    if len(index) < 3:
+        return None
+    gaps = np.diff(index.as_unit("ns").asi8)   # UTC epoch ns of the aware index: no converted copies
+    return float(_median(gaps)) / 1e9
+
+
+def _median(values: np.ndarray) -> float:
+    """np.median, without its copy and partition when the middle element is the median (regular
+    bars: most gaps are equal)."""
+    n = len(values)
+    k = n // 2
+    c = values[k]
+    below = int(np.count_nonzero(values < c))
+    upto = below + int(np.count_nonzero(values == c))
+    first = k if n % 2 else k - 1      # the middle element(s): sorted positions first..k
+    if below <= first and k < upto:
+        return float(c)
+    return float(np.median(values))
+
+
+def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str | Path | None = None,
+            start: str | None = None, end: str | None = None, cash: float | None = None,
+            chains: str | Path | None = None) -> Prepared:
+    doc, ws = load_strategy(path, overrides)
+    plan = build_plan(doc, ws, overrides)
+    settings = dict(doc.get(("backtest",)) or {})
+    if cash is not None:
+        settings["cash"] = cash
+    if start:
+        settings["start"] = start
+    if end:
+        settings["end"] = end
+    timezone = (doc.get(("schedule",)) or {}).get("timezone", "America/New_York")
+    bar = doc.get(("data", "bar"))
+    symbols = _symbols(doc)
+    if not symbols:
+        raise _fail(doc, ("universe",), "no symbols to backtest", "list them under universe:")
+    chains_source = chains if chains is not None else doc.get(("data", "chains"))
+    chains = None
+    if chains_source:
+        from ..market.chains import load_chains
+        from .chainsource import underlying_from_chains
+
+        chains_path = Path(chains_source).resolve() if chains_source is not None and \
+            chains_source is not doc.get(("data", "chains")) else (doc.abspath.parent / chains_source).resolve()
+        if not chains_path.exists():
+            raise _fail(doc, ("data", "chains") if doc.get(("data", "chains")) else ("data",),
+                        f"option chains not found: {chains_source}",
+                        f"data.chains is relative to {doc.path}'s folder; --chains to the current directory")
+        try:
+            chains = load_chains(chains_path)          # a file of one underlying (SPXW for SPX)
+        except DiagnosticError:
+            chains = load_chains(chains_path, underlying=symbols[0])
+    wanted = list(dict.fromkeys(symbols + plan.inputs.symbols))
+    combos = any("legs" in (spec or {}) for spec in (doc.get(("orders",)) or {}).values())
+    if combos and chains is None and (settings.get("options") or {}).get("iv", "vix") == "vix" and "VIX" not in wanted:
+        wanted.append("VIX")  # synthesised chains take their volatility from VIX
+    if data is None and chains is not None and not doc.get(("data", "source")):
+        # the underlying's daily prices come with the chain snapshots
+        frames = {symbols[0]: underlying_from_chains(chains, timezone)}
+        data_path = chains_path
+        if len(wanted) > 1:
+            raise _fail(doc, ("data",), f"only {symbols[0]}'s prices come with the chains; "
+                        f"{', '.join(wanted[1:])} need data.source")
+    else:
+        if data is None:
+            source = doc.get(("data", "source"))
+            if not source:
+                raise _fail(doc, ("data",), "no bar data for the backtest",
+                            "set data.source in the strategy (a file or a folder of SYMBOL.csv files) or pass --data "
+                            "(for options, --chains with end-of-day chain snapshots is enough)")
+            data_path = (doc.abspath.parent / source).resolve()
+            if not data_path.exists():
+                raise _fail(doc, ("data", "source"), f"data source not found: {source}",
+                            f"paths are relative to {doc.path}'s folder")
+        else:
+            data_path = Path(data)
+        frames = load_bars(data_path, symbols=wanted if data_path.is_dir() or len(wanted) > 1 else wanted,
+                           timezone=timezone, adjusted=bool(doc.get(("data", "adjusted"), False)), on_bad_bar=doc.get(("data", "on_bad_bar"), "refuse"))
+        if not data_path.is_dir() and len(frames) == 1 and len(wanted) == 1:
+            frames = {wanted[0]: next(iter(frames.values()))}
+    instruments = {s: _instrument(ws, doc, s) for s in wanted}
+    want_seconds = bar_seconds(bar)
+    for symbol, frame in list(frames.items()):
+        have = _spacing(frame.index)
+        if have is not None and have < want_seconds * 0.999 and want_seconds < 86400 * 28:
+            frames[symbol] = resample(frame, bar, timezone=timezone, calendar=instruments[symbol].calendar)
+        elif have is not None and have > want_seconds * 1.5 and want_seconds < 86400 and symbol in symbols:
+            # (another symbol read through symbol("X") may be coarser: it is aligned as of each bar)
+            raise _fail(doc, ("data", "bar"), f"{symbol}'s data has bars of about {have / 60:g} minutes, "
+                        f"longer than the strategy's {bar} bars", "use finer data or a longer bar size")
+    def to_ts(day: str) -> pd.Timestamp:
+        return pd.Timestamp(day).tz_localize(timezone)
+
+    prepared = Prepared(doc, ws, plan, Path(path), symbols, instruments, frames, settings, timezone, bar, data_path,
+                        to_ts(settings["start"]) if settings.get("start") else None,
+                        to_ts(settings["end"]) + pd.Timedelta(days=1) if settings.get("end") else None,
+                        dict(overrides or {}))
+    prepared.chains = chains
+    for symbol in symbols:
+        if symbol in frames:
+            _symbol_bars(prepared, symbol)
+    return prepared
+
+
+def last_days(prep: Prepared, days: int) -> Prepared:
+    """The same run limited to the last `days` trading days of the data (earlier bars stay
+    loaded as warm-up)."""
+    dates = sorted({d for frame in (prep.frames[s] for s in prep.symbols if s in prep.frames)
+                    for d in frame.index.tz_convert(prep.timezone).normalize()})
+    if not dates:
+        return prep
+    first = dates[-min(days, len(dates))]
+    prep.start = first
+    return prep
+
+
+def _ns(index: pd.DatetimeIndex) -> np.ndarray:
+    return index.as_unit("ns").asi8.copy()   # UTC epoch ns of the aware index (one copy, not three)
+
+
+def _symbol_bars(prep: Prepared, symbol: str) -> tuple[SymbolBars, Bars]:
+    """A symbol's bars as the arrays the run reads (times, prices, clock, other symbols aligned),
+    made once per Prepared and reused by every run of it (kept with the frame and plan they were
+    made from, so a changed frame or plan is made again)."""
+    frame = prep.frames[symbol]
+    made_from = (frame, prep.plan, prep.doc, prep.instruments.get(symbol),
+                 *(prep.frames.get(o) for o in prep.plan.inputs.symbols))
+    made = prep.arrays.get(symbol)
+    if made is not None and made[2] == (prep.bar, prep.timezone) and len(made[0]) == len(made_from) \
+            and all(a is b for a, b in zip(made[0], made_from)):
+        return made[1]
+    out = _make_symbol_bars(prep, symbol, frame)
+    prep.arrays[symbol] = (made_from, out, (prep.bar, prep.timezone))
+    return out
+
+
+def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple[SymbolBars, Bars]:
+    inst = prep.instruments[symbol]
+    seconds = bar_seconds(prep.bar)
+    start = _ns(frame.index)
+    end = start + int(seconds * 1e9)
+    sched = prep.doc.get(("schedule",)) or {}
+    intraday_schedule = seconds < 86400 and bool(sched.get("entry_window") or sched.get("flat_by"))
+    needs_calendar = bool(prep.plan.inputs.clock & _CLOCK_NEEDS_CALENDAR) or \
+        (bool(sched.get("flat_by")) and seconds < 86400)
+    want = set(prep.plan.inputs.clock)
+    if intraday_schedule:
+        want.add("time")
+        if sched.get("flat_by"):
+            want.add("minutes_to_close")
+    if _needs_session(prep):
+        want.add("session")
+    clock = clock_arrays(frame.index, prep.timezone, seconds, inst.calendar if needs_calendar else None, want)
+    session = clock.get("session")
+    if session is None:  # nothing reads it: no day order, no combo, no session indicator
+        session = np.zeros(len(frame))
+    fields = {c: frame[c].to_numpy(dtype=np.float64) for c in ("open", "high", "low", "close", "volume")}
+    others = {}
+    for other in prep.plan.inputs.symbols:
+        of = prep.frames[other]
+        # another symbol's bar is known when *its* bar ends: a daily VIX close only after its
+        # day, never at 09:31 of that day (its own spacing, not this strategy's bar size)
+        own = _spacing(of.index) or seconds
+        own = 86_400.0 if own >= 20 * 3600 else own
+        o_end = _ns(of.index) + int(max(own, seconds) * 1e9)
+        others[other] = {f: align_asof(end, o_end, of[f].to_numpy(dtype=np.float64))
+                         for f in prep.plan.inputs.fields.get(other, ())}
+    bars = SymbolBars(symbol, start, end, fields["open"], fields["high"], fields["low"], fields["close"],
+                      session, inst.multiplier, inst.tick_size, inst.sec_type == "FUT", inst.margin,
+                      inst.sec_type in ("FUT", "OPT"))
+    return bars, Bars(fields, clock, others)
+
+
+def _needs_session(prep: Prepared) -> bool:
+    """Does anything read the bars' session ids: a session indicator (vwap), an order that lives
+    until the end of the day (limit, stop, stop-limit, loc), or an options combo?"""
+    if "session" in prep.plan.inputs.clock:
+        return True
+    for spec in (prep.doc.get(("orders",)) or {}).values():
+        spec = spec or {}
+        if "legs" in spec or spec.get("type", "market") not in ("market", "moc"):
+            return True
+    return False
+
+
+def _schedule_masks(prep: Prepared, bars: Bars) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Entries allowed only inside the entry window; a forced exit from the flat-by time."""
+    sched = prep.doc.get(("schedule",)) or {}
+    if bar_seconds(prep.bar) >= 86400 or not (sched.get("entry_window") or sched.get("flat_by")):
+        return None, None
+    minutes = bars.clock["time"] + bar_seconds(prep.bar) / 60.0  # decisions happen at the bar's close
+    entry = flat = None
+    window = sched.get("entry_window")
+    if window:
+        lo, hi = (int(t[:2]) * 60 + int(t[3:]) for t in window)
+        entry = (minutes >= lo) & (minutes <= hi)
+    if sched.get("flat_by"):
+        t = sched["flat_by"]
+        flat = minutes >= int(t[:2]) * 60 + int(t[3:])
+        left = bars.clock.get("minutes_to_close")
+        if left is not None:
+            # an early close (the day after Thanksgiving, Christmas Eve) comes before flat_by: be
+            # flat when one bar is left, so the closing order fills at that last bar's open
+            with np.errstate(invalid="ignore"):
+                flat = flat | (left <= bar_seconds(prep.bar) / 60.0 + 1e-9)
+    return entry, flat
+
+
+def _span(bars: dict[str, SymbolBars]) -> tuple[int, int] | None:
+    if not bars:
+        return None
+    return min(int(b.end[0]) for b in bars.values() if len(b)), max(int(b.end[-1]) for b in bars.values() if len(b))
+
+
+def _truncate(sbars: SymbolBars, bars: Bars, values: list, last: int):
+    cut = lambda a: a[:last] if np.ndim(a) else a  # noqa: E731
+    sb = SymbolBars(sbars.symbol, cut(sbars.start), cut(sbars.end), cut(sbars.open), cut(sbars.high), cut(sbars.low),
+                    cut(sbars.close), cut(sbars.session), sbars.multiplier, sbars.tick_size, sbars.margined,
+                    sbars.margin, sbars.contracts)
+    return sb, bars, [cut(v) if v is not None else None for v in values]

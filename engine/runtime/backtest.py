@@ -15,7 +15,6 @@ from typing import Callable
 
 import numpy as np
 
-from ..brokers.costs import Commission, Slippage
 from ..brokers.matching import FillModel
 from ..market.series import SymbolBars
 from ..market.bars import bar_seconds
@@ -128,15 +127,12 @@ def _run(prep: Prepared, progress, run_id, fast) -> Result:
                                         start=first)
         symbol_bars[symbol] = sbars
     timings["evaluate"] = time.perf_counter() - t0
-    s = prep.settings
+    sim = prep.sim
     run_id = run_id or new_run_id()
-    option_sim = s.get("options") or {}
-    settings = RunSettings(cash=float(s.get("cash", 100_000)), account=s.get("account", "margin"),
-                           orders=prep.doc.get(("orders",)) or {}, limits=_risk(prep.doc), run_id=run_id,
-                           strategy=prep.plan.name, timezone=prep.timezone,
-                           fill_fraction=float(option_sim.get("fill_fraction", 0.5)))
-    broker = FillModel(Commission.from_spec(s.get("commission")), Slippage.from_spec(s.get("slippage")),
-                       s.get("fill", "next_open"))
+    settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=_risk(prep.doc),
+                           run_id=run_id, strategy=prep.plan.name, timezone=prep.timezone,
+                           fill_fraction=sim.options.fill_fraction)
+    broker = FillModel(sim.commission, sim.slippage, sim.fill)
     t1 = time.perf_counter()
     if fast is not False:
         result = _run_fast(prep, signals, symbol_bars, broker, settings, run_id, timings, t1, progress,
@@ -156,7 +152,7 @@ def _run_fast(prep: Prepared, signals: dict[str, SymbolSignals], symbol_bars: di
     """The run on the fast path, or None when it is not simple (see fastpath.unsupported)."""
     from . import fastpath
 
-    combos = any("legs" in (spec or {}) for spec in settings.orders.values())
+    combos = any(t.combo for t in settings.orders.values())
     why = fastpath.unsupported(prep.plan, signals, broker, settings, desk=True if combos else None)
     if why is not None:
         if required:

@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..brokers.costs import fraction
 from ..brokers.matching import FillModel, slipped
+from ..check.model import OrderTemplate
 from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
@@ -137,15 +137,15 @@ def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillMod
             return f"entry '{rule.name}' belongs to an agent"
         if rule.when is None or not plan.nodes[rule.when].market or rule.stop is not None or rule.target is not None:
             return f"entry '{rule.name}' is not a market-only condition"
-        template = settings.orders.get(rule.order) or {}
-        if "legs" in template:
+        template = settings.orders.get(rule.order) or OrderTemplate(rule.order or "")
+        if template.combo:
             return f"entry '{rule.name}' trades a combo"
-        if template.get("type", "market") != "market":
-            return f"entry '{rule.name}' sends a {template.get('type')} order"
+        if template.type != "market":
+            return f"entry '{rule.name}' sends a {template.type} order"
         if any(_has_output(plan, rule.order, w) for w in ("limit", "stop", "quantity", "stop_distance")):
             return f"entry '{rule.name}' has order prices or an expression quantity"
-        if template.get("action", "buy") not in ("buy", "sell"):
-            return f"entry '{rule.name}' action {template.get('action')!r}"
+        if template.action not in ("buy", "sell"):
+            return f"entry '{rule.name}' action {template.action!r}"
         if _sizing(template) is None:
             return f"entry '{rule.name}' sizing is not a fixed count or percent_of_equity"
     for rule in exits:
@@ -156,20 +156,13 @@ def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillMod
     return None
 
 
-def _sizing(template: dict) -> tuple[str, float, bool] | None:
+def _sizing(template: OrderTemplate) -> tuple[str, float, bool] | None:
     """("fixed", count, True) or ("percent", fraction, whole), or None (not simple)."""
-    spec = template.get("quantity", 1)
-    if isinstance(spec, bool):
-        return None
-    if isinstance(spec, (int, float)):
-        return ("fixed", float(spec), True) if float(spec) > 0 else None
-    if not isinstance(spec, dict):
-        return None
-    whole = spec.get("round", "whole") == "whole"
-    if "fixed" in spec and spec["fixed"] is not None:
-        return ("fixed", float(spec["fixed"]), True) if float(spec["fixed"]) > 0 else None
-    if spec.get("percent_of_equity") is not None:
-        return "percent", fraction(spec["percent_of_equity"]), whole
+    q = template.quantity
+    if q.mode == "fixed":
+        return ("fixed", q.value, True) if q.value > 0 else None
+    if q.mode == "percent_of_equity":
+        return "percent", q.value, q.whole
     return None
 
 
@@ -207,12 +200,12 @@ class _Candidates:
                 np.zeros((0, len(self.rules)), bool)
             self.first = np.argmax(self.fired, axis=1) if K else np.zeros(0, np.int64)
             self.multi = (self.fired.sum(axis=1) > 1) if K else np.zeros(0, bool)
-        templates = [settings.orders.get(r.order) or {} for r in self.rules]
-        self.actions = [t.get("action", "buy") for t in templates]
+        templates = [settings.orders.get(r.order) or OrderTemplate(r.order or "") for r in self.rules]
+        self.actions = [t.action for t in templates]
         self.sizings = [_sizing(t) for t in templates]
         self.sizing_objs = [Sizing("percent_of_equity", sz[1], whole=sz[2]) if sz and sz[0] == "percent" else None
                             for sz in self.sizings]
-        self.tifs = [t.get("tif", "day") for t in templates]
+        self.tifs = [t.tif for t in templates]
         # exit candidates: the first rule firing at a bar wins, the schedule's flat-by only alone
         self.exit_rules = [r for r, _ in sig.market_exit_idx] + [sig.flat_rule]
         at = [idx for _, idx in sig.market_exit_idx] + [sig.flat_idx]

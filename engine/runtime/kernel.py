@@ -37,8 +37,8 @@ from typing import Callable
 import numpy as np
 
 from ..brokers import events as E
-from ..brokers.costs import fraction
 from ..brokers.matching import FillModel, first_touch
+from ..check.model import OrderTemplate
 from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
@@ -140,7 +140,8 @@ class Kernel(RunState):
         self._context_entries = {r.name for r in self._entries if not plan.nodes[r.when].market or
                                  (r.agent and self._active.get(r.agent) is not None and
                                   not plan.nodes[self._active[r.agent]].market)}
-        self._combo_rules = {r.name for r in self._entries if "legs" in (settings.orders.get(r.order) or {})}
+        self._combo_rules = {r.name for r in self._entries if r.order in settings.orders and
+                             settings.orders[r.order].combo}
         read = {n.attrs[0] for r in self._exits for n in context_nodes(plan, r)}
         self._running_fields = bool(read & {"position.max_pnl", "position.min_pnl", "position.highest",
                                             "position.lowest"})
@@ -644,13 +645,12 @@ class Kernel(RunState):
 
     def _exit_order(self, st: _Symbol, rule: N.Rule, k: int, kind: str) -> None:
         pos = self.ledger.positions[st.symbol]
-        template = (self.settings.orders.get(rule.order) or {}) if rule.order else {}
-        order_type = template.get("type", "market") if template else "market"
+        template = self.settings.orders.get(rule.order) if rule.order else None
         limit = self._value(st, f"orders.{rule.order}.limit", k) if rule.order else None
         stop = self._value(st, f"orders.{rule.order}.stop", k) if rule.order else None
-        intent = OrderIntent(st.symbol, "sell" if pos.quantity > 0 else "buy", order_type, abs(pos.quantity), None,
-                             limit, stop, template.get("tif", "day") if template else "day", "close", rule.name,
-                             self._tag(), rule.reason)
+        intent = OrderIntent(st.symbol, "sell" if pos.quantity > 0 else "buy",
+                             template.type if template else "market", abs(pos.quantity), None, limit, stop,
+                             template.tif if template else "day", "close", rule.name, self._tag(), rule.reason)
         detail = ""
         if rule.when is not None and self._explain:
             ctx = self._position_context(st, k) if not self.plan.nodes[rule.when].market else {}
@@ -677,7 +677,7 @@ class Kernel(RunState):
         if reason:
             self._decide(st.symbol, rule.name, "entry", "blocked", reason, why)
             return
-        template = self.settings.orders.get(rule.order) or {}
+        template = self.settings.orders.get(rule.order) or OrderTemplate(rule.order or "")
         intent = self._intent(st, rule, template, k)
         if intent is None:
             return
@@ -788,8 +788,7 @@ class Kernel(RunState):
             return
         rule, quote, ctx = fired
         template = self.settings.orders[rule.order]
-        qty = template.get("quantity", 1)
-        qty = int(qty) if isinstance(qty, (int, float)) and not isinstance(qty, bool) else 1
+        qty = int(template.quantity.value) if template.quantity.mode == "fixed" else 1
         limits = self.settings.limits
         reason = f"entries stopped: {self.halted}" if self.halted else check_entry(limits, self.account_state())
         if reason is None and limits.max_margin_per_trade is not None and \
@@ -807,7 +806,7 @@ class Kernel(RunState):
         prices = chase.prices(quote, self.desk.setups[symbol].tick)
         opening_credit = quote.credit >= 0
         intent = OrderIntent(symbol, "sell" if opening_credit else "buy", "limit", float(qty), None,
-                             prices[0] if prices else None, None, template.get("tif", "day"), "open", rule.name,
+                             prices[0] if prices else None, None, template.tif, "open", rule.name,
                              self._tag(), rule.reason)
         self._decide(symbol, rule.name, "entry", "fired", rule.reason)
         tr = self._track(intent, st, "combo_entry", rule, k)
@@ -1055,9 +1054,8 @@ class Kernel(RunState):
         self.orders_by_ref[intent.tag] = tr
         return tr
 
-    def _intent(self, st: _Symbol, rule: N.Rule, template: dict, k: int) -> OrderIntent | None:
-        action = template.get("action", "buy")
-        if action == "sell" and self.settings.account == "cash":
+    def _intent(self, st: _Symbol, rule: N.Rule, template: OrderTemplate, k: int) -> OrderIntent | None:
+        if template.action == "sell" and self.settings.account == "cash":
             self._decide(st.symbol, rule.name, "entry", "blocked", "short selling needs a margin account")
             return None
         limit = self._value(st, f"orders.{rule.order}.limit", k)
@@ -1070,28 +1068,24 @@ class Kernel(RunState):
         if quantity is not None and quantity <= 0:
             self._decide(st.symbol, rule.name, "entry", "blocked", f"quantity is {quantity:g}")
             return None
-        return OrderIntent(st.symbol, action, template.get("type", "market"), quantity, sizing, limit, stop,
-                           template.get("tif", "day"), "open", rule.name, self._tag())
+        return OrderIntent(st.symbol, template.action, template.type, quantity, sizing, limit, stop, template.tif,
+                           "open", rule.name, self._tag())
 
-    def _size(self, st: _Symbol, rule: N.Rule, template: dict, k: int) -> tuple[float | None, Sizing | None]:
-        spec = template.get("quantity", 1)
-        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-            return float(spec), None
-        if isinstance(spec, str):
+    def _size(self, st: _Symbol, rule: N.Rule, template: OrderTemplate, k: int) -> tuple[float | None, Sizing | None]:
+        q = template.quantity
+        if q.mode == "fixed":
+            return q.value, None
+        if q.mode == "expression":
             value = self._value(st, f"orders.{rule.order}.quantity", k)
             return (float(math.floor(value)) if value == value else 0.0), None
-        whole = spec.get("round", "whole") == "whole"
-        if "fixed" in spec and spec["fixed"] is not None:
-            return float(spec["fixed"]), None
-        if spec.get("percent_of_equity") is not None:
-            return None, Sizing("percent_of_equity", fraction(spec["percent_of_equity"]), whole=whole)
+        if q.mode == "percent_of_equity":
+            return None, Sizing("percent_of_equity", q.value, whole=q.whole)
         distance = self._value(st, f"orders.{rule.order}.stop_distance", k)
-        frac = fraction(spec["risk_percent"])
         if distance is None or not (distance == distance) or distance <= 0:
             return 0.0, None
-        qty = frac * self.equity() / (distance * st.bars.multiplier)
-        qty = float(math.floor(qty + 1e-9)) if whole else qty
-        return qty, Sizing("risk_percent", frac, distance, whole)
+        qty = q.value * self.equity() / (distance * st.bars.multiplier)
+        qty = float(math.floor(qty + 1e-9)) if q.whole else qty
+        return qty, Sizing("risk_percent", q.value, distance, q.whole)
 
     def _value(self, st: _Symbol, output: str, k: int):
         node = self.plan.outputs.get(output)

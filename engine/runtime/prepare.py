@@ -3,6 +3,9 @@ loaded, resampled and turned into the arrays a run reads, its schedule as masks.
 
 from __future__ import annotations
 
+import functools
+from typing import Mapping
+
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..market.series import SymbolBars
+from ..check.model import OrderTemplate, SimSettings, order_templates
 from ..config.documents import Document, Workspace
 from ..diagnostics import DiagnosticError
 from ..market.bars import bar_seconds, load_bars, resample
@@ -51,6 +55,16 @@ class Prepared:
     overrides: dict = field(default_factory=dict)
     chains: dict | None = None     # option chain snapshots by quote date (data.chains)
     arrays: dict = field(default_factory=dict, repr=False)  # _symbol_bars' arrays per symbol
+
+    @functools.cached_property
+    def orders(self) -> Mapping[str, OrderTemplate]:
+        """The strategy's order templates, typed (check.model)."""
+        return order_templates(self.doc.get(("orders",)))
+
+    @property
+    def sim(self) -> SimSettings:
+        """The simulator's settings (`backtest:` with --cash, --from and --to applied), typed."""
+        return SimSettings.from_spec(self.settings)
 
 
 def _fail(doc: Document, where: tuple, message: str, hint: str = "") -> DiagnosticError:

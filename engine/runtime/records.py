@@ -5,11 +5,12 @@ kernel (runtime/kernel.py) and the backtest's fast path (runtime/fastpath.py).""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
 from ..brokers.matching import FillModel
+from ..check.model import OrderTemplate
 from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent
 from ..plan import nodes as N
@@ -44,7 +45,7 @@ class OrderRecord:
 class RunSettings:
     cash: float = 100_000.0
     account: str = "margin"        # cash | margin
-    orders: dict = field(default_factory=dict)      # order templates from the strategy
+    orders: Mapping[str, OrderTemplate] = field(default_factory=dict)   # the strategy's order templates, typed
     limits: RiskLimits = field(default_factory=RiskLimits)
     run_id: str = "run"
     strategy: str = ""

@@ -13,7 +13,6 @@ from typing import Callable
 
 import numpy as np
 
-from ..brokers.costs import Commission, Slippage
 from ..brokers.dryrun import DryRunBroker
 from ..brokers.matching import FillModel
 from ..brokers.sim import SimBroker
@@ -51,9 +50,8 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
     warmup = max((plan.nodes[i].warmup for i in entry_nodes), default=0)
     symbols: dict[str, _Symbol] = {}
     symbol_bars = {}
-    orders = prep.doc.get(("orders",)) or {}
     entries = [r for r in plan.rules if r.kind == "entry"]
-    combo_rules = [r for r in entries if "legs" in (orders.get(r.order) or {})]
+    combo_rules = [r for r in entries if r.order in prep.orders and prep.orders[r.order].combo]
     combos = bool(entries) and len(combo_rules) == len(entries)
     for symbol in prep.symbols:
         if symbol not in prep.frames:
@@ -96,14 +94,12 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
         symbols[symbol] = st
         symbol_bars[symbol] = sbars
     timings["evaluate"] = time.perf_counter() - t0
-    s = prep.settings
     run_id = run_id or new_run_id()
-    fraction = float((s.get("options") or {}).get("fill_fraction", 0.5))
-    settings = RunSettings(cash=float(s.get("cash", 100_000)), account=s.get("account", "margin"),
-                           orders=prep.doc.get(("orders",)) or {}, limits=_risk(prep.doc), run_id=run_id,
-                           strategy=plan.name, timezone=prep.timezone, fill_fraction=fraction)
-    fills = FillModel(Commission.from_spec(s.get("commission")), Slippage.from_spec(s.get("slippage")),
-                      s.get("fill", "next_open"))
+    sim = prep.sim
+    fraction = sim.options.fill_fraction
+    settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=_risk(prep.doc),
+                           run_id=run_id, strategy=plan.name, timezone=prep.timezone, fill_fraction=fraction)
+    fills = FillModel(sim.commission, sim.slippage, sim.fill)
     venue = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction)
     wallet = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction)
     broker = DryRunBroker(venue, wallet) if dry_run else venue

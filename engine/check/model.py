@@ -1,0 +1,140 @@
+"""The typed model: what a validated strategy says, as frozen dataclasses, read once.
+
+Everything after the checker reads these instead of the YAML's dicts: an order template's
+action, type, time in force, quantity rule and price policy; the simulator's settings (cash,
+account, commission, slippage, fill model, the options spread model). Values are parsed here
+(percentages to fractions, durations to seconds) and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+from ..brokers.costs import Commission, Slippage, fraction
+
+
+def _seconds(text) -> float:
+    text = str(text)
+    for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("d", 86400.0)):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * scale
+    return float(text)
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """How many units an order is for."""
+
+    mode: str                  # fixed | expression | percent_of_equity | risk_percent
+    value: float = 1.0         # units (fixed), or a fraction of equity (percent_of_equity, risk_percent)
+    whole: bool = True         # rounded down to whole units
+
+    @classmethod
+    def from_spec(cls, spec) -> "Quantity":
+        if spec is None:
+            return cls("fixed", 1.0)
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            return cls("fixed", float(spec))
+        if isinstance(spec, str):
+            return cls("expression")
+        whole = spec.get("round", "whole") == "whole"
+        if spec.get("fixed") is not None:
+            return cls("fixed", float(spec["fixed"]), whole)
+        if spec.get("percent_of_equity") is not None:
+            return cls("percent_of_equity", fraction(spec["percent_of_equity"]), whole)
+        return cls("risk_percent", fraction(spec["risk_percent"]), whole)
+
+
+@dataclass(frozen=True)
+class ChaseSpec:
+    start: str | float = "mid"  # mid | natural | bid | ask, or a price
+    step: float = 0.01
+    steps: int = 4
+    every: float = 15.0         # seconds
+    floor: bool = False         # an expression gives the floor (orders.<name>.floor)
+
+
+@dataclass(frozen=True)
+class PricePolicy:
+    """A combo's price: at mid, at market (the natural price), a limit expression, or a chase."""
+
+    kind: str                   # mid | market | limit | chase
+    chase: ChaseSpec | None = None
+
+    @classmethod
+    def from_spec(cls, spec) -> "PricePolicy":
+        if isinstance(spec, dict) and isinstance(spec.get("chase"), dict):
+            c = spec["chase"]
+            return cls("chase", ChaseSpec(c.get("start", "mid"), float(c.get("step", 0.01)), int(c.get("steps", 4)),
+                                          _seconds(c.get("every", "15s")), "floor" in c))
+        if isinstance(spec, dict) and "limit" in spec:
+            return cls("limit")
+        return cls("market" if spec == "market" else "mid")
+
+
+@dataclass(frozen=True)
+class OrderTemplate:
+    name: str
+    action: str = "buy"         # buy | sell
+    type: str = "market"        # market | limit | stop | stop_limit | moc | loc
+    tif: str = "day"
+    quantity: Quantity = Quantity("fixed", 1.0)
+    combo: bool = False         # an options combo (legs), priced by the options desk
+    price: PricePolicy | None = None
+
+    @classmethod
+    def from_spec(cls, name: str, spec: dict | None) -> "OrderTemplate":
+        spec = spec or {}
+        combo = "legs" in spec
+        return cls(name, spec.get("action", "buy"), spec.get("type", "market"), spec.get("tif", "day"),
+                   Quantity.from_spec(spec.get("quantity", 1)), combo,
+                   PricePolicy.from_spec(spec.get("price", "mid")) if combo else None)
+
+
+def order_templates(orders: dict | None) -> Mapping[str, OrderTemplate]:
+    """Every order template of a strategy (its `orders:` section), by name."""
+    return MappingProxyType({name: OrderTemplate.from_spec(name, spec) for name, spec in (orders or {}).items()})
+
+
+@dataclass(frozen=True)
+class OptionSim:
+    """The simulator's options model (backtest.options)."""
+
+    iv: str | float = "vix"     # "vix", or an implied volatility
+    iv_scale: float = 1.0
+    skew: float = 0.4
+    spread_pct: float = 0.05
+    spread_min: float = 0.02
+    rate: float = 0.02
+    dividend_yield: float = 0.0
+    fill_fraction: float = 0.5  # how far from natural towards mid a combo limit is met
+
+    @classmethod
+    def from_spec(cls, spec: dict | None) -> "OptionSim":
+        spec = spec or {}
+        spread = spec.get("spread") or {}
+        return cls(spec.get("iv", "vix"), float(spec.get("iv_scale", 1.0)), float(spec.get("skew", 0.4)),
+                   fraction(spread.get("percent", "5%")), float(spread.get("minimum", 0.02)),
+                   float(spec.get("rate", 0.02)), float(spec.get("dividend_yield", 0.0)),
+                   float(spec.get("fill_fraction", 0.5)))
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """A strategy's `backtest:` section, with --cash applied."""
+
+    cash: float = 100_000.0
+    account: str = "margin"     # cash | margin
+    commission: Commission = Commission()
+    slippage: Slippage = Slippage()
+    fill: str = "next_open"     # next_open | close
+    options: OptionSim = OptionSim()
+
+    @classmethod
+    def from_spec(cls, spec: dict | None) -> "SimSettings":
+        spec = spec or {}
+        return cls(float(spec.get("cash", 100_000)), spec.get("account", "margin"),
+                   Commission.from_spec(spec.get("commission")), Slippage.from_spec(spec.get("slippage")),
+                   spec.get("fill", "next_open"), OptionSim.from_spec(spec.get("options")))

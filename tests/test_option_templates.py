@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.check.model import order_templates
 from engine.check import validate
 from engine.market.chains import synthesize
 from engine.plan.build import build_plan, load_strategy
@@ -79,7 +80,7 @@ def desk_and_chain(tmp_path_factory):
     doc, ws = load_strategy(path)
     plan = build_plan(doc, ws)
     values = evaluate(plan, Bars({f: np.array([500.0]) for f in ("open", "high", "low", "close", "volume")}))
-    desk = OptionsDesk(plan, doc.get(("orders",)), {"SPY": OptionSetup(calendar="NYSE", cycle="daily", listed=True)},
+    desk = OptionsDesk(plan, order_templates(doc.get(("orders",))), {"SPY": OptionSetup(calendar="NYSE", cycle="daily", listed=True)},
                        "America/New_York")
     chain = ChainAdapter(synthesize(500.0, pd.Timestamp(NOW, tz="America/New_York"), EXPIRIES, 1.0,
                                     iv_source=0.18, r=0.04, underlying="SPY", tick=0.01))

@@ -75,6 +75,27 @@ class PricePolicy:
 
 
 @dataclass(frozen=True)
+class LegTemplate:
+    """One leg of a combo template: its right, action and ratio, how its strike is picked (by
+    delta, by premium, or an expression such as `short_put.strike - wing_width`: the plan's
+    outputs orders.<order>.legs.<leg>.*), and its own expiry rule if it has one (a calendar)."""
+
+    name: str
+    right: str                  # put | call
+    action: str                 # buy | sell
+    ratio: int = 1
+    strike: str = "expression"  # delta | premium | expression
+    expiry: object = None       # its own expiry rule (the YAML value), else the order's
+
+    @classmethod
+    def from_spec(cls, name: str, spec: dict) -> "LegTemplate":
+        strike = spec.get("strike")
+        kind = "delta" if isinstance(strike, dict) and "delta" in strike else \
+            "premium" if isinstance(strike, dict) and "premium" in strike else "expression"
+        return cls(name, spec["right"], spec["action"], int(spec.get("ratio", 1)), kind, spec.get("expiry"))
+
+
+@dataclass(frozen=True)
 class OrderTemplate:
     name: str
     action: str = "buy"         # buy | sell
@@ -83,6 +104,13 @@ class OrderTemplate:
     quantity: Quantity = Quantity("fixed", 1.0)
     combo: bool = False         # an options combo (legs), priced by the options desk
     price: PricePolicy | None = None
+    legs: tuple[LegTemplate, ...] = ()
+    expiry: object = "0dte"     # the combo's expiry rule (the YAML value; market.expiry parses it)
+
+    def leg_order(self) -> list[LegTemplate]:
+        """Legs picked by delta or premium first, then legs defined from them (offsets)."""
+        return [leg for leg in self.legs if leg.strike != "expression"] + \
+            [leg for leg in self.legs if leg.strike == "expression"]
 
     @classmethod
     def from_spec(cls, name: str, spec: dict | None) -> "OrderTemplate":
@@ -90,7 +118,9 @@ class OrderTemplate:
         combo = "legs" in spec
         return cls(name, spec.get("action", "buy"), spec.get("type", "market"), spec.get("tif", "day"),
                    Quantity.from_spec(spec.get("quantity", 1)), combo,
-                   PricePolicy.from_spec(spec.get("price", "mid")) if combo else None)
+                   PricePolicy.from_spec(spec.get("price", "mid")) if combo else None,
+                   tuple(LegTemplate.from_spec(n, leg) for n, leg in (spec.get("legs") or {}).items()),
+                   spec.get("expiry", "0dte"))
 
 
 def order_templates(orders: dict | None) -> Mapping[str, OrderTemplate]:

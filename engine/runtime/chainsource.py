@@ -15,7 +15,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..brokers.costs import fraction
 from ..diagnostics import DiagnosticError
 from ..market.chains import OptionChain, Skew, Spread, synthesize
 from ..orders.combos import Side
@@ -65,7 +64,6 @@ def option_desk(prep, signals) -> tuple[OptionsDesk, Callable]:
     from .prepare import _instrument
 
     doc, ws = prep.doc, prep.ws
-    sim = (prep.settings.get("options") or {})
     inst = ws.instruments_for(doc)
     roots = (inst.get(("roots",)) or {}) if inst else {}
     stock_options = ((inst.get(("defaults",)) or {}).get("STK") or {}).get("options") or {} if inst else {}
@@ -82,7 +80,7 @@ def option_desk(prep, signals) -> tuple[OptionsDesk, Callable]:
                                      calendar=_instrument(ws, doc, symbol).calendar or "NYSE",
                                      listed=snapshots is not None)
         grids[symbol] = float(options.get("strike_step", 1.0))
-    orders = doc.get(("orders",)) or {}
+    orders = prep.orders
     desk = OptionsDesk(prep.plan, orders, setups, prep.timezone)
     if snapshots is not None:
         by_symbol = {s: snapshots for s in prep.symbols}
@@ -102,20 +100,19 @@ def option_desk(prep, signals) -> tuple[OptionsDesk, Callable]:
 
         return desk, from_snapshots
 
-    iv_setting = sim.get("iv", "vix")
-    scale = float(sim.get("iv_scale", 1.0))
+    model = prep.sim.options
+    iv_setting = model.iv
+    scale = model.iv_scale
     vix = None
     if iv_setting == "vix":
         if "VIX" not in prep.frames:
             raise DiagnosticError([doc.diag(("backtest",), "backtest.options.iv is \"vix\" but the data has no VIX bars",
                                             "add VIX.csv to the data source, or give a number: options: {iv: 0.15}")])
         vix = prep.frames["VIX"]
-    skew_slope = float(sim.get("skew", 0.4))
-    skew = Skew(put=skew_slope, call=skew_slope * 0.375) if skew_slope > 0 else None
-    spread_spec = sim.get("spread") or {}
-    spread = Spread(pct=fraction(spread_spec.get("percent", "5%")), min_width=float(spread_spec.get("minimum", 0.02)))
-    rate, dividend = float(sim.get("rate", 0.02)), float(sim.get("dividend_yield", 0.0))
-    combo_orders = [name for name, spec in orders.items() if "legs" in spec]
+    skew = Skew(put=model.skew, call=model.skew * 0.375) if model.skew > 0 else None
+    spread = Spread(pct=model.spread_pct, min_width=model.spread_min)
+    rate, dividend = model.rate, model.dividend_yield
+    combo_orders = [name for name, t in orders.items() if t.combo]
     vix_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def atm_vol(symbol: str, bar: int) -> float:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
+from ..check.model import OrderTemplate
 from ..market.expiry import NoExpiry, parse_rule, resolve
 from ..orders.combos import Chase, ComboQuote, LegQuote, NoStrike, Side, leg_quote, pick_by_delta, \
     pick_by_premium, pick_strike
@@ -76,21 +77,20 @@ class ComboPosition:
         return (self.entry_credit - credit_now) * self.multiplier * self.quantity
 
 
-def _leg_order(legs: dict) -> list[str]:
-    """Legs picked by delta or premium first, then legs defined by offsets from them."""
-    fixed = [name for name, spec in legs.items() if isinstance(spec.get("strike"), dict)]
-    rest = [name for name in legs if name not in fixed]
-    return fixed + rest
-
-
 class OptionsDesk:
     """Builds and re-prices combos for one strategy."""
 
-    def __init__(self, plan: N.Plan, orders: dict, setups: dict[str, OptionSetup], timezone: str):
+    def __init__(self, plan: N.Plan, orders: Mapping[str, OrderTemplate], setups: dict[str, OptionSetup],
+                 timezone: str):
         self.plan = plan
         self.orders = orders
         self.setups = setups
         self.timezone = timezone
+        # each expiry rule parsed once: the order's, and a leg's own (the far month of a calendar)
+        self._rules = {(name, leg.name if leg is not None else None): parse_rule(rule)
+                       for name, t in orders.items() if t.combo
+                       for leg, rule in [(None, t.expiry)] + [(leg, leg.expiry) for leg in t.legs
+                                                             if leg.expiry is not None]}
 
     def output(self, name: str) -> int | None:
         return self.plan.outputs.get(name)
@@ -105,25 +105,21 @@ class OptionsDesk:
     def expiry(self, order: str, symbol: str, now: dt.datetime, chain: ChainView, leg: str | None = None) -> dt.date:
         """The order's expiry, or a leg's own (the far month of a calendar spread)."""
         setup = self.setups[symbol]
-        spec = self.orders[order]
-        rule = spec.get("expiry", "0dte")
-        if leg is not None and (spec.get("legs") or {}).get(leg, {}).get("expiry") is not None:
-            rule = spec["legs"][leg]["expiry"]
+        rule = self._rules.get((order, leg)) or self._rules[(order, None)]
         listed = chain.expiries() if setup.listed else None
         # the trading day in the strategy's timezone: a daily bar stamped at local midnight must
         # not become the previous day on an exchange calendar an hour behind (CBOE is Chicago)
-        return resolve(parse_rule(rule), now.date(), setup.calendar, listed=listed, cycle=setup.cycle)
+        return resolve(rule, now.date(), setup.calendar, listed=listed, cycle=setup.cycle)
 
     def expiries_needed(self, order: str, symbol: str, now: dt.datetime) -> set[dt.date]:
         """Every expiry an order's legs resolve to at `now` (for synthesising just those)."""
         setup = self.setups[symbol]
-        spec = self.orders[order]
-        rules = [spec.get("expiry", "0dte")] + [leg["expiry"] for leg in (spec.get("legs") or {}).values()
-                                               if leg.get("expiry") is not None]
         out = set()
-        for rule in rules:
+        for (name, _), rule in self._rules.items():
+            if name != order:
+                continue
             try:
-                out.add(resolve(parse_rule(rule), now.date(), setup.calendar, cycle=setup.cycle))
+                out.add(resolve(rule, now.date(), setup.calendar, cycle=setup.cycle))
             except NoExpiry:
                 continue
         return out
@@ -131,29 +127,28 @@ class OptionsDesk:
     def build(self, order: str, symbol: str, bar: int, now: dt.datetime, values: list,
               chain: ChainView) -> ComboQuote | str:
         """The combo the order template means at this bar, or the reason it cannot be built."""
-        spec = self.orders[order]
+        template = self.orders[order]
         setup = self.setups[symbol]
         listed = set(chain.expiries())
         legs: dict[str, LegQuote] = {}
         ctx: dict[str, Any] = {}
-        for name in _leg_order(spec.get("legs") or {}):
-            leg = spec["legs"][name]
+        for leg in template.leg_order():
+            name = leg.name
             try:
                 expiry = self.expiry(order, symbol, now, chain, name)
             except NoExpiry as exc:
-                return f"leg {name}: {exc}" if leg.get("expiry") is not None else str(exc)
+                return f"leg {name}: {exc}" if leg.expiry is not None else str(exc)
             if expiry not in listed:
                 return f"expiry {expiry} is not in the chain at {now:%Y-%m-%d %H:%M}"
-            side = chain.side(expiry, leg["right"])
-            strike = leg.get("strike")
+            side = chain.side(expiry, leg.right)
             base = f"orders.{order}.legs.{name}"
             try:
-                if isinstance(strike, dict) and "delta" in strike:
+                if leg.strike == "delta":
                     target = self._value(f"{base}.delta", bar, values, ctx)
                     lo = self._value(f"{base}.min", bar, values, ctx)
                     hi = self._value(f"{base}.max", bar, values, ctx)
                     index = pick_by_delta(side, target, lo, hi)
-                elif isinstance(strike, dict) and "premium" in strike:
+                elif leg.strike == "premium":
                     index = pick_by_premium(side, self._value(f"{base}.premium", bar, values, ctx))
                 else:
                     price = self._value(f"{base}.strike", bar, values, ctx)
@@ -164,14 +159,14 @@ class OptionsDesk:
                 return f"leg {name}: {exc}"
             except MissingInput as exc:
                 return f"leg {name}: {exc}"
-            quote = leg_quote(name, side, index, leg["action"], int(leg.get("ratio", 1)), expiry.isoformat())
+            quote = leg_quote(name, side, index, leg.action, leg.ratio, expiry.isoformat())
             legs[name] = quote
             for key in ("strike", "bid", "ask", "delta", "iv", "gamma", "theta", "vega"):
                 ctx[f"{name}.{key}"] = getattr(quote, key)
             ctx[f"{name}.mid"] = quote.mid
             ctx[f"{name}.dte"] = float((expiry - now.date()).days)
             ctx[f"{name}.right"] = quote.right
-        order_legs = tuple(legs[name] for name in (spec.get("legs") or {}))
+        order_legs = tuple(legs[leg.name] for leg in template.legs)
         return ComboQuote(order_legs, setup.multiplier, chain.underlying)
 
     def requote(self, legs: tuple[LegQuote, ...], chain: ChainView, multiplier: float) -> ComboQuote | str:
@@ -205,16 +200,14 @@ class OptionsDesk:
 
     def chase(self, order: str, bar: int, values: list, ctx: dict) -> Chase | None:
         """The order's chase, or None for a plain limit at mid (price: mid) / market."""
-        price = self.orders[order].get("price", "mid")
-        if isinstance(price, dict) and isinstance(price.get("chase"), dict):
-            c = price["chase"]
-            floor = self._value(f"orders.{order}.floor", bar, values, ctx) if "floor" in c else None
-            start = c.get("start", "mid")
-            return Chase(start=start, step=float(c.get("step", 0.01)), steps=int(c.get("steps", 4)),
-                         every=_seconds(c.get("every", "15s")), floor=floor)
-        if price == "market":
+        price = self.orders[order].price
+        if price.kind == "chase":
+            c = price.chase
+            floor = self._value(f"orders.{order}.floor", bar, values, ctx) if c.floor else None
+            return Chase(start=c.start, step=c.step, steps=c.steps, every=c.every, floor=floor)
+        if price.kind == "market":
             return Chase(start="natural", step=0.0, steps=1, every=0.0)
-        if isinstance(price, dict) and "limit" in price:
+        if price.kind == "limit":
             limit = self._value(f"orders.{order}.limit", bar, values, ctx)
             return Chase(start=limit, step=0.0, steps=1, every=0.0)
         return Chase(start="mid", step=0.0, steps=1, every=0.0)
@@ -233,12 +226,3 @@ def settlement_value(position: ComboPosition, price: float, quote: ComboQuote | 
             value = now.mid if now is not None and now.quoted_for(False) else leg.mid
         debit += leg.sign * leg.ratio * value
     return debit
-
-
-def _seconds(text) -> float:
-    text = str(text)
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for unit in ("ms", "s", "m", "h"):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * units[unit]
-    return float(text)

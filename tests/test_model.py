@@ -1,0 +1,53 @@
+"""The typed model (check/model.py): each example's order templates and simulator settings
+parsed once into frozen dataclasses, with the values a run reads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from engine.check.model import OrderTemplate, PricePolicy, Quantity, SimSettings, order_templates
+from engine.runtime import backtest as bt
+
+
+def test_the_iron_condors_order_template():
+    prep = bt.prepare("strategies/iron_condor.yaml")
+    condor = prep.orders["condor"]
+    assert condor.combo and condor.quantity == Quantity("fixed", 1.0)
+    assert [(leg.name, leg.right, leg.action, leg.strike) for leg in condor.legs] == [
+        ("short_put", "put", "sell", "delta"), ("long_put", "put", "buy", "expression"),
+        ("short_call", "call", "sell", "delta"), ("long_call", "call", "buy", "expression")]
+    assert [leg.name for leg in condor.leg_order()] == ["short_put", "short_call", "long_put", "long_call"]
+    chase = condor.price.chase
+    assert condor.price.kind == "chase" and (chase.step, chase.steps, chase.every, chase.floor) == (0.01, 4, 15.0, True)
+    assert condor.expiry == "0dte"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        condor.tif = "gtc"
+    with pytest.raises(TypeError):
+        prep.orders["other"] = condor           # the mapping is read-only too
+
+
+def test_quantities_prices_and_settings_are_parsed_once():
+    orders = order_templates({
+        "a": {"action": "sell", "type": "limit", "tif": "gtc", "quantity": {"percent_of_equity": "25%", "round": "fractional"}},
+        "b": {"quantity": {"risk_percent": "1%", "stop_distance": "atr(14)"}},
+        "c": {"quantity": "floor(10 / close)"},
+        "d": {"legs": {"x": {"right": "call", "action": "buy", "strike": {"premium": 1.0}}}, "price": "market"},
+    })
+    assert orders["a"] == OrderTemplate("a", "sell", "limit", "gtc", Quantity("percent_of_equity", 0.25, False))
+    assert orders["b"].quantity == Quantity("risk_percent", 0.01)
+    assert orders["c"].quantity.mode == "expression"
+    assert orders["d"].price == PricePolicy("market") and orders["d"].legs[0].strike == "premium"
+    sim = SimSettings.from_spec({"cash": 5000, "account": "cash", "commission": {"per_share": 0.005, "minimum": 1},
+                                 "slippage": {"ticks": 1}, "fill": "close",
+                                 "options": {"fill_fraction": 0.25, "spread": {"percent": "3%"}}})
+    assert (sim.cash, sim.account, sim.fill) == (5000.0, "cash", "close")
+    assert sim.commission(100, 10.0) == 1.0 and sim.slippage.apply(10.0, "buy", 0.01) == pytest.approx(10.01)
+    assert (sim.options.fill_fraction, sim.options.spread_pct) == (0.25, 0.03)
+
+
+def test_cash_from_the_command_line_reaches_the_simulator_settings():
+    prep = bt.prepare("strategies/sma_crossover.yaml", cash=25_000)
+    assert prep.sim.cash == 25_000.0 and prep.sim.account == "margin"     # the default account
+    assert bt.run(prep).ledger.initial_cash == 25_000.0

@@ -578,7 +578,7 @@ def _describe_intent(info: dict) -> str:
     """A would-be order as a trader reads it: one line for the order, then its details."""
     intent = info["intent"]
     daily = (info["time"] - info["bar"]).total_seconds() >= 86_400 - 1
-    when = f"{info['bar']:%Y-%m-%d} close" if daily else f"{info['time']:%Y-%m-%d %H:%M}"
+    when = info.get("when") or (f"{info['bar']:%Y-%m-%d} close" if daily else f"{info['time']:%Y-%m-%d %H:%M}")
     quote = info.get("quote")
     why = "; ".join(info.get("why") or [])
     why = f"rule '{info['rule']}' fired: {why}" if why else f"rule '{info['rule']}' fired"
@@ -616,9 +616,12 @@ def _describe_intent(info: dict) -> str:
               "CSV; default: the strategy's data.chains; none: chains are synthesised).")
 @click.option("--days", type=click.IntRange(1, 3650), default=5, show_default=True,
               help="With --broker sim and no --from: replay the last N trading days of the data.")
-@click.option("--from", "start", metavar="YYYY-MM-DD", help="With --broker sim: first day replayed (inclusive).")
-@click.option("--to", "end", metavar="YYYY-MM-DD", help="With --broker sim: last day replayed (inclusive).")
-@click.option("--cash", type=float, help="Starting cash (default: the strategy's backtest.cash).")
+@click.option("--from", "start", metavar="YYYY-MM-DD", callback=_iso_date,
+              help="With --broker sim: first day replayed (inclusive; instead of --days).")
+@click.option("--to", "end", metavar="YYYY-MM-DD", callback=_iso_date,
+              help="With --broker sim: last day replayed (inclusive).")
+@click.option("--cash", type=float, callback=_positive_amount,
+              help="Starting cash (default: the strategy's backtest.cash).")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a param. Repeatable.")
 @click.option("--journal", "journal_path", default="qtrade-journal.sqlite", show_default=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -655,20 +658,29 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
                    "use --broker sim (add --dry-run to print the orders without transmitting them)", err=True)
         sys.exit(EXIT_USAGE)
     started = _time.perf_counter()
+    if start and click.get_current_context().get_parameter_source("days").name != "DEFAULT":
+        raise click.UsageError("--from and --days both say where the replay starts: give one of them")
+    if start and end and start > end:
+        raise click.UsageError(f"--from {start} is after --to {end}")
     _journal_first(journal_path, None)
     try:
         prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash, chains=chains)
         _refuse_unfiltered_session(prep)
         _refuse_short_history(prep)
-        if not start:
-            prep = bt.last_days(prep, days)
     except DiagnosticError as exc:
         _report_problems(exc)
+    _check_window(prep, start, end)
+    if not start:
+        prep = bt.last_days(prep, days)
     _report_skipped_bars(prep)
     printed = []
     text = fmt == "text"
 
     def show(info: dict) -> None:
+        if info.get("kind") == "outcome":
+            if text:
+                _safe_echo(f"    -> {info['tag']}: {info['text']}")
+            return
         printed.append(info)
         if text:
             _safe_echo(_describe_intent(info) if info.get("quote") is not None else _describe_order(info, prep.timezone))
@@ -722,6 +734,11 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
         _safe_echo(f"  blocked {d.rule!r} on {d.symbol}: {d.reason}")
     for _, message in errors[:5]:
         _safe_echo(f"  error: {message}")
+    if not printed:
+        bars = sum(int((b.start >= (prep.start.value if prep.start is not None else 0)).sum())
+                   for b in result.bars.values())
+        _safe_echo(f"  no rule fired in the {bars:,} bar{'s' * (bars != 1)} replayed: --days N or --from DATE "
+                   "replays more")
     if blocked:
         _safe_echo(f"  all the reasons: qtrade why {journal_path} --run {result.run_id}")
     _safe_echo(f"{len(result.ledger.trades)} round trips, {len(result.ledger.positions)} open, "
@@ -745,11 +762,14 @@ def _describe_order(info: dict, timezone: str) -> str:
     if info.get("role") == "combo_exit":      # a BAG order closing the combo: its price is a debit or credit
         intent = OrderIntent(**{**intent.__dict__, "symbol": f"{intent.symbol} {info['order']} combo"})
     when = pd.Timestamp(info["time"], tz="UTC").tz_convert(timezone)
-    stamp = f"{when:%Y-%m-%d} open" if (when.hour, when.minute) == (0, 0) else f"{when:%Y-%m-%d %H:%M}"
+    stamp = info.get("when") or f"{when:%Y-%m-%d %H:%M}"
     line = f"{stamp}  {intent.describe()}"
-    if intent.intent == "close":
-        return line + (f"\n    why: {intent.reason}" if intent.reason else "")
-    return line + (f"\n    why: rule '{info['rule']}' fired: {info['why']}" if info.get("why") else "")
+    why = info.get("why")
+    if why:
+        line += f"\n    why: rule '{info['rule']}' fired: {why}" + (f" ({intent.reason})" if intent.reason else "")
+    elif intent.reason:
+        line += f"\n    why: {intent.reason}"
+    return line
 
 
 @main.command("gateway-sim")

@@ -129,3 +129,33 @@ def test_a_journal_of_the_first_schema_is_brought_up_to_date_in_place(tmp_path):
     assert con.execute("SELECT count(*) FROM fills").fetchone()[0] == 2          # the old row is kept
     assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
     assert con.execute("SELECT detail FROM decisions").fetchone()[0] == "a = 1: 1 > 0 yes"
+
+
+def test_every_runs_fills_are_kept_in_one_journal(tmp_path):
+    """Execution ids are unique across runs (as IB's are), so a journal that holds many runs keeps
+    each one's fills; a dry run and a paper run of the same days journal the same fills."""
+    path = tmp_path / "j.sqlite"
+    runner = CliRunner()
+    for extra in ([], ["--dry-run"], []):
+        out = runner.invoke(cli.main, ["run", SMA, "--broker", "sim", "--days", "400", "--journal", str(path), *extra])
+        assert out.exit_code == 0, out.output
+    con = sqlite3.connect(path)
+    per_run = con.execute("SELECT r.run_id, r.mode, (SELECT count(*) FROM orders o WHERE o.run_id = r.run_id AND "
+                          "o.status = 'filled'), (SELECT count(*) FROM fills f WHERE f.run_id = r.run_id) "
+                          "FROM runs r ORDER BY r.started_at").fetchall()
+    assert [mode for _, mode, _, _ in per_run] == ["paper", "dry-run", "paper"]
+    assert len({(filled, fills) for _, _, filled, fills in per_run}) == 1
+    assert all(filled == fills > 4 for _, _, filled, fills in per_run)
+
+
+def test_run_refuses_bad_dates_and_cash_as_backtest_does(tmp_path):
+    runner = CliRunner()
+    journal = ["--journal", str(tmp_path / "j.sqlite")]
+    cases = [(["--from", "2017-13-45"], "is not a date"), (["--from", "2017-06-01", "--to", "2017-01-01"], "is after --to"),
+             (["--from", "1990-01-01", "--to", "1995-01-01"], "before the start of the data"),
+             (["--from", "2030-01-01"], "after the end of the data"), (["--cash", "-5"], "--cash"),
+             (["--from", "2017-01-01", "--days", "10"], "give one of them")]
+    for args, message in cases:
+        out = runner.invoke(cli.main, ["run", SMA, "--broker", "sim", *args, *journal])
+        assert out.exit_code == 2, (args, out.output)
+        assert message in out.output and "Traceback" not in out.output and "internal error" not in out.output

@@ -830,7 +830,7 @@ def test_run_takes_option_chains(tmp_path):
                  "--journal", tmp_path / "j.sqlite")
     assert result.exit_code == 0, result.output
     assert "spx-monthly-iron-condor: dry-run from 2018-01-02 to the end of the data, SPX" in result.output
-    assert "2018-01-02 00:00  SELL 1 SPX condor combo [enough credit]" in result.output
+    assert "2018-01-02 close  SELL 1 SPX condor combo [enough credit]" in result.output   # a daily bar: its close
     assert "legs: SELL 1 PUT 2620 2018-01-31, BUY 1 PUT 2570 2018-01-31" in result.output
     sent = int(next(line for line in result.output.splitlines() if "would have been sent" in line).split()[0])
     assert sent >= 1

@@ -19,6 +19,7 @@ natural price. Cash settlement at expiry is `settle`.
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass, replace
 
 from ..market.series import SymbolBars
@@ -49,7 +50,7 @@ class SimBroker:
     """A venue over known bars (a backtest's history, or bars replayed one at a time)."""
 
     def __init__(self, bars: dict[str, SymbolBars], fills: FillModel, cash: float, account: str = "margin",
-                 partial: float | None = None, combo_quote=None, fill_fraction: float = 0.5):
+                 partial: float | None = None, combo_quote=None, fill_fraction: float = 0.5, session: str = ""):
         self.combo_quote = combo_quote
         self.fill_fraction = fill_fraction
         self._combos: dict[str, float] = {}    # combo key -> multiplier, for the account's marks
@@ -70,6 +71,8 @@ class SimBroker:
         self._exec_seq = 0
         self.placed: list[E.Order] = []      # every order this venue was sent, in order
         self.clock: int | None = None        # the run's time (ns), set by its clock; else the bars' times
+        # execution ids are unique across sessions, as IB's are: a journal keeps every run's fills
+        self.session = session or uuid.uuid4().hex[:8]
 
     # ---- the clock ---------------------------------------------------------------------------
     def open_bar(self, symbol: str, k: int) -> None:
@@ -315,7 +318,7 @@ class SimBroker:
         b = self.bars[o.symbol]
         fee = self.fills.fee(b, qty, price)
         self._exec_seq += 1
-        exec_id = f"sim.{w.broker_id:08d}.{self._exec_seq:06d}.01"
+        exec_id = f"sim.{self.session}.{w.broker_id:08d}.{self._exec_seq:06d}.01"
         signed = qty if o.action == "buy" else -qty
         h = self._holdings.setdefault(o.symbol, _Holding())
         self.cash -= fee
@@ -338,7 +341,7 @@ class SimBroker:
         contracts = qty * sum(leg.ratio for leg in o.legs)
         fee = self.fills.commission(contracts, abs(price), o.multiplier, True)
         self._exec_seq += 1
-        exec_id = f"sim.{w.broker_id:08d}.{self._exec_seq:06d}.01"
+        exec_id = f"sim.{self.session}.{w.broker_id:08d}.{self._exec_seq:06d}.01"
         signed = qty if o.action == "buy" else -qty
         self.cash -= fee + signed * price * o.multiplier
         self._combos[o.symbol] = o.multiplier

@@ -97,6 +97,7 @@ class _Symbol:
     key: str | None = None          # the ledger key of its open position (the symbol, or a combo's key)
     chasing: str | None = None      # the combo order whose chase is running
     jump_idx: dict = field(default_factory=dict)   # bars where each market exit holds (for jumps)
+    at: tuple = (-1, 0)             # the bar it is at and the phase (open or close)
 
 
 class Kernel(RunState):
@@ -171,6 +172,27 @@ class Kernel(RunState):
         self._end_of_data()
         return self.ledger
 
+    def when(self, symbol: str) -> str:
+        """Now, as a trader reads it for this symbol: the bar's date and open or close on daily
+        bars (a daily bar's close is stamped at the next midnight), else the local time."""
+        st = self.syms[symbol]
+        b = st.bars
+        k, phase = st.at
+        if k >= 0 and int(b.end[k]) - int(b.start[k]) >= 86_400 * 10**9:
+            day = self._local(int(b.start[k]))
+            later = self._now - int(b.end[k] if phase == CLOSE else b.start[k])
+            tail = f" +{later / 1e9:g}s" if later > 0 else ""
+            return f"{day:%Y-%m-%d} {'open' if phase == OPEN else 'close'}{tail}"
+        t = self._local(self._now)
+        return f"{t:%Y-%m-%d %H:%M:%S}" if t.second else f"{t:%Y-%m-%d %H:%M}"
+
+    def _outcome(self, tr: _Tracked, text: str) -> None:
+        """What became of a printed order (a fill below its first limit, a chase that timed out, a
+        refusal), for the reader of a dry run or a paper run."""
+        if self.on_order is not None:
+            self.on_order({"kind": "outcome", "symbol": tr.symbol, "tag": tr.intent.tag, "text": text,
+                           "when": self.when(tr.symbol)})
+
     def _tick(self, time: int) -> None:
         self._now = time
         self.venue.at(time)
@@ -195,6 +217,7 @@ class Kernel(RunState):
                         return
                     k = int(st.candidates[j])
                 yield int(end[k]), CLOSE
+                st.at = (k, CLOSE)
                 self.venue.open_bar(symbol, k)
                 self.venue.close_bar(symbol, k)
                 self._on_close(st, k)
@@ -206,11 +229,13 @@ class Kernel(RunState):
                     return      # nothing can happen to the position before the data ends
                 k = j
             yield int(start[k]), OPEN
+            st.at = (k, OPEN)
             self._on_open(st, k)
             yield int(start[k]), INTRABAR
             self.venue.close_bar(symbol, k)
             self._drain()
             yield int(end[k]), CLOSE
+            st.at = (k, CLOSE)
             self._drain()
             self._on_close(st, k)
             k += 1
@@ -347,8 +372,9 @@ class Kernel(RunState):
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
         if self.on_order is not None and tr.role in ("entry", "exit"):
-            self.on_order({"time": self._now, "symbol": tr.symbol, "rule": it.rule, "order": tr.rule.order,
-                           "intent": it, "why": tr.why, "quote": None, "role": tr.role})
+            self.on_order({"kind": "order", "time": self._now, "when": self.when(tr.symbol), "symbol": tr.symbol,
+                           "rule": it.rule, "order": tr.rule.order, "intent": it, "why": tr.why, "quote": None,
+                           "role": tr.role})
         self.venue.place(order)
 
     def _entry_quantity(self, tr: _Tracked, b: SymbolBars, k: int) -> float | None:
@@ -467,6 +493,8 @@ class Kernel(RunState):
         else:
             status = {"expired": "expired", "rejected": "rejected", "cancelled": "cancelled"}[ev.status]
             self._status(tr, status, ev.time, ev.reason)
+            if tr.role in ("entry", "exit") and tr.sent:
+                self._outcome(tr, f"{status}: {ev.reason}" if ev.reason else status)
             if status == "rejected" and tr.role == "entry":
                 self._decide(tr.symbol, tr.intent.rule, "entry", "blocked", f"rejected by the broker: {ev.reason}")
         if tr.role == "entry":
@@ -657,6 +685,7 @@ class Kernel(RunState):
             detail = "; ".join(explain(self.plan, rule.when, k, st.values, ctx))
         self._decide(st.symbol, rule.name, "exit", "fired", rule.reason, detail)
         tr = self._track(intent, st, "exit", rule, k, kind)
+        tr.why = detail
         st.closing = intent.tag
         self._queue(st, tr, k)
 
@@ -814,7 +843,8 @@ class Kernel(RunState):
         tr.combo = {"quote": quote, "chase": chase, "prices": prices, "quantity": qty, "ctx": ctx, "now": now,
                     "key": f"{symbol} {rule.order}", "order": rule.order}
         if self.on_order is not None:
-            self.on_order({"time": now, "bar": self._local(int(st.bars.start[k])), "symbol": symbol,
+            self.on_order({"kind": "order", "time": now, "bar": self._local(int(st.bars.start[k])), "symbol": symbol,
+                           "when": self.when(symbol),
                            "rule": rule.name, "order": rule.order, "intent": intent,
                            "why": explain(self.plan, rule.when, k, st.values, ctx), "quote": quote, "chase": chase,
                            "prices": prices, "quantity": qty})
@@ -839,8 +869,9 @@ class Kernel(RunState):
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
         if not opening and self.on_order is not None:
-            self.on_order({"time": self._now, "symbol": st.symbol, "rule": it.rule, "order": info["order"],
-                           "intent": it, "why": it.reason, "quote": None, "role": tr.role})
+            self.on_order({"kind": "order", "time": self._now, "when": self.when(st.symbol), "symbol": st.symbol,
+                           "rule": it.rule, "order": info["order"], "intent": it, "why": tr.why,
+                           "quote": None, "role": tr.role})
         self.venue.place(order)
         self._drain()
         start = self._now
@@ -867,10 +898,10 @@ class Kernel(RunState):
         info = tr.combo
         prices = tr.chase_prices
         if tr.filled <= 0:
-            tried = prices if ev.status == E.CANCELLED else prices
-            reason = (f"chase timed out after {len(tried)} prices ({', '.join(f'{p:.2f}' for p in tried)}): "
+            reason = (f"chase timed out after {len(prices)} prices ({', '.join(f'{p:.2f}' for p in prices)}): "
                       "cancelled, cancel confirmed") if ev.status == E.CANCELLED else ev.reason
             self._status(tr, "cancelled" if ev.status == E.CANCELLED else ev.status, ev.time, reason)
+            self._outcome(tr, f"not filled: {reason}")
             if tr.role == "combo_entry":
                 self._decide(tr.symbol, tr.rule.name, "entry", "blocked", reason)
             else:
@@ -881,6 +912,7 @@ class Kernel(RunState):
         price = self._average(tr)
         step = prices.index(price) if price in prices else len(prices) - 1
         how = f"filled at {price:.2f} on step {step + 1} of {len(prices)}" if prices else info.get("how", "")
+        self._outcome(tr, how if prices else f"filled at {price:.2f} (the natural price)")
         if tr.role == "combo_exit":
             self._combo_closed(st, tr, price, how, ev.time)
             return
@@ -957,18 +989,20 @@ class Kernel(RunState):
             why = quote if isinstance(quote, str) else quote.missing_for(False)
             self._decide(symbol, fired.name, "exit", "blocked", f"cannot price the close: {why}")
             return
-        self._decide(symbol, fired.name, "exit", "fired", fired.reason)
+        detail = "; ".join(explain(self.plan, fired.when, k, st.values, ctx)) \
+            if self._explain and fired.when is not None else ""
+        self._decide(symbol, fired.name, "exit", "fired", fired.reason, detail)
         chase = self.desk.chase(combo.order, k, st.values, {})
         prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=False)
         action = "buy" if combo.entry_credit > 0 else "sell"
-        info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now}
+        info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now, "why": detail}
         if not prices:      # no price within the floor: straight to the natural price
             self._close_at_natural(st, symbol, action, float(combo.quantity), fired, k, info, tried=[])
             return
         intent = OrderIntent(symbol, action, "limit", float(combo.quantity), None, prices[0], None,
                              "day", "close", fired.name, self._tag(), fired.reason)
         tr = self._track(intent, st, "combo_exit", fired, k)
-        tr.combo = info
+        tr.combo, tr.why = info, detail
         self._chase(st, tr, prices, chase.every, opening=False)
 
     def _close_at_natural(self, st: _Symbol, symbol: str, action: str, quantity: float, rule: N.Rule, k: int,
@@ -993,8 +1027,9 @@ class Kernel(RunState):
             self.recorder.order(nat.record)       # journaled before it leaves
         nat.sent = True
         if self.on_order is not None:
-            self.on_order({"time": self._now, "symbol": symbol, "rule": rule.name, "order": info["order"],
-                           "intent": intent, "why": how, "quote": None, "role": "combo_exit"})
+            self.on_order({"kind": "order", "time": self._now, "when": self.when(symbol), "symbol": symbol,
+                           "rule": rule.name, "order": info["order"], "intent": intent, "why": info.get("why", ""),
+                           "quote": None, "role": "combo_exit"})
         self.venue.place(order)
         self._drain()
 

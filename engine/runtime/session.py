@@ -100,8 +100,10 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
     settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=_risk(prep.doc),
                            run_id=run_id, strategy=plan.name, timezone=prep.timezone, fill_fraction=fraction)
     fills = FillModel(sim.commission, sim.slippage, sim.fill)
-    venue = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction)
-    wallet = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction)
+    venue = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction,
+                      session=f"{run_id}.venue")
+    wallet = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction,
+                       session=f"{run_id}.wallet")
     broker = DryRunBroker(venue, wallet) if dry_run else venue
     span = _span(symbol_bars)
     report = (lambda t: progress((t - span[0]) / max(span[1] - span[0], 1))) if progress and span else None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import encode as enc
 from .book import Book, Execution, Order, commission_for, ib_time
-from .catalog import BAG_CONID, Catalog, Instrument, build_catalog
+from .catalog import BAG_CONID, CARRY, Catalog, Instrument, build_catalog
 from .market import NS, NY, Clock, Market, Quote, Series
 from .protocol import HELLO, MAX_VERSION, Fields, ProtocolError, frame, negotiate, split
 
@@ -669,7 +669,7 @@ class GatewaySim:
             return None
         frame = series.frame
         end = pd.Timestamp(end_ns, unit="ns", tz="UTC").tz_convert(NY)
-        start = end - pd.Timedelta(seconds=seconds_back)
+        start = end.floor("s") - pd.Timedelta(seconds=seconds_back)  # IB counts whole seconds back
         src_seconds = series.bar_ns / NS
         want = bar_seconds(bar)
         if want < src_seconds - 1e-9 and not series.daily:
@@ -688,7 +688,7 @@ class GatewaySim:
         if want > src_seconds + 1e-9:
             window = resample(window, bar, timezone="America/New_York")
         window = window[window.index >= start.floor("D") if want >= 86400 else window.index >= start]
-        f = inst.price_factor
+        f = inst.price_factor * ((1.0 + CARRY * inst.carry_days / 365.0) if inst.secType == "FUT" else 1.0)
         out = window.copy()
         for col in ("open", "high", "low", "close"):
             out[col] = (out[col] * f).round(4)

@@ -3,6 +3,7 @@ ticks, 354/10167, historical bars, keepUpToDate, pacing (162)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import pytest
@@ -196,3 +197,19 @@ def _wait_for(ib, cond, timeout=3.0):
         ib.sleep(0.05)
         waited += 0.05
     return cond()
+
+
+def test_futures_bars_carry_like_their_quotes(make_sim, connect, nq_data):
+    from ib_async import Future
+
+    sim = make_sim(nq_data, start="2023-11-20 12:00")
+    ib = connect(sim)
+    nq = sorted(ib.reqContractDetails(Future("NQ", exchange="CME")), key=lambda d: d.contract.lastTradeDateOrContractMonth)
+    front = ib.reqHistoricalData(nq[0].contract, "", "3600 S", "1 min", "TRADES", False)
+    later = ib.reqHistoricalData(nq[1].contract, "", "3600 S", "1 min", "TRADES", False)
+    assert len(front) == len(later) == 60
+    src = sim.series["NQ"].frame
+    assert front[-1].close == pytest.approx(src.loc[src.index == front[-1].date, "close"].iloc[0])
+    days = (dt.datetime.strptime(nq[1].contract.lastTradeDateOrContractMonth, "%Y%m%d")
+            - dt.datetime.strptime(nq[0].contract.lastTradeDateOrContractMonth, "%Y%m%d")).days
+    assert later[-1].close == pytest.approx(front[-1].close * (1 + 0.05 * days / 365), abs=0.01)

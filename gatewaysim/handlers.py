@@ -207,6 +207,9 @@ def req_mkt_data(sim, s, f):
     snapshot = f.bool()
     f.bool()  # regulatory snapshot
     if c["secType"].upper() == "BAG":
+        if not legs:
+            s.error(req_id, 321, part="bM", cause="a BAG contract needs its combo legs")
+            return
         for leg in legs:
             leg["inst"] = sim.catalog.get(leg["conId"])
             if leg["inst"] is None:
@@ -502,6 +505,9 @@ def place_order(sim, s, f):
         return
     inst, legs = None, []
     if c["secType"].upper() == "BAG":
+        if not spec["legs"]:
+            s.error(order_id, 321, part="bO", cause="a BAG order needs its combo legs")
+            return
         for leg in spec["legs"]:
             leg["inst"] = sim.catalog.get(leg["conId"])
             if leg["inst"] is None:
@@ -600,6 +606,9 @@ def _what_if(sim, s, order_id, c, spec):
 
     if c["secType"].upper() == "BAG":
         legs = spec["legs"]
+        if not legs:
+            s.error(order_id, 201, reason="a BAG order needs its combo legs")
+            return
         for leg in legs:
             leg["inst"] = sim.catalog.get(leg["conId"])
             if leg["inst"] is None:

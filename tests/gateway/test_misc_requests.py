@@ -72,3 +72,13 @@ def test_account_updates_multi_follow_fills(ib, sim):
     assert _wait(ib, lambda: t.orderStatus.status == "Filled")
     assert _wait(ib, lambda: any(float(v.value) < 1_000_000 for v in seen))
     assert any(m["name"] == "reqAccountUpdatesMulti" for m in sim.messages())
+
+
+def test_a_bag_without_legs_is_refused_not_crashed(ib, sim, expect_errors, error_guard):
+    from ib_async import Contract
+
+    empty = Contract(secType="BAG", symbol="SPY", exchange="SMART", currency="USD")
+    trade = ib.placeOrder(empty, LimitOrder("BUY", 1, 1.0))
+    ib.sleep(0.2)
+    assert trade.orderStatus.status == "ValidationError"  # 321 is a warning in ib_async
+    assert any(e["code"] == 321 and "needs its combo legs" in e["text"] for e in sim.events if e["kind"] == "error")

@@ -165,3 +165,33 @@ def test_cli_port_in_use_exits_2(sim):
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{sim.port}" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _started_raw(port, client_id):
+    s = _raw_connect(port, b"v157..178")
+    s.settimeout(2)
+    n = struct.unpack(">I", s.recv(4))[0]
+    s.recv(n)
+    s.sendall(frame([71, 2, client_id, ""]))
+    return s
+
+
+def test_truncated_and_garbage_messages_never_crash_a_handler(sim, caplog):
+    """Every message id the simulator handles, cut short and filled with junk: each session is
+    closed with a logged reason or answered; no handler raises an internal error."""
+    from gatewaysim.handlers import HANDLERS
+
+    junk_sets = [[], ["x"], ["1", "2"], ["1"] * 40, ["", "abc", "1.5", "-7"] * 30]
+    with caplog.at_level("INFO", logger="gatewaysim"):
+        for k, msg_id in enumerate(sorted(HANDLERS)):
+            if msg_id == 71:
+                continue
+            for j, junk in enumerate(junk_sets):
+                s = _started_raw(sim.port, 1000 + k * 10 + j)
+                s.sendall(frame([msg_id, *junk]))
+                s.sendall(frame([49, 1]))  # still alive? it answers the current time
+                s.close()
+        time.sleep(0.3)
+    internal = [e for e in sim.events if e["kind"] == "internal_error"]
+    assert internal == []
+    assert any("ended after" in r.getMessage() for r in caplog.records)  # truncated ones were named

@@ -65,6 +65,7 @@ class Session:
         self.hist_live: dict[int, dict] = {}
         self.scanners: dict[int, dict] = {}
         self.realtime: dict[int, dict] = {}
+        self.pnl: dict[int, dict] = {}
         self.data_type = 1
         self.closed = False
         self.sent = 0
@@ -478,6 +479,8 @@ class GatewaySim:
                     scanner_update(self, s, reqId, sub)
                 for reqId, sub in list(s.realtime.items()):
                     realtime_update(self, s, reqId, sub)
+                for reqId, sub in list(s.pnl.items()):
+                    pnl_update(self, s, reqId, sub)
 
     # ------------------------------------------------------------------ orders
     def match_all(self) -> None:
@@ -1014,4 +1017,4 @@ async def _as_coro(fn, *args, **kw):
     return result
 
 
-from .handlers import HANDLERS, realtime_update, scanner_update  # noqa: E402  (the handlers module needs the classes above)
+from .handlers import HANDLERS, pnl_update, realtime_update, scanner_update  # noqa: E402  (the handlers module needs the classes above)

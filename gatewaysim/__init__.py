@@ -11,6 +11,17 @@ broker, which is tested against it. Run it with `qtrade gateway-sim`, or from Py
     sim.stop_ticks("SPY"); sim.reject_next_order("margin"); sim.record()
     sim.stop_thread()
 
+Requests answered: startApi, reqCurrentTime, reqIds, reqManagedAccts, reqMarketDataType,
+reqPositions, reqAccountUpdates, reqAccountUpdatesMulti, reqAccountSummary, reqPnL(Single),
+reqContractDetails (STK, IND, FUT, CONTFUT, OPT; BAG -> 321 as at IB), reqSecDefOptParams,
+reqMktData (snapshot and streaming; STK, IND, FUT, OPT with greeks, BAG from its legs),
+reqHistoricalData (+ keepUpToDate), reqRealTimeBars, reqHeadTimeStamp, placeOrder (MKT, LMT,
+STP, STP LMT, BAG; what-if; brackets/OCA), cancelOrder, reqGlobalCancel, reqOpenOrders,
+reqAllOpenOrders, reqCompletedOrders, reqExecutions (filtered), reqScannerSubscription
+(TOP_PERC_GAIN, TOP_PERC_LOSE, MOST_ACTIVE/HOT_BY_VOLUME over the replayed stocks) and the
+matching cancels. Other message ids are logged and ignored; a malformed message closes its
+session with a logged reason. Faults and control commands: gatewaysim/control.py.
+
 Clock. Simulated time starts at 09:30 New York on the last day of the intraday data (or the
 last daily bar's day) and runs at --speed times the wall clock. reqCurrentTime, the handshake's
 connection time, execution times and historical bars all use simulated time, and no bar later

@@ -394,10 +394,8 @@ class GatewaySim:
                      lastSize=1.0, volume=0.0, close=round(last, 2), open=round(last, 2), high=round(ask, 2),
                      low=round(bid, 2), nan=nan)
 
-    def send_ticks(self, s: Session, line: Line, full: bool) -> None:
-        q = self.line_quote(line, self.clock.now_ns() - (900 * NS if line.delayed else 0))
-        if q is None:
-            return
+    def send_ticks(self, s: Session, line: Line, full: bool, quote: Quote | None = None) -> None:
+        q = quote or self.line_quote(line, self.clock.now_ns() - (900 * NS if line.delayed else 0))
         rid = line.reqId
 
         def tid(t):
@@ -461,18 +459,29 @@ class GatewaySim:
         f = self.faults
         if not f["connectivity_lost"]:
             self.match_all()
+        quiet = f["connectivity_lost"] or f["farm_broken"]
+        due: list[tuple[Session, Line]] = []
         for s in list(self.sessions):
-            if s.clientId is None:
+            if s.clientId is None or quiet:
                 continue
-            quiet = f["connectivity_lost"] or f["farm_broken"]
             for line in list(s.lines.values()):
-                if line.snapshot or line.silent or quiet:
+                if line.snapshot or line.silent:
                     continue
                 sym = line.inst.symbol if line.inst else (line.legs[0]["inst"].symbol if line.legs else "")
                 if sym in f["stopped"] or (f["competing"] and not line.delayed):
                     continue
+                due.append((s, line))
+        now = self.clock.now_ns()
+        for delayed in (False, True):  # one batch per time: the options among them priced together
+            batch = [(s, line) for s, line in due if line.delayed == delayed and line.inst is not None]
+            quotes = self.market.quotes([line.inst for _, line in batch], now - (900 * NS if delayed else 0))
+            for (s, line), q in zip(batch, quotes):
+                self.send_ticks(s, line, full=False, quote=q)
+        for s, line in due:
+            if line.inst is None:
                 self.send_ticks(s, line, full=False)
-            if not quiet:
+        for s in list(self.sessions):
+            if s.clientId is not None and not quiet:
                 for reqId, h in list(s.hist_live.items()):
                     self._hist_update(s, reqId, h)
                 for reqId, sub in list(s.scanners.items()):

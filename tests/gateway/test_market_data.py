@@ -213,3 +213,9 @@ def test_futures_bars_carry_like_their_quotes(make_sim, connect, nq_data):
     days = (dt.datetime.strptime(nq[1].contract.lastTradeDateOrContractMonth, "%Y%m%d")
             - dt.datetime.strptime(nq[0].contract.lastTradeDateOrContractMonth, "%Y%m%d")).days
     assert later[-1].close == pytest.approx(front[-1].close * (1 + 0.05 * days / 365), abs=0.01)
+
+
+def test_batched_option_quotes_equal_one_at_a_time(sim):
+    opts = [i for i in sim.catalog.by_conid.values() if i.secType == "OPT"][:400]
+    t = sim.clock.now_ns()
+    assert sim.market.quotes(opts, t) == [sim.market.quote(o, t) for o in opts]

@@ -82,9 +82,9 @@ __all__ = ["GatewaySim", "DataError", "load_data", "main"]
 
 
 def main(port: int = 7497, data=None, account: str = "DU1234567", speed: float = 1.0, scenario=None,
-         control_port: int | None = None, echo=print) -> int:
+         control_port: int | None = None, start: str | None = None, echo=print) -> int:
     """`qtrade gateway-sim`: run until SIGINT/SIGTERM; returns the exit code."""
     from .cli import run
 
     return run(port=port, data=data, account=account, speed=speed, scenario=scenario, control_port=control_port,
-               echo=echo)
+               start=start, echo=echo)

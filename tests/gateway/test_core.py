@@ -129,7 +129,8 @@ def test_cli_bad_data_exits_2_without_traceback(tmp_path):
 def test_cli_prints_one_line_serves_and_stops_on_sigterm(tmp_path):
     from ib_async import IB
 
-    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "gateway-sim", "--port", "0", "--speed", "60"],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "gateway-sim", "--port", "0", "--speed", "60",
+                             "--start", "2019-11-07 10:00"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = proc.stdout.readline()
@@ -137,7 +138,8 @@ def test_cli_prints_one_line_serves_and_stops_on_sigterm(tmp_path):
         port = int(line.split("127.0.0.1:")[1].split()[0])
         ib = IB()
         ib.connect("127.0.0.1", port, clientId=3, timeout=3)
-        assert ib.reqCurrentTime().year == 2019
+        now = ib.reqCurrentTime()
+        assert (now.year, now.month, now.day, now.hour) == (2019, 11, 7, 15)  # 10:00 New York is 15:00 UTC
         ib.disconnect()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
@@ -151,6 +153,7 @@ def test_cli_prints_one_line_serves_and_stops_on_sigterm(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--speed", "0"], "--speed must be positive"),
+    (["--start", "next tuesday"], "expected 'YYYY-MM-DD HH:MM'"),
     (["--scenario", "{missing}"], "no such file"),
 ])
 def test_cli_bad_options_exit_2(tmp_path, args, message):

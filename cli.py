@@ -432,12 +432,14 @@ def run(strategy, dry_run, live, broker, data, days, sets, journal_path):
 @click.option("--control-port", type=click.IntRange(0, 65535), help="Also take line-based JSON commands here.")
 @click.option("--start", metavar="'YYYY-MM-DD HH:MM'", help="Simulated start, New York time (default: 09:30 on "
               "the last day of the intraday data).")
-def gateway_sim(port, data, account, speed, scenario, control_port, start):
+@click.option("--chains", type=click.Path(), help="Option chain snapshots (an L2 or iVolatility CSV) to quote "
+              "options from instead of synthesising them.")
+def gateway_sim(port, data, account, speed, scenario, control_port, start, chains):
     """Run a local IB Gateway simulator that ib_async connects to (faults on command)."""
     import gatewaysim
 
     sys.exit(gatewaysim.main(port=port, data=data, account=account, speed=speed, scenario=scenario,
-                             control_port=control_port, start=start))
+                             control_port=control_port, start=start, chains=chains))
 
 
 @main.command()

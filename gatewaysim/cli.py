@@ -11,7 +11,8 @@ import sys
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
-def run(port: int, data, account: str, speed: float, scenario, control_port, start=None, echo=print) -> int:
+def run(port: int, data, account: str, speed: float, scenario, control_port, start=None, chains=None,
+        echo=print) -> int:
     from .control import CommandError, load_scenario, run_scenario, serve_control
     from .data import DataError
     from .server import GatewaySim
@@ -29,7 +30,7 @@ def run(port: int, data, account: str, speed: float, scenario, control_port, sta
             return EXIT_USAGE
     try:
         steps = load_scenario(scenario) if scenario else []
-        sim = GatewaySim(data, account=account, speed=speed, start=begin)
+        sim = GatewaySim(data, account=account, speed=speed, start=begin, chains=chains)
     except (DataError, CommandError) as exc:
         echo(f"gateway-sim: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -165,6 +165,7 @@ class Market:
         self.nan: set[str] = set()  # symbols answering NaN/empty quotes
         self.skew = Skew()
         self.spread = Spread()
+        self.vendor: dict = {}  # underlying -> VendorChains: options listed in a chain file quote from it
 
     def underlying_price(self, inst: Instrument, t_ns: int | None = None) -> tuple[float, Series, int]:
         t = self.clock.now_ns() if t_ns is None else t_ns
@@ -182,8 +183,11 @@ class Market:
         """Quotes for many contracts at one time; the options among them are priced in one
         vectorised Black-Scholes call."""
         t = self.clock.now_ns() if t_ns is None else t_ns
-        options = [k for k, inst in enumerate(insts) if inst.secType == "OPT"]
         out: list[Quote | None] = [None] * len(insts)
+        for k, inst in enumerate(insts):
+            if inst.secType == "OPT" and "vendor" in inst.extra and inst.symbol in self.vendor:
+                out[k] = self._vendor(inst, t)
+        options = [k for k, inst in enumerate(insts) if inst.secType == "OPT" and out[k] is None]
         if options:
             for k, q in zip(options, self._options([insts[k] for k in options], t)):
                 out[k] = q
@@ -236,6 +240,26 @@ class Market:
             q.last = float("nan")
             q.nan = True
         return q
+
+    def _vendor(self, inst: Instrument, t: int) -> Quote:
+        chain, i = self.vendor[inst.symbol].at(inst.extra["vendor"], t)
+        if i is None:  # the snapshot in force does not list it: no market
+            return Quote(bid=-1.0, ask=-1.0, last=float("nan"), bidSize=0.0, askSize=0.0, lastSize=0.0, volume=0.0,
+                         close=float("nan"), open=float("nan"), high=float("nan"), low=float("nan"), nan=True)
+        bid, ask, mid = float(chain.bid[i]), float(chain.ask[i]), float(chain.mid[i])
+        has_bid = math.isfinite(bid) and bid > 0
+        has_ask = math.isfinite(ask) and ask > 0
+        size = float(10 + inst.conId % 40)
+        last = mid if math.isfinite(mid) else float("nan")
+        iv, delta, gamma, vega, theta = (float(getattr(chain, n)[i]) for n in ("iv", "delta", "gamma", "vega", "theta"))
+        greeks = None
+        if all(math.isfinite(v) for v in (iv, delta, gamma, vega, theta, mid)):
+            greeks = (iv, delta, mid, gamma, vega / 100.0, theta / 365.0, float(chain.underlying_price))
+        vol = float(chain.volume[i]) if math.isfinite(chain.volume[i]) else 0.0
+        return Quote(bid=bid if has_bid else -1.0, ask=ask if has_ask else -1.0, last=last,
+                     bidSize=size if has_bid else 0.0, askSize=size if has_ask else 0.0, lastSize=1.0, volume=vol,
+                     close=last, open=last, high=ask if has_ask else last, low=bid if has_bid else last,
+                     greeks=greeks, nan=not (has_bid and has_ask))
 
     def _options(self, insts: list[Instrument], t: int) -> list[Quote]:
         n = len(insts)

@@ -137,10 +137,12 @@ class GatewaySim:
 
     def __init__(self, data=None, *, account: str = "DU1234567", speed: float = 1.0, start=None,
                  cash: float = 1_000_000.0, max_lines: int = 100, max_rate: int = 50, tick_interval: float = 0.2,
-                 instrument_map: dict | None = None, host: str = "127.0.0.1", record_limit: int = 1_000_000):
-        from .data import load_data
+                 instrument_map: dict | None = None, host: str = "127.0.0.1", record_limit: int = 1_000_000,
+                 chains=None):
+        from .data import DataError, load_chain_file, load_data
 
         self.data_dir, frames = load_data(data)
+        vendor = load_chain_file(chains, sorted(frames)) if chains is not None else {}
         self.series = {sym: Series(f) for sym, f in frames.items()}
         start_at = start if start is not None else _default_start(self.series)
         if isinstance(start_at, str):
@@ -150,8 +152,19 @@ class GatewaySim:
         self.clock = Clock(start_at, speed)
         t0 = self.clock.now_ns()
         prices = {sym: s.price(t0)[0] for sym, s in self.series.items()}
-        self.catalog: Catalog = build_catalog(sorted(self.series), prices, start_at.astimezone(NY).date(), instrument_map)
+        self.catalog: Catalog = build_catalog(sorted(self.series), prices, start_at.astimezone(NY).date(), instrument_map,
+                                              vendor)
+        for sym, chain in vendor.items():
+            if self.catalog.symbol(sym) is None:
+                raise DataError(f"--chains {chain.path}: its underlying {sym} has no bars in {self.data_dir}; "
+                                f"add {sym}.csv there")
+            last_expiry = max(k[1] for k in chain.contracts())
+            if last_expiry < start_at.astimezone(NY).strftime("%Y%m%d"):
+                first = chain.chains[0].quote_time.strftime("%Y-%m-%d")
+                raise DataError(f"--chains {chain.path}: every {sym} option in it expired by {last_expiry}, before the "
+                                f"simulated start {start_at:%Y-%m-%d}; start inside its dates, e.g. --start '{first} 10:00'")
         self.market = Market(self.series, self.clock)
+        self.market.vendor = vendor
         self.book = Book(account, cash)
         self.accounts = [account]
         self.host = host

@@ -779,12 +779,16 @@ def _describe_order(info: dict, timezone: str) -> str:
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Simulated seconds per wall second.")
 @click.option("--scenario", type=click.Path(), help="YAML list of timed fault steps.")
 @click.option("--control-port", type=click.IntRange(0, 65535), help="Also take line-based JSON commands here.")
-def gateway_sim(port, data, account, speed, scenario, control_port):
+@click.option("--start", metavar="'YYYY-MM-DD HH:MM'", help="Simulated start, New York time (default: 09:30 on "
+              "the last day of the intraday data).")
+@click.option("--chains", type=click.Path(), help="Option chain snapshots (an L2 or iVolatility CSV) to quote "
+              "options from instead of synthesising them.")
+def gateway_sim(port, data, account, speed, scenario, control_port, start, chains):
     """Run a local IB Gateway simulator that ib_async connects to (faults on command)."""
     import gatewaysim
 
     sys.exit(gatewaysim.main(port=port, data=data, account=account, speed=speed, scenario=scenario,
-                             control_port=control_port))
+                             control_port=control_port, start=start, chains=chains))
 
 
 @main.command()

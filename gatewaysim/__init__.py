@@ -11,6 +11,17 @@ broker, which is tested against it. Run it with `qtrade gateway-sim`, or from Py
     sim.stop_ticks("SPY"); sim.reject_next_order("margin"); sim.record()
     sim.stop_thread()
 
+Requests answered: startApi, reqCurrentTime, reqIds, reqManagedAccts, reqMarketDataType,
+reqPositions, reqAccountUpdates, reqAccountUpdatesMulti, reqAccountSummary, reqPnL(Single),
+reqContractDetails (STK, IND, FUT, CONTFUT, OPT; BAG -> 321 as at IB), reqSecDefOptParams,
+reqMktData (snapshot and streaming; STK, IND, FUT, OPT with greeks, BAG from its legs),
+reqHistoricalData (+ keepUpToDate), reqRealTimeBars, reqHeadTimeStamp, placeOrder (MKT, LMT,
+STP, STP LMT, BAG; what-if; brackets/OCA), cancelOrder, reqGlobalCancel, reqOpenOrders,
+reqAllOpenOrders, reqCompletedOrders, reqExecutions (filtered), reqScannerSubscription
+(TOP_PERC_GAIN, TOP_PERC_LOSE, MOST_ACTIVE/HOT_BY_VOLUME over the replayed stocks) and the
+matching cancels. Other message ids are logged and ignored; a malformed message closes its
+session with a logged reason. Faults and control commands: gatewaysim/control.py.
+
 Clock. Simulated time starts at 09:30 New York on the last day of the intraday data (or the
 last daily bar's day) and runs at --speed times the wall clock. reqCurrentTime, the handshake's
 connection time, execution times and historical bars all use simulated time, and no bar later
@@ -24,7 +35,11 @@ bar spans 09:30-16:00 New York). Before its first bar a symbol holds that bar's 
 last bar the last close. Stocks quote last +- max(1 tick, 1 bp) (bid rounded down, ask up to
 the tick); futures one tick wide (the last on one side); indices have a last but no bid/ask, as at IB.
 Futures without bars of their own follow a proxy (MNQ follows NQ, ES/MES follow SPX, SPX is XSP
-x 10) plus 5 %/year carry per day beyond the front month. Options are Black-Scholes prices on
+x 10) plus 5 %/year carry per day beyond the front month. With `chains` (--chains FILE, an L2 or
+iVolatility CSV read by engine.market.chains.load_chains) the underlyings it holds list exactly
+the file's options and quote the snapshot in force (the latest at or before simulated now; an
+end-of-day file quotes the previous close all day): its bid/ask, its iv and greeks, a missing side
+as IB's -1/size 0. Otherwise options are Black-Scholes prices on
 the underlying's replayed price, its realised volatility (from the bars, clipped to 8-150 %)
 and the engine's smile (engine.market.chains.Skew), quoted with the engine's Spread model;
 greeks are the model's (vega per vol point, theta per day).
@@ -71,9 +86,9 @@ __all__ = ["GatewaySim", "DataError", "load_data", "main"]
 
 
 def main(port: int = 7497, data=None, account: str = "DU1234567", speed: float = 1.0, scenario=None,
-         control_port: int | None = None, echo=print) -> int:
+         control_port: int | None = None, start: str | None = None, chains=None, echo=print) -> int:
     """`qtrade gateway-sim`: run until SIGINT/SIGTERM; returns the exit code."""
     from .cli import run
 
     return run(port=port, data=data, account=account, speed=speed, scenario=scenario, control_port=control_port,
-               echo=echo)
+               start=start, chains=chains, echo=echo)

@@ -235,7 +235,7 @@ def _same_number(text: str, value: float) -> bool:
 
 
 def build_catalog(symbols: list[str], prices: dict[str, float], today: dt.date,
-                  instrument_map: dict | None = None) -> Catalog:
+                  instrument_map: dict | None = None, vendor=None) -> Catalog:
     """The catalog for the symbols that have bars (`prices` holds each one's price at the start,
     for the option strike grids)."""
     imap = instrument_map if instrument_map is not None else load_instrument_map()
@@ -296,6 +296,9 @@ def build_catalog(symbols: list[str], prices: dict[str, float], today: dt.date,
                     price_source=src[0], price_factor=src[1], carry_days=(expiry - expiries[0]).days,
                     valid_exchanges=(spec.get("exchange", "CME"),)))
     for und, opt in underlyings:
+        if vendor and und.symbol in vendor:
+            _add_vendor_options(cat, und, opt, vendor[und.symbol])
+            continue
         price = price_of(und.symbol) if und.secType == "IND" else prices.get(und.symbol)
         if not price or price <= 0 or not opt:
             continue
@@ -329,3 +332,28 @@ def _add_options(cat: Catalog, und: Instrument, opt: dict, price: float, today: 
     cat.chains[und.conId] = {"exchange": listing, "tradingClass": tclass, "multiplier": str(int(mult)),
                              "expiries": [e.strftime("%Y%m%d") for e in expiries], "strikes": strikes,
                              "symbol": und.symbol}
+
+
+def _add_vendor_options(cat: Catalog, und: Instrument, opt: dict, vendor) -> None:
+    """The options a vendor chain file lists for `und`, instead of a synthesised grid."""
+    exchange = opt.get("exchange", "SMART")
+    listing = "CBOE" if exchange == "SMART" else exchange
+    mult = float(vendor.multiplier)
+    by_class: dict[str, dict] = {}
+    for tclass, ymd, strike, right in vendor.contracts():
+        local = f"{tclass:<6}{ymd[2:]}{right}{int(round(strike * 1000)):08d}"
+        cat.add(Instrument(
+            conId=stable_conid(und.symbol, "OPT", tclass, ymd, strike, right), symbol=und.symbol, secType="OPT",
+            exchange=listing, currency=und.currency, localSymbol=local, tradingClass=tclass, multiplier=mult,
+            minTick=0.01 if und.secType == "STK" else 0.05, lastTradeDate=ymd, strike=strike, right=right,
+            longName=und.longName, underConId=und.conId, underSymbol=und.symbol, underSecType=und.secType,
+            price_source=und.price_source, price_factor=und.price_factor, valid_exchanges=("SMART", listing),
+            extra={"vendor": (tclass, ymd, strike, right)}))
+        entry = by_class.setdefault(tclass, {"expiries": set(), "strikes": set()})
+        entry["expiries"].add(ymd)
+        entry["strikes"].add(strike)
+    # reqSecDefOptParams answers the first trading class (one underlying file, usually one class)
+    tclass = sorted(by_class)[0]
+    cat.chains[und.conId] = {"exchange": listing, "tradingClass": tclass, "multiplier": str(int(mult)),
+                             "expiries": sorted(by_class[tclass]["expiries"]),
+                             "strikes": sorted(by_class[tclass]["strikes"]), "symbol": und.symbol}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import signal
 import sys
@@ -10,7 +11,8 @@ import sys
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
-def run(port: int, data, account: str, speed: float, scenario, control_port, echo=print) -> int:
+def run(port: int, data, account: str, speed: float, scenario, control_port, start=None, chains=None,
+        echo=print) -> int:
     from .control import CommandError, load_scenario, run_scenario, serve_control
     from .data import DataError
     from .server import GatewaySim
@@ -19,9 +21,16 @@ def run(port: int, data, account: str, speed: float, scenario, control_port, ech
     if speed <= 0:
         echo("gateway-sim: --speed must be positive (1 = real time, 60 = a minute per second)", file=sys.stderr)
         return EXIT_USAGE
+    begin = None
+    if start:
+        try:
+            begin = dt.datetime.fromisoformat(start.strip())
+        except ValueError:
+            echo(f"gateway-sim: --start {start!r}: expected 'YYYY-MM-DD HH:MM' (New York time)", file=sys.stderr)
+            return EXIT_USAGE
     try:
         steps = load_scenario(scenario) if scenario else []
-        sim = GatewaySim(data, account=account, speed=speed)
+        sim = GatewaySim(data, account=account, speed=speed, start=begin, chains=chains)
     except (DataError, CommandError) as exc:
         echo(f"gateway-sim: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -86,12 +86,26 @@ def load_scenario(path) -> list[dict]:
         raise CommandError(f"--scenario {p}{where}: not valid YAML: {getattr(exc, 'problem', exc)}")
     if not isinstance(steps, list):
         raise CommandError(f"--scenario {p}: expected a list of steps like '- {{after: 5, cmd: stop_ticks, symbol: SPY}}'")
+    from .server import GatewaySim
+
+    out = []
     for i, step in enumerate(steps, 1):
         if not isinstance(step, dict) or "cmd" not in step or not isinstance(step.get("after", 0), (int, float)):
             raise CommandError(f"--scenario {p}: step {i} needs 'after' (seconds) and 'cmd'; got {step!r}")
+        # YAML 1.1 reads a bare `on:` / `off:` key as a boolean; they are the argument names meant
+        step = {({True: "on", False: "off"}.get(k, k) if isinstance(k, bool) else k): v for k, v in step.items()}
         if step["cmd"] not in COMMANDS + ("dump",):
             raise CommandError(f"--scenario {p}: step {i}: unknown command {step['cmd']!r}; known: {', '.join(COMMANDS)}")
-    return steps
+        if step["cmd"] in COMMANDS and step["cmd"] != "set_quote":
+            args = {k: v for k, v in step.items() if k not in ("cmd", "after")}
+            sig = inspect.signature(getattr(GatewaySim, step["cmd"]))
+            try:
+                sig.bind(None, **args)
+            except TypeError as exc:
+                names = ", ".join(n for n in sig.parameters if n != "self")
+                raise CommandError(f"--scenario {p}: step {i} ({step['cmd']}): {exc}; its arguments: {names}")
+        out.append(step)
+    return out
 
 
 async def run_scenario(sim, steps: list[dict]) -> None:

@@ -32,3 +32,65 @@ def load_data(path=None):
     if not frames:
         raise DataError(f"--data {where}: the files hold no bars; each needs a header and at least one row")
     return where, frames
+
+
+class VendorChains:
+    """Option chain snapshots from a vendor file (engine.market.chains.load_chains): at simulated
+    time t an option quotes the latest snapshot taken at or before t (before the first one, the
+    first), so an end-of-day file quotes the previous close all day, as its data was."""
+
+    def __init__(self, path, snapshots: dict):
+        self.path = path
+        chains = sorted(snapshots.values(), key=lambda c: c.quote_time)
+        self.chains = chains
+        self.underlying = chains[0].underlying.upper()
+        self.multiplier = chains[0].multiplier
+        self.times = [int(c.quote_time.value) for c in chains]
+        self.rows: list[dict] = []
+        for c in chains:
+            days = [str(d).replace("-", "") for d in c.expiry]
+            self.rows.append({(str(tc), ymd, round(float(k), 6), r): i
+                              for i, (tc, ymd, k, r) in enumerate(zip(c.trading_class, days, c.strike, c.right))})
+
+    def contracts(self) -> list[tuple[str, str, float, str]]:
+        """Every (trading class, YYYYMMDD expiry, strike, right) in any snapshot."""
+        keys = set()
+        for rows in self.rows:
+            keys.update(rows)
+        return sorted(keys)
+
+    def at(self, key: tuple, t_ns: int):
+        """(chain, row) of the snapshot in force at t, or (chain, None) when it lacks the option."""
+        import bisect
+
+        k = max(bisect.bisect_right(self.times, t_ns) - 1, 0)
+        return self.chains[k], self.rows[k].get(key)
+
+
+def load_chain_file(path, symbols) -> dict[str, VendorChains]:
+    """The chains of a vendor file per underlying: the file's one underlying, or, for a file of
+    several, each of `symbols` (the symbols with bars) that it holds."""
+    from engine.market.chains import load_chains
+
+    where = Path(path)
+    if not where.is_file():
+        raise DataError(f"--chains {where}: no such file; give an option chain CSV (the L2 or iVolatility layout)")
+    try:
+        snapshots = load_chains(where)
+        found = {VendorChains(where, snapshots).underlying: snapshots} if snapshots else {}
+    except DiagnosticError as exc:
+        if "underlyings" not in str(exc):
+            raise DataError(f"--chains {where}: not a usable option chain file:\n{exc}") from None
+        found = {}
+        for sym in symbols:
+            try:
+                found[sym] = load_chains(where, underlying=sym)
+            except DiagnosticError as inner:
+                if f"no rows for underlying {sym!r}" not in str(inner):
+                    raise DataError(f"--chains {where}: not a usable option chain file:\n{inner}") from None
+        if not found:
+            raise DataError(f"--chains {where}: none of its underlyings has bars ({exc.diagnostics[0].message})") from None
+    found = {sym: snaps for sym, snaps in found.items() if snaps}
+    if not found:
+        raise DataError(f"--chains {where}: the file holds no options")
+    return {sym: VendorChains(where, snaps) for sym, snaps in found.items()}

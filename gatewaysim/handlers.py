@@ -142,6 +142,60 @@ def cancel_account_summary(sim, s, f):
     pass
 
 
+@handles(92, "reqPnL")
+def req_pnl(sim, s, f):
+    req_id = f.int()
+    f.str()  # account
+    f.str()  # modelCode
+    s.pnl[req_id] = {"conId": None, "sent": None}
+    pnl_update(sim, s, req_id, s.pnl[req_id])
+
+
+@handles(94, "reqPnLSingle")
+def req_pnl_single(sim, s, f):
+    req_id = f.int()
+    f.str()
+    f.str()
+    con_id = f.int()
+    if sim.catalog.get(con_id) is None:
+        s.error(req_id, 200)
+        return
+    s.pnl[req_id] = {"conId": con_id, "sent": None}
+    pnl_update(sim, s, req_id, s.pnl[req_id])
+
+
+@handles(93, "cancelPnL")
+def cancel_pnl(sim, s, f):
+    s.pnl.pop(f.int(), None)
+
+
+@handles(95, "cancelPnLSingle")
+def cancel_pnl_single(sim, s, f):
+    s.pnl.pop(f.int(), None)
+
+
+def pnl_update(sim, s, req_id: int, sub: dict) -> None:
+    """pnl / pnlSingle when a value changed: daily = unrealized + realized since the simulator
+    started (its 'day'), unrealized at the mid."""
+    if sub["conId"] is None:
+        vals = sim.account_values()
+        key = (round(vals["UnrealizedPnL"], 2), round(vals["RealizedPnL"], 2))
+        if key != sub["sent"]:
+            sub["sent"] = key
+            s.send([94, req_id, round(key[0] + key[1], 2), key[0], key[1]])
+        return
+    p = sim.book.positions.get(sub["conId"])
+    inst = sim.catalog.get(sub["conId"])
+    qty = p.qty if p else 0.0
+    px = sim.mark(inst)
+    unreal = (px - p.avg_price) * qty * inst.multiplier if p else 0.0
+    real = p.realized if p else 0.0
+    key = (qty, round(unreal, 2), round(real, 2), round(qty * px * inst.multiplier, 2))
+    if key != sub["sent"]:
+        sub["sent"] = key
+        s.send([95, req_id, qty, round(key[1] + key[2], 2), key[1], key[2], key[3]])
+
+
 # ---------------------------------------------------------------------------- contracts
 @handles(9, "reqContractDetails")
 def req_contract_details(sim, s, f):
@@ -207,6 +261,9 @@ def req_mkt_data(sim, s, f):
     snapshot = f.bool()
     f.bool()  # regulatory snapshot
     if c["secType"].upper() == "BAG":
+        if not legs:
+            s.error(req_id, 321, part="bM", cause="a BAG contract needs its combo legs")
+            return
         for leg in legs:
             leg["inst"] = sim.catalog.get(leg["conId"])
             if leg["inst"] is None:
@@ -502,6 +559,9 @@ def place_order(sim, s, f):
         return
     inst, legs = None, []
     if c["secType"].upper() == "BAG":
+        if not spec["legs"]:
+            s.error(order_id, 321, part="bO", cause="a BAG order needs its combo legs")
+            return
         for leg in spec["legs"]:
             leg["inst"] = sim.catalog.get(leg["conId"])
             if leg["inst"] is None:
@@ -600,6 +660,9 @@ def _what_if(sim, s, order_id, c, spec):
 
     if c["secType"].upper() == "BAG":
         legs = spec["legs"]
+        if not legs:
+            s.error(order_id, 201, reason="a BAG order needs its combo legs")
+            return
         for leg in legs:
             leg["inst"] = sim.catalog.get(leg["conId"])
             if leg["inst"] is None:

@@ -10,6 +10,7 @@ Before a symbol's first bar it sits at that bar's open, after its last bar at th
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -141,6 +142,13 @@ class Series:
         return float(path[seg] + (path[seg + 1] - path[seg]) * g), i
 
 
+@functools.lru_cache(maxsize=4096)
+def _expiry_ns(ymd: str) -> int:
+    """An option's expiry moment: 16:00 New York on its last trading day, in epoch ns."""
+    expiry = dt.datetime.strptime(ymd, "%Y%m%d").replace(hour=16, tzinfo=NY)
+    return int(expiry.timestamp()) * NS
+
+
 def round_tick(price: float, tick: float, up: bool | None = None) -> float:
     units = price / tick
     units = math.ceil(units - 1e-9) if up else math.floor(units + 1e-9) if up is False else round(units)
@@ -157,6 +165,7 @@ class Market:
         self.nan: set[str] = set()  # symbols answering NaN/empty quotes
         self.skew = Skew()
         self.spread = Spread()
+        self.vendor: dict = {}  # underlying -> VendorChains: options listed in a chain file quote from it
 
     def underlying_price(self, inst: Instrument, t_ns: int | None = None) -> tuple[float, Series, int]:
         t = self.clock.now_ns() if t_ns is None else t_ns
@@ -168,40 +177,59 @@ class Market:
         return p, s, i
 
     def quote(self, inst: Instrument, t_ns: int | None = None) -> Quote:
+        return self.quotes([inst], t_ns)[0]
+
+    def quotes(self, insts: list[Instrument], t_ns: int | None = None) -> list[Quote]:
+        """Quotes for many contracts at one time; the options among them are priced in one
+        vectorised Black-Scholes call."""
         t = self.clock.now_ns() if t_ns is None else t_ns
-        if inst.secType == "OPT":
-            q = self._option(inst, t)
+        out: list[Quote | None] = [None] * len(insts)
+        for k, inst in enumerate(insts):
+            if inst.secType == "OPT" and "vendor" in inst.extra and inst.symbol in self.vendor:
+                out[k] = self._vendor(inst, t)
+        options = [k for k, inst in enumerate(insts) if inst.secType == "OPT" and out[k] is None]
+        if options:
+            for k, q in zip(options, self._options([insts[k] for k in options], t)):
+                out[k] = q
+        for k, inst in enumerate(insts):
+            if out[k] is None:
+                out[k] = self._plain(inst, t)
+        return [self._finish(inst, q) for inst, q in zip(insts, out)]
+
+    def _plain(self, inst: Instrument, t: int) -> Quote:
+        p, s, i = self.underlying_price(inst, t)
+        f = inst.price_factor * ((1.0 + CARRY * inst.carry_days / 365.0) if inst.secType == "FUT" else 1.0)
+        last = round_tick(p, inst.minTick)
+        if inst.secType == "IND":
+            bid = ask = -1.0
+            bsz = asz = 0.0
+        elif inst.secType == "FUT":  # a one-tick market, the last trade on one side of it
+            bid = round_tick(p, inst.minTick, up=False)
+            ask = round(bid + inst.minTick, 10)
+            last = bid if p - bid < ask - p else ask
+            bsz = float(1 + (i * 37 + 11) % 30)
+            asz = float(1 + (i * 53 + 7) % 30)
         else:
-            p, s, i = self.underlying_price(inst, t)
-            f = inst.price_factor * ((1.0 + CARRY * inst.carry_days / 365.0) if inst.secType == "FUT" else 1.0)
-            last = round_tick(p, inst.minTick)
-            if inst.secType == "IND":
-                bid = ask = -1.0
-                bsz = asz = 0.0
-            elif inst.secType == "FUT":  # a one-tick market, the last trade on one side of it
-                bid = round_tick(p, inst.minTick, up=False)
-                ask = round(bid + inst.minTick, 10)
-                last = bid if p - bid < ask - p else ask
-                bsz = float(1 + (i * 37 + 11) % 30)
-                asz = float(1 + (i * 53 + 7) % 30)
-            else:
-                half = max(inst.minTick, round_tick(p * 0.0001, inst.minTick))
-                bid, ask = round_tick(last - half, inst.minTick, up=False), round_tick(last + half, inst.minTick, up=True)
-                if bid >= last:
-                    bid = round(last - inst.minTick, 10)
-                if ask <= last:
-                    ask = round(last + inst.minTick, 10)
-                bsz = float(1 + (i * 37 + 11) % 30) * (100 if inst.secType == "STK" else 1)
-                asz = float(1 + (i * 53 + 7) % 30) * (100 if inst.secType == "STK" else 1)
-            if i >= 0:
-                vol = float(s.run_vol[i])
-                prev, opn = float(s.prev_close[i]) * f, float(s.o[s.day_start[i]]) * f
-                hi, lo = max(float(s.run_high[i]) * f, last), min(float(s.run_low[i]) * f, last)
-            else:
-                vol, prev, opn, hi, lo = 0.0, last, last, last, last
-            q = Quote(bid=bid, ask=ask, last=last, bidSize=bsz, askSize=asz, lastSize=float(max(1, (i * 7) % 5)) * (100 if inst.secType == "STK" else 1),
-                      volume=vol, close=round_tick(prev, inst.minTick), open=round_tick(opn, inst.minTick),
-                      high=round_tick(hi, inst.minTick), low=round_tick(lo, inst.minTick))
+            half = max(inst.minTick, round_tick(p * 0.0001, inst.minTick))
+            bid, ask = round_tick(last - half, inst.minTick, up=False), round_tick(last + half, inst.minTick, up=True)
+            if bid >= last:
+                bid = round(last - inst.minTick, 10)
+            if ask <= last:
+                ask = round(last + inst.minTick, 10)
+            bsz = float(1 + (i * 37 + 11) % 30) * (100 if inst.secType == "STK" else 1)
+            asz = float(1 + (i * 53 + 7) % 30) * (100 if inst.secType == "STK" else 1)
+        if i >= 0:
+            vol = float(s.run_vol[i])
+            prev, opn = float(s.prev_close[i]) * f, float(s.o[s.day_start[i]]) * f
+            hi, lo = max(float(s.run_high[i]) * f, last), min(float(s.run_low[i]) * f, last)
+        else:
+            vol, prev, opn, hi, lo = 0.0, last, last, last, last
+        q = Quote(bid=bid, ask=ask, last=last, bidSize=bsz, askSize=asz, lastSize=float(max(1, (i * 7) % 5)) * (100 if inst.secType == "STK" else 1),
+                  volume=vol, close=round_tick(prev, inst.minTick), open=round_tick(opn, inst.minTick),
+                  high=round_tick(hi, inst.minTick), low=round_tick(lo, inst.minTick))
+        return q
+
+    def _finish(self, inst: Instrument, q: Quote) -> Quote:
         pin = self.pinned.get(inst.conId)
         if pin:
             for k, v in pin.items():
@@ -213,24 +241,60 @@ class Market:
             q.nan = True
         return q
 
-    def _option(self, inst: Instrument, t: int) -> Quote:
-        und_price, s, i = self.underlying_price(inst, t)
-        expiry = dt.datetime.strptime(inst.lastTradeDate, "%Y%m%d").replace(hour=16, tzinfo=NY)
-        T = max((expiry.timestamp() * NS - t) / (365.0 * DAY_NS), 0.0)
-        atm = s.vol
-        z = math.log(inst.strike / und_price) / (atm * math.sqrt(T)) if T > 0 else 0.0
-        sigma = atm * float(self.skew(np.array([z]))[0])
-        g = bsm.greeks(und_price, inst.strike, T, 0.0, 0.0, sigma, "call" if inst.right == "C" else "put")
-        mid = float(g.price)
-        width = float(self.spread.width(np.array([mid]), np.array([z]))[0])
-        tick = 0.01 if mid < 3.0 else 0.05
-        bid = max(0.0, round_tick(mid - width / 2, tick, up=False))
-        ask = max(round_tick(mid + width / 2, tick, up=True), tick)
-        last = round_tick(mid, 0.01)
-        size = float(10 + (inst.conId + max(i, 0)) % 40)
-        greeks = (sigma, float(g.delta), mid, float(g.gamma), float(g.vega) / 100.0, float(g.theta) / 365.0, und_price)
-        return Quote(bid=bid, ask=ask, last=last, bidSize=size if bid > 0 else 0.0, askSize=size, lastSize=1.0,
-                     volume=float(100 + (inst.conId % 900)), close=last, open=last, high=ask, low=bid, greeks=greeks)
+    def _vendor(self, inst: Instrument, t: int) -> Quote:
+        chain, i = self.vendor[inst.symbol].at(inst.extra["vendor"], t)
+        if i is None:  # the snapshot in force does not list it: no market
+            return Quote(bid=-1.0, ask=-1.0, last=float("nan"), bidSize=0.0, askSize=0.0, lastSize=0.0, volume=0.0,
+                         close=float("nan"), open=float("nan"), high=float("nan"), low=float("nan"), nan=True)
+        bid, ask, mid = float(chain.bid[i]), float(chain.ask[i]), float(chain.mid[i])
+        has_bid = math.isfinite(bid) and bid > 0
+        has_ask = math.isfinite(ask) and ask > 0
+        size = float(10 + inst.conId % 40)
+        last = mid if math.isfinite(mid) else float("nan")
+        iv, delta, gamma, vega, theta = (float(getattr(chain, n)[i]) for n in ("iv", "delta", "gamma", "vega", "theta"))
+        greeks = None
+        if all(math.isfinite(v) for v in (iv, delta, gamma, vega, theta, mid)):
+            greeks = (iv, delta, mid, gamma, vega / 100.0, theta / 365.0, float(chain.underlying_price))
+        vol = float(chain.volume[i]) if math.isfinite(chain.volume[i]) else 0.0
+        return Quote(bid=bid if has_bid else -1.0, ask=ask if has_ask else -1.0, last=last,
+                     bidSize=size if has_bid else 0.0, askSize=size if has_ask else 0.0, lastSize=1.0, volume=vol,
+                     close=last, open=last, high=ask if has_ask else last, low=bid if has_bid else last,
+                     greeks=greeks, nan=not (has_bid and has_ask))
+
+    def _options(self, insts: list[Instrument], t: int) -> list[Quote]:
+        n = len(insts)
+        S = np.empty(n)
+        K = np.array([i.strike for i in insts], dtype=float)
+        T = np.empty(n)
+        atm = np.empty(n)
+        bar = np.empty(n, dtype=np.int64)
+        for k, inst in enumerate(insts):
+            S[k], series, bar[k] = self.underlying_price(inst, t)
+            atm[k] = series.vol
+            expiry = _expiry_ns(inst.lastTradeDate)
+            T[k] = max((expiry - t) / (365.0 * DAY_NS), 0.0)
+        root_t = np.sqrt(T)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(T > 0, np.log(K / S) / (atm * root_t), 0.0)
+        sigma = atm * self.skew(z)
+        rights = np.array(["call" if i.right == "C" else "put" for i in insts])
+        g = bsm.greeks(S, K, T, 0.0, 0.0, sigma, rights)
+        mid = np.asarray(g.price, dtype=float)
+        width = self.spread.width(mid, z)
+        out = []
+        for k, inst in enumerate(insts):
+            m = float(mid[k])
+            tick = 0.01 if m < 3.0 else 0.05
+            bid = max(0.0, round_tick(m - float(width[k]) / 2, tick, up=False))
+            ask = max(round_tick(m + float(width[k]) / 2, tick, up=True), tick)
+            last = round_tick(m, 0.01)
+            size = float(10 + (inst.conId + max(int(bar[k]), 0)) % 40)
+            greeks = (float(sigma[k]), float(g.delta[k]), m, float(g.gamma[k]), float(g.vega[k]) / 100.0,
+                      float(g.theta[k]) / 365.0, float(S[k]))
+            out.append(Quote(bid=bid, ask=ask, last=last, bidSize=size if bid > 0 else 0.0, askSize=size,
+                             lastSize=1.0, volume=float(100 + (inst.conId % 900)), close=last, open=last, high=ask,
+                             low=bid, greeks=greeks))
+        return out
 
     def session_open(self, inst: Instrument, t_ns: int | None = None) -> bool:
         """Regular hours: 09:30-16:00 New York on weekdays (futures trade 18:00-17:00 Sun-Fri)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import encode as enc
 from .book import Book, Execution, Order, commission_for, ib_time
-from .catalog import BAG_CONID, Catalog, Instrument, build_catalog
+from .catalog import BAG_CONID, CARRY, Catalog, Instrument, build_catalog
 from .market import NS, NY, Clock, Market, Quote, Series
 from .protocol import HELLO, MAX_VERSION, Fields, ProtocolError, frame, negotiate, split
 
@@ -65,6 +65,7 @@ class Session:
         self.hist_live: dict[int, dict] = {}
         self.scanners: dict[int, dict] = {}
         self.realtime: dict[int, dict] = {}
+        self.pnl: dict[int, dict] = {}
         self.data_type = 1
         self.closed = False
         self.sent = 0
@@ -136,10 +137,12 @@ class GatewaySim:
 
     def __init__(self, data=None, *, account: str = "DU1234567", speed: float = 1.0, start=None,
                  cash: float = 1_000_000.0, max_lines: int = 100, max_rate: int = 50, tick_interval: float = 0.2,
-                 instrument_map: dict | None = None, host: str = "127.0.0.1", record_limit: int = 1_000_000):
-        from .data import load_data
+                 instrument_map: dict | None = None, host: str = "127.0.0.1", record_limit: int = 1_000_000,
+                 chains=None):
+        from .data import DataError, load_chain_file, load_data
 
         self.data_dir, frames = load_data(data)
+        vendor = load_chain_file(chains, sorted(frames)) if chains is not None else {}
         self.series = {sym: Series(f) for sym, f in frames.items()}
         start_at = start if start is not None else _default_start(self.series)
         if isinstance(start_at, str):
@@ -149,8 +152,19 @@ class GatewaySim:
         self.clock = Clock(start_at, speed)
         t0 = self.clock.now_ns()
         prices = {sym: s.price(t0)[0] for sym, s in self.series.items()}
-        self.catalog: Catalog = build_catalog(sorted(self.series), prices, start_at.astimezone(NY).date(), instrument_map)
+        self.catalog: Catalog = build_catalog(sorted(self.series), prices, start_at.astimezone(NY).date(), instrument_map,
+                                              vendor)
+        for sym, chain in vendor.items():
+            if self.catalog.symbol(sym) is None:
+                raise DataError(f"--chains {chain.path}: its underlying {sym} has no bars in {self.data_dir}; "
+                                f"add {sym}.csv there")
+            last_expiry = max(k[1] for k in chain.contracts())
+            if last_expiry < start_at.astimezone(NY).strftime("%Y%m%d"):
+                first = chain.chains[0].quote_time.strftime("%Y-%m-%d")
+                raise DataError(f"--chains {chain.path}: every {sym} option in it expired by {last_expiry}, before the "
+                                f"simulated start {start_at:%Y-%m-%d}; start inside its dates, e.g. --start '{first} 10:00'")
         self.market = Market(self.series, self.clock)
+        self.market.vendor = vendor
         self.book = Book(account, cash)
         self.accounts = [account]
         self.host = host
@@ -393,10 +407,8 @@ class GatewaySim:
                      lastSize=1.0, volume=0.0, close=round(last, 2), open=round(last, 2), high=round(ask, 2),
                      low=round(bid, 2), nan=nan)
 
-    def send_ticks(self, s: Session, line: Line, full: bool) -> None:
-        q = self.line_quote(line, self.clock.now_ns() - (900 * NS if line.delayed else 0))
-        if q is None:
-            return
+    def send_ticks(self, s: Session, line: Line, full: bool, quote: Quote | None = None) -> None:
+        q = quote or self.line_quote(line, self.clock.now_ns() - (900 * NS if line.delayed else 0))
         rid = line.reqId
 
         def tid(t):
@@ -460,24 +472,37 @@ class GatewaySim:
         f = self.faults
         if not f["connectivity_lost"]:
             self.match_all()
+        quiet = f["connectivity_lost"] or f["farm_broken"]
+        due: list[tuple[Session, Line]] = []
         for s in list(self.sessions):
-            if s.clientId is None:
+            if s.clientId is None or quiet:
                 continue
-            quiet = f["connectivity_lost"] or f["farm_broken"]
             for line in list(s.lines.values()):
-                if line.snapshot or line.silent or quiet:
+                if line.snapshot or line.silent:
                     continue
                 sym = line.inst.symbol if line.inst else (line.legs[0]["inst"].symbol if line.legs else "")
                 if sym in f["stopped"] or (f["competing"] and not line.delayed):
                     continue
+                due.append((s, line))
+        now = self.clock.now_ns()
+        for delayed in (False, True):  # one batch per time: the options among them priced together
+            batch = [(s, line) for s, line in due if line.delayed == delayed and line.inst is not None]
+            quotes = self.market.quotes([line.inst for _, line in batch], now - (900 * NS if delayed else 0))
+            for (s, line), q in zip(batch, quotes):
+                self.send_ticks(s, line, full=False, quote=q)
+        for s, line in due:
+            if line.inst is None:
                 self.send_ticks(s, line, full=False)
-            if not quiet:
+        for s in list(self.sessions):
+            if s.clientId is not None and not quiet:
                 for reqId, h in list(s.hist_live.items()):
                     self._hist_update(s, reqId, h)
                 for reqId, sub in list(s.scanners.items()):
                     scanner_update(self, s, reqId, sub)
                 for reqId, sub in list(s.realtime.items()):
                     realtime_update(self, s, reqId, sub)
+                for reqId, sub in list(s.pnl.items()):
+                    pnl_update(self, s, reqId, sub)
 
     # ------------------------------------------------------------------ orders
     def match_all(self) -> None:
@@ -669,7 +694,7 @@ class GatewaySim:
             return None
         frame = series.frame
         end = pd.Timestamp(end_ns, unit="ns", tz="UTC").tz_convert(NY)
-        start = end - pd.Timedelta(seconds=seconds_back)
+        start = end.floor("s") - pd.Timedelta(seconds=seconds_back)  # IB counts whole seconds back
         src_seconds = series.bar_ns / NS
         want = bar_seconds(bar)
         if want < src_seconds - 1e-9 and not series.daily:
@@ -688,7 +713,7 @@ class GatewaySim:
         if want > src_seconds + 1e-9:
             window = resample(window, bar, timezone="America/New_York")
         window = window[window.index >= start.floor("D") if want >= 86400 else window.index >= start]
-        f = inst.price_factor
+        f = inst.price_factor * ((1.0 + CARRY * inst.carry_days / 365.0) if inst.secType == "FUT" else 1.0)
         out = window.copy()
         for col in ("open", "high", "low", "close"):
             out[col] = (out[col] * f).round(4)
@@ -1014,4 +1039,4 @@ async def _as_coro(fn, *args, **kw):
     return result
 
 
-from .handlers import HANDLERS, realtime_update, scanner_update  # noqa: E402  (the handlers module needs the classes above)
+from .handlers import HANDLERS, pnl_update, realtime_update, scanner_update  # noqa: E402  (the handlers module needs the classes above)

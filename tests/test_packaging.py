@@ -18,6 +18,7 @@ def test_every_engine_package_is_installed():
     assert on_disk <= listed, f"missing from pyproject packages: {sorted(on_disk - listed)}"
     data = config["tool"]["setuptools"]["package-data"]
     assert "templates/*.j2" in data["engine.report"] and "*.lark" in data["engine.dsl"]
+    assert "scenarios/*.yaml" in data["gatewaysim"] and list((ROOT / "gatewaysim" / "scenarios").glob("*.yaml"))
     assert config["tool"]["setuptools"]["package-dir"] == {"engine.schemas": "schemas", "engine.universes": "universes"}
 
 

@@ -195,3 +195,27 @@ def test_the_record_tells_what_if_from_real_orders(ib, sim):
     orders = [m["order"] for m in sim.messages("placeOrder")]
     assert [(o["action"], o["totalQuantity"], o["whatIf"], o["orderRef"]) for o in orders] == [
         ("BUY", 10.0, True, ""), ("SELL", 5.0, False, "qtrade:x")]
+
+
+def test_the_bundled_scenarios_load_and_run(make_sim, tmp_path):
+    from gatewaysim.control import run_scenario
+
+    folder = ROOT / "gatewaysim" / "scenarios"
+    files = sorted(folder.glob("*.yaml"))
+    assert [f.name for f in files] == ["nightly_reset.yaml", "order_faults.yaml", "stale_quotes.yaml"]
+    sim = make_sim()
+    for f in files:
+        steps = [dict(step, after=0) for step in load_scenario(f)]  # all at once, to check they run
+        asyncio.run_coroutine_threadsafe(run_scenario(sim, steps), sim.loop).result(5)
+    assert not [e for e in sim.events if e["kind"] == "scenario_error"]
+    assert len([e for e in sim.events if e["kind"] == "scenario"]) == sum(len(load_scenario(f)) for f in files)
+
+
+def test_scenario_arguments_are_checked_when_the_file_loads(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {after: 1, cmd: stop_ticks, sym: SPY}\n")
+    with pytest.raises(CommandError, match=r"step 1 \(stop_ticks\): .*sym.*its arguments: symbol"):
+        load_scenario(bad)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("- {after: 1, cmd: competing_session, on: true}\n")  # YAML 1.1 reads `on` as True
+    assert load_scenario(ok) == [{"after": 1, "cmd": "competing_session", "on": True}]

@@ -129,7 +129,8 @@ def test_cli_bad_data_exits_2_without_traceback(tmp_path):
 def test_cli_prints_one_line_serves_and_stops_on_sigterm(tmp_path):
     from ib_async import IB
 
-    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "gateway-sim", "--port", "0", "--speed", "60"],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "gateway-sim", "--port", "0", "--speed", "60",
+                             "--start", "2019-11-07 10:00"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = proc.stdout.readline()
@@ -137,7 +138,8 @@ def test_cli_prints_one_line_serves_and_stops_on_sigterm(tmp_path):
         port = int(line.split("127.0.0.1:")[1].split()[0])
         ib = IB()
         ib.connect("127.0.0.1", port, clientId=3, timeout=3)
-        assert ib.reqCurrentTime().year == 2019
+        now = ib.reqCurrentTime()
+        assert (now.year, now.month, now.day, now.hour) == (2019, 11, 7, 15)  # 10:00 New York is 15:00 UTC
         ib.disconnect()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
@@ -151,6 +153,7 @@ def test_cli_prints_one_line_serves_and_stops_on_sigterm(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--speed", "0"], "--speed must be positive"),
+    (["--start", "next tuesday"], "expected 'YYYY-MM-DD HH:MM'"),
     (["--scenario", "{missing}"], "no such file"),
 ])
 def test_cli_bad_options_exit_2(tmp_path, args, message):
@@ -165,3 +168,42 @@ def test_cli_port_in_use_exits_2(sim):
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{sim.port}" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _started_raw(port, client_id):
+    s = _raw_connect(port, b"v157..178")
+    s.settimeout(2)
+    n = struct.unpack(">I", s.recv(4))[0]
+    s.recv(n)
+    s.sendall(frame([71, 2, client_id, ""]))
+    return s
+
+
+def test_truncated_and_garbage_messages_never_crash_a_handler(sim, caplog):
+    """Every message id the simulator handles, cut short and filled with junk: each session is
+    closed with a logged reason or answered; no handler raises an internal error."""
+    from gatewaysim.handlers import HANDLERS
+
+    junk_sets = [[], ["x"], ["1", "2"], ["1"] * 40, ["", "abc", "1.5", "-7"] * 30]
+    with caplog.at_level("INFO", logger="gatewaysim"):
+        for k, msg_id in enumerate(sorted(HANDLERS)):
+            if msg_id == 71:
+                continue
+            for j, junk in enumerate(junk_sets):
+                s = _started_raw(sim.port, 1000 + k * 10 + j)
+                try:
+                    s.sendall(frame([msg_id, *junk]))
+                    s.sendall(frame([49, 1]))  # still alive? it answers the current time
+                    s.shutdown(socket.SHUT_WR)  # EOF after our messages; read until the simulator is done
+                    while s.recv(65536):
+                        pass
+                except OSError:  # the simulator closed this session first (a malformed message)
+                    pass
+                s.close()
+        deadline = time.monotonic() + 10  # a loaded machine may take a while to get through them all
+        while time.monotonic() < deadline and (sim.sessions or not any("ended after" in r.getMessage()
+                                                                       for r in caplog.records)):
+            time.sleep(0.05)
+    internal = [e for e in sim.events if e["kind"] == "internal_error"]
+    assert internal == []
+    assert any("ended after" in r.getMessage() for r in caplog.records)  # truncated ones were named

@@ -284,3 +284,20 @@ def test_restart_refuses_connections_while_down(sim, connect, expect_errors):
     time.sleep(0.7)
     assert connect(sim, clientId=2).reqCurrentTime()
     assert [e["kind"] for e in sim.events if e["kind"] in ("restarted",)] == ["restarted"]
+
+
+def test_a_fill_while_disconnected_comes_back_through_req_executions(sim, connect, expect_errors):
+    expect_errors("Peer closed connection")
+    ib = connect(sim)
+    spy = _spy(ib)
+    sim.drop_connection(when="before_ack")
+    ib.placeOrder(spy, MarketOrder("BUY", 40, orderRef="qtrade:offline"))
+    assert _wait(ib, lambda: not ib.isConnected())
+    assert sim.record()["executions"][0]["orderRef"] == "qtrade:offline"
+    ib2 = connect(sim)
+    events = []
+    ib2.execDetailsEvent += lambda trade, fill: events.append(fill)
+    fills = ib2.fills()
+    assert [(f.execution.orderRef, f.execution.shares) for f in fills] == [("qtrade:offline", 40.0)]
+    assert events == []  # IB_BEHAVIOUR: no execDetailsEvent for fills replayed at connect
+    assert [(p.contract.symbol, p.position) for p in ib2.positions()] == [("SPY", 40.0)]

@@ -3,6 +3,7 @@ ticks, 354/10167, historical bars, keepUpToDate, pacing (162)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import pytest
@@ -196,3 +197,68 @@ def _wait_for(ib, cond, timeout=3.0):
         ib.sleep(0.05)
         waited += 0.05
     return cond()
+
+
+def test_futures_bars_carry_like_their_quotes(make_sim, connect, nq_data):
+    from ib_async import Future
+
+    sim = make_sim(nq_data, start="2023-11-20 12:00")
+    ib = connect(sim)
+    nq = sorted(ib.reqContractDetails(Future("NQ", exchange="CME")), key=lambda d: d.contract.lastTradeDateOrContractMonth)
+    front = ib.reqHistoricalData(nq[0].contract, "", "3600 S", "1 min", "TRADES", False)
+    later = ib.reqHistoricalData(nq[1].contract, "", "3600 S", "1 min", "TRADES", False)
+    assert len(front) == len(later) == 60
+    src = sim.series["NQ"].frame
+    assert front[-1].close == pytest.approx(src.loc[src.index == front[-1].date, "close"].iloc[0])
+    days = (dt.datetime.strptime(nq[1].contract.lastTradeDateOrContractMonth, "%Y%m%d")
+            - dt.datetime.strptime(nq[0].contract.lastTradeDateOrContractMonth, "%Y%m%d")).days
+    assert later[-1].close == pytest.approx(front[-1].close * (1 + 0.05 * days / 365), abs=0.01)
+
+
+def test_batched_option_quotes_equal_one_at_a_time(sim):
+    opts = [i for i in sim.catalog.by_conid.values() if i.secType == "OPT"][:400]
+    t = sim.clock.now_ns()
+    assert sim.market.quotes(opts, t) == [sim.market.quote(o, t) for o in opts]
+
+
+def test_options_quote_from_a_vendor_chain_file(make_sim, connect):
+    from .conftest import shared_data
+
+    path = shared_data("optionsuite", "aapl_sample_ivolatility.csv")
+    sim = make_sim(chains=path, start="2014-08-08 10:00")
+    ib = connect(sim)
+    aapl = ib.qualifyContracts(Stock("AAPL", "SMART", "USD"))[0]
+    chain = ib.reqSecDefOptParams("AAPL", "", "STK", aapl.conId)[0]
+    assert chain.expirations[:2] == ["20140808", "20140816"]
+    opt = ib.qualifyContracts(Option("AAPL", "20140816", 95, "C", "SMART"))[0]
+    t = ib.reqTickers(opt)[0]
+    from engine.market.chains import load_chains
+
+    snap = load_chains(path, underlying="AAPL")
+    snap = snap[min(snap)]  # 2014-08-07, the snapshot in force on the 8th at 10:00
+    i = [k for k in range(len(snap)) if str(snap.expiry[k]) == "2014-08-16" and snap.strike[k] == 95
+         and snap.right[k] == "C"][0]
+    assert (t.bid, t.ask) == (snap.bid[i], snap.ask[i])
+    assert t.modelGreeks.impliedVol == pytest.approx(snap.iv[i]) and t.modelGreeks.delta == pytest.approx(snap.delta[i])
+    assert t.modelGreeks.undPrice == pytest.approx(94.48)  # the file's close of the 7th
+
+
+def test_a_bad_chain_file_is_a_clear_error(tmp_path):
+    from gatewaysim import DataError, GatewaySim
+
+    with pytest.raises(DataError, match="--chains .*no such file"):
+        GatewaySim(chains=tmp_path / "none.csv")
+    bad = tmp_path / "chains.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="not a usable option chain file"):
+        GatewaySim(chains=bad)
+
+
+def test_a_chain_file_from_another_year_is_refused_with_a_start_to_use():
+    from gatewaysim import DataError, GatewaySim
+
+    from .conftest import shared_data
+
+    path = shared_data("optionsuite", "spx_sample_ivolatility.csv")
+    with pytest.raises(DataError, match=r"every SPX option in it expired by 20131220.*--start '2011-01-03 10:00'"):
+        GatewaySim(chains=path)  # the bundled sample's clock is in 2019

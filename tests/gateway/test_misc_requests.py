@@ -1,5 +1,5 @@
 """The smaller request families: reqIds, reqAllOpenOrders across clients, reqGlobalCancel,
-modify of a filled order (104), head timestamp, combo market data, account-updates-multi."""
+modify of a filled order (104), head timestamp, combo market data, account pushes, PnL."""
 
 from __future__ import annotations
 
@@ -72,3 +72,33 @@ def test_account_updates_multi_follow_fills(ib, sim):
     assert _wait(ib, lambda: t.orderStatus.status == "Filled")
     assert _wait(ib, lambda: any(float(v.value) < 1_000_000 for v in seen))
     assert any(m["name"] == "reqAccountUpdatesMulti" for m in sim.messages())
+
+
+def test_a_bag_without_legs_is_refused_not_crashed(ib, sim, expect_errors, error_guard):
+    from ib_async import Contract
+
+    empty = Contract(secType="BAG", symbol="SPY", exchange="SMART", currency="USD")
+    trade = ib.placeOrder(empty, LimitOrder("BUY", 1, 1.0))
+    ib.sleep(0.2)
+    assert trade.orderStatus.status == "ValidationError"  # 321 is a warning in ib_async
+    assert any(e["code"] == 321 and "needs its combo legs" in e["text"] for e in sim.events if e["kind"] == "error")
+
+
+def test_pnl_and_pnl_single_follow_the_position(ib, sim):
+    spy = _spy(ib)
+    account = ib.managedAccounts()[0]
+    pnl = ib.reqPnL(account)
+    single = ib.reqPnLSingle(account, "", spy.conId)
+    ib.sleep(0.2)
+    assert pnl.unrealizedPnL == 0 and single.position == 0
+    t = ib.placeOrder(spy, MarketOrder("BUY", 100))
+    assert _wait(ib, lambda: t.orderStatus.status == "Filled")
+    q = sim.quote("SPY")
+    sim.set_quote("SPY", bid=q.bid + 1, ask=q.ask + 1, last=q.last + 1)
+    mid = (q.bid + q.ask) / 2 + 1
+    expected = (mid - t.orderStatus.avgFillPrice) * 100
+    assert _wait(ib, lambda: single.position == 100 and abs(single.unrealizedPnL - expected) < 0.01)
+    assert _wait(ib, lambda: abs(pnl.unrealizedPnL - expected) < 0.01)
+    assert single.value == pytest.approx(mid * 100, abs=0.01)
+    ib.cancelPnL(account)
+    ib.cancelPnLSingle(account, "", spy.conId)

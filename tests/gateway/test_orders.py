@@ -228,3 +228,31 @@ def test_bracket_children_wait_for_the_parent_and_oca_cancels_the_sibling(ib, si
     assert _wait(ib, lambda: stop.orderStatus.status == "Cancelled")  # the OCA sibling
     assert _wait(ib, lambda: "SPY" not in {p.contract.symbol for p in ib.positions()})  # flat: ib_async drops it
     assert sim.record()["positions"][0]["qty"] == 0
+
+
+def test_a_condor_chased_by_modify_then_closed_with_a_sell_combo(ib, sim):
+    spy = _spy(ib)
+    opts, bag = _condor_legs(ib, spy)
+    legs = [{"inst": sim.catalog.get(o.conId), "ratio": 1, "action": a}
+            for o, a in zip(opts, ("BUY", "SELL", "SELL", "BUY"))]
+    combo = sim.call(sim.combo_quote, legs)
+    trade = ib.placeOrder(bag, LimitOrder("BUY", 2, round(combo.ask - 0.20, 2), orderRef="qtrade:condor"))
+    assert _wait(ib, lambda: trade.orderStatus.status == "Submitted")
+    perm = trade.order.permId
+    for price in (round(combo.ask - 0.10, 2), combo.ask):  # the chase: same orderId, new limit
+        trade.order.lmtPrice = price
+        ib.placeOrder(bag, trade.order)
+        ib.sleep(0.2)
+    assert _wait(ib, lambda: trade.orderStatus.status == "Filled")
+    assert trade.order.permId == perm and trade.orderStatus.avgFillPrice == pytest.approx(combo.ask)
+    legs_filled = [f for f in trade.fills if f.contract.secType == "OPT"]
+    assert sum((1 if f.execution.side == "SLD" else -1) * f.execution.price for f in legs_filled) == \
+        pytest.approx(-combo.ask)  # the legs' prices add up to the combo's credit
+    close_q = sim.call(sim.combo_quote, legs)
+    close = ib.placeOrder(bag, LimitOrder("SELL", 2, close_q.bid, orderRef="qtrade:condor-exit"))
+    assert _wait(ib, lambda: close.orderStatus.status == "Filled")
+    assert _wait(ib, lambda: not [p for p in ib.positions() if p.position])
+    rec = sim.record()
+    bag_execs = [e for e in rec["executions"] if e["secType"] == "BAG"]
+    assert [(e["side"], e["shares"], e["orderRef"]) for e in bag_execs] == [
+        ("BOT", 2.0, "qtrade:condor"), ("SLD", 2.0, "qtrade:condor-exit")]

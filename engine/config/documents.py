@@ -75,9 +75,11 @@ class Document:
 
 
 def _display(path: Path) -> str:
+    """A file as messages name it: relative to the current folder when it is inside it, else its
+    absolute path (a `../..` chain depends on where one stands and reads worse)."""
     try:
         rel = os.path.relpath(path)
-        return rel if not rel.startswith(".." + os.sep + ".." + os.sep + "..") else str(path)
+        return rel if not rel.startswith(".." + os.sep) and rel != ".." else str(path)
     except ValueError:  # pragma: no cover - another drive on Windows
         return str(path)
 

@@ -63,8 +63,9 @@ def run(port: int, data, account: str, speed: float, scenario, control_port, sta
         extra = f", control port {control.sockets[0].getsockname()[1]}" if control else ""
         echo(f"gateway-sim: listening on 127.0.0.1:{bound} as account {account} "
              f"({len(symbols)} symbols from {sim.data_dir}, simulated time {sim.now():%Y-%m-%d %H:%M} UTC, "
-             f"speed {speed:g}{extra}); point qtrade at it with: qtrade run STRATEGY --broker ib "
-             f"(IB host 127.0.0.1, port {bound})", flush=True)
+             f"speed {speed:g}{extra}); connect any TWS API client (ib_async: IB().connect('127.0.0.1', {bound}, "
+             f"clientId=1)); qtrade run STRATEGY --broker ib will point at IB host 127.0.0.1, port {bound} once "
+             f"its IB broker lands (not in this version yet)", flush=True)
         await stop.wait()
         if control:
             control.close()

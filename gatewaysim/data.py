@@ -6,7 +6,18 @@ from pathlib import Path
 
 from engine.diagnostics import DiagnosticError
 
-SAMPLE = Path(__file__).resolve().parents[1] / "strategies" / "data"
+def _sample() -> Path:
+    """The bundled sample: the source tree's strategies/data, or the copy installed with the
+    package (engine.sample) when qtrade was installed from a wheel."""
+    tree = Path(__file__).resolve().parents[1] / "strategies" / "data"
+    if tree.exists():
+        return tree
+    import engine
+
+    return Path(engine.__file__).resolve().parent / "sample"
+
+
+SAMPLE = _sample()
 
 
 class DataError(Exception):

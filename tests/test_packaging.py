@@ -19,7 +19,9 @@ def test_every_engine_package_is_installed():
     data = config["tool"]["setuptools"]["package-data"]
     assert "templates/*.j2" in data["engine.report"] and "*.lark" in data["engine.dsl"]
     assert "scenarios/*.yaml" in data["gatewaysim"] and list((ROOT / "gatewaysim" / "scenarios").glob("*.yaml"))
-    assert config["tool"]["setuptools"]["package-dir"] == {"engine.schemas": "schemas", "engine.universes": "universes"}
+    assert config["tool"]["setuptools"]["package-dir"] == {"engine.schemas": "schemas", "engine.universes": "universes",
+                                                           "engine.sample": "strategies/data"}
+    assert "*.csv" in data["engine.sample"]       # gateway-sim's bundled sample, in a wheel too
 
 
 def test_engine_version_matches_the_distribution():

@@ -51,3 +51,11 @@ def test_cash_from_the_command_line_reaches_the_simulator_settings():
     prep = bt.prepare("strategies/sma_crossover.yaml", cash=25_000)
     assert prep.sim.cash == 25_000.0 and prep.sim.account == "margin"     # the default account
     assert bt.run(prep).ledger.initial_cash == 25_000.0
+
+
+def test_the_schedule_is_parsed_once_into_minutes():
+    from engine.check.model import Schedule
+
+    prep = bt.prepare("strategies/iron_condor.yaml")
+    assert prep.schedule == Schedule("America/New_York", (9 * 60 + 30, 11 * 60), 15 * 60 + 50)
+    assert Schedule.from_spec(None) == Schedule() and Schedule().entry_window is None

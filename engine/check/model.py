@@ -168,3 +168,26 @@ class SimSettings:
         return cls(float(spec.get("cash", 100_000)), spec.get("account", "margin"),
                    Commission.from_spec(spec.get("commission")), Slippage.from_spec(spec.get("slippage")),
                    spec.get("fill", "next_open"), OptionSim.from_spec(spec.get("options")))
+
+
+def _minutes(text: str) -> int:
+    """'15:50' -> 950 (minutes after midnight)."""
+    return int(text[:2]) * 60 + int(text[3:])
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When rules are evaluated: the timezone, the entry window and the flat-by time (minutes
+    after midnight, local)."""
+
+    timezone: str = "America/New_York"
+    entry_window: tuple[int, int] | None = None
+    flat_by: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict | None) -> "Schedule":
+        spec = spec or {}
+        window = spec.get("entry_window")
+        return cls(spec.get("timezone", "America/New_York"),
+                   (_minutes(window[0]), _minutes(window[1])) if window else None,
+                   _minutes(spec["flat_by"]) if spec.get("flat_by") else None)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..market.series import SymbolBars
-from ..check.model import OrderTemplate, SimSettings, order_templates
+from ..check.model import OrderTemplate, Schedule, SimSettings, order_templates
 from ..config.documents import Document, Workspace
 from ..diagnostics import DiagnosticError
 from ..market.bars import bar_seconds, load_bars, resample
@@ -60,6 +60,11 @@ class Prepared:
     def orders(self) -> Mapping[str, OrderTemplate]:
         """The strategy's order templates, typed (check.model)."""
         return order_templates(self.doc.get(("orders",)))
+
+    @functools.cached_property
+    def schedule(self) -> Schedule:
+        """The strategy's schedule, typed (check.model)."""
+        return Schedule.from_spec(self.doc.get(("schedule",)))
 
     @property
     def sim(self) -> SimSettings:
@@ -275,14 +280,14 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
     seconds = bar_seconds(prep.bar)
     start = _ns(frame.index)
     end = start + int(seconds * 1e9)
-    sched = prep.doc.get(("schedule",)) or {}
-    intraday_schedule = seconds < 86400 and bool(sched.get("entry_window") or sched.get("flat_by"))
+    sched = prep.schedule
+    intraday_schedule = seconds < 86400 and (sched.entry_window is not None or sched.flat_by is not None)
     needs_calendar = bool(prep.plan.inputs.clock & _CLOCK_NEEDS_CALENDAR) or \
-        (bool(sched.get("flat_by")) and seconds < 86400)
+        (sched.flat_by is not None and seconds < 86400)
     want = set(prep.plan.inputs.clock)
     if intraday_schedule:
         want.add("time")
-        if sched.get("flat_by"):
+        if sched.flat_by is not None:
             want.add("minutes_to_close")
     if _needs_session(prep):
         want.add("session")
@@ -321,18 +326,16 @@ def _needs_session(prep: Prepared) -> bool:
 
 def _schedule_masks(prep: Prepared, bars: Bars) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Entries allowed only inside the entry window; a forced exit from the flat-by time."""
-    sched = prep.doc.get(("schedule",)) or {}
-    if bar_seconds(prep.bar) >= 86400 or not (sched.get("entry_window") or sched.get("flat_by")):
+    sched = prep.schedule
+    if bar_seconds(prep.bar) >= 86400 or (sched.entry_window is None and sched.flat_by is None):
         return None, None
     minutes = bars.clock["time"] + bar_seconds(prep.bar) / 60.0  # decisions happen at the bar's close
     entry = flat = None
-    window = sched.get("entry_window")
-    if window:
-        lo, hi = (int(t[:2]) * 60 + int(t[3:]) for t in window)
+    if sched.entry_window is not None:
+        lo, hi = sched.entry_window
         entry = (minutes >= lo) & (minutes <= hi)
-    if sched.get("flat_by"):
-        t = sched["flat_by"]
-        flat = minutes >= int(t[:2]) * 60 + int(t[3:])
+    if sched.flat_by is not None:
+        flat = minutes >= sched.flat_by
         left = bars.clock.get("minutes_to_close")
         if left is not None:
             # an early close (the day after Thanksgiving, Christmas Eve) comes before flat_by: be

@@ -433,8 +433,8 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
         ("Sharpe / Sortino / Calmar", " / ".join(_num(summary.get(k)) for k in ("sharpe", "sortino", "calmar")),
          caveat[2:] if caveat else ""),
         ("Max drawdown", _pct(summary.get("max_drawdown")),
-         f"{summary.get('max_drawdown_days') or 0:.0f} days from {(summary.get('max_drawdown_start') or '')[:10]}"
-         if summary.get("max_drawdown") else ""),
+         f"longest under water {summary.get('max_drawdown_days') or 0:.0f} days, from "
+         f"{(summary.get('max_drawdown_start') or '')[:10]}" if summary.get("max_drawdown") else ""),
         ("Trades", f"{summary.get('trades', 0):,}",
          f"win rate {_pct(summary.get('win_rate'), 1)}, profit factor {_num(summary.get('profit_factor'))}"),
         ("Expectancy per trade", _num(summary.get("expectancy")),

@@ -74,27 +74,26 @@ class RunState:
         self.desk: OptionsDesk | None = None
         self.chains: Callable[[str, int], ChainView | None] | None = None
         self._now = 0
-        self._marks_key: tuple | None = None  # marks are cached per (time, number of fills)
+        self._marks_key: int | None = None  # marks are kept per instant (bars do not move within one)
         self._marks: dict[str, float] = {}
         self._cursor: dict[str, tuple[int, int]] = {}   # per symbol: (last bar closed by t, t)
         self._margined = any(b.margined for b in self.bars.values())   # futures among the symbols
 
     def marks(self, at: int) -> dict[str, float]:
-        """The last known price of every open position at time `at` (ns); combos at their last mid."""
-        key = (at, len(self.ledger.fills))
-        if self._marks_key == key:
-            return self._marks
-        out = self._marks = {}
-        self._marks_key = key
+        """The last known price of every open position at time `at` (ns); combos at their last mid.
+        At one instant a bar's price does not move, so the marks found then are kept and only the
+        positions opened since are looked up (many entries at one open cost one walk, not one each)."""
+        if self._marks_key != at:
+            self._marks, self._marks_key = {}, at
+        out = self._marks
         for symbol in self.ledger.positions:
-            if symbol in self.combos:
+            if symbol in self.combos:    # a combo's mark moves without a fill: read it every time
                 combo = self.combos[symbol]
                 out[symbol] = combo.last_credit if combo.last_credit is not None else combo.entry_credit
-                self._marks_key = None   # a combo's mark moves without a fill: never cache it
-                continue
-            b = self.bars[symbol]
-            k = self._last_bar(symbol, b.end, at)
-            out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
+            elif symbol not in out:
+                b = self.bars[symbol]
+                k = self._last_bar(symbol, b.end, at)
+                out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
         return out
 
     def _last_bar(self, symbol: str, end: np.ndarray, at: int) -> int:

@@ -6,6 +6,7 @@ A traceback is a bug; `--debug` shows one, otherwise bad input is always a messa
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -720,6 +721,11 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
         except sqlite3.Error as exc:
             _safe_echo(f"qtrade: {failure(journal_path, exc)}", err=True)
             sys.exit(EXIT_PROBLEMS)
+        except BaseException as exc:     # Ctrl-C, a closed pipe, a bug: the journal says the run stopped
+            with contextlib.suppress(sqlite3.Error):
+                journal.finish_run(run_id, "interrupted" if isinstance(exc, (KeyboardInterrupt, BrokenPipeError))
+                                   else "failed", {})
+            raise
     if not text:
         _safe_echo(json.dumps({"run_id": result.run_id, "journal": journal_path, "report": None,
                                "seconds": round(_time.perf_counter() - started, 3), "timings": result.timings,

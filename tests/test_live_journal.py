@@ -159,3 +159,23 @@ def test_run_refuses_bad_dates_and_cash_as_backtest_does(tmp_path):
         out = runner.invoke(cli.main, ["run", SMA, "--broker", "sim", *args, *journal])
         assert out.exit_code == 2, (args, out.output)
         assert message in out.output and "Traceback" not in out.output and "internal error" not in out.output
+
+
+def test_a_run_that_stops_part_way_is_marked_so_in_the_journal(tmp_path, monkeypatch):
+    """Ctrl-C (or a closed pipe) in the middle of a run: what was journaled stays, and the run is
+    marked interrupted, not left 'running'."""
+    path = tmp_path / "j.sqlite"
+    calls = {"n": 0}
+    real = session.Kernel._on_close
+
+    def stop_after_a_while(self, st, k):
+        calls["n"] += 1
+        if calls["n"] == 200:
+            raise KeyboardInterrupt
+        return real(self, st, k)
+
+    monkeypatch.setattr(session.Kernel, "_on_close", stop_after_a_while)
+    CliRunner().invoke(cli.main, ["run", SMA, "--broker", "sim", "--days", "400", "--journal", str(path)])
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+    assert con.execute("SELECT count(*) FROM orders").fetchone()[0] >= 1     # kept: journaled as they happened

@@ -747,7 +747,8 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
                    "replays more")
     if blocked:
         _safe_echo(f"  all the reasons: qtrade why {journal_path} --run {result.run_id}")
-    _safe_echo(f"{len(result.ledger.trades)} round trips, {len(result.ledger.positions)} open, "
+    n_trades = len(result.ledger.trades)
+    _safe_echo(f"{n_trades} round trip{'s' * (n_trades != 1)}, {len(result.ledger.positions)} open, "
                f"equity {result.final_equity:,.2f}" + (" (simulated wallet)" if dry_run else ""))
     _safe_echo(f"journal: {journal_path} (run {result.run_id})")
 

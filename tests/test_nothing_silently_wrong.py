@@ -916,3 +916,15 @@ def test_session_regular_is_not_silently_ignored_on_bars_at_the_strategys_size(t
     result = cli("backtest", five, "--journal", tmp_path / "j.sqlite")
     assert result.exit_code == 0, result.output                    # resampled: regular hours only
     assert "(312 bars" in result.output                            # 1,560 regular minutes / 5
+
+
+def test_the_report_carries_the_annualised_caveat_of_a_short_run(tmp_path):
+    journal_path = tmp_path / "j.sqlite"
+    short = cli("backtest", SMA, "--journal", journal_path, "--from", "2015-01-05", "--to", "2015-03-20",
+                "--report", tmp_path / "short.html")
+    assert short.exit_code == 0, short.output
+    html = (tmp_path / "short.html").read_text()
+    assert "annualised from 74 days: too short to mean much" in html
+    long = cli("backtest", SMA, "--journal", journal_path, "--report", tmp_path / "long.html")
+    assert long.exit_code == 0
+    assert "too short to mean much" not in (tmp_path / "long.html").read_text()

@@ -703,6 +703,18 @@ def _summary(data: RunData, closes: np.ndarray | None, risk_free: float) -> tupl
     return summary, bool(from_summary)
 
 
+SHORT_RUN_DAYS = 91   # annualised figures of a shorter run carry a caveat (as the CLI's summary does)
+
+
+def _short_run_days(summary: dict) -> float | None:
+    """The run's length in days when it is too short for annualised figures to mean much."""
+    start, end = summary.get("start"), summary.get("end")
+    if start is None or end is None:
+        return None
+    days = (pd.Timestamp(end) - pd.Timestamp(start)).total_seconds() / 86400.0
+    return days if days < SHORT_RUN_DAYS else None
+
+
 def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
     """Everything the template shows, as plain values (escaping is the template's), and the
     trades table's rows as finished, escaped HTML (`trades_rows`)."""
@@ -729,6 +741,7 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
         "symbol": data.symbol,
         "journal_name": data.path.name,
         "m": summary,
+        "short_run_days": _short_run_days(summary),
         "currency": currency,
         "risk_free": risk_free,
         "from_summary": from_summary,

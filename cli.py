@@ -89,15 +89,17 @@ def _check_window(prep, start, end) -> None:
     import numpy as np
     import pandas as pd
 
-    if start and end and start > end:
-        raise click.UsageError(f"--from {start} is after --to {end}")
     frames = [prep.frames[s] for s in prep.symbols if s in prep.frames and len(prep.frames[s])]
     if not frames:
+        if start and end and start > end:
+            raise click.UsageError(f"--from {start} is after --to {end}")
         return
     first = min(f.index[0] for f in frames)
     last = max(f.index[-1] for f in frames)
     names = ", ".join(s for s in prep.symbols[:3] if s in prep.frames) + (" ..." if len(prep.symbols) > 3 else "")
     holds = f"the data ({names}) runs from {first:%Y-%m-%d} to {last:%Y-%m-%d}"
+    if start and end and start > end:
+        raise click.UsageError(f"--from {start} is after --to {end}: {holds}")
     if start and pd.Timestamp(start).date() > last.date():
         raise click.UsageError(f"--from {start} is after the end of the data: {holds}")
     if end and pd.Timestamp(end).date() < first.date():
@@ -490,8 +492,6 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
     from engine.runtime.journal import JournalError
 
     started = _time.perf_counter()
-    if start and end and start > end:
-        raise click.UsageError(f"--from {start} is after --to {end}")
     _journal_first(journal_path, report_path)
     try:
         prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash, chains)

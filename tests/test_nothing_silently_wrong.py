@@ -260,7 +260,8 @@ SMA = ROOT / "strategies" / "sma_crossover.yaml"
                                "write YYYY-MM-DD, e.g. 2020-01-31"),
     (("--to", "2015-02-30"), "Invalid value for '--to': '2015-02-30' is not a date (day is out of range for month)"),
     (("--from", "2015-1-1"), "Invalid value for '--from': '2015-1-1' is not a date (expected 10 characters)"),
-    (("--from", "2015-01-01", "--to", "2014-01-01"), "--from 2015-01-01 is after --to 2014-01-01"),
+    (("--from", "2015-01-01", "--to", "2014-01-01"), "--from 2015-01-01 is after --to 2014-01-01: the data (SPY) "
+                                                     "runs from 2007-12-31 to 2017-12-29"),
     (("--from", "2019-01-01"), "--from 2019-01-01 is after the end of the data: the data (SPY) runs from "
                                "2007-12-31 to 2017-12-29"),
     (("--to", "2001-01-01"), "--to 2001-01-01 is before the start of the data: the data (SPY) runs from "

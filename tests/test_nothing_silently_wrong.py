@@ -929,3 +929,40 @@ def test_the_report_carries_the_annualised_caveat_of_a_short_run(tmp_path):
     long = cli("backtest", SMA, "--journal", journal_path, "--report", tmp_path / "long.html")
     assert long.exit_code == 0
     assert "too short to mean much" not in (tmp_path / "long.html").read_text()
+
+
+# -------------------------- item 2 (part): every example runs, or says what it is missing
+
+EXAMPLE_OUTCOMES = {
+    "sma_crossover.yaml": "runs",
+    "iron_condor.yaml": "runs",
+    # capabilities other issues build: refused by name (engine.check.support)
+    "breakout.yaml": "not supported",
+    "composite_scanner.yaml": "not supported",
+    "regime_agents.yaml": "not supported",
+    # end-of-day SPX chains: the only sample (optopsy's, GPL) cannot be bundled; --chains runs it
+    "spxw_condor.yaml": "needs --chains",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_OUTCOMES))
+def test_every_example_runs_with_no_flags_or_says_what_it_misses(tmp_path, name):
+    assert {p.name for p in (ROOT / "strategies").glob("*.yaml")} == set(EXAMPLE_OUTCOMES)
+    path = ROOT / "strategies" / name
+    for command in (("backtest", path), ("run", path, "--dry-run", "--broker", "sim")):
+        result = cli(*command, "--journal", tmp_path / "j.sqlite")
+        outcome = EXAMPLE_OUTCOMES[name]
+        if outcome == "runs":
+            assert result.exit_code == 0, result.output
+            assert f"journal: {tmp_path / 'j.sqlite'} (run " in result.output
+        elif outcome == "not supported":
+            assert result.exit_code == 1, result.output
+            errors = [line for line in result.output.splitlines() if ": error: " in line]
+            assert errors and all(line.endswith(NOT_SUPPORTED) for line in errors), errors
+        else:
+            assert result.exit_code == 1, result.output
+            assert "error: no bar data for the backtest" in result.output
+            assert "--chains with end-of-day chain snapshots is enough" in result.output
+
+
+from engine.check.support import NOT_SUPPORTED  # noqa: E402

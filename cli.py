@@ -115,13 +115,15 @@ def _check_window(prep, start, end) -> None:
                                                             f"{'--from' if key == 'start' else '--to'}")]))
     lo, hi = prep.start, prep.end   # the flags' or the strategy's backtest.start/end; hi is exclusive
     if lo is not None or hi is not None:
-        lo_ns = lo.value if lo is not None else None
-        hi_ns = hi.value if hi is not None else None
         inside = 0
         for f in frames:
             times = f.index.as_unit("ns").asi8
-            inside += int(((times >= lo_ns) if lo_ns is not None else np.ones(len(times), bool))
-                          [(times < hi_ns) if hi_ns is not None else slice(None)].sum())
+            within = np.ones(len(times), dtype=bool)
+            if lo is not None:
+                within &= times >= lo.value
+            if hi is not None:
+                within &= times < hi.value
+            inside += int(within.sum())
         if inside == 0:
             shown_lo = lo.date() if lo is not None else first.date()
             shown_hi = (hi - pd.Timedelta(days=1)).date() if hi is not None else last.date()

@@ -214,12 +214,49 @@ def _sma_doc() -> dict:
     return doc
 
 
+@pytest.fixture(scope="module")
+def sma_base(tmp_path_factory):
+    return _result(tmp_path_factory.mktemp("base"), _sma_doc())
+
+
+@pytest.fixture(scope="module")
+def condor_base(tmp_path_factory):
+    return _result(tmp_path_factory.mktemp("base"), _condor_doc())
+
+
 @pytest.mark.parametrize("path, value", CHANGES, ids=[".".join(p) for p, _ in CHANGES])
-def test_each_backtest_key_changes_the_run(tmp_path, path, value):
-    base = _sma_doc()
-    changed = copy.deepcopy(base)
+def test_each_backtest_key_changes_the_run(tmp_path, path, value, sma_base):
+    changed = copy.deepcopy(_sma_doc())
     node = changed
     for key in path[:-1]:
         node = node.setdefault(key, {})
     node[path[-1]] = value
-    assert _result(tmp_path, changed) != _result(tmp_path, base)
+    assert _result(tmp_path, changed) != sma_base
+
+
+CONDOR_CHANGES = [
+    (("backtest", "options", "iv"), 0.3), (("backtest", "options", "iv_scale"), 1.5),
+    (("backtest", "options", "skew"), 0.0), (("backtest", "options", "spread"), {"percent": "20%", "minimum": 0.05}),
+    (("backtest", "options", "fill_fraction"), 1.0), (("backtest", "commission"), {"per_contract": 2.0}),
+    (("risk", "max_margin_per_trade"), 100), (("schedule", "entry_window"), ["10:30", "11:00"]),
+    (("schedule", "flat_by"), "12:00"), (("params", "take_profit", "value"), "90%"),
+    (("orders", "condor", "price", "chase", "steps"), 1),
+]
+
+
+def _condor_doc() -> dict:
+    from engine.config.yamlsource import load_yaml
+
+    doc = load_yaml(str(ROOT / "strategies" / "iron_condor.yaml")).data
+    doc["data"]["source"] = str(ROOT / "strategies" / "data") + "/"
+    return doc
+
+
+@pytest.mark.parametrize("path, value", CONDOR_CHANGES, ids=[".".join(p) for p, _ in CONDOR_CHANGES])
+def test_each_options_backtest_key_changes_the_run(tmp_path, path, value, condor_base):
+    changed = copy.deepcopy(_condor_doc())
+    node = changed
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    assert _result(tmp_path, changed) != condor_base

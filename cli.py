@@ -540,7 +540,7 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
 @click.option("--symbol", help="Symbol for the price chart (default: the most traded).")
 def report(journal_path, out_path, run_id, symbol):
     """Render one self-contained HTML report (works offline) from a JOURNAL."""
-    from engine.report.html import report_path_problem, write_report
+    from engine.report.html import UnknownSymbol, report_path_problem, write_report
     from engine.runtime.journal import JournalError
 
     problem = report_path_problem(out_path, journal_path)
@@ -549,6 +549,9 @@ def report(journal_path, out_path, run_id, symbol):
         sys.exit(EXIT_USAGE)
     try:
         write_report(journal_path, out_path, run_id=run_id, symbol=symbol)
+    except UnknownSymbol as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     except JournalError as exc:
         _safe_echo(f"qtrade: {exc}", err=True)
         sys.exit(EXIT_PROBLEMS)

@@ -966,3 +966,12 @@ def test_every_example_runs_with_no_flags_or_says_what_it_misses(tmp_path, name)
 
 
 from engine.check.support import NOT_SUPPORTED  # noqa: E402
+
+
+def test_report_symbol_must_be_in_the_run(tmp_path, journal):
+    result = cli("report", journal, "--out", tmp_path / "r.html", "--symbol", "QQQ")
+    assert result.exit_code == 2, result.output
+    assert "qtrade: --symbol QQQ: run " in result.output and "has no bars or trades of it; it has SPY" in result.output
+    assert not (tmp_path / "r.html").exists()
+    result = cli("report", journal, "--out", tmp_path / "r.html", "--symbol", "spy")
+    assert result.exit_code == 0, result.output

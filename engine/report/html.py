@@ -107,6 +107,10 @@ def open_journal(journal_path: str | Path) -> Journal:
     return Journal(path, readonly=True)
 
 
+class UnknownSymbol(JournalError):
+    """The report was asked for a symbol the run has nothing of."""
+
+
 class ReportPathError(JournalError):
     """The report cannot be written where asked without destroying something."""
 
@@ -180,6 +184,13 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
         legs = [option_legs(t[-1]) for t in shown]
         price_symbols = [r[0] for r in db.execute(
             "SELECT DISTINCT symbol FROM prices WHERE run_id=?", (rid,))]
+        if symbol is not None:
+            known = set(by_symbol) | set(run.get("symbols") or []) | set(price_symbols)
+            if symbol not in known and symbol.upper() in known:
+                symbol = symbol.upper()
+            if symbol not in known:
+                raise UnknownSymbol(f"--symbol {symbol}: run {rid} has no bars or trades of it; it has "
+                                    + (", ".join(sorted(known)) or "none"))
         symbol = symbol or default_symbol({s: g[0] for s, g in by_symbol.items()}, run.get("symbols") or [],
                                           price_symbols)
         bars = _bars(db, rid, symbol) if symbol else _no_bars()

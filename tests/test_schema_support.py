@@ -36,9 +36,8 @@ ACCOUNTED = {
     ("strategy", "/$defs/schedule/max_new_entries_per_scan"): ("refused", ("schedule", "max_new_entries_per_scan")),
     ("strategy", "/$defs/data/history"): ("not read", "backtests and replays load the whole file; the warm-up "
                                                       "comes from the plan (a live feed would read it)"),
-    ("strategy", "/$defs/data/what_to_show"): ("not read", "IB's bar type, for a live feed (not in this version)"),
-    ("strategy", "/$defs/single_order/outside_rth"): ("not read", "an IB order flag, for a live broker (not in "
-                                                                  "this version)"),
+    ("strategy", "/$defs/data/what_to_show"): ("refused", ("data", "what_to_show")),        # unless trades
+    ("strategy", "/$defs/single_order/outside_rth"): ("refused", ("orders", "*", "outside_rth")),   # when true
     ("universe", "/contract"): ("refused", ("contract", "roll_days_before_expiry")),
     ("universe", "/properties/contract/roll_days_before_expiry"): ("refused", ("contract", "roll_days_before_expiry")),
     ("universe", "/properties/contract/month"): ("not read", "futures roots are not resolved to contracts yet "
@@ -85,7 +84,7 @@ def test_every_schema_property_is_read_refused_or_listed():
                     unaccounted.append(key)
     assert not unaccounted, f"schema properties nothing reads, refuses or lists: {unaccounted}"
     assert sum(counts.values()) == 250
-    assert counts == {"referenced": 217, "refused": 18, "not read": 15}
+    assert counts == {"referenced": 217, "refused": 20, "not read": 13}
     # nothing listed as unread is read after all (then it belongs to the referenced ones)
     for (kind, pointer), (status, _) in ACCOUNTED.items():
         prop = pointer.rsplit("/", 1)[1]
@@ -131,6 +130,7 @@ def _errors(output: str) -> list[tuple[int, int, str]]:
     ({"schedule": "schedule: {timezone: America/New_York, every: 1d, scan_every: 60s}"}, "schedule.scan_every"),
     ({"schedule": "schedule:\n  every: 1d\n  max_new_entries_per_scan: 3"}, "schedule.max_new_entries_per_scan"),
     ({"schedule": "schedule: {timezone: America/New_York, every: 1w}"}, "schedule.every"),
+    ({"data_extra": ", what_to_show: midpoint"}, "data.what_to_show"),
     ({"extra": "arbitration: {policy: first}"}, "arbitration.policy"),
     ({"extra": "arbitration:\n  max_active_agents: 2"}, "arbitration.max_active_agents"),
     ({"risk_extra": ", volatility_scaling: {target_annual_vol: 15%}"}, "risk.volatility_scaling"),
@@ -156,9 +156,20 @@ def test_unsupported_strategy_keys_are_refused_at_their_line(tmp_path, kw, key):
 def test_the_defaults_of_what_runs_do_are_accepted(tmp_path):
     path = _strategy(tmp_path, extra="arbitration: {policy: highest_score, max_active_agents: 1}",
                      schedule="schedule: {timezone: America/New_York, every: 1d, scan_every: null}",
-                     data_extra=", subscriptions: null", risk_extra=", volatility_scaling: null")
+                     data_extra=", subscriptions: null, what_to_show: trades", risk_extra=", volatility_scaling: null")
+    path.write_text(path.read_text().replace("type: market,", "type: market, outside_rth: false,"))
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 0, result.output
+
+
+def test_an_order_outside_regular_hours_is_refused(tmp_path):
+    path = _strategy(tmp_path)
+    path.write_text(path.read_text().replace("type: market,", "type: market, outside_rth: true,"))
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1
+    errors = _errors(result.output)
+    assert [(line, msg.split(":")[0]) for line, _, msg in errors] == [(14, "orders.buy.outside_rth")]
+    assert errors[0][2].endswith(NOT_SUPPORTED)
 
 
 def test_unsupported_keys_of_risk_and_universe_documents(tmp_path):

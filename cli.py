@@ -90,15 +90,17 @@ def _check_window(prep, start, end) -> None:
     import numpy as np
     import pandas as pd
 
-    if start and end and start > end:
-        raise click.UsageError(f"--from {start} is after --to {end}")
     frames = [prep.frames[s] for s in prep.symbols if s in prep.frames and len(prep.frames[s])]
     if not frames:
+        if start and end and start > end:
+            raise click.UsageError(f"--from {start} is after --to {end}")
         return
     first = min(f.index[0] for f in frames)
     last = max(f.index[-1] for f in frames)
     names = ", ".join(s for s in prep.symbols[:3] if s in prep.frames) + (" ..." if len(prep.symbols) > 3 else "")
     holds = f"the data ({names}) runs from {first:%Y-%m-%d} to {last:%Y-%m-%d}"
+    if start and end and start > end:
+        raise click.UsageError(f"--from {start} is after --to {end}: {holds}")
     if start and pd.Timestamp(start).date() > last.date():
         raise click.UsageError(f"--from {start} is after the end of the data: {holds}")
     if end and pd.Timestamp(end).date() < first.date():
@@ -114,13 +116,15 @@ def _check_window(prep, start, end) -> None:
                                                             f"{'--from' if key == 'start' else '--to'}")]))
     lo, hi = prep.start, prep.end   # the flags' or the strategy's backtest.start/end; hi is exclusive
     if lo is not None or hi is not None:
-        lo_ns = lo.value if lo is not None else None
-        hi_ns = hi.value if hi is not None else None
         inside = 0
         for f in frames:
             times = f.index.as_unit("ns").asi8
-            inside += int(((times >= lo_ns) if lo_ns is not None else np.ones(len(times), bool))
-                          [(times < hi_ns) if hi_ns is not None else slice(None)].sum())
+            within = np.ones(len(times), dtype=bool)
+            if lo is not None:
+                within &= times >= lo.value
+            if hi is not None:
+                within &= times < hi.value
+            inside += int(within.sum())
         if inside == 0:
             shown_lo = lo.date() if lo is not None else first.date()
             shown_hi = (hi - pd.Timedelta(days=1)).date() if hi is not None else last.date()
@@ -491,8 +495,6 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
     from engine.runtime.journal import JournalError
 
     started = _time.perf_counter()
-    if start and end and start > end:
-        raise click.UsageError(f"--from {start} is after --to {end}")
     _journal_first(journal_path, report_path)
     try:
         prep = bt.prepare(strategy, _parse_sets(sets), data, start, end, cash, chains)
@@ -539,7 +541,7 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
 @click.option("--symbol", help="Symbol for the price chart (default: the most traded).")
 def report(journal_path, out_path, run_id, symbol):
     """Render one self-contained HTML report (works offline) from a JOURNAL."""
-    from engine.report.html import report_path_problem, write_report
+    from engine.report.html import UnknownSymbol, report_path_problem, write_report
     from engine.runtime.journal import JournalError
 
     problem = report_path_problem(out_path, journal_path)
@@ -548,6 +550,9 @@ def report(journal_path, out_path, run_id, symbol):
         sys.exit(EXIT_USAGE)
     try:
         write_report(journal_path, out_path, run_id=run_id, symbol=symbol)
+    except UnknownSymbol as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     except JournalError as exc:
         _safe_echo(f"qtrade: {exc}", err=True)
         sys.exit(EXIT_PROBLEMS)

@@ -552,3 +552,18 @@ def test_loaded_bars_are_ordinary_writable_frames(tmp_path):
         assert df.iloc[0, 0] == -1.0 and df["close"].iloc[-1] == -2.0
         assert view.iloc[0, 0] == before.iloc[0, 0]   # copy-on-write: a view taken before is not changed
         pd.testing.assert_frame_equal(df.iloc[1:-1], before.iloc[1:-1])
+
+
+def test_outside_regular_hours(tmp_path):
+    from engine.market.bars import outside_regular_hours
+
+    xsp = one(SAMPLE / "XSP.csv")
+    nyse = outside_regular_hours(xsp, "NYSE")
+    assert nyse.sum() == 3 and all(t.strftime("%H:%M") == "16:00" for t in xsp.index[nyse])   # NYSE closes at 16:00
+    assert not outside_regular_hours(xsp, "CBOE_Index_Options").any()                          # CBOE at 16:15
+    regular = xsp[~nyse]
+    assert not outside_regular_hours(regular, "NYSE").any()            # the quick path: 09:30-16:00 weekdays
+    early = pd.concat([regular, regular.iloc[:1].set_axis(
+        pd.DatetimeIndex([pd.Timestamp("2019-11-09 10:00", tz=NY)]))])   # a Saturday bar
+    flagged = outside_regular_hours(early, "NYSE")
+    assert flagged.sum() == 1 and flagged[-1]

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from engine.check.support import NOT_SUPPORTED, UNSUPPORTED
+from engine.check.support import CHECKED_APART, NOT_SUPPORTED, UNSUPPORTED
 from test_schemas import FILES, SCHEMA, object_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,13 +31,13 @@ ACCOUNTED = {
        for k in ("max_lines", "reserve_for_positions", "ttl", "check_every", "priorities")},
     **{("strategy", f"/$defs/subscriptions/properties/priorities/{k}"): ("refused", ("data", "subscriptions"))
        for k in ("watchlist", "top_signals")},
+    ("strategy", "/$defs/schedule/every"): ("refused", ("schedule", "every")),     # when it is not the bar size
     ("strategy", "/$defs/schedule/scan_every"): ("refused", ("schedule", "scan_every")),
     ("strategy", "/$defs/schedule/max_new_entries_per_scan"): ("refused", ("schedule", "max_new_entries_per_scan")),
     ("strategy", "/$defs/data/history"): ("not read", "backtests and replays load the whole file; the warm-up "
                                                       "comes from the plan (a live feed would read it)"),
-    ("strategy", "/$defs/data/what_to_show"): ("not read", "IB's bar type, for a live feed (not in this version)"),
-    ("strategy", "/$defs/single_order/outside_rth"): ("not read", "an IB order flag, for a live broker (not in "
-                                                                  "this version)"),
+    ("strategy", "/$defs/data/what_to_show"): ("refused", ("data", "what_to_show")),        # unless trades
+    ("strategy", "/$defs/single_order/outside_rth"): ("refused", ("orders", "*", "outside_rth")),   # when true
     ("universe", "/contract"): ("refused", ("contract", "roll_days_before_expiry")),
     ("universe", "/properties/contract/roll_days_before_expiry"): ("refused", ("contract", "roll_days_before_expiry")),
     ("universe", "/properties/contract/month"): ("not read", "futures roots are not resolved to contracts yet "
@@ -64,7 +64,7 @@ def test_every_schema_property_is_read_refused_or_listed():
     text = _engine_text()
     counts = {"referenced": 0, "refused": 0, "not read": 0}
     unaccounted = []
-    refused_paths = {(kind, path) for kind, path, *_ in UNSUPPORTED}
+    refused_paths = {(kind, path) for kind, path, *_ in UNSUPPORTED} | set(CHECKED_APART)
     for name in FILES:
         kind = name.split(".")[0]
         for pointer, node in object_definitions(SCHEMA[name]):
@@ -84,7 +84,7 @@ def test_every_schema_property_is_read_refused_or_listed():
                     unaccounted.append(key)
     assert not unaccounted, f"schema properties nothing reads, refuses or lists: {unaccounted}"
     assert sum(counts.values()) == 250
-    assert counts == {"referenced": 218, "refused": 17, "not read": 15}
+    assert counts == {"referenced": 217, "refused": 20, "not read": 13}
     # nothing listed as unread is read after all (then it belongs to the referenced ones)
     for (kind, pointer), (status, _) in ACCOUNTED.items():
         prop = pointer.rsplit("/", 1)[1]
@@ -129,6 +129,8 @@ def _errors(output: str) -> list[tuple[int, int, str]]:
     ({"data_extra": ", subscriptions: {max_lines: 50}"}, "data.subscriptions"),
     ({"schedule": "schedule: {timezone: America/New_York, every: 1d, scan_every: 60s}"}, "schedule.scan_every"),
     ({"schedule": "schedule:\n  every: 1d\n  max_new_entries_per_scan: 3"}, "schedule.max_new_entries_per_scan"),
+    ({"schedule": "schedule: {timezone: America/New_York, every: 1w}"}, "schedule.every"),
+    ({"data_extra": ", what_to_show: midpoint"}, "data.what_to_show"),
     ({"extra": "arbitration: {policy: first}"}, "arbitration.policy"),
     ({"extra": "arbitration:\n  max_active_agents: 2"}, "arbitration.max_active_agents"),
     ({"risk_extra": ", volatility_scaling: {target_annual_vol: 15%}"}, "risk.volatility_scaling"),
@@ -154,9 +156,20 @@ def test_unsupported_strategy_keys_are_refused_at_their_line(tmp_path, kw, key):
 def test_the_defaults_of_what_runs_do_are_accepted(tmp_path):
     path = _strategy(tmp_path, extra="arbitration: {policy: highest_score, max_active_agents: 1}",
                      schedule="schedule: {timezone: America/New_York, every: 1d, scan_every: null}",
-                     data_extra=", subscriptions: null", risk_extra=", volatility_scaling: null")
+                     data_extra=", subscriptions: null, what_to_show: trades", risk_extra=", volatility_scaling: null")
+    path.write_text(path.read_text().replace("type: market,", "type: market, outside_rth: false,"))
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 0, result.output
+
+
+def test_an_order_outside_regular_hours_is_refused(tmp_path):
+    path = _strategy(tmp_path)
+    path.write_text(path.read_text().replace("type: market,", "type: market, outside_rth: true,"))
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1
+    errors = _errors(result.output)
+    assert [(line, msg.split(":")[0]) for line, _, msg in errors] == [(14, "orders.buy.outside_rth")]
+    assert errors[0][2].endswith(NOT_SUPPORTED)
 
 
 def test_unsupported_keys_of_risk_and_universe_documents(tmp_path):
@@ -178,3 +191,83 @@ def test_explain_still_shows_the_plan_and_says_a_run_refuses_it():
     assert result.stdout.startswith("Plan of ema-atr-breakout")
     assert "schedule.scan_every: a scan cadence for names not held " + NOT_SUPPORTED in result.stderr
     assert "backtest and run refuse this strategy while these keys are in it" in result.stderr
+
+
+# Behaviour, for the keys a backtest of the SMA crossover reads: each changes its result.
+import copy  # noqa: E402
+
+import yaml  # noqa: E402
+
+CHANGES = [
+    (("backtest", "cash"), 50_000), (("backtest", "fill"), "close"), (("backtest", "commission"), {"per_order": 5}),
+    (("backtest", "slippage"), {"percent": "0.1%"}), (("backtest", "start"), "2012-01-01"),
+    (("backtest", "end"), "2015-01-01"), (("risk", "max_position"), "10%"), (("risk", "max_drawdown"), "5%"),
+    (("risk", "circuit_breaker"), {"consecutive_losses": 2, "pause": "30d"}), (("data", "adjusted"), True),
+    (("params", "fast", "value"), 12), (("orders", "buy_all_in", "quantity"), {"percent_of_equity": "50%"}),
+]
+
+
+def _result(tmp_path, doc) -> tuple:
+    from engine.report.run_summary import summarize_result
+    from engine.runtime import backtest as bt
+
+    path = tmp_path / f"s{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    summary = summarize_result(bt.run(bt.prepare(path)))
+    return round(summary["end_equity"], 6), summary["trades"], summary["blocked"]
+
+
+def _sma_doc() -> dict:
+    from engine.config.yamlsource import load_yaml
+
+    doc = load_yaml(str(ROOT / "strategies" / "sma_crossover.yaml")).data    # YAML 1.2: `off` stays a string
+    doc["data"]["source"] = str(ROOT / "strategies" / "data") + "/"
+    return doc
+
+
+@pytest.fixture(scope="module")
+def sma_base(tmp_path_factory):
+    return _result(tmp_path_factory.mktemp("base"), _sma_doc())
+
+
+@pytest.fixture(scope="module")
+def condor_base(tmp_path_factory):
+    return _result(tmp_path_factory.mktemp("base"), _condor_doc())
+
+
+@pytest.mark.parametrize("path, value", CHANGES, ids=[".".join(p) for p, _ in CHANGES])
+def test_each_backtest_key_changes_the_run(tmp_path, path, value, sma_base):
+    changed = copy.deepcopy(_sma_doc())
+    node = changed
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    assert _result(tmp_path, changed) != sma_base
+
+
+CONDOR_CHANGES = [
+    (("backtest", "options", "iv"), 0.3), (("backtest", "options", "iv_scale"), 1.5),
+    (("backtest", "options", "skew"), 0.0), (("backtest", "options", "spread"), {"percent": "20%", "minimum": 0.05}),
+    (("backtest", "options", "fill_fraction"), 1.0), (("backtest", "commission"), {"per_contract": 2.0}),
+    (("risk", "max_margin_per_trade"), 100), (("schedule", "entry_window"), ["10:30", "11:00"]),
+    (("schedule", "flat_by"), "12:00"), (("params", "take_profit", "value"), "90%"),
+    (("orders", "condor", "price", "chase", "steps"), 1),
+]
+
+
+def _condor_doc() -> dict:
+    from engine.config.yamlsource import load_yaml
+
+    doc = load_yaml(str(ROOT / "strategies" / "iron_condor.yaml")).data
+    doc["data"]["source"] = str(ROOT / "strategies" / "data") + "/"
+    return doc
+
+
+@pytest.mark.parametrize("path, value", CONDOR_CHANGES, ids=[".".join(p) for p, _ in CONDOR_CHANGES])
+def test_each_options_backtest_key_changes_the_run(tmp_path, path, value, condor_base):
+    changed = copy.deepcopy(_condor_doc())
+    node = changed
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    assert _result(tmp_path, changed) != condor_base

@@ -25,13 +25,17 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
     ("strategy", ("data", "subscriptions"), NOT_NULL, "a market-data line budget",
      "runs read every symbol's bars; nothing subscribes, rotates or evicts lines"),
     ("strategy", ("schedule", "scan_every"), NOT_NULL, "a scan cadence for names not held",
-     "every symbol is evaluated at `schedule.every`"),
+     "every symbol is evaluated once per closed bar"),
     ("strategy", ("schedule", "max_new_entries_per_scan"), NOT_NULL, "a cap on new entries per scan",
      "entries are limited by the risk limits only"),
     ("strategy", ("arbitration", "policy"), lambda v: v != "highest_score", "this arbitration policy",
      "the best-scoring active agent with a signal trades (highest_score)"),
     ("strategy", ("arbitration", "max_active_agents"), lambda v: v != 1, "more than one active agent per symbol",
      "one agent holds a symbol at a time"),
+    ("strategy", ("data", "what_to_show"), lambda v: v != "trades", "this IB bar type",
+     "backtests and replays read the file's bars as they are; no broker feed is in this version"),
+    ("strategy", ("orders", "*", "outside_rth"), lambda v: v is True, "filling outside regular trading hours",
+     "the simulator fills on the bars it is given, whatever this flag says; no broker is in this version"),
     ("strategy", ("risk", "volatility_scaling"), NOT_NULL, "volatility scaling of position sizes",
      "sizes come from the order's quantity alone"),
     ("risk", ("volatility_scaling",), NOT_NULL, "volatility scaling of position sizes",
@@ -39,6 +43,10 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
     ("universe", ("contract", "roll_days_before_expiry"), PRESENT, "a futures roll offset",
      "futures roots are not resolved to contract months or rolled"),
 ]
+
+
+# Refused by the functions below rather than by a table entry: (kind, path).
+CHECKED_APART = (("strategy", ("schedule", "every")), ("strategy", ("agents", "*", "active")))
 
 
 def _walk(value: Any, path: tuple, where: tuple = ()) -> Iterator[tuple[tuple, Any]]:
@@ -66,7 +74,31 @@ def unsupported(doc: Document) -> list[Diagnostic]:
                                     f"{instead}; remove the key", key=True))
     if doc.kind == "strategy":
         out.extend(_options_agents_active(doc))
+        out.extend(_every_other_than_the_bar(doc))
     return out
+
+
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def _duration(text) -> float | None:
+    import re
+
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)", str(text).strip())
+    return float(match.group(1)) * _UNIT[match.group(2)] if match else None
+
+
+def _every_other_than_the_bar(doc: Document) -> list[Diagnostic]:
+    """schedule.every: runs evaluate the rules once per closed bar; a cadence other than the
+    bar size (10s on 1m bars, 1w on 1d bars) changes nothing yet."""
+    every, bar = doc.get(("schedule", "every")), doc.get(("data", "bar"))
+    if every is None or bar is None:
+        return []
+    e, b = _duration(every), _duration(bar)
+    if e is None or b is None or abs(e - b) < 1e-9:
+        return []
+    return [doc.diag(("schedule", "every"), f"schedule.every: evaluating every {every} on {bar} bars {NOT_SUPPORTED}",
+                     f"rules are evaluated once per closed {bar} bar; set every: {bar}, or remove it", key=True)]
 
 
 def _options_agents_active(doc: Document) -> list[Diagnostic]:

@@ -107,6 +107,10 @@ def open_journal(journal_path: str | Path) -> Journal:
     return Journal(path, readonly=True)
 
 
+class UnknownSymbol(JournalError):
+    """The report was asked for a symbol the run has nothing of."""
+
+
 class ReportPathError(JournalError):
     """The report cannot be written where asked without destroying something."""
 
@@ -180,6 +184,13 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
         legs = [option_legs(t[-1]) for t in shown]
         price_symbols = [r[0] for r in db.execute(
             "SELECT DISTINCT symbol FROM prices WHERE run_id=?", (rid,))]
+        if symbol is not None:
+            known = set(by_symbol) | set(run.get("symbols") or []) | set(price_symbols)
+            if symbol not in known and symbol.upper() in known:
+                symbol = symbol.upper()
+            if symbol not in known:
+                raise UnknownSymbol(f"--symbol {symbol}: run {rid} has no bars or trades of it; it has "
+                                    + (", ".join(sorted(known)) or "none"))
         symbol = symbol or default_symbol({s: g[0] for s, g in by_symbol.items()}, run.get("symbols") or [],
                                           price_symbols)
         bars = _bars(db, rid, symbol) if symbol else _no_bars()
@@ -703,6 +714,18 @@ def _summary(data: RunData, closes: np.ndarray | None, risk_free: float) -> tupl
     return summary, bool(from_summary)
 
 
+SHORT_RUN_DAYS = 91   # annualised figures of a shorter run carry a caveat (as the CLI's summary does)
+
+
+def _short_run_days(summary: dict) -> float | None:
+    """The run's length in days when it is too short for annualised figures to mean much."""
+    start, end = summary.get("start"), summary.get("end")
+    if start is None or end is None:
+        return None
+    days = (pd.Timestamp(end) - pd.Timestamp(start)).total_seconds() / 86400.0
+    return days if days < SHORT_RUN_DAYS else None
+
+
 def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
     """Everything the template shows, as plain values (escaping is the template's), and the
     trades table's rows as finished, escaped HTML (`trades_rows`)."""
@@ -729,6 +752,7 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
         "symbol": data.symbol,
         "journal_name": data.path.name,
         "m": summary,
+        "short_run_days": _short_run_days(summary),
         "currency": currency,
         "risk_free": risk_free,
         "from_summary": from_summary,

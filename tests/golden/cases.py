@@ -26,6 +26,7 @@ UNSUPPORTED = [
     (r"(?m)^  max_new_entries_per_scan: .*\n", "", False),
     (r"(?m)^    active: regime in \[\"mean_reversion\", \"neutral\"\] and volatility == \"high\"\n", "", False),
     (r"(?m)^  volatility_scaling: .*\n", "", False),
+    (r"(?m)^  every: .*\n", "", False),        # rules are evaluated once per closed bar
 ]
 
 # case -> (strategy file, text substitutions for a copy or None, prepare() keyword arguments)

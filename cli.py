@@ -816,7 +816,7 @@ def expiries(strategy, start, days, order_name):
     from engine.diagnostics import DiagnosticError
     from engine.market.expiry import preview
     from engine.plan.build import load_strategy
-    from engine.runtime.prepare import _instrument
+    from engine.check.model import instrument
 
     try:
         doc, ws = load_strategy(strategy)
@@ -834,7 +834,7 @@ def expiries(strategy, start, days, order_name):
     for name, spec in orders.items():
         underlying = spec.get("underlying") or doc.get(("underlying",)) or (doc.get(("universe",)) or [None])[0]
         root = ((inst.get(("roots",)) or {}).get(underlying) or {}) if inst else {}
-        calendar = _instrument(ws, doc, underlying).calendar or "NYSE"
+        calendar = instrument(ws, doc, underlying).calendar or "NYSE"
         cycle = (root.get("options") or {}).get("expiries", "weekly")
         rule = spec.get("expiry")
         _safe_echo(f"{name}: expiry {json.dumps(rule) if isinstance(rule, dict) else rule} on {underlying} "

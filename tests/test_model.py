@@ -59,3 +59,18 @@ def test_the_schedule_is_parsed_once_into_minutes():
     prep = bt.prepare("strategies/iron_condor.yaml")
     assert prep.schedule == Schedule("America/New_York", (9 * 60 + 30, 11 * 60), 15 * 60 + 50)
     assert Schedule.from_spec(None) == Schedule() and Schedule().entry_window is None
+
+
+def test_universe_instruments_data_risk_and_options_listing_come_from_the_model(tmp_path):
+    from engine.check.model import DataSpec, Instrument, OptionsListing, options_listing
+
+    prep = bt.prepare("strategies/iron_condor.yaml")
+    assert prep.symbols == ["XSP"]
+    assert prep.instruments["XSP"] == Instrument("XSP", "IND", 1.0, 0.01, 0.0, prep.instruments["XSP"].calendar)
+    assert prep.limits.max_open_positions == 1 and prep.limits.max_daily_loss == 500
+    listing = options_listing(prep.ws, prep.doc, "XSP")
+    assert isinstance(listing, OptionsListing) and listing.multiplier == 100 and listing.settlement == "cash"
+    assert DataSpec.from_spec({"bar": "5m", "source": "x.csv", "on_bad_bar": "skip"}) == \
+        DataSpec("5m", "x.csv", None, False, "skip")
+    mega = bt.prepare("strategies/sma_crossover.yaml")
+    assert mega.symbols == ["SPY"] and mega.instruments["SPY"].sec_type == "STK"

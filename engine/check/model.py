@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+import fnmatch
+
 from ..brokers.costs import Commission, Slippage, fraction
+from ..config.documents import Document, Workspace
+from ..risk.limits import RiskLimits, merge_risk
 
 
 def _seconds(text) -> float:
@@ -191,3 +195,118 @@ class Schedule:
         return cls(spec.get("timezone", "America/New_York"),
                    (_minutes(window[0]), _minutes(window[1])) if window else None,
                    _minutes(spec["flat_by"]) if spec.get("flat_by") else None)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The strategy's `data:` section."""
+
+    bar: str = "1d"
+    source: str | None = None        # a file or folder, relative to the strategy's folder
+    chains: str | None = None        # option chain snapshots, likewise
+    adjusted: bool = False
+    on_bad_bar: str = "refuse"       # refuse | skip
+
+    @classmethod
+    def from_spec(cls, spec: dict | None) -> "DataSpec":
+        spec = spec or {}
+        return cls(spec.get("bar", "1d"), spec.get("source"), spec.get("chains"), bool(spec.get("adjusted", False)),
+                   spec.get("on_bad_bar", "refuse"))
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """A symbol's contract facts (universes/instruments.yaml)."""
+
+    symbol: str
+    sec_type: str = "STK"
+    multiplier: float = 1.0
+    tick_size: float = 0.01
+    margin: float = 0.0
+    calendar: str | None = "NYSE"
+
+
+def universe_symbols(doc: Document) -> list[str]:
+    """The traded symbols: the inline list, or the universe file's symbols (groups filtered),
+    without names matched by its exclusion patterns."""
+    universe = doc.get(("universe",))
+    if isinstance(universe, list):
+        return [str(s) for s in universe]
+    ref = doc.refs.get(("universe",)) or doc.refs.get(("universe", "file"))
+    if ref is None:
+        underlying = doc.get(("underlying",))
+        return [underlying] if underlying else []
+    groups = ref.get(("groups",)) or {}
+    wanted = universe.get("groups") if isinstance(universe, dict) else None
+    names = list(ref.get(("symbols",)) or [])
+    for group, members in groups.items():
+        if wanted is None or group in wanted:
+            names.extend(members)
+    default_type = (ref.get(("defaults",)) or {}).get("sec_type", "STK")
+    out = []
+    for name in names:
+        if name in out:
+            continue
+        if any(rule.get("sec_type", default_type) == default_type and fnmatch.fnmatchcase(name, rule.get("pattern", ""))
+               for rule in ref.get(("exclude",)) or []):
+            continue
+        out.append(name)
+    return out
+
+
+def instrument(ws: Workspace, doc: Document, symbol: str) -> Instrument:
+    """A symbol's contract facts from the instruments map (a root's entry, or the stock defaults)."""
+    inst = ws.instruments_for(doc)
+    roots = (inst.get(("roots",)) or {}) if inst else {}
+    entry = roots.get(symbol)
+    if entry is None:
+        entry = ((inst.get(("defaults",)) or {}).get("STK") or {}) if inst else {}
+        sec_type = "STK"
+    else:
+        sec_type = entry.get("sec_type", "STK")
+    return Instrument(symbol, sec_type, float(entry.get("multiplier") or 1.0) if sec_type == "FUT" else 1.0,
+                      float(entry.get("tick_size") or 0.01), float(entry.get("margin") or 0.0),
+                      entry.get("calendar", "NYSE"))
+
+
+
+
+@dataclass(frozen=True)
+class OptionsListing:
+    """How an underlying's options are listed (the `options:` of its instruments-map entry, or
+    the stock defaults): contract multiplier, settlement, the expiry cycle and the strike grid."""
+
+    multiplier: float = 100.0
+    settlement: str = "cash"         # cash | physical
+    settlement_time: str = "pm"      # am | pm
+    cycle: str = "daily"             # the expiries listed: daily | weekly | monthly ...
+    strike_step: float = 1.0
+
+
+def options_listing(ws: Workspace, doc: Document, symbol: str) -> OptionsListing:
+    inst = ws.instruments_for(doc)
+    roots = (inst.get(("roots",)) or {}) if inst else {}
+    stock = ((inst.get(("defaults",)) or {}).get("STK") or {}).get("options") or {} if inst else {}
+    spec = (roots.get(symbol) or {}).get("options") or stock
+    return OptionsListing(float(spec.get("multiplier", 100)), spec.get("settlement", "cash"),
+                          spec.get("settlement_time", "pm"), spec.get("expiries", "daily"),
+                          float(spec.get("strike_step", 1.0)))
+
+
+def risk_limits(doc: Document) -> RiskLimits:
+    """The strategy's limits: its risk file, or inline limits over the file they extend."""
+    chain: list[dict] = []
+
+    def add(ref: Document | None) -> None:
+        if ref is None:
+            return
+        add(ref.refs.get(("extends",)))
+        chain.append(ref.data)
+
+    spec = doc.get(("risk",))
+    if isinstance(spec, str):
+        add(doc.refs.get(("risk",)))
+    elif isinstance(spec, dict):
+        add(doc.refs.get(("risk", "extends")))
+        chain.append(spec)
+    return RiskLimits.from_spec(merge_risk(chain))

@@ -26,7 +26,7 @@ from .records import RunSettings, RunState
 from .signals import SymbolSignals
 from .equity import equity_curve
 from .journaling import start_run, write_journal
-from .prepare import Instrument, Prepared, _risk, _schedule_masks, _symbol_bars, _truncate, last_days, prepare
+from .prepare import Instrument, Prepared, _schedule_masks, _symbol_bars, _truncate, last_days, prepare
 
 # the backtest's API, in one place for its callers (the CLI, benchmarks, tests)
 __all__ = ["Instrument", "Prepared", "Result", "last_days", "prepare", "run", "start_run", "write_journal"]
@@ -129,7 +129,7 @@ def _run(prep: Prepared, progress, run_id, fast) -> Result:
     timings["evaluate"] = time.perf_counter() - t0
     sim = prep.sim
     run_id = run_id or new_run_id()
-    settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=_risk(prep.doc),
+    settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=prep.limits,
                            run_id=run_id, strategy=prep.plan.name, timezone=prep.timezone,
                            fill_fraction=sim.options.fill_fraction)
     broker = FillModel(sim.commission, sim.slippage, sim.fill)

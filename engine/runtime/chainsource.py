@@ -61,25 +61,19 @@ def underlying_from_chains(chains: dict[dt.date, OptionChain], timezone: str) ->
 
 def option_desk(prep, signals) -> tuple[OptionsDesk, Callable]:
     """The desk and a `chain_at(symbol, bar)` for a prepared backtest."""
-    from .prepare import _instrument
+    from ..check.model import options_listing
 
     doc, ws = prep.doc, prep.ws
-    inst = ws.instruments_for(doc)
-    roots = (inst.get(("roots",)) or {}) if inst else {}
-    stock_options = ((inst.get(("defaults",)) or {}).get("STK") or {}).get("options") or {} if inst else {}
     snapshots = getattr(prep, "chains", None)
     setups: dict[str, OptionSetup] = {}
     grids: dict[str, float] = {}
     for symbol in prep.symbols:
-        options = (roots.get(symbol) or {}).get("options") or stock_options
-        tick = 0.01
-        setups[symbol] = OptionSetup(multiplier=float(options.get("multiplier", 100)), tick=tick,
-                                     settlement=options.get("settlement", "cash"),
-                                     settlement_time=options.get("settlement_time", "pm"),
-                                     cycle=options.get("expiries", "daily"),
-                                     calendar=_instrument(ws, doc, symbol).calendar or "NYSE",
+        listing = options_listing(ws, doc, symbol)
+        setups[symbol] = OptionSetup(multiplier=listing.multiplier, tick=0.01, settlement=listing.settlement,
+                                     settlement_time=listing.settlement_time, cycle=listing.cycle,
+                                     calendar=prep.instruments[symbol].calendar or "NYSE",
                                      listed=snapshots is not None)
-        grids[symbol] = float(options.get("strike_step", 1.0))
+        grids[symbol] = listing.strike_step
     orders = prep.orders
     desk = OptionsDesk(prep.plan, orders, setups, prep.timezone)
     if snapshots is not None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 from typing import Mapping
 
-import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..market.series import SymbolBars
-from ..check.model import OrderTemplate, Schedule, SimSettings, order_templates
+from ..check.model import (DataSpec, Instrument, OrderTemplate, Schedule, SimSettings, instrument,
+                           order_templates, risk_limits, universe_symbols)
 from ..config.documents import Document, Workspace
 from ..diagnostics import DiagnosticError
 from ..market.bars import bar_seconds, load_bars, resample
@@ -22,19 +22,9 @@ from ..market.clock import clock_arrays
 from ..plan import nodes as N
 from ..plan.build import build_plan, load_strategy
 from ..plan.evaluate import Bars, align_asof
-from ..risk.limits import RiskLimits, merge_risk
+from ..risk.limits import RiskLimits
 
 _CLOCK_NEEDS_CALENDAR = {"minutes_to_close", "minutes_since_open"}
-
-
-@dataclass
-class Instrument:
-    symbol: str
-    sec_type: str = "STK"
-    multiplier: float = 1.0
-    tick_size: float = 0.01
-    margin: float = 0.0
-    calendar: str | None = "NYSE"
 
 
 @dataclass
@@ -66,6 +56,11 @@ class Prepared:
         """The strategy's schedule, typed (check.model)."""
         return Schedule.from_spec(self.doc.get(("schedule",)))
 
+    @functools.cached_property
+    def limits(self) -> RiskLimits:
+        """The risk limits: the strategy's risk file, or inline limits over the file they extend."""
+        return risk_limits(self.doc)
+
     @property
     def sim(self) -> SimSettings:
         """The simulator's settings (`backtest:` with --cash, --from and --to applied), typed."""
@@ -74,67 +69,6 @@ class Prepared:
 
 def _fail(doc: Document, where: tuple, message: str, hint: str = "") -> DiagnosticError:
     return DiagnosticError([doc.diag(where, message, hint)])
-
-
-def _symbols(doc: Document) -> list[str]:
-    """The traded symbols: the inline list, or the universe file's symbols (groups filtered),
-    without names matched by its exclusion patterns."""
-    universe = doc.get(("universe",))
-    if isinstance(universe, list):
-        return [str(s) for s in universe]
-    ref = doc.refs.get(("universe",)) or doc.refs.get(("universe", "file"))
-    if ref is None:
-        underlying = doc.get(("underlying",))
-        return [underlying] if underlying else []
-    groups = ref.get(("groups",)) or {}
-    wanted = universe.get("groups") if isinstance(universe, dict) else None
-    names = list(ref.get(("symbols",)) or [])
-    for group, members in groups.items():
-        if wanted is None or group in wanted:
-            names.extend(members)
-    default_type = (ref.get(("defaults",)) or {}).get("sec_type", "STK")
-    out = []
-    for name in names:
-        if name in out:
-            continue
-        if any(rule.get("sec_type", default_type) == default_type and fnmatch.fnmatchcase(name, rule.get("pattern", ""))
-               for rule in ref.get(("exclude",)) or []):
-            continue
-        out.append(name)
-    return out
-
-
-def _instrument(ws: Workspace, doc: Document, symbol: str) -> Instrument:
-    inst = ws.instruments_for(doc)
-    roots = (inst.get(("roots",)) or {}) if inst else {}
-    entry = roots.get(symbol)
-    if entry is None:
-        entry = ((inst.get(("defaults",)) or {}).get("STK") or {}) if inst else {}
-        sec_type = "STK"
-    else:
-        sec_type = entry.get("sec_type", "STK")
-    return Instrument(symbol, sec_type, float(entry.get("multiplier") or 1.0) if sec_type == "FUT" else 1.0,
-                      float(entry.get("tick_size") or 0.01), float(entry.get("margin") or 0.0),
-                      entry.get("calendar", "NYSE"))
-
-
-def _risk(doc: Document) -> RiskLimits:
-    """The strategy's limits: its risk file, or inline limits over the file they extend."""
-    chain: list[dict] = []
-
-    def add(ref: Document | None) -> None:
-        if ref is None:
-            return
-        add(ref.refs.get(("extends",)))
-        chain.append(ref.data)
-
-    spec = doc.get(("risk",))
-    if isinstance(spec, str):
-        add(doc.refs.get(("risk",)))
-    elif isinstance(spec, dict):
-        add(doc.refs.get(("risk", "extends")))
-        chain.append(spec)
-    return RiskLimits.from_spec(merge_risk(chain))
 
 
 def _spacing(index: pd.DatetimeIndex) -> float | None:
@@ -170,21 +104,22 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
         settings["start"] = start
     if end:
         settings["end"] = end
-    timezone = (doc.get(("schedule",)) or {}).get("timezone", "America/New_York")
-    bar = doc.get(("data", "bar"))
-    symbols = _symbols(doc)
+    timezone = Schedule.from_spec(doc.get(("schedule",))).timezone
+    spec = DataSpec.from_spec(doc.get(("data",)))
+    bar = spec.bar
+    symbols = universe_symbols(doc)
     if not symbols:
         raise _fail(doc, ("universe",), "no symbols to backtest", "list them under universe:")
-    chains_source = chains if chains is not None else doc.get(("data", "chains"))
+    from_flag = chains is not None           # --chains: relative to the current folder
+    chains_source = chains if from_flag else spec.chains
     chains = None
     if chains_source:
         from ..market.chains import load_chains
         from .chainsource import underlying_from_chains
 
-        chains_path = Path(chains_source).resolve() if chains_source is not None and \
-            chains_source is not doc.get(("data", "chains")) else (doc.abspath.parent / chains_source).resolve()
+        chains_path = Path(chains_source).resolve() if from_flag else (doc.abspath.parent / chains_source).resolve()
         if not chains_path.exists():
-            raise _fail(doc, ("data", "chains") if doc.get(("data", "chains")) else ("data",),
+            raise _fail(doc, ("data",) if from_flag else ("data", "chains"),
                         f"option chains not found: {chains_source}",
                         f"data.chains is relative to {doc.path}'s folder; --chains to the current directory")
         try:
@@ -192,10 +127,10 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
         except DiagnosticError:
             chains = load_chains(chains_path, underlying=symbols[0])
     wanted = list(dict.fromkeys(symbols + plan.inputs.symbols))
-    combos = any("legs" in (spec or {}) for spec in (doc.get(("orders",)) or {}).values())
-    if combos and chains is None and (settings.get("options") or {}).get("iv", "vix") == "vix" and "VIX" not in wanted:
+    combos = any(t.combo for t in order_templates(doc.get(("orders",))).values())
+    if combos and chains is None and SimSettings.from_spec(settings).options.iv == "vix" and "VIX" not in wanted:
         wanted.append("VIX")  # synthesised chains take their volatility from VIX
-    if data is None and chains is not None and not doc.get(("data", "source")):
+    if data is None and chains is not None and not spec.source:
         # the underlying's daily prices come with the chain snapshots
         frames = {symbols[0]: underlying_from_chains(chains, timezone)}
         data_path = chains_path
@@ -204,7 +139,7 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                         f"{', '.join(wanted[1:])} need data.source")
     else:
         if data is None:
-            source = doc.get(("data", "source"))
+            source = spec.source
             if not source:
                 raise _fail(doc, ("data",), "no bar data for the backtest",
                             "set data.source in the strategy (a file or a folder of SYMBOL.csv files) or pass --data "
@@ -216,10 +151,10 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
         else:
             data_path = Path(data)
         frames = load_bars(data_path, symbols=wanted if data_path.is_dir() or len(wanted) > 1 else wanted,
-                           timezone=timezone, adjusted=bool(doc.get(("data", "adjusted"), False)), on_bad_bar=doc.get(("data", "on_bad_bar"), "refuse"))
+                           timezone=timezone, adjusted=spec.adjusted, on_bad_bar=spec.on_bad_bar)
         if not data_path.is_dir() and len(frames) == 1 and len(wanted) == 1:
             frames = {wanted[0]: next(iter(frames.values()))}
-    instruments = {s: _instrument(ws, doc, s) for s in wanted}
+    instruments = {s: instrument(ws, doc, s) for s in wanted}
     want_seconds = bar_seconds(bar)
     for symbol, frame in list(frames.items()):
         have = _spacing(frame.index)
@@ -317,9 +252,8 @@ def _needs_session(prep: Prepared) -> bool:
     until the end of the day (limit, stop, stop-limit, loc), or an options combo?"""
     if "session" in prep.plan.inputs.clock:
         return True
-    for spec in (prep.doc.get(("orders",)) or {}).values():
-        spec = spec or {}
-        if "legs" in spec or spec.get("type", "market") not in ("market", "moc"):
+    for template in prep.orders.values():
+        if template.combo or template.type not in ("market", "moc"):
             return True
     return False
 

@@ -19,7 +19,7 @@ from ..brokers.sim import SimBroker
 from ..plan.evaluate import Stream, evaluate
 from . import backtest as bt
 from .equity import equity_curve
-from .prepare import _risk, _schedule_masks, _span, _symbol_bars, _truncate
+from .prepare import _schedule_masks, _span, _symbol_bars, _truncate
 from .clock import SimClock, WallClock
 from .collector import without_cyclic_gc
 from .journal import new_run_id
@@ -97,7 +97,7 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
     run_id = run_id or new_run_id()
     sim = prep.sim
     fraction = sim.options.fill_fraction
-    settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=_risk(prep.doc),
+    settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=prep.limits,
                            run_id=run_id, strategy=plan.name, timezone=prep.timezone, fill_fraction=fraction)
     fills = FillModel(sim.commission, sim.slippage, sim.fill)
     venue = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction,

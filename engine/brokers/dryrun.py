@@ -24,6 +24,9 @@ class DryRunBroker:
         self.inner.open_bar(symbol, k)
         self.wallet.open_bar(symbol, k)
 
+    def fills_at_open(self, symbol: str, k: int) -> bool:
+        return self.wallet.fills_at_open(symbol, k)
+
     def close_bar(self, symbol: str, k: int) -> None:
         self.inner.close_bar(symbol, k)
         self.wallet.close_bar(symbol, k)

@@ -82,6 +82,14 @@ class SimBroker:
             if w is not None and w.order.order_type == "market" and w.active_from <= k and not w.order.legs:
                 self._match(w, k)
 
+    def fills_at_open(self, symbol: str, k: int) -> bool:
+        """Does a working order of this symbol fill at bar k's open (a market order)?"""
+        for ref in self._by_symbol[symbol]:
+            w = self._working[ref]
+            if w.order.order_type == "market" and not w.order.legs and w.active_from <= k:
+                return True
+        return False
+
     def close_bar(self, symbol: str, k: int) -> None:
         """Resting orders against bar k's range (stops first), on-close orders at its close, then
         day orders whose session ends with this bar expire."""

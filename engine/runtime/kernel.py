@@ -124,6 +124,10 @@ class Kernel(RunState):
         self._explain = recorder is not None or on_order is not None
         self._tag_prefix, self._seq0 = tags or (f"qtrade:{settings.run_id}:", 0)
         self.clock: SimClock | None = None
+        self._by_exec: dict[str, _Tracked] = {}
+        self._handlers = {E.Execution: self._on_execution, E.CommissionReport: self._on_commission,
+                          E.OrderStatus: self._on_status, E.BrokerError: self._on_error,
+                          E.ConnectionLost: self._on_lost, E.ConnectionRestored: self._on_restored}
         self.orders_by_ref: dict[str, _Tracked] = {}
         self.errors: list[tuple[int, str]] = []
         self.halted = ""                 # why new entries stopped ('' while they may go on)
@@ -228,10 +232,15 @@ class Kernel(RunState):
                 if j >= n:
                     return      # nothing can happen to the position before the data ends
                 k = j
-            yield int(start[k]), OPEN
-            st.at = (k, OPEN)
-            self._on_open(st, k)
-            yield int(start[k]), INTRABAR
+            if st.pending or self.venue.fills_at_open(symbol, k):
+                yield int(start[k]), OPEN
+                st.at = (k, OPEN)
+                self._on_open(st, k)
+                yield int(start[k]), INTRABAR
+            else:               # nothing to send or fill at this open: its step is the bar's trading
+                yield int(start[k]), INTRABAR
+                st.at = (k, OPEN)
+                self.venue.open_bar(symbol, k)
             self.venue.close_bar(symbol, k)
             self._drain()
             yield int(end[k]), CLOSE
@@ -431,27 +440,32 @@ class Kernel(RunState):
 
     # ---- broker events -----------------------------------------------------------------------
     def _drain(self) -> None:
-        for ev in self.venue.events():
-            if isinstance(ev, E.Execution):
-                self._on_execution(ev)
-            elif isinstance(ev, E.CommissionReport):
-                tr = self._by_exec.get(ev.exec_id) if hasattr(self, "_by_exec") else None
-                if tr is None:
-                    self._error(f"commission report for an unknown execution {ev.exec_id}")
-                else:
-                    tr.commission += ev.commission
-                    if self.recorder is not None:
-                        self.recorder.commission(ev)
-            elif isinstance(ev, E.OrderStatus):
-                self._on_status(ev)
-            elif isinstance(ev, E.BrokerError):
-                self._error(f"broker error {ev.code} on {ev.ref or 'the connection'}: {ev.message}")
-            elif isinstance(ev, E.ConnectionLost):
-                self._error(f"connection lost: {ev.reason}")
-                self.halted = self.halted or "the connection to the broker was lost"
-            elif isinstance(ev, E.ConnectionRestored):
-                if self.halted == "the connection to the broker was lost":
-                    self.halted = ""
+        events = self.venue.events()
+        if not events:
+            return
+        handlers = self._handlers
+        for ev in events:
+            handlers[type(ev)](ev)
+
+    def _on_commission(self, ev: E.CommissionReport) -> None:
+        tr = self._by_exec.get(ev.exec_id)
+        if tr is None:
+            self._error(f"commission report for an unknown execution {ev.exec_id}")
+            return
+        tr.commission += ev.commission
+        if self.recorder is not None:
+            self.recorder.commission(ev)
+
+    def _on_error(self, ev: E.BrokerError) -> None:
+        self._error(f"broker error {ev.code} on {ev.ref or 'the connection'}: {ev.message}")
+
+    def _on_lost(self, ev: E.ConnectionLost) -> None:
+        self._error(f"connection lost: {ev.reason}")
+        self.halted = self.halted or "the connection to the broker was lost"
+
+    def _on_restored(self, ev: E.ConnectionRestored) -> None:
+        if self.halted == "the connection to the broker was lost":
+            self.halted = ""
 
     def _on_execution(self, ev: E.Execution) -> None:
         tr = self.orders_by_ref.get(ev.ref)
@@ -464,8 +478,6 @@ class Kernel(RunState):
             self._error(f"execution {ev.exec_id} fills {tr.filled + ev.quantity:g} of an order for "
                         f"{tr.intent.quantity:g} ({ev.ref})")
             return
-        if not hasattr(self, "_by_exec"):
-            self._by_exec = {}
         self._by_exec[ev.exec_id] = tr
         tr.exec_ids.add(ev.exec_id)
         tr.filled += ev.quantity

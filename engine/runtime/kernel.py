@@ -18,7 +18,9 @@ each symbol's bars in global time order and the kernel reacts:
   filled than ordered) is journaled as an error and stops new entries.
 
 The feed skips, per symbol, the bars where nothing can fire and nothing is open or working,
-which keeps a run over long history fast.
+which keeps a run over long history fast. The feed (`history_feed`) is one process on the run's
+clock (runtime/clock.py) per symbol; it alone tells a simulated venue that a bar opens or closes.
+A live run's feed is the same kind of process, fed by the broker's bars as they complete.
 
 An underlying traded with option combos (every entry rule's order has legs) is priced by the
 options desk on the chain of each bar; its entry is one BAG order whose chase is a limit

@@ -754,6 +754,9 @@ def pd_ts(text):
     ("2019-11-06 16:00", "2019-11-08", False, 2.0),
     ("2019-11-07 12:45", "2019-11-08", True, 0.5),            # AM-settled: settles at Friday's open
     ("2019-11-09 12:00", "2019-11-11", False, 1.0),          # a Saturday quote
+    ("2024-01-12 16:00", "2024-01-16", False, 1.0),          # over Martin Luther King Day: not a session
+    ("2024-01-15 12:00", "2024-01-16", False, 1.0),          # quoted on the holiday itself
+    ("2024-03-28 09:30", "2024-04-01", False, 2.0),          # Good Friday in between: Thursday and Monday
 ])
 def test_trading_time_to_expiry_counts_regular_sessions(quote, expiry, am, sessions):
     chain = _chain(quote, [expiry], am)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -54,6 +55,16 @@ _YEAR_SECONDS = 365.0 * 86400.0
 SESSION_OPEN = _dt.time(9, 30)      # the regular session synthesised chains count time in
 SESSION_CLOSE = _dt.time(16, 0)
 SESSIONS_PER_YEAR = 252.0
+
+
+@functools.lru_cache(maxsize=256)
+def _holidays(first: _dt.date, last: _dt.date) -> tuple:
+    """NYSE's weekday holidays from `first` to `last`, as numpy days (for busday counts)."""
+    from .calendars import get_calendar
+
+    if last < first:
+        return ()
+    return tuple(np.datetime64(d, "D") for d in get_calendar("NYSE").holidays(first, last))
 
 
 def _seconds_of(t: _dt.time) -> float:
@@ -241,16 +252,18 @@ class OptionChain:
         a year of SESSIONS_PER_YEAR sessions. This is the variance-time model the synthesised
         chains are priced on: a day's variance accrues while the market trades, so an option
         expiring at today's close has the rest of today's session left (6.5 h at the open, a
-        full trading day, 1/252 of a year), not 6.5 of 8,760 calendar hours. Exchange holidays
-        are counted as sessions (a small overstatement around them)."""
+        full trading day, 1/252 of a year), not 6.5 of 8,760 calendar hours. NYSE holidays are
+        not sessions (the Friday before a Monday holiday expiry has one session to go, not two);
+        an early close still counts as a whole session."""
         out = np.empty(len(self))
         now = self.quote_time.tz_convert(QUOTE_TIMEZONE)
         today = np.datetime64(now.date(), "D")
+        holidays = _holidays(now.date(), pd.Timestamp(self.expiry.max()).date()) if len(self) else ()
         open_s = _seconds_of(SESSION_OPEN)
         close_s = _seconds_of(SESSION_CLOSE)
         session = close_s - open_s
         clock = now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6
-        weekday = bool(np.is_busday(today))
+        weekday = bool(np.is_busday(today, holidays=holidays))
         for day in np.unique(self.expiry):
             rows = self.expiry == day
             for am in (False, True):
@@ -265,9 +278,9 @@ class OptionChain:
                     left = max(0.0, min(settle, close_s) - max(clock, open_s)) if weekday else 0.0
                 else:
                     left = max(0.0, close_s - max(clock, open_s)) if weekday else 0.0
-                    between = int(np.busday_count(today + 1, day))           # whole sessions in between
+                    between = int(np.busday_count(today + 1, day, holidays=holidays))   # whole sessions between
                     left += between * session
-                    if np.is_busday(day):
+                    if np.is_busday(day, holidays=holidays):
                         left += max(0.0, min(settle, close_s) - open_s)  # the expiry day's part
                 out[sel] = left / session / SESSIONS_PER_YEAR
         return out

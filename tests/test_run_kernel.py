@@ -5,7 +5,11 @@ orders are the paper run's orders, and nothing claims to have been sent that was
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
+
+import pytest
 
 from click.testing import CliRunner
 
@@ -21,12 +25,23 @@ def _json(args, tmp_path, name):
     return json.loads(out.output)
 
 
-def test_run_on_the_simulator_gives_the_backtests_summary_to_the_cent(tmp_path):
-    days = ["--from", "2012-01-01", "--to", "2016-12-31"]
-    back = _json(["backtest", SMA, *days, "--no-progress"], tmp_path, "b")
-    paper = _json(["run", SMA, "--broker", "sim", *days], tmp_path, "p")
-    dry = _json(["run", SMA, "--broker", "sim", "--dry-run", *days], tmp_path, "d")
-    assert back["summary"]["trades"] > 10
+SPXW = Path(__file__).resolve().parents[2] / "shared" / "data" / "optopsy_v1" / "test_options_data_full.csv"
+
+
+@pytest.mark.parametrize("strategy, args, trades", [
+    (SMA, ["--from", "2012-01-01", "--to", "2016-12-31"], 10),
+    ("strategies/iron_condor.yaml", ["--from", "2019-11-04", "--to", "2019-11-08"], 3),   # with its chase
+    ("strategies/spxw_condor.yaml", ["--from", "2018-01-02", "--to", "2018-02-28", "--chains", str(SPXW)], 1),
+])
+def test_run_on_the_simulator_gives_the_backtests_summary_to_the_cent(tmp_path, strategy, args, trades):
+    if "--chains" in args and not SPXW.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{SPXW} is missing under CI")
+        pytest.skip("needs ../shared/data")
+    back = _json(["backtest", strategy, *args, "--no-progress"], tmp_path, "b")
+    paper = _json(["run", strategy, "--broker", "sim", *args], tmp_path, "p")
+    dry = _json(["run", strategy, "--broker", "sim", "--dry-run", *args], tmp_path, "d")
+    assert back["summary"]["trades"] >= trades
     assert paper["summary"] == back["summary"]
     assert dry["summary"] == back["summary"]
 

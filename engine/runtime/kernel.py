@@ -33,7 +33,7 @@ an expiring combo is cash-settled at the underlying's settlement price.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -368,7 +368,7 @@ class Kernel(RunState):
             if qty is None:
                 st.working_entry = None
                 return
-            it = tr.intent = OrderIntent(**{**it.__dict__, "quantity": qty})
+            it = tr.intent = replace(it, quantity=qty)
             tr.record.intent = it
         elif tr.role == "exit":
             pos = self.ledger.positions.get(tr.symbol)
@@ -530,7 +530,7 @@ class Kernel(RunState):
         it = tr.intent
         fill = Fill(tr.symbol, it.action, tr.filled, price, tr.commission, tr.last_time, tr.last_bar, it.tag,
                     b.multiplier, tr.rule.name)
-        self._status(tr, "filled", tr.last_time, "", tr.filled if it.quantity is None else None)
+        self._status(tr, "filled", tr.last_time, "")
         if tr.role == "entry":
             self.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)
             st.owner, st.key = tr.owner, tr.symbol
@@ -670,7 +670,7 @@ class Kernel(RunState):
                     else:
                         field_ = "stop" if key == "stop" else "limit"
                         if getattr(tr.intent, field_) != level:
-                            tr.intent = OrderIntent(**{**tr.intent.__dict__, field_: level})
+                            tr.intent = replace(tr.intent, **{field_: level})
                             tr.record.intent = tr.intent
                             self.venue.modify(ref, **{field_: level})
                     continue
@@ -897,7 +897,7 @@ class Kernel(RunState):
         if tr.done:
             return
         price = tr.chase_prices[step]
-        tr.intent = OrderIntent(**{**tr.intent.__dict__, "limit": price})
+        tr.intent = replace(tr.intent, limit=price)
         self.venue.modify(tr.intent.tag, limit=price)
         self._drain()
 
@@ -1171,7 +1171,7 @@ class Kernel(RunState):
         self._seq0 += 1
         return f"{self._tag_prefix}{self._seq0}"
 
-    def _status(self, tr: _Tracked, status: str, time: int, reason: str, quantity: float | None = None) -> None:
+    def _status(self, tr: _Tracked, status: str, time: int, reason: str) -> None:
         rec = tr.record
         rec.status, rec.status_time = status, time
         if reason:

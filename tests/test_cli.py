@@ -259,3 +259,12 @@ def test_version(runner):
     result = run(runner, "--version")
     assert result.exit_code == 0
     assert result.output.startswith("qtrade ")
+
+
+def test_a_set_of_the_wrong_type_names_the_param_its_value_and_bounds(tmp_path):
+    out = CliRunner().invoke(main, ["backtest", "strategies/sma_crossover.yaml", "--set", "fast=abc",
+                                        "--journal", str(tmp_path / "j.sqlite")])
+    assert out.exit_code == 1
+    assert "--set fast=abc: expected a number, got a string" in out.output
+    assert "fast is a number (the file sets 10, min 2, max 200): e.g. --set fast=10" in out.output
+    assert "{" not in out.output.split("\n")[1]        # not the YAML mapping, raw

@@ -272,8 +272,14 @@ class DocumentCheck:
             info = declared[name]
             typ, value = literal_value(_yamlish(text))
             if typ.base != info.type.base:
+                declared_as = self.doc.get(info.where)
+                if isinstance(declared_as, dict):
+                    declared_as = declared_as.get("value")
+                bounds = "".join(f", {k} {v:g}" for k, v in (("min", info.minimum), ("max", info.maximum))
+                                 if isinstance(v, (int, float)))
                 self.err(info.where, f"--set {name}={text}: expected {T.describe(info.type)}, got {T.describe(typ)}",
-                         f"the file declares {name}: {self.doc.get(info.where)!r}", key=True)
+                         f"{name} is {T.describe(info.type)} (the file sets {declared_as!r}{bounds}): "
+                         f"e.g. --set {name}={declared_as}", key=True)
                 continue
             problem = self._param_range(info, value)
             if problem:

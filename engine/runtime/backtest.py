@@ -26,7 +26,8 @@ from .records import RunSettings, RunState
 from .signals import SymbolSignals
 from .equity import equity_curve
 from .journaling import start_run, write_journal
-from .prepare import Instrument, Prepared, _schedule_masks, _symbol_bars, _truncate, last_days, prepare
+from .prepare import (Instrument, Prepared, _schedule_masks, _symbol_bars, _truncate, last_days, prepare,
+                      run_window)
 
 # the backtest's API, in one place for its callers (the CLI, benchmarks, tests)
 __all__ = ["Instrument", "Prepared", "Result", "last_days", "prepare", "run", "start_run", "write_journal"]
@@ -108,18 +109,13 @@ def _run(prep: Prepared, progress, run_id, fast) -> Result:
     t0 = time.perf_counter()
     signals: dict[str, SymbolSignals] = {}
     symbol_bars: dict[str, SymbolBars] = {}
-    entry_nodes = [r.when for r in prep.plan.rules if r.kind == "entry" and r.when is not None]
-    warmup = max((prep.plan.nodes[i].warmup for i in entry_nodes), default=0)
     for symbol in prep.symbols:
         if symbol not in prep.frames:
             continue
         sbars, bars = _symbol_bars(prep, symbol)
         values = evaluate(prep.plan, bars)
         entry_mask, flat_mask = _schedule_masks(prep, bars)
-        first = warmup
-        if prep.start is not None:
-            first = max(first, int(np.searchsorted(sbars.start, int(prep.start.value), side="left")))
-        last = len(sbars) if prep.end is None else int(np.searchsorted(sbars.start, int(prep.end.value), side="left"))
+        first, last = run_window(prep, sbars)
         if last < len(sbars):
             sbars, bars, values = _truncate(sbars, bars, values, last)
         signals[symbol] = SymbolSignals(prep.plan, values, sbars, entry_mask=entry_mask[:last] if entry_mask is not None
@@ -127,20 +123,16 @@ def _run(prep: Prepared, progress, run_id, fast) -> Result:
                                         start=first)
         symbol_bars[symbol] = sbars
     timings["evaluate"] = time.perf_counter() - t0
-    sim = prep.sim
+    from .session import run_settings, simulate
+
     run_id = run_id or new_run_id()
-    settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=prep.limits,
-                           run_id=run_id, strategy=prep.plan.name, timezone=prep.timezone,
-                           fill_fraction=sim.options.fill_fraction)
-    broker = FillModel(sim.commission, sim.slippage, sim.fill)
+    settings, broker = run_settings(prep, run_id)
     t1 = time.perf_counter()
     if fast is not False:
         result = _run_fast(prep, signals, symbol_bars, broker, settings, run_id, timings, t1, progress,
                            required=bool(fast))
         if result is not None:
             return result
-    from .session import simulate
-
     result = simulate(prep, streaming=False, run_id=run_id, progress=progress, evaluated=signals)
     result.timings["evaluate"] += timings["evaluate"]
     return result

@@ -279,6 +279,18 @@ def _schedule_masks(prep: Prepared, bars: Bars) -> tuple[np.ndarray | None, np.n
     return entry, flat
 
 
+def run_window(prep: Prepared, sbars: SymbolBars) -> tuple[int, int]:
+    """The bars a run acts on: the first it may enter at (after the entry rules' warm-up and
+    --from) and one past the last (--to)."""
+    plan = prep.plan
+    first = max((plan.nodes[r.when].warmup for r in plan.rules if r.kind == "entry" and r.when is not None),
+                default=0)
+    if prep.start is not None:
+        first = max(first, int(np.searchsorted(sbars.start, int(prep.start.value), side="left")))
+    last = len(sbars) if prep.end is None else int(np.searchsorted(sbars.start, int(prep.end.value), side="left"))
+    return first, last
+
+
 def _span(bars: dict[str, SymbolBars]) -> tuple[int, int] | None:
     if not bars:
         return None

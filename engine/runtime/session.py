@@ -19,7 +19,7 @@ from ..brokers.sim import SimBroker
 from ..plan.evaluate import Stream, evaluate
 from . import backtest as bt
 from .equity import equity_curve
-from .prepare import _schedule_masks, _span, _symbol_bars, _truncate
+from .prepare import _schedule_masks, _span, _symbol_bars, _truncate, run_window
 from .clock import SimClock, WallClock
 from .collector import without_cyclic_gc
 from .journal import new_run_id
@@ -46,8 +46,6 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     plan = prep.plan
-    entry_nodes = [r.when for r in plan.rules if r.kind == "entry" and r.when is not None]
-    warmup = max((plan.nodes[i].warmup for i in entry_nodes), default=0)
     symbols: dict[str, _Symbol] = {}
     symbol_bars = {}
     entries = [r for r in plan.rules if r.kind == "entry"]
@@ -57,10 +55,7 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
         if symbol not in prep.frames:
             continue
         sbars, bars = _symbol_bars(prep, symbol)
-        first = warmup
-        if prep.start is not None:
-            first = max(first, int(np.searchsorted(sbars.start, int(prep.start.value), side="left")))
-        last = len(sbars) if prep.end is None else int(np.searchsorted(sbars.start, int(prep.end.value), side="left"))
+        first, last = run_window(prep, sbars)
         entry_mask, flat_mask = _schedule_masks(prep, bars)
         if streaming:
             values = [np.empty(len(sbars), dtype=object) if node.market else None for node in plan.nodes]
@@ -95,11 +90,8 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
         symbol_bars[symbol] = sbars
     timings["evaluate"] = time.perf_counter() - t0
     run_id = run_id or new_run_id()
-    sim = prep.sim
-    fraction = sim.options.fill_fraction
-    settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=prep.limits,
-                           run_id=run_id, strategy=plan.name, timezone=prep.timezone, fill_fraction=fraction)
-    fills = FillModel(sim.commission, sim.slippage, sim.fill)
+    settings, fills = run_settings(prep, run_id)
+    fraction = settings.fill_fraction
     venue = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction,
                       session=f"{run_id}.venue")
     wallet = SimBroker(symbol_bars, fills, settings.cash, settings.account, partial, fill_fraction=fraction,
@@ -130,6 +122,15 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
                                                kernel.combo_symbol))
     result.broker = broker
     return result
+
+
+def run_settings(prep: bt.Prepared, run_id: str) -> tuple[RunSettings, FillModel]:
+    """A run's settings and the simulator's fill model, from the prepared strategy's typed model."""
+    sim = prep.sim
+    settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=prep.limits,
+                           run_id=run_id, strategy=prep.plan.name, timezone=prep.timezone,
+                           fill_fraction=sim.options.fill_fraction)
+    return settings, FillModel(sim.commission, sim.slippage, sim.fill)
 
 
 def _cut(mask, last: int):

@@ -537,14 +537,9 @@ class Kernel(RunState):
             st.stats = {}
             return
         if tr.role in ("stop", "target"):
+            # its siblings in the one-cancels-all group are cancelled by the venue, and their
+            # confirmations come as events like any other cancel
             self._decide(tr.symbol, tr.rule.name, "exit", "fired", tr.rule.reason)
-            for ref in list(st.protect.values()):
-                if ref != it.tag:
-                    other = self.orders_by_ref[ref]
-                    if not other.done:
-                        other.done = True
-                        self._status(other, "cancelled", tr.last_time, f"one-cancels-all: {it.tag} filled")
-            st.protect = {}
         pos = self.ledger.positions.get(tr.symbol)
         if pos is None or abs(pos.quantity + fill.signed) > 1e-9:
             self._error(f"{it.tag} filled {tr.filled:g} {it.action}, which does not close the position "

@@ -484,7 +484,9 @@ class Kernel(RunState):
         tr.exec_ids.add(ev.exec_id)
         tr.filled += ev.quantity
         tr.value += ev.quantity * ev.price
-        tr.last_bar, tr.last_time = ev.bar, ev.time
+        # a live venue knows no bar indices: its fills belong to the bar forming when they come
+        tr.last_bar = ev.bar if ev.bar >= 0 else len(self.syms[tr.symbol].bars)
+        tr.last_time = ev.time
         tr.last_price = ev.price
         if self.recorder is not None:
             self.recorder.execution(ev, tr.combo["quote"].multiplier if tr.combo else

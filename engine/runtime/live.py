@@ -1,0 +1,326 @@
+"""A live run: the kernel fed by a broker's bars as they complete, on the broker's clock.
+
+The same Kernel as a backtest and `run --broker sim`; what differs is where bars and time come
+from. A LiveSource (the IB broker, or a replay in tests) lets the venue's messages in when it is
+pumped, says what time it is at the venue (`now`, which follows an accelerated simulator), and
+hands over each symbol's bars as they complete. For each completed bar the run:
+
+1. appends it to the symbol's history and rebuilds the arrays the kernel reads (times, prices,
+   clock values, other symbols aligned as of each bar, the schedule's masks), and grows the
+   streaming plan's value arrays by one;
+2. lets a simulated wallet (a dry run's) trade that bar: orders sent after the previous close
+   fill at its open, resting ones against its range, as in a backtest;
+3. streams the plan's values for the bar and runs the kernel's close: exits of the open
+   positions (each owner's own), protective orders, flat-by, entries;
+4. sends what was decided at once: in a live run the next bar's open is now, and the entry is
+   sized on the quote now. An entry is refused with its reason when the gate says the symbol
+   cannot be priced or traded (a stale or unavailable quote, the kill switch, reconciliation
+   not finished, a position that disagrees with the broker's).
+
+Between bars the run pumps the broker, hands its events (fills, statuses, commissions, errors,
+connection lost and restored) to the kernel's order tracker, and runs the kernel's timers (a
+combo's chase steps) when their time comes at the venue.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time as _time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+import numpy as np
+import pandas as pd
+
+from ..market.bars import bar_seconds
+from .prepare import Prepared, _schedule_masks, _symbol_bars
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One completed bar from a broker: its start (ns UTC) and prices."""
+
+    start: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float = 0.0
+
+    def sane(self) -> str | None:
+        """Why this bar cannot be traded on (None: it can)."""
+        values = (self.open, self.high, self.low, self.close)
+        if not all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values):
+            return f"a price is missing, zero or not finite ({self.open}, {self.high}, {self.low}, {self.close})"
+        if self.high < self.low:
+            return f"its high {self.high} is below its low {self.low}"
+        return None
+
+
+class LiveSource(Protocol):
+    def pump(self, seconds: float) -> None:
+        """Let the venue's messages in for up to `seconds` of wall time."""
+
+    def now(self) -> int:
+        """The venue's time now (ns UTC)."""
+
+    def completed(self, symbol: str) -> list[Bar]:
+        """The symbol's bars completed since the last call, oldest first."""
+
+
+class Timers:
+    """The kernel's timers in a live run: each runs once the venue's time reaches it."""
+
+    def __init__(self):
+        self._heap: list = []
+        self._order = 0
+        self.now = 0
+
+    def at(self, time: int, action: Callable[[], None]) -> None:
+        self._order += 1
+        heapq.heappush(self._heap, (int(time), self._order, action))
+
+    def next_time(self) -> int | None:
+        return self._heap[0][0] if self._heap else None
+
+    def run_due(self, now: int, on_time: Callable[[int], None] | None = None) -> int:
+        """Run every timer due by `now`, in time order (`on_time` told each one's time first);
+        returns how many ran."""
+        ran = 0
+        while self._heap and self._heap[0][0] <= now:
+            t, _, action = heapq.heappop(self._heap)
+            self.now = max(self.now, t)
+            if on_time is not None:
+                on_time(self.now)
+            action()
+            ran += 1
+        self.now = max(self.now, now)
+        return ran
+
+
+def append_bar(frame: pd.DataFrame, bar: Bar, timezone: str, daily: bool) -> pd.DataFrame:
+    """The symbol's frame with one more bar, indexed as the loader indexes bars of that size
+    (intraday: the bar's start; daily: the session's date at midnight in the strategy's zone)."""
+    t = pd.Timestamp(bar.start, tz="UTC").tz_convert(timezone)
+    if daily:
+        t = t.normalize()
+    if frame.index.tz is not None and str(frame.index.tz) != timezone:
+        t = t.tz_convert(frame.index.tz)
+    if len(frame) and t <= frame.index[-1]:
+        return frame        # already held (a repeated update of the last bar)
+    row = {"open": bar.open, "high": bar.high, "low": bar.low, "close": bar.close, "volume": bar.volume}
+    for column in frame.columns:
+        row.setdefault(column, np.nan)
+    add = pd.DataFrame([row], index=pd.DatetimeIndex([t], name=frame.index.name))[list(frame.columns)]
+    return pd.concat([frame, add]) if len(frame) else add
+
+
+class LiveFeed:
+    """Grows a kernel's symbols bar by bar and steps the kernel for each completed bar."""
+
+    def __init__(self, kernel, prep: Prepared, *, gate: Callable[[str], str | None] | None = None):
+        self.kernel = kernel
+        self.prep = prep
+        self.daily = bar_seconds(prep.bar) >= 86400
+        self.gate = gate
+        self.bars_seen: dict[str, int] = {s: 0 for s in kernel.syms}
+        self.refused_bars: list[tuple[str, int, str]] = []
+
+    def warm_up(self) -> None:
+        """The streaming plan over the history already held: values for every bar, no decisions;
+        the first bar a rule may act on is the next one to complete."""
+        k = self.kernel
+        for st in k.syms.values():
+            for i in range(len(st.bars)):
+                k._stream(st, i)
+            st.start = len(st.bars)
+
+    def add(self, symbol: str, bar: Bar) -> int | None:
+        """Append a completed bar and rebuild the symbol's arrays; its index, or None when it was
+        refused (already held, or not a bar one can trade on)."""
+        k = self.kernel
+        st = k.syms.get(symbol)
+        frame = self.prep.frames[symbol]
+        why = bar.sane()
+        if why is not None:
+            # said and journaled; the run goes on without it (the loader refuses the same in a file)
+            self.refused_bars.append((symbol, bar.start, why))
+            message = f"{symbol}: the broker's bar starting {pd.Timestamp(bar.start, tz='UTC'):%Y-%m-%d %H:%M} UTC " \
+                      f"was refused: {why}"
+            k.errors.append((k._now, message))
+            if k.recorder is not None:
+                k.recorder.error(k._now, message)
+            return None
+        grown = append_bar(frame, bar, self.prep.timezone, self.daily)
+        if grown is frame:
+            return None
+        self.prep.frames[symbol] = grown
+        if st is None:      # another symbol the rules read: aligned into the traded ones' arrays
+            return len(grown) - 1
+        sbars, bars = _symbol_bars(self.prep, symbol)
+        n = len(sbars)
+        st.bars, st.inputs = sbars, bars
+        st.entry_mask, st.flat_mask = _schedule_masks(self.prep, bars)
+        for i, arr in enumerate(st.values):
+            if arr is not None and len(arr) < n:
+                grown_values = np.empty(n, dtype=object)
+                grown_values[:len(arr)] = arr
+                st.values[i] = grown_values
+        k.bars[symbol] = sbars
+        k.signals[symbol].bars = sbars
+        venue = k.venue
+        for holder in (venue, getattr(venue, "inner", None), getattr(venue, "wallet", None)):
+            bars_of = getattr(holder, "bars", None)
+            if isinstance(bars_of, dict) and symbol in bars_of:
+                bars_of[symbol] = sbars
+        self.bars_seen[symbol] += 1
+        return n - 1
+
+    def step(self, symbol: str, k_bar: int) -> None:
+        """The kernel at bar k_bar's close: the wallet trades the bar, the plan streams, the rules
+        decide, and what they decided is sent now."""
+        k = self.kernel
+        st = k.syms[symbol]
+        b = st.bars
+        k._now = max(k._now, int(b.end[k_bar]))
+        venue = k.venue
+        st.at = (k_bar, 1)
+        venue.open_bar(symbol, k_bar)
+        k._drain()
+        venue.close_bar(symbol, k_bar)
+        k._drain()
+        st.at = (k_bar, 0)
+        k._on_close(st, k_bar)
+        self.send_pending(st)
+
+    def send_pending(self, st) -> None:
+        k = self.kernel
+        pending, st.pending = st.pending, []
+        for ref in pending:
+            tr = k.orders_by_ref[ref]
+            why = None
+            if tr.role == "entry":
+                why = self.gate(st.symbol) if self.gate is not None else None
+                if not why and k.venue.quote(st.symbol) is None:
+                    why = f"no quote for {st.symbol} yet: an entry is sized on the quote now"
+            if why:
+                k._status(tr, "rejected", k._now, why)
+                k._decide(st.symbol, tr.intent.rule, "entry", "blocked", why)
+                st.working_entry = None
+                continue
+            k._send(tr, len(st.bars))
+        k._drain()
+
+    def poll(self, source: LiveSource, symbols: Iterable[str]) -> int:
+        """Take every bar completed at the source and step the kernel for each; how many."""
+        stepped = 0
+        for symbol in symbols:
+            for bar in source.completed(symbol):
+                idx = self.add(symbol, bar)
+                if idx is not None and symbol in self.kernel.syms:
+                    self.step(symbol, idx)
+                    stepped += 1
+        return stepped
+
+
+class LiveRun:
+    """The live loop: pump the source, hand its events to the kernel, step each completed bar,
+    run the timers that are due, say how things stand every `status_every` wall seconds, until
+    `stop()` gives a reason."""
+
+    def __init__(self, kernel, feed: LiveFeed, source: LiveSource, timers: Timers, *,
+                 stop: Callable[[], str | None], status: Callable[[], str] | None = None,
+                 say: Callable[[str], None] | None = None, status_every: float = 60.0, tick: float = 0.05,
+                 monotonic: Callable[[], float] = _time.monotonic):
+        self.kernel, self.feed, self.source, self.timers = kernel, feed, source, timers
+        self.stop, self.status, self.say = stop, status, say
+        self.status_every, self.tick, self.monotonic = status_every, tick, monotonic
+        # other symbols first: a traded symbol's bar reads them as of its close
+        self.symbols = prep_others(feed.prep) + sorted(kernel.syms)
+        self.stepped = 0
+        self.first_decision_wall: float | None = None
+        self.latencies: list[float] = []       # wall seconds from a bar's arrival to its orders' placing
+
+    def _on_time(self, t: int) -> None:
+        self.kernel._tick(max(self.kernel._now, t))
+
+    def run(self) -> str:
+        k = self.kernel
+        last_status = self.monotonic()
+        while True:
+            why = self.stop()
+            if why:
+                return why
+            self.source.pump(self.tick)
+            now = self.source.now()
+            if now > k._now:
+                self._on_time(now)
+            k._drain()
+            arrived = self.monotonic()
+            placed = len(getattr(k.venue, "placed", ()))
+            decisions = len(k.decisions)
+            n = self.feed.poll(self.source, self.symbols)
+            if n:
+                self.stepped += n
+                if len(k.decisions) > decisions and self.first_decision_wall is None:
+                    self.first_decision_wall = self.monotonic()
+                if len(getattr(k.venue, "placed", ())) > placed:
+                    self.latencies.append(self.monotonic() - arrived)
+            self.timers.run_due(max(now, k._now), self._on_time)
+            k._drain()
+            if self.status is not None and self.say is not None and \
+                    self.monotonic() - last_status >= self.status_every:
+                last_status = self.monotonic()
+                self.say(self.status())
+
+    def working(self) -> list[str]:
+        """Refs of the orders sent and not done."""
+        return [ref for ref, tr in self.kernel.orders_by_ref.items() if tr.sent and not tr.done]
+
+    def shutdown(self, timeout: float = 5.0) -> list[str]:
+        """Cancel every working order and wait (up to `timeout` wall seconds) for the venue to
+        confirm; returns the refs still unconfirmed."""
+        k = self.kernel
+        for ref in self.working():
+            k.venue.cancel(ref)
+        deadline = self.monotonic() + timeout
+        while self.working() and self.monotonic() < deadline:
+            self.source.pump(self.tick)
+            k._drain()
+        k._drain()
+        return self.working()
+
+
+def prep_others(prep: Prepared) -> list[str]:
+    """The symbols the rules read besides the traded ones (symbol("VIX")), whose bars also come
+    from the source."""
+    return [s for s in prep.plan.inputs.symbols if s not in prep.symbols]
+
+
+def live_kernel(prep: Prepared, venue, *, run_id: str, recorder=None, tags: tuple[str, int] | None = None,
+                on_order=None, cash: float | None = None, gate: Callable[[str], str | None] | None = None):
+    """The kernel for a live run over the history `prep` holds now (its warm-up), streaming the
+    plan bar by bar; returns (kernel, feed, timers) with the plan warmed up on that history."""
+    from dataclasses import replace
+
+    from ..plan.evaluate import Stream
+    from .kernel import Kernel, _Symbol
+    from .session import run_settings
+
+    plan = prep.plan
+    symbols = {}
+    for symbol in prep.symbols:
+        sbars, bars = _symbol_bars(prep, symbol)
+        entry_mask, flat_mask = _schedule_masks(prep, bars)
+        values = [np.empty(len(sbars), dtype=object) if node.market else None for node in plan.nodes]
+        symbols[symbol] = _Symbol(symbol, sbars, values, len(sbars), entry_mask, flat_mask, None, Stream(plan), bars)
+    settings, fills = run_settings(prep, run_id)
+    if cash is not None:
+        settings = replace(settings, cash=float(cash))
+    kernel = Kernel(plan, symbols, venue, fills, settings, on_order=on_order, recorder=recorder, tags=tags)
+    timers = Timers()
+    kernel.clock = timers
+    feed = LiveFeed(kernel, prep, gate=gate)
+    feed.warm_up()
+    return kernel, feed, timers

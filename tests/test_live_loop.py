@@ -1,0 +1,170 @@
+"""The live loop (runtime/live.py): the kernel fed bars one at a time as a broker hands them
+over, on the venue's clock. Here the source is a replay of real bars over the simulator venue,
+so the loop's results can be held against the backtest's."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.brokers.dryrun import DryRunBroker
+from engine.brokers.sim import SimBroker
+from engine.runtime import backtest as bt
+from engine.runtime.live import Bar, LiveRun, append_bar, live_kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Replay:
+    """A LiveSource over known bars: each pump moves the venue's time on by `step` and releases
+    the bars completed by then."""
+
+    def __init__(self, frames: dict[str, pd.DataFrame], bar: pd.Timedelta, start: pd.Timestamp, step: pd.Timedelta):
+        self.frames, self.bar = frames, bar
+        self.t = start.value
+        self.step = step.value
+        self.next = {s: int(np.searchsorted(f.index.as_unit("ns").asi8 + bar.value, self.t, side="right"))
+                     for s, f in frames.items()}
+        self.pumps = 0
+
+    def pump(self, seconds: float) -> None:
+        self.t += self.step
+        self.pumps += 1
+
+    def now(self) -> int:
+        return self.t
+
+    def done(self) -> bool:
+        return all(self.next[s] >= len(f) for s, f in self.frames.items())
+
+    def completed(self, symbol: str) -> list[Bar]:
+        f = self.frames[symbol]
+        starts = f.index.as_unit("ns").asi8
+        out = []
+        i = self.next[symbol]
+        while i < len(f) and starts[i] + self.bar.value <= self.t:
+            r = f.iloc[i]
+            out.append(Bar(int(starts[i]), float(r.open), float(r.high), float(r.low), float(r.close),
+                           float(r.volume)))
+            i += 1
+        self.next[symbol] = i
+        return out
+
+
+def _fixed_quantity_copy(tmp_path: Path) -> Path:
+    text = (ROOT / "strategies" / "sma_crossover.yaml").read_text()
+    text = text.replace("quantity: {percent_of_equity: 100%}", "quantity: 50")
+    text = text.replace("source: data/", f"source: {ROOT / 'strategies' / 'data'}/")
+    path = tmp_path / "sma_fixed.yaml"
+    path.write_text(text)
+    return path
+
+
+def _split(prep, first_live: str):
+    """The prepared strategy holding only the bars before `first_live` (the warm-up a broker's
+    history would give) and, apart, the bars after it (what the broker hands over live)."""
+    cut = pd.Timestamp(first_live, tz=prep.timezone)
+    full = {s: f[f.index < prep.end] for s, f in prep.frames.items()}
+    prep.frames = {s: f[f.index < cut] for s, f in full.items()}
+    prep.arrays.clear()
+    return full, cut
+
+
+def _live(prep, full, cut, *, dry_run=False):
+    bars = {}
+    from engine.runtime.prepare import _symbol_bars
+
+    for s in prep.symbols:
+        bars[s] = _symbol_bars(prep, s)[0]
+    from engine.runtime.session import run_settings
+
+    settings, fills = run_settings(prep, "live")
+    venue = SimBroker(dict(bars), fills, settings.cash, settings.account, session="live.venue")
+    broker = venue
+    if dry_run:
+        broker = DryRunBroker(venue, SimBroker(dict(bars), fills, settings.cash, settings.account,
+                                               session="live.wallet"))
+    kernel, feed, timers = live_kernel(prep, broker, run_id="live")
+    source = Replay(full, pd.Timedelta(prep.bar.replace("d", "D")), cut, pd.Timedelta("6h"))
+    loop = LiveRun(kernel, feed, source, timers, stop=lambda: "replayed" if source.done() else None)
+    assert loop.run() == "replayed"
+    kernel._drain()
+    return kernel, loop
+
+
+def test_the_live_loop_trades_as_the_backtest_does_on_the_same_bars(tmp_path):
+    path = _fixed_quantity_copy(tmp_path)
+    back = bt.run(bt.prepare(path, start="2015-01-02", end="2016-12-30"), fast=False)
+    prep = bt.prepare(path, end="2016-12-30")
+    full, cut = _split(prep, "2015-01-02")
+    kernel, loop = _live(prep, full, cut)
+    want = [(t.entry_time, t.exit_time, round(t.entry_price, 6), round(t.exit_price, 6), t.quantity, round(t.pnl, 2))
+            for t in back.ledger.trades]
+    got = [(t.entry_time, t.exit_time, round(t.entry_price, 6), round(t.exit_price, 6), t.quantity, round(t.pnl, 2))
+           for t in kernel.ledger.trades]
+    assert len(want) >= 5
+    assert got == want
+    assert loop.stepped == sum(len(f[f.index >= cut]) for f in full.values())
+    assert not kernel.errors
+
+
+def test_a_dry_run_on_the_live_loop_sends_nothing_and_trades_its_wallet_the_same(tmp_path):
+    path = _fixed_quantity_copy(tmp_path)
+    prep = bt.prepare(path, end="2016-12-30")
+    full, cut = _split(prep, "2015-01-02")
+    paper, _ = _live(prep, full, cut)
+    prep = bt.prepare(path, end="2016-12-30")
+    full, cut = _split(prep, "2015-01-02")
+    dry, _ = _live(prep, full, cut, dry_run=True)
+    assert dry.venue.inner.placed == []
+    assert [o.describe() for o in dry.venue.would_send] == [o.describe() for o in paper.venue.placed]
+    assert [round(t.pnl, 2) for t in dry.ledger.trades] == [round(t.pnl, 2) for t in paper.ledger.trades]
+
+
+def test_an_entry_is_refused_with_the_gates_reason_and_nothing_is_sent(tmp_path):
+    path = _fixed_quantity_copy(tmp_path)
+    prep = bt.prepare(path, end="2016-12-30")
+    full, cut = _split(prep, "2015-01-02")
+    from engine.runtime.prepare import _symbol_bars
+    from engine.runtime.session import run_settings
+
+    settings, fills = run_settings(prep, "live")
+    venue = SimBroker({"SPY": _symbol_bars(prep, "SPY")[0]}, fills, settings.cash, session="gate")
+    kernel, feed, timers = live_kernel(prep, venue, run_id="live", gate=lambda s: "kill switch file qtrade.kill exists")
+    source = Replay(full, pd.Timedelta("1D"), cut, pd.Timedelta("6h"))
+    LiveRun(kernel, feed, source, timers, stop=lambda: "done" if source.done() else None).run()
+    assert venue.placed == []
+    blocked = [d for d in kernel.decisions if d.outcome == "blocked"]
+    assert blocked and all("kill switch" in d.reason for d in blocked)
+
+
+def test_a_bar_that_cannot_be_traded_on_is_refused_and_said(tmp_path):
+    path = _fixed_quantity_copy(tmp_path)
+    prep = bt.prepare(path, end="2016-12-30")
+    full, cut = _split(prep, "2015-01-02")
+    from engine.runtime.session import run_settings
+    from engine.runtime.prepare import _symbol_bars
+
+    settings, fills = run_settings(prep, "live")
+    venue = SimBroker({"SPY": _symbol_bars(prep, "SPY")[0]}, fills, settings.cash, session="bad")
+    kernel, feed, _ = live_kernel(prep, venue, run_id="live")
+    n = len(kernel.syms["SPY"].bars)
+    assert feed.add("SPY", Bar(cut.value, math.nan, 1.0, 1.0, 1.0)) is None
+    assert feed.add("SPY", Bar(cut.value, 10.0, 9.0, 9.5, 9.5)) is None     # high below the low
+    assert len(kernel.syms["SPY"].bars) == n
+    assert len(feed.refused_bars) == 2 and "not finite" in feed.refused_bars[0][2]
+    assert kernel.errors and "refused" in kernel.errors[0][1]
+    assert not kernel.halted          # said, not a reason to stop trading
+
+
+def test_appending_a_bar_indexes_it_as_the_loader_does():
+    idx = pd.DatetimeIndex([pd.Timestamp("2024-01-02", tz="America/New_York")], name="time")
+    frame = pd.DataFrame({"open": [1.0], "high": [2.0], "low": [0.5], "close": [1.5], "volume": [10.0]}, index=idx)
+    start = pd.Timestamp("2024-01-03 09:30", tz="America/New_York").value
+    grown = append_bar(frame, Bar(start, 1.5, 2.5, 1.0, 2.0, 5.0), "America/New_York", daily=True)
+    assert list(grown.index) == [idx[0], pd.Timestamp("2024-01-03", tz="America/New_York")]
+    assert append_bar(grown, Bar(start, 1.5, 2.5, 1.0, 2.0), "America/New_York", daily=True) is grown

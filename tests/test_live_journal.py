@@ -127,8 +127,51 @@ def test_a_journal_of_the_first_schema_is_brought_up_to_date_in_place(tmp_path):
         journal.decision("old", "2020-01-02", "SPY", "x", "exit", "fired", "", "a = 1: 1 > 0 yes")
     con = sqlite3.connect(path)
     assert con.execute("SELECT count(*) FROM fills").fetchone()[0] == 2          # the old row is kept
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
     assert con.execute("SELECT detail FROM decisions").fetchone()[0] == "a = 1: 1 > 0 yes"
+
+
+def test_a_journal_of_the_second_schema_gains_the_venues_ids_and_the_exact_contract(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '2');
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, mode TEXT NOT NULL, strategy TEXT NOT NULL,
+            strategy_path TEXT, strategy_text TEXT, params TEXT NOT NULL DEFAULT '{}',
+            settings TEXT NOT NULL DEFAULT '{}', symbols TEXT NOT NULL DEFAULT '[]', bar TEXT,
+            currency TEXT NOT NULL DEFAULT 'USD', initial_cash REAL, started_at TEXT NOT NULL,
+            finished_at TEXT, status TEXT NOT NULL DEFAULT 'running', summary TEXT);
+        CREATE TABLE orders (id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, order_ref TEXT NOT NULL UNIQUE,
+            ts TEXT NOT NULL, symbol TEXT NOT NULL, action TEXT NOT NULL, quantity REAL NOT NULL,
+            order_type TEXT NOT NULL, limit_price REAL, stop_price REAL, tif TEXT NOT NULL DEFAULT 'day',
+            rule TEXT NOT NULL DEFAULT '', intent TEXT NOT NULL DEFAULT 'open', legs TEXT,
+            status TEXT NOT NULL DEFAULT 'created', status_ts TEXT, reason TEXT NOT NULL DEFAULT '');
+        CREATE TABLE fills (id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, order_ref TEXT NOT NULL,
+            ts TEXT NOT NULL, symbol TEXT NOT NULL, action TEXT NOT NULL, quantity REAL NOT NULL,
+            price REAL NOT NULL, multiplier REAL NOT NULL DEFAULT 1, commission REAL NOT NULL DEFAULT 0,
+            exec_id TEXT UNIQUE, broker_order_id INTEGER);
+        INSERT INTO runs(run_id, mode, strategy, started_at) VALUES ('old', 'paper', 's', '2020-01-01');
+        INSERT INTO orders(run_id, order_ref, ts, symbol, action, quantity, order_type) VALUES
+            ('old', 'qtrade:s:1', '2020-01-01', 'NQ', 'buy', 1, 'market');
+        INSERT INTO fills(run_id, order_ref, ts, symbol, action, quantity, price, exec_id) VALUES
+            ('old', 'qtrade:s:1', '2020-01-01', 'NQ', 'buy', 1, 25066.25, '0001.01');
+    """)
+    con.commit()
+    con.close()
+    with Journal(path) as journal:
+        journal.order_ids("qtrade:s:1", broker_order_id=7, con_id=620730920, local_symbol="NQZ5")
+        journal.order_ids("qtrade:s:1", perm_id=1234)           # learnt later: the others are kept
+        assert journal.correct_fill("0001.01", "0001.02", 1, 25066.5, "2020-01-01T00:00:01")
+        assert not journal.correct_fill("nope.01", "nope.02", 1, 1.0, "2020-01-01")
+        journal.note("old", "2020-01-02", "adopted", "qtrade:s:1", "open at IB: adopted")
+        order = journal._rows("SELECT * FROM orders")[0]
+        fills = journal._rows("SELECT * FROM fills")
+        notes = journal._rows("SELECT * FROM notes")
+    assert (order["broker_order_id"], order["perm_id"], order["con_id"], order["local_symbol"]) == \
+        (7, 1234, 620730920, "NQZ5")
+    assert [(f["exec_id"], f["price"]) for f in fills] == [("0001.02", 25066.5)]
+    assert [(n["kind"], n["subject"]) for n in notes] == [("adopted", "qtrade:s:1")]
 
 
 def test_every_runs_fills_are_kept_in_one_journal(tmp_path):

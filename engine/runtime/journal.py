@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,7 +68,11 @@ CREATE TABLE IF NOT EXISTS orders (
     legs TEXT,                         -- JSON for combos
     status TEXT NOT NULL DEFAULT 'created', -- created | submitted | filled | cancelled | rejected | expired
     status_ts TEXT,
-    reason TEXT NOT NULL DEFAULT ''
+    reason TEXT NOT NULL DEFAULT '',
+    broker_order_id INTEGER,           -- the venue's order id (IB's orderId, per client session)
+    perm_id INTEGER,                   -- IB's permId: the order's id across sessions
+    con_id INTEGER,                    -- the exact contract (IB's conId); NULL for simulated venues
+    local_symbol TEXT                  -- IB's localSymbol (NQZ5)
 );
 CREATE TABLE IF NOT EXISTS fills (
     id INTEGER PRIMARY KEY,
@@ -82,7 +86,17 @@ CREATE TABLE IF NOT EXISTS fills (
     multiplier REAL NOT NULL DEFAULT 1,
     commission REAL NOT NULL DEFAULT 0,
     exec_id TEXT UNIQUE,               -- the venue's execution id: a fill reported twice is kept once
-    broker_order_id INTEGER            -- the venue's order id (IB's orderId)
+    broker_order_id INTEGER,           -- the venue's order id (IB's orderId)
+    con_id INTEGER,                    -- the exact contract (IB's conId)
+    local_symbol TEXT
+);
+CREATE TABLE IF NOT EXISTS notes (             -- what a live run noticed: adoptions, phantoms, alerts
+    id INTEGER PRIMARY KEY,
+    run_id TEXT REFERENCES runs(run_id),
+    ts TEXT NOT NULL,
+    kind TEXT NOT NULL,                -- adopted | phantom | unknown | mismatch | never_sent | lost | missed_fill | alert | connection | kill_switch | status
+    subject TEXT NOT NULL DEFAULT '',  -- the order ref or symbol it is about
+    message TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS trades (
     id INTEGER PRIMARY KEY,
@@ -139,6 +153,7 @@ CREATE INDEX IF NOT EXISTS fills_run ON fills(run_id, ts);
 CREATE INDEX IF NOT EXISTS trades_run ON trades(run_id, entry_ts);
 CREATE INDEX IF NOT EXISTS equity_run ON equity(run_id, ts);
 CREATE INDEX IF NOT EXISTS prices_run ON prices(run_id, symbol, ts);
+CREATE INDEX IF NOT EXISTS notes_run ON notes(run_id, ts);
 """
 
 
@@ -336,15 +351,35 @@ class Journal:
         self.db.execute("UPDATE orders SET status=?, status_ts=?, reason=CASE WHEN ?='' THEN reason ELSE ? END"
                         " WHERE order_ref=?", (status, ts, reason, reason, order_ref))
 
+    def order_ids(self, order_ref: str, *, broker_order_id: int | None = None, perm_id: int | None = None,
+                  con_id: int | None = None, local_symbol: str | None = None) -> None:
+        """The venue's ids for a journaled order, as they become known (IB's orderId at placing,
+        its permId at the first status) and the exact contract it went out on."""
+        self.db.execute("UPDATE orders SET broker_order_id=COALESCE(?, broker_order_id), perm_id=COALESCE(?, perm_id),"
+                        " con_id=COALESCE(?, con_id), local_symbol=COALESCE(?, local_symbol) WHERE order_ref=?",
+                        (broker_order_id, perm_id, con_id, local_symbol, order_ref))
+
+    def note(self, run_id: str | None, ts: str, kind: str, subject: str, message: str) -> None:
+        self.db.execute("INSERT INTO notes(run_id, ts, kind, subject, message) VALUES (?,?,?,?,?)",
+                        (run_id, ts, kind, subject, message))
+
     def fill(self, run_id: str, order_ref: str, ts: str, symbol: str, action: str, quantity: float,
              price: float, multiplier: float = 1.0, commission: float = 0.0, exec_id: str | None = None,
-             broker_order_id: int | None = None) -> bool:
+             broker_order_id: int | None = None, con_id: int | None = None, local_symbol: str | None = None) -> bool:
         """Journal one execution; False when its execution id is journaled already (a venue that
         reports it again, or a restart that reads it back), which changes nothing."""
         cur = self.db.execute("INSERT OR IGNORE INTO fills(run_id, order_ref, ts, symbol, action, quantity, price,"
-                              " multiplier, commission, exec_id, broker_order_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                              " multiplier, commission, exec_id, broker_order_id, con_id, local_symbol)"
+                              " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                               (run_id, order_ref, ts, symbol, action, quantity, price, multiplier, commission,
-                               exec_id, broker_order_id))
+                               exec_id, broker_order_id, con_id, local_symbol))
+        return cur.rowcount == 1
+
+    def correct_fill(self, old_exec_id: str, new_exec_id: str, quantity: float, price: float, ts: str) -> bool:
+        """A venue's correction of an execution (IB's `.02` for `.01`): the row is replaced in
+        place, keeping its order and commission; False when the old one is not journaled."""
+        cur = self.db.execute("UPDATE fills SET exec_id=?, quantity=?, price=?, ts=? WHERE exec_id=?",
+                              (new_exec_id, quantity, price, ts, old_exec_id))
         return cur.rowcount == 1
 
     def commission(self, exec_id: str, commission: float) -> None:
@@ -439,7 +474,8 @@ class _Transaction:
 
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a journal of an older schema up to this one, in place, keeping every row."""
-    columns = {table: {r[1] for r in db.execute(f"PRAGMA table_info({table})")} for table in ("fills", "decisions")}
+    columns = {table: {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+               for table in ("fills", "decisions", "orders")}
     with _Transaction(db):
         if columns["fills"] and "exec_id" not in columns["fills"]:
             db.execute("ALTER TABLE fills ADD COLUMN exec_id TEXT")
@@ -447,6 +483,16 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute("CREATE UNIQUE INDEX IF NOT EXISTS fills_exec ON fills(exec_id)")
         if columns["decisions"] and "detail" not in columns["decisions"]:
             db.execute("ALTER TABLE decisions ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
+        fills = {r[1] for r in db.execute("PRAGMA table_info(fills)")}
+        for table, wanted in (("orders", ("broker_order_id INTEGER", "perm_id INTEGER", "con_id INTEGER",
+                                          "local_symbol TEXT")),
+                              ("fills", ("con_id INTEGER", "local_symbol TEXT"))):
+            have = columns[table] if table == "orders" else fills
+            if not have:
+                continue
+            for column in wanted:
+                if column.split()[0] not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _json_default(value: Any):

@@ -94,7 +94,9 @@ def _median(values: np.ndarray) -> float:
 
 def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str | Path | None = None,
             start: str | None = None, end: str | None = None, cash: float | None = None,
-            chains: str | Path | None = None) -> Prepared:
+            chains: str | Path | None = None, frames_from=None) -> Prepared:
+    """`frames_from(symbols, bar, timezone) -> {symbol: frame}`: the bars come from a broker's
+    history (a live run's warm-up) instead of data.source."""
     doc, ws = load_strategy(path, overrides)
     plan = build_plan(doc, ws, overrides)
     settings = dict(doc.get(("backtest",)) or {})
@@ -130,7 +132,10 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     combos = any(t.combo for t in order_templates(doc.get(("orders",))).values())
     if combos and chains is None and SimSettings.from_spec(settings).options.iv == "vix" and "VIX" not in wanted:
         wanted.append("VIX")  # synthesised chains take their volatility from VIX
-    if data is None and chains is not None and not spec.source:
+    if frames_from is not None:
+        frames = frames_from(wanted, bar, timezone)
+        data_path = Path("broker")
+    elif data is None and chains is not None and not spec.source:
         # the underlying's daily prices come with the chain snapshots
         frames = {symbols[0]: underlying_from_chains(chains, timezone)}
         data_path = chains_path

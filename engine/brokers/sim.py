@@ -394,6 +394,11 @@ class SimBroker:
         """The clock's time: what the venue stamps on what happens between bars (a chase step)."""
         self.clock = time
 
+    def hold(self, symbol: str, quantity: float, avg_price: float) -> None:
+        """Start holding a position opened before this venue existed (a dry run's wallet starts
+        with the account's positions, so their exits can be rehearsed)."""
+        self._holdings[symbol] = _Holding(float(quantity), float(avg_price))
+
     def mark_combo(self, key: str, credit: float) -> None:
         """A held combo's value per unit now (negative for a credit combo: what closing costs)."""
         self._combo_marks[key] = credit

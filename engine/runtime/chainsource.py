@@ -59,23 +59,58 @@ def underlying_from_chains(chains: dict[dt.date, OptionChain], timezone: str) ->
                          "volume": np.full(len(days), np.nan)}, index=index)
 
 
-def option_desk(prep, signals) -> tuple[OptionsDesk, Callable]:
-    """The desk and a `chain_at(symbol, bar)` for a prepared backtest."""
+def _desk(prep, listed: bool) -> tuple[OptionsDesk, dict[str, float]]:
     from ..check.model import options_listing
 
-    doc, ws = prep.doc, prep.ws
-    snapshots = getattr(prep, "chains", None)
     setups: dict[str, OptionSetup] = {}
     grids: dict[str, float] = {}
     for symbol in prep.symbols:
-        listing = options_listing(ws, doc, symbol)
+        listing = options_listing(prep.ws, prep.doc, symbol)
         setups[symbol] = OptionSetup(multiplier=listing.multiplier, tick=0.01, settlement=listing.settlement,
                                      settlement_time=listing.settlement_time, cycle=listing.cycle,
-                                     calendar=prep.instruments[symbol].calendar or "NYSE",
-                                     listed=snapshots is not None)
+                                     calendar=prep.instruments[symbol].calendar or "NYSE", listed=listed)
         grids[symbol] = listing.strike_step
+    return OptionsDesk(prep.plan, prep.orders, setups, prep.timezone), grids
+
+
+def broker_desk(prep, signals, fetch: Callable) -> tuple[OptionsDesk, Callable]:
+    """The desk and a `chain_at(symbol, bar)` for a run on a broker: the chain of the expiries the
+    rules (and the open combos) need, quoted by the broker when a decision needs it:
+    `fetch(symbol, spot, expiries, when) -> OptionChain | None`. One fetch per bar at most."""
+    desk, _ = _desk(prep, listed=True)
+    combo_orders = [name for name, t in prep.orders.items() if t.combo]
+    cache: dict[tuple, ChainAdapter | None] = {}
+    runner_ref: dict = {}
+
+    def chain_at(symbol: str, bar: int):
+        key = (symbol, bar)
+        if key in cache:
+            return cache[key]
+        b = signals[symbol].bars
+        end = pd.Timestamp(int(b.end[bar]), tz="UTC").tz_convert(prep.timezone)
+        needed = set()
+        for name in combo_orders:
+            needed |= desk.expiries_needed(name, symbol, end.to_pydatetime())
+        runner = runner_ref.get("runner")
+        if runner is not None:
+            needed |= {d for k, c in runner.combos.items() if runner.combo_symbol.get(k) == symbol
+                       for d in c.expiries()}
+        chain = fetch(symbol, float(b.close[bar]), sorted(needed), end) if needed else None
+        cache.clear()
+        cache[key] = ChainAdapter(chain) if chain is not None else None
+        return cache[key]
+
+    chain_at.runner_ref = runner_ref
+    return desk, chain_at
+
+
+def option_desk(prep, signals) -> tuple[OptionsDesk, Callable]:
+    """The desk and a `chain_at(symbol, bar)` for a prepared backtest."""
+    doc = prep.doc
+    snapshots = getattr(prep, "chains", None)
+    desk, grids = _desk(prep, listed=snapshots is not None)
+    setups = desk.setups
     orders = prep.orders
-    desk = OptionsDesk(prep.plan, orders, setups, prep.timezone)
     if snapshots is not None:
         by_symbol = {s: snapshots for s in prep.symbols}
         cache: dict[tuple, ChainAdapter] = {}

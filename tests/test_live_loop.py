@@ -168,3 +168,45 @@ def test_appending_a_bar_indexes_it_as_the_loader_does():
     grown = append_bar(frame, Bar(start, 1.5, 2.5, 1.0, 2.0, 5.0), "America/New_York", daily=True)
     assert list(grown.index) == [idx[0], pd.Timestamp("2024-01-03", tz="America/New_York")]
     assert append_bar(grown, Bar(start, 1.5, 2.5, 1.0, 2.0), "America/New_York", daily=True) is grown
+
+
+def test_the_iron_condor_on_the_live_loop_trades_as_the_backtest_with_its_chase():
+    """Combos on the live loop: the chain comes from a fetch (a broker's quotes; here the
+    backtest's own synthesised chains), the chase runs on the live loop's timers."""
+    from engine.runtime.chainsource import option_desk
+    from engine.runtime.prepare import _symbol_bars
+    from engine.runtime.session import run_settings
+
+    path = ROOT / "strategies" / "iron_condor.yaml"
+    back = bt.run(bt.prepare(path, start="2019-11-05", end="2019-11-08"))
+    full_prep = bt.prepare(path, end="2019-11-08")
+
+    class _Sig:
+        def __init__(self, bars):
+            self.bars = bars
+
+    full_bars = {s: _symbol_bars(full_prep, s)[0] for s in full_prep.symbols}
+    _, synthetic = option_desk(full_prep, {s: _Sig(b) for s, b in full_bars.items()})
+
+    def fetch(symbol, spot, expiries, when):
+        b = full_bars[symbol]
+        k = int(np.searchsorted(b.end, when.value, side="left"))
+        assert b.end[k] == when.value and b.close[k] == spot
+        adapter = synthetic(symbol, k)
+        return adapter.chain if adapter is not None else None
+
+    prep = bt.prepare(path, end="2019-11-08")
+    full, cut = _split(prep, "2019-11-05")
+    settings, fills = run_settings(prep, "live")
+    venue = SimBroker({s: _symbol_bars(prep, s)[0] for s in prep.symbols}, fills, settings.cash, settings.account,
+                      session="condor", fill_fraction=settings.fill_fraction)
+    kernel, feed, timers = live_kernel(prep, venue, run_id="live", chain_fetch=fetch)
+    source = Replay(full, pd.Timedelta("1min"), cut, pd.Timedelta("20s"))
+    synthetic.runner_ref["runner"] = kernel
+    LiveRun(kernel, feed, source, timers, stop=lambda: "replayed" if source.done() else None).run()
+    kernel._drain()
+    want = [(t.entry_time, t.exit_time, round(t.pnl, 2)) for t in back.ledger.trades]
+    got = [(t.entry_time, t.exit_time, round(t.pnl, 2)) for t in kernel.ledger.trades]
+    assert len(want) >= 2
+    assert got == want
+    assert any(len(tr.chase_prices) > 1 for tr in kernel.orders_by_ref.values())    # the chase stepped

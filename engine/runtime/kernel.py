@@ -133,6 +133,7 @@ class Kernel(RunState):
         self.orders_by_ref: dict[str, _Tracked] = {}
         self.errors: list[tuple[int, str]] = []
         self.halted = ""                 # why new entries stopped ('' while they may go on)
+        self.live = False                # bars arrive as they complete (runtime/live.py)
         self._peak = settings.cash
         self._day = None
         self._day_start = settings.cash
@@ -484,8 +485,9 @@ class Kernel(RunState):
         tr.exec_ids.add(ev.exec_id)
         tr.filled += ev.quantity
         tr.value += ev.quantity * ev.price
-        # a live venue knows no bar indices: its fills belong to the bar forming when they come
-        tr.last_bar = ev.bar if ev.bar >= 0 else len(self.syms[tr.symbol].bars)
+        # a live venue knows no bar indices: its fills belong to the bar they happened in (the
+        # one forming, after the last closed bar)
+        tr.last_bar = ev.bar if ev.bar >= 0 and not self.live else self._bar_at(tr.symbol, ev.time)
         tr.last_time = ev.time
         tr.last_price = ev.price
         if self.recorder is not None:
@@ -519,6 +521,26 @@ class Kernel(RunState):
             st.closing = None
         else:
             st.protect = {key: ref for key, ref in st.protect.items() if ref != tr.intent.tag}
+
+    def _last_of_session(self, b: SymbolBars, k: int, calendar: str | None) -> bool:
+        """Is bar k its session's last? The next bar says so; in a live run the newest bar has no
+        next one yet, and the exchange calendar's close does (bars that end at or after it)."""
+        if k + 1 < len(b):
+            return int(b.session[k + 1]) != int(b.session[k])
+        if not self.live or calendar is None or int(b.end[k]) - int(b.start[k]) >= 86_400 * 10**9:
+            return True
+        from ..market.clock import sessions
+
+        day = self._local(int(b.start[k])).date()
+        opens, closes = sessions(calendar, day, day)
+        return not len(closes) or int(b.end[k]) >= int(closes[-1])
+
+    def _bar_at(self, symbol: str, time: int) -> int:
+        """The bar a moment falls in; len(bars) for the bar forming after the last closed one."""
+        b = self.syms[symbol].bars
+        if not len(b) or time >= int(b.end[-1]):
+            return len(b)
+        return max(int(np.searchsorted(b.start, time, side="right")) - 1, 0)
 
     @staticmethod
     def _average(tr: _Tracked) -> float:
@@ -967,8 +989,7 @@ class Kernel(RunState):
             combo.marks[k] = -combo.last_credit * combo.multiplier * combo.quantity
         if combo.last_credit is not None:
             self.venue.mark_combo(combo.key, combo.last_credit)
-        n = len(b)
-        last_of_day = k + 1 >= n or int(b.session[k + 1]) != int(b.session[k])
+        last_of_day = self._last_of_session(b, k, self.desk.setups[symbol].calendar)
         if now.date() >= combo.expiry and (last_of_day or now.date() > combo.expiry):
             setup = self.desk.setups[symbol]
             price = float(b.open[k] if setup.settlement_time == "am" else b.close[k])

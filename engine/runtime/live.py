@@ -124,6 +124,7 @@ class LiveFeed:
         self.prep = prep
         self.daily = bar_seconds(prep.bar) >= 86400
         self.gate = gate
+        kernel.live = True          # fills are placed in bars by their time (a live venue knows no bar index)
         self.bars_seen: dict[str, int] = {s: 0 for s in kernel.syms}
         self.refused_bars: list[tuple[str, int, str]] = []
 
@@ -183,7 +184,7 @@ class LiveFeed:
         k = self.kernel
         st = k.syms[symbol]
         b = st.bars
-        k._now = max(k._now, int(b.end[k_bar]))
+        k._tick(max(k._now, int(b.end[k_bar])))
         venue = k.venue
         st.at = (k_bar, 1)
         venue.open_bar(symbol, k_bar)
@@ -212,15 +213,24 @@ class LiveFeed:
             k._send(tr, len(st.bars))
         k._drain()
 
-    def poll(self, source: LiveSource, symbols: Iterable[str]) -> int:
-        """Take every bar completed at the source and step the kernel for each; how many."""
-        stepped = 0
-        for symbol in symbols:
+    def poll(self, source: LiveSource, symbols: Iterable[str], before: Callable[[int], None] | None = None) -> int:
+        """Take every bar completed at the source and step the kernel for each, in time order
+        (`before(end)` runs first: the timers due by that bar's close, as on a simulated clock);
+        returns how many bars were stepped."""
+        arrived = []
+        for order, symbol in enumerate(symbols):
             for bar in source.completed(symbol):
-                idx = self.add(symbol, bar)
-                if idx is not None and symbol in self.kernel.syms:
-                    self.step(symbol, idx)
-                    stepped += 1
+                arrived.append((bar.start, order, symbol, bar))
+        arrived.sort(key=lambda a: (a[0], a[1]))
+        stepped = 0
+        for _, _, symbol, bar in arrived:
+            idx = self.add(symbol, bar)
+            if idx is None or symbol not in self.kernel.syms:
+                continue
+            if before is not None:
+                before(int(self.kernel.syms[symbol].bars.end[idx]))
+            self.step(symbol, idx)
+            stepped += 1
         return stepped
 
 
@@ -254,13 +264,12 @@ class LiveRun:
                 return why
             self.source.pump(self.tick)
             now = self.source.now()
-            if now > k._now:
-                self._on_time(now)
             k._drain()
             arrived = self.monotonic()
             placed = len(getattr(k.venue, "placed", ()))
             decisions = len(k.decisions)
-            n = self.feed.poll(self.source, self.symbols)
+            n = self.feed.poll(self.source, self.symbols,
+                               before=lambda end: self.timers.run_due(end, self._on_time))
             if n:
                 self.stepped += n
                 if len(k.decisions) > decisions and self.first_decision_wall is None:
@@ -268,6 +277,8 @@ class LiveRun:
                 if len(getattr(k.venue, "placed", ())) > placed:
                     self.latencies.append(self.monotonic() - arrived)
             self.timers.run_due(max(now, k._now), self._on_time)
+            if now > k._now:       # time moves on only after what was due before it has run
+                self._on_time(now)
             k._drain()
             if self.status is not None and self.say is not None and \
                     self.monotonic() - last_status >= self.status_every:
@@ -299,9 +310,12 @@ def prep_others(prep: Prepared) -> list[str]:
 
 
 def live_kernel(prep: Prepared, venue, *, run_id: str, recorder=None, tags: tuple[str, int] | None = None,
-                on_order=None, cash: float | None = None, gate: Callable[[str], str | None] | None = None):
+                on_order=None, cash: float | None = None, gate: Callable[[str], str | None] | None = None,
+                chain_fetch: Callable | None = None):
     """The kernel for a live run over the history `prep` holds now (its warm-up), streaming the
-    plan bar by bar; returns (kernel, feed, timers) with the plan warmed up on that history."""
+    plan bar by bar; returns (kernel, feed, timers) with the plan warmed up on that history.
+    A strategy traded with option combos needs `chain_fetch(symbol, spot, expiries, when)`: the
+    broker's chain of those expiries (runtime/chainsource.broker_desk)."""
     from dataclasses import replace
 
     from ..plan.evaluate import Stream
@@ -318,7 +332,26 @@ def live_kernel(prep: Prepared, venue, *, run_id: str, recorder=None, tags: tupl
     settings, fills = run_settings(prep, run_id)
     if cash is not None:
         settings = replace(settings, cash=float(cash))
-    kernel = Kernel(plan, symbols, venue, fills, settings, on_order=on_order, recorder=recorder, tags=tags)
+    entries = [r for r in plan.rules if r.kind == "entry"]
+    combos = bool(entries) and all(r.order in prep.orders and prep.orders[r.order].combo for r in entries)
+    desk = chains = None
+    signals: dict = {}
+    if combos:
+        if chain_fetch is None:
+            raise ValueError("a strategy traded with option combos needs the broker's chains (chain_fetch)")
+        from .chainsource import broker_desk
+
+        desk, chains = broker_desk(prep, signals, chain_fetch)
+        for st in symbols.values():
+            st.combo = True
+    kernel = Kernel(plan, symbols, venue, fills, settings, on_order=on_order, recorder=recorder, tags=tags,
+                    desk=desk, chains=chains)
+    signals.update(kernel.signals)
+    if chains is not None:
+        chains.runner_ref["runner"] = kernel
+        for holder in (venue, getattr(venue, "wallet", None)):
+            if holder is not None and hasattr(holder, "combo_quote"):
+                holder.combo_quote = kernel.combo_quote
     timers = Timers()
     kernel.clock = timers
     feed = LiveFeed(kernel, prep, gate=gate)

@@ -68,3 +68,20 @@ def test_the_kill_switch_is_the_file(tmp_path):
     (tmp_path / "KILL").write_text("")
     assert "no new entries" in ks.engaged()
     assert KillSwitch(None).engaged() is None
+
+
+def test_the_margin_gate_follows_the_policy_and_never_lets_live_go_without_margin():
+    from engine.brokers.events import Margin
+    from engine.runtime.trading import margin_gate
+
+    unknown = lambda order: None          # noqa: E731
+    known = lambda order: Margin(5_000.0, 1.0)   # noqa: E731
+    funds = lambda: 10_000.0              # noqa: E731
+    assert margin_gate("off", paper=True, live=False, what_if=unknown, funds=funds)("o") is None
+    assert "required" in margin_gate("required", paper=True, live=False, what_if=unknown, funds=funds)("o")
+    assert margin_gate("allow-missing-in-paper", paper=True, live=False, what_if=unknown, funds=funds)("o") is None
+    assert "never sends" in margin_gate("allow-missing-in-paper", paper=False, live=True, what_if=unknown,
+                                        funds=funds)("o")
+    assert margin_gate("required", paper=True, live=False, what_if=known, funds=funds)("o") is None
+    assert "above the available funds 1,000.00" in margin_gate("required", paper=True, live=False, what_if=known,
+                                                               funds=lambda: 1_000.0)("o")

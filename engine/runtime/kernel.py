@@ -134,6 +134,7 @@ class Kernel(RunState):
         self.errors: list[tuple[int, str]] = []
         self.halted = ""                 # why new entries stopped ('' while they may go on)
         self.live = False                # bars arrive as they complete (runtime/live.py)
+        self.check_order: Callable[[E.Order], str | None] | None = None   # a live run's pre-send check
         self._peak = settings.cash
         self._day = None
         self._day_start = settings.cash
@@ -380,6 +381,9 @@ class Kernel(RunState):
         order = E.Order(it.tag, it.symbol, it.action, float(it.quantity), it.order_type, it.limit, it.stop, it.tif,
                         owner=tr.owner, intent=it.intent, rule=it.rule,
                         oca=f"{it.symbol}:protect" if tr.role in ("stop", "target") else "")
+        if tr.role == "entry" and self._refused(tr, order):
+            st.working_entry = None
+            return
         if self.recorder is not None:
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
@@ -521,6 +525,18 @@ class Kernel(RunState):
             st.closing = None
         else:
             st.protect = {key: ref for key, ref in st.protect.items() if ref != tr.intent.tag}
+
+    def _refused(self, tr: _Tracked, order: E.Order) -> bool:
+        """The last word before an entry leaves: a live run's check (what-if margin against its
+        policy, the funds it would take). Refused: journaled with the reason, nothing sent."""
+        if self.check_order is None:
+            return False
+        why = self.check_order(order)
+        if not why:
+            return False
+        self._status(tr, "rejected", self._now, why)
+        self._decide(tr.symbol, tr.intent.rule, "entry", "blocked", why)
+        return True
 
     def _last_of_session(self, b: SymbolBars, k: int, calendar: str | None) -> bool:
         """Is bar k its session's last? The next bar says so; in a live run the newest bar has no
@@ -898,6 +914,10 @@ class Kernel(RunState):
         order = E.Order(it.tag, info["key"], it.action, float(it.quantity), "limit", prices[0], None, it.tif,
                         owner=tr.owner, intent="open" if opening else "close", rule=it.rule, legs=quote.legs,
                         underlying=st.symbol, multiplier=quote.multiplier)
+        if opening and self._refused(tr, order):
+            st.chasing = None
+            tr.done = True
+            return
         if self.recorder is not None:
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True

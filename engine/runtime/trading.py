@@ -120,3 +120,26 @@ class KillSwitch:
 def broker_section(doc) -> dict:
     """The strategy's `broker:` section (empty when it has none)."""
     return dict(doc.get(("broker",)) or {})
+
+
+def margin_gate(policy: str, *, paper: bool, live: bool, what_if, funds) -> "Callable":
+    """The check before an entry leaves (Kernel.check_order): IB's what-if margin under the
+    strategy's risk.margin_check. `what_if(order) -> Margin | None` (None: IB gave none in time),
+    `funds() -> float` (available funds now). A live run never sends an entry whose margin is
+    unknown, whatever the policy says."""
+    def check(order) -> str | None:
+        if policy == "off":
+            return None
+        margin = what_if(order)
+        if margin is None:
+            if live:
+                return "what-if margin unknown (IB gave none in time): a live run never sends an entry without it"
+            if policy == "allow-missing-in-paper" and paper:
+                return None
+            return ("what-if margin unknown (IB gave none in time) and risk.margin_check is required "
+                    "(allow-missing-in-paper lets a paper run go on without it)")
+        available = funds()
+        if margin.initial > available + 1e-6:
+            return f"what-if margin {margin.initial:,.2f} is above the available funds {available:,.2f}"
+        return None
+    return check

@@ -25,6 +25,9 @@ def _seconds(text) -> float | None:
     return float(text)
 
 
+DEFAULT_KILL_SWITCH_FILE = "~/.qtrade/KILL"
+
+
 @dataclass(frozen=True)
 class RiskLimits:
     per_trade_risk: float | None = None      # fraction of equity between entry and stop
@@ -56,7 +59,8 @@ class RiskLimits:
             order_rate=(int(rate["orders"]), _seconds(rate["per"])) if isinstance(rate, dict) else None,
             margin_check=spec.get("margin_check", "required"),
             stale_quote_age=_seconds(spec.get("stale_quote_age", "5s")),
-            kill_switch_file=spec.get("kill_switch_file"),
+            # absent: the schema's default file; null: no file check
+            kill_switch_file=spec.get("kill_switch_file", DEFAULT_KILL_SWITCH_FILE),
             circuit_breaker=(int(breaker["consecutive_losses"]), _seconds(breaker["pause"]))
             if isinstance(breaker, dict) else None,
         )

@@ -220,3 +220,165 @@ def status_line(kernel, broker, now: int, timezone: str) -> str:
     state = broker.state if hasattr(broker, "state") else "simulated"
     return (f"{t:%Y-%m-%d %H:%M} {state} | {lines} | positions: {positions} | working orders: {working} | "
             f"today's P&L {pnl:+,.2f}")
+
+
+# ---- the run ------------------------------------------------------------------------------
+
+class RunRefused(Exception):
+    """The run cannot start (or go on): one plain line for the user, and the exit code."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    stopped: str                     # why the loop ended
+    kernel: object
+    result: object
+    figures: dict
+    unconfirmed: list
+
+
+def run_ib(strategy: str, *, connect, overrides: dict, journal, dry_run: bool, live: bool, yes: bool,
+           tty: bool, confirm: Callable[[str], bool], seconds: float | None, on_order=None,
+           say: Callable[[str], None] = print, broker_factory=None, status_every: float = 60.0) -> Outcome:
+    """One run of a strategy on IB, from connect to a clean stop (see the module's docstring).
+    `broker_factory(connect, instruments, read_only, limits, say)` makes the IB broker (tests may
+    wrap it); the journal is open and stays the caller's."""
+    from ..brokers.dryrun import DryRunBroker
+    from ..brokers.sim import SimBroker
+    from ..check.model import DataSpec
+    from ..plan.build import build_plan, load_strategy
+    from . import backtest as bt
+    from .backtest import Result
+    from .equity import equity_curve
+    from .journal import new_run_id
+    from .live import LiveRun, live_kernel
+    from .prepare import _symbol_bars
+    from .recorder import Recorder
+    from .session import run_settings
+    from .trading import KillSwitch, live_guard, margin_gate
+
+    t0 = _time.monotonic()
+    figures: dict = {}
+    doc, ws = load_strategy(strategy, overrides)
+    plan = build_plan(doc, ws, overrides)
+    _refuse_what_ib_runs_do_not_do_yet(doc, plan)
+    spec = DataSpec.from_spec(doc.get(("data",)))
+    from ..check.model import risk_limits
+
+    limits = risk_limits(doc)
+    if broker_factory is None:
+        from ..brokers.ib.broker import IBBroker as broker_factory
+    from ..brokers.ib.contracts import instruments_for
+
+    instruments = instruments_for(ws, doc)
+    ib = broker_factory(connect, instruments=instruments, read_only=dry_run, limits=limits, say=say,
+                        subscriptions=doc.get(("data", "subscriptions")))
+    ib.connect()
+    figures["connect_seconds"] = round(_time.monotonic() - t0, 3)
+    try:
+        account = ib.account_id
+        why = live_guard(live=live, account=account, paper=ib.is_paper, yes=yes, tty=tty, confirm=confirm)
+        if why:
+            raise RunRefused(why, 2)
+        mode = "dry-run" if dry_run else ("live" if live else "paper")
+        prefix = f"qtrade:{plan.name}:"
+        run_id = new_run_id()
+        # 2. reconcile before anything is sent
+        t_rec = _time.monotonic()
+        state = journal_state(journal, prefix, account)
+        report = ib.reconcile(state, prefix)
+        figures["reconcile_seconds"] = round(_time.monotonic() - t_rec, 3)
+        # 3. the warm-up from IB's history
+        wanted_bars = history_bars(plan, spec.history, spec.bar)
+
+        def frames_from(symbols, bar, timezone):
+            return {s: ib.history_frame(s, bar, wanted_bars, timezone, spec.session) for s in symbols}
+
+        prep = bt.prepare(strategy, overrides, frames_from=frames_from)
+        cash_now = ib.account().equity
+        bt.start_run(prep, journal, mode, run_id, cash_now)
+        journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
+                           " '$.client_id', ?) WHERE run_id = ?", (account, ib.client_id, run_id))
+        apply_report(journal, run_id, report, say)
+        state = journal_state(journal, prefix, account)     # with the fills reconciliation brought in
+        symbol_bars = {s: _symbol_bars(prep, s)[0] for s in prep.symbols}
+        venue = ib
+        held = sum(p.quantity * p.avg_price * p.multiplier for p in state.positions.values())
+        if dry_run:       # the wallet starts as the account is: its cash, and the strategy's positions
+            settings, fills = run_settings(prep, run_id)
+            wallet = SimBroker(dict(symbol_bars), fills, cash_now - held, settings.account,
+                               session=f"{run_id}.wallet")
+            venue = DryRunBroker(ib, wallet)
+        kill = KillSwitch(limits.kill_switch_file)
+        blocked_symbols = {m.symbol: m.message for m in report.mismatches}
+
+        def gate(symbol: str) -> str | None:
+            return kill.engaged() or ib.gate(symbol) or blocked_symbols.get(symbol)
+
+        recorder = Recorder(journal, run_id)
+        kernel, feed, timers = live_kernel(prep, venue, run_id=run_id, recorder=recorder,
+                                           tags=(prefix, journal.last_order_seq(prefix)), on_order=on_order,
+                                           cash=cash_now, gate=gate)
+        restored = restore_positions(kernel, state.positions)
+        if dry_run:
+            for symbol in restored:
+                p = state.positions[symbol]
+                wallet.hold(symbol, p.quantity, p.avg_price)
+        for symbol in restored:
+            journal.note(run_id, _iso(ib.now()), "restored", symbol,
+                         f"{symbol} {state.positions[symbol].quantity:g} @ {state.positions[symbol].avg_price:.4f} "
+                         "restored from the journal: its exits manage it")
+        adopted = adopt_orders(kernel, report, state)
+        for ref in adopted:
+            journal.note(run_id, _iso(ib.now()), "adopted", ref, f"{ref} is working at IB: adopted, not re-sent")
+        ib.on_reconnected(lambda: _after_reconnect(ib, journal, kernel, prefix, account, run_id, say))
+        for symbol in prep.symbols:
+            ib.subscribe(symbol, "position" if symbol in restored else "pick")
+            ib.stream(symbol, spec.bar)
+        for symbol in prep.plan.inputs.symbols:
+            if symbol not in prep.symbols:
+                ib.stream(symbol, spec.bar)
+        say(ib.budget_report(len(set(prep.symbols))))
+        figures["first_decision_ready_seconds"] = round(_time.monotonic() - t0, 3)
+        stop = Stop(seconds)
+        loop = LiveRun(kernel, feed, ib, timers, stop=stop,
+                       status=lambda: status_line(kernel, ib, ib.now(), prep.timezone), say=say,
+                       status_every=status_every)
+        with stop.on_signals():
+            stopped = loop.run()
+            unconfirmed = loop.shutdown()
+        if loop.first_decision_wall is not None:
+            figures["connect_to_first_decision_seconds"] = round(loop.first_decision_wall - t0, 3)
+        if loop.latencies:
+            figures["decision_to_place_ms"] = round(1000 * float(np.median(loop.latencies)), 3)
+        figures.update(ib.figures())
+        kernel._end_of_data()
+        bars = {s: kernel.syms[s].bars for s in kernel.syms}
+        start_ns = min((int(b.start[st.start]) for s, b in bars.items()
+                        if len(b) > (st := kernel.syms[s]).start), default=None)
+        prep.start = pd.Timestamp(start_ns, tz="UTC").tz_convert(prep.timezone) if start_ns is not None else None
+        result = Result(prep, run_id, kernel.ledger, kernel, bars, {},
+                        lambda: equity_curve(kernel.ledger, bars, kernel.settings.cash, prep.start, [], {}))
+        result.broker = venue
+        return Outcome(run_id, stopped, kernel, result, figures, unconfirmed)
+    finally:
+        ib.close()
+
+
+def _iso(ns: int) -> str:
+    return pd.Timestamp(int(ns), tz="UTC").isoformat()
+
+
+def _refuse_what_ib_runs_do_not_do_yet(doc, plan) -> None:
+    from ..check.model import order_templates
+
+    combos = sorted(name for name, t in order_templates(doc.get(("orders",))).items() if t.combo)
+    if combos:
+        raise RunRefused(f"{doc.path}: {', '.join(combos)} {'is an option combo' if len(combos) == 1 else 'are option combos'}"
+                         ", which `run --broker ib` does not trade in this version (a combo's chain would come from "
+                         "IB's option quotes); rehearse it on the simulator: qtrade run STRATEGY --broker sim", 2)

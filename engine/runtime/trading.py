@@ -19,7 +19,6 @@ from typing import Callable, Mapping
 
 ENV = {"host": "QTRADE_IB_HOST", "port": "QTRADE_IB_PORT", "client_id": "QTRADE_IB_CLIENT_ID",
        "account": "QTRADE_IB_ACCOUNT"}
-DEFAULT_KILL_SWITCH = "~/.qtrade/KILL"
 
 
 class SettingError(ValueError):

@@ -156,7 +156,8 @@ def test_a_limit_rests_then_is_chased_by_modify_with_the_same_ids(orders, tape, 
     order_id, perm_id = orders.broker_ids("qtrade:t:2")
     assert order_id > 0 and perm_id > 0
     ib.sleep(0.2)
-    assert tape.statuses("qtrade:t:2") == [(E.SUBMITTED, 0, 10)] and [o.ref for o in orders.open_orders()] == ["qtrade:t:2"]
+    assert tape.statuses("qtrade:t:2") == [(E.SUBMITTED, 0, 10)]
+    assert [o.ref for o in orders.open_orders()] == ["qtrade:t:2"]
     orders.modify("qtrade:t:2", limit=round(q.bid - 0.5, 2))
     ib.sleep(0.2)
     assert not tape.of(E.Execution)
@@ -278,7 +279,8 @@ def test_late_commissions_and_zero_then_real_ones_update_per_exec_id(orders, tap
     assert pump(ib, lambda: len(tape.of(E.CommissionReport)) == 3)
     ib.sleep(0.2)
     ex = tape.of(E.Execution, "qtrade:t:15")[0]
-    assert [(c.exec_id, c.commission) for c in tape.of(E.CommissionReport)[1:]] == [(ex.exec_id, 0.0), (ex.exec_id, 1.0)]
+    assert [(c.exec_id, c.commission) for c in tape.of(E.CommissionReport)[1:]] == \
+        [(ex.exec_id, 0.0), (ex.exec_id, 1.0)]
     assert_matches_record(tape, orders, sim, ["qtrade:t:14", "qtrade:t:15"])
 
 
@@ -347,7 +349,9 @@ def test_scenario_10_an_iron_condor_bag_chased_filled_with_its_legs_then_closed(
     assert (placed["secType"], placed["action"], placed["lmtPrice"], placed["orderRef"]) == \
         ("BAG", "SELL", credit + 0.30, "qtrade:ic:1")
     [venue] = [o for o in sim.record()["orders"] if o["orderRef"] == "qtrade:ic:1"]
-    assert [leg["action"] for leg in venue["legs"]] == ["SELL", "BUY", "BUY", "SELL"]   # selling it sells the inner strikes
+    # the BAG reads what each leg does when it is bought: selling it sells the inner strikes
+    assert [leg["action"] for leg in venue["legs"]] == ["SELL", "BUY", "BUY", "SELL"]
+    assert venue["combo_params"] == []                     # an option combo goes guaranteed: no leg risk
     for price in (credit + 0.20, credit + 0.10):           # the chase: same order, a new price each step
         orders.modify("qtrade:ic:1", limit=price)
         ib.sleep(0.1)
@@ -379,6 +383,22 @@ def test_scenario_10_an_iron_condor_bag_chased_filled_with_its_legs_then_closed(
     assert [x.action for x in orders.leg_executions("qtrade:ic:2")] == ["sell", "buy", "buy", "sell"]
     assert all(p["qty"] == 0 for p in sim.record()["positions"])
     assert_matches_record(tape, orders, sim, ["qtrade:ic:1", "qtrade:ic:2"])
+
+
+def test_a_combo_with_a_leg_that_is_not_an_option_goes_non_guaranteed(sim, connect, tape):
+    ib = connect(sim)
+    resolve, _ = resolvers(ib)
+    stock_of = {1.0: "SPY", 2.0: "AAPL"}      # a stock pair: each 'leg' resolves to a stock
+    orders = Orders(ib, resolve, lambda und, expiry, strike, right: resolve(stock_of[strike]), tape.append)
+    legs = (LegQuote("spy", "call", "buy", 1, 1.0, "2019-11-29", math.nan, math.nan, math.nan, math.nan),
+            LegQuote("aapl", "call", "sell", 1, 2.0, "2019-11-29", math.nan, math.nan, math.nan, math.nan))
+    orders.place(E.Order("qtrade:pair:1", "SPY-AAPL", "buy", 10, "limit", 1.0, legs=legs, underlying="SPY"))
+    assert pump(_ib(orders), lambda: tape.of(E.OrderStatus))
+    [venue] = sim.record()["orders"]
+    assert [tuple(p) for p in venue["combo_params"]] == [("NonGuaranteed", "1")]
+    assert [(leg["conId"], leg["action"]) for leg in venue["legs"]] == [(resolve("SPY").con_id, "BUY"),
+                                                                       (resolve("AAPL").con_id, "SELL")]
+    orders.close()
 
 
 # ---- scenario 17's order half: NQ ------------------------------------------------------------

@@ -16,8 +16,8 @@ BAG = 28812380
 
 def ex(exec_id, ref, con=SPY, qty=100.0, price=260.0, action="buy", sec="STK", perm=1, t=0, commission=1.0,
        local=None, mult=1.0):
-    return IBExecution(exec_id, ref, perm, 7, 1, con, local or {SPY: "SPY", AAPL: "AAPL", MSFT: "MSFT"}.get(con, str(con)),
-                       "SPY", sec, action, qty, price, t, mult, commission)
+    local = local or {SPY: "SPY", AAPL: "AAPL", MSFT: "MSFT"}.get(con, str(con))
+    return IBExecution(exec_id, ref, perm, 7, 1, con, local, "SPY", sec, action, qty, price, t, mult, commission)
 
 
 def order(ref, perm=1, status="Submitted", qty=100.0, filled=0.0, sec="STK", con=SPY, legs=(), action="buy"):
@@ -141,7 +141,8 @@ def test_a_fill_already_journaled_is_not_inserted_twice():
 
 
 def test_a_commission_reported_after_the_fill_updates_the_journaled_row():
-    fills = [ex("e1.01.01", "qtrade:s:1", perm=11, commission=1.0), ex("e2.01.01", "qtrade:s:1", perm=11, commission=None)]
+    fills = [ex("e1.01.01", "qtrade:s:1", perm=11, commission=1.0),
+             ex("e2.01.01", "qtrade:s:1", perm=11, commission=None)]
     report = reconcile(snap(executions=fills, positions=[pos(SPY, 200, 260.0, "SPY")]),
                        journal(exec_ids=["e1.01.01", "e2.01.01"], positions=[jp(SPY, 200, 260.0, "SPY")],
                                commissions={"e1.01.01": 0.0, "e2.01.01": 0.0}))
@@ -286,7 +287,8 @@ def test_scenario_14_phantom_and_unknown_positions():
 
 
 def test_a_quantity_mismatch_blocks_the_symbol():
-    report = reconcile(snap(positions=[pos(AAPL, 60, 180.0, "AAPL")]), journal(positions=[jp(AAPL, 100, 180.0, "AAPL")]))
+    report = reconcile(snap(positions=[pos(AAPL, 60, 180.0, "AAPL")]),
+                       journal(positions=[jp(AAPL, 100, 180.0, "AAPL")]))
     [m] = report.mismatch
     assert (m.journal_quantity, m.ib_quantity) == (100, 60) and report.blocked == frozenset({"AAPL"})
 

@@ -155,7 +155,8 @@ class Account:
         account = self.account_id
         return [h for h in (holding(p) for p in self._ib.positions(account)) if h.quantity]
 
-    def positions(self, timeout: float | None = None, attempts: int = 1, backoff: float = 0.5) -> dict[str, E.BrokerPosition]:
+    def positions(self, timeout: float | None = None, attempts: int = 1,
+                  backoff: float = 0.5) -> dict[str, E.BrokerPosition]:
         """Non-zero positions keyed by local symbol (BrokerPosition.symbol is the local symbol too);
         avg_price per unit. Raises PositionsUnknown (see holdings)."""
         return {h.local_symbol: h.position() for h in self.holdings(timeout, attempts, backoff)}

@@ -88,6 +88,7 @@ _NEEDS_LIMIT = frozenset({"limit", "stop_limit", "loc"})
 _NEEDS_STOP = frozenset({"stop", "stop_limit"})
 _TIF = {"day": "DAY", "gtc": "GTC", "ioc": "IOC", "fok": "FOK", "opg": "OPG"}
 _RIGHTS = {"call": "C", "put": "P", "c": "C", "p": "P"}
+_GUARANTEED = frozenset({"OPT", "FOP"})   # option combos SMART routes guaranteed: all legs or none
 _SIDES = {"BOT": "buy", "SLD": "sell", "BUY": "buy", "SELL": "sell"}
 _WORKING = frozenset({"PreSubmitted", "Submitted"})
 _CANCELLED_AT_IB = frozenset({"Cancelled", "ApiCancelled"})
@@ -204,10 +205,11 @@ def check(order: E.Order) -> str:
     return ""
 
 
-def ib_order(order: E.Order) -> IBOrder:
+def ib_order(order: E.Order, routing: list | None = None) -> IBOrder:
     """The ib_async Order for a checked kernel Order (orderId 0: IB's sequence gives the id)."""
     o = IBOrder(action=order.action.upper(), totalQuantity=float(order.quantity),
-                orderType=_TYPES[order.order_type], tif=_TIF[order.tif], orderRef=order.ref, transmit=True)
+                orderType=_TYPES[order.order_type], tif=_TIF[order.tif], orderRef=order.ref, transmit=True,
+                smartComboRoutingParams=list(routing or []))
     if order.order_type in _NEEDS_LIMIT:
         o.lmtPrice = float(order.limit)
     if order.order_type in _NEEDS_STOP:
@@ -306,7 +308,7 @@ class Orders:
             self._reject_locally(order, f"not sent: {problem}")
             return order.ref
         try:
-            contract, ratios = self._contract(order)
+            contract, ratios, routing = self._contract(order)
         except Exception as exc:  # noqa: BLE001 - resolution failures of any kind reject the order
             self._reject_locally(order, f"not sent: contract not resolved: {exc}")
             return order.ref
@@ -315,7 +317,7 @@ class Orders:
             return order.ref
         tr = _Tracked(order, contract, ratios)
         try:
-            tr.trade = self._ib.placeOrder(contract, ib_order(order))
+            tr.trade = self._ib.placeOrder(contract, ib_order(order, routing))
         except ConnectionError:
             self._reject_locally(order, "not connected to IB: the order was not sent")
             return order.ref
@@ -367,12 +369,13 @@ class Orders:
         if check(order) or not self._ib.isConnected():
             return None
         try:
-            contract, _ = self._contract(order)
+            contract, _, routing = self._contract(order)
         except Exception:  # noqa: BLE001 - an order whose contract is unknown has no margin
             return None
         wait = self.what_if_timeout if timeout is None else timeout
         try:
-            state = self._ib.run(asyncio.wait_for(self._ib.whatIfOrderAsync(contract, ib_order(order)), wait))
+            asked = self._ib.whatIfOrderAsync(contract, ib_order(order, routing))
+            state = self._ib.run(asyncio.wait_for(asked, wait))
         except (asyncio.TimeoutError, ConnectionError):
             return None
         if not isinstance(state, OrderState) or not state.commissionCurrency:
@@ -617,7 +620,9 @@ class Orders:
         self._emit(E.OrderStatus(order.ref, E.REJECTED, 0.0, float(order.quantity) if real(order.quantity) else 0.0,
                                  0.0, self._clock(), reason, 0))
 
-    def _contract(self, order: E.Order) -> tuple[Contract, dict[int, float]]:
+    def _contract(self, order: E.Order) -> tuple[Contract, dict[int, float], list]:
+        """The contract to send, a combo's leg ratios by conId, and its SMART routing params: a
+        combo with a leg that is not an option routes only non-guaranteed (10043 otherwise)."""
         if not order.legs:
             r = self._resolve(order.symbol)
             if r.sec_type == "IND":
@@ -625,7 +630,7 @@ class Orders:
             contract = r.contract if r.contract is not None else Contract(
                 conId=r.con_id, secType=r.sec_type, exchange=r.exchange, currency=r.currency,
                 localSymbol=r.local_symbol, tradingClass=r.trading_class)
-            return contract, {}
+            return contract, {}, []
         legs, ratios, kinds, currencies = [], {}, set(), set()
         for leg in order.legs:
             r = self._resolve_option(order.underlying, leg.expiry, float(leg.strike), _RIGHTS[str(leg.right).lower()])
@@ -638,7 +643,8 @@ class Orders:
             raise ValueError(f"the combo's legs trade in {', '.join(sorted(currencies))}, not one currency")
         bag = Contract(secType="BAG", symbol=order.underlying, exchange="SMART", currency=currencies.pop(),
                        comboLegs=legs)
-        return bag, ratios
+        routing = [] if kinds <= _GUARANTEED else [TagValue("NonGuaranteed", "1")]
+        return bag, ratios, routing
 
     def _filled_at_ib(self, tr: _Tracked) -> float:
         """What IB last said is filled (its genuine statuses, not ib_async's inference)."""
@@ -658,7 +664,6 @@ class Orders:
         total = real(trade.order.totalQuantity) or tr.order.quantity
         filled = real(trade.orderStatus.filled) or 0.0
         if s in _WORKING:
-            tr.acked = True
             status = E.PARTIAL if filled > EPS else E.SUBMITTED
         elif s == "Filled":
             status = E.FILLED
@@ -668,6 +673,7 @@ class Orders:
             status = E.REJECTED
         else:
             return None              # PendingSubmit, PendingCancel, ApiPending, ValidationError
+        tr.acked = True              # a status of IB's own: IB has the order
         if status in E.DONE and filled <= EPS:
             filled = real(trade.order.filledQuantity) or 0.0   # a completed order carries it there
         if status == E.FILLED and filled <= EPS:

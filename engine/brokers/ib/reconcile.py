@@ -406,7 +406,8 @@ def _fills(mine: list[IBExecution], ib_orders, journal: JournalView,
         tag = execs[0].order_ref
         j = journal_orders.get(tag)
         bags = [x for x in execs if x.sec_type == "BAG"]
-        order = next((o for o in ib_orders if (o.perm_id and o.perm_id == execs[0].perm_id) or o.order_ref == tag), None)
+        perm = execs[0].perm_id
+        order = next((o for o in ib_orders if (o.perm_id and o.perm_id == perm) or o.order_ref == tag), None)
         combo = bool(bags) or (order is not None and order.sec_type == "BAG") or (j is not None and bool(j.legs))
         legs = [x for x in execs if x.sec_type != "BAG"] if combo else []
         if combo and not bags:

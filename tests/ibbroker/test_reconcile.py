@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from engine.brokers.ib.reconcile import (Adopt, IBExecution, IBOrder, IBPosition, JournalOrder, JournalPosition,
-                                         JournalView, Report, Snapshot, confirmed_lost, effective, reconcile)
+from engine.brokers.ib.account import Holding
+from engine.brokers.ib.reconcile import (Adopt, IBExecution, IBOrder, JournalOrder, JournalPosition, JournalView, Report,
+                                         Snapshot, confirmed_lost, effective, reconcile)
 
 SPY, AAPL, MSFT, NQZ5 = 756733, 265598, 272093, 563947738
 LEGS = (101, 102, 103, 104)          # a condor: long put, short put, short call, long call
@@ -26,7 +27,7 @@ def order(ref, perm=1, status="Submitted", qty=100.0, filled=0.0, sec="STK", con
 
 
 def pos(con, qty, avg_cost, local, mult=1.0, sec="STK"):
-    return IBPosition("DU1234567", con, local, local, sec, qty, avg_cost, mult)
+    return Holding("DU1234567", con, local, local, sec, qty, avg_cost, mult)
 
 
 def snap(positions=(), open_orders=(), completed=(), executions=()):

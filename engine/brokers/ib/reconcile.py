@@ -41,6 +41,7 @@ from typing import Mapping
 
 from ib_async import IB, ExecutionFilter
 
+from .account import Holding, holding
 from .orders import EPS, group_legs, real, split_exec_id, to_ns
 
 PREFIX = "qtrade:"
@@ -52,23 +53,7 @@ class Incomplete(Exception):
     """The fetch did not complete: nothing may be concluded from it (retry with backoff)."""
 
 
-# ---- what IB said ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class IBPosition:
-    account: str
-    con_id: int
-    local_symbol: str
-    symbol: str
-    sec_type: str
-    quantity: float                  # signed
-    avg_cost: float                  # IB's: per unit x multiplier
-    multiplier: float = 1.0
-
-    @property
-    def avg_price(self) -> float:
-        return self.avg_cost / self.multiplier
-
-
+# ---- what IB said (positions are account.Holding) ----------------------------------------------
 @dataclass(frozen=True)
 class IBOrder:
     order_ref: str
@@ -110,7 +95,7 @@ class IBExecution:
 
 @dataclass(frozen=True)
 class Snapshot:
-    positions: tuple[IBPosition, ...]
+    positions: tuple[Holding, ...]
     open_orders: tuple[IBOrder, ...]
     completed_orders: tuple[IBOrder, ...]
     executions: tuple[IBExecution, ...]
@@ -293,7 +278,7 @@ def fetch(ib: IB, *, all_clients: bool, since: dt.datetime | None, timeout: floa
         raise Incomplete("; ".join(failed))
     positions, opened, completed, fills = answers
     reports = {f.execution.execId: f.commissionReport for f in ib.fills()}
-    return Snapshot(tuple(_position(p) for p in positions), tuple(_order(t, done=False) for t in opened),
+    return Snapshot(tuple(holding(p) for p in positions), tuple(_order(t, done=False) for t in opened),
                     tuple(_order(t, done=True) for t in completed),
                     tuple(_execution(f, reports.get(f.execution.execId)) for f in fills),
                     all_clients, since, time.perf_counter() - started)
@@ -305,12 +290,6 @@ def _ib_time(since: dt.datetime | None) -> str:
     if since.tzinfo is None:
         since = since.replace(tzinfo=dt.timezone.utc)
     return since.astimezone(dt.timezone.utc).strftime("%Y%m%d-%H:%M:%S")
-
-
-def _position(p) -> IBPosition:
-    c = p.contract
-    return IBPosition(p.account, c.conId, c.localSymbol or c.symbol, c.symbol, c.secType, float(p.position),
-                      float(p.avgCost), real(c.multiplier) or 1.0)
 
 
 def _order(trade, done: bool) -> IBOrder:

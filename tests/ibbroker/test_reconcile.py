@@ -38,8 +38,8 @@ def journal(orders=(), exec_ids=(), positions=(), commissions=None, traded=()):
     return JournalView(tuple(orders), frozenset(exec_ids), tuple(positions), commissions or {}, frozenset(traded))
 
 
-def jo(tag, status="submitted", qty=100.0, perm=0, legs=(), symbol="SPY", con=SPY):
-    return JournalOrder(tag, symbol, "buy", qty, status, "SPY", con, 7, perm, legs)
+def jo(tag, status="submitted", qty=100.0, perm=0, legs=(), symbol="SPY", con=SPY, combo=False):
+    return JournalOrder(tag, symbol, "buy", qty, status, "SPY", con, 7, perm, combo, legs)
 
 
 def jp(con, qty, avg, local, mult=1.0):
@@ -263,6 +263,13 @@ def test_combo_legs_without_their_bag_execution_are_not_journaled():
     assert report.fills == () and report.unmatched_legs == tuple(legs)
     assert not report.clean
     assert len(report.mismatch) == 4                     # the legs are held at IB and not in the journal
+
+
+def test_leg_executions_of_a_journaled_combo_are_not_single_fills_even_without_leg_con_ids():
+    legs, _ = _condor_execs("qtrade:ic:1", 1)
+    report = reconcile(snap(positions=_condor_positions(2), executions=legs),
+                       journal([jo("qtrade:ic:1", qty=2, con=0, combo=True)]))
+    assert report.fills == () and report.unmatched_legs == tuple(legs) and report.lost == ("qtrade:ic:1",)
 
 
 def test_a_combo_is_known_by_its_journal_legs_when_ib_lists_no_order():

@@ -116,7 +116,8 @@ class JournalOrder:
     con_id: int = 0                  # 0 for a combo
     broker_order_id: int = 0
     perm_id: int = 0
-    legs: tuple[tuple[int, int], ...] = ()   # a combo's (conId, ratio)
+    combo: bool = False              # it has legs (the journal's legs JSON), conIds known or not
+    legs: tuple[tuple[int, int], ...] = ()   # a combo's (conId, ratio), where known
 
 
 @dataclass(frozen=True)
@@ -387,7 +388,8 @@ def _fills(mine: list[IBExecution], ib_orders, journal: JournalView,
         bags = [x for x in execs if x.sec_type == "BAG"]
         perm = execs[0].perm_id
         order = next((o for o in ib_orders if (o.perm_id and o.perm_id == perm) or o.order_ref == tag), None)
-        combo = bool(bags) or (order is not None and order.sec_type == "BAG") or (j is not None and bool(j.legs))
+        combo = bool(bags) or (order is not None and order.sec_type == "BAG") or (j is not None and (j.combo or
+                                                                                                   bool(j.legs)))
         legs = [x for x in execs if x.sec_type != "BAG"] if combo else []
         if combo and not bags:
             unmatched.extend(legs)

@@ -200,7 +200,8 @@ def check(order: E.Order) -> str:
         for leg in order.legs:
             if leg.action not in ("buy", "sell") or str(leg.right).lower() not in _RIGHTS:
                 return f"combo leg {leg.name!r} has action {leg.action!r} and right {leg.right!r}"
-            if not isinstance(leg.ratio, int) or leg.ratio <= 0:
+            ratio = real(leg.ratio)
+            if ratio is None or ratio <= 0 or not ratio.is_integer():
                 return f"combo leg {leg.name!r} has ratio {leg.ratio!r}, not a positive whole number"
     return ""
 
@@ -470,15 +471,16 @@ class Orders:
 
     def settle(self, timeout: float | None = None) -> None:
         """Ask IB about the orders whose local state ib_async may have falsified (an error such as
-        161 marked them Cancelled): their open and completed orders and the executions; then emit
-        what IB says. An order IB knows nowhere stays pending with a BrokerError."""
+        161 marked them Cancelled): every client's open orders, the completed orders and the
+        executions, each within `timeout`; then emit what IB says. An order IB knows nowhere stays
+        pending with a BrokerError. Blocks up to three timeouts; a no-op when nothing is pending."""
         todo = [tr for tr in self._by_ref.values() if tr.check and not tr.done]
         if not todo:
             return
         wait = self.query_timeout if timeout is None else timeout
         ib = self._ib
         try:
-            opened = ib.run(asyncio.wait_for(ib.reqOpenOrdersAsync(), wait))
+            opened = ib.run(asyncio.wait_for(ib.reqAllOpenOrdersAsync(), wait))   # adopted ones may be another client's
             completed = ib.run(asyncio.wait_for(ib.reqCompletedOrdersAsync(False), wait))
             fills = ib.run(asyncio.wait_for(ib.reqExecutionsAsync(ExecutionFilter()), wait))
         except (asyncio.TimeoutError, ConnectionError) as exc:

@@ -342,6 +342,7 @@ class Orders:
         if trade is None:
             return
         o = trade.order
+        before = (o.totalQuantity, o.lmtPrice, o.auxPrice)
         if quantity is not None:
             o.totalQuantity = float(quantity)
         if limit is not None:
@@ -349,9 +350,14 @@ class Orders:
         if stop is not None:
             o.auxPrice = float(stop)
         o.transmit = True
+        try:
+            self._ib.placeOrder(trade.contract if tr.contract is None else tr.contract, o)
+        except ConnectionError:
+            o.totalQuantity, o.lmtPrice, o.auxPrice = before
+            self._emit(E.BrokerError(ref, LOCAL, "modify not sent: not connected to IB", self._clock()))
+            return
         changes = {k: v for k, v in (("quantity", quantity), ("limit", limit), ("stop", stop)) if v is not None}
         tr.order = replace(tr.order, **changes)
-        self._ib.placeOrder(trade.contract if tr.contract is None else tr.contract, o)
 
     def cancel(self, ref: str) -> None:
         """Ask IB to cancel; IB's OrderStatus `cancelled` confirms it (a fill may win the race)."""
@@ -361,8 +367,12 @@ class Orders:
         trade = self._live_trade(tr, "cancel")
         if trade is None:
             return
+        try:
+            self._ib.cancelOrder(trade.order)
+        except ConnectionError:
+            self._emit(E.BrokerError(ref, LOCAL, "cancel not sent: not connected to IB", self._clock()))
+            return
         tr.cancel_asked = True
-        self._ib.cancelOrder(trade.order)
 
     def what_if(self, order: E.Order, timeout: float | None = None) -> E.Margin | None:
         """The initial margin the order would add and its commission, from IB's what-if; None when

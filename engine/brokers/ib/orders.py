@@ -546,7 +546,7 @@ class Orders:
                 self._emit(E.BrokerError(tr.order.ref, code, text, now))
             filled = self._filled_at_ib(tr)
             self._emit_status(tr, E.OrderStatus(tr.order.ref, E.CANCELLED, filled, max(tr.order.quantity - filled, 0.0),
-                                                self._average(tr, tr.trade), now,
+                                                self._average(tr), now,
                                                 "" if tr.cancel_asked else reason, tr.order_id))
             return
         self._emit(E.BrokerError(tr.order.ref, code, text, now))
@@ -554,7 +554,7 @@ class Orders:
         if code in _REJECTED or (not tr.acked and (not warning or code in _REFUSES_NEW)):
             filled = self._filled_at_ib(tr)
             self._emit_status(tr, E.OrderStatus(tr.order.ref, E.REJECTED, filled, max(tr.order.quantity - filled, 0.0),
-                                                self._average(tr, tr.trade), now, reason, tr.order_id))
+                                                self._average(tr), now, reason, tr.order_id))
             return
         if not warning:
             tr.check = f"error {code} ({reason})"
@@ -663,10 +663,10 @@ class Orders:
         filled = real(tr.trade.orderStatus.filled) if tr.trade is not None else None
         return max(filled or 0.0, tr.executed if tr.last is None else tr.last[1])
 
-    def _average(self, tr: _Tracked, trade: Trade | None) -> float:
-        avg = real(trade.orderStatus.avgFillPrice) if trade is not None else None
-        if avg:
-            return avg
+    @staticmethod
+    def _average(tr: _Tracked) -> float:
+        """The average price of the executions emitted (corrections applied), 0 before any: a
+        status waits for its executions, so this is the average of what it reports filled."""
         qty = sum(e.quantity for e in tr.execs.values())
         return sum(e.quantity * e.price for e in tr.execs.values()) / qty if qty else 0.0
 
@@ -693,7 +693,7 @@ class Orders:
         remaining = 0.0 if status == E.FILLED else max(total - filled, 0.0)
         reason = f"inactive at IB{': ' + trade.orderStatus.whyHeld if trade.orderStatus.whyHeld else ''}" \
             if s == "Inactive" else ""
-        return E.OrderStatus(tr.order.ref, status, filled, remaining, self._average(tr, trade), self._clock(),
+        return E.OrderStatus(tr.order.ref, status, filled, remaining, self._average(tr), self._clock(),
                              reason, tr.order_id)
 
     def _emit_status(self, tr: _Tracked, ev: E.OrderStatus | None) -> None:
@@ -713,9 +713,10 @@ class Orders:
         self._emit(ev)
 
     def _release(self, tr: _Tracked) -> None:
+        """Emit the held status once its executions are in, with their average price."""
         if tr.held is not None and tr.held.filled <= tr.executed + EPS:
             held, tr.held = tr.held, None
-            self._emit_status(tr, held)
+            self._emit_status(tr, replace(held, avg_price=self._average(tr)))
 
     def _replay(self, fills) -> None:
         """Executions reported by a request (not live): recorded like live ones, once each."""
@@ -732,7 +733,8 @@ class Orders:
         if tr is None:
             return
         qty, price = real(ex.shares), real(ex.price)
-        if not qty or price is None:
+        bag = fill.contract.secType == "BAG"          # a combo's net price may be zero or a credit
+        if not qty or qty <= 0 or price is None or (price <= 0 and not bag):
             self._emit(E.BrokerError(tr.order.ref, LOCAL, f"execution {ex.execId} withheld: IB sent quantity "
                                      f"{ex.shares!r} at price {ex.price!r}", self._clock()))
             return

@@ -307,10 +307,14 @@ def _order(trade, done: bool) -> IBOrder:
 
 def _execution(fill, report) -> IBExecution:
     ex, c = fill.execution, fill.contract
+    qty, price = real(ex.shares), real(ex.price)
+    if not qty or qty <= 0 or price is None or (price <= 0 and c.secType != "BAG"):
+        raise Incomplete(f"execution {ex.execId} came with quantity {ex.shares!r} at price {ex.price!r}: "
+                         "not a fill that can be journaled")
     commission = real(report.commission) if report is not None and report.execId == ex.execId else None
     return IBExecution(ex.execId, ex.orderRef, ex.permId, ex.orderId, ex.clientId, c.conId, c.localSymbol or c.symbol,
-                       c.symbol, c.secType, _SIDES.get(ex.side, ex.side.lower()), float(ex.shares), float(ex.price),
-                       to_ns(ex.time), real(c.multiplier) or 1.0, commission)
+                       c.symbol, c.secType, _SIDES.get(ex.side, ex.side.lower()), qty, price, to_ns(ex.time),
+                       real(c.multiplier) or 1.0, commission)
 
 
 # ---- the comparison (pure) ---------------------------------------------------------------------

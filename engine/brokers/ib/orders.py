@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -69,8 +68,6 @@ from ib_async import Order as IBOrder
 
 from .. import events as E
 from .types import Resolved
-
-log = logging.getLogger(__name__)
 
 UNSET = 1.7976931348623157e308
 EPS = 1e-9

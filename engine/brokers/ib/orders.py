@@ -69,7 +69,7 @@ from ib_async import Order as IBOrder
 from .. import events as E
 from .types import Resolved
 
-UNSET = 1.7976931348623157e308
+UNSET = 1.7976931348623157e308       # IB's 'no value' for a double (sys.float_info.max)
 EPS = 1e-9
 LOCAL = 0                            # BrokerError code of a refusal made here: nothing was sent
 
@@ -99,7 +99,7 @@ def real(value) -> float | None:
         x = float(value)
     except (TypeError, ValueError):
         return None
-    if not math.isfinite(x) or abs(x) >= 1e300:
+    if not math.isfinite(x) or abs(x) >= UNSET / 1e8:   # UNSET, however IB rounded it
         return None
     return x
 

@@ -25,10 +25,10 @@ not an option. A BAG is never qualified.
 Events, through `on_event`, as they happen:
   OrderStatus   submitted (IB acknowledged it, nothing filled), partially_filled, filled,
                 cancelled (filled quantity kept), rejected (IB's reason, or the local one),
-                with filled / remaining / average price and IB's orderId in broker_id. A status
-                is emitted only once the executions that make up its filled quantity have been
-                emitted (IB may send the status first); repeats are not emitted. `expired` is
-                never emitted: IB reports an expired order as Cancelled.
+                with filled / remaining, the average price of its executions and IB's orderId in
+                broker_id. A status is emitted only once the executions that make up its filled
+                quantity have been emitted (IB may send the status first); repeats are not
+                emitted. `expired` is never emitted: IB reports an expired order as Cancelled.
   Execution     one per execution id, with the order's ref, price, quantity and IB's execution
                 time (ns UTC). For a combo only the BAG-level execution (the one the kernel
                 books); its legs' executions are kept in `leg_executions(ref)`. A correction

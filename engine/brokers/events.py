@@ -76,6 +76,7 @@ class Execution:
     time: int
     broker_id: int = 0
     bar: int = -1                    # the bar it happened in (simulated venues)
+    corrects: str = ""               # the exec id this one replaces (IB's `.01` -> `.02` correction), '' if none
 
 
 @dataclass(slots=True)

@@ -205,3 +205,41 @@ def test_the_wall_clock_waits_for_each_step_and_the_run_is_the_same():
     assert walled.final_equity == fast.final_equity
     with pytest.raises(ValueError):
         WallClock(speed=0)
+
+
+class _Correcting(SimBroker):
+    """A venue that reports each execution, then corrects it (IB's `.02` for `.01`: a cent
+    better), and reports commissions twice (a zero first, the real one after)."""
+
+    def events(self):
+        out = []
+        for ev in super().events():
+            if isinstance(ev, E.Execution):
+                out.append(E.Execution(ev.ref, ev.exec_id, ev.symbol, ev.action, ev.quantity, ev.price - 0.01, ev.time,
+                                       ev.broker_id, ev.bar))
+                out.append(E.CommissionReport(ev.exec_id, 0.0))
+                out.append(E.Execution(ev.ref, ev.exec_id + "c", ev.symbol, ev.action, ev.quantity, ev.price, ev.time,
+                                       ev.broker_id, ev.bar, corrects=ev.exec_id))
+            elif isinstance(ev, E.CommissionReport):
+                out.append(E.CommissionReport(ev.exec_id + "c", ev.commission))
+            else:
+                out.append(ev)
+        return out
+
+
+def test_a_corrected_execution_replaces_the_first_and_a_later_commission_replaces_the_earlier():
+    from engine.runtime import backtest as bt
+    from engine.runtime import session
+
+    prep = bt.prepare("strategies/sma_crossover.yaml")
+    plain = session.simulate(prep, streaming=False, run_id="p")
+    real = session.SimBroker
+    session.SimBroker = _Correcting
+    try:
+        corrected = session.simulate(prep, streaming=False, run_id="c")
+    finally:
+        session.SimBroker = real
+    assert not corrected.runner.errors
+    assert [(f.quantity, f.price, f.commission) for f in corrected.ledger.fills] == \
+        [(f.quantity, f.price, f.commission) for f in plain.ledger.fills]
+    assert round(corrected.ledger.cash, 6) == round(plain.ledger.cash, 6)

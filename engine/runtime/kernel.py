@@ -127,6 +127,8 @@ class Kernel(RunState):
         self._tag_prefix, self._seq0 = tags or (f"qtrade:{settings.run_id}:", 0)
         self.clock: SimClock | None = None
         self._by_exec: dict[str, _Tracked] = {}
+        self._fills_of: dict[str, tuple[float, float]] = {}   # exec id -> (quantity, price)
+        self._fees: dict[str, float] = {}                      # exec id -> its commission
         self._handlers = {E.Execution: self._on_execution, E.CommissionReport: self._on_commission,
                           E.OrderStatus: self._on_status, E.BrokerError: self._on_error,
                           E.ConnectionLost: self._on_lost, E.ConnectionRestored: self._on_restored}
@@ -459,7 +461,11 @@ class Kernel(RunState):
         if tr is None:
             self._error(f"commission report for an unknown execution {ev.exec_id}")
             return
-        tr.commission += ev.commission
+        # a report carries the execution's whole commission: a later one (IB's zero first, then
+        # the real one) replaces it
+        before = self._fees.get(ev.exec_id, 0.0)
+        self._fees[ev.exec_id] = ev.commission
+        tr.commission += ev.commission - before
         if self.recorder is not None:
             self.recorder.commission(ev)
 
@@ -481,11 +487,27 @@ class Kernel(RunState):
             return
         if ev.exec_id in tr.exec_ids:
             return          # the same execution reported twice
+        corrected = self._fills_of.get(ev.corrects) if ev.corrects else None
+        if corrected is not None:       # the venue corrected an execution (IB's .02 for .01): it replaces it
+            if tr.done:
+                self._error(f"execution {ev.corrects} of {ev.ref} was corrected to {ev.quantity:g} @ {ev.price} "
+                            f"after the order was booked at {self._average(tr)}: the journal has the correction, "
+                            "the position does not")
+                if self.recorder is not None:
+                    self.recorder.correction(ev)
+                return
+            old_q, old_p = corrected
+            tr.filled -= old_q
+            tr.value -= old_q * old_p
+            tr.exec_ids.discard(ev.corrects)
+            self._by_exec.pop(ev.corrects, None)
+            self._fees[ev.exec_id] = self._fees.pop(ev.corrects, 0.0)
         if tr.filled + ev.quantity > float(tr.intent.quantity) + 1e-9:
             self._error(f"execution {ev.exec_id} fills {tr.filled + ev.quantity:g} of an order for "
                         f"{tr.intent.quantity:g} ({ev.ref})")
             return
         self._by_exec[ev.exec_id] = tr
+        self._fills_of[ev.exec_id] = (ev.quantity, ev.price)
         tr.exec_ids.add(ev.exec_id)
         tr.filled += ev.quantity
         tr.value += ev.quantity * ev.price
@@ -495,8 +517,11 @@ class Kernel(RunState):
         tr.last_time = ev.time
         tr.last_price = ev.price
         if self.recorder is not None:
-            self.recorder.execution(ev, tr.combo["quote"].multiplier if tr.combo else
-                                    self.syms[tr.symbol].bars.multiplier)
+            if corrected is not None:
+                self.recorder.correction(ev)
+            else:
+                self.recorder.execution(ev, tr.combo["quote"].multiplier if tr.combo else
+                                        self.syms[tr.symbol].bars.multiplier)
 
     def _on_status(self, ev: E.OrderStatus) -> None:
         tr = self.orders_by_ref.get(ev.ref)

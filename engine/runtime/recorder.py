@@ -44,6 +44,12 @@ class Recorder:
         self.journal.fill(self.run_id, ev.ref, _iso(ev.time), ev.symbol, ev.action, ev.quantity, ev.price,
                           multiplier, exec_id=ev.exec_id, broker_order_id=ev.broker_id)
 
+    def correction(self, ev: E.Execution) -> None:
+        """The venue corrected an execution: its journaled row takes the new id, quantity and price."""
+        if not self.journal.correct_fill(ev.corrects, ev.exec_id, ev.quantity, ev.price, _iso(ev.time)):
+            self.journal.error(self.run_id, _iso(ev.time), "kernel",
+                               f"correction {ev.exec_id} of an execution the journal does not hold ({ev.corrects})")
+
     def commission(self, ev: E.CommissionReport) -> None:
         self.journal.commission(ev.exec_id, ev.commission)
 

@@ -243,7 +243,8 @@ def test_a_listener_that_fails_is_retried_and_ready_waits_for_it(sim, opened, ex
     conn, sink = opened(sim.port, backoff_base=0.1)
     conn.connect()
     conn.mark_ready()
-    tries = []
+    tries, rebinds = [], []
+    conn.on_reconnected(lambda: rebinds.append(1))
 
     def reconcile():
         tries.append(time.perf_counter())
@@ -256,6 +257,7 @@ def test_a_listener_that_fails_is_retried_and_ready_waits_for_it(sim, opened, ex
     assert "positions did not arrive within 4 s; retrying in" in sink.of(events.BrokerError)[-1].message
     assert pump(conn, lambda: conn.state == State.READY)
     assert len(tries) == 2 and tries[1] - tries[0] >= 0.08
+    assert rebinds == [1]  # the listener before the failing one is not called again
 
 
 class Blackhole:

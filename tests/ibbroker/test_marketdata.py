@@ -365,3 +365,25 @@ def test_an_unknown_symbol_and_the_budget_report(setup, expect_errors):
     assert md.subscribe("ZZZZ") == why and len(sim.messages("reqContractDetails")) == 1
     assert md.unavailable("ALFA") == "not subscribed: no market data line"
     assert md.budget_report(STOCKS) == "needs 12 lines, budget 50 (5 reserved for positions)"
+
+
+def test_a_contract_another_part_also_quotes_keeps_its_line_when_ours_is_cancelled(setup):
+    """ib_async keeps one Ticker per contract: when another part of the broker asks for the same
+    contract, unsubscribing ours cancels our request by its id and leaves theirs streaming."""
+    from ib_async import Stock
+
+    sim, ib, md, sink, _ = setup()
+    md.subscribe("ALFA")
+    assert pump(ib, md, all_quoted(md, ["ALFA"]))
+    ours = md.lines()[0].req_id
+    contract = ib.qualifyContracts(Stock("ALFA", "SMART", "USD"))[0]
+    theirs = ib.reqMktData(contract)  # e.g. the options desk pricing the same underlying
+    md.unsubscribe("ALFA")
+    ib.sleep(0.2)
+    assert [m["fields"][2] for m in sim.messages("cancelMktData")] == [str(ours)]
+    t0 = theirs.time
+    ib.sleep(0.3)
+    assert theirs.time > t0
+    ib.cancelMktData(contract)  # theirs, by ib_async's own bookkeeping: no 300
+    ib.sleep(0.1)
+    assert len(sim.messages("cancelMktData")) == 2 and not sim_errors(sim, 300)

@@ -141,13 +141,14 @@ class Connection:
         self._lost_at: float | None = None
         self._lost_reason = ""
         self._degraded_reason = ""
-        self._broken_farms: set[str] = set()
+        self._broken_farms: set[tuple[int, str]] = set()  # (code, farm) of the farms broken now
         self._attempts = 0            # failed attempts in the current reconnect cycle
         self._plan: list[int] = []    # client ids to try in the current cycle
         self._next_attempt = 0.0
         self._pending: list[str] = []  # listener groups still to run: "data_lost", "reconnected"
         self._pending_failures = 0
         self._pending_due = 0.0
+        self._pending_next = 0         # the next listener to call in the first pending group
         self._ready_after_listeners = False  # a restore handled by listeners ends READY by itself
         ib.errorEvent += self._on_error
         ib.disconnectedEvent += self._on_disconnected
@@ -191,7 +192,6 @@ class Connection:
         self.state = State.CONNECTING
         started = self.clock()
         plan = self._client_id_plan(cfg.client_id)
-        in_use = 0
         try:
             for k, cid in enumerate(plan):
                 if k:
@@ -199,7 +199,6 @@ class Connection:
                 try:
                     self._attempt(cid)
                 except _ClientIdInUse:
-                    in_use += 1
                     self._emit_in_use(cid, plan[k + 1] if k + 1 < len(plan) else None)
                     continue
                 except ConnectionRefusedError:
@@ -321,7 +320,7 @@ class Connection:
             self._probe()
             if self.state == State.DISCONNECTED:
                 return self.state
-        if self._pending and self.clock() >= self._pending_due:
+        if self._pending and self.state != State.DEGRADED and self.clock() >= self._pending_due:
             self._run_pending()
         return self.state
 
@@ -349,6 +348,7 @@ class Connection:
         self._plan = self._client_id_plan(self.client_id if self.client_id is not None else self.config.client_id)
         self._next_attempt = self._lost_at
         self._pending.clear()
+        self._pending_next = 0
         self.on_event(events.ConnectionLost(self.wall(), f"{reason}; reconnecting"))
 
     def _reconnect_step(self) -> None:
@@ -369,12 +369,17 @@ class Connection:
             log.info("reconnect to %s:%s failed: %r", cfg.host, cfg.port, exc)
             self._schedule_retry()
             return
+        except Exception as exc:  # noqa: BLE001 - the reconnect loop must outlive any one attempt
+            log.warning("reconnect to %s:%s failed unexpectedly: %r", cfg.host, cfg.port, exc)
+            self._schedule_retry()
+            return
         self.reconnects += 1
         self.last_reconnect_seconds = self.clock() - (self._lost_at or self.clock())
         self._lost_at = None
         self._session_up(cid)
         self.on_event(events.ConnectionRestored(self.wall(), data_lost=True))
         self._pending = ["data_lost", "reconnected"]
+        self._pending_next = 0
         self._pending_failures = 0
         self._ready_after_listeners = True
         self._run_pending()
@@ -395,7 +400,6 @@ class Connection:
                 if self.state != State.DEGRADED:
                     self.state = State.DEGRADED
                     self._degraded_reason = info.message
-                    self._pending.clear()
                     self.on_event(events.ConnectionLost(self.wall(), info.message))
             elif info.kind == codes.Kind.RESTORED_DATA_LOST:
                 self._restored(data_lost=True)
@@ -412,7 +416,8 @@ class Connection:
                 if broken:
                     self._broken_farms -= broken
                     self._add_pending("data_lost")
-                    self._run_pending()
+                    if self.state != State.DEGRADED:  # else 1101 / 1102 run it
+                        self._run_pending()
 
     def _restored(self, data_lost: bool) -> None:
         self._degraded_reason = ""
@@ -427,13 +432,20 @@ class Connection:
 
     def _add_pending(self, group: str) -> None:
         if group not in self._pending:
+            first = self._pending[0] if self._pending else None
             self._pending.append(group)
             self._pending.sort(key=("data_lost", "reconnected").index)
+            if self._pending[0] != first:
+                self._pending_next = 0
 
     def _run_pending(self) -> None:
+        """The listener groups still to run, in order; a listener that raises is called again
+        (it and the ones after it, not the ones before) after a backoff."""
         while self._pending:
             group = self._pending[0]
-            for fn in list(self._data_lost if group == "data_lost" else self._reconnected):
+            listeners = self._data_lost if group == "data_lost" else self._reconnected
+            while self._pending_next < len(listeners):
+                fn = listeners[self._pending_next]
                 try:
                     fn()
                 except Exception as exc:  # noqa: BLE001 - a listener's failure is retried, not fatal
@@ -446,9 +458,11 @@ class Connection:
                     self.on_event(events.BrokerError(None, 0, f"{name} failed after the connection was restored: "
                                                               f"{exc}; retrying in {delay:.1f} s", self.wall()))
                     return
+                self._pending_next += 1
                 if self.state == State.DISCONNECTED:
                     return
             self._pending.pop(0)
+            self._pending_next = 0
         if self.state == State.RECONCILING and self._ready_after_listeners:
             self._ready_after_listeners = False
             self.state = State.READY

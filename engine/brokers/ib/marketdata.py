@@ -468,33 +468,49 @@ class MarketData:
         ib = self.ib
         if not ib.isConnected():
             return False
-        contract = line.resolved.contract
-        if line.ticker is not None and line.at_ib and ib.ticker(contract) is line.ticker:
-            ib.cancelMktData(contract)
+        self._cancel_at_ib(line)
         self._pace()
         if not ib.isConnected():
             return False
         try:
-            ticker = ib.reqMktData(contract, self.generic_ticks, False, False)
+            ticker = ib.reqMktData(line.resolved.contract, self.generic_ticks, False, False)
         except ConnectionError:
             return False
-        self._by_ticker.pop(id(line.ticker), None)
+        self._forget(line)
         line.ticker = ticker
         line.req_id = ib.wrapper.ticker2ReqId["mktData"].get(ticker, 0)
         line.requested_at = self.clock()
         line.at_ib = True
+        line.delayed = False  # 10167 says so again if it still is
         self._by_req[line.req_id] = line.symbol
         self._by_ticker[id(ticker)] = line
         return True
 
     def _drop(self, symbol: str) -> None:
         line = self._lines.pop(symbol, None)
-        if line is None:
-            return
+        if line is not None:
+            self._cancel_at_ib(line)
+            self._forget(line)
+
+    def _forget(self, line: _Line) -> None:
         self._by_ticker.pop(id(line.ticker), None)
-        contract = line.resolved.contract
-        if line.at_ib and self.ib.isConnected() and line.ticker is not None and self.ib.ticker(contract) is line.ticker:
-            self.ib.cancelMktData(contract)
+        if self._by_req.get(line.req_id) == line.symbol:
+            del self._by_req[line.req_id]
+
+    def _cancel_at_ib(self, line: _Line) -> None:
+        """Cancel the line's request if IB holds it in this session. ib_async keeps one Ticker per
+        contract: if another part of the broker asked for the same contract since, its request is
+        the one ib_async's cancelMktData(contract) would cancel, so ours is cancelled by its id."""
+        ib = self.ib
+        if not (line.at_ib and line.ticker is not None and ib.isConnected()):
+            return
+        if ib.wrapper.reqId2Ticker.get(line.req_id) is not line.ticker:
+            return  # a request of an earlier session: gone with it
+        if ib.wrapper.ticker2ReqId["mktData"].get(line.ticker) == line.req_id:
+            ib.cancelMktData(line.resolved.contract)
+        else:
+            ib.client.cancelMktData(line.req_id)
+        line.at_ib = False
 
     def _pace(self) -> None:
         """At most `pacing` line requests in any second (a quarter of that for 5 s after IB's 100)."""
@@ -573,7 +589,6 @@ class MarketData:
                 if not self._delayed_mode:
                     self._delayed_mode = True
                     self.ib.reqMarketDataType(3)
-                line.delayed = True
                 if symbol not in self._said_delayed:
                     self._said_delayed.add(symbol)
                     self._say(code, f"{symbol}: {info.message}; using delayed quotes (15-20 min late) as the config "

@@ -61,6 +61,14 @@ def listeners(conn):
     return calls
 
 
+def ready(opened, port, **cfg):
+    """A connection made and reconciled, with listeners that record their calls."""
+    conn, sink = opened(port, **cfg)
+    conn.connect()
+    conn.mark_ready()
+    return conn, sink, listeners(conn)
+
+
 # ---------------------------------------------------------------------------- pure pieces
 def test_backoff_doubles_up_to_its_cap_and_jitter_stays_inside_its_band():
     assert [backoff_delay(k, 1.0, 10.0, 0.0, lambda: 0.5) for k in range(1, 7)] == [1, 2, 4, 8, 10, 10]
@@ -149,10 +157,7 @@ def test_nothing_listening_raises_a_connect_error_saying_how_to_start_a_gateway(
 
 def test_a_dropped_connection_reconnects_and_calls_the_listeners(sim, opened, expect_errors):
     expect_errors("Peer closed connection")
-    conn, sink = opened(sim.port)
-    conn.connect()
-    conn.mark_ready()
-    calls = listeners(conn)
+    conn, sink, calls = ready(opened, sim.port)
     sim.drop_connection()
     assert pump(conn, lambda: conn.reconnects == 1 and conn.state == State.READY)
     assert [type(e) for e in sink] == [events.ConnectionLost, events.ConnectionRestored]
@@ -167,10 +172,7 @@ def test_the_nightly_gateway_restart_ends_in_a_reconnect(sim, opened, expect_err
     """The gateway's auto-restart: the socket drops, the port refuses connections for a while,
     nextValidId is rolled back; the connection keeps retrying with backoff and comes back."""
     expect_errors("Peer closed connection", "API connection failed: ConnectionRefusedError", "Make sure API port")
-    conn, sink = opened(sim.port, backoff_base=0.1, backoff_max=0.2, jitter=0.0)
-    conn.connect()
-    conn.mark_ready()
-    calls = listeners(conn)
+    conn, sink, calls = ready(opened, sim.port, backoff_base=0.1, backoff_max=0.2, jitter=0.0)
     sim.restart(next_valid_id=1, down_for=0.5)
     assert pump(conn, lambda: conn.state == State.DISCONNECTED and "reconnect attempt" in conn.status())
     assert pump(conn, lambda: conn.state == State.READY, timeout=5.0)
@@ -186,10 +188,7 @@ def test_1100_degrades_and_1101_restores_with_data_lost(make_sim, opened, expect
     (resubscribe) and reconnected listeners (reconcile), then ready."""
     expect_errors(1100, 1101)
     sim = make_sim(speed=60)
-    conn, sink = opened(sim.port)
-    conn.connect()
-    conn.mark_ready()
-    calls = listeners(conn)
+    conn, sink, calls = ready(opened, sim.port)
     sim.connectivity(1100)
     assert pump(conn, lambda: conn.state == State.DEGRADED)
     assert not conn.trading_allowed and "IB 1100" in conn.status()
@@ -204,10 +203,7 @@ def test_1100_degrades_and_1101_restores_with_data_lost(make_sim, opened, expect
 def test_1100_then_1102_restores_with_data_kept_and_only_reconciles(make_sim, opened, expect_errors):
     expect_errors(1100, 1102)
     sim = make_sim(speed=60)
-    conn, sink = opened(sim.port)
-    conn.connect()
-    conn.mark_ready()
-    calls = listeners(conn)
+    conn, sink, calls = ready(opened, sim.port)
     sim.connectivity(1100)
     assert pump(conn, lambda: conn.state == State.DEGRADED)
     sim.connectivity(1102)
@@ -220,10 +216,7 @@ def test_2103_then_2104_calls_the_data_lost_listeners_and_a_lone_2104_does_not(m
     """Scenario 6 (the connection's part): 2104 at connect is routine; 2104 after 2103 means
     the lines must be requested again."""
     sim = make_sim(speed=60)
-    conn, sink = opened(sim.port)
-    conn.connect()
-    conn.mark_ready()
-    calls = listeners(conn)
+    conn, sink, calls = ready(opened, sim.port)
     conn.sleep(0.1)
     conn.check()
     assert calls == []  # the 2104/2106/2158 every connect brings
@@ -328,10 +321,7 @@ def test_a_silent_drop_is_found_by_the_probe_and_reconnected(make_sim, opened):
     sim = make_sim(speed=60)
     proxy = Blackhole(sim.port)
     try:
-        conn, sink = opened(proxy.port, heartbeat_idle=0.3, probe_timeout=0.3)
-        conn.connect()
-        conn.mark_ready()
-        calls = listeners(conn)
+        conn, sink, calls = ready(opened, proxy.port, heartbeat_idle=0.3, probe_timeout=0.3)
         probes = len(sim.messages("reqCurrentTime"))
         assert pump(conn, lambda: len(sim.messages("reqCurrentTime")) > probes, timeout=2.0)
         assert conn.state == State.READY  # a healthy idle connection answers its probe

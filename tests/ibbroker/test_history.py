@@ -80,6 +80,7 @@ def test_the_pacing_rules_as_waits_with_ibs_15_seconds():
 
 def test_bar_sizes_durations_and_bar_conversion():
     assert bar_size_seconds("5 secs") == 5 and bar_size_seconds("1 min") == 60 and bar_size_seconds("1 day") == 86400
+    assert bar_size_seconds("4 hours") == 4 * 3600 and bar_size_seconds("1 week") == 7 * 86400
     for wrong in ("7 minutes", "7 mins", "1 mins", "1min"):
         with pytest.raises(HistoryError, match=f"bar size '{wrong}' is not one of IB's"):
             bar_size_seconds(wrong)

@@ -31,7 +31,6 @@ import asyncio
 import datetime as dt
 import logging
 import math
-import re
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -45,8 +44,7 @@ from .types import Resolved
 log = logging.getLogger("qtrade.ib.history")
 UNSET = 1.7976931348623157e308
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_UNITS = {"sec": "s", "secs": "s", "min": "m", "mins": "m", "hour": "h", "hours": "h", "day": "d", "days": "d",
-          "week": "w", "weeks": "w", "month": "M", "months": "M"}
+# IB's bar sizes, one for one with the engine's (engine.market.bars.BARS: 1s ... 1M)
 IB_BAR_SIZES = ("1 secs", "5 secs", "10 secs", "15 secs", "30 secs", "1 min", "2 mins", "3 mins", "5 mins",
                 "10 mins", "15 mins", "20 mins", "30 mins", "1 hour", "2 hours", "3 hours", "4 hours", "8 hours",
                 "1 day", "1 week", "1 month")
@@ -72,12 +70,11 @@ class Bar:
 
 def bar_size_seconds(bar_size: str) -> float:
     """IB's bar size ('1 min', '5 secs', '1 day') in seconds."""
-    from engine.market.bars import bar_seconds
+    from engine.market.bars import BARS, bar_seconds
 
-    m = re.fullmatch(r"(\d+) ([a-z]+)", bar_size or "")
-    if not m or m.group(0) not in IB_BAR_SIZES:
+    if bar_size not in IB_BAR_SIZES:
         raise HistoryError(f"bar size {bar_size!r} is not one of IB's ({', '.join(IB_BAR_SIZES)})")
-    return bar_seconds(f"{int(m.group(1))}{_UNITS[m.group(2)]}")
+    return bar_seconds(BARS[IB_BAR_SIZES.index(bar_size)])
 
 
 def duration_covering(seconds: float, bar_seconds: float) -> str:

@@ -30,8 +30,17 @@ Listeners the integrator registers:
   on_reconnected(fn)    IB's view may differ from ours: every new session, 1101, 1102
                         (rebind orders from ib.openTrades(), reconcile)
 
-Figures: `reconnects` (count) and `last_reconnect_seconds` (from the loss being seen to the new
-session being synchronised, before the listeners run).
+Events (on_event): ConnectionLost(time, reason) when the socket closes, a probe goes unanswered,
+or on 1100/2110; ConnectionRestored(time, data_lost) on a new session (data_lost=True), 1101
+(True) and 1102 (False); BrokerError(None, 326, ...) for each refused client id and once for the
+fallback id used; BrokerError(None, 2103/2105/2157, ...) once per broken farm; BrokerError(None, 0,
+...) when a listener failed and is retried. Times are ns UTC from `wall`.
+
+ib_async raises ConnectionError('Socket disconnect') out of any ib.sleep / ib.run running when
+the socket drops; `sleep()` is ib.sleep for the loop with that caught (check() then sees the loss).
+
+Figures: `reconnects` (count), `last_reconnect_seconds` (from the loss being seen to the new
+session being synchronised, before the listeners run) and `last_connect_seconds`.
 """
 
 from __future__ import annotations

@@ -335,3 +335,26 @@ def test_a_silent_drop_is_found_by_the_probe_and_reconnected(make_sim, opened):
         assert conn.ib.reqCurrentTime() is not None
     finally:
         proxy.close()
+
+
+def test_a_port_that_accepts_but_never_answers_is_a_handshake_timeout(opened, expect_errors):
+    expect_errors("API connection failed: TimeoutError")
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # TCP accepts, no API answer ever comes
+        conn, _ = opened(mute.getsockname()[1], connect_timeout=0.5)
+        t0 = time.perf_counter()
+        with pytest.raises(ConnectError, match=r"did not complete the API handshake within 0.5 s: check that the "
+                                               r"API is enabled and 127.0.0.1 is a trusted IP"):
+            conn.connect()
+        assert time.perf_counter() - t0 < 1.5 and conn.state == State.DISCONNECTED
+
+
+def test_2110_is_handled_like_1100(make_sim, opened, expect_errors):
+    expect_errors(1102)  # 2110 is one of IB's 2100-2199 warnings; 1102 is logged as an error
+    sim = make_sim(speed=60)
+    conn, sink, calls = ready(opened, sim.port)
+    sim.inject_error(-1, 2110, "Connectivity between Trader Workstation and server is broken. It will be restored "
+                               "automatically.")
+    assert pump(conn, lambda: conn.state == State.DEGRADED)
+    assert isinstance(sink[-1], events.ConnectionLost) and "IB 2110" in sink[-1].reason
+    sim.inject_error(-1, 1102, "Connectivity between IB and Trader Workstation has been restored - data maintained.")
+    assert pump(conn, lambda: conn.state == State.READY and calls == ["reconnected"])

@@ -127,7 +127,7 @@ def test_silent_staleness_blocks_the_symbol_and_requests_its_line_again(setup):
     t0 = time.monotonic()
     assert pump(ib, md, lambda: (md.unavailable("ALFA") or "").startswith("stale: no ticks for"))
     latency = time.monotonic() - t0
-    assert latency < 0.5 + 0.3  # stale_after, plus a tick interval and the loop's step
+    assert latency < 0.5 + 0.5  # stale_after, plus a tick interval and the loop's step (a loaded machine)
     seen = []
     assert pump(ib, md, lambda: bool(sink.messages(0)), every=lambda: seen.append(md.quote("ALFA")))
     assert "ALFA: stale: no ticks for" in sink.messages(0)[0] and "not even after the line was requested again" \
@@ -387,3 +387,15 @@ def test_a_contract_another_part_also_quotes_keeps_its_line_when_ours_is_cancell
     ib.cancelMktData(contract)  # theirs, by ib_async's own bookkeeping: no 300
     ib.sleep(0.1)
     assert len(sim.messages("cancelMktData")) == 2 and not sim_errors(sim, 300)
+
+
+def test_ibs_message_rate_warning_100_slows_the_requests_and_is_said_once(setup, expect_errors):
+    expect_errors(100)
+    sim, ib, md, sink, _ = setup(max_lines=12)
+    sim.set_max_rate(5)
+    for s in STOCKS[:8]:
+        assert md.subscribe(s) is None
+    assert pump(ib, md, lambda: 100 in sink.codes())
+    assert sink.codes().count(100) == 1 and "slowed to 5 a second" in sink.messages(100)[0]
+    sim.set_max_rate(50)
+    assert pump(ib, md, all_quoted(md, STOCKS[:8]))

@@ -311,6 +311,7 @@ class MarketData:
         self._delayed_mode = False
         self._said_delayed: set[str] = set()
         self._competing_since: float | None = None
+        self._competing_recovered = False
         self._throttled_until = -math.inf
         self._throttle_said = -math.inf
         ib.pendingTickersEvent += self._on_tickers
@@ -540,6 +541,7 @@ class MarketData:
             if line.blocked is not None and line.last_tick > line.blocked[2]:
                 code, _, since = line.blocked
                 line.blocked = None
+                self._competing_recovered |= code == 10197
                 log.info("%s: market data back after %.0f s (IB %s)", line.symbol, now - since, code)
             if line.silence_retry is not None and line.last_tick > line.silence_retry:
                 line.silence_retry = None
@@ -548,9 +550,11 @@ class MarketData:
                 self._say(0, f"{line.symbol}: ticks resumed; its quotes are used again")
         if self._competing_since is not None and not any(
                 line.blocked and line.blocked[0] == 10197 for line in self._lines.values()):
-            self._say(0, f"market data is back after {now - self._competing_since:.0f} s (it was held by a competing "
-                         f"live session, IB 10197)")
+            if self._competing_recovered:  # not when the lines it held were only given up
+                self._say(0, f"market data is back after {now - self._competing_since:.0f} s (it was held by a "
+                             f"competing live session, IB 10197)")
             self._competing_since = None
+            self._competing_recovered = False
 
     def _handle(self, req_id: int, code: int, text: str) -> None:
         now = self.clock()
@@ -581,8 +585,8 @@ class MarketData:
             line.blocked = (code, info.message, now)
             if self._competing_since is None:
                 self._competing_since = now
-                self._say(code, f"{symbol}: {info.message}; no entries from its quotes until it ends; the lines are "
-                                f"requested again every {self.retry_every:g} s")
+                self._say(code, f"{info.message}, first on {symbol}: no entry is priced from the lines it stops "
+                                f"until it ends; they are requested again every {self.retry_every:g} s")
         elif code == 354:
             line.at_ib = False
             if self.allow_delayed:

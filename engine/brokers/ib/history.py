@@ -302,8 +302,12 @@ class History:
         if stream.pending and self.clock() >= stream.due:
             self._resubscribe(stream)
         items = list(stream.bars or [])
+        if items:       # the last bar is still forming, unless the venue's time is past its end
+            last = to_bars([items[-1]], stream.seconds, self.tz)
+            if not (last and last[0].end <= self.now_ns()):
+                items = items[:-1]
         fresh: list = []
-        for b in reversed(items[:-1]):  # the last bar is still forming
+        for b in reversed(items):
             bar = to_bars([b], stream.seconds, self.tz)
             if not bar:
                 continue

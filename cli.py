@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import os
 import re
 import sys
@@ -637,8 +638,18 @@ def _describe_intent(info: dict) -> str:
               "quantity (whole units, at least 1) filling in one bar.")
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
               help="With --broker sim: replay at N times real time on the wall clock (default: as fast as it goes).")
+@click.option("--host", default=None, help="With --broker ib: TWS / IB Gateway host (default: broker.host, "
+              "QTRADE_IB_HOST, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="With --broker ib: API port (default: "
+              "broker.port, QTRADE_IB_PORT, 7497: TWS paper; IB Gateway paper is 4002).")
+@click.option("--client-id", "client_id", type=click.IntRange(0, 999_999_999), default=None,
+              help="With --broker ib: API client id (default: broker.client_id, QTRADE_IB_CLIENT_ID, 1).")
+@click.option("--account", default=None, help="With --broker ib: the account code (default: the login's only account).")
+@click.option("--yes", is_flag=True, help="With --live: confirm in advance (for scheduled jobs without a terminal).")
+@click.option("--for", "for_", metavar="DURATION", default=None,
+              help="With --broker ib: stop cleanly after this long (90s, 30m, 6h); default: until Ctrl-C or SIGTERM.")
 def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, sets, journal_path, fmt, partial,
-        speed):
+        speed, host, port, client_id, account, yes, for_):
     """Run STRATEGY: against the simulator (replaying its data bar by bar) or IB.
 
     The run goes through the trading kernel, the loop a live run uses: the plan is evaluated bar
@@ -659,10 +670,21 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
         raise click.UsageError("--live trades a real account and needs --broker ib")
     if live and dry_run:
         raise click.UsageError("--live and --dry-run contradict each other: choose one")
+    ctx = click.get_current_context()
+    given = {name for name in ("data", "chains", "days", "start", "end", "cash", "partial", "speed", "host", "port",
+                               "client_id", "account", "yes", "for_")
+             if ctx.get_parameter_source(name).name != "DEFAULT"}
+    flag = {"start": "--from", "end": "--to", "partial": "--partial-fills", "for_": "--for",
+            "client_id": "--client-id"}
     if broker == "ib":
-        _safe_echo("qtrade: the Interactive Brokers broker (ib_async) is not part of this version yet; "
-                   "use --broker sim (add --dry-run to print the orders without transmitting them)", err=True)
-        sys.exit(EXIT_USAGE)
+        sim_only = sorted(given & {"data", "chains", "days", "start", "end", "cash", "partial", "speed"})
+        if sim_only:
+            raise click.UsageError(f"{', '.join(flag.get(n, '--' + n) for n in sim_only)}: only with --broker sim "
+                                   "(with --broker ib the bars, the history and the cash are IB's)")
+        return _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, client_id, account, yes, for_)
+    ib_only = sorted(given & {"host", "port", "client_id", "account", "yes", "for_"})
+    if ib_only:
+        raise click.UsageError(f"{', '.join(flag.get(n, '--' + n) for n in ib_only)}: only with --broker ib")
     started = _time.perf_counter()
     if start and click.get_current_context().get_parameter_source("days").name != "DEFAULT":
         raise click.UsageError("--from and --days both say where the replay starts: give one of them")
@@ -756,6 +778,113 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     _safe_echo(f"{n_trades} round trip{'s' * (n_trades != 1)}, {len(result.ledger.positions)} open, "
                f"equity {result.final_equity:,.2f}" + (" (simulated wallet)" if dry_run else ""))
     _safe_echo(f"journal: {journal_path} (run {result.run_id})")
+
+
+def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, client_id, account, yes, for_):
+    """`qtrade run --broker ib`: runtime/ibrun.py, with its messages and exit codes."""
+    import contextlib
+    import sqlite3
+
+    from engine.diagnostics import DiagnosticError
+    from engine.plan.build import load_strategy
+    from engine.report.run_summary import summarize_result
+    from engine.risk.limits import _seconds
+    from engine.runtime.ibrun import RunRefused, run_ib
+    from engine.runtime.journal import Journal, JournalError, failure
+    from engine.runtime.journaling import write_journal
+    from engine.runtime.trading import SettingError, broker_section, connect_settings
+
+    seconds = None
+    if for_ is not None:
+        try:
+            seconds = float(_seconds(for_))
+        except ValueError:
+            seconds = None
+        if seconds is None or not seconds > 0 or not math.isfinite(seconds):
+            raise click.UsageError(f"--for {for_!r}: expected a positive duration such as 90s, 30m or 6h")
+    overrides = _parse_sets(sets)
+    _journal_first(journal_path, None)
+    try:
+        doc, _ = load_strategy(strategy, overrides)
+    except DiagnosticError as exc:
+        _report_problems(exc)
+    try:
+        settings = connect_settings({"host": host, "port": port, "client_id": client_id, "account": account},
+                                    broker_section(doc))
+    except SettingError as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    text = fmt == "text"
+    printed = []
+
+    def show(info: dict) -> None:
+        if info.get("kind") == "outcome":
+            if text:
+                _safe_echo(f"    -> {info['tag']}: {info['text']}")
+            return
+        printed.append(info)
+        if text:
+            _safe_echo(_describe_order(info, doc.get(("schedule", "timezone")) or "America/New_York"))
+
+    def say(line: str) -> None:
+        if text:
+            _safe_echo(line)
+
+    def confirm(question: str) -> bool:
+        return click.confirm(question, default=False)
+
+    try:
+        journal = Journal(journal_path)
+    except JournalError as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    from engine.brokers.ib.connection import ConnectError
+
+    with journal:
+        try:
+            outcome = run_ib(strategy, connect=settings, overrides=overrides, journal=journal, dry_run=dry_run,
+                             live=live, yes=yes, tty=sys.stdin.isatty(), confirm=confirm, seconds=seconds,
+                             on_order=show, say=say)
+        except ConnectError as exc:
+            _safe_echo(f"qtrade: {exc}", err=True)
+            sys.exit(EXIT_PROBLEMS)
+        except RunRefused as exc:
+            _safe_echo(f"qtrade: {exc}", err=True)
+            sys.exit(exc.code)
+        except DiagnosticError as exc:
+            _report_problems(exc)
+        except sqlite3.Error as exc:
+            _safe_echo(f"qtrade: {failure(journal_path, exc)}", err=True)
+            sys.exit(EXIT_PROBLEMS)
+        result = outcome.result
+        mode = "dry-run" if dry_run else ("live" if live else "paper")
+        try:
+            summary = summarize_result(result) if result.prepared.start is not None else {}
+            write_journal(result, journal, mode=mode, incremental=True)
+            journal.finish_run(outcome.run_id, "finished", {**summary, "stopped": outcome.stopped,
+                                                             "figures": outcome.figures})
+        except sqlite3.Error as exc:
+            _safe_echo(f"qtrade: {failure(journal_path, exc)}", err=True)
+            sys.exit(EXIT_PROBLEMS)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                journal.finish_run(outcome.run_id, "failed", {})
+            raise
+    kernel = outcome.kernel
+    if not text:
+        _safe_echo(json.dumps({"run_id": outcome.run_id, "journal": journal_path, "stopped": outcome.stopped,
+                               "figures": outcome.figures, "unconfirmed_cancels": outcome.unconfirmed,
+                               "summary": summary}, indent=2, default=str))
+        return
+    _safe_echo(f"\nstopped: {outcome.stopped}; {len(printed)} order{'s' * (len(printed) != 1)} "
+               f"{'would have been sent (nothing was transmitted)' if dry_run else 'sent to IB'}; "
+               f"{len(kernel.ledger.trades)} round trip{'s' * (len(kernel.ledger.trades) != 1)}, "
+               f"{len(kernel.ledger.positions)} open")
+    if outcome.unconfirmed:
+        _safe_echo(f"  not confirmed cancelled: {', '.join(outcome.unconfirmed)} (check TWS)")
+    for _, message in kernel.errors[:5]:
+        _safe_echo(f"  error: {message}")
+    _safe_echo(f"journal: {journal_path} (run {outcome.run_id})")
 
 
 def pd_day():

@@ -243,3 +243,37 @@ def test_a_corrected_execution_replaces_the_first_and_a_later_commission_replace
     assert [(f.quantity, f.price, f.commission) for f in corrected.ledger.fills] == \
         [(f.quantity, f.price, f.commission) for f in plain.ledger.fills]
     assert round(corrected.ledger.cash, 6) == round(plain.ledger.cash, 6)
+
+
+class _LateCommissions(SimBroker):
+    """A venue whose commission reports come after the order's final status (as IB's do)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._held: list = []
+
+    def events(self):
+        out = [ev for ev in super().events()]
+        late = [ev for ev in out if isinstance(ev, E.CommissionReport)]
+        rest = [ev for ev in out if not isinstance(ev, E.CommissionReport)]
+        held, self._held = self._held, late
+        return held + rest
+
+
+def test_a_commission_reported_after_the_order_is_booked_still_reaches_cash_and_the_trade():
+    from engine.runtime import backtest as bt
+    from engine.runtime import session
+
+    prep = bt.prepare("strategies/sma_crossover.yaml")
+    plain = session.simulate(prep, streaming=False, run_id="p")
+    real = session.SimBroker
+    session.SimBroker = _LateCommissions
+    try:
+        late = session.simulate(prep, streaming=False, run_id="l")
+    finally:
+        session.SimBroker = real
+    late.runner._drain()
+    assert plain.ledger.trades and not late.runner.errors
+    assert [round(t.pnl, 6) for t in late.ledger.trades] == [round(t.pnl, 6) for t in plain.ledger.trades]
+    assert [f.commission for f in late.ledger.fills] == [f.commission for f in plain.ledger.fills]
+    assert round(late.ledger.cash, 6) == round(plain.ledger.cash, 6)

@@ -206,12 +206,14 @@ class DataSpec:
     chains: str | None = None        # option chain snapshots, likewise
     adjusted: bool = False
     on_bad_bar: str = "refuse"       # refuse | skip
+    history: str | None = None       # the warm-up a broker's history gives a live run ("300 bars", "2d")
+    session: str = "regular"         # regular | extended: the hours a broker's bars cover
 
     @classmethod
     def from_spec(cls, spec: dict | None) -> "DataSpec":
         spec = spec or {}
         return cls(spec.get("bar", "1d"), spec.get("source"), spec.get("chains"), bool(spec.get("adjusted", False)),
-                   spec.get("on_bad_bar", "refuse"))
+                   spec.get("on_bad_bar", "refuse"), spec.get("history"), spec.get("session", "regular"))
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,30 @@ class Ledger:
         self.positions[fill.symbol] = pos
         return pos
 
+    def late_commission(self, order_ref: str, delta: float, trade_index: int | None = None) -> None:
+        """A commission the venue reported after the fill was booked (IB's commission report
+        comes after the execution, sometimes as zero first): cash, the fill, the open position's
+        entry commission or the closed trade's P&L take the difference."""
+        from dataclasses import replace
+
+        self.cash -= delta
+        for i in range(len(self.fills) - 1, -1, -1):
+            f = self.fills[i]
+            if f.order_ref == order_ref:
+                self.fills[i] = replace(f, commission=f.commission + delta)
+                symbol = f.symbol
+                break
+        else:
+            raise LedgerError(f"no fill of {order_ref} to take a commission")
+        if trade_index is not None:
+            t = self.trades[trade_index]
+            pnl = t.pnl - delta
+            basis = abs(t.entry_price * t.quantity * t.multiplier)
+            self.trades[trade_index] = replace(t, pnl=pnl, commission=t.commission + delta,
+                                               return_pct=100.0 * pnl / basis if basis else 0.0)
+        elif symbol in self.positions:
+            self.positions[symbol].entry_commission += delta
+
     def close(self, fill: Fill, exit_reason: str = "") -> Trade:
         pos = self.positions.get(fill.symbol)
         if pos is None or abs(fill.signed + pos.quantity) > 1e-9:

@@ -103,6 +103,7 @@ class JournalPosition:
     entry_ref: str
     rule: str
     con_id: int | None = None
+    local_symbol: str = ""
 
 
 @dataclass
@@ -110,9 +111,140 @@ class JournalState:
     orders: list[dict] = field(default_factory=list)      # not terminal
     exec_ids: set = field(default_factory=set)
     positions: dict[str, JournalPosition] = field(default_factory=dict)
+    commissions: dict[str, float] = field(default_factory=dict)
+    traded: set = field(default_factory=set)              # every conId the strategy traded here
+    runs: list[str] = field(default_factory=list)
+
+    def view(self):
+        """The state as reconciliation reads it (brokers/ib/reconcile.JournalView)."""
+        from ..brokers.ib.reconcile import JournalOrder, JournalPosition as RPosition, JournalView
+
+        orders = tuple(JournalOrder(o["order_ref"], o["symbol"], o["action"], float(o["quantity"]), o["status"],
+                                    o.get("local_symbol") or "", int(o.get("con_id") or 0),
+                                    int(o.get("broker_order_id") or 0), int(o.get("perm_id") or 0),
+                                    combo=bool(o.get("legs"))) for o in self.orders)
+        positions = tuple(RPosition(int(p.con_id or 0), p.local_symbol, p.symbol, p.quantity, p.avg_price,
+                                    p.multiplier) for p in self.positions.values())
+        return JournalView(orders, frozenset(self.exec_ids), positions, dict(self.commissions),
+                           frozenset(self.traded))
 
 
 _TERMINAL = ("filled", "cancelled", "rejected", "expired", "never_sent", "lost")
+
+
+def apply_report(journal, run_id: str, report, state: JournalState, prefix: str, now: int,
+                 say: Callable[[str], None]) -> list[str]:
+    """What reconciliation found, into the journal before anything is sent: the fills missed
+    while qtrade was away (each once, by execution id; corrections replace), commissions, the
+    orders IB finished or never knew, phantom positions closed externally (no exit is sent),
+    unknown holdings and mismatches noted. Returns the lines said."""
+    ts = _iso(now)
+    runs = {o["order_ref"]: o["run_id"] for o in state.orders}
+    lines = report.lines()
+    for f in report.fills:
+        if f.replaces:
+            journal.correct_fill(f.replaces, f.exec_id, f.quantity, f.price, _iso(f.time))
+        else:
+            journal.fill(runs.get(f.tag, run_id), f.tag, _iso(f.time), f.symbol, f.action, f.quantity, f.price,
+                         f.multiplier, f.commission or 0.0, exec_id=f.exec_id, broker_order_id=f.broker_order_id,
+                         con_id=f.con_id or None, local_symbol=f.local_symbol or None)
+        journal.note(run_id, ts, "missed_fill", f.tag, f"{f.action} {f.quantity:g} {f.local_symbol or f.symbol} @ "
+                     f"{f.price:g} ({f.exec_id}) happened while qtrade was away: journaled")
+    for exec_id, commission in report.commissions:
+        journal.commission(exec_id, commission)
+    for x in report.finished:
+        journal.order_status(x.tag, x.status, ts, f"{x.status} at IB while qtrade was away ({x.filled:g} filled)")
+    for tag in report.never_sent:
+        journal.order_status(tag, "never_sent", ts, "journaled but never sent: IB knows no such order")
+    for tag in report.lost:
+        journal.note(run_id, ts, "lost", tag, "sent, but IB knows no such order: checked again before it is marked")
+    for flag in report.phantom:
+        # closed outside qtrade: the journal closes it at its average (the P&L is the broker's)
+        side = "sell" if flag.journal_quantity > 0 else "buy"
+        journal.fill(run_id, f"{prefix}external", ts, flag.symbol, side, abs(flag.journal_quantity),
+                     flag.journal_avg_price or 0.0, flag.multiplier, 0.0,
+                     exec_id=f"external:{run_id}:{flag.con_id or flag.symbol}", con_id=flag.con_id or None,
+                     local_symbol=flag.local_symbol or None)
+        journal.note(run_id, ts, "phantom", flag.symbol, f"the journal held {flag.journal_quantity:g} "
+                     f"{flag.local_symbol or flag.symbol}, IB holds none: closed externally, no exit sent")
+    for flag in report.unknown:
+        journal.note(run_id, ts, "unknown", flag.local_symbol or flag.symbol,
+                     f"IB holds {flag.ib_quantity:g} {flag.local_symbol or flag.symbol} that this strategy never "
+                     "traded: left alone, no entries on it")
+    for flag in report.mismatch:
+        journal.note(run_id, ts, "mismatch", flag.local_symbol or flag.symbol,
+                     f"the journal holds {flag.journal_quantity:g} {flag.local_symbol or flag.symbol}, IB "
+                     f"{flag.ib_quantity:g}: new entries on it blocked")
+    for o in report.foreign:
+        journal.note(run_id, ts, "foreign", o.order_ref or str(o.perm_id),
+                     f"{o.action} {o.quantity:g} {o.local_symbol or o.symbol} working at IB, not qtrade's: left alone")
+    for line in lines:
+        say(f"reconcile: {line}")
+    return lines
+
+
+def confirm_lost(journal, run_id: str, first, second, now: int) -> tuple[str, ...]:
+    """Orders lost in two reconciliations in a row: marked lost (nothing is re-sent)."""
+    from ..brokers.ib.reconcile import confirmed_lost
+
+    lost = confirmed_lost(first, second)
+    for tag in lost:
+        journal.order_status(tag, "lost", _iso(now), "sent, but IB knew no such order in two reconciliations")
+    return lost
+
+
+def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
+    """Orders of this strategy working at IB from an earlier run, taken over by the kernel's order
+    tracker (so their fills book the positions they belong to) and by the broker (so their
+    statuses and executions come as events). Nothing is re-sent."""
+    from ..orders.intent import OrderIntent
+    from ..plan import nodes as N
+    from .records import OrderRecord
+
+    rows = {o["order_ref"]: o for o in state.orders}
+    adopted = []
+    for a in report.adopt:
+        row = rows.get(a.tag)
+        symbol = row["symbol"] if row else a.order.symbol
+        st = kernel.syms.get(symbol)
+        if st is None:
+            continue
+        kind = {"LMT": "limit", "STP": "stop", "STP LMT": "stop_limit", "MKT": "market"}.get(a.order.order_type,
+                                                                                           "market")
+        intent_kind = row["intent"] if row else ("close" if symbol in kernel.ledger.positions else "open")
+        rule_name = row["rule"] if row else "adopted"
+        intent = OrderIntent(symbol, a.order.action, kind, float(a.order.quantity), None, a.order.limit,
+                             a.order.stop, row["tif"] if row else "day", intent_kind, rule_name, a.tag, "")
+        if intent_kind == "open":
+            role = "entry"
+        elif kind == "stop":
+            role = "stop"
+        elif kind == "limit" and row and row["order_type"] == "limit" and symbol in kernel.ledger.positions:
+            role = "target"
+        else:
+            role = "exit"
+        rule = next((r for r in kernel.plan.rules if r.name == rule_name), N.Rule("exit" if role != "entry"
+                                                                                  else "entry", rule_name))
+        record = OrderRecord(intent, kernel._now)
+        record.status = "working"
+        kernel.orders.append(record)
+        from .kernel import _Tracked
+
+        tr = _Tracked(intent, record, symbol, kernel.settings.strategy, role, rule, len(st.bars))
+        tr.sent = True
+        kernel.orders_by_ref[a.tag] = tr
+        if role == "entry":
+            st.working_entry = a.tag
+        elif role in ("stop", "target"):
+            st.protect[(rule_name, role)] = a.tag
+        else:
+            st.closing = a.tag
+        from ..brokers import events as E
+
+        broker.adopt(E.Order(a.tag, symbol, a.order.action, float(a.order.quantity), kind, a.order.limit,
+                             a.order.stop, intent.tif, intent=intent_kind, rule=rule_name), a.order.perm_id)
+        adopted.append(a.tag)
+    return adopted
 
 
 def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -> JournalState:
@@ -121,6 +253,7 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
     runs = [r["run_id"] for r in journal._rows("SELECT run_id, mode, settings FROM runs")
             if r["mode"] in modes and _account_of(r["settings"]) == account]
     state = JournalState()
+    state.runs = runs
     if not runs:
         return state
     marks = ",".join("?" * len(runs))
@@ -133,14 +266,19 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
     for f in fills:
         if f["exec_id"]:
             state.exec_ids.add(f["exec_id"])
+            state.commissions[f["exec_id"]] = float(f["commission"] or 0.0)
+        if f.get("con_id"):
+            state.traded.add(int(f["con_id"]))
         sign = 1.0 if f["action"] == "buy" else -1.0
         pos = state.positions.get(f["symbol"])
         t = int(pd.Timestamp(f["ts"]).value)
         if pos is None or abs(pos.quantity) < 1e-12:
             state.positions[f["symbol"]] = JournalPosition(f["symbol"], sign * f["quantity"], f["price"],
                                                            f["multiplier"], t, f["order_ref"], f["rule"] or "",
-                                                           f.get("con_id"))
+                                                           f.get("con_id"), f.get("local_symbol") or "")
             continue
+        if f.get("con_id"):
+            pos.con_id, pos.local_symbol = f["con_id"], f.get("local_symbol") or pos.local_symbol
         q = pos.quantity + sign * f["quantity"]
         if pos.quantity * sign > 0:        # adding to it: the average moves
             pos.avg_price = (pos.avg_price * abs(pos.quantity) + f["price"] * f["quantity"]) / abs(q)
@@ -246,128 +384,180 @@ def run_ib(strategy: str, *, connect, overrides: dict, journal, dry_run: bool, l
            tty: bool, confirm: Callable[[str], bool], seconds: float | None, on_order=None,
            say: Callable[[str], None] = print, broker_factory=None, status_every: float = 60.0) -> Outcome:
     """One run of a strategy on IB, from connect to a clean stop (see the module's docstring).
-    `broker_factory(connect, instruments, read_only, limits, say)` makes the IB broker (tests may
-    wrap it); the journal is open and stays the caller's."""
+    `broker_factory(connect, **options)` makes the IB broker (default: brokers.ib.broker.IBBroker);
+    the journal is open and stays the caller's. Raises RunRefused, ConnectError, DiagnosticError."""
+    from ..check.model import DataSpec, Schedule, risk_limits
+    from ..plan.build import build_plan, load_strategy
+
+    t0 = _time.monotonic()
+    doc, ws = load_strategy(strategy, overrides)
+    plan = build_plan(doc, ws, overrides)
+    spec = DataSpec.from_spec(doc.get(("data",)))
+    limits = risk_limits(doc)
+    timezone = Schedule.from_spec(doc.get(("schedule",))).timezone
+    if broker_factory is None:
+        from ..brokers.ib.broker import IBBroker as broker_factory
+    from ..brokers.ib.contracts import load_instruments
+
+    inst_doc = ws.instruments_for(doc)
+    instruments = inst_doc.data if inst_doc is not None else load_instruments()
+    ib = broker_factory(connect, instruments=instruments, read_only=dry_run, limits=limits, say=say,
+                        subscriptions=doc.get(("data", "subscriptions")), timezone=timezone)
+    ib.connect()
+    figures: dict = {"connect_seconds": round(_time.monotonic() - t0, 4)}
+    try:
+        return _run_connected(ib, strategy, overrides, journal, plan, spec, limits, dry_run, live, yes, tty,
+                              confirm, seconds, on_order, say, status_every, t0, figures)
+    finally:
+        ib.close()
+
+
+def _run_connected(ib, strategy, overrides, journal, plan, spec, limits, dry_run, live, yes, tty, confirm, seconds,
+                   on_order, say, status_every, t0, figures) -> Outcome:
+    from . import backtest as bt
+    from .journal import new_run_id
+    from .trading import live_guard
+
+    account = ib.account_id
+    why = live_guard(live=live, account=account, paper=ib.is_paper, yes=yes, tty=tty, confirm=confirm)
+    if why:
+        raise RunRefused(why, 2)
+    mode = "dry-run" if dry_run else ("live" if live else "paper")
+    prefix = f"qtrade:{plan.name}:"
+    run_id = new_run_id()
+    # reconcile before anything is sent
+    t_rec = _time.monotonic()
+    state = journal_state(journal, prefix, account)
+    report = ib.reconcile(state, prefix)
+    first_lost = report
+    if report.lost:        # sent but unknown at IB: asked once more before they are marked lost
+        ib.pump(0.5)
+        report = ib.reconcile(state, prefix)
+    figures["reconcile_seconds"] = round(_time.monotonic() - t_rec, 4)
+    # the warm-up from IB's history
+    wanted_bars = history_bars(plan, spec.history, spec.bar)
+
+    def frames_from(symbols, bar, timezone):
+        return {s: ib.history_frame(s, bar, wanted_bars, timezone, spec.session) for s in symbols}
+
+    prep = bt.prepare(strategy, overrides, frames_from=frames_from)
+    cash_now = ib.account().equity
+    bt.start_run(prep, journal, mode, run_id, cash_now)
+    journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
+                       " '$.client_id', ?, '$.data', 'IB history') WHERE run_id = ?", (account, ib.client_id, run_id))
+    try:
+        return _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost, limits, dry_run, live,
+                      seconds, on_order, say, status_every, t0, figures, cash_now, spec)
+    except BaseException:
+        import contextlib
+        import sqlite3
+
+        with contextlib.suppress(sqlite3.Error):
+            journal.finish_run(run_id, "failed", {})
+        raise
+
+
+def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost, limits, dry_run, live, seconds,
+           on_order, say, status_every, t0, figures, cash_now, spec) -> Outcome:
     from ..brokers.dryrun import DryRunBroker
     from ..brokers.sim import SimBroker
-    from ..check.model import DataSpec
-    from ..plan.build import build_plan, load_strategy
-    from . import backtest as bt
     from .backtest import Result
     from .equity import equity_curve
-    from .journal import new_run_id
     from .live import LiveRun, live_kernel
     from .prepare import _symbol_bars
     from .recorder import Recorder
     from .session import run_settings
-    from .trading import KillSwitch, live_guard, margin_gate
+    from .trading import KillSwitch, margin_gate
 
-    t0 = _time.monotonic()
-    figures: dict = {}
-    doc, ws = load_strategy(strategy, overrides)
-    plan = build_plan(doc, ws, overrides)
-    _refuse_what_ib_runs_do_not_do_yet(doc, plan)
-    spec = DataSpec.from_spec(doc.get(("data",)))
-    from ..check.model import risk_limits
+    state = journal_state(journal, prefix, account)
+    apply_report(journal, run_id, report, state, prefix, ib.now(), say)
+    confirm_lost(journal, run_id, first_lost, report, ib.now())
+    state = journal_state(journal, prefix, account)     # with what reconciliation brought in
+    symbol_bars = {s: _symbol_bars(prep, s)[0] for s in prep.symbols}
+    held = sum(p.quantity * p.avg_price * p.multiplier for p in state.positions.values())
+    venue = ib
+    wallet = None
+    if dry_run:       # the wallet starts as the account is: its cash, and the strategy's positions
+        settings, fills = run_settings(prep, run_id)
+        wallet = SimBroker(dict(symbol_bars), fills, cash_now - held, settings.account, session=f"{run_id}.wallet",
+                           fill_fraction=settings.fill_fraction)
+        venue = DryRunBroker(ib, wallet)
+    kill = KillSwitch(limits.kill_switch_file)
 
-    limits = risk_limits(doc)
-    if broker_factory is None:
-        from ..brokers.ib.broker import IBBroker as broker_factory
-    from ..brokers.ib.contracts import instruments_for
+    def gate(symbol: str) -> str | None:
+        return kill.engaged() or ib.gate(symbol)
 
-    instruments = instruments_for(ws, doc)
-    ib = broker_factory(connect, instruments=instruments, read_only=dry_run, limits=limits, say=say,
-                        subscriptions=doc.get(("data", "subscriptions")))
-    ib.connect()
-    figures["connect_seconds"] = round(_time.monotonic() - t0, 3)
-    try:
-        account = ib.account_id
-        why = live_guard(live=live, account=account, paper=ib.is_paper, yes=yes, tty=tty, confirm=confirm)
+    def contract_of(symbol: str):
+        try:
+            r = ib.resolved(symbol)
+        except Exception:        # a combo's key or a symbol IB cannot resolve: journaled without one
+            return None
+        return int(r.con_id), r.local_symbol
+
+    recorder = Recorder(journal, run_id, contract=contract_of, ids=ib.broker_ids)
+    kernel, feed, timers = live_kernel(prep, venue, run_id=run_id, recorder=recorder,
+                                       tags=(prefix, journal.last_order_seq(prefix)), on_order=on_order,
+                                       cash=cash_now, gate=gate, chain_fetch=ib.chain_fetch)
+    if not dry_run:
+        kernel.check_order = margin_gate(limits.margin_check, paper=ib.is_paper, live=live, what_if=ib.what_if,
+                                         funds=lambda: ib.account().available_funds)
+    restored = restore_positions(kernel, state.positions)
+    now = _iso(ib.now())
+    for symbol in restored:
+        pos = state.positions[symbol]
+        if wallet is not None:
+            wallet.hold(symbol, pos.quantity, pos.avg_price)
+        journal.note(run_id, now, "restored", symbol, f"{symbol} {pos.quantity:g} @ {pos.avg_price:.4f} restored "
+                     "from the journal: its exits manage it")
+    for ref in adopt_orders(kernel, report, state, ib):
+        journal.note(run_id, now, "adopted", ref, f"{ref} is working at IB from an earlier run: adopted, not re-sent")
+    last = {"report": report}
+
+    def after_reconnect() -> None:
+        fresh = journal_state(journal, prefix, account)
+        again = ib.reconcile(fresh, prefix)
+        apply_report(journal, run_id, again, fresh, prefix, ib.now(), say)
+        confirm_lost(journal, run_id, last["report"], again, ib.now())
+        last["report"] = again
+
+    ib.on_reconnected(after_reconnect)
+    for symbol in prep.symbols:
+        why = ib.subscribe(symbol, "position" if symbol in restored else "pick")
         if why:
-            raise RunRefused(why, 2)
-        mode = "dry-run" if dry_run else ("live" if live else "paper")
-        prefix = f"qtrade:{plan.name}:"
-        run_id = new_run_id()
-        # 2. reconcile before anything is sent
-        t_rec = _time.monotonic()
-        state = journal_state(journal, prefix, account)
-        report = ib.reconcile(state, prefix)
-        figures["reconcile_seconds"] = round(_time.monotonic() - t_rec, 3)
-        # 3. the warm-up from IB's history
-        wanted_bars = history_bars(plan, spec.history, spec.bar)
+            say(f"market data: {why}")
+        ib.stream(symbol, spec.bar, spec.session)
+    for symbol in prep.plan.inputs.symbols:
+        if symbol not in prep.symbols:
+            ib.stream(symbol, spec.bar, spec.session)
+    say(ib.budget_report(len(prep.symbols)))
+    ib.ready()
+    figures["ready_seconds"] = round(_time.monotonic() - t0, 4)
+    stop = Stop(seconds)
 
-        def frames_from(symbols, bar, timezone):
-            return {s: ib.history_frame(s, bar, wanted_bars, timezone, spec.session) for s in symbols}
+    def status() -> str:
+        for alert in ib.take_alerts():
+            journal.note(run_id, _iso(alert.time or ib.now()), "alert", str(alert.code), alert.message)
+        return status_line(kernel, ib, ib.now(), prep.timezone)
 
-        prep = bt.prepare(strategy, overrides, frames_from=frames_from)
-        cash_now = ib.account().equity
-        bt.start_run(prep, journal, mode, run_id, cash_now)
-        journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
-                           " '$.client_id', ?) WHERE run_id = ?", (account, ib.client_id, run_id))
-        apply_report(journal, run_id, report, say)
-        state = journal_state(journal, prefix, account)     # with the fills reconciliation brought in
-        symbol_bars = {s: _symbol_bars(prep, s)[0] for s in prep.symbols}
-        venue = ib
-        held = sum(p.quantity * p.avg_price * p.multiplier for p in state.positions.values())
-        if dry_run:       # the wallet starts as the account is: its cash, and the strategy's positions
-            settings, fills = run_settings(prep, run_id)
-            wallet = SimBroker(dict(symbol_bars), fills, cash_now - held, settings.account,
-                               session=f"{run_id}.wallet")
-            venue = DryRunBroker(ib, wallet)
-        kill = KillSwitch(limits.kill_switch_file)
-        blocked_symbols = {m.symbol: m.message for m in report.mismatches}
-
-        def gate(symbol: str) -> str | None:
-            return kill.engaged() or ib.gate(symbol) or blocked_symbols.get(symbol)
-
-        recorder = Recorder(journal, run_id)
-        kernel, feed, timers = live_kernel(prep, venue, run_id=run_id, recorder=recorder,
-                                           tags=(prefix, journal.last_order_seq(prefix)), on_order=on_order,
-                                           cash=cash_now, gate=gate)
-        restored = restore_positions(kernel, state.positions)
-        if dry_run:
-            for symbol in restored:
-                p = state.positions[symbol]
-                wallet.hold(symbol, p.quantity, p.avg_price)
-        for symbol in restored:
-            journal.note(run_id, _iso(ib.now()), "restored", symbol,
-                         f"{symbol} {state.positions[symbol].quantity:g} @ {state.positions[symbol].avg_price:.4f} "
-                         "restored from the journal: its exits manage it")
-        adopted = adopt_orders(kernel, report, state)
-        for ref in adopted:
-            journal.note(run_id, _iso(ib.now()), "adopted", ref, f"{ref} is working at IB: adopted, not re-sent")
-        ib.on_reconnected(lambda: _after_reconnect(ib, journal, kernel, prefix, account, run_id, say))
-        for symbol in prep.symbols:
-            ib.subscribe(symbol, "position" if symbol in restored else "pick")
-            ib.stream(symbol, spec.bar)
-        for symbol in prep.plan.inputs.symbols:
-            if symbol not in prep.symbols:
-                ib.stream(symbol, spec.bar)
-        say(ib.budget_report(len(set(prep.symbols))))
-        figures["first_decision_ready_seconds"] = round(_time.monotonic() - t0, 3)
-        stop = Stop(seconds)
-        loop = LiveRun(kernel, feed, ib, timers, stop=stop,
-                       status=lambda: status_line(kernel, ib, ib.now(), prep.timezone), say=say,
-                       status_every=status_every)
-        with stop.on_signals():
-            stopped = loop.run()
-            unconfirmed = loop.shutdown()
-        if loop.first_decision_wall is not None:
-            figures["connect_to_first_decision_seconds"] = round(loop.first_decision_wall - t0, 3)
-        if loop.latencies:
-            figures["decision_to_place_ms"] = round(1000 * float(np.median(loop.latencies)), 3)
-        figures.update(ib.figures())
-        kernel._end_of_data()
-        bars = {s: kernel.syms[s].bars for s in kernel.syms}
-        start_ns = min((int(b.start[st.start]) for s, b in bars.items()
-                        if len(b) > (st := kernel.syms[s]).start), default=None)
-        prep.start = pd.Timestamp(start_ns, tz="UTC").tz_convert(prep.timezone) if start_ns is not None else None
-        result = Result(prep, run_id, kernel.ledger, kernel, bars, {},
-                        lambda: equity_curve(kernel.ledger, bars, kernel.settings.cash, prep.start, [], {}))
-        result.broker = venue
-        return Outcome(run_id, stopped, kernel, result, figures, unconfirmed)
-    finally:
-        ib.close()
+    loop = LiveRun(kernel, feed, ib, timers, stop=stop, status=status, say=say, status_every=status_every)
+    with stop.on_signals():
+        stopped = loop.run()
+        unconfirmed = loop.shutdown()
+    status()
+    if loop.first_decision_wall is not None:
+        figures["connect_to_first_decision_seconds"] = round(loop.first_decision_wall - t0, 4)
+    if loop.latencies:
+        figures["decision_to_place_ms"] = round(1000 * float(np.median(loop.latencies)), 3)
+    figures.update(ib.figures())
+    kernel._end_of_data()
+    bars = {s: kernel.syms[s].bars for s in kernel.syms}
+    firsts = [int(b.start[kernel.syms[s].start]) for s, b in bars.items() if len(b) > kernel.syms[s].start]
+    prep.start = pd.Timestamp(min(firsts), tz="UTC").tz_convert(prep.timezone) if firsts else None
+    result = Result(prep, run_id, kernel.ledger, kernel, bars, {},
+                    lambda: equity_curve(kernel.ledger, bars, kernel.settings.cash, prep.start,
+                                         kernel.closed_combos + list(kernel.combos.values()), kernel.combo_symbol))
+    result.broker = venue
+    return Outcome(run_id, stopped, kernel, result, figures, unconfirmed)
 
 
 def _iso(ns: int) -> str:

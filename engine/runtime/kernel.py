@@ -129,6 +129,9 @@ class Kernel(RunState):
         self._by_exec: dict[str, _Tracked] = {}
         self._fills_of: dict[str, tuple[float, float]] = {}   # exec id -> (quantity, price)
         self._fees: dict[str, float] = {}                      # exec id -> its commission
+        self._booked: set[str] = set()                         # refs booked in the ledger
+        self._entry_ref: dict[str, str] = {}                   # symbol -> the ref of its open entry
+        self._trade_of: dict[str, int] = {}                    # ref -> the index of the trade it is in
         self._handlers = {E.Execution: self._on_execution, E.CommissionReport: self._on_commission,
                           E.OrderStatus: self._on_status, E.BrokerError: self._on_error,
                           E.ConnectionLost: self._on_lost, E.ConnectionRestored: self._on_restored}
@@ -466,6 +469,9 @@ class Kernel(RunState):
         before = self._fees.get(ev.exec_id, 0.0)
         self._fees[ev.exec_id] = ev.commission
         tr.commission += ev.commission - before
+        if tr.done and ev.commission != before and tr.intent.tag in self._booked:
+            # booked already (a venue's commission may come after the order's last status)
+            self.ledger.late_commission(tr.intent.tag, ev.commission - before, self._trade_of.get(tr.intent.tag))
         if self.recorder is not None:
             self.recorder.commission(ev)
 
@@ -529,6 +535,10 @@ class Kernel(RunState):
             self._error(f"status '{ev.status}' for an order this run did not send ({ev.ref})")
             return
         if ev.status not in E.DONE or tr.done:
+            if ev.status == E.SUBMITTED and self.recorder is not None and tr.record.status == "created" \
+                    and not tr.done:
+                tr.record.status, tr.record.status_time = "submitted", ev.time
+                self.recorder.acknowledged(tr.record, ev.broker_id)
             return
         tr.done = True
         st = self.syms[tr.symbol]
@@ -596,10 +606,12 @@ class Kernel(RunState):
         fill = Fill(tr.symbol, it.action, tr.filled, price, tr.commission, tr.last_time, tr.last_bar, it.tag,
                     b.multiplier, tr.rule.name)
         self._status(tr, "filled", tr.last_time, "")
+        self._booked.add(it.tag)
         if tr.role == "entry":
             self.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)
             st.owner, st.key = tr.owner, tr.symbol
             st.stats = {}
+            self._entry_ref[tr.symbol] = it.tag
             return
         if tr.role in ("stop", "target"):
             # its siblings in the one-cancels-all group are cancelled by the venue, and their
@@ -612,6 +624,10 @@ class Kernel(RunState):
             return
         trade = self.ledger.close(fill, tr.rule.reason or (tr.exit_kind if tr.role == "exit" else tr.role))
         self.ledger.trades[-1] = with_excursions(trade, b)
+        self._trade_of[it.tag] = len(self.ledger.trades) - 1
+        entry_ref = self._entry_ref.pop(tr.symbol, None)
+        if entry_ref is not None:
+            self._trade_of[entry_ref] = len(self.ledger.trades) - 1
         st.owner = st.key = None
         if trade.pnl < 0:
             self._losses += 1
@@ -836,7 +852,7 @@ class Kernel(RunState):
     def _local(self, ns: int):
         import pandas as pd
 
-        return pd.Timestamp(ns, tz="UTC").tz_convert(self.settings.timezone).to_pydatetime()
+        return pd.Timestamp(ns, tz="UTC").tz_convert(self.settings.timezone).to_pydatetime(warn=False)
 
     def _may_fire(self, st: _Symbol, k: int) -> bool:
         """Can an entry fire at bar k, from its conditions on the market alone (`vix < 25` of `vix < 25
@@ -1258,7 +1274,7 @@ class Kernel(RunState):
                              else "the data ended before it filled")
             st.pending = []
         for tr in self.orders_by_ref.values():
-            if tr.sent and not tr.done and tr.record.status == "created":
+            if tr.sent and not tr.done and tr.record.status in ("created", "submitted"):
                 tr.record.status, tr.record.status_time = "working", int(self.syms[tr.symbol].bars.end[-1])
                 tr.record.reason = "still working when the data ended"
 

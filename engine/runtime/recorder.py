@@ -19,9 +19,14 @@ def _iso(ns: int) -> str:
 
 
 class Recorder:
-    def __init__(self, journal: Journal, run_id: str):
+    def __init__(self, journal: Journal, run_id: str, contract=None, ids=None):
+        """`contract(symbol) -> (conId, local symbol) | None`: the exact contract a broker trades
+        for a symbol, journaled with its orders and fills; `ids(ref) -> (orderId, permId)`: the
+        venue's ids of an order, journaled as they become known."""
         self.journal = journal
         self.run_id = run_id
+        self.contract = contract
+        self.ids = ids
         self._journaled: set[str] = set()
         self._exec_refs: dict[str, str] = {}
 
@@ -34,15 +39,37 @@ class Recorder:
         self.journal.order(self.run_id, it.tag, _iso(rec.time), it.symbol, it.action, float(it.quantity or 0.0),
                            it.order_type, limit_price=it.limit, stop_price=it.stop, tif=it.tif, rule=it.rule,
                            intent=it.intent, legs=rec.legs, status="created", reason=it.reason)
+        exact = self.contract(it.symbol) if self.contract is not None else None
+        if exact is not None:
+            self.journal.order_ids(it.tag, con_id=exact[0], local_symbol=exact[1])
+
+    def acknowledged(self, rec: OrderRecord, broker_id: int) -> None:
+        """The venue took the order (IB's Submitted): its status and the venue's order id."""
+        self.status(rec)
+        if broker_id:
+            self.journal.order_ids(rec.intent.tag, broker_order_id=int(broker_id))
 
     def status(self, rec: OrderRecord) -> None:
         if rec.intent.tag not in self._journaled:      # refused before it was sent (risk, funds)
             self.order(rec)
         self.journal.order_status(rec.intent.tag, rec.status, _iso(rec.status_time or rec.time), rec.reason)
+        self._ids(rec.intent.tag)
+
+    def _ids(self, ref: str) -> None:
+        if self.ids is None:
+            return
+        try:
+            order_id, perm_id = self.ids(ref)
+        except KeyError:        # never reached the venue (refused before it was sent)
+            return
+        if order_id or perm_id:
+            self.journal.order_ids(ref, broker_order_id=order_id or None, perm_id=perm_id or None)
 
     def execution(self, ev: E.Execution, multiplier: float) -> None:
+        exact = self.contract(ev.symbol) if self.contract is not None else None
         self.journal.fill(self.run_id, ev.ref, _iso(ev.time), ev.symbol, ev.action, ev.quantity, ev.price,
-                          multiplier, exec_id=ev.exec_id, broker_order_id=ev.broker_id)
+                          multiplier, exec_id=ev.exec_id, broker_order_id=ev.broker_id,
+                          con_id=exact[0] if exact else None, local_symbol=exact[1] if exact else None)
 
     def correction(self, ev: E.Execution) -> None:
         """The venue corrected an execution: its journaled row takes the new id, quantity and price."""

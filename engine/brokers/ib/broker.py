@@ -1,0 +1,384 @@
+"""IBBroker: the IB broker's parts composed behind the kernel's Broker protocol, and the live
+loop's source of bars and time (runtime/live.LiveSource).
+
+One ib_async IB, one event list. The kernel reads orders' events (statuses, executions,
+commissions, order errors) and the connection's (lost, restored); advisories that are not about
+an order (a stale line, delayed data, a farm blip, the fallback client id) are alerts the run
+journals and prints, never reasons for the kernel to stop trading. Entries are gated: nothing is
+sent unless the connection is READY (reconciled), the symbol's quote is usable now (not stale,
+not unavailable), and reconciliation found no disagreement on its contract.
+
+Time is the venue's: IB's current time (reqCurrentTime), followed between answers at the rate
+it has been seen to move (1 at IB; an accelerated simulator's speed), and never behind the
+newest completed bar.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time as _time
+from typing import Callable
+
+import pandas as pd
+
+from .. import events as E
+from . import reconcile as R
+from .account import Account, AccountUnknown, PositionsUnknown
+from .chains import IBChains
+from .connection import Connection, ConnectError, IBConfig, State
+from .contracts import ContractError, Contracts
+from .history import History
+from .marketdata import LineBudget, MarketData, Priority
+from .orders import Orders
+
+_PRIORITY = {"position": Priority.POSITION, "top_pick": Priority.TOP_PICK, "pick": Priority.PICK,
+             "other": Priority.OTHER}
+
+
+class VenueClock:
+    """The venue's time (ns): its last reqCurrentTime answer moved on by wall time times the rate
+    seen between answers (IB: 1; a simulator at --speed 60: 60)."""
+
+    def __init__(self, ask: Callable[[], int], monotonic: Callable[[], float] = _time.monotonic,
+                 resync_every: float = 1.0):
+        self.ask = ask
+        self.monotonic = monotonic
+        self.resync_every = resync_every
+        self._first: tuple[float, int] | None = None
+        self._last: tuple[float, int] | None = None
+        self.rate = 1.0
+        self.floor = 0
+
+    def sync(self) -> None:
+        wall, venue = self.monotonic(), int(self.ask())
+        if self._first is None:
+            self._first = (wall, venue)
+        elif wall - self._first[0] >= 0.5 and venue > self._first[1]:
+            # seconds resolution: the longer the span, the better the rate
+            self.rate = max((venue - self._first[1]) / 1e9 / (wall - self._first[0]), 1e-6)
+        self._last = (wall, venue)
+
+    def due(self) -> bool:
+        return self._last is None or self.monotonic() - self._last[0] >= self.resync_every
+
+    def now(self) -> int:
+        if self._last is None:
+            return self.floor
+        wall, venue = self._last
+        return max(int(venue + (self.monotonic() - wall) * self.rate * 1e9), self.floor)
+
+
+class IBBroker:
+    def __init__(self, connect, *, instruments: dict, read_only: bool = False, limits=None,
+                 say: Callable[[str], None] = print, subscriptions: dict | None = None,
+                 timezone: str = "America/New_York", roll_days: int = 0, stale_after: float | None = None,
+                 allow_delayed: bool | None = None, monotonic: Callable[[], float] = _time.monotonic):
+        from ib_async import IB
+
+        self.settings = connect
+        self.read_only = read_only
+        self.say = say
+        self.monotonic = monotonic
+        self.timezone = timezone
+        self._events: list = []
+        self.alerts: list[E.BrokerError] = []
+        self.ib = IB()
+        config = IBConfig(host=connect.host, port=connect.port, client_id=connect.client_id,
+                          account=connect.account or "", connect_timeout=connect.connect_timeout,
+                          read_only=read_only)
+        self.conn = Connection(self.ib, config, self._sink, clock=monotonic)
+        self.clock = VenueClock(self._server_ns, monotonic)
+        self.contracts = Contracts(self.ib, instruments, roll_days=roll_days,
+                                   today=lambda: pd.Timestamp(self.now(), tz="UTC").tz_convert(timezone).date())
+        subs = subscriptions or {}
+        from ...risk.limits import _seconds
+
+        self.budget = LineBudget(int(subs.get("max_lines") or 100), int(subs.get("reserve_for_positions") or 0),
+                                 float(_seconds(subs.get("ttl")) if subs.get("ttl") else 600.0))
+        stale = stale_after if stale_after is not None else (limits.stale_quote_age if limits is not None and
+                                                             limits.stale_quote_age else 10.0)
+        delayed = allow_delayed if allow_delayed is not None else connect.market_data != "live"
+        self.md = MarketData(self.ib, self._resolve, self.budget, self._sink, clock=monotonic,
+                             stale_after=max(float(stale), 0.5), allow_delayed=delayed)
+        self.history_ = History(self.ib, self._sink, clock=monotonic, tz=timezone, now_ns=self.now)
+        self.orders = Orders(self.ib, self._resolve, self._resolve_option, self._sink, clock=self.now,
+                             read_only=read_only)
+        self.account_ = Account(self.ib, self._sink, clock=self.now, account=connect.account or "")
+        self.chains = IBChains(self.ib, free_lines=lambda: max(self.budget.max_lines - len(self.budget.held()), 1))
+        self._streams: dict[str, object] = {}
+        self._blocked: dict[str, str] = {}         # local symbol -> why reconciliation blocks entries
+        self._reconciled: R.Report | None = None
+        self.fetch_seconds: list[float] = []
+        self.conn.on_data_lost(self.md.resubscribe_all)
+        self.conn.on_data_lost(self.history_.resubscribe)
+        self.conn.on_reconnected(self.orders.rebind)
+
+    # ---- connection -------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Connect (ConnectError: one line for the user), learn the venue's time."""
+        self.conn.connect()
+        self.clock.sync()
+
+    def close(self) -> None:
+        for stream in list(self._streams.values()):
+            try:
+                self.history_.cancel(stream)
+            except Exception:       # closing: a request IB has already dropped is nothing to report
+                pass
+        self.conn.close()
+
+    def on_reconnected(self, fn: Callable[[], None]) -> None:
+        self.conn.on_reconnected(fn)
+
+    @property
+    def state(self) -> str:
+        return self.conn.state.value
+
+    @property
+    def client_id(self) -> int:
+        return int(self.conn.client_id or 0)
+
+    @property
+    def account_id(self) -> str:
+        return self.account_.account_id
+
+    @property
+    def is_paper(self) -> bool:
+        return self.account_.is_paper
+
+    def _server_ns(self) -> int:
+        t = self.ib.reqCurrentTime()
+        return int(pd.Timestamp(t).tz_convert("UTC").value) if t is not None else self.clock.floor
+
+    def now(self) -> int:
+        return self.clock.now()
+
+    def pump(self, seconds: float) -> None:
+        """IB's messages for up to `seconds`, then the parts' checks (the connection, stale lines,
+        streams, orders whose state ib_async may have falsified), and the venue's time kept."""
+        self.conn.sleep(seconds)
+        self.conn.check()
+        if self.conn.state in (State.READY, State.RECONCILING):
+            self.md.check()
+            self.history_.check()
+            if self.conn.state == State.READY:
+                self.orders.settle()
+            if self.clock.due():
+                try:
+                    self.clock.sync()
+                except (ConnectionError, OSError):
+                    pass      # the connection's own check says what happened
+
+    # ---- the event stream -------------------------------------------------------------------
+    def _sink(self, ev) -> None:
+        if isinstance(ev, E.BrokerError) and ev.ref is None:
+            self.alerts.append(ev)
+            return
+        self._events.append(ev)
+
+    def events(self) -> list:
+        out, self._events = self._events, []
+        return out
+
+    def take_alerts(self) -> list[E.BrokerError]:
+        out, self.alerts = self.alerts, []
+        return out
+
+    # ---- contracts ----------------------------------------------------------------------------
+    def _resolve(self, symbol: str):
+        return self.contracts.resolve(symbol)
+
+    def _resolve_option(self, underlying: str, expiry: str, strike: float, right: str):
+        c = self.chains.contract(underlying, expiry, strike, right)
+        if c is not None:
+            from .types import Resolved
+
+            return Resolved(c.localSymbol or underlying, int(c.conId), c.localSymbol, "OPT", c.exchange, c.currency,
+                            float(c.multiplier or 100), c.tradingClass, 0.01, None, c)
+        return self.contracts.option(underlying, expiry, strike, right[0].upper())
+
+    def resolved(self, symbol: str):
+        return self.contracts.resolve(symbol)
+
+    # ---- market data --------------------------------------------------------------------------
+    def subscribe(self, symbol: str, priority: str = "pick") -> str | None:
+        return self.md.subscribe(symbol, _PRIORITY[priority])
+
+    def quote(self, symbol: str) -> E.Quote | None:
+        return self.md.quote(symbol)
+
+    def gate(self, symbol: str) -> str | None:
+        """Why an entry on `symbol` may not be sent now (None: it may)."""
+        if self.conn.state != State.READY:
+            return f"the IB connection is {self.conn.state.value}: no new entries until it is ready and reconciled"
+        why = self.md.unavailable(symbol)
+        if why:
+            return f"{symbol}: {why}"
+        try:
+            local = self.contracts.resolve(symbol).local_symbol
+        except ContractError as exc:
+            return str(exc)
+        return self._blocked.get(local) or self._blocked.get(symbol)
+
+    def budget_report(self, needed: int) -> str:
+        return self.md.budget_report(needed)
+
+    def lines_status(self) -> str:
+        return f"lines {len(self.budget.held())}/{self.budget.max_lines}"
+
+    def free_lines(self) -> int:
+        return max(self.budget.max_lines - len(self.budget.held()), 0)
+
+    # ---- bars ---------------------------------------------------------------------------------
+    def history_frame(self, symbol: str, bar: str, bars: int, timezone: str, session: str = "regular") -> pd.DataFrame:
+        """The last `bars` completed bars of `symbol` as a frame indexed as the loader indexes a
+        file of that bar size."""
+        from ...runtime.ibrun import ib_bar_size, ib_duration
+
+        resolved = self.contracts.resolve(symbol)
+        got = self.history_.bars(resolved, ib_duration(bar, bars), ib_bar_size(bar), "TRADES",
+                                 use_rth=session == "regular")
+        now = self.now()
+        got = [b for b in got if b.end <= now][-bars:]
+        daily = got and got[0].end - got[0].start >= 86_400 * 10**9
+        index = pd.DatetimeIndex([pd.Timestamp(b.start, tz="UTC").tz_convert(timezone) for b in got], name="time")
+        if daily:
+            index = index.normalize()
+        if len(got):
+            self.clock.floor = max(self.clock.floor, got[-1].end)
+        return pd.DataFrame({"open": [b.open for b in got], "high": [b.high for b in got],
+                             "low": [b.low for b in got], "close": [b.close for b in got],
+                             "volume": [b.volume for b in got]}, index=index, dtype=float)
+
+    def stream(self, symbol: str, bar: str, session: str = "regular") -> None:
+        from ...runtime.ibrun import ib_bar_size, ib_duration
+
+        if symbol in self._streams:
+            return
+        self._streams[symbol] = self.history_.stream(self.contracts.resolve(symbol), ib_bar_size(bar),
+                                                     ib_duration(bar, 2), use_rth=session == "regular")
+
+    def completed(self, symbol: str) -> list:
+        from ...runtime.live import Bar
+
+        stream = self._streams.get(symbol)
+        if stream is None:
+            return []
+        out = []
+        for b in self.history_.completed(stream):
+            out.append(Bar(int(b.start), float(b.open), float(b.high), float(b.low), float(b.close),
+                           float(b.volume) if b.volume == b.volume else 0.0))
+            self.clock.floor = max(self.clock.floor, int(b.end))
+        return out
+
+    def chain_fetch(self, symbol: str, spot: float, expiries: list, when: pd.Timestamp):
+        resolved = self.contracts.resolve(symbol)
+        return self.chains.chain(resolved.contract, spot, expiries, when)
+
+    # ---- reconciliation -----------------------------------------------------------------------
+    def reconcile(self, state, prefix: str, *, attempts: int = 5, timeout: float = 3.0) -> R.Report:
+        """A complete fetch (retried with a longer timeout each time: an incomplete answer is never
+        read as flat), the comparison with the journal, and the orders bound again."""
+        last: Exception | None = None
+        for attempt in range(attempts):
+            try:
+                snapshot = R.fetch(self.ib, all_clients=self.conn.client_id_changed, since=None,
+                                   timeout=timeout * (attempt + 1))
+                break
+            except R.Incomplete as exc:
+                last = exc
+                self.say(f"reconcile: the fetch was incomplete ({exc}); trying again")
+                self.conn.sleep(0.5 * (attempt + 1))
+        else:
+            raise ReconcileFailed(f"reconciliation could not complete a fetch of IB's state after {attempts} "
+                                  f"tries ({last}): nothing is sent until it can")
+        self.fetch_seconds.append(snapshot.seconds)
+        self.orders.rebind()
+        report = R.reconcile(snapshot, state.view(), prefix)
+        self._blocked = {f.local_symbol: f"{f.local_symbol}: the journal holds {f.journal_quantity:g}, IB "
+                         f"{f.ib_quantity:g}: entries blocked until they agree" for f in report.mismatch}
+        self._blocked.update({f.local_symbol: f"{f.local_symbol}: IB holds {f.ib_quantity:g} this strategy never "
+                              "traded: left alone, no entries on it" for f in report.unknown})
+        self.orders.refuse_refs([a.tag for a in report.adopt] + [x.tag for x in report.finished])
+        self._reconciled = report
+        return report
+
+    def ready(self) -> None:
+        self.conn.mark_ready()
+
+    def broker_ids(self, ref: str) -> tuple[int, int]:
+        """IB's (orderId, permId) of an order (KeyError: not one of this session's)."""
+        return self.orders.broker_ids(ref)
+
+    def adopt(self, order: E.Order, perm_id: int = 0) -> bool:
+        return self.orders.adopt(order, perm_id)
+
+    def figures(self) -> dict:
+        out = {"reconnects": self.conn.reconnects}
+        if self.conn.last_reconnect_seconds is not None:
+            out["last_reconnect_seconds"] = round(self.conn.last_reconnect_seconds, 4)
+        if self.fetch_seconds:
+            out["reconcile_fetch_seconds"] = round(self.fetch_seconds[0], 4)
+        out["venue_rate"] = round(self.clock.rate, 2)
+        return out
+
+    # ---- the Broker protocol ------------------------------------------------------------------
+    def place(self, order: E.Order) -> str:
+        return self.orders.place(order)
+
+    def modify(self, ref: str, *, quantity=None, limit=None, stop=None) -> None:
+        self.orders.modify(ref, quantity=quantity, limit=limit, stop=stop)
+
+    def cancel(self, ref: str) -> None:
+        self.orders.cancel(ref)
+
+    def what_if(self, order: E.Order) -> E.Margin | None:
+        return self.orders.what_if(order)
+
+    def positions(self) -> dict[str, E.BrokerPosition]:
+        return self.account_.positions()
+
+    def open_orders(self) -> list[E.Order]:
+        return self.orders.open_orders()
+
+    def executions(self) -> list[E.Execution]:
+        return self.orders.executions()
+
+    def account(self) -> E.AccountValues:
+        return self.account_.account_values()
+
+    def instrument(self, symbol: str):
+        return None
+
+    def history(self, symbol: str, bars: int):
+        return None
+
+    def option_chain(self, underlying: str, at: int):
+        return None
+
+    # the simulated venue's clock calls: IB's market moves by itself
+    def open_bar(self, symbol: str, k: int) -> None:
+        pass
+
+    def close_bar(self, symbol: str, k: int) -> None:
+        pass
+
+    def fills_at_open(self, symbol: str, k: int) -> bool:
+        return False
+
+    def at(self, time: int) -> None:
+        pass
+
+    def mark_combo(self, key: str, credit: float) -> None:
+        pass
+
+    def settle(self, key: str, debit: float, when: int) -> None:
+        pass      # IB settles an expiring combo itself; the kernel books it
+
+
+class ReconcileFailed(Exception):
+    """Reconciliation could not get a complete picture of IB's state: nothing may be sent."""
+
+
+__all__ = ["IBBroker", "VenueClock", "ReconcileFailed", "ConnectError", "AccountUnknown", "PositionsUnknown"]

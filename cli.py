@@ -824,11 +824,20 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
             return
         printed.append(info)
         if text:
-            _safe_echo(_describe_order(info, doc.get(("schedule", "timezone")) or "America/New_York"))
+            _safe_echo(_describe_intent(info) if info.get("quote") is not None else
+                       _describe_order(info, doc.get(("schedule", "timezone")) or "America/New_York"))
 
     def say(line: str) -> None:
         if text:
             _safe_echo(line)
+
+    import logging
+
+    # ib_async logs IB's errors as it gets them; the IB broker takes each from its errorEvent
+    # (an order's outcome, or an alert journaled as a note), so the log would only say it twice
+    ib_log = logging.getLogger("ib_async")
+    ib_log.addHandler(logging.NullHandler())
+    ib_log.propagate = False
 
     def confirm(question: str) -> bool:
         return click.confirm(question, default=False)

@@ -139,7 +139,9 @@ class Ledger:
         if trade_index is not None:
             t = self.trades[trade_index]
             pnl = t.pnl - delta
-            basis = abs(t.entry_price * t.quantity * t.multiplier)
+            # the trade's own basis for its return (a combo's is its margin, not its price)
+            basis = 100.0 * t.pnl / t.return_pct if t.return_pct and t.pnl else abs(t.entry_price * t.quantity
+                                                                                      * t.multiplier)
             self.trades[trade_index] = replace(t, pnl=pnl, commission=t.commission + delta,
                                                return_pct=100.0 * pnl / basis if basis else 0.0)
         elif symbol in self.positions:

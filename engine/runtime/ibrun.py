@@ -437,9 +437,29 @@ def _run_connected(ib, strategy, overrides, journal, plan, spec, limits, dry_run
     # the warm-up from IB's history
     wanted_bars = history_bars(plan, spec.history, spec.bar)
 
-    def frames_from(symbols, bar, timezone):
-        return {s: ib.history_frame(s, bar, wanted_bars, timezone, spec.session) for s in symbols}
+    bar_of: dict[str, str] = {}
 
+    def frames_from(symbols, bar, timezone):
+        from ..brokers.ib.contracts import ContractError
+        from ..brokers.ib.history import HistoryError
+
+        frames = {}
+        for s in symbols:
+            sizes = [bar] if s in plan_symbols else [bar, "1d"]   # a symbol the rules read may be coarser
+            for size in sizes:
+                try:
+                    frame = ib.history_frame(s, size, wanted_bars if size == bar else 30, timezone, spec.session)
+                except (HistoryError, ContractError) as exc:
+                    frame, why = None, str(exc)
+                if frame is not None and len(frame):
+                    frames[s], bar_of[s] = frame, size
+                    break
+                why = why if frame is None else f"IB has no {size} bars of {s}"
+            else:
+                raise RunRefused(f"{s}: no history for the warm-up: {why}", 1)
+        return frames
+
+    plan_symbols = set(universe_of(strategy, overrides))
     prep = bt.prepare(strategy, overrides, frames_from=frames_from)
     cash_now = ib.account().equity
     bt.start_run(prep, journal, mode, run_id, cash_now)
@@ -447,7 +467,7 @@ def _run_connected(ib, strategy, overrides, journal, plan, spec, limits, dry_run
                        " '$.client_id', ?, '$.data', 'IB history') WHERE run_id = ?", (account, ib.client_id, run_id))
     try:
         return _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost, limits, dry_run, live,
-                      seconds, on_order, say, status_every, t0, figures, cash_now, spec)
+                      seconds, on_order, say, status_every, t0, figures, cash_now, spec, bar_of)
     except BaseException:
         import contextlib
         import sqlite3
@@ -458,7 +478,7 @@ def _run_connected(ib, strategy, overrides, journal, plan, spec, limits, dry_run
 
 
 def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost, limits, dry_run, live, seconds,
-           on_order, say, status_every, t0, figures, cash_now, spec) -> Outcome:
+           on_order, say, status_every, t0, figures, cash_now, spec, bar_of) -> Outcome:
     from ..brokers.dryrun import DryRunBroker
     from ..brokers.sim import SimBroker
     from .backtest import Result
@@ -528,7 +548,7 @@ def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost,
         ib.stream(symbol, spec.bar, spec.session)
     for symbol in prep.plan.inputs.symbols:
         if symbol not in prep.symbols:
-            ib.stream(symbol, spec.bar, spec.session)
+            ib.stream(symbol, bar_of.get(symbol, spec.bar), spec.session)
     say(ib.budget_report(len(prep.symbols)))
     ib.ready()
     figures["ready_seconds"] = round(_time.monotonic() - t0, 4)
@@ -558,6 +578,14 @@ def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost,
                                          kernel.closed_combos + list(kernel.combos.values()), kernel.combo_symbol))
     result.broker = venue
     return Outcome(run_id, stopped, kernel, result, figures, unconfirmed)
+
+
+def universe_of(strategy: str, overrides: dict) -> list[str]:
+    from ..check.model import universe_symbols
+    from ..plan.build import load_strategy
+
+    doc, _ = load_strategy(strategy, overrides)
+    return universe_symbols(doc)
 
 
 def _iso(ns: int) -> str:

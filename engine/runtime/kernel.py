@@ -1019,6 +1019,8 @@ class Kernel(RunState):
         fill = Fill(key, tr.intent.action, float(qty), price, tr.commission, tr.last_time, tr.decided_bar,
                     tr.intent.tag, quote.multiplier, tr.rule.name, how)
         pos = self.ledger.open(fill, margin_per_unit=quote.margin)
+        self._booked.add(tr.intent.tag)
+        self._entry_ref[key] = tr.intent.tag
         pos.entry_values.update({"credit": credit * quote.multiplier * qty})
         import datetime as dt
 
@@ -1161,6 +1163,11 @@ class Kernel(RunState):
                                     return_pct=100.0 * trade.pnl / margin if margin > 0 else trade.return_pct,
                                     exit_reason=(rule.reason or rule.name) if rule is not None else how)
         self.ledger.trades[-1] = trade
+        self._booked.add(tag)
+        self._trade_of[tag] = len(self.ledger.trades) - 1
+        entry_ref = self._entry_ref.pop(combo.key, None)
+        if entry_ref is not None:
+            self._trade_of[entry_ref] = len(self.ledger.trades) - 1
         combo.marks[k] = 0.0
         del self.combos[combo.key]
         self.closed_combos.append(combo)

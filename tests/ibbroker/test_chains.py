@@ -14,7 +14,7 @@ def test_ib_prices_never_become_prices():
     assert math.isnan(price(0.0)) and price(1.25) == 1.25
 
 
-def test_a_0dte_chain_is_quoted_within_the_free_lines(sim, connect):
+def test_a_0dte_chain_is_quoted_on_lines_kept_open_within_the_free_lines(sim, connect):
     from ib_async import Index
 
     ib = connect(sim)
@@ -24,36 +24,34 @@ def test_a_0dte_chain_is_quoted_within_the_free_lines(sim, connect):
     ib.sleep(0.5)
     spot = float(ticker.last)
     today = sim.now().date()
-    in_use = []
-    chains = IBChains(ib, free_lines=lambda: 8, strike_range=0.02)
-    original = ib.reqMktData
-
-    def counting(contract, *a, **kw):
-        in_use.append(contract.conId)
-        return original(contract, *a, **kw)
-
-    ib.reqMktData = counting
+    budget = 13          # one line is the underlying's
+    chains = IBChains(ib, free_lines=lambda: budget - 1 - chains.lines(), strike_range=0.02, burst=5, pause=0.2)
     chain = chains.chain(xsp, spot, [today], pd.Timestamp(sim.now()))
-    ib.reqMktData = original
     assert chain is not None and chain.underlying_price == spot
-    n = len(chain.strike)
     strikes = sorted(set(chain.strike.tolist()))
-    assert n == 2 * len(strikes) and all(abs(k / spot - 1) <= 0.02 for k in strikes)
+    assert len(chain.strike) == 2 * len(strikes) and all(abs(k / spot - 1) <= 0.02 for k in strikes)
     assert set(chain.expiry.astype("datetime64[D]").tolist()) == {today}
-    assert chains.requests == n and len(in_use) == n
-    calls = np.flatnonzero(chain.is_call)
+    assert chains.lines() == chains.requests == 12          # never more than the budget leaves
+    quoted = np.isfinite(chain.delta)
+    assert quoted.sum() == 12
+    # the quoted ones are the twelve nearest the money (six strikes, a call and a put each)
+    near = sorted(strikes, key=lambda k: abs(k - spot))[:6]
+    assert set(chain.strike[quoted].tolist()) == set(near)
+    calls = np.flatnonzero(chain.is_call & quoted)
     order = np.argsort(chain.strike[calls])
-    deltas = chain.delta[calls][order]
-    assert np.all(np.diff(deltas) <= 1e-9) and deltas[0] > deltas[-1]      # call deltas fall with the strike
+    assert np.all(np.diff(chain.delta[calls][order]) <= 1e-9)      # call deltas fall with the strike
     assert np.all(np.isnan(chain.bid) | (chain.bid > 0)) and np.all(np.isnan(chain.ask) | (chain.ask > 0))
-    leg = chains.contract("XSP", today, strikes[0], "put")
+    again = chains.chain(xsp, spot, [today], pd.Timestamp(sim.now()))
+    assert chains.requests == 12 and np.isfinite(again.delta).sum() == 12      # the lines were kept, not asked again
+    leg = chains.contract("XSP", today, near[0], "put")
     assert leg is not None and leg.conId and leg.right == "P"
-    # all quote lines were cancelled (ib_async's 45 messages/s throttle may hold the last cancels a moment)
-    ib.sleep(1.0)
-    record = sim.record()
-    live = [m for m in record["received"] if m.get("name") == "reqMktData"]
-    cancelled = [m for m in record["received"] if m.get("name") == "cancelMktData"]
-    assert len(live) - 1 == len(cancelled)      # the underlying's own line stays
+    chains.release()
+    assert chains.lines() == 0
+    ib.sleep(1.0)     # ib_async's 45 messages/s throttle may hold the last cancels a moment
+    received = sim.record()["received"]
+    asked = [m for m in received if m.get("name") == "reqMktData"]
+    cancelled = [m for m in received if m.get("name") == "cancelMktData"]
+    assert len(asked) - 1 == len(cancelled) == 12       # every option line was cancelled; the underlying's stays
 
 
 def test_an_expiry_ib_does_not_list_gives_no_chain(sim, connect):

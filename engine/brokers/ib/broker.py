@@ -105,7 +105,8 @@ class IBBroker:
         self.orders = Orders(self.ib, self._resolve, self._resolve_option, self._sink, clock=self.now,
                              read_only=read_only)
         self.account_ = Account(self.ib, self._sink, clock=self.now, account=connect.account or "")
-        self.chains = IBChains(self.ib, free_lines=lambda: max(self.budget.max_lines - len(self.budget.held()), 1))
+        self.chains = IBChains(self.ib, free_lines=lambda: max(self.budget.max_lines - len(self.budget.held())
+                                                                  - self.chains.lines(), 0))
         self._streams: dict[str, object] = {}
         self._blocked: dict[str, str] = {}         # local symbol -> why reconciliation blocks entries
         self._reconciled: R.Report | None = None
@@ -121,6 +122,8 @@ class IBBroker:
         self.clock.sync()
 
     def close(self) -> None:
+        if self.ib.isConnected():
+            self.chains.release()
         for stream in list(self._streams.values()):
             try:
                 self.history_.cancel(stream)

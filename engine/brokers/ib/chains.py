@@ -2,11 +2,13 @@
 
 For an underlying, its price now and the expiries the strategy's rules need: IB's sec-def
 parameters give the listed expiries and strikes; the strikes within `strike_range` of the price
-are qualified to exact contracts (conIds, kept for the combo's legs) and quoted in batches that
-fit the free market-data lines, each batch cancelled before the next, so the chain never takes
-more lines than the budget leaves. A quote waits (bounded) for a two-sided market and IB's model
-greeks; a side IB does not quote stays NaN (never -1 or 0 as a price), and an option with no
-delta is left out of the delta search rather than guessed.
+are qualified to exact contracts (conIds, kept for the combo's legs) and quoted on streaming
+lines that stay open from one bar to the next (a 0DTE chain is read every minute), nearest the
+money first and never more than the lines the budget leaves free; strikes the window leaves are
+cancelled before new ones are asked for, and requests are paced under IB's 50 messages a second.
+A new line waits (bounded) for a market and IB's model greeks; a side IB does not quote stays NaN
+(never -1 or 0 as a price), and an option with no delta is left out of the delta search rather
+than guessed.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ class Listing:
 
 
 class IBChains:
-    def __init__(self, ib, *, free_lines: Callable[[], int], timeout: float = 8.0, strike_range: float = 0.05,
-                 monotonic: Callable[[], float] = _time.monotonic):
+    def __init__(self, ib, *, free_lines: Callable[[], int], timeout: float = 8.0, strike_range: float = 0.03,
+                 monotonic: Callable[[], float] = _time.monotonic, burst: int = 20, pause: float = 0.5):
         self.ib = ib
         self.free_lines = free_lines
         self.timeout = timeout
@@ -54,6 +56,8 @@ class IBChains:
         self.monotonic = monotonic
         self._listings: dict[tuple, Listing] = {}
         self._contracts: dict[tuple, object] = {}     # (underlying, expiry, strike, right) -> qualified Option
+        self._lines: dict[int, tuple] = {}            # conId -> (contract, ticker): lines kept open
+        self.burst, self.pause = burst, pause
         self.requests = 0
         self.last_seconds = 0.0
 
@@ -101,8 +105,8 @@ class IBChains:
             for (key, _), c in zip(todo, qualified):
                 if c is not None and getattr(c, "conId", 0):
                     self._contracts[key] = c
-        keys = [(underlying.symbol, e, k, r) for e in listed for k in strikes for r in ("C", "P")
-                if (underlying.symbol, e, k, r) in self._contracts]
+        keys = [(underlying.symbol, e, k, r) for e in listed for k in sorted(strikes, key=lambda x: abs(x - spot))
+                for r in ("C", "P") if (underlying.symbol, e, k, r) in self._contracts]
         quotes = self._quote([self._contracts[k] for k in keys])
         self.last_seconds = self.monotonic() - t0
         if not keys:
@@ -122,26 +126,44 @@ class IBChains:
         return self._contracts.get((underlying, e.replace("-", ""), float(strike), right[0].upper()))
 
     def _quote(self, contracts: list) -> list[tuple]:
-        """bid, ask, iv, delta, gamma, theta, vega for each, in batches within the free lines."""
-        out: list[tuple] = []
-        i = 0
-        while i < len(contracts):
-            room = max(1, self.free_lines())
-            batch = contracts[i:i + room]
-            tickers = [self.ib.reqMktData(c, "", False, False) for c in batch]
-            self.requests += len(batch)
-            deadline = self.monotonic() + self.timeout
-            while self.monotonic() < deadline and not all(_complete(t) for t in tickers):
-                self.ib.sleep(0.05)
-            for c, t in zip(batch, tickers):
-                self.ib.cancelMktData(c)
-                g = t.modelGreeks
-                out.append((price(t.bid), price(t.ask),
-                            _num(g.impliedVol) if g else math.nan, _num(g.delta) if g else math.nan,
-                            _num(g.gamma) if g else math.nan, _num(g.theta) if g else math.nan,
-                            _num(g.vega) if g else math.nan))
-            i += len(batch)
+        """bid, ask, iv, delta, gamma, theta, vega for each, from lines kept open: the ones no
+        longer wanted are cancelled first, new ones asked for nearest first within the free lines."""
+        wanted = {c.conId: c for c in contracts}
+        for con_id in [k for k in self._lines if k not in wanted]:
+            contract, _ = self._lines.pop(con_id)
+            self.ib.cancelMktData(contract)
+        room = max(self.free_lines(), 0)
+        new = [c for c in contracts if c.conId not in self._lines][:room]
+        for i in range(0, len(new), self.burst):
+            if i:
+                self.ib.sleep(self.pause)        # paced: IB allows 50 messages a second
+            for c in new[i:i + self.burst]:
+                self._lines[c.conId] = (c, self.ib.reqMktData(c, "", False, False))
+                self.requests += 1
+        fresh = [self._lines[c.conId][1] for c in new]
+        deadline = self.monotonic() + self.timeout
+        while fresh and self.monotonic() < deadline and not all(_complete(t) for t in fresh):
+            self.ib.sleep(0.05)
+        out = []
+        for c in contracts:
+            line = self._lines.get(c.conId)
+            t = line[1] if line is not None else None
+            g = t.modelGreeks if t is not None else None
+            out.append((price(t.bid) if t is not None else math.nan, price(t.ask) if t is not None else math.nan,
+                        _num(g.impliedVol) if g else math.nan, _num(g.delta) if g else math.nan,
+                        _num(g.gamma) if g else math.nan, _num(g.theta) if g else math.nan,
+                        _num(g.vega) if g else math.nan))
         return out
+
+    def lines(self) -> int:
+        """Market-data lines the chain holds now."""
+        return len(self._lines)
+
+    def release(self, keep: int = 0) -> None:
+        """Cancel the chain's lines, those farthest from the money first, down to `keep`."""
+        for con_id in list(self._lines)[::-1][:max(len(self._lines) - keep, 0)]:
+            contract, _ = self._lines.pop(con_id)
+            self.ib.cancelMktData(contract)
 
 
 def _num(value) -> float:

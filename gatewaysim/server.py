@@ -429,7 +429,7 @@ class GatewaySim:
         for t, v in sizes.items():
             if line.inst is not None and line.inst.secType == "IND" and t in (0, 3):
                 continue
-            if q.nan and t in (0, 3, 5):
+            if (q.nan and t in (0, 3, 5)) or v != v:     # a size IB has none of is not sent
                 continue
             if full or line.sent.get(("s", t)) != v:
                 line.sent[("s", t)] = v
@@ -447,7 +447,9 @@ class GatewaySim:
                 line.sent["g"] = q.greeks
                 for t, which in GREEK_TICKS:
                     tt = t + 70 if line.delayed else t
-                    s.send([21, rid, tt, 1, round(iv, 6), round(delta, 6), round(prices[which], 4), 0.0,
+                    p = prices[which]
+                    p = round(p, 4) if math.isfinite(p) else -1.0      # IB's "not computed"
+                    s.send([21, rid, tt, 1, round(iv, 6), round(delta, 6), p, 0.0,
                             round(gamma, 6), round(vega, 6), round(theta, 6), round(und, 4)])
         if full and line.inst is not None:
             series = self.series.get(line.inst.price_source)
@@ -682,7 +684,7 @@ class GatewaySim:
         h["last"] = key
         s.send([90, reqId, -1, _bar_time(ts, h["bar"], h["fmt"]), row["open"], row["close"], row["high"], row["low"],
                 round((row["open"] + row["high"] + row["low"] + row["close"]) / 4, 4),
-                row["volume"] if h["what"] == "TRADES" else -1])
+                row["volume"] if h["what"] == "TRADES" and row["volume"] == row["volume"] else -1])   # none: IB's -1
 
     def _bars(self, inst: Instrument, bar: str, seconds_back: float, what: str, rth: bool, end_ns: int):
         import pandas as pd

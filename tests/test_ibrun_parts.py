@@ -15,7 +15,7 @@ def test_bar_sizes_as_ib_spells_them(bar, ib):
 
 
 def test_durations_cover_the_bars_asked_for():
-    assert ib_duration("1m", 60) == "3600 S"
+    assert ib_duration("1m", 60) == "3 D"          # an hour of minutes, even at the open
     assert ib_duration("1d", 200) == "287 D"       # 200 trading days with weekends, and a week spare
     assert ib_duration("1d", 300) == "2 Y"
     assert ib_duration("1d", 1000) == "4 Y"

@@ -61,10 +61,9 @@ def ib_duration(bar: str, bars: int) -> str:
     if seconds >= 86400:
         days = int(math.ceil(bars * seconds / 86400 * 7 / 5)) + 7
         return f"{days} D" if days <= 365 else f"{int(math.ceil(days / 365))} Y"
+    # a US equity session is 6.5 hours: count trading days, then calendar days around weekends and
+    # a spare one (at the open, the last 30 minutes are yesterday's)
     total = bars * seconds
-    if total <= 86400:
-        return f"{int(total)} S"
-    # a US equity session is 6.5 hours: count trading days, then calendar days around weekends
     days = int(math.ceil(total / (6.5 * 3600) * 7 / 5)) + 2
     return f"{days} D"
 
@@ -232,6 +231,8 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
 
         tr = _Tracked(intent, record, symbol, kernel.settings.strategy, role, rule, len(st.bars))
         tr.sent = True
+        if kernel.recorder is not None and row is not None:
+            kernel.recorder.known(a.tag)
         kernel.orders_by_ref[a.tag] = tr
         if role == "entry":
             st.working_entry = a.tag
@@ -508,6 +509,8 @@ def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost,
         return kill.engaged() or ib.gate(symbol)
 
     def contract_of(symbol: str):
+        if symbol not in prep.symbols:       # a combo's key: its legs carry their contracts
+            return None
         try:
             r = ib.resolved(symbol)
         except Exception:        # a combo's key or a symbol IB cannot resolve: journaled without one

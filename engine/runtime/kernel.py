@@ -476,14 +476,28 @@ class Kernel(RunState):
             self.recorder.commission(ev)
 
     def _on_error(self, ev: E.BrokerError) -> None:
-        self._error(f"broker error {ev.code} on {ev.ref or 'the connection'}: {ev.message}")
+        message = f"broker error {ev.code} on {ev.ref or 'the connection'}: {ev.message}"
+        if ev.ref is not None and ev.ref in self.orders_by_ref:
+            # about one of our orders: journaled; its outcome (rejected, cancelled, still working
+            # with a warning) comes as that order's status, and the strategy goes on
+            self.errors.append((self._now, message))
+            if self.recorder is not None:
+                self.recorder.error(self._now, message)
+            return
+        self._error(message)
+
+    _LOST = "the connection to the broker was lost"
 
     def _on_lost(self, ev: E.ConnectionLost) -> None:
-        self._error(f"connection lost: {ev.reason}")
-        self.halted = self.halted or "the connection to the broker was lost"
+        """Journaled; new entries wait until the connection is restored (exits go on)."""
+        message = f"connection lost: {ev.reason}"
+        self.errors.append((self._now, message))
+        if self.recorder is not None:
+            self.recorder.error(self._now, message)
+        self.halted = self.halted or self._LOST
 
     def _on_restored(self, ev: E.ConnectionRestored) -> None:
-        if self.halted == "the connection to the broker was lost":
+        if self.halted == self._LOST:
             self.halted = ""
 
     def _on_execution(self, ev: E.Execution) -> None:

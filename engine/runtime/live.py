@@ -293,6 +293,8 @@ class LiveRun:
         """Cancel every working order and wait (up to `timeout` wall seconds) for the venue to
         confirm; returns the refs still unconfirmed."""
         k = self.kernel
+        self.source.pump(self.tick)      # what the venue already said first: a fill in flight is not cancelled
+        k._drain()
         for ref in self.working():
             k.venue.cancel(ref)
         deadline = self.monotonic() + timeout

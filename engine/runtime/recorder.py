@@ -30,6 +30,10 @@ class Recorder:
         self._journaled: set[str] = set()
         self._exec_refs: dict[str, str] = {}
 
+    def known(self, ref: str) -> None:
+        """An order journaled by an earlier run (adopted): its row is there already."""
+        self._journaled.add(ref)
+
     def order(self, rec: OrderRecord) -> None:
         """Before the order leaves: its row, status `created` (committed: the journal is in autocommit)."""
         it = rec.intent

@@ -29,15 +29,24 @@ from .matching import FillModel, marketable, match_bar
 OPEN, CLOSE = "open", "close"
 
 
-@dataclass
 class _Working:
-    order: E.Order
-    broker_id: int
-    active_from: int          # the first bar it may fill in
-    session: float | None = None   # a day order's session (set at its first bar)
-    filled: float = 0.0
-    value: float = 0.0        # sum of price x quantity of its executions
-    triggered: bool = False   # a stop-limit whose stop was touched
+    """A working order at the venue (slotted, compared by identity)."""
+
+    __slots__ = ("order", "broker_id", "active_from", "session", "filled", "value", "triggered", "live")
+
+    def __init__(self, order: E.Order, broker_id: int, active_from: int):
+        self.order = order
+        self.broker_id = broker_id
+        self.active_from = active_from    # the first bar it may fill in
+        self.session = None               # a day order's session (set at its first bar)
+        self.filled = 0.0
+        self.value = 0.0                  # sum of price x quantity of its executions
+        self.triggered = False            # a stop-limit whose stop was touched
+        self.live = True                  # still working (False once filled, cancelled or expired)
+
+
+def _stops_first(w: _Working) -> bool:
+    return w.order.order_type not in ("stop", "stop_limit")
 
 
 @dataclass
@@ -63,7 +72,7 @@ class SimBroker:
         self._k: dict[str, int] = {s: -1 for s in bars}      # the bar each symbol is in (or last closed)
         self._phase: dict[str, str] = {s: CLOSE for s in bars}
         self._working: dict[str, _Working] = {}
-        self._by_symbol: dict[str, list[str]] = {s: [] for s in bars}
+        self._by_symbol: dict[str, list[_Working]] = {s: [] for s in bars}   # in the order placed
         self._holdings: dict[str, _Holding] = {}
         self._executions: list[E.Execution] = []
         self._events: list[E.Event] = []
@@ -76,16 +85,17 @@ class SimBroker:
 
     # ---- the clock ---------------------------------------------------------------------------
     def open_bar(self, symbol: str, k: int) -> None:
-        self._k[symbol], self._phase[symbol] = k, OPEN
-        for ref in list(self._by_symbol[symbol]):
-            w = self._working.get(ref)
-            if w is not None and w.order.order_type == "market" and w.active_from <= k and not w.order.legs:
-                self._match(w, k)
+        self._k[symbol] = k
+        self._phase[symbol] = OPEN
+        working = self._by_symbol[symbol]
+        if working:
+            for w in list(working):
+                if w.live and w.order.order_type == "market" and w.active_from <= k and not w.order.legs:
+                    self._match(w, k)
 
     def fills_at_open(self, symbol: str, k: int) -> bool:
         """Does a working order of this symbol fill at bar k's open (a market order)?"""
-        for ref in self._by_symbol[symbol]:
-            w = self._working[ref]
+        for w in self._by_symbol[symbol]:
             if w.order.order_type == "market" and not w.order.legs and w.active_from <= k:
                 return True
         return False
@@ -93,18 +103,20 @@ class SimBroker:
     def close_bar(self, symbol: str, k: int) -> None:
         """Resting orders against bar k's range (stops first), on-close orders at its close, then
         day orders whose session ends with this bar expire."""
+        working = self._by_symbol[symbol]
+        if not working:
+            self._phase[symbol] = CLOSE
+            return
         b = self.bars[symbol]
-        refs = [r for r in self._by_symbol[symbol] if self._working[r].active_from <= k
-                and not self._working[r].order.legs]
-        refs.sort(key=lambda r: self._working[r].order.order_type not in ("stop", "stop_limit"))
-        for ref in refs:
-            w = self._working.get(ref)
-            if w is not None:
+        due = [w for w in working if w.active_from <= k and not w.order.legs]
+        if len(due) > 1:
+            due.sort(key=_stops_first)
+        for w in due:
+            if w.live:
                 self._match(w, k)
         self._phase[symbol] = CLOSE
         last = k + 1 >= len(b)
-        for ref in list(self._by_symbol[symbol]):
-            w = self._working[ref]
+        for w in list(working):
             if w.active_from > k or w.order.legs:
                 continue
             tif = w.order.tif
@@ -197,27 +209,25 @@ class SimBroker:
         self.placed.append(order)
         if order.legs:
             return self._place_combo(order)
-        b = self.bars.get(order.symbol)
-        now = self._now(order.symbol)
-        why = None
-        if b is None:
-            why = (200, f"No security definition has been found for the request ({order.symbol})")
-        elif not (order.quantity > 0 and math.isfinite(order.quantity)):
-            why = (201, f"Order rejected - reason: the quantity {order.quantity:g} is not positive")
-        elif order.ref in self._working:
-            why = (103, f"Duplicate order id: {order.ref} is working")
-        if why is not None:
-            self._events.append(E.BrokerError(order.ref, why[0], why[1], now))
-            self._events.append(E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why[1]))
-            return order.ref
-        k = self._k[order.symbol]
-        phase = self._phase[order.symbol]
+        symbol, ref, quantity = order.symbol, order.ref, order.quantity
+        now = self.clock if self.clock is not None else self._now(symbol)
+        if symbol not in self.bars or not (0 < quantity < math.inf) or ref in self._working:
+            if symbol not in self.bars:
+                why = (200, f"No security definition has been found for the request ({symbol})")
+            elif not 0 < quantity < math.inf:
+                why = (201, f"Order rejected - reason: the quantity {quantity:g} is not positive")
+            else:
+                why = (103, f"Duplicate order id: {ref} is working")
+            self._events.append(E.BrokerError(ref, why[0], why[1], now))
+            self._events.append(E.OrderStatus(ref, E.REJECTED, 0.0, quantity, 0.0, now, why[1]))
+            return ref
+        k = self._k[symbol]
+        phase = self._phase[symbol]
         w = _Working(order, self._next_id, k if phase == OPEN else k + 1)
         self._next_id += 1
-        self._working[order.ref] = w
-        self._by_symbol[order.symbol].append(order.ref)
-        self._events.append(E.OrderStatus(order.ref, E.SUBMITTED, 0.0, order.quantity, 0.0, now, "",
-                                          w.broker_id))
+        self._working[ref] = w
+        self._by_symbol[symbol].append(w)
+        self._events.append(E.OrderStatus(ref, E.SUBMITTED, 0.0, quantity, 0.0, now, "", w.broker_id))
         if order.order_type == "market" and k >= 0 and (phase == OPEN or self.fills.fill_model == "close"):
             if phase == CLOSE:   # `fill: close`: a market order decided at a close fills at that close
                 w.active_from = k
@@ -251,7 +261,7 @@ class SimBroker:
         o = w.order
         b = self.bars[o.symbol]
         buy = o.action == "buy"
-        if w.session is None:
+        if w.session is None and o.tif == "day":
             w.session = b.session[k]
         if at_close:   # a market order at this bar's close
             price, when = self.fills.market_price(b, o.action, float(b.close[k])), int(b.end[k])
@@ -284,7 +294,7 @@ class SimBroker:
         w = _Working(order, self._next_id, self._k[under])
         self._next_id += 1
         self._working[order.ref] = w
-        self._by_symbol[under].append(order.ref)
+        self._by_symbol[under].append(w)
         self._events.append(E.OrderStatus(order.ref, E.SUBMITTED, 0.0, order.quantity, 0.0, now, "", w.broker_id))
         self._match_combo(w)
         return order.ref
@@ -324,11 +334,13 @@ class SimBroker:
             self._execute_combo(w, k, qty, price, when)
             return
         b = self.bars[o.symbol]
-        fee = self.fills.fee(b, qty, price)
+        fee = self.fills.commission(qty, price, b.multiplier, b.contracts)
         self._exec_seq += 1
         exec_id = f"sim.{self.session}.{w.broker_id:08d}.{self._exec_seq:06d}.01"
         signed = qty if o.action == "buy" else -qty
-        h = self._holdings.setdefault(o.symbol, _Holding())
+        h = self._holdings.get(o.symbol)
+        if h is None:
+            h = self._holdings[o.symbol] = _Holding()
         self.cash -= fee
         if b.margined:
             if h.quantity and (h.quantity > 0) != (signed > 0):   # closing: realise P&L
@@ -370,9 +382,8 @@ class SimBroker:
         if o.quantity - w.filled <= 1e-9:
             self._finish(w, E.FILLED, when, "")
             if o.oca:
-                for ref in list(self._by_symbol[self._key(o)]):
-                    other = self._working.get(ref)
-                    if other is not None and other.order.oca == o.oca:
+                for other in list(self._by_symbol[self._key(o)]):
+                    if other.live and other.order.oca == o.oca:
                         self._finish(other, E.CANCELLED, when, f"one-cancels-all: {o.ref} filled")
         else:
             self._events.append(E.OrderStatus(o.ref, E.PARTIAL, w.filled, o.quantity - w.filled, self._avg(w), when,
@@ -380,8 +391,9 @@ class SimBroker:
 
     def _finish(self, w: _Working, status: str, when: int, reason: str) -> None:
         o = w.order
+        w.live = False
         del self._working[o.ref]
-        self._by_symbol[self._key(o)].remove(o.ref)
+        self._by_symbol[o.underlying if o.legs else o.symbol].remove(w)
         self._events.append(E.OrderStatus(o.ref, status, w.filled, o.quantity - w.filled if status != E.FILLED
                                           else 0.0, self._avg(w), when, reason, w.broker_id))
 

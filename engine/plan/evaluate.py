@@ -281,8 +281,9 @@ def value_at(plan: Plan, node_id: int, i: int, values: list, context: Mapping[st
     node = plan.nodes[node_id]
     if node.market:
         v = values[node_id]
-        result = v[i] if np.ndim(v) else v
-        result = result.item() if hasattr(result, "item") else result
+        if isinstance(v, np.ndarray) and v.ndim:
+            v = v[i]
+        result = v.item() if isinstance(v, (np.generic, np.ndarray)) else v
     elif node.op == N.CONTEXT:
         name = node.attrs[0]
         if name not in context:

@@ -5,6 +5,9 @@ notional, only commissions and realised P&L (its margin is a requirement against
 payment). Equity is cash plus the stock positions' market value plus the futures positions'
 unrealised P&L. P&L is (price - average price) x quantity x multiplier, per unit prices never
 include the multiplier (IB's avgCost does: divide it out before it gets here).
+
+Fills and trades are values, never changed once made (dataclasses.replace makes a changed copy);
+they are slotted rather than frozen because a run makes them by the thousand.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Fill:
     symbol: str
     action: str          # buy | sell
@@ -59,7 +62,7 @@ class Position:
         return price * self.quantity * self.multiplier
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Trade:
     symbol: str
     side: str
@@ -121,7 +124,9 @@ class Ledger:
         self.positions[fill.symbol] = pos
         return pos
 
-    def close(self, fill: Fill, exit_reason: str = "") -> Trade:
+    def close(self, fill: Fill, exit_reason: str = "", mae: float | None = None, mfe: float | None = None) -> Trade:
+        """Close the position with `fill`: the round trip, with its excursions when the caller
+        measured them over the bars it was open."""
         pos = self.positions.get(fill.symbol)
         if pos is None or abs(fill.signed + pos.quantity) > 1e-9:
             raise LedgerError(f"fill {fill.action} {fill.quantity} does not close {fill.symbol}")
@@ -138,7 +143,7 @@ class Ledger:
         trade = Trade(fill.symbol, "long" if pos.quantity > 0 else "short", abs(pos.quantity), pos.multiplier,
                       pos.entry_time, pos.avg_price, fill.time, fill.price, pnl,
                       100.0 * pnl / basis if basis else 0.0, pos.entry_bar, fill.bar, commission,
-                      pos.entry_rule, fill.rule, exit_reason)
+                      pos.entry_rule, fill.rule, exit_reason, mae, mfe)
         del self.positions[fill.symbol]
         self.trades.append(trade)
         return trade

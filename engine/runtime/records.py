@@ -4,7 +4,7 @@ kernel (runtime/kernel.py) and the backtest's fast path (runtime/fastpath.py).""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -169,13 +169,20 @@ def context_nodes(plan: N.Plan, rule: N.Rule) -> list[N.Node]:
 
 
 def with_excursions(trade: Trade, bars: SymbolBars) -> Trade:
-    """MAE and MFE over the bars the trade was open, in account currency."""
-    lo, hi = trade.entry_bar, trade.exit_bar
-    worst = min(float(bars.low[lo:hi].min()) if hi > lo else trade.exit_price, trade.exit_price)
-    best = max(float(bars.high[lo:hi].max()) if hi > lo else trade.exit_price, trade.exit_price)
-    units = trade.quantity * trade.multiplier
-    if trade.side == "long":
-        mae, mfe = (worst - trade.entry_price) * units, (best - trade.entry_price) * units
+    """The trade with its MAE and MFE over the bars it was open, in account currency."""
+    mae, mfe = excursions(bars, trade.entry_bar, trade.exit_bar, trade.entry_price, trade.exit_price,
+                          trade.side == "long", trade.quantity * trade.multiplier)
+    return replace(trade, mae=mae, mfe=mfe)
+
+
+def excursions(bars: SymbolBars, lo: int, hi: int, entry_price: float, exit_price: float, long: bool,
+               units: float) -> tuple[float, float]:
+    """MAE and MFE of a round trip held over bars [lo, hi) and closed at `exit_price`: the worst
+    and best the bars' range reached against the entry, in account currency."""
+    worst = min(float(bars.low[lo:hi].min()) if hi > lo else exit_price, exit_price)
+    best = max(float(bars.high[lo:hi].max()) if hi > lo else exit_price, exit_price)
+    if long:
+        mae, mfe = (worst - entry_price) * units, (best - entry_price) * units
     else:
-        mae, mfe = (trade.entry_price - best) * units, (trade.entry_price - worst) * units
-    return Trade(**{**trade.__dict__, "mae": min(mae, 0.0), "mfe": max(mfe, 0.0)})
+        mae, mfe = (entry_price - best) * units, (entry_price - worst) * units
+    return min(mae, 0.0), max(mfe, 0.0)

@@ -43,6 +43,8 @@ class Order:
     legs: tuple = ()                 # a combo (IB's BAG): its legs (orders.combos.LegQuote)
     underlying: str = ""             # a combo's underlying (its `symbol` is the combo's own key)
     multiplier: float = 1.0          # a combo's contract multiplier
+    margin: float = 0.0              # a combo's initial margin per unit as priced when decided (a simulated
+                                     # venue holds it against the account; IB computes its own)
 
     def describe(self) -> str:
         price = ""

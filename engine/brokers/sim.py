@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 from ..market.series import SymbolBars
 from . import events as E
+from ..portfolio.marks import LastClose
 from .matching import FillModel, marketable, match_bar
 
 OPEN, CLOSE = "open", "close"
@@ -64,6 +65,10 @@ class SimBroker:
         self.fill_fraction = fill_fraction
         self._combos: dict[str, float] = {}    # combo key -> multiplier, for the account's marks
         self._combo_marks: dict[str, float] = {}
+        self._combo_margin: dict[str, float] = {}   # combo key -> initial margin per unit held
+        self._last_close = LastClose(bars)
+        self._marks: dict[str, float] = {}          # the marks found at one instant (prices hold still in one)
+        self._marks_at: int | None = None
         self.bars = bars
         self.fills = fills
         self.cash = float(cash)
@@ -82,6 +87,7 @@ class SimBroker:
         self.clock: int | None = None        # the run's time (ns), set by its clock; else the bars' times
         # execution ids are unique across sessions, as IB's are: a journal keeps every run's fills
         self.session = session or uuid.uuid4().hex[:8]
+        self._exec_prefix = f"sim.{self.session}."      # execution ids: sim.<session>.<order id>.<seq>.01
 
     # ---- the clock ---------------------------------------------------------------------------
     def open_bar(self, symbol: str, k: int) -> None:
@@ -99,6 +105,10 @@ class SimBroker:
             if w.order.order_type == "market" and not w.order.legs and w.active_from <= k:
                 return True
         return False
+
+    def works(self, symbol: str) -> bool:
+        """Has this symbol orders working (that a bar's trading may fill or expire)?"""
+        return bool(self._by_symbol[symbol])
 
     def close_bar(self, symbol: str, k: int) -> None:
         """Resting orders against bar k's range (stops first), on-close orders at its close, then
@@ -172,6 +182,11 @@ class SimBroker:
         return list(self._executions)
 
     def mark(self, symbol: str) -> float:
+        """A symbol's price in the account: its last close by the run's time (a bar's price is
+        known when it closes, so marks hold still within an instant and do not wait for the venue
+        to be told of bars a waiting position skips); without a clock, the bar it is at."""
+        if self.clock is not None:
+            return self._last_close.price(symbol, self.clock)
         k = self._k[symbol]
         b = self.bars[symbol]
         if k < 0:
@@ -179,26 +194,34 @@ class SimBroker:
         return float(b.open[k] if self._phase[symbol] == OPEN else b.close[k])
 
     def account(self) -> E.AccountValues:
+        """Cash, equity (net liquidation), available funds and the margin in use, with every
+        holding at its mark: stock at its value, futures at their unrealised P&L, a combo at its
+        last mark (the kernel's mid, else its fill price) with the margin it was opened with."""
+        at = self.clock
+        if at is None or at != self._marks_at:
+            self._marks, self._marks_at = {}, at
+        marks = self._marks
         equity = self.cash
         used = 0.0
+        whole = self.account_type == "cash"      # a cash account holding stock only: what is left is the cash
         for s, h in self._holdings.items():
-            if not h.quantity:
-                continue
-            if s in self._combos:    # a combo at its last mark (the kernel's mid), else its fill price
+            if s in self._combos:
                 mark = self._combo_marks.get(s, h.avg_price)
                 equity += mark * h.quantity * self._combos[s]
+                used += abs(h.quantity) * self._combo_margin.get(s, 0.0)
+                whole = False
                 continue
+            price = marks.get(s)
+            if price is None:
+                price = marks[s] = self.mark(s)
             b = self.bars[s]
-            price = self.mark(s)
             if b.margined:
                 equity += (price - h.avg_price) * h.quantity * b.multiplier
+                whole = False
             else:
                 equity += price * h.quantity * b.multiplier
             used += self._margin(b, h.quantity, price)
-        available = self.cash if self.account_type == "cash" and not any(
-            s in self._combos or self.bars[s].margined for s, h in self._holdings.items() if h.quantity) \
-            else equity - used
-        return E.AccountValues(self.cash, equity, available, used)
+        return E.AccountValues(self.cash, equity, self.cash if whole else equity - used, used)
 
     def events(self) -> list[E.Event]:
         out, self._events = self._events, []
@@ -323,7 +346,7 @@ class SimBroker:
             return
         mult = self._combos.get(key, 1.0)
         self.cash -= h.quantity * debit * mult if h.quantity < 0 else -h.quantity * debit * mult
-        h.quantity, h.avg_price = 0.0, 0.0
+        del self._holdings[key]
 
     def _key(self, order: E.Order) -> str:
         return order.underlying if order.legs else order.symbol
@@ -336,7 +359,7 @@ class SimBroker:
         b = self.bars[o.symbol]
         fee = self.fills.commission(qty, price, b.multiplier, b.contracts)
         self._exec_seq += 1
-        exec_id = f"sim.{self.session}.{w.broker_id:08d}.{self._exec_seq:06d}.01"
+        exec_id = f"{self._exec_prefix}{w.broker_id}.{self._exec_seq}.01"
         signed = qty if o.action == "buy" else -qty
         h = self._holdings.get(o.symbol)
         if h is None:
@@ -349,11 +372,16 @@ class SimBroker:
         else:
             self.cash -= signed * price * b.multiplier
         new = h.quantity + signed
-        if h.quantity == 0 or (h.quantity > 0) == (signed > 0):
-            h.avg_price = (h.avg_price * abs(h.quantity) + price * qty) / abs(new) if new else 0.0
+        if h.quantity == 0:
+            h.avg_price = price       # opened: its price, to the bit (as the ledger books it)
+        elif (h.quantity > 0) == (signed > 0):
+            h.avg_price = (h.avg_price * abs(h.quantity) + price * qty) / abs(new)
         elif (new > 0) != (h.quantity > 0) and new:
             h.avg_price = price       # reversed through zero
-        h.quantity = 0.0 if abs(new) < 1e-12 else new
+        if abs(new) < 1e-12:          # flat: the holding goes (a new one is last in the account's order)
+            del self._holdings[o.symbol]
+        else:
+            h.quantity = new
         self._report(w, k, qty, price, when, exec_id, fee)
 
     def _execute_combo(self, w: _Working, k: int, qty: float, price: float, when: int) -> None:
@@ -361,14 +389,19 @@ class SimBroker:
         contracts = qty * sum(leg.ratio for leg in o.legs)
         fee = self.fills.commission(contracts, abs(price), o.multiplier, True)
         self._exec_seq += 1
-        exec_id = f"sim.{self.session}.{w.broker_id:08d}.{self._exec_seq:06d}.01"
+        exec_id = f"{self._exec_prefix}{w.broker_id}.{self._exec_seq}.01"
         signed = qty if o.action == "buy" else -qty
         self.cash -= fee + signed * price * o.multiplier
         self._combos[o.symbol] = o.multiplier
         h = self._holdings.setdefault(o.symbol, _Holding())
+        if not h.quantity:
+            self._combo_margin[o.symbol] = o.margin
         new = h.quantity + signed
         h.avg_price = price if not h.quantity else h.avg_price
-        h.quantity = 0.0 if abs(new) < 1e-12 else new
+        if abs(new) < 1e-12:
+            del self._holdings[o.symbol]
+        else:
+            h.quantity = new
         self._report(w, k, qty, price, when, exec_id, fee)
 
     def _report(self, w: _Working, k: int, qty: float, price: float, when: int, exec_id: str, fee: float) -> None:

@@ -104,8 +104,10 @@ class Ledger:
     def equity(self, marks: dict[str, float]) -> float:
         """Cash plus every position at its mark (the last known price)."""
         total = self.cash
-        for symbol, pos in self.positions.items():
-            total += pos.market_value(marks[symbol])
+        for symbol, pos in self.positions.items():     # Position.market_value, inlined: once per position per look
+            price = marks[symbol]
+            total += (price - pos.avg_price) * pos.quantity * pos.multiplier if pos.margined else \
+                price * pos.quantity * pos.multiplier
         return total
 
     def margin_in_use(self) -> float:

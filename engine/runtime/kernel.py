@@ -171,6 +171,8 @@ class Kernel(RunState):
         for st in symbols.values():
             st.candidate_set = set(st.candidates.tolist()) if st.candidates is not None else None
         self._jump_cache: dict[str | None, list[int] | None] = {}
+        self._levels: dict[str | None, list] = {}     # per owner: its exits' (rule, stop|target, level node)
+        self._sizings: dict[str, Sizing] = {}      # each template's share-of-equity sizing (one value)
         self._running_fields = bool(read & {"position.max_pnl", "position.min_pnl", "position.highest",
                                             "position.lowest"})
 
@@ -265,15 +267,21 @@ class Kernel(RunState):
                 yield t, OPEN
                 st.at = (k, OPEN)
                 self._on_open(st, k)
-                yield t, INTRABAR
+                trades = venue.works(symbol)    # else nothing rests: the bar's trading has nothing to fill
+                if trades:
+                    yield t, INTRABAR
             else:               # nothing to send or fill at this open: its step is the bar's trading
                 yield t, INTRABAR
                 st.at = (k, OPEN)
                 venue.open_bar(symbol, k)
-            venue.close_bar(symbol, k)
-            self._drain()
+                trades = True
+            if trades:
+                venue.close_bar(symbol, k)
+                self._drain()
             yield int(end[k]), CLOSE
             st.at = (k, CLOSE)
+            if not trades:
+                venue.close_bar(symbol, k)
             self._drain()
             self._on_close(st, k)
             k += 1
@@ -431,36 +439,36 @@ class Kernel(RunState):
         elif it.order_type == "limit" and it.limit is not None:
             price = min(price, it.limit) if it.action == "buy" else max(price, it.limit)
         quantity = it.quantity
+        sizing = it.sizing
         limits = self.settings.limits
-        sized = quantity is None or limits.max_position is not None or limits.per_trade_risk is not None
-        equity = self.ledger.equity(self.marks(self._now)) if sized else math.nan
+        cash_account = self.settings.account == "cash"
+        mult = b.multiplier
+        equity, funds, cash = self.account_view()
+        fee_of = self.broker.commission
         if quantity is None:   # a share of equity, at the price it will fill near
-            sizing = it.sizing
-            per_unit = price * b.multiplier if not b.margined else max(b.margin, 1e-12)
+            per_unit = price * mult if not b.margined else max(b.margin, 1e-12)
             quantity = sizing.value * equity / per_unit
             quantity = float(math.floor(quantity + 1e-9)) if sizing.whole else quantity
-            while quantity > 0 and self.settings.account == "cash" and not b.margined and \
-                    quantity * price * b.multiplier + self.broker.fee(b, quantity, price) > self.ledger.cash + 1e-9:
-                quantity -= 1 if sizing.whole else quantity * 1e-6
-        stop_distance = it.sizing.stop_distance if it.sizing else None
-        quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=price * b.multiplier,
-                                     stop_distance=stop_distance, multiplier=b.multiplier,
-                                     whole=it.sizing.whole if it.sizing else True)
-        reason = None
+            if cash_account and not b.margined:
+                while quantity > 0 and quantity * price * mult + fee_of(quantity, price, mult, b.contracts) > \
+                        cash + 1e-9:
+                    quantity -= 1 if sizing.whole else quantity * 1e-6
+        quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=price * mult,
+                                     stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
+                                     whole=sizing.whole if sizing else True)
         if quantity <= 0:
             self._status(tr, "rejected", self._now, why or "quantity rounds to 0")
             self._decide(tr.symbol, it.rule, "entry", "blocked", why or "quantity rounds to 0 at the price it would "
                          "fill near")
             return None
-        else:
-            fee = self.broker.fee(b, quantity, price)
-            need = self.margin_required(b, quantity, price, it.action == "sell")
-            funds = self.available_funds()
-            if need + fee > funds + 1e-6:
-                what = "cash" if self.settings.account == "cash" else "available funds"
-                reason = f"insufficient {what}: needs {need + fee:,.2f}, has {funds:,.2f}"
-            elif limits.max_margin_per_trade is not None and b.margined and need > limits.max_margin_per_trade:
-                reason = f"margin {need:,.2f} above max_margin_per_trade {limits.max_margin_per_trade:,.2f}"
+        fee = fee_of(quantity, price, mult, b.contracts)
+        need = self.margin_required(b, quantity, price, it.action == "sell")
+        reason = None
+        if need + fee > funds + 1e-6:
+            what = "cash" if cash_account else "available funds"
+            reason = f"insufficient {what}: needs {need + fee:,.2f}, has {funds:,.2f}"
+        elif limits.max_margin_per_trade is not None and b.margined and need > limits.max_margin_per_trade:
+            reason = f"margin {need:,.2f} above max_margin_per_trade {limits.max_margin_per_trade:,.2f}"
         if reason is not None:
             self._status(tr, "rejected", self._now, reason)
             self._decide(tr.symbol, it.rule, "entry", "blocked", reason)
@@ -688,43 +696,49 @@ class Kernel(RunState):
     def _protect(self, st: _Symbol, k: int, ctx: dict | None) -> None:
         """Place or move the protective stop and target orders: levels set at this close work
         during the next bar."""
+        levels = self._levels.get(st.owner)
+        if levels is None:
+            levels = self._levels[st.owner] = [(rule, key, node) for rule in self._exits if self._owned(rule, st.owner)
+                                               for key, node in (("stop", rule.stop), ("target", rule.target))
+                                               if node is not None]
+        if not levels or (st.protect and self._jump_rules(st.owner) is not None):
+            return      # none, or levels fixed at the entry with their orders placed: nothing to move
         pos = self.ledger.positions[st.symbol]
-        if st.protect and self._jump_rules(st.owner) is not None:
-            return      # levels fixed at the entry, their orders placed: nothing to move
-        for rule in self._exits:
-            if not self._owned(rule, st.owner):
-                continue
-            for key in ("stop", "target"):
-                node = getattr(rule, key)
-                if node is None:
-                    continue
-                if ctx is None:
-                    ctx = self._position_context(st, k)
-                level = value_at(self.plan, node, k, st.values, ctx)
-                ref = st.protect.get((rule.name, key))
-                ok = isinstance(level, float) and math.isfinite(level) and level > 0
-                if ref is not None:
-                    tr = self.orders_by_ref[ref]
-                    if not ok:
-                        self.venue.cancel(ref)
-                    else:
-                        field_ = "stop" if key == "stop" else "limit"
-                        if getattr(tr.intent, field_) != level:
-                            it = tr.intent
-                            tr.intent = tr.record.intent = it.repriced(level, it.stop) if key == "target" else \
-                                it.repriced(it.limit, level)
-                            self.venue.modify(ref, **{field_: level})
-                    continue
+        told = False            # the venue was sent, moved or cancelled something: its answers to take
+        for rule, key, node in levels:
+            if ctx is None:
+                ctx = self._position_context(st, k)
+            level = value_at(self.plan, node, k, st.values, ctx)
+            ref = st.protect.get((rule.name, key))
+            ok = isinstance(level, float) and math.isfinite(level) and level > 0
+            if ref is not None:
+                tr = self.orders_by_ref[ref]
                 if not ok:
+                    self.venue.cancel(ref)
+                    told = True
                     continue
-                action = "sell" if pos.quantity > 0 else "buy"
-                intent = OrderIntent(st.symbol, action, "stop" if key == "stop" else "limit", abs(pos.quantity),
-                                     None, level if key == "target" else None, level if key == "stop" else None,
-                                     "gtc", "close", rule.name, self._tag(), rule.reason)
-                tr = self._track(intent, st, key, rule, k)
-                st.protect[(rule.name, key)] = intent.tag
-                self._send(tr, k)
-        self._drain()
+                it = tr.intent
+                if key == "stop" and it.stop != level:
+                    tr.intent = tr.record.intent = it.repriced(it.limit, level)
+                    self.venue.modify(ref, stop=level)
+                    told = True
+                elif key == "target" and it.limit != level:
+                    tr.intent = tr.record.intent = it.repriced(level, it.stop)
+                    self.venue.modify(ref, limit=level)
+                    told = True
+                continue
+            if not ok:
+                continue
+            action = "sell" if pos.quantity > 0 else "buy"
+            intent = OrderIntent(st.symbol, action, "stop" if key == "stop" else "limit", abs(pos.quantity),
+                                 None, level if key == "target" else None, level if key == "stop" else None,
+                                 "gtc", "close", rule.name, self._tag(), rule.reason)
+            tr = self._track(intent, st, key, rule, k)
+            st.protect[(rule.name, key)] = intent.tag
+            self._send(tr, k)
+            told = True
+        if told:
+            self._drain()
 
     def _exit_order(self, st: _Symbol, rule: N.Rule, k: int, kind: str) -> None:
         pos = self.ledger.positions[st.symbol]
@@ -880,7 +894,7 @@ class Kernel(RunState):
                       f"{limits.max_margin_per_trade:,.2f}")
         contracts = qty * sum(leg.ratio for leg in quote.legs)
         fee = self.broker.commission(contracts, abs(quote.credit), quote.multiplier, True)
-        if reason is None and quote.margin * qty + fee > self.available_funds() + 1e-6:
+        if reason is None and quote.margin * qty + fee > self.account_view()[1] + 1e-6:
             reason = f"insufficient available funds for margin {quote.margin * qty:,.2f}"
         if reason:
             self._decide(symbol, rule.name, "entry", "blocked", reason)
@@ -918,7 +932,7 @@ class Kernel(RunState):
         tr.chase_prices = prices
         order = E.Order(it.tag, info["key"], it.action, float(it.quantity), "limit", prices[0], None, it.tif,
                         owner=tr.owner, intent="open" if opening else "close", rule=it.rule, legs=quote.legs,
-                        underlying=st.symbol, multiplier=quote.multiplier)
+                        underlying=st.symbol, multiplier=quote.multiplier, margin=quote.margin if opening else 0.0)
         if self.recorder is not None:
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
@@ -1169,11 +1183,14 @@ class Kernel(RunState):
             value = self._value(st, self._order_nodes[rule.order][2], k)
             return (float(math.floor(value)) if value == value else 0.0), None
         if q.mode == "percent_of_equity":
-            return None, Sizing("percent_of_equity", q.value, whole=q.whole)
+            sizing = self._sizings.get(template.name)
+            if sizing is None:
+                sizing = self._sizings[template.name] = Sizing("percent_of_equity", q.value, whole=q.whole)
+            return None, sizing
         distance = self._value(st, self._order_nodes[rule.order][3], k)
         if distance is None or not (distance == distance) or distance <= 0:
             return 0.0, None
-        qty = q.value * self.equity() / (distance * st.bars.multiplier)
+        qty = q.value * self.account_view()[0] / (distance * st.bars.multiplier)
         qty = float(math.floor(qty + 1e-9)) if q.whole else qty
         return qty, Sizing("risk_percent", q.value, distance, q.whole)
 
@@ -1184,6 +1201,16 @@ class Kernel(RunState):
         return value_at(self.plan, node, k, st.values, {})
 
     # ---- records -----------------------------------------------------------------------------
+    def account_view(self) -> tuple[float, float, float]:
+        """Equity, available funds and cash, for sizing, the funds check and the risk limits: the
+        venue's account when it reports one (the broker is the source of truth, so an IB run sizes
+        from IB's account), else the ledger at its marks. A simulated venue's account is the
+        ledger's view at every instant (tests/test_kernel_parity.py holds them equal)."""
+        acct = self.venue.account()
+        if acct is not None:
+            return acct.equity, acct.available_funds, acct.cash
+        return self.equity(), self.available_funds(), self.ledger.cash
+
     def account_state(self) -> AccountState:
         limits = self.settings.limits
         working = sum(1 for s in self.syms.values() if (s.working_entry is not None or s.chasing is not None)
@@ -1191,7 +1218,7 @@ class Kernel(RunState):
         if limits.max_daily_loss is None and limits.max_drawdown is None:
             return AccountState(math.nan, math.nan, math.nan, len(self.ledger.positions) + working,
                                 self._losses, self._paused_until, self._now / 1e9)
-        equity = self.equity()
+        equity = self.account_view()[0]
         self._peak = max(self._peak, equity)
         day = self._now // 86_400_000_000_000
         if day != self._day:

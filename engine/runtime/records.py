@@ -15,6 +15,7 @@ from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent
 from ..plan import nodes as N
 from ..portfolio.ledger import Ledger, Trade
+from ..portfolio.marks import LastClose
 from ..risk.limits import RiskLimits
 from .options import ChainView, ComboPosition, OptionsDesk
 from .signals import SymbolSignals
@@ -76,7 +77,7 @@ class RunState:
         self._now = 0
         self._marks_key: int | None = None  # marks are kept per instant (bars do not move within one)
         self._marks: dict[str, float] = {}
-        self._cursor: dict[str, tuple[int, int]] = {}   # per symbol: (last bar closed by t, t)
+        self._prices = LastClose(self.bars)
         self._margined = any(b.margined for b in self.bars.values())   # futures among the symbols
 
     def marks(self, at: int) -> dict[str, float]:
@@ -86,33 +87,14 @@ class RunState:
         if self._marks_key != at:
             self._marks, self._marks_key = {}, at
         out = self._marks
+        combos = self.combos
         for symbol in self.ledger.positions:
-            if symbol in self.combos:    # a combo's mark moves without a fill: read it every time
-                combo = self.combos[symbol]
+            if symbol in combos:    # a combo's mark moves without a fill: read it every time
+                combo = combos[symbol]
                 out[symbol] = combo.last_credit if combo.last_credit is not None else combo.entry_credit
             elif symbol not in out:
-                b = self.bars[symbol]
-                k = self._last_bar(symbol, b.end, at)
-                out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
+                out[symbol] = self._prices.price(symbol, at)
         return out
-
-    def _last_bar(self, symbol: str, end: np.ndarray, at: int) -> int:
-        """The last bar of `symbol` closed by `at` (-1: none yet). Times mostly move forward by a
-        bar or so between two looks, so the last answer is the place to start from."""
-        seen = self._cursor.get(symbol)
-        if seen is not None and seen[1] <= at:
-            k = seen[0]
-            n = len(end)
-            if k + 1 >= n or end[k + 1] > at:
-                pass
-            elif k + 2 >= n or end[k + 2] > at:
-                k += 1
-            else:
-                k = int(end.searchsorted(at, "right")) - 1
-        else:
-            k = int(end.searchsorted(at, "right")) - 1
-        self._cursor[symbol] = (k, at)
-        return k
 
     def equity(self, at: int | None = None) -> float:
         return self.ledger.equity(self.marks(self._now if at is None else at))

@@ -112,7 +112,7 @@ def first_touch_any(bars: SymbolBars, lo: int, hi: int, levels: list[tuple[float
 def first_true(mask: np.ndarray) -> int | None:
     if not len(mask):
         return None
-    j = int(np.argmax(mask))
+    j = int(mask.argmax())        # the method: np.argmax's dispatch costs more than the search on short masks
     return j if mask[j] else None
 
 

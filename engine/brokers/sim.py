@@ -69,6 +69,10 @@ class SimBroker:
         self._last_close = LastClose(bars)
         self._marks: dict[str, float] = {}          # the marks found at one instant (prices hold still in one)
         self._marks_at: int | None = None
+        self._value: dict[str, float] = {}          # per holding: its value in equity at the instant _worth_at
+        self._used: dict[str, float] = {}           # per holding: the margin it holds then
+        self._special: set[str] = set()             # holdings that are not stock (futures, combos)
+        self._worth_at: int | None = None
         self.bars = bars
         self.fills = fills
         self.cash = float(cash)
@@ -196,32 +200,58 @@ class SimBroker:
     def account(self) -> E.AccountValues:
         """Cash, equity (net liquidation), available funds and the margin in use, with every
         holding at its mark: stock at its value, futures at their unrealised P&L, a combo at its
-        last mark (the kernel's mid, else its fill price) with the margin it was opened with."""
+        last mark (the kernel's mid, else its fill price) with the margin it was opened with.
+
+        Equity is cash plus the exactly rounded sum of the holdings' values (math.fsum: the same
+        whatever their order, as the ledger's). Marks hold still within an instant, so each
+        holding's value is kept for it and only a holding that changes is valued again."""
         at = self.clock
-        if at is None or at != self._marks_at:
-            self._marks, self._marks_at = {}, at
-        marks = self._marks
-        equity = self.cash
-        used = 0.0
-        whole = self.account_type == "cash"      # a cash account holding stock only: what is left is the cash
-        for s, h in self._holdings.items():
-            if s in self._combos:
-                mark = self._combo_marks.get(s, h.avg_price)
-                equity += mark * h.quantity * self._combos[s]
-                used += abs(h.quantity) * self._combo_margin.get(s, 0.0)
-                whole = False
-                continue
-            price = marks.get(s)
-            if price is None:
-                price = marks[s] = self.mark(s)
-            b = self.bars[s]
-            if b.margined:
-                equity += (price - h.avg_price) * h.quantity * b.multiplier
-                whole = False
-            else:
-                equity += price * h.quantity * b.multiplier
-            used += self._margin(b, h.quantity, price)
+        if at is None or at != self._worth_at:
+            self._revalue(at)
+        value = math.fsum(self._value.values())
+        used = math.fsum(self._used.values())
+        equity = self.cash + value
+        whole = self.account_type == "cash" and not self._special   # stock only in a cash account: the cash
         return E.AccountValues(self.cash, equity, self.cash if whole else equity - used, used)
+
+    def _revalue(self, at: int | None) -> None:
+        """Every holding's value and margin at a new instant (one look-up of the last closed bar
+        per timeline)."""
+        self._value, self._used, self._special, self._worth_at = {}, {}, set(), at
+        marks = self._last_close.prices(at) if at is not None else None
+        for s, h in self._holdings.items():
+            self._appraise(s, h, marks(s) if marks is not None and s not in self._combos else None)
+
+    def _appraise(self, s: str, h: _Holding | None, price: float | None = None) -> None:
+        """A holding's value in equity and the margin it holds, at its mark (`price`, else looked
+        up) at this instant; a holding gone is dropped."""
+        if h is None:
+            self._value.pop(s, None)
+            self._used.pop(s, None)
+            self._special.discard(s)
+            return
+        if s in self._combos:
+            mark = self._combo_marks.get(s, h.avg_price)
+            self._value[s] = mark * h.quantity * self._combos[s]
+            self._used[s] = abs(h.quantity) * self._combo_margin.get(s, 0.0)
+            self._special.add(s)
+            return
+        b = self.bars[s]
+        if price is None:
+            price = self.mark(s)
+        if b.margined:
+            self._value[s] = (price - h.avg_price) * h.quantity * b.multiplier
+            self._special.add(s)
+        else:
+            self._value[s] = price * h.quantity * b.multiplier
+        self._used[s] = self._margin(b, h.quantity, price)
+
+    def _holding_changed(self, symbol: str) -> None:
+        """A holding opened, changed or closed: its value at this instant, if the account's are kept."""
+        if self._worth_at is not None and self._worth_at == self.clock:
+            self._appraise(symbol, self._holdings.get(symbol))
+        else:
+            self._worth_at = None
 
     def events(self) -> list[E.Event]:
         out, self._events = self._events, []
@@ -347,6 +377,7 @@ class SimBroker:
         mult = self._combos.get(key, 1.0)
         self.cash -= h.quantity * debit * mult if h.quantity < 0 else -h.quantity * debit * mult
         del self._holdings[key]
+        self._holding_changed(key)
 
     def _key(self, order: E.Order) -> str:
         return order.underlying if order.legs else order.symbol
@@ -382,6 +413,7 @@ class SimBroker:
             del self._holdings[o.symbol]
         else:
             h.quantity = new
+        self._holding_changed(o.symbol)
         self._report(w, k, qty, price, when, exec_id, fee)
 
     def _execute_combo(self, w: _Working, k: int, qty: float, price: float, when: int) -> None:
@@ -402,6 +434,7 @@ class SimBroker:
             del self._holdings[o.symbol]
         else:
             h.quantity = new
+        self._holding_changed(o.symbol)
         self._report(w, k, qty, price, when, exec_id, fee)
 
     def _report(self, w: _Working, k: int, qty: float, price: float, when: int, exec_id: str, fee: float) -> None:
@@ -442,6 +475,8 @@ class SimBroker:
     def mark_combo(self, key: str, credit: float) -> None:
         """A held combo's value per unit now (negative for a credit combo: what closing costs)."""
         self._combo_marks[key] = credit
+        if key in self._holdings:
+            self._holding_changed(key)
 
     def _now(self, symbol: str) -> int:
         if self.clock is not None:

@@ -12,6 +12,7 @@ they are slotted rather than frozen because a run makes them by the thousand.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -34,7 +35,7 @@ class Fill:
         return self.quantity if self.action == "buy" else -self.quantity
 
 
-@dataclass
+@dataclass(slots=True)
 class Position:
     symbol: str
     quantity: float      # signed: > 0 long, < 0 short
@@ -102,13 +103,13 @@ class Ledger:
         self.fills: list[Fill] = []
 
     def equity(self, marks: dict[str, float]) -> float:
-        """Cash plus every position at its mark (the last known price)."""
-        total = self.cash
-        for symbol, pos in self.positions.items():     # Position.market_value, inlined: once per position per look
-            price = marks[symbol]
-            total += (price - pos.avg_price) * pos.quantity * pos.multiplier if pos.margined else \
-                price * pos.quantity * pos.multiplier
-        return total
+        """Cash plus every position at its mark (the last known price): the positions' exactly
+        rounded sum (math.fsum, the same in any order, as a simulated venue's account sums them)."""
+        positions = self.positions
+        if not positions:
+            return self.cash
+        return self.cash + math.fsum([(marks[s] - p.avg_price) * p.quantity * p.multiplier if p.margined else
+                                      marks[s] * p.quantity * p.multiplier for s, p in positions.items()])
 
     def margin_in_use(self) -> float:
         return sum(abs(p.quantity) * p.margin_per_unit for p in self.positions.values())

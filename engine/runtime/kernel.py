@@ -45,7 +45,7 @@ from ..check.model import OrderTemplate
 from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
-from ..plan.evaluate import Stream, explain, value_at
+from ..plan.evaluate import Stream, explain, scalar_at, value_at
 from ..portfolio.ledger import Fill, Ledger
 from ..risk.limits import AccountState, cap_quantity, check_entry
 from .clock import CLOSE, INTRABAR, OPEN, SimClock
@@ -171,6 +171,7 @@ class Kernel(RunState):
         for st in symbols.values():
             st.candidate_set = set(st.candidates.tolist()) if st.candidates is not None else None
         self._jump_cache: dict[str | None, list[int] | None] = {}
+        self._scalars: dict[int, Callable] = {}        # each node read at one bar, as a function (plan.evaluate.scalar_at)
         self._levels: dict[str | None, list] = {}     # per owner: its exits' (rule, stop|target, level node)
         self._sizings: dict[str, Sizing] = {}      # each template's share-of-equity sizing (one value)
         self._running_fields = bool(read & {"position.max_pnl", "position.min_pnl", "position.highest",
@@ -677,7 +678,7 @@ class Kernel(RunState):
                 hit = _truth(values[when], k)
             else:
                 ctx = ctx if ctx is not None else self._position_context(st, k)
-                hit = bool(value_at(self.plan, when, k, values, ctx))
+                hit = bool(scalar_at(self.plan, when, self._scalars)(k, values, ctx))
             if hit:
                 fired = rule
                 break
@@ -708,7 +709,7 @@ class Kernel(RunState):
         for rule, key, node in levels:
             if ctx is None:
                 ctx = self._position_context(st, k)
-            level = value_at(self.plan, node, k, st.values, ctx)
+            level = scalar_at(self.plan, node, self._scalars)(k, st.values, ctx)
             ref = st.protect.get((rule.name, key))
             ok = isinstance(level, float) and math.isfinite(level) and level > 0
             if ref is not None:
@@ -1198,7 +1199,7 @@ class Kernel(RunState):
         """A plan output's value at bar k (None: the order has no such output)."""
         if node is None:
             return None
-        return value_at(self.plan, node, k, st.values, {})
+        return scalar_at(self.plan, node, self._scalars)(k, st.values, _NO_CONTEXT)
 
     # ---- records -----------------------------------------------------------------------------
     def account_view(self) -> tuple[float, float, float]:
@@ -1279,6 +1280,7 @@ def market_conjuncts(plan: N.Plan, node_id: int) -> list[int]:
 
 
 _NO_NODES = (None, None, None, None)
+_NO_CONTEXT: dict = {}
 
 
 def _is_series(v) -> bool:

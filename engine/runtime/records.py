@@ -4,6 +4,7 @@ kernel (runtime/kernel.py) and the backtest's fast path (runtime/fastpath.py).""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
@@ -115,12 +116,9 @@ class RunState:
                 not (self._margined and any(p.margined for p in self.ledger.positions.values())):
             return self.ledger.cash     # stock only: its whole value is held, what is left is the cash
         marks = self.marks(self._now if at is None else at)
-        used = 0.0
-        for symbol, pos in self.ledger.positions.items():
-            if symbol in self.combos:
-                used += abs(pos.quantity) * pos.margin_per_unit
-                continue
-            used += self.margin_required(self.bars[symbol], pos.quantity, marks[symbol], pos.quantity < 0)
+        used = math.fsum([abs(pos.quantity) * pos.margin_per_unit if symbol in self.combos else
+                          self.margin_required(self.bars[symbol], pos.quantity, marks[symbol], pos.quantity < 0)
+                          for symbol, pos in self.ledger.positions.items()])
         return self.ledger.equity(marks) - used
 
 

@@ -73,6 +73,7 @@ class SimBroker:
         self._used: dict[str, float] = {}           # per holding: the margin it holds then
         self._special: set[str] = set()             # holdings that are not stock (futures, combos)
         self._worth_at: int | None = None
+        self._changed: set[str] = set()             # holdings changed since the account was read at _worth_at
         self.bars = bars
         self.fills = fills
         self.cash = float(cash)
@@ -205,9 +206,15 @@ class SimBroker:
         Equity is cash plus the exactly rounded sum of the holdings' values (math.fsum: the same
         whatever their order, as the ledger's). Marks hold still within an instant, so each
         holding's value is kept for it and only a holding that changes is valued again."""
+        if not self._holdings:
+            return E.AccountValues(self.cash, self.cash, self.cash, 0.0)
         at = self.clock
         if at is None or at != self._worth_at:
             self._revalue(at)
+        elif self._changed:
+            for s in self._changed:
+                self._appraise(s, self._holdings.get(s))
+            self._changed.clear()
         value = math.fsum(self._value.values())
         used = math.fsum(self._used.values())
         equity = self.cash + value
@@ -218,6 +225,7 @@ class SimBroker:
         """Every holding's value and margin at a new instant (one look-up of the last closed bar
         per timeline)."""
         self._value, self._used, self._special, self._worth_at = {}, {}, set(), at
+        self._changed.clear()
         marks = self._last_close.prices(at) if at is not None else None
         for s, h in self._holdings.items():
             self._appraise(s, h, marks(s) if marks is not None and s not in self._combos else None)
@@ -247,9 +255,10 @@ class SimBroker:
         self._used[s] = self._margin(b, h.quantity, price)
 
     def _holding_changed(self, symbol: str) -> None:
-        """A holding opened, changed or closed: its value at this instant, if the account's are kept."""
+        """A holding opened, changed or closed: valued again when the account is next read at this
+        instant (the others' values still hold), or with all of them at the next instant."""
         if self._worth_at is not None and self._worth_at == self.clock:
-            self._appraise(symbol, self._holdings.get(symbol))
+            self._changed.add(symbol)
         else:
             self._worth_at = None
 

@@ -264,24 +264,25 @@ class Kernel(RunState):
                         return      # nothing can happen to the position before the data ends
                     k = j
             t = int(start[k])
-            if st.pending or venue.fills_at_open(symbol, k):
+            opened = st.pending or venue.fills_at_open(symbol, k)
+            if opened:
                 yield t, OPEN
                 st.at = (k, OPEN)
                 self._on_open(st, k)
-                trades = venue.works(symbol)    # else nothing rests: the bar's trading has nothing to fill
-                if trades:
-                    yield t, INTRABAR
-            else:               # nothing to send or fill at this open: its step is the bar's trading
-                yield t, INTRABAR
-                st.at = (k, OPEN)
-                venue.open_bar(symbol, k)
-                trades = True
+            # the bar's trading, when an order rests at the venue (else nothing can fill in it)
+            trades = venue.works(symbol)
             if trades:
+                yield t, INTRABAR
+                if not opened:
+                    st.at = (k, OPEN)
+                    venue.open_bar(symbol, k)
                 venue.close_bar(symbol, k)
                 self._drain()
             yield int(end[k]), CLOSE
             st.at = (k, CLOSE)
             if not trades:
+                if not opened:
+                    venue.open_bar(symbol, k)
                 venue.close_bar(symbol, k)
             self._drain()
             self._on_close(st, k)

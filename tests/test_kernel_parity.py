@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -108,29 +109,6 @@ def test_an_agents_exits_see_only_its_own_positions(tmp_path):
     _same(cases.record(result), cases.record(session.simulate(prep, streaming=False, run_id="golden")), case)
 
 
-POOLED = """\
-kind: strategy
-name: pooled-parity
-universe: [{symbols}]
-data: {{bar: 1d, source: {source}}}
-indicators:
-  fast_ma: sma(close, 5)
-  slow_ma: sma(close, 15)
-entry:
-  - name: golden cross
-    when: crosses_above(fast_ma, slow_ma)
-    order: buy
-exit:
-  - name: stop
-    stop: position.entry_price * (1 - 3%)
-  - name: death cross
-    when: crosses_below(fast_ma, slow_ma)
-orders:
-  buy: {{action: buy, type: market, quantity: {{percent_of_equity: 12%}}}}
-backtest: {{cash: 1000000, account: {account}, commission: {{per_share: 0.005, minimum: 1}}}}
-"""
-
-
 def _pooled(tmp_path, account: str) -> Path:
     """Twelve symbols on one daily calendar sharing one cash pool, 12% of equity per entry: many
     positions open at once, entries at one open sized one after another."""
@@ -149,8 +127,20 @@ def _pooled(tmp_path, account: str) -> Path:
         low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0.0, 0.006, len(days))))
         pd.DataFrame({"date": days.strftime("%Y-%m-%d"), "open": open_, "high": high, "low": low, "close": close,
                       "volume": 1000.0}).to_csv(folder / f"{sym}.csv", index=False)
+    # the SMA crossover example on these symbols: 5/15 bars, 12% of equity each, a 3% stop, no cap
+    # on open positions, one cash pool
+    text = (cases.ROOT / "strategies" / "sma_crossover.yaml").read_text()
+    for pattern, repl in ((r"(?m)^universe: .*$", f"universe: [{', '.join(symbols)}]"),
+                          (r"source: data/", f"source: {folder}"),
+                          (r"value: 10,", "value: 5,"), (r"value: 30,", "value: 15,"),
+                          (r"percent_of_equity: 100%", "percent_of_equity: 12%"),
+                          (r"(?m)^exit:\n", "exit:\n  - {name: stop, stop: position.entry_price * (1 - 3%)}\n"),
+                          (r"(?m)^risk: .*$", f"backtest: {{cash: 1000000, account: {account}, "
+                                              "commission: {per_share: 0.005, minimum: 1}}")):
+        text, n = re.subn(pattern, repl, text)
+        assert n == 1, pattern
     path = tmp_path / f"pooled-{account}.yaml"
-    path.write_text(POOLED.format(symbols=", ".join(symbols), source=folder, account=account))
+    path.write_text(text)
     return path
 
 

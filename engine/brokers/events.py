@@ -8,7 +8,7 @@ ConnectionRestored. The broker is the source of truth for fills and the account.
 
 Orders and events are values: nobody changes one after it is made (a modified order is a new
 Order, made with dataclasses.replace). The ones a busy run makes by the thousand (Order, Quote,
-OrderStatus, Execution, CommissionReport) are slotted rather than frozen, which makes them four
+OrderStatus, Execution, CommissionReport, AccountValues) are slotted rather than frozen, which makes them four
 to ten times cheaper to create.
 """
 
@@ -127,7 +127,7 @@ class BrokerPosition:
     multiplier: float = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AccountValues:
     cash: float
     equity: float                    # net liquidation

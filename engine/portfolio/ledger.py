@@ -120,10 +120,11 @@ class Ledger:
             raise LedgerError(f"{fill.symbol} already has an open position")
         self.fills.append(fill)
         self.cash -= fill.commission
+        signed = fill.quantity if fill.action == "buy" else -fill.quantity
         if not margined:
-            self.cash -= fill.signed * fill.price * fill.multiplier
-        pos = Position(fill.symbol, fill.signed, fill.price, fill.multiplier, margined, fill.time, fill.bar,
-                       fill.commission, fill.rule, margin_per_unit, dict(entry_values or {}))
+            self.cash -= signed * fill.price * fill.multiplier
+        pos = Position(fill.symbol, signed, fill.price, fill.multiplier, margined, fill.time, fill.bar,
+                       fill.commission, fill.rule, margin_per_unit, dict(entry_values) if entry_values else {})
         self.positions[fill.symbol] = pos
         return pos
 

@@ -452,9 +452,10 @@ class Kernel(RunState):
             quantity = sizing.value * equity / per_unit
             quantity = float(math.floor(quantity + 1e-9)) if sizing.whole else quantity
             if cash_account and not b.margined:
-                while quantity > 0 and quantity * price * mult + fee_of(quantity, price, mult, b.contracts) > \
-                        cash + 1e-9:
+                fee = fee_of(quantity, price, mult, b.contracts)
+                while quantity > 0 and quantity * price * mult + fee > cash + 1e-9:
                     quantity -= 1 if sizing.whole else quantity * 1e-6
+                    fee = fee_of(quantity, price, mult, b.contracts)
         quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=price * mult,
                                      stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
                                      whole=sizing.whole if sizing else True)

@@ -155,12 +155,15 @@ def with_excursions(trade: Trade, bars: SymbolBars) -> Trade:
     return replace(trade, mae=mae, mfe=mfe)
 
 
+_lowest, _highest = np.minimum.reduce, np.maximum.reduce     # ndarray.min/max, without their wrappers
+
+
 def excursions(bars: SymbolBars, lo: int, hi: int, entry_price: float, exit_price: float, long: bool,
                units: float) -> tuple[float, float]:
     """MAE and MFE of a round trip held over bars [lo, hi) and closed at `exit_price`: the worst
     and best the bars' range reached against the entry, in account currency."""
-    worst = min(float(bars.low[lo:hi].min()) if hi > lo else exit_price, exit_price)
-    best = max(float(bars.high[lo:hi].max()) if hi > lo else exit_price, exit_price)
+    worst = min(float(_lowest(bars.low[lo:hi])) if hi > lo else exit_price, exit_price)
+    best = max(float(_highest(bars.high[lo:hi])) if hi > lo else exit_price, exit_price)
     if long:
         mae, mfe = (worst - entry_price) * units, (best - entry_price) * units
     else:

@@ -5,8 +5,10 @@ each symbol's bars in global time order and the kernel reacts:
 
 - a bar opens: the venue fills what works at the open; the orders decided at the previous close
   are sized from the account and the quote now, risk-capped, and sent (so what is printed or
-  journaled is exactly what is sent);
-- the bar trades: the venue matches resting orders (protective stops and targets, limits);
+  journaled is exactly what is sent); the account is the venue's (`broker.account()`) when it
+  reports one, else the ledger at its marks (`account_view`);
+- the bar trades: the venue matches resting orders (protective stops and targets, limits); a bar
+  with nothing resting has no such step;
 - a bar closes: the plan's values for that bar (streamed bar by bar, or read from a vectorised
   evaluation of the same plan), then the exits of each open position (only its owner's exits:
   the strategy's, or the agent's that opened it), the protective orders' new levels (a stop

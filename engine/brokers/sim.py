@@ -212,8 +212,7 @@ class SimBroker:
         if at is None or at != self._worth_at:
             self._revalue(at)
         elif self._changed:
-            for s in self._changed:
-                self._appraise(s, self._holdings.get(s))
+            self._appraise(self._changed)
             self._changed.clear()
         value = math.fsum(self._value.values())
         used = math.fsum(self._used.values())
@@ -226,33 +225,39 @@ class SimBroker:
         per timeline)."""
         self._value, self._used, self._special, self._worth_at = {}, {}, set(), at
         self._changed.clear()
-        marks = self._last_close.prices(at) if at is not None else None
-        for s, h in self._holdings.items():
-            self._appraise(s, h, marks(s) if marks is not None and s not in self._combos else None)
+        if at is None:
+            self._appraise(self._holdings)
+            return
+        marks = self._last_close.prices(at)
+        self._appraise(self._holdings, [None if s in self._combos else marks(s) for s in self._holdings])
 
-    def _appraise(self, s: str, h: _Holding | None, price: float | None = None) -> None:
-        """A holding's value in equity and the margin it holds, at its mark (`price`, else looked
-        up) at this instant; a holding gone is dropped."""
-        if h is None:
-            self._value.pop(s, None)
-            self._used.pop(s, None)
-            self._special.discard(s)
-            return
-        if s in self._combos:
-            mark = self._combo_marks.get(s, h.avg_price)
-            self._value[s] = mark * h.quantity * self._combos[s]
-            self._used[s] = abs(h.quantity) * self._combo_margin.get(s, 0.0)
-            self._special.add(s)
-            return
-        b = self.bars[s]
-        if price is None:
-            price = self.mark(s)
-        if b.margined:
-            self._value[s] = (price - h.avg_price) * h.quantity * b.multiplier
-            self._special.add(s)
-        else:
-            self._value[s] = price * h.quantity * b.multiplier
-        self._used[s] = self._margin(b, h.quantity, price)
+    def _appraise(self, symbols, prices: list[float | None] | None = None) -> None:
+        """Holdings' values in equity and the margins they hold, at their marks at this instant
+        (`prices`, one per symbol, else looked up), a combo at its last mark; a holding gone is
+        dropped."""
+        value, used, special, holdings, combos, bars = \
+            self._value, self._used, self._special, self._holdings, self._combos, self.bars
+        for s, price in zip(symbols, prices if prices is not None else [None] * len(symbols)):
+            h = holdings.get(s)
+            if h is None:
+                value.pop(s, None)
+                used.pop(s, None)
+                special.discard(s)
+            elif s in combos:
+                mark = self._combo_marks.get(s, h.avg_price)
+                value[s] = mark * h.quantity * combos[s]
+                used[s] = abs(h.quantity) * self._combo_margin.get(s, 0.0)
+                special.add(s)
+            else:
+                b = bars[s]
+                if price is None:
+                    price = self.mark(s)
+                if b.margined:
+                    value[s] = (price - h.avg_price) * h.quantity * b.multiplier
+                    special.add(s)
+                else:
+                    value[s] = price * h.quantity * b.multiplier
+                used[s] = self._margin(b, h.quantity, price)
 
     def _holding_changed(self, symbol: str) -> None:
         """A holding opened, changed or closed: valued again when the account is next read at this

@@ -561,7 +561,9 @@ class Kernel(RunState):
         elif tr.role == "exit":
             st.closing = None
         else:
-            st.protect = {key: ref for key, ref in st.protect.items() if ref != tr.intent.tag}
+            key = (tr.rule.name, tr.role)         # a protective order is kept under its rule and role
+            if st.protect.get(key) == tr.intent.tag:
+                del st.protect[key]
 
     @staticmethod
     def _average(tr: _Tracked) -> float:

@@ -906,11 +906,11 @@ def _describe_order(info: dict, timezone: str) -> str:
     """An order the kernel sends, as a trader reads it: when, the order, the rule and why."""
     import pandas as pd
 
-    from engine.orders.intent import OrderIntent
+    from dataclasses import replace
 
     intent = info["intent"]
     if info.get("role") == "combo_exit":      # a BAG order closing the combo: its price is a debit or credit
-        intent = OrderIntent(**{**intent.__dict__, "symbol": f"{intent.symbol} {info['order']} combo"})
+        intent = replace(intent, symbol=f"{intent.symbol} {info['order']} combo")
     when = pd.Timestamp(info["time"], tz="UTC").tz_convert(timezone)
     stamp = info.get("when") or f"{when:%Y-%m-%d %H:%M}"
     line = f"{stamp}  {intent.describe()}"

@@ -417,17 +417,30 @@ def test_a_daily_symbol_is_seen_intraday_only_after_its_close():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 40), min_size=1, max_size=60), st.lists(st.integers(-5, 60), min_size=1, max_size=40))
-def test_marks_find_the_last_closed_bar_from_wherever_they_looked_last(gaps, times):
-    from types import SimpleNamespace
-
-    from engine.runtime.records import RunState
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=60), st.lists(st.integers(-5, 60), min_size=1, max_size=40),
+       st.lists(st.sampled_from("XYZ"), min_size=1, max_size=40))
+def test_marks_find_the_last_closed_bar_from_wherever_they_looked_last(gaps, times, symbols):
+    """X and Y share one timeline (one look-up serves both), Z has its own; times go forwards,
+    backwards and repeat, and each look finds the last bar closed by then."""
+    from engine.market.series import SymbolBars
+    from engine.portfolio.marks import LastClose
 
     end = np.cumsum(np.array(gaps, dtype=np.int64) + 1)      # increasing bar close times
-    state = SimpleNamespace(_cursor={})
-    for at in times:                                          # forwards, backwards, repeated
-        expected = int(np.searchsorted(end, at, side="right")) - 1
-        assert RunState._last_bar(state, "X", end, at) == expected
+    other = end * 2
+
+    def bars(symbol, ends):
+        n = len(ends)
+        close = np.arange(n, dtype=float) + (100 if symbol == "Z" else 10)
+        return SymbolBars(symbol, ends - 1, ends, close - 0.5, close + 1, close - 1, close, np.zeros(n))
+
+    series = {"X": bars("X", end), "Y": bars("Y", end.copy()), "Z": bars("Z", other)}
+    marks = LastClose(series)
+    assert marks._line["X"] == marks._line["Y"] != marks._line["Z"]
+    for at, symbol in zip(times, symbols * len(times)):
+        b = series[symbol]
+        expected = int(np.searchsorted(b.end, at, side="right")) - 1
+        assert marks.bar(symbol, at) == expected
+        assert marks.price(symbol, at) == (b.close[expected] if expected >= 0 else b.open[0])
 
 
 def test_a_backtest_pauses_the_garbage_collector_and_gives_it_back_as_it_found_it():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -106,3 +107,84 @@ def test_an_agents_exits_see_only_its_own_positions(tmp_path):
         assert exit_agent is None or exit_agent == agent_of[t.entry_rule], (t.entry_rule, t.exit_rule)
     # the vectorised kernel agrees with the streamed one
     _same(cases.record(result), cases.record(session.simulate(prep, streaming=False, run_id="golden")), case)
+
+
+def _pooled(tmp_path, account: str) -> Path:
+    """Twelve symbols on one daily calendar sharing one cash pool, 12% of equity per entry: many
+    positions open at once, entries at one open sized one after another."""
+    import numpy as np
+    import pandas as pd
+
+    days = pd.bdate_range("2015-01-01", periods=400, tz="America/New_York")
+    folder = tmp_path / "pooled"
+    folder.mkdir(exist_ok=True)
+    symbols = [f"P{i:02d}" for i in range(12)]
+    for i, sym in enumerate(symbols):
+        rng = np.random.default_rng(50 + i)
+        close = 50.0 * np.exp(np.cumsum(rng.normal(0.0, 0.015, len(days))))
+        open_ = np.concatenate(([50.0], close[:-1] * np.exp(rng.normal(0.0, 0.004, len(days) - 1))))
+        high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0.0, 0.006, len(days))))
+        low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0.0, 0.006, len(days))))
+        pd.DataFrame({"date": days.strftime("%Y-%m-%d"), "open": open_, "high": high, "low": low, "close": close,
+                      "volume": 1000.0}).to_csv(folder / f"{sym}.csv", index=False)
+    # the SMA crossover example on these symbols: 5/15 bars, 12% of equity each, a 3% stop, no cap
+    # on open positions, one cash pool
+    text = (cases.ROOT / "strategies" / "sma_crossover.yaml").read_text()
+    for pattern, repl in ((r"(?m)^universe: .*$", f"universe: [{', '.join(symbols)}]"),
+                          (r"source: data/", f"source: {folder}"),
+                          (r"value: 10,", "value: 5,"), (r"value: 30,", "value: 15,"),
+                          (r"percent_of_equity: 100%", "percent_of_equity: 12%"),
+                          (r"(?m)^exit:\n", "exit:\n  - {name: stop, stop: position.entry_price * (1 - 3%)}\n"),
+                          (r"(?m)^risk: .*$", f"backtest: {{cash: 1000000, account: {account}, "
+                                              "commission: {per_share: 0.005, minimum: 1}}")):
+        text, n = re.subn(pattern, repl, text)
+        assert n == 1, pattern
+    path = tmp_path / f"pooled-{account}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", [*cases.CASES, "pooled cash", "pooled margin"])
+def test_sizing_reads_the_venues_account_which_is_the_ledgers_view_at_that_instant(case, tmp_path, monkeypatch):
+    """The kernel sizes entries and checks funds and risk limits against the venue's account
+    (`broker.account()`): on the simulator that account is the kernel's own ledger at its marks,
+    to the bit, at every instant the kernel reads it (stock, futures, option combos, a shared
+    pool of many positions), so reading it changes no simulated result."""
+    from engine.runtime.kernel import Kernel
+
+    seen = []
+    read = Kernel.account_view
+
+    def compared(self):
+        acct = self.venue.account()
+        seen.append(((acct.equity, acct.available_funds, acct.cash),
+                     (self.equity(), self.available_funds(), self.ledger.cash), len(self.ledger.positions)))
+        return read(self)
+
+    monkeypatch.setattr(Kernel, "account_view", compared)
+    if case.startswith("pooled"):
+        path = _pooled(tmp_path, case.split()[1])
+        prep = bt.prepare(path)
+    else:
+        if case in ("breakout_nq", "spxw_condor"):
+            _need_shared()
+        path = cases.strategy_path(case, tmp_path)
+        try:
+            prep = bt.prepare(path, **cases.CASES[case][2])
+        finally:
+            if path.name.startswith(".golden-"):
+                path.unlink()
+    for dry_run in (False, True):
+        seen.clear()
+        result = session.simulate(prep, streaming=False, dry_run=dry_run, run_id="golden")
+        assert seen, "no entry was sized"
+        differ = [(venue, ledger) for venue, ledger, _ in seen if venue != ledger]
+        assert not differ, f"{len(differ)} of {len(seen)} differ, first {differ[0]}"
+        assert not result.runner.errors
+        if not case.startswith("pooled"):
+            want = json.loads((cases.HERE / f"{case}.json").read_text())
+            _same(want, cases.record(result), f"{case} dry run {dry_run}")
+    if case.startswith("pooled"):
+        # entries sized while several positions were open, and several entries at one open
+        assert max(n for _, _, n in seen) >= 5
+        assert len(result.ledger.trades) > 50

@@ -4,11 +4,14 @@ parsed once into frozen dataclasses, with the values a run reads."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from engine.check.model import OrderTemplate, PricePolicy, Quantity, SimSettings, order_templates
 from engine.runtime import backtest as bt
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_iron_condors_order_template():
@@ -74,3 +77,36 @@ def test_universe_instruments_data_risk_and_options_listing_come_from_the_model(
         DataSpec("5m", "x.csv", None, False, "skip")
     mega = bt.prepare("strategies/sma_crossover.yaml")
     assert mega.symbols == ["SPY"] and mega.instruments["SPY"].sec_type == "STK"
+
+
+def test_the_checker_hands_over_rules_agents_and_classifications_parsed_once(monkeypatch):
+    """Validation leaves the strategy's expressions as model types (rules, agents with their
+    gates and scores, classifications with their cases, order values), each with the tree the
+    checker parsed; the Plan is compiled from them without parsing anything again."""
+    from engine.check.model import AgentSpec, Classification, StrategyExprs
+    from engine.dsl import parser
+    from engine.plan import build
+
+    doc, ws = build.load_strategy(ROOT / "strategies" / "regime_agents.yaml", unsupported_ok=True)
+    exprs = ws.checked[doc.abspath]
+    assert isinstance(exprs, StrategyExprs)
+    regime = next(c for c in exprs.classify if c.name == "regime")
+    assert isinstance(regime, Classification)
+    assert [c.label for c in regime.cases] == ["expansion", "trend", "compression", "mean_reversion", "neutral"]
+    assert regime.cases[0].when.text == "atr_ratio > 1.5" and regime.cases[0].when.node == parser.parse("atr_ratio > 1.5")
+    trend = next(a for a in exprs.agents if a.name == "trend")
+    assert isinstance(trend, AgentSpec)
+    assert trend.score.text == "trend_strength / 50" and trend.active.where == ("agents", "trend", "active")
+    assert [r.name for r in trend.entry][:2] == ["trend long", "trend short"] and trend.entry[0].order == "long"
+    assert ("orders.long.stop_distance", "2 * atr14") in [(label, e.text) for label, e in exprs.orders]
+    want = build.summary(build.build_plan(doc, ws))
+
+    def refuse(text):
+        raise AssertionError(f"parsed again: {text}")
+
+    monkeypatch.setattr(parser, "parse", refuse)
+    plan = build.build_plan(doc, ws)
+    assert build.summary(plan) == want
+    rules = {(r.agent, r.kind, r.name) for r in plan.rules}
+    assert ("trend", "entry", "trend long") in rules and ("volatility", "exit", "squeeze target") in rules
+    assert "agents.trend.score" in plan.outputs and "classify.regime" in plan.outputs

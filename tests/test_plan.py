@@ -355,6 +355,41 @@ def test_context_nodes_are_evaluated_at_a_bar_with_the_run_state(spy):
     assert stop == pytest.approx(100.0 - 2.0 * values[atr_node][entry_bar])
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "strategies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_node_read_at_one_bar_as_a_function_is_value_at(path, spy):
+    """scalar_at builds value_at as a function once per node: the same value, to the bit, for
+    every node of every example at many bars with the position's fields, and the same refusal of
+    a field the run does not know."""
+    from engine.plan.evaluate import MissingInput, scalar_at
+
+    plan = plan_from_file(path, unsupported_ok=True)
+    values = evaluate(plan, _with_others(plan, spy))
+    names = {n.attrs[0] for n in plan.nodes if n.op == N.CONTEXT}
+    cache: dict = {}
+    checked = 0
+    for i in (40, 300, 1200, len(spy.fields["close"]) - 1):
+        ctx = {name: 0.5 + 0.01 * (i % 97) * (j + 1) for j, name in enumerate(sorted(names))}
+        ctx["position.entry_bar"] = 35
+        for node in plan.nodes:
+            try:
+                want = value_at(plan, node.id, i, values, ctx)
+            except MissingInput:
+                with pytest.raises(MissingInput):
+                    scalar_at(plan, node.id, cache)(i, values, ctx)
+                continue
+            got = scalar_at(plan, node.id, cache)(i, values, ctx)
+            assert type(got) is type(want) and (got == want or (got != got and want != want)), node.label
+            checked += 1
+    assert checked > len(plan.nodes)
+    for node in plan.nodes:
+        if node.op in (N.CONTEXT, N.AT_ENTRY):       # without the position: both refuse the same way
+            with pytest.raises(MissingInput) as want:
+                value_at(plan, node.id, 40, values, {})
+            with pytest.raises(MissingInput) as got:
+                scalar_at(plan, node.id, cache)(40, values, {})
+            assert str(got.value) == str(want.value)
+
+
 # ---- explain ---------------------------------------------------------------------------------
 
 def test_explain_prints_shared_nodes_rules_and_history():

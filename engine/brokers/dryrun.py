@@ -27,6 +27,9 @@ class DryRunBroker:
     def fills_at_open(self, symbol: str, k: int) -> bool:
         return self.wallet.fills_at_open(symbol, k)
 
+    def works(self, symbol: str) -> bool:
+        return self.wallet.works(symbol)
+
     def close_bar(self, symbol: str, k: int) -> None:
         self.inner.close_bar(symbol, k)
         self.wallet.close_bar(symbol, k)

@@ -24,6 +24,7 @@ equal on random bars.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,9 +34,9 @@ from .costs import Commission, Slippage
 ORDER_TYPES = ("market", "limit", "stop", "stop_limit", "moc", "loc")
 
 
-@dataclass(frozen=True)
-class BarMatch:
-    """The outcome of one bar for one working order."""
+class BarMatch(NamedTuple):
+    """The outcome of one bar for one working order (a tuple: the venue makes one per order per
+    bar it works in)."""
 
     price: float | None = None     # the fill price, or None: no fill in this bar
     at_close: bool = False         # filled at the bar's close (moc, loc) rather than inside it
@@ -95,10 +96,23 @@ def first_touch(bars: SymbolBars, lo: int, hi: int, level, rising: bool) -> tupl
     return lo + j, (max(opened, lvl) if rising else min(opened, lvl))
 
 
+def first_touch_any(bars: SymbolBars, lo: int, hi: int, levels: list[tuple[float, bool]]) -> int | None:
+    """The first bar in [lo, hi) whose range reaches any of `levels` ((price, rising) pairs, as
+    first_touch reads them): a protective stop and target searched in one pass."""
+    mask = None
+    for level, rising in levels:
+        touched = bars.high[lo:hi] >= level if rising else bars.low[lo:hi] <= level
+        mask = touched if mask is None else np.logical_or(mask, touched, out=mask)
+    if mask is None:
+        return None
+    j = first_true(mask)
+    return None if j is None else lo + j
+
+
 def first_true(mask: np.ndarray) -> int | None:
     if not len(mask):
         return None
-    j = int(np.argmax(mask))
+    j = int(mask.argmax())        # the method: np.argmax's dispatch costs more than the search on short masks
     return j if mask[j] else None
 
 

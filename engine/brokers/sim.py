@@ -24,20 +24,30 @@ from dataclasses import dataclass, replace
 
 from ..market.series import SymbolBars
 from . import events as E
+from ..portfolio.marks import LastClose
 from .matching import FillModel, marketable, match_bar
 
 OPEN, CLOSE = "open", "close"
 
 
-@dataclass
 class _Working:
-    order: E.Order
-    broker_id: int
-    active_from: int          # the first bar it may fill in
-    session: float | None = None   # a day order's session (set at its first bar)
-    filled: float = 0.0
-    value: float = 0.0        # sum of price x quantity of its executions
-    triggered: bool = False   # a stop-limit whose stop was touched
+    """A working order at the venue (slotted, compared by identity)."""
+
+    __slots__ = ("order", "broker_id", "active_from", "session", "filled", "value", "triggered", "live")
+
+    def __init__(self, order: E.Order, broker_id: int, active_from: int):
+        self.order = order
+        self.broker_id = broker_id
+        self.active_from = active_from    # the first bar it may fill in
+        self.session = None               # a day order's session (set at its first bar)
+        self.filled = 0.0
+        self.value = 0.0                  # sum of price x quantity of its executions
+        self.triggered = False            # a stop-limit whose stop was touched
+        self.live = True                  # still working (False once filled, cancelled or expired)
+
+
+def _stops_first(w: _Working) -> bool:
+    return w.order.order_type not in ("stop", "stop_limit")
 
 
 @dataclass
@@ -55,6 +65,15 @@ class SimBroker:
         self.fill_fraction = fill_fraction
         self._combos: dict[str, float] = {}    # combo key -> multiplier, for the account's marks
         self._combo_marks: dict[str, float] = {}
+        self._combo_margin: dict[str, float] = {}   # combo key -> initial margin per unit held
+        self._last_close = LastClose(bars)
+        self._marks: dict[str, float] = {}          # the marks found at one instant (prices hold still in one)
+        self._marks_at: int | None = None
+        self._value: dict[str, float] = {}          # per holding: its value in equity at the instant _worth_at
+        self._used: dict[str, float] = {}           # per holding: the margin it holds then
+        self._special: set[str] = set()             # holdings that are not stock (futures, combos)
+        self._worth_at: int | None = None
+        self._changed: set[str] = set()             # holdings changed since the account was read at _worth_at
         self.bars = bars
         self.fills = fills
         self.cash = float(cash)
@@ -63,7 +82,7 @@ class SimBroker:
         self._k: dict[str, int] = {s: -1 for s in bars}      # the bar each symbol is in (or last closed)
         self._phase: dict[str, str] = {s: CLOSE for s in bars}
         self._working: dict[str, _Working] = {}
-        self._by_symbol: dict[str, list[str]] = {s: [] for s in bars}
+        self._by_symbol: dict[str, list[_Working]] = {s: [] for s in bars}   # in the order placed
         self._holdings: dict[str, _Holding] = {}
         self._executions: list[E.Execution] = []
         self._events: list[E.Event] = []
@@ -73,38 +92,46 @@ class SimBroker:
         self.clock: int | None = None        # the run's time (ns), set by its clock; else the bars' times
         # execution ids are unique across sessions, as IB's are: a journal keeps every run's fills
         self.session = session or uuid.uuid4().hex[:8]
+        self._exec_prefix = f"sim.{self.session}."      # execution ids: sim.<session>.<order id>.<seq>.01
 
     # ---- the clock ---------------------------------------------------------------------------
     def open_bar(self, symbol: str, k: int) -> None:
-        self._k[symbol], self._phase[symbol] = k, OPEN
-        for ref in list(self._by_symbol[symbol]):
-            w = self._working.get(ref)
-            if w is not None and w.order.order_type == "market" and w.active_from <= k and not w.order.legs:
-                self._match(w, k)
+        self._k[symbol] = k
+        self._phase[symbol] = OPEN
+        working = self._by_symbol[symbol]
+        if working:
+            for w in list(working):
+                if w.live and w.order.order_type == "market" and w.active_from <= k and not w.order.legs:
+                    self._match(w, k)
 
     def fills_at_open(self, symbol: str, k: int) -> bool:
         """Does a working order of this symbol fill at bar k's open (a market order)?"""
-        for ref in self._by_symbol[symbol]:
-            w = self._working[ref]
+        for w in self._by_symbol[symbol]:
             if w.order.order_type == "market" and not w.order.legs and w.active_from <= k:
                 return True
         return False
 
+    def works(self, symbol: str) -> bool:
+        """Has this symbol orders working (that a bar's trading may fill or expire)?"""
+        return bool(self._by_symbol[symbol])
+
     def close_bar(self, symbol: str, k: int) -> None:
         """Resting orders against bar k's range (stops first), on-close orders at its close, then
         day orders whose session ends with this bar expire."""
+        working = self._by_symbol[symbol]
+        if not working:
+            self._phase[symbol] = CLOSE
+            return
         b = self.bars[symbol]
-        refs = [r for r in self._by_symbol[symbol] if self._working[r].active_from <= k
-                and not self._working[r].order.legs]
-        refs.sort(key=lambda r: self._working[r].order.order_type not in ("stop", "stop_limit"))
-        for ref in refs:
-            w = self._working.get(ref)
-            if w is not None:
+        due = [w for w in working if w.active_from <= k and not w.order.legs]
+        if len(due) > 1:
+            due.sort(key=_stops_first)
+        for w in due:
+            if w.live:
                 self._match(w, k)
         self._phase[symbol] = CLOSE
         last = k + 1 >= len(b)
-        for ref in list(self._by_symbol[symbol]):
-            w = self._working[ref]
+        for w in list(working):
             if w.active_from > k or w.order.legs:
                 continue
             tif = w.order.tif
@@ -160,6 +187,11 @@ class SimBroker:
         return list(self._executions)
 
     def mark(self, symbol: str) -> float:
+        """A symbol's price in the account: its last close by the run's time (a bar's price is
+        known when it closes, so marks hold still within an instant and do not wait for the venue
+        to be told of bars a waiting position skips); without a clock, the bar it is at."""
+        if self.clock is not None:
+            return self._last_close.price(symbol, self.clock)
         k = self._k[symbol]
         b = self.bars[symbol]
         if k < 0:
@@ -167,26 +199,73 @@ class SimBroker:
         return float(b.open[k] if self._phase[symbol] == OPEN else b.close[k])
 
     def account(self) -> E.AccountValues:
-        equity = self.cash
-        used = 0.0
-        for s, h in self._holdings.items():
-            if not h.quantity:
-                continue
-            if s in self._combos:    # a combo at its last mark (the kernel's mid), else its fill price
+        """Cash, equity (net liquidation), available funds and the margin in use, with every
+        holding at its mark: stock at its value, futures at their unrealised P&L, a combo at its
+        last mark (the kernel's mid, else its fill price) with the margin it was opened with.
+
+        Equity is cash plus the exactly rounded sum of the holdings' values (math.fsum: the same
+        whatever their order, as the ledger's). Marks hold still within an instant, so each
+        holding's value is kept for it and only a holding that changes is valued again."""
+        if not self._holdings:
+            return E.AccountValues(self.cash, self.cash, self.cash, 0.0)
+        at = self.clock
+        if at is None or at != self._worth_at:
+            self._revalue(at)
+        elif self._changed:
+            self._appraise(self._changed)
+            self._changed.clear()
+        value = math.fsum(self._value.values())
+        used = math.fsum(self._used.values())
+        equity = self.cash + value
+        whole = self.account_type == "cash" and not self._special   # stock only in a cash account: the cash
+        return E.AccountValues(self.cash, equity, self.cash if whole else equity - used, used)
+
+    def _revalue(self, at: int | None) -> None:
+        """Every holding's value and margin at a new instant (one look-up of the last closed bar
+        per timeline)."""
+        self._value, self._used, self._special, self._worth_at = {}, {}, set(), at
+        self._changed.clear()
+        if at is None:
+            self._appraise(self._holdings)
+            return
+        marks = self._last_close.prices(at)
+        self._appraise(self._holdings, [None if s in self._combos else marks(s) for s in self._holdings])
+
+    def _appraise(self, symbols, prices: list[float | None] | None = None) -> None:
+        """Holdings' values in equity and the margins they hold, at their marks at this instant
+        (`prices`, one per symbol, else looked up), a combo at its last mark; a holding gone is
+        dropped."""
+        value, used, special, holdings, combos, bars = \
+            self._value, self._used, self._special, self._holdings, self._combos, self.bars
+        for s, price in zip(symbols, prices if prices is not None else [None] * len(symbols)):
+            h = holdings.get(s)
+            if h is None:
+                value.pop(s, None)
+                used.pop(s, None)
+                special.discard(s)
+            elif s in combos:
                 mark = self._combo_marks.get(s, h.avg_price)
-                equity += mark * h.quantity * self._combos[s]
-                continue
-            b = self.bars[s]
-            price = self.mark(s)
-            if b.margined:
-                equity += (price - h.avg_price) * h.quantity * b.multiplier
+                value[s] = mark * h.quantity * combos[s]
+                used[s] = abs(h.quantity) * self._combo_margin.get(s, 0.0)
+                special.add(s)
             else:
-                equity += price * h.quantity * b.multiplier
-            used += self._margin(b, h.quantity, price)
-        available = self.cash if self.account_type == "cash" and not any(
-            s in self._combos or self.bars[s].margined for s, h in self._holdings.items() if h.quantity) \
-            else equity - used
-        return E.AccountValues(self.cash, equity, available, used)
+                b = bars[s]
+                if price is None:
+                    price = self.mark(s)
+                if b.margined:
+                    value[s] = (price - h.avg_price) * h.quantity * b.multiplier
+                    special.add(s)
+                else:
+                    value[s] = price * h.quantity * b.multiplier
+                used[s] = self._margin(b, h.quantity, price)
+
+    def _holding_changed(self, symbol: str) -> None:
+        """A holding opened, changed or closed: valued again when the account is next read at this
+        instant (the others' values still hold), or with all of them at the next instant."""
+        if self._worth_at is not None and self._worth_at == self.clock:
+            self._changed.add(symbol)
+        else:
+            self._worth_at = None
 
     def events(self) -> list[E.Event]:
         out, self._events = self._events, []
@@ -197,27 +276,25 @@ class SimBroker:
         self.placed.append(order)
         if order.legs:
             return self._place_combo(order)
-        b = self.bars.get(order.symbol)
-        now = self._now(order.symbol)
-        why = None
-        if b is None:
-            why = (200, f"No security definition has been found for the request ({order.symbol})")
-        elif not (order.quantity > 0 and math.isfinite(order.quantity)):
-            why = (201, f"Order rejected - reason: the quantity {order.quantity:g} is not positive")
-        elif order.ref in self._working:
-            why = (103, f"Duplicate order id: {order.ref} is working")
-        if why is not None:
-            self._events.append(E.BrokerError(order.ref, why[0], why[1], now))
-            self._events.append(E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why[1]))
-            return order.ref
-        k = self._k[order.symbol]
-        phase = self._phase[order.symbol]
+        symbol, ref, quantity = order.symbol, order.ref, order.quantity
+        now = self.clock if self.clock is not None else self._now(symbol)
+        if symbol not in self.bars or not (0 < quantity < math.inf) or ref in self._working:
+            if symbol not in self.bars:
+                why = (200, f"No security definition has been found for the request ({symbol})")
+            elif not 0 < quantity < math.inf:
+                why = (201, f"Order rejected - reason: the quantity {quantity:g} is not positive")
+            else:
+                why = (103, f"Duplicate order id: {ref} is working")
+            self._events.append(E.BrokerError(ref, why[0], why[1], now))
+            self._events.append(E.OrderStatus(ref, E.REJECTED, 0.0, quantity, 0.0, now, why[1]))
+            return ref
+        k = self._k[symbol]
+        phase = self._phase[symbol]
         w = _Working(order, self._next_id, k if phase == OPEN else k + 1)
         self._next_id += 1
-        self._working[order.ref] = w
-        self._by_symbol[order.symbol].append(order.ref)
-        self._events.append(E.OrderStatus(order.ref, E.SUBMITTED, 0.0, order.quantity, 0.0, now, "",
-                                          w.broker_id))
+        self._working[ref] = w
+        self._by_symbol[symbol].append(w)
+        self._events.append(E.OrderStatus(ref, E.SUBMITTED, 0.0, quantity, 0.0, now, "", w.broker_id))
         if order.order_type == "market" and k >= 0 and (phase == OPEN or self.fills.fill_model == "close"):
             if phase == CLOSE:   # `fill: close`: a market order decided at a close fills at that close
                 w.active_from = k
@@ -251,7 +328,7 @@ class SimBroker:
         o = w.order
         b = self.bars[o.symbol]
         buy = o.action == "buy"
-        if w.session is None:
+        if w.session is None and o.tif == "day":
             w.session = b.session[k]
         if at_close:   # a market order at this bar's close
             price, when = self.fills.market_price(b, o.action, float(b.close[k])), int(b.end[k])
@@ -284,7 +361,7 @@ class SimBroker:
         w = _Working(order, self._next_id, self._k[under])
         self._next_id += 1
         self._working[order.ref] = w
-        self._by_symbol[under].append(order.ref)
+        self._by_symbol[under].append(w)
         self._events.append(E.OrderStatus(order.ref, E.SUBMITTED, 0.0, order.quantity, 0.0, now, "", w.broker_id))
         self._match_combo(w)
         return order.ref
@@ -313,7 +390,8 @@ class SimBroker:
             return
         mult = self._combos.get(key, 1.0)
         self.cash -= h.quantity * debit * mult if h.quantity < 0 else -h.quantity * debit * mult
-        h.quantity, h.avg_price = 0.0, 0.0
+        del self._holdings[key]
+        self._holding_changed(key)
 
     def _key(self, order: E.Order) -> str:
         return order.underlying if order.legs else order.symbol
@@ -324,11 +402,13 @@ class SimBroker:
             self._execute_combo(w, k, qty, price, when)
             return
         b = self.bars[o.symbol]
-        fee = self.fills.fee(b, qty, price)
+        fee = self.fills.commission(qty, price, b.multiplier, b.contracts)
         self._exec_seq += 1
-        exec_id = f"sim.{self.session}.{w.broker_id:08d}.{self._exec_seq:06d}.01"
+        exec_id = f"{self._exec_prefix}{w.broker_id}.{self._exec_seq}.01"
         signed = qty if o.action == "buy" else -qty
-        h = self._holdings.setdefault(o.symbol, _Holding())
+        h = self._holdings.get(o.symbol)
+        if h is None:
+            h = self._holdings[o.symbol] = _Holding()
         self.cash -= fee
         if b.margined:
             if h.quantity and (h.quantity > 0) != (signed > 0):   # closing: realise P&L
@@ -337,11 +417,17 @@ class SimBroker:
         else:
             self.cash -= signed * price * b.multiplier
         new = h.quantity + signed
-        if h.quantity == 0 or (h.quantity > 0) == (signed > 0):
-            h.avg_price = (h.avg_price * abs(h.quantity) + price * qty) / abs(new) if new else 0.0
+        if h.quantity == 0:
+            h.avg_price = price       # opened: its price, to the bit (as the ledger books it)
+        elif (h.quantity > 0) == (signed > 0):
+            h.avg_price = (h.avg_price * abs(h.quantity) + price * qty) / abs(new)
         elif (new > 0) != (h.quantity > 0) and new:
             h.avg_price = price       # reversed through zero
-        h.quantity = 0.0 if abs(new) < 1e-12 else new
+        if abs(new) < 1e-12:          # flat: the holding goes (a new one is last in the account's order)
+            del self._holdings[o.symbol]
+        else:
+            h.quantity = new
+        self._holding_changed(o.symbol)
         self._report(w, k, qty, price, when, exec_id, fee)
 
     def _execute_combo(self, w: _Working, k: int, qty: float, price: float, when: int) -> None:
@@ -349,14 +435,20 @@ class SimBroker:
         contracts = qty * sum(leg.ratio for leg in o.legs)
         fee = self.fills.commission(contracts, abs(price), o.multiplier, True)
         self._exec_seq += 1
-        exec_id = f"sim.{self.session}.{w.broker_id:08d}.{self._exec_seq:06d}.01"
+        exec_id = f"{self._exec_prefix}{w.broker_id}.{self._exec_seq}.01"
         signed = qty if o.action == "buy" else -qty
         self.cash -= fee + signed * price * o.multiplier
         self._combos[o.symbol] = o.multiplier
         h = self._holdings.setdefault(o.symbol, _Holding())
+        if not h.quantity:
+            self._combo_margin[o.symbol] = o.margin
         new = h.quantity + signed
         h.avg_price = price if not h.quantity else h.avg_price
-        h.quantity = 0.0 if abs(new) < 1e-12 else new
+        if abs(new) < 1e-12:
+            del self._holdings[o.symbol]
+        else:
+            h.quantity = new
+        self._holding_changed(o.symbol)
         self._report(w, k, qty, price, when, exec_id, fee)
 
     def _report(self, w: _Working, k: int, qty: float, price: float, when: int, exec_id: str, fee: float) -> None:
@@ -370,9 +462,8 @@ class SimBroker:
         if o.quantity - w.filled <= 1e-9:
             self._finish(w, E.FILLED, when, "")
             if o.oca:
-                for ref in list(self._by_symbol[self._key(o)]):
-                    other = self._working.get(ref)
-                    if other is not None and other.order.oca == o.oca:
+                for other in list(self._by_symbol[self._key(o)]):
+                    if other.live and other.order.oca == o.oca:
                         self._finish(other, E.CANCELLED, when, f"one-cancels-all: {o.ref} filled")
         else:
             self._events.append(E.OrderStatus(o.ref, E.PARTIAL, w.filled, o.quantity - w.filled, self._avg(w), when,
@@ -380,8 +471,9 @@ class SimBroker:
 
     def _finish(self, w: _Working, status: str, when: int, reason: str) -> None:
         o = w.order
+        w.live = False
         del self._working[o.ref]
-        self._by_symbol[self._key(o)].remove(o.ref)
+        self._by_symbol[o.underlying if o.legs else o.symbol].remove(w)
         self._events.append(E.OrderStatus(o.ref, status, w.filled, o.quantity - w.filled if status != E.FILLED
                                           else 0.0, self._avg(w), when, reason, w.broker_id))
 
@@ -402,6 +494,8 @@ class SimBroker:
     def mark_combo(self, key: str, credit: float) -> None:
         """A held combo's value per unit now (negative for a credit combo: what closing costs)."""
         self._combo_marks[key] = credit
+        if key in self._holdings:
+            self._holding_changed(key)
 
     def _now(self, symbol: str) -> int:
         if self.clock is not None:

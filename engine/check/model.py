@@ -312,3 +312,126 @@ def risk_limits(doc: Document) -> RiskLimits:
         add(doc.refs.get(("risk", "extends")))
         chain.append(spec)
     return RiskLimits.from_spec(merge_risk(chain))
+
+
+# ---- the strategy's expressions ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Expr:
+    """An expression of the strategy as the checker parsed (and type-checked) it: where it is in
+    the document, its text and its syntax tree. The compiler reads these; nothing parses again."""
+
+    where: tuple
+    text: str
+    node: object                 # dsl.ast.Node
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """An entry or exit rule: its condition, protective levels (exits), order and reason."""
+
+    kind: str                    # entry | exit
+    name: str
+    where: tuple
+    when: Expr | None = None
+    stop: Expr | None = None     # an exit's stop level
+    target: Expr | None = None   # an exit's target level
+    order: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """An agent: its own entry and exit rules, when it may trade (`active`) and how it ranks
+    against the others when several fire on one bar (`score`)."""
+
+    name: str
+    active: Expr | None = None
+    score: Expr | None = None
+    entry: tuple[RuleSpec, ...] = ()
+    exit: tuple[RuleSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClassifyCase:
+    """One case of a classification: the label a bar gets when its condition is the first to hold."""
+
+    label: str
+    when: Expr
+
+
+@dataclass(frozen=True)
+class Classification:
+    """A named classification: the first case whose condition holds gives its label."""
+
+    name: str
+    cases: tuple[ClassifyCase, ...]
+
+
+@dataclass(frozen=True)
+class StrategyExprs:
+    """Every expression a strategy holds, from the checker: named indicators, classifications,
+    the rules and the agents' rules, and the order templates' computed values (their plan output
+    labels: orders.<name>.limit, .stop, .quantity, .stop_distance, .floor, .legs.<leg>.<key>)."""
+
+    indicators: Mapping[str, Expr]
+    classify: tuple[Classification, ...]
+    entry: tuple[RuleSpec, ...]
+    exit: tuple[RuleSpec, ...]
+    agents: tuple[AgentSpec, ...]
+    orders: tuple[tuple[str, Expr], ...]
+
+
+def strategy_exprs(doc: Document, parsed: Mapping[tuple, tuple[object, str]]) -> StrategyExprs:
+    """The model of a checked strategy's expressions from the trees the checker parsed
+    (`parsed`: where -> (tree, text)). An expression that did not parse is left out: the checker
+    reported it, and a document with errors is never compiled."""
+
+    def expr(where: tuple) -> Expr | None:
+        got = parsed.get(where)
+        return None if got is None else Expr(where, got[1], got[0])
+
+    def rules(section: tuple, kind: str) -> tuple[RuleSpec, ...]:
+        out = []
+        for i, rule in enumerate(doc.get(section) or []):
+            where = section + (i,)
+            out.append(RuleSpec(kind, str(rule.get("name", f"{kind} {i + 1}")), where, expr(where + ("when",)),
+                                expr(where + ("stop",)), expr(where + ("target",)), rule.get("order"),
+                                str(rule.get("reason", ""))))
+        return tuple(out)
+
+    indicators = {name: e for name in doc.get(("indicators",)) or {} if (e := expr(("indicators", name)))}
+    classify = tuple(Classification(name, tuple(ClassifyCase(case["name"], e) for i, case in enumerate(cases or [])
+                                                if (e := expr(("classify", name, i, "when")))))
+                     for name, cases in (doc.get(("classify",)) or {}).items())
+    agents = tuple(AgentSpec(name, expr(("agents", name, "active")), expr(("agents", name, "score")),
+                             rules(("agents", name, "entry"), "entry"), rules(("agents", name, "exit"), "exit"))
+                   for name in doc.get(("agents",)) or {})
+    orders: list[tuple[str, Expr]] = []
+    for name, order in (doc.get(("orders",)) or {}).items():
+        base = ("orders", name)
+        wanted = []
+        for leg, spec in (order.get("legs") or {}).items():
+            strike = spec.get("strike")
+            where = base + ("legs", leg, "strike")
+            if isinstance(strike, dict):
+                wanted += [(f"orders.{name}.legs.{leg}.{key}", where + (key,))
+                           for key in ("delta", "premium", "min", "max") if key in strike]
+            elif strike is not None:
+                wanted.append((f"orders.{name}.legs.{leg}.strike", where))
+        price = order.get("price")
+        if isinstance(price, dict):
+            if "limit" in price:
+                wanted.append((f"orders.{name}.limit", base + ("price", "limit")))
+            if isinstance(price.get("chase"), dict) and "floor" in price["chase"]:
+                wanted.append((f"orders.{name}.floor", base + ("price", "chase", "floor")))
+        wanted += [(f"orders.{name}.{key}", base + (key,)) for key in ("limit", "stop")
+                   if key in order and "legs" not in order]
+        quantity = order.get("quantity")
+        if isinstance(quantity, str):
+            wanted.append((f"orders.{name}.quantity", base + ("quantity",)))
+        elif isinstance(quantity, dict) and "stop_distance" in quantity:
+            wanted.append((f"orders.{name}.stop_distance", base + ("quantity", "stop_distance")))
+        orders += [(label, e) for label, where in wanted if (e := expr(where))]
+    return StrategyExprs(MappingProxyType(indicators), classify, rules(("entry",), "entry"), rules(("exit",), "exit"),
+                         agents, tuple(orders))

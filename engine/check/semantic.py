@@ -21,6 +21,7 @@ from ..dsl import ast, checker, parser
 from ..dsl import types as T
 from ..dsl.checker import Binding, Scope
 from ..dsl.parser import ExprError
+from .model import strategy_exprs
 
 BAR_FIELDS = ("open", "high", "low", "close", "volume")
 CLOCK = {
@@ -102,6 +103,7 @@ class DocumentCheck:
         self.out: list[Diagnostic] = []
         self.used: set[str] = set()
         self.tolerant = tolerant  # the document has schema errors: skip sections that are malformed
+        self.parsed: dict[tuple, tuple[ast.Node, str]] = {}   # every expression that parsed: where -> (tree, text)
 
     def guard(self, step):
         """Run one section's check; on a document with schema errors, a malformed section that
@@ -137,7 +139,7 @@ class DocumentCheck:
         if text is None:
             return None
         try:
-            return parser.parse(text), text
+            node = parser.parse(text)
         except ExprError as exc:
             # The names in a broken expression are still meant: do not also call them unused.
             self.used.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
@@ -149,6 +151,8 @@ class DocumentCheck:
                         "e.g. {when: \"ema(close, 8) > ema(close, 21)\", order: buy}")
             self.out.append(self.doc.diag_in_value(where, exc.start, message, hint))
             return None
+        self.parsed[tuple(where)] = (node, text)
+        return node, text
 
     def _cut_by_flow_comma(self, where) -> tuple[int, int] | None:
         """Where a ',' cut an unquoted expression short inside a YAML flow mapping or list."""
@@ -796,5 +800,9 @@ def check_document(ws: Workspace, doc: Document, overrides: dict[str, str] | Non
 
     check = checks[doc.kind](ws, doc, tolerant=tolerant)
     if doc.kind == "strategy":
-        return check.run(overrides) + unsupported(doc)
+        diags = check.run(overrides) + unsupported(doc)
+        exprs = check.guard(lambda: strategy_exprs(doc, check.parsed))   # the model the compiler reads
+        if exprs is not None:
+            ws.checked[doc.abspath] = exprs
+        return diags
     return (check.guard(check.run) or check.out) + unsupported(doc)

@@ -108,6 +108,7 @@ class Workspace:
         self.env = env
         self.documents: dict[Path, Document] = {}
         self.diagnostics: dict[Path, list[Diagnostic]] = {}
+        self.checked: dict[Path, object] = {}    # what the semantic checker made of each document (its model)
         self._loading: list[Path] = []
 
     def problems(self) -> list[Diagnostic]:

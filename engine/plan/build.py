@@ -1,5 +1,6 @@
 """From a strategy file to its Plan: validate it (refusing on any error), then compile every
-expression it holds (indicators, classifications, rules, agents, order prices and sizes)."""
+expression it holds (indicators, classifications, rules, agents, order prices and sizes) from
+the trees the checker parsed (check.model.StrategyExprs)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..check import validate
+from ..check.model import Expr, RuleSpec, StrategyExprs
 from ..check.semantic import COMBO_NAMES, StrategyCheck
 from ..config.documents import Document, Workspace
 from ..diagnostics import DiagnosticError, error
-from ..dsl import parser
 from . import nodes as N
 from .compiler import Compiler
 
@@ -35,29 +36,21 @@ def load_strategy(path: str | Path, overrides: dict[str, str] | None = None, *,
     return doc, ws
 
 
-def _text(doc: Document, where: tuple) -> str:
-    value = doc.get(where)
-    if isinstance(value, str):
-        return value
-    mark = doc.marks.values.get(tuple(where))
-    if mark is not None and mark.text is not None:
-        return mark.text
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def build_plan(doc: Document, ws: Workspace, overrides: dict[str, str] | None = None) -> N.Plan:
-    """Compile a validated strategy document into its Plan."""
+    """Compile a validated strategy into its Plan, from the expressions the checker parsed
+    (check.model.StrategyExprs): nothing is read from the document's rules or parsed again."""
+    exprs = ws.checked.get(doc.abspath)
+    if not isinstance(exprs, StrategyExprs):
+        raise ValueError(f"{doc.path} was not checked: load it with load_strategy (or check.validate) first")
     params = {name: info.value for name, info in StrategyCheck(ws, doc).params(overrides).items()}
-    named = {name: parser.parse(_text(doc, ("indicators", name))) for name in doc.get(("indicators",)) or {}}
-    classes = {name: [(case["name"], parser.parse(_text(doc, ("classify", name, i, "when"))))
-                      for i, case in enumerate(cases)]
-               for name, cases in (doc.get(("classify",)) or {}).items()}
+    named = {name: e.node for name, e in exprs.indicators.items()}
+    classes = {c.name: [(case.label, case.when.node) for case in c.cases] for c in exprs.classify}
     compiler = Compiler(params, named, classes, context_names=set(COMBO_NAMES))
     outputs: dict[str, int] = {}
     rules: list[N.Rule] = []
 
-    def out(label: str, where: tuple) -> int:
-        node_id = compiler.expr(parser.parse(_text(doc, where)))
+    def out(label: str, e: Expr) -> int:
+        node_id = compiler.expr(e.node)
         outputs[label] = node_id
         return node_id
 
@@ -66,48 +59,23 @@ def build_plan(doc: Document, ws: Workspace, overrides: dict[str, str] | None = 
     for name in classes:
         outputs[f"classify.{name}"] = compiler._classify(name)
 
-    def add_rules(section: tuple, kind: str, prefix: str, agent: str | None) -> None:
-        for i, rule in enumerate(doc.get(section) or []):
-            where = section + (i,)
-            ids: dict[str, int | None] = {}
-            for key in ("when", "stop", "target"):
-                ids[key] = out(f"{prefix}{kind}[{i}].{key}", where + (key,)) if key in rule else None
-            rules.append(N.Rule(kind, str(rule.get("name", f"{kind} {i + 1}")), ids["when"], ids["stop"],
-                                ids["target"], rule.get("order"), agent, str(rule.get("reason", "")), where))
+    def add_rules(specs: tuple[RuleSpec, ...], prefix: str, agent: str | None) -> None:
+        for i, rule in enumerate(specs):
+            ids = {key: out(f"{prefix}{rule.kind}[{i}].{key}", e) if (e := getattr(rule, key)) is not None else None
+                   for key in ("when", "stop", "target")}
+            rules.append(N.Rule(rule.kind, rule.name, ids["when"], ids["stop"], ids["target"], rule.order, agent,
+                                rule.reason, rule.where))
 
-    add_rules(("entry",), "entry", "", None)
-    add_rules(("exit",), "exit", "", None)
-    for agent, spec in (doc.get(("agents",)) or {}).items():
+    add_rules(exprs.entry, "", None)
+    add_rules(exprs.exit, "", None)
+    for agent in exprs.agents:
         for key in ("active", "score"):
-            if key in spec:
-                out(f"agents.{agent}.{key}", ("agents", agent, key))
-        add_rules(("agents", agent, "entry"), "entry", f"agents.{agent}.", agent)
-        add_rules(("agents", agent, "exit"), "exit", f"agents.{agent}.", agent)
-    for name, order in (doc.get(("orders",)) or {}).items():
-        base = ("orders", name)
-        for leg, spec in (order.get("legs") or {}).items():
-            strike = spec.get("strike")
-            where = base + ("legs", leg, "strike")
-            if isinstance(strike, dict):
-                for key in ("delta", "premium", "min", "max"):
-                    if key in strike:
-                        out(f"orders.{name}.legs.{leg}.{key}", where + (key,))
-            elif strike is not None:
-                out(f"orders.{name}.legs.{leg}.strike", where)
-        price = order.get("price")
-        if isinstance(price, dict):
-            if "limit" in price:
-                out(f"orders.{name}.limit", base + ("price", "limit"))
-            if isinstance(price.get("chase"), dict) and "floor" in price["chase"]:
-                out(f"orders.{name}.floor", base + ("price", "chase", "floor"))
-        for key in ("limit", "stop"):
-            if key in order and "legs" not in order:
-                out(f"orders.{name}.{key}", base + (key,))
-        quantity = order.get("quantity")
-        if isinstance(quantity, str):
-            out(f"orders.{name}.quantity", base + ("quantity",))
-        elif isinstance(quantity, dict) and "stop_distance" in quantity:
-            out(f"orders.{name}.stop_distance", base + ("quantity", "stop_distance"))
+            if (e := getattr(agent, key)) is not None:
+                out(f"agents.{agent.name}.{key}", e)
+        add_rules(agent.entry, f"agents.{agent.name}.", agent.name)
+        add_rules(agent.exit, f"agents.{agent.name}.", agent.name)
+    for label, e in exprs.orders:
+        out(label, e)
     plan = _prune(compiler, outputs, rules)
     plan.params = params
     plan.name = str(doc.get(("name",), ""))

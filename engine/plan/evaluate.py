@@ -18,7 +18,7 @@ from __future__ import annotations
 import operator
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -281,8 +281,9 @@ def value_at(plan: Plan, node_id: int, i: int, values: list, context: Mapping[st
     node = plan.nodes[node_id]
     if node.market:
         v = values[node_id]
-        result = v[i] if np.ndim(v) else v
-        result = result.item() if hasattr(result, "item") else result
+        if isinstance(v, np.ndarray) and v.ndim:
+            v = v[i]
+        result = v.item() if isinstance(v, (np.generic, np.ndarray)) else v
     elif node.op == N.CONTEXT:
         name = node.attrs[0]
         if name not in context:
@@ -304,6 +305,73 @@ def value_at(plan: Plan, node_id: int, i: int, values: list, context: Mapping[st
         result = _eval_scalar(node, args)
     memo[node_id] = result
     return result
+
+
+def scalar_at(plan: Plan, node_id: int, cache: dict | None = None) -> Callable[[int, list, Mapping[str, Any]], Any]:
+    """value_at for one node as a function of (bar, values, context), built once from the plan:
+    the same values (the same float operations), without walking the plan at every call. A
+    subexpression that appears twice is evaluated twice, which changes nothing (they are pure).
+    `cache` keeps the functions built, by node."""
+    cache = {} if cache is None else cache
+    fn = cache.get(node_id)
+    if fn is None:
+        fn = cache[node_id] = _build_at(plan, node_id, cache)
+    return fn
+
+
+def _scalar_of(v):
+    return v.item() if isinstance(v, (np.generic, np.ndarray)) else v
+
+
+def _build_at(plan: Plan, node_id: int, cache: dict):
+    node = plan.nodes[node_id]
+    if node.market:
+        def market(i, values, context):
+            v = values[node_id]
+            if isinstance(v, np.ndarray) and v.ndim:
+                v = v[i]
+            return v.item() if isinstance(v, (np.generic, np.ndarray)) else v
+        return market
+    op = node.op
+    if op == N.CONTEXT:
+        name = node.attrs[0]
+
+        def field(i, values, context):
+            try:
+                return context[name]
+            except KeyError:
+                raise MissingInput(f"{name} is not known at this point of the run") from None
+        return field
+    if op == N.AT_ENTRY:
+        child = plan.nodes[node.args[0]]
+        inner = scalar_at(plan, child.id, cache)
+
+        def at_entry(i, values, context):
+            entry = context.get("position.entry_bar")
+            if entry is None:
+                raise MissingInput("at_entry() needs an open position")
+            return inner(int(entry), values, context)
+        return at_entry
+    args = [scalar_at(plan, a, cache) for a in node.args]
+    if op == N.BINARY:
+        a, b = args
+        kind = node.attrs[0]
+        if kind == "+":
+            return lambda i, values, context: float(a(i, values, context)) + float(b(i, values, context))
+        if kind == "-":
+            return lambda i, values, context: float(a(i, values, context)) - float(b(i, values, context))
+        if kind == "*":
+            return lambda i, values, context: float(a(i, values, context)) * float(b(i, values, context))
+        return lambda i, values, context: _arith_scalar("/", float(a(i, values, context)),
+                                                        float(b(i, values, context)))
+    if op == N.COMPARE:
+        a, b = args
+        kind = node.attrs[0]
+        return lambda i, values, context: bool(_compare_scalar(kind, a(i, values, context), b(i, values, context)))
+
+    def general(i, values, context):
+        return _eval_scalar(node, [f(i, values, context) for f in args])
+    return general
 
 
 def explain(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str, Any]) -> list[str]:

@@ -5,14 +5,18 @@ notional, only commissions and realised P&L (its margin is a requirement against
 payment). Equity is cash plus the stock positions' market value plus the futures positions'
 unrealised P&L. P&L is (price - average price) x quantity x multiplier, per unit prices never
 include the multiplier (IB's avgCost does: divide it out before it gets here).
+
+Fills and trades are values, never changed once made (dataclasses.replace makes a changed copy);
+they are slotted rather than frozen because a run makes them by the thousand.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Fill:
     symbol: str
     action: str          # buy | sell
@@ -31,7 +35,7 @@ class Fill:
         return self.quantity if self.action == "buy" else -self.quantity
 
 
-@dataclass
+@dataclass(slots=True)
 class Position:
     symbol: str
     quantity: float      # signed: > 0 long, < 0 short
@@ -59,7 +63,7 @@ class Position:
         return price * self.quantity * self.multiplier
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Trade:
     symbol: str
     side: str
@@ -99,11 +103,13 @@ class Ledger:
         self.fills: list[Fill] = []
 
     def equity(self, marks: dict[str, float]) -> float:
-        """Cash plus every position at its mark (the last known price)."""
-        total = self.cash
-        for symbol, pos in self.positions.items():
-            total += pos.market_value(marks[symbol])
-        return total
+        """Cash plus every position at its mark (the last known price): the positions' exactly
+        rounded sum (math.fsum, the same in any order, as a simulated venue's account sums them)."""
+        positions = self.positions
+        if not positions:
+            return self.cash
+        return self.cash + math.fsum([(marks[s] - p.avg_price) * p.quantity * p.multiplier if p.margined else
+                                      marks[s] * p.quantity * p.multiplier for s, p in positions.items()])
 
     def margin_in_use(self) -> float:
         return sum(abs(p.quantity) * p.margin_per_unit for p in self.positions.values())
@@ -114,10 +120,11 @@ class Ledger:
             raise LedgerError(f"{fill.symbol} already has an open position")
         self.fills.append(fill)
         self.cash -= fill.commission
+        signed = fill.quantity if fill.action == "buy" else -fill.quantity
         if not margined:
-            self.cash -= fill.signed * fill.price * fill.multiplier
-        pos = Position(fill.symbol, fill.signed, fill.price, fill.multiplier, margined, fill.time, fill.bar,
-                       fill.commission, fill.rule, margin_per_unit, dict(entry_values or {}))
+            self.cash -= signed * fill.price * fill.multiplier
+        pos = Position(fill.symbol, signed, fill.price, fill.multiplier, margined, fill.time, fill.bar,
+                       fill.commission, fill.rule, margin_per_unit, dict(entry_values) if entry_values else {})
         self.positions[fill.symbol] = pos
         return pos
 
@@ -147,7 +154,9 @@ class Ledger:
         elif symbol in self.positions:
             self.positions[symbol].entry_commission += delta
 
-    def close(self, fill: Fill, exit_reason: str = "") -> Trade:
+    def close(self, fill: Fill, exit_reason: str = "", mae: float | None = None, mfe: float | None = None) -> Trade:
+        """Close the position with `fill`: the round trip, with its excursions when the caller
+        measured them over the bars it was open."""
         pos = self.positions.get(fill.symbol)
         if pos is None or abs(fill.signed + pos.quantity) > 1e-9:
             raise LedgerError(f"fill {fill.action} {fill.quantity} does not close {fill.symbol}")
@@ -164,7 +173,7 @@ class Ledger:
         trade = Trade(fill.symbol, "long" if pos.quantity > 0 else "short", abs(pos.quantity), pos.multiplier,
                       pos.entry_time, pos.avg_price, fill.time, fill.price, pnl,
                       100.0 * pnl / basis if basis else 0.0, pos.entry_bar, fill.bar, commission,
-                      pos.entry_rule, fill.rule, exit_reason)
+                      pos.entry_rule, fill.rule, exit_reason, mae, mfe)
         del self.positions[fill.symbol]
         self.trades.append(trade)
         return trade

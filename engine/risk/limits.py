@@ -7,6 +7,7 @@ values; the Runner journals every block with its reason.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,6 @@ def check_entry(limits: RiskLimits, account: AccountState, *, live: bool = False
 def cap_quantity(limits: RiskLimits, quantity: float, *, equity: float, unit_value: float,
                  stop_distance: float | None, multiplier: float, whole: bool = True) -> tuple[float, str]:
     """The quantity after the per-position and per-trade-risk caps, and why it shrank ('' if not)."""
-    import math
 
     why = ""
     if limits.max_position is not None and unit_value > 0:

@@ -41,19 +41,30 @@ class SimClock:
         self.add(proc())
 
     def run(self) -> None:
+        """Every process's steps in (time, phase, order) order. A process whose next step still
+        comes first (the only one live, or ahead of the rest) runs on without going through the
+        heap."""
         heap = self._heap
+        on_time, progress, wait = self.on_time, self.progress, self._wait
         while heap:
             t, phase, order, proc = heapq.heappop(heap)
-            self._wait(t)
-            self.now = t
-            if self.on_time is not None:
-                self.on_time(t)
-            nxt = next(proc, None)
-            if nxt is not None:
-                heapq.heappush(heap, (nxt[0], nxt[1], order, proc))
-            self.steps += 1
-            if self.progress is not None and self.steps % 1024 == 0:
-                self.progress(t)
+            while True:
+                wait(t)
+                self.now = t
+                if on_time is not None:
+                    on_time(t)
+                nxt = next(proc, None)
+                self.steps += 1
+                if progress is not None and self.steps % 1024 == 0:
+                    progress(t)
+                if nxt is None:
+                    break
+                t, phase = nxt
+                if heap:
+                    top = heap[0]
+                    if t > top[0] or (t == top[0] and (phase > top[1] or (phase == top[1] and order > top[2]))):
+                        heapq.heappush(heap, (t, phase, order, proc))
+                        break
 
     def _wait(self, t: int) -> None:
         pass

@@ -462,7 +462,10 @@ def _run_connected(ib, strategy, overrides, journal, plan, spec, limits, dry_run
 
     plan_symbols = set(universe_of(strategy, overrides))
     prep = bt.prepare(strategy, overrides, frames_from=frames_from)
-    cash_now = ib.account().equity
+    values = ib.account()
+    if values is None:
+        raise RunRefused(f"IB did not give account {account}'s values in time: nothing is sized without them", 1)
+    cash_now = values.equity
     bt.start_run(prep, journal, mode, run_id, cash_now)
     journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
                        " '$.client_id', ?, '$.data', 'IB history') WHERE run_id = ?", (account, ib.client_id, run_id))
@@ -523,7 +526,7 @@ def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost,
                                        cash=cash_now, gate=gate, chain_fetch=ib.chain_fetch)
     if not dry_run:
         kernel.check_order = margin_gate(limits.margin_check, paper=ib.is_paper, live=live, what_if=ib.what_if,
-                                         funds=lambda: ib.account().available_funds)
+                                         funds=lambda: kernel.account_view()[1])
     restored = restore_positions(kernel, state.positions)
     now = _iso(ib.now())
     for symbol in restored:

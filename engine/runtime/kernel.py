@@ -5,8 +5,10 @@ each symbol's bars in global time order and the kernel reacts:
 
 - a bar opens: the venue fills what works at the open; the orders decided at the previous close
   are sized from the account and the quote now, risk-capped, and sent (so what is printed or
-  journaled is exactly what is sent);
-- the bar trades: the venue matches resting orders (protective stops and targets, limits);
+  journaled is exactly what is sent); the account is the venue's (`broker.account()`) when it
+  reports one, else the ledger at its marks (`account_view`);
+- the bar trades: the venue matches resting orders (protective stops and targets, limits); a bar
+  with nothing resting has no such step;
 - a bar closes: the plan's values for that bar (streamed bar by bar, or read from a vectorised
   evaluation of the same plan), then the exits of each open position (only its owner's exits:
   the strategy's, or the agent's that opened it), the protective orders' new levels (a stop
@@ -33,49 +35,56 @@ an expiring combo is cash-settled at the underlying's settlement price.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from bisect import bisect_left
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from ..brokers import events as E
-from ..brokers.matching import FillModel, first_touch
+from ..brokers.matching import FillModel, first_touch_any
 from ..check.model import OrderTemplate
 from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
-from ..plan.evaluate import Stream, explain, value_at
+from ..plan.evaluate import Stream, explain, scalar_at, value_at
 from ..portfolio.ledger import Fill, Ledger
 from ..risk.limits import AccountState, cap_quantity, check_entry
 from .clock import CLOSE, INTRABAR, OPEN, SimClock
-from .records import Decision, OrderRecord, RunSettings, RunState, context_nodes, with_excursions
+from .records import Decision, OrderRecord, RunSettings, RunState, context_nodes, excursions
 
 
 
-@dataclass
 class _Tracked:
-    """One order the kernel sent (or decided to send), and what the venue said of it."""
+    """One order the kernel sent (or decided to send), and what the venue said of it. Slotted: a
+    run tracks several orders per trade."""
 
-    intent: OrderIntent
-    record: OrderRecord
-    symbol: str
-    owner: str
-    role: str                       # entry | exit | stop | target
-    rule: N.Rule
-    decided_bar: int
-    exit_kind: str = ""             # when | flat_by | stop | target (exits)
-    filled: float = 0.0
-    value: float = 0.0
-    commission: float = 0.0
-    exec_ids: set = field(default_factory=set)
-    last_bar: int = -1
-    last_time: int = 0
-    why: str = ""                   # what the rule compared when it fired (for printed orders)
-    last_price: float = 0.0
-    combo: dict | None = None       # a combo order's quote, chase and position facts
-    chase_prices: list = field(default_factory=list)
-    sent: bool = False
-    done: bool = False
+    __slots__ = ("intent", "record", "symbol", "owner", "role", "rule", "decided_bar", "exit_kind", "filled",
+                 "value", "commission", "execs", "last_bar", "last_time", "why", "last_price", "combo",
+                 "chase_prices", "sent", "done")
+
+    def __init__(self, intent: OrderIntent, record: OrderRecord, symbol: str, owner: str, role: str, rule: N.Rule,
+                 decided_bar: int, exit_kind: str = ""):
+        self.intent = intent
+        self.record = record
+        self.symbol = symbol
+        self.owner = owner
+        self.role = role                # entry | exit | stop | target | combo_entry | combo_exit
+        self.rule = rule
+        self.decided_bar = decided_bar
+        self.exit_kind = exit_kind      # when | flat_by | stop | target (exits)
+        self.filled = 0.0
+        self.value = 0.0
+        self.commission = 0.0
+        self.execs = 0                  # executions taken (their ids are the kernel's _by_exec)
+        self.last_bar = -1
+        self.last_time = 0
+        self.why = ""                   # what the rule compared when it fired (for printed orders)
+        self.last_price = 0.0
+        self.combo: dict | None = None  # a combo order's quote, chase and position facts
+        self.chase_prices: list = []
+        self.sent = False
+        self.done = False
 
 
 @dataclass
@@ -99,6 +108,7 @@ class _Symbol:
     key: str | None = None          # the ledger key of its open position (the symbol, or a combo's key)
     chasing: str | None = None      # the combo order whose chase is running
     jump_idx: dict = field(default_factory=dict)   # bars where each market exit holds (for jumps)
+    candidate_set: set | None = None                # the candidates, for a look-up at a bar
     at: tuple = (-1, 0)             # the bar it is at and the phase (open or close)
 
 
@@ -157,6 +167,22 @@ class Kernel(RunState):
         self._combo_rules = {r.name for r in self._entries if r.order in settings.orders and
                              settings.orders[r.order].combo}
         read = {n.attrs[0] for r in self._exits for n in context_nodes(plan, r)}
+        self._ctx_fields = frozenset(read)      # the position fields the exits read
+        # each exit's condition: (rule, node, reads the market alone)
+        self._exit_whens = [(r, r.when, plan.nodes[r.when].market) for r in self._exits if r.when is not None]
+        # each order template's computed prices and quantities: its plan outputs, looked up once
+        self._order_nodes = {name: tuple(plan.outputs.get(f"orders.{name}.{what}")
+                                         for what in ("limit", "stop", "quantity", "stop_distance"))
+                             for name in {r.order for r in plan.rules if r.order}}
+        limits = settings.limits
+        self._entry_checks = any(x is not None for x in (limits.max_open_positions, limits.max_daily_loss,
+                                                         limits.max_drawdown, limits.circuit_breaker))
+        for st in symbols.values():
+            st.candidate_set = set(st.candidates.tolist()) if st.candidates is not None else None
+        self._jump_cache: dict[str | None, list[int] | None] = {}
+        self._scalars: dict[int, Callable] = {}        # each node read at one bar, as a function (plan.evaluate.scalar_at)
+        self._levels: dict[str | None, list] = {}     # per owner: its exits' (rule, stop|target, level node)
+        self._sizings: dict[str, Sizing] = {}      # each template's share-of-equity sizing (one value)
         self._running_fields = bool(read & {"position.max_pnl", "position.min_pnl", "position.highest",
                                             "position.lowest"})
 
@@ -218,42 +244,55 @@ class Kernel(RunState):
         b = st.bars
         n = len(b)
         start, end = b.start, b.end
+        venue = self.venue
         if st.stream is not None:
             for k in range(st.start):
                 self._stream(st, k)
+        cands = st.candidates.tolist() if st.candidates is not None else None
+        skips = st.stream is None
         k = st.start
         while k < n:
-            if st.stream is None and self._idle(st):
-                if st.candidates is not None:
-                    j = int(np.searchsorted(st.candidates, k))
-                    if j >= len(st.candidates):
+            if skips and st.key is None and not st.pending and st.working_entry is None and st.closing is None \
+                    and st.chasing is None:
+                if cands is not None:
+                    j = bisect_left(cands, k)
+                    if j >= len(cands):
                         return
-                    k = int(st.candidates[j])
+                    k = cands[j]
                 yield int(end[k]), CLOSE
                 st.at = (k, CLOSE)
-                self.venue.open_bar(symbol, k)
-                self.venue.close_bar(symbol, k)
+                venue.open_bar(symbol, k)
+                venue.close_bar(symbol, k)
                 self._on_close(st, k)
                 k += 1
                 continue
-            j = self._holding_jump(st, k)
-            if j is not None and j > k:
-                if j >= n:
-                    return      # nothing can happen to the position before the data ends
-                k = j
-            if st.pending or self.venue.fills_at_open(symbol, k):
-                yield int(start[k]), OPEN
+            if skips and st.key is not None:
+                j = self._holding_jump(st, k)
+                if j is not None and j > k:
+                    if j >= n:
+                        return      # nothing can happen to the position before the data ends
+                    k = j
+            t = int(start[k])
+            opened = st.pending or venue.fills_at_open(symbol, k)
+            if opened:
+                yield t, OPEN
                 st.at = (k, OPEN)
                 self._on_open(st, k)
-                yield int(start[k]), INTRABAR
-            else:               # nothing to send or fill at this open: its step is the bar's trading
-                yield int(start[k]), INTRABAR
-                st.at = (k, OPEN)
-                self.venue.open_bar(symbol, k)
-            self.venue.close_bar(symbol, k)
-            self._drain()
+            # the bar's trading, when an order rests at the venue (else nothing can fill in it)
+            trades = venue.works(symbol)
+            if trades:
+                yield t, INTRABAR
+                if not opened:
+                    st.at = (k, OPEN)
+                    venue.open_bar(symbol, k)
+                venue.close_bar(symbol, k)
+                self._drain()
             yield int(end[k]), CLOSE
             st.at = (k, CLOSE)
+            if not trades:
+                if not opened:
+                    venue.open_bar(symbol, k)
+                venue.close_bar(symbol, k)
             self._drain()
             self._on_close(st, k)
             k += 1
@@ -264,8 +303,9 @@ class Kernel(RunState):
     def _holding_jump(self, st: _Symbol, k: int) -> int | None:
         """While a position only waits (its exits read the market alone, its protective levels are
         fixed at the entry, no order of its own is in flight), the first bar from k where something
-        can happen: an exit condition, flat-by, or the bar touching a protective order's level.
-        None when every bar must be visited (a streamed plan, exits that read the position, ...)."""
+        can happen: an exit condition, flat-by, or the bar touching a protective order's level (the
+        stop and the target searched together, in chunks growing from 64 bars). None when every bar
+        must be visited (a streamed plan, exits that read the position, ...)."""
         if st.stream is not None or st.combo or st.key is None or st.closing is not None or st.pending \
                 or st.working_entry is not None:
             return None
@@ -280,28 +320,34 @@ class Kernel(RunState):
             idx = cache.get(node_id)
             if idx is None:
                 v = st.values[node_id]
-                idx = cache[node_id] = np.flatnonzero(np.asarray(v, dtype=bool)) if np.ndim(v) else \
-                    (np.arange(n) if v else np.zeros(0, np.int64))
-            j = int(np.searchsorted(idx, k))
-            if j < len(idx):
-                best = min(best, int(idx[j]))
+                if not _is_series(v):
+                    if v:
+                        return k            # holds on every bar
+                    idx = cache[node_id] = []
+                else:
+                    idx = cache[node_id] = np.flatnonzero(np.asarray(v, dtype=bool)).tolist()
+            j = bisect_left(idx, k)
+            if j < len(idx) and idx[j] < best:
+                best = idx[j]
         if st.flat_mask is not None:
             fidx = cache.get("flat")
             if fidx is None:
-                fidx = cache["flat"] = np.flatnonzero(st.flat_mask)
-            j = int(np.searchsorted(fidx, k))
-            if j < len(fidx):
-                best = min(best, int(fidx[j]))
-        long = self.ledger.positions[st.key].quantity > 0
-        for (_, key), ref in st.protect.items():
-            it = self.orders_by_ref[ref].intent
-            level = it.stop if key == "stop" else it.limit
+                fidx = cache["flat"] = np.flatnonzero(st.flat_mask).tolist()
+            j = bisect_left(fidx, k)
+            if j < len(fidx) and fidx[j] < best:
+                best = fidx[j]
+        if st.protect:
+            long = self.ledger.positions[st.key].quantity > 0
+            levels = []
+            for (_, key), ref in st.protect.items():
+                it = self.orders_by_ref[ref].intent
+                levels.append((it.stop if key == "stop" else it.limit, (key == "stop") != long))
             lo, size = k, 64
-            while lo < min(best, n):
-                hi = min(best, n, lo + size)
-                hit = first_touch(b, lo, hi, level, rising=(key == "stop") != long)
+            while lo < best:
+                hi = min(best, lo + size)
+                hit = first_touch_any(b, lo, hi, levels)
                 if hit is not None:
-                    best = min(best, hit[0])
+                    best = hit
                     break
                 lo, size = hi, size * 8
         return best
@@ -309,7 +355,7 @@ class Kernel(RunState):
     def _jump_rules(self, owner: str | None):
         """The market exit conditions of an owner's exits, or None when its exits cannot be jumped
         over (a condition or a level that reads the position bar by bar)."""
-        cache = self.__dict__.setdefault("_jump_cache", {})
+        cache = self._jump_cache
         if owner in cache:
             return cache[owner]
         nodes: list[int] | None = []
@@ -367,32 +413,30 @@ class Kernel(RunState):
 
     def _send(self, tr: _Tracked, k: int) -> None:
         """Size (entries), risk-check and place an order decided at the previous close."""
-        st = self.syms[tr.symbol]
-        b = st.bars
         it = tr.intent
-        if tr.role == "entry":
-            qty = self._entry_quantity(tr, b, k)
+        role = tr.role
+        if role == "entry":
+            st = self.syms[tr.symbol]
+            qty = self._entry_quantity(tr, st.bars, k)
             if qty is None:
                 st.working_entry = None
                 return
-            it = tr.intent = replace(it, quantity=qty)
-            tr.record.intent = it
-        elif tr.role == "exit":
-            pos = self.ledger.positions.get(tr.symbol)
-            if pos is None:       # closed meanwhile (a protective order filled first)
-                self._status(tr, "cancelled", self._now, "the position was already closed")
-                st.closing = None
-                return
+            it = tr.intent = tr.record.intent = it.sized(qty)
+        elif role == "exit" and tr.symbol not in self.ledger.positions:
+            # closed meanwhile (a protective order filled first)
+            self._status(tr, "cancelled", self._now, "the position was already closed")
+            self.syms[tr.symbol].closing = None
+            return
         order = E.Order(it.tag, it.symbol, it.action, float(it.quantity), it.order_type, it.limit, it.stop, it.tif,
-                        owner=tr.owner, intent=it.intent, rule=it.rule,
-                        oca=f"{it.symbol}:protect" if tr.role in ("stop", "target") else "")
-        if tr.role == "entry" and self._refused(tr, order):
-            st.working_entry = None
+                        f"{it.symbol}:protect" if role == "stop" or role == "target" else "", tr.owner, it.intent,
+                        it.rule)
+        if role == "entry" and self._refused(tr, order):
+            self.syms[tr.symbol].working_entry = None
             return
         if self.recorder is not None:
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
-        if self.on_order is not None and tr.role in ("entry", "exit"):
+        if self.on_order is not None and role in ("entry", "exit"):
             self.on_order({"kind": "order", "time": self._now, "when": self.when(tr.symbol), "symbol": tr.symbol,
                            "rule": it.rule, "order": tr.rule.order, "intent": it, "why": tr.why, "quote": None,
                            "role": tr.role})
@@ -409,36 +453,37 @@ class Kernel(RunState):
         elif it.order_type == "limit" and it.limit is not None:
             price = min(price, it.limit) if it.action == "buy" else max(price, it.limit)
         quantity = it.quantity
+        sizing = it.sizing
         limits = self.settings.limits
-        sized = quantity is None or limits.max_position is not None or limits.per_trade_risk is not None
-        equity = self.ledger.equity(self.marks(self._now)) if sized else math.nan
+        cash_account = self.settings.account == "cash"
+        mult = b.multiplier
+        equity, funds, cash = self.account_view()
+        fee_of = self.broker.commission
         if quantity is None:   # a share of equity, at the price it will fill near
-            sizing = it.sizing
-            per_unit = price * b.multiplier if not b.margined else max(b.margin, 1e-12)
+            per_unit = price * mult if not b.margined else max(b.margin, 1e-12)
             quantity = sizing.value * equity / per_unit
             quantity = float(math.floor(quantity + 1e-9)) if sizing.whole else quantity
-            while quantity > 0 and self.settings.account == "cash" and not b.margined and \
-                    quantity * price * b.multiplier + self.broker.fee(b, quantity, price) > self.ledger.cash + 1e-9:
-                quantity -= 1 if sizing.whole else quantity * 1e-6
-        stop_distance = it.sizing.stop_distance if it.sizing else None
-        quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=price * b.multiplier,
-                                     stop_distance=stop_distance, multiplier=b.multiplier,
-                                     whole=it.sizing.whole if it.sizing else True)
-        reason = None
+            if cash_account and not b.margined:
+                fee = fee_of(quantity, price, mult, b.contracts)
+                while quantity > 0 and quantity * price * mult + fee > cash + 1e-9:
+                    quantity -= 1 if sizing.whole else quantity * 1e-6
+                    fee = fee_of(quantity, price, mult, b.contracts)
+        quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=price * mult,
+                                     stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
+                                     whole=sizing.whole if sizing else True)
         if quantity <= 0:
             self._status(tr, "rejected", self._now, why or "quantity rounds to 0")
             self._decide(tr.symbol, it.rule, "entry", "blocked", why or "quantity rounds to 0 at the price it would "
                          "fill near")
             return None
-        else:
-            fee = self.broker.fee(b, quantity, price)
-            need = self.margin_required(b, quantity, price, it.action == "sell")
-            funds = self.available_funds()
-            if need + fee > funds + 1e-6:
-                what = "cash" if self.settings.account == "cash" else "available funds"
-                reason = f"insufficient {what}: needs {need + fee:,.2f}, has {funds:,.2f}"
-            elif limits.max_margin_per_trade is not None and b.margined and need > limits.max_margin_per_trade:
-                reason = f"margin {need:,.2f} above max_margin_per_trade {limits.max_margin_per_trade:,.2f}"
+        fee = fee_of(quantity, price, mult, b.contracts)
+        need = self.margin_required(b, quantity, price, it.action == "sell")
+        reason = None
+        if need + fee > funds + 1e-6:
+            what = "cash" if cash_account else "available funds"
+            reason = f"insufficient {what}: needs {need + fee:,.2f}, has {funds:,.2f}"
+        elif limits.max_margin_per_trade is not None and b.margined and need > limits.max_margin_per_trade:
+            reason = f"margin {need:,.2f} above max_margin_per_trade {limits.max_margin_per_trade:,.2f}"
         if reason is not None:
             self._status(tr, "rejected", self._now, reason)
             self._decide(tr.symbol, it.rule, "entry", "blocked", reason)
@@ -505,7 +550,7 @@ class Kernel(RunState):
         if tr is None:
             self._error(f"execution {ev.exec_id} for an order this run did not send ({ev.ref})")
             return
-        if ev.exec_id in tr.exec_ids:
+        if ev.exec_id in self._by_exec:
             return          # the same execution reported twice
         corrected = self._fills_of.get(ev.corrects) if ev.corrects else None
         if corrected is not None:       # the venue corrected an execution (IB's .02 for .01): it replaces it
@@ -519,16 +564,16 @@ class Kernel(RunState):
             old_q, old_p = corrected
             tr.filled -= old_q
             tr.value -= old_q * old_p
-            tr.exec_ids.discard(ev.corrects)
+            tr.execs -= 1
             self._by_exec.pop(ev.corrects, None)
             self._fees[ev.exec_id] = self._fees.pop(ev.corrects, 0.0)
-        if tr.filled + ev.quantity > float(tr.intent.quantity) + 1e-9:
+        if tr.filled + ev.quantity > tr.intent.quantity + 1e-9:
             self._error(f"execution {ev.exec_id} fills {tr.filled + ev.quantity:g} of an order for "
                         f"{tr.intent.quantity:g} ({ev.ref})")
             return
         self._by_exec[ev.exec_id] = tr
         self._fills_of[ev.exec_id] = (ev.quantity, ev.price)
-        tr.exec_ids.add(ev.exec_id)
+        tr.execs += 1
         tr.filled += ev.quantity
         tr.value += ev.quantity * ev.price
         # a live venue knows no bar indices: its fills belong to the bar they happened in (the
@@ -573,7 +618,9 @@ class Kernel(RunState):
         elif tr.role == "exit":
             st.closing = None
         else:
-            st.protect = {key: ref for key, ref in st.protect.items() if ref != tr.intent.tag}
+            key = (tr.rule.name, tr.role)         # a protective order is kept under its rule and role
+            if st.protect.get(key) == tr.intent.tag:
+                del st.protect[key]
 
     def _refused(self, tr: _Tracked, order: E.Order) -> bool:
         """The last word before an entry leaves: a live run's check (what-if margin against its
@@ -610,7 +657,7 @@ class Kernel(RunState):
     @staticmethod
     def _average(tr: _Tracked) -> float:
         """The average fill price: one execution's own price, to the bit, or the quantity-weighted mean."""
-        return tr.last_price if len(tr.exec_ids) == 1 else tr.value / tr.filled
+        return tr.last_price if tr.execs == 1 else tr.value / tr.filled
 
     def _book(self, tr: _Tracked, st: _Symbol) -> None:
         """An order is done with fills: the ledger opens or closes the position at their average."""
@@ -636,8 +683,9 @@ class Kernel(RunState):
             self._error(f"{it.tag} filled {tr.filled:g} {it.action}, which does not close the position "
                         f"({pos.quantity if pos else 0:g} held)")
             return
-        trade = self.ledger.close(fill, tr.rule.reason or (tr.exit_kind if tr.role == "exit" else tr.role))
-        self.ledger.trades[-1] = with_excursions(trade, b)
+        mae, mfe = excursions(b, pos.entry_bar, tr.last_bar, pos.avg_price, price, pos.quantity > 0,
+                              abs(pos.quantity) * pos.multiplier)
+        trade = self.ledger.close(fill, tr.rule.reason or (tr.exit_kind if tr.role == "exit" else tr.role), mae, mfe)
         self._trade_of[it.tag] = len(self.ledger.trades) - 1
         entry_ref = self._entry_ref.pop(tr.symbol, None)
         if entry_ref is not None:
@@ -674,19 +722,32 @@ class Kernel(RunState):
                 self._manage(st, k)
 
     def _position_context(self, st: _Symbol, k: int) -> dict:
-        """The open position's fields at bar k's close. The running ones (highest, lowest, max and
-        min P&L since the entry) are computed only when a rule reads them, over the bars since
-        they were last brought up to date."""
+        """The open position's fields at bar k's close, only those the exits read (and its entry
+        bar, which at_entry() needs). The running ones (highest, lowest, max and min P&L since the
+        entry) are brought up to date over the bars since they were last looked at."""
         pos = self.ledger.positions[st.symbol]
-        b = st.bars
-        c = float(b.close[k])
         e = pos.entry_bar
-        ctx = {"position.side": float(pos.side), "position.size": abs(pos.quantity),
-               "position.entry_price": pos.avg_price, "position.bars_held": float(k - e),
-               "position.time_held": (int(b.end[k]) - pos.entry_time) / 1e9,
-               "position.pnl": (c - pos.avg_price) * pos.quantity * pos.multiplier,
-               "position.pnl_pct": (c / pos.avg_price - 1.0) * 100.0 * pos.side,
-               "position.entry_credit": float(pos.entry_values.get("credit", np.nan)), "position.entry_bar": e}
+        ctx = {"position.entry_bar": e}
+        need = self._ctx_fields
+        if not need:
+            return ctx
+        b = st.bars
+        if "position.side" in need:
+            ctx["position.side"] = float(pos.side)
+        if "position.size" in need:
+            ctx["position.size"] = abs(pos.quantity)
+        if "position.entry_price" in need:
+            ctx["position.entry_price"] = pos.avg_price
+        if "position.bars_held" in need:
+            ctx["position.bars_held"] = float(k - e)
+        if "position.time_held" in need:
+            ctx["position.time_held"] = (int(b.end[k]) - pos.entry_time) / 1e9
+        if "position.pnl" in need or "position.pnl_pct" in need:
+            c = float(b.close[k])
+            ctx["position.pnl"] = (c - pos.avg_price) * pos.quantity * pos.multiplier
+            ctx["position.pnl_pct"] = (c / pos.avg_price - 1.0) * 100.0 * pos.side
+        if "position.entry_credit" in need:
+            ctx["position.entry_credit"] = float(pos.entry_values.get("credit", np.nan))
         if self._running_fields:
             s = st.stats
             if not s:
@@ -710,16 +771,15 @@ class Kernel(RunState):
         """The open position's exits at bar k's close, in file order; else its protective orders."""
         ctx = None
         fired, kind = None, "when"
-        for rule in self._exits:
-            if rule.when is None or not self._owned(rule, st.owner):
+        values = st.values
+        for rule, when, market in self._exit_whens:
+            if rule.agent is not None and rule.agent != st.owner:
                 continue
-            node = self.plan.nodes[rule.when]
-            if node.market:
-                v = st.values[rule.when]
-                hit = bool(v[k]) if np.ndim(v) else bool(v)
+            if market:
+                hit = _truth(values[when], k)
             else:
                 ctx = ctx if ctx is not None else self._position_context(st, k)
-                hit = bool(value_at(self.plan, rule.when, k, st.values, ctx))
+                hit = bool(scalar_at(self.plan, when, self._scalars)(k, values, ctx))
             if hit:
                 fired = rule
                 break
@@ -738,48 +798,56 @@ class Kernel(RunState):
     def _protect(self, st: _Symbol, k: int, ctx: dict | None) -> None:
         """Place or move the protective stop and target orders: levels set at this close work
         during the next bar."""
+        levels = self._levels.get(st.owner)
+        if levels is None:
+            levels = self._levels[st.owner] = [(rule, key, node) for rule in self._exits if self._owned(rule, st.owner)
+                                               for key, node in (("stop", rule.stop), ("target", rule.target))
+                                               if node is not None]
+        if not levels or (st.protect and self._jump_rules(st.owner) is not None):
+            return      # none, or levels fixed at the entry with their orders placed: nothing to move
         pos = self.ledger.positions[st.symbol]
-        if st.protect and self._jump_rules(st.owner) is not None:
-            return      # levels fixed at the entry, their orders placed: nothing to move
-        for rule in self._exits:
-            if not self._owned(rule, st.owner):
-                continue
-            for key in ("stop", "target"):
-                node = getattr(rule, key)
-                if node is None:
-                    continue
-                if ctx is None:
-                    ctx = self._position_context(st, k)
-                level = value_at(self.plan, node, k, st.values, ctx)
-                ref = st.protect.get((rule.name, key))
-                ok = isinstance(level, float) and math.isfinite(level) and level > 0
-                if ref is not None:
-                    tr = self.orders_by_ref[ref]
-                    if not ok:
-                        self.venue.cancel(ref)
-                    else:
-                        field_ = "stop" if key == "stop" else "limit"
-                        if getattr(tr.intent, field_) != level:
-                            tr.intent = replace(tr.intent, **{field_: level})
-                            tr.record.intent = tr.intent
-                            self.venue.modify(ref, **{field_: level})
-                    continue
+        told = False            # the venue was sent, moved or cancelled something: its answers to take
+        for rule, key, node in levels:
+            if ctx is None:
+                ctx = self._position_context(st, k)
+            level = scalar_at(self.plan, node, self._scalars)(k, st.values, ctx)
+            ref = st.protect.get((rule.name, key))
+            ok = isinstance(level, float) and math.isfinite(level) and level > 0
+            if ref is not None:
+                tr = self.orders_by_ref[ref]
                 if not ok:
+                    self.venue.cancel(ref)
+                    told = True
                     continue
-                action = "sell" if pos.quantity > 0 else "buy"
-                intent = OrderIntent(st.symbol, action, "stop" if key == "stop" else "limit", abs(pos.quantity),
-                                     None, level if key == "target" else None, level if key == "stop" else None,
-                                     "gtc", "close", rule.name, self._tag(), rule.reason)
-                tr = self._track(intent, st, key, rule, k)
-                st.protect[(rule.name, key)] = intent.tag
-                self._send(tr, k)
-        self._drain()
+                it = tr.intent
+                if key == "stop" and it.stop != level:
+                    tr.intent = tr.record.intent = it.repriced(it.limit, level)
+                    self.venue.modify(ref, stop=level)
+                    told = True
+                elif key == "target" and it.limit != level:
+                    tr.intent = tr.record.intent = it.repriced(level, it.stop)
+                    self.venue.modify(ref, limit=level)
+                    told = True
+                continue
+            if not ok:
+                continue
+            action = "sell" if pos.quantity > 0 else "buy"
+            intent = OrderIntent(st.symbol, action, "stop" if key == "stop" else "limit", abs(pos.quantity),
+                                 None, level if key == "target" else None, level if key == "stop" else None,
+                                 "gtc", "close", rule.name, self._tag(), rule.reason)
+            tr = self._track(intent, st, key, rule, k)
+            st.protect[(rule.name, key)] = intent.tag
+            self._send(tr, k)
+            told = True
+        if told:
+            self._drain()
 
     def _exit_order(self, st: _Symbol, rule: N.Rule, k: int, kind: str) -> None:
         pos = self.ledger.positions[st.symbol]
         template = self.settings.orders.get(rule.order) if rule.order else None
-        limit = self._value(st, f"orders.{rule.order}.limit", k) if rule.order else None
-        stop = self._value(st, f"orders.{rule.order}.stop", k) if rule.order else None
+        nodes = self._order_nodes.get(rule.order, _NO_NODES)
+        limit = self._value(st, nodes[0], k)
+        stop = self._value(st, nodes[1], k)
         intent = OrderIntent(st.symbol, "sell" if pos.quantity > 0 else "buy",
                              template.type if template else "market", abs(pos.quantity), None, limit, stop,
                              template.tif if template else "day", "close", rule.name, self._tag(), rule.reason)
@@ -794,7 +862,7 @@ class Kernel(RunState):
         self._queue(st, tr, k)
 
     def _enter(self, st: _Symbol, k: int) -> None:
-        if k < st.start or (st.candidates is not None and not self._fires_somewhere(st, k)):
+        if k < st.start or (st.candidate_set is not None and k not in st.candidate_set):
             return
         fired = self._fired_entries(st, k)
         if not fired:
@@ -806,7 +874,7 @@ class Kernel(RunState):
         if self.halted:
             self._decide(st.symbol, rule.name, "entry", "blocked", f"entries stopped: {self.halted}", why)
             return
-        reason = check_entry(self.settings.limits, self.account_state())
+        reason = check_entry(self.settings.limits, self.account_state()) if self._entry_checks else None
         if reason:
             self._decide(st.symbol, rule.name, "entry", "blocked", reason, why)
             return
@@ -819,10 +887,6 @@ class Kernel(RunState):
         tr.why = why
         st.working_entry = intent.tag
         self._queue(st, tr, k)
-
-    def _fires_somewhere(self, st: _Symbol, k: int) -> bool:
-        j = int(np.searchsorted(st.candidates, k))
-        return j < len(st.candidates) and int(st.candidates[j]) == k
 
     def _fired_entries(self, st: _Symbol, k: int) -> list[N.Rule]:
         """Entry rules that fire at bar k, best first: agents by score, then file order."""
@@ -841,9 +905,11 @@ class Kernel(RunState):
             score = float("-inf")
             if s is not None and self.plan.nodes[s].market:
                 v = st.values[s]
-                score = float(v[k] if np.ndim(v) else v)
+                score = float(v[k] if _is_series(v) else v)
                 score = score if score == score else float("-inf")
             out.append((-score, order, rule))
+        if len(out) == 1:
+            return [out[0][2]]
         out.sort(key=lambda t: (t[0], t[1]))
         return [rule for _, _, rule in out]
 
@@ -889,7 +955,7 @@ class Kernel(RunState):
         return self.desk.requote(order.legs, chain, order.multiplier)
 
     def _enter_combo(self, st: _Symbol, k: int) -> None:
-        if k < st.start or (st.candidates is not None and not self._fires_somewhere(st, k)):
+        if k < st.start or (st.candidate_set is not None and k not in st.candidate_set):
             return
         if st.candidates is None and not self._may_fire(st, k):
             return
@@ -930,7 +996,7 @@ class Kernel(RunState):
                       f"{limits.max_margin_per_trade:,.2f}")
         contracts = qty * sum(leg.ratio for leg in quote.legs)
         fee = self.broker.commission(contracts, abs(quote.credit), quote.multiplier, True)
-        if reason is None and quote.margin * qty + fee > self.available_funds() + 1e-6:
+        if reason is None and quote.margin * qty + fee > self.account_view()[1] + 1e-6:
             reason = f"insufficient available funds for margin {quote.margin * qty:,.2f}"
         if reason:
             self._decide(symbol, rule.name, "entry", "blocked", reason)
@@ -968,7 +1034,7 @@ class Kernel(RunState):
         tr.chase_prices = prices
         order = E.Order(it.tag, info["key"], it.action, float(it.quantity), "limit", prices[0], None, it.tif,
                         owner=tr.owner, intent="open" if opening else "close", rule=it.rule, legs=quote.legs,
-                        underlying=st.symbol, multiplier=quote.multiplier)
+                        underlying=st.symbol, multiplier=quote.multiplier, margin=quote.margin if opening else 0.0)
         if opening and self._refused(tr, order):
             st.chasing = None
             tr.done = True
@@ -991,7 +1057,7 @@ class Kernel(RunState):
         if tr.done:
             return
         price = tr.chase_prices[step]
-        tr.intent = replace(tr.intent, limit=price)
+        tr.intent = tr.intent.repriced(price, tr.intent.stop)
         self.venue.modify(tr.intent.tag, limit=price)
         self._drain()
 
@@ -1207,8 +1273,9 @@ class Kernel(RunState):
         if template.action == "sell" and self.settings.account == "cash":
             self._decide(st.symbol, rule.name, "entry", "blocked", "short selling needs a margin account")
             return None
-        limit = self._value(st, f"orders.{rule.order}.limit", k)
-        stop = self._value(st, f"orders.{rule.order}.stop", k)
+        nodes = self._order_nodes.get(rule.order, _NO_NODES)
+        limit = self._value(st, nodes[0], k)
+        stop = self._value(st, nodes[1], k)
         for name, price in (("limit", limit), ("stop", stop)):
             if price is not None and not (isinstance(price, float) and math.isfinite(price) and price > 0):
                 self._decide(st.symbol, rule.name, "entry", "blocked", f"the {name} price is not a number yet ({price})")
@@ -1225,24 +1292,37 @@ class Kernel(RunState):
         if q.mode == "fixed":
             return q.value, None
         if q.mode == "expression":
-            value = self._value(st, f"orders.{rule.order}.quantity", k)
+            value = self._value(st, self._order_nodes[rule.order][2], k)
             return (float(math.floor(value)) if value == value else 0.0), None
         if q.mode == "percent_of_equity":
-            return None, Sizing("percent_of_equity", q.value, whole=q.whole)
-        distance = self._value(st, f"orders.{rule.order}.stop_distance", k)
+            sizing = self._sizings.get(template.name)
+            if sizing is None:
+                sizing = self._sizings[template.name] = Sizing("percent_of_equity", q.value, whole=q.whole)
+            return None, sizing
+        distance = self._value(st, self._order_nodes[rule.order][3], k)
         if distance is None or not (distance == distance) or distance <= 0:
             return 0.0, None
-        qty = q.value * self.equity() / (distance * st.bars.multiplier)
+        qty = q.value * self.account_view()[0] / (distance * st.bars.multiplier)
         qty = float(math.floor(qty + 1e-9)) if q.whole else qty
         return qty, Sizing("risk_percent", q.value, distance, q.whole)
 
-    def _value(self, st: _Symbol, output: str, k: int):
-        node = self.plan.outputs.get(output)
+    def _value(self, st: _Symbol, node: int | None, k: int):
+        """A plan output's value at bar k (None: the order has no such output)."""
         if node is None:
             return None
-        return value_at(self.plan, node, k, st.values, {})
+        return scalar_at(self.plan, node, self._scalars)(k, st.values, _NO_CONTEXT)
 
     # ---- records -----------------------------------------------------------------------------
+    def account_view(self) -> tuple[float, float, float]:
+        """Equity, available funds and cash, for sizing, the funds check and the risk limits: the
+        venue's account when it reports one (the broker is the source of truth, so an IB run sizes
+        from IB's account), else the ledger at its marks. A simulated venue's account is the
+        ledger's view at every instant (tests/test_kernel_parity.py holds them equal)."""
+        acct = self.venue.account()
+        if acct is not None:
+            return acct.equity, acct.available_funds, acct.cash
+        return self.equity(), self.available_funds(), self.ledger.cash
+
     def account_state(self) -> AccountState:
         limits = self.settings.limits
         working = sum(1 for s in self.syms.values() if (s.working_entry is not None or s.chasing is not None)
@@ -1250,7 +1330,7 @@ class Kernel(RunState):
         if limits.max_daily_loss is None and limits.max_drawdown is None:
             return AccountState(math.nan, math.nan, math.nan, len(self.ledger.positions) + working,
                                 self._losses, self._paused_until, self._now / 1e9)
-        equity = self.equity()
+        equity = self.account_view()[0]
         self._peak = max(self._peak, equity)
         day = self._now // 86_400_000_000_000
         if day != self._day:
@@ -1310,5 +1390,14 @@ def market_conjuncts(plan: N.Plan, node_id: int) -> list[int]:
     return []
 
 
+_NO_NODES = (None, None, None, None)
+_NO_CONTEXT: dict = {}
+
+
+def _is_series(v) -> bool:
+    """A plan value with one entry per bar (else one value for every bar)."""
+    return isinstance(v, np.ndarray) and v.ndim > 0
+
+
 def _truth(v, k: int) -> bool:
-    return bool(v[k]) if np.ndim(v) else bool(v)
+    return bool(v[k]) if isinstance(v, np.ndarray) and v.ndim else bool(v)

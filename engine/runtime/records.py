@@ -4,7 +4,8 @@ kernel (runtime/kernel.py) and the backtest's fast path (runtime/fastpath.py).""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -15,6 +16,7 @@ from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent
 from ..plan import nodes as N
 from ..portfolio.ledger import Ledger, Trade
+from ..portfolio.marks import LastClose
 from ..risk.limits import RiskLimits
 from .options import ChainView, ComboPosition, OptionsDesk
 from .signals import SymbolSignals
@@ -76,7 +78,7 @@ class RunState:
         self._now = 0
         self._marks_key: int | None = None  # marks are kept per instant (bars do not move within one)
         self._marks: dict[str, float] = {}
-        self._cursor: dict[str, tuple[int, int]] = {}   # per symbol: (last bar closed by t, t)
+        self._prices = LastClose(self.bars)
         self._margined = any(b.margined for b in self.bars.values())   # futures among the symbols
 
     def marks(self, at: int) -> dict[str, float]:
@@ -86,33 +88,14 @@ class RunState:
         if self._marks_key != at:
             self._marks, self._marks_key = {}, at
         out = self._marks
+        combos = self.combos
         for symbol in self.ledger.positions:
-            if symbol in self.combos:    # a combo's mark moves without a fill: read it every time
-                combo = self.combos[symbol]
+            if symbol in combos:    # a combo's mark moves without a fill: read it every time
+                combo = combos[symbol]
                 out[symbol] = combo.last_credit if combo.last_credit is not None else combo.entry_credit
             elif symbol not in out:
-                b = self.bars[symbol]
-                k = self._last_bar(symbol, b.end, at)
-                out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
+                out[symbol] = self._prices.price(symbol, at)
         return out
-
-    def _last_bar(self, symbol: str, end: np.ndarray, at: int) -> int:
-        """The last bar of `symbol` closed by `at` (-1: none yet). Times mostly move forward by a
-        bar or so between two looks, so the last answer is the place to start from."""
-        seen = self._cursor.get(symbol)
-        if seen is not None and seen[1] <= at:
-            k = seen[0]
-            n = len(end)
-            if k + 1 >= n or end[k + 1] > at:
-                pass
-            elif k + 2 >= n or end[k + 2] > at:
-                k += 1
-            else:
-                k = int(end.searchsorted(at, "right")) - 1
-        else:
-            k = int(end.searchsorted(at, "right")) - 1
-        self._cursor[symbol] = (k, at)
-        return k
 
     def equity(self, at: int | None = None) -> float:
         return self.ledger.equity(self.marks(self._now if at is None else at))
@@ -133,12 +116,9 @@ class RunState:
                 not (self._margined and any(p.margined for p in self.ledger.positions.values())):
             return self.ledger.cash     # stock only: its whole value is held, what is left is the cash
         marks = self.marks(self._now if at is None else at)
-        used = 0.0
-        for symbol, pos in self.ledger.positions.items():
-            if symbol in self.combos:
-                used += abs(pos.quantity) * pos.margin_per_unit
-                continue
-            used += self.margin_required(self.bars[symbol], pos.quantity, marks[symbol], pos.quantity < 0)
+        used = math.fsum([abs(pos.quantity) * pos.margin_per_unit if symbol in self.combos else
+                          self.margin_required(self.bars[symbol], pos.quantity, marks[symbol], pos.quantity < 0)
+                          for symbol, pos in self.ledger.positions.items()])
         return self.ledger.equity(marks) - used
 
 
@@ -169,13 +149,23 @@ def context_nodes(plan: N.Plan, rule: N.Rule) -> list[N.Node]:
 
 
 def with_excursions(trade: Trade, bars: SymbolBars) -> Trade:
-    """MAE and MFE over the bars the trade was open, in account currency."""
-    lo, hi = trade.entry_bar, trade.exit_bar
-    worst = min(float(bars.low[lo:hi].min()) if hi > lo else trade.exit_price, trade.exit_price)
-    best = max(float(bars.high[lo:hi].max()) if hi > lo else trade.exit_price, trade.exit_price)
-    units = trade.quantity * trade.multiplier
-    if trade.side == "long":
-        mae, mfe = (worst - trade.entry_price) * units, (best - trade.entry_price) * units
+    """The trade with its MAE and MFE over the bars it was open, in account currency."""
+    mae, mfe = excursions(bars, trade.entry_bar, trade.exit_bar, trade.entry_price, trade.exit_price,
+                          trade.side == "long", trade.quantity * trade.multiplier)
+    return replace(trade, mae=mae, mfe=mfe)
+
+
+_lowest, _highest = np.minimum.reduce, np.maximum.reduce     # ndarray.min/max, without their wrappers
+
+
+def excursions(bars: SymbolBars, lo: int, hi: int, entry_price: float, exit_price: float, long: bool,
+               units: float) -> tuple[float, float]:
+    """MAE and MFE of a round trip held over bars [lo, hi) and closed at `exit_price`: the worst
+    and best the bars' range reached against the entry, in account currency."""
+    worst = min(float(_lowest(bars.low[lo:hi])) if hi > lo else exit_price, exit_price)
+    best = max(float(_highest(bars.high[lo:hi])) if hi > lo else exit_price, exit_price)
+    if long:
+        mae, mfe = (worst - entry_price) * units, (best - entry_price) * units
     else:
-        mae, mfe = (trade.entry_price - best) * units, (trade.entry_price - worst) * units
-    return Trade(**{**trade.__dict__, "mae": min(mae, 0.0), "mfe": max(mfe, 0.0)})
+        mae, mfe = (entry_price - best) * units, (entry_price - worst) * units
+    return min(mae, 0.0), max(mfe, 0.0)

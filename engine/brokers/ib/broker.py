@@ -348,8 +348,13 @@ class IBBroker:
     def executions(self) -> list[E.Execution]:
         return self.orders.executions()
 
-    def account(self) -> E.AccountValues:
-        return self.account_.account_values()
+    def account(self) -> E.AccountValues | None:
+        """IB's account values; None when IB does not answer in time (the kernel then sizes from
+        its own ledger, which started from IB's net liquidation)."""
+        try:
+            return self.account_.account_values()
+        except AccountUnknown:
+            return None
 
     def instrument(self, symbol: str):
         return None

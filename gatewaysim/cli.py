@@ -64,8 +64,7 @@ def run(port: int, data, account: str, speed: float, scenario, control_port, sta
         echo(f"gateway-sim: listening on 127.0.0.1:{bound} as account {account} "
              f"({len(symbols)} symbols from {sim.data_dir}, simulated time {sim.now():%Y-%m-%d %H:%M} UTC, "
              f"speed {speed:g}{extra}); connect any TWS API client (ib_async: IB().connect('127.0.0.1', {bound}, "
-             f"clientId=1)); qtrade run STRATEGY --broker ib will point at IB host 127.0.0.1, port {bound} once "
-             f"its IB broker lands (not in this version yet)", flush=True)
+             f"clientId=1)), or trade on it: qtrade run STRATEGY --broker ib --port {bound}", flush=True)
         await stop.wait()
         if control:
             control.close()

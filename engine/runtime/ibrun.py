@@ -547,14 +547,19 @@ def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost,
         last["report"] = again
 
     ib.on_reconnected(after_reconnect)
-    for symbol in prep.symbols:
-        why = ib.subscribe(symbol, "position" if symbol in restored else "pick")
-        if why:
-            say(f"market data: {why}")
-        ib.stream(symbol, spec.bar, spec.session)
-    for symbol in prep.plan.inputs.symbols:
-        if symbol not in prep.symbols:
-            ib.stream(symbol, bar_of.get(symbol, spec.bar), spec.session)
+    from ..brokers.ib.history import HistoryError
+
+    try:
+        for symbol in prep.symbols:
+            why = ib.subscribe(symbol, "position" if symbol in restored else "pick")
+            if why:
+                say(f"market data: {why}")
+            ib.stream(symbol, spec.bar, spec.session)
+        for symbol in prep.plan.inputs.symbols:
+            if symbol not in prep.symbols:
+                ib.stream(symbol, bar_of.get(symbol, spec.bar), spec.session)
+    except HistoryError as exc:
+        raise RunRefused(f"IB will not stream the bars the run needs: {exc}", 1) from None
     say(ib.budget_report(len(prep.symbols)))
     ib.ready()
     figures["ready_seconds"] = round(_time.monotonic() - t0, 4)

@@ -108,6 +108,7 @@ class IBBroker:
         self.chains = IBChains(self.ib, free_lines=lambda: max(self.budget.max_lines - len(self.budget.held())
                                                                   - self.chains.lines(), 0))
         self._streams: dict[str, object] = {}
+        self.placed: list[E.Order] = []              # every order sent, in order
         self._blocked: dict[str, str] = {}         # local symbol -> why reconciliation blocks entries
         self._reconciled: R.Report | None = None
         self.fetch_seconds: list[float] = []
@@ -255,12 +256,17 @@ class IBBroker:
                              "volume": [b.volume for b in got]}, index=index, dtype=float)
 
     def stream(self, symbol: str, bar: str, session: str = "regular") -> None:
-        from ...runtime.ibrun import ib_bar_size, ib_duration
+        from ...runtime.ibrun import ib_bar_size
 
         if symbol in self._streams:
             return
-        self._streams[symbol] = self.history_.stream(self.contracts.resolve(symbol), ib_bar_size(bar),
-                                                     ib_duration(bar, 2), use_rth=session == "regular")
+        from ...market.bars import bar_seconds
+
+        # a short window (the warm-up came from history, always 3 days or more): never the warm-up's
+        # own request, which IB's pacing would make wait out its 15 s rule
+        duration = "1 D" if bar_seconds(bar) < 86400 else "2 D"
+        self._streams[symbol] = self.history_.stream(self.contracts.resolve(symbol), ib_bar_size(bar), duration,
+                                                     use_rth=session == "regular")
 
     def completed(self, symbol: str) -> list:
         from ...runtime.live import Bar
@@ -328,6 +334,7 @@ class IBBroker:
 
     # ---- the Broker protocol ------------------------------------------------------------------
     def place(self, order: E.Order) -> str:
+        self.placed.append(order)
         return self.orders.place(order)
 
     def modify(self, ref: str, *, quantity=None, limit=None, stop=None) -> None:

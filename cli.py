@@ -664,7 +664,6 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     from engine.report.run_summary import summarize_result
     from engine.runtime import backtest as bt
     from engine.runtime import session
-    from engine.runtime.journal import Journal, JournalError
 
     if live and broker != "ib":
         raise click.UsageError("--live trades a real account and needs --broker ib")
@@ -703,15 +702,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     _report_skipped_bars(prep)
     printed = []
     text = fmt == "text"
-
-    def show(info: dict) -> None:
-        if info.get("kind") == "outcome":
-            if text:
-                _safe_echo(f"    -> {info['tag']}: {info['text']}")
-            return
-        printed.append(info)
-        if text:
-            _safe_echo(_describe_intent(info) if info.get("quote") is not None else _describe_order(info, prep.timezone))
+    show = _order_printer(printed, text, prep.timezone)
 
     mode = "dry-run" if dry_run else "paper (simulator)"
     if text:
@@ -727,11 +718,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
 
     from engine.runtime.journal import failure
 
-    try:
-        journal = Journal(journal_path)
-    except JournalError as exc:
-        _safe_echo(f"qtrade: {exc}", err=True)
-        sys.exit(EXIT_PROBLEMS)
+    journal = _open_journal(journal_path)
     with journal:
         # journaled as it happens: every order before it is sent (a journal that cannot take it
         # stops the run before the order leaves), its fills by execution id; order refs continue
@@ -790,7 +777,7 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
     from engine.report.run_summary import summarize_result
     from engine.risk.limits import _seconds
     from engine.runtime.ibrun import RunRefused, run_ib
-    from engine.runtime.journal import Journal, JournalError, failure
+    from engine.runtime.journal import failure
     from engine.runtime.journaling import write_journal
     from engine.runtime.trading import SettingError, broker_section, connect_settings
 
@@ -816,16 +803,7 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
         sys.exit(EXIT_USAGE)
     text = fmt == "text"
     printed = []
-
-    def show(info: dict) -> None:
-        if info.get("kind") == "outcome":
-            if text:
-                _safe_echo(f"    -> {info['tag']}: {info['text']}")
-            return
-        printed.append(info)
-        if text:
-            _safe_echo(_describe_intent(info) if info.get("quote") is not None else
-                       _describe_order(info, doc.get(("schedule", "timezone")) or "America/New_York"))
+    show = _order_printer(printed, text, doc.get(("schedule", "timezone")) or "America/New_York")
 
     def say(line: str) -> None:
         if text:
@@ -836,17 +814,14 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
     # ib_async logs IB's errors as it gets them; the IB broker takes each from its errorEvent
     # (an order's outcome, or an alert journaled as a note), so the log would only say it twice
     ib_log = logging.getLogger("ib_async")
-    ib_log.addHandler(logging.NullHandler())
+    if not any(isinstance(h, logging.NullHandler) for h in ib_log.handlers):
+        ib_log.addHandler(logging.NullHandler())
     ib_log.propagate = False
 
     def confirm(question: str) -> bool:
         return click.confirm(question, default=False)
 
-    try:
-        journal = Journal(journal_path)
-    except JournalError as exc:
-        _safe_echo(f"qtrade: {exc}", err=True)
-        sys.exit(EXIT_PROBLEMS)
+    journal = _open_journal(journal_path)
     from engine.brokers.ib.connection import ConnectError
 
     with journal:
@@ -894,6 +869,31 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
     for _, message in kernel.errors[:5]:
         _safe_echo(f"  error: {message}")
     _safe_echo(f"journal: {journal_path} (run {outcome.run_id})")
+
+
+def _order_printer(printed: list, text: bool, timezone: str):
+    """The kernel's on_order for `run`: each order kept in `printed` and, in text mode, printed as
+    a trader reads it (a combo with its legs and chase plan); what became of it on its own line."""
+    def show(info: dict) -> None:
+        if info.get("kind") == "outcome":
+            if text:
+                _safe_echo(f"    -> {info['tag']}: {info['text']}")
+            return
+        printed.append(info)
+        if text:
+            _safe_echo(_describe_intent(info) if info.get("quote") is not None else _describe_order(info, timezone))
+    return show
+
+
+def _open_journal(journal_path: str):
+    """The journal a command writes to, or one line saying why it cannot be opened (exit 1)."""
+    from engine.runtime.journal import Journal, JournalError
+
+    try:
+        return Journal(journal_path)
+    except JournalError as exc:
+        _safe_echo(f"qtrade: {exc}", err=True)
+        sys.exit(EXIT_PROBLEMS)
 
 
 def pd_day():

@@ -240,8 +240,6 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
             st.protect[(rule_name, role)] = a.tag
         else:
             st.closing = a.tag
-        from ..brokers import events as E
-
         broker.adopt(E.Order(a.tag, symbol, a.order.action, float(a.order.quantity), kind, a.order.limit,
                              a.order.stop, intent.tif, intent=intent_kind, rule=rule_name), a.order.perm_id)
         adopted.append(a.tag)

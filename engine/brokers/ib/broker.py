@@ -15,8 +15,6 @@ newest completed bar.
 
 from __future__ import annotations
 
-import datetime as dt
-import math
 import time as _time
 from typing import Callable
 

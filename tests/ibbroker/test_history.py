@@ -128,7 +128,9 @@ def test_a_pacing_violation_burst_is_retried_until_the_bars_come(fast, connect, 
     assert len(bars) >= 9 and bars[0].open == 308.125
     sent = fast.messages("reqHistoricalData")
     assert len(sent) == 3
-    assert all(b["wall"] - a["wall"] >= 0.3 for a, b in zip(sent, sent[1:]))
+    # the simulator's receive times: 0.3 s apart less a scheduling allowance on a loaded machine
+    # (a client that ignored the window would resend after the 0.1 s backoff)
+    assert all(b["wall"] - a["wall"] >= 0.2 for a, b in zip(sent, sent[1:]))
     assert len([e for e in fast.events if e["kind"] == "pacing_violation"]) == 2
     assert len(sink.errors(162)) == 1 and "pacing violation (IB 162)" in sink.errors(162)[0]
 

@@ -509,14 +509,13 @@ def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost,
     def gate(symbol: str) -> str | None:
         return kill.engaged() or ib.gate(symbol)
 
-    def contract_of(symbol: str):
+    def contract_of(symbol: str, ref: str | None = None, intent: str | None = None):
         if symbol not in prep.symbols:       # a combo's key: its legs carry their contracts
             return None
         try:
-            r = ib.resolved(symbol)
-        except Exception:        # a combo's key or a symbol IB cannot resolve: journaled without one
+            return ib.contract_for(symbol, ref, intent)
+        except Exception:        # a symbol IB cannot resolve: journaled without one
             return None
-        return int(r.con_id), r.local_symbol
 
     recorder = Recorder(journal, run_id, contract=contract_of, ids=ib.broker_ids)
     kernel, feed, timers = live_kernel(prep, venue, run_id=run_id, recorder=recorder,
@@ -526,9 +525,17 @@ def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost,
         kernel.check_order = margin_gate(limits.margin_check, paper=ib.is_paper, live=live, what_if=ib.what_if,
                                          funds=lambda: kernel.account_view()[1])
     restored = restore_positions(kernel, state.positions)
+    traded = set(prep.symbols)
+    ib.held_symbols = lambda: [s for s in kernel.ledger.positions if s in traded]
     now = _iso(ib.now())
     for symbol in restored:
         pos = state.positions[symbol]
+        if pos.con_id and symbol in traded:
+            try:        # its exits go to the contract it is held in, even past the front month's roll
+                ib.hold_contract(symbol, int(pos.con_id))
+            except Exception as exc:     # noqa: BLE001 - IB cannot say: the exits go to today's contract
+                say(f"{symbol}: the contract the position is held in (conId {pos.con_id}) was not found at IB "
+                    f"({exc}); its exits go to {symbol}'s contract today")
         if wallet is not None:
             wallet.hold(symbol, pos.quantity, pos.avg_price)
         journal.note(run_id, now, "restored", symbol, f"{symbol} {pos.quantity:g} @ {pos.avg_price:.4f} restored "
@@ -550,7 +557,7 @@ def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost,
     try:
         for symbol in prep.symbols:
             why = ib.subscribe(symbol, "position" if symbol in restored else "pick")
-            if why:
+            if why and "no market data line" not in why:      # beyond the budget: they take turns (said below)
                 say(f"market data: {why}")
             ib.stream(symbol, spec.bar, spec.session)
         for symbol in prep.plan.inputs.symbols:

@@ -20,8 +20,9 @@ def _iso(ns: int) -> str:
 
 class Recorder:
     def __init__(self, journal: Journal, run_id: str, contract=None, ids=None):
-        """`contract(symbol) -> (conId, local symbol) | None`: the exact contract a broker trades
-        for a symbol, journaled with its orders and fills; `ids(ref) -> (orderId, permId)`: the
+        """`contract(symbol, ref, intent) -> (conId, local symbol) | None`: the exact contract a
+        broker trades an order or fill of `symbol` in (ref: the order's tag; intent: open or close
+        for an order about to be sent, None for a fill), journaled with its orders and fills; `ids(ref) -> (orderId, permId)`: the
         venue's ids of an order, journaled as they become known."""
         self.journal = journal
         self.run_id = run_id
@@ -43,7 +44,7 @@ class Recorder:
         self.journal.order(self.run_id, it.tag, _iso(rec.time), it.symbol, it.action, float(it.quantity or 0.0),
                            it.order_type, limit_price=it.limit, stop_price=it.stop, tif=it.tif, rule=it.rule,
                            intent=it.intent, legs=rec.legs, status="created", reason=it.reason)
-        exact = self.contract(it.symbol) if self.contract is not None else None
+        exact = self.contract(it.symbol, it.tag, it.intent) if self.contract is not None else None
         if exact is not None:
             self.journal.order_ids(it.tag, con_id=exact[0], local_symbol=exact[1])
 
@@ -70,7 +71,7 @@ class Recorder:
             self.journal.order_ids(ref, broker_order_id=order_id or None, perm_id=perm_id or None)
 
     def execution(self, ev: E.Execution, multiplier: float) -> None:
-        exact = self.contract(ev.symbol) if self.contract is not None else None
+        exact = self.contract(ev.symbol, ev.ref, None) if self.contract is not None else None
         self.journal.fill(self.run_id, ev.ref, _iso(ev.time), ev.symbol, ev.action, ev.quantity, ev.price,
                           multiplier, exec_id=ev.exec_id, broker_order_id=ev.broker_id,
                           con_id=exact[0] if exact else None, local_symbol=exact[1] if exact else None)

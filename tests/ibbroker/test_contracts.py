@@ -122,12 +122,18 @@ def test_futures_front_month_nq_and_mnq_apart_and_the_roll_offset(make_sim, conn
     mnq = Contracts(ib, instruments, today=today).resolve("MNQ")
     assert (mnq.local_symbol, mnq.trading_class, mnq.multiplier) == ("MNQZ3", "MNQ", 2.0)
     assert mnq.con_id != nq.con_id
-    rolled = Contracts(ib, instruments, roll_days=10, today=today).resolve("NQ")  # Dec 15 less 10 sessions: Dec 1
+    assert instrument_spec(instruments, "NQ")["roll_days"] == 5        # the bundled map's offset
+    ten = copy.deepcopy(instruments)
+    ten["roots"]["NQ"]["roll_days"] = 10
+    rolled = Contracts(ib, ten, today=today).resolve("NQ")  # Dec 15 less 10 sessions: Dec 1
     assert (rolled.local_symbol, rolled.last_trade_date) == ("NQH4", dt.date(2024, 3, 15))
     listed = {d.contract.localSymbol: d.contract.conId
               for d in ib.reqContractDetails(Contract(secType="FUT", symbol="NQ", exchange="CME"))}
     assert listed == {"NQZ3": nq.con_id, "NQH4": rolled.con_id, "NQM4": listed["NQM4"]}
-    assert Contracts(ib, instruments, roll_days=5, today=today).resolve("NQ").con_id == nq.con_id
+    no_own = copy.deepcopy(instruments)
+    del no_own["roots"]["NQ"]["roll_days"]
+    assert Contracts(ib, no_own, roll_days=10, today=today).resolve("NQ").con_id == rolled.con_id  # the broker's default
+    assert Contracts(ib, instruments, roll_days=10, today=today).resolve("NQ").con_id == nq.con_id  # the root's own wins
     es = Contracts(ib, instruments, today=today).resolve("ES")  # a proxy-priced root: the same rules
     assert (es.local_symbol, es.multiplier) == ("ESZ3", 50.0)
     # the conId alone is the contract from now on

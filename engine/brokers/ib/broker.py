@@ -8,6 +8,15 @@ journals and prints, never reasons for the kernel to stop trading. Entries are g
 sent unless the connection is READY (reconciled), the symbol's quote is usable now (not stale,
 not unavailable), and reconciliation found no disagreement on its contract.
 
+Lines take turns within the budget: an entry on a symbol without a line asks for one when it is
+about to be sent (a line idle for the TTL, or of lower priority, gives way) and waits briefly for
+its first quote; the lines of the run's open positions are held at position priority, never
+evicted, and go back to pick priority when the position closes.
+
+A position is closed in the contract it is held in: a futures position opened in NQZ3 is closed
+in NQZ3 after the roll moved the front month to NQH4, and no new entry opens a second contract
+of the same root while the old one is held.
+
 Time is the venue's: IB's current time (reqCurrentTime), followed between answers at the rate
 it has been seen to move (1 at IB; an accelerated simulator's speed), and never behind the
 newest completed bar.
@@ -106,6 +115,11 @@ class IBBroker:
         self.chains = IBChains(self.ib, free_lines=lambda: max(self.budget.max_lines - len(self.budget.held())
                                                                   - self.chains.lines(), 0))
         self._streams: dict[str, object] = {}
+        self.held_symbols: Callable[[], object] = tuple   # the run's open positions' symbols (the run sets it)
+        self.first_quote_wait = 2.0                 # wall seconds an entry waits for a new line's first quote
+        self._held_in: dict[str, object] = {}       # symbol -> the contract (Resolved) its open position is in
+        self._opening: dict[str, object] = {}       # ref of an opening order -> the contract it was sent in
+        self._line_said: set[str] = set()
         self.placed: list[E.Order] = []              # every order sent, in order
         self._blocked: dict[str, str] = {}         # local symbol -> why reconciliation blocks entries
         self._reconciled: R.Report | None = None
@@ -163,6 +177,7 @@ class IBBroker:
         self.conn.check()
         if self.conn.state in (State.READY, State.RECONCILING):
             self.md.check()
+            self._hold_lines()
             self.history_.check()
             if self.conn.state == State.READY:
                 self.orders.settle()
@@ -177,6 +192,8 @@ class IBBroker:
         if isinstance(ev, E.BrokerError) and ev.ref is None:
             self.alerts.append(ev)
             return
+        if isinstance(ev, E.Execution) and ev.ref in self._opening:
+            self._held_in[ev.symbol] = self._opening[ev.ref]      # before the kernel places its exits
         self._events.append(ev)
 
     def events(self) -> list:
@@ -211,17 +228,71 @@ class IBBroker:
         return self.md.quote(symbol)
 
     def gate(self, symbol: str) -> str | None:
-        """Why an entry on `symbol` may not be sent now (None: it may)."""
+        """Why an entry on `symbol` may not be sent now (None: it may). A symbol without a line
+        asks for one now and waits up to first_quote_wait seconds for its first quote."""
         if self.conn.state != State.READY:
             return f"the IB connection is {self.conn.state.value}: no new entries until it is ready and reconciled"
+        if symbol not in self.budget:
+            why = self.md.subscribe(symbol, Priority.PICK)
+            if why:
+                return why
+            deadline = self.monotonic() + self.first_quote_wait
+            while (self.md.unavailable(symbol) or "").startswith("waiting for the first quote") and \
+                    self.monotonic() < deadline:
+                self.conn.sleep(0.05)
         why = self.md.unavailable(symbol)
         if why:
             return f"{symbol}: {why}"
         try:
-            local = self.contracts.resolve(symbol).local_symbol
+            front = self.contracts.resolve(symbol)
         except ContractError as exc:
             return str(exc)
-        return self._blocked.get(local) or self._blocked.get(symbol)
+        held = self._held_in.get(symbol)
+        if held is not None and held.con_id != front.con_id and symbol in set(self.held_symbols()):
+            return (f"{symbol}: the position is held in {held.local_symbol}, and the front month is now "
+                    f"{front.local_symbol}: no entry opens a second contract; the position's exits close it in "
+                    f"{held.local_symbol}")
+        return self._blocked.get(front.local_symbol) or self._blocked.get(symbol)
+
+    def hold_contract(self, symbol: str, con_id: int) -> str:
+        """A position restored from the journal is held in contract `con_id`: its exits go there.
+        Returns its local symbol."""
+        held = self.contracts.by_con_id(symbol, con_id)
+        self._held_in[symbol] = held
+        return held.local_symbol
+
+    def contract_for(self, symbol: str, ref: str | None = None, intent: str | None = None) -> tuple[int, str]:
+        """(conId, local symbol) of the contract order `ref` was sent in; for an order not sent
+        yet, the one it will go to: a close to its position's contract, an opening order to the
+        symbol's contract now."""
+        sent = self.orders.contract_of(ref) if ref else None
+        if sent is not None and sent.conId:
+            return int(sent.conId), sent.localSymbol
+        held = self._held_in.get(symbol) if intent == "close" or intent is None else None
+        r = held if held is not None else self.contracts.resolve(symbol)
+        return int(r.con_id), r.local_symbol
+
+    def held_contract(self, symbol: str):
+        """The contract (Resolved) `symbol`'s open position was opened in, None if none is known."""
+        return self._held_in.get(symbol)
+
+    def _hold_lines(self) -> None:
+        """Open positions' lines at position priority (never evicted; one is asked for if the
+        symbol has none); a line whose position closed goes back to pick priority."""
+        held = set(self.held_symbols())
+        lines = self.budget.held()
+        for symbol, priority in lines.items():
+            if priority == Priority.POSITION and symbol not in held:
+                self.md.subscribe(symbol, Priority.PICK)
+        for symbol in sorted(held):
+            if lines.get(symbol) == Priority.POSITION:
+                continue
+            why = self.md.subscribe(symbol, Priority.POSITION)
+            if why and symbol not in self._line_said:
+                self._line_said.add(symbol)
+                self.alerts.append(E.BrokerError(None, 0, f"market data for the open position: {why}", self.now()))
+            elif not why:
+                self._line_said.discard(symbol)
 
     def budget_report(self, needed: int) -> str:
         return self.md.budget_report(needed)
@@ -332,8 +403,22 @@ class IBBroker:
 
     # ---- the Broker protocol ------------------------------------------------------------------
     def place(self, order: E.Order) -> str:
+        """Send `order`. A close goes to the contract its position is held in; an opening order
+        to the symbol's contract now (the front month for a futures root), remembered so that
+        its fills pin the position to it."""
         self.placed.append(order)
-        return self.orders.place(order)
+        resolved = None
+        if not order.legs:
+            if order.intent == "close":
+                resolved = self._held_in.get(order.symbol)
+            else:
+                try:
+                    resolved = self.contracts.resolve(order.symbol)
+                except ContractError:
+                    resolved = None          # Orders rejects it, saying why
+                if resolved is not None:
+                    self._opening[order.ref] = resolved
+        return self.orders.place(order, resolved)
 
     def modify(self, ref: str, *, quantity=None, limit=None, stop=None) -> None:
         self.orders.modify(ref, quantity=quantity, limit=limit, stop=stop)

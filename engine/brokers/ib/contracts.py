@@ -5,7 +5,8 @@
 * Futures by root, trading class and multiplier: every listed contract of the root
   (includeExpired=False), those whose tradingClass and multiplier match the instrument map (NQ
   and MNQ apart), then the front month: the first contract whose last trade date, less
-  `roll_days` trading days of the root's calendar, is today or later. The conId and local symbol
+  `roll_days` trading days of the root's calendar (the root's own `roll_days` in the instrument
+  map, else the broker's), is today or later. The conId and local symbol
   are carried from then on; a futures contract is never rebuilt from a local symbol.
 * Options: `option_params(underlying)` from reqSecDefOptParams (expirations, strikes, trading
   class, multiplier, exchanges) and `option(underlying, expiry, strike, right)` from contract
@@ -183,10 +184,26 @@ class Contracts:
         key = (symbol, self.today()) if sec_type == "FUT" else (symbol,)
         return self._cached(self._cache, key, lambda: self._resolve(symbol, spec))
 
+    def by_con_id(self, symbol: str, con_id: int) -> Resolved:
+        """The contract `con_id` of qtrade's `symbol`, asked of IB by its conId (the contract a
+        position is held in, which may no longer be the front month): never rebuilt from a local
+        symbol."""
+        from ib_async import Contract
+
+        spec = instrument_spec(self.instruments, symbol)
+
+        def look_up() -> Resolved:
+            details = self._details(Contract(conId=int(con_id), exchange=spec.get("exchange", "")),
+                                    f"{symbol} (conId {con_id})")
+            if not details:
+                raise ContractError(f"{symbol}: IB knows no contract with conId {con_id} (IB 200)")
+            return self._resolved(symbol, spec, details[0], spec.get("exchange", ""))
+        return self._cached(self._cache, (symbol, "conId", int(con_id)), look_up)
+
     def cached(self, symbol: str) -> Resolved | None:
         """What resolve() already answered for `symbol`, without asking IB."""
         for key, value in self._cache.items():
-            if key[0] == symbol and isinstance(value, Resolved):
+            if key[0] == symbol and len(key) < 3 and isinstance(value, Resolved):   # not a by_con_id() answer
                 return value
         return None
 
@@ -249,7 +266,8 @@ class Contracts:
             query = Future(symbol=symbol, exchange=spec["exchange"], currency=currency)
             query.includeExpired = False
             details = self._details(query, symbol)
-            front = choose_future(symbol, spec, details, self.today(), self.roll_days,
+            roll = spec.get("roll_days")
+            front = choose_future(symbol, spec, details, self.today(), self.roll_days if roll is None else int(roll),
                                   self._calendar(spec.get("calendar")))
             return self._resolved(symbol, spec, front, query.exchange)
         if sec_type == "BAG":

@@ -294,8 +294,10 @@ class Orders:
             event -= handler
 
     # ---- sending -----------------------------------------------------------------------------
-    def place(self, order: E.Order) -> str:
-        """Send a new order; returns its ref. Its outcome comes as events."""
+    def place(self, order: E.Order, resolved=None) -> str:
+        """Send a new order; returns its ref. Its outcome comes as events. `resolved` names the
+        exact contract when it is not the symbol's resolution today (a close of a futures position
+        held in a contract past its roll goes to that contract, not to the new front month)."""
         if order.ref in self._by_ref or order.ref in self._known_at_ib:
             raise ValueError(f"order {order.ref} was placed already; a ref is never sent twice")
         if self.read_only:
@@ -306,7 +308,7 @@ class Orders:
             self._reject_locally(order, f"not sent: {problem}")
             return order.ref
         try:
-            contract, ratios, routing = self._contract(order)
+            contract, ratios, routing = self._contract(order, resolved)
         except Exception as exc:  # noqa: BLE001 - resolution failures of any kind reject the order
             self._reject_locally(order, f"not sent: contract not resolved: {exc}")
             return order.ref
@@ -397,6 +399,15 @@ class Orders:
         return E.Margin(margin, commission)
 
     # ---- reads -------------------------------------------------------------------------------
+    def contract_of(self, ref: str):
+        """The contract order `ref` was sent (or adopted) in, None if it is not known here."""
+        tr = self._by_ref.get(ref)
+        if tr is None:
+            return None
+        if tr.contract is not None:
+            return tr.contract
+        return tr.trade.contract if tr.trade is not None else None
+
     def open_orders(self) -> list[E.Order]:
         """The orders sent or adopted that are not done, as last sent."""
         return [tr.order for tr in self._by_ref.values() if not tr.done]
@@ -629,11 +640,11 @@ class Orders:
         self._emit(E.OrderStatus(order.ref, E.REJECTED, 0.0, float(order.quantity) if real(order.quantity) else 0.0,
                                  0.0, self._clock(), reason, 0))
 
-    def _contract(self, order: E.Order) -> tuple[Contract, dict[int, float], list]:
+    def _contract(self, order: E.Order, resolved=None) -> tuple[Contract, dict[int, float], list]:
         """The contract to send, a combo's leg ratios by conId, and its SMART routing params: a
         combo with a leg that is not an option routes only non-guaranteed (10043 otherwise)."""
         if not order.legs:
-            r = self._resolve(order.symbol)
+            r = resolved if resolved is not None else self._resolve(order.symbol)
             if r.sec_type == "IND":
                 raise ValueError(f"{order.symbol} is an index, which cannot be traded")
             contract = r.contract if r.contract is not None else Contract(

@@ -1,0 +1,136 @@
+"""IBBroker, the IB parts composed: what only the composition decides. A futures position is
+closed in the contract it was opened in, even after the roll moved the front month; no entry
+opens a second contract of the root while the first is held; the lines of open positions are
+held at position priority and entries on symbols without a line take turns within the budget.
+The real ib_async client over a socket against the gateway simulator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from engine.brokers import events as E
+from engine.brokers.ib.broker import IBBroker
+from engine.brokers.ib.contracts import load_instruments
+from engine.brokers.ib.marketdata import Priority
+from engine.runtime.trading import Connect
+
+
+def broker(sim, **kw) -> IBBroker:
+    b = IBBroker(Connect(port=sim.port, client_id=kw.pop("client_id", 7), connect_timeout=5),
+                 instruments=load_instruments(), say=lambda m: None, **kw)
+    b.connect()
+    b.ready()
+    return b
+
+
+def pump_until(b: IBBroker, cond, timeout: float = 5.0) -> list:
+    """Pump until cond(events so far) holds; the events taken."""
+    seen: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        b.pump(0.05)
+        seen.extend(b.events())
+        if cond(seen):
+            return seen
+    raise AssertionError(f"timed out; events: {seen}")
+
+
+def filled(ref):
+    return lambda evs: any(isinstance(e, E.OrderStatus) and e.ref == ref and e.status == "filled" for e in evs)
+
+
+def venue_orders(sim) -> dict:
+    return {o["orderRef"]: o for o in sim.record()["orders"]}
+
+
+def venue_positions(sim) -> dict:
+    return {p["conId"]: p["qty"] for p in sim.record()["positions"] if p["qty"]}
+
+
+@pytest.fixture
+def nq_venue(make_sim, nq_data):
+    return make_sim(nq_data, speed=60)
+
+
+def test_a_futures_position_is_closed_in_its_own_contract_after_the_roll(nq_venue):
+    b = broker(nq_venue)
+    try:
+        z3 = b.contracts.resolve("NQ")                         # the simulator's day is 2023-12-04
+        assert z3.local_symbol == "NQZ3"
+        b.place(E.Order("qtrade:t:1", "NQ", "buy", 1, intent="open"))
+        pump_until(b, filled("qtrade:t:1"))
+        assert b.held_contract("NQ").con_id == z3.con_id
+        b.held_symbols = lambda: ["NQ"]
+        # the roll: NQZ3's last trade date is Dec 15; less the map's 5 sessions the front month
+        # is NQH4 from Dec 11
+        b.contracts.today = lambda: dt.date(2023, 12, 11)
+        h4 = b.contracts.resolve("NQ")
+        assert h4.local_symbol == "NQH4"
+        why = b.gate("NQ")
+        assert why is not None and "held in NQZ3" in why and "front month is now NQH4" in why
+        assert b.contract_for("NQ", "qtrade:t:9", "open") == (h4.con_id, "NQH4")    # what an entry would go to
+        assert b.contract_for("NQ", "qtrade:t:9", "close") == (z3.con_id, "NQZ3")   # and an exit
+        b.place(E.Order("qtrade:t:2", "NQ", "sell", 1, intent="close"))
+        pump_until(b, filled("qtrade:t:2"))
+        book = venue_orders(nq_venue)
+        assert book["qtrade:t:2"]["conId"] == z3.con_id                            # closed where it was held
+        assert b.contract_for("NQ", "qtrade:t:2") == (z3.con_id, "NQZ3")           # and journaled so
+        assert venue_positions(nq_venue).get(z3.con_id, 0) == 0 and h4.con_id not in venue_positions(nq_venue)
+        # flat: the next entry goes to the new front month, and its fills pin the position there
+        b.held_symbols = lambda: []
+        assert b.gate("NQ") is None
+        b.place(E.Order("qtrade:t:3", "NQ", "buy", 1, intent="open"))
+        pump_until(b, filled("qtrade:t:3"))
+        assert venue_orders(nq_venue)["qtrade:t:3"]["conId"] == h4.con_id
+        assert b.held_contract("NQ").con_id == h4.con_id
+        assert venue_positions(nq_venue) == {h4.con_id: 1}
+    finally:
+        b.close()
+
+
+def test_a_restored_position_is_held_in_the_journals_contract(nq_venue):
+    """After a restart the journal's conId, not today's front month, is where the exits go."""
+    b = broker(nq_venue)
+    try:
+        listed = b.contracts.resolve("NQ")
+        b.contracts.today = lambda: dt.date(2023, 12, 11)          # past NQZ3's roll
+        assert b.hold_contract("NQ", listed.con_id) == "NQZ3"
+        b.place(E.Order("qtrade:t:5", "NQ", "sell", 1, intent="close"))
+        pump_until(b, filled("qtrade:t:5"))
+        assert venue_orders(nq_venue)["qtrade:t:5"]["conId"] == listed.con_id
+    finally:
+        b.close()
+
+
+def test_open_positions_hold_their_lines_and_entries_take_turns(sim, error_guard):
+    """A budget of 2 lines (none reserved), a TTL of 0.5 s: a held position's line is raised to
+    position priority and never evicted; an entry on a symbol without a line asks for one when a
+    line has been idle for the TTL, and waits for its first quote; the simulator, enforcing 2
+    lines, never answers 101."""
+    sim.set_max_lines(2)
+    b = broker(sim, subscriptions={"max_lines": 2, "ttl": "0.5s"})
+    try:
+        assert b.subscribe("SPY") is None and b.subscribe("AAPL") is None
+        assert "no market data line" in b.subscribe("INTC")
+        b.held_symbols = lambda: ["SPY"]
+        b.pump(0.1)
+        assert b.budget.held() == {"AAPL": Priority.PICK, "SPY": Priority.POSITION}
+        # within the TTL AAPL's line is not idle yet: INTC waits
+        why = b.gate("INTC")
+        assert why is not None and "no market data line" in why
+        time.sleep(0.6)
+        assert b.gate("INTC") is None                       # AAPL's idle line gave way
+        assert b.quote("INTC") is not None
+        assert b.budget.held() == {"INTC": Priority.PICK, "SPY": Priority.POSITION}
+        time.sleep(0.6)
+        b.pump(0.1)                                          # TTL: idle picks go, the position's line stays
+        assert b.budget.held() == {"SPY": Priority.POSITION}
+        b.held_symbols = lambda: []                          # the position closed: its line is a pick again
+        b.pump(0.1)
+        assert b.budget.held() == {"SPY": Priority.PICK}
+        assert 101 not in error_guard.codes()               # (any ERROR ib_async logs fails the test too)
+    finally:
+        b.close()

@@ -26,10 +26,10 @@ ACCOUNTED = {
     ("strategy", "/arbitration"): ("refused", ("arbitration", "policy")),
     ("strategy", "/properties/arbitration/policy"): ("refused", ("arbitration", "policy")),
     ("strategy", "/properties/arbitration/max_active_agents"): ("refused", ("arbitration", "max_active_agents")),
-    ("strategy", "/$defs/data/subscriptions"): ("refused", ("data", "subscriptions")),
-    **{("strategy", f"/$defs/subscriptions/{k}"): ("refused", ("data", "subscriptions"))
-       for k in ("max_lines", "reserve_for_positions", "ttl", "check_every", "priorities")},
-    **{("strategy", f"/$defs/subscriptions/properties/priorities/{k}"): ("refused", ("data", "subscriptions"))
+    ("strategy", "/$defs/subscriptions/check_every"): ("refused", ("data", "subscriptions", "check_every")),
+    ("strategy", "/$defs/subscriptions/priorities"): ("refused", ("data", "subscriptions", "priorities")),
+    **{("strategy", f"/$defs/subscriptions/properties/priorities/{k}"): ("refused", ("data", "subscriptions",
+                                                                                     "priorities"))
        for k in ("watchlist", "top_signals")},
     ("strategy", "/$defs/schedule/every"): ("refused", ("schedule", "every")),     # when it is not the bar size
     ("strategy", "/$defs/schedule/scan_every"): ("refused", ("schedule", "scan_every")),
@@ -80,7 +80,7 @@ def test_every_schema_property_is_read_refused_or_listed():
                     unaccounted.append(key)
     assert not unaccounted, f"schema properties nothing reads, refuses or lists: {unaccounted}"
     assert sum(counts.values()) == 258
-    assert counts == {"referenced": 228, "refused": 20, "not read": 10}
+    assert counts == {"referenced": 232, "refused": 16, "not read": 10}
     # nothing listed as unread is read after all (then it belongs to the referenced ones)
     for (kind, pointer), (status, _) in ACCOUNTED.items():
         prop = pointer.rsplit("/", 1)[1]
@@ -122,7 +122,8 @@ def _errors(output: str) -> list[tuple[int, int, str]]:
 
 
 @pytest.mark.parametrize("kw, key", [
-    ({"data_extra": ", subscriptions: {max_lines: 50}"}, "data.subscriptions"),
+    ({"data_extra": ", subscriptions: {max_lines: 50, check_every: 2m}"}, "data.subscriptions.check_every"),
+    ({"data_extra": ", subscriptions: {max_lines: 50, priorities: {positions: 100}}"}, "data.subscriptions.priorities"),
     ({"schedule": "schedule: {timezone: America/New_York, every: 1d, scan_every: 60s}"}, "schedule.scan_every"),
     ({"schedule": "schedule:\n  every: 1d\n  max_new_entries_per_scan: 3"}, "schedule.max_new_entries_per_scan"),
     ({"schedule": "schedule: {timezone: America/New_York, every: 1w}"}, "schedule.every"),
@@ -267,3 +268,23 @@ def test_each_options_backtest_key_changes_the_run(tmp_path, path, value, condor
         node = node.setdefault(key, {})
     node[path[-1]] = value
     assert _result(tmp_path, changed) != condor_base
+
+
+@pytest.mark.parametrize("subs, line_key, message", [
+    ("{max_lines: 5, reserve_for_positions: 5}", "reserve_for_positions:",
+     "reserve_for_positions 5 leaves no line of the 5 for names not held"),
+    ("{max_lines: 3}", "max_lines:", "reserve_for_positions 5 (the default) leaves no line of the 3 for names not held"),
+])
+def test_a_line_budget_with_no_room_for_names_not_held_is_refused_at_its_line(tmp_path, subs, line_key, message):
+    """data.subscriptions is read by IB runs (engine/brokers/ib/broker.py's LineBudget; the
+    rotation itself is tests/ibbroker/test_broker_ib.py and the run's scenario 15): a budget
+    whose reserve leaves no line for the names not held is an error at its key."""
+    path = _strategy(tmp_path, data_extra=f",\n  subscriptions: {subs}")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    errors = _errors(result.output)
+    assert [e[2].split(" (e.g.")[0] for e in errors] == [message], result.output
+    lines = path.read_text().splitlines()
+    assert errors[0][0] == next(i for i, t in enumerate(lines, start=1) if line_key in t)
+    ok = _strategy(tmp_path, data_extra=",\n  subscriptions: {max_lines: 5, reserve_for_positions: 2, ttl: 30s}")
+    assert CliRunner().invoke(main, ["validate", str(ok)]).exit_code == 0

@@ -412,7 +412,7 @@ class StrategyCheck(DocumentCheck):
         for step in (lambda: self._scanner(scope), lambda: self.indicators(scope), lambda: self._classify(scope),
                      lambda: self._orders(scope), lambda: self._rules(("entry",), "entry", scope),
                      lambda: self._rules(("exit",), "exit", scope), lambda: self._agents(scope),
-                     self._schedule, self._universe, self._backtest_dates):
+                     self._schedule, self._universe, self._backtest_dates, self._subscriptions):
             self.guard(step)
         if not self.doc.get(("entry",)) and not self.doc.get(("agents",)):
             self.err((), "the strategy has no entry rules",
@@ -659,6 +659,21 @@ class StrategyCheck(DocumentCheck):
             flat = sched.get("flat_by")
             if isinstance(flat, str) and start is not None and _minutes(flat) is not None and _minutes(flat) <= start:
                 self.err(("schedule", "flat_by"), f"flat_by {flat} is before the entry window opens at {window[0]}")
+
+    def _subscriptions(self) -> None:
+        """The line budget (IB runs): the lines kept for positions must leave room for the rest."""
+        subs = self.doc.get(("data", "subscriptions"))
+        if not isinstance(subs, dict):
+            return
+        lines = subs.get("max_lines", 100)
+        reserve = subs.get("reserve_for_positions", 5)
+        if isinstance(lines, int) and isinstance(reserve, int) and reserve >= lines:
+            given = "reserve_for_positions" in subs
+            where = ("data", "subscriptions", "reserve_for_positions") if given else ("data", "subscriptions", "max_lines")
+            self.err(where, f"reserve_for_positions {reserve}{'' if given else ' (the default)'} leaves no line of "
+                            f"the {lines} for names not held",
+                     f"set reserve_for_positions below max_lines (e.g. reserve_for_positions: {max(lines // 5, 0)})",
+                     key=True)
 
     def _universe(self) -> None:
         inst = self.ws.instruments_for(self.doc)

@@ -22,8 +22,10 @@ NOT_NULL: Callable[[Any], bool] = lambda value: value is not None  # noqa: E731 
 UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
     ("strategy", ("scanner",), NOT_NULL, "a scanner (picks, scan.* fields)",
      "backtests and runs evaluate the rules on every symbol of the universe; nothing scans or picks"),
-    ("strategy", ("data", "subscriptions"), NOT_NULL, "a market-data line budget",
-     "runs read every symbol's bars; nothing subscribes, rotates or evicts lines"),
+    ("strategy", ("data", "subscriptions", "check_every"), NOT_NULL, "a review cadence for the line budget",
+     "IB runs review the lines continuously (TTL eviction, staleness) as messages arrive"),
+    ("strategy", ("data", "subscriptions", "priorities"), NOT_NULL, "numeric line priorities",
+     "IB runs keep lines by a fixed order: open positions, then entries about to be sent, then other names"),
     ("strategy", ("schedule", "scan_every"), NOT_NULL, "a scan cadence for names not held",
      "every symbol is evaluated once per closed bar"),
     ("strategy", ("schedule", "max_new_entries_per_scan"), NOT_NULL, "a cap on new entries per scan",
@@ -41,7 +43,7 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
     ("risk", ("volatility_scaling",), NOT_NULL, "volatility scaling of position sizes",
      "sizes come from the order's quantity alone"),
     ("universe", ("contract", "roll_days_before_expiry"), PRESENT, "a futures roll offset",
-     "futures roots are not resolved to contract months or rolled"),
+     "backtests read the file's series as it is; IB runs take each root's roll_days from the instrument map"),
 ]
 
 

@@ -111,7 +111,7 @@ def test_open_positions_hold_their_lines_and_entries_take_turns(sim, error_guard
     line has been idle for the TTL, and waits for its first quote; the simulator, enforcing 2
     lines, never answers 101."""
     sim.set_max_lines(2)
-    b = broker(sim, subscriptions={"max_lines": 2, "ttl": "0.5s"})
+    b = broker(sim, subscriptions={"max_lines": 2, "reserve_for_positions": 0, "ttl": "0.5s"})
     try:
         assert b.subscribe("SPY") is None and b.subscribe("AAPL") is None
         assert "no market data line" in b.subscribe("INTC")

@@ -101,7 +101,8 @@ class IBBroker:
         subs = subscriptions or {}
         from ...risk.limits import _seconds
 
-        self.budget = LineBudget(int(subs.get("max_lines") or 100), int(subs.get("reserve_for_positions") or 0),
+        # data.subscriptions, with the schema's defaults (100 lines, 5 kept for positions, 10 minutes)
+        self.budget = LineBudget(int(subs.get("max_lines", 100)), int(subs.get("reserve_for_positions", 5)),
                                  float(_seconds(subs.get("ttl")) if subs.get("ttl") else 600.0))
         stale = stale_after if stale_after is not None else (limits.stale_quote_age if limits is not None and
                                                              limits.stale_quote_age else 10.0)

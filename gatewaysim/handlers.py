@@ -280,6 +280,7 @@ def req_mkt_data(sim, s, f):
         return
     if not snapshot and len([l for l in s.lines.values() if not l.snapshot]) >= sim.max_lines:
         s.error(req_id, 101)
+        sim.record_event("line", action="refused", code=101, reqId=req_id, clientId=s.clientId)
         return
     sym = inst.symbol if inst else legs[0]["inst"].symbol
     if sim.faults["competing"]:
@@ -300,6 +301,9 @@ def req_mkt_data(sim, s, f):
     line = Line(req_id, inst, legs, snapshot, generic, delayed, data_type)
     s.send([81, req_id, inst.minTick if inst else 0.01, "SMART", 3])
     s.send([58, 1, req_id, data_type])
+    if not snapshot:
+        sim.record_event("line", action="open", symbol=sym, reqId=req_id, clientId=s.clientId,
+                         lines=len([l for l in s.lines.values() if not l.snapshot]) + 1)
     if sim.faults["competing"] and not delayed:
         line.silent = True
         s.lines[req_id] = line
@@ -316,8 +320,12 @@ def req_mkt_data(sim, s, f):
 def cancel_mkt_data(sim, s, f):
     f.int()
     req_id = f.int()
-    if s.lines.pop(req_id, None) is None:
+    line = s.lines.pop(req_id, None)
+    if line is None:
         s.error(req_id, 300, tickerId=req_id)
+        return
+    sym = line.inst.symbol if line.inst else (line.legs[0]["inst"].symbol if line.legs else "")
+    sim.record_event("line", action="cancel", symbol=sym, reqId=req_id, clientId=s.clientId)
 
 
 # ---------------------------------------------------------------------------- historical

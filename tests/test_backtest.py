@@ -460,3 +460,27 @@ def test_a_backtest_pauses_the_garbage_collector_and_gives_it_back_as_it_found_i
     with pytest.raises(ValueError, match="fill model"):
         bt.run(prep, fast=True)
     assert gc.isenabled()                     # the collector is back on
+
+
+def test_fills_in_the_bar_still_forming_count_at_the_last_close(tmp_path):
+    """A live run stopped before the forming bar closed has fills in it (bar index len(bars)):
+    the curve's last point is the account at the stop (an exit's cash in, its position out; an
+    entry's position in at the last close), on one symbol and on several."""
+    from engine.portfolio.ledger import Fill, Ledger
+    from engine.runtime.equity import equity_curve
+
+    result = bt.run(bt.prepare(ROOT / "strategies" / "sma_crossover.yaml"))
+    b = result.bars["SPY"]
+    n = len(b)
+    t = int(b.end[-1]) + 1
+    closed = Ledger(100_000.0)
+    closed.open(Fill("SPY", "buy", 10, float(b.close[n - 3]), 1.0, int(b.end[n - 3]), n - 2))
+    closed.close(Fill("SPY", "sell", 10, 200.0, 1.0, t, n), "stop")          # in the forming bar
+    entered = Ledger(100_000.0)
+    entered.open(Fill("SPY", "buy", 10, 150.0, 1.0, t, n))                   # in the forming bar
+    for bars in ({"SPY": b}, {"SPY": b, "XSP": result.bars["SPY"]}):          # one symbol, and the general way
+        times, equity, cash, _ = equity_curve(closed, bars, 100_000.0, None)
+        assert equity[-1] == pytest.approx(closed.cash) and cash[-1] == pytest.approx(closed.cash)
+        times, equity, cash, _ = equity_curve(entered, bars, 100_000.0, None)
+        assert cash[-1] == pytest.approx(entered.cash)
+        assert equity[-1] == pytest.approx(entered.cash + 10 * float(b.close[-1]))

@@ -3,7 +3,7 @@ bar's close (one symbol at a time where it can, the union of all symbols' bars o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -72,8 +72,9 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
     if start is not None:
         times = times[int(np.searchsorted(times, int(start.value), side="left")):]
     cols = ledger_columns(ledger, bars)
+    cols, positions = _at_last_close(cols, ledger.positions, bars, combo_symbol or {})
     if len(bars) == 1 and not combos and not combo_symbol:
-        curve = _one_symbol_curve(cols, next(iter(bars.values())), times, initial, ledger.positions)
+        curve = _one_symbol_curve(cols, next(iter(bars.values())), times, initial, positions)
         if curve is not None:
             marks = {s: float(bars[s].close[-1]) for s in ledger.positions if s in bars}
             return (*curve, marks)
@@ -92,7 +93,7 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
     value = np.zeros(len(times))
     marks = {}
     open_spans: dict[str, tuple[int, float, float]] = {}
-    for symbol, pos in ledger.positions.items():
+    for symbol, pos in positions.items():
         if symbol in bars:
             open_spans[symbol] = (pos.entry_bar, pos.quantity, pos.avg_price)
             marks[symbol] = float(bars[symbol].close[-1])
@@ -146,6 +147,41 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
             k = np.searchsorted(b.end, times, side="right") - 1
             value += np.where(k >= 0, per_bar[np.maximum(k, 0)], 0.0)
     return times, cash + value, cash, marks
+
+
+@dataclass(frozen=True)
+class _Held:
+    entry_bar: int
+    quantity: float
+    avg_price: float
+
+
+def _at_last_close(cols: LedgerColumns, positions: dict, bars: dict[str, SymbolBars],
+                   owner: dict[str, str]) -> tuple[LedgerColumns, dict]:
+    """A live run that stops before the forming bar closes has fills in that bar (index
+    len(bars)): they, and the spans they open or close, are counted at the last close, so the
+    curve's last point is the account as it is at the stop. A backtest's records are returned
+    as they are."""
+    last = {s: len(b) - 1 for s, b in bars.items()}
+
+    def capped(symbols: list, ks: np.ndarray) -> np.ndarray | None:
+        if not len(ks):
+            return None
+        cap = np.array([last.get(owner.get(sym, sym), -1) for sym in symbols], dtype=np.int64)
+        over = (ks > cap) & (cap >= 0)
+        return np.where(over, cap, ks) if over.any() else None
+
+    fill_bar = capped(cols.fill_symbol, cols.fill_bar)
+    entry_bar = capped(cols.trade_symbol, cols.trade_entry_bar)
+    exit_bar = capped(cols.trade_symbol, cols.trade_exit_bar)
+    changes = {k: v for k, v in (("fill_bar", fill_bar), ("trade_entry_bar", entry_bar),
+                                 ("trade_exit_bar", exit_bar)) if v is not None}
+    if changes:
+        cols = replace(cols, **changes)
+    late = {s: p for s, p in positions.items() if s in last and p.entry_bar > last[s] >= 0}
+    if late:
+        positions = {**positions, **{s: _Held(last[s], p.quantity, p.avg_price) for s, p in late.items()}}
+    return cols, positions
 
 
 def _one_symbol_curve(cols: LedgerColumns, b: SymbolBars, times: np.ndarray, initial: float,

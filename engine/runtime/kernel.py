@@ -605,7 +605,7 @@ class Kernel(RunState):
             self._combo_done(tr, st, ev)
             return
         if tr.filled > 0:
-            self._book(tr, st)
+            self._book(tr, st, ev)
         else:
             status = {"expired": "expired", "rejected": "rejected", "cancelled": "cancelled"}[ev.status]
             self._status(tr, status, ev.time, ev.reason)
@@ -659,14 +659,20 @@ class Kernel(RunState):
         """The average fill price: one execution's own price, to the bit, or the quantity-weighted mean."""
         return tr.last_price if tr.execs == 1 else tr.value / tr.filled
 
-    def _book(self, tr: _Tracked, st: _Symbol) -> None:
-        """An order is done with fills: the ledger opens or closes the position at their average."""
+    def _book(self, tr: _Tracked, st: _Symbol, ev: E.OrderStatus) -> None:
+        """An order is done with fills: the ledger opens or closes the position at their average.
+        An order the venue ended short of its quantity (cancelled or expired after a partial
+        fill) keeps that status, with what was filled in its reason."""
         b = st.bars
         price = self._average(tr)
         it = tr.intent
         fill = Fill(tr.symbol, it.action, tr.filled, price, tr.commission, tr.last_time, tr.last_bar, it.tag,
                     b.multiplier, tr.rule.name)
-        self._status(tr, "filled", tr.last_time, "")
+        if ev.status == E.FILLED or tr.filled >= float(it.quantity or 0.0) - 1e-9:
+            self._status(tr, "filled", tr.last_time, "")
+        else:
+            short = f"{tr.filled:g} of {float(it.quantity):g} filled, the rest {ev.status}"
+            self._status(tr, ev.status, ev.time, f"{short}: {ev.reason}" if ev.reason else short)
         self._booked.add(it.tag)
         if tr.role == "entry":
             self.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)

@@ -61,7 +61,8 @@ def assert_journal_is_the_venues(sim, journal, prefix):
     record = sim.record()
     venue = {e["execId"]: e for e in record["executions"] if str(e.get("orderRef", "")).startswith(prefix)
              and e.get("secType") != "OPT"}
-    fills = rows(journal, "SELECT * FROM fills WHERE order_ref LIKE ?", prefix + "%")
+    # (the 'earlier' run is a test's fixture of a run before a restart; the venue was seeded with its result)
+    fills = rows(journal, "SELECT * FROM fills WHERE order_ref LIKE ? AND run_id != 'earlier'", prefix + "%")
     assert len({f["exec_id"] for f in fills}) == len(fills)
     assert {f["exec_id"] for f in fills} == set(venue)
     for f in fills:
@@ -416,3 +417,287 @@ def test_the_iron_condor_in_paper_whatif_bag_chase_fill_close(make_sim, tmp_path
     held_legs = [p for p in sim.record()["positions"] if p["qty"]]
     open_combos = json.loads(rows(journal, "SELECT summary FROM runs")[0]["summary"])["open_positions"]
     assert len(held_legs) == 4 * open_combos
+
+
+# ---- faults injected while the run trades ------------------------------------------------------
+
+class When(threading.Thread):
+    """Runs `action` once `cond()` holds (polled every 50 ms for up to `timeout` s): faults are
+    injected when the run has reached a point, not at a guessed wall time. `.at` is when it acted."""
+
+    def __init__(self, cond, action, timeout: float = 30.0):
+        super().__init__(daemon=True)
+        self.cond, self.action, self.timeout = cond, action, timeout
+        self.at: float | None = None
+        self.halt = threading.Event()
+
+    def run(self):
+        deadline = time.monotonic() + self.timeout
+        while not self.halt.is_set() and time.monotonic() < deadline:
+            if self.cond():
+                self.at = time.time()
+                self.action()
+                return
+            time.sleep(0.05)
+
+
+def entries(sim) -> list[dict]:
+    """The buy orders the simulator received (the strategies here are long only), with wall times."""
+    return [{**m["order"], "wall": m["wall"], "t": m["t"]} for m in sim.record()["received"]
+            if m.get("name") == "placeOrder" and "order" in m and not m["order"].get("whatIf")
+            and m["order"]["action"] == "BUY"]
+
+
+def line_events(sim, action=None, symbol=None) -> list[dict]:
+    return [e for e in sim.record()["events"] if e["kind"] == "line" and (action is None or e["action"] == action)
+            and (symbol is None or e.get("symbol") == symbol)]
+
+
+def test_a_silent_line_goes_stale_blocks_entries_is_asked_again_and_trades_when_ticks_resume(nq_sim, tmp_path):
+    """Scenario 4: once the run has traded, the simulator stops NQ's ticks while the connection
+    stays up. Within the staleness age (1 s here) NQ is stale: its entries are blocked with the
+    reason, an alert is journaled, the line is requested again; no entry is sent while it is
+    silent. When ticks resume the run trades again."""
+    strategy = _copy(tmp_path, NQ, stale_quote_age="1s")
+    journal = tmp_path / "j.sqlite"
+    stop = When(lambda: entries(nq_sim), lambda: nq_sim.stop_ticks("NQ"))
+    resume = When(lambda: stop.at is not None and time.time() - stop.at > 5.0, lambda: nq_sim.resume_ticks("NQ"))
+    for t in (stop, resume):
+        t.start()
+    try:
+        out = qrun(nq_sim, strategy, journal, seconds=16)
+    finally:
+        for t in (stop, resume):
+            t.halt.set()
+    assert out.exit_code == 0, out.output
+    assert stop.at and resume.at, "the faults were not injected"
+    silent = [e for e in entries(nq_sim) if stop.at + 1.0 < e["wall"] < resume.at]
+    assert silent == []                                            # nothing priced from a silent line
+    stale = [d for d in rows(journal, "SELECT * FROM decisions WHERE outcome = 'blocked'") if "stale" in d["reason"]]
+    assert stale and all(d["reason"].startswith("NQ: stale: no ticks for") for d in stale)
+    alerts = [n for n in rows(journal, "SELECT * FROM notes WHERE kind = 'alert'") if "stale" in n["message"]]
+    assert alerts
+    asked = [m for m in nq_sim.record()["received"] if m.get("name") == "reqMktData" and stop.at < m["wall"] < resume.at]
+    assert asked                                                   # the line was requested again
+    assert [e for e in entries(nq_sim) if e["wall"] > resume.at]   # and it trades again
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
+
+
+def test_a_farm_blip_resubscribes_lines_and_streams_and_bars_keep_coming(nq_sim, tmp_path, expect_errors):
+    """Scenario 6: 2103 (market data farm broken) then 2104 (OK) while the run trades: quotes are
+    suspect in between, then every line and bar stream is requested again, and bars, decisions
+    and orders go on afterwards."""
+    expect_errors(2103, 2104, 162)
+    journal = tmp_path / "j.sqlite"
+    broken = When(lambda: entries(nq_sim), lambda: nq_sim.farm(False))
+    ok = When(lambda: broken.at is not None and time.time() - broken.at > 1.5, lambda: nq_sim.farm(True))
+    for t in (broken, ok):
+        t.start()
+    try:
+        out = qrun(nq_sim, NQ, journal, seconds=14)
+    finally:
+        for t in (broken, ok):
+            t.halt.set()
+    assert out.exit_code == 0, out.output
+    assert broken.at and ok.at, "the faults were not injected"
+    after = [m for m in nq_sim.record()["received"] if m["wall"] > ok.at]
+    assert [m for m in after if m.get("name") == "reqMktData"]           # the line, again
+    assert [m for m in after if m.get("name") == "reqHistoricalData"]    # the bar stream, again
+    back = [e for e in nq_sim.record()["events"] if e.get("name") == "farm" and e.get("ok")][0]["t"]
+    later = rows(journal, "SELECT * FROM decisions WHERE ts > ?", back)
+    assert later, "no decision after the farm came back"
+    assert [e for e in entries(nq_sim) if e["wall"] > ok.at]
+    assert not [e for e in entries(nq_sim) if broken.at + 0.3 < e["wall"] < ok.at]
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
+
+
+def test_a_competing_session_blocks_quotes_and_entries_then_the_lines_recover(nq_sim, tmp_path, expect_errors):
+    """Scenario 7: another session takes the live data (10197): no quote, no entry, an alert
+    journaled; when it ends the lines are requested again and recover without a restart."""
+    expect_errors(10197)
+    nq_sim.competing_session(True)
+    journal = tmp_path / "j.sqlite"
+    blocked_seen = lambda: any("10197" in d["reason"] or "competing" in d["reason"]       # noqa: E731
+                               for d in _rows_if(journal, "SELECT reason FROM decisions WHERE outcome = 'blocked'"))
+    ends = When(blocked_seen, lambda: nq_sim.competing_session(False))
+    ends.start()
+    try:
+        out = qrun(nq_sim, NQ, journal, seconds=14)
+    finally:
+        ends.halt.set()
+    assert out.exit_code == 0, out.output
+    assert ends.at, "no entry was blocked by the competing session"
+    assert not [e for e in entries(nq_sim) if e["wall"] < ends.at]          # nothing while it lasted
+    alerts = [n for n in rows(journal, "SELECT * FROM notes WHERE kind = 'alert'") if n["subject"] == "10197"]
+    assert alerts
+    assert [e for e in entries(nq_sim) if e["wall"] > ends.at]             # recovered, same run
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
+
+
+def _rows_if(journal, sql):
+    """Rows of a journal another thread is writing (none before it exists)."""
+    if not Path(journal).exists():
+        return []
+    try:
+        return rows(journal, sql)
+    except sqlite3.OperationalError:      # not created yet
+        return []
+
+
+def test_a_partial_fill_then_ibs_cancel_leaves_a_40_lot_position_closed_as_40(nq_sim, tmp_path, expect_errors):
+    """Scenario 9: the first entry, 100 contracts, fills 40 and IB cancels the rest (202): the
+    journal holds one 40-lot fill and the order cancelled with 40 filled; the position is 40, its
+    exit sells 40, and the trade's P&L is for 40 at the multiplier."""
+    expect_errors(202)
+    strategy = _copy(tmp_path, NQ, margin_check="off")
+    strategy.write_text(strategy.read_text().replace("quantity: 1,", "quantity: 100,"))
+    nq_sim.partial_fill_then_cancel(40)
+    journal = tmp_path / "j.sqlite"
+    out = qrun(nq_sim, strategy, journal, seconds=12)
+    assert out.exit_code == 0, out.output
+    orders = rows(journal, "SELECT * FROM orders ORDER BY id")
+    first = orders[0]
+    assert first["quantity"] == 100 and first["status"] == "cancelled"
+    fills = rows(journal, "SELECT * FROM fills WHERE order_ref = ?", first["order_ref"])
+    assert [f["quantity"] for f in fills] == [40]
+    exits = [o for o in orders if o["intent"] == "close"]
+    assert exits and exits[0]["quantity"] == 40
+    trades = rows(journal, "SELECT * FROM trades ORDER BY id")
+    assert trades and trades[0]["quantity"] == 40
+    t = trades[0]
+    assert t["pnl"] == pytest.approx((t["exit_price"] - t["entry_price"]) * 40 * 20 - t["commission"])
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
+    net = sum((1 if f["action"] == "buy" else -1) * f["quantity"] for f in rows(journal, "SELECT * FROM fills"))
+    venue = sum(p["qty"] for p in nq_sim.record()["positions"] if p["conId"] == first["con_id"])
+    assert net == venue
+
+
+def test_an_exit_goes_to_the_contract_held_not_the_front_month(nq_sim, connect, tmp_path):
+    """Futures positions are keyed by their contract: the journal and IB hold NQ in NQH4 (not
+    the front month, NQZ3). The restored position's exit goes to NQH4's conId; no entry opens
+    NQZ3 while NQH4 is held."""
+    from engine.brokers.ib.contracts import Contracts, load_instruments
+
+    ib = connect(nq_sim, clientId=78)
+    from ib_async import Contract
+
+    h4 = [d.contract for d in ib.reqContractDetails(Contract(secType="FUT", symbol="NQ", exchange="CME"))
+          if d.contract.localSymbol == "NQH4"][0]
+    front = Contracts(ib, load_instruments(), today=lambda: nq_sim.now().date()).resolve("NQ")
+    ib.disconnect()
+    assert front.local_symbol == "NQZ3"
+    journal = tmp_path / "j.sqlite"
+    _earlier_run(journal, "DU1234567", [("qtrade:nq-cross:1", "NQ", "buy", 1, 15900.0, h4.conId, "NQH4")])
+    nq_sim.set_position(h4.conId, 1, 15900.0)
+    out = qrun(nq_sim, NQ, journal, seconds=10)
+    assert out.exit_code == 0, out.output
+    venue = book(nq_sim)
+    closes = [o for o in rows(journal, "SELECT * FROM orders WHERE intent = 'close' AND run_id != 'earlier'")]
+    assert closes, out.output
+    first = closes[0]
+    assert venue[first["order_ref"]]["conId"] == h4.conId and first["local_symbol"] == "NQH4"
+    opened_before_close = [o for o in rows(journal, "SELECT * FROM orders WHERE intent = 'open' AND "
+                                                     "run_id != 'earlier' AND id < ?", first["id"])]
+    assert opened_before_close == []                       # no second contract while NQH4 was held
+    closing = rows(journal, "SELECT * FROM fills WHERE order_ref = ?", first["order_ref"])
+    assert closing and all(f["con_id"] == h4.conId and f["local_symbol"] == "NQH4" for f in closing)
+    later_opens = rows(journal, "SELECT * FROM orders WHERE intent = 'open' AND run_id != 'earlier'")
+    assert all(o["local_symbol"] == "NQZ3" and venue[o["order_ref"]]["conId"] == front.con_id
+               for o in later_opens)                     # once flat, entries go to the front month
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
+    assert {p["conId"]: p["qty"] for p in nq_sim.record()["positions"]}.get(h4.conId) == 0
+
+
+ROTATING = """\
+kind: strategy
+name: rotation
+description: SMA 2/4 crossover on twelve symbols within a budget of five market-data lines.
+universe: [{symbols}]
+data:
+  bar: 1m
+  history: 30 bars
+  session: extended
+  subscriptions: {{max_lines: 5, reserve_for_positions: 2, ttl: 2s}}
+indicators:
+  fast_ma: sma(close, 2)
+  slow_ma: sma(close, 4)
+entry:
+  - name: cross up
+    when: crosses_above(fast_ma, slow_ma)
+    order: one
+exit:
+  - name: cross down
+    when: crosses_below(fast_ma, slow_ma)
+orders:
+  one: {{action: buy, type: market, quantity: 1, tif: day}}
+schedule: {{timezone: America/New_York, every: 1m}}
+risk: {{max_open_positions: 2, margin_check: off, kill_switch_file: null}}
+"""
+
+
+def _twelve(tmp_path) -> tuple[Path, list[str]]:
+    """Twelve minute series for the simulator: the real NQ bars, each symbol's rows moved on by
+    its own number of minutes so that their crossovers come at different times (written under
+    tmp_path, never into the repository)."""
+    import pandas as pd
+
+    from gateway.conftest import shared_data
+
+    src = pd.read_csv(shared_data("firstratedata_nq_sample", "NQ_1min_sample.csv"))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    names = [f"LINE{chr(ord('A') + i)}" for i in range(12)]
+    for i, name in enumerate(names):
+        shifted = src[["open", "high", "low", "close", "volume"]].shift(-3 * i)
+        out = pd.concat([src[["timestamp"]], shifted], axis=1).dropna()
+        out.to_csv(folder / f"{name}.csv", index=False)
+    return folder, names
+
+
+def test_twelve_symbols_take_turns_on_five_lines_and_positions_keep_theirs(make_sim, tmp_path):
+    """Scenario 15: max_lines 5 (2 kept for positions), 12 symbols, the simulator refusing a 6th
+    line with 101: no 101 is ever answered (any ERROR ib_async logs fails the test), the
+    simulator never holds more than 5 lines, more than 5 symbols get a line over the run (TTL
+    eviction rotates them), and no open position's line is cancelled while it is held."""
+    folder, names = _twelve(tmp_path)
+    sim = make_sim(folder, speed=120)
+    sim.set_max_lines(5)
+    strategy = tmp_path / "rotation.yaml"
+    strategy.write_text(ROTATING.format(symbols=", ".join(names)))
+    journal = tmp_path / "j.sqlite"
+    out = qrun(sim, strategy, journal, seconds=16)
+    assert out.exit_code == 0, out.output
+    assert "needs 12 lines, budget 5 (2 reserved for positions): 9 more than fit at once" in out.output
+    lines = line_events(sim)
+    assert not [e for e in lines if e["action"] == "refused"]
+    assert max(e["lines"] for e in lines if e["action"] == "open") <= 5
+    assert len({e["symbol"] for e in lines if e["action"] == "open"}) > 5          # they took turns
+    assert [e for e in lines if e["action"] == "cancel"]                           # TTL freed idle lines
+    fills = rows(journal, "SELECT * FROM fills ORDER BY id")
+    assert fills, out.output
+    held: dict[str, str] = {}                     # symbol -> when its position opened (venue time)
+    spans = []
+    for f in fills:
+        if f["action"] == "buy":
+            held[f["symbol"]] = f["ts"]
+        else:
+            spans.append((f["symbol"], held.pop(f["symbol"]), f["ts"]))
+    spans += [(s, t, "9999") for s, t in held.items()]
+    for symbol, opened, closed in spans:
+        cancels = [e for e in lines if e["action"] == "cancel" and e["symbol"] == symbol
+                   and _utc(opened) < _utc(e["t"]) < _utc(closed)]
+        assert cancels == [], (symbol, opened, closed)
+    blocked = [d["reason"] for d in rows(journal, "SELECT reason FROM decisions WHERE outcome = 'blocked'")]
+    assert all("no market data line" in r or "max_open_positions" in r or "open positions" in r for r in blocked), \
+        set(blocked)
+    assert_journal_is_the_venues(sim, journal, "qtrade:rotation:")
+
+
+def _utc(text: str):
+    """A journal or simulator timestamp as a comparable UTC time ('9999': never)."""
+    import pandas as pd
+
+    if text == "9999":
+        return pd.Timestamp.max.tz_localize("UTC")
+    t = pd.Timestamp(text)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")

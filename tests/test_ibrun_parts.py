@@ -74,3 +74,68 @@ def test_the_journal_state_is_the_strategys_on_this_account_in_paper_or_live(tmp
     assert spy.quantity == 100 and spy.avg_price == pytest.approx(100.4)
     assert spy.entry_ref == "qtrade:s:1" and spy.rule == "entry"
     assert spy.entry_time == pd.Timestamp("2024-01-02T15:00:00+00:00").value
+
+
+CONDOR_LEGS = [{"name": "short_put", "right": "put", "action": "sell", "ratio": 1, "strike": 305.0,
+                "expiry": "2019-11-15"},
+               {"name": "long_put", "right": "put", "action": "buy", "ratio": 1, "strike": 304.0, "expiry": "2019-11-15"},
+               {"name": "short_call", "right": "call", "action": "sell", "ratio": 1, "strike": 311.0,
+                "expiry": "2019-11-15"},
+               {"name": "long_call", "right": "call", "action": "buy", "ratio": 1, "strike": 312.0,
+                "expiry": "2019-11-15"}]
+
+
+def _condor_journal(tmp_path, quantity=2):
+    j = Journal(tmp_path / "j.sqlite")
+    j.start_run("paper", "c", settings={"account": "DU1"}, run_id="r1")
+    t = "2019-11-08T14:40:00+00:00"
+    j.order("r1", "qtrade:c:1", t, "XSP", "sell", quantity, "limit", limit_price=0.3, rule="enter", legs=CONDOR_LEGS)
+    j.order_status("qtrade:c:1", "filled", t)
+    j.fill("r1", "qtrade:c:1", t, "XSP condor", "sell", quantity, 0.3, 100.0, exec_id="bag.01")
+    return j
+
+
+def _leg(underlying, leg):          # conIds as IB would give them: one per option
+    assert underlying == "XSP"
+    code = f"{leg['right'][0].upper()}{int(leg['strike'])}"
+    return {"P305": 11, "P304": 12, "C311": 13, "C312": 14}[code], f"XSP 191115{code}", 100.0
+
+
+def test_an_open_combo_is_compared_with_ib_leg_by_leg(tmp_path):
+    """IB holds a condor as four legs: the journal's open combo becomes those four positions
+    (short legs negative, times the quantity), each leg's conId mapped back to its combo."""
+    with _condor_journal(tmp_path) as j:
+        state = journal_state(j, "qtrade:c:", "DU1")
+    pos = state.positions["XSP condor"]
+    assert pos.quantity == -2 and pos.underlying == "XSP" and [leg["name"] for leg in pos.legs][0] == "short_put"
+    view = state.view(_leg)
+    assert {p.con_id: p.quantity for p in view.positions} == {11: -2, 12: 2, 13: -2, 14: 2}
+    assert set(view.traded) >= {11, 12, 13, 14}
+    assert state.legs_of == {c: {"XSP condor"} for c in (11, 12, 13, 14)}
+    assert all(p.con_id != 0 for p in view.positions)           # never a conId-0 position IB cannot hold
+
+
+def test_combo_flags_tell_a_combo_closed_outside_from_one_whose_legs_disagree(tmp_path):
+    from engine.brokers.ib.reconcile import Snapshot, reconcile
+    from engine.brokers.ib.account import Holding
+
+    with _condor_journal(tmp_path) as j:
+        state = journal_state(j, "qtrade:c:", "DU1")
+    view = state.view(_leg)
+
+    def report_for(held):
+        positions = tuple(Holding("DU1", con, f"leg{con}", "XSP", "OPT", qty, 30.0, 100.0) for con, qty in held.items())
+        return reconcile(Snapshot(positions, (), (), ()), view, "qtrade:c:")
+
+    from engine.brokers.ib.reconcile import combo_flags
+
+    same = report_for({11: -2, 12: 2, 13: -2, 14: 2})
+    assert not same.phantom and not same.unknown and not same.mismatch
+    assert combo_flags(same, state.legs_of) == (set(), {})
+    gone = report_for({})
+    assert combo_flags(gone, state.legs_of) == ({"XSP condor"}, {})
+    half = report_for({11: -2, 12: 2})
+    closed, broken = combo_flags(half, state.legs_of)
+    assert closed == set() and sorted(f.con_id for f in broken["XSP condor"]) == [13, 14]
+    without = state.view(None)                   # legs unknown: the combo is left out, never a conId 0
+    assert without.positions == ()

@@ -24,6 +24,7 @@ With --dry-run the connection is read-only: orders go to a simulated wallet over
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time as _time
@@ -103,6 +104,12 @@ class JournalPosition:
     rule: str
     con_id: int | None = None
     local_symbol: str = ""
+    legs: tuple = ()                # an option combo's legs, as its opening order journaled them
+
+    @property
+    def underlying(self) -> str:
+        """A combo's underlying (its key is 'UNDERLYING ORDER'); a single contract's own symbol."""
+        return self.symbol.split(" ", 1)[0] if self.legs else self.symbol
 
 
 @dataclass
@@ -113,19 +120,39 @@ class JournalState:
     commissions: dict[str, float] = field(default_factory=dict)
     traded: set = field(default_factory=set)              # every conId the strategy traded here
     runs: list[str] = field(default_factory=list)
+    legs_of: dict = field(default_factory=dict)           # a combo leg's conId -> the combos holding it (view())
 
-    def view(self):
-        """The state as reconciliation reads it (brokers/ib/reconcile.JournalView)."""
+    def view(self, leg_contract: Callable | None = None):
+        """The state as reconciliation reads it (brokers/ib/reconcile.JournalView). IB holds an
+        option combo as its legs: each open combo is compared leg by leg, the legs' contracts
+        from `leg_contract(underlying, leg) -> (conId, local symbol, multiplier)` (legs_of maps
+        each leg's conId back to its combo). A combo whose legs cannot be resolved is left out
+        (its legs at IB are then reported, not closed)."""
         from ..brokers.ib.reconcile import JournalOrder, JournalPosition as RPosition, JournalView
 
         orders = tuple(JournalOrder(o["order_ref"], o["symbol"], o["action"], float(o["quantity"]), o["status"],
                                     o.get("local_symbol") or "", int(o.get("con_id") or 0),
                                     int(o.get("broker_order_id") or 0), int(o.get("perm_id") or 0),
                                     combo=bool(o.get("legs"))) for o in self.orders)
-        positions = tuple(RPosition(int(p.con_id or 0), p.local_symbol, p.symbol, p.quantity, p.avg_price,
-                                    p.multiplier) for p in self.positions.values())
-        return JournalView(orders, frozenset(self.exec_ids), positions, dict(self.commissions),
-                           frozenset(self.traded))
+        single = [RPosition(int(p.con_id or 0), p.local_symbol, p.symbol, p.quantity, p.avg_price, p.multiplier)
+                  for p in self.positions.values() if not p.legs]
+        legs: dict[int, list] = {}        # conId -> [local symbol, quantity, multiplier]
+        self.legs_of = {}
+        for p in self.positions.values():
+            if not p.legs or leg_contract is None:
+                continue
+            try:
+                resolved = [(leg, leg_contract(p.underlying, leg)) for leg in p.legs]
+            except Exception:      # noqa: BLE001 - IB cannot say which contracts: compared without them
+                continue
+            for leg, (con_id, local, mult) in resolved:
+                units = abs(p.quantity) * int(leg.get("ratio") or 1) * (1 if leg["action"] == "buy" else -1)
+                held = legs.setdefault(int(con_id), [local, 0.0, mult])
+                held[1] += units
+                self.legs_of.setdefault(int(con_id), set()).add(p.symbol)
+        combo_legs = [RPosition(con, local, local, qty, 0.0, mult) for con, (local, qty, mult) in legs.items()]
+        return JournalView(orders, frozenset(self.exec_ids), tuple(single + combo_legs), dict(self.commissions),
+                           frozenset(self.traded) | frozenset(legs))
 
 
 _TERMINAL = ("filled", "cancelled", "rejected", "expired", "never_sent", "lost")
@@ -157,7 +184,23 @@ def apply_report(journal, run_id: str, report, state: JournalState, prefix: str,
         journal.order_status(tag, "never_sent", ts, "journaled but never sent: IB knows no such order")
     for tag in report.lost:
         journal.note(run_id, ts, "lost", tag, "sent, but IB knows no such order: checked again before it is marked")
+    from ..brokers.ib.reconcile import combo_flags
+
+    closed, broken = combo_flags(report, state.legs_of)
+    for key in sorted(closed):
+        # a combo closed outside qtrade: closed at its entry price, as a single contract is
+        pos = state.positions[key]
+        journal.fill(run_id, f"{prefix}external", ts, key, "buy" if pos.quantity < 0 else "sell", abs(pos.quantity),
+                     pos.avg_price, pos.multiplier, 0.0, exec_id=f"external:{run_id}:{key}")
+        journal.note(run_id, ts, "phantom", key, f"the journal held {pos.quantity:g} {key}, IB holds none of its "
+                     "legs: closed externally, no exit sent")
+    for key, flags in sorted(broken.items()):
+        journal.note(run_id, ts, "mismatch", key, f"{key}: IB's legs disagree with the journal's (" +
+                     ", ".join(f"{f.local_symbol} {f.journal_quantity:g} against IB's {f.ib_quantity:g}"
+                               for f in flags) + "): not restored, no new entries on it until they agree")
     for flag in report.phantom:
+        if flag.con_id in state.legs_of:
+            continue            # a combo's leg: the combo is closed or flagged above
         # closed outside qtrade: the journal closes it at its average (the P&L is the broker's)
         side = "sell" if flag.journal_quantity > 0 else "buy"
         journal.fill(run_id, f"{prefix}external", ts, flag.symbol, side, abs(flag.journal_quantity),
@@ -171,6 +214,8 @@ def apply_report(journal, run_id: str, report, state: JournalState, prefix: str,
                      f"IB holds {flag.ib_quantity:g} {flag.local_symbol or flag.symbol} that this strategy never "
                      "traded: left alone, no entries on it")
     for flag in report.mismatch:
+        if flag.con_id in state.legs_of:
+            continue
         journal.note(run_id, ts, "mismatch", flag.local_symbol or flag.symbol,
                      f"the journal holds {flag.journal_quantity:g} {flag.local_symbol or flag.symbol}, IB "
                      f"{flag.ib_quantity:g}: new entries on it blocked")
@@ -260,7 +305,8 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
     state.orders = journal._rows(
         f"SELECT * FROM orders WHERE run_id IN ({marks}) AND order_ref LIKE ? AND status NOT IN "
         f"({','.join('?' * len(_TERMINAL))}) ORDER BY id", (*runs, like, *_TERMINAL))
-    fills = journal._rows(f"SELECT f.*, o.rule AS rule FROM fills f LEFT JOIN orders o ON o.order_ref = f.order_ref "
+    fills = journal._rows(f"SELECT f.*, o.rule AS rule, o.legs AS legs FROM fills f "
+                          f"LEFT JOIN orders o ON o.order_ref = f.order_ref "
                           f"WHERE f.run_id IN ({marks}) AND f.order_ref LIKE ? ORDER BY f.ts, f.id", (*runs, like))
     for f in fills:
         if f["exec_id"]:
@@ -274,7 +320,8 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
         if pos is None or abs(pos.quantity) < 1e-12:
             state.positions[f["symbol"]] = JournalPosition(f["symbol"], sign * f["quantity"], f["price"],
                                                            f["multiplier"], t, f["order_ref"], f["rule"] or "",
-                                                           f.get("con_id"), f.get("local_symbol") or "")
+                                                           f.get("con_id"), f.get("local_symbol") or "",
+                                                           tuple(json.loads(f["legs"])) if f.get("legs") else ())
             continue
         if f.get("con_id"):
             pos.con_id, pos.local_symbol = f["con_id"], f.get("local_symbol") or pos.local_symbol
@@ -287,8 +334,6 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
 
 
 def _account_of(settings: str | None) -> str | None:
-    import json
-
     try:
         return (json.loads(settings) if settings else {}).get("account")
     except ValueError:
@@ -310,6 +355,48 @@ def restore_positions(kernel, positions: dict[str, JournalPosition]) -> list[str
         kernel.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)
         st.owner, st.key = kernel.settings.strategy, symbol
         restored.append(symbol)
+    return restored
+
+
+def restore_combos(kernel, positions: dict[str, JournalPosition], skip=frozenset()) -> list[str]:
+    """Open the journal's option combos in a fresh kernel (legs, quantity, entry credit, entry
+    bar), so its combo exits manage them and the chain IB quotes includes their expiries; the
+    keys restored. Combos in `skip` (IB's legs disagree, or closed outside) are not."""
+    import datetime as dt
+
+    from ..orders.combos import LegQuote
+    from .options import ComboPosition
+
+    restored = []
+    for key, pos in positions.items():
+        if not pos.legs or key in skip:
+            continue
+        underlying = pos.underlying
+        st = kernel.syms.get(underlying)
+        if st is None:
+            continue
+        b = st.bars
+        entry_bar = max(int(np.searchsorted(b.start, pos.entry_time, side="right")) - 1, 0)
+        legs = tuple(LegQuote(str(leg.get("name") or ""), str(leg["right"]), str(leg["action"]), int(leg.get("ratio") or 1),
+                              float(leg["strike"]), str(leg["expiry"]), math.nan, math.nan, math.nan, math.nan)
+                     for leg in pos.legs)
+        qty = abs(pos.quantity)
+        action = "sell" if pos.quantity < 0 else "buy"
+        credit = pos.avg_price if action == "sell" else -pos.avg_price
+        fill = Fill(key, action, qty, pos.avg_price, 0.0, pos.entry_time, entry_bar, pos.entry_ref, pos.multiplier,
+                    pos.rule)
+        held = kernel.ledger.open(fill, margin_per_unit=0.0)     # IB's account holds the margin
+        held.entry_values.update({"credit": credit * pos.multiplier * qty})
+        combo = ComboPosition(key, key.split(" ", 1)[1], pos.rule, legs, int(qty), credit, entry_bar, pos.entry_time,
+                              min(dt.date.fromisoformat(leg.expiry) for leg in legs),
+                              float(b.close[min(entry_bar, len(b) - 1)]) if len(b) else math.nan, pos.multiplier)
+        combo.last_credit = credit
+        kernel.combos[key] = combo
+        kernel.combo_symbol[key] = underlying
+        kernel._entry_ref[key] = pos.entry_ref
+        kernel.venue.mark_combo(key, credit)
+        st.key, st.owner = key, kernel.settings.strategy
+        restored.append(key)
     return restored
 
 
@@ -491,7 +578,11 @@ def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost,
     from .session import run_settings
     from .trading import KillSwitch, margin_gate
 
+    from ..brokers.ib.reconcile import combo_flags
+
     state = journal_state(journal, prefix, account)
+    state.view(ib.leg_contract)            # which conIds are the legs of which open combos
+    closed_outside, broken = combo_flags(report, state.legs_of)
     apply_report(journal, run_id, report, state, prefix, ib.now(), say)
     confirm_lost(journal, run_id, first_lost, report, ib.now())
     state = journal_state(journal, prefix, account)     # with what reconciliation brought in
@@ -525,6 +616,7 @@ def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost,
         kernel.check_order = margin_gate(limits.margin_check, paper=ib.is_paper, live=live, what_if=ib.what_if,
                                          funds=lambda: kernel.account_view()[1])
     restored = restore_positions(kernel, state.positions)
+    restored += restore_combos(kernel, state.positions, skip=set(closed_outside) | set(broken))
     traded = set(prep.symbols)
     ib.held_symbols = lambda: [s for s in kernel.ledger.positions if s in traded]
     now = _iso(ib.now())
@@ -606,13 +698,3 @@ def universe_of(strategy: str, overrides: dict) -> list[str]:
 
 def _iso(ns: int) -> str:
     return pd.Timestamp(int(ns), tz="UTC").isoformat()
-
-
-def _refuse_what_ib_runs_do_not_do_yet(doc, plan) -> None:
-    from ..check.model import order_templates
-
-    combos = sorted(name for name, t in order_templates(doc.get(("orders",))).items() if t.combo)
-    if combos:
-        raise RunRefused(f"{doc.path}: {', '.join(combos)} {'is an option combo' if len(combos) == 1 else 'are option combos'}"
-                         ", which `run --broker ib` does not trade in this version (a combo's chain would come from "
-                         "IB's option quotes); rehearse it on the simulator: qtrade run STRATEGY --broker sim", 2)

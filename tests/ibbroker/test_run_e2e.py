@@ -701,3 +701,47 @@ def _utc(text: str):
         return pd.Timestamp.max.tz_localize("UTC")
     t = pd.Timestamp(text)
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def test_a_restart_with_an_open_condor_reconciles_its_legs_and_manages_it(make_sim, tmp_path, expect_errors):
+    """IB holds a combo as its four legs. A run stopped (SIGTERM) with a condor open; the restart
+    compares the journal's condor leg by leg with IB's positions (no phantom, no unknown), restores
+    it, and its exit rule closes it with one BAG order; nothing is sent twice."""
+    expect_errors(202, 10148, 162, "HMDS query returned no data: VIX")
+    sim = make_sim(None, speed=60)
+    journal = tmp_path / "j.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", "import cli; cli.entry()", "run", str(CONDOR), "--broker", "ib",
+                             "--port", str(sim.port), "--journal", str(journal)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    bag_filled = lambda: [e for e in sim.record()["executions"] if e.get("secType") == "BAG"]   # noqa: E731
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not bag_filled():
+            time.sleep(0.05)
+        assert bag_filled(), "no condor was filled"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    legs_at_ib = {p["conId"]: p["qty"] for p in sim.record()["positions"] if p["qty"]}
+    assert len(legs_at_ib) == 4 and sorted(legs_at_ib.values()) == [-1, -1, 1, 1], output   # (its exit is 3 bars on)
+    first_refs = {o["orderRef"] for o in placed(sim)}
+    sent_before = len(placed(sim))
+    out = qrun(sim, CONDOR, journal, seconds=20)
+    assert out.exit_code == 0, out.output
+    notes = rows(journal, "SELECT * FROM notes")
+    assert not [n for n in notes if n["kind"] in ("phantom", "unknown", "mismatch")], notes
+    key = "XSP condor"
+    assert ("restored", key) in {(n["kind"], n["subject"]) for n in notes}
+    runs = [r["run_id"] for r in rows(journal, "SELECT run_id FROM runs ORDER BY started_at")]
+    orders = rows(journal, "SELECT * FROM orders WHERE run_id = ? ORDER BY id", runs[-1])
+    assert orders and orders[0]["intent"] == "close" and orders[0]["status"] == "filled", out.output   # its exit first
+    assert {o["secType"] for o in placed(sim)[sent_before:] if o["orderRef"] == orders[0]["order_ref"]} == {"BAG"}
+    assert not first_refs & {o["orderRef"] for o in placed(sim)[sent_before:]}     # nothing sent again
+    held_legs = [p for p in sim.record()["positions"] if p["qty"]]
+    open_combos = json.loads(rows(journal, "SELECT summary FROM runs WHERE run_id = ?", runs[-1])[0]["summary"])[
+        "open_positions"]
+    assert len(held_legs) == 4 * open_combos

@@ -218,6 +218,11 @@ class IBBroker:
                             float(c.multiplier or 100), c.tradingClass, 0.01, None, c)
         return self.contracts.option(underlying, expiry, strike, right[0].upper())
 
+    def leg_contract(self, underlying: str, leg: dict) -> tuple[int, str, float]:
+        """A journaled combo leg's contract at IB: (conId, local symbol, multiplier)."""
+        r = self._resolve_option(underlying, str(leg["expiry"]), float(leg["strike"]), str(leg["right"]))
+        return int(r.con_id), r.local_symbol, float(r.multiplier)
+
     def resolved(self, symbol: str):
         return self.contracts.resolve(symbol)
 
@@ -374,9 +379,16 @@ class IBBroker:
                                   f"tries ({last}): nothing is sent until it can")
         self.fetch_seconds.append(snapshot.seconds)
         self.orders.rebind()
-        report = R.reconcile(snapshot, state.view(), prefix)
+        report = R.reconcile(snapshot, state.view(self.leg_contract), prefix)
         self._blocked = {f.local_symbol: f"{f.local_symbol}: the journal holds {f.journal_quantity:g}, IB "
                          f"{f.ib_quantity:g}: entries blocked until they agree" for f in report.mismatch}
+        _, broken = R.combo_flags(report, state.legs_of)
+        for key, flags in broken.items():
+            underlying = key.split(" ", 1)[0]
+            self._blocked[underlying] = (f"{key}: IB's legs disagree with the journal's ("
+                                         + ", ".join(f"{f.local_symbol} {f.journal_quantity:g} against IB's "
+                                                     f"{f.ib_quantity:g}" for f in flags)
+                                         + f"): no new entries on {underlying} until they agree")
         self._blocked.update({f.local_symbol: f"{f.local_symbol}: IB holds {f.ib_quantity:g} this strategy never "
                               "traded: left alone, no entries on it" for f in report.unknown})
         self.orders.refuse_refs([a.tag for a in report.adopt] + [x.tag for x in report.finished])

@@ -235,6 +235,25 @@ class Report:
         return out
 
 
+def combo_flags(report: Report, legs_of: dict[int, set]) -> tuple[set, dict[str, list[PositionFlag]]]:
+    """IB holds an option combo as its legs. Of the journal's open combos (`legs_of`: a leg's
+    conId -> the combos holding it): those IB holds none of the legs of (closed outside qtrade),
+    and those some of whose legs disagree (with the flags), which are not traded on."""
+    legs: dict[str, set] = {}
+    for con, keys in legs_of.items():
+        for key in keys:
+            legs.setdefault(key, set()).add(con)
+    phantom = {f.con_id: f for f in report.phantom}
+    off = {**phantom, **{f.con_id: f for f in report.mismatch}}
+    closed, broken = set(), {}
+    for key, cons in legs.items():
+        if cons <= set(phantom):
+            closed.add(key)
+        elif cons & set(off):
+            broken[key] = [off[c] for c in sorted(cons & set(off))]
+    return closed, broken
+
+
 def confirmed_lost(first: Report, second: Report) -> tuple[str, ...]:
     """The orders lost in both of two reconciliations: mark them (rejected / expired)."""
     again = set(second.lost)

@@ -92,6 +92,7 @@ def _condor_journal(tmp_path, quantity=2):
     j.order("r1", "qtrade:c:1", t, "XSP", "sell", quantity, "limit", limit_price=0.3, rule="enter", legs=CONDOR_LEGS)
     j.order_status("qtrade:c:1", "filled", t)
     j.fill("r1", "qtrade:c:1", t, "XSP condor", "sell", quantity, 0.3, 100.0, exec_id="bag.01")
+    j.order_ids("qtrade:c:1", broker_order_id=41)
     return j
 
 
@@ -106,6 +107,7 @@ def test_an_open_combo_is_compared_with_ib_leg_by_leg(tmp_path):
     (short legs negative, times the quantity), each leg's conId mapped back to its combo."""
     with _condor_journal(tmp_path) as j:
         state = journal_state(j, "qtrade:c:", "DU1")
+    assert state.max_order_id == 41           # the next session's order ids go past it
     pos = state.positions["XSP condor"]
     assert pos.quantity == -2 and pos.underlying == "XSP" and [leg["name"] for leg in pos.legs][0] == "short_put"
     view = state.view(_leg)

@@ -121,6 +121,7 @@ class JournalState:
     traded: set = field(default_factory=set)              # every conId the strategy traded here
     runs: list[str] = field(default_factory=list)
     legs_of: dict = field(default_factory=dict)           # a combo leg's conId -> the combos holding it (view())
+    max_order_id: int = 0                                 # the highest IB order id any of these runs used
 
     def view(self, leg_contract: Callable | None = None):
         """The state as reconciliation reads it (brokers/ib/reconcile.JournalView). IB holds an
@@ -305,6 +306,8 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
     state.orders = journal._rows(
         f"SELECT * FROM orders WHERE run_id IN ({marks}) AND order_ref LIKE ? AND status NOT IN "
         f"({','.join('?' * len(_TERMINAL))}) ORDER BY id", (*runs, like, *_TERMINAL))
+    highest = journal._rows(f"SELECT max(broker_order_id) AS n FROM orders WHERE run_id IN ({marks})", tuple(runs))
+    state.max_order_id = int(highest[0]["n"] or 0) if highest else 0
     fills = journal._rows(f"SELECT f.*, o.rule AS rule, o.legs AS legs FROM fills f "
                           f"LEFT JOIN orders o ON o.order_ref = f.order_ref "
                           f"WHERE f.run_id IN ({marks}) AND f.order_ref LIKE ? ORDER BY f.ts, f.id", (*runs, like))

@@ -134,3 +134,41 @@ def test_open_positions_hold_their_lines_and_entries_take_turns(sim, error_guard
         assert 101 not in error_guard.codes()               # (any ERROR ib_async logs fails the test too)
     finally:
         b.close()
+
+
+def test_a_gateway_restart_that_rolls_order_ids_back_never_reuses_one(sim, expect_errors):
+    """The nightly restart rolls nextValidId back to 1 and qtrade starts again (a new client, whose
+    ids would begin at 1; ib_async moves past the ids of the open orders it is sent, not past
+    those of orders already done, and IB's completed orders carry no order id): after
+    reconciliation the next order takes an id past every id this client used (its executions at
+    IB, the journal's broker order ids), so IB does not refuse it as a duplicate (103, 104) and
+    no resting order is touched."""
+    from engine.runtime.ibrun import JournalState
+
+    expect_errors("Peer closed connection", 202)      # the cancels are confirmed with 202
+    b = broker(sim)
+    try:
+        for i in range(1, 13):           # a day's orders: ids well past what a new session's requests take
+            b.place(E.Order(f"qtrade:t:{i}", "SPY", "buy", 1, "limit", limit=float(i), tif="gtc"))
+        pump_until(b, lambda evs: any(isinstance(e, E.OrderStatus) and e.ref == "qtrade:t:12" for e in evs))
+        for i in range(2, 13):           # done by the restart; t:1, the lowest id, still rests
+            b.cancel(f"qtrade:t:{i}")
+        pump_until(b, lambda evs: len([e for e in evs if isinstance(e, E.OrderStatus) and e.status == E.CANCELLED])
+                   == 11)
+    finally:
+        b.close()
+    before = venue_orders(sim)
+    sim.restart(next_valid_id=1)
+    again = broker(sim)
+    try:
+        journaled = JournalState(max_order_id=max(o["orderId"] for o in before.values()))   # what the journal holds
+        again.reconcile(journaled, "qtrade:t:")
+        again.place(E.Order("qtrade:t:13", "SPY", "buy", 1, "limit", limit=13.0, tif="gtc"))
+        pump_until(again, lambda evs: any(isinstance(e, E.OrderStatus) and e.ref == "qtrade:t:13" for e in evs))
+        book = venue_orders(sim)
+        assert book["qtrade:t:13"]["orderId"] > max(o["orderId"] for o in before.values())
+        assert {ref: (o["orderId"], o["status"], o["lmtPrice"]) for ref, o in book.items() if ref != "qtrade:t:13"} \
+            == {ref: (o["orderId"], o["status"], o["lmtPrice"]) for ref, o in before.items()}      # none touched
+        assert not {103, 104} & {e.get("code") for e in sim.events if e["kind"] == "error"}
+    finally:
+        again.close()

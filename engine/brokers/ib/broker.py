@@ -379,6 +379,10 @@ class IBBroker:
                                   f"tries ({last}): nothing is sent until it can")
         self.fetch_seconds.append(snapshot.seconds)
         self.orders.rebind()
+        # order ids already used by this client: its open orders and executions at IB, and the
+        # journal's (IB's completed orders carry no order id)
+        mine = [x.order_id for x in snapshot.open_orders + snapshot.executions if x.client_id == self.client_id]
+        self.orders.keep_ids_ahead(mine + [getattr(state, "max_order_id", 0)])
         report = R.reconcile(snapshot, state.view(self.leg_contract), prefix)
         self._blocked = {f.local_symbol: f"{f.local_symbol}: the journal holds {f.journal_quantity:g}, IB "
                          f"{f.ib_quantity:g}: entries blocked until they agree" for f in report.mismatch}

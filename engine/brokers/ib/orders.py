@@ -430,12 +430,29 @@ class Orders:
         return {ref: tr.check for ref, tr in self._by_ref.items() if tr.check and not tr.done}
 
     # ---- after a reconnect / restart ---------------------------------------------------------
+    def keep_ids_ahead(self, seen=()) -> int:
+        """IB's order ids only go forward, and a gateway restart may roll nextValidId back (so
+        would a restart of qtrade against a rolled-back gateway): the next id ib_async gives is
+        made greater than every id this client is known to have used (placed here, held by
+        ib_async's open and completed orders of this client, and `seen`, e.g. the journal's), so
+        a new order never reuses an old order's id (IB's 103, or a modify of an order that is not
+        its own). Returns the lowest id the next order may take."""
+        cid = self._ib.client.clientId
+        used = [tr.order_id for tr in self._by_ref.values() if tr.order_id]
+        used += [t.order.orderId for t in self._ib.trades() if t.order.clientId == cid and t.order.orderId > 0]
+        used += [int(i) for i in seen if i]
+        floor = max(used) + 1 if used else 0
+        if floor:
+            self._ib.client.updateReqId(floor)
+        return floor
+
     def rebind(self) -> list[str]:
         """Bind the orders that are not done to ib_async's Trades again (after a reconnect, from
         ib.trades(): the connection's startup fetch or reconcile.fetch fill it), by permId, else
         by orderRef; then emit the executions ib.fills() holds that were not emitted (fills while
         disconnected fire no execDetailsEvent) and each bound order's status. Returns the refs
         that could not be bound (they need reconcile: absent at IB, or placed by another client)."""
+        self.keep_ids_ahead()
         trades = self._ib.trades()
         by_perm = {t.order.permId: t for t in trades if t.order.permId}
         by_ref: dict[str, list[Trade]] = {}

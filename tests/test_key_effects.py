@@ -489,8 +489,8 @@ def _ib(path: Path, tmp: Path) -> dict:
                           ib.conn.config.connect_timeout),
             "ib_market_data": (ib.md.stale_after, ib.md.allow_delayed),
             "margin_gate": gate(None),
-            "kill_switch": KillSwitch(str(kill) if limits.kill_switch_file == "KILL" else limits.kill_switch_file
-                                      ).engaged() is not None,
+            "kill_switch": (lambda k: (str(k.path), k.engaged() is not None))(
+                KillSwitch(str(kill) if limits.kill_switch_file == "KILL" else limits.kill_switch_file)),
             "contracts": {s: instrument_spec(instruments, s) for s in universe_symbols(doc)},
             "history_bars": history_bars(build_plan(doc, ws, {}), DataSpec.from_spec(doc.get(("data",))).history,
                                          DataSpec.from_spec(doc.get(("data",))).bar)}

@@ -273,6 +273,19 @@ def _report_skipped_bars(prep) -> None:
                                f"the first: {info['message']}").format(), err=True)
 
 
+def _report_excluded(prep) -> None:
+    """Say on stderr which names the universe file's `exclude:` left out, with its reason."""
+    from engine.check.model import excluded_symbols
+    from engine.diagnostics import Severity
+
+    universe = prep.doc.get(("universe",))
+    ref = None if isinstance(universe, list) else (prep.doc.refs.get(("universe",))
+                                                   or prep.doc.refs.get(("universe", "file")))
+    for symbol, where, reason in excluded_symbols(prep.doc):
+        _safe_echo(ref.diag(where, f"{symbol} left out of the universe ({reason or 'excluded'})",
+                            severity=Severity.WARNING).format(), err=True)
+
+
 def _refuse_unfiltered_session(prep) -> None:
     """data.session: regular is applied when bars are resampled to the strategy's bar size, not
     to a file already at that size: refuse such a file while it has bars outside regular hours,
@@ -504,6 +517,7 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
     except DiagnosticError as exc:
         _report_problems(exc)
     _report_skipped_bars(prep)
+    _report_excluded(prep)
     _check_window(prep, start, end)
     if symbol is not None and symbol.upper() not in prep.frames:
         raise click.UsageError(f"--symbol {_escaped(symbol)}: the run has no bars for it; "
@@ -700,6 +714,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     if not start:
         prep = bt.last_days(prep, days)
     _report_skipped_bars(prep)
+    _report_excluded(prep)
     printed = []
     text = fmt == "text"
     show = _order_printer(printed, text, prep.timezone)

@@ -272,7 +272,8 @@ CASES = [
                                     "u.yaml": "kind: universe\nname: u\ngroups:\n  tech: [AAPL]\n  energy: [XOM]\n"},
          [(3, 41, E, "no group 'enrgy'", "did you mean 'energy'")]),
     Case("underlying-not-in-instruments", {"s.yaml": HEAD.replace("universe:", "underlying: XSPP\nuniverse:") + ENTRY},
-         [(3, 13, E, "'XSPP' is not in the instruments map", "did you mean 'XSP'")]),
+         [(3, 13, E, "'XSPP' is not in the instruments map", "did you mean 'XSP'"),
+          (3, 1, E, "underlying: options on XSPP while the rules trade SPY is not supported")]),
     Case("future-without-months-multiplier",
          {"i.yaml": "kind: instruments\nname: i\nroots:\n  CL: {sec_type: FUT, exchange: NYMEX, currency: USD, "
                     "trading_class: CL}\n"},

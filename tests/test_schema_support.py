@@ -1,9 +1,9 @@
-"""Issue 14 item 1 (in part): every property of every schema is accounted for. Each one is
-either referenced by the engine's code (a static check: its name appears as a string in engine/
-or cli.py, which is evidence it is read, not a proof of its effect), refused by `validate` as
-not supported yet (engine.check.support; each refusal is tried below on a hand-made document,
-at its line), or listed here with the reason nothing reads it yet. A new schema property that
-nothing reads fails this test until it is implemented, refused, or listed."""
+"""Issue 14 item 1: every property of every schema is accounted for. Each one either has
+behaviour evidence in tests/test_key_effects.py (a pair of documents differing in that property
+and the observable that differs in each mode that reads it), is refused by `validate` as not
+supported yet (engine.check.support; each refusal is tried below on a hand-made document, at its
+line), or is listed here with the reason nothing reads it. A new schema property fails this test
+until it has one of the three."""
 
 from __future__ import annotations
 
@@ -15,14 +15,21 @@ from click.testing import CliRunner
 
 from cli import main
 from engine.check.support import CHECKED_APART, NOT_SUPPORTED, UNSUPPORTED
+from test_key_effects import EFFECTS
 from test_schemas import FILES, SCHEMA, object_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
+COUNTS = (185, 25, 48)      # properties with a behaviour test, refused, listed as not read (of 258)
 
+FREE_TEXT = "free text for the reader: no behaviour by design"
+SCANNER = "scanner documents are only type-checked: a strategy that names a scanner is refused (scanner)"
 # (schema, pointer of the property) -> ("refused", the document path engine.check.support refuses)
 #                                    or ("not read", why nothing reads it and it is not refused)
 ACCOUNTED = {
     ("strategy", "/tags"): ("not read", "free labels for listing and filtering: no behaviour by design"),
+    ("strategy", "/description"): ("not read", FREE_TEXT),
+    ("strategy", "/$defs/agent/description"): ("not read", FREE_TEXT),
+    ("strategy", "/scanner"): ("refused", ("scanner",)),
     ("strategy", "/arbitration"): ("refused", ("arbitration", "policy")),
     ("strategy", "/properties/arbitration/policy"): ("refused", ("arbitration", "policy")),
     ("strategy", "/properties/arbitration/max_active_agents"): ("refused", ("arbitration", "max_active_agents")),
@@ -30,62 +37,73 @@ ACCOUNTED = {
     ("strategy", "/$defs/subscriptions/priorities"): ("refused", ("data", "subscriptions", "priorities")),
     **{("strategy", f"/$defs/subscriptions/properties/priorities/{k}"): ("refused", ("data", "subscriptions",
                                                                                      "priorities"))
-       for k in ("watchlist", "top_signals")},
+       for k in ("watchlist", "top_signals", "positions", "scanner")},
     ("strategy", "/$defs/schedule/every"): ("refused", ("schedule", "every")),     # when it is not the bar size
     ("strategy", "/$defs/schedule/scan_every"): ("refused", ("schedule", "scan_every")),
     ("strategy", "/$defs/schedule/max_new_entries_per_scan"): ("refused", ("schedule", "max_new_entries_per_scan")),
     ("strategy", "/$defs/data/what_to_show"): ("refused", ("data", "what_to_show")),        # unless trades
     ("strategy", "/$defs/single_order/outside_rth"): ("refused", ("orders", "*", "outside_rth")),   # when true
+    ("strategy", "/$defs/entry_rule/quantity"): ("refused", ("entry", "*", "quantity")),
+    ("strategy", "/$defs/combo_order/underlying"): ("refused", ("orders", "*", "underlying")),  # unless the symbol
     ("universe", "/contract"): ("refused", ("contract", "roll_days_before_expiry")),
     ("universe", "/properties/contract/roll_days_before_expiry"): ("refused", ("contract", "roll_days_before_expiry")),
     ("universe", "/properties/contract/month"): ("not read", "futures roots are not resolved to contracts yet "
                                                              "(the roll offset next to it is refused)"),
-    **{("scanner", f"{where}/{k}"): ("not read", "scanner documents are only type-checked: a strategy that names "
-                                                 "a scanner is refused (scanner)")
-       for where in ("", "/$defs/body") for k in ("min_score", "top", "rescan")},
-    **{("scanner", f"/$defs/factor/{k}"): ("not read", "scanner documents are only type-checked: a strategy that "
-                                                       "names a scanner is refused (scanner)")
-       for k in ("normalise", "invert")},
+    ("universe", "/properties/defaults/exchange"): ("refused", ("defaults", "exchange")),    # unless SMART
+    ("universe", "/properties/defaults/currency"): ("refused", ("defaults", "currency")),    # unless USD
+    **{(kind, f"/{k}"): ("not read", FREE_TEXT) for kind in ("universe", "instruments", "risk")
+       for k in ("name", "description")},
+    **{("instruments", f"/$defs/{d}/description"): ("not read", FREE_TEXT) for d in ("root", "default_entry")},
+    ("instruments", "/$defs/options/style"): (
+        "not read", "ignored (issue 14): options are priced and settled as European in every simulated mode and "
+                    "IB's contracts carry their own style; refusing american would refuse the bundled map"),
+    ("instruments", "/$defs/options/settlement"): (
+        "not read", "ignored (issue 14): an expiring combo is cash-settled at the underlying's settlement price "
+                    "in every simulated mode; refusing physical would refuse the bundled map"),
+    **{("scanner", pointer): ("not read", SCANNER) for pointer in (
+        "/kind", "/name", "/description", "/universe", "/data", "/params", "/prefilter", "/factors",
+        "/normalise_weights", "/grades", "/classes", "/min_score", "/top", "/rescan",
+        "/properties/classes/items/class", "/properties/classes/items/when",
+        *(f"/$defs/body/{k}" for k in ("universe", "data", "params", "prefilter", "factors", "normalise_weights",
+                                        "grades", "classes", "min_score", "top", "rescan",
+                                        "properties/classes/items/class", "properties/classes/items/when")),
+        *(f"/$defs/factor/{k}" for k in ("expr", "weight", "description", "normalise", "invert")))},
     ("risk", "/volatility_scaling"): ("refused", ("volatility_scaling",)),
     ("risk", "/$defs/limits/volatility_scaling"): ("refused", ("volatility_scaling",)),
+    ("risk", "/order_rate_limit"): ("refused", ("order_rate_limit",)),
+    ("risk", "/$defs/limits/order_rate_limit"): ("refused", ("order_rate_limit",)),
 }
 
 
-def _engine_text() -> str:
-    files = [p for p in (ROOT / "engine").rglob("*.py") if p.name != "support.py"] + [ROOT / "cli.py"]
-    return "\n".join(p.read_text() for p in files)
-
-
-def test_every_schema_property_is_read_refused_or_listed():
-    text = _engine_text()
-    counts = {"referenced": 0, "refused": 0, "not read": 0}
+def test_every_schema_property_has_a_behaviour_test_a_refusal_or_a_reason():
+    counts = {"behaviour": 0, "refused": 0, "not read": 0}
     unaccounted = []
     refused_paths = {(kind, path) for kind, path, *_ in UNSUPPORTED} | set(CHECKED_APART)
+    seen = set()
     for name in FILES:
         kind = name.split(".")[0]
         for pointer, node in object_definitions(SCHEMA[name]):
             for prop in node["properties"]:
                 key = (kind, f"{pointer}/{prop}")
+                seen.add(key)
                 status = ACCOUNTED.get(key)
                 if status is not None:
+                    assert key not in EFFECTS, f"{key} is {status[0]} and has a behaviour test: which is it?"
                     counts[status[0]] += 1
                     if status[0] == "refused":
                         # the risk schema's properties are also a strategy's inline risk: section
                         assert (kind, status[1]) in refused_paths or ("strategy", ("risk",) + status[1]) \
                             in refused_paths, key
                     continue
-                if re.search(r"[\"']" + re.escape(prop) + r"[\"']", text):
-                    counts["referenced"] += 1
+                if key in EFFECTS:
+                    counts["behaviour"] += 1
                 else:
                     unaccounted.append(key)
-    assert not unaccounted, f"schema properties nothing reads, refuses or lists: {unaccounted}"
+    assert not unaccounted, f"schema properties with no behaviour test, refusal or reason: {unaccounted}"
+    assert not set(EFFECTS) - seen, f"behaviour tests of properties no schema has: {sorted(set(EFFECTS) - seen)}"
+    assert not set(ACCOUNTED) - seen, f"listed properties no schema has: {sorted(set(ACCOUNTED) - seen)}"
     assert sum(counts.values()) == 258
-    assert counts == {"referenced": 232, "refused": 16, "not read": 10}
-    # nothing listed as unread is read after all (then it belongs to the referenced ones)
-    for (kind, pointer), (status, _) in ACCOUNTED.items():
-        prop = pointer.rsplit("/", 1)[1]
-        if status == "not read":
-            assert not re.search(r"[\"']" + re.escape(prop) + r"[\"']", text), (kind, pointer)
+    assert counts == {"behaviour": COUNTS[0], "refused": COUNTS[1], "not read": COUNTS[2]}
 
 
 STRATEGY = """\
@@ -288,3 +306,53 @@ def test_a_line_budget_with_no_room_for_names_not_held_is_refused_at_its_line(tm
     assert errors[0][0] == next(i for i, t in enumerate(lines, start=1) if line_key in t)
     ok = _strategy(tmp_path, data_extra=",\n  subscriptions: {max_lines: 5, reserve_for_positions: 2, ttl: 30s}")
     assert CliRunner().invoke(main, ["validate", str(ok)]).exit_code == 0
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ("    order: buy\n", "    order: buy\n    quantity: {fixed: 5}\n", "entry.0.quantity"),
+    ("margin_check: off", "margin_check: off, order_rate_limit: {orders: 10, per: 1m}", "risk.order_rate_limit"),
+    ("universe: [SPY]\n", "universe: [SPY]\nunderlying: XSP\n", "underlying"),
+])
+def test_keys_runs_ignored_are_refused_at_their_line(tmp_path, old, new, key):
+    path = _strategy(tmp_path)
+    path.write_text(path.read_text().replace(old, new, 1))
+    lines = path.read_text().splitlines()
+    last = key.split(".")[-1] + ":"
+    line = next(i for i, text in enumerate(lines, start=1) if last in text)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    errors = _errors(result.output)
+    assert [(n, msg.split(":")[0]) for n, _, msg in errors] == [(line, key)]
+    assert errors[0][1] == lines[line - 1].index(last) + 1 and errors[0][2].endswith(NOT_SUPPORTED)
+
+
+def test_an_order_underlying_other_than_the_traded_symbol_is_refused(tmp_path):
+    from engine.config.yamlsource import load_yaml
+
+    text = (ROOT / "strategies" / "iron_condor.yaml").read_text()
+    path = tmp_path / "c.yaml"
+    path.write_text(text.replace("    expiry: 0dte\n", "    expiry: 0dte\n    underlying: SPY\n", 1))
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1
+    line = path.read_text().splitlines().index("    underlying: SPY") + 1
+    assert [(n, msg.split(":")[0]) for n, _, msg in _errors(result.output)] == [(line, "orders.condor.underlying")]
+    path.write_text(text.replace("    expiry: 0dte\n", "    expiry: 0dte\n    underlying: XSP\n", 1))
+    assert CliRunner().invoke(main, ["validate", str(path)]).exit_code == 0   # the traded symbol itself
+    assert load_yaml(str(path)).data["underlying"] == "XSP"
+
+
+def test_universe_defaults_runs_ignore_and_a_rate_limit_in_a_risk_file_are_refused(tmp_path):
+    universe = tmp_path / "u.yaml"
+    universe.write_text("kind: universe\nname: u\nsymbols: [SPY]\ndefaults:\n  sec_type: STK\n  exchange: ARCA\n"
+                        "  currency: CAD\n")
+    risk = tmp_path / "r.yaml"
+    risk.write_text("kind: risk\nname: r\norder_rate_limit: {orders: 10, per: 1m}\n")
+    result = CliRunner().invoke(main, ["validate", str(universe), str(risk)])
+    assert result.exit_code == 1
+    assert sorted((n, c, msg.split(":")[0]) for n, c, msg in _errors(result.output)) == [
+        (3, 1, "order_rate_limit"), (6, 3, "defaults.exchange"), (7, 3, "defaults.currency")]
+    assert "r.yaml:3:1: error: order_rate_limit" in result.output and "u.yaml:6:3: error: defaults.exchange" \
+        in result.output
+    universe.write_text("kind: universe\nname: u\nsymbols: [SPY]\ndefaults: {sec_type: STK, exchange: SMART, "
+                        "currency: USD}\n")
+    assert CliRunner().invoke(main, ["validate", str(universe)]).exit_code == 0

@@ -256,6 +256,28 @@ def universe_symbols(doc: Document) -> list[str]:
     return out
 
 
+def excluded_symbols(doc: Document) -> list[tuple[str, tuple, str]]:
+    """The names a universe file's `exclude:` leaves out: (symbol, the rule's path in the
+    universe file, its reason)."""
+    universe = doc.get(("universe",))
+    ref = None if isinstance(universe, list) else doc.refs.get(("universe",)) or doc.refs.get(("universe", "file"))
+    if ref is None:
+        return []
+    wanted = universe.get("groups") if isinstance(universe, dict) else None
+    names = list(ref.get(("symbols",)) or [])
+    for group, members in (ref.get(("groups",)) or {}).items():
+        if wanted is None or group in wanted:
+            names.extend(members)
+    default_type = (ref.get(("defaults",)) or {}).get("sec_type", "STK")
+    out = []
+    for name in dict.fromkeys(names):
+        for i, rule in enumerate(ref.get(("exclude",)) or []):
+            if rule.get("sec_type", default_type) == default_type and fnmatch.fnmatchcase(name, rule.get("pattern", "")):
+                out.append((name, ("exclude", i), rule.get("reason") or ""))
+                break
+    return out
+
+
 def instrument(ws: Workspace, doc: Document, symbol: str) -> Instrument:
     """A symbol's contract facts from the instruments map (a root's entry, or the stock defaults)."""
     inst = ws.instruments_for(doc)

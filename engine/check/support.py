@@ -44,11 +44,28 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
      "sizes come from the order's quantity alone"),
     ("universe", ("contract", "roll_days_before_expiry"), PRESENT, "a futures roll offset",
      "backtests read the file's series as it is; IB runs take each root's roll_days from the instrument map"),
+    ("universe", ("defaults", "exchange"), lambda v: v not in (None, "SMART"),
+     "a universe's default exchange for symbols the instrument map does not list",
+     "such symbols are resolved with the instrument map's STK defaults (SMART in the bundled map); "
+     "give them an entry in the instrument map"),
+    ("universe", ("defaults", "currency"), lambda v: v not in (None, "USD"),
+     "a universe's default currency for symbols the instrument map does not list",
+     "such symbols are resolved with the instrument map's STK defaults (USD in the bundled map); "
+     "give them an entry in the instrument map"),
+    ("strategy", ("entry", "*", "quantity"), NOT_NULL, "a rule's own quantity",
+     "the order template's quantity is sent; set it there, or give this rule a template of its own"),
+    ("strategy", ("agents", "*", "entry", "*", "quantity"), NOT_NULL, "a rule's own quantity",
+     "the order template's quantity is sent; set it there, or give this rule a template of its own"),
+    ("strategy", ("risk", "order_rate_limit"), NOT_NULL, "an order rate limit",
+     "orders are sent as the rules decide them; only IB's own pacing applies"),
+    ("risk", ("order_rate_limit",), NOT_NULL, "an order rate limit",
+     "orders are sent as the rules decide them; only IB's own pacing applies"),
 ]
 
 
 # Refused by the functions below rather than by a table entry: (kind, path).
-CHECKED_APART = (("strategy", ("schedule", "every")), ("strategy", ("agents", "*", "active")))
+CHECKED_APART = (("strategy", ("schedule", "every")), ("strategy", ("agents", "*", "active")),
+                 ("strategy", ("underlying",)), ("strategy", ("orders", "*", "underlying")))
 
 
 def _walk(value: Any, path: tuple, where: tuple = ()) -> Iterator[tuple[tuple, Any]]:
@@ -77,6 +94,30 @@ def unsupported(doc: Document) -> list[Diagnostic]:
     if doc.kind == "strategy":
         out.extend(_options_agents_active(doc))
         out.extend(_every_other_than_the_bar(doc))
+        out.extend(_underlying_other_than_the_symbol(doc))
+    return out
+
+
+def _underlying_other_than_the_symbol(doc: Document) -> list[Diagnostic]:
+    """`underlying:` and an order's `underlying:`: runs trade each combo's options on the symbol
+    whose rules fired, so an underlying other than the traded symbol changes nothing yet."""
+    universe = doc.get(("universe",))
+    strategy = doc.get(("underlying",))
+    traded = [s for s in universe if isinstance(s, str)] if isinstance(universe, list) else \
+        ([strategy] if universe is None and strategy else None)      # None: a universe file
+    out = []
+    if strategy is not None and universe is not None and traded != [strategy]:
+        out.append(doc.diag(("underlying",), f"underlying: options on {strategy} while the rules trade "
+                            f"{', '.join(traded) if traded else 'a universe file'} {NOT_SUPPORTED}",
+                            "combo orders trade the options of the symbol whose rules fired; set universe: "
+                            f"[{strategy}] (or leave universe out), or remove underlying", key=True))
+    for name, order in (doc.get(("orders",)) or {}).items():
+        if isinstance(order, dict) and order.get("underlying") is not None and traded != [order["underlying"]]:
+            out.append(doc.diag(("orders", name, "underlying"),
+                                f"orders.{name}.underlying: options on {order['underlying']} while the rules trade "
+                                f"{', '.join(traded) if traded else 'a universe file'} {NOT_SUPPORTED}",
+                                "combo orders trade the options of the symbol whose rules fired; remove the key",
+                                key=True))
     return out
 
 

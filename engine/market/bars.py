@@ -674,7 +674,9 @@ def resample(df: pd.DataFrame, bar: str, *, timezone: str, calendar: str | None 
         raise ValueError(f"cannot resample {_describe(source)} bars to {bar}: {bar} is not a whole "
                          "number of source bars")
     t_ns = _utc_ns(index)
-    if calendar is not None:
+    # daily (or larger) source bars are sessions already, stamped at midnight: the calendar's
+    # hours would put every one of them outside regular hours
+    if calendar is not None and not (source is not None and source >= 86400 - 1e-9):
         session_day, open_ns, inside = _calendar_sessions(index, t_ns, timezone, calendar)
         df, index, t_ns = df[inside], index[inside], t_ns[inside]
         session_day, open_ns = session_day[inside], open_ns[inside]

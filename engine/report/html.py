@@ -766,10 +766,24 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
         "has_legs": has_legs,
         "breakdown": _symbol_breakdown(data),
         "params": run.get("params") or {},
+        "param_notes": _param_descriptions(run.get("strategy_text")),
         "settings": run.get("settings") or {},
         "counts": data.counts,
         "errors": data.errors,
     }
+
+
+def _param_descriptions(text: str | None) -> dict[str, str]:
+    """Each param's `description:` in the strategy as it was run (journaled with the run)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text or "")     # validated before the run: no alias bombs
+    except yaml.YAMLError:
+        return {}
+    params = data.get("params") if isinstance(data, dict) else None
+    return {str(k): str(v["description"]) for k, v in (params or {}).items()
+            if isinstance(v, dict) and v.get("description")} if isinstance(params, dict) else {}
 
 
 def render_report(journal_path: str | Path, run_id: str | None = None, symbol: str | None = None,

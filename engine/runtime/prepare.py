@@ -3,6 +3,7 @@ loaded, resampled and turned into the arrays a run reads, its schedule as masks.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Mapping
 
@@ -160,11 +161,16 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
         if not data_path.is_dir() and len(frames) == 1 and len(wanted) == 1:
             frames = {wanted[0]: next(iter(frames.values()))}
     instruments = {s: instrument(ws, doc, s) for s in wanted}
+    calendar = (doc.get(("schedule",)) or {}).get("calendar")
+    if calendar:       # schedule.calendar: the traded symbols' sessions and holidays, over their instruments'
+        instruments.update({s: dataclasses.replace(instruments[s], calendar=calendar) for s in symbols})
     want_seconds = bar_seconds(bar)
     for symbol, frame in list(frames.items()):
         have = _spacing(frame.index)
         if have is not None and have < want_seconds * 0.999 and want_seconds < 86400 * 28:
-            frames[symbol] = resample(frame, bar, timezone=timezone, calendar=instruments[symbol].calendar)
+            # data.session: extended keeps the bars outside the calendar's regular hours (bins on the clock)
+            frames[symbol] = resample(frame, bar, timezone=timezone, calendar=instruments[symbol].calendar
+                                      if spec.session == "regular" else None)
         elif have is not None and have > want_seconds * 1.5 and want_seconds < 86400 and symbol in symbols:
             # (another symbol read through symbol("X") may be coarser: it is aligned as of each bar)
             raise _fail(doc, ("data", "bar"), f"{symbol}'s data has bars of about {have / 60:g} minutes, "

@@ -469,6 +469,37 @@ class Outcome:
     unconfirmed: list
 
 
+@dataclass
+class _Run:
+    """What one IB run carries from the connect to the stop: the settings it was started with,
+    then what reconciliation and the warm-up found."""
+
+    ib: object
+    journal: object
+    plan: object
+    spec: object                     # check.model.DataSpec
+    limits: object                   # the risk limits
+    dry_run: bool
+    live: bool
+    seconds: float | None            # --for
+    on_order: Callable | None
+    say: Callable[[str], None]
+    status_every: float
+    t0: float                        # monotonic time of the start
+    figures: dict
+    # after reconciliation
+    run_id: str = ""
+    mode: str = ""
+    prefix: str = ""
+    account: str = ""
+    report: object = None
+    first_lost: object = None
+    # after the warm-up
+    prep: object = None
+    cash_now: float = 0.0
+    bar_of: dict = field(default_factory=dict)   # symbol -> the bar size its history came in
+
+
 def run_ib(strategy: str, *, connect, overrides: dict, journal, dry_run: bool, live: bool, yes: bool,
            tty: bool, confirm: Callable[[str], bool], seconds: float | None, on_order=None,
            say: Callable[[str], None] = print, broker_factory=None, status_every: float = 60.0) -> Outcome:
@@ -494,24 +525,27 @@ def run_ib(strategy: str, *, connect, overrides: dict, journal, dry_run: bool, l
                         subscriptions=doc.get(("data", "subscriptions")), timezone=timezone)
     ib.connect()
     figures: dict = {"connect_seconds": round(_time.monotonic() - t0, 4)}
+    run = _Run(ib, journal, plan, spec, limits, dry_run, live, seconds, on_order, say, status_every, t0, figures)
     try:
-        return _run_connected(ib, strategy, overrides, journal, plan, spec, limits, dry_run, live, yes, tty,
-                              confirm, seconds, on_order, say, status_every, t0, figures)
+        return _run_connected(run, strategy, overrides, yes=yes, tty=tty, confirm=confirm)
     finally:
         ib.close()
 
 
-def _run_connected(ib, strategy, overrides, journal, plan, spec, limits, dry_run, live, yes, tty, confirm, seconds,
-                   on_order, say, status_every, t0, figures) -> Outcome:
+def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, confirm) -> Outcome:
+    """The live guard, reconciliation before anything is sent, the warm-up from IB's history and
+    the run's journal entry; then the trading."""
     from . import backtest as bt
     from .journal import new_run_id
     from .trading import live_guard
+
+    ib, journal, plan, spec, live, figures = run.ib, run.journal, run.plan, run.spec, run.live, run.figures
 
     account = ib.account_id
     why = live_guard(live=live, account=account, paper=ib.is_paper, yes=yes, tty=tty, confirm=confirm)
     if why:
         raise RunRefused(why, 2)
-    mode = "dry-run" if dry_run else ("live" if live else "paper")
+    mode = "dry-run" if run.dry_run else ("live" if live else "paper")
     prefix = f"qtrade:{plan.name}:"
     run_id = new_run_id()
     # reconcile before anything is sent
@@ -526,7 +560,7 @@ def _run_connected(ib, strategy, overrides, journal, plan, spec, limits, dry_run
     # the warm-up from IB's history
     wanted_bars = history_bars(plan, spec.history, spec.bar)
 
-    bar_of: dict[str, str] = {}
+    bar_of = run.bar_of
 
     def frames_from(symbols, bar, timezone):
         from ..brokers.ib.contracts import ContractError
@@ -557,9 +591,10 @@ def _run_connected(ib, strategy, overrides, journal, plan, spec, limits, dry_run
     bt.start_run(prep, journal, mode, run_id, cash_now)
     journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
                        " '$.client_id', ?, '$.data', 'IB history') WHERE run_id = ?", (account, ib.client_id, run_id))
+    run.run_id, run.mode, run.prefix, run.account = run_id, mode, prefix, account
+    run.report, run.first_lost, run.prep, run.cash_now = report, first_lost, prep, cash_now
     try:
-        return _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost, limits, dry_run, live,
-                      seconds, on_order, say, status_every, t0, figures, cash_now, spec, bar_of)
+        return _trade(run)
     except BaseException:
         import contextlib
         import sqlite3
@@ -569,8 +604,8 @@ def _run_connected(ib, strategy, overrides, journal, plan, spec, limits, dry_run
         raise
 
 
-def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost, limits, dry_run, live, seconds,
-           on_order, say, status_every, t0, figures, cash_now, spec, bar_of) -> Outcome:
+def _trade(run: _Run) -> Outcome:
+    """Journal what reconciliation found, restore and adopt, then the live loop to the stop."""
     from ..brokers.dryrun import DryRunBroker
     from ..brokers.sim import SimBroker
     from .backtest import Result
@@ -581,6 +616,10 @@ def _trade(ib, prep, journal, run_id, mode, prefix, account, report, first_lost,
     from .session import run_settings
     from .trading import KillSwitch, margin_gate
 
+    ib, prep, journal, run_id, prefix, account = run.ib, run.prep, run.journal, run.run_id, run.prefix, run.account
+    report, first_lost, limits, dry_run, live = run.report, run.first_lost, run.limits, run.dry_run, run.live
+    say, figures, cash_now, spec, bar_of = run.say, run.figures, run.cash_now, run.spec, run.bar_of
+    on_order, t0, seconds, status_every = run.on_order, run.t0, run.seconds, run.status_every
     from ..brokers.ib.reconcile import combo_flags
 
     state = journal_state(journal, prefix, account)

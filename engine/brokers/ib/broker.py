@@ -91,6 +91,10 @@ class IBBroker:
         self._events: list = []
         self.alerts: list[E.BrokerError] = []
         self.ib = IB()
+        # every message goes through ib_async's throttle: IB allows 50 a second, counted as they
+        # arrive, so a burst sent at ib_async's default (45) that arrives bunched with the next
+        # second's is over it (IB 100); 40 leaves that room
+        self.ib.client.MaxRequests = 40
         config = IBConfig(host=connect.host, port=connect.port, client_id=connect.client_id,
                           account=connect.account or "", connect_timeout=connect.connect_timeout,
                           read_only=read_only)

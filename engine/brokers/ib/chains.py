@@ -48,7 +48,7 @@ class Listing:
 
 class IBChains:
     def __init__(self, ib, *, free_lines: Callable[[], int], timeout: float = 8.0, strike_range: float = 0.03,
-                 monotonic: Callable[[], float] = _time.monotonic, burst: int = 20, pause: float = 0.5):
+                 monotonic: Callable[[], float] = _time.monotonic, burst: int = 20, pause: float = 1.0):
         self.ib = ib
         self.free_lines = free_lines
         self.timeout = timeout
@@ -129,14 +129,16 @@ class IBChains:
         """bid, ask, iv, delta, gamma, theta, vega for each, from lines kept open: the ones no
         longer wanted are cancelled first, new ones asked for nearest first within the free lines."""
         wanted = {c.conId: c for c in contracts}
-        for con_id in [k for k in self._lines if k not in wanted]:
+        for n, con_id in enumerate([k for k in self._lines if k not in wanted]):
+            if n and n % self.burst == 0:
+                self.ib.sleep(self.pause)        # a cancel is a message too
             contract, _ = self._lines.pop(con_id)
             self.ib.cancelMktData(contract)
         room = max(self.free_lines(), 0)
         new = [c for c in contracts if c.conId not in self._lines][:room]
         for i in range(0, len(new), self.burst):
             if i:
-                self.ib.sleep(self.pause)        # paced: IB allows 50 messages a second
+                self.ib.sleep(self.pause)        # paced: IB allows 50 messages a second, counted as they arrive
             for c in new[i:i + self.burst]:
                 self._lines[c.conId] = (c, self.ib.reqMktData(c, "", False, False))
                 self.requests += 1

@@ -141,3 +141,19 @@ def test_combo_flags_tell_a_combo_closed_outside_from_one_whose_legs_disagree(tm
     assert closed == set() and sorted(f.con_id for f in broken["XSP condor"]) == [13, 14]
     without = state.view(None)                   # legs unknown: the combo is left out, never a conId 0
     assert without.positions == ()
+
+
+def test_the_status_line_names_a_position_by_its_contract():
+    """One line a minute: positions by the local symbol of the contract held (NQZ3), not the root."""
+    from types import SimpleNamespace
+
+    from engine.runtime.ibrun import status_line
+
+    position = SimpleNamespace(quantity=1.0, avg_price=16000.0, multiplier=20.0)
+    kernel = SimpleNamespace(ledger=SimpleNamespace(positions={"NQ": position, "XSP condor": position}, trades=[]),
+                             orders_by_ref={}, marks=lambda now: {"NQ": 16010.0})
+    broker = SimpleNamespace(held_contract=lambda s: SimpleNamespace(local_symbol="NQZ3") if s == "NQ" else None,
+                             lines_status=lambda: "lines 2/50", state="ready")
+    line = status_line(kernel, broker, pd.Timestamp("2023-12-04T15:00Z").value, "America/New_York")
+    assert line == ("2023-12-04 10:00 ready | lines 2/50 | positions: NQZ3 1, XSP condor 1 | working orders: 0 | "
+                    "today's P&L +200.00")

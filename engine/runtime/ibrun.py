@@ -436,7 +436,13 @@ class Stop:
 def status_line(kernel, broker, now: int, timezone: str) -> str:
     """One line every minute: connection, lines used / budget, positions, working orders, today's P&L."""
     t = pd.Timestamp(now, tz="UTC").tz_convert(timezone)
-    positions = ", ".join(f"{s} {p.quantity:g}" for s, p in kernel.ledger.positions.items()) or "flat"
+    held = getattr(broker, "held_contract", lambda symbol: None)
+
+    def name(symbol: str) -> str:       # a position by its contract's local symbol (NQZ3), as IB shows it
+        contract = held(symbol)
+        return contract.local_symbol if contract is not None and contract.local_symbol else symbol
+
+    positions = ", ".join(f"{name(s)} {p.quantity:g}" for s, p in kernel.ledger.positions.items()) or "flat"
     working = sum(1 for tr in kernel.orders_by_ref.values() if tr.sent and not tr.done)
     day = t.normalize().tz_convert("UTC").value
     pnl = sum(tr.pnl for tr in kernel.ledger.trades if tr.exit_time >= day)

@@ -127,6 +127,7 @@ def test_a_held_client_id_fails_fast_and_the_run_goes_on_with_the_fallback(nq_si
     settings = json.loads(run["settings"])
     assert settings["client_id"] != 1
     assert any(m.get("name") == "reqAllOpenOrders" for m in nq_sim.record()["received"])
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
 
 
 def test_a_margin_rejection_is_journaled_and_the_strategy_keeps_trading(nq_sim, tmp_path, expect_errors):
@@ -231,6 +232,7 @@ def test_a_restart_restores_the_position_adopts_its_working_order_and_sends_no_d
     assert not [n for n in rows(journal, "SELECT * FROM notes") if n["kind"] in ("phantom", "unknown", "mismatch")]
     new = [r for r in refs if r not in ("qtrade:nq-cross:2",)]
     assert all(int(r.rsplit(":", 1)[1]) > 2 for r in new)     # the sequence continues past the journal's
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
 
 
 def test_phantom_and_unknown_positions_are_flagged_and_left_alone(nq_sim, connect, tmp_path):
@@ -266,6 +268,7 @@ def test_late_positions_are_waited_for_not_read_as_flat(nq_sim, connect, tmp_pat
     assert "fetch was incomplete" in out.output
     kinds = {n["kind"] for n in rows(journal, "SELECT * FROM notes")}
     assert "phantom" not in kinds and "restored" in kinds
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
 
 
 def test_the_kill_switch_blocks_entries_and_says_so(nq_sim, tmp_path):
@@ -291,6 +294,7 @@ def test_history_pacing_violations_are_waited_out(nq_sim, tmp_path, expect_error
     out = qrun(nq_sim, NQ, journal, seconds=6)
     assert out.exit_code == 0, out.output
     assert rows(journal, "SELECT count(*) AS n FROM decisions")[0]["n"] > 0
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
 
 
 @pytest.mark.parametrize("code", [1101, 1102])

@@ -146,6 +146,26 @@ def test_a_margin_rejection_is_journaled_and_the_strategy_keeps_trading(nq_sim, 
     assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
 
 
+def run_until_sigterm(sim, strategy, journal, until, never: str, wait: float = 30.0) -> tuple[int, str]:
+    """`qtrade run --broker ib` as its own process, sent SIGTERM once `until()` holds (the test
+    fails with `never` if it does not within `wait` s); its exit code and output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", "import cli; cli.entry()", "run", str(strategy), "--broker", "ib",
+                             "--port", str(sim.port), "--journal", str(journal)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not until():
+            time.sleep(0.05)
+        assert until(), never
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, output
+
+
 def _copy(tmp_path, source, **risk):
     text = source.read_text()
     for key, value in risk.items():
@@ -353,21 +373,8 @@ def test_sigterm_cancels_working_orders_flushes_the_journal_and_a_restart_resend
     expect_errors(202, 162)
     nq_sim.set_fill_mode("never")
     journal = tmp_path / "j.sqlite"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", "import cli; cli.entry()", "run", str(NQ), "--broker", "ib",
-                             "--port", str(nq_sim.port), "--journal", str(journal)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not placed(nq_sim):
-            time.sleep(0.2)
-        assert placed(nq_sim), "no order was placed"
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output
+    code, output = run_until_sigterm(nq_sim, NQ, journal, lambda: placed(nq_sim), "no order was placed")
+    assert code == 0, output
     assert "stopped: SIGTERM" in output
     venue = book(nq_sim)
     assert venue and all(o["status"] in ("Cancelled", "ApiCancelled") for o in venue.values())
@@ -445,6 +452,17 @@ class When(threading.Thread):
             time.sleep(0.05)
 
 
+def qrun_with(faults, sim, strategy, journal, *args, seconds):
+    """qrun while the `faults` (When threads) watch the run and inject theirs."""
+    for t in faults:
+        t.start()
+    try:
+        return qrun(sim, strategy, journal, *args, seconds=seconds)
+    finally:
+        for t in faults:
+            t.halt.set()
+
+
 def entries(sim) -> list[dict]:
     """The buy orders the simulator received (the strategies here are long only), with wall times."""
     return [{**m["order"], "wall": m["wall"], "t": m["t"]} for m in sim.record()["received"]
@@ -466,13 +484,7 @@ def test_a_silent_line_goes_stale_blocks_entries_is_asked_again_and_trades_when_
     journal = tmp_path / "j.sqlite"
     stop = When(lambda: entries(nq_sim), lambda: nq_sim.stop_ticks("NQ"))
     resume = When(lambda: stop.at is not None and time.time() - stop.at > 5.0, lambda: nq_sim.resume_ticks("NQ"))
-    for t in (stop, resume):
-        t.start()
-    try:
-        out = qrun(nq_sim, strategy, journal, seconds=16)
-    finally:
-        for t in (stop, resume):
-            t.halt.set()
+    out = qrun_with((stop, resume), nq_sim, strategy, journal, seconds=16)
     assert out.exit_code == 0, out.output
     assert stop.at and resume.at, "the faults were not injected"
     silent = [e for e in entries(nq_sim) if stop.at + 1.0 < e["wall"] < resume.at]
@@ -495,13 +507,7 @@ def test_a_farm_blip_resubscribes_lines_and_streams_and_bars_keep_coming(nq_sim,
     journal = tmp_path / "j.sqlite"
     broken = When(lambda: entries(nq_sim), lambda: nq_sim.farm(False))
     ok = When(lambda: broken.at is not None and time.time() - broken.at > 1.5, lambda: nq_sim.farm(True))
-    for t in (broken, ok):
-        t.start()
-    try:
-        out = qrun(nq_sim, NQ, journal, seconds=14)
-    finally:
-        for t in (broken, ok):
-            t.halt.set()
+    out = qrun_with((broken, ok), nq_sim, NQ, journal, seconds=14)
     assert out.exit_code == 0, out.output
     assert broken.at and ok.at, "the faults were not injected"
     after = [m for m in nq_sim.record()["received"] if m["wall"] > ok.at]
@@ -524,11 +530,7 @@ def test_a_competing_session_blocks_quotes_and_entries_then_the_lines_recover(nq
     blocked_seen = lambda: any("10197" in d["reason"] or "competing" in d["reason"]       # noqa: E731
                                for d in _rows_if(journal, "SELECT reason FROM decisions WHERE outcome = 'blocked'"))
     ends = When(blocked_seen, lambda: nq_sim.competing_session(False))
-    ends.start()
-    try:
-        out = qrun(nq_sim, NQ, journal, seconds=14)
-    finally:
-        ends.halt.set()
+    out = qrun_with((ends,), nq_sim, NQ, journal, seconds=14)
     assert out.exit_code == 0, out.output
     assert ends.at, "no entry was blocked by the competing session"
     assert not [e for e in entries(nq_sim) if e["wall"] < ends.at]          # nothing while it lasted
@@ -714,22 +716,9 @@ def test_a_restart_with_an_open_condor_reconciles_its_legs_and_manages_it(make_s
     expect_errors(202, 10148, 162, "HMDS query returned no data: VIX")
     sim = make_sim(None, speed=60)
     journal = tmp_path / "j.sqlite"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", "import cli; cli.entry()", "run", str(CONDOR), "--broker", "ib",
-                             "--port", str(sim.port), "--journal", str(journal)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     bag_filled = lambda: [e for e in sim.record()["executions"] if e.get("secType") == "BAG"]   # noqa: E731
-    try:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and not bag_filled():
-            time.sleep(0.05)
-        assert bag_filled(), "no condor was filled"
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output
+    code, output = run_until_sigterm(sim, CONDOR, journal, bag_filled, "no condor was filled", wait=40)
+    assert code == 0, output
     legs_at_ib = {p["conId"]: p["qty"] for p in sim.record()["positions"] if p["qty"]}
     assert len(legs_at_ib) == 4 and sorted(legs_at_ib.values()) == [-1, -1, 1, 1], output   # (its exit is 3 bars on)
     first_refs = {o["orderRef"] for o in placed(sim)}

@@ -260,7 +260,14 @@ def test_example_spx_condor_on_real_chains_through_the_cli(tmp_path):
     db = sqlite3.connect(tmp_path / "j.sqlite")
     symbol, legs = db.execute("SELECT symbol, legs FROM trades").fetchone()
     assert symbol == "SPX" and len(json.loads(legs)["legs"]) == 4
-    # without chains (and no data.source) the run says what is missing, at the data line
-    out = CliRunner().invoke(cli.main, ["backtest", str(ROOT / "strategies" / "spxw_condor.yaml"),
-                                        "--journal", str(tmp_path / "j.sqlite")])
+    # with no flags it reads its data.chains (the same file, beside the clone): the same summary
+    again = CliRunner().invoke(cli.main, ["backtest", str(ROOT / "strategies" / "spxw_condor.yaml"),
+                                          "--journal", str(tmp_path / "j.sqlite"), "--format", "json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["summary"] == summary
+    # with neither chains nor data.source the run says what is missing, at the data line
+    bare = tmp_path / "bare.yaml"
+    bare.write_text((ROOT / "strategies" / "spxw_condor.yaml").read_text().replace(
+        "data: {bar: 1d, chains: ../../shared/data/optopsy_v1/test_options_data_full.csv}", "data: {bar: 1d}"))
+    out = CliRunner().invoke(cli.main, ["backtest", str(bare), "--journal", str(tmp_path / "j.sqlite")])
     assert out.exit_code == 1 and "no bar data for the backtest" in out.output and "--chains" in out.output

@@ -22,6 +22,8 @@ import math
 import uuid
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from ..market.series import SymbolBars
 from . import events as E
 from ..portfolio.marks import LastClose
@@ -101,7 +103,8 @@ class SimBroker:
         working = self._by_symbol[symbol]
         if working:
             for w in list(working):
-                if w.live and w.order.order_type == "market" and w.active_from <= k and not w.order.legs:
+                o = w.order
+                if w.live and o.order_type == "market" and w.active_from <= k and not o.legs:
                     self._match(w, k)
 
     def fills_at_open(self, symbol: str, k: int) -> bool:
@@ -130,6 +133,8 @@ class SimBroker:
             if w.live:
                 self._match(w, k)
         self._phase[symbol] = CLOSE
+        if not working:
+            return
         last = k + 1 >= len(b)
         for w in list(working):
             if w.active_from > k or w.order.legs:
@@ -225,19 +230,30 @@ class SimBroker:
         per timeline)."""
         self._value, self._used, self._special, self._worth_at = {}, {}, set(), at
         self._changed.clear()
+        holdings = self._holdings
         if at is None:
-            self._appraise(self._holdings)
+            self._appraise(holdings)
             return
-        marks = self._last_close.prices(at)
-        self._appraise(self._holdings, [None if s in self._combos else marks(s) for s in self._holdings])
+        combos, bars = self._combos, self.bars
+        stock = [s for s in holdings if s not in combos and not bars[s].margined]
+        if len(stock) < len(holdings):
+            self._appraise([s for s in holdings if s in combos or bars[s].margined])
+        if not stock:
+            return
+        # stock, all at once: the same float operations as _appraise's, one element per holding
+        price = self._last_close.closes(stock, at)
+        quantity = np.array([holdings[s].quantity for s in stock])
+        mult = np.array([bars[s].multiplier for s in stock])
+        used = np.abs(quantity) * price * mult
+        self._value.update(zip(stock, (price * quantity * mult).tolist()))
+        self._used.update(zip(stock, (used if self.account_type == "cash" else 0.5 * used).tolist()))
 
-    def _appraise(self, symbols, prices: list[float | None] | None = None) -> None:
-        """Holdings' values in equity and the margins they hold, at their marks at this instant
-        (`prices`, one per symbol, else looked up), a combo at its last mark; a holding gone is
-        dropped."""
+    def _appraise(self, symbols) -> None:
+        """Holdings' values in equity and the margins they hold, at their marks at this instant, a
+        combo at its last mark; a holding gone is dropped."""
         value, used, special, holdings, combos, bars = \
             self._value, self._used, self._special, self._holdings, self._combos, self.bars
-        for s, price in zip(symbols, prices if prices is not None else [None] * len(symbols)):
+        for s in symbols:
             h = holdings.get(s)
             if h is None:
                 value.pop(s, None)
@@ -250,8 +266,7 @@ class SimBroker:
                 special.add(s)
             else:
                 b = bars[s]
-                if price is None:
-                    price = self.mark(s)
+                price = self.mark(s)
                 if b.margined:
                     value[s] = (price - h.avg_price) * h.quantity * b.multiplier
                     special.add(s)
@@ -327,26 +342,24 @@ class SimBroker:
     def _match(self, w: _Working, k: int, at_close: bool = False) -> None:
         o = w.order
         b = self.bars[o.symbol]
-        buy = o.action == "buy"
         if w.session is None and o.tif == "day":
             w.session = b.session[k]
         if at_close:   # a market order at this bar's close
             price, when = self.fills.market_price(b, o.action, float(b.close[k])), int(b.end[k])
         else:
-            m = match_bar(o.order_type, buy, o.limit, o.stop, float(b.open[k]), float(b.high[k]), float(b.low[k]),
-                          float(b.close[k]), self.fills.slippage, b.tick_size, w.triggered)
-            if m.triggered:
-                # touched the stop but beyond the limit: a limit from the next bar
-                w.triggered, w.active_from = True, k + 1
-                return
-            if m.price is None:
-                return
+            m = match_bar(o.order_type, o.action == "buy", o.limit, o.stop, float(b.open[k]), float(b.high[k]),
+                          float(b.low[k]), float(b.close[k]), self.fills.slippage, b.tick_size, w.triggered)
             price = m.price
+            if price is None:
+                if m.triggered:
+                    # touched the stop but beyond the limit: a limit from the next bar
+                    w.triggered, w.active_from = True, k + 1
+                return
             when = int(b.end[k]) if m.at_close else int(b.start[k])
-        remaining = o.quantity - w.filled
-        qty = remaining
-        if self.partial is not None and self.partial < 1.0:
-            qty = min(remaining, max(1.0, math.floor(o.quantity * self.partial)))
+        qty = o.quantity - w.filled
+        partial = self.partial
+        if partial is not None and partial < 1.0:
+            qty = min(qty, max(1.0, math.floor(o.quantity * partial)))
         self._execute(w, k, qty, price, when)
 
     # ---- combos ------------------------------------------------------------------------------
@@ -401,33 +414,37 @@ class SimBroker:
         if o.legs:
             self._execute_combo(w, k, qty, price, when)
             return
-        b = self.bars[o.symbol]
-        fee = self.fills.commission(qty, price, b.multiplier, b.contracts)
-        self._exec_seq += 1
-        exec_id = f"{self._exec_prefix}{w.broker_id}.{self._exec_seq}.01"
+        symbol = o.symbol
+        b = self.bars[symbol]
+        mult = b.multiplier
+        fee = self.fills.commission(qty, price, mult, b.contracts)
+        seq = self._exec_seq = self._exec_seq + 1
+        exec_id = f"{self._exec_prefix}{w.broker_id}.{seq}.01"
         signed = qty if o.action == "buy" else -qty
-        h = self._holdings.get(o.symbol)
+        holdings = self._holdings
+        h = holdings.get(symbol)
         if h is None:
-            h = self._holdings[o.symbol] = _Holding()
-        self.cash -= fee
+            h = holdings[symbol] = _Holding()
+        held = h.quantity
         if b.margined:
-            if h.quantity and (h.quantity > 0) != (signed > 0):   # closing: realise P&L
-                closed = min(abs(signed), abs(h.quantity))
-                self.cash += (price - h.avg_price) * closed * (1 if h.quantity > 0 else -1) * b.multiplier
+            self.cash -= fee
+            if held and (held > 0) != (signed > 0):   # closing: realise P&L
+                closed = min(abs(signed), abs(held))
+                self.cash += (price - h.avg_price) * closed * (1 if held > 0 else -1) * mult
         else:
-            self.cash -= signed * price * b.multiplier
-        new = h.quantity + signed
-        if h.quantity == 0:
+            self.cash = self.cash - fee - signed * price * mult
+        new = held + signed
+        if held == 0:
             h.avg_price = price       # opened: its price, to the bit (as the ledger books it)
-        elif (h.quantity > 0) == (signed > 0):
-            h.avg_price = (h.avg_price * abs(h.quantity) + price * qty) / abs(new)
-        elif (new > 0) != (h.quantity > 0) and new:
+        elif (held > 0) == (signed > 0):
+            h.avg_price = (h.avg_price * abs(held) + price * qty) / abs(new)
+        elif (new > 0) != (held > 0) and new:
             h.avg_price = price       # reversed through zero
         if abs(new) < 1e-12:          # flat: the holding goes (a new one is last in the account's order)
-            del self._holdings[o.symbol]
+            del holdings[symbol]
         else:
             h.quantity = new
-        self._holding_changed(o.symbol)
+        self._holding_changed(symbol)
         self._report(w, k, qty, price, when, exec_id, fee)
 
     def _execute_combo(self, w: _Working, k: int, qty: float, price: float, when: int) -> None:
@@ -453,29 +470,32 @@ class SimBroker:
 
     def _report(self, w: _Working, k: int, qty: float, price: float, when: int, exec_id: str, fee: float) -> None:
         o = w.order
-        w.filled += qty
-        w.value += qty * price
-        ex = E.Execution(o.ref, exec_id, o.symbol, o.action, qty, price, when, w.broker_id, k)
+        ref = o.ref
+        filled = w.filled = w.filled + qty
+        value = w.value = w.value + qty * price
+        ex = E.Execution(ref, exec_id, o.symbol, o.action, qty, price, when, w.broker_id, k)
         self._executions.append(ex)
-        self._events.append(ex)
-        self._events.append(E.CommissionReport(exec_id, fee))
-        if o.quantity - w.filled <= 1e-9:
-            self._finish(w, E.FILLED, when, "")
-            if o.oca:
-                for other in list(self._by_symbol[self._key(o)]):
-                    if other.live and other.order.oca == o.oca:
-                        self._finish(other, E.CANCELLED, when, f"one-cancels-all: {o.ref} filled")
-        else:
-            self._events.append(E.OrderStatus(o.ref, E.PARTIAL, w.filled, o.quantity - w.filled, self._avg(w), when,
-                                              "", w.broker_id))
+        events = self._events
+        events.append(ex)
+        events.append(E.CommissionReport(exec_id, fee))
+        if o.quantity - filled > 1e-9:
+            events.append(E.OrderStatus(ref, E.PARTIAL, filled, o.quantity - filled, value / filled, when, "",
+                                        w.broker_id))
+            return
+        self._finish(w, E.FILLED, when, "")
+        if o.oca:
+            for other in list(self._by_symbol[self._key(o)]):
+                if other.live and other.order.oca == o.oca:
+                    self._finish(other, E.CANCELLED, when, f"one-cancels-all: {ref} filled")
 
     def _finish(self, w: _Working, status: str, when: int, reason: str) -> None:
         o = w.order
         w.live = False
         del self._working[o.ref]
         self._by_symbol[o.underlying if o.legs else o.symbol].remove(w)
-        self._events.append(E.OrderStatus(o.ref, status, w.filled, o.quantity - w.filled if status != E.FILLED
-                                          else 0.0, self._avg(w), when, reason, w.broker_id))
+        filled = w.filled
+        self._events.append(E.OrderStatus(o.ref, status, filled, o.quantity - filled if status != E.FILLED else 0.0,
+                                          w.value / filled if filled else 0.0, when, reason, w.broker_id))
 
     # ---- helpers -----------------------------------------------------------------------------
     @staticmethod

@@ -9,8 +9,6 @@ forward by a bar or so between two looks, so the last answer is where the next s
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from ..market.series import SymbolBars
@@ -63,29 +61,32 @@ class LastClose:
         self._seen[line] = (k, at)
         return k
 
-    def prices(self, at: int) -> "Callable[[str], float]":
-        """The marks at `at` of every symbol, as a look-up: each timeline's last closed bar found
+    def closes(self, symbols: list[str], at: int) -> np.ndarray:
+        """The marks at `at` of `symbols`, in their order: each timeline's last closed bar found
         once, and its symbols' closes at that bar read together (one row of their stacked closes)."""
-        rows: dict[int, list[float]] = {}
-        slot, line_of = self._slot, self._line
-
-        def price(symbol: str) -> float:
-            line = line_of[symbol]
+        line_of, slot = self._line, self._slot
+        lines = [line_of[s] for s in symbols]
+        first = lines[0]
+        if lines.count(first) == len(lines):        # one timeline (daily bars on one calendar)
+            return self._row(first, self.bar(symbols[0], at))[[slot[s] for s in symbols]]
+        rows: dict[int, np.ndarray] = {}
+        out = np.empty(len(symbols))
+        for i, (symbol, line) in enumerate(zip(symbols, lines)):
             row = rows.get(line)
             if row is None:
                 row = rows[line] = self._row(line, self.bar(symbol, at))
-            return row[slot[symbol]]
-        return price
+            out[i] = row[slot[symbol]]
+        return out
 
-    def _row(self, line: int, k: int) -> list[float]:
+    def _row(self, line: int, k: int) -> np.ndarray:
         """The closes at bar k of a timeline's symbols (their first opens before any bar closed)."""
         stacked = self._stacked[line]
         if stacked is None:
             members = self._members[line]
             stacked = self._stacked[line] = (np.column_stack([self.bars[s].close for s in members]),
-                                             [float(self.bars[s].open[0]) for s in members])
+                                             np.array([self.bars[s].open[0] for s in members], dtype=np.float64))
         closes, first = stacked
-        return closes[k].tolist() if k >= 0 else first
+        return closes[k] if k >= 0 else first
 
     def price(self, symbol: str, at: int) -> float:
         """The symbol's mark at `at`: its last close by then, else its first open."""

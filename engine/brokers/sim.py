@@ -68,14 +68,21 @@ class SimBroker:
         self._combos: dict[str, float] = {}    # combo key -> multiplier, for the account's marks
         self._combo_marks: dict[str, float] = {}
         self._combo_margin: dict[str, float] = {}   # combo key -> initial margin per unit held
-        self._last_close = LastClose(bars)
-        self._marks: dict[str, float] = {}          # the marks found at one instant (prices hold still in one)
-        self._marks_at: int | None = None
+        self._last_close = marks = LastClose(bars)
         self._value: dict[str, float] = {}          # per holding: its value in equity at the instant _worth_at
         self._used: dict[str, float] = {}           # per holding: the margin it holds then
         self._special: set[str] = set()             # holdings that are not stock (futures, combos)
         self._worth_at: int | None = None
         self._changed: set[str] = set()             # holdings changed since the account was read at _worth_at
+        # stock (the symbols that are not futures) is valued by timeline once the run has a clock:
+        # each timeline's quantities held, by slot (0 where none is held), kept as fills happen,
+        # and at an instant its holdings' values and margins in one pass over its row of closes
+        self._stock_at = {s: (marks.line(s), marks.slot(s)) for s, b in bars.items() if not b.margined}
+        self._stock_qty = [np.zeros(len(m)) for m in marks.members()]
+        self._stock_mult = [np.array([float(bars[s].multiplier) for s in m]) for m in marks.members()]
+        self._stock_held = [0] * len(self._stock_qty)     # per timeline: how many of its symbols are held
+        self._stock_in: set[str] = set()                  # the stock held
+        self._line_terms: dict[int, tuple[list[float], list[float]]] = {}   # per timeline, at _worth_at
         self.bars = bars
         self.fills = fills
         self.cash = float(cash)
@@ -209,8 +216,9 @@ class SimBroker:
         last mark (the kernel's mid, else its fill price) with the margin it was opened with.
 
         Equity is cash plus the exactly rounded sum of the holdings' values (math.fsum: the same
-        whatever their order, as the ledger's). Marks hold still within an instant, so each
-        holding's value is kept for it and only a holding that changes is valued again."""
+        whatever their order or grouping, as the ledger's). Marks hold still within an instant, so
+        the values found at one are kept and only what changes is valued again: a holding that is
+        not stock by itself, stock with the rest of its timeline."""
         if not self._holdings:
             return E.AccountValues(self.cash, self.cash, self.cash, 0.0)
         at = self.clock
@@ -219,34 +227,44 @@ class SimBroker:
         elif self._changed:
             self._appraise(self._changed)
             self._changed.clear()
-        value = math.fsum(self._value.values())
-        used = math.fsum(self._used.values())
+        values, used = list(self._value.values()), list(self._used.values())
+        if at is not None and self._stock_in:
+            terms = self._line_terms
+            for line, held in enumerate(self._stock_held):
+                if held:
+                    v, u = terms.get(line) or self._value_line(line, at)
+                    values += v
+                    used += u
+        value = math.fsum(values)
+        margin = math.fsum(used)
         equity = self.cash + value
         whole = self.account_type == "cash" and not self._special   # stock only in a cash account: the cash
-        return E.AccountValues(self.cash, equity, self.cash if whole else equity - used, used)
+        return E.AccountValues(self.cash, equity, self.cash if whole else equity - margin, margin)
 
     def _revalue(self, at: int | None) -> None:
-        """Every holding's value and margin at a new instant (one look-up of the last closed bar
-        per timeline)."""
+        """Every holding's value and margin at a new instant; with a clock, stock is left to its
+        timelines (_value_line)."""
         self._value, self._used, self._special, self._worth_at = {}, {}, set(), at
         self._changed.clear()
+        self._line_terms.clear()
         holdings = self._holdings
         if at is None:
             self._appraise(holdings)
-            return
-        combos, bars = self._combos, self.bars
-        stock = [s for s in holdings if s not in combos and not bars[s].margined]
-        if len(stock) < len(holdings):
-            self._appraise([s for s in holdings if s in combos or bars[s].margined])
-        if not stock:
-            return
-        # stock, all at once: the same float operations as _appraise's, one element per holding
-        price = self._last_close.closes(stock, at)
-        quantity = np.array([holdings[s].quantity for s in stock])
-        mult = np.array([bars[s].multiplier for s in stock])
+        elif len(self._stock_in) < len(holdings):
+            self._appraise([s for s in holdings if s not in self._stock_at])
+
+    def _value_line(self, line: int, at: int) -> tuple[list[float], list[float]]:
+        """The values in equity and the margins of the stock held on one timeline at `at`, with
+        _appraise's float operations (price x quantity x multiplier; |quantity| x price x
+        multiplier, half of it in a margin account), one element per holding."""
+        quantity = self._stock_qty[line]
+        held = quantity != 0.0
+        price = self._last_close.closes_at(line, at)[held]
+        quantity, mult = quantity[held], self._stock_mult[line][held]
         used = np.abs(quantity) * price * mult
-        self._value.update(zip(stock, (price * quantity * mult).tolist()))
-        self._used.update(zip(stock, (used if self.account_type == "cash" else 0.5 * used).tolist()))
+        terms = self._line_terms[line] = ((price * quantity * mult).tolist(),
+                                          (used if self.account_type == "cash" else 0.5 * used).tolist())
+        return terms
 
     def _appraise(self, symbols) -> None:
         """Holdings' values in equity and the margins they hold, at their marks at this instant, a
@@ -276,9 +294,23 @@ class SimBroker:
 
     def _holding_changed(self, symbol: str) -> None:
         """A holding opened, changed or closed: valued again when the account is next read at this
-        instant (the others' values still hold), or with all of them at the next instant."""
+        instant (the others' values still hold), or with all of them at the next instant. Stock
+        is kept in its timeline's quantities, whose values at this instant are found again."""
+        place = self._stock_at.get(symbol)
+        if place is not None:
+            line, slot = place
+            h = self._holdings.get(symbol)
+            self._stock_qty[line][slot] = h.quantity if h is not None else 0.0
+            if h is not None and symbol not in self._stock_in:
+                self._stock_in.add(symbol)
+                self._stock_held[line] += 1
+            elif h is None and symbol in self._stock_in:
+                self._stock_in.discard(symbol)
+                self._stock_held[line] -= 1
+            self._line_terms.pop(line, None)
         if self._worth_at is not None and self._worth_at == self.clock:
-            self._changed.add(symbol)
+            if place is None:
+                self._changed.add(symbol)
         else:
             self._worth_at = None
 
@@ -510,6 +542,7 @@ class SimBroker:
         """Start holding a position opened before this venue existed (a dry run's wallet starts
         with the account's positions, so their exits can be rehearsed)."""
         self._holdings[symbol] = _Holding(float(quantity), float(avg_price))
+        self._holding_changed(symbol)
 
     def mark_combo(self, key: str, credit: float) -> None:
         """A held combo's value per unit now (negative for a credit combo: what closing costs)."""

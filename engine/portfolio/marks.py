@@ -44,9 +44,19 @@ class LastClose:
         """The timeline a symbol's bars are on (symbols on one share its look-ups)."""
         return self._line[symbol]
 
+    def slot(self, symbol: str) -> int:
+        """A symbol's place among its timeline's symbols (its column in closes_at)."""
+        return self._slot[symbol]
+
+    def members(self) -> list[list[str]]:
+        """Each timeline's symbols, in their slots' order."""
+        return self._members
+
     def bar(self, symbol: str, at: int) -> int:
         """The last bar of `symbol` closed by `at` (ns), -1 when none has closed yet."""
-        line = self._line[symbol]
+        return self._bar(self._line[symbol], at)
+
+    def _bar(self, line: int, at: int) -> int:
         k, seen = self._seen[line]
         if seen == at:
             return k
@@ -61,22 +71,10 @@ class LastClose:
         self._seen[line] = (k, at)
         return k
 
-    def closes(self, symbols: list[str], at: int) -> np.ndarray:
-        """The marks at `at` of `symbols`, in their order: each timeline's last closed bar found
-        once, and its symbols' closes at that bar read together (one row of their stacked closes)."""
-        line_of, slot = self._line, self._slot
-        lines = [line_of[s] for s in symbols]
-        first = lines[0]
-        if lines.count(first) == len(lines):        # one timeline (daily bars on one calendar)
-            return self._row(first, self.bar(symbols[0], at))[[slot[s] for s in symbols]]
-        rows: dict[int, np.ndarray] = {}
-        out = np.empty(len(symbols))
-        for i, (symbol, line) in enumerate(zip(symbols, lines)):
-            row = rows.get(line)
-            if row is None:
-                row = rows[line] = self._row(line, self.bar(symbol, at))
-            out[i] = row[slot[symbol]]
-        return out
+    def closes_at(self, line: int, at: int) -> np.ndarray:
+        """The marks at `at` of a timeline's symbols, by slot: their closes at its last bar closed
+        by then, found once for all of them (one row of their stacked closes)."""
+        return self._row(line, self._bar(line, at))
 
     def _row(self, line: int, k: int) -> np.ndarray:
         """The closes at bar k of a timeline's symbols (their first opens before any bar closed)."""

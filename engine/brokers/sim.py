@@ -75,13 +75,15 @@ class SimBroker:
         self._worth_at: int | None = None
         self._changed: set[str] = set()             # holdings changed since the account was read at _worth_at
         # stock (the symbols that are not futures) is valued by timeline once the run has a clock:
-        # each timeline's quantities held, by slot (0 where none is held), kept as fills happen,
-        # and at an instant its holdings' values and margins in one pass over its row of closes
+        # each timeline's quantities held, by slot (0 where none is held), brought up to date when
+        # the account is read, and at an instant its holdings' values and margins in one pass over
+        # its row of closes
         self._stock_at = {s: (marks.line(s), marks.slot(s)) for s, b in bars.items() if not b.margined}
         self._stock_qty = [np.zeros(len(m)) for m in marks.members()]
         self._stock_mult = [np.array([float(bars[s].multiplier) for s in m]) for m in marks.members()]
         self._stock_held = [0] * len(self._stock_qty)     # per timeline: how many of its symbols are held
         self._stock_in: set[str] = set()                  # the stock held
+        self._stock_changed: set[str] = set()             # stock whose holding changed since the account was read
         self._line_terms: dict[int, tuple[list[float], list[float]]] = {}   # per timeline, at _worth_at
         self.bars = bars
         self.fills = fills
@@ -221,6 +223,8 @@ class SimBroker:
         not stock by itself, stock with the rest of its timeline."""
         if not self._holdings:
             return E.AccountValues(self.cash, self.cash, self.cash, 0.0)
+        if self._stock_changed:
+            self._stock_quantities()
         at = self.clock
         if at is None or at != self._worth_at:
             self._revalue(at)
@@ -294,25 +298,32 @@ class SimBroker:
 
     def _holding_changed(self, symbol: str) -> None:
         """A holding opened, changed or closed: valued again when the account is next read at this
-        instant (the others' values still hold), or with all of them at the next instant. Stock
-        is kept in its timeline's quantities, whose values at this instant are found again."""
-        place = self._stock_at.get(symbol)
-        if place is not None:
-            line, slot = place
-            h = self._holdings.get(symbol)
+        instant (the others' values still hold), or with all of them at the next instant; stock
+        with its timeline, once its quantities are brought up to date."""
+        same_instant = self._worth_at is not None and self._worth_at == self.clock
+        if symbol in self._stock_at:
+            self._stock_changed.add(symbol)
+        elif same_instant:
+            self._changed.add(symbol)
+        if not same_instant:
+            self._worth_at = None
+
+    def _stock_quantities(self) -> None:
+        """The timelines' quantities of the stock whose holdings changed; their values at this
+        instant are found again."""
+        holdings, stock_in = self._holdings, self._stock_in
+        for symbol in self._stock_changed:
+            line, slot = self._stock_at[symbol]
+            h = holdings.get(symbol)
             self._stock_qty[line][slot] = h.quantity if h is not None else 0.0
-            if h is not None and symbol not in self._stock_in:
-                self._stock_in.add(symbol)
+            if h is not None and symbol not in stock_in:
+                stock_in.add(symbol)
                 self._stock_held[line] += 1
-            elif h is None and symbol in self._stock_in:
-                self._stock_in.discard(symbol)
+            elif h is None and symbol in stock_in:
+                stock_in.discard(symbol)
                 self._stock_held[line] -= 1
             self._line_terms.pop(line, None)
-        if self._worth_at is not None and self._worth_at == self.clock:
-            if place is None:
-                self._changed.add(symbol)
-        else:
-            self._worth_at = None
+        self._stock_changed.clear()
 
     def events(self) -> list[E.Event]:
         out, self._events = self._events, []

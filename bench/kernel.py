@@ -13,8 +13,13 @@ kernel's run (the venue, the order tracker, the ledger) on bars already loaded. 
 (a) follows qtrade's rules exactly, and the check compares its trades and final equity with the
 kernel's; vectorbt's stops follow its own rules (its trade count is printed, not compared).
 
+`--bytecodes` also counts the Python bytecodes the kernel's run executes per trade (traced, so
+slow: use it with a smaller --bars for case a). Unlike the seconds it does not move with the
+machine's load, which makes it the figure to compare two versions of the kernel by on a busy
+machine; it leaves out the time spent in C (numpy, the interpreter's own calls).
+
 Not a test: `pip install numba vectorbt` into the venv. Data under /tmp, never in the repository.
-Run: python bench/kernel.py [--repeat 3] [--bars 1000000]
+Run: python bench/kernel.py [--repeat 3] [--bars 1000000] [--case a|b|both] [--bytecodes]
 """
 
 from __future__ import annotations
@@ -90,6 +95,35 @@ def best(fn, repeat: int):
         value = fn()
         times.append(time.perf_counter() - t)
     return min(times), value
+
+
+def bytecodes(run) -> tuple[int, object]:
+    """The Python bytecodes executed by run() (every frame traced opcode by opcode), and its result."""
+    count = 0
+
+    def on_opcode(frame, event, arg):
+        nonlocal count
+        if event == "opcode":
+            count += 1
+        return on_opcode
+
+    def on_call(frame, event, arg):
+        frame.f_trace_opcodes, frame.f_trace_lines = True, False
+        return on_opcode
+
+    sys.settrace(on_call)
+    try:
+        result = run()
+    finally:
+        sys.settrace(None)
+    return count, result
+
+
+def count_kernel(prep, args) -> None:
+    if args.bytecodes:
+        n, result = bytecodes(lambda: qb.run(prep, fast=False))
+        trades = max(len(result.ledger.trades), 1)
+        print(f"  kernel: {n:,} bytecodes, {n / trades:,.0f} per trade")
 
 
 def numba_stops():
@@ -259,6 +293,7 @@ def case_a(args) -> None:
         t_vb = float("nan")
     show(f"(a) {n:,} minute bars, SMA 10/30 with a {STOP:.1%} stop and a {TARGET:.1%} target", rows, t_nb, t_vb)
     print(f"  kernel: {1e6 * t_q / max(len(trades), 1):.1f} us per trade")
+    count_kernel(prep, args)
 
 
 def case_b(args) -> None:
@@ -294,6 +329,7 @@ def case_b(args) -> None:
     except ImportError:
         t_vb = float("nan")
     show("(b) 100 symbols x 2,519 daily bars, one cash pool, 1% of equity per entry", rows, t_nb, t_vb)
+    count_kernel(prep, args)
 
 
 def show(title: str, rows, floor: float, vectorbt: float) -> None:
@@ -308,6 +344,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--bars", type=int, default=1_000_000)
     ap.add_argument("--case", choices=["a", "b", "both"], default="both")
+    ap.add_argument("--bytecodes", action="store_true", help="also count the kernel's Python bytecodes per trade")
     args = ap.parse_args()
     if args.case in ("a", "both"):
         case_a(args)

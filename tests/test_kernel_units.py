@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from engine.brokers import events as E
 from engine.brokers.costs import Commission, Slippage
 from engine.brokers.dryrun import DryRunBroker
-from engine.brokers.matching import FillModel, match_bar
+from engine.brokers.matching import FillModel, first_touch_any, match_bar
 from engine.brokers.protocol import Broker
 from engine.brokers.sim import SimBroker
 from engine.market.series import SymbolBars
@@ -69,6 +69,22 @@ def test_the_venue_bar_by_bar_fills_as_the_history_search(b, kind, buy, offset, 
     want = fills.execute(b, intent, 0)
     got = _venue_fill(b, intent, fills)
     assert (None if want is None else (want.bar, want.price)) == got
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.floats(-1, 1), min_size=1, max_size=60), lo=st.integers(0, 59), width=st.integers(0, 60),
+       stop=st.floats(-2, 2), target=st.floats(-2, 2), long=st.booleans())
+def test_the_protective_search_finds_the_first_bar_that_touches_a_level(steps, lo, width, stop, target, long):
+    """first_touch_any (its first bars compared one by one, the rest as arrays) is the first bar
+    whose range reaches the stop or the target, each bar's high and low compared with the level."""
+    close = 100.0 + np.cumsum(steps)
+    b = bars(close, close + 0.5, close - 0.5, close)
+    lo = min(lo, len(b))
+    hi = min(lo + width, len(b))
+    levels = [(100.0 + stop, not long), (100.0 + target, long)]
+    touched = [j for j in range(lo, hi) if any(b.high[j] >= level if rising else b.low[j] <= level
+                                               for level, rising in levels)]
+    assert first_touch_any(b, lo, hi, levels) == (touched[0] if touched else None)
 
 
 def test_match_bar_gaps_fill_at_the_open():

@@ -96,9 +96,25 @@ def first_touch(bars: SymbolBars, lo: int, hi: int, level, rising: bool) -> tupl
     return lo + j, (max(opened, lvl) if rising else min(opened, lvl))
 
 
+_SCAN = 16    # bars searched one by one before the arrays are (numpy's cost per call is the work of many bars)
+
+
 def first_touch_any(bars: SymbolBars, lo: int, hi: int, levels: list[tuple[float, bool]]) -> int | None:
     """The first bar in [lo, hi) whose range reaches any of `levels` ((price, rising) pairs, as
-    first_touch reads them): a protective stop and target searched in one pass."""
+    first_touch reads them): a protective stop and target searched in one pass. Most protective
+    orders are touched within a few bars of their placing, so the first bars are compared one
+    by one (the same comparisons), the rest as arrays."""
+    if not levels:
+        return None
+    head = min(hi, lo + _SCAN)
+    if head > lo:
+        highs = bars.high[lo:head].tolist()
+        lows = bars.low[lo:head].tolist()
+        for j in range(head - lo):
+            for level, rising in levels:
+                if (highs[j] >= level) if rising else (lows[j] <= level):
+                    return lo + j
+        lo = head
     mask = None
     for level, rising in levels:
         touched = bars.high[lo:hi] >= level if rising else bars.low[lo:hi] <= level

@@ -22,6 +22,8 @@ import math
 import uuid
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from ..market.series import SymbolBars
 from . import events as E
 from ..portfolio.marks import LastClose
@@ -66,14 +68,23 @@ class SimBroker:
         self._combos: dict[str, float] = {}    # combo key -> multiplier, for the account's marks
         self._combo_marks: dict[str, float] = {}
         self._combo_margin: dict[str, float] = {}   # combo key -> initial margin per unit held
-        self._last_close = LastClose(bars)
-        self._marks: dict[str, float] = {}          # the marks found at one instant (prices hold still in one)
-        self._marks_at: int | None = None
+        self._last_close = marks = LastClose(bars)
         self._value: dict[str, float] = {}          # per holding: its value in equity at the instant _worth_at
         self._used: dict[str, float] = {}           # per holding: the margin it holds then
         self._special: set[str] = set()             # holdings that are not stock (futures, combos)
         self._worth_at: int | None = None
         self._changed: set[str] = set()             # holdings changed since the account was read at _worth_at
+        # stock (the symbols that are not futures) is valued by timeline once the run has a clock:
+        # each timeline's quantities held, by slot (0 where none is held), brought up to date when
+        # the account is read, and at an instant its holdings' values and margins in one pass over
+        # its row of closes
+        self._stock_at = {s: (marks.line(s), marks.slot(s)) for s, b in bars.items() if not b.margined}
+        self._stock_qty = [np.zeros(len(m)) for m in marks.members()]
+        self._stock_mult = [np.array([float(bars[s].multiplier) for s in m]) for m in marks.members()]
+        self._stock_held = [0] * len(self._stock_qty)     # per timeline: how many of its symbols are held
+        self._stock_in: set[str] = set()                  # the stock held
+        self._stock_changed: set[str] = set()             # stock whose holding changed since the account was read
+        self._line_terms: dict[int, tuple[list[float], list[float]]] = {}   # per timeline, at _worth_at
         self.bars = bars
         self.fills = fills
         self.cash = float(cash)
@@ -101,7 +112,8 @@ class SimBroker:
         working = self._by_symbol[symbol]
         if working:
             for w in list(working):
-                if w.live and w.order.order_type == "market" and w.active_from <= k and not w.order.legs:
+                o = w.order
+                if w.live and o.order_type == "market" and w.active_from <= k and not o.legs:
                     self._match(w, k)
 
     def fills_at_open(self, symbol: str, k: int) -> bool:
@@ -130,6 +142,8 @@ class SimBroker:
             if w.live:
                 self._match(w, k)
         self._phase[symbol] = CLOSE
+        if not working:
+            return
         last = k + 1 >= len(b)
         for w in list(working):
             if w.active_from > k or w.order.legs:
@@ -204,40 +218,64 @@ class SimBroker:
         last mark (the kernel's mid, else its fill price) with the margin it was opened with.
 
         Equity is cash plus the exactly rounded sum of the holdings' values (math.fsum: the same
-        whatever their order, as the ledger's). Marks hold still within an instant, so each
-        holding's value is kept for it and only a holding that changes is valued again."""
+        whatever their order or grouping, as the ledger's). Marks hold still within an instant, so
+        the values found at one are kept and only what changes is valued again: a holding that is
+        not stock by itself, stock with the rest of its timeline."""
         if not self._holdings:
             return E.AccountValues(self.cash, self.cash, self.cash, 0.0)
+        if self._stock_changed:
+            self._stock_quantities()
         at = self.clock
         if at is None or at != self._worth_at:
             self._revalue(at)
         elif self._changed:
             self._appraise(self._changed)
             self._changed.clear()
-        value = math.fsum(self._value.values())
-        used = math.fsum(self._used.values())
+        values, used = list(self._value.values()), list(self._used.values())
+        if at is not None and self._stock_in:
+            terms = self._line_terms
+            for line, held in enumerate(self._stock_held):
+                if held:
+                    v, u = terms.get(line) or self._value_line(line, at)
+                    values += v
+                    used += u
+        value = math.fsum(values)
+        margin = math.fsum(used)
         equity = self.cash + value
         whole = self.account_type == "cash" and not self._special   # stock only in a cash account: the cash
-        return E.AccountValues(self.cash, equity, self.cash if whole else equity - used, used)
+        return E.AccountValues(self.cash, equity, self.cash if whole else equity - margin, margin)
 
     def _revalue(self, at: int | None) -> None:
-        """Every holding's value and margin at a new instant (one look-up of the last closed bar
-        per timeline)."""
+        """Every holding's value and margin at a new instant; with a clock, stock is left to its
+        timelines (_value_line)."""
         self._value, self._used, self._special, self._worth_at = {}, {}, set(), at
         self._changed.clear()
+        self._line_terms.clear()
+        holdings = self._holdings
         if at is None:
-            self._appraise(self._holdings)
-            return
-        marks = self._last_close.prices(at)
-        self._appraise(self._holdings, [None if s in self._combos else marks(s) for s in self._holdings])
+            self._appraise(holdings)
+        elif len(self._stock_in) < len(holdings):
+            self._appraise([s for s in holdings if s not in self._stock_at])
 
-    def _appraise(self, symbols, prices: list[float | None] | None = None) -> None:
-        """Holdings' values in equity and the margins they hold, at their marks at this instant
-        (`prices`, one per symbol, else looked up), a combo at its last mark; a holding gone is
-        dropped."""
+    def _value_line(self, line: int, at: int) -> tuple[list[float], list[float]]:
+        """The values in equity and the margins of the stock held on one timeline at `at`, with
+        _appraise's float operations (price x quantity x multiplier; |quantity| x price x
+        multiplier, half of it in a margin account), one element per holding."""
+        quantity = self._stock_qty[line]
+        held = quantity != 0.0
+        price = self._last_close.closes_at(line, at)[held]
+        quantity, mult = quantity[held], self._stock_mult[line][held]
+        used = np.abs(quantity) * price * mult
+        terms = self._line_terms[line] = ((price * quantity * mult).tolist(),
+                                          (used if self.account_type == "cash" else 0.5 * used).tolist())
+        return terms
+
+    def _appraise(self, symbols) -> None:
+        """Holdings' values in equity and the margins they hold, at their marks at this instant, a
+        combo at its last mark; a holding gone is dropped."""
         value, used, special, holdings, combos, bars = \
             self._value, self._used, self._special, self._holdings, self._combos, self.bars
-        for s, price in zip(symbols, prices if prices is not None else [None] * len(symbols)):
+        for s in symbols:
             h = holdings.get(s)
             if h is None:
                 value.pop(s, None)
@@ -250,8 +288,7 @@ class SimBroker:
                 special.add(s)
             else:
                 b = bars[s]
-                if price is None:
-                    price = self.mark(s)
+                price = self.mark(s)
                 if b.margined:
                     value[s] = (price - h.avg_price) * h.quantity * b.multiplier
                     special.add(s)
@@ -261,11 +298,32 @@ class SimBroker:
 
     def _holding_changed(self, symbol: str) -> None:
         """A holding opened, changed or closed: valued again when the account is next read at this
-        instant (the others' values still hold), or with all of them at the next instant."""
-        if self._worth_at is not None and self._worth_at == self.clock:
+        instant (the others' values still hold), or with all of them at the next instant; stock
+        with its timeline, once its quantities are brought up to date."""
+        same_instant = self._worth_at is not None and self._worth_at == self.clock
+        if symbol in self._stock_at:
+            self._stock_changed.add(symbol)
+        elif same_instant:
             self._changed.add(symbol)
-        else:
+        if not same_instant:
             self._worth_at = None
+
+    def _stock_quantities(self) -> None:
+        """The timelines' quantities of the stock whose holdings changed; their values at this
+        instant are found again."""
+        holdings, stock_in = self._holdings, self._stock_in
+        for symbol in self._stock_changed:
+            line, slot = self._stock_at[symbol]
+            h = holdings.get(symbol)
+            self._stock_qty[line][slot] = h.quantity if h is not None else 0.0
+            if h is not None and symbol not in stock_in:
+                stock_in.add(symbol)
+                self._stock_held[line] += 1
+            elif h is None and symbol in stock_in:
+                stock_in.discard(symbol)
+                self._stock_held[line] -= 1
+            self._line_terms.pop(line, None)
+        self._stock_changed.clear()
 
     def events(self) -> list[E.Event]:
         out, self._events = self._events, []
@@ -327,26 +385,24 @@ class SimBroker:
     def _match(self, w: _Working, k: int, at_close: bool = False) -> None:
         o = w.order
         b = self.bars[o.symbol]
-        buy = o.action == "buy"
         if w.session is None and o.tif == "day":
             w.session = b.session[k]
         if at_close:   # a market order at this bar's close
             price, when = self.fills.market_price(b, o.action, float(b.close[k])), int(b.end[k])
         else:
-            m = match_bar(o.order_type, buy, o.limit, o.stop, float(b.open[k]), float(b.high[k]), float(b.low[k]),
-                          float(b.close[k]), self.fills.slippage, b.tick_size, w.triggered)
-            if m.triggered:
-                # touched the stop but beyond the limit: a limit from the next bar
-                w.triggered, w.active_from = True, k + 1
-                return
-            if m.price is None:
-                return
+            m = match_bar(o.order_type, o.action == "buy", o.limit, o.stop, float(b.open[k]), float(b.high[k]),
+                          float(b.low[k]), float(b.close[k]), self.fills.slippage, b.tick_size, w.triggered)
             price = m.price
+            if price is None:
+                if m.triggered:
+                    # touched the stop but beyond the limit: a limit from the next bar
+                    w.triggered, w.active_from = True, k + 1
+                return
             when = int(b.end[k]) if m.at_close else int(b.start[k])
-        remaining = o.quantity - w.filled
-        qty = remaining
-        if self.partial is not None and self.partial < 1.0:
-            qty = min(remaining, max(1.0, math.floor(o.quantity * self.partial)))
+        qty = o.quantity - w.filled
+        partial = self.partial
+        if partial is not None and partial < 1.0:
+            qty = min(qty, max(1.0, math.floor(o.quantity * partial)))
         self._execute(w, k, qty, price, when)
 
     # ---- combos ------------------------------------------------------------------------------
@@ -401,33 +457,37 @@ class SimBroker:
         if o.legs:
             self._execute_combo(w, k, qty, price, when)
             return
-        b = self.bars[o.symbol]
-        fee = self.fills.commission(qty, price, b.multiplier, b.contracts)
-        self._exec_seq += 1
-        exec_id = f"{self._exec_prefix}{w.broker_id}.{self._exec_seq}.01"
+        symbol = o.symbol
+        b = self.bars[symbol]
+        mult = b.multiplier
+        fee = self.fills.commission(qty, price, mult, b.contracts)
+        seq = self._exec_seq = self._exec_seq + 1
+        exec_id = f"{self._exec_prefix}{w.broker_id}.{seq}.01"
         signed = qty if o.action == "buy" else -qty
-        h = self._holdings.get(o.symbol)
+        holdings = self._holdings
+        h = holdings.get(symbol)
         if h is None:
-            h = self._holdings[o.symbol] = _Holding()
-        self.cash -= fee
+            h = holdings[symbol] = _Holding()
+        held = h.quantity
         if b.margined:
-            if h.quantity and (h.quantity > 0) != (signed > 0):   # closing: realise P&L
-                closed = min(abs(signed), abs(h.quantity))
-                self.cash += (price - h.avg_price) * closed * (1 if h.quantity > 0 else -1) * b.multiplier
+            self.cash -= fee
+            if held and (held > 0) != (signed > 0):   # closing: realise P&L
+                closed = min(abs(signed), abs(held))
+                self.cash += (price - h.avg_price) * closed * (1 if held > 0 else -1) * mult
         else:
-            self.cash -= signed * price * b.multiplier
-        new = h.quantity + signed
-        if h.quantity == 0:
+            self.cash = self.cash - fee - signed * price * mult
+        new = held + signed
+        if held == 0:
             h.avg_price = price       # opened: its price, to the bit (as the ledger books it)
-        elif (h.quantity > 0) == (signed > 0):
-            h.avg_price = (h.avg_price * abs(h.quantity) + price * qty) / abs(new)
-        elif (new > 0) != (h.quantity > 0) and new:
+        elif (held > 0) == (signed > 0):
+            h.avg_price = (h.avg_price * abs(held) + price * qty) / abs(new)
+        elif (new > 0) != (held > 0) and new:
             h.avg_price = price       # reversed through zero
         if abs(new) < 1e-12:          # flat: the holding goes (a new one is last in the account's order)
-            del self._holdings[o.symbol]
+            del holdings[symbol]
         else:
             h.quantity = new
-        self._holding_changed(o.symbol)
+        self._holding_changed(symbol)
         self._report(w, k, qty, price, when, exec_id, fee)
 
     def _execute_combo(self, w: _Working, k: int, qty: float, price: float, when: int) -> None:
@@ -453,29 +513,32 @@ class SimBroker:
 
     def _report(self, w: _Working, k: int, qty: float, price: float, when: int, exec_id: str, fee: float) -> None:
         o = w.order
-        w.filled += qty
-        w.value += qty * price
-        ex = E.Execution(o.ref, exec_id, o.symbol, o.action, qty, price, when, w.broker_id, k)
+        ref = o.ref
+        filled = w.filled = w.filled + qty
+        value = w.value = w.value + qty * price
+        ex = E.Execution(ref, exec_id, o.symbol, o.action, qty, price, when, w.broker_id, k)
         self._executions.append(ex)
-        self._events.append(ex)
-        self._events.append(E.CommissionReport(exec_id, fee))
-        if o.quantity - w.filled <= 1e-9:
-            self._finish(w, E.FILLED, when, "")
-            if o.oca:
-                for other in list(self._by_symbol[self._key(o)]):
-                    if other.live and other.order.oca == o.oca:
-                        self._finish(other, E.CANCELLED, when, f"one-cancels-all: {o.ref} filled")
-        else:
-            self._events.append(E.OrderStatus(o.ref, E.PARTIAL, w.filled, o.quantity - w.filled, self._avg(w), when,
-                                              "", w.broker_id))
+        events = self._events
+        events.append(ex)
+        events.append(E.CommissionReport(exec_id, fee))
+        if o.quantity - filled > 1e-9:
+            events.append(E.OrderStatus(ref, E.PARTIAL, filled, o.quantity - filled, value / filled, when, "",
+                                        w.broker_id))
+            return
+        self._finish(w, E.FILLED, when, "")
+        if o.oca:
+            for other in list(self._by_symbol[self._key(o)]):
+                if other.live and other.order.oca == o.oca:
+                    self._finish(other, E.CANCELLED, when, f"one-cancels-all: {ref} filled")
 
     def _finish(self, w: _Working, status: str, when: int, reason: str) -> None:
         o = w.order
         w.live = False
         del self._working[o.ref]
         self._by_symbol[o.underlying if o.legs else o.symbol].remove(w)
-        self._events.append(E.OrderStatus(o.ref, status, w.filled, o.quantity - w.filled if status != E.FILLED
-                                          else 0.0, self._avg(w), when, reason, w.broker_id))
+        filled = w.filled
+        self._events.append(E.OrderStatus(o.ref, status, filled, o.quantity - filled if status != E.FILLED else 0.0,
+                                          w.value / filled if filled else 0.0, when, reason, w.broker_id))
 
     # ---- helpers -----------------------------------------------------------------------------
     @staticmethod
@@ -490,6 +553,7 @@ class SimBroker:
         """Start holding a position opened before this venue existed (a dry run's wallet starts
         with the account's positions, so their exits can be rehearsed)."""
         self._holdings[symbol] = _Holding(float(quantity), float(avg_price))
+        self._holding_changed(symbol)
 
     def mark_combo(self, key: str, credit: float) -> None:
         """A held combo's value per unit now (negative for a credit combo: what closing costs)."""

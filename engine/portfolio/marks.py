@@ -9,8 +9,6 @@ forward by a bar or so between two looks, so the last answer is where the next s
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from ..market.series import SymbolBars
@@ -46,9 +44,19 @@ class LastClose:
         """The timeline a symbol's bars are on (symbols on one share its look-ups)."""
         return self._line[symbol]
 
+    def slot(self, symbol: str) -> int:
+        """A symbol's place among its timeline's symbols (its column in closes_at)."""
+        return self._slot[symbol]
+
+    def members(self) -> list[list[str]]:
+        """Each timeline's symbols, in their slots' order."""
+        return self._members
+
     def bar(self, symbol: str, at: int) -> int:
         """The last bar of `symbol` closed by `at` (ns), -1 when none has closed yet."""
-        line = self._line[symbol]
+        return self._bar(self._line[symbol], at)
+
+    def _bar(self, line: int, at: int) -> int:
         k, seen = self._seen[line]
         if seen == at:
             return k
@@ -63,29 +71,20 @@ class LastClose:
         self._seen[line] = (k, at)
         return k
 
-    def prices(self, at: int) -> "Callable[[str], float]":
-        """The marks at `at` of every symbol, as a look-up: each timeline's last closed bar found
-        once, and its symbols' closes at that bar read together (one row of their stacked closes)."""
-        rows: dict[int, list[float]] = {}
-        slot, line_of = self._slot, self._line
+    def closes_at(self, line: int, at: int) -> np.ndarray:
+        """The marks at `at` of a timeline's symbols, by slot: their closes at its last bar closed
+        by then, found once for all of them (one row of their stacked closes)."""
+        return self._row(line, self._bar(line, at))
 
-        def price(symbol: str) -> float:
-            line = line_of[symbol]
-            row = rows.get(line)
-            if row is None:
-                row = rows[line] = self._row(line, self.bar(symbol, at))
-            return row[slot[symbol]]
-        return price
-
-    def _row(self, line: int, k: int) -> list[float]:
+    def _row(self, line: int, k: int) -> np.ndarray:
         """The closes at bar k of a timeline's symbols (their first opens before any bar closed)."""
         stacked = self._stacked[line]
         if stacked is None:
             members = self._members[line]
             stacked = self._stacked[line] = (np.column_stack([self.bars[s].close for s in members]),
-                                             [float(self.bars[s].open[0]) for s in members])
+                                             np.array([self.bars[s].open[0] for s in members], dtype=np.float64))
         closes, first = stacked
-        return closes[k].tolist() if k >= 0 else first
+        return closes[k] if k >= 0 else first
 
     def price(self, symbol: str, at: int) -> float:
         """The symbol's mark at `at`: its last close by then, else its first open."""

@@ -43,28 +43,34 @@ class SimClock:
     def run(self) -> None:
         """Every process's steps in (time, phase, order) order. A process whose next step still
         comes first (the only one live, or ahead of the rest) runs on without going through the
-        heap."""
+        heap; else it goes in and the first one comes out, in one step (heappushpop: no two
+        entries compare equal, their orders differ)."""
         heap = self._heap
-        on_time, progress, wait = self.on_time, self.progress, self._wait
-        while heap:
-            t, phase, order, proc = heapq.heappop(heap)
-            while True:
-                wait(t)
-                self.now = t
-                if on_time is not None:
-                    on_time(t)
-                nxt = next(proc, None)
-                self.steps += 1
-                if progress is not None and self.steps % 1024 == 0:
-                    progress(t)
-                if nxt is None:
-                    break
-                t, phase = nxt
-                if heap:
-                    top = heap[0]
-                    if t > top[0] or (t == top[0] and (phase > top[1] or (phase == top[1] and order > top[2]))):
-                        heapq.heappush(heap, (t, phase, order, proc))
+        on_time, progress = self.on_time, self.progress
+        wait = self._wait if type(self)._wait is not SimClock._wait else None    # a SimClock never waits
+        pushpop = heapq.heappushpop
+        steps = self.steps
+        try:
+            while heap:
+                t, _, order, proc = heapq.heappop(heap)
+                while True:
+                    if wait is not None:
+                        wait(t)
+                    self.now = t
+                    if on_time is not None:
+                        on_time(t)
+                    nxt = next(proc, None)
+                    steps += 1
+                    if progress is not None and steps % 1024 == 0:
+                        progress(t)
+                    if nxt is None:
                         break
+                    if heap:
+                        t, _, order, proc = pushpop(heap, (nxt[0], nxt[1], order, proc))
+                    else:
+                        t = nxt[0]
+        finally:
+            self.steps = steps
 
     def _wait(self, t: int) -> None:
         pass

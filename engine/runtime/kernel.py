@@ -181,7 +181,7 @@ class Kernel(RunState):
             st.candidate_set = set(st.candidates.tolist()) if st.candidates is not None else None
         self._jump_cache: dict[str | None, list[int] | None] = {}
         self._scalars: dict[int, Callable] = {}        # each node read at one bar, as a function (plan.evaluate.scalar_at)
-        self._levels: dict[str | None, list] = {}     # per owner: its exits' (rule, stop|target, level node)
+        self._levels: dict[str | None, list] = {}     # per owner: its exits' (rule, stop|target, level at a bar, key)
         self._sizings: dict[str, Sizing] = {}      # each template's share-of-equity sizing (one value)
         self._running_fields = bool(read & {"position.max_pnl", "position.min_pnl", "position.highest",
                                             "position.lowest"})
@@ -245,10 +245,13 @@ class Kernel(RunState):
         n = len(b)
         start, end = b.start, b.end
         venue = self.venue
+        open_bar, close_bar, fills_at_open, works = venue.open_bar, venue.close_bar, venue.fills_at_open, venue.works
+        drain, on_open, on_close, holding_jump = self._drain, self._on_open, self._on_close, self._holding_jump
         if st.stream is not None:
             for k in range(st.start):
                 self._stream(st, k)
         cands = st.candidates.tolist() if st.candidates is not None else None
+        last_cand = len(cands) if cands is not None else 0
         skips = st.stream is None
         k = st.start
         while k < n:
@@ -256,45 +259,45 @@ class Kernel(RunState):
                     and st.chasing is None:
                 if cands is not None:
                     j = bisect_left(cands, k)
-                    if j >= len(cands):
+                    if j >= last_cand:
                         return
                     k = cands[j]
                 yield int(end[k]), CLOSE
                 st.at = (k, CLOSE)
-                venue.open_bar(symbol, k)
-                venue.close_bar(symbol, k)
-                self._on_close(st, k)
+                open_bar(symbol, k)
+                close_bar(symbol, k)
+                on_close(st, k)
                 k += 1
                 continue
             if skips and st.key is not None:
-                j = self._holding_jump(st, k)
+                j = holding_jump(st, k)
                 if j is not None and j > k:
                     if j >= n:
                         return      # nothing can happen to the position before the data ends
                     k = j
             t = int(start[k])
-            opened = st.pending or venue.fills_at_open(symbol, k)
+            opened = st.pending or fills_at_open(symbol, k)
             if opened:
                 yield t, OPEN
                 st.at = (k, OPEN)
-                self._on_open(st, k)
+                on_open(st, k)
             # the bar's trading, when an order rests at the venue (else nothing can fill in it)
-            trades = venue.works(symbol)
+            trades = works(symbol)
             if trades:
                 yield t, INTRABAR
                 if not opened:
                     st.at = (k, OPEN)
-                    venue.open_bar(symbol, k)
-                venue.close_bar(symbol, k)
-                self._drain()
+                    open_bar(symbol, k)
+                close_bar(symbol, k)
+                drain()
             yield int(end[k]), CLOSE
             st.at = (k, CLOSE)
             if not trades:
                 if not opened:
-                    venue.open_bar(symbol, k)
-                venue.close_bar(symbol, k)
-            self._drain()
-            self._on_close(st, k)
+                    open_bar(symbol, k)
+                close_bar(symbol, k)
+            drain()
+            on_close(st, k)
             k += 1
 
     _FIXED_AT_ENTRY = frozenset({"position.entry_price", "position.side", "position.size", "position.entry_bar",
@@ -406,9 +409,12 @@ class Kernel(RunState):
     def _on_open(self, st: _Symbol, k: int) -> None:
         self.venue.open_bar(st.symbol, k)
         self._drain()
-        pending, st.pending = st.pending, []
-        for ref in pending:
-            self._send(self.orders_by_ref[ref], k)
+        pending = st.pending
+        if pending:
+            st.pending = []
+            orders = self.orders_by_ref
+            for ref in pending:
+                self._send(orders[ref], k)
         self._drain()
 
     def _send(self, tr: _Tracked, k: int) -> None:
@@ -430,13 +436,13 @@ class Kernel(RunState):
         order = E.Order(it.tag, it.symbol, it.action, float(it.quantity), it.order_type, it.limit, it.stop, it.tif,
                         f"{it.symbol}:protect" if role == "stop" or role == "target" else "", tr.owner, it.intent,
                         it.rule)
-        if role == "entry" and self._refused(tr, order):
+        if role == "entry" and self.check_order is not None and self._refused(tr, order):
             self.syms[tr.symbol].working_entry = None
             return
         if self.recorder is not None:
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
-        if self.on_order is not None and role in ("entry", "exit"):
+        if self.on_order is not None and (role == "entry" or role == "exit"):
             self.on_order({"kind": "order", "time": self._now, "when": self.when(tr.symbol), "symbol": tr.symbol,
                            "rule": it.rule, "order": tr.rule.order, "intent": it, "why": tr.why, "quote": None,
                            "role": tr.role})
@@ -550,7 +556,9 @@ class Kernel(RunState):
         if tr is None:
             self._error(f"execution {ev.exec_id} for an order this run did not send ({ev.ref})")
             return
-        if ev.exec_id in self._by_exec:
+        exec_id = ev.exec_id
+        by_exec = self._by_exec
+        if exec_id in by_exec:
             return          # the same execution reported twice
         corrected = self._fills_of.get(ev.corrects) if ev.corrects else None
         if corrected is not None:       # the venue corrected an execution (IB's .02 for .01): it replaces it
@@ -565,22 +573,23 @@ class Kernel(RunState):
             tr.filled -= old_q
             tr.value -= old_q * old_p
             tr.execs -= 1
-            self._by_exec.pop(ev.corrects, None)
-            self._fees[ev.exec_id] = self._fees.pop(ev.corrects, 0.0)
-        if tr.filled + ev.quantity > tr.intent.quantity + 1e-9:
-            self._error(f"execution {ev.exec_id} fills {tr.filled + ev.quantity:g} of an order for "
+            by_exec.pop(ev.corrects, None)
+            self._fees[exec_id] = self._fees.pop(ev.corrects, 0.0)
+        quantity, price = ev.quantity, ev.price
+        if tr.filled + quantity > tr.intent.quantity + 1e-9:
+            self._error(f"execution {exec_id} fills {tr.filled + quantity:g} of an order for "
                         f"{tr.intent.quantity:g} ({ev.ref})")
             return
-        self._by_exec[ev.exec_id] = tr
-        self._fills_of[ev.exec_id] = (ev.quantity, ev.price)
+        by_exec[exec_id] = tr
+        self._fills_of[exec_id] = (quantity, price)
         tr.execs += 1
-        tr.filled += ev.quantity
-        tr.value += ev.quantity * ev.price
+        tr.filled += quantity
+        tr.value += quantity * price
         # a live venue knows no bar indices: its fills belong to the bar they happened in (the
         # one forming, after the last closed bar)
         tr.last_bar = ev.bar if ev.bar >= 0 and not self.live else self._bar_at(tr.symbol, ev.time)
         tr.last_time = ev.time
-        tr.last_price = ev.price
+        tr.last_price = price
         if self.recorder is not None:
             if corrected is not None:
                 self.recorder.correction(ev)
@@ -593,32 +602,34 @@ class Kernel(RunState):
         if tr is None:
             self._error(f"status '{ev.status}' for an order this run did not send ({ev.ref})")
             return
-        if ev.status not in E.DONE or tr.done:
-            if ev.status == E.SUBMITTED and self.recorder is not None and tr.record.status == "created" \
+        status = ev.status
+        if status not in E.DONE or tr.done:
+            if status == E.SUBMITTED and self.recorder is not None and tr.record.status == "created" \
                     and not tr.done:
                 tr.record.status, tr.record.status_time = "submitted", ev.time
                 self.recorder.acknowledged(tr.record, ev.broker_id)
             return
         tr.done = True
         st = self.syms[tr.symbol]
-        if tr.role in ("combo_entry", "combo_exit"):
+        role = tr.role
+        if role == "combo_entry" or role == "combo_exit":
             self._combo_done(tr, st, ev)
             return
         if tr.filled > 0:
             self._book(tr, st, ev)
         else:
-            status = {"expired": "expired", "rejected": "rejected", "cancelled": "cancelled"}[ev.status]
+            status = _UNFILLED[status]
             self._status(tr, status, ev.time, ev.reason)
-            if tr.role in ("entry", "exit") and tr.sent:
+            if (role == "entry" or role == "exit") and tr.sent:
                 self._outcome(tr, f"{status}: {ev.reason}" if ev.reason else status)
-            if status == "rejected" and tr.role == "entry":
+            if status == E.REJECTED and role == "entry":
                 self._decide(tr.symbol, tr.intent.rule, "entry", "blocked", f"rejected by the broker: {ev.reason}")
-        if tr.role == "entry":
+        if role == "entry":
             st.working_entry = None
-        elif tr.role == "exit":
+        elif role == "exit":
             st.closing = None
         else:
-            key = (tr.rule.name, tr.role)         # a protective order is kept under its rule and role
+            key = (tr.rule.name, role)         # a protective order is kept under its rule and role
             if st.protect.get(key) == tr.intent.tag:
                 del st.protect[key]
 
@@ -664,38 +675,40 @@ class Kernel(RunState):
         An order the venue ended short of its quantity (cancelled or expired after a partial
         fill) keeps that status, with what was filled in its reason."""
         b = st.bars
-        price = self._average(tr)
+        price = tr.last_price if tr.execs == 1 else tr.value / tr.filled      # _average
         it = tr.intent
-        fill = Fill(tr.symbol, it.action, tr.filled, price, tr.commission, tr.last_time, tr.last_bar, it.tag,
-                    b.multiplier, tr.rule.name)
+        tag, symbol, role, rule, time = it.tag, tr.symbol, tr.role, tr.rule, tr.last_time
+        fill = Fill(symbol, it.action, tr.filled, price, tr.commission, time, tr.last_bar, tag, b.multiplier, rule.name)
         if ev.status == E.FILLED or tr.filled >= float(it.quantity or 0.0) - 1e-9:
-            self._status(tr, "filled", tr.last_time, "")
+            self._status(tr, "filled", time, "")
         else:
             short = f"{tr.filled:g} of {float(it.quantity):g} filled, the rest {ev.status}"
             self._status(tr, ev.status, ev.time, f"{short}: {ev.reason}" if ev.reason else short)
-        self._booked.add(it.tag)
-        if tr.role == "entry":
-            self.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)
-            st.owner, st.key = tr.owner, tr.symbol
+        self._booked.add(tag)
+        ledger = self.ledger
+        if role == "entry":
+            ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)
+            st.owner, st.key = tr.owner, symbol
             st.stats = {}
-            self._entry_ref[tr.symbol] = it.tag
+            self._entry_ref[symbol] = tag
             return
-        if tr.role in ("stop", "target"):
+        if role == "stop" or role == "target":
             # its siblings in the one-cancels-all group are cancelled by the venue, and their
             # confirmations come as events like any other cancel
-            self._decide(tr.symbol, tr.rule.name, "exit", "fired", tr.rule.reason)
-        pos = self.ledger.positions.get(tr.symbol)
+            self._decide(symbol, rule.name, "exit", "fired", rule.reason)
+        pos = ledger.positions.get(symbol)
         if pos is None or abs(pos.quantity + fill.signed) > 1e-9:
-            self._error(f"{it.tag} filled {tr.filled:g} {it.action}, which does not close the position "
+            self._error(f"{tag} filled {tr.filled:g} {it.action}, which does not close the position "
                         f"({pos.quantity if pos else 0:g} held)")
             return
-        mae, mfe = excursions(b, pos.entry_bar, tr.last_bar, pos.avg_price, price, pos.quantity > 0,
-                              abs(pos.quantity) * pos.multiplier)
-        trade = self.ledger.close(fill, tr.rule.reason or (tr.exit_kind if tr.role == "exit" else tr.role), mae, mfe)
-        self._trade_of[it.tag] = len(self.ledger.trades) - 1
-        entry_ref = self._entry_ref.pop(tr.symbol, None)
+        held = pos.quantity
+        mae, mfe = excursions(b, pos.entry_bar, tr.last_bar, pos.avg_price, price, held > 0,
+                              abs(held) * pos.multiplier)
+        trade = ledger.close(fill, rule.reason or (tr.exit_kind if role == "exit" else role), mae, mfe)
+        index = self._trade_of[tag] = len(ledger.trades) - 1
+        entry_ref = self._entry_ref.pop(symbol, None)
         if entry_ref is not None:
-            self._trade_of[entry_ref] = len(self.ledger.trades) - 1
+            self._trade_of[entry_ref] = index
         st.owner = st.key = None
         if trade.pnl < 0:
             self._losses += 1
@@ -716,12 +729,13 @@ class Kernel(RunState):
             elif self._idle(st):
                 self._enter_combo(st, k)
             return
-        held = st.key is not None
-        if held and st.closing is None:
-            self._manage(st, k)
-        if held and st.key is None:
-            return      # closed at this close (`fill: close`): the next entry is decided from the next bar
-        if self._idle(st):
+        if st.key is not None:
+            if st.closing is None:
+                self._manage(st, k)
+            if st.key is None:
+                return      # closed at this close (`fill: close`): the next entry is decided from the next bar
+        if st.key is None and not st.pending and st.working_entry is None and st.closing is None \
+                and st.chasing is None:     # _idle
             self._enter(st, k)
             if st.key is not None and st.closing is None:
                 # filled at this close (`fill: close`): its exits already apply to this bar
@@ -778,11 +792,13 @@ class Kernel(RunState):
         ctx = None
         fired, kind = None, "when"
         values = st.values
+        owner = st.owner
         for rule, when, market in self._exit_whens:
-            if rule.agent is not None and rule.agent != st.owner:
+            if rule.agent is not None and rule.agent != owner:
                 continue
             if market:
-                hit = _truth(values[when], k)
+                v = values[when]
+                hit = bool(v[k]) if isinstance(v, np.ndarray) and v.ndim else bool(v)      # _truth
             else:
                 ctx = ctx if ctx is not None else self._position_context(st, k)
                 hit = bool(scalar_at(self.plan, when, self._scalars)(k, values, ctx))
@@ -804,20 +820,24 @@ class Kernel(RunState):
     def _protect(self, st: _Symbol, k: int, ctx: dict | None) -> None:
         """Place or move the protective stop and target orders: levels set at this close work
         during the next bar."""
-        levels = self._levels.get(st.owner)
+        owner = st.owner
+        levels = self._levels.get(owner)
         if levels is None:
-            levels = self._levels[st.owner] = [(rule, key, node) for rule in self._exits if self._owned(rule, st.owner)
-                                               for key, node in (("stop", rule.stop), ("target", rule.target))
-                                               if node is not None]
-        if not levels or (st.protect and self._jump_rules(st.owner) is not None):
+            levels = self._levels[owner] = [(rule, key, scalar_at(self.plan, node, self._scalars), (rule.name, key))
+                                            for rule in self._exits if self._owned(rule, owner)
+                                            for key, node in (("stop", rule.stop), ("target", rule.target))
+                                            if node is not None]
+        protect = st.protect
+        if not levels or (protect and self._jump_rules(owner) is not None):
             return      # none, or levels fixed at the entry with their orders placed: nothing to move
         pos = self.ledger.positions[st.symbol]
         told = False            # the venue was sent, moved or cancelled something: its answers to take
-        for rule, key, node in levels:
+        values = st.values
+        for rule, key, level_at, slot in levels:
             if ctx is None:
                 ctx = self._position_context(st, k)
-            level = scalar_at(self.plan, node, self._scalars)(k, st.values, ctx)
-            ref = st.protect.get((rule.name, key))
+            level = level_at(k, values, ctx)
+            ref = protect.get(slot)
             ok = isinstance(level, float) and math.isfinite(level) and level > 0
             if ref is not None:
                 tr = self.orders_by_ref[ref]
@@ -842,7 +862,7 @@ class Kernel(RunState):
                                  None, level if key == "target" else None, level if key == "stop" else None,
                                  "gtc", "close", rule.name, self._tag(), rule.reason)
             tr = self._track(intent, st, key, rule, k)
-            st.protect[(rule.name, key)] = intent.tag
+            protect[slot] = intent.tag
             self._send(tr, k)
             told = True
         if told:
@@ -896,21 +916,23 @@ class Kernel(RunState):
 
     def _fired_entries(self, st: _Symbol, k: int) -> list[N.Rule]:
         """Entry rules that fire at bar k, best first: agents by score, then file order."""
+        if st.entry_mask is not None and not st.entry_mask[k]:
+            return []
         out = []
+        values = st.values
         for order, rule in enumerate(self._entries):
             if rule.name in self._context_entries:
                 continue
-            if st.entry_mask is not None and not st.entry_mask[k]:
-                continue
-            if not _truth(st.values[rule.when], k):
+            v = values[rule.when]
+            if not (bool(v[k]) if isinstance(v, np.ndarray) and v.ndim else bool(v)):      # _truth
                 continue
             gate = self._active.get(rule.agent) if rule.agent else None
-            if gate is not None and not _truth(st.values[gate], k):
+            if gate is not None and not _truth(values[gate], k):
                 continue
             s = self._score.get(rule.agent) if rule.agent else None
             score = float("-inf")
             if s is not None and self.plan.nodes[s].market:
-                v = st.values[s]
+                v = values[s]
                 score = float(v[k] if _is_series(v) else v)
                 score = score if score == score else float("-inf")
             out.append((-score, order, rule))
@@ -1268,11 +1290,10 @@ class Kernel(RunState):
                exit_kind: str = "") -> _Tracked:
         record = OrderRecord(intent, self._now)
         self.orders.append(record)
-        tr = _Tracked(intent, record, st.symbol, st.owner or rule.agent or self.settings.strategy, role, rule, k,
-                      exit_kind)
-        if role == "entry":
-            tr.owner = rule.agent or self.settings.strategy
-        self.orders_by_ref[intent.tag] = tr
+        # an entry's order is its rule's (the agent's, or the strategy's); the rest, the position's
+        owner = (rule.agent or self.settings.strategy) if role == "entry" else \
+            (st.owner or rule.agent or self.settings.strategy)
+        tr = self.orders_by_ref[intent.tag] = _Tracked(intent, record, st.symbol, owner, role, rule, k, exit_kind)
         return tr
 
     def _intent(self, st: _Symbol, rule: N.Rule, template: OrderTemplate, k: int) -> OrderIntent | None:
@@ -1282,7 +1303,7 @@ class Kernel(RunState):
         nodes = self._order_nodes.get(rule.order, _NO_NODES)
         limit = self._value(st, nodes[0], k)
         stop = self._value(st, nodes[1], k)
-        for name, price in (("limit", limit), ("stop", stop)):
+        for name, price in (("limit", limit), ("stop", stop)) if limit is not None or stop is not None else ():
             if price is not None and not (isinstance(price, float) and math.isfinite(price) and price > 0):
                 self._decide(st.symbol, rule.name, "entry", "blocked", f"the {name} price is not a number yet ({price})")
                 return None
@@ -1397,6 +1418,7 @@ def market_conjuncts(plan: N.Plan, node_id: int) -> list[int]:
 
 
 _NO_NODES = (None, None, None, None)
+_UNFILLED = {E.EXPIRED: "expired", E.REJECTED: "rejected", E.CANCELLED: "cancelled"}   # an order done with no fill
 _NO_CONTEXT: dict = {}
 
 

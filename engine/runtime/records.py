@@ -22,7 +22,7 @@ from .options import ChainView, ComboPosition, OptionsDesk
 from .signals import SymbolSignals
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     time: int
     symbol: str
@@ -33,7 +33,7 @@ class Decision:
     detail: str = ""  # the values the rule compared, as `explain` shows them
 
 
-@dataclass
+@dataclass(slots=True)
 class OrderRecord:
     intent: OrderIntent
     time: int

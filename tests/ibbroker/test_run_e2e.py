@@ -320,29 +320,21 @@ def test_history_pacing_violations_are_waited_out(nq_sim, tmp_path, expect_error
 @pytest.mark.parametrize("code", [1101, 1102])
 def test_a_connectivity_loss_degrades_and_the_run_recovers(nq_sim, tmp_path, expect_errors, code):
     """Scenarios 5 and 6: 1100 then 1101 (data lost: every line and stream requested again) or
-    1102; entries wait while degraded; the run trades again afterwards. (After 1101 the bar stream
-    is asked again for its gap; the simulator may call that a pacing violation, 162, which the
-    history backs off from and retries.)"""
+    1102; entries wait while degraded; the run trades again afterwards. The loss comes once the run
+    has traded; an order already on its way when IB said 1100 (the client cannot have read it
+    within 0.2 s) is not one sent while degraded. (After 1101 the bar stream is asked again for its
+    gap; the simulator may call that a pacing violation, 162, which the history backs off from.)"""
     expect_errors(1100, code, 162)
     journal = tmp_path / "j.sqlite"
-    timers = [threading.Timer(2.0, nq_sim.connectivity, (1100,)), threading.Timer(3.0, nq_sim.connectivity, (code,))]
-    for t in timers:
-        t.start()
-    try:
-        out = qrun(nq_sim, NQ, journal, seconds=9)
-    finally:
-        for t in timers:
-            t.cancel()
+    lost = When(lambda: placed(nq_sim), lambda: nq_sim.connectivity(1100))
+    back = When(lambda: lost.at is not None and time.time() - lost.at > 1.5, lambda: nq_sim.connectivity(code))
+    out = qrun_with((lost, back), nq_sim, NQ, journal, seconds=12)
     assert out.exit_code == 0, out.output
-    orders = rows(journal, "SELECT * FROM orders ORDER BY id")
-    events = nq_sim.record()["events"]
-    lost = [e["t"] for e in events if e.get("name") == "connectivity" and e.get("code") == 1100]
-    back = [e["t"] for e in events if e.get("name") == "connectivity" and e.get("code") == code]
-    assert orders and lost and back
-    sends = [m["t"] for m in nq_sim.record()["received"] if m.get("name") == "placeOrder"
+    assert lost.at and back.at, "the faults were not injected"
+    sends = [m["wall"] for m in nq_sim.record()["received"] if m.get("name") == "placeOrder"
              and not m.get("order", {}).get("whatIf")]
-    assert not [t for t in sends if lost[0] < t < back[0]]       # nothing sent while degraded
-    assert [t for t in sends if t > back[0]]                     # and trading again after
+    assert not [t for t in sends if lost.at + 0.2 < t < back.at]     # nothing sent while degraded
+    assert [t for t in sends if t > back.at]                          # and trading again after
     assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
 
 

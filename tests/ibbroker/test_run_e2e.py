@@ -708,14 +708,20 @@ def test_a_restart_with_an_open_condor_reconciles_its_legs_and_manages_it(make_s
     expect_errors(202, 10148, 162, "HMDS query returned no data: VIX")
     sim = make_sim(None, speed=60)
     journal = tmp_path / "j.sqlite"
+    # held eight bars (8 s at 60x), so the stop reaches the first run with the condor still open
+    # (a stop is acted on once the bar in hand is done, and a bar's chain can take a second or two)
+    condor = tmp_path / CONDOR.name
+    condor.write_text(CONDOR.read_text().replace("name: held three bars, when: position.bars_held >= 3",
+                                                 "name: held eight bars, when: position.bars_held >= 8"))
+    assert "bars_held >= 8" in condor.read_text()
     bag_filled = lambda: [e for e in sim.record()["executions"] if e.get("secType") == "BAG"]   # noqa: E731
-    code, output = run_until_sigterm(sim, CONDOR, journal, bag_filled, "no condor was filled", wait=40)
+    code, output = run_until_sigterm(sim, condor, journal, bag_filled, "no condor was filled", wait=40)
     assert code == 0, output
     legs_at_ib = {p["conId"]: p["qty"] for p in sim.record()["positions"] if p["qty"]}
-    assert len(legs_at_ib) == 4 and sorted(legs_at_ib.values()) == [-1, -1, 1, 1], output   # (its exit is 3 bars on)
+    assert len(legs_at_ib) == 4 and sorted(legs_at_ib.values()) == [-1, -1, 1, 1], output
     first_refs = {o["orderRef"] for o in placed(sim)}
     sent_before = len(placed(sim))
-    out = qrun(sim, CONDOR, journal, seconds=20)
+    out = qrun(sim, condor, journal, seconds=20)
     assert out.exit_code == 0, out.output
     notes = rows(journal, "SELECT * FROM notes")
     assert not [n for n in notes if n["kind"] in ("phantom", "unknown", "mismatch")], notes

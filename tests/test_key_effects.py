@@ -168,6 +168,23 @@ def condor_held() -> dict:
     return files
 
 
+def condor_held_near() -> dict:
+    """The held condor with 0.4-delta shorts: some expiries end with a leg in the money."""
+    files = condor_held()
+    files["s.yaml"]["params"]["short_delta"]["value"] = 0.4
+    files["s.yaml"]["params"]["min_credit"]["value"] = 0.05
+    return files
+
+
+def condor_american() -> dict:
+    """The condor's XSP listed as American-style in its instrument map, simulated as European by
+    backtest.options.american_as_european (without it simulated runs refuse it)."""
+    files = condor_instruments()
+    files["i.yaml"]["roots"]["XSP"]["options"]["style"] = "american"
+    files["s.yaml"].setdefault("backtest", {}).setdefault("options", {})["american_as_european"] = True
+    return files
+
+
 _TRIMMED: Path | None = None
 
 
@@ -328,6 +345,7 @@ def condor_risk_file() -> dict:
 
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
     sma, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw, agents, bad_bar,
+    condor_american, condor_held_near,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
     condor_nouniverse, xsp_cross, xsp_cross_file, nq, condor_defaults, condor_held)}
 BASES["condor_5m_nyse"] = condor_at(data__bar="5m", schedule__every="5m", schedule__calendar="NYSE")
@@ -686,6 +704,9 @@ effect(S, "/$defs/option_sim/skew", "condor", put("backtest.options.skew", 0.0),
 effect(S, "/$defs/option_sim/spread", "condor", put("backtest.options.spread", {"percent": "20%", "minimum": 0.05}),
        "fills")
 effect(S, "/$defs/option_sim/fill_fraction", "condor", put("backtest.options.fill_fraction", 1.0), "fills")
+effect(S, "/$defs/option_sim/american_as_european", "condor_american",
+       put("backtest.options.american_as_european", DROP), "exit",
+       note="with it the condor runs as European; without it American options are refused (not simulated)")
 effect(S, "/$defs/option_sim/rate", "condor", put("backtest.options.rate", 0.5), "fills")
 effect(S, "/$defs/option_sim/dividend_yield", "condor", put("backtest.options.dividend_yield", 0.5), "fills")
 effect(S, "/$defs/option_sim/properties/spread/percent", "condor", put("backtest.options.spread.percent", "30%"),
@@ -761,6 +782,11 @@ for key, value in (("multiplier", 10), ("strike_step", 5), ("settlement_time", "
     effect(I, f"/$defs/options/{key}", "condor_held" if key.startswith("settlement") else "condor_instruments", put(f"roots.XSP.options.{key}", value, "i.yaml"),
            "trades" if key == "settlement_time" else "fills" if key not in ("trading_class", "exchange") else "contracts",
            RUN_MODES if key not in ("trading_class", "exchange") else IB)
+
+effect(I, "/$defs/options/style", "condor_instruments", put("roots.XSP.options.style", "american", "i.yaml"), "exit",
+       note="simulated runs refuse American options at the map's line unless american_as_european")
+effect(I, "/$defs/options/settlement", "condor_held_near", put("roots.XSP.options.settlement", "physical", "i.yaml"),
+       "trades", note="a combo that would deliver shares is closed at natural before its expiry's close")
 
 # ---- risk: each limit in a risk file (r.yaml) and inline (a strategy's risk:)
 R = "risk"

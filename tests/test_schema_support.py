@@ -19,10 +19,9 @@ from test_key_effects import EFFECTS
 from test_schemas import FILES, SCHEMA, object_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
-COUNTS = (185, 25, 48)      # properties with a behaviour test, refused, listed as not read (of 258)
+COUNTS = (188, 59, 12)      # properties with a behaviour test, refused, listed as not read (of 259)
 
 FREE_TEXT = "free text for the reader: no behaviour by design"
-SCANNER = "scanner documents are only type-checked: a strategy that names a scanner is refused (scanner)"
 # (schema, pointer of the property) -> ("refused", the document path engine.check.support refuses)
 #                                    or ("not read", why nothing reads it and it is not refused)
 ACCOUNTED = {
@@ -54,13 +53,7 @@ ACCOUNTED = {
     **{(kind, f"/{k}"): ("not read", FREE_TEXT) for kind in ("universe", "instruments", "risk")
        for k in ("name", "description")},
     **{("instruments", f"/$defs/{d}/description"): ("not read", FREE_TEXT) for d in ("root", "default_entry")},
-    ("instruments", "/$defs/options/style"): (
-        "not read", "ignored (issue 14): options are priced and settled as European in every simulated mode and "
-                    "IB's contracts carry their own style; refusing american would refuse the bundled map"),
-    ("instruments", "/$defs/options/settlement"): (
-        "not read", "ignored (issue 14): an expiring combo is cash-settled at the underlying's settlement price "
-                    "in every simulated mode; refusing physical would refuse the bundled map"),
-    **{("scanner", pointer): ("not read", SCANNER) for pointer in (
+    **{("scanner", pointer): ("refused", ("kind",)) for pointer in (
         "/kind", "/name", "/description", "/universe", "/data", "/params", "/prefilter", "/factors",
         "/normalise_weights", "/grades", "/classes", "/min_score", "/top", "/rescan",
         "/properties/classes/items/class", "/properties/classes/items/when",
@@ -102,7 +95,7 @@ def test_every_schema_property_has_a_behaviour_test_a_refusal_or_a_reason():
     assert not unaccounted, f"schema properties with no behaviour test, refusal or reason: {unaccounted}"
     assert not set(EFFECTS) - seen, f"behaviour tests of properties no schema has: {sorted(set(EFFECTS) - seen)}"
     assert not set(ACCOUNTED) - seen, f"listed properties no schema has: {sorted(set(ACCOUNTED) - seen)}"
-    assert sum(counts.values()) == 258
+    assert sum(counts.values()) == 259
     assert counts == {"behaviour": COUNTS[0], "refused": COUNTS[1], "not read": COUNTS[2]}
 
 
@@ -198,6 +191,19 @@ def test_unsupported_keys_of_risk_and_universe_documents(tmp_path):
     errors = _errors(result.output)
     assert [(line, col, msg.split(":")[0]) for line, col, msg in errors] == [
         (4, 1, "volatility_scaling"), (7, 3, "contract.roll_days_before_expiry")]
+
+
+def test_a_scanner_document_is_refused_at_its_kind_and_still_type_checked(tmp_path):
+    scanner = tmp_path / "s.yaml"
+    scanner.write_text((ROOT / "strategies" / "scanners" / "composite.yaml").read_text()
+                       .replace("../../universes/", str(ROOT / "universes") + "/"))
+    result = CliRunner().invoke(main, ["validate", str(scanner)])
+    assert result.exit_code == 1
+    assert [(line, col, msg.split(":")[0]) for line, col, msg in _errors(result.output)] == [(5, 1, "kind")]
+    assert "there is no `qtrade scan`" in result.output
+    scanner.write_text(scanner.read_text().replace("top: 25", "top: many"))
+    result = CliRunner().invoke(main, ["validate", str(scanner)])
+    assert len(_errors(result.output)) == 2 and "top" in result.output    # the types are checked all the same
 
 
 def test_explain_still_shows_the_plan_and_says_a_run_refuses_it():

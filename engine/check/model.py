@@ -144,6 +144,7 @@ class OptionSim:
     rate: float = 0.02
     dividend_yield: float = 0.0
     fill_fraction: float = 0.5  # how far from natural towards mid a combo limit is met
+    american_as_european: bool = False   # the trader's consent to simulate American options as European
 
     @classmethod
     def from_spec(cls, spec: dict | None) -> "OptionSim":
@@ -152,7 +153,7 @@ class OptionSim:
         return cls(spec.get("iv", "vix"), float(spec.get("iv_scale", 1.0)), float(spec.get("skew", 0.4)),
                    fraction(spread.get("percent", "5%")), float(spread.get("minimum", 0.02)),
                    float(spec.get("rate", 0.02)), float(spec.get("dividend_yield", 0.0)),
-                   float(spec.get("fill_fraction", 0.5)))
+                   float(spec.get("fill_fraction", 0.5)), bool(spec.get("american_as_european", False)))
 
 
 @dataclass(frozen=True)
@@ -298,23 +299,33 @@ def instrument(ws: Workspace, doc: Document, symbol: str) -> Instrument:
 @dataclass(frozen=True)
 class OptionsListing:
     """How an underlying's options are listed (the `options:` of its instruments-map entry, or
-    the stock defaults): contract multiplier, settlement, the expiry cycle and the strike grid."""
+    the stock defaults): contract multiplier, exercise style, settlement, the expiry cycle and
+    the strike grid. Style and settlement default as the schema says (american, physical: what
+    an unlisted stock's options are). `source` is the instruments document and the path of the
+    `options:` the facts came from (None when no map is loaded), for messages."""
 
     multiplier: float = 100.0
-    settlement: str = "cash"         # cash | physical
+    style: str = "american"          # european | american
+    settlement: str = "physical"     # cash | physical
     settlement_time: str = "pm"      # am | pm
     cycle: str = "daily"             # the expiries listed: daily | weekly | monthly ...
     strike_step: float = 1.0
+    source: tuple | None = None      # (instruments Document, path of its options: mapping)
 
 
 def options_listing(ws: Workspace, doc: Document, symbol: str) -> OptionsListing:
     inst = ws.instruments_for(doc)
     roots = (inst.get(("roots",)) or {}) if inst else {}
-    stock = ((inst.get(("defaults",)) or {}).get("STK") or {}).get("options") or {} if inst else {}
-    spec = (roots.get(symbol) or {}).get("options") or stock
-    return OptionsListing(float(spec.get("multiplier", 100)), spec.get("settlement", "cash"),
-                          spec.get("settlement_time", "pm"), spec.get("expiries", "daily"),
-                          float(spec.get("strike_step", 1.0)))
+    stock = ((inst.get(("defaults",)) or {}).get("STK") or {}).get("options") if inst else None
+    root = roots.get(symbol) or {}
+    # a root of the map needs its own options: (the checker says so); a symbol it does not list
+    # is a stock, with the stock defaults
+    spec, where = (root["options"], ("roots", symbol, "options")) if root.get("options") else \
+        (stock or {}, ("defaults", "STK", "options"))
+    return OptionsListing(float(spec.get("multiplier", 100)), spec.get("style", "american"),
+                          spec.get("settlement", "physical"), spec.get("settlement_time", "pm"),
+                          spec.get("expiries", "daily"), float(spec.get("strike_step", 1.0)),
+                          (inst, where) if inst is not None else None)
 
 
 def risk_limits(doc: Document) -> RiskLimits:

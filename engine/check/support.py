@@ -65,7 +65,8 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
 
 # Refused by the functions below rather than by a table entry: (kind, path).
 CHECKED_APART = (("strategy", ("schedule", "every")), ("strategy", ("agents", "*", "active")),
-                 ("strategy", ("underlying",)), ("strategy", ("orders", "*", "underlying")))
+                 ("strategy", ("underlying",)), ("strategy", ("orders", "*", "underlying")),
+                 ("scanner", ("kind",)))
 
 
 def _walk(value: Any, path: tuple, where: tuple = ()) -> Iterator[tuple[tuple, Any]]:
@@ -91,6 +92,11 @@ def unsupported(doc: Document) -> list[Diagnostic]:
             if counts(value):
                 out.append(doc.diag(where, f"{'.'.join(str(p) for p in where)}: {what} {NOT_SUPPORTED}",
                                     f"{instead}; remove the key", key=True))
+    if doc.kind == "scanner":
+        out.append(doc.diag(("kind",), f"kind: scanner: a scanner document {NOT_SUPPORTED}",
+                            "nothing runs a scanner yet (there is no `qtrade scan`, and a strategy that names a "
+                            "scanner is refused): its factors, prefilter, grades and classes would change nothing; "
+                            "its types and expressions are checked all the same", key=True))
     if doc.kind == "strategy":
         out.extend(_options_agents_active(doc))
         out.extend(_every_other_than_the_bar(doc))

@@ -59,7 +59,36 @@ def underlying_from_chains(chains: dict[dt.date, OptionChain], timezone: str) ->
                          "volume": np.full(len(days), np.nan)}, index=index)
 
 
+def option_problems(prep, simulated: bool) -> list:
+    """What a run of the strategy's option orders cannot do, located: in a simulated run
+    (backtest, `run --broker sim`, a dry run on the simulator), American-style options unless
+    `backtest.options.american_as_european` says to simulate them as European (early exercise
+    and assignment are not simulated). A run on IB trades IB's contracts, whatever their style."""
+    from ..check.model import options_listing
+
+    problems = []
+    where_orders = next((("orders", name) for name, t in prep.orders.items() if t.combo), ("orders",))
+    for symbol in prep.symbols:
+        listing = options_listing(prep.ws, prep.doc, symbol)
+        if simulated and listing.style == "american" and not prep.sim.options.american_as_european:
+            at = ""
+            if listing.source is not None:
+                inst, where = listing.source
+                spot = inst.diag((*where, "style") if inst.get((*where, "style")) is not None else where, "")
+                at = f" ({spot.path}:{spot.line}:{spot.col})"
+            problems.append(prep.doc.diag(
+                where_orders, f"{symbol} options are American-style{at}: early exercise and assignment are not "
+                              "simulated, so American options are not supported in backtest, run --broker sim "
+                              "or dry-run yet",
+                "to simulate them as European (Black-Scholes prices, no assignment before expiry), set "
+                "backtest: {options: {american_as_european: true}}; paper and live trade IB's contracts",
+                key=True))
+    return problems
+
+
 def _desk(prep, listed: bool) -> tuple[OptionsDesk, dict[str, float]]:
+    """The desk for the strategy's symbols, with each one's option facts from the instrument map
+    (prepare() has refused what a run of them cannot do: option_problems)."""
     from ..check.model import options_listing
 
     setups: dict[str, OptionSetup] = {}

@@ -158,6 +158,8 @@ class Kernel(RunState):
         self._entries = [r for r in plan.rules if r.kind == "entry"]
         self._exits = [r for r in plan.rules if r.kind == "exit"]
         self._flat_rule = N.Rule("exit", "flat_by", reason="flat by the schedule's time")
+        self._delivery_rule = N.Rule("exit", "physical settlement",
+                                     reason="an in-the-money leg would deliver shares at expiry")
         agents = {r.agent for r in self._entries if r.agent}
         self._active = {a: plan.outputs.get(f"agents.{a}.active") for a in agents}
         self._score = {a: plan.outputs.get(f"agents.{a}.score") for a in agents}
@@ -1160,9 +1162,10 @@ class Kernel(RunState):
             combo.marks[k] = -combo.last_credit * combo.multiplier * combo.quantity
         if combo.last_credit is not None:
             self.venue.mark_combo(combo.key, combo.last_credit)
-        last_of_day = self._last_of_session(b, k, self.desk.setups[symbol].calendar)
-        if now.date() >= combo.expiry and (last_of_day or now.date() > combo.expiry):
-            setup = self.desk.setups[symbol]
+        setup = self.desk.setups[symbol]
+        last_of_day = self._last_of_session(b, k, setup.calendar)
+        deliver = setup.settlement == "physical" and self._would_deliver(combo, b, k, now.date(), last_of_day, setup.calendar)
+        if now.date() >= combo.expiry and (last_of_day or now.date() > combo.expiry) and not deliver:
             price = float(b.open[k] if setup.settlement_time == "am" else b.close[k])
             debit = settlement_value(combo, price, None if isinstance(quote, str) else quote)
             self.venue.settle(combo.key, debit, int(b.end[k]))
@@ -1178,8 +1181,8 @@ class Kernel(RunState):
                "position.time_held": (int(b.end[k]) - combo.entry_time) / 1e9, "position.entry_bar": combo.entry_bar,
                "position.max_pnl": math.nan, "position.min_pnl": math.nan, "position.highest": math.nan,
                "position.lowest": math.nan}
-        fired = None
-        for rule in self._exits:
+        fired = self._delivery_rule if deliver else None
+        for rule in self._exits if fired is None else ():
             if rule.when is not None and self._owned(rule, st.owner) and \
                     value_at(self.plan, rule.when, k, st.values, ctx):
                 fired = rule
@@ -1191,6 +1194,22 @@ class Kernel(RunState):
         if isinstance(quote, str) or quote.missing_for(False):
             why = quote if isinstance(quote, str) else quote.missing_for(False)
             self._decide(symbol, fired.name, "exit", "blocked", f"cannot price the close: {why}")
+            if deliver and now.date() >= combo.expiry:     # the last chance went by unpriced
+                price = float(b.open[k] if setup.settlement_time == "am" else b.close[k])
+                debit = settlement_value(combo, price, None if isinstance(quote, str) else quote)
+                self.venue.settle(combo.key, debit, int(b.end[k]))
+                self._settle(st, combo, k, debit, f"expired in the money at {price:.2f} on {combo.expiry} with no "
+                             "quote to close it: booked at intrinsic value (the shares a physical settlement "
+                             "delivers are not simulated)", quote)
+            return
+        if deliver:
+            detail = f"{symbol} at {float(b.close[k]):.2f} puts a leg in the money: its options settle " \
+                     "physically (shares delivered), so the combo is closed before its expiry's close"
+            self._decide(symbol, fired.name, "exit", "fired", fired.reason, detail)
+            info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now, "why": detail}
+            self._close_at_natural(st, symbol, "buy" if combo.entry_credit > 0 else "sell", float(combo.quantity),
+                                   fired, k, info, tried=[], how="closed at the natural price before its expiry's "
+                                   "close: an in-the-money leg would deliver shares")
             return
         detail = "; ".join(explain(self.plan, fired.when, k, st.values, ctx)) \
             if self._explain and fired.when is not None else ""
@@ -1208,14 +1227,38 @@ class Kernel(RunState):
         tr.combo, tr.why = info, detail
         self._chase(st, tr, prices, chase.every, opening=False)
 
+    def _would_deliver(self, combo, b: SymbolBars, k: int, today, last_of_day: bool, calendar: str) -> bool:
+        """Is bar k the last chance to close a physically settled combo that would deliver shares?
+        Intraday bars: the expiry day's last bar. Daily bars: the last bar before the expiry's day
+        (a daily bar is decided after its close, when the expiring options no longer trade). It
+        would deliver when a leg expiring then is in the money at this bar's close."""
+        daily = int(b.end[k]) - int(b.start[k]) >= 86_400 * 10**9
+        if daily:
+            if k + 1 < len(b):
+                due = self._local(int(b.start[k + 1])).date() >= combo.expiry
+            else:
+                from ..market.calendars import get_calendar
+
+                due = today >= combo.expiry or get_calendar(calendar).next_trading_day(today) >= combo.expiry
+        else:
+            due = today >= combo.expiry and last_of_day or today > combo.expiry
+        if not due:
+            return False
+        import datetime as dt
+
+        price = float(b.close[k])
+        return any((price > leg.strike if leg.right == "call" else price < leg.strike)
+                   for leg in combo.legs if dt.date.fromisoformat(leg.expiry) <= combo.expiry)
+
     def _close_at_natural(self, st: _Symbol, symbol: str, action: str, quantity: float, rule: N.Rule, k: int,
-                          info: dict, tried: list[float]) -> None:
+                          info: dict, tried: list[float], how: str = "") -> None:
         """Close a combo at the natural price (crossing every spread): after a closing chase timed
-        out, or when the chase had no price within its floor."""
+        out, when the chase had no price within its floor, or when it must be closed now (`how`)."""
         quote = info["quote"]
-        how = (f"chase timed out after {len(tried)} prices ({', '.join(f'{p:.2f}' for p in tried)}): cancelled, "
-               "cancel confirmed; closed at the natural price") if tried else \
-            "the chase had no price within its floor; closed at the natural price"
+        if not how:
+            how = (f"chase timed out after {len(tried)} prices ({', '.join(f'{p:.2f}' for p in tried)}): cancelled, "
+                   "cancel confirmed; closed at the natural price") if tried else \
+                "the chase had no price within its floor; closed at the natural price"
         natural = abs(quote.closing_natural)     # a marketable limit there, not a market order on a wide combo
         intent = OrderIntent(symbol, action, "limit", quantity, None, natural, None, "day", "close", rule.name,
                              self._tag(), how)

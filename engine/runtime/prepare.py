@@ -183,6 +183,12 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                         to_ts(settings["end"]) + pd.Timedelta(days=1) if settings.get("end") else None,
                         dict(overrides or {}))
     prepared.chains = chains
+    if any(t.combo for t in prepared.orders.values()):
+        from .chainsource import option_problems
+
+        problems = option_problems(prepared, simulated=frames_from is None)
+        if problems:
+            raise DiagnosticError(problems)
     for symbol in symbols:
         if symbol in frames:
             _symbol_bars(prepared, symbol)

@@ -148,6 +148,9 @@ def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillMod
             return f"entry '{rule.name}' action {template.action!r}"
         if _sizing(template) is None:
             return f"entry '{rule.name}' sizing is not a fixed count or percent_of_equity"
+    actions = {(settings.orders.get(r.order) or OrderTemplate(r.order or "")).action for r in entries}
+    if len(actions) > 1:
+        return "entries both ways (an exit and the opposite entry on one bar reverse the position)"
     for rule in exits:
         if rule.when is None or not plan.nodes[rule.when].market or rule.stop is not None or rule.target is not None:
             return f"exit '{rule.name}' is not a market-only condition"

@@ -34,6 +34,7 @@ an expiring combo is cash-settled at the underlying's settlement price.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -110,6 +111,7 @@ class _Symbol:
     jump_idx: dict = field(default_factory=dict)   # bars where each market exit holds (for jumps)
     candidate_set: set | None = None                # the candidates, for a look-up at a bar
     at: tuple = (-1, 0)             # the bar it is at and the phase (open or close)
+    after_exit: object = None       # a reversal's entry, held until the exit before it is booked
 
 
 class Kernel(RunState):
@@ -416,6 +418,8 @@ class Kernel(RunState):
             st.pending = []
             orders = self.orders_by_ref
             for ref in pending:
+                if len(pending) > 1:
+                    self._drain()       # a reversal's exit is booked before its entry is sized
                 self._send(orders[ref], k)
         self._drain()
 
@@ -425,6 +429,9 @@ class Kernel(RunState):
         role = tr.role
         if role == "entry":
             st = self.syms[tr.symbol]
+            if st.key is not None:      # a reversal whose exit is not booked yet (a live venue): after it
+                st.after_exit = tr
+                return
             qty = self._entry_quantity(tr, st.bars, k)
             if qty is None:
                 st.working_entry = None
@@ -630,10 +637,24 @@ class Kernel(RunState):
             st.working_entry = None
         elif role == "exit":
             st.closing = None
+            if st.after_exit is not None:
+                self._after_exit(st)
         else:
             key = (tr.rule.name, role)         # a protective order is kept under its rule and role
             if st.protect.get(key) == tr.intent.tag:
                 del st.protect[key]
+
+    def _after_exit(self, st: _Symbol) -> None:
+        """The exit a reversal's entry waited for is done: the entry goes if it closed the
+        position, else it is cancelled (never an entry on top of the position it was to reverse)."""
+        tr, st.after_exit = st.after_exit, None
+        if st.key is None:
+            self._send(tr, min(self._bar_at(st.symbol, self._now), len(st.bars) - 1))
+            return
+        self._status(tr, "cancelled", self._now, "the exit it was to follow did not close the position")
+        self._decide(st.symbol, tr.intent.rule, "entry", "blocked", "the exit it was to follow did not close the "
+                     "position")
+        st.working_entry = None
 
     def _refused(self, tr: _Tracked, order: E.Order) -> bool:
         """The last word before an entry leaves: a live run's check (what-if margin against its
@@ -733,15 +754,25 @@ class Kernel(RunState):
             return
         if st.key is not None:
             if st.closing is None:
+                side = self.ledger.positions[st.symbol].side
                 self._manage(st, k)
-            if st.key is None:
-                return      # closed at this close (`fill: close`): the next entry is decided from the next bar
-        if st.key is None and not st.pending and st.working_entry is None and st.closing is None \
-                and st.chasing is None:     # _idle
+                if st.key is None or (st.closing is not None and self._reversible(st)):
+                    # stop and reverse: an exit fired at this close; an entry the other way fires with it
+                    # and fills with it (at this close with `fill: close`, else both at the next open,
+                    # the exit first)
+                    self._enter(st, k, against=side)
+            return
+        if not st.pending and st.working_entry is None and st.closing is None and st.chasing is None:  # _idle
             self._enter(st, k)
             if st.key is not None and st.closing is None:
                 # filled at this close (`fill: close`): its exits already apply to this bar
                 self._manage(st, k)
+
+    def _reversible(self, st: _Symbol) -> bool:
+        """Is the exit just decided a market order waiting for the next open (so an entry queued
+        after it finds the position closed)? An exit at a limit or stop may not fill."""
+        tr = self.orders_by_ref[st.closing]
+        return tr.intent.order_type == "market" and not tr.sent
 
     def _position_context(self, st: _Symbol, k: int) -> dict:
         """The open position's fields at bar k's close, only those the exits read (and its entry
@@ -889,10 +920,16 @@ class Kernel(RunState):
         st.closing = intent.tag
         self._queue(st, tr, k)
 
-    def _enter(self, st: _Symbol, k: int) -> None:
+    def _enter(self, st: _Symbol, k: int, against: int = 0) -> None:
+        """The entries at bar k's close; `against` (the side of a position an exit is closing at
+        this bar) keeps only entries the other way: the reversal."""
         if k < st.start or (st.candidate_set is not None and k not in st.candidate_set):
             return
         fired = self._fired_entries(st, k)
+        if against:
+            orders = self.settings.orders
+            fired = [r for r in fired if ((orders.get(r.order) or OrderTemplate(r.order or "")).action == "buy")
+                     == (against < 0)]
         if not fired:
             return
         rule = fired[0]
@@ -902,7 +939,12 @@ class Kernel(RunState):
         if self.halted:
             self._decide(st.symbol, rule.name, "entry", "blocked", f"entries stopped: {self.halted}", why)
             return
-        reason = check_entry(self.settings.limits, self.account_state()) if self._entry_checks else None
+        reason = None
+        if self._entry_checks:
+            account = self.account_state()
+            if against:     # the position the exit closes does not count against the new one
+                account = dataclasses.replace(account, open_positions=account.open_positions - 1)
+            reason = check_entry(self.settings.limits, account)
         if reason:
             self._decide(st.symbol, rule.name, "entry", "blocked", reason, why)
             return

@@ -345,7 +345,7 @@ def test_parse_rule_accepts(value, expected):
     ("weekly", r"\{weekly: 0\}"), ("tomorrow", "unknown expiry rule 'tomorrow'"),
     ({"weekly": -1}, "N >= 0"), ({"weekly": 1.5}, "whole number"), ({"weekly": True}, "whole number"),
     ({"weekly": 1, "dte": [1, 2]}, "no other keys"),
-    ({"dte": [35, 25]}, "min <= max"), ({"dte": [-1, 5]}, "min <= max"), ({"dte": 7}, r"\[min, max\]"),
+    ({"dte": [35, 25]}, "min <= max"), ({"dte": [-1, 5]}, "min <= max"), ({"dte": 7.5}, r"\[min, max\]"), ({"dte": -1}, "N >= 0"),
     ({"dte": [1, 2, 3]}, r"\[min, max\]"), ({"dte": [1, 2], "prefer": "closest"}, "nearest or farthest"),
     ({"dte": [1, 2], "pick": "nearest"}, "unknown keys"), ({"days": 3}, "weekly: N"), (7, "name or a mapping"),
     (None, "name or a mapping"),

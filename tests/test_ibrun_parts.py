@@ -76,6 +76,19 @@ def test_the_journal_state_is_the_strategys_on_this_account_in_paper_or_live(tmp
     assert spy.entry_time == pd.Timestamp("2024-01-02T15:00:00+00:00").value
 
 
+def test_a_pyramided_position_counts_its_entries_so_a_restart_adds_no_more_than_allowed(tmp_path):
+    """Partial fills of one order are one entry; each order that added to the position is another
+    (risk.pyramiding counts them after a restart as before it)."""
+    with _journal(tmp_path) as j:
+        t = "2024-01-03T15:00:00+00:00"
+        j.order("r1", "qtrade:s:6", t, "SPY", "buy", 50, "market", rule="entry")
+        j.fill("r1", "qtrade:s:6", t, "SPY", "buy", 50, 104.0, exec_id="e6.01")
+        state = journal_state(j, "qtrade:s:", "DU1")
+    spy = state.positions["SPY"]
+    assert spy.quantity == 150 and spy.avg_price == pytest.approx((6000 + 4040 + 5200) / 150)
+    assert spy.entries == 2
+
+
 CONDOR_LEGS = [{"name": "short_put", "right": "put", "action": "sell", "ratio": 1, "strike": 305.0,
                 "expiry": "2019-11-15"},
                {"name": "long_put", "right": "put", "action": "buy", "ratio": 1, "strike": 304.0, "expiry": "2019-11-15"},

@@ -168,6 +168,23 @@ def condor_held() -> dict:
     return files
 
 
+def held() -> dict:
+    """The crossover's SPY entering whenever the fast average is above the slow one (a condition
+    that holds bar after bar), 100 shares an entry."""
+    files = sma()
+    s = files["s.yaml"]
+    s["entry"][0]["when"] = "fast_ma > slow_ma"
+    s["orders"]["buy_all_in"]["quantity"] = 100
+    s["risk"] = {"margin_check": "off"}
+    return files
+
+
+def held_file() -> dict:
+    files = held()
+    _risk_file(files)
+    return files
+
+
 def condor_held_near() -> dict:
     """The held condor with 0.4-delta shorts: some expiries end with a leg in the money."""
     files = condor_held()
@@ -345,7 +362,7 @@ def condor_risk_file() -> dict:
 
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
     sma, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw, agents, bad_bar,
-    condor_american, condor_held_near,
+    condor_american, condor_held_near, held, held_file,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
     condor_nouniverse, xsp_cross, xsp_cross_file, nq, condor_defaults, condor_held)}
 BASES["condor_5m_nyse"] = condor_at(data__bar="5m", schedule__every="5m", schedule__calendar="NYSE")
@@ -801,8 +818,9 @@ RISK = [
     ("stale_quote_age", "two", "30s", "ib_market_data", IB),
     ("kill_switch_file", "two", "KILL", "kill_switch", IB),
     ("circuit_breaker", "two", {"consecutive_losses": 2, "pause": "30d"}, "fills", RUN_MODES),
+    ("pyramiding", "held", 3, "fills", RUN_MODES),
 ]
-FILE_BASE = {"two": "with_risk_file", "condor": "condor_risk_file", "risk_sized": "risk_sized_file",
+FILE_BASE = {"held": "held_file", "two": "with_risk_file", "condor": "condor_risk_file", "risk_sized": "risk_sized_file",
              "xsp_cross": "xsp_cross_file"}
 for key, base, value, view, modes in RISK:
     effect(R, f"/$defs/limits/{key}", base, put(f"risk.{key}", value), view, modes)

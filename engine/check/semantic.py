@@ -37,6 +37,7 @@ POSITION_FIELDS = {
     "pnl_pct": T.NUMBER_SERIES, "entry_credit": T.NUMBER_SERIES, "max_pnl": T.NUMBER_SERIES,
     "min_pnl": T.NUMBER_SERIES, "highest": T.NUMBER_SERIES, "lowest": T.NUMBER_SERIES,
     "dte": T.NUMBER_SERIES,  # calendar days to the expiry of an options position
+    "next_dte": T.NUMBER_SERIES,  # the same, from the next trading day (the next quote date)
 }
 LEG_FIELDS = {
     "strike": T.SCALAR, "bid": T.SCALAR, "ask": T.SCALAR, "mid": T.SCALAR, "delta": T.SCALAR,

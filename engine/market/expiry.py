@@ -80,10 +80,13 @@ class ExpiryRule:
     dte_min: int = 0
     dte_max: int = 0
     prefer: str = "nearest"
+    target: bool = False        # {dte: N}: the expiry today is the quote date nearest N days before
 
     def __str__(self) -> str:
         if self.kind == "weekly":
             return f"{{weekly: {self.weeks}}}"
+        if self.kind == "dte" and self.target:
+            return f"{{dte: {self.dte_min}}}"
         if self.kind == "dte":
             return f"{{dte: [{self.dte_min}, {self.dte_max}], prefer: {self.prefer}}}"
         return self.kind
@@ -134,6 +137,13 @@ def parse_rule(value: RuleLike) -> ExpiryRule:
             if extra:
                 raise ValueError(f"expiry {{dte: [min, max], prefer: ...}} has unknown keys {sorted(extra)}")
             window = value["dte"]
+            if _is_int(window):
+                if window < 0:
+                    raise ValueError(f"expiry {{dte: N}} needs N >= 0 calendar days, got {window}")
+                if value.get("prefer", "nearest") != "nearest":
+                    raise ValueError("expiry {dte: N} is a target: the nearest quote date to it; prefer: "
+                                     f"{value.get('prefer')!r} is for a window {{dte: [min, max]}}")
+                return ExpiryRule("dte", dte_min=window, dte_max=window, target=True)
             if not isinstance(window, (list, tuple)) or len(window) != 2 \
                     or not all(_is_int(v) for v in window):
                 raise ValueError(f"expiry dte needs a window [min, max] of whole calendar days, got {window!r}")
@@ -318,6 +328,9 @@ def resolve(rule: RuleLike, now, calendar: Calendar | str, *, listed: Sequence |
         raise NoExpiry(rule, today, f"no standard monthly (third Friday) expiry up to {horizon} "
                                     f"among {avail.describe(today)}")
 
+    if rule.kind == "dte" and rule.target:
+        return _target_expiry(rule, today, cal, avail)
+
     if rule.kind == "dte":
         lo = today + dt.timedelta(days=rule.dte_min)
         hi = today + dt.timedelta(days=rule.dte_max)
@@ -329,6 +342,38 @@ def resolve(rule: RuleLike, now, calendar: Calendar | str, *, listed: Sequence |
         return found[0] if rule.prefer == "nearest" else found[-1]
 
     raise AssertionError(f"unhandled expiry rule {rule!r}")  # parse_rule admits nothing else
+
+
+def _nearest_day(expiry: dt.date, today: dt.date, target: int, cal: Calendar) -> bool:
+    """Is `today` the trading day nearest `target` calendar days before `expiry` (ties: the earlier
+    day, further from expiry)? The days to expiry fall day by day, so the distance to the target
+    falls, then rises: today is the nearest when the next trading day is no nearer and the
+    previous one was further."""
+    off = abs((expiry - today).days - target)
+    after = abs((expiry - cal.next_trading_day(today)).days - target)
+    before = abs((expiry - cal.previous_trading_day(today)).days - target)
+    return off <= after and off < before
+
+
+def _target_expiry(rule: ExpiryRule, today: dt.date, cal: Calendar, avail) -> dt.date:
+    """{dte: N}: the available expiry for which today is the trading day nearest N days before it
+    (the nearest to N of several)."""
+    n = rule.dte_min
+    near = avail.between(today + dt.timedelta(days=max(n - 7, 0)), today + dt.timedelta(days=n + 7))
+    hits = [e for e in near if _nearest_day(e, today, n, cal)]
+    if hits:
+        return min(hits, key=lambda e: (abs((e - today).days - n), e))
+    ahead = avail.between(today + dt.timedelta(days=n + 1), today + dt.timedelta(days=n + 60))
+    when = ""
+    if ahead:
+        day = today
+        for _ in range(90):
+            day = cal.next_trading_day(day)
+            if _nearest_day(ahead[0], day, n, cal):
+                when = f"; the next: {day} for the {ahead[0]} expiry"
+                break
+    raise NoExpiry(rule, today, f"today is not the trading day nearest {n} days before any of "
+                                f"{avail.describe(today)}{when}")
 
 
 def preview(rule: RuleLike, start_date, days: int, calendar: Calendar | str, cycle: str = "daily",

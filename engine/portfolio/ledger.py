@@ -128,6 +128,23 @@ class Ledger:
         self.positions[fill.symbol] = pos
         return pos
 
+    def add(self, fill: Fill) -> Position:
+        """Add to the open position the same way (pyramiding): the quantity grows, the average
+        price is the quantity-weighted mean of the entries, the commission joins the entry's."""
+        pos = self.positions.get(fill.symbol)
+        signed = fill.quantity if fill.action == "buy" else -fill.quantity
+        if pos is None or signed * pos.quantity <= 0:
+            raise LedgerError(f"fill {fill.action} {fill.quantity} does not add to {fill.symbol}")
+        self.fills.append(fill)
+        self.cash -= fill.commission
+        if not pos.margined:
+            self.cash -= signed * fill.price * fill.multiplier
+        total = pos.quantity + signed
+        pos.avg_price = (pos.avg_price * pos.quantity + fill.price * signed) / total
+        pos.quantity = total
+        pos.entry_commission += fill.commission
+        return pos
+
     def late_commission(self, order_ref: str, delta: float, trade_index: int | None = None) -> None:
         """A commission the venue reported after the fill was booked (IB's commission report
         comes after the execution, sometimes as zero first): cash, the fill, the open position's

@@ -42,6 +42,7 @@ class RiskLimits:
     stale_quote_age: float = 5.0
     kill_switch_file: str | None = None
     circuit_breaker: tuple[int, float] | None = None  # (consecutive losses, pause seconds)
+    pyramiding: int = 1                      # entries into one position, the same way (1: no adding)
 
     @classmethod
     def from_spec(cls, spec: dict) -> "RiskLimits":
@@ -53,6 +54,7 @@ class RiskLimits:
         return cls(
             per_trade_risk=pct("per_trade_risk"), max_position=pct("max_position"),
             max_open_positions=spec.get("max_open_positions"),
+            pyramiding=int(spec.get("pyramiding", 1)),
             max_daily_loss=float(spec["max_daily_loss"]) if spec.get("max_daily_loss") is not None else None,
             max_drawdown=pct("max_drawdown"),
             max_margin_per_trade=float(spec["max_margin_per_trade"]) if spec.get("max_margin_per_trade") is not None
@@ -120,14 +122,18 @@ def check_entry(limits: RiskLimits, account: AccountState, *, live: bool = False
 
 
 def cap_quantity(limits: RiskLimits, quantity: float, *, equity: float, unit_value: float,
-                 stop_distance: float | None, multiplier: float, whole: bool = True) -> tuple[float, str]:
-    """The quantity after the per-position and per-trade-risk caps, and why it shrank ('' if not)."""
+                 stop_distance: float | None, multiplier: float, whole: bool = True,
+                 held: float = 0.0) -> tuple[float, str]:
+    """The quantity after the per-position and per-trade-risk caps, and why it shrank ('' if not).
+    `held`: what the position already holds when this entry adds to it (pyramiding): the
+    per-position cap is on the whole position."""
 
     why = ""
     if limits.max_position is not None and unit_value > 0:
-        cap = limits.max_position * equity / unit_value
+        cap = limits.max_position * equity / unit_value - held
         if quantity > cap:
-            quantity, why = cap, f"capped by max_position {limits.max_position:.1%} of equity"
+            quantity, why = cap, f"capped by max_position {limits.max_position:.1%} of equity" + \
+                (f" (with the {held:g} held)" if held else "")
     if limits.per_trade_risk is not None and stop_distance and stop_distance > 0:
         cap = limits.per_trade_risk * equity / (stop_distance * multiplier)
         if quantity > cap:

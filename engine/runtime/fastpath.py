@@ -123,6 +123,8 @@ def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillMod
                  "max_margin_per_trade"):
         if getattr(limits, name) is not None:
             return f"risk limit {name}"
+    if limits.pyramiding > 1:
+        return "pyramiding (entries that add to an open position)"
     if limits.max_open_positions is not None and limits.max_open_positions < 1:
         return "max_open_positions below 1"
     sig = next(iter(signals.values()))

@@ -105,6 +105,8 @@ class JournalPosition:
     con_id: int | None = None
     local_symbol: str = ""
     legs: tuple = ()                # an option combo's legs, as its opening order journaled them
+    entries: int = 1                # the orders that opened it or added to it (pyramiding)
+    _refs: set = field(default_factory=set)
 
     @property
     def underlying(self) -> str:
@@ -329,8 +331,11 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
         if f.get("con_id"):
             pos.con_id, pos.local_symbol = f["con_id"], f.get("local_symbol") or pos.local_symbol
         q = pos.quantity + sign * f["quantity"]
-        if pos.quantity * sign > 0:        # adding to it: the average moves
+        if pos.quantity * sign > 0:        # adding to it (a partial fill, or pyramiding): the average moves
             pos.avg_price = (pos.avg_price * abs(pos.quantity) + f["price"] * f["quantity"]) / abs(q)
+            if f["order_ref"] != pos.entry_ref and f["order_ref"] not in pos._refs:
+                pos._refs.add(f["order_ref"])
+                pos.entries += 1
         pos.quantity = q
     state.positions = {s: p for s, p in state.positions.items() if abs(p.quantity) > 1e-9}
     return state
@@ -357,6 +362,7 @@ def restore_positions(kernel, positions: dict[str, JournalPosition]) -> list[str
                     pos.entry_time, entry_bar, pos.entry_ref, pos.multiplier, pos.rule)
         kernel.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)
         st.owner, st.key = kernel.settings.strategy, symbol
+        st.entries = pos.entries        # pyramiding: what may still be added
         restored.append(symbol)
     return restored
 

@@ -112,6 +112,8 @@ class _Symbol:
     candidate_set: set | None = None                # the candidates, for a look-up at a bar
     at: tuple = (-1, 0)             # the bar it is at and the phase (open or close)
     after_exit: object = None       # a reversal's entry, held until the exit before it is booked
+    entries: int = 0                # entries into the open position (pyramiding adds to it)
+    reprotect: bool = False         # the position grew: its protective levels are measured again
 
 
 class Kernel(RunState):
@@ -181,6 +183,7 @@ class Kernel(RunState):
         limits = settings.limits
         self._entry_checks = any(x is not None for x in (limits.max_open_positions, limits.max_daily_loss,
                                                          limits.max_drawdown, limits.circuit_breaker))
+        self._pyramid = limits.pyramiding       # entries allowed into one position
         for st in symbols.values():
             st.candidate_set = set(st.candidates.tolist()) if st.candidates is not None else None
         self._jump_cache: dict[str | None, list[int] | None] = {}
@@ -322,6 +325,12 @@ class Kernel(RunState):
         b = st.bars
         n = len(b)
         best = n
+        if st.entries < self._pyramid:      # an entry may add to the position: its candidate bars
+            if st.candidates is None:
+                return None
+            j = int(np.searchsorted(st.candidates, k))
+            if j < len(st.candidates):
+                best = int(st.candidates[j])
         cache = st.jump_idx
         for node_id in nodes:
             idx = cache.get(node_id)
@@ -429,8 +438,8 @@ class Kernel(RunState):
         role = tr.role
         if role == "entry":
             st = self.syms[tr.symbol]
-            if st.key is not None:      # a reversal whose exit is not booked yet (a live venue): after it
-                st.after_exit = tr
+            if st.key is not None and st.closing is not None:
+                st.after_exit = tr      # a reversal whose exit is not booked yet (a live venue): after it
                 return
             qty = self._entry_quantity(tr, st.bars, k)
             if qty is None:
@@ -483,9 +492,11 @@ class Kernel(RunState):
                 while quantity > 0 and quantity * price * mult + fee > cash + 1e-9:
                     quantity -= 1 if sizing.whole else quantity * 1e-6
                     fee = fee_of(quantity, price, mult, b.contracts)
+        held = self.ledger.positions.get(tr.symbol)      # pyramiding: the position this entry adds to
         quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=price * mult,
                                      stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
-                                     whole=sizing.whole if sizing else True)
+                                     whole=sizing.whole if sizing else True,
+                                     held=abs(held.quantity) if held is not None else 0.0)
         if quantity <= 0:
             self._status(tr, "rejected", self._now, why or "quantity rounds to 0")
             self._decide(tr.symbol, it.rule, "entry", "blocked", why or "quantity rounds to 0 at the price it would "
@@ -644,6 +655,15 @@ class Kernel(RunState):
             if st.protect.get(key) == tr.intent.tag:
                 del st.protect[key]
 
+    def _grow_protection(self, st: _Symbol, quantity: float) -> None:
+        """An entry added to the position: its protective orders cover the whole of it at once,
+        and their levels (which may read the average entry price) are measured again at the close."""
+        for ref in st.protect.values():
+            tr = self.orders_by_ref[ref]
+            tr.intent = tr.record.intent = tr.intent.sized(quantity)
+            self.venue.modify(ref, quantity=quantity)
+        st.reprotect = True
+
     def _after_exit(self, st: _Symbol) -> None:
         """The exit a reversal's entry waited for is done: the entry goes if it closed the
         position, else it is cancelled (never an entry on top of the position it was to reverse)."""
@@ -710,9 +730,15 @@ class Kernel(RunState):
         self._booked.add(tag)
         ledger = self.ledger
         if role == "entry":
+            if symbol in ledger.positions:      # pyramiding: the entry adds to the position
+                pos = ledger.add(fill)
+                st.entries += 1
+                self._grow_protection(st, abs(pos.quantity))
+                return
             ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)
             st.owner, st.key = tr.owner, symbol
             st.stats = {}
+            st.entries = 1
             self._entry_ref[symbol] = tag
             return
         if role == "stop" or role == "target":
@@ -761,6 +787,9 @@ class Kernel(RunState):
                     # and fills with it (at this close with `fill: close`, else both at the next open,
                     # the exit first)
                     self._enter(st, k, against=side)
+                elif st.closing is None and st.entries < self._pyramid and not st.pending \
+                        and st.working_entry is None:
+                    self._enter(st, k, add=side)      # pyramiding: an entry the same way adds to it
             return
         if not st.pending and st.working_entry is None and st.closing is None and st.chasing is None:  # _idle
             self._enter(st, k)
@@ -843,6 +872,8 @@ class Kernel(RunState):
         if fired is not None:
             for ref in list(st.protect.values()):
                 self.venue.cancel(ref)
+            if st.working_entry is not None:        # an entry adding to it (pyramiding) still working
+                self.venue.cancel(st.working_entry)
             self._drain()
             if st.key is None:
                 return
@@ -861,8 +892,9 @@ class Kernel(RunState):
                                             for key, node in (("stop", rule.stop), ("target", rule.target))
                                             if node is not None]
         protect = st.protect
-        if not levels or (protect and self._jump_rules(owner) is not None):
+        if not levels or (protect and self._jump_rules(owner) is not None and not st.reprotect):
             return      # none, or levels fixed at the entry with their orders placed: nothing to move
+        st.reprotect = False
         pos = self.ledger.positions[st.symbol]
         told = False            # the venue was sent, moved or cancelled something: its answers to take
         values = st.values
@@ -920,16 +952,19 @@ class Kernel(RunState):
         st.closing = intent.tag
         self._queue(st, tr, k)
 
-    def _enter(self, st: _Symbol, k: int, against: int = 0) -> None:
+    def _enter(self, st: _Symbol, k: int, against: int = 0, add: int = 0) -> None:
         """The entries at bar k's close; `against` (the side of a position an exit is closing at
-        this bar) keeps only entries the other way: the reversal."""
+        this bar) keeps only entries the other way: the reversal; `add` (the side of the open
+        position, when pyramiding allows another entry) keeps only entries the same way, and only
+        the position's owner's."""
         if k < st.start or (st.candidate_set is not None and k not in st.candidate_set):
             return
         fired = self._fired_entries(st, k)
-        if against:
+        if against or add:
             orders = self.settings.orders
+            side = against or add
             fired = [r for r in fired if ((orders.get(r.order) or OrderTemplate(r.order or "")).action == "buy")
-                     == (against < 0)]
+                     == ((side < 0) if against else (side > 0)) and (not add or self._owned(r, st.owner))]
         if not fired:
             return
         rule = fired[0]
@@ -942,7 +977,7 @@ class Kernel(RunState):
         reason = None
         if self._entry_checks:
             account = self.account_state()
-            if against:     # the position the exit closes does not count against the new one
+            if against or add:      # the position closing (or added to) does not count against this entry
                 account = dataclasses.replace(account, open_positions=account.open_positions - 1)
             reason = check_entry(self.settings.limits, account)
         if reason:
@@ -1220,6 +1255,7 @@ class Kernel(RunState):
                "position.bars_held": float(k - combo.entry_bar),
                "position.side": -1.0 if combo.entry_credit > 0 else 1.0, "position.size": float(combo.quantity),
                "position.entry_price": combo.entry_credit, "position.dte": float((combo.expiry - now.date()).days),
+               "position.next_dte": float((combo.expiry - self._next_session(now.date(), setup.calendar)).days),
                "position.time_held": (int(b.end[k]) - combo.entry_time) / 1e9, "position.entry_bar": combo.entry_bar,
                "position.max_pnl": math.nan, "position.min_pnl": math.nan, "position.highest": math.nan,
                "position.lowest": math.nan}
@@ -1268,6 +1304,12 @@ class Kernel(RunState):
         tr = self._track(intent, st, "combo_exit", fired, k)
         tr.combo, tr.why = info, detail
         self._chase(st, tr, prices, chase.every, opening=False)
+
+    @staticmethod
+    def _next_session(day, calendar: str):
+        from ..market.calendars import get_calendar
+
+        return get_calendar(calendar).next_trading_day(day)
 
     def _would_deliver(self, combo, b: SymbolBars, k: int, today, last_of_day: bool, calendar: str) -> bool:
         """Is bar k the last chance to close a physically settled combo that would deliver shares?

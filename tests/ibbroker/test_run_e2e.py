@@ -736,3 +736,90 @@ def test_a_restart_with_an_open_condor_reconciles_its_legs_and_manages_it(make_s
     open_combos = json.loads(rows(journal, "SELECT summary FROM runs WHERE run_id = ?", runs[-1])[0]["summary"])[
         "open_positions"]
     assert len(held_legs) == 4 * open_combos
+
+
+def _nq_variant(tmp_path, name, replace) -> Path:
+    text = NQ.read_text().replace("name: nq-cross", f"name: {name}")
+    for old, new in replace:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def _venue_path(sim, prefix) -> list[float]:
+    """The position at IB after each of our executions, in order."""
+    held, out = 0.0, []
+    for e in sim.record()["executions"]:
+        if str(e.get("orderRef", "")).startswith(prefix):
+            held += float(e["shares"]) * (1 if e["side"] in ("BOT", "BUY") else -1)
+            out.append(held)
+    return out
+
+
+def test_stop_and_reverse_in_paper_the_entry_follows_its_exit_and_ib_never_holds_two(nq_sim, tmp_path):
+    """Issue 15 item 3 on IB: an always-in crossover. Each exit's fill is booked before the entry
+    that reverses the position is sent (a venue that answers later: the entry waits), so IB goes
+    +1, 0, -1, 0, +1 ... and never holds two; the journal is the venue's."""
+    strategy = _nq_variant(tmp_path, "nq-reverse", [
+        ("""  - name: cross up
+    when: crosses_above(fast_ma, slow_ma)
+    order: one_contract
+""", """  - name: cross up
+    when: crosses_above(fast_ma, slow_ma)
+    order: one_contract
+  - name: cross down short
+    when: crosses_below(fast_ma, slow_ma)
+    order: short_one
+"""),
+        ("""  - name: cross down
+    when: crosses_below(fast_ma, slow_ma)
+""", """  - name: cross down
+    when: position.side > 0 and crosses_below(fast_ma, slow_ma)
+  - name: cross up cover
+    when: position.side < 0 and crosses_above(fast_ma, slow_ma)
+"""),
+        ("  one_contract: {action: buy, type: market, quantity: 1, tif: day}",
+         "  one_contract: {action: buy, type: market, quantity: 1, tif: day}\n"
+         "  short_one: {action: sell, type: market, quantity: 1, tif: day}"),
+        ("max_open_positions: 1", "max_open_positions: 1, margin_check: off"),
+        (", margin_check: allow-missing-in-paper", "")])
+    journal = tmp_path / "j.sqlite"
+    out = qrun(nq_sim, strategy, journal, seconds=10)
+    assert out.exit_code == 0, out.output
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-reverse:")
+    path = _venue_path(nq_sim, "qtrade:nq-reverse:")
+    assert max(abs(q) for q in path) == 1
+    trades = rows(journal, "SELECT * FROM trades ORDER BY id")
+    sides = [t["side"] for t in trades]
+    assert "long" in sides and "short" in sides
+    reversed_ = [(a, b) for a, b in zip(trades, trades[1:]) if a["side"] != b["side"]
+                 and abs(pd_ns(b["entry_ts"]) - pd_ns(a["exit_ts"])) < 60e9]
+    assert reversed_, trades        # an exit and the entry the other way in the same minute
+    orders = rows(journal, "SELECT order_ref, rule, status FROM orders ORDER BY id")
+    assert all(o["status"] in ("filled", "cancelled", "submitted", "working") for o in orders)
+
+
+def test_pyramiding_in_paper_adds_a_second_contract_and_the_exit_closes_both(nq_sim, tmp_path):
+    strategy = _nq_variant(tmp_path, "nq-pyramid", [
+        ("when: crosses_above(fast_ma, slow_ma)", "when: fast_ma > slow_ma"),
+        ("max_open_positions: 1", "max_open_positions: 1, pyramiding: 2, margin_check: off"),
+        (", margin_check: allow-missing-in-paper", "")])
+    journal = tmp_path / "j.sqlite"
+    out = qrun(nq_sim, strategy, journal, seconds=10)
+    assert out.exit_code == 0, out.output
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-pyramid:")
+    path = _venue_path(nq_sim, "qtrade:nq-pyramid:")
+    assert max(path) == 2 and min(path) >= 0
+    trades = rows(journal, "SELECT * FROM trades")
+    assert any(t["quantity"] == 2 for t in trades), trades
+    for t in trades:
+        assert t["pnl"] == pytest.approx((t["exit_price"] - t["entry_price"]) * 20 * t["quantity"]
+                                         - t["commission"])
+
+
+def pd_ns(text: str) -> int:
+    import pandas as pd
+
+    return int(pd.Timestamp(text).value)

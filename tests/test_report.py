@@ -134,6 +134,138 @@ def test_buy_and_hold():
     assert M.buy_and_hold_return([0.0, 3.0]) is None
 
 
+def test_daily_returns_resample_intraday_equity_in_the_strategys_timezone():
+    """Intraday equity is resampled to daily closes (the last point of each New York day) before
+    volatility, Sharpe and Sortino; the first day is measured from the starting cash."""
+    ny = "America/New_York"
+    stamps = ["2024-03-04 09:29", "2024-03-04 09:30", "2024-03-04 12:00", "2024-03-04 16:00",  # 09:29: the cash
+              "2024-03-05 09:30", "2024-03-05 15:59", "2024-03-05 20:30",                      # 20:30 NY is 01:30 UTC on the 6th
+              "2024-03-06 09:30", "2024-03-06 16:00",
+              "2024-03-07 10:00", "2024-03-07 16:00"]
+    values = [1000.0, 1001.0, 990.0, 1010.0, 1020.0, 1005.0, 1008.0, 1030.0, 1015.0, 1012.0, 1040.0]
+    index = pd.DatetimeIndex(stamps).tz_localize(ny).tz_convert("UTC")
+    e = pd.Series(values, index=index)
+    closes = np.array([1000.0, 1010.0, 1008.0, 1015.0, 1040.0])       # the cash, then each NY day's last point
+    r = closes[1:] / closes[:-1] - 1
+    got = M.daily_returns(e, ny)
+    np.testing.assert_allclose(got.to_numpy(), r, rtol=1e-12)
+    assert [t.tz_convert(ny).day for t in got.index] == [4, 5, 6, 7]
+    # UTC days put the 20:30 point on the 6th: a different curve of closes, so the zone matters
+    assert not np.allclose(M.daily_returns(e).to_numpy()[:3], r[:3])
+    sd = np.std(r, ddof=1)
+    assert M.annual_volatility(e, ny) == pytest.approx(sd * np.sqrt(252))
+    assert M.sharpe_ratio(e, tz=ny) == pytest.approx(np.mean(r) / sd * np.sqrt(252))
+    downside = np.sqrt(np.mean(np.minimum(r, 0) ** 2))
+    assert M.sortino_ratio(e, tz=ny) == pytest.approx(np.mean(r) / downside * np.sqrt(252))
+    s = M.equity_summary(e, tz=ny)
+    assert s["returns_basis"] == "daily" and s["annualisation"] == 252 and s["return_periods"] == 4
+    assert s["sharpe"] == pytest.approx(M.sharpe_ratio(e, tz=ny)) and s["sortino"] == pytest.approx(M.sortino_ratio(e, tz=ny))
+    assert s["volatility"] == pytest.approx(M.annual_volatility(e, ny))
+    assert s["periods_per_year"] > 252                               # the bars themselves are intraday
+    # weekly bars cannot be made daily: their own returns, 52.18 a year
+    weekly = series(["2020-01-03", "2020-01-10", "2020-01-17", "2020-01-24", "2020-01-31"], [100, 102, 101, 105, 104])
+    rw = np.diff(weekly.to_numpy()) / weekly.to_numpy()[:-1]
+    sw = M.equity_summary(weekly)
+    assert sw["returns_basis"] == "bar" and sw["annualisation"] == pytest.approx(365.25 / 7)
+    assert sw["sharpe"] == pytest.approx(rw.mean() / rw.std(ddof=1) * np.sqrt(365.25 / 7))
+
+
+def test_a_first_day_or_month_holding_only_the_starting_cash_is_its_base():
+    e = M.from_starting_cash(series(["2020-02-03", "2020-02-04", "2020-02-05"], [100.0, 110.0, 99.0]),
+                             100.0, 86_400 * 10**9)
+    assert len(e) == 4 and e.index[0] == pd.Timestamp("2020-02-02", tz="UTC") and e.iloc[0] == 100.0
+    # the point is put there even though the first bar left the equity at the starting cash
+    np.testing.assert_allclose(M.daily_returns(e).to_numpy(), [0.0, 0.1, -0.1])
+    e = M.from_starting_cash(series(["2020-03-02", "2020-03-31", "2020-04-30"], [100.0, 110.0, 121.0]),
+                             95.0, 86_400 * 10**9)                     # starting cash on 02-29
+    table = M.monthly_returns(e)
+    assert math.isnan(table.loc[2020, 2])                               # February is only the base
+    assert table.loc[2020, 3] == pytest.approx(110 / 95 - 1) and table.loc[2020, 4] == pytest.approx(0.1)
+    assert M.from_starting_cash(e.iloc[:0], 100.0, 1) is not None and M.from_starting_cash(e, None, 1) is e
+
+
+def test_average_drawdown_by_hand():
+    e = series(["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-05", "2020-01-06", "2020-01-10", "2020-01-20"],
+               [100, 90, 101, 95, 98, 102, 100])
+    periods = M.drawdown_periods(e)
+    # 100 -> 90 -> 101 (peak 01-01, back on 01-03), 101 -> 95 -> 98 -> 102 (01-03 to 01-10),
+    # 102 -> 100 to the end (01-10 to 01-20, not recovered)
+    assert [(p.start.day, p.end.day, p.days, p.recovered) for p in periods] == \
+        [(1, 3, 2.0, True), (3, 10, 7.0, True), (10, 20, 10.0, False)]
+    depths = [0.10, 1 - 95 / 101, 1 - 100 / 102]
+    assert [p.depth for p in periods] == pytest.approx(depths)
+    avg, days = M.average_drawdown(e)
+    assert avg == pytest.approx(np.mean(depths)) and days == pytest.approx(19 / 3)
+    s = M.equity_summary(e)
+    assert s["average_drawdown"] == pytest.approx(avg) and s["average_drawdown_days"] == pytest.approx(days)
+    assert s["drawdowns"] == 3 and s["max_drawdown_days"] == 10.0
+    assert M.average_drawdown(series(["2020-01-01", "2020-01-02"], [1, 2])) == (None, None)
+
+
+TRADES = [{"pnl": 30.0, "return_pct": 3.0, "entry_ts": "2020-01-01T14:30:00Z", "exit_ts": "2020-01-03T14:30:00Z"},
+          {"pnl": -10.0, "return_pct": -1.25, "entry_ts": "2020-01-06T14:30:00Z", "exit_ts": "2020-01-06T20:30:00Z"},
+          {"pnl": 50.0, "return_pct": 6.0, "entry_ts": "2020-01-07T14:30:00Z", "exit_ts": "2020-01-17T14:30:00Z"},
+          {"pnl": -20.0, "return_pct": -2.5, "entry_ts": "2020-01-20T14:30:00Z", "exit_ts": "2020-01-21T02:30:00Z"},
+          {"pnl": 0.0, "return_pct": 0.0, "entry_ts": "2020-01-22T14:30:00Z", "exit_ts": "2020-01-22T14:30:00Z"}]
+
+
+def test_sqn_kelly_and_trade_returns_by_hand():
+    pnl = np.array([30.0, -10.0, 50.0, -20.0, 0.0])
+    assert M.sqn(TRADES) == pytest.approx(np.sqrt(5) * pnl.mean() / pnl.std(ddof=1))
+    assert M.sqn(TRADES) == pytest.approx(np.sqrt(5) * 10 / statistics.stdev([30, -10, 50, -20, 0]))
+    w, payoff = 2 / 5, 40 / 15                                           # a zero trade is not a win
+    assert M.kelly(TRADES) == pytest.approx(w - (1 - w) / payoff) == pytest.approx(0.175)
+    assert M.trade_return_stats(TRADES) == pytest.approx((0.06, -0.025, 0.0105))
+    days = [2.0, 0.25, 10.0, 0.5, 0.0]
+    assert M.trade_duration_stats(TRADES) == pytest.approx((np.mean(days), 10.0))
+    s = M.trade_summary(TRADES)
+    assert (s["sqn"], s["kelly"], s["best_trade"], s["worst_trade"], s["average_trade"],
+            s["average_trade_days"], s["longest_trade_days"]) == pytest.approx(
+        (M.sqn(TRADES), 0.175, 0.06, -0.025, 0.0105, np.mean(days), 10.0))
+    cols = M.TradeColumns(pnl, M.to_timestamps([t["entry_ts"] for t in TRADES]).as_unit("ns").asi8,
+                          M.to_timestamps([t["exit_ts"] for t in TRADES]).as_unit("ns").asi8,
+                          np.array([t["return_pct"] for t in TRADES]) / 100)
+    assert M.trade_summary(cols) == pytest.approx(s)
+    # undefined cases
+    assert M.sqn([{"pnl": 5.0}]) is None and M.sqn([{"pnl": 5.0}, {"pnl": 5.0}]) is None
+    assert M.kelly([{"pnl": 5.0}, {"pnl": 1.0}]) is None and M.kelly([{"pnl": -5.0}]) is None
+    assert M.kelly([{"pnl": 10.0}, {"pnl": -10.0}, {"pnl": -10.0}]) == pytest.approx(1 / 3 - (2 / 3) / 1)
+    assert M.trade_return_stats([{"pnl": 1.0}]) == (None, None, None)
+    assert M.trade_duration_stats([{"pnl": 1.0}]) == (None, None)
+
+
+def test_buy_and_hold_curve_spans_the_run_and_alpha_beta_by_hand():
+    rng = np.random.default_rng(11)
+    days = pd.bdate_range("2021-01-04", periods=120, tz="UTC")
+    opens = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, days.size)))
+    closes = opens * np.exp(rng.normal(0.0005, 0.01, days.size))
+    strat = 10_000 * np.cumprod(1 + 0.4 * (closes / np.concatenate(([opens[0]], closes[:-1])) - 1)
+                                + rng.normal(0.0003, 0.004, days.size))
+    equity = M.from_starting_cash(pd.Series(strat, index=days), 10_000.0, 86_400 * 10**9)
+    start = M.buy_and_hold_start(opens, closes)
+    assert start == opens[0]                                             # the first bar's open
+    bench = M.buy_and_hold_curve(equity, days, closes, start)
+    assert bench.iloc[0] == 10_000.0 and bench.index.equals(equity.index)
+    np.testing.assert_allclose(bench.to_numpy()[1:], 10_000 * closes / opens[0])
+    assert M.total_return(bench) == pytest.approx(closes[-1] / opens[0] - 1)
+    assert M.buy_and_hold_return(closes, start) == pytest.approx(closes[-1] / opens[0] - 1)
+    # alpha and beta: least squares of the strategy's daily returns on buy and hold's
+    r = np.diff(equity.to_numpy()) / equity.to_numpy()[:-1]
+    b = np.diff(bench.to_numpy()) / bench.to_numpy()[:-1]
+    slope, intercept = np.polyfit(b, r, 1)
+    alpha, beta = M.alpha_beta(equity, bench)
+    assert beta == pytest.approx(slope, rel=1e-9)
+    assert alpha == pytest.approx(252 * intercept, rel=1e-9)           # the intercept, annualised
+    assert 0.2 < beta < 0.6
+    s = M.summarize(equity, [], benchmark=bench)
+    assert (s["alpha"], s["beta"], s["buy_and_hold"]) == pytest.approx((alpha, beta, closes[-1] / opens[0] - 1))
+    # a point before the symbol's first bar keeps the cash; no open: the first close
+    late = M.buy_and_hold_curve(equity, days[5:], closes[5:], 40.0)
+    assert (late.to_numpy()[:6] == 10_000.0).all() and late.iloc[6] == pytest.approx(10_000 * closes[5] / 40)
+    assert M.buy_and_hold_start([np.nan, 3.0], [2.0, 3.0]) == 2.0 and M.buy_and_hold_start([], []) is None
+    assert M.alpha_beta(equity, pd.Series(10_000.0, index=equity.index)) == (None, None)   # flat benchmark
+
+
 # ---- metrics: edge cases ---------------------------------------------------------------------
 
 def _no_nan_or_inf(summary: dict) -> None:
@@ -220,14 +352,17 @@ def test_metrics_match_an_independent_pandas_calculation(spy):
     assert M.cagr(equity) == pytest.approx(cagr)
     assert M.calmar_ratio(equity) == pytest.approx(cagr / mdd)
 
-    # monthly returns: month-end closes, first month from the first close
-    month_end = close.resample("ME").last()
+    # monthly returns: month-end closes, first month from the first close; the file's first
+    # month (2007-12) holds only its first close, the base of January 2008, not a month of its own
+    assert (close.index[0].year, close.index[0].month) == (2007, 12) and close.index[1].year == 2008
+    month_end = close.resample("ME").last().iloc[1:]
     expected = month_end.pct_change()
     expected.iloc[0] = month_end.iloc[0] / close.iloc[0] - 1
     table = M.monthly_returns(equity)
+    assert 2007 not in table.index
     got = pd.Series([table.loc[d.year, d.month] for d in expected.index], index=expected.index)
     np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-10)
-    year_end = close.resample("YE").last()
+    year_end = close.resample("YE").last().iloc[1:]
     yearly = year_end.pct_change()
     yearly.iloc[0] = year_end.iloc[0] / close.iloc[0] - 1
     np.testing.assert_allclose(table["Year"].to_numpy(), yearly.to_numpy(), rtol=1e-10)
@@ -405,8 +540,9 @@ def test_report_shows_the_metrics_and_charts(spy_journal):
     assert len(kinds["mark entry"]) == len(kinds["mark exit"]) == len(trades) - 2   # SPY only
     assert len(kinds["line"]) == 3
     assert "Price: SPY" in html                                   # the most traded symbol by default
-    # monthly table: 2008-01 cell coloured, year rows 2007..2017
-    assert html.count('<td class="l year">') == 11
+    # monthly table: 2008-01 cell coloured, year rows 2008..2017 (2007-12-31, the first bar, is
+    # only the base of January)
+    assert html.count('<td class="l year">') == 10
     assert "rgba(22,163,74" in html and "rgba(220,38,38" in html
     # per-symbol breakdown and the strategy text
     assert re.search(r"<td class=\"l\">QQQ</td><td>2</td><td>50.0%</td>", html)
@@ -777,3 +913,31 @@ def test_buy_and_hold_is_the_backtests_own_figure(tmp_path, start):
     assert card and card.group(1).strip() == fmt_pct(summary["buy_and_hold"])
     row = re.search(r'<td class="l">SPY</td>(?:<td>[^<]*</td>|<td><span[^>]*>[^<]*</span></td>){6}<td>([^<]*)</td>', html)
     assert row and row.group(1) == fmt_pct(summary["buy_and_hold"], 1)
+
+
+@pytest.mark.parametrize("start", [None, "2013-01-02"])
+def test_backtest_buy_and_hold_spans_the_run_and_alpha_beta_match_numpy(start):
+    """The backtest's buy and hold buys SPY at the open of the run's first bar (after the warm-up
+    bars before --from) and holds to the last close; alpha and beta are the least-squares line of
+    the run's daily returns on buy and hold's, from the file's own prices."""
+    from engine.report.run_summary import summarize_result
+    from engine.runtime import backtest as bt
+
+    root = Path(__file__).resolve().parents[1]
+    result = bt.run(bt.prepare(root / "strategies" / "sma_crossover.yaml", start=start))
+    summary = summarize_result(result)
+    spy = pd.read_csv(root / "strategies" / "data" / "SPY.csv", parse_dates=["Date"]).set_index("Date")
+    run = spy.loc[start or spy.index[0]:]
+    assert summary["start"].startswith(str(run.index[0].date()))
+    assert summary["warmup_bars"] == (len(spy) - len(run))
+    assert summary["buy_and_hold_start_price"] == run["Open"].iloc[0]
+    assert summary["buy_and_hold"] == pytest.approx(run["Close"].iloc[-1] / run["Open"].iloc[0] - 1, rel=1e-12)
+    cash = result.runner.settings.cash
+    equity = np.concatenate(([cash], result.equity))             # from the starting cash
+    hold = np.concatenate(([cash], cash * run["Close"].to_numpy() / run["Open"].iloc[0]))
+    r, b = np.diff(equity) / equity[:-1], np.diff(hold) / hold[:-1]
+    slope, intercept = np.polyfit(b, r, 1)
+    assert summary["beta"] == pytest.approx(slope, rel=1e-9)
+    assert summary["alpha"] == pytest.approx(252 * intercept, rel=1e-9)
+    assert summary["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * np.sqrt(252), rel=1e-12)
+    assert summary["return_periods"] == len(run) and summary["timezone"] == "America/New_York"

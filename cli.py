@@ -423,22 +423,19 @@ def _num(v, digits=2):
 SHORT_RUN_DAYS = 91   # annualised figures of a run shorter than about three months carry a caveat
 
 
-def _duration(days) -> str:
-    """A length of time given in days, as a trader reads it: "57.0 days", "2 h 14 min"."""
-    if days is None:
-        return "n/a"
-    if days >= 1:
-        return f"{days:,.1f} days"
-    minutes = round(days * 1440)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
 def _span_days(start, end) -> float | None:
     import pandas as pd
 
     if not start or not end:
         return None
     return (pd.Timestamp(end) - pd.Timestamp(start)).total_seconds() / 86400.0
+
+
+def _duration(days) -> str:
+    """A length of time given in days, as a trader reads it: "57.0 days", "2 h 14 min"."""
+    from engine.report.metrics import duration_text
+
+    return "n/a" if days is None else duration_text(days, "days")
 
 
 def _summary_text(result, summary: dict, journal_path: str | None, report_path: str | None) -> str:
@@ -465,7 +462,7 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
         ("Alpha / beta", f"{_pct(summary.get('alpha'))} / {_num(summary.get('beta'))}",
          f"against buy & hold {summary.get('buy_and_hold_symbol')}{caveat}" if summary.get("beta") is not None else ""),
         ("Max drawdown", _pct(summary.get("max_drawdown")),
-         f"longest under water {summary.get('max_drawdown_days') or 0:.0f} days, from "
+         f"longest under water {_duration(summary.get('max_drawdown_days') or 0)}, from "
          f"{(summary.get('max_drawdown_start') or '')[:10]}" if summary.get("max_drawdown") else ""),
         ("Average drawdown", _pct(summary.get("average_drawdown")),
          f"{summary.get('drawdowns'):,} drawdowns, {_duration(summary.get('average_drawdown_days'))} on average"

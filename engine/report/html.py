@@ -640,14 +640,9 @@ def ts_cells(values: Sequence[Any], date_only: bool, tz: str) -> list[str]:
 
 
 def fmt_duration(days: Any) -> str:
-    """A length of time given in days: "57.0 d", "2 h 14 min", "12 min"; "—" when unknown."""
-    if not _is_number(days):
-        return "—"
-    days = float(days)
-    if days >= 1:
-        return f"{days:,.1f} d"
-    minutes = round(days * 1440)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+    """A length of time given in days: "57.0 d", "2 h 14 min", "12 min" (`metrics.duration_text`);
+    "—" when unknown."""
+    return metrics.duration_text(float(days)) if _is_number(days) else "—"
 
 
 def month_colour(v: Any) -> str:

@@ -568,6 +568,17 @@ def trade_duration_stats(trades: Sequence[Any]) -> tuple[float | None, float | N
     return float(days.mean()), float(days.max())
 
 
+def duration_text(days: float | None, day: str = "d") -> str:
+    """A length of time given in days, as a trader reads it: "57.0 d" (`day` names the unit),
+    "2 h 14 min", "12 min"; "—" when unknown."""
+    if days is None or not math.isfinite(days):
+        return "—"
+    if days >= 1:
+        return f"{days:,.1f} {day}"
+    minutes = round(days * 1440)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
 def exposure(trades: Sequence[Any], start: pd.Timestamp, end: pd.Timestamp) -> float | None:
     """Fraction of the span [start, end] (normally the equity curve's) during which at least one
     position was open: the union of the trades' [entry_ts, exit_ts] intervals, clipped to the

@@ -1255,3 +1255,22 @@ def test_metric_cards_show_the_new_figures(tmp_path):
     assert card("kelly") == fmt_pct(w - (1 - w) / (wins.mean() / -losses.mean()), 1)
     for key in ("alpha", "beta", "average_drawdown", "average_drawdown_days"):
         assert card(key) not in ("", "—"), key
+
+
+def test_buy_and_hold_from_the_journal_leaves_the_warm_up_bars_out(tmp_path, spy):
+    """Without a stored summary the report's buy and hold starts at the open of the first bar of
+    the equity curve's span: the journal's prices begin with warm-up bars before it."""
+    path = tmp_path / "warm.sqlite"
+    run = spy.iloc[300:800]
+    with Journal(path) as j:
+        rid = j.start_run("backtest", "warm", symbols=["SPY"], bar="1d", initial_cash=50_000.0)
+        add_prices(j, rid, "SPY", spy.iloc[:800])                       # 300 warm-up bars first
+        j.many("equity", ["run_id", "ts", "cash", "equity"],
+               zip([rid] * len(run), _iso(run.index), [50_000.0] * len(run), 50_000 * run["Close"] / run["Close"].iloc[0]))
+    html = render_report(path)
+    expected = run["Close"].iloc[-1] / run["Open"].iloc[0] - 1
+    card = re.search(r'data-metric="buy_and_hold"><div class="k">Buy &amp; hold SPY</div><div class="v">'
+                     r'(?:<span[^>]*>)?([^<]*)<', html).group(1)
+    assert card == fmt_pct(expected) != fmt_pct(spy["Close"].iloc[799] / spy["Close"].iloc[0] - 1)
+    row = Page(html).rows("breakdown")[0]
+    assert row[0] == "SPY" and row[-1] == fmt_pct(expected, 1)

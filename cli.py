@@ -431,6 +431,13 @@ def _span_days(start, end) -> float | None:
     return (pd.Timestamp(end) - pd.Timestamp(start)).total_seconds() / 86400.0
 
 
+def _duration(days) -> str:
+    """A length of time given in days, as a trader reads it: "57.0 days", "2 h 14 min"."""
+    from engine.report.metrics import duration_text
+
+    return "n/a" if days is None else duration_text(days, "days")
+
+
 def _summary_text(result, summary: dict, journal_path: str | None, report_path: str | None) -> str:
     prep = result.prepared
     lines = []
@@ -450,14 +457,24 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
          f"buy & hold {summary.get('buy_and_hold_symbol')}: {_pct(bh)}" if bh is not None else ""),
         ("Annualised return", _pct(summary.get("cagr")), f"volatility {_pct(summary.get('volatility'))}{caveat}"),
         ("Sharpe / Sortino / Calmar", " / ".join(_num(summary.get(k)) for k in ("sharpe", "sortino", "calmar")),
-         caveat[2:] if caveat else ""),
+         (caveat[2:] if caveat else f"from {summary.get('return_periods') or 0:,} "
+          + ("daily returns" if summary.get("returns_basis") == "daily" else "bar returns"))),
+        ("Alpha / beta", f"{_pct(summary.get('alpha'))} / {_num(summary.get('beta'))}",
+         f"against buy & hold {summary.get('buy_and_hold_symbol')}{caveat}" if summary.get("beta") is not None else ""),
         ("Max drawdown", _pct(summary.get("max_drawdown")),
-         f"longest under water {summary.get('max_drawdown_days') or 0:.0f} days, from "
+         f"longest under water {_duration(summary.get('max_drawdown_days') or 0)}, from "
          f"{(summary.get('max_drawdown_start') or '')[:10]}" if summary.get("max_drawdown") else ""),
+        ("Average drawdown", _pct(summary.get("average_drawdown")),
+         f"{summary.get('drawdowns'):,} drawdowns, {_duration(summary.get('average_drawdown_days'))} on average"
+         if summary.get("drawdowns") else ""),
         ("Trades", f"{summary.get('trades', 0):,}",
          f"win rate {_pct(summary.get('win_rate'), 1)}, profit factor {_num(summary.get('profit_factor'))}"),
         ("Expectancy per trade", _num(summary.get("expectancy")),
          f"avg win {_num(summary.get('average_win'))}, avg loss {_num(summary.get('average_loss'))}"),
+        ("SQN / Kelly", f"{_num(summary.get('sqn'))} / {_pct(summary.get('kelly'), 1)}", ""),
+        ("Best / worst trade", f"{_pct(summary.get('best_trade'))} / {_pct(summary.get('worst_trade'))}",
+         f"average {_pct(summary.get('average_trade'))} of entry value; held {_duration(summary.get('average_trade_days'))}"
+         f" on average, {_duration(summary.get('longest_trade_days'))} at most" if summary.get("trades") else ""),
         ("Exposure", _pct(summary.get("exposure"), 1), f"commission paid {_num(summary.get('commission'))}"),
     ]
     if summary.get("bad_bars_skipped"):

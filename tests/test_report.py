@@ -134,6 +134,139 @@ def test_buy_and_hold():
     assert M.buy_and_hold_return([0.0, 3.0]) is None
 
 
+def test_daily_returns_resample_intraday_equity_in_the_strategys_timezone():
+    """Intraday equity is resampled to daily closes (the last point of each New York day) before
+    volatility, Sharpe and Sortino; the first day is measured from the starting cash."""
+    ny = "America/New_York"
+    stamps = ["2024-03-04 09:29", "2024-03-04 09:30", "2024-03-04 12:00", "2024-03-04 16:00",  # 09:29: the cash
+              "2024-03-05 09:30", "2024-03-05 15:59", "2024-03-05 20:30",                      # 20:30 NY is 01:30 UTC on the 6th
+              "2024-03-06 09:30", "2024-03-06 16:00",
+              "2024-03-07 10:00", "2024-03-07 16:00"]
+    values = [1000.0, 1001.0, 990.0, 1010.0, 1020.0, 1005.0, 1008.0, 1030.0, 1015.0, 1012.0, 1040.0]
+    index = pd.DatetimeIndex(stamps).tz_localize(ny).tz_convert("UTC")
+    e = pd.Series(values, index=index)
+    closes = np.array([1000.0, 1010.0, 1008.0, 1015.0, 1040.0])       # the cash, then each NY day's last point
+    r = closes[1:] / closes[:-1] - 1
+    got = M.daily_returns(e, ny)
+    np.testing.assert_allclose(got.to_numpy(), r, rtol=1e-12)
+    assert [t.tz_convert(ny).day for t in got.index] == [4, 5, 6, 7]
+    # UTC days put the 20:30 point on the 6th: a different curve of closes, so the zone matters
+    assert not np.allclose(M.daily_returns(e).to_numpy()[:3], r[:3])
+    sd = np.std(r, ddof=1)
+    assert M.annual_volatility(e, ny) == pytest.approx(sd * np.sqrt(252))
+    assert M.sharpe_ratio(e, tz=ny) == pytest.approx(np.mean(r) / sd * np.sqrt(252))
+    downside = np.sqrt(np.mean(np.minimum(r, 0) ** 2))
+    assert M.sortino_ratio(e, tz=ny) == pytest.approx(np.mean(r) / downside * np.sqrt(252))
+    s = M.equity_summary(e, tz=ny)
+    assert s["returns_basis"] == "daily" and s["annualisation"] == 252 and s["return_periods"] == 4
+    assert s["sharpe"] == pytest.approx(M.sharpe_ratio(e, tz=ny)) and s["sortino"] == pytest.approx(M.sortino_ratio(e, tz=ny))
+    assert s["volatility"] == pytest.approx(M.annual_volatility(e, ny))
+    assert s["periods_per_year"] > 252                               # the bars themselves are intraday
+    # weekly bars cannot be made daily: their own returns, 52.18 a year
+    weekly = series(["2020-01-03", "2020-01-10", "2020-01-17", "2020-01-24", "2020-01-31"], [100, 102, 101, 105, 104])
+    rw = np.diff(weekly.to_numpy()) / weekly.to_numpy()[:-1]
+    sw = M.equity_summary(weekly)
+    assert sw["returns_basis"] == "bar" and sw["annualisation"] == pytest.approx(365.25 / 7)
+    assert sw["sharpe"] == pytest.approx(rw.mean() / rw.std(ddof=1) * np.sqrt(365.25 / 7))
+
+
+def test_a_first_day_or_month_holding_only_the_starting_cash_is_its_base():
+    e = M.from_starting_cash(series(["2020-02-03", "2020-02-04", "2020-02-05"], [100.0, 110.0, 99.0]),
+                             100.0, 86_400 * 10**9)
+    assert len(e) == 4 and e.index[0] == pd.Timestamp("2020-02-02", tz="UTC") and e.iloc[0] == 100.0
+    # the point is put there even though the first bar left the equity at the starting cash
+    np.testing.assert_allclose(M.daily_returns(e).to_numpy(), [0.0, 0.1, -0.1])
+    e = M.from_starting_cash(series(["2020-03-02", "2020-03-31", "2020-04-30"], [100.0, 110.0, 121.0]),
+                             95.0, 86_400 * 10**9)                     # starting cash on 02-29
+    table = M.monthly_returns(e)
+    assert math.isnan(table.loc[2020, 2])                               # February is only the base
+    assert table.loc[2020, 3] == pytest.approx(110 / 95 - 1) and table.loc[2020, 4] == pytest.approx(0.1)
+    assert len(M.from_starting_cash(e.iloc[:0], 100.0, 1)) == 0 and M.from_starting_cash(e, None, 1) is e
+    assert [M.duration_text(d) for d in (57.0, 0.09305, 12 / 1440, None)] == ["57.0 d", "2 h 14 min", "12 min", "—"]
+
+
+def test_average_drawdown_by_hand():
+    e = series(["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-05", "2020-01-06", "2020-01-10", "2020-01-20"],
+               [100, 90, 101, 95, 98, 102, 100])
+    periods = M.drawdown_periods(e)
+    # 100 -> 90 -> 101 (peak 01-01, back on 01-03), 101 -> 95 -> 98 -> 102 (01-03 to 01-10),
+    # 102 -> 100 to the end (01-10 to 01-20, not recovered)
+    assert [(p.start.day, p.end.day, p.days, p.recovered) for p in periods] == \
+        [(1, 3, 2.0, True), (3, 10, 7.0, True), (10, 20, 10.0, False)]
+    depths = [0.10, 1 - 95 / 101, 1 - 100 / 102]
+    assert [p.depth for p in periods] == pytest.approx(depths)
+    avg, days = M.average_drawdown(e)
+    assert avg == pytest.approx(np.mean(depths)) and days == pytest.approx(19 / 3)
+    s = M.equity_summary(e)
+    assert s["average_drawdown"] == pytest.approx(avg) and s["average_drawdown_days"] == pytest.approx(days)
+    assert s["drawdowns"] == 3 and s["max_drawdown_days"] == 10.0
+    assert M.average_drawdown(series(["2020-01-01", "2020-01-02"], [1, 2])) == (None, None)
+
+
+TRADES = [{"pnl": 30.0, "return_pct": 3.0, "entry_ts": "2020-01-01T14:30:00Z", "exit_ts": "2020-01-03T14:30:00Z"},
+          {"pnl": -10.0, "return_pct": -1.25, "entry_ts": "2020-01-06T14:30:00Z", "exit_ts": "2020-01-06T20:30:00Z"},
+          {"pnl": 50.0, "return_pct": 6.0, "entry_ts": "2020-01-07T14:30:00Z", "exit_ts": "2020-01-17T14:30:00Z"},
+          {"pnl": -20.0, "return_pct": -2.5, "entry_ts": "2020-01-20T14:30:00Z", "exit_ts": "2020-01-21T02:30:00Z"},
+          {"pnl": 0.0, "return_pct": 0.0, "entry_ts": "2020-01-22T14:30:00Z", "exit_ts": "2020-01-22T14:30:00Z"}]
+
+
+def test_sqn_kelly_and_trade_returns_by_hand():
+    pnl = np.array([30.0, -10.0, 50.0, -20.0, 0.0])
+    assert M.sqn(TRADES) == pytest.approx(np.sqrt(5) * pnl.mean() / pnl.std(ddof=1))
+    assert M.sqn(TRADES) == pytest.approx(np.sqrt(5) * 10 / statistics.stdev([30, -10, 50, -20, 0]))
+    w, payoff = 2 / 5, 40 / 15                                           # a zero trade is not a win
+    assert M.kelly(TRADES) == pytest.approx(w - (1 - w) / payoff) == pytest.approx(0.175)
+    assert M.trade_return_stats(TRADES) == pytest.approx((0.06, -0.025, 0.0105))
+    days = [2.0, 0.25, 10.0, 0.5, 0.0]
+    assert M.trade_duration_stats(TRADES) == pytest.approx((np.mean(days), 10.0))
+    s = M.trade_summary(TRADES)
+    assert (s["sqn"], s["kelly"], s["best_trade"], s["worst_trade"], s["average_trade"],
+            s["average_trade_days"], s["longest_trade_days"]) == pytest.approx(
+        (M.sqn(TRADES), 0.175, 0.06, -0.025, 0.0105, np.mean(days), 10.0))
+    cols = M.TradeColumns(pnl, M.to_timestamps([t["entry_ts"] for t in TRADES]).as_unit("ns").asi8,
+                          M.to_timestamps([t["exit_ts"] for t in TRADES]).as_unit("ns").asi8,
+                          np.array([t["return_pct"] for t in TRADES]) / 100)
+    assert M.trade_summary(cols) == pytest.approx(s)
+    # undefined cases
+    assert M.sqn([{"pnl": 5.0}]) is None and M.sqn([{"pnl": 5.0}, {"pnl": 5.0}]) is None
+    assert M.kelly([{"pnl": 5.0}, {"pnl": 1.0}]) is None and M.kelly([{"pnl": -5.0}]) is None
+    assert M.kelly([{"pnl": 10.0}, {"pnl": -10.0}, {"pnl": -10.0}]) == pytest.approx(1 / 3 - (2 / 3) / 1)
+    assert M.trade_return_stats([{"pnl": 1.0}]) == (None, None, None)
+    assert M.trade_duration_stats([{"pnl": 1.0}]) == (None, None)
+
+
+def test_buy_and_hold_curve_spans_the_run_and_alpha_beta_by_hand():
+    rng = np.random.default_rng(11)
+    days = pd.bdate_range("2021-01-04", periods=120, tz="UTC")
+    opens = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, days.size)))
+    closes = opens * np.exp(rng.normal(0.0005, 0.01, days.size))
+    strat = 10_000 * np.cumprod(1 + 0.4 * (closes / np.concatenate(([opens[0]], closes[:-1])) - 1)
+                                + rng.normal(0.0003, 0.004, days.size))
+    equity = M.from_starting_cash(pd.Series(strat, index=days), 10_000.0, 86_400 * 10**9)
+    start = M.buy_and_hold_start(opens, closes)
+    assert start == opens[0]                                             # the first bar's open
+    bench = M.buy_and_hold_curve(equity, days, closes, start)
+    assert bench.iloc[0] == 10_000.0 and bench.index.equals(equity.index)
+    np.testing.assert_allclose(bench.to_numpy()[1:], 10_000 * closes / opens[0])
+    assert M.total_return(bench) == pytest.approx(closes[-1] / opens[0] - 1)
+    assert M.buy_and_hold_return(closes, start) == pytest.approx(closes[-1] / opens[0] - 1)
+    # alpha and beta: least squares of the strategy's daily returns on buy and hold's
+    r = np.diff(equity.to_numpy()) / equity.to_numpy()[:-1]
+    b = np.diff(bench.to_numpy()) / bench.to_numpy()[:-1]
+    slope, intercept = np.polyfit(b, r, 1)
+    alpha, beta = M.alpha_beta(equity, bench)
+    assert beta == pytest.approx(slope, rel=1e-9)
+    assert alpha == pytest.approx(252 * intercept, rel=1e-9)           # the intercept, annualised
+    assert 0.2 < beta < 0.6
+    s = M.summarize(equity, [], benchmark=bench)
+    assert (s["alpha"], s["beta"], s["buy_and_hold"]) == pytest.approx((alpha, beta, closes[-1] / opens[0] - 1))
+    # a point before the symbol's first bar keeps the cash; no open: the first close
+    late = M.buy_and_hold_curve(equity, days[5:], closes[5:], 40.0)
+    assert (late.to_numpy()[:6] == 10_000.0).all() and late.iloc[6] == pytest.approx(10_000 * closes[5] / 40)
+    assert M.buy_and_hold_start([np.nan, 3.0], [2.0, 3.0]) == 2.0 and M.buy_and_hold_start([], []) is None
+    assert M.alpha_beta(equity, pd.Series(10_000.0, index=equity.index)) == (None, None)   # flat benchmark
+
+
 # ---- metrics: edge cases ---------------------------------------------------------------------
 
 def _no_nan_or_inf(summary: dict) -> None:
@@ -220,14 +353,17 @@ def test_metrics_match_an_independent_pandas_calculation(spy):
     assert M.cagr(equity) == pytest.approx(cagr)
     assert M.calmar_ratio(equity) == pytest.approx(cagr / mdd)
 
-    # monthly returns: month-end closes, first month from the first close
-    month_end = close.resample("ME").last()
+    # monthly returns: month-end closes, first month from the first close; the file's first
+    # month (2007-12) holds only its first close, the base of January 2008, not a month of its own
+    assert (close.index[0].year, close.index[0].month) == (2007, 12) and close.index[1].year == 2008
+    month_end = close.resample("ME").last().iloc[1:]
     expected = month_end.pct_change()
     expected.iloc[0] = month_end.iloc[0] / close.iloc[0] - 1
     table = M.monthly_returns(equity)
+    assert 2007 not in table.index
     got = pd.Series([table.loc[d.year, d.month] for d in expected.index], index=expected.index)
     np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-10)
-    year_end = close.resample("YE").last()
+    year_end = close.resample("YE").last().iloc[1:]
     yearly = year_end.pct_change()
     yearly.iloc[0] = year_end.iloc[0] / close.iloc[0] - 1
     np.testing.assert_allclose(table["Year"].to_numpy(), yearly.to_numpy(), rtol=1e-10)
@@ -382,30 +518,46 @@ def _paths(html: str) -> list[str]:
     return re.findall(r'<path class="([^"]+)" d="([^"]*)"', html)
 
 
+def spy_summary(equity: pd.Series, trades: list[dict], spy: pd.DataFrame) -> dict:
+    """What the report should show for `spy_journal`: the curve from the initial cash (a point a
+    day before the first bar), buy and hold of SPY from the first bar's open, UTC days (the
+    journal names no timezone), exposure over the journal's own span."""
+    curve = M.from_starting_cash(equity, 100_000.0, 86_400 * 10**9)
+    bench = M.buy_and_hold_curve(curve, spy.index, spy["Close"].to_numpy(), float(spy["Open"].iloc[0]))
+    summary = M.summarize(curve, trades, benchmark=bench)
+    summary["exposure"] = M.exposure(trades, equity.index[0], equity.index[-1])
+    return summary
+
+
 def test_report_shows_the_metrics_and_charts(spy_journal):
     path, equity, trades, spy = spy_journal
     html = render_report(path)
-    summary = M.summarize(equity, trades, closes=spy["Close"].to_numpy())
+    summary = spy_summary(equity, trades, spy)
     assert len(trades) > 20
-    for key in ("total_return", "cagr", "buy_and_hold", "volatility"):
+    for key in ("total_return", "cagr", "buy_and_hold", "volatility", "alpha", "best_trade", "worst_trade",
+                "average_trade"):
         assert f'data-metric="{key}"' in html
         assert fmt_pct(summary[key]) in html, key
-    for key in ("sharpe", "sortino", "calmar", "profit_factor", "expectancy", "average_win", "average_loss"):
+    for key in ("sharpe", "sortino", "calmar", "profit_factor", "expectancy", "average_win", "average_loss", "beta",
+                "sqn"):
         assert fmt_num(summary[key]) in html, key
-    assert fmt_pct(summary["max_drawdown"]) in html
+    assert fmt_pct(summary["max_drawdown"]) in html and fmt_pct(summary["average_drawdown"]) in html
     assert fmt_pct(summary["win_rate"], 1) in html and fmt_pct(summary["exposure"], 1) in html
+    assert fmt_pct(summary["kelly"], 1) in html
     assert f">{len(trades)}<" in html
-    assert summary["buy_and_hold"] == pytest.approx(spy["Close"].iloc[-1] / spy["Close"].iloc[0] - 1)
-    # charts: equity line, drawdown area, SPY close line (2,518 bars) with entry and exit marks
+    assert summary["buy_and_hold"] == pytest.approx(spy["Close"].iloc[-1] / spy["Open"].iloc[0] - 1)
+    assert "from 2,519 daily returns" in html and "annualised with 252 trading days" in html
+    # charts: equity line (linear and log) with buy and hold beside it, drawdown area, SPY close
+    # line (2,518 bars) with entry and exit marks
     kinds = {}
     for cls, d in _paths(html):
         kinds.setdefault(cls, []).append(d)
     assert all(d.strip() for ds in kinds.values() for d in ds)
-    assert {"line", "area", "mark entry", "mark exit"} <= set(kinds)
+    assert {"line", "line benchmark", "area", "mark entry", "mark exit"} <= set(kinds)
     assert len(kinds["mark entry"]) == len(kinds["mark exit"]) == len(trades) - 2   # SPY only
-    assert len(kinds["line"]) == 3
+    assert len(kinds["line"]) == 4 and len(kinds["line benchmark"]) == 2
     assert "Price: SPY" in html                                   # the most traded symbol by default
-    # monthly table: 2008-01 cell coloured, year rows 2007..2017
+    # monthly table: 2008-01 cell coloured, year rows 2007..2017 (the run's first bar is 2007-12-31)
     assert html.count('<td class="l year">') == 11
     assert "rgba(22,163,74" in html and "rgba(220,38,38" in html
     # per-symbol breakdown and the strategy text
@@ -576,7 +728,8 @@ def test_large_equity_stays_light(tmp_path, spy):
     for cls, d in _paths(html):
         if cls in ("line", "area"):
             assert 0 < d.count("L") <= svg.MAX_POINTS + 2
-    assert "98,280 periods a year" in html
+    days = len(set(ts.date))
+    assert f"from {days:,} daily returns (the intraday curve resampled to daily closes in UTC)" in html
 
 
 def test_unordered_rows_and_missing_closes(tmp_path):
@@ -593,7 +746,7 @@ def test_unordered_rows_and_missing_closes(tmp_path):
                [(rid, "ES", iso[i], None, None, None, None if i % 50 == 7 else close[i]) for i in order])
     html = render_report(path)
     assert fmt_pct(399 / 1000) in html                      # first to last by time, not by row
-    assert "19,656 periods a year" in html                  # 5-minute bars
+    assert "from 2 daily returns (the intraday curve resampled to daily closes in UTC)" in html   # 5-minute bars
     d = dict((cls, d) for cls, d in _paths(html))["line"]
     assert d.count("M") == 1                                # one unbroken, ordered line
     ys = [float(p.split()[1]) for p in re.findall(r"[ML]([\d.]+ [\d.]+)", d)]
@@ -610,13 +763,19 @@ def test_the_runs_own_summary_wins_for_equity_figures(tmp_path):
                [(rid, "2024-01-02T05:00:00Z", 0, 100), (rid, "2024-01-03T05:00:00Z", 0, 90),
                 (rid, "2024-01-04T05:00:00Z", 0, 120)])
         j.finish_run(rid, "finished", {"sharpe": 9.87, "exposure": 0.4321, "open_positions": 2,
-                                       "max_drawdown_start": "2024-01-02T05:00:00+00:00"})
+                                       "max_drawdown_start": "2024-01-02T05:00:00+00:00", "returns_basis": "daily"})
     html = render_report(path)
     assert ">9.87<" in html and ">43.2%<" in html and "Open at the end" in html
     assert "the run's own figures" in html
     assert "2024-01-02 05:00" not in html                   # daily bars: dates only
     assert fmt_num(M.sortino_ratio(series(["2024-01-02", "2024-01-03", "2024-01-04"], [100, 90, 120]))) in html
     assert ">9.87<" not in render_report(path, risk_free=0.02)   # a different rate: recomputed
+    # a summary stored before the daily-returns convention: its Sharpe is not shown, but recomputed
+    with Journal(path) as j:
+        j.db.execute("UPDATE runs SET summary=? WHERE run_id=?", (json.dumps({"sharpe": 9.87, "exposure": 0.4321}), rid))
+    html = render_report(path)
+    assert ">9.87<" not in html and ">43.2%<" in html
+    assert fmt_num(M.sharpe_ratio(series(["2024-01-02", "2024-01-03", "2024-01-04"], [100, 90, 120]))) in html
 
 
 # ---- the trades table, built in Python -------------------------------------------------------
@@ -625,27 +784,27 @@ def test_the_runs_own_summary_wins_for_equity_figures(tmp_path):
 # the reference `trades_rows` must write byte for byte, escaping included.
 REFERENCE_ROWS = """{% macro signed(v, text) %}<span class="{{ 'pos' if v is not none and v > 0 else ('neg' if v is not none and v < 0 else '') }}">{{ text }}</span>{% endmacro %}
     {% for t in trades %}
-      <tr><td data-v="{{ t.id }}">{{ t.id }}</td><td class="l">{{ t.symbol }}</td><td class="l">{{ t.side }}</td><td data-v="{{ t.quantity }}">{{ t.quantity | qty }}</td>
-        <td class="l">{{ t.entry_ts | ts(daily) }}</td><td data-v="{{ t.entry_price }}">{{ t.entry_price | num }}</td>
-        <td class="l">{{ t.exit_ts | ts(daily) }}</td><td data-v="{{ t.exit_price }}">{{ t.exit_price | num }}</td>
+      <tr><td data-v="{{ loop.index }}">{{ loop.index }}</td><td class="l">{{ t.symbol }}</td><td class="l">{{ t.side }}</td><td data-v="{{ t.quantity }}">{{ t.quantity | qty }}</td>
+        <td class="l t">{{ t.entry_ts | ts(daily) }}</td><td data-v="{{ t.entry_price }}">{{ t.entry_price | num }}</td>
+        <td class="l t">{{ t.exit_ts | ts(daily) }}</td><td data-v="{{ t.exit_price }}">{{ t.exit_price | num }}</td>
         <td data-v="{{ t.bars_held }}">{{ t.bars_held }}</td><td data-v="{{ t.pnl }}">{{ signed(t.pnl, t.pnl | num) }}</td>
         <td data-v="{{ t.return_pct }}">{{ signed(t.return_pct, (t.return_pct / 100) | pct) }}</td>
         <td data-v="{{ t.mae if t.mae is not none else '' }}">{{ t.mae | num }}</td><td data-v="{{ t.mfe if t.mfe is not none else '' }}">{{ t.mfe | num }}</td>
         <td data-v="{{ t.commission }}">{{ t.commission | num }}</td>
-        <td class="l">{{ t.entry_rule }}</td><td class="l">{{ t.exit_reason or t.exit_rule }}</td>
+        <td class="l rule">{{ t.entry_rule }}</td><td class="l rule">{{ t.exit_reason or t.exit_rule }}</td>
         {% if has_legs %}{% set lv = t.legs_view %}<td class="legs">{% if lv %}{% for leg in lv.legs %}{{ leg }}{% if not loop.last %}<br>{% endif %}{% endfor %}{% endif %}</td>
         <td data-v="{{ lv.credit if lv and lv.credit is not none else '' }}">{{ lv.credit | num if lv else "" }}</td>{% endif %}</tr>
     {% endfor %}
 """
 
 
-def _reference_rows(rows: list[tuple], daily: bool) -> str:
+def _reference_rows(rows: list[tuple], daily: bool, tz: str = "UTC") -> str:
     import jinja2
     from engine.report import html as H
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(qty=H._fmt_qty, pct=H.fmt_pct, num=H.fmt_num, ts=H.fmt_ts)
+    env.filters.update(qty=H._fmt_qty, pct=H.fmt_pct, num=H.fmt_num, ts=H._ts_filter)   # ts: one time at a time
     trades = [dict(zip(H.TRADE_COLUMNS, r), legs_view=H.option_legs(r[-1])) for r in rows]
-    out = env.from_string(REFERENCE_ROWS).render(trades=trades, daily=daily,
+    out = env.from_string(REFERENCE_ROWS).render(trades=trades, daily=daily, tz=tz,
                                                  has_legs=any(t["legs_view"] for t in trades))
     return out.rstrip("\n")
 
@@ -675,10 +834,17 @@ def test_trades_rows_write_what_the_template_loop_wrote():
         _row(id=5, legs="not json & <b>"),
         _row(id=6, legs=json.dumps({"legs": [], "credit": 2.5}), pnl=-0.004, return_pct=-1e-9),
     ]
+    rows.append(_row(id=7, entry_ts="2024-07-01T13:30:00Z", exit_ts="2024-12-31T23:59:59Z"))   # summer, a new year
     for chosen in (rows, rows[:3]):                       # with and without the Legs and Credit cells
         for daily in (False, True):
-            built = trades_rows(chosen, [option_legs(r[-1]) for r in chosen], daily)
-            assert str(built) == _reference_rows(chosen, daily)
+            for tz in ("UTC", "America/New_York", "Asia/Tokyo"):
+                built = trades_rows(chosen, [option_legs(r[-1]) for r in chosen], daily, tz)
+                assert str(built) == _reference_rows(chosen, daily, tz)
+    ny = str(trades_rows(rows, [option_legs(r[-1]) for r in rows], False, "America/New_York"))
+    assert '<time datetime="2024-01-02T09:30:00-05:00"><span class="d">2024-01-02</span> 09:30</time>' in ny
+    assert '<time datetime="2024-07-01T09:30:00-04:00"><span class="d">2024-07-01</span> 09:30</time>' in ny
+    assert '<span class="d">2024-12-31</span> 18:59:59</time>' in ny
+    assert '<td data-v="7">7</td>' in ny and '<td data-v="1">1</td>' in ny       # numbered 1..N
     built = str(trades_rows(rows, [option_legs(r[-1]) for r in rows], False))
     assert "<script>" not in built and "<b>" not in built and "<lots>" not in built
     assert built.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 5       # symbol, side, both rules, a leg
@@ -777,3 +943,334 @@ def test_buy_and_hold_is_the_backtests_own_figure(tmp_path, start):
     assert card and card.group(1).strip() == fmt_pct(summary["buy_and_hold"])
     row = re.search(r'<td class="l">SPY</td>(?:<td>[^<]*</td>|<td><span[^>]*>[^<]*</span></td>){6}<td>([^<]*)</td>', html)
     assert row and row.group(1) == fmt_pct(summary["buy_and_hold"], 1)
+
+
+@pytest.mark.parametrize("start", [None, "2013-01-02"])
+def test_backtest_buy_and_hold_spans_the_run_and_alpha_beta_match_numpy(start):
+    """The backtest's buy and hold buys SPY at the open of the run's first bar (after the warm-up
+    bars before --from) and holds to the last close; alpha and beta are the least-squares line of
+    the run's daily returns on buy and hold's, from the file's own prices."""
+    from engine.report.run_summary import summarize_result
+    from engine.runtime import backtest as bt
+
+    root = Path(__file__).resolve().parents[1]
+    result = bt.run(bt.prepare(root / "strategies" / "sma_crossover.yaml", start=start))
+    summary = summarize_result(result)
+    spy = pd.read_csv(root / "strategies" / "data" / "SPY.csv", parse_dates=["Date"]).set_index("Date")
+    run = spy.loc[start or spy.index[0]:]
+    assert summary["start"].startswith(str(run.index[0].date()))
+    assert summary["warmup_bars"] == (len(spy) - len(run))
+    assert summary["buy_and_hold_start_price"] == run["Open"].iloc[0]
+    assert summary["buy_and_hold"] == pytest.approx(run["Close"].iloc[-1] / run["Open"].iloc[0] - 1, rel=1e-12)
+    cash = result.runner.settings.cash
+    equity = np.concatenate(([cash], result.equity))             # from the starting cash
+    hold = np.concatenate(([cash], cash * run["Close"].to_numpy() / run["Open"].iloc[0]))
+    r, b = np.diff(equity) / equity[:-1], np.diff(hold) / hold[:-1]
+    slope, intercept = np.polyfit(b, r, 1)
+    assert summary["beta"] == pytest.approx(slope, rel=1e-9)
+    assert summary["alpha"] == pytest.approx(252 * intercept, rel=1e-9)
+    assert summary["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * np.sqrt(252), rel=1e-12)
+    assert summary["return_periods"] == len(run) and summary["timezone"] == "America/New_York"
+
+
+# ---- the report's new parts, read back from the HTML ---------------------------------------------
+
+class Page:
+    """The parts of a report the tests read back, parsed with the standard library's HTML parser:
+    every table's rows of cell texts (by the table's class), every element's attributes by tag,
+    the `<time>` elements (datetime, text) and the SVG paths by class."""
+
+    def __init__(self, html: str):
+        from html.parser import HTMLParser
+
+        page = self
+        self.tables: dict[str, list[list[str]]] = {}
+        self.elements: dict[str, list[dict]] = {}
+        self.times: list[tuple[str, str]] = []
+
+        class Parser(HTMLParser):
+            def __init__(self):
+                super().__init__(convert_charrefs=True)
+                self.table = None
+                self.row = None
+                self.cell = None
+                self.time = None
+
+            def handle_starttag(self, tag, attrs):
+                a = dict(attrs)
+                page.elements.setdefault(tag, []).append(a)
+                if tag == "table":
+                    self.table = page.tables.setdefault(a.get("class", ""), [])
+                elif tag == "tr" and self.table is not None:
+                    self.row = []
+                    self.table.append(self.row)
+                elif tag in ("td", "th") and self.row is not None:
+                    self.cell = []
+                elif tag == "time":
+                    self.time = [a.get("datetime"), []]
+
+            def handle_endtag(self, tag):
+                if tag == "table":
+                    self.table = None
+                elif tag in ("td", "th") and self.cell is not None and self.row is not None:
+                    self.row.append("".join(self.cell).strip())
+                    self.cell = None
+                elif tag == "time" and self.time is not None:
+                    page.times.append((self.time[0], "".join(self.time[1])))
+                    self.time = None
+
+            def handle_data(self, data):
+                if self.cell is not None:
+                    self.cell.append(data)
+                if self.time is not None:
+                    self.time[1].append(data)
+
+        Parser().feed(html)
+
+    def rows(self, table_class: str) -> list[list[str]]:
+        """The table's body rows (the header row left out)."""
+        return self.tables[table_class][1:]
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", "").replace("%", ""))
+
+
+def two_runs_journal(path: Path, tz: str = "America/New_York") -> tuple[str, list[dict]]:
+    """A journal with two runs, so the second run's trades have journal ids 6.. (not 1..): five
+    minute-bar days of a stock in winter and summer, trades with three exit reasons."""
+    days = ["2024-01-02", "2024-01-03", "2024-07-01", "2024-07-02", "2024-07-03"]
+    stamps = []
+    for d in days:                                             # 09:30-16:00 New York, as UTC
+        stamps += list(pd.date_range(f"{d} 09:30", f"{d} 15:59", freq="1min", tz=tz).tz_convert("UTC"))
+    index = pd.DatetimeIndex(stamps)
+    close = 100 + np.cumsum(np.random.default_rng(4).normal(0, 0.05, index.size))
+    bars = pd.DataFrame({"Open": close, "High": close + 0.05, "Low": close - 0.05, "Close": close}, index=index)
+    iso = _iso(index)
+    spec = [(12, 100, "target"), (400, 480, "stop"), (800, 830, "target"), (1200, 1500, "end of day"),
+            (1600, 1700, "stop"), (1800, 1900, "target")]
+    trades = []
+    for a, b, why in spec:
+        pnl = 10 * (close[b] - close[a]) - 2.0
+        trades.append(dict(symbol="ABC", side="long", quantity=10, entry_ts=iso[a], entry_price=close[a], exit_ts=iso[b],
+                           exit_price=close[b], pnl=pnl, return_pct=pnl / (10 * close[a]) * 100, bars_held=b - a,
+                           commission=2.0, entry_rule="entry[0]", exit_rule="exit[0]", exit_reason=why))
+    equity = 10_000 + np.cumsum(np.random.default_rng(5).normal(0.1, 1.0, index.size))
+    with Journal(path) as j:
+        first = j.start_run("backtest", "first", symbols=["ABC"], bar="1m", initial_cash=10_000.0, run_id="first")
+        add_trades(j, first, trades[:5])
+        rid = j.start_run("backtest", "second", symbols=["ABC"], bar="1m", initial_cash=10_000.0, run_id="second",
+                          settings={"timezone": tz})
+        add_prices(j, rid, "ABC", bars)
+        j.many("equity", ["run_id", "ts", "cash", "equity"], zip([rid] * len(iso), iso, equity, equity))
+        add_trades(j, rid, trades)
+        j.finish_run(rid, "finished")
+    return rid, trades
+
+
+def test_trades_are_numbered_in_the_run_not_by_journal_id(tmp_path):
+    path = tmp_path / "two.sqlite"
+    _, trades = two_runs_journal(path)
+    with sqlite3.connect(path) as con:
+        ids = [r[0] for r in con.execute("SELECT id FROM trades WHERE run_id='second' ORDER BY entry_ts, id")]
+    assert ids == [6, 7, 8, 9, 10, 11]
+    html = render_report(path)
+    rows = Page(html).rows("trades")
+    assert [r[0] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+    # the chart's marks name the trades by the same numbers
+    titles = re.findall(r'<path class="mark (?:entry|exit)"[^>]*><title>#(\d+) ', html)
+    assert sorted(set(int(t) for t in titles)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_times_are_in_the_strategys_timezone_with_their_offsets(tmp_path):
+    path = tmp_path / "two.sqlite"
+    _, trades = two_runs_journal(path)
+    page = Page(render_report(path))
+    rows = page.rows("trades")
+    for row, t in zip(rows, trades):
+        local = pd.Timestamp(t["entry_ts"]).tz_convert("America/New_York")
+        assert row[4] == local.strftime("%Y-%m-%d %H:%M")                # the cell shows the New York clock
+    stamps = dict(page.times)
+    winter = pd.Timestamp(trades[0]["entry_ts"]).tz_convert("America/New_York")
+    summer = pd.Timestamp(trades[3]["entry_ts"]).tz_convert("America/New_York")
+    assert f"{winter:%Y-%m-%dT%H:%M:%S}-05:00" in stamps and f"{summer:%Y-%m-%dT%H:%M:%S}-04:00" in stamps
+    for stamp, text in page.times:                                       # each datetime is the text's instant
+        t = pd.Timestamp(stamp)
+        assert t.utcoffset() in (pd.Timedelta(hours=-5), pd.Timedelta(hours=-4))
+        assert text.replace("\xa0", " ")[:10] == stamp[:10]
+    html = render_report(path)
+    assert "America/New_York (UTC-05:00 / -04:00)" in html
+    # the charts' time axes too: the first day's ticks are New York hours, not UTC's
+    labels = re.findall(r'class="xlabel"[^>]*>([^<]*)<', html)
+    assert labels and not any(label.endswith(("14:30", "20:00")) for label in labels)
+
+
+def test_histogram_bars_add_up_to_the_trades(spy_journal):
+    path, equity, trades, spy = spy_journal
+    page = Page(render_report(path))
+    bins = [a for a in page.elements["rect"] if a.get("class", "").startswith("bin ")]
+    counts = [int(b["data-count"]) for b in bins]
+    assert sum(counts) == len(trades) and len(bins) >= 3
+    pnl = np.array([t["pnl"] for t in trades])
+    for b in bins:                                                      # each bar counts its own range
+        lo, hi = float(b["data-lo"]), float(b["data-hi"])
+        inside = np.count_nonzero((pnl >= lo) & ((pnl < hi) | ((pnl == hi) & (hi == max(float(x["data-hi"]) for x in bins)))))
+        assert inside == int(b["data-count"])
+        assert b["class"] == ("bin loss" if hi <= 0 else "bin win")
+    edges = sorted({float(b["data-lo"]) for b in bins} | {float(b["data-hi"]) for b in bins})
+    assert 0.0 in edges                                                  # zero is a bin edge
+    assert svg.histogram_edges(np.array([-1290.2])).tolist() == [-1500.0, -1000.0, -500.0, 0.0]
+    one = svg.histogram([5.0], title="t")
+    assert one.count('class="bin win"') == 1 and 'data-count="1"' in one
+
+
+def test_exit_reason_table_adds_up_to_the_net_pnl(tmp_path):
+    path = tmp_path / "two.sqlite"
+    _, trades = two_runs_journal(path)
+    html = render_report(path)
+    rows = Page(html).rows("exit-reasons")
+    body, total = rows[:-1], rows[-1]
+    assert total[0] == "All trades" and int(total[1]) == len(trades)
+    by = {}
+    for t in trades:
+        by.setdefault(t["exit_reason"], []).append(t["pnl"])
+    assert {r[0]: int(r[1]) for r in body} == {k: len(v) for k, v in by.items()}
+    for r in body:
+        assert _number(r[4]) == pytest.approx(round(sum(by[r[0]]), 2), abs=0.006)
+        assert _number(r[5]) == pytest.approx(round(sum(by[r[0]]) / len(by[r[0]]), 2), abs=0.006)
+    assert sum(_number(r[4]) for r in body) == pytest.approx(_number(total[4]), abs=0.01 * len(body))
+    net = re.search(r'data-metric="net_pnl">.*?<span[^>]*>([^<]*)<', html).group(1)
+    assert _number(total[4]) == _number(net) == pytest.approx(sum(t["pnl"] for t in trades), abs=0.006)
+    assert [r[0] for r in body][0] == "target"                          # the most trades first
+
+
+def test_equity_chart_has_buy_and_hold_from_the_same_cash_and_a_log_switch(spy_journal):
+    from engine.report import html as H
+    path, equity, trades, spy = spy_journal
+    data = H.load_run(path)
+    curve = H._curve(data)
+    bench = H._benchmark(data, curve)
+    assert curve.iloc[0] == bench.iloc[0] == 100_000.0                 # both start at the starting cash
+    assert curve.index[0] == equity.index[0] - pd.Timedelta(days=1)
+    assert bench.iloc[-1] == pytest.approx(100_000 * spy["Close"].iloc[-1] / spy["Open"].iloc[0])
+    html = render_report(path)
+    # both lines start at the same point of the chart (the same cash at the same time)
+    for chart in re.findall(r'<svg class="chart equity".*?</svg>', html, re.S):
+        strategy = re.search(r'<path class="line" d="M([\d.]+) ([\d.]+)', chart).groups()
+        held = re.search(r'<path class="line benchmark" d="M([\d.]+) ([\d.]+)', chart).groups()
+        assert strategy == held
+        assert "Buy &amp; hold SPY" in chart and "Strategy" in chart
+    linear, log = re.findall(r'<svg class="chart equity".*?</svg>', html, re.S)
+    assert "(log scale)" in log and "(log scale)" not in linear
+    # the log chart's tick labels sit at log10 of their values: equal ratios, equal distances
+    ticks = [(float(y), label) for y, label in re.findall(r'class="ylabel" x="[\d.]+" y="([\d.]+)"[^>]*>([^<]+)<', log)]
+    values = [float(label.rstrip("k")) * (1000 if label.endswith("k") else 1) for _, label in ticks]
+    ys = [y for y, _ in ticks]
+    slope = (ys[-1] - ys[0]) / (np.log10(values[-1]) - np.log10(values[0]))
+    for y, v in zip(ys, values):
+        assert y == pytest.approx(ys[0] + slope * (np.log10(v) - np.log10(values[0])), abs=0.15)
+    # the switch: a checkbox whose :checked state swaps the two charts, no script needed
+    assert '<input type="checkbox" id="equity-log">' in html and '<label class="switch" for="equity-log">' in html
+    assert "input#equity-log:checked ~ div.linear { display: none; }" in html
+    assert "input#equity-log:checked ~ div.log { display: block; }" in html
+    assert html.count("<script") == 1                                   # still only the table sorter
+
+
+def test_log_switch_is_off_for_equity_that_is_not_positive(tmp_path):
+    path = tmp_path / "neg.sqlite"
+    with Journal(path) as j:
+        rid = j.start_run("backtest", "ruin", symbols=["X"], bar="1d", initial_cash=100.0)
+        j.many("equity", ["run_id", "ts", "cash", "equity"],
+               [(rid, "2024-01-02T00:00:00Z", 0, 50), (rid, "2024-01-03T00:00:00Z", 0, -20)])
+    html = render_report(path)
+    assert '<input type="checkbox" id="equity-log" disabled>' in html and "(needs positive equity)" in html
+    assert "(log scale)" not in html
+
+
+def test_option_trades_are_marked_on_the_underlyings_chart(tmp_path):
+    path = tmp_path / "ic.sqlite"
+    ts = pd.date_range("2024-06-21 13:30", periods=391, freq="1min", tz="UTC")
+    close = 540 + np.sin(np.arange(391) / 40)
+    legs = {"legs": [{"name": "short_put", "action": "sell", "right": "P", "strike": 530, "price": 1.2}],
+            "credit": 0.95, "underlying_entry": 541.25, "underlying_exit": 539.5}
+    with Journal(path) as j:
+        rid = j.start_run("backtest", "spy-ic", symbols=["SPY"], bar="1m", initial_cash=10_000,
+                          settings={"timezone": "America/New_York"})
+        j.many("equity", ["run_id", "ts", "cash", "equity"],
+               [(rid, t, 10_000, 10_000 + i * 0.2) for i, t in enumerate(_iso(ts))])
+        j.many("prices", ["run_id", "symbol", "ts", "open", "high", "low", "close"],
+               [(rid, "SPY", t, c, c, c, c) for t, c in zip(_iso(ts), close)])
+        add_trades(j, rid, [
+            dict(symbol="SPY", side="short", quantity=1, multiplier=100, entry_ts="2024-06-21T14:00:00Z",
+                 entry_price=0.95, exit_ts="2024-06-21T19:50:00Z", exit_price=0.10, pnl=81.4, return_pct=40.7,
+                 bars_held=350, commission=3.6, exit_reason="take profit", legs=json.dumps(legs)),
+            dict(symbol="SPY", side="short", quantity=1, multiplier=100, entry_ts="2024-06-21T15:00:00Z",
+                 entry_price=1.00, exit_ts="2024-06-21T16:00:00Z", exit_price=2.0, pnl=-100, return_pct=-50,
+                 bars_held=60, commission=3.6, legs=json.dumps({"legs": legs["legs"], "credit": 1.0}))])
+    html = render_report(path)
+    price = re.search(r'<svg class="chart price".*?</svg>', html, re.S).group(0)
+    entries = re.findall(r'<path class="mark entry" d="M([\d.]+) ([\d.]+)[^"]*"><title>([^<]*)</title>', price)
+    exits = re.findall(r'<path class="mark exit" d="M([\d.]+) ([\d.]+)[^"]*"><title>([^<]*)</title>', price)
+    assert len(entries) == len(exits) == 2
+    assert "#1 short 1 SPY option combo, credit 0.95 entry 2024-06-21 10:00, underlying at 541.25" in entries[0][2]
+    # the second combo's legs name no underlying price: the bar's close at 15:00 UTC
+    assert f"underlying at {close[90]:,.2f}" in entries[1][2]
+    # each mark stands at its underlying price on the chart's scale (the axis labels give it)
+    ticks = [(float(y), float(v)) for y, v in re.findall(r'class="ylabel" x="[\d.]+" y="([\d.]+)"[^>]*>([\d.]+)<', price)]
+    (y0, v0), (y1, v1) = ticks[0], ticks[-1]
+    to_y = lambda v: y0 + (v - v0) * (y1 - y0) / (v1 - v0) - 4                # labels sit 4 px below their line
+    assert float(entries[0][1]) == pytest.approx(to_y(541.25), abs=0.2)
+    assert float(exits[0][1]) == pytest.approx(to_y(539.5), abs=0.2)
+    assert "Option trades are marked at SPY's price" in html
+
+
+def test_definitions_are_stated_in_the_report(spy_journal):
+    path, *_ = spy_journal
+    html = render_report(path)
+    defs = re.search(r'<section id="definitions">(.*?)</section>', html, re.S).group(1)
+    terms = re.findall(r"<dt>([^<]*)</dt>", defs)
+    for term in ("Daily returns", "Volatility", "Sharpe", "Sortino", "Buy &amp; hold", "Alpha, beta", "SQN", "Kelly",
+                 "Best, worst, average trade", "Trade duration", "Drawdown length"):
+        assert term in terms, term
+    assert "× √252" in defs and "empyrical / QuantStats" in defs and "ddof 1" in defs
+    assert "entry value" in defs and "open of the run's first bar" in defs
+
+
+def test_metric_cards_show_the_new_figures(tmp_path):
+    path = tmp_path / "two.sqlite"
+    _, trades = two_runs_journal(path)
+    html = render_report(path)
+    card = lambda key: re.search(rf'data-metric="{key}"><div class="k">[^<]*</div><div class="v[^"]*">(?:<span[^>]*>)?([^<]*)<',
+                                 html).group(1)
+    pnl = np.array([t["pnl"] for t in trades])
+    assert card("sqn") == fmt_num(np.sqrt(pnl.size) * pnl.mean() / pnl.std(ddof=1))
+    ret = np.array([t["return_pct"] for t in trades]) / 100
+    assert card("best_trade") == fmt_pct(ret.max()) and card("worst_trade") == fmt_pct(ret.min())
+    assert card("average_trade") == fmt_pct(ret.mean())
+    held = [(pd.Timestamp(t["exit_ts"]) - pd.Timestamp(t["entry_ts"])).total_seconds() / 60 for t in trades]
+    longest = round(max(held))
+    assert card("longest_trade_days") == f"{longest // 60} h {longest % 60:02d} min"
+    wins, losses = pnl[pnl > 0], pnl[pnl < 0]
+    w = wins.size / pnl.size
+    assert card("kelly") == fmt_pct(w - (1 - w) / (wins.mean() / -losses.mean()), 1)
+    for key in ("alpha", "beta", "average_drawdown", "average_drawdown_days"):
+        assert card(key) not in ("", "—"), key
+
+
+def test_buy_and_hold_from_the_journal_leaves_the_warm_up_bars_out(tmp_path, spy):
+    """Without a stored summary the report's buy and hold starts at the open of the first bar of
+    the equity curve's span: the journal's prices begin with warm-up bars before it."""
+    path = tmp_path / "warm.sqlite"
+    run = spy.iloc[300:800]
+    with Journal(path) as j:
+        rid = j.start_run("backtest", "warm", symbols=["SPY"], bar="1d", initial_cash=50_000.0)
+        add_prices(j, rid, "SPY", spy.iloc[:800])                       # 300 warm-up bars first
+        j.many("equity", ["run_id", "ts", "cash", "equity"],
+               zip([rid] * len(run), _iso(run.index), [50_000.0] * len(run), 50_000 * run["Close"] / run["Close"].iloc[0]))
+    html = render_report(path)
+    expected = run["Close"].iloc[-1] / run["Open"].iloc[0] - 1
+    card = re.search(r'data-metric="buy_and_hold"><div class="k">Buy &amp; hold SPY</div><div class="v">'
+                     r'(?:<span[^>]*>)?([^<]*)<', html).group(1)
+    assert card == fmt_pct(expected) != fmt_pct(spy["Close"].iloc[799] / spy["Close"].iloc[0] - 1)
+    row = Page(html).rows("breakdown")[0]
+    assert row[0] == "SPY" and row[-1] == fmt_pct(expected, 1)

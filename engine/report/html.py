@@ -6,6 +6,11 @@ through jinja2's autoescaping, except the trades table's rows: those are built i
 (`trades_rows`, thousands of rows) with markupsafe's escaping, the same as jinja's; the SVG
 fragments are built by `engine.report.svg`, which escapes its own text.
 
+Times are shown in the strategy's timezone (the run's `settings.timezone`, journaled with the
+run; UTC for a run that has none), each in a `<time>` element whose `datetime` carries its UTC
+offset. Trades are numbered 1..N in the run's order (entry time, then journal id), not by
+their journal ids.
+
 Option trades: the trades table's `legs` column is JSON, either a list of legs or an object
 ``{"legs": [...], "credit": x}``. A leg is an object with any of ``name, action (buy|sell),
 right (put|call|P|C), strike, expiry, ratio (or quantity), price``. The report shows the legs
@@ -21,9 +26,10 @@ import os
 import re
 import sqlite3
 import threading
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jinja2
 import numpy as np
@@ -42,7 +48,12 @@ ERRORS_SHOWN = 20
 # full-resolution equity curve (the journal's may be thinned) and knows positions still open.
 FROM_RUN_SUMMARY = ("start_equity", "end_equity", "total_return", "cagr", "volatility", "sharpe", "sortino",
                     "calmar", "max_drawdown", "max_drawdown_days", "max_drawdown_start", "max_drawdown_end",
-                    "max_drawdown_recovered", "periods_per_year", "exposure")
+                    "max_drawdown_recovered", "average_drawdown", "average_drawdown_days", "drawdowns",
+                    "periods_per_year", "annualisation", "returns_basis", "return_periods", "exposure")
+# figures of the daily-returns convention: a summary stored before it (no "returns_basis") had
+# them from the bars' own returns, so they are computed again from the journal's curve
+DAILY_RETURN_KEYS = ("volatility", "sharpe", "sortino", "annualisation", "returns_basis", "return_periods")
+RISK_FREE_KEYS = ("sharpe", "sortino", "alpha")     # depend on the rate: recomputed for another one
 
 
 # ---- reading the journal -----------------------------------------------------------------------
@@ -51,7 +62,7 @@ TRADE_COLUMNS = ("id", "symbol", "side", "quantity", "entry_ts", "entry_price", 
                  "bars_held", "pnl", "return_pct", "mae", "mfe", "commission", "entry_rule", "exit_rule",
                  "exit_reason", "legs")   # what the trades table shows (the first TRADES_TABLE_MAX rows)
 MARK_COLUMNS = ("id", "side", "quantity", "symbol", "entry_ts", "entry_price", "exit_ts", "exit_price", "pnl",
-                "entry_rule", "exit_rule", "exit_reason")   # what a chart mark's tooltip shows
+                "entry_rule", "exit_rule", "exit_reason", "legs")   # what a chart mark's tooltip shows
 
 
 @dataclass
@@ -64,7 +75,8 @@ class Trades:
     pnl: list[float]
     entry_ns: np.ndarray        # UTC nanoseconds
     exit_ns: np.ndarray
-    combo: np.ndarray           # bool: an option combo (has legs); not drawn on the underlying's chart
+    combo: np.ndarray           # bool: an option combo (has legs); marked at the underlying's price
+    ret: np.ndarray = field(default_factory=lambda: np.empty(0))   # return_pct / 100 (fraction of entry value)
     commission: dict[str, float] = field(default_factory=dict)   # per symbol (SQLite's total())
     commission_total: float = 0.0
 
@@ -72,11 +84,13 @@ class Trades:
         return len(self.id)
 
     def columns(self, idx: np.ndarray | None = None) -> metrics.TradeColumns:
-        """pnl and entry/exit times for the metrics (of the rows `idx`, default all)."""
+        """pnl, entry/exit times and returns for the metrics (of the rows `idx`, default all)."""
         pnl = np.array(self.pnl, dtype=float)
+        ret = self.ret if len(self.ret) == len(pnl) else None
         if idx is None:
-            return metrics.TradeColumns(pnl, self.entry_ns, self.exit_ns)
-        return metrics.TradeColumns(pnl[idx], self.entry_ns[idx], self.exit_ns[idx])
+            return metrics.TradeColumns(pnl, self.entry_ns, self.exit_ns, ret)
+        return metrics.TradeColumns(pnl[idx], self.entry_ns[idx], self.exit_ns[idx],
+                                    None if ret is None else ret[idx])
 
 
 @dataclass
@@ -88,12 +102,17 @@ class RunData:
     trades: Trades
     symbol: str | None
     bars: pd.DataFrame
+    # per symbol: (start price, last close) over the run's span (`_span_prices`)
     closes_by_symbol: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
     shown: list[tuple] = field(default_factory=list)  # the trades table's rows (TRADE_COLUMNS)
     legs: list[dict | None] = field(default_factory=list)   # option_legs of each shown row
-    marks: list[dict] = field(default_factory=list)   # the chart marks' rows (MARK_COLUMNS + entry, exit)
+    marks: list[dict] = field(default_factory=list)   # the chart marks' rows (MARK_COLUMNS + entry, exit, number)
+    tz: str = "UTC"                                    # the strategy's timezone (`run_timezone`)
+    bench_symbol: str | None = None                    # buy and hold's symbol
+    bench_bars: pd.DataFrame | None = None             # its bars (the journal's, with warm-up bars)
+    exit_reasons: list[dict] = field(default_factory=list)   # P&L by exit reason (`_exit_reasons`)
 
 
 def open_journal(journal_path: str | Path) -> Journal:
@@ -154,13 +173,33 @@ def _is_report(path: Path) -> bool:
 MMAP_BYTES = 1 << 28       # the journal read through memory mapping (SQLite's mmap_size), up to 256 MiB
 
 
+def run_timezone(run: Mapping[str, Any]) -> str:
+    """The strategy's timezone, as the run journaled it (`settings.timezone`, the schedule's
+    zone); "UTC" when the run has none or names a zone this machine does not know."""
+    tz = (run.get("settings") or {}).get("timezone") or (run.get("summary") or {}).get("timezone")
+    if not isinstance(tz, str) or not tz:
+        return "UTC"
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "UTC"
+    return tz
+
+
+def _iso_z(t: pd.Timestamp) -> str:
+    """A UTC time in the journal's own form, "2024-05-01T14:30:00Z" (for comparing with its
+    timestamps in SQL: the same form sorts as the times do)."""
+    return pd.Timestamp(t).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | None = None) -> RunData:
     """Read one run (the newest when `run_id` is None) and the bars of `symbol` (default: the
-    symbol with the most trades, else the run's first symbol).
+    symbol with the most trades, else the run's first symbol), and of buy and hold's symbol
+    (the run's stored `buy_and_hold_symbol`, else the chart's).
 
     What SQLite adds up by itself (aggregates, no Python object per row: trades per symbol,
-    commission sums, the run log's counts) runs on connections of its own in threads while this
-    one reads rows, so with a second core it takes no time."""
+    commission sums, P&L by exit reason, the run log's counts) runs on connections of its own in
+    threads while this one reads rows, so with a second core it takes no time."""
     journal = open_journal(journal_path)
     try:
         try:
@@ -196,14 +235,19 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
         bars = _bars(db, rid, symbol) if symbol else _no_bars()
         marks = _mark_rows(db, trades, symbol, bars) if symbol else []
         traded = sorted(set(by_symbol) | set(run.get("symbols") or []) | set(price_symbols))
-        closes = {s: _first_last_close(db, rid, s) for s in traded}
+        span = (_iso_z(equity.index[0]), _iso_z(equity.index[-1])) if len(equity) else None
+        closes = {s: _span_prices(db, rid, s, span) for s in traded}
+        stored_symbol = (run.get("summary") or {}).get("buy_and_hold_symbol")
+        bench_symbol = stored_symbol if stored_symbol in price_symbols else (symbol if symbol in price_symbols
+                                                                              else None)
+        bench_bars = (bars if bench_symbol == symbol else _bars(db, rid, bench_symbol)) if bench_symbol else None
         try:
             agg = sums()
         except Exception:            # a second connection failed: the same queries on this one
             agg = _sums(db, rid)
         trades.commission, trades.commission_total = agg["commission"], agg["commission_total"]
         return RunData(Path(journal_path), run, equity, trades, symbol, bars, closes, agg["counts"], agg["errors"],
-                       shown, legs, marks)
+                       shown, legs, marks, run_timezone(run), bench_symbol, bench_bars, agg["exit_reasons"])
     finally:
         journal.close()
 
@@ -259,7 +303,21 @@ def _sums(db: sqlite3.Connection, run_id: str) -> dict[str, Any]:
         },
         "errors": [dict(zip(("ts", "source", "message"), r)) for r in db.execute(
             "SELECT ts, source, message FROM errors WHERE run_id=? ORDER BY id DESC LIMIT ?", (run_id, ERRORS_SHOWN))],
+        "exit_reasons": _exit_reasons(db, run_id),
     }
+
+
+def _exit_reasons(db: sqlite3.Connection, run_id: str) -> list[dict]:
+    """The trades grouped by why they were closed, as the trades table's Exit column names it
+    (the exit reason, else the exit rule): trades, winners (pnl > 0), P&L in all (SQLite's
+    total()) and per trade; the most trades first."""
+    rows = db.execute(
+        "SELECT CASE WHEN exit_reason IS NOT NULL AND exit_reason != '' THEN exit_reason ELSE exit_rule END AS why,"
+        " COUNT(*), SUM(pnl > 0), TOTAL(pnl) FROM trades WHERE run_id=? GROUP BY why", (run_id,)).fetchall()
+    out = [{"reason": why or "", "trades": n, "wins": wins or 0, "pnl": total, "average": total / n if n else None,
+            "win_rate": (wins or 0) / n if n else None} for why, n, wins, total in rows]
+    out.sort(key=lambda r: (-r["trades"], -r["pnl"], r["reason"]))
+    return out
 
 
 def _trades(db: sqlite3.Connection, run_id: str, by_symbol: dict[str, tuple[int, int]]) -> Trades:
@@ -267,28 +325,32 @@ def _trades(db: sqlite3.Connection, run_id: str, by_symbol: dict[str, tuple[int,
     symbol and whether it is a combo only when the run has more than one symbol or a combo;
     `by_symbol`, trades and combos per symbol, tells)."""
     one = len(by_symbol) == 1 and not next(iter(by_symbol.values()))[1]
-    columns = "id, pnl, entry_ts, exit_ts" + ("" if one else ", symbol, legs IS NOT NULL AND legs != ''")
+    columns = "id, pnl, entry_ts, exit_ts, return_pct" + ("" if one else ", symbol, legs IS NOT NULL AND legs != ''")
     rows = db.execute(f"SELECT {columns} FROM trades WHERE run_id=? ORDER BY entry_ts, id", (run_id,)).fetchall()
     if not rows:
         return Trades([], [], [], np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, dtype=bool))
     if one:
-        ids, pnl, entry_ts, exit_ts = zip(*rows)
+        ids, pnl, entry_ts, exit_ts, ret = zip(*rows)
         symbols, combo = [next(iter(by_symbol))] * len(ids), np.zeros(len(ids), dtype=bool)
     else:
-        ids, pnl, entry_ts, exit_ts, symbols, combo = zip(*rows)
+        ids, pnl, entry_ts, exit_ts, ret, symbols, combo = zip(*rows)
         symbols, combo = list(symbols), np.array(combo, dtype=bool)
     return Trades(list(ids), symbols, list(pnl), metrics.to_timestamps(entry_ts).as_unit("ns").asi8,
-                  metrics.to_timestamps(exit_ts).as_unit("ns").asi8, combo)
+                  metrics.to_timestamps(exit_ts).as_unit("ns").asi8, combo,
+                  np.array([np.nan if r is None else r for r in ret], dtype=float) / 100.0)
 
 
 def _mark_rows(db: sqlite3.Connection, trades: Trades, symbol: str, bars: pd.DataFrame,
                most: int | None = None) -> list[dict]:
     """The trades drawn on `symbol`'s price chart, each with `entry` and `exit` (whether that
-    end gets a mark): every one when there are at most `most` marks, else the first of each
-    kind per slice of the time axis (what can be seen apart). Option combos are priced per
-    combo, not on the underlying's scale, and are left out."""
+    end gets a mark), its `number` in the run (1..N) and the prices its marks stand at
+    (`entry_at`, `exit_at`): every one when there are at most `most` marks, else the first of
+    each kind per slice of the time axis (what can be seen apart). An option combo is priced per
+    combo, not on the underlying's scale: its marks stand at the underlying's price when it was
+    opened and closed (the legs' `underlying_entry` and `underlying_exit`, else the bars' last
+    close at that time)."""
     most = MARKS_PER_CHART if most is None else most
-    on_chart = np.flatnonzero(np.array([s == symbol for s in trades.symbol], dtype=bool) & ~trades.combo)
+    on_chart = np.flatnonzero(np.array([s == symbol for s in trades.symbol], dtype=bool))
     if on_chart.size == 0:
         return []
     entry_ns, exit_ns = trades.entry_ns[on_chart], trades.exit_ns[on_chart]
@@ -313,9 +375,38 @@ def _mark_rows(db: sqlite3.Connection, trades: Trades, symbol: str, bars: pd.Dat
     for i, tid in zip(marked.tolist(), ids):
         row = by_id[tid]
         row.update(entry=bool(keep_entry[i]), exit=bool(keep_exit[i]), entry_ns=int(entry_ns[i]),
-                   exit_ns=int(exit_ns[i]))
+                   exit_ns=int(exit_ns[i]), number=int(on_chart[i]) + 1, combo=bool(trades.combo[on_chart[i]]))
+        if row["combo"]:
+            info = _combo_info(row["legs"])
+            row["entry_at"] = _underlying_at(info.get("underlying_entry"), bars, row["entry_ns"])
+            row["exit_at"] = _underlying_at(info.get("underlying_exit"), bars, row["exit_ns"])
+            row["credit"] = info.get("credit")
+        else:
+            row["entry_at"], row["exit_at"] = row["entry_price"], row["exit_price"]
         rows.append(row)
     return rows
+
+
+def _combo_info(raw: str | None) -> dict:
+    """The legs JSON's object (credit, underlying_entry, ...), or {}."""
+    try:
+        data = json.loads(raw) if raw else None
+    except (TypeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _underlying_at(price: Any, bars: pd.DataFrame, ns: int) -> float | None:
+    """`price` when it is a number, else the last close of `bars` at or before `ns` (the first
+    close when `ns` is before them); None without bars."""
+    if _is_number(price):
+        return float(price)
+    if not len(bars):
+        return None
+    closes = bars["close"].to_numpy(dtype=float)
+    at = int(np.searchsorted(bars.index.as_unit("ns").asi8, ns, side="right")) - 1
+    value = closes[max(at, 0)]
+    return float(value) if math.isfinite(value) else None
 
 
 def default_symbol(trade_counts: Mapping[str, int], run_symbols: list[str], price_symbols: list[str]) -> str | None:
@@ -375,11 +466,24 @@ def _bars(db: sqlite3.Connection, run_id: str, symbol: str) -> pd.DataFrame:
                   metrics.to_timestamps([r[0] for r in rows]))
 
 
-def _first_last_close(db: sqlite3.Connection, run_id: str, symbol: str) -> tuple[float | None, float | None]:
-    q = "SELECT close FROM prices WHERE run_id=? AND symbol=? AND close IS NOT NULL ORDER BY ts {} LIMIT 1"
-    first = db.execute(q.format("ASC"), (run_id, symbol)).fetchone()
-    last = db.execute(q.format("DESC"), (run_id, symbol)).fetchone()
-    return (first[0] if first else None, last[0] if last else None)
+def _span_prices(db: sqlite3.Connection, run_id: str, symbol: str,
+                 span: tuple[str, str] | None) -> tuple[float | None, float | None]:
+    """(start price, last close) of `symbol` over the run's span (its equity curve's first and
+    last times): buy and hold's prices, the open of the first bar at or after the start (its
+    close when it has no open: `metrics.buy_and_hold_start`) and the last close at or before
+    the end. The journal's prices begin with the warm-up bars before the run, which are left
+    out. Without a span, the first and last closes."""
+    if span is None:
+        q = "SELECT close FROM prices WHERE run_id=? AND symbol=? AND close IS NOT NULL ORDER BY ts {} LIMIT 1"
+        first = db.execute(q.format("ASC"), (run_id, symbol)).fetchone()
+        last = db.execute(q.format("DESC"), (run_id, symbol)).fetchone()
+        return (first[0] if first else None, last[0] if last else None)
+    first = db.execute("SELECT open, close FROM prices WHERE run_id=? AND symbol=? AND ts >= ? AND close IS NOT NULL"
+                       " ORDER BY ts LIMIT 1", (run_id, symbol, span[0])).fetchone()
+    last = db.execute("SELECT close FROM prices WHERE run_id=? AND symbol=? AND ts <= ? AND close IS NOT NULL"
+                      " ORDER BY ts DESC LIMIT 1", (run_id, symbol, span[1])).fetchone()
+    start = metrics.buy_and_hold_start([first[0]] if first[0] is not None else [], [first[1]]) if first else None
+    return (start, last[0] if last else None)
 
 
 # ---- option legs -------------------------------------------------------------------------------
@@ -449,18 +553,96 @@ def fmt_num(v: Any, digits: int = 2) -> str:
     return "—" if not _is_number(v) else f"{float(v):,.{digits}f}"
 
 
-def fmt_ts(v: Any, date_only: bool = False) -> str:
-    """ISO-8601 from the journal -> "2024-05-01 14:30" (UTC), or the date alone."""
+def local_time(v: Any, tz: str = "UTC") -> pd.Timestamp | None:
+    """A journal time (ISO-8601 text, "Z" or an offset; naive is UTC) or a Timestamp, in `tz`;
+    None for anything that is not a time."""
+    if v is None or v == "" or isinstance(v, bool):
+        return None
+    try:
+        t = pd.Timestamp(v)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if t is pd.NaT or pd.isna(t):
+        return None
+    t = t.tz_localize("UTC") if t.tz is None else t
+    return t.tz_convert(tz)
+
+
+def _clock(text: str, date_only: bool) -> str:
+    """"YYYY-MM-DD HH:MM:SS" shortened: the date alone for a date-only column or midnight, no
+    seconds when they are :00."""
+    if date_only or text.endswith(" 00:00:00"):
+        return text[:10]
+    return text[:16] if text.endswith(":00") else text
+
+
+def _clock_html(text: str) -> str:
+    """`_clock`'s text as the `<time>` element's content: the date in a span that does not break
+    at its hyphens (a narrow column wraps between the date and the time only)."""
+    return f'<span class="d">{text[:10]}</span>{text[10:]}' if len(text) > 10 else f'<span class="d">{text}</span>'
+
+
+def _offset(z: str) -> str:
+    """strftime's "%z" ("-0500") as ISO-8601 writes it ("-05:00")."""
+    return z[:3] + ":" + z[3:] if len(z) == 5 else z
+
+
+def fmt_ts(v: Any, date_only: bool = False, tz: str | None = None) -> str:
+    """A journal time -> "2024-05-01 10:30" in `tz` (the strategy's timezone; UTC when None), or
+    the date alone; text that is not a time is shown as it is (without a "T" or a UTC suffix)."""
     if v is None or v == "":
         return "—"
-    if isinstance(v, pd.Timestamp):
-        v = v.isoformat()
-    text = str(v).replace("T", " ").removesuffix("Z").removesuffix("+00:00")
-    if date_only:
-        return text[:10]
-    if text.endswith(" 00:00:00"):
-        return text[:10]
-    return text[:16] if len(text) >= 16 and text[16:19] in (":00", "") else text[:19]
+    t = local_time(v, tz or "UTC")
+    if t is None:
+        text = str(v).replace("T", " ").removesuffix("Z").removesuffix("+00:00")
+        if date_only:
+            return text[:10]
+        return text[:16] if len(text) >= 16 and text[16:19] in (":00", "") else text[:19]
+    return _clock(t.strftime("%Y-%m-%d %H:%M:%S"), date_only)
+
+
+def ts_html(v: Any, date_only: bool = False, tz: str | None = None) -> str:
+    """`fmt_ts` as HTML: a time in a `<time>` element whose `datetime` is the instant with its
+    UTC offset in `tz` ("2024-05-01T10:30:00-04:00"); other text escaped."""
+    t = local_time(v, tz or "UTC")
+    if t is None:
+        return _esc(fmt_ts(v, date_only, tz))
+    return (f'<time datetime="{t.strftime("%Y-%m-%dT%H:%M:%S")}{_offset(t.strftime("%z"))}">'
+            f'{_clock_html(_clock(t.strftime("%Y-%m-%d %H:%M:%S"), date_only))}</time>')
+
+
+@jinja2.pass_context
+def _ts_filter(context: Any, v: Any, date_only: bool = False) -> Markup:
+    """The template's `ts` filter: `ts_html` in the report's timezone (its context's `tz`)."""
+    return Markup(ts_html(v, date_only, context.get("tz") or "UTC"))
+
+
+_JOURNAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z").match
+
+
+def ts_cells(values: Sequence[Any], date_only: bool, tz: str) -> list[str]:
+    """`ts_html` of each value, the journal's "YYYY-MM-DDTHH:MM:SSZ" times converted and
+    formatted together (the trades table's 2,000 rows), anything else one by one."""
+    out: list[str | None] = [None] * len(values)
+    fast = [k for k, v in enumerate(values) if type(v) is str and _JOURNAL_TIME(v)]
+    if fast:
+        try:
+            utc = pd.DatetimeIndex(np.array([values[k][:19] for k in fast], dtype="datetime64[s]")).tz_localize("UTC")
+        except (ValueError, OverflowError):
+            fast = []
+        else:
+            local = utc.tz_convert(tz)
+            clock = local.strftime("%Y-%m-%d %H:%M:%S")
+            stamp = local.strftime("%Y-%m-%dT%H:%M:%S%z")
+            for k, c, s in zip(fast, clock, stamp):
+                out[k] = f'<time datetime="{s[:-2]}:{s[-2:]}">{_clock_html(_clock(c, date_only))}</time>'
+    return [o if o is not None else ts_html(v, date_only, tz) for o, v in zip(out, values)]
+
+
+def fmt_duration(days: Any) -> str:
+    """A length of time given in days: "57.0 d", "2 h 14 min", "12 min" (`metrics.duration_text`);
+    "—" when unknown."""
+    return metrics.duration_text(float(days)) if _is_number(days) else "—"
 
 
 def month_colour(v: Any) -> str:
@@ -514,8 +696,8 @@ def _environment() -> jinja2.Environment:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                                  undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                                  bytecode_cache=_bytecode_cache())
-        env.filters.update(qty=_fmt_qty, pct=fmt_pct, num=fmt_num, ts=fmt_ts, month_colour=month_colour,
-                           json_text=_json_text)
+        env.filters.update(qty=_fmt_qty, pct=fmt_pct, num=fmt_num, ts=_ts_filter, month_colour=month_colour,
+                           json_text=_json_text, duration=fmt_duration)
         _ENVIRONMENT = env
     return _ENVIRONMENT
 
@@ -542,19 +724,6 @@ def _num(v: Any) -> str:
     return f"{v:,.2f}" if type(v) is float and v - v == 0.0 else fmt_num(v)
 
 
-def _ts_cell(v: Any, daily: bool) -> str:
-    """`fmt_ts(v, daily)`, escaped, with a short way for the journal's "YYYY-MM-DDTHH:MM:SSZ"."""
-    if type(v) is str and len(v) == 20 and v[10] == "T" and v[19] == "Z" and v[13] == ":" and v[16] == ":":
-        if daily or v[11:19] == "00:00:00":
-            text = v[:10]
-        elif v[16:19] == ":00":
-            text = v[:10] + " " + v[11:16]
-        else:
-            text = v[:10] + " " + v[11:19]
-        return _esc(text)
-    return _esc(fmt_ts(v, daily))
-
-
 class _EscapedOnce(dict):
     """str -> its escaped text, each distinct string escaped once (symbols, sides and rule
     names repeat on every row); look-ups of known strings stay in C."""
@@ -564,17 +733,19 @@ class _EscapedOnce(dict):
         return text
 
 
-def trades_rows(rows: list[tuple], legs: list[dict | None], daily: bool) -> Markup:
-    """The trades table's body: one `<tr>` per row (`rows`: tuples in TRADE_COLUMNS order;
-    `legs`: `option_legs` of each, the Legs and Credit cells when any is a combo), as a loop in
-    the template would write them. Built column by column (a backtest shows 2,000 rows of 16
-    cells): text from the journal is escaped as jinja escapes it, each distinct string once;
-    numbers are formatted by the template's filter functions. Returns Markup: the text is
-    finished, escaped HTML."""
+def trades_rows(rows: list[tuple], legs: list[dict | None], daily: bool, tz: str = "UTC") -> Markup:
+    """The trades table's body: one `<tr>` per row (`rows`: tuples in TRADE_COLUMNS order, the
+    run's first trades in its order; `legs`: `option_legs` of each, the Legs and Credit cells
+    when any is a combo), as a loop in the template would write them. Trades are numbered 1..N
+    (not by journal id); times are in `tz` (`ts_cells`). Built column by column (a backtest
+    shows 2,000 rows of 16 cells): text from the journal is escaped as jinja escapes it, each
+    distinct string once; numbers are formatted by the template's filter functions. Returns
+    Markup: the text is finished, escaped HTML."""
     if not rows:
         return Markup("")
-    (ids, symbols, sides, quantity, entry_ts, entry_price, exit_ts, exit_price, bars_held, pnl, return_pct,
+    (_ids, symbols, sides, quantity, entry_ts, entry_price, exit_ts, exit_price, bars_held, pnl, return_pct,
      mae, mfe, commission, entry_rule, exit_rule, exit_reason, _legs) = zip(*rows)
+    ids = tuple(range(1, len(rows) + 1))
     once = _EscapedOnce()
 
     def text(col: tuple) -> list[str]:      # `{{ v }}`
@@ -593,21 +764,21 @@ def trades_rows(rows: list[tuple], legs: list[dict | None], daily: bool) -> Mark
 
     exits = [r or e for r, e in zip(exit_reason, exit_rule)]
     columns = (text(ids), text(symbols), text(sides), text(quantity), [once[_fmt_qty(q)] for q in quantity],
-               [_ts_cell(v, daily) for v in entry_ts], text(entry_price), num(entry_price),
-               [_ts_cell(v, daily) for v in exit_ts], text(exit_price), num(exit_price),
+               ts_cells(entry_ts, daily, tz), text(entry_price), num(entry_price),
+               ts_cells(exit_ts, daily, tz), text(exit_price), num(exit_price),
                text(bars_held), text(pnl), signed(pnl, num(pnl)),
                text(return_pct), signed(return_pct, [fmt_pct(v / 100) for v in return_pct]),
                attr(mae), num(mae), attr(mfe), num(mfe), text(commission), num(commission),
                text(entry_rule), text(exits))
     out = [f'      <tr><td data-v="{i}">{i}</td><td class="l">{sy}</td><td class="l">{sd}</td>'
            f'<td data-v="{qv}">{qt}</td>\n'
-           f'        <td class="l">{et}</td><td data-v="{epv}">{ept}</td>\n'
-           f'        <td class="l">{xt}</td><td data-v="{xpv}">{xpt}</td>\n'
+           f'        <td class="l t">{et}</td><td data-v="{epv}">{ept}</td>\n'
+           f'        <td class="l t">{xt}</td><td data-v="{xpv}">{xpt}</td>\n'
            f'        <td data-v="{b}">{b}</td><td data-v="{pv}">{pt}</td>\n'
            f'        <td data-v="{rv}">{rt}</td>\n'
            f'        <td data-v="{aev}">{aet}</td><td data-v="{fev}">{fet}</td>\n'
            f'        <td data-v="{cv}">{ct}</td>\n'
-           f'        <td class="l">{er}</td><td class="l">{xr}</td>\n'
+           f'        <td class="l rule">{er}</td><td class="l rule">{xr}</td>\n'
            for (i, sy, sd, qv, qt, et, epv, ept, xt, xpv, xpt, b, pv, pt, rv, rt, aev, aet, fev, fet, cv, ct, er, xr)
            in zip(*columns)]
     if any(legs):
@@ -625,14 +796,11 @@ def trades_rows(rows: list[tuple], legs: list[dict | None], daily: bool) -> Mark
 MARKS_PER_CHART = 500      # trade markers drawn on the price chart at most (every one when fewer)
 
 
-def _buy_and_hold(data: RunData, symbol: str | None, closes) -> float | None:
-    """Buy and hold of `symbol` over the run: the writer's own figure (from every bar since the
-    start date) when the run's stored summary has it for that symbol, else from the journal's
-    prices, which may be thinned and may begin before the start date."""
+def _stored_buy_and_hold(data: RunData, symbol: str | None) -> dict:
+    """The run's stored summary when its buy and hold is of `symbol` (the writer's figures, from
+    every bar of the run), else {}."""
     stored = data.run.get("summary") or {}
-    if symbol is not None and stored.get("buy_and_hold_symbol") == symbol and "buy_and_hold" in stored:
-        return stored["buy_and_hold"]
-    return metrics.buy_and_hold_return(closes) if closes is not None else None
+    return stored if symbol is not None and stored.get("buy_and_hold_symbol") == symbol else {}
 
 
 def _symbol_breakdown(data: RunData) -> list[dict]:
@@ -650,13 +818,15 @@ def _symbol_breakdown(data: RunData) -> list[dict]:
         idx = by.get(s, [])
         cols = metrics.TradeColumns(pnl_all[idx], np.empty(0, np.int64), np.empty(0, np.int64))
         pnl = trades.pnl if len(idx) == len(trades) else [trades.pnl[i] for i in idx]
-        first, last = data.closes_by_symbol.get(s, (None, None))
+        start, last = data.closes_by_symbol.get(s, (None, None))
+        stored = _stored_buy_and_hold(data, s)
+        hold = (stored["buy_and_hold"] if "buy_and_hold" in stored
+                else metrics.buy_and_hold_return([last], start) if start is not None and last is not None else None)
         rows.append({
             "symbol": s, "trades": len(idx), "win_rate": metrics.win_rate(cols),
             "pnl": float(sum(pnl)) if idx else 0.0,
             "expectancy": metrics.expectancy(cols), "profit_factor": metrics.profit_factor(cols),
-            "commission": trades.commission.get(s, 0.0),
-            "buy_and_hold": _buy_and_hold(data, s, [first, last] if first is not None and last is not None else None),
+            "commission": trades.commission.get(s, 0.0), "buy_and_hold": hold,
         })
     rows.sort(key=lambda r: (-r["trades"], r["symbol"]))
     return rows
@@ -672,46 +842,106 @@ def _visible(ns: np.ndarray, lo: int, hi: int, buckets: int) -> np.ndarray:
 
 
 def _trade_marks(data: RunData) -> list[svg.TradeMark]:
-    """The chart's entry and exit markers, from the rows `load_run` picked (`_mark_rows`)."""
+    """The chart's entry and exit markers, from the rows `load_run` picked (`_mark_rows`): each
+    names the trade by its number in the run; an option combo's stand at the underlying's
+    price and name the combo's credit."""
     marks = []
+    tz = data.tz
     for t in data.marks:
-        head = f"#{t['id']} {t['side']} {_fmt_qty(t['quantity'])} {t['symbol']}"
-        if t["entry"]:
-            marks.append(svg.TradeMark(pd.Timestamp(t["entry_ns"], tz="UTC"), float(t["entry_price"]), "entry",
-                                       f"{head} entry {fmt_ts(t['entry_ts'])} @ {t['entry_price']:.2f}"
-                                       + (f" ({t['entry_rule']})" if t["entry_rule"] else "")))
-        if t["exit"]:
-            marks.append(svg.TradeMark(pd.Timestamp(t["exit_ns"], tz="UTC"), float(t["exit_price"]), "exit",
-                                       f"{head} exit {fmt_ts(t['exit_ts'])} @ {t['exit_price']:.2f}, pnl {t['pnl']:,.2f}"
+        head = f"#{t['number']} {t['side']} {_fmt_qty(t['quantity'])} {t['symbol']}"
+        if t["combo"]:
+            head += " option combo" + (f", credit {t['credit']:.2f}" if _is_number(t.get("credit")) else "")
+            entry_text = f"entry {fmt_ts(t['entry_ts'], tz=tz)}, underlying at {_num(t['entry_at'])}"
+            exit_text = f"exit {fmt_ts(t['exit_ts'], tz=tz)}, underlying at {_num(t['exit_at'])}"
+        else:
+            entry_text = f"entry {fmt_ts(t['entry_ts'], tz=tz)} @ {t['entry_price']:.2f}"
+            exit_text = f"exit {fmt_ts(t['exit_ts'], tz=tz)} @ {t['exit_price']:.2f}"
+        if t["entry"] and _is_number(t["entry_at"]):
+            marks.append(svg.TradeMark(pd.Timestamp(t["entry_ns"], tz="UTC"), float(t["entry_at"]), "entry",
+                                       f"{head} {entry_text}" + (f" ({t['entry_rule']})" if t["entry_rule"] else "")))
+        if t["exit"] and _is_number(t["exit_at"]):
+            marks.append(svg.TradeMark(pd.Timestamp(t["exit_ns"], tz="UTC"), float(t["exit_at"]), "exit",
+                                       f"{head} {exit_text}, pnl {t['pnl']:,.2f}"
                                        + (f" ({t['exit_reason'] or t['exit_rule']})"
                                           if t["exit_reason"] or t["exit_rule"] else "")))
     return marks
 
 
-def _summary(data: RunData, closes: np.ndarray | None, risk_free: float) -> tuple[dict[str, Any], bool]:
-    """`metrics.summarize` of the journal's curve and trades, with the equity figures the run's
-    stored summary has taken from there (see FROM_RUN_SUMMARY); the curve's own figures are
-    only computed when one of them is missing. Returns (summary, whether any was stored)."""
-    stored = data.run.get("summary") or {}
-    from_summary = [k for k in FROM_RUN_SUMMARY if k in stored and (risk_free == 0 or k not in ("sharpe", "sortino"))]
+def _bar_ns(data: RunData) -> int:
+    """One bar of the run in nanoseconds (its `bar`, else the curve's first step)."""
+    from engine.market.bars import bar_seconds
+
+    try:
+        return int(bar_seconds(data.run.get("bar") or "") * 1e9)
+    except ValueError:
+        index = data.equity.index
+        return int(index[1].value - index[0].value) if len(index) >= 2 else 0
+
+
+def _curve(data: RunData) -> pd.Series:
+    """The journal's equity curve from the starting cash (`metrics.from_starting_cash`: a point
+    of the run's initial cash at the bar before the first), as the writer measured its
+    figures; the journal's own points when the run has no initial cash."""
     equity = metrics._clean(data.equity)
-    if all(k in from_summary for k in FROM_RUN_SUMMARY if k != "exposure"):
+    initial = data.run.get("initial_cash")
+    if not _is_number(initial) or not len(equity):
+        return equity
+    return metrics.from_starting_cash(equity, float(initial), _bar_ns(data))
+
+
+def _benchmark(data: RunData, curve: pd.Series) -> pd.Series | None:
+    """Buy and hold of `data.bench_symbol` with the same starting capital over the curve's span
+    (`metrics.buy_and_hold_curve`), bought at the writer's start price when the run stored one,
+    else at the journal's first bar of the run (`_span_prices`). The journal's prices may be
+    thinned on a long run: the curve's last point is still the last close."""
+    bars = data.bench_bars
+    if data.bench_symbol is None or bars is None or not len(bars) or not len(curve):
+        return None
+    start = _stored_buy_and_hold(data, data.bench_symbol).get("buy_and_hold_start_price")
+    if not _is_number(start):
+        start = data.closes_by_symbol.get(data.bench_symbol, (None, None))[0]
+    return metrics.buy_and_hold_curve(curve, bars.index, bars["close"].to_numpy(dtype=float),
+                                      float(start) if _is_number(start) else None)
+
+
+def _summary(data: RunData, curve: pd.Series, bench: pd.Series | None,
+             risk_free: float) -> tuple[dict[str, Any], bool]:
+    """`metrics.summarize` of the curve from the starting cash (`_curve`) and the trades, with
+    the equity figures the run's stored summary has taken from there (see FROM_RUN_SUMMARY;
+    the daily-return figures only from a summary of that convention, those that depend on the
+    risk-free rate only for a rate of 0); the curve's own figures are only computed when one of
+    them is missing. Buy and hold, alpha and beta: the stored ones when they are of the same
+    symbol, else from `bench`. Returns (summary, whether any was stored)."""
+    stored = data.run.get("summary") or {}
+    tz = data.tz
+    usable = [k for k in FROM_RUN_SUMMARY if k in stored
+              and ("returns_basis" in stored or k not in DAILY_RETURN_KEYS)
+              and (risk_free == 0 or k not in RISK_FREE_KEYS)]
+    equity = metrics._clean(data.equity)
+    if all(k in usable for k in FROM_RUN_SUMMARY if k != "exposure"):
         summary = dict.fromkeys(metrics.EQUITY_KEYS)
-        if len(equity):
-            summary.update(start=equity.index[0], end=equity.index[-1])
     else:
-        summary = metrics.equity_summary(equity, risk_free=risk_free)
+        summary = metrics.equity_summary(curve, risk_free=risk_free, tz=tz)
+    if len(equity):
+        summary.update(start=equity.index[0], end=equity.index[-1])   # the run's first bar, not the cash before it
     trades = data.trades.columns()
     summary.update(metrics.trade_summary(trades))
-    summary["exposure"] = (None if "exposure" in from_summary or len(equity) < 2
+    summary["exposure"] = (None if "exposure" in usable or len(equity) < 2
                            else metrics.exposure(trades, summary["start"], summary["end"]))
-    summary["buy_and_hold"] = _buy_and_hold(data, data.symbol, closes)
-    for key in from_summary:
+    for key in usable:
         summary[key] = stored[key]
+    held = _stored_buy_and_hold(data, data.bench_symbol)
+    summary["buy_and_hold"] = (held["buy_and_hold"] if "buy_and_hold" in held
+                               else metrics.total_return(bench) if bench is not None else None)
+    if "beta" in held and risk_free == 0:
+        summary["alpha"], summary["beta"] = held.get("alpha"), held["beta"]
+    else:
+        summary["alpha"], summary["beta"] = (metrics.alpha_beta(curve, bench, risk_free=risk_free, tz=tz)
+                                             if bench is not None else (None, None))
     summary["open_positions"] = stored.get("open_positions")
     summary["commission"] = data.trades.commission_total
     summary["net_pnl"] = float(sum(data.trades.pnl)) if len(data.trades) else None
-    return summary, bool(from_summary)
+    return summary, bool(usable)
 
 
 SHORT_RUN_DAYS = 91   # annualised figures of a shorter run carry a caveat (as the CLI's summary does)
@@ -726,30 +956,67 @@ def _short_run_days(summary: dict) -> float | None:
     return days if days < SHORT_RUN_DAYS else None
 
 
+def _exit_reason_rows(data: RunData) -> tuple[list[dict], dict | None]:
+    """The P&L-by-exit-reason table's rows and its total row (None without trades)."""
+    rows = data.exit_reasons
+    if not rows:
+        return [], None
+    n = sum(r["trades"] for r in rows)
+    wins = sum(r["wins"] for r in rows)
+    total = math.fsum(r["pnl"] for r in rows)
+    for r in rows:
+        r["share"] = r["trades"] / n if n else None
+    return rows, {"trades": n, "wins": wins, "win_rate": wins / n if n else None, "pnl": total,
+                  "average": total / n if n else None, "share": 1.0 if n else None}
+
+
+def _zone_label(tz: str, start: Any, end: Any) -> str:
+    """The timezone as the report names it: "America/New_York (UTC-05:00 / -04:00)", the UTC
+    offsets it has over the run's span (its start, its end and the first of each month of its
+    first year: daylight saving shows within a year)."""
+    a, b = local_time(start, tz), local_time(end, tz)
+    if a is None or b is None:
+        return tz
+    times = [a, b, *pd.date_range(a, min(b, a + pd.Timedelta(days=366)), freq="MS")]
+    offsets = sorted({_offset(t.strftime("%z")) for t in times},
+                     key=lambda z: (1 if z[0] == "+" else -1) * (int(z[1:3]) * 60 + int(z[4:6])))
+    return f"{tz} (UTC{' / '.join(offsets)})"
+
+
 def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
     """Everything the template shows, as plain values (escaping is the template's), and the
     trades table's rows as finished, escaped HTML (`trades_rows`)."""
     run = data.run
-    equity = data.equity
-    closes = data.bars["close"].to_numpy(dtype=float) if len(data.bars) else None
-    summary, from_summary = _summary(data, closes, risk_free)
-    monthly = metrics.monthly_returns(equity)
-    dd = metrics.drawdown_series(equity)
+    tz = data.tz
+    curve = _curve(data)
+    bench = _benchmark(data, curve)
+    summary, from_summary = _summary(data, curve, bench, risk_free)
+    monthly = metrics.monthly_returns(curve, tz)
+    dd = metrics.drawdown_series(curve)
     currency = run.get("currency") or ""
-    equity_svg = svg.line_chart(equity, title=f"Equity ({currency})" if currency else "Equity")
-    drawdown_svg = svg.area_chart(dd, title="Drawdown")
-    price_svg = (svg.price_chart(data.bars, _trade_marks(data), title=f"{data.symbol}: price, entries ▲ and exits ▼")
-                 if data.symbol else "")
+    equity_title = f"Equity ({currency})" if currency else "Equity"
+    names = ("Strategy", f"Buy & hold {data.bench_symbol}")
+    equity_svg = svg.equity_chart(curve, bench, title=equity_title, names=names, tz=tz)
+    can_log = len(curve) > 0 and svg.positive(curve, bench)
+    equity_log_svg = (svg.equity_chart(curve, bench, title=equity_title, names=names, log=True, tz=tz)
+                      if can_log else "")
+    drawdown_svg = svg.area_chart(dd, title="Drawdown", tz=tz)
+    price_svg = (svg.price_chart(data.bars, _trade_marks(data), title=f"{data.symbol}: price, entries ▲ and exits ▼",
+                                 tz=tz) if data.symbol else "")
+    pnl = data.trades.pnl
+    histogram_svg = svg.histogram(pnl, title=f"Trade P&L ({currency})" if currency else "Trade P&L")
     shown = data.shown
     has_legs = any(data.legs)
     daily = summary["periods_per_year"] is not None and summary["periods_per_year"] <= 252
     months = [{"year": int(y), "cells": [None if pd.isna(row[m]) else float(row[m]) for m in range(1, 13)],
                "total": None if pd.isna(row["Year"]) else float(row["Year"])}
               for y, row in monthly.iterrows()]
+    reasons, reasons_total = _exit_reason_rows(data)
     return {
         "run": run,
         "symbols": run.get("symbols") or sorted(set(data.trades.symbol)),
         "symbol": data.symbol,
+        "bench_symbol": data.bench_symbol,
         "journal_name": data.path.name,
         "m": summary,
         "short_run_days": _short_run_days(summary),
@@ -757,14 +1024,21 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
         "risk_free": risk_free,
         "from_summary": from_summary,
         "daily": daily,
-        "equity_points": len(equity),
-        "charts": {"equity": Markup(equity_svg), "drawdown": Markup(drawdown_svg), "price": Markup(price_svg)},
+        "tz": tz,
+        "zone": _zone_label(tz, summary.get("start"), summary.get("end")),
+        "equity_points": len(data.equity),
+        "charts": {"equity": Markup(equity_svg), "equity_log": Markup(equity_log_svg),
+                   "drawdown": Markup(drawdown_svg), "price": Markup(price_svg), "histogram": Markup(histogram_svg)},
+        "can_log": can_log,
         "months": months,
         "trades_shown": len(shown),
-        "trades_rows": trades_rows(shown, data.legs, daily),
+        "trades_rows": trades_rows(shown, data.legs, daily, tz),
         "trades_total": len(data.trades),
         "has_legs": has_legs,
+        "option_marks": sum(1 for t in data.marks if t["combo"]),
         "breakdown": _symbol_breakdown(data),
+        "exit_reasons": reasons,
+        "exit_total": reasons_total,
         "params": run.get("params") or {},
         "param_notes": _param_descriptions(run.get("strategy_text")),
         "settings": run.get("settings") or {},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -28,28 +27,44 @@ def trade_columns(result: Result) -> metrics.TradeColumns:
     cols = getattr(trades, "columns", None)
     if cols is not None:   # the fast path keeps its trades as arrays
         pnl, entry, exit_ = cols["pnl"], cols["entry_time"], cols["exit_time"]
+        ret = np.asarray(cols["return_pct"], dtype=float) / 100.0
     else:
         pnl = np.array([t.pnl for t in trades], dtype=float)
         entry = np.array([t.entry_time for t in trades], dtype=np.int64)
         exit_ = np.array([t.exit_time for t in trades], dtype=np.int64)
-    return metrics.TradeColumns(pnl, _seconds(entry), _seconds(exit_))
+        ret = np.array([t.return_pct for t in trades], dtype=float) / 100.0
+    return metrics.TradeColumns(np.asarray(pnl, dtype=float), _seconds(np.asarray(entry, dtype=np.int64)),
+                                _seconds(np.asarray(exit_, dtype=np.int64)), ret)
 
 
-def from_starting_cash(equity: pd.Series, initial: float, bar_ns: int) -> pd.Series:
-    """The curve with the starting cash put before its first point (at the bar before the
-    first), so returns, growth and drawdowns are measured from the money the run started with:
-    the first point already includes what happened in the first bar (a fill's commission, the
-    first close's mark)."""
-    if not len(equity) or not math.isfinite(initial) or float(equity.iloc[0]) == initial:
-        return equity
-    before = pd.DatetimeIndex([equity.index[0] - pd.Timedelta(int(bar_ns), "ns")])
-    return pd.concat([pd.Series([initial], index=before), equity])
+from_starting_cash = metrics.from_starting_cash
+
+
+def buy_and_hold(result: Result, symbol: str | None, equity: pd.Series) -> tuple[float | None, pd.Series | None]:
+    """Buy and hold of `symbol` over the run's span (`metrics.buy_and_hold_curve`): bought with the
+    starting cash at the open of the run's first bar (its close when it has no open), valued at
+    each bar's close up to the run's last bar. Returns (start price, curve on `equity`'s
+    index); (None, None) without bars of the symbol in the run."""
+    if symbol not in result.bars or not len(result.times):
+        return None, None
+    b = result.bars[symbol]
+    ends = np.asarray(b.end)
+    lo = int(np.searchsorted(ends, result.times[0], side="left"))
+    hi = int(np.searchsorted(ends, result.times[-1], side="right"))
+    if hi <= lo:
+        return None, None
+    start_price = metrics.buy_and_hold_start(b.open[lo:hi], b.close[lo:hi])
+    curve = metrics.buy_and_hold_curve(equity, np.asarray(b.start[lo:hi], dtype=np.int64), b.close[lo:hi],
+                                       start_price)
+    return start_price, curve
 
 
 def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
     """Every metric of the run, measured from the starting cash; positions still open count
     towards exposure up to the end. `bars` counts the bars of the run (from its start date),
-    not the warm-up bars loaded before it."""
+    not the warm-up bars loaded before it. Buy and hold (and alpha and beta against it) is the
+    run's first symbol over the same span as the equity curve (`buy_and_hold`); the daily
+    returns are taken over calendar days in the strategy's timezone."""
     curve = equity_series(result)
     bar_ns = int(result.times[0] - result.labels[0]) if len(result.times) else 0
     equity = from_starting_cash(curve, float(result.runner.settings.cash), bar_ns)
@@ -57,11 +72,9 @@ def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
     end = int(_seconds(np.asarray(result.labels[-1:], dtype=np.int64))[0]) if len(result.labels) else None
     positions = list(result.ledger.positions.values())
     symbol = result.prepared.symbols[0] if result.prepared.symbols else None
-    closes = None
-    if symbol in result.bars and len(result.times):
-        b = result.bars[symbol]
-        closes = b.close[np.searchsorted(b.end, result.times[0], side="left"):]
-    out = metrics.summarize(equity, trades, risk_free=risk_free, closes=closes)
+    start_price, bench = buy_and_hold(result, symbol, equity)
+    tz = result.prepared.timezone
+    out = metrics.summarize(equity, trades, risk_free=risk_free, benchmark=bench, tz=tz)
     if len(curve):
         out["start"] = curve.index[0]                   # the run's first bar, not the point put before it
         if len(equity) > len(curve):
@@ -80,6 +93,8 @@ def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
     out["commission"] = float(sum(fcols["commission"].tolist()) if fcols is not None
                               else sum(f.commission for f in fills))
     out["buy_and_hold_symbol"] = symbol
+    out["buy_and_hold_start_price"] = start_price
+    out["timezone"] = tz
     out["bars"] = _run_bars(result)
     out["warmup_bars"] = int(sum(len(b.end) for b in result.bars.values())) - out["bars"]
     skipped = [f.attrs["bad_bars"] for f in result.prepared.frames.values() if f.attrs.get("bad_bars")]

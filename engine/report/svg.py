@@ -1,9 +1,11 @@
-"""Inline SVG charts for the static report: equity line, drawdown area, price with trade marks.
+"""Inline SVG charts for the static report: equity line (with a benchmark line, on a linear or a
+log scale), drawdown area, price with trade marks, a histogram.
 
 Plain strings, no JavaScript and no external references, so a report opens offline in any
 browser. Long series are thinned first (`thin`): at most about `MAX_POINTS` points per chart,
 keeping each bucket's minimum and maximum so spikes and drawdowns stay visible. Every piece of
-text that reaches the SVG goes through `esc`.
+text that reaches the SVG goes through `esc`. Time axes are labelled in the timezone `tz` each
+chart is given (the strategy's; UTC when None).
 """
 
 from __future__ import annotations
@@ -165,14 +167,24 @@ def _svg_open(width: int, height: int, title: str, css_class: str) -> str:
             f'<text class="chart-title" x="{MARGIN_LEFT}" y="18">{esc(title)}</text>')
 
 
-def _axes(frame: Frame, y_format: Callable[[float], str], t0: pd.Timestamp, t1: pd.Timestamp) -> str:
+def _local(t: pd.Timestamp, tz: str | None) -> pd.Timestamp:
+    t = pd.Timestamp(t)
+    t = t.tz_localize("UTC") if t.tz is None else t
+    return t if tz is None else t.tz_convert(tz)
+
+
+def _axes(frame: Frame, y_format: Callable[[float], str], t0: pd.Timestamp, t1: pd.Timestamp,
+          tz: str | None = None, y_ticks: Sequence[tuple[float, float]] | None = None) -> str:
+    """Grid, y labels, time ticks (in `tz`) and the two axis lines. `y_ticks`: (value, position
+    in the frame's y units) pairs, for a scale that is not linear in the value (log)."""
     out = ['<g class="axes">']
-    for v in nice_ticks(frame.y0, frame.y1):
-        y = float(frame.py(v))
+    ticks = y_ticks if y_ticks is not None else [(v, v) for v in nice_ticks(frame.y0, frame.y1)]
+    for v, at in ticks:
+        y = float(frame.py(at))
         out.append(f'<line class="grid" x1="{frame.left:.1f}" x2="{frame.right:.1f}" y1="{y:.1f}" y2="{y:.1f}"/>'
                    f'<text class="ylabel" x="{frame.left - 6:.1f}" y="{y + 4:.1f}" text-anchor="end">'
                    f'{esc(y_format(v))}</text>')
-    for t, label in time_ticks(t0, t1):
+    for t, label in time_ticks(_local(t0, tz), _local(t1, tz)):
         x = float(frame.px(t.as_unit("ns").value / 1e9))
         out.append(f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{frame.bottom:.1f}" y2="{frame.bottom + 5:.1f}"/>'
                    f'<text class="xlabel" x="{x:.1f}" y="{frame.bottom + 18:.1f}" text-anchor="middle">'
@@ -219,24 +231,176 @@ def percent_label(v: float) -> str:
 
 def line_chart(series: pd.Series, *, title: str, css_class: str = "equity",
                y_format: Callable[[float], str] = number_label, width: int = WIDTH,
-               height: int = HEIGHT, max_points: int = MAX_POINTS) -> str:
+               height: int = HEIGHT, max_points: int = MAX_POINTS, tz: str | None = None) -> str:
     """A line chart of a time-indexed series (the equity curve) with y grid, time ticks and
     labels; thinned to `max_points`."""
+    return equity_chart(series, None, title=title, css_class=css_class, y_format=y_format, width=width,
+                        height=height, max_points=max_points, tz=tz)
+
+
+def log_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Tick values for a log scale over [lo, hi] (both > 0): 1, 2, 5 x 10^k when the range
+    spans more than a factor of 10 (thinned to about `count`), else the linear `nice_ticks`
+    (over a narrow range a log scale looks linear)."""
+    if not (lo > 0 and hi > lo):
+        return nice_ticks(lo, hi, count)
+    if hi / lo <= 10:
+        return nice_ticks(lo, hi, count)
+    ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5)]
+    ticks = [t for t in ticks if lo <= t <= hi]
+    while len(ticks) > count + 2:
+        decades = [t for t in ticks if math.isclose(10 ** round(math.log10(t)), t)]
+        if len(decades) >= 2 and len(decades) < len(ticks):
+            ticks = decades
+        else:
+            ticks = ticks[::2]
+    return ticks
+
+
+def equity_chart(series: pd.Series, benchmark: pd.Series | None, *, title: str, css_class: str = "equity",
+                 names: tuple[str, str] = ("Strategy", "Buy & hold"), log: bool = False,
+                 y_format: Callable[[float], str] = number_label, width: int = WIDTH, height: int = HEIGHT,
+                 max_points: int = MAX_POINTS, tz: str | None = None) -> str:
+    """The equity curve (`path.line`) and, when given, a benchmark curve on the same axes
+    (`path.line.benchmark`, buy and hold from the same starting capital), with a legend naming
+    both (`names`). `log`: a logarithmic y axis (every value must be positive; the caller checks
+    `positive`), ticks from `log_ticks`. Each series is thinned to `max_points`."""
     series = series[np.isfinite(series.to_numpy(dtype=float))]
     if len(series) == 0:
         return _empty(title, css_class, "no data")
-    x, y = thin(_as_seconds(series.index), series.to_numpy(dtype=float), max_points)
-    lo, hi = _padded(float(y.min()), float(y.max()))
-    frame = Frame(width, height, float(x[0]), float(x[-1]), lo, hi)
-    d = _path(frame.px(x), frame.py(y))
-    return (_svg_open(width, height, title, css_class) +
-            _axes(frame, y_format, series.index[0], series.index[-1]) +
-            f'<path class="line" d="{d}"/></svg>')
+    lines = [series]
+    if benchmark is not None:
+        benchmark = benchmark[np.isfinite(benchmark.to_numpy(dtype=float))]
+        if len(benchmark):
+            lines.append(benchmark)
+        else:
+            benchmark = None
+    thinned = [thin(_as_seconds(s.index), s.to_numpy(dtype=float), max_points) for s in lines]
+    lo = min(float(y.min()) for _, y in thinned)
+    hi = max(float(y.max()) for _, y in thinned)
+    x0 = min(float(x[0]) for x, _ in thinned)
+    x1 = max(float(x[-1]) for x, _ in thinned)
+    if log and lo > 0:
+        ticks = log_ticks(*_padded_log(lo, hi))
+        ylo, yhi = _padded_log(lo, hi)
+        frame = Frame(width, height, x0, x1, math.log10(ylo), math.log10(yhi))
+        y_ticks = [(v, math.log10(v)) for v in ticks if v > 0]
+        to_y = np.log10
+    else:
+        lo, hi = _padded(lo, hi)
+        frame = Frame(width, height, x0, x1, lo, hi)
+        y_ticks, to_y = None, (lambda v: v)
+    t0 = min(s.index[0] for s in lines)
+    t1 = max(s.index[-1] for s in lines)
+    out = [_svg_open(width, height, title + (" (log scale)" if log else ""), css_class),
+           _axes(frame, y_format, t0, t1, tz, y_ticks)]
+    if benchmark is not None:
+        bx, by = thinned[1]
+        out.append(f'<path class="line benchmark" d="{_path(frame.px(bx), frame.py(to_y(by)))}"/>')
+    x, y = thinned[0]
+    out.append(f'<path class="line" d="{_path(frame.px(x), frame.py(to_y(y)))}"/>')
+    if benchmark is not None:
+        right = frame.right
+        out.append('<g class="legend">'
+                   f'<line class="key strategy" x1="{right - 300:.1f}" x2="{right - 280:.1f}" y1="14" y2="14"/>'
+                   f'<text class="legend" x="{right - 275:.1f}" y="18">{esc(names[0])}</text>'
+                   f'<line class="key benchmark" x1="{right - 150:.1f}" x2="{right - 130:.1f}" y1="14" y2="14"/>'
+                   f'<text class="legend" x="{right - 125:.1f}" y="18">{esc(names[1])}</text></g>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _padded_log(lo: float, hi: float, pad: float = 0.04) -> tuple[float, float]:
+    """[lo, hi] widened by `pad` of its length in log space (both > 0)."""
+    a, b = math.log10(lo), math.log10(hi)
+    d = (b - a) * pad if b > a else 0.005
+    return 10 ** (a - d), 10 ** (b + d)
+
+
+def positive(*series: pd.Series | None) -> bool:
+    """Whether every finite value of the series is above zero (a log scale can show them)."""
+    for s in series:
+        if s is None:
+            continue
+        v = s.to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if v.size and not v.min() > 0:
+            return False
+    return True
+
+
+def histogram(values: Sequence[float] | np.ndarray, *, title: str, css_class: str = "histogram",
+              x_format: Callable[[float], str] = number_label, width: int = 640, height: int = 260,
+              most_bins: int = 40) -> str:
+    """A histogram of `values` (the trades' P&L) over a range that always includes zero: about
+    sqrt(N) bins (at least 5, at most `most_bins`) of a round width with zero on a bin edge, so
+    losses (`rect.bin.loss`, left of zero) and gains (`rect.bin.win`) never share a bar; a bin
+    is [lo, hi) and the last one includes its upper edge (a bar that ends at zero is a loss bar). Each bar carries `data-lo`, `data-hi`
+    and `data-count` and a tooltip; the counts add up to the finite values."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return _empty(title, css_class, "no trades")
+    edges = histogram_edges(v, most_bins)
+    counts, _ = np.histogram(v, bins=edges)
+    frame = Frame(width, height, float(edges[0]), float(edges[-1]), 0.0, float(max(1, counts.max())) * 1.08)
+    out = [_svg_open(width, height, title, css_class)]
+    out.append('<g class="axes">')
+    for c in nice_ticks(0, float(counts.max()), 4):
+        if c != int(c):
+            continue
+        y = float(frame.py(c))
+        out.append(f'<line class="grid" x1="{frame.left:.1f}" x2="{frame.right:.1f}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                   f'<text class="ylabel" x="{frame.left - 6:.1f}" y="{y + 4:.1f}" text-anchor="end">{int(c)}</text>')
+    step = max(1, math.ceil((len(edges) - 1) / 10))     # at most about 10 edge labels
+    for k in range(0, len(edges), step):
+        x = float(frame.px(edges[k]))
+        out.append(f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{frame.bottom:.1f}" y2="{frame.bottom + 5:.1f}"/>'
+                   f'<text class="xlabel" x="{x:.1f}" y="{frame.bottom + 18:.1f}" text-anchor="middle">'
+                   f'{esc(x_format(float(edges[k])))}</text>')
+    out.append(f'<line class="axis" x1="{frame.left:.1f}" x2="{frame.right:.1f}" y1="{frame.bottom:.1f}" '
+               f'y2="{frame.bottom:.1f}"/></g>')
+    out.append('<g class="bins">')
+    for lo, hi, n in zip(edges[:-1].tolist(), edges[1:].tolist(), counts.tolist()):
+        if not n:
+            continue
+        x0, x1 = float(frame.px(lo)), float(frame.px(hi))
+        y = float(frame.py(n))
+        kind = "loss" if hi <= 0 else "win"
+        out.append(f'<rect class="bin {kind}" x="{x0 + 0.5:.1f}" y="{y:.1f}" width="{max(0.5, x1 - x0 - 1):.1f}" '
+                   f'height="{frame.bottom - y:.1f}" data-lo="{lo!r}" data-hi="{hi!r}" data-count="{n}">'
+                   f'<title>{n} trade{"s" * (n != 1)} from {esc(x_format(lo))} to {esc(x_format(hi))}</title></rect>')
+    out.append("</g>")
+    zero = float(frame.px(0.0)) if edges[0] < 0 < edges[-1] else None
+    if zero is not None:
+        out.append(f'<line class="zero" x1="{zero:.1f}" x2="{zero:.1f}" y1="{frame.top:.1f}" y2="{frame.bottom:.1f}"/>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def histogram_edges(values: np.ndarray, most_bins: int = 40) -> np.ndarray:
+    """The bin edges `histogram` uses: multiples of a round width (1, 2, 2.5 or 5 x 10^k) about
+    (max - min) / ceil(sqrt(N)) wide (5 to `most_bins` bins), covering every value and zero,
+    zero on an edge."""
+    lo, hi = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    bins = max(5, min(most_bins, math.ceil(math.sqrt(values.size))))
+    span = hi - lo
+    raw = span / bins if span > 0 else max(abs(lo), 1.0) * 0.1
+    mag = 10 ** math.floor(math.log10(raw))
+    width = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    first, last = math.floor(lo / width), math.ceil(hi / width)
+    if first * width > lo:                            # rounding: every value must be covered
+        first -= 1
+    if last * width < hi:
+        last += 1
+    last = max(last, first + 1)
+    return np.arange(first, last + 1) * width
 
 
 def area_chart(series: pd.Series, *, title: str, css_class: str = "drawdown",
                y_format: Callable[[float], str] = percent_label, width: int = WIDTH,
-               height: int = 200, max_points: int = MAX_POINTS) -> str:
+               height: int = 200, max_points: int = MAX_POINTS, tz: str | None = None) -> str:
     """A filled area between zero and a time-indexed series of values <= 0 (the drawdown)."""
     series = series[np.isfinite(series.to_numpy(dtype=float))]
     if len(series) == 0:
@@ -251,7 +415,7 @@ def area_chart(series: pd.Series, *, title: str, css_class: str = "drawdown",
     line = _path(xs, ys)
     area = f"M{xs[0]:.1f} {zero:.1f} " + line.replace("M", "L") + f" L{xs[-1]:.1f} {zero:.1f} Z"
     return (_svg_open(width, height, title, css_class) +
-            _axes(frame, y_format, series.index[0], series.index[-1]) +
+            _axes(frame, y_format, series.index[0], series.index[-1], tz) +
             f'<path class="area" d="{area}"/><path class="line" d="{line}"/></svg>')
 
 
@@ -272,7 +436,7 @@ def _triangle(x: float, y: float, up: bool, size: float = 6.0) -> str:
 
 def price_chart(bars: pd.DataFrame, marks: Sequence[TradeMark], *, title: str,
                 css_class: str = "price", width: int = WIDTH, height: int = 320,
-                max_points: int = MAX_POINTS) -> str:
+                max_points: int = MAX_POINTS, tz: str | None = None) -> str:
     """Price of one symbol with entries (green ▲) and exits (red ▼).
 
     `bars` is indexed by time with a `close` column and optionally `open`, `high`, `low`. Up to
@@ -304,7 +468,7 @@ def price_chart(bars: pd.DataFrame, marks: Sequence[TradeMark], *, title: str,
     frame = Frame(width, height, float(all_t.min()), float(all_t.max()), lo, hi)
     t0 = pd.Timestamp(int(all_t.min() * 1e9), unit="ns", tz="UTC")
     t1 = pd.Timestamp(int(all_t.max() * 1e9), unit="ns", tz="UTC")
-    out = [_svg_open(width, height, title, css_class), _axes(frame, number_label, t0, t1)]
+    out = [_svg_open(width, height, title, css_class), _axes(frame, number_label, t0, t1, tz)]
     if ohlc:
         xs = frame.px(t_bars)
         half = max(1.0, min(6.0, 0.35 * (frame.right - frame.left) / max(1, len(bars))))

@@ -4,6 +4,8 @@ in the test's tmp directory (its path is printed) for a person to look at."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import sqlite3
 import subprocess
@@ -123,8 +125,11 @@ def test_report_renders_in_chromium_without_errors(report, tmp_path):
     table = re.search(r'<table class="trades sortable".*?</table>', dom, re.S).group(0)
     assert trades > 10 and table.count("<tr>") == trades + 1 and table.count('<td class="l">SPY</td>') == trades
     svgs = re.findall(r"<svg\b.*?</svg>", dom, re.S)
-    assert len(svgs) == 3                                        # equity, drawdown, price
+    assert len(svgs) == 5                                        # equity (linear, log), drawdown, price, P&L histogram
     for chart in svgs:
+        if 'class="chart histogram"' in chart:
+            assert chart.count('<rect class="bin') >= 3
+            continue
         ds = re.findall(r'<path[^>]*\bd="([^"]*)"', chart)
         assert ds and all(len(d) > 20 for d in ds)
     price = next(s for s in svgs if 'class="chart price"' in s)
@@ -138,4 +143,89 @@ def test_screenshot(report, tmp_path):
     assert console_problems(result.stderr) == []
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000    # a blank page compresses to a few kB
+    print(f"\nscreenshot: {shot}")
+
+
+LAYOUT_PROBE = """<script>
+(function () {
+  // what a person would see as clipped or overlapping: a setup column's content wider than the
+  // column (it runs into the next one), a table wider than the box it scrolls in, a metric
+  // card's note running out of its card
+  var out = {columns: [], tables: [], cards: []};
+  document.querySelectorAll(".cols > div").forEach(function (col) {
+    var box = col.getBoundingClientRect();
+    col.querySelectorAll("table").forEach(function (t) {
+      var r = t.getBoundingClientRect();
+      out.columns.push({section: col.parentElement.id, table: t.className, right: r.right, limit: box.right + 1});
+    });
+  });
+  document.querySelectorAll(".trades-wrap, .scroll").forEach(function (wrap) {
+    var t = wrap.querySelector("table");
+    if (t) out.tables.push({table: t.className, width: t.scrollWidth, box: wrap.clientWidth});
+  });
+  document.querySelectorAll(".metric").forEach(function (card) {
+    out.cards.push({metric: card.getAttribute("data-metric"), width: card.scrollWidth, box: card.clientWidth});
+  });
+  document.body.setAttribute("data-layout", JSON.stringify(out));
+})();
+</script>"""
+
+
+def option_journal(path: Path) -> None:
+    """An SPX condor run like strategies/spxw_condor.yaml's: four named legs per trade, a long
+    data path in the settings, described params (the report that clipped its legs column)."""
+    days = pd.bdate_range("2018-01-02", "2018-02-28", tz="America/New_York").tz_convert("UTC")
+    ts = _iso(days)
+    spx = 2700 + np.cumsum(np.random.default_rng(8).normal(0, 15, days.size))
+    legs = lambda k, exp: json.dumps({"legs": [
+        {"name": "short_put", "right": "put", "action": "sell", "ratio": 1, "strike": 2620.0 + k, "expiry": exp},
+        {"name": "long_put", "right": "put", "action": "buy", "ratio": 1, "strike": 2570.0 + k, "expiry": exp},
+        {"name": "short_call", "right": "call", "action": "sell", "ratio": 1, "strike": 2740.0 + k, "expiry": exp},
+        {"name": "long_call", "right": "call", "action": "buy", "ratio": 1, "strike": 2790.0 + k, "expiry": exp}],
+        "credit": 5.8, "underlying_entry": float(spx[1 + k % 5]), "underlying_exit": float(spx[4 + k % 5])})
+    with Journal(path) as j:
+        rid = j.start_run("backtest", "spx-monthly-iron-condor", strategy_path="strategies/spxw_condor.yaml",
+                          params={"short_delta": 0.16, "wing": 50, "min_credit": 3.0, "take_profit": 0.5,
+                                  "stop_multiple": 2, "exit_dte": 7},
+                          strategy_text="params:\n  short_delta: {value: 0.16, description: Absolute delta of the "
+                                        "short put and call}\n  wing: {value: 50, description: Points between each "
+                                        "short strike and its wing}\n",
+                          settings={"cash": 100000, "commission": {"per_contract": 0.65},
+                                    "data": "/work/shared/data/optopsy_v1/test_options_data_full.csv",
+                                    "options": {"fill_fraction": 0.5}, "timezone": "America/New_York"},
+                          symbols=["SPX"], bar="1d", initial_cash=100_000.0)
+        j.many("prices", ["run_id", "symbol", "ts", "open", "high", "low", "close"],
+               [(rid, "SPX", t, c, c, c, c) for t, c in zip(ts, spx)])
+        equity = 100_000 + np.cumsum(np.random.default_rng(9).normal(0, 80, days.size))
+        j.many("equity", ["run_id", "ts", "cash", "equity"], zip([rid] * len(ts), ts, equity, equity))
+        j.many("trades", ["run_id", "symbol", "side", "quantity", "multiplier", "entry_ts", "entry_price", "exit_ts",
+                          "exit_price", "pnl", "return_pct", "bars_held", "commission", "entry_rule", "exit_rule",
+                          "exit_reason", "legs"],
+               [(rid, "SPX", "short", 1, 100, ts[1 + 8 * k], 5.8, ts[4 + 8 * k], 2.9 + k, 290.0 - 100 * k,
+                 (290.0 - 100 * k) / 44.2, 3, 5.2, "enough credit", "take profit", "half the credit earned",
+                 legs(k, "2018-02-16")) for k in range(4)])
+        j.finish_run(rid, "finished")
+
+
+def test_nothing_is_clipped_or_overlapping(tmp_path):
+    option_journal(tmp_path / "spx.sqlite")
+    report = write_report(tmp_path / "spx.sqlite", tmp_path / "spx.html")
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text(encoding="utf-8").replace("</body>", LAYOUT_PROBE + "</body>"),
+                     encoding="utf-8")
+    result = chromium(tmp_path, "--window-size=1400,3000", "--dump-dom", probe.as_uri())
+    assert result.returncode == 0 and console_problems(result.stderr) == [], result.stderr[-2000:]
+    raw = re.search(r'data-layout="([^"]*)"', result.stdout).group(1)
+    layout = json.loads(html.unescape(raw))
+    assert {c["table"] for c in layout["columns"]} >= {"params", "settings", "counts"}
+    for c in layout["columns"]:                 # the settings' long path wraps inside its column
+        assert c["right"] <= c["limit"], c
+    tables = {t["table"]: t for t in layout["tables"]}
+    assert "trades sortable" in tables and "exit-reasons" in tables
+    for t in layout["tables"]:                  # at 1400 px every table fits its box, legs and credit too
+        assert t["width"] <= t["box"], t
+    for card in layout["cards"]:
+        assert card["width"] <= card["box"], card
+    shot = tmp_path / "spx.png"
+    chromium(tmp_path, "--window-size=1400,3000", f"--screenshot={shot}", report.as_uri())
     print(f"\nscreenshot: {shot}")

@@ -168,3 +168,31 @@ def test_a_debit_combos_chase_pays_more_each_step_and_its_close_takes_less():
     assert result.filled and result.price == pytest.approx(1.30) and result.step == 2
     closed = run_chase(Chase(step=0.05, steps=4, every=10), q, fill_fraction=0.5, opening=False)
     assert closed.filled and closed.price == pytest.approx(1.10) and closed.step == 2
+
+
+def test_a_limit_rounds_to_the_tick_towards_the_marketable_side():
+    from engine.orders.combos import round_limit
+    assert round_limit(14.975, 0.01, "buy") == 14.98 and round_limit(14.975, 0.01, "sell") == 14.97
+    assert round_limit(6.05, 0.01, "buy") == 6.05 == round_limit(6.05, 0.01, "sell")        # on the grid: kept
+    assert round_limit(0.11 - 0.06 + 0.13 - 0.07, 0.01, "buy") == 0.11                      # float noise: kept
+    assert round_limit(1.02, 0.05, "buy") == 1.05 and round_limit(1.02, 0.05, "sell") == 1.00
+
+
+@pytest.mark.parametrize("action", ["sell", "buy"])
+def test_a_mid_of_14_975_fills_at_mid_with_fill_fraction_1(action):
+    # one put quoted 14.90 x 15.05: mid 14.975, half a cent off the grid
+    put = Side("put", np.array([2650.0]), np.array([14.90]), np.array([15.05]), np.array([-0.3]), np.array([0.2]))
+    q = ComboQuote((leg_quote("p", put, 0, action, 1, "x"),), 100, 2700.0)
+    assert abs(q.credit) == pytest.approx(14.975) and q.opening_action == action
+    limit = 14.97 if action == "sell" else 14.98          # a sell rounds down, a buy up: never beyond mid
+    assert Chase(start="mid", steps=1).prices(q) == [limit]
+    assert marketable(limit, q, 1.0)
+    # the half-to-even rounding it replaces put a sell's limit above mid, a buy's below: never filled at mid
+    beyond = 14.98 if action == "sell" else 14.97
+    assert not marketable(beyond, q, 1.0)
+    result = run_chase(Chase(start="mid", steps=1), q, fill_fraction=1.0)
+    assert result.filled and result.price == limit and result.step == 0
+    # closing rounds the other way: the closing order has the other action
+    close = 14.98 if action == "sell" else 14.97
+    assert Chase(start="mid", steps=1).prices(q, opening=False) == [close]
+    assert marketable(close, q, 1.0, opening=False)

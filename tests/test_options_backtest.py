@@ -4,6 +4,7 @@ file's quotes; chases, NaN legs, settlement, the bundled XSP condor, dry runs an
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -159,7 +160,9 @@ def test_chase_fills_on_the_step_the_spread_model_allows(tmp_path, quotes):
         mid += sign * (r.bid + r.ask) / 2
         natural += r.bid if sign > 0 else -r.ask
     threshold = natural + 0.5 * (mid - natural)
-    prices = [round(round(mid / 0.01) * 0.01 - k * 0.05, 2) for k in range(20)]
+    # a sell's limits: mid rounded down to the cent (towards the marketable side), then 0.05 less each step
+    start = math.floor(round(mid / 0.01, 6)) * 0.01
+    prices = [round(start - k * 0.05, 2) for k in range(20)]
     expected = next(p for p in prices if p <= threshold + 1e-9)
     assert first.entry_price == pytest.approx(expected)
     step = prices.index(expected)

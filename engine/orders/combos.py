@@ -22,7 +22,9 @@ multiplier for money), and there is one sign convention:
   order that opens a combo buys it when it is a debit at mid and sells it when it is a credit
   (`opening_action`); the order that closes it has the other action, whatever the combo is
   worth by then. A limit of 0.05 to buy an iron condor pays at most 0.05; a limit of 1.25 to
-  sell one receives at least 1.25.
+  sell one receives at least 1.25;
+- a limit is put on the tick grid towards the marketable side (`round_limit`): a buy's up, a
+  sell's down, so a limit at mid is never beyond mid on the wrong side.
 """
 
 from __future__ import annotations
@@ -182,6 +184,18 @@ def debit_of(price: float, action: str) -> float:
     return price if action == "buy" else 0.0 - price
 
 
+def round_limit(price: float, tick: float, action: str) -> float:
+    """A limit on the tick grid, rounded towards the marketable side: a limit to buy (pay a debit)
+    rounds up to the tick, a limit to sell (receive a credit) rounds down. So a limit at mid is
+    never beyond mid on the wrong side, and a market that meets limits at mid (fill_fraction 1:
+    no part of the way from mid back to the natural price) fills it: a mid of 14.975 is bought at
+    14.98 and sold at 14.97 (rounding half to even, 14.98 would ask a seller's market for more than
+    mid). A price on the grid, within float noise of it, stays where it is."""
+    units = price / tick
+    steps = math.ceil(units - 1e-6) if action == "buy" else math.floor(units + 1e-6)
+    return round(steps * tick, 10)
+
+
 @dataclass(frozen=True)
 class ComboQuote:
     """A combo priced from its legs (per unit of the underlying, like IB's combo quotes)."""
@@ -305,7 +319,8 @@ class Chase:
         the chase in the same terms: a sell's limit never below it, a buy's never above it (the
         smallest credit an opening credit combo takes, the largest debit a closing one pays; the
         largest debit an opening debit combo pays, the smallest credit a closing one takes). A
-        number as the start is the order's limit itself. Every price is on the tick grid.
+        number as the start is the order's limit itself. Every price is on the tick grid, rounded
+        towards the marketable side (round_limit).
         """
         if action is None:
             action = quote.opening_action if opening else flip(quote.opening_action)
@@ -316,16 +331,12 @@ class Chase:
             first = order_price(quote.natural_debit(opening), action)
         else:
             first = order_price(quote.mid_debit(opening), action)
-        first = _round_tick(first, tick)
+        first = round_limit(first, tick, action)
         out = []
         for k in range(self.steps):
-            price = _round_tick(first - k * self.step if selling else first + k * self.step, tick)
+            price = round_limit(first - k * self.step if selling else first + k * self.step, tick, action)
             if self.floor is not None and ((selling and price < self.floor - 1e-12) or
                                            (not selling and price > self.floor + 1e-12)):
                 break
             out.append(price)
         return out
-
-
-def _round_tick(price: float, tick: float) -> float:
-    return round(round(price / tick) * tick, 10)

@@ -102,8 +102,11 @@ def test_condor_legs_by_delta_and_prices_from_the_file(tmp_path, quotes):
     assert legs["credit"] == pytest.approx(entry_credit)
     # the exit: the first quote date with 7 or fewer days to expiry, buying back at the ask
     exit_day = pd.Timestamp("2018-01-24").date()
-    assert pd.Timestamp(first.exit_time, tz="UTC").tz_convert("America/New_York").date() == \
-        pd.Timestamp("2018-01-25").date()        # the close of the 24th is stamped as the end of that bar
+    # each fill is dated by the chain it was priced on, at that quote date's 16:00 close (not the
+    # midnight its daily bar ends at, which is the next day)
+    ny = "America/New_York"
+    assert pd.Timestamp(first.entry_time, tz="UTC").tz_convert(ny) == pd.Timestamp("2018-01-02 16:00", tz=ny)
+    assert pd.Timestamp(first.exit_time, tz="UTC").tz_convert(ny) == pd.Timestamp("2018-01-24 16:00", tz=ny)
     exit_debit = 0.0
     for leg in legs["legs"]:
         r = row(quotes, exit_day, leg["right"], leg["strike"], expiry)

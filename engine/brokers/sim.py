@@ -14,6 +14,7 @@ Combos (an Order with legs, IB's BAG) are priced by `combo_quote(order)`, the le
 the newest chain known; a combo limit fills when it is placed or modified if the spread model
 says it is marketable (matching.combo_marketable, `fill_fraction`), a combo market order at the
 natural price (prices as orders.combos states them: an action and a limit in its direction).
+A combo's execution is dated by the quotes it was priced on (ComboQuote.age).
 Cash settlement at expiry is `settle`.
 """
 
@@ -438,7 +439,9 @@ class SimBroker:
                 return
         under = o.underlying
         k = self._k[under]
-        self._execute(w, k, o.quantity - w.filled, price, self._now(under))
+        # dated by the quotes it was priced on (an end-of-day chain: that day's close, not the
+        # midnight its daily bar ends at)
+        self._execute(w, k, o.quantity - w.filled, price, self._now(under) - quote.age)
 
     def settle(self, key: str, debit: float, when: int) -> None:
         """Cash settlement of an expiring combo held under `key`: it closes at `debit` per unit,

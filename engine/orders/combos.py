@@ -198,11 +198,17 @@ def round_limit(price: float, tick: float, action: str) -> float:
 
 @dataclass(frozen=True)
 class ComboQuote:
-    """A combo priced from its legs (per unit of the underlying, like IB's combo quotes)."""
+    """A combo priced from its legs (per unit of the underlying, like IB's combo quotes).
+
+    `age` is how much older its quotes are than the moment the run had them (ns): an end-of-day
+    chain is quoted at its date's close (16:00 New York) and a daily run has it when that day's
+    bar ends, at midnight; 0 for quotes of the run's own moment. The simulated venue dates a
+    combo's fills by the quotes they were priced on: that much before the run's clock."""
 
     legs: tuple[LegQuote, ...]
     multiplier: float
     underlying: float
+    age: int = 0
 
     @property
     def missing(self) -> str | None:

@@ -974,14 +974,27 @@ class Kernel(RunState):
         return False
 
     def combo_quote(self, order: E.Order):
-        """The venue's price of a combo order: its legs in the newest chain closed by now."""
+        """The venue's price of a combo order: its legs in the newest chain closed by now, with
+        the age of that chain's quotes (the venue dates the fill by them)."""
         st = self.syms[order.underlying]
         b = st.bars
         k = int(b.end.searchsorted(self._now, "right")) - 1
         chain = self.chains(st.symbol, k) if k >= 0 else None
         if chain is None:
             return "no chain"
-        return self.desk.requote(order.legs, chain, order.multiplier)
+        quote = self.desk.requote(order.legs, chain, order.multiplier)
+        return quote if isinstance(quote, str) else self._aged(quote, chain, b, k)
+
+    @staticmethod
+    def _aged(quote, chain, b: SymbolBars, k: int):
+        """`quote` from `chain` with its age when bar k closed (ComboQuote.age): an end-of-day
+        snapshot of a date is quoted at its close and reaches a daily run at the bar's end, the
+        next midnight; a chain quoted at the bar's end (synthesised, or a broker's) is 0 old."""
+        import dataclasses
+
+        quoted = getattr(chain, "time", None)
+        age = int(b.end[k]) - quoted if quoted is not None else 0
+        return dataclasses.replace(quote, age=age) if age > 0 else quote
 
     def _enter_combo(self, st: _Symbol, k: int) -> None:
         if k < st.start or (st.candidate_set is not None and k not in st.candidate_set):
@@ -1154,6 +1167,8 @@ class Kernel(RunState):
         now = self._trading_time(b, k)
         chain = self.chains(symbol, k)
         quote = self.desk.requote(combo.legs, chain, combo.multiplier) if chain is not None else "no chain"
+        if not isinstance(quote, str):
+            quote = self._aged(quote, chain, b, k)
         if not isinstance(quote, str) and not quote.missing_for(False):
             combo.last_credit = quote.credit
             combo.marks[k] = -quote.credit * combo.multiplier * combo.quantity
@@ -1253,8 +1268,9 @@ class Kernel(RunState):
         rec = OrderRecord(intent, self._now)
         rec.status, rec.status_time, rec.reason = "filled", self._now, how
         self.orders.append(rec)
-        self._finish_combo(st, combo, k, debit, "expiry settlement", how, quote, 0.0, int(st.bars.end[k]), intent.tag,
-                           action)
+        # dated by the settlement's quotes, as a fill is (the expiry day's close, not the next midnight)
+        when = int(st.bars.end[k]) - (quote.age if not isinstance(quote, str) else 0)
+        self._finish_combo(st, combo, k, debit, "expiry settlement", how, quote, 0.0, when, intent.tag, action)
 
     def _finish_combo(self, st, combo, k, debit, rule_name, how, quote, commission, time, tag, action) -> None:
         """Book a combo's close: `debit` is the closing trade's net debit per unit (positive: paid,

@@ -614,6 +614,8 @@ def why(journal_path, run_id, rule):
 
 def _describe_intent(info: dict) -> str:
     """A would-be order as a trader reads it: one line for the order, then its details."""
+    from engine.orders.combos import order_price
+
     intent = info["intent"]
     daily = (info["time"] - info["bar"]).total_seconds() >= 86_400 - 1
     when = info.get("when") or (f"{info['bar']:%Y-%m-%d} close" if daily else f"{info['time']:%Y-%m-%d %H:%M}")
@@ -637,7 +639,7 @@ def _describe_intent(info: dict) -> str:
     return (f"{when}  {intent.action.upper()} {qty} {info['symbol']} {info['order']} combo [{info['rule']}] {intent.tag}\n"
             f"    legs: {legs}\n"
             f"    price: {plan}\n"
-            f"    {kind} {abs(quote.credit):.2f} at mid (natural {quote.natural:.2f}), max loss "
+            f"    {kind} {abs(quote.credit):.2f} at mid (natural {order_price(quote.natural_debit(), quote.opening_action):.2f}), max loss "
             f"{'unlimited' if loss == float('inf') else f'{loss:,.2f}'}, margin {margin:,.2f}, underlying {quote.underlying:.2f}\n"
             f"    why: {why}")
 

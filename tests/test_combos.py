@@ -100,3 +100,99 @@ def test_chase_fills_on_step_k_or_times_out_cleanly():
     assert "cancelled, cancel confirmed" in timeout.reason
     floor = run_chase(Chase(step=0.01, steps=4, every=15, floor=0.10), q, fill_fraction=0.5)
     assert not floor.filled and floor.tried == (0.11, 0.10)
+
+
+# ---- one sign convention: every trade direction --------------------------------------------------
+
+def call(bid: float, ask: float, strike: float = 400.0) -> Side:
+    return Side("call", np.array([strike]), np.array([bid]), np.array([ask]), np.array([0.5]), np.array([0.2]))
+
+
+def test_buying_a_debit_combo_fills_at_or_above_the_spread_models_price_and_never_beyond_natural():
+    from engine.brokers.matching import combo_fill_price
+    q = ComboQuote((leg_quote("c", call(1.00, 1.40), 0, "buy", 1, "x"),), 100, 400.0)
+    assert (q.credit, q.debit, q.opening_action) == (pytest.approx(-1.20), pytest.approx(1.20), "buy")
+    assert q.natural_debit() == pytest.approx(1.40) and q.mid_debit() == pytest.approx(1.20)
+    # buying pays at least natural - f x (natural - mid) = 1.40 - 0.5 x 0.20 = 1.30
+    assert marketable(1.30, q, 0.5) and not marketable(1.29, q, 0.5)
+    assert not marketable(0.05, q, 0.5)                       # a 0.05 limit buys nothing
+    assert marketable(2.00, q, 0.5)                           # a limit above mid is a buyer
+    assert combo_fill_price(2.00, q, 0.5, True, "buy") == pytest.approx(1.40)   # at the natural, not at 2.00
+    assert combo_fill_price(1.35, q, 0.5, True, "buy") == pytest.approx(1.35)   # at its limit
+    assert combo_fill_price(1.25, q, 0.5, True, "buy") is None
+    assert marketable(1.20, q, 1.0) and not marketable(1.19, q, 1.0)           # fill_fraction 1: mid
+    assert marketable(1.40, q, 0.0) and not marketable(1.39, q, 0.0)           # fill_fraction 0: natural
+
+
+def test_selling_a_debit_combo_to_close_receives_at_most_the_spread_models_price():
+    from engine.brokers.matching import combo_fill_price
+    q = ComboQuote((leg_quote("c", call(1.00, 1.40), 0, "buy", 1, "x"),), 100, 400.0)
+    # closing sells the call: natural credit 1.00 (its bid), mid 1.20; as debits -1.00 and -1.20
+    assert q.natural_debit(opening=False) == pytest.approx(-1.00) and q.mid_debit(opening=False) == pytest.approx(-1.20)
+    # selling receives at most natural + f x (mid - natural) = 1.00 + 0.5 x 0.20 = 1.10
+    assert marketable(1.10, q, 0.5, opening=False) and not marketable(1.11, q, 0.5, opening=False)
+    assert combo_fill_price(0.05, q, 0.5, False, "sell") == pytest.approx(1.00)   # at the bid, not at 0.05
+    assert marketable(1.20, q, 1.0, opening=False, action="sell")
+
+
+def test_a_credit_combo_closes_against_its_mid_as_a_debit():
+    q = condor()           # mid credit 0.11; closing buys the shorts at the ask and sells the wings at the bid
+    closing = (0.12 - 0.05) + (0.14 - 0.06)
+    assert q.closing_natural == pytest.approx(closing) and q.natural_debit(opening=False) == pytest.approx(closing)
+    assert q.mid_debit(opening=False) == pytest.approx(0.11)
+    threshold = closing - 0.5 * (closing - 0.11)                               # 0.13
+    assert marketable(threshold, q, 0.5, opening=False) and not marketable(threshold - 0.01, q, 0.5, opening=False)
+    assert not marketable(0.11, q, 0.5, opening=False)         # a closing limit at mid of a 0.11 x 0.15 market
+    assert marketable(0.11, q, 1.0, opening=False)
+
+
+def test_order_prices_are_in_the_direction_of_the_action():
+    from engine.orders.combos import debit_of, flip, order_price
+    assert order_price(1.5, "buy") == 1.5 and order_price(-1.5, "sell") == 1.5      # pay 1.5; receive 1.5
+    assert debit_of(1.5, "buy") == 1.5 and debit_of(1.5, "sell") == -1.5
+    assert flip("buy") == "sell" and flip("sell") == "buy"
+
+
+def test_a_debit_combos_chase_pays_more_each_step_and_its_close_takes_less():
+    q = ComboQuote((leg_quote("c", call(1.00, 1.40), 0, "buy", 1, "x"),), 100, 400.0)
+    assert Chase(step=0.05, steps=4).prices(q) == [1.20, 1.25, 1.30, 1.35]
+    assert Chase(step=0.05, steps=4, floor=1.30).prices(q) == [1.20, 1.25, 1.30]      # never pays above 1.30
+    assert Chase(step=0.05, steps=3).prices(q, opening=False) == [1.20, 1.15, 1.10]
+    assert Chase(step=0.05, steps=3, floor=1.15).prices(q, opening=False) == [1.20, 1.15]   # never takes below
+    assert Chase(start="natural", steps=1).prices(q) == [1.40]
+    assert Chase(start="natural", steps=1).prices(q, opening=False) == [1.00]
+    assert Chase(start=0.05, steps=1).prices(q) == [0.05]                            # a number is the limit
+    # the closing action is the opening one reversed, whatever the combo's mid is by then
+    assert Chase(step=0.05, steps=2).prices(q, opening=False, action="sell") == [1.20, 1.15]
+    result = run_chase(Chase(step=0.05, steps=4, every=10), q, fill_fraction=0.5)
+    assert result.filled and result.price == pytest.approx(1.30) and result.step == 2
+    closed = run_chase(Chase(step=0.05, steps=4, every=10), q, fill_fraction=0.5, opening=False)
+    assert closed.filled and closed.price == pytest.approx(1.10) and closed.step == 2
+
+
+def test_a_limit_rounds_to_the_tick_towards_the_marketable_side():
+    from engine.orders.combos import round_limit
+    assert round_limit(14.975, 0.01, "buy") == 14.98 and round_limit(14.975, 0.01, "sell") == 14.97
+    assert round_limit(6.05, 0.01, "buy") == 6.05 == round_limit(6.05, 0.01, "sell")        # on the grid: kept
+    assert round_limit(0.11 - 0.06 + 0.13 - 0.07, 0.01, "buy") == 0.11                      # float noise: kept
+    assert round_limit(1.02, 0.05, "buy") == 1.05 and round_limit(1.02, 0.05, "sell") == 1.00
+
+
+@pytest.mark.parametrize("action", ["sell", "buy"])
+def test_a_mid_of_14_975_fills_at_mid_with_fill_fraction_1(action):
+    # one put quoted 14.90 x 15.05: mid 14.975, half a cent off the grid
+    put = Side("put", np.array([2650.0]), np.array([14.90]), np.array([15.05]), np.array([-0.3]), np.array([0.2]))
+    q = ComboQuote((leg_quote("p", put, 0, action, 1, "x"),), 100, 2700.0)
+    assert abs(q.credit) == pytest.approx(14.975) and q.opening_action == action
+    limit = 14.97 if action == "sell" else 14.98          # a sell rounds down, a buy up: never beyond mid
+    assert Chase(start="mid", steps=1).prices(q) == [limit]
+    assert marketable(limit, q, 1.0)
+    # the half-to-even rounding it replaces put a sell's limit above mid, a buy's below: never filled at mid
+    beyond = 14.98 if action == "sell" else 14.97
+    assert not marketable(beyond, q, 1.0)
+    result = run_chase(Chase(start="mid", steps=1), q, fill_fraction=1.0)
+    assert result.filled and result.price == limit and result.step == 0
+    # closing rounds the other way: the closing order has the other action
+    close = 14.98 if action == "sell" else 14.97
+    assert Chase(start="mid", steps=1).prices(q, opening=False) == [close]
+    assert marketable(close, q, 1.0, opening=False)

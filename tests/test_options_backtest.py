@@ -4,6 +4,7 @@ file's quotes; chases, NaN legs, settlement, the bundled XSP condor, dry runs an
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -101,8 +102,11 @@ def test_condor_legs_by_delta_and_prices_from_the_file(tmp_path, quotes):
     assert legs["credit"] == pytest.approx(entry_credit)
     # the exit: the first quote date with 7 or fewer days to expiry, buying back at the ask
     exit_day = pd.Timestamp("2018-01-24").date()
-    assert pd.Timestamp(first.exit_time, tz="UTC").tz_convert("America/New_York").date() == \
-        pd.Timestamp("2018-01-25").date()        # the close of the 24th is stamped as the end of that bar
+    # each fill is dated by the chain it was priced on, at that quote date's 16:00 close (not the
+    # midnight its daily bar ends at, which is the next day)
+    ny = "America/New_York"
+    assert pd.Timestamp(first.entry_time, tz="UTC").tz_convert(ny) == pd.Timestamp("2018-01-02 16:00", tz=ny)
+    assert pd.Timestamp(first.exit_time, tz="UTC").tz_convert(ny) == pd.Timestamp("2018-01-24 16:00", tz=ny)
     exit_debit = 0.0
     for leg in legs["legs"]:
         r = row(quotes, exit_day, leg["right"], leg["strike"], expiry)
@@ -159,7 +163,9 @@ def test_chase_fills_on_the_step_the_spread_model_allows(tmp_path, quotes):
         mid += sign * (r.bid + r.ask) / 2
         natural += r.bid if sign > 0 else -r.ask
     threshold = natural + 0.5 * (mid - natural)
-    prices = [round(round(mid / 0.01) * 0.01 - k * 0.05, 2) for k in range(20)]
+    # a sell's limits: mid rounded down to the cent (towards the marketable side), then 0.05 less each step
+    start = math.floor(round(mid / 0.01, 6)) * 0.01
+    prices = [round(start - k * 0.05, 2) for k in range(20)]
     expected = next(p for p in prices if p <= threshold + 1e-9)
     assert first.entry_price == pytest.approx(expected)
     step = prices.index(expected)

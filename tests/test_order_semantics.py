@@ -356,8 +356,10 @@ def test_options_open_and_close_at_the_quote_dates_nearest_their_dte_targets(tmp
         expiry = dt.date.fromisoformat(trade.legs["expiry"])
         opened = pd.Timestamp(trade.entry_time, tz="UTC").tz_convert("America/New_York").date()
         closed = pd.Timestamp(trade.exit_time, tz="UTC").tz_convert("America/New_York").date()
-        # a daily decision fills on the quote of its day (journaled at the day's end: midnight)
-        assert opened - dt.timedelta(days=1) == nearest(expiry, 27) or opened == nearest(expiry, 27)
-        assert closed - dt.timedelta(days=1) == nearest(expiry, 7) or closed == nearest(expiry, 7)
+        # dated by the quote it was priced on
+        assert opened == nearest(expiry, 27)
+        assert closed == nearest(expiry, 7)
         assert trade.exit_rule == "a week left"
     assert [t.legs["expiry"] for t in trades] == ["2018-01-31", "2018-02-28"]
+    assert [str(nearest(dt.date(2018, 1, 31), 27)), str(nearest(dt.date(2018, 2, 28), 7))] == \
+        ["2018-01-04", "2018-02-21"]

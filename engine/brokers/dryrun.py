@@ -38,8 +38,8 @@ class DryRunBroker:
         self.inner.at(time)
         self.wallet.at(time)
 
-    def mark_combo(self, key: str, credit: float) -> None:
-        self.wallet.mark_combo(key, credit)
+    def mark_combo(self, key: str, price: float) -> None:
+        self.wallet.mark_combo(key, price)
 
     def settle(self, key: str, debit: float, when: int) -> None:
         self.wallet.settle(key, debit, when)

@@ -14,7 +14,9 @@ bars where nothing can fill, the combo spread model. The rules:
   else it works as a limit from the next bar;
 - market-on-close fills at the close of its bar; limit-on-close at that close if within limit;
 - a combo limit fills once it is at least `fill_fraction` of the way from the natural price
-  (crossing every spread) towards mid: a limit at mid of a wide market does not fill.
+  (crossing every spread) towards mid: a limit at mid of a wide market does not fill. It fills
+  at its limit, or at the natural price when the limit is beyond it; a combo market order fills
+  at the natural price. Combo prices follow orders.combos' one sign convention.
 
 `match_bar` is the rule for one bar (the venue's); `first_touch` and `fill_on_history` are the
 same rule searched over many bars at once (the backtest's), and a property test holds the two
@@ -29,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..market.series import SymbolBars
+from ..orders.combos import debit_of, flip, order_price
 from .costs import Commission, Slippage
 
 ORDER_TYPES = ("market", "limit", "stop", "stop_limit", "moc", "loc")
@@ -228,25 +231,40 @@ def expiry_bar(bars: SymbolBars, tif: str, decided: int) -> int:
 
 # ---- combos ------------------------------------------------------------------------------------
 
-def combo_marketable(limit: float, mid: float, natural: float, closing_natural: float, fill_fraction: float,
-                     opening: bool = True) -> bool:
-    """Does a combo limit fill against the spread model? `mid` is the combo's credit at mid
-    (negative for a debit), `natural` the opening price crossing every spread, `closing_natural`
-    the debit to close crossing every spread.
+def combo_marketable(limit_debit: float, mid_debit: float, natural_debit: float, fill_fraction: float) -> bool:
+    """Does a combo limit fill against the spread model? Every price is a net debit of the trade
+    (orders.combos: positive to pay, negative for a credit): `limit_debit` the most the order
+    pays, `mid_debit` the trade at mid, `natural_debit` the trade crossing every spread (at least
+    mid_debit).
 
-    The market gives up `fill_fraction` of the way from the natural price towards mid: a credit
-    limit fills at or below natural + f x (mid - natural)."""
-    if opening:
-        if mid >= 0:
-            return limit <= natural + fill_fraction * (mid - natural) + 1e-9
-        return -limit >= natural + fill_fraction * (mid - natural) - 1e-9
-    mid_debit = -mid
-    return limit >= closing_natural - fill_fraction * (closing_natural - mid_debit) - 1e-9
+    The market gives up `fill_fraction` of the way from the natural price towards mid: a limit
+    fills when it pays at least natural - f x (natural - mid). The one rule covers buying and
+    selling, opening and closing: a credit combo sold at a credit limit c pays -c, and fills when
+    c <= natural credit + f x (mid credit - natural credit)."""
+    return limit_debit >= natural_debit - fill_fraction * (natural_debit - mid_debit) - 1e-9
 
 
-def marketable(limit: float, quote, fill_fraction: float, opening: bool = True) -> bool:
-    """combo_marketable for a ComboQuote (orders.combos)."""
-    return combo_marketable(limit, quote.credit, quote.natural, quote.closing_natural, fill_fraction, opening)
+def marketable(limit: float, quote, fill_fraction: float, opening: bool = True, action: str | None = None) -> bool:
+    """combo_marketable for an order's limit (what a buy pays, what a sell receives) on a
+    ComboQuote (orders.combos); `action` is the order's, by default the one that opens the
+    combo (or, closing, the other one)."""
+    if action is None:
+        action = quote.opening_action if opening else flip(quote.opening_action)
+    return combo_marketable(debit_of(limit, action), quote.mid_debit(opening), quote.natural_debit(opening),
+                            fill_fraction)
+
+
+def combo_fill_price(limit: float, quote, fill_fraction: float, opening: bool, action: str) -> float | None:
+    """The price a combo limit fills at (in the order's terms), or None: at its limit, or at the
+    natural price when the limit is beyond it (nobody pays more than every leg's ask or sells for
+    less than every leg's bid: the market's own price, as a single leg's limit fills at an open
+    that gapped through it)."""
+    if not marketable(limit, quote, fill_fraction, opening, action):
+        return None
+    natural = quote.natural_debit(opening)
+    if debit_of(limit, action) > natural:
+        return order_price(natural, action)
+    return limit
 
 
 @dataclass(frozen=True)
@@ -273,9 +291,11 @@ def run_chase(chase, quote, fill_fraction: float, tick: float = 0.01, opening: b
     """Step a combo's limit price (orders.combos.Chase) until the spread model fills it or the
     chase runs out. `quotes`, when given, are the combo's quotes at each step's time (a moving
     market); else the same quote is used throughout (an end-of-day snapshot)."""
-    prices = chase.prices(quote, tick, opening)
+    action = quote.opening_action if opening else flip(quote.opening_action)
+    prices = chase.prices(quote, tick, opening, action)
     for k, price in enumerate(prices):
         q = quotes[min(k, len(quotes) - 1)] if quotes else quote
-        if marketable(price, q, fill_fraction, opening):
-            return ChaseResult(True, price, k, tuple(prices[: k + 1]), k * chase.every)
+        fill = combo_fill_price(price, q, fill_fraction, opening, action)
+        if fill is not None:
+            return ChaseResult(True, fill, k, tuple(prices[: k + 1]), k * chase.every)
     return ChaseResult(False, None, None, tuple(prices), len(prices) * chase.every, cancelled=bool(prices))

@@ -13,7 +13,9 @@ quantity in one bar, to rehearse partial fills.
 Combos (an Order with legs, IB's BAG) are priced by `combo_quote(order)`, the legs' quotes in
 the newest chain known; a combo limit fills when it is placed or modified if the spread model
 says it is marketable (matching.combo_marketable, `fill_fraction`), a combo market order at the
-natural price. Cash settlement at expiry is `settle`.
+natural price (prices as orders.combos states them: an action and a limit in its direction).
+A combo's execution is dated by the quotes it was priced on (ComboQuote.age).
+Cash settlement at expiry is `settle`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 from ..market.series import SymbolBars
 from . import events as E
 from ..portfolio.marks import LastClose
-from .matching import FillModel, marketable, match_bar
+from ..orders.combos import order_price
+from .matching import FillModel, combo_fill_price, match_bar
 
 OPEN, CLOSE = "open", "close"
 
@@ -429,23 +432,26 @@ class SimBroker:
             return
         opening = o.intent == "open"
         if o.order_type == "market":
-            price = quote.natural if opening else quote.closing_natural
-            price = abs(price)
-        elif marketable(o.limit, quote, self.fill_fraction, opening):
-            price = o.limit
+            price = order_price(quote.natural_debit(opening), o.action)
         else:
-            return
+            price = combo_fill_price(o.limit, quote, self.fill_fraction, opening, o.action)
+            if price is None:
+                return
         under = o.underlying
         k = self._k[under]
-        self._execute(w, k, o.quantity - w.filled, price, self._now(under))
+        # dated by the quotes it was priced on (an end-of-day chain: that day's close, not the
+        # midnight its daily bar ends at)
+        self._execute(w, k, o.quantity - w.filled, price, self._now(under) - quote.age)
 
     def settle(self, key: str, debit: float, when: int) -> None:
-        """Cash settlement of an expiring combo held under `key`: it closes at `debit` per unit."""
+        """Cash settlement of an expiring combo held under `key`: it closes at `debit` per unit,
+        the net debit of closing it (positive: the holder pays, as a short condor in the money
+        does; negative: the holder is paid, as a long one is)."""
         h = self._holdings.get(key)
         if h is None or not h.quantity:
             return
         mult = self._combos.get(key, 1.0)
-        self.cash -= h.quantity * debit * mult if h.quantity < 0 else -h.quantity * debit * mult
+        self.cash -= abs(h.quantity) * debit * mult
         del self._holdings[key]
         self._holding_changed(key)
 
@@ -555,9 +561,11 @@ class SimBroker:
         self._holdings[symbol] = _Holding(float(quantity), float(avg_price))
         self._holding_changed(symbol)
 
-    def mark_combo(self, key: str, credit: float) -> None:
-        """A held combo's value per unit now (negative for a credit combo: what closing costs)."""
-        self._combo_marks[key] = credit
+    def mark_combo(self, key: str, price: float) -> None:
+        """A held combo's mid now, per unit, in the terms it was opened in (what its opening
+        order's limit would be at mid: the debit of a bought combo, the credit of a sold one), so
+        that it is worth price x signed quantity x multiplier, as stock is."""
+        self._combo_marks[key] = price
         if key in self._holdings:
             self._holding_changed(key)
 

@@ -7,6 +7,24 @@ Pure functions over plain arrays of one expiry's quotes, so they are tested with
 ties go to the strike further out of the money (the cheaper, safer side), so the choice is
 deterministic. A leg without a real quote (a NaN or missing bid or ask, a crossed market, or a
 zero bid on a leg we sell) makes the combo unquotable: the entry is blocked with that reason, never priced from a guess.
+
+Prices and signs. Every combo price is per unit of the underlying (IB's combo quotes; times the
+multiplier for money), and there is one sign convention:
+
+- a price the engine computes is the net debit of a trade: what the trade pays, positive to pay,
+  negative when it brings in a credit (credit = -debit). A trade either opens the combo (its
+  legs as the template writes them) or closes it (every leg reversed), so closing at mid is the
+  negative of opening at mid. `ComboQuote.credit` is the opening trade's credit at mid (what
+  entry rules read as `credit`; `debit` is its negative);
+- an order carries its price as IB's BAG orders do: an action and a limit in the direction of
+  the action. A buy pays its limit (its debit is the limit), a sell receives it (its debit is
+  minus the limit): `order_price(debit, action)` and `debit_of(limit, action)` convert. The
+  order that opens a combo buys it when it is a debit at mid and sells it when it is a credit
+  (`opening_action`); the order that closes it has the other action, whatever the combo is
+  worth by then. A limit of 0.05 to buy an iron condor pays at most 0.05; a limit of 1.25 to
+  sell one receives at least 1.25;
+- a limit is put on the tick grid towards the marketable side (`round_limit`): a buy's up, a
+  sell's down, so a limit at mid is never beyond mid on the wrong side.
 """
 
 from __future__ import annotations
@@ -151,13 +169,46 @@ def leg_quote(name: str, side: Side, index: int, action: str, ratio: int, expiry
                     at(side.ask), at(side.delta), at(side.iv), at(side.gamma), at(side.theta), at(side.vega))
 
 
+def flip(action: str) -> str:
+    """The other action: what closes a position `action` opened."""
+    return "sell" if action == "buy" else "buy"
+
+
+def order_price(debit: float, action: str) -> float:
+    """An order's limit (what a buy pays, what a sell receives) for a trade's net debit."""
+    return debit if action == "buy" else 0.0 - debit      # 0.0 - x: no -0.0 for a worthless combo
+
+
+def debit_of(price: float, action: str) -> float:
+    """The net debit of a trade an order of `action` makes at `price` (order_price's inverse)."""
+    return price if action == "buy" else 0.0 - price
+
+
+def round_limit(price: float, tick: float, action: str) -> float:
+    """A limit on the tick grid, rounded towards the marketable side: a limit to buy (pay a debit)
+    rounds up to the tick, a limit to sell (receive a credit) rounds down. So a limit at mid is
+    never beyond mid on the wrong side, and a market that meets limits at mid (fill_fraction 1:
+    no part of the way from mid back to the natural price) fills it: a mid of 14.975 is bought at
+    14.98 and sold at 14.97 (rounding half to even, 14.98 would ask a seller's market for more than
+    mid). A price on the grid, within float noise of it, stays where it is."""
+    units = price / tick
+    steps = math.ceil(units - 1e-6) if action == "buy" else math.floor(units + 1e-6)
+    return round(steps * tick, 10)
+
+
 @dataclass(frozen=True)
 class ComboQuote:
-    """A combo priced from its legs (per unit of the underlying, like IB's combo quotes)."""
+    """A combo priced from its legs (per unit of the underlying, like IB's combo quotes).
+
+    `age` is how much older its quotes are than the moment the run had them (ns): an end-of-day
+    chain is quoted at its date's close (16:00 New York) and a daily run has it when that day's
+    bar ends, at midnight; 0 for quotes of the run's own moment. The simulated venue dates a
+    combo's fills by the quotes they were priced on: that much before the run's clock."""
 
     legs: tuple[LegQuote, ...]
     multiplier: float
     underlying: float
+    age: int = 0
 
     @property
     def missing(self) -> str | None:
@@ -174,18 +225,38 @@ class ComboQuote:
 
     @property
     def credit(self) -> float:
-        """Net credit at mid (negative for a debit)."""
+        """Net credit of opening at mid (negative for a debit)."""
         return sum(leg.sign * leg.ratio * leg.mid for leg in self.legs)
 
     @property
+    def debit(self) -> float:
+        """Net debit of opening at mid (negative for a credit): -credit."""
+        return -self.credit
+
+    @property
     def natural(self) -> float:
-        """Net credit crossing every spread: sell at the bid, buy at the ask."""
+        """Net credit of opening crossing every spread: sell at the bid, buy at the ask."""
         return sum(leg.ratio * (leg.bid if leg.sign > 0 else -leg.ask) for leg in self.legs)
 
     @property
     def closing_natural(self) -> float:
-        """What closing costs crossing every spread (buy back at the ask, sell at the bid), as a debit."""
+        """Net debit of closing crossing every spread (buy back at the ask, sell at the bid)."""
         return sum(leg.ratio * (leg.ask if leg.sign > 0 else -leg.bid) for leg in self.legs)
+
+    @property
+    def opening_action(self) -> str:
+        """The action of the order that opens the combo: sell a credit (or even) combo, buy a debit one."""
+        return "sell" if self.credit >= 0 else "buy"
+
+    def mid_debit(self, opening: bool = True) -> float:
+        """Net debit of opening (or closing) at mid."""
+        return -self.credit if opening else self.credit
+
+    def natural_debit(self, opening: bool = True) -> float:
+        """Net debit of opening (or closing) crossing every spread: at least mid_debit. A price
+        orders fill at, so rounded to 1e-10: the legs' quotes are on a tick grid and the float
+        noise of their sum is not part of the price."""
+        return round(-self.natural if opening else self.closing_natural, 10)
 
     def payoff(self, prices: np.ndarray) -> np.ndarray:
         """Value at expiry per unit for underlying `prices`, including the credit taken in."""
@@ -244,31 +315,34 @@ class Chase:
     every: float = 15.0      # seconds between prices
     floor: float | None = None
 
-    def prices(self, quote: ComboQuote, tick: float = 0.01, opening: bool = True) -> list[float]:
-        """The limit (as a credit for an opening credit combo, or as a debit when closing) per step.
+    def prices(self, quote: ComboQuote, tick: float = 0.01, opening: bool = True,
+               action: str | None = None) -> list[float]:
+        """The order's limit at each step, in the direction of its action (a buy's debit, a sell's
+        credit; see the module's note on signs). `action` is the order's: by default the opening
+        order's (quote.opening_action), or for a close the other one.
 
-        Opening a credit combo gives up credit step by step; closing pays a little more each step.
-        The floor bounds the chase: an opening credit never below it, a closing debit never above it.
+        A sell gives up credit step by step, a buy pays a little more each step. The floor bounds
+        the chase in the same terms: a sell's limit never below it, a buy's never above it (the
+        smallest credit an opening credit combo takes, the largest debit a closing one pays; the
+        largest debit an opening debit combo pays, the smallest credit a closing one takes). A
+        number as the start is the order's limit itself. Every price is on the tick grid, rounded
+        towards the marketable side (round_limit).
         """
-        credit_side = opening == (quote.credit >= 0)
+        if action is None:
+            action = quote.opening_action if opening else flip(quote.opening_action)
+        selling = action == "sell"
         if isinstance(self.start, (int, float)):
             first = float(self.start)
         elif self.start == "natural":
-            first = quote.natural if opening else quote.closing_natural
+            first = order_price(quote.natural_debit(opening), action)
         else:
-            first = quote.credit if opening else -quote.credit
-            first = abs(first)
-        first = _round_tick(first, tick)
+            first = order_price(quote.mid_debit(opening), action)
+        first = round_limit(first, tick, action)
         out = []
         for k in range(self.steps):
-            price = first - k * self.step if credit_side else first + k * self.step
-            price = _round_tick(price, tick)
-            if self.floor is not None and ((credit_side and price < self.floor - 1e-12) or
-                                           (not credit_side and price > self.floor + 1e-12)):
+            price = round_limit(first - k * self.step if selling else first + k * self.step, tick, action)
+            if self.floor is not None and ((selling and price < self.floor - 1e-12) or
+                                           (not selling and price > self.floor + 1e-12)):
                 break
             out.append(price)
         return out
-
-
-def _round_tick(price: float, tick: float) -> float:
-    return round(round(price / tick) * tick, 10)

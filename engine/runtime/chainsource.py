@@ -27,6 +27,7 @@ class ChainAdapter:
     def __init__(self, chain: OptionChain, trading_class: str | None = None):
         self.chain = chain
         self.underlying = chain.underlying_price
+        self.time = int(chain.quote_time.value)     # when it was quoted (ns UTC)
         self._sides: dict[tuple, Side] = {}
         self.trading_class = trading_class
 

@@ -398,12 +398,13 @@ def restore_combos(kernel, positions: dict[str, JournalPosition], skip=frozenset
         held.entry_values.update({"credit": credit * pos.multiplier * qty})
         combo = ComboPosition(key, key.split(" ", 1)[1], pos.rule, legs, int(qty), credit, entry_bar, pos.entry_time,
                               min(dt.date.fromisoformat(leg.expiry) for leg in legs),
-                              float(b.close[min(entry_bar, len(b) - 1)]) if len(b) else math.nan, pos.multiplier)
+                              float(b.close[min(entry_bar, len(b) - 1)]) if len(b) else math.nan, pos.multiplier,
+                              action)
         combo.last_credit = credit
         kernel.combos[key] = combo
         kernel.combo_symbol[key] = underlying
         kernel._entry_ref[key] = pos.entry_ref
-        kernel.venue.mark_combo(key, credit)
+        kernel.venue.mark_combo(key, combo.mark_price)
         st.key, st.owner = key, kernel.settings.strategy
         restored.append(key)
     return restored

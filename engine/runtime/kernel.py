@@ -46,6 +46,7 @@ from ..brokers import events as E
 from ..brokers.matching import FillModel, first_touch_any
 from ..check.model import OrderTemplate
 from ..market.series import SymbolBars
+from ..orders.combos import debit_of, flip, order_price
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
 from ..plan.evaluate import Stream, explain, scalar_at, value_at
@@ -1052,14 +1053,27 @@ class Kernel(RunState):
         return False
 
     def combo_quote(self, order: E.Order):
-        """The venue's price of a combo order: its legs in the newest chain closed by now."""
+        """The venue's price of a combo order: its legs in the newest chain closed by now, with
+        the age of that chain's quotes (the venue dates the fill by them)."""
         st = self.syms[order.underlying]
         b = st.bars
         k = int(b.end.searchsorted(self._now, "right")) - 1
         chain = self.chains(st.symbol, k) if k >= 0 else None
         if chain is None:
             return "no chain"
-        return self.desk.requote(order.legs, chain, order.multiplier)
+        quote = self.desk.requote(order.legs, chain, order.multiplier)
+        return quote if isinstance(quote, str) else self._aged(quote, chain, b, k)
+
+    @staticmethod
+    def _aged(quote, chain, b: SymbolBars, k: int):
+        """`quote` from `chain` with its age when bar k closed (ComboQuote.age): an end-of-day
+        snapshot of a date is quoted at its close and reaches a daily run at the bar's end, the
+        next midnight; a chain quoted at the bar's end (synthesised, or a broker's) is 0 old."""
+        import dataclasses
+
+        quoted = getattr(chain, "time", None)
+        age = int(b.end[k]) - quoted if quoted is not None else 0
+        return dataclasses.replace(quote, age=age) if age > 0 else quote
 
     def _enter_combo(self, st: _Symbol, k: int) -> None:
         if k < st.start or (st.candidate_set is not None and k not in st.candidate_set):
@@ -1109,9 +1123,9 @@ class Kernel(RunState):
             self._decide(symbol, rule.name, "entry", "blocked", reason)
             return
         chase = self.desk.chase(rule.order, k, st.values, ctx)
-        prices = chase.prices(quote, self.desk.setups[symbol].tick)
-        opening_credit = quote.credit >= 0
-        intent = OrderIntent(symbol, "sell" if opening_credit else "buy", "limit", float(qty), None,
+        action = quote.opening_action
+        prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=True, action=action)
+        intent = OrderIntent(symbol, action, "limit", float(qty), None,
                              prices[0] if prices else None, None, template.tif, "open", rule.name,
                              self._tag(), rule.reason)
         self._decide(symbol, rule.name, "entry", "fired", rule.reason)
@@ -1201,9 +1215,9 @@ class Kernel(RunState):
         quote = info["quote"]
         qty = info["quantity"]
         key = info["key"]
-        opening_credit = quote.credit >= 0
-        credit = price if opening_credit else -price
-        fill = Fill(key, tr.intent.action, float(qty), price, tr.commission, tr.last_time, tr.decided_bar,
+        action = tr.intent.action
+        credit = -debit_of(price, action)       # what opening it brought in, per unit (negative: paid)
+        fill = Fill(key, action, float(qty), price, tr.commission, tr.last_time, tr.decided_bar,
                     tr.intent.tag, quote.multiplier, tr.rule.name, how)
         pos = self.ledger.open(fill, margin_per_unit=quote.margin)
         self._booked.add(tr.intent.tag)
@@ -1215,12 +1229,12 @@ class Kernel(RunState):
 
         expiry = min(dt.date.fromisoformat(leg.expiry) for leg in quote.legs)   # the front month
         combo = ComboPosition(key, info["order"], tr.rule.name, quote.legs, qty, credit, tr.decided_bar, fill.time,
-                              expiry, quote.underlying, quote.multiplier)
+                              expiry, quote.underlying, quote.multiplier, action)
         combo.marks[tr.decided_bar] = -quote.credit * quote.multiplier * qty
-        combo.last_credit = quote.credit if opening_credit else -quote.credit
+        combo.last_credit = quote.credit
         self.combos[key] = combo
         self.combo_symbol[key] = st.symbol
-        self.venue.mark_combo(key, combo.last_credit)
+        self.venue.mark_combo(key, combo.mark_price)
         st.key, st.owner = key, tr.owner
 
     def _manage_combo(self, st: _Symbol, k: int) -> None:
@@ -1232,16 +1246,19 @@ class Kernel(RunState):
         now = self._trading_time(b, k)
         chain = self.chains(symbol, k)
         quote = self.desk.requote(combo.legs, chain, combo.multiplier) if chain is not None else "no chain"
+        if not isinstance(quote, str):
+            quote = self._aged(quote, chain, b, k)
         if not isinstance(quote, str) and not quote.missing_for(False):
             combo.last_credit = quote.credit
             combo.marks[k] = -quote.credit * combo.multiplier * combo.quantity
         elif combo.last_credit is not None:
             combo.marks[k] = -combo.last_credit * combo.multiplier * combo.quantity
         if combo.last_credit is not None:
-            self.venue.mark_combo(combo.key, combo.last_credit)
+            self.venue.mark_combo(combo.key, combo.mark_price)
         setup = self.desk.setups[symbol]
         last_of_day = self._last_of_session(b, k, setup.calendar)
-        deliver = setup.settlement == "physical" and self._would_deliver(combo, b, k, now.date(), last_of_day, setup.calendar)
+        deliver = setup.settlement == "physical" and self._would_deliver(combo, b, k, now.date(), last_of_day,
+                                                                         setup.calendar)
         if now.date() >= combo.expiry and (last_of_day or now.date() > combo.expiry) and not deliver:
             price = float(b.open[k] if setup.settlement_time == "am" else b.close[k])
             debit = settlement_value(combo, price, None if isinstance(quote, str) else quote)
@@ -1253,7 +1270,7 @@ class Kernel(RunState):
         ctx = {"position.pnl": pnl, "position.entry_credit": combo.entry_credit_total,
                "position.pnl_pct": 100.0 * pnl / abs(combo.entry_credit_total) if combo.entry_credit_total else 0.0,
                "position.bars_held": float(k - combo.entry_bar),
-               "position.side": -1.0 if combo.entry_credit > 0 else 1.0, "position.size": float(combo.quantity),
+               "position.side": -1.0 if combo.action == "sell" else 1.0, "position.size": float(combo.quantity),
                "position.entry_price": combo.entry_credit, "position.dte": float((combo.expiry - now.date()).days),
                "position.next_dte": float((combo.expiry - self._next_session(now.date(), setup.calendar)).days),
                "position.time_held": (int(b.end[k]) - combo.entry_time) / 1e9, "position.entry_bar": combo.entry_bar,
@@ -1285,16 +1302,17 @@ class Kernel(RunState):
                      "physically (shares delivered), so the combo is closed before its expiry's close"
             self._decide(symbol, fired.name, "exit", "fired", fired.reason, detail)
             info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now, "why": detail}
-            self._close_at_natural(st, symbol, "buy" if combo.entry_credit > 0 else "sell", float(combo.quantity),
-                                   fired, k, info, tried=[], how="closed at the natural price before its expiry's "
-                                   "close: an in-the-money leg would deliver shares")
+            self._close_at_natural(st, symbol, flip(combo.action), float(combo.quantity), fired, k, info, tried=[],
+                                   how="closed at the natural price before its expiry's close: an in-the-money leg "
+                                   "would deliver shares")
             return
         detail = "; ".join(explain(self.plan, fired.when, k, st.values, ctx)) \
             if self._explain and fired.when is not None else ""
         self._decide(symbol, fired.name, "exit", "fired", fired.reason, detail)
-        chase = self.desk.chase(combo.order, k, st.values, {})
-        prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=False)
-        action = "buy" if combo.entry_credit > 0 else "sell"
+        # the order's price expressions read the combo as it is now (its credit, its legs' quotes)
+        chase = self.desk.chase(combo.order, k, st.values, self.desk.context(quote, now))
+        action = flip(combo.action)
+        prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=False, action=action)
         info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now, "why": detail}
         if not prices:      # no price within the floor: straight to the natural price
             self._close_at_natural(st, symbol, action, float(combo.quantity), fired, k, info, tried=[])
@@ -1343,7 +1361,8 @@ class Kernel(RunState):
             how = (f"chase timed out after {len(tried)} prices ({', '.join(f'{p:.2f}' for p in tried)}): cancelled, "
                    "cancel confirmed; closed at the natural price") if tried else \
                 "the chase had no price within its floor; closed at the natural price"
-        natural = abs(quote.closing_natural)     # a marketable limit there, not a market order on a wide combo
+        # a marketable limit there, not a market order on a wide combo
+        natural = order_price(quote.natural_debit(opening=False), action)
         intent = OrderIntent(symbol, action, "limit", quantity, None, natural, None, "day", "close", rule.name,
                              self._tag(), how)
         nat = self._track(intent, st, "combo_exit", rule, k)
@@ -1363,27 +1382,32 @@ class Kernel(RunState):
         self.venue.place(order)
         self._drain()
 
-    def _combo_closed(self, st: _Symbol, tr: _Tracked, debit: float, how: str, time: int) -> None:
+    def _combo_closed(self, st: _Symbol, tr: _Tracked, price: float, how: str, time: int) -> None:
         combo = self.combos[st.key]
         self._status(tr, "filled", time, how)
-        self._finish_combo(st, combo, tr.combo["bar"], debit, tr.rule.name, how, tr.combo["quote"], tr.commission,
-                           time, tr.intent.tag, tr.intent.action)
+        action = tr.intent.action
+        self._finish_combo(st, combo, tr.combo["bar"], debit_of(price, action), tr.rule.name, how, tr.combo["quote"],
+                           tr.commission, time, tr.intent.tag, action)
 
     def _settle(self, st: _Symbol, combo, k: int, debit: float, how: str, quote) -> None:
-        action = "buy" if combo.entry_credit > 0 else "sell"
-        intent = OrderIntent(st.symbol, action, "limit", float(combo.quantity), None, abs(debit), None, "day", "close",
-                             "expiry settlement", self._tag(), how)
+        action = flip(combo.action)
+        intent = OrderIntent(st.symbol, action, "limit", float(combo.quantity), None, order_price(debit, action), None,
+                             "day", "close", "expiry settlement", self._tag(), how)
         rec = OrderRecord(intent, self._now)
         rec.status, rec.status_time, rec.reason = "filled", self._now, how
         self.orders.append(rec)
-        self._finish_combo(st, combo, k, debit, "expiry settlement", how, quote, 0.0, int(st.bars.end[k]), intent.tag,
-                           action)
+        # dated by the settlement's quotes, as a fill is (the expiry day's close, not the next midnight)
+        when = int(st.bars.end[k]) - (quote.age if not isinstance(quote, str) else 0)
+        self._finish_combo(st, combo, k, debit, "expiry settlement", how, quote, 0.0, when, intent.tag, action)
 
     def _finish_combo(self, st, combo, k, debit, rule_name, how, quote, commission, time, tag, action) -> None:
+        """Book a combo's close: `debit` is the closing trade's net debit per unit (positive: paid,
+        as buying back a credit combo; negative: received, as selling a debit combo), booked as
+        the closing order's fill at its price (orders.combos: a buy pays it, a sell receives it)."""
         import dataclasses
 
         b = st.bars
-        price = debit if combo.entry_credit > 0 else -debit
+        price = order_price(debit, action)
         fill = Fill(combo.key, action, float(combo.quantity), price, commission, time, k, tag, combo.multiplier,
                     rule_name, how)
         margin = self.ledger.positions[combo.key].margin_per_unit * combo.quantity

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..check.model import OrderTemplate
 from ..market.expiry import NoExpiry, parse_rule, resolve
-from ..orders.combos import Chase, ComboQuote, LegQuote, NoStrike, Side, leg_quote, pick_by_delta, \
+from ..orders.combos import Chase, ComboQuote, LegQuote, NoStrike, Side, leg_quote, order_price, pick_by_delta, \
     pick_by_premium, pick_strike
 from ..plan import nodes as N
 from ..plan.evaluate import MissingInput, value_at
@@ -62,11 +62,19 @@ class ComboPosition:
     expiry: dt.date
     underlying_entry: float
     multiplier: float
+    action: str                       # the opening order's: sell (a credit combo) | buy (a debit combo)
     marks: dict[int, float] = field(default_factory=dict)   # bar -> value of the position (account currency)
-    last_credit: float | None = None  # last mid credit (what closing at mid would cost, negated)
+    last_credit: float | None = None  # last mid credit of opening it (what closing at mid costs: a debit)
 
     def expiries(self) -> set[dt.date]:
         return {dt.date.fromisoformat(leg.expiry) for leg in self.legs}
+
+    @property
+    def mark_price(self) -> float:
+        """Its last mid in the terms it was opened in (the opening order's limit at mid: the credit
+        of a sold combo, the debit of a bought one), as a venue marks a holding."""
+        credit = self.entry_credit if self.last_credit is None else self.last_credit
+        return order_price(-credit, self.action)
 
     @property
     def entry_credit_total(self) -> float:
@@ -198,8 +206,12 @@ class OptionsDesk:
             ctx[f"{leg.name}.dte"] = float((dt.date.fromisoformat(leg.expiry) - now.date()).days)
         return ctx
 
-    def chase(self, order: str, bar: int, values: list, ctx: dict) -> Chase | None:
-        """The order's chase, or None for a plain limit at mid (price: mid) / market."""
+    def chase(self, order: str, bar: int, values: list, ctx: dict) -> Chase:
+        """The order's prices as a chase (mid and market are one price; a limit is its value).
+        `ctx` is the combo's facts (`context`): at an entry the combo about to be opened, at an
+        exit the open combo as it is then, so a limit or floor that reads `credit` reads the
+        combo's credit at that moment; the value is the order's limit in its direction (what the
+        closing order pays, for a credit combo; what it receives, for a debit one)."""
         price = self.orders[order].price
         if price.kind == "chase":
             c = price.chase

@@ -489,7 +489,7 @@ class IBBroker:
     def at(self, time: int) -> None:
         pass
 
-    def mark_combo(self, key: str, credit: float) -> None:
+    def mark_combo(self, key: str, price: float) -> None:
         pass
 
     def settle(self, key: str, debit: float, when: int) -> None:

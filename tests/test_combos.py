@@ -196,3 +196,27 @@ def test_a_mid_of_14_975_fills_at_mid_with_fill_fraction_1(action):
     close = 14.98 if action == "sell" else 14.97
     assert Chase(start="mid", steps=1).prices(q, opening=False) == [close]
     assert marketable(close, q, 1.0, opening=False)
+
+
+@pytest.mark.parametrize("action", ["sell", "buy"])
+def test_a_chase_can_start_at_the_combos_bid_or_ask(action):
+    """One put quoted 14.90 x 15.05: selling it, the bid (14.90) fills at once and the ask
+    (15.05) is the most passive price; buying it, the other way round."""
+    put = Side("put", np.array([2650.0]), np.array([14.90]), np.array([15.05]), np.array([-0.3]), np.array([0.2]))
+    q = ComboQuote((leg_quote("p", put, 0, action, 1, "x"),), 100, 2700.0)
+    bid, ask = Chase(start="bid", steps=1).prices(q), Chase(start="ask", steps=1).prices(q)
+    assert (bid, ask) == ([14.90], [15.05])
+    natural = Chase(start="natural", steps=1).prices(q)
+    assert natural == (bid if action == "sell" else ask)
+    # a two-legged vertical: 2 x 2.10 and 1 x 1.20 (bid x ask): selling the put spread brings
+    # 2.00 - 1.20 = 0.80 at once, and asks at most 2.10 - 1.00 = 1.10
+    puts = Side("put", np.array([2600.0, 2650.0]), np.array([1.00, 2.00]), np.array([1.20, 2.10]),
+                np.array([-0.2, -0.3]), np.array([0.2, 0.2]))
+    spread = ComboQuote((leg_quote("s", puts, 1, "sell", 1, "x"), leg_quote("l", puts, 0, "buy", 1, "x")), 100,
+                        2700.0)
+    assert spread.opening_action == "sell"
+    assert Chase(start="bid", steps=1).prices(spread) == [0.80]
+    assert Chase(start="ask", steps=1).prices(spread) == [1.10]
+    # closing it (a buy): its ask 2.10 - 1.00 = 1.10 at once, its bid 0.80 the passive side
+    assert Chase(start="ask", steps=1).prices(spread, opening=False) == [1.10]
+    assert Chase(start="bid", steps=1).prices(spread, opening=False) == [0.80]

@@ -446,3 +446,16 @@ def test_an_open_long_condor_is_marked_at_its_mid_value(tmp_path, spxw):
     value = mid_now * 100
     assert result.final_equity == pytest.approx(result.ledger.cash + value)
     assert result.broker.account().equity == pytest.approx(result.ledger.cash + value)    # the venue's mark too
+
+
+@needs_chains
+def test_a_limit_that_comes_out_negative_is_refused_with_its_reason_not_sent(tmp_path):
+    """A long condor is bought: `credit * 0.9` is negative there (a debit), not a price to pay.
+    The entry is blocked, saying so, and nothing reaches the venue."""
+    path = strategy(tmp_path, COMBOS[0], "limit", SPXW, price="{limit: credit * 0.9}")
+    result = bt.run(bt.prepare(path, start="2018-01-02", end="2018-01-12"))
+    assert not result.ledger.trades and not result.runner.orders
+    blocked = [d for d in result.runner.decisions if d.outcome == "blocked" and "order's limit" in d.reason]
+    assert blocked and all("a limit is what the buy pays per combo, a positive price" in d.reason for d in blocked)
+    assert blocked[0].reason.startswith("the order's limit is -")
+    assert not [d for d in result.runner.decisions if d.outcome == "fired"]

@@ -193,6 +193,21 @@ def test_unsupported_keys_of_risk_and_universe_documents(tmp_path):
         (4, 1, "volatility_scaling"), (7, 3, "contract.roll_days_before_expiry")]
 
 
+def test_an_exit_order_where_every_entry_opens_a_combo_is_refused_at_its_line(tmp_path):
+    text = (ROOT / "strategies" / "iron_condor.yaml").read_text().replace("data/", str(ROOT / "strategies" / "data")
+                                                                          + "/")
+    assert "reason: took half the credit}" in text
+    text = text.replace("reason: took half the credit}", "reason: took half the credit, order: condor}")
+    first = next(i for i, line in enumerate(text.splitlines()) if "order: condor}" in line)
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    errors = _errors(result.output)
+    assert [(line, msg.split(":")[0]) for line, _, msg in errors] == [(first + 1, "exit.0.order")]
+    assert "closed whole at the price policy of the order that opened it" in result.output
+
+
 def test_a_scanner_document_is_refused_at_its_kind_and_still_type_checked(tmp_path):
     scanner = tmp_path / "s.yaml"
     scanner.write_text((ROOT / "strategies" / "scanners" / "composite.yaml").read_text()

@@ -98,6 +98,7 @@ def unsupported(doc: Document) -> list[Diagnostic]:
                             "scanner is refused): its factors, prefilter, grades and classes would change nothing; "
                             "its types and expressions are checked all the same", key=True))
     if doc.kind == "strategy":
+        out.extend(_combo_exit_orders(doc))
         out.extend(_options_agents_active(doc))
         out.extend(_every_other_than_the_bar(doc))
         out.extend(_underlying_other_than_the_symbol(doc))
@@ -148,6 +149,34 @@ def _every_other_than_the_bar(doc: Document) -> list[Diagnostic]:
         return []
     return [doc.diag(("schedule", "every"), f"schedule.every: evaluating every {every} on {bar} bars {NOT_SUPPORTED}",
                      f"rules are evaluated once per closed {bar} bar; set every: {bar}, or remove it", key=True)]
+
+
+def _combo_exit_orders(doc: Document) -> list[Diagnostic]:
+    """An exit's own `order:` where every entry opens an option combo: a combo is closed whole,
+    by the price policy of the template that opened it, so the exit's order changes nothing."""
+    orders = doc.get(("orders",)) or {}
+
+    def combo(rule) -> bool:
+        return isinstance(rule, dict) and isinstance(orders.get(rule.get("order")), dict) and \
+            "legs" in orders[rule.get("order")]
+
+    sections = [((), doc.get(("entry",)) or [], doc.get(("exit",)) or [])]
+    sections += [(("agents", name), agent.get("entry") or [], agent.get("exit") or [])
+                 for name, agent in (doc.get(("agents",)) or {}).items() if isinstance(agent, dict)]
+    entries = [rule for _, rules, _ in sections for rule in rules]
+    if not entries or not all(combo(rule) for rule in entries):
+        return []
+    out = []
+    for prefix, _, exits in sections:
+        for i, rule in enumerate(exits):
+            if isinstance(rule, dict) and rule.get("order") is not None:
+                where = (*prefix, "exit", i, "order")
+                out.append(doc.diag(where, f"{'.'.join(map(str, where))}: an exit's own order for an options combo "
+                                           f"{NOT_SUPPORTED}",
+                                    "a combo is closed whole at the price policy of the order that opened it (its "
+                                    "price: mid, market, limit or chase); remove the key, or set that price policy",
+                                    key=True))
+    return out
 
 
 def _options_agents_active(doc: Document) -> list[Diagnostic]:

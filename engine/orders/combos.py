@@ -335,6 +335,13 @@ class Chase:
             first = float(self.start)
         elif self.start == "natural":
             first = order_price(quote.natural_debit(opening), action)
+        elif self.start in ("bid", "ask"):
+            # the combo's own quote in the order's terms: its ask is what buying it costs at once,
+            # its bid what selling it brings at once; so a buy's ask and a sell's bid are the
+            # natural price, the other side is the most passive price
+            natural = order_price(quote.natural_debit(opening), action)
+            passive = order_price(-quote.natural_debit(not opening), action)
+            first = natural if (self.start == "ask") == (action == "buy") else passive
         else:
             first = order_price(quote.mid_debit(opening), action)
         first = round_limit(first, tick, action)

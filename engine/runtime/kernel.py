@@ -1124,6 +1124,10 @@ class Kernel(RunState):
             return
         chase = self.desk.chase(rule.order, k, st.values, ctx)
         action = quote.opening_action
+        bad = _bad_limit(chase, action)
+        if bad:
+            self._decide(symbol, rule.name, "entry", "blocked", bad)
+            return
         prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=True, action=action)
         intent = OrderIntent(symbol, action, "limit", float(qty), None,
                              prices[0] if prices else None, None, template.tif, "open", rule.name,
@@ -1312,6 +1316,10 @@ class Kernel(RunState):
         # the order's price expressions read the combo as it is now (its credit, its legs' quotes)
         chase = self.desk.chase(combo.order, k, st.values, self.desk.context(quote, now))
         action = flip(combo.action)
+        bad = _bad_limit(chase, action)
+        if bad:
+            self._decide(symbol, fired.name, "exit", "blocked", f"cannot price the close: {bad}", detail)
+            return
         prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=False, action=action)
         info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now, "why": detail}
         if not prices:      # no price within the floor: straight to the natural price
@@ -1556,6 +1564,20 @@ class Kernel(RunState):
             if tr.sent and not tr.done and tr.record.status in ("created", "submitted"):
                 tr.record.status, tr.record.status_time = "working", int(self.syms[tr.symbol].bars.end[-1])
                 tr.record.reason = "still working when the data ended"
+
+
+def _bad_limit(chase, action: str) -> str:
+    """Why a combo's `price: {limit: expr}` cannot be sent ('' when it can): a limit is a price in
+    the order's direction (what a buy pays, what a sell takes in), so a NaN, zero or negative one
+    is a mistake in the expression (a credit where the combo is bought), never an order."""
+    start = chase.start
+    if isinstance(start, str):
+        return ""
+    if not math.isfinite(start) or start <= 0:
+        return (f"the order's limit is {start:g}: a limit is what the {action} "
+                f"{'pays' if action == 'buy' else 'takes in'} per combo, a positive price (is the expression "
+                "a credit where the combo is bought, or a debit where it is sold?)")
+    return ""
 
 
 def market_conjuncts(plan: N.Plan, node_id: int) -> list[int]:

@@ -422,6 +422,14 @@ def test_charts_escape_text_and_have_paths():
     assert "<script>" not in price and 'class="mark entry"' in price and 'class="ohlc' in price
 
 
+def test_one_price_a_bar_is_drawn_as_a_line_not_as_flat_ohlc_ticks():
+    """An underlying taken from end-of-day chains has open = high = low = close: a line."""
+    flat = pd.DataFrame({c: [2700.0, 2710.0, 2695.0] for c in ("open", "high", "low", "close")},
+                        index=pd.DatetimeIndex(["2018-01-02", "2018-01-03", "2018-01-04"], tz="UTC"))
+    price = svg.price_chart(flat, [], title="SPX")
+    assert 'class="ohlc' not in price and re.search(r'<path class="line" d="M[^"]+"', price)
+
+
 # ---- journals for the report -------------------------------------------------------------------
 
 STRATEGY_TEXT = """# yaml-language-server: $schema=../schemas/strategy.schema.json

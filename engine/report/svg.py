@@ -451,6 +451,8 @@ def price_chart(bars: pd.DataFrame, marks: Sequence[TradeMark], *, title: str,
     prices_m = np.array([m.price for m in mark_list], dtype=float)
     ohlc = (0 < len(bars) <= OHLC_MAX_BARS and {"open", "high", "low"} <= set(bars.columns)
             and np.isfinite(bars[["open", "high", "low"]].to_numpy(dtype=float)).all())
+    if ohlc and (bars["high"].to_numpy(dtype=float) == bars["low"].to_numpy(dtype=float)).all():
+        ohlc = False        # one price a bar (an underlying taken from end-of-day chains): a line
     if ohlc:
         lows, highs = bars["low"].to_numpy(dtype=float), bars["high"].to_numpy(dtype=float)
         x_line, y_line = t_bars, bars["close"].to_numpy(dtype=float)

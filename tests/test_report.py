@@ -182,7 +182,7 @@ def test_a_first_day_or_month_holding_only_the_starting_cash_is_its_base():
     assert math.isnan(table.loc[2020, 2])                               # February is only the base
     assert table.loc[2020, 3] == pytest.approx(110 / 95 - 1) and table.loc[2020, 4] == pytest.approx(0.1)
     assert len(M.from_starting_cash(e.iloc[:0], 100.0, 1)) == 0 and M.from_starting_cash(e, None, 1) is e
-    assert [M.duration_text(d) for d in (57.0, 0.09305, 12 / 1440, None)] == ["57.0 d", "2 h 14 min", "12 min", "—"]
+    assert [M.duration_text(d) for d in (57.0, 57.4, 0.09305, 12 / 1440, None)] == ["57 d", "57.4 d", "2 h 14 min", "12 min", "—"]
 
 
 def test_average_drawdown_by_hand():

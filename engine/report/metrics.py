@@ -569,12 +569,12 @@ def trade_duration_stats(trades: Sequence[Any]) -> tuple[float | None, float | N
 
 
 def duration_text(days: float | None, day: str = "d") -> str:
-    """A length of time given in days, as a trader reads it: "57.0 d" (`day` names the unit),
-    "2 h 14 min", "12 min"; "—" when unknown."""
+    """A length of time given in days, as a trader reads it: "617 d" for whole days, "57.4 d"
+    (`day` names the unit), "2 h 14 min", "12 min"; "—" when unknown."""
     if days is None or not math.isfinite(days):
         return "—"
     if days >= 1:
-        return f"{days:,.1f} {day}"
+        return f"{days:,.0f} {day}" if abs(days - round(days)) < 0.05 else f"{days:,.1f} {day}"
     minutes = round(days * 1440)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 

@@ -126,6 +126,30 @@ def test_registry_warmups_match_the_kernels():
                 assert lead == expected == kernel.warmup_for(*[values[p.name] for p in consts]), (name, values)
 
 
+def test_registry_minimums_are_the_kernels():
+    """A length the checker lets through is one the kernel takes, and one below it is refused
+    before the run (the kernel would raise in the middle of it)."""
+    from engine.indicators import KERNELS
+
+    x = 100 + np.arange(60.0) % 7
+    inputs = {"x": x, "a": x, "b": x[::-1].copy(), "high": x + 1, "low": x - 1, "close": x,
+              "volume": x * 1000, "session": np.zeros(60)}
+    for name, kernel in KERNELS.items():
+        fn = registry.lookup(name)
+        consts = [p for p in fn.params if p.kind in (registry.LENGTH, registry.CONSTANT)]
+        base = {p.name: p.default for p in consts}
+        args = [inputs[i] for i in kernel.inputs]
+        for p in consts:
+            if p.kind != registry.LENGTH:
+                continue
+            assert p.minimum is not None, (name, p.name)
+            ok = dict(base, **{p.name: p.minimum})
+            kernel.func(*args, *ok.values())
+            if p.minimum > 1:
+                with pytest.raises(ValueError):
+                    kernel.func(*args, *dict(base, **{p.name: p.minimum - 1}).values())
+
+
 def test_plan_inputs_are_exactly_what_the_rules_read():
     plan = plan_from_file(ROOT / "strategies" / "iron_condor.yaml")
     assert plan.inputs.fields == {"VIX": {"close"}}

@@ -35,6 +35,8 @@ class Param:
     kind: str
     default: float | None = None
     required: bool = True
+    minimum: float | None = None      # LENGTH / CONSTANT: the smallest value the kernel takes
+    positive: bool = False            # CONSTANT: must be above 0
 
     def show(self) -> str:
         if not self.required:
@@ -60,6 +62,9 @@ class Function:
     variadic: bool = False            # min/max take two or more arguments
     contexts: frozenset[str] = frozenset()  # where it is allowed when not everywhere
     source: str = "numpy"
+    # constant arguments that only make sense together (sar: accel <= max): given the values of
+    # the LENGTH and CONSTANT arguments by name, a message saying what is wrong, or None
+    relation: Callable[[Mapping[str, float]], str | None] | None = field(default=None, compare=False)
 
     @property
     def signature(self) -> str:
@@ -73,8 +78,14 @@ class Function:
         return sum(1 for p in self.params if p.required)
 
 
-def _p(name: str, kind: str, default: float | None = None) -> Param:
-    return Param(name, kind, default, default is None)
+def _p(name: str, kind: str, default: float | None = None, minimum: float | None = None,
+       positive: bool = False) -> Param:
+    return Param(name, kind, default, default is None, minimum, positive)
+
+
+def _len(default: float | None = None, minimum: int = 1, name: str = "length") -> Param:
+    """A LENGTH parameter; `minimum` is the smallest window its kernel accepts."""
+    return _p(name, LENGTH, default, minimum)
 
 
 def _n(name: str) -> Warmup:
@@ -89,7 +100,7 @@ def _def(fn: Function) -> None:
     FUNCTIONS[fn.name] = fn
 
 
-X, LEN = _p("x", SERIES), _p("length", LENGTH)
+X, LEN = _p("x", SERIES), _len(minimum=2)
 
 # ---- moving averages and dispersion -------------------------------------------------------
 _def(Function("sma", (X, LEN), R_SERIES, "Simple moving average: mean of the last `length` values.",
@@ -107,42 +118,42 @@ _def(Function("highest", (X, LEN), R_SERIES, "Highest value of the last `length`
               _n("length"), source="ta-lib:MAX"))
 _def(Function("lowest", (X, LEN), R_SERIES, "Lowest value of the last `length` bars, this bar included.",
               _n("length"), source="ta-lib:MIN"))
-_def(Function("change", (X, _p("length", LENGTH, 1.0)), R_SERIES, "x - x[length]: the change over `length` bars.",
+_def(Function("change", (X, _len(1.0)), R_SERIES, "x - x[length]: the change over `length` bars.",
               lambda a: int(a["length"])))
-_def(Function("roc", (X, _p("length", LENGTH, 1.0)), R_SERIES,
+_def(Function("roc", (X, _len(1.0)), R_SERIES,
               "Rate of change in percent: 100 * (x / x[length] - 1).", lambda a: int(a["length"]),
               source="ta-lib:ROC"))
 _def(Function("zscore", (X, LEN), R_SERIES,
               "(x - sma(x, length)) / stdev(x, length): distance from the mean in standard deviations.",
               _n("length")))
-_def(Function("percentrank", (X, LEN), R_SERIES,
+_def(Function("percentrank", (X, _len()), R_SERIES,
               "Fraction (0-1) of the previous `length` values that are <= the current value.",
               lambda a: int(a["length"])))
-_def(Function("hurst", (X, _p("length", LENGTH, 100.0)), R_SERIES,
+_def(Function("hurst", (X, _len(100.0, 22)), R_SERIES,
               "Rolling Hurst exponent of the last `length` bars (>0.5 trends, <0.5 mean-reverts).",
               _n("length")))
 
 # ---- oscillators and volatility ----------------------------------------------------------
-_def(Function("rsi", (X, _p("length", LENGTH, 14.0)), R_SERIES, "Wilder's Relative Strength Index, 0-100.",
+_def(Function("rsi", (X, _len(14.0, 2)), R_SERIES, "Wilder's Relative Strength Index, 0-100.",
               lambda a: int(a["length"]), source="ta-lib:RSI"))
 _def(Function("tr", (), R_SERIES, "True range: max(high, close[1]) - min(low, close[1]).",
               lambda a: 1, inputs=("high", "low", "close"), source="ta-lib:TRANGE"))
-_def(Function("atr", (_p("length", LENGTH, 14.0),), R_SERIES, "Average true range, Wilder-smoothed.",
+_def(Function("atr", (_len(14.0),), R_SERIES, "Average true range, Wilder-smoothed.",
               lambda a: int(a["length"]), inputs=("high", "low", "close"), source="ta-lib:ATR"))
-_def(Function("adx", (_p("length", LENGTH, 14.0),), R_SERIES, "Average directional index (trend strength, 0-100).",
+_def(Function("adx", (_len(14.0, 2),), R_SERIES, "Average directional index (trend strength, 0-100).",
               lambda a: 2 * int(a["length"]) - 1, inputs=("high", "low", "close"), source="ta-lib:ADX"))
-_def(Function("mfi", (_p("length", LENGTH, 14.0),), R_SERIES, "Money Flow Index, 0-100 (volume-weighted RSI).",
+_def(Function("mfi", (_len(14.0, 2),), R_SERIES, "Money Flow Index, 0-100 (volume-weighted RSI).",
               lambda a: int(a["length"]), inputs=("high", "low", "close", "volume"), source="ta-lib:MFI"))
 _def(Function("vwap", (), R_SERIES,
               "Volume-weighted average of the typical price (h+l+c)/3, anchored at each session's open.",
               lambda a: 0, inputs=("high", "low", "close", "volume")))
-_BB = (X, _p("length", LENGTH, 20.0), _p("mult", CONSTANT, 2.0))
+_BB = (X, _len(20.0, 2), _p("mult", CONSTANT, 2.0))
 _def(Function("bb_upper", _BB, R_SERIES, "Upper Bollinger band: sma + mult * population stdev.",
               _n("length"), source="ta-lib:BBANDS"))
 _def(Function("bb_lower", _BB, R_SERIES, "Lower Bollinger band: sma - mult * population stdev.",
               _n("length"), source="ta-lib:BBANDS"))
 _def(Function("bb_width", _BB, R_SERIES, "Bollinger band width: (upper - lower) / middle.", _n("length")))
-_MACD = (X, _p("fast", LENGTH, 12.0), _p("slow", LENGTH, 26.0), _p("signal", LENGTH, 9.0))
+_MACD = (X, _len(12.0, 2, "fast"), _len(26.0, 2, "slow"), _len(9.0, 1, "signal"))
 _def(Function("macd", _MACD, R_SERIES, "MACD line: ema(x, fast) - ema(x, slow), both started at bar slow-1.",
               lambda a: int(max(a["fast"], a["slow"])) - 1, source="ta-lib:MACD"))
 _def(Function("macd_signal", _MACD, R_SERIES, "MACD signal line: ema(macd, signal).",
@@ -186,7 +197,7 @@ _def(Function("delta", (_p("leg", LEG),), R_SCALAR, "The leg's option delta (sig
               contexts=frozenset({"options"})))
 _def(Function("iv", (_p("leg", LEG),), R_SCALAR, "The leg's implied volatility, as a fraction.",
               contexts=frozenset({"options"})))
-_def(Function("iv_rank", (X, _p("length", LENGTH, 252.0)), R_SERIES,
+_def(Function("iv_rank", (X, _len(252.0, 2)), R_SERIES,
               "Where x sits in its `length`-bar range, 0-1: (x - lowest) / (highest - lowest).", _n("length")))
 
 

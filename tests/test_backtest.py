@@ -484,3 +484,41 @@ def test_fills_in_the_bar_still_forming_count_at_the_last_close(tmp_path):
         times, equity, cash, _ = equity_curve(entered, bars, 100_000.0, None)
         assert cash[-1] == pytest.approx(entered.cash)
         assert equity[-1] == pytest.approx(entered.cash + 10 * float(b.close[-1]))
+
+
+OSCILLATORS = """\
+universe: [SPY]
+data: {bar: 1d, source: DATA}
+indicators:
+  k: stoch_k(14, 3)
+  d: stoch_d(14, 3, 3)
+entry:
+  - name: oversold turn
+    when: crosses_above(k, d) and k < 40 and willr(14) < -50 and cci(20) < 50 and obv() > sma(obv(), 50)
+    order: buy
+exit:
+  - name: sar stop
+    when: close < sar(0.02, 0.2)
+  - name: channel
+    when: close > keltner_upper(20, 2, 10) or close < keltner_lower(20, 2, 10)
+orders:
+  buy: {action: buy, type: market, quantity: {percent_of_equity: 100%}}
+risk: {max_open_positions: 1, margin_check: "off"}
+"""
+
+
+def test_the_oscillators_and_channels_trade_alike_in_every_mode(tmp_path):
+    """Stochastics, Williams %R, CCI, OBV, the parabolic SAR and Keltner channels in one
+    strategy: the backtest (vectorised, TA-Lib) and `run --broker sim` / `--dry-run` (the plan
+    streamed bar by bar) give the same summary to the cent."""
+    path = strategy(tmp_path, OSCILLATORS.replace("DATA", str(SAMPLE) + "/"))
+    runner = CliRunner()
+    summaries = []
+    for i, args in enumerate((["backtest", str(path), "--no-progress"], ["run", str(path), "--broker", "sim"],
+                              ["run", str(path), "--broker", "sim", "--dry-run"])):
+        out = runner.invoke(cli.main, [*args, "--from", "2008-01-02", "--format", "json",
+                                       "--journal", str(tmp_path / f"j{i}.sqlite")])
+        assert out.exit_code == 0, out.output
+        summaries.append(json.loads(out.output)["summary"])
+    assert summaries[0]["trades"] >= 20
+    assert summaries[1] == summaries[0] and summaries[2] == summaries[0]

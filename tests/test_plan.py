@@ -262,6 +262,10 @@ ALL_FUNCTIONS = {
     "logic": "(close > open or volume > sma(volume, 10)) and not (close < low[1])",
     "between": "rsi(close) between 40 and 60", "in": "dayofweek in [1, 5]",
     "div": "(close - open) / (high - low)", "time": "time >= 10:00",
+    "stoch_k": "stoch_k(14, 3)", "stoch_d": "stoch_d(length=9, smooth_d=4)", "willr": "willr(10)",
+    "cci": "cci()", "obv": "obv()", "sar": "sar(0.02, 0.2)", "keltner_upper": "keltner_upper(20, 2, 10)",
+    "keltner_middle": "keltner_middle(15)", "keltner_lower": "keltner_lower(mult=1.5, atr_length=14)",
+    "stoch_cross": "crosses_above(stoch_k(), stoch_d())", "sar_stop": "close < sar()",
 }
 
 

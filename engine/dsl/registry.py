@@ -161,6 +161,45 @@ _def(Function("macd_signal", _MACD, R_SERIES, "MACD signal line: ema(macd, signa
 _def(Function("macd_hist", _MACD, R_SERIES, "MACD histogram: macd - macd_signal.",
               lambda a: int(max(a["fast"], a["slow"])) + int(a["signal"]) - 2, source="ta-lib:MACD"))
 
+_HLC = ("high", "low", "close")
+_SK = _len(3.0, 1, "smooth_k")
+_def(Function("stoch_k", (_len(14.0), _SK), R_SERIES,
+              "Stochastic %K, 0-100: sma(100 * (close - lowest(low, length)) / (highest(high, length) - "
+              "lowest(low, length)), smooth_k); 0 on a flat window; smooth_k=1 is the fast %K.",
+              lambda a: int(a["length"]) + int(a["smooth_k"]) - 2, inputs=_HLC, source="ta-lib:STOCH"))
+_def(Function("stoch_d", (_len(14.0), _SK, _len(3.0, 1, "smooth_d")), R_SERIES,
+              "Stochastic %D: sma(stoch_k(length, smooth_k), smooth_d), the signal line of %K.",
+              lambda a: int(a["length"]) + int(a["smooth_k"]) + int(a["smooth_d"]) - 3, inputs=_HLC,
+              source="ta-lib:STOCH"))
+_def(Function("willr", (_len(14.0, 2),), R_SERIES,
+              "Williams %R, -100-0: -100 * (highest(high, length) - close) / (highest(high, length) - "
+              "lowest(low, length)); 0 on a flat window.", _n("length"), inputs=_HLC, source="ta-lib:WILLR"))
+_def(Function("cci", (_len(20.0, 2),), R_SERIES,
+              "Commodity Channel Index: (tp - sma(tp, length)) / (0.015 * mean absolute deviation of tp), "
+              "tp = (high + low + close) / 3.", _n("length"), inputs=_HLC, source="ta-lib:CCI"))
+_def(Function("obv", (), R_SERIES,
+              "On-balance volume: the first bar's volume, then plus the volume on an up close, minus it on a "
+              "down close.", lambda a: 0, inputs=("close", "volume"), source="ta-lib:OBV"))
+
+
+def _sar_factors(a: Mapping[str, float]) -> str | None:
+    if a["accel"] > a["max"]:
+        return f"accel {a['accel']:g} is above max {a['max']:g}: the factor starts at accel and grows to max"
+    return None
+
+
+_def(Function("sar", (_p("accel", CONSTANT, 0.02, positive=True), _p("max", CONSTANT, 0.2, positive=True)),
+              R_SERIES, "Parabolic SAR (Wilder): the trailing stop-and-reverse level; its factor starts at accel, "
+              "grows by accel at each new extreme up to max.", lambda a: 1, inputs=("high", "low"),
+              source="ta-lib:SAR", relation=_sar_factors))
+_KC = (_len(20.0, 2), _p("mult", CONSTANT, 2.0), _len(10.0, 1, "atr_length"))
+_def(Function("keltner_upper", _KC, R_SERIES, "Upper Keltner channel: ema(close, length) + mult * atr(atr_length).",
+              lambda a: max(int(a["length"]) - 1, int(a["atr_length"])), inputs=_HLC, source="ta-lib:EMA+ATR"))
+_def(Function("keltner_middle", _KC, R_SERIES, "Middle Keltner line: ema(close, length).",
+              _n("length"), inputs=_HLC, source="ta-lib:EMA"))
+_def(Function("keltner_lower", _KC, R_SERIES, "Lower Keltner channel: ema(close, length) - mult * atr(atr_length).",
+              lambda a: max(int(a["length"]) - 1, int(a["atr_length"])), inputs=_HLC, source="ta-lib:EMA+ATR"))
+
 # ---- events ----------------------------------------------------------------------------
 _AB = (_p("a", SERIES), _p("b", SERIES))
 _def(Function("crosses_above", _AB, R_BOOL_SERIES,

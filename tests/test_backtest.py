@@ -522,3 +522,36 @@ def test_the_oscillators_and_channels_trade_alike_in_every_mode(tmp_path):
         summaries.append(json.loads(out.output)["summary"])
     assert summaries[0]["trades"] >= 20
     assert summaries[1] == summaries[0] and summaries[2] == summaries[0]
+
+
+def _exit_under_the_200_day(tmp_path, when: str, name: str):
+    body = f"""\
+universe: [SPY]
+data: {{bar: 1d, source: {SAMPLE}/}}
+entry:
+  - name: golden cross
+    when: crosses_above(sma(close, 10), sma(close, 30))
+    order: buy
+exit:
+  - name: under the 200-day average
+    when: {when}
+orders:
+  buy: {{action: buy, type: market, quantity: {{percent_of_equity: 100%}}}}
+risk: {{max_open_positions: 1, margin_check: "off"}}
+"""
+    return bt.run(bt.prepare(strategy(tmp_path, body, name))).ledger.trades
+
+
+def test_defined_gates_an_exit_on_a_longer_indicator_than_the_entry(tmp_path):
+    """Entries wait for their own warm-up (30 bars here); exits are evaluated whenever a
+    position is open. `not (close > sma(close, 200))` is true while the 200-bar average has no
+    value (a comparison with no value is false), so the first trades of 2008 are sold the bar
+    after they are bought; `defined(sma(close, 200)) and ...` holds them until the average
+    exists (bar 199) and says so."""
+    plain = _exit_under_the_200_day(tmp_path, "not (close > sma(close, 200))", "plain.yaml")
+    gated = _exit_under_the_200_day(tmp_path, "defined(sma(close, 200)) and not (close > sma(close, 200))",
+                                    "gated.yaml")
+    early = [t for t in plain if t.exit_bar - 1 < 199]
+    assert len(early) >= 3 and all(t.bars_held == 1 for t in early)
+    assert all(t.exit_bar - 1 >= 199 for t in gated)          # decided at bar 199 or later
+    assert gated[0].entry_bar == plain[0].entry_bar and gated[0].bars_held > 100

@@ -224,6 +224,11 @@ def test_parse_rejects_non_strings():
     ("close < sar(accel=0.01, max=0.1)", T.BOOL_SERIES),
     ("close > keltner_upper(mult=1.5)", T.BOOL_SERIES),
     ("keltner_lower(20, 2, fast) < keltner_middle()", T.BOOL_SERIES),
+    ("na(close)", T.BOOL_SERIES),
+    ("defined(sma(close, 50)) and close > sma(close, 50)", T.BOOL_SERIES),
+    ("not na(symbol(\"VIX\").close)", T.BOOL_SERIES),
+    ("na(fast)", T.BOOLEAN),
+    ("if(defined(rsi(close)), rsi(close), 50)", T.NUMBER_SERIES),
 ])
 def test_types(text, expected):
     t, errors = typeof(text, scope(fast=8))
@@ -258,6 +263,11 @@ def test_types(text, expected):
     ("stoch_d(14, 3, 2.5)", 15, "whole number of bars"),
     ("obv(close)", 4, "at most 0 arguments"),
     ("keltner_upper(close)", 14, "must be a constant"),
+    ("na(close > open)", 3, "`x` of na() must be a number, but `close > open` is a boolean series"),
+    ("defined()", 0, "defined() needs 1 argument, missing x"),
+    ("na(close, 1)", 10, "at most 1 argument"),
+    ("na(close) + 1", 0, "`+` needs numbers"),
+    ('na("a")', 3, "must be a number"),
     ("close[-1]", 6, "negative lag"),
     ("close[close]", 6, "constant number of bars"),
     ("close[1.5]", 6, "whole number"),

@@ -393,6 +393,8 @@ class Checker:
             return T.SCALAR
         if fn.returns == registry.R_FOLLOW:
             return T.Type(T.NUMBER, any(t.series for t in arg_types))
+        if fn.returns == registry.R_BOOL_FOLLOW:
+            return T.Type(T.BOOL, any(t.series for t in arg_types))
         if fn.returns == registry.R_SYMBOL:
             return T.record("symbol")
         if fn.returns == registry.R_IF:

@@ -24,6 +24,7 @@ LEG = "leg"                # the name of an option leg of the rule's order
 R_SERIES = "number series"
 R_BOOL_SERIES = "boolean series"
 R_FOLLOW = "follows arguments"     # number; series if any argument is a series
+R_BOOL_FOLLOW = "boolean (a series if its argument is)"
 R_IF = "type of the branches"
 R_SYMBOL = "symbol bars"
 R_SCALAR = "number"
@@ -223,6 +224,11 @@ _def(Function("max", (_p("a", NUMBER), _p("b", NUMBER)), R_FOLLOW, "Largest of i
 _def(Function("clamp", (_V, _p("low", NUMBER), _p("high", NUMBER)), R_FOLLOW, "x limited to [low, high]."))
 _def(Function("nz", (_V, _p("default", NUMBER, 0.0)), R_FOLLOW,
               "x, or `default` where x is not a number yet (warm-up, gaps)."))
+_def(Function("na", (_V,), R_BOOL_FOLLOW,
+              "true where x has no value: during its warm-up, at a bar it skips (a gap), where it is undefined "
+              "(a division by 0, another symbol with no bar yet)."))
+_def(Function("defined", (_V,), R_BOOL_FOLLOW,
+              "not na(x): true where x has a value, e.g. defined(sma(close, 200)) and close > sma(close, 200)."))
 _def(Function("if", (_p("condition", BOOL_SERIES), _p("then", ANY), _p("else", ANY)), R_IF,
               "`then` where condition holds, else `else`, bar by bar."))
 

@@ -555,3 +555,19 @@ def test_defined_gates_an_exit_on_a_longer_indicator_than_the_entry(tmp_path):
     assert len(early) >= 3 and all(t.bars_held == 1 for t in early)
     assert all(t.exit_bar - 1 >= 199 for t in gated)          # decided at bar 199 or later
     assert gated[0].entry_bar == plain[0].entry_bar and gated[0].bars_held > 100
+
+
+def test_adjusted_prices_rounded_to_cents_fill_at_cents(tmp_path):
+    """data.adjusted: {round: 2}: the crossover fills at SPY's adjusted opens rounded to cents
+    (no slippage in the base), where adjusted: true fills at the unrounded ones."""
+    text = (ROOT / "strategies" / "sma_crossover.yaml").read_text().replace("source: data/", f"source: {SAMPLE}/")
+    fills = {}
+    for name, value in (("exact", "true"), ("cents", "{round: 2}")):
+        path = write(tmp_path, f"{name}.yaml", text.replace("session: regular,", f"session: regular, adjusted: {value},"))
+        prep = bt.prepare(path)
+        fills[name] = [t.entry_price for t in bt.run(prep).ledger.trades]
+        assert prep.frames["SPY"]["open"].iloc[0] == (119.35 if name == "cents" else pytest.approx(119.346825, abs=1e-6))
+    assert len(fills["cents"]) == len(fills["exact"]) == 39
+    assert all(abs(p * 100 - round(p * 100)) < 1e-6 for p in fills["cents"])
+    assert not any(abs(p * 100 - round(p * 100)) < 1e-6 for p in fills["exact"][:5])
+    assert fills["cents"][0] == round(fills["exact"][0], 2) != fills["exact"][0]

@@ -58,6 +58,13 @@ def sma() -> dict:
     return {"s.yaml": _load("sma_crossover.yaml")}
 
 
+def sma_adjusted() -> dict:
+    """The crossover on SPY's split- and dividend-adjusted prices (data.adjusted: true)."""
+    files = sma()
+    files["s.yaml"]["data"]["adjusted"] = True
+    return files
+
+
 def sma_plain() -> dict:
     """The crossover with no schedule.every (so the bar size may change) and a stop and a target."""
     files = sma()
@@ -327,7 +334,7 @@ def condor_risk_file() -> dict:
 
 
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
-    sma, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw, agents, bad_bar,
+    sma, sma_adjusted, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw, agents, bad_bar,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
     condor_nouniverse, xsp_cross, xsp_cross_file, nq, condor_defaults, condor_held)}
 BASES["condor_5m_nyse"] = condor_at(data__bar="5m", schedule__every="5m", schedule__calendar="NYSE")
@@ -567,6 +574,8 @@ effect(S, "/$defs/data/session", "condor_5m_nyse", put("data.session", "extended
        note="extended keeps the 16:00 bars that NYSE's regular session leaves out when 1m bars become 5m")
 effect(S, "/$defs/data/source", "sma", put("data.source", str(DATA / "AAPL.csv")), "fills")
 effect(S, "/$defs/data/adjusted", "sma", put("data.adjusted", True), "fills")
+effect(S, "/$defs/adjusted/round", "sma_adjusted", put("data.adjusted", {"round": 2}), "fills",
+       note="fills at the adjusted opens rounded to cents; IB runs read IB's bars, as traded: not applicable")
 effect(S, "/$defs/data/on_bad_bar", "bad_bar", put("data.on_bad_bar", "refuse"), "exit")
 effect(S, "/$defs/data/chains", "spxw", lambda files: files["s.yaml"]["data"].update(chains=trimmed_chains()),
        "fills", shared=True, note="another chains file (February's quotes only)")

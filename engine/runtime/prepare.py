@@ -156,8 +156,10 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                             f"paths are relative to {doc.path}'s folder")
         else:
             data_path = Path(data)
+        adjusted = doc.get(("data", "adjusted"))      # true, or {round: N}: adjusted, rounded to N decimals
         frames = load_bars(data_path, symbols=wanted if data_path.is_dir() or len(wanted) > 1 else wanted,
-                           timezone=timezone, adjusted=spec.adjusted, on_bad_bar=spec.on_bad_bar)
+                           timezone=timezone, adjusted=spec.adjusted, on_bad_bar=spec.on_bad_bar,
+                           round_adjusted=adjusted.get("round") if isinstance(adjusted, dict) else None)
         if not data_path.is_dir() and len(frames) == 1 and len(wanted) == 1:
             frames = {wanted[0]: next(iter(frames.values()))}
     instruments = {s: instrument(ws, doc, s) for s in wanted}

@@ -571,3 +571,91 @@ def test_adjusted_prices_rounded_to_cents_fill_at_cents(tmp_path):
     assert all(abs(p * 100 - round(p * 100)) < 1e-6 for p in fills["cents"])
     assert not any(abs(p * 100 - round(p * 100)) < 1e-6 for p in fills["exact"][:5])
     assert fills["cents"][0] == round(fills["exact"][0], 2) != fills["exact"][0]
+
+
+TREND = """\
+universe: [SPY]
+data: {{bar: 1d, source: {source}}}
+indicators:
+  trend: sma(close, 50)
+entry:
+  - name: above the trend
+    when: close > trend
+    order: buy
+exit:
+  - name: under the trend
+    when: close < trend * 0.97
+orders:
+  buy: {{action: buy, type: market, quantity: {{percent_of_equity: 100%}}}}
+risk: {{max_open_positions: 1, margin_check: "off"}}
+{backtest}
+"""
+
+
+def _journal_tables(path: Path) -> dict:
+    db = sqlite3.connect(path)
+    out = {t: db.execute(f"SELECT {cols} FROM {t} ORDER BY rowid").fetchall() for t, cols in (
+        ("fills", "ts, symbol, action, quantity, price"), ("trades", "entry_ts, entry_price, exit_ts, exit_price, pnl"),
+        ("equity", "ts, round(equity, 6)"))}
+    db.close()
+    return out
+
+
+def _modes(tmp_path, path: Path, extra=(), modes=("backtest", "run", "dry-run")) -> dict:
+    runner = CliRunner()
+    out = {}
+    for mode, args in (("backtest", ["backtest", str(path), "--no-progress"]),
+                       ("run", ["run", str(path), "--broker", "sim"]),
+                       ("dry-run", ["run", str(path), "--broker", "sim", "--dry-run"])):
+        if mode not in modes:
+            continue
+        journal = tmp_path / f"{path.stem}-{mode}.sqlite"
+        result = runner.invoke(cli.main, [*args, *extra, "--format", "json", "--journal", str(journal)])
+        assert result.exit_code == 0, result.output
+        out[mode] = (json.loads(result.output)["summary"], _journal_tables(journal))
+    return out
+
+
+def test_warmup_from_start_trades_later_and_is_a_file_that_starts_there(tmp_path):
+    """backtest.warmup: before_start (the default) warms the 50-day average on the bars before
+    --from, so the rule can enter on the window's first bar; from_start gives it only the bars
+    from 2012-01-01 on, so the first entry waits 50 bars, and the run is the run on a copy of
+    SPY.csv cut at 2012-01-01, in backtest, run --broker sim and its dry-run alike (and in a
+    backtest with backtest.start in the strategy instead of --from)."""
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    lines = (SAMPLE / "SPY.csv").read_text().splitlines()
+    (cut / "SPY.csv").write_text("\n".join([lines[0]] + [x for x in lines[1:] if x >= "2012-01-01"]) + "\n")
+    docs = {"before": TREND.format(source=f"{SAMPLE}/", backtest=""),
+            "from": TREND.format(source=f"{SAMPLE}/", backtest="backtest: {warmup: from_start}"),
+            "cut": TREND.format(source=f"{cut}/", backtest=""),
+            "in_file": TREND.format(source=f"{SAMPLE}/", backtest="backtest: {start: 2012-01-01, warmup: from_start}")}
+    runs = {name: _modes(tmp_path, strategy(tmp_path, text, f"{name}.yaml"),
+                         *(((), ("backtest",)) if name == "in_file" else (("--from", "2012-01-01"),)))
+            for name, text in docs.items()}
+    for mode in ("backtest", "run", "dry-run"):
+        before, start, cut_run = (runs[n][mode] for n in ("before", "from", "cut"))
+        same = [cut_run] + ([runs["in_file"][mode]] if mode == "backtest" else [])
+        assert before[1]["fills"][0][0].startswith("2012-01-04T05:00")     # decided on 2012-01-03's close
+        assert start[1]["fills"][0][0] >= "2012-03-15"              # the 50th bar of 2012 is 2012-03-14
+        assert start[1]["fills"][0] != before[1]["fills"][0] and start[1]["trades"] != before[1]["trades"]
+        for other in same:
+            assert start[1] == other[1]
+            for key in ("end_equity", "trades", "cagr", "max_drawdown", "exposure", "buy_and_hold"):
+                assert start[0][key] == other[0][key], key
+    # the same fills in every mode (the backtest's journal writes UTC times as Z, the runs' as +00:00)
+    fills = [[(ts.replace("+00:00", "Z"), *rest) for ts, *rest in runs["from"][m][1]["fills"]]
+             for m in ("backtest", "run", "dry-run")]
+    assert fills[0] == fills[1] == fills[2]
+
+
+def test_warmup_from_start_does_not_cut_a_brokers_history(tmp_path):
+    """IB runs read IB's history as their warm-up (frames_from) and have no start: the key
+    does not apply there, even with a backtest.start in the strategy."""
+    from engine.market.bars import load_bars
+
+    path = strategy(tmp_path, TREND.format(source=f"{SAMPLE}/", backtest="backtest: {start: 2012-01-01, warmup: from_start}"))
+    spy = load_bars(SAMPLE / "SPY.csv")["SPY"]
+    prep = bt.prepare(path, frames_from=lambda symbols, bar, timezone: {"SPY": spy})
+    assert len(prep.frames["SPY"]) == len(spy)
+    assert len(bt.prepare(path).frames["SPY"]) == len(spy[spy.index >= "2012-01-01"]) == 1509

@@ -65,6 +65,16 @@ def sma_adjusted() -> dict:
     return files
 
 
+def trend_2012() -> dict:
+    """From 2012 (backtest.start; the runs' --from): long while the close is above the 30-day
+    average, which with the bars before 2012 as warm-up it is on the first day."""
+    files = sma()
+    s = files["s.yaml"]
+    s["backtest"] = {"start": "2012-01-01"}
+    s["entry"][0]["when"] = "close > slow_ma"
+    return files
+
+
 def sma_plain() -> dict:
     """The crossover with no schedule.every (so the bar size may change) and a stop and a target."""
     files = sma()
@@ -334,7 +344,7 @@ def condor_risk_file() -> dict:
 
 
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
-    sma, sma_adjusted, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw, agents, bad_bar,
+    sma, sma_adjusted, trend_2012, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw, agents, bad_bar,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
     condor_nouniverse, xsp_cross, xsp_cross_file, nq, condor_defaults, condor_held)}
 BASES["condor_5m_nyse"] = condor_at(data__bar="5m", schedule__every="5m", schedule__calendar="NYSE")
@@ -350,7 +360,7 @@ def condor_dte() -> dict:
 
 BASES["condor_dte"] = condor_dte
 FIRST_DAY = {**{name: "2019-11-05" for name in BASES if "condor" in name or "xsp" in name},
-             "spxw": "2018-01-02", "nq": "2023-11-19"}
+             "spxw": "2018-01-02", "nq": "2023-11-19", "trend_2012": "2012-01-01"}
 
 
 # ------------------------------------------------------------------ changes
@@ -688,6 +698,9 @@ effect(S, "/$defs/backtest/commission", "sma", put("backtest", {"commission": {"
 effect(S, "/$defs/backtest/slippage", "sma", put("backtest", {"slippage": {"fixed": 0.01}}), "fills")
 effect(S, "/$defs/backtest/start", "sma", put("backtest", {"start": "2012-01-01"}), "fills", ("backtest",))
 effect(S, "/$defs/backtest/end", "sma", put("backtest", {"end": "2015-01-01"}), "fills", ("backtest",))
+effect(S, "/$defs/backtest/warmup", "trend_2012", put("backtest.warmup", "from_start"), "fills",
+       note="the 30-day average starts at the start: the first entry comes 30 bars into 2012; IB runs warm up "
+            "on IB's history and have no start (not applicable)")
 effect(S, "/$defs/backtest/options", "condor", put("backtest.options", {"iv": 0.3}), "fills")
 effect(S, "/$defs/option_sim/iv", "condor", put("backtest.options.iv", 0.3), "fills")
 effect(S, "/$defs/option_sim/iv_scale", "condor", put("backtest.options.iv_scale", 1.5), "fills")

@@ -484,3 +484,178 @@ def test_fills_in_the_bar_still_forming_count_at_the_last_close(tmp_path):
         times, equity, cash, _ = equity_curve(entered, bars, 100_000.0, None)
         assert cash[-1] == pytest.approx(entered.cash)
         assert equity[-1] == pytest.approx(entered.cash + 10 * float(b.close[-1]))
+
+
+OSCILLATORS = """\
+universe: [SPY]
+data: {bar: 1d, source: DATA}
+indicators:
+  k: stoch_k(14, 3)
+  d: stoch_d(14, 3, 3)
+entry:
+  - name: oversold turn
+    when: crosses_above(k, d) and k < 40 and willr(14) < -50 and cci(20) < 50 and obv() > sma(obv(), 50)
+    order: buy
+exit:
+  - name: sar stop
+    when: close < sar(0.02, 0.2)
+  - name: channel
+    when: close > keltner_upper(20, 2, 10) or close < keltner_lower(20, 2, 10)
+orders:
+  buy: {action: buy, type: market, quantity: {percent_of_equity: 100%}}
+risk: {max_open_positions: 1, margin_check: "off"}
+"""
+
+
+def test_the_oscillators_and_channels_trade_alike_in_every_mode(tmp_path):
+    """Stochastics, Williams %R, CCI, OBV, the parabolic SAR and Keltner channels in one
+    strategy: the backtest (vectorised, TA-Lib) and `run --broker sim` / `--dry-run` (the plan
+    streamed bar by bar) give the same summary to the cent."""
+    path = strategy(tmp_path, OSCILLATORS.replace("DATA", str(SAMPLE) + "/"))
+    runner = CliRunner()
+    summaries = []
+    for i, args in enumerate((["backtest", str(path), "--no-progress"], ["run", str(path), "--broker", "sim"],
+                              ["run", str(path), "--broker", "sim", "--dry-run"])):
+        out = runner.invoke(cli.main, [*args, "--from", "2008-01-02", "--format", "json",
+                                       "--journal", str(tmp_path / f"j{i}.sqlite")])
+        assert out.exit_code == 0, out.output
+        summaries.append(json.loads(out.output)["summary"])
+    assert summaries[0]["trades"] >= 20
+    assert summaries[1] == summaries[0] and summaries[2] == summaries[0]
+
+
+def _exit_under_the_200_day(tmp_path, when: str, name: str):
+    body = f"""\
+universe: [SPY]
+data: {{bar: 1d, source: {SAMPLE}/}}
+entry:
+  - name: golden cross
+    when: crosses_above(sma(close, 10), sma(close, 30))
+    order: buy
+exit:
+  - name: under the 200-day average
+    when: {when}
+orders:
+  buy: {{action: buy, type: market, quantity: {{percent_of_equity: 100%}}}}
+risk: {{max_open_positions: 1, margin_check: "off"}}
+"""
+    return bt.run(bt.prepare(strategy(tmp_path, body, name))).ledger.trades
+
+
+def test_defined_gates_an_exit_on_a_longer_indicator_than_the_entry(tmp_path):
+    """Entries wait for their own warm-up (30 bars here); exits are evaluated whenever a
+    position is open. `not (close > sma(close, 200))` is true while the 200-bar average has no
+    value (a comparison with no value is false), so the first trades of 2008 are sold the bar
+    after they are bought; `defined(sma(close, 200)) and ...` holds them until the average
+    exists (bar 199) and says so."""
+    plain = _exit_under_the_200_day(tmp_path, "not (close > sma(close, 200))", "plain.yaml")
+    gated = _exit_under_the_200_day(tmp_path, "defined(sma(close, 200)) and not (close > sma(close, 200))",
+                                    "gated.yaml")
+    early = [t for t in plain if t.exit_bar - 1 < 199]
+    assert len(early) >= 3 and all(t.bars_held == 1 for t in early)
+    assert all(t.exit_bar - 1 >= 199 for t in gated)          # decided at bar 199 or later
+    assert gated[0].entry_bar == plain[0].entry_bar and gated[0].bars_held > 100
+
+
+def test_adjusted_prices_rounded_to_cents_fill_at_cents(tmp_path):
+    """data.adjusted: {round: 2}: the crossover fills at SPY's adjusted opens rounded to cents
+    (no slippage in the base), where adjusted: true fills at the unrounded ones."""
+    text = (ROOT / "strategies" / "sma_crossover.yaml").read_text().replace("source: data/", f"source: {SAMPLE}/")
+    fills = {}
+    for name, value in (("exact", "true"), ("cents", "{round: 2}")):
+        path = write(tmp_path, f"{name}.yaml", text.replace("session: regular,", f"session: regular, adjusted: {value},"))
+        prep = bt.prepare(path)
+        fills[name] = [t.entry_price for t in bt.run(prep).ledger.trades]
+        assert prep.frames["SPY"]["open"].iloc[0] == (119.35 if name == "cents" else pytest.approx(119.346825, abs=1e-6))
+    assert len(fills["cents"]) == len(fills["exact"]) == 39
+    assert all(abs(p * 100 - round(p * 100)) < 1e-6 for p in fills["cents"])
+    assert not any(abs(p * 100 - round(p * 100)) < 1e-6 for p in fills["exact"][:5])
+    assert fills["cents"][0] == round(fills["exact"][0], 2) != fills["exact"][0]
+
+
+TREND = """\
+universe: [SPY]
+data: {{bar: 1d, source: {source}}}
+indicators:
+  trend: sma(close, 50)
+entry:
+  - name: above the trend
+    when: close > trend
+    order: buy
+exit:
+  - name: under the trend
+    when: close < trend * 0.97
+orders:
+  buy: {{action: buy, type: market, quantity: {{percent_of_equity: 100%}}}}
+risk: {{max_open_positions: 1, margin_check: "off"}}
+{backtest}
+"""
+
+
+def _journal_tables(path: Path) -> dict:
+    db = sqlite3.connect(path)
+    out = {t: db.execute(f"SELECT {cols} FROM {t} ORDER BY rowid").fetchall() for t, cols in (
+        ("fills", "ts, symbol, action, quantity, price"), ("trades", "entry_ts, entry_price, exit_ts, exit_price, pnl"),
+        ("equity", "ts, round(equity, 6)"))}
+    db.close()
+    return out
+
+
+def _modes(tmp_path, path: Path, extra=(), modes=("backtest", "run", "dry-run")) -> dict:
+    runner = CliRunner()
+    out = {}
+    for mode, args in (("backtest", ["backtest", str(path), "--no-progress"]),
+                       ("run", ["run", str(path), "--broker", "sim"]),
+                       ("dry-run", ["run", str(path), "--broker", "sim", "--dry-run"])):
+        if mode not in modes:
+            continue
+        journal = tmp_path / f"{path.stem}-{mode}.sqlite"
+        result = runner.invoke(cli.main, [*args, *extra, "--format", "json", "--journal", str(journal)])
+        assert result.exit_code == 0, result.output
+        out[mode] = (json.loads(result.output)["summary"], _journal_tables(journal))
+    return out
+
+
+def test_warmup_from_start_trades_later_and_is_a_file_that_starts_there(tmp_path):
+    """backtest.warmup: before_start (the default) warms the 50-day average on the bars before
+    --from, so the rule can enter on the window's first bar; from_start gives it only the bars
+    from 2012-01-01 on, so the first entry waits 50 bars, and the run is the run on a copy of
+    SPY.csv cut at 2012-01-01, in backtest, run --broker sim and its dry-run alike (and in a
+    backtest with backtest.start in the strategy instead of --from)."""
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    lines = (SAMPLE / "SPY.csv").read_text().splitlines()
+    (cut / "SPY.csv").write_text("\n".join([lines[0]] + [x for x in lines[1:] if x >= "2012-01-01"]) + "\n")
+    docs = {"before": TREND.format(source=f"{SAMPLE}/", backtest=""),
+            "from": TREND.format(source=f"{SAMPLE}/", backtest="backtest: {warmup: from_start}"),
+            "cut": TREND.format(source=f"{cut}/", backtest=""),
+            "in_file": TREND.format(source=f"{SAMPLE}/", backtest="backtest: {start: 2012-01-01, warmup: from_start}")}
+    runs = {name: _modes(tmp_path, strategy(tmp_path, text, f"{name}.yaml"),
+                         *(((), ("backtest",)) if name == "in_file" else (("--from", "2012-01-01"),)))
+            for name, text in docs.items()}
+    for mode in ("backtest", "run", "dry-run"):
+        before, start, cut_run = (runs[n][mode] for n in ("before", "from", "cut"))
+        same = [cut_run] + ([runs["in_file"][mode]] if mode == "backtest" else [])
+        assert before[1]["fills"][0][0].startswith("2012-01-04T05:00")     # decided on 2012-01-03's close
+        assert start[1]["fills"][0][0] >= "2012-03-15"              # the 50th bar of 2012 is 2012-03-14
+        assert start[1]["fills"][0] != before[1]["fills"][0] and start[1]["trades"] != before[1]["trades"]
+        for other in same:
+            assert start[1] == other[1]
+            for key in ("end_equity", "trades", "cagr", "max_drawdown", "exposure", "buy_and_hold"):
+                assert start[0][key] == other[0][key], key
+    # the same fills in every mode (the backtest's journal writes UTC times as Z, the runs' as +00:00)
+    fills = [[(ts.replace("+00:00", "Z"), *rest) for ts, *rest in runs["from"][m][1]["fills"]]
+             for m in ("backtest", "run", "dry-run")]
+    assert fills[0] == fills[1] == fills[2]
+
+
+def test_warmup_from_start_does_not_cut_a_brokers_history(tmp_path):
+    """IB runs read IB's history as their warm-up (frames_from) and have no start: the key
+    does not apply there, even with a backtest.start in the strategy."""
+    from engine.market.bars import load_bars
+
+    path = strategy(tmp_path, TREND.format(source=f"{SAMPLE}/", backtest="backtest: {start: 2012-01-01, warmup: from_start}"))
+    spy = load_bars(SAMPLE / "SPY.csv")["SPY"]
+    prep = bt.prepare(path, frames_from=lambda symbols, bar, timezone: {"SPY": spy})
+    assert len(prep.frames["SPY"]) == len(spy)
+    assert len(bt.prepare(path).frames["SPY"]) == len(spy[spy.index >= "2012-01-01"]) == 1509

@@ -192,6 +192,44 @@ def test_adjusted_without_adj_close_is_an_error():
     assert "Date,Open,High,Low,Close,Volume,OpenInterest" in d.message
 
 
+def test_adjusted_prices_rounded_to_cents_on_the_bundled_spy():
+    """data.adjusted: {round: 2}: the adjusted prices (SPY.csv's first close 146.210007 adjusts
+    to its Adj Close 118.624741) rounded to 2 decimals, half to even; volumes as they were."""
+    raw = pd.read_csv(SAMPLE / "SPY.csv")
+    exact = one(SAMPLE / "SPY.csv", adjusted=True)
+    cents = one(SAMPLE / "SPY.csv", adjusted=True, round_adjusted=2)
+    for field in ("open", "high", "low", "close"):
+        np.testing.assert_array_equal(cents[field].to_numpy(), np.round(exact[field].to_numpy(), 2))
+        assert np.abs(cents[field].to_numpy() * 100 - np.rint(cents[field].to_numpy() * 100)).max() < 1e-6
+        assert (cents[field] != exact[field]).mean() > 0.99
+    assert exact["close"].iloc[0] == pytest.approx(118.624741, abs=1e-9)
+    assert cents["close"].iloc[0] == 118.62 and cents["open"].iloc[0] == round(147.100006 * 118.624741 / 146.210007, 2)
+    np.testing.assert_array_equal(cents["volume"].to_numpy(), raw["Volume"].to_numpy(dtype=float))
+    whole = one(SAMPLE / "SPY.csv", adjusted=True, round_adjusted=0)
+    assert whole["close"].iloc[0] == 119.0 and (whole["close"] % 1 == 0).all()
+    assert (cents.index == exact.index).all()
+
+
+@pytest.mark.parametrize("kwargs", [{"round_adjusted": 2}, {"adjusted": True, "round_adjusted": -1},
+                                    {"adjusted": True, "round_adjusted": 2.5},
+                                    {"adjusted": True, "round_adjusted": True}])
+def test_rounding_needs_adjusted_prices_and_a_whole_number_of_decimals(kwargs):
+    with pytest.raises(ValueError):
+        load_bars(SAMPLE / "SPY.csv", **kwargs)
+
+
+def test_an_adjusted_price_that_rounds_to_zero_is_refused_at_its_line(tmp_path):
+    path = tmp_path / "X.csv"
+    path.write_text("Date,Open,High,Low,Close,Adj Close,Volume\n"
+                    "2020-01-02,10.0,10.5,9.5,10.0,1.0,100\n"
+                    "2020-01-03,10.0,10.5,9.5,10.0,0.004,100\n")
+    assert one(path, adjusted=True)["close"].iloc[1] == pytest.approx(0.004)
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path, adjusted=True, round_adjusted=2)
+    d = diagnostic(excinfo)
+    assert (d.line, d.col) == (3, 12) and "adjusted open price is 0" in d.message
+
+
 def test_start_end_inclusive():
     spy = one(SAMPLE / "SPY.csv", start="2010-01-04", end="2010-01-08")
     assert len(spy) == 5

@@ -58,6 +58,23 @@ def sma() -> dict:
     return {"s.yaml": _load("sma_crossover.yaml")}
 
 
+def sma_adjusted() -> dict:
+    """The crossover on SPY's split- and dividend-adjusted prices (data.adjusted: true)."""
+    files = sma()
+    files["s.yaml"]["data"]["adjusted"] = True
+    return files
+
+
+def trend_2012() -> dict:
+    """From 2012 (backtest.start; the runs' --from): long while the close is above the 30-day
+    average, which with the bars before 2012 as warm-up it is on the first day."""
+    files = sma()
+    s = files["s.yaml"]
+    s["backtest"] = {"start": "2012-01-01"}
+    s["entry"][0]["when"] = "close > slow_ma"
+    return files
+
+
 def sma_plain() -> dict:
     """The crossover with no schedule.every (so the bar size may change) and a stop and a target."""
     files = sma()
@@ -361,8 +378,8 @@ def condor_risk_file() -> dict:
 
 
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
-    sma, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw, agents, bad_bar,
-    condor_american, condor_held_near, held, held_file,
+    sma, sma_adjusted, trend_2012, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw,
+    agents, bad_bar, condor_american, condor_held_near, held, held_file,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
     condor_nouniverse, xsp_cross, xsp_cross_file, nq, condor_defaults, condor_held)}
 BASES["condor_5m_nyse"] = condor_at(data__bar="5m", schedule__every="5m", schedule__calendar="NYSE")
@@ -378,7 +395,7 @@ def condor_dte() -> dict:
 
 BASES["condor_dte"] = condor_dte
 FIRST_DAY = {**{name: "2019-11-05" for name in BASES if "condor" in name or "xsp" in name},
-             "spxw": "2018-01-02", "nq": "2023-11-19"}
+             "spxw": "2018-01-02", "nq": "2023-11-19", "trend_2012": "2012-01-01"}
 
 
 # ------------------------------------------------------------------ changes
@@ -602,6 +619,8 @@ effect(S, "/$defs/data/session", "condor_5m_nyse", put("data.session", "extended
        note="extended keeps the 16:00 bars that NYSE's regular session leaves out when 1m bars become 5m")
 effect(S, "/$defs/data/source", "sma", put("data.source", str(DATA / "AAPL.csv")), "fills")
 effect(S, "/$defs/data/adjusted", "sma", put("data.adjusted", True), "fills")
+effect(S, "/$defs/adjusted/round", "sma_adjusted", put("data.adjusted", {"round": 2}), "fills",
+       note="fills at the adjusted opens rounded to cents; IB runs read IB's bars, as traded: not applicable")
 effect(S, "/$defs/data/on_bad_bar", "bad_bar", put("data.on_bad_bar", "refuse"), "exit")
 effect(S, "/$defs/data/chains", "spxw", lambda files: files["s.yaml"]["data"].update(chains=trimmed_chains()),
        "fills", shared=True, note="another chains file (February's quotes only)")
@@ -714,6 +733,9 @@ effect(S, "/$defs/backtest/commission", "sma", put("backtest", {"commission": {"
 effect(S, "/$defs/backtest/slippage", "sma", put("backtest", {"slippage": {"fixed": 0.01}}), "fills")
 effect(S, "/$defs/backtest/start", "sma", put("backtest", {"start": "2012-01-01"}), "fills", ("backtest",))
 effect(S, "/$defs/backtest/end", "sma", put("backtest", {"end": "2015-01-01"}), "fills", ("backtest",))
+effect(S, "/$defs/backtest/warmup", "trend_2012", put("backtest.warmup", "from_start"), "fills",
+       note="the 30-day average starts at the start: the first entry comes 30 bars into 2012; IB runs warm up "
+            "on IB's history and have no start (not applicable)")
 effect(S, "/$defs/backtest/options", "condor", put("backtest.options", {"iv": 0.3}), "fills")
 effect(S, "/$defs/option_sim/iv", "condor", put("backtest.options.iv", 0.3), "fills")
 effect(S, "/$defs/option_sim/iv_scale", "condor", put("backtest.options.iv_scale", 1.5), "fills")

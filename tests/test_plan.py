@@ -126,6 +126,30 @@ def test_registry_warmups_match_the_kernels():
                 assert lead == expected == kernel.warmup_for(*[values[p.name] for p in consts]), (name, values)
 
 
+def test_registry_minimums_are_the_kernels():
+    """A length the checker lets through is one the kernel takes, and one below it is refused
+    before the run (the kernel would raise in the middle of it)."""
+    from engine.indicators import KERNELS
+
+    x = 100 + np.arange(60.0) % 7
+    inputs = {"x": x, "a": x, "b": x[::-1].copy(), "high": x + 1, "low": x - 1, "close": x,
+              "volume": x * 1000, "session": np.zeros(60)}
+    for name, kernel in KERNELS.items():
+        fn = registry.lookup(name)
+        consts = [p for p in fn.params if p.kind in (registry.LENGTH, registry.CONSTANT)]
+        base = {p.name: p.default for p in consts}
+        args = [inputs[i] for i in kernel.inputs]
+        for p in consts:
+            if p.kind != registry.LENGTH:
+                continue
+            assert p.minimum is not None, (name, p.name)
+            ok = dict(base, **{p.name: p.minimum})
+            kernel.func(*args, *ok.values())
+            if p.minimum > 1:
+                with pytest.raises(ValueError):
+                    kernel.func(*args, *dict(base, **{p.name: p.minimum - 1}).values())
+
+
 def test_plan_inputs_are_exactly_what_the_rules_read():
     plan = plan_from_file(ROOT / "strategies" / "iron_condor.yaml")
     assert plan.inputs.fields == {"VIX": {"close"}}
@@ -138,7 +162,7 @@ def test_plan_inputs_are_exactly_what_the_rules_read():
 def test_every_example_strategy_compiles_and_shares_nodes():
     for path in STRATEGIES:
         plan = plan_from_file(path, unsupported_ok=True)
-        labels = [(n.op, n.attrs, n.args) for n in plan.nodes]
+        labels = [(n.op, n.attrs, n.args, n.kind) for n in plan.nodes]   # kind: true is not 1
         assert len(labels) == len(set(labels)), f"{path.name}: duplicate nodes"
         for node in plan.nodes:
             assert all(a < node.id for a in node.args), "nodes must be in topological order"
@@ -238,6 +262,12 @@ ALL_FUNCTIONS = {
     "logic": "(close > open or volume > sma(volume, 10)) and not (close < low[1])",
     "between": "rsi(close) between 40 and 60", "in": "dayofweek in [1, 5]",
     "div": "(close - open) / (high - low)", "time": "time >= 10:00",
+    "stoch_k": "stoch_k(14, 3)", "stoch_d": "stoch_d(length=9, smooth_d=4)", "willr": "willr(10)",
+    "cci": "cci()", "obv": "obv()", "sar": "sar(0.02, 0.2)", "keltner_upper": "keltner_upper(20, 2, 10)",
+    "keltner_middle": "keltner_middle(15)", "keltner_lower": "keltner_lower(mult=1.5, atr_length=14)",
+    "stoch_cross": "crosses_above(stoch_k(), stoch_d())", "sar_stop": "close < sar()",
+    "na": "na(sma(close, 50)) or na((close - open) / (high - low))",
+    "defined": "defined(zscore(close, 5)) and not (close < sma(close, 30))",
 }
 
 
@@ -340,6 +370,49 @@ def test_gaps_are_skipped_identically_by_both_evaluators(spy):
     for node in plan.nodes:
         if np.ndim(vec[node.id]):
             _assert_same(vec[node.id], np.array([r[node.id] for r in rows], dtype=vec[node.id].dtype), node.label)
+
+
+def test_na_and_defined_gate_the_warm_up_in_both_evaluators(spy):
+    """Where an indicator has no value, comparisons with it are false except `!=` (true, as in
+    IEEE arithmetic), and `not` of a false comparison is true: `not (close < sma(close, 50))`
+    and `sma(close, 50) != close` hold through the warm-up. `defined(x)` (and `na(x)`) say
+    whether x has a value, in the vectorised and the streaming evaluator alike."""
+    exprs = {"gated": "defined(sma(close, 50)) and close > sma(close, 50)", "plain": "close > sma(close, 50)",
+             "trap": "not (close < sma(close, 50))", "ne": "sma(close, 50) != close",
+             "gated_trap": "defined(sma(close, 50)) and not (close < sma(close, 50))", "na": "na(sma(close, 50))",
+             "folded": "na(5) or defined(1 / 0)", "na_lag": "na(close[3])"}
+    plan = _plan_of(exprs)
+    bars = _slice(spy, 0, 300)
+    vec = evaluate(plan, bars)
+    rows = _stream_values(plan, bars, 0, 300)
+    for name, node_id in plan.outputs.items():
+        if plan.nodes[node_id].series:
+            assert vec[node_id].tolist() == [row[node_id] for row in rows], name
+    v = {name: vec[i] for name, i in plan.outputs.items()}
+    assert not v["gated"][:49].any() and (v["gated"][49:] == v["plain"][49:]).all()
+    assert v["trap"][:49].all() and v["ne"][:49].all()       # the traps: true with no average yet
+    assert not v["gated_trap"][:49].any() and (v["gated_trap"][49:] == v["trap"][49:]).all()
+    assert v["na"][:49].all() and not v["na"][49:].any()
+    assert v["na_lag"].tolist() == [True] * 3 + [False] * 297
+    # na(x) has a value on every bar; its warm-up stays x's, so runs load x's history
+    assert plan.nodes[plan.outputs["na"]].warmup == 49 and plan.nodes[plan.outputs["na"]].kind == "boolean"
+    folded = plan.nodes[plan.outputs["folded"]]
+    assert folded.label == "defined(1 / 0)" and not folded.series and vec[folded.id] is np.False_
+    ctx = {"position.pnl": float("nan")}
+    c = Compiler(context_names=set())
+    node = c.expr(parse("na(position.pnl)"))
+    ctx_plan = N.Plan(c.nodes, {"x": node}, [], c.inputs)
+    assert value_at(ctx_plan, node, 0, [None] * len(c.nodes), ctx) is True
+    assert value_at(ctx_plan, node, 0, [None] * len(c.nodes), {"position.pnl": 1.0}) is False
+
+
+def test_a_boolean_constant_is_not_the_number_it_equals():
+    """true == 1 and false == 0 in Python: the node table keeps them apart by kind."""
+    c = Compiler()
+    t = c.expr(parse("close > open or true"))
+    one = c.expr(parse("close * 1 + 0"))
+    assert c.nodes[t].kind == "boolean" and c.nodes[one].label == "close * 1 + 0"
+    assert [c.nodes[a].kind for a in c.nodes[c.nodes[one].args[0]].args] == ["number", "number"]
 
 
 # ---- values with run context ---------------------------------------------------------------

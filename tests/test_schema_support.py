@@ -19,7 +19,7 @@ from test_key_effects import EFFECTS
 from test_schemas import FILES, SCHEMA, object_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
-COUNTS = (190, 59, 12)      # properties with a behaviour test, refused, listed as not read (of 261)
+COUNTS = (192, 59, 12)      # properties with a behaviour test, refused, listed as not read (of 263)
 
 FREE_TEXT = "free text for the reader: no behaviour by design"
 # (schema, pointer of the property) -> ("refused", the document path engine.check.support refuses)
@@ -95,7 +95,7 @@ def test_every_schema_property_has_a_behaviour_test_a_refusal_or_a_reason():
     assert not unaccounted, f"schema properties with no behaviour test, refusal or reason: {unaccounted}"
     assert not set(EFFECTS) - seen, f"behaviour tests of properties no schema has: {sorted(set(EFFECTS) - seen)}"
     assert not set(ACCOUNTED) - seen, f"listed properties no schema has: {sorted(set(ACCOUNTED) - seen)}"
-    assert sum(counts.values()) == 261
+    assert sum(counts.values()) == 263
     assert counts == {"behaviour": COUNTS[0], "refused": COUNTS[1], "not read": COUNTS[2]}
 
 
@@ -377,3 +377,29 @@ def test_universe_defaults_runs_ignore_and_a_rate_limit_in_a_risk_file_are_refus
     universe.write_text("kind: universe\nname: u\nsymbols: [SPY]\ndefaults: {sec_type: STK, exchange: SMART, "
                         "currency: USD}\n")
     assert CliRunner().invoke(main, ["validate", str(universe)]).exit_code == 0
+
+
+@pytest.mark.parametrize("kw, line, col, words", [
+    ({"data_extra": ",\n  adjusted: {round: -1}"}, 5, 21, "data.adjusted.round must be >= 0, got -1"),
+    ({"data_extra": ",\n  adjusted: {round: 1.5}"}, 5, 21, "data.adjusted.round: expected a whole number"),
+    ({"data_extra": ",\n  adjusted: {decimals: 2}"}, 5, 14, "unknown key 'decimals' in data.adjusted"),
+    ({"extra": "backtest: {warmup: from_the_start}"}, 16, 20, "'from_the_start' is not allowed (did you mean 'from_start'?)"),
+    ({"extra": "backtest: {start: 2012-01-01, warmup: true}"}, 16, 39, "backtest.warmup: expected a string"),
+])
+def test_bad_rounding_and_warmup_values_are_refused_at_their_column(tmp_path, kw, line, col, words):
+    """data.adjusted: {round: N} takes a whole number of decimals 0-10, backtest.warmup
+    before_start or from_start: anything else is an error at its line and column."""
+    path = _strategy(tmp_path, **kw)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    errors = _errors(result.output)
+    assert errors and all(e[0] == line for e in errors), result.output
+    assert any(e[:2] == (line, col) and words in e[2] for e in errors), result.output
+
+
+def test_sar_factors_the_wrong_way_round_are_refused_at_their_column(tmp_path):
+    path = _strategy(tmp_path)
+    path.write_text(path.read_text().replace("slow: sma(close, 20)", "slow: sar(0.3, 0.2)"))
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    errors = _errors(result.output)
+    assert errors[0][:2] == (8, 9) and errors[0][2].startswith("sar(): accel 0.3 is above max 0.2"), result.output

@@ -286,6 +286,13 @@ class Checker:
             if t.is_error:
                 return T.INVALID
             arg_types[param.name + str(id(arg))] = t
+        if fn.relation is not None:
+            given = {p.name: self.constant(a) for p, a in bound if p.kind in (registry.LENGTH, registry.CONSTANT)}
+            values = {p.name: given.get(p.name, p.default) for p in fn.params
+                      if p.kind in (registry.LENGTH, registry.CONSTANT)}
+            problem = fn.relation(values)
+            if problem:
+                return self.fail(node, f"{fn.name}(): {problem}", f"signature: {fn.signature}")
         return self._result(fn, node, bound, list(arg_types.values()))
 
     def _bind(self, fn: registry.Function, node: ast.Call) -> list[tuple[registry.Param, ast.Node]] | None:
@@ -369,6 +376,12 @@ class Checker:
                 return self.fail(arg, f"{what} is {value:,.0f} bars, more than the {MAX_LENGTH_BARS:,} an "
                                  "indicator can look back", "use a larger bar size for long look-backs "
                                  "(a 200-day average is sma(close, 200) on 1d bars)")
+            if param.minimum is not None and value < param.minimum:
+                unit = " bars" if param.kind == registry.LENGTH else ""
+                return self.fail(arg, f"{what} must be {param.minimum:g}{unit} or more, got {value:g}",
+                                 f"signature: {fn.signature}")
+            if param.positive and not value > 0:
+                return self.fail(arg, f"{what} must be above 0, got {value:g}", f"signature: {fn.signature}")
         return t
 
     def _result(self, fn: registry.Function, node: ast.Call, bound, arg_types: list[T.Type]) -> T.Type:
@@ -380,6 +393,8 @@ class Checker:
             return T.SCALAR
         if fn.returns == registry.R_FOLLOW:
             return T.Type(T.NUMBER, any(t.series for t in arg_types))
+        if fn.returns == registry.R_BOOL_FOLLOW:
+            return T.Type(T.BOOL, any(t.series for t in arg_types))
         if fn.returns == registry.R_SYMBOL:
             return T.record("symbol")
         if fn.returns == registry.R_IF:

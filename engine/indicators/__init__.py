@@ -17,14 +17,16 @@ A bar where any input is NaN is *missing*: its output is NaN (False for boolean
 kernels), and every other bar's output is computed as if the missing bars did not
 exist: the valid bars are compressed, the kernel runs on them, and the results are
 scattered back. Leading NaNs are just missing bars under the same rule, so the
-warm-up counts valid bars. Multi-input kernels (atr, adx, mfi, vwap, crosses...)
-treat a bar as missing when any of its inputs is NaN. TA-Lib therefore never sees a
+warm-up counts valid bars. Multi-input kernels (atr, adx, mfi, vwap, stoch_k, cci,
+obv, sar, keltner_*, crosses...) treat a bar as missing when any of its inputs is
+NaN (keltner_middle too, though it reads only the close). TA-Lib therefore never sees a
 NaN. The streaming form follows the same rule: `update()` with a NaN input returns
 NaN and leaves the state untouched. (Infinities are not treated as missing.)
 
 Data-dependent NaNs (not gaps): zscore where the stdev is 0, iv_rank where the
 window is flat, hurst where a lag's differences are all equal, bb_width where the
-middle band is 0, vwap while the session's cumulative volume is 0.
+middle band is 0, vwap while the session's cumulative volume is 0. TA-Lib's own
+convention is 0 instead: rsi, mfi, stoch_k/stoch_d, willr and cci on a flat window.
 """
 
 from .elementwise import ELEMENTWISE

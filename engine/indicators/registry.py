@@ -63,11 +63,29 @@ def _macd_sig(fast, slow, signal):
     return s + g - 2
 
 
+def _stoch_k(length, smooth_k):
+    return P.window(length) + P.window(smooth_k) - 2
+
+
+def _stoch_d(length, smooth_k, smooth_d):
+    return P.window(length) + P.window(smooth_k) + P.window(smooth_d) - 3
+
+
+def _keltner_band(length, mult, atr_length):
+    return max(P.window(length) - 1, P.window(atr_length))
+
+
+def _keltner_mid(length, mult, atr_length):
+    return P.window(length) - 1
+
+
 X = ("x",)
 HLC = ("high", "low", "close")
 LEN = (("length", REQUIRED),)
 BB = (("length", 20), ("mult", 2.0))
 MACD = (("fast", 12), ("slow", 26), ("signal", 9))
+STOCH = (("length", 14), ("smooth_k", 3), ("smooth_d", 3))
+KC = (("length", 20), ("mult", 2.0), ("atr_length", 10))
 
 _ROWS = [
     # name, func, stream, warmup, source, inputs, params
@@ -97,6 +115,16 @@ _ROWS = [
     ("percentrank", nk.percentrank, st.PercentRank, _len, "numpy", X, LEN),
     ("hurst", nk.hurst, st.Hurst, _len_minus_1, "numpy", X, (("length", 100),)),
     ("iv_rank", nk.iv_rank, st.IVRank, _len_minus_1, "ta-lib:MAX+MIN", X, (("length", 252),)),
+    ("stoch_k", tb.stoch_k, st.stoch_k_stream, _stoch_k, "ta-lib:STOCH", HLC, STOCH[:2]),
+    ("stoch_d", tb.stoch_d, st.stoch_d_stream, _stoch_d, "ta-lib:STOCH", HLC, STOCH),
+    ("willr", tb.willr, st.WillR, _len_minus_1, "ta-lib:WILLR", HLC, (("length", 14),)),
+    ("cci", tb.cci, st.CCI, _len_minus_1, "ta-lib:CCI", HLC, (("length", 20),)),
+    ("obv", tb.obv, st.OBV, lambda: 0, "ta-lib:OBV", ("close", "volume"), ()),
+    ("sar", tb.sar, st.SAR, lambda accel, maximum: 1, "ta-lib:SAR", ("high", "low"),
+     (("accel", 0.02), ("maximum", 0.2))),
+    ("keltner_upper", tb.keltner_upper, st.keltner_stream("upper"), _keltner_band, "ta-lib:EMA+ATR", HLC, KC),
+    ("keltner_middle", tb.keltner_middle, st.keltner_stream("middle"), _keltner_mid, "ta-lib:EMA", HLC, KC),
+    ("keltner_lower", tb.keltner_lower, st.keltner_stream("lower"), _keltner_band, "ta-lib:EMA+ATR", HLC, KC),
     ("crosses_above", nk.crosses_above, st.crosses_above_stream, lambda: 1, "numpy",
      ("a", "b"), ()),
     ("crosses_below", nk.crosses_below, st.crosses_below_stream, lambda: 1, "numpy",

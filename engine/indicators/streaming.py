@@ -549,3 +549,226 @@ def crosses_above_stream():
 
 def crosses_below_stream():
     return _Cross(False)
+
+
+# --- stochastics, Williams %R, CCI, OBV, SAR, Keltner -----------------------------------------
+
+
+class _Mean(Stream):
+    """TA-Lib's SMA inside STOCH: the running total of `SMA`, or the value itself for n = 1."""
+
+    def __init__(self, n):
+        self.sma = SMA(n) if n > 1 else None
+
+    def _step(self, x):
+        return x if self.sma is None else self.sma._step(x)
+
+
+class _Range(Stream):
+    """The last n highs and lows; `_full(hh, ll, c)` once n bars are in."""
+
+    def __init__(self, length, minimum):
+        self.n = P.window(length, minimum=minimum)
+        self.highs = deque(maxlen=self.n)
+        self.lows = deque(maxlen=self.n)
+
+    def _step(self, h, l, c):
+        self.highs.append(h)
+        self.lows.append(l)
+        if len(self.highs) < self.n:
+            return NAN
+        return self._full(max(self.highs), min(self.lows), c)
+
+
+class Stoch(_Range):
+    """TA-Lib STOCH with SMA smoothing: fast %K = (c - LL) / (HH - LL) * 100 (0 on a flat
+    window), %K its mean over smooth_k, %D the mean of %K over smooth_d. `which` is "k" or
+    "d"."""
+
+    def __init__(self, length=14, smooth_k=3, smooth_d=3, which="k"):
+        super().__init__(length, 1)
+        self.k = _Mean(P.window(smooth_k, "smooth_k", 1))
+        self.d = _Mean(P.window(smooth_d, "smooth_d", 1)) if which == "d" else None
+
+    def _full(self, hh, ll, c):
+        diff = hh - ll
+        fast = (c - ll) / diff * 100.0 if diff != 0.0 else 0.0
+        k = self.k._step(fast)
+        if self.d is None or k != k:
+            return k
+        return self.d._step(k)
+
+
+def stoch_k_stream(length=14, smooth_k=3):
+    return Stoch(length, smooth_k, 1, "k")
+
+
+def stoch_d_stream(length=14, smooth_k=3, smooth_d=3):
+    return Stoch(length, smooth_k, smooth_d, "d")
+
+
+class WillR(_Range):
+    """TA-Lib WILLR: (HH - c) / (HH - LL) * -100, 0 on a flat window."""
+
+    def __init__(self, length=14):
+        super().__init__(length, 2)
+
+    def _full(self, hh, ll, c):
+        diff = hh - ll
+        return (hh - c) / diff * -100.0 if diff != 0.0 else 0.0
+
+
+# TA-Lib's CCI is 0 where the distance from the mean or the summed deviation is within 1e-8
+# of 0 (its TA_IS_ZERO): a flat window, and a typical price equal to the mean up to rounding.
+CCI_ZERO = 1e-8
+
+
+class CCI(Stream):
+    """TA-Lib CCI: typical prices in a ring of n slots (bar k of the series in slot k mod n),
+    the mean and the mean absolute deviation summed over the slots in slot order, as TA-Lib's
+    circular buffer does, so the values are TA-Lib's to the bit."""
+
+    def __init__(self, length=20):
+        self.n = P.window(length, minimum=2)
+        self.ring = [0.0] * self.n
+        self.slot = 0
+        self.count = 0
+
+    def _step(self, h, l, c):
+        tp = (h + l + c) / 3
+        ring, n = self.ring, self.n
+        ring[self.slot] = tp
+        self.slot = (self.slot + 1) % n
+        if self.count < n - 1:
+            self.count += 1
+            return NAN
+        mean = 0.0
+        for v in ring:
+            mean += v
+        mean /= n
+        dev = 0.0
+        for v in ring:
+            dev += abs(v - mean)
+        diff = tp - mean
+        if -CCI_ZERO < diff < CCI_ZERO or -CCI_ZERO < dev < CCI_ZERO:
+            return 0.0
+        return diff / (0.015 * (dev / n))
+
+
+class OBV(Stream):
+    """TA-Lib OBV: the first bar's volume, then += / -= each bar's volume on an up / down close."""
+
+    def __init__(self):
+        self.prev = None
+        self.total = 0.0
+
+    def _step(self, c, v):
+        if self.prev is None:
+            self.total = v
+        elif c > self.prev:
+            self.total += v
+        elif c < self.prev:
+            self.total -= v
+        self.prev = c
+        return self.total
+
+
+def _fused(a, b, c):
+    """a*b + c rounded once (a fused multiply-add): TA-Lib's C library computes its SAR step
+    this way (its compiler fuses the multiply and the add), so the stream does too. The exact
+    value is a ratio of integers over a power of two, and Python's int / int is correctly
+    rounded (about 1 us; infinities and NaN, which have no ratio, take the plain float path)."""
+    try:
+        an, ad = a.as_integer_ratio()
+        bn, bd = b.as_integer_ratio()
+        cn, cd = c.as_integer_ratio()
+    except (OverflowError, ValueError):
+        return a * b + c
+    d = ad * bd
+    if d >= cd:
+        return (an * bn + cn * (d // cd)) / d
+    return (an * bn * (cd // d) + cn) / cd
+
+
+class SAR(Stream):
+    """TA-Lib SAR, bar by bar (see talib_backed.sar for the rules and the start)."""
+
+    def __init__(self, accel=0.02, maximum=0.2):
+        from .talib_backed import sar_params
+
+        self.accel, self.max = sar_params(accel, maximum)
+        self.bars = 0
+
+    def _step(self, h, l):
+        if self.bars == 0:
+            self.bars = 1
+            self.h0, self.l0 = h, l
+            return NAN
+        if self.bars == 1:
+            self.bars = 2
+            up, down = h - self.h0, self.l0 - l
+            self.long = not (down > 0 and down > up)     # bar 1's -DM decides
+            self.af = self.accel
+            self.ep, self.sar = (h, self.l0) if self.long else (l, self.h0)
+            self.nh, self.nl = h, l                     # bar 1 is its own previous bar
+        ph, pl = self.nh, self.nl
+        self.nh, self.nl = h, l
+        sar, ep = self.sar, self.ep
+        if self.long:
+            if l <= sar:                                # reversal: short from the old extreme
+                self.long = False
+                sar = max(ep, ph, h)
+                out = sar
+                self.af = self.accel
+                ep = l
+                sar = max(_fused(self.af, ep - sar, sar), ph, h)
+            else:
+                out = sar
+                if h > ep:
+                    ep = h
+                    self.af = min(self.af + self.accel, self.max)
+                sar = min(_fused(self.af, ep - sar, sar), pl, l)
+        else:
+            if h >= sar:                                # reversal: long from the old extreme
+                self.long = True
+                sar = min(ep, pl, l)
+                out = sar
+                self.af = self.accel
+                ep = h
+                sar = min(_fused(self.af, ep - sar, sar), pl, l)
+            else:
+                out = sar
+                if l < ep:
+                    ep = l
+                    self.af = min(self.af + self.accel, self.max)
+                sar = max(_fused(self.af, ep - sar, sar), ph, h)
+        self.sar, self.ep = sar, ep
+        return out
+
+
+class Keltner(Stream):
+    """ema(close, length) +/- mult * atr(atr_length) from the EMA and ATR streams (both
+    stepped every bar). `which` is "upper", "middle" or "lower"."""
+
+    def __init__(self, length=20, mult=2.0, atr_length=10, which="upper"):
+        self.m = P.real(mult, "mult")
+        self.ema = EMA(length)
+        self.atr = ATR(P.window(atr_length, "atr_length", 1))
+        self.which = which
+
+    def _step(self, h, l, c):
+        mid = self.ema._step(c)
+        band = self.atr._step(h, l, c)
+        if self.which == "middle":
+            return mid
+        if mid != mid or band != band:
+            return NAN
+        band = band * self.m
+        return mid + band if self.which == "upper" else mid - band
+
+
+def keltner_stream(which):
+    def make(length=20, mult=2.0, atr_length=10):
+        return Keltner(length, mult, atr_length, which)
+    make.__name__ = f"keltner_{which}_stream"
+    return make

@@ -224,3 +224,132 @@ def macd_hist(x, fast=12, slow=26, signal=9):
     """MACD histogram: macd - macd_signal. TA-Lib MACD. Warm-up slow+signal-2."""
     f, s, g = P.macd_periods(fast, slow, signal)
     return run_ta(lambda a: talib.MACD(a, f, s, g)[2], [as_series(x)])
+
+
+# --- oscillators on high, low and close --------------------------------------------------
+
+
+def _hlc(high, low, close):
+    return [as_series(high, "high"), as_series(low, "low"), as_series(close, "close")]
+
+
+def _stoch_periods(length, smooth_k, smooth_d=1):
+    return (P.window(length, "length", 1), P.window(smooth_k, "smooth_k", 1),
+            P.window(smooth_d, "smooth_d", 1))
+
+
+def stoch_k(high, low, close, length=14, smooth_k=3):
+    """Stochastic oscillator %K (TA-Lib STOCH, SMA smoothing), 0-100. The fast %K is
+    fk[t] = (c[t] - LL) / (HH - LL) * 100 with HH = max(h[t-n+1..t]), LL = min(l[t-n+1..t]),
+    and 0 where HH == LL (a flat window); %K = sma(fk, smooth_k) (TA-Lib's running total;
+    smooth_k = 1 is the fast %K itself). Warm-up (n-1) + (smooth_k-1)."""
+    n, sk, _ = _stoch_periods(length, smooth_k)
+    # slowd_period 1: TA-Lib then starts %K at its own lookback (not %D's), with the same values
+    return run_ta(lambda h, l, c: talib.STOCH(h, l, c, n, sk, 0, 1, 0)[0], _hlc(high, low, close))
+
+
+def stoch_d(high, low, close, length=14, smooth_k=3, smooth_d=3):
+    """Stochastic %D: sma(stoch_k(length, smooth_k), smooth_d) (TA-Lib STOCH's slowd, SMA).
+    With smooth_k = 1 it is the fast stochastic's %D (StockCharts' %D). Warm-up
+    (n-1) + (smooth_k-1) + (smooth_d-1)."""
+    n, sk, sd = _stoch_periods(length, smooth_k, smooth_d)
+    return run_ta(lambda h, l, c: talib.STOCH(h, l, c, n, sk, 0, sd, 0)[1], _hlc(high, low, close))
+
+
+def willr(high, low, close, length=14):
+    """Williams %R, -100..0: (HH - c[t]) / (HH - LL) * -100 with HH, LL the highest high and
+    lowest low of bars t-n+1..t; 0 where HH == LL. TA-Lib WILLR. Warm-up n-1."""
+    n = P.window(length, minimum=2)
+    return run_ta(lambda h, l, c: talib.WILLR(h, l, c, n), _hlc(high, low, close))
+
+
+def cci(high, low, close, length=20):
+    """Commodity Channel Index: tp = (h + l + c) / 3; CCI = (tp[t] - m) / (0.015 * md) with
+    m = mean(tp[t-n+1..t]) and md = mean(|tp[i] - m|) over the same bars (Lambert's constant
+    0.015); 0 where |tp[t] - m| or the summed deviation is below 1e-8 (TA-Lib's TA_IS_ZERO: a
+    flat window, or tp[t] equal to the mean up to rounding). TA-Lib CCI: the window's sums run
+    over its ring buffer in slot order (slot = bar number mod n), which the streaming form
+    repeats. Warm-up n-1."""
+    n = P.window(length, minimum=2)
+    return run_ta(lambda h, l, c: talib.CCI(h, l, c, n), _hlc(high, low, close))
+
+
+def obv(close, volume):
+    """On-balance volume: obv[0] = volume[0]; then obv[t] = obv[t-1] + volume[t] when
+    c[t] > c[t-1], - volume[t] when c[t] < c[t-1], unchanged when equal (t-1 the previous
+    valid bar). TA-Lib OBV: it starts at the first bar's volume, not 0, so levels differ
+    from a zero-based count by that constant. Warm-up 0."""
+    return run_ta(talib.OBV, [as_series(close, "close"), as_series(volume, "volume")])
+
+
+def sar_params(accel, maximum):
+    """Validate Parabolic SAR factors: both finite and above 0, accel <= max (TA-Lib would
+    silently lower accel to max)."""
+    a = P.real(accel, "accel")
+    m = P.real(maximum, "max")
+    if not a > 0 or not m > 0:
+        raise ValueError(f"sar: accel and max must be above 0, got {a:g} and {m:g}")
+    if a > m:
+        raise ValueError(f"sar: accel {a:g} is above max {m:g}")
+    return a, m
+
+
+def sar(high, low, accel=0.02, maximum=0.2):
+    """Parabolic SAR (Wilder; TA-Lib SAR). Bar 1 starts the trend: short when bar 1's -DM is
+    positive (l[0]-l[1] > 0 and > h[1]-h[0]), else long; a long starts with sar = l[0] and
+    ep = h[1], a short with sar = h[0] and ep = l[1]; af = accel. At each bar t >= 1, with
+    p = t-1 its previous bar (bar 1 counts as its own previous bar):
+    * long and l[t] <= sar: a reversal. The output is r = max(ep, h[p], h[t]); the trend turns
+      short with af = accel, ep = l[t], and the next sar is max(r + af*(ep - r), h[p], h[t]);
+    * long otherwise: the output is sar; a new high h[t] > ep becomes ep and raises af by
+      accel (up to max); the next sar is min(sar + af*(ep - sar), l[p], l[t]);
+    * short: the mirror image (h[t] >= sar reverses at min(ep, l[p], l[t]); a new low lowers
+      ep; the next sar is kept at or above h[p] and h[t]).
+    TA-Lib's C library (in the ta-lib wheel) computes sar + af*(ep - sar) with one rounding (a
+    fused multiply-add), and the streaming form does too. accel and max must be above 0 and
+    accel <= max. Warm-up 1."""
+    a, m = sar_params(accel, maximum)
+    return run_ta(lambda h, l: talib.SAR(h, l, a, m), [as_series(high, "high"), as_series(low, "low")])
+
+
+# --- Keltner channels (StockCharts' definition, from TA-Lib EMA and ATR) ----------------------
+
+
+def _keltner(high, low, close, length, mult, atr_length, which):
+    n = P.window(length, minimum=2)
+    m = P.real(mult, "mult")
+    an = P.window(atr_length, "atr_length", 1)
+
+    def raw(h, l, c):
+        mid = talib.EMA(c, n)
+        if which == 0:
+            return mid
+        band = talib.ATR(h, l, c, an)
+        np.multiply(band, m, out=band)
+        with np.errstate(invalid="ignore"):
+            return np.add(mid, band, out=band) if which > 0 else np.subtract(mid, band, out=band)
+
+    # no `lead`: TA-Lib's EMA would only skip a NaN run of close, and the rule drops the bars
+    # where high or low is missing too; the tail views are what compress/scatter computes
+    return run_gapped(raw, _hlc(high, low, close))
+
+
+def keltner_upper(high, low, close, length=20, mult=2.0, atr_length=10):
+    """Upper Keltner channel (StockCharts' current definition; TA-Lib has no Keltner):
+    ema(close, length) + mult * atr(atr_length), from TA-Lib EMA (SMA-seeded) and ATR (Wilder,
+    seeded with the mean TR of bars 1..atr_length). A bar missing any of high, low, close is
+    missing for the channel. Warm-up max(length-1, atr_length)."""
+    return _keltner(high, low, close, length, mult, atr_length, 1)
+
+
+def keltner_middle(high, low, close, length=20, mult=2.0, atr_length=10):
+    """Middle Keltner line: ema(close, length) (TA-Lib EMA) over the bars where high, low and
+    close are all present (so it is the centre of the upper and lower lines at every bar).
+    Does not depend on mult or atr_length. Warm-up length-1."""
+    return _keltner(high, low, close, length, mult, atr_length, 0)
+
+
+def keltner_lower(high, low, close, length=20, mult=2.0, atr_length=10):
+    """Lower Keltner channel: ema(close, length) - mult * atr(atr_length). Warm-up
+    max(length-1, atr_length)."""
+    return _keltner(high, low, close, length, mult, atr_length, -1)

@@ -66,20 +66,29 @@ def bar_seconds(bar: str) -> float:
 # ---------------------------------------------------------------------------------------- loading
 
 def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjusted: bool = False,
-              start=None, end=None, on_bad_bar: str = "refuse") -> dict[str, pd.DataFrame]:
+              start=None, end=None, on_bad_bar: str = "refuse",
+              round_adjusted: int | None = None) -> dict[str, pd.DataFrame]:
     """Bars per symbol from a CSV/Parquet file or a directory of them.
 
     The symbol comes from a `symbol`/`ticker` column when the file has one, else from the file
     name (a `symbols` entry found among the stem's `-`/`_` separated parts, else the upper-cased
     stem). For a directory or a long table `symbols` also limits what is returned, and asking for
     a symbol that is not there is an error; for a one-symbol file it only names the symbol. Naive times are local to `timezone`; aware times keep their instants and are shown in
-    `timezone`. `adjusted` scales open/high/low/close by adj close / close. `start`/`end` are
-    inclusive (a date means the whole day). A bar no run could trust (see `_bad_values`) is an
+    `timezone`. `adjusted` scales open/high/low/close by adj close / close, and `round_adjusted`
+    (with `adjusted`) then rounds them to that many decimals, half to even (numpy.round, as
+    Yahoo-style feeds of other tools round adjusted prices to cents); the bad-bar checks see the
+    rounded prices. `start`/`end` are inclusive (a date means the whole day). A bar no run could trust (see `_bad_values`) is an
     error at its line, or with `on_bad_bar="skip"` left out: the frame's attrs["bad_bars"] then
     says how many and where the first was.
     """
     if on_bad_bar not in ("refuse", "skip"):
         raise ValueError(f"on_bad_bar must be 'refuse' or 'skip', not {on_bad_bar!r}")
+    if round_adjusted is not None and (not adjusted or isinstance(round_adjusted, bool)
+                                       or not isinstance(round_adjusted, (int, np.integer)) or round_adjusted < 0):
+        raise ValueError(f"round_adjusted must be a whole number of decimals >= 0, with adjusted=True; "
+                         f"got {round_adjusted!r} (adjusted={adjusted!r})")
+    load = dict(timezone=timezone, adjusted=adjusted, start=start, end=end, on_bad_bar=on_bad_bar,
+                round_adjusted=round_adjusted)
     path = Path(path)
     wanted = [str(s).upper() for s in symbols] if symbols is not None else None
     if path.is_dir():
@@ -93,14 +102,14 @@ def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjuste
         for file in files:
             if wanted is not None and not _has_symbol_column(file) and _stem_symbol(file, wanted) not in wanted:
                 continue
-            for symbol, frame in _load_file(file, wanted, timezone, adjusted, start, end, on_bad_bar).items():
+            for symbol, frame in _load_file(file, wanted, **load).items():
                 if symbol in out:
                     raise DiagnosticError([error(str(file), 0, 0,
                                                  f"symbol {symbol} is also in {origin[symbol]}",
                                                  "keep one file (or one table) per symbol")])
                 out[symbol], origin[symbol] = frame, file
     elif path.is_file():
-        out = _load_file(path, wanted, timezone, adjusted, start, end, on_bad_bar)
+        out = _load_file(path, wanted, **load)
         if not _has_symbol_column(path):
             return out  # one symbol per file: `symbols` only helps to name it
     else:
@@ -194,7 +203,8 @@ class _Source:
                                      LAYOUTS_HINT)])
 
 
-def _load_file(path: Path, wanted, timezone, adjusted, start, end, on_bad_bar="refuse") -> dict[str, pd.DataFrame]:
+def _load_file(path: Path, wanted, timezone, adjusted, start, end, on_bad_bar="refuse",
+               round_adjusted: int | None = None) -> dict[str, pd.DataFrame]:
     if path.suffix.lower() in (".parquet", ".pq"):
         frame, source, lines = _read_parquet(path)
     else:
@@ -218,6 +228,8 @@ def _load_file(path: Path, wanted, timezone, adjusted, start, end, on_bad_bar="r
             factor = out_cols["adj_close"] / out_cols["close"]
         for role in _PRICES:
             out_cols[role] = out_cols[role] * factor
+            if round_adjusted is not None:
+                np.round(out_cols[role], int(round_adjusted), out=out_cols[role])
     # Rows with no prices at all (Yahoo's 'null' rows, blank lines) are gaps, not bars.
     gap = np.isnan(out_cols["close"])
     if gap.any():

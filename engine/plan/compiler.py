@@ -67,7 +67,7 @@ class Compiler:
     # ---- node table ------------------------------------------------------------------------
     def _add(self, op: str, attrs: tuple, args: tuple[int, ...], kind: str, series: bool, warmup: int,
              label: str, market: bool | None = None) -> int:
-        key = (op, attrs, args)
+        key = (op, attrs, args, kind)    # kind: the constant true is not the number 1 (True == 1.0)
         found = self._by_key.get(key)
         if found is not None:
             return found
@@ -312,14 +312,15 @@ class Compiler:
                                                 constants)}
             warmup = self._w(*args) + int(fn.warmup(params))
             return self._add(N.CALL, (fn.name,) + tuple(constants), args, kind, True, warmup, label)
-        # elementwise: abs sign log sqrt round min max clamp nz if
+        # elementwise: abs sign log sqrt round min max clamp nz na defined if
         if all(self._is_const(a) for a in args) and fn.name != "if":
             folded = _fold_elementwise(fn.name, [self._value(a) for a in args], constants)
             if folded is not None:
                 return self.const(folded)
         if fn.name == "if" and self._is_const(args[0]):
             return args[1] if self._value(args[0]) else args[2]
-        kind = self.nodes[args[1]].kind if fn.name == "if" else "number"
+        kind = self.nodes[args[1]].kind if fn.name == "if" else \
+            "boolean" if fn.returns == registry.R_BOOL_FOLLOW else "number"
         return self._add(N.CALL, (fn.name,) + tuple(constants), args, kind, self._s(*args), self._w(*args), label)
 
     def _bind(self, fn: registry.Function, node: ast.Call) -> list[tuple[registry.Param, int]]:
@@ -361,6 +362,8 @@ def _fold_elementwise(name: str, values: list, constants: list) -> Any:
             return min(max(values[0], values[1]), values[2])
         if name == "nz":
             return values[0] if values[0] == values[0] else values[1]
+        if name in ("na", "defined"):
+            return (values[0] == values[0]) == (name == "defined")
     except (TypeError, ValueError):
         return None
     return None

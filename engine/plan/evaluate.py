@@ -1,7 +1,9 @@
 """Evaluate a Plan: vectorised over a whole history, or bar by bar as bars arrive.
 
 Both evaluators share one set of value rules, so a live run sees the numbers a backtest saw:
-- a comparison with a missing value (NaN) is false, and `not` of a false comparison is true;
+- a comparison with a missing value (NaN) is false (`between` and `in` too), except `!=`, which
+  is true (IEEE's rule), and `not` of a false comparison is true (so `not (x < 1)`, `x != 1` and
+  `x not in [1]` hold where x has no value); `na(x)` / `defined(x)` say whether x has one;
 - division by zero gives NaN ("no value"), never infinity;
 - a lag reaches back over earlier bars, NaN (false for conditions) before the first;
 - functions follow engine.indicators' gap rule: a bar with a missing input is skipped;
@@ -121,6 +123,10 @@ def _elementwise_vec(name: str, args: list, consts: tuple):
     if name == "nz":
         x, default = args
         return np.where(np.isnan(x), default, x)
+    if name == "na":
+        return np.isnan(args[0])
+    if name == "defined":
+        return ~np.isnan(args[0])
     if name in ("min", "max"):
         fn = np.minimum if name == "min" else np.maximum
         out = np.asarray(args[0], dtype=np.float64)
@@ -140,6 +146,10 @@ def _elementwise_scalar(name: str, args: list, consts: tuple):
         return args[1] if args[0] else args[2]
     if name == "nz":
         return args[1] if args[0] != args[0] else args[0]
+    if name == "na":
+        return args[0] != args[0]
+    if name == "defined":
+        return args[0] == args[0]
     if name in ("min", "max", "clamp", "sign", "abs", "log", "sqrt", "round"):
         vec = _elementwise_vec(name, [np.array([float(a)]) for a in args], consts)
         return float(vec[0])

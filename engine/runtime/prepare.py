@@ -156,8 +156,10 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                             f"paths are relative to {doc.path}'s folder")
         else:
             data_path = Path(data)
+        adjusted = doc.get(("data", "adjusted"))      # true, or {round: N}: adjusted, rounded to N decimals
         frames = load_bars(data_path, symbols=wanted if data_path.is_dir() or len(wanted) > 1 else wanted,
-                           timezone=timezone, adjusted=spec.adjusted, on_bad_bar=spec.on_bad_bar)
+                           timezone=timezone, adjusted=spec.adjusted, on_bad_bar=spec.on_bad_bar,
+                           round_adjusted=adjusted.get("round") if isinstance(adjusted, dict) else None)
         if not data_path.is_dir() and len(frames) == 1 and len(wanted) == 1:
             frames = {wanted[0]: next(iter(frames.values()))}
     instruments = {s: instrument(ws, doc, s) for s in wanted}
@@ -178,6 +180,9 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     def to_ts(day: str) -> pd.Timestamp:
         return pd.Timestamp(day).tz_localize(timezone)
 
+    if settings.get("start") and frames_from is None:
+        frames = _warm_from(settings, frames, symbols, to_ts(settings["start"]))
+
     prepared = Prepared(doc, ws, plan, Path(path), symbols, instruments, frames, settings, timezone, bar, data_path,
                         to_ts(settings["start"]) if settings.get("start") else None,
                         to_ts(settings["end"]) + pd.Timedelta(days=1) if settings.get("end") else None,
@@ -195,9 +200,29 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     return prepared
 
 
+def _warm_from(settings: dict, frames: dict[str, pd.DataFrame], traded: list[str],
+               start: pd.Timestamp) -> dict[str, pd.DataFrame]:
+    """backtest.warmup: from_start: when the run's start is given (backtest.start, --from), the
+    bars before it are left out, so indicators start at the start, as on files that begin there
+    (every symbol's, those read through symbol("X") too). before_start (the default) keeps them
+    as warm-up. A traded symbol with no bar from the start on keeps its bars: it has nothing to
+    do in the window either way, and the window's checks still say what range the data has."""
+    if settings.get("warmup", "before_start") != "from_start":
+        return frames
+    out = {}
+    for symbol, frame in frames.items():
+        cut = frame[frame.index >= start]
+        if len(cut) < len(frame) and not (symbol in traded and len(cut) == 0):
+            cut.attrs.update(frame.attrs)     # what loading noted (bars skipped) stays with the bars
+            frame = cut
+        out[symbol] = frame
+    return out
+
+
 def last_days(prep: Prepared, days: int) -> Prepared:
     """The same run limited to the last `days` trading days of the data (earlier bars stay
-    loaded as warm-up)."""
+    loaded as warm-up, whatever backtest.warmup says: a rehearsal of a live run, which warms up
+    on its history)."""
     dates = sorted({d for frame in (prep.frames[s] for s in prep.symbols if s in prep.frames)
                     for d in frame.index.tz_convert(prep.timezone).normalize()})
     if not dates:

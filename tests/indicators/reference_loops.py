@@ -213,3 +213,119 @@ def crosses_above(a, b):
 
 def crosses_below(a, b):
     return [False] + [a[t] < b[t] and a[t - 1] >= b[t - 1] for t in range(1, len(a))]
+
+
+def _fast_k(h, l, c, n):
+    """100 * (close - lowest low) / (highest high - lowest low) over the last n bars; 0 flat."""
+    out = [NAN] * len(c)
+    for t in range(n - 1, len(c)):
+        hh, ll = max(h[t - n + 1:t + 1]), min(l[t - n + 1:t + 1])
+        out[t] = 100.0 * (c[t] - ll) / (hh - ll) if hh != ll else 0.0
+    return out
+
+
+def _mean_of_defined(x, n):
+    """A simple moving average that starts where x starts being defined (n = 1: x itself)."""
+    out = [NAN] * len(x)
+    first = next((t for t, v in enumerate(x) if v == v), len(x))
+    for t in range(first + n - 1, len(x)):
+        out[t] = sum(x[t - n + 1:t + 1]) / n
+    return out
+
+
+def stoch_k(h, l, c, n=14, smooth_k=3):
+    return _mean_of_defined(_fast_k(h, l, c, n), smooth_k)
+
+
+def stoch_d(h, l, c, n=14, smooth_k=3, smooth_d=3):
+    return _mean_of_defined(stoch_k(h, l, c, n, smooth_k), smooth_d)
+
+
+def willr(h, l, c, n=14):
+    out = [NAN] * len(c)
+    for t in range(n - 1, len(c)):
+        hh, ll = max(h[t - n + 1:t + 1]), min(l[t - n + 1:t + 1])
+        out[t] = -100.0 * (hh - c[t]) / (hh - ll) if hh != ll else 0.0
+    return out
+
+
+def cci(h, l, c, n=20):
+    """Lambert: (tp - mean(tp)) / (0.015 * mean |tp - mean(tp)|); 0 when either is ~0 (TA-Lib
+    treats |x| < 1e-8 as zero)."""
+    tp = [(h[t] + l[t] + c[t]) / 3 for t in range(len(c))]
+    out = [NAN] * len(c)
+    for t in range(n - 1, len(c)):
+        w = tp[t - n + 1:t + 1]
+        m = sum(w) / n
+        md = sum(abs(v - m) for v in w) / n
+        d = tp[t] - m
+        out[t] = 0.0 if abs(d) < 1e-8 or md * n < 1e-8 else d / (0.015 * md)
+    return out
+
+
+def obv(c, v):
+    out, total = [], 0.0
+    for t in range(len(c)):
+        if t == 0:
+            total = v[0]
+        elif c[t] > c[t - 1]:
+            total += v[t]
+        elif c[t] < c[t - 1]:
+            total -= v[t]
+        out.append(total)
+    return out
+
+
+def sar(h, l, accel=0.02, maximum=0.2):
+    """Wilder's parabolic SAR, with TA-Lib's start: the trend of bar 1 is short when its -DM
+    is positive (else long); a long starts at bar 0's low with bar 1's high as the extreme, a
+    short at bar 0's high with bar 1's low; bar 1 is its own previous bar."""
+    N = len(h)
+    out = [NAN] * N
+    if N < 2:
+        return out
+    up, down = h[1] - h[0], l[0] - l[1]
+    trend = -1 if (down > 0 and down > up) else 1
+    level = l[0] if trend == 1 else h[0]
+    extreme = h[1] if trend == 1 else l[1]
+    factor = accel
+    for t in range(1, N):
+        p = t - 1 if t > 1 else 1
+        if trend == 1 and l[t] <= level:          # the low touches the stop: now short
+            level = max(extreme, h[p], h[t])
+            out[t] = level
+            trend, factor, extreme = -1, accel, l[t]
+            level = max(level + factor * (extreme - level), h[p], h[t])
+        elif trend == -1 and h[t] >= level:       # the high touches the stop: now long
+            level = min(extreme, l[p], l[t])
+            out[t] = level
+            trend, factor, extreme = 1, accel, h[t]
+            level = min(level + factor * (extreme - level), l[p], l[t])
+        elif trend == 1:
+            out[t] = level
+            if h[t] > extreme:
+                extreme, factor = h[t], min(factor + accel, maximum)
+            level = min(level + factor * (extreme - level), l[p], l[t])
+        else:
+            out[t] = level
+            if l[t] < extreme:
+                extreme, factor = l[t], min(factor + accel, maximum)
+            level = max(level + factor * (extreme - level), h[p], h[t])
+    return out
+
+
+def _keltner(h, l, c, n, k, atr_n, sign):
+    mid, band = ema(c, n), atr(h, l, c, atr_n)
+    return [m + sign * k * b for m, b in zip(mid, band)]
+
+
+def keltner_upper(h, l, c, n=20, k=2.0, atr_n=10):
+    return _keltner(h, l, c, n, k, atr_n, 1)
+
+
+def keltner_middle(h, l, c, n=20, k=2.0, atr_n=10):
+    return ema(c, n)
+
+
+def keltner_lower(h, l, c, n=20, k=2.0, atr_n=10):
+    return _keltner(h, l, c, n, k, atr_n, -1)

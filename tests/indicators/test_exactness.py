@@ -153,7 +153,8 @@ def test_hurst_chunking_does_not_change_values(monkeypatch):
 
 EXACT = {"change": (3,), "roc": (3,), "sma": (20,), "ema": (20,), "tr": (), "highest": (20,),
          "lowest": (20,), "percentrank": (20,), "iv_rank": (50,), "crosses_above": (),
-         "crosses_below": (), "macd": (12, 26, 9), "mfi": (14,), "adx": (14,)}
+         "crosses_below": (), "macd": (12, 26, 9), "mfi": (14,), "adx": (14,), "stoch_k": (14, 3),
+         "stoch_d": (14, 3, 3), "willr": (14,), "cci": (20,), "obv": (), "sar": (0.02, 0.2)}
 
 
 @pytest.mark.parametrize("ds", ["spy", "nq"])

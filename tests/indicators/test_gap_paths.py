@@ -21,7 +21,10 @@ PARAMS = {"change": (3,), "roc": (3,), "percentrank": (20,), "hurst": (30,), "at
           "adx": (14,), "mfi": (14,), "rsi": (14,), "bb_upper": (20, 2.0),
           "bb_lower": (20, 2.0), "bb_width": (20, 2.0), "macd": (12, 26, 9),
           "macd_signal": (12, 26, 9), "macd_hist": (12, 26, 9), "iv_rank": (50,),
-          "tr": (), "vwap": (), "crosses_above": (), "crosses_below": ()}
+          "tr": (), "vwap": (), "crosses_above": (), "crosses_below": (), "stoch_k": (14, 3),
+          "stoch_d": (14, 3, 3), "willr": (14,), "cci": (20,), "obv": (), "sar": (0.02, 0.2),
+          "keltner_upper": (20, 2.0, 10), "keltner_middle": (20, 2.0, 10),
+          "keltner_lower": (10, 1.5, 25)}
 
 
 def pool(size=1500, start=200):

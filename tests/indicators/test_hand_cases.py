@@ -96,7 +96,9 @@ def _params(name):
     return {"change": (3,), "roc": (3,), "percentrank": (7,), "hurst": (30,),
             "bb_upper": (15, 2.0), "bb_lower": (15, 2.0), "bb_width": (15, 2.0),
             "macd": (5, 13, 4), "macd_signal": (5, 13, 4), "macd_hist": (13, 5, 4),
-            "tr": (), "vwap": (), "crosses_above": (), "crosses_below": ()}.get(name, (9,))
+            "tr": (), "vwap": (), "crosses_above": (), "crosses_below": (), "stoch_k": (9, 3),
+            "stoch_d": (9, 2, 4), "obv": (), "sar": (0.02, 0.2), "keltner_upper": (9, 2.0, 12),
+            "keltner_middle": (15, 2.0, 5), "keltner_lower": (12, 1.0, 4)}.get(name, (9,))
 
 
 @pytest.mark.parametrize("name", sorted(K))
@@ -118,7 +120,72 @@ def test_warmup_is_exact(name):
 def test_table_is_complete():
     names = ("sma ema wma rma stdev highest lowest change roc rsi atr tr adx mfi vwap "
              "bb_upper bb_lower bb_width macd macd_signal macd_hist zscore percentrank "
-             "hurst iv_rank crosses_above crosses_below").split()
+             "hurst iv_rank stoch_k stoch_d willr cci obv sar keltner_upper keltner_middle "
+             "keltner_lower crosses_above crosses_below").split()
     assert list(K) == names
     for k in K.values():
         assert k.doc and k.source and callable(k.stream)
+
+
+def test_stochastics_by_hand():
+    h, l, c = [3, 4, 5, 6, 6], [1, 2, 3, 4, 5], [2, 4, 3, 6, 5]
+    fast = [nan, nan, 100 * (3 - 1) / (5 - 1), 100 * (6 - 2) / (6 - 2), 100 * (5 - 3) / (6 - 3)]
+    eq(K["stoch_k"].func(h, l, c, 3, 1), fast)
+    eq(K["stoch_k"].func(h, l, c, 3, 2), [nan, nan, nan, (50 + 100) / 2, (100 + 200 / 3) / 2])
+    eq(K["stoch_d"].func(h, l, c, 3, 1, 3), [nan] * 4 + [(50 + 100 + 200 / 3) / 3])
+    flat = [2.0] * 4
+    eq(K["stoch_k"].func(flat, flat, flat, 2, 1), [nan, 0, 0, 0])      # a flat window is 0
+
+
+def test_williams_r_by_hand():
+    h, l, c = [3, 4, 5, 6], [1, 2, 3, 4], [2, 4, 3, 6]
+    eq(K["willr"].func(h, l, c, 3), [nan, nan, -100 * (5 - 3) / (5 - 1), -100 * (6 - 6) / (6 - 2)])
+    flat = [2.0] * 3
+    eq(K["willr"].func(flat, flat, flat, 2), [nan, 0, 0])
+
+
+def test_cci_by_hand():
+    # typical prices 1, 2, 3: mean 2, mean deviation 2/3, so (3 - 2) / (0.015 * 2/3) = 100
+    eq(K["cci"].func([1, 2, 3, 3], [1, 2, 3, 3], [1, 2, 3, 3], 3), [nan, nan, 100, (3 - 8 / 3) / (0.015 * 4 / 9)])
+    eq(K["cci"].func([5.0] * 3, [5.0] * 3, [5.0] * 3, 2), [nan, 0, 0])
+
+
+def test_obv_by_hand_and_across_a_gap():
+    eq(K["obv"].func([10, 11, 11, 9, 12], [5, 6, 7, 8, 9]), [5, 11, 11, 3, 12])
+    # the missing bar is skipped: bar 3 compares with bar 1
+    eq(K["obv"].func([10, 11, nan, 9, 12], [5, 6, 7, 8, 9]), [5, 11, nan, 3, 12])
+
+
+def test_sar_by_hand():
+    # bar 1: +DM 1, -DM 0, so long from low[0] = 9 with ep = high[1] = 11; bar 2 makes a new
+    # high (af 0.04); bar 3's low 9 pierces 9.1584: short at the extreme 12, the next stop
+    # 12 - 0.02*3 = 11.94 is lifted to bar 2's high 12; bar 4 makes a new low 8 (af 0.04)
+    h, l = [10, 11, 12, 11, 9], [9, 10, 11, 9, 8]
+    eq(K["sar"].func(h, l, 0.02, 0.2), [nan, 9, 9.04, 12, 12])
+    s = K["sar"].stream(0.02, 0.2)
+    eq([s.update(a, b) for a, b in zip(h + [9], l + [7])], [nan, 9, 9.04, 12, 12, 11.84])
+
+
+@pytest.mark.parametrize("accel, maximum", [(0.3, 0.2), (0.0, 0.2), (-0.02, 0.2), (0.02, 0.0),
+                                            (float("nan"), 0.2)])
+def test_sar_refuses_factors_that_would_change_its_meaning(accel, maximum):
+    with pytest.raises(ValueError):
+        K["sar"].func([2.0, 3.0], [1.0, 2.0], accel, maximum)
+    with pytest.raises(ValueError):
+        K["sar"].stream(accel, maximum)
+
+
+def test_keltner_is_ema_plus_minus_mult_atr():
+    b = load_ohlcv("spy")
+    h, l, c = b["high"][:300], b["low"][:300], b["close"][:300]
+    mid = K["keltner_middle"].func(h, l, c, 20, 1.5, 10)
+    np.testing.assert_array_equal(mid, K["ema"].func(c, 20))
+    band = 1.5 * K["atr"].func(h, l, c, 10)
+    eq(K["keltner_upper"].func(h, l, c, 20, 1.5, 10), mid + band)
+    eq(K["keltner_lower"].func(h, l, c, 20, 1.5, 10), mid - band)
+    # a bar missing its high is missing for all three lines (not only the ATR)
+    h = h.copy()
+    h[100] = nan
+    for which in ("upper", "middle", "lower"):
+        out = K[f"keltner_{which}"].func(h, l, c, 20, 1.5, 10)
+        assert np.isnan(out[100]) and not np.isnan(out[101])

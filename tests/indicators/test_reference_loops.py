@@ -20,6 +20,10 @@ CASES = {
     "macd_signal": ((12, 26, 9), 800), "macd_hist": ((5, 35, 5), 800),
     "zscore": ((20,), 800), "percentrank": ((50,), 800), "hurst": ((60,), 300),
     "iv_rank": ((100,), 800), "crosses_above": ((), 800), "crosses_below": ((), 800),
+    "stoch_k": ((14, 3), 800), "stoch_d": ((10, 1, 4), 800), "willr": ((14,), 800),
+    "cci": ((20,), 800), "obv": ((), 800), "sar": ((0.02, 0.2), 800),
+    "keltner_upper": ((20, 2.0, 10), 800), "keltner_middle": ((20, 2.0, 10), 800),
+    "keltner_lower": ((15, 1.5, 20), 800),
 }
 
 

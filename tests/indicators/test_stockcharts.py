@@ -130,3 +130,105 @@ def test_rsi_14():
     g2, l2 = K["rma"].func(gain[1:], 14), K["rma"].func(loss[1:], 14)
     np.testing.assert_allclose(K["rsi"].func(df.Close, 14)[1:], 100 * g2 / (g2 + l2),
                                rtol=1e-12, equal_nan=True)
+
+
+def _closes_filled(df: pd.DataFrame) -> np.ndarray:
+    """cs-soo and cs-percentr leave Close blank on the first 13 rows, whose highs and lows the
+    first 14-bar windows read. %K and %R at bar t read only close[t], so any price there gives
+    the same rows 13 on: the row's low is used (a blank close would make the bar missing)."""
+    return df.Close.fillna(df.Low).to_numpy(float)
+
+
+def test_stochastic_14_3():
+    """cs-soo: SO is the fast %K(14) and SO_SIG its 3-bar mean (StockCharts' fast stochastic):
+    stoch_k(14, smooth_k=1) and stoch_d(14, 1, smooth_d=3). 6 decimals. SO_SIG is the mean of
+    the file's rounded SO values, rounded again (within 5e-7 of them), so ours is within 1e-6;
+    the file also starts SO_SIG one bar after its third SO value, where ours already has one."""
+    df = cs("cs-soo")
+    c = _closes_filled(df)
+    k = K["stoch_k"].func(df.High, df.Low, c, 14, 1)
+    d = K["stoch_d"].func(df.High, df.Low, c, 14, 1, 3)
+    assert np.isnan(k[:13]).all() and np.isnan(d[:15]).all() and not np.isnan(d[15])
+    close_where_defined(k, df.SO, 5e-7, 17)
+    close_where_defined(df.SO.rolling(3).mean(), df.SO_SIG, 5e-7, 14)
+    close_where_defined(d, df.SO_SIG, 1e-6, 14)
+    # smoothing the fast %K (smooth_k > 1) is an SMA of it: the slow stochastic
+    slow = K["stoch_k"].func(df.High, df.Low, c, 14, 3)
+    np.testing.assert_allclose(slow[15:], pd.Series(k).rolling(3).mean()[15:], rtol=0, atol=1e-12)
+
+
+def test_williams_r_14():
+    df = cs("cs-percentr")  # 6 decimals, 17 defined rows
+    out = K["willr"].func(df.High, df.Low, _closes_filled(df), 14)
+    assert np.isnan(out[:13]).all()
+    close_where_defined(out, df["Williams_%R"], 5e-7, 17)
+
+
+def test_cci_20():
+    """cs-cci: 4 decimals, 11 defined rows (the file's typical prices are rounded to 4
+    decimals too; its CCI is computed from the unrounded ones, as ours)."""
+    df = cs("cs-cci")
+    out = K["cci"].func(df.High, df.Low, df.Close, 20)
+    assert np.isnan(out[:19]).all()
+    close_where_defined(out, df.CCI, 5e-5, 11)
+    tp = (df.High + df.Low + df.Close) / 3
+    close_where_defined(K["sma"].func(tp, 20), df["20-day SMA of TP"], 5e-5, 11)
+
+
+def test_obv():
+    """cs-obv: the first row has a close and no volume, a missing bar under the gap rule, so
+    ours starts at row 1 with its volume (TA-Lib's OBV starts at its first bar's volume);
+    StockCharts counts from 0 at row 0, and row 1 closed up, so the two agree on every row,
+    exactly (29 rows); each step is the signed volume."""
+    df = cs("cs-obv")
+    out = K["obv"].func(df.Close, df.Volume)
+    assert np.isnan(out[0])
+    np.testing.assert_array_equal(out[1:], df.OBV.to_numpy(float)[1:])
+    step = np.sign(np.diff(df.Close.to_numpy(float)[1:])) * df.Volume.to_numpy(float)[2:]
+    np.testing.assert_array_equal(np.diff(out[1:]), step)
+
+
+def test_parabolic_sar_002_02():
+    """cs-psar (the `ta` library's PSAR on StockCharts' table): its first trend starts at row 2
+    from high[0], TA-Lib's at row 1 (short: row 1's -DM is positive), so rows 1-7 differ. Both
+    reverse at row 8 and again at row 21 (psar_up_ind, psar_down_ind), and from the first
+    reversal on both are one recursion from one state (the stop at the old extreme, af 0.02,
+    the bar's extreme): rows 8-29 agree to the file's 8 decimals."""
+    df = cs("cs-psar")
+    out = K["sar"].func(df.High, df.Low, 0.02, 0.2)
+    ref = df.psar_up.fillna(df.psar_down).to_numpy(float)
+    np.testing.assert_allclose(out[8:], ref[8:], rtol=0, atol=5e-9)
+    assert out[8:].size == 22
+    below = out < df.Low.to_numpy(float)           # a long's stop is under the bar
+    flips = np.flatnonzero(below[1:] != below[:-1]) + 1
+    assert flips.tolist() == [8, 21]
+    assert np.flatnonzero(df.psar_up_ind).tolist() == [8] and np.flatnonzero(df.psar_down_ind).tolist() == [2, 21]
+
+
+def test_keltner_20_2_10():
+    """cs-kc (StockCharts' Keltner channels, `ta` with original_version=False): middle =
+    EMA(close, 20), bands = middle +/- 2 * ATR(10). (1) The file is that definition: the
+    bands sit 2 * its ATR from the middle. (2) Its EMA starts at the first close and its ATR
+    is Wilder's average of TR including bar 0's high-low: our ema given that seed (19 copies
+    of close[0] in front) and our rma of the file's TR reproduce them. (3) Ours seeds the EMA
+    with the SMA of 20 closes (TA-Lib EMA) and the ATR with the mean TR of bars 1..10 (TA-Lib
+    ATR), so the middle's gap from the file shrinks by exactly 19/21 a bar and the half-width's
+    by 9/10."""
+    df = cs("cs-kc")
+    h, l, c = (df[k].to_numpy(float) for k in ("High", "Low", "Close"))
+    up, mid, lo = (df[k].to_numpy(float) for k in ("upper_band", "middle_band", "lower_band"))
+    atr = df.atr.replace(0.0, np.nan).to_numpy(float)
+    close_where_defined(up - mid, 2 * atr, 1e-12, 21)
+    close_where_defined(mid - lo, 2 * atr, 1e-12, 21)
+    seeded = K["ema"].func(np.concatenate([np.full(19, c[0]), c]), 20)[19:]
+    close_where_defined(seeded, mid, 1e-12, 30)
+    close_where_defined(K["rma"].func(df.true_range, 10), atr, 1e-12, 21)
+    ours = {w: K[f"keltner_{w}"].func(h, l, c, 20, 2.0, 10) for w in ("upper", "middle", "lower")}
+    assert np.isnan(ours["upper"][:19]).all() and not np.isnan(ours["upper"][19:]).any()
+    gap = ours["middle"][19:] - mid[19:]
+    np.testing.assert_allclose(gap, gap[0] * (19 / 21) ** np.arange(len(gap)), rtol=1e-9, atol=0)
+    half = (ours["upper"] - ours["middle"]) / 2
+    np.testing.assert_allclose(half, (ours["middle"] - ours["lower"]) / 2, rtol=1e-12)
+    np.testing.assert_allclose(half[19:], K["atr"].func(h, l, c, 10)[19:], rtol=1e-12)
+    gap = K["atr"].func(h, l, c, 10)[10:] - atr[10:]
+    np.testing.assert_allclose(gap, gap[0] * 0.9 ** np.arange(len(gap)), rtol=1e-6)

@@ -26,7 +26,13 @@ def param_strategy(name):
         "macd_signal": st.tuples(st.integers(2, 15), st.integers(16, 40), st.integers(1, 12)),
         "macd_hist": st.tuples(st.integers(2, 40), st.integers(2, 40), st.integers(1, 12)),
         "tr": st.just(()), "vwap": st.just(()), "crosses_above": st.just(()),
-        "crosses_below": st.just(()),
+        "crosses_below": st.just(()), "obv": st.just(()),
+        "stoch_k": st.tuples(st.integers(1, 30), st.integers(1, 6)),
+        "stoch_d": st.tuples(st.integers(1, 30), st.integers(1, 6), st.integers(1, 6)),
+        "sar": st.floats(0.005, 0.1).flatmap(lambda a: st.tuples(st.just(a), st.floats(a, 0.5))),
+        "keltner_upper": st.tuples(L, st.floats(0.5, 3.0), st.integers(1, 30)),
+        "keltner_middle": st.tuples(L, st.floats(0.5, 3.0), st.integers(1, 30)),
+        "keltner_lower": st.tuples(L, st.floats(0.5, 3.0), st.integers(1, 30)),
     }.get(name, st.tuples(L))
 
 

@@ -659,3 +659,18 @@ def test_warmup_from_start_does_not_cut_a_brokers_history(tmp_path):
     prep = bt.prepare(path, frames_from=lambda symbols, bar, timezone: {"SPY": spy})
     assert len(prep.frames["SPY"]) == len(spy)
     assert len(bt.prepare(path).frames["SPY"]) == len(spy[spy.index >= "2012-01-01"]) == 1509
+
+
+def test_a_look_back_longer_than_the_window_under_from_start_says_to_start_earlier(tmp_path):
+    """Under from_start the data before the start is not the problem: the hint says to start
+    earlier or warm up before the start, not to load more history."""
+    text = TREND.format(source=f"{SAMPLE}/", backtest="backtest: {warmup: from_start}").replace(
+        "sma(close, 50)", "sma(close, 300)")
+    path = strategy(tmp_path, text, "long.yaml")
+    result = CliRunner().invoke(cli.main, ["backtest", str(path), "--from", "2017-06-01", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "from the run's start (backtest.warmup: from_start)" in result.output
+    assert "start earlier (--from)" in result.output and "load more history" not in result.output
+    plain = CliRunner().invoke(cli.main, ["backtest", str(strategy(tmp_path, text.replace(
+        "backtest: {warmup: from_start}", ""), "plain.yaml")), "--from", "2017-06-01", "--no-progress"])
+    assert plain.exit_code == 0, plain.output          # warmed up on the bars before the start

@@ -39,10 +39,13 @@ def short_history(prep) -> list[Diagnostic]:
             continue   # the indicator it reads is already named
         if where[0] == "indicators":
             named_short.add(node_id)
+        cut = (prep.settings or {}).get("warmup") == "from_start" and prep.start is not None
         out.append(doc.diag_in_value(
-            where, 0, f"`{node.label}` needs {node.warmup + 1:,} bars before its first value, but {holds}",
-            "shorten the look-back (indicator lengths, lags x[n]), use a larger bar size, or load more "
-            "history (data.source, --data)"))
+            where, 0, f"`{node.label}` needs {node.warmup + 1:,} bars before its first value, but {holds}"
+            + (" from the run's start (backtest.warmup: from_start)" if cut else ""),
+            "shorten the look-back (indicator lengths, lags x[n]), use a larger bar size, or " +
+            ("start earlier (--from), or warm up on the bars before the start (backtest.warmup: before_start)"
+             if cut else "load more history (data.source, --data)")))
     return out
 
 

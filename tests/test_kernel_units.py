@@ -4,6 +4,8 @@ tracker's handling of events it cannot place."""
 
 from __future__ import annotations
 
+from venues import simulate_on
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -170,15 +172,10 @@ class _Noisy(SimBroker):
 
 def test_events_the_tracker_cannot_place_are_errors_that_stop_new_entries(tmp_path):
     from engine.runtime import backtest as bt
-    from engine.runtime import kernel, session
+    from engine.runtime import kernel
 
     prep = bt.prepare("strategies/sma_crossover.yaml")
-    real = session.SimBroker
-    session.SimBroker = _Noisy
-    try:
-        result = session.simulate(prep, streaming=False, run_id="t")
-    finally:
-        session.SimBroker = real
+    result = simulate_on(_Noisy, prep, run_id="t")
     runner = result.runner
     assert isinstance(runner, kernel.Kernel)
     assert any("did not send (qtrade:elsewhere:1)" in m for _, m in runner.errors)
@@ -249,12 +246,7 @@ def test_a_corrected_execution_replaces_the_first_and_a_later_commission_replace
 
     prep = bt.prepare("strategies/sma_crossover.yaml")
     plain = session.simulate(prep, streaming=False, run_id="p")
-    real = session.SimBroker
-    session.SimBroker = _Correcting
-    try:
-        corrected = session.simulate(prep, streaming=False, run_id="c")
-    finally:
-        session.SimBroker = real
+    corrected = simulate_on(_Correcting, prep, run_id="c")
     assert not corrected.runner.errors
     assert [(f.quantity, f.price, f.commission) for f in corrected.ledger.fills] == \
         [(f.quantity, f.price, f.commission) for f in plain.ledger.fills]
@@ -282,12 +274,7 @@ def test_a_commission_reported_after_the_order_is_booked_still_reaches_cash_and_
 
     prep = bt.prepare("strategies/sma_crossover.yaml")
     plain = session.simulate(prep, streaming=False, run_id="p")
-    real = session.SimBroker
-    session.SimBroker = _LateCommissions
-    try:
-        late = session.simulate(prep, streaming=False, run_id="l")
-    finally:
-        session.SimBroker = real
+    late = simulate_on(_LateCommissions, prep, run_id="l")
     late.runner._drain()
     assert plain.ledger.trades and not late.runner.errors
     assert [round(t.pnl, 6) for t in late.ledger.trades] == [round(t.pnl, 6) for t in plain.ledger.trades]

@@ -17,23 +17,19 @@ from engine.runtime import backtest as bt
 from engine.runtime import session
 from engine.runtime.journal import Journal
 from engine.runtime.recorder import Recorder
+from venues import venue
 
 SMA = "strategies/sma_crossover.yaml"
 
 
 def _run(journal_path, venue_class=SimBroker, days=300):
     prep = bt.last_days(bt.prepare(SMA), days)
-    real = session.SimBroker
-    session.SimBroker = venue_class
-    try:
-        with Journal(journal_path) as journal:
-            bt.start_run(prep, journal, "paper", "r1", 100_000.0)
-            prefix = f"qtrade:{prep.plan.name}:"
-            result = session.simulate(prep, run_id="r1", recorder=Recorder(journal, "r1"),
-                                      tags=(prefix, journal.last_order_seq(prefix)))
-            bt.write_journal(result, journal, "paper", incremental=True)
-    finally:
-        session.SimBroker = real
+    with venue(venue_class), Journal(journal_path) as journal:
+        bt.start_run(prep, journal, "paper", "r1", 100_000.0)
+        prefix = f"qtrade:{prep.plan.name}:"
+        result = session.simulate(prep, run_id="r1", recorder=Recorder(journal, "r1"),
+                                  tags=(prefix, journal.last_order_seq(prefix)))
+        bt.write_journal(result, journal, "paper", incremental=True)
     return result
 
 

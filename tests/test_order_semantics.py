@@ -148,18 +148,14 @@ def test_on_a_venue_that_answers_late_the_reversal_waits_for_its_exit(tmp_path, 
             return out
 
     from engine.runtime.kernel import Kernel
+    from venues import simulate_on
 
     prep = bt.prepare(always_in(tmp_path))
     plain = session.simulate(prep, streaming=False, run_id="p")
     waited = []
     after_exit = Kernel._after_exit
     monkeypatch.setattr(Kernel, "_after_exit", lambda self, st: (waited.append(st.symbol), after_exit(self, st)))
-    real = session.SimBroker
-    session.SimBroker = _Late
-    try:
-        late = session.simulate(prep, streaming=False, run_id="l")
-    finally:
-        session.SimBroker = real
+    late = simulate_on(_Late, prep, run_id="l")
     assert not late.runner.errors
     assert [(t.side, t.entry_time, t.entry_price, t.exit_time, t.exit_price) for t in late.ledger.trades] == \
         [(t.side, t.entry_time, t.entry_price, t.exit_time, t.exit_price) for t in plain.ledger.trades]

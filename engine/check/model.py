@@ -225,8 +225,10 @@ class Instrument:
     sec_type: str = "STK"
     multiplier: float = 1.0
     tick_size: float = 0.01
-    margin: float = 0.0
+    margin: float = 0.0              # initial margin per contract (futures)
     calendar: str | None = "NYSE"
+    months: str | None = None        # futures: the listed month cycle (HMUZ)
+    roll_days: int = 0               # futures: the front month's roll, in trading days before the last trade date
 
 
 def universe_symbols(doc: Document) -> list[str]:
@@ -291,7 +293,7 @@ def instrument(ws: Workspace, doc: Document, symbol: str) -> Instrument:
         sec_type = entry.get("sec_type", "STK")
     return Instrument(symbol, sec_type, float(entry.get("multiplier") or 1.0) if sec_type == "FUT" else 1.0,
                       float(entry.get("tick_size") or 0.01), float(entry.get("margin") or 0.0),
-                      entry.get("calendar", "NYSE"))
+                      entry.get("calendar", "NYSE"), entry.get("months"), int(entry.get("roll_days") or 0))
 
 
 

@@ -126,6 +126,8 @@ def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillMod
     if limits.max_open_positions is not None and limits.max_open_positions < 1:
         return "max_open_positions below 1"
     sig = next(iter(signals.values()))
+    if sig.bars.front is not None:
+        return "futures bars per contract (each position is filled on its own contract's bars)"
     if sig.context_entries or sig.context_exits:
         return "rules that read position or run context"
     entries = [r for r in plan.rules if r.kind == "entry"]

@@ -61,7 +61,7 @@ class _Tracked:
 
     __slots__ = ("intent", "record", "symbol", "owner", "role", "rule", "decided_bar", "exit_kind", "filled",
                  "value", "commission", "execs", "last_bar", "last_time", "why", "last_price", "combo",
-                 "chase_prices", "sent", "done")
+                 "chase_prices", "sent", "done", "contract")
 
     def __init__(self, intent: OrderIntent, record: OrderRecord, symbol: str, owner: str, role: str, rule: N.Rule,
                  decided_bar: int, exit_kind: str = ""):
@@ -85,6 +85,7 @@ class _Tracked:
         self.chase_prices: list = []
         self.sent = False
         self.done = False
+        self.contract = ""              # the futures contract it goes to, where the bars are per contract
 
 
 @dataclass
@@ -320,6 +321,10 @@ class Kernel(RunState):
         b = st.bars
         n = len(b)
         best = n
+        if b.front is not None:          # the contract held: its own bars, and the close it expires at
+            held = self.ledger.positions[st.key].contract
+            best = min(best, b.expiry_bar.get(held, n))
+            b = b.of(held)
         cache = st.jump_idx
         for node_id in nodes:
             idx = cache.get(node_id)
@@ -435,9 +440,13 @@ class Kernel(RunState):
             self._status(tr, "cancelled", self._now, "the position was already closed")
             self.syms[tr.symbol].closing = None
             return
+        b = self.syms[tr.symbol].bars
+        if b.front is not None:     # per-contract futures: an entry goes to the front month, the rest to the held one
+            pos = self.ledger.positions.get(tr.symbol) if role != "entry" else None
+            tr.contract = tr.record.contract = pos.contract if pos is not None else b.contract_at(k)
         order = E.Order(it.tag, it.symbol, it.action, float(it.quantity), it.order_type, it.limit, it.stop, it.tif,
                         f"{it.symbol}:protect" if role == "stop" or role == "target" else "", tr.owner, it.intent,
-                        it.rule)
+                        it.rule, contract=tr.contract)
         if role == "entry" and self.check_order is not None and self._refused(tr, order):
             self.syms[tr.symbol].working_entry = None
             return
@@ -680,7 +689,8 @@ class Kernel(RunState):
         price = tr.last_price if tr.execs == 1 else tr.value / tr.filled      # _average
         it = tr.intent
         tag, symbol, role, rule, time = it.tag, tr.symbol, tr.role, tr.rule, tr.last_time
-        fill = Fill(symbol, it.action, tr.filled, price, tr.commission, time, tr.last_bar, tag, b.multiplier, rule.name)
+        fill = Fill(symbol, it.action, tr.filled, price, tr.commission, time, tr.last_bar, tag, b.multiplier, rule.name,
+                    "", tr.contract)
         if ev.status == E.FILLED or tr.filled >= float(it.quantity or 0.0) - 1e-9:
             self._status(tr, "filled", time, "")
         else:
@@ -704,7 +714,7 @@ class Kernel(RunState):
                         f"({pos.quantity if pos else 0:g} held)")
             return
         held = pos.quantity
-        mae, mfe = excursions(b, pos.entry_bar, tr.last_bar, pos.avg_price, price, held > 0,
+        mae, mfe = excursions(b.of(pos.contract), pos.entry_bar, tr.last_bar, pos.avg_price, price, held > 0,
                               abs(held) * pos.multiplier)
         trade = ledger.close(fill, rule.reason or (tr.exit_kind if role == "exit" else role), mae, mfe)
         index = self._trade_of[tag] = len(ledger.trades) - 1
@@ -725,6 +735,9 @@ class Kernel(RunState):
     def _on_close(self, st: _Symbol, k: int) -> None:
         if st.stream is not None:
             self._stream(st, k)
+        if st.key is not None and st.bars.front is not None and not st.combo and \
+                st.bars.expiry_bar.get(self.ledger.positions[st.key].contract) == k:
+            self._expire(st, k)
         if st.combo:
             if st.key is not None and st.chasing is None:
                 self._manage_combo(st, k)
@@ -743,6 +756,56 @@ class Kernel(RunState):
                 # filled at this close (`fill: close`): its exits already apply to this bar
                 self._manage(st, k)
 
+    def _expire(self, st: _Symbol, k: int) -> None:
+        """The futures contract the position is held in stops trading before the next bar (its last
+        trade date is over): the position is settled at that contract's last price, as the
+        exchange settles what is still open at expiry. Its working orders are cancelled first."""
+        symbol = st.symbol
+        pos = self.ledger.positions[symbol]
+        for ref in list(st.protect.values()) + ([st.closing] if st.closing is not None else []):
+            tr = self.orders_by_ref[ref]
+            if tr.sent and not tr.done:
+                self.venue.cancel(ref)
+        self._drain()
+        if st.closing is not None and st.closing in st.pending:
+            st.pending.remove(st.closing)
+            self._status(self.orders_by_ref[st.closing], "cancelled", self._now, f"{pos.contract} expired first")
+        st.closing = None
+        if symbol not in self.ledger.positions:
+            return          # closed meanwhile
+        b = st.bars
+        price = float(b.of(pos.contract).close[k])
+        last = b.last_trade[pos.contract]
+        how = f"{pos.contract} expired (last trade date {last}): settled at its last price {price:g}"
+        time = int(b.end[k])
+        self.venue.settle_future(symbol, price, time)
+        action = "sell" if pos.quantity > 0 else "buy"
+        intent = OrderIntent(symbol, action, "market", abs(pos.quantity), None, None, None, "day", "close",
+                             "expiry settlement", self._tag(), how)
+        rec = OrderRecord(intent, self._now)
+        rec.status, rec.status_time, rec.reason, rec.contract = "filled", time, how, pos.contract
+        self.orders.append(rec)
+        if self.recorder is not None:
+            self.recorder.status(rec)
+        self._decide(symbol, "expiry settlement", "exit", "fired", how)
+        fill = Fill(symbol, action, abs(pos.quantity), price, 0.0, time, k, intent.tag, b.multiplier,
+                    "expiry settlement", how, pos.contract)
+        mae, mfe = excursions(b.of(pos.contract), pos.entry_bar, k + 1, pos.avg_price, price, pos.quantity > 0,
+                              abs(pos.quantity) * pos.multiplier)
+        trade = self.ledger.close(fill, how, mae, mfe)
+        index = self._trade_of[intent.tag] = len(self.ledger.trades) - 1
+        entry_ref = self._entry_ref.pop(symbol, None)
+        if entry_ref is not None:
+            self._trade_of[entry_ref] = index
+        self._booked.add(intent.tag)
+        st.owner = st.key = None
+        self._marks_key = None      # the marks of this instant are found again (a new position may open now)
+        self._losses = self._losses + 1 if trade.pnl < 0 else 0
+        limits = self.settings.limits
+        if limits.circuit_breaker is not None and self._losses >= limits.circuit_breaker[0]:
+            self._paused_until = time / 1e9 + limits.circuit_breaker[1]
+            self._losses = 0
+
     def _position_context(self, st: _Symbol, k: int) -> dict:
         """The open position's fields at bar k's close, only those the exits read (and its entry
         bar, which at_entry() needs). The running ones (highest, lowest, max and min P&L since the
@@ -753,7 +816,7 @@ class Kernel(RunState):
         need = self._ctx_fields
         if not need:
             return ctx
-        b = st.bars
+        b = st.bars.of(pos.contract)     # the contract it is held in (the series itself unless per contract)
         if "position.side" in need:
             ctx["position.side"] = float(pos.side)
         if "position.size" in need:

@@ -218,3 +218,130 @@ orders: {{buy: {{action: buy, type: market, quantity: 1}}}}
     d = excinfo.value.diagnostics[0]
     assert (d.path, d.line, d.col) == (str(data), 1, len("date,") + 1)
     assert "SPY is not a futures root of the instrument map" in d.message
+
+
+# ---- margins: initial and maintenance margin per root (universes/instruments.yaml) -------------
+
+NQ_MINUTE = SHARED / "firstratedata_nq_sample" / "NQ_1min_sample.csv"
+needs_nq = pytest.mark.skipif(not NQ_MINUTE.exists(), reason=f"{NQ_MINUTE} (../shared/data) is not present")
+
+
+def nq_strategy(tmp: Path, *, quantity: str, risk: str = "{max_open_positions: 1, margin_check: \"off\"}",
+                entry: str = "crosses_above(sma(close, 10), sma(close, 30))",
+                exit_: str = "crosses_below(sma(close, 10), sma(close, 30))", instruments: str | None = None) -> Path:
+    """A 10/30 crossover on the FirstRate NQ minute sample, on the bundled instrument map (NQ: margin
+    19,800, maintenance 18,000, multiplier 20) unless `instruments` gives another root."""
+    if instruments is not None:
+        (tmp / "i.yaml").write_text(f"kind: instruments\nname: i\nroots:\n  NQ: {instruments}\n")
+    path = tmp / "nq.yaml"
+    path.write_text(f"""kind: strategy
+name: nq
+universe: [NQ]
+instruments: {tmp / 'i.yaml' if instruments is not None else ROOT / 'universes' / 'instruments.yaml'}
+data: {{bar: 1m, session: extended, source: {NQ_MINUTE}}}
+schedule: {{timezone: {NY}}}
+entry:
+  - name: in
+    when: "{entry}"
+    order: buy
+exit:
+  - name: out
+    when: "{exit_}"
+orders:
+  buy: {{action: buy, type: market, quantity: {quantity}}}
+backtest: {{cash: 100000, commission: {{per_contract: 2.25}}}}
+risk: {risk}
+""")
+    return path
+
+
+@needs_nq
+def test_a_futures_share_of_equity_and_max_position_are_measured_on_initial_margin(tmp_path):
+    result = bt.run(bt.prepare(nq_strategy(tmp_path, quantity="{percent_of_equity: 40%}")), run_id="t")
+    first = result.ledger.fills[0]
+    assert first.quantity == 2 == (40_000 // 19_800)     # 40% of 100,000 in margin: 2 NQ (about 640,000 notional)
+    capped = bt.run(bt.prepare(nq_strategy(tmp_path, quantity=3, risk="{max_position: 20%, margin_check: \"off\"}")),
+                    run_id="t")
+    assert {f.quantity for f in capped.ledger.fills} == {1.0}             # 20% of about 100,000: one NQ's 19,800
+    assert any(d.reason.endswith("capped by max_position 20.0% of equity (a future's initial margin)")
+               for d in capped.runner.decisions)
+    blocked = bt.run(bt.prepare(nq_strategy(tmp_path, quantity=3, risk="{max_position: 2%, margin_check: \"off\"}")),
+                     run_id="t")
+    assert not blocked.ledger.fills and {d.reason for d in blocked.runner.decisions if d.outcome == "blocked"} == \
+        {"capped by max_position 2.0% of equity (a future's initial margin)"}
+
+
+@needs_nq
+def test_an_entry_needs_its_initial_margin_in_available_funds(tmp_path):
+    result = bt.run(bt.prepare(nq_strategy(tmp_path, quantity=6)), run_id="t")
+    assert not result.ledger.fills            # 6 x 19,800 = 118,800 of margin on 100,000
+    assert {d.reason for d in result.runner.decisions if d.outcome == "blocked"} == \
+        {"insufficient available funds: needs 118,813.50, has 100,000.00"}
+    five = bt.run(bt.prepare(nq_strategy(tmp_path, quantity=5)), run_id="t")
+    assert five.ledger.fills and five.ledger.fills[0].quantity == 5      # 99,000 fits
+
+
+@needs_nq
+def test_a_future_without_an_initial_margin_is_not_sized_by_a_share_of_equity(tmp_path):
+    root = ("{sec_type: FUT, exchange: CME, currency: USD, multiplier: 20, trading_class: NQ, months: HMUZ, "
+            "tick_size: 0.25, calendar: CME_Equity}")
+    result = bt.run(bt.prepare(nq_strategy(tmp_path, quantity="{percent_of_equity: 40%}", instruments=root)),
+                    run_id="t")
+    assert not result.ledger.fills
+    assert {d.reason for d in result.runner.decisions if d.outcome == "blocked"} == {
+        "NQ has no initial margin in the instrument map: a future's share of equity (percent_of_equity) is "
+        "measured on its margin"}
+
+
+@needs_nq
+def test_equity_below_the_maintenance_margin_is_a_margin_call_that_liquidates(tmp_path):
+    """5 NQ bought at the 2023-11-29 09:57 open and held: 99,000 of initial margin fits 100,000;
+    the maintenance margin is 5 x 18,000 = 90,000, so a fall of about 100 points is a margin call:
+    the position is closed at the next open, with the figures in its decision and trade."""
+    path = nq_strategy(tmp_path, quantity=5, entry="bar_index == 10150", exit_="false")
+    prep = bt.prepare(path)
+    result = bt.run(prep, run_id="t")
+    assert "fast_path" not in result.timings                 # the fast path has no margin calls: the kernel
+    (trade,) = result.ledger.trades
+    assert trade.exit_rule == "margin call" and trade.quantity == 5
+    (call,) = [d for d in result.runner.decisions if d.rule == "margin call"]
+    equity = float(call.reason.split("equity ")[1].split(" ")[0].replace(",", ""))
+    assert equity < 90_000 and "below the maintenance margin 90,000.00 of the futures held" in call.reason
+    # the first close under it, and none before: equity at each close is cash + (close - entry) x 5 x 20
+    closes = prep.frames["NQ"]["close"].to_numpy()
+    entry_bar = next(f.bar for f in result.ledger.fills)
+    equity_at = 100_000 - 11.25 + (closes[entry_bar:] - trade.entry_price) * 100
+    first = entry_bar + int(np.flatnonzero(equity_at < 90_000)[0])
+    assert result.ledger.fills[1].bar == first + 1 and result.ledger.fills[1].price == prep.frames["NQ"]["open"].iloc[first + 1]
+    assert equity == round(equity_at[first - entry_bar], 2)
+    # the backtest's kernel jumps over the bars a waiting position sits through: not over a margin call
+    run = simulate(prep, run_id="t")
+    assert list(run.ledger.fills) == list(result.ledger.fills) and np.array_equal(run.equity, result.equity)
+    # without a maintenance margin that can bind the same run takes the fast path, and holds on
+    root = ("{sec_type: FUT, exchange: CME, currency: USD, multiplier: 20, trading_class: NQ, months: HMUZ, "
+            "tick_size: 0.25, calendar: CME_Equity, margin: 19800, maintenance_margin: 1000}")
+    held = bt.run(bt.prepare(nq_strategy(tmp_path, quantity=5, entry="bar_index == 10150", exit_="false",
+                                         instruments=root)), run_id="t")
+    assert held.timings.get("fast_path") == 1.0 and not held.ledger.trades and held.ledger.positions
+
+
+@needs_nq
+def test_an_ib_run_leaves_margin_calls_to_ib(tmp_path, monkeypatch):
+    """Paper and live runs: IB liquidates an account under its maintenance margin itself, so the
+    kernel of an IB run that transmits (not a dry run) has margin_calls off; with it off the run
+    above holds its 5 NQ through the fall."""
+    import inspect
+
+    from engine.runtime import ibrun, session
+
+    assert "kernel.margin_calls = dry_run" in inspect.getsource(ibrun._trade)
+
+    class IBLike(session.Kernel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.margin_calls = False
+
+    monkeypatch.setattr(session, "Kernel", IBLike)
+    run = session.simulate(bt.prepare(nq_strategy(tmp_path, quantity=5, entry="bar_index == 10150", exit_="false")),
+                           run_id="t")
+    assert not run.ledger.trades and run.ledger.positions["NQ"].quantity == 5

@@ -24,6 +24,7 @@ class SymbolBars:
     margined: bool = False      # futures-like accounting
     margin: float = 0.0         # initial margin per contract (futures)
     contracts: bool = False     # commission per contract
+    maintenance: float = 0.0    # maintenance margin per contract (futures)
     # a futures root stitched from per-contract history (market.futures): per bar, the local
     # symbol of the contract it is the bar of (the front month then), and each contract's own
     # bars at these bars' times (futures.aligned: an open of NaN where that contract did not trade)

@@ -161,6 +161,11 @@ class Kernel(RunState):
         self._flat_rule = N.Rule("exit", "flat_by", reason="flat by the schedule's time")
         self._delivery_rule = N.Rule("exit", "physical settlement",
                                      reason="an in-the-money leg would deliver shares at expiry")
+        # a simulated account's margin calls: at each close of a futures symbol held, equity below the
+        # maintenance margin of the futures held liquidates them (at the next open). An IB run sets this
+        # False: IB liquidates a real account itself.
+        self.margin_calls = True
+        self._watch_margin = any(st.bars.margined and st.bars.maintenance > 0 for st in symbols.values())
         agents = {r.agent for r in self._entries if r.agent}
         self._active = {a: plan.outputs.get(f"agents.{a}.active") for a in agents}
         self._score = {a: plan.outputs.get(f"agents.{a}.score") for a in agents}
@@ -325,6 +330,22 @@ class Kernel(RunState):
             held = self.ledger.positions[st.key].contract
             best = min(best, b.expiry_bar.get(held, n))
             b = b.of(held)
+        if self._watch_margin and b.maintenance > 0 and self.margin_calls:
+            # the first close at which equity could be below the maintenance margin (found exactly there)
+            if len(self.ledger.positions) != 1:
+                return None     # other positions move the equity too: every bar is looked at
+            pos = self.ledger.positions[st.key]
+            need = abs(pos.quantity) * b.maintenance
+            need = need + abs(need) * 1e-9 + 1e-6
+            cash, avg, units = self.ledger.cash, pos.avg_price, pos.quantity
+            lo, size = k, 64
+            while lo < best:
+                hi = min(best, lo + size)
+                low = np.flatnonzero(cash + (b.close[lo:hi] - avg) * units * pos.multiplier < need)
+                if len(low):
+                    best = lo + int(low[0])
+                    break
+                lo, size = hi, size * 8
         cache = st.jump_idx
         for node_id in nodes:
             idx = cache.get(node_id)
@@ -476,8 +497,14 @@ class Kernel(RunState):
         mult = b.multiplier
         equity, funds, cash = self.account_view()
         fee_of = self.broker.commission
-        if quantity is None:   # a share of equity, at the price it will fill near
-            per_unit = price * mult if not b.margined else max(b.margin, 1e-12)
+        if b.margined and b.margin <= 0 and (quantity is None or limits.max_position is not None):
+            why = (f"{tr.symbol} has no initial margin in the instrument map: a future's share of equity "
+                   f"({'percent_of_equity' if quantity is None else 'max_position'}) is measured on its margin")
+            self._status(tr, "rejected", self._now, why)
+            self._decide(tr.symbol, it.rule, "entry", "blocked", why)
+            return None
+        if quantity is None:   # a share of equity: in value for stock, in initial margin for futures
+            per_unit = price * mult if not b.margined else b.margin
             quantity = sizing.value * equity / per_unit
             quantity = float(math.floor(quantity + 1e-9)) if sizing.whole else quantity
             if cash_account and not b.margined:
@@ -485,9 +512,11 @@ class Kernel(RunState):
                 while quantity > 0 and quantity * price * mult + fee > cash + 1e-9:
                     quantity -= 1 if sizing.whole else quantity * 1e-6
                     fee = fee_of(quantity, price, mult, b.contracts)
-        quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=price * mult,
+        quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=b.margin if b.margined else price * mult,
                                      stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
                                      whole=sizing.whole if sizing else True)
+        if why and b.margined and why.startswith("capped by max_position"):
+            why += " (a future's initial margin)"
         if quantity <= 0:
             self._status(tr, "rejected", self._now, why or "quantity rounds to 0")
             self._decide(tr.symbol, it.rule, "entry", "blocked", why or "quantity rounds to 0 at the price it would "
@@ -755,7 +784,35 @@ class Kernel(RunState):
             if st.key is not None and st.closing is None:
                 # filled at this close (`fill: close`): its exits already apply to this bar
                 self._manage(st, k)
+        if self._watch_margin and st.key is not None and st.closing is None and st.bars.maintenance > 0 \
+                and self.margin_calls:
+            self._margin_call()
 
+    def _maintenance(self) -> float:
+        """The maintenance margin of the futures held (per contract, from the instrument map)."""
+        return math.fsum([abs(p.quantity) * self.bars[s].maintenance for s, p in self.ledger.positions.items()
+                          if s not in self.combos and self.bars[s].margined])
+
+    def _margin_call(self) -> None:
+        """Equity below the maintenance margin of the futures held: each of them is closed at the
+        next open (IB liquidates an account under its maintenance margin rather than wait for a
+        deposit), the decision journaled with the figures."""
+        need = self._maintenance()
+        equity = self.account_view()[0]
+        if not equity < need:
+            return
+        text = (f"margin call: equity {equity:,.2f} is below the maintenance margin {need:,.2f} of the futures "
+                "held; they are liquidated")
+        rule = N.Rule("exit", "margin call", reason=text)
+        for symbol, pos in list(self.ledger.positions.items()):
+            other = self.syms.get(symbol)
+            if other is None or other.combo or not other.bars.margined or other.closing is not None:
+                continue
+            for ref in list(other.protect.values()):
+                self.venue.cancel(ref)
+            self._drain()
+            if other.key is not None:
+                self._exit_order(other, rule, max(other.at[0], 0), "margin_call")
     def _expire(self, st: _Symbol, k: int) -> None:
         """The futures contract the position is held in stops trading before the next bar (its last
         trade date is over): the position is settled at that contract's last price, as the

@@ -302,7 +302,7 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
     futures = inst.sec_type == "FUT"
     bars = SymbolBars(symbol, start, end, fields["open"], fields["high"], fields["low"], fields["close"],
                       session, inst.multiplier, inst.tick_size, futures, inst.margin,
-                      inst.sec_type in ("FUT", "OPT"))
+                      inst.sec_type in ("FUT", "OPT"), inst.maintenance if futures else 0.0)
     stitched = prep.fronts.get(symbol)
     if stitched is not None:
         from ..market.futures import aligned
@@ -311,7 +311,7 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
         bars.front = tuple(names[i] for i in stitched.front.tolist())
         bars.last_trade = {c.local_symbol: c.last_trade for c in stitched.contracts}
         bars.held = {c: SymbolBars(symbol, start, end, *aligned(start, end, stitched.bars[c]), session, bars.multiplier,
-                                   bars.tick_size, True, bars.margin, True) for c in names}
+                                   bars.tick_size, True, bars.margin, True, bars.maintenance) for c in names}
         days = frame.index.tz_convert(prep.timezone).tz_localize(None).normalize().to_numpy().astype("datetime64[D]")
         after = {c.local_symbol: int(np.searchsorted(days, np.datetime64(c.last_trade, "D"), side="right"))
                  for c in stitched.contracts}
@@ -373,7 +373,7 @@ def _truncate(sbars: SymbolBars, bars: Bars, values: list, last: int):
     cut = lambda a: a[:last] if np.ndim(a) else a  # noqa: E731
     sb = SymbolBars(sbars.symbol, cut(sbars.start), cut(sbars.end), cut(sbars.open), cut(sbars.high), cut(sbars.low),
                     cut(sbars.close), cut(sbars.session), sbars.multiplier, sbars.tick_size, sbars.margined,
-                    sbars.margin, sbars.contracts)
+                    sbars.margin, sbars.contracts, sbars.maintenance)
     if sbars.front is not None:
         sb.front, sb.last_trade = sbars.front[:last], sbars.last_trade
         sb.expiry_bar = {c: k for c, k in sbars.expiry_bar.items() if k + 1 < last}

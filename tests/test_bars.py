@@ -639,6 +639,20 @@ def test_a_futures_file_refuses_two_contract_columns_and_bad_months_where_they_a
     assert d.line == 4 and "in contract 201312 (also on line 2)" in d.message
 
 
+def test_a_futures_file_skips_bad_bars_as_any_file_does_and_says_how_many(tmp_path):
+    path = tmp_path / "es.csv"
+    path.write_text("datetime_utc,contract_month,open,high,low,close,volume\n"
+                    "2013-10-07 14:00:00,201312,1676.25,1676.5,1676.25,1676.5,31\n"
+                    "2013-10-07 14:01:00,201312,1676.5,1676.5,1676.75,1676.5,12\n"     # high under the low
+                    "2013-10-07 14:01:00,201403,1669.75,1669.75,1669.75,1669.75,2\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    assert diagnostic(excinfo).line == 3
+    history = load_bars(path, on_bad_bar="skip")["ES"]
+    assert {c: len(f) for c, f in history.contracts.items()} == {"201312": 1, "201403": 1}
+    assert (history.skipped["count"], history.skipped["line"]) == (1, 3)
+
+
 @needs_es
 def test_the_front_month_by_the_roll_rule_of_the_ib_broker():
     import datetime as dt

@@ -318,8 +318,8 @@ def _by_contract(path: Path, frame, bars, lines, keep, source: _Source, wanted, 
             history.contracts[value] = _finish(bars[mask], lines[mask], source, timezone, start, end,
                                                 f" in contract {value}")
         if first_bad is not None:
-            history.skipped = {"file": first_bad.path, "count": int((bad & (mine if symbols is None else
-                                                                            symbols == symbol)).sum()),
+            history.skipped = {"file": first_bad.path, "count": int((bad if symbols is None else
+                                                                     bad & (symbols == symbol)).sum()),
                                "line": first_bad.line, "col": first_bad.col, "message": first_bad.message}
         out[symbol] = history
     return out

@@ -130,7 +130,8 @@ class FrontSeries:
 
 
 class StitchError(ValueError):
-    """The per-contract history cannot make a front series; `line` says where (0: the header)."""
+    """The per-contract history cannot make a front series; `line` is the file's line it is about
+    (1: the header)."""
 
     def __init__(self, message: str, hint: str = "", line: int = 1, contract: str = ""):
         super().__init__(message)

@@ -605,3 +605,142 @@ def test_outside_regular_hours(tmp_path):
         pd.DatetimeIndex([pd.Timestamp("2019-11-09 10:00", tz=NY)]))])   # a Saturday bar
     flagged = outside_regular_hours(early, "NYSE")
     assert flagged.sum() == 1 and flagged[-1]
+
+
+# ---- futures: a root's history per contract (issue 15 item 5) --------------------------------
+
+ES_BY_CONTRACT = DATA / "quantconnect_lean" / "decoded" / "es_minute_trade_by_contract_2013-10-07_to_2013-10-11.csv"
+needs_es = pytest.mark.skipif(not ES_BY_CONTRACT.exists(), reason=f"{ES_BY_CONTRACT} (../shared/data) is not present")
+
+
+def _es_front(roll_days: int, **kw):
+    from engine.market.futures import stitch
+
+    history = load_bars(ES_BY_CONTRACT, symbols=["ES"])["ES"]
+    return stitch(history, root="ES", months="HMUZ", roll_days=roll_days, calendar_name="CME_Equity", timezone=NY, **kw)
+
+
+@needs_es
+def test_a_contract_month_column_keeps_each_contracts_series(tmp_path):
+    from engine.market.futures import ContractHistory
+
+    # without the column the file is one series with two bars at some times: refused, as before
+    plain = tmp_path / "es.csv"
+    plain.write_text("".join(",".join(f for i, f in enumerate(line.split(",")) if i != 1) + "\n"
+                             for line in ES_BY_CONTRACT.read_text().splitlines()))
+    with pytest.raises(DiagnosticError, match="duplicate bar time"):
+        load_bars(plain)
+    history = load_bars(ES_BY_CONTRACT, symbols=["ES"])["ES"]
+    assert isinstance(history, ContractHistory) and history.column_name == "contract_month"
+    assert {c: len(f) for c, f in history.contracts.items()} == {"201312": 6708, "201403": 1679, "201406": 24,
+                                                                "201409": 1, "201412": 1}   # shared/data/README.md
+    for frame in history.contracts.values():
+        check_shape(frame)
+    assert history.column == len("datetime_utc,") + 1 and history.first_line["201312"] == 2
+    z = history.contracts["201312"]
+    assert z.index[0] == pd.Timestamp("2013-10-07 00:00", tz="UTC") and z.iloc[0]["open"] == 1676.5
+
+
+def test_no_contract_column_the_duplicate_says_what_would_make_it_a_futures_file(tmp_path):
+    path = tmp_path / "es.csv"
+    path.write_text("datetime_utc,open,high,low,close,volume\n2013-10-07 00:03:00,1676.25,1676.5,1676.25,1676.5,31\n"
+                    "2013-10-07 00:03:00,1669.75,1669.75,1669.75,1669.75,2\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    d = diagnostic(excinfo)
+    assert (d.line, d.col) == (3, 1) and "duplicate bar time" in d.message and "contract_month column" in d.hint
+
+
+def test_a_futures_file_refuses_two_contract_columns_and_bad_months_where_they_are(tmp_path):
+    path = tmp_path / "es.csv"
+    path.write_text("datetime_utc,contract,open,high,low,close,volume,expiry\n"
+                    "2013-10-07 00:03:00,201312,1676.25,1676.5,1676.25,1676.5,31,20131220\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    d = diagnostic(excinfo)
+    assert (d.line, d.col) == (1, len("datetime_utc,contract,open,high,low,close,volume,") + 1)
+    assert "two contract columns: 'contract' and 'expiry'" in d.message
+    path.write_text("datetime_utc,contract_month,open,high,low,close,volume\n"
+                    "2013-10-07 00:03:00,201312,1676.25,1676.5,1676.25,1676.5,31\n"
+                    "2013-10-07 00:03:00,ESZ3,1669.75,1669.75,1669.75,1669.75,2\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    d = diagnostic(excinfo)
+    assert (d.line, d.col) == (3, len("2013-10-07 00:03:00,") + 1) and "'ESZ3' is not a contract month" in d.message
+    path.write_text("datetime_utc,contract_month,open,high,low,close,volume\n"
+                    "2013-10-07 00:03:00,201312,1676.25,1676.5,1676.25,1676.5,31\n"
+                    "2013-10-07 00:04:00,201403,1669.75,1669.75,1669.75,1669.75,2\n"
+                    "2013-10-07 00:03:00,201312,1676.25,1676.5,1676.25,1676.5,31\n")
+    with pytest.raises(DiagnosticError) as excinfo:    # within one contract a time is still once
+        load_bars(path)
+    d = diagnostic(excinfo)
+    assert d.line == 4 and "in contract 201312 (also on line 2)" in d.message
+
+
+def test_a_futures_file_skips_bad_bars_as_any_file_does_and_says_how_many(tmp_path):
+    path = tmp_path / "es.csv"
+    path.write_text("datetime_utc,contract_month,open,high,low,close,volume\n"
+                    "2013-10-07 14:00:00,201312,1676.25,1676.5,1676.25,1676.5,31\n"
+                    "2013-10-07 14:01:00,201312,1676.5,1676.5,1676.75,1676.5,12\n"     # high under the low
+                    "2013-10-07 14:01:00,201403,1669.75,1669.75,1669.75,1669.75,2\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(path)
+    assert diagnostic(excinfo).line == 3
+    history = load_bars(path, on_bad_bar="skip")["ES"]
+    assert {c: len(f) for c, f in history.contracts.items()} == {"201312": 1, "201403": 1}
+    assert (history.skipped["count"], history.skipped["line"]) == (1, 3)
+
+
+@needs_es
+def test_the_front_month_by_the_roll_rule_of_the_ib_broker():
+    import datetime as dt
+
+    from engine.market.futures import roll_date
+    from engine.market.calendars import get_calendar
+
+    front = _es_front(5)          # the bundled offset: ESZ3 (last trade 2013-12-20) is the front all week
+    assert set(front.front.tolist()) == {0} and len(front.frame) == 6708
+    assert [c.local_symbol for c in front.contracts] == ["ESZ3", "ESH4", "ESM4", "ESU4", "ESZ4"]
+    assert front.contracts[0].last_trade == dt.date(2013, 12, 20)      # the third Friday of December
+    # 52 trading days before 2013-12-20 is Wednesday 2013-10-09: ESH4 from Thursday (New York's date)
+    assert roll_date(dt.date(2013, 12, 20), 52, get_calendar("CME_Equity")) == dt.date(2013, 10, 9)
+    front = _es_front(52)
+    rolled = int(np.flatnonzero(np.diff(front.front))[0]) + 1
+    assert front.frame.index[rolled - 1] == pd.Timestamp("2013-10-09 23:59", tz=NY)
+    assert front.frame.index[rolled] == pd.Timestamp("2013-10-10 00:02", tz=NY)    # ESH4's first bar that day
+    assert (front.front == 0).sum() == 4318 and (front.front == 1).sum() == 642
+    # the raw front: the series jumps by the calendar spread, each bar is its contract's own
+    assert front.frame.iloc[rolled]["open"] == 1648.75 and front.bars["ESZ3"].loc[front.frame.index[rolled], "open"] \
+        == 1655.25
+    pd.testing.assert_frame_equal(front.frame.iloc[rolled:], front.bars["ESH4"][front.bars["ESH4"].index >=
+                                                                                front.frame.index[rolled]])
+
+
+def test_the_stitch_refuses_what_it_cannot_know(tmp_path):
+    from engine.market.futures import StitchError, stitch
+
+    path = tmp_path / "es.csv"
+    path.write_text("datetime_utc,contract_month,open,high,low,close,volume\n"
+                    "2013-10-07 14:00:00,201403,1669.75,1669.75,1669.75,1669.75,2\n"
+                    "2013-10-07 14:00:00,201311,1676.25,1676.5,1676.25,1676.5,31\n")
+    history = load_bars(path, symbols=["ES"])["ES"]
+    with pytest.raises(StitchError, match="contract 201311 is not in the root's listed months HMUZ") as excinfo:
+        stitch(history, root="ES", months="HMUZ", roll_days=5, calendar_name="CME_Equity", timezone=NY)
+    assert excinfo.value.line == 3
+    del history.contracts["201311"]
+    # ESZ3 is the front month that day, and the file has only ESH4: not a silent jump to March
+    with pytest.raises(StitchError, match=r"ESZ3 \(201312\) is the front month from 2013-10-07 to 2013-10-07"):
+        stitch(history, root="ES", months="HMUZ", roll_days=5, calendar_name="CME_Equity", timezone=NY)
+    with pytest.raises(StitchError, match="knows the last trade date rule only of US equity index futures"):
+        stitch(history, root="CL", months="FGHJKMNQUVXZ", roll_days=5, calendar_name="CMEGlobex_Crude", timezone=NY)
+    path.write_text("datetime_utc,contract_month,open,high,low,close,volume\n"
+                    "2013-10-07 14:00:00,20131220,1676.25,1676.5,1676.25,1676.5,31\n"
+                    "2013-10-07 14:00:00,20140321,1669.75,1669.75,1669.75,1669.75,2\n")
+    front = stitch(load_bars(path, symbols=["ES"])["ES"], root="ES", months="HMUZ", roll_days=5,
+                   calendar_name="CME_Equity", timezone=NY)        # last trade dates, as IB writes them
+    assert [c.local_symbol for c in front.contracts] == ["ESZ3", "ESH4"] and front.frame["close"].tolist() == [1676.5]
+    path.write_text("datetime_utc,contract_month,open,high,low,close,volume\n"
+                    "2013-10-07 14:00:00,20131213,1676.25,1676.5,1676.25,1676.5,31\n")
+    with pytest.raises(StitchError, match="contract 20131213's last trade date is 20131220"):
+        stitch(load_bars(path, symbols=["ES"])["ES"], root="ES", months="HMUZ", roll_days=5,
+               calendar_name="CME_Equity", timezone=NY)

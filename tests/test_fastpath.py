@@ -176,8 +176,8 @@ def test_nq_five_minute_bars_with_entry_window_and_flat_by(tmp_path, fill):
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
 def test_nq_shorts_fixed_and_percent_of_equity(tmp_path):
-    # the bundled NQ root has no margin set: percent_of_equity sizes against 1e-12 per contract
-    # and every entry is refused for its commission; both paths say so the same way
+    # percent_of_equity sizes a future by its initial margin (the bundled NQ's 19,800 a contract:
+    # 60% of 100,000 is 3 contracts); both paths size, fill and book them the same way
     for quantity in ("3", "{percent_of_equity: 60%}"):
         path = write_strategy(tmp_path, symbol="NQ", bar="5m", instruments=True, action="sell",
                               entry="crosses_below(close, sma(close, 20))",

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
 import cases  # noqa: E402
 
-NEEDS_SHARED = {"spxw_condor", "breakout_nq"}
+NEEDS_SHARED = cases.NEEDS_SHARED
 
 
 @pytest.mark.parametrize("case", sorted(cases.CASES))

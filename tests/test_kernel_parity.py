@@ -42,11 +42,12 @@ def _kernel_runs(prep):
     return streamed, vectorised, dry
 
 
-@pytest.mark.parametrize("case", ["sma_crossover", "breakout_nq", "iron_condor", "spxw_condor"])
+@pytest.mark.parametrize("case", ["sma_crossover", "breakout_nq", "iron_condor", "spxw_condor",
+                                  "futures_breakout_es"])
 def test_the_kernel_trades_as_the_backtest_on_the_examples(case, tmp_path):
     """Including the iron condor with its chase: real timed modifies of one BAG order on the
-    venue, cancelled and confirmed when the chase runs out."""
-    if case in ("breakout_nq", "spxw_condor"):
+    venue, cancelled and confirmed when the chase runs out; and ES per contract."""
+    if case in cases.NEEDS_SHARED:
         _need_shared()
     want = json.loads((cases.HERE / f"{case}.json").read_text())
     path = cases.strategy_path(case, tmp_path)
@@ -166,7 +167,7 @@ def test_sizing_reads_the_venues_account_which_is_the_ledgers_view_at_that_insta
         path = _pooled(tmp_path, case.split()[1])
         prep = bt.prepare(path)
     else:
-        if case in ("breakout_nq", "spxw_condor"):
+        if case in cases.NEEDS_SHARED:
             _need_shared()
         path = cases.strategy_path(case, tmp_path)
         try:

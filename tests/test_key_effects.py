@@ -816,6 +816,8 @@ for where in ("/$defs/root", "/$defs/default_entry"):
                "contracts", IB)
 effect(I, "/$defs/root/sec_type", "with_instruments", put("roots.SPY.sec_type", "IND", "i.yaml"), "contracts", IB)
 effect(I, "/$defs/root/margin", "nq", put("roots.NQ.margin", 60000, "i.yaml"), "fills", shared=True)
+effect(I, "/$defs/root/maintenance_margin", "nq", put("roots.NQ.maintenance_margin", 49900, "i.yaml"), "trades",
+       shared=True, note="2 x 49,900 of maintenance on 100,000: a loss of about 5 points is a margin call")
 for key, value in (("multiplier", 10), ("strike_step", 5), ("settlement_time", "am"),
                    ("expiries", "weekly"), ("trading_class", "SPXW"), ("exchange", "SMART")):
     effect(I, f"/$defs/options/{key}", "condor_held" if key.startswith("settlement") else "condor_instruments", put(f"roots.XSP.options.{key}", value, "i.yaml"),

@@ -947,7 +947,15 @@ EXAMPLE_OUTCOMES = {
     # end-of-day SPX chains: the only sample (optopsy's, GPL) cannot be bundled; the example reads it
     # from ../shared/data beside the clone (data.chains), and names the file when it is not there
     "spxw_condor.yaml": "runs on ../shared",
+    # futures minute bars: the only real ones at hand (FirstRateData's NQ, LEAN's ES per contract)
+    # are internal-test-only, so the futures breakout reads them from ../shared/data (data.source)
+    "futures_breakout.yaml": "runs on ../shared",
+    "futures_breakout_es.yaml": "runs on ../shared",
 }
+SHARED_INPUT = {"spxw_condor.yaml": CHAINS,
+                "futures_breakout.yaml": DATA / "firstratedata_nq_sample" / "NQ_1min_sample.csv",
+                "futures_breakout_es.yaml": DATA / "quantconnect_lean" / "decoded" /
+                "es_minute_trade_by_contract_2013-10-07_to_2013-10-11.csv"}
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLE_OUTCOMES))
@@ -958,9 +966,9 @@ def test_every_example_runs_with_no_flags_or_says_what_it_misses(tmp_path, name)
     path = ROOT / "strategies" / name
     outcome = EXAMPLE_OUTCOMES[name]
     if outcome == "runs on ../shared":
-        if not CHAINS.is_file():
+        if not SHARED_INPUT[name].is_file():
             if os.environ.get("CI") == "true":
-                pytest.fail(f"{CHAINS} is missing (shared/data must be present in CI)")
+                pytest.fail(f"{SHARED_INPUT[name]} is missing (shared/data must be present in CI)")
             pytest.skip("shared/data is not present")
         outcome = "runs"
     for command in (("backtest", path), ("run", path, "--dry-run", "--broker", "sim")):
@@ -998,3 +1006,21 @@ def test_the_spx_example_without_its_chains_names_the_file_and_the_way_out(tmp_p
     assert f"spxw_condor.yaml:{line}:" in result.output
     assert "option chains not found: ../../shared/data/optopsy_v1/test_options_data_full.csv" in result.output
     assert "--chains" in result.output and not (tmp_path / "j.sqlite").exists()
+
+
+@pytest.mark.parametrize("name, source", [
+    ("futures_breakout.yaml", "../../shared/data/firstratedata_nq_sample/NQ_1min_sample.csv"),
+    ("futures_breakout_es.yaml",
+     "../../shared/data/quantconnect_lean/decoded/es_minute_trade_by_contract_2013-10-07_to_2013-10-11.csv")])
+def test_the_futures_examples_without_their_bars_name_the_file_and_the_way_out(tmp_path, name, source):
+    """qtrade bundles no futures bars (none at hand may be redistributed): a clone without
+    ../shared beside it is told which file data.source names, at its line, and nothing runs."""
+    copy = tmp_path / "strategies" / name
+    copy.parent.mkdir()
+    copy.write_text((ROOT / "strategies" / name).read_text())
+    line, col = next((i, t.index("source:") + 1) for i, t in enumerate(copy.read_text().splitlines(), start=1)
+                     if t.strip().startswith("source:"))
+    result = cli("backtest", copy, "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 1, result.output
+    assert f"{name}:{line}:{col + len('source: ')}: error: data source not found: {source}" in result.output
+    assert "relative to" in result.output and not (tmp_path / "j.sqlite").exists()

@@ -34,6 +34,8 @@ EXAMPLES = {
     "strategies/composite_scanner.yaml": "strategy",
     "strategies/regime_agents.yaml": "strategy",
     "strategies/spxw_condor.yaml": "strategy",
+    "strategies/futures_breakout.yaml": "strategy",
+    "strategies/futures_breakout_es.yaml": "strategy",
     "strategies/scanners/composite.yaml": "scanner",
     "strategies/risk/small_account.yaml": "risk",
 }

@@ -44,6 +44,9 @@ class DryRunBroker:
     def settle(self, key: str, debit: float, when: int) -> None:
         self.wallet.settle(key, debit, when)
 
+    def settle_future(self, symbol: str, price: float, when: int) -> None:
+        self.wallet.settle_future(symbol, price, when)
+
     # reads of the market: the inner broker's
     def instrument(self, symbol: str):
         return self.inner.instrument(symbol)

@@ -45,6 +45,9 @@ class Order:
     multiplier: float = 1.0          # a combo's contract multiplier
     margin: float = 0.0              # a combo's initial margin per unit as priced when decided (a simulated
                                      # venue holds it against the account; IB computes its own)
+    contract: str = ""               # a futures contract's local symbol (ESZ3) where the venue keeps each
+                                     # contract's bars: a simulated venue fills on that contract's own bars
+                                     # (IB sends to the contract it resolves or the position is held in)
 
     def describe(self) -> str:
         price = ""
@@ -80,6 +83,7 @@ class Execution:
     broker_id: int = 0
     bar: int = -1                    # the bar it happened in (simulated venues)
     corrects: str = ""               # the exec id this one replaces (IB's `.01` -> `.02` correction), '' if none
+    contract: str = ""               # the futures contract it filled in (a simulated venue's Order.contract)
 
 
 @dataclass(slots=True)

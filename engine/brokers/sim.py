@@ -10,6 +10,12 @@ It keeps the account the way IB does (see portfolio.ledger): stock purchases spe
 move only commissions and realised P&L. `partial` fills at most that share of an order's
 quantity in one bar, to rehearse partial fills.
 
+A futures root whose bars are per contract (SymbolBars.held: a stitched front month) fills each
+order on the bars of the contract it names (Order.contract): a position opened in ESZ3 is marked
+and closed at ESZ3's prices after the rules' series has rolled to ESH4, and an order does not
+fill in a bar in which its contract did not trade. `settle_future` books an expiring contract's
+position at its last price.
+
 Combos (an Order with legs, IB's BAG) are priced by `combo_quote(order)`, the legs' quotes in
 the newest chain known; a combo limit fills when it is placed or modified if the spread model
 says it is marketable (matching.combo_marketable, `fill_fraction`), a combo market order at the
@@ -59,6 +65,7 @@ def _stops_first(w: _Working) -> bool:
 class _Holding:
     quantity: float = 0.0
     avg_price: float = 0.0
+    contract: str = ""      # the futures contract it is held in, where the bars are per contract
 
 
 class SimBroker:
@@ -207,13 +214,21 @@ class SimBroker:
         """A symbol's price in the account: its last close by the run's time (a bar's price is
         known when it closes, so marks hold still within an instant and do not wait for the venue
         to be told of bars a waiting position skips); without a clock, the bar it is at."""
+        h = self._holdings.get(symbol)
+        held = h.contract if h is not None else ""
         if self.clock is not None:
-            return self._last_close.price(symbol, self.clock)
+            if not held:
+                return self._last_close.price(symbol, self.clock)
+            k = self._last_close.bar(symbol, self.clock)       # the held contract's bars share the series' times
+            b = self.bars[symbol].of(held)
+            return float(b.close[k]) if k >= 0 else float(b.open[0])
         k = self._k[symbol]
-        b = self.bars[symbol]
+        b = self.bars[symbol].of(held)
         if k < 0:
             return float(b.open[0])
-        return float(b.open[k] if self._phase[symbol] == OPEN else b.close[k])
+        if self._phase[symbol] == OPEN and b.open[k] == b.open[k]:
+            return float(b.open[k])
+        return float(b.close[k] if self._phase[symbol] == CLOSE or k == 0 else b.close[k - 1])
 
     def account(self) -> E.AccountValues:
         """Cash, equity (net liquidation), available funds and the margin in use, with every
@@ -388,6 +403,10 @@ class SimBroker:
     def _match(self, w: _Working, k: int, at_close: bool = False) -> None:
         o = w.order
         b = self.bars[o.symbol]
+        if o.contract:
+            b = b.of(o.contract)
+            if not b.open[k] == b.open[k]:
+                return      # its contract did not trade in this bar
         if w.session is None and o.tif == "day":
             w.session = b.session[k]
         if at_close:   # a market order at this bar's close
@@ -455,6 +474,16 @@ class SimBroker:
         del self._holdings[key]
         self._holding_changed(key)
 
+    def settle_future(self, symbol: str, price: float, when: int) -> None:
+        """An expiring futures contract's position booked at `price` (its last price): the P&L
+        realised, no commission (the exchange's settlement, not a trade)."""
+        h = self._holdings.get(symbol)
+        if h is None or not h.quantity:
+            return
+        self.cash += (price - h.avg_price) * h.quantity * self.bars[symbol].multiplier
+        del self._holdings[symbol]
+        self._holding_changed(symbol)
+
     def _key(self, order: E.Order) -> str:
         return order.underlying if order.legs else order.symbol
 
@@ -475,6 +504,8 @@ class SimBroker:
         if h is None:
             h = holdings[symbol] = _Holding()
         held = h.quantity
+        if not held:
+            h.contract = o.contract
         if b.margined:
             self.cash -= fee
             if held and (held > 0) != (signed > 0):   # closing: realise P&L
@@ -522,7 +553,7 @@ class SimBroker:
         ref = o.ref
         filled = w.filled = w.filled + qty
         value = w.value = w.value + qty * price
-        ex = E.Execution(ref, exec_id, o.symbol, o.action, qty, price, when, w.broker_id, k)
+        ex = E.Execution(ref, exec_id, o.symbol, o.action, qty, price, when, w.broker_id, k, "", o.contract)
         self._executions.append(ex)
         events = self._events
         events.append(ex)

@@ -6,6 +6,11 @@ bar START times (sorted, unique) and float64 columns open, high, low, close, vol
 when the source has none). Layouts are recognised by header names, never by position, so a file
 that says `Date,Open,Close,High,Low,Volume` is read correctly. Bad input raises DiagnosticError
 with the file, line and column a user can go to.
+
+A file with a contract-month column (`contract_month`, `contract` or `expiry`: exactly one of
+them) holds a futures root's history per contract: its symbol's value is then a
+market.futures.ContractHistory, one such frame per contract (times unique within a contract), which
+the run stitches into the front month by the root's roll rule (market.futures.stitch).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ _ROLES = {
     "datetime": "datetime", "timestamp": "datetime", "datetimeutc": "datetime_utc",
     "timestamputc": "datetime_utc",
     "symbol": "symbol", "ticker": "symbol",
+    "contractmonth": "contract", "contract": "contract", "expiry": "contract",
     "openinterest": "ignore", "oi": "ignore",
 }
 
@@ -45,6 +51,8 @@ LAYOUTS_HINT = """accepted layouts (header names, any case, any column order):
   timestamped: timestamp|datetime|date|time|datetime_utc,open,high,low,close[,volume]
   pandas:      an unnamed first column holding the dates, then Open,High,Low,Close[,Volume]
   long table:  any of the above plus a symbol (or ticker) column
+  futures:     any of the above plus one contract_month (or contract, or expiry) column, YYYYMM
+               or YYYYMMDD: a root's history per contract, stitched into its front month
 volume is optional; extra columns are ignored"""
 
 _BAR_RE = re.compile(r"^(\d+)([smhdwM])$")
@@ -179,12 +187,23 @@ class _Source:
         self.path = path
         self.names = names
         self.roles: dict[str, int] = {}
+        contracts = []
         for i, name in enumerate(names):
             role = _ROLES.get(_norm(name))
             if role is None and i == 0 and _norm(name) in ("", "index", "unnamed0"):
                 role = "datetime"  # pandas' unnamed index column (backtesting.py's GOOG.csv)
+            if role == "contract":
+                contracts.append(i)
             if role and role != "ignore" and role not in self.roles:
                 self.roles[role] = i
+        if len(contracts) > 1:
+            second = contracts[1]
+            col = sum(len(n) + 1 for n in names[:second]) + 1
+            raise DiagnosticError([error(str(path), 1, col,
+                                         f"two contract columns: {names[contracts[0]]!r} and {names[second]!r} "
+                                         "(either could say which futures contract a bar is of)",
+                                         "keep one column named contract_month, contract or expiry; rename or "
+                                         "delete the other")])
         if "datetime" not in self.roles and "datetime_utc" not in self.roles and "date" not in self.roles \
                 and "time" in self.roles:
             self.roles["datetime"] = self.roles.pop("time")
@@ -256,6 +275,8 @@ def _load_file(path: Path, wanted, timezone, adjusted, start, end, on_bad_bar="r
         columns[role] = values
     bars = pd.DataFrame(columns, index=frame.index, copy=False)
     bars.index = pd.DatetimeIndex(times).rename(None)
+    if "contract" in source.roles:
+        return _by_contract(path, frame, bars, lines, keep, source, wanted, timezone, start, end, bad, first_bad)
     if "symbol" in source.roles:
         symbol_values = frame["symbol"].astype(str).str.strip().str.upper().to_numpy()
         groups = {}
@@ -273,6 +294,47 @@ def _load_file(path: Path, wanted, timezone, adjusted, start, end, on_bad_bar="r
     if first_bad is not None:
         _note_skipped(frame, int(bad.sum()), first_bad)
     return {_stem_symbol(path, wanted): frame}
+
+
+def _by_contract(path: Path, frame, bars, lines, keep, source: _Source, wanted, timezone, start, end, bad,
+                 first_bad) -> dict:
+    """A futures file: per symbol (the symbol column's, else the file's), its bars per contract."""
+    from .futures import ContractHistory, parse_contract
+
+    raw = frame["contract"].astype("string").str.strip().fillna("").to_numpy(dtype=object)
+    raw = np.array([v[:-2] if v.endswith(".0") else v for v in raw], dtype=object)
+    values = {v: parse_contract(v) for v in pd.unique(raw[keep])}
+    for value, parsed in values.items():
+        if parsed is None:
+            at = int(np.flatnonzero(keep & (raw == value))[0])
+            line = int(lines[at])
+            col, name = _where(source, line, "contract")
+            shown = "an empty field" if value == "" else repr(value)
+            raise DiagnosticError([error(str(path), line, col,
+                                         f"{shown} is not a contract month (column {name!r})",
+                                         "write the contract as YYYYMM (201312) or its last trade date as "
+                                         "YYYYMMDD (20131220)")])
+    if "symbol" in source.roles:
+        symbols = frame["symbol"].astype(str).str.strip().str.upper().to_numpy()
+        names = [s for s in pd.unique(symbols[keep]) if wanted is None or s in wanted]
+    else:
+        symbols, names = None, [_stem_symbol(path, wanted)]
+    col, name = _where(source, 1, "contract")
+    out = {}
+    for symbol in names:
+        mine = keep if symbols is None else keep & (symbols == symbol)
+        history = ContractHistory(symbol, {}, str(path), col, name)
+        for value in sorted(v for v in values if (mine & (raw == v)).any()):
+            mask = mine & (raw == value)
+            history.first_line[value] = int(lines[int(np.flatnonzero(mask)[0])])
+            history.contracts[value] = _finish(bars[mask], lines[mask], source, timezone, start, end,
+                                                f" in contract {value}")
+        if first_bad is not None:
+            history.skipped = {"file": first_bad.path, "count": int((bad if symbols is None else
+                                                                     bad & (symbols == symbol)).sum()),
+                               "line": first_bad.line, "col": first_bad.col, "message": first_bad.message}
+        out[symbol] = history
+    return out
 
 
 def _note_skipped(frame: pd.DataFrame, count: int, first) -> None:
@@ -348,7 +410,8 @@ def _shown(value: float) -> str:
     return "nan" if np.isnan(value) else ("inf" if value == np.inf else "-inf" if value == -np.inf else f"{value:g}")
 
 
-def _finish(bars: pd.DataFrame, lines: np.ndarray, source: _Source, timezone, start, end) -> pd.DataFrame:
+def _finish(bars: pd.DataFrame, lines: np.ndarray, source: _Source, timezone, start, end,
+            within: str = "") -> pd.DataFrame:
     """Sort by time, refuse duplicates (naming both lines), apply the start/end filter."""
     index = bars.index
     if not index.is_monotonic_increasing:
@@ -361,9 +424,11 @@ def _finish(bars: pd.DataFrame, lines: np.ndarray, source: _Source, timezone, st
         first = int(np.flatnonzero(index == index[second])[0])
         a, b = sorted((int(lines[first]), int(lines[second])))
         col = source.roles.get("datetime", source.roles.get("datetime_utc", source.roles.get("date", 0))) + 1
+        hint = "each bar time may appear once per symbol" if within else \
+            "each bar time may appear once per symbol; a futures file with one row per contract and time " \
+            "needs a contract_month column (YYYYMM or YYYYMMDD)"
         raise DiagnosticError([error(str(source.path), b, col,
-                                     f"duplicate bar time {index[second]} (also on line {a})",
-                                     "each bar time may appear once per symbol")])
+                                     f"duplicate bar time {index[second]}{within} (also on line {a})", hint)])
     if start is not None:
         bars = bars[bars.index >= _bound(start, timezone, False)]
     if end is not None:
@@ -423,7 +488,7 @@ def _read_csv(path: Path):
     wanted = {role: i for role, i in source.roles.items()}
     usecols = sorted(wanted.values())
     by_index = {i: role for role, i in wanted.items()}
-    text_roles = {"date", "time", "datetime", "datetime_utc", "symbol"}
+    text_roles = {"date", "time", "datetime", "datetime_utc", "symbol", "contract"}
     # Text columns keep pandas' inferred type: asking for str costs twice the time on big files.
     dtypes = {i: "float64" for i in usecols if by_index[i] not in text_roles}
     # No usecols: with it the parser silently drops a row's extra fields instead of saying where.
@@ -497,7 +562,7 @@ def _read_parquet_plain(path: Path):
                if c.get("field_name") in names):
             return None
         source = _Source(path, names)
-        if "symbol" in source.roles or "time" in source.roles:
+        if "symbol" in source.roles or "time" in source.roles or "contract" in source.roles:
             return None
         source.check()
         time_role = next(r for r in ("datetime_utc", "datetime", "date") if r in source.roles)

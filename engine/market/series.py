@@ -24,6 +24,23 @@ class SymbolBars:
     margined: bool = False      # futures-like accounting
     margin: float = 0.0         # initial margin per contract (futures)
     contracts: bool = False     # commission per contract
+    maintenance: float = 0.0    # maintenance margin per contract (futures)
+    # a futures root stitched from per-contract history (market.futures): per bar, the local
+    # symbol of the contract it is the bar of (the front month then), and each contract's own
+    # bars at these bars' times (futures.aligned: an open of NaN where that contract did not trade)
+    front: tuple | None = None
+    held: dict | None = None
+    last_trade: dict | None = None   # local symbol -> its last trade date
+    expiry_bar: dict | None = None   # local symbol -> the bar at whose close a position in it is settled (the
+                                     # last bar on or before its last trade date, when a later bar follows)
 
     def __len__(self) -> int:
         return len(self.close)
+
+    def contract_at(self, k: int) -> str:
+        """The local symbol of the contract bar k is of ('' when the bars are not per contract)."""
+        return self.front[k] if self.front is not None else ""
+
+    def of(self, contract: str) -> "SymbolBars":
+        """The bars of `contract` at these bars' times (these bars themselves for '')."""
+        return self.held[contract] if contract and self.held is not None else self

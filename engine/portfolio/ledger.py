@@ -29,6 +29,7 @@ class Fill:
     multiplier: float = 1.0
     rule: str = ""
     reason: str = ""
+    contract: str = ""   # the futures contract (local symbol, ESZ3) when the bars are per contract
 
     @property
     def signed(self) -> float:
@@ -48,6 +49,7 @@ class Position:
     entry_rule: str
     margin_per_unit: float = 0.0
     entry_values: dict = field(default_factory=dict)  # extra facts at entry (credit, greeks, ...)
+    contract: str = ""   # the futures contract it is held in (its fills' contract), '' when not per contract
 
     @property
     def side(self) -> int:
@@ -84,6 +86,7 @@ class Trade:
     mae: float | None = None
     mfe: float | None = None
     legs: tuple = ()
+    contract: str = ""   # the futures contract the round trip was in
 
     @property
     def bars_held(self) -> int:
@@ -124,7 +127,8 @@ class Ledger:
         if not margined:
             self.cash -= signed * fill.price * fill.multiplier
         pos = Position(fill.symbol, signed, fill.price, fill.multiplier, margined, fill.time, fill.bar,
-                       fill.commission, fill.rule, margin_per_unit, dict(entry_values) if entry_values else {})
+                       fill.commission, fill.rule, margin_per_unit, dict(entry_values) if entry_values else {},
+                       fill.contract)
         self.positions[fill.symbol] = pos
         return pos
 
@@ -190,7 +194,7 @@ class Ledger:
         trade = Trade(fill.symbol, "long" if pos.quantity > 0 else "short", abs(pos.quantity), pos.multiplier,
                       pos.entry_time, pos.avg_price, fill.time, fill.price, pnl,
                       100.0 * pnl / basis if basis else 0.0, pos.entry_bar, fill.bar, commission,
-                      pos.entry_rule, fill.rule, exit_reason, mae, mfe)
+                      pos.entry_rule, fill.rule, exit_reason, mae, mfe, (), pos.contract)
         del self.positions[fill.symbol]
         self.trades.append(trade)
         return trade

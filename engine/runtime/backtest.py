@@ -152,6 +152,10 @@ def _run_fast(prep: Prepared, signals: dict[str, SymbolSignals], symbol_bars: di
         return None
     runner = fastpath.FastRun(prep.plan, signals, broker, settings)
     ledger = runner.run()
+    if fastpath.margin_call_possible(ledger, next(iter(signals.values())).bars, settings.cash):
+        if required:
+            raise ValueError("not a simple run: a margin call may fire (equity near the maintenance margin)")
+        return None
     if progress is not None:
         progress(1.0)
     timings["run"] = time.perf_counter() - t1

@@ -37,6 +37,7 @@ class LedgerColumns:
     trade_exit_bar: np.ndarray
     trade_units: np.ndarray      # signed quantity
     trade_entry_price: np.ndarray
+    trade_contract: list | None = None   # per trade: its futures contract where the bars are per contract
 
 
 def ledger_columns(ledger: Ledger, bars: dict[str, SymbolBars]) -> LedgerColumns:
@@ -52,7 +53,8 @@ def ledger_columns(ledger: Ledger, bars: dict[str, SymbolBars]) -> LedgerColumns
                          [t.symbol for t in trades], np.array([t.entry_bar for t in trades], dtype=np.int64),
                          np.array([t.exit_bar for t in trades], dtype=np.int64),
                          np.array([(1 if t.side == "long" else -1) * t.quantity for t in trades], dtype=np.float64),
-                         np.array([t.entry_price for t in trades], dtype=np.float64))
+                         np.array([t.entry_price for t in trades], dtype=np.float64),
+                         [t.contract for t in trades] if any(t.contract for t in trades) else None)
 
 
 def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
@@ -76,7 +78,7 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
     if len(bars) == 1 and not combos and not combo_symbol:
         curve = _one_symbol_curve(cols, next(iter(bars.values())), times, initial, positions)
         if curve is not None:
-            marks = {s: float(bars[s].close[-1]) for s in ledger.positions if s in bars}
+            marks = {s: float(bars[s].of(p.contract).close[-1]) for s, p in ledger.positions.items() if s in bars}
             return (*curve, marks)
     # cash: each fill's change lands on the first close at or after it
     cash_delta = np.zeros(len(times) + 1)
@@ -96,7 +98,7 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
     for symbol, pos in positions.items():
         if symbol in bars:
             open_spans[symbol] = (pos.entry_bar, pos.quantity, pos.avg_price)
-            marks[symbol] = float(bars[symbol].close[-1])
+            marks[symbol] = float(bars[symbol].of(getattr(pos, "contract", "")).close[-1])
     for combo in combos or []:
         # an option combo is worth its marks (minus the cost to close at mid), held from its entry
         # bar's close to its exit bar (exclusive: closed at that bar's close, its cash is in)
@@ -122,12 +124,14 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
         lo, hi, qty, entry = cols.trade_entry_bar, cols.trade_exit_bar, cols.trade_units, cols.trade_entry_price
         if not sel.all():
             lo, hi, qty, entry = lo[sel], hi[sel], qty[sel], entry[sel]
+        held = _held_contracts(cols, sel, positions.get(symbol)) if b.front is not None else None
         if symbol in open_spans:
             e, q, p = open_spans[symbol]
             lo, hi = np.append(lo, e), np.append(hi, len(b))
             qty, entry = np.append(qty, q), np.append(entry, p)
         if not len(lo):
             continue
+        closes = _held_closes(b, lo, hi, held)
         # spans in order, each entry before its exit (the order a loop over the spans adds them in)
         where = np.column_stack((lo, hi)).ravel()
         u = qty * b.multiplier
@@ -138,15 +142,36 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
             offset = np.zeros(len(b) + 1)
             ue = u * entry
             np.add.at(offset, where, np.column_stack((ue, -ue)).ravel())
-            per_bar = units * b.close - np.cumsum(offset)[:-1]
+            per_bar = units * closes - np.cumsum(offset)[:-1]
         else:
-            per_bar = units * b.close
+            per_bar = units * closes
         if len(bars) == 1:   # the timeline is this symbol's closes from the start date
             value += per_bar[len(b) - len(times):]
         else:
             k = np.searchsorted(b.end, times, side="right") - 1
             value += np.where(k >= 0, per_bar[np.maximum(k, 0)], 0.0)
     return times, cash + value, cash, marks
+
+
+def _held_contracts(cols: LedgerColumns, sel: np.ndarray, position) -> list[str]:
+    """The contract of each of a per-contract futures symbol's spans (its trades, then its open position)."""
+    contracts = cols.trade_contract or [""] * len(sel)
+    out = [c for c, s in zip(contracts, sel.tolist()) if s]
+    if position is not None:
+        out.append(getattr(position, "contract", ""))
+    return out
+
+
+def _held_closes(b: SymbolBars, lo: np.ndarray, hi: np.ndarray, held: list[str] | None) -> np.ndarray:
+    """The closes a symbol's positions are valued at: its bars' own, or, for a futures root stitched
+    from per-contract history, over each position's span the closes of the contract it is held in."""
+    if not held:
+        return b.close
+    closes = b.close.copy()
+    for a, z, contract in zip(lo.tolist(), hi.tolist(), held):
+        if contract:
+            closes[a:z] = b.of(contract).close[a:z]
+    return closes
 
 
 @dataclass(frozen=True)
@@ -206,6 +231,7 @@ def _one_symbol_curve(cols: LedgerColumns, b: SymbolBars, times: np.ndarray, ini
     # positions: held at the closes of bars [entry bar, exit bar), one at a time
     lo, hi, qty, entry = cols.trade_entry_bar, cols.trade_exit_bar, cols.trade_units, cols.trade_entry_price
     pos = positions.get(b.symbol)
+    held = _held_contracts(cols, np.ones(len(lo), dtype=bool), pos) if b.front is not None else None
     if pos is not None:
         lo, hi = np.append(lo, pos.entry_bar), np.append(hi, n)
         qty, entry = np.append(qty, pos.quantity), np.append(entry, pos.avg_price)
@@ -217,7 +243,7 @@ def _one_symbol_curve(cols: LedgerColumns, b: SymbolBars, times: np.ndarray, ini
         return None
     lengths = np.diff(np.concatenate(([0], bounds, [n])))
     per_bar = _runs(u, lengths)
-    np.multiply(per_bar, b.close, out=per_bar)      # the units held at each close, valued there
+    np.multiply(per_bar, _held_closes(b, lo, hi, held), out=per_bar)   # the units held at each close, valued there
     if b.margined:
         np.subtract(per_bar, _runs(u * entry, lengths), out=per_bar)
     return times, np.add(cash, per_bar[off:]), cash

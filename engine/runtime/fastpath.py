@@ -128,6 +128,10 @@ def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillMod
     if limits.max_open_positions is not None and limits.max_open_positions < 1:
         return "max_open_positions below 1"
     sig = next(iter(signals.values()))
+    if sig.bars.front is not None:
+        return "futures bars per contract (each position is filled on its own contract's bars)"
+    if sig.bars.margined and sig.bars.margin <= 0:
+        return "a future without an initial margin in the instrument map"
     if sig.context_entries or sig.context_exits:
         return "rules that read position or run context"
     entries = [r for r in plan.rules if r.kind == "entry"]
@@ -159,6 +163,27 @@ def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillMod
         if rule.order and settings.orders.get(rule.order):
             return f"exit '{rule.name}' has an order template"
     return None
+
+
+def margin_call_possible(ledger: Ledger, bars: SymbolBars, cash: float) -> bool:
+    """Could a simulated margin call have fired in this run (equity at a close while a futures
+    position was held within a hair of its maintenance margin)? Then the kernel resolves the
+    run: the fast path has no margin calls."""
+    if not (bars.margined and bars.maintenance > 0):
+        return False
+    fills = list(ledger.fills)
+    held = [(fills[i], fills[i + 1] if i + 1 < len(fills) else None) for i in range(0, len(fills), 2)]
+    for entry, exit_ in held:
+        signed = entry.quantity if entry.action == "buy" else -entry.quantity
+        during = cash - entry.commission
+        last = exit_.bar if exit_ is not None else len(bars) - 1
+        equity = during + (bars.close[entry.bar:last + 1] - entry.price) * signed * bars.multiplier
+        need = entry.quantity * bars.maintenance
+        if (equity < need * (1 + 1e-9) + 1e-6).any():
+            return True
+        if exit_ is not None:
+            cash = during + (exit_.price - entry.price) * signed * bars.multiplier - exit_.commission
+    return False
 
 
 def _sizing(template: OrderTemplate) -> tuple[str, float, bool] | None:
@@ -248,7 +273,7 @@ class _Candidates:
         mode, value, whole = self.sizings[rule]
         mult, margined, fee = self.mult, self.margined, self.fee
         if mode == "percent":
-            q = value * cash / (max(self.margin, 1e-12) if margined else price * mult)
+            q = value * cash / (self.margin if margined else price * mult)   # futures: in initial margin
             if whole:
                 q = float(math.floor(q + 1e-9))
             if self.cash_account and not margined:

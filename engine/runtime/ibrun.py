@@ -667,6 +667,7 @@ def _trade(run: _Run) -> Outcome:
     kernel, feed, timers = live_kernel(prep, venue, run_id=run_id, recorder=recorder,
                                        tags=(prefix, journal.last_order_seq(prefix)), on_order=on_order,
                                        cash=cash_now, gate=gate, chain_fetch=ib.chain_fetch)
+    kernel.margin_calls = dry_run       # IB liquidates a real account under its maintenance margin itself
     if not dry_run:
         kernel.check_order = margin_gate(limits.margin_check, paper=ib.is_paper, live=live, what_if=ib.what_if,
                                          funds=lambda: kernel.account_view()[1])

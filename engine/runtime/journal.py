@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS orders (
     broker_order_id INTEGER,           -- the venue's order id (IB's orderId, per client session)
     perm_id INTEGER,                   -- IB's permId: the order's id across sessions
     con_id INTEGER,                    -- the exact contract (IB's conId); NULL for simulated venues
-    local_symbol TEXT                  -- IB's localSymbol (NQZ5)
+    local_symbol TEXT                  -- IB's localSymbol (NQZ5); a simulated venue's per-contract futures too
 );
 CREATE TABLE IF NOT EXISTS fills (
     id INTEGER PRIMARY KEY,
@@ -118,7 +118,8 @@ CREATE TABLE IF NOT EXISTS trades (
     entry_rule TEXT NOT NULL DEFAULT '',
     exit_rule TEXT NOT NULL DEFAULT '',
     exit_reason TEXT NOT NULL DEFAULT '',
-    legs TEXT                          -- JSON for option combos
+    legs TEXT,                         -- JSON for option combos
+    local_symbol TEXT                  -- the futures contract the round trip was in (ESZ3), as IB names it
 );
 CREATE TABLE IF NOT EXISTS equity (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
@@ -475,7 +476,7 @@ class _Transaction:
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a journal of an older schema up to this one, in place, keeping every row."""
     columns = {table: {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-               for table in ("fills", "decisions", "orders")}
+               for table in ("fills", "decisions", "orders", "trades")}
     with _Transaction(db):
         if columns["fills"] and "exec_id" not in columns["fills"]:
             db.execute("ALTER TABLE fills ADD COLUMN exec_id TEXT")
@@ -486,8 +487,9 @@ def _migrate(db: sqlite3.Connection) -> None:
         fills = {r[1] for r in db.execute("PRAGMA table_info(fills)")}
         for table, wanted in (("orders", ("broker_order_id INTEGER", "perm_id INTEGER", "con_id INTEGER",
                                           "local_symbol TEXT")),
-                              ("fills", ("con_id INTEGER", "local_symbol TEXT"))):
-            have = columns[table] if table == "orders" else fills
+                              ("fills", ("con_id INTEGER", "local_symbol TEXT")),
+                              ("trades", ("local_symbol TEXT",))):
+            have = fills if table == "fills" else columns[table]
             if not have:
                 continue
             for column in wanted:

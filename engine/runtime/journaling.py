@@ -68,12 +68,13 @@ def _write_journal(result: Result, journal: Journal, mode: str, incremental: boo
 
 
 _ORDER_COLUMNS = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "order_type", "limit_price",
-                  "stop_price", "tif", "rule", "intent", "legs", "status", "status_ts", "reason")
+                  "stop_price", "tif", "rule", "intent", "legs", "status", "status_ts", "reason", "local_symbol")
 _DECISION_COLUMNS = ("run_id", "ts", "symbol", "rule", "kind", "outcome", "reason", "detail")
-_FILL_COLUMNS = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "price", "multiplier", "commission")
+_FILL_COLUMNS = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "price", "multiplier", "commission",
+                 "local_symbol")
 _TRADE_COLUMNS = ("run_id", "symbol", "side", "quantity", "multiplier", "entry_ts", "entry_price", "exit_ts",
                   "exit_price", "pnl", "return_pct", "bars_held", "mae", "mfe", "commission", "entry_rule", "exit_rule",
-                  "exit_reason", "legs")
+                  "exit_reason", "legs", "local_symbol")
 
 
 def _journal_tables(journal: Journal, orders: list, decisions: list, fills: list, trades: list) -> None:
@@ -96,19 +97,19 @@ def _record_rows(result: Result) -> tuple[list, list, list, list]:
         # the row as journal.order() then journal.order_status() would leave it
         order_rows.append((run_id, it.tag, t, it.symbol, it.action, it.quantity or 0.0, it.order_type, it.limit,
                            it.stop, it.tif, it.rule, it.intent, json.dumps(rec.legs) if rec.legs is not None else None,
-                           rec.status, st if rec.status_time else t, rec.reason or it.reason))
+                           rec.status, st if rec.status_time else t, rec.reason or it.reason, rec.contract or None))
     decisions = runner.decisions
     decision_rows = [(run_id, t, d.symbol, d.rule, d.kind, d.outcome, d.reason, d.detail)
                      for d, t in zip(decisions, iso_many([d.time for d in decisions]))]
     fills = result.ledger.fills
-    fill_rows = [(run_id, f.order_ref, t, f.symbol, f.action, f.quantity, f.price, f.multiplier, f.commission)
-                 for f, t in zip(fills, iso_many([f.time for f in fills]))]
+    fill_rows = [(run_id, f.order_ref, t, f.symbol, f.action, f.quantity, f.price, f.multiplier, f.commission,
+                  f.contract or None) for f, t in zip(fills, iso_many([f.time for f in fills]))]
     trades = result.ledger.trades
     entry_ts = iso_many([t.entry_time for t in trades])
     exit_ts = iso_many([t.exit_time for t in trades])
     trade_rows = [(run_id, t.symbol, t.side, t.quantity, t.multiplier, a, t.entry_price, b, t.exit_price, t.pnl,
                    t.return_pct, t.exit_bar - t.entry_bar, t.mae, t.mfe, t.commission, t.entry_rule, t.exit_rule,
-                   t.exit_reason, json.dumps(t.legs, default=str) if t.legs else None)
+                   t.exit_reason, json.dumps(t.legs, default=str) if t.legs else None, t.contract or None)
                   for t, a, b in zip(trades, entry_ts, exit_ts)]
     return order_rows, decision_rows, fill_rows, trade_rows
 

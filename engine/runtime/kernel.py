@@ -63,7 +63,7 @@ class _Tracked:
 
     __slots__ = ("intent", "record", "symbol", "owner", "role", "rule", "decided_bar", "exit_kind", "filled",
                  "value", "commission", "execs", "last_bar", "last_time", "why", "last_price", "combo",
-                 "chase_prices", "sent", "done")
+                 "chase_prices", "sent", "done", "contract")
 
     def __init__(self, intent: OrderIntent, record: OrderRecord, symbol: str, owner: str, role: str, rule: N.Rule,
                  decided_bar: int, exit_kind: str = ""):
@@ -87,6 +87,7 @@ class _Tracked:
         self.chase_prices: list = []
         self.sent = False
         self.done = False
+        self.contract = ""              # the futures contract it goes to, where the bars are per contract
 
 
 @dataclass
@@ -165,6 +166,11 @@ class Kernel(RunState):
         self._flat_rule = N.Rule("exit", "flat_by", reason="flat by the schedule's time")
         self._delivery_rule = N.Rule("exit", "physical settlement",
                                      reason="an in-the-money leg would deliver shares at expiry")
+        # a simulated account's margin calls: at each close of a futures symbol held, equity below the
+        # maintenance margin of the futures held liquidates them (at the next open). An IB run sets this
+        # False: IB liquidates a real account itself.
+        self.margin_calls = True
+        self._watch_margin = any(st.bars.margined and st.bars.maintenance > 0 for st in symbols.values())
         agents = {r.agent for r in self._entries if r.agent}
         self._active = {a: plan.outputs.get(f"agents.{a}.active") for a in agents}
         self._score = {a: plan.outputs.get(f"agents.{a}.score") for a in agents}
@@ -332,6 +338,26 @@ class Kernel(RunState):
             j = int(np.searchsorted(st.candidates, k))
             if j < len(st.candidates):
                 best = int(st.candidates[j])
+        if b.front is not None:          # the contract held: its own bars, and the close it expires at
+            held = self.ledger.positions[st.key].contract
+            best = min(best, b.expiry_bar.get(held, n))
+            b = b.of(held)
+        if self._watch_margin and b.maintenance > 0 and self.margin_calls:
+            # the first close at which equity could be below the maintenance margin (found exactly there)
+            if len(self.ledger.positions) != 1:
+                return None     # other positions move the equity too: every bar is looked at
+            pos = self.ledger.positions[st.key]
+            need = abs(pos.quantity) * b.maintenance
+            need = need + abs(need) * 1e-9 + 1e-6
+            cash, avg, units = self.ledger.cash, pos.avg_price, pos.quantity
+            lo, size = k, 64
+            while lo < best:
+                hi = min(best, lo + size)
+                low = np.flatnonzero(cash + (b.close[lo:hi] - avg) * units * pos.multiplier < need)
+                if len(low):
+                    best = lo + int(low[0])
+                    break
+                lo, size = hi, size * 8
         cache = st.jump_idx
         for node_id in nodes:
             idx = cache.get(node_id)
@@ -452,9 +478,13 @@ class Kernel(RunState):
             self._status(tr, "cancelled", self._now, "the position was already closed")
             self.syms[tr.symbol].closing = None
             return
+        b = self.syms[tr.symbol].bars
+        if b.front is not None:     # per-contract futures: an entry goes to the front month, the rest to the held one
+            pos = self.ledger.positions.get(tr.symbol) if role != "entry" else None
+            tr.contract = tr.record.contract = pos.contract if pos is not None else b.contract_at(k)
         order = E.Order(it.tag, it.symbol, it.action, float(it.quantity), it.order_type, it.limit, it.stop, it.tif,
                         f"{it.symbol}:protect" if role == "stop" or role == "target" else "", tr.owner, it.intent,
-                        it.rule)
+                        it.rule, contract=tr.contract)
         if role == "entry" and self.check_order is not None and self._refused(tr, order):
             self.syms[tr.symbol].working_entry = None
             return
@@ -484,8 +514,14 @@ class Kernel(RunState):
         mult = b.multiplier
         equity, funds, cash = self.account_view()
         fee_of = self.broker.commission
-        if quantity is None:   # a share of equity, at the price it will fill near
-            per_unit = price * mult if not b.margined else max(b.margin, 1e-12)
+        if b.margined and b.margin <= 0 and (quantity is None or limits.max_position is not None):
+            why = (f"{tr.symbol} has no initial margin in the instrument map: a future's share of equity "
+                   f"({'percent_of_equity' if quantity is None else 'max_position'}) is measured on its margin")
+            self._status(tr, "rejected", self._now, why)
+            self._decide(tr.symbol, it.rule, "entry", "blocked", why)
+            return None
+        if quantity is None:   # a share of equity: in value for stock, in initial margin for futures
+            per_unit = price * mult if not b.margined else b.margin
             quantity = sizing.value * equity / per_unit
             quantity = float(math.floor(quantity + 1e-9)) if sizing.whole else quantity
             if cash_account and not b.margined:
@@ -494,10 +530,12 @@ class Kernel(RunState):
                     quantity -= 1 if sizing.whole else quantity * 1e-6
                     fee = fee_of(quantity, price, mult, b.contracts)
         held = self.ledger.positions.get(tr.symbol)      # pyramiding: the position this entry adds to
-        quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=price * mult,
+        quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=b.margin if b.margined else price * mult,
                                      stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
                                      whole=sizing.whole if sizing else True,
                                      held=abs(held.quantity) if held is not None else 0.0)
+        if why and b.margined and why.startswith("capped by max_position"):
+            why += " (a future's initial margin)"
         if quantity <= 0:
             self._status(tr, "rejected", self._now, why or "quantity rounds to 0")
             self._decide(tr.symbol, it.rule, "entry", "blocked", why or "quantity rounds to 0 at the price it would "
@@ -722,7 +760,8 @@ class Kernel(RunState):
         price = tr.last_price if tr.execs == 1 else tr.value / tr.filled      # _average
         it = tr.intent
         tag, symbol, role, rule, time = it.tag, tr.symbol, tr.role, tr.rule, tr.last_time
-        fill = Fill(symbol, it.action, tr.filled, price, tr.commission, time, tr.last_bar, tag, b.multiplier, rule.name)
+        fill = Fill(symbol, it.action, tr.filled, price, tr.commission, time, tr.last_bar, tag, b.multiplier, rule.name,
+                    "", tr.contract)
         if ev.status == E.FILLED or tr.filled >= float(it.quantity or 0.0) - 1e-9:
             self._status(tr, "filled", time, "")
         else:
@@ -752,7 +791,7 @@ class Kernel(RunState):
                         f"({pos.quantity if pos else 0:g} held)")
             return
         held = pos.quantity
-        mae, mfe = excursions(b, pos.entry_bar, tr.last_bar, pos.avg_price, price, held > 0,
+        mae, mfe = excursions(b.of(pos.contract), pos.entry_bar, tr.last_bar, pos.avg_price, price, held > 0,
                               abs(held) * pos.multiplier)
         trade = ledger.close(fill, rule.reason or (tr.exit_kind if role == "exit" else role), mae, mfe)
         index = self._trade_of[tag] = len(ledger.trades) - 1
@@ -773,6 +812,9 @@ class Kernel(RunState):
     def _on_close(self, st: _Symbol, k: int) -> None:
         if st.stream is not None:
             self._stream(st, k)
+        if st.key is not None and st.bars.front is not None and not st.combo and \
+                st.bars.expiry_bar.get(self.ledger.positions[st.key].contract) == k:
+            self._expire(st, k)
         if st.combo:
             if st.key is not None and st.chasing is None:
                 self._manage_combo(st, k)
@@ -791,12 +833,89 @@ class Kernel(RunState):
                 elif st.closing is None and st.entries < self._pyramid and not st.pending \
                         and st.working_entry is None:
                     self._enter(st, k, add=side)      # pyramiding: an entry the same way adds to it
-            return
-        if not st.pending and st.working_entry is None and st.closing is None and st.chasing is None:  # _idle
+        elif not st.pending and st.working_entry is None and st.closing is None and st.chasing is None:  # _idle
             self._enter(st, k)
             if st.key is not None and st.closing is None:
                 # filled at this close (`fill: close`): its exits already apply to this bar
                 self._manage(st, k)
+        if self._watch_margin and st.key is not None and st.closing is None and st.bars.maintenance > 0 \
+                and self.margin_calls:
+            self._margin_call()
+
+    def _maintenance(self) -> float:
+        """The maintenance margin of the futures held (per contract, from the instrument map)."""
+        return math.fsum([abs(p.quantity) * self.bars[s].maintenance for s, p in self.ledger.positions.items()
+                          if s not in self.combos and self.bars[s].margined])
+
+    def _margin_call(self) -> None:
+        """Equity below the maintenance margin of the futures held: each of them is closed at the
+        next open (IB liquidates an account under its maintenance margin rather than wait for a
+        deposit), the decision journaled with the figures."""
+        need = self._maintenance()
+        equity = self.account_view()[0]
+        if not equity < need:
+            return
+        text = (f"margin call: equity {equity:,.2f} is below the maintenance margin {need:,.2f} of the futures "
+                "held; they are liquidated")
+        rule = N.Rule("exit", "margin call", reason=text)
+        for symbol, pos in list(self.ledger.positions.items()):
+            other = self.syms.get(symbol)
+            if other is None or other.combo or not other.bars.margined or other.closing is not None:
+                continue
+            for ref in list(other.protect.values()):
+                self.venue.cancel(ref)
+            self._drain()
+            if other.key is not None:
+                self._exit_order(other, rule, max(other.at[0], 0), "margin_call")
+    def _expire(self, st: _Symbol, k: int) -> None:
+        """The futures contract the position is held in stops trading before the next bar (its last
+        trade date is over): the position is settled at that contract's last price, as the
+        exchange settles what is still open at expiry. Its working orders are cancelled first."""
+        symbol = st.symbol
+        pos = self.ledger.positions[symbol]
+        for ref in list(st.protect.values()) + ([st.closing] if st.closing is not None else []):
+            tr = self.orders_by_ref[ref]
+            if tr.sent and not tr.done:
+                self.venue.cancel(ref)
+        self._drain()
+        if st.closing is not None and st.closing in st.pending:
+            st.pending.remove(st.closing)
+            self._status(self.orders_by_ref[st.closing], "cancelled", self._now, f"{pos.contract} expired first")
+        st.closing = None
+        if symbol not in self.ledger.positions:
+            return          # closed meanwhile
+        b = st.bars
+        price = float(b.of(pos.contract).close[k])
+        last = b.last_trade[pos.contract]
+        how = f"{pos.contract} expired (last trade date {last}): settled at its last price {price:g}"
+        time = int(b.end[k])
+        self.venue.settle_future(symbol, price, time)
+        action = "sell" if pos.quantity > 0 else "buy"
+        intent = OrderIntent(symbol, action, "market", abs(pos.quantity), None, None, None, "day", "close",
+                             "expiry settlement", self._tag(), how)
+        rec = OrderRecord(intent, self._now)
+        rec.status, rec.status_time, rec.reason, rec.contract = "filled", time, how, pos.contract
+        self.orders.append(rec)
+        if self.recorder is not None:
+            self.recorder.status(rec)
+        self._decide(symbol, "expiry settlement", "exit", "fired", how)
+        fill = Fill(symbol, action, abs(pos.quantity), price, 0.0, time, k, intent.tag, b.multiplier,
+                    "expiry settlement", how, pos.contract)
+        mae, mfe = excursions(b.of(pos.contract), pos.entry_bar, k + 1, pos.avg_price, price, pos.quantity > 0,
+                              abs(pos.quantity) * pos.multiplier)
+        trade = self.ledger.close(fill, how, mae, mfe)
+        index = self._trade_of[intent.tag] = len(self.ledger.trades) - 1
+        entry_ref = self._entry_ref.pop(symbol, None)
+        if entry_ref is not None:
+            self._trade_of[entry_ref] = index
+        self._booked.add(intent.tag)
+        st.owner = st.key = None
+        self._marks_key = None      # the marks of this instant are found again (a new position may open now)
+        self._losses = self._losses + 1 if trade.pnl < 0 else 0
+        limits = self.settings.limits
+        if limits.circuit_breaker is not None and self._losses >= limits.circuit_breaker[0]:
+            self._paused_until = time / 1e9 + limits.circuit_breaker[1]
+            self._losses = 0
 
     def _reversible(self, st: _Symbol) -> bool:
         """Is the exit just decided a market order waiting for the next open (so an entry queued
@@ -814,7 +933,7 @@ class Kernel(RunState):
         need = self._ctx_fields
         if not need:
             return ctx
-        b = st.bars
+        b = st.bars.of(pos.contract)     # the contract it is held in (the series itself unless per contract)
         if "position.side" in need:
             ctx["position.side"] = float(pos.side)
         if "position.size" in need:

@@ -19,6 +19,7 @@ from ..check.model import (DataSpec, Instrument, OrderTemplate, Schedule, SimSet
 from ..config.documents import Document, Workspace
 from ..diagnostics import DiagnosticError
 from ..market.bars import bar_seconds, load_bars, resample
+from ..market.futures import ContractHistory
 from ..market.clock import clock_arrays
 from ..plan import nodes as N
 from ..plan.build import build_plan, load_strategy
@@ -45,6 +46,7 @@ class Prepared:
     end: pd.Timestamp | None = None
     overrides: dict = field(default_factory=dict)
     chains: dict | None = None     # option chain snapshots by quote date (data.chains)
+    fronts: dict = field(default_factory=dict)  # futures roots with per-contract history: market.futures.FrontSeries
     arrays: dict = field(default_factory=dict, repr=False)  # _symbol_bars' arrays per symbol
 
     @functools.cached_property
@@ -163,20 +165,35 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
         if not data_path.is_dir() and len(frames) == 1 and len(wanted) == 1:
             frames = {wanted[0]: next(iter(frames.values()))}
     instruments = {s: instrument(ws, doc, s) for s in wanted}
+    histories = {s: f for s, f in frames.items() if isinstance(f, ContractHistory)}
+    for symbol, history in histories.items():
+        history.symbol = symbol
+    roots = dict(instruments)        # the instrument map's own facts (its calendar rolls a root)
     calendar = (doc.get(("schedule",)) or {}).get("calendar")
     if calendar:       # schedule.calendar: the traded symbols' sessions and holidays, over their instruments'
         instruments.update({s: dataclasses.replace(instruments[s], calendar=calendar) for s in symbols})
     want_seconds = bar_seconds(bar)
     for symbol, frame in list(frames.items()):
-        have = _spacing(frame.index)
+        history = histories.get(symbol)
+        index = frame.index if history is None else \
+            pd.DatetimeIndex(np.unique(np.concatenate([f.index.as_unit("ns").asi8 for f in history.contracts.values()])),
+                             tz="UTC")
+        have = _spacing(index)
         if have is not None and have < want_seconds * 0.999 and want_seconds < 86400 * 28:
             # data.session: extended keeps the bars outside the calendar's regular hours (bins on the clock)
-            frames[symbol] = resample(frame, bar, timezone=timezone, calendar=instruments[symbol].calendar
-                                      if spec.session == "regular" else None)
+            to_bar = functools.partial(resample, bar=bar, timezone=timezone, calendar=instruments[symbol].calendar
+                                       if spec.session == "regular" else None)
+            if history is None:
+                frames[symbol] = to_bar(frame)
+            else:       # each contract on its own: a bin never mixes two contracts' trades
+                history.contracts = {c: to_bar(f) for c, f in history.contracts.items()}
         elif have is not None and have > want_seconds * 1.5 and want_seconds < 86400 and symbol in symbols:
             # (another symbol read through symbol("X") may be coarser: it is aligned as of each bar)
             raise _fail(doc, ("data", "bar"), f"{symbol}'s data has bars of about {have / 60:g} minutes, "
                         f"longer than the strategy's {bar} bars", "use finer data or a longer bar size")
+    fronts = {s: _front_series(doc, ws, h, roots[s], timezone) for s, h in histories.items()}
+    frames.update({s: f.frame for s, f in fronts.items()})
+
     def to_ts(day: str) -> pd.Timestamp:
         return pd.Timestamp(day).tz_localize(timezone)
 
@@ -188,6 +205,7 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                         to_ts(settings["end"]) + pd.Timedelta(days=1) if settings.get("end") else None,
                         dict(overrides or {}))
     prepared.chains = chains
+    prepared.fronts = fronts
     if any(t.combo for t in prepared.orders.values()):
         from .chainsource import option_problems
 
@@ -217,6 +235,29 @@ def _warm_from(settings: dict, frames: dict[str, pd.DataFrame], traded: list[str
             frame = cut
         out[symbol] = frame
     return out
+
+
+def _front_series(doc: Document, ws: Workspace, history: ContractHistory, inst: Instrument, timezone: str):
+    """A futures root's per-contract history stitched into its front month (market.futures)."""
+    from ..diagnostics import error
+    from ..market.futures import StitchError, stitch
+
+    if inst.sec_type != "FUT":
+        where = ws.instruments_for(doc)
+        raise DiagnosticError([error(history.path, 1, history.column,
+                                     f"a contract column ({history.column_name!r}) says this is a futures history, "
+                                     f"but {history.symbol} is not a futures root of the instrument map"
+                                     f"{' (' + str(where.path) + ')' if where is not None else ''}",
+                                     f"give {history.symbol} a root with sec_type: FUT, months and roll_days, or "
+                                     "use a file without the contract column")])
+    try:
+        front = stitch(history, root=history.symbol, months=inst.months, roll_days=inst.roll_days,
+                       calendar_name=inst.calendar, timezone=timezone)
+    except StitchError as exc:
+        raise DiagnosticError([error(history.path, exc.line, history.column, str(exc), exc.hint)]) from None
+    if history.skipped:
+        front.frame.attrs["bad_bars"] = history.skipped
+    return front
 
 
 def last_days(prep: Prepared, days: int) -> Prepared:
@@ -283,9 +324,23 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
         o_end = _ns(of.index) + int(max(own, seconds) * 1e9)
         others[other] = {f: align_asof(end, o_end, of[f].to_numpy(dtype=np.float64))
                          for f in prep.plan.inputs.fields.get(other, ())}
+    futures = inst.sec_type == "FUT"
     bars = SymbolBars(symbol, start, end, fields["open"], fields["high"], fields["low"], fields["close"],
-                      session, inst.multiplier, inst.tick_size, inst.sec_type == "FUT", inst.margin,
-                      inst.sec_type in ("FUT", "OPT"))
+                      session, inst.multiplier, inst.tick_size, futures, inst.margin,
+                      inst.sec_type in ("FUT", "OPT"), inst.maintenance if futures else 0.0)
+    stitched = prep.fronts.get(symbol)
+    if stitched is not None:
+        from ..market.futures import aligned
+
+        names = [c.local_symbol for c in stitched.contracts]
+        bars.front = tuple(names[i] for i in stitched.front.tolist())
+        bars.last_trade = {c.local_symbol: c.last_trade for c in stitched.contracts}
+        bars.held = {c: SymbolBars(symbol, start, end, *aligned(start, end, stitched.bars[c]), session, bars.multiplier,
+                                   bars.tick_size, True, bars.margin, True, bars.maintenance) for c in names}
+        days = frame.index.tz_convert(prep.timezone).tz_localize(None).normalize().to_numpy().astype("datetime64[D]")
+        after = {c.local_symbol: int(np.searchsorted(days, np.datetime64(c.last_trade, "D"), side="right"))
+                 for c in stitched.contracts}
+        bars.expiry_bar = {c: j - 1 for c, j in after.items() if 0 < j < len(days)}
     return bars, Bars(fields, clock, others)
 
 
@@ -343,5 +398,9 @@ def _truncate(sbars: SymbolBars, bars: Bars, values: list, last: int):
     cut = lambda a: a[:last] if np.ndim(a) else a  # noqa: E731
     sb = SymbolBars(sbars.symbol, cut(sbars.start), cut(sbars.end), cut(sbars.open), cut(sbars.high), cut(sbars.low),
                     cut(sbars.close), cut(sbars.session), sbars.multiplier, sbars.tick_size, sbars.margined,
-                    sbars.margin, sbars.contracts)
+                    sbars.margin, sbars.contracts, sbars.maintenance)
+    if sbars.front is not None:
+        sb.front, sb.last_trade = sbars.front[:last], sbars.last_trade
+        sb.expiry_bar = {c: k for c, k in sbars.expiry_bar.items() if k + 1 < last}
+        sb.held = {c: _truncate(h, bars, [], last)[0] for c, h in sbars.held.items()}
     return sb, bars, [cut(v) if v is not None else None for v in values]

@@ -47,6 +47,8 @@ class Recorder:
         exact = self.contract(it.symbol, it.tag, it.intent) if self.contract is not None else None
         if exact is not None:
             self.journal.order_ids(it.tag, con_id=exact[0], local_symbol=exact[1])
+        elif rec.contract:          # a simulated venue's per-contract futures
+            self.journal.order_ids(it.tag, local_symbol=rec.contract)
 
     def acknowledged(self, rec: OrderRecord, broker_id: int) -> None:
         """The venue took the order (IB's Submitted): its status and the venue's order id."""
@@ -74,7 +76,8 @@ class Recorder:
         exact = self.contract(ev.symbol, ev.ref, None) if self.contract is not None else None
         self.journal.fill(self.run_id, ev.ref, _iso(ev.time), ev.symbol, ev.action, ev.quantity, ev.price,
                           multiplier, exec_id=ev.exec_id, broker_order_id=ev.broker_id,
-                          con_id=exact[0] if exact else None, local_symbol=exact[1] if exact else None)
+                          con_id=exact[0] if exact else None,
+                          local_symbol=exact[1] if exact else (ev.contract or None))
 
     def correction(self, ev: E.Execution) -> None:
         """The venue corrected an execution: its journaled row takes the new id, quantity and price."""

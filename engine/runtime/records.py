@@ -41,6 +41,7 @@ class OrderRecord:
     status_time: int = 0
     reason: str = ""
     legs: list | None = None
+    contract: str = ""         # the futures contract it was sent in (local symbol), '' when not per contract
 
 
 @dataclass
@@ -89,12 +90,17 @@ class RunState:
             self._marks, self._marks_key = {}, at
         out = self._marks
         combos = self.combos
-        for symbol in self.ledger.positions:
+        for symbol, pos in self.ledger.positions.items():
             if symbol in combos:    # a combo's mark moves without a fill: read it every time
                 combo = combos[symbol]
                 out[symbol] = combo.last_credit if combo.last_credit is not None else combo.entry_credit
             elif symbol not in out:
-                out[symbol] = self._prices.price(symbol, at)
+                if pos.contract:    # a futures contract's own last price (its bars share the series' times)
+                    k = self._prices.bar(symbol, at)
+                    b = self.bars[symbol].of(pos.contract)
+                    out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
+                else:
+                    out[symbol] = self._prices.price(symbol, at)
         return out
 
     def equity(self, at: int | None = None) -> float:

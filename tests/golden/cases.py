@@ -36,11 +36,17 @@ CASES: dict[str, tuple[str, list[tuple[str, str]] | None, dict]] = {
     "spxw_condor": ("strategies/spxw_condor.yaml", None, {"chains": str(SPXW)}),
     "breakout_nq": ("strategies/breakout.yaml",
                     [(r"(?m)^universe: .*$", "universe: [NQ]"), *UNSUPPORTED], {"data": str(NQ_1M)}),
+    "futures_breakout": ("strategies/futures_breakout.yaml", None, {}),
+    "futures_breakout_es": ("strategies/futures_breakout_es.yaml", None, {}),
     "regime_agents_daily": ("strategies/regime_agents.yaml",
                          [(r"(?m)^universe: .*$", "universe: [SPY, AAPL]"), *UNSUPPORTED,
                           (r"data: \{bar: 5m, history: 20d, session: regular\}", "data: {bar: 1d, history: 200d}")],
                          {"data": str(ROOT / "strategies" / "data")}),
 }
+
+
+# the cases whose data is ../shared/data's (not redistributable: it stays outside the repository)
+NEEDS_SHARED = frozenset({"spxw_condor", "breakout_nq", "futures_breakout", "futures_breakout_es"})
 
 
 def strategy_path(case: str, tmp: Path) -> Path:

@@ -6,7 +6,8 @@
   (includeExpired=False), those whose tradingClass and multiplier match the instrument map (NQ
   and MNQ apart), then the front month: the first contract whose last trade date, less
   `roll_days` trading days of the root's calendar (the root's own `roll_days` in the instrument
-  map, else the broker's), is today or later. The conId and local symbol
+  map, else the broker's), is today or later (engine/market/futures.py's rule, the one a backtest
+  stitches a root's per-contract history by). The conId and local symbol
   are carried from then on; a futures contract is never rebuilt from a local symbol.
 * Options: `option_params(underlying)` from reqSecDefOptParams (expirations, strikes, trading
   class, multiplier, exchanges) and `option(underlying, expiry, strike, right)` from contract
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import yaml
+
+from engine.market.futures import front_month, roll_date  # noqa: F401 - roll_date: the rule, re-exported
 
 from .types import Resolved
 
@@ -89,20 +92,6 @@ def parse_ib_date(text: str) -> dt.date | None:
     return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
 
 
-def roll_date(last_trade: dt.date, roll_days: int, calendar=None) -> dt.date:
-    """The last day a futures contract is the front month: its last trade date less `roll_days`
-    trading days of `calendar` (an engine Calendar; weekdays when None)."""
-    day = last_trade
-    for _ in range(roll_days):
-        if calendar is not None:
-            day = calendar.previous_trading_day(day)
-        else:
-            day -= dt.timedelta(days=1)
-            while day.weekday() >= 5:
-                day -= dt.timedelta(days=1)
-    return day
-
-
 def choose_future(symbol: str, spec: dict, details: Iterable, today: dt.date, roll_days: int = 0,
                   calendar=None):
     """The front-month contract details among `details` (a root's listed futures) for the
@@ -133,9 +122,9 @@ def choose_future(symbol: str, spec: dict, details: Iterable, today: dt.date, ro
         if last is not None:
             dated.append((last, d.contract.conId, d))
     dated.sort(key=lambda x: (x[0], x[1]))
-    for last, _, d in dated:
-        if today <= roll_date(last, roll_days, calendar):
-            return d
+    front = front_month([last for last, _, _ in dated], today, roll_days, calendar)
+    if front is not None:
+        return dated[front][2]
     months = ", ".join(f"{d.contract.localSymbol} ({last:%Y-%m-%d})" for last, _, d in dated) or "none with a date"
     raise ContractError(f"{symbol}: every listed {root} contract is past its roll date on {today:%Y-%m-%d} "
                         f"(roll {roll_days} trading days before the last trade date; listed: {months})")

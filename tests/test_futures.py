@@ -1,0 +1,347 @@
+"""Issue 15 item 5: futures in backtests, on real per-contract history (../shared/data: LEAN's ES
+minute bars per contract for 2013-10-07..11, and its ES daily bars per contract over the December
+2013 roll and expiry).
+
+The rules read the raw front month, stitched by the IB broker's roll rule; a position is filled,
+marked and closed in the contract it was opened in (as an IB run does: it pins a position to its
+contract and opens no second one while it is held), and a contract still held when its last
+trade date is over is settled at its last price. Journal rows carry the contract's local symbol."""
+
+from __future__ import annotations
+
+import sqlite3
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.diagnostics import DiagnosticError
+from engine.runtime import backtest as bt
+from engine.runtime.journal import Journal
+from engine.runtime.session import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+LEAN = SHARED / "quantconnect_lean"
+ES_MINUTE = LEAN / "decoded" / "es_minute_trade_by_contract_2013-10-07_to_2013-10-11.csv"
+ES_DAILY = LEAN / "future" / "cme" / "daily" / "es_trade.zip"
+NY = "America/New_York"
+
+needs_minute = pytest.mark.skipif(not ES_MINUTE.exists(), reason=f"{ES_MINUTE} (../shared/data) is not present")
+needs_daily = pytest.mark.skipif(not ES_DAILY.exists(), reason=f"{ES_DAILY} (../shared/data) is not present")
+
+ES_ROOT = ("{sec_type: FUT, exchange: CME, currency: USD, multiplier: 50, trading_class: ES, months: HMUZ, "
+           "roll_days: %d, tick_size: 0.25, calendar: CME_Equity%s}")
+
+
+def write(tmp: Path, *, source: Path, bar: str, entry: str, exit_: str, roll_days: int, exits: str = "",
+          margins: str = "", quantity: str = "1", cash: int = 100_000, name: str = "s.yaml",
+          risk: str = "{max_open_positions: 1, margin_check: \"off\"}") -> Path:
+    (tmp / "i.yaml").write_text(f"kind: instruments\nname: i\nroots:\n  ES: {ES_ROOT % (roll_days, margins)}\n")
+    path = tmp / name
+    path.write_text(f"""kind: strategy
+name: es
+universe: [ES]
+instruments: i.yaml
+data: {{bar: {bar}, session: extended, source: {source}}}
+schedule: {{timezone: {NY}}}
+entry:
+  - name: in
+    when: "{entry}"
+    order: buy
+exit:
+  - name: out
+    when: "{exit_}"
+{exits}
+orders:
+  buy: {{action: buy, type: market, quantity: {quantity}}}
+backtest: {{cash: {cash}, commission: {{per_contract: 2.25}}}}
+risk: {risk}
+""")
+    return path
+
+
+def minute_bar(prep, when: str) -> int:
+    return int(np.searchsorted(prep.frames["ES"].index, pd.Timestamp(when, tz=NY)))
+
+
+def journal_rows(result, tmp: Path) -> dict:
+    path = tmp / "j.sqlite"
+    with Journal(path) as journal:
+        bt.write_journal(result, journal)
+    db = sqlite3.connect(path)
+    out = {t: db.execute(f"SELECT {c} FROM {t} ORDER BY rowid").fetchall() for t, c in (
+        ("orders", "rule, action, status, local_symbol"), ("fills", "action, price, local_symbol"),
+        ("trades", "entry_price, exit_price, round(pnl, 2), exit_rule, local_symbol"))}
+    db.close()
+    return out
+
+
+@needs_minute
+def test_a_position_opened_before_the_roll_is_closed_in_its_own_contract(tmp_path):
+    # roll_days 52: ESZ3 (last trade 2013-12-20) is the front month to Wednesday 2013-10-09, ESH4 from Thursday
+    path = write(tmp_path, source=ES_MINUTE, bar="1m", entry="bar_index == 0", exit_="bar_index == 0", roll_days=52)
+    prep = bt.prepare(path)
+    e, x, again = (minute_bar(prep, t) for t in ("2013-10-09 20:00", "2013-10-10 02:07", "2013-10-10 03:00"))
+    b = bt._symbol_bars(prep, "ES")[0]
+    assert (b.contract_at(e), b.contract_at(x), b.contract_at(x + 1)) == ("ESZ3", "ESH4", "ESH4")
+    path = write(tmp_path, source=ES_MINUTE, bar="1m", entry=f"bar_index == {e} or bar_index == {again}",
+                 exit_=f"bar_index == {x}", roll_days=52)
+    prep = bt.prepare(path)
+    result = bt.run(prep, run_id="t")
+    assert "fast_path" not in result.timings          # each position on its own contract's bars: the kernel
+    fills = list(result.ledger.fills)
+    series = prep.frames["ES"]
+    h_open = series["open"].iloc[again + 1]          # the next series bar after 03:00: ESH4's own
+    assert series.index[again + 1] == pd.Timestamp("2013-10-10 03:08", tz=NY) and h_open == 1648.0
+    assert [(f.action, f.price, f.contract) for f in fills] == [
+        ("buy", 1651.75, "ESZ3"),    # the open of 20:01 (ESZ3 is the front month)
+        ("sell", 1656.75, "ESZ3"),   # the exit decided at 02:07 fills at the next series bar (03:00) in ESZ3
+        ("buy", 1648.0, "ESH4"),     # the entry decided at 03:00 opens the front month, ESH4, at 03:08
+    ]
+    z = prep.fronts["ES"].bars["ESZ3"]
+    assert z.loc[pd.Timestamp("2013-10-10 03:00", tz=NY), "open"] == 1656.75        # ESZ3's own price
+    assert series.loc[pd.Timestamp("2013-10-10 03:00", tz=NY), "open"] == 1650.25       # the series' (ESH4)
+    trade = result.ledger.trades[0]
+    assert (trade.contract, trade.pnl) == ("ESZ3", (1656.75 - 1651.75) * 50 - 4.5)    # 245.50, no roll jump in it
+    # the position left open at the end is ESH4, marked at ESH4's last close
+    assert result.ledger.positions["ES"].contract == "ESH4"
+    assert result.marks["ES"] == prep.fronts["ES"].bars["ESH4"]["close"].iloc[-1]
+    rows = journal_rows(result, tmp_path)
+    assert [r[3] for r in rows["orders"]] == ["ESZ3", "ESZ3", "ESH4"]
+    assert rows["fills"] == [("buy", 1651.75, "ESZ3"), ("sell", 1656.75, "ESZ3"), ("buy", 1648.0, "ESH4")]
+    assert rows["trades"] == [(1651.75, 1656.75, 245.5, "out", "ESZ3")]
+    # `qtrade run --broker sim` (the plan streamed bar by bar) and its dry run do exactly the same
+    for dry_run in (False, True):
+        run = simulate(prep, run_id="t", dry_run=dry_run)
+        assert list(run.ledger.fills) == fills and list(run.ledger.trades) == list(result.ledger.trades)
+        assert np.array_equal(run.equity, result.equity)
+
+
+@needs_minute
+def test_the_roll_on_the_es_file_what_the_raw_front_series_and_the_held_contract_say(tmp_path):
+    """Held from Wednesday 20:01 to Thursday 03:00 across the roll: the series jumps down by the
+    calendar spread (ESZ3 1655.25 -> ESH4 1648.75 at 00:02, 6.5 points, 325 USD a contract), the
+    position does not: its P&L is ESZ3's move (+5 points), where the series' own move is -1.5."""
+    path = write(tmp_path, source=ES_MINUTE, bar="1m", entry="bar_index == 0", exit_="bar_index == 0", roll_days=52)
+    prep = bt.prepare(path)
+    front, series = prep.fronts["ES"], prep.frames["ES"]
+    rolled = pd.Timestamp("2013-10-10 00:02", tz=NY)
+    spread = front.bars["ESZ3"].loc[rolled, "open"] - series.loc[rolled, "open"]
+    assert spread == 6.5 and spread * 50 == 325.0
+    entry, exit_ = pd.Timestamp("2013-10-09 20:01", tz=NY), pd.Timestamp("2013-10-10 03:00", tz=NY)
+    assert series.loc[exit_, "open"] - series.loc[entry, "open"] == -1.5      # what a fill on the series would book
+    assert front.bars["ESZ3"].loc[exit_, "open"] - front.bars["ESZ3"].loc[entry, "open"] == 5.0
+
+
+@needs_minute
+def test_protective_orders_work_on_the_held_contracts_bars(tmp_path):
+    path = write(tmp_path, source=ES_MINUTE, bar="1m", entry="bar_index == 0", exit_="bar_index == 0", roll_days=52)
+    prep = bt.prepare(path)
+    e = minute_bar(prep, "2013-10-09 20:00")
+    path = write(tmp_path, source=ES_MINUTE, bar="1m", entry=f"bar_index == {e}", exit_="false", roll_days=52,
+                 exits="  - {name: take, target: position.entry_price + 4.5}")
+    prep = bt.prepare(path)
+    result = bt.run(prep, run_id="t")
+    buy, sell = result.ledger.fills
+    assert sell.contract == "ESZ3" and sell.price == 1651.75 + 4.5 and sell.rule == "take"
+    assert prep.frames["ES"].index.searchsorted(pd.Timestamp(sell.time, tz="UTC")) > \
+        prep.frames["ES"].index.searchsorted(pd.Timestamp("2013-10-10 00:00", tz=NY))   # after the series rolled
+    z = prep.fronts["ES"].bars["ESZ3"]
+    touched = z[(z.index >= pd.Timestamp("2013-10-09 20:01", tz=NY)) & (z["high"] >= sell.price)].index[0]
+    assert touched >= pd.Timestamp("2013-10-10 00:00", tz=NY)    # ESZ3 reached it only after the roll
+    run = simulate(prep, run_id="t")
+    assert list(run.ledger.fills) == list(result.ledger.fills)
+
+
+def daily_file(tmp: Path) -> Path:
+    """LEAN's ES daily bars per contract (2013-10-06..2013-12-26) as one CSV with a contract column."""
+    rows = ["date,contract_month,open,high,low,close,volume"]
+    with zipfile.ZipFile(ES_DAILY) as z:
+        for name in sorted(z.namelist()):
+            month = name.rsplit("_", 1)[-1][:6]
+            if month.startswith("2013") or month.startswith("2014"):
+                rows += [f"{line.split(',', 1)[0]},{month},{line.split(',', 1)[1]}"
+                         for line in z.read(name).decode().splitlines()]
+    path = tmp / "es_daily.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@needs_daily
+def test_a_contract_held_past_its_last_trade_date_is_settled_and_the_next_entry_opens_the_front(tmp_path):
+    path = write(tmp_path, source=daily_file(tmp_path), bar="1d", entry="close > 0", exit_="close < 0", roll_days=5)
+    prep = bt.prepare(path)
+    b = bt._symbol_bars(prep, "ES")[0]
+    days = prep.frames["ES"].index.strftime("%Y-%m-%d")
+    # the real roll: ESZ3 (last trade Friday 2013-12-20) is the front month to Friday 2013-12-13
+    assert b.contract_at(list(days).index("2013-12-13")) == "ESZ3"
+    assert b.contract_at(list(days).index("2013-12-13") + 1) == "ESH4"
+    result = bt.run(prep, run_id="t")
+    settled = result.ledger.trades[0]
+    assert (settled.contract, settled.entry_price, settled.exit_price) == ("ESZ3", 1669.0, 1810.25)
+    assert settled.exit_rule == "expiry settlement" and "ESZ3 expired (last trade date 2013-12-20)" in settled.exit_reason
+    assert pd.Timestamp(settled.exit_time, tz="UTC").tz_convert(NY).date().isoformat() == "2013-12-21"   # Dec 20's close
+    assert settled.pnl == (1810.25 - 1669.0) * 50 - 2.25         # the settlement has no commission
+    # while pinned (Dec 16..20) the position was marked at ESZ3's closes, not at the series' (ESH4's)
+    dec18 = list(days).index("2013-12-18")
+    z = prep.fronts["ES"].bars["ESZ3"]
+    mark = result.equity[result.times.searchsorted(b.end[dec18])]
+    assert mark == 100_000 - 2.25 + (z.loc[pd.Timestamp(b.start[dec18], tz="UTC"), "close"] - 1669.0) * 50
+    assert z.loc[pd.Timestamp(b.start[dec18], tz="UTC"), "close"] != prep.frames["ES"]["close"].iloc[dec18]
+    # the entry decided at that close opens the front month, ESH4, at the next bar's open
+    again = result.ledger.positions["ES"]
+    after = int(np.searchsorted(b.start, settled.exit_time))
+    assert (again.contract, again.avg_price) == ("ESH4", prep.frames["ES"]["open"].iloc[after])
+    rows = journal_rows(result, tmp_path)
+    assert [r[3] for r in rows["orders"]] == ["ESZ3", "ESZ3", "ESH4"]
+    assert rows["orders"][1][:3] == ("expiry settlement", "sell", "filled")
+    run = simulate(prep, run_id="t")
+    assert list(run.ledger.trades) == list(result.ledger.trades)
+
+
+def test_a_contract_column_for_a_symbol_that_is_not_a_futures_root_is_refused_at_the_column(tmp_path):
+    data = tmp_path / "SPY.csv"
+    data.write_text("date,contract,open,high,low,close,volume\n2020-01-02,202003,1,1,1,1,1\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(f"""kind: strategy
+name: spy
+universe: [SPY]
+data: {{bar: 1d, source: {data}}}
+entry: [{{name: in, when: close > 0, order: buy}}]
+orders: {{buy: {{action: buy, type: market, quantity: 1}}}}
+""")
+    with pytest.raises(DiagnosticError) as excinfo:
+        bt.prepare(path)
+    d = excinfo.value.diagnostics[0]
+    assert (d.path, d.line, d.col) == (str(data), 1, len("date,") + 1)
+    assert "SPY is not a futures root of the instrument map" in d.message
+
+
+# ---- margins: initial and maintenance margin per root (universes/instruments.yaml) -------------
+
+NQ_MINUTE = SHARED / "firstratedata_nq_sample" / "NQ_1min_sample.csv"
+needs_nq = pytest.mark.skipif(not NQ_MINUTE.exists(), reason=f"{NQ_MINUTE} (../shared/data) is not present")
+
+
+def nq_strategy(tmp: Path, *, quantity: str, risk: str = "{max_open_positions: 1, margin_check: \"off\"}",
+                entry: str = "crosses_above(sma(close, 10), sma(close, 30))",
+                exit_: str = "crosses_below(sma(close, 10), sma(close, 30))", instruments: str | None = None) -> Path:
+    """A 10/30 crossover on the FirstRate NQ minute sample, on the bundled instrument map (NQ: margin
+    19,800, maintenance 18,000, multiplier 20) unless `instruments` gives another root."""
+    if instruments is not None:
+        (tmp / "i.yaml").write_text(f"kind: instruments\nname: i\nroots:\n  NQ: {instruments}\n")
+    path = tmp / "nq.yaml"
+    path.write_text(f"""kind: strategy
+name: nq
+universe: [NQ]
+instruments: {tmp / 'i.yaml' if instruments is not None else ROOT / 'universes' / 'instruments.yaml'}
+data: {{bar: 1m, session: extended, source: {NQ_MINUTE}}}
+schedule: {{timezone: {NY}}}
+entry:
+  - name: in
+    when: "{entry}"
+    order: buy
+exit:
+  - name: out
+    when: "{exit_}"
+orders:
+  buy: {{action: buy, type: market, quantity: {quantity}}}
+backtest: {{cash: 100000, commission: {{per_contract: 2.25}}}}
+risk: {risk}
+""")
+    return path
+
+
+@needs_nq
+def test_a_futures_share_of_equity_and_max_position_are_measured_on_initial_margin(tmp_path):
+    result = bt.run(bt.prepare(nq_strategy(tmp_path, quantity="{percent_of_equity: 40%}")), run_id="t")
+    first = result.ledger.fills[0]
+    assert first.quantity == 2 == (40_000 // 19_800)     # 40% of 100,000 in margin: 2 NQ (about 640,000 notional)
+    capped = bt.run(bt.prepare(nq_strategy(tmp_path, quantity=3, risk="{max_position: 20%, margin_check: \"off\"}")),
+                    run_id="t")
+    assert {f.quantity for f in capped.ledger.fills} == {1.0}             # 20% of about 100,000: one NQ's 19,800
+    assert any(d.reason.endswith("capped by max_position 20.0% of equity (a future's initial margin)")
+               for d in capped.runner.decisions)
+    blocked = bt.run(bt.prepare(nq_strategy(tmp_path, quantity=3, risk="{max_position: 2%, margin_check: \"off\"}")),
+                     run_id="t")
+    assert not blocked.ledger.fills and {d.reason for d in blocked.runner.decisions if d.outcome == "blocked"} == \
+        {"capped by max_position 2.0% of equity (a future's initial margin)"}
+
+
+@needs_nq
+def test_an_entry_needs_its_initial_margin_in_available_funds(tmp_path):
+    result = bt.run(bt.prepare(nq_strategy(tmp_path, quantity=6)), run_id="t")
+    assert not result.ledger.fills            # 6 x 19,800 = 118,800 of margin on 100,000
+    assert {d.reason for d in result.runner.decisions if d.outcome == "blocked"} == \
+        {"insufficient available funds: needs 118,813.50, has 100,000.00"}
+    five = bt.run(bt.prepare(nq_strategy(tmp_path, quantity=5)), run_id="t")
+    assert five.ledger.fills and five.ledger.fills[0].quantity == 5      # 99,000 fits
+
+
+@needs_nq
+def test_a_future_without_an_initial_margin_is_not_sized_by_a_share_of_equity(tmp_path):
+    root = ("{sec_type: FUT, exchange: CME, currency: USD, multiplier: 20, trading_class: NQ, months: HMUZ, "
+            "tick_size: 0.25, calendar: CME_Equity}")
+    result = bt.run(bt.prepare(nq_strategy(tmp_path, quantity="{percent_of_equity: 40%}", instruments=root)),
+                    run_id="t")
+    assert not result.ledger.fills
+    assert {d.reason for d in result.runner.decisions if d.outcome == "blocked"} == {
+        "NQ has no initial margin in the instrument map: a future's share of equity (percent_of_equity) is "
+        "measured on its margin"}
+
+
+@needs_nq
+def test_equity_below_the_maintenance_margin_is_a_margin_call_that_liquidates(tmp_path):
+    """5 NQ bought at the 2023-11-29 09:57 open and held: 99,000 of initial margin fits 100,000;
+    the maintenance margin is 5 x 18,000 = 90,000, so a fall of about 100 points is a margin call:
+    the position is closed at the next open, with the figures in its decision and trade."""
+    path = nq_strategy(tmp_path, quantity=5, entry="bar_index == 10150", exit_="false")
+    prep = bt.prepare(path)
+    result = bt.run(prep, run_id="t")
+    assert "fast_path" not in result.timings                 # the fast path has no margin calls: the kernel
+    (trade,) = result.ledger.trades
+    assert trade.exit_rule == "margin call" and trade.quantity == 5
+    (call,) = [d for d in result.runner.decisions if d.rule == "margin call"]
+    equity = float(call.reason.split("equity ")[1].split(" ")[0].replace(",", ""))
+    assert equity < 90_000 and "below the maintenance margin 90,000.00 of the futures held" in call.reason
+    # the first close under it, and none before: equity at each close is cash + (close - entry) x 5 x 20
+    closes = prep.frames["NQ"]["close"].to_numpy()
+    entry_bar = next(f.bar for f in result.ledger.fills)
+    equity_at = 100_000 - 11.25 + (closes[entry_bar:] - trade.entry_price) * 100
+    first = entry_bar + int(np.flatnonzero(equity_at < 90_000)[0])
+    assert result.ledger.fills[1].bar == first + 1 and result.ledger.fills[1].price == prep.frames["NQ"]["open"].iloc[first + 1]
+    assert equity == round(equity_at[first - entry_bar], 2)
+    # the backtest's kernel jumps over the bars a waiting position sits through: not over a margin call
+    run = simulate(prep, run_id="t")
+    assert list(run.ledger.fills) == list(result.ledger.fills) and np.array_equal(run.equity, result.equity)
+    # without a maintenance margin that can bind the same run takes the fast path, and holds on
+    root = ("{sec_type: FUT, exchange: CME, currency: USD, multiplier: 20, trading_class: NQ, months: HMUZ, "
+            "tick_size: 0.25, calendar: CME_Equity, margin: 19800, maintenance_margin: 1000}")
+    held = bt.run(bt.prepare(nq_strategy(tmp_path, quantity=5, entry="bar_index == 10150", exit_="false",
+                                         instruments=root)), run_id="t")
+    assert held.timings.get("fast_path") == 1.0 and not held.ledger.trades and held.ledger.positions
+
+
+@needs_nq
+def test_an_ib_run_leaves_margin_calls_to_ib(tmp_path, monkeypatch):
+    """Paper and live runs: IB liquidates an account under its maintenance margin itself, so the
+    kernel of an IB run that transmits (not a dry run) has margin_calls off; with it off the run
+    above holds its 5 NQ through the fall."""
+    import inspect
+
+    from engine.runtime import ibrun, session
+
+    assert "kernel.margin_calls = dry_run" in inspect.getsource(ibrun._trade)
+
+    class IBLike(session.Kernel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.margin_calls = False
+
+    monkeypatch.setattr(session, "Kernel", IBLike)
+    run = session.simulate(bt.prepare(nq_strategy(tmp_path, quantity=5, entry="bar_index == 10150", exit_="false")),
+                           run_id="t")
+    assert not run.ledger.trades and run.ledger.positions["NQ"].quantity == 5

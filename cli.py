@@ -566,6 +566,72 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
         _safe_echo(f"({elapsed:.2f} s)")
 
 
+def _at_moment(ctx, param, value):
+    """--at: a date (that day's close) or a date and time, YYYY-MM-DD[ HH:MM]."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            dt.date.fromisoformat(text)
+        else:
+            dt.datetime.strptime(text.replace("T", " "), "%Y-%m-%d %H:%M")
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date or a date and time; write YYYY-MM-DD or "
+                                 "'YYYY-MM-DD HH:MM'") from None
+    return text.replace("T", " ")
+
+
+@main.command()
+@click.argument("scanner", type=click.Path())
+@click.option("--at", "at", metavar="DATETIME", callback=_at_moment,
+              help="Scan as of this close: YYYY-MM-DD (that day's close) or 'YYYY-MM-DD HH:MM', in the timezone "
+                   "(default: the last bar of the data).")
+@click.option("--data", "data", type=click.Path(), help="Bars: a folder of SYMBOL files (default: the scanner's "
+              "data.source).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--report", "report_path", type=click.Path(), help="Also write the scan as an HTML page here.")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a scanner param. Repeatable.")
+def scan(scanner, at, data, fmt, report_path, sets):
+    """Rank SCANNER's universe at one close: each name's rank, score, grade and class, and each
+    factor's raw value, normalised score and contribution; the names not picked with the reason.
+
+    SCANNER is a scanner file (kind: scanner), or a strategy whose scanner to run.
+    """
+    from engine.diagnostics import DiagnosticError
+    from engine.report.scan import scan_csv, scan_data, scan_text, write_scan_report
+    from engine.runtime.scanning import scan_document
+
+    if report_path:
+        from engine.report.html import report_path_problem
+
+        problem = report_path_problem(report_path)
+        if problem:
+            _safe_echo(f"qtrade: --report {problem}", err=True)
+            sys.exit(EXIT_USAGE)
+    try:
+        scanned = scan_document(scanner, _parse_sets(sets), data, at)
+    except DiagnosticError as exc:
+        if any(d.path == "--set" for d in exc.diagnostics):
+            for d in exc.diagnostics:
+                _safe_echo(d.format(), err=True)
+            sys.exit(EXIT_USAGE)
+        _report_problems(exc)
+    result, e = scanned.result, scanned.at
+    if fmt == "json":
+        _safe_echo(json.dumps(scan_data(result, e, scanned.bar), indent=2, default=str))
+    elif fmt == "csv":
+        _safe_echo(scan_csv(result, e, scanned.bar).rstrip("\n"))
+    else:
+        _safe_echo(scan_text(result, e, scanned.bar))
+    if report_path:
+        write_scan_report(result, e, scanned.bar, report_path, str(scanner))
+        if fmt == "table":
+            _safe_echo(f"\nreport: {report_path}")
+
+
 @main.command()
 @click.argument("journal_path", metavar="JOURNAL", type=click.Path())
 @click.option("--out", "out_path", required=True, type=click.Path(), help="Where to write the HTML file.")

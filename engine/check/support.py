@@ -20,8 +20,6 @@ PRESENT: Callable[[Any], bool] = lambda value: True           # noqa: E731 - any
 NOT_NULL: Callable[[Any], bool] = lambda value: value is not None  # noqa: E731 - null means "off"
 
 UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
-    ("strategy", ("scanner",), NOT_NULL, "a scanner (picks, scan.* fields)",
-     "backtests and runs evaluate the rules on every symbol of the universe; nothing scans or picks"),
     ("strategy", ("data", "subscriptions", "check_every"), NOT_NULL, "a review cadence for the line budget",
      "IB runs review the lines continuously (TTL eviction, staleness) as messages arrive"),
     ("strategy", ("data", "subscriptions", "priorities"), NOT_NULL, "numeric line priorities",
@@ -65,8 +63,7 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
 
 # Refused by the functions below rather than by a table entry: (kind, path).
 CHECKED_APART = (("strategy", ("schedule", "every")), ("strategy", ("agents", "*", "active")),
-                 ("strategy", ("underlying",)), ("strategy", ("orders", "*", "underlying")),
-                 ("scanner", ("kind",)))
+                 ("strategy", ("underlying",)), ("strategy", ("orders", "*", "underlying")))
 
 
 def _walk(value: Any, path: tuple, where: tuple = ()) -> Iterator[tuple[tuple, Any]]:
@@ -92,11 +89,6 @@ def unsupported(doc: Document) -> list[Diagnostic]:
             if counts(value):
                 out.append(doc.diag(where, f"{'.'.join(str(p) for p in where)}: {what} {NOT_SUPPORTED}",
                                     f"{instead}; remove the key", key=True))
-    if doc.kind == "scanner":
-        out.append(doc.diag(("kind",), f"kind: scanner: a scanner document {NOT_SUPPORTED}",
-                            "nothing runs a scanner yet (there is no `qtrade scan`, and a strategy that names a "
-                            "scanner is refused): its factors, prefilter, grades and classes would change nothing; "
-                            "its types and expressions are checked all the same", key=True))
     if doc.kind == "strategy":
         out.extend(_combo_exit_orders(doc))
         out.extend(_options_agents_active(doc))

@@ -46,6 +46,8 @@ class Prepared:
     overrides: dict = field(default_factory=dict)
     chains: dict | None = None     # option chain snapshots by quote date (data.chains)
     arrays: dict = field(default_factory=dict, repr=False)  # _symbol_bars' arrays per symbol
+    scan: object = None            # the scanner's results (runtime.scanning.StrategyScan), when it has one
+    missing: list = field(default_factory=list)   # traded symbols without bars (a scanner's universe)
 
     @functools.cached_property
     def orders(self) -> Mapping[str, OrderTemplate]:
@@ -156,10 +158,20 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                             f"paths are relative to {doc.path}'s folder")
         else:
             data_path = Path(data)
+        # with a scanner, a symbol of the universe without bars is not traded: the scan counts
+        # it as having no data (another symbol the rules read must be there)
+        scanned = doc.get(("scanner",)) is not None
         frames = load_bars(data_path, symbols=wanted if data_path.is_dir() or len(wanted) > 1 else wanted,
-                           timezone=timezone, adjusted=spec.adjusted, on_bad_bar=spec.on_bad_bar)
+                           timezone=timezone, adjusted=spec.adjusted, on_bad_bar=spec.on_bad_bar,
+                           missing="omit" if scanned else "error")
         if not data_path.is_dir() and len(frames) == 1 and len(wanted) == 1:
             frames = {wanted[0]: next(iter(frames.values()))}
+        if scanned:
+            absent = [s for s in plan.inputs.symbols if s not in frames and s not in symbols]
+            if absent or not any(s in frames for s in symbols):
+                found = ", ".join(sorted(frames)) or "none"
+                raise _fail(doc, ("data",), f"no bars for {', '.join(absent or symbols)} in {data_path} (found: "
+                            f"{found})", "name files after their symbols (SPY.csv) or add a symbol column")
     instruments = {s: instrument(ws, doc, s) for s in wanted}
     calendar = (doc.get(("schedule",)) or {}).get("calendar")
     if calendar:       # schedule.calendar: the traded symbols' sessions and holidays, over their instruments'
@@ -183,6 +195,11 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                         to_ts(settings["end"]) + pd.Timedelta(days=1) if settings.get("end") else None,
                         dict(overrides or {}))
     prepared.chains = chains
+    prepared.missing = [s for s in symbols if s not in frames]
+    if plan.inputs.scan:
+        from .scanning import strategy_scan
+
+        prepared.scan = strategy_scan(prepared, data if frames_from is None else None)
     if any(t.combo for t in prepared.orders.values()):
         from .chainsource import option_problems
 
@@ -216,7 +233,7 @@ def _symbol_bars(prep: Prepared, symbol: str) -> tuple[SymbolBars, Bars]:
     made once per Prepared and reused by every run of it (kept with the frame and plan they were
     made from, so a changed frame or plan is made again)."""
     frame = prep.frames[symbol]
-    made_from = (frame, prep.plan, prep.doc, prep.instruments.get(symbol),
+    made_from = (frame, prep.plan, prep.doc, prep.instruments.get(symbol), prep.scan,
                  *(prep.frames.get(o) for o in prep.plan.inputs.symbols))
     made = prep.arrays.get(symbol)
     if made is not None and made[2] == (prep.bar, prep.timezone) and len(made[0]) == len(made_from) \
@@ -261,7 +278,8 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
     bars = SymbolBars(symbol, start, end, fields["open"], fields["high"], fields["low"], fields["close"],
                       session, inst.multiplier, inst.tick_size, inst.sec_type == "FUT", inst.margin,
                       inst.sec_type in ("FUT", "OPT"))
-    return bars, Bars(fields, clock, others)
+    scan = prep.scan.arrays(symbol, end, prep.plan.inputs.scan) if prep.scan is not None else {}
+    return bars, Bars(fields, clock, others, scan)
 
 
 def _needs_session(prep: Prepared) -> bool:

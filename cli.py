@@ -273,6 +273,31 @@ def _report_skipped_bars(prep) -> None:
                                f"the first: {info['message']}").format(), err=True)
 
 
+def _symbols_text(prep) -> str:
+    """The traded symbols, as a run's first line names them: those with bars (a scanner's
+    universe may name more)."""
+    traded = [s for s in prep.symbols if s in prep.frames]
+    text = f"{', '.join(traded[:8])}{' ...' if len(traded) > 8 else ''}"
+    return text + (f" ({len(traded)} of the universe's {len(prep.symbols)} with bars)" if prep.missing else "")
+
+
+def _report_missing(prep) -> None:
+    """A strategy with a scanner trades the names of its universe that have bars: say on
+    stderr which do not (every scan counts them as having no data)."""
+    from engine.diagnostics import Severity
+
+    if not prep.missing:
+        return
+    n, names = len(prep.missing), ", ".join(prep.missing)
+    where = ("data", "source") if prep.doc.get(("data", "source")) else ("universe",)
+    from engine.config.documents import _display
+
+    _safe_echo(prep.doc.diag(where, f"{n} of the universe's {len(prep.symbols)} symbols have no bars in "
+                             f"{_display(prep.data_path)}: {names}", "they are not traded, and every scan counts them as "
+                             "having no data; --data DIR gives a folder with their bars",
+                             severity=Severity.WARNING).format(), err=True)
+
+
 def _report_excluded(prep) -> None:
     """Say on stderr which names the universe file's `exclude:` left out, with its reason."""
     from engine.check.model import excluded_symbols
@@ -443,7 +468,7 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
     lines = []
     start = (summary.get("start") or "")[:10]
     end = (summary.get("end") or "")[:10]
-    lines.append(f"{prep.plan.name}: {', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''} "
+    lines.append(f"{prep.plan.name}: {_symbols_text(prep)} "
                  f"on {prep.bar} bars, {start} to {end} ({summary.get('bars', 0):,} bars"
                  + (f", after {summary['warmup_bars']:,} warm-up bars" if summary.get("warmup_bars") else "") + ")")
     lines.append("")
@@ -535,6 +560,7 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
         _report_problems(exc)
     _report_skipped_bars(prep)
     _report_excluded(prep)
+    _report_missing(prep)
     _check_window(prep, start, end)
     if symbol is not None and symbol.upper() not in prep.frames:
         raise click.UsageError(f"--symbol {_escaped(symbol)}: the run has no bars for it; "
@@ -800,6 +826,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
         prep = bt.last_days(prep, days)
     _report_skipped_bars(prep)
     _report_excluded(prep)
+    _report_missing(prep)
     printed = []
     text = fmt == "text"
     show = _order_printer(printed, text, prep.timezone)
@@ -808,7 +835,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     if text:
         _safe_echo(f"{prep.plan.name}: {mode} from {prep.start:%Y-%m-%d} to "
                    f"{'the end of the data' if prep.end is None else f'{prep.end - pd_day():%Y-%m-%d}'}, "
-                   f"{', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''}\n")
+                   f"{_symbols_text(prep)}\n")
     from engine.runtime.journal import new_run_id
     from engine.runtime.recorder import Recorder
 

@@ -194,14 +194,14 @@ class Kernel(RunState):
         self._running_fields = bool(read & {"position.max_pnl", "position.min_pnl", "position.highest",
                                             "position.lowest"})
         # a scanner: entries go for its picks only; where an entry's condition holds apart from
-        # the scan on a symbol that is not a pick, the scan's reason is journaled (once while it
-        # stays the same) by `scan_reason(symbol, bar close)`
+        # the scan on a symbol that is not a pick, the scan's reason is journaled, once while it
+        # stays the same: `scan_reason(symbol, bar close)` -> (reason, the scan that last picked it)
         self._picked = plan.outputs.get("scan.picked")
         unscanned = {r.name: plan.outputs.get((f"agents.{r.where[1]}." if r.where[:1] == ("agents",) else "") +
                                               f"entry[{r.where[-1]}].unscanned") for r in self._entries if r.where}
         self._unscanned = [(r, unscanned[r.name]) for r in self._entries if unscanned.get(r.name) is not None]
-        self.scan_reason: Callable[[str, int], str] | None = None
-        self._scan_said: dict[tuple[str, str], str] = {}
+        self.scan_reason: Callable[[str, int], tuple[str, int]] | None = None
+        self._scan_said: dict[tuple[str, str], tuple[str, int]] = {}
 
     # ---- the feed ----------------------------------------------------------------------------
     def run(self, clock: SimClock | None = None) -> Ledger:
@@ -1009,23 +1009,19 @@ class Kernel(RunState):
         """Entries whose condition holds at bar k but for the scan, on a symbol the scanner did
         not pick: blocked, with the scan's reason ('not in the top 25 (rank 31)')."""
         values = st.values
-        if _truth(values[self._picked], k):
-            for rule, _ in self._unscanned:         # picked: a later drop is said again
-                self._scan_said.pop((st.symbol, rule.name), None)
+        if _truth(values[self._picked], k) or (st.entry_mask is not None and not st.entry_mask[k]):
             return
-        if st.entry_mask is not None and not st.entry_mask[k]:
-            return
-        reason = None
+        said = None
         for rule, node in self._unscanned:
             if rule.name in self._context_entries or not _truth(values[node], k):
                 continue
-            if reason is None:
-                reason = self.scan_reason(st.symbol, int(st.bars.end[k])) if self.scan_reason is not None \
-                    else "not a pick of the scanner"
+            if said is None:
+                said = self.scan_reason(st.symbol, int(st.bars.end[k])) if self.scan_reason is not None \
+                    else ("not a pick of the scanner", -1)
             key = (st.symbol, rule.name)
-            if self._scan_said.get(key) != reason:
-                self._scan_said[key] = reason
-                self._decide(st.symbol, rule.name, "entry", "blocked", reason)
+            if self._scan_said.get(key) != said:
+                self._scan_said[key] = said
+                self._decide(st.symbol, rule.name, "entry", "blocked", said[0])
 
     def _fired_entries(self, st: _Symbol, k: int) -> list[N.Rule]:
         """Entry rules that fire at bar k, best first: agents by score, then file order."""

@@ -113,6 +113,11 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     spec = DataSpec.from_spec(doc.get(("data",)))
     bar = spec.bar
     symbols = universe_symbols(doc)
+    if not symbols and doc.get(("universe",)) is None and doc.get(("scanner",)) is not None:
+        from .scanning import scanner_of
+
+        scanner = scanner_of(doc, ws)      # no universe: the scanner's
+        symbols = list(scanner.universe or ()) if scanner is not None else []
     if not symbols:
         raise _fail(doc, ("universe",), "no symbols to backtest", "list them under universe:")
     from_flag = chains is not None           # --chains: relative to the current folder
@@ -216,7 +221,8 @@ def last_days(prep: Prepared, days: int) -> Prepared:
     """The same run limited to the last `days` trading days of the data (earlier bars stay
     loaded as warm-up)."""
     dates = sorted({d for frame in (prep.frames[s] for s in prep.symbols if s in prep.frames)
-                    for d in frame.index.tz_convert(prep.timezone).normalize()})
+                    for d in frame.index.tz_convert(prep.timezone).normalize()
+                    if prep.end is None or d < prep.end})      # the last days before --to / backtest.end
     if not dates:
         return prep
     first = dates[-min(days, len(dates))]

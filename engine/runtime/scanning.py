@@ -172,17 +172,28 @@ class StrategyScan:
             out[name] = arr
         return out
 
-    def reason(self, symbol: str, time: int) -> str:
-        """Why `symbol` is not a pick at `time` (ns UTC, a bar's close), in words."""
+    def reason(self, symbol: str, time: int) -> tuple[str, int]:
+        """Why `symbol` is not a pick at `time` (ns UTC, a bar's close), in words, and the scan
+        that last picked it before then (-1: none), which tells one stretch out of the picks
+        from the next."""
         r = self.result
         if symbol not in r.symbols:
-            return f"not in the universe of scanner {r.spec.name}"
+            return f"not in the universe of scanner {r.spec.name}", -1
         e = r.at(time)
         if e < 0:
             return "no scan yet: " + (r.reason_no_scan(symbol) if symbol not in r.ends
                                       else f"the first scan is at {r.when(int(r.times[0]))}" if len(r.times)
-                                      else "no symbol of the universe has bars")
-        return r.reason(e, r.symbols.index(symbol))
+                                      else "no symbol of the universe has bars"), -1
+        s = r.symbols.index(symbol)
+        picks = self._picks(s)
+        last = int(picks[np.searchsorted(picks, e, side="right") - 1]) if len(picks) and picks[0] <= e else -1
+        return r.reason(e, s), last
+
+    def _picks(self, s: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_pick_rows", {})
+        if s not in cache:
+            cache[s] = np.flatnonzero(self.result.picked[:, s])
+        return cache[s]
 
 
 def strategy_scan(prep, data=None) -> StrategyScan:

@@ -67,6 +67,23 @@ def test_percentile_rank_ties_share_their_average_and_a_lone_name_is_half():
     np.testing.assert_allclose(R.normalise(x, ok, "rank", invert=True)[0], [0.0, 1.0, 0.5, np.nan], equal_nan=True)
 
 
+def test_ranks_agree_with_a_row_by_row_count_on_random_rows_with_ties():
+    rng = np.random.default_rng(12)
+    x = rng.integers(0, 6, size=(200, 9)).astype(float)
+    ok = rng.random(x.shape) > 0.25
+    pct, order = R.percentile_rank(x, ok), R.ranks(x, ok)
+    for i in range(len(x)):
+        cols = np.flatnonzero(ok[i])
+        vals = x[i, cols]
+        for j, c in enumerate(cols):
+            below, equal = (vals < vals[j]).sum(), (vals == vals[j]).sum()
+            want = 0.5 if len(cols) == 1 else (below + (equal - 1) / 2) / (len(cols) - 1)
+            assert pct[i, c] == pytest.approx(want)
+            ahead = (vals > vals[j]).sum() + ((vals == vals[j]) & (cols < c)).sum()
+            assert order[i, c] == ahead + 1
+        assert np.isnan(pct[i, ~ok[i]]).all() and np.isnan(order[i, ~ok[i]]).all()
+
+
 def test_zscore_minmax_none_invert_and_clip_by_hand():
     x = np.array([[1.0, 2.0, 6.0], [3.0, 3.0, 3.0]])
     ok = np.ones_like(x, dtype=bool)

@@ -54,32 +54,28 @@ def normalise(x: np.ndarray, ok: np.ndarray, how: str, invert: bool = False,
 
 
 def percentile_rank(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """(average rank - 1) / (n - 1) of each ok cell within its row; 0.5 when the row has one."""
-    rows_n, cols = x.shape
+    """(average rank - 1) / (n - 1) of each ok cell within its row; 0.5 when the row has one.
+    Rows are sorted on their own (the cells not ok last); a run of equal values shares the
+    mean of its first and last position."""
+    rows_n, n = x.shape
     out = np.full(x.shape, np.nan)
-    flat = np.flatnonzero(ok.ravel())
-    if not len(flat):
+    if not ok.any():
         return out
-    row = flat // cols
-    val = x.ravel()[flat]
-    order = np.lexsort((val, row))
-    r, v, where = row[order], val[order], flat[order]
-    n = len(r)
-    starts_run = np.ones(n, dtype=bool)
-    starts_run[1:] = (r[1:] != r[:-1]) | (v[1:] != v[:-1])
-    run = np.cumsum(starts_run) - 1
-    run_first = np.flatnonzero(starts_run)
-    run_last = np.append(run_first[1:], n) - 1
-    starts_row = np.ones(n, dtype=bool)
-    starts_row[1:] = r[1:] != r[:-1]
-    row_first = np.flatnonzero(starts_row)
-    first_of = row_first[np.cumsum(starts_row) - 1]
-    count = np.bincount(r, minlength=rows_n)[r]
-    position = (run_first[run] + run_last[run]) / 2.0 - first_of      # 0-based average rank in its row
+    keyed = np.where(ok, x, np.inf)
+    order = np.argsort(keyed, axis=1, kind="stable")
+    ordered = np.take_along_axis(keyed, order, axis=1)
+    position = np.broadcast_to(np.arange(n), x.shape)
+    starts = np.ones(x.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = np.ones(x.shape, dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+    last = np.minimum.accumulate(np.where(ends, position, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    count = ok.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        pct = np.where(count > 1, position / np.maximum(count - 1, 1), 0.5)
-    out.ravel()[where] = pct
-    return out
+        pct = np.where(count > 1, (first + last) / 2.0 / np.maximum(count - 1, 1), 0.5)
+    np.put_along_axis(out, order, pct, axis=1)
+    return np.where(ok, out, np.nan)
 
 
 def composite(scores: list[np.ndarray], weights: list[float], total: float) -> np.ndarray:
@@ -92,21 +88,14 @@ def composite(scores: list[np.ndarray], weights: list[float], total: float) -> n
 
 def ranks(score: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """The rank of every ok cell in its row by score, best first (1, 2, ...); ties go to the
-    symbol listed first. NaN elsewhere."""
-    rows_n, cols = score.shape
+    symbol listed first (a stable sort). NaN elsewhere."""
     out = np.full(score.shape, np.nan)
-    flat = np.flatnonzero(ok.ravel())
-    if not len(flat):
+    if not ok.any():
         return out
-    row, col = flat // cols, flat % cols
-    order = np.lexsort((col, -score.ravel()[flat], row))
-    r = row[order]
-    starts_row = np.ones(len(r), dtype=bool)
-    starts_row[1:] = r[1:] != r[:-1]
-    row_first = np.flatnonzero(starts_row)
-    position = np.arange(len(r)) - row_first[np.cumsum(starts_row) - 1]
-    out.ravel()[flat[order]] = position + 1.0
-    return out
+    order = np.argsort(np.where(ok, -score, np.inf), axis=1, kind="stable")
+    position = np.broadcast_to(np.arange(1.0, score.shape[1] + 1.0), score.shape)
+    np.put_along_axis(out, order, position, axis=1)
+    return np.where(ok, out, np.nan)
 
 
 def grades(score: np.ndarray, ok: np.ndarray, levels: tuple[tuple[str, float], ...]) -> np.ndarray:

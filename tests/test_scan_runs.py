@@ -271,3 +271,13 @@ def test_explain_shows_the_scan_inputs_and_the_pick_gate():
     assert plan["inputs"]["scan"] == ["class", "picked"]
     whens = [plan["nodes"][r["when"]]["expr"] for r in plan["rules"] if r["kind"] == "entry"]
     assert all(w.endswith("and scan.picked") for w in whens), whens
+
+
+def test_validate_warns_of_traded_symbols_the_scanner_does_not_rank(tmp_path):
+    doc = strategy(universe=["SPY", "AAPL", "QQQ"])
+    doc["scanner"]["universe"] = ["SPY"]
+    result = cli("validate", write(tmp_path, doc))
+    assert result.exit_code == 0
+    assert "s.yaml:3:1: warning: the scanner does not rank AAPL, QQQ: their entries never go" in result.output
+    doc["scanner"]["universe"] = ["SPY", "AAPL", "QQQ", "IWM"]
+    assert "does not rank" not in cli("validate", write(tmp_path, doc)).output

@@ -320,3 +320,23 @@ def test_qtrade_scan_takes_set_and_data_and_a_strategy(tmp_path):
     assert strategy["rows"] == base["rows"]
     result = cli("scan", ROOT / "strategies" / "sma_crossover.yaml")
     assert result.exit_code == 1 and "this strategy has no scanner" in result.output
+
+
+@pytest.mark.parametrize("key, value", [("chains", "chains.csv"), ("subscriptions", {"max_lines": 10}),
+                                        ("what_to_show", "midpoint")])
+def test_what_only_a_strategys_data_means_is_refused_in_a_scanners(tmp_path, key, value):
+    from engine.check.support import NOT_SUPPORTED
+
+    doc = scanner_doc()
+    doc["data"][key] = value
+    path = write(tmp_path, doc)
+    lines = path.read_text().splitlines()
+    line = next(i for i, t in enumerate(lines, start=1) if t.strip().startswith(f"{key}:"))
+    result = cli("validate", path)
+    assert result.exit_code == 1
+    found = re.findall(r"s\.yaml:(\d+):\d+: error: ([^\n]+)", result.output)
+    assert [(int(ln), text.split(":")[0]) for ln, text in found] == [(line, f"data.{key}")]
+    assert found[0][1].endswith(NOT_SUPPORTED)
+    assert cli("scan", path).exit_code == 1
+    assert cli("validate", write(tmp_path, {**doc, "data": {**doc["data"], "what_to_show": "trades"}}) if key ==
+               "what_to_show" else path).exit_code == (0 if key == "what_to_show" else 1)

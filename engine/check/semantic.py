@@ -459,6 +459,7 @@ class StrategyCheck(DocumentCheck):
         if isinstance(spec, dict):
             self.scanner_check = ScannerCheck(self.ws, self.doc, ("scanner",), self.tolerant)
             self.out.extend(self.scanner_check.run(self.overrides))
+        self._unranked(spec)
         bar = self.doc.get(("data", "bar"))
         scanner_data = body.get("data")
         if isinstance(bar, str) and not (isinstance(scanner_data, dict) and scanner_data.get("bar")):
@@ -467,6 +468,29 @@ class StrategyCheck(DocumentCheck):
                 self.scanner_check.rescan_within(bar, self)
             elif ("scanner",) in self.doc.refs:
                 ScannerCheck(self.ws, self.doc.refs[("scanner",)]).rescan_within(bar, self)
+
+    def _unranked(self, spec) -> None:
+        """Symbols the strategy trades that its scanner does not rank: their entries never go
+        (a strategy with a scanner enters its picks only)."""
+        from .model import universe_symbols
+        from .scan_model import _inline_universe
+
+        if self.doc.get(("universe",)) is None:
+            return          # it trades the scanner's universe
+        traded = universe_symbols(self.doc)
+        if isinstance(spec, str):
+            ref = self.doc.refs.get(("scanner",))
+            ranked = universe_symbols(ref) if ref is not None and ref.get(("universe",)) is not None else None
+        else:
+            ranked = _inline_universe(self.doc, ("scanner",))
+        if ranked is None:
+            return
+        left = [s for s in traded if s not in ranked]
+        if left:
+            self.warn(("universe",), f"the scanner does not rank {', '.join(left)}: "
+                      f"{'its' if len(left) == 1 else 'their'} entries never go",
+                      "a strategy with a scanner enters the scan's picks only; add them to the scanner's universe, "
+                      "or trade the scanner's universe (leave universe: out)", key=True)
 
     def _classify(self, scope: Scope) -> None:
         for name, cases in (self.doc.get(("classify",)) or {}).items():

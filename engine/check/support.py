@@ -54,6 +54,16 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
      "the order template's quantity is sent; set it there, or give this rule a template of its own"),
     ("strategy", ("agents", "*", "entry", "*", "quantity"), NOT_NULL, "a rule's own quantity",
      "the order template's quantity is sent; set it there, or give this rule a template of its own"),
+    # a scanner's data: the bars it scans; what only a strategy's data means is not read there
+    *((kind, prefix + ("data", key), counts, what, instead)
+      for kind, prefix in (("scanner", ()), ("strategy", ("scanner",)))
+      for key, counts, what, instead in (
+          ("chains", NOT_NULL, "option chains for a scanner", "a scan reads bars; the strategy's data.chains prices "
+           "its combos"),
+          ("subscriptions", NOT_NULL, "a line budget for a scanner", "the strategy's data.subscriptions is its line "
+           "budget (and runs on IB do not scan yet)"),
+          ("what_to_show", lambda v: v != "trades", "this IB bar type for a scanner",
+           "a scan reads its files' bars as they are"))),
     ("strategy", ("risk", "order_rate_limit"), NOT_NULL, "an order rate limit",
      "orders are sent as the rules decide them; only IB's own pacing applies"),
     ("risk", ("order_rate_limit",), NOT_NULL, "an order rate limit",

@@ -202,11 +202,16 @@ def strategy_scan(prep, data=None) -> StrategyScan:
     sp = compile_scanner(spec)
     bar = spec.data.bar if spec.data is not None and spec.data.bar else prep.bar
     universe = list(spec.universe) if spec.universe is not None else list(prep.symbols)
-    own_source = spec.data is not None and spec.data.source
-    same = data is not None or not own_source
+    # the run's own bars serve when the scan would read the same ones: its source, its bar
+    # size, the strategy's adjusted, on_bad_bar and session
+    from ..check.model import DataSpec
+
+    own, run = spec.data, DataSpec.from_spec(prep.doc.get(("data",)))
+    same = bar == prep.bar and (own is None or ((data is not None or not own.source) and
+                                                (own.adjusted, own.on_bad_bar, own.session) ==
+                                                (run.adjusted, run.on_bad_bar, run.session)))
     frames, shown = load_frames(spec, prep.ws, universe + sp.plan.inputs.symbols, bar=bar, timezone=prep.timezone,
-                                data=data, fallback=prep.data_path,
-                                frames=prep.frames if same and bar == prep.bar else None)
+                                data=data, fallback=prep.data_path, frames=prep.frames if same else None)
     inputs = symbol_inputs(sp, frames, bar=bar, timezone=prep.timezone, ws=prep.ws)
     result = run_scan(sp, inputs, bar_seconds=bar_seconds(bar), universe=tuple(universe), source=shown,
                       timezone=prep.timezone)
@@ -232,11 +237,14 @@ def scan_document(path, overrides: dict | None = None, data=None, at: str | None
     from ..diagnostics import error
 
     report = validate([str(path)], overrides)
-    errors = [d for d in report.errors if not is_unsupported(d)]
-    if errors:
-        raise DiagnosticError(errors)
     ws = report.workspace
     doc = ws.load(path)
+    # a strategy's keys that runs do not read yet do not stop its scanner; the scanner's do
+    scanner_file = doc.refs.get(("scanner",)) if doc is not None and doc.kind == "strategy" else doc
+    errors = [d for d in report.errors if not is_unsupported(d) or d.message.startswith("scanner.")
+              or (scanner_file is not None and d.path == scanner_file.path)]
+    if errors:
+        raise DiagnosticError(errors)
     if doc is None or doc.kind not in ("scanner", "strategy"):
         kind = doc.kind if doc is not None else "unknown"
         raise DiagnosticError([error(str(path), 1, 1, f"expected a scanner (or a strategy with a scanner), this is "

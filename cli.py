@@ -392,6 +392,9 @@ def explain(strategy: str, fmt: str, sets: tuple[str, ...]) -> None:
         _safe_echo(f"clock: {', '.join(data['inputs']['clock'])}")
     if data["inputs"]["context"]:
         _safe_echo(f"run context: {', '.join(data['inputs']['context'])}")
+    if data["inputs"].get("scan"):
+        _safe_echo(f"scan results: {', '.join('scan.' + f for f in data['inputs']['scan'])} (from the scanner; "
+                   "entries go for its picks only)")
     _safe_echo(f"\nnodes ({len(data['nodes'])}; 'shared' = used by more than one rule or output):")
     width = min(60, max((len(n["expr"]) for n in data["nodes"]), default=10))
     for n in data["nodes"]:

@@ -195,13 +195,13 @@ class Kernel(RunState):
                                             "position.lowest"})
         # a scanner: entries go for its picks only; where an entry's condition holds apart from
         # the scan on a symbol that is not a pick, the scan's reason is journaled, once while it
-        # stays the same: `scan_reason(symbol, bar close)` -> (reason, the scan that last picked it)
+        # stays the same: `scan_reason(symbol, bar close)` -> (reason, what makes it the same)
         self._picked = plan.outputs.get("scan.picked")
         unscanned = {r.name: plan.outputs.get((f"agents.{r.where[1]}." if r.where[:1] == ("agents",) else "") +
                                               f"entry[{r.where[-1]}].unscanned") for r in self._entries if r.where}
         self._unscanned = [(r, unscanned[r.name]) for r in self._entries if unscanned.get(r.name) is not None]
-        self.scan_reason: Callable[[str, int], tuple[str, int]] | None = None
-        self._scan_said: dict[tuple[str, str], tuple[str, int]] = {}
+        self.scan_reason: Callable[[str, int], tuple[str, object]] | None = None
+        self._scan_said: dict[tuple[str, str], object] = {}
 
     # ---- the feed ----------------------------------------------------------------------------
     def run(self, clock: SimClock | None = None) -> Ledger:
@@ -1019,8 +1019,8 @@ class Kernel(RunState):
                 said = self.scan_reason(st.symbol, int(st.bars.end[k])) if self.scan_reason is not None \
                     else ("not a pick of the scanner", -1)
             key = (st.symbol, rule.name)
-            if self._scan_said.get(key) != said:
-                self._scan_said[key] = said
+            if self._scan_said.get(key) != said[1]:
+                self._scan_said[key] = said[1]
                 self._decide(st.symbol, rule.name, "entry", "blocked", said[0])
 
     def _fired_entries(self, st: _Symbol, k: int) -> list[N.Rule]:

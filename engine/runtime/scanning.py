@@ -9,6 +9,7 @@ Symbols of the scanner's universe without bars take part in no scan, counted as 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ..scanner import ScanResult, SymbolInput, compile_scanner, run_scan
 from ..scanner.result import NO_DATA
 
 _CALENDAR_CLOCK = {"minutes_to_close", "minutes_since_open"}
+_FIGURES = re.compile(r"[-+]?\d[\d.]*(?:e[-+]?\d+)?")      # 8e5, 1.25e6, 31, 2004-04-08's parts
 
 
 def scanner_of(doc: Document, ws: Workspace) -> ScannerSpec | None:
@@ -172,22 +174,23 @@ class StrategyScan:
             out[name] = arr
         return out
 
-    def reason(self, symbol: str, time: int) -> tuple[str, int]:
-        """Why `symbol` is not a pick at `time` (ns UTC, a bar's close), in words, and the scan
-        that last picked it before then (-1: none), which tells one stretch out of the picks
-        from the next."""
+    def reason(self, symbol: str, time: int) -> tuple[str, tuple]:
+        """Why `symbol` is not a pick at `time` (ns UTC, a bar's close), in words, and what
+        makes two such reasons the same: the words without their figures ("volume # < #") and
+        the scan that last picked the symbol (a stretch out of the picks is told from the next)."""
         r = self.result
         if symbol not in r.symbols:
-            return f"not in the universe of scanner {r.spec.name}", -1
-        e = r.at(time)
-        if e < 0:
-            return "no scan yet: " + (r.reason_no_scan(symbol) if symbol not in r.ends
-                                      else f"the first scan is at {r.when(int(r.times[0]))}" if len(r.times)
-                                      else "no symbol of the universe has bars"), -1
-        s = r.symbols.index(symbol)
-        picks = self._picks(s)
-        last = int(picks[np.searchsorted(picks, e, side="right") - 1]) if len(picks) and picks[0] <= e else -1
-        return r.reason(e, s), last
+            text, last = f"not in the universe of scanner {r.spec.name}", -1
+        elif (e := r.at(time)) < 0:
+            text, last = "no scan yet: " + (r.reason_no_scan(symbol) if symbol not in r.ends
+                                            else f"the first scan is at {r.when(int(r.times[0]))}" if len(r.times)
+                                            else "no symbol of the universe has bars"), -1
+        else:
+            s = r.symbols.index(symbol)
+            picks = self._picks(s)
+            last = int(picks[np.searchsorted(picks, e, side="right") - 1]) if len(picks) and picks[0] <= e else -1
+            text = r.reason(e, s)
+        return text, (_FIGURES.sub("#", text), last)
 
     def _picks(self, s: int) -> np.ndarray:
         cache = self.__dict__.setdefault("_pick_rows", {})

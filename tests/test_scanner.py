@@ -340,3 +340,25 @@ def test_what_only_a_strategys_data_means_is_refused_in_a_scanners(tmp_path, key
     assert cli("scan", path).exit_code == 1
     assert cli("validate", write(tmp_path, {**doc, "data": {**doc["data"], "what_to_show": "trades"}}) if key ==
                "what_to_show" else path).exit_code == (0 if key == "what_to_show" else 1)
+
+
+def test_a_factor_may_read_another_symbol_of_the_universe_or_not(tmp_path):
+    """Relative strength against SPY (in the universe) and VIX (not in it, so not scanned)."""
+    from engine.market.bars import load_bars
+
+    doc = scanner_doc(factors={"relative": {"expr": 'close / symbol("SPY").close', "weight": 0.5},
+                               "calm": {"expr": '0 - symbol("VIX").close + close * 0', "weight": 0.5}}, classes=[])
+    data = scan_json(write(tmp_path, doc), "--at", "2012-06-01")
+    rows = {r["symbol"]: r for r in data["rows"]}
+    assert "VIX" not in rows and rows["SPY"]["factors"]["relative"]["raw"] == pytest.approx(1.0)
+    frames = load_bars(DATA, symbols=["SPY", "AAPL", "VIX"], timezone=NY)
+    day = pd.Timestamp("2012-06-01", tz=NY)
+    close = {s: f[f.index <= day]["close"].iloc[-1] for s, f in frames.items()}
+    assert rows["AAPL"]["factors"]["relative"]["raw"] == pytest.approx(close["AAPL"] / close["SPY"])
+    assert rows["AAPL"]["factors"]["calm"]["raw"] == pytest.approx(-close["VIX"])
+    inline = {"kind": "strategy", "name": "t", "universe": ["SPY", "AAPL"], "data": {"bar": "1d", "source": str(DATA) + "/"},
+              "scanner": {k: v for k, v in doc.items() if k not in ("kind", "name", "universe", "data")},
+              "entry": [{"name": "e", "when": "scan.picked", "order": "buy"}],
+              "orders": {"buy": {"action": "buy", "type": "market"}}}
+    data = scan_json(write(tmp_path, inline, "t.yaml"), "--at", "2012-06-01")
+    assert {r["symbol"] for r in data["rows"] if r["rank"]} == {"SPY", "AAPL"}

@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from ..scanner.result import BELOW, NO_DATA, ScanResult
+from ..scanner.result import ScanResult
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 COLOURS = ("#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#4d7c0f", "#be185d")
@@ -165,4 +165,4 @@ def write_scan_report(result: ScanResult, e: int, bar: str, out_path: str | Path
     return out
 
 
-__all__ = ["scan_csv", "scan_data", "scan_html", "scan_text", "write_scan_report", "BELOW", "NO_DATA"]
+__all__ = ["scan_csv", "scan_data", "scan_html", "scan_text", "write_scan_report"]

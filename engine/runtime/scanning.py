@@ -24,7 +24,6 @@ from ..market.bars import bar_seconds, load_bars, resample
 from ..market.clock import clock_arrays
 from ..plan.evaluate import Bars, align_asof
 from ..scanner import ScanResult, SymbolInput, compile_scanner, run_scan
-from ..scanner.result import NO_DATA
 
 _CALENDAR_CLOCK = {"minutes_to_close", "minutes_since_open"}
 _FIGURES = re.compile(r"[-+]?\d[\d.]*(?:e[-+]?\d+)?")      # 8e5, 1.25e6, 31, 2004-04-08's parts
@@ -109,9 +108,12 @@ def _spacing(index: pd.DatetimeIndex) -> float | None:
     return float(np.median(np.diff(index.as_unit("ns").asi8))) / 1e9
 
 
-def symbol_inputs(sp, frames: dict[str, pd.DataFrame], *, bar: str, timezone: str, ws: Workspace) -> dict:
-    """Each scanned symbol's bars as the scanner's Plan reads them (its clock values, the other
-    symbols it names aligned as of each bar's close)."""
+def symbol_inputs(sp, frames: dict[str, pd.DataFrame], *, bar: str, timezone: str, ws: Workspace,
+                  universe=None) -> dict:
+    """Each scanned symbol's bars (of `universe`, default the scanner's; else every frame) as
+    the scanner's Plan reads them: its clock values, the other symbols it names aligned as of
+    each bar's close."""
+    scanned = set(universe if universe is not None else sp.spec.universe if sp.spec.universe is not None else frames)
     plan = sp.plan
     seconds = bar_seconds(bar)
     others = plan.inputs.symbols
@@ -124,7 +126,7 @@ def symbol_inputs(sp, frames: dict[str, pd.DataFrame], *, bar: str, timezone: st
                for o in others}
     out = {}
     for symbol, frame in frames.items():
-        if symbol not in (sp.spec.universe or ()) and symbol in others:
+        if symbol not in scanned:
             continue
         start = _ns(frame.index)
         end = start + int(seconds * 1e9)
@@ -215,7 +217,7 @@ def strategy_scan(prep, data=None) -> StrategyScan:
                                                 (run.adjusted, run.on_bad_bar, run.session)))
     frames, shown = load_frames(spec, prep.ws, universe + sp.plan.inputs.symbols, bar=bar, timezone=prep.timezone,
                                 data=data, fallback=prep.data_path, frames=prep.frames if same else None)
-    inputs = symbol_inputs(sp, frames, bar=bar, timezone=prep.timezone, ws=prep.ws)
+    inputs = symbol_inputs(sp, frames, bar=bar, timezone=prep.timezone, ws=prep.ws, universe=universe)
     result = run_scan(sp, inputs, bar_seconds=bar_seconds(bar), universe=tuple(universe), source=shown,
                       timezone=prep.timezone)
     return StrategyScan(result, [s for s in universe if s not in frames])
@@ -273,7 +275,7 @@ def scan_document(path, overrides: dict | None = None, data=None, at: str | None
     sp = compile_scanner(spec)
     frames, shown = load_frames(spec, ws, universe + sp.plan.inputs.symbols, bar=bar, timezone=timezone, data=data,
                                 fallback=fallback)
-    inputs = symbol_inputs(sp, frames, bar=bar, timezone=timezone, ws=ws)
+    inputs = symbol_inputs(sp, frames, bar=bar, timezone=timezone, ws=ws, universe=universe)
     closes = np.unique(np.concatenate([inp.ends for s, inp in inputs.items() if s in universe and len(inp.ends)]
                                       or [np.zeros(0, dtype=np.int64)]))
     if at is None:
@@ -312,4 +314,4 @@ def unpicked_bars(plan, values: list, n: int, first: int, entry_mask) -> np.ndar
     return np.flatnonzero(out)
 
 
-__all__ = ["Scanned", "StrategyScan", "scan_document", "scanner_of", "strategy_scan", "NO_DATA"]
+__all__ = ["Scanned", "StrategyScan", "scan_document", "scanner_of", "strategy_scan", "unpicked_bars"]

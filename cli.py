@@ -273,6 +273,31 @@ def _report_skipped_bars(prep) -> None:
                                f"the first: {info['message']}").format(), err=True)
 
 
+def _symbols_text(prep) -> str:
+    """The traded symbols, as a run's first line names them: those with bars (a scanner's
+    universe may name more)."""
+    traded = [s for s in prep.symbols if s in prep.frames]
+    text = f"{', '.join(traded[:8])}{' ...' if len(traded) > 8 else ''}"
+    return text + (f" ({len(traded)} of the universe's {len(prep.symbols)} with bars)" if prep.missing else "")
+
+
+def _report_missing(prep) -> None:
+    """A strategy with a scanner trades the names of its universe that have bars: say on
+    stderr which do not (every scan counts them as having no data)."""
+    from engine.diagnostics import Severity
+
+    if not prep.missing:
+        return
+    n, names = len(prep.missing), ", ".join(prep.missing)
+    where = ("data", "source") if prep.doc.get(("data", "source")) else ("universe",)
+    from engine.config.documents import _display
+
+    _safe_echo(prep.doc.diag(where, f"{n} of the universe's {len(prep.symbols)} symbols have no bars in "
+                             f"{_display(prep.data_path)}: {names}", "they are not traded, and every scan counts them as "
+                             "having no data; --data DIR gives a folder with their bars",
+                             severity=Severity.WARNING).format(), err=True)
+
+
 def _report_excluded(prep) -> None:
     """Say on stderr which names the universe file's `exclude:` left out, with its reason."""
     from engine.check.model import excluded_symbols
@@ -367,6 +392,9 @@ def explain(strategy: str, fmt: str, sets: tuple[str, ...]) -> None:
         _safe_echo(f"clock: {', '.join(data['inputs']['clock'])}")
     if data["inputs"]["context"]:
         _safe_echo(f"run context: {', '.join(data['inputs']['context'])}")
+    if data["inputs"].get("scan"):
+        _safe_echo(f"scan results: {', '.join('scan.' + f for f in data['inputs']['scan'])} (from the scanner; "
+                   "entries go for its picks only)")
     _safe_echo(f"\nnodes ({len(data['nodes'])}; 'shared' = used by more than one rule or output):")
     width = min(60, max((len(n["expr"]) for n in data["nodes"]), default=10))
     for n in data["nodes"]:
@@ -443,7 +471,7 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
     lines = []
     start = (summary.get("start") or "")[:10]
     end = (summary.get("end") or "")[:10]
-    lines.append(f"{prep.plan.name}: {', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''} "
+    lines.append(f"{prep.plan.name}: {_symbols_text(prep)} "
                  f"on {prep.bar} bars, {start} to {end} ({summary.get('bars', 0):,} bars"
                  + (f", after {summary['warmup_bars']:,} warm-up bars" if summary.get("warmup_bars") else "") + ")")
     lines.append("")
@@ -535,6 +563,7 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
         _report_problems(exc)
     _report_skipped_bars(prep)
     _report_excluded(prep)
+    _report_missing(prep)
     _check_window(prep, start, end)
     if symbol is not None and symbol.upper() not in prep.frames:
         raise click.UsageError(f"--symbol {_escaped(symbol)}: the run has no bars for it; "
@@ -564,6 +593,72 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
     else:
         _safe_echo(_summary_text(result, summary, journal_path, report_path))
         _safe_echo(f"({elapsed:.2f} s)")
+
+
+def _at_moment(ctx, param, value):
+    """--at: a date (that day's close) or a date and time, YYYY-MM-DD[ HH:MM]."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            dt.date.fromisoformat(text)
+        else:
+            dt.datetime.strptime(text.replace("T", " "), "%Y-%m-%d %H:%M")
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date or a date and time; write YYYY-MM-DD or "
+                                 "'YYYY-MM-DD HH:MM'") from None
+    return text.replace("T", " ")
+
+
+@main.command()
+@click.argument("scanner", type=click.Path())
+@click.option("--at", "at", metavar="DATETIME", callback=_at_moment,
+              help="Scan as of this close: YYYY-MM-DD (that day's close) or 'YYYY-MM-DD HH:MM', in the timezone "
+                   "(default: the last bar of the data).")
+@click.option("--data", "data", type=click.Path(), help="Bars: a folder of SYMBOL files (default: the scanner's "
+              "data.source).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--report", "report_path", type=click.Path(), help="Also write the scan as an HTML page here.")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a scanner param. Repeatable.")
+def scan(scanner, at, data, fmt, report_path, sets):
+    """Rank SCANNER's universe at one close: each name's rank, score, grade and class, and each
+    factor's raw value, normalised score and contribution; the names not picked with the reason.
+
+    SCANNER is a scanner file (kind: scanner), or a strategy whose scanner to run.
+    """
+    from engine.diagnostics import DiagnosticError
+    from engine.report.scan import scan_csv, scan_data, scan_text, write_scan_report
+    from engine.runtime.scanning import scan_document
+
+    if report_path:
+        from engine.report.html import report_path_problem
+
+        problem = report_path_problem(report_path)
+        if problem:
+            _safe_echo(f"qtrade: --report {problem}", err=True)
+            sys.exit(EXIT_USAGE)
+    try:
+        scanned = scan_document(scanner, _parse_sets(sets), data, at)
+    except DiagnosticError as exc:
+        if any(d.path == "--set" for d in exc.diagnostics):
+            for d in exc.diagnostics:
+                _safe_echo(d.format(), err=True)
+            sys.exit(EXIT_USAGE)
+        _report_problems(exc)
+    result, e = scanned.result, scanned.at
+    if fmt == "json":
+        _safe_echo(json.dumps(scan_data(result, e, scanned.bar), indent=2, default=str))
+    elif fmt == "csv":
+        _safe_echo(scan_csv(result, e, scanned.bar).rstrip("\n"))
+    else:
+        _safe_echo(scan_text(result, e, scanned.bar))
+    if report_path:
+        write_scan_report(result, e, scanned.bar, report_path, str(scanner))
+        if fmt == "table":
+            _safe_echo(f"\nreport: {report_path}")
 
 
 @main.command()
@@ -734,6 +829,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
         prep = bt.last_days(prep, days)
     _report_skipped_bars(prep)
     _report_excluded(prep)
+    _report_missing(prep)
     printed = []
     text = fmt == "text"
     show = _order_printer(printed, text, prep.timezone)
@@ -742,7 +838,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     if text:
         _safe_echo(f"{prep.plan.name}: {mode} from {prep.start:%Y-%m-%d} to "
                    f"{'the end of the data' if prep.end is None else f'{prep.end - pd_day():%Y-%m-%d}'}, "
-                   f"{', '.join(prep.symbols[:8])}{' ...' if len(prep.symbols) > 8 else ''}\n")
+                   f"{_symbols_text(prep)}\n")
     from engine.runtime.journal import new_run_id
     from engine.runtime.recorder import Recorder
 

@@ -248,8 +248,9 @@ CASES = [
                                   "    - {name: trend, when: d > close}\n    - {name: chop, when: true}\n"
                                   "entry:\n  - order: buy\n    when: regime == \"trnd\"\n"},
          [(15, 21, E, "'trnd' is not one of the possible values", "did you mean 'trend'")]),
-    Case("scanner-weights", {"s.yaml": SCANNER}, [(1, 1, E, "a scanner document is not supported"),
-                                                   (5, 1, E, "factor weights sum to 0.8, not 1")]),
+    Case("scanner-weights", {"s.yaml": SCANNER + "normalise_weights: false\n"},
+         [(5, 1, E, "factor weights sum to 0.8, not 1")]),
+    Case("scanner-weights-scaled", {"s.yaml": SCANNER}, [], absent=["weights sum"]),
     Case("unused-param", {"s.yaml": PARAMS.replace("  slow: 30\n", "  slow: 30\n  spare: 3\n")},
          [(10, 3, W, "param 'spare' is declared but never used")]),
     Case("param-used-in-broken-expression-is-used", {"s.yaml": PARAMS.replace("sma(close, slow)", "sma(close, slow")},

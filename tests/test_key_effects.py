@@ -13,6 +13,7 @@ reads the key:
              (runtime.trading.connect_settings), the IB broker's constructor (brokers.ib.broker),
              the margin gate, the kill switch, the contract spec (brokers.ib.contracts)
   report     the HTML report of the backtest's journal
+  scan       `qtrade scan --format json` at one close (a scanner document, or a strategy's scanner)
 
 EFFECTS maps (schema, pointer) -> Effect; tests/test_schema_support.py requires an entry here
 for every property that is neither refused nor listed, so a new property fails until it has
@@ -377,7 +378,62 @@ def condor_risk_file() -> dict:
     return files
 
 
+SCAN_AT = "2012-06-01"      # a close where SPY and AAPL are both scored (INTC's data ended in 2004)
+
+
+def scanner() -> dict:
+    """A scanner document (s.yaml) over SPY, AAPL and INTC's daily bars: three factors, a
+    prefilter, grades and classes; SPY and AAPL are scored at SCAN_AT, INTC is stale."""
+    return {"s.yaml": {
+        "kind": "scanner", "name": "c", "universe": ["SPY", "AAPL", "INTC"],
+        "data": {"bar": "1d", "source": str(DATA) + "/"},
+        "params": {"min_price": 10, "min_volume": 1_000_000},
+        "prefilter": "close >= min_price and volume >= min_volume",
+        "factors": {"energy": {"expr": "abs(roc(close, 5))", "weight": 0.5, "normalise": "rank"},
+                    "liquidity": {"expr": "log(close * sma(volume, 20))", "weight": 0.3, "normalise": "rank"},
+                    "volatility": {"expr": "atr(14) / close", "weight": 0.2, "normalise": "minmax"}},
+        "normalise_weights": False, "min_score": 30, "top": 2, "rescan": "1d",
+        "grades": {"A": 60, "B": 45},
+        "classes": [{"class": "directional", "when": "energy > 0.6"}, {"class": "other", "when": True}]}}
+
+
+def scanner_unscaled() -> dict:
+    """The scanner with weights summing to 1.5, scaled to 1 (normalise_weights: true)."""
+    files = scanner()
+    c = files["s.yaml"]
+    c["normalise_weights"] = True
+    c["factors"]["energy"]["weight"] = 1.0
+    return files
+
+
+def _scanned_strategy() -> dict:
+    return {"kind": "strategy", "name": "scanned", "universe": ["SPY", "AAPL"],
+            "data": {"bar": "1d", "source": str(DATA) + "/"},
+            "indicators": {"up": "ema(close, 8) > ema(close, 21)"},
+            "entry": [{"name": "directional up", "when": 'scan.class == "directional" and up', "order": "buy"}],
+            "exit": [{"name": "dropped", "when": "not scan.picked"}, {"name": "down", "when": "not up"}],
+            "orders": {"buy": {"action": "buy", "type": "market", "quantity": {"percent_of_equity": "40%"}}},
+            "risk": {"max_open_positions": 2, "margin_check": "off"}}
+
+
+def scanned() -> dict:
+    """A strategy (s.yaml) trading SPY and AAPL when the scanner c.yaml picks them and classes
+    them directional (the scanner() document, top 1)."""
+    c = scanner()["s.yaml"]
+    c["top"] = 1
+    return {"s.yaml": {**_scanned_strategy(), "scanner": "c.yaml"}, "c.yaml": c}
+
+
+def scanned_inline() -> dict:
+    """The scanned strategy with its scanner inline (no universe, no data: the strategy's)."""
+    c = scanner()["s.yaml"]
+    body = {k: v for k, v in c.items() if k not in ("kind", "name", "universe", "data")}
+    body["top"] = 1
+    return {"s.yaml": {**_scanned_strategy(), "scanner": body}}
+
+
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
+    scanner, scanner_unscaled, scanned, scanned_inline,
     sma, sma_adjusted, trend_2012, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw,
     agents, bad_bar, condor_american, condor_held_near, held, held_file,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
@@ -497,6 +553,11 @@ def observe(mode: str, base: str, files: dict, tmp: Path) -> dict:
         assert result.exit_code == 0, result.output
         html = (tmp / "r.html").read_text()
         out["report"] = re.sub(r"\d{8}-\d{6}-[0-9a-f]{6}|generated [^<]*", "", html)
+    elif mode == "scan":
+        result = runner.invoke(main, ["scan", str(path), "--format", "json", "--at", SCAN_AT])
+        assert result.exit_code in (0, 1, 2), (result.output, result.exception)
+        out["exit"] = (result.exit_code, _plain(result.output) if result.exit_code else "")
+        out["scan"] = json.loads(result.stdout) if result.exit_code == 0 else None
     elif mode == "ib":
         out.update(_ib(path, tmp))
     else:
@@ -859,6 +920,64 @@ effect(R, "/$defs/limits/extends", "two",
             lambda files: files.update({"q.yaml": {"kind": "risk", "name": "q", "max_position": "10%"}})), "fills")
 
 
+# ---- scanners: a scanner document (qtrade scan at SCAN_AT; its rescan in the runs of a strategy
+# naming it), a strategy's scanner and its inline form
+C = "scanner"
+SCAN = ("scan",)
+effect(S, "/scanner", "scanned",
+       both(lambda files: files.update({"d.yaml": {**files["c.yaml"], "top": 2}}), put("scanner", "d.yaml")), "trades",
+       note="another scanner file: c.yaml's copy picking the top 2 instead of the top 1")
+effect(C, "/kind", "scanner", put("kind", "risk"), "exit", V)
+effect(C, "/name", "scanner", put("name", "another"), "scan", SCAN)
+effect(C, "/universe", "scanner", put("universe", ["SPY", "INTC"]), "scan", SCAN)
+effect(C, "/data", "scanner", put("data", {"bar": "1w", "source": str(DATA) + "/"}), "scan", SCAN)
+effect(C, "/params", "scanner", put("params", {"min_price": 100, "min_volume": 1_000_000}), "scan", SCAN)
+effect(C, "/prefilter", "scanner", put("prefilter", "close >= 100"), "scan", SCAN)
+effect(C, "/factors", "scanner", put("factors", {"energy": {"expr": "abs(roc(close, 5))", "weight": 0.6},
+                                                 "liquidity": {"expr": "log(close * sma(volume, 20))", "weight": 0.4}}),
+       "scan", SCAN)
+effect(C, "/normalise_weights", "scanner_unscaled", put("normalise_weights", False), "exit", V,
+       note="weights summing to 1.5 are scaled to 1; taken as given they are refused (the score would pass 100)")
+effect(C, "/min_score", "scanner", put("min_score", 60), "scan", SCAN)
+effect(C, "/top", "scanner", put("top", 1), "scan", SCAN)
+effect(C, "/rescan", "scanned", put("rescan", "1w", "c.yaml"), "trades",
+       note="a single scan (qtrade scan --at) reads no rescan: runs re-rank on it")
+effect(C, "/grades", "scanner", put("grades", {"A": 90, "B": 20}), "scan", SCAN)
+effect(C, "/classes", "scanner", put("classes", [{"class": "any", "when": True}]), "scan", SCAN)
+effect(C, "/properties/classes/items/class", "scanner", put("classes.0.class", "trending"), "scan", SCAN)
+effect(C, "/properties/classes/items/when", "scanner", put("classes.0.when", "volatility > 0.5"), "scan", SCAN)
+for key, change in (("expr", put("factors.energy.expr", "roc(close, 20)")),
+                    ("weight", both(put("factors.energy.weight", 0.3), put("factors.liquidity.weight", 0.5))),
+                    ("normalise", put("factors.liquidity.normalise", "zscore")),
+                    ("invert", put("factors.volatility.invert", True)),
+                    ("clip", put("factors.liquidity.clip", [0.2, 0.8]))):
+    effect(C, f"/$defs/factor/{key}", "scanner", change, "scan", SCAN)
+# the inline form (a strategy's scanner:), scanned with `qtrade scan s.yaml` and run
+B = "/$defs/body"
+effect(C, f"{B}/universe", "scanned_inline", put("scanner.universe", ["SPY"]), "scan", SCAN,
+       note="null: the strategy's universe")
+effect(C, f"{B}/data", "scanned_inline", put("scanner.data", {"bar": "1w"}), "scan", SCAN,
+       note="null: the strategy's bars")
+effect(C, f"{B}/params", "scanned_inline", put("scanner.params.min_price", 100), "scan", SCAN)
+effect(C, f"{B}/prefilter", "scanned_inline", put("scanner.prefilter", "close >= 100"), "scan", SCAN)
+effect(C, f"{B}/factors", "scanned_inline",
+       put("scanner.factors", {"energy": {"expr": "abs(roc(close, 5))", "weight": 0.6},
+                               "liquidity": {"expr": "log(close * sma(volume, 20))", "weight": 0.4}}), "scan", SCAN)
+effect(C, f"{B}/normalise_weights", "scanned_inline",
+       both(put("scanner.factors.energy.weight", 1.0), put("scanner.normalise_weights", True)), "scan", SCAN,
+       note="weights summing to 1.5 are refused when taken as given; scaled to 1 they score")
+effect(C, f"{B}/min_score", "scanned_inline", put("scanner.min_score", 60), "scan", SCAN)
+effect(C, f"{B}/top", "scanned_inline", put("scanner.top", 2), "trades")
+effect(C, f"{B}/rescan", "scanned_inline", put("scanner.rescan", "1w"), "trades")
+effect(C, f"{B}/grades", "scanned_inline", put("scanner.grades", {"A": 90, "B": 20}), "scan", SCAN)
+effect(C, f"{B}/classes", "scanned_inline", put("scanner.classes", [{"class": "directional", "when": True}]),
+       "trades")
+effect(C, f"{B}/properties/classes/items/class", "scanned_inline", put("scanner.classes.0.class", "trending"),
+       "exit", V, note="the strategy's `scan.class == \"directional\"` names a class that no longer exists")
+effect(C, f"{B}/properties/classes/items/when", "scanned_inline",
+       put("scanner.classes.0.when", "volatility > 0.5"), "trades")
+
+
 # ------------------------------------------------------------------ the tests
 
 def _cases(kind: str):
@@ -877,7 +996,7 @@ def _shows(tmp_path, e: Effect) -> None:
     for mode in e.modes:
         a = observe(mode, e.base, base, tmp_path / mode / "base")
         b = observe(mode, e.base, changed, tmp_path / mode / "changed")
-        if mode in RUN_MODES:
+        if mode in RUN_MODES or mode == "scan":
             if a["exit"] != (0, ""):
                 pytest.fail(f"{mode}: the base does not run: {a['exit']}", pytrace=False)
             if e.view != "exit" and b["exit"] != (0, ""):
@@ -904,4 +1023,9 @@ def test_instruments_key_changes_what_each_mode_does(tmp_path, pointer, e):
 
 @pytest.mark.parametrize("pointer, e", _cases("risk"))
 def test_risk_key_changes_what_each_mode_does(tmp_path, pointer, e):
+    _shows(tmp_path, e)
+
+
+@pytest.mark.parametrize("pointer, e", _cases("scanner"))
+def test_scanner_key_changes_what_each_mode_does(tmp_path, pointer, e):
     _shows(tmp_path, e)

@@ -206,11 +206,26 @@ def test_values_never_depend_on_later_bars(path, spy):
 def _slice(bars: Bars, start: int, stop: int) -> Bars:
     return Bars({k: v[start:stop] for k, v in bars.fields.items()},
                 {k: v[start:stop] for k, v in bars.clock.items()},
-                {s: {k: v[start:stop] for k, v in f.items()} for s, f in bars.others.items()})
+                {s: {k: v[start:stop] for k, v in f.items()} for s, f in bars.others.items()},
+                {k: v[start:stop] for k, v in bars.scan.items()})
+
+
+def _with_scan(plan, bars: Bars) -> Bars:
+    """Scan results as inputs, when the plan reads them (their own freedom from look-ahead is
+    tests/test_scanner.py's): a rank cycling through 1..30, picks the top 25, classes and grades."""
+    if not plan.inputs.scan:
+        return bars
+    i = np.arange(len(bars))
+    rank = (i % 30 + 1).astype(float)
+    scan = {"rank": rank, "score": 100 - rank * 2, "picked": rank <= 25,
+            "class": np.where(i % 3 == 0, "directional", "range_bound"), "grade": np.where(rank <= 5, "A", "B")}
+    scan = {name: scan.get(name, rank / 30) for name in plan.inputs.scan}
+    return Bars(bars.fields, bars.clock, bars.others, scan)
 
 
 def _with_others(plan, bars: Bars) -> Bars:
     """Give every other symbol the plan reads a real series (VIX daily, aligned)."""
+    bars = _with_scan(plan, bars)
     if not plan.inputs.symbols:
         return bars
     vix = pd.read_csv(DATA / "finance_vix" / "vix-daily.csv", parse_dates=["DATE"])
@@ -220,7 +235,7 @@ def _with_others(plan, bars: Bars) -> Bars:
                          vix["DATE"].to_numpy().astype("datetime64[ns]").astype(np.int64),
                          vix["CLOSE"].to_numpy())
     others = {s: {"close": aligned} for s in plan.inputs.symbols}
-    return Bars(bars.fields, bars.clock, others)
+    return Bars(bars.fields, bars.clock, others, bars.scan)
 
 
 def _assert_same(a, b, label):
@@ -282,7 +297,8 @@ def _stream_values(plan, bars: Bars, start: int, stop: int):
     rows = []
     names = list(bars.fields)
     for i in range(start, stop):
-        values = stream.update({k: bars.fields[k][i] for k in names}, {k: bars.clock[k][i] for k in bars.clock})
+        values = stream.update({k: bars.fields[k][i] for k in names}, {k: bars.clock[k][i] for k in bars.clock},
+                               scan={k: v[i] for k, v in bars.scan.items()})
         rows.append(list(values))
     return rows
 
@@ -354,7 +370,7 @@ def test_streaming_equals_vectorised_for_every_example_strategy(path, spy):
     plan = plan_from_file(path, unsupported_ok=True)
     if plan.inputs.symbols:
         pytest.skip("needs other symbols' streams; covered by the alignment test")
-    _check_stream_equals_vectorised(plan, spy, 100, 700)
+    _check_stream_equals_vectorised(plan, _with_scan(plan, spy), 100, 700)
 
 
 def test_gaps_are_skipped_identically_by_both_evaluators(spy):

@@ -65,13 +65,17 @@ def validate(paths: list[str], overrides: dict[str, str] | None = None, strict: 
     diags = list(problems) + ws.problems()
     schema_broken = {d.path for d in diags if d.is_error}
     for doc in list(ws.documents.values()):
-        diags.extend(check_document(ws, doc, overrides if doc.kind == "strategy" else None,
+        diags.extend(check_document(ws, doc, overrides if doc.kind in ("strategy", "scanner") else None,
                                     tolerant=doc.path in schema_broken))
     diags.extend(d for d in ws.problems() if d not in diags)
     if overrides:
         declared = set()
         for doc in ws.documents.values():
             if doc.kind == "strategy":
+                declared |= set(doc.get(("params",)) or {})
+                declared |= set(doc.get(("scanner", "params")) or {}) if isinstance(doc.get(("scanner",)), dict) \
+                    else set()
+            elif doc.kind == "scanner":
                 declared |= set(doc.get(("params",)) or {})
         for name in overrides:
             if name not in declared:

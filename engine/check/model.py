@@ -419,9 +419,11 @@ class StrategyExprs:
     exit: tuple[RuleSpec, ...]
     agents: tuple[AgentSpec, ...]
     orders: tuple[tuple[str, Expr], ...]
+    scanner: object = None       # an inline scanner's check.scan_model.ScannerExprs
 
 
-def strategy_exprs(doc: Document, parsed: Mapping[tuple, tuple[object, str]]) -> StrategyExprs:
+def strategy_exprs(doc: Document, parsed: Mapping[tuple, tuple[object, str]],
+                   scanner: object = None) -> StrategyExprs:
     """The model of a checked strategy's expressions from the trees the checker parsed
     (`parsed`: where -> (tree, text)). An expression that did not parse is left out: the checker
     reported it, and a document with errors is never compiled."""
@@ -473,4 +475,4 @@ def strategy_exprs(doc: Document, parsed: Mapping[tuple, tuple[object, str]]) ->
             wanted.append((f"orders.{name}.stop_distance", base + ("quantity", "stop_distance")))
         orders += [(label, e) for label, where in wanted if (e := expr(where))]
     return StrategyExprs(MappingProxyType(indicators), classify, rules(("entry",), "entry"), rules(("exit",), "exit"),
-                         agents, tuple(orders))
+                         agents, tuple(orders), scanner)

@@ -399,6 +399,7 @@ class StrategyCheck(DocumentCheck):
     """A strategy: params, indicators, classifications, orders, rules, agents, schedule, universe."""
 
     def run(self, overrides: dict[str, str] | None = None) -> list[Diagnostic]:
+        self.overrides = overrides
         params = self.guard(lambda: self.params(overrides)) or {}
         self.param_info = params
         scope = base_scope(params)
@@ -437,7 +438,7 @@ class StrategyCheck(DocumentCheck):
         if body is None:
             scope.unavailable["scan"] = "the scanner file has errors"
             return
-        fields: dict[str, T.Type] = {"score": T.NUMBER_SERIES, "rank": T.NUMBER_SERIES,
+        fields: dict[str, T.Type] = {"score": T.NUMBER_SERIES, "rank": T.NUMBER_SERIES, "picked": T.BOOL_SERIES,
                                      "grade": T.strings((body.get("grades") or {}).keys()),
                                      "class": T.strings(c.get("class") for c in body.get("classes") or []
                                                         if isinstance(c, dict) and c.get("class"))}
@@ -447,10 +448,49 @@ class StrategyCheck(DocumentCheck):
             fields["grade"] = T.Type(T.STRING, True)
         if not body.get("classes"):
             fields["class"] = T.Type(T.STRING, True)
+        for factor in body.get("factors") or {}:
+            if factor in ("score", "rank", "picked", "grade", "class"):
+                where = ("scanner", "factors", factor) if isinstance(spec, dict) else ("scanner",)
+                self.err(where, f"the scanner's factor '{factor}' has the name of a scan field (scan.{factor})",
+                         "give the factor another name", key=isinstance(spec, dict))
         scope.records["scan"] = fields
         scope.names["scan"] = Binding(T.record("scan"), doc="this symbol's scan result")
+        self.scanner_check = None
         if isinstance(spec, dict):
-            self.out.extend(ScannerCheck(self.ws, self.doc, ("scanner",), self.tolerant).run())
+            self.scanner_check = ScannerCheck(self.ws, self.doc, ("scanner",), self.tolerant)
+            self.out.extend(self.scanner_check.run(self.overrides))
+        self._unranked(spec)
+        bar = self.doc.get(("data", "bar"))
+        scanner_data = body.get("data")
+        if isinstance(bar, str) and not (isinstance(scanner_data, dict) and scanner_data.get("bar")):
+            # the scan reads the strategy's bars
+            if isinstance(spec, dict):
+                self.scanner_check.rescan_within(bar, self)
+            elif ("scanner",) in self.doc.refs:
+                ScannerCheck(self.ws, self.doc.refs[("scanner",)]).rescan_within(bar, self)
+
+    def _unranked(self, spec) -> None:
+        """Symbols the strategy trades that its scanner does not rank: their entries never go
+        (a strategy with a scanner enters its picks only)."""
+        from .model import universe_symbols
+        from .scan_model import _inline_universe
+
+        if self.doc.get(("universe",)) is None:
+            return          # it trades the scanner's universe
+        traded = universe_symbols(self.doc)
+        if isinstance(spec, str):
+            ref = self.doc.refs.get(("scanner",))
+            ranked = universe_symbols(ref) if ref is not None and ref.get(("universe",)) is not None else None
+        else:
+            ranked = _inline_universe(self.doc, ("scanner",))
+        if ranked is None:
+            return
+        left = [s for s in traded if s not in ranked]
+        if left:
+            self.warn(("universe",), f"the scanner does not rank {', '.join(left)}: "
+                      f"{'its' if len(left) == 1 else 'their'} entries never go",
+                      "a strategy with a scanner enters the scan's picks only; add them to the scanner's universe, "
+                      "or trade the scanner's universe (leave universe: out)", key=True)
 
     def _classify(self, scope: Scope) -> None:
         for name, cases in (self.doc.get(("classify",)) or {}).items():
@@ -710,48 +750,111 @@ def check_timezone(check: DocumentCheck, where: tuple, tz: str) -> None:
 
 
 class ScannerCheck(DocumentCheck):
-    """A scanner (a document, or inline in a strategy under `prefix`)."""
+    """A scanner (a document, or inline in a strategy under `prefix`). `exprs` (after run) holds
+    its parsed trees and params for the model (check.scan_model)."""
 
     def __init__(self, ws: Workspace, doc: Document, prefix: tuple = (), tolerant: bool = False):
         super().__init__(ws, doc, tolerant)
         self.prefix = prefix
+        self.exprs = None
 
-    def run(self) -> list[Diagnostic]:
+    def run(self, overrides: dict[str, str] | None = None) -> list[Diagnostic]:
+        from .scan_model import ScannerExprs
+
         p = self.prefix
         body = self.doc.get(p) or {}
-        params = self.params(section=p + ("params",))
+        params = self.params(overrides, section=p + ("params",))
         scope = base_scope(params)
         self.indicators(scope, section=p + ("indicators",))
         if "prefilter" in body:
             self.expr(p + ("prefilter",), scope, T.BOOL, "the prefilter")
         factors = body.get("factors") or {}
         total = 0.0
+        taken = set(scope.names) | {"score", "scan"}
         for name, factor in factors.items():
             if not isinstance(factor, dict):
                 continue
+            if name in taken:
+                what = "a param" if name in params else "the composite score" if name == "score" else \
+                    "the scan record" if name == "scan" else "a bar field or clock value"
+                self.err(p + ("factors", name), f"factor '{name}' has the name of {what}",
+                         "in class conditions a factor's name is its normalised score: give it another name",
+                         key=True)
             self.expr(p + ("factors", name, "expr"), scope, T.NUMBER, f"factor '{name}'")
             weight = factor.get("weight")
             if isinstance(weight, (int, float)) and not isinstance(weight, bool):
                 total += weight
-        if factors and not body.get("normalise_weights", False) and abs(total - 1.0) > 1e-9:
+            clip = factor.get("clip")
+            if isinstance(clip, list) and len(clip) == 2 and all(isinstance(c, (int, float)) for c in clip) \
+                    and not clip[0] < clip[1]:
+                self.err(p + ("factors", name, "clip"), f"factor '{name}': clip [{clip[0]:g}, {clip[1]:g}] is empty",
+                         "write [min, max] with min below max, e.g. [0, 1]")
+        if factors and not body.get("normalise_weights", True) and abs(total - 1.0) > 1e-9:
             self.err(p + ("factors",), f"factor weights sum to {total:g}, not 1",
                      "fix the weights so they add up to 1, or set `normalise_weights: true` to scale them",
                      key=True)
         class_scope = scope.child()
+        scores = set(factors) | {"score"}
         for name in factors:
             class_scope.names[name] = Binding(T.NUMBER_SERIES, doc=f"factor {name}, normalised 0-1")
         class_scope.names["score"] = Binding(T.NUMBER_SERIES, doc="the composite score, 0-100")
         for i, case in enumerate(body.get("classes") or []):
             if isinstance(case, dict) and "when" in case:
-                self.expr(p + ("classes", i, "when"), class_scope, T.BOOL, f"class '{case.get('class')}'")
+                where = p + ("classes", i, "when")
+                if self.expr(where, class_scope, T.BOOL, f"class '{case.get('class')}'") is not None:
+                    self._no_lookback(where, scores)
         grades = body.get("grades") or {}
         values = [v for v in grades.values() if isinstance(v, (int, float))]
         if values != sorted(values, reverse=True):
             self.warn(p + ("grades",), "grades are not in descending order of score",
                       "list the best grade first, e.g. {A: 80, B: 65, C: 50}", key=True)
+        data = body.get("data")
+        if isinstance(data, dict) and isinstance(data.get("bar"), str):
+            self.rescan_within(data["bar"])
         self.warn_unused(p + ("params",), params, "param")
         self.warn_unused(p + ("indicators",), body.get("indicators") or {}, "indicator")
+        self.exprs = ScannerExprs(p, dict(self.parsed), {n: info.value for n, info in params.items()})
         return self.out
+
+    def rescan_within(self, bar: str, out: "DocumentCheck | None" = None) -> None:
+        """A rescan shorter than the bars the scan reads cannot rerun more often than they
+        close: say so (the scan reruns at every bar's close)."""
+        from .support import _duration
+
+        rescan = self.doc.get(self.prefix + ("rescan",))
+        every, size = _duration(rescan) if rescan is not None else None, _duration(bar)
+        if every is not None and size is not None and every < size - 1e-9:
+            (out or self).out.append(self.doc.diag(
+                self.prefix + ("rescan",), f"rescan: {rescan} is shorter than the {bar} bars the scan reads: it "
+                f"reruns at every bar's close, as rescan: {bar} would",
+                f"scan finer bars (data: {{bar: {rescan}}}) to rescan every {rescan}, or set rescan: {bar}",
+                Severity.WARNING))
+
+    def _no_lookback(self, where: tuple, scores: set[str]) -> None:
+        """Class conditions read each name's scores at one scan: a lag or a look-back function
+        over them would need earlier scans, which the scanner does not keep."""
+        from ..dsl import registry
+
+        node, text = self.parsed[tuple(where)]
+
+        def reads(n) -> str | None:
+            return next((m.id for m in ast.walk(n) if isinstance(m, ast.Name) and m.id in scores), None)
+
+        for n in ast.walk(node):
+            name = None
+            if isinstance(n, ast.Lag):
+                name = reads(n.obj)
+            elif isinstance(n, ast.Call):
+                fn = registry.lookup(n.func)
+                if fn is not None and (fn.returns in (registry.R_SERIES, registry.R_BOOL_SERIES) or fn.inputs):
+                    name = next((r for a in (*n.args, *(k.value for k in n.kwargs)) if (r := reads(a))), None)
+            if name is not None:
+                shown = text[n.span.start:n.span.end].strip()
+                self.out.append(self.doc.diag_in_value(
+                    where, n.span.start, f"`{shown}` looks back over '{name}', which a class reads at one scan",
+                    f"a class condition compares each name's scores at the scan (e.g. {name} > 0.6); a look-back "
+                    "over bars works on bar data (close, volume, an indicator)"))
+                return
 
 
 class UniverseCheck(DocumentCheck):
@@ -817,8 +920,15 @@ def check_document(ws: Workspace, doc: Document, overrides: dict[str, str] | Non
     check = checks[doc.kind](ws, doc, tolerant=tolerant)
     if doc.kind == "strategy":
         diags = check.run(overrides) + unsupported(doc)
-        exprs = check.guard(lambda: strategy_exprs(doc, check.parsed))   # the model the compiler reads
+        inline = getattr(check, "scanner_check", None)
+        exprs = check.guard(lambda: strategy_exprs(doc, check.parsed,     # the model the compiler reads
+                                                   inline.exprs if inline is not None else None))
         if exprs is not None:
             ws.checked[doc.abspath] = exprs
+        return diags
+    if doc.kind == "scanner":
+        diags = (check.guard(lambda: check.run(overrides)) or check.out) + unsupported(doc)
+        if check.exprs is not None:
+            ws.checked[doc.abspath] = check.exprs
         return diags
     return (check.guard(check.run) or check.out) + unsupported(doc)

@@ -20,8 +20,6 @@ PRESENT: Callable[[Any], bool] = lambda value: True           # noqa: E731 - any
 NOT_NULL: Callable[[Any], bool] = lambda value: value is not None  # noqa: E731 - null means "off"
 
 UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
-    ("strategy", ("scanner",), NOT_NULL, "a scanner (picks, scan.* fields)",
-     "backtests and runs evaluate the rules on every symbol of the universe; nothing scans or picks"),
     ("strategy", ("data", "subscriptions", "check_every"), NOT_NULL, "a review cadence for the line budget",
      "IB runs review the lines continuously (TTL eviction, staleness) as messages arrive"),
     ("strategy", ("data", "subscriptions", "priorities"), NOT_NULL, "numeric line priorities",
@@ -56,6 +54,16 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
      "the order template's quantity is sent; set it there, or give this rule a template of its own"),
     ("strategy", ("agents", "*", "entry", "*", "quantity"), NOT_NULL, "a rule's own quantity",
      "the order template's quantity is sent; set it there, or give this rule a template of its own"),
+    # a scanner's data: the bars it scans; what only a strategy's data means is not read there
+    *((kind, prefix + ("data", key), counts, what, instead)
+      for kind, prefix in (("scanner", ()), ("strategy", ("scanner",)))
+      for key, counts, what, instead in (
+          ("chains", NOT_NULL, "option chains for a scanner", "a scan reads bars; the strategy's data.chains prices "
+           "its combos"),
+          ("subscriptions", NOT_NULL, "a line budget for a scanner", "the strategy's data.subscriptions is its line "
+           "budget (and runs on IB do not scan yet)"),
+          ("what_to_show", lambda v: v != "trades", "this IB bar type for a scanner",
+           "a scan reads its files' bars as they are"))),
     ("strategy", ("risk", "order_rate_limit"), NOT_NULL, "an order rate limit",
      "orders are sent as the rules decide them; only IB's own pacing applies"),
     ("risk", ("order_rate_limit",), NOT_NULL, "an order rate limit",
@@ -65,8 +73,7 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
 
 # Refused by the functions below rather than by a table entry: (kind, path).
 CHECKED_APART = (("strategy", ("schedule", "every")), ("strategy", ("agents", "*", "active")),
-                 ("strategy", ("underlying",)), ("strategy", ("orders", "*", "underlying")),
-                 ("scanner", ("kind",)))
+                 ("strategy", ("underlying",)), ("strategy", ("orders", "*", "underlying")))
 
 
 def _walk(value: Any, path: tuple, where: tuple = ()) -> Iterator[tuple[tuple, Any]]:
@@ -92,11 +99,6 @@ def unsupported(doc: Document) -> list[Diagnostic]:
             if counts(value):
                 out.append(doc.diag(where, f"{'.'.join(str(p) for p in where)}: {what} {NOT_SUPPORTED}",
                                     f"{instead}; remove the key", key=True))
-    if doc.kind == "scanner":
-        out.append(doc.diag(("kind",), f"kind: scanner: a scanner document {NOT_SUPPORTED}",
-                            "nothing runs a scanner yet (there is no `qtrade scan`, and a strategy that names a "
-                            "scanner is refused): its factors, prefilter, grades and classes would change nothing; "
-                            "its types and expressions are checked all the same", key=True))
     if doc.kind == "strategy":
         out.extend(_combo_exit_orders(doc))
         out.extend(_options_agents_active(doc))

@@ -75,7 +75,7 @@ def bar_seconds(bar: str) -> float:
 
 def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjusted: bool = False,
               start=None, end=None, on_bad_bar: str = "refuse",
-              round_adjusted: int | None = None) -> dict[str, pd.DataFrame]:
+              round_adjusted: int | None = None, missing: str = "error") -> dict[str, pd.DataFrame]:
     """Bars per symbol from a CSV/Parquet file or a directory of them.
 
     The symbol comes from a `symbol`/`ticker` column when the file has one, else from the file
@@ -87,7 +87,8 @@ def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjuste
     Yahoo-style feeds of other tools round adjusted prices to cents); the bad-bar checks see the
     rounded prices. `start`/`end` are inclusive (a date means the whole day). A bar no run could trust (see `_bad_values`) is an
     error at its line, or with `on_bad_bar="skip"` left out: the frame's attrs["bad_bars"] then
-    says how many and where the first was.
+    says how many and where the first was. `missing="omit"` returns the `symbols` found instead of
+    refusing the ones that are not there (a scanner counts them as having no data).
     """
     if on_bad_bar not in ("refuse", "skip"):
         raise ValueError(f"on_bad_bar must be 'refuse' or 'skip', not {on_bad_bar!r}")
@@ -124,13 +125,13 @@ def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjuste
         raise DiagnosticError([error(str(path), 0, 0, "no such file or directory",
                                      "give a CSV or Parquet file, or a directory of them")])
     if wanted is not None:
-        missing = [s for s in wanted if s not in out]
-        if missing:
+        absent = [s for s in wanted if s not in out]
+        if absent and missing != "omit":
             found = ", ".join(sorted(out)) or "none"
             raise DiagnosticError([error(str(path), 0, 0,
-                                         f"no bars for {', '.join(missing)} (found: {found})",
+                                         f"no bars for {', '.join(absent)} (found: {found})",
                                          "name files after their symbols (SPY.csv) or add a symbol column")])
-        out = {s: out[s] for s in wanted}
+        out = {s: out[s] for s in wanted if s in out}
     return out
 
 

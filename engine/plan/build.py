@@ -59,10 +59,19 @@ def build_plan(doc: Document, ws: Workspace, overrides: dict[str, str] | None = 
     for name in classes:
         outputs[f"classify.{name}"] = compiler._classify(name)
 
+    scanned = doc.get(("scanner",)) is not None
+
     def add_rules(specs: tuple[RuleSpec, ...], prefix: str, agent: str | None) -> None:
         for i, rule in enumerate(specs):
             ids = {key: out(f"{prefix}{rule.kind}[{i}].{key}", e) if (e := getattr(rule, key)) is not None else None
                    for key in ("when", "stop", "target")}
+            if scanned and rule.kind == "entry" and ids["when"] is not None:
+                # a strategy with a scanner enters its picks only: the entry's condition and
+                # scan.picked; what the condition says without the scan is kept so a pick's
+                # absence can be journaled as the reason an entry did not go
+                outputs[f"{prefix}entry[{i}].unscanned"] = _without_scan(compiler, ids["when"])
+                ids["when"] = outputs[f"{prefix}entry[{i}].when"] = \
+                    compiler._logic("and", ids["when"], compiler.scan("picked"))
             rules.append(N.Rule(rule.kind, rule.name, ids["when"], ids["stop"], ids["target"], rule.order, agent,
                                 rule.reason, rule.where))
 
@@ -76,11 +85,36 @@ def build_plan(doc: Document, ws: Workspace, overrides: dict[str, str] | None = 
         add_rules(agent.exit, f"agents.{agent.name}.", agent.name)
     for label, e in exprs.orders:
         out(label, e)
+    if scanned:
+        outputs["scan.picked"] = compiler.scan("picked")
     plan = _prune(compiler, outputs, rules)
     plan.params = params
     plan.name = str(doc.get(("name",), ""))
     plan.bar = str(doc.get(("data", "bar"), ""))
     return plan
+
+
+def _reads_scan(compiler: Compiler, node_id: int) -> bool:
+    stack, seen = [node_id], set()
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        node = compiler.nodes[i]
+        if node.op == N.SCAN:
+            return True
+        stack.extend(node.args)
+    return False
+
+
+def _without_scan(compiler: Compiler, node_id: int) -> int:
+    """A condition's `and`-ed parts that read no scan field (true when every part does):
+    `scan.class == "directional" and up` -> `up`."""
+    node = compiler.nodes[node_id]
+    if node.op == N.LOGIC and node.attrs[0] == "and":
+        return compiler._logic("and", _without_scan(compiler, node.args[0]), _without_scan(compiler, node.args[1]))
+    return compiler.const(True) if _reads_scan(compiler, node_id) else node_id
 
 
 def _prune(compiler: Compiler, outputs: dict[str, int], rules: list[N.Rule]) -> N.Plan:
@@ -107,6 +141,8 @@ def _prune(compiler: Compiler, outputs: dict[str, int], rules: list[N.Rule]) -> 
             inputs.clock.add(node.attrs[0])
         elif node.op == N.CONTEXT:
             inputs.context.add(node.attrs[0])
+        elif node.op == N.SCAN:
+            inputs.scan.add(node.attrs[0])
         elif node.op == N.AT_ENTRY:
             inputs.context.add("position.entry_bar")
     new_rules = [N.Rule(r.kind, r.name, *(remap.get(x) if x is not None else None for x in (r.when, r.stop, r.target)),
@@ -132,6 +168,7 @@ def summary(plan: N.Plan) -> dict[str, Any]:
             "fields": {("this symbol" if k is None else k): sorted(v) for k, v in plan.inputs.fields.items()},
             "clock": sorted(plan.inputs.clock),
             "context": sorted(plan.inputs.context),
+            "scan": sorted(plan.inputs.scan),
         },
         "params": plan.params,
         "nodes": [{"id": n.id, "expr": n.label, "op": n.op, "type": n.kind + (" series" if n.series else ""),

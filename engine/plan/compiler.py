@@ -177,6 +177,8 @@ class Compiler:
         if isinstance(node.obj, ast.Call) and node.obj.func == "symbol":
             ticker = node.obj.args[0].value if node.obj.args else node.obj.kwargs[0].value.value
             return self.field(node.name, ticker)
+        if isinstance(node.obj, ast.Name) and node.obj.id == "scan":
+            return self.scan(node.name)
         if isinstance(node.obj, ast.Name):
             name = f"{node.obj.id}.{node.name}"
             self.inputs.context.add(name)
@@ -190,6 +192,13 @@ class Compiler:
                                  market=False)
             return context
         raise CompileError("unsupported field access")
+
+    def scan(self, name: str) -> int:
+        """This symbol's scan result `scan.<name>`: market data (the scanner computes it from the
+        universe's bars before the rules read it)."""
+        self.inputs.scan.add(name)
+        kind = "string" if name in ("grade", "class") else "boolean" if name == "picked" else "number"
+        return self._add(N.SCAN, (name,), (), kind, True, 0, f"scan.{name}", market=True)
 
     def _lag(self, node: ast.Lag) -> int:
         x = self.expr(node.obj)

@@ -39,12 +39,14 @@ class Bars:
     `fields` holds open/high/low/close/volume; `clock` holds time (minutes after midnight in the
     strategy's timezone), dayofweek, bar_index, session (an id per trading session) and, when
     a calendar is known, minutes_to_close / minutes_since_open; `others[symbol][field]` are
-    another symbol's values already aligned with `align_asof`.
+    another symbol's values already aligned with `align_asof`; `scan[field]` this symbol's
+    scan results as of each bar's close (engine.scanner: rank, score, class, ...).
     """
 
     fields: dict[str, np.ndarray]
     clock: dict[str, np.ndarray] = field(default_factory=dict)
     others: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    scan: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(next(iter(self.fields.values())))
@@ -210,6 +212,11 @@ def _eval_vec(node: N.Node, values: list, bars: Bars, n: int):
         if name not in bars.clock:
             raise MissingInput(f"clock value {name!r} is not available for these bars")
         return bars.clock[name]
+    if op == N.SCAN:
+        name = node.attrs[0]
+        if name not in bars.scan:
+            raise MissingInput(f"scan.{name} is not available: the run has no scanner results")
+        return bars.scan[name]
     return _op_vec(node, args, n)
 
 
@@ -468,9 +475,9 @@ def _scalar_step(node: N.Node):
 class Stream:
     """Evaluates every market node of a Plan on the newest bar, one bar at a time.
 
-    `update(fields, clock, others)` takes this bar's fields (open/high/low/close/volume), its
-    clock values and the other symbols' latest closed values; it returns the list of node
-    values for this bar (index by node id). Kernels keep running state, lags keep a ring of
+    `update(fields, clock, others, scan)` takes this bar's fields (open/high/low/close/volume),
+    its clock values, the other symbols' latest closed values and this symbol's scan result; it
+    returns the list of node values for this bar (index by node id). Kernels keep running state, lags keep a ring of
     their last n+1 values, so a bar costs O(1) or O(lookback) whatever the history length.
     """
 
@@ -488,6 +495,8 @@ class Stream:
                 self._inputs.append((node.id, "field", node.attrs[0], node.attrs[1]))
             elif node.op == N.CLOCK:
                 self._inputs.append((node.id, "clock", None, node.attrs[0]))
+            elif node.op == N.SCAN:
+                self._inputs.append((node.id, "scan", None, node.attrs[0]))
             elif node.op == N.CALL and node.attrs[0] in KERNELS:
                 stream = KERNELS[node.attrs[0]].stream(*node.attrs[1:])
                 self._steps.append((node.id, stream.update, node.args))
@@ -497,11 +506,16 @@ class Stream:
                 self._steps.append((node.id, _scalar_step(node), node.args))
 
     def update(self, fields: Mapping[str, float], clock: Mapping[str, float] | None = None,
-               others: Mapping[str, Mapping[str, float]] | None = None) -> list[Any]:
+               others: Mapping[str, Mapping[str, float]] | None = None,
+               scan: Mapping[str, Any] | None = None) -> list[Any]:
         values = self.values
         for node_id, where, symbol, name in self._inputs:
             if where == "clock":
                 values[node_id] = clock[name]
+            elif where == "scan":
+                if scan is None or name not in scan:
+                    raise MissingInput(f"scan.{name} is not available: the run has no scanner results")
+                values[node_id] = scan[name]
             elif symbol is None:
                 values[node_id] = float(fields[name])
             else:

@@ -2,9 +2,10 @@
 
 Nodes are in topological order (every node after its arguments) and unique by structure:
 `ema(close, 8)` written in three rules is one node. A node is a *market* node when it depends
-only on bar data (vectorised up front in a backtest, streamed bar by bar live); a *context* node
-also needs the run's state (the open position, a combo's legs, the scan result), so the Runner
-evaluates it at the bars where that state exists.
+only on bar data (vectorised up front in a backtest, streamed bar by bar live): a scanner's
+results (`scan.rank`, computed from the universe's bars) are market data too; a *context* node
+also needs the run's state (the open position, a combo's legs), so the Runner evaluates it at
+the bars where that state exists.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ NEG = "neg"
 LAG = "lag"              # attrs: (bars,)
 IN = "in"                # attrs: (values tuple,)
 CLASSIFY = "classify"    # attrs: (labels tuple,)  args: one condition per label, first true wins
-CONTEXT = "context"      # attrs: (name,)  position.pnl, credit, short_put.strike, scan.grade, ...
+CONTEXT = "context"      # attrs: (name,)  position.pnl, credit, short_put.strike, ...
+SCAN = "scan"            # attrs: (field,)  this symbol's scan result: rank, score, class, grade, picked, a factor
 AT_ENTRY = "at_entry"    # args: (x,)  x on the bar the open position was entered
 
 
@@ -64,6 +66,7 @@ class Inputs:
     fields: dict[str | None, set[str]] = field(default_factory=dict)  # None = the traded symbol
     clock: set[str] = field(default_factory=set)
     context: set[str] = field(default_factory=set)
+    scan: set[str] = field(default_factory=set)     # the scan fields read (scan.rank, ...)
 
     @property
     def symbols(self) -> list[str]:

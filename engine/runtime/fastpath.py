@@ -114,6 +114,8 @@ def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillMod
     """Why this run needs the kernel, or None when the fast path gives the same outcome."""
     if len(signals) != 1:
         return f"{len(signals)} traded symbols (the fast path trades one)"
+    if plan.inputs.scan:
+        return "a scanner (the kernel journals why a symbol that is not a pick is not entered)"
     if desk is not None:
         return "options combos"
     if broker.fill_model not in ("next_open", "close"):

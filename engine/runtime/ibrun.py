@@ -524,6 +524,17 @@ def run_ib(strategy: str, *, connect, overrides: dict, journal, dry_run: bool, l
 
     t0 = _time.monotonic()
     doc, ws = load_strategy(strategy, overrides)
+    if doc.get(("scanner",)) is not None:
+        # simulated runs scan the universe's history before the rules read it; live, the scan
+        # at a bar's close needs every name's bar of that period (they arrive one symbol at a
+        # time) and a history and a stream for each, within the line budget: not built yet
+        from ..diagnostics import DiagnosticError
+
+        raise DiagnosticError([doc.diag(("scanner",), "scanner: a scanner is not supported in runs on IB (paper, "
+                                        "live or --dry-run --broker ib) yet",
+                                        "backtest, `run --broker sim` and `run --dry-run --broker sim` scan it; an IB "
+                                        "run would wait for every universe name's bar of each period before the scan",
+                                        key=True)])
     plan = build_plan(doc, ws, overrides)
     spec = DataSpec.from_spec(doc.get(("data",)))
     limits = risk_limits(doc)

@@ -34,7 +34,9 @@ def start_run(prep: Prepared, journal: Journal, mode: str, run_id: str, cash: fl
                       strategy_text=prep.doc.text, params=prep.plan.params,
                       settings={**prep.settings, "data": str(prep.data_path), "timezone": prep.timezone,
                                 "overrides": prep.overrides},
-                      symbols=prep.symbols, bar=prep.bar, currency=prep.settings.get("currency", "USD"),
+                      # a scanner's universe may name symbols without bars: the run trades the others
+                      symbols=[s for s in prep.symbols if s not in prep.missing], bar=prep.bar,
+                      currency=prep.settings.get("currency", "USD"),
                       initial_cash=cash, run_id=run_id)
 
 

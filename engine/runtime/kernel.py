@@ -199,6 +199,15 @@ class Kernel(RunState):
         self._sizings: dict[str, Sizing] = {}      # each template's share-of-equity sizing (one value)
         self._running_fields = bool(read & {"position.max_pnl", "position.min_pnl", "position.highest",
                                             "position.lowest"})
+        # a scanner: entries go for its picks only; where an entry's condition holds apart from
+        # the scan on a symbol that is not a pick, the scan's reason is journaled, once while it
+        # stays the same: `scan_reason(symbol, bar close)` -> (reason, what makes it the same)
+        self._picked = plan.outputs.get("scan.picked")
+        unscanned = {r.name: plan.outputs.get((f"agents.{r.where[1]}." if r.where[:1] == ("agents",) else "") +
+                                              f"entry[{r.where[-1]}].unscanned") for r in self._entries if r.where}
+        self._unscanned = [(r, unscanned[r.name]) for r in self._entries if unscanned.get(r.name) is not None]
+        self.scan_reason: Callable[[str, int], tuple[str, object]] | None = None
+        self._scan_said: dict[tuple[str, str], object] = {}
 
     # ---- the feed ----------------------------------------------------------------------------
     def run(self, clock: SimClock | None = None) -> Ledger:
@@ -215,8 +224,7 @@ class Kernel(RunState):
                 if rule.name in self._context_entries:
                     needs = sorted({n.attrs[0] for n in context_nodes(self.plan, rule)})
                     self._decide(symbol, rule.name, "entry", "blocked",
-                                 f"needs {', '.join(needs) or 'run context'}, which this run does not provide yet "
-                                 "(scanner results come with the scanner engine)")
+                                 f"needs {', '.join(needs) or 'run context'}, which this run does not provide yet")
         clock = self.clock = clock or SimClock(self.progress)
         clock.on_time = self._tick
         for symbol in sorted(self.syms):
@@ -440,7 +448,8 @@ class Kernel(RunState):
         fields = {f: inputs.fields[f][k] for f in inputs.fields}
         clock = {c: inputs.clock[c][k] for c in inputs.clock}
         others = {s: {f: v[k] for f, v in fs.items()} for s, fs in inputs.others.items()}
-        out = st.stream.update(fields, clock, others)
+        scan = {f: v[k] for f, v in inputs.scan.items()} if inputs.scan else None
+        out = st.stream.update(fields, clock, others, scan)
         for i, arr in enumerate(st.values):
             if arr is not None:
                 arr[k] = out[i]
@@ -1080,6 +1089,8 @@ class Kernel(RunState):
         if k < st.start or (st.candidate_set is not None and k not in st.candidate_set):
             return
         fired = self._fired_entries(st, k)
+        if not fired and self._picked is not None and not (against or add):
+            self._not_picked(st, k)
         if against or add:
             orders = self.settings.orders
             side = against or add
@@ -1112,6 +1123,24 @@ class Kernel(RunState):
         tr.why = why
         st.working_entry = intent.tag
         self._queue(st, tr, k)
+
+    def _not_picked(self, st: _Symbol, k: int) -> None:
+        """Entries whose condition holds at bar k but for the scan, on a symbol the scanner did
+        not pick: blocked, with the scan's reason ('not in the top 25 (rank 31)')."""
+        values = st.values
+        if _truth(values[self._picked], k) or (st.entry_mask is not None and not st.entry_mask[k]):
+            return
+        said = None
+        for rule, node in self._unscanned:
+            if rule.name in self._context_entries or not _truth(values[node], k):
+                continue
+            if said is None:
+                said = self.scan_reason(st.symbol, int(st.bars.end[k])) if self.scan_reason is not None \
+                    else ("not a pick of the scanner", -1)
+            key = (st.symbol, rule.name)
+            if self._scan_said.get(key) != said[1]:
+                self._scan_said[key] = said[1]
+                self._decide(st.symbol, rule.name, "entry", "blocked", said[0])
 
     def _fired_entries(self, st: _Symbol, k: int) -> list[N.Rule]:
         """Entry rules that fire at bar k, best first: agents by score, then file order."""

@@ -48,6 +48,8 @@ class Prepared:
     chains: dict | None = None     # option chain snapshots by quote date (data.chains)
     fronts: dict = field(default_factory=dict)  # futures roots with per-contract history: market.futures.FrontSeries
     arrays: dict = field(default_factory=dict, repr=False)  # _symbol_bars' arrays per symbol
+    scan: object = None            # the scanner's results (runtime.scanning.StrategyScan), when it has one
+    missing: list = field(default_factory=list)   # traded symbols without bars (a scanner's universe)
 
     @functools.cached_property
     def orders(self) -> Mapping[str, OrderTemplate]:
@@ -113,6 +115,11 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     spec = DataSpec.from_spec(doc.get(("data",)))
     bar = spec.bar
     symbols = universe_symbols(doc)
+    if not symbols and doc.get(("universe",)) is None and doc.get(("scanner",)) is not None:
+        from .scanning import scanner_of
+
+        scanner = scanner_of(doc, ws)      # no universe: the scanner's
+        symbols = list(scanner.universe or ()) if scanner is not None else []
     if not symbols:
         raise _fail(doc, ("universe",), "no symbols to backtest", "list them under universe:")
     from_flag = chains is not None           # --chains: relative to the current folder
@@ -159,11 +166,21 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
         else:
             data_path = Path(data)
         adjusted = doc.get(("data", "adjusted"))      # true, or {round: N}: adjusted, rounded to N decimals
+        # with a scanner, a symbol of the universe without bars is not traded: the scan counts
+        # it as having no data (another symbol the rules read must be there)
+        scanned = doc.get(("scanner",)) is not None
         frames = load_bars(data_path, symbols=wanted if data_path.is_dir() or len(wanted) > 1 else wanted,
                            timezone=timezone, adjusted=spec.adjusted, on_bad_bar=spec.on_bad_bar,
-                           round_adjusted=adjusted.get("round") if isinstance(adjusted, dict) else None)
+                           round_adjusted=adjusted.get("round") if isinstance(adjusted, dict) else None,
+                           missing="omit" if scanned else "error")
         if not data_path.is_dir() and len(frames) == 1 and len(wanted) == 1:
             frames = {wanted[0]: next(iter(frames.values()))}
+        if scanned:
+            absent = [s for s in plan.inputs.symbols if s not in frames and s not in symbols]
+            if absent or not any(s in frames for s in symbols):
+                found = ", ".join(sorted(frames)) or "none"
+                raise _fail(doc, ("data",), f"no bars for {', '.join(absent or symbols)} in {data_path} (found: "
+                            f"{found})", "name files after their symbols (SPY.csv) or add a symbol column")
     instruments = {s: instrument(ws, doc, s) for s in wanted}
     histories = {s: f for s, f in frames.items() if isinstance(f, ContractHistory)}
     for symbol, history in histories.items():
@@ -206,6 +223,11 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                         dict(overrides or {}))
     prepared.chains = chains
     prepared.fronts = fronts
+    prepared.missing = [s for s in symbols if s not in frames]
+    if plan.inputs.scan:
+        from .scanning import strategy_scan
+
+        prepared.scan = strategy_scan(prepared, data if frames_from is None else None)
     if any(t.combo for t in prepared.orders.values()):
         from .chainsource import option_problems
 
@@ -265,7 +287,8 @@ def last_days(prep: Prepared, days: int) -> Prepared:
     loaded as warm-up, whatever backtest.warmup says: a rehearsal of a live run, which warms up
     on its history)."""
     dates = sorted({d for frame in (prep.frames[s] for s in prep.symbols if s in prep.frames)
-                    for d in frame.index.tz_convert(prep.timezone).normalize()})
+                    for d in frame.index.tz_convert(prep.timezone).normalize()
+                    if prep.end is None or d < prep.end})      # the last days before --to / backtest.end
     if not dates:
         return prep
     first = dates[-min(days, len(dates))]
@@ -282,7 +305,7 @@ def _symbol_bars(prep: Prepared, symbol: str) -> tuple[SymbolBars, Bars]:
     made once per Prepared and reused by every run of it (kept with the frame and plan they were
     made from, so a changed frame or plan is made again)."""
     frame = prep.frames[symbol]
-    made_from = (frame, prep.plan, prep.doc, prep.instruments.get(symbol),
+    made_from = (frame, prep.plan, prep.doc, prep.instruments.get(symbol), prep.scan,
                  *(prep.frames.get(o) for o in prep.plan.inputs.symbols))
     made = prep.arrays.get(symbol)
     if made is not None and made[2] == (prep.bar, prep.timezone) and len(made[0]) == len(made_from) \
@@ -341,7 +364,8 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
         after = {c.local_symbol: int(np.searchsorted(days, np.datetime64(c.last_trade, "D"), side="right"))
                  for c in stitched.contracts}
         bars.expiry_bar = {c: j - 1 for c, j in after.items() if 0 < j < len(days)}
-    return bars, Bars(fields, clock, others)
+    scan = prep.scan.arrays(symbol, end, prep.plan.inputs.scan) if prep.scan is not None else {}
+    return bars, Bars(fields, clock, others, scan)
 
 
 def _needs_session(prep: Prepared) -> bool:

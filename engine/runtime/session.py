@@ -84,6 +84,11 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
                 sig = evaluated.get(symbol) or SymbolSignals(plan, values, sbars, entry_mask=_cut(entry_mask, last),
                                                             start=first)
                 candidates = None if sig.context_entries else sig.entry_idx
+                if candidates is not None and "scan.picked" in plan.outputs:
+                    from .scanning import unpicked_bars
+
+                    candidates = np.union1d(candidates, unpicked_bars(plan, values, len(sbars), first,
+                                                                      _cut(entry_mask, last)))
             st = _Symbol(symbol, sbars, values, first, _cut(entry_mask, last), _cut(flat_mask, last), candidates)
         st.combo = combos
         symbols[symbol] = st
@@ -110,6 +115,8 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
         desk, chains = option_desk(prep, {sym: _Bars(b) for sym, b in symbol_bars.items()})
     kernel = Kernel(plan, symbols, broker, fills, settings, on_order=on_order, desk=desk,
                     chains=chains, recorder=recorder, tags=tags)
+    if prep.scan is not None:
+        kernel.scan_reason = prep.scan.reason
     if chains is not None and hasattr(chains, "runner_ref"):
         chains.runner_ref["runner"] = kernel
     venue.combo_quote = wallet.combo_quote = kernel.combo_quote

@@ -32,6 +32,7 @@ UNSUPPORTED = [
 # case -> (strategy file, text substitutions for a copy or None, prepare() keyword arguments)
 CASES: dict[str, tuple[str, list[tuple[str, str]] | None, dict]] = {
     "sma_crossover": ("strategies/sma_crossover.yaml", None, {}),
+    "composite_scanner": ("strategies/composite_scanner.yaml", None, {}),
     "iron_condor": ("strategies/iron_condor.yaml", None, {"overrides": {"min_credit": "0.10"}}),
     "spxw_condor": ("strategies/spxw_condor.yaml", None, {"chains": str(SPXW)}),
     "breakout_nq": ("strategies/breakout.yaml",

@@ -548,7 +548,13 @@ def test_a_partial_fill_then_ibs_cancel_leaves_a_40_lot_position_closed_as_40(nq
     exit sells 40, and the trade's P&L is for 40 at the multiplier."""
     expect_errors(202)
     strategy = _copy(tmp_path, NQ, margin_check="off")
-    strategy.write_text(strategy.read_text().replace("quantity: 1,", "quantity: 100,"))
+    # 100 NQ at the map's 19,800 initial margin would not fit the account: a map whose NQ needs 1,000
+    instruments = (ROOT / "universes" / "instruments.yaml").read_text()
+    assert "margin: 19800, maintenance_margin: 18000" in instruments
+    (tmp_path / "instruments.yaml").write_text(instruments.replace("margin: 19800, maintenance_margin: 18000",
+                                                                   "margin: 1000, maintenance_margin: 900", 1))
+    strategy.write_text(strategy.read_text().replace("quantity: 1,", "quantity: 100,")
+                        + "instruments: instruments.yaml\n")
     nq_sim.partial_fill_then_cancel(40)
     journal = tmp_path / "j.sqlite"
     out = qrun(nq_sim, strategy, journal, seconds=12)

@@ -193,6 +193,8 @@ class Kernel(RunState):
         self._sizings: dict[str, Sizing] = {}      # each template's share-of-equity sizing (one value)
         self._running_fields = bool(read & {"position.max_pnl", "position.min_pnl", "position.highest",
                                             "position.lowest"})
+        self._classes = [(key.split(".", 1)[1], node) for key, node in plan.outputs.items()
+                         if key.startswith("classify.")]
 
     # ---- the feed ----------------------------------------------------------------------------
     def run(self, clock: SimClock | None = None) -> Ledger:
@@ -736,7 +738,8 @@ class Kernel(RunState):
                 st.entries += 1
                 self._grow_protection(st, abs(pos.quantity))
                 return
-            ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)
+            ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0, owner=tr.owner,
+                        states=self.states_at(st, tr.decided_bar))
             st.owner, st.key = tr.owner, symbol
             st.stats = {}
             st.entries = 1
@@ -1223,7 +1226,8 @@ class Kernel(RunState):
         credit = -debit_of(price, action)       # what opening it brought in, per unit (negative: paid)
         fill = Fill(key, action, float(qty), price, tr.commission, tr.last_time, tr.decided_bar,
                     tr.intent.tag, quote.multiplier, tr.rule.name, how)
-        pos = self.ledger.open(fill, margin_per_unit=quote.margin)
+        pos = self.ledger.open(fill, margin_per_unit=quote.margin, owner=tr.owner,
+                               states=self.states_at(st, tr.decided_bar))
         self._booked.add(tr.intent.tag)
         self._entry_ref[key] = tr.intent.tag
         pos.entry_values.update({"credit": credit * quote.multiplier * qty})
@@ -1403,6 +1407,7 @@ class Kernel(RunState):
                              "day", "close", "expiry settlement", self._tag(), how)
         rec = OrderRecord(intent, self._now)
         rec.status, rec.status_time, rec.reason = "filled", self._now, how
+        rec.owner = st.owner or self.settings.strategy
         self.orders.append(rec)
         # dated by the settlement's quotes, as a fill is (the expiry day's close, not the next midnight)
         when = int(st.bars.end[k]) - (quote.age if not isinstance(quote, str) else 0)
@@ -1452,6 +1457,7 @@ class Kernel(RunState):
         # an entry's order is its rule's (the agent's, or the strategy's); the rest, the position's
         owner = (rule.agent or self.settings.strategy) if role == "entry" else \
             (st.owner or rule.agent or self.settings.strategy)
+        record.owner = owner
         tr = self.orders_by_ref[intent.tag] = _Tracked(intent, record, st.symbol, owner, role, rule, k, exit_kind)
         return tr
 
@@ -1523,6 +1529,11 @@ class Kernel(RunState):
             self._day, self._day_start = day, equity
         return AccountState(equity, self._peak, self._day_start, len(self.ledger.positions) + working,
                             self._losses, self._paused_until, self._now / 1e9)
+
+    def states_at(self, st: _Symbol, k: int) -> tuple:
+        """The strategy's classifications of the symbol at bar k's close: ((name, label), ...)."""
+        values = st.values
+        return tuple((name, str(_at(values[node], k))) for name, node in self._classes)
 
     def _decide(self, symbol: str, rule: str, kind: str, outcome: str, reason: str = "", detail: str = "") -> None:
         d = Decision(self._now, symbol, rule, kind, outcome, reason, detail)
@@ -1602,3 +1613,8 @@ def _is_series(v) -> bool:
 
 def _truth(v, k: int) -> bool:
     return bool(v[k]) if isinstance(v, np.ndarray) and v.ndim else bool(v)
+
+
+def _at(v, k: int):
+    """A plan value at bar k (a series' k-th entry, or the one value of every bar)."""
+    return v[k] if isinstance(v, np.ndarray) and v.ndim else v

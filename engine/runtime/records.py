@@ -31,6 +31,8 @@ class Decision:
     outcome: str      # fired | blocked
     reason: str = ""
     detail: str = ""  # the values the rule compared, as `explain` shows them
+    agent: str = ""   # the agent whose rule it is ('' for the strategy's own rules)
+    confidence: float | None = None   # the agent's score, where arbitration weighed the proposal
 
 
 @dataclass(slots=True)
@@ -41,6 +43,7 @@ class OrderRecord:
     status_time: int = 0
     reason: str = ""
     legs: list | None = None
+    owner: str = ""   # the agent (or the strategy) whose position it opens, closes or protects
 
 
 @dataclass

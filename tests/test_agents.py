@@ -144,3 +144,175 @@ def test_a_journal_of_the_previous_schema_gets_the_owner_columns(tmp_path):
     assert "owner" in cols["orders"] and {"owner", "entry_states"} <= cols["trades"]
     assert {"agent", "confidence"} <= cols["decisions"]
     assert db.execute("SELECT owner FROM orders").fetchone() == ("",)
+
+
+# ---- item 2: arbitration as documented -------------------------------------------------------
+
+from engine.check.model import Arbitration  # noqa: E402
+from engine.runtime.arbitration import Proposal, arbitrate  # noqa: E402
+
+NAN = float("nan")
+
+
+def test_priority_takes_the_agent_listed_first():
+    ps = [Proposal("b1", "b", 1, 0.9), Proposal("a1", "a", 0, 0.1)]
+    taken, why = arbitrate(Arbitration("priority"), ps, 2.0)
+    assert taken == 1
+    assert why[1] == "taken by priority: a is listed before b"
+    assert why[0] == "refused by priority: a's 'a1' was taken (a is listed before b)"
+
+
+def test_highest_confidence_takes_the_highest_score_ties_to_the_agent_listed_first():
+    ps = [Proposal("a1", "a", 0, 0.4), Proposal("b1", "b", 1, 0.6), Proposal("c1", "c", 2, 0.6),
+          Proposal("d1", "d", 3, NAN)]
+    taken, why = arbitrate(Arbitration("highest_confidence"), ps, 4.0)
+    assert taken == 1
+    assert why[1] == "taken by highest_confidence: confidence 0.6 over c 0.6, a 0.4, d none"
+    assert why[2] == "refused by highest_confidence: b's 'b1' was taken (confidence 0.6, this one 0.6)"
+    assert Arbitration.from_spec({"policy": "highest_score"}).policy == "highest_confidence"
+    # a score that is not a number yet is no confidence: any number beats it
+    assert arbitrate(Arbitration(), [Proposal("x", "x", 0, NAN), Proposal("y", "y", 1, -5.0)], 2)[0] == 1
+
+
+def test_an_agent_speaks_once_with_its_first_rule():
+    ps = [Proposal("a1", "a", 0, 0.5), Proposal("a2", "a", 0, 0.5), Proposal("b1", "b", 1, 0.7)]
+    taken, why = arbitrate(Arbitration(), ps, 2.0)
+    assert taken == 2
+    assert why[1] == "a's 'a1' fired on the same bar and speaks for it"
+
+
+def test_weighted_vote_needs_the_threshold_and_takes_the_strongest_of_the_winning_side():
+    vote = Arbitration("weighted_vote", 0.5)
+    long_a = Proposal("a1", "a", 0, 0.8, weight=1.0, side=1)
+    long_b = Proposal("b1", "b", 1, 0.9, weight=2.0, side=1)
+    short_c = Proposal("c1", "c", 2, 1.0, weight=1.0, side=-1)
+    # four active agents of weight 1, 2, 1, 1 (one silent): long (0.8 + 1.8) / 5 = 0.52, short 0.2
+    taken, why = arbitrate(vote, [long_a, long_b, short_c], 5.0)
+    assert taken == 1
+    assert why[1] == ("taken by weighted_vote: long 0.52 of the active agents' weight (threshold 0.5); "
+                      "weight x confidence 1.8")
+    assert why[0].startswith("refused by weighted_vote: b's 'b1' was taken on the same side")
+    assert why[2] == "refused by weighted_vote: the vote went long (long 0.52, short 0.20 of the active agents' weight)"
+    # a silent agent's weight counts against: with more agents active the long side falls short
+    taken, why = arbitrate(vote, [long_a, long_b, short_c], 6.0)
+    assert taken is None and all(w.endswith("below the threshold 0.5") for w in why)
+    # equal supports: neither side
+    taken, why = arbitrate(vote, [Proposal("a1", "a", 0, 1.0, side=1), Proposal("c1", "c", 1, 1.0, side=-1)], 2.0)
+    assert taken is None and why[0].startswith("refused by weighted_vote: the vote is split")
+    # scores are confidences clamped to [0, 1]
+    assert arbitrate(vote, [Proposal("a1", "a", 0, 7.0, side=1)], 2.0)[0] == 0
+    assert arbitrate(vote, [Proposal("a1", "a", 0, 7.0, side=1)], 2.1)[0] is None
+
+
+def test_max_active_agents_lets_the_best_allowed_proposal_trade():
+    cap = Arbitration("highest_confidence", max_active_agents=2)
+    ps = [Proposal("a1", "a", 0, 0.9), Proposal("b1", "b", 1, 0.5), Proposal("c1", "c", 2, 0.1)]
+    taken, why = arbitrate(cap, ps, 3.0, frozenset({"x", "c"}))
+    assert taken == 2           # c holds a position already: it adds no agent
+    assert why[0] == why[1] == "max_active_agents 2: c, x hold positions"
+    assert arbitrate(cap, ps, 3.0, frozenset({"x"}))[0] == 0
+
+
+def test_the_strategys_own_rules_wait_for_the_agents():
+    own = Proposal("plain", None, 9, NAN)
+    taken, why = arbitrate(Arbitration(), [own, Proposal("a1", "a", 0, 0.1)], 1.0)
+    assert taken == 1 and why[0].startswith("a's 'a1' was taken")
+    assert arbitrate(Arbitration(), [own, Proposal("plain2", None, 9, NAN)], 1.0) == \
+        (0, ["", "'plain' fired on the same bar and won"])
+
+
+def _decisions(result, kind="entry"):
+    return [d for d in result.runner.decisions if d.kind == kind]
+
+
+def test_every_proposal_is_journaled_with_its_agent_confidence_and_why(tmp_path):
+    path = write(tmp_path)
+    db = backtest_journal(tmp_path, path)
+    rows = db.execute("SELECT rule, outcome, reason, agent, confidence FROM decisions WHERE kind = 'entry'").fetchall()
+    agent_of = {"dip": "follower", "deep dip": "contrarian"}
+    score = {"follower": 1.0, "contrarian": 0.5}
+    taken = [r for r in rows if r["reason"].startswith("taken by highest_confidence")]
+    refused = [r for r in rows if r["reason"].startswith("refused by highest_confidence")]
+    assert taken and refused
+    for r in taken + refused:
+        assert r["agent"] == agent_of[r["rule"]] and r["confidence"] == score[r["agent"]]
+    # both fire on the same dips in an up trend: the follower (1.0) is taken over the contrarian (0.5)
+    assert {r["rule"] for r in refused} == {"deep dip"}
+    assert all("confidence 1 over contrarian 0.5" in r["reason"] for r in taken if r["rule"] == "dip"
+               and "over" in r["reason"])
+    # exit decisions name their agent too
+    exits = db.execute("SELECT DISTINCT rule, agent FROM decisions WHERE kind = 'exit'").fetchall()
+    assert {(r["rule"], r["agent"]) for r in exits} == {("rebound", "follower"), ("bounce", "contrarian")}
+
+
+@pytest.mark.parametrize("arbitration", ["{policy: priority}", "{policy: weighted_vote, threshold: 0.6}",
+                                         "{max_active_agents: 1}"])
+def test_each_policy_trades_the_same_in_backtest_run_and_dry_run(tmp_path, arbitration):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
+    import cases
+
+    prep = bt.prepare(write(tmp_path, extra=f"arbitration: {arbitration}"))
+    want = cases.record(bt.run(prep, run_id="g"))
+    assert len(want["trades"]) > 20
+    for streaming, dry in ((True, False), (False, False), (True, True)):
+        got = cases.record(session.simulate(prep, streaming=streaming, dry_run=dry, run_id="g"))
+        assert got == want, (streaming, dry)
+
+
+def test_max_active_agents_keeps_a_second_agent_out(tmp_path):
+    """One agent at a time over SPY and AAPL: no two owners ever hold positions together."""
+    result = bt.run(bt.prepare(write(tmp_path, extra="arbitration: {max_active_agents: 1}")), run_id="t")
+    trades = result.ledger.trades
+    assert {t.owner for t in trades} == {"follower", "contrarian"}
+    for a in trades:
+        for b in trades:
+            if a.owner != b.owner:
+                assert a.exit_time <= b.entry_time or b.exit_time <= a.entry_time
+    refused = [d for d in _decisions(result) if d.reason.startswith("max_active_agents 1: ")]
+    assert refused and all(d.reason.endswith("holds positions") for d in refused)
+    free = bt.run(bt.prepare(write(tmp_path, extra="", name="free.yaml")), run_id="t")
+    assert len(free.ledger.trades) > len(trades)
+
+
+def test_weighted_vote_trades_only_what_passes_the_threshold(tmp_path):
+    low = bt.run(bt.prepare(write(tmp_path, extra="arbitration: {policy: weighted_vote, threshold: 0.5}")), "t")
+    high = bt.run(bt.prepare(write(tmp_path, extra="arbitration: {policy: weighted_vote, threshold: 0.8}",
+                                   name="high.yaml")), run_id="t")
+    # up trend: both agents active and long (1 + 0.5) / 2 = 0.75; down trend: the contrarian alone, 0.5
+    assert len(high.ledger.trades) == 0 < len(low.ledger.trades)
+    assert {t.owner for t in low.ledger.trades} == {"follower", "contrarian"}
+    reasons = {d.reason for d in _decisions(high)}
+    assert reasons == {"refused by weighted_vote: long 0.75 of the active agents' weight, below the threshold 0.8",
+                       "refused by weighted_vote: long 0.50 of the active agents' weight, below the threshold 0.8"}
+
+
+@pytest.mark.parametrize("extra, where, message", [
+    ("arbitration: {policy: priority, threshold: 0.6}", "threshold",
+     "arbitration.threshold is read by the weighted_vote policy only (this strategy's is priority)"),
+    ("arbitration: {policy: weighted_vote, threshold: 1.5}", "threshold", "arbitration.threshold must be <= 1"),
+    ("arbitration: {policy: weighted_vote, threshold: 0}", "threshold", "arbitration.threshold must be > 0"),
+    ("arbitration: {policy: first}", "policy", "arbitration.policy: 'first' is not allowed"),
+])
+def test_bad_arbitration_is_a_located_error(tmp_path, extra, where, message):
+    path = write(tmp_path, extra=extra)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if t.startswith("arbitration:"))
+    assert f"s.yaml:{line}:" in result.output and message in result.output, result.output
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("    score: 0.5\n", "    score: 0.5\n    weight: -1\n", "agents.contrarian.weight must be >= 0"),
+    ("    score: 0.5\n", "    score: 0.5\n    weight: 2\n",
+     "agents.contrarian.weight is read by the weighted_vote policy only (this strategy's is highest_confidence)"),
+    ('active: trend == "up"', 'active: trend == "rising"', "'rising' is not one of the possible values"),
+    ('active: trend == "up"', 'active: regime == "up"', "unknown name 'regime'"),
+])
+def test_bad_agents_are_located_errors(tmp_path, old, new, message):
+    path = write(tmp_path, text=AGENTS.format(data=DATA, extra="", risk="").replace(old, new, 1))
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if new.strip().split("\n")[-1] in t)
+    assert f"s.yaml:{line}:" in result.output and message in result.output, result.output

@@ -269,6 +269,32 @@ def agents() -> dict:
     return {"s.yaml": yaml.safe_load(AGENTS.replace("DATA", str(DATA)))}
 
 
+def agents_ranked() -> dict:
+    """The agents with the contrarian (listed second) the more confident: highest_confidence
+    and priority take different agents when both fire."""
+    files = agents()
+    files["s.yaml"]["agents"]["contrarian"]["score"] = 2
+    return files
+
+
+def agents_vote() -> dict:
+    """The agents arbitrated by a weighted vote, threshold 0.5 (both long: in an up trend the
+    follower's 1 and the contrarian's 0.5 of weight 2; in a down trend the contrarian alone)."""
+    files = agents()
+    files["s.yaml"]["arbitration"] = {"policy": "weighted_vote", "threshold": 0.5}
+    return files
+
+
+def agents_two() -> dict:
+    """The agents on SPY and AAPL, two positions at most, 40% of equity each."""
+    files = agents()
+    s = files["s.yaml"]
+    s["universe"] = ["SPY", "AAPL"]
+    s["orders"]["buy"]["quantity"] = {"percent_of_equity": "40%"}
+    s["risk"]["max_open_positions"] = 2
+    return files
+
+
 _BAD: Path | None = None
 
 
@@ -361,7 +387,8 @@ def condor_risk_file() -> dict:
 
 
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
-    sma, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw, agents, bad_bar,
+    sma, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw, agents, agents_ranked,
+    agents_vote, agents_two, bad_bar,
     condor_american, condor_held_near, held, held_file,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
     condor_nouniverse, xsp_cross, xsp_cross_file, nq, condor_defaults, condor_held)}
@@ -690,6 +717,15 @@ effect(S, "/$defs/agent/active", "agents", put("agents.follower.active", 'trend 
 effect(S, "/$defs/agent/score", "agents", put("agents.contrarian.score", 2), "trades")
 effect(S, "/$defs/agent/entry", "agents", put("agents.follower.entry.0.when", "r < 40"), "trades")
 effect(S, "/$defs/agent/exit", "agents", put("agents.follower.exit.0.when", "r > 70"), "trades")
+effect(S, "/$defs/agent/weight", "agents_vote", put("agents.contrarian.weight", 3), "trades",
+       note="the contrarian's vote (3 x 0.5) outweighs the follower's (1 x 1): it takes the up-trend dips")
+effect(S, "/arbitration", "agents_ranked", put("arbitration", {"policy": "priority"}), "trades")
+effect(S, "/properties/arbitration/policy", "agents_ranked", put("arbitration.policy", "priority"), "trades",
+       note="priority takes the follower (listed first), highest_confidence the contrarian (score 2)")
+effect(S, "/properties/arbitration/threshold", "agents_vote", put("arbitration.threshold", 0.9), "trades",
+       note="at 0.9 no side's support passes (0.75 in an up trend, 0.5 in a down one)")
+effect(S, "/properties/arbitration/max_active_agents", "agents_two", put("arbitration", {"max_active_agents": 1}),
+       "trades", note="while one agent holds a symbol the other takes no position on the other symbol")
 
 # ---- strategy: costs
 effect(S, "/$defs/commission/per_share", "sma", put("backtest", {"commission": {"per_share": 0.01}}), "fills")

@@ -19,7 +19,7 @@ from test_key_effects import EFFECTS
 from test_schemas import FILES, SCHEMA, object_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
-COUNTS = (190, 59, 12)      # properties with a behaviour test, refused, listed as not read (of 261)
+COUNTS = (195, 56, 12)      # properties with a behaviour test, refused, listed as not read (of 263)
 
 FREE_TEXT = "free text for the reader: no behaviour by design"
 # (schema, pointer of the property) -> ("refused", the document path engine.check.support refuses)
@@ -29,9 +29,6 @@ ACCOUNTED = {
     ("strategy", "/description"): ("not read", FREE_TEXT),
     ("strategy", "/$defs/agent/description"): ("not read", FREE_TEXT),
     ("strategy", "/scanner"): ("refused", ("scanner",)),
-    ("strategy", "/arbitration"): ("refused", ("arbitration", "policy")),
-    ("strategy", "/properties/arbitration/policy"): ("refused", ("arbitration", "policy")),
-    ("strategy", "/properties/arbitration/max_active_agents"): ("refused", ("arbitration", "max_active_agents")),
     ("strategy", "/$defs/subscriptions/check_every"): ("refused", ("data", "subscriptions", "check_every")),
     ("strategy", "/$defs/subscriptions/priorities"): ("refused", ("data", "subscriptions", "priorities")),
     **{("strategy", f"/$defs/subscriptions/properties/priorities/{k}"): ("refused", ("data", "subscriptions",
@@ -95,7 +92,7 @@ def test_every_schema_property_has_a_behaviour_test_a_refusal_or_a_reason():
     assert not unaccounted, f"schema properties with no behaviour test, refusal or reason: {unaccounted}"
     assert not set(EFFECTS) - seen, f"behaviour tests of properties no schema has: {sorted(set(EFFECTS) - seen)}"
     assert not set(ACCOUNTED) - seen, f"listed properties no schema has: {sorted(set(ACCOUNTED) - seen)}"
-    assert sum(counts.values()) == 261
+    assert sum(counts.values()) == 263
     assert counts == {"behaviour": COUNTS[0], "refused": COUNTS[1], "not read": COUNTS[2]}
 
 
@@ -139,8 +136,6 @@ def _errors(output: str) -> list[tuple[int, int, str]]:
     ({"schedule": "schedule:\n  every: 1d\n  max_new_entries_per_scan: 3"}, "schedule.max_new_entries_per_scan"),
     ({"schedule": "schedule: {timezone: America/New_York, every: 1w}"}, "schedule.every"),
     ({"data_extra": ", what_to_show: midpoint"}, "data.what_to_show"),
-    ({"extra": "arbitration: {policy: first}"}, "arbitration.policy"),
-    ({"extra": "arbitration:\n  max_active_agents: 2"}, "arbitration.max_active_agents"),
     ({"risk_extra": ", volatility_scaling: {target_annual_vol: 15%}"}, "risk.volatility_scaling"),
 ])
 def test_unsupported_strategy_keys_are_refused_at_their_line(tmp_path, kw, key):
@@ -162,7 +157,7 @@ def test_unsupported_strategy_keys_are_refused_at_their_line(tmp_path, kw, key):
 
 
 def test_the_defaults_of_what_runs_do_are_accepted(tmp_path):
-    path = _strategy(tmp_path, extra="arbitration: {policy: highest_score, max_active_agents: 1}",
+    path = _strategy(tmp_path, extra="",
                      schedule="schedule: {timezone: America/New_York, every: 1d, scan_every: null}",
                      data_extra=", subscriptions: null, what_to_show: trades", risk_extra=", volatility_scaling: null")
     path.write_text(path.read_text().replace("type: market,", "type: market, outside_rth: false,"))

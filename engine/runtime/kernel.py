@@ -168,11 +168,20 @@ class Kernel(RunState):
         agents = {r.agent for r in self._entries if r.agent}
         self._active = {a: plan.outputs.get(f"agents.{a}.active") for a in agents}
         self._score = {a: plan.outputs.get(f"agents.{a}.score") for a in agents}
+        # arbitration between agents (runtime/arbitration.py): their order, weights, the policy
+        listed = [a.name for a in settings.agents] or list(dict.fromkeys(r.agent for r in self._entries if r.agent))
+        self._rank = {name: i for i, name in enumerate(listed)}
+        self._weight = {a.name: a.weight for a in settings.agents}
+        self._arbitration = settings.arbitration
+        self._agent_of = {r.name: r.agent for r in plan.rules if r.agent}
         self._context_entries = {r.name for r in self._entries if not plan.nodes[r.when].market or
                                  (r.agent and self._active.get(r.agent) is not None and
                                   not plan.nodes[self._active[r.agent]].market)}
         self._combo_rules = {r.name for r in self._entries if r.order in settings.orders and
                              settings.orders[r.order].combo}
+        # the entries a bar's values alone decide (no combo to build, no run context to read)
+        self._stock_entries = [r for r in self._entries
+                               if r.name not in self._context_entries and r.name not in self._combo_rules]
         read = {n.attrs[0] for r in self._exits for n in context_nodes(plan, r)}
         self._ctx_fields = frozenset(read)      # the position fields the exits read
         # each exit's condition: (rule, node, reads the market alone)
@@ -971,12 +980,13 @@ class Kernel(RunState):
                      == ((side < 0) if against else (side > 0)) and (not add or self._owned(r, st.owner))]
         if not fired:
             return
-        rule = fired[0]
+        rule, taken, confidence = self._choose(st, k, fired)
+        if rule is None:
+            return
         why = "; ".join(explain(self.plan, rule.when, k, st.values, {})) if self._explain else ""
-        for other in fired[1:]:
-            self._decide(st.symbol, other.name, "entry", "blocked", f"'{rule.name}' fired on the same bar and won")
         if self.halted:
-            self._decide(st.symbol, rule.name, "entry", "blocked", f"entries stopped: {self.halted}", why)
+            self._decide(st.symbol, rule.name, "entry", "blocked", f"entries stopped: {self.halted}", why,
+                         confidence=confidence)
             return
         reason = None
         if self._entry_checks:
@@ -985,44 +995,88 @@ class Kernel(RunState):
                 account = dataclasses.replace(account, open_positions=account.open_positions - 1)
             reason = check_entry(self.settings.limits, account)
         if reason:
-            self._decide(st.symbol, rule.name, "entry", "blocked", reason, why)
+            self._decide(st.symbol, rule.name, "entry", "blocked", reason, why, confidence=confidence)
             return
         template = self.settings.orders.get(rule.order) or OrderTemplate(rule.order or "")
         intent = self._intent(st, rule, template, k)
         if intent is None:
             return
-        self._decide(st.symbol, rule.name, "entry", "fired", rule.reason, why)
+        self._decide(st.symbol, rule.name, "entry", "fired", taken, why, confidence=confidence)
         tr = self._track(intent, st, "entry", rule, k)
         tr.why = why
         st.working_entry = intent.tag
         self._queue(st, tr, k)
 
     def _fired_entries(self, st: _Symbol, k: int) -> list[N.Rule]:
-        """Entry rules that fire at bar k, best first: agents by score, then file order."""
+        """Entry rules that fire at bar k (an agent's only while the agent is active), in file order."""
         if st.entry_mask is not None and not st.entry_mask[k]:
             return []
         out = []
         values = st.values
-        for order, rule in enumerate(self._entries):
-            if rule.name in self._context_entries:
-                continue
+        for rule in self._stock_entries:
             v = values[rule.when]
             if not (bool(v[k]) if isinstance(v, np.ndarray) and v.ndim else bool(v)):      # _truth
                 continue
             gate = self._active.get(rule.agent) if rule.agent else None
             if gate is not None and not _truth(values[gate], k):
                 continue
-            s = self._score.get(rule.agent) if rule.agent else None
-            score = float("-inf")
-            if s is not None and self.plan.nodes[s].market:
-                v = values[s]
-                score = float(v[k] if _is_series(v) else v)
-                score = score if score == score else float("-inf")
-            out.append((-score, order, rule))
-        if len(out) == 1:
-            return [out[0][2]]
-        out.sort(key=lambda t: (t[0], t[1]))
-        return [rule for _, _, rule in out]
+            out.append(rule)
+        return out
+
+    def _score_at(self, st: _Symbol, agent: str | None, k: int) -> float:
+        """An agent's score (its confidence) at bar k; nan without one."""
+        node = self._score.get(agent) if agent else None
+        if node is None or not self.plan.nodes[node].market:
+            return math.nan
+        return float(_at(st.values[node], k))
+
+    def _choose(self, st: _Symbol, k: int, fired: list[N.Rule],
+                sides: dict[str, int] | None = None) -> tuple[N.Rule | None, str, float | None]:
+        """The entry that trades among those that fired at bar k: the strategy's first in file
+        order, or between agents the arbitration's pick (runtime/arbitration.py). Every other
+        is journaled as blocked with the arbiter's reason. Returns the rule taken (None: none),
+        the reason it was taken and its agent's confidence. `sides`: each combo rule's side for
+        a weighted vote (the sign of its net delta)."""
+        if not self._agent_of:
+            rule = fired[0]
+            for other in fired[1:]:
+                self._decide(st.symbol, other.name, "entry", "blocked", f"'{rule.name}' fired on the same bar and won")
+            return rule, rule.reason, None
+        from .arbitration import Proposal, arbitrate
+
+        policy = self._arbitration
+        orders = self.settings.orders
+        proposals = []
+        for rule in fired:
+            side = (sides or {}).get(rule.name)
+            if side is None:
+                side = 1 if (orders.get(rule.order) or OrderTemplate(rule.order or "")).action == "buy" else -1
+            proposals.append(Proposal(rule.name, rule.agent, self._rank.get(rule.agent, len(self._rank)),
+                                      self._score_at(st, rule.agent, k), self._weight.get(rule.agent, 1.0), side))
+        active = 0.0
+        if policy.policy == "weighted_vote":
+            values = st.values
+            active = sum(self._weight.get(a, 1.0) for a, gate in self._active.items()
+                         if gate is None or _truth(values[gate], k))
+        holding = frozenset()
+        if policy.max_active_agents is not None:
+            holding = frozenset(o for s in self.syms.values() if s is not st and not self._idle(s)
+                                for o in (s.owner or self._working_owner(s),) if o in self._rank)
+        taken, why = arbitrate(policy, proposals, active, holding)
+        for i, (rule, p) in enumerate(zip(fired, proposals)):
+            if i != taken:
+                self._decide(st.symbol, rule.name, "entry", "blocked", why[i],
+                             confidence=p.score if rule.agent else None)
+        if taken is None:
+            return None, "", None
+        p = proposals[taken]
+        return fired[taken], why[taken], p.score if p.agent else None
+
+    def _working_owner(self, st: _Symbol) -> str | None:
+        """Whose entry is working on a symbol with no position yet (a chase, or an order sent)."""
+        ref = st.working_entry or st.chasing or (st.pending[0] if st.pending else None)
+        tr = self.orders_by_ref.get(ref) if ref is not None else None
+        return tr.owner if tr is not None else None
 
     def _queue(self, st: _Symbol, tr: _Tracked, k: int) -> None:
         """Send now when the venue fills at this close (`fill: close`), else at the next open."""
@@ -1535,8 +1589,10 @@ class Kernel(RunState):
         values = st.values
         return tuple((name, str(_at(values[node], k))) for name, node in self._classes)
 
-    def _decide(self, symbol: str, rule: str, kind: str, outcome: str, reason: str = "", detail: str = "") -> None:
-        d = Decision(self._now, symbol, rule, kind, outcome, reason, detail)
+    def _decide(self, symbol: str, rule: str, kind: str, outcome: str, reason: str = "", detail: str = "",
+                confidence: float | None = None) -> None:
+        d = Decision(self._now, symbol, rule, kind, outcome, reason, detail, self._agent_of.get(rule, ""),
+                     None if confidence is None or confidence != confidence else confidence)
         self.decisions.append(d)
         if self.recorder is not None:
             self.recorder.decision(d)

@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..brokers.matching import FillModel
-from ..check.model import OrderTemplate
+from ..check.model import AgentSettings, Arbitration, OrderTemplate
 from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent
 from ..plan import nodes as N
@@ -56,6 +56,8 @@ class RunSettings:
     strategy: str = ""
     timezone: str = "America/New_York"
     fill_fraction: float = 0.5     # combo limits: how far from natural towards mid the market meets them
+    arbitration: Arbitration = field(default_factory=Arbitration)   # between agents (runtime/arbitration.py)
+    agents: tuple[AgentSettings, ...] = ()   # in the order they are listed
 
 
 class RunState:

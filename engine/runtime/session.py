@@ -16,6 +16,7 @@ import numpy as np
 from ..brokers.dryrun import DryRunBroker
 from ..brokers.matching import FillModel
 from ..brokers.sim import SimBroker
+from ..check.model import Arbitration, agent_settings
 from ..plan.evaluate import Stream, evaluate
 from . import backtest as bt
 from .equity import equity_curve
@@ -129,7 +130,9 @@ def run_settings(prep: bt.Prepared, run_id: str) -> tuple[RunSettings, FillModel
     sim = prep.sim
     settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=prep.limits,
                            run_id=run_id, strategy=prep.plan.name, timezone=prep.timezone,
-                           fill_fraction=sim.options.fill_fraction)
+                           fill_fraction=sim.options.fill_fraction,
+                           arbitration=Arbitration.from_spec(prep.doc.get(("arbitration",))),
+                           agents=agent_settings(prep.doc))
     return settings, FillModel(sim.commission, sim.slippage, sim.fill)
 
 

@@ -316,3 +316,194 @@ def test_bad_agents_are_located_errors(tmp_path, old, new, message):
     assert result.exit_code == 1
     line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if new.strip().split("\n")[-1] in t)
     assert f"s.yaml:{line}:" in result.output and message in result.output, result.output
+
+
+# ---- item 4: regime-aware risk ----------------------------------------------------------------
+
+from engine.risk import limits as L  # noqa: E402
+
+STATES = """\
+kind: strategy
+name: riskt
+universe: [SPY, AAPL]
+data: {{bar: 1d, source: {data}/}}
+indicators:
+  fast: sma(close, 10)
+  slow: sma(close, 30)
+  r: rsi(close, 14)
+  atr_ratio: atr(14) / sma(atr(14), 50)
+classify:
+  trend:
+    - {{name: up, when: fast > slow}}
+    - {{name: down, when: true}}
+  volatility:
+    - {{name: high, when: atr_ratio > 1.2}}
+    - {{name: normal, when: true}}
+agents:
+  follower:
+    active: trend == "up"
+    score: 1
+    entry: [{{name: dip, when: r < 45, order: buy}}]
+    exit: [{{name: rebound, when: r > 60}}]
+orders:
+  buy: {{action: buy, type: market, quantity: {{fixed: {quantity}}}}}
+risk:
+  max_open_positions: 2
+  margin_check: "off"
+{risk}
+"""
+
+
+def states_strategy(tmp_path, risk: str, quantity: int = 200, name: str = "s.yaml") -> Path:
+    return write(tmp_path, text=STATES.format(data=DATA, risk=risk, quantity=quantity), name=name)
+
+
+def test_pure_risk_checks_by_hand():
+    limits = L.RiskLimits.from_spec({"by_state": {"regime": {"expansion": {"size": 0.5, "max_open_positions": 1}},
+                                                  "volatility": {"high": {"size": 0.5}}},
+                                     "max_cvar": {"loss": "2%", "level": "90%", "days": 10}})
+    assert L.state_size(limits, (("regime", "expansion"), ("volatility", "high"))) == \
+        (0.25, "sized x0.25 by risk.by_state (regime expansion x0.5, volatility high x0.5)")
+    assert L.state_size(limits, (("regime", "trend"), ("volatility", "low"))) == (1.0, "")
+    assert L.check_states(limits, (("regime", "expansion"),), 1) == \
+        "risk.by_state.regime.expansion.max_open_positions 1 reached (regime is expansion; 1 open)"
+    assert L.check_states(limits, (("regime", "expansion"),), 0) is None
+    # expected shortfall at 90% of ten days: the worst one; of twenty: the mean of the worst two
+    assert L.expected_shortfall([5, -3, 2, -10, 1, 0, 4, -1, 2, 3], 0.9) == 10
+    assert L.expected_shortfall(list(range(-10, 10)), 0.9) == 9.5
+    assert L.check_cvar(limits, [100.0] * 9, 100_000) is None                   # fewer than 1 / (1 - 0.9) days
+    days = [100.0] * 9 + [-2_500.0]
+    assert L.check_cvar(limits, days, 100_000) == (
+        "max_cvar: the expected shortfall of the last 10 daily P&Ls at 90% is a loss of 2,500.00, at or above the "
+        "limit 2,000.00 (2.0% of equity 100,000.00)")
+    assert L.check_cvar(limits, days, 200_000) is None
+    # volatility: a 1% daily move is about 15.9% a year; 100 shares of a 100 stock in a 100,000 account
+    closes = [100.0 * 1.01 ** (i % 2) for i in range(21)]
+    vol = L.realised_volatility(closes, 252)
+    r = __import__("numpy").diff(__import__("numpy").log(closes))
+    assert vol == pytest.approx(float(r.std(ddof=1)) * 252 ** 0.5)
+    q, why = L.volatility_cap(0.01, 1000, equity=100_000, unit_value=100.0, volatility=vol)
+    assert q == pytest.approx(0.01 * 100_000 / (vol * 100.0)) and why.startswith("cut by volatility_scaling")
+    assert L.volatility_cap(0.5, 10, equity=100_000, unit_value=100.0, volatility=vol) == (10, "")
+
+
+def test_volatility_targeting_sizes_each_position_to_its_target(tmp_path):
+    """The issue's case: a 1% target and a 15% one size differently, each position's forecast
+    volatility at its entry at most the target (and within one share of it when cut)."""
+    import numpy as np
+
+    runs = {}
+    for target in ("1%", "15%"):
+        path = states_strategy(tmp_path, f"  volatility_scaling: {{target_annual_vol: {target}, lookback: 20 bars}}",
+                               quantity=400, name=f"v{target[:-1]}.yaml")
+        result = bt.run(bt.prepare(path), run_id="t")
+        runs[target] = result
+        t = float(target[:-1]) / 100
+        entries = [f for f in result.ledger.fills if f.rule == "dip"]
+        assert entries
+        for f in entries:
+            b = result.bars[f.symbol]
+            k = f.bar - 1                                   # decided at the previous close
+            vol = L.realised_volatility(b.close[k - 20:k + 1], 252)
+            equity = float(result.equity[np.searchsorted(result.times, b.end[k])])
+            forecast = f.quantity * f.price / equity * vol
+            assert forecast <= t * 1.01, (target, f)
+            if f.quantity < 400:
+                assert (f.quantity + 1) * f.price / equity * vol > t * 0.99, (target, f)
+    small = [f.quantity for f in runs["1%"].ledger.fills if f.rule == "dip"]
+    large = [f.quantity for f in runs["15%"].ledger.fills if f.rule == "dip"]
+    assert set(large) == {400.0} and sum(small) < 0.8 * sum(large) and min(small) < 200
+    cut = [d for d in runs["1%"].runner.decisions if "cut by volatility_scaling" in d.reason]
+    assert cut and all(d.outcome == "fired" for d in cut)
+
+
+def test_size_multipliers_and_caps_per_state(tmp_path):
+    base = bt.run(bt.prepare(states_strategy(tmp_path, "")), run_id="t")
+    sized = bt.run(bt.prepare(states_strategy(tmp_path, "  by_state:\n    volatility: {high: {size: 0.5}}\n"
+                                                         "    trend: {up: {size: 0.5}}", name="m.yaml")), run_id="t")
+    for f in sized.ledger.fills:
+        if f.rule != "dip":
+            continue
+        b = sized.bars[f.symbol]
+        states = dict(sized.runner.states_at(sized.runner.syms[f.symbol], f.bar - 1))
+        assert states["trend"] == "up"
+        assert f.quantity == (50 if states["volatility"] == "high" else 100), (f, states)
+    assert {f.quantity for f in base.ledger.fills} == {200}
+    capped = bt.run(bt.prepare(states_strategy(tmp_path, "  by_state:\n    volatility: {high: {max_open_positions: 0}}",
+                                               name="c.yaml")), run_id="t")
+    blocked = [d for d in capped.runner.decisions if d.reason.startswith("risk.by_state.volatility.high")]
+    assert blocked and all(d.outcome == "blocked" for d in blocked)
+    for t in capped.ledger.trades:
+        assert dict(t.entry_states)["volatility"] == "normal"
+    assert len(capped.ledger.trades) < len(base.ledger.trades)
+
+
+def test_the_cvar_limit_blocks_entries_while_the_tail_of_daily_pnl_is_too_deep(tmp_path):
+    """The daily P&Ls are the equity curve's, day by day; every block and every entry agrees
+    with the expected shortfall of the 30 days before it, computed here by hand."""
+    import numpy as np
+
+    path = states_strategy(tmp_path, "  max_cvar: {loss: 600, level: 90%, days: 30}", quantity=300)
+    result = bt.run(bt.prepare(path), run_id="t")
+    day = result.times // L_DAY
+    last = np.flatnonzero(np.append(day[1:] != day[:-1], True))
+    eod_day, eod = day[last], result.equity[last]
+    blocked = [d for d in result.runner.decisions if d.reason.startswith("max_cvar: ")]
+    fired = [d for d in result.runner.decisions if d.outcome == "fired" and d.kind == "entry"]
+    assert blocked and fired
+    for d in blocked + fired:
+        upto = np.searchsorted(eod_day, d.time // L_DAY)        # the complete days before the decision's
+        pnl = np.diff(np.append([100_000.0], eod[:upto]))[-30:]
+        if len(pnl) < 10:
+            assert d not in blocked
+            continue
+        es = L.expected_shortfall(pnl.tolist(), 0.9)
+        assert (es >= 600 - 1e-6) == (d in blocked), (d, es)
+    assert len(result.ledger.trades) < len(bt.run(bt.prepare(states_strategy(tmp_path, "", 300, "f.yaml")),
+                                                   run_id="t").ledger.trades)
+
+
+L_DAY = 86_400 * 10**9
+
+
+@pytest.mark.parametrize("risk", ["  max_cvar: {loss: 600, level: 90%, days: 30}",
+                                  "  volatility_scaling: {target_annual_vol: 3%, lookback: 20d}",
+                                  "  by_state: {volatility: {high: {size: 0.5, max_open_positions: 1}}}",
+                                  "  max_drawdown: 3%\n  max_daily_loss: 400"])
+def test_each_risk_limit_is_the_same_in_backtest_run_and_dry_run(tmp_path, risk):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
+    import cases
+
+    prep = bt.prepare(states_strategy(tmp_path, risk, quantity=300))
+    result = bt.run(prep, run_id="g")
+    want = cases.record(result)
+    assert want["blocked"] or "volatility_scaling" in risk
+    for streaming, dry in ((True, False), (False, False), (True, True)):
+        got = session.simulate(prep, streaming=streaming, dry_run=dry, run_id="g")
+        assert cases.record(got) == want, (streaming, dry)
+        assert [d.reason for d in got.runner.decisions] == [d.reason for d in result.runner.decisions]
+
+
+def test_drawdown_and_daily_loss_breakers_journal_their_reason(tmp_path):
+    db = backtest_journal(tmp_path, states_strategy(tmp_path, "  max_drawdown: 3%\n  max_daily_loss: 400", 300))
+    reasons = [r[0] for r in db.execute("SELECT reason FROM decisions WHERE outcome = 'blocked'")]
+    assert any(r.startswith("max_drawdown: ") and "below the peak (limit 3.0%)" in r for r in reasons)
+
+
+@pytest.mark.parametrize("risk, message", [
+    ("  by_state: {regime: {trend: {size: 0.5}}}",
+     "risk.by_state: 'regime' is not a classification of this strategy"),
+    ("  by_state: {volatility: {hihg: {size: 0.5}}}",
+     "risk.by_state.volatility: 'hihg' is not a state of 'volatility' (did you mean 'high'?)"),
+    ("  by_state: {volatility: {high: {size: -1}}}", "must be >= 0"),
+    ("  max_cvar: {loss: 0}", "risk.max_cvar.loss"),
+    ("  volatility_scaling: {target_annual_vol: 150%}", "risk.volatility_scaling.target_annual_vol"),
+])
+def test_bad_risk_limits_are_located_errors(tmp_path, risk, message):
+    path = states_strategy(tmp_path, risk)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1 and message in result.output, result.output
+    line = len(path.read_text().splitlines())
+    assert f"s.yaml:{line}:" in result.output, result.output

@@ -77,7 +77,7 @@ REFUSED_EXAMPLE_KEYS = {
     ("breakout.yaml", 27, "schedule.scan_every"),
     ("breakout.yaml", 28, "schedule.max_new_entries_per_scan"), ("composite_scanner.yaml", 11, "scanner"),
     ("breakout.yaml", 26, "schedule.every"), ("composite_scanner.yaml", 16, "schedule.every"),
-    ("regime_agents.yaml", 102, "agents.theta_harvester.active"), ("regime_agents.yaml", 129, "risk.volatility_scaling"),
+    ("regime_agents.yaml", 102, "agents.theta_harvester.active"),
     ("futures.yaml", 21, "contract.roll_days_before_expiry"), ("composite.yaml", 5, "kind"),
 }
 

@@ -317,6 +317,12 @@ def bad_bar() -> dict:
     return files
 
 
+def agents_file() -> dict:
+    files = agents()
+    _risk_file(files)
+    return files
+
+
 def xsp_cross_file() -> dict:
     files = xsp_cross()
     _risk_file(files)
@@ -388,7 +394,7 @@ def condor_risk_file() -> dict:
 
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
     sma, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw, agents, agents_ranked,
-    agents_vote, agents_two, bad_bar,
+    agents_vote, agents_two, agents_file, bad_bar,
     condor_american, condor_held_near, held, held_file,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
     condor_nouniverse, xsp_cross, xsp_cross_file, nq, condor_defaults, condor_held)}
@@ -855,12 +861,19 @@ RISK = [
     ("kill_switch_file", "two", "KILL", "kill_switch", IB),
     ("circuit_breaker", "two", {"consecutive_losses": 2, "pause": "30d"}, "fills", RUN_MODES),
     ("pyramiding", "held", 3, "fills", RUN_MODES),
+    ("volatility_scaling", "two", {"target_annual_vol": "5%", "lookback": "20 bars"}, "fills", RUN_MODES),
+    ("by_state", "agents", {"trend": {"up": {"size": 0.5}}}, "fills", RUN_MODES),
+    ("max_cvar", "two", {"loss": 500, "level": "90%", "days": 30}, "fills", RUN_MODES),
 ]
 FILE_BASE = {"held": "held_file", "two": "with_risk_file", "condor": "condor_risk_file", "risk_sized": "risk_sized_file",
-             "xsp_cross": "xsp_cross_file"}
+             "xsp_cross": "xsp_cross_file", "agents": "agents_file"}
 for key, base, value, view, modes in RISK:
     effect(R, f"/$defs/limits/{key}", base, put(f"risk.{key}", value), view, modes)
     effect(R, f"/{key}", FILE_BASE[base], put(key, value, "r.yaml"), view, modes)
+effect(R, "/$defs/state_limits/size", "agents", put("risk.by_state", {"trend": {"down": {"size": 0.25}}}), "fills")
+effect(R, "/$defs/state_limits/max_open_positions", "agents",
+       put("risk.by_state", {"trend": {"down": {"max_open_positions": 0}}}), "trades",
+       note="no entry while the trend is down: the contrarian's down-trend dips go untraded")
 effect(R, "/kind", "with_risk_file", put("kind", "universe", "r.yaml"), "exit", V)
 effect(R, "/extends", "with_risk_file",
        both(put("extends", "q.yaml", "r.yaml"),

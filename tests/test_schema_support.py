@@ -19,7 +19,7 @@ from test_key_effects import EFFECTS
 from test_schemas import FILES, SCHEMA, object_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
-COUNTS = (195, 56, 12)      # properties with a behaviour test, refused, listed as not read (of 263)
+COUNTS = (203, 54, 12)      # properties with a behaviour test, refused, listed as not read (of 269)
 
 FREE_TEXT = "free text for the reader: no behaviour by design"
 # (schema, pointer of the property) -> ("refused", the document path engine.check.support refuses)
@@ -58,8 +58,6 @@ ACCOUNTED = {
                                         "grades", "classes", "min_score", "top", "rescan",
                                         "properties/classes/items/class", "properties/classes/items/when")),
         *(f"/$defs/factor/{k}" for k in ("expr", "weight", "description", "normalise", "invert")))},
-    ("risk", "/volatility_scaling"): ("refused", ("volatility_scaling",)),
-    ("risk", "/$defs/limits/volatility_scaling"): ("refused", ("volatility_scaling",)),
     ("risk", "/order_rate_limit"): ("refused", ("order_rate_limit",)),
     ("risk", "/$defs/limits/order_rate_limit"): ("refused", ("order_rate_limit",)),
 }
@@ -92,7 +90,7 @@ def test_every_schema_property_has_a_behaviour_test_a_refusal_or_a_reason():
     assert not unaccounted, f"schema properties with no behaviour test, refusal or reason: {unaccounted}"
     assert not set(EFFECTS) - seen, f"behaviour tests of properties no schema has: {sorted(set(EFFECTS) - seen)}"
     assert not set(ACCOUNTED) - seen, f"listed properties no schema has: {sorted(set(ACCOUNTED) - seen)}"
-    assert sum(counts.values()) == 263
+    assert sum(counts.values()) == 269
     assert counts == {"behaviour": COUNTS[0], "refused": COUNTS[1], "not read": COUNTS[2]}
 
 
@@ -136,7 +134,6 @@ def _errors(output: str) -> list[tuple[int, int, str]]:
     ({"schedule": "schedule:\n  every: 1d\n  max_new_entries_per_scan: 3"}, "schedule.max_new_entries_per_scan"),
     ({"schedule": "schedule: {timezone: America/New_York, every: 1w}"}, "schedule.every"),
     ({"data_extra": ", what_to_show: midpoint"}, "data.what_to_show"),
-    ({"risk_extra": ", volatility_scaling: {target_annual_vol: 15%}"}, "risk.volatility_scaling"),
 ])
 def test_unsupported_strategy_keys_are_refused_at_their_line(tmp_path, kw, key):
     path = _strategy(tmp_path, **kw)
@@ -177,7 +174,7 @@ def test_an_order_outside_regular_hours_is_refused(tmp_path):
 
 def test_unsupported_keys_of_risk_and_universe_documents(tmp_path):
     risk = tmp_path / "r.yaml"
-    risk.write_text("kind: risk\nname: r\nmax_open_positions: 2\nvolatility_scaling:\n  target_annual_vol: 15%\n")
+    risk.write_text("kind: risk\nname: r\nmax_open_positions: 2\norder_rate_limit:\n  orders: 10\n  per: 1m\n")
     universe = tmp_path / "u.yaml"
     universe.write_text("kind: universe\nname: u\nsymbols: [ES]\ndefaults: {sec_type: FUT, currency: USD}\n"
                         "contract:\n  month: front\n  roll_days_before_expiry: 3\n")
@@ -185,7 +182,7 @@ def test_unsupported_keys_of_risk_and_universe_documents(tmp_path):
     assert result.exit_code == 1
     errors = _errors(result.output)
     assert [(line, col, msg.split(":")[0]) for line, col, msg in errors] == [
-        (4, 1, "volatility_scaling"), (7, 3, "contract.roll_days_before_expiry")]
+        (4, 1, "order_rate_limit"), (7, 3, "contract.roll_days_before_expiry")]
 
 
 def test_an_exit_order_where_every_entry_opens_a_combo_is_refused_at_its_line(tmp_path):

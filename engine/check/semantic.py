@@ -413,7 +413,7 @@ class StrategyCheck(DocumentCheck):
         for step in (lambda: self._scanner(scope), lambda: self.indicators(scope), lambda: self._classify(scope),
                      lambda: self._orders(scope), lambda: self._rules(("entry",), "entry", scope),
                      lambda: self._rules(("exit",), "exit", scope), lambda: self._agents(scope),
-                     self._arbitration, self._schedule, self._universe, self._backtest_dates, self._subscriptions):
+                     self._arbitration, self._by_state, self._schedule, self._universe, self._backtest_dates, self._subscriptions):
             self.guard(step)
         if not self.doc.get(("entry",)) and not self.doc.get(("agents",)):
             self.err((), "the strategy has no entry rules",
@@ -693,6 +693,46 @@ class StrategyCheck(DocumentCheck):
                 all(isinstance(w, (int, float)) and w == 0 for w in weights.values()):
             self.err(("arbitration", "policy"), "weighted_vote: every agent's weight is 0, so no vote can pass",
                      "give at least one agent a weight above 0")
+
+    def _by_state(self) -> None:
+        """risk.by_state names the strategy's classifications and their states: a name that is
+        neither is an error where it is written (the strategy's risk:, or the risk file)."""
+        classes = {name: {c.get("name") for c in cases if isinstance(c, dict)}
+                   for name, cases in (self.doc.get(("classify",)) or {}).items() if isinstance(cases, list)}
+        chain: list[tuple] = []     # (document, path of its limits)
+
+        def add(ref, where: tuple) -> None:
+            if ref is None:
+                return
+            add(ref.refs.get(where + ("extends",)), ())
+            chain.append((ref, where))
+
+        spec = self.doc.get(("risk",))
+        if isinstance(spec, str):
+            add(self.doc.refs.get(("risk",)), ())
+        elif isinstance(spec, dict):
+            add(self.doc.refs.get(("risk", "extends")), ())
+            chain.append((self.doc, ("risk",)))
+        for doc, where in chain:
+            states = doc.get(where + ("by_state",))
+            if not isinstance(states, dict):
+                continue
+            for name, labels in states.items():
+                at = where + ("by_state", name)
+                if name not in classes:
+                    known = ", ".join(classes) or "none"
+                    doc_is_file = doc is not self.doc
+                    self.out.append(doc.diag(at, f"risk.by_state: '{name}' is not a classification of "
+                                             f"{self.doc.path if doc_is_file else 'this strategy'}"
+                                             f"{_suggest(name, classes)}",
+                                             f"its classify: names {known}", key=True))
+                    continue
+                for label in labels or {}:
+                    if label not in classes[name]:
+                        self.out.append(doc.diag(at + (label,), f"risk.by_state.{name}: '{label}' is not a state "
+                                                 f"of '{name}'{_suggest(label, classes[name])}",
+                                                 f"its states: {', '.join(sorted(x for x in classes[name] if x))}",
+                                                 key=True))
 
     # ---- schedule and universe ---------------------------------------------------------------
     def _schedule(self) -> None:

@@ -51,7 +51,8 @@ from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
 from ..plan.evaluate import Stream, explain, scalar_at, value_at
 from ..portfolio.ledger import Fill, Ledger
-from ..risk.limits import AccountState, cap_quantity, check_entry
+from ..risk.limits import (AccountState, cap_quantity, check_entry, check_states, realised_volatility, state_size,
+                           volatility_cap)
 from .clock import CLOSE, INTRABAR, OPEN, SimClock
 from .records import Decision, OrderRecord, RunSettings, RunState, context_nodes, excursions
 
@@ -192,7 +193,14 @@ class Kernel(RunState):
                              for name in {r.order for r in plan.rules if r.order}}
         limits = settings.limits
         self._entry_checks = any(x is not None for x in (limits.max_open_positions, limits.max_daily_loss,
-                                                         limits.max_drawdown, limits.circuit_breaker))
+                                                         limits.max_drawdown, limits.circuit_breaker,
+                                                         limits.max_cvar)) or \
+            any(cap is not None for *_, cap in limits.by_state)
+        # max_cvar: the account's equity at the end of each trading day (UTC days), from the start
+        self._eod: list[float] = [settings.cash]
+        self._eod_day: int | None = None
+        self._eod_next = -1 if limits.max_cvar is not None else math.inf
+        self._periods: dict[str, tuple[int, float]] = {}   # volatility_scaling: (lookback bars, bars a year)
         self._pyramid = limits.pyramiding       # entries allowed into one position
         for st in symbols.values():
             st.candidate_set = set(st.candidates.tolist()) if st.candidates is not None else None
@@ -254,6 +262,24 @@ class Kernel(RunState):
     def _tick(self, time: int) -> None:
         self._now = time
         self.venue.at(time)
+        if time >= self._eod_next:
+            self._end_of_days(time)
+
+    def _end_of_days(self, time: int) -> None:
+        """max_cvar's record: the equity at the end of each trading day since the last one seen
+        (a day some symbol has a bar ending in), the ledger at each symbol's last close then.
+        Nothing fills between two instants the clock steps to, so a day the feed jumped over is
+        valued with the positions as they still are."""
+        day = time // _DAY
+        if self._eod_day is not None:
+            for d in range(self._eod_day, day):
+                lo, hi = d * _DAY, (d + 1) * _DAY
+                if any(np.searchsorted(st.bars.end, lo, "left") < np.searchsorted(st.bars.end, hi, "left")
+                       for st in self.syms.values()):
+                    self._eod.append(self.ledger.equity(self.marks(hi - 1)) if self.ledger.positions
+                                     else self.ledger.cash)
+        self._eod_day = day
+        self._eod_next = (day + 1) * _DAY
 
     def history_feed(self, symbol: str):
         """A symbol's bars as clock steps: open, trade, close, one bar at a time; bars where
@@ -504,15 +530,28 @@ class Kernel(RunState):
                 while quantity > 0 and quantity * price * mult + fee > cash + 1e-9:
                     quantity -= 1 if sizing.whole else quantity * 1e-6
                     fee = fee_of(quantity, price, mult, b.contracts)
+        notes = []
+        if limits.by_state or limits.volatility_target is not None:
+            st = self.syms[tr.symbol]
+            if limits.by_state:
+                multiplier, sized = state_size(limits, self.states_at(st, tr.decided_bar))
+                if multiplier != 1.0:
+                    quantity *= multiplier
+                    notes.append(sized)
+            if limits.volatility_target is not None:
+                quantity, note = self._volatility_target(st, tr.decided_bar, quantity, equity, price * mult)
+                if note:
+                    notes.append(note)
         held = self.ledger.positions.get(tr.symbol)      # pyramiding: the position this entry adds to
         quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=price * mult,
                                      stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
                                      whole=sizing.whole if sizing else True,
                                      held=abs(held.quantity) if held is not None else 0.0)
+        why = "; ".join(notes + [why] if why else notes)
         if quantity <= 0:
-            self._status(tr, "rejected", self._now, why or "quantity rounds to 0")
-            self._decide(tr.symbol, it.rule, "entry", "blocked", why or "quantity rounds to 0 at the price it would "
-                         "fill near")
+            self._status(tr, "rejected", self._now, f"{why}: quantity rounds to 0" if why else "quantity rounds to 0")
+            self._decide(tr.symbol, it.rule, "entry", "blocked", f"{why}: quantity rounds to 0" if why else
+                         "quantity rounds to 0 at the price it would fill near")
             return None
         fee = fee_of(quantity, price, mult, b.contracts)
         need = self.margin_required(b, quantity, price, it.action == "sell")
@@ -532,6 +571,23 @@ class Kernel(RunState):
                     d.reason = f"{d.reason}; {why}" if d.reason else why
                     break
         return quantity
+
+    def _volatility_target(self, st: _Symbol, k: int, quantity: float, equity: float,
+                           unit_value: float) -> tuple[float, str]:
+        """risk.volatility_scaling: the quantity cut so that the position's forecast volatility
+        (the symbol's realised volatility over the lookback up to bar k's close, times its value's
+        share of equity) is at most the target; with too few bars it is left as it is, and says so."""
+        target, lookback = self.settings.limits.volatility_target
+        got = self._periods.get(st.symbol)
+        if got is None:
+            got = self._periods[st.symbol] = _lookback_bars(st.bars, lookback)
+        n, per_year = got
+        if k < n:
+            return quantity, f"not scaled by volatility_scaling: {k + 1} bars of {n + 1} for its lookback"
+        volatility = realised_volatility(st.bars.close[k - n:k + 1], per_year)
+        if not volatility > 0:
+            return quantity, "not scaled by volatility_scaling: no volatility over its lookback"
+        return volatility_cap(target, quantity, equity=equity, unit_value=unit_value, volatility=volatility)
 
     # ---- broker events -----------------------------------------------------------------------
     def _drain(self) -> None:
@@ -993,7 +1049,10 @@ class Kernel(RunState):
             account = self.account_state()
             if against or add:      # the position closing (or added to) does not count against this entry
                 account = dataclasses.replace(account, open_positions=account.open_positions - 1)
-            reason = check_entry(self.settings.limits, account)
+            limits = self.settings.limits
+            reason = check_entry(limits, account) or (check_states(limits, self.states_at(st, k),
+                                                                   account.open_positions)
+                                                      if limits.by_state else None)
         if reason:
             self._decide(st.symbol, rule.name, "entry", "blocked", reason, why, confidence=confidence)
             return
@@ -1167,7 +1226,17 @@ class Kernel(RunState):
         template = self.settings.orders[rule.order]
         qty = int(template.quantity.value) if template.quantity.mode == "fixed" else 1
         limits = self.settings.limits
-        reason = f"entries stopped: {self.halted}" if self.halted else check_entry(limits, self.account_state())
+        account = self.account_state()
+        reason = f"entries stopped: {self.halted}" if self.halted else check_entry(limits, account)
+        sized = ""
+        if limits.by_state and reason is None:
+            states = self.states_at(st, k)
+            reason = check_states(limits, states, account.open_positions)
+            multiplier, sized = state_size(limits, states)
+            if reason is None and multiplier != 1.0:
+                qty = int(math.floor(qty * multiplier + 1e-9))
+                if qty <= 0:
+                    reason = f"{sized}: the combo's count rounds to 0"
         if reason is None and limits.max_margin_per_trade is not None and \
                 quote.margin * qty > limits.max_margin_per_trade:
             reason = (f"margin {quote.margin * qty:,.2f} above max_margin_per_trade "
@@ -1189,7 +1258,7 @@ class Kernel(RunState):
         intent = OrderIntent(symbol, action, "limit", float(qty), None,
                              prices[0] if prices else None, None, template.tif, "open", rule.name,
                              self._tag(), rule.reason)
-        self._decide(symbol, rule.name, "entry", "fired", rule.reason)
+        self._decide(symbol, rule.name, "entry", "fired", "; ".join(x for x in (rule.reason, sized) if x))
         tr = self._track(intent, st, "combo_entry", rule, k)
         tr.record.legs = [leg.to_json() for leg in quote.legs]
         tr.combo = {"quote": quote, "chase": chase, "prices": prices, "quantity": qty, "ctx": ctx, "now": now,
@@ -1573,7 +1642,7 @@ class Kernel(RunState):
         limits = self.settings.limits
         working = sum(1 for s in self.syms.values() if (s.working_entry is not None or s.chasing is not None)
                       and s.key is None)
-        if limits.max_daily_loss is None and limits.max_drawdown is None:
+        if limits.max_daily_loss is None and limits.max_drawdown is None and limits.max_cvar is None:
             return AccountState(math.nan, math.nan, math.nan, len(self.ledger.positions) + working,
                                 self._losses, self._paused_until, self._now / 1e9)
         equity = self.account_view()[0]
@@ -1581,8 +1650,12 @@ class Kernel(RunState):
         day = self._now // 86_400_000_000_000
         if day != self._day:
             self._day, self._day_start = day, equity
+        daily = ()
+        if limits.max_cvar is not None:
+            eod = self._eod[-(limits.max_cvar[1] + 1):]
+            daily = tuple(b - a for a, b in zip(eod, eod[1:]))
         return AccountState(equity, self._peak, self._day_start, len(self.ledger.positions) + working,
-                            self._losses, self._paused_until, self._now / 1e9)
+                            self._losses, self._paused_until, self._now / 1e9, daily_pnl=daily)
 
     def states_at(self, st: _Symbol, k: int) -> tuple:
         """The strategy's classifications of the symbol at bar k's close: ((name, label), ...)."""
@@ -1655,6 +1728,31 @@ def market_conjuncts(plan: N.Plan, node_id: int) -> list[int]:
     if node.op == N.LOGIC and node.attrs[0] == "and":
         return market_conjuncts(plan, node.args[0]) + market_conjuncts(plan, node.args[1])
     return []
+
+
+_DAY = 86_400 * 10**9
+
+
+def _lookback_bars(b: SymbolBars, lookback: str) -> tuple[int, float]:
+    """volatility_scaling's lookback in returns, and the symbol's bars a year (252 trading days
+    of its own sessions: one bar a day on daily bars, else the bars its sessions hold)."""
+    seconds = (int(b.end[0]) - int(b.start[0])) / 1e9 if len(b) else 86_400.0
+    if seconds >= 86_400:
+        per_day = 86_400.0 / seconds
+    else:
+        sessions = len(np.unique(b.session)) if len(b) else 0
+        per_day = len(b) / sessions if sessions > 1 else 6.5 * 3600 / seconds
+    text = lookback.strip()
+    if text.endswith("bars"):
+        n = int(text[:-4])
+    else:
+        for unit, days in (("mo", 21.0), ("d", 1.0), ("w", 5.0), ("y", 252.0)):
+            if text.endswith(unit):
+                n = int(math.ceil(float(text[:-len(unit)]) * days * per_day))
+                break
+        else:
+            raise ValueError(f"volatility_scaling.lookback {lookback!r}")
+    return max(n, 2), 252.0 * per_day
 
 
 _NO_NODES = (None, None, None, None)

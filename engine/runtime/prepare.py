@@ -266,8 +266,9 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
 
 def _needs_session(prep: Prepared) -> bool:
     """Does anything read the bars' session ids: a session indicator (vwap), an order that lives
-    until the end of the day (limit, stop, stop-limit, loc), or an options combo?"""
-    if "session" in prep.plan.inputs.clock:
+    until the end of the day (limit, stop, stop-limit, loc), an options combo, or volatility
+    scaling (its bars a day)?"""
+    if "session" in prep.plan.inputs.clock or prep.limits.volatility_target is not None:
         return True
     for template in prep.orders.values():
         if template.combo or template.type not in ("market", "moc"):

@@ -507,3 +507,160 @@ def test_bad_risk_limits_are_located_errors(tmp_path, risk, message):
     assert result.exit_code == 1 and message in result.output, result.output
     line = len(path.read_text().splitlines())
     assert f"s.yaml:{line}:" in result.output, result.output
+
+
+# ---- item 3: options agents beside stock agents -------------------------------------------------
+
+MIXED = """\
+kind: strategy
+name: mixed
+universe: [SPY]
+data: {{bar: 1d, source: {data}/}}
+indicators:
+  r: rsi(close, 14)
+  vix: symbol("VIX").close
+classify:
+  fear:
+    - {{name: high, when: vix > 20}}
+    - {{name: low, when: true}}
+agents:
+  dipper:
+    active: fear == "low"
+    score: 0.5
+    entry: [{{name: dip, when: r < 45, order: buy}}]
+    exit: [{{name: rebound, when: r > 60}}]
+  theta:
+    active: {theta_active}
+    score: 0.6
+    flat_by: null
+    entry: [{{name: sell spread, when: credit >= 0.3, order: put_spread}}]
+    exit:
+      - {{name: half credit, when: position.pnl >= 0.5 * position.entry_credit}}
+      - {{name: credit stop, when: position.pnl <= -1.5 * position.entry_credit}}
+{extra}
+orders:
+  buy: {{action: buy, type: market, quantity: {{percent_of_equity: 50%}}}}
+  put_spread:
+    expiry: {{dte: [5, 10], prefer: nearest}}
+    legs:
+      short_put: {{right: put, action: sell, strike: {{delta: 0.20}}}}
+      long_put: {{right: put, action: buy, strike: short_put.strike - 5}}
+    quantity: 2
+    price: {{chase: {{start: mid, step: 0.02, steps: 8, every: 10s, floor: 0.2}}}}
+risk: {{max_open_positions: 1, margin_check: "off"}}
+backtest:
+  options: {{american_as_european: true}}
+"""
+
+
+def mixed(tmp_path, theta_active='fear == "high"', extra="", name="s.yaml") -> Path:
+    return write(tmp_path, text=MIXED.format(data=DATA, theta_active=theta_active, extra=extra), name=name)
+
+
+def test_an_options_agent_trades_beside_a_stock_agent_one_position_at_a_time(tmp_path):
+    result = bt.run(bt.prepare(mixed(tmp_path)), run_id="t")
+    trades = result.ledger.trades
+    by = {o: [t for t in trades if t.owner == o] for o in ("dipper", "theta")}
+    assert len(by["dipper"]) > 10 and len(by["theta"]) > 50
+    for t in by["theta"]:
+        assert t.legs and t.legs["order"] == "put_spread" and t.quantity == 2
+        assert t.exit_rule in ("half credit", "credit stop", "expiry settlement", "physical settlement")
+        assert dict(t.entry_states) == {"fear": "high"}          # its active: gates it
+    for t in by["dipper"]:
+        assert not t.legs and t.exit_rule == "rebound" and dict(t.entry_states) == {"fear": "low"}
+    spans = sorted((t.entry_time, t.exit_time) for t in trades)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))   # one position on SPY at a time
+    # multi-day spreads: held over several days, never closed by a flat-by
+    assert max(t.exit_time - t.entry_time for t in by["theta"]) > 3 * 86_400 * 10**9
+
+
+def test_active_gates_an_options_agent(tmp_path):
+    never = bt.run(bt.prepare(mixed(tmp_path, theta_active="vix > 1000", name="never.yaml")), run_id="t")
+    assert {t.owner for t in never.ledger.trades} == {"dipper"}
+    assert not [d for d in never.runner.decisions if d.rule == "sell spread"]       # never proposed
+    always = bt.run(bt.prepare(mixed(tmp_path, theta_active="true", name="always.yaml")), run_id="t")
+    assert {dict(t.entry_states)["fear"] for t in always.ledger.trades if t.owner == "theta"} == {"high", "low"}
+
+
+def test_mixed_agents_trade_the_same_in_backtest_run_and_dry_run(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
+    import cases
+
+    prep = bt.prepare(mixed(tmp_path, extra="arbitration: {policy: weighted_vote, threshold: 0.4}"))
+    result = bt.run(prep, run_id="g")
+    want = cases.record(result)
+    owners = {t.owner for t in result.ledger.trades}
+    assert owners == {"dipper", "theta"}, owners
+    for streaming, dry in ((True, False), (False, False), (True, True)):
+        got = session.simulate(prep, streaming=streaming, dry_run=dry, run_id="g")
+        assert cases.record(got) == want, (streaming, dry)
+        assert [(d.rule, d.reason) for d in got.runner.decisions] == \
+            [(d.rule, d.reason) for d in result.runner.decisions]
+
+
+def test_a_combo_votes_by_its_net_delta(tmp_path):
+    """A short put spread is long delta: in a weighted vote it sides with the stock dip buyer."""
+    result = bt.run(bt.prepare(mixed(tmp_path, theta_active="true",
+                                     extra="arbitration: {policy: weighted_vote, threshold: 0.5}")), run_id="t")
+    together = [d for d in result.runner.decisions if d.reason.startswith("taken by weighted_vote: long 0.55")]
+    assert together      # both propose long: (0.5 + 0.6) / 2 active agents of weight 1
+    assert not [d for d in result.runner.decisions if "the vote went" in d.reason]
+
+
+XSP_MIXED = """\
+kind: strategy
+name: xsp-mixed
+universe: [XSP]
+data: {{bar: 5m, session: regular, source: {data}/}}
+schedule: {{timezone: America/New_York, entry_window: ["09:45", "15:30"], flat_by: "15:50"}}
+indicators:
+  fast: ema(close, 5)
+  slow: ema(close, 20)
+agents:
+  scalper:
+    flat_by: {scalper_flat}
+    entry: [{{name: cross up, when: "crosses_above(fast, slow)", order: buy}}]
+    exit: [{{name: cross down, when: "crosses_below(fast, slow)"}}]
+  theta:
+    active: dayofweek == 2
+    score: 2
+    flat_by: {theta_flat}
+    entry: [{{name: sell spread, when: credit >= 0.1 and time >= 10:00, order: put_spread}}]
+    exit: [{{name: half credit, when: position.pnl >= 0.5 * position.entry_credit}}]
+orders:
+  buy: {{action: buy, type: market, quantity: 10}}
+  put_spread:
+    expiry: {{dte: [1, 3], prefer: nearest}}
+    legs:
+      short_put: {{right: put, action: sell, strike: {{delta: 0.20}}}}
+      long_put: {{right: put, action: buy, strike: short_put.strike - 2}}
+    quantity: 1
+    price: {{chase: {{start: mid, step: 0.01, steps: 6, every: 10s, floor: 0.05}}}}
+risk: {{max_open_positions: 1, margin_check: "off"}}
+"""
+
+
+def test_each_agent_has_its_own_flat_by(tmp_path):
+    import pandas as pd
+
+    def local(ns):
+        return pd.Timestamp(ns, tz="UTC").tz_convert("America/New_York")
+
+    path = write(tmp_path, text=XSP_MIXED.format(data=DATA, scalper_flat='"15:00"', theta_flat="null"))
+    result = bt.run(bt.prepare(path), run_id="t")
+    theta = [t for t in result.ledger.trades if t.owner == "theta"]
+    scalper = [t for t in result.ledger.trades if t.owner == "scalper"]
+    assert theta and scalper
+    assert any(local(t.exit_time).date() > local(t.entry_time).date() for t in theta)     # held overnight
+    flat = [t for t in scalper if t.exit_rule == "flat_by"]
+    assert flat and all(local(t.exit_time).strftime("%H:%M") == "15:05" for t in flat)   # decided 15:00
+    assert all(local(t.exit_time).strftime("%H:%M") <= "15:05" for t in scalper)
+    # the schedule's flat-by for both: the spread is closed the day it is opened
+    path = write(tmp_path, text=XSP_MIXED.format(data=DATA, scalper_flat="schedule", theta_flat="schedule"),
+                 name="both.yaml")
+    result = bt.run(bt.prepare(path), run_id="t")
+    theta = [t for t in result.ledger.trades if t.owner == "theta"]
+    assert theta and all(local(t.exit_time).date() == local(t.entry_time).date() for t in theta)
+    assert all(local(t.exit_time).strftime("%H:%M") <= "15:55" for t in result.ledger.trades)

@@ -317,6 +317,43 @@ def bad_bar() -> dict:
     return files
 
 
+XSP_AGENTS = """\
+kind: strategy
+name: xsp-agents
+universe: [XSP]
+data: {bar: 5m, session: regular, source: DATA/}
+schedule: {timezone: America/New_York, entry_window: ["09:45", "15:30"], flat_by: "15:50"}
+indicators:
+  fast: ema(close, 5)
+  slow: ema(close, 20)
+agents:
+  scalper:
+    entry: [{name: cross up, when: "crosses_above(fast, slow)", order: buy}]
+    exit: [{name: cross down, when: "crosses_below(fast, slow)"}]
+  theta:
+    active: dayofweek == 2
+    score: 2
+    entry: [{name: sell spread, when: credit >= 0.1 and time >= 10:00, order: put_spread}]
+    exit: [{name: half credit, when: position.pnl >= 0.5 * position.entry_credit}]
+orders:
+  buy: {action: buy, type: market, quantity: 10}
+  put_spread:
+    expiry: {dte: [1, 3], prefer: nearest}
+    legs:
+      short_put: {right: put, action: sell, strike: {delta: 0.20}}
+      long_put: {right: put, action: buy, strike: short_put.strike - 2}
+    quantity: 1
+    price: {chase: {start: mid, step: 0.01, steps: 6, every: 10s, floor: 0.05}}
+risk: {max_open_positions: 1, margin_check: "off"}
+"""
+
+
+def xsp_agents() -> dict:
+    """A stock agent and an options agent (put spreads 1-3 days out, on Tuesdays) on XSP's
+    bundled 5-minute bars, both flat by the schedule's 15:50."""
+    return {"s.yaml": yaml.safe_load(XSP_AGENTS.replace("DATA", str(DATA)))}
+
+
 def agents_file() -> dict:
     files = agents()
     _risk_file(files)
@@ -394,7 +431,7 @@ def condor_risk_file() -> dict:
 
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
     sma, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw, agents, agents_ranked,
-    agents_vote, agents_two, agents_file, bad_bar,
+    agents_vote, agents_two, agents_file, xsp_agents, bad_bar,
     condor_american, condor_held_near, held, held_file,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
     condor_nouniverse, xsp_cross, xsp_cross_file, nq, condor_defaults, condor_held)}
@@ -725,6 +762,8 @@ effect(S, "/$defs/agent/entry", "agents", put("agents.follower.entry.0.when", "r
 effect(S, "/$defs/agent/exit", "agents", put("agents.follower.exit.0.when", "r > 70"), "trades")
 effect(S, "/$defs/agent/weight", "agents_vote", put("agents.contrarian.weight", 3), "trades",
        note="the contrarian's vote (3 x 0.5) outweighs the follower's (1 x 1): it takes the up-trend dips")
+effect(S, "/$defs/agent/flat_by", "xsp_agents", put("agents.theta.flat_by", None), "trades",
+       note="null: the options agent's spread opened on Tuesday is held overnight instead of closed at 15:50")
 effect(S, "/arbitration", "agents_ranked", put("arbitration", {"policy": "priority"}), "trades")
 effect(S, "/properties/arbitration/policy", "agents_ranked", put("arbitration.policy", "priority"), "trades",
        note="priority takes the follower (listed first), highest_confidence the contrarian (score 2)")

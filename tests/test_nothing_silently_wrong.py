@@ -940,10 +940,10 @@ def test_the_report_carries_the_annualised_caveat_of_a_short_run(tmp_path):
 EXAMPLE_OUTCOMES = {
     "sma_crossover.yaml": "runs",
     "iron_condor.yaml": "runs",
+    "regime_agents.yaml": "runs",     # on the bundled daily SPY and AAPL bars (its comments say why)
     # capabilities other issues build: refused by name (engine.check.support)
     "breakout.yaml": "not supported",
     "composite_scanner.yaml": "not supported",
-    "regime_agents.yaml": "not supported",
     # end-of-day SPX chains: the only sample (optopsy's, GPL) cannot be bundled; the example reads it
     # from ../shared/data beside the clone (data.chains), and names the file when it is not there
     "spxw_condor.yaml": "runs on ../shared",

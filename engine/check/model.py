@@ -217,18 +217,20 @@ class Arbitration:
 @dataclass(frozen=True)
 class AgentSettings:
     """What a run reads of one agent besides its expressions: its vote's weight, and its own
-    flat-by time (minutes after midnight; None: held overnight; absent: the schedule's)."""
+    flat-by time (minutes after midnight; None: held overnight), when it has one (`own_flat_by`;
+    else the schedule's applies)."""
 
     name: str
     weight: float = 1.0
     flat_by: int | None = None
-    own_flat_by: bool = False             # the agent says `flat_by:` (null included)
+    own_flat_by: bool = False             # a flat_by of its own (a time, or null), not `schedule`
 
     @classmethod
     def from_spec(cls, name: str, spec: dict | None) -> "AgentSettings":
         spec = spec or {}
-        flat = spec.get("flat_by")
-        return cls(name, float(spec.get("weight", 1.0)), _minutes(flat) if flat else None, "flat_by" in spec)
+        flat = spec.get("flat_by", "schedule")
+        own = flat != "schedule"
+        return cls(name, float(spec.get("weight", 1.0)), _minutes(flat) if own and flat else None, own)
 
 
 def agent_settings(doc: Document) -> tuple[AgentSettings, ...]:

@@ -56,7 +56,7 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
 
 
 # Refused by the functions below rather than by a table entry: (kind, path).
-CHECKED_APART = (("strategy", ("schedule", "every")), ("strategy", ("agents", "*", "active")),
+CHECKED_APART = (("strategy", ("schedule", "every")),
                  ("strategy", ("underlying",)), ("strategy", ("orders", "*", "underlying")),
                  ("scanner", ("kind",)))
 
@@ -91,7 +91,6 @@ def unsupported(doc: Document) -> list[Diagnostic]:
                             "its types and expressions are checked all the same", key=True))
     if doc.kind == "strategy":
         out.extend(_combo_exit_orders(doc))
-        out.extend(_options_agents_active(doc))
         out.extend(_every_other_than_the_bar(doc))
         out.extend(_underlying_other_than_the_symbol(doc))
     return out
@@ -168,22 +167,6 @@ def _combo_exit_orders(doc: Document) -> list[Diagnostic]:
                                     "a combo is closed whole at the price policy of the order that opened it (its "
                                     "price: mid, market, limit or chase); remove the key, or set that price policy",
                                     key=True))
-    return out
-
-
-def _options_agents_active(doc: Document) -> list[Diagnostic]:
-    """An agent whose entries send option combos: its `active:` is not read for combo entries."""
-    orders = doc.get(("orders",)) or {}
-    out = []
-    for name, agent in (doc.get(("agents",)) or {}).items():
-        if not isinstance(agent, dict) or "active" not in agent:
-            continue
-        entries = agent.get("entry") or []
-        if any(isinstance(rule, dict) and "legs" in (orders.get(rule.get("order")) or {}) for rule in entries):
-            out.append(doc.diag(("agents", name, "active"),
-                                f"agents.{name}.active: an options agent's active condition {NOT_SUPPORTED}",
-                                "combo entries are evaluated whatever the condition says; put the condition in "
-                                "each entry's `when:` instead", key=True))
     return out
 
 

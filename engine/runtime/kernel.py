@@ -116,6 +116,8 @@ class _Symbol:
     after_exit: object = None       # a reversal's entry, held until the exit before it is booked
     entries: int = 0                # entries into the open position (pyramiding adds to it)
     reprotect: bool = False         # the position grew: its protective levels are measured again
+    mixed: bool = False             # stock entries and option combos both (one position at a time)
+    flat_masks: dict = field(default_factory=dict)  # an agent's own flat-by (None: held overnight)
 
 
 class Kernel(RunState):
@@ -219,7 +221,7 @@ class Kernel(RunState):
         WallClock replaying in real time)."""
         for symbol, st in sorted(self.syms.items()):
             for rule in self._entries:
-                if st.combo and rule.name in self._combo_rules:
+                if (st.combo or st.mixed) and rule.name in self._combo_rules:
                     continue
                 if rule.name in self._combo_rules:
                     self._decide(symbol, rule.name, "entry", "blocked",
@@ -355,7 +357,7 @@ class Kernel(RunState):
         stop and the target searched together, in chunks growing from 64 bars). None when every bar
         must be visited (a streamed plan, exits that read the position, ...)."""
         if st.stream is not None or st.combo or st.key is None or st.closing is not None or st.pending \
-                or st.working_entry is not None:
+                or st.working_entry is not None or st.key in self.combos:
             return None
         nodes = self._jump_rules(st.owner)
         if nodes is None:
@@ -383,10 +385,11 @@ class Kernel(RunState):
             j = bisect_left(idx, k)
             if j < len(idx) and idx[j] < best:
                 best = idx[j]
-        if st.flat_mask is not None:
-            fidx = cache.get("flat")
+        flat = self._flat(st)
+        if flat is not None:
+            fidx = cache.get(("flat", st.owner))
             if fidx is None:
-                fidx = cache["flat"] = np.flatnonzero(st.flat_mask).tolist()
+                fidx = cache[("flat", st.owner)] = np.flatnonzero(flat).tolist()
             j = bisect_left(fidx, k)
             if j < len(fidx) and fidx[j] < best:
                 best = fidx[j]
@@ -841,9 +844,10 @@ class Kernel(RunState):
     def _on_close(self, st: _Symbol, k: int) -> None:
         if st.stream is not None:
             self._stream(st, k)
-        if st.combo:
-            if st.key is not None and st.chasing is None:
-                self._manage_combo(st, k)
+        if st.combo or (st.key is not None and st.key in self.combos):
+            if st.key is not None:
+                if st.chasing is None:
+                    self._manage_combo(st, k)
             elif self._idle(st):
                 self._enter_combo(st, k)
             return
@@ -936,7 +940,8 @@ class Kernel(RunState):
             if hit:
                 fired = rule
                 break
-        if fired is None and st.flat_mask is not None and st.flat_mask[k]:
+        flat = self._flat(st)
+        if fired is None and flat is not None and flat[k]:
             fired, kind = self._flat_rule, "flat_by"
         if fired is not None:
             for ref in list(st.protect.values()):
@@ -1034,10 +1039,19 @@ class Kernel(RunState):
             side = against or add
             fired = [r for r in fired if ((orders.get(r.order) or OrderTemplate(r.order or "")).action == "buy")
                      == ((side < 0) if against else (side > 0)) and (not add or self._owned(r, st.owner))]
+        combos: dict = {}
+        if st.mixed and not (against or add) and self._combo_may_fire(st, k):
+            combos = self._combo_proposals(st, k)
+            if combos:
+                names = {r.name for r in fired} | set(combos)
+                fired = [r for r in self._entries if r.name in names]
         if not fired:
             return
-        rule, taken, confidence = self._choose(st, k, fired)
+        rule, taken, confidence = self._choose(st, k, fired, self._sides(combos))
         if rule is None:
+            return
+        if rule.name in combos:
+            self._open_combo(st, k, *combos[rule.name], taken, confidence)
             return
         why = "; ".join(explain(self.plan, rule.when, k, st.values, {})) if self._explain else ""
         if self.halted:
@@ -1196,17 +1210,37 @@ class Kernel(RunState):
             return
         if st.candidates is None and not self._may_fire(st, k):
             return
+        combos = self._combo_proposals(st, k)
+        if not combos:
+            return
+        fired = [r for r in self._entries if r.name in combos]
+        rule, taken, confidence = self._choose(st, k, fired, self._sides(combos))
+        if rule is not None:
+            self._open_combo(st, k, *combos[rule.name], taken, confidence)
+
+    def _combo_proposals(self, st: _Symbol, k: int) -> dict[str, tuple]:
+        """The combo entries that fire at bar k: rule name -> (rule, quote, its context). An
+        agent's rule only while the agent is active; without agents, the first that fires (the
+        ones before it are journaled with what failed). The chain is built when a rule needs it."""
         symbol = st.symbol
         now = self._trading_time(st.bars, k)
-        chain = self.chains(symbol, k)
-        fired = None
+        chain = False
+        out: dict[str, tuple] = {}
+        values = st.values
         for rule in self._entries:
+            if rule.name not in self._combo_rules:
+                continue
             if st.entry_mask is not None and not st.entry_mask[k]:
                 break
+            gate = self._active.get(rule.agent) if rule.agent else None
+            if gate is not None and not _truth(values[gate], k):
+                continue
+            if chain is False:
+                chain = self.chains(symbol, k)
             if chain is None:
                 self._decide(symbol, rule.name, "entry", "blocked", f"no option chain at {now:%Y-%m-%d %H:%M}")
                 break
-            quote = self.desk.build(rule.order, symbol, k, now, st.values, chain)
+            quote = self.desk.build(rule.order, symbol, k, now, values, chain)
             if isinstance(quote, str):
                 self._decide(symbol, rule.name, "entry", "blocked", quote)
                 continue
@@ -1214,15 +1248,50 @@ class Kernel(RunState):
                 self._decide(symbol, rule.name, "entry", "blocked", quote.missing)
                 continue
             ctx = self.desk.context(quote, now)
-            if value_at(self.plan, rule.when, k, st.values, ctx):
-                fired = (rule, quote, ctx)
-                break
+            if value_at(self.plan, rule.when, k, values, ctx):
+                out[rule.name] = (rule, quote, ctx)
+                if not self._agent_of:
+                    break
+                continue
             # the real cause, the comparisons that failed: 'credit = 0.165: 0.165 >= 0.2 no'
-            failed = [p for p in explain(self.plan, rule.when, k, st.values, ctx) if p.endswith(" no")]
+            failed = [p for p in explain(self.plan, rule.when, k, values, ctx) if p.endswith(" no")]
             self._decide(symbol, rule.name, "entry", "blocked", "; ".join(failed))
-        if fired is None:
-            return
-        rule, quote, ctx = fired
+        return out
+
+    def _combo_may_fire(self, st: _Symbol, k: int) -> bool:
+        """Can a combo entry fire at bar k, from the conditions on the market alone (its `when`'s
+        and its agent's `active`)? The chain is looked at only where one can (as the backtest's
+        candidate bars say, so a streamed run decides on the same bars)."""
+        values = st.values
+        for rule in self._entries:
+            if rule.name not in self._combo_rules:
+                continue
+            gate = self._active.get(rule.agent) if rule.agent else None
+            if all(_truth(values[i], k) for i in market_conjuncts(self.plan, rule.when)) and \
+                    (gate is None or all(_truth(values[i], k) for i in market_conjuncts(self.plan, gate))):
+                return True
+        return False
+
+    def _sides(self, combos: dict) -> dict[str, int] | None:
+        """Each combo proposal's side for a weighted vote: the sign of its net delta at the quote
+        it would open at (a short put spread is long delta)."""
+        if not combos or self._arbitration.policy != "weighted_vote":
+            return None
+        out = {}
+        for name, (_, quote, _) in combos.items():
+            delta = sum(-leg.sign * leg.ratio * leg.delta for leg in quote.legs if leg.delta == leg.delta)
+            out[name] = 1 if delta > 1e-12 else -1 if delta < -1e-12 else 0
+        return out
+
+    def _flat(self, st: _Symbol):
+        """The flat-by mask that applies to the symbol's position: its owner's own, else the schedule's."""
+        return st.flat_masks.get(st.owner, st.flat_mask) if st.flat_masks else st.flat_mask
+
+    def _open_combo(self, st: _Symbol, k: int, rule: N.Rule, quote, ctx: dict, taken: str,
+                    confidence: float | None) -> None:
+        """The combo entry taken at bar k: risk-checked, priced and chased."""
+        symbol = st.symbol
+        now = self._trading_time(st.bars, k)
         template = self.settings.orders[rule.order]
         qty = int(template.quantity.value) if template.quantity.mode == "fixed" else 1
         limits = self.settings.limits
@@ -1246,19 +1315,20 @@ class Kernel(RunState):
         if reason is None and quote.margin * qty + fee > self.account_view()[1] + 1e-6:
             reason = f"insufficient available funds for margin {quote.margin * qty:,.2f}"
         if reason:
-            self._decide(symbol, rule.name, "entry", "blocked", reason)
+            self._decide(symbol, rule.name, "entry", "blocked", reason, confidence=confidence)
             return
         chase = self.desk.chase(rule.order, k, st.values, ctx)
         action = quote.opening_action
         bad = _bad_limit(chase, action)
         if bad:
-            self._decide(symbol, rule.name, "entry", "blocked", bad)
+            self._decide(symbol, rule.name, "entry", "blocked", bad, confidence=confidence)
             return
         prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=True, action=action)
         intent = OrderIntent(symbol, action, "limit", float(qty), None,
                              prices[0] if prices else None, None, template.tif, "open", rule.name,
                              self._tag(), rule.reason)
-        self._decide(symbol, rule.name, "entry", "fired", "; ".join(x for x in (rule.reason, sized) if x))
+        self._decide(symbol, rule.name, "entry", "fired", "; ".join(x for x in (taken, sized) if x),
+                     confidence=confidence)
         tr = self._track(intent, st, "combo_entry", rule, k)
         tr.record.legs = [leg.to_json() for leg in quote.legs]
         tr.combo = {"quote": quote, "chase": chase, "prices": prices, "quantity": qty, "ctx": ctx, "now": now,
@@ -1413,7 +1483,8 @@ class Kernel(RunState):
                     value_at(self.plan, rule.when, k, st.values, ctx):
                 fired = rule
                 break
-        if fired is None and st.flat_mask is not None and st.flat_mask[k]:
+        flat = self._flat(st)
+        if fired is None and flat is not None and flat[k]:
             fired = self._flat_rule
         if fired is None:
             return

@@ -96,8 +96,9 @@ class RunState:
         combos = self.combos
         for symbol in self.ledger.positions:
             if symbol in combos:    # a combo's mark moves without a fill: read it every time
-                combo = combos[symbol]
-                out[symbol] = combo.last_credit if combo.last_credit is not None else combo.entry_credit
+                # in the terms it was opened in, as its position's price: a sold combo's credit, a
+                # bought one's debit (the venue marks it so)
+                out[symbol] = combos[symbol].mark_price
             elif symbol not in out:
                 out[symbol] = self._prices.price(symbol, at)
         return out

@@ -664,3 +664,51 @@ def test_each_agent_has_its_own_flat_by(tmp_path):
     theta = [t for t in result.ledger.trades if t.owner == "theta"]
     assert theta and all(local(t.exit_time).date() == local(t.entry_time).date() for t in theta)
     assert all(local(t.exit_time).strftime("%H:%M") <= "15:55" for t in result.ledger.trades)
+
+
+# ---- item 5: the report ------------------------------------------------------------------------
+
+def test_the_report_shows_pnl_by_agent_and_regime_the_timeline_and_each_trades_agent(tmp_path):
+    import re
+
+    db = backtest_journal(tmp_path, mixed(tmp_path), "--report", str(tmp_path / "r.html"))
+    html = (tmp_path / "r.html").read_text()
+    trades = db.execute("SELECT owner, pnl, entry_states FROM trades").fetchall()
+    by_agent = {}
+    for t in trades:
+        by_agent[t["owner"]] = by_agent.get(t["owner"], 0.0) + t["pnl"]
+    section = html[html.index('<section id="agents"'):html.index('<section id="monthly"')]
+    assert "P&amp;L by agent" in section and "P&amp;L by regime at entry" in section
+    for owner, pnl in by_agent.items():
+        assert re.search(rf'<td class="l">{owner}</td><td>\d+</td><td>[^<]*</td><td data-v="([^"]+)"', section)
+        shown = float(re.search(rf'<td class="l">{owner}</td><td>\d+</td><td>[^<]*</td><td data-v="([^"]+)"',
+                                section).group(1))
+        assert shown == pytest.approx(pnl)
+    # by state: the fear classification's states add up to every trade
+    fear = re.findall(r'<td class="l">fear</td><td class="l">(\w+)</td><td>(\d+)</td>', section)
+    assert {s for s, _ in fear} == {"high", "low"} and sum(int(n) for _, n in fear) == len(trades)
+    # the timeline under the price chart, and each trade's agent and states at entry in the table
+    price = html.index('class="chart price"')
+    timeline = html.index('class="chart states"')
+    assert price < timeline < html.index('<section id="distribution"')
+    assert 'fear: high' in html[timeline:] and '<rect class="state"' in html[timeline:]
+    table = html[html.index('<table class="trades"'):]
+    assert '<th class="l">Agent</th><th class="l">At entry</th>' in table
+    assert '<td class="l rule">theta</td><td class="l rule">fear high</td>' in table
+    assert '<td class="l rule">dipper</td><td class="l rule">fear low</td>' in table
+
+
+def test_a_report_of_a_run_without_agents_or_of_an_older_journal_shows_neither(tmp_path):
+    from engine.report.html import render_report
+
+    journal = tmp_path / "j.sqlite"
+    sma = ROOT / "strategies" / "sma_crossover.yaml"
+    assert CliRunner().invoke(main, ["backtest", str(sma), "--journal", str(journal)]).exit_code == 0
+    html = render_report(journal)
+    assert '<section id="agents"' not in html and '<th class="l">Agent</th>' not in html
+    db = sqlite3.connect(journal)       # a journal from before schema 4: no owner, no states
+    db.executescript("DROP TABLE states; ALTER TABLE trades DROP COLUMN owner; "
+                     "ALTER TABLE trades DROP COLUMN entry_states;")
+    db.close()
+    html = render_report(journal)
+    assert "Trades" in html and '<section id="agents"' not in html

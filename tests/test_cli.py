@@ -69,15 +69,14 @@ def warned(tmp_path):
     return path
 
 
-# Examples that need a capability another issue builds (market-data budgets, scan cadences, volatility
-# scaling, futures rolls, options agents' active conditions): validate names each key nothing reads
+# Examples that need a capability another issue builds (market-data budgets, scan cadences, futures
+# rolls): validate names each key nothing reads
 # yet (engine.check.support) instead of accepting it. The rest validate clean.
 REFUSED_EXAMPLE_KEYS = {
     ("breakout.yaml", 21, "data.subscriptions.check_every"), ("breakout.yaml", 22, "data.subscriptions.priorities"),
     ("breakout.yaml", 27, "schedule.scan_every"),
     ("breakout.yaml", 28, "schedule.max_new_entries_per_scan"),
     ("breakout.yaml", 26, "schedule.every"),
-    ("regime_agents.yaml", 102, "agents.theta_harvester.active"), ("regime_agents.yaml", 129, "risk.volatility_scaling"),
     ("futures.yaml", 21, "contract.roll_days_before_expiry"),
 }
 

@@ -268,7 +268,7 @@ def test_a_futures_share_of_equity_and_max_position_are_measured_on_initial_marg
     blocked = bt.run(bt.prepare(nq_strategy(tmp_path, quantity=3, risk="{max_position: 2%, margin_check: \"off\"}")),
                      run_id="t")
     assert not blocked.ledger.fills and {d.reason for d in blocked.runner.decisions if d.outcome == "blocked"} == \
-        {"capped by max_position 2.0% of equity (a future's initial margin)"}
+        {"capped by max_position 2.0% of equity (a future's initial margin): quantity rounds to 0"}
 
 
 @needs_nq

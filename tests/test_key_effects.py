@@ -287,6 +287,32 @@ def agents() -> dict:
     return {"s.yaml": yaml.safe_load(AGENTS.replace("DATA", str(DATA)))}
 
 
+def agents_ranked() -> dict:
+    """The agents with the contrarian (listed second) the more confident: highest_confidence
+    and priority take different agents when both fire."""
+    files = agents()
+    files["s.yaml"]["agents"]["contrarian"]["score"] = 2
+    return files
+
+
+def agents_vote() -> dict:
+    """The agents arbitrated by a weighted vote, threshold 0.5 (both long: in an up trend the
+    follower's 1 and the contrarian's 0.5 of weight 2; in a down trend the contrarian alone)."""
+    files = agents()
+    files["s.yaml"]["arbitration"] = {"policy": "weighted_vote", "threshold": 0.5}
+    return files
+
+
+def agents_two() -> dict:
+    """The agents on SPY and AAPL, two positions at most, 40% of equity each."""
+    files = agents()
+    s = files["s.yaml"]
+    s["universe"] = ["SPY", "AAPL"]
+    s["orders"]["buy"]["quantity"] = {"percent_of_equity": "40%"}
+    s["risk"]["max_open_positions"] = 2
+    return files
+
+
 _BAD: Path | None = None
 
 
@@ -306,6 +332,49 @@ def bad_bar() -> dict:
     files = sma()
     files["s.yaml"]["data"]["source"] = str(_BAD / "SPY.csv")
     files["s.yaml"]["data"]["on_bad_bar"] = "skip"
+    return files
+
+
+XSP_AGENTS = """\
+kind: strategy
+name: xsp-agents
+universe: [XSP]
+data: {bar: 5m, session: regular, source: DATA/}
+schedule: {timezone: America/New_York, entry_window: ["09:45", "15:30"], flat_by: "15:50"}
+indicators:
+  fast: ema(close, 5)
+  slow: ema(close, 20)
+agents:
+  scalper:
+    entry: [{name: cross up, when: "crosses_above(fast, slow)", order: buy}]
+    exit: [{name: cross down, when: "crosses_below(fast, slow)"}]
+  theta:
+    active: dayofweek == 2
+    score: 2
+    entry: [{name: sell spread, when: credit >= 0.1 and time >= 10:00, order: put_spread}]
+    exit: [{name: half credit, when: position.pnl >= 0.5 * position.entry_credit}]
+orders:
+  buy: {action: buy, type: market, quantity: 10}
+  put_spread:
+    expiry: {dte: [1, 3], prefer: nearest}
+    legs:
+      short_put: {right: put, action: sell, strike: {delta: 0.20}}
+      long_put: {right: put, action: buy, strike: short_put.strike - 2}
+    quantity: 1
+    price: {chase: {start: mid, step: 0.01, steps: 6, every: 10s, floor: 0.05}}
+risk: {max_open_positions: 1, margin_check: "off"}
+"""
+
+
+def xsp_agents() -> dict:
+    """A stock agent and an options agent (put spreads 1-3 days out, on Tuesdays) on XSP's
+    bundled 5-minute bars, both flat by the schedule's 15:50."""
+    return {"s.yaml": yaml.safe_load(XSP_AGENTS.replace("DATA", str(DATA)))}
+
+
+def agents_file() -> dict:
+    files = agents()
+    _risk_file(files)
     return files
 
 
@@ -435,7 +504,8 @@ def scanned_inline() -> dict:
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
     scanner, scanner_unscaled, scanned, scanned_inline,
     sma, sma_adjusted, trend_2012, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw,
-    agents, bad_bar, condor_american, condor_held_near, held, held_file,
+    agents, agents_ranked, agents_vote, agents_two, agents_file, xsp_agents, bad_bar,
+    condor_american, condor_held_near, held, held_file,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
     condor_nouniverse, xsp_cross, xsp_cross_file, nq, condor_defaults, condor_held)}
 BASES["condor_5m_nyse"] = condor_at(data__bar="5m", schedule__every="5m", schedule__calendar="NYSE")
@@ -770,6 +840,17 @@ effect(S, "/$defs/agent/active", "agents", put("agents.follower.active", 'trend 
 effect(S, "/$defs/agent/score", "agents", put("agents.contrarian.score", 2), "trades")
 effect(S, "/$defs/agent/entry", "agents", put("agents.follower.entry.0.when", "r < 40"), "trades")
 effect(S, "/$defs/agent/exit", "agents", put("agents.follower.exit.0.when", "r > 70"), "trades")
+effect(S, "/$defs/agent/weight", "agents_vote", put("agents.contrarian.weight", 3), "trades",
+       note="the contrarian's vote (3 x 0.5) outweighs the follower's (1 x 1): it takes the up-trend dips")
+effect(S, "/$defs/agent/flat_by", "xsp_agents", put("agents.theta.flat_by", None), "trades",
+       note="null: the options agent's spread opened on Tuesday is held overnight instead of closed at 15:50")
+effect(S, "/arbitration", "agents_ranked", put("arbitration", {"policy": "priority"}), "trades")
+effect(S, "/properties/arbitration/policy", "agents_ranked", put("arbitration.policy", "priority"), "trades",
+       note="priority takes the follower (listed first), highest_confidence the contrarian (score 2)")
+effect(S, "/properties/arbitration/threshold", "agents_vote", put("arbitration.threshold", 0.9), "trades",
+       note="at 0.9 no side's support passes (0.75 in an up trend, 0.5 in a down one)")
+effect(S, "/properties/arbitration/max_active_agents", "agents_two", put("arbitration", {"max_active_agents": 1}),
+       "trades", note="while one agent holds a symbol the other takes no position on the other symbol")
 
 # ---- strategy: costs
 effect(S, "/$defs/commission/per_share", "sma", put("backtest", {"commission": {"per_share": 0.01}}), "fills")
@@ -904,12 +985,19 @@ RISK = [
     ("kill_switch_file", "two", "KILL", "kill_switch", IB),
     ("circuit_breaker", "two", {"consecutive_losses": 2, "pause": "30d"}, "fills", RUN_MODES),
     ("pyramiding", "held", 3, "fills", RUN_MODES),
+    ("volatility_scaling", "two", {"target_annual_vol": "5%", "lookback": "20 bars"}, "fills", RUN_MODES),
+    ("by_state", "agents", {"trend": {"up": {"size": 0.5}}}, "fills", RUN_MODES),
+    ("max_cvar", "two", {"loss": 500, "level": "90%", "days": 30}, "fills", RUN_MODES),
 ]
 FILE_BASE = {"held": "held_file", "two": "with_risk_file", "condor": "condor_risk_file", "risk_sized": "risk_sized_file",
-             "xsp_cross": "xsp_cross_file"}
+             "xsp_cross": "xsp_cross_file", "agents": "agents_file"}
 for key, base, value, view, modes in RISK:
     effect(R, f"/$defs/limits/{key}", base, put(f"risk.{key}", value), view, modes)
     effect(R, f"/{key}", FILE_BASE[base], put(key, value, "r.yaml"), view, modes)
+effect(R, "/$defs/state_limits/size", "agents", put("risk.by_state", {"trend": {"down": {"size": 0.25}}}), "fills")
+effect(R, "/$defs/state_limits/max_open_positions", "agents",
+       put("risk.by_state", {"trend": {"down": {"max_open_positions": 0}}}), "trades",
+       note="no entry while the trend is down: the contrarian's down-trend dips go untraded")
 effect(R, "/kind", "with_risk_file", put("kind", "universe", "r.yaml"), "exit", V)
 effect(R, "/extends", "with_risk_file",
        both(put("extends", "q.yaml", "r.yaml"),

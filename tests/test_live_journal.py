@@ -123,7 +123,7 @@ def test_a_journal_of_the_first_schema_is_brought_up_to_date_in_place(tmp_path):
         journal.decision("old", "2020-01-02", "SPY", "x", "exit", "fired", "", "a = 1: 1 > 0 yes")
     con = sqlite3.connect(path)
     assert con.execute("SELECT count(*) FROM fills").fetchone()[0] == 2          # the old row is kept
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
     assert con.execute("SELECT detail FROM decisions").fetchone()[0] == "a = 1: 1 > 0 yes"
 
 

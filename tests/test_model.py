@@ -96,7 +96,7 @@ def test_the_checker_hands_over_rules_agents_and_classifications_parsed_once(mon
     assert regime.cases[0].when.text == "atr_ratio > 1.5" and regime.cases[0].when.node == parser.parse("atr_ratio > 1.5")
     trend = next(a for a in exprs.agents if a.name == "trend")
     assert isinstance(trend, AgentSpec)
-    assert trend.score.text == "trend_strength / 50" and trend.active.where == ("agents", "trend", "active")
+    assert trend.score.text == "clamp(trend_strength / 50, 0, 1)" and trend.active.where == ("agents", "trend", "active")
     assert [r.name for r in trend.entry][:2] == ["trend long", "trend short"] and trend.entry[0].order == "long"
     assert ("orders.long.stop_distance", "2 * atr14") in [(label, e.text) for label, e in exprs.orders]
     want = build.summary(build.build_plan(doc, ws))

@@ -941,9 +941,9 @@ EXAMPLE_OUTCOMES = {
     "sma_crossover.yaml": "runs",
     "iron_condor.yaml": "runs",
     "composite_scanner.yaml": "runs",      # its scanner ranks the bundled SPY, AAPL and INTC of its 67 names
+    "regime_agents.yaml": "runs",     # on the bundled daily SPY and AAPL bars (its comments say why)
     # capabilities other issues build: refused by name (engine.check.support)
     "breakout.yaml": "not supported",
-    "regime_agents.yaml": "not supported",
     # end-of-day SPX chains: the only sample (optopsy's, GPL) cannot be bundled; the example reads it
     # from ../shared/data beside the clone (data.chains), and names the file when it is not there
     "spxw_condor.yaml": "runs on ../shared",

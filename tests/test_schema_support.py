@@ -19,7 +19,7 @@ from test_key_effects import EFFECTS
 from test_schemas import FILES, SCHEMA, object_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
-COUNTS = (227, 24, 14)      # properties with a behaviour test, refused, listed as not read (of 265)
+COUNTS = (241, 19, 14)      # properties with a behaviour test, refused, listed as not read (of 274)
 
 FREE_TEXT = "free text for the reader: no behaviour by design"
 # (schema, pointer of the property) -> ("refused", the document path engine.check.support refuses)
@@ -28,9 +28,6 @@ ACCOUNTED = {
     ("strategy", "/tags"): ("not read", "free labels for listing and filtering: no behaviour by design"),
     ("strategy", "/description"): ("not read", FREE_TEXT),
     ("strategy", "/$defs/agent/description"): ("not read", FREE_TEXT),
-    ("strategy", "/arbitration"): ("refused", ("arbitration", "policy")),
-    ("strategy", "/properties/arbitration/policy"): ("refused", ("arbitration", "policy")),
-    ("strategy", "/properties/arbitration/max_active_agents"): ("refused", ("arbitration", "max_active_agents")),
     ("strategy", "/$defs/subscriptions/check_every"): ("refused", ("data", "subscriptions", "check_every")),
     ("strategy", "/$defs/subscriptions/priorities"): ("refused", ("data", "subscriptions", "priorities")),
     **{("strategy", f"/$defs/subscriptions/properties/priorities/{k}"): ("refused", ("data", "subscriptions",
@@ -54,8 +51,6 @@ ACCOUNTED = {
     **{("instruments", f"/$defs/{d}/description"): ("not read", FREE_TEXT) for d in ("root", "default_entry")},
     ("scanner", "/description"): ("not read", FREE_TEXT),
     ("scanner", "/$defs/factor/description"): ("not read", FREE_TEXT),
-    ("risk", "/volatility_scaling"): ("refused", ("volatility_scaling",)),
-    ("risk", "/$defs/limits/volatility_scaling"): ("refused", ("volatility_scaling",)),
     ("risk", "/order_rate_limit"): ("refused", ("order_rate_limit",)),
     ("risk", "/$defs/limits/order_rate_limit"): ("refused", ("order_rate_limit",)),
 }
@@ -88,7 +83,7 @@ def test_every_schema_property_has_a_behaviour_test_a_refusal_or_a_reason():
     assert not unaccounted, f"schema properties with no behaviour test, refusal or reason: {unaccounted}"
     assert not set(EFFECTS) - seen, f"behaviour tests of properties no schema has: {sorted(set(EFFECTS) - seen)}"
     assert not set(ACCOUNTED) - seen, f"listed properties no schema has: {sorted(set(ACCOUNTED) - seen)}"
-    assert sum(counts.values()) == 265
+    assert sum(counts.values()) == 274
     assert counts == {"behaviour": COUNTS[0], "refused": COUNTS[1], "not read": COUNTS[2]}
 
 
@@ -132,9 +127,6 @@ def _errors(output: str) -> list[tuple[int, int, str]]:
     ({"schedule": "schedule:\n  every: 1d\n  max_new_entries_per_scan: 3"}, "schedule.max_new_entries_per_scan"),
     ({"schedule": "schedule: {timezone: America/New_York, every: 1w}"}, "schedule.every"),
     ({"data_extra": ", what_to_show: midpoint"}, "data.what_to_show"),
-    ({"extra": "arbitration: {policy: first}"}, "arbitration.policy"),
-    ({"extra": "arbitration:\n  max_active_agents: 2"}, "arbitration.max_active_agents"),
-    ({"risk_extra": ", volatility_scaling: {target_annual_vol: 15%}"}, "risk.volatility_scaling"),
 ])
 def test_unsupported_strategy_keys_are_refused_at_their_line(tmp_path, kw, key):
     path = _strategy(tmp_path, **kw)
@@ -155,7 +147,7 @@ def test_unsupported_strategy_keys_are_refused_at_their_line(tmp_path, kw, key):
 
 
 def test_the_defaults_of_what_runs_do_are_accepted(tmp_path):
-    path = _strategy(tmp_path, extra="arbitration: {policy: highest_score, max_active_agents: 1}",
+    path = _strategy(tmp_path, extra="",
                      schedule="schedule: {timezone: America/New_York, every: 1d, scan_every: null}",
                      data_extra=", subscriptions: null, what_to_show: trades", risk_extra=", volatility_scaling: null")
     path.write_text(path.read_text().replace("type: market,", "type: market, outside_rth: false,"))
@@ -175,7 +167,7 @@ def test_an_order_outside_regular_hours_is_refused(tmp_path):
 
 def test_unsupported_keys_of_risk_and_universe_documents(tmp_path):
     risk = tmp_path / "r.yaml"
-    risk.write_text("kind: risk\nname: r\nmax_open_positions: 2\nvolatility_scaling:\n  target_annual_vol: 15%\n")
+    risk.write_text("kind: risk\nname: r\nmax_open_positions: 2\norder_rate_limit:\n  orders: 10\n  per: 1m\n")
     universe = tmp_path / "u.yaml"
     universe.write_text("kind: universe\nname: u\nsymbols: [ES]\ndefaults: {sec_type: FUT, currency: USD}\n"
                         "contract:\n  month: front\n  roll_days_before_expiry: 3\n")
@@ -183,7 +175,7 @@ def test_unsupported_keys_of_risk_and_universe_documents(tmp_path):
     assert result.exit_code == 1
     errors = _errors(result.output)
     assert [(line, col, msg.split(":")[0]) for line, col, msg in errors] == [
-        (4, 1, "volatility_scaling"), (7, 3, "contract.roll_days_before_expiry")]
+        (4, 1, "order_rate_limit"), (7, 3, "contract.roll_days_before_expiry")]
 
 
 def test_an_exit_order_where_every_entry_opens_a_combo_is_refused_at_its_line(tmp_path):

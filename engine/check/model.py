@@ -199,6 +199,48 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class Arbitration:
+    """The strategy's `arbitration:` (runtime/arbitration.py says what each policy does)."""
+
+    policy: str = "highest_confidence"    # priority | highest_confidence | weighted_vote
+    threshold: float = 0.5                # weighted_vote: the support a side needs, in (0, 1]
+    max_active_agents: int | None = None  # agents holding positions at once (None: no limit)
+
+    @classmethod
+    def from_spec(cls, spec: dict | None) -> "Arbitration":
+        spec = spec or {}
+        policy = spec.get("policy", "highest_confidence")
+        return cls("highest_confidence" if policy == "highest_score" else policy,
+                   float(spec.get("threshold", 0.5)), spec.get("max_active_agents"))
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What a run reads of one agent besides its expressions: its vote's weight, and its own
+    flat-by time (minutes after midnight; None: held overnight), when it has one (`own_flat_by`;
+    else the schedule's applies)."""
+
+    name: str
+    weight: float = 1.0
+    flat_by: int | None = None
+    own_flat_by: bool = False             # a flat_by of its own (a time, or null), not `schedule`
+
+    @classmethod
+    def from_spec(cls, name: str, spec: dict | None) -> "AgentSettings":
+        spec = spec or {}
+        flat = spec.get("flat_by", "schedule")
+        own = flat != "schedule"
+        return cls(name, float(spec.get("weight", 1.0)), _minutes(flat) if own and flat else None, own)
+
+
+def agent_settings(doc: Document) -> tuple[AgentSettings, ...]:
+    """The strategy's agents, in the order they are listed (the priority policy's order)."""
+    agents = doc.get(("agents",)) or {}
+    return tuple(AgentSettings.from_spec(name, spec if isinstance(spec, dict) else None)
+                 for name, spec in agents.items())
+
+
+@dataclass(frozen=True)
 class DataSpec:
     """The strategy's `data:` section."""
 

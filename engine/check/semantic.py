@@ -414,7 +414,7 @@ class StrategyCheck(DocumentCheck):
         for step in (lambda: self._scanner(scope), lambda: self.indicators(scope), lambda: self._classify(scope),
                      lambda: self._orders(scope), lambda: self._rules(("entry",), "entry", scope),
                      lambda: self._rules(("exit",), "exit", scope), lambda: self._agents(scope),
-                     self._schedule, self._universe, self._backtest_dates, self._subscriptions):
+                     self._arbitration, self._by_state, self._schedule, self._universe, self._backtest_dates, self._subscriptions):
             self.guard(step)
         if not self.doc.get(("entry",)) and not self.doc.get(("agents",)):
             self.err((), "the strategy has no entry rules",
@@ -632,7 +632,17 @@ class StrategyCheck(DocumentCheck):
                          key=True)
 
     # ---- rules -------------------------------------------------------------------------------
-    def _rule_scope(self, kind: str, order: str | None, scope: Scope) -> Scope:
+    def _leg_owners(self) -> dict[str, tuple[str, set[str]]]:
+        """Each combo leg's order and the agents whose entries send it ('' for the strategy's own)."""
+        senders: dict[str, set[str]] = {}
+        for section, agent in [(("entry",), "")] + [(("agents", a, "entry"), a)
+                                                     for a in (self.doc.get(("agents",)) or {})]:
+            for rule in self.doc.get(section) or []:
+                if isinstance(rule, dict) and rule.get("order") in self.combo_legs:
+                    senders.setdefault(rule["order"], set()).add(agent)
+        return {leg: (order, senders.get(order, set())) for order, legs in self.combo_legs.items() for leg in legs}
+
+    def _rule_scope(self, kind: str, order: str | None, scope: Scope, agent: str | None = None) -> Scope:
         rule_scope = self._combo_scope(scope, order) if order in self.combo_legs else scope.child()
         if kind == "exit":
             rule_scope.names["position"] = Binding(T.record("position"), doc="the open position")
@@ -642,13 +652,26 @@ class StrategyCheck(DocumentCheck):
                 for name in ("credit", "debit", "max_loss", "max_profit", "margin", "underlying_price"):
                     rule_scope.unavailable[name] = (f"in exit rules use the position's fields "
                                                     f"(position.pnl, position.entry_credit) instead of '{name}'")
+        owners = self._leg_owners() if agent is not None and kind == "exit" else {}
         for orders_legs in self.combo_legs.values():
             for leg in orders_legs:
                 if leg not in rule_scope.names:
                     rule_scope.unavailable[leg] = (f"leg '{leg}' is only in scope in rules whose order has it")
+                    leg_order, senders = owners.get(leg, (None, set()))
+                    others = sorted(a for a in senders if a != agent)
+                    if others and agent not in senders:
+                        who = ", ".join(f"agent '{a}'" if a else "the strategy's own entries" for a in others)
+                        rule_scope.unavailable[leg] = (
+                            f"leg '{leg}' is a leg of order '{leg_order}', which {who} "
+                            f"{'opens' if len(others) == 1 and others[0] else 'open'}: agent '{agent}''s "
+                            "exits see only the positions it opened")
+                    elif agent in senders:
+                        rule_scope.unavailable[leg] = (
+                            f"leg '{leg}' of order '{leg_order}': exits read the open combo through its position "
+                            "fields (position.pnl, position.entry_credit, position.dte), not its legs")
         return rule_scope
 
-    def _rules(self, where: tuple, kind: str, scope: Scope) -> None:
+    def _rules(self, where: tuple, kind: str, scope: Scope, agent: str | None = None) -> None:
         for i, rule in enumerate(self.doc.get(where) or []):
             if not isinstance(rule, dict):
                 continue
@@ -663,7 +686,7 @@ class StrategyCheck(DocumentCheck):
                     self.used_orders.add(order)
             elif kind == "entry":
                 continue  # the schema reports the missing order
-            rule_scope = self._rule_scope(kind, order, scope)
+            rule_scope = self._rule_scope(kind, order, scope, agent)
             label = f"{kind} rule '{rule.get('name', i + 1)}'"
             if "when" in rule:
                 self.expr(rw + ("when",), rule_scope, T.BOOL, f"`when` of {label}")
@@ -680,10 +703,76 @@ class StrategyCheck(DocumentCheck):
                 self.expr(where + ("active",), scope, T.BOOL, f"`active` of agent '{name}'")
             if "score" in agent:
                 self.expr(where + ("score",), scope, T.NUMBER, f"`score` of agent '{name}'")
-            self._rules(where + ("entry",), "entry", scope)
-            self._rules(where + ("exit",), "exit", scope)
+            self._rules(where + ("entry",), "entry", scope, name)
+            self._rules(where + ("exit",), "exit", scope, name)
             if not agent.get("entry"):
                 self.warn(where, f"agent '{name}' has no entry rules", key=True)
+
+    def _arbitration(self) -> None:
+        """Keys only one policy reads are refused under another (never accepted and ignored)."""
+        spec = self.doc.get(("arbitration",))
+        spec = spec if isinstance(spec, dict) else {}
+        agents = self.doc.get(("agents",)) or {}
+        agents = agents if isinstance(agents, dict) else {}
+        policy = spec.get("policy", "highest_confidence")
+        if spec and not agents:
+            self.warn(("arbitration",), "arbitration: the strategy has no agents, so nothing is arbitrated",
+                      "remove it, or give the strategy `agents:`", key=True)
+        if "threshold" in spec and policy != "weighted_vote":
+            self.err(("arbitration", "threshold"), f"arbitration.threshold is read by the weighted_vote policy "
+                     f"only (this strategy's is {policy})", "remove it, or set policy: weighted_vote", key=True)
+        weights = {}
+        for name, agent in agents.items():
+            if isinstance(agent, dict) and "weight" in agent:
+                weights[name] = agent["weight"]
+                if policy != "weighted_vote":
+                    self.err(("agents", name, "weight"), f"agents.{name}.weight is read by the weighted_vote "
+                             f"policy only (this strategy's is {policy})",
+                             "remove it, or set arbitration.policy: weighted_vote", key=True)
+        if policy == "weighted_vote" and agents and len(weights) == len(agents) and \
+                all(isinstance(w, (int, float)) and w == 0 for w in weights.values()):
+            self.err(("arbitration", "policy"), "weighted_vote: every agent's weight is 0, so no vote can pass",
+                     "give at least one agent a weight above 0")
+
+    def _by_state(self) -> None:
+        """risk.by_state names the strategy's classifications and their states: a name that is
+        neither is an error where it is written (the strategy's risk:, or the risk file)."""
+        classes = {name: {c.get("name") for c in cases if isinstance(c, dict)}
+                   for name, cases in (self.doc.get(("classify",)) or {}).items() if isinstance(cases, list)}
+        chain: list[tuple] = []     # (document, path of its limits)
+
+        def add(ref, where: tuple) -> None:
+            if ref is None:
+                return
+            add(ref.refs.get(where + ("extends",)), ())
+            chain.append((ref, where))
+
+        spec = self.doc.get(("risk",))
+        if isinstance(spec, str):
+            add(self.doc.refs.get(("risk",)), ())
+        elif isinstance(spec, dict):
+            add(self.doc.refs.get(("risk", "extends")), ())
+            chain.append((self.doc, ("risk",)))
+        for doc, where in chain:
+            states = doc.get(where + ("by_state",))
+            if not isinstance(states, dict):
+                continue
+            for name, labels in states.items():
+                at = where + ("by_state", name)
+                if name not in classes:
+                    known = ", ".join(classes) or "none"
+                    doc_is_file = doc is not self.doc
+                    self.out.append(doc.diag(at, f"risk.by_state: '{name}' is not a classification of "
+                                             f"{self.doc.path if doc_is_file else 'this strategy'}"
+                                             f"{_suggest(name, classes)}",
+                                             f"its classify: names {known}", key=True))
+                    continue
+                for label in labels or {}:
+                    if label not in classes[name]:
+                        self.out.append(doc.diag(at + (label,), f"risk.by_state.{name}: '{label}' is not a state "
+                                                 f"of '{name}'{_suggest(label, classes[name])}",
+                                                 f"its states: {', '.join(sorted(x for x in classes[name] if x))}",
+                                                 key=True))
 
     # ---- schedule and universe ---------------------------------------------------------------
     def _schedule(self) -> None:

@@ -28,18 +28,10 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
      "every symbol is evaluated once per closed bar"),
     ("strategy", ("schedule", "max_new_entries_per_scan"), NOT_NULL, "a cap on new entries per scan",
      "entries are limited by the risk limits only"),
-    ("strategy", ("arbitration", "policy"), lambda v: v != "highest_score", "this arbitration policy",
-     "the best-scoring active agent with a signal trades (highest_score)"),
-    ("strategy", ("arbitration", "max_active_agents"), lambda v: v != 1, "more than one active agent per symbol",
-     "one agent holds a symbol at a time"),
     ("strategy", ("data", "what_to_show"), lambda v: v != "trades", "this IB bar type",
      "backtests and replays read the file's bars as they are; no broker feed is in this version"),
     ("strategy", ("orders", "*", "outside_rth"), lambda v: v is True, "filling outside regular trading hours",
      "the simulator fills on the bars it is given, whatever this flag says; no broker is in this version"),
-    ("strategy", ("risk", "volatility_scaling"), NOT_NULL, "volatility scaling of position sizes",
-     "sizes come from the order's quantity alone"),
-    ("risk", ("volatility_scaling",), NOT_NULL, "volatility scaling of position sizes",
-     "sizes come from the order's quantity alone"),
     ("universe", ("contract", "roll_days_before_expiry"), PRESENT, "a futures roll offset",
      "backtests read the file's series as it is; IB runs take each root's roll_days from the instrument map"),
     ("universe", ("defaults", "exchange"), lambda v: v not in (None, "SMART"),
@@ -72,7 +64,7 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
 
 
 # Refused by the functions below rather than by a table entry: (kind, path).
-CHECKED_APART = (("strategy", ("schedule", "every")), ("strategy", ("agents", "*", "active")),
+CHECKED_APART = (("strategy", ("schedule", "every")),
                  ("strategy", ("underlying",)), ("strategy", ("orders", "*", "underlying")))
 
 
@@ -101,7 +93,6 @@ def unsupported(doc: Document) -> list[Diagnostic]:
                                     f"{instead}; remove the key", key=True))
     if doc.kind == "strategy":
         out.extend(_combo_exit_orders(doc))
-        out.extend(_options_agents_active(doc))
         out.extend(_every_other_than_the_bar(doc))
         out.extend(_underlying_other_than_the_symbol(doc))
     return out
@@ -178,22 +169,6 @@ def _combo_exit_orders(doc: Document) -> list[Diagnostic]:
                                     "a combo is closed whole at the price policy of the order that opened it (its "
                                     "price: mid, market, limit or chase); remove the key, or set that price policy",
                                     key=True))
-    return out
-
-
-def _options_agents_active(doc: Document) -> list[Diagnostic]:
-    """An agent whose entries send option combos: its `active:` is not read for combo entries."""
-    orders = doc.get(("orders",)) or {}
-    out = []
-    for name, agent in (doc.get(("agents",)) or {}).items():
-        if not isinstance(agent, dict) or "active" not in agent:
-            continue
-        entries = agent.get("entry") or []
-        if any(isinstance(rule, dict) and "legs" in (orders.get(rule.get("order")) or {}) for rule in entries):
-            out.append(doc.diag(("agents", name, "active"),
-                                f"agents.{name}.active: an options agent's active condition {NOT_SUPPORTED}",
-                                "combo entries are evaluated whatever the condition says; put the condition in "
-                                "each entry's `when:` instead", key=True))
     return out
 
 

@@ -50,6 +50,8 @@ class Position:
     margin_per_unit: float = 0.0
     entry_values: dict = field(default_factory=dict)  # extra facts at entry (credit, greeks, ...)
     contract: str = ""   # the futures contract it is held in (its fills' contract), '' when not per contract
+    owner: str = ""      # the agent that opened it, or the strategy (its own rules)
+    states: tuple = ()   # the classifications when its entry was decided: ((name, label), ...)
 
     @property
     def side(self) -> int:
@@ -87,6 +89,8 @@ class Trade:
     mfe: float | None = None
     legs: tuple = ()
     contract: str = ""   # the futures contract the round trip was in
+    owner: str = ""          # the agent that opened it, or the strategy (its own rules)
+    entry_states: tuple = ()  # the classifications when its entry was decided: ((name, label), ...)
 
     @property
     def bars_held(self) -> int:
@@ -118,7 +122,7 @@ class Ledger:
         return sum(abs(p.quantity) * p.margin_per_unit for p in self.positions.values())
 
     def open(self, fill: Fill, *, margined: bool = False, margin_per_unit: float = 0.0,
-             entry_values: dict | None = None) -> Position:
+             entry_values: dict | None = None, owner: str = "", states: tuple = ()) -> Position:
         if fill.symbol in self.positions:
             raise LedgerError(f"{fill.symbol} already has an open position")
         self.fills.append(fill)
@@ -128,7 +132,7 @@ class Ledger:
             self.cash -= signed * fill.price * fill.multiplier
         pos = Position(fill.symbol, signed, fill.price, fill.multiplier, margined, fill.time, fill.bar,
                        fill.commission, fill.rule, margin_per_unit, dict(entry_values) if entry_values else {},
-                       fill.contract)
+                       fill.contract, owner, states)
         self.positions[fill.symbol] = pos
         return pos
 
@@ -194,7 +198,7 @@ class Ledger:
         trade = Trade(fill.symbol, "long" if pos.quantity > 0 else "short", abs(pos.quantity), pos.multiplier,
                       pos.entry_time, pos.avg_price, fill.time, fill.price, pnl,
                       100.0 * pnl / basis if basis else 0.0, pos.entry_bar, fill.bar, commission,
-                      pos.entry_rule, fill.rule, exit_reason, mae, mfe, (), pos.contract)
+                      pos.entry_rule, fill.rule, exit_reason, mae, mfe, (), pos.contract, pos.owner, pos.states)
         del self.positions[fill.symbol]
         self.trades.append(trade)
         return trade

@@ -113,6 +113,9 @@ class RunData:
     bench_symbol: str | None = None                    # buy and hold's symbol
     bench_bars: pd.DataFrame | None = None             # its bars (the journal's, with warm-up bars)
     exit_reasons: list[dict] = field(default_factory=list)   # P&L by exit reason (`_exit_reasons`)
+    by_agent: list[dict] = field(default_factory=list)       # P&L by owner (`_by_agent`), when agents traded
+    by_state: list[dict] = field(default_factory=list)       # P&L by each classification's state at entry
+    states: dict = field(default_factory=dict)               # the chart symbol's classifications over time
 
 
 def open_journal(journal_path: str | Path) -> Journal:
@@ -218,9 +221,11 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
         except Exception:            # a second connection failed: the same query on this one
             by_symbol = _by_symbol(db, rid)
         trades = _trades(db, rid, by_symbol)
-        shown = db.execute(f"SELECT {', '.join(TRADE_COLUMNS)} FROM trades WHERE run_id=? ORDER BY entry_ts, id"
+        owned = _has_owner(db)
+        extra = ", owner, entry_states" if owned else ", '', NULL"
+        shown = db.execute(f"SELECT {', '.join(TRADE_COLUMNS)}{extra} FROM trades WHERE run_id=? ORDER BY entry_ts, id"
                            " LIMIT ?", (rid, TRADES_TABLE_MAX)).fetchall()
-        legs = [option_legs(t[-1]) for t in shown]
+        legs = [option_legs(t[len(TRADE_COLUMNS) - 1]) for t in shown]
         price_symbols = [r[0] for r in db.execute(
             "SELECT DISTINCT symbol FROM prices WHERE run_id=?", (rid,))]
         if symbol is not None:
@@ -247,7 +252,8 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
             agg = _sums(db, rid)
         trades.commission, trades.commission_total = agg["commission"], agg["commission_total"]
         return RunData(Path(journal_path), run, equity, trades, symbol, bars, closes, agg["counts"], agg["errors"],
-                       shown, legs, marks, run_timezone(run), bench_symbol, bench_bars, agg["exit_reasons"])
+                       shown, legs, marks, run_timezone(run), bench_symbol, bench_bars, agg["exit_reasons"],
+                       agg["by_agent"], agg["by_state"], _states(db, rid, symbol) if symbol else {})
     finally:
         journal.close()
 
@@ -304,7 +310,60 @@ def _sums(db: sqlite3.Connection, run_id: str) -> dict[str, Any]:
         "errors": [dict(zip(("ts", "source", "message"), r)) for r in db.execute(
             "SELECT ts, source, message FROM errors WHERE run_id=? ORDER BY id DESC LIMIT ?", (run_id, ERRORS_SHOWN))],
         "exit_reasons": _exit_reasons(db, run_id),
+        **_by_owner_and_state(db, run_id),
     }
+
+
+def _has_owner(db: sqlite3.Connection) -> bool:
+    """Whether the journal's trades carry their owner and states (schema 4; reports read older
+    journals as they are)."""
+    return "owner" in {r[1] for r in db.execute("PRAGMA table_info(trades)")}
+
+
+def _pnl_rows(rows) -> list[dict]:
+    out = [{"key": key, "trades": n, "wins": wins or 0, "pnl": total, "average": total / n if n else None,
+            "win_rate": (wins or 0) / n if n else None} for key, n, wins, total in rows]
+    out.sort(key=lambda r: (-r["pnl"], r["key"]))
+    return out
+
+
+def _by_owner_and_state(db: sqlite3.Connection, run_id: str) -> dict[str, list[dict]]:
+    """P&L by agent (the trades' owners: shown when agents traded) and by each classification's
+    state at the trade's entry (SQLite's json_each over the trades' entry_states)."""
+    if not _has_owner(db):
+        return {"by_agent": [], "by_state": []}
+    agents = _pnl_rows(db.execute("SELECT owner, COUNT(*), SUM(pnl > 0), TOTAL(pnl) FROM trades WHERE run_id=?"
+                                  " GROUP BY owner", (run_id,)).fetchall())
+    strategy = (db.execute("SELECT strategy FROM runs WHERE run_id=?", (run_id,)).fetchone() or ("",))[0]
+    if all(r["key"] in ("", strategy) for r in agents):
+        agents = []
+    try:
+        states = db.execute("SELECT j.key, j.value, COUNT(*), SUM(t.pnl > 0), TOTAL(t.pnl) FROM trades t, "
+                            "json_each(t.entry_states) j WHERE t.run_id=? AND t.entry_states IS NOT NULL "
+                            "GROUP BY j.key, j.value", (run_id,)).fetchall()
+    except sqlite3.OperationalError:        # an SQLite without JSON functions
+        states = []
+    by_state = _pnl_rows(((name, label), n, wins, total) for name, label, n, wins, total in states)
+    by_state.sort(key=lambda r: (r["key"][0], -r["pnl"], r["key"][1]))
+    for r in by_state:
+        r["name"], r["label"] = r.pop("key")
+    return {"by_agent": agents, "by_state": by_state}
+
+
+def _states(db: sqlite3.Connection, run_id: str, symbol: str) -> dict[str, list[tuple[float, str]]]:
+    """The symbol's classifications over time: name -> (UTC seconds, label) where each changes."""
+    try:
+        rows = db.execute("SELECT name, ts, label FROM states WHERE run_id=? AND symbol=? ORDER BY name, ts, rowid",
+                          (run_id, symbol)).fetchall()
+    except sqlite3.OperationalError:        # a journal from before the states table
+        return {}
+    out: dict[str, list[tuple[float, str]]] = {}
+    if not rows:
+        return out
+    seconds = metrics.to_timestamps([r[1] for r in rows]).as_unit("ns").asi8 / 1e9
+    for (name, _, label), t in zip(rows, seconds.tolist()):
+        out.setdefault(name, []).append((t, label))
+    return out
 
 
 def _exit_reasons(db: sqlite3.Connection, run_id: str) -> list[dict]:
@@ -733,18 +792,32 @@ class _EscapedOnce(dict):
         return text
 
 
-def trades_rows(rows: list[tuple], legs: list[dict | None], daily: bool, tz: str = "UTC") -> Markup:
+def _entry_states_html(raw: str | None) -> str:
+    """A trade's classifications at entry, as the trades table shows them ('regime trend, bias long')."""
+    if not raw:
+        return ""
+    try:
+        states = json.loads(raw)
+    except ValueError:
+        return _esc(str(raw))
+    return _esc(", ".join(f"{k} {v}" for k, v in states.items()))
+
+
+def trades_rows(rows: list[tuple], legs: list[dict | None], daily: bool, tz: str = "UTC",
+                agents: bool = False) -> Markup:
     """The trades table's body: one `<tr>` per row (`rows`: tuples in TRADE_COLUMNS order, the
     run's first trades in its order; `legs`: `option_legs` of each, the Legs and Credit cells
     when any is a combo), as a loop in the template would write them. Trades are numbered 1..N
-    (not by journal id); times are in `tz` (`ts_cells`). Built column by column (a backtest
+    (not by journal id); times are in `tz` (`ts_cells`). With the owner and entry states after the
+    table's columns (a journal of schema 4), the Agent cell (`agents`: agents traded) and the
+    states at entry follow the Exit cell. Built column by column (a backtest
     shows 2,000 rows of 16 cells): text from the journal is escaped as jinja escapes it, each
     distinct string once; numbers are formatted by the template's filter functions. Returns
     Markup: the text is finished, escaped HTML."""
     if not rows:
         return Markup("")
     (_ids, symbols, sides, quantity, entry_ts, entry_price, exit_ts, exit_price, bars_held, pnl, return_pct,
-     mae, mfe, commission, entry_rule, exit_rule, exit_reason, _legs) = zip(*rows)
+     mae, mfe, commission, entry_rule, exit_rule, exit_reason, _legs, *owned) = zip(*rows)
     ids = tuple(range(1, len(rows) + 1))
     once = _EscapedOnce()
 
@@ -781,6 +854,12 @@ def trades_rows(rows: list[tuple], legs: list[dict | None], daily: bool, tz: str
            f'        <td class="l rule">{er}</td><td class="l rule">{xr}</td>\n'
            for (i, sy, sd, qv, qt, et, epv, ept, xt, xpv, xpt, b, pv, pt, rv, rt, aev, aet, fev, fet, cv, ct, er, xr)
            in zip(*columns)]
+    with_states = bool(owned) and any(owned[1])
+    if owned and (agents or with_states):
+        owners, states = owned
+        for k, (owner, raw) in enumerate(zip(owners, states)):
+            out[k] += (f'<td class="l rule">{once[owner or ""]}</td>' if agents else "") + \
+                (f'<td class="l rule">{_entry_states_html(raw)}</td>' if with_states else "")
     if any(legs):
         for k, lv in enumerate(legs):
             cells = "<br>".join(_text(leg) for leg in lv["legs"]) if lv else ""
@@ -1001,8 +1080,12 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
     equity_log_svg = (svg.equity_chart(curve, bench, title=equity_title, names=names, log=True, tz=tz)
                       if can_log else "")
     drawdown_svg = svg.area_chart(dd, title="Drawdown", tz=tz)
-    price_svg = (svg.price_chart(data.bars, _trade_marks(data), title=f"{data.symbol}: price, entries ▲ and exits ▼",
+    marks = _trade_marks(data)
+    price_svg = (svg.price_chart(data.bars, marks, title=f"{data.symbol}: price, entries ▲ and exits ▼",
                                  tz=tz) if data.symbol else "")
+    span = svg.price_span(data.bars, marks) if data.symbol and data.states else None
+    states_svg = (svg.state_timeline(data.states, span, title=f"{data.symbol}: {', '.join(data.states)} over time",
+                                     tz=tz) if span else "")
     pnl = data.trades.pnl
     histogram_svg = svg.histogram(pnl, title=f"Trade P&L ({currency})" if currency else "Trade P&L")
     shown = data.shown
@@ -1028,11 +1111,17 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
         "zone": _zone_label(tz, summary.get("start"), summary.get("end")),
         "equity_points": len(data.equity),
         "charts": {"equity": Markup(equity_svg), "equity_log": Markup(equity_log_svg),
-                   "drawdown": Markup(drawdown_svg), "price": Markup(price_svg), "histogram": Markup(histogram_svg)},
+                   "drawdown": Markup(drawdown_svg), "price": Markup(price_svg), "histogram": Markup(histogram_svg),
+                   "states": Markup(states_svg)},
         "can_log": can_log,
         "months": months,
         "trades_shown": len(shown),
-        "trades_rows": trades_rows(shown, data.legs, daily, tz),
+        "trades_rows": trades_rows(shown, data.legs, daily, tz, agents=bool(data.by_agent)),
+        "has_agents": bool(data.by_agent),
+        "has_states": any(r[len(TRADE_COLUMNS) + 1] for r in shown) if shown and len(shown[0]) > len(TRADE_COLUMNS)
+        else False,
+        "by_agent": data.by_agent,
+        "by_state": data.by_state,
         "trades_total": len(data.trades),
         "has_legs": has_legs,
         "option_marks": sum(1 for t in data.marks if t["combo"]),

@@ -442,8 +442,7 @@ def price_chart(bars: pd.DataFrame, marks: Sequence[TradeMark], *, title: str,
     `bars` is indexed by time with a `close` column and optionally `open`, `high`, `low`. Up to
     `OHLC_MAX_BARS` bars with full OHLC are drawn as OHLC bars; more as a thinned close line.
     Marks outside the bars' time span are still drawn (the axis widens to hold them)."""
-    bars = bars[np.isfinite(bars["close"].to_numpy(dtype=float))]
-    mark_list = [m for m in marks if m.price is not None and math.isfinite(m.price)]
+    bars, mark_list = _priced(bars, marks)
     if len(bars) == 0 and not mark_list:
         return _empty(title, css_class, "no price data for this symbol")
     t_bars = _as_seconds(bars.index) if len(bars) else np.array([], dtype=float)
@@ -501,4 +500,90 @@ def price_chart(bars: pd.DataFrame, marks: Sequence[TradeMark], *, title: str,
                 if d:
                     out.append(f'<path class="mark {kind}" d="{d}"/>')
     out.append("</svg>")
+    return "".join(out)
+
+
+def _priced(bars: pd.DataFrame, marks: Sequence[TradeMark]) -> tuple[pd.DataFrame, list[TradeMark]]:
+    """The bars with a close and the marks with a price: what the price chart draws."""
+    return (bars[np.isfinite(bars["close"].to_numpy(dtype=float))],
+            [m for m in marks if m.price is not None and math.isfinite(m.price)])
+
+
+def price_span(bars: pd.DataFrame, marks: Sequence[TradeMark]) -> tuple[float, float] | None:
+    """The time span (UTC seconds) of the price chart's x axis for these bars and marks, so a
+    chart drawn under it (the state timeline) lines up with it; None when it has nothing."""
+    bars, mark_list = _priced(bars, marks)
+    t = np.concatenate((_as_seconds(bars.index) if len(bars) else np.array([], dtype=float),
+                        _as_seconds(pd.DatetimeIndex([m.ts for m in mark_list])) if mark_list else np.array([])))
+    return (float(t.min()), float(t.max())) if t.size else None
+
+
+STATE_COLOURS = ("#2563eb", "#f59e0b", "#16a34a", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
+                 "#9ca3af", "#92400e")
+STATE_ROW = 22
+
+
+def state_timeline(states: dict[str, list[tuple[float, str]]], span: tuple[float, float], *, title: str,
+                   css_class: str = "states", width: int = WIDTH, tz: str | None = None) -> str:
+    """The classifications over time, one band per classification under the price chart (the
+    same width, margins and time span, so a state sits under the bars it labelled): `states`
+    maps each name to its (UTC seconds, label) change points in time order. Each band is drawn
+    pixel column by pixel column (the label in force at each column's middle, neighbours with
+    the same label one rectangle), so a long run of short states stays a bounded drawing; a
+    legend names each label's colour."""
+    names = [n for n, points in states.items() if points]
+    if not names:
+        return _empty(title, css_class, "no classifications in this run", width)
+    t0, t1 = span
+    legend_rows = len(names)
+    height = MARGIN_TOP + len(names) * (STATE_ROW + 4) + 18 * legend_rows + MARGIN_BOTTOM
+    frame = Frame(width, height, t0, t1, 0.0, 1.0)
+    out = [_svg_open(width, height, title, css_class)]
+    columns = int(frame.right - frame.left)
+    centres = t0 + (np.arange(columns) + 0.5) / max(columns, 1) * ((t1 - t0) or 1.0)
+    y = float(MARGIN_TOP)
+    legend_y = MARGIN_TOP + len(names) * (STATE_ROW + 4) + 14
+    for name in names:
+        points = states[name]
+        times = np.array([p[0] for p in points], dtype=float)
+        labels = [p[1] for p in points]
+        order = list(dict.fromkeys(x for x in labels if x))
+        colour = {label: STATE_COLOURS[i % len(STATE_COLOURS)] for i, label in enumerate(order)}
+        at = np.searchsorted(times, centres, side="right") - 1
+        shown = [labels[k] if k >= 0 else "" for k in at.tolist()]     # the label in force at each column
+        out.append(f'<text class="ylabel" x="{frame.left - 6:.1f}" y="{y + STATE_ROW / 2 + 4:.1f}" '
+                   f'text-anchor="end">{esc(name)}</text>')
+        start = 0
+        for i in range(1, columns + 1):
+            if i < columns and shown[i] == shown[start]:
+                continue
+            label = shown[start]
+            if label:
+                span_of = (t1 - t0) / max(columns, 1)
+                a = pd.Timestamp(int((t0 + start * span_of) * 1e9), unit="ns", tz="UTC")
+                b = pd.Timestamp(int((t0 + i * span_of) * 1e9), unit="ns", tz="UTC")
+                out.append(f'<rect class="state" x="{frame.left + start:.1f}" y="{y:.1f}" width="{i - start:.1f}" '
+                           f'height="{STATE_ROW}" fill="{colour[label]}"><title>{esc(name)}: {esc(label)}, '
+                           f'{_local(a, tz):%Y-%m-%d %H:%M} to {_local(b, tz):%Y-%m-%d %H:%M}</title></rect>')
+            start = i
+        x = frame.left
+        out.append(f'<text class="legend" x="{x:.1f}" y="{legend_y:.1f}">{esc(name)}:</text>')
+        x += 8 * len(name) + 16
+        for label in order:
+            out.append(f'<rect class="key" x="{x:.1f}" y="{legend_y - 10:.1f}" width="12" height="12" '
+                       f'fill="{colour[label]}"/><text class="legend" x="{x + 16:.1f}" y="{legend_y:.1f}">'
+                       f'{esc(label)}</text>')
+            x += 16 + 7.5 * len(label) + 18
+        y += STATE_ROW + 4
+        legend_y += 18
+    lo = pd.Timestamp(int(t0 * 1e9), unit="ns", tz="UTC")
+    hi = pd.Timestamp(int(t1 * 1e9), unit="ns", tz="UTC")
+    base = height - MARGIN_BOTTOM
+    out.append('<g class="axes">')
+    for t, label in time_ticks(_local(lo, tz), _local(hi, tz)):
+        x = float(frame.px(t.as_unit("ns").value / 1e9))
+        out.append(f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{base:.1f}" y2="{base + 4:.1f}"/>'
+                   f'<text class="xlabel" x="{x:.1f}" y="{base + 16:.1f}" text-anchor="middle">{esc(label)}</text>')
+    out.append(f'<line class="axis" x1="{frame.left:.1f}" x2="{frame.right:.1f}" y1="{base:.1f}" y2="{base:.1f}"/>')
+    out.append("</g></svg>")
     return "".join(out)

@@ -116,6 +116,8 @@ def unsupported(plan: N.Plan, signals: dict[str, SymbolSignals], broker: FillMod
         return f"{len(signals)} traded symbols (the fast path trades one)"
     if plan.inputs.scan:
         return "a scanner (the kernel journals why a symbol that is not a pick is not entered)"
+    if any(key.startswith("classify.") for key in plan.outputs):
+        return "classifications (the kernel journals each trade's states at its entry)"
     if desk is not None:
         return "options combos"
     if broker.fill_model not in ("next_open", "close"):
@@ -210,6 +212,7 @@ class _Candidates:
 
     def __init__(self, sig: SymbolSignals, settings: RunSettings, broker: FillModel):
         self.symbol = sig.bars.symbol
+        self.owner = settings.strategy     # the strategy's own rules hold every position (no agents here)
         bars = self.bars = sig.bars
         n = self.n = len(bars)
         self.mult, self.margined, self.margin, contracts = bars.multiplier, bars.margined, bars.margin, bars.contracts
@@ -367,7 +370,7 @@ class FastRun(RunState):
             return built[name]
 
         prefix = f"qtrade:{self.settings.run_id}:"
-        symbol = c.symbol
+        symbol, owner = c.symbol, c.owner
 
         def make_order(action, quantity, sizing, tif, intent, rule, seq, intent_reason, time, status, status_time,
                        reason) -> OrderRecord:
@@ -375,6 +378,7 @@ class FastRun(RunState):
                              prefix + str(seq), intent_reason)
             rec = OrderRecord(it, time)
             rec.status, rec.status_time, rec.reason = status, status_time, reason
+            rec.owner = owner
             return rec
 
         def make_fill(symbol, action, quantity, price, commission, time, bar, seq, multiplier, rule) -> Fill:
@@ -444,7 +448,7 @@ class FastRun(RunState):
             position = Position(c.symbol, float(q[t] if buy[t] else -q[t]), float(price[t]), c.mult, c.margined,
                                 int((c.bars.start if d else c.bars.end)[c._fb[k]]), int(c.E[k] + d), fee_in[t],
                                 c.rules[int(rule_i[t])].name,
-                                c.margin if c.margined else 0.0, {})
+                                c.margin if c.margined else 0.0, {}, owner=c.owner)
         return _Chain(ks, js, has_exit, T, filled, tc, buy, rule_i, price, x_price, q, fee_in, fee_out, cash, position)
 
     @staticmethod
@@ -650,7 +654,7 @@ class FastRun(RunState):
             j = nx[k]
             if j >= J:   # no exit before the data ends: the position stays open
                 position = Position(symbol, signed, price, mult, margined, t_fill, b + d, f_fee, rule.name,
-                                    margin if margined else 0.0, {})
+                                    margin if margined else 0.0, {}, owner=c.owner)
                 break
             x = X_l[j]
             xr = c.exit_rules[x_rule_l[j]]
@@ -661,7 +665,7 @@ class FastRun(RunState):
             if x + d >= n:
                 orders.append(x_order + ("expired", c.last_end, "the data ended before it filled"))
                 position = Position(symbol, signed, price, mult, margined, t_fill, b + d, f_fee, rule.name,
-                                    margin if margined else 0.0, {})
+                                    margin if margined else 0.0, {}, owner=c.owner)
                 break
             x_price = out_price[x_action][j]
             x_qty = abs(signed)
@@ -726,7 +730,7 @@ class FastRun(RunState):
                   "entry_bar": e_bar, "exit_bar": x_bar, "commission": commission,
                   "entry_rule": rules[0::2][:nt] if _is_column(rules) else rules,
                   "exit_rule": rules[1::2][:nt] if _is_column(rules) else rules,
-                  "exit_reason": reasons, "mae": mae, "mfe": mfe}
+                  "exit_reason": reasons, "mae": mae, "mfe": mfe, "legs": (), "contract": "", "owner": c.owner}
         # the equity curve's inputs, as equity._cash_deltas and equity_curve compute them
         cash_delta = np.empty(nf)
         if nf:
@@ -761,7 +765,8 @@ class FastRun(RunState):
                          o.column("action"), [q or 0.0 for q in o.column("quantity")], ["market"] * n, o.column("tif"),
                          o.column("rule"), o.column("intent"), o.column("status"),
                          [s if t else a for s, t, a in zip(o_st, status_time, o_ts)],
-                         [r or ir for r, ir in zip(o.column("reason"), o.column("intent_reason"))])
+                         [r or ir for r, ir in zip(o.column("reason"), o.column("intent_reason"))],
+                         [self.settings.strategy] * n)
         decision_rows = zip([run_id] * dc.n, d_ts, dc.column("symbol"), dc.column("rule"), dc.column("kind"),
                             dc.column("outcome"), dc.column("reason"))
         fill_rows = zip([run_id] * fl.n, [prefix + str(q) for q in fl.column("seq")], f_ts, fl.column("symbol"),
@@ -771,17 +776,18 @@ class FastRun(RunState):
                          tr.column("multiplier"), e_ts, tr.column("entry_price"), x_ts, tr.column("exit_price"),
                          tr.column("pnl"), tr.column("return_pct"), (tc["exit_bar"] - tc["entry_bar"]).tolist(),
                          tr.column("mae"), tr.column("mfe"), tr.column("commission"), tr.column("entry_rule"),
-                         tr.column("exit_rule"), tr.column("exit_reason"))
+                         tr.column("exit_rule"), tr.column("exit_reason"), [self.settings.strategy] * tr.n)
         return {"orders": (_ORDER_ROW, order_rows), "decisions": (_DECISION_ROW, decision_rows),
                 "fills": (_FILL_ROW, fill_rows), "trades": (_TRADE_ROW, trade_rows)}
 
 
 _ORDER_ROW = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "order_type", "tif", "rule", "intent",
-              "status", "status_ts", "reason")
+              "status", "status_ts", "reason", "owner")
 _DECISION_ROW = ("run_id", "ts", "symbol", "rule", "kind", "outcome", "reason")
 _FILL_ROW = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "price", "multiplier", "commission")
 _TRADE_ROW = ("run_id", "symbol", "side", "quantity", "multiplier", "entry_ts", "entry_price", "exit_ts", "exit_price",
-              "pnl", "return_pct", "bars_held", "mae", "mfe", "commission", "entry_rule", "exit_rule", "exit_reason")
+              "pnl", "return_pct", "bars_held", "mae", "mfe", "commission", "entry_rule", "exit_rule", "exit_reason",
+              "owner")
 
 
 def _iso_columns(iso_many: Callable[[Any], list[str]], *columns) -> list[list[str]]:

@@ -106,6 +106,7 @@ class JournalPosition:
     local_symbol: str = ""
     legs: tuple = ()                # an option combo's legs, as its opening order journaled them
     entries: int = 1                # the orders that opened it or added to it (pyramiding)
+    owner: str = ""                 # the agent (or the strategy) whose entry opened it, as journaled
     _refs: set = field(default_factory=set)
 
     @property
@@ -310,7 +311,9 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
         f"({','.join('?' * len(_TERMINAL))}) ORDER BY id", (*runs, like, *_TERMINAL))
     highest = journal._rows(f"SELECT max(broker_order_id) AS n FROM orders WHERE run_id IN ({marks})", tuple(runs))
     state.max_order_id = int(highest[0]["n"] or 0) if highest else 0
-    fills = journal._rows(f"SELECT f.*, o.rule AS rule, o.legs AS legs FROM fills f "
+    owner = ", o.owner AS owner" if "owner" in {r["name"] for r in journal._rows("PRAGMA table_info(orders)")} \
+        else ""
+    fills = journal._rows(f"SELECT f.*, o.rule AS rule, o.legs AS legs{owner} FROM fills f "
                           f"LEFT JOIN orders o ON o.order_ref = f.order_ref "
                           f"WHERE f.run_id IN ({marks}) AND f.order_ref LIKE ? ORDER BY f.ts, f.id", (*runs, like))
     for f in fills:
@@ -326,7 +329,8 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
             state.positions[f["symbol"]] = JournalPosition(f["symbol"], sign * f["quantity"], f["price"],
                                                            f["multiplier"], t, f["order_ref"], f["rule"] or "",
                                                            f.get("con_id"), f.get("local_symbol") or "",
-                                                           tuple(json.loads(f["legs"])) if f.get("legs") else ())
+                                                           tuple(json.loads(f["legs"])) if f.get("legs") else (),
+                                                           owner=f.get("owner") or "")
             continue
         if f.get("con_id"):
             pos.con_id, pos.local_symbol = f["con_id"], f.get("local_symbol") or pos.local_symbol
@@ -348,6 +352,17 @@ def _account_of(settings: str | None) -> str | None:
         return None
 
 
+def restored_owner(kernel, pos: JournalPosition) -> str:
+    """Who holds a position read back from the journal: the owner its entry order journaled, or
+    (a journal older than that column) the agent whose rule the entry was; else the strategy. An
+    owner the strategy no longer has (an agent renamed or removed) is kept: only the strategy's
+    own exits and flat-by then manage the position."""
+    if pos.owner:
+        return pos.owner
+    agent = next((r.agent for r in kernel.plan.rules if r.kind == "entry" and r.name == pos.rule), None)
+    return agent or kernel.settings.strategy
+
+
 def restore_positions(kernel, positions: dict[str, JournalPosition]) -> list[str]:
     """Open the journal's positions in a fresh kernel, so its exits manage them; the symbols
     restored (a position in a symbol the strategy no longer trades is left to the user)."""
@@ -360,8 +375,9 @@ def restore_positions(kernel, positions: dict[str, JournalPosition]) -> list[str
         entry_bar = max(int(np.searchsorted(b.start, pos.entry_time, side="right")) - 1, 0)
         fill = Fill(symbol, "buy" if pos.quantity > 0 else "sell", abs(pos.quantity), pos.avg_price, 0.0,
                     pos.entry_time, entry_bar, pos.entry_ref, pos.multiplier, pos.rule)
-        kernel.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)
-        st.owner, st.key = kernel.settings.strategy, symbol
+        owner = restored_owner(kernel, pos)
+        kernel.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0, owner=owner)
+        st.owner, st.key = owner, symbol
         st.entries = pos.entries        # pyramiding: what may still be added
         restored.append(symbol)
     return restored
@@ -394,7 +410,8 @@ def restore_combos(kernel, positions: dict[str, JournalPosition], skip=frozenset
         credit = pos.avg_price if action == "sell" else -pos.avg_price
         fill = Fill(key, action, qty, pos.avg_price, 0.0, pos.entry_time, entry_bar, pos.entry_ref, pos.multiplier,
                     pos.rule)
-        held = kernel.ledger.open(fill, margin_per_unit=0.0)     # IB's account holds the margin
+        owner = restored_owner(kernel, pos)
+        held = kernel.ledger.open(fill, margin_per_unit=0.0, owner=owner)     # IB's account holds the margin
         held.entry_values.update({"credit": credit * pos.multiplier * qty})
         combo = ComboPosition(key, key.split(" ", 1)[1], pos.rule, legs, int(qty), credit, entry_bar, pos.entry_time,
                               min(dt.date.fromisoformat(leg.expiry) for leg in legs),
@@ -405,7 +422,7 @@ def restore_combos(kernel, positions: dict[str, JournalPosition], skip=frozenset
         kernel.combo_symbol[key] = underlying
         kernel._entry_ref[key] = pos.entry_ref
         kernel.venue.mark_combo(key, combo.mark_price)
-        st.key, st.owner = key, kernel.settings.strategy
+        st.key, st.owner = key, owner
         restored.append(key)
     return restored
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     kind TEXT NOT NULL,                -- entry | exit
     outcome TEXT NOT NULL,             -- fired | blocked
     reason TEXT NOT NULL DEFAULT '',
-    detail TEXT NOT NULL DEFAULT ''    -- the values the rule compared ("vix = 12.83: 12.83 < 25 yes; ...")
+    detail TEXT NOT NULL DEFAULT '',   -- the values the rule compared ("vix = 12.83: 12.83 < 25 yes; ...")
+    agent TEXT NOT NULL DEFAULT '',    -- the agent whose rule it is ('' for the strategy's own rules)
+    confidence REAL                    -- that agent's score when arbitration weighed its proposal
 );
 CREATE TABLE IF NOT EXISTS orders (
     id INTEGER PRIMARY KEY,
@@ -72,7 +74,8 @@ CREATE TABLE IF NOT EXISTS orders (
     broker_order_id INTEGER,           -- the venue's order id (IB's orderId, per client session)
     perm_id INTEGER,                   -- IB's permId: the order's id across sessions
     con_id INTEGER,                    -- the exact contract (IB's conId); NULL for simulated venues
-    local_symbol TEXT                  -- IB's localSymbol (NQZ5); a simulated venue's per-contract futures too
+    local_symbol TEXT,                 -- IB's localSymbol (NQZ5); a simulated venue's per-contract futures too
+    owner TEXT NOT NULL DEFAULT ''     -- the agent (or the strategy) whose position it opens, closes or protects
 );
 CREATE TABLE IF NOT EXISTS fills (
     id INTEGER PRIMARY KEY,
@@ -119,7 +122,9 @@ CREATE TABLE IF NOT EXISTS trades (
     exit_rule TEXT NOT NULL DEFAULT '',
     exit_reason TEXT NOT NULL DEFAULT '',
     legs TEXT,                         -- JSON for option combos
-    local_symbol TEXT                  -- the futures contract the round trip was in (ESZ3), as IB names it
+    local_symbol TEXT,                 -- the futures contract the round trip was in (ESZ3) as IB names it
+    owner TEXT NOT NULL DEFAULT '',    -- the agent that opened it or the strategy (its own rules)
+    entry_states TEXT                  -- JSON: the classifications when its entry was decided {"regime": "trend"}
 );
 CREATE TABLE IF NOT EXISTS equity (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
@@ -132,6 +137,13 @@ CREATE TABLE IF NOT EXISTS prices (             -- bars for the report's price c
     symbol TEXT NOT NULL,
     ts TEXT NOT NULL,
     open REAL, high REAL, low REAL, close REAL
+);
+CREATE TABLE IF NOT EXISTS states (             -- each classification's label per symbol, from the bar it changed
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    symbol TEXT NOT NULL,
+    name TEXT NOT NULL,                -- the classification (classify: regime, volatility, ...)
+    ts TEXT NOT NULL,                  -- the start of the first bar with this label
+    label TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS positions (          -- snapshots (reconciliation, end of run)
     run_id TEXT NOT NULL REFERENCES runs(run_id),
@@ -155,6 +167,7 @@ CREATE INDEX IF NOT EXISTS trades_run ON trades(run_id, entry_ts);
 CREATE INDEX IF NOT EXISTS equity_run ON equity(run_id, ts);
 CREATE INDEX IF NOT EXISTS prices_run ON prices(run_id, symbol, ts);
 CREATE INDEX IF NOT EXISTS notes_run ON notes(run_id, ts);
+CREATE INDEX IF NOT EXISTS states_run ON states(run_id, symbol, name, ts);
 """
 
 
@@ -340,13 +353,15 @@ class Journal:
     def order(self, run_id: str, order_ref: str, ts: str, symbol: str, action: str, quantity: float,
               order_type: str, *, limit_price: float | None = None, stop_price: float | None = None,
               tif: str = "day", rule: str = "", intent: str = "open", legs: Any = None,
-              status: str = "created", reason: str = "") -> None:
-        """Journal an order before it is sent (a restart recognises it by order_ref)."""
+              status: str = "created", reason: str = "", owner: str = "") -> None:
+        """Journal an order before it is sent (a restart recognises it by order_ref, and its
+        position's owner by `owner`)."""
         self.db.execute(
             "INSERT INTO orders(run_id, order_ref, ts, symbol, action, quantity, order_type, limit_price,"
-            " stop_price, tif, rule, intent, legs, status, status_ts, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " stop_price, tif, rule, intent, legs, status, status_ts, reason, owner)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run_id, order_ref, ts, symbol, action, quantity, order_type, limit_price, stop_price, tif, rule,
-             intent, json.dumps(legs) if legs is not None else None, status, ts, reason))
+             intent, json.dumps(legs) if legs is not None else None, status, ts, reason, owner))
 
     def order_status(self, order_ref: str, status: str, ts: str, reason: str = "") -> None:
         self.db.execute("UPDATE orders SET status=?, status_ts=?, reason=CASE WHEN ?='' THEN reason ELSE ? END"
@@ -396,9 +411,10 @@ class Journal:
         return max(seqs, default=0)
 
     def decision(self, run_id: str, ts: str, symbol: str, rule: str, kind: str, outcome: str,
-                 reason: str = "", detail: str = "") -> None:
-        self.db.execute("INSERT INTO decisions(run_id, ts, symbol, rule, kind, outcome, reason, detail)"
-                        " VALUES (?,?,?,?,?,?,?,?)", (run_id, ts, symbol, rule, kind, outcome, reason, detail))
+                 reason: str = "", detail: str = "", agent: str = "", confidence: float | None = None) -> None:
+        self.db.execute("INSERT INTO decisions(run_id, ts, symbol, rule, kind, outcome, reason, detail, agent,"
+                        " confidence) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (run_id, ts, symbol, rule, kind, outcome, reason, detail, agent, confidence))
 
     def error(self, run_id: str | None, ts: str, source: str, message: str) -> None:
         self.db.execute("INSERT INTO errors(run_id, ts, source, message) VALUES (?,?,?,?)",
@@ -485,11 +501,13 @@ def _migrate(db: sqlite3.Connection) -> None:
         if columns["decisions"] and "detail" not in columns["decisions"]:
             db.execute("ALTER TABLE decisions ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
         fills = {r[1] for r in db.execute("PRAGMA table_info(fills)")}
+        decisions = {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
         for table, wanted in (("orders", ("broker_order_id INTEGER", "perm_id INTEGER", "con_id INTEGER",
-                                          "local_symbol TEXT")),
+                                          "local_symbol TEXT", "owner TEXT NOT NULL DEFAULT ''")),
                               ("fills", ("con_id INTEGER", "local_symbol TEXT")),
-                              ("trades", ("local_symbol TEXT",))):
-            have = fills if table == "fills" else columns[table]
+                              ("trades", ("local_symbol TEXT", "owner TEXT NOT NULL DEFAULT ''", "entry_states TEXT")),
+                              ("decisions", ("agent TEXT NOT NULL DEFAULT ''", "confidence REAL"))):
+            have = {"fills": fills, "decisions": decisions}.get(table, columns[table])
             if not have:
                 continue
             for column in wanted:

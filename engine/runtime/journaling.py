@@ -63,6 +63,7 @@ def _write_journal(result: Result, journal: Journal, mode: str, incremental: boo
         journal.many("prices", ("run_id", "symbol", "ts", "open", "high", "low", "close"),
                      zip([run_id] * len(start), [symbol] * len(start), iso_many(start), o.tolist(), h.tolist(),
                          lo.tolist(), c.tolist()))
+    journal.many("states", ("run_id", "symbol", "name", "ts", "label"), _state_rows(result))
     end_ts = _iso(int(result.labels[-1])) if len(result.labels) else _iso(0)
     journal.many("positions", ("run_id", "ts", "symbol", "quantity", "avg_price", "market_price"),
                  ((run_id, end_ts, s, p.quantity, p.avg_price, result.marks.get(s))
@@ -70,13 +71,14 @@ def _write_journal(result: Result, journal: Journal, mode: str, incremental: boo
 
 
 _ORDER_COLUMNS = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "order_type", "limit_price",
-                  "stop_price", "tif", "rule", "intent", "legs", "status", "status_ts", "reason", "local_symbol")
-_DECISION_COLUMNS = ("run_id", "ts", "symbol", "rule", "kind", "outcome", "reason", "detail")
+                  "stop_price", "tif", "rule", "intent", "legs", "status", "status_ts", "reason", "local_symbol",
+                  "owner")
+_DECISION_COLUMNS = ("run_id", "ts", "symbol", "rule", "kind", "outcome", "reason", "detail", "agent", "confidence")
 _FILL_COLUMNS = ("run_id", "order_ref", "ts", "symbol", "action", "quantity", "price", "multiplier", "commission",
                  "local_symbol")
 _TRADE_COLUMNS = ("run_id", "symbol", "side", "quantity", "multiplier", "entry_ts", "entry_price", "exit_ts",
                   "exit_price", "pnl", "return_pct", "bars_held", "mae", "mfe", "commission", "entry_rule", "exit_rule",
-                  "exit_reason", "legs", "local_symbol")
+                  "exit_reason", "legs", "local_symbol", "owner", "entry_states")
 
 
 def _journal_tables(journal: Journal, orders: list, decisions: list, fills: list, trades: list) -> None:
@@ -99,9 +101,10 @@ def _record_rows(result: Result) -> tuple[list, list, list, list]:
         # the row as journal.order() then journal.order_status() would leave it
         order_rows.append((run_id, it.tag, t, it.symbol, it.action, it.quantity or 0.0, it.order_type, it.limit,
                            it.stop, it.tif, it.rule, it.intent, json.dumps(rec.legs) if rec.legs is not None else None,
-                           rec.status, st if rec.status_time else t, rec.reason or it.reason, rec.contract or None))
+                           rec.status, st if rec.status_time else t, rec.reason or it.reason, rec.contract or None,
+                           rec.owner))
     decisions = runner.decisions
-    decision_rows = [(run_id, t, d.symbol, d.rule, d.kind, d.outcome, d.reason, d.detail)
+    decision_rows = [(run_id, t, d.symbol, d.rule, d.kind, d.outcome, d.reason, d.detail, d.agent, d.confidence)
                      for d, t in zip(decisions, iso_many([d.time for d in decisions]))]
     fills = result.ledger.fills
     fill_rows = [(run_id, f.order_ref, t, f.symbol, f.action, f.quantity, f.price, f.multiplier, f.commission,
@@ -111,9 +114,31 @@ def _record_rows(result: Result) -> tuple[list, list, list, list]:
     exit_ts = iso_many([t.exit_time for t in trades])
     trade_rows = [(run_id, t.symbol, t.side, t.quantity, t.multiplier, a, t.entry_price, b, t.exit_price, t.pnl,
                    t.return_pct, t.exit_bar - t.entry_bar, t.mae, t.mfe, t.commission, t.entry_rule, t.exit_rule,
-                   t.exit_reason, json.dumps(t.legs, default=str) if t.legs else None, t.contract or None)
+                   t.exit_reason, json.dumps(t.legs, default=str) if t.legs else None, t.contract or None, t.owner,
+                   json.dumps(dict(t.entry_states)) if t.entry_states else None)
                   for t, a, b in zip(trades, entry_ts, exit_ts)]
     return order_rows, decision_rows, fill_rows, trade_rows
+
+
+def _state_rows(result: Result) -> list[tuple]:
+    """Each classification's label per symbol at the bars where it changes ('' where no case
+    holds: a stretch with no label)."""
+    plan = result.prepared.plan
+    classes = [(key.split(".", 1)[1], node) for key, node in plan.outputs.items() if key.startswith("classify.")]
+    signals = getattr(result.runner, "signals", {}) or {}
+    rows = []
+    for symbol, b in result.bars.items():
+        sig = signals.get(symbol)
+        if sig is None or not classes or not len(b):
+            continue
+        for name, node in classes:
+            v = sig.values[node]
+            labels = np.asarray(v, dtype=object)[:len(b)] if np.ndim(v) else np.full(len(b), v, dtype=object)
+            labels = np.array(["" if x is None else str(x) for x in labels.tolist()], dtype=object)
+            change = np.flatnonzero(np.concatenate(([True], labels[1:] != labels[:-1])))
+            rows.extend(zip([result.run_id] * len(change), [symbol] * len(change), [name] * len(change),
+                            iso_many(b.start[change]), labels[change].tolist()))
+    return rows
 
 
 def _iso(ns: int) -> str:

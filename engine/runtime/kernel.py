@@ -51,7 +51,8 @@ from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
 from ..plan.evaluate import Stream, explain, scalar_at, value_at
 from ..portfolio.ledger import Fill, Ledger
-from ..risk.limits import AccountState, cap_quantity, check_entry
+from ..risk.limits import (AccountState, cap_quantity, check_entry, check_states, realised_volatility, state_size,
+                           volatility_cap)
 from .clock import CLOSE, INTRABAR, OPEN, SimClock
 from .records import Decision, OrderRecord, RunSettings, RunState, context_nodes, excursions
 
@@ -116,6 +117,8 @@ class _Symbol:
     after_exit: object = None       # a reversal's entry, held until the exit before it is booked
     entries: int = 0                # entries into the open position (pyramiding adds to it)
     reprotect: bool = False         # the position grew: its protective levels are measured again
+    mixed: bool = False             # stock entries and option combos both (one position at a time)
+    flat_masks: dict = field(default_factory=dict)  # an agent's own flat-by (None: held overnight)
 
 
 class Kernel(RunState):
@@ -174,11 +177,20 @@ class Kernel(RunState):
         agents = {r.agent for r in self._entries if r.agent}
         self._active = {a: plan.outputs.get(f"agents.{a}.active") for a in agents}
         self._score = {a: plan.outputs.get(f"agents.{a}.score") for a in agents}
+        # arbitration between agents (runtime/arbitration.py): their order, weights, the policy
+        listed = [a.name for a in settings.agents] or list(dict.fromkeys(r.agent for r in self._entries if r.agent))
+        self._rank = {name: i for i, name in enumerate(listed)}
+        self._weight = {a.name: a.weight for a in settings.agents}
+        self._arbitration = settings.arbitration
+        self._agent_of = {r.name: r.agent for r in plan.rules if r.agent}
         self._context_entries = {r.name for r in self._entries if not plan.nodes[r.when].market or
                                  (r.agent and self._active.get(r.agent) is not None and
                                   not plan.nodes[self._active[r.agent]].market)}
         self._combo_rules = {r.name for r in self._entries if r.order in settings.orders and
                              settings.orders[r.order].combo}
+        # the entries a bar's values alone decide (no combo to build, no run context to read)
+        self._stock_entries = [r for r in self._entries
+                               if r.name not in self._context_entries and r.name not in self._combo_rules]
         read = {n.attrs[0] for r in self._exits for n in context_nodes(plan, r)}
         self._ctx_fields = frozenset(read)      # the position fields the exits read
         # each exit's condition: (rule, node, reads the market alone)
@@ -189,7 +201,14 @@ class Kernel(RunState):
                              for name in {r.order for r in plan.rules if r.order}}
         limits = settings.limits
         self._entry_checks = any(x is not None for x in (limits.max_open_positions, limits.max_daily_loss,
-                                                         limits.max_drawdown, limits.circuit_breaker))
+                                                         limits.max_drawdown, limits.circuit_breaker,
+                                                         limits.max_cvar)) or \
+            any(cap is not None for *_, cap in limits.by_state)
+        # max_cvar: the account's equity at the end of each trading day (UTC days), from the start
+        self._eod: list[float] = [settings.cash]
+        self._eod_day: int | None = None
+        self._eod_next = -1 if limits.max_cvar is not None else math.inf
+        self._periods: dict[str, tuple[int, float]] = {}   # volatility_scaling: (lookback bars, bars a year)
         self._pyramid = limits.pyramiding       # entries allowed into one position
         for st in symbols.values():
             st.candidate_set = set(st.candidates.tolist()) if st.candidates is not None else None
@@ -208,6 +227,8 @@ class Kernel(RunState):
         self._unscanned = [(r, unscanned[r.name]) for r in self._entries if unscanned.get(r.name) is not None]
         self.scan_reason: Callable[[str, int], tuple[str, object]] | None = None
         self._scan_said: dict[tuple[str, str], object] = {}
+        self._classes = [(key.split(".", 1)[1], node) for key, node in plan.outputs.items()
+                         if key.startswith("classify.")]
 
     # ---- the feed ----------------------------------------------------------------------------
     def run(self, clock: SimClock | None = None) -> Ledger:
@@ -215,7 +236,7 @@ class Kernel(RunState):
         WallClock replaying in real time)."""
         for symbol, st in sorted(self.syms.items()):
             for rule in self._entries:
-                if st.combo and rule.name in self._combo_rules:
+                if (st.combo or st.mixed) and rule.name in self._combo_rules:
                     continue
                 if rule.name in self._combo_rules:
                     self._decide(symbol, rule.name, "entry", "blocked",
@@ -257,6 +278,24 @@ class Kernel(RunState):
     def _tick(self, time: int) -> None:
         self._now = time
         self.venue.at(time)
+        if time >= self._eod_next:
+            self._end_of_days(time)
+
+    def _end_of_days(self, time: int) -> None:
+        """max_cvar's record: the equity at the end of each trading day since the last one seen
+        (a day some symbol has a bar ending in), the ledger at each symbol's last close then.
+        Nothing fills between two instants the clock steps to, so a day the feed jumped over is
+        valued with the positions as they still are."""
+        day = time // _DAY
+        if self._eod_day is not None:
+            for d in range(self._eod_day, day):
+                lo, hi = d * _DAY, (d + 1) * _DAY
+                if any(np.searchsorted(st.bars.end, lo, "left") < np.searchsorted(st.bars.end, hi, "left")
+                       for st in self.syms.values()):
+                    self._eod.append(self.ledger.equity(self.marks(hi - 1)) if self.ledger.positions
+                                     else self.ledger.cash)
+        self._eod_day = day
+        self._eod_next = (day + 1) * _DAY
 
     def history_feed(self, symbol: str):
         """A symbol's bars as clock steps: open, trade, close, one bar at a time; bars where
@@ -332,7 +371,7 @@ class Kernel(RunState):
         stop and the target searched together, in chunks growing from 64 bars). None when every bar
         must be visited (a streamed plan, exits that read the position, ...)."""
         if st.stream is not None or st.combo or st.key is None or st.closing is not None or st.pending \
-                or st.working_entry is not None:
+                or st.working_entry is not None or st.key in self.combos:
             return None
         nodes = self._jump_rules(st.owner)
         if nodes is None:
@@ -380,10 +419,11 @@ class Kernel(RunState):
             j = bisect_left(idx, k)
             if j < len(idx) and idx[j] < best:
                 best = idx[j]
-        if st.flat_mask is not None:
-            fidx = cache.get("flat")
+        flat = self._flat(st)
+        if flat is not None:
+            fidx = cache.get(("flat", st.owner))
             if fidx is None:
-                fidx = cache["flat"] = np.flatnonzero(st.flat_mask).tolist()
+                fidx = cache[("flat", st.owner)] = np.flatnonzero(flat).tolist()
             j = bisect_left(fidx, k)
             if j < len(fidx) and fidx[j] < best:
                 best = fidx[j]
@@ -538,6 +578,18 @@ class Kernel(RunState):
                 while quantity > 0 and quantity * price * mult + fee > cash + 1e-9:
                     quantity -= 1 if sizing.whole else quantity * 1e-6
                     fee = fee_of(quantity, price, mult, b.contracts)
+        notes = []
+        if limits.by_state or limits.volatility_target is not None:
+            st = self.syms[tr.symbol]
+            if limits.by_state:
+                multiplier, sized = state_size(limits, self.states_at(st, tr.decided_bar))
+                if multiplier != 1.0:
+                    quantity *= multiplier
+                    notes.append(sized)
+            if limits.volatility_target is not None:
+                quantity, note = self._volatility_target(st, tr.decided_bar, quantity, equity, price * mult)
+                if note:
+                    notes.append(note)
         held = self.ledger.positions.get(tr.symbol)      # pyramiding: the position this entry adds to
         quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=b.margin if b.margined else price * mult,
                                      stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
@@ -545,10 +597,11 @@ class Kernel(RunState):
                                      held=abs(held.quantity) if held is not None else 0.0)
         if why and b.margined and why.startswith("capped by max_position"):
             why += " (a future's initial margin)"
+        why = "; ".join(notes + [why] if why else notes)
         if quantity <= 0:
-            self._status(tr, "rejected", self._now, why or "quantity rounds to 0")
-            self._decide(tr.symbol, it.rule, "entry", "blocked", why or "quantity rounds to 0 at the price it would "
-                         "fill near")
+            self._status(tr, "rejected", self._now, f"{why}: quantity rounds to 0" if why else "quantity rounds to 0")
+            self._decide(tr.symbol, it.rule, "entry", "blocked", f"{why}: quantity rounds to 0" if why else
+                         "quantity rounds to 0 at the price it would fill near")
             return None
         fee = fee_of(quantity, price, mult, b.contracts)
         need = self.margin_required(b, quantity, price, it.action == "sell")
@@ -568,6 +621,23 @@ class Kernel(RunState):
                     d.reason = f"{d.reason}; {why}" if d.reason else why
                     break
         return quantity
+
+    def _volatility_target(self, st: _Symbol, k: int, quantity: float, equity: float,
+                           unit_value: float) -> tuple[float, str]:
+        """risk.volatility_scaling: the quantity cut so that the position's forecast volatility
+        (the symbol's realised volatility over the lookback up to bar k's close, times its value's
+        share of equity) is at most the target; with too few bars it is left as it is, and says so."""
+        target, lookback = self.settings.limits.volatility_target
+        got = self._periods.get(st.symbol)
+        if got is None:
+            got = self._periods[st.symbol] = _lookback_bars(st.bars, lookback)
+        n, per_year = got
+        if k < n:
+            return quantity, f"not scaled by volatility_scaling: {k + 1} bars of {n + 1} for its lookback"
+        volatility = realised_volatility(st.bars.close[k - n:k + 1], per_year)
+        if not volatility > 0:
+            return quantity, "not scaled by volatility_scaling: no volatility over its lookback"
+        return volatility_cap(target, quantity, equity=equity, unit_value=unit_value, volatility=volatility)
 
     # ---- broker events -----------------------------------------------------------------------
     def _drain(self) -> None:
@@ -784,7 +854,8 @@ class Kernel(RunState):
                 st.entries += 1
                 self._grow_protection(st, abs(pos.quantity))
                 return
-            ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0)
+            ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0, owner=tr.owner,
+                        states=self.states_at(st, tr.decided_bar))
             st.owner, st.key = tr.owner, symbol
             st.stats = {}
             st.entries = 1
@@ -824,9 +895,10 @@ class Kernel(RunState):
         if st.key is not None and st.bars.front is not None and not st.combo and \
                 st.bars.expiry_bar.get(self.ledger.positions[st.key].contract) == k:
             self._expire(st, k)
-        if st.combo:
-            if st.key is not None and st.chasing is None:
-                self._manage_combo(st, k)
+        if st.combo or (st.key is not None and st.key in self.combos):
+            if st.key is not None:
+                if st.chasing is None:
+                    self._manage_combo(st, k)
             elif self._idle(st):
                 self._enter_combo(st, k)
             return
@@ -996,7 +1068,8 @@ class Kernel(RunState):
             if hit:
                 fired = rule
                 break
-        if fired is None and st.flat_mask is not None and st.flat_mask[k]:
+        flat = self._flat(st)
+        if fired is None and flat is not None and flat[k]:
             fired, kind = self._flat_rule, "flat_by"
         if fired is not None:
             for ref in list(st.protect.values()):
@@ -1096,29 +1169,42 @@ class Kernel(RunState):
             side = against or add
             fired = [r for r in fired if ((orders.get(r.order) or OrderTemplate(r.order or "")).action == "buy")
                      == ((side < 0) if against else (side > 0)) and (not add or self._owned(r, st.owner))]
+        combos: dict = {}
+        if st.mixed and not (against or add) and self._combo_may_fire(st, k):
+            combos = self._combo_proposals(st, k)
+            if combos:
+                names = {r.name for r in fired} | set(combos)
+                fired = [r for r in self._entries if r.name in names]
         if not fired:
             return
-        rule = fired[0]
+        rule, taken, confidence = self._choose(st, k, fired, self._sides(combos))
+        if rule is None:
+            return
+        if rule.name in combos:
+            self._open_combo(st, k, *combos[rule.name], taken, confidence)
+            return
         why = "; ".join(explain(self.plan, rule.when, k, st.values, {})) if self._explain else ""
-        for other in fired[1:]:
-            self._decide(st.symbol, other.name, "entry", "blocked", f"'{rule.name}' fired on the same bar and won")
         if self.halted:
-            self._decide(st.symbol, rule.name, "entry", "blocked", f"entries stopped: {self.halted}", why)
+            self._decide(st.symbol, rule.name, "entry", "blocked", f"entries stopped: {self.halted}", why,
+                         confidence=confidence)
             return
         reason = None
         if self._entry_checks:
             account = self.account_state()
             if against or add:      # the position closing (or added to) does not count against this entry
                 account = dataclasses.replace(account, open_positions=account.open_positions - 1)
-            reason = check_entry(self.settings.limits, account)
+            limits = self.settings.limits
+            reason = check_entry(limits, account) or (check_states(limits, self.states_at(st, k),
+                                                                   account.open_positions)
+                                                      if limits.by_state else None)
         if reason:
-            self._decide(st.symbol, rule.name, "entry", "blocked", reason, why)
+            self._decide(st.symbol, rule.name, "entry", "blocked", reason, why, confidence=confidence)
             return
         template = self.settings.orders.get(rule.order) or OrderTemplate(rule.order or "")
         intent = self._intent(st, rule, template, k)
         if intent is None:
             return
-        self._decide(st.symbol, rule.name, "entry", "fired", rule.reason, why)
+        self._decide(st.symbol, rule.name, "entry", "fired", taken, why, confidence=confidence)
         tr = self._track(intent, st, "entry", rule, k)
         tr.why = why
         st.working_entry = intent.tag
@@ -1143,31 +1229,75 @@ class Kernel(RunState):
                 self._decide(st.symbol, rule.name, "entry", "blocked", said[0])
 
     def _fired_entries(self, st: _Symbol, k: int) -> list[N.Rule]:
-        """Entry rules that fire at bar k, best first: agents by score, then file order."""
+        """Entry rules that fire at bar k (an agent's only while the agent is active), in file order."""
         if st.entry_mask is not None and not st.entry_mask[k]:
             return []
         out = []
         values = st.values
-        for order, rule in enumerate(self._entries):
-            if rule.name in self._context_entries:
-                continue
+        for rule in self._stock_entries:
             v = values[rule.when]
             if not (bool(v[k]) if isinstance(v, np.ndarray) and v.ndim else bool(v)):      # _truth
                 continue
             gate = self._active.get(rule.agent) if rule.agent else None
             if gate is not None and not _truth(values[gate], k):
                 continue
-            s = self._score.get(rule.agent) if rule.agent else None
-            score = float("-inf")
-            if s is not None and self.plan.nodes[s].market:
-                v = values[s]
-                score = float(v[k] if _is_series(v) else v)
-                score = score if score == score else float("-inf")
-            out.append((-score, order, rule))
-        if len(out) == 1:
-            return [out[0][2]]
-        out.sort(key=lambda t: (t[0], t[1]))
-        return [rule for _, _, rule in out]
+            out.append(rule)
+        return out
+
+    def _score_at(self, st: _Symbol, agent: str | None, k: int) -> float:
+        """An agent's score (its confidence) at bar k; nan without one."""
+        node = self._score.get(agent) if agent else None
+        if node is None or not self.plan.nodes[node].market:
+            return math.nan
+        return float(_at(st.values[node], k))
+
+    def _choose(self, st: _Symbol, k: int, fired: list[N.Rule],
+                sides: dict[str, int] | None = None) -> tuple[N.Rule | None, str, float | None]:
+        """The entry that trades among those that fired at bar k: the strategy's first in file
+        order, or between agents the arbitration's pick (runtime/arbitration.py). Every other
+        is journaled as blocked with the arbiter's reason. Returns the rule taken (None: none),
+        the reason it was taken and its agent's confidence. `sides`: each combo rule's side for
+        a weighted vote (the sign of its net delta)."""
+        if not self._agent_of:
+            rule = fired[0]
+            for other in fired[1:]:
+                self._decide(st.symbol, other.name, "entry", "blocked", f"'{rule.name}' fired on the same bar and won")
+            return rule, rule.reason, None
+        from .arbitration import Proposal, arbitrate
+
+        policy = self._arbitration
+        orders = self.settings.orders
+        proposals = []
+        for rule in fired:
+            side = (sides or {}).get(rule.name)
+            if side is None:
+                side = 1 if (orders.get(rule.order) or OrderTemplate(rule.order or "")).action == "buy" else -1
+            proposals.append(Proposal(rule.name, rule.agent, self._rank.get(rule.agent, len(self._rank)),
+                                      self._score_at(st, rule.agent, k), self._weight.get(rule.agent, 1.0), side))
+        active = 0.0
+        if policy.policy == "weighted_vote":
+            values = st.values
+            active = sum(self._weight.get(a, 1.0) for a, gate in self._active.items()
+                         if gate is None or _truth(values[gate], k))
+        holding = frozenset()
+        if policy.max_active_agents is not None:
+            holding = frozenset(o for s in self.syms.values() if s is not st and not self._idle(s)
+                                for o in (s.owner or self._working_owner(s),) if o in self._rank)
+        taken, why = arbitrate(policy, proposals, active, holding)
+        for i, (rule, p) in enumerate(zip(fired, proposals)):
+            if i != taken:
+                self._decide(st.symbol, rule.name, "entry", "blocked", why[i],
+                             confidence=p.score if rule.agent else None)
+        if taken is None:
+            return None, "", None
+        p = proposals[taken]
+        return fired[taken], why[taken], p.score if p.agent else None
+
+    def _working_owner(self, st: _Symbol) -> str | None:
+        """Whose entry is working on a symbol with no position yet (a chase, or an order sent)."""
+        ref = st.working_entry or st.chasing or (st.pending[0] if st.pending else None)
+        tr = self.orders_by_ref.get(ref) if ref is not None else None
+        return tr.owner if tr is not None else None
 
     def _queue(self, st: _Symbol, tr: _Tracked, k: int) -> None:
         """Send now when the venue fills at this close (`fill: close`), else at the next open."""
@@ -1228,17 +1358,37 @@ class Kernel(RunState):
             return
         if st.candidates is None and not self._may_fire(st, k):
             return
+        combos = self._combo_proposals(st, k)
+        if not combos:
+            return
+        fired = [r for r in self._entries if r.name in combos]
+        rule, taken, confidence = self._choose(st, k, fired, self._sides(combos))
+        if rule is not None:
+            self._open_combo(st, k, *combos[rule.name], taken, confidence)
+
+    def _combo_proposals(self, st: _Symbol, k: int) -> dict[str, tuple]:
+        """The combo entries that fire at bar k: rule name -> (rule, quote, its context). An
+        agent's rule only while the agent is active; without agents, the first that fires (the
+        ones before it are journaled with what failed). The chain is built when a rule needs it."""
         symbol = st.symbol
         now = self._trading_time(st.bars, k)
-        chain = self.chains(symbol, k)
-        fired = None
+        chain = False
+        out: dict[str, tuple] = {}
+        values = st.values
         for rule in self._entries:
+            if rule.name not in self._combo_rules:
+                continue
             if st.entry_mask is not None and not st.entry_mask[k]:
                 break
+            gate = self._active.get(rule.agent) if rule.agent else None
+            if gate is not None and not _truth(values[gate], k):
+                continue
+            if chain is False:
+                chain = self.chains(symbol, k)
             if chain is None:
                 self._decide(symbol, rule.name, "entry", "blocked", f"no option chain at {now:%Y-%m-%d %H:%M}")
                 break
-            quote = self.desk.build(rule.order, symbol, k, now, st.values, chain)
+            quote = self.desk.build(rule.order, symbol, k, now, values, chain)
             if isinstance(quote, str):
                 self._decide(symbol, rule.name, "entry", "blocked", quote)
                 continue
@@ -1246,19 +1396,64 @@ class Kernel(RunState):
                 self._decide(symbol, rule.name, "entry", "blocked", quote.missing)
                 continue
             ctx = self.desk.context(quote, now)
-            if value_at(self.plan, rule.when, k, st.values, ctx):
-                fired = (rule, quote, ctx)
-                break
+            if value_at(self.plan, rule.when, k, values, ctx):
+                out[rule.name] = (rule, quote, ctx)
+                if not self._agent_of:
+                    break
+                continue
             # the real cause, the comparisons that failed: 'credit = 0.165: 0.165 >= 0.2 no'
-            failed = [p for p in explain(self.plan, rule.when, k, st.values, ctx) if p.endswith(" no")]
+            failed = [p for p in explain(self.plan, rule.when, k, values, ctx) if p.endswith(" no")]
             self._decide(symbol, rule.name, "entry", "blocked", "; ".join(failed))
-        if fired is None:
-            return
-        rule, quote, ctx = fired
+        return out
+
+    def _combo_may_fire(self, st: _Symbol, k: int) -> bool:
+        """Can a combo entry fire at bar k, from the conditions on the market alone (its `when`'s
+        and its agent's `active`)? The chain is looked at only where one can (as the backtest's
+        candidate bars say, so a streamed run decides on the same bars)."""
+        values = st.values
+        for rule in self._entries:
+            if rule.name not in self._combo_rules:
+                continue
+            gate = self._active.get(rule.agent) if rule.agent else None
+            if all(_truth(values[i], k) for i in market_conjuncts(self.plan, rule.when)) and \
+                    (gate is None or all(_truth(values[i], k) for i in market_conjuncts(self.plan, gate))):
+                return True
+        return False
+
+    def _sides(self, combos: dict) -> dict[str, int] | None:
+        """Each combo proposal's side for a weighted vote: the sign of its net delta at the quote
+        it would open at (a short put spread is long delta)."""
+        if not combos or self._arbitration.policy != "weighted_vote":
+            return None
+        out = {}
+        for name, (_, quote, _) in combos.items():
+            delta = sum(-leg.sign * leg.ratio * leg.delta for leg in quote.legs if leg.delta == leg.delta)
+            out[name] = 1 if delta > 1e-12 else -1 if delta < -1e-12 else 0
+        return out
+
+    def _flat(self, st: _Symbol):
+        """The flat-by mask that applies to the symbol's position: its owner's own, else the schedule's."""
+        return st.flat_masks.get(st.owner, st.flat_mask) if st.flat_masks else st.flat_mask
+
+    def _open_combo(self, st: _Symbol, k: int, rule: N.Rule, quote, ctx: dict, taken: str,
+                    confidence: float | None) -> None:
+        """The combo entry taken at bar k: risk-checked, priced and chased."""
+        symbol = st.symbol
+        now = self._trading_time(st.bars, k)
         template = self.settings.orders[rule.order]
         qty = int(template.quantity.value) if template.quantity.mode == "fixed" else 1
         limits = self.settings.limits
-        reason = f"entries stopped: {self.halted}" if self.halted else check_entry(limits, self.account_state())
+        account = self.account_state()
+        reason = f"entries stopped: {self.halted}" if self.halted else check_entry(limits, account)
+        sized = ""
+        if limits.by_state and reason is None:
+            states = self.states_at(st, k)
+            reason = check_states(limits, states, account.open_positions)
+            multiplier, sized = state_size(limits, states)
+            if reason is None and multiplier != 1.0:
+                qty = int(math.floor(qty * multiplier + 1e-9))
+                if qty <= 0:
+                    reason = f"{sized}: the combo's count rounds to 0"
         if reason is None and limits.max_margin_per_trade is not None and \
                 quote.margin * qty > limits.max_margin_per_trade:
             reason = (f"margin {quote.margin * qty:,.2f} above max_margin_per_trade "
@@ -1268,19 +1463,20 @@ class Kernel(RunState):
         if reason is None and quote.margin * qty + fee > self.account_view()[1] + 1e-6:
             reason = f"insufficient available funds for margin {quote.margin * qty:,.2f}"
         if reason:
-            self._decide(symbol, rule.name, "entry", "blocked", reason)
+            self._decide(symbol, rule.name, "entry", "blocked", reason, confidence=confidence)
             return
         chase = self.desk.chase(rule.order, k, st.values, ctx)
         action = quote.opening_action
         bad = _bad_limit(chase, action)
         if bad:
-            self._decide(symbol, rule.name, "entry", "blocked", bad)
+            self._decide(symbol, rule.name, "entry", "blocked", bad, confidence=confidence)
             return
         prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=True, action=action)
         intent = OrderIntent(symbol, action, "limit", float(qty), None,
                              prices[0] if prices else None, None, template.tif, "open", rule.name,
                              self._tag(), rule.reason)
-        self._decide(symbol, rule.name, "entry", "fired", rule.reason)
+        self._decide(symbol, rule.name, "entry", "fired", "; ".join(x for x in (taken, sized) if x),
+                     confidence=confidence)
         tr = self._track(intent, st, "combo_entry", rule, k)
         tr.record.legs = [leg.to_json() for leg in quote.legs]
         tr.combo = {"quote": quote, "chase": chase, "prices": prices, "quantity": qty, "ctx": ctx, "now": now,
@@ -1371,7 +1567,8 @@ class Kernel(RunState):
         credit = -debit_of(price, action)       # what opening it brought in, per unit (negative: paid)
         fill = Fill(key, action, float(qty), price, tr.commission, tr.last_time, tr.decided_bar,
                     tr.intent.tag, quote.multiplier, tr.rule.name, how)
-        pos = self.ledger.open(fill, margin_per_unit=quote.margin)
+        pos = self.ledger.open(fill, margin_per_unit=quote.margin, owner=tr.owner,
+                               states=self.states_at(st, tr.decided_bar))
         self._booked.add(tr.intent.tag)
         self._entry_ref[key] = tr.intent.tag
         pos.entry_values.update({"credit": credit * quote.multiplier * qty})
@@ -1434,7 +1631,8 @@ class Kernel(RunState):
                     value_at(self.plan, rule.when, k, st.values, ctx):
                 fired = rule
                 break
-        if fired is None and st.flat_mask is not None and st.flat_mask[k]:
+        flat = self._flat(st)
+        if fired is None and flat is not None and flat[k]:
             fired = self._flat_rule
         if fired is None:
             return
@@ -1551,6 +1749,7 @@ class Kernel(RunState):
                              "day", "close", "expiry settlement", self._tag(), how)
         rec = OrderRecord(intent, self._now)
         rec.status, rec.status_time, rec.reason = "filled", self._now, how
+        rec.owner = st.owner or self.settings.strategy
         self.orders.append(rec)
         # dated by the settlement's quotes, as a fill is (the expiry day's close, not the next midnight)
         when = int(st.bars.end[k]) - (quote.age if not isinstance(quote, str) else 0)
@@ -1600,6 +1799,7 @@ class Kernel(RunState):
         # an entry's order is its rule's (the agent's, or the strategy's); the rest, the position's
         owner = (rule.agent or self.settings.strategy) if role == "entry" else \
             (st.owner or rule.agent or self.settings.strategy)
+        record.owner = owner
         tr = self.orders_by_ref[intent.tag] = _Tracked(intent, record, st.symbol, owner, role, rule, k, exit_kind)
         return tr
 
@@ -1661,7 +1861,7 @@ class Kernel(RunState):
         limits = self.settings.limits
         working = sum(1 for s in self.syms.values() if (s.working_entry is not None or s.chasing is not None)
                       and s.key is None)
-        if limits.max_daily_loss is None and limits.max_drawdown is None:
+        if limits.max_daily_loss is None and limits.max_drawdown is None and limits.max_cvar is None:
             return AccountState(math.nan, math.nan, math.nan, len(self.ledger.positions) + working,
                                 self._losses, self._paused_until, self._now / 1e9)
         equity = self.account_view()[0]
@@ -1669,11 +1869,22 @@ class Kernel(RunState):
         day = self._now // 86_400_000_000_000
         if day != self._day:
             self._day, self._day_start = day, equity
+        daily = ()
+        if limits.max_cvar is not None:
+            eod = self._eod[-(limits.max_cvar[1] + 1):]
+            daily = tuple(b - a for a, b in zip(eod, eod[1:]))
         return AccountState(equity, self._peak, self._day_start, len(self.ledger.positions) + working,
-                            self._losses, self._paused_until, self._now / 1e9)
+                            self._losses, self._paused_until, self._now / 1e9, daily_pnl=daily)
 
-    def _decide(self, symbol: str, rule: str, kind: str, outcome: str, reason: str = "", detail: str = "") -> None:
-        d = Decision(self._now, symbol, rule, kind, outcome, reason, detail)
+    def states_at(self, st: _Symbol, k: int) -> tuple:
+        """The strategy's classifications of the symbol at bar k's close: ((name, label), ...)."""
+        values = st.values
+        return tuple((name, str(_at(values[node], k))) for name, node in self._classes)
+
+    def _decide(self, symbol: str, rule: str, kind: str, outcome: str, reason: str = "", detail: str = "",
+                confidence: float | None = None) -> None:
+        d = Decision(self._now, symbol, rule, kind, outcome, reason, detail, self._agent_of.get(rule, ""),
+                     None if confidence is None or confidence != confidence else confidence)
         self.decisions.append(d)
         if self.recorder is not None:
             self.recorder.decision(d)
@@ -1738,6 +1949,31 @@ def market_conjuncts(plan: N.Plan, node_id: int) -> list[int]:
     return []
 
 
+_DAY = 86_400 * 10**9
+
+
+def _lookback_bars(b: SymbolBars, lookback: str) -> tuple[int, float]:
+    """volatility_scaling's lookback in returns, and the symbol's bars a year (252 trading days
+    of its own sessions: one bar a day on daily bars, else the bars its sessions hold)."""
+    seconds = (int(b.end[0]) - int(b.start[0])) / 1e9 if len(b) else 86_400.0
+    if seconds >= 86_400:
+        per_day = 86_400.0 / seconds
+    else:
+        sessions = len(np.unique(b.session)) if len(b) else 0
+        per_day = len(b) / sessions if sessions > 1 else 6.5 * 3600 / seconds
+    text = lookback.strip()
+    if text.endswith("bars"):
+        n = int(text[:-4])
+    else:
+        for unit, days in (("mo", 21.0), ("d", 1.0), ("w", 5.0), ("y", 252.0)):
+            if text.endswith(unit):
+                n = int(math.ceil(float(text[:-len(unit)]) * days * per_day))
+                break
+        else:
+            raise ValueError(f"volatility_scaling.lookback {lookback!r}")
+    return max(n, 2), 252.0 * per_day
+
+
 _NO_NODES = (None, None, None, None)
 _UNFILLED = {E.EXPIRED: "expired", E.REJECTED: "rejected", E.CANCELLED: "cancelled"}   # an order done with no fill
 _NO_CONTEXT: dict = {}
@@ -1750,3 +1986,8 @@ def _is_series(v) -> bool:
 
 def _truth(v, k: int) -> bool:
     return bool(v[k]) if isinstance(v, np.ndarray) and v.ndim else bool(v)
+
+
+def _at(v, k: int):
+    """A plan value at bar k (a series' k-th entry, or the one value of every bar)."""
+    return v[k] if isinstance(v, np.ndarray) and v.ndim else v

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..market.bars import bar_seconds
-from .prepare import Prepared, _schedule_masks, _symbol_bars
+from .prepare import Prepared, _schedule_masks, _symbol_bars, agent_flat_masks
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,7 @@ class LiveFeed:
         n = len(sbars)
         st.bars, st.inputs = sbars, bars
         st.entry_mask, st.flat_mask = _schedule_masks(self.prep, bars)
+        st.flat_masks = agent_flat_masks(self.prep, bars)
         for i, arr in enumerate(st.values):
             if arr is not None and len(arr) < n:
                 grown_values = np.empty(n, dtype=object)
@@ -330,22 +331,24 @@ def live_kernel(prep: Prepared, venue, *, run_id: str, recorder=None, tags: tupl
         sbars, bars = _symbol_bars(prep, symbol)
         entry_mask, flat_mask = _schedule_masks(prep, bars)
         values = [np.empty(len(sbars), dtype=object) if node.market else None for node in plan.nodes]
-        symbols[symbol] = _Symbol(symbol, sbars, values, len(sbars), entry_mask, flat_mask, None, Stream(plan), bars)
+        symbols[symbol] = _Symbol(symbol, sbars, values, len(sbars), entry_mask, flat_mask, None, Stream(plan), bars,
+                                  flat_masks=agent_flat_masks(prep, bars))
     settings, fills = run_settings(prep, run_id)
     if cash is not None:
         settings = replace(settings, cash=float(cash))
     entries = [r for r in plan.rules if r.kind == "entry"]
-    combos = bool(entries) and all(r.order in prep.orders and prep.orders[r.order].combo for r in entries)
+    combo_rules = [r for r in entries if r.order in prep.orders and prep.orders[r.order].combo]
+    combos = bool(entries) and len(combo_rules) == len(entries)
     desk = chains = None
     signals: dict = {}
-    if combos:
+    if combo_rules:
         if chain_fetch is None:
             raise ValueError("a strategy traded with option combos needs the broker's chains (chain_fetch)")
         from .chainsource import broker_desk
 
         desk, chains = broker_desk(prep, signals, chain_fetch)
         for st in symbols.values():
-            st.combo = True
+            st.combo, st.mixed = combos, not combos     # mixed: stock entries and combos, one position at a time
     kernel = Kernel(plan, symbols, venue, fills, settings, on_order=on_order, recorder=recorder, tags=tags,
                     desk=desk, chains=chains)
     signals.update(kernel.signals)

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..market.series import SymbolBars
-from ..check.model import (DataSpec, Instrument, OrderTemplate, Schedule, SimSettings, instrument,
-                           order_templates, risk_limits, universe_symbols)
+from ..check.model import (AgentSettings, DataSpec, Instrument, OrderTemplate, Schedule, SimSettings, agent_settings,
+                           instrument, order_templates, risk_limits, universe_symbols)
 from ..config.documents import Document, Workspace
 from ..diagnostics import DiagnosticError
 from ..market.bars import bar_seconds, load_bars, resample
@@ -60,6 +60,11 @@ class Prepared:
     def schedule(self) -> Schedule:
         """The strategy's schedule, typed (check.model)."""
         return Schedule.from_spec(self.doc.get(("schedule",)))
+
+    @functools.cached_property
+    def agents(self) -> tuple[AgentSettings, ...]:
+        """The strategy's agents' settings (weights, own flat-by), in the order they are listed."""
+        return agent_settings(self.doc)
 
     @functools.cached_property
     def limits(self) -> RiskLimits:
@@ -322,13 +327,13 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
     start = _ns(frame.index)
     end = start + int(seconds * 1e9)
     sched = prep.schedule
-    intraday_schedule = seconds < 86400 and (sched.entry_window is not None or sched.flat_by is not None)
-    needs_calendar = bool(prep.plan.inputs.clock & _CLOCK_NEEDS_CALENDAR) or \
-        (sched.flat_by is not None and seconds < 86400)
+    flat_by = sched.flat_by is not None or any(a.flat_by is not None for a in prep.agents if a.own_flat_by)
+    intraday_schedule = seconds < 86400 and (sched.entry_window is not None or flat_by)
+    needs_calendar = bool(prep.plan.inputs.clock & _CLOCK_NEEDS_CALENDAR) or (flat_by and seconds < 86400)
     want = set(prep.plan.inputs.clock)
     if intraday_schedule:
         want.add("time")
-        if sched.flat_by is not None:
+        if flat_by:
             want.add("minutes_to_close")
     if _needs_session(prep):
         want.add("session")
@@ -370,8 +375,9 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
 
 def _needs_session(prep: Prepared) -> bool:
     """Does anything read the bars' session ids: a session indicator (vwap), an order that lives
-    until the end of the day (limit, stop, stop-limit, loc), or an options combo?"""
-    if "session" in prep.plan.inputs.clock:
+    until the end of the day (limit, stop, stop-limit, loc), an options combo, or volatility
+    scaling (its bars a day)?"""
+    if "session" in prep.plan.inputs.clock or prep.limits.volatility_target is not None:
         return True
     for template in prep.orders.values():
         if template.combo or template.type not in ("market", "moc"):
@@ -390,14 +396,34 @@ def _schedule_masks(prep: Prepared, bars: Bars) -> tuple[np.ndarray | None, np.n
         lo, hi = sched.entry_window
         entry = (minutes >= lo) & (minutes <= hi)
     if sched.flat_by is not None:
-        flat = minutes >= sched.flat_by
-        left = bars.clock.get("minutes_to_close")
-        if left is not None:
-            # an early close (the day after Thanksgiving, Christmas Eve) comes before flat_by: be
-            # flat when one bar is left, so the closing order fills at that last bar's open
-            with np.errstate(invalid="ignore"):
-                flat = flat | (left <= bar_seconds(prep.bar) / 60.0 + 1e-9)
+        flat = _flat_mask(prep, bars, sched.flat_by)
     return entry, flat
+
+
+def _flat_mask(prep: Prepared, bars: Bars, flat_by: int) -> np.ndarray:
+    """The bars at whose close a position is closed for a flat-by time (minutes after midnight)."""
+    minutes = bars.clock["time"] + bar_seconds(prep.bar) / 60.0  # decisions happen at the bar's close
+    flat = minutes >= flat_by
+    left = bars.clock.get("minutes_to_close")
+    if left is not None:
+        # an early close (the day after Thanksgiving, Christmas Eve) comes before flat_by: be
+        # flat when one bar is left, so the closing order fills at that last bar's open
+        with np.errstate(invalid="ignore"):
+            flat = flat | (left <= bar_seconds(prep.bar) / 60.0 + 1e-9)
+    return flat
+
+
+def agent_flat_masks(prep: Prepared, bars: Bars, last: int | None = None) -> dict[str, np.ndarray | None]:
+    """The agents with a flat-by of their own (`agents.<name>.flat_by`): their masks on intraday
+    bars (None: their positions are held overnight). Daily bars have no flat-by."""
+    if bar_seconds(prep.bar) >= 86400:
+        return {}
+    out: dict[str, np.ndarray | None] = {}
+    for agent in prep.agents:
+        if agent.own_flat_by:
+            mask = _flat_mask(prep, bars, agent.flat_by) if agent.flat_by is not None else None
+            out[agent.name] = mask[:last] if mask is not None and last is not None else mask
+    return out
 
 
 def run_window(prep: Prepared, sbars: SymbolBars) -> tuple[int, int]:

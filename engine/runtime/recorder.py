@@ -43,7 +43,7 @@ class Recorder:
         self._journaled.add(it.tag)
         self.journal.order(self.run_id, it.tag, _iso(rec.time), it.symbol, it.action, float(it.quantity or 0.0),
                            it.order_type, limit_price=it.limit, stop_price=it.stop, tif=it.tif, rule=it.rule,
-                           intent=it.intent, legs=rec.legs, status="created", reason=it.reason)
+                           intent=it.intent, legs=rec.legs, status="created", reason=it.reason, owner=rec.owner)
         exact = self.contract(it.symbol, it.tag, it.intent) if self.contract is not None else None
         if exact is not None:
             self.journal.order_ids(it.tag, con_id=exact[0], local_symbol=exact[1])
@@ -89,7 +89,8 @@ class Recorder:
         self.journal.commission(ev.exec_id, ev.commission)
 
     def decision(self, d: Decision) -> None:
-        self.journal.decision(self.run_id, _iso(d.time), d.symbol, d.rule, d.kind, d.outcome, d.reason, d.detail)
+        self.journal.decision(self.run_id, _iso(d.time), d.symbol, d.rule, d.kind, d.outcome, d.reason, d.detail,
+                              d.agent, d.confidence)
 
     def error(self, time: int, message: str) -> None:
         self.journal.error(self.run_id, _iso(time), "kernel", message)

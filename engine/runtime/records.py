@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..brokers.matching import FillModel
-from ..check.model import OrderTemplate
+from ..check.model import AgentSettings, Arbitration, OrderTemplate
 from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent
 from ..plan import nodes as N
@@ -31,6 +31,8 @@ class Decision:
     outcome: str      # fired | blocked
     reason: str = ""
     detail: str = ""  # the values the rule compared, as `explain` shows them
+    agent: str = ""   # the agent whose rule it is ('' for the strategy's own rules)
+    confidence: float | None = None   # the agent's score, where arbitration weighed the proposal
 
 
 @dataclass(slots=True)
@@ -42,6 +44,7 @@ class OrderRecord:
     reason: str = ""
     legs: list | None = None
     contract: str = ""         # the futures contract it was sent in (local symbol), '' when not per contract
+    owner: str = ""   # the agent (or the strategy) whose position it opens, closes or protects
 
 
 @dataclass
@@ -54,6 +57,8 @@ class RunSettings:
     strategy: str = ""
     timezone: str = "America/New_York"
     fill_fraction: float = 0.5     # combo limits: how far from natural towards mid the market meets them
+    arbitration: Arbitration = field(default_factory=Arbitration)   # between agents (runtime/arbitration.py)
+    agents: tuple[AgentSettings, ...] = ()   # in the order they are listed
 
 
 class RunState:
@@ -92,8 +97,9 @@ class RunState:
         combos = self.combos
         for symbol, pos in self.ledger.positions.items():
             if symbol in combos:    # a combo's mark moves without a fill: read it every time
-                combo = combos[symbol]
-                out[symbol] = combo.last_credit if combo.last_credit is not None else combo.entry_credit
+                # in the terms it was opened in, as its position's price: a sold combo's credit, a
+                # bought one's debit (the venue marks it so)
+                out[symbol] = combos[symbol].mark_price
             elif symbol not in out:
                 if pos.contract:    # a futures contract's own last price (its bars share the series' times)
                     k = self._prices.bar(symbol, at)

@@ -16,10 +16,11 @@ import numpy as np
 from ..brokers.dryrun import DryRunBroker
 from ..brokers.matching import FillModel
 from ..brokers.sim import SimBroker
+from ..check.model import Arbitration
 from ..plan.evaluate import Stream, evaluate
 from . import backtest as bt
 from .equity import equity_curve
-from .prepare import _schedule_masks, _span, _symbol_bars, _truncate, run_window
+from .prepare import _schedule_masks, _span, _symbol_bars, _truncate, agent_flat_masks, run_window
 from .clock import SimClock, WallClock
 from .collector import without_cyclic_gc
 from .journal import new_run_id
@@ -51,6 +52,7 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
     entries = [r for r in plan.rules if r.kind == "entry"]
     combo_rules = [r for r in entries if r.order in prep.orders and prep.orders[r.order].combo]
     combos = bool(entries) and len(combo_rules) == len(entries)
+    mixed = bool(combo_rules) and not combos       # stock entries and combos: one position at a time
     for symbol in prep.symbols:
         if symbol not in prep.frames:
             continue
@@ -71,11 +73,23 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
                 values = evaluate(plan, bars)
                 if last < len(sbars):
                     sbars, bars, values = _truncate(sbars, bars, values, last)
-            if combos:
+            if combos or mixed:
+                # bars where an entry can fire: a combo's from the conditions on the market in its
+                # `when` and its agent's `active`, a stock entry's where it fires
                 n = len(sbars)
                 possible = np.zeros(n, dtype=bool)
-                for rule in entries:
-                    possible |= market_prefilter(plan, rule.when, values, n)
+                for rule in (combo_rules if mixed else entries):
+                    may = market_prefilter(plan, rule.when, values, n)
+                    gate = plan.outputs.get(f"agents.{rule.agent}.active") if rule.agent else None
+                    if mixed and gate is not None:
+                        may &= market_prefilter(plan, gate, values, n)
+                    possible |= may
+                if mixed:
+                    sig = evaluated.get(symbol) or SymbolSignals(plan, values, sbars,
+                                                                entry_mask=_cut(entry_mask, last), start=first)
+                    if any(r not in combo_rules for r in sig.context_entries):
+                        possible[:] = True      # a stock entry reading run context: every bar
+                    possible[sig.entry_idx] = True
                 if entry_mask is not None:
                     possible &= entry_mask[:last]
                 possible[:first] = False
@@ -90,7 +104,8 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
                     candidates = np.union1d(candidates, unpicked_bars(plan, values, len(sbars), first,
                                                                       _cut(entry_mask, last)))
             st = _Symbol(symbol, sbars, values, first, _cut(entry_mask, last), _cut(flat_mask, last), candidates)
-        st.combo = combos
+        st.combo, st.mixed = combos, mixed
+        st.flat_masks = agent_flat_masks(prep, bars, last)
         symbols[symbol] = st
         symbol_bars[symbol] = sbars
     timings["evaluate"] = time.perf_counter() - t0
@@ -136,7 +151,9 @@ def run_settings(prep: bt.Prepared, run_id: str) -> tuple[RunSettings, FillModel
     sim = prep.sim
     settings = RunSettings(cash=sim.cash, account=sim.account, orders=prep.orders, limits=prep.limits,
                            run_id=run_id, strategy=prep.plan.name, timezone=prep.timezone,
-                           fill_fraction=sim.options.fill_fraction)
+                           fill_fraction=sim.options.fill_fraction,
+                           arbitration=Arbitration.from_spec(prep.doc.get(("arbitration",))),
+                           agents=prep.agents)
     return settings, FillModel(sim.commission, sim.slippage, sim.fill)
 
 

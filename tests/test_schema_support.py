@@ -178,6 +178,16 @@ def test_unsupported_keys_of_risk_and_universe_documents(tmp_path):
         (4, 1, "order_rate_limit"), (7, 3, "contract.roll_days_before_expiry")]
 
 
+def test_a_time_of_day_on_daily_bars_is_refused_at_its_line(tmp_path):
+    path = _strategy(tmp_path, schedule='schedule: {timezone: America/New_York, entry_window: ["09:45", "15:30"], '
+                                        'flat_by: "15:55"}')
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    assert [msg.split(":")[0] for _, _, msg in _errors(result.output)] == ["schedule.entry_window",
+                                                                           "schedule.flat_by"]
+    assert "a 1d bar has no time of day" in result.output
+
+
 def test_an_exit_order_where_every_entry_opens_a_combo_is_refused_at_its_line(tmp_path):
     text = (ROOT / "strategies" / "iron_condor.yaml").read_text().replace("data/", str(ROOT / "strategies" / "data")
                                                                           + "/")

@@ -92,6 +92,7 @@ def unsupported(doc: Document) -> list[Diagnostic]:
                 out.append(doc.diag(where, f"{'.'.join(str(p) for p in where)}: {what} {NOT_SUPPORTED}",
                                     f"{instead}; remove the key", key=True))
     if doc.kind == "strategy":
+        out.extend(_times_of_day_on_daily_bars(doc))
         out.extend(_combo_exit_orders(doc))
         out.extend(_every_other_than_the_bar(doc))
         out.extend(_underlying_other_than_the_symbol(doc))
@@ -142,6 +143,26 @@ def _every_other_than_the_bar(doc: Document) -> list[Diagnostic]:
         return []
     return [doc.diag(("schedule", "every"), f"schedule.every: evaluating every {every} on {bar} bars {NOT_SUPPORTED}",
                      f"rules are evaluated once per closed {bar} bar; set every: {bar}, or remove it", key=True)]
+
+
+def _times_of_day_on_daily_bars(doc: Document) -> list[Diagnostic]:
+    """`schedule.entry_window` and a `flat_by` (the schedule's or an agent's) on bars of a day or
+    longer: such a bar has no time of day (it is decided after its close), so they change nothing."""
+    bar = doc.get(("data", "bar"))
+    seconds = _duration(bar) if bar is not None else None
+    if seconds is None or seconds < 86400:
+        return []
+    places = [("schedule", "entry_window"), ("schedule", "flat_by")]
+    places += [("agents", name, "flat_by") for name, agent in (doc.get(("agents",)) or {}).items()
+               if isinstance(agent, dict)]
+    out = []
+    for where in places:
+        if doc.get(where) is None:
+            continue
+        out.append(doc.diag(where, f"{'.'.join(map(str, where))}: a time of day on {bar} bars {NOT_SUPPORTED}",
+                            f"a {bar} bar has no time of day (its rules are decided after its close); use intraday "
+                            "bars, or remove the key", key=True))
+    return out
 
 
 def _combo_exit_orders(doc: Document) -> list[Diagnostic]:

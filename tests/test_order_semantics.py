@@ -359,3 +359,19 @@ def test_options_open_and_close_at_the_quote_dates_nearest_their_dte_targets(tmp
     assert [t.legs["expiry"] for t in trades] == ["2018-01-31", "2018-02-28"]
     assert [str(nearest(dt.date(2018, 1, 31), 27)), str(nearest(dt.date(2018, 2, 28), 7))] == \
         ["2018-01-04", "2018-02-21"]
+
+
+def test_an_exit_without_a_reason_is_journaled_with_its_rules_name(tmp_path):
+    """The schema: `reason: null` is the rule's name (it was journaled as "when"), on the fast
+    path and in the kernel alike."""
+    from engine.runtime import backtest as bt
+
+    text = PYRAMID.format(data=DATA, n=1, quantity="10", stop='  - {name: stop, stop: "position.entry_price * 0.97"}',
+                          risk="")
+    path = tmp_path / "no_reason.yaml"
+    path.write_text(text)
+    kernel = bt.run(bt.prepare(path)).ledger.trades                     # a stop: the kernel
+    assert {t.exit_reason for t in kernel} == {"below", "stop"}
+    path.write_text(PYRAMID.format(data=DATA, n=1, quantity="10", stop="", risk=""))
+    fast = bt.run(bt.prepare(path))
+    assert fast.timings.get("fast_path") == 1.0 and {t.exit_reason for t in fast.ledger.trades} == {"below"}

@@ -255,7 +255,6 @@ class _Candidates:
             first = np.concatenate(([True], bars_at[1:] != bars_at[:-1]))
             X, x_rule = bars_at[first], rule_at[first]
         self.X, self.x_rule = X, x_rule
-        self.kinds = ["when"] * len(sig.market_exit_idx) + ["flat_by"]
         # jump tables: an entry decided at E[k] fills at E[k] + d and exits at the first exit bar
         # from there; after the exit at X[j] the next entry is the first from X[j] + 1
         self.nx = np.searchsorted(X, E + d)
@@ -530,7 +529,7 @@ class FastRun(RunState):
                  "rule": _weave(_head(rule_names, filled), _head(x_names, tc), filled, tc)}
         signed = np.where(buy[:tc], 1.0, -1.0) * q_arr[:tc]
         gross = (x_price[:tc] - price[:tc]) * signed * c.mult
-        exit_reasons = _pick([r.reason or kind for r, kind in zip(c.exit_rules, c.kinds)], x_idx[:tc])
+        exit_reasons = _pick([r.reason or r.name for r in c.exit_rules], x_idx[:tc])
         trades = (2 * np.arange(tc), gross, exit_reasons)
         return decisions, orders, fills, trades
 
@@ -681,7 +680,7 @@ class FastRun(RunState):
                 cash += -x_signed * x_price * mult
             trade_fill.append(len(fills) - 2)
             gross_l.append(gross)
-            reasons.append(xr.reason or c.kinds[x_rule_l[j]])
+            reasons.append(xr.reason or xr.name)
             k = ne[j]
         fill_cols = _columns(fills, ("action", "quantity", "price", "commission", "time", "bar", "seq", "rule"))
         trades = (np.array(trade_fill, dtype=np.int64), np.array(gross_l, dtype=np.float64), reasons)

@@ -873,7 +873,7 @@ class Kernel(RunState):
         held = pos.quantity
         mae, mfe = excursions(b.of(pos.contract), pos.entry_bar, tr.last_bar, pos.avg_price, price, held > 0,
                               abs(held) * pos.multiplier)
-        trade = ledger.close(fill, rule.reason or (tr.exit_kind if role == "exit" else role), mae, mfe)
+        trade = ledger.close(fill, rule.reason or rule.name, mae, mfe)     # no reason: the rule's name
         index = self._trade_of[tag] = len(ledger.trades) - 1
         entry_ref = self._entry_ref.pop(symbol, None)
         if entry_ref is not None:

@@ -312,32 +312,18 @@ def _report_excluded(prep) -> None:
 
 
 def _refuse_unfiltered_session(prep) -> None:
-    """data.session: regular is applied when bars are resampled to the strategy's bar size, not
-    to a file already at that size: refuse such a file while it has bars outside regular hours,
-    rather than trade them silently."""
-    import numpy as np
+    """data.session: regular on a file already at the strategy's bar size: its bars outside
+    regular hours were left out (as a resample leaves them out of finer bars); say how many,
+    at the data section, on stderr."""
+    from engine.diagnostics import Severity
 
-    from engine.diagnostics import DiagnosticError
-    from engine.market.bars import bar_seconds, outside_regular_hours
-
-    if (prep.doc.get(("data", "session")) or "regular") != "regular" or bar_seconds(prep.bar) >= 86400:
-        return
-    problems = []
-    for symbol in prep.symbols:
-        frame, inst = prep.frames.get(symbol), prep.instruments.get(symbol)
-        if frame is None or inst is None or not inst.calendar or len(frame) < 2:
-            continue
-        outside = outside_regular_hours(frame, inst.calendar, prep.timezone)
-        if outside.any():
-            first = frame.index[int(np.flatnonzero(outside)[0])].tz_convert(prep.timezone)
-            where = ("data", "session") if prep.doc.get(("data", "session")) else ("data",)
-            problems.append(prep.doc.diag(
-                where, f"{symbol}'s data has {int(outside.sum()):,} of {len(frame):,} bars outside {inst.calendar}'s "
-                f"regular hours (the first at {first:%Y-%m-%d %H:%M}), and data.session: regular does not leave out "
-                f"bars already at the strategy's {prep.bar} size yet",
-                "use a file of regular-hours bars, or set data.session: extended to trade every bar in it"))
-    if problems:
-        raise DiagnosticError(problems)
+    for symbol, (count, total, first) in prep.left_out.items():
+        inst = prep.instruments.get(symbol)
+        where = ("data", "session") if prep.doc.get(("data", "session")) else ("data",)
+        _safe_echo(prep.doc.diag(
+            where, f"{symbol}: {count:,} of {total:,} bars outside {inst.calendar}'s regular hours left out (the "
+            f"first at {first.tz_convert(prep.timezone):%Y-%m-%d %H:%M}), as data.session: regular says",
+            "set data.session: extended to trade every bar in the file", severity=Severity.WARNING).format(), err=True)
 
 
 def _refuse_short_history(prep) -> None:

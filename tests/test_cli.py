@@ -73,10 +73,6 @@ def warned(tmp_path):
 # rolls): validate names each key nothing reads
 # yet (engine.check.support) instead of accepting it. The rest validate clean.
 REFUSED_EXAMPLE_KEYS = {
-    ("breakout.yaml", 21, "data.subscriptions.check_every"), ("breakout.yaml", 22, "data.subscriptions.priorities"),
-    ("breakout.yaml", 27, "schedule.scan_every"),
-    ("breakout.yaml", 28, "schedule.max_new_entries_per_scan"),
-    ("breakout.yaml", 26, "schedule.every"),
     ("futures.yaml", 21, "contract.roll_days_before_expiry"),
 }
 
@@ -84,7 +80,7 @@ REFUSED_EXAMPLE_KEYS = {
 def test_validate_examples_clean(runner):
     result = run(runner, "validate", *EXAMPLES)
     assert result.exit_code == 1, result.output
-    assert f"13 files checked: {len(REFUSED_EXAMPLE_KEYS)} errors, 0 warnings" in result.output
+    assert f"14 files checked: {len(REFUSED_EXAMPLE_KEYS)} error, 0 warnings" in result.output
     found = {(Path(m.group("path")).name, int(m.group("line")), m.group("rest").split(":")[0])
              for m in re.finditer(r"^(?P<path>[^\n]+?):(?P<line>\d+):\d+: error: (?P<rest>[^\n]+)$", result.output, re.M)
              if m.group("rest").endswith("is not supported in backtest, run, dry-run, paper or live yet")}
@@ -172,7 +168,7 @@ def test_json_format_clean(runner):
     assert data == {**data, "errors": len(REFUSED_EXAMPLE_KEYS), "warnings": 0}
     assert {(Path(d["path"]).name, d["line"], d["message"].split(":")[0]) for d in data["diagnostics"]} \
         == REFUSED_EXAMPLE_KEYS
-    assert len(data["files"]) == 13
+    assert len(data["files"]) == 14
     clean = [str(ROOT / "strategies" / name) for name in ("sma_crossover.yaml", "iron_condor.yaml", "spxw_condor.yaml",
                                                           "futures_breakout.yaml", "futures_breakout_es.yaml")]
     data = json.loads(run(runner, "validate", "--format", "json", *clean).stdout)

@@ -102,6 +102,16 @@ def two() -> dict:
     return files
 
 
+def two_mondays() -> dict:
+    """SPY and AAPL, both entered every Monday and closed on Thursday: two new names each week."""
+    files = two()
+    s = files["s.yaml"]
+    s["entry"] = [{"name": "monday", "when": "dayofweek == 1", "order": "buy_all_in"}]
+    s["exit"] = [{"name": "thursday", "when": "dayofweek == 4"}]
+    s["orders"]["buy_all_in"]["quantity"] = {"percent_of_equity": "10%"}
+    return files
+
+
 def limit_order() -> dict:
     """The crossover entering with a day limit 1% under the close (some do not fill)."""
     files = sma()
@@ -503,7 +513,7 @@ def scanned_inline() -> dict:
 
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
     scanner, scanner_unscaled, scanned, scanned_inline,
-    sma, sma_adjusted, trend_2012, sma_plain, sma_margin, two, limit_order, stop_order, risk_sized, condor, spxw,
+    sma, sma_adjusted, trend_2012, sma_plain, sma_margin, two, two_mondays, limit_order, stop_order, risk_sized, condor, spxw,
     agents, agents_ranked, agents_vote, agents_two, agents_file, xsp_agents, bad_bar,
     condor_american, condor_held_near, held, held_file,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
@@ -762,6 +772,12 @@ effect(S, "/$defs/schedule/calendar", "condor", put("schedule.calendar", "NYSE")
        note="NYSE's regular session ends at 16:00, CBOE_Index_Options' at 16:15: three 16:00 bars are refused")
 effect(S, "/$defs/schedule/entry_window", "condor", put("schedule.entry_window", ["10:30", "11:00"]), "fills")
 effect(S, "/$defs/schedule/flat_by", "condor", put("schedule.flat_by", "12:00"), "fills")
+effect(S, "/$defs/schedule/every", "xsp_cross", put("schedule.every", "5m"), "fills",
+       note="the crossover's exit is decided at the 5-minute closes only")
+effect(S, "/$defs/schedule/scan_every", "xsp_cross", put("schedule.scan_every", "15m"), "fills",
+       note="entries (XSP not held) are decided at the 15-minute closes only")
+effect(S, "/$defs/schedule/max_new_entries_per_scan", "two_mondays", put("schedule.max_new_entries_per_scan", 1),
+       "fills", note="one new name a Monday: SPY, the first listed; AAPL's entries are blocked")
 
 # ---- strategy: quantities
 effect(S, "/$defs/quantity/anyOf/2/percent_of_equity", "sma",

@@ -434,7 +434,8 @@ def test_a_boolean_constant_is_not_the_number_it_equals():
 # ---- values with run context ---------------------------------------------------------------
 
 def test_context_nodes_are_evaluated_at_a_bar_with_the_run_state(spy):
-    plan = plan_from_file(ROOT / "strategies" / "breakout.yaml", unsupported_ok=True)
+    # the futures breakout: the stock one's rules without its scanner (whose scan.picked needs a scan)
+    plan = plan_from_file(ROOT / "strategies" / "futures_breakout.yaml", unsupported_ok=True)
     values = evaluate(plan, spy)
     stop_rule = next(r for r in plan.rules if r.name == "stop")
     entry_bar, i = 300, 310
@@ -495,9 +496,15 @@ def test_explain_json():
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert "refuse" not in result.stderr          # every key of it runs now
-    refused = CliRunner().invoke(cli.main, ["explain", str(ROOT / "strategies" / "breakout.yaml"), "--format", "json"])
+    copy = ROOT / "strategies" / ".explain-refused.yaml"      # beside the example: its paths resolve
+    copy.write_text((ROOT / "strategies" / "breakout.yaml").read_text().replace("  session: regular",
+                                                                                "  session: regular\n  what_to_show: midpoint"))
+    try:
+        refused = CliRunner().invoke(cli.main, ["explain", str(copy), "--format", "json"])
+    finally:
+        copy.unlink()
     assert refused.exit_code == 0 and json.loads(refused.stdout)["nodes"]
-    assert "backtest and run refuse this strategy while these keys are in it" in refused.stderr   # its scan cadence
+    assert "backtest and run refuse this strategy while these keys are in it" in refused.stderr   # what_to_show
     labels = [n["expr"] for n in data["nodes"]]
     assert labels.count("atr(14)") == 1
     assert data["history_bars"] == data["warmup_bars"] + 1

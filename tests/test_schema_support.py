@@ -19,7 +19,7 @@ from test_key_effects import EFFECTS
 from test_schemas import FILES, SCHEMA, object_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
-COUNTS = (241, 19, 14)      # properties with a behaviour test, refused, listed as not read (of 274)
+COUNTS = (244, 16, 14)      # properties with a behaviour test, refused, listed as not read (of 274)
 
 FREE_TEXT = "free text for the reader: no behaviour by design"
 # (schema, pointer of the property) -> ("refused", the document path engine.check.support refuses)
@@ -33,9 +33,6 @@ ACCOUNTED = {
     **{("strategy", f"/$defs/subscriptions/properties/priorities/{k}"): ("refused", ("data", "subscriptions",
                                                                                      "priorities"))
        for k in ("watchlist", "top_signals", "positions", "scanner")},
-    ("strategy", "/$defs/schedule/every"): ("refused", ("schedule", "every")),     # when it is not the bar size
-    ("strategy", "/$defs/schedule/scan_every"): ("refused", ("schedule", "scan_every")),
-    ("strategy", "/$defs/schedule/max_new_entries_per_scan"): ("refused", ("schedule", "max_new_entries_per_scan")),
     ("strategy", "/$defs/data/what_to_show"): ("refused", ("data", "what_to_show")),        # unless trades
     ("strategy", "/$defs/single_order/outside_rth"): ("refused", ("orders", "*", "outside_rth")),   # when true
     ("strategy", "/$defs/entry_rule/quantity"): ("refused", ("entry", "*", "quantity")),
@@ -123,8 +120,6 @@ def _errors(output: str) -> list[tuple[int, int, str]]:
 @pytest.mark.parametrize("kw, key", [
     ({"data_extra": ", subscriptions: {max_lines: 50, check_every: 2m}"}, "data.subscriptions.check_every"),
     ({"data_extra": ", subscriptions: {max_lines: 50, priorities: {positions: 100}}"}, "data.subscriptions.priorities"),
-    ({"schedule": "schedule: {timezone: America/New_York, every: 1d, scan_every: 60s}"}, "schedule.scan_every"),
-    ({"schedule": "schedule:\n  every: 1d\n  max_new_entries_per_scan: 3"}, "schedule.max_new_entries_per_scan"),
     ({"schedule": "schedule: {timezone: America/New_York, every: 1w}"}, "schedule.every"),
     ({"data_extra": ", what_to_show: midpoint"}, "data.what_to_show"),
 ])
@@ -219,10 +214,16 @@ def test_a_scanner_document_validates_and_its_types_are_checked(tmp_path):
 
 
 def test_explain_still_shows_the_plan_and_says_a_run_refuses_it():
-    result = CliRunner().invoke(main, ["explain", str(ROOT / "strategies" / "breakout.yaml")])
+    copy = ROOT / "strategies" / ".explain-refused.yaml"      # beside the example: its paths resolve
+    copy.write_text((ROOT / "strategies" / "breakout.yaml").read_text().replace("  session: regular",
+                                                                                "  session: regular\n  what_to_show: midpoint"))
+    try:
+        result = CliRunner().invoke(main, ["explain", str(copy)])
+    finally:
+        copy.unlink()
     assert result.exit_code == 0
     assert result.stdout.startswith("Plan of ema-atr-breakout")
-    assert "schedule.scan_every: a scan cadence for names not held " + NOT_SUPPORTED in result.stderr
+    assert "data.what_to_show: this IB bar type " + NOT_SUPPORTED in result.stderr
     assert "backtest and run refuse this strategy while these keys are in it" in result.stderr
 
 

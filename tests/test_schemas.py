@@ -37,6 +37,7 @@ EXAMPLES = {
     "strategies/futures_breakout.yaml": "strategy",
     "strategies/futures_breakout_es.yaml": "strategy",
     "strategies/scanners/composite.yaml": "scanner",
+    "strategies/scanners/breakout_pro.yaml": "scanner",
     "strategies/risk/small_account.yaml": "risk",
 }
 

@@ -21,7 +21,7 @@ from ..risk.limits import RiskLimits, merge_risk
 
 def _seconds(text) -> float:
     text = str(text)
-    for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("d", 86400.0)):
+    for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("d", 86400.0), ("w", 604800.0)):
         if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
             return float(text[: -len(unit)]) * scale
     return float(text)
@@ -183,19 +183,36 @@ def _minutes(text: str) -> int:
 @dataclass(frozen=True)
 class Schedule:
     """When rules are evaluated: the timezone, the entry window and the flat-by time (minutes
-    after midnight, local)."""
+    after midnight, local); the cadences (seconds; None: every closed bar) at which held names
+    (`every`) and names not held (`scan_every`, else `every`) are decided, and the cap on new
+    positions decided at one such time."""
 
     timezone: str = "America/New_York"
     entry_window: tuple[int, int] | None = None
     flat_by: int | None = None
+    every: float | None = None
+    scan_every: float | None = None
+    max_new_entries_per_scan: int | None = None
 
     @classmethod
     def from_spec(cls, spec: dict | None) -> "Schedule":
         spec = spec or {}
         window = spec.get("entry_window")
+        every = _seconds(spec["every"]) if spec.get("every") is not None else None
+        scan = _seconds(spec["scan_every"]) if spec.get("scan_every") is not None else every
+        cap = spec.get("max_new_entries_per_scan")
         return cls(spec.get("timezone", "America/New_York"),
                    (_minutes(window[0]), _minutes(window[1])) if window else None,
-                   _minutes(spec["flat_by"]) if spec.get("flat_by") else None)
+                   _minutes(spec["flat_by"]) if spec.get("flat_by") else None,
+                   every, scan, int(cap) if cap is not None else None)
+
+    def held_grid(self, bar: float) -> float | None:
+        """The held names' cadence when it is coarser than the bar (None: every closed bar)."""
+        return self.every if self.every is not None and self.every > bar + 1e-9 else None
+
+    def scan_grid(self, bar: float) -> float | None:
+        """The cadence of names not held when it is coarser than the bar (None: every closed bar)."""
+        return self.scan_every if self.scan_every is not None and self.scan_every > bar + 1e-9 else None
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,6 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
      "IB runs review the lines continuously (TTL eviction, staleness) as messages arrive"),
     ("strategy", ("data", "subscriptions", "priorities"), NOT_NULL, "numeric line priorities",
      "IB runs keep lines by a fixed order: open positions, then entries about to be sent, then other names"),
-    ("strategy", ("schedule", "scan_every"), NOT_NULL, "a scan cadence for names not held",
-     "every symbol is evaluated once per closed bar"),
-    ("strategy", ("schedule", "max_new_entries_per_scan"), NOT_NULL, "a cap on new entries per scan",
-     "entries are limited by the risk limits only"),
     ("strategy", ("data", "what_to_show"), lambda v: v != "trades", "this IB bar type",
      "backtests and replays read the file's bars as they are; no broker feed is in this version"),
     ("strategy", ("orders", "*", "outside_rth"), lambda v: v is True, "filling outside regular trading hours",
@@ -64,7 +60,7 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
 
 
 # Refused by the functions below rather than by a table entry: (kind, path).
-CHECKED_APART = (("strategy", ("schedule", "every")),
+CHECKED_APART = (("strategy", ("schedule", "every")), ("strategy", ("schedule", "scan_every")),
                  ("strategy", ("underlying",)), ("strategy", ("orders", "*", "underlying")))
 
 
@@ -133,16 +129,41 @@ def _duration(text) -> float | None:
 
 
 def _every_other_than_the_bar(doc: Document) -> list[Diagnostic]:
-    """schedule.every: runs evaluate the rules once per closed bar; a cadence other than the
-    bar size (10s on 1m bars, 1w on 1d bars) changes nothing yet."""
-    every, bar = doc.get(("schedule", "every")), doc.get(("data", "bar"))
-    if every is None or bar is None:
-        return []
-    e, b = _duration(every), _duration(bar)
-    if e is None or b is None or abs(e - b) < 1e-9:
-        return []
-    return [doc.diag(("schedule", "every"), f"schedule.every: evaluating every {every} on {bar} bars {NOT_SUPPORTED}",
-                     f"rules are evaluated once per closed {bar} bar; set every: {bar}, or remove it", key=True)]
+    """schedule.every and schedule.scan_every: decisions happen when a bar closes, so a cadence
+    is a whole number of bars (held names every 5m on 1m bars: at the closes on the 5-minute
+    grid). A cadence finer than the bar has nothing new to decide on; on daily bars every
+    session is decided (a coarser cadence would need weekly bars)."""
+    bar = doc.get(("data", "bar")) or "1d"
+    b = _duration(bar)
+    out = []
+    for key in ("every", "scan_every"):
+        value = doc.get(("schedule", key))
+        e = _duration(value) if value is not None else None
+        if e is None or b is None or abs(e - b) < 1e-9:
+            continue
+        where = ("schedule", key)
+        who = "held names are" if key == "every" else "names not held are"
+        if e < b:
+            out.append(doc.diag(where, f"schedule.{key}: {value} is finer than the {bar} bars: rules are decided when "
+                                       f"a bar closes, so {who} decided once per {bar} bar",
+                                f"set {key}: {bar} (protective stops and targets rest as orders and work inside "
+                                f"the bar), or use {value} bars (data.bar: {value})", key=True))
+        elif b >= 86400:
+            out.append(doc.diag(where, f"schedule.{key}: a cadence of {value} on {bar} bars {NOT_SUPPORTED}",
+                                f"every session is decided on daily bars; use weekly bars (data.bar: 1w) to decide "
+                                f"once a week, or remove the key", key=True))
+        elif abs(e / b - round(e / b)) > 1e-9:
+            out.append(doc.diag(where, f"schedule.{key}: {value} is not a whole number of {bar} bars",
+                                f"decisions happen at bar closes; use a multiple of {bar} "
+                                f"({_fmt_duration(b * max(1, round(e / b)))}, say)", key=True))
+    return out
+
+
+def _fmt_duration(seconds: float) -> str:
+    for unit, scale in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= scale and abs(seconds / scale - round(seconds / scale)) < 1e-9:
+            return f"{round(seconds / scale)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _times_of_day_on_daily_bars(doc: Document) -> list[Diagnostic]:

@@ -146,6 +146,8 @@ def _run_fast(prep: Prepared, signals: dict[str, SymbolSignals], symbol_bars: di
 
     combos = any(t.combo for t in settings.orders.values())
     why = fastpath.unsupported(prep.plan, signals, broker, settings, desk=True if combos else None)
+    if why is None and prep.schedule.held_grid(bar_seconds(prep.bar)) is not None:
+        why = "held names decided on a cadence of their own (schedule.every)"
     if why is not None:
         if required:
             raise ValueError(f"not a simple run: {why}")

@@ -119,6 +119,9 @@ class _Symbol:
     reprotect: bool = False         # the position grew: its protective levels are measured again
     mixed: bool = False             # stock entries and option combos both (one position at a time)
     flat_masks: dict = field(default_factory=dict)  # an agent's own flat-by (None: held overnight)
+    held_mask: np.ndarray | None = None   # the closes at which a held name is decided (schedule.every)
+    add_mask: np.ndarray | None = None    # the closes at which an entry may add to or reverse a held name
+                                          # (None: as entry_mask; set when the cadences differ)
 
 
 class Kernel(RunState):
@@ -210,6 +213,9 @@ class Kernel(RunState):
         self._eod_next = -1 if limits.max_cvar is not None else math.inf
         self._periods: dict[str, tuple[int, float]] = {}   # volatility_scaling: (lookback bars, bars a year)
         self._pyramid = limits.pyramiding       # entries allowed into one position
+        # schedule.max_new_entries_per_scan: the close of the scan under way and the names entered at it
+        self._new_cap = settings.max_new_entries
+        self._new_at: tuple[int, list[str]] = (-1, [])
         for st in symbols.values():
             st.candidate_set = set(st.candidates.tolist()) if st.candidates is not None else None
         self._jump_cache: dict[str | None, list[int] | None] = {}
@@ -248,7 +254,7 @@ class Kernel(RunState):
                                  f"needs {', '.join(needs) or 'run context'}, which this run does not provide yet")
         clock = self.clock = clock or SimClock(self.progress)
         clock.on_time = self._tick
-        for symbol in sorted(self.syms):
+        for symbol in self.syms:      # the universe's order: who comes first at one close
             clock.add(self.history_feed(symbol))
         clock.run()
         self._end_of_data()
@@ -380,7 +386,7 @@ class Kernel(RunState):
         n = len(b)
         best = n
         if st.entries < self._pyramid:      # an entry may add to the position: its candidate bars
-            if st.candidates is None:
+            if st.candidates is None or st.add_mask is not None:
                 return None
             j = int(np.searchsorted(st.candidates, k))
             if j < len(st.candidates):
@@ -411,11 +417,14 @@ class Kernel(RunState):
             if idx is None:
                 v = st.values[node_id]
                 if not _is_series(v):
-                    if v:
+                    if v and st.held_mask is None:
                         return k            # holds on every bar
-                    idx = cache[node_id] = []
+                    idx = cache[node_id] = np.flatnonzero(st.held_mask).tolist() if v else []
                 else:
-                    idx = cache[node_id] = np.flatnonzero(np.asarray(v, dtype=bool)).tolist()
+                    hits = np.asarray(v, dtype=bool)
+                    if st.held_mask is not None:      # decided only on the held names' cadence
+                        hits = hits & st.held_mask[:len(hits)]
+                    idx = cache[node_id] = np.flatnonzero(hits).tolist()
             j = bisect_left(idx, k)
             if j < len(idx) and idx[j] < best:
                 best = idx[j]
@@ -1051,12 +1060,15 @@ class Kernel(RunState):
         return rule.agent is None or rule.agent == owner
 
     def _manage(self, st: _Symbol, k: int) -> None:
-        """The open position's exits at bar k's close, in file order; else its protective orders."""
+        """The open position's exits at bar k's close, in file order; else its protective orders.
+        Off the held names' cadence (schedule.every) only flat-by is decided; the protective
+        orders rest as they are."""
         ctx = None
         fired, kind = None, "when"
         values = st.values
         owner = st.owner
-        for rule, when, market in self._exit_whens:
+        decide = st.held_mask is None or bool(st.held_mask[k])
+        for rule, when, market in self._exit_whens if decide else ():
             if rule.agent is not None and rule.agent != owner:
                 continue
             if market:
@@ -1081,7 +1093,8 @@ class Kernel(RunState):
                 return
             self._exit_order(st, fired, k, kind)
             return
-        self._protect(st, k, ctx)
+        if decide or not st.protect:      # a new position's protection is placed at its first close
+            self._protect(st, k, ctx)
 
     def _protect(self, st: _Symbol, k: int, ctx: dict | None) -> None:
         """Place or move the protective stop and target orders: levels set at this close work
@@ -1161,7 +1174,7 @@ class Kernel(RunState):
         the position's owner's."""
         if k < st.start or (st.candidate_set is not None and k not in st.candidate_set):
             return
-        fired = self._fired_entries(st, k)
+        fired = self._fired_entries(st, k, held=bool(against or add))
         if not fired and self._picked is not None and not (against or add):
             self._not_picked(st, k)
         if against or add:
@@ -1197,6 +1210,8 @@ class Kernel(RunState):
             reason = check_entry(limits, account) or (check_states(limits, self.states_at(st, k),
                                                                    account.open_positions)
                                                       if limits.by_state else None)
+        if not reason and not (against or add):
+            reason = self._new_names_full(st, k)
         if reason:
             self._decide(st.symbol, rule.name, "entry", "blocked", reason, why, confidence=confidence)
             return
@@ -1204,11 +1219,33 @@ class Kernel(RunState):
         intent = self._intent(st, rule, template, k)
         if intent is None:
             return
+        if not (against or add):
+            self._took_new(st, k)
         self._decide(st.symbol, rule.name, "entry", "fired", taken, why, confidence=confidence)
         tr = self._track(intent, st, "entry", rule, k)
         tr.why = why
         st.working_entry = intent.tag
         self._queue(st, tr, k)
+
+    def _new_names_full(self, st: _Symbol, k: int) -> str | None:
+        """Why no new name may be entered at bar k's close: the scan at this close has entered
+        max_new_entries_per_scan names already (the first to fire, in the universe's order)."""
+        cap = self._new_cap
+        if cap is None:
+            return None
+        at, taken = self._new_at
+        if at != int(st.bars.end[k]) or len(taken) < cap:
+            return None
+        return (f"max_new_entries_per_scan: {cap} new name{'s' if cap != 1 else ''} already entered at this "
+                f"scan ({', '.join(taken)})")
+
+    def _took_new(self, st: _Symbol, k: int) -> None:
+        if self._new_cap is None:
+            return
+        t = int(st.bars.end[k])
+        if self._new_at[0] != t:
+            self._new_at = (t, [])
+        self._new_at[1].append(st.symbol)
 
     def _not_picked(self, st: _Symbol, k: int) -> None:
         """Entries whose condition holds at bar k but for the scan, on a symbol the scanner did
@@ -1228,9 +1265,12 @@ class Kernel(RunState):
                 self._scan_said[key] = said[1]
                 self._decide(st.symbol, rule.name, "entry", "blocked", said[0])
 
-    def _fired_entries(self, st: _Symbol, k: int) -> list[N.Rule]:
-        """Entry rules that fire at bar k (an agent's only while the agent is active), in file order."""
-        if st.entry_mask is not None and not st.entry_mask[k]:
+    def _fired_entries(self, st: _Symbol, k: int, held: bool = False) -> list[N.Rule]:
+        """Entry rules that fire at bar k (an agent's only while the agent is active), in file order;
+        `held`: an entry that adds to or reverses an open position (decided on the held names'
+        cadence), else a new name's (on the scan cadence)."""
+        mask = st.add_mask if held and st.add_mask is not None else st.entry_mask
+        if mask is not None and not mask[k]:
             return []
         out = []
         values = st.values
@@ -1454,6 +1494,8 @@ class Kernel(RunState):
                 qty = int(math.floor(qty * multiplier + 1e-9))
                 if qty <= 0:
                     reason = f"{sized}: the combo's count rounds to 0"
+        if reason is None:
+            reason = self._new_names_full(st, k)
         if reason is None and limits.max_margin_per_trade is not None and \
                 quote.margin * qty > limits.max_margin_per_trade:
             reason = (f"margin {quote.margin * qty:,.2f} above max_margin_per_trade "
@@ -1475,6 +1517,7 @@ class Kernel(RunState):
         intent = OrderIntent(symbol, action, "limit", float(qty), None,
                              prices[0] if prices else None, None, template.tif, "open", rule.name,
                              self._tag(), rule.reason)
+        self._took_new(st, k)
         self._decide(symbol, rule.name, "entry", "fired", "; ".join(x for x in (taken, sized) if x),
                      confidence=confidence)
         tr = self._track(intent, st, "combo_entry", rule, k)
@@ -1626,7 +1669,8 @@ class Kernel(RunState):
                "position.max_pnl": math.nan, "position.min_pnl": math.nan, "position.highest": math.nan,
                "position.lowest": math.nan}
         fired = self._delivery_rule if deliver else None
-        for rule in self._exits if fired is None else ():
+        decide = st.held_mask is None or bool(st.held_mask[k])
+        for rule in self._exits if fired is None and decide else ():
             if rule.when is not None and self._owned(rule, st.owner) and \
                     value_at(self.plan, rule.when, k, st.values, ctx):
                 fired = rule

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..market.bars import bar_seconds
-from .prepare import Prepared, _schedule_masks, _symbol_bars, agent_flat_masks
+from .prepare import Prepared, _schedule_masks, _symbol_bars, agent_flat_masks, cadence_masks
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,7 @@ class LiveFeed:
         st.bars, st.inputs = sbars, bars
         st.entry_mask, st.flat_mask = _schedule_masks(self.prep, bars)
         st.flat_masks = agent_flat_masks(self.prep, bars)
+        st.held_mask, st.add_mask = cadence_masks(self.prep, bars)
         for i, arr in enumerate(st.values):
             if arr is not None and len(arr) < n:
                 grown_values = np.empty(n, dtype=object)
@@ -248,7 +249,7 @@ class LiveRun:
         self.stop, self.status, self.say = stop, status, say
         self.status_every, self.tick, self.monotonic = status_every, tick, monotonic
         # other symbols first: a traded symbol's bar reads them as of its close
-        self.symbols = prep_others(feed.prep) + sorted(kernel.syms)
+        self.symbols = prep_others(feed.prep) + list(kernel.syms)
         self.stepped = 0
         self.first_decision_wall: float | None = None
         self.latencies: list[float] = []       # wall seconds from a bar's arrival to its orders' placing
@@ -333,6 +334,7 @@ def live_kernel(prep: Prepared, venue, *, run_id: str, recorder=None, tags: tupl
         values = [np.empty(len(sbars), dtype=object) if node.market else None for node in plan.nodes]
         symbols[symbol] = _Symbol(symbol, sbars, values, len(sbars), entry_mask, flat_mask, None, Stream(plan), bars,
                                   flat_masks=agent_flat_masks(prep, bars))
+        symbols[symbol].held_mask, symbols[symbol].add_mask = cadence_masks(prep, bars)
     settings, fills = run_settings(prep, run_id)
     if cash is not None:
         settings = replace(settings, cash=float(cash))

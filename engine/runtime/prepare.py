@@ -50,6 +50,8 @@ class Prepared:
     arrays: dict = field(default_factory=dict, repr=False)  # _symbol_bars' arrays per symbol
     scan: object = None            # the scanner's results (runtime.scanning.StrategyScan), when it has one
     missing: list = field(default_factory=list)   # traded symbols without bars (a scanner's universe)
+    left_out: dict = field(default_factory=dict)  # symbol -> (bars left out, bars in the file, the first's time):
+                                                  # outside regular hours (data.session: regular)
 
     @functools.cached_property
     def orders(self) -> Mapping[str, OrderTemplate]:
@@ -195,6 +197,7 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     if calendar:       # schedule.calendar: the traded symbols' sessions and holidays, over their instruments'
         instruments.update({s: dataclasses.replace(instruments[s], calendar=calendar) for s in symbols})
     want_seconds = bar_seconds(bar)
+    left_out: dict = {}
     for symbol, frame in list(frames.items()):
         history = histories.get(symbol)
         index = frame.index if history is None else \
@@ -209,7 +212,17 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                 frames[symbol] = to_bar(frame)
             else:       # each contract on its own: a bin never mixes two contracts' trades
                 history.contracts = {c: to_bar(f) for c, f in history.contracts.items()}
-        elif have is not None and have > want_seconds * 1.5 and want_seconds < 86400 and symbol in symbols:
+        elif have is not None and have <= want_seconds * 1.5 and spec.session == "regular" and want_seconds < 86400 \
+                and frames_from is None and history is None and instruments.get(symbol) is not None and instruments[symbol].calendar and len(frame) > 1:
+            # a file already at the bar size: its bars outside regular hours are left out, as a
+            # resample leaves them out of finer bars (said on stderr by the CLI)
+            from ..market.bars import outside_regular_hours
+
+            outside = outside_regular_hours(frame, instruments[symbol].calendar, timezone)
+            if outside.any():
+                left_out[symbol] = (int(outside.sum()), len(frame), frame.index[int(np.flatnonzero(outside)[0])])
+                frames[symbol] = frame[~outside]
+        if have is not None and have > want_seconds * 1.5 and want_seconds < 86400 and symbol in symbols:
             # (another symbol read through symbol("X") may be coarser: it is aligned as of each bar)
             raise _fail(doc, ("data", "bar"), f"{symbol}'s data has bars of about {have / 60:g} minutes, "
                         f"longer than the strategy's {bar} bars", "use finer data or a longer bar size")
@@ -229,6 +242,7 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     prepared.chains = chains
     prepared.fronts = fronts
     prepared.missing = [s for s in symbols if s not in frames]
+    prepared.left_out = left_out
     if plan.inputs.scan:
         from .scanning import strategy_scan
 
@@ -328,7 +342,9 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
     end = start + int(seconds * 1e9)
     sched = prep.schedule
     flat_by = sched.flat_by is not None or any(a.flat_by is not None for a in prep.agents if a.own_flat_by)
-    intraday_schedule = seconds < 86400 and (sched.entry_window is not None or flat_by)
+    intraday_schedule = seconds < 86400 and (sched.entry_window is not None or flat_by or
+                                             sched.held_grid(seconds) is not None or
+                                             sched.scan_grid(seconds) is not None)
     needs_calendar = bool(prep.plan.inputs.clock & _CLOCK_NEEDS_CALENDAR) or (flat_by and seconds < 86400)
     want = set(prep.plan.inputs.clock)
     if intraday_schedule:
@@ -386,18 +402,53 @@ def _needs_session(prep: Prepared) -> bool:
 
 
 def _schedule_masks(prep: Prepared, bars: Bars) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Entries allowed only inside the entry window; a forced exit from the flat-by time."""
+    """Entries allowed only inside the entry window, and for names not held only at the closes
+    on the scan cadence's grid (`schedule.scan_every`, else `every`); a forced exit from the
+    flat-by time."""
     sched = prep.schedule
-    if bar_seconds(prep.bar) >= 86400 or (sched.entry_window is None and sched.flat_by is None):
+    seconds = bar_seconds(prep.bar)
+    scan = sched.scan_grid(seconds)
+    if seconds >= 86400 or (sched.entry_window is None and sched.flat_by is None and scan is None):
         return None, None
-    minutes = bars.clock["time"] + bar_seconds(prep.bar) / 60.0  # decisions happen at the bar's close
+    minutes = bars.clock["time"] + seconds / 60.0  # decisions happen at the bar's close
     entry = flat = None
     if sched.entry_window is not None:
         lo, hi = sched.entry_window
         entry = (minutes >= lo) & (minutes <= hi)
+    if scan is not None:
+        on = _on_grid(minutes, scan)
+        entry = on if entry is None else entry & on
     if sched.flat_by is not None:
         flat = _flat_mask(prep, bars, sched.flat_by)
     return entry, flat
+
+
+def cadence_masks(prep: Prepared, bars: Bars, last: int | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(held, adds): the closes at which held names are decided (`schedule.every` coarser than
+    the bar: the closes on its grid; None: every close), and at which an entry may add to or
+    reverse a held name (the entry window on the held cadence; None: as the entry mask, when
+    names held and not held are decided alike)."""
+    seconds = bar_seconds(prep.bar)
+    sched = prep.schedule
+    every, scan = sched.held_grid(seconds), sched.scan_grid(seconds)
+    if seconds >= 86400 or (every is None and scan is None):
+        return None, None
+    minutes = bars.clock["time"] + seconds / 60.0
+    held = _on_grid(minutes, every) if every is not None else None
+    adds = held.copy() if held is not None else np.ones(len(minutes), dtype=bool)
+    if sched.entry_window is not None:
+        lo, hi = sched.entry_window
+        adds &= (minutes >= lo) & (minutes <= hi)
+    if last is not None:
+        held, adds = (held[:last] if held is not None else None), adds[:last]
+    return held, adds
+
+
+def _on_grid(close_minutes: np.ndarray, every: float) -> np.ndarray:
+    """Bar closes (minutes after local midnight) that fall on a cadence's grid: whole multiples
+    of `every` seconds after midnight (60s: every minute; 5m: 9:35, 9:40, ...; 1h: 10:00, ...)."""
+    secs = np.rint(np.asarray(close_minutes, dtype=np.float64) * 60.0)
+    return np.mod(secs, float(every)) < 0.5
 
 
 def _flat_mask(prep: Prepared, bars: Bars, flat_by: int) -> np.ndarray:

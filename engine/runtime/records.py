@@ -59,6 +59,7 @@ class RunSettings:
     fill_fraction: float = 0.5     # combo limits: how far from natural towards mid the market meets them
     arbitration: Arbitration = field(default_factory=Arbitration)   # between agents (runtime/arbitration.py)
     agents: tuple[AgentSettings, ...] = ()   # in the order they are listed
+    max_new_entries: int | None = None       # schedule.max_new_entries_per_scan: new names entered at one close
 
 
 class RunState:

@@ -20,7 +20,7 @@ from ..check.model import Arbitration
 from ..plan.evaluate import Stream, evaluate
 from . import backtest as bt
 from .equity import equity_curve
-from .prepare import _schedule_masks, _span, _symbol_bars, _truncate, agent_flat_masks, run_window
+from .prepare import _schedule_masks, _span, _symbol_bars, _truncate, agent_flat_masks, cadence_masks, run_window
 from .clock import SimClock, WallClock
 from .collector import without_cyclic_gc
 from .journal import new_run_id
@@ -106,6 +106,7 @@ def _simulate(prep, dry_run, streaming, run_id, on_order, partial, progress, rec
             st = _Symbol(symbol, sbars, values, first, _cut(entry_mask, last), _cut(flat_mask, last), candidates)
         st.combo, st.mixed = combos, mixed
         st.flat_masks = agent_flat_masks(prep, bars, last)
+        st.held_mask, st.add_mask = cadence_masks(prep, bars, last)
         symbols[symbol] = st
         symbol_bars[symbol] = sbars
     timings["evaluate"] = time.perf_counter() - t0
@@ -153,7 +154,7 @@ def run_settings(prep: bt.Prepared, run_id: str) -> tuple[RunSettings, FillModel
                            run_id=run_id, strategy=prep.plan.name, timezone=prep.timezone,
                            fill_fraction=sim.options.fill_fraction,
                            arbitration=Arbitration.from_spec(prep.doc.get(("arbitration",))),
-                           agents=prep.agents)
+                           agents=prep.agents, max_new_entries=prep.schedule.max_new_entries_per_scan)
     return settings, FillModel(sim.commission, sim.slippage, sim.fill)
 
 

@@ -34,7 +34,8 @@ CASES: dict[str, tuple[str, list[tuple[str, str]] | None, dict]] = {
     "iron_condor": ("strategies/iron_condor.yaml", None, {"overrides": {"min_credit": "0.10"}}),
     "spxw_condor": ("strategies/spxw_condor.yaml", None, {"chains": str(SPXW)}),
     "breakout_nq": ("strategies/breakout.yaml",
-                    [(r"(?m)^universe: .*$", "universe: [NQ]"), *UNSUPPORTED], {"data": str(NQ_1M)}),
+                    [(r"(?m)^universe: .*$", "universe: [NQ]"), (r"(?m)^scanner: .*\n", ""),
+                     (r"(?m) and scan\.picked$", ""), *UNSUPPORTED], {"data": str(NQ_1M)}),
     "futures_breakout": ("strategies/futures_breakout.yaml", None, {}),
     "futures_breakout_es": ("strategies/futures_breakout_es.yaml", None, {}),
     "regime_agents_daily": ("strategies/regime_agents.yaml", None, {}),     # the example itself: daily SPY and AAPL

@@ -204,3 +204,36 @@ def test_the_cap_picks_the_same_names_in_a_replay_as_in_the_backtest(tmp_path):
         [(t.symbol, t.entry_time, t.exit_time, t.exit_rule) for t in backtest]
     assert backtest[0].symbol == "SPY"          # both fired at that close: the first listed went
     assert np.isclose(sum(t.pnl for t in replay), sum(t.pnl for t in backtest))
+
+
+XSP_CROSS = """\
+kind: strategy
+name: xsp-cross
+universe: [XSP]
+data: {{bar: 1m, source: {data}/}}
+schedule: {{timezone: America/New_York, flat_by: "12:00"}}
+indicators:
+  fast_ma: sma(close, 5)
+  slow_ma: sma(close, 20)
+entry:
+  - {{name: cross up, when: "crosses_above(fast_ma, slow_ma)", order: buy}}
+exit:
+  - {{name: cross down, when: "crosses_below(fast_ma, slow_ma)"}}
+orders:
+  buy: {{action: buy, type: market, quantity: 10}}
+"""
+
+
+def test_no_entry_from_the_flat_by_time_on(tmp_path):
+    """flat_by with no entry window: an entry decided at or after the flat-by time would be closed
+    at the next close; none is decided (it was: a position opened at 12:01, closed at 12:02)."""
+    path = tmp_path / "x.yaml"
+    path.write_text(XSP_CROSS.format(data=Path(__file__).resolve().parents[1] / "strategies" / "data"))
+    res = bt.run(bt.prepare(path))
+    fired = [d for d in res.runner.decisions if d.kind == "entry" and d.outcome == "fired"]
+    assert len(fired) >= 8
+    assert all(_local_minutes(d.time) < 12 * 60 for d in fired)
+    assert all(t.exit_rule in ("cross down", "flat_by") for t in res.ledger.trades)
+    # every session's crosses after noon are left alone: no trade opens after 12:00
+    opens = [pd.Timestamp(t.entry_time, tz="UTC").tz_convert("America/New_York") for t in res.ledger.trades]
+    assert opens and all(t.hour * 60 + t.minute <= 12 * 60 for t in opens)

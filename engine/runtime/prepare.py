@@ -420,6 +420,8 @@ def _schedule_masks(prep: Prepared, bars: Bars) -> tuple[np.ndarray | None, np.n
         entry = on if entry is None else entry & on
     if sched.flat_by is not None:
         flat = _flat_mask(prep, bars, sched.flat_by)
+        # no new entry from the flat-by time on: it would be closed at once (the next close)
+        entry = ~flat if entry is None else entry & ~flat
     return entry, flat
 
 

@@ -279,6 +279,7 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
         from .kernel import _Tracked
 
         tr = _Tracked(intent, record, symbol, kernel.settings.strategy, role, rule, len(st.bars))
+        tr.lane = st
         tr.sent = True
         if kernel.recorder is not None and row is not None:
             kernel.recorder.known(a.tag)

@@ -242,3 +242,25 @@ def test_trades_by_agent_figure(tmp_path):
         counts[n] = Counter(t.owner for t in bt.run(prep, run_id="t").ledger.trades)
     assert sum(counts[2].values()) > sum(counts[1].values())
     assert counts[2]["contrarian"] > counts[1]["contrarian"]      # no longer shut out while the follower holds
+
+
+def test_regime_agents_with_two_positions_a_symbol_trades_alike_in_every_simulated_mode(tmp_path):
+    """The seven-agent example with positions_per_symbol: 2 (its data is bundled): more trades than
+    with one, agents held together on a symbol, and run --broker sim and the dry run equal to it."""
+    root = Path(__file__).resolve().parent.parent / "strategies"
+    src = (root / "regime_agents.yaml").read_text()
+    assert "arbitration: {policy: highest_confidence}" in src
+    path = root / f"_test_two_{tmp_path.name}.yaml"       # beside it: its risk file and data are relative
+    path.write_text(src.replace("arbitration: {policy: highest_confidence}",
+                                "arbitration: {policy: highest_confidence, positions_per_symbol: 2}"))
+    try:
+        prep = bt.prepare(path)
+        result = bt.run(prep, run_id="g")
+        one = bt.run(bt.prepare(root / "regime_agents.yaml"), run_id="g")
+        assert len(result.ledger.trades) > len(one.ledger.trades)
+        assert overlaps(result.ledger.trades) and not overlaps(one.ledger.trades)
+        want = cases.record(result)
+        for streaming, dry in ((True, False), (False, False), (True, True)):
+            assert cases.record(session.simulate(prep, streaming=streaming, dry_run=dry, run_id="g")) == want
+    finally:
+        path.unlink()

@@ -867,6 +867,9 @@ effect(S, "/properties/arbitration/threshold", "agents_vote", put("arbitration.t
        note="at 0.9 no side's support passes (0.75 in an up trend, 0.5 in a down one)")
 effect(S, "/properties/arbitration/max_active_agents", "agents_two", put("arbitration", {"max_active_agents": 1}),
        "trades", note="while one agent holds a symbol the other takes no position on the other symbol")
+effect(S, "/properties/arbitration/positions_per_symbol", "agents_two",
+       put("arbitration", {"positions_per_symbol": 2}), "trades",
+       note="2: the other agent enters a symbol the first holds, with a position of its own")
 
 # ---- strategy: costs
 effect(S, "/$defs/commission/per_share", "sma", put("backtest", {"commission": {"per_share": 0.01}}), "fills")

@@ -504,7 +504,7 @@ def test_explain_json():
     finally:
         copy.unlink()
     assert refused.exit_code == 0 and json.loads(refused.stdout)["nodes"]
-    assert "backtest and run refuse this strategy while these keys are in it" in refused.stderr   # what_to_show
+    assert "backtest and run refuse this strategy while this key is in it" in refused.stderr   # what_to_show
     labels = [n["expr"] for n in data["nodes"]]
     assert labels.count("atr(14)") == 1
     assert data["history_bars"] == data["warmup_bars"] + 1

@@ -222,13 +222,15 @@ class Arbitration:
     policy: str = "highest_confidence"    # priority | highest_confidence | weighted_vote
     threshold: float = 0.5                # weighted_vote: the support a side needs, in (0, 1]
     max_active_agents: int | None = None  # agents holding positions at once (None: no limit)
+    positions_per_symbol: int = 1         # positions one symbol holds at once, across agents (one per agent)
 
     @classmethod
     def from_spec(cls, spec: dict | None) -> "Arbitration":
         spec = spec or {}
         policy = spec.get("policy", "highest_confidence")
         return cls("highest_confidence" if policy == "highest_score" else policy,
-                   float(spec.get("threshold", 0.5)), spec.get("max_active_agents"))
+                   float(spec.get("threshold", 0.5)), spec.get("max_active_agents"),
+                   int(spec.get("positions_per_symbol", 1)))
 
 
 @dataclass(frozen=True)

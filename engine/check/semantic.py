@@ -718,6 +718,13 @@ class StrategyCheck(DocumentCheck):
         if spec and not agents:
             self.warn(("arbitration",), "arbitration: the strategy has no agents, so nothing is arbitrated",
                       "remove it, or give the strategy `agents:`", key=True)
+        per_symbol = spec.get("positions_per_symbol", 1)
+        if isinstance(per_symbol, int) and not isinstance(per_symbol, bool) and per_symbol > 1 and len(agents) < 2:
+            self.err(("arbitration", "positions_per_symbol"), f"arbitration.positions_per_symbol {per_symbol}: "
+                     f"more than one position a symbol is one each for different agents, and this strategy has "
+                     f"{'one agent' if agents else 'no agents'}",
+                     "give the strategy two agents or more, or remove positions_per_symbol (pyramiding adds to "
+                     "one position)", key=True)
         if "threshold" in spec and policy != "weighted_vote":
             self.err(("arbitration", "threshold"), f"arbitration.threshold is read by the weighted_vote policy "
                      f"only (this strategy's is {policy})", "remove it, or set policy: weighted_vote", key=True)

@@ -122,9 +122,12 @@ class Ledger:
         return sum(abs(p.quantity) * p.margin_per_unit for p in self.positions.values())
 
     def open(self, fill: Fill, *, margined: bool = False, margin_per_unit: float = 0.0,
-             entry_values: dict | None = None, owner: str = "", states: tuple = ()) -> Position:
-        if fill.symbol in self.positions:
-            raise LedgerError(f"{fill.symbol} already has an open position")
+             entry_values: dict | None = None, owner: str = "", states: tuple = (), key: str | None = None) -> Position:
+        """Open a position with `fill`, kept under `key` (default: the fill's symbol; another key
+        keeps a second owner's position in the same symbol apart)."""
+        key = fill.symbol if key is None else key
+        if key in self.positions:
+            raise LedgerError(f"{key} already has an open position")
         self.fills.append(fill)
         self.cash -= fill.commission
         signed = fill.quantity if fill.action == "buy" else -fill.quantity
@@ -133,13 +136,13 @@ class Ledger:
         pos = Position(fill.symbol, signed, fill.price, fill.multiplier, margined, fill.time, fill.bar,
                        fill.commission, fill.rule, margin_per_unit, dict(entry_values) if entry_values else {},
                        fill.contract, owner, states)
-        self.positions[fill.symbol] = pos
+        self.positions[key] = pos
         return pos
 
-    def add(self, fill: Fill) -> Position:
+    def add(self, fill: Fill, key: str | None = None) -> Position:
         """Add to the open position the same way (pyramiding): the quantity grows, the average
         price is the quantity-weighted mean of the entries, the commission joins the entry's."""
-        pos = self.positions.get(fill.symbol)
+        pos = self.positions.get(fill.symbol if key is None else key)
         signed = fill.quantity if fill.action == "buy" else -fill.quantity
         if pos is None or signed * pos.quantity <= 0:
             raise LedgerError(f"fill {fill.action} {fill.quantity} does not add to {fill.symbol}")
@@ -153,7 +156,8 @@ class Ledger:
         pos.entry_commission += fill.commission
         return pos
 
-    def late_commission(self, order_ref: str, delta: float, trade_index: int | None = None) -> None:
+    def late_commission(self, order_ref: str, delta: float, trade_index: int | None = None,
+                        key: str | None = None) -> None:
         """A commission the venue reported after the fill was booked (IB's commission report
         comes after the execution, sometimes as zero first): cash, the fill, the open position's
         entry commission or the closed trade's P&L take the difference."""
@@ -164,7 +168,7 @@ class Ledger:
             f = self.fills[i]
             if f.order_ref == order_ref:
                 self.fills[i] = replace(f, commission=f.commission + delta)
-                symbol = f.symbol
+                symbol = f.symbol if key is None else key
                 break
         else:
             raise LedgerError(f"no fill of {order_ref} to take a commission")
@@ -179,10 +183,12 @@ class Ledger:
         elif symbol in self.positions:
             self.positions[symbol].entry_commission += delta
 
-    def close(self, fill: Fill, exit_reason: str = "", mae: float | None = None, mfe: float | None = None) -> Trade:
-        """Close the position with `fill`: the round trip, with its excursions when the caller
-        measured them over the bars it was open."""
-        pos = self.positions.get(fill.symbol)
+    def close(self, fill: Fill, exit_reason: str = "", mae: float | None = None, mfe: float | None = None,
+              key: str | None = None) -> Trade:
+        """Close the position kept under `key` (default: the fill's symbol) with `fill`: the round
+        trip, with its excursions when the caller measured them over the bars it was open."""
+        key = fill.symbol if key is None else key
+        pos = self.positions.get(key)
         if pos is None or abs(fill.signed + pos.quantity) > 1e-9:
             raise LedgerError(f"fill {fill.action} {fill.quantity} does not close {fill.symbol}")
         self.fills.append(fill)
@@ -199,6 +205,6 @@ class Ledger:
                       pos.entry_time, pos.avg_price, fill.time, fill.price, pnl,
                       100.0 * pnl / basis if basis else 0.0, pos.entry_bar, fill.bar, commission,
                       pos.entry_rule, fill.rule, exit_reason, mae, mfe, (), pos.contract, pos.owner, pos.states)
-        del self.positions[fill.symbol]
+        del self.positions[key]
         self.trades.append(trade)
         return trade

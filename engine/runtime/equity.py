@@ -75,7 +75,9 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
         times = times[int(np.searchsorted(times, int(start.value), side="left")):]
     cols = ledger_columns(ledger, bars)
     cols, positions = _at_last_close(cols, ledger.positions, bars, combo_symbol or {})
-    if len(bars) == 1 and not combos and not combo_symbol:
+    # positions kept under a key of their own (a second owner's in one symbol: positions_per_symbol)
+    apart = any(k != getattr(p, "symbol", k) for k, p in positions.items() if k not in (combo_symbol or {}))
+    if len(bars) == 1 and not combos and not combo_symbol and not apart:
         curve = _one_symbol_curve(cols, next(iter(bars.values())), times, initial, positions)
         if curve is not None:
             marks = {s: float(bars[s].of(p.contract).close[-1]) for s, p in ledger.positions.items() if s in bars}
@@ -94,11 +96,12 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
     cash = initial + np.cumsum(cash_delta)[: len(times)]
     value = np.zeros(len(times))
     marks = {}
-    open_spans: dict[str, tuple[int, float, float]] = {}
-    for symbol, pos in positions.items():
+    open_spans: dict[str, list[tuple[int, float, float]]] = {}
+    for key, pos in positions.items():
+        symbol = getattr(pos, "symbol", key) if key not in owner else key
         if symbol in bars:
-            open_spans[symbol] = (pos.entry_bar, pos.quantity, pos.avg_price)
-            marks[symbol] = float(bars[symbol].of(getattr(pos, "contract", "")).close[-1])
+            open_spans.setdefault(symbol, []).append((pos.entry_bar, pos.quantity, pos.avg_price))
+            marks[key] = float(bars[symbol].of(getattr(pos, "contract", "")).close[-1])
     for combo in combos or []:
         # an option combo is worth its marks (minus the cost to close at mid), held from its entry
         # bar's close to its exit bar (exclusive: closed at that bar's close, its cash is in)
@@ -124,9 +127,9 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
         lo, hi, qty, entry = cols.trade_entry_bar, cols.trade_exit_bar, cols.trade_units, cols.trade_entry_price
         if not sel.all():
             lo, hi, qty, entry = lo[sel], hi[sel], qty[sel], entry[sel]
-        held = _held_contracts(cols, sel, positions.get(symbol)) if b.front is not None else None
-        if symbol in open_spans:
-            e, q, p = open_spans[symbol]
+        held = _held_contracts(cols, sel, [p for k, p in positions.items() if k not in owner and
+                                           getattr(p, "symbol", k) == symbol]) if b.front is not None else None
+        for e, q, p in open_spans.get(symbol, ()):
             lo, hi = np.append(lo, e), np.append(hi, len(b))
             qty, entry = np.append(qty, q), np.append(entry, p)
         if not len(lo):
@@ -153,12 +156,11 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
     return times, cash + value, cash, marks
 
 
-def _held_contracts(cols: LedgerColumns, sel: np.ndarray, position) -> list[str]:
-    """The contract of each of a per-contract futures symbol's spans (its trades, then its open position)."""
+def _held_contracts(cols: LedgerColumns, sel: np.ndarray, positions: list) -> list[str]:
+    """The contract of each of a per-contract futures symbol's spans (its trades, then its open positions)."""
     contracts = cols.trade_contract or [""] * len(sel)
     out = [c for c, s in zip(contracts, sel.tolist()) if s]
-    if position is not None:
-        out.append(getattr(position, "contract", ""))
+    out.extend(getattr(p, "contract", "") for p in positions)
     return out
 
 
@@ -179,6 +181,7 @@ class _Held:
     entry_bar: int
     quantity: float
     avg_price: float
+    symbol: str = ""
 
 
 def _at_last_close(cols: LedgerColumns, positions: dict, bars: dict[str, SymbolBars],
@@ -203,9 +206,13 @@ def _at_last_close(cols: LedgerColumns, positions: dict, bars: dict[str, SymbolB
                                  ("trade_exit_bar", exit_bar)) if v is not None}
     if changes:
         cols = replace(cols, **changes)
-    late = {s: p for s, p in positions.items() if s in last and p.entry_bar > last[s] >= 0}
+    def held_in(s, p) -> str:
+        return getattr(p, "symbol", s) if s not in owner else s
+
+    late = {s: p for s, p in positions.items() if held_in(s, p) in last and p.entry_bar > last[held_in(s, p)] >= 0}
     if late:
-        positions = {**positions, **{s: _Held(last[s], p.quantity, p.avg_price) for s, p in late.items()}}
+        positions = {**positions, **{s: _Held(last[held_in(s, p)], p.quantity, p.avg_price, held_in(s, p))
+                                     for s, p in late.items()}}
     return cols, positions
 
 
@@ -231,7 +238,8 @@ def _one_symbol_curve(cols: LedgerColumns, b: SymbolBars, times: np.ndarray, ini
     # positions: held at the closes of bars [entry bar, exit bar), one at a time
     lo, hi, qty, entry = cols.trade_entry_bar, cols.trade_exit_bar, cols.trade_units, cols.trade_entry_price
     pos = positions.get(b.symbol)
-    held = _held_contracts(cols, np.ones(len(lo), dtype=bool), pos) if b.front is not None else None
+    held = _held_contracts(cols, np.ones(len(lo), dtype=bool), [pos] if pos is not None else []) \
+        if b.front is not None else None
     if pos is not None:
         lo, hi = np.append(lo, pos.entry_bar), np.append(hi, n)
         qty, entry = np.append(qty, pos.quantity), np.append(entry, pos.avg_price)

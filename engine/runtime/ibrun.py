@@ -279,6 +279,7 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
         from .kernel import _Tracked
 
         tr = _Tracked(intent, record, symbol, kernel.settings.strategy, role, rule, len(st.bars))
+        tr.lane = st
         tr.sent = True
         if kernel.recorder is not None and row is not None:
             kernel.recorder.known(a.tag)
@@ -552,6 +553,19 @@ def run_ib(strategy: str, *, connect, overrides: dict, journal, dry_run: bool, l
                                         "backtest, `run --broker sim` and `run --dry-run --broker sim` scan it; an IB "
                                         "run would wait for every universe name's bar of each period before the scan",
                                         key=True)])
+    per_symbol = doc.get(("arbitration", "positions_per_symbol"))
+    if isinstance(per_symbol, int) and per_symbol > 1:
+        # IB nets the owners' positions in a contract: reconciling their sum against IB's and giving
+        # each owner its position back after a restart is not built yet
+        from ..diagnostics import DiagnosticError
+
+        raise DiagnosticError([doc.diag(("arbitration", "positions_per_symbol"),
+                                        f"arbitration.positions_per_symbol {per_symbol}: more than one position a "
+                                        "symbol is not supported in runs on IB (paper, live or --dry-run --broker "
+                                        "ib) yet", "backtest, `run --broker sim` and `run --dry-run --broker sim` "
+                                        "run it; IB nets the agents' positions in a contract, and reconciling their "
+                                        "sum and restoring each after a restart is not built; set it to 1 (or "
+                                        "remove it) for an IB run", key=True)])
     plan = build_plan(doc, ws, overrides)
     spec = DataSpec.from_spec(doc.get(("data",)))
     limits = risk_limits(doc)

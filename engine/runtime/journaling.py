@@ -66,7 +66,7 @@ def _write_journal(result: Result, journal: Journal, mode: str, incremental: boo
     journal.many("states", ("run_id", "symbol", "name", "ts", "label"), _state_rows(result))
     end_ts = _iso(int(result.labels[-1])) if len(result.labels) else _iso(0)
     journal.many("positions", ("run_id", "ts", "symbol", "quantity", "avg_price", "market_price"),
-                 ((run_id, end_ts, s, p.quantity, p.avg_price, result.marks.get(s))
+                 ((run_id, end_ts, p.symbol, p.quantity, p.avg_price, result.marks.get(s))
                   for s, p in result.ledger.positions.items()))
 
 

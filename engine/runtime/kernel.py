@@ -64,7 +64,7 @@ class _Tracked:
 
     __slots__ = ("intent", "record", "symbol", "owner", "role", "rule", "decided_bar", "exit_kind", "filled",
                  "value", "commission", "execs", "last_bar", "last_time", "why", "last_price", "combo",
-                 "chase_prices", "sent", "done", "contract")
+                 "chase_prices", "sent", "done", "contract", "lane")
 
     def __init__(self, intent: OrderIntent, record: OrderRecord, symbol: str, owner: str, role: str, rule: N.Rule,
                  decided_bar: int, exit_kind: str = ""):
@@ -89,6 +89,7 @@ class _Tracked:
         self.sent = False
         self.done = False
         self.contract = ""              # the futures contract it goes to, where the bars are per contract
+        self.lane: _Symbol | None = None  # the symbol's position it belongs to (one of its lanes)
 
 
 @dataclass
@@ -122,6 +123,8 @@ class _Symbol:
     held_mask: np.ndarray | None = None   # the closes at which a held name is decided (schedule.every)
     add_mask: np.ndarray | None = None    # the closes at which an entry may add to or reverse a held name
                                           # (None: as entry_mask; set when the cadences differ)
+    slot: str = ""                  # the ledger key of its shares (the symbol; another lane's: SYMBOL#2, ...)
+    lanes: list = field(default_factory=list)       # positions_per_symbol > 1: the symbol's lanes, this one among them
 
 
 class Kernel(RunState):
@@ -218,6 +221,23 @@ class Kernel(RunState):
         self._new_at: tuple[int, list[str]] = (-1, [])
         for st in symbols.values():
             st.candidate_set = set(st.candidates.tolist()) if st.candidates is not None else None
+        # positions_per_symbol: each symbol's lanes, one position each (the first is the symbol's own
+        # record, keyed by the symbol; the others share its bars and values, keyed SYMBOL#2, ...)
+        self._per_symbol = settings.arbitration.positions_per_symbol if self._rank else 1
+        self._lane_of: dict[str, _Symbol] = {}
+        self._lanes: list[_Symbol] = []
+        for symbol, st in symbols.items():
+            st.slot = symbol
+            if self._per_symbol > 1:
+                st.lanes = [st] + [dataclasses.replace(st, stream=None, pending=[], protect={}, stats={}, jump_idx={},
+                                                       slot=f"{symbol}#{i}", lanes=[])
+                                   for i in range(2, self._per_symbol + 1)]
+                for lane in st.lanes[1:]:
+                    lane.lanes = st.lanes
+            for lane in st.lanes or [st]:
+                self._lane_of[lane.slot] = lane
+                self._lanes.append(lane)
+        self._entered: dict[str, int] = {}     # symbol -> the bar a lane of it last decided its entries at
         self._jump_cache: dict[str | None, list[int] | None] = {}
         self._scalars: dict[int, Callable] = {}        # each node read at one bar, as a function (plan.evaluate.scalar_at)
         self._levels: dict[str | None, list] = {}     # per owner: its exits' (rule, stop|target, level at a bar, key)
@@ -320,6 +340,9 @@ class Kernel(RunState):
         cands = st.candidates.tolist() if st.candidates is not None else None
         last_cand = len(cands) if cands is not None else 0
         skips = st.stream is None
+        if st.lanes:        # positions_per_symbol: every bar, each lane in turn
+            yield from self._lanes_feed(st)
+            return
         k = st.start
         while k < n:
             if skips and st.key is None and not st.pending and st.working_entry is None and st.closing is None \
@@ -366,6 +389,43 @@ class Kernel(RunState):
             drain()
             on_close(st, k)
             k += 1
+
+    def _lanes_feed(self, st: _Symbol):
+        """history_feed for a symbol with lanes (positions_per_symbol > 1): every bar is visited
+        (one lane's position waiting does not make the bar idle for another's entries)."""
+        b = st.bars
+        symbol = st.symbol
+        venue = self.venue
+        lanes = st.lanes
+        for k in range(st.start, len(b)):
+            t = int(b.start[k])
+            opened = any(lane.pending for lane in lanes) or venue.fills_at_open(symbol, k)
+            if opened:
+                yield t, OPEN
+                for lane in lanes:
+                    lane.at = (k, OPEN)
+                self._on_open(st, k)
+                for lane in lanes[1:]:
+                    self._send_pending(lane, k)
+            trades = venue.works(symbol)
+            if trades:
+                yield t, INTRABAR
+                if not opened:
+                    for lane in lanes:
+                        lane.at = (k, OPEN)
+                    venue.open_bar(symbol, k)
+                venue.close_bar(symbol, k)
+                self._drain()
+            yield int(b.end[k]), CLOSE
+            for lane in lanes:
+                lane.at = (k, CLOSE)
+            if not trades:
+                if not opened:
+                    venue.open_bar(symbol, k)
+                venue.close_bar(symbol, k)
+            self._drain()
+            for lane in lanes:
+                self._on_close(lane, k)
 
     _FIXED_AT_ENTRY = frozenset({"position.entry_price", "position.side", "position.size", "position.entry_bar",
                                  "position.entry_credit"})
@@ -507,6 +567,10 @@ class Kernel(RunState):
     def _on_open(self, st: _Symbol, k: int) -> None:
         self.venue.open_bar(st.symbol, k)
         self._drain()
+        self._send_pending(st, k)
+
+    def _send_pending(self, st: _Symbol, k: int) -> None:
+        """The orders a lane decided at the previous close, sent at this open."""
         pending = st.pending
         if pending:
             st.pending = []
@@ -521,8 +585,9 @@ class Kernel(RunState):
         """Size (entries), risk-check and place an order decided at the previous close."""
         it = tr.intent
         role = tr.role
+        lane = tr.lane
         if role == "entry":
-            st = self.syms[tr.symbol]
+            st = lane
             if st.key is not None and st.closing is not None:
                 st.after_exit = tr      # a reversal whose exit is not booked yet (a live venue): after it
                 return
@@ -531,20 +596,20 @@ class Kernel(RunState):
                 st.working_entry = None
                 return
             it = tr.intent = tr.record.intent = it.sized(qty)
-        elif role == "exit" and tr.symbol not in self.ledger.positions:
+        elif role == "exit" and lane.slot not in self.ledger.positions:
             # closed meanwhile (a protective order filled first)
             self._status(tr, "cancelled", self._now, "the position was already closed")
-            self.syms[tr.symbol].closing = None
+            lane.closing = None
             return
-        b = self.syms[tr.symbol].bars
+        b = lane.bars
         if b.front is not None:     # per-contract futures: an entry goes to the front month, the rest to the held one
-            pos = self.ledger.positions.get(tr.symbol) if role != "entry" else None
+            pos = self.ledger.positions.get(lane.slot) if role != "entry" else None
             tr.contract = tr.record.contract = pos.contract if pos is not None else b.contract_at(k)
         order = E.Order(it.tag, it.symbol, it.action, float(it.quantity), it.order_type, it.limit, it.stop, it.tif,
-                        f"{it.symbol}:protect" if role == "stop" or role == "target" else "", tr.owner, it.intent,
+                        f"{lane.slot}:protect" if role == "stop" or role == "target" else "", tr.owner, it.intent,
                         it.rule, contract=tr.contract)
         if role == "entry" and self.check_order is not None and self._refused(tr, order):
-            self.syms[tr.symbol].working_entry = None
+            lane.working_entry = None
             return
         if self.recorder is not None:
             self.recorder.order(tr.record)       # journaled before it leaves
@@ -589,7 +654,7 @@ class Kernel(RunState):
                     fee = fee_of(quantity, price, mult, b.contracts)
         notes = []
         if limits.by_state or limits.volatility_target is not None:
-            st = self.syms[tr.symbol]
+            st = tr.lane
             if limits.by_state:
                 multiplier, sized = state_size(limits, self.states_at(st, tr.decided_bar))
                 if multiplier != 1.0:
@@ -599,11 +664,14 @@ class Kernel(RunState):
                 quantity, note = self._volatility_target(st, tr.decided_bar, quantity, equity, price * mult)
                 if note:
                     notes.append(note)
-        held = self.ledger.positions.get(tr.symbol)      # pyramiding: the position this entry adds to
+        # what the symbol holds already: the position this entry adds to (pyramiding), and with
+        # positions_per_symbol the other agents' shares too (max_position caps them together)
+        positions = self.ledger.positions
+        held = math.fsum(abs(positions[lane.slot].quantity) for lane in (tr.lane.lanes or [tr.lane])
+                         if lane.slot in positions)
         quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=b.margin if b.margined else price * mult,
                                      stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
-                                     whole=sizing.whole if sizing else True,
-                                     held=abs(held.quantity) if held is not None else 0.0)
+                                     whole=sizing.whole if sizing else True, held=held)
         if why and b.margined and why.startswith("capped by max_position"):
             why += " (a future's initial margin)"
         why = "; ".join(notes + [why] if why else notes)
@@ -669,7 +737,8 @@ class Kernel(RunState):
         tr.commission += ev.commission - before
         if tr.done and ev.commission != before and tr.intent.tag in self._booked:
             # booked already (a venue's commission may come after the order's last status)
-            self.ledger.late_commission(tr.intent.tag, ev.commission - before, self._trade_of.get(tr.intent.tag))
+            self.ledger.late_commission(tr.intent.tag, ev.commission - before, self._trade_of.get(tr.intent.tag),
+                                        key=tr.lane.slot if tr.combo is None else None)
         if self.recorder is not None:
             self.recorder.commission(ev)
 
@@ -757,7 +826,7 @@ class Kernel(RunState):
                 self.recorder.acknowledged(tr.record, ev.broker_id)
             return
         tr.done = True
-        st = self.syms[tr.symbol]
+        st = tr.lane
         role = tr.role
         if role == "combo_entry" or role == "combo_exit":
             self._combo_done(tr, st, ev)
@@ -857,24 +926,25 @@ class Kernel(RunState):
             self._status(tr, ev.status, ev.time, f"{short}: {ev.reason}" if ev.reason else short)
         self._booked.add(tag)
         ledger = self.ledger
+        slot = st.slot
         if role == "entry":
-            if symbol in ledger.positions:      # pyramiding: the entry adds to the position
-                pos = ledger.add(fill)
+            if slot in ledger.positions:      # pyramiding: the entry adds to the position
+                pos = ledger.add(fill, key=slot)
                 st.entries += 1
                 self._grow_protection(st, abs(pos.quantity))
                 return
             ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0, owner=tr.owner,
-                        states=self.states_at(st, tr.decided_bar))
-            st.owner, st.key = tr.owner, symbol
+                        states=self.states_at(st, tr.decided_bar), key=slot)
+            st.owner, st.key = tr.owner, slot
             st.stats = {}
             st.entries = 1
-            self._entry_ref[symbol] = tag
+            self._entry_ref[slot] = tag
             return
         if role == "stop" or role == "target":
             # its siblings in the one-cancels-all group are cancelled by the venue, and their
             # confirmations come as events like any other cancel
             self._decide(symbol, rule.name, "exit", "fired", rule.reason)
-        pos = ledger.positions.get(symbol)
+        pos = ledger.positions.get(slot)
         if pos is None or abs(pos.quantity + fill.signed) > 1e-9:
             self._error(f"{tag} filled {tr.filled:g} {it.action}, which does not close the position "
                         f"({pos.quantity if pos else 0:g} held)")
@@ -882,9 +952,9 @@ class Kernel(RunState):
         held = pos.quantity
         mae, mfe = excursions(b.of(pos.contract), pos.entry_bar, tr.last_bar, pos.avg_price, price, held > 0,
                               abs(held) * pos.multiplier)
-        trade = ledger.close(fill, rule.reason or rule.name, mae, mfe)     # no reason: the rule's name
+        trade = ledger.close(fill, rule.reason or rule.name, mae, mfe, key=slot)     # no reason: the rule's name
         index = self._trade_of[tag] = len(ledger.trades) - 1
-        entry_ref = self._entry_ref.pop(symbol, None)
+        entry_ref = self._entry_ref.pop(slot, None)
         if entry_ref is not None:
             self._trade_of[entry_ref] = index
         st.owner = st.key = None
@@ -908,12 +978,12 @@ class Kernel(RunState):
             if st.key is not None:
                 if st.chasing is None:
                     self._manage_combo(st, k)
-            elif self._idle(st):
+            elif self._idle(st) and self._first_entry(st, k):
                 self._enter_combo(st, k)
             return
         if st.key is not None:
             if st.closing is None:
-                side = self.ledger.positions[st.symbol].side
+                side = self.ledger.positions[st.key].side
                 self._manage(st, k)
                 if st.key is None or (st.closing is not None and self._reversible(st)):
                     # stop and reverse: an exit fired at this close; an entry the other way fires with it
@@ -923,7 +993,8 @@ class Kernel(RunState):
                 elif st.closing is None and st.entries < self._pyramid and not st.pending \
                         and st.working_entry is None:
                     self._enter(st, k, add=side)      # pyramiding: an entry the same way adds to it
-        elif not st.pending and st.working_entry is None and st.closing is None and st.chasing is None:  # _idle
+        elif not st.pending and st.working_entry is None and st.closing is None and st.chasing is None \
+                and self._first_entry(st, k):  # _idle
             self._enter(st, k)
             if st.key is not None and st.closing is None:
                 # filled at this close (`fill: close`): its exits already apply to this bar
@@ -934,8 +1005,8 @@ class Kernel(RunState):
 
     def _maintenance(self) -> float:
         """The maintenance margin of the futures held (per contract, from the instrument map)."""
-        return math.fsum([abs(p.quantity) * self.bars[s].maintenance for s, p in self.ledger.positions.items()
-                          if s not in self.combos and self.bars[s].margined])
+        return math.fsum([abs(p.quantity) * self.bars[p.symbol].maintenance for s, p in self.ledger.positions.items()
+                          if s not in self.combos and self.bars[p.symbol].margined])
 
     def _margin_call(self) -> None:
         """Equity below the maintenance margin of the futures held: each of them is closed at the
@@ -949,7 +1020,7 @@ class Kernel(RunState):
                 "held; they are liquidated")
         rule = N.Rule("exit", "margin call", reason=text)
         for symbol, pos in list(self.ledger.positions.items()):
-            other = self.syms.get(symbol)
+            other = self._lane_of.get(symbol)
             if other is None or other.combo or not other.bars.margined or other.closing is not None:
                 continue
             for ref in list(other.protect.values()):
@@ -962,7 +1033,7 @@ class Kernel(RunState):
         trade date is over): the position is settled at that contract's last price, as the
         exchange settles what is still open at expiry. Its working orders are cancelled first."""
         symbol = st.symbol
-        pos = self.ledger.positions[symbol]
+        pos = self.ledger.positions[st.slot]
         for ref in list(st.protect.values()) + ([st.closing] if st.closing is not None else []):
             tr = self.orders_by_ref[ref]
             if tr.sent and not tr.done:
@@ -972,14 +1043,14 @@ class Kernel(RunState):
             st.pending.remove(st.closing)
             self._status(self.orders_by_ref[st.closing], "cancelled", self._now, f"{pos.contract} expired first")
         st.closing = None
-        if symbol not in self.ledger.positions:
+        if st.slot not in self.ledger.positions:
             return          # closed meanwhile
         b = st.bars
         price = float(b.of(pos.contract).close[k])
         last = b.last_trade[pos.contract]
         how = f"{pos.contract} expired (last trade date {last}): settled at its last price {price:g}"
         time = int(b.end[k])
-        self.venue.settle_future(symbol, price, time)
+        self.venue.settle_future(symbol, price, time)     # the venue's holding (every lane's: one price)
         action = "sell" if pos.quantity > 0 else "buy"
         intent = OrderIntent(symbol, action, "market", abs(pos.quantity), None, None, None, "day", "close",
                              "expiry settlement", self._tag(), how)
@@ -993,9 +1064,9 @@ class Kernel(RunState):
                     "expiry settlement", how, pos.contract)
         mae, mfe = excursions(b.of(pos.contract), pos.entry_bar, k + 1, pos.avg_price, price, pos.quantity > 0,
                               abs(pos.quantity) * pos.multiplier)
-        trade = self.ledger.close(fill, how, mae, mfe)
+        trade = self.ledger.close(fill, how, mae, mfe, key=st.slot)
         index = self._trade_of[intent.tag] = len(self.ledger.trades) - 1
-        entry_ref = self._entry_ref.pop(symbol, None)
+        entry_ref = self._entry_ref.pop(st.slot, None)
         if entry_ref is not None:
             self._trade_of[entry_ref] = index
         self._booked.add(intent.tag)
@@ -1017,7 +1088,7 @@ class Kernel(RunState):
         """The open position's fields at bar k's close, only those the exits read (and its entry
         bar, which at_entry() needs). The running ones (highest, lowest, max and min P&L since the
         entry) are brought up to date over the bars since they were last looked at."""
-        pos = self.ledger.positions[st.symbol]
+        pos = self.ledger.positions[st.slot]
         e = pos.entry_bar
         ctx = {"position.entry_bar": e}
         need = self._ctx_fields
@@ -1110,7 +1181,7 @@ class Kernel(RunState):
         if not levels or (protect and self._jump_rules(owner) is not None and not st.reprotect):
             return      # none, or levels fixed at the entry with their orders placed: nothing to move
         st.reprotect = False
-        pos = self.ledger.positions[st.symbol]
+        pos = self.ledger.positions[st.slot]
         told = False            # the venue was sent, moved or cancelled something: its answers to take
         values = st.values
         for rule, key, level_at, slot in levels:
@@ -1149,7 +1220,7 @@ class Kernel(RunState):
             self._drain()
 
     def _exit_order(self, st: _Symbol, rule: N.Rule, k: int, kind: str) -> None:
-        pos = self.ledger.positions[st.symbol]
+        pos = self.ledger.positions[st.slot]
         template = self.settings.orders.get(rule.order) if rule.order else None
         nodes = self._order_nodes.get(rule.order, _NO_NODES)
         limit = self._value(st, nodes[0], k)
@@ -1182,6 +1253,8 @@ class Kernel(RunState):
             side = against or add
             fired = [r for r in fired if ((orders.get(r.order) or OrderTemplate(r.order or "")).action == "buy")
                      == ((side < 0) if against else (side > 0)) and (not add or self._owned(r, st.owner))]
+        if st.lanes and fired:
+            fired = self._lane_entries(st, k, fired)
         combos: dict = {}
         if st.mixed and not (against or add) and self._combo_may_fire(st, k):
             combos = self._combo_proposals(st, k)
@@ -1246,6 +1319,63 @@ class Kernel(RunState):
         if self._new_at[0] != t:
             self._new_at = (t, [])
         self._new_at[1].append(st.symbol)
+
+    def _first_entry(self, st: _Symbol, k: int) -> bool:
+        """positions_per_symbol: a symbol's entries are decided once a bar's close, by its first
+        idle lane (one new position a bar); True without lanes."""
+        if not st.lanes:
+            return True
+        if self._entered.get(st.symbol) == k:
+            return False
+        self._entered[st.symbol] = k
+        return True
+
+    def _others(self, st: _Symbol) -> dict[str, int]:
+        """The agents holding a position, or with an entry working, in the symbol's other lanes:
+        agent -> the side of its shares (+1 long, -1 short; 0 for an options combo)."""
+        out: dict[str, int] = {}
+        positions = self.ledger.positions
+        for lane in st.lanes:
+            if lane is st or self._idle(lane):
+                continue
+            if lane.key is not None:
+                pos = positions.get(lane.key)
+                side = 0 if lane.key in self.combos or pos is None else pos.side
+                out[lane.owner or ""] = side
+                continue
+            ref = lane.working_entry or lane.chasing or (lane.pending[0] if lane.pending else None)
+            tr = self.orders_by_ref.get(ref) if ref is not None else None
+            if tr is not None:
+                out[tr.owner] = 0 if tr.combo is not None else (1 if tr.intent.action == "buy" else -1)
+        return out
+
+    def _lane_entries(self, st: _Symbol, k: int, fired: list[N.Rule]) -> list[N.Rule]:
+        """positions_per_symbol: of the entries that fired, those of agents holding nothing on the
+        symbol (an agent's own position is added to by pyramiding only); shares the other way
+        from shares another agent holds (or is entering) are refused, journaled with the holder."""
+        others = self._others(st)
+        if not others:
+            return fired
+        orders = self.settings.orders
+        out = []
+        for rule in fired:
+            owner = rule.agent or self.settings.strategy
+            if owner in others:
+                continue        # it holds (or is entering) its own position here
+            if rule.name in self._combo_rules:
+                out.append(rule)
+                continue
+            side = 1 if (orders.get(rule.order) or OrderTemplate(rule.order or "")).action == "buy" else -1
+            against = sorted(a for a, s in others.items() if s == -side)
+            if against:
+                self._decide(st.symbol, rule.name, "entry", "blocked",
+                             f"{', '.join(against)} {'holds' if len(against) == 1 else 'hold'} {st.symbol} "
+                             f"{'short' if side > 0 else 'long'}: agents hold a symbol's shares on one side only "
+                             "(positions_per_symbol; a broker nets one contract's positions)",
+                             confidence=self._score_at(st, rule.agent, k) if rule.agent else None)
+                continue
+            out.append(rule)
+        return out
 
     def _not_picked(self, st: _Symbol, k: int) -> None:
         """Entries whose condition holds at bar k but for the scan, on a symbol the scanner did
@@ -1321,7 +1451,7 @@ class Kernel(RunState):
                          if gate is None or _truth(values[gate], k))
         holding = frozenset()
         if policy.max_active_agents is not None:
-            holding = frozenset(o for s in self.syms.values() if s is not st and not self._idle(s)
+            holding = frozenset(o for s in self._lanes if s is not st and not self._idle(s)
                                 for o in (s.owner or self._working_owner(s),) if o in self._rank)
         taken, why = arbitrate(policy, proposals, active, holding)
         for i, (rule, p) in enumerate(zip(fired, proposals)):
@@ -1415,11 +1545,14 @@ class Kernel(RunState):
         chain = False
         out: dict[str, tuple] = {}
         values = st.values
+        busy = self._others(st) if st.lanes else {}
         for rule in self._entries:
             if rule.name not in self._combo_rules:
                 continue
             if st.entry_mask is not None and not st.entry_mask[k]:
                 break
+            if busy and (rule.agent or self.settings.strategy) in busy:
+                continue
             gate = self._active.get(rule.agent) if rule.agent else None
             if gate is not None and not _truth(values[gate], k):
                 continue
@@ -1523,7 +1656,7 @@ class Kernel(RunState):
         tr = self._track(intent, st, "combo_entry", rule, k)
         tr.record.legs = [leg.to_json() for leg in quote.legs]
         tr.combo = {"quote": quote, "chase": chase, "prices": prices, "quantity": qty, "ctx": ctx, "now": now,
-                    "key": f"{symbol} {rule.order}", "order": rule.order}
+                    "key": f"{symbol} {rule.order}{st.slot[len(symbol):]}", "order": rule.order}
         if self.on_order is not None:
             self.on_order({"kind": "order", "time": now, "bar": self._local(int(st.bars.start[k])), "symbol": symbol,
                            "when": self.when(symbol),
@@ -1845,6 +1978,7 @@ class Kernel(RunState):
             (st.owner or rule.agent or self.settings.strategy)
         record.owner = owner
         tr = self.orders_by_ref[intent.tag] = _Tracked(intent, record, st.symbol, owner, role, rule, k, exit_kind)
+        tr.lane = st
         return tr
 
     def _intent(self, st: _Symbol, rule: N.Rule, template: OrderTemplate, k: int) -> OrderIntent | None:
@@ -1903,7 +2037,7 @@ class Kernel(RunState):
 
     def account_state(self) -> AccountState:
         limits = self.settings.limits
-        working = sum(1 for s in self.syms.values() if (s.working_entry is not None or s.chasing is not None)
+        working = sum(1 for s in self._lanes if (s.working_entry is not None or s.chasing is not None)
                       and s.key is None)
         if limits.max_daily_loss is None and limits.max_drawdown is None and limits.max_cvar is None:
             return AccountState(math.nan, math.nan, math.nan, len(self.ledger.positions) + working,
@@ -1956,7 +2090,7 @@ class Kernel(RunState):
 
     def _end_of_data(self) -> None:
         """Orders still pending or working when the data ends expire, saying so."""
-        for st in self.syms.values():
+        for st in self._lanes:
             last = int(st.bars.end[-1]) if len(st.bars) else 0
             for ref in st.pending:
                 tr = self.orders_by_ref[ref]

@@ -102,12 +102,13 @@ class RunState:
                 # bought one's debit (the venue marks it so)
                 out[symbol] = combos[symbol].mark_price
             elif symbol not in out:
+                held = pos.symbol       # the key may be a second owner's in the symbol (positions_per_symbol)
                 if pos.contract:    # a futures contract's own last price (its bars share the series' times)
-                    k = self._prices.bar(symbol, at)
-                    b = self.bars[symbol].of(pos.contract)
+                    k = self._prices.bar(held, at)
+                    b = self.bars[held].of(pos.contract)
                     out[symbol] = float(b.close[k]) if k >= 0 else float(b.open[0])
                 else:
-                    out[symbol] = self._prices.price(symbol, at)
+                    out[symbol] = self._prices.price(held, at)
         return out
 
     def equity(self, at: int | None = None) -> float:
@@ -130,7 +131,7 @@ class RunState:
             return self.ledger.cash     # stock only: its whole value is held, what is left is the cash
         marks = self.marks(self._now if at is None else at)
         used = math.fsum([abs(pos.quantity) * pos.margin_per_unit if symbol in self.combos else
-                          self.margin_required(self.bars[symbol], pos.quantity, marks[symbol], pos.quantity < 0)
+                          self.margin_required(self.bars[pos.symbol], pos.quantity, marks[symbol], pos.quantity < 0)
                           for symbol, pos in self.ledger.positions.items()])
         return self.ledger.equity(marks) - used
 

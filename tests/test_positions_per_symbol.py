@@ -1,0 +1,266 @@
+"""Issue 13 item 1's last part: `arbitration.positions_per_symbol` lets different agents each hold
+their own position in one symbol at once. Each position is its owner's (its exits only), the
+ledger and the journal keep them apart, the risk caps count each, shares against another agent's
+are refused with the reason journaled, and the simulated modes trade alike. Runs on IB refuse it
+at its line (not built there yet)."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from engine.portfolio.ledger import Fill, Ledger
+from engine.runtime import backtest as bt
+from engine.runtime import session
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
+import cases  # noqa: E402
+from test_agents import mixed, write  # noqa: E402
+
+
+def per_symbol(n: int, extra: str = "") -> str:
+    return f"arbitration: {{positions_per_symbol: {n}}}\n{extra}"
+
+
+def agents(tmp_path: Path, n: int, open_positions: int = 4, risk: str = "", name: str = "s.yaml",
+           extra: str = "") -> Path:
+    """test_agents' two agents on SPY and AAPL, `n` positions a symbol, `open_positions` in the account."""
+    path = write(tmp_path, extra=per_symbol(n, extra), risk=risk, name=name)
+    path.write_text(path.read_text().replace("max_open_positions: 2", f"max_open_positions: {open_positions}"))
+    return path
+
+
+def overlaps(trades) -> list[tuple]:
+    """Pairs of trades in one symbol open at the same time."""
+    out = []
+    for i, a in enumerate(trades):
+        for b in trades[i + 1:]:
+            if a.symbol == b.symbol and a.entry_time < b.exit_time and b.entry_time < a.exit_time:
+                out.append((a, b))
+    return out
+
+
+def owner_rules(prep) -> dict[str, str | None]:
+    return {r.name: r.agent for r in prep.plan.rules}
+
+
+def test_two_agents_hold_their_own_positions_in_one_symbol_at_once(tmp_path):
+    prep = bt.prepare(agents(tmp_path, 2, 4))
+    result = bt.run(prep, run_id="t")
+    trades = result.ledger.trades
+    pairs = overlaps(trades)
+    assert len(pairs) > 10                                          # held together, on SPY and on AAPL
+    assert {a.symbol for a, _ in pairs} == {"SPY", "AAPL"}
+    assert all(a.owner != b.owner for a, b in pairs)                 # never two by one agent
+    agent_of = owner_rules(prep)
+    for t in trades:                    # each closed by its own agent's exits only
+        assert agent_of[t.entry_rule] == t.owner == agent_of[t.exit_rule]
+    one = bt.run(bt.prepare(agents(tmp_path, 1, 4, name="one.yaml")),
+                 run_id="t")
+    assert not overlaps(one.ledger.trades)
+    assert len(trades) > len(one.ledger.trades)
+
+
+def test_one_is_the_default_and_trades_as_without_the_key(tmp_path):
+    plain = cases.record(bt.run(bt.prepare(write(tmp_path)), run_id="g"))
+    one = cases.record(bt.run(bt.prepare(write(tmp_path, extra=per_symbol(1), name="one.yaml")), run_id="g"))
+    assert one == plain
+
+
+@pytest.mark.parametrize("extra", ["", "arbitration: {positions_per_symbol: 2, policy: priority}",
+                                   "arbitration: {positions_per_symbol: 2, max_active_agents: 1}"])
+def test_backtest_run_and_dry_run_trade_alike(tmp_path, extra):
+    path = agents(tmp_path, 2, 4) if not extra else write(tmp_path, extra=extra)
+    path.write_text(path.read_text().replace("max_open_positions: 2", "max_open_positions: 4"))
+    prep = bt.prepare(path)
+    result = bt.run(prep, run_id="g")
+    want = cases.record(result)
+    assert len(want["trades"]) > 20
+    for streaming, dry in ((True, False), (False, False), (True, True)):
+        got = session.simulate(prep, streaming=streaming, dry_run=dry, run_id="g")
+        assert cases.record(got) == want, (streaming, dry)
+        assert [(d.symbol, d.rule, d.reason) for d in got.runner.decisions] == \
+            [(d.symbol, d.rule, d.reason) for d in result.runner.decisions]
+    if "max_active_agents: 1" in extra:
+        assert not overlaps(result.ledger.trades)       # one agent at a time: never two positions together
+
+
+def test_the_ledger_keeps_two_owners_apart_and_nets_the_account():
+    ledger = Ledger(10_000)
+    ledger.open(Fill("SPY", "buy", 10, 100.0, 1.0, 1, 0, "a"), owner="follower")
+    ledger.open(Fill("SPY", "buy", 5, 110.0, 1.0, 2, 1, "b"), owner="contrarian", key="SPY#2")
+    assert {k: (p.symbol, p.owner, p.quantity) for k, p in ledger.positions.items()} == \
+        {"SPY": ("SPY", "follower", 10), "SPY#2": ("SPY", "contrarian", 5)}
+    # cash paid 1,000 + 550 + 2 commission; both marked at 120
+    assert ledger.equity({"SPY": 120.0, "SPY#2": 120.0}) == pytest.approx(10_000 - 2 + 10 * 20 + 5 * 10)
+    with pytest.raises(Exception):
+        ledger.open(Fill("SPY", "buy", 1, 100.0, 0.0, 3, 2, "c"), key="SPY#2")     # one position a key
+    t2 = ledger.close(Fill("SPY", "sell", 5, 120.0, 1.0, 4, 3, "d"), key="SPY#2")
+    assert (t2.owner, t2.quantity, t2.pnl) == ("contrarian", 5, pytest.approx(5 * 10 - 2))
+    assert set(ledger.positions) == {"SPY"} and ledger.positions["SPY"].quantity == 10
+
+
+def test_the_journal_keeps_each_owners_trades_and_orders(tmp_path):
+    path = agents(tmp_path, 2, 4)
+    journal = tmp_path / "j.sqlite"
+    result = CliRunner().invoke(main, ["backtest", str(path), "--journal", str(journal)])
+    assert result.exit_code == 0, result.output
+    db = sqlite3.connect(journal)
+    trades = db.execute("SELECT symbol, owner, entry_ts, exit_ts FROM trades").fetchall()
+    together = [(a, b) for a in trades for b in trades if a[0] == b[0] and a[1] < b[1] and a[2] < b[3]
+                and b[2] < a[3]]
+    assert together, "no two owners held one symbol at once"
+    # every order of a trade is its owner's
+    owners = {o for (o,) in db.execute("SELECT DISTINCT owner FROM orders")}
+    assert owners == {"follower", "contrarian"}
+
+
+def test_max_open_positions_counts_each_owners_position(tmp_path):
+    result = bt.run(bt.prepare(agents(tmp_path, 2, 1)), run_id="t")
+    trades = result.ledger.trades
+    spans = sorted((t.entry_time, t.exit_time) for t in trades)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))          # one at a time over the account
+    assert any(d.reason.startswith("max_open_positions") for d in result.runner.decisions)
+
+
+def test_max_position_caps_what_the_symbols_positions_hold_together(tmp_path):
+    # each entry sizes 40% of equity; max_position 50% leaves the second agent the remainder
+    prep = bt.prepare(agents(tmp_path, 2, 4, risk=", max_position: 50%"))
+    result = bt.run(prep, run_id="t")
+    capped = [d for d in result.runner.decisions if d.kind == "entry" and "capped by max_position" in d.reason]
+    assert len(capped) > 10
+    trades = result.ledger.trades
+    for d in capped:
+        # what it says is held is the other agent's position open in the symbol when it was decided
+        held = float(d.reason.split("(with the ")[1].split(" held)")[0])
+        others = [t for t in trades if t.symbol == d.symbol and t.owner != d.agent and t.entry_time <= d.time < t.exit_time]
+        assert others and held == pytest.approx(sum(t.quantity for t in others)), d
+    free = bt.run(bt.prepare(agents(tmp_path, 2, 4, name="free.yaml")), run_id="t")
+    assert not [d for d in free.runner.decisions if "capped by max_position" in d.reason]
+
+
+SHORT = """\
+  seller:
+    active: "true"
+    score: 0.2
+    entry: [{{name: fade, when: r > 55, order: sell}}]
+    exit: [{{name: faded, when: r < 50}}]
+"""
+
+
+def test_shares_against_another_agents_are_refused_with_the_holder(tmp_path):
+    text = agents(tmp_path, 3, 6).read_text()
+    text = text.replace("arbitration:", SHORT.format() + "arbitration:", 1).replace(
+        "orders:\n", "orders:\n  sell: {action: sell, type: market, quantity: {percent_of_equity: 20%}}\n", 1)
+    text = text.replace("risk:", "backtest: {account: margin}\nrisk:", 1)
+    path = tmp_path / "short.yaml"
+    path.write_text(text)
+    check = CliRunner().invoke(main, ["validate", str(path)])
+    assert check.exit_code == 0, check.output
+    result = bt.run(bt.prepare(path), run_id="t")
+    trades = result.ledger.trades
+    assert {"seller", "follower", "contrarian"} <= {t.owner for t in trades}
+    for a, b in overlaps(trades):
+        assert a.side == b.side, (a, b)              # never long and short in one symbol at once
+    refused = [d for d in result.runner.decisions if "agents hold a symbol's shares on one side only" in d.reason]
+    assert refused
+    assert any(d.rule == "fade" and " long:" in d.reason for d in refused)
+    assert all(d.reason.split(" hold")[0] in ("follower", "contrarian", "seller", "contrarian, follower",
+                                              "follower, contrarian") for d in refused)
+
+
+def test_an_options_agent_and_a_stock_agent_hold_one_symbol_together(tmp_path):
+    one = bt.run(bt.prepare(mixed(tmp_path, theta_active="true", name="one.yaml")), run_id="t")
+    assert not overlaps(one.ledger.trades)
+    path = mixed(tmp_path, theta_active="true", extra=per_symbol(2)).read_text().replace(
+        "max_open_positions: 1", "max_open_positions: 2")
+    (tmp_path / "two.yaml").write_text(path)
+    prep = bt.prepare(tmp_path / "two.yaml")
+    result = bt.run(prep, run_id="g")
+    pairs = overlaps(result.ledger.trades)
+    assert pairs and all({a.owner, b.owner} == {"dipper", "theta"} for a, b in pairs)
+    assert all(bool(a.legs) != bool(b.legs) for a, b in pairs)       # a combo beside shares
+    agent_of = owner_rules(prep)
+    for t in result.ledger.trades:
+        assert agent_of.get(t.exit_rule, t.owner) == t.owner
+    want = cases.record(result)
+    for streaming, dry in ((True, False), (False, False), (True, True)):
+        assert cases.record(session.simulate(prep, streaming=streaming, dry_run=dry, run_id="g")) == want
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "arbitration.positions_per_symbol must be >= 1"),
+    ("1.5", "arbitration.positions_per_symbol"),
+])
+def test_a_value_below_one_is_a_located_error(tmp_path, value, message):
+    path = write(tmp_path, extra=f"arbitration: {{positions_per_symbol: {value}}}")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), start=1) if "positions_per_symbol" in t)
+    assert f"s.yaml:{line}:" in result.output and message in result.output, result.output
+
+
+def test_more_than_one_without_agents_is_a_located_error(tmp_path):
+    text = write(tmp_path).read_text()
+    start, end = text.index("agents:\n"), text.index("orders:\n")
+    plain = text[:start] + "entry: [{name: dip, when: r < 45, order: buy}]\narbitration: {positions_per_symbol: 2}\n" \
+        + text[end:]
+    path = tmp_path / "plain.yaml"
+    path.write_text(plain)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    line = next(i for i, t in enumerate(plain.splitlines(), start=1) if "positions_per_symbol" in t)
+    assert f"plain.yaml:{line}:" in result.output
+    assert "positions_per_symbol 2: more than one position a symbol is one each for different agents, and this " \
+           "strategy has no agents" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_ib_run_refuses_more_than_one_at_its_line_before_connecting(tmp_path):
+    path = write(tmp_path, extra=per_symbol(2))
+    result = CliRunner().invoke(main, ["run", str(path), "--broker", "ib", "--port", "1",
+                                       "--journal", str(tmp_path / "j.sqlite")])
+    assert result.exit_code == 1, result.output
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), start=1) if "positions_per_symbol" in t)
+    assert f"s.yaml:{line}:" in result.output
+    assert "positions_per_symbol 2: more than one position a symbol is not supported in runs on IB" in result.output
+    assert "connect" not in result.output.lower().split("error:")[0]
+
+
+def test_trades_by_agent_figure(tmp_path):
+    """The figure the report quotes: trades by agent with one and with two positions a symbol."""
+    counts = {}
+    for n in (1, 2):
+        prep = bt.prepare(agents(tmp_path, n, 4, name=f"n{n}.yaml"))
+        counts[n] = Counter(t.owner for t in bt.run(prep, run_id="t").ledger.trades)
+    assert sum(counts[2].values()) > sum(counts[1].values())
+    assert counts[2]["contrarian"] > counts[1]["contrarian"]      # no longer shut out while the follower holds
+
+
+def test_regime_agents_with_two_positions_a_symbol_trades_alike_in_every_simulated_mode(tmp_path):
+    """The seven-agent example with positions_per_symbol: 2 (its data is bundled): more trades than
+    with one, agents held together on a symbol, and run --broker sim and the dry run equal to it."""
+    root = Path(__file__).resolve().parent.parent / "strategies"
+    src = (root / "regime_agents.yaml").read_text()
+    assert "arbitration: {policy: highest_confidence}" in src
+    path = root / f"_test_two_{tmp_path.name}.yaml"       # beside it: its risk file and data are relative
+    path.write_text(src.replace("arbitration: {policy: highest_confidence}",
+                                "arbitration: {policy: highest_confidence, positions_per_symbol: 2}"))
+    try:
+        prep = bt.prepare(path)
+        result = bt.run(prep, run_id="g")
+        one = bt.run(bt.prepare(root / "regime_agents.yaml"), run_id="g")
+        assert len(result.ledger.trades) > len(one.ledger.trades)
+        assert overlaps(result.ledger.trades) and not overlaps(one.ledger.trades)
+        want = cases.record(result)
+        for streaming, dry in ((True, False), (False, False), (True, True)):
+            assert cases.record(session.simulate(prep, streaming=streaming, dry_run=dry, run_id="g")) == want
+    finally:
+        path.unlink()

@@ -121,6 +121,8 @@ class IBBroker:
                                                                   - self.chains.lines(), 0))
         self._streams: dict[str, object] = {}
         self.held_symbols: Callable[[], object] = tuple   # the run's open positions' symbols (the run sets it)
+        # a symbol's line priority when it holds no position: "pick", or its scanner's say (the run sets it)
+        self.priority_of: Callable[[str], str] = lambda symbol: "pick"
         self.first_quote_wait = 2.0                 # wall seconds an entry waits for a new line's first quote
         self._held_in: dict[str, object] = {}       # symbol -> the contract (Resolved) its open position is in
         self._opening: dict[str, object] = {}       # ref of an opening order -> the contract it was sent in
@@ -243,7 +245,7 @@ class IBBroker:
         if self.conn.state != State.READY:
             return f"the IB connection is {self.conn.state.value}: no new entries until it is ready and reconciled"
         if symbol not in self.budget:
-            why = self.md.subscribe(symbol, Priority.PICK)
+            why = self.md.subscribe(symbol, _PRIORITY[self.priority_of(symbol)])
             if why:
                 return why
             deadline = self.monotonic() + self.first_quote_wait
@@ -293,7 +295,7 @@ class IBBroker:
         lines = self.budget.held()
         for symbol, priority in lines.items():
             if priority == Priority.POSITION and symbol not in held:
-                self.md.subscribe(symbol, Priority.PICK)
+                self.md.subscribe(symbol, _PRIORITY[self.priority_of(symbol)])
         for symbol in sorted(held):
             if lines.get(symbol) == Priority.POSITION:
                 continue

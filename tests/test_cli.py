@@ -73,7 +73,6 @@ def warned(tmp_path):
 # rolls): validate names each key nothing reads
 # yet (engine.check.support) instead of accepting it. The rest validate clean.
 REFUSED_EXAMPLE_KEYS = {
-    ("breakout.yaml", 21, "data.subscriptions.check_every"), ("breakout.yaml", 22, "data.subscriptions.priorities"),
     ("breakout.yaml", 27, "schedule.scan_every"),
     ("breakout.yaml", 28, "schedule.max_new_entries_per_scan"),
     ("breakout.yaml", 26, "schedule.every"),

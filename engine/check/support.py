@@ -20,10 +20,6 @@ PRESENT: Callable[[Any], bool] = lambda value: True           # noqa: E731 - any
 NOT_NULL: Callable[[Any], bool] = lambda value: value is not None  # noqa: E731 - null means "off"
 
 UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
-    ("strategy", ("data", "subscriptions", "check_every"), NOT_NULL, "a review cadence for the line budget",
-     "IB runs review the lines continuously (TTL eviction, staleness) as messages arrive"),
-    ("strategy", ("data", "subscriptions", "priorities"), NOT_NULL, "numeric line priorities",
-     "IB runs keep lines by a fixed order: open positions, then entries about to be sent, then other names"),
     ("strategy", ("schedule", "scan_every"), NOT_NULL, "a scan cadence for names not held",
      "every symbol is evaluated once per closed bar"),
     ("strategy", ("schedule", "max_new_entries_per_scan"), NOT_NULL, "a cap on new entries per scan",
@@ -53,7 +49,7 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
           ("chains", NOT_NULL, "option chains for a scanner", "a scan reads bars; the strategy's data.chains prices "
            "its combos"),
           ("subscriptions", NOT_NULL, "a line budget for a scanner", "the strategy's data.subscriptions is its line "
-           "budget (and runs on IB do not scan yet)"),
+           "budget"),
           ("what_to_show", lambda v: v != "trades", "this IB bar type for a scanner",
            "a scan reads its files' bars as they are"))),
     ("strategy", ("risk", "order_rate_limit"), NOT_NULL, "an order rate limit",

@@ -745,12 +745,13 @@ def _trade(run: _Run) -> Outcome:
     ib.on_reconnected(after_reconnect)
     from ..brokers.ib.history import HistoryError
 
-    priority_of = live_scan.priority if live_scan is not None else (lambda symbol: "pick")
+    priority_of = live_scan.priority if live_scan is not None else (lambda symbol: "watchlist")
     ib.priority_of = priority_of
     # lines by priority: open positions, then (with a scanner) its top picks, other picks, the rest
-    order = {"position": 0, "top_pick": 1, "pick": 2, "other": 3}
+    from ..brokers.ib.broker import _PRIORITY
+
     lined = sorted((s for s in prep.symbols if s in traded),
-                   key=lambda s: (order["position" if s in restored else priority_of(s)], s))
+                   key=lambda s: (-ib.budget.rank(_PRIORITY["position" if s in restored else priority_of(s)]), s))
     try:
         for symbol in lined:
             why = ib.subscribe(symbol, "position" if symbol in restored else priority_of(symbol))

@@ -224,13 +224,12 @@ def scan_warmup(strategy, overrides) -> int:
     return compile_scanner(spec).warmup if spec is not None else 0
 
 
-_RANK = {"position": 0, "top_pick": 1, "pick": 2, "other": 3}
-
-
 class ScanOnIB:
-    """A live scan in an IB run: the scans journaled, the picks' market-data priorities (a pick
-    is a top pick, a name the scan scored and did not pick an ordinary pick, any other name
-    other), and the figures."""
+    """A live scan in an IB run: the scans journaled, the picks' market-data line classes
+    (data.subscriptions.priorities: a pick of the latest scan is a top signal, a name it scored
+    and did not pick a scanner name, a name it ranked and could not score (no data, dropped by
+    the prefilter) is below every class, and a traded name it does not rank is on the
+    watchlist), and the figures."""
 
     def __init__(self, live: LiveScan, ib, traded: set[str], journal, run_id: str, say):
         self.live, self.ib, self.traded = live, ib, set(traded)
@@ -242,7 +241,9 @@ class ScanOnIB:
         from ..scanner.result import BELOW, BEYOND, PICKED
 
         r = self.live.scan.result
-        if not len(r.times) or symbol not in r.symbols:
+        if symbol not in r.symbols:
+            return "watchlist"       # traded, and not ranked by the scanner: always watched
+        if not len(r.times):
             return "other"
         code = int(r.status[-1, r.symbols.index(symbol)])
         return "top_pick" if code == PICKED else "pick" if code in (BEYOND, BELOW) else "other"
@@ -268,7 +269,10 @@ class ScanOnIB:
         lower priority, which a higher one may take (or the TTL frees)."""
         held = set(self.ib.held_symbols())
         lines = {s: p.name.lower() for s, p in self.ib.budget.held().items()}
-        for symbol in sorted(self.traded, key=lambda s: (_RANK[self.priority(s)], s)):
+        from ..brokers.ib.broker import _PRIORITY
+
+        rank = self.ib.budget.rank
+        for symbol in sorted(self.traded, key=lambda s: (-rank(_PRIORITY[self.priority(s)]), s)):
             if symbol in held:
                 continue
             want = self.priority(symbol)

@@ -169,6 +169,18 @@ def test_a_scanner_strategy_on_ib_scans_live_and_agrees_with_the_simulator_over_
     assert ib_orders, said
     assert ib_orders == sim_orders
     assert {o[3] for o in ib_orders} >= {"rising pick", "dropped"}     # a pick left the top 2: its exit closed it
+    # the picks of the last scan hold their lines as top signals (or as positions); no other
+    # name holds a top signal's line
+    from engine.brokers.ib.marketdata import Priority
+
+    lines = outcome.result.broker.budget.held()
+    e = len(scan.times) - 1
+    for s, symbol in enumerate(scan.symbols):
+        if scan.picked[e, s]:
+            assert lines.get(symbol) in (Priority.TOP_PICK, Priority.POSITION), (symbol, lines)
+        else:
+            assert lines.get(symbol) != Priority.TOP_PICK, (symbol, lines)
+    assert figures["scan_lines_max"] <= 10
     # an entry went for picks only
     for symbol, action, _, rule, t in ib_orders:
         if rule == "rising pick":

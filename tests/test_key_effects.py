@@ -681,7 +681,8 @@ def _ib(path: Path, tmp: Path) -> dict:
             "ib_config": (ib.conn.config.host, ib.conn.config.port, ib.conn.config.client_id, ib.conn.config.account,
                           ib.conn.config.connect_timeout),
             "ib_market_data": (ib.md.stale_after, ib.md.allow_delayed),
-            "ib_budget": (ib.budget.max_lines, ib.budget.reserved, ib.budget.ttl),
+            "ib_budget": (ib.budget.max_lines, ib.budget.reserved, ib.budget.ttl, tuple(sorted(ib.budget.ranks.items())),
+                          ib.md.review_every),
             "margin_gate": gate(None),
             "kill_switch": (lambda k: (str(k.path), k.engaged() is not None))(
                 KillSwitch(str(kill) if limits.kill_switch_file == "KILL" else limits.kill_switch_file)),
@@ -923,9 +924,13 @@ for key, value, view in (("host", "10.0.0.2", "ib_config"), ("port", 4002, "ib_c
 # ---- strategy: the market-data line budget (IB runs only; the rotation itself is
 # tests/ibbroker/test_broker_ib.py and the run's scenario 15 in tests/ibbroker/test_run_e2e.py)
 effect(S, "/$defs/data/subscriptions", "sma", put("data.subscriptions", {"max_lines": 20}), "ib_budget", IB)
-for key, value in (("max_lines", 20), ("reserve_for_positions", 2), ("ttl", "30s")):
+for key, value in (("max_lines", 20), ("reserve_for_positions", 2), ("ttl", "30s"), ("check_every", "2m"),
+                   ("priorities", {"top_signals": 95})):
     effect(S, f"/$defs/subscriptions/{key}", "sma", put("data.subscriptions", {key: value}),
            "ib_budget", IB)
+for key, value in (("positions", 99), ("watchlist", 40), ("top_signals", 60), ("scanner", 10)):
+    effect(S, f"/$defs/subscriptions/properties/priorities/{key}", "sma",
+           put("data.subscriptions", {"priorities": {key: value}}), "ib_budget", IB)
 
 # ---- universe documents (a strategy's universe: {file: u.yaml})
 U = "universe"

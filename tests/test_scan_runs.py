@@ -3,7 +3,8 @@ scan.score, scan.class, scan.grade, scan.picked and the factors' scores as of ea
 (the latest rescan, no look-ahead); an entry goes for a pick only, and where one would go on a
 symbol that is not a pick the scan's reason is journaled; a position whose symbol stops being a
 pick is still managed by its exits; the class can choose the order template; the backtest,
-`run --broker sim` and the dry run agree to the order; an IB run refuses a scanner at its line."""
+`run --broker sim` and the dry run agree to the order; an IB run refuses a scan on other bars than the strategy's at
+its line (tests/e2e/test_scanner_on_ib.py runs scanners on IB)."""
 
 from __future__ import annotations
 
@@ -258,11 +259,17 @@ def test_the_example_dry_run_prints_its_orders_with_the_scan(tmp_path):
     assert "SPY, AAPL, INTC (3 of the universe's 67 with bars)" in result.output
 
 
-def test_an_ib_run_refuses_a_scanner_at_its_line_before_connecting(tmp_path):
-    result = cli("run", EXAMPLE, "--broker", "ib", "--port", "1", "--journal", tmp_path / "j.sqlite")
+def test_an_ib_run_refuses_a_scan_on_other_bars_at_its_line_before_connecting(tmp_path):
+    """An IB run streams one bar size per name: a scanner on weekly bars under a daily strategy
+    is refused at its data.bar (nothing listens on port 1: the refusal comes first)."""
+    doc = strategy()
+    doc["scanner"]["data"] = {"bar": "1w"}
+    path = write(tmp_path, doc)
+    result = cli("run", path, "--broker", "ib", "--port", "1", "--journal", tmp_path / "j.sqlite")
     assert result.exit_code == 1, result.output
-    line = next(i for i, t in enumerate(EXAMPLE.read_text().splitlines(), start=1) if t.startswith("scanner:"))
-    assert f"composite_scanner.yaml:{line}:1: error: scanner: a scanner is not supported in runs on IB" in result.output
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), start=1) if t.strip().startswith("bar: 1w"))
+    assert f"s.yaml:{line}:" in result.output
+    assert "a scan on 1w bars under a strategy on 1d bars is not supported in runs on IB" in result.output
     assert "connect" not in result.output.lower().split("error:")[0]
 
 

@@ -19,7 +19,7 @@ from test_key_effects import EFFECTS
 from test_schemas import FILES, SCHEMA, object_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
-COUNTS = (245, 16, 14)      # properties with a behaviour test, refused, listed as not read (of 275)
+COUNTS = (251, 10, 14)      # properties with a behaviour test, refused, listed as not read (of 275)
 
 FREE_TEXT = "free text for the reader: no behaviour by design"
 # (schema, pointer of the property) -> ("refused", the document path engine.check.support refuses)
@@ -28,11 +28,6 @@ ACCOUNTED = {
     ("strategy", "/tags"): ("not read", "free labels for listing and filtering: no behaviour by design"),
     ("strategy", "/description"): ("not read", FREE_TEXT),
     ("strategy", "/$defs/agent/description"): ("not read", FREE_TEXT),
-    ("strategy", "/$defs/subscriptions/check_every"): ("refused", ("data", "subscriptions", "check_every")),
-    ("strategy", "/$defs/subscriptions/priorities"): ("refused", ("data", "subscriptions", "priorities")),
-    **{("strategy", f"/$defs/subscriptions/properties/priorities/{k}"): ("refused", ("data", "subscriptions",
-                                                                                     "priorities"))
-       for k in ("watchlist", "top_signals", "positions", "scanner")},
     ("strategy", "/$defs/data/what_to_show"): ("refused", ("data", "what_to_show")),        # unless trades
     ("strategy", "/$defs/single_order/outside_rth"): ("refused", ("orders", "*", "outside_rth")),   # when true
     ("strategy", "/$defs/entry_rule/quantity"): ("refused", ("entry", "*", "quantity")),
@@ -118,8 +113,6 @@ def _errors(output: str) -> list[tuple[int, int, str]]:
 
 
 @pytest.mark.parametrize("kw, key", [
-    ({"data_extra": ", subscriptions: {max_lines: 50, check_every: 2m}"}, "data.subscriptions.check_every"),
-    ({"data_extra": ", subscriptions: {max_lines: 50, priorities: {positions: 100}}"}, "data.subscriptions.priorities"),
     ({"schedule": "schedule: {timezone: America/New_York, every: 1w}"}, "schedule.every"),
     ({"data_extra": ", what_to_show: midpoint"}, "data.what_to_show"),
 ])
@@ -324,6 +317,34 @@ def test_a_line_budget_with_no_room_for_names_not_held_is_refused_at_its_line(tm
     lines = path.read_text().splitlines()
     assert errors[0][0] == next(i for i, t in enumerate(lines, start=1) if line_key in t)
     ok = _strategy(tmp_path, data_extra=",\n  subscriptions: {max_lines: 5, reserve_for_positions: 2, ttl: 30s}")
+    assert CliRunner().invoke(main, ["validate", str(ok)]).exit_code == 0
+
+
+@pytest.mark.parametrize("ranks, line_key, message", [
+    ("{positions: 60, watchlist: 90}", "positions: 60",
+     "priorities: positions (60) must be above every other class (watchlist 90): an open position's line is never "
+     "given up"),
+    ("{top_signals: 100}", "priorities:",
+     "priorities: positions (100, the default) must be above every other class (top_signals 100): an open "
+     "position's line is never given up"),
+])
+def test_line_priorities_where_positions_are_not_the_highest_are_refused_at_their_line(tmp_path, ranks, line_key,
+                                                                                      message):
+    """data.subscriptions.priorities orders the IB line budget's classes by their numbers
+    (tests/ibbroker/test_budget.py); positions must be the highest, at its key (or at the
+    priorities when positions is left at its default); an unknown class is the schema's error."""
+    path = _strategy(tmp_path, data_extra=f",\n  subscriptions: {{max_lines: 20,\n    priorities: {ranks}}}")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    errors = _errors(result.output)
+    assert [e[2] for e in errors] == [message], result.output
+    lines = path.read_text().splitlines()
+    assert errors[0][0] == next(i for i, t in enumerate(lines, start=1) if line_key in t)
+    unknown = _strategy(tmp_path, data_extra=",\n  subscriptions: {priorities: {futures: 80}}")
+    result = CliRunner().invoke(main, ["validate", str(unknown)])
+    assert result.exit_code == 1 and "futures" in result.output
+    ok = _strategy(tmp_path, data_extra=",\n  subscriptions: {check_every: 2m, priorities: {positions: 100, "
+                                        "watchlist: 40, top_signals: 95, scanner: 25}}")
     assert CliRunner().invoke(main, ["validate", str(ok)]).exit_code == 0
 
 

@@ -811,6 +811,19 @@ class StrategyCheck(DocumentCheck):
                             f"the {lines} for names not held",
                      f"set reserve_for_positions below max_lines (e.g. reserve_for_positions: {max(lines // 5, 0)})",
                      key=True)
+        ranks = subs.get("priorities")
+        if isinstance(ranks, dict):
+            defaults = {"positions": 100, "watchlist": 90, "top_signals": 50, "scanner": 25}
+            given = {**defaults, **{k: v for k, v in ranks.items() if k in defaults and isinstance(v, int)}}
+            above = [k for k in ("watchlist", "top_signals", "scanner") if given[k] >= given["positions"]]
+            if above:
+                where = ("data", "subscriptions", "priorities") + (("positions",) if "positions" in ranks else ())
+                shown = ", ".join(f"{k} {given[k]}" for k in above)
+                self.err(where, f"priorities: positions ({given['positions']}"
+                                f"{'' if 'positions' in ranks else ', the default'}) must be above every other class "
+                                f"({shown}): an open position's line is never given up",
+                         f"give positions the highest number (e.g. positions: {min(max(given.values()) + 1, 100)})"
+                         if max(given.values()) < 100 else "lower the other classes below positions", key=True)
 
     def _universe(self) -> None:
         inst = self.ws.instruments_for(self.doc)

@@ -20,10 +20,6 @@ PRESENT: Callable[[Any], bool] = lambda value: True           # noqa: E731 - any
 NOT_NULL: Callable[[Any], bool] = lambda value: value is not None  # noqa: E731 - null means "off"
 
 UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
-    ("strategy", ("data", "subscriptions", "check_every"), NOT_NULL, "a review cadence for the line budget",
-     "IB runs review the lines continuously (TTL eviction, staleness) as messages arrive"),
-    ("strategy", ("data", "subscriptions", "priorities"), NOT_NULL, "numeric line priorities",
-     "IB runs keep lines by a fixed order: open positions, then entries about to be sent, then other names"),
     ("strategy", ("data", "what_to_show"), lambda v: v != "trades", "this IB bar type",
      "backtests and replays read the file's bars as they are; no broker feed is in this version"),
     ("strategy", ("orders", "*", "outside_rth"), lambda v: v is True, "filling outside regular trading hours",
@@ -49,7 +45,7 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
           ("chains", NOT_NULL, "option chains for a scanner", "a scan reads bars; the strategy's data.chains prices "
            "its combos"),
           ("subscriptions", NOT_NULL, "a line budget for a scanner", "the strategy's data.subscriptions is its line "
-           "budget (and runs on IB do not scan yet)"),
+           "budget"),
           ("what_to_show", lambda v: v != "trades", "this IB bar type for a scanner",
            "a scan reads its files' bars as they are"))),
     ("strategy", ("risk", "order_rate_limit"), NOT_NULL, "an order rate limit",

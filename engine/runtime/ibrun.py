@@ -543,16 +543,9 @@ def run_ib(strategy: str, *, connect, overrides: dict, journal, dry_run: bool, l
     t0 = _time.monotonic()
     doc, ws = load_strategy(strategy, overrides)
     if doc.get(("scanner",)) is not None:
-        # simulated runs scan the universe's history before the rules read it; live, the scan
-        # at a bar's close needs every name's bar of that period (they arrive one symbol at a
-        # time) and a history and a stream for each, within the line budget: not built yet
-        from ..diagnostics import DiagnosticError
+        from .livescan import refuse_unsupported
 
-        raise DiagnosticError([doc.diag(("scanner",), "scanner: a scanner is not supported in runs on IB (paper, "
-                                        "live or --dry-run --broker ib) yet",
-                                        "backtest, `run --broker sim` and `run --dry-run --broker sim` scan it; an IB "
-                                        "run would wait for every universe name's bar of each period before the scan",
-                                        key=True)])
+        refuse_unsupported(doc, ws)
     per_symbol = doc.get(("arbitration", "positions_per_symbol"))
     if isinstance(per_symbol, int) and per_symbol > 1:
         # IB nets the owners' positions in a contract: reconciling their sum against IB's and giving
@@ -617,13 +610,20 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
 
     bar_of = run.bar_of
 
+    from .livescan import scan_warmup, scanned_names
+
+    scanned = scanned_names(strategy, overrides)       # a scanner's universe (empty without one)
+    if scanned:
+        wanted_bars = max(wanted_bars, scan_warmup(strategy, overrides) + 1)
+    no_history: dict[str, str] = {}
+
     def frames_from(symbols, bar, timezone):
         from ..brokers.ib.contracts import ContractError
         from ..brokers.ib.history import HistoryError
 
         frames = {}
         for s in symbols:
-            sizes = [bar] if s in plan_symbols else [bar, "1d"]   # a symbol the rules read may be coarser
+            sizes = [bar] if s in plan_symbols or s in scanned else [bar, "1d"]   # a symbol the rules read may be coarser
             for size in sizes:
                 try:
                     frame = ib.history_frame(s, size, wanted_bars if size == bar else 30, timezone, spec.session)
@@ -634,11 +634,21 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
                     break
                 why = why if frame is None else f"IB has no {size} bars of {s}"
             else:
+                if s in scanned and s not in read_by_rules:
+                    # as in a simulated run: a scanned name without bars is not traded, the scan counts it as no data
+                    no_history[s] = why
+                    continue
                 raise RunRefused(f"{s}: no history for the warm-up: {why}", 1)
         return frames
 
     plan_symbols = set(universe_of(strategy, overrides))
-    prep = bt.prepare(strategy, overrides, frames_from=frames_from)
+    read_by_rules = set(plan.inputs.symbols)
+    prep = bt.prepare(strategy, overrides, frames_from=frames_from, scan_frames_from=frames_from if scanned else None)
+    if scanned and not any(s in prep.frames for s in scanned):
+        raise RunRefused("the scanner's universe has no history at IB: " +
+                         "; ".join(f"{s}: {why}" for s, why in list(no_history.items())[:5]), 1)
+    for s, why in no_history.items():
+        say(f"{s}: no history at IB ({why}): not traded, the scan counts it as no data")
     values = ib.account()
     if values is None:
         raise RunRefused(f"IB did not give account {account}'s values in time: nothing is sized without them", 1)
@@ -683,7 +693,7 @@ def _trade(run: _Run) -> Outcome:
     apply_report(journal, run_id, report, state, prefix, ib.now(), say)
     confirm_lost(journal, run_id, first_lost, report, ib.now())
     state = journal_state(journal, prefix, account)     # with what reconciliation brought in
-    symbol_bars = {s: _symbol_bars(prep, s)[0] for s in prep.symbols}
+    symbol_bars = {s: _symbol_bars(prep, s)[0] for s in prep.symbols if s in prep.frames}
     held = sum(p.quantity * p.avg_price * p.multiplier for p in state.positions.values())
     venue = ib
     wallet = None
@@ -715,7 +725,12 @@ def _trade(run: _Run) -> Outcome:
                                          funds=lambda: kernel.account_view()[1])
     restored = restore_positions(kernel, state.positions)
     restored += restore_combos(kernel, state.positions, skip=set(closed_outside) | set(broken))
-    traded = set(prep.symbols)
+    traded = {s for s in prep.symbols if s in prep.frames}
+    live_scan = None
+    if prep.scan is not None:
+        from .livescan import scanner_live
+
+        live_scan = scanner_live(prep, kernel, feed, ib, journal, run_id, say, traded)
     ib.held_symbols = lambda: [s for s in kernel.ledger.positions if s in traded]
     now = _iso(ib.now())
     for symbol in restored:
@@ -744,18 +759,28 @@ def _trade(run: _Run) -> Outcome:
     ib.on_reconnected(after_reconnect)
     from ..brokers.ib.history import HistoryError
 
+    priority_of = live_scan.priority if live_scan is not None else (lambda symbol: "watchlist")
+    ib.priority_of = priority_of
+    # lines by priority: open positions, then (with a scanner) its top picks, other picks, the rest
+    from ..brokers.ib.broker import _PRIORITY
+
+    lined = sorted((s for s in prep.symbols if s in traded),
+                   key=lambda s: (-ib.budget.rank(_PRIORITY["position" if s in restored else priority_of(s)]), s))
     try:
-        for symbol in prep.symbols:
-            why = ib.subscribe(symbol, "position" if symbol in restored else "pick")
+        for symbol in lined:
+            why = ib.subscribe(symbol, "position" if symbol in restored else priority_of(symbol))
             if why and "no market data line" not in why:      # beyond the budget: they take turns (said below)
                 say(f"market data: {why}")
             ib.stream(symbol, spec.bar, spec.session)
         for symbol in prep.plan.inputs.symbols:
             if symbol not in prep.symbols:
                 ib.stream(symbol, bar_of.get(symbol, spec.bar), spec.session)
+        if live_scan is not None:
+            for symbol in feed.scan_only:
+                ib.stream(symbol, spec.bar, spec.session)
     except HistoryError as exc:
         raise RunRefused(f"IB will not stream the bars the run needs: {exc}", 1) from None
-    say(ib.budget_report(len(prep.symbols)))
+    say(ib.budget_report(len(lined)))
     ib.ready()
     figures["ready_seconds"] = round(_time.monotonic() - t0, 4)
     stop = Stop(seconds)
@@ -775,6 +800,8 @@ def _trade(run: _Run) -> Outcome:
     if loop.latencies:
         figures["decision_to_place_ms"] = round(1000 * float(np.median(loop.latencies)), 3)
     figures.update(ib.figures())
+    if live_scan is not None:
+        figures.update(live_scan.figures())
     kernel._end_of_data()
     bars = {s: kernel.syms[s].bars for s in kernel.syms}
     firsts = [int(b.start[kernel.syms[s].start]) for s, b in bars.items() if len(b) > kernel.syms[s].start]

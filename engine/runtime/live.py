@@ -127,6 +127,9 @@ class LiveFeed:
         kernel.live = True          # fills are placed in bars by their time (a live venue knows no bar index)
         self.bars_seen: dict[str, int] = {s: 0 for s in kernel.syms}
         self.refused_bars: list[tuple[str, int, str]] = []
+        self.scan = None                # a scanner's LiveScan (runtime/livescan.py), set by the run
+        self.scan_only: list[str] = []  # the names it scans that the run neither trades nor reads
+        self.held: list = []            # bars waiting for the scan of their close
 
     def warm_up(self) -> None:
         """The streaming plan over the history already held: values for every bar, no decisions;
@@ -223,9 +226,23 @@ class LiveFeed:
         for order, symbol in enumerate(symbols):
             for bar in source.completed(symbol):
                 arrived.append((bar.start, order, symbol, bar))
+        scan = self.scan
+        now = 0
+        if scan is not None:        # a scanner (runtime/livescan.py): its names' bars, then the scans due
+            for symbol in self.scan_only:
+                for bar in source.completed(symbol):
+                    scan.observe(symbol, bar)
+            for _, _, symbol, bar in arrived:
+                scan.observe(symbol, bar)
+            now = source.now()
+            scan.advance(now)
+            arrived, self.held = self.held + arrived, []
         arrived.sort(key=lambda a: (a[0], a[1]))
         stepped = 0
-        for _, _, symbol, bar in arrived:
+        for i, (_, _, symbol, bar) in enumerate(arrived):
+            if scan is not None and symbol in self.kernel.syms and scan.holds(scan.end_of(bar), now):
+                self.held = arrived[i:]        # until the scan of their close has run
+                break
             idx = self.add(symbol, bar)
             if idx is None or symbol not in self.kernel.syms:
                 continue
@@ -329,6 +346,8 @@ def live_kernel(prep: Prepared, venue, *, run_id: str, recorder=None, tags: tupl
     plan = prep.plan
     symbols = {}
     for symbol in prep.symbols:
+        if symbol not in prep.frames:       # a scanned name without bars: not traded (the scan says no data)
+            continue
         sbars, bars = _symbol_bars(prep, symbol)
         entry_mask, flat_mask = _schedule_masks(prep, bars)
         values = [np.empty(len(sbars), dtype=object) if node.market else None for node in plan.nodes]

@@ -106,9 +106,10 @@ def _median(values: np.ndarray) -> float:
 
 def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str | Path | None = None,
             start: str | None = None, end: str | None = None, cash: float | None = None,
-            chains: str | Path | None = None, frames_from=None) -> Prepared:
+            chains: str | Path | None = None, frames_from=None, scan_frames_from=None) -> Prepared:
     """`frames_from(symbols, bar, timezone) -> {symbol: frame}`: the bars come from a broker's
-    history (a live run's warm-up) instead of data.source."""
+    history (a live run's warm-up) instead of data.source; `scan_frames_from` likewise for the
+    names a scanner ranks that the run does not trade (a name without history is left out)."""
     doc, ws = load_strategy(path, overrides)
     plan = build_plan(doc, ws, overrides)
     settings = dict(doc.get(("backtest",)) or {})
@@ -246,7 +247,8 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     if plan.inputs.scan:
         from .scanning import strategy_scan
 
-        prepared.scan = strategy_scan(prepared, data if frames_from is None else None)
+        prepared.scan = strategy_scan(prepared, data if frames_from is None else None,
+                                      fetch=scan_frames_from)
     if any(t.combo for t in prepared.orders.values()):
         from .chainsource import option_problems
 

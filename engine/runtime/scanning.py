@@ -10,7 +10,7 @@ Symbols of the scanner's universe without bars take part in no scan, counted as 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,7 @@ class StrategyScan:
 
     result: ScanResult
     missing: list[str]              # universe symbols without bars
+    frames: dict = field(default_factory=dict, repr=False)   # the bars scanned, by symbol (a live run grows them)
 
     def arrays(self, symbol: str, ends: np.ndarray, fields) -> dict[str, np.ndarray]:
         """`scan.<field>` at each of the symbol's bars (closing at `ends`): the latest scan at or
@@ -201,8 +202,10 @@ class StrategyScan:
         return cache[s]
 
 
-def strategy_scan(prep, data=None) -> StrategyScan:
-    """The scanner of a prepared strategy over its whole history (every rescan time)."""
+def strategy_scan(prep, data=None, fetch=None) -> StrategyScan:
+    """The scanner of a prepared strategy over its whole history (every rescan time).
+    `fetch(symbols, bar, timezone) -> {symbol: frame}`: the scanned names' bars come from a
+    broker's history (a live run's warm-up; a name it has none of is left out: no data)."""
     spec = scanner_of(prep.doc, prep.ws)
     sp = compile_scanner(spec)
     bar = spec.data.bar if spec.data is not None and spec.data.bar else prep.bar
@@ -215,12 +218,19 @@ def strategy_scan(prep, data=None) -> StrategyScan:
     same = bar == prep.bar and (own is None or ((data is not None or not own.source) and
                                                 (own.adjusted, own.on_bad_bar, own.session) ==
                                                 (run.adjusted, run.on_bad_bar, run.session)))
-    frames, shown = load_frames(spec, prep.ws, universe + sp.plan.inputs.symbols, bar=bar, timezone=prep.timezone,
-                                data=data, fallback=prep.data_path, frames=prep.frames if same else None)
+    if fetch is not None:
+        wanted = list(dict.fromkeys(universe + sp.plan.inputs.symbols))
+        frames = {s: prep.frames[s] for s in wanted if s in prep.frames} if bar == prep.bar else {}
+        frames.update(fetch([s for s in wanted if s not in frames], bar, prep.timezone))
+        frames, shown = {s: frames[s] for s in wanted if s in frames}, "the broker's history"
+    else:
+        frames, shown = load_frames(spec, prep.ws, universe + sp.plan.inputs.symbols, bar=bar,
+                                    timezone=prep.timezone, data=data, fallback=prep.data_path,
+                                    frames=prep.frames if same else None)
     inputs = symbol_inputs(sp, frames, bar=bar, timezone=prep.timezone, ws=prep.ws, universe=universe)
     result = run_scan(sp, inputs, bar_seconds=bar_seconds(bar), universe=tuple(universe), source=shown,
                       timezone=prep.timezone)
-    return StrategyScan(result, [s for s in universe if s not in frames])
+    return StrategyScan(result, [s for s in universe if s not in frames], frames)
 
 
 @dataclass

@@ -8,7 +8,7 @@ prefilter; stale data (its latest bar closed a bar or more before the scan); no 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,28 @@ class ScanResult:
     source: str = ""                # where the bars came from (for "no data")
     timezone: str = "America/New_York"
     bar_seconds: float = 86400.0
+    late: dict = field(default_factory=dict)   # (scan time, symbol) -> why a live scan ran without its bar
+
+    def extend(self, more: "ScanResult") -> None:
+        """The scans of `more` (the same scanner over the same symbols, later times: a live run's
+        scan at a bar close) appended after these; the symbols' bar closes become `more`'s."""
+        if more.symbols != self.symbols:
+            raise ValueError("a scan is extended by scans of the same symbols")
+        if len(self.times) and len(more.times) and int(more.times[0]) <= int(self.times[-1]):
+            raise ValueError("a scan is extended by later scans only")
+        self.times = np.concatenate([self.times, more.times])
+        for name in ("status", "score", "rank", "picked", "index", "age"):
+            setattr(self, name, np.concatenate([getattr(self, name), getattr(more, name)]))
+        for name in ("grade", "klass"):
+            a, b = getattr(self, name), getattr(more, name)
+            width = max(a.dtype.itemsize, b.dtype.itemsize) // 4 or 1
+            setattr(self, name, np.concatenate([a.astype(f"<U{width}"), b.astype(f"<U{width}")]))
+        for name in ("raw", "norm", "contribution", "gathered"):
+            mine, theirs = getattr(self, name), getattr(more, name)
+            for key in mine:
+                mine[key] = np.concatenate([mine[key], theirs[key]])
+        self.ends = dict(more.ends)
+        self.late.update(more.late)
 
     @property
     def spec(self):
@@ -85,6 +107,9 @@ class ScanResult:
             return self._no_value(e, s)
         if code == PREFILTER:
             return "dropped by the prefilter: " + "; ".join(self._failed(e, s, values=True))
+        late = self.late.get((int(self.times[e]), symbol)) if e >= 0 else None
+        if late is not None:
+            return late
         if code == STALE:
             return f"stale data: its last bar is {self._bar_time(symbol, int(self.index[e, s]))}, " \
                    f"{self._age(int(self.age[e, s]))} before the scan"

@@ -165,3 +165,28 @@ def test_an_index_is_its_value_and_has_no_bid_or_ask_at_ib():
     assert (q.bid, q.ask, q.last) == (4500.25, 4500.25, 4500.25)
     q, why = quote_from("SPX", "IND", -1, 0, -1, 0, -1, 3)
     assert q is None and why == "no index value yet (IB sent none)"
+
+
+def test_the_classes_numbers_order_the_budget_not_their_names():
+    """data.subscriptions.priorities: by default a top pick (50) gives way to a watched name
+    (90); with top_signals 95 and watchlist 40 the watched name gives way to the top pick."""
+    from engine.brokers.ib.marketdata import ranks_from
+
+    WATCH = Priority.WATCHLIST
+    default = LineBudget(2, ttl_seconds=100)
+    default.request("W1", WATCH, 0)
+    default.request("W2", WATCH, 0)
+    assert not default.request("T", TOP, 1).granted
+    numbered = LineBudget(2, ttl_seconds=100, ranks=ranks_from({"top_signals": 95, "watchlist": 40}))
+    numbered.request("W1", WATCH, 0)
+    numbered.request("W2", WATCH, 0)
+    g = numbered.request("T", TOP, 1)
+    assert g.granted and g.evict == ("W1",)
+    assert numbered.rank(TOP) == 95 and numbered.rank(WATCH) == 40 and numbered.rank(PICK) == 25
+    # a scanner name of 30 outranks a top signal of 20
+    low = LineBudget(1, ttl_seconds=100, ranks=ranks_from({"top_signals": 20, "scanner": 30}))
+    low.request("T", TOP, 0)
+    assert low.request("S", PICK, 1).evict == ("T",)
+    # positions stay the highest class: anything else is refused
+    with pytest.raises(ValueError, match="highest"):
+        LineBudget(2, ranks=ranks_from({"positions": 50, "watchlist": 60}))

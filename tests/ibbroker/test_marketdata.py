@@ -400,3 +400,21 @@ def test_ibs_message_rate_warning_100_slows_the_requests_and_is_said_once(setup,
     assert sink.codes().count(100) == 1 and "slowed to 5 a second" in sink.messages(100)[0]
     sim.set_max_rate(50)
     assert pump(ib, md, all_quoted(md, STOCKS[:8]))
+
+
+def test_check_every_reviews_the_lines_at_its_cadence_not_at_every_pass(setup):
+    """data.subscriptions.check_every: an idle line (TTL 0.2 s) is freed at the first review
+    after its TTL; with check_every 1.5 s the review comes up to 1.5 s later, and it happens
+    then (passes in between leave it)."""
+    sim, ib, md, sink, _ = setup(max_lines=5, ttl=0.2, review_every=1.5, stale_after=5.0)
+    assert md.subscribe(STOCKS[0], Priority.PICK) is None
+    md.check()                                   # the first review, at once
+    t0 = time.monotonic()
+    assert pump(ib, md, lambda: STOCKS[0] not in md.budget, timeout=4.0)
+    waited = time.monotonic() - t0
+    assert 1.3 <= waited <= 2.5, waited
+    every = setup(max_lines=5, ttl=0.2, stale_after=5.0)[2]
+    assert every.subscribe(STOCKS[0], Priority.PICK) is None
+    t0 = time.monotonic()
+    assert pump(every.ib, every, lambda: STOCKS[0] not in every.budget, timeout=4.0)
+    assert time.monotonic() - t0 < 0.6           # without it: the pass after the TTL

@@ -36,11 +36,11 @@ from .chains import IBChains
 from .connection import Connection, ConnectError, IBConfig, State
 from .contracts import ContractError, Contracts
 from .history import History
-from .marketdata import LineBudget, MarketData, Priority
+from .marketdata import LineBudget, MarketData, Priority, ranks_from
 from .orders import Orders
 
-_PRIORITY = {"position": Priority.POSITION, "top_pick": Priority.TOP_PICK, "pick": Priority.PICK,
-             "other": Priority.OTHER}
+_PRIORITY = {"position": Priority.POSITION, "watchlist": Priority.WATCHLIST, "top_pick": Priority.TOP_PICK,
+             "pick": Priority.PICK, "other": Priority.OTHER}
 
 
 class VenueClock:
@@ -107,12 +107,14 @@ class IBBroker:
 
         # data.subscriptions, with the schema's defaults (100 lines, 5 kept for positions, 10 minutes)
         self.budget = LineBudget(int(subs.get("max_lines", 100)), int(subs.get("reserve_for_positions", 5)),
-                                 float(_seconds(subs.get("ttl")) if subs.get("ttl") else 600.0))
+                                 float(_seconds(subs.get("ttl")) if subs.get("ttl") else 600.0),
+                                 ranks_from(subs.get("priorities")))
+        review = float(_seconds(subs["check_every"])) if subs.get("check_every") else None
         stale = stale_after if stale_after is not None else (limits.stale_quote_age if limits is not None and
                                                              limits.stale_quote_age else 10.0)
         delayed = allow_delayed if allow_delayed is not None else connect.market_data != "live"
         self.md = MarketData(self.ib, self._resolve, self.budget, self._sink, clock=monotonic,
-                             stale_after=max(float(stale), 0.5), allow_delayed=delayed)
+                             stale_after=max(float(stale), 0.5), allow_delayed=delayed, review_every=review)
         self.history_ = History(self.ib, self._sink, clock=monotonic, tz=timezone, now_ns=self.now)
         self.orders = Orders(self.ib, self._resolve, self._resolve_option, self._sink, clock=self.now,
                              read_only=read_only)
@@ -121,6 +123,8 @@ class IBBroker:
                                                                   - self.chains.lines(), 0))
         self._streams: dict[str, object] = {}
         self.held_symbols: Callable[[], object] = tuple   # the run's open positions' symbols (the run sets it)
+        # a symbol's line class when it holds no position (the run sets it: its watchlist, or its scanner's say)
+        self.priority_of: Callable[[str], str] = lambda symbol: "pick"
         self.first_quote_wait = 2.0                 # wall seconds an entry waits for a new line's first quote
         self._held_in: dict[str, object] = {}       # symbol -> the contract (Resolved) its open position is in
         self._opening: dict[str, object] = {}       # ref of an opening order -> the contract it was sent in
@@ -243,7 +247,7 @@ class IBBroker:
         if self.conn.state != State.READY:
             return f"the IB connection is {self.conn.state.value}: no new entries until it is ready and reconciled"
         if symbol not in self.budget:
-            why = self.md.subscribe(symbol, Priority.PICK)
+            why = self.md.subscribe(symbol, _PRIORITY[self.priority_of(symbol)])
             if why:
                 return why
             deadline = self.monotonic() + self.first_quote_wait
@@ -293,7 +297,7 @@ class IBBroker:
         lines = self.budget.held()
         for symbol, priority in lines.items():
             if priority == Priority.POSITION and symbol not in held:
-                self.md.subscribe(symbol, Priority.PICK)
+                self.md.subscribe(symbol, _PRIORITY[self.priority_of(symbol)])
         for symbol in sorted(held):
             if lines.get(symbol) == Priority.POSITION:
                 continue

@@ -1,8 +1,9 @@
 """Market data lines: a budget of IB's concurrent lines, and quotes that are never NaN as a price.
 
 LineBudget (pure). IB allows a fixed number of concurrent market-data lines (100 by default);
-one more is error 101 and that line is dead. The budget hands out lines by priority, POSITION
-(never evicted) > TOP_PICK > PICK > OTHER; a request that needs room evicts the weakest line
+one more is error 101 and that line is dead. The budget hands out lines by class: POSITION (never
+evicted), WATCHLIST, TOP_PICK, PICK, each with its number (data.subscriptions.priorities, by
+default 100 > 90 > 50 > 25), and OTHER below them all; a request that needs room evicts the weakest line
 that is of lower priority or idle for longer than the TTL (ties: the longest idle, then the
 symbol), and one that cannot be granted is refused with a reason. `reserved_for_positions` lines
 are kept for open positions only. The budget's answer lists the evictions, which MarketData
@@ -17,7 +18,8 @@ not crossed): `last` is the last trade, or the midpoint when IB sent none; an in
 bid/ask at IB, so its value (IB's last) is all three fields. A quote is usable only once a tick
 has arrived since the line's latest request (ib_async keeps a re-requested ticker's old values).
 
-`check()` is called often by the loop:
+`check()` is called often by the loop; it reviews the lines at every call, or every
+`review_every` seconds (data.subscriptions.check_every):
   * TTL eviction of idle lines (a line is used when quote() reads it or subscribe() asks again);
   * silent staleness: connected, no outage, but no tick on a line for `stale_after` seconds ->
     stale (no quote) and the line is requested again, every `retry_every` seconds until ticks come
@@ -68,11 +70,28 @@ class Priority(enum.IntEnum):
     OTHER = 0
     PICK = 1
     TOP_PICK = 2
-    POSITION = 3
+    WATCHLIST = 3
+    POSITION = 4
 
 
 _NAMES = {Priority.OTHER: ("other", "others"), Priority.PICK: ("pick", "picks"),
-          Priority.TOP_PICK: ("top pick", "top picks"), Priority.POSITION: ("position", "positions")}
+          Priority.TOP_PICK: ("top pick", "top picks"), Priority.WATCHLIST: ("watched name", "watched names"),
+          Priority.POSITION: ("position", "positions")}
+
+# data.subscriptions.priorities: each class's number (the field notes' 100/90/50/25); a name in
+# none of them (not held, not watched, not ranked by a scan) is below every class
+CLASSES = {"positions": Priority.POSITION, "watchlist": Priority.WATCHLIST, "top_signals": Priority.TOP_PICK,
+           "scanner": Priority.PICK}
+DEFAULT_RANKS = {Priority.POSITION: 100, Priority.WATCHLIST: 90, Priority.TOP_PICK: 50, Priority.PICK: 25,
+                 Priority.OTHER: -1}
+
+
+def ranks_from(priorities: dict | None) -> dict[Priority, int]:
+    """The budget's numbers from data.subscriptions.priorities (classes not given keep theirs)."""
+    out = dict(DEFAULT_RANKS)
+    for name, value in (priorities or {}).items():
+        out[CLASSES[name]] = int(value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -89,7 +108,8 @@ class _Held:
 
 
 class LineBudget:
-    def __init__(self, max_lines: int, reserved_for_positions: int = 0, ttl_seconds: float = 300.0):
+    def __init__(self, max_lines: int, reserved_for_positions: int = 0, ttl_seconds: float = 300.0,
+                 ranks: dict | None = None):
         if max_lines < 1:
             raise ValueError(f"max_lines must be at least 1, not {max_lines}")
         if not 0 <= reserved_for_positions <= max_lines:
@@ -100,7 +120,14 @@ class LineBudget:
         self.max_lines = int(max_lines)
         self.reserved = int(reserved_for_positions)
         self.ttl = float(ttl_seconds)
+        self.ranks = dict(DEFAULT_RANKS if ranks is None else {**DEFAULT_RANKS, **ranks})
+        if any(self.ranks[Priority.POSITION] <= v for p, v in self.ranks.items() if p != Priority.POSITION):
+            raise ValueError("open positions must have the highest line priority")
         self._held: dict[str, _Held] = {}
+
+    def rank(self, priority: Priority) -> int:
+        """A class's number: who keeps a line when lines run short (higher is kept)."""
+        return self.ranks[Priority(priority)]
 
     # ---------------------------------------------------------------- reads
     def __contains__(self, symbol: str) -> bool:
@@ -132,14 +159,14 @@ class LineBudget:
         while self._over(trial):
             victims = [s for s, h in trial.items()
                        if s != symbol and h.priority != Priority.POSITION
-                       and (h.priority < p or now - h.used >= self.ttl)]
+                       and (self.rank(h.priority) < self.rank(p) or now - h.used >= self.ttl)]
             if not victims:
                 reason = self._why_full(trial, symbol)
                 if new:
                     return Grant(False, (), reason)
                 del self._held[symbol]  # a held line demoted past the room left: it gives its line up
                 return Grant(False, (symbol,), reason)
-            victim = min(victims, key=lambda s: (trial[s].priority, trial[s].used, s))
+            victim = min(victims, key=lambda s: (self.rank(trial[s].priority), trial[s].used, s))
             del trial[victim]
             evict.append(victim)
         self._held = trial
@@ -189,7 +216,7 @@ class LineBudget:
         rest = {s: h for s, h in trial.items() if s != symbol}
         counts = Counter(h.priority for h in rest.values())
         summary = ", ".join(f"{n} {_NAMES[p][0] if n == 1 else _NAMES[p][1]}"
-                            for p, n in sorted(counts.items(), reverse=True))
+                            for p, n in sorted(counts.items(), key=lambda c: -self.rank(c[0])))
         if counts and set(counts) == {Priority.POSITION} and len(rest) >= self.max_lines:
             return f"all {self.max_lines} lines hold open positions"
         others = sum(n for p, n in counts.items() if p != Priority.POSITION)
@@ -285,9 +312,13 @@ class MarketData:
     def __init__(self, ib, resolve: Callable[[str], Resolved], budget: LineBudget, on_event: Callable[[object], None],
                  clock: Callable[[], float] = time.monotonic, stale_after: float = 10.0, allow_delayed: bool = False,
                  pacing: float = 20.0, *, retry_every: float | None = None, generic_ticks: str = "",
-                 wall: Callable[[], int] = time.time_ns):
+                 wall: Callable[[], int] = time.time_ns, review_every: float | None = None):
         if stale_after <= 0 or pacing <= 0:
             raise ValueError("stale_after and pacing must be positive")
+        if review_every is not None and review_every <= 0:
+            raise ValueError("review_every must be positive")
+        self.review_every = review_every      # data.subscriptions.check_every: None reviews at every check()
+        self._reviewed = -math.inf
         self.ib = ib
         self.resolve = resolve
         self.budget = budget
@@ -427,12 +458,15 @@ class MarketData:
         if not self.ib.isConnected():
             return
         now = self.clock()
+        if self.review_every is not None and now - self._reviewed < self.review_every:
+            return      # the budget is reviewed every check_every (IB's codes are still handled above)
+        self._reviewed = now
         for gone in self.budget.expire(now):
             log.info("%s: market data line freed after %.0f s idle", gone, self.budget.ttl)
             self._drop(gone)
         if self._outage is not None or self._farm is not None:
             return  # IB cannot serve lines now; 1101 / 2104 bring the resubscription
-        for line in sorted(self._lines.values(), key=lambda x: (-x.priority, x.symbol)):
+        for line in sorted(self._lines.values(), key=lambda x: (-self.budget.rank(x.priority), x.symbol)):
             if line.blocked is not None:
                 if now - line.requested_at >= self.retry_every:
                     self._request(line)
@@ -460,7 +494,7 @@ class MarketData:
         if self._delayed_mode:
             self.ib.reqMarketDataType(3)
         now = self.clock()
-        for line in sorted(self._lines.values(), key=lambda x: (-x.priority, x.symbol)):
+        for line in sorted(self._lines.values(), key=lambda x: (-self.budget.rank(x.priority), x.symbol)):
             line.quiet_since = now
             self._request(line)
 

@@ -769,8 +769,9 @@ effect(S, "/$defs/data/chains", "spxw", lambda files: files["s.yaml"]["data"].up
 
 # ---- strategy: schedule
 effect(S, "/$defs/schedule/timezone", "condor_extended", put("schedule.timezone", "America/Chicago"), "fills")
-effect(S, "/$defs/schedule/calendar", "condor", put("schedule.calendar", "NYSE"), "exit",
-       note="NYSE's regular session ends at 16:00, CBOE_Index_Options' at 16:15: three 16:00 bars are refused")
+effect(S, "/$defs/schedule/calendar", "condor", put("schedule.calendar", "NYSE"), "said",
+       note="NYSE's regular session ends at 16:00, CBOE_Index_Options' at 16:15: three 16:00 bars are left out, "
+            "and the warning says so")
 effect(S, "/$defs/schedule/entry_window", "condor", put("schedule.entry_window", ["10:30", "11:00"]), "fills")
 effect(S, "/$defs/schedule/flat_by", "condor", put("schedule.flat_by", "12:00"), "fills")
 effect(S, "/$defs/schedule/every", "xsp_cross", put("schedule.every", "5m"), "fills",
@@ -973,7 +974,7 @@ for where in ("/$defs/root", "/$defs/default_entry"):
     if where == "/$defs/root":
         effect(I, f"{where}/roll_days", base, put(f"{entry}.roll_days", 5, "i.yaml"), "contracts", IB,
                note="the front month it picks: tests/ibbroker/test_contracts.py's roll offset, against the simulator")
-        effect(I, f"{where}/calendar", "condor_instruments", put("roots.XSP.calendar", "NYSE", "i.yaml"), "exit")
+        effect(I, f"{where}/calendar", "condor_instruments", put("roots.XSP.calendar", "NYSE", "i.yaml"), "said")
         effect(I, f"{where}/options", "condor_instruments", put("roots.XSP.options.multiplier", 10, "i.yaml"), "fills")
     else:       # the defaults are a stock's (an index must have a root): SPY's, without options data to trade
         effect(I, f"{where}/calendar", base, both(prep, put(f"{entry}.calendar", "CBOE_Equity_Options", "i.yaml")),

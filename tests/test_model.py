@@ -60,7 +60,7 @@ def test_the_schedule_is_parsed_once_into_minutes():
     from engine.check.model import Schedule
 
     prep = bt.prepare("strategies/iron_condor.yaml")
-    assert prep.schedule == Schedule("America/New_York", (9 * 60 + 30, 11 * 60), 15 * 60 + 50)
+    assert prep.schedule == Schedule("America/New_York", (9 * 60 + 30, 11 * 60), 15 * 60 + 50, 60.0, 60.0)
     assert Schedule.from_spec(None) == Schedule() and Schedule().entry_window is None
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..indicators import KERNELS
 from ..indicators.batched import BATCHED, _Ring
+from ..indicators.gaps import remembering
 from . import nodes as N
 from .evaluate import Bars, MissingInput, _closure, _op_vec
 from .nodes import Plan
@@ -176,7 +177,9 @@ def _run(plan: Plan, ids: list[int], keep: set[int], p: Panel, at: np.ndarray | 
     the others on the cells `at` ((E, S) bar indices of each symbol's own bars; None: every
     bar). Values no later node reads are dropped as soon as they are used."""
     shape = (len(p.length), p.width)
-    full = history_nodes(plan, ids) if at is not None else set(ids)
+    # many cells (a scan at every bar): every node over the panel, then the cells taken once
+    sparse = at is not None and at.size * 4 < shape[0] * shape[1]
+    full = history_nodes(plan, ids) if sparse else set(ids)
     if at is not None:
         cells = (np.arange(len(p.length))[None, :], p.start[None, :] + np.maximum(at, 0))
         point_shape = at.shape
@@ -228,8 +231,9 @@ def evaluate_panel(plan: Plan, bars: Sequence[Bars], keep, at: np.ndarray | None
     keep = set(keep)
     ids = sorted(_closure(plan, keep))
     p = p if p is not None else panel(plan, bars, ids)
-    return p, _run(plan, ids, keep, p, at, lambda i, node, args: _kernel_rows(node, args, p),
-                   lambda i, node, x: _lag_panel(node, x, p))
+    with remembering():     # an input read by several kernels is checked for gaps once per symbol
+        return p, _run(plan, ids, keep, p, at, lambda i, node, args: _kernel_rows(node, args, p),
+                       lambda i, node, x: _lag_panel(node, x, p))
 
 
 class _LagState:

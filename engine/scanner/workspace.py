@@ -94,9 +94,12 @@ def _gather(sp: ScanPlan, values: dict, index: np.ndarray, cols: list[int], shap
         if len(cols):
             v = values[node_id]
             got = np.broadcast_to(v, index.shape) if not np.ndim(v) else v
-            sub = g[:, cols]
-            sub[have] = got[have]
-            g[:, cols] = sub
+            if len(cols) == shape[1]:            # every symbol has bars: no column to skip
+                np.copyto(g, got, where=have, casting="unsafe")
+            else:
+                sub = g[:, cols]
+                sub[have] = got[have]
+                g[:, cols] = sub
         out[node_id] = g
     return out
 

@@ -1,5 +1,5 @@
-"""Elementwise helpers with the package's NaN convention: a NaN input gives NaN at
-that bar (nothing else is affected), and out-of-domain inputs (log of a negative,
+"""Elementwise helpers, on arrays of any shape, with the package's NaN convention: a NaN input
+gives NaN at that bar (nothing else is affected), and out-of-domain inputs (log of a negative,
 sqrt of a negative) give NaN silently instead of a RuntimeWarning.
 """
 
@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gaps import as_series
+
+def as_series(x, name: str = "x") -> np.ndarray:
+    """`x` as a float64 array of any shape (one symbol's series, or symbols x bars: these
+    functions are elementwise, so the value at a cell does not depend on the shape)."""
+    return np.asarray(x, dtype=np.float64)
 
 
 def _quiet(fn):

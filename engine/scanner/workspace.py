@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..plan import nodes as N
-from ..plan.evaluate import Bars, evaluate, evaluate_window
+from ..plan.batched import evaluate_panel
+from ..plan.evaluate import Bars, evaluate_window
 from . import rank as R
 from .compile import ScanPlan
 from .result import BELOW, BEYOND, NO_DATA, NO_VALUE, NOT_YET, PICKED, PREFILTER, STALE, ScanResult
@@ -58,31 +59,59 @@ def run_scan(sp: ScanPlan, inputs: dict[str, SymbolInput], *, bar_seconds: float
         times = scan_times({s: inputs[s] for s in symbols if s in inputs}, spec.rescan)
     times = np.asarray(times, dtype=np.int64)
     e, s_n = len(times), len(symbols)
-    nodes = sp.plan.nodes
-    gathered: dict[int, np.ndarray] = {}
-    for i in sp.market:
-        kind = nodes[i].kind
-        gathered[i] = np.zeros((e, s_n), dtype=bool) if kind == "boolean" else \
-            np.full((e, s_n), "", dtype=object) if kind == "string" else np.full((e, s_n), np.nan)
     index = np.full((e, s_n), -1, dtype=np.int64)
     age = np.zeros((e, s_n), dtype=np.int64)
     present = np.zeros(s_n, dtype=bool)
-    wanted = set(sp.market)
-    for col, symbol in enumerate(symbols):
-        inp = inputs.get(symbol)
-        if inp is None or not len(inp.ends):
-            continue
-        present[col] = True
-        values = evaluate(sp.plan, inp.bars, upto=wanted)
-        j = np.searchsorted(inp.ends, times, side="right") - 1
+    cols = [c for c, symbol in enumerate(symbols) if symbol in inputs and len(inputs[symbol].ends)]
+    present[cols] = True
+    for col in cols:
+        ends = inputs[symbols[col]].ends
+        j = np.searchsorted(ends, times, side="right") - 1
         index[:, col] = j
         have = j >= 0
-        age[have, col] = times[have] - inp.ends[j[have]]
-        n = len(inp.ends)
-        for node_id in sp.market:
+        age[have, col] = times[have] - ends[j[have]]
+    at = index[:, cols]
+    p, values = evaluate_panel(sp.plan, [inputs[symbols[c]].bars for c in cols], sp.market, at=at)
+    gathered = _gather(sp, values, at, cols, (e, s_n))
+    ends = {s: inputs[s].ends for s in symbols if s in inputs}
+    return cross_section(sp, symbols, times, gathered, index, age, present, ends, bar_seconds=bar_seconds,
+                         source=source, timezone=timezone)
+
+
+def _blank(kind: str, shape) -> np.ndarray:
+    return np.zeros(shape, dtype=bool) if kind == "boolean" else \
+        np.full(shape, "", dtype=object) if kind == "string" else np.full(shape, np.nan)
+
+
+def _gather(sp: ScanPlan, values: dict, index: np.ndarray, cols: list[int], shape) -> dict[int, np.ndarray]:
+    """Each market node's value at each scan (rows) for each symbol (columns): at the symbol's
+    latest bar closed by the scan (`index`, -1: none yet, no value)."""
+    nodes = sp.plan.nodes
+    have = index >= 0
+    out = {}
+    for node_id in sp.market:
+        g = _blank(nodes[node_id].kind, shape)
+        if len(cols):
             v = values[node_id]
-            arr = v if np.ndim(v) else np.full(n, v)
-            gathered[node_id][have, col] = np.asarray(arr)[j[have]]
+            got = np.broadcast_to(v, index.shape) if not np.ndim(v) else v
+            if len(cols) == shape[1]:            # every symbol has bars: no column to skip
+                np.copyto(g, got, where=have, casting="unsafe")
+            else:
+                sub = g[:, cols]
+                sub[have] = got[have]
+                g[:, cols] = sub
+        out[node_id] = g
+    return out
+
+
+def cross_section(sp: ScanPlan, symbols: tuple[str, ...], times: np.ndarray, gathered: dict[int, np.ndarray],
+                  index: np.ndarray, age: np.ndarray, present: np.ndarray, ends, *, bar_seconds: float,
+                  source: str = "", timezone: str = "America/New_York") -> ScanResult:
+    """The scans (rows of the gathered time x symbol workspace) at once: fresh data, the
+    prefilter, normalisation, the composite, min score, ranks, the top N, grades and classes."""
+    spec = sp.spec
+    nodes = sp.plan.nodes
+    e, s_n = index.shape
     status = np.full((e, s_n), NO_DATA, dtype=np.int8)
     status[:, present] = NOT_YET
     has_bar = index >= 0
@@ -112,7 +141,6 @@ def run_scan(sp: ScanPlan, inputs: dict[str, SymbolInput], *, bar_seconds: float
     status[picked] = PICKED
     grade = R.grades(score, scored, spec.grades)
     klass = R.classes(_class_conditions(sp, gathered, norm, score, e), [label for label, _ in sp.classes], scored)
-    ends = {s: inputs[s].ends for s in symbols if s in inputs}
     return ScanResult(sp, symbols, times, status, score, rank, picked, grade, klass, raw, norm, contribution,
                       index, age, ends, gathered, source, timezone, bar_seconds)
 

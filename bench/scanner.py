@@ -33,10 +33,12 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a source checkout
+sys.path.insert(0, str(ROOT / "bench"))
 
 from engine.check import validate  # noqa: E402
 from engine.runtime.scanning import scanner_of, symbol_inputs  # noqa: E402
 from engine.scanner import ScanState, compile_scanner, run_scan  # noqa: E402
+from scan import best  # noqa: E402  (bench/scan.py: the best of `repeat` timings)
 
 COMPOSITE = ROOT / "strategies" / "scanners" / "composite.yaml"
 NY = "America/New_York"
@@ -152,15 +154,6 @@ def same(qtrade: list[tuple[str, float]], pandas: pd.DataFrame, what: str) -> No
     worst = max((abs(a - b) for (_, a), (_, b) in zip(qtrade, theirs)), default=0.0)
     if worst > 1e-9:
         raise AssertionError(f"{what}: scores differ by {worst:g}")
-
-
-def best(fn, repeat: int):
-    out, times = None, []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
 
 
 def run(symbols: int = 5000, bars: int = 500, repeat: int = 3, quiet: bool = False) -> dict[str, float]:

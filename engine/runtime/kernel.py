@@ -119,6 +119,7 @@ class _Symbol:
     reprotect: bool = False         # the position grew: its protective levels are measured again
     mixed: bool = False             # stock entries and option combos both (one position at a time)
     flat_masks: dict = field(default_factory=dict)  # an agent's own flat-by (None: held overnight)
+    roll: dict | None = None        # a futures roll under way: what the position carries into the next contract
 
 
 class Kernel(RunState):
@@ -159,6 +160,9 @@ class Kernel(RunState):
         self.halted = ""                 # why new entries stopped ('' while they may go on)
         self.live = False                # bars arrive as they complete (runtime/live.py)
         self.check_order: Callable[[E.Order], str | None] | None = None   # a live run's pre-send check
+        # a live run's roll rule: (symbol, contract held) -> the contract to roll into, or None
+        # (a simulated run reads its bars' front month instead)
+        self.roll_target: Callable[[str, str], str | None] | None = None
         self._peak = settings.cash
         self._day = None
         self._day_start = settings.cash
@@ -388,6 +392,9 @@ class Kernel(RunState):
         if b.front is not None:          # the contract held: its own bars, and the close it expires at
             held = self.ledger.positions[st.key].contract
             best = min(best, b.expiry_bar.get(held, n))
+            rolled = b.roll_bar.get(held) if b.roll_bar is not None else None
+            if rolled is not None:          # the close it is rolled at (at once when that is past)
+                best = min(best, max(rolled, k))
             b = b.of(held)
         if self._watch_margin and b.maintenance > 0 and self.margin_calls:
             # the first close at which equity could be below the maintenance margin (found exactly there)
@@ -527,8 +534,13 @@ class Kernel(RunState):
             self._status(tr, "cancelled", self._now, "the position was already closed")
             self.syms[tr.symbol].closing = None
             return
+        elif role == "roll" and self.syms[tr.symbol].key is not None:
+            self.syms[tr.symbol].after_exit = tr    # the roll's open follows its close once that is booked
+            return
         b = self.syms[tr.symbol].bars
-        if b.front is not None:     # per-contract futures: an entry goes to the front month, the rest to the held one
+        if role == "roll":
+            pass                    # the contract rolled into, named when the roll was decided
+        elif b.front is not None:   # per-contract futures: an entry goes to the front month, the rest to the held one
             pos = self.ledger.positions.get(tr.symbol) if role != "entry" else None
             tr.contract = tr.record.contract = pos.contract if pos is not None else b.contract_at(k)
         order = E.Order(it.tag, it.symbol, it.action, float(it.quantity), it.order_type, it.limit, it.stop, it.tif,
@@ -764,6 +776,14 @@ class Kernel(RunState):
                 self._decide(tr.symbol, tr.intent.rule, "entry", "blocked", f"rejected by the broker: {ev.reason}")
         if role == "entry":
             st.working_entry = None
+        elif role == "roll":
+            st.working_entry = None
+            if tr.filled <= 0:
+                st.roll = None
+                self._decide(tr.symbol, "roll", "entry", "blocked",
+                             f"the roll's open in {tr.contract} was {tr.record.status}"
+                             f"{': ' + ev.reason if ev.reason else ''}; the position was closed in the contract "
+                             "it was held in and is flat")
         elif role == "exit":
             st.closing = None
             if st.after_exit is not None:
@@ -788,6 +808,13 @@ class Kernel(RunState):
         tr, st.after_exit = st.after_exit, None
         if st.key is None:
             self._send(tr, min(self._bar_at(st.symbol, self._now), len(st.bars) - 1))
+            return
+        if tr.role == "roll":
+            self._status(tr, "cancelled", self._now, "the roll's close did not close the position")
+            self._decide(st.symbol, "roll", "exit", "blocked", "the roll's close did not close the position: it "
+                         "stays in the contract it is held in, and the roll is tried again at the next close")
+            st.working_entry = None
+            st.roll = None
             return
         self._status(tr, "cancelled", self._now, "the exit it was to follow did not close the position")
         self._decide(st.symbol, tr.intent.rule, "entry", "blocked", "the exit it was to follow did not close the "
@@ -848,6 +875,9 @@ class Kernel(RunState):
             self._status(tr, ev.status, ev.time, f"{short}: {ev.reason}" if ev.reason else short)
         self._booked.add(tag)
         ledger = self.ledger
+        if role == "roll":
+            self._rolled(tr, st, fill, k=tr.last_bar)
+            return
         if role == "entry":
             if symbol in ledger.positions:      # pyramiding: the entry adds to the position
                 pos = ledger.add(fill)
@@ -879,6 +909,12 @@ class Kernel(RunState):
         if entry_ref is not None:
             self._trade_of[entry_ref] = index
         st.owner = st.key = None
+        if tr.exit_kind == "roll" and st.roll is not None:
+            # the move made in the contract left is carried into the next (the back-adjustment);
+            # a roll is no win or loss of the strategy's (the circuit breaker's streak)
+            st.roll["exit_price"] = price
+            st.roll["carried"] = pos.carried + (price - pos.avg_price)
+            return
         if trade.pnl < 0:
             self._losses += 1
         else:
@@ -911,6 +947,9 @@ class Kernel(RunState):
                     # and fills with it (at this close with `fill: close`, else both at the next open,
                     # the exit first)
                     self._enter(st, k, against=side)
+                elif st.closing is None and not st.pending and st.working_entry is None and \
+                        (to := self._roll_to(st, k)) is not None:
+                    self._roll(st, k, to)
                 elif st.closing is None and st.entries < self._pyramid and not st.pending \
                         and st.working_entry is None:
                     self._enter(st, k, add=side)      # pyramiding: an entry the same way adds to it
@@ -998,6 +1037,104 @@ class Kernel(RunState):
             self._paused_until = time / 1e9 + limits.circuit_breaker[1]
             self._losses = 0
 
+    # ---- futures rolls ------------------------------------------------------------------------
+    def _roll_to(self, st: _Symbol, k: int) -> str | None:
+        """The contract a futures position held at bar k's close is rolled into: the front month
+        of the next bar when it is not the contract held (a live run's broker says, by the same
+        rule, from the date). None: no roll due."""
+        b = st.bars
+        if st.key is None or st.combo or st.key in self.combos:
+            return None
+        held = self.ledger.positions[st.key].contract
+        if not held:
+            return None
+        if self.roll_target is not None:
+            return self.roll_target(st.symbol, held)
+        if b.front is None or k + 1 >= len(b):
+            return None
+        to = b.front[k + 1]
+        return to if to != held else None
+
+    def _roll(self, st: _Symbol, k: int, to: str) -> None:
+        """Roll the position into `to`: its protective orders are cancelled, a market order closes
+        it in the contract held and another opens the same quantity the same way in `to`, both
+        at the fill model's price (the next open, or this close with `fill: close`), the close
+        first. The position keeps its owner, entry states, entries and where it began; its stops
+        and targets are placed again in `to`, shifted by the roll gap (see _rolled)."""
+        pos = self.ledger.positions[st.key]
+        old = pos.contract
+        if self._running_fields:
+            self._position_context(st, k)       # its running fields up to this close, in the contract held
+        levels = []
+        for (name, key), ref in list(st.protect.items()):
+            it = self.orders_by_ref[ref].intent
+            levels.append((name, key, it.stop if key == "stop" else it.limit))
+            self.venue.cancel(ref)
+        self._drain()
+        if st.key is None:
+            return      # a protective order filled first
+        reason = f"roll {old} -> {to}"
+        rule = N.Rule("exit", "roll", reason=reason)
+        quantity = abs(pos.quantity)
+        long = pos.quantity > 0
+        close = OrderIntent(st.symbol, "sell" if long else "buy", "market", quantity, None, None, None, "day",
+                            "close", "roll", self._tag(), reason)
+        opening = OrderIntent(st.symbol, "buy" if long else "sell", "market", quantity, None, None, None, "day",
+                              "open", "roll", self._tag(), reason)
+        self._decide(st.symbol, "roll", "exit", "fired", reason,
+                     f"{old} is the front month to this bar; {to} from the next")
+        leaving = self._track(close, st, "exit", rule, k, "roll")
+        leaving.contract = leaving.record.contract = old
+        entering = self._track(opening, st, "roll", rule, k)
+        entering.contract = entering.record.contract = to
+        st.roll = {"from": old, "to": to, "owner": pos.owner, "states": pos.states, "entries": st.entries,
+                   "origin": (pos.entry_bar, pos.entry_time) if pos.origin_bar < 0 else (pos.origin_bar,
+                                                                                         pos.origin_time),
+                   "carried": pos.carried, "stats": st.stats, "levels": levels, "exit_price": None}
+        st.closing = close.tag
+        st.working_entry = opening.tag
+        self._queue(st, leaving, k)
+        self._queue(st, entering, k)
+
+    def _rolled(self, tr: _Tracked, st: _Symbol, fill: Fill, k: int) -> None:
+        """The roll's open is filled: the position is held in the new contract with what it
+        carried. Its protective levels move by the roll gap (the new contract's fill less the old
+        one's): a stop 10 points under the entry stays 10 points under the back-adjusted entry."""
+        roll, st.roll = st.roll, None
+        b = st.bars
+        pos = self.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0,
+                               owner=tr.owner, states=roll["states"])
+        pos.origin_bar, pos.origin_time = roll["origin"]
+        pos.carried = roll["carried"]
+        st.owner, st.key = tr.owner, tr.symbol
+        st.entries = roll["entries"]
+        gap = fill.price - roll["exit_price"]
+        stats = roll["stats"]
+        if stats and "highest" in stats:
+            stats["highest"] += gap
+            stats["lowest"] += gap
+        st.stats = stats
+        self._entry_ref[tr.symbol] = tr.intent.tag
+        self._marks_key = None
+        rules = {r.name: r for r in self._exits}
+        at = min(max(k, 0), len(b) - 1)
+        for name, key, level in roll["levels"]:
+            if level is None or name not in rules:
+                continue
+            self._place_protect(st, rules[name], key, level + gap, pos, at)
+        if roll["levels"]:
+            self._drain()
+
+    def _place_protect(self, st: _Symbol, rule: N.Rule, key: str, level: float, pos, k: int) -> None:
+        """A protective stop or target for the whole position at `level`, sent now."""
+        action = "sell" if pos.quantity > 0 else "buy"
+        intent = OrderIntent(st.symbol, action, "stop" if key == "stop" else "limit", abs(pos.quantity),
+                             None, level if key == "target" else None, level if key == "stop" else None,
+                             "gtc", "close", rule.name, self._tag(), rule.reason)
+        tr = self._track(intent, st, key, rule, k)
+        st.protect[(rule.name, key)] = intent.tag
+        self._send(tr, k)
+
     def _reversible(self, st: _Symbol) -> bool:
         """Is the exit just decided a market order waiting for the next open (so an entry queued
         after it finds the position closed)? An exit at a limit or stop may not fill."""
@@ -1009,7 +1146,7 @@ class Kernel(RunState):
         bar, which at_entry() needs). The running ones (highest, lowest, max and min P&L since the
         entry) are brought up to date over the bars since they were last looked at."""
         pos = self.ledger.positions[st.symbol]
-        e = pos.entry_bar
+        e = pos.entry_bar if pos.origin_bar < 0 else pos.origin_bar     # a rolled position: where it began
         ctx = {"position.entry_bar": e}
         need = self._ctx_fields
         if not need:
@@ -1019,16 +1156,21 @@ class Kernel(RunState):
             ctx["position.side"] = float(pos.side)
         if "position.size" in need:
             ctx["position.size"] = abs(pos.quantity)
+        # a rolled futures position reads its entry back-adjusted: the entry price plus the roll gaps
+        # (the fill in the new contract less the one in the old), so stops, targets and P&L go on
+        # as on a held-through back-adjusted series
+        entry = pos.avg_price - pos.carried if pos.carried else pos.avg_price
         if "position.entry_price" in need:
-            ctx["position.entry_price"] = pos.avg_price
+            ctx["position.entry_price"] = entry
         if "position.bars_held" in need:
             ctx["position.bars_held"] = float(k - e)
         if "position.time_held" in need:
-            ctx["position.time_held"] = (int(b.end[k]) - pos.entry_time) / 1e9
+            ctx["position.time_held"] = (int(b.end[k]) - (pos.entry_time if pos.origin_bar < 0 else
+                                                          pos.origin_time)) / 1e9
         if "position.pnl" in need or "position.pnl_pct" in need:
             c = float(b.close[k])
-            ctx["position.pnl"] = (c - pos.avg_price) * pos.quantity * pos.multiplier
-            ctx["position.pnl_pct"] = (c / pos.avg_price - 1.0) * 100.0 * pos.side
+            ctx["position.pnl"] = (c - entry) * pos.quantity * pos.multiplier
+            ctx["position.pnl_pct"] = (c / entry - 1.0) * 100.0 * pos.side
         if "position.entry_credit" in need:
             ctx["position.entry_credit"] = float(pos.entry_values.get("credit", np.nan))
         if self._running_fields:
@@ -1037,7 +1179,7 @@ class Kernel(RunState):
                 s.update(highest=-math.inf, lowest=math.inf, max_pnl=-math.inf, min_pnl=math.inf, upto=e - 1)
             lo = s["upto"] + 1
             if lo <= k:      # the bars since the last look, at once
-                pnl = (b.close[lo:k + 1] - pos.avg_price) * pos.quantity * pos.multiplier
+                pnl = (b.close[lo:k + 1] - entry) * pos.quantity * pos.multiplier
                 s["highest"] = max(s["highest"], float(b.high[lo:k + 1].max()))
                 s["lowest"] = min(s["lowest"], float(b.low[lo:k + 1].min()))
                 s["max_pnl"] = max(s["max_pnl"], float(pnl.max()))
@@ -1124,13 +1266,7 @@ class Kernel(RunState):
                 continue
             if not ok:
                 continue
-            action = "sell" if pos.quantity > 0 else "buy"
-            intent = OrderIntent(st.symbol, action, "stop" if key == "stop" else "limit", abs(pos.quantity),
-                                 None, level if key == "target" else None, level if key == "stop" else None,
-                                 "gtc", "close", rule.name, self._tag(), rule.reason)
-            tr = self._track(intent, st, key, rule, k)
-            protect[slot] = intent.tag
-            self._send(tr, k)
+            self._place_protect(st, rule, key, level, pos, k)
             told = True
         if told:
             self._drain()

@@ -261,6 +261,19 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
                                                                                            "market")
         intent_kind = row["intent"] if row else ("close" if symbol in kernel.ledger.positions else "open")
         rule_name = row["rule"] if row else "adopted"
+        if rule_name == "roll" and intent_kind == "open":
+            # a futures roll's open, sent by an earlier session and working at IB: its fill reopens
+            # the position (the roll's close was booked then)
+            if kernel.recorder is not None:
+                kernel.recorder.known(a.tag)
+            kernel.resume_roll(symbol, a.order.action, float(a.order.quantity),
+                               (row.get("owner") if row else "") or kernel.settings.strategy, None,
+                               (row.get("reason") if row else "") or "roll", tag=a.tag)
+            broker.adopt(E.Order(a.tag, symbol, a.order.action, float(a.order.quantity), kind, a.order.limit,
+                                 a.order.stop, row["tif"] if row else "day", intent="open", rule="roll"),
+                         a.order.perm_id)
+            adopted.append(a.tag)
+            continue
         intent = OrderIntent(symbol, a.order.action, kind, float(a.order.quantity), None, a.order.limit,
                              a.order.stop, row["tif"] if row else "day", intent_kind, rule_name, a.tag, "")
         if intent_kind == "open":
@@ -289,10 +302,52 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
             st.protect[(rule_name, role)] = a.tag
         else:
             st.closing = a.tag
+            if rule_name == "roll" and symbol in kernel.ledger.positions:
+                # a roll's close still working at IB: its open follows it once it is filled
+                tr.exit_kind = "roll"
+                pos = kernel.ledger.positions[symbol]
+                kernel.resume_roll(symbol, "buy" if pos.quantity > 0 else "sell", abs(pos.quantity),
+                                   pos.owner or kernel.settings.strategy, None,
+                                   (row.get("reason") if row else "") or "roll", after=a.tag)
         broker.adopt(E.Order(a.tag, symbol, a.order.action, float(a.order.quantity), kind, a.order.limit,
                              a.order.stop, intent.tif, intent=intent_kind, rule=rule_name), a.order.perm_id)
         adopted.append(a.tag)
     return adopted
+
+
+def unfinished_rolls(journal, state: JournalState, prefix: str) -> list[dict]:
+    """Futures rolls an earlier session began and did not finish: the roll's close filled (the
+    journal is flat in the symbol, no fill after it) and no roll open journaled after it. Each as
+    {symbol, action, quantity, owner, reason, price} (the open to send, the close's price). An
+    open journaled (sent, whatever became of it) is never sent again: a restart duplicates no leg."""
+    if not state.runs:
+        return []
+    marks = ",".join("?" * len(state.runs))
+    cols = {r["name"] for r in journal._rows("PRAGMA table_info(orders)")}
+    owner = ", owner" if "owner" in cols else ""
+    orders = journal._rows(f"SELECT id, order_ref, symbol, action, quantity, intent, status, reason{owner} FROM "
+                           f"orders WHERE run_id IN ({marks}) AND order_ref LIKE ? AND rule = 'roll' ORDER BY id",
+                           (*state.runs, prefix + "%"))
+    last: dict[str, dict] = {}
+    for o in orders:
+        if o["intent"] == "close":
+            last[o["symbol"]] = dict(o)
+        elif o["symbol"] in last:
+            last[o["symbol"]]["opened"] = True
+    due = []
+    for symbol, o in last.items():
+        if o.get("opened") or symbol in state.positions:
+            continue
+        fills = journal._rows(f"SELECT order_ref, quantity, price FROM fills WHERE run_id IN ({marks}) AND "
+                              "symbol = ? ORDER BY ts, id", (*state.runs, symbol))
+        mine = [f for f in fills if f["order_ref"] == o["order_ref"]]
+        if not mine or fills[-1]["order_ref"] != o["order_ref"]:
+            continue        # not filled (still held, or adopted as working), or traded again since
+        quantity = sum(float(f["quantity"]) for f in mine)
+        price = sum(float(f["quantity"]) * float(f["price"]) for f in mine) / quantity
+        due.append({"symbol": symbol, "action": "buy" if o["action"] == "sell" else "sell", "quantity": quantity,
+                    "owner": o.get("owner") or "", "reason": o["reason"] or "roll", "price": price})
+    return due
 
 
 def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -> JournalState:
@@ -696,6 +751,7 @@ def _trade(run: _Run) -> Outcome:
                                        tags=(prefix, journal.last_order_seq(prefix)), on_order=on_order,
                                        cash=cash_now, gate=gate, chain_fetch=ib.chain_fetch)
     kernel.margin_calls = dry_run       # IB liquidates a real account under its maintenance margin itself
+    kernel.roll_target = ib.roll_to     # a futures position is rolled when IB's front month moves past it
     if not dry_run:
         kernel.check_order = margin_gate(limits.margin_check, paper=ib.is_paper, live=live, what_if=ib.what_if,
                                          funds=lambda: kernel.account_view()[1])
@@ -718,6 +774,14 @@ def _trade(run: _Run) -> Outcome:
                      "from the journal: its exits manage it")
     for ref in adopt_orders(kernel, report, state, ib):
         journal.note(run_id, now, "adopted", ref, f"{ref} is working at IB from an earlier run: adopted, not re-sent")
+    for roll in unfinished_rolls(journal, state, prefix):
+        if roll["symbol"] not in kernel.syms or kernel.syms[roll["symbol"]].working_entry is not None:
+            continue
+        kernel.resume_roll(roll["symbol"], roll["action"], roll["quantity"], roll["owner"] or kernel.settings.strategy,
+                           roll["price"], roll["reason"])
+        journal.note(run_id, now, "roll", roll["symbol"],
+                     f"{roll['symbol']}: an earlier run closed the position to roll it ({roll['reason']}) and did not "
+                     f"open the new contract: its open ({roll['action']} {roll['quantity']:g}) is sent once, now")
     last = {"report": report}
 
     def after_reconnect() -> None:

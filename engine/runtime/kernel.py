@@ -160,9 +160,9 @@ class Kernel(RunState):
         self.halted = ""                 # why new entries stopped ('' while they may go on)
         self.live = False                # bars arrive as they complete (runtime/live.py)
         self.check_order: Callable[[E.Order], str | None] | None = None   # a live run's pre-send check
-        # a live run's roll rule: (symbol, contract held) -> the contract to roll into, or None
+        # an IB run's roll rule: symbol -> (the contract held, the contract to roll into), or None
         # (a simulated run reads its bars' front month instead)
-        self.roll_target: Callable[[str, str], str | None] | None = None
+        self.roll_target: Callable[[str], tuple[str, str] | None] | None = None
         self._peak = settings.cash
         self._day = None
         self._day_start = settings.cash
@@ -1038,31 +1038,29 @@ class Kernel(RunState):
             self._losses = 0
 
     # ---- futures rolls ------------------------------------------------------------------------
-    def _roll_to(self, st: _Symbol, k: int) -> str | None:
+    def _roll_to(self, st: _Symbol, k: int) -> tuple[str, str] | None:
         """The contract a futures position held at bar k's close is rolled into: the front month
         of the next bar when it is not the contract held (a live run's broker says, by the same
         rule, from the date). None: no roll due."""
         b = st.bars
-        if st.key is None or st.combo or st.key in self.combos:
-            return None
-        held = self.ledger.positions[st.key].contract
-        if not held:
+        if st.key is None or st.combo or st.key in self.combos or not b.margined:
             return None
         if self.roll_target is not None:
-            return self.roll_target(st.symbol, held)
-        if b.front is None or k + 1 >= len(b):
+            return self.roll_target(st.symbol)
+        held = self.ledger.positions[st.key].contract
+        if not held or b.front is None or k + 1 >= len(b):
             return None
         to = b.front[k + 1]
-        return to if to != held else None
+        return (held, to) if to != held else None
 
-    def _roll(self, st: _Symbol, k: int, to: str) -> None:
+    def _roll(self, st: _Symbol, k: int, roll: tuple[str, str]) -> None:
         """Roll the position into `to`: its protective orders are cancelled, a market order closes
         it in the contract held and another opens the same quantity the same way in `to`, both
         at the fill model's price (the next open, or this close with `fill: close`), the close
         first. The position keeps its owner, entry states, entries and where it began; its stops
         and targets are placed again in `to`, shifted by the roll gap (see _rolled)."""
         pos = self.ledger.positions[st.key]
-        old = pos.contract
+        old, to = roll
         if self._running_fields:
             self._position_context(st, k)       # its running fields up to this close, in the contract held
         levels = []
@@ -1084,9 +1082,10 @@ class Kernel(RunState):
         self._decide(st.symbol, "roll", "exit", "fired", reason,
                      f"{old} is the front month to this bar; {to} from the next")
         leaving = self._track(close, st, "exit", rule, k, "roll")
-        leaving.contract = leaving.record.contract = old
         entering = self._track(opening, st, "roll", rule, k)
+        leaving.contract = leaving.record.contract = old
         entering.contract = entering.record.contract = to
+        pos.contract = pos.contract or old      # an IB run's position: the contract its broker says it is in
         st.roll = {"from": old, "to": to, "owner": pos.owner, "states": pos.states, "entries": st.entries,
                    "origin": (pos.entry_bar, pos.entry_time) if pos.origin_bar < 0 else (pos.origin_bar,
                                                                                          pos.origin_time),
@@ -1104,11 +1103,12 @@ class Kernel(RunState):
         b = st.bars
         pos = self.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0,
                                owner=tr.owner, states=roll["states"])
-        pos.origin_bar, pos.origin_time = roll["origin"]
+        if roll["origin"][0] >= 0:
+            pos.origin_bar, pos.origin_time = roll["origin"]
         pos.carried = roll["carried"]
         st.owner, st.key = tr.owner, tr.symbol
         st.entries = roll["entries"]
-        gap = fill.price - roll["exit_price"]
+        gap = fill.price - roll["exit_price"] if roll["exit_price"] is not None else 0.0
         stats = roll["stats"]
         if stats and "highest" in stats:
             stats["highest"] += gap
@@ -1124,6 +1124,35 @@ class Kernel(RunState):
             self._place_protect(st, rules[name], key, level + gap, pos, at)
         if roll["levels"]:
             self._drain()
+
+    def resume_roll(self, symbol: str, action: str, quantity: float, owner: str, exit_price: float | None,
+                    reason: str, *, after: str | None = None, tag: str | None = None) -> str:
+        """A roll an earlier session began and did not finish (an IB run's restart): its open,
+        `action` `quantity` in the front month, is sent once, now (queued for the next bar's
+        sending) or, with `after` (the roll's close, adopted and still working at IB), once that
+        close is booked; `tag`: the open itself, adopted as working at IB (nothing is sent). The
+        position keeps its owner; what the earlier session carried (its entry states, the back-
+        adjustment, its protective levels) is not in the journal, so the rolled position begins
+        from its roll fill and its stops and targets are measured again from its rules."""
+        st = self.syms[symbol]
+        rule = N.Rule("exit", "roll", reason=reason)
+        intent = OrderIntent(symbol, action, "market", quantity, None, None, None, "day", "open", "roll",
+                             tag or self._tag(), reason)
+        st.owner = owner
+        tr = self._track(intent, st, "roll", rule, len(st.bars))
+        st.owner = None if st.key is None else st.owner
+        tr.owner = tr.record.owner = owner
+        st.roll = {"owner": owner, "states": (), "entries": 1, "origin": (-1, 0), "carried": 0.0, "stats": {},
+                   "levels": [], "exit_price": exit_price}
+        st.working_entry = intent.tag
+        if tag is not None:
+            tr.sent = True
+            tr.record.status = "working"
+        elif after is not None:
+            st.after_exit = tr
+        else:
+            st.pending.append(intent.tag)
+        return intent.tag
 
     def _place_protect(self, st: _Symbol, rule: N.Rule, key: str, level: float, pos, k: int) -> None:
         """A protective stop or target for the whole position at `level`, sent now."""

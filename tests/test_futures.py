@@ -39,7 +39,8 @@ ES_ROOT = ("{sec_type: FUT, exchange: CME, currency: USD, multiplier: 50, tradin
 
 def write(tmp: Path, *, source: Path, bar: str, entry: str, exit_: str, roll_days: int, exits: str = "",
           margins: str = "", quantity: str = "1", cash: int = 100_000, name: str = "s.yaml",
-          risk: str = "{max_open_positions: 1, margin_check: \"off\"}") -> Path:
+          risk: str = "{max_open_positions: 1, margin_check: \"off\"}", backtest: str = "",
+          action: str = "buy") -> Path:
     (tmp / "i.yaml").write_text(f"kind: instruments\nname: i\nroots:\n  ES: {ES_ROOT % (roll_days, margins)}\n")
     path = tmp / name
     path.write_text(f"""kind: strategy
@@ -57,8 +58,8 @@ exit:
     when: "{exit_}"
 {exits}
 orders:
-  buy: {{action: buy, type: market, quantity: {quantity}}}
-backtest: {{cash: {cash}, commission: {{per_contract: 2.25}}}}
+  buy: {{action: {action}, type: market, quantity: {quantity}}}
+backtest: {{cash: {cash}, commission: {{per_contract: 2.25}}{backtest}}}
 risk: {risk}
 """)
     return path

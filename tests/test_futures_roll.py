@@ -12,6 +12,7 @@ and its stops move by the roll gap. `run --broker sim` and its dry run equal the
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -179,3 +180,19 @@ def test_with_fill_close_the_roll_fills_at_the_old_fronts_last_close_in_both_con
     assert (into.contract, into.price) == ("ESH4", bars["ESH4"].loc[at, "close"])
     assert out.time == into.time == bt._symbol_bars(prep, "ES")[0].end[k]
     assert list(simulate(prep, run_id="t").ledger.fills) == list(result.ledger.fills)
+
+
+def test_the_reports_trade_list_shows_esz3s_trade_closed_by_the_roll_and_esh4s_opened_by_it(tmp_path):
+    from html import unescape
+
+    from engine.report.html import render_report
+
+    source = daily_file(tmp_path)
+    result = bt.run(bt.prepare(_exit_on(tmp_path, source, "2013-12-20")), run_id="t")
+    _journal(result, tmp_path).close()
+    html = render_report(tmp_path / "j.sqlite", "t")
+    body = html[html.index("<tbody", html.index('id="trades"')):]
+    rows = re.findall(r"<tr>(.*?)</tr>", body, re.S)[:2]
+    cells = [[unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)] for r in rows]
+    assert cells[0][1] == "ES ESZ3" and cells[1][1] == "ES ESH4"
+    assert cells[0][-1] == "roll ESZ3 -> ESH4" and cells[1][-2] == "roll"

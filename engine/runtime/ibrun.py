@@ -278,6 +278,8 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
                              a.order.stop, row["tif"] if row else "day", intent_kind, rule_name, a.tag, "")
         if intent_kind == "open":
             role = "entry"
+        elif rule_name == "roll":
+            role = "exit"           # a roll's close, whatever its order type
         elif kind == "stop":
             role = "stop"
         elif kind == "limit" and row and row["order_type"] == "limit" and symbol in kernel.ledger.positions:
@@ -318,14 +320,15 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
 def unfinished_rolls(journal, state: JournalState, prefix: str) -> list[dict]:
     """Futures rolls an earlier session began and did not finish: the roll's close filled (the
     journal is flat in the symbol, no fill after it) and no roll open journaled after it. Each as
-    {symbol, action, quantity, owner, reason, price} (the open to send, the close's price). An
+    {symbol, action, quantity, owner, closed_in, price} (the open to send; the contract closed and
+    the close's price). An
     open journaled (sent, whatever became of it) is never sent again: a restart duplicates no leg."""
     if not state.runs:
         return []
     marks = ",".join("?" * len(state.runs))
     cols = {r["name"] for r in journal._rows("PRAGMA table_info(orders)")}
     owner = ", owner" if "owner" in cols else ""
-    orders = journal._rows(f"SELECT id, order_ref, symbol, action, quantity, intent, status, reason{owner} FROM "
+    orders = journal._rows(f"SELECT id, order_ref, symbol, action, quantity, intent, status, local_symbol{owner} FROM "
                            f"orders WHERE run_id IN ({marks}) AND order_ref LIKE ? AND rule = 'roll' ORDER BY id",
                            (*state.runs, prefix + "%"))
     last: dict[str, dict] = {}
@@ -346,7 +349,7 @@ def unfinished_rolls(journal, state: JournalState, prefix: str) -> list[dict]:
         quantity = sum(float(f["quantity"]) for f in mine)
         price = sum(float(f["quantity"]) * float(f["price"]) for f in mine) / quantity
         due.append({"symbol": symbol, "action": "buy" if o["action"] == "sell" else "sell", "quantity": quantity,
-                    "owner": o.get("owner") or "", "reason": o["reason"] or "roll", "price": price})
+                    "owner": o.get("owner") or "", "closed_in": o["local_symbol"] or symbol, "price": price})
     return due
 
 
@@ -777,11 +780,17 @@ def _trade(run: _Run) -> Outcome:
     for roll in unfinished_rolls(journal, state, prefix):
         if roll["symbol"] not in kernel.syms or kernel.syms[roll["symbol"]].working_entry is not None:
             continue
+        try:
+            front = ib.contracts.resolve(roll["symbol"]).local_symbol
+        except Exception:       # noqa: BLE001 - IB cannot say now: the open goes to the front month when sent
+            front = "the front month"
+        reason = f"roll {roll['closed_in']} -> {front}"
         kernel.resume_roll(roll["symbol"], roll["action"], roll["quantity"], roll["owner"] or kernel.settings.strategy,
-                           roll["price"], roll["reason"])
+                           roll["price"], reason)
         journal.note(run_id, now, "roll", roll["symbol"],
-                     f"{roll['symbol']}: an earlier run closed the position to roll it ({roll['reason']}) and did not "
-                     f"open the new contract: its open ({roll['action']} {roll['quantity']:g}) is sent once, now")
+                     f"{roll['symbol']}: an earlier run closed the position in {roll['closed_in']} to roll it and did "
+                     f"not open the new contract: its open ({roll['action']} {roll['quantity']:g} {front}) is sent "
+                     "once, now")
     last = {"report": report}
 
     def after_reconnect() -> None:

@@ -124,3 +124,64 @@ def test_a_restart_in_the_middle_of_a_roll_sends_its_open_once_and_never_its_clo
     assert out.exit_code == 0, out.output
     assert len([o for o in placed(nq_sim) if str(o.get("orderRef", "")).startswith(PREFIX)]) == 1
     assert {p["conId"]: p["qty"] for p in nq_sim.record()["positions"]}.get(h) == 1
+
+
+def _roll_close_at_ib(sim, journal: Path, z: int, limit: float) -> None:
+    """The earlier run sent the roll's close (journaled as submitted) and stopped; at IB it rests
+    as a limit (a market order's short life, made visible)."""
+    from engine.runtime.journal import Journal
+
+    sim.set_position(z, 1, 15800.0)
+    sim.seed_order(z, "SELL", 1, "LMT", lmt_price=limit, order_ref=PREFIX + "2", clientId=1)
+    with Journal(journal) as j:
+        j.order("earlier", PREFIX + "2", "2023-12-04T14:30:00+00:00", "NQ", "sell", 1, "limit", limit_price=limit,
+                rule="roll", intent="close", status="submitted", reason="roll NQZ3 -> NQH4")
+        j.order_ids(PREFIX + "2", con_id=z, local_symbol="NQZ3")
+
+
+def _all_venue_fills_journaled_once(sim, journal: Path) -> None:
+    venue = {e["execId"] for e in sim.record()["executions"] if str(e.get("orderRef", "")).startswith(PREFIX)}
+    fills = [f["exec_id"] for f in rows(journal, "SELECT exec_id FROM fills WHERE exec_id NOT LIKE 'earlier.%'")]
+    assert sorted(fills) == sorted(venue)
+
+
+def test_a_roll_close_filled_at_ib_while_qtrade_was_away_is_journaled_and_its_open_sent_once(nq_sim, connect,
+                                                                                           tmp_path, expect_errors):
+    expect_errors(162)
+    listed = _contracts(nq_sim, connect)
+    (z, z_last), (h, _) = listed["NQZ3"], listed["NQH4"]
+    strategy = _strategy(tmp_path, nq_sim, z_last)
+    journal = tmp_path / "j.sqlite"
+    _earlier(journal, z)
+    _roll_close_at_ib(nq_sim, journal, z, 1000.0)        # marketable: IB fills it before the run is back
+    out = qrun(nq_sim, strategy, journal, seconds=8)
+    assert out.exit_code == 0, out.output
+    notes = {(n["kind"], n["subject"]): n["message"] for n in rows(journal, "SELECT * FROM notes")}
+    assert ("missed_fill", PREFIX + "2") in notes
+    assert "closed the position in NQZ3 to roll it" in notes[("roll", "NQ")]
+    sent = [o for o in placed(nq_sim) if str(o.get("orderRef", "")).startswith(PREFIX)]
+    venue = book(nq_sim)
+    assert [(o["action"], venue[o["orderRef"]]["conId"]) for o in sent] == [("BUY", h)], out.output
+    positions = {p["conId"]: p["qty"] for p in nq_sim.record()["positions"]}
+    assert (positions.get(z), positions.get(h)) == (0, 1)
+    opened = rows(journal, "SELECT * FROM orders WHERE run_id != 'earlier' AND intent = 'open'")
+    assert [(o["rule"], o["local_symbol"], o["status"], o["reason"]) for o in opened] == [
+        ("roll", "NQH4", "filled", "roll NQZ3 -> NQH4")]
+    _all_venue_fills_journaled_once(nq_sim, journal)
+
+
+def test_a_roll_close_still_working_at_ib_is_adopted_and_no_leg_is_sent_while_it_works(nq_sim, connect, tmp_path,
+                                                                                      expect_errors):
+    expect_errors(162, 202)     # 202: the adopted close is cancelled when the run stops (--for)
+    listed = _contracts(nq_sim, connect)
+    (z, z_last), (h, _) = listed["NQZ3"], listed["NQH4"]
+    strategy = _strategy(tmp_path, nq_sim, z_last)
+    journal = tmp_path / "j.sqlite"
+    _earlier(journal, z)
+    _roll_close_at_ib(nq_sim, journal, z, 99999.0)       # never fills
+    out = qrun(nq_sim, strategy, journal, seconds=6)
+    assert out.exit_code == 0, out.output
+    assert ("adopted", PREFIX + "2") in {(n["kind"], n["subject"]) for n in rows(journal, "SELECT * FROM notes")}
+    sent = [o for o in placed(nq_sim) if str(o.get("orderRef", "")).startswith(PREFIX)]
+    assert sent == [], out.output        # neither the close again nor the open while the close works
+    assert {p["conId"]: p["qty"] for p in nq_sim.record()["positions"]}.get(z) == 1

@@ -88,6 +88,10 @@ def test_the_december_2013_roll_is_a_close_in_esz3_and_an_open_in_esh4_journaled
     assert (second.side, second.owner, second.entry_states) == (first.side, first.owner, first.entry_states)
     assert first.pnl == (1783.5 - entry.price) * 50 - 2 * COMMISSION
     assert second.pnl == (exit_.price - 1777.5) * 50 - 2 * COMMISSION
+    # equity across the roll: ESZ3 marked at its close to the roll, then ESZ3's realised P&L plus ESH4's
+    equity = dict(zip(result.times.tolist(), result.equity.tolist()))
+    assert equity[int(b.end[k])] == 100_000 - COMMISSION + (z.loc[prep.frames["ES"].index[k], "close"] - entry.price) * 50
+    assert equity[int(b.end[k + 1])] == 100_000 + first.pnl - COMMISSION + (h.loc[at, "close"] - 1777.5) * 50
     db = _journal(result, tmp_path)
     orders = db.execute("SELECT rule, intent, action, status, local_symbol, reason FROM orders ORDER BY rowid").fetchall()
     assert orders[1:3] == [("roll", "close", "sell", "filled", "ESZ3", "roll ESZ3 -> ESH4"),
@@ -196,3 +200,45 @@ def test_the_reports_trade_list_shows_esz3s_trade_closed_by_the_roll_and_esh4s_o
     cells = [[unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)] for r in rows]
     assert cells[0][1] == "ES ESZ3" and cells[1][1] == "ES ESH4"
     assert cells[0][-1] == "roll ESZ3 -> ESH4" and cells[1][-2] == "roll"
+
+
+def test_the_rolled_position_keeps_its_agent_and_the_states_at_its_first_entry(tmp_path):
+    source = daily_file(tmp_path)
+    write(tmp_path, source=source, bar="1d", entry="false", exit_="false", roll_days=5)      # its i.yaml
+    path = tmp_path / "agents.yaml"
+    path.write_text(f"""kind: strategy
+name: es-agents
+universe: [ES]
+instruments: i.yaml
+data: {{bar: 1d, session: extended, source: {source}}}
+schedule: {{timezone: {NY}}}
+classify:
+  tape:
+    - {{name: up, when: "close > close[1]"}}
+    - {{name: down, when: true}}
+agents:
+  swing:
+    entry:
+      - {{name: swing in, when: bar_index == 1, order: buy}}
+    exit:
+      - {{name: swing stop, stop: position.entry_price - 100}}
+orders:
+  buy: {{action: buy, type: market, quantity: 1}}
+backtest: {{cash: 100000, commission: {{per_contract: 2.25}}}}
+risk: {{max_open_positions: 1, margin_check: "off"}}
+""")
+    prep = bt.prepare(path)
+    result = bt.run(prep, run_id="t")
+    first, = result.ledger.trades
+    held = result.ledger.positions["ES"]
+    assert (first.owner, first.exit_rule, held.owner, held.entry_rule, held.contract) == (
+        "swing", "roll", "swing", "roll", "ESH4")
+    up = prep.frames["ES"]["close"].iloc[1] > prep.frames["ES"]["close"].iloc[0]
+    assert first.entry_states == held.states == (("tape", "up" if up else "down"),)
+    # the state at the roll bar is another: the states are the first entry's, not re-read at the roll
+    k = _day(prep, "2013-12-13")
+    at_roll = "up" if prep.frames["ES"]["close"].iloc[k] > prep.frames["ES"]["close"].iloc[k - 1] else "down"
+    assert at_roll != held.states[0][1]
+    stops = [(o.intent.stop, o.contract, o.owner) for o in result.runner.orders if o.intent.rule == "swing stop"]
+    assert stops[-1] == (first.entry_price - 100 - 6.0, "ESH4", "swing")
+    assert list(simulate(prep, run_id="t").ledger.trades) == list(result.ledger.trades)

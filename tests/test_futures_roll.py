@@ -17,13 +17,12 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from engine.runtime import backtest as bt
 from engine.runtime.journal import Journal
 from engine.runtime.session import simulate
-from test_futures import ES_DAILY, NY, daily_file, needs_daily, write
+from test_futures import NY, daily_file, needs_daily, write
 
 pytestmark = needs_daily
 
@@ -90,10 +89,12 @@ def test_the_december_2013_roll_is_a_close_in_esz3_and_an_open_in_esh4_journaled
     assert second.pnl == (exit_.price - 1777.5) * 50 - 2 * COMMISSION
     # equity across the roll: ESZ3 marked at its close to the roll, then ESZ3's realised P&L plus ESH4's
     equity = dict(zip(result.times.tolist(), result.equity.tolist()))
-    assert equity[int(b.end[k])] == 100_000 - COMMISSION + (z.loc[prep.frames["ES"].index[k], "close"] - entry.price) * 50
+    before = z.loc[prep.frames["ES"].index[k], "close"]
+    assert equity[int(b.end[k])] == 100_000 - COMMISSION + (before - entry.price) * 50
     assert equity[int(b.end[k + 1])] == 100_000 + first.pnl - COMMISSION + (h.loc[at, "close"] - 1777.5) * 50
     db = _journal(result, tmp_path)
-    orders = db.execute("SELECT rule, intent, action, status, local_symbol, reason FROM orders ORDER BY rowid").fetchall()
+    orders = db.execute("SELECT rule, intent, action, status, local_symbol, reason FROM orders ORDER BY rowid"
+                        ).fetchall()
     assert orders[1:3] == [("roll", "close", "sell", "filled", "ESZ3", "roll ESZ3 -> ESH4"),
                            ("roll", "open", "buy", "filled", "ESH4", "roll ESZ3 -> ESH4")]
     fills = db.execute("SELECT o.rule, f.action, f.price, f.local_symbol, f.commission FROM fills f JOIN orders o "
@@ -111,7 +112,8 @@ def test_the_december_2013_roll_is_a_close_in_esz3_and_an_open_in_esh4_journaled
         assert np.array_equal(run.equity, result.equity)
 
 
-@pytest.mark.parametrize("extra, legs", [("", 2 * COMMISSION), (", slippage: {ticks: 1}", 2 * COMMISSION + 2 * 0.25 * 50)])
+@pytest.mark.parametrize("extra, legs", [("", 2 * COMMISSION),
+                                         (", slippage: {ticks: 1}", 2 * COMMISSION + 2 * 0.25 * 50)])
 def test_the_pnl_across_the_roll_is_the_back_adjusted_series_held_through_less_the_roll_legs_costs(tmp_path, extra,
                                                                                                   legs):
     """The same trade, 2013-10-07 to 2013-12-20, rolled on the per-contract file and held through
@@ -197,7 +199,8 @@ def test_the_reports_trade_list_shows_esz3s_trade_closed_by_the_roll_and_esh4s_o
     html = render_report(tmp_path / "j.sqlite", "t")
     body = html[html.index("<tbody", html.index('id="trades"')):]
     rows = re.findall(r"<tr>(.*?)</tr>", body, re.S)[:2]
-    cells = [[unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)] for r in rows]
+    cells = [[unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)]
+             for r in rows]
     assert cells[0][1] == "ES ESZ3" and cells[1][1] == "ES ESH4"
     assert cells[0][-1] == "roll ESZ3 -> ESH4" and cells[1][-2] == "roll"
 

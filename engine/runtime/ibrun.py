@@ -107,6 +107,10 @@ class JournalPosition:
     legs: tuple = ()                # an option combo's legs, as its opening order journaled them
     entries: int = 1                # the orders that opened it or added to it (pyramiding)
     owner: str = ""                 # the agent (or the strategy) whose entry opened it, as journaled
+    # a futures position opened by a roll: the price move per unit it made in the contracts it was
+    # rolled out of, and when the entry that began it filled (the kernel's back-adjustment)
+    carried: float = 0.0
+    origin_time: int = 0
     _refs: set = field(default_factory=set)
 
     @property
@@ -341,15 +345,16 @@ def unfinished_rolls(journal, state: JournalState, prefix: str) -> list[dict]:
     for symbol, o in last.items():
         if o.get("opened") or symbol in state.positions:
             continue
-        fills = journal._rows(f"SELECT order_ref, quantity, price FROM fills WHERE run_id IN ({marks}) AND "
-                              "symbol = ? ORDER BY ts, id", (*state.runs, symbol))
+        fills = journal._rows(f"SELECT order_ref, quantity, price, local_symbol FROM fills WHERE run_id IN "
+                              f"({marks}) AND symbol = ? ORDER BY ts, id", (*state.runs, symbol))
         mine = [f for f in fills if f["order_ref"] == o["order_ref"]]
         if not mine or fills[-1]["order_ref"] != o["order_ref"]:
             continue        # not filled (still held, or adopted as working), or traded again since
         quantity = sum(float(f["quantity"]) for f in mine)
         price = sum(float(f["quantity"]) * float(f["price"]) for f in mine) / quantity
         due.append({"symbol": symbol, "action": "buy" if o["action"] == "sell" else "sell", "quantity": quantity,
-                    "owner": o.get("owner") or "", "closed_in": o["local_symbol"] or symbol, "price": price})
+                    "owner": o.get("owner") or "", "closed_in": o["local_symbol"] or mine[-1]["local_symbol"] or symbol,
+                    "price": price})
     return due
 
 
@@ -374,6 +379,7 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
     fills = journal._rows(f"SELECT f.*, o.rule AS rule, o.legs AS legs{owner} FROM fills f "
                           f"LEFT JOIN orders o ON o.order_ref = f.order_ref "
                           f"WHERE f.run_id IN ({marks}) AND f.order_ref LIKE ? ORDER BY f.ts, f.id", (*runs, like))
+    rolled: dict[str, tuple[float, int]] = {}     # symbol -> (carried, origin time) of a position a roll closed
     for f in fills:
         if f["exec_id"]:
             state.exec_ids.add(f["exec_id"])
@@ -384,11 +390,14 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
         pos = state.positions.get(f["symbol"])
         t = int(pd.Timestamp(f["ts"]).value)
         if pos is None or abs(pos.quantity) < 1e-12:
+            carried, origin = rolled.pop(f["symbol"], (0.0, 0)) if f["rule"] == "roll" else (0.0, 0)
+            rolled.pop(f["symbol"], None)
             state.positions[f["symbol"]] = JournalPosition(f["symbol"], sign * f["quantity"], f["price"],
                                                            f["multiplier"], t, f["order_ref"], f["rule"] or "",
                                                            f.get("con_id"), f.get("local_symbol") or "",
                                                            tuple(json.loads(f["legs"])) if f.get("legs") else (),
-                                                           owner=f.get("owner") or "")
+                                                           owner=f.get("owner") or "", carried=carried,
+                                                           origin_time=origin)
             continue
         if f.get("con_id"):
             pos.con_id, pos.local_symbol = f["con_id"], f.get("local_symbol") or pos.local_symbol
@@ -398,6 +407,8 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
             if f["order_ref"] != pos.entry_ref and f["order_ref"] not in pos._refs:
                 pos._refs.add(f["order_ref"])
                 pos.entries += 1
+        if abs(q) < 1e-9 and f["rule"] == "roll":     # closed by a roll: what its next position carries
+            rolled[f["symbol"]] = (pos.carried + (f["price"] - pos.avg_price), pos.origin_time or pos.entry_time)
         pos.quantity = q
     state.positions = {s: p for s, p in state.positions.items() if abs(p.quantity) > 1e-9}
     return state
@@ -434,7 +445,12 @@ def restore_positions(kernel, positions: dict[str, JournalPosition]) -> list[str
         fill = Fill(symbol, "buy" if pos.quantity > 0 else "sell", abs(pos.quantity), pos.avg_price, 0.0,
                     pos.entry_time, entry_bar, pos.entry_ref, pos.multiplier, pos.rule)
         owner = restored_owner(kernel, pos)
-        kernel.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0, owner=owner)
+        held = kernel.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0,
+                                  owner=owner)
+        if pos.origin_time:     # opened by a roll: its rules read the entry back-adjusted, from where it began
+            held.carried = pos.carried
+            held.origin_time = pos.origin_time
+            held.origin_bar = max(int(np.searchsorted(b.start, pos.origin_time, side="right")) - 1, 0)
         st.owner, st.key = owner, symbol
         st.entries = pos.entries        # pyramiding: what may still be added
         restored.append(symbol)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from ibbroker.test_run_e2e import NQ, nq_sim, _earlier_run, assert_journal_is_the_venues, book, placed, qrun, rows  # noqa: F401 - nq_sim: the fixture
+from ibbroker.test_run_e2e import (NQ, _earlier_run, assert_journal_is_the_venues, book, nq_sim,  # noqa: F401 - nq_sim:
+                                   placed, qrun, rows)                                        # the fixture
 
 PREFIX = "qtrade:nq-roll:"
 

@@ -552,7 +552,7 @@ class Kernel(RunState):
         if self.recorder is not None:
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
-        if self.on_order is not None and (role == "entry" or role == "exit"):
+        if self.on_order is not None and (role == "entry" or role == "exit" or role == "roll"):
             self.on_order({"kind": "order", "time": self._now, "when": self.when(tr.symbol), "symbol": tr.symbol,
                            "rule": it.rule, "order": tr.rule.order, "intent": it, "why": tr.why, "quote": None,
                            "role": tr.role})
@@ -770,7 +770,7 @@ class Kernel(RunState):
         else:
             status = _UNFILLED[status]
             self._status(tr, status, ev.time, ev.reason)
-            if (role == "entry" or role == "exit") and tr.sent:
+            if (role == "entry" or role == "exit" or role == "roll") and tr.sent:
                 self._outcome(tr, f"{status}: {ev.reason}" if ev.reason else status)
             if status == E.REJECTED and role == "entry":
                 self._decide(tr.symbol, tr.intent.rule, "entry", "blocked", f"rejected by the broker: {ev.reason}")

@@ -186,3 +186,21 @@ def test_a_roll_close_still_working_at_ib_is_adopted_and_no_leg_is_sent_while_it
     sent = [o for o in placed(nq_sim) if str(o.get("orderRef", "")).startswith(PREFIX)]
     assert sent == [], out.output        # neither the close again nor the open while the close works
     assert {p["conId"]: p["qty"] for p in nq_sim.record()["positions"]}.get(z) == 1
+
+
+def test_a_dry_run_prints_the_rolls_two_orders_and_sends_neither(nq_sim, connect, tmp_path):
+    listed = _contracts(nq_sim, connect)
+    (z, z_last), _ = listed["NQZ3"], listed["NQH4"]
+    strategy = _strategy(tmp_path, nq_sim, z_last)
+    journal = tmp_path / "j.sqlite"
+    _earlier(journal, z)
+    nq_sim.set_position(z, 1, 15800.0)
+    out = qrun(nq_sim, strategy, journal, "--dry-run", seconds=6)
+    assert out.exit_code == 0, out.output
+    assert not [o for o in placed(nq_sim) if str(o.get("orderRef", "")).startswith(PREFIX)]    # nothing sent
+    printed = [line for line in out.output.splitlines() if "[roll]" in line]
+    assert len(printed) == 2 and "SELL 1 NQ MKT" in printed[0] and "BUY 1 NQ MKT" in printed[1], out.output
+    orders = rows(journal, "SELECT * FROM orders WHERE run_id != 'earlier' ORDER BY id")
+    assert [(o["rule"], o["intent"], o["action"], o["status"]) for o in orders] == [
+        ("roll", "close", "sell", "filled"), ("roll", "open", "buy", "filled")]     # in the dry run's wallet
+    assert {p["conId"]: p["qty"] for p in nq_sim.record()["positions"]}.get(z) == 1   # IB still holds NQZ3

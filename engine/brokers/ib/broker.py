@@ -305,6 +305,17 @@ class IBBroker:
             return None
         return held.local_symbol, front.local_symbol
 
+    def pin_front(self, symbol: str) -> None:
+        """A dry run's opening order of `symbol` (filled in its wallet, never sent): the position is
+        taken as held in the front month now, as the real run's fills would pin it, so the roll rule
+        is asked about it as in a paper run."""
+        try:
+            resolved = self.contracts.resolve(symbol)
+        except ContractError:
+            return
+        if resolved.sec_type == "FUT":
+            self._held_in[symbol] = resolved
+
     def held_contract(self, symbol: str):
         """The contract (Resolved) `symbol`'s open position was opened in, None if none is known."""
         return self._held_in.get(symbol)

@@ -2,10 +2,11 @@
 minute bars per contract for 2013-10-07..11, and its ES daily bars per contract over the December
 2013 roll and expiry).
 
-The rules read the raw front month, stitched by the IB broker's roll rule; a position is filled,
-marked and closed in the contract it was opened in (as an IB run does: it pins a position to its
-contract and opens no second one while it is held), and a contract still held when its last
-trade date is over is settled at its last price. Journal rows carry the contract's local symbol."""
+The rules read the raw front month, stitched by the IB broker's roll rule; a position is filled
+and marked in the contract it is held in, and rolled when the rule moves the front month on: closed
+in the old contract and opened in the new one (tests/test_futures_roll.py has the roll on the
+real December 2013 roll); a contract still held when its last trade date is over (roll_days 0)
+is settled at its last price. Journal rows carry the contract's local symbol."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ ES_ROOT = ("{sec_type: FUT, exchange: CME, currency: USD, multiplier: 50, tradin
 
 def write(tmp: Path, *, source: Path, bar: str, entry: str, exit_: str, roll_days: int, exits: str = "",
           margins: str = "", quantity: str = "1", cash: int = 100_000, name: str = "s.yaml",
-          risk: str = "{max_open_positions: 1, margin_check: \"off\"}") -> Path:
+          risk: str = "{max_open_positions: 1, margin_check: \"off\"}", backtest: str = "",
+          action: str = "buy") -> Path:
     (tmp / "i.yaml").write_text(f"kind: instruments\nname: i\nroots:\n  ES: {ES_ROOT % (roll_days, margins)}\n")
     path = tmp / name
     path.write_text(f"""kind: strategy
@@ -56,8 +58,8 @@ exit:
     when: "{exit_}"
 {exits}
 orders:
-  buy: {{action: buy, type: market, quantity: {quantity}}}
-backtest: {{cash: {cash}, commission: {{per_contract: 2.25}}}}
+  buy: {{action: {action}, type: market, quantity: {quantity}}}
+backtest: {{cash: {cash}, commission: {{per_contract: 2.25}}{backtest}}}
 risk: {risk}
 """)
     return path
@@ -80,7 +82,7 @@ def journal_rows(result, tmp: Path) -> dict:
 
 
 @needs_minute
-def test_a_position_opened_before_the_roll_is_closed_in_its_own_contract(tmp_path):
+def test_a_position_held_at_the_roll_is_closed_in_its_contract_and_reopened_in_the_next(tmp_path):
     # roll_days 52: ESZ3 (last trade 2013-12-20) is the front month to Wednesday 2013-10-09, ESH4 from Thursday
     path = write(tmp_path, source=ES_MINUTE, bar="1m", entry="bar_index == 0", exit_="bar_index == 0", roll_days=52)
     prep = bt.prepare(path)
@@ -94,25 +96,32 @@ def test_a_position_opened_before_the_roll_is_closed_in_its_own_contract(tmp_pat
     assert "fast_path" not in result.timings          # each position on its own contract's bars: the kernel
     fills = list(result.ledger.fills)
     series = prep.frames["ES"]
-    h_open = series["open"].iloc[again + 1]          # the next series bar after 03:00: ESH4's own
-    assert series.index[again + 1] == pd.Timestamp("2013-10-10 03:08", tz=NY) and h_open == 1648.0
-    assert [(f.action, f.price, f.contract) for f in fills] == [
-        ("buy", 1651.75, "ESZ3"),    # the open of 20:01 (ESZ3 is the front month)
-        ("sell", 1656.75, "ESZ3"),   # the exit decided at 02:07 fills at the next series bar (03:00) in ESZ3
-        ("buy", 1648.0, "ESH4"),     # the entry decided at 03:00 opens the front month, ESH4, at 03:08
+    z, h = prep.fronts["ES"].bars["ESZ3"], prep.fronts["ES"].bars["ESH4"]
+    rolled = pd.Timestamp("2013-10-10 00:02", tz=NY)     # the series' first ESH4 bar
+    assert (z.loc[rolled, "open"], h.loc[rolled, "open"]) == (1655.25, 1648.75)
+    assert [(f.action, f.price, f.contract, f.rule) for f in fills] == [
+        ("buy", 1651.75, "ESZ3", "in"),     # the open of 20:01 (ESZ3 is the front month)
+        ("sell", 1655.25, "ESZ3", "roll"),  # the last ESZ3 bar's close decides the roll: ESZ3's open of 00:02
+        ("buy", 1648.75, "ESH4", "roll"),   # ... and ESH4's open of the same bar, the same quantity and side
+        ("sell", 1650.25, "ESH4", "out"),   # the exit decided at 02:07 closes ESH4 at the 03:00 open
+        ("buy", 1648.0, "ESH4", "in"),      # the entry decided at 03:00 opens the front month at 03:08
     ]
-    z = prep.fronts["ES"].bars["ESZ3"]
-    assert z.loc[pd.Timestamp("2013-10-10 03:00", tz=NY), "open"] == 1656.75        # ESZ3's own price
-    assert series.loc[pd.Timestamp("2013-10-10 03:00", tz=NY), "open"] == 1650.25       # the series' (ESH4)
-    trade = result.ledger.trades[0]
-    assert (trade.contract, trade.pnl) == ("ESZ3", (1656.75 - 1651.75) * 50 - 4.5)    # 245.50, no roll jump in it
+    assert fills[1].time == fills[2].time == rolled.value
+    assert [f.commission for f in fills] == [2.25] * 5          # each leg pays the fill model's commission
+    first, second = result.ledger.trades
+    assert (first.contract, first.exit_rule, first.exit_reason) == ("ESZ3", "roll", "roll ESZ3 -> ESH4")
+    assert first.pnl == (1655.25 - 1651.75) * 50 - 4.5
+    assert (second.contract, second.entry_rule, second.exit_rule) == ("ESH4", "roll", "out")
+    assert second.pnl == (1650.25 - 1648.75) * 50 - 4.5
+    assert (second.owner, second.entry_states) == (first.owner, first.entry_states)
     # the position left open at the end is ESH4, marked at ESH4's last close
     assert result.ledger.positions["ES"].contract == "ESH4"
-    assert result.marks["ES"] == prep.fronts["ES"].bars["ESH4"]["close"].iloc[-1]
+    assert result.marks["ES"] == h["close"].iloc[-1]
     rows = journal_rows(result, tmp_path)
-    assert [r[3] for r in rows["orders"]] == ["ESZ3", "ESZ3", "ESH4"]
-    assert rows["fills"] == [("buy", 1651.75, "ESZ3"), ("sell", 1656.75, "ESZ3"), ("buy", 1648.0, "ESH4")]
-    assert rows["trades"] == [(1651.75, 1656.75, 245.5, "out", "ESZ3")]
+    assert [r[0] for r in rows["orders"]] == ["in", "roll", "roll", "out", "in"]
+    assert [r[3] for r in rows["orders"]] == ["ESZ3", "ESZ3", "ESH4", "ESH4", "ESH4"]
+    assert [(r[0], r[1], r[2]) for r in rows["fills"]] == [(f.action, f.price, f.contract) for f in fills]
+    assert rows["trades"] == [(1651.75, 1655.25, 170.5, "roll", "ESZ3"), (1648.75, 1650.25, 70.5, "out", "ESH4")]
     # `qtrade run --broker sim` (the plan streamed bar by bar) and its dry run do exactly the same
     for dry_run in (False, True):
         run = simulate(prep, run_id="t", dry_run=dry_run)
@@ -137,7 +146,7 @@ def test_the_roll_on_the_es_file_what_the_raw_front_series_and_the_held_contract
 
 
 @needs_minute
-def test_protective_orders_work_on_the_held_contracts_bars(tmp_path):
+def test_protective_orders_move_to_the_new_contract_shifted_by_the_roll_gap(tmp_path):
     path = write(tmp_path, source=ES_MINUTE, bar="1m", entry="bar_index == 0", exit_="bar_index == 0", roll_days=52)
     prep = bt.prepare(path)
     e = minute_bar(prep, "2013-10-09 20:00")
@@ -145,13 +154,17 @@ def test_protective_orders_work_on_the_held_contracts_bars(tmp_path):
                  exits="  - {name: take, target: position.entry_price + 4.5}")
     prep = bt.prepare(path)
     result = bt.run(prep, run_id="t")
-    buy, sell = result.ledger.fills
-    assert sell.contract == "ESZ3" and sell.price == 1651.75 + 4.5 and sell.rule == "take"
-    assert prep.frames["ES"].index.searchsorted(pd.Timestamp(sell.time, tz="UTC")) > \
-        prep.frames["ES"].index.searchsorted(pd.Timestamp("2013-10-10 00:00", tz=NY))   # after the series rolled
-    z = prep.fronts["ES"].bars["ESZ3"]
-    touched = z[(z.index >= pd.Timestamp("2013-10-09 20:01", tz=NY)) & (z["high"] >= sell.price)].index[0]
-    assert touched >= pd.Timestamp("2013-10-10 00:00", tz=NY)    # ESZ3 reached it only after the roll
+    buy, out, into, sell = result.ledger.fills
+    gap = into.price - out.price                       # ESH4 1648.75 - ESZ3 1655.25
+    assert (out.rule, into.rule, gap) == ("roll", "roll", -6.5)
+    targets = [o for o in result.runner.orders if o.intent.rule == "take"]
+    assert [(o.intent.limit, o.contract, o.status) for o in targets] == [
+        (1651.75 + 4.5, "ESZ3", "cancelled"),          # set at the entry in ESZ3, cancelled by the roll
+        (1651.75 + 4.5 + gap, "ESH4", "filled")]       # placed again in ESH4, 6.5 lower
+    assert (sell.contract, sell.rule) == ("ESH4", "take")
+    h = prep.fronts["ES"].bars["ESH4"]
+    touched = h[(h.index > pd.Timestamp("2013-10-10 00:02", tz=NY)) & (h["high"] >= 1649.75)].index[0]
+    assert sell.time == touched.value and sell.price == max(1649.75, h.loc[touched, "open"])
     run = simulate(prep, run_id="t")
     assert list(run.ledger.fills) == list(result.ledger.fills)
 
@@ -172,29 +185,25 @@ def daily_file(tmp: Path) -> Path:
 
 @needs_daily
 def test_a_contract_held_past_its_last_trade_date_is_settled_and_the_next_entry_opens_the_front(tmp_path):
-    path = write(tmp_path, source=daily_file(tmp_path), bar="1d", entry="close > 0", exit_="close < 0", roll_days=5)
+    # roll_days 0: ESZ3 is the front month to its last trade date (2013-12-20), so nothing rolls
+    # it before it expires: the exchange settles it at its last price
+    path = write(tmp_path, source=daily_file(tmp_path), bar="1d", entry="close > 0", exit_="close < 0", roll_days=0)
     prep = bt.prepare(path)
     b = bt._symbol_bars(prep, "ES")[0]
-    days = prep.frames["ES"].index.strftime("%Y-%m-%d")
-    # the real roll: ESZ3 (last trade Friday 2013-12-20) is the front month to Friday 2013-12-13
-    assert b.contract_at(list(days).index("2013-12-13")) == "ESZ3"
-    assert b.contract_at(list(days).index("2013-12-13") + 1) == "ESH4"
+    days = list(prep.frames["ES"].index.strftime("%Y-%m-%d"))
+    assert b.contract_at(days.index("2013-12-20")) == "ESZ3" and b.contract_at(days.index("2013-12-20") + 1) == "ESH4"
+    assert b.expiry_bar["ESZ3"] == b.roll_bar["ESZ3"] == days.index("2013-12-20")
     result = bt.run(prep, run_id="t")
     settled = result.ledger.trades[0]
     assert (settled.contract, settled.entry_price, settled.exit_price) == ("ESZ3", 1669.0, 1810.25)
     assert settled.exit_rule == "expiry settlement" and "ESZ3 expired (last trade date 2013-12-20)" in settled.exit_reason
     assert pd.Timestamp(settled.exit_time, tz="UTC").tz_convert(NY).date().isoformat() == "2013-12-21"   # Dec 20's close
     assert settled.pnl == (1810.25 - 1669.0) * 50 - 2.25         # the settlement has no commission
-    # while pinned (Dec 16..20) the position was marked at ESZ3's closes, not at the series' (ESH4's)
-    dec18 = list(days).index("2013-12-18")
-    z = prep.fronts["ES"].bars["ESZ3"]
-    mark = result.equity[result.times.searchsorted(b.end[dec18])]
-    assert mark == 100_000 - 2.25 + (z.loc[pd.Timestamp(b.start[dec18], tz="UTC"), "close"] - 1669.0) * 50
-    assert z.loc[pd.Timestamp(b.start[dec18], tz="UTC"), "close"] != prep.frames["ES"]["close"].iloc[dec18]
+    assert not [f for f in result.ledger.fills if f.rule == "roll"]
     # the entry decided at that close opens the front month, ESH4, at the next bar's open
     again = result.ledger.positions["ES"]
     after = int(np.searchsorted(b.start, settled.exit_time))
-    assert (again.contract, again.avg_price) == ("ESH4", prep.frames["ES"]["open"].iloc[after])
+    assert (again.contract, again.avg_price, again.entry_rule) == ("ESH4", prep.frames["ES"]["open"].iloc[after], "in")
     rows = journal_rows(result, tmp_path)
     assert [r[3] for r in rows["orders"]] == ["ESZ3", "ESZ3", "ESH4"]
     assert rows["orders"][1][:3] == ("expiry settlement", "sell", "filled")

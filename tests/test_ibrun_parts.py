@@ -170,3 +170,39 @@ def test_the_status_line_names_a_position_by_its_contract():
     line = status_line(kernel, broker, pd.Timestamp("2023-12-04T15:00Z").value, "America/New_York")
     assert line == ("2023-12-04 10:00 ready | lines 2/50 | positions: NQZ3 1, XSP condor 1 | working orders: 0 | "
                     "today's P&L +200.00")
+
+
+def test_a_position_opened_by_a_roll_is_restored_with_its_back_adjustment(tmp_path):
+    """Two rolls journaled (NQZ3 -> NQH4 -> NQM4): the restart reads the position's carried move
+    (the price it made in each contract it left, per unit) and when its first entry filled, so its
+    rules read the same back-adjusted entry price as before the restart; unfinished_rolls finds
+    nothing to send (each roll's open is journaled)."""
+    from engine.runtime.ibrun import unfinished_rolls
+
+    j = Journal(tmp_path / "j.sqlite")
+    j.start_run("paper", "s", settings={"account": "DU1"}, run_id="r1")
+    legs = [("1", "2023-12-01T15:00:00+00:00", "cross up", "open", "buy", 15800.0, "NQZ3"),
+            ("2", "2023-12-08T15:00:00+00:00", "roll", "close", "sell", 15900.0, "NQZ3"),
+            ("3", "2023-12-08T15:00:00+00:00", "roll", "open", "buy", 16000.0, "NQH4"),
+            ("4", "2024-03-08T15:00:00+00:00", "roll", "close", "sell", 16500.0, "NQH4"),
+            ("5", "2024-03-08T15:00:00+00:00", "roll", "open", "buy", 16560.0, "NQM4")]
+    for seq, t, rule, intent, action, price, local in legs:
+        ref = f"qtrade:s:{seq}"
+        j.order("r1", ref, t, "NQ", action, 1, "market", rule=rule, intent=intent)
+        j.order_status(ref, "filled", t)
+        j.fill("r1", ref, t, "NQ", action, 1, price, 20.0, 2.25, exec_id=f"e{seq}", local_symbol=local)
+    state = journal_state(j, "qtrade:s:", "DU1")
+    nq = state.positions["NQ"]
+    assert (nq.avg_price, nq.local_symbol, nq.rule) == (16560.0, "NQM4", "roll")
+    assert nq.carried == (15900.0 - 15800.0) + (16500.0 - 16000.0)
+    assert nq.avg_price - nq.carried == 15800.0 + (16000.0 - 15900.0) + (16560.0 - 16500.0)   # entry + both gaps
+    assert nq.origin_time == pd.Timestamp("2023-12-01T15:00:00+00:00").value
+    assert unfinished_rolls(j, state, "qtrade:s:") == []
+    # the second roll's open never journaled: the restart sends it, once, as a buy of 1
+    j.db.execute("DELETE FROM fills WHERE order_ref = 'qtrade:s:5'")
+    j.db.execute("DELETE FROM orders WHERE order_ref = 'qtrade:s:5'")
+    state = journal_state(j, "qtrade:s:", "DU1")
+    assert "NQ" not in state.positions
+    (due,) = unfinished_rolls(j, state, "qtrade:s:")
+    assert (due["action"], due["quantity"], due["closed_in"], due["price"]) == ("buy", 1.0, "NQH4", 16500.0)
+    j.close()

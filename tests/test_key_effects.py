@@ -973,7 +973,10 @@ for where in ("/$defs/root", "/$defs/default_entry"):
     effect(I, f"{where}/multiplier", base, both(prep, put(f"{entry}.multiplier", 10, "i.yaml")), "contracts", IB)
     if where == "/$defs/root":
         effect(I, f"{where}/roll_days", base, put(f"{entry}.roll_days", 5, "i.yaml"), "contracts", IB,
-               note="the front month it picks: tests/ibbroker/test_contracts.py's roll offset, against the simulator")
+               note="the front month it picks: tests/ibbroker/test_contracts.py's roll offset, against the simulator; "
+                    "in backtests, run --broker sim and dry runs the stitched front month and the roll of a held "
+                    "position (tests/test_futures.py, tests/test_futures_roll.py), on IB the roll too "
+                    "(tests/ibbroker/test_roll_e2e.py)")
         effect(I, f"{where}/calendar", "condor_instruments", put("roots.XSP.calendar", "NYSE", "i.yaml"), "said")
         effect(I, f"{where}/options", "condor_instruments", put("roots.XSP.options.multiplier", 10, "i.yaml"), "fills")
     else:       # the defaults are a stock's (an index must have a root): SPY's, without options data to trade

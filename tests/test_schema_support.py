@@ -164,6 +164,8 @@ def test_unsupported_keys_of_risk_and_universe_documents(tmp_path):
     errors = _errors(result.output)
     assert [(line, col, msg.split(":")[0]) for line, col, msg in errors] == [
         (4, 1, "order_rate_limit"), (7, 3, "contract.roll_days_before_expiry")]
+    hint = result.output.split("contract.roll_days_before_expiry:", 1)[1]     # its hint follows it
+    assert "roll_days in the instrument map" in hint and "roll of a held position" in hint
 
 
 def test_a_time_of_day_on_daily_bars_is_refused_at_its_line(tmp_path):

@@ -87,6 +87,9 @@ class DryRunBroker:
     # writes: recorded, filled in the wallet, never transmitted
     def place(self, order: E.Order) -> str:
         self.would_send.append(order)
+        pin = getattr(self.inner, "pin_front", None)
+        if pin is not None and order.intent == "open" and not order.legs:
+            pin(order.symbol)   # the contract the real run's order would open: where a futures roll starts from
         return self.wallet.place(order)
 
     def modify(self, ref: str, **changes) -> None:

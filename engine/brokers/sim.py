@@ -11,9 +11,9 @@ move only commissions and realised P&L. `partial` fills at most that share of an
 quantity in one bar, to rehearse partial fills.
 
 A futures root whose bars are per contract (SymbolBars.held: a stitched front month) fills each
-order on the bars of the contract it names (Order.contract): a position opened in ESZ3 is marked
-and closed at ESZ3's prices after the rules' series has rolled to ESH4, and an order does not
-fill in a bar in which its contract did not trade. `settle_future` books an expiring contract's
+order on the bars of the contract it names (Order.contract): a position held in ESZ3 is marked
+and closed at ESZ3's prices (the kernel's roll closes it there and opens ESH4 at ESH4's), and an
+order does not fill in a bar in which its contract did not trade. `settle_future` books an expiring contract's
 position at its last price.
 
 Combos (an Order with legs, IB's BAG) are priced by `combo_quote(order)`, the legs' quotes in

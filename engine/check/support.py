@@ -24,8 +24,10 @@ UNSUPPORTED: list[tuple[str, tuple, Callable[[Any], bool], str, str]] = [
      "backtests and replays read the file's bars as they are; no broker feed is in this version"),
     ("strategy", ("orders", "*", "outside_rth"), lambda v: v is True, "filling outside regular trading hours",
      "the simulator fills on the bars it is given, whatever this flag says; no broker is in this version"),
-    ("universe", ("contract", "roll_days_before_expiry"), PRESENT, "a futures roll offset",
-     "backtests read the file's series as it is; IB runs take each root's roll_days from the instrument map"),
+    ("universe", ("contract", "roll_days_before_expiry"), PRESENT, "a universe's own futures roll offset",
+     "the roll is each root's roll_days in the instrument map (universes/instruments.yaml: e.g. "
+     "NQ: {..., roll_days: 5}), which the backtest's stitched front month, IB's front-month resolution and the "
+     "roll of a held position all read; set it on the root there"),
     ("universe", ("defaults", "exchange"), lambda v: v not in (None, "SMART"),
      "a universe's default exchange for symbols the instrument map does not list",
      "such symbols are resolved with the instrument map's STK defaults (SMART in the bundled map); "

@@ -33,6 +33,8 @@ class SymbolBars:
     last_trade: dict | None = None   # local symbol -> its last trade date
     expiry_bar: dict | None = None   # local symbol -> the bar at whose close a position in it is settled (the
                                      # last bar on or before its last trade date, when a later bar follows)
+    roll_bar: dict | None = None     # local symbol -> its last bar as the front month, when a later contract's
+                                     # bar follows (a position in it is rolled at that close)
 
     def __len__(self) -> int:
         return len(self.close)

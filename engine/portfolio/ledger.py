@@ -52,6 +52,12 @@ class Position:
     contract: str = ""   # the futures contract it is held in (its fills' contract), '' when not per contract
     owner: str = ""      # the agent that opened it, or the strategy (its own rules)
     states: tuple = ()   # the classifications when its entry was decided: ((name, label), ...)
+    # a futures position rolled into this contract from an earlier one (runtime.kernel's roll):
+    # the bar and time of the entry that began it, and the price move per unit it already made in
+    # the contracts it was rolled out of (the back-adjustment its rules read: entry price less it)
+    origin_bar: int = -1
+    origin_time: int = 0
+    carried: float = 0.0
 
     @property
     def side(self) -> int:

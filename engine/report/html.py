@@ -61,6 +61,8 @@ RISK_FREE_KEYS = ("sharpe", "sortino", "alpha")     # depend on the rate: recomp
 TRADE_COLUMNS = ("id", "symbol", "side", "quantity", "entry_ts", "entry_price", "exit_ts", "exit_price",
                  "bars_held", "pnl", "return_pct", "mae", "mfe", "commission", "entry_rule", "exit_rule",
                  "exit_reason", "legs")   # what the trades table shows (the first TRADES_TABLE_MAX rows)
+_CONTRACT_SYMBOL = ("CASE WHEN local_symbol IS NULL OR local_symbol = '' OR local_symbol = symbol THEN symbol "
+                    "ELSE symbol || ' ' || local_symbol END")
 MARK_COLUMNS = ("id", "side", "quantity", "symbol", "entry_ts", "entry_price", "exit_ts", "exit_price", "pnl",
                 "entry_rule", "exit_rule", "exit_reason", "legs")   # what a chart mark's tooltip shows
 
@@ -223,7 +225,10 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
         trades = _trades(db, rid, by_symbol)
         owned = _has_owner(db)
         extra = ", owner, entry_states" if owned else ", '', NULL"
-        shown = db.execute(f"SELECT {', '.join(TRADE_COLUMNS)}{extra} FROM trades WHERE run_id=? ORDER BY entry_ts, id"
+        # a futures trade's symbol cell names its contract too (ES ESZ3): a roll reads as ESZ3's trade
+        # closed by 'roll' and ESH4's opened by it
+        named = ", ".join(_CONTRACT_SYMBOL if c == "symbol" else c for c in TRADE_COLUMNS)
+        shown = db.execute(f"SELECT {named}{extra} FROM trades WHERE run_id=? ORDER BY entry_ts, id"
                            " LIMIT ?", (rid, TRADES_TABLE_MAX)).fetchall()
         legs = [option_legs(t[len(TRADE_COLUMNS) - 1]) for t in shown]
         price_symbols = [r[0] for r in db.execute(

@@ -107,6 +107,10 @@ class JournalPosition:
     legs: tuple = ()                # an option combo's legs, as its opening order journaled them
     entries: int = 1                # the orders that opened it or added to it (pyramiding)
     owner: str = ""                 # the agent (or the strategy) whose entry opened it, as journaled
+    # a futures position opened by a roll: the price move per unit it made in the contracts it was
+    # rolled out of, and when the entry that began it filled (the kernel's back-adjustment)
+    carried: float = 0.0
+    origin_time: int = 0
     _refs: set = field(default_factory=set)
 
     @property
@@ -261,10 +265,25 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
                                                                                            "market")
         intent_kind = row["intent"] if row else ("close" if symbol in kernel.ledger.positions else "open")
         rule_name = row["rule"] if row else "adopted"
+        if rule_name == "roll" and intent_kind == "open":
+            # a futures roll's open, sent by an earlier session and working at IB: its fill reopens
+            # the position (the roll's close was booked then)
+            if kernel.recorder is not None:
+                kernel.recorder.known(a.tag)
+            kernel.resume_roll(symbol, a.order.action, float(a.order.quantity),
+                               (row.get("owner") if row else "") or kernel.settings.strategy, None,
+                               (row.get("reason") if row else "") or "roll", tag=a.tag)
+            broker.adopt(E.Order(a.tag, symbol, a.order.action, float(a.order.quantity), kind, a.order.limit,
+                                 a.order.stop, row["tif"] if row else "day", intent="open", rule="roll"),
+                         a.order.perm_id)
+            adopted.append(a.tag)
+            continue
         intent = OrderIntent(symbol, a.order.action, kind, float(a.order.quantity), None, a.order.limit,
                              a.order.stop, row["tif"] if row else "day", intent_kind, rule_name, a.tag, "")
         if intent_kind == "open":
             role = "entry"
+        elif rule_name == "roll":
+            role = "exit"           # a roll's close, whatever its order type
         elif kind == "stop":
             role = "stop"
         elif kind == "limit" and row and row["order_type"] == "limit" and symbol in kernel.ledger.positions:
@@ -290,10 +309,54 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
             st.protect[(rule_name, role)] = a.tag
         else:
             st.closing = a.tag
+            if rule_name == "roll" and symbol in kernel.ledger.positions:
+                # a roll's close still working at IB: its open follows it once it is filled
+                tr.exit_kind = "roll"
+                pos = kernel.ledger.positions[symbol]
+                kernel.resume_roll(symbol, "buy" if pos.quantity > 0 else "sell", abs(pos.quantity),
+                                   pos.owner or kernel.settings.strategy, None,
+                                   (row.get("reason") if row else "") or "roll", after=a.tag)
         broker.adopt(E.Order(a.tag, symbol, a.order.action, float(a.order.quantity), kind, a.order.limit,
                              a.order.stop, intent.tif, intent=intent_kind, rule=rule_name), a.order.perm_id)
         adopted.append(a.tag)
     return adopted
+
+
+def unfinished_rolls(journal, state: JournalState, prefix: str) -> list[dict]:
+    """Futures rolls an earlier session began and did not finish: the roll's close filled (the
+    journal is flat in the symbol, no fill after it) and no roll open journaled after it. Each as
+    {symbol, action, quantity, owner, closed_in, price} (the open to send; the contract closed and
+    the close's price). An
+    open journaled (sent, whatever became of it) is never sent again: a restart duplicates no leg."""
+    if not state.runs:
+        return []
+    marks = ",".join("?" * len(state.runs))
+    cols = {r["name"] for r in journal._rows("PRAGMA table_info(orders)")}
+    owner = ", owner" if "owner" in cols else ""
+    orders = journal._rows(f"SELECT id, order_ref, symbol, action, quantity, intent, status, local_symbol{owner} FROM "
+                           f"orders WHERE run_id IN ({marks}) AND order_ref LIKE ? AND rule = 'roll' ORDER BY id",
+                           (*state.runs, prefix + "%"))
+    last: dict[str, dict] = {}
+    for o in orders:
+        if o["intent"] == "close":
+            last[o["symbol"]] = dict(o)
+        elif o["symbol"] in last:
+            last[o["symbol"]]["opened"] = True
+    due = []
+    for symbol, o in last.items():
+        if o.get("opened") or symbol in state.positions:
+            continue
+        fills = journal._rows(f"SELECT order_ref, quantity, price, local_symbol FROM fills WHERE run_id IN "
+                              f"({marks}) AND symbol = ? ORDER BY ts, id", (*state.runs, symbol))
+        mine = [f for f in fills if f["order_ref"] == o["order_ref"]]
+        if not mine or fills[-1]["order_ref"] != o["order_ref"]:
+            continue        # not filled (still held, or adopted as working), or traded again since
+        quantity = sum(float(f["quantity"]) for f in mine)
+        price = sum(float(f["quantity"]) * float(f["price"]) for f in mine) / quantity
+        due.append({"symbol": symbol, "action": "buy" if o["action"] == "sell" else "sell", "quantity": quantity,
+                    "owner": o.get("owner") or "", "closed_in": o["local_symbol"] or mine[-1]["local_symbol"] or symbol,
+                    "price": price})
+    return due
 
 
 def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -> JournalState:
@@ -317,6 +380,7 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
     fills = journal._rows(f"SELECT f.*, o.rule AS rule, o.legs AS legs{owner} FROM fills f "
                           f"LEFT JOIN orders o ON o.order_ref = f.order_ref "
                           f"WHERE f.run_id IN ({marks}) AND f.order_ref LIKE ? ORDER BY f.ts, f.id", (*runs, like))
+    rolled: dict[str, tuple[float, int]] = {}     # symbol -> (carried, origin time) of a position a roll closed
     for f in fills:
         if f["exec_id"]:
             state.exec_ids.add(f["exec_id"])
@@ -327,11 +391,14 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
         pos = state.positions.get(f["symbol"])
         t = int(pd.Timestamp(f["ts"]).value)
         if pos is None or abs(pos.quantity) < 1e-12:
+            carried, origin = rolled.pop(f["symbol"], (0.0, 0)) if f["rule"] == "roll" else (0.0, 0)
+            rolled.pop(f["symbol"], None)
             state.positions[f["symbol"]] = JournalPosition(f["symbol"], sign * f["quantity"], f["price"],
                                                            f["multiplier"], t, f["order_ref"], f["rule"] or "",
                                                            f.get("con_id"), f.get("local_symbol") or "",
                                                            tuple(json.loads(f["legs"])) if f.get("legs") else (),
-                                                           owner=f.get("owner") or "")
+                                                           owner=f.get("owner") or "", carried=carried,
+                                                           origin_time=origin)
             continue
         if f.get("con_id"):
             pos.con_id, pos.local_symbol = f["con_id"], f.get("local_symbol") or pos.local_symbol
@@ -341,6 +408,8 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
             if f["order_ref"] != pos.entry_ref and f["order_ref"] not in pos._refs:
                 pos._refs.add(f["order_ref"])
                 pos.entries += 1
+        if abs(q) < 1e-9 and f["rule"] == "roll":     # closed by a roll: what its next position carries
+            rolled[f["symbol"]] = (pos.carried + (f["price"] - pos.avg_price), pos.origin_time or pos.entry_time)
         pos.quantity = q
     state.positions = {s: p for s, p in state.positions.items() if abs(p.quantity) > 1e-9}
     return state
@@ -377,7 +446,12 @@ def restore_positions(kernel, positions: dict[str, JournalPosition]) -> list[str
         fill = Fill(symbol, "buy" if pos.quantity > 0 else "sell", abs(pos.quantity), pos.avg_price, 0.0,
                     pos.entry_time, entry_bar, pos.entry_ref, pos.multiplier, pos.rule)
         owner = restored_owner(kernel, pos)
-        kernel.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0, owner=owner)
+        held = kernel.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0,
+                                  owner=owner)
+        if pos.origin_time:     # opened by a roll: its rules read the entry back-adjusted, from where it began
+            held.carried = pos.carried
+            held.origin_time = pos.origin_time
+            held.origin_bar = max(int(np.searchsorted(b.start, pos.origin_time, side="right")) - 1, 0)
         st.owner, st.key = owner, symbol
         st.entries = pos.entries        # pyramiding: what may still be added
         restored.append(symbol)
@@ -720,6 +794,7 @@ def _trade(run: _Run) -> Outcome:
                                        tags=(prefix, journal.last_order_seq(prefix)), on_order=on_order,
                                        cash=cash_now, gate=gate, chain_fetch=ib.chain_fetch)
     kernel.margin_calls = dry_run       # IB liquidates a real account under its maintenance margin itself
+    kernel.roll_target = ib.roll_to     # a futures position is rolled when IB's front month moves past it
     if not dry_run:
         kernel.check_order = margin_gate(limits.margin_check, paper=ib.is_paper, live=live, what_if=ib.what_if,
                                          funds=lambda: kernel.account_view()[1])
@@ -747,6 +822,20 @@ def _trade(run: _Run) -> Outcome:
                      "from the journal: its exits manage it")
     for ref in adopt_orders(kernel, report, state, ib):
         journal.note(run_id, now, "adopted", ref, f"{ref} is working at IB from an earlier run: adopted, not re-sent")
+    for roll in unfinished_rolls(journal, state, prefix):
+        if roll["symbol"] not in kernel.syms or kernel.syms[roll["symbol"]].working_entry is not None:
+            continue
+        try:
+            front = ib.contracts.resolve(roll["symbol"]).local_symbol
+        except Exception:       # noqa: BLE001 - IB cannot say now: the open goes to the front month when sent
+            front = "the front month"
+        reason = f"roll {roll['closed_in']} -> {front}"
+        kernel.resume_roll(roll["symbol"], roll["action"], roll["quantity"], roll["owner"] or kernel.settings.strategy,
+                           roll["price"], reason)
+        journal.note(run_id, now, "roll", roll["symbol"],
+                     f"{roll['symbol']}: an earlier run closed the position in {roll['closed_in']} to roll it and did "
+                     f"not open the new contract: its open ({roll['action']} {roll['quantity']:g} {front}) is sent "
+                     "once, now")
     last = {"report": report}
 
     def after_reconnect() -> None:

@@ -125,6 +125,7 @@ class _Symbol:
                                           # (None: as entry_mask; set when the cadences differ)
     slot: str = ""                  # the ledger key of its shares (the symbol; another lane's: SYMBOL#2, ...)
     lanes: list = field(default_factory=list)       # positions_per_symbol > 1: the symbol's lanes, this one among them
+    roll: dict | None = None        # a futures roll under way: what the position carries into the next contract
 
 
 class Kernel(RunState):
@@ -165,6 +166,9 @@ class Kernel(RunState):
         self.halted = ""                 # why new entries stopped ('' while they may go on)
         self.live = False                # bars arrive as they complete (runtime/live.py)
         self.check_order: Callable[[E.Order], str | None] | None = None   # a live run's pre-send check
+        # an IB run's roll rule: symbol -> (the contract held, the contract to roll into), or None
+        # (a simulated run reads its bars' front month instead)
+        self.roll_target: Callable[[str], tuple[str, str] | None] | None = None
         self._peak = settings.cash
         self._day = None
         self._day_start = settings.cash
@@ -454,6 +458,9 @@ class Kernel(RunState):
         if b.front is not None:          # the contract held: its own bars, and the close it expires at
             held = self.ledger.positions[st.key].contract
             best = min(best, b.expiry_bar.get(held, n))
+            rolled = b.roll_bar.get(held) if b.roll_bar is not None else None
+            if rolled is not None:          # the close it is rolled at (at once when that is past)
+                best = min(best, max(rolled, k))
             b = b.of(held)
         if self._watch_margin and b.maintenance > 0 and self.margin_calls:
             # the first close at which equity could be below the maintenance margin (found exactly there)
@@ -601,8 +608,13 @@ class Kernel(RunState):
             self._status(tr, "cancelled", self._now, "the position was already closed")
             lane.closing = None
             return
+        elif role == "roll" and lane.key is not None:
+            lane.after_exit = tr    # the roll's open follows its close once that is booked
+            return
         b = lane.bars
-        if b.front is not None:     # per-contract futures: an entry goes to the front month, the rest to the held one
+        if role == "roll":
+            pass                    # the contract rolled into, named when the roll was decided
+        elif b.front is not None:   # per-contract futures: an entry goes to the front month, the rest to the held one
             pos = self.ledger.positions.get(lane.slot) if role != "entry" else None
             tr.contract = tr.record.contract = pos.contract if pos is not None else b.contract_at(k)
         order = E.Order(it.tag, it.symbol, it.action, float(it.quantity), it.order_type, it.limit, it.stop, it.tif,
@@ -614,7 +626,7 @@ class Kernel(RunState):
         if self.recorder is not None:
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
-        if self.on_order is not None and (role == "entry" or role == "exit"):
+        if self.on_order is not None and (role == "entry" or role == "exit" or role == "roll"):
             self.on_order({"kind": "order", "time": self._now, "when": self.when(tr.symbol), "symbol": tr.symbol,
                            "rule": it.rule, "order": tr.rule.order, "intent": it, "why": tr.why, "quote": None,
                            "role": tr.role})
@@ -836,12 +848,20 @@ class Kernel(RunState):
         else:
             status = _UNFILLED[status]
             self._status(tr, status, ev.time, ev.reason)
-            if (role == "entry" or role == "exit") and tr.sent:
+            if (role == "entry" or role == "exit" or role == "roll") and tr.sent:
                 self._outcome(tr, f"{status}: {ev.reason}" if ev.reason else status)
             if status == E.REJECTED and role == "entry":
                 self._decide(tr.symbol, tr.intent.rule, "entry", "blocked", f"rejected by the broker: {ev.reason}")
         if role == "entry":
             st.working_entry = None
+        elif role == "roll":
+            st.working_entry = None
+            if tr.filled <= 0:
+                st.roll = None
+                self._decide(tr.symbol, "roll", "entry", "blocked",
+                             f"the roll's open in {tr.contract} was {tr.record.status}"
+                             f"{': ' + ev.reason if ev.reason else ''}; the position was closed in the contract "
+                             "it was held in and is flat")
         elif role == "exit":
             st.closing = None
             if st.after_exit is not None:
@@ -866,6 +886,13 @@ class Kernel(RunState):
         tr, st.after_exit = st.after_exit, None
         if st.key is None:
             self._send(tr, min(self._bar_at(st.symbol, self._now), len(st.bars) - 1))
+            return
+        if tr.role == "roll":
+            self._status(tr, "cancelled", self._now, "the roll's close did not close the position")
+            self._decide(st.symbol, "roll", "exit", "blocked", "the roll's close did not close the position: it "
+                         "stays in the contract it is held in, and the roll is tried again at the next close")
+            st.working_entry = None
+            st.roll = None
             return
         self._status(tr, "cancelled", self._now, "the exit it was to follow did not close the position")
         self._decide(st.symbol, tr.intent.rule, "entry", "blocked", "the exit it was to follow did not close the "
@@ -927,6 +954,9 @@ class Kernel(RunState):
         self._booked.add(tag)
         ledger = self.ledger
         slot = st.slot
+        if role == "roll":
+            self._rolled(tr, st, fill, k=tr.last_bar)
+            return
         if role == "entry":
             if slot in ledger.positions:      # pyramiding: the entry adds to the position
                 pos = ledger.add(fill, key=slot)
@@ -958,6 +988,12 @@ class Kernel(RunState):
         if entry_ref is not None:
             self._trade_of[entry_ref] = index
         st.owner = st.key = None
+        if tr.exit_kind == "roll" and st.roll is not None:
+            # the move made in the contract left is carried into the next (the back-adjustment);
+            # a roll is no win or loss of the strategy's (the circuit breaker's streak)
+            st.roll["exit_price"] = price
+            st.roll["carried"] = pos.carried + (price - pos.avg_price)
+            return
         if trade.pnl < 0:
             self._losses += 1
         else:
@@ -990,6 +1026,9 @@ class Kernel(RunState):
                     # and fills with it (at this close with `fill: close`, else both at the next open,
                     # the exit first)
                     self._enter(st, k, against=side)
+                elif st.closing is None and not st.pending and st.working_entry is None and \
+                        (to := self._roll_to(st, k)) is not None:
+                    self._roll(st, k, to)
                 elif st.closing is None and st.entries < self._pyramid and not st.pending \
                         and st.working_entry is None:
                     self._enter(st, k, add=side)      # pyramiding: an entry the same way adds to it
@@ -1078,6 +1117,133 @@ class Kernel(RunState):
             self._paused_until = time / 1e9 + limits.circuit_breaker[1]
             self._losses = 0
 
+    # ---- futures rolls ------------------------------------------------------------------------
+    def _roll_to(self, st: _Symbol, k: int) -> tuple[str, str] | None:
+        """The contract a futures position held at bar k's close is rolled into: the front month
+        of the next bar when it is not the contract held (a live run's broker says, by the same
+        rule, from the date). None: no roll due."""
+        b = st.bars
+        if st.key is None or st.combo or st.key in self.combos or not b.margined:
+            return None
+        if self.roll_target is not None:
+            return self.roll_target(st.symbol)
+        held = self.ledger.positions[st.key].contract
+        if not held or b.front is None or k + 1 >= len(b):
+            return None
+        to = b.front[k + 1]
+        return (held, to) if to != held else None
+
+    def _roll(self, st: _Symbol, k: int, roll: tuple[str, str]) -> None:
+        """Roll the position into `to`: its protective orders are cancelled, a market order closes
+        it in the contract held and another opens the same quantity the same way in `to`, both
+        at the fill model's price (the next open, or this close with `fill: close`), the close
+        first. The position keeps its owner, entry states, entries and where it began; its stops
+        and targets are placed again in `to`, shifted by the roll gap (see _rolled)."""
+        pos = self.ledger.positions[st.key]
+        old, to = roll
+        if self._running_fields:
+            self._position_context(st, k)       # its running fields up to this close, in the contract held
+        levels = []
+        for (name, key), ref in list(st.protect.items()):
+            it = self.orders_by_ref[ref].intent
+            levels.append((name, key, it.stop if key == "stop" else it.limit))
+            self.venue.cancel(ref)
+        self._drain()
+        if st.key is None:
+            return      # a protective order filled first
+        reason = f"roll {old} -> {to}"
+        rule = N.Rule("exit", "roll", reason=reason)
+        quantity = abs(pos.quantity)
+        long = pos.quantity > 0
+        close = OrderIntent(st.symbol, "sell" if long else "buy", "market", quantity, None, None, None, "day",
+                            "close", "roll", self._tag(), reason)
+        opening = OrderIntent(st.symbol, "buy" if long else "sell", "market", quantity, None, None, None, "day",
+                              "open", "roll", self._tag(), reason)
+        self._decide(st.symbol, "roll", "exit", "fired", reason,
+                     f"{old} is the front month to this bar; {to} from the next")
+        leaving = self._track(close, st, "exit", rule, k, "roll")
+        entering = self._track(opening, st, "roll", rule, k)
+        leaving.contract = leaving.record.contract = old
+        entering.contract = entering.record.contract = to
+        pos.contract = pos.contract or old      # an IB run's position: the contract its broker says it is in
+        st.roll = {"from": old, "to": to, "owner": pos.owner, "states": pos.states, "entries": st.entries,
+                   "origin": (pos.entry_bar, pos.entry_time) if pos.origin_bar < 0 else (pos.origin_bar,
+                                                                                         pos.origin_time),
+                   "carried": pos.carried, "stats": st.stats, "levels": levels, "exit_price": None}
+        st.closing = close.tag
+        st.working_entry = opening.tag
+        self._queue(st, leaving, k)
+        self._queue(st, entering, k)
+
+    def _rolled(self, tr: _Tracked, st: _Symbol, fill: Fill, k: int) -> None:
+        """The roll's open is filled: the position is held in the new contract with what it
+        carried. Its protective levels move by the roll gap (the new contract's fill less the old
+        one's): a stop 10 points under the entry stays 10 points under the back-adjusted entry."""
+        roll, st.roll = st.roll, None
+        b = st.bars
+        pos = self.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0,
+                               owner=tr.owner, states=roll["states"], key=st.slot)
+        if roll["origin"][0] >= 0:
+            pos.origin_bar, pos.origin_time = roll["origin"]
+        pos.carried = roll["carried"]
+        st.owner, st.key = tr.owner, st.slot
+        st.entries = roll["entries"]
+        gap = fill.price - roll["exit_price"] if roll["exit_price"] is not None else 0.0
+        stats = roll["stats"]
+        if stats and "highest" in stats:
+            stats["highest"] += gap
+            stats["lowest"] += gap
+        st.stats = stats
+        self._entry_ref[st.slot] = tr.intent.tag
+        self._marks_key = None
+        rules = {r.name: r for r in self._exits}
+        at = min(max(k, 0), len(b) - 1)
+        for name, key, level in roll["levels"]:
+            if level is None or name not in rules:
+                continue
+            self._place_protect(st, rules[name], key, level + gap, pos, at)
+        if roll["levels"]:
+            self._drain()
+
+    def resume_roll(self, symbol: str, action: str, quantity: float, owner: str, exit_price: float | None,
+                    reason: str, *, after: str | None = None, tag: str | None = None) -> str:
+        """A roll an earlier session began and did not finish (an IB run's restart): its open,
+        `action` `quantity` in the front month, is sent once, now (queued for the next bar's
+        sending) or, with `after` (the roll's close, adopted and still working at IB), once that
+        close is booked; `tag`: the open itself, adopted as working at IB (nothing is sent). The
+        position keeps its owner; what the earlier session carried (its entry states, the back-
+        adjustment, its protective levels) is not in the journal, so the rolled position begins
+        from its roll fill and its stops and targets are measured again from its rules."""
+        st = self.syms[symbol]
+        rule = N.Rule("exit", "roll", reason=reason)
+        intent = OrderIntent(symbol, action, "market", quantity, None, None, None, "day", "open", "roll",
+                             tag or self._tag(), reason)
+        st.owner = owner
+        tr = self._track(intent, st, "roll", rule, len(st.bars))
+        st.owner = None if st.key is None else st.owner
+        tr.owner = tr.record.owner = owner
+        st.roll = {"owner": owner, "states": (), "entries": 1, "origin": (-1, 0), "carried": 0.0, "stats": {},
+                   "levels": [], "exit_price": exit_price}
+        st.working_entry = intent.tag
+        if tag is not None:
+            tr.sent = True
+            tr.record.status = "working"
+        elif after is not None:
+            st.after_exit = tr
+        else:
+            st.pending.append(intent.tag)
+        return intent.tag
+
+    def _place_protect(self, st: _Symbol, rule: N.Rule, key: str, level: float, pos, k: int) -> None:
+        """A protective stop or target for the whole position at `level`, sent now."""
+        action = "sell" if pos.quantity > 0 else "buy"
+        intent = OrderIntent(st.symbol, action, "stop" if key == "stop" else "limit", abs(pos.quantity),
+                             None, level if key == "target" else None, level if key == "stop" else None,
+                             "gtc", "close", rule.name, self._tag(), rule.reason)
+        tr = self._track(intent, st, key, rule, k)
+        st.protect[(rule.name, key)] = intent.tag
+        self._send(tr, k)
+
     def _reversible(self, st: _Symbol) -> bool:
         """Is the exit just decided a market order waiting for the next open (so an entry queued
         after it finds the position closed)? An exit at a limit or stop may not fill."""
@@ -1089,7 +1255,7 @@ class Kernel(RunState):
         bar, which at_entry() needs). The running ones (highest, lowest, max and min P&L since the
         entry) are brought up to date over the bars since they were last looked at."""
         pos = self.ledger.positions[st.slot]
-        e = pos.entry_bar
+        e = pos.entry_bar if pos.origin_bar < 0 else pos.origin_bar     # a rolled position: where it began
         ctx = {"position.entry_bar": e}
         need = self._ctx_fields
         if not need:
@@ -1099,16 +1265,21 @@ class Kernel(RunState):
             ctx["position.side"] = float(pos.side)
         if "position.size" in need:
             ctx["position.size"] = abs(pos.quantity)
+        # a rolled futures position reads its entry back-adjusted: the entry price plus the roll gaps
+        # (the fill in the new contract less the one in the old), so stops, targets and P&L go on
+        # as on a held-through back-adjusted series
+        entry = pos.avg_price - pos.carried if pos.carried else pos.avg_price
         if "position.entry_price" in need:
-            ctx["position.entry_price"] = pos.avg_price
+            ctx["position.entry_price"] = entry
         if "position.bars_held" in need:
             ctx["position.bars_held"] = float(k - e)
         if "position.time_held" in need:
-            ctx["position.time_held"] = (int(b.end[k]) - pos.entry_time) / 1e9
+            ctx["position.time_held"] = (int(b.end[k]) - (pos.entry_time if pos.origin_bar < 0 else
+                                                          pos.origin_time)) / 1e9
         if "position.pnl" in need or "position.pnl_pct" in need:
             c = float(b.close[k])
-            ctx["position.pnl"] = (c - pos.avg_price) * pos.quantity * pos.multiplier
-            ctx["position.pnl_pct"] = (c / pos.avg_price - 1.0) * 100.0 * pos.side
+            ctx["position.pnl"] = (c - entry) * pos.quantity * pos.multiplier
+            ctx["position.pnl_pct"] = (c / entry - 1.0) * 100.0 * pos.side
         if "position.entry_credit" in need:
             ctx["position.entry_credit"] = float(pos.entry_values.get("credit", np.nan))
         if self._running_fields:
@@ -1117,7 +1288,7 @@ class Kernel(RunState):
                 s.update(highest=-math.inf, lowest=math.inf, max_pnl=-math.inf, min_pnl=math.inf, upto=e - 1)
             lo = s["upto"] + 1
             if lo <= k:      # the bars since the last look, at once
-                pnl = (b.close[lo:k + 1] - pos.avg_price) * pos.quantity * pos.multiplier
+                pnl = (b.close[lo:k + 1] - entry) * pos.quantity * pos.multiplier
                 s["highest"] = max(s["highest"], float(b.high[lo:k + 1].max()))
                 s["lowest"] = min(s["lowest"], float(b.low[lo:k + 1].min()))
                 s["max_pnl"] = max(s["max_pnl"], float(pnl.max()))
@@ -1208,13 +1379,7 @@ class Kernel(RunState):
                 continue
             if not ok:
                 continue
-            action = "sell" if pos.quantity > 0 else "buy"
-            intent = OrderIntent(st.symbol, action, "stop" if key == "stop" else "limit", abs(pos.quantity),
-                                 None, level if key == "target" else None, level if key == "stop" else None,
-                                 "gtc", "close", rule.name, self._tag(), rule.reason)
-            tr = self._track(intent, st, key, rule, k)
-            protect[slot] = intent.tag
-            self._send(tr, k)
+            self._place_protect(st, rule, key, level, pos, k)
             told = True
         if told:
             self._drain()

@@ -387,6 +387,8 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
         after = {c.local_symbol: int(np.searchsorted(days, np.datetime64(c.last_trade, "D"), side="right"))
                  for c in stitched.contracts}
         bars.expiry_bar = {c: j - 1 for c, j in after.items() if 0 < j < len(days)}
+        fronts = bars.front
+        bars.roll_bar = {fronts[j]: j for j in range(len(fronts) - 1) if fronts[j + 1] != fronts[j]}
     scan = prep.scan.arrays(symbol, end, prep.plan.inputs.scan) if prep.scan is not None else {}
     return bars, Bars(fields, clock, others, scan)
 

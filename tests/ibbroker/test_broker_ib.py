@@ -91,6 +91,60 @@ def test_a_futures_position_is_closed_in_its_own_contract_after_the_roll(nq_venu
         b.close()
 
 
+def test_roll_to_names_the_held_and_the_front_contract_once_the_roll_rule_moves_past_it(nq_venue):
+    """What the kernel asks at each close of an IB run: nothing before NQZ3's roll date, (NQZ3,
+    NQH4) after it while NQZ3 is held, nothing once the position is held in NQH4."""
+    b = broker(nq_venue)
+    try:
+        b.place(E.Order("qtrade:t:1", "NQ", "buy", 1, intent="open"))
+        pump_until(b, filled("qtrade:t:1"))
+        b.held_symbols = lambda: ["NQ"]
+        assert b.roll_to("NQ") is None                               # Dec 4: NQZ3 is the front month
+        b.contracts.today = lambda: dt.date(2023, 12, 11)           # past NQZ3's roll (Dec 8)
+        assert b.roll_to("NQ") == ("NQZ3", "NQH4")
+        b.held_symbols = lambda: []
+        assert b.roll_to("NQ") is None                               # flat: nothing to roll
+        b.held_symbols = lambda: ["NQ"]
+        b.place(E.Order("qtrade:t:2", "NQ", "sell", 1, intent="close"))
+        pump_until(b, filled("qtrade:t:2"))
+        b.place(E.Order("qtrade:t:3", "NQ", "buy", 1, intent="open"))
+        pump_until(b, filled("qtrade:t:3"))
+        assert b.held_contract("NQ").local_symbol == "NQH4" and b.roll_to("NQ") is None
+        assert venue_positions(nq_venue) == {b.held_contract("NQ").con_id: 1}
+    finally:
+        b.close()
+
+
+def test_a_futures_stream_follows_the_front_month_when_the_roll_rule_moves_it(nq_venue):
+    b = broker(nq_venue)
+    try:
+        b.stream("NQ", "1m", "extended")
+        z3 = b.contracts.resolve("NQ")
+        deadline = time.monotonic() + 10
+        got = []
+        while not got and time.monotonic() < deadline:
+            b.pump(0.1)
+            got = b.completed("NQ")
+        assert got and b._stream_of["NQ"][0].con_id == z3.con_id
+        last = got[-1].start
+        b.contracts.today = lambda: dt.date(2023, 12, 11)           # the roll moved the front month to NQH4
+        b.completed("NQ")
+        h4 = b.contracts.resolve("NQ")
+        assert h4.local_symbol == "NQH4" and b._stream_of["NQ"][0].con_id == h4.con_id
+        asked = [m for m in nq_venue.record()["received"] if "istorical" in m["name"]]
+        assert [m["name"] for m in asked if str(h4.con_id) in m["fields"]]      # NQH4's bars asked over the wire
+        said = b.take_alerts()
+        assert any("the front month is now NQH4 (it was NQZ3)" in a.message for a in said)
+        later = []
+        deadline = time.monotonic() + 10
+        while not later and time.monotonic() < deadline:
+            b.pump(0.1)
+            later = b.completed("NQ")
+        assert later and all(bar.start > last for bar in later)      # no bar handed out twice
+    finally:
+        b.close()
+
+
 def test_a_restored_position_is_held_in_the_journals_contract(nq_venue):
     """After a restart the journal's conId, not today's front month, is where the exits go."""
     b = broker(nq_venue)

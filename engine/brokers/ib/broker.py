@@ -13,9 +13,14 @@ about to be sent (a line idle for the TTL, or of lower priority, gives way) and 
 its first quote; the lines of the run's open positions are held at position priority, never
 evicted, and go back to pick priority when the position closes.
 
-A position is closed in the contract it is held in: a futures position opened in NQZ3 is closed
-in NQZ3 after the roll moved the front month to NQH4, and no new entry opens a second contract
-of the same root while the old one is held.
+A position is closed in the contract it is held in, and a futures position is rolled when the
+roll rule moves the front month past its contract (roll_to, asked by the kernel at each bar
+close): the kernel sends the close in the old contract (NQZ3) and, once it is filled, the open
+in the new front month (NQH4), two orders rather than a calendar spread (BAG), so each leg is
+filled, journaled and reconciled as any other order. No entry opens a second contract of the
+same root while the old one is held. A bar stream follows the front month: when the roll rule
+moves it, the stream is cancelled and asked for again in the new contract, whose bars continue
+the run's series (raw, not back-adjusted, as a backtest's stitched series).
 
 Time is the venue's: IB's current time (reqCurrentTime), followed between answers at the rate
 it has been seen to move (1 at IB; an accelerated simulator's speed), and never behind the
@@ -122,6 +127,7 @@ class IBBroker:
         self.chains = IBChains(self.ib, free_lines=lambda: max(self.budget.max_lines - len(self.budget.held())
                                                                   - self.chains.lines(), 0))
         self._streams: dict[str, object] = {}
+        self._stream_of: dict[str, tuple] = {}      # symbol -> (the contract streamed, bar, session)
         self.held_symbols: Callable[[], object] = tuple   # the run's open positions' symbols (the run sets it)
         # a symbol's line class when it holds no position (the run sets it: its watchlist, or its scanner's say)
         self.priority_of: Callable[[str], str] = lambda symbol: "pick"
@@ -286,6 +292,34 @@ class IBBroker:
         r = held if held is not None else self.contracts.resolve(symbol)
         return int(r.con_id), r.local_symbol
 
+    def roll_to(self, symbol: str) -> tuple[str, str] | None:
+        """(the contract held, the contract it is rolled into now) by local symbol, for `symbol`'s
+        futures position: the front month, when the roll rule has moved it past the contract held;
+        None when no roll is due (not a future, flat, or held in the front month or a later one)."""
+        held = self._held_in.get(symbol)
+        if held is None or held.sec_type != "FUT" or held.last_trade_date is None \
+                or symbol not in set(self.held_symbols()):
+            return None
+        try:
+            front = self.contracts.resolve(symbol)
+        except ContractError:
+            return None         # IB cannot say now: asked again at the next close
+        if front.con_id == held.con_id or front.last_trade_date is None \
+                or front.last_trade_date <= held.last_trade_date:
+            return None
+        return held.local_symbol, front.local_symbol
+
+    def pin_front(self, symbol: str) -> None:
+        """A dry run's opening order of `symbol` (filled in its wallet, never sent): the position is
+        taken as held in the front month now, as the real run's fills would pin it, so the roll rule
+        is asked about it as in a paper run."""
+        try:
+            resolved = self.contracts.resolve(symbol)
+        except ContractError:
+            return
+        if resolved.sec_type == "FUT":
+            self._held_in[symbol] = resolved
+
     def held_contract(self, symbol: str):
         """The contract (Resolved) `symbol`'s open position was opened in, None if none is known."""
         return self._held_in.get(symbol)
@@ -348,8 +382,30 @@ class IBBroker:
         # a short window (the warm-up came from history, always 3 days or more): never the warm-up's
         # own request, which IB's pacing would make wait out its 15 s rule
         duration = "1 D" if bar_seconds(bar) < 86400 else "2 D"
-        self._streams[symbol] = self.history_.stream(self.contracts.resolve(symbol), ib_bar_size(bar), duration,
+        resolved = self.contracts.resolve(symbol)
+        self._streams[symbol] = self.history_.stream(resolved, ib_bar_size(bar), duration,
                                                      use_rth=session == "regular")
+        self._stream_of[symbol] = (resolved, bar, session)
+
+    def _follow_front(self, symbol: str) -> None:
+        """A futures stream moves to the front month when the roll rule moves it (the contract
+        resolved today is not the one streamed): the old request is cancelled, the new one asked."""
+        streamed = self._stream_of.get(symbol)
+        if streamed is None or streamed[0].sec_type != "FUT":
+            return
+        try:
+            front = self.contracts.resolve(symbol)
+        except ContractError:
+            return
+        if front.con_id == streamed[0].con_id:
+            return
+        old = self._streams.pop(symbol)
+        self.history_.cancel(old)
+        self.alerts.append(E.BrokerError(None, 0, f"{symbol}: the front month is now {front.local_symbol} (it was "
+                                                  f"{streamed[0].local_symbol}): its bars come from "
+                                                  f"{front.local_symbol} from here", self.now()))
+        self.stream(symbol, streamed[1], streamed[2])
+        self._streams[symbol].delivered_through = old.delivered_through    # bars after the last one handed out
 
     def completed(self, symbol: str) -> list:
         from ...runtime.live import Bar
@@ -362,6 +418,7 @@ class IBBroker:
             out.append(Bar(int(b.start), float(b.open), float(b.high), float(b.low), float(b.close),
                            float(b.volume) if b.volume == b.volume else 0.0))
             self.clock.floor = max(self.clock.floor, int(b.end))
+        self._follow_front(symbol)
         return out
 
     def chain_fetch(self, symbol: str, spot: float, expiries: list, when: pd.Timestamp):

@@ -190,6 +190,31 @@ def test_open_positions_hold_their_lines_and_entries_take_turns(sim, error_guard
         b.close()
 
 
+def test_a_line_with_an_order_working_is_in_use_and_not_freed_by_the_ttl(sim, expect_errors):
+    """An entry working at IB for a symbol keeps its line: the fill would make a position before
+    the run books it, so an idle-line review between them must not free the line (seen under load:
+    a position's line cancelled while it was held). Once the order is done the TTL applies again."""
+    expect_errors(202)          # IB confirms the cancel with 202, which ib_async logs as an error
+    b = broker(sim, subscriptions={"max_lines": 2, "reserve_for_positions": 0, "ttl": "0.5s"})
+    try:
+        assert b.subscribe("AAPL") is None and b.subscribe("SPY") is None
+        quote = b.quote("AAPL")
+        assert quote is not None
+        b.place(E.Order("qtrade:t:9", "AAPL", "buy", 1, "limit", limit=round(quote.bid * 0.5, 2), intent="open"))
+        pump_until(b, lambda evs: any(isinstance(e, E.OrderStatus) and e.ref == "qtrade:t:9" for e in evs))
+        time.sleep(0.7)
+        b.pump(0.1)
+        assert "AAPL" in b.budget.held() and "SPY" not in b.budget.held()      # SPY was idle: freed
+        b.cancel("qtrade:t:9")
+        pump_until(b, lambda evs: any(isinstance(e, E.OrderStatus) and e.ref == "qtrade:t:9" and
+                                      e.status == "cancelled" for e in evs))
+        time.sleep(0.7)
+        b.pump(0.1)
+        assert "AAPL" not in b.budget.held()
+    finally:
+        b.close()
+
+
 def test_a_gateway_restart_that_rolls_order_ids_back_never_reuses_one(sim, expect_errors):
     """The nightly restart rolls nextValidId back to 1 and qtrade starts again (a new client, whose
     ids would begin at 1; ib_async moves past the ids of the open orders it is sent, not past

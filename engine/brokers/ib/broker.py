@@ -191,8 +191,8 @@ class IBBroker:
         self.conn.sleep(seconds)
         self.conn.check()
         if self.conn.state in (State.READY, State.RECONCILING):
+            self._hold_lines()      # before the review: a line in use is never taken for an idle one
             self.md.check()
-            self._hold_lines()
             self.history_.check()
             if self.conn.state == State.READY:
                 self.orders.settle()
@@ -326,9 +326,15 @@ class IBBroker:
 
     def _hold_lines(self) -> None:
         """Open positions' lines at position priority (never evicted; one is asked for if the
-        symbol has none); a line whose position closed goes back to pick priority."""
+        symbol has none); a line whose position closed goes back to pick priority. A line with an
+        order working for its symbol is in use (its fill makes a position before the run has
+        booked it), so the TTL does not free it."""
         held = set(self.held_symbols())
         lines = self.budget.held()
+        now = self.md.clock()
+        for order in self.orders.open_orders():
+            if order.symbol in lines:
+                self.budget.touch(order.symbol, now)
         for symbol, priority in lines.items():
             if priority == Priority.POSITION and symbol not in held:
                 self.md.subscribe(symbol, _PRIORITY[self.priority_of(symbol)])

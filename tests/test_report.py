@@ -1282,3 +1282,15 @@ def test_buy_and_hold_from_the_journal_leaves_the_warm_up_bars_out(tmp_path, spy
     assert card == fmt_pct(expected) != fmt_pct(spy["Close"].iloc[799] / spy["Close"].iloc[0] - 1)
     row = Page(html).rows("breakdown")[0]
     assert row[0] == "SPY" and row[-1] == fmt_pct(expected, 1)
+
+
+def test_percent_axis_labels_keep_a_tiny_range_apart():
+    """A run whose drawdown never passes 0.01%: its axis ticks read -0.002%, -0.004%, ... (they all
+    read 0% at two decimals)."""
+    from engine.report.svg import nice_ticks, percent_label
+
+    ticks = nice_ticks(-0.0001, 0.0)
+    labels = [percent_label(t) for t in ticks]
+    assert len(set(labels)) == len(labels) > 2
+    assert labels[-1] == "0%" and "-0.01%" in labels
+    assert [percent_label(x) for x in (-0.05, 0.025, 0.1234, 1.0)] == ["-5%", "2.5%", "12.34%", "100%"]

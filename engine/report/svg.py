@@ -222,9 +222,11 @@ def number_label(v: float) -> str:
 
 
 def percent_label(v: float) -> str:
-    """Axis label for fractions: -0.05 -> "-5%", 0.025 -> "2.5%"."""
-    text = f"{v * 100:.2f}".rstrip("0").rstrip(".")
-    return ("0" if text in ("-0", "") else text) + "%"
+    """Axis label for fractions: -0.05 -> "-5%", 0.025 -> "2.5%", -0.00002 -> "-0.002%" (ticks are
+    round numbers: six significant figures keep a tiny range's ticks apart without float noise)."""
+    x = v * 100
+    text = "0" if abs(x) < 1e-12 else f"{x:.6g}"
+    return text + "%"
 
 
 # ---- charts ------------------------------------------------------------------------------------

@@ -121,6 +121,9 @@ class IBBroker:
         self.account_ = Account(self.ib, self._sink, clock=self.now, account=connect.account or "")
         self.chains = IBChains(self.ib, free_lines=lambda: max(self.budget.max_lines - len(self.budget.held())
                                                                   - self.chains.lines(), 0))
+        from .scanner import MarketScanner
+
+        self.scanner = MarketScanner(self.ib, self.contracts.resolve, self.conn.sleep, monotonic=monotonic)
         self._streams: dict[str, object] = {}
         self.held_symbols: Callable[[], object] = tuple   # the run's open positions' symbols (the run sets it)
         # a symbol's line class when it holds no position (the run sets it: its watchlist, or its scanner's say)
@@ -351,6 +354,27 @@ class IBBroker:
         self._streams[symbol] = self.history_.stream(self.contracts.resolve(symbol), ib_bar_size(bar), duration,
                                                      use_rth=session == "regular")
 
+    def unstream(self, symbol: str) -> bool:
+        """Stop `symbol`'s bar stream (a scanner candidate IB no longer lists); False: none ran."""
+        stream = self._streams.pop(symbol, None)
+        if stream is None:
+            return False
+        self.history_.cancel(stream)
+        return True
+
+    def streaming(self) -> list[str]:
+        return sorted(self._streams)
+
+    def release(self, symbol: str) -> None:
+        """Give up `symbol`'s market-data line now (not waiting for the TTL)."""
+        self.md.unsubscribe(symbol)
+
+    # ---- IB's market scanner ------------------------------------------------------------------
+    def scan(self, source):
+        """IB's scanner list now for a scanner's source (brokers/ib/scanner.py): the candidates
+        resolved through the instrument map, the rows dropped with their reasons."""
+        return self.scanner.scan(source)
+
     def completed(self, symbol: str) -> list:
         from ...runtime.live import Bar
 
@@ -424,6 +448,12 @@ class IBBroker:
         if self.fetch_seconds:
             out["reconcile_fetch_seconds"] = round(self.fetch_seconds[0], 4)
         out["venue_rate"] = round(self.clock.rate, 2)
+        if self.scanner.seconds:
+            import numpy as np
+
+            out["ib_scanner_requests"] = self.scanner.requests
+            out["ib_scanner_ms_median"] = round(1000 * float(np.median(self.scanner.seconds)), 3)
+            out["ib_scanner_ms_max"] = round(1000 * float(np.max(self.scanner.seconds)), 3)
         return out
 
     # ---- the Broker protocol ------------------------------------------------------------------

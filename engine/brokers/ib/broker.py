@@ -341,16 +341,21 @@ class IBBroker:
                              "low": [b.low for b in got], "close": [b.close for b in got],
                              "volume": [b.volume for b in got]}, index=index, dtype=float)
 
-    def stream(self, symbol: str, bar: str, session: str = "regular") -> None:
+    def stream(self, symbol: str, bar: str, session: str = "regular", since: int | None = None) -> None:
+        """`symbol`'s completed bars as they come. `since` (ns): the stream's first answer reaches
+        back to then (a stream started again after a gap), else a day."""
         from ...runtime.ibrun import ib_bar_size
 
         if symbol in self._streams:
             return
         from ...market.bars import bar_seconds
+        from .history import duration_covering
 
         # a short window (the warm-up came from history, always 3 days or more): never the warm-up's
         # own request, which IB's pacing would make wait out its 15 s rule
         duration = "1 D" if bar_seconds(bar) < 86400 else "2 D"
+        if since is not None and bar_seconds(bar) < 86400:
+            duration = duration_covering((self.now() - since) / 1e9 + 2 * bar_seconds(bar), bar_seconds(bar))
         self._streams[symbol] = self.history_.stream(self.contracts.resolve(symbol), ib_bar_size(bar), duration,
                                                      use_rth=session == "regular")
 

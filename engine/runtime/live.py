@@ -164,9 +164,8 @@ class LiveFeed:
         k.signals[symbol] = type(next(iter(k.signals.values())))(st)
         k._prices = LastClose(k.bars)       # marks know the new symbol's timeline
         for holder in (k.venue, getattr(k.venue, "wallet", None)):     # a dry run's wallet trades its bars
-            bars_of = getattr(holder, "bars", None)
-            if isinstance(bars_of, dict):
-                bars_of[symbol] = sbars
+            if hasattr(holder, "add_symbol"):
+                holder.add_symbol(symbol, sbars)
         for i in range(len(st.bars)):
             k._stream(st, i)
         st.start = len(st.bars)

@@ -68,7 +68,7 @@ def _data(tmp_path: Path) -> Path:
     return folder
 
 
-def _run_ib(sim, strategy: Path, journal: Path, seconds: float, speed: float = 120):
+def _run_ib(sim, strategy: Path, journal: Path, seconds: float, speed: float = 120, dry_run: bool = False):
     from engine.runtime.ibrun import run_ib
     from engine.runtime.journal import Journal
     from engine.runtime.trading import connect_settings
@@ -83,7 +83,7 @@ def _run_ib(sim, strategy: Path, journal: Path, seconds: float, speed: float = 1
 
     sim.clock.set_speed(2)
     with Journal(journal) as j:
-        outcome = run_ib(str(strategy), connect=settings, overrides={}, journal=j, dry_run=False, live=False,
+        outcome = run_ib(str(strategy), connect=settings, overrides={}, journal=j, dry_run=dry_run, live=False,
                          yes=False, tty=False, confirm=lambda q: False, seconds=seconds, say=say,
                          status_every=3600)
     return outcome, said
@@ -166,3 +166,21 @@ def test_candidates_come_from_ibs_scanner_at_every_rescan_and_are_traded(sourced
     for symbol in held_at_end:
         assert lines.get(symbol) == Priority.POSITION and symbol in broker.streaming()
     assert np.all(np.diff(scan.times[list(live_rows)]) >= 3 * 60 * 10**9)
+
+
+def test_a_dry_run_on_ib_asks_ibs_scanner_too_and_transmits_nothing(sourced, tmp_path):
+    """--dry-run --broker ib: the read-only connection asks IB's scanner as a paper run does
+    (the scanner is market data), the candidates come and go the same way, and no order reaches
+    the simulator."""
+    sim, strategy = sourced
+    journal = tmp_path / "j.sqlite"
+    outcome, said = _run_ib(sim, strategy, journal, seconds=10, dry_run=True)
+    figures = outcome.figures
+    assert figures["ib_scanner_requests"] >= 3 and figures["ib_candidate_changes"] >= 1, (figures, said)
+    con = sqlite3.connect(journal)
+    kinds = {k for k, in con.execute("SELECT kind FROM notes")}
+    entries = con.execute("SELECT symbol FROM orders WHERE rule = 'rising pick'").fetchall()
+    con.close()
+    assert {"ib_scanner", "candidate"} <= kinds
+    assert entries, said          # the picks' would-be orders, journaled, filled in the wallet
+    assert not [m for m in sim.record().get("orders", []) if not m.get("whatIf")]

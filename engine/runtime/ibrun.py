@@ -609,9 +609,9 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     if scanned:
         from .livescan import IBCandidates, _spec
 
-        sspec, sdoc, _ = _spec(strategy, overrides)
+        sspec = _spec(strategy, overrides)[0]
         if sspec is not None and sspec.source is not None:
-            bound = [s for s in (sspec.universe if sspec.universe is not None else universe_of(strategy, overrides))]
+            bound = sspec.universe if sspec.universe is not None else universe_of(strategy, overrides)
             run.candidates = IBCandidates(sspec.source, bound, ib, name=sspec.name, ttl_ns=int(ib.budget.ttl * 1e9))
             run.candidates.refresh()
             if not run.candidates.counts:
@@ -621,7 +621,6 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
             say(f"IB's scanner: {len(run.candidates.current)} candidates now"
                 + (f" ({', '.join(run.candidates.current)})" if run.candidates.current else "")
                 + f" of the {len(scanned)} names of the universe that bounds them")
-    not_listed: set[str] = set()
 
     def frames_from(symbols, bar, timezone):
         from ..brokers.ib.contracts import ContractError
@@ -630,8 +629,7 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
         frames = {}
         for s in symbols:
             if listed is not None and s in scanned and s not in listed and s not in read_by_rules:
-                not_listed.add(s)      # not a candidate now: history and a stream when IB lists it
-                continue
+                continue               # not a candidate now: history and a stream when IB lists it
             sizes = [bar] if s in plan_symbols or s in scanned else [bar, "1d"]   # a symbol the rules read may be coarser
             for size in sizes:
                 try:

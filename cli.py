@@ -605,7 +605,8 @@ def _at_moment(ctx, param, value):
               help="Scan as of this close: YYYY-MM-DD (that day's close) or 'YYYY-MM-DD HH:MM', in the timezone "
                    "(default: the last bar of the data).")
 @click.option("--data", "data", type=click.Path(), help="Bars: a folder of SYMBOL files (default: the scanner's "
-              "data.source).")
+              "data.source). A scanner whose source is IB's market scanner needs it: its universe's files are "
+              "ranked, every name a candidate.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--report", "report_path", type=click.Path(), help="Also write the scan as an HTML page here.")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a scanner param. Repeatable.")
@@ -635,6 +636,8 @@ def scan(scanner, at, data, fmt, report_path, sets):
             sys.exit(EXIT_USAGE)
         _report_problems(exc)
     result, e = scanned.result, scanned.at
+    if scanned.note:
+        _safe_echo(f"note: {scanned.note}", err=True)
     if fmt == "json":
         _safe_echo(json.dumps(scan_data(result, e, scanned.bar), indent=2, default=str))
     elif fmt == "csv":

@@ -18,8 +18,9 @@ reqMktData (snapshot and streaming; STK, IND, FUT, OPT with greeks, BAG from its
 reqHistoricalData (+ keepUpToDate), reqRealTimeBars, reqHeadTimeStamp, placeOrder (MKT, LMT,
 STP, STP LMT, BAG; what-if; brackets/OCA), cancelOrder, reqGlobalCancel, reqOpenOrders,
 reqAllOpenOrders, reqCompletedOrders, reqExecutions (filtered), reqScannerSubscription
-(TOP_PERC_GAIN, TOP_PERC_LOSE, MOST_ACTIVE/HOT_BY_VOLUME over the replayed stocks) and the
-matching cancels. Other message ids are logged and ignored; a malformed message closes its
+(TOP_PERC_GAIN, TOP_PERC_LOSE, MOST_ACTIVE/HOT_BY_VOLUME over the replayed stocks, with the
+price/volume fields or the priceAbove/priceBelow/volumeAbove filter options; its cancel answered
+with a 162 "API scanner subscription cancelled", as TWS does) and the matching cancels. Other message ids are logged and ignored; a malformed message closes its
 session with a logged reason. Faults and control commands: gatewaysim/control.py.
 
 Clock. Simulated time starts at 09:30 New York on the last day of the intraday data (or the

@@ -817,6 +817,23 @@ def req_scanner(sim, s, f):
     above = f.float(None)
     below = f.float(None)
     above_volume = f.int(0) if len(f) else 0
+    for _ in range(14):          # market cap, ratings, maturity, coupon, convertibles, option volume, pairs, type
+        if len(f):
+            f.str()
+    # the filter options (TagValues "tag=value;"): priceAbove, priceBelow and volumeAbove are
+    # simulated, as the subscription's own fields are; IB ignores a tag it does not know
+    filters = dict(item.split("=", 1) for item in (f.str() if len(f) else "").split(";") if "=" in item)
+    try:
+        if "priceAbove" in filters:
+            above = max(above or 0.0, float(filters["priceAbove"]))
+        if "priceBelow" in filters:
+            value = float(filters["priceBelow"])
+            below = value if below is None else min(below, value)
+        if "volumeAbove" in filters:
+            above_volume = max(above_volume, int(float(filters["volumeAbove"])))
+    except ValueError as exc:
+        s.error(req_id, 162, detail=f"Scanner: a filter value is not a number ({exc})")
+        return
     if instrument not in ("", "STK"):
         s.error(req_id, 162, detail=f"Scanner: instrument {instrument!r} is not simulated (STK is)")
         return
@@ -869,7 +886,10 @@ def scan(sim, code: str, rows: int, above, below, above_volume):
 @handles(23, "cancelScannerSubscription")
 def cancel_scanner(sim, s, f):
     f.int()
-    s.scanners.pop(f.int(), None)
+    req_id = f.int()
+    if s.scanners.pop(req_id, None) is not None:
+        # as TWS does: the cancel of a scanner subscription is answered with a 162
+        s.error(req_id, 162, detail=f"API scanner subscription cancelled: {req_id}")
 
 
 @handles(24, "reqScannerParameters")

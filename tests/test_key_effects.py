@@ -11,7 +11,8 @@ reads the key:
   validate   `qtrade validate`: its exit code and messages (keys that decide what is valid)
   ib         what an IB run is handed without a socket: the connection settings
              (runtime.trading.connect_settings), the IB broker's constructor (brokers.ib.broker),
-             the margin gate, the kill switch, the contract spec (brokers.ib.contracts)
+             the margin gate, the kill switch, the contract spec (brokers.ib.contracts), the
+             request a scanner's IB source sends (brokers.ib.scanner.subscription_of)
   report     the HTML report of the backtest's journal
   scan       `qtrade scan --format json` at one close (a scanner document, or a strategy's scanner)
 
@@ -511,9 +512,18 @@ def scanned_inline() -> dict:
     return {"s.yaml": {**_scanned_strategy(), "scanner": body}}
 
 
+def ib_sourced() -> dict:
+    """The inline scanned strategy with its candidates from IB's market scanner (runs on IB only)."""
+    files = scanned_inline()
+    files["s.yaml"]["scanner"]["source"] = {"ib_scanner": {"scan_code": "TOP_PERC_GAIN", "rows": 20,
+                                                           "filters": {"price_above": 10}}}
+    return files
+
+
 BASES: dict[str, Callable[[], dict]] = {f.__name__: f for f in (
-    scanner, scanner_unscaled, scanned, scanned_inline,
-    sma, sma_adjusted, trend_2012, sma_plain, sma_margin, two, two_mondays, limit_order, stop_order, risk_sized, condor, spxw,
+    scanner, scanner_unscaled, scanned, scanned_inline, ib_sourced,
+    sma, sma_adjusted, trend_2012, sma_plain, sma_margin, two, two_mondays, limit_order, stop_order, risk_sized, condor,
+    spxw,
     agents, agents_ranked, agents_vote, agents_two, agents_file, xsp_agents, bad_bar,
     condor_american, condor_held_near, held, held_file,
     with_universe, with_instruments, condor_instruments, with_risk_file, condor_risk_file, risk_sized_file,
@@ -675,8 +685,17 @@ def _ib(path: Path, tmp: Path) -> dict:
     kill = tmp / "KILL"
     kill.write_text("")
     from engine.check.model import universe_symbols
+    from engine.brokers.ib.scanner import subscription_of
+    from engine.runtime.scanning import scanner_of
 
-    return {"connect": (connect.host, connect.port, connect.client_id, connect.account, connect.market_data,
+    spec = scanner_of(doc, ws) if doc.get(("scanner",)) is not None else None
+    ib_scanner = None
+    if spec is not None and spec.source is not None:
+        sub, tags = subscription_of(spec.source)
+        ib_scanner = (sub.scanCode, sub.instrument, sub.locationCode, sub.numberOfRows,
+                      tuple((t.tag, t.value) for t in tags))
+    return {"ib_scanner": ib_scanner,
+            "connect": (connect.host, connect.port, connect.client_id, connect.account, connect.market_data,
                         connect.connect_timeout),
             "ib_config": (ib.conn.config.host, ib.conn.config.port, ib.conn.config.client_id, ib.conn.config.account,
                           ib.conn.config.connect_timeout),
@@ -1068,6 +1087,24 @@ for key, change in (("expr", put("factors.energy.expr", "roc(close, 20)")),
                     ("invert", put("factors.volatility.invert", True)),
                     ("clip", put("factors.liquidity.clip", [0.2, 0.8]))):
     effect(C, f"/$defs/factor/{key}", "scanner", change, "scan", SCAN)
+# candidates from IB's market scanner: the request an IB run sends (the e2e test,
+# tests/e2e/test_ib_scanner_source.py, shows the run re-requesting it at each rescan)
+IB_SRC = {"ib_scanner": {"scan_code": "MOST_ACTIVE"}}
+effect(C, "/source", "scanned", put("source", IB_SRC, "c.yaml"), "ib_scanner", IB,
+       note="backtests, run --broker sim and qtrade scan without --data refuse it at its line")
+effect(C, "/$defs/body/source", "scanned_inline", put("scanner.source", IB_SRC), "ib_scanner", IB,
+       note="backtests, run --broker sim and qtrade scan without --data refuse it at its line")
+Q = "scanner.source.ib_scanner"
+effect(C, "/$defs/source/ib_scanner", "ib_sourced", put(Q, {"scan_code": "TOP_PERC_LOSE"}), "ib_scanner", IB)
+effect(C, "/$defs/ib_scanner/scan_code", "ib_sourced", put(f"{Q}.scan_code", "HOT_BY_VOLUME"), "ib_scanner", IB)
+effect(C, "/$defs/ib_scanner/instrument", "ib_sourced", put(f"{Q}.instrument", "FUT"), "exit", V,
+       note="STK is the only instrument: another is refused at its line")
+effect(C, "/$defs/ib_scanner/location", "ib_sourced", put(f"{Q}.location", "STK.NASDAQ"), "ib_scanner", IB)
+effect(C, "/$defs/ib_scanner/rows", "ib_sourced", put(f"{Q}.rows", 5), "ib_scanner", IB)
+effect(C, "/$defs/ib_scanner/filters", "ib_sourced", put(f"{Q}.filters", {"price_below": 500}), "ib_scanner", IB)
+for key, value in (("price_above", 50), ("price_below", 500), ("volume_above", 1_000_000)):
+    effect(C, f"/$defs/ib_scanner/properties/filters/{key}", "ib_sourced", put(f"{Q}.filters.{key}", value),
+           "ib_scanner", IB)
 # the inline form (a strategy's scanner:), scanned with `qtrade scan s.yaml` and run
 B = "/$defs/body"
 effect(C, f"{B}/universe", "scanned_inline", put("scanner.universe", ["SPY"]), "scan", SCAN,

@@ -115,6 +115,23 @@ class SimBroker:
         self.session = session or uuid.uuid4().hex[:8]
         self._exec_prefix = f"sim.{self.session}."      # execution ids: sim.<session>.<order id>.<seq>.01
 
+    def add_symbol(self, symbol: str, bars: SymbolBars) -> None:
+        """A symbol to trade from now on (a live run's new scanner candidate): its bars, and the
+        timelines the account is valued on built again with it (the holdings' quantities kept)."""
+        self.bars[symbol] = bars
+        self._k.setdefault(symbol, -1)
+        self._phase.setdefault(symbol, CLOSE)
+        self._by_symbol.setdefault(symbol, [])
+        marks = self._last_close = LastClose(self.bars)
+        self._stock_at = {s: (marks.line(s), marks.slot(s)) for s, b in self.bars.items() if not b.margined}
+        self._stock_qty = [np.zeros(len(m)) for m in marks.members()]
+        self._stock_mult = [np.array([float(self.bars[s].multiplier) for s in m]) for m in marks.members()]
+        self._stock_held = [0] * len(self._stock_qty)
+        self._stock_in = set()
+        self._stock_changed = {s for s in self._holdings if s in self._stock_at}
+        self._line_terms = {}
+        self._worth_at = None
+
     # ---- the clock ---------------------------------------------------------------------------
     def open_bar(self, symbol: str, k: int) -> None:
         self._k[symbol] = k

@@ -41,6 +41,45 @@ class ScanClass:
     when: Expr
 
 
+SCAN_CODES = ("TOP_PERC_GAIN", "TOP_PERC_LOSE", "MOST_ACTIVE", "HOT_BY_VOLUME")
+
+
+@dataclass(frozen=True)
+class IBScannerSource:
+    """A scanner's candidates from IB's market scanner: what reqScannerSubscription is asked
+    (scan code, instrument, location, rows) and its filters as IB's TagValue filter options
+    (priceAbove, priceBelow, volumeAbove), in the order IB is sent them."""
+
+    scan_code: str
+    instrument: str = "STK"
+    location: str = "STK.US.MAJOR"
+    rows: int = 50
+    filters: tuple[tuple[str, float], ...] = ()
+    where: tuple = ()                          # the source's path in its document (for messages)
+
+    def describe(self) -> str:
+        text = f"IB's {self.scan_code} scanner ({self.instrument} {self.location}, {self.rows} rows"
+        if self.filters:
+            text += ", " + ", ".join(f"{k} {v:g}" for k, v in self.filters)
+        return text + ")"
+
+
+FILTER_TAGS = {"price_above": "priceAbove", "price_below": "priceBelow", "volume_above": "volumeAbove"}
+
+
+def ib_scanner_source(body: Mapping[str, Any], where: tuple) -> IBScannerSource | None:
+    """The typed source of a checked scanner body (None: its universe is the candidates)."""
+    source = body.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("ib_scanner"), dict):
+        return None
+    ib = source["ib_scanner"]
+    filters = tuple((FILTER_TAGS[k], float(v)) for k, v in (ib.get("filters") or {}).items()
+                    if v is not None and k in FILTER_TAGS)
+    return IBScannerSource(str(ib["scan_code"]), str(ib.get("instrument", "STK")),
+                           str(ib.get("location", "STK.US.MAJOR")), int(ib.get("rows", 50)), filters,
+                           tuple(where) + ("source", "ib_scanner"))
+
+
 @dataclass(frozen=True)
 class ScannerSpec:
     """A checked scanner. `prefix` is where it sits in its document: () for a scanner
@@ -61,6 +100,7 @@ class ScannerSpec:
     rescan: float | None = None               # seconds; None: every bar of the scan's data
     grades: tuple[tuple[str, float], ...] = ()  # best first
     classes: tuple[ScanClass, ...] = ()
+    source: IBScannerSource | None = None     # candidates from IB's scanner, bounded by the universe
 
     @property
     def weight_sum(self) -> float:
@@ -103,8 +143,8 @@ def scanner_spec(doc: Document, exprs: ScannerExprs) -> ScannerSpec:
                     if (e := expr(p + ("classes", i, "when"))) is not None)
     if p:       # inline: its universe (when it has one) is a list or a file the strategy refers to
         universe = _inline_universe(doc, p)
-    else:
-        universe = tuple(universe_symbols(doc))
+    else:       # a scanner file with a source may leave its universe to the strategy's
+        universe = tuple(universe_symbols(doc)) if doc.get(("universe",)) is not None else None
     data = DataSpec.from_spec(body["data"]) if isinstance(body.get("data"), dict) else None
     rescan = body.get("rescan")
     top = body.get("top")
@@ -112,7 +152,7 @@ def scanner_spec(doc: Document, exprs: ScannerExprs) -> ScannerSpec:
                        dict(exprs.params), expr(p + ("prefilter",)) if "prefilter" in body else None,
                        tuple(factors), bool(body.get("normalise_weights", True)), float(body.get("min_score", 0)),
                        int(top) if top is not None else None, _duration(rescan) if rescan is not None else None,
-                       tuple(grades), classes)
+                       tuple(grades), classes, ib_scanner_source(body, p))
 
 
 def _inline_universe(doc: Document, p: tuple) -> tuple[str, ...] | None:

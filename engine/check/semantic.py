@@ -920,6 +920,10 @@ class ScannerCheck(DocumentCheck):
         data = body.get("data")
         if isinstance(data, dict) and isinstance(data.get("bar"), str):
             self.rescan_within(data["bar"])
+        if not p and body.get("universe") is None and body.get("source") is None:
+            self.err(("kind",), "a scanner file needs a universe: the names it scans, or that bound the candidates "
+                     "of its source", "add `universe: [SPY, AAPL]` (or a universe file), or a source such as "
+                     "`source: {ib_scanner: {scan_code: TOP_PERC_GAIN}}` (runs on IB only)", key=True)
         self.warn_unused(p + ("params",), params, "param")
         self.warn_unused(p + ("indicators",), body.get("indicators") or {}, "indicator")
         self.exprs = ScannerExprs(p, dict(self.parsed), {n: info.value for n, info in params.items()})

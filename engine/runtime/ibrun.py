@@ -601,6 +601,8 @@ class _Run:
     first_lost: object = None
     # after the warm-up
     prep: object = None
+    candidates: object = None        # a scanner's candidates from IB's market scanner (livescan.IBCandidates)
+    history_wanted: int = 0
     cash_now: float = 0.0
     bar_of: dict = field(default_factory=dict)   # symbol -> the bar size its history came in
 
@@ -662,6 +664,7 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     from .trading import live_guard
 
     ib, journal, plan, spec, live, figures = run.ib, run.journal, run.plan, run.spec, run.live, run.figures
+    say = run.say
 
     account = ib.account_id
     why = live_guard(live=live, account=account, paper=ib.is_paper, yes=yes, tty=tty, confirm=confirm)
@@ -690,6 +693,22 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     if scanned:
         wanted_bars = max(wanted_bars, scan_warmup(strategy, overrides) + 1)
     no_history: dict[str, str] = {}
+    listed: set[str] | None = None      # with IB's scanner as the source: its candidates now
+    if scanned:
+        from .livescan import IBCandidates, _spec
+
+        sspec = _spec(strategy, overrides)[0]
+        if sspec is not None and sspec.source is not None:
+            bound = sspec.universe if sspec.universe is not None else universe_of(strategy, overrides)
+            run.candidates = IBCandidates(sspec.source, bound, ib, name=sspec.name, ttl_ns=int(ib.budget.ttl * 1e9))
+            run.candidates.refresh()
+            if not run.candidates.counts:
+                raise RunRefused(f"IB's market scanner did not answer: {run.candidates.notes[-1][3]}", 1)
+            held = {p.underlying for p in state.positions.values()}
+            listed = set(run.candidates.current) | (held & scanned)
+            say(f"IB's scanner: {len(run.candidates.current)} candidates now"
+                + (f" ({', '.join(run.candidates.current)})" if run.candidates.current else "")
+                + f" of the {len(scanned)} names of the universe that bounds them")
 
     def frames_from(symbols, bar, timezone):
         from ..brokers.ib.contracts import ContractError
@@ -697,6 +716,8 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
 
         frames = {}
         for s in symbols:
+            if listed is not None and s in scanned and s not in listed and s not in read_by_rules:
+                continue               # not a candidate now: history and a stream when IB lists it
             sizes = [bar] if s in plan_symbols or s in scanned else [bar, "1d"]   # a symbol the rules read may be coarser
             for size in sizes:
                 try:
@@ -719,6 +740,9 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     read_by_rules = set(plan.inputs.symbols)
     prep = bt.prepare(strategy, overrides, frames_from=frames_from, scan_frames_from=frames_from if scanned else None)
     if scanned and not any(s in prep.frames for s in scanned):
+        if listed is not None and not no_history:
+            raise RunRefused("IB's market scanner lists none of the universe's names now and no position of the "
+                             "strategy is held: nothing to start on (start when it does, or widen the universe)", 1)
         raise RunRefused("the scanner's universe has no history at IB: " +
                          "; ".join(f"{s}: {why}" for s, why in list(no_history.items())[:5]), 1)
     for s, why in no_history.items():
@@ -731,6 +755,7 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
                        " '$.client_id', ?, '$.data', 'IB history') WHERE run_id = ?", (account, ib.client_id, run_id))
     run.run_id, run.mode, run.prefix, run.account = run_id, mode, prefix, account
+    run.history_wanted = wanted_bars
     run.report, run.first_lost, run.prep, run.cash_now = report, first_lost, prep, cash_now
     try:
         return _trade(run)
@@ -778,8 +803,10 @@ def _trade(run: _Run) -> Outcome:
         venue = DryRunBroker(ib, wallet)
     kill = KillSwitch(limits.kill_switch_file)
 
+    source_gate: list = []      # with IB's scanner as the source: no entry on a name whose stream was released
+
     def gate(symbol: str) -> str | None:
-        return kill.engaged() or ib.gate(symbol)
+        return kill.engaged() or (source_gate[0](symbol) if source_gate else None) or ib.gate(symbol)
 
     def contract_of(symbol: str, ref: str | None = None, intent: str | None = None):
         if symbol not in prep.symbols:       # a combo's key: its legs carry their contracts
@@ -806,6 +833,15 @@ def _trade(run: _Run) -> Outcome:
         from .livescan import scanner_live
 
         live_scan = scanner_live(prep, kernel, feed, ib, journal, run_id, say, traded)
+    source_run = None
+    if run.candidates is not None:
+        from .livescan import IBSourceRun
+
+        streamed = set(traded) | set(feed.scan_only) | {s for s in prep.plan.inputs.symbols if s not in prep.symbols}
+        source_run = IBSourceRun(run.candidates, live_scan, feed, prep, bars=run.history_wanted,
+                                 session=spec.session, streamed=streamed)
+        source_run.journal()          # the start's request
+        source_gate.append(source_run.gate)
     ib.held_symbols = lambda: [s for s in kernel.ledger.positions if s in traded]
     now = _iso(ib.now())
     for symbol in restored:
@@ -891,6 +927,8 @@ def _trade(run: _Run) -> Outcome:
     figures.update(ib.figures())
     if live_scan is not None:
         figures.update(live_scan.figures())
+    if source_run is not None:
+        figures.update(source_run.figures())
     kernel._end_of_data()
     bars = {s: kernel.syms[s].bars for s in kernel.syms}
     firsts = [int(b.start[kernel.syms[s].start]) for s, b in bars.items() if len(b) > kernel.syms[s].start]

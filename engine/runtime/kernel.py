@@ -231,16 +231,7 @@ class Kernel(RunState):
         self._lane_of: dict[str, _Symbol] = {}
         self._lanes: list[_Symbol] = []
         for symbol, st in symbols.items():
-            st.slot = symbol
-            if self._per_symbol > 1:
-                st.lanes = [st] + [dataclasses.replace(st, stream=None, pending=[], protect={}, stats={}, jump_idx={},
-                                                       slot=f"{symbol}#{i}", lanes=[])
-                                   for i in range(2, self._per_symbol + 1)]
-                for lane in st.lanes[1:]:
-                    lane.lanes = st.lanes
-            for lane in st.lanes or [st]:
-                self._lane_of[lane.slot] = lane
-                self._lanes.append(lane)
+            self._lanes_for(symbol, st)
         self._entered: dict[str, int] = {}     # symbol -> the bar a lane of it last decided its entries at
         self._jump_cache: dict[str | None, list[int] | None] = {}
         self._scalars: dict[int, Callable] = {}        # each node read at one bar, as a function (plan.evaluate.scalar_at)
@@ -259,6 +250,31 @@ class Kernel(RunState):
         self._scan_said: dict[tuple[str, str], object] = {}
         self._classes = [(key.split(".", 1)[1], node) for key, node in plan.outputs.items()
                          if key.startswith("classify.")]
+
+    def _lanes_for(self, symbol: str, st: _Symbol) -> None:
+        """A traded symbol's record keyed in the ledger by the symbol, and with positions_per_symbol
+        > 1 its other lanes (sharing its bars and values, keyed SYMBOL#2, ...)."""
+        st.slot = symbol
+        if self._per_symbol > 1:
+            st.lanes = [st] + [dataclasses.replace(st, stream=None, pending=[], protect={}, stats={}, jump_idx={},
+                                                   slot=f"{symbol}#{i}", lanes=[])
+                               for i in range(2, self._per_symbol + 1)]
+            for lane in st.lanes[1:]:
+                lane.lanes = st.lanes
+        for lane in st.lanes or [st]:
+            self._lane_of[lane.slot] = lane
+            self._lanes.append(lane)
+
+    def add_symbol(self, symbol: str, st: _Symbol) -> None:
+        """A symbol traded from now on (a live run's new scanner candidate): keyed and laned as
+        the symbols the run began with."""
+        st.candidate_set = set(st.candidates.tolist()) if st.candidates is not None else None
+        old = self.syms.get(symbol)
+        if old is not None:         # listed again after its stream was released: the new record replaces it
+            gone = {id(lane) for lane in old.lanes or [old]}
+            self._lanes = [lane for lane in self._lanes if id(lane) not in gone]
+        self.syms[symbol] = st
+        self._lanes_for(symbol, st)
 
     # ---- the feed ----------------------------------------------------------------------------
     def run(self, clock: SimClock | None = None) -> Ledger:

@@ -140,6 +140,38 @@ class LiveFeed:
                 k._stream(st, i)
             st.start = len(st.bars)
 
+    def admit(self, symbol: str) -> None:
+        """Trade `symbol` from now on, from its history in prep.frames (a scanner's new candidate
+        in an IB run, or one IB lists again after its stream was released): its arrays built and
+        the streaming plan warmed up over that history as at the start, so the first bar a rule
+        may act on is the next one to complete. A symbol holding a position is never re-admitted
+        (its stream and line are kept)."""
+        from ..plan.evaluate import Stream
+        from ..portfolio.marks import LastClose
+        from .kernel import _Symbol
+
+        k, prep = self.kernel, self.prep
+        if symbol in k.ledger.positions:
+            return
+        sbars, bars = _symbol_bars(prep, symbol)
+        entry_mask, flat_mask = _schedule_masks(prep, bars)
+        values = [np.empty(len(sbars), dtype=object) if node.market else None for node in k.plan.nodes]
+        st = _Symbol(symbol, sbars, values, len(sbars), entry_mask, flat_mask, None, Stream(k.plan), bars,
+                     flat_masks=agent_flat_masks(prep, bars))
+        st.held_mask, st.add_mask = cadence_masks(prep, bars)
+        k.add_symbol(symbol, st)
+        k.bars[symbol] = sbars
+        # what RunState and a run's reader see of it: its bars and plan values (the kernel's own kind)
+        k.signals[symbol] = type(next(iter(k.signals.values())))(st)
+        k._prices = LastClose(k.bars)       # marks know the new symbol's timeline
+        for holder in (k.venue, getattr(k.venue, "wallet", None)):     # a dry run's wallet trades its bars
+            if hasattr(holder, "add_symbol"):
+                holder.add_symbol(symbol, sbars)
+        for i in range(len(st.bars)):
+            k._stream(st, i)
+        st.start = len(st.bars)
+        self.bars_seen[symbol] = 0
+
     def add(self, symbol: str, bar: Bar) -> int | None:
         """Append a completed bar and rebuild the symbol's arrays; its index, or None when it was
         refused (already held, or not a bar one can trade on)."""
@@ -266,10 +298,19 @@ class LiveRun:
         self.stop, self.status, self.say = stop, status, say
         self.status_every, self.tick, self.monotonic = status_every, tick, monotonic
         # other symbols first: a traded symbol's bar reads them as of its close
-        self.symbols = prep_others(feed.prep) + list(kernel.syms)
+        self._symbols: tuple[int, list[str]] = (-1, [])
         self.stepped = 0
         self.first_decision_wall: float | None = None
         self.latencies: list[float] = []       # wall seconds from a bar's arrival to its orders' placing
+
+    @property
+    def symbols(self) -> list[str]:
+        """The symbols polled for bars: the others the rules read, then the traded ones (a
+        scanner's candidates from IB join the kernel's symbols as IB lists them)."""
+        n = len(self.kernel.syms)
+        if self._symbols[0] != n:
+            self._symbols = (n, prep_others(self.feed.prep) + list(self.kernel.syms))    # the universe's order
+        return self._symbols[1]
 
     def _on_time(self, t: int) -> None:
         self.kernel._tick(max(self.kernel._now, t))

@@ -77,6 +77,13 @@ class LiveScan:
         self._closes: set[int] = set()
         self._cache: dict[str, tuple[object, object]] = {}
         self.runs: list[LiveScanRun] = []
+        # a source's candidates (IB's market scanner): the names scanned at the next scan, the
+        # rest of the universe scored no data with `not_candidate` as the reason. None: every name.
+        self.candidates: set[str] | None = None
+        self.not_candidate = "not a candidate"
+        self.before_scan: Callable[[int], None] | None = None   # once per scan time, before it waits
+        self.on_poll: Callable[[int], None] | None = None        # at every poll, with the venue's time
+        self._asked: int | None = None
 
     # ---- bars ------------------------------------------------------------------------------
     def _end_of(self, t: pd.Timestamp) -> int:
@@ -88,8 +95,16 @@ class LiveScan:
         return self._end_of(t.normalize() if self.daily else t)
 
     def expected(self) -> list[str]:
-        """The scanned names a scan waits for: the ones with bars (a name without any is no data)."""
-        return [s for s in self.universe if s in self.latest]
+        """The scanned names a scan waits for: the ones with bars (a name without any is no data),
+        among the candidates when a source names them."""
+        return [s for s in self.universe if s in self.latest and (self.candidates is None or s in self.candidates)]
+
+    def admit(self, symbol: str, frame: pd.DataFrame) -> None:
+        """A name's bars from now on (a source's new candidate, its history just fetched)."""
+        self.frames[symbol] = frame
+        self._cache.pop(symbol, None)
+        if len(frame):
+            self.latest[symbol] = self._end_of(frame.index[-1])
 
     def observe(self, symbol: str, bar: Bar) -> None:
         """A completed bar of a scanned name (or of a symbol the scanner reads)."""
@@ -122,7 +137,14 @@ class LiveScan:
     def advance(self, now: int) -> int:
         """Run every scan that is due and ready by the venue's time `now`; returns how many ran."""
         ran = 0
-        while (t := self._next()) is not None and self.ready(t, now):
+        if self.on_poll is not None:
+            self.on_poll(now)
+        while (t := self._next()) is not None:
+            if self.before_scan is not None and self._asked != t:
+                self._asked = t        # the source asked once per scan time, before the scan waits on its names
+                self.before_scan(t)
+            if not self.ready(t, now):
+                break
             self._run(t)
             self._closes = {c for c in self._closes if c > t}
             ran += 1
@@ -136,7 +158,7 @@ class LiveScan:
     # ---- the scan ---------------------------------------------------------------------------
     def _inputs(self) -> dict:
         out = {}
-        names = [s for s in self.universe if s in self.frames]
+        names = [s for s in self.universe if s in self.frames and (self.candidates is None or s in self.candidates)]
         others = self.sp.plan.inputs.symbols
         for s in names:
             frame = self.frames[s]
@@ -165,6 +187,12 @@ class LiveScan:
             row.picked[0, col] = False
             row.late[(t, s)] = (f"no data: its bar closing at {shown} had not come from the broker "
                                 f"{self.wait / 1e9:g} s after the close (late, or it did not trade)")
+        if self.candidates is not None:
+            for col, s in enumerate(r.symbols):
+                if s not in self.candidates:
+                    row.status[0, col] = NO_DATA
+                    row.picked[0, col] = False
+                    row.late[(t, s)] = self.not_candidate
         r.extend(row)
         self.scan.__dict__.pop("_pick_rows", None)
         self.last = t
@@ -232,7 +260,7 @@ class ScanOnIB:
     watchlist), and the figures."""
 
     def __init__(self, live: LiveScan, ib, traded: set[str], journal, run_id: str, say):
-        self.live, self.ib, self.traded = live, ib, set(traded)
+        self.live, self.ib, self.traded = live, ib, traded     # the run's set: a source's new candidates join it
         self.journal, self.run_id, self.say = journal, run_id, say
         self.lines_max = 0
         live.on_scan = self._scanned
@@ -312,3 +340,207 @@ def scanner_live(prep, kernel, feed, ib, journal, run_id: str, say, traded: set[
     feed.scan_only = sorted(s for s in list(universe) + list(sp.plan.inputs.symbols)
                             if s in scan.frames and s not in traded and s not in reads)
     return ScanOnIB(live, ib, traded, journal, run_id, say)
+
+
+# ---- candidates from IB's market scanner ----------------------------------------------------
+
+class IBCandidates:
+    """A scanner's candidates from IB's market scanner in an IB run: IB asked at the start and at
+    every scan time (brokers/ib/scanner.py), its rows kept when they are in the bound (the
+    scanner's universe, else the strategy's), each request journaled with its candidates, the
+    new ones, the rows dropped and why, and the names out of IB's list. A name out of the list
+    since `ttl_ns` of the venue's time (data.subscriptions.ttl) that holds no position is
+    `expired`: the run releases its stream and line."""
+
+    def __init__(self, source, bound, ib, *, name: str, ttl_ns: int):
+        self.source, self.bound, self.ib, self.name = source, tuple(bound), ib, name
+        self.ttl_ns = int(ttl_ns)
+        self.current: tuple[str, ...] = ()
+        self.out_since: dict[str, int] = {}
+        self.counts: list[int] = []           # candidates per request
+        self.notes: list[tuple[int, str, str, str]] = []    # (venue time, kind, subject, text) not yet journaled
+        self.changed = 0                      # requests whose candidates differed from the one before
+
+    def refresh(self) -> tuple[list[str], list[str]]:
+        """Ask IB now; (the names that became candidates, the names that left the list). When IB
+        does not answer, the candidates stay as they were and the failure is noted."""
+        from ..brokers.ib.scanner import ScanError
+
+        now = self.ib.now()
+        try:
+            got = self.ib.scan(self.source)
+        except ScanError as exc:
+            self.notes.append((now, "ib_scanner", self.name, f"{exc}: the candidates stay "
+                                                             f"{', '.join(self.current) or 'none'}"))
+            return [], []
+        inside = [c.symbol for c in got.candidates if c.symbol in self.bound]
+        dropped = list(got.dropped) + [(c.symbol, f"not in the universe of scanner {self.name}")
+                                       for c in got.candidates if c.symbol not in self.bound]
+        new = [s for s in inside if s not in self.current]
+        gone = [s for s in self.current if s not in inside]
+        if self.counts and (new or gone):
+            self.changed += 1
+        self.current = tuple(inside)
+        for s in inside:
+            self.out_since.pop(s, None)
+        for s in gone:
+            self.out_since.setdefault(s, now)
+        self.counts.append(len(inside))
+        text = f"{self.source.describe()}: {got.rows} rows, {len(inside)} candidates"
+        text += (": " + ", ".join(inside)) if inside else ""
+        if new and len(self.counts) > 1:
+            text += f"; new: {', '.join(new)}"
+        if gone:
+            text += f"; out of the list: {', '.join(gone)}"
+        if dropped:
+            text += "; dropped: " + ", ".join(f"{s} ({why})" for s, why in dropped)
+        text += f"; asked in {got.seconds * 1000:.1f} ms"
+        self.notes.append((now, "ib_scanner", self.name, text))
+        return new, gone
+
+    def expired(self, held) -> list[str]:
+        """Names out of IB's list for the TTL that are not in `held`."""
+        now = self.ib.now()
+        return [s for s, since in self.out_since.items() if now - since >= self.ttl_ns and s not in held]
+
+    def take_notes(self) -> list[tuple[int, str, str, str]]:
+        out, self.notes = self.notes, []
+        return out
+
+
+class IBSourceRun:
+    """The run's side of IBCandidates: before each scan IB is asked again; a new candidate gets
+    its history (the warm-up's bars), joins the live scan and, when the strategy trades it, the
+    kernel, and gets a bar stream and a market-data line below the picks' (the scan then gives
+    the picks theirs); a name out of IB's list past the TTL with no position loses its stream and
+    line (its position's symbol, if it holds one, stays managed: stream, line and exits)."""
+
+    def __init__(self, cands: IBCandidates, on_ib: "ScanOnIB", feed, prep, *, bars: int, session: str,
+                 streamed: set[str]):
+        self.cands, self.on_ib, self.feed, self.prep = cands, on_ib, feed, prep
+        self.bars, self.session = bars, session
+        self.streamed = streamed             # names whose bars stream now
+        self.admitted: list[str] = []
+        self.released: list[str] = []
+        live = on_ib.live
+        live.candidates = set(cands.current)
+        live.not_candidate = f"not among the candidates of {cands.source.describe()} at this scan"
+        live.before_scan = self.before_scan
+        live.on_poll = self.on_poll
+
+    def journal(self) -> None:
+        for t, kind, subject, text in self.cands.take_notes():
+            self.on_ib.journal.note(self.on_ib.run_id, pd.Timestamp(t, tz="UTC").isoformat(), kind, subject, text)
+
+    def busy(self, symbol: str) -> bool:
+        """Does the run need `symbol`'s bars whatever IB lists: a position, or an order decided,
+        working or closing on it (an entry sent before its name left the list may fill after)."""
+        k = self.feed.kernel
+        if symbol in k.ledger.positions:
+            return True
+        st = k.syms.get(symbol)
+        if st is not None and (st.pending or st.working_entry or st.closing):
+            return True
+        return any(tr.symbol == symbol and not tr.done for tr in k.orders_by_ref.values())
+
+    def gate(self, symbol: str) -> str | None:
+        """Why an entry on `symbol` may not go (None: it may): its bar stream was released (a bar
+        decided late, after its name left IB's list), so no position would have bars to exit on."""
+        if symbol in self.streamed or symbol not in self.on_ib.live.universe:
+            return None
+        return (f"{symbol}: out of IB's scanner list and its bar stream released: no entry on a name "
+                "whose exits would have no bars")
+
+    def before_scan(self, t: int) -> None:
+        new, _ = self.cands.refresh()
+        for s in new:
+            if s not in self.streamed:
+                self._admit(s)
+        self.on_ib.live.candidates = {s for s in self.cands.current if s in self.on_ib.live.frames}
+        self.on_poll(self.on_ib.ib.now())
+
+    def on_poll(self, now: int) -> None:
+        """The TTL between scans: a name out of IB's list past it, with no position or order, is
+        released; a position's symbol without a stream gets one again."""
+        ib = self.on_ib.ib
+        for s in self.cands.expired(()):
+            if not self.busy(s):
+                self._release(s)
+        for s in sorted(set(ib.held_symbols()) - self.streamed):
+            # a position's symbol stays managed: its stream again (the day's bars fill the gap)
+            ib.stream(s, self.on_ib.live.bar, self.session)
+            self.streamed.add(s)
+            self.cands.notes.append((ib.now(), "candidate", s, f"{s}: holds a position: its bar stream started "
+                                                               "again, whatever IB's scanner lists"))
+        if self.cands.notes:
+            self.journal()
+
+    def _admit(self, symbol: str) -> None:
+        from ..brokers.ib.contracts import ContractError
+        from ..brokers.ib.history import HistoryError
+
+        ib, live, prep = self.on_ib.ib, self.on_ib.live, self.prep
+        if symbol in self.released and symbol in live.frames and symbol in prep.frames:
+            # listed again after its stream was released: the stream's first answer brings the bars
+            # it missed (an entry never goes on them: the scans had it out of the candidates)
+            held = live.frames[symbol]
+            live.admit(symbol, held)
+            if symbol in self.feed.kernel.syms:
+                self.feed.admit(symbol)
+                self.on_ib.traded.add(symbol)
+                ib.subscribe(symbol, "other")
+            elif symbol not in self.feed.scan_only:
+                self.feed.scan_only.append(symbol)
+            since = live._end_of(held.index[-1]) - int(live.seconds * 1e9) if len(held) else None
+            ib.stream(symbol, live.bar, self.session, since=since)
+            self.streamed.add(symbol)
+            self.admitted.append(symbol)
+            self.cands.notes.append((ib.now(), "candidate", symbol, f"{symbol}: a candidate of IB's scanner again: "
+                                                                    "its bar stream started again from its last bar"))
+            return
+        try:
+            frame = ib.history_frame(symbol, live.bar, self.bars, prep.timezone, self.session)
+        except (HistoryError, ContractError) as exc:
+            self.cands.notes.append((ib.now(), "candidate", symbol, f"{symbol}: a new candidate without history "
+                                                                    f"at IB ({exc}): scored no data"))
+            return
+        if not len(frame):
+            self.cands.notes.append((ib.now(), "candidate", symbol, f"{symbol}: IB has no {live.bar} bars of it: "
+                                                                    "scored no data"))
+            return
+        live.admit(symbol, frame)
+        traded = symbol in prep.symbols
+        if traded:
+            prep.frames[symbol] = frame.copy()
+            self.feed.admit(symbol)
+            self.on_ib.traded.add(symbol)
+            why = ib.subscribe(symbol, "other")       # below the picks': the scan gives picks theirs
+            if why and "no market data line" not in why:
+                self.on_ib.say(f"market data: {why}")
+        elif symbol not in self.feed.scan_only:
+            self.feed.scan_only.append(symbol)
+        ib.stream(symbol, live.bar, self.session)
+        self.streamed.add(symbol)
+        self.admitted.append(symbol)
+        self.cands.notes.append((ib.now(), "candidate", symbol, f"{symbol}: a new candidate of IB's scanner: "
+                                                        f"{len(frame)} bars of history, its bar stream started"
+                                                        + (", traded from its next bar" if traded else "")))
+
+    def _release(self, symbol: str) -> None:
+        ib = self.on_ib.ib
+        ib.unstream(symbol)
+        ib.release(symbol)
+        self.streamed.discard(symbol)
+        self.feed.held = [h for h in self.feed.held if h[2] != symbol]    # its bars waiting for a scan: not decided
+        self.cands.out_since.pop(symbol, None)
+        if symbol in self.feed.scan_only:
+            self.feed.scan_only.remove(symbol)
+        self.released.append(symbol)
+        self.cands.notes.append((ib.now(), "released", symbol, f"{symbol}: out of IB's scanner list for "
+                                                       f"{self.cands.ttl_ns / 60e9:g} min, no position or order: its "
+                                                       "bar stream and market-data line released"))
+
+    def figures(self) -> dict:
+        counts = self.cands.counts
+        return {"ib_candidates_per_scan": list(counts), "ib_candidate_changes": self.cands.changed,
+                "ib_candidates_admitted": len(self.admitted), "ib_candidates_released": len(self.released)}

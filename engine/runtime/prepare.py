@@ -111,6 +111,12 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
     history (a live run's warm-up) instead of data.source; `scan_frames_from` likewise for the
     names a scanner ranks that the run does not trade (a name without history is left out)."""
     doc, ws = load_strategy(path, overrides)
+    if frames_from is None and doc.get(("scanner",)) is not None:
+        from .scanning import refuse_ib_source, scanner_of
+
+        spec = scanner_of(doc, ws)
+        if spec is not None and spec.source is not None:      # before any data is looked for
+            raise DiagnosticError([refuse_ib_source(spec, "a backtest or `run --broker sim` (a dry run on it too)")])
     plan = build_plan(doc, ws, overrides)
     settings = dict(doc.get(("backtest",)) or {})
     if cash is not None:

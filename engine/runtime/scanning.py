@@ -207,6 +207,8 @@ def strategy_scan(prep, data=None, fetch=None) -> StrategyScan:
     `fetch(symbols, bar, timezone) -> {symbol: frame}`: the scanned names' bars come from a
     broker's history (a live run's warm-up; a name it has none of is left out: no data)."""
     spec = scanner_of(prep.doc, prep.ws)
+    if spec.source is not None and fetch is None:
+        raise DiagnosticError([refuse_ib_source(spec, "a backtest or `run --broker sim` (a dry run on it too)")])
     sp = compile_scanner(spec)
     bar = spec.data.bar if spec.data is not None and spec.data.bar else prep.bar
     universe = list(spec.universe) if spec.universe is not None else list(prep.symbols)
@@ -233,6 +235,16 @@ def strategy_scan(prep, data=None, fetch=None) -> StrategyScan:
     return StrategyScan(result, [s for s in universe if s not in frames], frames)
 
 
+def refuse_ib_source(spec: ScannerSpec, mode: str):
+    """The located refusal of IB's scanner as a source where nothing can ask it: it ranks the
+    market now and keeps no history, so no simulated run or scan of files can know what it listed."""
+    return spec.doc.diag(spec.source.where, f"source.ib_scanner: {mode} cannot ask IB's market scanner, which "
+                         "ranks the market now and keeps no history of what it listed",
+                         "runs on IB (paper, live, --dry-run --broker ib) ask it; to backtest, scan the universe "
+                         "itself: remove source: (a copy of the scanner without it), or `qtrade scan --data DIR` "
+                         "ranks the universe's files")
+
+
 @dataclass
 class Scanned:
     """`qtrade scan`: the result and the scan shown (its index in result.times; -1: none yet)."""
@@ -240,6 +252,7 @@ class Scanned:
     result: ScanResult
     at: int
     bar: str
+    note: str = ""                  # what the scan did instead of what the scanner says (said on stderr)
 
 
 def scan_document(path, overrides: dict | None = None, data=None, at: str | None = None) -> Scanned:
@@ -268,6 +281,17 @@ def scan_document(path, overrides: dict | None = None, data=None, at: str | None
     if spec is None:
         raise DiagnosticError([doc.diag(("kind",), "this strategy has no scanner",
                                         "add `scanner: path/to/scanner.yaml`, or scan the scanner file itself")])
+    note = ""
+    if spec.source is not None:
+        if data is None:
+            raise DiagnosticError([refuse_ib_source(spec, "`qtrade scan` without --data")])
+        if spec.universe is None and doc.kind == "scanner":
+            raise DiagnosticError([spec.doc.diag(spec.source.where, "source.ib_scanner: `qtrade scan --data` ranks "
+                                                 "a universe's files, and this scanner has none",
+                                                 "add the universe that bounds IB's candidates (`universe: [...]`), "
+                                                 "or scan the strategy that uses this scanner")])
+        note = (f"{spec.source.describe()} is not asked: the universe's names in --data are ranked, every one a "
+                "candidate (on IB only the ones IB lists are)")
     timezone = Schedule.from_spec(doc.get(("schedule",))).timezone if doc.kind == "strategy" else "America/New_York"
     fallback = None
     bar = spec.data.bar if spec.data is not None else None
@@ -295,7 +319,7 @@ def scan_document(path, overrides: dict | None = None, data=None, at: str | None
         times = closes[closes <= when][-1:]
     result = run_scan(sp, inputs, bar_seconds=bar_seconds(bar), times=times, universe=tuple(universe), source=shown,
                       timezone=timezone)
-    return Scanned(result, len(times) - 1, bar)
+    return Scanned(result, len(times) - 1, bar, note)
 
 
 def _at_time(text: str, timezone: str, seconds: float) -> int:

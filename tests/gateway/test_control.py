@@ -124,7 +124,8 @@ def test_the_record_has_messages_orders_executions_positions(ib, sim, tmp_path):
                                  "avg_price": rec["executions"][0]["price"], "realized": 0.0}]
 
 
-def test_scanner_ranks_the_replayed_data(ib, sim):
+def test_scanner_ranks_the_replayed_data(ib, sim, expect_errors):
+    expect_errors("API scanner subscription cancelled")     # reqScannerData cancels: TWS answers a 162
     sim.set_quote("AAPL", last=190.0)  # the sample's last days all closed down; make one winner
     sub = ScannerSubscription(instrument="STK", locationCode="STK.US.MAJOR", scanCode="TOP_PERC_GAIN")
     rows = ib.reqScannerData(sub)
@@ -146,7 +147,8 @@ def test_scanner_ranks_the_replayed_data(ib, sim):
     assert [r.contractDetails.contract.symbol for r in active] == [s for _, s in vols[:2]]
 
 
-def test_a_scanner_subscription_is_refreshed_when_the_ranking_changes(ib, sim):
+def test_a_scanner_subscription_is_refreshed_when_the_ranking_changes(ib, sim, expect_errors):
+    expect_errors("API scanner subscription cancelled")
     sub = ScannerSubscription(instrument="STK", locationCode="STK.US.MAJOR", scanCode="TOP_PERC_GAIN")
     data = ib.reqScannerSubscription(sub)
     ib.sleep(0.2)
@@ -156,6 +158,23 @@ def test_a_scanner_subscription_is_refreshed_when_the_ranking_changes(ib, sim):
     sim.set_quote("AAPL", last=200.0)
     assert _wait(ib, lambda: [d.contractDetails.contract.symbol for d in data] == ["AAPL", "INTC"])
     ib.cancelScannerSubscription(data)
+    assert _wait(ib, lambda: any(e["kind"] == "error" and e["code"] == 162 for e in sim.events))
+
+
+def test_scanner_filter_options_are_applied_as_the_subscription_fields_are(ib, sim, expect_errors):
+    from ib_async import TagValue
+
+    expect_errors("API scanner subscription cancelled")
+    sim.set_quote("AAPL", last=200.0)
+    sim.set_quote("INTC", last=30.0)
+    sub = ScannerSubscription(instrument="STK", locationCode="STK.US.MAJOR", scanCode="TOP_PERC_GAIN")
+    assert [r.contractDetails.contract.symbol for r in ib.reqScannerData(sub)] == ["AAPL", "INTC"]
+    cheap = ib.reqScannerData(sub, [], [TagValue("priceBelow", "100")])
+    assert [r.contractDetails.contract.symbol for r in cheap] == ["INTC"]
+    dear = ib.reqScannerData(sub, [], [TagValue("priceAbove", "100")])
+    assert [r.contractDetails.contract.symbol for r in dear] == ["AAPL"]
+    busy = ib.reqScannerData(sub, [], [TagValue("volumeAbove", str(int(sim.quote("AAPL").volume) + 1))])
+    assert "AAPL" not in [r.contractDetails.contract.symbol for r in busy]
 
 
 def test_historical_end_times_in_every_ib_form(make_sim, connect, expect_errors, error_guard):

@@ -62,8 +62,9 @@ def test_the_pacing_rules_as_waits_with_ibs_15_seconds():
     key, series = ("XSP", "", "1800 S", "1 min", "TRADES", True), ("XSP", "TRADES")
     assert p.wait(key, series, False, 0.0) == 0
     p.sent(key, series, False, 0.0)
-    assert p.wait(key, series, False, 10.0) == pytest.approx(5.0)   # no identical request within 15 s
-    assert p.wait(key, series, False, 15.0) == 0
+    assert p.wait(key, series, False, 10.0) == pytest.approx(5.5)   # no identical request within 15 s
+    assert p.wait(key, series, False, 15.0) == pytest.approx(0.5)   # (and half a second for the way to IB)
+    assert p.wait(key, series, False, 15.5) == 0
     other = ("XSP", "", "3600 S", "1 min", "TRADES", True)
     assert p.wait(other, series, False, 1.0) == 0                   # a different request may go at once
     small = Pacer()

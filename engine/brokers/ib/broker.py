@@ -126,6 +126,9 @@ class IBBroker:
         self.account_ = Account(self.ib, self._sink, clock=self.now, account=connect.account or "")
         self.chains = IBChains(self.ib, free_lines=lambda: max(self.budget.max_lines - len(self.budget.held())
                                                                   - self.chains.lines(), 0))
+        from .scanner import MarketScanner
+
+        self.scanner = MarketScanner(self.ib, self.contracts.resolve, self.conn.sleep, monotonic=monotonic)
         self._streams: dict[str, object] = {}
         self._stream_of: dict[str, tuple] = {}      # symbol -> (the contract streamed, bar, session)
         self.held_symbols: Callable[[], object] = tuple   # the run's open positions' symbols (the run sets it)
@@ -378,16 +381,21 @@ class IBBroker:
                              "low": [b.low for b in got], "close": [b.close for b in got],
                              "volume": [b.volume for b in got]}, index=index, dtype=float)
 
-    def stream(self, symbol: str, bar: str, session: str = "regular") -> None:
+    def stream(self, symbol: str, bar: str, session: str = "regular", since: int | None = None) -> None:
+        """`symbol`'s completed bars as they come. `since` (ns): the stream's first answer reaches
+        back to then (a stream started again after a gap), else a day."""
         from ...runtime.ibrun import ib_bar_size
 
         if symbol in self._streams:
             return
         from ...market.bars import bar_seconds
+        from .history import duration_covering
 
         # a short window (the warm-up came from history, always 3 days or more): never the warm-up's
         # own request, which IB's pacing would make wait out its 15 s rule
         duration = "1 D" if bar_seconds(bar) < 86400 else "2 D"
+        if since is not None and bar_seconds(bar) < 86400:
+            duration = duration_covering((self.now() - since) / 1e9 + 2 * bar_seconds(bar), bar_seconds(bar))
         resolved = self.contracts.resolve(symbol)
         self._streams[symbol] = self.history_.stream(resolved, ib_bar_size(bar), duration,
                                                      use_rth=session == "regular")
@@ -412,6 +420,27 @@ class IBBroker:
                                                   f"{front.local_symbol} from here", self.now()))
         self.stream(symbol, streamed[1], streamed[2])
         self._streams[symbol].delivered_through = old.delivered_through    # bars after the last one handed out
+
+    def unstream(self, symbol: str) -> bool:
+        """Stop `symbol`'s bar stream (a scanner candidate IB no longer lists); False: none ran."""
+        stream = self._streams.pop(symbol, None)
+        if stream is None:
+            return False
+        self.history_.cancel(stream)
+        return True
+
+    def streaming(self) -> list[str]:
+        return sorted(self._streams)
+
+    def release(self, symbol: str) -> None:
+        """Give up `symbol`'s market-data line now (not waiting for the TTL)."""
+        self.md.unsubscribe(symbol)
+
+    # ---- IB's market scanner ------------------------------------------------------------------
+    def scan(self, source):
+        """IB's scanner list now for a scanner's source (brokers/ib/scanner.py): the candidates
+        resolved through the instrument map, the rows dropped with their reasons."""
+        return self.scanner.scan(source)
 
     def completed(self, symbol: str) -> list:
         from ...runtime.live import Bar
@@ -487,6 +516,12 @@ class IBBroker:
         if self.fetch_seconds:
             out["reconcile_fetch_seconds"] = round(self.fetch_seconds[0], 4)
         out["venue_rate"] = round(self.clock.rate, 2)
+        if self.scanner.seconds:
+            import numpy as np
+
+            out["ib_scanner_requests"] = self.scanner.requests
+            out["ib_scanner_ms_median"] = round(1000 * float(np.median(self.scanner.seconds)), 3)
+            out["ib_scanner_ms_max"] = round(1000 * float(np.max(self.scanner.seconds)), 3)
         return out
 
     # ---- the Broker protocol ------------------------------------------------------------------

@@ -125,8 +125,11 @@ class Pacer:
     be sent, `sent()` records one that was."""
 
     def __init__(self, identical_window: float = 15.0, burst_window: float = 2.0, burst_limit: int = 5,
-                 window: float = 600.0, limit: int = 60):
+                 window: float = 600.0, limit: int = 60, margin: float | None = None):
         self.identical_window = identical_window
+        # IB counts the 15 s from when a request reaches it, a little after it was sent here: an
+        # identical one sent exactly 15 s later can arrive less than 15 s after the first (IB 162)
+        self.margin = identical_window / 30 if margin is None else margin     # 0.5 s of IB's 15
         self.burst_window = burst_window
         self.burst_limit = burst_limit
         self.window = window
@@ -138,7 +141,7 @@ class Pacer:
         waits = [0.0]
         last = self._last.get(key)
         if last is not None:
-            waits.append(last + self.identical_window - now)
+            waits.append(last + self.identical_window + self.margin - now)
         if small:
             recent = [t for t, _ in self._small if now - t < self.window]
             if len(recent) >= self.limit:
@@ -150,7 +153,7 @@ class Pacer:
 
     def sent(self, key: tuple, series: tuple, small: bool, now: float) -> None:
         self._last[key] = now
-        for k in [k for k, t in self._last.items() if now - t >= self.identical_window]:
+        for k in [k for k, t in self._last.items() if now - t >= self.identical_window + self.margin]:
             del self._last[k]
         if small:
             self._small.append((now, series))

@@ -162,11 +162,18 @@ def test_the_status_line_names_a_position_by_its_contract():
 
     from engine.runtime.ibrun import status_line
 
-    position = SimpleNamespace(quantity=1.0, avg_price=16000.0, multiplier=20.0)
-    kernel = SimpleNamespace(ledger=SimpleNamespace(positions={"NQ": position, "XSP condor": position}, trades=[]),
-                             orders_by_ref={}, marks=lambda now: {"NQ": 16010.0})
+    def position(symbol, quantity=1.0, owner="s"):
+        return SimpleNamespace(symbol=symbol, quantity=quantity, avg_price=16000.0, multiplier=20.0, owner=owner)
+
+    kernel = SimpleNamespace(ledger=SimpleNamespace(positions={"NQ": position("NQ"), "XSP condor": position(
+        "XSP condor")}, trades=[]), orders_by_ref={}, marks=lambda now: {"NQ": 16010.0})
     broker = SimpleNamespace(held_contract=lambda s: SimpleNamespace(local_symbol="NQZ3") if s == "NQ" else None,
                              lines_status=lambda: "lines 2/50", state="ready")
     line = status_line(kernel, broker, pd.Timestamp("2023-12-04T15:00Z").value, "America/New_York")
     assert line == ("2023-12-04 10:00 ready | lines 2/50 | positions: NQZ3 1, XSP condor 1 | working orders: 0 | "
                     "today's P&L +200.00")
+    # positions_per_symbol: a second owner's position in NQ (keyed NQ#2) by its contract and its owner
+    kernel.ledger.positions["NQ#2"] = position("NQ", 2.0, "contrarian")
+    kernel.marks = lambda now: {"NQ": 16010.0, "NQ#2": 16010.0}
+    line = status_line(kernel, broker, pd.Timestamp("2023-12-04T15:00Z").value, "America/New_York")
+    assert "positions: NQZ3 1, XSP condor 1, NQZ3 2 (contrarian) |" in line and "today's P&L +600.00" in line

@@ -316,3 +316,18 @@ def test_orders_working_at_ib_are_adopted_into_their_owners_lanes(nq_sim, connec
     trades = check_own_closes(journal)
     assert [(t["owner"], t["exit_rule"]) for t in trades][:1] == [("steady", "steady out")]
     assert_journal_is_the_venues(nq_sim, journal, PREFIX)
+
+
+def test_a_dry_run_on_ib_holds_both_owners_positions_in_its_wallet_and_sends_nothing(nq_sim, tmp_path):
+    """--dry-run --broker ib: the read-only connection, the simulated wallet over IB's bars; both
+    agents hold NQ at once in the wallet, each closed by its own exit for its own quantity; the
+    simulator receives no order (what-ifs apart: margin_check is off, so none either)."""
+    journal = tmp_path / "j.sqlite"
+    out = qrun(nq_sim, strategy(tmp_path), journal, "--dry-run", seconds=12)
+    assert out.exit_code == 0, out.output
+    assert "would have been sent (nothing was transmitted)" in out.output
+    assert placed(nq_sim) == [] and placed(nq_sim, what_if=True) == []
+    assert rows(journal, "SELECT mode FROM runs")[0]["mode"] == "dry-run"
+    trades = check_own_closes(journal)
+    together = overlapping(trades)
+    assert together and all(a["owner"] != b["owner"] for a, b in together), trades

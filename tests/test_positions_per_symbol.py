@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -265,3 +266,109 @@ def test_regime_agents_with_two_positions_a_symbol_trades_alike_in_every_simulat
             assert cases.record(session.simulate(prep, streaming=streaming, dry_run=dry, run_id="g")) == want
     finally:
         path.unlink()
+
+
+def _fixed(tmp_path: Path, name: str = "fixed.yaml") -> Path:
+    """The two agents, two positions a symbol, each entry a fixed 20 shares (a live run sizes on
+    the quote, a backtest on the bar: fixed quantities trade alike in both)."""
+    path = agents(tmp_path, 2, 4, name=name)
+    path.write_text(path.read_text().replace("quantity: {percent_of_equity: 40%}", "quantity: 20"))
+    return path
+
+
+def _live_loop(prep, full, cut):
+    from test_live_loop import Replay
+
+    from engine.brokers.sim import SimBroker
+    from engine.runtime.live import LiveRun, live_kernel
+    from engine.runtime.prepare import _symbol_bars
+
+    settings, fills = session.run_settings(prep, "live")
+    venue = SimBroker({s: _symbol_bars(prep, s)[0] for s in prep.symbols}, fills, settings.cash, settings.account,
+                      session="live.venue")
+    kernel, feed, timers = live_kernel(prep, venue, run_id="live")
+    source = Replay(full, pd.Timedelta("1D"), cut, pd.Timedelta("6h"))
+    return kernel, feed, timers, source, LiveRun
+
+
+def test_the_live_loop_steps_every_lane_as_the_backtest_does(tmp_path):
+    """The loop IB runs use (runtime/live.py) feeds each bar to every lane of the symbol: the two
+    owners' positions in SPY and AAPL are the backtest's, trade for trade."""
+    from test_live_loop import _split
+
+    path = _fixed(tmp_path)
+    back = bt.run(bt.prepare(path, start="2012-01-03", end="2014-12-31"), fast=False)
+    prep = bt.prepare(path, end="2014-12-31")
+    full, cut = _split(prep, "2012-01-03")
+    kernel, feed, timers, source, LiveRun = _live_loop(prep, full, cut)
+    LiveRun(kernel, feed, source, timers, stop=lambda: "replayed" if source.done() else None).run()
+    kernel._drain()
+
+    def key(trades):
+        return [(t.symbol, t.owner, t.entry_time, t.exit_time, round(t.entry_price, 6), t.quantity, t.exit_rule,
+                 t.entry_states) for t in trades]
+
+    want = sorted(key(back.ledger.trades))
+    assert len(overlaps(back.ledger.trades)) > 3          # owners held a symbol together
+    assert sorted(key(kernel.ledger.trades)) == want
+    assert not kernel.errors
+
+
+def test_positions_restored_into_lanes_trade_on_as_if_never_stopped(tmp_path):
+    """A restart in the middle of the live loop: the positions open at the stop, read back as the
+    journal holds them (each owner's, keyed SPY@owner when two share a symbol), are restored each
+    into its own lane with its entry states, and the second loop closes them with their own
+    exits at the same bars and prices as an uninterrupted loop."""
+    from test_live_loop import _split
+
+    from engine.runtime.ibrun import JournalPosition, restore_positions
+
+    path = _fixed(tmp_path)
+    prep = bt.prepare(path, end="2014-12-31")
+    full, cut = _split(prep, "2012-01-03")
+    kernel, feed, timers, source, LiveRun = _live_loop(prep, full, cut)
+    LiveRun(kernel, feed, source, timers, stop=lambda: "replayed" if source.done() else None).run()
+    kernel._drain()
+    whole = kernel.ledger.trades
+    # the moment to stop: a day both owners hold SPY, and no order of any position fills at its
+    # open (one decided at the close before the stop would be working, not held, at the stop)
+    fills_at = {t.entry_time for t in whole} | {t.exit_time for t in whole}
+    days = full["SPY"].index
+    stop_at = next(day for a, b in overlaps(whole) if a.symbol == b.symbol == "SPY"
+                   for day in days if max(a.entry_time, b.entry_time) < day.value < min(a.exit_time, b.exit_time)
+                   and day.value not in fills_at)
+    first_prep = bt.prepare(path, end="2014-12-31")
+    full1, cut1 = _split(first_prep, "2012-01-03")
+    until = {s: f[f.index < stop_at] for s, f in full1.items()}
+    k1, f1, t1, s1, _ = _live_loop(first_prep, until, cut1)
+    LiveRun(k1, f1, s1, t1, stop=lambda: "stopped" if s1.done() else None).run()
+    k1._drain()
+    held = {key: p for key, p in k1.ledger.positions.items()}
+    spy = [p for p in held.values() if p.symbol == "SPY"]
+    assert len(spy) == 2 and {p.owner for p in spy} == {"follower", "contrarian"}
+    journaled = {}        # as journal_state gives them: SYMBOL@owner for a symbol two owners hold
+    holders = Counter(p.symbol for p in held.values())
+    for p in held.values():
+        name = f"{p.symbol}@{p.owner}" if holders[p.symbol] > 1 else p.symbol
+        journaled[name] = JournalPosition(p.symbol, p.quantity, p.avg_price, p.multiplier, p.entry_time, "r",
+                                          p.entry_rule, owner=p.owner)
+    second = bt.prepare(path, end="2014-12-31")
+    full2, cut2 = _split(second, str(stop_at.date()))
+    k2, f2, t2, s2, _ = _live_loop(second, full2, cut2)
+    restored = restore_positions(k2, journaled)
+    assert set(restored) == set(journaled)
+    assert sorted(restored.values()) == sorted(held)            # each into a lane: SPY, SPY#2, ...
+    before = {(p.symbol, p.owner): p for p in held.values()}
+    for name, slot in restored.items():
+        pos = k2.ledger.positions[slot]
+        assert pos.owner == journaled[name].owner
+        assert pos.states == before[(pos.symbol, pos.owner)].states and pos.states      # its entry states
+    LiveRun(k2, f2, s2, t2, stop=lambda: "replayed" if s2.done() else None).run()
+    k2._drain()
+    reopened = [t for t in k2.ledger.trades if t.entry_time < stop_at.value]
+    assert len(reopened) == len(held)
+    want = {(t.symbol, t.owner, t.entry_time, t.exit_time, round(t.exit_price, 6), t.exit_rule, t.entry_states)
+            for t in whole if t.entry_time < stop_at.value <= t.exit_time}
+    got = {(t.symbol, t.owner, t.entry_time, t.exit_time, round(t.exit_price, 6), t.exit_rule, t.entry_states)
+           for t in reopened}
+    assert got == want

@@ -532,7 +532,8 @@ def restore_combos(kernel, positions: dict[str, JournalPosition], skip=frozenset
                     pos.multiplier, pos.rule)
         decided = _decided_bar(b, pos.entry_time)
         states = kernel.states_at(st, decided) if decided >= 0 else ()
-        held = kernel.ledger.open(fill, margin_per_unit=0.0, owner=owner, states=states)  # IB's account holds the margin
+        # IB's account holds the margin
+        held = kernel.ledger.open(fill, margin_per_unit=0.0, owner=owner, states=states)
         held.entry_values.update({"credit": credit * pos.multiplier * qty})
         combo = ComboPosition(combo_key, pos.symbol.split(" ", 1)[1], pos.rule, legs, int(qty), credit, entry_bar,
                               pos.entry_time, min(dt.date.fromisoformat(leg.expiry) for leg in legs),
@@ -793,7 +794,18 @@ def _trade(run: _Run) -> Outcome:
     confirm_lost(journal, run_id, first_lost, report, ib.now())
     state = journal_state(journal, prefix, account)     # with what reconciliation brought in
     symbol_bars = {s: _symbol_bars(prep, s)[0] for s in prep.symbols}
-    held = sum(p.quantity * p.avg_price * p.multiplier for p in state.positions.values())
+    # a contract several owners hold whose sum IB's position disagrees with: whose share is off
+    # cannot be told, so none of them is restored (no exit sends a quantity IB may not hold);
+    # entries on it are blocked until they agree (one owner's position is restored, as before)
+    unsure: set[str] = set()
+    for flag in report.mismatch:
+        owners = owners_of(state, flag.con_id, flag.symbol)
+        if len(owners) > 1:
+            unsure.update(key for key, _ in owners)
+    for key in sorted(unsure):
+        say(f"{key}: not restored: IB's position in {state.positions[key].symbol} disagrees with the sum of its "
+            "owners' positions; left as it is, no new entries on it until they agree")
+    held = sum(p.quantity * p.avg_price * p.multiplier for key, p in state.positions.items() if key not in unsure)
     venue = ib
     wallet = None
     if dry_run:       # the wallet starts as the account is: its cash, and the strategy's positions
@@ -822,17 +834,6 @@ def _trade(run: _Run) -> Outcome:
     if not dry_run:
         kernel.check_order = margin_gate(limits.margin_check, paper=ib.is_paper, live=live, what_if=ib.what_if,
                                          funds=lambda: kernel.account_view()[1])
-    # a contract several owners hold whose sum IB's position disagrees with: whose share is off
-    # cannot be told, so none of them is restored (no exit sends a quantity IB may not hold);
-    # entries on it are blocked until they agree (one owner's position is restored, as before)
-    unsure: set[str] = set()
-    for flag in report.mismatch:
-        held = owners_of(state, flag.con_id, flag.symbol)
-        if len(held) > 1:
-            unsure.update(key for key, _ in held)
-    for key in sorted(unsure):
-        say(f"{key}: not restored: IB's position in {state.positions[key].symbol} disagrees with the sum of its "
-            "owners' positions; left as it is, no new entries on it until they agree")
     restored = restore_positions(kernel, state.positions, say, skip=unsure)
     restored.update(restore_combos(kernel, state.positions, skip=set(closed_outside) | set(broken), say=say))
     traded = set(prep.symbols)

@@ -11,7 +11,8 @@ The order of a run, each step journaled:
    never read as "flat"); nothing is ever re-sent;
 3. the warm-up: each symbol's history from IB (data.history, at least the plan's warm-up), the
    plan streamed over it, the open positions of the strategy restored from the journal so their
-   exits manage them;
+   exits manage them (each owner's into its own lane, with arbitration.positions_per_symbol:
+   reconciliation compares their sum in a contract with IB's netted position);
 4. the live loop (runtime/live.py) on IB's bars as they complete and IB's clock, with a gate on
    every entry: a stale or unavailable quote, reconciliation not finished or failed after a
    reconnect, a position that disagrees with IB's, the kill switch;
@@ -231,10 +232,12 @@ def apply_report(journal, run_id: str, report, state: JournalState, prefix: str,
     for flag in report.mismatch:
         if flag.con_id in state.legs_of:
             continue
+        owners = owners_of(state, flag.con_id, flag.symbol)
         journal.note(run_id, ts, "mismatch", flag.local_symbol or flag.symbol,
                      f"the journal holds {flag.journal_quantity:g} {flag.local_symbol or flag.symbol}"
-                     f"{_by_owner(owners_of(state, flag.con_id, flag.symbol))}, IB {flag.ib_quantity:g}: new "
-                     "entries on it blocked, the positions left as they are")
+                     f"{_by_owner(owners)}, IB {flag.ib_quantity:g}: new entries on it blocked" +
+                     ("; whose part is off cannot be told, so none of them is restored: left as they are"
+                      if len(owners) > 1 else ""))
     for o in report.foreign:
         journal.note(run_id, ts, "foreign", o.order_ref or str(o.perm_id),
                      f"{o.action} {o.quantity:g} {o.local_symbol or o.symbol} working at IB, not qtrade's: left alone")

@@ -218,7 +218,8 @@ def test_a_sum_ib_disagrees_with_is_flagged_once_and_left_alone(nq_sim, connect,
     notes = rows(journal, "SELECT * FROM notes")
     flags = [n for n in notes if n["kind"] in ("phantom", "unknown", "mismatch")]
     assert [(n["kind"], n["subject"]) for n in flags] == [("mismatch", "NQZ3")], flags
-    assert "the journal holds 3 NQZ3 (quick 1, steady 2), IB 1" in flags[0]["message"]
+    assert flags[0]["message"] == ("the journal holds 3 NQZ3 (quick 1, steady 2), IB 1: new entries on it blocked; "
+                                   "whose part is off cannot be told, so none of them is restored: left as they are")
     assert not [n for n in notes if n["kind"] == "restored"]
     assert placed(nq_sim) == []                                   # left alone: nothing sent
     blocked = [d["reason"] for d in rows(journal, "SELECT reason FROM decisions WHERE outcome = 'blocked' AND "

@@ -547,7 +547,8 @@ def place_order(sim, s, f):
     order_id, c, spec = parse_order(sim, s, f)
     sim.received[-1]["order"] = {"orderId": order_id, "symbol": c["symbol"], "secType": c["secType"],
                                  **{k: spec[k] for k in ("action", "totalQuantity", "orderType", "lmtPrice",
-                                                         "auxPrice", "orderRef", "whatIf", "transmit", "parentId")}}
+                                                         "auxPrice", "orderRef", "whatIf", "transmit", "parentId",
+                                                         "ocaGroup")}}
     book = sim.book
     key = (s.clientId, order_id)
     if spec["whatIf"]:

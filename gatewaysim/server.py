@@ -942,9 +942,10 @@ class GatewaySim:
 
     def seed_order(self, symbol_or_conid, action: str, qty: float, order_type: str = "LMT",
                    lmt_price: float | None = None, aux_price: float | None = None, *, order_ref: str = "",
-                   clientId: int = 1, orderId: int | None = None) -> int:
+                   clientId: int = 1, orderId: int | None = None, oca_group: str = "") -> int:
         """A working order left from 'an earlier run' of clientId (it is matched like any other
-        order unless the fill mode says otherwise); returns its orderId."""
+        order unless the fill mode says otherwise), in OCA group `oca_group` if given; returns its
+        orderId."""
         def go():
             inst = self._find(symbol_or_conid)
             oid = orderId if orderId is not None else self.book.next_valid_id
@@ -952,7 +953,7 @@ class GatewaySim:
                 raise ValueError(f"order {oid} of clientId {clientId} already exists")
             o = Order(orderId=oid, clientId=clientId, permId=self.book.new_perm(), inst=inst, action=action.upper(),
                       totalQuantity=float(qty), orderType=order_type.upper(), lmtPrice=lmt_price, auxPrice=aux_price,
-                      account=self.book.account, orderRef=order_ref, symbol=inst.symbol,
+                      account=self.book.account, orderRef=order_ref, symbol=inst.symbol, ocaGroup=oca_group,
                       status="PreSubmitted" if order_type.upper() in ("STP", "STP LMT") else "Submitted",
                       created=self.clock.now().isoformat())
             self.book.orders[(clientId, oid)] = o

@@ -162,14 +162,102 @@ def test_the_status_line_names_a_position_by_its_contract():
 
     from engine.runtime.ibrun import status_line
 
-    position = SimpleNamespace(quantity=1.0, avg_price=16000.0, multiplier=20.0)
-    kernel = SimpleNamespace(ledger=SimpleNamespace(positions={"NQ": position, "XSP condor": position}, trades=[]),
-                             orders_by_ref={}, marks=lambda now: {"NQ": 16010.0})
+    def position(symbol, quantity=1.0, owner="s"):
+        return SimpleNamespace(symbol=symbol, quantity=quantity, avg_price=16000.0, multiplier=20.0, owner=owner)
+
+    kernel = SimpleNamespace(ledger=SimpleNamespace(positions={"NQ": position("NQ"), "XSP condor": position(
+        "XSP condor")}, trades=[]), orders_by_ref={}, marks=lambda now: {"NQ": 16010.0})
     broker = SimpleNamespace(held_contract=lambda s: SimpleNamespace(local_symbol="NQZ3") if s == "NQ" else None,
                              lines_status=lambda: "lines 2/50", state="ready")
     line = status_line(kernel, broker, pd.Timestamp("2023-12-04T15:00Z").value, "America/New_York")
     assert line == ("2023-12-04 10:00 ready | lines 2/50 | positions: NQZ3 1, XSP condor 1 | working orders: 0 | "
                     "today's P&L +200.00")
+    # positions_per_symbol: a second owner's position in NQ (keyed NQ#2) by its contract and its owner
+    kernel.ledger.positions["NQ#2"] = position("NQ", 2.0, "contrarian")
+    kernel.marks = lambda now: {"NQ": 16010.0, "NQ#2": 16010.0}
+    line = status_line(kernel, broker, pd.Timestamp("2023-12-04T15:00Z").value, "America/New_York")
+    assert "positions: NQZ3 1, XSP condor 1, NQZ3 2 (contrarian) |" in line and "today's P&L +600.00" in line
+
+
+def _owners_journal(tmp_path):
+    """positions_per_symbol: follower and contrarian hold SPY at once (100 + 40, with con_id 7),
+    contrarian's theta holds a combo journaled under its second lane's key; follower's first
+    SPY position was closed before."""
+    j = Journal(tmp_path / "j.sqlite")
+    j.start_run("paper", "s", settings={"account": "DU1"}, run_id="r1")
+    t = "2024-01-02T15:0{}:00+00:00"
+    for seq, (symbol, action, qty, price, owner) in enumerate([
+            ("SPY", "buy", 10, 99.0, "follower"), ("SPY", "sell", 10, 99.5, "follower"),
+            ("SPY", "buy", 100, 100.0, "follower"), ("SPY", "buy", 40, 102.0, "contrarian"),
+            ("XSP condor#2", "sell", 1, 0.3, "theta")], start=1):
+        ref = f"qtrade:s:{seq}"
+        legs = CONDOR_LEGS if symbol.startswith("XSP") else None
+        j.order("r1", ref, t.format(seq), symbol, action, qty, "market", rule=f"{owner} rule", owner=owner,
+                intent="open" if action == "buy" or legs else "close", legs=legs)
+        j.order_status(ref, "filled", t.format(seq))
+        j.fill("r1", ref, t.format(seq), symbol, action, qty, price, 100.0 if legs else 1.0, exec_id=f"e{seq}.01",
+               con_id=None if legs else 7, local_symbol=None if legs else "SPY")
+    return j
+
+
+def test_each_owners_position_in_one_symbol_is_its_own_and_reconciled_by_their_sum(tmp_path):
+    """Two owners' SPY positions are two journal positions (keyed SPY@owner, each its entry and
+    its average); a combo journaled under its lane's key (XSP condor#2) is the owner's combo;
+    reconciliation compares IB's one netted SPY position with their sum: 140 agrees, 100 is one
+    mismatch for the sum, flat is one phantom for the sum."""
+    from engine.brokers.ib.account import Holding
+    from engine.brokers.ib.reconcile import Snapshot, reconcile
+
+    with _owners_journal(tmp_path) as j:
+        state = journal_state(j, "qtrade:s:", "DU1")
+    assert set(state.positions) == {"SPY@follower", "SPY@contrarian", "XSP condor"}
+    follower, contrarian = state.positions["SPY@follower"], state.positions["SPY@contrarian"]
+    assert (follower.symbol, follower.owner, follower.quantity, follower.avg_price, follower.entry_ref) == \
+        ("SPY", "follower", 100, 100.0, "qtrade:s:3")
+    assert (contrarian.symbol, contrarian.owner, contrarian.quantity, contrarian.avg_price) == \
+        ("SPY", "contrarian", 40, 102.0)
+    combo = state.positions["XSP condor"]
+    assert (combo.symbol, combo.owner, combo.quantity, combo.underlying) == ("XSP condor", "theta", -1, "XSP")
+    view = state.view(_leg)
+    assert state.legs_of == {c: {"XSP condor"} for c in (11, 12, 13, 14)}
+    legs = tuple(Holding("DU1", con, f"leg{con}", "XSP", "OPT", qty, 30.0, 100.0)
+                 for con, qty in {11: -1, 12: 1, 13: -1, 14: 1}.items())
+
+    def report_for(spy):
+        held = (Holding("DU1", 7, "SPY", "SPY", "STK", spy, 101.0, 1.0),) if spy else ()
+        return reconcile(Snapshot(held + legs, (), (), ()), view, "qtrade:s:")
+
+    assert report_for(140).clean
+    [mismatch] = report_for(100).mismatch
+    assert (mismatch.journal_quantity, mismatch.ib_quantity) == (140, 100)
+    assert mismatch.journal_avg_price == pytest.approx((100 * 100.0 + 40 * 102.0) / 140)
+    flat = report_for(0)
+    assert [(f.con_id, f.journal_quantity) for f in flat.phantom] == [(7, 140)] and not flat.mismatch
+
+
+def test_a_phantom_under_two_owners_closes_each_in_the_journal_and_says_so_once(tmp_path):
+    from engine.brokers.ib.account import Holding
+    from engine.brokers.ib.reconcile import Snapshot, reconcile
+    from engine.runtime.ibrun import apply_report
+
+    said = []
+    with _owners_journal(tmp_path) as j:
+        state = journal_state(j, "qtrade:s:", "DU1")
+        view = state.view(_leg)
+        legs = tuple(Holding("DU1", con, f"leg{con}", "XSP", "OPT", qty, 30.0, 100.0)
+                     for con, qty in {11: -1, 12: 1, 13: -1, 14: 1}.items())
+        report = reconcile(Snapshot(legs, (), (), ()), view, "qtrade:s:")
+        j.start_run("paper", "s", settings={"account": "DU1"}, run_id="r2")
+        apply_report(j, "r2", report, state, "qtrade:s:", pd.Timestamp("2024-01-03T15:00Z").value, said.append)
+        notes = j._rows("SELECT kind, subject, message FROM notes")
+        fills = j._rows("SELECT quantity, price, action, exec_id FROM fills WHERE order_ref = 'qtrade:s:external'")
+        after = journal_state(j, "qtrade:s:", "DU1")
+    assert [(n["kind"], n["subject"]) for n in notes] == [("phantom", "SPY")]
+    assert notes[0]["message"] == ("the journal held 140 SPY (follower 100, contrarian 40), IB holds none: closed "
+                                   "externally, no exit sent")
+    assert sorted((f["quantity"], f["price"], f["action"], f["exec_id"]) for f in fills) == \
+        [(40, 102.0, "sell", "external:r2:7@contrarian"), (100, 100.0, "sell", "external:r2:7@follower")]
+    assert set(after.positions) == {"XSP condor"}           # both SPY positions closed, the combo kept
 
 
 def test_a_position_opened_by_a_roll_is_restored_with_its_back_adjustment(tmp_path):

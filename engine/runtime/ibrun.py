@@ -11,7 +11,8 @@ The order of a run, each step journaled:
    never read as "flat"); nothing is ever re-sent;
 3. the warm-up: each symbol's history from IB (data.history, at least the plan's warm-up), the
    plan streamed over it, the open positions of the strategy restored from the journal so their
-   exits manage them;
+   exits manage them (each owner's into its own lane, with arbitration.positions_per_symbol:
+   reconciliation compares their sum in a contract with IB's netted position);
 4. the live loop (runtime/live.py) on IB's bars as they complete and IB's clock, with a gate on
    every entry: a stale or unavailable quote, reconciliation not finished or failed after a
    reconnect, a position that disagrees with IB's, the kill switch;
@@ -142,11 +143,12 @@ class JournalState:
                                     o.get("local_symbol") or "", int(o.get("con_id") or 0),
                                     int(o.get("broker_order_id") or 0), int(o.get("perm_id") or 0),
                                     combo=bool(o.get("legs"))) for o in self.orders)
+        # each owner's position in a contract: reconcile compares their sum with IB's (IB nets them)
         single = [RPosition(int(p.con_id or 0), p.local_symbol, p.symbol, p.quantity, p.avg_price, p.multiplier)
                   for p in self.positions.values() if not p.legs]
         legs: dict[int, list] = {}        # conId -> [local symbol, quantity, multiplier]
         self.legs_of = {}
-        for p in self.positions.values():
+        for key, p in self.positions.items():
             if not p.legs or leg_contract is None:
                 continue
             try:
@@ -157,7 +159,7 @@ class JournalState:
                 units = abs(p.quantity) * int(leg.get("ratio") or 1) * (1 if leg["action"] == "buy" else -1)
                 held = legs.setdefault(int(con_id), [local, 0.0, mult])
                 held[1] += units
-                self.legs_of.setdefault(int(con_id), set()).add(p.symbol)
+                self.legs_of.setdefault(int(con_id), set()).add(key)
         combo_legs = [RPosition(con, local, local, qty, 0.0, mult) for con, (local, qty, mult) in legs.items()]
         return JournalView(orders, frozenset(self.exec_ids), tuple(single + combo_legs), dict(self.commissions),
                            frozenset(self.traded) | frozenset(legs))
@@ -198,25 +200,35 @@ def apply_report(journal, run_id: str, report, state: JournalState, prefix: str,
     for key in sorted(closed):
         # a combo closed outside qtrade: closed at its entry price, as a single contract is
         pos = state.positions[key]
-        journal.fill(run_id, f"{prefix}external", ts, key, "buy" if pos.quantity < 0 else "sell", abs(pos.quantity),
-                     pos.avg_price, pos.multiplier, 0.0, exec_id=f"external:{run_id}:{key}")
+        journal.fill(run_id, f"{prefix}external", ts, pos.symbol, "buy" if pos.quantity < 0 else "sell",
+                     abs(pos.quantity), pos.avg_price, pos.multiplier, 0.0,
+                     exec_id=f"external:{run_id}:{key}" + (f"@{pos.owner}" if pos.owner else ""))
         journal.note(run_id, ts, "phantom", key, f"the journal held {pos.quantity:g} {key}, IB holds none of its "
                      "legs: closed externally, no exit sent")
     for key, flags in sorted(broken.items()):
         journal.note(run_id, ts, "mismatch", key, f"{key}: IB's legs disagree with the journal's (" +
                      ", ".join(f"{f.local_symbol} {f.journal_quantity:g} against IB's {f.ib_quantity:g}"
                                for f in flags) + "): not restored, no new entries on it until they agree")
-    for flag in report.phantom:
-        if flag.con_id in state.legs_of:
-            continue            # a combo's leg: the combo is closed or flagged above
-        # closed outside qtrade: the journal closes it at its average (the P&L is the broker's)
-        side = "sell" if flag.journal_quantity > 0 else "buy"
-        journal.fill(run_id, f"{prefix}external", ts, flag.symbol, side, abs(flag.journal_quantity),
-                     flag.journal_avg_price or 0.0, flag.multiplier, 0.0,
-                     exec_id=f"external:{run_id}:{flag.con_id or flag.symbol}", con_id=flag.con_id or None,
-                     local_symbol=flag.local_symbol or None)
-        journal.note(run_id, ts, "phantom", flag.symbol, f"the journal held {flag.journal_quantity:g} "
-                     f"{flag.local_symbol or flag.symbol}, IB holds none: closed externally, no exit sent")
+    phantom = [flag for flag in report.phantom if flag.con_id not in state.legs_of]   # a combo's: above
+    if phantom and report.fills:
+        # the fills missed while away are journaled now: each owner's position with them
+        state = _state_of_runs(journal, prefix, list(dict.fromkeys(state.runs + [run_id])))
+    for flag in phantom:
+        # closed outside qtrade: the journal closes each owner's position in the contract at its
+        # average (the P&L is the broker's); one flag, for the sum IB nets
+        name = flag.local_symbol or flag.symbol
+        held = owners_of(state, flag.con_id, flag.symbol)
+        if not held or abs(sum(p.quantity for _, p in held) - flag.journal_quantity) > 1e-9:
+            held = [(flag.symbol, JournalPosition(flag.symbol, flag.journal_quantity, flag.journal_avg_price or 0.0,
+                                                  flag.multiplier, 0, "", ""))]
+        for _, pos in held:
+            journal.fill(run_id, f"{prefix}external", ts, flag.symbol, "sell" if pos.quantity > 0 else "buy",
+                         abs(pos.quantity), pos.avg_price or 0.0, flag.multiplier, 0.0,
+                         exec_id=f"external:{run_id}:{flag.con_id or flag.symbol}" +
+                         (f"@{pos.owner}" if pos.owner else ""),
+                         con_id=flag.con_id or None, local_symbol=flag.local_symbol or None)
+        journal.note(run_id, ts, "phantom", flag.symbol, f"the journal held {flag.journal_quantity:g} {name}"
+                     f"{_by_owner(held)}, IB holds none: closed externally, no exit sent")
     for flag in report.unknown:
         journal.note(run_id, ts, "unknown", flag.local_symbol or flag.symbol,
                      f"IB holds {flag.ib_quantity:g} {flag.local_symbol or flag.symbol} that this strategy never "
@@ -224,15 +236,25 @@ def apply_report(journal, run_id: str, report, state: JournalState, prefix: str,
     for flag in report.mismatch:
         if flag.con_id in state.legs_of:
             continue
+        owners = owners_of(state, flag.con_id, flag.symbol)
         journal.note(run_id, ts, "mismatch", flag.local_symbol or flag.symbol,
-                     f"the journal holds {flag.journal_quantity:g} {flag.local_symbol or flag.symbol}, IB "
-                     f"{flag.ib_quantity:g}: new entries on it blocked")
+                     f"the journal holds {flag.journal_quantity:g} {flag.local_symbol or flag.symbol}"
+                     f"{_by_owner(owners)}, IB {flag.ib_quantity:g}: new entries on it blocked" +
+                     ("; whose part is off cannot be told, so none of them is restored: left as they are"
+                      if len(owners) > 1 else ""))
     for o in report.foreign:
         journal.note(run_id, ts, "foreign", o.order_ref or str(o.perm_id),
                      f"{o.action} {o.quantity:g} {o.local_symbol or o.symbol} working at IB, not qtrade's: left alone")
     for line in lines:
         say(f"reconcile: {line}")
     return lines
+
+
+def _by_owner(held: list) -> str:
+    """' (follower 10, contrarian 5)' when more than one owner holds the contract, else ''."""
+    if len(held) < 2:
+        return ""
+    return " (" + ", ".join(f"{p.owner or '?'} {p.quantity:g}" for _, p in held) + ")"
 
 
 def confirm_lost(journal, run_id: str, first, second, now: int) -> tuple[str, ...]:
@@ -258,12 +280,22 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
     for a in report.adopt:
         row = rows.get(a.tag)
         symbol = row["symbol"] if row else a.order.symbol
-        st = kernel.syms.get(symbol)
-        if st is None:
+        first = kernel.syms.get(symbol)
+        if first is None:
             continue
+        # the lane of the order's owner (the journal's owner column for its ref): the one holding
+        # that owner's position, or (an entry) the first idle one; an order the journal has no
+        # row for goes to the symbol's position if one lane holds it
+        lanes = first.lanes or [first]
+        holding = [lane for lane in lanes if lane.key is not None]
+        owner = (row.get("owner") if row else "") or (holding[0].owner if len(holding) == 1 else "") or \
+            kernel.settings.strategy
+        st = next((lane for lane in holding if lane.owner == owner), None)
         kind = {"LMT": "limit", "STP": "stop", "STP LMT": "stop_limit", "MKT": "market"}.get(a.order.order_type,
                                                                                            "market")
-        intent_kind = row["intent"] if row else ("close" if symbol in kernel.ledger.positions else "open")
+        intent_kind = row["intent"] if row else ("close" if st is not None else "open")
+        if st is None:
+            st = next((lane for lane in lanes if kernel._idle(lane)), first) if intent_kind == "open" else first
         rule_name = row["rule"] if row else "adopted"
         if rule_name == "roll" and intent_kind == "open":
             # a futures roll's open, sent by an earlier session and working at IB: its fill reopens
@@ -286,7 +318,7 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
             role = "exit"           # a roll's close, whatever its order type
         elif kind == "stop":
             role = "stop"
-        elif kind == "limit" and row and row["order_type"] == "limit" and symbol in kernel.ledger.positions:
+        elif kind == "limit" and row and row["order_type"] == "limit" and st.key is not None:
             role = "target"
         else:
             role = "exit"
@@ -297,7 +329,8 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
         kernel.orders.append(record)
         from .kernel import _Tracked
 
-        tr = _Tracked(intent, record, symbol, kernel.settings.strategy, role, rule, len(st.bars))
+        record.owner = owner
+        tr = _Tracked(intent, record, symbol, owner, role, rule, len(st.bars))
         tr.lane = st
         tr.sent = True
         if kernel.recorder is not None and row is not None:
@@ -307,6 +340,9 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
             st.working_entry = a.tag
         elif role in ("stop", "target"):
             st.protect[(rule_name, role)] = a.tag
+            entry = kernel._entry_ref.get(st.slot)
+            if a.order.oca_group and entry is not None:    # the position's other protective orders join it
+                kernel.oca_groups[entry] = a.order.oca_group
         else:
             st.closing = a.tag
             if rule_name == "roll" and symbol in kernel.ledger.positions:
@@ -317,7 +353,8 @@ def adopt_orders(kernel, report, state: JournalState, broker) -> list[str]:
                                    pos.owner or kernel.settings.strategy, None,
                                    (row.get("reason") if row else "") or "roll", after=a.tag)
         broker.adopt(E.Order(a.tag, symbol, a.order.action, float(a.order.quantity), kind, a.order.limit,
-                             a.order.stop, intent.tif, intent=intent_kind, rule=rule_name), a.order.perm_id)
+                             a.order.stop, intent.tif, owner=owner, intent=intent_kind, rule=rule_name),
+                     a.order.perm_id)
         adopted.append(a.tag)
     return adopted
 
@@ -361,11 +398,34 @@ def unfinished_rolls(journal, state: JournalState, prefix: str) -> list[dict]:
 
 def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -> JournalState:
     """This strategy's orders not yet terminal, the execution ids held, and its open positions,
-    from the runs on `account` in the given modes (a dry run's wallet is not an account)."""
+    from the runs on `account` in the given modes (a dry run's wallet is not an account).
+
+    A position is one owner's (the agent whose entry opened it, as its orders journaled it): with
+    arbitration.positions_per_symbol several owners hold one symbol at once, each its own
+    position, keyed `SYMBOL@owner` (a symbol one owner holds is keyed by the symbol alone)."""
     runs = [r["run_id"] for r in journal._rows("SELECT run_id, mode, settings FROM runs")
             if r["mode"] in modes and _account_of(r["settings"]) == account]
+    return _state_of_runs(journal, prefix, runs)
+
+
+def _base_symbol(symbol: str) -> str:
+    """A journaled fill's symbol without a lane's suffix: a second owner's combo is journaled as
+    'SPY put_spread#2' (its key in that run's kernel), the same position as 'SPY put_spread'."""
+    head, sep, tail = symbol.rpartition("#")
+    return head if sep and tail.isdigit() else symbol
+
+
+def _external_owner(exec_id: str | None) -> str:
+    """The owner an external close (a phantom closed in the journal) was journaled for: its
+    execution id ends in '@owner' ('' for one journaled before owners were split)."""
+    if not exec_id or not exec_id.startswith("external:") or "@" not in exec_id:
+        return ""
+    return exec_id.rpartition("@")[2]
+
+
+def _state_of_runs(journal, prefix: str, runs: list[str]) -> JournalState:
     state = JournalState()
-    state.runs = runs
+    state.runs = list(runs)
     if not runs:
         return state
     marks = ",".join("?" * len(runs))
@@ -380,7 +440,9 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
     fills = journal._rows(f"SELECT f.*, o.rule AS rule, o.legs AS legs{owner} FROM fills f "
                           f"LEFT JOIN orders o ON o.order_ref = f.order_ref "
                           f"WHERE f.run_id IN ({marks}) AND f.order_ref LIKE ? ORDER BY f.ts, f.id", (*runs, like))
-    rolled: dict[str, tuple[float, int]] = {}     # symbol -> (carried, origin time) of a position a roll closed
+    held: dict[tuple[str, str], JournalPosition] = {}        # (symbol, owner) -> its position
+    rolled: dict[tuple[str, str], tuple[float, int]] = {}    # (symbol, owner) -> (carried, origin time) of a
+                                                             # position a roll closed
     for f in fills:
         if f["exec_id"]:
             state.exec_ids.add(f["exec_id"])
@@ -388,17 +450,23 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
         if f.get("con_id"):
             state.traded.add(int(f["con_id"]))
         sign = 1.0 if f["action"] == "buy" else -1.0
-        pos = state.positions.get(f["symbol"])
+        symbol = _base_symbol(f["symbol"])
+        who = f.get("owner") or _external_owner(f["exec_id"])
+        if not who:
+            # a fill without an owner (a journal from before owners, or an external close before
+            # they were split): the symbol's one open position, if it has exactly one
+            open_ = [k for k, p in held.items() if k[0] == symbol and abs(p.quantity) > 1e-12]
+            who = open_[0][1] if len(open_) == 1 else ""
+        key = (symbol, who)
+        pos = held.get(key)
         t = int(pd.Timestamp(f["ts"]).value)
         if pos is None or abs(pos.quantity) < 1e-12:
-            carried, origin = rolled.pop(f["symbol"], (0.0, 0)) if f["rule"] == "roll" else (0.0, 0)
-            rolled.pop(f["symbol"], None)
-            state.positions[f["symbol"]] = JournalPosition(f["symbol"], sign * f["quantity"], f["price"],
-                                                           f["multiplier"], t, f["order_ref"], f["rule"] or "",
-                                                           f.get("con_id"), f.get("local_symbol") or "",
-                                                           tuple(json.loads(f["legs"])) if f.get("legs") else (),
-                                                           owner=f.get("owner") or "", carried=carried,
-                                                           origin_time=origin)
+            carried, origin = rolled.pop(key, (0.0, 0)) if f["rule"] == "roll" else (0.0, 0)
+            rolled.pop(key, None)
+            held[key] = JournalPosition(symbol, sign * f["quantity"], f["price"], f["multiplier"], t, f["order_ref"],
+                                        f["rule"] or "", f.get("con_id"), f.get("local_symbol") or "",
+                                        tuple(json.loads(f["legs"])) if f.get("legs") else (),
+                                        owner=f.get("owner") or who, carried=carried, origin_time=origin)
             continue
         if f.get("con_id"):
             pos.con_id, pos.local_symbol = f["con_id"], f.get("local_symbol") or pos.local_symbol
@@ -409,10 +477,21 @@ def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -
                 pos._refs.add(f["order_ref"])
                 pos.entries += 1
         if abs(q) < 1e-9 and f["rule"] == "roll":     # closed by a roll: what its next position carries
-            rolled[f["symbol"]] = (pos.carried + (f["price"] - pos.avg_price), pos.origin_time or pos.entry_time)
+            rolled[key] = (pos.carried + (f["price"] - pos.avg_price), pos.origin_time or pos.entry_time)
         pos.quantity = q
-    state.positions = {s: p for s, p in state.positions.items() if abs(p.quantity) > 1e-9}
+    open_ = [(k, p) for k, p in held.items() if abs(p.quantity) > 1e-9]
+    holders: dict[str, int] = {}
+    for (symbol, _), _p in open_:
+        holders[symbol] = holders.get(symbol, 0) + 1
+    state.positions = {(symbol if holders[symbol] == 1 else f"{symbol}@{who}"): p for (symbol, who), p in open_}
     return state
+
+
+def owners_of(state: JournalState, con_id: int, symbol: str) -> list[tuple[str, JournalPosition]]:
+    """The journal's open positions in one contract (by conId; by symbol where none is known),
+    each owner's: (key, position). IB holds their sum."""
+    return [(key, p) for key, p in state.positions.items() if not p.legs and
+            ((int(p.con_id or 0) == con_id) if con_id and p.con_id else p.symbol == symbol)]
 
 
 def _account_of(settings: str | None) -> str | None:
@@ -433,47 +512,87 @@ def restored_owner(kernel, pos: JournalPosition) -> str:
     return agent or kernel.settings.strategy
 
 
-def restore_positions(kernel, positions: dict[str, JournalPosition]) -> list[str]:
-    """Open the journal's positions in a fresh kernel, so its exits manage them; the symbols
-    restored (a position in a symbol the strategy no longer trades is left to the user)."""
-    restored = []
-    for symbol, pos in positions.items():
-        st = kernel.syms.get(symbol)
-        if st is None:
+def restore_lane(kernel, symbol: str, owner: str):
+    """The lane of `symbol` a position of `owner` read back from the journal goes to: the one
+    that holds the owner's position already, else the first idle one (positions_per_symbol: each
+    owner its own; one lane without it); None when every lane is taken."""
+    st = kernel.syms.get(symbol)
+    if st is None:
+        return None
+    lanes = st.lanes or [st]
+    mine = next((lane for lane in lanes if lane.key is not None and lane.owner == owner), None)
+    return mine or next((lane for lane in lanes if kernel._idle(lane)), None)
+
+
+def _decided_bar(b, entry_time: int) -> int:
+    """The bar whose close decided an entry filled at `entry_time` (the last one closed by then);
+    -1 when the bars held start after it."""
+    return int(np.searchsorted(b.end, entry_time, side="right")) - 1
+
+
+def restore_positions(kernel, positions: dict[str, JournalPosition],
+                      say: Callable[[str], None] | None = None, skip=frozenset()) -> dict[str, str]:
+    """Open the journal's positions in a fresh kernel, each owner's in its own lane of the symbol
+    (positions_per_symbol), with its entry states, so its owner's exits manage it; returns the
+    journal's keys restored -> their ledger keys (a position in a symbol the strategy no longer
+    trades, or beyond the symbol's lanes, is left to the user, said)."""
+    restored = {}
+    for key, pos in positions.items():
+        if pos.legs or key in skip:
             continue
-        b = st.bars
+        symbol = pos.symbol
+        if symbol not in kernel.syms:
+            continue
+        owner = restored_owner(kernel, pos)
+        lane = restore_lane(kernel, symbol, owner)
+        if lane is None or lane.key is not None:
+            if say is not None:
+                say(f"{key}: {pos.quantity:g} {symbol} of {owner} not restored: {symbol}'s positions_per_symbol "
+                    f"lanes are all held (or {owner} holds another position in it); its exits do not manage it")
+            continue
+        b = lane.bars
         entry_bar = max(int(np.searchsorted(b.start, pos.entry_time, side="right")) - 1, 0)
         fill = Fill(symbol, "buy" if pos.quantity > 0 else "sell", abs(pos.quantity), pos.avg_price, 0.0,
                     pos.entry_time, entry_bar, pos.entry_ref, pos.multiplier, pos.rule)
-        owner = restored_owner(kernel, pos)
+        decided = _decided_bar(b, pos.entry_time)
+        states = kernel.states_at(lane, decided) if decided >= 0 else ()
         held = kernel.ledger.open(fill, margined=b.margined, margin_per_unit=b.margin if b.margined else 0.0,
-                                  owner=owner)
+                                  owner=owner, states=states, key=lane.slot)
         if pos.origin_time:     # opened by a roll: its rules read the entry back-adjusted, from where it began
             held.carried = pos.carried
             held.origin_time = pos.origin_time
             held.origin_bar = max(int(np.searchsorted(b.start, pos.origin_time, side="right")) - 1, 0)
-        st.owner, st.key = owner, symbol
-        st.entries = pos.entries        # pyramiding: what may still be added
-        restored.append(symbol)
+        lane.owner, lane.key = owner, lane.slot
+        lane.entries = pos.entries        # pyramiding: what may still be added
+        kernel._entry_ref[lane.slot] = pos.entry_ref
+        restored[key] = lane.slot
     return restored
 
 
-def restore_combos(kernel, positions: dict[str, JournalPosition], skip=frozenset()) -> list[str]:
+def restore_combos(kernel, positions: dict[str, JournalPosition], skip=frozenset(),
+                   say: Callable[[str], None] | None = None) -> dict[str, str]:
     """Open the journal's option combos in a fresh kernel (legs, quantity, entry credit, entry
-    bar), so its combo exits manage them and the chain IB quotes includes their expiries; the
-    keys restored. Combos in `skip` (IB's legs disagree, or closed outside) are not."""
+    bar, entry states), each owner's in its own lane of the underlying, so its combo exits manage
+    it and the chain IB quotes includes their expiries; returns the journal's keys restored ->
+    their keys in the kernel. Combos in `skip` (IB's legs disagree, or closed outside) are not."""
     import datetime as dt
 
     from ..orders.combos import LegQuote
     from .options import ComboPosition
 
-    restored = []
+    restored = {}
     for key, pos in positions.items():
         if not pos.legs or key in skip:
             continue
         underlying = pos.underlying
-        st = kernel.syms.get(underlying)
-        if st is None:
+        if underlying not in kernel.syms:
+            continue
+        owner = restored_owner(kernel, pos)
+        st = restore_lane(kernel, underlying, owner)
+        if st is None or st.key is not None:
+            if say is not None:
+                say(f"{key}: the combo of {owner} not restored: {underlying}'s positions_per_symbol lanes are all "
+                    "held; its exits do not manage it")
             continue
         b = st.bars
         entry_bar = max(int(np.searchsorted(b.start, pos.entry_time, side="right")) - 1, 0)
@@ -483,22 +602,26 @@ def restore_combos(kernel, positions: dict[str, JournalPosition], skip=frozenset
         qty = abs(pos.quantity)
         action = "sell" if pos.quantity < 0 else "buy"
         credit = pos.avg_price if action == "sell" else -pos.avg_price
-        fill = Fill(key, action, qty, pos.avg_price, 0.0, pos.entry_time, entry_bar, pos.entry_ref, pos.multiplier,
-                    pos.rule)
-        owner = restored_owner(kernel, pos)
-        held = kernel.ledger.open(fill, margin_per_unit=0.0, owner=owner)     # IB's account holds the margin
+        # the combo's key in this kernel: its lane's, as a new entry in that lane would make it
+        combo_key = pos.symbol + st.slot[len(underlying):]
+        fill = Fill(combo_key, action, qty, pos.avg_price, 0.0, pos.entry_time, entry_bar, pos.entry_ref,
+                    pos.multiplier, pos.rule)
+        decided = _decided_bar(b, pos.entry_time)
+        states = kernel.states_at(st, decided) if decided >= 0 else ()
+        # IB's account holds the margin
+        held = kernel.ledger.open(fill, margin_per_unit=0.0, owner=owner, states=states)
         held.entry_values.update({"credit": credit * pos.multiplier * qty})
-        combo = ComboPosition(key, key.split(" ", 1)[1], pos.rule, legs, int(qty), credit, entry_bar, pos.entry_time,
-                              min(dt.date.fromisoformat(leg.expiry) for leg in legs),
+        combo = ComboPosition(combo_key, pos.symbol.split(" ", 1)[1], pos.rule, legs, int(qty), credit, entry_bar,
+                              pos.entry_time, min(dt.date.fromisoformat(leg.expiry) for leg in legs),
                               float(b.close[min(entry_bar, len(b) - 1)]) if len(b) else math.nan, pos.multiplier,
                               action)
         combo.last_credit = credit
-        kernel.combos[key] = combo
-        kernel.combo_symbol[key] = underlying
-        kernel._entry_ref[key] = pos.entry_ref
-        kernel.venue.mark_combo(key, combo.mark_price)
-        st.key, st.owner = key, owner
-        restored.append(key)
+        kernel.combos[combo_key] = combo
+        kernel.combo_symbol[combo_key] = underlying
+        kernel._entry_ref[combo_key] = pos.entry_ref
+        kernel.venue.mark_combo(combo_key, combo.mark_price)
+        st.key, st.owner = combo_key, owner
+        restored[key] = combo_key
     return restored
 
 
@@ -541,7 +664,9 @@ def status_line(kernel, broker, now: int, timezone: str) -> str:
         contract = held(symbol)
         return contract.local_symbol if contract is not None and contract.local_symbol else symbol
 
-    positions = ", ".join(f"{name(s)} {p.quantity:g}" for s, p in kernel.ledger.positions.items()) or "flat"
+    # a second owner's position in a symbol (keyed SYMBOL#2) is shown by its symbol and owner
+    positions = ", ".join(f"{name(p.symbol)} {p.quantity:g}" + (f" ({p.owner})" if s != p.symbol else "")
+                          for s, p in kernel.ledger.positions.items()) or "flat"
     working = sum(1 for tr in kernel.orders_by_ref.values() if tr.sent and not tr.done)
     day = t.normalize().tz_convert("UTC").value
     pnl = sum(tr.pnl for tr in kernel.ledger.trades if tr.exit_time >= day)
@@ -622,19 +747,6 @@ def run_ib(strategy: str, *, connect, overrides: dict, journal, dry_run: bool, l
         from .livescan import refuse_unsupported
 
         refuse_unsupported(doc, ws)
-    per_symbol = doc.get(("arbitration", "positions_per_symbol"))
-    if isinstance(per_symbol, int) and per_symbol > 1:
-        # IB nets the owners' positions in a contract: reconciling their sum against IB's and giving
-        # each owner its position back after a restart is not built yet
-        from ..diagnostics import DiagnosticError
-
-        raise DiagnosticError([doc.diag(("arbitration", "positions_per_symbol"),
-                                        f"arbitration.positions_per_symbol {per_symbol}: more than one position a "
-                                        "symbol is not supported in runs on IB (paper, live or --dry-run --broker "
-                                        "ib) yet", "backtest, `run --broker sim` and `run --dry-run --broker sim` "
-                                        "run it; IB nets the agents' positions in a contract, and reconciling their "
-                                        "sum and restoring each after a restart is not built; set it to 1 (or "
-                                        "remove it) for an IB run", key=True)])
     plan = build_plan(doc, ws, overrides)
     spec = DataSpec.from_spec(doc.get(("data",)))
     limits = risk_limits(doc)
@@ -793,7 +905,18 @@ def _trade(run: _Run) -> Outcome:
     confirm_lost(journal, run_id, first_lost, report, ib.now())
     state = journal_state(journal, prefix, account)     # with what reconciliation brought in
     symbol_bars = {s: _symbol_bars(prep, s)[0] for s in prep.symbols if s in prep.frames}
-    held = sum(p.quantity * p.avg_price * p.multiplier for p in state.positions.values())
+    # a contract several owners hold whose sum IB's position disagrees with: whose share is off
+    # cannot be told, so none of them is restored (no exit sends a quantity IB may not hold);
+    # entries on it are blocked until they agree (one owner's position is restored, as before)
+    unsure: set[str] = set()
+    for flag in report.mismatch:
+        owners = owners_of(state, flag.con_id, flag.symbol)
+        if len(owners) > 1:
+            unsure.update(key for key, _ in owners)
+    for key in sorted(unsure):
+        say(f"{key}: not restored: IB's position in {state.positions[key].symbol} disagrees with the sum of its "
+            "owners' positions; left as it is, no new entries on it until they agree")
+    held = sum(p.quantity * p.avg_price * p.multiplier for key, p in state.positions.items() if key not in unsure)
     venue = ib
     wallet = None
     if dry_run:       # the wallet starts as the account is: its cash, and the strategy's positions
@@ -825,8 +948,8 @@ def _trade(run: _Run) -> Outcome:
     if not dry_run:
         kernel.check_order = margin_gate(limits.margin_check, paper=ib.is_paper, live=live, what_if=ib.what_if,
                                          funds=lambda: kernel.account_view()[1])
-    restored = restore_positions(kernel, state.positions)
-    restored += restore_combos(kernel, state.positions, skip=set(closed_outside) | set(broken))
+    restored = restore_positions(kernel, state.positions, say, skip=unsure)
+    restored.update(restore_combos(kernel, state.positions, skip=set(closed_outside) | set(broken), say=say))
     traded = {s for s in prep.symbols if s in prep.frames}
     live_scan = None
     if prep.scan is not None:
@@ -842,20 +965,31 @@ def _trade(run: _Run) -> Outcome:
                                  session=spec.session, streamed=streamed)
         source_run.journal()          # the start's request
         source_gate.append(source_run.gate)
-    ib.held_symbols = lambda: [s for s in kernel.ledger.positions if s in traded]
+    # a position's symbol (a second owner's position in a symbol is keyed SYMBOL#2 in the ledger)
+    ib.held_symbols = lambda: list(dict.fromkeys(p.symbol for p in kernel.ledger.positions.values()
+                                                 if p.symbol in traded))
     now = _iso(ib.now())
-    for symbol in restored:
-        pos = state.positions[symbol]
-        if pos.con_id and symbol in traded:
+    in_wallet: dict[str, list[float]] = {}        # what the dry run's wallet holds: IB's net of the owners'
+    held_in: dict[str, int] = {}
+    for key, ledger_key in restored.items():
+        pos = state.positions[key]
+        symbol = pos.symbol
+        if pos.con_id and symbol in traded and held_in.get(symbol) != int(pos.con_id):
+            held_in[symbol] = int(pos.con_id)
             try:        # its exits go to the contract it is held in, even past the front month's roll
                 ib.hold_contract(symbol, int(pos.con_id))
             except Exception as exc:     # noqa: BLE001 - IB cannot say: the exits go to today's contract
                 say(f"{symbol}: the contract the position is held in (conId {pos.con_id}) was not found at IB "
                     f"({exc}); its exits go to {symbol}'s contract today")
-        if wallet is not None:
-            wallet.hold(symbol, pos.quantity, pos.avg_price)
-        journal.note(run_id, now, "restored", symbol, f"{symbol} {pos.quantity:g} @ {pos.avg_price:.4f} restored "
+        net = in_wallet.setdefault(symbol if not pos.legs else ledger_key, [0.0, 0.0])
+        net[0] += pos.quantity
+        net[1] += pos.quantity * pos.avg_price
+        whose = f" of {kernel.ledger.positions[ledger_key].owner}" if key != symbol and not pos.legs else ""
+        journal.note(run_id, now, "restored", key, f"{symbol} {pos.quantity:g}{whose} @ {pos.avg_price:.4f} restored "
                      "from the journal: its exits manage it")
+    if wallet is not None:
+        for held_key, (quantity, value) in in_wallet.items():
+            wallet.hold(held_key, quantity, value / quantity if quantity else 0.0)
     for ref in adopt_orders(kernel, report, state, ib):
         journal.note(run_id, now, "adopted", ref, f"{ref} is working at IB from an earlier run: adopted, not re-sent")
     for roll in unfinished_rolls(journal, state, prefix):
@@ -884,16 +1018,17 @@ def _trade(run: _Run) -> Outcome:
     ib.on_reconnected(after_reconnect)
     from ..brokers.ib.history import HistoryError
 
+    held_symbols = {state.positions[key].underlying for key in restored}
     priority_of = live_scan.priority if live_scan is not None else (lambda symbol: "watchlist")
     ib.priority_of = priority_of
     # lines by priority: open positions, then (with a scanner) its top picks, other picks, the rest
     from ..brokers.ib.broker import _PRIORITY
 
     lined = sorted((s for s in prep.symbols if s in traded),
-                   key=lambda s: (-ib.budget.rank(_PRIORITY["position" if s in restored else priority_of(s)]), s))
+                   key=lambda s: (-ib.budget.rank(_PRIORITY["position" if s in held_symbols else priority_of(s)]), s))
     try:
         for symbol in lined:
-            why = ib.subscribe(symbol, "position" if symbol in restored else priority_of(symbol))
+            why = ib.subscribe(symbol, "position" if symbol in held_symbols else priority_of(symbol))
             if why and "no market data line" not in why:      # beyond the budget: they take turns (said below)
                 say(f"market data: {why}")
             ib.stream(symbol, spec.bar, spec.session)

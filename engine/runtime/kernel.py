@@ -233,6 +233,8 @@ class Kernel(RunState):
         for symbol, st in symbols.items():
             self._lanes_for(symbol, st)
         self._entered: dict[str, int] = {}     # symbol -> the bar a lane of it last decided its entries at
+        self.oca_groups: dict[str, str] = {}   # a position's entry ref -> its protective orders' OCA group at the
+                                               # broker, where an earlier run sent them (adopted)
         self._jump_cache: dict[str | None, list[int] | None] = {}
         self._scalars: dict[int, Callable] = {}        # each node read at one bar, as a function (plan.evaluate.scalar_at)
         self._levels: dict[str | None, list] = {}     # per owner: its exits' (rule, stop|target, level at a bar, key)
@@ -634,7 +636,7 @@ class Kernel(RunState):
             pos = self.ledger.positions.get(lane.slot) if role != "entry" else None
             tr.contract = tr.record.contract = pos.contract if pos is not None else b.contract_at(k)
         order = E.Order(it.tag, it.symbol, it.action, float(it.quantity), it.order_type, it.limit, it.stop, it.tif,
-                        f"{lane.slot}:protect" if role == "stop" or role == "target" else "", tr.owner, it.intent,
+                        self._oca(lane) if role == "stop" or role == "target" else "", tr.owner, it.intent,
                         it.rule, contract=tr.contract)
         if role == "entry" and self.check_order is not None and self._refused(tr, order):
             lane.working_entry = None
@@ -1500,6 +1502,16 @@ class Kernel(RunState):
         if self._new_at[0] != t:
             self._new_at = (t, [])
         self._new_at[1].append(st.symbol)
+
+    def _oca(self, lane: _Symbol) -> str:
+        """The one-cancels-all group of a position's protective orders: one per position (its
+        entry's ref), so two owners' positions in one symbol (positions_per_symbol) never share
+        one at the broker, and a later position never joins a finished one's group; a position
+        taken over from an earlier run keeps the group its adopted orders were sent in."""
+        entry = self._entry_ref.get(lane.slot)
+        if entry is None:
+            return f"{lane.slot}:protect"
+        return self.oca_groups.get(entry) or f"{entry}:protect"
 
     def _first_entry(self, st: _Symbol, k: int) -> bool:
         """positions_per_symbol: a symbol's entries are decided once a bar's close, by its first

@@ -138,7 +138,8 @@ class LiveFeed:
         for st in k.syms.values():
             for i in range(len(st.bars)):
                 k._stream(st, i)
-            st.start = len(st.bars)
+            for lane in st.lanes or [st]:       # positions_per_symbol: its lanes share the values
+                lane.start = len(st.bars)
 
     def admit(self, symbol: str) -> None:
         """Trade `symbol` from now on, from its history in prep.frames (a scanner's new candidate
@@ -196,10 +197,14 @@ class LiveFeed:
             return len(grown) - 1
         sbars, bars = _symbol_bars(self.prep, symbol)
         n = len(sbars)
-        st.bars, st.inputs = sbars, bars
-        st.entry_mask, st.flat_mask = _schedule_masks(self.prep, bars)
-        st.flat_masks = agent_flat_masks(self.prep, bars)
-        st.held_mask, st.add_mask = cadence_masks(self.prep, bars)
+        entry_mask, flat_mask = _schedule_masks(self.prep, bars)
+        flat_masks = agent_flat_masks(self.prep, bars)
+        held_mask, add_mask = cadence_masks(self.prep, bars)
+        for lane in st.lanes or [st]:      # positions_per_symbol: every lane of the symbol reads its bars
+            lane.bars, lane.inputs = sbars, bars
+            lane.entry_mask, lane.flat_mask = entry_mask, flat_mask
+            lane.flat_masks = flat_masks
+            lane.held_mask, lane.add_mask = held_mask, add_mask
         for i, arr in enumerate(st.values):
             if arr is not None and len(arr) < n:
                 grown_values = np.empty(n, dtype=object)
@@ -223,14 +228,19 @@ class LiveFeed:
         b = st.bars
         k._tick(max(k._now, int(b.end[k_bar])))
         venue = k.venue
-        st.at = (k_bar, 1)
+        lanes = st.lanes or [st]        # positions_per_symbol: each owner's lane decides in turn
+        for lane in lanes:
+            lane.at = (k_bar, 1)
         venue.open_bar(symbol, k_bar)
         k._drain()
         venue.close_bar(symbol, k_bar)
         k._drain()
-        st.at = (k_bar, 0)
-        k._on_close(st, k_bar)
-        self.send_pending(st)
+        for lane in lanes:
+            lane.at = (k_bar, 0)
+        for lane in lanes:
+            k._on_close(lane, k_bar)
+        for lane in lanes:
+            self.send_pending(lane)
 
     def send_pending(self, st) -> None:
         k = self.kernel

@@ -22,7 +22,8 @@ execution ids it holds and its open positions (a JournalView), and says:
   lost        journal `submitted` / `partially_filled`, absent everywhere: check once more
               (a second fetch; `confirmed_lost`), then mark them;
   phantom     positions the journal holds open and IB does not: close them externally in the
-              journal, send no exit;
+              journal, send no exit (a contract several owners hold in the journal is compared
+              by the sum of their positions: IB nets them; one flag for the sum);
   unknown     positions IB holds in contracts the journal never traded: flag, never touch;
   mismatch    both hold it, in different quantities (or the journal traded it and holds none):
               flag, and block new entries on it (`blocked`);
@@ -72,6 +73,7 @@ class IBOrder:
     limit: float | None = None
     stop: float | None = None
     legs: tuple[tuple[int, int, str], ...] = ()   # a BAG's (conId, ratio, action)
+    oca_group: str = ""              # its one-cancels-all group ('' for none)
 
 
 @dataclass(frozen=True)
@@ -321,7 +323,7 @@ def _order(trade, done: bool) -> IBOrder:
         if c.secType == "BAG" else ()
     return IBOrder(o.orderRef, o.permId or st.permId, o.orderId, o.clientId, c.conId, c.localSymbol, c.symbol,
                    c.secType, _SIDES.get(o.action, o.action.lower()), float(o.totalQuantity), filled, st.status,
-                   o.orderType, real(o.lmtPrice) or None, real(o.auxPrice) or None, legs)
+                   o.orderType, real(o.lmtPrice) or None, real(o.auxPrice) or None, legs, o.ocaGroup or "")
 
 
 def _execution(fill, report) -> IBExecution:
@@ -458,7 +460,19 @@ def _combo_commission(bag: IBExecution, members: tuple[IBExecution, ...], group)
 
 
 def _positions(snapshot: Snapshot, journal: JournalView, fills: list[FillToInsert], unmatched: list[IBExecution]):
-    held = {p.con_id: p for p in journal.positions}
+    # IB nets one contract's positions in an account: the journal's positions in a contract (each
+    # owner's, with positions_per_symbol) are compared by their sum, and one flag says so
+    held: dict[int, JournalPosition] = {}
+    for p in journal.positions:
+        same = held.get(p.con_id)
+        if same is None:
+            held[p.con_id] = p
+            continue
+        total = same.quantity + p.quantity
+        size = abs(same.quantity) + abs(p.quantity)
+        avg = (same.avg_price * abs(same.quantity) + p.avg_price * abs(p.quantity)) / size if size else same.avg_price
+        held[p.con_id] = JournalPosition(p.con_id, same.local_symbol or p.local_symbol, same.symbol, total, avg,
+                                         same.multiplier)
     expected = {con: p.quantity for con, p in held.items()}
     touched = set(journal.traded) | set(held) | {x.con_id for x in unmatched}   # our orders traded them
     every = {x.exec_id: x for x in snapshot.executions}

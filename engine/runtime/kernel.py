@@ -330,7 +330,7 @@ class Kernel(RunState):
         st = self.syms[symbol]
         b = st.bars
         n = len(b)
-        start, end = b.start, b.end
+        start_at, end_at = b.start.item, b.end.item     # a bar's times as ints (int(b.end[k]), cheaper)
         venue = self.venue
         open_bar, close_bar, fills_at_open, works = venue.open_bar, venue.close_bar, venue.fills_at_open, venue.works
         drain, on_open, on_close, holding_jump = self._drain, self._on_open, self._on_close, self._holding_jump
@@ -352,7 +352,7 @@ class Kernel(RunState):
                     if j >= last_cand:
                         return
                     k = cands[j]
-                yield int(end[k]), CLOSE
+                yield end_at(k), CLOSE
                 st.at = (k, CLOSE)
                 open_bar(symbol, k)
                 close_bar(symbol, k)
@@ -365,7 +365,7 @@ class Kernel(RunState):
                     if j >= n:
                         return      # nothing can happen to the position before the data ends
                     k = j
-            t = int(start[k])
+            t = start_at(k)
             opened = st.pending or fills_at_open(symbol, k)
             if opened:
                 yield t, OPEN
@@ -380,7 +380,7 @@ class Kernel(RunState):
                     open_bar(symbol, k)
                 close_bar(symbol, k)
                 drain()
-            yield int(end[k]), CLOSE
+            yield end_at(k), CLOSE
             st.at = (k, CLOSE)
             if not trades:
                 if not opened:
@@ -637,6 +637,7 @@ class Kernel(RunState):
         mult = b.multiplier
         equity, funds, cash = self.account_view()
         fee_of = self.broker.commission
+        fee_q = None
         if b.margined and b.margin <= 0 and (quantity is None or limits.max_position is not None):
             why = (f"{tr.symbol} has no initial margin in the instrument map: a future's share of equity "
                    f"({'percent_of_equity' if quantity is None else 'max_position'}) is measured on its margin")
@@ -652,6 +653,7 @@ class Kernel(RunState):
                 while quantity > 0 and quantity * price * mult + fee > cash + 1e-9:
                     quantity -= 1 if sizing.whole else quantity * 1e-6
                     fee = fee_of(quantity, price, mult, b.contracts)
+                fee_q = quantity        # the quantity `fee` is the commission of
         notes = []
         if limits.by_state or limits.volatility_target is not None:
             st = tr.lane
@@ -666,9 +668,11 @@ class Kernel(RunState):
                     notes.append(note)
         # what the symbol holds already: the position this entry adds to (pyramiding), and with
         # positions_per_symbol the other agents' shares too (max_position caps them together)
-        positions = self.ledger.positions
-        held = math.fsum(abs(positions[lane.slot].quantity) for lane in (tr.lane.lanes or [tr.lane])
-                         if lane.slot in positions)
+        held = 0.0          # (only max_position reads it)
+        if limits.max_position is not None:
+            positions = self.ledger.positions
+            held = math.fsum(abs(positions[lane.slot].quantity) for lane in (tr.lane.lanes or [tr.lane])
+                             if lane.slot in positions)
         quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=b.margin if b.margined else price * mult,
                                      stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
                                      whole=sizing.whole if sizing else True, held=held)
@@ -680,7 +684,8 @@ class Kernel(RunState):
             self._decide(tr.symbol, it.rule, "entry", "blocked", f"{why}: quantity rounds to 0" if why else
                          "quantity rounds to 0 at the price it would fill near")
             return None
-        fee = fee_of(quantity, price, mult, b.contracts)
+        if quantity != fee_q:       # the caps changed it (else its commission is known)
+            fee = fee_of(quantity, price, mult, b.contracts)
         need = self.margin_required(b, quantity, price, it.action == "sell")
         reason = None
         if need + fee > funds + 1e-6:

@@ -999,7 +999,7 @@ class Kernel(RunState):
                         and st.working_entry is None:
                     self._enter(st, k, add=side)      # pyramiding: an entry the same way adds to it
         elif not st.pending and st.working_entry is None and st.closing is None and st.chasing is None \
-                and self._first_entry(st, k):  # _idle
+                and (not st.lanes or self._first_entry(st, k)):  # _idle
             self._enter(st, k)
             if st.key is not None and st.closing is None:
                 # filled at this close (`fill: close`): its exits already apply to this bar
@@ -2061,6 +2061,8 @@ class Kernel(RunState):
 
     def states_at(self, st: _Symbol, k: int) -> tuple:
         """The strategy's classifications of the symbol at bar k's close: ((name, label), ...)."""
+        if not self._classes:
+            return ()
         values = st.values
         return tuple((name, str(_at(values[node], k))) for name, node in self._classes)
 

@@ -1228,8 +1228,8 @@ class Kernel(RunState):
         pos = self.ledger.positions[st.slot]
         template = self.settings.orders.get(rule.order) if rule.order else None
         nodes = self._order_nodes.get(rule.order, _NO_NODES)
-        limit = self._value(st, nodes[0], k)
-        stop = self._value(st, nodes[1], k)
+        limit = self._value(st, nodes[0], k) if nodes[0] is not None else None
+        stop = self._value(st, nodes[1], k) if nodes[1] is not None else None
         intent = OrderIntent(st.symbol, "sell" if pos.quantity > 0 else "buy",
                              template.type if template else "market", abs(pos.quantity), None, limit, stop,
                              template.tif if template else "day", "close", rule.name, self._tag(), rule.reason)
@@ -1288,7 +1288,7 @@ class Kernel(RunState):
             reason = check_entry(limits, account) or (check_states(limits, self.states_at(st, k),
                                                                    account.open_positions)
                                                       if limits.by_state else None)
-        if not reason and not (against or add):
+        if not reason and not (against or add) and self._new_cap is not None:
             reason = self._new_names_full(st, k)
         if reason:
             self._decide(st.symbol, rule.name, "entry", "blocked", reason, why, confidence=confidence)
@@ -1297,7 +1297,7 @@ class Kernel(RunState):
         intent = self._intent(st, rule, template, k)
         if intent is None:
             return
-        if not (against or add):
+        if not (against or add) and self._new_cap is not None:
             self._took_new(st, k)
         self._decide(st.symbol, rule.name, "entry", "fired", taken, why, confidence=confidence)
         tr = self._track(intent, st, "entry", rule, k)
@@ -1991,8 +1991,8 @@ class Kernel(RunState):
             self._decide(st.symbol, rule.name, "entry", "blocked", "short selling needs a margin account")
             return None
         nodes = self._order_nodes.get(rule.order, _NO_NODES)
-        limit = self._value(st, nodes[0], k)
-        stop = self._value(st, nodes[1], k)
+        limit = self._value(st, nodes[0], k) if nodes[0] is not None else None
+        stop = self._value(st, nodes[1], k) if nodes[1] is not None else None
         for name, price in (("limit", limit), ("stop", stop)) if limit is not None or stop is not None else ():
             if price is not None and not (isinstance(price, float) and math.isfinite(price) and price > 0):
                 self._decide(st.symbol, rule.name, "entry", "blocked", f"the {name} price is not a number yet ({price})")

@@ -25,6 +25,7 @@ equal on random bars.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -104,26 +105,36 @@ _SCAN = 16    # bars searched one by one before the arrays are (numpy's cost per
 
 def first_touch_any(bars: SymbolBars, lo: int, hi: int, levels: list[tuple[float, bool]]) -> int | None:
     """The first bar in [lo, hi) whose range reaches any of `levels` ((price, rising) pairs, as
-    first_touch reads them): a protective stop and target searched in one pass. Most protective
-    orders are touched within a few bars of their placing, so the first bars are compared one
-    by one (the same comparisons), the rest as arrays."""
+    first_touch reads them): a protective stop and target searched in one pass. A bar reaches a
+    rising level when its high is at or above it, so of several rising levels the lowest decides
+    (and of falling ones the highest): two comparisons a bar. Most protective orders are touched
+    within a few bars of their placing, so the first bars are compared one by one (the same
+    comparisons), the rest as arrays."""
     if not levels:
         return None
+    up, down = math.inf, -math.inf
+    for level, rising in levels:
+        if rising:
+            if level < up:
+                up = level
+        elif level > down:
+            down = level
     head = min(hi, lo + _SCAN)
     if head > lo:
-        highs = bars.high[lo:head].tolist()
-        lows = bars.low[lo:head].tolist()
-        for j in range(head - lo):
-            for level, rising in levels:
-                if (highs[j] >= level) if rising else (lows[j] <= level):
-                    return lo + j
+        j = lo
+        for h, low in zip(bars.high[lo:head].tolist(), bars.low[lo:head].tolist()):
+            if h >= up or low <= down:
+                return j
+            j += 1
         lo = head
-    mask = None
-    for level, rising in levels:
-        touched = bars.high[lo:hi] >= level if rising else bars.low[lo:hi] <= level
-        mask = touched if mask is None else np.logical_or(mask, touched, out=mask)
-    if mask is None:
+    if lo >= hi:
         return None
+    if down == -math.inf:
+        mask = bars.high[lo:hi] >= up
+    elif up == math.inf:
+        mask = bars.low[lo:hi] <= down
+    else:
+        mask = np.logical_or(bars.high[lo:hi] >= up, bars.low[lo:hi] <= down)
     j = first_true(mask)
     return None if j is None else lo + j
 

@@ -94,7 +94,7 @@ class SimBroker:
         self._stock_held = [0] * len(self._stock_qty)     # per timeline: how many of its symbols are held
         self._stock_in: set[str] = set()                  # the stock held
         self._stock_changed: set[str] = set()             # stock whose holding changed since the account was read
-        self._line_terms: dict[int, tuple[list[float], list[float]]] = {}   # per timeline, at _worth_at
+        self._line_terms: dict[int, tuple[dict, dict]] = {}   # per timeline, at _worth_at: slot -> value, margin
         self.bars = bars
         self.fills = fills
         self.cash = float(cash)
@@ -192,8 +192,8 @@ class SimBroker:
         if k < 0:
             return None
         b = self.bars[symbol]
-        price, t = (float(b.open[k]), int(b.start[k])) if self._phase[symbol] == OPEN else \
-            (float(b.close[k]), int(b.end[k]))
+        price, t = (b.open.item(k), b.start.item(k)) if self._phase[symbol] == OPEN else \
+            (b.close.item(k), b.end.item(k))
         return E.Quote(symbol, price, price, price, t)
 
     def history(self, symbol: str, bars: int) -> SymbolBars | None:
@@ -272,8 +272,8 @@ class SimBroker:
             for line, held in enumerate(self._stock_held):
                 if held:
                     v, u = terms.get(line) or self._value_line(line, at)
-                    values += v
-                    used += u
+                    values += v.values()
+                    used += u.values()
         value = math.fsum(values)
         margin = math.fsum(used)
         equity = self.cash + value
@@ -292,18 +292,34 @@ class SimBroker:
         elif len(self._stock_in) < len(holdings):
             self._appraise([s for s in holdings if s not in self._stock_at])
 
-    def _value_line(self, line: int, at: int) -> tuple[list[float], list[float]]:
+    def _value_line(self, line: int, at: int) -> tuple[dict[int, float], dict[int, float]]:
         """The values in equity and the margins of the stock held on one timeline at `at`, with
         _appraise's float operations (price x quantity x multiplier; |quantity| x price x
-        multiplier, half of it in a margin account), one element per holding."""
+        multiplier, half of it in a margin account), by slot: one element per holding."""
         quantity = self._stock_qty[line]
         held = quantity != 0.0
         price = self._last_close.closes_at(line, at)[held]
         quantity, mult = quantity[held], self._stock_mult[line][held]
         used = np.abs(quantity) * price * mult
-        terms = self._line_terms[line] = ((price * quantity * mult).tolist(),
-                                          (used if self.account_type == "cash" else 0.5 * used).tolist())
+        slots = np.flatnonzero(held).tolist()
+        terms = self._line_terms[line] = (dict(zip(slots, (price * quantity * mult).tolist())),
+                                          dict(zip(slots, (used if self.account_type == "cash" else
+                                                           0.5 * used).tolist())))
         return terms
+
+    def _restate(self, line: int, slot: int, quantity: float) -> None:
+        """One holding of a timeline changed at the instant its terms were found: its own terms
+        again (the same float operations as _value_line's), the others' as they are."""
+        values, used = self._line_terms[line]
+        if quantity == 0.0:
+            values.pop(slot, None)
+            used.pop(slot, None)
+            return
+        price = self._last_close.closes_at(line, self._worth_at).item(slot)
+        mult = self._stock_mult[line].item(slot)
+        values[slot] = price * quantity * mult
+        u = abs(quantity) * price * mult
+        used[slot] = u if self.account_type == "cash" else 0.5 * u
 
     def _appraise(self, symbols) -> None:
         """Holdings' values in equity and the margins they hold, at their marks at this instant, a
@@ -357,7 +373,10 @@ class SimBroker:
             elif h is None and symbol in stock_in:
                 stock_in.discard(symbol)
                 self._stock_held[line] -= 1
-            self._line_terms.pop(line, None)
+            if line in self._line_terms and self._worth_at is not None and self._worth_at == self.clock:
+                self._restate(line, slot, self._stock_qty[line].item(slot))
+            else:
+                self._line_terms.pop(line, None)
         self._stock_changed.clear()
 
     def events(self) -> list[E.Event]:
@@ -429,15 +448,15 @@ class SimBroker:
         if at_close:   # a market order at this bar's close
             price, when = self.fills.market_price(b, o.action, float(b.close[k])), int(b.end[k])
         else:
-            m = match_bar(o.order_type, o.action == "buy", o.limit, o.stop, float(b.open[k]), float(b.high[k]),
-                          float(b.low[k]), float(b.close[k]), self.fills.slippage, b.tick_size, w.triggered)
+            m = match_bar(o.order_type, o.action == "buy", o.limit, o.stop, b.open.item(k), b.high.item(k),
+                          b.low.item(k), b.close.item(k), self.fills.slippage, b.tick_size, w.triggered)
             price = m.price
             if price is None:
                 if m.triggered:
                     # touched the stop but beyond the limit: a limit from the next bar
                     w.triggered, w.active_from = True, k + 1
                 return
-            when = int(b.end[k]) if m.at_close else int(b.start[k])
+            when = b.end.item(k) if m.at_close else b.start.item(k)     # int(b.end[k]), without the numpy scalar
         qty = o.quantity - w.filled
         partial = self.partial
         if partial is not None and partial < 1.0:

@@ -24,7 +24,8 @@ class SimClock:
         self._heap: list = []
         self._order = 0
         self.steps = 0
-        self.on_time: Callable[[int], None] | None = None   # told the time before each step (the venue)
+        self.on_time: Callable[[int], None] | None = None   # told the time before the first step at each
+                                                            # instant (the venue)
 
     def add(self, proc: Iterator[tuple[int, int]]) -> None:
         """A process: it yields (time, phase) before each of its steps."""
@@ -50,6 +51,7 @@ class SimClock:
         wait = self._wait if type(self)._wait is not SimClock._wait else None    # a SimClock never waits
         pushpop = heapq.heappushpop
         steps = self.steps
+        told = None         # the time on_time was last told (steps at one instant tell it once)
         try:
             while heap:
                 t, _, order, proc = heapq.heappop(heap)
@@ -57,8 +59,9 @@ class SimClock:
                     if wait is not None:
                         wait(t)
                     self.now = t
-                    if on_time is not None:
+                    if on_time is not None and t != told:
                         on_time(t)
+                        told = t
                     nxt = next(proc, None)
                     steps += 1
                     if progress is not None and steps % 1024 == 0:

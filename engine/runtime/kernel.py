@@ -352,7 +352,7 @@ class Kernel(RunState):
         st = self.syms[symbol]
         b = st.bars
         n = len(b)
-        start, end = b.start, b.end
+        start_at, end_at = b.start.item, b.end.item     # a bar's times as ints (int(b.end[k]), cheaper)
         venue = self.venue
         open_bar, close_bar, fills_at_open, works = venue.open_bar, venue.close_bar, venue.fills_at_open, venue.works
         drain, on_open, on_close, holding_jump = self._drain, self._on_open, self._on_close, self._holding_jump
@@ -374,7 +374,7 @@ class Kernel(RunState):
                     if j >= last_cand:
                         return
                     k = cands[j]
-                yield int(end[k]), CLOSE
+                yield end_at(k), CLOSE
                 st.at = (k, CLOSE)
                 open_bar(symbol, k)
                 close_bar(symbol, k)
@@ -387,7 +387,7 @@ class Kernel(RunState):
                     if j >= n:
                         return      # nothing can happen to the position before the data ends
                     k = j
-            t = int(start[k])
+            t = start_at(k)
             opened = st.pending or fills_at_open(symbol, k)
             if opened:
                 yield t, OPEN
@@ -402,7 +402,7 @@ class Kernel(RunState):
                     open_bar(symbol, k)
                 close_bar(symbol, k)
                 drain()
-            yield int(end[k]), CLOSE
+            yield end_at(k), CLOSE
             st.at = (k, CLOSE)
             if not trades:
                 if not opened:
@@ -667,6 +667,7 @@ class Kernel(RunState):
         mult = b.multiplier
         equity, funds, cash = self.account_view()
         fee_of = self.broker.commission
+        fee_q = None
         if b.margined and b.margin <= 0 and (quantity is None or limits.max_position is not None):
             why = (f"{tr.symbol} has no initial margin in the instrument map: a future's share of equity "
                    f"({'percent_of_equity' if quantity is None else 'max_position'}) is measured on its margin")
@@ -682,6 +683,7 @@ class Kernel(RunState):
                 while quantity > 0 and quantity * price * mult + fee > cash + 1e-9:
                     quantity -= 1 if sizing.whole else quantity * 1e-6
                     fee = fee_of(quantity, price, mult, b.contracts)
+                fee_q = quantity        # the quantity `fee` is the commission of
         notes = []
         if limits.by_state or limits.volatility_target is not None:
             st = tr.lane
@@ -696,9 +698,11 @@ class Kernel(RunState):
                     notes.append(note)
         # what the symbol holds already: the position this entry adds to (pyramiding), and with
         # positions_per_symbol the other agents' shares too (max_position caps them together)
-        positions = self.ledger.positions
-        held = math.fsum(abs(positions[lane.slot].quantity) for lane in (tr.lane.lanes or [tr.lane])
-                         if lane.slot in positions)
+        held = 0.0          # (only max_position reads it)
+        if limits.max_position is not None:
+            positions = self.ledger.positions
+            held = math.fsum(abs(positions[lane.slot].quantity) for lane in (tr.lane.lanes or [tr.lane])
+                             if lane.slot in positions)
         quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=b.margin if b.margined else price * mult,
                                      stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
                                      whole=sizing.whole if sizing else True, held=held)
@@ -710,7 +714,8 @@ class Kernel(RunState):
             self._decide(tr.symbol, it.rule, "entry", "blocked", f"{why}: quantity rounds to 0" if why else
                          "quantity rounds to 0 at the price it would fill near")
             return None
-        fee = fee_of(quantity, price, mult, b.contracts)
+        if quantity != fee_q:       # the caps changed it (else its commission is known)
+            fee = fee_of(quantity, price, mult, b.contracts)
         need = self.margin_required(b, quantity, price, it.action == "sell")
         reason = None
         if need + fee > funds + 1e-6:
@@ -1051,7 +1056,7 @@ class Kernel(RunState):
                         and st.working_entry is None:
                     self._enter(st, k, add=side)      # pyramiding: an entry the same way adds to it
         elif not st.pending and st.working_entry is None and st.closing is None and st.chasing is None \
-                and self._first_entry(st, k):  # _idle
+                and (not st.lanes or self._first_entry(st, k)):  # _idle
             self._enter(st, k)
             if st.key is not None and st.closing is None:
                 # filled at this close (`fill: close`): its exits already apply to this bar
@@ -1406,8 +1411,8 @@ class Kernel(RunState):
         pos = self.ledger.positions[st.slot]
         template = self.settings.orders.get(rule.order) if rule.order else None
         nodes = self._order_nodes.get(rule.order, _NO_NODES)
-        limit = self._value(st, nodes[0], k)
-        stop = self._value(st, nodes[1], k)
+        limit = self._value(st, nodes[0], k) if nodes[0] is not None else None
+        stop = self._value(st, nodes[1], k) if nodes[1] is not None else None
         intent = OrderIntent(st.symbol, "sell" if pos.quantity > 0 else "buy",
                              template.type if template else "market", abs(pos.quantity), None, limit, stop,
                              template.tif if template else "day", "close", rule.name, self._tag(), rule.reason)
@@ -1466,7 +1471,7 @@ class Kernel(RunState):
             reason = check_entry(limits, account) or (check_states(limits, self.states_at(st, k),
                                                                    account.open_positions)
                                                       if limits.by_state else None)
-        if not reason and not (against or add):
+        if not reason and not (against or add) and self._new_cap is not None:
             reason = self._new_names_full(st, k)
         if reason:
             self._decide(st.symbol, rule.name, "entry", "blocked", reason, why, confidence=confidence)
@@ -1475,7 +1480,7 @@ class Kernel(RunState):
         intent = self._intent(st, rule, template, k)
         if intent is None:
             return
-        if not (against or add):
+        if not (against or add) and self._new_cap is not None:
             self._took_new(st, k)
         self._decide(st.symbol, rule.name, "entry", "fired", taken, why, confidence=confidence)
         tr = self._track(intent, st, "entry", rule, k)
@@ -2179,8 +2184,8 @@ class Kernel(RunState):
             self._decide(st.symbol, rule.name, "entry", "blocked", "short selling needs a margin account")
             return None
         nodes = self._order_nodes.get(rule.order, _NO_NODES)
-        limit = self._value(st, nodes[0], k)
-        stop = self._value(st, nodes[1], k)
+        limit = self._value(st, nodes[0], k) if nodes[0] is not None else None
+        stop = self._value(st, nodes[1], k) if nodes[1] is not None else None
         for name, price in (("limit", limit), ("stop", stop)) if limit is not None or stop is not None else ():
             if price is not None and not (isinstance(price, float) and math.isfinite(price) and price > 0):
                 self._decide(st.symbol, rule.name, "entry", "blocked", f"the {name} price is not a number yet ({price})")
@@ -2249,6 +2254,8 @@ class Kernel(RunState):
 
     def states_at(self, st: _Symbol, k: int) -> tuple:
         """The strategy's classifications of the symbol at bar k's close: ((name, label), ...)."""
+        if not self._classes:
+            return ()
         values = st.values
         return tuple((name, str(_at(values[node], k))) for name, node in self._classes)
 

@@ -6,7 +6,6 @@ picks and orders as `run --broker sim` over the same bars; picks take the line p
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gateway.conftest import connect, error_guard, expect_errors, make_sim, shared_data  # noqa: F401
+from gateway.conftest import connect, error_guard, expect_errors, make_sim, run_ib_on, shared_data  # noqa: F401
 
 NAMES = ["SCANA", "SCANB", "SCANC", "SCAND", "SCANE"]
 
@@ -68,29 +67,7 @@ def _data(tmp_path: Path) -> Path:
     return folder
 
 
-def _run_ib(sim, strategy: Path, journal: Path, seconds: float, dry_run: bool = False, speed: float = 120):
-    """The run through run_ib (its outcome holds the kernel and the scan). The simulator's clock
-    goes slowly until the run is ready (its budget line is said just before), so that no bar
-    completes during the warm-up and the run does not start by catching up on bars whose fills
-    it could not have had in time; then at `speed`."""
-    from engine.runtime.ibrun import run_ib
-    from engine.runtime.journal import Journal
-    from engine.runtime.trading import connect_settings
-
-    settings = connect_settings({"host": "127.0.0.1", "port": sim.port, "client_id": 7, "account": None}, {})
-    said: list[str] = []
-
-    def say(line: str) -> None:
-        said.append(line)
-        if line.startswith("needs "):
-            sim.clock.set_speed(speed)
-
-    sim.clock.set_speed(2)
-    with Journal(journal) as j:
-        outcome = run_ib(str(strategy), connect=settings, overrides={}, journal=j, dry_run=dry_run, live=False,
-                         yes=False, tty=False, confirm=lambda q: False, seconds=seconds, say=say,
-                         status_every=3600)
-    return outcome, said
+_run_ib = run_ib_on
 
 
 def _same(a, b) -> bool:

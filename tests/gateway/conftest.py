@@ -126,3 +126,28 @@ def nq_data(tmp_path):
         (tmp_path / f.name).symlink_to(f)
     (tmp_path / "NQ.csv").symlink_to(src)
     return tmp_path
+
+
+def run_ib_on(sim, strategy, journal, seconds: float, dry_run: bool = False, speed: float = 120):
+    """A strategy run through run_ib against `sim` (its outcome holds the kernel and the scan, and
+    the lines it said). The simulator's clock goes slowly until the run is ready (its budget line
+    is said just before), so that no bar completes during the warm-up and the run does not start
+    by catching up on bars whose fills it could not have had in time; then at `speed`."""
+    from engine.runtime.ibrun import run_ib
+    from engine.runtime.journal import Journal
+    from engine.runtime.trading import connect_settings
+
+    settings = connect_settings({"host": "127.0.0.1", "port": sim.port, "client_id": 7, "account": None}, {})
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        if line.startswith("needs "):
+            sim.clock.set_speed(speed)
+
+    sim.clock.set_speed(2)
+    with Journal(journal) as j:
+        outcome = run_ib(str(strategy), connect=settings, overrides={}, journal=j, dry_run=dry_run, live=False,
+                         yes=False, tty=False, confirm=lambda q: False, seconds=seconds, say=say,
+                         status_every=3600)
+    return outcome, said

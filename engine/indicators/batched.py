@@ -19,6 +19,8 @@ bar-by-bar updates, by one scalar stream per symbol): see engine/plan/batched.py
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from . import params as P
@@ -31,8 +33,8 @@ def _masked(mask: np.ndarray) -> np.ndarray | None:
     return None if mask.all() else mask
 
 
-class Batched:
-    """Base: `run` over a history, `step` for one row."""
+class Batched(ABC):
+    """Base: `run` over a history, `step` for one row (each kernel defines `step`)."""
 
     inputs = 1
 
@@ -61,8 +63,9 @@ class Batched:
             return np.full(self.width, _NAN)
         return self.step(*rows, mask=ok)
 
-    def step(self, *rows: np.ndarray, mask: np.ndarray) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def step(self, *rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One bar per symbol: the row of outputs; symbols outside `mask` keep their state and get NaN."""
 
 
 class _Ring:

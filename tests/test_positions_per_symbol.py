@@ -358,6 +358,11 @@ def test_positions_restored_into_lanes_trade_on_as_if_never_stopped(tmp_path):
     restored = restore_positions(k2, journaled)
     assert set(restored) == set(journaled)
     assert sorted(restored.values()) == sorted(held)            # each into a lane: SPY, SPY#2, ...
+    said = []       # the same journal again: every owner holds its lane now, and each is said, none doubled
+    assert restore_positions(k2, journaled, said.append) == {}
+    assert len(said) == len(journaled) and all("not restored" in line and "lanes are all held" in line
+                                               for line in said)
+    assert sorted(k2.ledger.positions) == sorted(held)
     before = {(p.symbol, p.owner): p for p in held.values()}
     for name, slot in restored.items():
         pos = k2.ledger.positions[slot]

@@ -530,6 +530,27 @@ def _decided_bar(b, entry_time: int) -> int:
     return int(np.searchsorted(b.end, entry_time, side="right")) - 1
 
 
+def _free_lanes(kernel, positions: dict[str, JournalPosition], *, combos: bool, skip, say):
+    """The journal's positions (option combos, or the rest) to restore, each with its owner and
+    the free lane of its symbol it goes into: (key, position, owner, lane). A position in a symbol
+    the strategy no longer trades is passed over; one whose symbol's lanes are all held is said."""
+    for key, pos in positions.items():
+        if bool(pos.legs) != combos or key in skip:
+            continue
+        symbol = pos.underlying if combos else pos.symbol
+        if symbol not in kernel.syms:
+            continue
+        owner = restored_owner(kernel, pos)
+        lane = restore_lane(kernel, symbol, owner)
+        if lane is None or lane.key is not None:
+            if say is not None:
+                what = "the combo" if combos else f"{pos.quantity:g} {symbol}"
+                say(f"{key}: {what} of {owner} not restored: {symbol}'s positions_per_symbol lanes are all held "
+                    f"(or {owner} holds another position in it); its exits do not manage it")
+            continue
+        yield key, pos, owner, lane
+
+
 def restore_positions(kernel, positions: dict[str, JournalPosition],
                       say: Callable[[str], None] | None = None, skip=frozenset()) -> dict[str, str]:
     """Open the journal's positions in a fresh kernel, each owner's in its own lane of the symbol
@@ -537,19 +558,8 @@ def restore_positions(kernel, positions: dict[str, JournalPosition],
     journal's keys restored -> their ledger keys (a position in a symbol the strategy no longer
     trades, or beyond the symbol's lanes, is left to the user, said)."""
     restored = {}
-    for key, pos in positions.items():
-        if pos.legs or key in skip:
-            continue
+    for key, pos, owner, lane in _free_lanes(kernel, positions, combos=False, skip=skip, say=say):
         symbol = pos.symbol
-        if symbol not in kernel.syms:
-            continue
-        owner = restored_owner(kernel, pos)
-        lane = restore_lane(kernel, symbol, owner)
-        if lane is None or lane.key is not None:
-            if say is not None:
-                say(f"{key}: {pos.quantity:g} {symbol} of {owner} not restored: {symbol}'s positions_per_symbol "
-                    f"lanes are all held (or {owner} holds another position in it); its exits do not manage it")
-            continue
         b = lane.bars
         entry_bar = max(int(np.searchsorted(b.start, pos.entry_time, side="right")) - 1, 0)
         fill = Fill(symbol, "buy" if pos.quantity > 0 else "sell", abs(pos.quantity), pos.avg_price, 0.0,
@@ -581,19 +591,8 @@ def restore_combos(kernel, positions: dict[str, JournalPosition], skip=frozenset
     from .options import ComboPosition
 
     restored = {}
-    for key, pos in positions.items():
-        if not pos.legs or key in skip:
-            continue
+    for key, pos, owner, st in _free_lanes(kernel, positions, combos=True, skip=skip, say=say):
         underlying = pos.underlying
-        if underlying not in kernel.syms:
-            continue
-        owner = restored_owner(kernel, pos)
-        st = restore_lane(kernel, underlying, owner)
-        if st is None or st.key is not None:
-            if say is not None:
-                say(f"{key}: the combo of {owner} not restored: {underlying}'s positions_per_symbol lanes are all "
-                    "held; its exits do not manage it")
-            continue
         b = st.bars
         entry_bar = max(int(np.searchsorted(b.start, pos.entry_time, side="right")) - 1, 0)
         legs = tuple(LegQuote(str(leg.get("name") or ""), str(leg["right"]), str(leg["action"]), int(leg.get("ratio") or 1),

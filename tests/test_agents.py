@@ -424,7 +424,6 @@ def test_size_multipliers_and_caps_per_state(tmp_path):
     for f in sized.ledger.fills:
         if f.rule != "dip":
             continue
-        b = sized.bars[f.symbol]
         states = dict(sized.runner.states_at(sized.runner.syms[f.symbol], f.bar - 1))
         assert states["trend"] == "up"
         assert f.quantity == (50 if states["volatility"] == "high" else 100), (f, states)

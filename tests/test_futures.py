@@ -95,7 +95,6 @@ def test_a_position_held_at_the_roll_is_closed_in_its_contract_and_reopened_in_t
     result = bt.run(prep, run_id="t")
     assert "fast_path" not in result.timings          # each position on its own contract's bars: the kernel
     fills = list(result.ledger.fills)
-    series = prep.frames["ES"]
     z, h = prep.fronts["ES"].bars["ESZ3"], prep.fronts["ES"].bars["ESH4"]
     rolled = pd.Timestamp("2013-10-10 00:02", tz=NY)     # the series' first ESH4 bar
     assert (z.loc[rolled, "open"], h.loc[rolled, "open"]) == (1655.25, 1648.75)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from engine.brokers.dryrun import DryRunBroker
 from engine.brokers.sim import SimBroker
@@ -170,16 +169,13 @@ def test_appending_a_bar_indexes_it_as_the_loader_does():
     assert append_bar(grown, Bar(start, 1.5, 2.5, 1.0, 2.0), "America/New_York", daily=True) is grown
 
 
-def test_the_iron_condor_on_the_live_loop_trades_as_the_backtest_with_its_chase():
-    """Combos on the live loop: the chain comes from a fetch (a broker's quotes; here the
-    backtest's own synthesised chains), the chase runs on the live loop's timers."""
+def synthetic_chain_fetch(full_prep, *, at_a_close: bool = False):
+    """A broker's chain_fetch for a live loop over a strategy with option combos: the chains the
+    backtest's desk synthesises over `full_prep`'s bars (each asked for at a bar's end: with
+    `at_a_close`, asserted to be one, at that bar's close). Returns (fetch, the desk's synthesiser,
+    whose runner_ref the loop's kernel goes into)."""
     from engine.runtime.chainsource import option_desk
     from engine.runtime.prepare import _symbol_bars
-    from engine.runtime.session import run_settings
-
-    path = ROOT / "strategies" / "iron_condor.yaml"
-    back = bt.run(bt.prepare(path, start="2019-11-05", end="2019-11-08"))
-    full_prep = bt.prepare(path, end="2019-11-08")
 
     class _Sig:
         def __init__(self, bars):
@@ -191,10 +187,23 @@ def test_the_iron_condor_on_the_live_loop_trades_as_the_backtest_with_its_chase(
     def fetch(symbol, spot, expiries, when):
         b = full_bars[symbol]
         k = int(np.searchsorted(b.end, when.value, side="left"))
-        assert b.end[k] == when.value and b.close[k] == spot
+        if at_a_close:
+            assert b.end[k] == when.value and b.close[k] == spot
         adapter = synthetic(symbol, k)
         return adapter.chain if adapter is not None else None
 
+    return fetch, synthetic
+
+
+def test_the_iron_condor_on_the_live_loop_trades_as_the_backtest_with_its_chase():
+    """Combos on the live loop: the chain comes from a fetch (a broker's quotes; here the
+    backtest's own synthesised chains), the chase runs on the live loop's timers."""
+    from engine.runtime.prepare import _symbol_bars
+    from engine.runtime.session import run_settings
+
+    path = ROOT / "strategies" / "iron_condor.yaml"
+    back = bt.run(bt.prepare(path, start="2019-11-05", end="2019-11-08"))
+    fetch, synthetic = synthetic_chain_fetch(bt.prepare(path, end="2019-11-08"), at_a_close=True)
     prep = bt.prepare(path, end="2019-11-08")
     full, cut = _split(prep, "2019-11-05")
     settings, fills = run_settings(prep, "live")

@@ -382,27 +382,13 @@ def test_positions_restored_into_lanes_trade_on_as_if_never_stopped(tmp_path):
 def _combo_loop(prep, full, cut, full_prep):
     """_live_loop for a strategy with option combos: the chains the backtest's desk prices,
     handed over as a broker's chain_fetch would (as tests/test_live_loop.py's condor does)."""
-    import numpy as np
-    from test_live_loop import Replay
+    from test_live_loop import Replay, synthetic_chain_fetch
 
     from engine.brokers.sim import SimBroker
-    from engine.runtime.chainsource import option_desk
     from engine.runtime.live import LiveRun, live_kernel
     from engine.runtime.prepare import _symbol_bars
 
-    class _Sig:
-        def __init__(self, bars):
-            self.bars = bars
-
-    full_bars = {s: _symbol_bars(full_prep, s)[0] for s in full_prep.symbols}
-    _, synthetic = option_desk(full_prep, {s: _Sig(b) for s, b in full_bars.items()})
-
-    def fetch(symbol, spot, expiries, when):
-        b = full_bars[symbol]
-        k = int(np.searchsorted(b.end, when.value, side="left"))
-        adapter = synthetic(symbol, k)
-        return adapter.chain if adapter is not None else None
-
+    fetch, synthetic = synthetic_chain_fetch(full_prep)
     settings, fills = session.run_settings(prep, "live")
     venue = SimBroker({s: _symbol_bars(prep, s)[0] for s in prep.symbols}, fills, settings.cash, settings.account,
                       session="live.venue")

@@ -460,7 +460,7 @@ def sma_cross_backtest(bars: pd.DataFrame, cash: float = 100_000.0, fast: int = 
     want[slow - 1:] = f[slow - 1:] > s[slow - 1:]
     ts = _iso(bars.index)
     equity = np.empty(close.size)
-    trades, qty, entry_i, entry_cash = [], 0, None, cash
+    trades, qty, entry_i = [], 0, None
     for i in range(close.size):
         if qty == 0 and want[i]:
             qty = int((cash - commission) // close[i])

@@ -9,11 +9,9 @@ its line (tests/e2e/test_scanner_on_ib.py runs scanners on IB)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner

@@ -148,8 +148,8 @@ def _every_other_than_the_bar(doc: Document) -> list[Diagnostic]:
                                 f"the bar), or use {value} bars (data.bar: {value})", key=True))
         elif b >= 86400:
             out.append(doc.diag(where, f"schedule.{key}: a cadence of {value} on {bar} bars {NOT_SUPPORTED}",
-                                f"every session is decided on daily bars; use weekly bars (data.bar: 1w) to decide "
-                                f"once a week, or remove the key", key=True))
+                                "every session is decided on daily bars; use weekly bars (data.bar: 1w) to decide "
+                                "once a week, or remove the key", key=True))
         elif abs(e / b - round(e / b)) > 1e-9:
             out.append(doc.diag(where, f"schedule.{key}: {value} is not a whole number of {bar} bars",
                                 f"decisions happen at bar closes; use a multiple of {bar} "

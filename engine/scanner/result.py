@@ -186,7 +186,7 @@ class ScanResult:
         for code, words in ((STALE, "had stale data"), (NOT_YET, "had no data yet"), (NO_DATA, "had no data")):
             if counts[code]:
                 parts.append(f"{counts[code]} {words}")
-        head = f"0 passed the prefilter" if passed == 0 else f"{picked} of {len(self.symbols)} picked"
+        head = "0 passed the prefilter" if passed == 0 else f"{picked} of {len(self.symbols)} picked"
         return head + (": " + ", ".join(parts) if parts else "")
 
     # ---- rows --------------------------------------------------------------------------------

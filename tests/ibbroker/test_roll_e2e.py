@@ -175,7 +175,7 @@ def test_a_roll_close_still_working_at_ib_is_adopted_and_no_leg_is_sent_while_it
                                                                                       expect_errors):
     expect_errors(162, 202)     # 202: the adopted close is cancelled when the run stops (--for)
     listed = _contracts(nq_sim, connect)
-    (z, z_last), (h, _) = listed["NQZ3"], listed["NQH4"]
+    (z, z_last), _ = listed["NQZ3"], listed["NQH4"]
     strategy = _strategy(tmp_path, nq_sim, z_last)
     journal = tmp_path / "j.sqlite"
     _earlier(journal, z)

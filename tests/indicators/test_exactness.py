@@ -8,7 +8,6 @@ code, and the tests compare with ==, not allclose.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd

@@ -147,7 +147,10 @@ def test_a_journal_of_the_second_schema_gains_the_venues_ids_and_the_exact_contr
             ts TEXT NOT NULL, symbol TEXT NOT NULL, action TEXT NOT NULL, quantity REAL NOT NULL,
             price REAL NOT NULL, multiplier REAL NOT NULL DEFAULT 1, commission REAL NOT NULL DEFAULT 0,
             exec_id TEXT UNIQUE, broker_order_id INTEGER);
+        CREATE TABLE positions (run_id TEXT NOT NULL, ts TEXT NOT NULL, symbol TEXT NOT NULL,
+            quantity REAL NOT NULL, avg_price REAL NOT NULL, market_price REAL);
         INSERT INTO runs(run_id, mode, strategy, started_at) VALUES ('old', 'paper', 's', '2020-01-01');
+        INSERT INTO positions VALUES ('old', '2020-01-01', 'NQ', 1, 25066.25, 25070.0);
         INSERT INTO orders(run_id, order_ref, ts, symbol, action, quantity, order_type) VALUES
             ('old', 'qtrade:s:1', '2020-01-01', 'NQ', 'buy', 1, 'market');
         INSERT INTO fills(run_id, order_ref, ts, symbol, action, quantity, price, exec_id) VALUES
@@ -164,6 +167,8 @@ def test_a_journal_of_the_second_schema_gains_the_venues_ids_and_the_exact_contr
         order = journal._rows("SELECT * FROM orders")[0]
         fills = journal._rows("SELECT * FROM fills")
         notes = journal._rows("SELECT * FROM notes")
+        positions = journal._rows("SELECT * FROM positions")
+    assert [(p["symbol"], p["quantity"], p["owner"]) for p in positions] == [("NQ", 1, "")]    # kept, owner ''
     assert (order["broker_order_id"], order["perm_id"], order["con_id"], order["local_symbol"]) == \
         (7, 1234, 620730920, "NQZ5")
     assert [(f["exec_id"], f["price"]) for f in fills] == [("0001.02", 25066.5)]

@@ -467,3 +467,24 @@ def test_a_combo_and_shares_restored_into_their_lanes_close_as_if_never_stopped(
 
     want = {c for c in closes(whole) if c[2] >= stop_at.value}
     assert closes(k2.ledger.trades) == want and len(want) == 2
+
+
+def test_the_positions_left_open_are_journaled_each_with_its_owner(tmp_path):
+    """A backtest that ends while two agents hold SPY: the journal's snapshot of the positions
+    left open has a row for each, with its owner and its last price (not two anonymous SPY rows)."""
+    path = agents(tmp_path, 2, 4)
+    whole = bt.run(bt.prepare(path), run_id="t").ledger.trades
+    a, b = next((a, b) for a, b in overlaps(whole) if a.symbol == "SPY")
+    entered = pd.Timestamp(max(a.entry_time, b.entry_time), tz="UTC").tz_convert("America/New_York")
+    end = entered.normalize() + pd.Timedelta(days=1)
+    while end.value >= min(a.exit_time, b.exit_time) or end.weekday() >= 5:     # a weekday before either exit
+        end -= pd.Timedelta(days=1)
+    assert end.value > max(a.entry_time, b.entry_time), "the pair is not held over a close"
+    journal = tmp_path / "j.sqlite"
+    out = CliRunner().invoke(main, ["backtest", str(path), "--to", f"{end:%Y-%m-%d}", "--journal", str(journal),
+                                    "--no-progress"])
+    assert out.exit_code == 0, out.output
+    rows = sqlite3.connect(journal).execute("SELECT symbol, owner, quantity, market_price FROM positions "
+                                            "WHERE symbol = 'SPY'").fetchall()
+    assert sorted(r[1] for r in rows) == sorted({a.owner, b.owner}) and a.owner != b.owner
+    assert all(r[2] != 0 and r[3] is not None and r[3] > 0 for r in rows)

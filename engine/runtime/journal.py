@@ -151,7 +151,8 @@ CREATE TABLE IF NOT EXISTS positions (          -- snapshots (reconciliation, en
     symbol TEXT NOT NULL,
     quantity REAL NOT NULL,
     avg_price REAL NOT NULL,
-    market_price REAL
+    market_price REAL,
+    owner TEXT NOT NULL DEFAULT ''                 -- the strategy's, or the agent's that opened it
 );
 CREATE TABLE IF NOT EXISTS errors (
     id INTEGER PRIMARY KEY,
@@ -492,7 +493,7 @@ class _Transaction:
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a journal of an older schema up to this one, in place, keeping every row."""
     columns = {table: {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-               for table in ("fills", "decisions", "orders", "trades")}
+               for table in ("fills", "decisions", "orders", "trades", "positions")}
     with _Transaction(db):
         if columns["fills"] and "exec_id" not in columns["fills"]:
             db.execute("ALTER TABLE fills ADD COLUMN exec_id TEXT")
@@ -506,7 +507,8 @@ def _migrate(db: sqlite3.Connection) -> None:
                                           "local_symbol TEXT", "owner TEXT NOT NULL DEFAULT ''")),
                               ("fills", ("con_id INTEGER", "local_symbol TEXT")),
                               ("trades", ("local_symbol TEXT", "owner TEXT NOT NULL DEFAULT ''", "entry_states TEXT")),
-                              ("decisions", ("agent TEXT NOT NULL DEFAULT ''", "confidence REAL"))):
+                              ("decisions", ("agent TEXT NOT NULL DEFAULT ''", "confidence REAL")),
+                              ("positions", ("owner TEXT NOT NULL DEFAULT ''",))):
             have = {"fills": fills, "decisions": decisions}.get(table, columns[table])
             if not have:
                 continue

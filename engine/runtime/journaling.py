@@ -65,8 +65,8 @@ def _write_journal(result: Result, journal: Journal, mode: str, incremental: boo
                          lo.tolist(), c.tolist()))
     journal.many("states", ("run_id", "symbol", "name", "ts", "label"), _state_rows(result))
     end_ts = _iso(int(result.labels[-1])) if len(result.labels) else _iso(0)
-    journal.many("positions", ("run_id", "ts", "symbol", "quantity", "avg_price", "market_price"),
-                 ((run_id, end_ts, p.symbol, p.quantity, p.avg_price, result.marks.get(s))
+    journal.many("positions", ("run_id", "ts", "symbol", "quantity", "avg_price", "market_price", "owner"),
+                 ((run_id, end_ts, p.symbol, p.quantity, p.avg_price, result.marks.get(s), p.owner or "")
                   for s, p in result.ledger.positions.items()))
 
 

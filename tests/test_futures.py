@@ -129,6 +129,54 @@ def test_a_position_held_at_the_roll_is_closed_in_its_contract_and_reopened_in_t
 
 
 @needs_minute
+def test_the_roll_is_decided_at_the_first_close_past_the_roll_date_as_a_live_run_can_decide_it(tmp_path):
+    """ESZ3's last two bars before midnight left out of the file: its last bar in the series then
+    closes at 23:58, still Wednesday, the day it is front. A live run at that close cannot know
+    that no bar comes before midnight, and IB's front month then is ESZ3: the roll is decided at
+    the first close on Thursday (the 00:02 bar's, at 00:03) and fills at the next open (00:17), the same
+    in the backtest, `run --broker sim` and its dry run. At every close the contract a roll goes
+    into is the one IB's broker resolves by the date at that close (futures.front_month)."""
+    import datetime as dt
+
+    from engine.market.calendars import get_calendar
+    from engine.market.futures import front_month
+
+    raw = pd.read_csv(ES_MINUTE)
+    gap = raw["datetime_utc"].isin(["2013-10-10 03:58:00", "2013-10-10 03:59:00"]) & (raw["contract_month"] == 201312)
+    assert int(gap.sum()) == 2
+    source = tmp_path / "es_gap.csv"
+    raw[~gap].to_csv(source, index=False)
+    probe = bt.prepare(write(tmp_path, source=source, bar="1m", entry="false", exit_="false", roll_days=52))
+    e, x = minute_bar(probe, "2013-10-09 20:00"), minute_bar(probe, "2013-10-10 02:07")
+    path = write(tmp_path, source=source, bar="1m", entry=f"bar_index == {e}", exit_=f"bar_index == {x}",
+                 roll_days=52, name="g.yaml")
+    prep = bt.prepare(path)
+    b = bt._symbol_bars(prep, "ES")[0]
+    last_z = minute_bar(prep, "2013-10-09 23:57")
+    assert (b.contract_at(last_z), b.contract_at(last_z + 1)) == ("ESZ3", "ESH4")
+    assert pd.Timestamp(int(b.start[last_z + 1]), tz="UTC").tz_convert(NY) == pd.Timestamp("2013-10-10 00:02", tz=NY)
+    assert b.roll_bar["ESZ3"] == last_z + 1                     # not last_z: its close is on Wednesday
+    result = bt.run(prep, run_id="t")
+    fills = list(result.ledger.fills)
+    k = last_z + 2                  # the series' next bar after 00:02 (ESH4 trades next at 00:17)
+    at = int(b.start[k])
+    assert pd.Timestamp(at, tz="UTC").tz_convert(NY) == pd.Timestamp("2013-10-10 00:17", tz=NY)
+    assert [(f.rule, f.action, f.contract, f.price, f.time) for f in fills[1:3]] == [
+        ("roll", "sell", "ESZ3", b.of("ESZ3").open[k], at), ("roll", "buy", "ESH4", b.of("ESH4").open[k], at)]
+    for dry_run in (False, True):
+        run = simulate(prep, run_id="t", dry_run=dry_run)
+        assert list(run.ledger.fills) == fills and list(run.ledger.trades) == list(result.ledger.trades)
+    # the contract a roll at each close goes into: IB's front month on the date at that close
+    calendar = get_calendar("CME_Equity")
+    contracts = {c.local_symbol: c.last_trade for c in prep.fronts["ES"].contracts}
+    listed = sorted(contracts, key=contracts.get)
+    closes = pd.DatetimeIndex(b.end, tz="UTC").tz_convert(NY)
+    for k in range(0, len(b), 97):
+        today = dt.date(closes[k].year, closes[k].month, closes[k].day)
+        assert b.roll_to[k] == listed[front_month([contracts[c] for c in listed], today, 52, calendar)], k
+
+
+@needs_minute
 def test_the_roll_on_the_es_file_what_the_raw_front_series_and_the_held_contract_say(tmp_path):
     """Held from Wednesday 20:01 to Thursday 03:00 across the roll: the series jumps down by the
     calendar spread (ESZ3 1655.25 -> ESH4 1648.75 at 00:02, 6.5 points, 325 USD a contract), the

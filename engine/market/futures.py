@@ -127,6 +127,14 @@ class FrontSeries:
     front: np.ndarray                         # per bar of `frame`: its contract's index in `contracts`
     contracts: tuple[Contract, ...]           # the contracts the file has, by last trade date
     bars: dict[str, pd.DataFrame]             # local symbol -> that contract's own bars
+    cycle: tuple[str, ...] = ()               # the root's listed contracts over the span (local symbols),
+    rolls: np.ndarray | None = None           # by last trade date, and each one's roll date (datetime64[D])
+
+    def front_on(self, days: np.ndarray) -> list[str | None]:
+        """The front month (local symbol) on each of `days` (datetime64[D]) by the roll rule;
+        None past the last contract of the cycle."""
+        at = np.searchsorted(self.rolls, days, side="left")
+        return [self.cycle[i] if i < len(self.cycle) else None for i in at.tolist()]
 
 
 class StitchError(ValueError):
@@ -195,7 +203,7 @@ def stitch(history: ContractHistory, *, root: str, months: str | None, roll_days
         frame = by_local.get(c.local_symbol)
         if frame is None or not len(frame):
             continue
-        days = days_of[c.local_symbol] = _days(frame.index, timezone)
+        days = days_of[c.local_symbol] = local_dates(frame.index, timezone)
         mine = np.searchsorted(rolls, days, side="left") == i   # its days: it is the first not past its roll date
         if mine.any():
             pieces.append(frame[mine])
@@ -220,10 +228,10 @@ def stitch(history: ContractHistory, *, root: str, months: str | None, roll_days
     front = np.concatenate(fronts)
     order = np.argsort(frame.index.asi8, kind="stable")
     frame, front = frame.iloc[order], front[order]
-    return FrontSeries(frame, front, tuple(ordered), by_local)
+    return FrontSeries(frame, front, tuple(ordered), by_local, tuple(c.local_symbol for c in cycle), rolls)
 
 
-def _days(index: pd.DatetimeIndex, timezone: str) -> np.ndarray:
+def local_dates(index: pd.DatetimeIndex, timezone: str) -> np.ndarray:
     """Each bar's date in `timezone` (the day the front-month rule is asked about)."""
     return index.tz_convert(timezone).tz_localize(None).normalize().to_numpy().astype("datetime64[D]")
 

@@ -33,8 +33,10 @@ class SymbolBars:
     last_trade: dict | None = None   # local symbol -> its last trade date
     expiry_bar: dict | None = None   # local symbol -> the bar at whose close a position in it is settled (the
                                      # last bar on or before its last trade date, when a later bar follows)
-    roll_bar: dict | None = None     # local symbol -> its last bar as the front month, when a later contract's
-                                     # bar follows (a position in it is rolled at that close)
+    roll_bar: dict | None = None     # local symbol -> the first close after its roll date (the date at the close,
+                                     # in the timezone), when a bar follows: a position in it is rolled then
+    roll_to: tuple | None = None     # per bar: the front month at its close, which a roll at that close goes
+                                     # into (None: a contract the data has no bars of)
 
     def __len__(self) -> int:
         return len(self.close)

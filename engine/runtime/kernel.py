@@ -1143,18 +1143,20 @@ class Kernel(RunState):
     # ---- futures rolls ------------------------------------------------------------------------
     def _roll_to(self, st: _Symbol, k: int) -> tuple[str, str] | None:
         """The contract a futures position held at bar k's close is rolled into: the front month
-        of the next bar when it is not the contract held (a live run's broker says, by the same
-        rule, from the date). None: no roll due."""
+        on the date at that close (in the timezone), when the roll rule has moved it past the
+        contract held, as a live run's broker says from its clock at the close. None: no roll due.
+        (Not the next bar's front month: at the close of 23:58 a live run cannot know that no bar
+        comes before midnight.)"""
         b = st.bars
         if st.key is None or st.combo or st.key in self.combos or not b.margined:
             return None
         if self.roll_target is not None:
             return self.roll_target(st.symbol)
         held = self.ledger.positions[st.key].contract
-        if not held or b.front is None or k + 1 >= len(b):
+        if not held or b.roll_to is None or k + 1 >= len(b):
             return None
-        to = b.front[k + 1]
-        return (held, to) if to != held else None
+        to = b.roll_to[k]
+        return (held, to) if to is not None and k >= b.roll_bar.get(held, len(b)) else None
 
     def _roll(self, st: _Symbol, k: int, roll: tuple[str, str]) -> None:
         """Roll the position into `to`: its protective orders are cancelled, a market order closes

@@ -382,7 +382,7 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
                       inst.sec_type in ("FUT", "OPT"), inst.maintenance if futures else 0.0)
     stitched = prep.fronts.get(symbol)
     if stitched is not None:
-        from ..market.futures import aligned
+        from ..market.futures import aligned, local_dates
 
         names = [c.local_symbol for c in stitched.contracts]
         bars.front = tuple(names[i] for i in stitched.front.tolist())
@@ -393,8 +393,19 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
         after = {c.local_symbol: int(np.searchsorted(days, np.datetime64(c.last_trade, "D"), side="right"))
                  for c in stitched.contracts}
         bars.expiry_bar = {c: j - 1 for c, j in after.items() if 0 < j < len(days)}
-        fronts = bars.front
-        bars.roll_bar = {fronts[j]: j for j in range(len(fronts) - 1) if fronts[j + 1] != fronts[j]}
+        # the front month at each bar's close, the moment a roll is decided (the date then, as a live
+        # run's broker reads it from its clock): a position held in an earlier contract is rolled
+        # at the first close on a day past its roll date, into the front month of that day
+        ends = pd.DatetimeIndex(end, tz="UTC")
+        decided = stitched.front_on(local_dates(ends, prep.timezone))
+        rank = {c: i for i, c in enumerate(stitched.cycle)}
+        bars.roll_to = tuple(c if c in bars.held else None for c in decided)
+        ranks = np.array([rank[c] if c is not None else len(rank) for c in decided], dtype=np.int64)
+        bars.roll_bar = {}
+        for c in names:
+            j = int(np.searchsorted(ranks, rank[c], side="right"))     # the first close past its roll date
+            if j < len(ranks) and bars.roll_to[j] is not None:
+                bars.roll_bar[c] = j
     scan = prep.scan.arrays(symbol, end, prep.plan.inputs.scan) if prep.scan is not None else {}
     return bars, Bars(fields, clock, others, scan)
 
@@ -514,6 +525,8 @@ def _truncate(sbars: SymbolBars, bars: Bars, values: list, last: int):
                     sbars.margin, sbars.contracts, sbars.maintenance)
     if sbars.front is not None:
         sb.front, sb.last_trade = sbars.front[:last], sbars.last_trade
+        sb.roll_to = sbars.roll_to[:last]
+        sb.roll_bar = {c: k for c, k in sbars.roll_bar.items() if k + 1 < last}
         sb.expiry_bar = {c: k for c, k in sbars.expiry_bar.items() if k + 1 < last}
         sb.held = {c: _truncate(h, bars, [], last)[0] for c, h in sbars.held.items()}
     return sb, bars, [cut(v) if v is not None else None for v in values]

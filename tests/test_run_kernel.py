@@ -97,3 +97,27 @@ def test_partial_fills_are_rehearsed_and_add_up_to_each_order(tmp_path):
     assert trades and all(q in orders.values() for q, in trades)
     bad = CliRunner().invoke(cli.main, ["run", SMA, "--partial-fills", "1.5", "--journal", str(path)])
     assert bad.exit_code == 2 and "--partial-fills" in bad.output
+
+
+def test_a_dry_run_shows_the_orders_decided_at_the_last_close_for_the_next_open(tmp_path):
+    """composite_scanner's dry run over its last days: at the data's last close the rules close
+    the AAPL long (trend flip) and reverse into a short; those orders go at the next open, which
+    the data does not have. They are what a paper run started now would send first: printed with
+    the rule and values that decided them, counted apart from the orders sent, and in the JSON."""
+    path = "strategies/composite_scanner.yaml"
+    out = CliRunner().invoke(cli.main, ["run", path, "--broker", "sim", "--dry-run",
+                                        "--journal", str(tmp_path / "d.sqlite")])
+    assert out.exit_code == 0, out.output
+    head, _, tail = out.output.partition("decided at the last close (2017-12-29 close), to go at the next open")
+    assert tail, out.output
+    assert "2 orders" in head.splitlines()[-1]
+    listed = tail.split("\n\n")[0]
+    assert "SELL 11 AAPL MKT DAY [trend flip]" in listed and "why: rule 'trend flip' fired:" in listed
+    assert "[directional short]" in listed and "why: rule 'directional short' fired:" in listed
+    assert "1 order would have been sent (and 2 decided for the next open)" in out.output
+    js = CliRunner().invoke(cli.main, ["run", path, "--broker", "sim", "--dry-run", "--format", "json",
+                                       "--journal", str(tmp_path / "j.sqlite")])
+    assert js.exit_code == 0, js.output
+    waiting = json.loads(js.output[js.output.index("{"):])["decided_for_the_next_open"]
+    assert [(w["symbol"], w["rule"]) for w in waiting] == [("AAPL", "trend flip"), ("AAPL", "directional short")]
+    assert all(w["decided"] == "2017-12-29 close" and w["why"] for w in waiting)

@@ -517,3 +517,16 @@ def test_explain_refuses_a_broken_strategy(tmp_path):
     result = CliRunner().invoke(cli.main, ["explain", str(bad)])
     assert result.exit_code == 1
     assert "bad.yaml:" in result.output and "Traceback" not in result.output
+
+
+def test_a_printed_comparison_shows_digits_enough_to_tell_its_sides_apart():
+    """The values a dry run's `why:` and the journal's decisions print: plain notation (an NQ
+    price is 15761.25, not 1.576e+04), and when the two sides of a comparison differ, digits
+    enough to show it (never "169.6 > 169.6 yes")."""
+    from engine.plan.evaluate import _show, _show_pair
+
+    assert [_show(v) for v in (15761.25, 169.6123456, 0.235, 3, 1e-7, 2.5e20, float("nan"), "up")] == \
+        ["15761.25", "169.6123", "0.235", "3", "1e-07", "2.5e+20", "nan", "up"]
+    assert _show_pair(169.61000001, 169.61) == ("169.61000001", "169.61")
+    assert _show_pair(1.0, 1.0000000000000002) == ("1", "1.0000000000000002")
+    assert _show_pair(15761.25, 15761.25) == ("15761.25", "15761.25")

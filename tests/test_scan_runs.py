@@ -253,6 +253,16 @@ def test_the_example_dry_run_prints_its_orders_with_the_scan(tmp_path):
     result = cli("run", EXAMPLE, "--dry-run", "--journal", tmp_path / "j.sqlite")
     assert result.exit_code == 0, result.output
     assert "scan.picked: yes" in result.output and "scan.class = directional" in result.output
+    # the entry's pick gate and a rule's own `and scan.picked` are one condition, said once
+    copy = EXAMPLE.with_name(".picked-twice.yaml")      # beside the example: its paths resolve
+    copy.write_text(EXAMPLE.read_text().replace('when: scan.class == "directional" and up',
+                                                'when: scan.class == "directional" and up and scan.picked'))
+    try:
+        twice = cli("run", copy, "--dry-run", "--journal", tmp_path / "t.sqlite")
+    finally:
+        copy.unlink()
+    whys = [line for line in twice.output.splitlines() if "why: rule 'directional long'" in line]
+    assert whys and all(line.count("scan.picked: yes") == 1 for line in whys), twice.output
     assert "64 of the universe's 67 symbols have no bars in strategies/data" in result.output
     assert "SPY, AAPL, INTC (3 of the universe's 67 with bars)" in result.output
 

@@ -17,6 +17,7 @@ that context. `Stream` evaluates every node on the newest bar in O(1) or O(lookb
 
 from __future__ import annotations
 
+import math
 import operator
 from collections import deque
 from dataclasses import dataclass, field
@@ -396,8 +397,13 @@ def explain(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str
     held: ["vix 12.83 < 25: yes", "credit 0.14 >= 0.2: no"]. For dry runs and journals."""
     out: list[str] = []
     stack = [node_id]
+    seen = set()        # a condition read twice (a scanner's entry and its own `and scan.picked`) is said once
     while stack:
-        node = plan.nodes[stack.pop()]
+        nid = stack.pop()
+        if nid in seen:
+            continue
+        seen.add(nid)
+        node = plan.nodes[nid]
         if node.op == N.LOGIC or node.op == N.NOT:
             stack.extend(reversed(node.args))
             continue
@@ -408,18 +414,41 @@ def explain(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str
         left, right = (value_at(plan, a, i, values, context) for a in node.args)
         held = value_at(plan, node.id, i, values, context)
         a, b = (plan.nodes[x] for x in node.args)
-        shown_left = _show(left) if a.op != N.CONST else a.label
-        shown_right = _show(right) if b.op != N.CONST else b.label
+        shown_left, shown_right = _show_pair(left, right)
+        shown_left = shown_left if a.op != N.CONST else a.label
+        shown_right = shown_right if b.op != N.CONST else b.label
         name = a.label if a.op != N.CONST else b.label
         out.append(f"{name} = {shown_left if a.op != N.CONST else shown_right}: "
                    f"{shown_left} {node.attrs[0]} {shown_right} {'yes' if held else 'no'}")
     return out
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if value != value else f"{value:.4g}"
+def _show(value: Any, digits: int = 7) -> str:
+    """A value as a trader reads it: a number to `digits` significant digits, in plain notation
+    from 1e-5 to 1e15 (15761.25, not 1.576e+04), trailing zeros dropped."""
+    if isinstance(value, (float, int)) and not isinstance(value, bool):
+        value = float(value)
+        if value != value:
+            return "nan"
+        if value == 0 or math.isinf(value):
+            return f"{value:g}"
+        magnitude = math.floor(math.log10(abs(value)))
+        if not -5 <= magnitude < 15:
+            return f"{value:.{digits}g}"
+        text = f"{value:.{max(digits - 1 - magnitude, 0)}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
     return str(value)
+
+
+def _show_pair(left: Any, right: Any) -> tuple[str, str]:
+    """The two sides of a comparison, with digits enough to tell them apart when they differ
+    (a close of 169.61 above a level of 169.6 never reads "169.6 > 169.6 yes")."""
+    digits = 7
+    a, b = _show(left, digits), _show(right, digits)
+    while a == b and left != right and digits < 17 and isinstance(left, float) and isinstance(right, float):
+        digits += 1
+        a, b = _show(left, digits), _show(right, digits)
+    return a, b
 
 
 def _eval_scalar(node: N.Node, args: list):

@@ -352,7 +352,8 @@ orders:
 """)
     result = CliRunner().invoke(cli.main, ["backtest", str(bad), "--journal", str(tmp_path / "j.sqlite")])
     assert result.exit_code == 1
-    assert "s.yaml:5:7: error: no bar data for the backtest" in result.output
+    assert "s.yaml:5:7: error: no bar data: data.source is not set and no --data was given" in result.output
+    assert "--chains" not in result.output          # a stock strategy: no word of option chains
     assert "Traceback" not in result.output
     missing = strategy(tmp_path, f"""
 universe: [SPY]
@@ -363,7 +364,8 @@ orders:
   buy: {{action: buy}}
 """, "m.yaml")
     result = CliRunner().invoke(cli.main, ["backtest", str(missing), "--journal", str(tmp_path / "j.sqlite")])
-    assert result.exit_code == 1 and "data source not found: nowhere/" in result.output
+    assert result.exit_code == 1 and "data source not found: nowhere/ (looked for " in result.output
+    assert "pass --data FILE_OR_FOLDER" in result.output
 
 
 def test_journal_keeps_runs_apart(tmp_path):

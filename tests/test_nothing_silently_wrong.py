@@ -968,7 +968,7 @@ def test_every_example_runs_with_no_flags_or_says_what_it_misses(tmp_path, name)
         for command in (("backtest", path), ("run", path, "--dry-run", "--broker", "sim")):
             result = cli(*command, "--journal", tmp_path / "j.sqlite")
             assert result.exit_code == 1, result.output
-            assert "error: no bar data for the backtest" in result.output and "pass --data" in result.output
+            assert "error: no bar data: data.source is not set and no --data was given" in result.output and "pass --data" in result.output
         flags, outcome = ("--data", SHARED_INPUT[name]), "runs on ../shared"
     if outcome == "runs on ../shared":
         if not SHARED_INPUT[name].is_file():

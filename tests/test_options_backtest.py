@@ -275,4 +275,4 @@ def test_example_spx_condor_on_real_chains_through_the_cli(tmp_path):
     bare.write_text((ROOT / "strategies" / "spxw_condor.yaml").read_text().replace(
         "data: {bar: 1d, chains: ../../shared/data/optopsy_v1/test_options_data_full.csv}", "data: {bar: 1d}"))
     out = CliRunner().invoke(cli.main, ["backtest", str(bare), "--journal", str(tmp_path / "j.sqlite")])
-    assert out.exit_code == 1 and "no bar data for the backtest" in out.output and "--chains" in out.output
+    assert out.exit_code == 1 and "no bar data: data.source is not set" in out.output and "--chains" in out.output

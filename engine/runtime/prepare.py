@@ -170,13 +170,16 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
         if data is None:
             source = spec.source
             if not source:
-                raise _fail(doc, ("data",), "no bar data for the backtest",
-                            "set data.source in the strategy (a file or a folder of SYMBOL.csv files) or pass --data "
-                            "(for options, --chains with end-of-day chain snapshots is enough)")
+                options = any(isinstance(o, dict) and o.get("legs") for o in (doc.get(("orders",)) or {}).values())
+                raise _fail(doc, ("data",), "no bar data: data.source is not set and no --data was given",
+                            "set data.source in the strategy (a file, or a folder of SYMBOL.csv files), or pass "
+                            "--data FILE_OR_FOLDER" + (" (for options, --chains with end-of-day chain snapshots is "
+                                                       "enough)" if options else ""))
             data_path = (doc.abspath.parent / source).resolve()
             if not data_path.exists():
-                raise _fail(doc, ("data", "source"), f"data source not found: {source}",
-                            f"paths are relative to {doc.path}'s folder")
+                raise _fail(doc, ("data", "source"), f"data source not found: {source} (looked for {data_path})",
+                            f"paths are relative to {doc.path}'s folder: fix data.source, or pass --data "
+                            "FILE_OR_FOLDER to run on other bars")
         else:
             data_path = Path(data)
         adjusted = doc.get(("data", "adjusted"))      # true, or {round: N}: adjusted, rounded to N decimals

@@ -56,8 +56,9 @@ def _source_path(spec: ScannerSpec, data, fallback: Path | None) -> tuple[Path, 
         path = (spec.doc.abspath.parent / own).resolve()
         if not path.exists():
             where = spec.where("data", "source")
-            raise DiagnosticError([spec.doc.diag(where, f"data source not found: {own}",
-                                                 f"paths are relative to {spec.doc.path}'s folder")])
+            raise DiagnosticError([spec.doc.diag(where, f"data source not found: {own} (looked for {path})",
+                                                 f"paths are relative to {spec.doc.path}'s folder: fix data.source, "
+                                                 "or pass --data FOLDER")])
         return path, _display(path)
     if fallback is not None:
         return fallback, _display(Path(fallback).resolve())

@@ -449,7 +449,10 @@ def _duration(days) -> str:
     """A length of time given in days, as a trader reads it: "57.0 days", "2 h 14 min"."""
     from engine.report.metrics import duration_text
 
-    return "n/a" if days is None else duration_text(days, "days")
+    if days is None:
+        return "n/a"
+    text = duration_text(days, "days")
+    return "1 day" if text == "1 days" else text
 
 
 def _summary_text(result, summary: dict, journal_path: str | None, report_path: str | None) -> str:
@@ -457,9 +460,11 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
     lines = []
     start = (summary.get("start") or "")[:10]
     end = (summary.get("end") or "")[:10]
+    bars, warmup = summary.get("bars", 0), summary.get("warmup_bars")
+    periods, drawdowns = summary.get("return_periods") or 0, summary.get("drawdowns")
     lines.append(f"{prep.plan.name}: {_symbols_text(prep)} "
-                 f"on {prep.bar} bars, {start} to {end} ({summary.get('bars', 0):,} bars"
-                 + (f", after {summary['warmup_bars']:,} warm-up bars" if summary.get("warmup_bars") else "") + ")")
+                 f"on {prep.bar} bars, {start} to {end} ({bars:,} bar{'s' * (bars != 1)}"
+                 + (f", after {warmup:,} warm-up bar{'s' * (warmup != 1)}" if warmup else "") + ")")
     lines.append("")
     bh = summary.get("buy_and_hold")
     days = _span_days(summary.get("start"), summary.get("end"))
@@ -471,16 +476,16 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
          f"buy & hold {summary.get('buy_and_hold_symbol')}: {_pct(bh)}" if bh is not None else ""),
         ("Annualised return", _pct(summary.get("cagr")), f"volatility {_pct(summary.get('volatility'))}{caveat}"),
         ("Sharpe / Sortino / Calmar", " / ".join(_num(summary.get(k)) for k in ("sharpe", "sortino", "calmar")),
-         (caveat[2:] if caveat else f"from {summary.get('return_periods') or 0:,} "
-          + ("daily returns" if summary.get("returns_basis") == "daily" else "bar returns"))),
+         (caveat[2:] if caveat else f"from {periods:,} "
+          + ("daily" if summary.get("returns_basis") == "daily" else "bar") + f" return{'s' * (periods != 1)}")),
         ("Alpha / beta", f"{_pct(summary.get('alpha'))} / {_num(summary.get('beta'))}",
          f"against buy & hold {summary.get('buy_and_hold_symbol')}{caveat}" if summary.get("beta") is not None else ""),
         ("Max drawdown", _pct(summary.get("max_drawdown")),
          f"longest under water {_duration(summary.get('max_drawdown_days') or 0)}, from "
          f"{(summary.get('max_drawdown_start') or '')[:10]}" if summary.get("max_drawdown") else ""),
         ("Average drawdown", _pct(summary.get("average_drawdown")),
-         f"{summary.get('drawdowns'):,} drawdowns, {_duration(summary.get('average_drawdown_days'))} on average"
-         if summary.get("drawdowns") else ""),
+         f"{drawdowns:,} drawdown{'s' * (drawdowns != 1)}, {_duration(summary.get('average_drawdown_days'))} on average"
+         if drawdowns else ""),
         ("Trades", f"{summary.get('trades', 0):,}",
          f"win rate {_pct(summary.get('win_rate'), 1)}, profit factor {_num(summary.get('profit_factor'))}"),
         ("Expectancy per trade", _num(summary.get("expectancy")),
@@ -502,8 +507,10 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
         rows.append(("Entries blocked", f"{summary['blocked']:,}",
                      (f"{named}{more}; " if named else "")
                      + f"qtrade why {journal_path or 'JOURNAL'}" + (f" --run {result.run_id}" if journal_path else "")))
+    label = max(len(name) for name, _, _ in rows) + 2      # at least two spaces after the longest label
+    width = max([20] + [len(value) for _, value, _ in rows])
     for name, value, note in rows:
-        lines.append(f"  {name:<26}{value:>20}   {note}".rstrip())
+        lines.append(f"  {name:<{label}}{value:>{width}}   {note}".rstrip())
     lines.append("")
     if journal_path:
         lines.append(f"journal: {journal_path} (run {result.run_id})")

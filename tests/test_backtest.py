@@ -341,27 +341,48 @@ def test_backtest_text_summary(tmp_path):
         assert word in result.output
 
 
+def test_text_summary_labels_stand_apart_from_values_and_counts_of_one_are_singular():
+    from types import SimpleNamespace
+
+    prep = SimpleNamespace(plan=SimpleNamespace(name="s"), symbols=["SPY"], frames={"SPY": None}, missing=[],
+                           bar="1d")
+    summary = {"start": "2024-01-02", "end": "2024-12-31", "bars": 1, "warmup_bars": 1, "return_periods": 1,
+               "returns_basis": "daily", "sharpe": 8.666, "sortino": 18.77, "calmar": 47.13,
+               "max_drawdown": -0.01, "max_drawdown_days": 1.0, "max_drawdown_start": "2024-03-01",
+               "average_drawdown": -0.01, "average_drawdown_days": 1.0, "drawdowns": 1, "trades": 0}
+    text = cli._summary_text(SimpleNamespace(prepared=prep, run_id=1), summary, None, None)
+    ratios, drawdown = (next(line for line in text.splitlines() if line.startswith(f"  {label} "))
+                        for label in ("Sharpe / Sortino / Calmar", "Max drawdown"))
+    assert ratios == "  Sharpe / Sortino / Calmar  8.67 / 18.77 / 47.13   from 1 daily return"
+    # the values stay in one right-aligned column
+    assert drawdown.index("-1.00%") + len("-1.00%") == ratios.index("47.13") + len("47.13")
+    assert "(1 bar, after 1 warm-up bar)" in text
+    assert "longest under water 1 day, from 2024-03-01" in text
+    assert "1 drawdown, 1 day on average" in text
+    assert "1 days" not in text and "1 drawdowns" not in text
+
+
 def test_backtest_cli_reports_problems_without_traceback(tmp_path):
-    bad = strategy(tmp_path, f"""
+    bad = strategy(tmp_path, """
 universe: [SPY]
-data: {{bar: 1d}}
+data: {bar: 1d}
 entry:
-  - {{name: x, when: close > 1, order: buy}}
+  - {name: x, when: close > 1, order: buy}
 orders:
-  buy: {{action: buy}}
+  buy: {action: buy}
 """)
     result = CliRunner().invoke(cli.main, ["backtest", str(bad), "--journal", str(tmp_path / "j.sqlite")])
     assert result.exit_code == 1
     assert "s.yaml:5:7: error: no bar data: data.source is not set and no --data was given" in result.output
     assert "--chains" not in result.output          # a stock strategy: no word of option chains
     assert "Traceback" not in result.output
-    missing = strategy(tmp_path, f"""
+    missing = strategy(tmp_path, """
 universe: [SPY]
-data: {{bar: 1d, source: nowhere/}}
+data: {bar: 1d, source: nowhere/}
 entry:
-  - {{name: x, when: close > 1, order: buy}}
+  - {name: x, when: close > 1, order: buy}
 orders:
-  buy: {{action: buy}}
+  buy: {action: buy}
 """, "m.yaml")
     result = CliRunner().invoke(cli.main, ["backtest", str(missing), "--journal", str(tmp_path / "j.sqlite")])
     assert result.exit_code == 1 and "data source not found: nowhere/ (looked for " in result.output

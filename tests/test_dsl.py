@@ -182,6 +182,22 @@ def test_syntax_errors(text, start, words):
     assert info.value.start == start
 
 
+@pytest.mark.parametrize("text, message, hint", [
+    ("fast_m\u0430 > 1", "unexpected character '\u0430' (U+0430 CYRILLIC SMALL LETTER A)",
+     "looks like the ASCII letter 'a': retype it"),
+    ("\u0421lose > 1", "(U+0421 CYRILLIC CAPITAL LETTER ES)", "looks like the ASCII letter 'C'"),
+    ("\uff46ast > 1", "(U+FF46 FULLWIDTH LATIN SMALL LETTER F)", "looks like the ASCII letter 'f'"),
+    ("stra\u00dfe > 1", "(U+00DF LATIN SMALL LETTER SHARP S)", "ASCII letters, digits and _"),
+    ("a \u2013 b", "(U+2013 EN DASH)", "operators + - * /"),
+])
+def test_non_ascii_characters_are_named(text, message, hint):
+    with pytest.raises(ExprError) as info:
+        parse(text)
+    assert message in info.value.message
+    assert hint in info.value.hint
+    assert not text[info.value.start].isascii()  # the span is the character itself
+
+
 def test_parse_rejects_non_strings():
     with pytest.raises(TypeError):
         parse(3)  # type: ignore[arg-type]

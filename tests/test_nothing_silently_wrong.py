@@ -465,6 +465,19 @@ def test_report_opens_the_journal_read_only(tmp_path, journal):
         j.db.execute("INSERT INTO errors(ts, source, message) VALUES ('t', 's', 'm')")
 
 
+def test_reading_a_journal_leaves_no_wal_or_shm_files_beside_it(tmp_path, monkeypatch, journal):
+    """A reader of a WAL journal makes its -wal and -shm files; SQLite removes them when the last
+    connection closes, but only if it could write (a mode=ro one leaves them)."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(journal, tmp_path / "j.sqlite")            # WAL mode, nothing beside it
+    before = (tmp_path / "j.sqlite").read_bytes()
+    for command in (("report", "j.sqlite", "--out", "r.html"), ("why", "j.sqlite")):
+        result = cli(*command)
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["j.sqlite", "r.html"], command
+    assert (tmp_path / "j.sqlite").read_bytes() == before   # read, not written
+
+
 def test_a_locked_journal_names_the_process_that_holds_it(tmp_path, journal):
     copy = tmp_path / "j.sqlite"
     shutil.copy(journal, copy)

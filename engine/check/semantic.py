@@ -70,6 +70,7 @@ class ParamInfo:
     minimum: float | None = None
     maximum: float | None = None
     choices: list | None = None
+    error: bool = False  # the declaration is wrong (already reported): expressions may not use it
 
 
 def literal_value(text: Any) -> tuple[T.Type, Any]:
@@ -265,6 +266,13 @@ class DocumentCheck:
             info = ParamInfo(name, typ, value, where)
             if isinstance(spec, dict):
                 info.minimum, info.maximum, info.choices = spec.get("min"), spec.get("max"), spec.get("choices")
+                bounds = [b for b in (info.minimum, info.maximum) if isinstance(b, (int, float))]
+                if bounds and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                    info.error = True
+                    self.err(value_where, f"param '{name}': value {self.source(value_where)!r} is not a number, "
+                             f"but min/max are given", f"write a number, e.g. value: {bounds[0]:g}")
+                    declared[name] = info
+                    continue
                 problem = self._param_range(info, value)
                 if problem:
                     self.err(value_where, f"param '{name}': {problem}")
@@ -272,8 +280,8 @@ class DocumentCheck:
                 info.type = T.strings(info.choices, series=False)
             declared[name] = info
         for name, text in (overrides or {}).items():
-            if name not in declared:
-                continue
+            if name not in declared or declared[name].error:
+                continue  # an unknown name is reported by the caller, a wrong declaration above
             info = declared[name]
             typ, value = literal_value(_yamlish(text))
             if typ.base != info.type.base:
@@ -384,6 +392,9 @@ def base_scope(params: dict[str, ParamInfo]) -> Scope:
     for name, (typ, doc) in CLOCK.items():
         scope.names[name] = Binding(typ, doc=doc)
     for name, info in params.items():
+        if info.error:
+            scope.unavailable[name] = f"param '{name}' has an error; fix it first"
+            continue
         scope.names[name] = Binding(info.type, info.value, doc=f"param {name}")
     scope.records["symbol"] = SYMBOL_FIELDS
     scope.records["position"] = POSITION_FIELDS

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 
@@ -210,6 +211,27 @@ def _unclosed(text: str) -> tuple[str, int] | None:
     return stack[-1] if stack else None
 
 
+# Letters of other scripts drawn like ASCII ones (the common Cyrillic and Greek entries of
+# Unicode's confusables.txt); accented, fullwidth and mathematical letters are found by NFKD.
+_LOOKALIKES = dict(zip(
+    "асеһіјорԛѕԝхуԁ"
+    "АВСЕНІЈКМОРЅТХУԜԚ"
+    "αινορ"
+    "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
+    "acehijopqswxyd"
+    "ABCEHIJKMOPSTXYWQ"
+    "aivop"
+    "ABEZHIKMNOPTYX"))
+
+
+def _lookalike(ch: str) -> str:
+    """The ASCII letter a non-ASCII letter looks like, or ''."""
+    if ch in _LOOKALIKES:
+        return _LOOKALIKES[ch]
+    base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+    return base if len(base) == 1 and base.isascii() and base.isalpha() else ""
+
+
 def _syntax_error(text: str, exc: UnexpectedInput) -> ExprError:
     if isinstance(exc, UnexpectedCharacters):
         pos = exc.pos_in_stream
@@ -234,8 +256,17 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> ExprError:
             return ExprError(message, pos, pos + 1, hint)
         if ch == ":" :
             return ExprError("unexpected ':'", pos, pos + 1, "a time of day is written hh:mm, e.g. 09:45")
-        return ExprError(f"unexpected character {ch!r}", pos, pos + 1,
-                         "expressions use names, numbers, operators + - * / < > == and, or, not")
+        hint = "expressions use names, numbers, operators + - * / < > == and, or, not"
+        if ch.isascii() and ch.isprintable():
+            return ExprError(f"unexpected character {ch!r}", pos, pos + 1, hint)
+        name = unicodedata.name(ch, "")
+        code = f"U+{ord(ch):04X}" + (f" {name}" if name else "")
+        ascii_letter = _lookalike(ch)
+        if ascii_letter:
+            hint = f"looks like the ASCII letter {ascii_letter!r}: retype it"
+        elif ch.isalpha():
+            hint = "names are written in ASCII letters, digits and _"
+        return ExprError(f"unexpected character {ch!r} ({code})", pos, pos + 1, hint)
     if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
         end = len(text.rstrip())
         open_ = _unclosed(text)

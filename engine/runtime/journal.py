@@ -223,18 +223,25 @@ def preflight(path: str | Path, *, readonly: bool = False) -> None:
 
 
 def connect_readonly(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
-    """A connection that cannot write (mode=ro); a file SQLite may not even make its -shm next to
-    (a read-only folder or disk) is opened as immutable."""
-    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
-    con = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
-    try:
-        con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
-        return con
-    except sqlite3.OperationalError as exc:
-        con.close()
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise
-    return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=timeout, isolation_level=None)
+    """A connection that cannot write. Where the file can be written it is a read-write one made
+    query_only (mode=rw never creates the file): on a WAL journal SQLite removes the -wal and
+    -shm files a reader makes when the last connection closes, but only if that connection can
+    write, so a mode=ro reader would leave them behind. Else mode=ro; a file SQLite may not even
+    make its -shm next to (a read-only folder or disk) is opened as immutable."""
+    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode="
+    for mode in ("rw", "ro"):
+        con = None
+        try:
+            con = sqlite3.connect(uri + mode, uri=True, timeout=timeout, isolation_level=None)
+            con.execute("PRAGMA query_only=ON")
+            con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+            return con
+        except sqlite3.OperationalError as exc:
+            if con is not None:
+                con.close()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise
+    return sqlite3.connect(uri + "ro&immutable=1", uri=True, timeout=timeout, isolation_level=None)
 
 
 def _tables(path: Path) -> set[str]:
@@ -306,7 +313,6 @@ class Journal:
                 self.db = connect_readonly(self.path, timeout)
                 existing = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
                 if "runs" not in existing:
-                    self.db.close()
                     raise JournalError(f"{self.path} is an SQLite file but not a qtrade journal")
                 return
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=timeout)
@@ -321,8 +327,13 @@ class Journal:
             self.db.executescript(SCHEMA)
             self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                             (str(SCHEMA_VERSION),))
-        except sqlite3.Error as exc:
-            raise failure(self.path, exc) from None
+        except BaseException as exc:
+            db = getattr(self, "db", None)
+            if db is not None:
+                db.close()          # a journal that cannot be opened leaves no connection behind
+            if isinstance(exc, sqlite3.Error):
+                raise failure(self.path, exc) from None
+            raise
 
     def close(self) -> None:
         self.db.close()

@@ -681,12 +681,13 @@ def test_why_groups_decisions_by_rule_outcome_and_reason(condor_journal):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     total = sum(blocked.values())
-    assert lines[0] == f"run {condor_run}: xsp-0dte-iron-condor (backtest), {total:,} decisions"
+    assert lines[0] == (f"run {condor_run}: xsp-0dte-iron-condor (backtest), {total:,} decisions; "
+                        "times in America/New_York")
     assert "entry rule 'calm market, enough credit':" in lines
     delta = "leg short_call: no call has a delta within [0.005, 0.02] (target 0.01)"
     row = next(line for line in lines if line.endswith(delta))
     assert row.split()[:2] == ["blocked", f"{blocked[delta]:,}"]
-    assert "2019-11-05 14:32 UTC .. 2019-11-08 15:55 UTC" in row
+    assert "2019-11-05 09:32 .. 2019-11-08 10:55" in row            # journaled 14:32Z .. 15:55Z, read in New York
     quotes = {r: n for r, n in blocked.items() if "two-sided quote" in r}
     row = next(line for line in lines if "has no two-sided quote" in line)
     assert row.split()[:2] == ["blocked", str(sum(quotes.values()))]          # one cause, however worded
@@ -702,7 +703,10 @@ def test_why_newest_run_and_rule_filter(condor_journal):
     result = cli("why", path, "--rule", "death cross")
     assert result.exit_code == 0
     assert "39 decisions of rule 'death cross'" in result.output and "golden cross" not in result.output
-    assert "fired          39  2008-03-07 05:00 UTC .. 2017-08-19 04:00 UTC  trend over" in result.output
+    # on daily bars a close's decision is its bar's day (journaled at the midnight the bar ends
+    # at: 2008-03-07 05:00Z is Thursday 2008-03-06's close in New York; 2017-08-18 is a Friday)
+    assert "fired          39  2008-03-06 close .. 2017-08-18 close  trend over" in result.output
+    assert "times in America/New_York, a daily bar's decisions dated by its day" in result.output
 
 
 def test_why_bad_input(tmp_path, condor_journal):
@@ -806,7 +810,8 @@ def test_the_showcase_iron_condor_trades_on_its_defaults(tmp_path):
     why = cli("why", tmp_path / "j.sqlite")
     assert "entry rule 'calm market, enough credit':" in why.output
     lines = why.output.splitlines()
-    fired = next(line for line in lines if line.strip().startswith("fired") and "UTC" in line)
+    assert "times in America/New_York" in lines[0]
+    fired = next(line for line in lines if line.strip().startswith("fired") and re.search(r"\d\d:\d\d", line))
     assert int(fired.split()[1]) == trades
     # before each entry, the minutes whose credit was too small: blocked, naming the credit
     blocked = [line for line in lines if line.strip().startswith("blocked")]

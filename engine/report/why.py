@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..market.bars import bar_seconds
 from ..runtime.journal import Journal, JournalError
 
 _NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?\d+(?:[.:\-/]\d+)*(?:[eE][-+]?\d+)?%?")
@@ -99,8 +100,16 @@ def why_text(journal_path: str | Path, run_id: str | None = None, rule: str | No
                               + (", ".join(repr(r) for r in rules) or "none"))
         rows = [r for r in rows if r[0] == rule]
     total = sum(r[4] for r in rows)
+    from .html import run_timezone
+
+    tz = run_timezone(run)
+    try:
+        daily = bar_seconds(run.get("bar") or "") >= 86_400
+    except ValueError:
+        daily = False
     head = (f"run {rid}: {run['strategy']} ({run['mode']}), {total:,} decision{'s' * (total != 1)}"
-            + (f" of rule {rule!r}" if rule else ""))
+            + (f" of rule {rule!r}" if rule else "")
+            + (f"; times in {tz}" + (", a daily bar's decisions dated by its day" if daily else "") if rows else ""))
     if not rows:
         return head + "\n  no decisions were journaled: no rule fired and none was blocked"
     lines = [head]
@@ -109,7 +118,8 @@ def why_text(journal_path: str | Path, run_id: str | None = None, rule: str | No
         if (g.rule, g.kind) != current:
             current = (g.rule, g.kind)
             lines.append(f"\n{g.kind} rule {g.rule!r}:")
-        when = _short(g.first) if g.first == g.last else f"{_short(g.first)} .. {_short(g.last)}"
+        first, last = _local(g.first, tz, daily), _local(g.last, tz, daily)
+        when = first if first == last else f"{first} .. {last}"
         variants = len(g.wordings)
         reason = g.reason or ("(no reason given)" if g.outcome != "fired" else "")
         more = f"  [{variants} wordings]" if variants > 1 else ""
@@ -117,9 +127,17 @@ def why_text(journal_path: str | Path, run_id: str | None = None, rule: str | No
     return "\n".join(lines)
 
 
-def _short(ts: str) -> str:
-    """2019-11-05T15:01:00Z -> 2019-11-05 15:01 (UTC, as journaled); a midnight stays a date."""
-    text = (ts or "").replace("T", " ").rstrip("Z")
-    if text.endswith(" 00:00:00"):
-        return text[:10]
-    return text[:16] + " UTC" if len(text) >= 16 else text
+def _local(ts: str, tz: str, daily: bool) -> str:
+    """A journaled time (UTC, 2019-11-05T15:01:00Z) as the trader reads it, in the strategy's
+    timezone: 2019-11-05 10:01; on daily bars a decision at a close (stamped at the midnight the
+    bar ends at) is its bar's day, "2017-08-18 close", not the next day's midnight."""
+    import pandas as pd
+
+    try:
+        t = pd.Timestamp(ts)
+    except (ValueError, TypeError):
+        return ts or ""
+    t = (t.tz_localize("UTC") if t.tzinfo is None else t).tz_convert(tz)
+    if daily and (t.hour, t.minute, t.second) == (0, 0, 0):
+        return f"{t - pd.Timedelta(days=1):%Y-%m-%d} close"
+    return f"{t:%Y-%m-%d %H:%M}"

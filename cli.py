@@ -730,7 +730,7 @@ def _describe_intent(info: dict) -> str:
     return (f"{when}  {intent.action.upper()} {qty} {info['symbol']} {info['order']} combo [{info['rule']}] {intent.tag}\n"
             f"    legs: {legs}\n"
             f"    price: {plan}\n"
-            f"    {kind} {abs(quote.credit):.2f} at mid (natural {order_price(quote.natural_debit(), quote.opening_action):.2f}), max loss "
+            f"    {kind} {_price(abs(quote.credit))} at mid (natural {_price(order_price(quote.natural_debit(), quote.opening_action))}), max loss "
             f"{'unlimited' if loss == float('inf') else f'{loss:,.2f}'}, margin {margin:,.2f}, underlying {quote.underlying:.2f}\n"
             f"    why: {why}")
 
@@ -884,7 +884,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
                    "(an entry is sized and risk-checked again then):")
         for info in waiting:
             _safe_echo("  " + _describe_order(info, prep.timezone).replace("\n", "\n  "))
-    _safe_echo(f"\n{len(printed)} order{'s' * (len(printed) != 1)} "
+    _safe_echo(f"{chr(10) if printed or waiting else ''}{len(printed)} order{'s' * (len(printed) != 1)} "
                f"{'would have been sent' if dry_run else 'sent to the simulator'}"
                f"{f' (and {len(waiting)} decided for the next open)' if waiting else ''}; "
                f"{len(blocked)} entr{'ies' if len(blocked) != 1 else 'y'} blocked")
@@ -1023,6 +1023,15 @@ def _decided_at_the_end(kernel) -> list[dict]:
                     "rule": tr.intent.rule, "order": tr.rule.order, "intent": tr.intent, "why": tr.why,
                     "quote": None, "role": tr.role})
     return out
+
+
+def _price(value: float) -> str:
+    """A price with two decimals, or as many more (up to four) as it has: a mid of 0.235 is not
+    printed as 0.23 beside a why that says 0.235."""
+    for decimals in (2, 3, 4):
+        if abs(round(value, decimals) - value) < 1e-9:
+            return f"{value:.{decimals}f}"
+    return f"{value:.4f}"
 
 
 def _order_printer(printed: list, text: bool, timezone: str):

@@ -121,3 +121,15 @@ def test_a_dry_run_shows_the_orders_decided_at_the_last_close_for_the_next_open(
     waiting = json.loads(js.output[js.output.index("{"):])["decided_for_the_next_open"]
     assert [(w["symbol"], w["rule"]) for w in waiting] == [("AAPL", "trend flip"), ("AAPL", "directional short")]
     assert all(w["decided"] == "2017-12-29 close" and w["why"] for w in waiting)
+
+
+def test_a_combo_order_prints_its_mid_with_the_digits_it_has(tmp_path):
+    """The iron condor's dry run: a mid credit of 0.235 is printed as 0.235 (its why says 0.235),
+    not rounded to 0.23; a mid on the cent keeps two decimals."""
+    out = CliRunner().invoke(cli.main, ["run", "strategies/iron_condor.yaml", "--broker", "sim", "--dry-run",
+                                        "--journal", str(tmp_path / "d.sqlite")])
+    assert out.exit_code == 0, out.output
+    mids = re.findall(r"credit (\d+\.\d+) at mid", out.output)
+    assert "0.235" in mids and "0.25" in mids
+    assert all(len(m.split(".")[1]) in (2, 3, 4) for m in mids)
+    assert cli._price(0.235) == "0.235" and cli._price(0.1) == "0.10" and cli._price(1.23456) == "1.2346"

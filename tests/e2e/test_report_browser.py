@@ -124,6 +124,8 @@ def test_report_renders_in_chromium_without_errors(report, tmp_path):
         trades = con.execute("SELECT COUNT(*) FROM trades").fetchone()[0]
     table = re.search(r'<table class="trades sortable".*?</table>', dom, re.S).group(0)
     assert trades > 10 and table.count("<tr>") == trades + 1 and table.count('<td class="l">SPY</td>') == trades
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", table.split("</thead>")[0])
+    assert len(headers) == len(set(headers)) and {"Exit", "Exit rule"} <= set(headers), headers   # each says what it is
     svgs = re.findall(r"<svg\b.*?</svg>", dom, re.S)
     assert len(svgs) == 5                                        # equity (linear, log), drawdown, price, P&L histogram
     for chart in svgs:

@@ -765,7 +765,8 @@ def _describe_intent(info: dict) -> str:
 @click.option("--host", default=None, help="With --broker ib: TWS / IB Gateway host (default: broker.host, "
               "QTRADE_IB_HOST, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="With --broker ib: API port (default: "
-              "broker.port, QTRADE_IB_PORT, 7497: TWS paper; IB Gateway paper is 4002).")
+              "broker.port, QTRADE_IB_PORT, 7497: TWS paper, or with --live 7496: TWS live; IB Gateway's are 4002 and "
+              "4001).")
 @click.option("--client-id", "client_id", type=click.IntRange(0, 999_999_999), default=None,
               help="With --broker ib: API client id (default: broker.client_id, QTRADE_IB_CLIENT_ID, 1).")
 @click.option("--account", default=None, help="With --broker ib: the account code (default: the login's only account).")
@@ -935,7 +936,7 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
         _report_problems(exc)
     try:
         settings = connect_settings({"host": host, "port": port, "client_id": client_id, "account": account},
-                                    broker_section(doc))
+                                    broker_section(doc), live=live)
     except SettingError as exc:
         _safe_echo(f"qtrade: {exc}", err=True)
         sys.exit(EXIT_USAGE)

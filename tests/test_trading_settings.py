@@ -22,6 +22,14 @@ def test_the_defaults_are_tws_paper_on_this_machine():
     assert c.source("port") == "the default"
 
 
+def test_a_live_run_with_no_port_given_goes_to_tws_live_port():
+    c = connect_settings({}, None, {}, live=True)
+    assert c.port == 7496 and c.source("port").startswith("the live default (7496")
+    for flags, section, env, port in (({"port": 4001}, None, {}, 4001), ({}, {"port": 7497}, {}, 7497),
+                                      ({}, None, {"QTRADE_IB_PORT": "4002"}, 4002)):
+        assert connect_settings(flags, section, env, live=True).port == port       # a port given is kept
+
+
 @pytest.mark.parametrize("env, text", [({"QTRADE_IB_PORT": "seventy"}, "QTRADE_IB_PORT: port 'seventy' is not a whole"),
                                        ({"QTRADE_IB_PORT": "70000"}, "QTRADE_IB_PORT: port 70000 is outside 1-65535"),
                                        ({"QTRADE_IB_CLIENT_ID": "-1"}, "client id -1 is outside")])

@@ -2,8 +2,9 @@
 kill switch. The run itself is runtime/ibrun.py.
 
 Connection settings come from the flags, else the strategy's `broker:` section, else the
-environment (QTRADE_IB_HOST, QTRADE_IB_PORT, QTRADE_IB_CLIENT_ID, QTRADE_IB_ACCOUNT), else paper
-defaults (127.0.0.1:7497, TWS's paper port; IB Gateway's paper port is 4002).
+environment (QTRADE_IB_HOST, QTRADE_IB_PORT, QTRADE_IB_CLIENT_ID, QTRADE_IB_ACCOUNT), else the
+defaults: 127.0.0.1:7497, TWS's paper port (IB Gateway's paper port is 4002), or with `--live`
+7496, TWS's live port (IB Gateway's live port is 4001).
 
 The live guard: nothing reaches a real account without `--live`; `--live` is refused when the
 account is a paper account (DU...), asks for confirmation unless `--yes`, and is refused with
@@ -39,9 +40,14 @@ class Connect:
         return dict(self.sources).get(name, "the default")
 
 
+LIVE_PORT = 7496      # TWS's live API port (IB Gateway's is 4001)
+
+
 def connect_settings(flags: Mapping[str, object], section: Mapping[str, object] | None,
-                     env: Mapping[str, str] | None = None) -> Connect:
-    """Flags over the strategy's `broker:` section over the environment over the defaults."""
+                     env: Mapping[str, str] | None = None, *, live: bool = False) -> Connect:
+    """Flags over the strategy's `broker:` section over the environment over the defaults (TWS's
+    paper port, or with `live` its live port: a live run asked for with no port given goes where
+    TWS listens for live trading; the live guard still checks the account it finds there)."""
     env = os.environ if env is None else env
     section = section or {}
     values: dict = {}
@@ -70,6 +76,9 @@ def connect_settings(flags: Mapping[str, object], section: Mapping[str, object] 
                 raise SettingError(f"{dict(sources)[name]}: {name.replace('_', ' ')} {number} is outside "
                                    f"{low}-{high}")
             values[name] = number
+    if live and "port" not in values:
+        values["port"] = LIVE_PORT
+        sources.append(("port", f"the live default ({LIVE_PORT}, TWS live; IB Gateway live is 4001)"))
     if section.get("market_data") is not None:
         values["market_data"] = str(section["market_data"])
     if section.get("connect_timeout") is not None:

@@ -177,6 +177,24 @@ def test_the_roll_is_decided_at_the_first_close_past_the_roll_date_as_a_live_run
 
 
 @needs_minute
+def test_a_run_cut_short_by_to_still_rolls_its_position(tmp_path):
+    """`--to` cuts the bars after its day: the cut run keeps the roll bars, so a position whose
+    exit reads only the market (the kernel jumps over the bars between) is rolled at the same
+    close as in the whole run. It was not rolled: it was held in ESZ3 past its roll and sold
+    there at 03:00."""
+    probe = bt.prepare(write(tmp_path, source=ES_MINUTE, bar="1m", entry="false", exit_="false", roll_days=52))
+    e, x = minute_bar(probe, "2013-10-09 20:00"), minute_bar(probe, "2013-10-10 02:07")
+    path = write(tmp_path, source=ES_MINUTE, bar="1m", entry=f"bar_index == {e}", exit_=f"bar_index == {x}",
+                 roll_days=52, name="cut.yaml")
+    whole = bt.run(bt.prepare(path), run_id="t")
+    cut = bt.run(bt.prepare(path, end="2013-10-10"), run_id="t")
+    fills = [(f.rule, f.action, f.contract, f.price, f.time) for f in cut.ledger.fills]
+    assert [f[:3] for f in fills] == [("in", "buy", "ESZ3"), ("roll", "sell", "ESZ3"), ("roll", "buy", "ESH4"),
+                                      ("out", "sell", "ESH4")]
+    assert fills == [(f.rule, f.action, f.contract, f.price, f.time) for f in whole.ledger.fills][:4]
+
+
+@needs_minute
 def test_the_roll_on_the_es_file_what_the_raw_front_series_and_the_held_contract_say(tmp_path):
     """Held from Wednesday 20:01 to Thursday 03:00 across the roll: the series jumps down by the
     calendar spread (ESZ3 1655.25 -> ESH4 1648.75 at 00:02, 6.5 points, 325 USD a contract), the

@@ -869,14 +869,14 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
             raise
     if not text:
         waiting = [{"symbol": i["symbol"], "rule": i["rule"], "order": i["intent"].describe(), "why": i["why"],
-                    "decided": i["when"]} for i in _decided_at_the_end(result.runner)]
+                    "decided": i["when"]} for i in result.runner.decided_at_end]
         _safe_echo(json.dumps({"run_id": result.run_id, "journal": journal_path, "report": None,
                                "seconds": round(_time.perf_counter() - started, 3), "timings": result.timings,
                                "summary": summary, "decided_for_the_next_open": waiting}, indent=2, default=str))
         return
     blocked = [d for d in result.runner.decisions if d.outcome == "blocked"]
     errors = getattr(result.runner, "errors", [])
-    waiting = _decided_at_the_end(result.runner)
+    waiting = result.runner.decided_at_end
     if waiting:
         # what the rules decided at the last close goes at the next open, which the data does not
         # have: what a paper run started now would send first, so it is shown, never left out
@@ -1008,22 +1008,6 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
     for _, message in kernel.errors[:5]:
         _safe_echo(f"  error: {message}")
     _safe_echo(f"journal: {journal_path} (run {outcome.run_id})")
-
-
-def _decided_at_the_end(kernel) -> list[dict]:
-    """The orders the rules decided at the data's last close (to be sent at the next open, which
-    the data does not have), as the order printer's records: rule, values compared, when."""
-    out = []
-    for tr in kernel.orders_by_ref.values():
-        record = tr.record
-        if tr.sent or record.status != "expired" or not record.reason.startswith("the data ended"):
-            continue
-        if tr.role not in ("entry", "exit", "roll"):
-            continue
-        out.append({"kind": "order", "time": record.time, "when": kernel.when(tr.symbol), "symbol": tr.symbol,
-                    "rule": tr.intent.rule, "order": tr.rule.order, "intent": tr.intent, "why": tr.why,
-                    "quote": None, "role": tr.role})
-    return out
 
 
 def _price(value: float) -> str:

@@ -163,6 +163,9 @@ class Kernel(RunState):
                           E.ConnectionLost: self._on_lost, E.ConnectionRestored: self._on_restored}
         self.orders_by_ref: dict[str, _Tracked] = {}
         self.errors: list[tuple[int, str]] = []
+        # the orders the rules decided at the data's last close, for the next open the data does
+        # not have (as the order printer's records: a dry run shows what a paper run sends first)
+        self.decided_at_end: list[dict] = []
         self.halted = ""                 # why new entries stopped ('' while they may go on)
         self.live = False                # bars arrive as they complete (runtime/live.py)
         self.check_order: Callable[[E.Order], str | None] | None = None   # a live run's pre-send check
@@ -645,10 +648,15 @@ class Kernel(RunState):
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
         if self.on_order is not None and (role == "entry" or role == "exit" or role == "roll"):
-            self.on_order({"kind": "order", "time": self._now, "when": self.when(tr.symbol), "symbol": tr.symbol,
-                           "rule": it.rule, "order": tr.rule.order, "intent": it, "why": tr.why, "quote": None,
-                           "role": tr.role})
+            self.on_order(self._order_info(tr, self._now))
         self.venue.place(order)
+
+    def _order_info(self, tr: _Tracked, time: int) -> dict:
+        """An order of a rule as the order printer (on_order) reads it: when, the intent, the rule
+        and the values it compared."""
+        return {"kind": "order", "time": time, "when": self.when(tr.symbol), "symbol": tr.symbol,
+                "rule": tr.intent.rule, "order": tr.rule.order, "intent": tr.intent, "why": tr.why, "quote": None,
+                "role": tr.role}
 
     def _entry_quantity(self, tr: _Tracked, b: SymbolBars, k: int) -> float | None:
         """The entry's quantity at the price it will fill near, after the risk caps and the funds
@@ -2296,6 +2304,8 @@ class Kernel(RunState):
             last = int(st.bars.end[-1]) if len(st.bars) else 0
             for ref in st.pending:
                 tr = self.orders_by_ref[ref]
+                if tr.role == "entry" or tr.role == "exit" or tr.role == "roll":
+                    self.decided_at_end.append(self._order_info(tr, tr.record.time))
                 self._status(tr, "expired", last, "the data ended" if tr.role == "entry"
                              else "the data ended before it filled")
             st.pending = []

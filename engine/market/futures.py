@@ -130,11 +130,10 @@ class FrontSeries:
     cycle: tuple[str, ...] = ()               # the root's listed contracts over the span (local symbols),
     rolls: np.ndarray | None = None           # by last trade date, and each one's roll date (datetime64[D])
 
-    def front_on(self, days: np.ndarray) -> list[str | None]:
-        """The front month (local symbol) on each of `days` (datetime64[D]) by the roll rule;
-        None past the last contract of the cycle."""
-        at = np.searchsorted(self.rolls, days, side="left")
-        return [self.cycle[i] if i < len(self.cycle) else None for i in at.tolist()]
+    def front_on(self, days: np.ndarray) -> np.ndarray:
+        """The front month on each of `days` (datetime64[D]) by the roll rule, as its index in
+        `cycle` (len(cycle) past the cycle's last contract)."""
+        return np.searchsorted(self.rolls, days, side="left")
 
 
 class StitchError(ValueError):

@@ -399,15 +399,13 @@ def _make_symbol_bars(prep: Prepared, symbol: str, frame: pd.DataFrame) -> tuple
         # the front month at each bar's close, the moment a roll is decided (the date then, as a live
         # run's broker reads it from its clock): a position held in an earlier contract is rolled
         # at the first close on a day past its roll date, into the front month of that day
-        ends = pd.DatetimeIndex(end, tz="UTC")
-        decided = stitched.front_on(local_dates(ends, prep.timezone))
-        rank = {c: i for i, c in enumerate(stitched.cycle)}
-        bars.roll_to = tuple(c if c in bars.held else None for c in decided)
-        ranks = np.array([rank[c] if c is not None else len(rank) for c in decided], dtype=np.int64)
+        cycle = stitched.cycle
+        decided = stitched.front_on(local_dates(pd.DatetimeIndex(end, tz="UTC"), prep.timezone))
+        bars.roll_to = tuple(cycle[i] if i < len(cycle) and cycle[i] in bars.held else None for i in decided.tolist())
         bars.roll_bar = {}
         for c in names:
-            j = int(np.searchsorted(ranks, rank[c], side="right"))     # the first close past its roll date
-            if j < len(ranks) and bars.roll_to[j] is not None:
+            j = int(np.searchsorted(decided, cycle.index(c), side="right"))     # the first close past its roll date
+            if j < len(decided) and bars.roll_to[j] is not None:
                 bars.roll_bar[c] = j
     scan = prep.scan.arrays(symbol, end, prep.plan.inputs.scan) if prep.scan is not None else {}
     return bars, Bars(fields, clock, others, scan)

@@ -234,6 +234,12 @@ def test_an_ib_run_takes_more_than_one_and_goes_on_to_connect(tmp_path):
     assert "positions_per_symbol" not in result.output, result.output
     assert "Traceback" not in result.output
     assert "nothing is listening on 127.0.0.1:1" in result.output, result.output
+    assert "gateway-sim" in result.output           # a paper run may use the simulator
+    live = CliRunner().invoke(main, ["run", str(path), "--broker", "ib", "--port", "1", "--live", "--yes",
+                                     "--journal", str(tmp_path / "j2.sqlite")])
+    assert live.exit_code != 0 and "Traceback" not in live.output
+    assert "nothing is listening on 127.0.0.1:1" in live.output, live.output
+    assert "live account" in live.output and "gateway-sim" not in live.output, live.output
 
 
 def test_trades_by_agent_figure(tmp_path):

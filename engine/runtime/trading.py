@@ -34,6 +34,7 @@ class Connect:
     account: str | None = None
     market_data: str = "live"          # live | live_or_delayed | delayed
     connect_timeout: float = 10.0
+    live: bool = False                 # --live: a real account (what a refused connection's message suggests)
     sources: tuple = ()                # where each value came from, for messages: (name, source)
 
     def source(self, name: str) -> str:
@@ -85,7 +86,7 @@ def connect_settings(flags: Mapping[str, object], section: Mapping[str, object] 
         from ..risk.limits import _seconds
 
         values["connect_timeout"] = float(_seconds(section["connect_timeout"]))
-    return Connect(**values, sources=tuple(sources))
+    return Connect(**values, live=live, sources=tuple(sources))
 
 
 def live_guard(*, live: bool, account: str, paper: bool, yes: bool, tty: bool,

@@ -93,6 +93,16 @@ def test_the_nothing_listening_message_is_one_line_with_every_way_to_start_a_gat
         assert part in text
 
 
+def test_a_live_run_with_nothing_listening_is_told_of_the_live_gateways_not_the_paper_simulator():
+    """The simulator's account is a paper one, which --live refuses: a live run is not sent there."""
+    text = nothing_listening("127.0.0.1", 7496, live=True)
+    assert "\n" not in text
+    for part in ("127.0.0.1:7496", "live account", "TWS 7496", "IB Gateway 4001", "drop --live"):
+        assert part in text
+    assert "gateway-sim" not in text and "7497" not in text
+    assert nothing_listening("127.0.0.1", 7496, live=False) != text
+
+
 # ---------------------------------------------------------------------------- against the simulator
 def test_clean_connect_takes_under_a_second_and_waits_for_the_reconciliation(sim, opened):
     conn, sink = opened(sim.port)

@@ -102,7 +102,7 @@ class IBBroker:
         self.ib.client.MaxRequests = 40
         config = IBConfig(host=connect.host, port=connect.port, client_id=connect.client_id,
                           account=connect.account or "", connect_timeout=connect.connect_timeout,
-                          read_only=read_only)
+                          read_only=read_only, live=connect.live)
         self.conn = Connection(self.ib, config, self._sink, clock=monotonic)
         self.clock = VenueClock(self._server_ns, monotonic)
         self.contracts = Contracts(self.ib, instruments, roll_days=roll_days,

@@ -79,6 +79,7 @@ class IBConfig:
     account: str = ""
     connect_timeout: float = 4.0      # the whole handshake and ib_async's start-up fetches
     read_only: bool = False
+    live: bool = False                # --live: the account is a real one (the simulator's is paper)
     same_id_retries: int = 2          # on 326: retries of the same id before the fallbacks
     fallback_client_ids: tuple[int, ...] | None = None  # None: the next `fallback_count` ids; (): none
     fallback_count: int = 3
@@ -113,7 +114,13 @@ def backoff_delay(attempt: int, base: float, maximum: float, jitter: float, rand
     return max(0.0, delay * (1.0 + jitter * (2.0 * rand() - 1.0)))
 
 
-def nothing_listening(host: str, port: int) -> str:
+def nothing_listening(host: str, port: int, live: bool = False) -> str:
+    """What to do when no gateway answers: for a --live run, a gateway logged in to the live
+    account (the simulator's is a paper account, which --live refuses)."""
+    if live:
+        return (f"nothing is listening on {host}:{port}: start TWS or IB Gateway logged in to the live account "
+                f"with the API enabled (TWS 7496, IB Gateway 4001; --port for another), "
+                f"or drop --live to trade a paper account")
     return (f"nothing is listening on {host}:{port}: start TWS or IB Gateway with the API enabled "
             f"(paper: TWS 7497, IB Gateway 4002; live: TWS 7496, IB Gateway 4001), "
             f"or run `qtrade gateway-sim --port {port}` for the simulator")
@@ -211,7 +218,7 @@ class Connection:
                     self._emit_in_use(cid, plan[k + 1] if k + 1 < len(plan) else None)
                     continue
                 except ConnectionRefusedError:
-                    raise ConnectError(nothing_listening(cfg.host, cfg.port)) from None
+                    raise ConnectError(nothing_listening(cfg.host, cfg.port, cfg.live)) from None
                 except (asyncio.TimeoutError, TimeoutError):
                     raise ConnectError(
                         f"TWS / IB Gateway on {cfg.host}:{cfg.port} did not complete the API handshake within "

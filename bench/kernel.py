@@ -161,7 +161,9 @@ def numba_stops():
                 cash += qty * o[i]
                 qty, trades, want_out = 0.0, trades + 1, False
             elif qty > 0 and i > 0:     # protective orders work from the bar after the entry's
-                lvl_s, lvl_t = entry * (1 - stop), entry * (1 + target)
+                # the levels on the cent grid, as qtrade sends them (a sell's rounded up: on_tick)
+                lvl_s = round(math.ceil(entry * (1 - stop) / 0.01 - 1e-6) * 0.01, 10)
+                lvl_t = round(math.ceil(entry * (1 + target) / 0.01 - 1e-6) * 0.01, 10)
                 if l[i] <= lvl_s:
                     cash += qty * min(o[i], lvl_s)
                     qty, trades = 0.0, trades + 1

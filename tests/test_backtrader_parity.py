@@ -171,6 +171,9 @@ class CrossWithStop(bt.Strategy):
       configured). backtrader's Stop order does exactly that, so a Stop for the next bar is
       placed at every close with the level computed then (and the previous one cancelled).
       No stop works during the entry bar itself (its level is first known at that bar's close).
+      The level is on the instrument's tick grid (a stock's cent), a sell stop's rounded up, as
+      qtrade puts every price it sends (IB rejects a price off the grid); backtrader is given the
+      same level.
     - `position.entry_price` is the average fill price (backtrader's position.price);
       `at_entry(range)` is ATR(14) at the close of the entry (fill) bar: `self.atr[0]` in the
       `next` of that bar. backtrader's ATR (Wilder, seeded with the mean of the first 14 true
@@ -228,7 +231,9 @@ class CrossWithStop(bt.Strategy):
         if self.level is None:  # the level is fixed at entry: computed at the entry bar's close
             kind, k = self.p.stop
             entry = self.position.price
-            self.level = entry - k * self.atr[0] if kind == "atr" else entry * (1 - k)
+            level = entry - k * self.atr[0] if kind == "atr" else entry * (1 - k)
+            # on the cent grid, rounded up (towards the market), as qtrade sends a sell stop to IB
+            self.level = round(math.ceil(level / 0.01 - 1e-6) * 0.01, 10)
         self.stop_order = self.sell(size=self.position.size, exectype=bt.Order.Stop, price=self.level)
 
 

@@ -9,6 +9,7 @@ which makes it four times cheaper to create (a run makes several per trade).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -84,3 +85,18 @@ def _sizing_text(sizing: Sizing | None) -> str:
     if sizing.mode == "risk_percent":
         return f"risk-{sizing.value * 100:g}%"
     return f"{sizing.value:g}"
+
+
+def on_tick(price: float, tick: float, action: str) -> float:
+    """A limit or stop price a rule computed, put on the instrument's tick grid as IB requires (an
+    order off it is rejected: 110, the price does not conform to the minimum price variation).
+    A sell's price rounds up and a buy's down: a limit is never a worse price than the rule named
+    (a buy pays no more, a sell takes no less), and a stop is never triggered later than the
+    level the rule named (a sell stop below the market moves towards it, as a buy stop above it
+    does). A price on the grid, within float noise of it, stays where it is; the result is rounded
+    to 1e-10, so that it prints as the tick does."""
+    if not tick > 0:
+        return price
+    units = price / tick
+    steps = math.ceil(units - 1e-6) if action == "sell" else math.floor(units + 1e-6)
+    return round(steps * tick, 10)

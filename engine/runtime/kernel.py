@@ -47,7 +47,7 @@ from ..brokers.matching import FillModel, first_touch_any
 from ..check.model import OrderTemplate
 from ..market.series import SymbolBars
 from ..orders.combos import debit_of, flip, order_price
-from ..orders.intent import OrderIntent, Sizing
+from ..orders.intent import OrderIntent, Sizing, on_tick
 from ..plan import nodes as N
 from ..plan.evaluate import Stream, explain, scalar_at, value_at
 from ..portfolio.ledger import Fill, Ledger
@@ -1388,12 +1388,16 @@ class Kernel(RunState):
         pos = self.ledger.positions[st.slot]
         told = False            # the venue was sent, moved or cancelled something: its answers to take
         values = st.values
+        side, tick = "sell" if pos.quantity > 0 else "buy", st.bars.tick_size
         for rule, key, level_at, slot in levels:
             if ctx is None:
                 ctx = self._position_context(st, k)
             level = level_at(k, values, ctx)
             ref = protect.get(slot)
             ok = isinstance(level, float) and math.isfinite(level) and level > 0
+            if ok:
+                level = on_tick(level, tick, side)      # on the tick grid, as the order goes out
+                ok = level > 0
             if ref is not None:
                 tr = self.orders_by_ref[ref]
                 if not ok:
@@ -1423,7 +1427,10 @@ class Kernel(RunState):
         nodes = self._order_nodes.get(rule.order, _NO_NODES)
         limit = self._value(st, nodes[0], k) if nodes[0] is not None else None
         stop = self._value(st, nodes[1], k) if nodes[1] is not None else None
-        intent = OrderIntent(st.symbol, "sell" if pos.quantity > 0 else "buy",
+        action = "sell" if pos.quantity > 0 else "buy"
+        limit, stop = (on_tick(p, st.bars.tick_size, action) if isinstance(p, float) and math.isfinite(p) else p
+                       for p in (limit, stop))
+        intent = OrderIntent(st.symbol, action,
                              template.type if template else "market", abs(pos.quantity), None, limit, stop,
                              template.tif if template else "day", "close", rule.name, self._tag(), rule.reason)
         detail = ""
@@ -2200,6 +2207,9 @@ class Kernel(RunState):
             if price is not None and not (isinstance(price, float) and math.isfinite(price) and price > 0):
                 self._decide(st.symbol, rule.name, "entry", "blocked", f"the {name} price is not a number yet ({price})")
                 return None
+        tick = st.bars.tick_size        # the prices on the tick grid, as the order goes out
+        limit = on_tick(limit, tick, template.action) if limit is not None else None
+        stop = on_tick(stop, tick, template.action) if stop is not None else None
         quantity, sizing = self._size(st, rule, template, k)
         if quantity is not None and quantity <= 0:
             self._decide(st.symbol, rule.name, "entry", "blocked", f"quantity is {quantity:g}")

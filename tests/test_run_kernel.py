@@ -133,3 +133,17 @@ def test_a_combo_order_prints_its_mid_with_the_digits_it_has(tmp_path):
     assert "0.235" in mids and "0.25" in mids
     assert all(len(m.split(".")[1]) in (2, 3, 4) for m in mids)
     assert cli._price(0.235) == "0.235" and cli._price(0.1) == "0.10" and cli._price(1.23456) == "1.2346"
+
+
+def test_an_order_decided_at_a_symbols_last_close_is_dated_then_while_others_trade_on(tmp_path):
+    """regime_agents' dry run over its last 30 days: SPY's data ends 2017-12-29, AAPL's weeks
+    later; the SPY exit decided at SPY's last close is dated at that close, not at the run's end
+    told as seconds after it ("2017-12-29 close +1.8144e+06s")."""
+    out = CliRunner().invoke(cli.main, ["run", "strategies/regime_agents.yaml", "--broker", "sim", "--dry-run",
+                                        "--days", "30", "--journal", str(tmp_path / "d.sqlite")])
+    assert out.exit_code == 0, out.output
+    _, _, tail = out.output.partition("decided at the last close (")
+    assert tail.startswith("2017-12-29 close)"), out.output
+    listed = tail.split("\n\n")[0]
+    assert "2017-12-29 close  SELL" in listed and "[gap filled]" in listed, listed
+    assert "e+0" not in out.output and " +" not in listed.splitlines()[1], listed

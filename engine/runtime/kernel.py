@@ -305,18 +305,21 @@ class Kernel(RunState):
         self._end_of_data()
         return self.ledger
 
-    def when(self, symbol: str) -> str:
-        """Now, as a trader reads it for this symbol: the bar's date and open or close on daily
-        bars (a daily bar's close is stamped at the next midnight), else the local time."""
+    def when(self, symbol: str, time: int | None = None) -> str:
+        """A moment (now, unless `time` is given) as a trader reads it for this symbol: the bar's
+        date and open or close on daily bars (a daily bar's close is stamped at the next midnight;
+        a chase's step seconds after it, "+15s"), else the local time."""
+        now = self._now if time is None else time
         st = self.syms[symbol]
         b = st.bars
         k, phase = st.at
         if k >= 0 and int(b.end[k]) - int(b.start[k]) >= 86_400 * 10**9:
             day = self._local(int(b.start[k]))
-            later = self._now - int(b.end[k] if phase == CLOSE else b.start[k])
-            tail = f" +{later / 1e9:g}s" if later > 0 else ""
-            return f"{day:%Y-%m-%d} {'open' if phase == OPEN else 'close'}{tail}"
-        t = self._local(self._now)
+            later = now - int(b.end[k] if phase == CLOSE else b.start[k])
+            if later < int(b.end[k]) - int(b.start[k]):     # within the bar's day: at its open or close
+                tail = f" +{later / 1e9:g}s" if later > 0 else ""
+                return f"{day:%Y-%m-%d} {'open' if phase == OPEN else 'close'}{tail}"
+        t = self._local(now)
         return f"{t:%Y-%m-%d %H:%M:%S}" if t.second else f"{t:%Y-%m-%d %H:%M}"
 
     def _outcome(self, tr: _Tracked, text: str) -> None:
@@ -654,7 +657,7 @@ class Kernel(RunState):
     def _order_info(self, tr: _Tracked, time: int) -> dict:
         """An order of a rule as the order printer (on_order) reads it: when, the intent, the rule
         and the values it compared."""
-        return {"kind": "order", "time": time, "when": self.when(tr.symbol), "symbol": tr.symbol,
+        return {"kind": "order", "time": time, "when": self.when(tr.symbol, time), "symbol": tr.symbol,
                 "rule": tr.intent.rule, "order": tr.rule.order, "intent": tr.intent, "why": tr.why, "quote": None,
                 "role": tr.role}
 

@@ -1063,7 +1063,10 @@ def _describe_order(info: dict, timezone: str) -> str:
     stamp = info.get("when") or f"{when:%Y-%m-%d %H:%M}"
     line = f"{stamp}  {intent.describe()}"
     why = info.get("why")
-    if why:
+    if info.get("role") in ("stop", "target"):     # a protective order: it rests until its level is touched
+        line += (f"\n    why: the {info['role']} of rule '{info['rule']}' for the open position"
+                 + (f" ({intent.reason})" if intent.reason else ""))
+    elif why:
         line += f"\n    why: rule '{info['rule']}' fired: {why}" + (f" ({intent.reason})" if intent.reason else "")
     elif intent.reason:
         line += f"\n    why: {intent.reason}"

@@ -114,7 +114,7 @@ def test_a_dry_run_shows_the_orders_decided_at_the_last_close_for_the_next_open(
     listed = tail.split("\n\n")[0]
     assert "SELL 11 AAPL MKT DAY [trend flip]" in listed and "why: rule 'trend flip' fired:" in listed
     assert "[directional short]" in listed and "why: rule 'directional short' fired:" in listed
-    assert "1 order would have been sent (and 2 decided for the next open)" in out.output
+    assert "2 orders would have been sent (and 2 decided for the next open)" in out.output   # the entry and its stop
     js = CliRunner().invoke(cli.main, ["run", path, "--broker", "sim", "--dry-run", "--format", "json",
                                        "--journal", str(tmp_path / "j.sqlite")])
     assert js.exit_code == 0, js.output
@@ -147,3 +147,35 @@ def test_an_order_decided_at_a_symbols_last_close_is_dated_then_while_others_tra
     listed = tail.split("\n\n")[0]
     assert "2017-12-29 close  SELL" in listed and "[gap filled]" in listed, listed
     assert "e+0" not in out.output and " +" not in listed.splitlines()[1], listed
+
+
+def test_the_dry_run_prints_the_protective_orders_a_paper_run_sends_and_their_cancels(tmp_path):
+    """futures_breakout: each entry is followed by its stop and its target, sent as working orders
+    at the entry's first close (a paper run sends them to IB): the dry run prints each one with
+    its price on the tick grid, counts it among the orders sent, and says when one-cancels-all or
+    an exit cancelled it. What it prints is every order its journal has, as the paper run's."""
+    import sqlite3
+
+    runner = CliRunner()
+    args = ["run", "strategies/futures_breakout.yaml", "--broker", "sim"]
+    dry = runner.invoke(cli.main, [*args, "--dry-run", "--journal", str(tmp_path / "d.sqlite")])
+    paper = runner.invoke(cli.main, [*args, "--journal", str(tmp_path / "p.sqlite")])
+    assert dry.exit_code == 0 and paper.exit_code == 0, dry.output + paper.output
+    line = re.compile(r"^\S+ \S+  ((?:BUY|SELL) \d+ NQ (?:MKT|LMT|STP) ?([\d.]*) (?:DAY|GTC) \[[^\]]+\]) (\S+)$", re.M)
+    printed = line.findall(dry.output)
+    assert printed == line.findall(paper.output)
+    stops = [p for p in printed if " STP " in p[0]]
+    targets = [p for p in printed if " LMT " in p[0] and p[0].startswith("SELL")]
+    assert len(stops) >= 5 and len(targets) == len(stops)
+    assert all(float(price) * 4 == int(float(price) * 4) for _, price, _ in printed if price)   # NQ's 0.25
+    assert "why: the stop of rule 'stop' for the open position (initial ATR stop)" in dry.output
+    assert ": cancelled: one-cancels-all: " in dry.output and "cancelled: cancelled" not in dry.output
+    for path, out, said in ((tmp_path / "d.sqlite", dry, "would have been sent"),
+                            (tmp_path / "p.sqlite", paper, "sent to the simulator")):
+        con = sqlite3.connect(path)
+        try:
+            journaled = [r for r, in con.execute("SELECT order_ref FROM orders ORDER BY id")]
+        finally:
+            con.close()
+        assert [tag for *_, tag in printed] == journaled
+        assert f"{len(journaled)} orders {said}" in out.output

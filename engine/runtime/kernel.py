@@ -650,7 +650,7 @@ class Kernel(RunState):
         if self.recorder is not None:
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
-        if self.on_order is not None and (role == "entry" or role == "exit" or role == "roll"):
+        if self.on_order is not None:       # every order sent is printed: the protective ones too
             self.on_order(self._order_info(tr, self._now))
         self.venue.place(order)
 
@@ -882,8 +882,9 @@ class Kernel(RunState):
         else:
             status = _UNFILLED[status]
             self._status(tr, status, ev.time, ev.reason)
-            if (role == "entry" or role == "exit" or role == "roll") and tr.sent:
-                self._outcome(tr, f"{status}: {ev.reason}" if ev.reason else status)
+            if tr.sent:     # ("cancelled, cancel confirmed" says its status itself)
+                self._outcome(tr, status if not ev.reason else ev.reason if ev.reason.startswith(status)
+                              else f"{status}: {ev.reason}")
             if status == E.REJECTED and role == "entry":
                 self._decide(tr.symbol, tr.intent.rule, "entry", "blocked", f"rejected by the broker: {ev.reason}")
         if role == "entry":
@@ -912,6 +913,7 @@ class Kernel(RunState):
             tr = self.orders_by_ref[ref]
             tr.intent = tr.record.intent = tr.intent.sized(quantity)
             self.venue.modify(ref, quantity=quantity)
+            self._outcome(tr, f"resized to {quantity:g}, the whole position")
         st.reprotect = True
 
     def _after_exit(self, st: _Symbol) -> None:
@@ -1411,10 +1413,12 @@ class Kernel(RunState):
                 if key == "stop" and it.stop != level:
                     tr.intent = tr.record.intent = it.repriced(it.limit, level)
                     self.venue.modify(ref, stop=level)
+                    self._outcome(tr, f"stop moved to {level:g}")
                     told = True
                 elif key == "target" and it.limit != level:
                     tr.intent = tr.record.intent = it.repriced(level, it.stop)
                     self.venue.modify(ref, limit=level)
+                    self._outcome(tr, f"target moved to {level:g}")
                     told = True
                 continue
             if not ok:

@@ -276,3 +276,48 @@ def test_example_spx_condor_on_real_chains_through_the_cli(tmp_path):
         "data: {bar: 1d, chains: ../../shared/data/optopsy_v1/test_options_data_full.csv}", "data: {bar: 1d}"))
     out = CliRunner().invoke(cli.main, ["backtest", str(bare), "--journal", str(tmp_path / "j.sqlite")])
     assert out.exit_code == 1 and "no bar data: data.source is not set" in out.output and "--chains" in out.output
+
+
+def test_a_close_at_the_natural_price_that_does_not_fill_is_cancelled_and_the_exit_decided_again(monkeypatch):
+    """The iron condor's close goes to the natural price when its chase times out. A natural
+    price that does not fill (the quotes moved, or were stale: seen on IB) rests one chase step,
+    is cancelled and the cancel confirmed, the exit is journaled as blocked with why, and the
+    exit is decided again at the next close on new quotes: the position is closed then, never
+    left with an order resting unwatched, and never two closes working at once."""
+    from engine.brokers.sim import SimBroker
+    from engine.runtime.kernel import Kernel
+
+    refused: list[str] = []         # the first natural-price close, which this venue does not fill
+    armed = []
+    natural = Kernel._close_at_natural
+    match = SimBroker._match_combo
+
+    def close_at_natural(self, *args, **kwargs):
+        armed.append(not refused)
+        try:
+            natural(self, *args, **kwargs)
+        finally:
+            armed.pop()
+
+    def match_combo(self, w):
+        if armed and armed[-1] and not refused and w.order.intent == "close":
+            refused.append(w.order.ref)
+        if w.order.ref in refused:
+            return          # this venue's quotes do not meet it
+        match(self, w)
+
+    prep = bt.prepare(ROOT / "strategies" / "iron_condor.yaml", overrides={"min_credit": "0.10"})
+    base = bt.run(prep, fast=False)
+    monkeypatch.setattr(Kernel, "_close_at_natural", close_at_natural)
+    monkeypatch.setattr(SimBroker, "_match_combo", match_combo)
+    result = bt.run(prep, fast=False)
+    assert refused, "the example no longer closes at the natural price"
+    rec = next(o for o in result.runner.orders if o.intent.tag == refused[0])
+    assert rec.status == "cancelled"
+    assert rec.reason.startswith(f"not filled at the natural price {rec.intent.limit:.2f} in 15s: cancelled, "
+                                 "cancel confirmed; the exit is decided again at the next close"), rec.reason
+    assert any(d.outcome == "blocked" and d.kind == "exit" and d.reason == rec.reason for d in result.runner.decisions)
+    # the close that follows is a new order, sent after the cancel was confirmed, and it fills
+    later = [o for o in result.runner.orders if o.intent.intent == "close" and o.time > rec.time]
+    assert later and later[0].time >= rec.status_time and any(o.status == "filled" for o in later)
+    assert len(result.ledger.trades) == len(base.ledger.trades) and not result.runner.combos

@@ -1899,6 +1899,7 @@ class Kernel(RunState):
         quote = info["quote"]
         st.chasing = it.tag
         tr.chase_prices = prices
+        info["every"] = every
         order = E.Order(it.tag, info["key"], it.action, float(it.quantity), "limit", prices[0], None, it.tif,
                         owner=tr.owner, intent="open" if opening else "close", rule=it.rule, legs=quote.legs,
                         underlying=st.symbol, multiplier=quote.multiplier, margin=quote.margin if opening else 0.0)
@@ -1939,6 +1940,14 @@ class Kernel(RunState):
         info = tr.combo
         prices = tr.chase_prices
         if tr.filled <= 0:
+            if tr.role == "combo_exit" and not prices:      # the close at the natural price did not fill
+                said = "cancelled, cancel confirmed" if ev.status == E.CANCELLED else (ev.reason or ev.status)
+                reason = (f"not filled at the natural price {tr.intent.limit:.2f} in {info['rest']:g}s: {said}; "
+                          "the exit is decided again at the next close, on new quotes")
+                self._status(tr, "cancelled" if ev.status == E.CANCELLED else ev.status, ev.time, reason)
+                self._outcome(tr, f"not filled: {reason}")
+                self._decide(tr.symbol, tr.rule.name, "exit", "blocked", reason)
+                return
             reason = (f"chase timed out after {len(prices)} prices ({', '.join(f'{p:.2f}' for p in prices)}): "
                       "cancelled, cancel confirmed") if ev.status == E.CANCELLED else ev.reason
             self._status(tr, "cancelled" if ev.status == E.CANCELLED else ev.status, ev.time, reason)
@@ -2066,7 +2075,8 @@ class Kernel(RunState):
             self._decide(symbol, fired.name, "exit", "blocked", f"cannot price the close: {bad}", detail)
             return
         prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=False, action=action)
-        info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now, "why": detail}
+        info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now, "why": detail,
+                "every": chase.every}
         if not prices:      # no price within the floor: straight to the natural price
             self._close_at_natural(st, symbol, action, float(combo.quantity), fired, k, info, tried=[])
             return
@@ -2119,7 +2129,8 @@ class Kernel(RunState):
         intent = OrderIntent(symbol, action, "limit", quantity, None, natural, None, "day", "close", rule.name,
                              self._tag(), how)
         nat = self._track(intent, st, "combo_exit", rule, k)
-        nat.combo = {**info, "how": how}
+        rest = float(info.get("every") or _NATURAL_REST)
+        nat.combo = {**info, "how": how, "rest": rest}
         nat.chase_prices = []
         st.chasing = intent.tag
         order = E.Order(intent.tag, info["key"], intent.action, float(intent.quantity), "limit", natural, None, "day",
@@ -2134,6 +2145,10 @@ class Kernel(RunState):
                            "quote": None, "role": "combo_exit"})
         self.venue.place(order)
         self._drain()
+        # a natural price that does not fill at once (the quotes moved, or were stale) rests one
+        # chase step, then is cancelled and the cancel confirmed, and the exit is decided again
+        if not nat.done:
+            self._at(self._now + int(rest * 1e9), lambda: self._chase_end(nat))
 
     def _combo_closed(self, st: _Symbol, tr: _Tracked, price: float, how: str, time: int) -> None:
         combo = self.combos[st.key]
@@ -2330,6 +2345,11 @@ class Kernel(RunState):
             if tr.sent and not tr.done and tr.record.status in ("created", "submitted"):
                 tr.record.status, tr.record.status_time = "working", int(self.syms[tr.symbol].bars.end[-1])
                 tr.record.reason = "still working when the data ended"
+
+
+# seconds a combo's close at the natural price rests unfilled when its order has no chase (whose
+# step it rests otherwise) before it is cancelled and the exit decided again at the next close
+_NATURAL_REST = 30.0
 
 
 def _bad_limit(chase, action: str) -> str:

@@ -467,19 +467,23 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
                  + (f", after {warmup:,} warm-up bar{'s' * (warmup != 1)}" if warmup else "") + ")")
     lines.append("")
     bh = summary.get("buy_and_hold")
+    # a benchmark whose bars start after the run's is measured from its first bar, and says so
+    held_from = (f" from {str(summary['buy_and_hold_from'])[:10]}, where its bars start"
+                 if summary.get("buy_and_hold_from") else "")
     days = _span_days(summary.get("start"), summary.get("end"))
     caveat = (f"; annualised from {days:.0f} day{'s' * (round(days) != 1)}: too short to mean much"
               if days is not None and days < SHORT_RUN_DAYS else "")
     rows = [
         ("Final equity", _num(summary.get("end_equity")), f"from {_num(summary.get('start_equity'))} starting cash"),
         ("Total return", _pct(summary.get("total_return")),
-         f"buy & hold {summary.get('buy_and_hold_symbol')}: {_pct(bh)}" if bh is not None else ""),
+         f"buy & hold {summary.get('buy_and_hold_symbol')}: {_pct(bh)}{held_from}" if bh is not None else ""),
         ("Annualised return", _pct(summary.get("cagr")), f"volatility {_pct(summary.get('volatility'))}{caveat}"),
         ("Sharpe / Sortino / Calmar", " / ".join(_num(summary.get(k)) for k in ("sharpe", "sortino", "calmar")),
          (caveat[2:] if caveat else f"from {periods:,} "
           + ("daily" if summary.get("returns_basis") == "daily" else "bar") + f" return{'s' * (periods != 1)}")),
         ("Alpha / beta", f"{_pct(summary.get('alpha'))} / {_num(summary.get('beta'))}",
-         f"against buy & hold {summary.get('buy_and_hold_symbol')}{caveat}" if summary.get("beta") is not None else ""),
+         f"against buy & hold {summary.get('buy_and_hold_symbol')}{held_from}{caveat}"
+         if summary.get("beta") is not None else ""),
         ("Max drawdown", _pct(summary.get("max_drawdown")),
          f"longest under water {_duration(summary.get('max_drawdown_days') or 0)}, from "
          f"{(summary.get('max_drawdown_start') or '')[:10]}" if summary.get("max_drawdown") else ""),

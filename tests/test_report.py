@@ -260,9 +260,16 @@ def test_buy_and_hold_curve_spans_the_run_and_alpha_beta_by_hand():
     assert 0.2 < beta < 0.6
     s = M.summarize(equity, [], benchmark=bench)
     assert (s["alpha"], s["beta"], s["buy_and_hold"]) == pytest.approx((alpha, beta, closes[-1] / opens[0] - 1))
-    # a point before the symbol's first bar keeps the cash; no open: the first close
+    # a symbol whose bars start after the run's: bought with the cash at the point before its
+    # first bar, no benchmark before that (not a flat line of cash that alpha and beta would read);
+    # its return, alpha and beta are measured from there, and the summary says from when
     late = M.buy_and_hold_curve(equity, days[5:], closes[5:], 40.0)
-    assert (late.to_numpy()[:6] == 10_000.0).all() and late.iloc[6] == pytest.approx(10_000 * closes[5] / 40)
+    assert np.isnan(late.to_numpy()[:5]).all() and late.iloc[5] == 10_000.0
+    assert late.iloc[6] == pytest.approx(10_000 * closes[5] / 40)
+    s = M.summarize(equity, [], benchmark=late)
+    assert s["buy_and_hold"] == pytest.approx(closes[-1] / 40 - 1) and s["buy_and_hold_from"] == days[5]
+    assert s["beta"] == pytest.approx(M.alpha_beta(equity[5:], late[5:])[1], rel=1e-12)
+    assert M.summarize(equity, [], benchmark=bench)["buy_and_hold_from"] is None
     assert M.buy_and_hold_start([np.nan, 3.0], [2.0, 3.0]) == 2.0 and M.buy_and_hold_start([], []) is None
     assert M.alpha_beta(equity, pd.Series(10_000.0, index=equity.index)) == (None, None)   # flat benchmark
 

@@ -1022,6 +1022,8 @@ def _summary(data: RunData, curve: pd.Series, bench: pd.Series | None,
     else:
         summary["alpha"], summary["beta"] = (metrics.alpha_beta(curve, bench, risk_free=risk_free, tz=tz)
                                              if bench is not None else (None, None))
+    since = metrics.benchmark_from(bench) if bench is not None else None
+    summary["buy_and_hold_from"] = f"{since:%Y-%m-%d}" if since is not None else None
     summary["open_positions"] = stored.get("open_positions")
     summary["commission"] = data.trades.commission_total
     summary["net_pnl"] = float(sum(data.trades.pnl)) if len(data.trades) else None

@@ -645,8 +645,10 @@ def buy_and_hold_curve(equity: pd.Series, price_times: pd.DatetimeIndex | np.nda
     curve: `equity`'s first point is the starting cash (`from_starting_cash`), its value at the
     first point; at every later point the cash times ``close / start_price``, with the last
     close at or before that point's time (`price_times` are the bars' labels, as the curve's;
-    fractional shares, no commission). A point before the symbol's first bar keeps the cash.
-    None without a start price or prices."""
+    fractional shares, no commission). The symbol is bought at the curve's last point before its
+    first bar (the cash then); a curve that starts earlier than the symbol's bars has no
+    benchmark before that point (NaN: not a flat line of cash that alpha, beta and the chart
+    would read as the symbol's). None without a start price or prices."""
     equity = _clean(equity)
     if not len(equity) or start_price is None or not start_price > 0:
         return None
@@ -661,8 +663,19 @@ def buy_and_hold_curve(equity: pd.Series, price_times: pd.DatetimeIndex | np.nda
     cash = float(equity.iloc[0])
     at = np.searchsorted(times, to_timestamps(equity.index).as_unit("ns").asi8, side="right") - 1
     curve = np.where(at >= 0, cash * values[np.maximum(at, 0)] / start_price, cash)
-    curve[0] = cash
+    bought = max(int(np.count_nonzero(at < 0)) - 1, 0)       # the last point before its first bar
+    curve[bought] = cash
+    curve[:bought] = np.nan
     return pd.Series(curve, index=equity.index, name="buy_and_hold")
+
+
+def benchmark_from(benchmark: pd.Series):
+    """The first bar of a buy-and-hold curve whose symbol's bars start after the curve's (its
+    return, alpha and beta are measured from there); None when it spans the whole curve."""
+    held = np.flatnonzero(np.isfinite(benchmark.to_numpy(dtype=float)))
+    if not len(held) or held[0] == 0:
+        return None
+    return benchmark.index[min(held[0] + 1, len(benchmark) - 1)]
 
 
 # ---- calendar table ----------------------------------------------------------------------------
@@ -888,9 +901,11 @@ def summarize(equity: pd.Series, trades: Sequence[Any], *, risk_free: float = 0.
     out.update(trade_summary(trades))
     out["exposure"] = exposure(trades, out["start"], out["end"]) if len(equity) >= 2 else None
     out["buy_and_hold"] = out["alpha"] = out["beta"] = None
+    out["buy_and_hold_from"] = None
     if benchmark is not None and len(benchmark) >= 2:
         out["buy_and_hold"] = total_return(benchmark)
         out["alpha"], out["beta"] = alpha_beta(equity, benchmark, risk_free=risk_free, tz=tz)
+        out["buy_and_hold_from"] = benchmark_from(benchmark)
     elif closes is not None:
         out["buy_and_hold"] = buy_and_hold_return(closes)
     return out

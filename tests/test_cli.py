@@ -127,7 +127,7 @@ def test_usage_errors_exit_2(runner, args):
 def test_unknown_set_param_is_a_usage_error(runner):
     result = run(runner, "validate", "--set", "fsat=3", str(ROOT / "strategies" / "sma_crossover.yaml"))
     assert result.exit_code == 2
-    assert "no strategy declares a param 'fsat' (did you mean 'fast'?)" in result.output
+    assert "'fsat' is not a param of the strategy or its scanner (did you mean 'fast'?)" in result.output
 
 
 def test_set_override_checked(runner):

@@ -82,9 +82,11 @@ def validate(paths: list[str], overrides: dict[str, str] | None = None, strict: 
                 import difflib
 
                 close = difflib.get_close_matches(name, sorted(declared), n=1)
-                diags.append(error("--set", 0, 0, f"no strategy declares a param '{name}'" +
+                diags.append(error("--set", 0, 0, f"'{name}' is not a param of the strategy or its scanner" +
                                    (f" (did you mean '{close[0]}'?)" if close else ""),
-                                   f"declared params: {', '.join(sorted(declared)) or 'none'}"))
+                                   f"--set changes the params declared under params: "
+                                   f"({', '.join(sorted(declared)) or 'none here'}); other keys are edited in the "
+                                   "file"))
     unique = sorted(set(diags), key=lambda d: (d.path, d.line, d.col, d.message))
     if strict:
         unique = [d.as_error() for d in unique]

@@ -256,3 +256,18 @@ def test_a_set_of_the_wrong_type_names_the_param_its_value_and_bounds(tmp_path):
     assert "--set fast=abc: expected a number, got a string" in out.output
     assert "fast is a number (the file sets 10, min 2, max 200): e.g. --set fast=10" in out.output
     assert "{" not in out.output.split("\n")[1]        # not the YAML mapping, raw
+
+
+@pytest.mark.parametrize("value, said", [("500%", "must be from 0% to 100%, got '500%'"),
+                                         ("-10%", "must be from 0% to 100%, got '-10%'"),
+                                         ("1.5", "must be <= 1, got 1.5"),
+                                         ("abc%", "'abc%' is not in the expected format")])
+def test_a_share_out_of_range_says_the_range_whether_a_percentage_or_a_fraction(runner, tmp_path, value, said):
+    text = (ROOT / "strategies" / "sma_crossover.yaml").read_text()
+    assert "percent_of_equity: 100%" in text
+    path = tmp_path / "s.yaml"
+    path.write_text(text.replace("percent_of_equity: 100%", f"percent_of_equity: {value}"))
+    result = run(runner, "validate", str(path))
+    assert result.exit_code != 0
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "percent_of_equity: 100%" in t)
+    assert f"{path}:{line}:" in result.output and said in result.output, result.output

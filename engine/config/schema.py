@@ -236,6 +236,13 @@ def _report(rep: _Reporter, err) -> None:
         return
     if v == "pattern":
         hint = _example_hint(schema) or schema.get("description", "")
+        if isinstance(value, str) and str(err.validator_value).endswith("%$") and \
+                re.fullmatch(r"\s*[-+]?\d+(\.\d*)?\s*%\s*", value):
+            # a percentage out of range, not a malformed one: say the range, as for a fraction
+            top = "100%" if str(err.validator_value).startswith("^(100") else "under 100%"
+            rep.at_value(where, f"{_path_text(where)} must be from 0% to {top}, got {_show(value)}",
+                         f"a share: a percentage from 0% to {top} (\"25%\") or the fraction it is (0.25)")
+            return
         rep.at_value(where, f"{_path_text(where)}: {_show(value)} is not in the expected format", hint)
         return
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}

@@ -893,8 +893,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
                f"{'would have been sent' if dry_run else 'sent to the simulator'}"
                f"{f' (and {len(waiting)} decided for the next open)' if waiting else ''}; "
                f"{len(blocked)} entr{'ies' if len(blocked) != 1 else 'y'} blocked")
-    for d in blocked[-5:]:
-        _safe_echo(f"  blocked {d.rule!r} on {d.symbol}: {d.reason}")
+    _say_blocked(blocked, journal_path, result.run_id, hint=False)
     for _, message in errors[:5]:
         _safe_echo(f"  error: {message}")
     if not printed:
@@ -1009,9 +1008,26 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
                f"{len(kernel.ledger.positions)} open")
     if outcome.unconfirmed:
         _safe_echo(f"  not confirmed cancelled: {', '.join(outcome.unconfirmed)} (check TWS)")
+    blocked = [d for d in kernel.decisions if d.outcome == "blocked"]
+    if blocked:
+        _safe_echo(f"{len(blocked)} entr{'ies' if len(blocked) != 1 else 'y'} blocked")
+    _say_blocked(blocked, journal_path, outcome.run_id, hint=True)
     for _, message in kernel.errors[:5]:
         _safe_echo(f"  error: {message}")
     _safe_echo(f"journal: {journal_path} (run {outcome.run_id})")
+
+
+def _say_blocked(blocked: list, journal_path: str, run_id: str, hint: bool) -> None:
+    """The last few reasons entries were blocked, each once (with how many times it recurred), and
+    with `hint` where the journal has them all."""
+    seen: dict[tuple, int] = {}
+    for d in blocked:
+        key = (d.rule, d.symbol, d.reason)
+        seen[key] = seen.pop(key, 0) + 1          # re-inserted: the most recent last
+    for (rule, symbol, reason), times in list(seen.items())[-5:]:
+        _safe_echo(f"  blocked {rule!r} on {symbol}: {reason}" + (f" ({times} times)" if times > 1 else ""))
+    if blocked and hint:
+        _safe_echo(f"  all the reasons: qtrade why {journal_path} --run {run_id}")
 
 
 def _price(value: float) -> str:

@@ -199,6 +199,11 @@ def test_nan_quotes_price_nothing_and_the_entries_say_why(nq_sim, tmp_path):
     assert placed(nq_sim) == []
     blocked = rows(journal, "SELECT reason FROM decisions WHERE outcome = 'blocked'")
     assert blocked and all(d["reason"].startswith("NQ: ") for d in blocked)
+    # the printout says so too, as a simulated run's does: how many, the last reasons, where all are
+    n = len(blocked)
+    assert f"{n} entr{'ies' if n != 1 else 'y'} blocked" in out.output, out.output
+    assert f"  blocked 'cross up' on NQ: {blocked[-1]['reason']}" in out.output
+    assert f"all the reasons: qtrade why {journal} --run " in out.output
 
 
 def _earlier_run(journal_path, account, entries):

@@ -744,3 +744,15 @@ def test_the_stitch_refuses_what_it_cannot_know(tmp_path):
     with pytest.raises(StitchError, match="contract 20131213's last trade date is 20131220"):
         stitch(load_bars(path, symbols=["ES"])["ES"], root="ES", months="HMUZ", roll_days=5,
                calendar_name="CME_Equity", timezone=NY)
+
+
+def test_a_symbol_with_no_file_in_a_folder_is_named_with_the_symbols_the_folder_has(tmp_path):
+    """A misspelt symbol (SPYX): the folder's other files are not read, but their symbols are
+    named, so the message does not say 'none' of a folder full of bars."""
+    for symbol in ("SPY", "AAPL"):
+        (tmp_path / f"{symbol}.csv").write_text("date,open,high,low,close,volume\n2024-01-02,1,2,0.5,1.5,10\n")
+    with pytest.raises(DiagnosticError) as excinfo:
+        load_bars(tmp_path, symbols=["SPYX"])
+    d = diagnostic(excinfo)
+    assert "no bars for SPYX (the folder has: AAPL, SPY)" in d.message
+    assert "spelling" in d.hint

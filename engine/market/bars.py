@@ -108,8 +108,10 @@ def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjuste
                                          "expected one file per symbol, e.g. SPY.csv or SPY.parquet")])
         out: dict[str, pd.DataFrame] = {}
         origin: dict[str, Path] = {}
+        others: set[str] = set()        # the symbols of the files not asked for (for a message)
         for file in files:
             if wanted is not None and not _has_symbol_column(file) and _stem_symbol(file, wanted) not in wanted:
+                others.add(_stem_symbol(file, wanted))
                 continue
             for symbol, frame in _load_file(file, wanted, **load).items():
                 if symbol in out:
@@ -118,6 +120,7 @@ def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjuste
                                                  "keep one file (or one table) per symbol")])
                 out[symbol], origin[symbol] = frame, file
     elif path.is_file():
+        others = set()
         out = _load_file(path, wanted, **load)
         if not _has_symbol_column(path):
             return out  # one symbol per file: `symbols` only helps to name it
@@ -127,10 +130,12 @@ def load_bars(path, *, symbols=None, timezone: str = "America/New_York", adjuste
     if wanted is not None:
         absent = [s for s in wanted if s not in out]
         if absent and missing != "omit":
-            found = ", ".join(sorted(out)) or "none"
+            found = ", ".join(sorted(set(out) | others)) or "none"
             raise DiagnosticError([error(str(path), 0, 0,
-                                         f"no bars for {', '.join(absent)} (found: {found})",
-                                         "name files after their symbols (SPY.csv) or add a symbol column")])
+                                         f"no bars for {', '.join(absent)} "
+                                         f"({'the folder has' if path.is_dir() else 'found'}: {found})",
+                                         "check the symbol's spelling in the strategy's universe, or give it a file "
+                                         "named after it (SPY.csv) or a symbol column")])
         out = {s: out[s] for s in wanted if s in out}
     return out
 

@@ -709,6 +709,16 @@ def test_empty_run_renders(tmp_path):
     html = render_report(path)
     assert "No trades in this run." in html and "no data" in html and "Not enough equity points" in html
     assert not re.findall(r"\b(nan|NaN|inf|Infinity|None|null)\b", visible_text(html))
+    assert "Live trading report" in html and "Backtest report" not in html      # named for the run's mode
+
+
+@pytest.mark.parametrize("mode, title", [("backtest", "Backtest report"), ("paper", "Paper trading report"),
+                                         ("dry-run", "Dry run report")])
+def test_the_report_is_named_for_the_runs_mode(tmp_path, mode, title):
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as j:
+        j.start_run(mode, "bare")
+    assert f'<p class="sub">{title} · run' in render_report(path)
 
 
 def visible_text(html: str) -> str:

@@ -863,8 +863,10 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
         raise RunRefused(f"IB did not give account {account}'s values in time: nothing is sized without them", 1)
     cash_now = values.equity
     bt.start_run(prep, journal, mode, run_id, cash_now)
+    # the account's net liquidation is the run's cash, not the strategy's backtest.cash
     journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
-                       " '$.client_id', ?, '$.data', 'IB history') WHERE run_id = ?", (account, ib.client_id, run_id))
+                       " '$.client_id', ?, '$.data', 'IB history', '$.cash', ?) WHERE run_id = ?",
+                       (account, ib.client_id, cash_now, run_id))
     run.run_id, run.mode, run.prefix, run.account = run_id, mode, prefix, account
     run.history_wanted = wanted_bars
     run.report, run.first_lost, run.prep, run.cash_now = report, first_lost, prep, cash_now

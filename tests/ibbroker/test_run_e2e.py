@@ -97,6 +97,8 @@ def test_a_paper_run_trades_nq_by_its_front_month_and_the_journal_is_the_venues(
     if position:          # an open position at the stop: the journal's average is the venue's
         assert held and held[0]["avg_price"] == pytest.approx(position[0]["avg_price"])
     run = rows(journal, "SELECT * FROM runs")[0]
+    # the run's cash is the account's (the report's settings and initial cash), not backtest.cash
+    assert json.loads(run["settings"])["cash"] == run["initial_cash"] and run["initial_cash"] > 100_000
     figures = json.loads(run["summary"])["figures"]
     assert figures["venue_rate"] == pytest.approx(120, rel=0.2)     # the venue's clock followed the simulator's
 

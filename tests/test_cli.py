@@ -271,3 +271,21 @@ def test_a_share_out_of_range_says_the_range_whether_a_percentage_or_a_fraction(
     assert result.exit_code != 0
     line = next(i for i, t in enumerate(text.splitlines(), 1) if "percent_of_equity: 100%" in t)
     assert f"{path}:{line}:" in result.output and said in result.output, result.output
+
+
+def test_a_list_with_an_item_twice_names_the_item(runner, tmp_path):
+    text = (ROOT / "strategies" / "sma_crossover.yaml").read_text()
+    path = tmp_path / "s.yaml"
+    path.write_text(text.replace("universe: [SPY]", "universe: [SPY, QQQ, SPY, QQQ, IWM]"))
+    result = run(runner, "validate", str(path))
+    assert result.exit_code != 0
+    assert "universe lists 'SPY', 'QQQ' more than once" in result.output, result.output
+
+
+def test_explain_says_scan_picked_once_where_the_file_says_it_too(runner):
+    """breakout.yaml's entry ends `and scan.picked`; the engine adds the scan to every entry of a
+    strategy with a scanner, but not a second time."""
+    result = run(runner, "explain", str(ROOT / "strategies" / "breakout.yaml"))
+    assert result.exit_code == 0, result.output
+    when = next(line for line in result.output.splitlines() if line.strip().startswith("when:") and "mfi" in line)
+    assert when.count("scan.picked") == 1, when

@@ -260,7 +260,11 @@ def _report(rep: _Reporter, err) -> None:
         rep.at_value(where, f"{_path_text(where)} must not be empty", _example_hint(schema))
         return
     if v == "uniqueItems":
-        rep.at_value(where, f"{_path_text(where)} lists the same item twice")
+        seen, twice = [], []
+        for item in value if isinstance(value, list) else ():
+            (twice if item in seen and item not in twice else seen).append(item)
+        named = ", ".join(_show(x) for x in twice)
+        rep.at_value(where, f"{_path_text(where)} lists {named or 'an item'} more than once", "list each item once")
         return
     if v == "not":
         rep.at_value(where, f"{_path_text(where)}: this combination is not allowed",

@@ -70,8 +70,9 @@ def build_plan(doc: Document, ws: Workspace, overrides: dict[str, str] | None = 
                 # scan.picked; what the condition says without the scan is kept so a pick's
                 # absence can be journaled as the reason an entry did not go
                 outputs[f"{prefix}entry[{i}].unscanned"] = _without_scan(compiler, ids["when"])
-                ids["when"] = outputs[f"{prefix}entry[{i}].when"] = \
-                    compiler._logic("and", ids["when"], compiler.scan("picked"))
+                picked = compiler.scan("picked")
+                if picked not in _conjuncts(compiler, ids["when"]):    # the file may say `and scan.picked` itself
+                    ids["when"] = outputs[f"{prefix}entry[{i}].when"] = compiler._logic("and", ids["when"], picked)
             rules.append(N.Rule(rule.kind, rule.name, ids["when"], ids["stop"], ids["target"], rule.order, agent,
                                 rule.reason, rule.where))
 
@@ -92,6 +93,14 @@ def build_plan(doc: Document, ws: Workspace, overrides: dict[str, str] | None = 
     plan.name = str(doc.get(("name",), ""))
     plan.bar = str(doc.get(("data", "bar"), ""))
     return plan
+
+
+def _conjuncts(compiler: Compiler, node_id: int) -> set[int]:
+    """The nodes a condition is the `and` of (itself when it is no `and`)."""
+    node = compiler.nodes[node_id]
+    if node.op == N.LOGIC and node.attrs == ("and",):
+        return set().union(*(_conjuncts(compiler, a) for a in node.args))
+    return {node_id}
 
 
 def _reads_scan(compiler: Compiler, node_id: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -143,7 +144,8 @@ backtest: {{cash: 100000, account: cash}}
     timed = [t for t in trades if t.exit_rule == "time stop"]
     assert stops and timed
     for t in stops:
-        level = t.entry_price - 2 * atr[t.entry_bar]
+        # the level on the cent grid, a sell stop's rounded up (towards the market), as it is sent
+        level = round(math.ceil((t.entry_price - 2 * atr[t.entry_bar]) / 0.01 - 1e-6) * 0.01, 10)
         assert b.low[t.exit_bar] <= level
         assert (b.low[t.entry_bar + 1:t.exit_bar] > level).all()     # not touched earlier
         assert t.exit_price == pytest.approx(min(b.open[t.exit_bar], level))

@@ -741,6 +741,21 @@ def test_reasons_differing_only_in_numbers_are_one_group():
     b = reason_pattern("leg short_call (call 310.5 2019-11-08) has no two-sided quote (bid 0.0, ask 0.04)")
     assert a == b == "leg short_call (call # #) has no two-sided quote (bid #, ask #)"
     assert reason_pattern("credit 0.12 below min_credit 30%") == "credit # below min_credit #"
+    # a date's weekday is part of the date: spxw_condor's "no expiry" reasons were five groups, one a weekday
+    monday = reason_pattern("expiry {dte: [25, 35]} on 2018-01-08 (Mon): no expiry between 2018-02-02 and 2018-02-12")
+    assert monday == reason_pattern("expiry {dte: [25, 35]} on 2018-01-09 (Tue): no expiry between 2018-02-03 and "
+                                    "2018-02-13")
+
+
+def test_why_dates_a_step_seconds_after_a_daily_close_by_that_close():
+    """On daily bars a close is stamped at the midnight the bar ends at; a combo's chase that
+    timed out three minutes later is that close's, 180 s on, not 00:03 of the next day."""
+    from engine.report.why import _local
+
+    tz = "America/New_York"
+    assert _local("2018-02-02T05:00:00Z", tz, daily=True) == "2018-02-01 close"
+    assert _local("2018-02-02T05:03:00Z", tz, daily=True) == "2018-02-01 close +180s"
+    assert _local("2018-02-02T05:03:00Z", tz, daily=False) == "2018-02-02 00:03"
 
 
 # ------------------------------------------------- item 3: 0DTE chains priced on trading time

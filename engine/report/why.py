@@ -18,11 +18,12 @@ from ..market.bars import bar_seconds
 from ..runtime.journal import Journal, JournalError
 
 _NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?\d+(?:[.:\-/]\d+)*(?:[eE][-+]?\d+)?%?")
+_WEEKDAY = re.compile(r"\((?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)\)")      # a date's day, "2018-01-09 (Tue)"
 
 
 def reason_pattern(reason: str) -> str:
-    """The reason with its numbers (and dates, times) replaced by '#'."""
-    return _NUMBER.sub("#", reason or "")
+    """The reason with its numbers (and dates, times, a date's weekday) replaced by '#'."""
+    return _NUMBER.sub("#", _WEEKDAY.sub("(#)", reason or ""))
 
 
 @dataclass
@@ -140,4 +141,7 @@ def _local(ts: str, tz: str, daily: bool) -> str:
     t = (t.tz_localize("UTC") if t.tzinfo is None else t).tz_convert(tz)
     if daily and (t.hour, t.minute, t.second) == (0, 0, 0):
         return f"{t - pd.Timedelta(days=1):%Y-%m-%d} close"
+    if daily and t.hour == 0:       # seconds after a close (a combo's chase): that close, and how long after
+        since = t - t.normalize()
+        return f"{t - pd.Timedelta(days=1):%Y-%m-%d} close +{since.total_seconds():g}s"
     return f"{t:%Y-%m-%d %H:%M}"

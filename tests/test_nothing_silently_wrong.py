@@ -959,6 +959,11 @@ def test_the_report_carries_the_annualised_caveat_of_a_short_run(tmp_path):
     assert short.exit_code == 0, short.output
     html = (tmp_path / "short.html").read_text()
     assert "annualised from 74 days: too short to mean much" in html
+    import re
+
+    for metric in ("sortino", "calmar", "alpha"):     # every annualised figure says so, not only CAGR
+        card = re.search(rf'data-metric="{metric}">(.*?)</div></div>', html).group(1)
+        assert "from 74 days" in card, (metric, card)
     long = cli("backtest", SMA, "--journal", journal_path, "--report", tmp_path / "long.html")
     assert long.exit_code == 0
     assert "too short to mean much" not in (tmp_path / "long.html").read_text()

@@ -1067,3 +1067,21 @@ def test_the_futures_examples_without_their_bars_name_the_file_and_the_way_out(t
     assert result.exit_code == 1, result.output
     assert f"{name}:{line}:{col + len('source: ')}: error: data source not found: {source}" in result.output
     assert "relative to" in result.output and not (tmp_path / "j.sqlite").exists()
+
+
+def test_a_drawdown_from_the_starting_cash_is_dated_by_the_first_bar(tmp_path):
+    """spxw_condor is under water from its first bar: the drawdown's start is that bar's day
+    (2018-01-02), not the starting-cash point put a bar before it (2018-01-01, a holiday)."""
+    import json
+    import os
+
+    if not CHAINS.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHAINS} is missing (shared/data must be present in CI)")
+        pytest.skip("shared/data is not present")
+    result = cli("backtest", ROOT / "strategies" / "spxw_condor.yaml", "--chains", CHAINS, "--format", "json",
+                 "--journal", tmp_path / "j.sqlite", "--no-progress")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])["summary"]
+    assert str(summary["start"])[:10] == "2018-01-02"
+    assert str(summary["max_drawdown_start"])[:10] == "2018-01-02", summary["max_drawdown_start"]

@@ -414,11 +414,13 @@ def test_an_nq_future_fills_per_unit_with_the_venue_holding_price_times_20(make_
     orders.place(E.Order("qtrade:nq:1", "NQ", "buy", 2))
     assert pump(ib, lambda: tape.of(E.CommissionReport))
     [ex] = tape.of(E.Execution)
-    assert ex.price == pytest.approx(ask) and ex.quantity == 2            # per unit, not x 20
-    assert tape.last_status("qtrade:nq:1").avg_price == pytest.approx(ask)
+    # per unit, not x 20: at the ask, or a tick or two from it when the simulator's clock moved
+    # its quote between the read and the fill (a loaded machine)
+    assert abs(ex.price - ask) <= 1.0 and ex.price * 4 == int(ex.price * 4) and ex.quantity == 2
+    assert tape.last_status("qtrade:nq:1").avg_price == pytest.approx(ex.price)
     assert tape.of(E.CommissionReport)[0].commission == 4.5
     [pos] = sim.record()["positions"]
-    assert pos["qty"] == 2 and pos["avg_price"] == pytest.approx(ask)
+    assert pos["qty"] == 2 and pos["avg_price"] == pytest.approx(ex.price)      # the venue's, per unit
     assert sim.messages("placeOrder")[0]["order"]["symbol"] == "NQ"
     assert_matches_record(tape, orders, sim, ["qtrade:nq:1"])
     orders.close()

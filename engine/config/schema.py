@@ -239,7 +239,7 @@ def _report(rep: _Reporter, err) -> None:
         if isinstance(value, str) and str(err.validator_value).endswith("%$") and \
                 re.fullmatch(r"\s*[-+]?\d+(\.\d*)?\s*%\s*", value):
             # a percentage out of range, not a malformed one: say the range, as for a fraction
-            top = "100%" if str(err.validator_value).startswith("^(100") else "under 100%"
+            top = "100%" if re.fullmatch(str(err.validator_value), "100%") else "under 100%"
             rep.at_value(where, f"{_path_text(where)} must be from 0% to {top}, got {_show(value)}",
                          f"a share: a percentage from 0% to {top} (\"25%\") or the fraction it is (0.25)")
             return
@@ -260,9 +260,11 @@ def _report(rep: _Reporter, err) -> None:
         rep.at_value(where, f"{_path_text(where)} must not be empty", _example_hint(schema))
         return
     if v == "uniqueItems":
-        seen, twice = [], []
-        for item in value if isinstance(value, list) else ():
-            (twice if item in seen and item not in twice else seen).append(item)
+        items = value if isinstance(value, list) else []
+        twice = []
+        for i, item in enumerate(items):
+            if item in items[:i] and item not in twice:
+                twice.append(item)
         named = ", ".join(_show(x) for x in twice)
         rep.at_value(where, f"{_path_text(where)} lists {named or 'an item'} more than once", "list each item once")
         return

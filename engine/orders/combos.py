@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .intent import grid_price
+
 
 @dataclass(frozen=True)
 class Side:
@@ -191,9 +193,7 @@ def round_limit(price: float, tick: float, action: str) -> float:
     no part of the way from mid back to the natural price) fills it: a mid of 14.975 is bought at
     14.98 and sold at 14.97 (rounding half to even, 14.98 would ask a seller's market for more than
     mid). A price on the grid, within float noise of it, stays where it is."""
-    units = price / tick
-    steps = math.ceil(units - 1e-6) if action == "buy" else math.floor(units + 1e-6)
-    return round(steps * tick, 10)
+    return grid_price(price, tick, up=action == "buy")
 
 
 @dataclass(frozen=True)

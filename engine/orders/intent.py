@@ -97,6 +97,13 @@ def on_tick(price: float, tick: float, action: str) -> float:
     to 1e-10, so that it prints as the tick does."""
     if not tick > 0:
         return price
+    return grid_price(price, tick, up=action == "sell")
+
+
+def grid_price(price: float, tick: float, up: bool) -> float:
+    """`price` on the `tick` grid, rounded up or down; a price on the grid within float noise
+    (1e-6 of a tick) stays where it is, and the result is rounded to 1e-10 so that it prints as the
+    tick does. on_tick rounds a rule's limits and stops; orders.combos.round_limit a combo's."""
     units = price / tick
-    steps = math.ceil(units - 1e-6) if action == "sell" else math.floor(units + 1e-6)
+    steps = math.ceil(units - 1e-6) if up else math.floor(units + 1e-6)
     return round(steps * tick, 10)

@@ -77,9 +77,9 @@ def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
     out = metrics.summarize(equity, trades, risk_free=risk_free, benchmark=bench, tz=tz)
     if len(curve):
         out["start"] = curve.index[0]                   # the run's first bar, not the point put before it
-        if len(equity) > len(curve) and out.get("max_drawdown_start") == equity.index[0]:
-            out["max_drawdown_start"] = curve.index[0]  # under water from the start: from the first bar
         if len(equity) > len(curve):
+            if out.get("max_drawdown_start") == equity.index[0]:
+                out["max_drawdown_start"] = curve.index[0]  # under water from the start: from the first bar
             out["exposure"] = metrics.exposure(trades, curve.index[0], curve.index[-1]) if len(curve) >= 2 else None
     if positions and end is not None and len(equity) >= 2:
         entries = _seconds(np.array([p.entry_time for p in positions], dtype=np.int64))

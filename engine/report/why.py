@@ -139,9 +139,7 @@ def _local(ts: str, tz: str, daily: bool) -> str:
     except (ValueError, TypeError):
         return ts or ""
     t = (t.tz_localize("UTC") if t.tzinfo is None else t).tz_convert(tz)
-    if daily and (t.hour, t.minute, t.second) == (0, 0, 0):
-        return f"{t - pd.Timedelta(days=1):%Y-%m-%d} close"
-    if daily and t.hour == 0:       # seconds after a close (a combo's chase): that close, and how long after
-        since = t - t.normalize()
-        return f"{t - pd.Timedelta(days=1):%Y-%m-%d} close +{since.total_seconds():g}s"
+    if daily and t.hour == 0:       # a close, or seconds after it (a combo's chase): that close, and how long after
+        since = t.minute * 60 + t.second
+        return f"{t - pd.Timedelta(days=1):%Y-%m-%d} close" + (f" +{since}s" if since else "")
     return f"{t:%Y-%m-%d %H:%M}"

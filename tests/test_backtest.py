@@ -699,3 +699,39 @@ def test_a_look_back_longer_than_the_window_under_from_start_says_to_start_earli
     plain = CliRunner().invoke(cli.main, ["backtest", str(strategy(tmp_path, text.replace(
         "backtest: {warmup: from_start}", ""), "plain.yaml")), "--from", "2017-06-01", "--no-progress"])
     assert plain.exit_code == 0, plain.output          # warmed up on the bars before the start
+
+
+def test_each_round_trip_has_the_excursions_of_the_bars_it_was_open(tmp_path):
+    """The kernel measures MAE and MFE when the run ends, all trades of a symbol at once
+    (Kernel.measure_trades): each trade's are still those of its own bars and exit price, for
+    exits at the next open (a death cross) and inside a bar (a stop, a target)."""
+    path = strategy(tmp_path, f"""\
+universe: [SPY]
+data: {{bar: 1d, source: {SAMPLE}}}
+indicators:
+  fast_ma: sma(close, 10)
+  slow_ma: sma(close, 30)
+entry:
+  - name: golden cross
+    when: crosses_above(fast_ma, slow_ma)
+    order: buy
+exit:
+  - name: stop
+    stop: position.entry_price * 0.97
+  - name: target
+    target: position.entry_price * 1.05
+  - name: death cross
+    when: crosses_below(fast_ma, slow_ma)
+orders:
+  buy: {{action: buy, type: market, quantity: {{percent_of_equity: 50%}}}}
+""")
+    result = bt.run(bt.prepare(path), fast=False)
+    trades = result.ledger.trades
+    assert {t.exit_rule for t in trades} >= {"stop", "target", "death cross"}
+    b = result.bars["SPY"]
+    for t in trades:
+        lo, hi = t.entry_bar, t.exit_bar
+        worst = min([float(x) for x in b.low[lo:hi]] + [t.exit_price])
+        best = max([float(x) for x in b.high[lo:hi]] + [t.exit_price])
+        units = t.quantity * t.multiplier
+        assert (t.mae, t.mfe) == (min((worst - t.entry_price) * units, 0.0), max((best - t.entry_price) * units, 0.0))

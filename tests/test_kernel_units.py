@@ -89,6 +89,35 @@ def test_the_protective_search_finds_the_first_bar_that_touches_a_level(steps, l
     assert first_touch_any(b, lo, hi, levels) == (touched[0] if touched else None)
 
 
+def _excursion(b, lo, hi, entry, exit_, long, units):
+    """MAE and MFE of one round trip, as defined: the worst and best of the bars' range over
+    [lo, hi) and the exit price, against the entry, in account currency."""
+    worst = min([float(x) for x in b.low[lo:hi]] + [exit_])
+    best = max([float(x) for x in b.high[lo:hi]] + [exit_])
+    if long:
+        return min((worst - entry) * units, 0.0), max((best - entry) * units, 0.0)
+    return min((entry - best) * units, 0.0), max((entry - worst) * units, 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.floats(-1, 1), min_size=1, max_size=40),
+       trips=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.floats(95, 105), st.floats(95, 105),
+                                st.booleans(), st.sampled_from([1.0, 3.0, 50.0])), min_size=1, max_size=8))
+def test_the_excursions_of_many_round_trips_at_once_are_each_ones_own(steps, trips):
+    """records.excursions_of (one pass of the bars for every round trip) gives each trade the
+    MAE and MFE of its own bars, to the bit: overlapping trades, one held to the last bar, one
+    opened and closed in one bar (no bar between: its exit price alone), shorts."""
+    from engine.runtime.records import excursions_of
+
+    close = 100.0 + np.cumsum(steps)
+    b = bars(close, close + 0.7, close - 0.4, close)
+    n = len(b)
+    rows = [(min(a, c, n), min(max(a, c), n), entry, exit_, long, units) for a, c, entry, exit_, long, units in trips]
+    lo, hi, entry, exit_, long, units = (np.array(col) for col in zip(*rows))
+    mae, mfe = excursions_of(b, lo.astype(np.int64), hi.astype(np.int64), entry, exit_, units, long)
+    assert list(zip(mae.tolist(), mfe.tolist())) == [_excursion(b, *row) for row in rows]
+
+
 def test_match_bar_gaps_fill_at_the_open():
     s = Slippage()
     assert match_bar("limit", True, 10.0, None, 9.5, 10.2, 9.4, 10.0, s, 0.01).price == 9.5   # opened below

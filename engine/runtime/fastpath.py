@@ -43,7 +43,7 @@ from ..market.series import SymbolBars
 from ..orders.intent import OrderIntent, Sizing
 from ..plan import nodes as N
 from ..portfolio.ledger import Fill, Ledger, Position, Trade
-from .records import Decision, OrderRecord, RunSettings, RunState
+from .records import Decision, OrderRecord, RunSettings, RunState, excursions_of
 from .signals import SymbolSignals
 
 
@@ -719,7 +719,7 @@ class FastRun(RunState):
         with np.errstate(divide="ignore", invalid="ignore"):
             ret = np.where(basis != 0, 100.0 * pnl / np.where(basis != 0, basis, 1.0), 0.0)
         e_bar, x_bar = f_cols["bar"][ti], f_cols["bar"][ti + 1]
-        mae, mfe = _excursions(bars, e_bar, x_bar, e_price, x_price, qty[ti] * mult, e_signed > 0)
+        mae, mfe = excursions_of(bars, e_bar, x_bar, e_price, x_price, qty[ti] * mult, e_signed > 0)
         rules = f["rule"]     # fills alternate: entry, exit, entry, ...
         longs = e_signed > 0
         side = "long" if longs.all() else "short" if not longs.any() else np.where(longs, "long", "short").tolist()
@@ -884,25 +884,3 @@ def _weave(a, b, na: int, nb: int):
     out[0::2] = _listed(a, na)
     out[1::2] = _listed(b, nb)
     return out
-
-
-def _excursions(bars: SymbolBars, lo: np.ndarray, hi: np.ndarray, entry: np.ndarray, exit_: np.ndarray,
-                units: np.ndarray, long: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """MAE and MFE of trades held over bars [lo, hi), as runner._with_excursions computes them."""
-    if not len(lo):
-        return np.empty(0), np.empty(0)
-    idx = np.column_stack((lo, hi)).ravel()
-    held = hi > lo
-    safe = np.minimum(idx, len(bars) - 1)
-    low = np.minimum.reduceat(bars.low, safe)[::2]
-    high = np.maximum.reduceat(bars.high, safe)[::2]
-    low = np.where(held, low, exit_)
-    high = np.where(held, high, exit_)
-    # Python's min(a, b) / max(a, b): b only when strictly beyond a
-    worst = np.where(exit_ < low, exit_, low)
-    best = np.where(exit_ > high, exit_, high)
-    mae = np.where(long, (worst - entry) * units, (entry - best) * units)
-    mfe = np.where(long, (best - entry) * units, (entry - worst) * units)
-    mae = np.where(0.0 < mae, 0.0, mae)
-    mfe = np.where(0.0 > mfe, 0.0, mfe)
-    return mae, mfe

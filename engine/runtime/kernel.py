@@ -54,7 +54,7 @@ from ..portfolio.ledger import Fill, Ledger
 from ..risk.limits import (AccountState, cap_quantity, check_entry, check_states, realised_volatility, state_size,
                            volatility_cap)
 from .clock import CLOSE, INTRABAR, OPEN, SimClock
-from .records import Decision, OrderRecord, RunSettings, RunState, context_nodes, excursions
+from .records import Decision, OrderRecord, RunSettings, RunState, context_nodes, excursions_of
 
 
 
@@ -158,6 +158,9 @@ class Kernel(RunState):
         self._booked: set[str] = set()                         # refs booked in the ledger
         self._entry_ref: dict[str, str] = {}                   # symbol -> the ref of its open entry
         self._trade_of: dict[str, int] = {}                    # ref -> the index of the trade it is in
+        # the round trips whose MAE and MFE are still to be measured (measure_trades):
+        # (trade index, bars, first bar, bar after the last, entry price, exit price, long, units)
+        self._unmeasured: list[tuple] = []
         self._handlers = {E.Execution: self._on_execution, E.CommissionReport: self._on_commission,
                           E.OrderStatus: self._on_status, E.BrokerError: self._on_error,
                           E.ConnectionLost: self._on_lost, E.ConnectionRestored: self._on_restored}
@@ -1016,10 +1019,10 @@ class Kernel(RunState):
                         f"({pos.quantity if pos else 0:g} held)")
             return
         held = pos.quantity
-        mae, mfe = excursions(b.of(pos.contract), pos.entry_bar, tr.last_bar, pos.avg_price, price, held > 0,
-                              abs(held) * pos.multiplier)
-        trade = ledger.close(fill, rule.reason or rule.name, mae, mfe, key=slot)     # no reason: the rule's name
+        trade = ledger.close(fill, rule.reason or rule.name, key=slot)     # no reason: the rule's name
         index = self._trade_of[tag] = len(ledger.trades) - 1
+        self._unmeasured.append((index, b.of(pos.contract), pos.entry_bar, tr.last_bar, pos.avg_price, price,
+                                 held > 0, abs(held) * pos.multiplier))
         entry_ref = self._entry_ref.pop(slot, None)
         if entry_ref is not None:
             self._trade_of[entry_ref] = index
@@ -1137,10 +1140,11 @@ class Kernel(RunState):
         self._decide(symbol, "expiry settlement", "exit", "fired", how)
         fill = Fill(symbol, action, abs(pos.quantity), price, 0.0, time, k, intent.tag, b.multiplier,
                     "expiry settlement", how, pos.contract)
-        mae, mfe = excursions(b.of(pos.contract), pos.entry_bar, k + 1, pos.avg_price, price, pos.quantity > 0,
-                              abs(pos.quantity) * pos.multiplier)
-        trade = self.ledger.close(fill, how, mae, mfe, key=st.slot)
+        held = pos.quantity
+        trade = self.ledger.close(fill, how, key=st.slot)
         index = self._trade_of[intent.tag] = len(self.ledger.trades) - 1
+        self._unmeasured.append((index, b.of(pos.contract), pos.entry_bar, k + 1, pos.avg_price, price, held > 0,
+                                 abs(held) * pos.multiplier))
         entry_ref = self._entry_ref.pop(st.slot, None)
         if entry_ref is not None:
             self._trade_of[entry_ref] = index
@@ -2330,8 +2334,27 @@ class Kernel(RunState):
             self.recorder.error(self._now, message)
         self.halted = self.halted or message
 
+    def measure_trades(self) -> None:
+        """The MAE and MFE of the round trips closed since the last call, over the bars each was
+        open (records.excursions_of: per symbol's bars, all at once rather than two array
+        reductions per trade; a run reads them when it ends)."""
+        due, self._unmeasured = self._unmeasured, []
+        groups: dict[int, list] = {}
+        for row in due:
+            groups.setdefault(id(row[1]), []).append(row)
+        trades = self.ledger.trades
+        for rows in groups.values():
+            index, bars, lo, hi, entry, exit_, long, units = zip(*rows)
+            mae, mfe = excursions_of(bars[0], np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64),
+                                     np.array(entry), np.array(exit_), np.array(units), np.array(long))
+            for i, a, f in zip(index, mae.tolist(), mfe.tolist()):
+                t = trades[i]
+                t.mae, t.mfe = a, f
+
     def _end_of_data(self) -> None:
-        """Orders still pending or working when the data ends expire, saying so."""
+        """Orders still pending or working when the data ends expire, saying so; the round trips'
+        excursions are measured."""
+        self.measure_trades()
         for st in self._lanes:
             last = int(st.bars.end[-1]) if len(st.bars) else 0
             for ref in st.pending:

@@ -321,3 +321,21 @@ def test_a_close_at_the_natural_price_that_does_not_fill_is_cancelled_and_the_ex
     later = [o for o in result.runner.orders if o.intent.intent == "close" and o.time > rec.time]
     assert later and later[0].time >= rec.status_time and any(o.status == "filled" for o in later)
     assert len(result.ledger.trades) == len(base.ledger.trades) and not result.runner.combos
+
+
+def test_a_close_at_the_natural_price_says_so_in_the_trades_exit_reason():
+    """An exit rule reads the combo's mid; when its chase times out the close goes at the natural
+    price, which may turn a take-profit into a loss. The trade's exit reason says how it closed
+    ("...; closed at the natural price"), so neither the trades table nor P&L by exit reason
+    shows a losing trade as the rule's take-profit; a close filled by its chase keeps the
+    rule's reason alone."""
+    prep = bt.prepare(ROOT / "strategies" / "iron_condor.yaml", overrides={"min_credit": "0.10"})
+    result = bt.run(prep, fast=False)
+    natural = [t for t in result.ledger.trades if "natural" in t.legs["close"]]
+    chased = [t for t in result.ledger.trades if t.legs["close"].startswith("filled at")]
+    assert natural and chased, [t.legs["close"] for t in result.ledger.trades]
+    rules = {r.name: r for r in prep.plan.rules}
+    for t in natural:
+        assert t.exit_reason == f"{rules[t.exit_rule].reason or t.exit_rule}; closed at the natural price"
+    for t in chased:
+        assert t.exit_reason == rules[t.exit_rule].reason or t.exit_rule

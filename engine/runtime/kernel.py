@@ -2159,7 +2159,7 @@ class Kernel(RunState):
         self._status(tr, "filled", time, how)
         action = tr.intent.action
         self._finish_combo(st, combo, tr.combo["bar"], debit_of(price, action), tr.rule.name, how, tr.combo["quote"],
-                           tr.commission, time, tr.intent.tag, action)
+                           tr.commission, time, tr.intent.tag, action, natural=not tr.chase_prices)
 
     def _settle(self, st: _Symbol, combo, k: int, debit: float, how: str, quote) -> None:
         action = flip(combo.action)
@@ -2173,10 +2173,14 @@ class Kernel(RunState):
         when = int(st.bars.end[k]) - (quote.age if not isinstance(quote, str) else 0)
         self._finish_combo(st, combo, k, debit, "expiry settlement", how, quote, 0.0, when, intent.tag, action)
 
-    def _finish_combo(self, st, combo, k, debit, rule_name, how, quote, commission, time, tag, action) -> None:
+    def _finish_combo(self, st, combo, k, debit, rule_name, how, quote, commission, time, tag, action,
+                      natural: bool = False) -> None:
         """Book a combo's close: `debit` is the closing trade's net debit per unit (positive: paid,
         as buying back a credit combo; negative: received, as selling a debit combo), booked as
-        the closing order's fill at its price (orders.combos: a buy pays it, a sell receives it)."""
+        the closing order's fill at its price (orders.combos: a buy pays it, a sell receives it).
+        The trade's exit reason is its rule's; `natural`: the close went at the natural price (its
+        chase timed out), which the reason says, since the rule read the mid (a take-profit that
+        fired at mid may close at the natural price for a loss)."""
         import dataclasses
 
         b = st.bars
@@ -2193,7 +2197,9 @@ class Kernel(RunState):
         rule = next((r for r in self.plan.rules if r.name == rule_name), None)
         trade = dataclasses.replace(trade, symbol=st.symbol, legs=legs, mae=None, mfe=None,
                                     return_pct=100.0 * trade.pnl / margin if margin > 0 else trade.return_pct,
-                                    exit_reason=(rule.reason or rule.name) if rule is not None else how)
+                                    exit_reason=((rule.reason or rule.name) + ("; closed at the natural price"
+                                                                               if natural else ""))
+                                    if rule is not None else how)
         self.ledger.trades[-1] = trade
         self._booked.add(tag)
         self._trade_of[tag] = len(self.ledger.trades) - 1

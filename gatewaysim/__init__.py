@@ -16,7 +16,8 @@ reqPositions, reqAccountUpdates, reqAccountUpdatesMulti, reqAccountSummary, reqP
 reqContractDetails (STK, IND, FUT, CONTFUT, OPT; BAG -> 321 as at IB), reqSecDefOptParams,
 reqMktData (snapshot and streaming; STK, IND, FUT, OPT with greeks, BAG from its legs),
 reqHistoricalData (+ keepUpToDate), reqRealTimeBars, reqHeadTimeStamp, placeOrder (MKT, LMT,
-STP, STP LMT, BAG; what-if; brackets/OCA), cancelOrder, reqGlobalCancel, reqOpenOrders,
+STP, STP LMT, BAG; what-if; brackets/OCA; a limit or stop price off the contract's minTick
+grid refused with 110 before any orderStatus, as at IB), cancelOrder, reqGlobalCancel, reqOpenOrders,
 reqAllOpenOrders, reqCompletedOrders, reqExecutions (filtered), reqScannerSubscription
 (TOP_PERC_GAIN, TOP_PERC_LOSE, MOST_ACTIVE/HOT_BY_VOLUME over the replayed stocks, with the
 price/volume fields or the priceAbove/priceBelow/volumeAbove filter options; its cancel answered

@@ -4,6 +4,7 @@ the simulator, answer the way TWS does. A handler gets (sim, session, fields aft
 from __future__ import annotations
 
 import asyncio
+import math
 
 from . import encode as enc
 from .book import DONE, Order
@@ -586,6 +587,13 @@ def place_order(sim, s, f):
     if problem:
         s.error(order_id, 321, part="bO", cause=problem)
         return
+    if inst is not None and _off_tick(spec, inst.minTick):
+        # IB refuses a price off the contract's grid before any orderStatus: a new order is not
+        # placed (ib_async cancels its PendingSubmit trade), a modify leaves the order as it was
+        s.error(order_id, 110)
+        sim.record_event("rejected", orderId=order_id, clientId=s.clientId,
+                         reason=f"off the {inst.minTick:g} tick: lmtPrice {spec['lmtPrice']}, auxPrice {spec['auxPrice']}")
+        return
     reject = sim.faults["reject_next"]
     if reject and existing is None:
         sim.faults["reject_next"] = None
@@ -647,6 +655,20 @@ def place_order(sim, s, f):
             sim.try_fill(parent)
     if o.transmit:
         sim.try_fill(o)
+
+
+def _off_tick(spec: dict, tick: float) -> bool:
+    """Is a price the order carries (its limit, its stop) off the `tick` grid (float noise of a
+    millionth of a tick apart)?"""
+    if not tick > 0:
+        return False
+    kind = spec["orderType"]
+    for key, used in (("lmtPrice", ("LMT", "STP LMT")), ("auxPrice", ("STP", "STP LMT"))):
+        price = spec[key]
+        if kind in used and price is not None and math.isfinite(price) and \
+                abs(price / tick - round(price / tick)) > 1e-6:
+            return True
+    return False
 
 
 def _validate(spec: dict, inst) -> str:

@@ -858,6 +858,9 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
                          "; ".join(f"{s}: {why}" for s, why in list(no_history.items())[:5]), 1)
     for s, why in no_history.items():
         say(f"{s}: no history at IB ({why}): not traded, the scan counts it as no data")
+    for s in prep.symbols:
+        if s in prep.frames:
+            use_ib_tick(prep, ib, s, say)
     values = ib.account()
     if values is None:
         raise RunRefused(f"IB did not give account {account}'s values in time: nothing is sized without them", 1)
@@ -1074,6 +1077,28 @@ def _trade(run: _Run) -> Outcome:
                                          kernel.closed_combos + list(kernel.combos.values()), kernel.combo_symbol))
     result.broker = venue
     return Outcome(run_id, stopped, kernel, result, figures, unconfirmed)
+
+
+def use_ib_tick(prep, ib, symbol: str, say: Callable[[str], None]) -> None:
+    """The tick grid a traded stock's or future's order prices go on is IB's minimum price
+    variation for its contract (the contract details' minTick), where it differs from the
+    instrument map's tick_size: IB refuses a limit or a stop off its grid (110), and a protective
+    stop refused leaves the position unprotected. Said once; the symbol's bars are made with it."""
+    from ..brokers.ib.contracts import ContractError
+
+    inst = prep.instruments.get(symbol)
+    if inst is None or inst.sec_type not in ("STK", "FUT"):
+        return
+    try:
+        tick = float(ib.resolved(symbol).min_tick)
+    except ContractError:
+        return          # IB cannot say now: the map's tick, and IB's answer to the order says the rest
+    if tick > 0 and abs(tick - inst.tick_size) > 1e-12:
+        import dataclasses
+
+        prep.instruments[symbol] = dataclasses.replace(inst, tick_size=tick)
+        say(f"{symbol}: IB's minimum price variation is {tick:g}, the instrument map's tick_size "
+            f"{inst.tick_size:g}: limit and stop prices go on IB's grid")
 
 
 def universe_of(strategy: str, overrides: dict) -> list[str]:

@@ -511,7 +511,10 @@ class IBSourceRun:
         live.admit(symbol, frame)
         traded = symbol in prep.symbols
         if traded:
+            from .ibrun import use_ib_tick
+
             prep.frames[symbol] = frame.copy()
+            use_ib_tick(prep, ib, symbol, self.on_ib.say)
             self.feed.admit(symbol)
             self.on_ib.traded.add(symbol)
             why = ib.subscribe(symbol, "other")       # below the picks': the scan gives picks theirs

@@ -86,6 +86,30 @@ def test_stops_trigger_on_the_touch(ib, sim):
     assert stop_lmt.fills[0].execution.price == pytest.approx(q.last - 2.41)
 
 
+def test_a_price_off_the_tick_grid_is_refused_with_110_as_at_ib(ib, sim, expect_errors, error_guard):
+    """IB answers 110 ("does not conform to the minimum price variation") to a limit or stop off
+    the contract's minTick, before any orderStatus: a new order is not placed (ib_async cancels
+    its PendingSubmit trade) and a modify to such a price leaves the order at its own."""
+    expect_errors(110)
+    spy = _spy(ib)
+    q = sim.quote("SPY")
+    off = ib.placeOrder(spy, LimitOrder("BUY", 10, round(q.bid - 1.0, 2) + 0.005))
+    stop = ib.placeOrder(spy, StopOrder("SELL", 10, round(q.last - 1.0, 2) - 0.003))
+    assert _wait(ib, lambda: off.orderStatus.status == "Cancelled" and stop.orderStatus.status == "Cancelled")
+    assert not [o for o in sim.record()["orders"] if o["orderId"] in (off.order.orderId, stop.order.orderId)]
+    # on the grid (within float noise of it): placed
+    resting = ib.placeOrder(spy, LimitOrder("BUY", 10, round(q.bid - 1.0, 2) + 1e-9))
+    assert _wait(ib, lambda: resting.orderStatus.status == "Submitted")
+    before = resting.order.lmtPrice
+    resting.order.lmtPrice = round(q.bid - 0.5, 2) + 0.004
+    ib.placeOrder(spy, resting.order)
+    assert _wait(ib, lambda: any(e.errorCode == 110 for e in resting.log))     # a warning for a live order
+    ib.sleep(0.2)
+    assert error_guard.codes().count(110) == 2
+    assert [o["lmtPrice"] for o in sim.record()["orders"] if o["orderId"] == resting.order.orderId] == \
+        [pytest.approx(before)]
+
+
 def test_cancel_sends_cancelled_and_202(ib, sim, expect_errors, error_guard):
     expect_errors(202, 10147)
     spy = _spy(ib)

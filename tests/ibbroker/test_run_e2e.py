@@ -910,3 +910,28 @@ def test_options_and_stock_agents_in_paper_one_position_at_a_time_each_its_owner
     entries = rows(journal, "SELECT agent, confidence, reason FROM decisions WHERE kind = 'entry' AND outcome = 'fired'")
     assert {e["agent"] for e in entries} == {"theta", "stock"}
     assert all(e["reason"].startswith("taken by highest_confidence") for e in entries)
+
+
+def test_stop_prices_go_on_ibs_minimum_price_variation_where_the_map_differs(nq_sim, tmp_path):
+    """IB refuses a stop off its contract's minTick (110): the run takes the grid from IB's
+    contract details, not the instrument map, where they differ. The simulator lists NQ with a
+    0.5 tick (the map says 0.25); a stop 3.3 under the entry goes out on IB's grid (3.0 under, a
+    sell stop rounded up), the run says why, and no order is refused."""
+    for inst in nq_sim.catalog.by_conid.values():
+        if inst.symbol == "NQ" and inst.secType == "FUT":
+            inst.minTick = 0.5
+    path = tmp_path / "nq_stop.yaml"
+    path.write_text(NQ.read_text().replace("    reason: trend over\n",
+                                           "    reason: trend over\n  - name: stop\n"
+                                           "    stop: position.entry_price - 3.3\n"))
+    journal = tmp_path / "j.sqlite"
+    out = qrun(nq_sim, path, journal, seconds=8)
+    assert out.exit_code == 0, out.output
+    assert "NQ: IB's minimum price variation is 0.5, the instrument map's tick_size 0.25" in out.output
+    stops = [o for o in placed(nq_sim) if o["orderType"] == "STP"]
+    assert stops, out.output
+    assert all(o["auxPrice"] / 0.5 == round(o["auxPrice"] / 0.5) for o in stops)
+    entries = {f["price"] for f in rows(journal, "SELECT price FROM fills f JOIN orders o ON o.order_ref = f.order_ref "
+                                                 "WHERE o.intent = 'open'")}
+    assert any(o["auxPrice"] + 3.0 in entries for o in stops)
+    assert not [e for e in nq_sim.events if e["kind"] == "rejected"]

@@ -339,3 +339,25 @@ def test_a_close_at_the_natural_price_says_so_in_the_trades_exit_reason():
         assert t.exit_reason == f"{rules[t.exit_rule].reason or t.exit_rule}; closed at the natural price"
     for t in chased:
         assert t.exit_reason == rules[t.exit_rule].reason or t.exit_rule
+
+
+def test_an_option_trades_mae_and_mfe_are_its_pnl_at_the_marks_it_was_held_at():
+    """A combo's MAE and MFE are the worst and best of its P&L at mid at each bar it was held
+    (its marks) and at its close, in account currency before commissions, as a share's are the
+    worst and best of the bars' range: never missing ("—") for an option trade."""
+    prep = bt.prepare(ROOT / "strategies" / "iron_condor.yaml", overrides={"min_credit": "0.10"})
+    result = bt.run(prep, fast=False)
+    trades = [t for t in result.ledger.trades if t.legs]
+    assert trades
+    combos = {c.entry_time: c for c in result.runner.closed_combos}
+    deeper = 0
+    for t in trades:
+        combo = combos[t.entry_time]
+        units = combo.multiplier * combo.quantity
+        held = [combo.entry_credit * units + v for k, v in combo.marks.items() if k != max(combo.marks)]
+        gross = t.pnl + t.commission
+        assert t.mae <= 0.0 <= t.mfe
+        assert t.mae <= gross <= t.mfe
+        assert all(t.mae <= p <= t.mfe for p in held)
+        deeper += t.mae < min(gross, 0.0)
+    assert deeper, "no trade went further under water than it closed"

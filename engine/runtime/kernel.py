@@ -2195,7 +2195,13 @@ class Kernel(RunState):
                 "underlying_exit": float(b.close[k]), "exit_legs": exit_legs, "order": combo.order,
                 "margin": margin, "close": how}
         rule = next((r for r in self.plan.rules if r.name == rule_name), None)
-        trade = dataclasses.replace(trade, symbol=st.symbol, legs=legs, mae=None, mfe=None,
+        # MAE and MFE at the combo's marks (its P&L at mid at each bar it was held) and at its close,
+        # in account currency, before commissions, as a share's are at the bars' range
+        units = combo.multiplier * combo.quantity
+        opened = combo.entry_credit * units
+        seen = [opened + value for value in combo.marks.values()] + [opened - debit * units]
+        trade = dataclasses.replace(trade, symbol=st.symbol, legs=legs, mae=min(min(seen), 0.0),
+                                    mfe=max(max(seen), 0.0),
                                     return_pct=100.0 * trade.pnl / margin if margin > 0 else trade.return_pct,
                                     exit_reason=((rule.reason or rule.name) + ("; closed at the natural price"
                                                                                if natural else ""))

@@ -437,6 +437,26 @@ def test_one_price_a_bar_is_drawn_as_a_line_not_as_flat_ohlc_ticks():
     assert 'class="ohlc' not in price and re.search(r'<path class="line" d="M[^"]+"', price)
 
 
+def test_an_intraday_price_line_is_not_drawn_across_the_night_or_the_weekend():
+    """Minute bars of three sessions (Friday, Monday, Tuesday) drawn as a close line: one
+    sub-path per session, none joining the last bar of a day to the first of the next; daily
+    bars stay one line across their weekends and holidays."""
+    days = ["2024-01-05", "2024-01-08", "2024-01-09"]
+    index = pd.DatetimeIndex([t for d in days for t in pd.date_range(f"{d} 14:30", periods=390, freq="1min",
+                                                                     tz="UTC")])
+    close = 100 + np.sin(np.arange(len(index)) / 50.0)
+    bars = pd.DataFrame({"open": close, "high": close + 0.1, "low": close - 0.1, "close": close}, index=index)
+    price = svg.price_chart(bars, [], title="SPY")
+    d = re.search(r'<path class="line" d="([^"]+)"', price).group(1)
+    assert d.count("M") == 3
+    daily = pd.DataFrame({c: np.linspace(100, 120, 300) for c in ("open", "high", "low", "close")},
+                         index=pd.bdate_range("2023-01-02", periods=300, tz="UTC"))
+    d = re.search(r'<path class="line" d="([^"]+)"', svg.price_chart(daily, [], title="SPY")).group(1)
+    assert d.count("M") == 1
+    x, y = svg.break_gaps(np.array([0.0, 60, 120, 180, 63_000, 63_060]), np.arange(6.0))
+    assert np.isnan(x[4]) and np.isnan(y[4]) and len(x) == 7
+
+
 # ---- journals for the report -------------------------------------------------------------------
 
 STRATEGY_TEXT = """# yaml-language-server: $schema=../schemas/strategy.schema.json
@@ -1311,3 +1331,24 @@ def test_percent_axis_labels_keep_a_tiny_range_apart():
     assert len(set(labels)) == len(labels) > 2
     assert labels[-1] == "0%" and "-0.01%" in labels
     assert [percent_label(x) for x in (-0.05, 0.025, 0.1234, 1.0)] == ["-5%", "2.5%", "12.34%", "100%"]
+
+
+def test_the_price_chart_spans_the_run_not_the_warm_up_bars_the_journal_keeps(tmp_path):
+    """A run from 2015 warms its 50-day average up on the bars before it, which the journal keeps
+    (buy and hold and the indicators read them); the price chart starts with the run's equity,
+    not with the warm-up."""
+    from click.testing import CliRunner
+
+    import cli
+    from engine.report import html as H
+
+    journal = tmp_path / "j.sqlite"
+    root = Path(__file__).resolve().parents[1]
+    out = CliRunner().invoke(cli.main, ["backtest", str(root / "strategies" / "sma_crossover.yaml"), "--from",
+                                        "2015-01-02", "--journal", str(journal), "--no-progress"])
+    assert out.exit_code == 0, out.output
+    with sqlite3.connect(journal) as db:
+        first_price = db.execute("SELECT MIN(ts) FROM prices WHERE symbol = 'SPY'").fetchone()[0]
+    data = H.load_run(journal)
+    assert pd.Timestamp(first_price) < data.equity.index[0]          # the journal has warm-up bars
+    assert data.bars.index[0] >= data.equity.index[0] and data.bars.index[0].year == 2015

@@ -242,7 +242,10 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
                                     + (", ".join(sorted(known)) or "none"))
         symbol = symbol or default_symbol({s: g[0] for s, g in by_symbol.items()}, run.get("symbols") or [],
                                           price_symbols)
-        bars = _bars(db, rid, symbol) if symbol else _no_bars()
+        journaled = bars = _bars(db, rid, symbol) if symbol else _no_bars()
+        if len(equity) and len(bars) and (bars.index >= equity.index[0]).any():
+            # the price chart spans the run, not the warm-up bars the journal keeps before it
+            bars = bars[bars.index >= equity.index[0]]
         marks = _mark_rows(db, trades, symbol, bars) if symbol else []
         traded = sorted(set(by_symbol) | set(run.get("symbols") or []) | set(price_symbols))
         span = (_iso_z(equity.index[0]), _iso_z(equity.index[-1])) if len(equity) else None
@@ -250,7 +253,7 @@ def load_run(journal_path: str | Path, run_id: str | None = None, symbol: str | 
         stored_symbol = (run.get("summary") or {}).get("buy_and_hold_symbol")
         bench_symbol = stored_symbol if stored_symbol in price_symbols else (symbol if symbol in price_symbols
                                                                               else None)
-        bench_bars = (bars if bench_symbol == symbol else _bars(db, rid, bench_symbol)) if bench_symbol else None
+        bench_bars = (journaled if bench_symbol == symbol else _bars(db, rid, bench_symbol)) if bench_symbol else None
         try:
             agg = sums()
         except Exception:            # a second connection failed: the same queries on this one

@@ -160,6 +160,22 @@ def _path(xs: np.ndarray, ys: np.ndarray) -> str:
     return " ".join(parts)
 
 
+def break_gaps(x: np.ndarray, y: np.ndarray, factor: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) with a NaN put between two points further apart in time than `factor` times their
+    usual spacing (the median), so that a line is not drawn across a time with no data: the
+    night and the weekend between two sessions of intraday bars. Daily bars' weekends and
+    holidays (three or four times their spacing) stay joined."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 3:
+        return x, y
+    step = np.diff(x)
+    usual = float(np.median(step))
+    gaps = np.flatnonzero(step > factor * usual) + 1 if usual > 0 else np.array([], dtype=int)
+    if not gaps.size:
+        return x, y
+    return np.insert(x, gaps, np.nan), np.insert(y, gaps, np.nan)
+
+
 def _svg_open(width: int, height: int, title: str, css_class: str) -> str:
     return (f'<svg class="chart {esc(css_class)}" viewBox="0 0 {width} {height}" width="100%" '
             f'preserveAspectRatio="xMidYMid meet" role="img" aria-label="{esc(title)}">'
@@ -485,6 +501,7 @@ def price_chart(bars: pd.DataFrame, marks: Sequence[TradeMark], *, title: str,
         if down_d:
             out.append(f'<path class="ohlc down" d="{" ".join(down_d)}"/>')
     elif x_line.size:
+        x_line, y_line = break_gaps(x_line, y_line)     # no line across a night or a weekend of intraday bars
         out.append(f'<path class="line" d="{_path(frame.px(x_line), frame.py(y_line))}"/>')
     if mark_list:
         xs, ys = frame.px(t_marks).tolist(), frame.py(prices_m).tolist()

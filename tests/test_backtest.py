@@ -705,26 +705,11 @@ def test_each_round_trip_has_the_excursions_of_the_bars_it_was_open(tmp_path):
     """The kernel measures MAE and MFE when the run ends, all trades of a symbol at once
     (Kernel.measure_trades): each trade's are still those of its own bars and exit price, for
     exits at the next open (a death cross) and inside a bar (a stop, a target)."""
-    path = strategy(tmp_path, f"""\
-universe: [SPY]
-data: {{bar: 1d, source: {SAMPLE}}}
-indicators:
-  fast_ma: sma(close, 10)
-  slow_ma: sma(close, 30)
-entry:
-  - name: golden cross
-    when: crosses_above(fast_ma, slow_ma)
-    order: buy
-exit:
-  - name: stop
-    stop: position.entry_price * 0.97
-  - name: target
-    target: position.entry_price * 1.05
-  - name: death cross
-    when: crosses_below(fast_ma, slow_ma)
-orders:
-  buy: {{action: buy, type: market, quantity: {{percent_of_equity: 50%}}}}
-""")
+    text = (ROOT / "strategies" / "sma_crossover.yaml").read_text()
+    text = text.replace("source: data/", f"source: {SAMPLE}").replace(
+        "exit:\n", "exit:\n  - {name: stop, stop: position.entry_price * 0.97}\n"
+                   "  - {name: target, target: position.entry_price * 1.05}\n")
+    path = write(tmp_path, "excursions.yaml", text)
     result = bt.run(bt.prepare(path), fast=False)
     trades = result.ledger.trades
     assert {t.exit_rule for t in trades} >= {"stop", "target", "death cross"}

@@ -294,3 +294,44 @@ def test_a_position_opened_by_a_roll_is_restored_with_its_back_adjustment(tmp_pa
     (due,) = unfinished_rolls(j, state, "qtrade:s:")
     assert (due["action"], due["quantity"], due["closed_in"], due["price"]) == ("buy", 1.0, "NQH4", 16500.0)
     j.close()
+
+
+@pytest.mark.parametrize("sec_type, mapped, at_ib, taken", [
+    ("FUT", 0.25, 0.5, 0.5),        # IB's grid coarser: the map's quarter ticks would be refused (110)
+    ("FUT", 0.25, 0.1, 0.1),        # the map's 0.25 is not on IB's 0.1 grid (0.35 would be off it)
+    ("STK", 0.01, 0.0001, 0.01),    # finer at IB and the cent lies on it: the cent stays valid at any price
+    ("STK", 0.01, 0.01, 0.01),      # the same: nothing to say
+    ("IND", 0.01, 0.05, 0.01),      # an index is not traded itself (its options' combos price their own ticks)
+])
+def test_an_ib_run_takes_ibs_minimum_price_variation_where_the_maps_is_not_on_its_grid(sec_type, mapped, at_ib,
+                                                                                      taken):
+    from types import SimpleNamespace
+
+    from engine.check.model import Instrument
+    from engine.runtime.ibrun import use_ib_tick
+
+    prep = SimpleNamespace(instruments={"X": Instrument("X", sec_type, tick_size=mapped)})
+    ib = SimpleNamespace(resolved=lambda symbol: SimpleNamespace(min_tick=at_ib))
+    said = []
+    use_ib_tick(prep, ib, "X", said.append)
+    assert prep.instruments["X"].tick_size == taken
+    assert bool(said) == (taken != mapped)
+    if said:
+        assert said == [f"X: IB's minimum price variation is {at_ib:g}, the instrument map's tick_size {mapped:g}: "
+                        "limit and stop prices go on IB's grid"]
+
+
+def test_a_symbol_ib_cannot_resolve_keeps_the_maps_tick():
+    from types import SimpleNamespace
+
+    from engine.brokers.ib.contracts import ContractError
+    from engine.check.model import Instrument
+    from engine.runtime.ibrun import use_ib_tick
+
+    def resolved(symbol):
+        raise ContractError("IB 200")
+
+    prep = SimpleNamespace(instruments={"X": Instrument("X", "STK", tick_size=0.01)})
+    said = []
+    use_ib_tick(prep, SimpleNamespace(resolved=resolved), "X", said.append)
+    assert prep.instruments["X"].tick_size == 0.01 and not said

@@ -1081,9 +1081,11 @@ def _trade(run: _Run) -> Outcome:
 
 def use_ib_tick(prep, ib, symbol: str, say: Callable[[str], None]) -> None:
     """The tick grid a traded stock's or future's order prices go on is IB's minimum price
-    variation for its contract (the contract details' minTick), where it differs from the
-    instrument map's tick_size: IB refuses a limit or a stop off its grid (110), and a protective
-    stop refused leaves the position unprotected. Said once; the symbol's bars are made with it."""
+    variation for its contract (the contract details' minTick) where the instrument map's
+    tick_size is not on it: IB refuses a limit or a stop off its grid (110), and a protective stop
+    refused leaves the position unprotected. A finer grid at IB that the map's lies on (a stock
+    under $1 in 0.0001) keeps the map's: its prices are valid at IB whatever the stock's price
+    does. Said once; the symbol's bars are made with it."""
     from ..brokers.ib.contracts import ContractError
 
     inst = prep.instruments.get(symbol)
@@ -1093,12 +1095,16 @@ def use_ib_tick(prep, ib, symbol: str, say: Callable[[str], None]) -> None:
         tick = float(ib.resolved(symbol).min_tick)
     except ContractError:
         return          # IB cannot say now: the map's tick, and IB's answer to the order says the rest
-    if tick > 0 and abs(tick - inst.tick_size) > 1e-12:
-        import dataclasses
+    if not tick > 0 or abs(tick - inst.tick_size) <= 1e-12:
+        return
+    steps = inst.tick_size / tick
+    if tick < inst.tick_size and abs(steps - round(steps)) < 1e-9:
+        return          # IB's grid is finer and the map's lies on it: the map's prices are IB's too
+    import dataclasses
 
-        prep.instruments[symbol] = dataclasses.replace(inst, tick_size=tick)
-        say(f"{symbol}: IB's minimum price variation is {tick:g}, the instrument map's tick_size "
-            f"{inst.tick_size:g}: limit and stop prices go on IB's grid")
+    prep.instruments[symbol] = dataclasses.replace(inst, tick_size=tick)
+    say(f"{symbol}: IB's minimum price variation is {tick:g}, the instrument map's tick_size "
+        f"{inst.tick_size:g}: limit and stop prices go on IB's grid")
 
 
 def universe_of(strategy: str, overrides: dict) -> list[str]:

@@ -9,6 +9,7 @@ from .catalog import Instrument
 
 WORKING = ("PreSubmitted", "Submitted", "PendingSubmit")
 DONE = ("Filled", "Cancelled", "Inactive", "ApiCancelled")
+ORDER_TYPES = ("MKT", "LMT", "STP", "STP LMT")     # the order types the simulator matches
 
 
 @dataclass

@@ -6,7 +6,7 @@ Commands (arguments in brackets are optional):
   drop_connection [clientId] [when: now|before_ack|after_ack]   restart [next_valid_id]
   stop_ticks symbol          resume_ticks symbol                connectivity code (1100/1101/1102)
   farm ok (false: 2103, true: 2104)                             competing_session [on]
-  hold_client_id clientId [held]                                reject_next_order [reason]
+  hold_client_id clientId [held]                 reject_next_order [reason] [order_type]
   partial_fill_then_cancel qty [orderId]                        nan_quotes symbol [on]
   whatif_unset_margin [on]   delay_positions seconds            pacing_violation [count]
   set_max_lines n            set_max_rate n                     commissions mode [delay]

@@ -7,7 +7,7 @@ import asyncio
 import math
 
 from . import encode as enc
-from .book import DONE, Order
+from .book import DONE, ORDER_TYPES, Order
 from .market import NY
 from .protocol import UNSET_DOUBLE, Fields
 
@@ -595,7 +595,8 @@ def place_order(sim, s, f):
                          reason=f"off the {inst.minTick:g} tick: lmtPrice {spec['lmtPrice']}, auxPrice {spec['auxPrice']}")
         return
     reject = sim.faults["reject_next"]
-    if reject and existing is None:
+    if reject and existing is None and reject[1] in (None, spec["orderType"]):
+        reject = reject[0]
         sim.faults["reject_next"] = None
         s.error(order_id, 201, reason=reject, advanced='{"rejectCode":"' + reject.replace('"', "'") + '"}')
         sim.record_event("rejected", orderId=order_id, clientId=s.clientId, reason=reject)
@@ -677,8 +678,8 @@ def _validate(spec: dict, inst) -> str:
     if not spec["totalQuantity"] or spec["totalQuantity"] <= 0:
         return "order size must be positive"
     t = spec["orderType"]
-    if t not in ("MKT", "LMT", "STP", "STP LMT"):
-        return f"order type {t!r} is not simulated (MKT, LMT, STP, STP LMT)"
+    if t not in ORDER_TYPES:
+        return f"order type {t!r} is not simulated ({', '.join(ORDER_TYPES)})"
     if t in ("LMT", "STP LMT") and spec["lmtPrice"] is None:
         return "a limit order needs a limit price"
     if t in ("STP", "STP LMT") and spec["auxPrice"] is None:
@@ -719,8 +720,8 @@ def _what_if(sim, s, order_id, c, spec):
         change = abs(spec["totalQuantity"] * px * inst.multiplier) * margin_rate(inst)
         from .book import commission_for
         commission = commission_for(inst, spec["totalQuantity"], px)
-    if sim.faults["reject_next"]:
-        reason = sim.faults["reject_next"]
+    if sim.faults["reject_next"] and sim.faults["reject_next"][1] in (None, spec["orderType"]):
+        reason = sim.faults["reject_next"][0]
         sim.faults["reject_next"] = None
         s.error(order_id, 201, reason=reason)
         return

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import encode as enc
-from .book import Book, Execution, Order, commission_for, ib_time
+from .book import ORDER_TYPES, Book, Execution, Order, commission_for, ib_time
 from .catalog import BAG_CONID, CARRY, Catalog, Instrument, build_catalog
 from .market import NS, NY, Clock, Market, Quote, Series
 from .protocol import HELLO, MAX_VERSION, Fields, ProtocolError, frame, negotiate, split
@@ -828,8 +828,12 @@ class GatewaySim:
         """Pretend another session holds clientId: a connect with it gets 326 and is closed."""
         self.call((self.faults["held_client_ids"].add if held else self.faults["held_client_ids"].discard), clientId)
 
-    def reject_next_order(self, reason: str = "Insufficient margin") -> None:
-        self.call(self.faults.__setitem__, "reject_next", reason)
+    def reject_next_order(self, reason: str = "Insufficient margin", order_type: str | None = None) -> None:
+        """The next new order (of `order_type` only, IB's name: MKT, LMT, STP, STP LMT, when given)
+        is refused with 201 and `reason`; what-if orders included."""
+        if order_type is not None and order_type not in ORDER_TYPES:
+            raise ValueError(f"order_type {order_type!r} is not one the simulator takes: {', '.join(ORDER_TYPES)}")
+        self.call(self.faults.__setitem__, "reject_next", (reason, order_type))
 
     def partial_fill_then_cancel(self, qty: float, orderId: int | None = None) -> None:
         """The next order to fill (or orderId) fills qty, then is cancelled with 202."""

@@ -309,3 +309,115 @@ def test_a_commission_reported_after_the_order_is_booked_still_reaches_cash_and_
     assert [round(t.pnl, 6) for t in late.ledger.trades] == [round(t.pnl, 6) for t in plain.ledger.trades]
     assert [f.commission for f in late.ledger.fills] == [f.commission for f in plain.ledger.fills]
     assert round(late.ledger.cash, 6) == round(plain.ledger.cash, 6)
+
+
+class _Refusing(SimBroker):
+    """A venue that refuses every order of one type (IB's 201), as IB refuses an order it will
+    not take for the account."""
+
+    refuse = "stop"
+
+    def place(self, order):
+        if order.order_type != self.refuse or order.legs:
+            return super().place(order)
+        now = self.clock if self.clock is not None else self._now(order.symbol)
+        why = "Order rejected - reason: stop orders are not allowed for this account"
+        self._events += [E.BrokerError(order.ref, 201, why, now),
+                         E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why)]
+        return order.ref
+
+
+class _RefusesTargets(_Refusing):
+    refuse = "limit"
+
+
+def _crossover_with_stop_and_target(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "strategies" / "sma_crossover.yaml").read_text().replace(
+        "source: data/", f"source: {root / 'strategies' / 'data'}").replace(
+        "exit:\n", "exit:\n  - {name: stop, stop: position.entry_price * 0.97}\n"
+                   "  - {name: target, target: position.entry_price * 1.05}\n")
+    path = tmp_path / "protected.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_refused_stop_is_not_placed_again_and_its_position_is_closed_at_market(tmp_path):
+    """IB refuses the protective stop (201, final): it is not sent again at the next close (no
+    retry loop); the position is not held without it: its target is cancelled and it is closed at
+    market at the next open, the trade and the decision saying why. Entries go on."""
+    from engine.runtime import backtest as bt
+
+    prep = bt.prepare(_crossover_with_stop_and_target(tmp_path))
+    plain = bt.run(prep, fast=False)
+    assert {t.exit_rule for t in plain.ledger.trades} >= {"stop", "target"}
+    result = simulate_on(_Refusing, prep, run_id="r")
+    trades, orders = result.ledger.trades, result.runner.orders
+    assert not result.ledger.positions
+    refused = [t for t in trades if t.exit_rule == "stop refused"]
+    assert len(refused) > 3 and all(t.exit_bar == t.entry_bar + 1 for t in trades)   # out at the next open
+    # (but where the death cross fired at the entry's first close, before any stop was placed)
+    assert {t.exit_rule for t in trades} - {"stop refused"} <= {"death cross"}
+    assert all("its stop (stop) was refused by the broker: Order rejected - reason: stop orders" in t.exit_reason
+               for t in refused)
+    stops = [o for o in orders if o.intent.order_type == "stop"]
+    assert len(stops) == len(refused) and all(o.status == "rejected" for o in stops)    # once a position
+    targets = [o for o in orders if o.intent.order_type == "limit"]
+    assert len(targets) == len(refused) and all(o.status == "cancelled" for o in targets)
+    assert not result.runner.halted
+    fired = [d for d in result.runner.decisions if d.rule == "stop refused"]
+    assert len(fired) == len(refused) and all(d.outcome == "fired" for d in fired)
+
+
+def test_a_refused_target_is_not_placed_again_and_the_position_keeps_its_stop(tmp_path):
+    from engine.runtime import backtest as bt
+
+    prep = bt.prepare(_crossover_with_stop_and_target(tmp_path))
+    result = simulate_on(_RefusesTargets, prep, run_id="t")
+    trades, orders = result.ledger.trades, result.runner.orders
+    assert trades and {t.exit_rule for t in trades} <= {"stop", "death cross"} and "stop" in {t.exit_rule for t in trades}
+    targets = [o for o in orders if o.intent.order_type == "limit"]
+    stops = [o for o in orders if o.intent.order_type == "stop"]       # one a position, resting till it ends
+    assert len(targets) == len(stops) > 3 and all(o.status == "rejected" for o in targets)   # once a position
+    blocked = [d for d in result.runner.decisions if d.rule == "target" and d.outcome == "blocked"]
+    assert len(blocked) == len(targets)
+    assert all("its target order was refused by the broker" in d.reason and "keeps its stop" in d.reason
+               for d in blocked)
+
+
+class _RefusesStopsAndCloses(_Refusing):
+    """Refuses stops, and market sells (the close that replaces a refused stop among them)."""
+
+    def place(self, order):
+        if order.order_type == "market" and order.action == "sell":
+            now = self.clock if self.clock is not None else self._now(order.symbol)
+            why = "Order rejected - reason: the account may not sell"
+            self._events += [E.BrokerError(order.ref, 201, why, now),
+                             E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why)]
+            return order.ref
+        return super().place(order)
+
+
+def test_a_refused_close_is_an_error_that_stops_new_entries_and_the_refused_stop_stays_unsent(tmp_path):
+    """The close of a position whose stop was refused is refused too: an error, which stops new
+    entries; the stop is not sent again; the position keeps its target (placed again at the next
+    close, the one it had having been cancelled for the close) and its exit rules."""
+    from engine.runtime import backtest as bt
+
+    prep = bt.prepare(_crossover_with_stop_and_target(tmp_path))
+    result = simulate_on(_RefusesStopsAndCloses, prep, run_id="c")
+    runner, orders = result.runner, result.runner.orders
+    assert runner.halted.startswith("the close of SPY (stop refused) was refused by the broker: Order rejected - "
+                                    "reason: the account may not sell; the position is still open")
+    assert [o.intent.rule for o in orders[:4]] == ["golden cross", "stop", "target", "stop refused"]
+    assert [o.status for o in orders[:4]] == ["filled", "rejected", "cancelled", "rejected"]
+    assert sum(o.intent.order_type == "stop" for o in orders) == 1
+    # the target is placed again at the next close, and after each refused close of a death cross
+    targets = [o for o in orders if o.intent.rule == "target"]
+    assert orders[4] is targets[1] and targets[1].time > orders[3].time
+    assert result.ledger.trades[0].exit_rule == "target"        # which at last closed the position
+    assert not any(o.intent.rule == "golden cross" for o in orders[4:])          # no entry after the error
+    blocked = [d for d in runner.decisions if d.kind == "entry" and d.outcome == "blocked"]
+    assert blocked and all(d.reason.startswith("entries stopped: the close of SPY") for d in blocked)

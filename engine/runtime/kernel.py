@@ -126,6 +126,8 @@ class _Symbol:
     slot: str = ""                  # the ledger key of its shares (the symbol; another lane's: SYMBOL#2, ...)
     lanes: list = field(default_factory=list)       # positions_per_symbol > 1: the symbol's lanes, this one among them
     roll: dict | None = None        # a futures roll under way: what the position carries into the next contract
+    refused: dict | None = None     # (rule name, stop|target) -> the broker's reason: a protective order of the
+                                    # open position the broker refused, not placed again for it
 
 
 class Kernel(RunState):
@@ -902,12 +904,48 @@ class Kernel(RunState):
                              "it was held in and is flat")
         elif role == "exit":
             st.closing = None
+            if status == E.REJECTED and tr.filled <= 0 and st.key is not None:
+                # the position stays open against the strategy's decision: new entries stop; its
+                # exits are decided again at the next close (a rule that still holds sends its close
+                # again), a close for a refused stop is not
+                self._error(f"the close of {tr.symbol} ({tr.rule.name}) was refused by the broker"
+                            f"{': ' + ev.reason if ev.reason else ''}; the position is still open")
             if st.after_exit is not None:
                 self._after_exit(st)
         else:
             key = (tr.rule.name, role)         # a protective order is kept under its rule and role
             if st.protect.get(key) == tr.intent.tag:
                 del st.protect[key]
+                if status == E.REJECTED:
+                    self._protection_refused(tr, st, key, ev.reason)
+
+    def _protection_refused(self, tr: _Tracked, st: _Symbol, key: tuple, reason: str) -> None:
+        """The broker refused a protective order of the open position. It is not placed again for
+        this position (no retry loop: IB's 201 is final). A refused stop leaves the position
+        without the loss limit the strategy holds it under, so it is closed at market at once (its
+        target cancelled first); a refused target leaves it with its stop and its exits, and the
+        decision says the target is not there."""
+        st.refused = st.refused or {}
+        st.refused[key] = reason
+        if st.key is None or st.closing is not None or st.slot not in self.ledger.positions:
+            return      # closed meanwhile, or closing already
+        why = f": {reason}" if reason else ""
+        k = max(st.at[0], 0)
+        if tr.role == "target":
+            self._decide(st.symbol, tr.rule.name, "exit", "blocked",
+                         f"its target order was refused by the broker{why}; not placed again for this position, "
+                         "which keeps its stop and its exits")
+            return
+        rule = N.Rule("exit", "stop refused", reason=f"its stop ({tr.rule.name}) was refused by the broker{why}; "
+                                                     "closed at market rather than held without it")
+        for ref in list(st.protect.values()):
+            self.venue.cancel(ref)
+        if st.working_entry is not None:        # an entry adding to it (pyramiding) still working
+            self.venue.cancel(st.working_entry)
+        self._drain()
+        if st.key is None or st.closing is not None:
+            return      # a target filled first
+        self._exit_order(st, rule, k, "stop_refused")
 
     def _grow_protection(self, st: _Symbol, quantity: float) -> None:
         """An entry added to the position: its protective orders cover the whole of it at once,
@@ -1007,6 +1045,7 @@ class Kernel(RunState):
             st.owner, st.key = tr.owner, slot
             st.stats = {}
             st.entries = 1
+            st.refused = None
             self._entry_ref[slot] = tag
             return
         if role == "stop" or role == "target":
@@ -1398,7 +1437,10 @@ class Kernel(RunState):
         told = False            # the venue was sent, moved or cancelled something: its answers to take
         values = st.values
         side, tick = "sell" if pos.quantity > 0 else "buy", st.bars.tick_size
+        refused = st.refused
         for rule, key, level_at, slot in levels:
+            if refused is not None and slot in refused:
+                continue        # the broker refused it for this position
             if ctx is None:
                 ctx = self._position_context(st, k)
             level = level_at(k, values, ctx)

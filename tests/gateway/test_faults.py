@@ -7,7 +7,7 @@ import math
 import time
 
 import pytest
-from ib_async import IB, Index, LimitOrder, MarketOrder, Stock
+from ib_async import IB, Index, LimitOrder, MarketOrder, Stock, StopOrder
 
 from .test_orders import _spy, _wait
 
@@ -170,6 +170,24 @@ def test_reject_201_with_a_reason(ib, sim, expect_errors, error_guard):
     assert "Insufficient margin" in trade.advancedError
     assert any(e.errorCode == 201 and "Order rejected - reason:Insufficient margin" in e.message for e in trade.log)
     assert sim.record()["orders"] == []
+
+
+def test_reject_only_the_next_order_of_one_type(ib, sim, expect_errors):
+    """reject_next_order with an order type: the market order before it goes through; the first
+    stop is refused (201), the stop after it rests."""
+    expect_errors(201)
+    spy = _spy(ib)
+    sim.reject_next_order("stop orders are not allowed", order_type="STP")
+    bought = ib.placeOrder(spy, MarketOrder("BUY", 10))
+    assert _wait(ib, lambda: bought.orderStatus.status == "Filled")
+    refused = ib.placeOrder(spy, StopOrder("SELL", 10, 1.0))
+    assert _wait(ib, lambda: refused.orderStatus.status == "Cancelled")
+    assert any(e.errorCode == 201 and "stop orders are not allowed" in e.message for e in refused.log)
+    rests = ib.placeOrder(spy, StopOrder("SELL", 10, 1.0))
+    assert _wait(ib, lambda: rests.orderStatus.status in ("PreSubmitted", "Submitted"))
+    assert [o["orderType"] for o in sim.record()["orders"]] == ["MKT", "STP"]
+    with pytest.raises(ValueError, match="not one the simulator takes"):
+        sim.reject_next_order("x", order_type="TRAIL")
 
 
 def test_partial_fill_then_cancel_202(ib, sim, expect_errors):

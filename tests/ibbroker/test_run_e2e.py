@@ -148,6 +148,34 @@ def test_a_margin_rejection_is_journaled_and_the_strategy_keeps_trading(nq_sim, 
     assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
 
 
+def test_a_refused_stop_is_not_sent_again_and_its_position_is_closed_at_market(nq_sim, tmp_path, expect_errors):
+    """IB refuses the first protective stop (201): the journal has it rejected with IB's reason;
+    it is not sent again (no retry loop); the position it was to protect is closed at market at
+    once, the trade saying why; the next position's stop rests at IB."""
+    expect_errors(201, 202)       # (202: the later stops cancelled when the crossover closes their positions)
+    nq_sim.reject_next_order("stop orders are not allowed for this account", order_type="STP")
+    strategy = tmp_path / NQ.name
+    strategy.write_text(NQ.read_text().replace(
+        "exit:\n", "exit:\n  - {name: stop, stop: position.entry_price - 300, reason: a far stop}\n"))
+    journal = tmp_path / "j.sqlite"
+    out = qrun(nq_sim, strategy, journal, seconds=10)
+    assert out.exit_code == 0, out.output
+    stops = rows(journal, "SELECT * FROM orders WHERE order_type = 'stop' ORDER BY id")
+    assert stops[0]["status"] == "rejected" and "stop orders are not allowed" in stops[0]["reason"]
+    trades = rows(journal, "SELECT * FROM trades ORDER BY id")
+    assert trades[0]["exit_rule"] == "stop refused"
+    assert "its stop (stop) was refused by the broker" in trades[0]["exit_reason"]
+    close = rows(journal, "SELECT * FROM orders WHERE rule = 'stop refused'")
+    assert len(close) == 1 and close[0]["order_type"] == "market" and close[0]["status"] == "filled"
+    refs = [o["orderRef"] for o in placed(nq_sim)]
+    assert len(refs) == len(set(refs))                    # nothing sent twice
+    # one stop a position (none where the crossover closed it at its first close), each sent once
+    sent_stops = [o for o in placed(nq_sim) if o["orderType"] == "STP"]
+    assert 2 <= len(sent_stops) == len(stops) <= len(trades) + len(rows(journal, "SELECT * FROM positions"))
+    assert all(s["status"] in ("cancelled", "submitted") for s in stops[1:])    # the later ones rested at IB
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
+
+
 def run_until_sigterm(sim, strategy, journal, until, never: str, wait: float = 30.0) -> tuple[int, str]:
     """`qtrade run --broker ib` as its own process, sent SIGTERM once `until()` holds (the test
     fails with `never` if it does not within `wait` s); its exit code and output."""

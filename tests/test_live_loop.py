@@ -219,3 +219,54 @@ def test_the_iron_condor_on_the_live_loop_trades_as_the_backtest_with_its_chase(
     assert len(want) >= 2
     assert got == want
     assert any(len(tr.chase_prices) > 1 for tr in kernel.orders_by_ref.values())    # the chase stepped
+
+
+class _RefusesStopsLater(SimBroker):
+    """A venue that refuses stop orders (201) a moment after they are placed, as IB answers: the
+    refusal comes with the events asked for after the next ones, not with the placing."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._later: list = []
+        self._next: list = []
+
+    def place(self, order):
+        if order.order_type != "stop":
+            return super().place(order)
+        from engine.brokers import events as E
+
+        now = self.clock if self.clock is not None else self._now(order.symbol)
+        why = "Order rejected - reason: stop orders are not allowed for this account"
+        self._next += [E.BrokerError(order.ref, 201, why, now),
+                       E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why)]
+        return order.ref
+
+    def events(self):
+        out = self._later + super().events()
+        self._later, self._next = self._next, []
+        return out
+
+
+def test_a_close_for_a_stop_refused_between_bars_is_sent_then_not_at_the_next_bar(tmp_path):
+    """Live, the broker's refusal of a protective stop arrives after the bar's orders went out: the
+    market close that replaces the stop is sent as the loop takes the refusal (it fills at the next
+    bar's open), not held until the symbol's next bar completes (a day later on daily bars)."""
+    text = _fixed_quantity_copy(tmp_path).read_text().replace(
+        "exit:\n", "exit:\n  - {name: stop, stop: position.entry_price * 0.97}\n")
+    path = tmp_path / "stopped.yaml"
+    path.write_text(text)
+    prep = bt.prepare(path, end="2016-12-30")
+    full, cut = _split(prep, "2015-01-02")
+    from engine.runtime.prepare import _symbol_bars
+    from engine.runtime.session import run_settings
+
+    settings, fills = run_settings(prep, "live")
+    venue = _RefusesStopsLater({"SPY": _symbol_bars(prep, "SPY")[0]}, fills, settings.cash, session="late")
+    kernel, feed, timers = live_kernel(prep, venue, run_id="live")
+    source = Replay(full, pd.Timedelta("1D"), cut, pd.Timedelta("6h"))
+    LiveRun(kernel, feed, source, timers, stop=lambda: "done" if source.done() else None).run()
+    refused = [t for t in kernel.ledger.trades if t.exit_rule == "stop refused"]
+    assert len(refused) >= 3
+    assert [t.exit_bar - t.entry_bar for t in refused] == [1] * len(refused)      # at the open after the refusal
+    stops = [o for o in kernel.orders if o.intent.order_type == "stop"]
+    assert len(stops) == len(refused) and all(o.status == "rejected" for o in stops)

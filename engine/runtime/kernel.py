@@ -191,6 +191,9 @@ class Kernel(RunState):
         # maintenance margin of the futures held liquidates them (at the next open). An IB run sets this
         # False: IB liquidates a real account itself.
         self.margin_calls = True
+        # a live loop's hook: an order queued by a broker event between bars (the close of a
+        # position whose stop was refused) is sent then, not at the next bar
+        self.on_urgent: Callable[[_Symbol], None] | None = None
         self._watch_margin = any(st.bars.margined and st.bars.maintenance > 0 for st in symbols.values())
         agents = {r.agent for r in self._entries if r.agent}
         self._active = {a: plan.outputs.get(f"agents.{a}.active") for a in agents}
@@ -946,6 +949,8 @@ class Kernel(RunState):
         if st.key is None or st.closing is not None:
             return      # a target filled first
         self._exit_order(st, rule, k, "stop_refused")
+        if self.on_urgent is not None:
+            self.on_urgent(st)
 
     def _grow_protection(self, st: _Symbol, quantity: float) -> None:
         """An entry added to the position: its protective orders cover the whole of it at once,

@@ -312,6 +312,8 @@ class LiveRun:
         self.stepped = 0
         self.first_decision_wall: float | None = None
         self.latencies: list[float] = []       # wall seconds from a bar's arrival to its orders' placing
+        self._urgent: list = []     # lanes with an order queued by a broker event, to send at once
+        kernel.on_urgent = self._urgent.append
 
     @property
     def symbols(self) -> list[str]:
@@ -350,10 +352,21 @@ class LiveRun:
             if now > k._now:       # time moves on only after what was due before it has run
                 self._on_time(now)
             k._drain()
+            while self._urgent:
+                self._send_urgent()
             if self.status is not None and self.say is not None and \
                     self.monotonic() - last_status >= self.status_every:
                 last_status = self.monotonic()
                 self.say(self.status())
+
+    def _send_urgent(self) -> None:
+        """Send what a broker event queued since the last bar (the market close of a position
+        whose stop the broker refused): now, not when the symbol's next bar completes."""
+        lanes = self._urgent[:]
+        self._urgent.clear()            # (the kernel's hook appends to this list)
+        for st in lanes:
+            if st.pending:
+                self.feed.send_pending(st)
 
     def working(self) -> list[str]:
         """Refs of the orders sent and not done."""

@@ -80,8 +80,9 @@ class DryRunBroker:
         return self.wallet.account()
 
     def events(self):
-        inner = [ev for ev in self.inner.events() if isinstance(ev, (E.ConnectionLost, E.ConnectionRestored,
-                                                                     E.BrokerError)) and ev.ref is None]
+        # the connection's news and the errors not about an order (the wallet's orders are its own)
+        inner = [ev for ev in self.inner.events() if isinstance(ev, (E.ConnectionLost, E.ConnectionRestored))
+                 or (isinstance(ev, E.BrokerError) and ev.ref is None)]
         return inner + self.wallet.events()
 
     # writes: recorded, filled in the wallet, never transmitted

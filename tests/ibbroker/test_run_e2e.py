@@ -373,6 +373,34 @@ def test_a_connectivity_loss_degrades_and_the_run_recovers(nq_sim, tmp_path, exp
     assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
 
 
+def test_a_dry_run_rides_out_a_connectivity_loss_and_goes_on_deciding(nq_sim, tmp_path, expect_errors):
+    """A dry run reads IB's quotes and bars: IB's 1100 reaches it as a connection lost (journaled,
+    entries wait), 1102 as restored, and it goes on deciding on its simulated wallet; nothing is
+    sent to IB before, during or after. (A connection event has no order ref: the dry run's
+    filter of IB's events once raised on it.)"""
+    expect_errors(1100, 1102, 162)
+    journal = tmp_path / "j.sqlite"
+    started = time.time()
+    lost = When(lambda: time.time() - started > 3.0 and _rows_if(journal, "SELECT * FROM decisions"),
+                lambda: nq_sim.connectivity(1100))
+    decided_by = {}
+
+    def restore():
+        nq_sim.connectivity(1102)
+        decided_by["back"] = len(_rows_if(journal, "SELECT * FROM decisions"))
+
+    back = When(lambda: lost.at is not None and time.time() - lost.at > 1.5, restore)
+    out = qrun_with((lost, back), nq_sim, NQ, journal, "--dry-run", seconds=12)
+    assert out.exit_code == 0, out.output
+    assert "Traceback" not in out.output and "internal error" not in out.output, out.output
+    assert lost.at and back.at, "the faults were not injected"
+    assert placed(nq_sim) == []
+    errors = [e["message"] for e in rows(journal, "SELECT * FROM errors")]
+    assert [m for m in errors if m.startswith("connection lost")], (errors, out.output)
+    decided = len(rows(journal, "SELECT * FROM decisions"))
+    assert decided > decided_by["back"], "no decision after the connection came back"
+
+
 def test_live_is_refused_on_a_paper_account_and_nothing_reaches_the_simulator(nq_sim, tmp_path):
     """Scenario 20, part one: --live against a DU... account."""
     out = qrun(nq_sim, NQ, tmp_path / "j.sqlite", "--live", seconds=3)

@@ -387,6 +387,52 @@ def test_a_refused_target_is_not_placed_again_and_the_position_keeps_its_stop(tm
                for d in blocked)
 
 
+class _RefusesStopMoves(SimBroker):
+    """A venue that takes stops but no change to their price (as IB answers a modify with 110 or
+    105 and keeps the order as it was); every modify asked is logged."""
+
+    asked: list = []
+
+    def modify(self, ref, *, quantity=None, limit=None, stop=None):
+        w = self._working.get(ref)
+        if w is None or stop is None:
+            return super().modify(ref, quantity=quantity, limit=limit, stop=stop)
+        type(self).asked.append((ref, stop))
+        now = self.clock if self.clock is not None else self._now(w.order.symbol)
+        why = "The price does not conform to the minimum price variation for this contract."
+        o = w.order
+        self._events += [E.BrokerError(ref, 110, why, now),
+                         E.ModifyRefused(ref, why, o.quantity, o.limit, o.stop, now, final=True)]
+
+
+def test_a_stop_move_the_broker_refuses_leaves_the_kernel_at_the_stop_the_broker_holds(tmp_path):
+    """A stop that follows the close (to the dollar) on a venue that refuses every move: the
+    kernel's view of each stop stays what the venue holds (its first level), the refusal is
+    journaled as an error that does not stop the strategy, the same move is not asked for again
+    while the level stays, and stops fill at the venue's level."""
+    from engine.runtime import backtest as bt
+
+    path = _crossover_with_stop_and_target(tmp_path)
+    path.write_text(path.read_text().replace("stop: position.entry_price * 0.97", "stop: 'round(close * 0.97, 0)'"))
+    prep = bt.prepare(path)
+    moved = [o for o in bt.run(prep, fast=False).runner.orders if o.intent.order_type == "stop"]
+    _RefusesStopMoves.asked = []
+    result = simulate_on(_RefusesStopMoves, prep, run_id="m")
+    asked, runner = _RefusesStopMoves.asked, result.runner
+    assert len(asked) > 10 and len(set(asked)) == len(asked)          # each refused move asked once
+    stops = {o.intent.tag: o for o in runner.orders if o.intent.order_type == "stop"}
+    placed = {o.ref: o.stop for o in result.broker.placed if o.order_type == "stop"}
+    assert set(placed) == set(stops) and all(stops[ref].intent.stop == stop for ref, stop in placed.items())
+    assert {ref for ref, _ in asked} <= set(placed)
+    fills = {e.ref: e.price for e in result.broker.executions()}
+    stopped = [ref for ref, o in stops.items() if o.status == "filled"]
+    assert stopped and all(fills[ref] <= placed[ref] + 1e-9 for ref in stopped)    # at its own level (or a gap)
+    refusals = [m for _, m in runner.errors if "was not changed to stop" in m]
+    assert len(refusals) == len(asked) and "it stays at" in refusals[0] and "minimum price variation" in refusals[0]
+    assert not runner.halted
+    assert len(moved) > 3                        # on a venue that takes the moves, the same stops do move
+
+
 class _RefusesStopsAndCloses(_Refusing):
     """Refuses stops, and market sells (the close that replaces a refused stop among them)."""
 

@@ -3,8 +3,9 @@
 An Order is what leaves qtrade: its `ref` is the stable tag (IB's orderRef,
 `qtrade:<strategy>:<seq>`) that a restart recognises. Events come back on one stream in the
 order they happened: OrderStatus (with filled and remaining quantity), Execution (with the
-venue's execution id), CommissionReport (for one execution id), BrokerError, ConnectionLost /
-ConnectionRestored. The broker is the source of truth for fills and the account.
+venue's execution id), CommissionReport (for one execution id), BrokerError, ModifyRefused (a
+change to a working order the venue did not take), ConnectionLost / ConnectionRestored. The
+broker is the source of truth for fills and the account.
 
 Orders and events are values: nobody changes one after it is made (a modified order is a new
 Order, made with dataclasses.replace). The ones a busy run makes by the thousand (Order, Quote,
@@ -101,6 +102,21 @@ class BrokerError:
 
 
 @dataclass(frozen=True)
+class ModifyRefused:
+    """A modify the venue did not take (IB: 105, 110, 321, 329 or 434 in answer to it, or not sent
+    at all): the order works on as the venue holds it, with this quantity, limit and stop.
+    `final`: the venue refused the change, and the same change would be refused again; otherwise
+    it never reached the venue (not connected) and may be tried again."""
+    ref: str
+    reason: str
+    quantity: float
+    limit: float | None
+    stop: float | None
+    time: int = 0
+    final: bool = True
+
+
+@dataclass(frozen=True)
 class ConnectionLost:
     time: int
     reason: str = ""
@@ -112,7 +128,8 @@ class ConnectionRestored:
     data_lost: bool = False          # IB's 1101: subscriptions must be made again
 
 
-Event = OrderStatus | Execution | CommissionReport | BrokerError | ConnectionLost | ConnectionRestored
+Event = (OrderStatus | Execution | CommissionReport | BrokerError | ModifyRefused | ConnectionLost
+         | ConnectionRestored)
 
 
 @dataclass(slots=True)

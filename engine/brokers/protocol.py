@@ -39,7 +39,8 @@ class Broker(Protocol):
 
     def modify(self, ref: str, *, quantity: float | None = None, limit: float | None = None,
                stop: float | None = None) -> None:
-        """Change a working order in place (the same order id at IB)."""
+        """Change a working order in place (the same order id at IB). A change the venue does not
+        take comes back as ModifyRefused, with the order as the venue still holds it."""
 
     def cancel(self, ref: str) -> None:
         """Ask to cancel; the confirmation comes as an OrderStatus event."""

@@ -64,7 +64,7 @@ class _Tracked:
 
     __slots__ = ("intent", "record", "symbol", "owner", "role", "rule", "decided_bar", "exit_kind", "filled",
                  "value", "commission", "execs", "last_bar", "last_time", "why", "last_price", "combo",
-                 "chase_prices", "sent", "done", "contract", "lane")
+                 "chase_prices", "sent", "done", "contract", "lane", "refused_to")
 
     def __init__(self, intent: OrderIntent, record: OrderRecord, symbol: str, owner: str, role: str, rule: N.Rule,
                  decided_bar: int, exit_kind: str = ""):
@@ -90,6 +90,7 @@ class _Tracked:
         self.done = False
         self.contract = ""              # the futures contract it goes to, where the bars are per contract
         self.lane: _Symbol | None = None  # the symbol's position it belongs to (one of its lanes)
+        self.refused_to: set | None = None  # the changes the venue refused, (field, value): not asked again
 
 
 @dataclass
@@ -165,6 +166,7 @@ class Kernel(RunState):
         self._unmeasured: list[tuple] = []
         self._handlers = {E.Execution: self._on_execution, E.CommissionReport: self._on_commission,
                           E.OrderStatus: self._on_status, E.BrokerError: self._on_error,
+                          E.ModifyRefused: self._on_modify_refused,
                           E.ConnectionLost: self._on_lost, E.ConnectionRestored: self._on_restored}
         self.orders_by_ref: dict[str, _Tracked] = {}
         self.errors: list[tuple[int, str]] = []
@@ -806,6 +808,50 @@ class Kernel(RunState):
                 self.recorder.error(self._now, message)
             return
         self._error(message)
+
+    def _on_modify_refused(self, ev: E.ModifyRefused) -> None:
+        """A change the venue did not take: the order works on as the venue holds it, and so does
+        the kernel's view of it (a stop believed moved that was not is a position protected where
+        nobody looks). A refused change is not asked for again (no retry loop); one that never
+        left (not connected) is, at the next close. A protective order that could not grow with
+        the position leaves part of it unprotected: an error, which stops new entries."""
+        tr = self.orders_by_ref.get(ev.ref)
+        if tr is None:
+            self._error(f"a refused modify of an order this run did not send ({ev.ref})")
+            return
+        if tr.done:
+            return
+        wanted = tr.intent
+        held = wanted
+        if ev.quantity != wanted.quantity:
+            held = held.sized(ev.quantity)
+        if ev.limit != wanted.limit or ev.stop != wanted.stop:
+            held = held.repriced(ev.limit, ev.stop)
+        if tr.record.intent is wanted:
+            tr.record.intent = held
+        tr.intent = held
+        if ev.final:
+            refused = tr.refused_to if tr.refused_to is not None else set()
+            for name, new, old in (("quantity", wanted.quantity, held.quantity), ("limit", wanted.limit, held.limit),
+                                   ("stop", wanted.stop, held.stop)):
+                if new != old:
+                    refused.add((name, new))
+            tr.refused_to = refused
+        what = {"stop": "stop", "target": "target"}.get(tr.role, "order")
+        changes = [f"{name} {new:g} (it stays at {old:g})" for name, new, old in
+                   (("quantity", wanted.quantity, held.quantity), ("limit", wanted.limit, held.limit),
+                    ("stop", wanted.stop, held.stop)) if new is not None and old is not None and new != old]
+        text = (f"the {what} {ev.ref} of {tr.symbol} was not changed to {', '.join(changes) or 'its new values'}: "
+                f"{ev.reason}" + ("" if ev.final else "; asked again at the next close"))
+        self._outcome(tr, text)
+        if (tr.role == "stop" or tr.role == "target") and wanted.quantity != held.quantity:
+            pos = self.ledger.positions.get(tr.lane.slot)
+            if pos is not None and abs(pos.quantity) > held.quantity + 1e-9:
+                self._error(f"{text}; it covers {held.quantity:g} of the position's {abs(pos.quantity):g}")
+                return
+        self.errors.append((self._now, text))
+        if self.recorder is not None:
+            self.recorder.error(self._now, text)
 
     _LOST = "the connection to the broker was lost"
 
@@ -1461,6 +1507,8 @@ class Kernel(RunState):
                     told = True
                     continue
                 it = tr.intent
+                if tr.refused_to is not None and ("stop" if key == "stop" else "limit", level) in tr.refused_to:
+                    continue        # the venue refused this very change
                 if key == "stop" and it.stop != level:
                     tr.intent = tr.record.intent = it.repriced(it.limit, level)
                     self.venue.modify(ref, stop=level)

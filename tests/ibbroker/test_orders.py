@@ -473,7 +473,43 @@ def test_modify_while_disconnected_sends_nothing_and_says_so(orders, tape, sim, 
     orders.modify("qtrade:r:2", limit=2.0)
     [err] = tape.of(E.BrokerError)
     assert err.code == LOCAL and "not connected" in err.message
+    [refused] = tape.of(E.ModifyRefused)              # as IB holds it; it may be asked again
+    assert refused == E.ModifyRefused("qtrade:r:2", "not sent: not connected to IB", 1.0, 1.0, None, refused.time,
+                                      final=False)
     assert [m["order"]["lmtPrice"] for m in sim.messages("placeOrder")] == [1.0]
+
+
+def test_a_modify_ib_refuses_says_so_with_the_order_as_ib_holds_it_and_a_later_one_goes(orders, tape, sim,
+                                                                                         expect_errors):
+    """A stop moved off the tick grid: IB answers 110 and keeps the order at its old price (a
+    warning: the order is still live). Orders reports a ModifyRefused with the stop IB holds and
+    puts ib_async's Trade back, so the next modify sends the old quantity and a new stop, which
+    IB takes."""
+    expect_errors(110, 202)
+    ib = _ib(orders)
+    q = sim.quote("SPY")
+    stop = round(q.bid - 5.0, 2)
+    orders.place(E.Order("qtrade:m:1", "SPY", "sell", 10, "stop", stop=stop, tif="gtc"))
+    assert pump(ib, lambda: tape.of(E.OrderStatus))
+    orders.modify("qtrade:m:1", stop=stop + 0.005)
+    assert pump(ib, lambda: tape.of(E.ModifyRefused))
+    [err] = tape.of(E.BrokerError)
+    [refused] = tape.of(E.ModifyRefused)
+    assert err.code == 110
+    assert (refused.ref, refused.quantity, refused.limit, refused.stop, refused.final) == \
+        ("qtrade:m:1", 10.0, None, stop, True)
+    assert "minimum price variation" in refused.reason
+    [venue] = sim.record()["orders"]
+    assert (venue["auxPrice"], venue["status"]) == (stop, "PreSubmitted")     # at IB: as it was, working
+    assert [o.stop for o in orders.open_orders()] == [stop]
+    orders.modify("qtrade:m:1", stop=round(stop + 0.5, 2))
+    assert pump(ib, lambda: sim.record()["orders"][0]["auxPrice"] == round(stop + 0.5, 2))
+    ib.sleep(0.2)
+    assert len(tape.of(E.ModifyRefused)) == 1
+    assert sim.messages("placeOrder")[-1]["order"]["totalQuantity"] == 10
+    assert [o.stop for o in orders.open_orders()] == [round(stop + 0.5, 2)]
+    orders.cancel("qtrade:m:1")
+    assert pump(ib, lambda: tape.last_status("qtrade:m:1").status == E.CANCELLED)
 
 
 def test_a_cancel_race_error_is_not_believed_until_ib_is_asked(orders, tape, sim, expect_errors):

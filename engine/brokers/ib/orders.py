@@ -41,6 +41,9 @@ Events, through `on_event`, as they happen:
                 infinite commissions are never emitted.
   BrokerError   IB's errors about one of our orders (code and IB's text), and local refusals
                 of modify/cancel (code 0).
+  ModifyRefused a modify IB did not take (105, 110, 321, 329, 434 in answer to it on an order
+                IB had acknowledged) or that was not sent (not connected, read-only, a
+                non-positive value): the order as IB still holds it, the local Trade put back.
 
 ib_async's quirks handled: a non-warning error marks the local Trade Cancelled even when IB keeps
 the order working; a warning marks it ValidationError (still live). Neither local inference is
@@ -77,6 +80,10 @@ LOCAL = 0                            # BrokerError code of a refusal made here: 
 _WARNINGS = frozenset({105, 110, 165, 321, 329, 399, 404, 434, 492, 10167})   # ib_async: ValidationError
 _REFUSES_NEW = frozenset({110, 321})   # warnings that, before IB acknowledged an order, mean it was not taken
 _REJECTED = frozenset({201, 203})
+# warnings that, in answer to a modify of an acknowledged order, mean IB did not take the change
+# (105 mismatch, 110 off the tick, 321 validation, 329 order type, 434 zero size): the order works
+# on as it was
+_MODIFY_REFUSALS = frozenset({105, 110, 321, 329, 434})
 _CANCELLED = 202
 _HARMLESS_WHEN_DONE = frozenset({161, 202, 10147, 10148})
 
@@ -258,6 +265,9 @@ class _Tracked:
     leg_current: dict[str, int] = field(default_factory=dict)      # a leg's base -> index in legs
     own_commission: dict[str, float] = field(default_factory=dict)  # a BAG execution's own report
     sent_commission: dict[str, float] = field(default_factory=dict)
+    # the order as it was before the last modify sent (the kernel's Order, and IB's totalQuantity,
+    # lmtPrice and auxPrice): what IB holds if it refuses the change
+    before_modify: tuple | None = None
 
     @property
     def combo(self) -> bool:
@@ -277,6 +287,7 @@ class Orders:
         self.what_if_timeout = what_if_timeout
         self.query_timeout = query_timeout
         self.read_only = read_only
+        self._unsent = ""                # why the last modify or cancel was not sent (_live_trade)
         self._by_ref: dict[str, _Tracked] = {}
         self._by_perm: dict[int, _Tracked] = {}
         self._by_order_id: dict[int, _Tracked] = {}   # this session's order ids only
@@ -328,17 +339,23 @@ class Orders:
     def modify(self, ref: str, quantity: float | None = None, limit: float | None = None,
                stop: float | None = None) -> None:
         """Change a working order in place: the same Trade's order (same orderId and permId) sent
-        again. Nothing is sent for an order already done (its terminal status says why)."""
+        again. Nothing is sent for an order already done (its terminal status says why); a change
+        not sent, or refused by IB, comes back as ModifyRefused with the order as IB holds it."""
         tr = self._tracked(ref)
         if self._refused(tr, "modify"):
+            if not tr.done:
+                self._not_modified(tr, "read-only connection: nothing was sent", final=True)
             return
         for name, value in (("quantity", quantity), ("limit", limit), ("stop", stop)):
             if value is not None and (real(value) is None or value <= 0):
-                self._emit(E.BrokerError(ref, LOCAL, f"modify not sent: {name} {value!r} is not a positive number",
-                                         self._clock()))
+                why = f"{name} {value!r} is not a positive number"
+                self._emit(E.BrokerError(ref, LOCAL, f"modify not sent: {why}", self._clock()))
+                self._not_modified(tr, f"not sent: {why}", final=True)
                 return
         trade = self._live_trade(tr, "modify")
         if trade is None:
+            if not tr.done:
+                self._not_modified(tr, f"not sent: {self._unsent}", final=False)
             return
         o = trade.order
         before = (o.totalQuantity, o.lmtPrice, o.auxPrice)
@@ -354,9 +371,20 @@ class Orders:
         except ConnectionError:
             o.totalQuantity, o.lmtPrice, o.auxPrice = before
             self._emit(E.BrokerError(ref, LOCAL, "modify not sent: not connected to IB", self._clock()))
+            self._not_modified(tr, "not sent: not connected to IB", final=False)
             return
         changes = {k: v for k, v in (("quantity", quantity), ("limit", limit), ("stop", stop)) if v is not None}
+        tr.before_modify = (tr.order, before)
         tr.order = replace(tr.order, **changes)
+
+    def _not_modified(self, tr: _Tracked, reason: str, final: bool, fields: tuple | None = None) -> None:
+        """A modify IB did not take (or that never left): the order stands as `tr.order`, which
+        the event carries, and IB's Trade is put back to `fields` where it was changed locally."""
+        if fields is not None and tr.trade is not None:
+            o = tr.trade.order
+            o.totalQuantity, o.lmtPrice, o.auxPrice = fields
+        o = tr.order
+        self._emit(E.ModifyRefused(o.ref, reason, float(o.quantity), o.limit, o.stop, self._clock(), final))
 
     def cancel(self, ref: str) -> None:
         """Ask IB to cancel; IB's OrderStatus `cancelled` confirms it (a fill may win the race)."""
@@ -576,6 +604,10 @@ class Orders:
             return
         self._emit(E.BrokerError(tr.order.ref, code, text, now))
         warning = code in _WARNINGS or 2100 <= code < 2200
+        if warning and code in _MODIFY_REFUSALS and tr.acked and tr.before_modify is not None:
+            (tr.order, fields), tr.before_modify = tr.before_modify, None
+            self._not_modified(tr, reason, final=True, fields=fields)
+            return
         if code in _REJECTED or (not tr.acked and (not warning or code in _REFUSES_NEW)):
             filled = self._filled_at_ib(tr)
             self._emit_status(tr, E.OrderStatus(tr.order.ref, E.REJECTED, filled, max(tr.order.quantity - filled, 0.0),
@@ -650,6 +682,7 @@ class Orders:
                 f"IB reports it {trade.orderStatus.status}" if trade.isDone() else \
                 f"it was placed by clientId {trade.order.clientId}, and IB lets only that client change it"
             self._emit(E.BrokerError(tr.order.ref, LOCAL, f"{what} not sent: {why}", self._clock()))
+            self._unsent = why
             return None
         return trade
 

@@ -7,6 +7,7 @@ Commands (arguments in brackets are optional):
   stop_ticks symbol          resume_ticks symbol                connectivity code (1100/1101/1102)
   farm ok (false: 2103, true: 2104)                             competing_session [on]
   hold_client_id clientId [held]                 reject_next_order [reason] [order_type]
+  refuse_modifies [refuse]
   partial_fill_then_cancel qty [orderId]                        nan_quotes symbol [on]
   whatif_unset_margin [on]   delay_positions seconds            pacing_violation [count]
   set_max_lines n            set_max_rate n                     commissions mode [delay]
@@ -38,7 +39,7 @@ import yaml
 log = logging.getLogger("gatewaysim")
 
 COMMANDS = ("drop_connection", "restart", "stop_ticks", "resume_ticks", "connectivity", "farm", "competing_session",
-            "hold_client_id", "reject_next_order", "partial_fill_then_cancel", "nan_quotes", "whatif_unset_margin",
+            "hold_client_id", "reject_next_order", "refuse_modifies", "partial_fill_then_cancel", "nan_quotes", "whatif_unset_margin",
             "delay_positions", "pacing_violation", "set_max_lines", "set_max_rate", "commissions",
             "correct_execution", "set_quote", "set_entitlement", "set_fill_mode", "fill_order", "cancel", "advance",
             "set_position", "seed_order", "inject_error")

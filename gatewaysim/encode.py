@@ -12,6 +12,7 @@ IB_ERRORS = {
     101: "Max number of tickers has been reached",
     103: "Duplicate order id",
     104: "Can't modify a filled order",
+    105: "Order being modified does not match original order.",
     110: "The price does not conform to the minimum price variation for this contract.",
     162: "Historical Market Data Service error message:{detail}",
     200: "No security definition has been found for the request",

@@ -594,6 +594,10 @@ def place_order(sim, s, f):
         sim.record_event("rejected", orderId=order_id, clientId=s.clientId,
                          reason=f"off the {inst.minTick:g} tick: lmtPrice {spec['lmtPrice']}, auxPrice {spec['auxPrice']}")
         return
+    if existing is not None and existing.is_working and sim.faults["refuse_modifies"]:
+        s.error(order_id, 105)      # a warning: the order is left as it was
+        sim.record_event("rejected", orderId=order_id, clientId=s.clientId, reason="modify refused (105)")
+        return
     reject = sim.faults["reject_next"]
     if reject and existing is None and reject[1] in (None, spec["orderType"]):
         reject = reject[0]

@@ -182,7 +182,8 @@ class GatewaySim:
         self.faults: dict = {"stopped": set(), "reject_next": None, "partial_next": None, "drop_on_order": None,
                              "whatif_unset": False, "positions_delay": 0.0, "pacing_next": 0, "competing": False,
                              "connectivity_lost": False, "farm_broken": False, "commission": "normal",
-                             "commission_delay": 1.0, "held_client_ids": set(), "readonly": False}
+                             "commission_delay": 1.0, "held_client_ids": set(), "readonly": False,
+                             "refuse_modifies": False}
         self.hist_log: deque = deque()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: asyncio.base_events.Server | None = None
@@ -834,6 +835,12 @@ class GatewaySim:
         if order_type is not None and order_type not in ORDER_TYPES:
             raise ValueError(f"order_type {order_type!r} is not one the simulator takes: {', '.join(ORDER_TYPES)}")
         self.call(self.faults.__setitem__, "reject_next", (reason, order_type))
+
+    def refuse_modifies(self, refuse: bool = True) -> None:
+        """While on, every modify of a working order is refused with IB's 105 (a warning: the
+        order works on as it was, unchanged)."""
+        self.call(self.faults.__setitem__, "refuse_modifies", refuse)
+        self.call(self.record_event, "fault", name="refuse_modifies", on=refuse)
 
     def partial_fill_then_cancel(self, qty: float, orderId: int | None = None) -> None:
         """The next order to fill (or orderId) fills qty, then is cancelled with 202."""

@@ -190,6 +190,30 @@ def test_reject_only_the_next_order_of_one_type(ib, sim, expect_errors):
         sim.reject_next_order("x", order_type="TRAIL")
 
 
+def test_refused_modifies_leave_the_order_as_it_was_and_a_new_order_still_goes(ib, sim, expect_errors):
+    """refuse_modifies: a modify of a working order is answered 105 (ib_async: a warning, the
+    trade ValidationError, still live) and the order rests at its old price; new orders go; off
+    again, a modify is taken."""
+    expect_errors(105)
+    spy = _spy(ib)
+    resting = ib.placeOrder(spy, StopOrder("SELL", 10, 1.0))
+    assert _wait(ib, lambda: resting.orderStatus.status in ("PreSubmitted", "Submitted"))
+    sim.refuse_modifies()
+    resting.order.auxPrice = 2.0
+    ib.placeOrder(spy, resting.order)
+    assert _wait(ib, lambda: any(e.errorCode == 105 for e in resting.log))
+    assert "does not match original order" in [e.message for e in resting.log if e.errorCode == 105][0]
+    assert not resting.isDone()
+    [venue] = sim.record()["orders"]
+    assert (venue["auxPrice"], venue["history"]) == (1.0, [])
+    other = ib.placeOrder(spy, StopOrder("SELL", 5, 1.5))
+    assert _wait(ib, lambda: other.orderStatus.status in ("PreSubmitted", "Submitted"))
+    sim.refuse_modifies(False)
+    resting.order.auxPrice = 2.5
+    ib.placeOrder(spy, resting.order)
+    assert _wait(ib, lambda: sim.record()["orders"][0]["auxPrice"] == 2.5)
+
+
 def test_partial_fill_then_cancel_202(ib, sim, expect_errors):
     expect_errors(202)
     spy = _spy(ib)

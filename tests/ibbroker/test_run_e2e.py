@@ -176,6 +176,40 @@ def test_a_refused_stop_is_not_sent_again_and_its_position_is_closed_at_market(n
     assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
 
 
+def test_stop_moves_ib_refuses_leave_the_stop_where_ib_holds_it_and_the_run_goes_on(nq_sim, tmp_path,
+                                                                                     expect_errors):
+    """A stop that trails the close, on an IB that refuses every modify (105, the order working on
+    as it was): each refusal is journaled as an error naming the level IB still holds; a refused
+    level is not sent again for its order; the strategy goes on trading (no halt); the journal's
+    stops are IB's."""
+    expect_errors(105, 202)
+    nq_sim.refuse_modifies()
+    strategy = tmp_path / NQ.name
+    strategy.write_text(NQ.read_text().replace(
+        "exit:\n", "exit:\n  - {name: trail, stop: close - 300, reason: a trailing stop}\n"))
+    journal = tmp_path / "j.sqlite"
+    out = qrun(nq_sim, strategy, journal, seconds=10)
+    assert out.exit_code == 0, out.output
+    stops = [o for o in placed(nq_sim) if o["orderType"] == "STP"]
+    ids = {}
+    for o in stops:
+        ids.setdefault(o["orderId"], []).append(o["auxPrice"])
+    moves = {oid: prices[1:] for oid, prices in ids.items() if len(prices) > 1}
+    assert moves, out.output                                         # the stop was asked to move
+    assert all(len(set(p)) == len(p) for p in moves.values())        # each refused level asked once
+    venue = {o["orderId"]: o for o in nq_sim.record()["orders"] if o["orderType"] == "STP"}
+    assert all(venue[oid]["auxPrice"] == prices[0] and venue[oid]["history"] == [] for oid, prices in ids.items())
+    errors = [e["message"] for e in rows(journal, "SELECT * FROM errors")]
+    refused = [m for m in errors if "was not changed to stop" in m]
+    assert len(refused) == sum(len(p) for p in moves.values()), errors
+    assert all("it stays at" in m and "does not match" in m for m in refused)
+    journaled = {o["order_ref"]: o for o in rows(journal, "SELECT * FROM orders WHERE order_type = 'stop'")}
+    assert {o["orderRef"]: venue[o["orderId"]]["auxPrice"] for o in stops} == \
+        {ref: o["stop_price"] for ref, o in journaled.items()}
+    assert "halted" not in out.output.lower() and len(rows(journal, "SELECT * FROM trades")) >= 1, out.output
+    assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
+
+
 def run_until_sigterm(sim, strategy, journal, until, never: str, wait: float = 30.0) -> tuple[int, str]:
     """`qtrade run --broker ib` as its own process, sent SIGTERM once `until()` holds (the test
     fails with `never` if it does not within `wait` s); its exit code and output."""

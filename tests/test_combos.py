@@ -220,3 +220,23 @@ def test_a_chase_can_start_at_the_combos_bid_or_ask(action):
     # closing it (a buy): its ask 2.10 - 1.00 = 1.10 at once, its bid 0.80 the passive side
     assert Chase(start="ask", steps=1).prices(spread, opening=False) == [1.10]
     assert Chase(start="bid", steps=1).prices(spread, opening=False) == [0.80]
+
+
+def test_a_defined_risk_combos_margin_moves_with_the_credit_it_fills_at_and_a_naked_ones_stays():
+    from engine.orders.combos import ComboQuote, LegQuote, held_margin
+
+    def leg(name, right, action, strike, bid, ask):
+        return LegQuote(name, right, action, 1, strike, "2024-01-19", bid, ask, 0.2, 0.2)
+
+    condor = (leg("sp", "put", "sell", 100, 1.0, 1.2), leg("lp", "put", "buy", 95, 0.4, 0.5),
+              leg("sc", "call", "sell", 110, 1.0, 1.2), leg("lc", "call", "buy", 115, 0.4, 0.5))
+    q = ComboQuote(condor, 100.0, 105.0)
+    assert q.credit == pytest.approx(1.3) and q.margin == pytest.approx(370.0)     # (5 - 1.30) x 100
+    assert q.margin_at(1.0) == pytest.approx(400.0) and q.margin_at(1.5) == pytest.approx(350.0)
+    assert held_margin(condor, 100.0, q.margin, 1.0) == pytest.approx(400.0)
+    spread = (leg("lc", "call", "buy", 100, 3.0, 3.2), leg("sc", "call", "sell", 105, 1.0, 1.2))   # bought for a debit
+    d = ComboQuote(spread, 100.0, 102.0)
+    assert d.margin == pytest.approx(200.0) and d.margin_at(-2.3) == pytest.approx(230.0)
+    naked = (leg("sc", "call", "sell", 110, 1.0, 1.2),)       # unbounded: Reg-T's margin, at mid
+    n = ComboQuote(naked, 100.0, 105.0)
+    assert n.margin_at(0.5) == n.margin and held_margin(naked, 100.0, 777.0, 0.5) == 777.0

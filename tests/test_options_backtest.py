@@ -181,6 +181,40 @@ def test_chase_fills_on_the_step_the_spread_model_allows(tmp_path, quotes):
 
 
 @needs_chains
+def test_a_condors_margin_is_its_max_loss_at_the_credit_it_filled_at_and_the_cap_holds_at_the_chases_floor(
+        tmp_path):
+    """A condor chased below its mid fills for less credit, so it can lose more: its margin (the
+    trade's, the venue's, the return on margin) is the max loss at the fill's credit, not at mid;
+    and max_margin_per_trade holds at the worst price the chase may take (its last), so a cap
+    between the mid's margin and that one blocks the entry, saying so."""
+    chase = "{chase: {start: mid, step: 0.05, steps: 20, every: 10s, floor: 0.5}}"
+    result = bt.run(bt.prepare(condor(tmp_path, price=chase, fraction=0.5)))
+    first = result.ledger.trades[0]
+    credit = first.entry_price
+    assert first.legs["margin"] == pytest.approx((50 - credit) * 100)          # the wing less the credit taken
+    assert first.return_pct == pytest.approx(100 * first.pnl / ((50 - credit) * 100))
+    opened = [d for d in result.runner.decisions if d.rule == "open condor" and d.outcome == "fired"][0]
+    mid_margin = None
+    for o in result.runner.orders:
+        if o.intent.intent == "open" and o.status == "filled":
+            legs = o.legs
+            mid = sum((1 if leg["action"] == "sell" else -1) * (leg["bid"] + leg["ask"]) / 2 for leg in legs)
+            mid_margin = (50 - mid) * 100
+            break
+    assert mid_margin is not None and mid_margin < first.legs["margin"] - 1        # it filled below mid
+    # the cap just above the mid's margin: the chase could fill at its floor, 50 - 0.5 a point lower
+    capped = condor(tmp_path, price=chase, fraction=0.5, name="capped.yaml")
+    capped.write_text(capped.read_text().replace("backtest:", f"risk: {{max_margin_per_trade: {mid_margin + 1:.2f}}}\n"
+                                                              "backtest:"))
+    result = bt.run(bt.prepare(capped))
+    blocked = [d for d in result.runner.decisions if d.rule == "open condor" and d.outcome == "blocked"
+               and d.time == opened.time]
+    assert blocked and "if filled at the chase's last price" in blocked[0].reason, [d.reason for d in blocked]
+    assert "above max_margin_per_trade" in blocked[0].reason
+    assert all(t.entry_time != first.entry_time for t in result.ledger.trades)
+
+
+@needs_chains
 def test_held_to_expiry_is_cash_settled_at_the_close(tmp_path, quotes):
     exits = "  - name: never\n    when: position.dte < -1000\n"
     result = bt.run(bt.prepare(condor(tmp_path, exits=exits)))

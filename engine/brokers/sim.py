@@ -35,7 +35,7 @@ import numpy as np
 from ..market.series import SymbolBars
 from . import events as E
 from ..portfolio.marks import LastClose
-from ..orders.combos import order_price
+from ..orders.combos import debit_of, held_margin, order_price
 from .matching import FillModel, combo_fill_price, match_bar
 
 OPEN, CLOSE = "open", "close"
@@ -573,8 +573,8 @@ class SimBroker:
         self.cash -= fee + signed * price * o.multiplier
         self._combos[o.symbol] = o.multiplier
         h = self._holdings.setdefault(o.symbol, _Holding())
-        if not h.quantity:
-            self._combo_margin[o.symbol] = o.margin
+        if not h.quantity:      # opened: the margin at the price it filled at, not at the mid it was priced at
+            self._combo_margin[o.symbol] = held_margin(o.legs, o.multiplier, o.margin, -debit_of(price, o.action))
         new = h.quantity + signed
         h.avg_price = price if not h.quantity else h.avg_price
         if abs(new) < 1e-12:

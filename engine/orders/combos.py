@@ -305,6 +305,25 @@ class ComboQuote:
         return total * self.multiplier
 
 
+    def margin_at(self, credit: float) -> float:
+        """The margin of one combo opened at `credit` (its net credit per unit; negative: a debit
+        paid) rather than at mid: a defined-risk combo's max loss moves one for one with the
+        credit taken in (a condor sold for less than its mid can lose more; a spread bought above
+        its mid costs more). An unbounded one's (a naked call's) Reg-T margin stays the one at mid."""
+        loss = self.max_loss
+        if not math.isfinite(loss):
+            return self.margin
+        return max(0.0, loss + (self.credit - credit) * self.multiplier)
+
+
+def held_margin(legs: tuple, multiplier: float, margin: float, credit: float) -> float:
+    """The margin per unit a venue holds for a combo of `legs` filled at `credit`, from the
+    `margin` it was priced at mid with: ComboQuote.margin_at for a defined-risk combo (whose max
+    loss does not depend on the underlying), `margin` itself for an unbounded one."""
+    quote = ComboQuote(tuple(legs), multiplier, 0.0)
+    return quote.margin_at(credit) if math.isfinite(quote.max_loss) else margin
+
+
 @dataclass(frozen=True)
 class Chase:
     """Limit prices to try, one per interval: from the start price towards the floor."""

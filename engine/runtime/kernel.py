@@ -1950,24 +1950,32 @@ class Kernel(RunState):
                     reason = f"{sized}: the combo's count rounds to 0"
         if reason is None:
             reason = self._new_names_full(st, k)
+        chase = self.desk.chase(rule.order, k, st.values, ctx)
+        action = quote.opening_action
+        prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=True, action=action)
+        # the risk is the one the chase may fill at: its least favourable price (a condor sold
+        # down to its floor can lose more than at mid), not the mid the rule read
+        bad = _bad_limit(chase, action)
+        margin, at = quote.margin, ""
+        if prices and not bad:
+            worst = min(prices) if action == "sell" else max(prices)
+            worst_margin = quote.margin_at(-debit_of(worst, action))
+            if worst_margin > margin + 1e-9:
+                margin, at = worst_margin, f" if filled at the chase's last price {worst:.2f}"
         if reason is None and limits.max_margin_per_trade is not None and \
-                quote.margin * qty > limits.max_margin_per_trade:
-            reason = (f"margin {quote.margin * qty:,.2f} above max_margin_per_trade "
+                margin * qty > limits.max_margin_per_trade + 1e-9:
+            reason = (f"margin {margin * qty:,.2f}{at} above max_margin_per_trade "
                       f"{limits.max_margin_per_trade:,.2f}")
         contracts = qty * sum(leg.ratio for leg in quote.legs)
         fee = self.broker.commission(contracts, abs(quote.credit), quote.multiplier, True)
-        if reason is None and quote.margin * qty + fee > self.account_view()[1] + 1e-6:
-            reason = f"insufficient available funds for margin {quote.margin * qty:,.2f}"
+        if reason is None and margin * qty + fee > self.account_view()[1] + 1e-6:
+            reason = f"insufficient available funds for margin {margin * qty:,.2f}{at}"
         if reason:
             self._decide(symbol, rule.name, "entry", "blocked", reason, confidence=confidence)
             return
-        chase = self.desk.chase(rule.order, k, st.values, ctx)
-        action = quote.opening_action
-        bad = _bad_limit(chase, action)
         if bad:
             self._decide(symbol, rule.name, "entry", "blocked", bad, confidence=confidence)
             return
-        prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=True, action=action)
         intent = OrderIntent(symbol, action, "limit", float(qty), None,
                              prices[0] if prices else None, None, template.tif, "open", rule.name,
                              self._tag(), rule.reason)
@@ -2073,7 +2081,7 @@ class Kernel(RunState):
         credit = -debit_of(price, action)       # what opening it brought in, per unit (negative: paid)
         fill = Fill(key, action, float(qty), price, tr.commission, tr.last_time, tr.decided_bar,
                     tr.intent.tag, quote.multiplier, tr.rule.name, how)
-        pos = self.ledger.open(fill, margin_per_unit=quote.margin, owner=tr.owner,
+        pos = self.ledger.open(fill, margin_per_unit=quote.margin_at(credit), owner=tr.owner,
                                states=self.states_at(st, tr.decided_bar))
         self._booked.add(tr.intent.tag)
         self._entry_ref[key] = tr.intent.tag

@@ -720,3 +720,24 @@ def test_each_round_trip_has_the_excursions_of_the_bars_it_was_open(tmp_path):
         best = max([float(x) for x in b.high[lo:hi]] + [t.exit_price])
         units = t.quantity * t.multiplier
         assert (t.mae, t.mfe) == (min((worst - t.entry_price) * units, 0.0), max((best - t.entry_price) * units, 0.0))
+
+
+@pytest.mark.parametrize("command", [["backtest"], ["run", "--broker", "sim"]])
+def test_from_on_daily_bars_starts_at_that_day_not_the_one_before(command, tmp_path):
+    """A daily bar ends at the midnight the next day starts: `--from 2015-01-06` is that day's bar
+    onwards (the summary's start, its bar count, buy & hold bought at that day's open), not the
+    Monday before, whose bar ends at that midnight."""
+    root = Path(__file__).resolve().parents[1]
+    out = CliRunner().invoke(cli.main, [*command, str(root / "strategies" / "sma_crossover.yaml"), "--from",
+                                        "2015-01-06", "--to", "2015-01-09", "--format", "json", "--journal",
+                                        str(tmp_path / "a.sqlite")])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.output[out.output.index("{"):])["summary"]
+    assert summary["start"].startswith("2015-01-06T05:00")                 # midnight in New York
+    assert summary["bars"] == 4                                            # Tuesday to Friday
+    assert summary["buy_and_hold_start_price"] == pytest.approx(202.089996)   # 2015-01-06's open in SPY.csv
+    one = CliRunner().invoke(cli.main, [*command, str(root / "strategies" / "sma_crossover.yaml"), "--from",
+                                        "2017-12-29", "--to", "2017-12-29", "--format", "json", "--journal",
+                                        str(tmp_path / "b.sqlite")])
+    assert one.exit_code == 0, one.output
+    assert json.loads(one.output[one.output.index("{"):])["summary"]["bars"] == 1

@@ -72,7 +72,7 @@ def equity_curve(ledger: Ledger, bars: dict[str, SymbolBars], initial: float,
     else:
         times = sorted_unique(np.concatenate([b.end for b in bars.values()]))
     if start is not None:
-        times = times[int(np.searchsorted(times, int(start.value), side="left")):]
+        times = times[int(np.searchsorted(times, int(start.value), side="right")):]
     cols = ledger_columns(ledger, bars)
     cols, positions = _at_last_close(cols, ledger.positions, bars, combo_symbol or {})
     # positions kept under a key of their own (a second owner's in one symbol: positions_per_symbol)

@@ -455,11 +455,25 @@ def _duration(days) -> str:
     return "1 day" if text == "1 days" else text
 
 
+def _local_day(text, timezone: str | None) -> str:
+    """The date of a summary's UTC timestamp in the strategy's timezone (the report's and the
+    flags' dates: an ES bar of 20:00 on Sunday in New York is Sunday's, not Monday's in UTC)."""
+    import pandas as pd
+
+    if not text:
+        return ""
+    t = pd.Timestamp(str(text))
+    if t.tzinfo is None or not timezone:
+        return str(text)[:10]
+    return f"{t.tz_convert(timezone):%Y-%m-%d}"
+
+
 def _summary_text(result, summary: dict, journal_path: str | None, report_path: str | None) -> str:
     prep = result.prepared
     lines = []
-    start = (summary.get("start") or "")[:10]
-    end = (summary.get("end") or "")[:10]
+    tz = summary.get("timezone") or prep.timezone
+    start = _local_day(summary.get("start"), tz)
+    end = _local_day(summary.get("end"), tz)
     bars, warmup = summary.get("bars", 0), summary.get("warmup_bars")
     periods, drawdowns = summary.get("return_periods") or 0, summary.get("drawdowns")
     lines.append(f"{prep.plan.name}: {_symbols_text(prep)} "
@@ -468,7 +482,7 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
     lines.append("")
     bh = summary.get("buy_and_hold")
     # a benchmark whose bars start after the run's is measured from its first bar, and says so
-    held_from = (f" from {str(summary['buy_and_hold_from'])[:10]}, where its bars start"
+    held_from = (f" from {_local_day(summary['buy_and_hold_from'], tz)}, where its bars start"
                  if summary.get("buy_and_hold_from") else "")
     days = _span_days(summary.get("start"), summary.get("end"))
     caveat = (f"; annualised from {days:.0f} day{'s' * (round(days) != 1)}: too short to mean much"
@@ -486,7 +500,7 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
          if summary.get("beta") is not None else ""),
         ("Max drawdown", _pct(summary.get("max_drawdown")),
          f"longest under water {_duration(summary.get('max_drawdown_days') or 0)}, from "
-         f"{(summary.get('max_drawdown_start') or '')[:10]}" if summary.get("max_drawdown") else ""),
+         f"{_local_day(summary.get('max_drawdown_start'), tz)}" if summary.get("max_drawdown") else ""),
         ("Average drawdown", _pct(summary.get("average_drawdown")),
          f"{drawdowns:,} drawdown{'s' * (drawdowns != 1)}, {_duration(summary.get('average_drawdown_days'))} on average"
          if drawdowns else ""),

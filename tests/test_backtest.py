@@ -741,3 +741,21 @@ def test_from_on_daily_bars_starts_at_that_day_not_the_one_before(command, tmp_p
                                         str(tmp_path / "b.sqlite")])
     assert one.exit_code == 0, one.output
     assert json.loads(one.output[one.output.index("{"):])["summary"]["bars"] == 1
+
+
+ES_WEEK = Path(__file__).resolve().parents[2] / "shared" / "data" / "quantconnect_lean" / "decoded" / \
+    "es_minute_trade_by_contract_2013-10-07_to_2013-10-11.csv"
+
+
+@pytest.mark.skipif(not ES_WEEK.is_file(), reason="../shared/data is not present")
+def test_the_summarys_dates_are_the_strategys_timezones_as_the_report_and_the_flags_read_them(tmp_path):
+    """ES trades from Sunday 18:00 in New York, which is Monday in UTC: the summary's first line
+    gives Sunday's date (the one --from takes to mean the same run), not UTC's."""
+    root = Path(__file__).resolve().parents[1]
+    out = CliRunner().invoke(cli.main, ["backtest", str(root / "strategies" / "futures_breakout_es.yaml"),
+                                        "--journal", str(tmp_path / "j.sqlite"), "--no-progress"])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[0].startswith("futures-breakout-es: ES on 1m bars, 2013-10-06 to 2013-10-11 ("), \
+        out.output
+    assert cli._local_day("2013-10-07T00:00:00+00:00", "America/New_York") == "2013-10-06"
+    assert cli._local_day("2015-01-06T05:00:00+00:00", "America/New_York") == "2015-01-06"

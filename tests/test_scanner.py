@@ -183,6 +183,18 @@ def test_a_name_in_its_warm_up_and_before_its_first_bar(tmp_path):
     assert data["explanation"] == "0 passed the prefilter: 3 had no data yet, 1 had no data"
 
 
+def test_a_scan_at_after_the_data_says_it_scanned_the_last_close(tmp_path):
+    """--at after the data's last close: the scan is that close's (as the first line says), and
+    a note on stderr says so; at a close within the data, no note."""
+    path = write(tmp_path, scanner_doc())
+    late = cli("scan", path, "--at", "2030-01-01")
+    assert late.exit_code == 0, late.output
+    assert "note: --at 2030-01-01 is after the data's last close (2018-01-19): scanned as of that close" in late.stderr
+    assert "scanned at 2018-01-19 close" in late.stdout
+    within = cli("scan", path, "--at", "2012-06-01")
+    assert within.exit_code == 0 and "after the data's last close" not in within.stderr
+
+
 # ---- one pass, shared terms once, no look-ahead ---------------------------------------------
 
 def test_the_composite_scanner_is_one_plan_with_shared_terms_once():

@@ -318,6 +318,13 @@ def scan_document(path, overrides: dict | None = None, data=None, at: str | None
     else:
         when = _at_time(at, timezone, bar_seconds(bar))
         times = closes[closes <= when][-1:]
+        if len(closes) and when > closes[-1] + int(bar_seconds(bar) * 1e9):
+            last = pd.Timestamp(int(closes[-1]), tz="UTC").tz_convert(timezone)
+            last_text = f"{last - pd.Timedelta(1):%Y-%m-%d}" if bar_seconds(bar) >= 86400 else \
+                f"{last:%Y-%m-%d %H:%M} {timezone}"       # a daily bar is its day's, though it ends at midnight
+            after = (f"--at {at} is after the data's last close ({last_text}): scanned as of that close, and a "
+                     "name whose bars end sooner is stale")
+            note = f"{note}; {after}" if note else after
     result = run_scan(sp, inputs, bar_seconds=bar_seconds(bar), times=times, universe=tuple(universe), source=shown,
                       timezone=timezone)
     return Scanned(result, len(times) - 1, bar, note)

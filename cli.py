@@ -260,6 +260,13 @@ def _write_journal(journal_path: str, write) -> None:
         sys.exit(EXIT_PROBLEMS)
 
 
+def _report_warnings(prep) -> None:
+    """validate's warnings of the strategy, on stderr before it runs, as `qtrade validate` shows
+    them (a rule dividing by zero never fires: the run says why before it shows 0 trades)."""
+    for d in prep.ws.warnings:
+        _safe_echo(d.format(), err=True)
+
+
 def _report_skipped_bars(prep) -> None:
     """With data.on_bad_bar: skip, say on stderr how many bars were left out and where the first was."""
     from engine.diagnostics import warning
@@ -572,6 +579,7 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
         _refuse_short_history(prep)
     except DiagnosticError as exc:
         _report_problems(exc)
+    _report_warnings(prep)
     _report_skipped_bars(prep)
     _report_excluded(prep)
     _report_missing(prep)
@@ -842,6 +850,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     _check_window(prep, start, end)
     if not start:
         prep = bt.last_days(prep, days)
+    _report_warnings(prep)
     _report_skipped_bars(prep)
     _report_excluded(prep)
     _report_missing(prep)

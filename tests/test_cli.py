@@ -289,3 +289,22 @@ def test_explain_says_scan_picked_once_where_the_file_says_it_too(runner):
     assert result.exit_code == 0, result.output
     when = next(line for line in result.output.splitlines() if line.strip().startswith("when:") and "mfi" in line)
     assert when.count("scan.picked") == 1, when
+
+
+@pytest.mark.parametrize("command", [["backtest"], ["run", "--broker", "sim"]])
+def test_a_run_shows_the_warnings_validate_gives_before_it_runs(command, tmp_path):
+    """A rule that divides by zero validates with a warning (it never fires): a backtest or a
+    simulated run prints that warning, at its line and column, on stderr, and still runs."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "strategies" / "sma_crossover.yaml").read_text()
+    text = text.replace("when: crosses_above(fast_ma, slow_ma)", "when: close / 0 > 1").replace(
+        "source: data/", f"source: {root / 'strategies' / 'data'}/")
+    path = tmp_path / "div.yaml"
+    path.write_text(text)
+    out = CliRunner().invoke(main, [*command, str(path), "--journal", str(tmp_path / "j.sqlite"),
+                                        "--from", "2017-01-03", "--to", "2017-03-31"])
+    assert out.exit_code == 0, out.output
+    assert f"{path}:22:19: warning: division by zero" in out.stderr
+    plain = CliRunner().invoke(main, [*command, str(root / "strategies" / "sma_crossover.yaml"), "--journal",
+                                          str(tmp_path / "k.sqlite"), "--from", "2017-01-03", "--to", "2017-03-31"])
+    assert plain.exit_code == 0 and "warning" not in plain.stderr

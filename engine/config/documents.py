@@ -109,6 +109,7 @@ class Workspace:
         self.documents: dict[Path, Document] = {}
         self.diagnostics: dict[Path, list[Diagnostic]] = {}
         self.checked: dict[Path, object] = {}    # what the semantic checker made of each document (its model)
+        self.warnings: list[Diagnostic] = []     # validate's warnings of the run's strategy (runs print them)
         self._loading: list[Path] = []
 
     def problems(self) -> list[Diagnostic]:

@@ -28,6 +28,7 @@ def load_strategy(path: str | Path, overrides: dict[str, str] | None = None, *,
     if errors:
         raise DiagnosticError(errors)
     ws = report.workspace   # the documents validate loaded: not read and checked a second time
+    ws.warnings = list(report.warnings)
     doc = ws.load(path)
     if doc is None or doc.kind != "strategy":
         kind = doc.kind if doc is not None else "unknown"

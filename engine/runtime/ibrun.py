@@ -850,6 +850,8 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     plan_symbols = set(universe_of(strategy, overrides))
     read_by_rules = set(plan.inputs.symbols)
     prep = bt.prepare(strategy, overrides, frames_from=frames_from, scan_frames_from=frames_from if scanned else None)
+    for d in prep.ws.warnings:          # validate's warnings, as a simulated run shows them
+        say(d.format())
     if scanned and not any(s in prep.frames for s in scanned):
         if listed is not None and not no_history:
             raise RunRefused("IB's market scanner lists none of the universe's names now and no position of the "

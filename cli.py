@@ -343,12 +343,16 @@ def _refuse_short_history(prep) -> None:
         raise DiagnosticError(problems)
 
 
-def _report_problems(exc) -> None:
+def _report_problems(exc, argument: str | None = None) -> None:
+    """The diagnostics on stderr and exit 1; exit 2 (a usage error, as `qtrade validate` says it)
+    when the file named on the command line does not exist."""
     for d in exc.diagnostics:
         _safe_echo(d.format(), err=True)
     n = sum(1 for d in exc.diagnostics if d.is_error)
     _safe_echo(f"{n} error{'s' * (n != 1)}: nothing was run", err=True)
-    sys.exit(EXIT_PROBLEMS)
+    missing = argument is not None and any(d.is_error and d.message == "no such file or directory"
+                                           and str(d.path) == str(argument) for d in exc.diagnostics)
+    sys.exit(EXIT_USAGE if missing else EXIT_PROBLEMS)
 
 
 @main.command()
@@ -578,7 +582,7 @@ def backtest(strategy, data, chains, sets, start, end, cash, journal_path, repor
         _refuse_unfiltered_session(prep)
         _refuse_short_history(prep)
     except DiagnosticError as exc:
-        _report_problems(exc)
+        _report_problems(exc, strategy)
     _report_warnings(prep)
     _report_skipped_bars(prep)
     _report_excluded(prep)
@@ -846,7 +850,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
         _refuse_unfiltered_session(prep)
         _refuse_short_history(prep)
     except DiagnosticError as exc:
-        _report_problems(exc)
+        _report_problems(exc, strategy)
     _check_window(prep, start, end)
     if not start:
         prep = bt.last_days(prep, days)
@@ -959,7 +963,7 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
     try:
         doc, _ = load_strategy(strategy, overrides)
     except DiagnosticError as exc:
-        _report_problems(exc)
+        _report_problems(exc, strategy)
     try:
         settings = connect_settings({"host": host, "port": port, "client_id": client_id, "account": account},
                                     broker_section(doc), live=live)
@@ -1153,7 +1157,7 @@ def expiries(strategy, start, days, order_name):
     try:
         doc, ws = load_strategy(strategy)
     except DiagnosticError as exc:
-        _report_problems(exc)
+        _report_problems(exc, strategy)
     try:
         first = dt.date.fromisoformat(start) if start else dt.date.today()
     except ValueError:

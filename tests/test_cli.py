@@ -206,6 +206,9 @@ def test_missing_path(runner, tmp_path):
     result = run(runner, "validate", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2  # a path that does not exist is a usage error
     assert "no such file or directory" in result.output
+    for command in (["backtest"], ["run", "--broker", "sim"], ["run", "--broker", "ib", "--port", "1"]):
+        result = run(runner, *command[:1], str(tmp_path / "nope.yaml"), *command[1:])
+        assert result.exit_code == 2 and "no such file or directory" in result.output, (command, result.output)
 
 
 def test_schema_prints_json(runner):

@@ -345,14 +345,15 @@ def _refuse_short_history(prep) -> None:
 
 def _report_problems(exc, argument: str | None = None) -> None:
     """The diagnostics on stderr and exit 1; exit 2 (a usage error, as `qtrade validate` says it)
-    when the file named on the command line does not exist."""
+    when the file named on the command line does not exist or a flag's value is wrong."""
     for d in exc.diagnostics:
         _safe_echo(d.format(), err=True)
     n = sum(1 for d in exc.diagnostics if d.is_error)
     _safe_echo(f"{n} error{'s' * (n != 1)}: nothing was run", err=True)
     missing = argument is not None and any(d.is_error and d.message == "no such file or directory"
                                            and str(d.path) == str(argument) for d in exc.diagnostics)
-    sys.exit(EXIT_USAGE if missing else EXIT_PROBLEMS)
+    flag = any(d.is_error and str(d.path).startswith("--") for d in exc.diagnostics)     # a flag's value
+    sys.exit(EXIT_USAGE if missing or flag else EXIT_PROBLEMS)
 
 
 @main.command()

@@ -869,7 +869,8 @@ def test_run_takes_option_chains(tmp_path):
     assert sent >= 1
     assert f"all the reasons: qtrade why {tmp_path / 'j.sqlite'} --run " in result.output
     result = cli("run", strategy_path, "--chains", tmp_path / "none.csv", "--journal", tmp_path / "j.sqlite")
-    assert result.exit_code == 1 and "option chains not found" in result.output
+    assert result.exit_code == 2, result.output       # the flag's value: a usage error, named by the flag
+    assert f"--chains: error: option chains not found: {tmp_path / 'none.csv'} (looked for " in result.output
 
 
 def test_report_reads_a_journal_on_a_read_only_file_system(tmp_path, journal):
@@ -1047,8 +1048,10 @@ def test_the_spx_example_without_its_chains_names_the_file_and_the_way_out(tmp_p
     result = cli("backtest", copy, "--journal", tmp_path / "j.sqlite")
     assert result.exit_code == 1, result.output
     assert f"spxw_condor.yaml:{line}:" in result.output
-    assert "option chains not found: ../../shared/data/optopsy_v1/test_options_data_full.csv" in result.output
-    assert "--chains" in result.output and not (tmp_path / "j.sqlite").exists()
+    assert "option chains not found: ../../shared/data/optopsy_v1/test_options_data_full.csv (looked for /" \
+        in result.output
+    assert "fix it, or pass --chains FILE (relative to the current folder)" in result.output
+    assert not (tmp_path / "j.sqlite").exists()
 
 
 @pytest.mark.parametrize("name, source", [

@@ -144,10 +144,16 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
         from .chainsource import underlying_from_chains
 
         chains_path = Path(chains_source).resolve() if from_flag else (doc.abspath.parent / chains_source).resolve()
+        if not chains_path.exists() and from_flag:
+            from ..diagnostics import error
+
+            raise DiagnosticError([error("--chains", 0, 0, f"option chains not found: {chains_source} (looked for "
+                                         f"{chains_path})", "--chains is relative to the current folder: give a "
+                                         "chains file that exists")])
         if not chains_path.exists():
-            raise _fail(doc, ("data",) if from_flag else ("data", "chains"),
-                        f"option chains not found: {chains_source}",
-                        f"data.chains is relative to {doc.path}'s folder; --chains to the current directory")
+            raise _fail(doc, ("data", "chains"), f"option chains not found: {chains_source} (looked for {chains_path})",
+                        f"data.chains is relative to {doc.path}'s folder: fix it, or pass --chains FILE (relative "
+                        "to the current folder) to run on other chains")
         try:
             chains = load_chains(chains_path)          # a file of one underlying (SPXW for SPX)
         except DiagnosticError:

@@ -1088,3 +1088,11 @@ def test_a_drawdown_from_the_starting_cash_is_dated_by_the_first_bar(tmp_path):
     summary = json.loads(result.output[result.output.index("{"):])["summary"]
     assert str(summary["start"])[:10] == "2018-01-02"
     assert str(summary["max_drawdown_start"])[:10] == "2018-01-02", summary["max_drawdown_start"]
+
+
+def test_a_data_flag_that_does_not_exist_is_named_by_the_flag(tmp_path):
+    result = cli("backtest", ROOT / "strategies" / "sma_crossover.yaml", "--data", tmp_path / "nope",
+                 "--journal", tmp_path / "j.sqlite")
+    assert result.exit_code == 2, result.output
+    assert f"--data: error: bar data not found: {tmp_path / 'nope'}" in result.output
+    assert not (tmp_path / "j.sqlite").exists()

@@ -188,6 +188,12 @@ def prepare(path: str | Path, overrides: dict[str, str] | None = None, data: str
                             "FILE_OR_FOLDER to run on other bars")
         else:
             data_path = Path(data)
+            if not data_path.exists():
+                from ..diagnostics import error
+
+                raise DiagnosticError([error("--data", 0, 0, f"bar data not found: {data} (looked for "
+                                             f"{data_path.resolve()})", "--data is relative to the current folder: "
+                                             "give a CSV or Parquet file, or a folder of SYMBOL files")])
         adjusted = doc.get(("data", "adjusted"))      # true, or {round: N}: adjusted, rounded to N decimals
         # with a scanner, a symbol of the universe without bars is not traded: the scan counts
         # it as having no data (another symbol the rules read must be there)

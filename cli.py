@@ -483,7 +483,7 @@ def _local_day(text, timezone: str | None) -> str:
 def _summary_text(result, summary: dict, journal_path: str | None, report_path: str | None) -> str:
     prep = result.prepared
     lines = []
-    tz = summary.get("timezone") or prep.timezone
+    tz = summary.get("timezone") or getattr(prep, "timezone", None)
     start = _local_day(summary.get("start"), tz)
     end = _local_day(summary.get("end"), tz)
     bars, warmup = summary.get("bars", 0), summary.get("warmup_bars")

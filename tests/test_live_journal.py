@@ -57,7 +57,14 @@ def test_every_order_is_journaled_before_the_venue_sees_it(tmp_path):
     trades = con.execute("SELECT count(*) FROM trades").fetchone()[0]
     assert trades == len(result.ledger.trades)
     detail = con.execute("SELECT detail FROM decisions WHERE kind = 'entry' AND outcome = 'fired'").fetchone()[0]
-    assert detail == "crosses_above(sma(close, 10), sma(close, 30)): yes"
+    # the crossing's values: above now, not above the bar before
+    import re
+
+    m = re.fullmatch(r"crosses_above\(sma\(close, 10\), sma\(close, 30\)\): yes \(([\d.]+) vs ([\d.]+); "
+                     r"the bar before ([\d.]+) vs ([\d.]+)\)", detail)
+    assert m, detail
+    fast, slow, fast_before, slow_before = map(float, m.groups())
+    assert fast > slow and fast_before <= slow_before
 
 
 def test_a_restart_continues_the_order_refs_and_never_repeats_one(tmp_path):

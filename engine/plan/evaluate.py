@@ -409,7 +409,7 @@ def explain(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str
             continue
         if node.op != N.COMPARE:
             held = value_at(plan, node.id, i, values, context)
-            out.append(f"{node.label}: {'yes' if held else 'no'}")
+            out.append(f"{node.label}: {'yes' if held else 'no'}{_cross_values(plan, node, i, values, context)}")
             continue
         left, right = (value_at(plan, a, i, values, context) for a in node.args)
         held = value_at(plan, node.id, i, values, context)
@@ -421,6 +421,23 @@ def explain(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str
         out.append(f"{name} = {shown_left if a.op != N.CONST else shown_right}: "
                    f"{shown_left} {node.attrs[0]} {shown_right} {'yes' if held else 'no'}")
     return out
+
+
+def _cross_values(plan: Plan, node: N.Node, i: int, values: list, context: Mapping[str, Any]) -> str:
+    """A crossing's values, the bar before and this one: ' (101.3 vs 101.1; the bar before
+    100.9 vs 101)', each pair as the crossing compared them ('' for anything else)."""
+    if node.op != N.CALL or node.attrs[:1] not in (("crosses_above",), ("crosses_below",)) or i < 1 \
+            or len(node.args) != 2:
+        return ""
+    try:
+        now = [value_at(plan, a, i, values, context) for a in node.args]
+        before = [value_at(plan, a, i - 1, values, context) for a in node.args]
+    except MissingInput:
+        return ""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in now + before):
+        return ""
+    (a, b), (c, d) = _show_pair(*now), _show_pair(*before)
+    return f" ({a} vs {b}; the bar before {c} vs {d})"
 
 
 def _show(value: Any, digits: int = 7) -> str:

@@ -457,6 +457,27 @@ def test_an_intraday_price_line_is_not_drawn_across_the_night_or_the_weekend():
     assert np.isnan(x[4]) and np.isnan(y[4]) and len(x) == 7
 
 
+def test_equity_and_drawdown_hold_their_value_across_the_night_rather_than_slope_through_it():
+    """Intraday equity over three sessions: at each night the line runs flat from the last close
+    to the next session's first bar and moves there (a point at that time with the last value),
+    not a slope across the hours with no bars; the first session's day has a label of its own."""
+    x, y = svg.hold_gaps(np.array([0.0, 60, 120, 180, 63_000, 63_060]), np.arange(6.0))
+    assert x.tolist() == [0, 60, 120, 180, 63_000, 63_000, 63_060] and y.tolist() == [0, 1, 2, 3, 3, 4, 5]
+    days = ["2024-01-05", "2024-01-08", "2024-01-09"]
+    index = pd.DatetimeIndex([t for d in days for t in pd.date_range(f"{d} 14:30", periods=390, freq="1min",
+                                                                     tz="UTC")])
+    equity = pd.Series(100_000 + np.arange(len(index), dtype=float), index=index)
+    for chart in (svg.line_chart(equity, title="e"), svg.area_chart(equity - equity.cummax() - 1.0, title="d")):
+        d = re.search(r'<path class="line" d="([^"]+)"', chart).group(1)
+        pts = [tuple(map(float, re.findall(r"[-\d.]+", p))) for p in re.split(r"(?=[ML])", d) if p.strip()]
+        flats = [i for i in range(1, len(pts)) if pts[i][0] - pts[i - 1][0] > 50 and pts[i][1] == pts[i - 1][1]]
+        assert len(flats) == 2, d[:300]           # the two nights (wider than a minute on the chart), held flat
+    ticks = svg.time_ticks(pd.Timestamp("2019-11-04 09:30", tz="America/New_York"),
+                           pd.Timestamp("2019-11-15 16:00", tz="America/New_York"))
+    assert ticks[0] == (pd.Timestamp("2019-11-04 09:30", tz="America/New_York"), "11-04")
+    assert [label for _, label in ticks][1] == "11-06"
+
+
 # ---- journals for the report -------------------------------------------------------------------
 
 STRATEGY_TEXT = """# yaml-language-server: $schema=../schemas/strategy.schema.json

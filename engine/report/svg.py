@@ -124,6 +124,7 @@ def time_ticks(t0: pd.Timestamp, t1: pd.Timestamp, most: int = 9) -> list[tuple[
     if not t1 > t0:
         return [(t0, t0.strftime("%Y-%m-%d"))]
     best: list[tuple[pd.Timestamp, str]] = []
+    chosen = ""
     for freq, fmt in _TIME_STEPS:
         try:
             ticks = pd.date_range(t0.ceil("min") if freq.endswith("min") else t0.normalize(), t1, freq=freq)
@@ -133,6 +134,13 @@ def time_ticks(t0: pd.Timestamp, t1: pd.Timestamp, most: int = 9) -> list[tuple[
         if len(ticks) > most:
             break
         best = [(t, t.strftime(fmt)) for t in ticks]
+        chosen = freq
+    if best and chosen.endswith("D") and best[0][0] > t0 and best[0][0].normalize() != t0.normalize():
+        # days from an intraday start (9:30, or a futures session's Sunday evening): that first
+        # day's label at the start, where it is far enough from the next not to overlap
+        spacing = (best[1][0] - best[0][0]) if len(best) > 1 else (t1 - t0)
+        if best[0][0] - t0 >= spacing / 2:
+            best.insert(0, (t0, t0.strftime("%m-%d")))
     if not best:
         best = [(t0, t0.strftime("%Y-%m-%d")), (t1, t1.strftime("%Y-%m-%d"))]
     return best
@@ -174,6 +182,23 @@ def break_gaps(x: np.ndarray, y: np.ndarray, factor: float = 5.0) -> tuple[np.nd
     if not gaps.size:
         return x, y
     return np.insert(x, gaps, np.nan), np.insert(y, gaps, np.nan)
+
+
+def hold_gaps(x: np.ndarray, y: np.ndarray, factor: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) with the value held across a gap in time (as break_gaps finds them: a night, a
+    weekend of intraday bars): a point at the next time with the last value, so that the line
+    runs flat through the time with no bars and moves at the next bar, rather than sloping across
+    the night as if the account had changed through it. For equity and drawdown, which have a
+    value through the night; a price has none (break_gaps)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 3:
+        return x, y
+    step = np.diff(x)
+    usual = float(np.median(step))
+    gaps = np.flatnonzero(step > factor * usual) + 1 if usual > 0 else np.array([], dtype=int)
+    if not gaps.size:
+        return x, y
+    return np.insert(x, gaps, x[gaps]), np.insert(y, gaps, y[gaps - 1])
 
 
 def _svg_open(width: int, height: int, title: str, css_class: str) -> str:
@@ -294,7 +319,7 @@ def equity_chart(series: pd.Series, benchmark: pd.Series | None, *, title: str, 
             lines.append(benchmark)
         else:
             benchmark = None
-    thinned = [thin(_as_seconds(s.index), s.to_numpy(dtype=float), max_points) for s in lines]
+    thinned = [hold_gaps(*thin(_as_seconds(s.index), s.to_numpy(dtype=float), max_points)) for s in lines]
     lo = min(float(y.min()) for _, y in thinned)
     hi = max(float(y.max()) for _, y in thinned)
     x0 = min(float(x[0]) for x, _ in thinned)
@@ -423,7 +448,7 @@ def area_chart(series: pd.Series, *, title: str, css_class: str = "drawdown",
     series = series[np.isfinite(series.to_numpy(dtype=float))]
     if len(series) == 0:
         return _empty(title, css_class, "no data")
-    x, y = thin(_as_seconds(series.index), series.to_numpy(dtype=float), max_points)
+    x, y = hold_gaps(*thin(_as_seconds(series.index), series.to_numpy(dtype=float), max_points))
     lo = min(float(y.min()), 0.0)
     hi = max(float(y.max()), 0.0)
     lo, hi = (lo * 1.05, hi) if lo < hi else (-0.01, 0.0)

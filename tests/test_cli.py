@@ -311,3 +311,21 @@ def test_a_run_shows_the_warnings_validate_gives_before_it_runs(command, tmp_pat
     plain = CliRunner().invoke(main, [*command, str(root / "strategies" / "sma_crossover.yaml"), "--journal",
                                           str(tmp_path / "k.sqlite"), "--from", "2017-01-03", "--to", "2017-03-31"])
     assert plain.exit_code == 0 and "warning" not in plain.stderr
+
+
+def test_a_misspelt_section_is_named_where_its_names_are_used_not_guessed_at(runner, tmp_path):
+    """`indicatros:` for `indicators:`: the key's error, and each rule's use of an indicator it
+    defines says where that indicator is written and what to rename; no 'did you mean' another
+    name, and no 'param never used' for the params those indicators read."""
+    text = (ROOT / "strategies" / "sma_crossover.yaml").read_text().replace("\nindicators:", "\nindicatros:")
+    path = tmp_path / "typo.yaml"
+    path.write_text(text.replace("source: data/", f"source: {ROOT / 'strategies' / 'data'}/"))
+    line = next(i for i, t in enumerate(text.splitlines(), start=1) if t.startswith("indicatros:"))
+    result = run(runner, "validate", str(path))
+    assert result.exit_code == 1
+    assert f"{path}:{line}:1: error: unknown key 'indicatros' at the top level (did you mean 'indicators'?)" \
+        in result.output
+    used = [ln for ln in result.output.splitlines() if "unknown name 'fast_ma'" in ln]
+    assert len(used) == 2 and all(f"it is defined under 'indicatros' (line {line}), which is not a section qtrade "
+                                  "reads: rename it 'indicators'" in ln for ln in used)
+    assert "did you mean 'fast'" not in result.output and "never used" not in result.output

@@ -409,11 +409,39 @@ def base_scope(params: dict[str, ParamInfo]) -> Scope:
 class StrategyCheck(DocumentCheck):
     """A strategy: params, indicators, classifications, orders, rules, agents, schedule, universe."""
 
+    _NAMING = ("indicators", "classify", "params")      # the sections that define names rules read
+
+    def _misspelt_sections(self) -> list[tuple[str, str]]:
+        """Top-level keys that are a misspelling of a section defining names (`indicatros:`):
+        (key, the section). The schema reports the key; the rules' unknown names then say
+        where they are written instead of suggesting another name."""
+        import difflib
+
+        from ..config.schema import load_schema
+
+        known = load_schema("strategy").get("properties", {})
+        data = self.doc.data if isinstance(self.doc.data, dict) else {}
+        out = []
+        for key, value in data.items():
+            if key in known or not isinstance(value, dict) or not isinstance(key, str):
+                continue
+            close = difflib.get_close_matches(key, self._NAMING, n=1, cutoff=0.6)
+            if close and close[0] not in data:
+                out.append((key, close[0]))
+        return out
+
     def run(self, overrides: dict[str, str] | None = None) -> list[Diagnostic]:
         self.overrides = overrides
         params = self.guard(lambda: self.params(overrides)) or {}
         self.param_info = params
         scope = base_scope(params)
+        misspelt = self._misspelt_sections()
+        for key, section in misspelt:
+            line = self.doc.diag((key,), "", key=True).line
+            for name in self.doc.get((key,)):
+                if name not in scope.names:
+                    scope.misplaced[str(name)] = (f"it is defined under '{key}' (line {line}), which is not a "
+                                                  f"section qtrade reads: rename it '{section}'")
         self.scope = scope
         self.templates: dict[str, dict] = self.doc.get(("orders",)) or {}
         if not isinstance(self.templates, dict):
@@ -430,9 +458,10 @@ class StrategyCheck(DocumentCheck):
         if not self.doc.get(("entry",)) and not self.doc.get(("agents",)):
             self.err((), "the strategy has no entry rules",
                      "add `entry:` rules (or `agents:` with their own entry rules) so it can trade")
-        self.warn_unused(("params",), params, "param")
-        indicators = self.doc.get(("indicators",))
-        self.warn_unused(("indicators",), indicators if isinstance(indicators, dict) else {}, "indicator")
+        if not misspelt:        # (a misspelt section's expressions were not read: their uses unknown)
+            self.warn_unused(("params",), params, "param")
+            indicators = self.doc.get(("indicators",))
+            self.warn_unused(("indicators",), indicators if isinstance(indicators, dict) else {}, "indicator")
         for name in self.templates:
             if name not in self.used_orders:
                 self.warn(("orders", name), f"order '{name}' is never used by a rule", key=True)

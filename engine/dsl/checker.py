@@ -36,10 +36,11 @@ class Scope:
     contexts: frozenset[str] = frozenset()
     unavailable: dict[str, str] = field(default_factory=dict)  # name -> why not here
     legs: frozenset[str] = frozenset()
+    misplaced: dict[str, str] = field(default_factory=dict)   # name -> where it is written instead (a misspelt section)
 
     def child(self, **changes) -> "Scope":
         data = dict(names=dict(self.names), records=dict(self.records), contexts=self.contexts,
-                    unavailable=dict(self.unavailable), legs=self.legs)
+                    unavailable=dict(self.unavailable), legs=self.legs, misplaced=dict(self.misplaced))
         data.update(changes)
         return Scope(**data)
 
@@ -127,6 +128,9 @@ class Checker:
         if registry.lookup(node.id) is not None:
             fn = registry.lookup(node.id)
             return self.fail(node, f"'{node.id}' is a function: call it", f"write {fn.signature}")
+        if node.id in self.scope.misplaced:
+            return self.fail(node, f"unknown name '{node.id}': {self.scope.misplaced[node.id]}",
+                             "fix the section's name and this name is known")
         options = list(self.scope.names) + list(self.scope.unavailable)
         return self.fail(node, f"unknown name '{node.id}'{_suggest(node.id, options)}",
                          "names are bar fields (open high low close volume), params, indicators, "

@@ -1373,3 +1373,18 @@ def test_the_price_chart_spans_the_run_not_the_warm_up_bars_the_journal_keeps(tm
     data = H.load_run(journal)
     assert pd.Timestamp(first_price) < data.equity.index[0]          # the journal has warm-up bars
     assert data.bars.index[0] >= data.equity.index[0] and data.bars.index[0].year == 2015
+
+
+def test_a_state_colour_means_one_label_across_the_rows():
+    """Three classifications with labels of their own: no colour stands for two labels (the
+    regime strips once drew 'short', 'mean_reversion' and 'low' all in green); a label two rows
+    share has one colour."""
+    states = {"bias": [(0.0, "long"), (50.0, "short")], "regime": [(0.0, "trend"), (40.0, "mean_reversion")],
+              "volatility": [(0.0, "low"), (60.0, "high"), (80.0, "short")]}
+    chart = svg.state_timeline(states, (0.0, 100.0), title="states")
+    keys = re.findall(r'<rect class="key"[^>]*fill="([^"]+)"/><text class="legend"[^>]*>([^<]+)</text>', chart)
+    by_colour: dict[str, set] = {}
+    for fill, label in keys:
+        by_colour.setdefault(fill, set()).add(label)
+    assert len(keys) == 7 and all(len(labels) == 1 for labels in by_colour.values()), keys
+    assert len(by_colour) == 6                        # six labels, 'short' in two rows with one colour

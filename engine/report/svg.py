@@ -587,12 +587,15 @@ def state_timeline(states: dict[str, list[tuple[float, str]]], span: tuple[float
     centres = t0 + (np.arange(columns) + 0.5) / max(columns, 1) * ((t1 - t0) or 1.0)
     y = float(MARGIN_TOP)
     legend_y = MARGIN_TOP + len(names) * (STATE_ROW + 4) + 14
+    # one colour a label across the rows (a colour means one label, whichever row it is in, for
+    # the first ten labels; a label in two classifications has one colour)
+    every = list(dict.fromkeys(p[1] for name in names for p in states[name] if p[1]))
+    colour = {label: STATE_COLOURS[i % len(STATE_COLOURS)] for i, label in enumerate(every)}
     for name in names:
         points = states[name]
         times = np.array([p[0] for p in points], dtype=float)
         labels = [p[1] for p in points]
         order = list(dict.fromkeys(x for x in labels if x))
-        colour = {label: STATE_COLOURS[i % len(STATE_COLOURS)] for i, label in enumerate(order)}
         at = np.searchsorted(times, centres, side="right") - 1
         shown = [labels[k] if k >= 0 else "" for k in at.tolist()]     # the label in force at each column
         out.append(f'<text class="ylabel" x="{frame.left - 6:.1f}" y="{y + STATE_ROW / 2 + 4:.1f}" '

@@ -946,8 +946,15 @@ def _trade(run: _Run) -> Outcome:
             return None
 
     recorder = Recorder(journal, run_id, contract=contract_of, ids=ib.broker_ids)
+    seq = journal.last_order_seq(prefix)
+    at_ib = ib.highest_seq(prefix)
+    if at_ib > seq:
+        say(f"IB holds orders of this strategy up to {prefix}{at_ib} that this journal did not send (another "
+            f"journal's run, or a journal lost): this run's orders continue from {prefix}{at_ib + 1}; that run's "
+            "positions and orders are not this journal's to manage (see reconcile above)")
+        seq = at_ib
     kernel, feed, timers = live_kernel(prep, venue, run_id=run_id, recorder=recorder,
-                                       tags=(prefix, journal.last_order_seq(prefix)), on_order=on_order,
+                                       tags=(prefix, seq), on_order=on_order,
                                        cash=cash_now, gate=gate, chain_fetch=ib.chain_fetch)
     kernel.margin_calls = dry_run       # IB liquidates a real account under its maintenance margin itself
     kernel.roll_target = ib.roll_to     # a futures position is rolled when IB's front month moves past it

@@ -407,6 +407,29 @@ def test_a_connectivity_loss_degrades_and_the_run_recovers(nq_sim, tmp_path, exp
     assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
 
 
+def test_a_run_on_a_new_journal_continues_after_the_refs_ib_holds_and_sends_none_twice(nq_sim, tmp_path,
+                                                                                           expect_errors):
+    """A second journal on the same account (another folder, a fresh file): its order refs would
+    start at 1 again, which IB holds from the first journal's run. The run says so, continues the
+    sequence after IB's highest, and trades; no ref reaches IB twice. (It once ended with an
+    internal error at its first order.)"""
+    expect_errors(162, 202)     # (the second run's warm-up repeats the first's history request: pacing)
+    first = tmp_path / "a.sqlite"
+    out = qrun(nq_sim, NQ, first, seconds=6)
+    assert out.exit_code == 0, out.output
+    sent = {o["orderRef"] for o in placed(nq_sim)}
+    assert sent, out.output
+    highest = max(int(r.rsplit(":", 1)[1]) for r in sent)
+    out = qrun(nq_sim, NQ, tmp_path / "b.sqlite", seconds=6)
+    assert out.exit_code == 0, out.output
+    assert "internal error" not in out.output
+    assert f"this run's orders continue from qtrade:nq-cross:{highest + 1}" in out.output
+    refs = [o["orderRef"] for o in placed(nq_sim)]
+    assert len(refs) == len(set(refs))                               # nothing sent twice
+    second = [r for r in refs if r not in sent]
+    assert second and min(int(r.rsplit(":", 1)[1]) for r in second) > highest, out.output
+
+
 def test_a_dry_run_rides_out_a_connectivity_loss_and_goes_on_deciding(nq_sim, tmp_path, expect_errors):
     """A dry run reads IB's quotes and bars: IB's 1100 reaches it as a connection lost (journaled,
     entries wait), 1102 as restored, and it goes on deciding on its simulated wallet; nothing is

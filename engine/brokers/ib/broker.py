@@ -495,9 +495,17 @@ class IBBroker:
                                          + f"): no new entries on {underlying} until they agree")
         self._blocked.update({f.local_symbol: f"{f.local_symbol}: IB holds {f.ib_quantity:g} this strategy never "
                               "traded: left alone, no entries on it" for f in report.unknown})
-        self.orders.refuse_refs([a.tag for a in report.adopt] + [x.tag for x in report.finished])
+        self.orders.refuse_refs([a.tag for a in report.adopt] + [x.tag for x in report.finished]
+                                + [x.order_ref for x in snapshot.open_orders + snapshot.completed_orders
+                                   + snapshot.executions])      # every ref IB holds: none is sent again
         self._reconciled = report
         return report
+
+    def highest_seq(self, prefix: str) -> int:
+        """The highest <seq> of the refs `<prefix><seq>` IB holds (its open and completed orders
+        and executions, as reconcile fetched them; 0: none): a run on another journal continues
+        after them rather than repeat one."""
+        return self.orders.highest_seq(prefix)
 
     def ready(self) -> None:
         self.conn.mark_ready()

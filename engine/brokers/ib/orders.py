@@ -511,6 +511,12 @@ class Orders:
         """Refs IB already knows (reconcile's snapshot, rebind): place() refuses them."""
         self._known_at_ib.update(r for r in refs if r and r not in self._by_ref)
 
+    def highest_seq(self, prefix: str) -> int:
+        """The highest <seq> among the refs `<prefix><seq>` IB reported or this object placed."""
+        seqs = [int(r[len(prefix):]) for r in list(self._known_at_ib) + list(self._by_ref)
+                if r.startswith(prefix) and r[len(prefix):].isdigit()]
+        return max(seqs, default=0)
+
     def adopt(self, order: E.Order, perm_id: int = 0) -> bool:
         """Take over an order an earlier session placed (reconcile's `adopt`): find its Trade in
         ib.trades() by permId, else by orderRef, and track it as if placed here. False when ib_async

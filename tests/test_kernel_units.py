@@ -433,6 +433,43 @@ def test_a_stop_move_the_broker_refuses_leaves_the_kernel_at_the_stop_the_broker
     assert len(moved) > 3                        # on a venue that takes the moves, the same stops do move
 
 
+class _RefusesTheFirstClose(SimBroker):
+    """Refuses the first market sell it is sent (IB's 201), takes every other order."""
+
+    refused: list = []
+
+    def place(self, order):
+        if order.order_type == "market" and order.action == "sell" and not type(self).refused:
+            type(self).refused.append(order.ref)
+            now = self.clock if self.clock is not None else self._now(order.symbol)
+            why = "Order rejected - reason: Insufficient margin"
+            self._events += [E.BrokerError(order.ref, 201, why, now),
+                             E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why)]
+            return order.ref
+        return super().place(order)
+
+
+def test_entries_stopped_by_a_refused_close_go_on_once_that_position_is_closed():
+    """The first death cross's close is refused: new entries stop (the position is open against
+    the strategy's decision); the next death cross closes it, and from then entries go on, the
+    journal saying so. (They once stayed stopped for the rest of the run, flat or not.)"""
+    from pathlib import Path
+
+    from engine.runtime import backtest as bt
+
+    root = Path(__file__).resolve().parents[1]
+    prep = bt.prepare(root / "strategies" / "sma_crossover.yaml")
+    _RefusesTheFirstClose.refused = []
+    result = simulate_on(_RefusesTheFirstClose, prep, run_id="f")
+    runner, trades = result.runner, result.ledger.trades
+    assert len(_RefusesTheFirstClose.refused) == 1
+    assert any(m.startswith("the close of SPY (death cross) was refused by the broker") for _, m in runner.errors)
+    resumed = [(t, m) for t, m in runner.errors if m.startswith("SPY is flat (") and "entries go on" in m]
+    assert len(resumed) == 1 and not runner.halted
+    later = [t for t in trades if t.entry_time > resumed[0][0]]
+    assert len(later) > 5 and len(trades) >= 30          # it trades on (39 round trips on every venue)
+
+
 class _RefusesStopsAndCloses(_Refusing):
     """Refuses stops, and market sells (the close that replaces a refused stop among them)."""
 

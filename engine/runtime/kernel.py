@@ -174,6 +174,7 @@ class Kernel(RunState):
         # not have (as the order printer's records: a dry run shows what a paper run sends first)
         self.decided_at_end: list[dict] = []
         self.halted = ""                 # why new entries stopped ('' while they may go on)
+        self._halted_by_close: dict = {}  # slot -> the halt its refused close made (lifted when it is flat)
         self.live = False                # bars arrive as they complete (runtime/live.py)
         self.check_order: Callable[[E.Order], str | None] | None = None   # a live run's pre-send check
         # an IB run's roll rule: symbol -> (the contract held, the contract to roll into), or None
@@ -957,8 +958,10 @@ class Kernel(RunState):
                 # the position stays open against the strategy's decision: new entries stop; its
                 # exits are decided again at the next close (a rule that still holds sends its close
                 # again), a close for a refused stop is not
-                self._error(f"the close of {tr.symbol} ({tr.rule.name}) was refused by the broker"
-                            f"{': ' + ev.reason if ev.reason else ''}; the position is still open")
+                message = (f"the close of {tr.symbol} ({tr.rule.name}) was refused by the broker"
+                           f"{': ' + ev.reason if ev.reason else ''}; the position is still open")
+                self._error(message)
+                self._halted_by_close[st.slot] = message     # lifted once the position is closed
             if st.after_exit is not None:
                 self._after_exit(st)
         else:
@@ -1117,6 +1120,14 @@ class Kernel(RunState):
         if entry_ref is not None:
             self._trade_of[entry_ref] = index
         st.owner = st.key = None
+        refused = self._halted_by_close.pop(slot, None)
+        if refused is not None and self.halted == refused:
+            # the position whose refused close stopped new entries is closed now: they go on
+            self.halted = ""
+            text = f"{symbol} is flat ({tag} closed it): entries go on after '{refused}'"
+            self.errors.append((self._now, text))
+            if self.recorder is not None:
+                self.recorder.error(self._now, text)
         if tr.exit_kind == "roll" and st.roll is not None:
             # the move made in the contract left is carried into the next (the back-adjustment);
             # a roll is no win or loss of the strategy's (the circuit breaker's streak)

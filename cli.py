@@ -161,7 +161,9 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             _safe_echo(f"qtrade: internal error: {type(exc).__name__}: {exc}", err=True)
-            _safe_echo("    this is a bug in qtrade; rerun with --debug for the traceback", err=True)
+            command = ctx.invoked_subcommand or "COMMAND"
+            _safe_echo(f"    this is a bug in qtrade; rerun as `qtrade --debug {command} ...` for the traceback",
+                       err=True)
             ctx.exit(70)
 
 

@@ -329,3 +329,20 @@ def test_a_misspelt_section_is_named_where_its_names_are_used_not_guessed_at(run
     assert len(used) == 2 and all(f"it is defined under 'indicatros' (line {line}), which is not a section qtrade "
                                   "reads: rename it 'indicators'" in ln for ln in used)
     assert "did you mean 'fast'" not in result.output and "never used" not in result.output
+
+
+def test_an_internal_error_names_the_debug_flag_where_it_goes(runner, monkeypatch):
+    """A bug's one line says how to see its traceback, with --debug before the command (where
+    the option is), and that command then shows it."""
+    from engine.dsl import registry
+
+    def broken(name):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(registry, "lookup", broken)
+    result = runner.invoke(main, ["functions", "sma"])
+    assert result.exit_code == 70
+    assert "qtrade: internal error: RuntimeError: boom" in result.output
+    assert "rerun as `qtrade --debug functions ...` for the traceback" in result.output
+    debug = runner.invoke(main, ["--debug", "functions", "sma"])
+    assert isinstance(debug.exception, RuntimeError)

@@ -1058,12 +1058,20 @@ def _trade(run: _Run) -> Outcome:
     figures["ready_seconds"] = round(_time.monotonic() - t0, 4)
     stop = Stop(seconds)
 
-    def status() -> str:
+    def alerts() -> list[str]:
+        """IB's alerts (errors about no order: 1100, 2103, ...), journaled and said as they come."""
+        out = []
         for alert in ib.take_alerts():
             journal.note(run_id, _iso(alert.time or ib.now()), "alert", str(alert.code), alert.message)
+            out.append(f"IB {alert.code}: {alert.message}")
+        return out
+
+    def status() -> str:
+        alerts()
         return status_line(kernel, ib, ib.now(), prep.timezone)
 
-    loop = LiveRun(kernel, feed, ib, timers, stop=stop, status=status, say=say, status_every=status_every)
+    loop = LiveRun(kernel, feed, ib, timers, stop=stop, status=status, say=say, status_every=status_every,
+                   notices=alerts)
     with stop.on_signals():
         stopped = loop.run()
         unconfirmed = loop.shutdown()

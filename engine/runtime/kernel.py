@@ -170,6 +170,7 @@ class Kernel(RunState):
                           E.ConnectionLost: self._on_lost, E.ConnectionRestored: self._on_restored}
         self.orders_by_ref: dict[str, _Tracked] = {}
         self.errors: list[tuple[int, str]] = []
+        self.notices: list[tuple[int, str]] = []   # what a live run says as it happens, errors apart (a reconnect)
         # the orders the rules decided at the data's last close, for the next open the data does
         # not have (as the order printer's records: a dry run shows what a paper run sends first)
         self.decided_at_end: list[dict] = []
@@ -865,6 +866,8 @@ class Kernel(RunState):
         self.halted = self.halted or self._LOST
 
     def _on_restored(self, ev: E.ConnectionRestored) -> None:
+        self.notices.append((self._now, "connection restored" + (": its market data is asked for again"
+                                                                  if ev.data_lost else "")))
         if self.halted == self._LOST:
             self.halted = ""
 

@@ -303,9 +303,11 @@ class LiveRun:
     def __init__(self, kernel, feed: LiveFeed, source: LiveSource, timers: Timers, *,
                  stop: Callable[[], str | None], status: Callable[[], str] | None = None,
                  say: Callable[[str], None] | None = None, status_every: float = 60.0, tick: float = 0.05,
-                 monotonic: Callable[[], float] = _time.monotonic):
+                 monotonic: Callable[[], float] = _time.monotonic, notices: Callable[[], list[str]] | None = None):
         self.kernel, self.feed, self.source, self.timers = kernel, feed, source, timers
         self.stop, self.status, self.say = stop, status, say
+        self.notices = notices      # lines to say at once (a lost connection, an IB alert), each loop
+        self._told = (0, 0)         # the kernel's errors and notices said so far
         self.status_every, self.tick, self.monotonic = status_every, tick, monotonic
         # other symbols first: a traded symbol's bar reads them as of its close
         self._symbols: tuple[int, list[str]] = (-1, [])
@@ -354,10 +356,25 @@ class LiveRun:
             k._drain()
             while self._urgent:
                 self._send_urgent()
+            if self.say is not None:
+                self._tell()
             if self.status is not None and self.say is not None and \
                     self.monotonic() - last_status >= self.status_every:
                 last_status = self.monotonic()
                 self.say(self.status())
+
+    def _tell(self) -> None:
+        """Say what went wrong or changed since the last loop, as it happens: the kernel's errors
+        (a lost connection, a refused order or move) and notices (a reconnect), and the source's
+        own lines (IB's alerts)."""
+        k = self.kernel
+        errors, notices = self._told
+        for t, message in k.errors[errors:] + k.notices[notices:]:
+            self.say(f"{k._local(t):%Y-%m-%d %H:%M:%S}  {message}" if t else message)
+        self._told = (len(k.errors), len(k.notices))
+        if self.notices is not None:
+            for line in self.notices():
+                self.say(line)
 
     def _send_urgent(self) -> None:
         """Send what a broker event queued since the last bar (the market close of a position

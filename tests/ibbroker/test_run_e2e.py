@@ -400,6 +400,9 @@ def test_a_connectivity_loss_degrades_and_the_run_recovers(nq_sim, tmp_path, exp
     out = qrun_with((lost, back), nq_sim, NQ, journal, seconds=12)
     assert out.exit_code == 0, out.output
     assert lost.at and back.at, "the faults were not injected"
+    # said as it happened, before the run's end: the loss and the reconnect
+    lines = out.output[:out.output.index("stopped:")]
+    assert "connection lost" in lines and "connection restored" in lines, out.output
     sends = [m["wall"] for m in nq_sim.record()["received"] if m.get("name") == "placeOrder"
              and not m.get("order", {}).get("whatIf")]
     assert not [t for t in sends if lost.at + 0.2 < t < back.at]     # nothing sent while degraded

@@ -4,7 +4,7 @@ tracker's handling of events it cannot place."""
 
 from __future__ import annotations
 
-from venues import simulate_on
+from venues import refused, simulate_on
 
 import numpy as np
 import pytest
@@ -320,10 +320,7 @@ class _Refusing(SimBroker):
     def place(self, order):
         if order.order_type != self.refuse or order.legs:
             return super().place(order)
-        now = self.clock if self.clock is not None else self._now(order.symbol)
-        why = "Order rejected - reason: stop orders are not allowed for this account"
-        self._events += [E.BrokerError(order.ref, 201, why, now),
-                         E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why)]
+        self._events += refused(self, order, "Order rejected - reason: stop orders are not allowed for this account")
         return order.ref
 
 
@@ -436,15 +433,12 @@ def test_a_stop_move_the_broker_refuses_leaves_the_kernel_at_the_stop_the_broker
 class _RefusesTheFirstClose(SimBroker):
     """Refuses the first market sell it is sent (IB's 201), takes every other order."""
 
-    refused: list = []
+    took: list = []
 
     def place(self, order):
-        if order.order_type == "market" and order.action == "sell" and not type(self).refused:
-            type(self).refused.append(order.ref)
-            now = self.clock if self.clock is not None else self._now(order.symbol)
-            why = "Order rejected - reason: Insufficient margin"
-            self._events += [E.BrokerError(order.ref, 201, why, now),
-                             E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why)]
+        if order.order_type == "market" and order.action == "sell" and not type(self).took:
+            type(self).took.append(order.ref)
+            self._events += refused(self, order, "Order rejected - reason: Insufficient margin")
             return order.ref
         return super().place(order)
 
@@ -459,10 +453,10 @@ def test_entries_stopped_by_a_refused_close_go_on_once_that_position_is_closed()
 
     root = Path(__file__).resolve().parents[1]
     prep = bt.prepare(root / "strategies" / "sma_crossover.yaml")
-    _RefusesTheFirstClose.refused = []
+    _RefusesTheFirstClose.took = []
     result = simulate_on(_RefusesTheFirstClose, prep, run_id="f")
     runner, trades = result.runner, result.ledger.trades
-    assert len(_RefusesTheFirstClose.refused) == 1
+    assert len(_RefusesTheFirstClose.took) == 1
     assert any(m.startswith("the close of SPY (death cross) was refused by the broker") for _, m in runner.errors)
     resumed = [(t, m) for t, m in runner.errors if m.startswith("SPY is flat (") and "entries go on" in m]
     assert len(resumed) == 1 and not runner.halted
@@ -475,10 +469,7 @@ class _RefusesStopsAndCloses(_Refusing):
 
     def place(self, order):
         if order.order_type == "market" and order.action == "sell":
-            now = self.clock if self.clock is not None else self._now(order.symbol)
-            why = "Order rejected - reason: the account may not sell"
-            self._events += [E.BrokerError(order.ref, 201, why, now),
-                             E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why)]
+            self._events += refused(self, order, "Order rejected - reason: the account may not sell")
             return order.ref
         return super().place(order)
 

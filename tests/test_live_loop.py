@@ -233,12 +233,9 @@ class _RefusesStopsLater(SimBroker):
     def place(self, order):
         if order.order_type != "stop":
             return super().place(order)
-        from engine.brokers import events as E
+        from venues import refused
 
-        now = self.clock if self.clock is not None else self._now(order.symbol)
-        why = "Order rejected - reason: stop orders are not allowed for this account"
-        self._next += [E.BrokerError(order.ref, 201, why, now),
-                       E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0, now, why)]
+        self._next += refused(self, order, "Order rejected - reason: stop orders are not allowed for this account")
         return order.ref
 
     def events(self):

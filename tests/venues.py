@@ -25,3 +25,12 @@ def simulate_on(venue_class, prep, **kw):
 
     with venue(venue_class):
         return session.simulate(prep, streaming=False, **kw)
+
+
+def refused(venue, order, why: str) -> list:
+    """The events of a venue refusing `order` (IB's 201, final): the error, then its status."""
+    from engine.brokers import events as E
+
+    now = venue.clock if venue.clock is not None else venue._now(order.symbol)
+    return [E.BrokerError(order.ref, 201, why, now), E.OrderStatus(order.ref, E.REJECTED, 0.0, order.quantity, 0.0,
+                                                                   now, why)]

@@ -174,14 +174,20 @@ def break_gaps(x: np.ndarray, y: np.ndarray, factor: float = 5.0) -> tuple[np.nd
     night and the weekend between two sessions of intraday bars. Daily bars' weekends and
     holidays (three or four times their spacing) stay joined."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.size < 3:
-        return x, y
-    step = np.diff(x)
-    usual = float(np.median(step))
-    gaps = np.flatnonzero(step > factor * usual) + 1 if usual > 0 else np.array([], dtype=int)
+    gaps = _gap_ends(x, factor)
     if not gaps.size:
         return x, y
     return np.insert(x, gaps, np.nan), np.insert(y, gaps, np.nan)
+
+
+def _gap_ends(x: np.ndarray, factor: float) -> np.ndarray:
+    """The indices of the points that follow a gap: further from the point before than `factor`
+    times the usual (median) spacing; none for fewer than 3 points."""
+    if x.size < 3:
+        return np.array([], dtype=int)
+    step = np.diff(x)
+    usual = float(np.median(step))
+    return np.flatnonzero(step > factor * usual) + 1 if usual > 0 else np.array([], dtype=int)
 
 
 def hold_gaps(x: np.ndarray, y: np.ndarray, factor: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
@@ -191,11 +197,7 @@ def hold_gaps(x: np.ndarray, y: np.ndarray, factor: float = 5.0) -> tuple[np.nda
     the night as if the account had changed through it. For equity and drawdown, which have a
     value through the night; a price has none (break_gaps)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.size < 3:
-        return x, y
-    step = np.diff(x)
-    usual = float(np.median(step))
-    gaps = np.flatnonzero(step > factor * usual) + 1 if usual > 0 else np.array([], dtype=int)
+    gaps = _gap_ends(x, factor)
     if not gaps.size:
         return x, y
     return np.insert(x, gaps, x[gaps]), np.insert(y, gaps, y[gaps - 1])

@@ -148,15 +148,20 @@ def test_a_margin_rejection_is_journaled_and_the_strategy_keeps_trading(nq_sim, 
     assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
 
 
+def _nq_with_exit(tmp_path, rule: str) -> Path:
+    """The NQ crossover with one more exit rule (a flow-style mapping) first among its exits."""
+    strategy = tmp_path / NQ.name
+    strategy.write_text(NQ.read_text().replace("exit:\n", f"exit:\n  - {rule}\n"))
+    return strategy
+
+
 def test_a_refused_stop_is_not_sent_again_and_its_position_is_closed_at_market(nq_sim, tmp_path, expect_errors):
     """IB refuses the first protective stop (201): the journal has it rejected with IB's reason;
     it is not sent again (no retry loop); the position it was to protect is closed at market at
     once, the trade saying why; the next position's stop rests at IB."""
     expect_errors(201, 202)       # (202: the later stops cancelled when the crossover closes their positions)
     nq_sim.reject_next_order("stop orders are not allowed for this account", order_type="STP")
-    strategy = tmp_path / NQ.name
-    strategy.write_text(NQ.read_text().replace(
-        "exit:\n", "exit:\n  - {name: stop, stop: position.entry_price - 300, reason: a far stop}\n"))
+    strategy = _nq_with_exit(tmp_path, "{name: stop, stop: position.entry_price - 300, reason: a far stop}")
     journal = tmp_path / "j.sqlite"
     out = qrun(nq_sim, strategy, journal, seconds=10)
     assert out.exit_code == 0, out.output
@@ -184,9 +189,7 @@ def test_stop_moves_ib_refuses_leave_the_stop_where_ib_holds_it_and_the_run_goes
     stops are IB's."""
     expect_errors(105, 202)
     nq_sim.refuse_modifies()
-    strategy = tmp_path / NQ.name
-    strategy.write_text(NQ.read_text().replace(
-        "exit:\n", "exit:\n  - {name: trail, stop: close - 300, reason: a trailing stop}\n"))
+    strategy = _nq_with_exit(tmp_path, "{name: trail, stop: close - 300, reason: a trailing stop}")
     journal = tmp_path / "j.sqlite"
     out = qrun(nq_sim, strategy, journal, seconds=10)
     assert out.exit_code == 0, out.output

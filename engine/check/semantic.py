@@ -437,7 +437,8 @@ class StrategyCheck(DocumentCheck):
         scope = base_scope(params)
         misspelt = self._misspelt_sections()
         for key, section in misspelt:
-            line = self.doc.diag((key,), "", key=True).line
+            mark = self.doc.marks.key((key,))
+            line = mark.line if mark else 1
             for name in self.doc.get((key,)):
                 if name not in scope.names:
                     scope.misplaced[str(name)] = (f"it is defined under '{key}' (line {line}), which is not a "

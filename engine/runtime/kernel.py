@@ -805,9 +805,7 @@ class Kernel(RunState):
         if ev.ref is not None and ev.ref in self.orders_by_ref:
             # about one of our orders: journaled; its outcome (rejected, cancelled, still working
             # with a warning) comes as that order's status, and the strategy goes on
-            self.errors.append((self._now, message))
-            if self.recorder is not None:
-                self.recorder.error(self._now, message)
+            self._journal_error(message)
             return
         self._error(message)
 
@@ -832,37 +830,29 @@ class Kernel(RunState):
         if tr.record.intent is wanted:
             tr.record.intent = held
         tr.intent = held
+        diffs = [(name, new, old) for name, new, old in (("quantity", wanted.quantity, held.quantity),
+                                                          ("limit", wanted.limit, held.limit),
+                                                          ("stop", wanted.stop, held.stop)) if new != old]
         if ev.final:
-            refused = tr.refused_to if tr.refused_to is not None else set()
-            for name, new, old in (("quantity", wanted.quantity, held.quantity), ("limit", wanted.limit, held.limit),
-                                   ("stop", wanted.stop, held.stop)):
-                if new != old:
-                    refused.add((name, new))
-            tr.refused_to = refused
+            tr.refused_to = (tr.refused_to or set()) | {(name, new) for name, new, _ in diffs}
         what = {"stop": "stop", "target": "target"}.get(tr.role, "order")
-        changes = [f"{name} {new:g} (it stays at {old:g})" for name, new, old in
-                   (("quantity", wanted.quantity, held.quantity), ("limit", wanted.limit, held.limit),
-                    ("stop", wanted.stop, held.stop)) if new is not None and old is not None and new != old]
+        changes = [f"{name} {new:g} (it stays at {old:g})" for name, new, old in diffs
+                   if new is not None and old is not None]
+        # journaled, and said as it happens by a live loop (the only runs whose venue refuses a modify)
         text = (f"the {what} {ev.ref} of {tr.symbol} was not changed to {', '.join(changes) or 'its new values'}: "
                 f"{ev.reason}" + ("" if ev.final else "; asked again at the next close"))
-        self._outcome(tr, text)
         if (tr.role == "stop" or tr.role == "target") and wanted.quantity != held.quantity:
             pos = self.ledger.positions.get(tr.lane.slot)
             if pos is not None and abs(pos.quantity) > held.quantity + 1e-9:
                 self._error(f"{text}; it covers {held.quantity:g} of the position's {abs(pos.quantity):g}")
                 return
-        self.errors.append((self._now, text))
-        if self.recorder is not None:
-            self.recorder.error(self._now, text)
+        self._journal_error(text)
 
     _LOST = "the connection to the broker was lost"
 
     def _on_lost(self, ev: E.ConnectionLost) -> None:
         """Journaled; new entries wait until the connection is restored (exits go on)."""
-        message = f"connection lost: {ev.reason}"
-        self.errors.append((self._now, message))
-        if self.recorder is not None:
-            self.recorder.error(self._now, message)
+        self._journal_error(f"connection lost: {ev.reason}")
         self.halted = self.halted or self._LOST
 
     def _on_restored(self, ev: E.ConnectionRestored) -> None:
@@ -1127,10 +1117,7 @@ class Kernel(RunState):
         if refused is not None and self.halted == refused:
             # the position whose refused close stopped new entries is closed now: they go on
             self.halted = ""
-            text = f"{symbol} is flat ({tag} closed it): entries go on after '{refused}'"
-            self.errors.append((self._now, text))
-            if self.recorder is not None:
-                self.recorder.error(self._now, text)
+            self._journal_error(f"{symbol} is flat ({tag} closed it): entries go on after '{refused}'")
         if tr.exit_kind == "roll" and st.roll is not None:
             # the move made in the contract left is carried into the next (the back-adjustment);
             # a roll is no win or loss of the strategy's (the circuit breaker's streak)
@@ -2458,10 +2445,15 @@ class Kernel(RunState):
             self.recorder.status(rec)
 
     def _error(self, message: str) -> None:
+        """An error that stops new entries (journaled)."""
+        self._journal_error(message)
+        self.halted = self.halted or message
+
+    def _journal_error(self, message: str) -> None:
+        """An error journaled (and said by a live loop as it happens); the strategy goes on."""
         self.errors.append((self._now, message))
         if self.recorder is not None:
             self.recorder.error(self._now, message)
-        self.halted = self.halted or message
 
     def measure_trades(self) -> None:
         """The MAE and MFE of the round trips closed since the last call, over the bars each was

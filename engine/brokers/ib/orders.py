@@ -287,7 +287,6 @@ class Orders:
         self.what_if_timeout = what_if_timeout
         self.query_timeout = query_timeout
         self.read_only = read_only
-        self._unsent = ""                # why the last modify or cancel was not sent (_live_trade)
         self._by_ref: dict[str, _Tracked] = {}
         self._by_perm: dict[int, _Tracked] = {}
         self._by_order_id: dict[int, _Tracked] = {}   # this session's order ids only
@@ -352,10 +351,10 @@ class Orders:
                 self._emit(E.BrokerError(ref, LOCAL, f"modify not sent: {why}", self._clock()))
                 self._not_modified(tr, f"not sent: {why}", final=True)
                 return
-        trade = self._live_trade(tr, "modify")
+        trade, why = self._live_trade(tr, "modify")
         if trade is None:
             if not tr.done:
-                self._not_modified(tr, f"not sent: {self._unsent}", final=False)
+                self._not_modified(tr, f"not sent: {why}", final=False)
             return
         o = trade.order
         before = (o.totalQuantity, o.lmtPrice, o.auxPrice)
@@ -391,7 +390,7 @@ class Orders:
         tr = self._tracked(ref)
         if self._refused(tr, "cancel"):
             return
-        trade = self._live_trade(tr, "cancel")
+        trade, _ = self._live_trade(tr, "cancel")
         if trade is None:
             return
         try:
@@ -669,9 +668,10 @@ class Orders:
             return True
         return tr.done
 
-    def _live_trade(self, tr: _Tracked, what: str) -> Trade | None:
+    def _live_trade(self, tr: _Tracked, what: str) -> tuple[Trade | None, str]:
         """The order's working Trade, re-found after a reconnect and re-queried when ib_async
-        marked it done on an error IB did not mean that way; None (with a BrokerError) if none."""
+        marked it done on an error IB did not mean that way; (None, why nothing was sent) with a
+        BrokerError if there is none ('' for an order done meanwhile, whose status says why)."""
         if tr.trade is None:
             found = [t for t in self._ib.openTrades() if self._same(tr, t)]
             if found:
@@ -679,7 +679,7 @@ class Orders:
         if tr.trade is not None and tr.trade.isDone() and tr.check:
             self.settle()
         if tr.done:
-            return None
+            return None, ""
         trade = tr.trade
         mine = trade is not None and trade.order.clientId == self._ib.client.clientId
         if trade is None or trade.isDone() or not mine or not self._ib.isConnected():
@@ -688,9 +688,8 @@ class Orders:
                 f"IB reports it {trade.orderStatus.status}" if trade.isDone() else \
                 f"it was placed by clientId {trade.order.clientId}, and IB lets only that client change it"
             self._emit(E.BrokerError(tr.order.ref, LOCAL, f"{what} not sent: {why}", self._clock()))
-            self._unsent = why
-            return None
-        return trade
+            return None, why
+        return trade, ""
 
     def _reject_locally(self, order: E.Order, reason: str) -> None:
         self._emit(E.OrderStatus(order.ref, E.REJECTED, 0.0, float(order.quantity) if real(order.quantity) else 0.0,

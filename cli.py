@@ -863,7 +863,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     _report_missing(prep)
     printed = []
     text = fmt == "text"
-    show = _order_printer(printed, text, prep.timezone)
+    show = _order_printer(printed, text, prep.timezone, simulated=dry_run)
 
     mode = "dry-run" if dry_run else "paper (simulator)"
     if text:
@@ -975,7 +975,8 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
         sys.exit(EXIT_USAGE)
     text = fmt == "text"
     printed = []
-    show = _order_printer(printed, text, doc.get(("schedule", "timezone")) or "America/New_York")
+    show = _order_printer(printed, text, doc.get(("schedule", "timezone")) or "America/New_York",
+                          simulated=dry_run)
 
     def say(line: str) -> None:
         if text:
@@ -1069,18 +1070,48 @@ def _price(value: float) -> str:
     return f"{value:.4f}"
 
 
-def _order_printer(printed: list, text: bool, timezone: str):
+def _order_printer(printed: list, text: bool, timezone: str, simulated: bool = False):
     """The kernel's on_order for `run`: each order kept in `printed` and, in text mode, printed as
-    a trader reads it (a combo with its legs and chase plan); what became of it on its own line."""
+    a trader reads it (a combo with its legs and chase plan); what became of it (its fill, or why
+    not) on its own line. `simulated`: a dry run, whose fills are its simulated wallet's."""
     def show(info: dict) -> None:
-        if info.get("kind") == "outcome":
+        kind = info.get("kind")
+        if kind == "outcome":
             if text:
                 _safe_echo(f"    -> {info['tag']}: {info['text']}")
+            return
+        if kind == "fill":
+            if text:
+                _safe_echo(f"    -> {info['tag']}: {_describe_fill(info, simulated)}")
             return
         printed.append(info)
         if text:
             _safe_echo(_describe_intent(info) if info.get("quote") is not None else _describe_order(info, timezone))
     return show
+
+
+def _describe_fill(info: dict, simulated: bool) -> str:
+    """An order's fill as a trader reads it: how much at what average price and when, the
+    commission, and for a close the round trip's P&L (net of both commissions)."""
+    quantity, ordered = info["quantity"], info["ordered"]
+    done = f"{quantity:g}" if quantity >= ordered - 1e-9 else f"{quantity:g} of {ordered:g}"
+    contract = f" {info['contract']}" if info.get("contract") else ""
+    line = f"{'simulated fill' if simulated else 'filled'} {done}{contract} at {_price(info['price'])}"
+    if info.get("when"):
+        line += f" ({info['when']})"
+    if info.get("how"):
+        line += f" {info['how']}"
+    if info.get("commission"):
+        line += f", commission {info['commission']:,.2f}"
+    if info.get("pnl") is not None:
+        line += f"; round trip P&L {info['pnl']:+,.2f}"
+    return line
+
+
+def _price(value: float) -> str:
+    """A fill price to the cent, or to the hundredth of a cent where it went at a finer tick."""
+    text = f"{value:,.4f}".rstrip("0")
+    return text + "0" * max(0, 2 - len(text.partition(".")[2]))
 
 
 def _open_journal(journal_path: str):
@@ -1109,6 +1140,8 @@ def _describe_order(info: dict, timezone: str) -> str:
     intent = info["intent"]
     if info.get("role") == "combo_exit":      # a BAG order closing the combo: its price is a debit or credit
         intent = replace(intent, symbol=f"{intent.symbol} {info['order']} combo")
+    elif info.get("contract") and info["contract"] != intent.symbol:     # a futures root: the contract it goes to
+        intent = replace(intent, symbol=f"{intent.symbol} ({info['contract']})")
     when = pd.Timestamp(info["time"], tz="UTC").tz_convert(timezone)
     stamp = info.get("when") or f"{when:%Y-%m-%d %H:%M}"
     line = f"{stamp}  {intent.describe()}"

@@ -65,6 +65,27 @@ def test_the_dry_run_prints_the_orders_the_paper_run_sends(tmp_path):
     assert "why: rule 'golden cross' fired: crosses_above(sma(close, 10), sma(close, 30)): yes" in dry.output
 
 
+def test_each_fill_is_printed_as_it_happens_with_a_closes_round_trip_pnl(tmp_path):
+    runner = CliRunner()
+    args = ["run", SMA, "--broker", "sim", "--from", "2012-01-01", "--to", "2016-12-31", "--format"]
+    paper = runner.invoke(cli.main, [*args, "text", "--journal", str(tmp_path / "p.sqlite")])
+    dry = runner.invoke(cli.main, [*args, "text", "--dry-run", "--journal", str(tmp_path / "d.sqlite")])
+    back = _json(["backtest", SMA, "--from", "2012-01-01", "--to", "2016-12-31", "--no-progress"], tmp_path, "b")
+    assert paper.exit_code == 0 and dry.exit_code == 0, paper.output + dry.output
+    fill = re.compile(r"^    -> (qtrade:sma-crossover:\d+): (filled|simulated fill) (\d+) at ([\d,.]+) "
+                      r"\((\d{4}-\d\d-\d\d) open\)(?:; round trip P&L ([+-][\d,.]+))?$", re.M)
+    order = re.compile(r"^(\d{4}-\d\d-\d\d) open  (?:BUY|SELL) (\d+) SPY MKT DAY \[[^\]]+\] (\S+)$", re.M)
+    for out, word in ((paper.output, "filled"), (dry.output, "simulated fill")):
+        fills, orders = fill.findall(out), order.findall(out)
+        # every order sent is followed by its fill, the same quantity on the day it went
+        assert [(tag, qty, day) for tag, _, qty, _, day, _ in fills] == [(tag, qty, day) for day, qty, tag in orders]
+        assert {how for _, how, *_ in fills} == {word}
+        closes = [float(pnl.replace(",", "")) for *_, pnl in fills if pnl]
+        assert len(closes) == back["summary"]["trades"]
+        # the round trips' P&L printed (to the cent) add up to the backtest's (net of commissions)
+        assert abs(sum(closes) - len(closes) * back["summary"]["expectancy"]) <= 0.005 * len(closes) + 1e-6
+
+
 def test_a_journal_of_a_dry_run_says_nothing_was_transmitted_as_filled_at_a_broker(tmp_path):
     import sqlite3
 
@@ -179,3 +200,19 @@ def test_the_dry_run_prints_the_protective_orders_a_paper_run_sends_and_their_ca
             con.close()
         assert [tag for *_, tag in printed] == journaled
         assert f"{len(journaled)} orders {said}" in out.output
+
+
+ES_WEEK = Path(__file__).resolve().parents[2] / "shared" / "data" / "quantconnect_lean" / "decoded" / \
+    "es_minute_trade_by_contract_2013-10-07_to_2013-10-11.csv"
+
+
+@pytest.mark.skipif(not ES_WEEK.is_file(), reason="../shared/data is not present")
+def test_a_futures_order_and_its_fill_name_the_contract_they_go_to(tmp_path):
+    """ES is a root: each order line says the contract it is sent in (ESZ3 that week), and so does
+    each fill line."""
+    out = CliRunner().invoke(cli.main, ["run", "strategies/futures_breakout_es.yaml", "--broker", "sim", "--days", "30",
+                                        "--journal", str(tmp_path / "j.sqlite")])
+    assert out.exit_code == 0, out.output
+    orders = re.findall(r"^\S+ \S+  (?:BUY|SELL) 1 ES (\S+) ", out.output, re.M)
+    fills = re.findall(r"^    -> \S+: filled 1 (\S+) at ", out.output, re.M)
+    assert orders and fills and set(orders) == {"(ESZ3)"} and set(fills) == {"ESZ3"}, out.output

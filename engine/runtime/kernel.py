@@ -341,6 +341,16 @@ class Kernel(RunState):
             self.on_order({"kind": "outcome", "symbol": tr.symbol, "tag": tr.intent.tag, "text": text,
                            "when": self.when(tr.symbol)})
 
+    def _filled(self, tr: _Tracked, price: float, pnl: float | None = None, how: str = "") -> None:
+        """A printed order filled (wholly, or in part before the venue ended it): what, at what
+        average price and when, and for a close the round trip's P&L, for the reader of a dry run
+        or a paper run."""
+        if self.on_order is not None and tr.sent:
+            self.on_order({"kind": "fill", "symbol": tr.symbol, "tag": tr.intent.tag, "time": tr.last_time,
+                           "when": self.when(tr.symbol, tr.last_time), "action": tr.intent.action,
+                           "quantity": tr.filled, "ordered": float(tr.intent.quantity or 0.0), "price": price,
+                           "commission": tr.commission, "pnl": pnl, "contract": tr.contract, "how": how})
+
     def _tick(self, time: int) -> None:
         self._now = time
         self.venue.at(time)
@@ -671,7 +681,7 @@ class Kernel(RunState):
         and the values it compared."""
         return {"kind": "order", "time": time, "when": self.when(tr.symbol, time), "symbol": tr.symbol,
                 "rule": tr.intent.rule, "order": tr.rule.order, "intent": tr.intent, "why": tr.why, "quote": None,
-                "role": tr.role}
+                "role": tr.role, "contract": tr.contract}
 
     def _entry_quantity(self, tr: _Tracked, b: SymbolBars, k: int) -> float | None:
         """The entry's quantity at the price it will fill near, after the risk caps and the funds
@@ -1079,9 +1089,11 @@ class Kernel(RunState):
         ledger = self.ledger
         slot = st.slot
         if role == "roll":
+            self._filled(tr, price)
             self._rolled(tr, st, fill, k=tr.last_bar)
             return
         if role == "entry":
+            self._filled(tr, price)
             if slot in ledger.positions:      # pyramiding: the entry adds to the position
                 pos = ledger.add(fill, key=slot)
                 st.entries += 1
@@ -1101,11 +1113,13 @@ class Kernel(RunState):
             self._decide(symbol, rule.name, "exit", "fired", rule.reason)
         pos = ledger.positions.get(slot)
         if pos is None or abs(pos.quantity + fill.signed) > 1e-9:
+            self._filled(tr, price)
             self._error(f"{tag} filled {tr.filled:g} {it.action}, which does not close the position "
                         f"({pos.quantity if pos else 0:g} held)")
             return
         held = pos.quantity
         trade = ledger.close(fill, rule.reason or rule.name, key=slot)     # no reason: the rule's name
+        self._filled(tr, price, trade.pnl)
         index = self._trade_of[tag] = len(ledger.trades) - 1
         self._unmeasured.append((index, b.of(pos.contract), pos.entry_bar, tr.last_bar, pos.avg_price, price,
                                  held > 0, abs(held) * pos.multiplier))
@@ -2070,7 +2084,7 @@ class Kernel(RunState):
         price = self._average(tr)
         step = prices.index(price) if price in prices else len(prices) - 1
         how = f"filled at {price:.2f} on step {step + 1} of {len(prices)}" if prices else info.get("how", "")
-        self._outcome(tr, how if prices else f"filled at {price:.2f} (the natural price)")
+        self._filled(tr, price, how=f"on step {step + 1} of {len(prices)}" if prices else "at the natural price")
         if tr.role == "combo_exit":
             self._combo_closed(st, tr, price, how, ev.time)
             return

@@ -1063,11 +1063,10 @@ def _say_blocked(blocked: list, journal_path: str, run_id: str, hint: bool) -> N
 
 def _price(value: float) -> str:
     """A price with two decimals, or as many more (up to four) as it has: a mid of 0.235 is not
-    printed as 0.23 beside a why that says 0.235."""
-    for decimals in (2, 3, 4):
-        if abs(round(value, decimals) - value) < 1e-9:
-            return f"{value:.{decimals}f}"
-    return f"{value:.4f}"
+    printed as 0.23 beside a why that says 0.235, and a price read from a file as 217.559998 is
+    217.56."""
+    text = f"{value:.4f}".rstrip("0")
+    return text + "0" * max(0, 2 - len(text.partition(".")[2]))
 
 
 def _order_printer(printed: list, text: bool, timezone: str, simulated: bool = False):
@@ -1106,12 +1105,6 @@ def _describe_fill(info: dict, simulated: bool) -> str:
     if info.get("pnl") is not None:
         line += f"; round trip P&L {info['pnl']:+,.2f}"
     return line
-
-
-def _price(value: float) -> str:
-    """A fill price to the cent, or to the hundredth of a cent where it went at a finer tick."""
-    text = f"{value:,.4f}".rstrip("0")
-    return text + "0" * max(0, 2 - len(text.partition(".")[2]))
 
 
 def _open_journal(journal_path: str):

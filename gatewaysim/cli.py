@@ -61,8 +61,10 @@ def run(port: int, data, account: str, speed: float, scenario, control_port, sta
                 pass
         symbols = sorted(sim.series)
         extra = f", control port {control.sockets[0].getsockname()[1]}" if control else ""
+        names = ", ".join(symbols[:8]) + (f" and {len(symbols) - 8} more" if len(symbols) > 8 else "")
         echo(f"gateway-sim: listening on 127.0.0.1:{bound} as account {account} "
-             f"({len(symbols)} symbols from {sim.data_dir}, simulated time {sim.now():%Y-%m-%d %H:%M} UTC, "
+             f"({len(symbols)} symbol{'s' * (len(symbols) != 1)}: {names}, from {sim.data_dir}; "
+             f"simulated time {sim.now():%Y-%m-%d %H:%M} UTC, "
              f"speed {speed:g}{extra}); connect any TWS API client (ib_async: IB().connect('127.0.0.1', {bound}, "
              f"clientId=1)), or trade on it: qtrade run STRATEGY --broker ib --port {bound}", flush=True)
         await stop.wait()

@@ -165,6 +165,9 @@ class GatewaySim:
                                 f"simulated start {start_at:%Y-%m-%d}; start inside its dates, e.g. --start '{first} 10:00'")
         self.market = Market(self.series, self.clock)
         self.market.vendor = vendor
+        # where each symbol's bars end: past it its market stands still, which is said once
+        self.data_ends = {sym: s.span(len(s.t) - 1)[1] for sym, s in self.series.items() if len(s.t)}
+        self.said_ended: set[str] = set()
         self.book = Book(account, cash)
         self.accounts = [account]
         self.host = host
@@ -470,9 +473,30 @@ class GatewaySim:
                 log.error("tick loop: %s: %s", type(exc).__name__, exc)
                 self.record_event("internal_error", message="tick", error=f"{type(exc).__name__}: {exc}")
 
+    def _say_data_ended(self) -> None:
+        """Once per symbol: simulated time went past its last bar, so its quotes stand still at
+        the last close and no bar of it completes any more."""
+        now = self.clock.now_ns()
+        ended = sorted(sym for sym, end in self.data_ends.items() if end <= now and sym not in self.said_ended)
+        if not ended:
+            return
+        self.said_ended.update(ended)
+        last = max(self.data_ends[sym] for sym in ended)
+        log.warning("simulated time %s UTC is past the last bar of %s in the data (%s UTC): %s stand at the last "
+                    "close and no bar of %s completes any more; restart with --start inside the data to replay it",
+                    f"{self.now():%Y-%m-%d %H:%M}", ", ".join(ended),
+                    ("" if len(ended) == 1 else "the last by ")
+                    + f"{dt.datetime.fromtimestamp(last / 1e9, dt.timezone.utc):%Y-%m-%d %H:%M}",
+                    "its quotes" if len(ended) == 1 else "their quotes",
+                    "it" if len(ended) == 1 else "them")
+        for sym in ended:
+            self.record_event("data_ended", symbol=sym, at=self.data_ends[sym])
+
     def step(self) -> None:
         """One pass: push changed quotes, re-run matching on resting orders, keep-up-to-date bars."""
         f = self.faults
+        if len(self.said_ended) < len(self.data_ends):
+            self._say_data_ended()
         if not f["connectivity_lost"]:
             self.match_all()
         quiet = f["connectivity_lost"] or f["farm_broken"]

@@ -119,6 +119,26 @@ def test_bad_data_dir_is_a_clear_error(tmp_path):
         GatewaySim(tmp_path)
 
 
+def test_running_past_the_end_of_the_data_is_said_once(caplog):
+    # the sample's XSP minute bars end at 16:00 New York that day, its VIX daily bars in December;
+    # its AAPL, INTC and SPY daily bars ended years before
+    sim = GatewaySim(start="2019-11-08 15:55", speed=1)
+
+    def said():
+        return [r.getMessage() for r in caplog.records if "past the last bar" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="gatewaysim"):
+        sim.step()
+        sim.step()
+        assert len(said()) == 1 and "past the last bar of AAPL, INTC, SPY in the data (the last by 2018-01-19 21:00 UTC): " \
+            "their quotes stand at the last close" in said()[0] and "--start" in said()[0], said()
+        sim.clock.advance(6 * 60)
+        sim.step()
+        sim.step()
+    assert len(said()) == 2 and "past the last bar of XSP in the data (2019-11-08 21:00 UTC): its quotes stands" \
+        not in said()[1] and "of XSP in the data (2019-11-08 21:00 UTC): its quotes stand at" in said()[1], said()
+    assert [e["symbol"] for e in sim.events if e["kind"] == "data_ended"] == ["AAPL", "INTC", "SPY", "XSP"]
+
+
 def test_cli_bad_data_exits_2_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "gateway-sim", "--data", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -135,6 +155,7 @@ def test_cli_prints_one_line_serves_and_stops_on_sigterm(tmp_path):
     try:
         line = proc.stdout.readline()
         assert "listening on 127.0.0.1:" in line and "qtrade run" in line
+        assert "5 symbols: AAPL, INTC, SPY, VIX, XSP, from " in line, line     # it names what it replays
         port = int(line.split("127.0.0.1:")[1].split()[0])
         ib = IB()
         ib.connect("127.0.0.1", port, clientId=3, timeout=3)

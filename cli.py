@@ -922,7 +922,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     _safe_echo(f"{chr(10) if printed or waiting else ''}{len(printed)} order{'s' * (len(printed) != 1)} "
                f"{'would have been sent' if dry_run else 'sent to the simulator'}"
                f"{f' (and {len(waiting)} decided for the next open)' if waiting else ''}; "
-               f"{len(blocked)} entr{'ies' if len(blocked) != 1 else 'y'} blocked")
+               f"{_blocked_count(blocked)}")
     _say_blocked(blocked, journal_path, result.run_id, hint=False)
     for _, message in errors[:5]:
         _safe_echo(f"  error: {message}")
@@ -1041,22 +1041,44 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
         _safe_echo(f"  not confirmed cancelled: {', '.join(outcome.unconfirmed)} (check TWS)")
     blocked = [d for d in kernel.decisions if d.outcome == "blocked"]
     if blocked:
-        _safe_echo(f"{len(blocked)} entr{'ies' if len(blocked) != 1 else 'y'} blocked")
+        _safe_echo(_blocked_count(blocked))
     _say_blocked(blocked, journal_path, outcome.run_id, hint=True)
     for _, message in kernel.errors[:5]:
         _safe_echo(f"  error: {message}")
     _safe_echo(f"journal: {journal_path} (run {outcome.run_id})")
 
 
+def _blocked_count(blocked: list) -> str:
+    """How many entries were blocked, and the exits apart (an exit that could not go: a close not
+    filled at the natural price, to be decided again)."""
+    exits = sum(d.kind == "exit" for d in blocked)
+    entries = len(blocked) - exits
+    return f"{entries} entr{'ies' if entries != 1 else 'y'} blocked" + \
+        (f", {exits} exit{'s' * (exits != 1)} held back" if exits else "")
+
+
 def _say_blocked(blocked: list, journal_path: str, run_id: str, hint: bool) -> None:
-    """The last few reasons entries were blocked, each once (with how many times it recurred), and
-    with `hint` where the journal has them all."""
-    seen: dict[tuple, int] = {}
+    """The last few reasons entries (or exits) were blocked, each once (with how many times it
+    recurred), what is left unsaid, and with `hint` where the journal has them all."""
+    from engine.report.why import reason_pattern, value_range
+
+    seen: dict[tuple, list] = {}
     for d in blocked:
-        key = (d.rule, d.symbol, d.reason)
-        seen[key] = seen.pop(key, 0) + 1          # re-inserted: the most recent last
-    for (rule, symbol, reason), times in list(seen.items())[-5:]:
-        _safe_echo(f"  blocked {rule!r} on {symbol}: {reason}" + (f" ({times} times)" if times > 1 else ""))
+        # one reason in different numbers ("credit = 0.185: 0.185 >= 0.2 no", "credit = 0.175: ...")
+        # is one line: the most recent wording, how many times, and the range the value took
+        key = (d.kind, d.rule, d.symbol, reason_pattern(d.reason))
+        seen[key] = seen.pop(key, []) + [d.reason]          # re-inserted: the most recent last
+    shown = list(seen.items())[-5:]
+    for (kind, rule, symbol, _), reasons in shown:
+        times = f"{len(reasons)} times" if len(reasons) > 1 else ""
+        spread = value_range(set(reasons))
+        times += f", {spread}" if spread else ""
+        _safe_echo(f"  blocked {'exit ' if kind == 'exit' else ''}{rule!r} on {symbol}: {reasons[-1]}"
+                   + (f" ({times})" if times else ""))
+    rest = len(blocked) - sum(len(reasons) for _, reasons in shown)
+    if rest:
+        _safe_echo(f"  ... and {rest} more, for {len(seen) - len(shown)} other reason"
+                   f"{'s' * (len(seen) - len(shown) != 1)}")
     if blocked and hint:
         _safe_echo(f"  all the reasons: qtrade why {journal_path} --run {run_id}")
 
@@ -1100,10 +1122,14 @@ def _describe_fill(info: dict, simulated: bool) -> str:
         line += f" ({info['when']})"
     if info.get("how"):
         line += f" {info['how']}"
-    if info.get("commission"):
-        line += f", commission {info['commission']:,.2f}"
+    commission, pending = info.get("commission") or 0.0, info.get("commission_pending")
+    if pending:     # the venue reports it after the fill (IB's CommissionReport)
+        line += f", commission {commission:,.2f} so far, the rest to come" if commission else \
+            ", commission not reported yet"
+    elif commission:
+        line += f", commission {commission:,.2f}"
     if info.get("pnl") is not None:
-        line += f"; round trip P&L {info['pnl']:+,.2f}"
+        line += f"; round trip P&L {info['pnl']:+,.2f}" + (" before the commission still to come" if pending else "")
     return line
 
 

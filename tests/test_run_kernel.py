@@ -216,3 +216,29 @@ def test_a_futures_order_and_its_fill_name_the_contract_they_go_to(tmp_path):
     orders = re.findall(r"^\S+ \S+  (?:BUY|SELL) 1 ES (\S+) ", out.output, re.M)
     fills = re.findall(r"^    -> \S+: filled 1 (\S+) at ", out.output, re.M)
     assert orders and fills and set(orders) == {"(ESZ3)"} and set(fills) == {"ESZ3"}, out.output
+
+
+def test_blocked_entries_are_counted_apart_from_exits_and_one_reason_in_many_numbers_is_one_line(tmp_path):
+    out = CliRunner().invoke(cli.main, ["run", "strategies/iron_condor.yaml", "--broker", "sim", "--days", "5",
+                                        "--journal", str(tmp_path / "j.sqlite")])
+    assert out.exit_code == 0, out.output
+    count = int(re.search(r"; (\d+) entries blocked\n", out.output).group(1))
+    lines = re.findall(r"^  blocked 'calm market, enough credit' on XSP: credit = [\d.]+: [\d.]+ >= 0.2 no "
+                       r"\((\d+) times, from ([\d.]+) to ([\d.]+)\)$", out.output, re.M)
+    # the credits below min_credit (0.145 ... 0.195) are one cause, said once with its range
+    assert len(lines) == 1 and int(lines[0][0]) == count and float(lines[0][1]) < float(lines[0][2]) < 0.2, \
+        out.output
+    assert "... and" not in out.output
+
+    from engine.runtime.records import Decision
+    said = []
+    blocked = [Decision(0, "XSP", "held three bars", "exit", "blocked", "not filled at the natural price 0.62"),
+               *[Decision(0, "XSP", f"r{i}", "entry", "blocked", f"reason {chr(97 + i)}") for i in range(7)]]
+    assert cli._blocked_count(blocked) == "7 entries blocked, 1 exit held back"
+    cli._safe_echo, echo = said.append, cli._safe_echo
+    try:
+        cli._say_blocked(blocked, "j.sqlite", "run", hint=False)
+    finally:
+        cli._safe_echo = echo
+    assert said[-1] == "  ... and 3 more, for 3 other reasons" and len(said) == 6, said
+    assert said[0] == "  blocked 'r2' on XSP: reason c", said

@@ -26,6 +26,24 @@ def reason_pattern(reason: str) -> str:
     return _NUMBER.sub("#", _WEEKDAY.sub("(#)", reason or ""))
 
 
+def value_range(wordings) -> str:
+    """Where one reason's wordings differ in a number ("credit = 0.185: 0.185 >= 0.2 no" and the
+    same at 0.175), the range the first such number took: "from 0.175 to 0.185" ("" if none)."""
+    values = [_NUMBER.findall(w) for w in wordings]
+    if len(values) < 2 or len({len(v) for v in values}) != 1:
+        return ""
+    for i in range(len(values[0])):
+        column = {v[i] for v in values}
+        if len(column) > 1:
+            try:
+                numbers = [float(x.rstrip("%")) for x in column]
+            except ValueError:
+                return ""       # a date or a time: no range worth saying
+            low, high = min(numbers), max(numbers)
+            return f"from {low:g} to {high:g}"
+    return ""
+
+
 @dataclass
 class Group:
     rule: str
@@ -79,7 +97,8 @@ def top_reasons(decisions, outcome: str = "blocked", n: int = 3) -> list[tuple[s
         if o == outcome:
             counts.setdefault(reason_pattern(str(reason)), Counter())[str(reason)] += 1
     ranked = sorted(counts.values(), key=lambda c: -sum(c.values()))
-    return [(c.most_common(1)[0][0], sum(c.values())) for c in ranked[:n]]
+    return [(c.most_common(1)[0][0] + (f" ({spread})" if (spread := value_range(c)) else ""), sum(c.values()))
+            for c in ranked[:n]]
 
 
 def why_text(journal_path: str | Path, run_id: str | None = None, rule: str | None = None) -> str:

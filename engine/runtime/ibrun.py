@@ -774,7 +774,7 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     from .journal import new_run_id
     from .trading import live_guard
 
-    ib, journal, plan, spec, live, figures = run.ib, run.journal, run.plan, run.spec, run.live, run.figures
+    ib, journal, plan, live, figures = run.ib, run.journal, run.plan, run.live, run.figures
     say = run.say
 
     account = ib.account_id
@@ -784,6 +784,12 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     mode = "dry-run" if run.dry_run else ("live" if live else "paper")
     prefix = f"qtrade:{plan.name}:"
     run_id = new_run_id()
+    settings = getattr(ib, "settings", None)
+    where = f" at {settings.host}:{settings.port}" if settings is not None else ""
+    say(f"{plan.name}: {'LIVE' if mode == 'live' else mode} on IB account {account}"
+        f"{' (a paper account)' if ib.is_paper else ''}{where}, client id {ib.client_id}"
+        + ("; read-only: orders are printed and filled in a simulated wallet, nothing is transmitted"
+           if run.dry_run else ""))
     # reconcile before anything is sent
     t_rec = _time.monotonic()
     state = journal_state(journal, prefix, account)
@@ -793,7 +799,57 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
         ib.pump(0.5)
         report = ib.reconcile(state, prefix)
     figures["reconcile_seconds"] = round(_time.monotonic() - t_rec, 4)
-    # the warm-up from IB's history
+    # the warm-up from IB's history: IB's alerts meanwhile (a pacing wait, a farm) are said as they
+    # come, and journaled once the run has its entry
+    warm_alerts: list = []
+
+    def warm_alert(alert) -> None:
+        warm_alerts.append(alert)
+        say(alert_line(alert))
+    ib.on_alert = warm_alert
+    try:
+        prep, wanted_bars = _warm_up(run, strategy, overrides, state)
+    finally:
+        ib.on_alert = None
+    for s in prep.symbols:
+        if s in prep.frames:
+            use_ib_tick(prep, ib, s, say)
+    values = ib.account()
+    if values is None:
+        raise RunRefused(f"IB did not give account {account}'s values in time: nothing is sized without them", 1)
+    cash_now = values.equity
+    bt.start_run(prep, journal, mode, run_id, cash_now)
+    for alert in warm_alerts:
+        journal.note(run_id, _iso(alert.time or ib.now()), "alert", str(alert.code), alert.message)
+    # the account's net liquidation is the run's cash, not the strategy's backtest.cash
+    journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
+                       " '$.client_id', ?, '$.data', 'IB history', '$.cash', ?) WHERE run_id = ?",
+                       (account, ib.client_id, cash_now, run_id))
+    run.run_id, run.mode, run.prefix, run.account = run_id, mode, prefix, account
+    run.history_wanted = wanted_bars
+    run.report, run.first_lost, run.prep, run.cash_now = report, first_lost, prep, cash_now
+    try:
+        return _trade(run)
+    except BaseException:
+        import contextlib
+        import sqlite3
+
+        with contextlib.suppress(sqlite3.Error):
+            journal.finish_run(run_id, "failed", {})
+        raise
+
+
+def alert_line(alert) -> str:
+    """One of IB's alerts as said: its code (none for the run's own, such as a pacing wait)."""
+    return f"IB {alert.code}: {alert.message}" if alert.code else f"IB: {alert.message}"
+
+
+def _warm_up(run: _Run, strategy, overrides, state):
+    """Each symbol's history from IB (a scanner's candidates of now), prepared as a backtest's
+    bars are: (the prepared run, the bars asked for)."""
+    from . import backtest as bt
+
+    ib, plan, spec, say = run.ib, run.plan, run.spec, run.say
     wanted_bars = history_bars(plan, spec.history, spec.bar)
 
     bar_of = run.bar_of
@@ -860,30 +916,7 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
                          "; ".join(f"{s}: {why}" for s, why in list(no_history.items())[:5]), 1)
     for s, why in no_history.items():
         say(f"{s}: no history at IB ({why}): not traded, the scan counts it as no data")
-    for s in prep.symbols:
-        if s in prep.frames:
-            use_ib_tick(prep, ib, s, say)
-    values = ib.account()
-    if values is None:
-        raise RunRefused(f"IB did not give account {account}'s values in time: nothing is sized without them", 1)
-    cash_now = values.equity
-    bt.start_run(prep, journal, mode, run_id, cash_now)
-    # the account's net liquidation is the run's cash, not the strategy's backtest.cash
-    journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
-                       " '$.client_id', ?, '$.data', 'IB history', '$.cash', ?) WHERE run_id = ?",
-                       (account, ib.client_id, cash_now, run_id))
-    run.run_id, run.mode, run.prefix, run.account = run_id, mode, prefix, account
-    run.history_wanted = wanted_bars
-    run.report, run.first_lost, run.prep, run.cash_now = report, first_lost, prep, cash_now
-    try:
-        return _trade(run)
-    except BaseException:
-        import contextlib
-        import sqlite3
-
-        with contextlib.suppress(sqlite3.Error):
-            journal.finish_run(run_id, "failed", {})
-        raise
+    return prep, wanted_bars
 
 
 def _trade(run: _Run) -> Outcome:
@@ -1063,7 +1096,7 @@ def _trade(run: _Run) -> Outcome:
         out = []
         for alert in ib.take_alerts():
             journal.note(run_id, _iso(alert.time or ib.now()), "alert", str(alert.code), alert.message)
-            out.append(f"IB {alert.code}: {alert.message}")
+            out.append(alert_line(alert))
         return out
 
     def status() -> str:

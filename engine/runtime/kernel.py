@@ -346,7 +346,11 @@ class Kernel(RunState):
         average price and when, and for a close the round trip's P&L, for the reader of a dry run
         or a paper run."""
         if self.on_order is not None and tr.sent:
+            # a venue's commission may come after the fill (IB's CommissionReport): said as to come
+            fees = self._fees
+            pending = any(t is tr and exec_id not in fees for exec_id, t in self._by_exec.items())
             self.on_order({"kind": "fill", "symbol": tr.symbol, "tag": tr.intent.tag, "time": tr.last_time,
+                           "commission_pending": pending,
                            "when": self.when(tr.symbol, tr.last_time), "action": tr.intent.action,
                            "quantity": tr.filled, "ordered": float(tr.intent.quantity or 0.0), "price": price,
                            "commission": tr.commission, "pnl": pnl, "contract": tr.contract, "how": how})

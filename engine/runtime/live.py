@@ -15,7 +15,10 @@ hands over each symbol's bars as they complete. For each completed bar the run:
 4. sends what was decided at once: in a live run the next bar's open is now, and the entry is
    sized on the quote now. An entry is refused with its reason when the gate says the symbol
    cannot be priced or traded (a stale or unavailable quote, the kill switch, reconciliation
-   not finished, a position that disagrees with the broker's).
+   not finished, a position that disagrees with the broker's), and when the bar it was decided
+   on closed more than a bar and a minute before the venue's time now: a bar the run is
+   catching up on (a slow warm-up, IB's pacing, a gap in the stream), whose signal the market
+   has moved on from. Exits still go on such bars: they only take risk off.
 
 Between bars the run pumps the broker, hands its events (fills, statuses, commissions, errors,
 connection lost and restored) to the kernel's order tracker, and runs the kernel's timers (a
@@ -130,6 +133,10 @@ class LiveFeed:
         self.scan = None                # a scanner's LiveScan (runtime/livescan.py), set by the run
         self.scan_only: list[str] = []  # the names it scans that the run neither trades nor reads
         self.held: list = []            # bars waiting for the scan of their close
+        self.now: int | None = None     # the source's time at the poll (None: not live, no bar is late)
+        # an entry decided at a bar's close goes only while that close is this recent: older, the
+        # bar is one the run is catching up on (after a slow warm-up, a gap in the stream)
+        self.late_ns = int((bar_seconds(prep.bar) + 60) * 1e9)
 
     def warm_up(self) -> None:
         """The streaming plan over the history already held: values for every bar, no decisions;
@@ -252,6 +259,8 @@ class LiveFeed:
                 why = self.gate(st.symbol) if self.gate is not None else None
                 if not why and k.venue.quote(st.symbol) is None:
                     why = f"no quote for {st.symbol} yet: an entry is sized on the quote now"
+                if not why:
+                    why = self._late(st, tr.decided_bar)
             if why:
                 k._status(tr, "rejected", k._now, why)
                 k._decide(st.symbol, tr.intent.rule, "entry", "blocked", why)
@@ -260,11 +269,25 @@ class LiveFeed:
             k._send(tr, len(st.bars))
         k._drain()
 
+    def _late(self, st, k_bar: int) -> str | None:
+        """Why an entry decided at bar k_bar's close does not go: that close is minutes old, a bar
+        the run is catching up on, whose signal the market has moved on from (exits still go: they
+        only take risk off)."""
+        if self.now is None or k_bar < 0:
+            return None
+        age = self.now - int(st.bars.end[k_bar])
+        if age <= self.late_ns:
+            return None
+        close = pd.Timestamp(int(st.bars.end[k_bar]), tz="UTC").tz_convert(self.prep.timezone)
+        return (f"decided at the close of {close:%Y-%m-%d %H:%M}, {age / 60e9:.0f} min before the broker's time now: "
+                "a bar the run is catching up on (a slow warm-up, a gap in the bars); no entry on a signal that old")
+
     def poll(self, source: LiveSource, symbols: Iterable[str], before: Callable[[int], None] | None = None) -> int:
         """Take every bar completed at the source and step the kernel for each, in time order
         (`before(end)` runs first: the timers due by that bar's close, as on a simulated clock);
         returns how many bars were stepped."""
         arrived = []
+        self.now = source.now()
         for order, symbol in enumerate(symbols):
             for bar in source.completed(symbol):
                 arrived.append((bar.start, order, symbol, bar))

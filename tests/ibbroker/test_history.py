@@ -136,6 +136,30 @@ def test_a_pacing_violation_burst_is_retried_until_the_bars_come(fast, connect, 
     assert len(sink.errors(162)) == 1 and "pacing violation (IB 162)" in sink.errors(162)[0]
 
 
+def test_a_wait_the_pacing_rules_impose_is_said_before_it_is_waited(fast, connect):
+    """IB's rules allow a request only later (here a stand-in pacer says 1.2 s): the wait is said
+    (no code of IB's: the run's own), then waited, then the bars come."""
+    ib = connect(fast)
+    sink = Sink()
+    h = history(ib, fast, sink)
+
+    class Pacer:
+        waits = [1.2]
+
+        def wait(self, *args):
+            return self.waits.pop() if self.waits else 0.0
+
+        def sent(self, *args):
+            pass
+    h.pacer = Pacer()
+    t0 = time.monotonic()
+    bars = h.bars(xsp(ib), "1800 S", "1 min")
+    assert bars and time.monotonic() - t0 >= 1.2
+    said = sink.errors(0)
+    assert len(said) == 1 and said[0].startswith("XSP 1 min bars (1800 S): IB's historical-data pacing rules allow "
+                                                 "this request in 1 s: waiting"), said
+
+
 def test_pacing_violations_past_the_deadline_are_a_history_error(fast, connect, expect_errors):
     expect_errors(162)
     ib = connect(fast)

@@ -199,7 +199,8 @@ def test_a_dry_run_prints_the_rolls_two_orders_and_sends_neither(nq_sim, connect
     assert out.exit_code == 0, out.output
     assert not [o for o in placed(nq_sim) if str(o.get("orderRef", "")).startswith(PREFIX)]    # nothing sent
     printed = [line for line in out.output.splitlines() if "[roll]" in line]
-    assert len(printed) == 2 and "SELL 1 NQ MKT" in printed[0] and "BUY 1 NQ MKT" in printed[1], out.output
+    assert len(printed) == 2 and "SELL 1 NQ (NQZ3) MKT" in printed[0] and "BUY 1 NQ (NQH4) MKT" in printed[1], \
+        out.output
     orders = rows(journal, "SELECT * FROM orders WHERE run_id != 'earlier' ORDER BY id")
     assert [(o["rule"], o["intent"], o["action"], o["status"]) for o in orders] == [
         ("roll", "close", "sell", "filled"), ("roll", "open", "buy", "filled")]     # in the dry run's wallet

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -77,6 +78,8 @@ def test_a_paper_run_trades_nq_by_its_front_month_and_the_journal_is_the_venues(
     journal = tmp_path / "j.sqlite"
     out = qrun(nq_sim, NQ, journal, seconds=8)
     assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[0] == f"nq-cross: paper on IB account DU1234567 (a paper account) at " \
+        f"127.0.0.1:{nq_sim.port}, client id 1", out.output
     assert "sent to IB" in out.output and "stopped: the --for time ran out" in out.output
     orders = rows(journal, "SELECT * FROM orders")
     assert orders and all(o["local_symbol"] == "NQZ3" and o["con_id"] for o in orders)
@@ -108,6 +111,11 @@ def test_a_dry_run_prints_and_journals_its_orders_and_sends_none(nq_sim, tmp_pat
     journal = tmp_path / "j.sqlite"
     out = qrun(nq_sim, NQ, journal, "--dry-run", seconds=6)
     assert out.exit_code == 0, out.output
+    # its first line says what it is, on which account and where, before anything else happens
+    assert out.output.splitlines()[0] == f"nq-cross: dry-run on IB account DU1234567 (a paper account) at " \
+        f"127.0.0.1:{nq_sim.port}, client id 1; read-only: orders are printed and filled in a simulated wallet, " \
+        "nothing is transmitted", out.output
+    assert "simulated fill 1 " in out.output and "\n    -> qtrade:nq-cross:1: filled" not in out.output
     assert "would have been sent (nothing was transmitted)" in out.output
     assert "why: rule 'cross up' fired" in out.output
     assert placed(nq_sim) == []
@@ -253,7 +261,11 @@ def test_unset_what_if_margins_time_out_and_the_required_policy_blocks_the_entry
     assert out.exit_code == 0, out.output
     assert placed(nq_sim) == [] and placed(nq_sim, what_if=True)
     blocked = rows(journal, "SELECT reason FROM decisions WHERE outcome = 'blocked'")
-    assert blocked and all("what-if margin unknown" in d["reason"] for d in blocked)
+    # each what-if waits out its timeout (seconds, minutes of the simulator's time at 120x): the
+    # bars that completed meanwhile are late when the loop gets to them, and no entry goes on them
+    assert blocked and "what-if margin unknown" in blocked[0]["reason"]
+    assert all("what-if margin unknown" in d["reason"] or "a bar the run is catching up on" in d["reason"]
+               for d in blocked), blocked
 
 
 def test_nan_quotes_price_nothing_and_the_entries_say_why(nq_sim, tmp_path):
@@ -387,6 +399,22 @@ def test_history_pacing_violations_are_waited_out(nq_sim, tmp_path, expect_error
     assert out.exit_code == 0, out.output
     assert rows(journal, "SELECT count(*) AS n FROM decisions")[0]["n"] > 0
     assert_journal_is_the_venues(nq_sim, journal, "qtrade:nq-cross:")
+    # said as it happened, during the warm-up (before the line budget the loop starts with), and
+    # journaled once
+    said, ready = out.output.find("IB 162: "), out.output.find("needs 1 line, budget ")
+    assert 0 <= said < ready and "pacing violation" in out.output[said:].splitlines()[0], out.output
+    notes = rows(journal, "SELECT subject, message FROM notes WHERE kind = 'alert' AND subject = '162'")
+    assert len(notes) == 1 and "pacing violation" in notes[0]["message"], notes
+    # the warm-up's waits (about 24 s, 48 min of the simulator's time at 120x) leave bars to catch
+    # up on: the rules decide on them, but no entry goes on a signal that old; the entries sent
+    # fill within two minutes of the close they were decided at
+    late = rows(journal, "SELECT reason FROM decisions WHERE outcome = 'blocked' AND reason LIKE "
+                         "'%a bar the run is catching up on%'")
+    assert late, out.output
+    sent = rows(journal, "SELECT o.ts AS decided, f.ts AS filled FROM orders o JOIN fills f USING (order_ref) "
+                         "WHERE o.intent = 'open'")
+    assert sent and all(pd.Timestamp(f["filled"]) - pd.Timestamp(f["decided"]) < pd.Timedelta(minutes=2)
+                        for f in sent), sent
 
 
 @pytest.mark.parametrize("code", [1101, 1102])
@@ -426,7 +454,9 @@ def test_a_run_on_a_new_journal_continues_after_the_refs_ib_holds_and_sends_none
     sent = {o["orderRef"] for o in placed(nq_sim)}
     assert sent, out.output
     highest = max(int(r.rsplit(":", 1)[1]) for r in sent)
-    out = qrun(nq_sim, NQ, tmp_path / "b.sqlite", seconds=6)
+    # (its warm-up waits out IB's pacing, about 13 s, 26 min at 120x: no entry on the bars it
+    # catches up on, so it runs long enough to trade on new ones)
+    out = qrun(nq_sim, NQ, tmp_path / "b.sqlite", seconds=12)
     assert out.exit_code == 0, out.output
     assert "internal error" not in out.output
     assert f"this run's orders continue from qtrade:nq-cross:{highest + 1}" in out.output
@@ -819,8 +849,9 @@ def test_twelve_symbols_take_turns_on_five_lines_and_positions_keep_theirs(make_
                    and _utc(opened) < _utc(e["t"]) < _utc(closed)]
         assert cancels == [], (symbol, opened, closed)
     blocked = [d["reason"] for d in rows(journal, "SELECT reason FROM decisions WHERE outcome = 'blocked'")]
-    assert all("no market data line" in r or "max_open_positions" in r or "open positions" in r for r in blocked), \
-        set(blocked)
+    # (and the bars a line's wait left behind: entries decided on them are late, not sent)
+    assert all("no market data line" in r or "max_open_positions" in r or "open positions" in r
+               or "a bar the run is catching up on" in r for r in blocked), set(blocked)
     assert_journal_is_the_venues(sim, journal, "qtrade:rotation:")
 
 

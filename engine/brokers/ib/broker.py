@@ -95,6 +95,7 @@ class IBBroker:
         self.timezone = timezone
         self._events: list = []
         self.alerts: list[E.BrokerError] = []
+        self.on_alert: Callable[[E.BrokerError], None] | None = None     # else alerts wait in self.alerts
         self.ib = IB()
         # every message goes through ib_async's throttle: IB allows 50 a second, counted as they
         # arrive, so a burst sent at ib_async's default (45) that arrives bunched with the next
@@ -208,7 +209,10 @@ class IBBroker:
     # ---- the event stream -------------------------------------------------------------------
     def _sink(self, ev) -> None:
         if isinstance(ev, E.BrokerError) and ev.ref is None:
-            self.alerts.append(ev)
+            if self.on_alert is not None:       # said as it comes (the warm-up, before the loop takes alerts)
+                self.on_alert(ev)
+            else:
+                self.alerts.append(ev)
             return
         if isinstance(ev, E.Execution) and ev.ref in self._opening:
             self._held_in[ev.symbol] = self._opening[ev.ref]      # before the kernel places its exits

@@ -238,6 +238,9 @@ class History:
                 if self.clock() + wait > deadline:
                     raise HistoryError(f"{name}: IB's pacing rules allow this request only in {wait:.0f} s, later than "
                                        f"its {self.pacing_deadline:g} s deadline", transient=True)
+                if wait >= 1.0:     # a wait a reader would notice: said, not silent
+                    self._say(0, f"{name}: IB's historical-data pacing rules allow this request in {wait:.0f} s: "
+                                 "waiting")
                 self._sleep(wait)
             self.pacer.sent(key, series, small, self.clock())
             items, err = self._request(c, name, duration, bar_size, what, rth, end, keep)

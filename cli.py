@@ -1097,9 +1097,9 @@ def _order_printer(printed: list, text: bool, timezone: str, simulated: bool = F
     not) on its own line. `simulated`: a dry run, whose fills are its simulated wallet's."""
     def show(info: dict) -> None:
         kind = info.get("kind")
-        if kind == "outcome":
+        if kind == "outcome":       # with its time: it may come long after the order line above it
             if text:
-                _safe_echo(f"    -> {info['tag']}: {info['text']}")
+                _safe_echo(f"    -> {info['tag']}: {info['text']}" + (f" ({info['when']})" if info.get("when") else ""))
             return
         if kind == "fill":
             if text:
@@ -1170,6 +1170,10 @@ def _describe_order(info: dict, timezone: str) -> str:
                  + (f" ({intent.reason})" if intent.reason else ""))
     elif why:
         line += f"\n    why: rule '{info['rule']}' fired: {why}" + (f" ({intent.reason})" if intent.reason else "")
+    prices = info.get("prices") or []
+    if info.get("role") == "combo_exit" and len(prices) > 1:     # a close's chase, as an entry's is shown
+        line += (f"\n    price: limit {_price(prices[0])}, then {', '.join(_price(p) for p in prices[1:])} every "
+                 f"{info['every']:g}s; if none fills, cancel, confirm, and close at the natural price")
     elif intent.reason:
         line += f"\n    why: {intent.reason}"
     return line

@@ -216,6 +216,10 @@ def test_a_futures_order_and_its_fill_name_the_contract_they_go_to(tmp_path):
     orders = re.findall(r"^\S+ \S+  (?:BUY|SELL) 1 ES (\S+) ", out.output, re.M)
     fills = re.findall(r"^    -> \S+: filled 1 (\S+) at ", out.output, re.M)
     assert orders and fills and set(orders) == {"(ESZ3)"} and set(fills) == {"ESZ3"}, out.output
+    # what became of an order comes when it happens, under a later order line maybe: with its time
+    cancels = re.findall(r"^    -> \S+: cancelled: one-cancels-all: \S+ filled \((2013-10-\d\d \d\d:\d\d)\)$",
+                         out.output, re.M)
+    assert cancels, out.output
 
 
 def test_blocked_entries_are_counted_apart_from_exits_and_one_reason_in_many_numbers_is_one_line(tmp_path):
@@ -242,3 +246,18 @@ def test_blocked_entries_are_counted_apart_from_exits_and_one_reason_in_many_num
         cli._safe_echo = echo
     assert said[-1] == "  ... and 3 more, for 3 other reasons" and len(said) == 6, said
     assert said[0] == "  blocked 'r2' on XSP: reason c", said
+
+
+def test_a_combo_close_prints_its_chase_and_its_fill_the_round_trips_pnl(tmp_path):
+    out = CliRunner().invoke(cli.main, ["run", "strategies/iron_condor.yaml", "--broker", "sim", "--days", "5",
+                                        "--journal", str(tmp_path / "j.sqlite")])
+    back = _json(["backtest", "strategies/iron_condor.yaml", "--from", "2019-11-04", "--no-progress"], tmp_path, "b")
+    assert out.exit_code == 0, out.output
+    closes = re.findall(r"^\S+ \S+  BUY 1 XSP condor combo LMT ([\d.]+) DAY \[take profit\] \S+\n    why: .*\n"
+                        r"    price: limit ([\d.]+), then [\d., ]+ every 15s; if none fills, cancel, confirm, and close "
+                        r"at the natural price$", out.output, re.M)
+    assert closes and all(first == limit for first, limit in closes), out.output
+    pnl = [float(x) for x in re.findall(r"^    -> \S+: filled 1 at [\d.]+ .*; round trip P&L ([+-][\d.]+)$",
+                                         out.output, re.M)]
+    assert len(pnl) == back["summary"]["trades"] == 4
+    assert abs(sum(pnl) - 4 * back["summary"]["expectancy"]) <= 0.02

@@ -2039,7 +2039,7 @@ class Kernel(RunState):
         if not opening and self.on_order is not None:
             self.on_order({"kind": "order", "time": self._now, "when": self.when(st.symbol), "symbol": st.symbol,
                            "rule": it.rule, "order": info["order"], "intent": it, "why": tr.why,
-                           "quote": None, "role": tr.role})
+                           "quote": None, "role": tr.role, "prices": prices, "every": every})
         self.venue.place(order)
         self._drain()
         start = self._now
@@ -2088,10 +2088,13 @@ class Kernel(RunState):
         price = self._average(tr)
         step = prices.index(price) if price in prices else len(prices) - 1
         how = f"filled at {price:.2f} on step {step + 1} of {len(prices)}" if prices else info.get("how", "")
-        self._filled(tr, price, how=f"on step {step + 1} of {len(prices)}" if prices else "at the natural price")
+        said = f"on step {step + 1} of {len(prices)}" if prices else "at the natural price"
         if tr.role == "combo_exit":
             self._combo_closed(st, tr, price, how, ev.time)
+            index = self._trade_of.get(tr.intent.tag)
+            self._filled(tr, price, self.ledger.trades[index].pnl if index is not None else None, how=said)
             return
+        self._filled(tr, price, how=said)
         self._status(tr, "filled", tr.last_time, how)
         quote = info["quote"]
         qty = info["quantity"]

@@ -177,6 +177,17 @@ def test_the_status_line_names_a_position_by_its_contract():
     kernel.marks = lambda now: {"NQ": 16010.0, "NQ#2": 16010.0}
     line = status_line(kernel, broker, pd.Timestamp("2023-12-04T15:00Z").value, "America/New_York")
     assert "positions: NQZ3 1, XSP condor 1, NQZ3 2 (contrarian) |" in line and "today's P&L +600.00" in line
+    # why no entry can go now: outside the schedule's entry window, or entries stopped
+    from engine.check.model import Schedule
+
+    window = Schedule.from_spec({"entry_window": ["09:30", "11:00"]})
+    at = pd.Timestamp("2023-12-04T15:00Z").value
+    assert status_line(kernel, broker, at, "America/New_York", window).endswith("today's P&L +600.00")
+    assert status_line(kernel, broker, at + 7200 * 10**9, "America/New_York", window).endswith(
+        "today's P&L +600.00 | entries: outside the entry window 09:30-11:00")
+    kernel.halted = "down 502.00 today (limit 500.00)"
+    assert status_line(kernel, broker, at, "America/New_York", window).endswith(
+        " | entries stopped: down 502.00 today (limit 500.00)")
 
 
 def _owners_journal(tmp_path):

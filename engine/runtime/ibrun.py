@@ -654,8 +654,9 @@ class Stop:
                 signal.signal(s, h)
 
 
-def status_line(kernel, broker, now: int, timezone: str) -> str:
-    """One line every minute: connection, lines used / budget, positions, working orders, today's P&L."""
+def status_line(kernel, broker, now: int, timezone: str, schedule=None) -> str:
+    """One line every minute: connection, lines used / budget, positions, working orders, today's
+    P&L, and why no entry can go now (outside the schedule's entry window, or entries stopped)."""
     t = pd.Timestamp(now, tz="UTC").tz_convert(timezone)
     held = getattr(broker, "held_contract", lambda symbol: None)
 
@@ -674,8 +675,16 @@ def status_line(kernel, broker, now: int, timezone: str) -> str:
                for s, p in kernel.ledger.positions.items())
     lines = broker.lines_status() if hasattr(broker, "lines_status") else ""
     state = broker.state if hasattr(broker, "state") else "simulated"
+    entries = ""
+    if getattr(kernel, "halted", ""):
+        entries = f" | entries stopped: {kernel.halted}"
+    elif schedule is not None and schedule.entry_window is not None:
+        lo, hi = schedule.entry_window
+        minute = t.hour * 60 + t.minute
+        if not lo <= minute <= hi:
+            entries = f" | entries: outside the entry window {lo // 60:02d}:{lo % 60:02d}-{hi // 60:02d}:{hi % 60:02d}"
     return (f"{t:%Y-%m-%d %H:%M} {state} | {lines} | positions: {positions} | working orders: {working} | "
-            f"today's P&L {pnl:+,.2f}")
+            f"today's P&L {pnl:+,.2f}{entries}")
 
 
 # ---- the run ------------------------------------------------------------------------------
@@ -1101,7 +1110,7 @@ def _trade(run: _Run) -> Outcome:
 
     def status() -> str:
         alerts()
-        return status_line(kernel, ib, ib.now(), prep.timezone)
+        return status_line(kernel, ib, ib.now(), prep.timezone, prep.schedule)
 
     loop = LiveRun(kernel, feed, ib, timers, stop=stop, status=status, say=say, status_every=status_every,
                    notices=alerts)

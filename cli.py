@@ -212,7 +212,7 @@ def validate(paths: tuple[str, ...], fmt: str, strict: bool, sets: tuple[str, ..
                    f"{'s' * (len(report.errors) != 1)}, {len(report.warnings)} warning"
                    f"{'s' * (len(report.warnings) != 1)}")
         _safe_echo(summary if report.diagnostics else f"{summary}. All clear.", err=bool(report.diagnostics))
-    if any(d.path == "--set" or d.message == "no such file or directory" for d in report.errors):
+    if any(_flag_error(d) or d.message == "no such file or directory" for d in report.errors):
         sys.exit(EXIT_USAGE)
     sys.exit(EXIT_PROBLEMS if report.errors else EXIT_OK)
 
@@ -345,6 +345,12 @@ def _refuse_short_history(prep) -> None:
         raise DiagnosticError(problems)
 
 
+def _flag_error(d) -> bool:
+    """Is the diagnostic about a flag's value (a usage error, exit 2)? An unknown --set name is
+    said at the flag; an out-of-range --set value at the param's line, the flag first."""
+    return str(d.path).startswith("--") or d.message.startswith("--set ")
+
+
 def _report_problems(exc, argument: str | None = None) -> None:
     """The diagnostics on stderr and exit 1; exit 2 (a usage error, as `qtrade validate` says it)
     when the file named on the command line does not exist or a flag's value is wrong."""
@@ -354,7 +360,7 @@ def _report_problems(exc, argument: str | None = None) -> None:
     _safe_echo(f"{n} error{'s' * (n != 1)}: nothing was run", err=True)
     missing = argument is not None and any(d.is_error and d.message == "no such file or directory"
                                            and str(d.path) == str(argument) for d in exc.diagnostics)
-    flag = any(d.is_error and str(d.path).startswith("--") for d in exc.diagnostics)     # a flag's value
+    flag = any(d.is_error and _flag_error(d) for d in exc.diagnostics)
     sys.exit(EXIT_USAGE if missing or flag else EXIT_PROBLEMS)
 
 
@@ -670,7 +676,7 @@ def scan(scanner, at, data, fmt, report_path, sets):
     try:
         scanned = scan_document(scanner, _parse_sets(sets), data, at)
     except DiagnosticError as exc:
-        if any(d.path == "--set" for d in exc.diagnostics):
+        if any(_flag_error(d) for d in exc.diagnostics):
             for d in exc.diagnostics:
                 _safe_echo(d.format(), err=True)
             sys.exit(EXIT_USAGE)

@@ -124,6 +124,14 @@ def test_usage_errors_exit_2(runner, args):
     assert "Error" in result.output or "error" in result.output
 
 
+def test_a_set_value_out_of_its_params_range_is_a_usage_error_said_at_the_params_line(runner, tmp_path):
+    path = str(ROOT / "strategies" / "sma_crossover.yaml")
+    for command in (["validate"], ["backtest", "--no-progress", "--journal", str(tmp_path / "j.sqlite")]):
+        result = run(runner, *command, "--set", "fast=1", path)
+        assert result.exit_code == 2, result.output
+        assert "sma_crossover.yaml:13:3: error: --set fast=1: 1 is below the minimum 2" in result.output
+
+
 def test_unknown_set_param_is_a_usage_error(runner):
     result = run(runner, "validate", "--set", "fsat=3", str(ROOT / "strategies" / "sma_crossover.yaml"))
     assert result.exit_code == 2
@@ -134,10 +142,10 @@ def test_set_override_checked(runner):
     target = str(ROOT / "strategies" / "sma_crossover.yaml")
     assert run(runner, "validate", "--set", "fast=20", target).exit_code == 0
     result = run(runner, "validate", "--set", "fast=500", target)
-    assert result.exit_code == 1
+    assert result.exit_code == 2        # a flag's value: a usage error, as an unknown --set name
     assert "--set fast=500: 500 is above the maximum 200" in result.output
     result = run(runner, "validate", "--set", "fast=abc", target)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "expected a number" in result.output
 
 
@@ -255,7 +263,7 @@ def test_version(runner):
 def test_a_set_of_the_wrong_type_names_the_param_its_value_and_bounds(tmp_path):
     out = CliRunner().invoke(main, ["backtest", "strategies/sma_crossover.yaml", "--set", "fast=abc",
                                         "--journal", str(tmp_path / "j.sqlite")])
-    assert out.exit_code == 1
+    assert out.exit_code == 2
     assert "--set fast=abc: expected a number, got a string" in out.output
     assert "fast is a number (the file sets 10, min 2, max 200): e.g. --set fast=10" in out.output
     assert "{" not in out.output.split("\n")[1]        # not the YAML mapping, raw

@@ -272,6 +272,8 @@ def test_a_set_of_the_wrong_type_names_the_param_its_value_and_bounds(tmp_path):
 @pytest.mark.parametrize("value, said", [("500%", "must be from 0% to 100%, got '500%'"),
                                          ("-10%", "must be from 0% to 100%, got '-10%'"),
                                          ("1.5", "must be <= 1, got 1.5"),
+                                         ("100", "must be <= 1, got 100\n    a share is a fraction (0.25) or a "
+                                                 "percentage with its sign: for 100 percent write 100%"),
                                          ("abc%", "'abc%' is not in the expected format")])
 def test_a_share_out_of_range_says_the_range_whether_a_percentage_or_a_fraction(runner, tmp_path, value, said):
     text = (ROOT / "strategies" / "sma_crossover.yaml").read_text()

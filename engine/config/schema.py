@@ -247,8 +247,12 @@ def _report(rep: _Reporter, err) -> None:
         return
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
     if v in bounds:
+        hint = schema.get("description", "").split(". ")[0]
+        if v == "maximum" and err.validator_value == 1 and isinstance(value, (int, float)) and 2 <= value <= 100:
+            # a share written as a percentage without its sign: 100 meant 100%
+            hint = f"a share is a fraction (0.25) or a percentage with its sign: for {value:g} percent write {value:g}%"
         rep.at_value(where, f"{_path_text(where)} must be {bounds[v]} {err.validator_value}, got {_show(value)}",
-                     schema.get("description", "").split(". ")[0])
+                     hint)
         return
     if v in ("minItems", "maxItems"):
         n = err.validator_value

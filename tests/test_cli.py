@@ -286,6 +286,19 @@ def test_a_share_out_of_range_says_the_range_whether_a_percentage_or_a_fraction(
     assert f"{path}:{line}:" in result.output and said in result.output, result.output
 
 
+def test_a_misspelt_entry_section_is_one_error_not_three(runner, tmp_path):
+    """`entyr:` is the schema's unknown key with its "did you mean 'entry'": not also "the
+    strategy has no entry rules" and "order 'buy_all_in' is never used"."""
+    text = (ROOT / "strategies" / "sma_crossover.yaml").read_text()
+    path = tmp_path / "s.yaml"
+    path.write_text(text.replace("\nentry:", "\nentyr:"))
+    result = run(runner, "validate", str(path))
+    assert result.exit_code == 1
+    assert "unknown key 'entyr' at the top level (did you mean 'entry'?)" in result.output, result.output
+    assert "no entry rules" not in result.output and "never used" not in result.output, result.output
+    assert "1 error, 0 warnings" in result.output
+
+
 def test_a_list_with_an_item_twice_names_the_item(runner, tmp_path):
     text = (ROOT / "strategies" / "sma_crossover.yaml").read_text()
     path = tmp_path / "s.yaml"

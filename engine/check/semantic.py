@@ -430,6 +430,17 @@ class StrategyCheck(DocumentCheck):
                 out.append((key, close[0]))
         return out
 
+    def _misspelt_entry(self) -> bool:
+        """Is a top-level key a misspelling of a section of rules (`entyr:`, `exits:`, `agent:`)?"""
+        import difflib
+
+        from ..config.schema import load_schema
+
+        known = load_schema("strategy").get("properties", {})
+        data = self.doc.data if isinstance(self.doc.data, dict) else {}
+        return any(isinstance(key, str) and key not in known
+                   and difflib.get_close_matches(key, ("entry", "exit", "agents"), n=1, cutoff=0.6) for key in data)
+
     def run(self, overrides: dict[str, str] | None = None) -> list[Diagnostic]:
         self.overrides = overrides
         params = self.guard(lambda: self.params(overrides)) or {}
@@ -456,7 +467,8 @@ class StrategyCheck(DocumentCheck):
                      lambda: self._rules(("exit",), "exit", scope), lambda: self._agents(scope),
                      self._arbitration, self._by_state, self._schedule, self._universe, self._backtest_dates, self._subscriptions):
             self.guard(step)
-        if not self.doc.get(("entry",)) and not self.doc.get(("agents",)):
+        lost = self._misspelt_entry()       # a misspelt `entyr:`: the schema's error, with its "did you mean"
+        if not self.doc.get(("entry",)) and not self.doc.get(("agents",)) and not lost:
             self.err((), "the strategy has no entry rules",
                      "add `entry:` rules (or `agents:` with their own entry rules) so it can trade")
         if not misspelt:        # (a misspelt section's expressions were not read: their uses unknown)
@@ -464,7 +476,7 @@ class StrategyCheck(DocumentCheck):
             indicators = self.doc.get(("indicators",))
             self.warn_unused(("indicators",), indicators if isinstance(indicators, dict) else {}, "indicator")
         for name in self.templates:
-            if name not in self.used_orders:
+            if name not in self.used_orders and not lost:     # (the misspelt section's rules use them)
                 self.warn(("orders", name), f"order '{name}' is never used by a rule", key=True)
         return self.out
 

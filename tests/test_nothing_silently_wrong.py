@@ -730,15 +730,29 @@ def test_the_summary_names_the_top_blocked_reasons(condor_journal):
     delta = "leg short_call: no call has a delta within [0.005, 0.02] (target 0.01)"
     quotes = sum(n for r, n in blocked.items() if "two-sided quote" in r)
     assert f"{sum(blocked.values()):,}   {quotes:,} leg short_put (put " in line
-    assert f"has no two-sided quote (bid 0.0, ask 0.04); {blocked[delta]:,} {delta}; " in line
+    assert f"has no two-sided quote (bid 0, ask 0.04); {blocked[delta]:,} {delta}; " in line
     assert line.endswith(f"qtrade why {path} --run {condor_run}")
+
+
+def test_a_reasons_one_varying_value_is_said_as_its_range_and_a_missing_side_as_none():
+    from engine.orders.combos import _side
+    from engine.report.why import value_range
+
+    assert value_range({"credit = 0.185: 0.185 >= 0.2 no", "credit = 0.145: 0.145 >= 0.2 no",
+                        "credit = 0.19: 0.19 >= 0.2 no"}) == "from 0.145 to 0.19"
+    # a strike and an expiry moving together: no range that would not say what it is of
+    assert value_range({"leg a (put 301 2019-11-06) has no two-sided quote (bid 0, ask 0.03)",
+                        "leg a (put 303 2019-11-07) has no two-sided quote (bid 0, ask 0.03)"}) == ""
+    assert value_range({"only one wording 0.1"}) == ""
+    assert (_side("bid", float("nan")), _side("bid", -1.0), _side("ask", 0.12), _side("bid", 0.0)) == \
+        ("no bid", "no bid", "ask 0.12", "bid 0")
 
 
 def test_reasons_differing_only_in_numbers_are_one_group():
     from engine.report.why import reason_pattern
 
-    a = reason_pattern("leg short_call (call 309 2019-11-06) has no two-sided quote (bid 0.0, ask 0.03)")
-    b = reason_pattern("leg short_call (call 310.5 2019-11-08) has no two-sided quote (bid 0.0, ask 0.04)")
+    a = reason_pattern("leg short_call (call 309 2019-11-06) has no two-sided quote (bid 0, ask 0.03)")
+    b = reason_pattern("leg short_call (call 310.5 2019-11-08) has no two-sided quote (bid 0, ask 0.04)")
     assert a == b == "leg short_call (call # #) has no two-sided quote (bid #, ask #)"
     assert reason_pattern("credit 0.12 below min_credit 30%") == "credit # below min_credit #"
     # a date's weekday is part of the date: spxw_condor's "no expiry" reasons were five groups, one a weekday

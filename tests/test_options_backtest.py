@@ -139,7 +139,7 @@ def test_a_leg_with_a_missing_bid_blocks_the_entry_with_that_reason(tmp_path):
     result = bt.run(bt.prepare(path))
     first = [d for d in result.runner.decisions if d.symbol == "SPX"][0]
     assert first.outcome == "blocked"
-    assert first.reason.startswith("leg long_put (put 2565 2018-01-31) has no two-sided quote (bid nan")
+    assert first.reason.startswith("leg long_put (put 2565 2018-01-31) has no two-sided quote (no bid")
     assert pd.Timestamp(result.ledger.trades[0].entry_time, tz="UTC").tz_convert("America/New_York").date() > \
         pd.Timestamp("2018-01-02").date()                   # the next day it could be priced and opened
     # a zero bid on a leg we buy is a real market (we pay the ask); a zero bid on one we sell is not

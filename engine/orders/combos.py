@@ -220,7 +220,7 @@ class ComboQuote:
         for leg in self.legs:
             if not leg.quoted_for(opening):
                 return (f"leg {leg.name} ({leg.right} {leg.strike:g} {leg.expiry}) has no two-sided quote "
-                        f"(bid {leg.bid}, ask {leg.ask})")
+                        f"({_side('bid', leg.bid)}, {_side('ask', leg.ask)})")
         return None
 
     @property
@@ -372,3 +372,10 @@ class Chase:
                 break
             out.append(price)
         return out
+
+
+def _side(name: str, price) -> str:
+    """One side of a quote as said: its price, or that there is none (a NaN, IB's -1)."""
+    if price is None or not math.isfinite(price) or price < 0:
+        return f"no {name}"
+    return f"{name} {price:g}"

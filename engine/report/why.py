@@ -32,16 +32,16 @@ def value_range(wordings) -> str:
     values = [_NUMBER.findall(w) for w in wordings]
     if len(values) < 2 or len({len(v) for v in values}) != 1:
         return ""
-    for i in range(len(values[0])):
-        column = {v[i] for v in values}
-        if len(column) > 1:
-            try:
-                numbers = [float(x.rstrip("%")) for x in column]
-            except ValueError:
-                return ""       # a date or a time: no range worth saying
-            low, high = min(numbers), max(numbers)
-            return f"from {low:g} to {high:g}"
-    return ""
+    varying = [i for i in range(len(values[0])) if len({v[i] for v in values}) > 1]
+    # one quantity only (said once or repeated: "credit = 0.185: 0.185 >= 0.2"), not a strike and
+    # an expiry moving together, whose range would not say what it is a range of
+    if not varying or any(len({v[i] for i in varying}) > 1 for v in values):
+        return ""
+    try:
+        numbers = [float(v[varying[0]].rstrip("%")) for v in values]
+    except ValueError:
+        return ""       # a date or a time
+    return f"from {min(numbers):g} to {max(numbers):g}"
 
 
 @dataclass

@@ -261,3 +261,18 @@ def test_a_combo_close_prints_its_chase_and_its_fill_the_round_trips_pnl(tmp_pat
                                          out.output, re.M)]
     assert len(pnl) == back["summary"]["trades"] == 4
     assert abs(sum(pnl) - 4 * back["summary"]["expectancy"]) <= 0.02
+
+
+def test_why_tells_a_simulated_paper_run_from_one_on_an_ib_account(tmp_path):
+    from engine.report.why import run_mode
+
+    path = tmp_path / "j.sqlite"
+    out = CliRunner().invoke(cli.main, ["run", SMA, "--broker", "sim", "--days", "300", "--journal", str(path)])
+    assert out.exit_code == 0, out.output
+    why = CliRunner().invoke(cli.main, ["why", str(path)])
+    assert why.exit_code == 0 and "sma-crossover (paper, simulator), " in why.output.splitlines()[0], why.output
+    # both are journaled 'paper'; a run on IB has its broker and account in the run's settings
+    assert run_mode({"mode": "paper", "settings": {"broker": "ib", "account": "DU1234567"}}) == \
+        "paper, IB account DU1234567"
+    assert run_mode({"mode": "dry-run", "settings": {"broker": "ib", "account": "DU1"}}) == "dry-run, IB account DU1"
+    assert run_mode({"mode": "backtest", "settings": {}}) == "backtest"

@@ -101,6 +101,18 @@ def top_reasons(decisions, outcome: str = "blocked", n: int = 3) -> list[tuple[s
             for c in ranked[:n]]
 
 
+def run_mode(run) -> str:
+    """A journaled run's mode as a reader tells them apart: a paper run on IB names its account,
+    `run --broker sim` is the simulator's (both are journaled 'paper')."""
+    settings = run.get("settings") if isinstance(run.get("settings"), dict) else {}
+    mode = run.get("mode") or ""
+    if settings.get("broker") == "ib":
+        return f"{mode}, IB account {settings.get('account')}" if settings.get("account") else f"{mode}, IB"
+    if mode in ("paper", "dry-run"):
+        return f"{mode}, simulator"
+    return mode
+
+
 def why_text(journal_path: str | Path, run_id: str | None = None, rule: str | None = None) -> str:
     """`qtrade why`'s text. JournalError for a missing journal or run; LookupError for a rule the
     run has no decisions of (its message names the rules it has)."""
@@ -127,7 +139,7 @@ def why_text(journal_path: str | Path, run_id: str | None = None, rule: str | No
         daily = bar_seconds(run.get("bar") or "") >= 86_400
     except ValueError:
         daily = False
-    head = (f"run {rid}: {run['strategy']} ({run['mode']}), {total:,} decision{'s' * (total != 1)}"
+    head = (f"run {rid}: {run['strategy']} ({run_mode(run)}), {total:,} decision{'s' * (total != 1)}"
             + (f" of rule {rule!r}" if rule else "")
             + (f"; times in {tz}" + (", a daily bar's decisions dated by its day" if daily else "") if rows else ""))
     if not rows:

@@ -1388,3 +1388,9 @@ def test_a_state_colour_means_one_label_across_the_rows():
         by_colour.setdefault(fill, set()).add(label)
     assert len(keys) == 7 and all(len(labels) == 1 for labels in by_colour.values()), keys
     assert len(by_colour) == 6                        # six labels, 'short' in two rows with one colour
+
+
+def test_a_negative_that_rounds_to_zero_is_printed_without_its_sign():
+    """A month that lost 0.004% shows 0.0% in the monthly table, not -0.0%; real losses keep it."""
+    assert fmt_pct(-0.00004, 1) == "0.0%" and fmt_pct(-0.02, 1) == "-2.0%" and fmt_pct(0.0, 1) == "0.0%"
+    assert fmt_num(-0.001) == "0.00" and fmt_num(-1234.5) == "-1,234.50" and fmt_num(-0.0) == "0.00"

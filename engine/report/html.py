@@ -613,11 +613,17 @@ def _fmt_qty(v: Any) -> str:
 # ---- formatting --------------------------------------------------------------------------------
 
 def fmt_pct(v: Any, digits: int = 2) -> str:
-    return "—" if not _is_number(v) else f"{float(v) * 100:,.{digits}f}%"
+    # (a loss that rounds to nothing is 0.0%, not -0.0%)
+    return "—" if not _is_number(v) else _unsigned_zero(f"{float(v) * 100:,.{digits}f}") + "%"
 
 
 def fmt_num(v: Any, digits: int = 2) -> str:
-    return "—" if not _is_number(v) else f"{float(v):,.{digits}f}"
+    return "—" if not _is_number(v) else _unsigned_zero(f"{float(v):,.{digits}f}")
+
+
+def _unsigned_zero(text: str) -> str:
+    """A number's text without the sign of a negative that rounded to zero ("-0.00" -> "0.00")."""
+    return text[1:] if text.startswith("-") and not text.strip("-0.,") else text
 
 
 def local_time(v: Any, tz: str = "UTC") -> pd.Timestamp | None:
@@ -788,7 +794,7 @@ def _text(v: Any) -> str:
 
 def _num(v: Any) -> str:
     """`fmt_num(v)`, with a short way for a finite float."""
-    return f"{v:,.2f}" if type(v) is float and v - v == 0.0 else fmt_num(v)
+    return f"{v:,.2f}" if type(v) is float and v - v == 0.0 and not -0.005 < v < 0.0 else fmt_num(v)
 
 
 class _EscapedOnce(dict):
@@ -837,7 +843,8 @@ def trades_rows(rows: list[tuple], legs: list[dict | None], daily: bool, tz: str
         return [repr(v) if type(v) is float else ("" if v is None else _text(v)) for v in col]
 
     def num(col: tuple) -> list[str]:       # `{{ v | num }}`
-        return [f"{v:,.2f}" if type(v) is float and v - v == 0.0 else fmt_num(v) for v in col]
+        return [f"{v:,.2f}" if type(v) is float and v - v == 0.0 and not -0.005 < v < 0.0 else fmt_num(v)
+                for v in col]
 
     def signed(col: tuple, shown: list[str]) -> list[str]:   # the template's `signed` macro
         return [f'<span class="{"pos" if v is not None and v > 0 else ("neg" if v is not None and v < 0 else "")}">'

@@ -276,3 +276,17 @@ def test_why_tells_a_simulated_paper_run_from_one_on_an_ib_account(tmp_path):
         "paper, IB account DU1234567"
     assert run_mode({"mode": "dry-run", "settings": {"broker": "ib", "account": "DU1"}}) == "dry-run, IB account DU1"
     assert run_mode({"mode": "backtest", "settings": {}}) == "backtest"
+
+
+def test_an_or_that_fired_is_explained_by_the_side_that_held(tmp_path):
+    """regime_agents' 'gap filled' is (long and low reached the gap) or (short and high reached
+    it): a long's exit is explained by the long side only, not by a '1 < 0 no' of the other."""
+    out = CliRunner().invoke(cli.main, ["run", "strategies/regime_agents.yaml", "--broker", "sim", "--days", "60",
+                                        "--journal", str(tmp_path / "j.sqlite")])
+    assert out.exit_code == 0, out.output
+    whys = re.findall(r"^    why: rule 'gap filled' fired: (.*)$", out.output, re.M)
+    assert whys, out.output
+    for why in whys:
+        assert why.count("position.side") == 1 and " no" not in why, why
+        assert re.fullmatch(r"position.side = (1: 1 > 0 yes; low|-1: -1 < 0 yes; high) = [\d.]+: [\d.]+ [<>]= "
+                            r"[\d.]+ yes", why), why

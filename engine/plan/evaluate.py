@@ -394,7 +394,8 @@ def _build_at(plan: Plan, node_id: int, cache: dict):
 
 def explain(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str, Any]) -> list[str]:
     """Each comparison inside a condition at bar i, with the values it compared and whether it
-    held: ["vix 12.83 < 25: yes", "credit 0.14 >= 0.2: no"]. For dry runs and journals."""
+    held: ["vix 12.83 < 25: yes", "credit 0.14 >= 0.2: no"]. For dry runs and journals. Of an
+    `or` that held, only the sides that held are said: the others are no part of why it fired."""
     out: list[str] = []
     stack = [node_id]
     seen = set()        # a condition read twice (a scanner's entry and its own `and scan.picked`) is said once
@@ -405,7 +406,10 @@ def explain(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str
         seen.add(nid)
         node = plan.nodes[nid]
         if node.op == N.LOGIC or node.op == N.NOT:
-            stack.extend(reversed(node.args))
+            args = node.args
+            if node.op == N.LOGIC and node.attrs[:1] == ("or",) and _held(plan, nid, i, values, context):
+                args = tuple(a for a in args if _held(plan, a, i, values, context))
+            stack.extend(reversed(args))
             continue
         if node.op != N.COMPARE:
             held = value_at(plan, node.id, i, values, context)
@@ -421,6 +425,13 @@ def explain(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str
         out.append(f"{name} = {shown_left if a.op != N.CONST else shown_right}: "
                    f"{shown_left} {node.attrs[0]} {shown_right} {'yes' if held else 'no'}")
     return out
+
+
+def _held(plan: Plan, node_id: int, i: int, values: list, context: Mapping[str, Any]) -> bool:
+    try:
+        return bool(value_at(plan, node_id, i, values, context))
+    except MissingInput:
+        return True         # not known here: said, as before, rather than left out
 
 
 def _cross_values(plan: Plan, node: N.Node, i: int, values: list, context: Mapping[str, Any]) -> str:

@@ -3,6 +3,7 @@ rendered from journals built through the Journal API."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -1394,3 +1395,23 @@ def test_a_negative_that_rounds_to_zero_is_printed_without_its_sign():
     """A month that lost 0.004% shows 0.0% in the monthly table, not -0.0%; real losses keep it."""
     assert fmt_pct(-0.00004, 1) == "0.0%" and fmt_pct(-0.02, 1) == "-2.0%" and fmt_pct(0.0, 1) == "0.0%"
     assert fmt_num(-0.001) == "0.00" and fmt_num(-1234.5) == "-1,234.50" and fmt_num(-0.0) == "0.00"
+
+
+def test_the_reports_settings_say_what_the_fills_cost_even_when_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    journal, report = tmp_path / "j.sqlite", tmp_path / "r.html"
+    root = Path(__file__).resolve().parents[1]
+    out = CliRunner().invoke(cli.main, ["backtest", str(root / "strategies" / "sma_crossover.yaml"), "--journal",
+                                        str(journal), "--no-progress", "--report", str(report)])
+    assert out.exit_code == 0, out.output
+    page = html.unescape(re.sub(r"<[^>]+>", " ", report.read_text()))
+    settings = " ".join(page[page.index("Settings"):page.index("Run log")].split())
+    assert "commission none (backtest.commission not set: trades cost nothing)" in settings, settings
+    assert "slippage none (backtest.slippage not set" in settings, settings
+    from engine.brokers.costs import Commission, Slippage
+    assert Commission(per_unit=0.005, minimum=1.0, maximum=0.01).describe() == \
+        "0.005 per share, at least 1, at most 1% of value"
+    assert Slippage(ticks=1).describe() == "1 tick against each market and stop fill"

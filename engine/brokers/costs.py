@@ -34,6 +34,20 @@ class Commission:
                    minimum=float(spec.get("minimum") or 0.0),
                    maximum=fraction(spec["maximum"]) if spec.get("maximum") is not None else None)
 
+    def describe(self) -> str:
+        """As a reader of a report checks it: "none" for a run that paid nothing."""
+        parts = [text for value, text in (
+            (self.per_unit, f"{self.per_unit:g} per share"), (self.per_contract, f"{self.per_contract:g} per contract"),
+            (self.percent, f"{self.percent * 100:g}% of value"), (self.per_order, f"{self.per_order:g} per order"))
+            if value]
+        if not parts:
+            return "none (backtest.commission not set: trades cost nothing)"
+        if self.minimum:
+            parts.append(f"at least {self.minimum:g}")
+        if self.maximum is not None:
+            parts.append(f"at most {self.maximum * 100:g}% of value")
+        return ", ".join(parts)
+
     def __call__(self, quantity: float, price: float, multiplier: float = 1.0, contracts: bool = False) -> float:
         qty = abs(quantity)
         if qty == 0:
@@ -64,6 +78,13 @@ class Slippage:
         if not spec:
             return cls()
         return cls(int(spec.get("ticks") or 0), fraction(spec.get("percent") or 0.0), float(spec.get("fixed") or 0.0))
+
+    def describe(self) -> str:
+        parts = [text for value, text in ((self.ticks, f"{self.ticks} tick{'s' * (self.ticks != 1)}"),
+                                          (self.percent, f"{self.percent * 100:g}%"), (self.fixed, f"{self.fixed:g}"))
+                 if value]
+        return " + ".join(parts) + " against each market and stop fill" if parts else \
+            "none (backtest.slippage not set: market and stop orders fill at the price the bar gives)"
 
     def amount(self, price: float, tick_size: float = 0.01) -> float:
         return self.ticks * tick_size + price * self.percent + self.fixed

@@ -33,7 +33,10 @@ def start_run(prep: Prepared, journal: Journal, mode: str, run_id: str, cash: fl
     journal.start_run(mode, prep.plan.name, strategy_path=str(prep.path),
                       strategy_text=prep.doc.text, params=prep.plan.params,
                       settings={**prep.settings, "data": str(prep.data_path), "timezone": prep.timezone,
-                                "overrides": prep.overrides},
+                                "overrides": prep.overrides,
+                                # what the run's fills cost, said even when nothing ("none")
+                                "commission": prep.sim.commission.describe(),
+                                "slippage": prep.sim.slippage.describe()},
                       # a scanner's universe may name symbols without bars: the run trades the others
                       symbols=[s for s in prep.symbols if s not in prep.missing], bar=prep.bar,
                       currency=prep.settings.get("currency", "USD"),

@@ -851,7 +851,9 @@ def test_a_blocked_condor_names_its_real_cause(tmp_path):
     result = cli("backtest", CONDOR, "--journal", tmp_path / "j.sqlite", "--set", "min_credit=0.5")
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.strip().startswith("Entries blocked"))
-    assert re.search(r"Entries blocked +([0-9,]+) +\1 credit = [0-9.]+: [0-9.]+ >= 0.5 no; qtrade why ", line), line
+    # one cause in many credits: one wording, with the range the credit took
+    assert re.search(r"Entries blocked +([0-9,]+) +\1 credit = [0-9.]+: [0-9.]+ >= 0.5 no \(from [0-9.]+ to [0-9.]+\); "
+                     r"qtrade why ", line), line
     con = sqlite3.connect(tmp_path / "j.sqlite")
     reasons = [r for (r,) in con.execute("SELECT reason FROM decisions WHERE outcome = 'blocked'")]
     con.close()

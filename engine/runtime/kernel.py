@@ -1097,7 +1097,8 @@ class Kernel(RunState):
             self._rolled(tr, st, fill, k=tr.last_bar)
             return
         if role == "entry":
-            self._filled(tr, price)
+            if self.on_order is not None:   # (a backtest prints nothing: not even the call)
+                self._filled(tr, price)
             if slot in ledger.positions:      # pyramiding: the entry adds to the position
                 pos = ledger.add(fill, key=slot)
                 st.entries += 1
@@ -1123,7 +1124,8 @@ class Kernel(RunState):
             return
         held = pos.quantity
         trade = ledger.close(fill, rule.reason or rule.name, key=slot)     # no reason: the rule's name
-        self._filled(tr, price, trade.pnl)
+        if self.on_order is not None:
+            self._filled(tr, price, trade.pnl)
         index = self._trade_of[tag] = len(ledger.trades) - 1
         self._unmeasured.append((index, b.of(pos.contract), pos.entry_bar, tr.last_bar, pos.avg_price, price,
                                  held > 0, abs(held) * pos.multiplier))

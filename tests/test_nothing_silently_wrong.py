@@ -739,7 +739,10 @@ def test_a_reasons_one_varying_value_is_said_as_its_range_and_a_missing_side_as_
     from engine.report.why import value_range
 
     assert value_range({"credit = 0.185: 0.185 >= 0.2 no", "credit = 0.145: 0.145 >= 0.2 no",
-                        "credit = 0.19: 0.19 >= 0.2 no"}) == "from 0.145 to 0.19"
+                        "credit = 0.19: 0.19 >= 0.2 no"}) == "credit from 0.145 to 0.19"
+    assert value_range({"taken (confidence 0.6325, this one 0.5)", "taken (confidence 0.7, this one 0.5)"}) == \
+        "confidence from 0.6325 to 0.7"
+    assert value_range({"decided 3 min ago", "decided 5 min ago"}) == "from 3 to 5"     # no name it says
     # a strike and an expiry moving together: no range that would not say what it is of
     assert value_range({"leg a (put 301 2019-11-06) has no two-sided quote (bid 0, ask 0.03)",
                         "leg a (put 303 2019-11-07) has no two-sided quote (bid 0, ask 0.03)"}) == ""
@@ -852,7 +855,7 @@ def test_a_blocked_condor_names_its_real_cause(tmp_path):
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.strip().startswith("Entries blocked"))
     # one cause in many credits: one wording, with the range the credit took
-    assert re.search(r"Entries blocked +([0-9,]+) +\1 credit = [0-9.]+: [0-9.]+ >= 0.5 no \(from [0-9.]+ to [0-9.]+\); "
+    assert re.search(r"Entries blocked +([0-9,]+) +\1 credit = [0-9.]+: [0-9.]+ >= 0.5 no \(credit from [0-9.]+ to [0-9.]+\); "
                      r"qtrade why ", line), line
     con = sqlite3.connect(tmp_path / "j.sqlite")
     reasons = [r for (r,) in con.execute("SELECT reason FROM decisions WHERE outcome = 'blocked'")]

@@ -228,7 +228,7 @@ def test_blocked_entries_are_counted_apart_from_exits_and_one_reason_in_many_num
     assert out.exit_code == 0, out.output
     count = int(re.search(r"; (\d+) entries blocked\n", out.output).group(1))
     lines = re.findall(r"^  blocked 'calm market, enough credit' on XSP: credit = [\d.]+: [\d.]+ >= 0.2 no "
-                       r"\((\d+) times, from ([\d.]+) to ([\d.]+)\)$", out.output, re.M)
+                       r"\((\d+) times, credit from ([\d.]+) to ([\d.]+)\)$", out.output, re.M)
     # the credits below min_credit (0.145 ... 0.195) are one cause, said once with its range
     assert len(lines) == 1 and int(lines[0][0]) == count and float(lines[0][1]) < float(lines[0][2]) < 0.2, \
         out.output

@@ -236,7 +236,9 @@ _def(Function("if", (_p("condition", BOOL_SERIES), _p("then", ANY), _p("else", A
 _def(Function("symbol", (_p("ticker", STRING),), R_SYMBOL,
               "Another symbol's bars, aligned by timestamp without look-ahead: symbol(\"VIX\").close."))
 _def(Function("at_entry", (_p("x", SERIES),), R_SERIES,
-              "The value x had on the bar the open position was entered (exit rules only).",
+              "The value x had on the bar the open position was entered, the bar its entry filled in "
+              "(with fills at the next open, the bar after the one the entry rule fired on: that bar's "
+              "high[2] is at_entry(high[3])). Exit rules only.",
               contexts=frozenset({"exit"})))
 _def(Function("delta", (_p("leg", LEG),), R_SCALAR, "The leg's option delta (signed: puts are negative).",
               contexts=frozenset({"options"})))

@@ -41,7 +41,12 @@ def value_range(wordings) -> str:
         numbers = [float(v[varying[0]].rstrip("%")) for v in values]
     except ValueError:
         return ""       # a date or a time
-    return f"from {min(numbers):g} to {max(numbers):g}"
+    # named where a wording names it ("credit = 0.185" -> credit, "(confidence 0.63" -> confidence)
+    wording = next(iter(wordings))
+    token = list(_NUMBER.finditer(wording))[varying[0]]
+    name = re.search(r"(?:([A-Za-z_][\w.]*) = |\(([A-Za-z_]\w*) )$", wording[:token.start()])
+    named = f"{name.group(1) or name.group(2)} " if name else ""
+    return f"{named}from {min(numbers):g} to {max(numbers):g}"
 
 
 @dataclass

@@ -185,9 +185,30 @@ def test_the_status_line_names_a_position_by_its_contract():
     assert status_line(kernel, broker, at, "America/New_York", window).endswith("today's P&L +600.00")
     assert status_line(kernel, broker, at + 7200 * 10**9, "America/New_York", window).endswith(
         "today's P&L +600.00 | entries: outside the entry window 09:30-11:00")
-    kernel.halted = "down 502.00 today (limit 500.00)"
+    kernel.entries_refused_now = lambda: "max_daily_loss: down 502.00 today (limit 500.00)"
     assert status_line(kernel, broker, at, "America/New_York", window).endswith(
-        " | entries stopped: down 502.00 today (limit 500.00)")
+        " | entries refused: max_daily_loss: down 502.00 today (limit 500.00)")
+    kernel.entries_refused_now = lambda: "entries stopped: the close of NQ (exit) was refused by the broker"
+    assert status_line(kernel, broker, at + 7200 * 10**9, "America/New_York", window).endswith(
+        " | entries stopped: the close of NQ (exit) was refused by the broker")
+
+
+def test_the_kernel_says_why_an_entry_would_be_refused_now_without_changing_the_account():
+    """What the status line reads: the risk limits as a decision would check them now."""
+    from pathlib import Path
+
+    from engine.runtime import backtest as bt
+
+    root = Path(__file__).resolve().parents[1]
+    kernel = bt.run(bt.prepare(root / "strategies" / "iron_condor.yaml"), fast=False).runner
+    assert kernel.entries_refused_now() is None         # flat at the end, nothing reached
+    equity = kernel.account_view()[0]
+    kernel._day, kernel._day_start = kernel._now // 86_400_000_000_000, equity + 600.0
+    said = kernel.entries_refused_now()
+    assert said == "max_daily_loss: down 600.00 today (limit 500.00)", said
+    assert kernel._day_start == equity + 600.0          # read, not reset
+    kernel.halted = "the close of XSP was refused"
+    assert kernel.entries_refused_now() == "entries stopped: the close of XSP was refused"
 
 
 def _owners_journal(tmp_path):

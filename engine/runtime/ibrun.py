@@ -676,8 +676,9 @@ def status_line(kernel, broker, now: int, timezone: str, schedule=None) -> str:
     lines = broker.lines_status() if hasattr(broker, "lines_status") else ""
     state = broker.state if hasattr(broker, "state") else "simulated"
     entries = ""
-    if getattr(kernel, "halted", ""):
-        entries = f" | entries stopped: {kernel.halted}"
+    refused = kernel.entries_refused_now() if hasattr(kernel, "entries_refused_now") else None
+    if refused:
+        entries = f" | {refused}" if refused.startswith("entries stopped") else f" | entries refused: {refused}"
     elif schedule is not None and schedule.entry_window is not None:
         lo, hi = schedule.entry_window
         minute = t.hour * 60 + t.minute

@@ -2418,6 +2418,22 @@ class Kernel(RunState):
             return acct.equity, acct.available_funds, acct.cash
         return self.equity(), self.available_funds(), self.ledger.cash
 
+    def entries_refused_now(self) -> str | None:
+        """Why a new entry would be refused now (entries stopped, a risk limit reached), for a
+        status line: reads the account as a decision would, changes nothing."""
+        if self.halted:
+            return f"entries stopped: {self.halted}"
+        limits = self.settings.limits
+        working = sum(1 for s in self._lanes if (s.working_entry is not None or s.chasing is not None)
+                      and s.key is None)
+        equity = self.account_view()[0] if limits.max_daily_loss is not None or limits.max_drawdown is not None \
+            else math.nan
+        same_day = self._now // 86_400_000_000_000 == self._day
+        state = AccountState(equity, max(self._peak, equity) if equity == equity else math.nan,
+                             self._day_start if same_day else equity, len(self.ledger.positions) + working,
+                             self._losses, self._paused_until, self._now / 1e9)
+        return check_entry(limits, state, live=self.live)
+
     def account_state(self) -> AccountState:
         limits = self.settings.limits
         working = sum(1 for s in self._lanes if (s.working_entry is not None or s.chasing is not None)

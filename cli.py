@@ -1176,12 +1176,12 @@ def _describe_order(info: dict, timezone: str) -> str:
                  + (f" ({intent.reason})" if intent.reason else ""))
     elif why:
         line += f"\n    why: rule '{info['rule']}' fired: {why}" + (f" ({intent.reason})" if intent.reason else "")
+    elif intent.reason:
+        line += f"\n    why: {intent.reason}"
     prices = info.get("prices") or []
     if info.get("role") == "combo_exit" and len(prices) > 1:     # a close's chase, as an entry's is shown
         line += (f"\n    price: limit {_price(prices[0])}, then {', '.join(_price(p) for p in prices[1:])} every "
                  f"{info['every']:g}s; if none fills, cancel, confirm, and close at the natural price")
-    elif intent.reason:
-        line += f"\n    why: {intent.reason}"
     return line
 
 

@@ -290,3 +290,12 @@ def test_an_or_that_fired_is_explained_by_the_side_that_held(tmp_path):
         assert why.count("position.side") == 1 and " no" not in why, why
         assert re.fullmatch(r"position.side = (1: 1 > 0 yes; low|-1: -1 < 0 yes; high) = [\d.]+: [\d.]+ [<>]= "
                             r"[\d.]+ yes", why), why
+
+
+def test_a_protective_orders_why_is_said_once(tmp_path):
+    out = CliRunner().invoke(cli.main, ["run", "strategies/futures_breakout_es.yaml", "--broker", "sim", "--days", "30",
+                                        "--journal", str(tmp_path / "j.sqlite")])
+    assert out.exit_code == 0, out.output
+    blocks = re.findall(r"^\S+ \S+  SELL 1 ES \(ESZ3\) (?:STP|LMT) [\d.]+ GTC \[(?:stop|target)\] \S+\n((?:    why: .*\n)+)",
+                        out.output, re.M)
+    assert blocks and all(block.count("why:") == 1 for block in blocks), blocks[:3]

@@ -299,3 +299,6 @@ def test_a_protective_orders_why_is_said_once(tmp_path):
     blocks = re.findall(r"^\S+ \S+  SELL 1 ES \(ESZ3\) (?:STP|LMT) [\d.]+ GTC \[(?:stop|target)\] \S+\n((?:    why: .*\n)+)",
                         out.output, re.M)
     assert blocks and all(block.count("why:") == 1 for block in blocks), blocks[:3]
+    # a stop and target the run cancels for a market exit say so when the cancel is confirmed
+    assert re.search(r"^    -> \S+: cancelled, cancel confirmed: for the exit 'trend break' \(2013-10-\d\d \d\d:\d\d\)$",
+                     out.output, re.M), out.output

@@ -158,6 +158,7 @@ class Kernel(RunState):
         self._by_exec: dict[str, _Tracked] = {}
         self._fills_of: dict[str, tuple[float, float]] = {}   # exec id -> (quantity, price)
         self._fees: dict[str, float] = {}                      # exec id -> its commission
+        self._cancel_why: dict[str, str] = {}                  # ref -> why the kernel cancelled it (to say so)
         self._booked: set[str] = set()                         # refs booked in the ledger
         self._entry_ref: dict[str, str] = {}                   # symbol -> the ref of its open entry
         self._trade_of: dict[str, int] = {}                    # ref -> the index of the trade it is in
@@ -944,9 +945,12 @@ class Kernel(RunState):
         else:
             status = _UNFILLED[status]
             self._status(tr, status, ev.time, ev.reason)
+            # the kernel's own cancel says why (a cancel that lost the race to a fill leaves its
+            # entry behind: one short string, for an order done)
+            why = self._cancel_why.pop(ev.ref, "") if self._cancel_why else ""
             if tr.sent:     # ("cancelled, cancel confirmed" says its status itself)
-                self._outcome(tr, status if not ev.reason else ev.reason if ev.reason.startswith(status)
-                              else f"{status}: {ev.reason}")
+                self._outcome(tr, (status if not ev.reason else ev.reason if ev.reason.startswith(status)
+                                   else f"{status}: {ev.reason}") + (f": {why}" if why else ""))
             if status == E.REJECTED and role == "entry":
                 self._decide(tr.symbol, tr.intent.rule, "entry", "blocked", f"rejected by the broker: {ev.reason}")
         if role == "entry":
@@ -1479,9 +1483,14 @@ class Kernel(RunState):
         if fired is None and flat is not None and flat[k]:
             fired, kind = self._flat_rule, "flat_by"
         if fired is not None:
+            printed = self.on_order is not None     # (why it cancels is said with the cancel's confirmation)
             for ref in list(st.protect.values()):
+                if printed:
+                    self._cancel_why[ref] = f"for the exit '{fired.name}'"
                 self.venue.cancel(ref)
             if st.working_entry is not None:        # an entry adding to it (pyramiding) still working
+                if printed:
+                    self._cancel_why[st.working_entry] = f"for the exit '{fired.name}'"
                 self.venue.cancel(st.working_entry)
             self._drain()
             if st.key is None:

@@ -407,13 +407,15 @@ def test_history_pacing_violations_are_waited_out(nq_sim, tmp_path, expect_error
     assert len(notes) == 1 and "pacing violation" in notes[0]["message"], notes
     # the warm-up's waits (about 24 s, 48 min of the simulator's time at 120x) leave bars to catch
     # up on: the rules decide on them, but no entry goes on a signal that old; the entries sent
-    # fill within two minutes of the close they were decided at
+    # fill within a few minutes of the close they were decided at (the gate lets one go up to a bar
+    # and a minute after its close; the order's trip adds a minute or so of simulated time at 120x),
+    # not the 9 to 46 minutes of the bars caught up on
     late = rows(journal, "SELECT reason FROM decisions WHERE outcome = 'blocked' AND reason LIKE "
                          "'%a bar the run is catching up on%'")
     assert late, out.output
     sent = rows(journal, "SELECT o.ts AS decided, f.ts AS filled FROM orders o JOIN fills f USING (order_ref) "
                          "WHERE o.intent = 'open'")
-    assert sent and all(pd.Timestamp(f["filled"]) - pd.Timestamp(f["decided"]) < pd.Timedelta(minutes=2)
+    assert sent and all(pd.Timestamp(f["filled"]) - pd.Timestamp(f["decided"]) < pd.Timedelta(minutes=4)
                         for f in sent), sent
 
 

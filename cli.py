@@ -863,6 +863,10 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     _check_window(prep, start, end)
     if not start:
         prep = bt.last_days(prep, days)
+        if prep.days_held is not None and prep.days_held < days:
+            _safe_echo(f"note: --days {days}: the data has {prep.days_held} trading day"
+                       f"{'s' * (prep.days_held != 1)} ({prep.start:%Y-%m-%d} on); all of them are replayed",
+                       err=True)
     _report_warnings(prep)
     _report_skipped_bars(prep)
     _report_excluded(prep)

@@ -302,3 +302,15 @@ def test_a_protective_orders_why_is_said_once(tmp_path):
     # a stop and target the run cancels for a market exit say so when the cancel is confirmed
     assert re.search(r"^    -> \S+: cancelled, cancel confirmed: for the exit 'trend break' \(2013-10-\d\d \d\d:\d\d\)$",
                      out.output, re.M), out.output
+
+
+def test_more_days_than_the_data_has_says_so(tmp_path):
+    runner = CliRunner()        # (its output has stderr's lines too, where the note goes)
+    out = runner.invoke(cli.main, ["run", "strategies/iron_condor.yaml", "--broker", "sim", "--days", "30",
+                                   "--journal", str(tmp_path / "j.sqlite")])
+    assert out.exit_code == 0, out.output
+    assert re.search(r"note: --days 30: the data has \d trading days \(2019-11-0\d on\); all of them are replayed",
+                     out.output), out.output
+    fewer = runner.invoke(cli.main, ["run", "strategies/iron_condor.yaml", "--broker", "sim", "--days", "2",
+                                     "--journal", str(tmp_path / "k.sqlite")])
+    assert fewer.exit_code == 0 and "note: --days" not in fewer.output

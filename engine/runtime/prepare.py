@@ -52,6 +52,7 @@ class Prepared:
     missing: list = field(default_factory=list)   # traded symbols without bars (a scanner's universe)
     left_out: dict = field(default_factory=dict)  # symbol -> (bars left out, bars in the file, the first's time):
                                                   # outside regular hours (data.session: regular)
+    days_held: int | None = None   # last_days: the trading days the data has (fewer than asked: all replayed)
 
     @functools.cached_property
     def orders(self) -> Mapping[str, OrderTemplate]:
@@ -335,6 +336,7 @@ def last_days(prep: Prepared, days: int) -> Prepared:
         return prep
     first = dates[-min(days, len(dates))]
     prep.start = first
+    prep.days_held = len(dates)
     return prep
 
 

@@ -2432,18 +2432,11 @@ class Kernel(RunState):
         status line: reads the account as a decision would, changes nothing."""
         if self.halted:
             return f"entries stopped: {self.halted}"
-        limits = self.settings.limits
-        working = sum(1 for s in self._lanes if (s.working_entry is not None or s.chasing is not None)
-                      and s.key is None)
-        equity = self.account_view()[0] if limits.max_daily_loss is not None or limits.max_drawdown is not None \
-            else math.nan
-        same_day = self._now // 86_400_000_000_000 == self._day
-        state = AccountState(equity, max(self._peak, equity) if equity == equity else math.nan,
-                             self._day_start if same_day else equity, len(self.ledger.positions) + working,
-                             self._losses, self._paused_until, self._now / 1e9)
-        return check_entry(limits, state, live=self.live)
+        return check_entry(self.settings.limits, self.account_state(update=False), live=self.live)
 
-    def account_state(self) -> AccountState:
+    def account_state(self, update: bool = True) -> AccountState:
+        """The account as the entry checks read it; a decision's reading (`update`) also moves the
+        peak and starts a new day's baseline, a look (a status line) changes nothing."""
         limits = self.settings.limits
         working = sum(1 for s in self._lanes if (s.working_entry is not None or s.chasing is not None)
                       and s.key is None)
@@ -2451,15 +2444,16 @@ class Kernel(RunState):
             return AccountState(math.nan, math.nan, math.nan, len(self.ledger.positions) + working,
                                 self._losses, self._paused_until, self._now / 1e9)
         equity = self.account_view()[0]
-        self._peak = max(self._peak, equity)
+        peak = max(self._peak, equity)
         day = self._now // 86_400_000_000_000
-        if day != self._day:
-            self._day, self._day_start = day, equity
+        start = self._day_start if day == self._day else equity
+        if update:
+            self._peak, self._day, self._day_start = peak, day, start
         daily = ()
         if limits.max_cvar is not None:
             eod = self._eod[-(limits.max_cvar[1] + 1):]
             daily = tuple(b - a for a, b in zip(eod, eod[1:]))
-        return AccountState(equity, self._peak, self._day_start, len(self.ledger.positions) + working,
+        return AccountState(equity, peak, start, len(self.ledger.positions) + working,
                             self._losses, self._paused_until, self._now / 1e9, daily_pnl=daily)
 
     def states_at(self, st: _Symbol, k: int) -> tuple:

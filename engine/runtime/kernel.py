@@ -347,9 +347,17 @@ class Kernel(RunState):
         average price and when, and for a close the round trip's P&L, for the reader of a dry run
         or a paper run."""
         if self.on_order is not None and tr.sent:
-            # a venue's commission may come after the fill (IB's CommissionReport): said as to come
-            fees = self._fees
-            pending = any(t is tr and exec_id not in fees for exec_id, t in self._by_exec.items())
+            # a venue's commission may come after the fill (IB's CommissionReport): said as to come.
+            # The order's executions are among the latest: looked for from the end, not in all of them
+            fees, seen, pending = self._fees, 0, False
+            for exec_id, t in reversed(self._by_exec.items()):
+                if t is tr:
+                    if exec_id not in fees:
+                        pending = True
+                        break
+                    seen += 1
+                    if seen >= tr.execs:
+                        break
             self.on_order({"kind": "fill", "symbol": tr.symbol, "tag": tr.intent.tag, "time": tr.last_time,
                            "commission_pending": pending,
                            "when": self.when(tr.symbol, tr.last_time), "action": tr.intent.action,

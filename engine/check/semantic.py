@@ -411,10 +411,9 @@ class StrategyCheck(DocumentCheck):
 
     _NAMING = ("indicators", "classify", "params")      # the sections that define names rules read
 
-    def _misspelt_sections(self) -> list[tuple[str, str]]:
-        """Top-level keys that are a misspelling of a section defining names (`indicatros:`):
-        (key, the section). The schema reports the key; the rules' unknown names then say
-        where they are written instead of suggesting another name."""
+    def _misspellings(self, sections: tuple[str, ...]) -> list[tuple[str, object, str]]:
+        """Top-level keys the schema does not know that are close to one of `sections`: (key,
+        its value, the section). The schema reports each key, with its "did you mean"."""
         import difflib
 
         from ..config.schema import load_schema
@@ -423,23 +422,24 @@ class StrategyCheck(DocumentCheck):
         data = self.doc.data if isinstance(self.doc.data, dict) else {}
         out = []
         for key, value in data.items():
-            if key in known or not isinstance(value, dict) or not isinstance(key, str):
+            if not isinstance(key, str) or key in known:
                 continue
-            close = difflib.get_close_matches(key, self._NAMING, n=1, cutoff=0.6)
-            if close and close[0] not in data:
-                out.append((key, close[0]))
+            close = difflib.get_close_matches(key, sections, n=1, cutoff=0.6)
+            if close:
+                out.append((key, value, close[0]))
         return out
+
+    def _misspelt_sections(self) -> list[tuple[str, str]]:
+        """Top-level keys that are a misspelling of a section defining names (`indicatros:`):
+        (key, the section). The rules' unknown names then say where they are written instead of
+        suggesting another name."""
+        data = self.doc.data if isinstance(self.doc.data, dict) else {}
+        return [(key, section) for key, value, section in self._misspellings(self._NAMING)
+                if isinstance(value, dict) and section not in data]
 
     def _misspelt_entry(self) -> bool:
         """Is a top-level key a misspelling of a section of rules (`entyr:`, `exits:`, `agent:`)?"""
-        import difflib
-
-        from ..config.schema import load_schema
-
-        known = load_schema("strategy").get("properties", {})
-        data = self.doc.data if isinstance(self.doc.data, dict) else {}
-        return any(isinstance(key, str) and key not in known
-                   and difflib.get_close_matches(key, ("entry", "exit", "agents"), n=1, cutoff=0.6) for key in data)
+        return bool(self._misspellings(("entry", "exit", "agents")))
 
     def run(self, overrides: dict[str, str] | None = None) -> list[Diagnostic]:
         self.overrides = overrides

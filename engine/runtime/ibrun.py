@@ -830,7 +830,7 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     cash_now = values.equity
     bt.start_run(prep, journal, mode, run_id, cash_now)
     for alert in warm_alerts:
-        journal.note(run_id, _iso(alert.time or ib.now()), "alert", str(alert.code), alert.message)
+        journal_alert(journal, run_id, alert, ib)
     # the account's net liquidation is the run's cash, not the strategy's backtest.cash
     journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
                        " '$.client_id', ?, '$.data', 'IB history', '$.cash', ?) WHERE run_id = ?",
@@ -847,6 +847,11 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
         with contextlib.suppress(sqlite3.Error):
             journal.finish_run(run_id, "failed", {})
         raise
+
+
+def journal_alert(journal, run_id: str, alert, ib) -> None:
+    """One of IB's alerts as a journal note (at its time, else IB's now)."""
+    journal.note(run_id, _iso(alert.time or ib.now()), "alert", str(alert.code), alert.message)
 
 
 def alert_line(alert) -> str:
@@ -1105,7 +1110,7 @@ def _trade(run: _Run) -> Outcome:
         """IB's alerts (errors about no order: 1100, 2103, ...), journaled and said as they come."""
         out = []
         for alert in ib.take_alerts():
-            journal.note(run_id, _iso(alert.time or ib.now()), "alert", str(alert.code), alert.message)
+            journal_alert(journal, run_id, alert, ib)
             out.append(alert_line(alert))
         return out
 

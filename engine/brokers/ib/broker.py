@@ -267,9 +267,8 @@ class IBBroker:
             while (self.md.unavailable(symbol) or "").startswith("waiting for the first quote") and \
                     self.monotonic() < deadline:
                 self.conn.sleep(0.05)
-        why = self.md.unavailable(symbol)
-        if why:
-            return f"{symbol}: {why}"
+        # what holds until something changes (the contract, the roll) is said before what a next
+        # quote may clear (a crossed or stale market)
         try:
             front = self.contracts.resolve(symbol)
         except ContractError as exc:
@@ -279,7 +278,11 @@ class IBBroker:
             return (f"{symbol}: the position is held in {held.local_symbol}, and the front month is now "
                     f"{front.local_symbol}: no entry opens a second contract; the position's exits close it in "
                     f"{held.local_symbol}")
-        return self._blocked.get(front.local_symbol) or self._blocked.get(symbol)
+        blocked = self._blocked.get(front.local_symbol) or self._blocked.get(symbol)
+        if blocked:
+            return blocked
+        why = self.md.unavailable(symbol)
+        return f"{symbol}: {why}" if why else None
 
     def hold_contract(self, symbol: str, con_id: int) -> str:
         """A position restored from the journal is held in contract `con_id`: its exits go there.

@@ -821,6 +821,20 @@ effect(S, "/$defs/price/anyOf/1/limit", "condor", put("orders.condor.price", {"l
 effect(S, "/$defs/price/anyOf/1/chase", "condor", put("orders.condor.price.chase", {"start": "natural", "step": 0.01,
                                                                                       "steps": 1, "every": "15s",
                                                                                       "floor": "min_credit"}), "fills")
+# the close's price: the base closes by its price's chase from mid without the floor (3 closes
+# filled on the chase's 4th price, one timed out and closed at the natural price)
+effect(S, "/$defs/combo_order/close_price", "condor", put("orders.condor.close_price", "market"), "fills",
+       note="every close at the natural price at once")
+effect(S, "/$defs/close_price/anyOf/1/limit", "condor", put("orders.condor.close_price", {"limit": "credit + 0.01"}),
+       "fills")
+effect(S, "/$defs/close_price/anyOf/1/chase", "condor",
+       put("orders.condor.close_price", {"chase": {"start": "natural", "steps": 1}}), "fills")
+effect(S, "/$defs/close_chase/start", "condor", put("orders.condor.close_price.chase.start", "natural"), "fills")
+effect(S, "/$defs/close_chase/step", "condor", put("orders.condor.close_price.chase.step", 0.02), "fills")
+effect(S, "/$defs/close_chase/steps", "condor", put("orders.condor.close_price.chase.steps", 2), "fills")
+effect(S, "/$defs/close_chase/every", "condor", put("orders.condor.close_price.chase.every", "3m"), "fills")
+effect(S, "/$defs/close_chase/floor", "condor", put("orders.condor.close_price.chase.floor", "credit + 0.01"),
+       "fills")
 effect(S, "/$defs/expiry/oneOf/1/weekly", "condor", put("orders.condor.expiry", {"weekly": 0}), "fills")
 effect(S, "/$defs/expiry/oneOf/2/dte", "spxw", put("orders.condor.expiry.dte", [40, 60]), "fills", shared=True)
 effect(S, "/$defs/expiry/oneOf/2/prefer", "condor_dte", put("orders.condor.expiry.prefer", "farthest"), "orders")

@@ -340,7 +340,7 @@ def test_a_close_at_the_natural_price_that_does_not_fill_is_cancelled_and_the_ex
             return          # this venue's quotes do not meet it
         match(self, w)
 
-    prep = bt.prepare(ROOT / "strategies" / "iron_condor.yaml", overrides={"min_credit": "0.10"})
+    prep = bt.prepare(ROOT / "strategies" / "iron_condor.yaml")   # its last close times out to natural
     base = bt.run(prep, fast=False)
     monkeypatch.setattr(Kernel, "_close_at_natural", close_at_natural)
     monkeypatch.setattr(SimBroker, "_match_combo", match_combo)
@@ -363,7 +363,7 @@ def test_a_close_at_the_natural_price_says_so_in_the_trades_exit_reason():
     ("...; closed at the natural price"), so neither the trades table nor P&L by exit reason
     shows a losing trade as the rule's take-profit; a close filled by its chase keeps the
     rule's reason alone."""
-    prep = bt.prepare(ROOT / "strategies" / "iron_condor.yaml", overrides={"min_credit": "0.10"})
+    prep = bt.prepare(ROOT / "strategies" / "iron_condor.yaml")
     result = bt.run(prep, fast=False)
     natural = [t for t in result.ledger.trades if "natural" in t.legs["close"]]
     chased = [t for t in result.ledger.trades if t.legs["close"].startswith("filled at")]

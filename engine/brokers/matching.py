@@ -293,7 +293,7 @@ class ChaseResult:
             return f"filled at {self.price:.2f} on step {self.step + 1} of {len(self.tried)}"
         if not self.tried:
             return "the chase had no price above its floor"
-        return (f"chase timed out after {len(self.tried)} prices ({', '.join(f'{p:.2f}' for p in self.tried)}): "
+        return (f"chase timed out after {prices_tried(self.tried)}: "
                 "cancelled, cancel confirmed")
 
 
@@ -310,3 +310,8 @@ def run_chase(chase, quote, fill_fraction: float, tick: float = 0.01, opening: b
         if fill is not None:
             return ChaseResult(True, fill, k, tuple(prices[: k + 1]), k * chase.every)
     return ChaseResult(False, None, None, tuple(prices), len(prices) * chase.every, cancelled=bool(prices))
+
+
+def prices_tried(prices) -> str:
+    """A chase's prices as said: '2 prices (0.09, 0.10)', '1 price (0.09)'."""
+    return f"{len(prices)} price{'' if len(prices) == 1 else 's'} ({', '.join(f'{p:.2f}' for p in prices)})"

@@ -72,7 +72,7 @@ class PricePolicy:
         if isinstance(spec, dict) and isinstance(spec.get("chase"), dict):
             c = spec["chase"]
             return cls("chase", ChaseSpec(c.get("start", "mid"), float(c.get("step", 0.01)), int(c.get("steps", 4)),
-                                          _seconds(c.get("every", "15s")), "floor" in c))
+                                          _seconds(c.get("every", "15s")), c.get("floor") is not None))
         if isinstance(spec, dict) and "limit" in spec:
             return cls("limit")
         return cls("market" if spec == "market" else "mid")
@@ -110,6 +110,7 @@ class OrderTemplate:
     price: PricePolicy | None = None
     legs: tuple[LegTemplate, ...] = ()
     expiry: object = "0dte"     # the combo's expiry rule (the YAML value; market.expiry parses it)
+    close_price: PricePolicy | None = None   # the closing order's price (None: `price`, its floor included)
 
     def leg_order(self) -> list[LegTemplate]:
         """Legs picked by delta or premium first, then legs defined from them (offsets)."""
@@ -124,7 +125,9 @@ class OrderTemplate:
                    Quantity.from_spec(spec.get("quantity", 1)), combo,
                    PricePolicy.from_spec(spec.get("price", "mid")) if combo else None,
                    tuple(LegTemplate.from_spec(n, leg) for n, leg in (spec.get("legs") or {}).items()),
-                   spec.get("expiry", "0dte"))
+                   spec.get("expiry", "0dte"),
+                   PricePolicy.from_spec(spec["close_price"]) if combo and spec.get("close_price") is not None
+                   else None)
 
 
 def order_templates(orders: dict | None) -> Mapping[str, OrderTemplate]:
@@ -472,7 +475,8 @@ class Classification:
 class StrategyExprs:
     """Every expression a strategy holds, from the checker: named indicators, classifications,
     the rules and the agents' rules, and the order templates' computed values (their plan output
-    labels: orders.<name>.limit, .stop, .quantity, .stop_distance, .floor, .legs.<leg>.<key>)."""
+    labels: orders.<name>.limit, .stop, .quantity, .stop_distance, .floor, .close.limit, .close.floor,
+    .legs.<leg>.<key>)."""
 
     indicators: Mapping[str, Expr]
     classify: tuple[Classification, ...]
@@ -521,12 +525,13 @@ def strategy_exprs(doc: Document, parsed: Mapping[tuple, tuple[object, str]],
                            for key in ("delta", "premium", "min", "max") if key in strike]
             elif strike is not None:
                 wanted.append((f"orders.{name}.legs.{leg}.strike", where))
-        price = order.get("price")
-        if isinstance(price, dict):
-            if "limit" in price:
-                wanted.append((f"orders.{name}.limit", base + ("price", "limit")))
-            if isinstance(price.get("chase"), dict) and "floor" in price["chase"]:
-                wanted.append((f"orders.{name}.floor", base + ("price", "chase", "floor")))
+        for key, label in (("price", f"orders.{name}"), ("close_price", f"orders.{name}.close")):
+            price = order.get(key)
+            if isinstance(price, dict):
+                if "limit" in price:
+                    wanted.append((f"{label}.limit", base + (key, "limit")))
+                if isinstance(price.get("chase"), dict) and price["chase"].get("floor") is not None:
+                    wanted.append((f"{label}.floor", base + (key, "chase", "floor")))
         wanted += [(f"orders.{name}.{key}", base + (key,)) for key in ("limit", "stop")
                    if key in order and "legs" not in order]
         quantity = order.get("quantity")

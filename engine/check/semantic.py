@@ -629,17 +629,14 @@ class StrategyCheck(DocumentCheck):
                         seen.add(dep)
                         stack.append(dep)
         combo_scope = self._combo_scope(scope, where[-1])
-        price = spec.get("price")
-        if isinstance(price, dict):
-            if "limit" in price:
-                self.expr(where + ("price", "limit"), combo_scope, T.NUMBER, "the combo's limit price")
-            chase = price.get("chase")
-            if isinstance(chase, dict):
-                if "floor" in chase:
-                    self.expr(where + ("price", "chase", "floor"), combo_scope, T.NUMBER, "the chase floor")
-                start = chase.get("start")
-                if isinstance(start, (int, float)) and not isinstance(start, bool):
-                    pass
+        for key, what in (("price", "the combo's"), ("close_price", "the combo's closing")):
+            price = spec.get(key)
+            if isinstance(price, dict):
+                if "limit" in price:
+                    self.expr(where + (key, "limit"), combo_scope, T.NUMBER, f"{what} limit price")
+                chase = price.get("chase")
+                if isinstance(chase, dict) and chase.get("floor") is not None:
+                    self.expr(where + (key, "chase", "floor"), combo_scope, T.NUMBER, f"{what} chase floor")
         self._quantity(where, spec, scope)
 
     def _constant(self, where: tuple, scope: Scope):

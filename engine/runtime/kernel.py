@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from ..brokers import events as E
-from ..brokers.matching import FillModel, first_touch_any
+from ..brokers.matching import FillModel, first_touch_any, prices_tried
 from ..check.model import OrderTemplate
 from ..market.series import SymbolBars
 from ..orders.combos import debit_of, flip, order_price
@@ -2093,7 +2093,7 @@ class Kernel(RunState):
                 self._outcome(tr, f"not filled: {reason}")
                 self._decide(tr.symbol, tr.rule.name, "exit", "blocked", reason)
                 return
-            reason = (f"chase timed out after {len(prices)} prices ({', '.join(f'{p:.2f}' for p in prices)}): "
+            reason = (f"chase timed out after {prices_tried(prices)}: "
                       "cancelled, cancel confirmed") if ev.status == E.CANCELLED else ev.reason
             self._status(tr, "cancelled" if ev.status == E.CANCELLED else ev.status, ev.time, reason)
             self._outcome(tr, f"not filled: {reason}")
@@ -2216,7 +2216,7 @@ class Kernel(RunState):
             if self._explain and fired.when is not None else ""
         self._decide(symbol, fired.name, "exit", "fired", fired.reason, detail)
         # the order's price expressions read the combo as it is now (its credit, its legs' quotes)
-        chase = self.desk.chase(combo.order, k, st.values, self.desk.context(quote, now))
+        chase = self.desk.chase(combo.order, k, st.values, self.desk.context(quote, now), closing=True)
         action = flip(combo.action)
         bad = _bad_limit(chase, action)
         if bad:
@@ -2269,7 +2269,7 @@ class Kernel(RunState):
         out, when the chase had no price within its floor, or when it must be closed now (`how`)."""
         quote = info["quote"]
         if not how:
-            how = (f"chase timed out after {len(tried)} prices ({', '.join(f'{p:.2f}' for p in tried)}): cancelled, "
+            how = (f"chase timed out after {prices_tried(tried)}: cancelled, "
                    "cancel confirmed; closed at the natural price") if tried else \
                 "the chase had no price within its floor; closed at the natural price"
         # a marketable limit there, not a market order on a wide combo

@@ -206,21 +206,27 @@ class OptionsDesk:
             ctx[f"{leg.name}.dte"] = float((dt.date.fromisoformat(leg.expiry) - now.date()).days)
         return ctx
 
-    def chase(self, order: str, bar: int, values: list, ctx: dict) -> Chase:
+    def chase(self, order: str, bar: int, values: list, ctx: dict, closing: bool = False) -> Chase:
         """The order's prices as a chase (mid and market are one price; a limit is its value).
         `ctx` is the combo's facts (`context`): at an entry the combo about to be opened, at an
         exit the open combo as it is then, so a limit or floor that reads `credit` reads the
         combo's credit at that moment; the value is the order's limit in its direction (what the
-        closing order pays, for a credit combo; what it receives, for a debit one)."""
-        price = self.orders[order].price
+        closing order pays, for a credit combo; what it receives, for a debit one). `closing`:
+        the closing order's prices, by the template's close_price when it has one, else by its
+        price without the chase's floor (a floor bounds the opening order: `floor: min_credit`
+        is the smallest credit a condor is sold for, not the largest debit its stop-loss pays)."""
+        template = self.orders[order]
+        price, label, floored = template.price, f"orders.{order}", not closing
+        if closing and template.close_price is not None:
+            price, label, floored = template.close_price, f"orders.{order}.close", True
         if price.kind == "chase":
             c = price.chase
-            floor = self._value(f"orders.{order}.floor", bar, values, ctx) if c.floor else None
+            floor = self._value(f"{label}.floor", bar, values, ctx) if c.floor and floored else None
             return Chase(start=c.start, step=c.step, steps=c.steps, every=c.every, floor=floor)
         if price.kind == "market":
             return Chase(start="natural", step=0.0, steps=1, every=0.0)
         if price.kind == "limit":
-            limit = self._value(f"orders.{order}.limit", bar, values, ctx)
+            limit = self._value(f"{label}.limit", bar, values, ctx)
             return Chase(start=limit, step=0.0, steps=1, every=0.0)
         return Chase(start="mid", step=0.0, steps=1, every=0.0)
 

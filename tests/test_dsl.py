@@ -436,7 +436,7 @@ def _example_expressions() -> list[str]:
         elif isinstance(value, str) and (key in keys or parent == "indicators") and len(value) > 2:
             found.add(value)
 
-    for path in sorted((ROOT / "strategies").rglob("*.yaml")):
+    for path in sorted(p for p in (ROOT / "strategies").rglob("*.yaml") if not p.name.startswith(".")):
         walk(load_yaml(str(path), env={}).data)
     return sorted(found)
 

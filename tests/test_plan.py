@@ -24,7 +24,7 @@ from engine.plan.evaluate import Bars, Stream, align_asof, evaluate, value_at
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-STRATEGIES = sorted((ROOT / "strategies").glob("*.yaml"))
+STRATEGIES = sorted(p for p in (ROOT / "strategies").glob("*.yaml") if not p.name.startswith("."))
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not present")
 
@@ -445,7 +445,7 @@ def test_context_nodes_are_evaluated_at_a_bar_with_the_run_state(spy):
     assert stop == pytest.approx(100.0 - 2.0 * values[atr_node][entry_bar])
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "strategies").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STRATEGIES, ids=lambda p: p.stem)
 def test_a_node_read_at_one_bar_as_a_function_is_value_at(path, spy):
     """scalar_at builds value_at as a function once per node: the same value, to the bit, for
     every node of every example at many bars with the position's fields, and the same refusal of

@@ -761,7 +761,7 @@ def _describe_intent(info: dict) -> str:
     prices = info["prices"]
     chase = info["chase"]
     plan = (f"limit {prices[0]:.2f}, then {', '.join(f'{p:.2f}' for p in prices[1:])} every {chase.every:g}s"
-            if len(prices) > 1 else f"limit {prices[0]:.2f}" if prices else "no price above the floor")
+            if len(prices) > 1 else f"limit {prices[0]:.2f}" if prices else "no price within the floor")
     if chase.floor is not None:
         plan += f", floor {chase.floor:.2f}; cancel and confirm on timeout"
     margin = quote.margin * qty
@@ -1109,7 +1109,10 @@ def _order_printer(printed: list, text: bool, timezone: str, simulated: bool = F
         kind = info.get("kind")
         if kind == "outcome":       # with its time: it may come long after the order line above it
             if text:
-                _safe_echo(f"    -> {info['tag']}: {info['text']}" + (f" ({info['when']})" if info.get("when") else ""))
+                said = info["text"]
+                if simulated:       # nothing was at the broker to confirm a cancel
+                    said = said.replace("cancelled, cancel confirmed", "simulated cancel")
+                _safe_echo(f"    -> {info['tag']}: {said}" + (f" ({info['when']})" if info.get("when") else ""))
             return
         if kind == "fill":
             if text:

@@ -314,3 +314,19 @@ def test_more_days_than_the_data_has_says_so(tmp_path):
     fewer = runner.invoke(cli.main, ["run", "strategies/iron_condor.yaml", "--broker", "sim", "--days", "2",
                                      "--journal", str(tmp_path / "k.sqlite")])
     assert fewer.exit_code == 0 and "note: --days" not in fewer.output
+
+
+def test_a_dry_runs_cancels_are_said_to_be_simulated(tmp_path):
+    """A dry run sends nothing, so nothing at the broker confirms its cancels: the outcome of a
+    chase that timed out in its wallet says 'simulated cancel', as its fills say 'simulated fill';
+    the paper run over the same bars says the cancel was confirmed."""
+    args = ["strategies/iron_condor.yaml", "--broker", "sim", "--from", "2019-11-04", "--to", "2019-11-08"]
+    dry = CliRunner().invoke(cli.main, ["run", *args, "--dry-run", "--journal", str(tmp_path / "d.sqlite")])
+    paper = CliRunner().invoke(cli.main, ["run", *args, "--journal", str(tmp_path / "p.sqlite")])
+    assert dry.exit_code == 0 and paper.exit_code == 0, dry.output + paper.output
+    outcomes = [line for line in dry.output.splitlines() if line.lstrip().startswith("-> ")]
+    assert any("chase timed out" in line and line.rstrip().endswith(")") and "simulated cancel" in line
+               for line in outcomes), outcomes
+    assert not any("cancel confirmed" in line for line in outcomes), outcomes
+    assert any("cancelled, cancel confirmed" in line for line in paper.output.splitlines()
+               if line.lstrip().startswith("-> "))

@@ -292,7 +292,7 @@ class ChaseResult:
         if self.filled:
             return f"filled at {self.price:.2f} on step {self.step + 1} of {len(self.tried)}"
         if not self.tried:
-            return "the chase had no price above its floor"
+            return "the chase had no price within its floor"
         return (f"chase timed out after {prices_tried(self.tried)}: "
                 "cancelled, cancel confirmed")
 

@@ -2031,8 +2031,8 @@ class Kernel(RunState):
                            "why": explain(self.plan, rule.when, k, st.values, ctx), "quote": quote, "chase": chase,
                            "prices": prices, "quantity": qty})
         if not prices:
-            self._status(tr, "cancelled", self._now, "the chase had no price above its floor")
-            self._decide(symbol, rule.name, "entry", "blocked", "the chase had no price above its floor")
+            self._status(tr, "cancelled", self._now, "the chase had no price within its floor")
+            self._decide(symbol, rule.name, "entry", "blocked", "the chase had no price within its floor")
             return
         self._chase(st, tr, prices, chase.every, opening=True)
 

@@ -1047,6 +1047,8 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
                f"{'would have been sent (nothing was transmitted)' if dry_run else 'sent to IB'}; "
                f"{len(kernel.ledger.trades)} round trip{'s' * (len(kernel.ledger.trades) != 1)}, "
                f"{len(kernel.ledger.positions)} open")
+    if outcome.totals:
+        _safe_echo(f"  {outcome.totals}")
     if outcome.unconfirmed:
         _safe_echo(f"  not confirmed cancelled: {', '.join(outcome.unconfirmed)} (check TWS)")
     blocked = [d for d in kernel.decisions if d.outcome == "blocked"]

@@ -367,3 +367,27 @@ def test_a_symbol_ib_cannot_resolve_keeps_the_maps_tick():
     said = []
     use_ib_tick(prep, SimpleNamespace(resolved=resolved), "X", said.append)
     assert prep.instruments["X"].tick_size == 0.01 and not said
+
+
+def test_the_runs_totals_are_its_round_trips_its_commission_and_its_open_positions_at_the_last_prices():
+    """run_totals, the last line of an IB run, on a real kernel's run (the SMA crossover on the
+    simulator, one position open at the end): the trades' P&L net of commission, the fills'
+    commission, the open position at the last close."""
+    from engine.runtime import backtest as bt
+    from engine.runtime.ibrun import run_totals
+
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "strategies" / "sma_crossover.yaml"
+    result = bt.run(bt.prepare(path, overrides={"fast": "5"}), fast=False)
+    kernel = result.runner
+    trades, positions = kernel.ledger.trades, kernel.ledger.positions
+    assert trades and positions
+    end = max(int(b.end[-1]) for b in (s.bars for s in kernel.syms.values()))
+    marks = kernel.marks(end)
+    open_pnl = sum((marks[s] - p.avg_price) * p.quantity * p.multiplier for s, p in positions.items())
+    fees = sum(f.commission for f in kernel.ledger.fills)
+    line = run_totals(kernel, end)
+    assert line == (f"P&L {sum(t.pnl for t in trades):+,.2f} on {len(trades)} round trips (net of commission), "
+                    f"commission {fees:,.2f}; open position {open_pnl:+,.2f} at the last prices")
+    assert not kernel.commission_pending()

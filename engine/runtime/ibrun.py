@@ -688,6 +688,25 @@ def status_line(kernel, broker, now: int, timezone: str, schedule=None) -> str:
             f"today's P&L {pnl:+,.2f}{entries}")
 
 
+def run_totals(kernel, now: int) -> str:
+    """The run's money at its end, as its last line says it: the round trips' P&L (net of their
+    commissions), the commission paid (as far as the broker has reported it), and the open
+    positions' P&L at the last prices (the status line's marks)."""
+    trades = kernel.ledger.trades
+    realised = math.fsum(t.pnl for t in trades)
+    commission = math.fsum(f.commission for f in kernel.ledger.fills)
+    marks = kernel.marks(now)
+    positions = kernel.ledger.positions
+    unrealised = math.fsum((marks.get(s, p.avg_price) - p.avg_price) * p.quantity * p.multiplier
+                           for s, p in positions.items())
+    pending = kernel.commission_pending()
+    line = (f"P&L {realised:+,.2f} on {len(trades)} round trip{'s' * (len(trades) != 1)} (net of commission), "
+            f"commission {commission:,.2f}" + (" reported so far" if pending else ""))
+    if positions:
+        line += f"; open position{'s' * (len(positions) != 1)} {unrealised:+,.2f} at the last prices"
+    return line
+
+
 # ---- the run ------------------------------------------------------------------------------
 
 class RunRefused(Exception):
@@ -706,6 +725,7 @@ class Outcome:
     result: object
     figures: dict
     unconfirmed: list
+    totals: str = ""                 # run_totals at the stop
 
 
 @dataclass
@@ -1141,7 +1161,7 @@ def _trade(run: _Run) -> Outcome:
                     lambda: equity_curve(kernel.ledger, bars, kernel.settings.cash, prep.start,
                                          kernel.closed_combos + list(kernel.combos.values()), kernel.combo_symbol))
     result.broker = venue
-    return Outcome(run_id, stopped, kernel, result, figures, unconfirmed)
+    return Outcome(run_id, stopped, kernel, result, figures, unconfirmed, run_totals(kernel, ib.now()))
 
 
 def use_ib_tick(prep, ib, symbol: str, say: Callable[[str], None]) -> None:

@@ -342,6 +342,12 @@ class Kernel(RunState):
             self.on_order({"kind": "outcome", "symbol": tr.symbol, "tag": tr.intent.tag, "text": text,
                            "when": self.when(tr.symbol)})
 
+    def commission_pending(self) -> bool:
+        """Has the venue an execution's commission still to report (IB's CommissionReport comes
+        after the fill)?"""
+        fees = self._fees
+        return any(exec_id not in fees for exec_id in self._by_exec)
+
     def _filled(self, tr: _Tracked, price: float, pnl: float | None = None, how: str = "") -> None:
         """A printed order filled (wholly, or in part before the venue ended it): what, at what
         average price and when, and for a close the round trip's P&L, for the reader of a dry run

@@ -95,6 +95,11 @@ def test_a_paper_run_trades_nq_by_its_front_month_and_the_journal_is_the_venues(
         assert t["multiplier"] == 20
         assert t["pnl"] == pytest.approx((t["exit_price"] - t["entry_price"]) * 20 - t["commission"])
         assert t["commission"] == pytest.approx(2 * 2.25)
+    # the last lines say the run's money as the journal has it
+    fees = sum(f["commission"] for f in rows(journal, "SELECT * FROM fills"))
+    said = f"P&L {sum(t['pnl'] for t in trades):+,.2f} on {len(trades)} round trip{'s' * (len(trades) != 1)} " \
+        f"(net of commission), commission {fees:,.2f}"
+    assert any(line.strip().startswith(said) for line in out.output.splitlines()), out.output
     position = [p for p in nq_sim.record()["positions"] if p["conId"] == orders[0]["con_id"] and p["qty"]]
     held = rows(journal, "SELECT * FROM positions")
     if position:          # an open position at the stop: the journal's average is the venue's

@@ -744,7 +744,7 @@ def why(journal_path, run_id, rule):
 
 def _describe_intent(info: dict) -> str:
     """A would-be order as a trader reads it: one line for the order, then its details."""
-    from engine.orders.combos import order_price
+    from engine.orders.combos import debit_of, order_price
 
     intent = info["intent"]
     daily = (info["time"] - info["bar"]).total_seconds() >= 86_400 - 1
@@ -766,11 +766,19 @@ def _describe_intent(info: dict) -> str:
         plan += f", floor {chase.floor:.2f}; cancel and confirm on timeout"
     margin = quote.margin * qty
     loss = quote.max_loss * qty
+    risk = f"max loss {'unlimited' if loss == float('inf') else f'{loss:,.2f}'}, margin {margin:,.2f}"
+    if len(prices) > 1 and loss != float("inf"):
+        # the risk checks hold at the chase's least favourable price: said beside the mid's
+        worst = min(prices) if intent.action == "sell" else max(prices)
+        at_worst = quote.margin_at(-debit_of(worst, intent.action)) * qty
+        if at_worst > loss + 1e-9:
+            risk = f"max loss and margin {loss:,.2f} at mid, {at_worst:,.2f} if filled at the chase's last price " \
+                f"{_price(worst)}"
     return (f"{when}  {intent.action.upper()} {qty} {info['symbol']} {info['order']} combo [{info['rule']}] {intent.tag}\n"
             f"    legs: {legs}\n"
             f"    price: {plan}\n"
-            f"    {kind} {_price(abs(quote.credit))} at mid (natural {_price(order_price(quote.natural_debit(), quote.opening_action))}), max loss "
-            f"{'unlimited' if loss == float('inf') else f'{loss:,.2f}'}, margin {margin:,.2f}, underlying {quote.underlying:.2f}\n"
+            f"    {kind} {_price(abs(quote.credit))} at mid (natural {_price(order_price(quote.natural_debit(), quote.opening_action))}), "
+            f"{risk}, underlying {quote.underlying:.2f}\n"
             f"    why: {why}")
 
 

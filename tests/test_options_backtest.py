@@ -260,6 +260,16 @@ def test_dry_run_prints_the_combo_it_would_send(tmp_path):
     assert "legs: SELL 1 PUT" in text and "BUY 1 CALL" in text
     assert "price: limit" in text and "every 15s" in text and "floor 0.10" in text
     assert "credit" in text and "max loss" in text and "margin" in text
+    # the max loss the risk checks hold is the one at the chase's last price (a condor sold below
+    # mid can lose more), said beside the mid's: a 2-wide XSP condor sold for c loses (2 - c) x 100
+    import re
+
+    said = re.findall(r"credit ([\d.]+) at mid .*max loss and margin ([\d,.]+) at mid, ([\d,.]+) if filled at the "
+                      r"chase's last price ([\d.]+)", text)
+    assert said, text
+    for credit, at_mid, at_worst, worst in said:
+        assert float(at_mid) == pytest.approx((2 - float(credit)) * 100)
+        assert float(at_worst) == pytest.approx((2 - float(worst)) * 100) and float(worst) < float(credit)
     assert "would have been sent" in text
     db = sqlite3.connect(tmp_path / "j.sqlite")
     # the dry run's simulated wallet trades as the paper run would: the condor's chase fills or

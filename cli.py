@@ -539,12 +539,18 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
     if summary.get("open_positions"):
         rows.append(("Open at the end", str(summary["open_positions"]), "marked to the last close"))
     if summary.get("blocked"):
-        top = summary.get("blocked_reasons") or []
-        named = "; ".join(f"{n:,} {reason}" for reason, n in top)
-        more = " ..." if sum(n for _, n in top) < summary["blocked"] else ""
-        rows.append(("Entries blocked", f"{summary['blocked']:,}",
-                     (f"{named}{more}; " if named else "")
-                     + f"qtrade why {journal_path or 'JOURNAL'}" + (f" --run {result.run_id}" if journal_path else "")))
+        hint = f"qtrade why {journal_path or 'JOURNAL'}" + (f" --run {result.run_id}" if journal_path else "")
+        exits = summary.get("exits_blocked") or 0
+
+        def reasons(top, count):
+            named = "; ".join(f"{n:,} {reason}" for reason, n in top)
+            return (f"{named}{' ...' if sum(n for _, n in top) < count else ''}; " if named else "") + hint
+        if summary["blocked"] > exits:
+            rows.append(("Entries blocked", f"{summary['blocked'] - exits:,}",
+                         reasons(summary.get("blocked_reasons") or [], summary["blocked"] - exits)))
+        if exits:       # an exit that fired but could not go (a close not filled within its bound)
+            rows.append(("Exits held back", f"{exits:,}", "each decided again at the next close: "
+                         + reasons(summary.get("exits_blocked_reasons") or [], exits)))
     label = max(len(name) for name, _, _ in rows) + 2      # at least two spaces after the longest label
     width = max([20] + [len(value) for _, value, _ in rows])
     for name, value, note in rows:

@@ -75,7 +75,8 @@ def test_close_price_market_closes_at_the_natural_price_at_once(tmp_path):
     assert len(market.ledger.trades) == len(base.ledger.trades)
     for chased, crossed in zip(base.ledger.trades, market.ledger.trades):
         assert crossed.entry_time == chased.entry_time and crossed.entry_price == chased.entry_price
-        assert crossed.legs["close"].endswith("on step 1 of 1"), crossed.legs["close"]
+        assert crossed.legs["close"] == "closed at the natural price (close_price: market)", crossed.legs["close"]
+        assert crossed.exit_reason.endswith("; closed at the natural price"), crossed.exit_reason
         # the natural price: never less than a chase from mid pays
         assert crossed.exit_price >= chased.exit_price - 1e-9
     assert sum(t.pnl for t in market.ledger.trades) < sum(t.pnl for t in base.ledger.trades)
@@ -127,3 +128,48 @@ def test_the_close_price_holds_in_a_simulated_run_and_its_dry_run(tmp_path, mode
     assert live.exit_code == 0, live.output
     summary = json.loads(back.output)["summary"]
     assert summary["trades"] >= 3 and json.loads(live.output)["summary"] == summary
+
+
+def test_a_close_price_floor_binds_the_exit_waits_and_flat_by_still_closes(tmp_path):
+    """A floor the close's chase cannot fill within (at most a cent over mid, where this venue
+    fills a combo limit only halfway to the natural price) holds the exit back: cancelled,
+    confirmed, journaled as blocked and decided again at the next close, never sent at the
+    natural price; at flat_by's time the close goes whatever its bound, at the natural price if
+    need be, and says why. The summary counts the exits held back apart from blocked entries."""
+    path = condor(tmp_path, {"chase": {"start": "mid", "step": 0.01, "steps": 4, "every": "15s",
+                                       "floor": "credit + 0.01"}})
+    result = run(path)
+    trades = result.ledger.trades
+    assert trades
+    held = [d for d in result.runner.decisions if d.kind == "exit" and d.outcome == "blocked"]
+    assert held and all("the exit is decided again at the next close" in d.reason for d in held)
+    assert any("not filled within close_price's floor" in d.reason for d in held)
+    rules = {t.exit_rule for t in trades}
+    # no close paid the natural price before flat_by's time (15:50 New York)
+    for t in trades:
+        close = t.legs["close"]
+        if "natural price" in close:
+            local = __import__("pandas").Timestamp(t.exit_time, tz="UTC").tz_convert("America/New_York")
+            assert (local.hour, local.minute) >= (15, 50), (close, local)
+    assert rules <= {"take profit", "stop loss", "flat_by"}
+    out = CliRunner().invoke(main, ["backtest", str(path), "--journal", str(tmp_path / "j.sqlite"), "--no-progress"])
+    assert out.exit_code == 0, out.output
+    line = next(line for line in out.output.splitlines() if line.strip().startswith("Exits held back"))
+    assert f"{len(held):,}" in line and "each decided again at the next close" in line, line
+    entries = [line for line in out.output.splitlines() if line.strip().startswith("Entries blocked")]
+    assert all("not filled within" not in line for line in entries), entries
+
+
+def test_a_close_price_limit_that_is_no_price_is_refused_and_one_that_evaluates_to_none_closes_at_natural(tmp_path):
+    bad = condor(tmp_path, {"limit": -0.05})
+    out = CliRunner().invoke(main, ["validate", str(bad)])
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "-0.05" in text)
+    assert out.exit_code != 0 and f"condor.yaml:{line}:" in out.output and "is not a price" in out.output, out.output
+    # an expression that comes out at no price at the exit (credit - 1: below zero) does not hold
+    # the exit back (a stop loss must go): the close goes at the natural price and says why
+    result = run(condor(tmp_path, {"limit": "credit - 1"}))
+    assert result.ledger.trades
+    for t in result.ledger.trades:
+        assert t.legs["close"].startswith("cannot price the close by its limit (the order's limit is -0."), \
+            t.legs["close"]
+        assert t.legs["close"].endswith("closed at the natural price")

@@ -110,7 +110,7 @@ class OrderTemplate:
     price: PricePolicy | None = None
     legs: tuple[LegTemplate, ...] = ()
     expiry: object = "0dte"     # the combo's expiry rule (the YAML value; market.expiry parses it)
-    close_price: PricePolicy | None = None   # the closing order's price (None: `price`, its floor included)
+    close_price: PricePolicy | None = None   # the closing order's price (None: `price`, its chase's floor left out)
 
     def leg_order(self) -> list[LegTemplate]:
         """Legs picked by delta or premium first, then legs defined from them (offsets)."""

@@ -633,7 +633,13 @@ class StrategyCheck(DocumentCheck):
             price = spec.get(key)
             if isinstance(price, dict):
                 if "limit" in price:
-                    self.expr(where + (key, "limit"), combo_scope, T.NUMBER, f"{what} limit price")
+                    if self.expr(where + (key, "limit"), combo_scope, T.NUMBER, f"{what} limit price") is not None:
+                        value = self._constant(where + (key, "limit"), combo_scope)
+                        if value is not None and not value > 0:
+                            self.err(where + (key, "limit"), f"{what} limit {value:g} is not a price",
+                                     "a limit is what the order pays when it buys and receives when it sells, per "
+                                     "combo: a positive number (for a close, e.g. credit + 0.05 pays at most 5 "
+                                     "cents over the combo's mid then)")
                 chase = price.get("chase")
                 if isinstance(chase, dict) and chase.get("floor") is not None:
                     self.expr(where + (key, "chase", "floor"), combo_scope, T.NUMBER, f"{what} chase floor")

@@ -333,6 +333,7 @@ class Chase:
     steps: int = 4           # how many prices are tried, the first included
     every: float = 15.0      # seconds between prices
     floor: float | None = None
+    binding: bool = False    # a close's floor or limit (close_price): not filled within it, no natural price
 
     def prices(self, quote: ComboQuote, tick: float = 0.01, opening: bool = True,
                action: str | None = None) -> list[float]:

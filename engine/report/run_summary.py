@@ -102,7 +102,10 @@ def summarize_result(result: Result, risk_free: float = 0.0) -> dict[str, Any]:
     skipped = [f.attrs["bad_bars"] for f in result.prepared.frames.values() if f.attrs.get("bad_bars")]
     out["bad_bars_skipped"] = int(sum(b["count"] for b in skipped))   # data.on_bad_bar: skip
     out["blocked"] = _blocked(result.runner.decisions)
-    out["blocked_reasons"] = top_reasons(result.runner.decisions) if out["blocked"] else []
+    out["exits_blocked"] = _blocked(result.runner.decisions, "exit") if out["blocked"] else 0   # of them
+    out["blocked_reasons"] = top_reasons(result.runner.decisions, kind="entry") \
+        if out["blocked"] > out["exits_blocked"] else []
+    out["exits_blocked_reasons"] = top_reasons(result.runner.decisions, kind="exit") if out["exits_blocked"] else []
     return {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in out.items()}
 
 
@@ -118,12 +121,14 @@ def _run_bars(result: Result) -> int:
     return total
 
 
-def _blocked(decisions) -> int:
-    """How many entries or exits were blocked (from the columns when the records are kept so)."""
+def _blocked(decisions, kind: str | None = None) -> int:
+    """How many entries or exits (or, with `kind`, only those of that kind) were blocked (from
+    the columns when the records are kept so)."""
     cols = getattr(decisions, "columns", None)
     if cols is None:
-        return sum(1 for d in decisions if d.outcome == "blocked")
-    outcome = cols["outcome"]
-    if isinstance(outcome, (list, np.ndarray)):
-        return sum(1 for o in outcome if o == "blocked")
-    return len(decisions) if outcome == "blocked" else 0
+        return sum(1 for d in decisions if d.outcome == "blocked" and (kind is None or d.kind == kind))
+    outcome, kinds = cols["outcome"], cols["kind"]
+    n = len(decisions)
+    outcome = outcome if isinstance(outcome, (list, np.ndarray)) else [outcome] * n
+    kinds = kinds if isinstance(kinds, (list, np.ndarray)) else [kinds] * n
+    return sum(1 for o, k in zip(outcome, kinds) if o == "blocked" and (kind is None or k == kind))

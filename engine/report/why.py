@@ -83,23 +83,22 @@ def group_decisions(rows) -> list[Group]:
                                                   g.pattern))
 
 
-def top_reasons(decisions, outcome: str = "blocked", n: int = 3) -> list[tuple[str, int]]:
-    """The `n` most frequent reasons (grouped as above) among a run's decisions with `outcome`:
-    (most frequent wording, count)."""
+def top_reasons(decisions, outcome: str = "blocked", n: int = 3, kind: str | None = None) -> list[tuple[str, int]]:
+    """The `n` most frequent reasons (grouped as above) among a run's decisions with `outcome`
+    (and with `kind`, entry or exit, when given): (most frequent wording, count)."""
     cols = getattr(decisions, "columns", None)
-    if cols is not None and not isinstance(cols["outcome"], (list, tuple)) and not hasattr(cols["outcome"], "shape"):
-        pairs = [(cols["outcome"], r) for r in (cols["reason"] if isinstance(cols["reason"], (list, tuple))
-                                                 else [cols["reason"]] * len(decisions))]
-    elif cols is not None:
-        reasons = cols["reason"]
-        if not isinstance(reasons, (list, tuple)) and not hasattr(reasons, "shape"):
-            reasons = [reasons] * len(cols["outcome"])
-        pairs = list(zip(cols["outcome"], reasons))
+    if cols is not None:
+        size = len(decisions)
+
+        def column(name):
+            values = cols[name]
+            return values if isinstance(values, (list, tuple)) or hasattr(values, "shape") else [values] * size
+        rows = zip(column("outcome"), column("kind"), column("reason"))
     else:
-        pairs = [(d.outcome, d.reason) for d in decisions]
+        rows = ((d.outcome, d.kind, d.reason) for d in decisions)
     counts: dict[str, Counter] = {}
-    for o, reason in pairs:
-        if o == outcome:
+    for o, k, reason in rows:
+        if o == outcome and (kind is None or k == kind):
             counts.setdefault(reason_pattern(str(reason)), Counter())[str(reason)] += 1
     ranked = sorted(counts.values(), key=lambda c: -sum(c.values()))
     return [(c.most_common(1)[0][0] + (f" ({spread})" if (spread := value_range(c)) else ""), sum(c.values()))

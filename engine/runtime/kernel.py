@@ -2105,6 +2105,10 @@ class Kernel(RunState):
             self._outcome(tr, f"not filled: {reason}")
             if tr.role == "combo_entry":
                 self._decide(tr.symbol, tr.rule.name, "entry", "blocked", reason)
+            elif info.get("binding"):       # close_price's floor or limit: no natural price
+                self._decide(tr.symbol, tr.rule.name, "exit", "blocked",
+                             f"{reason}; not filled within close_price's {info['bound']}: the exit is decided "
+                             "again at the next close")
             else:
                 it = tr.intent
                 self._close_at_natural(st, st.symbol, it.action, float(it.quantity), tr.rule, tr.decided_bar, info,
@@ -2224,15 +2228,39 @@ class Kernel(RunState):
         # the order's price expressions read the combo as it is now (its credit, its legs' quotes)
         chase = self.desk.chase(combo.order, k, st.values, self.desk.context(quote, now), closing=True)
         action = flip(combo.action)
+        info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now, "why": detail,
+                # (a close that must go now, flat_by's time come, is not held to close_price's bound)
+                "every": chase.every, "binding": chase.binding and fired is not self._flat_rule and
+                not (flat is not None and flat[k]),
+                "bound": f"floor {chase.floor:.2f}" if chase.floor is not None else
+                f"limit {chase.start:.2f}" if isinstance(chase.start, (int, float)) else ""}
+        close_price = self.desk.orders[combo.order].close_price
+        if close_price is not None and close_price.kind == "market":
+            self._close_at_natural(st, symbol, action, float(combo.quantity), fired, k, info, tried=[],
+                                   how="closed at the natural price (close_price: market)")
+            return
         bad = _bad_limit(chase, action)
         if bad:
-            self._decide(symbol, fired.name, "exit", "blocked", f"cannot price the close: {bad}", detail)
+            # a close is not held back by a price no order can carry (an exit, a stop loss, must go)
+            self._close_at_natural(st, symbol, action, float(combo.quantity), fired, k, info, tried=[],
+                                   how=f"cannot price the close by its limit ({bad}); closed at the natural price")
             return
-        prices = chase.prices(quote, self.desk.setups[symbol].tick, opening=False, action=action)
-        info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now, "why": detail,
-                "every": chase.every}
+        tick = self.desk.setups[symbol].tick
+        prices = []
+        for p in chase.prices(quote, tick, opening=False, action=action):
+            p = max(p, tick)        # a mid below nothing (a quirk of far wings' quotes) is no limit to send
+            if p not in prices:
+                prices.append(p)
         if not prices:      # no price within the floor: straight to the natural price
-            self._close_at_natural(st, symbol, action, float(combo.quantity), fired, k, info, tried=[])
+            if info["binding"]:
+                reason = (f"no price within close_price's floor {chase.floor:.2f} (mid "
+                          f"{order_price(quote.mid_debit(False), action) + 0.0:.2f}): the exit is decided again at the "
+                          "next close")
+                self._decide(symbol, fired.name, "exit", "blocked", reason, detail)
+                return
+            self._close_at_natural(st, symbol, action, float(combo.quantity), fired, k, info, tried=[],
+                                   how=f"no price within close_price's floor {chase.floor:.2f}; flat by the "
+                                   "schedule's time: closed at the natural price" if chase.binding else "")
             return
         intent = OrderIntent(symbol, action, "limit", float(combo.quantity), None, prices[0], None,
                              "day", "close", fired.name, self._tag(), fired.reason)
@@ -2560,7 +2588,7 @@ def _bad_limit(chase, action: str) -> str:
     if isinstance(start, str):
         return ""
     if not math.isfinite(start) or start <= 0:
-        return (f"the order's limit is {start:g}: a limit is what the {action} "
+        return (f"the order's limit is {round(start, 6) + 0.0:g}: a limit is what the {action} "
                 f"{'pays' if action == 'buy' else 'takes in'} per combo, a positive price (is the expression "
                 "a credit where the combo is bought, or a debit where it is sold?)")
     return ""

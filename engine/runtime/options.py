@@ -219,16 +219,22 @@ class OptionsDesk:
         price, label, floored = template.price, f"orders.{order}", not closing
         if closing and template.close_price is not None:
             price, label, floored = template.close_price, f"orders.{order}.close", True
+        # close_price's one price (mid, a limit) rests a while before the close goes on without it
+        single = _CLOSE_REST if closing and template.close_price is not None else 0.0
         if price.kind == "chase":
             c = price.chase
             floor = self._value(f"{label}.floor", bar, values, ctx) if c.floor and floored else None
-            return Chase(start=c.start, step=c.step, steps=c.steps, every=c.every, floor=floor)
+            return Chase(start=c.start, step=c.step, steps=c.steps, every=c.every, floor=floor,
+                         binding=closing and floored and c.floor)
         if price.kind == "market":
             return Chase(start="natural", step=0.0, steps=1, every=0.0)
         if price.kind == "limit":
             limit = self._value(f"{label}.limit", bar, values, ctx)
-            return Chase(start=limit, step=0.0, steps=1, every=0.0)
-        return Chase(start="mid", step=0.0, steps=1, every=0.0)
+            return Chase(start=limit, step=0.0, steps=1, every=single, binding=single > 0)
+        return Chase(start="mid", step=0.0, steps=1, every=single)
+
+
+_CLOSE_REST = 30.0      # seconds close_price's single price (mid, a limit) rests
 
 
 def settlement_value(position: ComboPosition, price: float, quote: ComboQuote | None = None) -> float:

@@ -173,3 +173,13 @@ def test_a_close_price_limit_that_is_no_price_is_refused_and_one_that_evaluates_
         assert t.legs["close"].startswith("cannot price the close by its limit (the order's limit is -0."), \
             t.legs["close"]
         assert t.legs["close"].endswith("closed at the natural price")
+
+
+@pytest.mark.parametrize("close_price", [{}, {"chse": {"start": "mid"}}])
+def test_a_close_price_with_neither_form_asks_for_one_of_them(tmp_path, close_price):
+    path = condor(tmp_path, close_price)
+    out = CliRunner().invoke(main, ["validate", str(path)])
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "close_price" in text)
+    assert out.exit_code != 0, out.output
+    assert f"condor.yaml:{line}:" in out.output and "orders.condor.close_price needs one of limit, chase" in out.output
+    assert 'e.g. {"limit": ' in out.output and "missing required key 'limit'" not in out.output, out.output

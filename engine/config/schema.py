@@ -148,6 +148,13 @@ def _leaf_errors(err) -> list:
     candidates = [i for i in branches if type_matches(i)]
     if not candidates:
         return [err]  # no branch of the right type: reported as a type error by the caller
+    # each form is one required key, and none is there ({} or a misspelt key): one of them is asked for
+    wanted = [schemas[i]["required"][0] for i in candidates
+              if len(schemas[i].get("required", ())) == 1 and
+              all(e.validator == "required" and not e.relative_path for e in branches[i])]
+    if len(candidates) > 1 and len(wanted) == len(candidates):
+        err.one_of_keys = wanted
+        return [err]
     # The branch with the fewest, deepest errors is the one the user meant.
     best = min(candidates, key=lambda i: (len(branches[i]), -max(len(e.absolute_path) for e in branches[i])))
     out: list = []
@@ -182,6 +189,12 @@ def _report(rep: _Reporter, err) -> None:
     where = tuple(err.absolute_path)
     v, schema, value = err.validator, err.schema, err.instance
     if v in ("oneOf", "anyOf"):
+        if getattr(err, "one_of_keys", None):
+            props = schema.get("properties", {})
+            forms = [json.dumps({k: props[k]["examples"][0]}) for k in err.one_of_keys if props.get(k, {}).get("examples")]
+            rep.at_key(where, f"{_path_text(where)} needs one of {', '.join(err.one_of_keys)}",
+                       f"e.g. {' or '.join(forms)}" if forms else "")
+            return
         if err.context:
             hint = schema.get("description", "")
             rep.at_value(where, f"{_path_text(where)}: expected {_expected_types(err)}, "

@@ -183,3 +183,23 @@ def test_a_close_price_with_neither_form_asks_for_one_of_them(tmp_path, close_pr
     assert out.exit_code != 0, out.output
     assert f"condor.yaml:{line}:" in out.output and "orders.condor.close_price needs one of limit, chase" in out.output
     assert 'e.g. {"limit": ' in out.output and "missing required key 'limit'" not in out.output, out.output
+
+
+def test_the_close_price_reads_the_open_position(tmp_path):
+    """close_price's expressions read the position (an opening price cannot: there is none):
+    `floor: position.entry_price - 0.05` buys the condor back only for at least 5 cents under the
+    credit it was sold for, so each close that went before flat_by kept that much."""
+    path = condor(tmp_path, {"chase": {"start": "mid", "step": 0.01, "steps": 4, "every": "15s",
+                                       "floor": "position.entry_price - 0.05"}})
+    out = CliRunner().invoke(main, ["validate", str(path)])
+    assert out.exit_code == 0, out.output
+    result = run(path)
+    assert result.ledger.trades
+    for t in result.ledger.trades:
+        if "natural" not in t.legs["close"]:        # (flat_by's close goes whatever its bound)
+            assert t.exit_price <= t.entry_price - 0.05 + 1e-9, (t.entry_price, t.exit_price, t.legs["close"])
+    doc = yaml.safe_load(path.read_text())
+    doc["orders"]["condor"]["price"] = {"limit": "position.entry_price"}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = CliRunner().invoke(main, ["validate", str(path)])
+    assert out.exit_code != 0 and "position fields are not there when the combo is opened" in out.output, out.output

@@ -629,12 +629,19 @@ class StrategyCheck(DocumentCheck):
                         seen.add(dep)
                         stack.append(dep)
         combo_scope = self._combo_scope(scope, where[-1])
-        for key, what in (("price", "the combo's"), ("close_price", "the combo's closing")):
+        # the close's prices read the open position too (floor: 2 * position.entry_price)
+        close_scope = self._combo_scope(scope, where[-1])
+        close_scope.names["position"] = Binding(T.record("position"), doc="the open position")
+        close_scope.unavailable.pop("position", None)
+        combo_scope.unavailable["position"] = ("position fields are not there when the combo is opened; the "
+                                               "close's prices (close_price) may read them")
+        for key, what, price_scope in (("price", "the combo's", combo_scope),
+                                       ("close_price", "the combo's closing", close_scope)):
             price = spec.get(key)
             if isinstance(price, dict):
                 if "limit" in price:
-                    if self.expr(where + (key, "limit"), combo_scope, T.NUMBER, f"{what} limit price") is not None:
-                        value = self._constant(where + (key, "limit"), combo_scope)
+                    if self.expr(where + (key, "limit"), price_scope, T.NUMBER, f"{what} limit price") is not None:
+                        value = self._constant(where + (key, "limit"), price_scope)
                         if value is not None and not value > 0:
                             self.err(where + (key, "limit"), f"{what} limit {value:g} is not a price",
                                      "a limit is what the order pays when it buys and receives when it sells, per "
@@ -642,7 +649,7 @@ class StrategyCheck(DocumentCheck):
                                      "cents over the combo's mid then)")
                 chase = price.get("chase")
                 if isinstance(chase, dict) and chase.get("floor") is not None:
-                    self.expr(where + (key, "chase", "floor"), combo_scope, T.NUMBER, f"{what} chase floor")
+                    self.expr(where + (key, "chase", "floor"), price_scope, T.NUMBER, f"{what} chase floor")
         self._quantity(where, spec, scope)
 
     def _constant(self, where: tuple, scope: Scope):

@@ -2226,7 +2226,8 @@ class Kernel(RunState):
             if self._explain and fired.when is not None else ""
         self._decide(symbol, fired.name, "exit", "fired", fired.reason, detail)
         # the order's price expressions read the combo as it is now (its credit, its legs' quotes)
-        chase = self.desk.chase(combo.order, k, st.values, self.desk.context(quote, now), closing=True)
+        # (and close_price's read the position's fields: floor: 2 * position.entry_price)
+        chase = self.desk.chase(combo.order, k, st.values, {**self.desk.context(quote, now), **ctx}, closing=True)
         action = flip(combo.action)
         info = {"quote": quote, "key": combo.key, "order": combo.order, "bar": k, "now": now, "why": detail,
                 # (a close that must go now, flat_by's time come, is not held to close_price's bound)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from engine.brokers.dryrun import DryRunBroker
 from engine.brokers.sim import SimBroker
@@ -267,3 +268,27 @@ def test_a_close_for_a_stop_refused_between_bars_is_sent_then_not_at_the_next_ba
     assert [t.exit_bar - t.entry_bar for t in refused] == [1] * len(refused)      # at the open after the refusal
     stops = [o for o in kernel.orders if o.intent.order_type == "stop"]
     assert len(stops) == len(refused) and all(o.status == "rejected" for o in stops)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_marks_follow_the_bars_the_broker_hands_over(tmp_path, dry_run):
+    """The kernel's marks (the status line's P&L, the run's last lines, the equity a dry run's
+    wallet sizes its entries by) and the simulated account's are the last closes of the bars
+    handed over live, not of the warm-up's last bar: the position open at the end is marked at
+    the last bar's close, by the kernel and by the venue (the dry run's wallet)."""
+    path = _fixed_quantity_copy(tmp_path)
+    back = bt.run(bt.prepare(path, start="2015-01-02", end="2016-12-30"), fast=False)
+    prep = bt.prepare(path, end="2016-12-30")
+    full, cut = _split(prep, "2015-01-02")
+    kernel, _ = _live(prep, full, cut, dry_run=dry_run)
+    want = [(t.entry_time, t.quantity, round(t.pnl, 2)) for t in back.ledger.trades]
+    assert len(want) >= 3
+    assert [(t.entry_time, t.quantity, round(t.pnl, 2)) for t in kernel.ledger.trades] == want
+    last = {s: float(f["close"].iloc[-1]) for s, f in full.items()}
+    now = max(int(b.end[-1]) for b in kernel.bars.values())
+    marks = kernel.marks(now)
+    assert kernel.ledger.positions and all(marks[s] == last[s] for s in kernel.ledger.positions)
+    venue = kernel.venue.wallet if dry_run else kernel.venue
+    venue.at(now)
+    assert all(venue.mark(s) == last[s] for s in kernel.ledger.positions)
+    assert venue.account().equity == pytest.approx(kernel.ledger.equity(marks))

@@ -183,6 +183,8 @@ class LiveFeed:
     def add(self, symbol: str, bar: Bar) -> int | None:
         """Append a completed bar and rebuild the symbol's arrays; its index, or None when it was
         refused (already held, or not a bar one can trade on)."""
+        from ..portfolio.marks import LastClose
+
         k = self.kernel
         st = k.syms.get(symbol)
         frame = self.prep.frames[symbol]
@@ -219,11 +221,19 @@ class LiveFeed:
                 st.values[i] = grown_values
         k.bars[symbol] = sbars
         k.signals[symbol].bars = sbars
+        # the marks know the new bar: the kernel's (the status line's P&L, the equity a dry run sizes
+        # by) and a simulated venue's or wallet's account (it marked the positions at the closes of
+        # the bars it was built with: a live run's held futures at the price the run started at)
+        k._prices = LastClose(k.bars)
+        k._marks_key = None
         venue = k.venue
         for holder in (venue, getattr(venue, "inner", None), getattr(venue, "wallet", None)):
             bars_of = getattr(holder, "bars", None)
             if isinstance(bars_of, dict) and symbol in bars_of:
-                bars_of[symbol] = sbars
+                if hasattr(holder, "add_symbol"):
+                    holder.add_symbol(symbol, sbars)
+                else:
+                    bars_of[symbol] = sbars
         self.bars_seen[symbol] += 1
         return n - 1
 

@@ -1017,9 +1017,12 @@ def _trade(run: _Run) -> Outcome:
     seq = journal.last_order_seq(prefix)
     at_ib = ib.highest_seq(prefix)
     if at_ib > seq:
+        # (their fills were journaled here by the reconciliation: the strategy's position at IB is
+        # the one this run manages, whoever's journal sent them)
         say(f"IB holds orders of this strategy up to {prefix}{at_ib} that this journal did not send (another "
-            f"journal's run, or a journal lost): this run's orders continue from {prefix}{at_ib + 1}; that run's "
-            "positions and orders are not this journal's to manage (see reconcile above)")
+            f"journal's run of it, or a journal lost): their fills are journaled here (reconcile above) and the "
+            f"position they leave is this run's to manage; this run's orders continue from {prefix}{at_ib + 1}. "
+            "Two runs of one strategy on one account would trade one position: stop the other if it runs")
         seq = at_ib
     kernel, feed, timers = live_kernel(prep, venue, run_id=run_id, recorder=recorder,
                                        tags=(prefix, seq), on_order=on_order,

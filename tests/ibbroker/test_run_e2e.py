@@ -467,6 +467,9 @@ def test_a_run_on_a_new_journal_continues_after_the_refs_ib_holds_and_sends_none
     assert out.exit_code == 0, out.output
     assert "internal error" not in out.output
     assert f"this run's orders continue from qtrade:nq-cross:{highest + 1}" in out.output
+    # (and it says what the reconciliation did with the other journal's fills: they are this run's)
+    assert "their fills are journaled here (reconcile above) and the position they leave is this run's to manage" \
+        in out.output, out.output
     refs = [o["orderRef"] for o in placed(nq_sim)]
     assert len(refs) == len(set(refs))                               # nothing sent twice
     second = [r for r in refs if r not in sent]

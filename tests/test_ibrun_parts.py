@@ -391,3 +391,26 @@ def test_the_runs_totals_are_its_round_trips_its_commission_and_its_open_positio
     assert line == (f"P&L {sum(t.pnl for t in trades):+,.2f} on {len(trades)} round trips (net of commission), "
                     f"commission {fees:,.2f}; open position {open_pnl:+,.2f} at the last prices")
     assert not kernel.commission_pending()
+
+
+def test_fills_of_another_journals_orders_and_this_runs_own_make_one_position(tmp_path):
+    """A run on a new journal reconciles in the fills of the strategy's orders another journal
+    sent (no order row here, so no owner); its own orders' fills have the strategy as owner. They
+    are one position at IB, and one in the journal's state: a restart restores the lot its own
+    last order opened (15818), not the other journal's closed one (15856, once restored so and
+    its next exit's P&L wrong by 760)."""
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.start_run("paper", "nq-cross", settings={"account": "DU1"}, run_id="r1")
+        t = "2023-12-04T{}+00:00"
+        # reconciled in: the other journal's buy, with no order row
+        j.fill("r1", "qtrade:nq-cross:47", t.format("17:40:09"), "NQ", "buy", 1, 15856.0, 20.0, exec_id="x47.01")
+        for seq, action, price, at in ((48, "sell", 15820.25, "20:13:14"), (49, "buy", 15818.0, "20:19:10")):
+            j.order("r1", f"qtrade:nq-cross:{seq}", t.format(at), "NQ", action, 1, "market", rule="cross",
+                    owner="nq-cross")
+            j.order_status(f"qtrade:nq-cross:{seq}", "filled", t.format(at))
+            j.fill("r1", f"qtrade:nq-cross:{seq}", t.format(at), "NQ", action, 1, price, 20.0, exec_id=f"x{seq}.01")
+        state = journal_state(j, "qtrade:nq-cross:", "DU1")
+    assert list(state.positions) == ["NQ"]
+    nq = state.positions["NQ"]
+    assert nq.quantity == 1 and nq.avg_price == 15818.0 and nq.entry_ref == "qtrade:nq-cross:49"
+    assert nq.owner == "nq-cross"

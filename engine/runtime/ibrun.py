@@ -437,9 +437,12 @@ def _state_of_runs(journal, prefix: str, runs: list[str]) -> JournalState:
     state.max_order_id = int(highest[0]["n"] or 0) if highest else 0
     owner = ", o.owner AS owner" if "owner" in {r["name"] for r in journal._rows("PRAGMA table_info(orders)")} \
         else ""
-    fills = journal._rows(f"SELECT f.*, o.rule AS rule, o.legs AS legs{owner} FROM fills f "
+    fills = journal._rows(f"SELECT f.*, o.rule AS rule, o.legs AS legs, o.order_ref AS ordered{owner} FROM fills f "
                           f"LEFT JOIN orders o ON o.order_ref = f.order_ref "
                           f"WHERE f.run_id IN ({marks}) AND f.order_ref LIKE ? ORDER BY f.ts, f.id", (*runs, like))
+    # the strategy's own name (prefix qtrade:<strategy>:): the owner of a fill whose order this
+    # journal never held (another journal's run of the strategy, reconciled in)
+    strategy = prefix[len("qtrade:"):-1] if prefix.startswith("qtrade:") and prefix.endswith(":") else ""
     held: dict[tuple[str, str], JournalPosition] = {}        # (symbol, owner) -> its position
     rolled: dict[tuple[str, str], tuple[float, int]] = {}    # (symbol, owner) -> (carried, origin time) of a
                                                              # position a roll closed
@@ -456,7 +459,10 @@ def _state_of_runs(journal, prefix: str, runs: list[str]) -> JournalState:
             # a fill without an owner (a journal from before owners, or an external close before
             # they were split): the symbol's one open position, if it has exactly one
             open_ = [k for k, p in held.items() if k[0] == symbol and abs(p.quantity) > 1e-12]
-            who = open_[0][1] if len(open_) == 1 else ""
+            # (a reconciled fill of an order this journal never held opens the strategy's own
+            # position, the one its own orders' fills go on: else the two split one IB position)
+            who = open_[0][1] if len(open_) == 1 else \
+                strategy if f.get("ordered") is None and not f["exec_id"].startswith("external:") else ""
         key = (symbol, who)
         pos = held.get(key)
         t = int(pd.Timestamp(f["ts"]).value)

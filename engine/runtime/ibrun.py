@@ -1075,13 +1075,15 @@ def _trade(run: _Run) -> Outcome:
         net[0] += pos.quantity
         net[1] += pos.quantity * pos.avg_price
         whose = f" of {kernel.ledger.positions[ledger_key].owner}" if key != symbol and not pos.legs else ""
-        journal.note(run_id, now, "restored", key, f"{symbol} {pos.quantity:g}{whose} @ {pos.avg_price:.4f} restored "
-                     "from the journal: its exits manage it")
+        text = f"{symbol} {pos.quantity:g}{whose} @ {pos.avg_price:.4f} restored from the journal: its exits manage it"
+        journal.note(run_id, now, "restored", key, text)
+        say(f"restored: {text} (opened by {pos.entry_ref})")      # said, as the reconciliation's lines are
     if wallet is not None:
         for held_key, (quantity, value) in in_wallet.items():
             wallet.hold(held_key, quantity, value / quantity if quantity else 0.0)
     for ref in adopt_orders(kernel, report, state, ib):
         journal.note(run_id, now, "adopted", ref, f"{ref} is working at IB from an earlier run: adopted, not re-sent")
+        say(f"adopted: {ref} is working at IB from an earlier run: tracked, not sent again")
     for roll in unfinished_rolls(journal, state, prefix):
         if roll["symbol"] not in kernel.syms or kernel.syms[roll["symbol"]].working_entry is not None:
             continue

@@ -336,6 +336,11 @@ def test_a_restart_restores_the_position_adopts_its_working_order_and_sends_no_d
     assert out.exit_code == 0, out.output
     notes = {(n["kind"], n["subject"]) for n in rows(journal, "SELECT * FROM notes")}
     assert ("adopted", "qtrade:nq-cross:2") in notes and ("restored", "NQ") in notes
+    # and said on the screen, before the run's orders
+    said = out.output.splitlines()
+    assert "restored: NQ 1 @ 15800.0000 restored from the journal: its exits manage it (opened by qtrade:nq-cross:1)" \
+        in said, out.output
+    assert "adopted: qtrade:nq-cross:2 is working at IB from an earlier run: tracked, not sent again" in said
     refs = [o["orderRef"] for o in placed(nq_sim)]
     assert "qtrade:nq-cross:2" not in refs                   # seeded at the venue, adopted: never sent again
     assert not [n for n in rows(journal, "SELECT * FROM notes") if n["kind"] in ("phantom", "unknown", "mismatch")]

@@ -292,3 +292,36 @@ def test_marks_follow_the_bars_the_broker_hands_over(tmp_path, dry_run):
     venue.at(now)
     assert all(venue.mark(s) == last[s] for s in kernel.ledger.positions)
     assert venue.account().equity == pytest.approx(kernel.ledger.equity(marks))
+
+
+def test_a_stop_during_a_combos_chase_cancels_it_and_sends_nothing_more():
+    """The run stopped (SIGTERM, --for) while a condor's chase works: the order is cancelled and
+    the cancel confirmed, its outcome says it was cancelled by the stop after the one price sent
+    (not that the chase timed out after all of its prices), and no chase step, no close at the
+    natural price, is sent after the stop."""
+    from engine.runtime.prepare import _symbol_bars
+    from engine.runtime.session import run_settings
+
+    path = ROOT / "strategies" / "iron_condor.yaml"
+    fetch, synthetic = synthetic_chain_fetch(bt.prepare(path, end="2019-11-08"), at_a_close=True)
+    prep = bt.prepare(path, end="2019-11-08")
+    full, cut = _split(prep, "2019-11-05")
+    settings, fills = run_settings(prep, "live")
+    venue = SimBroker({s: _symbol_bars(prep, s)[0] for s in prep.symbols}, fills, settings.cash, settings.account,
+                      session="condor", fill_fraction=settings.fill_fraction)
+    kernel, feed, timers = live_kernel(prep, venue, run_id="live", chain_fetch=fetch)
+    source = Replay(full, pd.Timedelta("1min"), cut, pd.Timedelta("20s"))
+    synthetic.runner_ref["runner"] = kernel
+
+    def chasing():
+        return "stopped" if any(w.order.legs for w in venue._working.values()) else None
+    loop = LiveRun(kernel, feed, source, timers, stop=chasing)
+    assert loop.run() == "stopped"
+    placed = len(venue.placed)
+    assert loop.shutdown() == []
+    assert len(venue.placed) == placed                       # nothing sent after the stop
+    tr = next(tr for tr in kernel.orders_by_ref.values() if tr.combo is not None and tr.done)
+    assert tr.filled == 0 and tr.record.status == "cancelled"
+    assert tr.record.reason.startswith("cancelled after 1 price (") and "the run stopped" in tr.record.reason, \
+        tr.record.reason
+    assert not kernel.errors

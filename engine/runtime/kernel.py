@@ -159,6 +159,7 @@ class Kernel(RunState):
         self._fills_of: dict[str, tuple[float, float]] = {}   # exec id -> (quantity, price)
         self._fees: dict[str, float] = {}                      # exec id -> its commission
         self._cancel_why: dict[str, str] = {}                  # ref -> why the kernel cancelled it (to say so)
+        self.stopping = False            # a live run's stop: its working orders cancelled, nothing new sent
         self._booked: set[str] = set()                         # refs booked in the ledger
         self._entry_ref: dict[str, str] = {}                   # symbol -> the ref of its open entry
         self._trade_of: dict[str, int] = {}                    # ref -> the index of the trade it is in
@@ -2073,8 +2074,9 @@ class Kernel(RunState):
         self._at(start + int(len(prices) * every * 1e9), lambda: self._chase_end(tr))
 
     def _chase_step(self, tr: _Tracked, step: int) -> None:
-        if tr.done:
+        if tr.done or self.stopping:
             return
+        tr.combo["tried"] = step + 1        # the prices the venue was sent so far
         price = tr.chase_prices[step]
         tr.intent = tr.intent.repriced(price, tr.intent.stop)
         self.venue.modify(tr.intent.tag, limit=price)
@@ -2098,6 +2100,15 @@ class Kernel(RunState):
                 self._status(tr, "cancelled" if ev.status == E.CANCELLED else ev.status, ev.time, reason)
                 self._outcome(tr, f"not filled: {reason}")
                 self._decide(tr.symbol, tr.rule.name, "exit", "blocked", reason)
+                return
+            stopped = self._cancel_why.pop(tr.intent.tag, "") if self._cancel_why else ""
+            if stopped and ev.status == E.CANCELLED:     # cancelled by the run's stop, not by the chase's end
+                tried = prices[:info.get("tried", 1)]
+                reason = f"cancelled after {prices_tried(tried)}: {stopped}, cancel confirmed"
+                self._status(tr, "cancelled", ev.time, reason)
+                self._outcome(tr, f"not filled: {reason}")
+                self._decide(tr.symbol, tr.rule.name, "entry" if tr.role == "combo_entry" else "exit", "blocked",
+                             reason + ("" if tr.role == "combo_entry" else "; the combo is still open"))
                 return
             reason = (f"chase timed out after {prices_tried(prices)}: "
                       "cancelled, cancel confirmed") if ev.status == E.CANCELLED else ev.reason

@@ -428,7 +428,9 @@ class LiveRun:
         k = self.kernel
         self.source.pump(self.tick)      # what the venue already said first: a fill in flight is not cancelled
         k._drain()
+        k.stopping = True                # no chase step, no close at the natural price, after this
         for ref in self.working():
+            k._cancel_why[ref] = "the run stopped"
             k.venue.cancel(ref)
         deadline = self.monotonic() + timeout
         while self.working() and self.monotonic() < deadline:

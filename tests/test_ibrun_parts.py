@@ -414,3 +414,25 @@ def test_fills_of_another_journals_orders_and_this_runs_own_make_one_position(tm
     nq = state.positions["NQ"]
     assert nq.quantity == 1 and nq.avg_price == 15818.0 and nq.entry_ref == "qtrade:nq-cross:49"
     assert nq.owner == "nq-cross"
+
+
+def test_a_day_of_another_journals_fills_is_said_in_a_few_lines_and_journaled_each(tmp_path):
+    """Twelve fills of the strategy's orders this journal never held (another journal's day):
+    each journaled with its note, the first and last three said and the rest counted."""
+    from ibbroker.test_reconcile import NQZ5, ex, journal as view, snap
+
+    from engine.brokers.ib.reconcile import reconcile
+    from engine.runtime.ibrun import apply_report
+
+    fills = [ex(f"e{i}.01.01", f"qtrade:s:{i}", con=NQZ5, qty=1, perm=100 + i, price=15800 + i / 4,
+                action="buy" if i % 2 else "sell", local="NQZ5", mult=20.0, t=i * 10**9) for i in range(1, 13)]
+    report = reconcile(snap(executions=fills), view())
+    said: list[str] = []
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.start_run("paper", "s", settings={"account": "DU1"}, run_id="r1")
+        apply_report(j, "r1", report, journal_state(j, "qtrade:s:", "DU1"), "qtrade:s:", 0, said.append)
+        notes = [n for n in j._rows("SELECT * FROM notes") if n["kind"] == "missed_fill"]
+    assert len(notes) == 12 and "@ 15800.25 (e1.01.01)" in notes[0]["message"]
+    lines = [s for s in said if s.startswith("reconcile: fill ") or s.startswith("reconcile: ... ")]
+    assert len(lines) == 7 and lines[3] == "reconcile: ... 6 more fills, each journaled (notes: missed_fill)"
+    assert lines[0].endswith("at 15800.25") and lines[-1].startswith("reconcile: fill e12.01.01")

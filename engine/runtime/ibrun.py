@@ -174,6 +174,8 @@ def apply_report(journal, run_id: str, report, state: JournalState, prefix: str,
     while qtrade was away (each once, by execution id; corrections replace), commissions, the
     orders IB finished or never knew, phantom positions closed externally (no exit is sent),
     unknown holdings and mismatches noted. Returns the lines said."""
+    from ..brokers.ib.reconcile import combo_flags, price_text
+
     ts = _iso(now)
     runs = {o["order_ref"]: o["run_id"] for o in state.orders}
     lines = report.lines()
@@ -185,7 +187,7 @@ def apply_report(journal, run_id: str, report, state: JournalState, prefix: str,
                          f.multiplier, f.commission or 0.0, exec_id=f.exec_id, broker_order_id=f.broker_order_id,
                          con_id=f.con_id or None, local_symbol=f.local_symbol or None)
         journal.note(run_id, ts, "missed_fill", f.tag, f"{f.action} {f.quantity:g} {f.local_symbol or f.symbol} @ "
-                     f"{f.price:g} ({f.exec_id}) happened while qtrade was away: journaled")
+                     f"{price_text(f.price)} ({f.exec_id}) happened while qtrade was away: journaled")
     for exec_id, commission in report.commissions:
         journal.commission(exec_id, commission)
     for x in report.finished:
@@ -194,8 +196,6 @@ def apply_report(journal, run_id: str, report, state: JournalState, prefix: str,
         journal.order_status(tag, "never_sent", ts, "journaled but never sent: IB knows no such order")
     for tag in report.lost:
         journal.note(run_id, ts, "lost", tag, "sent, but IB knows no such order: checked again before it is marked")
-    from ..brokers.ib.reconcile import combo_flags
-
     closed, broken = combo_flags(report, state.legs_of)
     for key in sorted(closed):
         # a combo closed outside qtrade: closed at its entry price, as a single contract is
@@ -245,7 +245,18 @@ def apply_report(journal, run_id: str, report, state: JournalState, prefix: str,
     for o in report.foreign:
         journal.note(run_id, ts, "foreign", o.order_ref or str(o.perm_id),
                      f"{o.action} {o.quantity:g} {o.local_symbol or o.symbol} working at IB, not qtrade's: left alone")
+    # a day of another journal's fills is many lines: the first and last few are said, the rest
+    # counted (the journal has each, as a missed_fill note)
+    fills = [line for line in lines if line.startswith("fill ")]
+    shown = fills if len(fills) <= 8 else fills[:3] + [f"... {len(fills) - 6} more fills, each journaled (notes: "
+                                                        "missed_fill)"] + fills[-3:]
+    said = []
     for line in lines:
+        if not line.startswith("fill "):
+            said.append(line)
+        elif line is fills[0]:
+            said += shown
+    for line in said:
         say(f"reconcile: {line}")
     return lines
 

@@ -339,3 +339,16 @@ def test_a_hundred_journaled_orders_reconcile_in_milliseconds():
     print(f"figure: pure reconcile of 100 journaled orders {took * 1000:.2f} ms")
     assert len(report.adopt) == 50 and len(report.finished) == 50 and len(report.fills) == 50 and report.clean
     assert took < 0.5
+
+
+def test_a_fills_price_is_said_as_ib_reported_it():
+    """15842.75 is said so (':g' made it 15842.8, in the run's lines and the journal's notes)."""
+    from engine.brokers.ib.reconcile import price_text
+
+    done = order("qtrade:s:1", perm=11, status="Filled", filled=1, qty=1, con=NQZ5)
+    fill = ex("e1.01.01", "qtrade:s:1", con=NQZ5, qty=1, perm=11, price=15842.75, local="NQZ5", mult=20.0)
+    report = reconcile(snap(positions=[pos(NQZ5, 1, 15842.75 * 20, "NQZ5", 20.0, "FUT")], completed=[done],
+                            executions=[fill]), journal([jo("qtrade:s:1", qty=1, con=NQZ5, symbol="NQ")]))
+    assert "fill e1.01.01 of qtrade:s:1: buy 1 NQZ5 at 15842.75" in report.lines()
+    assert [price_text(p) for p in (15842.75, 0.1 + 0.2, 260.0, 0.00004, 1.23456)] == \
+        ["15842.75", "0.3", "260", "0", "1.2346"]

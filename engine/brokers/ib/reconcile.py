@@ -219,7 +219,7 @@ class Report:
                f"{a.order.order_type} working at IB (permId {a.order.perm_id})"
                + ("" if a.journal else "; not in the journal") for a in self.adopt]
         out += [f"fill {f.exec_id} of {f.tag}: {f.action} {f.quantity:g} {f.local_symbol or f.symbol} at "
-                f"{f.price:g}" + (f", replacing {f.replaces}" if f.replaces else "") for f in self.fills]
+                f"{price_text(f.price)}" + (f", replacing {f.replaces}" if f.replaces else "") for f in self.fills]
         out += [f"commission of {e}: {c:g}" for e, c in self.commissions]
         out += [f"{x.tag} {x.status} at IB with {x.filled:g} filled" for x in self.finished]
         out += [f"{t} never sent: IB knows no such order" for t in self.never_sent]
@@ -235,6 +235,13 @@ class Report:
         out += [f"leg execution {x.exec_id} of {x.order_ref} without its combo's BAG execution (not journaled)"
                 for x in self.unmatched_legs]
         return out
+
+
+def price_text(price: float) -> str:
+    """A fill's price as IB reported it, to the hundredth of a cent at most (15842.75, not :g's
+    15842.8)."""
+    text = f"{price:.4f}".rstrip("0").rstrip(".")
+    return text if text not in ("-0", "") else "0"
 
 
 def combo_flags(report: Report, legs_of: dict[int, set]) -> tuple[set, dict[str, list[PositionFlag]]]:

@@ -872,6 +872,13 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
                        " '$.client_id', ?, '$.data', 'IB history', '$.cash', ?) WHERE run_id = ?",
                        (account, ib.client_id, cash_now, run_id))
+    # what its fills cost: the account's own (IB's commissions, IB's fills), or a dry run's wallet's model
+    sim_costs = json.loads(journal._rows("SELECT settings FROM runs WHERE run_id = ?", (run_id,))[0]["settings"])
+    costs = ("IB's, as IB reports them for each execution (backtest.commission models backtests)",
+             "none modelled: the fills are IB's own") if mode != "dry-run" else \
+        (f"simulated: {sim_costs.get('commission', '')}", f"simulated: {sim_costs.get('slippage', '')}")
+    journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.commission', ?, '$.slippage', ?) "
+                       "WHERE run_id = ?", (*costs, run_id))
     run.run_id, run.mode, run.prefix, run.account = run_id, mode, prefix, account
     run.history_wanted = wanted_bars
     run.report, run.first_lost, run.prep, run.cash_now = report, first_lost, prep, cash_now

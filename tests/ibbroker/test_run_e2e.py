@@ -95,6 +95,10 @@ def test_a_paper_run_trades_nq_by_its_front_month_and_the_journal_is_the_venues(
         assert t["multiplier"] == 20
         assert t["pnl"] == pytest.approx((t["exit_price"] - t["entry_price"]) * 20 - t["commission"])
         assert t["commission"] == pytest.approx(2 * 2.25)
+    import json
+
+    settings = json.loads(rows(journal, "SELECT settings FROM runs")[0]["settings"])
+    assert settings["commission"].startswith("IB's, as IB reports them")     # not the simulator's 'none'
     # the last lines say the run's money as the journal has it
     fees = sum(f["commission"] for f in rows(journal, "SELECT * FROM fills"))
     said = f"P&L {sum(t['pnl'] for t in trades):+,.2f} on {len(trades)} round trip{'s' * (len(trades) != 1)} " \
@@ -126,6 +130,10 @@ def test_a_dry_run_prints_and_journals_its_orders_and_sends_none(nq_sim, tmp_pat
     assert placed(nq_sim) == []
     assert rows(journal, "SELECT mode FROM runs")[0]["mode"] == "dry-run"
     assert rows(journal, "SELECT count(*) AS n FROM orders")[0]["n"] > 0
+    import json
+
+    settings = json.loads(rows(journal, "SELECT settings FROM runs")[0]["settings"])
+    assert settings["commission"].startswith("simulated: ")          # its wallet's model, said as such
 
 
 def test_a_held_client_id_fails_fast_and_the_run_goes_on_with_the_fallback(nq_sim, tmp_path, expect_errors):

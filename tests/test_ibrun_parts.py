@@ -388,8 +388,8 @@ def test_the_runs_totals_are_its_round_trips_its_commission_and_its_open_positio
     open_pnl = sum((marks[s] - p.avg_price) * p.quantity * p.multiplier for s, p in positions.items())
     fees = sum(f.commission for f in kernel.ledger.fills)
     line = run_totals(kernel, end)
-    assert line == (f"P&L {sum(t.pnl for t in trades):+,.2f} on {len(trades)} round trips (net of commission), "
-                    f"commission {fees:,.2f}; open position {open_pnl:+,.2f} at the last prices")
+    assert line == (f"{len(trades)} round trips: P&L {sum(t.pnl for t in trades):+,.2f} net of their commission; "
+                    f"commission paid {fees:,.2f}; open position {open_pnl:+,.2f} at the last prices")
     assert not kernel.commission_pending()
 
 

@@ -717,8 +717,9 @@ def run_totals(kernel, now: int) -> str:
     unrealised = math.fsum((marks.get(s, p.avg_price) - p.avg_price) * p.quantity * p.multiplier
                            for s, p in positions.items())
     pending = kernel.commission_pending()
-    line = (f"P&L {realised:+,.2f} on {len(trades)} round trip{'s' * (len(trades) != 1)} (net of commission), "
-            f"commission {commission:,.2f}" + (" reported so far" if pending else ""))
+    line = (f"{len(trades)} round trip{'s' * (len(trades) != 1)}: P&L {realised:+,.2f} net of their commission"
+            if trades else "no round trip")
+    line += f"; commission paid {commission:,.2f}" + (" so far (IB has more to report)" if pending else "")
     if positions:
         line += f"; open position{'s' * (len(positions) != 1)} {unrealised:+,.2f} at the last prices"
     return line

@@ -101,8 +101,8 @@ def test_a_paper_run_trades_nq_by_its_front_month_and_the_journal_is_the_venues(
     assert settings["commission"].startswith("IB's, as IB reports them")     # not the simulator's 'none'
     # the last lines say the run's money as the journal has it
     fees = sum(f["commission"] for f in rows(journal, "SELECT * FROM fills"))
-    said = f"P&L {sum(t['pnl'] for t in trades):+,.2f} on {len(trades)} round trip{'s' * (len(trades) != 1)} " \
-        f"(net of commission), commission {fees:,.2f}"
+    said = f"{len(trades)} round trip{'s' * (len(trades) != 1)}: P&L {sum(t['pnl'] for t in trades):+,.2f} net of " \
+        f"their commission; commission paid {fees:,.2f}"
     assert any(line.strip().startswith(said) for line in out.output.splitlines()), out.output
     position = [p for p in nq_sim.record()["positions"] if p["conId"] == orders[0]["con_id"] and p["qty"]]
     held = rows(journal, "SELECT * FROM positions")

@@ -196,14 +196,14 @@ def synthetic_chain_fetch(full_prep, *, at_a_close: bool = False):
     return fetch, synthetic
 
 
-def test_the_iron_condor_on_the_live_loop_trades_as_the_backtest_with_its_chase():
-    """Combos on the live loop: the chain comes from a fetch (a broker's quotes; here the
-    backtest's own synthesised chains), the chase runs on the live loop's timers."""
+def _condor_loop(stop=None):
+    """The iron condor on the live loop from 2019-11-05: the chain from a fetch (a broker's
+    quotes; here the backtest's own synthesised chains), the chase on the loop's timers. `stop`
+    (given the venue) says when the loop stops; by default at the replay's end."""
     from engine.runtime.prepare import _symbol_bars
     from engine.runtime.session import run_settings
 
     path = ROOT / "strategies" / "iron_condor.yaml"
-    back = bt.run(bt.prepare(path, start="2019-11-05", end="2019-11-08"))
     fetch, synthetic = synthetic_chain_fetch(bt.prepare(path, end="2019-11-08"), at_a_close=True)
     prep = bt.prepare(path, end="2019-11-08")
     full, cut = _split(prep, "2019-11-05")
@@ -213,7 +213,16 @@ def test_the_iron_condor_on_the_live_loop_trades_as_the_backtest_with_its_chase(
     kernel, feed, timers = live_kernel(prep, venue, run_id="live", chain_fetch=fetch)
     source = Replay(full, pd.Timedelta("1min"), cut, pd.Timedelta("20s"))
     synthetic.runner_ref["runner"] = kernel
-    LiveRun(kernel, feed, source, timers, stop=lambda: "replayed" if source.done() else None).run()
+    until = (lambda: stop(venue)) if stop is not None else (lambda: "replayed" if source.done() else None)
+    return kernel, venue, LiveRun(kernel, feed, source, timers, stop=until)
+
+
+def test_the_iron_condor_on_the_live_loop_trades_as_the_backtest_with_its_chase():
+    """Combos on the live loop trade as the backtest does, with the chase stepping."""
+    path = ROOT / "strategies" / "iron_condor.yaml"
+    back = bt.run(bt.prepare(path, start="2019-11-05", end="2019-11-08"))
+    kernel, _, loop = _condor_loop()
+    loop.run()
     kernel._drain()
     want = [(t.entry_time, t.exit_time, round(t.pnl, 2)) for t in back.ledger.trades]
     got = [(t.entry_time, t.exit_time, round(t.pnl, 2)) for t in kernel.ledger.trades]
@@ -299,23 +308,8 @@ def test_a_stop_during_a_combos_chase_cancels_it_and_sends_nothing_more():
     the cancel confirmed, its outcome says it was cancelled by the stop after the one price sent
     (not that the chase timed out after all of its prices), and no chase step, no close at the
     natural price, is sent after the stop."""
-    from engine.runtime.prepare import _symbol_bars
-    from engine.runtime.session import run_settings
-
-    path = ROOT / "strategies" / "iron_condor.yaml"
-    fetch, synthetic = synthetic_chain_fetch(bt.prepare(path, end="2019-11-08"), at_a_close=True)
-    prep = bt.prepare(path, end="2019-11-08")
-    full, cut = _split(prep, "2019-11-05")
-    settings, fills = run_settings(prep, "live")
-    venue = SimBroker({s: _symbol_bars(prep, s)[0] for s in prep.symbols}, fills, settings.cash, settings.account,
-                      session="condor", fill_fraction=settings.fill_fraction)
-    kernel, feed, timers = live_kernel(prep, venue, run_id="live", chain_fetch=fetch)
-    source = Replay(full, pd.Timedelta("1min"), cut, pd.Timedelta("20s"))
-    synthetic.runner_ref["runner"] = kernel
-
-    def chasing():
-        return "stopped" if any(w.order.legs for w in venue._working.values()) else None
-    loop = LiveRun(kernel, feed, source, timers, stop=chasing)
+    kernel, venue, loop = _condor_loop(lambda venue: "stopped" if any(w.order.legs for w in venue._working.values())
+                                       else None)
     assert loop.run() == "stopped"
     placed = len(venue.placed)
     assert loop.shutdown() == []

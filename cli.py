@@ -528,7 +528,9 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
          f"win rate {_pct(summary.get('win_rate'), 1)}, profit factor {_num(summary.get('profit_factor'))}"),
         ("Expectancy per trade", _num(summary.get("expectancy")),
          f"avg win {_num(summary.get('average_win'))}, avg loss {_num(summary.get('average_loss'))}"),
-        ("SQN / Kelly", f"{_num(summary.get('sqn'))} / {_pct(summary.get('kelly'), 1)}", ""),
+        ("SQN / Kelly", f"{_num(summary.get('sqn'))} / {_pct(summary.get('kelly'), 1)}",
+         # (both are statistics of the trades: a handful of them says little)
+         f"from {summary['trades']} trades: too few to size by" if 0 < (summary.get("trades") or 0) < 30 else ""),
         ("Best / worst trade", f"{_pct(summary.get('best_trade'))} / {_pct(summary.get('worst_trade'))}",
          f"average {_pct(summary.get('average_trade'))} of entry value; held {_duration(summary.get('average_trade_days'))}"
          f" on average, {_duration(summary.get('longest_trade_days'))} at most" if summary.get("trades") else ""),

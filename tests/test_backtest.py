@@ -759,3 +759,16 @@ def test_the_summarys_dates_are_the_strategys_timezones_as_the_report_and_the_fl
         out.output
     assert cli._local_day("2013-10-07T00:00:00+00:00", "America/New_York") == "2013-10-06"
     assert cli._local_day("2015-01-06T05:00:00+00:00", "America/New_York") == "2015-01-06"
+
+
+def test_the_summarys_trade_statistics_say_when_they_rest_on_a_handful_of_trades(tmp_path):
+    """SQN and Kelly of the condor's 4 trades (Kelly 52.7%) say they are too few to size by; the
+    SMA crossover's 39 stand as they are."""
+    said = {}
+    for name in ("iron_condor", "sma_crossover"):
+        out = CliRunner().invoke(cli.main, ["backtest", str(ROOT / "strategies" / f"{name}.yaml"), "--journal",
+                                            str(tmp_path / f"{name}.sqlite"), "--no-progress"])
+        assert out.exit_code == 0, out.output
+        said[name] = next(line for line in out.output.splitlines() if line.strip().startswith("SQN / Kelly"))
+    assert said["iron_condor"].endswith("from 4 trades: too few to size by"), said
+    assert "too few" not in said["sma_crossover"]

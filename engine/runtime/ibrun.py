@@ -1023,6 +1023,10 @@ def _trade(run: _Run) -> Outcome:
         wallet = SimBroker(dict(symbol_bars), fills, cash_now - held, settings.account, session=f"{run_id}.wallet",
                            fill_fraction=settings.fill_fraction)
         venue = DryRunBroker(ib, wallet)
+        model = prep.sim.commission.describe()
+        if model.startswith("none"):        # a preview that costs nothing where IB would charge
+            say(f"note: the dry run's wallet fills by the strategy's backtest costs: commission {model}; "
+                "IB's commission will be charged on a paper or live run (set backtest.commission to preview it)")
     kill = KillSwitch(limits.kill_switch_file)
 
     source_gate: list = []      # with IB's scanner as the source: no entry on a name whose stream was released

@@ -134,6 +134,8 @@ def test_a_dry_run_prints_and_journals_its_orders_and_sends_none(nq_sim, tmp_pat
 
     settings = json.loads(rows(journal, "SELECT settings FROM runs")[0]["settings"])
     assert settings["commission"].startswith("simulated: ")          # its wallet's model, said as such
+    # (NQ's strategy sets no backtest.commission: the preview says its fills cost nothing where IB's would not)
+    assert "note: the dry run's wallet fills by the strategy's backtest costs: commission none" in out.output
 
 
 def test_a_held_client_id_fails_fast_and_the_run_goes_on_with_the_fallback(nq_sim, tmp_path, expect_errors):

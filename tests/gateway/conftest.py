@@ -27,11 +27,17 @@ def shared_data(*parts) -> Path:
     return path
 
 
+# IB's answer to a cancel that met the order's fill (ib_async logs it as an error; IB_BEHAVIOUR's
+# codes call it harmless): a run's stop or a chase's end may cancel an order whose fill is on its
+# way, and on a loaded machine it sometimes is, in any test that trades
+HARMLESS = frozenset({10148})
+
+
 class ErrorGuard(logging.Handler):
     def __init__(self):
         super().__init__(level=logging.ERROR)
         self.records: list[logging.LogRecord] = []
-        self.expected: set[int] = set()
+        self.expected: set[int] = set(HARMLESS)
         self.expected_text: list[str] = []
 
     def emit(self, record):

@@ -27,10 +27,11 @@ def shared_data(*parts) -> Path:
     return path
 
 
-# IB's answer to a cancel that met the order's fill (ib_async logs it as an error; IB_BEHAVIOUR's
-# codes call it harmless): a run's stop or a chase's end may cancel an order whose fill is on its
-# way, and on a loaded machine it sometimes is, in any test that trades
-HARMLESS = frozenset({10148})
+# IB's answers to a cancel, which ib_async logs as errors: 202, the cancel confirmed, and 10148, a
+# cancel that met the order's fill (IB_BEHAVIOUR's codes call it harmless). A run's stop cancels
+# what is working, and whether a market order's fill is on its way then is a matter of timing on
+# a loaded machine, in any test that trades: neither is a fault (the tests of cancels assert them)
+HARMLESS = frozenset({202, 10148})
 
 
 class ErrorGuard(logging.Handler):

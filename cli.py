@@ -981,8 +981,8 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
 
     seconds = None
     if for_ is not None:
-        try:
-            seconds = float(_seconds(for_))
+        try:       # a unit is asked for: '--for 10' is not taken as 10 seconds (or minutes) unsaid
+            seconds = float(_seconds(for_)) if not str(for_).strip().replace(".", "", 1).isdigit() else None
         except ValueError:
             seconds = None
         if seconds is None or not seconds > 0 or not math.isfinite(seconds):

@@ -369,3 +369,13 @@ def test_an_internal_error_names_the_debug_flag_where_it_goes(runner, monkeypatc
     assert "rerun as `qtrade --debug functions ...` for the traceback" in result.output
     debug = runner.invoke(main, ["--debug", "functions", "sma"])
     assert isinstance(debug.exception, RuntimeError)
+
+
+@pytest.mark.parametrize("value", ["10", "2.5", "0s", "soon"])
+def test_run_for_wants_a_duration_with_its_unit(value):
+    """`--for 10` was taken as 10 seconds unsaid: a bare number (or no duration) is refused at the
+    flag, before anything connects."""
+    out = CliRunner().invoke(main, ["run", str(ROOT / "strategies" / "sma_crossover.yaml"), "--broker", "ib",
+                                    "--for", value])
+    assert out.exit_code == 2 and f"--for '{value}': expected a positive duration such as 90s, 30m or 6h" in out.output
+    assert "Traceback" not in out.output

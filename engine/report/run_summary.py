@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..runtime.backtest import Result
 from . import metrics
-from .why import top_reasons
+from .why import decision_rows, top_reasons
 
 
 def equity_series(result: Result) -> pd.Series:
@@ -124,11 +124,4 @@ def _run_bars(result: Result) -> int:
 def _blocked(decisions, kind: str | None = None) -> int:
     """How many entries or exits (or, with `kind`, only those of that kind) were blocked (from
     the columns when the records are kept so)."""
-    cols = getattr(decisions, "columns", None)
-    if cols is None:
-        return sum(1 for d in decisions if d.outcome == "blocked" and (kind is None or d.kind == kind))
-    outcome, kinds = cols["outcome"], cols["kind"]
-    n = len(decisions)
-    outcome = outcome if isinstance(outcome, (list, np.ndarray)) else [outcome] * n
-    kinds = kinds if isinstance(kinds, (list, np.ndarray)) else [kinds] * n
-    return sum(1 for o, k in zip(outcome, kinds) if o == "blocked" and (kind is None or k == kind))
+    return sum(1 for o, k, _ in decision_rows(decisions) if o == "blocked" and (kind is None or k == kind))

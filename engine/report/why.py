@@ -83,21 +83,25 @@ def group_decisions(rows) -> list[Group]:
                                                   g.pattern))
 
 
+def decision_rows(decisions):
+    """A run's decisions as (outcome, kind, reason), whether kept as records or as columns (a
+    column that holds one value for every row is that value alone)."""
+    cols = getattr(decisions, "columns", None)
+    if cols is None:
+        return ((d.outcome, d.kind, d.reason) for d in decisions)
+    size = len(decisions)
+
+    def column(name):
+        values = cols[name]
+        return values if isinstance(values, (list, tuple)) or hasattr(values, "shape") else [values] * size
+    return zip(column("outcome"), column("kind"), column("reason"))
+
+
 def top_reasons(decisions, outcome: str = "blocked", n: int = 3, kind: str | None = None) -> list[tuple[str, int]]:
     """The `n` most frequent reasons (grouped as above) among a run's decisions with `outcome`
     (and with `kind`, entry or exit, when given): (most frequent wording, count)."""
-    cols = getattr(decisions, "columns", None)
-    if cols is not None:
-        size = len(decisions)
-
-        def column(name):
-            values = cols[name]
-            return values if isinstance(values, (list, tuple)) or hasattr(values, "shape") else [values] * size
-        rows = zip(column("outcome"), column("kind"), column("reason"))
-    else:
-        rows = ((d.outcome, d.kind, d.reason) for d in decisions)
     counts: dict[str, Counter] = {}
-    for o, k, reason in rows:
+    for o, k, reason in decision_rows(decisions):
         if o == outcome and (kind is None or k == kind):
             counts.setdefault(reason_pattern(str(reason)), Counter())[str(reason)] += 1
     ranked = sorted(counts.values(), key=lambda c: -sum(c.values()))

@@ -686,10 +686,7 @@ def status_line(kernel, broker, now: int, timezone: str, schedule=None) -> str:
                           for s, p in kernel.ledger.positions.items()) or "flat"
     working = sum(1 for tr in kernel.orders_by_ref.values() if tr.sent and not tr.done)
     day = t.normalize().tz_convert("UTC").value
-    pnl = sum(tr.pnl for tr in kernel.ledger.trades if tr.exit_time >= day)
-    marks = kernel.marks(now)
-    pnl += sum((marks.get(s, p.avg_price) - p.avg_price) * p.quantity * p.multiplier
-               for s, p in kernel.ledger.positions.items())
+    pnl = sum(tr.pnl for tr in kernel.ledger.trades if tr.exit_time >= day) + open_pnl(kernel, now)
     lines = broker.lines_status() if hasattr(broker, "lines_status") else ""
     state = broker.state if hasattr(broker, "state") else "simulated"
     entries = ""
@@ -705,6 +702,13 @@ def status_line(kernel, broker, now: int, timezone: str, schedule=None) -> str:
             f"today's P&L {pnl:+,.2f}{entries}")
 
 
+def open_pnl(kernel, now: int) -> float:
+    """The open positions' P&L at the kernel's marks at `now` (their last closes)."""
+    marks = kernel.marks(now)
+    return math.fsum((marks.get(s, p.avg_price) - p.avg_price) * p.quantity * p.multiplier
+                     for s, p in kernel.ledger.positions.items())
+
+
 def run_totals(kernel, now: int) -> str:
     """The run's money at its end, as its last line says it: the round trips' P&L (net of their
     commissions), the commission paid (as far as the broker has reported it), and the open
@@ -712,10 +716,8 @@ def run_totals(kernel, now: int) -> str:
     trades = kernel.ledger.trades
     realised = math.fsum(t.pnl for t in trades)
     commission = math.fsum(f.commission for f in kernel.ledger.fills)
-    marks = kernel.marks(now)
     positions = kernel.ledger.positions
-    unrealised = math.fsum((marks.get(s, p.avg_price) - p.avg_price) * p.quantity * p.multiplier
-                           for s, p in positions.items())
+    unrealised = open_pnl(kernel, now)
     pending = kernel.commission_pending()
     line = (f"{len(trades)} round trip{'s' * (len(trades) != 1)}: P&L {realised:+,.2f} net of their commission"
             if trades else "no round trip")
@@ -870,16 +872,13 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     for alert in warm_alerts:
         journal_alert(journal, run_id, alert, ib)
     # the account's net liquidation is the run's cash, not the strategy's backtest.cash
-    journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
-                       " '$.client_id', ?, '$.data', 'IB history', '$.cash', ?) WHERE run_id = ?",
-                       (account, ib.client_id, cash_now, run_id))
     # what its fills cost: the account's own (IB's commissions, IB's fills), or a dry run's wallet's model
-    sim_costs = json.loads(journal._rows("SELECT settings FROM runs WHERE run_id = ?", (run_id,))[0]["settings"])
     costs = ("IB's, as IB reports them for each execution (backtest.commission models backtests)",
              "none modelled: the fills are IB's own") if mode != "dry-run" else \
-        (f"simulated: {sim_costs.get('commission', '')}", f"simulated: {sim_costs.get('slippage', '')}")
-    journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.commission', ?, '$.slippage', ?) "
-                       "WHERE run_id = ?", (*costs, run_id))
+        (f"simulated: {prep.sim.commission.describe()}", f"simulated: {prep.sim.slippage.describe()}")
+    journal.db.execute("UPDATE runs SET settings = json_set(settings, '$.account', ?, '$.broker', 'ib',"
+                       " '$.client_id', ?, '$.data', 'IB history', '$.cash', ?, '$.commission', ?, '$.slippage', ?)"
+                       " WHERE run_id = ?", (account, ib.client_id, cash_now, *costs, run_id))
     run.run_id, run.mode, run.prefix, run.account = run_id, mode, prefix, account
     run.history_wanted = wanted_bars
     run.report, run.first_lost, run.prep, run.cash_now = report, first_lost, prep, cash_now

@@ -358,6 +358,42 @@ def test_a_port_that_accepts_but_never_answers_is_a_handshake_timeout(opened, ex
         assert time.perf_counter() - t0 < 1.5 and conn.state == State.DISCONNECTED
 
 
+def test_a_host_that_never_answers_is_not_blamed_on_the_handshake(opened, expect_errors, monkeypatch):
+    """A wrong --host (or a firewall dropping the port) times out like a mute gateway, but no TCP
+    connection ever came up: the message says to check the host, not the API settings. (This
+    sandbox's network accepts a TCP connection to any address, so the host that never answers is
+    the plain TCP probe's timeout, made here; the connection attempt itself is real.)"""
+    expect_errors("API connection failed: TimeoutError")
+    import engine.brokers.ib.connection as connection
+
+    def no_answer(address, timeout=None):
+        raise TimeoutError("timed out")
+
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        conn, _ = opened(mute.getsockname()[1], connect_timeout=0.5)
+        monkeypatch.setattr(connection.socket, "create_connection", no_answer)
+        with pytest.raises(ConnectError, match=r"nothing answered at 127.0.0.1:\d+ within 0.5 s \(no answer\): "
+                                               r"check --host .* and --port, and that no firewall") as err:
+            conn.connect()
+    assert "handshake" not in str(err.value) and conn.state == State.DISCONNECTED
+
+
+def test_the_handshake_message_names_the_trusted_ip_to_add(monkeypatch):
+    import engine.brokers.ib.connection as connection
+    with socket.create_server(("127.0.0.1", 0)) as mute:      # TCP answers: the handshake is what failed
+        port = mute.getsockname()[1]
+        assert "127.0.0.1 is a trusted IP" in connection.handshake_timeout("localhost", port, 1.0)
+
+    class Reached:
+        def close(self):
+            pass
+
+    # a gateway on another machine: its trusted IPs need this machine's address, not 127.0.0.1
+    monkeypatch.setattr(connection.socket, "create_connection", lambda address, timeout=None: Reached())
+    text = connection.handshake_timeout("gw.example", 4002, 1.0)
+    assert "did not complete the API handshake" in text and "this machine's address is a trusted IP" in text
+
+
 def test_2110_is_handled_like_1100(make_sim, opened, expect_errors):
     expect_errors(1102)  # 2110 is one of IB's 2100-2199 warnings; 1102 is logged as an error
     sim = make_sim(speed=60)

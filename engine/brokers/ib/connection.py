@@ -49,6 +49,7 @@ import asyncio
 import enum
 import logging
 import random
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -124,6 +125,22 @@ def nothing_listening(host: str, port: int, live: bool = False) -> str:
     return (f"nothing is listening on {host}:{port}: start TWS or IB Gateway with the API enabled "
             f"(paper: TWS 7497, IB Gateway 4002; live: TWS 7496, IB Gateway 4001), "
             f"or run `qtrade gateway-sim --port {port}` for the simulator")
+
+
+def handshake_timeout(host: str, port: int, timeout: float) -> str:
+    """What to do when the connection attempt timed out: a host that never answered at all (a
+    wrong --host, a firewall dropping the port) is told apart from a gateway that accepted the
+    connection but did not answer the API handshake (the API disabled, this machine not a trusted
+    IP), by one plain TCP connection."""
+    try:
+        socket.create_connection((host, port), timeout=min(timeout, 2.0)).close()
+    except OSError as exc:      # (a timeout, an unreachable network, a refusal)
+        why = "no answer" if isinstance(exc, TimeoutError) else str(exc)
+        return (f"nothing answered at {host}:{port} within {timeout:g} s ({why}): check --host (the machine "
+                f"TWS / IB Gateway runs on) and --port, and that no firewall drops the connection")
+    trusted = "127.0.0.1" if host in ("127.0.0.1", "localhost", "::1") else "this machine's address"
+    return (f"TWS / IB Gateway on {host}:{port} did not complete the API handshake within {timeout:g} s: "
+            f"check that the API is enabled and {trusted} is a trusted IP, then retry")
 
 
 class _ClientIdInUse(Exception):
@@ -220,10 +237,7 @@ class Connection:
                 except ConnectionRefusedError:
                     raise ConnectError(nothing_listening(cfg.host, cfg.port, cfg.live)) from None
                 except (asyncio.TimeoutError, TimeoutError):
-                    raise ConnectError(
-                        f"TWS / IB Gateway on {cfg.host}:{cfg.port} did not complete the API handshake within "
-                        f"{cfg.connect_timeout:g} s: check that the API is enabled and 127.0.0.1 is a trusted "
-                        f"IP, then retry") from None
+                    raise ConnectError(handshake_timeout(cfg.host, cfg.port, cfg.connect_timeout)) from None
                 except (ConnectionError, OSError) as exc:
                     raise ConnectError(f"could not connect to {cfg.host}:{cfg.port}: {exc}; check that TWS / IB "
                                        f"Gateway is running with the API enabled") from None

@@ -132,6 +132,26 @@ def test_a_set_value_out_of_its_params_range_is_a_usage_error_said_at_the_params
         assert "sma_crossover.yaml:13:3: error: --set fast=1: 1 is below the minimum 2" in result.output
 
 
+def test_a_param_out_of_its_range_in_the_file_says_the_range(runner, tmp_path):
+    text = (ROOT / "strategies" / "sma_crossover.yaml").read_text()
+    path = tmp_path / "s.yaml"
+    path.write_text(text.replace("fast: {value: 10,", "fast: {value: 300,"))
+    result = run(runner, "validate", str(path))
+    assert result.exit_code == 1
+    assert f"{path}:13:" in result.output
+    assert "error: param 'fast': 300 is above the maximum 200\n    a value from 2 to 200, or widen the param's " \
+        "min/max if that is what you meant" in result.output, result.output
+
+
+def test_a_set_value_that_breaks_an_indicator_names_the_flag(runner):
+    """--set fast=2.5 passes its param's range (2 to 200) but is no length of bars: the error at
+    the indicator's line says the value came from the flag, and what to give instead."""
+    result = run(runner, "validate", "--set", "fast=2.5", str(ROOT / "strategies" / "sma_crossover.yaml"))
+    assert result.exit_code == 1
+    assert ("error: `length` of sma() must be a whole number of bars >= 1, got 2.5 (from --set fast=2.5)\n"
+            "    give fast a whole number, e.g. --set fast=2") in result.output, result.output
+
+
 def test_unknown_set_param_is_a_usage_error(runner):
     result = run(runner, "validate", "--set", "fsat=3", str(ROOT / "strategies" / "sma_crossover.yaml"))
     assert result.exit_code == 2
@@ -143,7 +163,8 @@ def test_set_override_checked(runner):
     assert run(runner, "validate", "--set", "fast=20", target).exit_code == 0
     result = run(runner, "validate", "--set", "fast=500", target)
     assert result.exit_code == 2        # a flag's value: a usage error, as an unknown --set name
-    assert "--set fast=500: 500 is above the maximum 200" in result.output
+    assert "--set fast=500: 500 is above the maximum 200\n    a value from 2 to 200, or widen the param's " \
+        "min/max if that is what you meant" in result.output
     result = run(runner, "validate", "--set", "fast=abc", target)
     assert result.exit_code == 2
     assert "expected a number" in result.output
@@ -274,7 +295,9 @@ def test_a_set_of_the_wrong_type_names_the_param_its_value_and_bounds(tmp_path):
                                          ("1.5", "must be <= 1, got 1.5"),
                                          ("100", "must be <= 1, got 100\n    a share is a fraction (0.25) or a "
                                                  "percentage with its sign: for 100 percent write 100%"),
-                                         ("abc%", "'abc%' is not in the expected format")])
+                                         ("abc%", "'abc%' is not in the expected format"),
+                                         ("fifty", "'fifty' is not in the expected format\n    a share: a "
+                                                   "percentage (\"25%\") or the fraction it is (0.25)")])
 def test_a_share_out_of_range_says_the_range_whether_a_percentage_or_a_fraction(runner, tmp_path, value, said):
     text = (ROOT / "strategies" / "sma_crossover.yaml").read_text()
     assert "percent_of_equity: 100%" in text

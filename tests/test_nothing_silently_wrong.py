@@ -607,6 +607,69 @@ def test_pnl_pct_compared_with_percent_units_warns(tmp_path):
     assert result.output.count("warning: position.pnl_pct") == 2   # 0.5% is fine
 
 
+def _with_exits(exits: str, action: str = "buy") -> str:
+    text = STRATEGY.format(source="SPY.csv", when="crosses_above(fast, slow)")
+    text = text.replace("  - name: down\n    when: crosses_below(fast, slow)\n", exits)
+    return text.replace("{action: buy,", f"{{action: {action},")
+
+
+@pytest.mark.parametrize("action, key, level, side", [
+    ("buy", "stop", "position.entry_price * 95", "below"),          # 95 meant 95%
+    ("buy", "target", "position.entry_price * (1 - 4%)", "above"),
+    ("sell", "stop", "position.entry_price - 2", "above"),
+    ("sell", "target", "position.entry_price + 0.5 * 3", "below"),
+])
+def test_a_level_on_the_wrong_side_of_the_entry_is_refused_at_its_line(tmp_path, action, key, level, side):
+    """A stop or target fixed at the entry on the wrong side of it would fill at the first bar it
+    works in: every trade one bar long, exited as its stop. Refused at its line, with the form a
+    5% one takes; the right side passes."""
+    shutil.copy(SPY, tmp_path / "SPY.csv")
+    path = strategy(tmp_path, text=_with_exits(f"  - name: hard\n    {key}: {level}\n", action))
+    result = cli("validate", path)
+    assert result.exit_code == 1, result.output
+    long = "long" if action == "buy" else "short"
+    assert f"{path}:14:" in result.output and f"error: `{key}` of exit rule 'hard' is at" in result.output
+    assert f"a {long} position's {key} must be {side} its entry" in result.output, result.output
+    assert f"a 5% {key} of a {long} is `position.entry_price * (1 " in result.output
+    assert "Traceback" not in result.output
+    fixed = {"below": "position.entry_price * (1 - 5%)", "above": "position.entry_price * (1 + 5%)"}[side]
+    path.write_text(_with_exits(f"  - name: hard\n    {key}: {fixed}\n", action))
+    result = cli("validate", path)
+    assert result.exit_code == 0 and "0 errors" in result.output, result.output
+
+
+def test_a_level_that_reads_the_market_or_a_mixed_book_is_not_judged(tmp_path):
+    """Only a level fixed at the entry, for entries all of one side, is judged: a trailing level
+    (it reads the market) or entries both ways pass."""
+    shutil.copy(SPY, tmp_path / "SPY.csv")
+    path = strategy(tmp_path, text=_with_exits("  - name: trail\n    stop: slow * 1.5\n"))
+    assert cli("validate", path).exit_code == 0
+    text = _with_exits("  - name: hard\n    stop: position.entry_price * 1.05\n").replace(
+        "    order: buy\nexit:", "    order: buy\n  - name: short\n    when: crosses_below(fast, slow)\n"
+        "    order: sell\nexit:").replace("orders:\n", "orders:\n  sell: {action: sell, type: market, quantity: 10}\n")
+    assert "order: sell" in text and "sell: {action: sell" in text
+    path.write_text(text)
+    result = cli("validate", path)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("mode, share", [("percent_of_equity", "0%"), ("percent_of_equity", 0),
+                                         ("risk_percent", "0.0%")])
+def test_a_sizing_share_of_zero_is_refused(tmp_path, mode, share):
+    """A constant share of 0 sizes every entry at nothing: the backtest would say only 'Entries
+    blocked: quantity rounds to 0'. Refused at its value."""
+    shutil.copy(SPY, tmp_path / "SPY.csv")
+    extra = ", stop_distance: close * 2%" if mode == "risk_percent" else ""
+    text = STRATEGY.format(source="SPY.csv", when="crosses_above(fast, slow)").replace(
+        "{percent_of_equity: 100%}", f"{{{mode}: {share}{extra}}}")
+    path = strategy(tmp_path, text=text)
+    result = cli("validate", path)
+    assert result.exit_code == 1, result.output
+    col = text.splitlines()[15].index(f"{mode}: {share}") + len(mode) + 3      # at the share itself
+    assert f"{path}:16:{col}: error: quantity {mode}: {share} sizes every entry at 0 units, so none is ever sent" in result.output
+    assert f"a share above 0, e.g. {mode}: 10%" in result.output
+
+
 FIRST_BAR = """\
 kind: strategy
 name: first-bar

@@ -330,3 +330,28 @@ def test_a_dry_runs_cancels_are_said_to_be_simulated(tmp_path):
     assert not any("cancel confirmed" in line for line in outcomes), outcomes
     assert any("cancelled, cancel confirmed" in line for line in paper.output.splitlines()
                if line.lstrip().startswith("-> "))
+
+
+def test_a_stop_touched_inside_a_daily_bar_is_not_dated_at_its_open(tmp_path):
+    """A daily bar dates only its open and its close: a stop that filled inside the day's range
+    says 'during the day' (it did not fill at the open), one that the open gapped through says
+    'open', at the open's price."""
+    import pandas as pd
+
+    text = (Path(SMA).read_text().replace("source: data/", f"source: {Path(SMA).resolve().parent / 'data'}")
+            .replace("    reason: trend over\n", "    reason: trend over\n  - name: hard stop\n"
+                     "    stop: position.entry_price * (1 - 2%)\n"))
+    path = tmp_path / "stops.yaml"
+    path.write_text(text)
+    out = CliRunner().invoke(cli.main, ["run", str(path), "--broker", "sim", "--dry-run", "--from", "2008-01-01",
+                                        "--to", "2017-12-31", "--journal", str(tmp_path / "d.sqlite")])
+    assert out.exit_code == 0, out.output
+    bars = pd.read_csv(Path(SMA).parent / "data" / "SPY.csv", index_col=0)
+    opens = {str(day)[:10]: float(o) for day, o in zip(bars.index, bars["Open"])}
+    stop_tags = set(re.findall(r"SELL \d+ SPY STP [\d.]+ GTC \[hard stop\] (\S+)", out.output))
+    fills = re.findall(r"^    -> (\S+): simulated fill \d+ at ([\d,.]+) \((\d{4}-\d\d-\d\d) (open|during the day)\)",
+                       out.output, re.M)
+    stopped = [(float(price.replace(",", "")), day, how) for tag, price, day, how in fills if tag in stop_tags]
+    assert {how for *_, how in stopped} == {"open", "during the day"}, out.output
+    for price, day, how in stopped:
+        assert (abs(price - opens[day]) < 0.005) == (how == "open"), (price, day, how)    # printed to the cent

@@ -10,6 +10,7 @@ and column of the offending text (inside the expression for language errors).
 from __future__ import annotations
 
 import difflib
+import math
 import fnmatch
 import re
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from ..dsl import ast, checker, parser
 from ..dsl import types as T
 from ..dsl.checker import Binding, Scope
 from ..dsl.parser import ExprError
+from ..brokers.costs import fraction
 from .model import strategy_exprs
 
 BAR_FIELDS = ("open", "high", "low", "close", "volume")
@@ -71,6 +73,7 @@ class ParamInfo:
     maximum: float | None = None
     choices: list | None = None
     error: bool = False  # the declaration is wrong (already reported): expressions may not use it
+    set_by: str = ""     # the flag that set its value ("--set fast=2.5"), if one did
 
 
 def literal_value(text: Any) -> tuple[T.Type, Any]:
@@ -275,7 +278,7 @@ class DocumentCheck:
                     continue
                 problem = self._param_range(info, value)
                 if problem:
-                    self.err(value_where, f"param '{name}': {problem}")
+                    self.err(value_where, f"param '{name}': {problem}", self._range_hint(info))
             if typ.base == T.STRING and info.choices:
                 info.type = T.strings(info.choices, series=False)
             declared[name] = info
@@ -296,10 +299,19 @@ class DocumentCheck:
                 continue
             problem = self._param_range(info, value)
             if problem:
-                self.err(info.where, f"--set {name}={text}: {problem}", key=True)
+                self.err(info.where, f"--set {name}={text}: {problem}", self._range_hint(info), key=True)
                 continue
             info.value = value
+            info.set_by = f"--set {name}={text}"
         return declared
+
+    @staticmethod
+    def _range_hint(info: ParamInfo) -> str:
+        if info.choices is not None:
+            return f"one of {', '.join(map(str, info.choices))}, or add it to the param's choices"
+        lo, hi = (f"{b:g}" if isinstance(b, (int, float)) else None for b in (info.minimum, info.maximum))
+        span = f"from {lo} to {hi}" if lo and hi else f"{lo} or more" if lo else f"{hi} or less" if hi else ""
+        return f"a value {span}, or widen the param's min/max if that is what you meant" if span else ""
 
     @staticmethod
     def _param_range(info: ParamInfo, value: Any) -> str:
@@ -395,7 +407,7 @@ def base_scope(params: dict[str, ParamInfo]) -> Scope:
         if info.error:
             scope.unavailable[name] = f"param '{name}' has an error; fix it first"
             continue
-        scope.names[name] = Binding(info.type, info.value, doc=f"param {name}")
+        scope.names[name] = Binding(info.type, info.value, doc=f"param {name}", set_by=info.set_by)
     scope.records["symbol"] = SYMBOL_FIELDS
     scope.records["position"] = POSITION_FIELDS
     scope.records["leg"] = LEG_FIELDS
@@ -579,6 +591,16 @@ class StrategyCheck(DocumentCheck):
 
     def _quantity(self, where: tuple, spec: dict, scope: Scope) -> None:
         qty = spec.get("quantity")
+        if isinstance(qty, dict):
+            for mode in ("percent_of_equity", "risk_percent"):
+                share = qty.get(mode)
+                try:
+                    zero = share is not None and not isinstance(share, bool) and fraction(share) == 0
+                except (TypeError, ValueError):
+                    zero = False        # not a share: the schema says so
+                if zero:
+                    self.err(where + ("quantity", mode), f"quantity {mode}: {share} sizes every entry at 0 "
+                             "units, so none is ever sent", f"a share above 0, e.g. {mode}: 10%")
         if isinstance(qty, str):
             self.expr(where + ("quantity",), scope, T.NUMBER, "quantity")
         elif isinstance(qty, dict) and "stop_distance" in qty:
@@ -755,7 +777,68 @@ class StrategyCheck(DocumentCheck):
                 self.expr(rw + ("when",), rule_scope, T.BOOL, f"`when` of {label}")
             for key in ("stop", "target"):
                 if key in rule:
-                    self.expr(rw + (key,), rule_scope, T.NUMBER, f"`{key}` of {label}")
+                    checked = self.expr(rw + (key,), rule_scope, T.NUMBER, f"`{key}` of {label}")
+                    if checked is not None and kind == "exit":
+                        self._level_side(rw + (key,), key, checked[0], rule_scope, label, agent)
+
+    _AT = 100.0       # the entry price a level fixed at the entry is tried at
+
+    def _level_side(self, where: tuple, key: str, node: ast.Node, scope: Scope, label: str,
+                    agent: str | None) -> None:
+        """A stop or target that reads only the entry price and constants (`position.entry_price *
+        95` for 95%) is on the wrong side of the entry from the start: a long's stop above its
+        entry, or its target below, fills at the first bar the order works in. Refused at its line,
+        when every entry the rule can close is of one side (a buy or a sell of a plain order)."""
+        side = self._entries_side(agent)
+        if side is None:
+            return
+        text = self.source(where) or ""
+        constant = checker.Checker(scope, text).constant
+
+        def at(n: ast.Node):
+            if isinstance(n, ast.Attr) and isinstance(n.obj, ast.Name) and n.obj.id == "position":
+                return self._AT if n.name == "entry_price" else None
+            if isinstance(n, ast.Unary) and n.op == "-":
+                v = at(n.operand)
+                return None if v is None else -v
+            if isinstance(n, ast.Binary) and n.op in "+-*/":
+                left, right = at(n.left), at(n.right)
+                if left is None or right is None or (n.op == "/" and right == 0):
+                    return None
+                return {"+": left + right, "-": left - right, "*": left * right, "/": left / (right or 1)}[n.op]
+            v = constant(n)
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+        reads_entry = any(isinstance(n, ast.Attr) and isinstance(n.obj, ast.Name) and n.obj.id == "position"
+                          and n.name == "entry_price" for n in ast.walk(node))
+        level = at(node) if reads_entry else None
+        if level is None or not math.isfinite(level):
+            return
+        long = side == "buy"
+        wrong = (level > self._AT) if (key == "stop") == long else (level < self._AT)
+        if not wrong:
+            return
+        where_ = "below" if (key == "stop") == long else "above"
+        ratio = level / self._AT
+        example = {("stop", True): "position.entry_price * (1 - 5%)", ("stop", False): "position.entry_price * (1 + 5%)",
+                   ("target", True): "position.entry_price * (1 + 5%)",
+                   ("target", False): "position.entry_price * (1 - 5%)"}[(key, long)]
+        self.err(where, f"`{key}` of {label} is at {level:,.4g} for an entry at {self._AT:g} ({ratio:.4g} x the "
+                 f"entry price): a {'long' if long else 'short'} position's {key} must be {where_} its entry, or "
+                 "it fills at the first bar it works in",
+                 f"a 5% {key} of a {'long' if long else 'short'} is `{example}`")
+
+    def _entries_side(self, agent: str | None) -> str | None:
+        """buy or sell, when every entry an exit of this agent (None: the strategy's own) can close
+        opens that side with a plain (not combo) order; else None."""
+        rules = (self.doc.get(("agents", agent, "entry")) if agent is not None else self.doc.get(("entry",))) or []
+        sides = set()
+        for rule in rules if isinstance(rules, list) else []:
+            spec = self.templates.get(rule.get("order")) if isinstance(rule, dict) else None
+            if not isinstance(spec, dict) or "legs" in spec or spec.get("action") not in ("buy", "sell"):
+                return None
+            sides.add(spec["action"])
+        return sides.pop() if len(sides) == 1 else None
 
     def _agents(self, scope: Scope) -> None:
         for name, agent in (self.doc.get(("agents",)) or {}).items():

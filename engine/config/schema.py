@@ -256,6 +256,8 @@ def _report(rep: _Reporter, err) -> None:
             rep.at_value(where, f"{_path_text(where)} must be from 0% to {top}, got {_show(value)}",
                          f"a share: a percentage from 0% to {top} (\"25%\") or the fraction it is (0.25)")
             return
+        if not hint and str(err.validator_value).endswith("%$"):
+            hint = "a share: a percentage (\"25%\") or the fraction it is (0.25)"
         rep.at_value(where, f"{_path_text(where)}: {_show(value)} is not in the expected format", hint)
         return
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}

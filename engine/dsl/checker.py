@@ -25,6 +25,7 @@ class Binding:
     type: T.Type
     value: Any = None
     doc: str = ""
+    set_by: str = ""        # a param's value given on the command line ("--set fast=2.5")
 
 
 @dataclass
@@ -375,7 +376,12 @@ class Checker:
             if not math.isfinite(value):
                 return self.fail(arg, f"{what} must be a finite number, got {value:g}")
             if param.kind == registry.LENGTH and (float(value) != int(value) or value < 1):
-                return self.fail(arg, f"{what} must be a whole number of bars >= 1, got {value:g}")
+                flag = self.scope.names[arg.id].set_by if isinstance(arg, ast.Name) and arg.id in self.scope.names \
+                    else ""
+                return self.fail(arg, f"{what} must be a whole number of bars >= 1, got {value:g}"
+                                 + (f" (from {flag})" if flag else ""),
+                                 f"give {arg.id} a whole number, e.g. --set {arg.id}={max(1, round(value))}"
+                                 if flag else "")
             if param.kind == registry.LENGTH and value > MAX_LENGTH_BARS:
                 return self.fail(arg, f"{what} is {value:,.0f} bars, more than the {MAX_LENGTH_BARS:,} an "
                                  "indicator can look back", "use a larger bar size for long look-backs "

@@ -319,10 +319,11 @@ class Kernel(RunState):
         self._end_of_data()
         return self.ledger
 
-    def when(self, symbol: str, time: int | None = None) -> str:
+    def when(self, symbol: str, time: int | None = None, intraday: bool = False) -> str:
         """A moment (now, unless `time` is given) as a trader reads it for this symbol: the bar's
         date and open or close on daily bars (a daily bar's close is stamped at the next midnight;
-        a chase's step seconds after it, "+15s"), else the local time."""
+        a chase's step seconds after it, "+15s"; `intraday`: a fill inside the day's range, a stop
+        or limit touched at a time the bar does not tell), else the local time."""
         now = self._now if time is None else time
         st = self.syms[symbol]
         b = st.bars
@@ -331,10 +332,21 @@ class Kernel(RunState):
             day = self._local(int(b.start[k]))
             later = now - int(b.end[k] if phase == CLOSE else b.start[k])
             if later < int(b.end[k]) - int(b.start[k]):     # within the bar's day: at its open or close
+                if intraday and phase == OPEN:
+                    return f"{day:%Y-%m-%d} during the day"
                 tail = f" +{later / 1e9:g}s" if later > 0 else ""
                 return f"{day:%Y-%m-%d} {'open' if phase == OPEN else 'close'}{tail}"
         t = self._local(now)
         return f"{t:%Y-%m-%d %H:%M:%S}" if t.second else f"{t:%Y-%m-%d %H:%M}"
+
+    def _intraday(self, tr: _Tracked, price: float) -> bool:
+        """Did a resting order (a stop, a limit) fill inside its bar's range rather than at the
+        open it gapped through? (A bar's open is the one moment of it a daily bar dates.)"""
+        if tr.combo is not None or tr.intent.order_type not in ("stop", "limit", "stop_limit"):
+            return False
+        k = tr.last_bar
+        b = self.syms[tr.symbol].bars.of(tr.contract) if tr.contract else self.syms[tr.symbol].bars
+        return 0 <= k < len(b) and float(b.open[k]) != price
 
     def _outcome(self, tr: _Tracked, text: str) -> None:
         """What became of a printed order (a fill below its first limit, a chase that timed out, a
@@ -367,7 +379,8 @@ class Kernel(RunState):
                         break
             self.on_order({"kind": "fill", "symbol": tr.symbol, "tag": tr.intent.tag, "time": tr.last_time,
                            "commission_pending": pending,
-                           "when": self.when(tr.symbol, tr.last_time), "action": tr.intent.action,
+                           "when": self.when(tr.symbol, tr.last_time, self._intraday(tr, price)),
+                           "action": tr.intent.action,
                            "quantity": tr.filled, "ordered": float(tr.intent.quantity or 0.0), "price": price,
                            "commission": tr.commission, "pnl": pnl, "contract": tr.contract, "how": how})
 

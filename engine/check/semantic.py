@@ -10,19 +10,19 @@ and column of the offending text (inside the expression for language errors).
 from __future__ import annotations
 
 import difflib
-import math
 import fnmatch
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ..brokers.costs import fraction
 from ..config.documents import Document, Workspace
 from ..diagnostics import Diagnostic, Severity
 from ..dsl import ast, checker, parser
 from ..dsl import types as T
 from ..dsl.checker import Binding, Scope
 from ..dsl.parser import ExprError
-from ..brokers.costs import fraction
 from .model import strategy_exprs
 
 BAR_FIELDS = ("open", "high", "low", "close", "volume")

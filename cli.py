@@ -828,8 +828,11 @@ def _describe_intent(info: dict) -> str:
 @click.option("--yes", is_flag=True, help="With --live: confirm in advance (for scheduled jobs without a terminal).")
 @click.option("--for", "for_", metavar="DURATION", default=None,
               help="With --broker ib: stop cleanly after this long (90s, 30m, 6h); default: until Ctrl-C or SIGTERM.")
+@click.option("--take-over", "take_over", is_flag=True,
+              help="With --broker ib: manage the position of orders of this strategy that IB holds and this journal "
+                   "did not send (its journal was lost, or moved). Refused without it: another run may be trading it.")
 def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, sets, journal_path, fmt, partial,
-        speed, host, port, client_id, account, yes, for_):
+        speed, host, port, client_id, account, yes, for_, take_over):
     """Run STRATEGY: against the simulator (replaying its data bar by bar) or IB.
 
     The run goes through the trading kernel, the loop a live run uses: the plan is evaluated bar
@@ -851,17 +854,18 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
         raise click.UsageError("--live and --dry-run contradict each other: choose one")
     ctx = click.get_current_context()
     given = {name for name in ("data", "chains", "days", "start", "end", "cash", "partial", "speed", "host", "port",
-                               "client_id", "account", "yes", "for_")
+                               "client_id", "account", "yes", "for_", "take_over")
              if ctx.get_parameter_source(name).name != "DEFAULT"}
     flag = {"start": "--from", "end": "--to", "partial": "--partial-fills", "for_": "--for",
-            "client_id": "--client-id"}
+            "client_id": "--client-id", "take_over": "--take-over"}
     if broker == "ib":
         sim_only = sorted(given & {"data", "chains", "days", "start", "end", "cash", "partial", "speed"})
         if sim_only:
             raise click.UsageError(f"{', '.join(flag.get(n, '--' + n) for n in sim_only)}: only with --broker sim "
                                    "(with --broker ib the bars, the history and the cash are IB's)")
-        return _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, client_id, account, yes, for_)
-    ib_only = sorted(given & {"host", "port", "client_id", "account", "yes", "for_"})
+        return _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, client_id, account, yes, for_,
+                          take_over)
+    ib_only = sorted(given & {"host", "port", "client_id", "account", "yes", "for_", "take_over"})
     if ib_only:
         raise click.UsageError(f"{', '.join(flag.get(n, '--' + n) for n in ib_only)}: only with --broker ib")
     started = _time.perf_counter()
@@ -965,7 +969,8 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     _safe_echo(f"journal: {journal_path} (run {result.run_id})")
 
 
-def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, client_id, account, yes, for_):
+def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, client_id, account, yes, for_,
+               take_over=False):
     """`qtrade run --broker ib`: runtime/ibrun.py, with its messages and exit codes."""
     import contextlib
     import sqlite3
@@ -1027,7 +1032,7 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
         try:
             outcome = run_ib(strategy, connect=settings, overrides=overrides, journal=journal, dry_run=dry_run,
                              live=live, yes=yes, tty=sys.stdin.isatty(), confirm=confirm, seconds=seconds,
-                             on_order=show, say=say)
+                             on_order=show, say=say, take_over=take_over)
         except ConnectError as exc:
             _safe_echo(f"qtrade: {exc}", err=True)
             sys.exit(EXIT_PROBLEMS)

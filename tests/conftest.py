@@ -21,3 +21,10 @@ def pytest_runtest_makereport(item, call):
     if any(word in reason for word in _SHARED_WORDS):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, where ../shared/data must be present: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def _own_session_locks(tmp_path_factory, monkeypatch):
+    """Each test its own folder of session locks (runtime/ibrun.session_lock): tests on parallel
+    workers run one strategy on one simulated account at once, each against its own simulator."""
+    monkeypatch.setenv("QTRADE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))

@@ -31,6 +31,7 @@ import signal
 import time as _time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -729,6 +730,36 @@ def run_totals(kernel, now: int) -> str:
 
 # ---- the run ------------------------------------------------------------------------------
 
+def session_lock(account: str, strategy: str, journal_path: str = ""):
+    """One run at a time trades a strategy on an account from this machine: an exclusive lock on
+    a file named for the two (in QTRADE_LOCK_DIR, else the temp folder's qtrade-locks), held
+    while the run lives and released by the OS when its process ends, however it ends. Returns
+    the open lock file; RunRefused (2) when another run holds it, with what that run wrote in it."""
+    import fcntl
+    import os
+    import re
+    import tempfile
+
+    folder = Path(os.environ.get("QTRADE_LOCK_DIR") or Path(tempfile.gettempdir()) / "qtrade-locks")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{account}--{strategy}") + ".lock"
+    f = open(folder / name, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "a run whose process id is not written yet"
+        f.close()
+        raise RunRefused(f"another qtrade run trades {strategy} on account {account} from this machine ({holder}): "
+                         "two runs of one strategy on one account would trade one position twice. Stop it first; "
+                         "--dry-run only watches and may run beside it", 2) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()}, journal {journal_path or '?'}, since {_time.strftime('%Y-%m-%d %H:%M:%S')}")
+    f.flush()
+    return f
+
+
 class RunRefused(Exception):
     """The run cannot start (or go on): one plain line for the user, and the exit code."""
 
@@ -779,11 +810,14 @@ class _Run:
     history_wanted: int = 0
     cash_now: float = 0.0
     bar_of: dict = field(default_factory=dict)   # symbol -> the bar size its history came in
+    take_over: bool = False          # --take-over: manage what IB holds of the strategy from another journal
+    lock: object = None              # the session lock held while the run trades (session_lock)
 
 
 def run_ib(strategy: str, *, connect, overrides: dict, journal, dry_run: bool, live: bool, yes: bool,
            tty: bool, confirm: Callable[[str], bool], seconds: float | None, on_order=None,
-           say: Callable[[str], None] = print, broker_factory=None, status_every: float = 60.0) -> Outcome:
+           say: Callable[[str], None] = print, broker_factory=None, status_every: float = 60.0,
+           take_over: bool = False) -> Outcome:
     """One run of a strategy on IB, from connect to a clean stop (see the module's docstring).
     `broker_factory(connect, **options)` makes the IB broker (default: brokers.ib.broker.IBBroker);
     the journal is open and stays the caller's. Raises RunRefused, ConnectError, DiagnosticError."""
@@ -811,10 +845,13 @@ def run_ib(strategy: str, *, connect, overrides: dict, journal, dry_run: bool, l
     ib.connect()
     figures: dict = {"connect_seconds": round(_time.monotonic() - t0, 4)}
     run = _Run(ib, journal, plan, spec, limits, dry_run, live, seconds, on_order, say, status_every, t0, figures)
+    run.take_over = take_over
     try:
         return _run_connected(run, strategy, overrides, yes=yes, tty=tty, confirm=confirm)
     finally:
         ib.close()
+        if run.lock is not None:
+            run.lock.close()        # (the OS releases it too when the process dies: no stale lock)
 
 
 def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, confirm) -> Outcome:
@@ -833,6 +870,8 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
         raise RunRefused(why, 2)
     mode = "dry-run" if run.dry_run else ("live" if live else "paper")
     prefix = f"qtrade:{plan.name}:"
+    if not run.dry_run:         # (a dry run sends nothing: it may watch beside the run that trades)
+        run.lock = session_lock(account, plan.name, journal_path=str(getattr(journal, "path", "") or ""))
     run_id = new_run_id()
     settings = getattr(ib, "settings", None)
     where = f" at {settings.host}:{settings.port}" if settings is not None else ""
@@ -1044,6 +1083,13 @@ def _trade(run: _Run) -> Outcome:
     recorder = Recorder(journal, run_id, contract=contract_of, ids=ib.broker_ids)
     seq = journal.last_order_seq(prefix)
     at_ib = ib.highest_seq(prefix)
+    if at_ib > seq and not dry_run and not run.take_over:
+        raise RunRefused(
+            f"IB holds orders of {prefix[:-1]} up to {prefix}{at_ib} on account {account} that this journal did not "
+            "send: another run of the strategy on another journal (here or on another machine), or this journal's "
+            "own history lost. Two runs of one strategy on one account would trade one position twice, so this run "
+            "sends nothing. Stop the other run and use its journal (--journal); or, if no other run trades it, run "
+            "again with --take-over to manage its position from this journal", 2)
     if at_ib > seq:
         # (their fills were journaled here by the reconciliation: the strategy's position at IB is
         # the one this run manages, whoever's journal sent them)

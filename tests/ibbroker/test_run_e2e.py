@@ -465,10 +465,12 @@ def test_a_connectivity_loss_degrades_and_the_run_recovers(nq_sim, tmp_path, exp
 
 def test_a_run_on_a_new_journal_continues_after_the_refs_ib_holds_and_sends_none_twice(nq_sim, tmp_path,
                                                                                            expect_errors):
-    """A second journal on the same account (another folder, a fresh file): its order refs would
-    start at 1 again, which IB holds from the first journal's run. The run says so, continues the
-    sequence after IB's highest, and trades; no ref reaches IB twice. (It once ended with an
-    internal error at its first order.)"""
+    """A second journal on the same account (another folder, a fresh file): IB holds orders of the
+    strategy that it did not send. Another run may be trading them, so without --take-over it is
+    refused before anything is sent, saying why and what to do. With --take-over its order refs
+    (which would start at 1 again, which IB holds from the first journal's run) continue after
+    IB's highest, and it trades; no ref reaches IB twice. (It once ended with an internal error
+    at its first order.)"""
     expect_errors(162, 202)     # (the second run's warm-up repeats the first's history request: pacing)
     first = tmp_path / "a.sqlite"
     out = qrun(nq_sim, NQ, first, seconds=6)
@@ -476,9 +478,16 @@ def test_a_run_on_a_new_journal_continues_after_the_refs_ib_holds_and_sends_none
     sent = {o["orderRef"] for o in placed(nq_sim)}
     assert sent, out.output
     highest = max(int(r.rsplit(":", 1)[1]) for r in sent)
+    n_placed = len(placed(nq_sim))
+    out = qrun(nq_sim, NQ, tmp_path / "b.sqlite", seconds=12)
+    assert out.exit_code == 2, out.output
+    assert f"IB holds orders of qtrade:nq-cross up to qtrade:nq-cross:{highest} on account" in out.output
+    assert "Two runs of one strategy on one account would trade one position twice, so this run sends nothing" \
+        in out.output and "run again with --take-over" in out.output, out.output
+    assert len(placed(nq_sim)) == n_placed                           # refused before anything was sent
     # (its warm-up waits out IB's pacing, about 13 s, 26 min at 120x: no entry on the bars it
     # catches up on, so it runs long enough to trade on new ones)
-    out = qrun(nq_sim, NQ, tmp_path / "b.sqlite", seconds=12)
+    out = qrun(nq_sim, NQ, tmp_path / "b.sqlite", "--take-over", seconds=12)
     assert out.exit_code == 0, out.output
     assert "internal error" not in out.output
     assert f"this run's orders continue from qtrade:nq-cross:{highest + 1}" in out.output
@@ -489,6 +498,36 @@ def test_a_run_on_a_new_journal_continues_after_the_refs_ib_holds_and_sends_none
     assert len(refs) == len(set(refs))                               # nothing sent twice
     second = [r for r in refs if r not in sent]
     assert second and min(int(r.rsplit(":", 1)[1]) for r in second) > highest, out.output
+
+
+def test_a_second_run_of_the_strategy_on_the_account_is_refused_while_the_first_runs(nq_sim, tmp_path,
+                                                                                      expect_errors):
+    """Two runs of one strategy on one account (a second terminal, the same command, whatever
+    journal or client id) would both trade one position: each sends its exit, and a long-only
+    strategy ends short. The run holds a session lock while it lives (another process holding it
+    here); a second is refused before it sends anything, naming the holder. A dry run may watch
+    beside it. The lock goes with its process, however it ends (killed: no stale lock)."""
+    expect_errors(162)      # (the runs after the first repeat its history request: pacing)
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+         "from engine.runtime.ibrun import session_lock; f = session_lock('DU1234567', 'nq-cross', 'other.sqlite'); "
+         "print('held', flush=True); time.sleep(60)", str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = qrun(nq_sim, NQ, tmp_path / "j.sqlite", "--client-id", "7", seconds=4)
+        assert out.exit_code == 2, out.output
+        assert "another qtrade run trades nq-cross on account DU1234567 from this machine (process " \
+            f"{holder.pid}, journal other.sqlite, since" in out.output, out.output
+        assert "Stop it first; --dry-run only watches and may run beside it" in out.output
+        assert not placed(nq_sim)
+        dry = qrun(nq_sim, NQ, tmp_path / "d.sqlite", "--dry-run", seconds=3)
+        assert dry.exit_code == 0, dry.output
+    finally:
+        holder.kill()           # as kill -9: the OS releases its lock
+        holder.wait()
+    out = qrun(nq_sim, NQ, tmp_path / "j.sqlite", seconds=4)
+    assert out.exit_code == 0, out.output
 
 
 def test_a_dry_run_rides_out_a_connectivity_loss_and_goes_on_deciding(nq_sim, tmp_path, expect_errors):

@@ -436,3 +436,36 @@ def test_a_day_of_another_journals_fills_is_said_in_a_few_lines_and_journaled_ea
     lines = [s for s in said if s.startswith("reconcile: fill ") or s.startswith("reconcile: ... ")]
     assert len(lines) == 7 and lines[3] == "reconcile: ... 6 more fills, each journaled (notes: missed_fill)"
     assert lines[0].endswith("at 15800.25") and lines[-1].startswith("reconcile: fill e12.01.01")
+
+
+def test_a_missed_fill_past_its_orders_quantity_is_an_error_not_booked_to_it(tmp_path):
+    """Two runs on two journals both sent `qtrade:s:2` (sell 10): at the restart, IB's executions
+    of that ref add up to twice the order. The second is not booked to this journal's order (it
+    is another run's): journaled as an error and a note, with why; the first, the order's own,
+    is booked as ever."""
+    from ibbroker.test_reconcile import NQZ5, ex, journal as view, snap
+
+    from engine.brokers.ib.reconcile import reconcile
+    from engine.runtime.ibrun import apply_report, overfills
+
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.start_run("paper", "s", settings={"account": "DU1"}, run_id="r1")
+        t = "2024-01-02T15:00:00+00:00"
+        j.order("r1", "qtrade:s:2", t, "NQ", "sell", 10, "market", rule="exit")
+        fills = [ex(f"e{i}.01.01", "qtrade:s:2", con=NQZ5, qty=10, perm=100 + i, price=15800.0, action="sell",
+                    local="NQZ5", mult=20.0, t=i * 10**9) for i in (1, 2)]
+        report = reconcile(snap(executions=fills), view())
+        assert len(report.fills) == 2
+        over = overfills(j, report)
+        assert list(over) == ["e2.01.01"]
+        said: list[str] = []
+        j.start_run("paper", "s", settings={"account": "DU1"}, run_id="r2")
+        apply_report(j, "r2", report, journal_state(j, "qtrade:s:", "DU1"), "qtrade:s:", 0, said.append)
+        booked = j._rows("SELECT exec_id, quantity FROM fills WHERE order_ref = 'qtrade:s:2'")
+        errors = j._rows("SELECT message FROM errors")
+        notes = [n["kind"] for n in j._rows("SELECT kind FROM notes")]
+    assert booked == [{"exec_id": "e1.01.01", "quantity": 10.0}]
+    assert len(errors) == 1 and errors[0]["message"].startswith(
+        "execution e2.01.01 (sell 10 NQZ5) carries the ref qtrade:s:2, whose order for 10 has 10 filled already")
+    assert "Two runs traded this strategy on this account" in errors[0]["message"]
+    assert "overfill" in notes and notes.count("missed_fill") == 1

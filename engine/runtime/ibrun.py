@@ -180,7 +180,14 @@ def apply_report(journal, run_id: str, report, state: JournalState, prefix: str,
     ts = _iso(now)
     runs = {o["order_ref"]: o["run_id"] for o in state.orders}
     lines = report.lines()
+    over = overfills(journal, report)
     for f in report.fills:
+        if f.exec_id in over:
+            # not this journal's order's fill: booked to none (the position at IB is then compared
+            # with the journal's, and a difference blocks entries on it), and an error
+            journal.error(run_id, ts, "reconcile", over[f.exec_id])
+            journal.note(run_id, ts, "overfill", f.tag, over[f.exec_id])
+            continue
         if f.replaces:
             journal.correct_fill(f.replaces, f.exec_id, f.quantity, f.price, _iso(f.time))
         else:
@@ -260,6 +267,31 @@ def apply_report(journal, run_id: str, report, state: JournalState, prefix: str,
     for line in said:
         say(f"reconcile: {line}")
     return lines
+
+
+def overfills(journal, report) -> dict[str, str]:
+    """The fills missed while away that would fill an order (not a combo's) past its quantity,
+    with why: by execution id. An execution carrying one of this journal's refs beyond what its
+    order asked is not that order's (another run sent an order with the same ref): never booked
+    to it silently."""
+    out: dict[str, str] = {}
+    extra: dict[str, float] = {}
+    for f in report.fills:
+        if f.replaces or not f.tag:
+            continue
+        row = journal.db.execute("SELECT quantity, legs FROM orders WHERE order_ref = ?", (f.tag,)).fetchone()
+        if row is None or row[1]:
+            continue
+        done = journal.db.execute("SELECT COALESCE(SUM(quantity), 0) FROM fills WHERE order_ref = ?",
+                                  (f.tag,)).fetchone()[0] + extra.get(f.tag, 0.0)
+        if done + f.quantity > float(row[0]) + 1e-9:
+            out[f.exec_id] = (f"execution {f.exec_id} ({f.action} {f.quantity:g} {f.local_symbol or f.symbol}) carries "
+                              f"the ref {f.tag}, whose order for {float(row[0]):g} has {done:g} filled already: it is "
+                              "another run's order with the same ref, not booked to this one. Two runs traded this "
+                              "strategy on this account: look at IB's position before trading it again")
+        else:
+            extra[f.tag] = extra.get(f.tag, 0.0) + f.quantity
+    return out
 
 
 def _by_owner(held: list) -> str:
@@ -1038,7 +1070,11 @@ def _trade(run: _Run) -> Outcome:
     state = journal_state(journal, prefix, account)
     state.view(ib.leg_contract)            # which conIds are the legs of which open combos
     closed_outside, broken = combo_flags(report, state.legs_of)
+    over = overfills(journal, report)
     apply_report(journal, run_id, report, state, prefix, ib.now(), say)
+    if over:
+        raise RunRefused(next(iter(over.values())) + (f" ({len(over)} such executions, each journaled as an error)"
+                                                       if len(over) > 1 else "") + "; nothing was sent", 1)
     confirm_lost(journal, run_id, first_lost, report, ib.now())
     state = journal_state(journal, prefix, account)     # with what reconciliation brought in
     symbol_bars = {s: _symbol_bars(prep, s)[0] for s in prep.symbols if s in prep.frames}
@@ -1171,7 +1207,11 @@ def _trade(run: _Run) -> Outcome:
     def after_reconnect() -> None:
         fresh = journal_state(journal, prefix, account)
         again = ib.reconcile(fresh, prefix)
+        over = overfills(journal, again)
         apply_report(journal, run_id, again, fresh, prefix, ib.now(), say)
+        for message in over.values():       # journaled above; said, and new entries stop (the kernel's _error)
+            kernel.errors.append((kernel._now, message))
+            kernel.halted = kernel.halted or message
         confirm_lost(journal, run_id, last["report"], again, ib.now())
         last["report"] = again
 

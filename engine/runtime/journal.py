@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS notes (             -- what a live run noticed: adopt
     id INTEGER PRIMARY KEY,
     run_id TEXT REFERENCES runs(run_id),
     ts TEXT NOT NULL,
-    kind TEXT NOT NULL,                -- adopted | phantom | unknown | mismatch | never_sent | lost | missed_fill | alert | connection | kill_switch | status
+    kind TEXT NOT NULL,                -- adopted | phantom | unknown | mismatch | never_sent | lost | missed_fill | overfill | alert | connection | kill_switch | status
     subject TEXT NOT NULL DEFAULT '',  -- the order ref or symbol it is about
     message TEXT NOT NULL
 );

@@ -500,6 +500,18 @@ def test_a_run_on_a_new_journal_continues_after_the_refs_ib_holds_and_sends_none
     assert second and min(int(r.rsplit(":", 1)[1]) for r in second) > highest, out.output
 
 
+def test_a_daily_strategy_starts_on_a_monday_morning(make_sim, tmp_path, expect_errors):
+    """The bar stream of a daily strategy asked IB for two days of bars: on a Monday before the
+    close that is the weekend, IB answered with none, and the run ended ("IB will not stream the
+    bars the run needs"). It asks for a week, which holds Friday's bar."""
+    expect_errors(162)      # (pacing: the stream's request follows the warm-up's)
+    sim = make_sim(None, speed=60, start="2017-07-17 09:30")        # a Monday
+    out = qrun(sim, ROOT / "strategies" / "sma_crossover.yaml", tmp_path / "j.sqlite", seconds=5)
+    assert out.exit_code == 0, out.output
+    assert "will not stream" not in out.output
+    assert "stopped:" in out.output, out.output
+
+
 def test_a_second_run_of_the_strategy_on_the_account_is_refused_while_the_first_runs(nq_sim, tmp_path,
                                                                                       expect_errors):
     """Two runs of one strategy on one account (a second terminal, the same command, whatever

@@ -400,7 +400,9 @@ class IBBroker:
 
         # a short window (the warm-up came from history, always 3 days or more): never the warm-up's
         # own request, which IB's pacing would make wait out its 15 s rule
-        duration = "1 D" if bar_seconds(bar) < 86400 else "2 D"
+        # (daily bars: a week, which holds the last session however long the weekend or holiday
+        # before it: "2 D" on a Monday morning held only the weekend, and IB answered with no bars)
+        duration = "1 D" if bar_seconds(bar) < 86400 else "1 W"
         if since is not None and bar_seconds(bar) < 86400:
             duration = duration_covering((self.now() - since) / 1e9 + 2 * bar_seconds(bar), bar_seconds(bar))
         resolved = self.contracts.resolve(symbol)

@@ -45,6 +45,7 @@ class Order:
     created: str = ""
     session: int = 0  # serial of the connection that placed it (a modify after a restart is a new id)
     history: list = field(default_factory=list)
+    day_end: int = 0  # a DAY order: the end (ns) of the session it is for, when it expires unfilled
 
     @property
     def remaining(self) -> float:

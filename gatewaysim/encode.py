@@ -24,6 +24,8 @@ IB_ERRORS = {
     354: "Requested market data is not subscribed. Check API status by selecting the Account menu then under "
          "Management choose Market Data Subscription Manager and/or by selecting Edit, Global Configuration, "
          "API, Settings and enabling 'Market data API'.",
+    399: "Order Message:\n{action} {quantity:g} {symbol} {exchange}\nWarning: your order will not be placed at the "
+         "exchange until {until} US/Eastern",
     420: "Invalid Real-time Query:{detail}",
     366: "No historical data query found for ticker id:{tickerId}",
     1100: "Connectivity between IB and Trader Workstation has been lost.",

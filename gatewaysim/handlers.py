@@ -625,6 +625,8 @@ def place_order(sim, s, f):
                   symbol=c["symbol"].upper() or (inst.symbol if inst else ""), currency=c["currency"] or "USD",
                   legs=legs, combo_params=spec["combo_params"], created=sim.clock.now().isoformat(),
                   session=s.serial)
+        if o.tif.upper() in ("DAY", ""):
+            o.day_end = sim.market.session_end(sim.traded_inst(o), sim.clock.now_ns())
         parent = book.orders.get((s.clientId, o.parentId)) if o.parentId else None
         held = not o.transmit or (parent is not None and parent.status != "Filled")
         o.status = "PreSubmitted" if held or o.orderType in ("STP", "STP LMT") else "Submitted"
@@ -645,8 +647,15 @@ def place_order(sim, s, f):
         s.close("fault: drop_connection before acknowledging the order")
         sim.try_fill(o)
         return
+    if o.transmit and not sim.works_now(o) and o.status == "Submitted":
+        o.status = "PreSubmitted"       # held at IB until the session opens
     s.send(enc.open_order(o, s.sv))
     s.send(enc.order_status(o))
+    if o.transmit and existing is None and not sim.works_now(o):
+        inst = sim.traded_inst(o)
+        until = sim.market.next_open(inst, o.outsideRth, sim.clock.now_ns())
+        s.error(order_id, 399, action=o.action, quantity=o.totalQuantity, symbol=o.symbol,
+                exchange=o.exchange or "SMART", until=f"{until:%Y%m%d %H:%M:%S}")
     if drop == "after_ack":
         sim.faults["drop_on_order"] = None
         s.close("fault: drop_connection after acknowledging the order")

@@ -296,6 +296,37 @@ class Market:
                              low=bid, greeks=greeks))
         return out
 
+    def order_hours(self, inst: Instrument, outside_rth: bool, t_ns: int | None = None) -> bool:
+        """Whether an order on inst works at t (IB's default): a future in its session; a stock or
+        option in regular hours, a stock order marked outsideRth also 04:00-20:00 New York."""
+        if inst.secType == "FUT" or not outside_rth or inst.secType != "STK":
+            return self.session_open(inst, t_ns)
+        local = dt.datetime.fromtimestamp((self.clock.now_ns() if t_ns is None else t_ns) / NS, tz=NY)
+        return local.weekday() < 5 and 4 <= local.hour < 20
+
+    def session_end(self, inst: Instrument, t_ns: int) -> int:
+        """The end (ns) of the session a DAY order placed at t is for: the regular close (16:00 New
+        York) of that weekday, or of the next weekday once it is past; for a future the next 17:00
+        New York that ends a session (Monday to Friday)."""
+        local = dt.datetime.fromtimestamp(t_ns / NS, tz=NY)
+        hour = 17 if inst.secType == "FUT" else 16
+        day = local.date()
+        if local.hour >= hour or local.weekday() >= 5:
+            day += dt.timedelta(days=1)
+        while day.weekday() >= 5:
+            day += dt.timedelta(days=1)
+        end = dt.datetime(day.year, day.month, day.day, hour, tzinfo=NY)
+        return int(end.timestamp()) * NS
+
+    def next_open(self, inst: Instrument, outside_rth: bool, t_ns: int) -> dt.datetime:
+        """The first minute after t at which an order held outside its hours works (IB's 399)."""
+        t = (t_ns // (60 * NS) + 1) * 60 * NS
+        for _ in range(8 * 1440):
+            if self.order_hours(inst, outside_rth, t):
+                break
+            t += 60 * NS
+        return dt.datetime.fromtimestamp(t / NS, tz=NY)
+
     def session_open(self, inst: Instrument, t_ns: int | None = None) -> bool:
         """Regular hours: 09:30-16:00 New York on weekdays (futures trade 18:00-17:00 Sun-Fri)."""
         t = self.clock.now_ns() if t_ns is None else t_ns

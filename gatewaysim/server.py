@@ -533,9 +533,31 @@ class GatewaySim:
 
     # ------------------------------------------------------------------ orders
     def match_all(self) -> None:
+        now = self.clock.now_ns()
         for o in list(self.book.orders.values()):
             if o.is_working and o.transmit and not o.whatIf:
-                self.try_fill(o)
+                if o.day_end and now >= o.day_end:
+                    self.expire(o)
+                else:
+                    self.try_fill(o)
+
+    def traded_inst(self, o: Order) -> Instrument:
+        """The instrument whose hours an order keeps (a combo's: its first leg's)."""
+        return o.inst if o.inst is not None else o.legs[0]["inst"]
+
+    def works_now(self, o: Order) -> bool:
+        """Whether the order can fill now: IB holds a stock or option order without outsideRth
+        until the regular session opens (and a future's outside its session)."""
+        return self.market.order_hours(self.traded_inst(o), o.outsideRth)
+
+    def expire(self, o: Order) -> None:
+        """A DAY order still working when its session ends: IB cancels it (an orderStatus
+        Cancelled, with no error message)."""
+        o.status = "Cancelled"
+        o.done_time = self.clock.now().strftime("%Y%m%d %H:%M:%S UTC")
+        self.record_event("expired", orderId=o.orderId, clientId=o.clientId, filled=o.filled)
+        for s in [s for s in self.sessions if s.clientId == o.clientId]:
+            s.send(enc.order_status(o))
 
     def order_quote(self, o: Order) -> Quote:
         return self.combo_quote(o.legs) if o.legs else self.market.quote(o.inst)
@@ -547,6 +569,8 @@ class GatewaySim:
             parent = self._order_by_id(o.clientId, o.parentId)
             if parent is not None and parent.status != "Filled":
                 return
+        if not self.works_now(o):
+            return
         q = self.order_quote(o)
         if q.nan:
             return

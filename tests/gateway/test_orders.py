@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from ib_async import (ComboLeg, Contract, ExecutionFilter, LimitOrder, MarketOrder, Option, Stock,
                       StopLimitOrder, StopOrder, TagValue)
+from gatewaysim.market import NY
 
 
 def _spy(ib):
@@ -280,3 +281,45 @@ def test_a_condor_chased_by_modify_then_closed_with_a_sell_combo(ib, sim):
     bag_execs = [e for e in rec["executions"] if e["secType"] == "BAG"]
     assert [(e["side"], e["shares"], e["orderRef"]) for e in bag_execs] == [
         ("BOT", 2.0, "qtrade:condor"), ("SLD", 2.0, "qtrade:condor-exit")]
+
+
+def test_a_stock_order_outside_regular_hours_waits_for_the_open_with_ibs_399(make_sim, connect, expect_errors):
+    """IB holds a stock order without outsideRth until 09:30 New York (warning 399, PreSubmitted):
+    a market order sent after the close fills at the next open's quote, not at the last close."""
+    expect_errors(399)
+    sim = make_sim(start="2017-12-27 17:30")
+    ib = connect(sim)
+    spy = _spy(ib)
+    closed_ask = sim.quote("SPY").ask
+    trade = ib.placeOrder(spy, MarketOrder("BUY", 10, orderRef="qtrade:after-close"))
+    assert _wait(ib, lambda: any("will not be placed at the exchange until 20171228 09:30:00" in e.message
+                                 for e in trade.log))
+    ib.sleep(0.3)
+    assert trade.orderStatus.status in ("PreSubmitted", "ValidationError") and not trade.fills
+    sim.advance(16 * 3600 - 60)         # 09:29 the next morning: still held
+    ib.sleep(0.3)
+    assert not trade.fills
+    sim.advance(60)                     # 09:30: the session opens and the order fills
+    assert _wait(ib, lambda: trade.orderStatus.status == "Filled")
+    fill = trade.fills[0].execution
+    open_ask = sim.quote("SPY").ask
+    assert fill.price == pytest.approx(open_ask) and open_ask != pytest.approx(closed_ask)
+    assert fill.time.astimezone(NY).strftime("%Y-%m-%d %H:%M") == "2017-12-28 09:30"
+
+
+def test_a_day_order_expires_at_the_close_and_a_gtc_order_works_on(make_sim, connect):
+    sim = make_sim(start="2017-12-27 15:50")
+    ib = connect(sim)
+    spy = _spy(ib)
+    low = round(sim.quote("SPY").bid - 20.0, 2)
+    day = ib.placeOrder(spy, LimitOrder("BUY", 10, low))
+    gtc = ib.placeOrder(spy, LimitOrder("BUY", 10, low, tif="GTC"))
+    assert _wait(ib, lambda: day.orderStatus.status == "Submitted" and gtc.orderStatus.status == "Submitted")
+    sim.advance(9 * 60)                 # 15:59: both work
+    ib.sleep(0.2)
+    assert day.orderStatus.status == "Submitted"
+    sim.advance(60)                     # 16:00: the day order's session is over
+    assert _wait(ib, lambda: day.orderStatus.status == "Cancelled")
+    ib.sleep(0.2)
+    assert gtc.orderStatus.status == "Submitted" and not day.fills
+    assert [e["orderId"] for e in sim.record()["events"] if e["kind"] == "expired"] == [day.order.orderId]

@@ -99,6 +99,8 @@ class BrokerError:
     code: int
     message: str
     time: int = 0
+    held: bool = False               # a notice, not an error: the venue holds the order, which stays live
+                                     # (IB's 399: not placed at the exchange until the session opens)
 
 
 @dataclass(frozen=True)

@@ -331,7 +331,9 @@ class Kernel(RunState):
         if k >= 0 and int(b.end[k]) - int(b.start[k]) >= 86_400 * 10**9:
             day = self._local(int(b.start[k]))
             later = now - int(b.end[k] if phase == CLOSE else b.start[k])
-            if later < int(b.end[k]) - int(b.start[k]):     # within the bar's day: at its open or close
+            # within the bar's day: at its open or close, or minutes after it (a chase's steps); a
+            # fill hours after a close (a live run's order IB held until the next open) is its own time
+            if later < min(int(b.end[k]) - int(b.start[k]), _DATED_AFTER):
                 if intraday and phase == OPEN:
                     return f"{day:%Y-%m-%d} during the day"
                 tail = f" +{later / 1e9:g}s" if later > 0 else ""
@@ -844,6 +846,13 @@ class Kernel(RunState):
             self.recorder.commission(ev)
 
     def _on_error(self, ev: E.BrokerError) -> None:
+        if ev.held and ev.ref is not None and ev.ref in self.orders_by_ref:
+            # the order is live and waits at the venue: said and journaled as a note, not an error
+            tr = self.orders_by_ref[ev.ref]
+            self.notices.append((ev.time or self._now, f"{ev.ref} ({tr.symbol}) is held by the broker: {ev.message}"))
+            if self.recorder is not None:
+                self.recorder.note(ev.time or self._now, "held", ev.ref, f"IB {ev.code}: {ev.message}")
+            return
         message = f"broker error {ev.code} on {ev.ref or 'the connection'}: {ev.message}"
         if ev.ref is not None and ev.ref in self.orders_by_ref:
             # about one of our orders: journaled; its outcome (rejected, cancelled, still working
@@ -2655,6 +2664,7 @@ def _lookback_bars(b: SymbolBars, lookback: str) -> tuple[int, float]:
 
 
 _NO_NODES = (None, None, None, None)
+_DATED_AFTER = 1800 * 10**9       # (when(): a moment this soon after a daily bar's close or open is dated by it)
 _UNFILLED = {E.EXPIRED: "expired", E.REJECTED: "rejected", E.CANCELLED: "cancelled"}   # an order done with no fill
 _NO_CONTEXT: dict = {}
 

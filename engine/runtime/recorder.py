@@ -94,3 +94,6 @@ class Recorder:
 
     def error(self, time: int, message: str) -> None:
         self.journal.error(self.run_id, _iso(time), "kernel", message)
+
+    def note(self, time: int, kind: str, subject: str, message: str) -> None:
+        self.journal.note(self.run_id, _iso(time), kind, subject, message)

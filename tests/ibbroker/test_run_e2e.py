@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -1169,3 +1170,36 @@ def test_stop_prices_go_on_ibs_minimum_price_variation_where_the_map_differs(nq_
                                                  "WHERE o.intent = 'open'")}
     assert any(o["auxPrice"] + 3.0 in entries for o in stops)
     assert not [e for e in nq_sim.events if e["kind"] == "rejected"]
+
+
+def test_a_daily_entry_decided_at_the_close_fills_at_the_next_open_as_in_the_backtest(make_sim, tmp_path,
+                                                                                     expect_errors):
+    """sma_crossover's golden cross of 2017-07-18 is decided at that day's close and sent then.
+    IB holds a stock market order sent after the close until the open (399): it fills at
+    2017-07-19's open, as the backtest's does (at 246.02), not at the close it was decided at
+    (the simulator filled it there before)."""
+    expect_errors(162, 399)
+    sim = make_sim(None, speed=7200, start="2017-07-18 15:45")        # a Tuesday
+    journal = tmp_path / "j.sqlite"
+    out = qrun(sim, ROOT / "strategies" / "sma_crossover.yaml", journal, seconds=14)
+    assert out.exit_code == 0, out.output
+    buys = [o for o in placed(sim) if o["action"] == "BUY"]
+    assert len(buys) == 1 and buys[0]["orderType"] == "MKT", (placed(sim), out.output)
+    fills = rows(journal, "SELECT * FROM fills")
+    assert len(fills) == 1, out.output
+    ex = sim.record()["executions"][0]
+    local = pd.Timestamp(ex["ts"], unit="s", tz="UTC").tz_convert("America/New_York")
+    # (at 7,200 times real time the simulator matches every six simulated minutes)
+    assert local.strftime("%Y-%m-%d") == "2017-07-19" and "09:30" <= local.strftime("%H:%M") < "09:40", ex
+    assert abs(fills[0]["price"] - 246.02) < 0.05, fills      # the open (and the simulator's spread)
+    # IB's 399 is a notice (the order is live, held), journaled as a note, not an error; the fill
+    # is dated at its own time, not as seconds after the close it was decided at
+    held = rows(journal, "SELECT * FROM notes WHERE kind = 'held'")
+    assert len(held) == 1 and held[0]["subject"] == "qtrade:sma-crossover:1", held
+    assert "will not be placed at the exchange until 20170719 09:30:00 US/Eastern" in held[0]["message"], held
+    assert not rows(journal, "SELECT * FROM errors"), out.output
+    assert "qtrade:sma-crossover:1 (SPY) is held by the broker: IB" not in out.output
+    assert "qtrade:sma-crossover:1 (SPY) is held by the broker: Order Message: BUY 4070 SPY SMART Warning: your " \
+           "order will not be placed at the exchange until 20170719 09:30:00 US/Eastern" in out.output, out.output
+    assert re.search(r"filled 4070 at 246\.\d\d \(2017-07-19 09:3\d", out.output), out.output
+    assert "error" not in out.output and "close +" not in out.output, out.output

@@ -77,6 +77,7 @@ EPS = 1e-9
 LOCAL = 0                            # BrokerError code of a refusal made here: nothing was sent
 
 # IB's order-related codes as this module treats them (codes.py will own them)
+_HELD = frozenset({399, 404})    # the order is live, held at IB (outside regular hours; while shares are located)
 _WARNINGS = frozenset({105, 110, 165, 321, 329, 399, 404, 434, 492, 10167})   # ib_async: ValidationError
 _REFUSES_NEW = frozenset({110, 321})   # warnings that, before IB acknowledged an order, mean it was not taken
 _REJECTED = frozenset({201, 203})
@@ -606,6 +607,9 @@ class Orders:
             self._emit_status(tr, E.OrderStatus(tr.order.ref, E.CANCELLED, filled, max(tr.order.quantity - filled, 0.0),
                                                 self._average(tr), now,
                                                 "" if tr.cancel_asked else reason, tr.order_id))
+            return
+        if code in _HELD:
+            self._emit(E.BrokerError(tr.order.ref, code, " ".join(text.split()), now, held=True))
             return
         self._emit(E.BrokerError(tr.order.ref, code, text, now))
         warning = code in _WARNINGS or 2100 <= code < 2200

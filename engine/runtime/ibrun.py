@@ -440,6 +440,29 @@ def unfinished_rolls(journal, state: JournalState, prefix: str) -> list[dict]:
     return due
 
 
+def unclosed_runs(journal, strategy: str, account: str) -> list[dict]:
+    """Earlier paper or live runs of the strategy on the account that the journal still has as
+    running. Called with the session lock held, so none of them is alive: each was killed (-9),
+    crashed past its handlers, or its machine stopped. Each is marked interrupted, its end the
+    last thing it journaled (its start if nothing), and returned for the run to say."""
+    found = journal._rows(
+        "SELECT run_id, mode, started_at FROM runs WHERE status = 'running' AND mode IN ('paper', 'live')"
+        " AND strategy = ? AND json_extract(settings, '$.account') = ? ORDER BY started_at", (strategy, account))
+    for run in found:
+        last = journal.db.execute(
+            "SELECT max(ts) FROM (SELECT max(ts) AS ts FROM orders WHERE run_id = :r UNION ALL"
+            " SELECT max(ts) FROM fills WHERE run_id = :r UNION ALL SELECT max(ts) FROM decisions WHERE run_id = :r"
+            " UNION ALL SELECT max(ts) FROM errors WHERE run_id = :r UNION ALL"
+            " SELECT max(ts) FROM notes WHERE run_id = :r)", {"r": run["run_id"]}).fetchone()[0]
+        # (the journal's times are the venue's clock: a simulated one may be years before the start)
+        run["last"] = last if last and _utc(last) >= _utc(run["started_at"]) else None
+        journal.db.execute("UPDATE runs SET status = 'interrupted', finished_at = ?,"
+                           " summary = json_object('ended', 'unseen: the run did not close (killed, or its"
+                           " machine stopped); marked by the next run') WHERE run_id = ?",
+                           (run["last"] or run["started_at"], run["run_id"]))
+    return found
+
+
 def journal_state(journal, prefix: str, account: str, modes=("paper", "live")) -> JournalState:
     """This strategy's orders not yet terminal, the execution ids held, and its open positions,
     from the runs on `account` in the given modes (a dry run's wallet is not an account).
@@ -902,8 +925,10 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
         raise RunRefused(why, 2)
     mode = "dry-run" if run.dry_run else ("live" if live else "paper")
     prefix = f"qtrade:{plan.name}:"
+    unclosed = []
     if not run.dry_run:         # (a dry run sends nothing: it may watch beside the run that trades)
         run.lock = session_lock(account, plan.name, journal_path=str(getattr(journal, "path", "") or ""))
+        unclosed = unclosed_runs(journal, plan.name, account)
     run_id = new_run_id()
     settings = getattr(ib, "settings", None)
     where = f" at {settings.host}:{settings.port}" if settings is not None else ""
@@ -911,6 +936,10 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
         f"{' (a paper account)' if ib.is_paper else ''}{where}, client id {ib.client_id}"
         + ("; read-only: orders are printed and filled in a simulated wallet, nothing is transmitted"
            if run.dry_run else ""))
+    for dead in unclosed:
+        last = f", last journaled {_short(dead['last'])}" if dead["last"] else ""
+        say(f"the {dead['mode']} run {dead['run_id']} (started {_short(dead['started_at'])}{last}) did not close: "
+            "it was killed or its machine stopped. It is marked interrupted; what IB did since is reconciled now")
     # reconcile before anything is sent
     t_rec = _time.monotonic()
     state = journal_state(journal, prefix, account)
@@ -962,6 +991,16 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
         with contextlib.suppress(sqlite3.Error):
             journal.finish_run(run_id, "failed", {})
         raise
+
+
+def _utc(iso: str) -> pd.Timestamp:
+    t = pd.Timestamp(iso)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def _short(iso: str) -> str:
+    """A journal timestamp as '2026-12-06 14:22:07 UTC'."""
+    return f"{_utc(iso):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def journal_alert(journal, run_id: str, alert, ib) -> None:

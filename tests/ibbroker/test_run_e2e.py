@@ -1203,3 +1203,32 @@ def test_a_daily_entry_decided_at_the_close_fills_at_the_next_open_as_in_the_bac
            "order will not be placed at the exchange until 20170719 09:30:00 US/Eastern" in out.output, out.output
     assert re.search(r"filled 4070 at 246\.\d\d \(2017-07-19 09:3\d", out.output), out.output
     assert "error" not in out.output and "close +" not in out.output, out.output
+
+
+def test_a_run_that_did_not_close_is_marked_interrupted_and_said_by_the_next(nq_sim, tmp_path, expect_errors):
+    """A run killed with -9 (or whose machine stopped) stays 'running' in its journal. The next
+    paper run of the strategy on the account holds the session lock, so that run is dead: it is
+    marked interrupted, ended at the last thing it journaled, and the new run says so. Runs on
+    another account, dry runs and finished runs are left as they are."""
+    expect_errors(162)      # (the second run repeats the first's history request: pacing)
+    from engine.runtime.journal import Journal
+
+    journal = tmp_path / "j.sqlite"
+    with Journal(journal) as j:
+        j.start_run("paper", "nq-cross", settings={"account": "DU1234567"}, run_id="killed")
+        j.order("killed", "qtrade:nq-cross:1", "2999-01-01T00:00:00Z", "NQ", "buy", 1, "market", status="cancelled")
+        j.start_run("paper", "nq-cross", settings={"account": "DU7654321"}, run_id="other-account")
+        j.start_run("dry-run", "nq-cross", settings={"account": "DU1234567"}, run_id="a-dry-run")
+        j.start_run("paper", "nq-cross", settings={"account": "DU1234567"}, run_id="closed")
+        j.finish_run("closed", "finished", {})
+    out = qrun(nq_sim, NQ, journal, seconds=3)
+    assert out.exit_code == 0, out.output
+    status = {r["run_id"]: r for r in rows(journal, "SELECT * FROM runs")}
+    assert status["killed"]["status"] == "interrupted"
+    assert status["killed"]["finished_at"] == "2999-01-01T00:00:00Z"
+    assert "did not close" in json.loads(status["killed"]["summary"])["ended"]
+    assert [status[r]["status"] for r in ("other-account", "a-dry-run", "closed")] == ["running", "running", "finished"]
+    assert "the paper run killed (started " in out.output and ", last journaled 2999-01-01 00:00:00 UTC) did not " \
+        "close: it was killed or its machine stopped. It is marked interrupted" in out.output, out.output
+    again = qrun(nq_sim, NQ, journal, seconds=2)
+    assert again.exit_code == 0 and "did not close" not in again.output, again.output

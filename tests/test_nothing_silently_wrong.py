@@ -770,6 +770,13 @@ def test_why_newest_run_and_rule_filter(condor_journal):
     # at: 2008-03-07 05:00Z is Thursday 2008-03-06's close in New York; 2017-08-18 is a Friday)
     assert "fired          39  2008-03-06 close .. 2017-08-18 close  trend over" in result.output
     assert "times in America/New_York, a daily bar's decisions dated by its day" in result.output
+    # the newest of two: the other is named, with the command that shows it; --run shows one alone
+    _, condor_run, *_ = condor_journal
+    lines = cli("why", path).output.splitlines()
+    assert lines[1] == f"the newest of 2 runs in this journal; the other (qtrade why {path} --run RUN_ID):", lines
+    assert re.fullmatch(rf"  {condor_run}  xsp-0dte-iron-condor \(backtest\), started \S+ \S+ UTC, finished",
+                        lines[2]), lines
+    assert "newest of" not in cli("why", path, "--run", condor_run).output
 
 
 def test_why_bad_input(tmp_path, condor_journal):

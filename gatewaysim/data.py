@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from engine.diagnostics import DiagnosticError
@@ -42,7 +43,27 @@ def load_data(path=None):
     frames = {sym: f for sym, f in frames.items() if len(f) > 0}
     if not frames:
         raise DataError(f"--data {where}: the files hold no bars; each needs a header and at least one row")
+    for line in _named_after_files(where, frames):
+        logging.getLogger("gatewaysim").warning(line)
     return where, frames
+
+
+def _named_after_files(where: Path, frames: dict) -> list[str]:
+    """A file without a symbol column is served under its name (spy_daily.csv as SPY_DAILY), which
+    no strategy's universe names: said, with the two ways to serve it as the ticker."""
+    import re
+
+    from engine.market.bars import _has_symbol_column
+
+    files = [where] if where.is_file() else sorted(p for p in where.iterdir() if p.is_file())
+    said = []
+    for file in files:
+        symbol = file.stem.upper()
+        if symbol in frames and re.search(r"[-_ .]", file.stem) and not _has_symbol_column(file):
+            ticker = re.split(r"[-_ .]+", file.stem)[0].upper()
+            said.append(f"{file} is served as the symbol {symbol}, named after the file; to serve it as {ticker}, "
+                        f"rename it {ticker}{file.suffix} or give it a symbol column")
+    return said
 
 
 class VendorChains:

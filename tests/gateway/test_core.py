@@ -119,6 +119,24 @@ def test_bad_data_dir_is_a_clear_error(tmp_path):
         GatewaySim(tmp_path)
 
 
+def test_a_file_served_under_its_name_says_how_to_serve_it_as_the_ticker(tmp_path, caplog):
+    """spy_daily.csv holds SPY's bars but no symbol column: it is served as SPY_DAILY, which no
+    strategy names; the simulator says so, and how to serve it as SPY. SPY.csv is not remarked."""
+    sample = (ROOT / "strategies" / "data" / "SPY.csv").read_text()
+    (tmp_path / "spy_daily.csv").write_text(sample)
+    with caplog.at_level("WARNING", logger="gatewaysim"):
+        sim = GatewaySim(tmp_path / "spy_daily.csv")
+    assert sorted(sim.series) == ["SPY_DAILY"]
+    said = [r.getMessage() for r in caplog.records if "named after the file" in r.getMessage()]
+    assert said == [f"{tmp_path / 'spy_daily.csv'} is served as the symbol SPY_DAILY, named after the file; to serve "
+                    "it as SPY, rename it SPY.csv or give it a symbol column"], said
+    (tmp_path / "spy_daily.csv").rename(tmp_path / "SPY.csv")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gatewaysim"):
+        GatewaySim(tmp_path)
+    assert not [r for r in caplog.records if "named after the file" in r.getMessage()]
+
+
 def test_running_past_the_end_of_the_data_is_said_once(caplog):
     # the sample's XSP minute bars end at 16:00 New York that day, its VIX daily bars in December;
     # its AAPL, INTC and SPY daily bars ended years before

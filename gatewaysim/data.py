@@ -53,12 +53,12 @@ def _named_after_files(where: Path, frames: dict) -> list[str]:
     no strategy's universe names: said, with the two ways to serve it as the ticker."""
     import re
 
-    from engine.market.bars import _has_symbol_column
+    from engine.market.bars import _has_symbol_column, _stem_symbol
 
     files = [where] if where.is_file() else sorted(p for p in where.iterdir() if p.is_file())
     said = []
     for file in files:
-        symbol = file.stem.upper()
+        symbol = _stem_symbol(file, None)       # the loader's own naming
         if symbol in frames and re.search(r"[-_ .]", file.stem) and not _has_symbol_column(file):
             ticker = re.split(r"[-_ .]+", file.stem)[0].upper()
             said.append(f"{file} is served as the symbol {symbol}, named after the file; to serve it as {ticker}, "

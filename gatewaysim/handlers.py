@@ -647,11 +647,12 @@ def place_order(sim, s, f):
         s.close("fault: drop_connection before acknowledging the order")
         sim.try_fill(o)
         return
-    if o.transmit and not sim.works_now(o) and o.status == "Submitted":
+    outside_hours = o.transmit and not sim.works_now(o)
+    if outside_hours and o.status == "Submitted":
         o.status = "PreSubmitted"       # held at IB until the session opens
     s.send(enc.open_order(o, s.sv))
     s.send(enc.order_status(o))
-    if o.transmit and existing is None and not sim.works_now(o):
+    if outside_hours and existing is None:
         inst = sim.traded_inst(o)
         until = sim.market.next_open(inst, o.outsideRth, sim.clock.now_ns())
         s.error(order_id, 399, action=o.action, quantity=o.totalQuantity, symbol=o.symbol,

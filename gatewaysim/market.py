@@ -299,7 +299,7 @@ class Market:
     def order_hours(self, inst: Instrument, outside_rth: bool, t_ns: int | None = None) -> bool:
         """Whether an order on inst works at t (IB's default): a future in its session; a stock or
         option in regular hours, a stock order marked outsideRth also 04:00-20:00 New York."""
-        if inst.secType == "FUT" or not outside_rth or inst.secType != "STK":
+        if not (outside_rth and inst.secType == "STK"):
             return self.session_open(inst, t_ns)
         local = dt.datetime.fromtimestamp((self.clock.now_ns() if t_ns is None else t_ns) / NS, tz=NY)
         return local.weekday() < 5 and 4 <= local.hour < 20

@@ -537,7 +537,7 @@ class GatewaySim:
         for o in list(self.book.orders.values()):
             if o.is_working and o.transmit and not o.whatIf:
                 if o.day_end and now >= o.day_end:
-                    self.expire(o)
+                    self.cancel_order(o, expired=True)
                 else:
                     self.try_fill(o)
 
@@ -549,15 +549,6 @@ class GatewaySim:
         """Whether the order can fill now: IB holds a stock or option order without outsideRth
         until the regular session opens (and a future's outside its session)."""
         return self.market.order_hours(self.traded_inst(o), o.outsideRth)
-
-    def expire(self, o: Order) -> None:
-        """A DAY order still working when its session ends: IB cancels it (an orderStatus
-        Cancelled, with no error message)."""
-        o.status = "Cancelled"
-        o.done_time = self.clock.now().strftime("%Y%m%d %H:%M:%S UTC")
-        self.record_event("expired", orderId=o.orderId, clientId=o.clientId, filled=o.filled)
-        for s in [s for s in self.sessions if s.clientId == o.clientId]:
-            s.send(enc.order_status(o))
 
     def order_quote(self, o: Order) -> Quote:
         return self.combo_quote(o.legs) if o.legs else self.market.quote(o.inst)
@@ -712,13 +703,19 @@ class GatewaySim:
             if (o.ocaGroup and other.ocaGroup == o.ocaGroup) or (o.parentId and other.parentId == o.parentId):
                 self.cancel_order(other, reason="")
 
-    def cancel_order(self, o: Order, reason: str = "") -> None:
+    def cancel_order(self, o: Order, reason: str = "", *, expired: bool = False) -> None:
+        """Cancelled, with IB's 202; `expired`: a DAY order still working when its session ends,
+        which IB cancels with the orderStatus alone (no error message)."""
         o.status = "Cancelled"
         o.done_time = self.clock.now().strftime("%Y%m%d %H:%M:%S UTC")
-        self.record_event("cancelled", orderId=o.orderId, clientId=o.clientId, filled=o.filled, reason=reason)
+        if expired:
+            self.record_event("expired", orderId=o.orderId, clientId=o.clientId, filled=o.filled)
+        else:
+            self.record_event("cancelled", orderId=o.orderId, clientId=o.clientId, filled=o.filled, reason=reason)
         for s in [s for s in self.sessions if s.clientId == o.clientId]:
             s.send(enc.order_status(o))
-            s.error(o.orderId, 202, reason=reason)
+            if not expired:
+                s.error(o.orderId, 202, reason=reason)
 
     # ------------------------------------------------------------------ historical
     def _hist_update(self, s: Session, reqId: int, h: dict) -> None:

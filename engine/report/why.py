@@ -133,10 +133,13 @@ def why_text(journal_path: str | Path, run_id: str | None = None, rule: str | No
         rows = journal.db.execute(
             "SELECT rule, kind, outcome, reason, COUNT(*), MIN(ts), MAX(ts) FROM decisions WHERE run_id=?"
             " GROUP BY rule, kind, outcome, reason", (rid,)).fetchall()
-        others = [] if run_id is not None else journal.db.execute(
-            "SELECT run_id, strategy, mode, started_at, status, json_extract(settings, '$.broker'),"
-            " json_extract(settings, '$.account'), (SELECT COUNT(*) FROM runs) FROM runs WHERE run_id != ?"
-            " ORDER BY started_at DESC, rowid DESC LIMIT 5", (rid,)).fetchall()
+        others, count = [], 0       # without --run: the other runs, for the reader to pick one
+        if run_id is None:
+            count = journal.db.execute("SELECT COUNT(*) FROM runs WHERE run_id != ?", (rid,)).fetchone()[0]
+            others = journal.db.execute(
+                "SELECT run_id, strategy, mode, started_at, status, json_extract(settings, '$.broker'),"
+                " json_extract(settings, '$.account') FROM runs WHERE run_id != ?"
+                " ORDER BY started_at DESC, rowid DESC LIMIT 5", (rid,)).fetchall()
     rules = sorted({r[0] for r in rows})
     if rule is not None:
         if rule not in rules:
@@ -155,11 +158,10 @@ def why_text(journal_path: str | Path, run_id: str | None = None, rule: str | No
             + (f" of rule {rule!r}" if rule else "")
             + (f"; times in {tz}" + (", a daily bar's decisions dated by its day" if daily else "") if rows else ""))
     if others:      # the newest run was shown: the others are named, for --run
-        count = others[0][7] - 1
         which = f"the latest {len(others)} of the {count:,} others" if count > len(others) else \
             ("the other" if count == 1 else f"the {count} others")
         head += f"\nthe newest of {count + 1:,} runs in this journal; {which} (qtrade why {path} --run RUN_ID):"
-        for other_id, strategy, mode, started, status, broker, account in (o[:7] for o in others):
+        for other_id, strategy, mode, started, status, broker, account in others:
             shown = run_mode({"mode": mode, "settings": {"broker": broker, "account": account}})
             begun = str(started).replace("T", " ").replace("Z", " UTC")
             head += f"\n  {other_id}  {strategy} ({shown}), started {begun}, {status}"

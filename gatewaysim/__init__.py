@@ -63,12 +63,14 @@ Fill rules (checked when an order arrives and on every tick, every `tick_interva
     held (PreSubmitted) until the parent fills; when one child fills its siblings are cancelled,
     and a filled order cancels the rest of its OCA group. A modify never un-transmits an order.
   * Hours, as at IB: a stock or option order (a combo by its first leg) without outsideRth works
-    only in regular hours, 09:30-16:00 New York on weekdays; one sent outside them is held
-    (PreSubmitted, with warning 399 naming the open it waits for) and fills at the first tick of
-    the session (a stock order with outsideRth: 04:00-20:00). A future's order works in its
-    session (18:00-17:00 New York, Sunday to Friday). A DAY order still working at the end of
-    the session it was sent for (16:00; 17:00 for futures) is cancelled (orderStatus Cancelled,
-    no error message). There is no holiday calendar.
+    only in regular hours: NYSE's sessions, 09:30-16:00 New York on its trading days, 13:00 on an
+    early close, none on a holiday (from its exchange calendar, gatewaysim/hours.py). One sent
+    outside them is held (PreSubmitted, with warning 399 naming the open it waits for) and fills
+    at the first tick of the session (a stock order with outsideRth: 04:00 to four hours after
+    the close). A future's order works in CME equity futures' sessions (18:00-17:00 New York,
+    shortened on CME's holidays). A DAY order still working at the end of the session it was sent
+    for is cancelled (orderStatus Cancelled, no error message). Contract details' tradingHours and
+    liquidHours come from the same calendars.
   * `set_fill_mode("never"|"manual")` stops automatic fills; `fill_order(orderId, qty, price)`
     fills by hand (partial fills), `partial_fill_then_cancel(qty)` fills qty then cancels (202).
   Commissions: stocks 0.005/share (min 1.00, max 1 % of value), options 0.65/contract, futures

@@ -46,29 +46,13 @@ def error(reqId: int, code: int, text: str | None = None, advanced: str = "", **
     return [4, 2, reqId, code, text if text is not None else IB_ERRORS[code].format(**kw), advanced]
 
 
-def trading_hours(inst: Instrument, day) -> tuple[str, str]:
-    """TWS's tradingHours / liquidHours strings for the simulated day and the next one."""
-    import datetime as dt
-
-    nxt = day + dt.timedelta(days=1)
-    d0, d1 = day.strftime("%Y%m%d"), nxt.strftime("%Y%m%d")
-    if inst.secType in ("FUT", "CONTFUT"):
-        prev = (day - dt.timedelta(days=1)).strftime("%Y%m%d")
-        return (f"{prev}:1800-{d0}:1700;{d0}:1800-{d1}:1700", f"{d0}:0930-{d0}:1600;{d1}:0930-{d1}:1600")
-    if day.weekday() >= 5:
-        return f"{d0}:CLOSED", f"{d0}:CLOSED"
-    return (f"{d0}:0400-{d0}:2000;{d1}:0400-{d1}:2000", f"{d0}:0930-{d0}:1600;{d1}:0930-{d1}:1600")
-
-
-def contract_data(reqId: int, inst: Instrument, exchange: str, day=None) -> list:
+def contract_data(reqId: int, inst: Instrument, exchange: str, hours: tuple[str, str]) -> list:
+    """A contractDetails message; `hours`: its tradingHours and liquidHours (hours.Hours.trading_hours)."""
     ltd = inst.lastTradeDate
     if inst.secType in ("FUT", "OPT", "CONTFUT") and ltd:
         ltd = f"{ltd} 16:00 US/Eastern" if inst.secType == "OPT" else ltd
     order_types = "ACTIVETIM,ADJUST,ALERT,ALLOC,AVGCOST,BASKET,COND,CONDORDER,DAY,GAT,GTC,GTD,IOC,LIT,LMT,MIT,MKT,MOC,NONALGO,OCA,STP,STPLMT,TRAIL,WHATIF"
-    if day is None:
-        import datetime as dt
-        day = dt.date.today()
-    hours, liquid = trading_hours(inst, day)
+    hours, liquid = hours
     return [10, reqId, inst.symbol, inst.secType, ltd, inst.strike, inst.right, exchange, inst.currency,
             inst.localSymbol, inst.tradingClass, inst.tradingClass, inst.conId, inst.minTick, inst.multiplier_text,
             order_types, ",".join(inst.valid_exchanges), 1, inst.underConId, inst.longName, inst.exchange,

@@ -213,7 +213,8 @@ def req_contract_details(sim, s, f):
     exchange = c["exchange"].upper() or None
     day = sim.clock.now().astimezone(NY).date()
     for inst in matches:
-        s.send(enc.contract_data(req_id, inst, exchange if exchange else inst.wire_exchange, day))
+        s.send(enc.contract_data(req_id, inst, exchange if exchange else inst.wire_exchange,
+                                 sim.market.hours.trading_hours(inst, day)))
     s.send([52, 1, req_id])
 
 

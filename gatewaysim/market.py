@@ -3,7 +3,7 @@ model, option quotes and greeks from Black-Scholes on a volatility smile.
 
 Clock: simulated time = start + (wall time since start) x speed, plus whatever `advance()` added.
 Price path inside a bar: open -> low -> high -> close when the bar closed up, open -> high -> low
--> close when it closed down, linear in time over the bar; a daily bar spans 09:30-16:00 New York.
+-> close when it closed down, linear in time over the bar; a daily bar spans 09:30-16:00 New York (to 13:00 on NYSE's early closes).
 Before a symbol's first bar it sits at that bar's open, after its last bar at the last close.
 """
 
@@ -23,6 +23,7 @@ from engine.market import options as bsm
 from engine.market.chains import Skew, Spread
 
 from .catalog import CARRY, Instrument
+from .hours import Hours, early_closes
 
 NY = ZoneInfo("America/New_York")
 NS = 1_000_000_000
@@ -92,6 +93,12 @@ class Series:
         local = idx.tz_convert(NY).as_unit("ns")
         days = np.asarray(local.normalize().as_unit("ns").asi8)
         self.day = days
+        self.day_end = days + CLOSE_NS      # a daily bar's end: the close, an early close's on its days
+        if self.daily and len(days):
+            early = early_closes(local[0].date(), local[-1].date())
+            for k, d in enumerate(local.date):
+                if d in early:
+                    self.day_end[k] = early[d]
         starts = np.r_[0, np.flatnonzero(days[1:] != days[:-1]) + 1]
         self.day_start = np.repeat(starts, np.diff(np.r_[starts, len(days)]))
         # running values within the day, through bar i inclusive
@@ -118,7 +125,7 @@ class Series:
 
     def span(self, i: int) -> tuple[int, int]:
         if self.daily:
-            return int(self.day[i]) + OPEN_NS, int(self.day[i]) + CLOSE_NS
+            return int(self.day[i]) + OPEN_NS, int(self.day_end[i])
         return int(self.t[i]), int(self.t[i]) + self.bar_ns
 
     def index(self, t_ns: int) -> int:
@@ -166,6 +173,7 @@ class Market:
         self.skew = Skew()
         self.spread = Spread()
         self.vendor: dict = {}  # underlying -> VendorChains: options listed in a chain file quote from it
+        self.hours = Hours()
 
     def underlying_price(self, inst: Instrument, t_ns: int | None = None) -> tuple[float, Series, int]:
         t = self.clock.now_ns() if t_ns is None else t_ns
@@ -298,41 +306,19 @@ class Market:
 
     def order_hours(self, inst: Instrument, outside_rth: bool, t_ns: int | None = None) -> bool:
         """Whether an order on inst works at t (IB's default): a future in its session; a stock or
-        option in regular hours, a stock order marked outsideRth also 04:00-20:00 New York."""
-        if not (outside_rth and inst.secType == "STK"):
-            return self.session_open(inst, t_ns)
-        local = dt.datetime.fromtimestamp((self.clock.now_ns() if t_ns is None else t_ns) / NS, tz=NY)
-        return local.weekday() < 5 and 4 <= local.hour < 20
+        option in regular hours, a stock order marked outsideRth also in extended hours (hours.py)."""
+        return self.hours.works(inst, outside_rth, self.clock.now_ns() if t_ns is None else t_ns)
 
     def session_end(self, inst: Instrument, t_ns: int) -> int:
-        """The end (ns) of the session a DAY order placed at t is for: the regular close (16:00 New
-        York) of that weekday, or of the next weekday once it is past; for a future the next 17:00
-        New York that ends a session (Monday to Friday)."""
-        local = dt.datetime.fromtimestamp(t_ns / NS, tz=NY)
-        hour = 17 if inst.secType == "FUT" else 16
-        day = local.date()
-        if local.hour >= hour or local.weekday() >= 5:
-            day += dt.timedelta(days=1)
-        while day.weekday() >= 5:
-            day += dt.timedelta(days=1)
-        end = dt.datetime(day.year, day.month, day.day, hour, tzinfo=NY)
-        return int(end.timestamp()) * NS
+        """The end (ns) of the regular session a DAY order placed at t is for: the one under way,
+        else the next; an early close ends it early."""
+        return self.hours.session_end(inst, t_ns)
 
     def next_open(self, inst: Instrument, outside_rth: bool, t_ns: int) -> dt.datetime:
-        """The first minute after t at which an order held outside its hours works (IB's 399)."""
-        t = (t_ns // (60 * NS) + 1) * 60 * NS
-        for _ in range(8 * 1440):
-            if self.order_hours(inst, outside_rth, t):
-                break
-            t += 60 * NS
-        return dt.datetime.fromtimestamp(t / NS, tz=NY)
+        """The moment an order held outside its hours starts to work (IB's 399 names it)."""
+        return dt.datetime.fromtimestamp(self.hours.next_open(inst, outside_rth, t_ns) / NS, tz=NY)
 
     def session_open(self, inst: Instrument, t_ns: int | None = None) -> bool:
-        """Regular hours: 09:30-16:00 New York on weekdays (futures trade 18:00-17:00 Sun-Fri)."""
-        t = self.clock.now_ns() if t_ns is None else t_ns
-        local = dt.datetime.fromtimestamp(t / NS, tz=NY)
-        if inst.secType == "FUT":
-            return not (local.weekday() == 5 or (local.weekday() == 4 and local.hour >= 17)
-                        or (local.weekday() == 6 and local.hour < 18) or local.hour == 17)
-        minutes = local.hour * 60 + local.minute
-        return local.weekday() < 5 and 570 <= minutes < 960
+        """Whether inst's regular session is open: NYSE's for stocks and options, CME equity
+        futures' for futures, holidays and early closes from their calendars (hours.py)."""
+        return self.hours.regular(inst, self.clock.now_ns() if t_ns is None else t_ns)

@@ -323,3 +323,64 @@ def test_a_day_order_expires_at_the_close_and_a_gtc_order_works_on(make_sim, con
     ib.sleep(0.2)
     assert gtc.orderStatus.status == "Submitted" and not day.fills
     assert [e["orderId"] for e in sim.record()["events"] if e["kind"] == "expired"] == [day.order.orderId]
+
+
+def test_a_holiday_and_an_early_close_come_from_the_exchange_calendar(make_sim, connect, expect_errors):
+    """NYSE closed at 13:00 on 2017-07-03 and not at all on July 4 (the calendar's, not a hand
+    list): a DAY order working that morning expires at 13:00; a market order sent at 13:30 is held
+    (399) past the holiday and fills at the open on July 5; contract details say the same hours."""
+    expect_errors(399)
+    sim = make_sim(start="2017-07-03 12:50")
+    ib = connect(sim)
+    spy = _spy(ib)
+    details = ib.reqContractDetails(spy)[0]
+    assert details.liquidHours == "20170703:0930-20170703:1300;20170704:CLOSED"
+    assert details.tradingHours == "20170703:0400-20170703:1700;20170704:CLOSED"
+    low = round(sim.quote("SPY").bid - 20.0, 2)
+    day = ib.placeOrder(spy, LimitOrder("BUY", 10, low))
+    assert _wait(ib, lambda: day.orderStatus.status == "Submitted")
+    sim.advance(9 * 60)                 # 12:59: it works
+    ib.sleep(0.2)
+    assert day.orderStatus.status == "Submitted"
+    sim.advance(60)                     # 13:00: the early close ends its session
+    assert _wait(ib, lambda: day.orderStatus.status == "Cancelled")
+    sim.advance(30 * 60)                # 13:30: after the close
+    trade = ib.placeOrder(spy, MarketOrder("BUY", 10, orderRef="qtrade:after-early-close"))
+    assert _wait(ib, lambda: any("will not be placed at the exchange until 20170705 09:30:00" in e.message
+                                 for e in trade.log))
+    sim.advance(22 * 3600)              # 11:30 on July 4: the holiday, still held
+    ib.sleep(0.3)
+    assert not trade.fills and trade.orderStatus.status in ("PreSubmitted", "ValidationError")  # (ib_async's, on 399)
+    sim.advance(22 * 3600)              # 09:30 on July 5: it fills at the open
+    assert _wait(ib, lambda: trade.orderStatus.status == "Filled")
+    fill = trade.fills[0].execution
+    assert fill.time.astimezone(NY).strftime("%Y-%m-%d %H:%M") == "2017-07-05 09:30"
+    assert fill.price == pytest.approx(sim.quote("SPY").ask)
+
+
+def test_the_simulators_hours_follow_the_calendars():
+    """gatewaysim.hours against the calendars: NYSE's holiday and early close, a stock's extended
+    hours, CME equity futures' evening session and its shortened July 4."""
+    import datetime as dt
+
+    from gatewaysim.catalog import Instrument
+    from gatewaysim.hours import Hours
+
+    def ns(text):
+        return int(dt.datetime.fromisoformat(text).replace(tzinfo=NY).timestamp()) * 1_000_000_000
+
+    h = Hours()
+    stk = Instrument(1, "SPY", "STK", "ARCA")
+    fut = Instrument(2, "ES", "FUT", "CME")
+    assert h.works(stk, False, ns("2017-07-03 12:59")) and not h.works(stk, False, ns("2017-07-03 13:00"))
+    assert not h.works(stk, False, ns("2017-07-04 11:00")) and not h.works(stk, True, ns("2017-07-04 11:00"))
+    assert h.works(stk, True, ns("2017-07-03 16:59")) and not h.works(stk, True, ns("2017-07-03 17:00"))
+    assert h.works(stk, True, ns("2017-07-05 04:00")) and not h.works(stk, True, ns("2017-07-05 03:59"))
+    assert h.session_end(stk, ns("2017-07-03 14:00")) == ns("2017-07-05 16:00")
+    assert h.next_open(stk, False, ns("2017-07-03 14:00")) == ns("2017-07-05 09:30")
+    assert h.next_open(stk, False, ns("2017-07-05 10:00")) == ns("2017-07-05 10:00")
+    assert h.works(fut, False, ns("2017-07-02 18:00")) and not h.works(fut, False, ns("2017-07-02 17:59"))
+    assert h.works(fut, False, ns("2017-07-04 12:59")) and not h.works(fut, False, ns("2017-07-04 13:00"))
+    assert h.session_end(fut, ns("2017-07-04 13:30")) == ns("2017-07-05 17:00")
+    assert h.next_open(fut, False, ns("2017-07-04 13:30")) == ns("2017-07-04 18:00")
+    assert not h.works(stk, False, ns("2017-12-25 10:00")) and h.works(stk, False, ns("2017-12-26 09:30"))

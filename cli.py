@@ -910,6 +910,7 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
     from engine.runtime.journal import failure
 
     journal = _open_journal(journal_path)
+    _say_dead_runs(journal)
     with journal:
         # journaled as it happens: every order before it is sent (a journal that cannot take it
         # stops the run before the order leaves), its fills by execution id; order refs continue
@@ -1026,6 +1027,7 @@ def _run_on_ib(strategy, dry_run, live, sets, journal_path, fmt, host, port, cli
         return click.confirm(question, default=False)
 
     journal = _open_journal(journal_path)
+    _say_dead_runs(journal)
     from engine.brokers.ib.connection import ConnectError
 
     with journal:
@@ -1178,6 +1180,25 @@ def _open_journal(journal_path: str):
     except JournalError as exc:
         _safe_echo(f"qtrade: {exc}", err=True)
         sys.exit(EXIT_PROBLEMS)
+
+
+def _say_dead_runs(journal) -> None:
+    """The runs of this journal whose process is gone (killed with -9, crashed) are marked
+    interrupted before a new run starts, and said (on stderr: a --format json output stays whole)."""
+    import sqlite3
+
+    from engine.runtime.journal import failure
+
+    try:
+        dead = journal.dead_runs()
+    except sqlite3.Error as exc:
+        _safe_echo(f"qtrade: {failure(journal.path, exc)}", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    for run in dead:
+        _safe_echo(f"note: the {run['mode']} run {run['run_id']} of {run['strategy']} (started "
+                   f"{run['started_at'].replace('T', ' ').replace('Z', ' UTC')}) did not close: its process "
+                   f"(pid {run['pid']} on this machine) is gone, killed or crashed. It is marked interrupted in "
+                   f"the journal", err=True)
 
 
 def pd_day():

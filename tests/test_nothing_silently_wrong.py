@@ -1186,3 +1186,55 @@ def test_a_data_flag_that_does_not_exist_is_named_by_the_flag(tmp_path):
     assert result.exit_code == 2, result.output
     assert f"--data: error: bar data not found: {tmp_path / 'nope'}" in result.output
     assert not (tmp_path / "j.sqlite").exists()
+
+
+def test_a_dry_run_killed_with_9_is_marked_interrupted_by_the_next_run(tmp_path):
+    """A dry run holds no session lock, so nothing else can say it is dead. Its process is
+    journaled with the run; the next run on the journal finds a 'running' run whose process is
+    gone on this machine, marks it interrupted and says so. A run whose process lives, and one
+    of another machine, stay running."""
+    import json
+    import signal
+    import socket
+    import time
+
+    path = tmp_path / "j.sqlite"
+    runner = subprocess.Popen([sys.executable, "-c", "import sys; sys.argv = ['qtrade'] + sys.argv[1:]; "
+                               "import cli; cli.entry()", "run", SMA, "--dry-run", "--broker", "sim", "--days", "30",
+                               "--speed", "1", "--journal", str(path)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if path.exists() and _runs(path) == 1:
+                break
+            time.sleep(0.2)
+        assert runner.poll() is None and _runs(path) == 1
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+    from engine.runtime.journal import Journal
+
+    with Journal(path) as j:        # a live process's run, and another machine's: left alone
+        j.start_run("dry-run", "alive", run_id="alive")
+        j.start_run("dry-run", "elsewhere", run_id="elsewhere")
+        j.db.execute("UPDATE runs SET settings = json_set(settings, '$.process.host', 'another-machine')"
+                     " WHERE run_id = 'elsewhere'")
+    con = sqlite3.connect(path)
+    killed, settings = con.execute("SELECT run_id, settings FROM runs WHERE strategy = 'sma-crossover'").fetchone()
+    con.close()
+    assert json.loads(settings)["process"] == {"host": socket.gethostname(), "pid": runner.pid}
+    out = cli("run", SMA, "--dry-run", "--broker", "sim", "--days", "5", "--journal", path)
+    assert out.exit_code == 0, out.output
+    assert (f"note: the dry-run run {killed} of sma-crossover (started " in out.output and
+            f"did not close: its process (pid {runner.pid} on this machine) is gone, killed or crashed. It is "
+            "marked interrupted in the journal" in out.output), out.output
+    con = sqlite3.connect(path)
+    status = dict(con.execute("SELECT run_id, status FROM runs").fetchall())
+    ended = json.loads(con.execute("SELECT summary FROM runs WHERE run_id = ?", (killed,)).fetchone()[0])
+    con.close()
+    assert status[killed] == "interrupted" and "its process was gone" in ended["ended"]
+    assert status["alive"] == status["elsewhere"] == "running"
+    assert list(status.values()).count("finished") == 1
+    again = cli("run", SMA, "--dry-run", "--broker", "sim", "--days", "5", "--journal", path)
+    assert again.exit_code == 0 and "did not close" not in again.output, again.output

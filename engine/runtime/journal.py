@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import sqlite3
 import time
 import urllib.parse
@@ -170,6 +171,17 @@ CREATE INDEX IF NOT EXISTS prices_run ON prices(run_id, symbol, ts);
 CREATE INDEX IF NOT EXISTS notes_run ON notes(run_id, ts);
 CREATE INDEX IF NOT EXISTS states_run ON states(run_id, symbol, name, ts);
 """
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one that is not ours counts: the safe side)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def utc_now() -> str:
@@ -350,6 +362,8 @@ class Journal:
                   bar: str = "", currency: str = "USD", initial_cash: float | None = None,
                   run_id: str | None = None) -> str:
         run_id = run_id or new_run_id()
+        # the process that runs it: a run left 'running' by a process that is gone is marked by the next
+        settings = {**(settings or {}), "process": {"host": socket.gethostname(), "pid": os.getpid()}}
         self.db.execute(
             "INSERT INTO runs(run_id, mode, strategy, strategy_path, strategy_text, params, settings, symbols, bar,"
             " currency, initial_cash, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -357,6 +371,34 @@ class Journal:
              json.dumps(settings or {}, default=str), json.dumps(list(symbols)), bar, currency, initial_cash,
              utc_now()))
         return run_id
+
+    def dead_runs(self) -> list[dict]:
+        """Runs the journal has as running whose process, on this machine, is gone (killed with -9,
+        or crashed past its handlers): each is marked interrupted, its end the last thing it
+        journaled (its start if nothing; the journal's times may be a simulated venue's, years
+        before), and returned (run_id, mode, strategy, started_at, pid) for the caller to say.
+        Runs of other machines, and of processes alive, are left as they are (POSIX only: there is
+        no signal 0 to ask a process with on Windows)."""
+        if os.name != "posix":
+            return []
+        host = socket.gethostname()
+        dead = []
+        for run in self._rows("SELECT run_id, mode, strategy, started_at, json_extract(settings, '$.process.host')"
+                              " AS host, json_extract(settings, '$.process.pid') AS pid FROM runs"
+                              " WHERE status = 'running' ORDER BY started_at"):
+            if run["host"] != host or not isinstance(run["pid"], int) or _alive(run["pid"]):
+                continue
+            last = self.db.execute(
+                "SELECT max(ts) FROM (SELECT max(ts) AS ts FROM orders WHERE run_id = :r UNION ALL"
+                " SELECT max(ts) FROM fills WHERE run_id = :r UNION ALL SELECT max(ts) FROM decisions WHERE run_id = :r"
+                " UNION ALL SELECT max(ts) FROM errors WHERE run_id = :r UNION ALL"
+                " SELECT max(ts) FROM notes WHERE run_id = :r)", {"r": run["run_id"]}).fetchone()[0]
+            end = last if last and last >= run["started_at"] else run["started_at"]
+            self.db.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, summary = json_object('ended',"
+                            " 'unseen: its process was gone (killed or crashed); marked by the next run')"
+                            " WHERE run_id = ? AND status = 'running'", (end, run["run_id"]))
+            dead.append(run)
+        return dead
 
     def finish_run(self, run_id: str, status: str, summary: dict | None = None) -> None:
         self.db.execute("UPDATE runs SET finished_at=?, status=?, summary=? WHERE run_id=?",

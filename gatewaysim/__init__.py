@@ -65,9 +65,9 @@ Fill rules (checked when an order arrives and on every tick, every `tick_interva
   * Hours, as at IB: a stock or option order (a combo by its first leg) without outsideRth works
     only in regular hours: NYSE's sessions, 09:30-16:00 New York on its trading days, 13:00 on an
     early close, none on a holiday (from its exchange calendar, gatewaysim/hours.py). One sent
-    outside them is held (PreSubmitted, with warning 399 naming the open it waits for) and fills
-    at the first tick of the session (a stock order with outsideRth: 04:00 to four hours after
-    the close). A future's order works in CME equity futures' sessions (18:00-17:00 New York,
+    outside them is held (PreSubmitted, with warning 399 naming the open it waits for) and is
+    matched at the session's first moment, at that moment's quote (the open), however far apart a
+    fast clock's ticks are (a stock order with outsideRth: 04:00 to four hours after the close). A future's order works in CME equity futures' sessions (18:00-17:00 New York,
     shortened on CME's holidays). A DAY order still working at the end of the session it was sent
     for is cancelled (orderStatus Cancelled, no error message). Contract details' tradingHours and
     liquidHours come from the same calendars.

@@ -137,7 +137,7 @@ class Series:
         if i < 0:
             return float(self.o[0]), -1
         start, end = self.span(i)
-        if t_ns <= start:
+        if t_ns < start:        # (at the open itself: the open)
             return (float(self.c[i - 1]) if i > 0 else float(self.o[i])), i
         if t_ns >= end:
             return float(self.c[i]), i

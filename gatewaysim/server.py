@@ -181,6 +181,7 @@ class GatewaySim:
         self.events: list[dict] = []
         self.sent_count = 0
         self.fill_mode = "auto"
+        self._matched_ns: int | None = None     # when match_all last ran
         self.entitled_live: dict[str, bool] = {}
         self.faults: dict = {"stopped": set(), "reject_next": None, "partial_next": None, "drop_on_order": None,
                              "whatif_unset": False, "positions_delay": 0.0, "pacing_next": 0, "competing": False,
@@ -533,13 +534,22 @@ class GatewaySim:
 
     # ------------------------------------------------------------------ orders
     def match_all(self) -> None:
+        """Every working order matched at this tick. One whose hours began since the last tick
+        (held until the open) is matched at the moment they began, at that moment's quote: the
+        open, however fast the clock runs (at --speed 3600 a tick spans minutes of the market)."""
         now = self.clock.now_ns()
+        before, self._matched_ns = self._matched_ns, now
         for o in list(self.book.orders.values()):
             if o.is_working and o.transmit and not o.whatIf:
                 if o.day_end and now >= o.day_end:
                     self.cancel_order(o, expired=True)
-                else:
-                    self.try_fill(o)
+                    continue
+                at = None
+                if before is not None and before < now and self.works_now(o):
+                    inst = self.traded_inst(o)
+                    if not self.market.order_hours(inst, o.outsideRth, before):
+                        at = min(self.market.hours.next_open(inst, o.outsideRth, before), now)
+                self.try_fill(o, at)
 
     def traded_inst(self, o: Order) -> Instrument:
         """The instrument whose hours an order keeps (a combo's: its first leg's)."""
@@ -550,10 +560,11 @@ class GatewaySim:
         until the regular session opens (and a future's outside its session)."""
         return self.market.order_hours(self.traded_inst(o), o.outsideRth)
 
-    def order_quote(self, o: Order) -> Quote:
-        return self.combo_quote(o.legs) if o.legs else self.market.quote(o.inst)
+    def order_quote(self, o: Order, t_ns: int | None = None) -> Quote:
+        return self.combo_quote(o.legs, t_ns) if o.legs else self.market.quote(o.inst, t_ns)
 
-    def try_fill(self, o: Order) -> None:
+    def try_fill(self, o: Order, at: int | None = None) -> None:
+        """Fill o if it can fill now (at: the moment it is matched at, when that is before now)."""
         if self.fill_mode != "auto" or not o.is_working or self.faults["connectivity_lost"]:
             return
         if o.parentId:
@@ -562,7 +573,7 @@ class GatewaySim:
                 return
         if not self.works_now(o):
             return
-        q = self.order_quote(o)
+        q = self.order_quote(o, at)
         if q.nan:
             return
         buy = o.action == "BUY"
@@ -598,24 +609,26 @@ class GatewaySim:
             qty = min(qty, partial["qty"])
             partial["done"] = True
             partial["orderId"] = o.orderId
-            self.fill(o, qty, price)
+            self.fill(o, qty, price, at=at)
             if partial.get("cancel", True):
                 self.faults["partial_next"] = None
                 self.cancel_order(o, reason="")
             return
-        self.fill(o, qty, price)
+        self.fill(o, qty, price, at=at)
 
     combo_mid_width = 0.10
 
     def _order_by_id(self, clientId: int, orderId: int) -> Order | None:
         return self.book.orders.get((clientId, orderId))
 
-    def fill(self, o: Order, qty: float, price: float, *, leg_prices: dict | None = None) -> list[Execution]:
-        """One execution of qty at price (per unit; net per combo) with all its messages."""
+    def fill(self, o: Order, qty: float, price: float, *, leg_prices: dict | None = None,
+             at: int | None = None) -> list[Execution]:
+        """One execution of qty at price (per unit; net per combo) with all its messages, at the
+        moment `at` (ns; now when None)."""
         qty = min(qty, o.remaining)
         if qty <= 0:
             return []
-        now = self.clock.now().timestamp()
+        now = at / NS if at is not None else self.clock.now().timestamp()
         new_filled = o.filled + qty
         o.avgFillPrice = round((o.avgFillPrice * o.filled + price * qty) / new_filled, 8)
         o.filled, o.lastFillPrice = new_filled, price
@@ -627,7 +640,7 @@ class GatewaySim:
         if o.legs:
             for k, leg in enumerate(o.legs, 1):
                 inst = leg["inst"]
-                lq = self.market.quote(inst)
+                lq = self.market.quote(inst, at)
                 leg_buy = (leg["action"] == "BUY") == (o.action == "BUY")
                 lp = (leg_prices or {}).get(inst.conId)
                 if lp is None:

@@ -449,11 +449,7 @@ def unclosed_runs(journal, strategy: str, account: str) -> list[dict]:
         "SELECT run_id, mode, started_at FROM runs WHERE status = 'running' AND mode IN ('paper', 'live')"
         " AND strategy = ? AND json_extract(settings, '$.account') = ? ORDER BY started_at", (strategy, account))
     for run in found:
-        last = journal.db.execute(
-            "SELECT max(ts) FROM (SELECT max(ts) AS ts FROM orders WHERE run_id = :r UNION ALL"
-            " SELECT max(ts) FROM fills WHERE run_id = :r UNION ALL SELECT max(ts) FROM decisions WHERE run_id = :r"
-            " UNION ALL SELECT max(ts) FROM errors WHERE run_id = :r UNION ALL"
-            " SELECT max(ts) FROM notes WHERE run_id = :r)", {"r": run["run_id"]}).fetchone()[0]
+        last = journal.last_journaled(run["run_id"])
         # (the journal's times are the venue's clock: a simulated one may be years before the start)
         run["last"] = last if last and _utc(last) >= _utc(run["started_at"]) else None
         journal.db.execute("UPDATE runs SET status = 'interrupted', finished_at = ?,"

@@ -372,6 +372,14 @@ class Journal:
              utc_now()))
         return run_id
 
+    def last_journaled(self, run_id: str) -> str | None:
+        """The time of the last order, fill, decision, error or note the run journaled (None: nothing)."""
+        return self.db.execute(
+            "SELECT max(ts) FROM (SELECT max(ts) AS ts FROM orders WHERE run_id = :r UNION ALL"
+            " SELECT max(ts) FROM fills WHERE run_id = :r UNION ALL SELECT max(ts) FROM decisions WHERE run_id = :r"
+            " UNION ALL SELECT max(ts) FROM errors WHERE run_id = :r UNION ALL"
+            " SELECT max(ts) FROM notes WHERE run_id = :r)", {"r": run_id}).fetchone()[0]
+
     def dead_runs(self) -> list[dict]:
         """Runs the journal has as running whose process, on this machine, is gone (killed with -9,
         or crashed past its handlers): each is marked interrupted, its end the last thing it
@@ -388,11 +396,7 @@ class Journal:
                               " WHERE status = 'running' ORDER BY started_at"):
             if run["host"] != host or not isinstance(run["pid"], int) or _alive(run["pid"]):
                 continue
-            last = self.db.execute(
-                "SELECT max(ts) FROM (SELECT max(ts) AS ts FROM orders WHERE run_id = :r UNION ALL"
-                " SELECT max(ts) FROM fills WHERE run_id = :r UNION ALL SELECT max(ts) FROM decisions WHERE run_id = :r"
-                " UNION ALL SELECT max(ts) FROM errors WHERE run_id = :r UNION ALL"
-                " SELECT max(ts) FROM notes WHERE run_id = :r)", {"r": run["run_id"]}).fetchone()[0]
+            last = self.last_journaled(run["run_id"])
             end = last if last and last >= run["started_at"] else run["started_at"]
             self.db.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, summary = json_object('ended',"
                             " 'unseen: its process was gone (killed or crashed); marked by the next run')"

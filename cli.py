@@ -1187,7 +1187,7 @@ def _say_dead_runs(journal) -> None:
     interrupted before a new run starts, and said (on stderr: a --format json output stays whole)."""
     import sqlite3
 
-    from engine.runtime.journal import failure
+    from engine.runtime.journal import failure, shown_time
 
     try:
         dead = journal.dead_runs()
@@ -1196,7 +1196,7 @@ def _say_dead_runs(journal) -> None:
         sys.exit(EXIT_PROBLEMS)
     for run in dead:
         _safe_echo(f"note: the {run['mode']} run {run['run_id']} of {run['strategy']} (started "
-                   f"{run['started_at'].replace('T', ' ').replace('Z', ' UTC')}) did not close: its process "
+                   f"{shown_time(run['started_at'])}) did not close: its process "
                    f"(pid {run['pid']} on this machine) is gone, killed or crashed. It is marked interrupted in "
                    f"the journal", err=True)
 

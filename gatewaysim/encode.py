@@ -52,12 +52,12 @@ def contract_data(reqId: int, inst: Instrument, exchange: str, hours: tuple[str,
     if inst.secType in ("FUT", "OPT", "CONTFUT") and ltd:
         ltd = f"{ltd} 16:00 US/Eastern" if inst.secType == "OPT" else ltd
     order_types = "ACTIVETIM,ADJUST,ALERT,ALLOC,AVGCOST,BASKET,COND,CONDORDER,DAY,GAT,GTC,GTD,IOC,LIT,LMT,MIT,MKT,MOC,NONALGO,OCA,STP,STPLMT,TRAIL,WHATIF"
-    hours, liquid = hours
+    trading, liquid = hours
     return [10, reqId, inst.symbol, inst.secType, ltd, inst.strike, inst.right, exchange, inst.currency,
             inst.localSymbol, inst.tradingClass, inst.tradingClass, inst.conId, inst.minTick, inst.multiplier_text,
             order_types, ",".join(inst.valid_exchanges), 1, inst.underConId, inst.longName, inst.exchange,
             inst.contract_month if inst.secType in ("FUT", "OPT", "CONTFUT") else "", "", "", "", "US/Eastern",
-            hours, liquid, "", "", 0, 1, inst.underSymbol, inst.underSecType, "26,26",
+            trading, liquid, "", "", 0, 1, inst.underSymbol, inst.underSecType, "26,26",
             inst.lastTradeDate, "COMMON" if inst.secType == "STK" else "", 1, 1, 1 if inst.secType != "STK" else 100]
 
 

@@ -34,10 +34,10 @@ def calendar_of(inst: Instrument) -> str:
     return FUTURES if inst.secType in ("FUT", "CONTFUT") else STOCKS
 
 
-def early_closes(start: dt.date, end: dt.date) -> dict[dt.date, int]:
-    """NYSE's early closes from start to end: the day -> its close (ns)."""
+def early_close(day: dt.date) -> int | None:
+    """NYSE's close on `day` (ns) when it is an early close, else None."""
     cal = get_calendar(STOCKS)
-    return {d: int(cal.session_close(d).value) for d in cal.early_closes(start, end)}
+    return int(cal.session_close(day).value) if cal.early_close(day) else None
 
 
 class Hours:

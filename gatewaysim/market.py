@@ -23,7 +23,7 @@ from engine.market import options as bsm
 from engine.market.chains import Skew, Spread
 
 from .catalog import CARRY, Instrument
-from .hours import Hours, early_closes
+from .hours import Hours, early_close
 
 NY = ZoneInfo("America/New_York")
 NS = 1_000_000_000
@@ -93,12 +93,7 @@ class Series:
         local = idx.tz_convert(NY).as_unit("ns")
         days = np.asarray(local.normalize().as_unit("ns").asi8)
         self.day = days
-        self.day_end = days + CLOSE_NS      # a daily bar's end: the close, an early close's on its days
-        if self.daily and len(days):
-            early = early_closes(local[0].date(), local[-1].date())
-            for k, d in enumerate(local.date):
-                if d in early:
-                    self.day_end[k] = early[d]
+        self._day_end: dict[int, int] = {}  # bar -> a daily bar's end, found when the bar is first priced
         starts = np.r_[0, np.flatnonzero(days[1:] != days[:-1]) + 1]
         self.day_start = np.repeat(starts, np.diff(np.r_[starts, len(days)]))
         # running values within the day, through bar i inclusive
@@ -125,7 +120,12 @@ class Series:
 
     def span(self, i: int) -> tuple[int, int]:
         if self.daily:
-            return int(self.day[i]) + OPEN_NS, int(self.day_end[i])
+            end = self._day_end.get(i)
+            if end is None:     # the close, or an early close's (the calendar read for the years replayed only)
+                day = int(self.day[i])
+                end = self._day_end[i] = early_close(dt.datetime.fromtimestamp(day / NS, tz=NY).date()) \
+                    or day + CLOSE_NS
+            return int(self.day[i]) + OPEN_NS, end
         return int(self.t[i]), int(self.t[i]) + self.bar_ns
 
     def index(self, t_ns: int) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..market.bars import bar_seconds
-from ..runtime.journal import Journal, JournalError
+from ..runtime.journal import Journal, JournalError, shown_time
 
 _NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?\d+(?:[.:\-/]\d+)*(?:[eE][-+]?\d+)?%?")
 _WEEKDAY = re.compile(r"\((?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)\)")      # a date's day, "2018-01-09 (Tue)"
@@ -163,8 +163,7 @@ def why_text(journal_path: str | Path, run_id: str | None = None, rule: str | No
         head += f"\nthe newest of {count + 1:,} runs in this journal; {which} (qtrade why {path} --run RUN_ID):"
         for other_id, strategy, mode, started, status, broker, account in others:
             shown = run_mode({"mode": mode, "settings": {"broker": broker, "account": account}})
-            begun = str(started).replace("T", " ").replace("Z", " UTC")
-            head += f"\n  {other_id}  {strategy} ({shown}), started {begun}, {status}"
+            head += f"\n  {other_id}  {strategy} ({shown}), started {shown_time(started)}, {status}"
     if not rows:
         return head + "\n  no decisions were journaled: no rule fired and none was blocked"
     lines = [head]

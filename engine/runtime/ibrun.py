@@ -449,9 +449,7 @@ def unclosed_runs(journal, strategy: str, account: str) -> list[dict]:
         "SELECT run_id, mode, started_at FROM runs WHERE status = 'running' AND mode IN ('paper', 'live')"
         " AND strategy = ? AND json_extract(settings, '$.account') = ? ORDER BY started_at", (strategy, account))
     for run in found:
-        last = journal.last_journaled(run["run_id"])
-        # (the journal's times are the venue's clock: a simulated one may be years before the start)
-        run["last"] = last if last and _utc(last) >= _utc(run["started_at"]) else None
+        run["last"] = journal.last_journaled(run["run_id"], since=run["started_at"])
         journal.db.execute("UPDATE runs SET status = 'interrupted', finished_at = ?,"
                            " summary = json_object('ended', 'unseen: the run did not close (killed, or its"
                            " machine stopped); marked by the next run') WHERE run_id = ?",
@@ -909,7 +907,7 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
     """The live guard, reconciliation before anything is sent, the warm-up from IB's history and
     the run's journal entry; then the trading."""
     from . import backtest as bt
-    from .journal import new_run_id
+    from .journal import new_run_id, shown_time
     from .trading import live_guard
 
     ib, journal, plan, live, figures = run.ib, run.journal, run.plan, run.live, run.figures
@@ -933,8 +931,8 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
         + ("; read-only: orders are printed and filled in a simulated wallet, nothing is transmitted"
            if run.dry_run else ""))
     for dead in unclosed:
-        last = f", last journaled {_short(dead['last'])}" if dead["last"] else ""
-        say(f"the {dead['mode']} run {dead['run_id']} (started {_short(dead['started_at'])}{last}) did not close: "
+        last = f", last journaled {shown_time(dead['last'])}" if dead["last"] else ""
+        say(f"the {dead['mode']} run {dead['run_id']} (started {shown_time(dead['started_at'])}{last}) did not close: "
             "it was killed or its machine stopped. It is marked interrupted; what IB did since is reconciled now")
     # reconcile before anything is sent
     t_rec = _time.monotonic()
@@ -987,16 +985,6 @@ def _run_connected(run: _Run, strategy, overrides, *, yes: bool, tty: bool, conf
         with contextlib.suppress(sqlite3.Error):
             journal.finish_run(run_id, "failed", {})
         raise
-
-
-def _utc(iso: str) -> pd.Timestamp:
-    t = pd.Timestamp(iso)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-
-
-def _short(iso: str) -> str:
-    """A journal timestamp as '2026-12-06 14:22:07 UTC'."""
-    return f"{_utc(iso):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def journal_alert(journal, run_id: str, alert, ib) -> None:

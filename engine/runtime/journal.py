@@ -184,6 +184,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def shown_time(iso: str) -> str:
+    """A journal timestamp (ISO-8601 UTC, 'Z' or '+00:00') as a reader sees it: '2026-12-06 14:22:07 UTC'."""
+    return f"{iso[:19].replace('T', ' ')} UTC"
+
+
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -372,19 +377,21 @@ class Journal:
              utc_now()))
         return run_id
 
-    def last_journaled(self, run_id: str) -> str | None:
-        """The time of the last order, fill, decision, error or note the run journaled (None: nothing)."""
-        return self.db.execute(
+    def last_journaled(self, run_id: str, since: str) -> str | None:
+        """The time of the last order, fill, decision, error or note the run journaled, when it is
+        on or after `since` (the run's start); None when nothing is, as when the times are a
+        simulated venue's, years before. (Times are UTC: compared to the second.)"""
+        last = self.db.execute(
             "SELECT max(ts) FROM (SELECT max(ts) AS ts FROM orders WHERE run_id = :r UNION ALL"
             " SELECT max(ts) FROM fills WHERE run_id = :r UNION ALL SELECT max(ts) FROM decisions WHERE run_id = :r"
             " UNION ALL SELECT max(ts) FROM errors WHERE run_id = :r UNION ALL"
             " SELECT max(ts) FROM notes WHERE run_id = :r)", {"r": run_id}).fetchone()[0]
+        return last if last and last[:19] >= since[:19] else None
 
     def dead_runs(self) -> list[dict]:
         """Runs the journal has as running whose process, on this machine, is gone (killed with -9,
         or crashed past its handlers): each is marked interrupted, its end the last thing it
-        journaled (its start if nothing; the journal's times may be a simulated venue's, years
-        before), and returned (run_id, mode, strategy, started_at, pid) for the caller to say.
+        journaled (its start if nothing: last_journaled), and returned (run_id, mode, strategy, started_at, pid) for the caller to say.
         Runs of other machines, and of processes alive, are left as they are (POSIX only: there is
         no signal 0 to ask a process with on Windows)."""
         if os.name != "posix":
@@ -396,8 +403,7 @@ class Journal:
                               " WHERE status = 'running' ORDER BY started_at"):
             if run["host"] != host or not isinstance(run["pid"], int) or _alive(run["pid"]):
                 continue
-            last = self.last_journaled(run["run_id"])
-            end = last if last and last >= run["started_at"] else run["started_at"]
+            end = self.last_journaled(run["run_id"], since=run["started_at"]) or run["started_at"]
             self.db.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, summary = json_object('ended',"
                             " 'unseen: its process was gone (killed or crashed); marked by the next run')"
                             " WHERE run_id = ? AND status = 'running'", (end, run["run_id"]))

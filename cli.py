@@ -934,7 +934,8 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
             raise
     if not text:
         waiting = [{"symbol": i["symbol"], "rule": i["rule"], "order": i["intent"].describe(), "why": i["why"],
-                    "decided": i["when"]} for i in result.runner.decided_at_end]
+                    "decided": i["when"], "quantity": i["intent"].quantity, "sized": i.get("sized"),
+                    "refused": bool(i.get("refused"))} for i in result.runner.decided_at_end]
         _safe_echo(json.dumps({"run_id": result.run_id, "journal": journal_path, "report": None,
                                "seconds": round(_time.perf_counter() - started, 3), "timings": result.timings,
                                "summary": summary, "decided_for_the_next_open": waiting}, indent=2, default=str))
@@ -1229,6 +1230,8 @@ def _describe_order(info: dict, timezone: str) -> str:
         line += f"\n    why: rule '{info['rule']}' fired: {why}" + (f" ({intent.reason})" if intent.reason else "")
     elif intent.reason:
         line += f"\n    why: {intent.reason}"
+    if info.get("sized"):       # an entry decided at the last close: its size at that close's price
+        line += f"\n    size: {info['sized']}"
     prices = info.get("prices") or []
     if info.get("role") == "combo_exit" and len(prices) > 1:     # a close's chase, as an entry's is shown
         line += (f"\n    price: limit {_price(prices[0])}, then {', '.join(_price(p) for p in prices[1:])} every "

@@ -258,7 +258,12 @@ def test_regime_agents_with_two_positions_a_symbol_trades_alike_in_every_simulat
     root = Path(__file__).resolve().parent.parent / "strategies"
     src = (root / "regime_agents.yaml").read_text()
     assert "arbitration: {policy: highest_confidence}" in src
-    path = root / f"_test_two_{tmp_path.name}.yaml"       # beside it: its risk file and data are relative
+    # a copy in tmp_path (never beside the examples, where a test listing them would see it), its
+    # data and risk file named by their absolute paths
+    assert "source: data/}" in src and "extends: risk/small_account.yaml" in src
+    src = src.replace("source: data/}", f"source: {root / 'data'}/}}").replace(
+        "extends: risk/small_account.yaml", f"extends: {root / 'risk' / 'small_account.yaml'}")
+    path = tmp_path / "two.yaml"
     path.write_text(src.replace("arbitration: {policy: highest_confidence}",
                                 "arbitration: {policy: highest_confidence, positions_per_symbol: 2}"))
     try:

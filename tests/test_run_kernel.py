@@ -142,6 +142,42 @@ def test_a_dry_run_shows_the_orders_decided_at_the_last_close_for_the_next_open(
     waiting = json.loads(js.output[js.output.index("{"):])["decided_for_the_next_open"]
     assert [(w["symbol"], w["rule"]) for w in waiting] == [("AAPL", "trend flip"), ("AAPL", "directional short")]
     assert all(w["decided"] == "2017-12-29 close" and w["why"] for w in waiting)
+    # the short is shown at the size the open would send: its 1% risk to the ATR stop (281 shares)
+    # capped by max_position's 2% of equity, with the long it reverses already gone (else the 11
+    # held would leave it nothing), at the last close's price
+    assert "SELL 11 AAPL MKT DAY [directional short]" in listed, listed
+    assert "size: 11 at the last close's price (169.23), after the exit before it, capped by max_position" in listed
+    assert "281" not in listed
+    short = waiting[1]
+    assert short["quantity"] == 11 and not short["refused"] and "capped by max_position" in short["sized"]
+    assert waiting[0]["quantity"] == 11 and waiting[0]["sized"] is None     # an exit: the position's size
+
+
+def test_an_entry_decided_at_the_last_close_is_shown_at_the_size_the_next_open_sends(tmp_path):
+    """sma_crossover's second entry is decided at the 2008-04-02 close and filled at the next
+    open. A dry run that ends at that close shows it sized at that close's price (100% of the
+    equity, whole shares); the dry run one day longer sends it sized at the open's price: the two
+    sizes are the same money, within a share."""
+    def run(to):
+        out = CliRunner().invoke(cli.main, ["run", SMA, "--broker", "sim", "--dry-run", "--from", "2008-01-01",
+                                            "--to", to, "--format", "json", "--journal", str(tmp_path / "d.sqlite")])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.output[out.output.index("{"):])
+
+    before = run("2008-04-02")
+    [waiting] = before["decided_for_the_next_open"]
+    assert waiting["rule"] == "golden cross" and waiting["quantity"] == 690, waiting
+    assert waiting["sized"] == "690 at the last close's price (136.70); sized again at the open's price"
+    assert waiting["quantity"] == int(before["summary"]["end_equity"] // 136.70)
+    text = CliRunner().invoke(cli.main, ["run", SMA, "--broker", "sim", "--dry-run", "--from", "2008-01-01",
+                                         "--to", "2008-04-02", "--journal", str(tmp_path / "d.sqlite")]).output
+    assert "BUY 690 SPY MKT DAY [golden cross]" in text and "100%-of-equity" not in text, text
+    after = CliRunner().invoke(cli.main, ["run", SMA, "--broker", "sim", "--dry-run", "--from", "2008-01-01",
+                                          "--to", "2008-04-03", "--journal", str(tmp_path / "d.sqlite")]).output
+    sent = re.search(r"2008-04-03 open  BUY (\d+) SPY MKT DAY \[golden cross\].*\n.*\n.*simulated fill \d+ at ([\d.]+)",
+                     after)
+    assert sent, after
+    assert abs(int(sent[1]) * float(sent[2]) - 690 * 136.70) <= 136.70
 
 
 def test_a_combo_order_prints_its_mid_with_the_digits_it_has(tmp_path):

@@ -721,6 +721,25 @@ class Kernel(RunState):
     def _entry_quantity(self, tr: _Tracked, b: SymbolBars, k: int) -> float | None:
         """The entry's quantity at the price it will fill near, after the risk caps and the funds
         check (None: refused, with the reason journaled)."""
+        quantity, why, refused = self._sized_entry(tr, b, k)
+        if refused is not None:
+            self._status(tr, "rejected", self._now, refused[0])
+            self._decide(tr.symbol, tr.intent.rule, "entry", "blocked", refused[1])
+            return None
+        if why:   # the entry fired but was resized: say so on its decision
+            for d in reversed(self.decisions):
+                if d.symbol == tr.symbol and d.rule == tr.intent.rule and d.kind == "entry":
+                    d.reason = f"{d.reason}; {why}" if d.reason else why
+                    break
+        return quantity
+
+    def _sized_entry(self, tr: _Tracked, b: SymbolBars, k: int,
+                     after_exits: bool = False) -> tuple[float, str, tuple[str, str] | None]:
+        """What _entry_quantity decides, without its effects: the quantity at the price the venue
+        quotes (the bar's open when it has none), what resized it ('' if nothing did), and a
+        refusal (its order status's reason, its decision's reason) or None. `after_exits`: as
+        after the exits pending on the symbol are booked (a reversal's, which go first), their
+        positions gone and the funds they hold freed at that price."""
         it = tr.intent
         quote = self.venue.quote(tr.symbol)
         price = float(quote.last) if quote is not None else float(b.open[k])
@@ -734,14 +753,20 @@ class Kernel(RunState):
         cash_account = self.settings.account == "cash"
         mult = b.multiplier
         equity, funds, cash = self.account_view()
+        closing = [lane.slot for lane in (tr.lane.lanes or [tr.lane])
+                   if after_exits and lane.closing is not None and lane.closing in lane.pending]
+        for slot in closing:
+            pos = self.ledger.positions.get(slot)
+            if pos is not None:
+                freed = self.margin_required(b, pos.quantity, price, pos.quantity < 0)
+                funds += freed
+                cash += freed if cash_account else 0.0
         fee_of = self.broker.commission
         fee_q = None
         if b.margined and b.margin <= 0 and (quantity is None or limits.max_position is not None):
             why = (f"{tr.symbol} has no initial margin in the instrument map: a future's share of equity "
                    f"({'percent_of_equity' if quantity is None else 'max_position'}) is measured on its margin")
-            self._status(tr, "rejected", self._now, why)
-            self._decide(tr.symbol, it.rule, "entry", "blocked", why)
-            return None
+            return 0.0, "", (why, why)
         if quantity is None:   # a share of equity: in value for stock, in initial margin for futures
             per_unit = price * mult if not b.margined else b.margin
             quantity = sizing.value * equity / per_unit
@@ -770,7 +795,7 @@ class Kernel(RunState):
         if limits.max_position is not None:
             positions = self.ledger.positions
             held = math.fsum(abs(positions[lane.slot].quantity) for lane in (tr.lane.lanes or [tr.lane])
-                             if lane.slot in positions)
+                             if lane.slot in positions and lane.slot not in closing)
         quantity, why = cap_quantity(limits, quantity, equity=equity, unit_value=b.margin if b.margined else price * mult,
                                      stop_distance=sizing.stop_distance if sizing else None, multiplier=mult,
                                      whole=sizing.whole if sizing else True, held=held)
@@ -778,10 +803,9 @@ class Kernel(RunState):
             why += " (a future's initial margin)"
         why = "; ".join(notes + [why] if why else notes)
         if quantity <= 0:
-            self._status(tr, "rejected", self._now, f"{why}: quantity rounds to 0" if why else "quantity rounds to 0")
-            self._decide(tr.symbol, it.rule, "entry", "blocked", f"{why}: quantity rounds to 0" if why else
-                         "quantity rounds to 0 at the price it would fill near")
-            return None
+            return 0.0, why, (f"{why}: quantity rounds to 0" if why else "quantity rounds to 0",
+                              f"{why}: quantity rounds to 0" if why else
+                              "quantity rounds to 0 at the price it would fill near")
         if quantity != fee_q:       # the caps changed it (else its commission is known)
             fee = fee_of(quantity, price, mult, b.contracts)
         need = self.margin_required(b, quantity, price, it.action == "sell")
@@ -791,16 +815,27 @@ class Kernel(RunState):
             reason = f"insufficient {what}: needs {need + fee:,.2f}, has {funds:,.2f}"
         elif limits.max_margin_per_trade is not None and b.margined and need > limits.max_margin_per_trade:
             reason = f"margin {need:,.2f} above max_margin_per_trade {limits.max_margin_per_trade:,.2f}"
-        if reason is not None:
-            self._status(tr, "rejected", self._now, reason)
-            self._decide(tr.symbol, it.rule, "entry", "blocked", reason)
-            return None
-        if why:   # the entry fired but was resized: say so on its decision
-            for d in reversed(self.decisions):
-                if d.symbol == tr.symbol and d.rule == it.rule and d.kind == "entry":
-                    d.reason = f"{d.reason}; {why}" if d.reason else why
-                    break
-        return quantity
+        return quantity, why, (reason, reason) if reason is not None else None
+
+    def _preview_size(self, tr: _Tracked, info: dict) -> None:
+        """An entry decided at the last close, as the next open would send it: sized (risk caps,
+        funds check) at the last close's price, since the open's is not known yet; info's intent
+        carries that quantity, and info["sized"] says how it was found, or why it would be refused."""
+        b = tr.lane.bars
+        if not len(b):
+            return
+        quote = self.venue.quote(tr.symbol)
+        price = float(quote.last) if quote is not None else float(b.close[-1])
+        quantity, why, refused = self._sized_entry(tr, b, len(b) - 1, after_exits=True)
+        at = f"at the last close's price ({price:,.2f})"
+        if any(lane.closing is not None and lane.closing in lane.pending for lane in (tr.lane.lanes or [tr.lane])):
+            at += ", after the exit before it"
+        if refused is not None:
+            info["sized"] = f"refused {at}: {refused[1]}; checked again at the open"
+            info["refused"] = True
+            return
+        info["intent"] = tr.intent.sized(quantity)
+        info["sized"] = f"{quantity:g} {at}" + (f", {why}" if why else "") + "; sized again at the open's price"
 
     def _volatility_target(self, st: _Symbol, k: int, quantity: float, equity: float,
                            unit_value: float) -> tuple[float, str]:
@@ -2599,7 +2634,10 @@ class Kernel(RunState):
             for ref in st.pending:
                 tr = self.orders_by_ref[ref]
                 if tr.role == "entry" or tr.role == "exit" or tr.role == "roll":
-                    self.decided_at_end.append(self._order_info(tr, tr.record.time))
+                    info = self._order_info(tr, tr.record.time)
+                    if tr.role == "entry":
+                        self._preview_size(tr, info)
+                    self.decided_at_end.append(info)
                 self._status(tr, "expired", last, "the data ended" if tr.role == "entry"
                              else "the data ended before it filled")
             st.pending = []

@@ -488,6 +488,16 @@ def _local_day(text, timezone: str | None) -> str:
     return f"{t.tz_convert(timezone):%Y-%m-%d}"
 
 
+def _return_basis(trades) -> str:
+    """What a trade's return is a share of (the journal's return_pct): a stock's or future's
+    entry value, an option combo's margin (the most it can lose: a debit spread's debit)."""
+    combos = sum(1 for t in trades if getattr(t, "legs", None))
+    if not combos:
+        return "of entry value"
+    return "of the margin held (a combo's most loss)" if combos == len(trades) else \
+        "of entry value (a combo's: of its margin)"
+
+
 def _summary_text(result, summary: dict, journal_path: str | None, report_path: str | None) -> str:
     prep = result.prepared
     lines = []
@@ -530,9 +540,10 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
          f"avg win {_num(summary.get('average_win'))}, avg loss {_num(summary.get('average_loss'))}"),
         ("SQN / Kelly", f"{_num(summary.get('sqn'))} / {_pct(summary.get('kelly'), 1)}",
          # (both are statistics of the trades: a handful of them says little)
-         f"from {summary['trades']} trades: too few to size by" if 0 < (summary.get("trades") or 0) < 30 else ""),
+         f"from {summary['trades']} trade{'s' * (summary['trades'] != 1)}: too few to size by" if 0 < (summary.get("trades") or 0) < 30 else ""),
         ("Best / worst trade", f"{_pct(summary.get('best_trade'))} / {_pct(summary.get('worst_trade'))}",
-         f"average {_pct(summary.get('average_trade'))} of entry value; held {_duration(summary.get('average_trade_days'))}"
+         f"average {_pct(summary.get('average_trade'))} {_return_basis(result.ledger.trades)}; "
+         f"held {_duration(summary.get('average_trade_days'))}"
          f" on average, {_duration(summary.get('longest_trade_days'))} at most" if summary.get("trades") else ""),
         ("Exposure", _pct(summary.get("exposure"), 1), f"commission paid {_num(summary.get('commission'))}"),
     ]

@@ -1415,3 +1415,30 @@ def test_the_reports_settings_say_what_the_fills_cost_even_when_nothing(tmp_path
     assert Commission(per_unit=0.005, minimum=1.0, maximum=0.01).describe() == \
         "0.005 per share, at least 1, at most 1% of value"
     assert Slippage(ticks=1).describe() == "1 tick against each market and stop fill"
+
+
+def test_a_trades_return_names_what_it_is_a_share_of_and_the_settings_leave_out_the_process(tmp_path):
+    """A stock trade's return is a share of its entry value, an option combo's of its margin (the
+    most it can lose), as the journal's return_pct holds them: the summary and the report say
+    which. The journal's process (host, pid: how a dead run is found) is not shown as a setting."""
+    from click.testing import CliRunner
+
+    import cli
+
+    root = Path(__file__).resolve().parents[1]
+    said = {}
+    for name in ("sma_crossover", "iron_condor"):
+        report = tmp_path / f"{name}.html"
+        out = CliRunner().invoke(cli.main, ["backtest", str(root / "strategies" / f"{name}.yaml"), "--journal",
+                                            str(tmp_path / "j.sqlite"), "--no-progress", "--report", str(report)])
+        assert out.exit_code == 0, out.output
+        line = next(t for t in out.output.splitlines() if t.strip().startswith("Best / worst trade"))
+        page = html.unescape(re.sub(r"<[^>]+>", " ", report.read_text()))
+        average = " ".join(page[page.index("Average trade"):].split()[:8])
+        settings = " ".join(page[page.index("Settings"):page.index("Run log")].split())
+        assert "process" not in settings and "pid" not in settings, settings
+        said[name] = line, average
+    assert "of entry value;" in said["sma_crossover"][0] and "of entry value" in said["sma_crossover"][1]
+    assert "of the margin held (a combo's most loss);" in said["iron_condor"][0], said
+    assert "of the margin held" in said["iron_condor"][1] and "entry value" not in said["iron_condor"][1], said
+    assert cli._return_basis([]) == "of entry value"

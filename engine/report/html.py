@@ -1147,7 +1147,10 @@ def build_context(data: RunData, risk_free: float = 0.0) -> dict[str, Any]:
         "exit_total": reasons_total,
         "params": run.get("params") or {},
         "param_notes": _param_descriptions(run.get("strategy_text")),
-        "settings": run.get("settings") or {},
+        # (the process that ran it, host and pid, is the journal's to mark dead runs by: not a setting)
+        "settings": {k: v for k, v in (run.get("settings") or {}).items() if k != "process"},
+        "return_basis": ("of the margin held" if has_legs and all(data.legs) else
+                         "of entry value (a combo's: of its margin)" if has_legs else "of entry value"),
         "counts": data.counts,
         "errors": data.errors,
     }

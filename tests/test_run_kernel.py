@@ -391,3 +391,20 @@ def test_a_stop_touched_inside_a_daily_bar_is_not_dated_at_its_open(tmp_path):
     assert {how for *_, how in stopped} == {"open", "during the day"}, out.output
     for price, day, how in stopped:
         assert (abs(price - opens[day]) < 0.005) == (how == "open"), (price, day, how)    # printed to the cent
+
+
+def test_a_daily_combos_chase_is_dated_at_the_close_it_was_decided_at(tmp_path):
+    """spxw_condor on daily bars and end-of-day chains: a combo decided at a close is chased on that
+    close's chain, in the seconds after it (a daily bar's close is stamped at the next midnight,
+    which is also when the next bar opens). Its fill or its cancel is dated at that close, "+180s"
+    for the cancel, never at the next day's open, whose price it was not filled at."""
+    out = CliRunner().invoke(cli.main, ["run", "strategies/spxw_condor.yaml", "--broker", "sim", "--dry-run",
+                                        "--days", "60", "--journal", str(tmp_path / "d.sqlite")])
+    assert out.exit_code == 0, out.output
+    decided = re.findall(r"^(\d{4}-\d\d-\d\d) close(?: \+\d+s)?  (?:SELL|BUY) 1 SPX condor combo[^\n]*\[[^\]]+\] (\S+)$",
+                         out.output, re.M)
+    assert len(decided) == 5, out.output
+    outcomes = dict(re.findall(r"-> (\S+): .*\((\d{4}-\d\d-\d\d [^)]*)\)", out.output))
+    for day, ref in decided:
+        assert outcomes[ref].startswith(f"{day} close"), (ref, outcomes[ref], out.output)
+    assert "open +" not in out.output and "simulated cancel (2018-02-01 close +180s)" in out.output

@@ -329,6 +329,12 @@ class Kernel(RunState):
         b = st.bars
         k, phase = st.at
         if k >= 0 and int(b.end[k]) - int(b.start[k]) >= 86_400 * 10**9:
+            if phase == OPEN and not intraday and now != int(b.start[k]) and k > 0 and \
+                    int(b.end[k - 1]) == int(b.start[k]) and int(b.start[k - 1]) < now < int(b.start[k]) + _DATED_AFTER:
+                # a moment in the previous bar's day, or just after the midnight this bar opens at, is
+                # the previous close's (its chase's steps and fills, priced on that close's chain), not
+                # the open's: a price is the open's only at the open itself (as the report dates them)
+                k, phase = k - 1, CLOSE
             day = self._local(int(b.start[k]))
             later = now - int(b.end[k] if phase == CLOSE else b.start[k])
             # within the bar's day: at its open or close, or minutes after it (a chase's steps); a

@@ -2,7 +2,8 @@
 pandas-market-calendars): holidays and early closes as the exchange keeps them, never a hand list.
 
 - Stocks, options and indices keep NYSE's sessions: 09:30-16:00 New York on its trading days,
-  13:00 on an early close (July 3, the day after Thanksgiving, Christmas Eve), none on a holiday.
+  13:00 on an early close (July 3, the day after Thanksgiving, Christmas Eve), none on a holiday;
+  options on an index (SPX, XSP) keep CBOE's, to 16:15 (13:15 on an early close).
   A stock order marked outsideRth also works in the extended hours of a trading day: from 04:00
   to four hours after the close (20:00, 17:00 on an early close).
 - Futures keep CME equity futures' sessions (CME_Equity): from 18:00 New York the evening before
@@ -27,11 +28,17 @@ _EXTENDED_BEFORE_NS = (5 * 3600 + 1800) * NS     # 04:00 on a 09:30 open
 _EXTENDED_AFTER_NS = 4 * 3600 * NS               # 20:00 on a 16:00 close
 _SEARCH_DAYS = 14                                # the longest an exchange is shut, with room to spare
 
-STOCKS, FUTURES = "NYSE", "CME_Equity"
+STOCKS, FUTURES, INDEX_OPTIONS = "NYSE", "CME_Equity", "CBOE_Index_Options"
 
 
 def calendar_of(inst: Instrument) -> str:
-    return FUTURES if inst.secType in ("FUT", "CONTFUT") else STOCKS
+    """NYSE's sessions, but CME's for futures and CBOE's for options on an index (SPX, XSP: they
+    trade to 16:15, a quarter hour after the index's last value, 13:15 on an early close)."""
+    if inst.secType in ("FUT", "CONTFUT"):
+        return FUTURES
+    if inst.secType in ("OPT", "FOP") and inst.underSecType == "IND":
+        return INDEX_OPTIONS
+    return STOCKS
 
 
 def early_close(day: dt.date) -> int | None:
@@ -43,7 +50,7 @@ def early_close(day: dt.date) -> int | None:
 class Hours:
     def __init__(self):
         self._sessions: dict[tuple[str, dt.date], tuple[int, int] | None] = {}
-        # (secType, outsideRth) -> (t, w): the window w is the first that ends after any moment
+        # (calendar, outsideRth) -> (t, w): the window w is the first that ends after any moment
         # from t to its end (the one they fall in, or the next)
         self._last: dict[tuple[str, bool], tuple[int, tuple[int, int]]] = {}
 
@@ -75,7 +82,7 @@ class Hours:
                 yield w
 
     def _next(self, inst: Instrument, outside_rth: bool, t_ns: int) -> tuple[int, int]:
-        key = (inst.secType, outside_rth)
+        key = (calendar_of(inst), outside_rth and inst.secType == "STK")
         last = self._last.get(key)
         if last is not None and last[0] <= t_ns < last[1][1]:
             return last[1]

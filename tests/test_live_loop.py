@@ -319,3 +319,37 @@ def test_a_stop_during_a_combos_chase_cancels_it_and_sends_nothing_more():
     assert tr.record.reason.startswith("cancelled after 1 price (") and "the run stopped" in tr.record.reason, \
         tr.record.reason
     assert not kernel.errors
+
+
+def test_a_daily_bar_is_complete_at_its_sessions_close_not_at_midnight():
+    """bar_done_ns: a daily bar (midnight to midnight in the strategy's zone) is complete at its
+    calendar's close: 16:00 New York on NYSE, 13:00 on an early close, 17:00 for CME equity
+    futures; at its end on a day without a session and for an intraday bar. bar_done: a cash
+    index's daily bar at NYSE's close, although its calendar (its options') runs to 16:15."""
+    from engine.check.model import Instrument
+    from engine.market.calendars import bar_done_ns
+    from engine.runtime.live import bar_done
+
+    def ns(text):
+        return pd.Timestamp(text, tz="America/New_York").value
+
+    tz = "America/New_York"
+    day = ns("2019-11-06"), ns("2019-11-07")
+    assert bar_done_ns(*day, "NYSE", tz) == ns("2019-11-06 16:00")
+    assert bar_done_ns(*day, "CBOE_Index_Options", tz) == ns("2019-11-06 16:15")
+    assert bar_done_ns(*day, "CME_Equity", tz) == ns("2019-11-06 17:00")
+    assert bar_done_ns(ns("2019-11-29"), ns("2019-11-30"), "NYSE", tz) == ns("2019-11-29 13:00")
+    assert bar_done_ns(ns("2019-11-28"), ns("2019-11-29"), "NYSE", tz) == ns("2019-11-29")   # Thanksgiving
+    assert bar_done_ns(*day, None, tz) == day[1]
+    minute = ns("2019-11-06 15:59"), ns("2019-11-06 16:00")
+    assert bar_done_ns(*minute, "NYSE", tz) == minute[1]
+
+    class Prep:
+        timezone = tz
+        instruments = {"XSP": Instrument("XSP", sec_type="IND", calendar="CBOE_Index_Options"),
+                       "ES": Instrument("ES", sec_type="FUT", calendar="CME_Equity")}
+
+    done = bar_done(Prep())
+    assert done("XSP", *day) == ns("2019-11-06 16:00")
+    assert done("ES", *day) == ns("2019-11-06 17:00")
+    assert done("SPY", *day) == ns("2019-11-06 16:00")       # not in the map: NYSE, as the map's default

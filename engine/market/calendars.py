@@ -221,3 +221,21 @@ def _date_range(start: dt.date, end: dt.date):
     while day <= end:
         yield day
         day += dt.timedelta(days=1)
+
+
+_DAY_NS = 86_400 * 10**9
+
+
+@functools.lru_cache(maxsize=4096)
+def bar_done_ns(start_ns: int, end_ns: int, calendar: str | None, timezone: str) -> int:
+    """When a bar is complete: at its end, but a daily bar (which starts at midnight in the
+    strategy's `timezone` and ends at the next) at its session's close on `calendar`, 16:00 New
+    York on NYSE, 13:00 on an early close: its close is known then, and what is decided on it (a
+    combo's chase, an order IB holds to the next open) goes while the market is still there."""
+    if end_ns - start_ns < _DAY_NS or not calendar:
+        return end_ns
+    day = pd.Timestamp(start_ns, tz="UTC").tz_convert(timezone).date()
+    cal = get_calendar(calendar)
+    if not cal.is_trading_day(day):
+        return end_ns
+    return min(end_ns, max(start_ns, int(cal.session_close(day).value)))

@@ -1059,6 +1059,8 @@ def _warm_up(run: _Run, strategy, overrides, state):
     plan_symbols = set(universe_of(strategy, overrides))
     read_by_rules = set(plan.inputs.symbols)
     prep = bt.prepare(strategy, overrides, frames_from=frames_from, scan_frames_from=frames_from if scanned else None)
+    from .live import bar_done
+    ib.bar_done = bar_done(prep)        # a daily bar is complete at its session's close, not at midnight
     for d in prep.ws.warnings:          # validate's warnings, as a simulated run shows them
         say(d.format())
     if scanned and not any(s in prep.frames for s in scanned):
@@ -1160,6 +1162,7 @@ def _trade(run: _Run) -> Outcome:
     kernel, feed, timers = live_kernel(prep, venue, run_id=run_id, recorder=recorder,
                                        tags=(prefix, seq), on_order=on_order,
                                        cash=cash_now, gate=gate, chain_fetch=ib.chain_fetch)
+    feed.use_bar_done(ib.bar_done)      # IB's daily bar is complete at its session's close
     kernel.margin_calls = dry_run       # IB liquidates a real account under its maintenance margin itself
     kernel.roll_target = ib.roll_to     # a futures position is rolled when IB's front month moves past it
     if not dry_run:

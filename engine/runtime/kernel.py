@@ -176,6 +176,9 @@ class Kernel(RunState):
         # the orders the rules decided at the data's last close, for the next open the data does
         # not have (as the order printer's records: a dry run shows what a paper run sends first)
         self.decided_at_end: list[dict] = []
+        # (symbol, start ns, end ns) -> when a bar was complete: set by a live feed (a daily bar
+        # at its session's close); None: at its end
+        self.bar_done: Callable[[str, int, int], int] | None = None
         self.halted = ""                 # why new entries stopped ('' while they may go on)
         self._halted_by_close: dict = {}  # slot -> the halt its refused close made (lifted when it is flat)
         self.live = False                # bars arrive as they complete (runtime/live.py)
@@ -1147,7 +1150,11 @@ class Kernel(RunState):
     def _bar_at(self, symbol: str, time: int) -> int:
         """The bar a moment falls in; len(bars) for the bar forming after the last closed one."""
         b = self.syms[symbol].bars
-        if not len(b) or time >= int(b.end[-1]):
+        if not len(b):
+            return 0
+        # (a live run's last bar closed when bar_done says: a daily bar at its session's close)
+        done = self.bar_done
+        if time >= (int(b.end[-1]) if done is None else done(symbol, int(b.start[-1]), int(b.end[-1]))):
             return len(b)
         return max(int(np.searchsorted(b.start, time, side="right")) - 1, 0)
 

@@ -61,6 +61,26 @@ class Bar:
         return None
 
 
+def bar_done(prep: Prepared) -> Callable[[str, int, int], int]:
+    """(symbol, start ns, end ns) -> when that bar is complete in a live run: a daily bar at its
+    session's close on the symbol's calendar (16:00 New York for NYSE), any other at its end. A
+    cash index's value is computed while its stocks trade: its day ends at NYSE's close (16:00),
+    whatever the calendar its options keep (CBOE's, to 16:15)."""
+    from ..market.calendars import bar_done_ns
+
+    def done(symbol: str, start: int, end: int) -> int:
+        inst = prep.instruments.get(symbol)
+        calendar = "NYSE" if inst is None or (inst.sec_type == "IND" and inst.calendar and
+                                                inst.calendar.startswith("CBOE")) else inst.calendar
+        return bar_done_ns(int(start), int(end), calendar, prep.timezone)
+
+    return done
+
+
+def _at_end(symbol: str, start: int, end: int) -> int:
+    return end
+
+
 class LiveSource(Protocol):
     def pump(self, seconds: float) -> None:
         """Let the venue's messages in for up to `seconds` of wall time."""
@@ -137,6 +157,9 @@ class LiveFeed:
         # an entry decided at a bar's close goes only while that close is this recent: older, the
         # bar is one the run is catching up on (after a slow warm-up, a gap in the stream)
         self.late_ns = int((bar_seconds(prep.bar) + 60) * 1e9)
+        # (symbol, start, end) -> when a bar was complete: at its end, unless the source says
+        # otherwise (use_bar_done: IB's daily bar at its session's close)
+        self.done_at: Callable[[str, int, int], int] = _at_end
 
     def warm_up(self) -> None:
         """The streaming plan over the history already held: values for every bar, no decisions;
@@ -242,8 +265,7 @@ class LiveFeed:
         decide, and what they decided is sent now."""
         k = self.kernel
         st = k.syms[symbol]
-        b = st.bars
-        k._tick(max(k._now, int(b.end[k_bar])))
+        k._tick(max(k._now, self.closed_at(symbol, k_bar)))
         venue = k.venue
         lanes = st.lanes or [st]        # positions_per_symbol: each owner's lane decides in turn
         for lane in lanes:
@@ -258,6 +280,17 @@ class LiveFeed:
             k._on_close(lane, k_bar)
         for lane in lanes:
             self.send_pending(lane)
+
+    def use_bar_done(self, done: Callable[[str, int, int], int]) -> None:
+        """Bars complete when `done` says (the source's rule, bar_done for IB): the feed steps the
+        kernel then, and the kernel places fills after that moment in the next bar."""
+        self.done_at = self.kernel.bar_done = done
+
+    def closed_at(self, symbol: str, k_bar: int) -> int:
+        """When the symbol's bar k_bar was complete: the run's time at its close (a daily bar's
+        session close, not the midnight it ends at)."""
+        b = self.kernel.syms[symbol].bars
+        return self.done_at(symbol, int(b.start[k_bar]), int(b.end[k_bar]))
 
     def send_pending(self, st) -> None:
         k = self.kernel
@@ -285,10 +318,11 @@ class LiveFeed:
         only take risk off)."""
         if self.now is None or k_bar < 0:
             return None
-        age = self.now - int(st.bars.end[k_bar])
+        closed = self.closed_at(st.symbol, k_bar)
+        age = self.now - closed
         if age <= self.late_ns:
             return None
-        close = pd.Timestamp(int(st.bars.end[k_bar]), tz="UTC").tz_convert(self.prep.timezone)
+        close = pd.Timestamp(closed, tz="UTC").tz_convert(self.prep.timezone)
         return (f"decided at the close of {close:%Y-%m-%d %H:%M}, {age / 60e9:.0f} min before the broker's time now: "
                 "a bar the run is catching up on (a slow warm-up, a gap in the bars); no entry on a signal that old")
 
@@ -322,7 +356,7 @@ class LiveFeed:
             if idx is None or symbol not in self.kernel.syms:
                 continue
             if before is not None:
-                before(int(self.kernel.syms[symbol].bars.end[idx]))
+                before(self.closed_at(symbol, idx))
             self.step(symbol, idx)
             stepped += 1
         return stepped

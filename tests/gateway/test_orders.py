@@ -384,3 +384,11 @@ def test_the_simulators_hours_follow_the_calendars():
     assert h.session_end(fut, ns("2017-07-04 13:30")) == ns("2017-07-05 17:00")
     assert h.next_open(fut, False, ns("2017-07-04 13:30")) == ns("2017-07-04 18:00")
     assert not h.works(stk, False, ns("2017-12-25 10:00")) and h.works(stk, False, ns("2017-12-26 09:30"))
+    # options on an index (XSP, SPX) trade to 16:15 (13:15 on an early close), equity options to 16:00
+    xsp_opt = Instrument(3, "XSP", "OPT", "CBOE", underSecType="IND")
+    spy_opt = Instrument(4, "SPY", "OPT", "CBOE", underSecType="STK")
+    assert h.works(xsp_opt, False, ns("2019-11-05 16:14")) and not h.works(xsp_opt, False, ns("2019-11-05 16:15"))
+    assert not h.works(spy_opt, False, ns("2019-11-05 16:00")) and h.works(spy_opt, False, ns("2019-11-05 15:59"))
+    assert h.works(xsp_opt, False, ns("2019-11-29 13:14")) and not h.works(xsp_opt, False, ns("2019-11-29 13:15"))
+    assert h.works(stk, False, ns("2019-11-05 15:59")) and not h.works(stk, False, ns("2019-11-05 16:05"))
+    assert h.session_end(xsp_opt, ns("2019-11-05 16:05")) == ns("2019-11-05 16:15")

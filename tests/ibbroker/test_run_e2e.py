@@ -1186,6 +1186,12 @@ def test_a_daily_entry_decided_at_the_close_fills_at_the_next_open_as_in_the_bac
     assert out.exit_code == 0, out.output
     buys = [o for o in placed(sim) if o["action"] == "BUY"]
     assert len(buys) == 1 and buys[0]["orderType"] == "MKT", (placed(sim), out.output)
+    # sent on the evening of the close it was decided on (IB's daily bar is complete at the
+    # session's close: as soon as the run is up, hours into the evening at 7,200 times real time),
+    # not after the midnight the bar ends at
+    [sent] = [pd.Timestamp(m["t"]).tz_convert("America/New_York") for m in sim.record()["received"]
+              if m.get("name") == "placeOrder" and not m["order"].get("whatIf") and m["order"]["action"] == "BUY"]
+    assert "2017-07-18 16:00" <= sent.strftime("%Y-%m-%d %H:%M") < "2017-07-19 00:00", sent
     fills = rows(journal, "SELECT * FROM fills")
     assert len(fills) == 1, out.output
     ex = sim.record()["executions"][0]
@@ -1237,3 +1243,28 @@ def test_a_run_that_did_not_close_is_marked_interrupted_and_said_by_the_next(nq_
         "close: it was killed or its machine stopped. It is marked interrupted" in out.output, out.output
     again = qrun(nq_sim, NQ, journal, seconds=2)
     assert again.exit_code == 0 and "did not close" not in again.output, again.output
+
+
+def test_a_daily_combo_is_chased_at_the_close_while_its_options_trade(make_sim, tmp_path, expect_errors):
+    """The XSP condor on daily bars: the 2019-11-06 bar is complete at the 16:00 close, the entry
+    is decided then and its BAG chased at once, while XSP's options trade (to 16:15): it fills
+    before 16:15, as the backtest fills it on that close's chain. (Were the bar complete only at
+    the midnight it ends at, the chase would run against a shut market and time out unfilled.)"""
+    expect_errors(202, 10148, 104, 162, 399)
+    sim = make_sim(None, speed=20, start="2019-11-06 15:59")
+    journal = tmp_path / "j.sqlite"
+    out = qrun(sim, ROOT / "tests" / "ibbroker" / "strategies" / "xsp_daily_condor.yaml", journal, seconds=16)
+    assert out.exit_code == 0, out.output
+    bags = [m for m in sim.record()["received"] if m.get("name") == "placeOrder"
+            and m["order"].get("secType") == "BAG" and not m["order"].get("whatIf")]
+    assert bags, out.output
+    first = pd.Timestamp(bags[0]["t"]).tz_convert("America/New_York")
+    assert "2019-11-06 16:00" <= first.strftime("%Y-%m-%d %H:%M") < "2019-11-06 16:15", first
+    executions = [e for e in sim.record()["executions"] if e.get("secType") == "BAG"]
+    assert len(executions) == 1, (out.output, sim.record()["orders"])
+    filled = pd.Timestamp(executions[0]["ts"], unit="s", tz="UTC").tz_convert("America/New_York")
+    assert "2019-11-06 16:00" <= filled.strftime("%Y-%m-%d %H:%M") < "2019-11-06 16:15", filled
+    fills = rows(journal, "SELECT * FROM fills")
+    assert [f["exec_id"] for f in fills] == [executions[0]["execId"]], (fills, executions)
+    trades = rows(journal, "SELECT * FROM orders WHERE status = 'filled'")
+    assert len(trades) == 1 and trades[0]["order_ref"].startswith("qtrade:xsp-daily-condor:"), trades

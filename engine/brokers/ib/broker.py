@@ -29,6 +29,7 @@ newest completed bar.
 
 from __future__ import annotations
 
+import functools
 import time as _time
 from typing import Callable
 
@@ -89,6 +90,9 @@ class IBBroker:
         from ib_async import IB
 
         self.settings = connect
+        # (symbol, start ns, end ns) -> when that bar of the symbol is complete; None: at its end
+        # (the run sets it: a daily bar at its calendar's session close)
+        self.bar_done: Callable[[str, int, int], int] | None = None
         self.read_only = read_only
         self.say = say
         self.monotonic = monotonic
@@ -406,8 +410,10 @@ class IBBroker:
         if since is not None and bar_seconds(bar) < 86400:
             duration = duration_covering((self.now() - since) / 1e9 + 2 * bar_seconds(bar), bar_seconds(bar))
         resolved = self.contracts.resolve(symbol)
-        self._streams[symbol] = self.history_.stream(resolved, ib_bar_size(bar), duration,
-                                                     use_rth=session == "regular")
+        stream = self._streams[symbol] = self.history_.stream(resolved, ib_bar_size(bar), duration,
+                                                              use_rth=session == "regular")
+        if self.bar_done is not None:
+            stream.done_at = functools.partial(self.bar_done, symbol)
         self._stream_of[symbol] = (resolved, bar, session)
 
     def _follow_front(self, symbol: str) -> None:
@@ -461,7 +467,10 @@ class IBBroker:
         for b in self.history_.completed(stream):
             out.append(Bar(int(b.start), float(b.open), float(b.high), float(b.low), float(b.close),
                            float(b.volume) if b.volume == b.volume else 0.0))
-            self.clock.floor = max(self.clock.floor, int(b.end))
+            # the venue's time is at least the moment the bar was complete (a daily bar's session
+            # close, not the midnight it ends at)
+            done = int(b.end) if stream.done_at is None else stream.done_at(int(b.start), int(b.end))
+            self.clock.floor = max(self.clock.floor, done)
         self._follow_front(symbol)
         return out
 

@@ -179,6 +179,9 @@ class Stream:
     due: float = 0.0
     failures: int = 0
     said: set = field(default_factory=set)
+    # when a bar is complete, from its (start, end) ns: at its end unless told (a daily bar at its
+    # session's close: engine.market.calendars.bar_done_ns)
+    done_at: Callable[[int, int], int] | None = None
 
 
 class History:
@@ -310,7 +313,9 @@ class History:
         items = list(stream.bars or [])
         if items:       # the last bar is still forming, unless the venue's time is past its end
             last = to_bars([items[-1]], stream.seconds, self.tz)
-            if not (last and last[0].end <= self.now_ns()):
+            done = stream.done_at
+            if not (last and (done(last[0].start, last[0].end) if done is not None else last[0].end)
+                    <= self.now_ns()):
                 items = items[:-1]
         fresh: list = []
         for b in reversed(items):

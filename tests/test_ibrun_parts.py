@@ -32,7 +32,8 @@ class _Plan:
 
 
 @pytest.mark.parametrize("history, bar, bars", [(None, "1d", 30), ("300 bars", "1d", 300), ("10 bars", "1d", 30),
-                                                 ("2d", "1m", 780), ("1y", "1d", 252), ("3w", "1h", 95)])
+                                                 ("2d", "1m", 780), ("1y", "1d", 252), ("3w", "1h", 95),
+                                                 ("1 bar", "1d", 30), ("40 bar", "1d", 40)])
 def test_the_warm_up_is_data_history_and_at_least_the_plans_warm_up(history, bar, bars):
     assert history_bars(_Plan(), history, bar) == bars
 

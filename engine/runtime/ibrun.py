@@ -79,8 +79,8 @@ def history_bars(plan, history, bar: str) -> int:
     if history is None:
         return need
     text = str(history).strip()
-    if text.endswith("bars"):
-        return max(need, int(text[:-4].strip()))
+    if text.endswith("bars") or text.endswith("bar"):      # ("1 bar")
+        return max(need, int(text.rstrip("s")[:-3].strip()))
     for unit, calendar_days in (("mo", 30.0), ("d", 1.0), ("w", 7.0), ("y", 365.0)):
         if text.endswith(unit):
             span = float(text[:-len(unit)]) * calendar_days

@@ -3,7 +3,8 @@ pandas-market-calendars): holidays and early closes as the exchange keeps them, 
 
 - Stocks, options and indices keep NYSE's sessions: 09:30-16:00 New York on its trading days,
   13:00 on an early close (July 3, the day after Thanksgiving, Christmas Eve), none on a holiday;
-  options on an index (SPX, XSP) keep CBOE's, to 16:15 (13:15 on an early close).
+  options on an index (SPX, XSP) keep CBOE's, to 16:15 (13:15 on an early close), but stop at
+  16:00 on their last trading day.
   A stock order marked outsideRth also works in the extended hours of a trading day: from 04:00
   to four hours after the close (20:00, 17:00 on an early close).
 - Futures keep CME equity futures' sessions (CME_Equity): from 18:00 New York the evening before
@@ -50,9 +51,9 @@ def early_close(day: dt.date) -> int | None:
 class Hours:
     def __init__(self):
         self._sessions: dict[tuple[str, dt.date], tuple[int, int] | None] = {}
-        # (calendar, outsideRth) -> (t, w): the window w is the first that ends after any moment
+        # (calendar, outsideRth, an index option's expiry) -> (t, w): the window w is the first that ends after any moment
         # from t to its end (the one they fall in, or the next)
-        self._last: dict[tuple[str, bool], tuple[int, tuple[int, int]]] = {}
+        self._last: dict[tuple[str, bool, str], tuple[int, tuple[int, int]]] = {}
 
     def session(self, calendar: str, day: dt.date) -> tuple[int, int] | None:
         """The regular session dated `day` as (open, close) ns, or None on a day without one."""
@@ -72,17 +73,22 @@ class Hours:
         return span[0] - _EXTENDED_BEFORE_NS, span[1] + _EXTENDED_AFTER_NS
 
     def _windows(self, inst: Instrument, outside_rth: bool, t_ns: int):
-        """The windows that end after t, in time order (the one t falls in first, if any)."""
+        """The windows that end after t, in time order (the one t falls in first, if any). An
+        index option stops at NYSE's close on its last trading day (a PM-settled expiry is
+        settled on the 16:00 value), not at 16:15."""
         calendar = calendar_of(inst)
         extended = outside_rth and inst.secType == "STK"
+        expiry = inst.lastTradeDate if calendar == INDEX_OPTIONS else ""
         day = dt.datetime.fromtimestamp(t_ns / NS, tz=NY).date()
         for i in range(_SEARCH_DAYS + 2):   # (a futures session dated tomorrow opens this evening)
-            w = self._window(calendar, extended, day + dt.timedelta(days=i))
+            d = day + dt.timedelta(days=i)
+            w = self._window(STOCKS if expiry and f"{d:%Y%m%d}" == expiry else calendar, extended, d)
             if w is not None and w[1] > t_ns:
                 yield w
 
     def _next(self, inst: Instrument, outside_rth: bool, t_ns: int) -> tuple[int, int]:
-        key = (calendar_of(inst), outside_rth and inst.secType == "STK")
+        calendar = calendar_of(inst)
+        key = (calendar, outside_rth and inst.secType == "STK", inst.lastTradeDate if calendar == INDEX_OPTIONS else "")
         last = self._last.get(key)
         if last is not None and last[0] <= t_ns < last[1][1]:
             return last[1]
@@ -122,7 +128,11 @@ class Hours:
             a, b = (dt.datetime.fromtimestamp(x / NS, tz=NY) for x in w)
             return f"{a:%Y%m%d:%H%M}-{b:%Y%m%d:%H%M}"
 
+        def on(d: dt.date) -> str:      # (an index option's last day ends at NYSE's close)
+            last = calendar == INDEX_OPTIONS and inst.lastTradeDate == f"{d:%Y%m%d}"
+            return STOCKS if last else calendar
+
         days = (day, day + dt.timedelta(days=1))
-        trading = ";".join(part(d, self._window(calendar, extended, d)) for d in days)
-        liquid = ";".join(part(d, self.session(calendar, d)) for d in days)
+        trading = ";".join(part(d, self._window(on(d), extended, d)) for d in days)
+        liquid = ";".join(part(d, self.session(on(d), d)) for d in days)
         return trading, liquid

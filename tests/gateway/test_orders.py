@@ -392,3 +392,8 @@ def test_the_simulators_hours_follow_the_calendars():
     assert h.works(xsp_opt, False, ns("2019-11-29 13:14")) and not h.works(xsp_opt, False, ns("2019-11-29 13:15"))
     assert h.works(stk, False, ns("2019-11-05 15:59")) and not h.works(stk, False, ns("2019-11-05 16:05"))
     assert h.session_end(xsp_opt, ns("2019-11-05 16:05")) == ns("2019-11-05 16:15")
+    # on its last trading day an index option stops at 16:00 (PM-settled on the 16:00 value)
+    expiring = Instrument(5, "XSP", "OPT", "CBOE", underSecType="IND", lastTradeDate="20191105")
+    assert h.works(expiring, False, ns("2019-11-05 15:59")) and not h.works(expiring, False, ns("2019-11-05 16:00"))
+    assert h.works(xsp_opt, False, ns("2019-11-05 16:05"))       # the other series still trade
+    assert h.trading_hours(expiring, dt.date(2019, 11, 5))[1] == "20191105:0930-20191105:1600;20191106:0930-20191106:1615"

@@ -498,6 +498,36 @@ def _return_basis(trades) -> str:
         "of entry value (a combo's: of its margin)"
 
 
+def _ended_early(result, timezone: str | None) -> list[str]:
+    """A note for each traded symbol whose bars end well before the run's (5 or more of the
+    longest symbol's bars after its last): it trades no more from then on, an open position in it
+    stays at that last close, and an order decided there never goes."""
+    import numpy as np
+    import pandas as pd
+
+    bars = {s: b for s, b in (getattr(result, "bars", None) or {}).items() if len(b)}
+    if len(bars) < 2:
+        return []
+    longest = max(bars.values(), key=lambda b: int(b.end[-1]))
+    held = {}
+    for p in result.ledger.positions.values():
+        held[p.symbol] = held.get(p.symbol, 0.0) + p.quantity
+
+    def day(ns):
+        return f"{pd.Timestamp(int(ns), tz='UTC').tz_convert(timezone or 'UTC'):%Y-%m-%d}"
+
+    notes = []
+    for symbol, b in sorted(bars.items()):
+        after = len(longest.end) - int(np.searchsorted(longest.end, int(b.end[-1]), side="right"))
+        if after < 5:
+            continue
+        position = (f"; its open position ({held[symbol]:g}) stays at that close, and what was decided there "
+                    "never goes") if held.get(symbol) else ""
+        notes.append(f"note: {symbol}'s bars end {day(b.start[-1])}, {after:,} bars before the run's last "
+                     f"({day(longest.start[-1])}): it is not traded after that{position}")
+    return notes
+
+
 def _summary_text(result, summary: dict, journal_path: str | None, report_path: str | None) -> str:
     prep = result.prepared
     lines = []
@@ -509,6 +539,7 @@ def _summary_text(result, summary: dict, journal_path: str | None, report_path: 
     lines.append(f"{prep.plan.name}: {_symbols_text(prep)} "
                  f"on {prep.bar} bars, {start} to {end} ({bars:,} bar{'s' * (bars != 1)}"
                  + (f", after {warmup:,} warm-up bar{'s' * (warmup != 1)}" if warmup else "") + ")")
+    lines.extend(_ended_early(result, tz))
     lines.append("")
     bh = summary.get("buy_and_hold")
     # a benchmark whose bars start after the run's is measured from its first bar, and says so
@@ -976,6 +1007,8 @@ def run(strategy, dry_run, live, broker, data, chains, days, start, end, cash, s
                    "replays more")
     if blocked:
         _safe_echo(f"  all the reasons: qtrade why {journal_path} --run {result.run_id}")
+    for note in _ended_early(result, prep.timezone):
+        _safe_echo(note)
     n_trades = len(result.ledger.trades)
     _safe_echo(f"{n_trades} round trip{'s' * (n_trades != 1)}, {len(result.ledger.positions)} open, "
                f"equity {result.final_equity:,.2f}" + (" (simulated wallet)" if dry_run else ""))

@@ -204,6 +204,17 @@ def test_an_order_decided_at_a_symbols_last_close_is_dated_then_while_others_tra
     listed = tail.split("\n\n")[0]
     assert "2017-12-29 close  SELL" in listed and "[gap filled]" in listed, listed
     assert "e+0" not in out.output and " +" not in listed.splitlines()[1], listed
+    # and the run says that SPY stops there, so its position stays at that close and this exit never goes
+    assert "note: SPY's bars end 2017-12-29, 13 bars before the run's last (2018-01-19): it is not traded after " \
+           "that; its open position (112) stays at that close, and what was decided there never goes" in out.output
+    assert "AAPL's bars end" not in out.output
+    bt = CliRunner().invoke(cli.main, ["backtest", "strategies/regime_agents.yaml", "--journal",
+                                       str(tmp_path / "b.sqlite"), "--no-progress"])
+    assert bt.exit_code == 0, bt.output
+    assert bt.output.splitlines()[1].startswith("note: SPY's bars end 2017-12-29, 13 bars before the run's last"), \
+        bt.output
+    sma = CliRunner().invoke(cli.main, ["backtest", SMA, "--journal", str(tmp_path / "b.sqlite"), "--no-progress"])
+    assert "note:" not in sma.output        # one symbol: nothing ends before the run
 
 
 def test_the_dry_run_prints_the_protective_orders_a_paper_run_sends_and_their_cancels(tmp_path):

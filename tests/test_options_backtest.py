@@ -343,12 +343,12 @@ def test_a_close_at_the_natural_price_that_does_not_fill_is_cancelled_and_the_ex
         finally:
             armed.pop()
 
-    def match_combo(self, w):
+    def match_combo(self, w, quote=None):
         if armed and armed[-1] and not refused and w.order.intent == "close":
             refused.append(w.order.ref)
         if w.order.ref in refused:
             return          # this venue's quotes do not meet it
-        match(self, w)
+        match(self, w, quote)
 
     prep = bt.prepare(ROOT / "strategies" / "iron_condor.yaml")   # its last close times out to natural
     base = bt.run(prep, fast=False)

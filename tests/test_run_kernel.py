@@ -419,3 +419,19 @@ def test_a_daily_combos_chase_is_dated_at_the_close_it_was_decided_at(tmp_path):
     for day, ref in decided:
         assert outcomes[ref].startswith(f"{day} close"), (ref, outcomes[ref], out.output)
     assert "open +" not in out.output and "simulated cancel (2018-02-01 close +180s)" in out.output
+    assert "simulated fill 1 at 5.80 (2018-01-02 close +150s) on step 6 of 6" in out.output
+    # the journal dates each order, its end and its fills by the chain's quotes alike (16:00 and the
+    # seconds the chase took): none is sent after its own fill or cancel, as at midnight it was
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "d.sqlite")
+    orders = con.execute("SELECT order_ref, ts, status_ts FROM orders").fetchall()
+    fills = dict(con.execute("SELECT order_ref, max(ts) FROM fills GROUP BY order_ref").fetchall())
+    assert len(orders) == 5 and len(fills) == 2
+    import pandas as pd
+
+    for ref, sent, ended in orders:
+        sent, ended = pd.Timestamp(sent), pd.Timestamp(ended)
+        filled = pd.Timestamp(fills[ref]) if ref in fills else ended
+        assert sent.tz_convert("America/New_York").strftime("%H:%M") in ("16:00", "16:03"), (ref, sent)
+        assert sent <= filled <= ended and ended - sent <= pd.Timedelta("3min"), (ref, sent, ended, filled)

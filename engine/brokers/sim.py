@@ -44,7 +44,7 @@ OPEN, CLOSE = "open", "close"
 class _Working:
     """A working order at the venue (slotted, compared by identity)."""
 
-    __slots__ = ("order", "broker_id", "active_from", "session", "filled", "value", "triggered", "live")
+    __slots__ = ("order", "broker_id", "active_from", "session", "filled", "value", "triggered", "live", "age")
 
     def __init__(self, order: E.Order, broker_id: int, active_from: int):
         self.order = order
@@ -55,6 +55,9 @@ class _Working:
         self.value = 0.0                  # sum of price x quantity of its executions
         self.triggered = False            # a stop-limit whose stop was touched
         self.live = True                  # still working (False once filled, cancelled or expired)
+        # a combo priced on an end-of-day chain: how long before the venue's time its quotes are
+        # (ComboQuote.age), by which all it says of the order is dated, as its fills are
+        self.age = 0
 
 
 def _stops_first(w: _Working) -> bool:
@@ -421,7 +424,7 @@ class SimBroker:
             return
         changes = {k: v for k, v in (("quantity", quantity), ("limit", limit), ("stop", stop)) if v is not None}
         w.order = replace(w.order, **changes)
-        now = self._now(self._key(w.order))
+        now = self._now(self._key(w.order)) - w.age
         self._events.append(E.OrderStatus(ref, E.SUBMITTED if not w.filled else E.PARTIAL, w.filled,
                                           w.order.quantity - w.filled, self._avg(w), now, "modified", w.broker_id))
         if w.order.legs:
@@ -433,7 +436,7 @@ class SimBroker:
             self._events.append(E.BrokerError(ref, 161, f"Cancel attempted when order is not in a cancellable "
                                                         f"state: {ref}"))
             return
-        self._finish(w, E.CANCELLED, self._now(self._key(w.order)), "cancelled, cancel confirmed")
+        self._finish(w, E.CANCELLED, self._now(self._key(w.order)) - w.age, "cancelled, cancel confirmed")
 
     # ---- matching ----------------------------------------------------------------------------
     def _match(self, w: _Working, k: int, at_close: bool = False) -> None:
@@ -476,13 +479,16 @@ class SimBroker:
         self._next_id += 1
         self._working[order.ref] = w
         self._by_symbol[under].append(w)
-        self._events.append(E.OrderStatus(order.ref, E.SUBMITTED, 0.0, order.quantity, 0.0, now, "", w.broker_id))
-        self._match_combo(w)
+        quote = self.combo_quote(order)
+        w.age = getattr(quote, "age", 0) or 0
+        self._events.append(E.OrderStatus(order.ref, E.SUBMITTED, 0.0, order.quantity, 0.0, now - w.age, "",
+                                          w.broker_id))
+        self._match_combo(w, quote)
         return order.ref
 
-    def _match_combo(self, w: _Working) -> None:
+    def _match_combo(self, w: _Working, quote=None) -> None:
         o = w.order
-        quote = self.combo_quote(o)
+        quote = self.combo_quote(o) if quote is None else quote
         if isinstance(quote, str) or quote is None:
             return
         opening = o.intent == "open"

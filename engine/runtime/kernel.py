@@ -340,6 +340,10 @@ class Kernel(RunState):
                 k, phase = k - 1, CLOSE
             day = self._local(int(b.start[k]))
             later = now - int(b.end[k] if phase == CLOSE else b.start[k])
+            if phase == CLOSE and later < 0 and now > int(b.start[k]):
+                # a moment of the bar's own day: a combo dated by its end-of-day chain's quotes,
+                # seconds after their 16:00 close
+                later = max(now - _eod_quote_ns(day), 0)
             # within the bar's day: at its open or close, or minutes after it (a chase's steps); a
             # fill hours after a close (a live run's order IB held until the next open) is its own time
             if later < min(int(b.end[k]) - int(b.start[k]), _DATED_AFTER):
@@ -2129,6 +2133,7 @@ class Kernel(RunState):
             st.chasing = None
             tr.done = True
             return
+        self._date_by_quotes(tr, order)
         if self.recorder is not None:
             self.recorder.order(tr.record)       # journaled before it leaves
         tr.sent = True
@@ -2142,6 +2147,15 @@ class Kernel(RunState):
         for step in range(1, len(prices)):
             self._at(start + int(step * every * 1e9), lambda s=step: self._chase_step(tr, s))
         self._at(start + int(len(prices) * every * 1e9), lambda: self._chase_end(tr))
+
+    def _date_by_quotes(self, tr: _Tracked, order: E.Order) -> None:
+        """A combo priced on an end-of-day chain is dated by that chain's quotes (its 16:00 close
+        and the seconds since), as the venue dates its statuses and fills: its order too, not by
+        the midnight its daily bar ends at."""
+        quote = self.combo_quote(order)
+        age = getattr(quote, "age", 0) if quote is not None and not isinstance(quote, str) else 0
+        if age:
+            tr.record.time = self._now - age
 
     def _chase_step(self, tr: _Tracked, step: int) -> None:
         if tr.done or self.stopping:
@@ -2400,6 +2414,7 @@ class Kernel(RunState):
         order = E.Order(intent.tag, info["key"], intent.action, float(intent.quantity), "limit", natural, None, "day",
                         owner=nat.owner, intent="close", rule=intent.rule, legs=quote.legs, underlying=st.symbol,
                         multiplier=quote.multiplier)
+        self._date_by_quotes(nat, order)
         if self.recorder is not None:
             self.recorder.order(nat.record)       # journaled before it leaves
         nat.sent = True
@@ -2663,6 +2678,15 @@ class Kernel(RunState):
 # seconds a combo's close at the natural price rests unfilled when its order has no chase (whose
 # step it rests otherwise) before it is cancelled and the exit decided again at the next close
 _NATURAL_REST = 30.0
+
+
+def _eod_quote_ns(day) -> int:
+    """When an end-of-day chain of `day` (a local timestamp of it) is quoted: its 16:00 close."""
+    import pandas as pd
+
+    from ..market.chains import EOD_TIME, QUOTE_TIMEZONE
+
+    return int(pd.Timestamp.combine(day.date(), EOD_TIME).tz_localize(QUOTE_TIMEZONE).value)
 
 
 def _bad_limit(chase, action: str) -> str:

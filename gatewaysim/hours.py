@@ -48,6 +48,15 @@ def early_close(day: dt.date) -> int | None:
     return int(cal.session_close(day).value) if cal.early_close(day) else None
 
 
+def calendar_on(inst: Instrument, day: dt.date) -> str:
+    """The calendar inst keeps on `day`: calendar_of's, but NYSE's on an index option's last
+    trading day (a PM-settled expiry is settled on the 16:00 value: it stops then, not at 16:15)."""
+    calendar = calendar_of(inst)
+    if calendar == INDEX_OPTIONS and inst.lastTradeDate == f"{day:%Y%m%d}":
+        return STOCKS
+    return calendar
+
+
 class Hours:
     def __init__(self):
         self._sessions: dict[tuple[str, dt.date], tuple[int, int] | None] = {}
@@ -73,16 +82,13 @@ class Hours:
         return span[0] - _EXTENDED_BEFORE_NS, span[1] + _EXTENDED_AFTER_NS
 
     def _windows(self, inst: Instrument, outside_rth: bool, t_ns: int):
-        """The windows that end after t, in time order (the one t falls in first, if any). An
-        index option stops at NYSE's close on its last trading day (a PM-settled expiry is
-        settled on the 16:00 value), not at 16:15."""
-        calendar = calendar_of(inst)
+        """The windows that end after t, in time order (the one t falls in first, if any), each
+        day's from the calendar inst keeps that day (calendar_on)."""
         extended = outside_rth and inst.secType == "STK"
-        expiry = inst.lastTradeDate if calendar == INDEX_OPTIONS else ""
         day = dt.datetime.fromtimestamp(t_ns / NS, tz=NY).date()
         for i in range(_SEARCH_DAYS + 2):   # (a futures session dated tomorrow opens this evening)
             d = day + dt.timedelta(days=i)
-            w = self._window(STOCKS if expiry and f"{d:%Y%m%d}" == expiry else calendar, extended, d)
+            w = self._window(calendar_on(inst, d), extended, d)
             if w is not None and w[1] > t_ns:
                 yield w
 
@@ -95,7 +101,7 @@ class Hours:
         for w in self._windows(inst, outside_rth, t_ns):
             self._last[key] = (t_ns, w)
             return w
-        raise LookupError(f"no session of {calendar_of(inst)} within {_SEARCH_DAYS} days after {t_ns}")
+        raise LookupError(f"no session of {calendar} within {_SEARCH_DAYS} days after {t_ns}")
 
     def works(self, inst: Instrument, outside_rth: bool, t_ns: int) -> bool:
         """Whether an order on inst works at t (IB's default: regular hours; outsideRth: a stock's
@@ -119,7 +125,6 @@ class Hours:
     def trading_hours(self, inst: Instrument, day: dt.date) -> tuple[str, str]:
         """TWS's tradingHours and liquidHours strings for `day` and the next day: each
         `START-END` in New York time, `YYYYMMDD:CLOSED` for a day without a session."""
-        calendar = calendar_of(inst)
         extended = inst.secType == "STK"
 
         def part(d: dt.date, w: tuple[int, int] | None) -> str:
@@ -128,11 +133,7 @@ class Hours:
             a, b = (dt.datetime.fromtimestamp(x / NS, tz=NY) for x in w)
             return f"{a:%Y%m%d:%H%M}-{b:%Y%m%d:%H%M}"
 
-        def on(d: dt.date) -> str:      # (an index option's last day ends at NYSE's close)
-            last = calendar == INDEX_OPTIONS and inst.lastTradeDate == f"{d:%Y%m%d}"
-            return STOCKS if last else calendar
-
         days = (day, day + dt.timedelta(days=1))
-        trading = ";".join(part(d, self._window(on(d), extended, d)) for d in days)
-        liquid = ";".join(part(d, self.session(on(d), d)) for d in days)
+        trading = ";".join(part(d, self._window(calendar_on(inst, d), extended, d)) for d in days)
+        liquid = ";".join(part(d, self.session(calendar_on(inst, d), d)) for d in days)
         return trading, liquid

@@ -176,9 +176,9 @@ class Kernel(RunState):
         # the orders the rules decided at the data's last close, for the next open the data does
         # not have (as the order printer's records: a dry run shows what a paper run sends first)
         self.decided_at_end: list[dict] = []
-        # (symbol, start ns, end ns) -> when a bar was complete: set by a live feed (a daily bar
-        # at its session's close); None: at its end
-        self.bar_done: Callable[[str, int, int], int] | None = None
+        # (symbol, start ns, end ns) -> when a bar was complete: at its end, unless a live feed
+        # says otherwise (LiveFeed.use_bar_done: IB's daily bar at its session's close)
+        self.bar_done: Callable[[str, int, int], int] = bar_end
         self.halted = ""                 # why new entries stopped ('' while they may go on)
         self._halted_by_close: dict = {}  # slot -> the halt its refused close made (lifted when it is flat)
         self.live = False                # bars arrive as they complete (runtime/live.py)
@@ -766,8 +766,7 @@ class Kernel(RunState):
         cash_account = self.settings.account == "cash"
         mult = b.multiplier
         equity, funds, cash = self.account_view()
-        closing = [lane.slot for lane in (tr.lane.lanes or [tr.lane])
-                   if after_exits and lane.closing is not None and lane.closing in lane.pending]
+        closing = self._exits_pending(tr) if after_exits else []
         for slot in closing:
             pos = self.ledger.positions.get(slot)
             if pos is not None:
@@ -830,6 +829,13 @@ class Kernel(RunState):
             reason = f"margin {need:,.2f} above max_margin_per_trade {limits.max_margin_per_trade:,.2f}"
         return quantity, why, (reason, reason) if reason is not None else None
 
+    @staticmethod
+    def _exits_pending(tr: _Tracked) -> list[str]:
+        """The position slots of the entry's symbol (its lanes') whose exit is decided and waits,
+        with the entry, for the next open (a reversal's: booked before the entry is sized)."""
+        return [lane.slot for lane in (tr.lane.lanes or [tr.lane])
+                if lane.closing is not None and lane.closing in lane.pending]
+
     def _preview_size(self, tr: _Tracked, info: dict) -> None:
         """An entry decided at the last close, as the next open would send it: sized (risk caps,
         funds check) at the last close's price, since the open's is not known yet; info's intent
@@ -841,7 +847,7 @@ class Kernel(RunState):
         price = float(quote.last) if quote is not None else float(b.close[-1])
         quantity, why, refused = self._sized_entry(tr, b, len(b) - 1, after_exits=True)
         at = f"at the last close's price ({price:,.2f})"
-        if any(lane.closing is not None and lane.closing in lane.pending for lane in (tr.lane.lanes or [tr.lane])):
+        if self._exits_pending(tr):
             at += ", after the exit before it"
         if refused is not None:
             info["sized"] = f"refused {at}: {refused[1]}; checked again at the open"
@@ -1156,9 +1162,7 @@ class Kernel(RunState):
         b = self.syms[symbol].bars
         if not len(b):
             return 0
-        # (a live run's last bar closed when bar_done says: a daily bar at its session's close)
-        done = self.bar_done
-        if time >= (int(b.end[-1]) if done is None else done(symbol, int(b.start[-1]), int(b.end[-1]))):
+        if time >= self.bar_done(symbol, int(b.start[-1]), int(b.end[-1])):
             return len(b)
         return max(int(np.searchsorted(b.start, time, side="right")) - 1, 0)
 
@@ -2678,6 +2682,11 @@ class Kernel(RunState):
 # seconds a combo's close at the natural price rests unfilled when its order has no chase (whose
 # step it rests otherwise) before it is cancelled and the exit decided again at the next close
 _NATURAL_REST = 30.0
+
+
+def bar_end(symbol: str, start: int, end: int) -> int:
+    """When a bar is complete, as a backtest and a simulated venue take it: at its end."""
+    return end
 
 
 def _eod_quote_ns(day) -> int:

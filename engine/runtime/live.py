@@ -77,10 +77,6 @@ def bar_done(prep: Prepared) -> Callable[[str, int, int], int]:
     return done
 
 
-def _at_end(symbol: str, start: int, end: int) -> int:
-    return end
-
-
 class LiveSource(Protocol):
     def pump(self, seconds: float) -> None:
         """Let the venue's messages in for up to `seconds` of wall time."""
@@ -157,9 +153,6 @@ class LiveFeed:
         # an entry decided at a bar's close goes only while that close is this recent: older, the
         # bar is one the run is catching up on (after a slow warm-up, a gap in the stream)
         self.late_ns = int((bar_seconds(prep.bar) + 60) * 1e9)
-        # (symbol, start, end) -> when a bar was complete: at its end, unless the source says
-        # otherwise (use_bar_done: IB's daily bar at its session's close)
-        self.done_at: Callable[[str, int, int], int] = _at_end
 
     def warm_up(self) -> None:
         """The streaming plan over the history already held: values for every bar, no decisions;
@@ -284,13 +277,13 @@ class LiveFeed:
     def use_bar_done(self, done: Callable[[str, int, int], int]) -> None:
         """Bars complete when `done` says (the source's rule, bar_done for IB): the feed steps the
         kernel then, and the kernel places fills after that moment in the next bar."""
-        self.done_at = self.kernel.bar_done = done
+        self.kernel.bar_done = done
 
     def closed_at(self, symbol: str, k_bar: int) -> int:
         """When the symbol's bar k_bar was complete: the run's time at its close (a daily bar's
         session close, not the midnight it ends at)."""
         b = self.kernel.syms[symbol].bars
-        return self.done_at(symbol, int(b.start[k_bar]), int(b.end[k_bar]))
+        return self.kernel.bar_done(symbol, int(b.start[k_bar]), int(b.end[k_bar]))
 
     def send_pending(self, st) -> None:
         k = self.kernel

@@ -469,8 +469,7 @@ class IBBroker:
                            float(b.volume) if b.volume == b.volume else 0.0))
             # the venue's time is at least the moment the bar was complete (a daily bar's session
             # close, not the midnight it ends at)
-            done = int(b.end) if stream.done_at is None else stream.done_at(int(b.start), int(b.end))
-            self.clock.floor = max(self.clock.floor, done)
+            self.clock.floor = max(self.clock.floor, stream.done_at(int(b.start), int(b.end)))
         self._follow_front(symbol)
         return out
 

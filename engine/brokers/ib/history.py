@@ -162,6 +162,10 @@ class Pacer:
 
 
 # ============================================================================ streams
+def _at_end(start: int, end: int) -> int:
+    return end
+
+
 @dataclass(eq=False)
 class Stream:
     """A keepUpToDate subscription; hand it to completed()."""
@@ -181,7 +185,7 @@ class Stream:
     said: set = field(default_factory=set)
     # when a bar is complete, from its (start, end) ns: at its end unless told (a daily bar at its
     # session's close: engine.market.calendars.bar_done_ns)
-    done_at: Callable[[int, int], int] | None = None
+    done_at: Callable[[int, int], int] = _at_end
 
 
 class History:
@@ -313,9 +317,7 @@ class History:
         items = list(stream.bars or [])
         if items:       # the last bar is still forming, unless the venue's time is past its end
             last = to_bars([items[-1]], stream.seconds, self.tz)
-            done = stream.done_at
-            if not (last and (done(last[0].start, last[0].end) if done is not None else last[0].end)
-                    <= self.now_ns()):
+            if not (last and stream.done_at(last[0].start, last[0].end) <= self.now_ns()):
                 items = items[:-1]
         fresh: list = []
         for b in reversed(items):

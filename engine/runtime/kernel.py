@@ -179,6 +179,7 @@ class Kernel(RunState):
         # (symbol, start ns, end ns) -> when a bar was complete: at its end, unless a live feed
         # says otherwise (LiveFeed.use_bar_done: IB's daily bar at its session's close)
         self.bar_done: Callable[[str, int, int], int] = bar_end
+        self._combo_memo: tuple | None = None   # (order, time, its combo_quote): see combo_quote
         self.halted = ""                 # why new entries stopped ('' while they may go on)
         self._halted_by_close: dict = {}  # slot -> the halt its refused close made (lifted when it is flat)
         self.live = False                # bars arrive as they complete (runtime/live.py)
@@ -1946,15 +1947,22 @@ class Kernel(RunState):
 
     def combo_quote(self, order: E.Order):
         """The venue's price of a combo order: its legs in the newest chain closed by now, with
-        the age of that chain's quotes (the venue dates the fill by them)."""
+        the age of that chain's quotes (the venue dates the fill by them). The same order at the
+        same instant is priced once (the order is dated by its quotes before the venue prices it)."""
+        memo = self._combo_memo
+        if memo is not None and memo[0] is order and memo[1] == self._now:
+            return memo[2]
         st = self.syms[order.underlying]
         b = st.bars
         k = int(b.end.searchsorted(self._now, "right")) - 1
         chain = self.chains(st.symbol, k) if k >= 0 else None
         if chain is None:
-            return "no chain"
-        quote = self.desk.requote(order.legs, chain, order.multiplier)
-        return quote if isinstance(quote, str) else self._aged(quote, chain, b, k)
+            quote = "no chain"
+        else:
+            quote = self.desk.requote(order.legs, chain, order.multiplier)
+            quote = quote if isinstance(quote, str) else self._aged(quote, chain, b, k)
+        self._combo_memo = (order, self._now, quote)
+        return quote
 
     @staticmethod
     def _aged(quote, chain, b: SymbolBars, k: int):
